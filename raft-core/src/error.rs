@@ -1,0 +1,104 @@
+//! Typed reasons for refusing an input. None of them is a bug in this crate; a bug panics.
+
+use thiserror::Error;
+
+use crate::storage::StorageError;
+use crate::types::{Index, NodeId, Term};
+
+/// Why [`crate::Raft::step`] ignored a message. The node's state is unchanged unless noted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum StepError {
+    /// The message is addressed to another node.
+    #[error("message addressed to node {to}, not to this node")]
+    NotAddressedToUs {
+        /// The addressee named in the message.
+        to: NodeId,
+    },
+    /// The message claims to come from this node itself.
+    #[error("message claims to come from this node")]
+    FromSelf,
+    /// The message carries a term older than ours (a stale leader is answered with our term).
+    #[error("stale term {message_term} < {current_term}")]
+    StaleTerm {
+        /// The term in the message.
+        message_term: Term,
+        /// Our term.
+        current_term: Term,
+    },
+    /// A (pre-)vote request arrived while this node still hears from a live leader.
+    #[error("vote request ignored: leader {leader:?} is live")]
+    LeaderSticky {
+        /// The leader we still follow.
+        leader: Option<NodeId>,
+    },
+    /// A response from a node we are not tracking (not a voter, or we are not leader).
+    #[error("message from untracked peer {0}")]
+    UnknownPeer(NodeId),
+    /// The message does not fit this node's role or election (a late vote response, say).
+    #[error("message not expected in the current role")]
+    Unexpected,
+    /// The message contradicts itself or the Raft rules.
+    #[error("malformed message: {0}")]
+    Malformed(Malformed),
+    /// Storage failed while handling the message; the driver should stop the node.
+    #[error("storage failed: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// What is wrong with a malformed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum Malformed {
+    /// Entries are not consecutive from `prev_log_index + 1`.
+    #[error("entry index {found} where {expected} was expected")]
+    EntriesNotConsecutive {
+        /// The index the entry should have had.
+        expected: Index,
+        /// The index it had.
+        found: Index,
+    },
+    /// An entry's term is above the sender's term, below the previous entry's, or below
+    /// `prev_log_term`.
+    #[error("entry at {index} has term {term} out of order")]
+    EntryTermOutOfOrder {
+        /// The entry's index.
+        index: Index,
+        /// The entry's term.
+        term: Term,
+    },
+    /// `prev_log_term` is above the sender's own term.
+    #[error("prev_log_term {0} above the message term")]
+    PrevTermAboveMessage(Term),
+    /// An acknowledgement for an index this leader never had.
+    #[error("acknowledged index {0} beyond the leader's log")]
+    AckBeyondLog(Index),
+    /// Another node claims leadership of our term while we lead it.
+    #[error("second leader {0} in our term")]
+    SecondLeader(NodeId),
+}
+
+/// Why [`crate::Raft::propose`] refused a proposal. Nothing was appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum ProposeError {
+    /// Only the leader accepts proposals; `leader` is the one this node knows, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+    },
+    /// The proposal (with entry overhead) exceeds `message_bytes_max`.
+    #[error("proposal of {bytes} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// The proposal's size with overhead.
+        bytes: u64,
+        /// `message_bytes_max`.
+        limit: u64,
+    },
+    /// Accepting it would exceed `uncommitted_bytes_max`; retry after earlier proposals commit.
+    #[error("{uncommitted} uncommitted bytes; limit {limit}")]
+    TooManyUncommittedBytes {
+        /// Bytes proposed and not yet committed.
+        uncommitted: u64,
+        /// `uncommitted_bytes_max`.
+        limit: u64,
+    },
+}

@@ -1,0 +1,103 @@
+//! # raft-core
+//!
+//! A deterministic, sans-IO implementation of the Raft consensus algorithm. The core reads no
+//! clock, no ambient randomness, no socket and no file: time arrives as [`Raft::tick`], randomness
+//! as a seed in [`Options`], messages through [`Raft::step`], and everything the node wants done
+//! leaves as an [`Output`] batch that a *driver* carries out.
+//!
+//! ## The driving contract
+//!
+//! Every driver (the tokio driver in `raft-net`, the simulator, the tests) follows these rules. They
+//! are what makes the node safe across crashes.
+//!
+//! 1. **Inputs.** Call [`Raft::tick`] at a steady logical rate, [`Raft::step`] for each message
+//!    received, [`Raft::propose`] for client commands, [`Raft::on_persisted`] when a write finishes,
+//!    and [`Raft::report_unreachable`] when a peer cannot be reached.
+//! 2. **Take the output** with [`Raft::take_output`] after inputs (at the latest before the next
+//!    tick). Outputs must be persisted *in the order they were taken*.
+//! 3. **Persist** `hard_state` (term, vote, commit) and append `entries`, replacing any stored
+//!    entries from `entries[0].index` on. Durability means fsync.
+//! 4. **Send** `messages` at any time, even before step 3 completes: they are a leader's appends
+//!    and heartbeats, which depend only on state made durable when it campaigned (a leader may
+//!    replicate before its own copy is durable; thesis §10.2.1).
+//! 5. **Send `messages_after_persist` only once step 3 is durable.** These are votes, vote
+//!    requests and acknowledgements: a node must never send a vote or acknowledge an entry that a
+//!    crash could make it forget.
+//! 6. **Report durability** with [`Raft::on_persisted`] for the last entry of `entries`. A leader
+//!    counts its own copy toward a quorum only after this report; a report for an entry that has
+//!    since been replaced (same index, later term) is ignored.
+//! 7. **Apply** `committed` entries in order, each exactly once per incarnation. Only entries that
+//!    are durable locally are handed out. After a restart application starts again from the
+//!    first entry after the snapshot index (index 1 without snapshots).
+//! 8. On a storage error, **stop the node** (fail-stop): never acknowledge what was not written.
+//!
+//! ## Example
+//!
+//! A single-node group, driven synchronously over the in-memory store of `raft-storage`:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use raft_core::{Membership, NodeId, Options, Raft, EntryPayload};
+//! use raft_storage::MemStorage;
+//!
+//! let options = Options::builder().election_ticks(10).rng_seed(7).build()?;
+//! let storage = MemStorage::new(Membership::new([NodeId(1)]));
+//! let mut node = Raft::new(NodeId(1), options, storage)?;
+//! node.campaign();
+//!
+//! let mut applied = Vec::new();
+//! let mut proposed = false;
+//! for _ in 0..10 {
+//!     if node.is_leader() && !proposed {
+//!         node.propose(Bytes::from_static(b"x=1"))?;
+//!         proposed = true;
+//!     }
+//!     let output = node.take_output()?;
+//!     // Persist (MemStorage is "durable" at once), then report it.
+//!     if let Some(hard_state) = output.hard_state {
+//!         node.storage_mut().set_hard_state(hard_state);
+//!     }
+//!     node.storage_mut().append(&output.entries)?;
+//!     if let Some(last) = output.entries.last() {
+//!         node.on_persisted(last.index, last.term);
+//!     }
+//!     // A one-node group has nobody to send to; a real driver sends both message lists here.
+//!     assert!(output.messages.is_empty() && output.messages_after_persist.is_empty());
+//!     for entry in output.committed {
+//!         if let EntryPayload::Normal(command) = entry.payload {
+//!             applied.push(command);
+//!         }
+//!     }
+//! }
+//! assert_eq!(applied, vec![Bytes::from_static(b"x=1")]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod election;
+mod error;
+mod log;
+mod message;
+mod options;
+mod progress;
+pub mod quorum;
+mod raft;
+mod replication;
+mod storage;
+mod types;
+
+pub use error::{Malformed, ProposeError, StepError};
+pub use message::{AppendResult, ConflictHint, Message, MessageBody};
+pub use options::{Options, OptionsBuilder, OptionsError};
+pub use progress::{Inflights, Progress, ProgressState};
+pub use raft::{Output, Raft, Role, SoftState, Status};
+pub use storage::{InitialState, Storage, StorageError};
+pub use types::{ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, Membership, NodeId, Term};
+
+impl<S: Storage> Raft<S> {
+    /// Whether this node is the leader of its term.
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+}

@@ -1,0 +1,228 @@
+//! The node's view of its log: entries already durable in [`Storage`] plus a tail of entries the
+//! driver has not yet reported durable ("unstable"). Everything below `stable_next` is in storage.
+
+use crate::storage::{Storage, StorageError};
+use crate::types::{Entry, Index, Term};
+
+/// The log as seen by the core. Reads go to the unstable tail first, then to storage.
+pub(crate) struct RaftLog<S> {
+    pub(crate) storage: S,
+    /// Entries from `stable_next` on, not yet reported durable.
+    unstable: Vec<Entry>,
+    /// The index of `unstable[0]`; every entry below it is durable in storage.
+    stable_next: Index,
+    /// The first unstable index not yet handed to the driver for persisting.
+    handed_out_next: Index,
+    /// The highest index known to be committed.
+    pub(crate) committed: Index,
+    /// The highest index handed out for applying.
+    pub(crate) applied: Index,
+}
+
+impl<S: Storage> RaftLog<S> {
+    /// Opens the log over `storage`, trusting `commit` only as far as the log reaches.
+    pub(crate) fn new(storage: S, commit: Index) -> Result<Self, StorageError> {
+        let first = storage.first_index()?;
+        let last = storage.last_index()?;
+        Ok(RaftLog {
+            storage,
+            unstable: Vec::new(),
+            stable_next: last.next(),
+            handed_out_next: last.next(),
+            committed: commit.min(last),
+            applied: first.prev(),
+        })
+    }
+
+    pub(crate) fn last_index(&self) -> Index {
+        match self.unstable.last() {
+            Some(entry) => entry.index,
+            None => self.stable_next.prev(),
+        }
+    }
+
+    /// The last index that is durable and belongs to the current log.
+    pub(crate) fn stable_last_index(&self) -> Index {
+        self.stable_next.prev()
+    }
+
+    pub(crate) fn first_index(&self) -> Result<Index, StorageError> {
+        self.storage.first_index()
+    }
+
+    pub(crate) fn term(&self, index: Index) -> Result<Term, StorageError> {
+        if index >= self.stable_next {
+            let offset = (index.0 - self.stable_next.0) as usize;
+            return self.unstable.get(offset).map(|e| e.term).ok_or(StorageError::Unavailable(index));
+        }
+        self.storage.term(index)
+    }
+
+    pub(crate) fn last_term(&self) -> Result<Term, StorageError> {
+        self.term(self.last_index())
+    }
+
+    pub(crate) fn matches(&self, index: Index, term: Term) -> bool {
+        self.term(index) == Ok(term)
+    }
+
+    /// Whether a candidate whose log ends at (`last_index`, `last_term`) is at least as up to date
+    /// as this log (Raft §5.4.1).
+    pub(crate) fn is_up_to_date(&self, last_index: Index, last_term: Term) -> Result<bool, StorageError> {
+        let my_term = self.last_term()?;
+        Ok(last_term > my_term || (last_term == my_term && last_index >= self.last_index()))
+    }
+
+    /// Entries in `[low, high)` bounded by `bytes_max` and `count_max` (at least one entry).
+    pub(crate) fn entries(
+        &self,
+        low: Index,
+        high: Index,
+        bytes_max: u64,
+        count_max: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let high = high.min(self.last_index().next());
+        let mut out = Vec::new();
+        if low >= high {
+            return Ok(out);
+        }
+        if low < self.stable_next {
+            let stored_high = high.min(self.stable_next);
+            out = self.storage.entries(low, stored_high, bytes_max)?;
+            if out.first().map(|e| e.index) != Some(low) {
+                // A storage that skips or misplaces entries would corrupt the AppendEntries we build.
+                return Err(StorageError::Unavailable(low));
+            }
+            out.truncate(count_max);
+            let complete = out.last().map(|e| e.index.next()) == Some(stored_high);
+            if !complete || stored_high == high {
+                return Ok(out);
+            }
+        }
+        let mut bytes: u64 = out.iter().map(Entry::size_bytes).sum();
+        let from = low.max(self.stable_next);
+        let start = (from.0 - self.stable_next.0) as usize;
+        let end = (high.0 - self.stable_next.0) as usize;
+        for entry in &self.unstable[start..end] {
+            let size = entry.size_bytes();
+            if !out.is_empty() && (bytes + size > bytes_max || out.len() >= count_max) {
+                break;
+            }
+            bytes += size;
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
+
+    /// The index of the first entry in `entries` that conflicts with (or extends) this log.
+    pub(crate) fn find_conflict(&self, entries: &[Entry]) -> Option<Index> {
+        entries.iter().find(|e| !self.matches(e.index, e.term)).map(|e| e.index)
+    }
+
+    /// Appends `entries`, replacing any suffix from `entries[0].index`. The caller guarantees the
+    /// entries are consecutive, start at most one past the last index and above the commit index.
+    pub(crate) fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first().map(|e| e.index) else { return };
+        assert!(first > self.committed, "truncating committed index {}", self.committed);
+        assert!(first <= self.last_index().next(), "gap before appended index {first}");
+        if first >= self.stable_next {
+            self.unstable.truncate((first.0 - self.stable_next.0) as usize);
+        } else {
+            // The durable suffix from `first` is superseded; storage gets overwritten in order.
+            self.unstable.clear();
+            self.stable_next = first;
+        }
+        self.unstable.extend_from_slice(entries);
+        self.handed_out_next = self.handed_out_next.min(first);
+    }
+
+    /// The unstable entries not yet handed to the driver; marks them handed out.
+    pub(crate) fn take_unpersisted(&mut self) -> Vec<Entry> {
+        let start = (self.handed_out_next.0 - self.stable_next.0) as usize;
+        let out = self.unstable[start..].to_vec();
+        self.handed_out_next = self.last_index().next();
+        out
+    }
+
+    pub(crate) fn has_unpersisted(&self) -> bool {
+        self.handed_out_next <= self.last_index()
+    }
+
+    /// The driver reports entries up to (`index`, `term`) durable. Ignored when the log no longer
+    /// holds that entry (it was replaced after the write started), when it is already stable, or
+    /// when it was never handed out. Returns whether the stable boundary moved.
+    pub(crate) fn stable_to(&mut self, index: Index, term: Term) -> bool {
+        if index < self.stable_next || index >= self.handed_out_next || !self.matches(index, term) {
+            return false;
+        }
+        let count = (index.0 - self.stable_next.0 + 1) as usize;
+        self.unstable.drain(..count);
+        self.stable_next = index.next();
+        true
+    }
+
+    /// Committed, durable entries not yet handed out for applying, at most `bytes_max` of them.
+    pub(crate) fn take_committed(&mut self, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
+        let high = self.committed.min(self.stable_last_index());
+        if self.applied >= high {
+            return Ok(Vec::new());
+        }
+        let entries = self.entries(self.applied.next(), high.next(), bytes_max, usize::MAX)?;
+        if let Some(last) = entries.last() {
+            self.applied = last.index;
+        }
+        Ok(entries)
+    }
+
+    pub(crate) fn has_committed_to_apply(&self) -> bool {
+        self.applied < self.committed.min(self.stable_last_index())
+    }
+
+    /// The smallest index in `[floor, at]` whose term is `term`, given that `at` has that term.
+    /// Terms never decrease along a log, so a binary search suffices. On a storage error it
+    /// returns `at` (a smaller skip, never a wrong one).
+    pub(crate) fn first_index_of_term(&self, floor: Index, at: Index, term: Term) -> Index {
+        let (mut lo, mut hi) = (floor, at);
+        while lo < hi {
+            let mid = Index(lo.0 + (hi.0 - lo.0) / 2);
+            match self.term(mid) {
+                Ok(t) if t >= term => hi = mid,
+                Ok(_) => lo = mid.next(),
+                Err(_) => return at,
+            }
+        }
+        hi
+    }
+
+    /// The largest index in `[floor, at]` whose term is at most `term`, with that term; `None`
+    /// if none is found or storage fails.
+    pub(crate) fn last_index_with_term_at_most(&self, floor: Index, at: Index, term: Term) -> Option<(Index, Term)> {
+        let (mut lo, mut hi) = (floor, at);
+        if self.term(lo).ok()? > term {
+            return None;
+        }
+        while lo < hi {
+            let mid = Index(lo.0 + (hi.0 - lo.0).div_ceil(2));
+            if self.term(mid).ok()? <= term {
+                lo = mid;
+            } else {
+                hi = mid.prev();
+            }
+        }
+        Some((lo, self.term(lo).ok()?))
+    }
+
+    /// Checks the log's own invariants; panics on a violation (a bug in this crate).
+    pub(crate) fn check_invariants(&self) {
+        assert!(self.handed_out_next >= self.stable_next, "handed_out_next below stable_next");
+        assert!(self.handed_out_next <= self.last_index().next(), "handed_out_next beyond log");
+        assert!(self.applied <= self.committed, "applied {} > committed {}", self.applied, self.committed);
+        assert!(self.committed <= self.last_index(), "committed beyond last index");
+        for (offset, entry) in self.unstable.iter().enumerate() {
+            assert_eq!(entry.index.0, self.stable_next.0 + offset as u64, "unstable index gap");
+        }
+        for pair in self.unstable.windows(2) {
+            assert!(pair[0].term <= pair[1].term, "unstable terms decrease");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Messages exchanged between the members of a group. Every field can arrive as garbage from the
+//! network; the core validates before it trusts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Entry, Index, NodeId, Term};
+
+/// One message from one node to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// The sender's term (for a pre-vote request: the term the sender would campaign in; for a
+    /// granted pre-vote: the term of the request it answers).
+    pub term: Term,
+    /// What the message says.
+    pub body: MessageBody,
+}
+
+/// The kinds of message. Snapshots, reads, membership and leadership transfer add variants later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MessageBody {
+    /// A (pre-)candidate asks for a vote.
+    VoteRequest {
+        /// A pre-vote: asks whether the receiver would vote, changing no state on either side.
+        pre_vote: bool,
+        /// The index of the candidate's last log entry.
+        last_log_index: Index,
+        /// The term of the candidate's last log entry.
+        last_log_term: Term,
+    },
+    /// The answer to a `VoteRequest`.
+    VoteResponse {
+        /// Answers a pre-vote request.
+        pre_vote: bool,
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// The leader replicates entries (possibly none) after `prev_log_index`.
+    AppendEntries {
+        /// The index of the entry just before `entries`.
+        prev_log_index: Index,
+        /// The term of the entry at `prev_log_index` (0 for index 0).
+        prev_log_term: Term,
+        /// Consecutive entries starting at `prev_log_index + 1`.
+        entries: Vec<Entry>,
+        /// The leader's commit index.
+        commit: Index,
+    },
+    /// The answer to `AppendEntries`.
+    AppendResponse(AppendResult),
+    /// The leader asserts its leadership and tells the follower how far it may commit.
+    Heartbeat {
+        /// `min(leader commit, follower match)`: never more than the follower is known to hold.
+        commit: Index,
+    },
+    /// The answer to a `Heartbeat`.
+    HeartbeatResponse,
+}
+
+/// The outcome of an `AppendEntries` on the follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendResult {
+    /// The follower's log matches the leader's up to and including `match_index` (and it is durable).
+    Success {
+        /// The last index known to match.
+        match_index: Index,
+    },
+    /// The consistency check failed at `rejected_index` (the request's `prev_log_index`).
+    Reject {
+        /// The `prev_log_index` of the rejected request, so the leader can spot stale rejections.
+        rejected_index: Index,
+        /// Where the leader should look next.
+        hint: ConflictHint,
+    },
+}
+
+/// Lets the leader skip a whole conflicting term at a time instead of one entry per round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictHint {
+    /// The term of the follower's entry at the rejected index, or `None` if the follower's log is
+    /// shorter than the rejected index.
+    pub term: Option<Term>,
+    /// With a term: the first index at which the follower stores that term. Without: the
+    /// follower's last index + 1.
+    pub index: Index,
+}
+
+impl MessageBody {
+    /// Whether this is a request for a vote or a pre-vote.
+    pub fn is_vote_request(&self) -> bool {
+        matches!(self, MessageBody::VoteRequest { .. })
+    }
+
+    /// Whether only a leader sends this kind of message.
+    pub fn is_from_leader(&self) -> bool {
+        matches!(self, MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. })
+    }
+}

@@ -1,0 +1,223 @@
+//! Tunables of one node, validated once when built.
+
+use thiserror::Error;
+
+/// The tunables of one Raft node. Build with [`Options::builder`]; every combination it returns
+/// has been checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    election_ticks: u32,
+    heartbeat_ticks: u32,
+    pre_vote: bool,
+    check_quorum: bool,
+    message_entries_max: usize,
+    message_bytes_max: u64,
+    inflight_messages_max: usize,
+    uncommitted_bytes_max: u64,
+    apply_bytes_max: u64,
+    rng_seed: u64,
+}
+
+/// Why a set of options was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum OptionsError {
+    /// `heartbeat_ticks` must be at least 1.
+    #[error("heartbeat_ticks must be at least 1")]
+    HeartbeatTicksZero,
+    /// `election_ticks` must exceed `heartbeat_ticks`, or followers time out between heartbeats.
+    #[error("election_ticks ({election_ticks}) must be greater than heartbeat_ticks ({heartbeat_ticks})")]
+    ElectionNotAboveHeartbeat {
+        /// The election timeout asked for.
+        election_ticks: u32,
+        /// The heartbeat interval asked for.
+        heartbeat_ticks: u32,
+    },
+    /// `election_ticks` is so large that doubling it overflows.
+    #[error("election_ticks ({0}) is too large")]
+    ElectionTicksTooLarge(u32),
+    /// A message must be allowed to carry at least one entry.
+    #[error("message_entries_max must be at least 1")]
+    MessageEntriesZero,
+    /// A message must be allowed to carry at least one entry's overhead.
+    #[error("message_bytes_max ({0}) is below one entry's overhead")]
+    MessageBytesTooSmall(u64),
+    /// A follower must be allowed at least one message in flight.
+    #[error("inflight_messages_max must be at least 1")]
+    InflightZero,
+    /// The uncommitted-bytes limit must admit at least one full message.
+    #[error("uncommitted_bytes_max ({uncommitted}) is below message_bytes_max ({message})")]
+    UncommittedBelowMessage {
+        /// The uncommitted limit asked for.
+        uncommitted: u64,
+        /// The message limit asked for.
+        message: u64,
+    },
+    /// An apply batch must be allowed to hold at least one full message's entries.
+    #[error("apply_bytes_max ({apply}) is below message_bytes_max ({message})")]
+    ApplyBelowMessage {
+        /// The apply batch limit asked for.
+        apply: u64,
+        /// The message limit asked for.
+        message: u64,
+    },
+}
+
+/// Builds [`Options`]; starts from defaults suited to a LAN with a 100 ms tick.
+#[derive(Clone, Debug)]
+pub struct OptionsBuilder {
+    options: Options,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            pre_vote: true,
+            check_quorum: true,
+            message_entries_max: 1024,
+            message_bytes_max: 1024 * 1024,
+            inflight_messages_max: 256,
+            uncommitted_bytes_max: 64 * 1024 * 1024,
+            apply_bytes_max: 8 * 1024 * 1024,
+            rng_seed: 0,
+        }
+    }
+}
+
+impl Options {
+    /// A builder starting from the defaults.
+    pub fn builder() -> OptionsBuilder {
+        OptionsBuilder { options: Options::default() }
+    }
+
+    /// Base election timeout; the effective one is drawn from `[election_ticks, 2*election_ticks)`.
+    pub fn election_ticks(&self) -> u32 {
+        self.election_ticks
+    }
+    /// Ticks between heartbeats from a leader.
+    pub fn heartbeat_ticks(&self) -> u32 {
+        self.heartbeat_ticks
+    }
+    /// Whether a node asks for pre-votes before it bumps its term.
+    pub fn pre_vote(&self) -> bool {
+        self.pre_vote
+    }
+    /// Whether a leader steps down when it has not heard from a quorum for an election timeout.
+    pub fn check_quorum(&self) -> bool {
+        self.check_quorum
+    }
+    /// The most entries in one `AppendEntries`.
+    pub fn message_entries_max(&self) -> usize {
+        self.message_entries_max
+    }
+    /// The most entry bytes in one `AppendEntries` (at least one entry is always sent).
+    pub fn message_bytes_max(&self) -> u64 {
+        self.message_bytes_max
+    }
+    /// The most `AppendEntries` in flight to one follower in the replicate state.
+    pub fn inflight_messages_max(&self) -> usize {
+        self.inflight_messages_max
+    }
+    /// The most bytes of proposals a leader holds that are not yet committed.
+    pub fn uncommitted_bytes_max(&self) -> u64 {
+        self.uncommitted_bytes_max
+    }
+    /// The most entry bytes handed out for applying in one output batch (at least one entry).
+    pub fn apply_bytes_max(&self) -> u64 {
+        self.apply_bytes_max
+    }
+    /// The seed of the node's random number generator (election timeouts).
+    pub fn rng_seed(&self) -> u64 {
+        self.rng_seed
+    }
+}
+
+impl OptionsBuilder {
+    /// Sets the base election timeout, in ticks.
+    pub fn election_ticks(mut self, ticks: u32) -> Self {
+        self.options.election_ticks = ticks;
+        self
+    }
+    /// Sets the heartbeat interval, in ticks.
+    pub fn heartbeat_ticks(mut self, ticks: u32) -> Self {
+        self.options.heartbeat_ticks = ticks;
+        self
+    }
+    /// Enables or disables pre-vote.
+    pub fn pre_vote(mut self, enabled: bool) -> Self {
+        self.options.pre_vote = enabled;
+        self
+    }
+    /// Enables or disables check-quorum.
+    pub fn check_quorum(mut self, enabled: bool) -> Self {
+        self.options.check_quorum = enabled;
+        self
+    }
+    /// Sets the most entries per `AppendEntries`.
+    pub fn message_entries_max(mut self, entries: usize) -> Self {
+        self.options.message_entries_max = entries;
+        self
+    }
+    /// Sets the most entry bytes per `AppendEntries`.
+    pub fn message_bytes_max(mut self, bytes: u64) -> Self {
+        self.options.message_bytes_max = bytes;
+        self
+    }
+    /// Sets the most `AppendEntries` in flight per follower.
+    pub fn inflight_messages_max(mut self, messages: usize) -> Self {
+        self.options.inflight_messages_max = messages;
+        self
+    }
+    /// Sets the most uncommitted proposal bytes on a leader.
+    pub fn uncommitted_bytes_max(mut self, bytes: u64) -> Self {
+        self.options.uncommitted_bytes_max = bytes;
+        self
+    }
+    /// Sets the most entry bytes per apply batch.
+    pub fn apply_bytes_max(mut self, bytes: u64) -> Self {
+        self.options.apply_bytes_max = bytes;
+        self
+    }
+    /// Sets the random seed.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.options.rng_seed = seed;
+        self
+    }
+
+    /// Checks the options against each other and returns them.
+    pub fn build(self) -> Result<Options, OptionsError> {
+        let o = self.options;
+        if o.heartbeat_ticks == 0 {
+            return Err(OptionsError::HeartbeatTicksZero);
+        }
+        if o.election_ticks <= o.heartbeat_ticks {
+            return Err(OptionsError::ElectionNotAboveHeartbeat {
+                election_ticks: o.election_ticks,
+                heartbeat_ticks: o.heartbeat_ticks,
+            });
+        }
+        if o.election_ticks.checked_mul(2).is_none() {
+            return Err(OptionsError::ElectionTicksTooLarge(o.election_ticks));
+        }
+        if o.message_entries_max == 0 {
+            return Err(OptionsError::MessageEntriesZero);
+        }
+        if o.message_bytes_max < crate::types::ENTRY_OVERHEAD_BYTES {
+            return Err(OptionsError::MessageBytesTooSmall(o.message_bytes_max));
+        }
+        if o.inflight_messages_max == 0 {
+            return Err(OptionsError::InflightZero);
+        }
+        if o.uncommitted_bytes_max < o.message_bytes_max {
+            return Err(OptionsError::UncommittedBelowMessage {
+                uncommitted: o.uncommitted_bytes_max,
+                message: o.message_bytes_max,
+            });
+        }
+        if o.apply_bytes_max < o.message_bytes_max {
+            return Err(OptionsError::ApplyBelowMessage { apply: o.apply_bytes_max, message: o.message_bytes_max });
+        }
+        Ok(o)
+    }
+}

@@ -1,0 +1,162 @@
+//! What a leader knows about each follower's log, and the flow control that bounds what it sends.
+
+use std::collections::VecDeque;
+
+use crate::types::Index;
+
+/// How the leader is currently sending to a follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// The leader does not know where the follower's log matches: one append per round trip.
+    Probe,
+    /// The follower's log matches up to `match_index`: appends are pipelined up to the window.
+    Replicate,
+}
+
+/// A bounded window of in-flight appends, each remembered by its last index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inflights {
+    last_indexes: VecDeque<Index>,
+    capacity: usize,
+}
+
+impl Inflights {
+    /// An empty window of `capacity` messages.
+    pub fn new(capacity: usize) -> Self {
+        Inflights { last_indexes: VecDeque::with_capacity(capacity.min(64)), capacity }
+    }
+    /// Whether no more appends may be sent.
+    pub fn is_full(&self) -> bool {
+        self.last_indexes.len() >= self.capacity
+    }
+    /// How many appends are in flight.
+    pub fn count(&self) -> usize {
+        self.last_indexes.len()
+    }
+    fn add(&mut self, last: Index) {
+        debug_assert!(!self.is_full(), "add to a full inflight window");
+        self.last_indexes.push_back(last);
+    }
+    fn free_to(&mut self, index: Index) {
+        while self.last_indexes.front().is_some_and(|&last| last <= index) {
+            self.last_indexes.pop_front();
+        }
+    }
+    fn free_first(&mut self) {
+        self.last_indexes.pop_front();
+    }
+    fn reset(&mut self) {
+        self.last_indexes.clear();
+    }
+}
+
+/// The leader's view of one follower.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The highest index known to match (and be durable) on the follower.
+    pub match_index: Index,
+    /// The next index to send.
+    pub next_index: Index,
+    /// Probe or replicate.
+    pub state: ProgressState,
+    /// In probe state: an append is outstanding, wait for its answer or a heartbeat response.
+    pub probe_sent: bool,
+    /// The in-flight window (replicate state).
+    pub inflights: Inflights,
+    /// Whether the follower was heard from since the last check-quorum round.
+    pub recent_active: bool,
+}
+
+impl Progress {
+    pub(crate) fn new(next_index: Index, inflight_messages_max: usize) -> Self {
+        Progress {
+            match_index: Index(0),
+            next_index,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            inflights: Inflights::new(inflight_messages_max),
+            recent_active: false,
+        }
+    }
+
+    /// Whether the leader must hold back appends to this follower.
+    pub fn is_paused(&self) -> bool {
+        match self.state {
+            ProgressState::Probe => self.probe_sent,
+            ProgressState::Replicate => self.inflights.is_full(),
+        }
+    }
+
+    pub(crate) fn become_probe(&mut self) {
+        self.state = ProgressState::Probe;
+        self.next_index = self.match_index.next();
+        self.probe_sent = false;
+        // Leftover in-flight accounting would otherwise stall a later replicate phase.
+        self.inflights.reset();
+    }
+
+    pub(crate) fn become_replicate(&mut self) {
+        self.state = ProgressState::Replicate;
+        self.next_index = self.match_index.next();
+        self.probe_sent = false;
+        self.inflights.reset();
+    }
+
+    /// Records that an append ending at `last` (possibly an empty probe) was sent.
+    pub(crate) fn sent_append(&mut self, last: Index, entry_count: usize) {
+        match self.state {
+            ProgressState::Replicate => {
+                if entry_count > 0 {
+                    self.next_index = last.next();
+                    self.inflights.add(last);
+                }
+            }
+            ProgressState::Probe => self.probe_sent = true,
+        }
+    }
+
+    /// Records a success up to `index`; returns whether `match_index` moved.
+    pub(crate) fn on_success(&mut self, index: Index) -> bool {
+        let moved = index > self.match_index;
+        if moved {
+            self.match_index = index;
+            self.probe_sent = false;
+        }
+        if self.next_index <= index {
+            self.next_index = index.next();
+        }
+        match self.state {
+            ProgressState::Probe if moved || self.match_index.next() == self.next_index => self.become_replicate(),
+            ProgressState::Replicate => self.inflights.free_to(index),
+            ProgressState::Probe => {}
+        }
+        moved
+    }
+
+    /// Applies a rejection of the append whose `prev_log_index` was `rejected`, moving
+    /// `next_index` to `candidate_next` within the safe range. Returns false for a stale rejection,
+    /// which is ignored: it must never move `next_index` to or below `match_index`.
+    pub(crate) fn on_reject(&mut self, rejected: Index, candidate_next: Index) -> bool {
+        match self.state {
+            ProgressState::Replicate if rejected <= self.match_index => return false,
+            ProgressState::Probe if rejected != self.next_index.prev() => return false,
+            _ => {}
+        }
+        if self.state == ProgressState::Replicate {
+            self.become_probe();
+        }
+        let bounded = candidate_next.min(rejected).max(self.match_index.next());
+        self.next_index = bounded;
+        self.probe_sent = false;
+        true
+    }
+
+    /// A heartbeat answer: lets a probe go out again and frees one slot of a full window, so that
+    /// lost appends cannot stall the follower forever.
+    pub(crate) fn on_heartbeat_response(&mut self) {
+        self.probe_sent = false;
+        if self.state == ProgressState::Replicate && self.inflights.is_full() {
+            self.inflights.free_first();
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Quorum arithmetic as small pure functions, each checked against a naive reference in tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::types::{Index, NodeId};
+
+/// The outcome of an election so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteResult {
+    /// A majority granted.
+    Won,
+    /// A majority refused: the election cannot be won.
+    Lost,
+    /// Neither yet.
+    Pending,
+}
+
+/// The highest index that a majority of `voters` hold, given each voter's durable match index
+/// (voters missing from `matches` count as 0). An empty voter set commits nothing.
+pub fn committed_index(voters: &BTreeSet<NodeId>, matches: &BTreeMap<NodeId, Index>) -> Index {
+    if voters.is_empty() {
+        return Index(0);
+    }
+    let mut indexes: Vec<Index> = voters.iter().map(|id| matches.get(id).copied().unwrap_or_default()).collect();
+    // Sorted descending, the entry at position quorum-1 is held by at least a quorum.
+    indexes.sort_unstable_by(|a, b| b.cmp(a));
+    indexes[voters.len() / 2]
+}
+
+/// Tallies `votes` (granted or refused) of `voters`; votes of non-voters are ignored.
+pub fn vote_result(voters: &BTreeSet<NodeId>, votes: &BTreeMap<NodeId, bool>) -> VoteResult {
+    let quorum = voters.len() / 2 + 1;
+    let (mut granted, mut refused) = (0, 0);
+    for id in voters {
+        match votes.get(id) {
+            Some(true) => granted += 1,
+            Some(false) => refused += 1,
+            None => {}
+        }
+    }
+    if granted >= quorum {
+        VoteResult::Won
+    } else if refused >= quorum || voters.len() - refused < quorum {
+        VoteResult::Lost
+    } else {
+        VoteResult::Pending
+    }
+}
+
+/// Whether the nodes in `active` (plus nobody else) form a majority of `voters`.
+pub fn is_quorum(voters: &BTreeSet<NodeId>, active: &BTreeSet<NodeId>) -> bool {
+    let count = voters.iter().filter(|id| active.contains(id)).count();
+    count > voters.len() / 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The naive definition: the largest index `i` such that more than half the voters hold `i`.
+    fn naive_committed(voters: &BTreeSet<NodeId>, matches: &BTreeMap<NodeId, Index>) -> Index {
+        let get = |id: &NodeId| matches.get(id).copied().unwrap_or_default();
+        let mut best = Index(0);
+        for candidate in voters.iter().map(get) {
+            let holders = voters.iter().filter(|id| get(id) >= candidate).count();
+            if holders * 2 > voters.len() && candidate > best {
+                best = candidate;
+            }
+        }
+        best
+    }
+
+    fn naive_vote(voters: &BTreeSet<NodeId>, votes: &BTreeMap<NodeId, bool>) -> VoteResult {
+        let n = voters.len();
+        let yes = voters.iter().filter(|id| votes.get(id) == Some(&true)).count();
+        let no = voters.iter().filter(|id| votes.get(id) == Some(&false)).count();
+        let missing = n - yes - no;
+        if yes * 2 > n {
+            VoteResult::Won
+        } else if (yes + missing) * 2 <= n {
+            VoteResult::Lost
+        } else {
+            VoteResult::Pending
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn committed_index_matches_naive(
+            voters in proptest::collection::btree_set(0u64..9, 1..8),
+            matches in proptest::collection::btree_map(0u64..12, 0u64..50, 0..12),
+        ) {
+            let voters: BTreeSet<NodeId> = voters.into_iter().map(NodeId).collect();
+            let matches: BTreeMap<NodeId, Index> =
+                matches.into_iter().map(|(k, v)| (NodeId(k), Index(v))).collect();
+            prop_assert_eq!(committed_index(&voters, &matches), naive_committed(&voters, &matches));
+        }
+
+        #[test]
+        fn vote_result_matches_naive(
+            voters in proptest::collection::btree_set(0u64..9, 1..8),
+            votes in proptest::collection::btree_map(0u64..12, any::<bool>(), 0..12),
+        ) {
+            let voters: BTreeSet<NodeId> = voters.into_iter().map(NodeId).collect();
+            let votes: BTreeMap<NodeId, bool> =
+                votes.into_iter().map(|(k, v)| (NodeId(k), v)).collect();
+            prop_assert_eq!(vote_result(&voters, &votes), naive_vote(&voters, &votes));
+        }
+    }
+
+    #[test]
+    fn empty_voters_commit_nothing() {
+        assert_eq!(committed_index(&BTreeSet::new(), &BTreeMap::new()), Index(0));
+    }
+
+    #[test]
+    fn is_quorum_counts_only_voters() {
+        let voters: BTreeSet<NodeId> = [1, 2, 3].map(NodeId).into();
+        assert!(is_quorum(&voters, &[1, 2].map(NodeId).into()));
+        assert!(!is_quorum(&voters, &[1, 7, 8].map(NodeId).into()));
+    }
+}

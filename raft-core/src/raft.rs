@@ -1,0 +1,396 @@
+//! The Raft node: its state, its public inputs, and the output batch. Elections live in
+//! `election.rs`, replication in `replication.rs`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::error::{ProposeError, StepError};
+use crate::log::RaftLog;
+use crate::message::{Message, MessageBody};
+use crate::options::Options;
+use crate::progress::{Progress, ProgressState};
+use crate::storage::{Storage, StorageError};
+use crate::types::{Entry, EntryPayload, HardState, Index, Membership, NodeId, Term};
+
+/// The role a node plays in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asks for pre-votes without changing its term.
+    PreCandidate,
+    /// Asks for votes in a term it started.
+    Candidate,
+    /// Leads its term.
+    Leader,
+}
+
+/// The volatile state an application usually wants to observe; reported in [`Output`] on change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// The node's role.
+    pub role: Role,
+    /// The node's term.
+    pub term: Term,
+    /// The leader this node knows of in `term`.
+    pub leader: Option<NodeId>,
+}
+
+/// Everything a node asks its driver to do, in the order the crate docs prescribe.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Set when role, term or leader changed since the last output.
+    pub soft_state: Option<SoftState>,
+    /// Hard state to persist (before sending `messages_after_persist`).
+    pub hard_state: Option<HardState>,
+    /// Entries to append to the log, replacing any stored entries from `entries[0].index` on.
+    pub entries: Vec<Entry>,
+    /// Messages that may be sent at once, even before this output is persisted.
+    pub messages: Vec<Message>,
+    /// Messages that may be sent only after `hard_state` and `entries` are durable.
+    pub messages_after_persist: Vec<Message>,
+    /// Committed entries to apply to the state machine, in order.
+    pub committed: Vec<Entry>,
+}
+
+impl Output {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.soft_state.is_none()
+            && self.hard_state.is_none()
+            && self.entries.is_empty()
+            && self.messages.is_empty()
+            && self.messages_after_persist.is_empty()
+            && self.committed.is_empty()
+    }
+}
+
+/// A snapshot of a node's state for observation and debugging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node's id.
+    pub id: NodeId,
+    /// Role, term and known leader.
+    pub soft_state: SoftState,
+    /// The vote cast in the current term.
+    pub vote: Option<NodeId>,
+    /// The commit index.
+    pub commit: Index,
+    /// The last index handed out for applying.
+    pub applied: Index,
+    /// The last index in the log (durable or not).
+    pub last_index: Index,
+    /// The last index reported durable.
+    pub stable_last_index: Index,
+    /// Per-follower replication progress (leaders only).
+    pub progress: BTreeMap<NodeId, Progress>,
+}
+
+/// One Raft node as a deterministic state machine. See the crate docs for how to drive it.
+pub struct Raft<S: Storage> {
+    pub(crate) id: NodeId,
+    pub(crate) options: Options,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) term: Term,
+    pub(crate) vote: Option<NodeId>,
+    pub(crate) role: Role,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) membership: Membership,
+    pub(crate) log: RaftLog<S>,
+    pub(crate) election_elapsed: u32,
+    pub(crate) heartbeat_elapsed: u32,
+    pub(crate) randomized_election_ticks: u32,
+    /// Votes (or pre-votes) received in the current election, by voter.
+    pub(crate) votes: BTreeMap<NodeId, bool>,
+    /// Per-follower progress; non-empty only on a leader.
+    pub(crate) progress: BTreeMap<NodeId, Progress>,
+    /// Sizes of this leader's proposals not yet committed, by index.
+    pub(crate) uncommitted: VecDeque<(Index, u64)>,
+    pub(crate) uncommitted_bytes: u64,
+    /// A leader has new entries to send to every follower at the next output.
+    pub(crate) broadcast_pending: bool,
+    pub(crate) messages: Vec<Message>,
+    pub(crate) messages_after_persist: Vec<Message>,
+    last_hard_state: HardState,
+    last_soft_state: SoftState,
+}
+
+impl<S: Storage> Raft<S> {
+    /// Starts a node from what its storage holds (a fresh node starts from an empty storage that
+    /// knows the initial membership). The node starts as a follower with no known leader.
+    pub fn new(id: NodeId, options: Options, storage: S) -> Result<Self, StorageError> {
+        let initial = storage.initial_state()?;
+        let hard_state = initial.hard_state;
+        let log = RaftLog::new(storage, hard_state.commit)?;
+        let rng = ChaCha8Rng::seed_from_u64(options.rng_seed());
+        let soft = SoftState { role: Role::Follower, term: hard_state.term, leader: None };
+        let mut raft = Raft {
+            id,
+            rng,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            membership: initial.membership,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_ticks: options.election_ticks(),
+            options,
+            log,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            uncommitted: VecDeque::new(),
+            uncommitted_bytes: 0,
+            broadcast_pending: false,
+            messages: Vec::new(),
+            messages_after_persist: Vec::new(),
+            last_hard_state: hard_state,
+            last_soft_state: soft,
+        };
+        raft.reset_election_timer();
+        raft.after_input();
+        Ok(raft)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// The leader this node knows of in the current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    /// The commit index.
+    pub fn commit_index(&self) -> Index {
+        self.log.committed
+    }
+    /// The index of the last entry in the log.
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+    /// The current membership.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+    /// The options this node runs with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+    /// The election timeout drawn for the current round, in ticks.
+    pub fn randomized_election_ticks(&self) -> u32 {
+        self.randomized_election_ticks
+    }
+    /// Read access to the storage.
+    pub fn storage(&self) -> &S {
+        &self.log.storage
+    }
+    /// Write access to the storage, for drivers that persist through it (see the crate docs).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.log.storage
+    }
+
+    /// A snapshot of this node's state.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            soft_state: self.soft_state(),
+            vote: self.vote,
+            commit: self.log.committed,
+            applied: self.log.applied,
+            last_index: self.log.last_index(),
+            stable_last_index: self.log.stable_last_index(),
+            progress: self.progress.clone(),
+        }
+    }
+
+    /// Advances logical time by one tick: followers and candidates count toward an election,
+    /// leaders toward a heartbeat and a check-quorum round.
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+        self.after_input();
+    }
+
+    /// Starts an election now, as if the election timeout had elapsed (with a pre-vote round when
+    /// pre-vote is on). Ignored on a leader and on a node that does not vote.
+    pub fn campaign(&mut self) {
+        if self.role != Role::Leader {
+            self.start_election();
+        }
+        self.after_input();
+    }
+
+    /// Handles one message from a peer. An `Err` says why it was ignored; it is never fatal
+    /// except [`StepError::Storage`].
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        let result = self.step_message(message);
+        self.after_input();
+        result
+    }
+
+    /// Proposes a command. On the leader it is appended and its index returned; the command is
+    /// committed once it appears in [`Output::committed`] (a later leader may overwrite an index
+    /// that was never committed, so callers match on index *and* term).
+    pub fn propose(&mut self, data: Bytes) -> Result<Index, ProposeError> {
+        let result = self.propose_entry(EntryPayload::Normal(data));
+        self.after_input();
+        result
+    }
+
+    /// The driver reports that every entry it was handed up to (`index`, `term`) is durable,
+    /// along with the hard states handed out with them. A report for an entry that has since
+    /// been replaced (same index, other term) is ignored.
+    pub fn on_persisted(&mut self, index: Index, term: Term) {
+        if self.log.stable_to(index, term) && self.role == Role::Leader {
+            self.maybe_commit();
+        }
+        self.after_input();
+    }
+
+    /// The driver reports that `peer` could not be reached: a leader stops pipelining to it and
+    /// probes instead.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if let Some(progress) = self.progress.get_mut(&peer)
+            && progress.state == ProgressState::Replicate
+        {
+            progress.become_probe();
+        }
+        self.after_input();
+    }
+
+    /// Whether [`Raft::take_output`] would return something to do.
+    pub fn has_output(&self) -> bool {
+        self.soft_state() != self.last_soft_state
+            || self.hard_state() != self.last_hard_state
+            || self.log.has_unpersisted()
+            || self.broadcast_pending
+            || !self.messages.is_empty()
+            || !self.messages_after_persist.is_empty()
+            || self.log.has_committed_to_apply()
+    }
+
+    /// Takes everything the driver must do now. Only fails when storage cannot be read for the
+    /// committed entries; the driver should then stop the node.
+    pub fn take_output(&mut self) -> Result<Output, StorageError> {
+        if self.broadcast_pending {
+            self.broadcast_pending = false;
+            self.broadcast_append(false);
+        }
+        let mut output = Output::default();
+        let soft = self.soft_state();
+        if soft != self.last_soft_state {
+            output.soft_state = Some(soft);
+            self.last_soft_state = soft;
+        }
+        let hard = self.hard_state();
+        if hard != self.last_hard_state {
+            output.hard_state = Some(hard);
+            self.last_hard_state = hard;
+        }
+        output.entries = self.log.take_unpersisted();
+        output.messages = std::mem::take(&mut self.messages);
+        output.messages_after_persist = std::mem::take(&mut self.messages_after_persist);
+        output.committed = self.log.take_committed(self.options.apply_bytes_max())?;
+        self.after_input();
+        Ok(output)
+    }
+
+    pub(crate) fn soft_state(&self) -> SoftState {
+        SoftState { role: self.role, term: self.term, leader: self.leader }
+    }
+
+    pub(crate) fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+    }
+
+    /// Queues a message. Leader appends and heartbeats may leave before this output is durable
+    /// (the leader's term and vote became durable when it campaigned); everything else waits.
+    pub(crate) fn send(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        let immediate = self.role == Role::Leader && body.is_from_leader();
+        let message = Message { from: self.id, to, term, body };
+        if immediate {
+            self.messages.push(message);
+        } else {
+            self.messages_after_persist.push(message);
+        }
+    }
+
+    pub(crate) fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        let base = self.options.election_ticks();
+        // Uniform in [base, 2*base): the spread is what keeps split votes rare.
+        self.randomized_election_ticks = base + (self.rng.next_u64() % u64::from(base)) as u32;
+    }
+
+    fn propose_entry(&mut self, payload: EntryPayload) -> Result<Index, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        let entry = Entry { term: self.term, index: self.log.last_index().next(), payload };
+        let bytes = entry.size_bytes();
+        let limit = self.options.message_bytes_max();
+        if bytes > limit {
+            return Err(ProposeError::TooLarge { bytes, limit });
+        }
+        let limit = self.options.uncommitted_bytes_max();
+        if self.uncommitted_bytes + bytes > limit {
+            return Err(ProposeError::TooManyUncommittedBytes { uncommitted: self.uncommitted_bytes, limit });
+        }
+        let index = entry.index;
+        self.uncommitted.push_back((index, bytes));
+        self.uncommitted_bytes += bytes;
+        self.log.append(std::slice::from_ref(&entry));
+        self.broadcast_pending = true;
+        // A single voter commits as soon as its own write is durable (see on_persisted).
+        Ok(index)
+    }
+
+    fn after_input(&mut self) {
+        if cfg!(any(test, debug_assertions, feature = "invariants")) {
+            self.check_invariants();
+        }
+    }
+
+    /// Asserts the node's invariants; panics on a violation, which is a bug in this crate.
+    /// Runs after every input in debug and test builds and with the `invariants` feature.
+    pub fn check_invariants(&self) {
+        self.log.check_invariants();
+        assert!(self.vote.is_none() || self.term > Term(0), "vote cast in term 0");
+        match self.role {
+            Role::Leader => {
+                assert_eq!(self.leader, Some(self.id), "leader does not know itself");
+                assert_eq!(self.vote, Some(self.id), "leader did not vote for itself");
+            }
+            Role::Candidate => assert_eq!(self.vote, Some(self.id), "candidate did not vote for itself"),
+            Role::PreCandidate | Role::Follower => {
+                assert!(self.progress.is_empty(), "non-leader tracks progress");
+                assert!(self.uncommitted.is_empty(), "non-leader holds uncommitted proposals");
+            }
+        }
+        let last = self.log.last_index();
+        for (id, progress) in &self.progress {
+            assert!(progress.match_index < progress.next_index, "peer {id}: match >= next");
+            assert!(progress.match_index <= last, "peer {id}: match beyond log");
+            assert!(progress.next_index <= last.next(), "peer {id}: next beyond log");
+            assert!(progress.inflights.count() <= self.options.inflight_messages_max(), "peer {id}: window");
+        }
+        let sum: u64 = self.uncommitted.iter().map(|&(_, bytes)| bytes).sum();
+        assert_eq!(sum, self.uncommitted_bytes, "uncommitted byte accounting");
+        assert!(self.uncommitted_bytes <= self.options.uncommitted_bytes_max(), "uncommitted over limit");
+        assert!(self.election_elapsed <= self.randomized_election_ticks.max(self.options.election_ticks()));
+    }
+}

@@ -1,0 +1,265 @@
+//! Log replication: the AppendEntries consistency check and conflict resolution (Raft §5.3),
+//! per-follower flow control, and commitment by quorum with the rule of §5.4.2 (Figure 8).
+
+use std::collections::BTreeMap;
+
+use crate::error::{Malformed, StepError};
+use crate::message::{AppendResult, ConflictHint, MessageBody};
+use crate::progress::ProgressState;
+use crate::quorum;
+use crate::raft::{Raft, Role};
+use crate::storage::Storage;
+use crate::types::{Entry, Index, NodeId, Term};
+
+impl<S: Storage> Raft<S> {
+    pub(crate) fn on_append_entries(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        prev_log_index: Index,
+        prev_log_term: Term,
+        entries: &[Entry],
+        leader_commit: Index,
+    ) -> Result<(), StepError> {
+        validate_entries(term, prev_log_index, prev_log_term, entries)?;
+        let committed = self.log.committed;
+        let (prev_log_index, prev_log_term, entries) = if prev_log_index < committed {
+            // Entries up to our commit index are the same in every leader's log (leader
+            // completeness): skip them and check the rest against our committed entry.
+            let skip = (committed.0 - prev_log_index.0).min(entries.len() as u64) as usize;
+            (committed, self.log.term(committed)?, &entries[skip..])
+        } else {
+            (prev_log_index, prev_log_term, entries)
+        };
+        if !self.log.matches(prev_log_index, prev_log_term) {
+            let hint = self.conflict_hint(prev_log_index)?;
+            let result = AppendResult::Reject { rejected_index: prev_log_index, hint };
+            self.send(from, self.term, MessageBody::AppendResponse(result));
+            return Ok(());
+        }
+        // Only entries that conflict (and everything after them) replace ours: a follower never
+        // truncates entries that match, or a stale append could erase acknowledged entries.
+        if let Some(conflict) = self.log.find_conflict(entries) {
+            let offset = (conflict.0 - prev_log_index.0 - 1) as usize;
+            self.log.append(&entries[offset..]);
+        }
+        let last_new = Index(prev_log_index.0 + entries.len() as u64);
+        self.commit_to(leader_commit.min(last_new));
+        let result = AppendResult::Success { match_index: last_new };
+        self.send(from, self.term, MessageBody::AppendResponse(result));
+        Ok(())
+    }
+
+    /// Where the leader should probe next after our log failed the check at `rejected`.
+    fn conflict_hint(&self, rejected: Index) -> Result<ConflictHint, StepError> {
+        let last = self.log.last_index();
+        if rejected > last {
+            return Ok(ConflictHint { term: None, index: last.next() });
+        }
+        let term = self.log.term(rejected)?;
+        let floor = self.log.committed.next().max(self.log.first_index()?);
+        let index = self.log.first_index_of_term(floor, rejected, term);
+        Ok(ConflictHint { term: Some(term), index })
+    }
+
+    pub(crate) fn on_heartbeat(&mut self, from: NodeId, commit: Index) {
+        // The leader never sends more than it knows we hold, but a node that lost its disk may hold
+        // less: clamp rather than trust (etcd#10166).
+        self.commit_to(commit.min(self.log.last_index()));
+        self.send(from, self.term, MessageBody::HeartbeatResponse);
+    }
+
+    fn commit_to(&mut self, index: Index) {
+        if index > self.log.committed {
+            self.log.committed = index;
+        }
+    }
+
+    pub(crate) fn on_append_response(&mut self, from: NodeId, result: AppendResult) -> Result<(), StepError> {
+        if self.role != Role::Leader {
+            return Err(StepError::Unexpected);
+        }
+        let last = self.log.last_index();
+        let candidate_next = match result {
+            AppendResult::Success { match_index } if match_index > last => {
+                return Err(StepError::Malformed(Malformed::AckBeyondLog(match_index)));
+            }
+            AppendResult::Reject { hint, rejected_index } => Some(self.next_from_hint(hint, rejected_index)),
+            AppendResult::Success { .. } => None,
+        };
+        let progress = self.progress.get_mut(&from).ok_or(StepError::UnknownPeer(from))?;
+        progress.recent_active = true;
+        match result {
+            AppendResult::Success { match_index } => {
+                if progress.on_success(match_index) {
+                    self.maybe_commit();
+                }
+            }
+            AppendResult::Reject { rejected_index, .. } => {
+                let candidate = candidate_next.unwrap_or(rejected_index);
+                if !progress.on_reject(rejected_index, candidate) {
+                    return Ok(()); // A stale rejection: nothing to resend.
+                }
+            }
+        }
+        self.send_appends_while_possible(from);
+        Ok(())
+    }
+
+    /// Turns a follower's conflict hint for the append rejected at `rejected` into the next index
+    /// to probe. Our entries of the follower's conflicting term, if any, match the follower's, so
+    /// the probe goes just past them; without any, it skips the follower's whole term.
+    fn next_from_hint(&self, hint: ConflictHint, rejected: Index) -> Index {
+        let Some(term) = hint.term else { return hint.index };
+        let Ok(first) = self.log.first_index() else { return hint.index };
+        let upper = rejected.min(self.log.last_index());
+        if upper < first.prev() {
+            return hint.index;
+        }
+        match self.log.last_index_with_term_at_most(first.prev(), upper, term) {
+            Some((index, found)) if found == term => index.next(),
+            _ => hint.index,
+        }
+    }
+
+    pub(crate) fn on_heartbeat_response(&mut self, from: NodeId) -> Result<(), StepError> {
+        if self.role != Role::Leader {
+            return Err(StepError::Unexpected);
+        }
+        let last = self.log.last_index();
+        let progress = self.progress.get_mut(&from).ok_or(StepError::UnknownPeer(from))?;
+        progress.recent_active = true;
+        progress.on_heartbeat_response();
+        if progress.match_index < last {
+            self.send_appends_while_possible(from);
+        }
+        Ok(())
+    }
+
+    fn send_appends_while_possible(&mut self, peer: NodeId) {
+        let window = self.options.inflight_messages_max();
+        for _ in 0..=window {
+            let behind = self.progress.get(&peer).is_some_and(|p| p.next_index <= self.log.last_index());
+            if !behind || !self.send_append(peer, false) {
+                break;
+            }
+        }
+    }
+
+    /// Sends one append to `peer` unless flow control holds it back or there is nothing to send
+    /// (and `allow_empty` is false). Returns whether a message went out. A storage error sends
+    /// nothing rather than a malformed append (openraft#1795).
+    pub(crate) fn send_append(&mut self, peer: NodeId, allow_empty: bool) -> bool {
+        let Some(progress) = self.progress.get(&peer) else { return false };
+        if progress.is_paused() {
+            return false;
+        }
+        let next = progress.next_index;
+        let last = self.log.last_index();
+        if next > last && !allow_empty {
+            return false;
+        }
+        let prev_log_index = next.prev();
+        let prev_log_term = match self.log.term(prev_log_index) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::warn!(id = %self.id, %peer, %error, "cannot read prev term: append not sent");
+                return false;
+            }
+        };
+        let entries = if next <= last {
+            let (bytes, count) = (self.options.message_bytes_max(), self.options.message_entries_max());
+            match self.log.entries(next, last.next(), bytes, count) {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::warn!(id = %self.id, %peer, %error, "cannot read entries: append not sent");
+                    return false;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let sent_last = Index(prev_log_index.0 + entries.len() as u64);
+        let count = entries.len();
+        if let Some(progress) = self.progress.get_mut(&peer) {
+            progress.sent_append(sent_last, count);
+        }
+        let body = MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit: self.log.committed };
+        self.send(peer, self.term, body);
+        true
+    }
+
+    /// Sends what each follower lacks; with `allow_empty`, also an empty append to followers that
+    /// lack nothing (to carry a new commit index).
+    pub(crate) fn broadcast_append(&mut self, allow_empty: bool) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            if allow_empty {
+                self.send_append(peer, true);
+            } else {
+                self.send_appends_while_possible(peer);
+            }
+        }
+    }
+
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        let commit = self.log.committed;
+        let targets: Vec<(NodeId, Index)> =
+            self.progress.iter().map(|(&id, p)| (id, p.match_index.min(commit))).collect();
+        for (peer, commit) in targets {
+            self.send(peer, self.term, MessageBody::Heartbeat { commit });
+        }
+    }
+
+    /// Advances the commit index to what a quorum holds durably, but only through an entry of
+    /// the current term: an earlier term's entry on a majority can still be overwritten
+    /// (Figure 8), so it commits only beneath one of ours.
+    pub(crate) fn maybe_commit(&mut self) {
+        let mut matches: BTreeMap<NodeId, Index> = self.progress.iter().map(|(&id, p)| (id, p.match_index)).collect();
+        matches.insert(self.id, self.log.stable_last_index());
+        let index = quorum::committed_index(&self.membership.voters, &matches);
+        if index <= self.log.committed || !self.commits_by_counting(index) {
+            return;
+        }
+        self.log.committed = index;
+        while self.uncommitted.front().is_some_and(|&(i, _)| i <= index) {
+            if let Some((_, bytes)) = self.uncommitted.pop_front() {
+                self.uncommitted_bytes -= bytes;
+            }
+        }
+        self.broadcast_append(true);
+    }
+
+    /// Whether an entry at `index` held by a quorum may be committed by counting replicas.
+    pub(crate) fn commits_by_counting(&self, index: Index) -> bool {
+        self.log.term(index) == Ok(self.term)
+    }
+
+    /// Whether `progress` of `peer` is in the replicate state (for tests and status).
+    pub fn is_replicating(&self, peer: NodeId) -> bool {
+        self.progress.get(&peer).is_some_and(|p| p.state == ProgressState::Replicate)
+    }
+}
+
+/// Rejects an append whose entries could not have come from an honest leader of `term`.
+fn validate_entries(term: Term, prev_index: Index, prev_term: Term, entries: &[Entry]) -> Result<(), StepError> {
+    if prev_term > term {
+        return Err(StepError::Malformed(Malformed::PrevTermAboveMessage(prev_term)));
+    }
+    let mut expected = prev_index;
+    let mut floor = prev_term;
+    for entry in entries {
+        expected = Index(expected.0.checked_add(1).ok_or(StepError::Malformed(Malformed::EntriesNotConsecutive {
+            expected: Index(u64::MAX),
+            found: entry.index,
+        }))?);
+        if entry.index != expected {
+            return Err(StepError::Malformed(Malformed::EntriesNotConsecutive { expected, found: entry.index }));
+        }
+        if entry.term < floor || entry.term > term {
+            return Err(StepError::Malformed(Malformed::EntryTermOutOfOrder { index: entry.index, term: entry.term }));
+        }
+        floor = entry.term;
+    }
+    Ok(())
+}

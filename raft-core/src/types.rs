@@ -1,0 +1,133 @@
+//! Plain data types shared by every part of the engine: identifiers, log entries, hard state and
+//! membership.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+macro_rules! newtype_u64 {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+
+        impl From<u64> for $name {
+            fn from(value: u64) -> Self {
+                Self(value)
+            }
+        }
+    };
+}
+
+newtype_u64!(
+    /// The identity of one member of a Raft group. Zero is a valid id; ids only need to be unique.
+    NodeId
+);
+newtype_u64!(
+    /// A Raft term: a logical epoch with at most one leader. Term 0 exists only before any election.
+    Term
+);
+newtype_u64!(
+    /// A position in the replicated log. The first entry has index 1; index 0 is "before the log".
+    Index
+);
+
+impl Term {
+    /// The next term (saturating: a term never wraps around).
+    pub fn next(self) -> Term {
+        Term(self.0.saturating_add(1))
+    }
+}
+
+impl Index {
+    /// The next index (saturating).
+    pub fn next(self) -> Index {
+        Index(self.0.saturating_add(1))
+    }
+
+    /// The previous index, or 0 at 0.
+    pub fn prev(self) -> Index {
+        Index(self.0.saturating_sub(1))
+    }
+}
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum EntryPayload {
+    /// An application command, opaque to the engine.
+    Normal(Bytes),
+    /// An empty entry that a new leader appends so that it can commit an entry of its own term.
+    Noop,
+}
+
+/// Bytes counted per entry on top of its payload when enforcing byte limits (index, term, tag).
+pub const ENTRY_OVERHEAD_BYTES: u64 = 24;
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The term of the leader that created the entry.
+    pub term: Term,
+    /// The entry's position in the log.
+    pub index: Index,
+    /// What the entry carries.
+    pub payload: EntryPayload,
+}
+
+impl Entry {
+    /// The size this entry counts for in message, batch and uncommitted-bytes limits.
+    pub fn size_bytes(&self) -> u64 {
+        let payload = match &self.payload {
+            EntryPayload::Normal(data) => data.len() as u64,
+            EntryPayload::Noop => 0,
+        };
+        payload + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+/// The state that must be durable before a node sends anything that depends on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// The latest term this node has seen.
+    pub term: Term,
+    /// The candidate this node voted for in `term`, if any.
+    pub vote: Option<NodeId>,
+    /// The highest index known to be committed. Persisting it is an optimisation, not a safety need.
+    pub commit: Index,
+}
+
+/// Who votes in the group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The voting members. Ordered, so iteration is deterministic.
+    pub voters: BTreeSet<NodeId>,
+}
+
+impl Membership {
+    /// A membership of the given voters.
+    pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Self {
+        Membership { voters: voters.into_iter().collect() }
+    }
+
+    /// Whether `id` votes.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+    }
+
+    /// The number of votes that form a majority.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+}
