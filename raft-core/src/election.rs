@@ -61,7 +61,8 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn start_election(&mut self) {
-        if !self.is_promotable() {
+        // At the largest term a new election could not get a term of its own.
+        if !self.is_promotable() || self.term == Term(u64::MAX) {
             return;
         }
         if self.options.pre_vote() {
@@ -139,6 +140,11 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_leader(&mut self) {
+        // Other voters only saw our request after our term and vote were durable; a lone voter
+        // wins before that, and must not hand out (index, term) pairs that a crash could reuse.
+        if self.votes.iter().any(|(&id, &granted)| granted && id != self.id) {
+            self.durable_term = self.term;
+        }
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.clear_election_and_leader_state();
@@ -205,7 +211,12 @@ impl<S: Storage> Raft<S> {
                     return Err(StepError::LeaderSticky { leader: self.leader });
                 }
                 if !pre_vote {
+                    // Step down but keep counting toward our own election: only granting the
+                    // vote restarts the timer (Raft §5.2). Otherwise a node with a fast clock and
+                    // a stale log could keep an up-to-date node from ever campaigning.
+                    let elapsed = self.election_elapsed;
                     self.become_follower(m.term, None);
+                    self.election_elapsed = elapsed.min(self.randomized_election_ticks);
                 }
             }
             // A granted pre-vote carries the term we would campaign in: no term change.
@@ -258,7 +269,7 @@ impl<S: Storage> Raft<S> {
         // One vote per term; a pre-vote for a later term promises nothing.
         let can_vote =
             self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none()) || (pre_vote && term > self.term);
-        if can_vote && self.log.is_up_to_date(last_log_index, last_log_term)? {
+        if can_vote && self.candidate_up_to_date(last_log_index, last_log_term)? {
             if !pre_vote {
                 self.vote = Some(from);
                 self.election_elapsed = 0;
@@ -269,6 +280,14 @@ impl<S: Storage> Raft<S> {
             self.send(from, self.term, MessageBody::VoteResponse { pre_vote, granted: false });
         }
         Ok(())
+    }
+
+    fn candidate_up_to_date(&self, last_log_index: crate::Index, last_log_term: Term) -> Result<bool, StepError> {
+        #[cfg(feature = "bug-knobs")]
+        if self.options.bug_knobs().skip_up_to_date_check {
+            return Ok(true);
+        }
+        Ok(self.log.is_up_to_date(last_log_index, last_log_term)?)
     }
 
     fn on_vote_response(&mut self, from: NodeId, term: Term, pre_vote: bool, granted: bool) -> Result<(), StepError> {

@@ -68,8 +68,8 @@ pub enum Malformed {
     /// `prev_log_term` is above the sender's own term.
     #[error("prev_log_term {0} above the message term")]
     PrevTermAboveMessage(Term),
-    /// An acknowledgement for an index this leader never had.
-    #[error("acknowledged index {0} beyond the leader's log")]
+    /// An acknowledgement or rejection for an index this leader never had.
+    #[error("answer about index {0} beyond the leader's log")]
     AckBeyondLog(Index),
     /// Another node claims leadership of our term while we lead it.
     #[error("second leader {0} in our term")]
@@ -85,6 +85,11 @@ pub enum ProposeError {
         /// The leader this node knows of.
         leader: Option<NodeId>,
     },
+    /// A leader that won alone (a single voter) accepts proposals only once its term is durable,
+    /// so a crash cannot reuse an (index, term) it already handed out. Retry after the next
+    /// persistence report.
+    #[error("the leader's term is not yet durable")]
+    TermNotDurable,
     /// The proposal (with entry overhead) exceeds `message_bytes_max`.
     #[error("proposal of {bytes} bytes exceeds the limit of {limit}")]
     TooLarge {

@@ -89,6 +89,8 @@ mod types;
 
 pub use error::{Malformed, ProposeError, StepError};
 pub use message::{AppendResult, ConflictHint, Message, MessageBody};
+#[cfg(feature = "bug-knobs")]
+pub use options::BugKnobs;
 pub use options::{Options, OptionsBuilder, OptionsError};
 pub use progress::{Inflights, Progress, ProgressState};
 pub use raft::{Output, Raft, Role, SoftState, Status};

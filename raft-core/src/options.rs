@@ -16,6 +16,20 @@ pub struct Options {
     uncommitted_bytes_max: u64,
     apply_bytes_max: u64,
     rng_seed: u64,
+    #[cfg(feature = "bug-knobs")]
+    bug_knobs: BugKnobs,
+}
+
+/// Deliberate bugs for proving that the simulator's checkers catch them (feature `bug-knobs`).
+#[cfg(feature = "bug-knobs")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BugKnobs {
+    /// Commit an earlier term's entry by counting replicas (breaks the Figure-8 rule).
+    pub commit_old_terms_by_counting: bool,
+    /// Hand out hard states without the vote, so a vote is forgotten across a crash.
+    pub forget_votes: bool,
+    /// Grant votes without checking that the candidate's log is at least as up to date.
+    pub skip_up_to_date_check: bool,
 }
 
 /// Why a set of options was refused.
@@ -81,6 +95,8 @@ impl Default for Options {
             uncommitted_bytes_max: 64 * 1024 * 1024,
             apply_bytes_max: 8 * 1024 * 1024,
             rng_seed: 0,
+            #[cfg(feature = "bug-knobs")]
+            bug_knobs: BugKnobs::default(),
         }
     }
 }
@@ -130,6 +146,11 @@ impl Options {
     /// The seed of the node's random number generator (election timeouts).
     pub fn rng_seed(&self) -> u64 {
         self.rng_seed
+    }
+    /// The deliberate bugs switched on (feature `bug-knobs`).
+    #[cfg(feature = "bug-knobs")]
+    pub fn bug_knobs(&self) -> BugKnobs {
+        self.bug_knobs
     }
 }
 
@@ -182,6 +203,13 @@ impl OptionsBuilder {
     /// Sets the random seed.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.options.rng_seed = seed;
+        self
+    }
+
+    /// Switches on deliberate bugs (feature `bug-knobs`, for simulator self-tests only).
+    #[cfg(feature = "bug-knobs")]
+    pub fn bug_knobs(mut self, knobs: BugKnobs) -> Self {
+        self.options.bug_knobs = knobs;
         self
     }
 

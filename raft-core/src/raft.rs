@@ -112,6 +112,8 @@ pub struct Raft<S: Storage> {
     pub(crate) uncommitted_bytes: u64,
     /// A leader has new entries to send to every follower at the next output.
     pub(crate) broadcast_pending: bool,
+    /// The latest term known to be durable in storage.
+    pub(crate) durable_term: Term,
     pub(crate) messages: Vec<Message>,
     pub(crate) messages_after_persist: Vec<Message>,
     last_hard_state: HardState,
@@ -145,6 +147,7 @@ impl<S: Storage> Raft<S> {
             uncommitted: VecDeque::new(),
             uncommitted_bytes: 0,
             broadcast_pending: false,
+            durable_term: hard_state.term,
             messages: Vec::new(),
             messages_after_persist: Vec::new(),
             last_hard_state: hard_state,
@@ -254,8 +257,12 @@ impl<S: Storage> Raft<S> {
     /// along with the hard states handed out with them. A report for an entry that has since
     /// been replaced (same index, other term) is ignored.
     pub fn on_persisted(&mut self, index: Index, term: Term) {
-        if self.log.stable_to(index, term) && self.role == Role::Leader {
-            self.maybe_commit();
+        if self.log.stable_to(index, term) {
+            // An entry of a term is written after (or with) the hard state that holds the term.
+            self.durable_term = self.durable_term.max(term);
+            if self.role == Role::Leader {
+                self.maybe_commit();
+            }
         }
         self.after_input();
     }
@@ -299,6 +306,10 @@ impl<S: Storage> Raft<S> {
         if hard != self.last_hard_state {
             output.hard_state = Some(hard);
             self.last_hard_state = hard;
+            #[cfg(feature = "bug-knobs")]
+            if self.options.bug_knobs().forget_votes {
+                output.hard_state = Some(HardState { vote: None, ..hard });
+            }
         }
         output.entries = self.log.take_unpersisted();
         output.messages = std::mem::take(&mut self.messages);
@@ -339,6 +350,9 @@ impl<S: Storage> Raft<S> {
     fn propose_entry(&mut self, payload: EntryPayload) -> Result<Index, ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        if self.durable_term != self.term {
+            return Err(ProposeError::TermNotDurable);
         }
         let entry = Entry { term: self.term, index: self.log.last_index().next(), payload };
         let bytes = entry.size_bytes();
