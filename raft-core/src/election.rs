@@ -179,6 +179,10 @@ impl<S: Storage> Raft<S> {
         if m.from == self.id {
             return Err(StepError::FromSelf);
         }
+        // A malformed message is refused before it can move our term, role or leader.
+        if let MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, .. } = &m.body {
+            crate::replication::validate_entries(m.term, *prev_log_index, *prev_log_term, entries)?;
+        }
         if m.term > self.term {
             self.on_higher_term(&m)?;
         } else if m.term < self.term {
@@ -191,7 +195,7 @@ impl<S: Storage> Raft<S> {
             MessageBody::VoteResponse { pre_vote, granted } => self.on_vote_response(m.from, m.term, pre_vote, granted),
             MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit } => {
                 self.accept_leader(m.from)?;
-                self.on_append_entries(m.from, m.term, prev_log_index, prev_log_term, &entries, commit)
+                self.on_append_entries(m.from, prev_log_index, prev_log_term, &entries, commit)
             }
             MessageBody::Heartbeat { commit } => {
                 self.accept_leader(m.from)?;

@@ -49,8 +49,9 @@
 //! let mut proposed = false;
 //! for _ in 0..10 {
 //!     if node.is_leader() && !proposed {
-//!         node.propose(Bytes::from_static(b"x=1"))?;
-//!         proposed = true;
+//!         // A lone voter takes proposals once its new term is durable (after the first persist);
+//!         // until then it answers ProposeError::TermNotDurable.
+//!         proposed = node.propose(Bytes::from_static(b"x=1")).is_ok();
 //!     }
 //!     let output = node.take_output()?;
 //!     // Persist (MemStorage is "durable" at once), then report it.

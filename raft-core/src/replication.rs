@@ -15,13 +15,11 @@ impl<S: Storage> Raft<S> {
     pub(crate) fn on_append_entries(
         &mut self,
         from: NodeId,
-        term: Term,
         prev_log_index: Index,
         prev_log_term: Term,
         entries: &[Entry],
         leader_commit: Index,
     ) -> Result<(), StepError> {
-        validate_entries(term, prev_log_index, prev_log_term, entries)?;
         let committed = self.log.committed;
         let (prev_log_index, prev_log_term, entries) = if prev_log_index < committed {
             // Entries up to our commit index are the same in every leader's log (leader
@@ -255,7 +253,12 @@ impl<S: Storage> Raft<S> {
 }
 
 /// Rejects an append whose entries could not have come from an honest leader of `term`.
-fn validate_entries(term: Term, prev_index: Index, prev_term: Term, entries: &[Entry]) -> Result<(), StepError> {
+pub(crate) fn validate_entries(
+    term: Term,
+    prev_index: Index,
+    prev_term: Term,
+    entries: &[Entry],
+) -> Result<(), StepError> {
     if prev_term > term {
         return Err(StepError::Malformed(Malformed::PrevTermAboveMessage(prev_term)));
     }
