@@ -1,0 +1,153 @@
+//! The simulator CLI: runs many seeds in parallel with a progress bar, or replays one.
+//!
+//! ```text
+//! cargo run --release -p sim -- --seeds 1000          # seeds 0..1000
+//! cargo run --release -p sim -- --seeds 5000..6000    # a range
+//! cargo run --release -p sim -- --seed 42 -v          # replay one seed with a readable trace
+//! ```
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use sim::{Report, RunOptions, Stats};
+
+/// Deterministic Raft cluster simulation.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Seeds to run: a count N (seeds 0..N) or a range A..B.
+    #[arg(long, default_value = "100", value_parser = parse_seeds)]
+    seeds: (u64, u64),
+    /// Run one seed (overrides --seeds).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print every event of the run (use with --seed).
+    #[arg(short, long)]
+    verbose: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
+    let number = |s: &str| s.trim().parse::<u64>().map_err(|e| format!("'{s}' is not a seed number: {e}"));
+    let (start, end) = match text.split_once("..") {
+        Some((a, b)) => (number(a)?, number(b)?),
+        None => (0, number(text)?),
+    };
+    if start >= end {
+        return Err(format!("empty seed range {start}..{end}"));
+    }
+    Ok((start, end))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(seed) = args.seed {
+        let report = sim::run(seed, RunOptions { verbose: args.verbose, options_hook: None });
+        println!("config: {}", report.config);
+        print_summary(&report.stats, 1, std::time::Duration::ZERO);
+        println!("trace hash: {:016x}", report.trace_hash);
+        return finish(&[report]);
+    }
+    let (start, end) = args.seeds;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("running seeds {start}..{end} on {threads} threads");
+    let started = Instant::now();
+    let reports = run_parallel(start, end, threads);
+    let mut total = Stats::default();
+    for report in &reports {
+        total.add(&report.stats);
+    }
+    print_summary(&total, reports.len() as u64, started.elapsed());
+    finish(&reports)
+}
+
+fn run_parallel(start: u64, end: u64, threads: usize) -> Vec<Report> {
+    let next = AtomicU64::new(start);
+    let bar = ProgressBar::new(end - start);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} seeds ({per_sec}, eta {eta}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (sender, receiver) = mpsc::channel();
+    let mut reports = Vec::new();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let sender = sender.clone();
+            let next = &next;
+            scope.spawn(move || {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= end {
+                        break;
+                    }
+                    if sender.send(sim::run(seed, RunOptions::default())).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        let mut failures = 0;
+        for report in receiver {
+            if let Some(violation) = &report.violation {
+                failures += 1;
+                bar.println(format!("seed {} FAILED: {violation}", report.config.seed));
+                bar.set_message(format!("{failures} failed"));
+            }
+            bar.inc(1);
+            reports.push(report);
+        }
+    });
+    bar.finish();
+    reports.sort_by_key(|r| r.config.seed);
+    reports
+}
+
+fn print_summary(stats: &Stats, seeds: u64, wall: std::time::Duration) {
+    let seconds = wall.as_secs_f64();
+    println!("seeds:               {seeds}");
+    println!("simulated ticks:     {}", stats.ticks);
+    println!("messages delivered:  {}", stats.messages_delivered);
+    println!(
+        "faults injected:     lost {} blocked {} duplicated {} partitions {} crashes {} pauses {}",
+        stats.messages_lost,
+        stats.messages_blocked,
+        stats.messages_duplicated,
+        stats.partitions,
+        stats.crashes,
+        stats.pauses
+    );
+    println!("commands committed:  {}", stats.commands_committed);
+    println!("checks evaluated:    {}", stats.checks);
+    if seconds > 0.0 {
+        println!(
+            "wall time:           {seconds:.2}s ({:.1} seeds/s, {:.0} messages delivered/s)",
+            seeds as f64 / seconds,
+            stats.messages_delivered as f64 / seconds
+        );
+    }
+}
+
+fn finish(reports: &[Report]) -> ExitCode {
+    let failed: Vec<&Report> = reports.iter().filter(|r| r.violation.is_some()).collect();
+    if failed.is_empty() {
+        println!("all {} seeds passed", reports.len());
+        return ExitCode::SUCCESS;
+    }
+    for report in &failed {
+        if let Some(violation) = &report.violation {
+            println!("\nseed {} violated {}", report.config.seed, violation.property);
+            println!("  {}", violation.detail);
+            println!("  config: {}", report.config);
+            println!("  replay: {}", report.replay_command());
+        }
+    }
+    println!("\n{} of {} seeds failed", failed.len(), reports.len());
+    ExitCode::FAILURE
+}

@@ -1,0 +1,830 @@
+//! The deterministic harness: nodes over simulated disks, a message bag with loss, duplication,
+//! delay and partitions, crashes, restarts, clock drift and pauses, clients, and the checkers fed
+//! after every step. One seed, one run, byte for byte.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+
+use bytes::Bytes;
+use raft_core::{
+    Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, Options, OptionsBuilder,
+    ProposeError, Raft, Role, Term,
+};
+use raft_storage::MemStorage;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::checkers::{
+    Check, ElectionSafety, FNV_START, LeaderAppendOnly, LeaderCompleteness, LogMatching, StateMachineSafety, Violation,
+    fnv, state_machine::Applied,
+};
+use crate::config::{SimConfig, TICK_UNITS};
+
+/// Changes each node's options before it is built (the self-tests switch on deliberate bugs).
+pub type OptionsHook = fn(OptionsBuilder) -> OptionsBuilder;
+
+/// Counters of one run (summed over many runs by the CLI).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Node ticks simulated.
+    pub ticks: u64,
+    /// Messages delivered to a node.
+    pub messages_delivered: u64,
+    /// Messages lost to random loss.
+    pub messages_lost: u64,
+    /// Messages dropped by a partition or a down node.
+    pub messages_blocked: u64,
+    /// Extra copies delivered.
+    pub messages_duplicated: u64,
+    /// Partition changes.
+    pub partitions: u64,
+    /// Node crashes (losing unsynced writes).
+    pub crashes: u64,
+    /// Node pauses.
+    pub pauses: u64,
+    /// Client commands that were applied.
+    pub commands_committed: u64,
+    /// Checker evaluations.
+    pub checks: u64,
+    /// Simulated time units.
+    pub time_units: u64,
+}
+
+impl Stats {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Stats) {
+        self.ticks += other.ticks;
+        self.messages_delivered += other.messages_delivered;
+        self.messages_lost += other.messages_lost;
+        self.messages_blocked += other.messages_blocked;
+        self.messages_duplicated += other.messages_duplicated;
+        self.partitions += other.partitions;
+        self.crashes += other.crashes;
+        self.pauses += other.pauses;
+        self.commands_committed += other.commands_committed;
+        self.checks += other.checks;
+        self.time_units += other.time_units;
+    }
+}
+
+/// The outcome of one seed.
+#[derive(Debug)]
+pub struct Report {
+    /// The configuration derived from the seed.
+    pub config: SimConfig,
+    /// What happened.
+    pub stats: Stats,
+    /// A hash of every event in order: equal for equal seeds.
+    pub trace_hash: u64,
+    /// The first violation, if any.
+    pub violation: Option<Violation>,
+}
+
+impl Report {
+    /// The command that replays this run with a readable trace.
+    pub fn replay_command(&self) -> String {
+        format!("cargo run --release -p sim -- --seed {} -v", self.config.seed)
+    }
+}
+
+/// How to run a seed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Print every event.
+    pub verbose: bool,
+    /// Tweak node options (deliberate bugs in self-tests).
+    pub options_hook: Option<OptionsHook>,
+}
+
+/// Runs one seed to completion.
+pub fn run(seed: u64, run_options: RunOptions) -> Report {
+    run_config(SimConfig::from_seed(seed), run_options)
+}
+
+/// Runs an explicit configuration to completion.
+pub fn run_config(config: SimConfig, run_options: RunOptions) -> Report {
+    let mut sim = Simulation::new(config, run_options);
+    let outcome = sim.run();
+    sim.stats.time_units = sim.now;
+    Report { config: sim.config, stats: sim.stats, trace_hash: sim.trace_hash, violation: outcome.err() }
+}
+
+enum EventKind {
+    Tick(NodeId, u64),
+    Deliver(Message),
+    SyncDone(NodeId, u64),
+    Restart(NodeId),
+    Resume(NodeId),
+    Client(usize),
+    Fault,
+}
+
+struct Event {
+    time: u64,
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.time, self.seq).cmp(&(other.time, other.seq))
+    }
+}
+
+/// A write handed to the disk and not yet synced, with the messages that wait for it.
+struct PendingWrite {
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    after_persist: Vec<Message>,
+}
+
+struct Node {
+    id: NodeId,
+    options: Options,
+    raft: Option<Raft<MemStorage>>,
+    /// What survives a crash: only synced writes.
+    durable: MemStorage,
+    pending: VecDeque<PendingWrite>,
+    /// How many pending writes the fsync in flight covers (0: none in flight).
+    sync_covers: usize,
+    incarnation: u64,
+    paused_until: Option<u64>,
+    tick_period: u64,
+    /// (term, chain hash) of each entry of the node's current log, by index - 1.
+    chain: Vec<(Term, u64)>,
+    applied: Applied,
+    was_leader_in: Option<Term>,
+    /// The commit index last observed (to spot advances).
+    last_commit: Index,
+}
+
+impl Node {
+    fn hash_at(&self, index: Index) -> Option<u64> {
+        if index == Index(0) {
+            return Some(FNV_START);
+        }
+        self.chain.get(index.0 as usize - 1).map(|&(_, hash)| hash)
+    }
+
+    fn rebuild_chain(&mut self) {
+        self.chain.clear();
+        let entries = self.durable.all_entries().to_vec();
+        extend_chain(&mut self.chain, &entries);
+    }
+}
+
+fn extend_chain(chain: &mut Vec<(Term, u64)>, entries: &[Entry]) {
+    let Some(first) = entries.first() else { return };
+    chain.truncate(first.index.0 as usize - 1);
+    for entry in entries {
+        let previous = chain.last().map_or(FNV_START, |&(_, hash)| hash);
+        let mut hash = fnv(previous, &entry.term.0.to_le_bytes());
+        if let EntryPayload::Normal(data) = &entry.payload {
+            hash = fnv(hash, data);
+        }
+        chain.push((entry.term, hash));
+    }
+}
+
+struct Client {
+    seq: u64,
+    pending: Option<(u64, Bytes)>,
+    deadline: u64,
+    target: NodeId,
+}
+
+struct Checkers {
+    election: ElectionSafety,
+    append_only: LeaderAppendOnly,
+    log_matching: LogMatching,
+    completeness: LeaderCompleteness,
+    state_machine: StateMachineSafety,
+}
+
+struct Simulation {
+    config: SimConfig,
+    verbose: bool,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Event>>,
+    nodes: Vec<Node>,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    clients: Vec<Client>,
+    checkers: Checkers,
+    stats: Stats,
+    trace_hash: u64,
+    healing: bool,
+}
+
+const CLIENT_PERIOD_TICKS: u64 = 2;
+const CLIENT_TIMEOUT_TICKS: u64 = 30;
+
+impl Simulation {
+    fn new(config: SimConfig, run_options: RunOptions) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let voters: Vec<NodeId> = (1..=config.nodes).map(NodeId).collect();
+        let mut nodes = Vec::new();
+        for &id in &voters {
+            let mut builder = Options::builder()
+                .election_ticks(config.election_ticks)
+                .heartbeat_ticks(config.heartbeat_ticks)
+                .pre_vote(config.pre_vote)
+                .check_quorum(config.check_quorum)
+                .message_entries_max(config.message_entries_max)
+                .inflight_messages_max(16)
+                .rng_seed(config.seed.wrapping_mul(31).wrapping_add(id.0));
+            if let Some(hook) = run_options.options_hook {
+                builder = hook(builder);
+            }
+            let options = builder.build().expect("simulator options are valid");
+            let durable = MemStorage::new(Membership::new(voters.iter().copied()));
+            let raft = Raft::new(id, options.clone(), durable.clone()).expect("memory storage");
+            let deviation = (rng.next_u64() as f64 / u64::MAX as f64 * 2.0 - 1.0) * config.drift;
+            let tick_period = ((TICK_UNITS as f64) * (1.0 + deviation)).max(1.0) as u64;
+            nodes.push(Node {
+                id,
+                options,
+                raft: Some(raft),
+                durable,
+                pending: VecDeque::new(),
+                sync_covers: 0,
+                incarnation: 0,
+                paused_until: None,
+                tick_period,
+                chain: Vec::new(),
+                applied: Applied::default(),
+                was_leader_in: None,
+                last_commit: Index(0),
+            });
+        }
+        let clients = (0..config.clients)
+            .map(|c| Client { seq: 0, pending: None, deadline: 0, target: voters[(c % config.nodes) as usize] })
+            .collect();
+        let checkers = Checkers {
+            election: ElectionSafety::default(),
+            append_only: LeaderAppendOnly::default(),
+            log_matching: LogMatching::default(),
+            completeness: LeaderCompleteness::default(),
+            state_machine: StateMachineSafety::default(),
+        };
+        let mut sim = Simulation {
+            config,
+            verbose: run_options.verbose,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            blocked: BTreeSet::new(),
+            clients,
+            checkers,
+            stats: Stats::default(),
+            trace_hash: FNV_START,
+            healing: false,
+        };
+        for id in voters {
+            let offset = sim.random_below(TICK_UNITS);
+            sim.schedule(offset, EventKind::Tick(id, 0));
+        }
+        for client in 0..sim.clients.len() {
+            let offset = sim.random_below(TICK_UNITS * CLIENT_PERIOD_TICKS);
+            sim.schedule(offset, EventKind::Client(client));
+        }
+        sim.schedule(TICK_UNITS, EventKind::Fault);
+        sim
+    }
+
+    fn random_below(&mut self, bound: u64) -> u64 {
+        if bound == 0 { 0 } else { self.rng.next_u64() % bound }
+    }
+
+    fn chance(&mut self, probability: f64) -> bool {
+        chance(&mut self.rng, probability)
+    }
+
+    fn schedule(&mut self, delay: u64, kind: EventKind) {
+        self.seq += 1;
+        self.queue.push(Reverse(Event { time: self.now + delay, seq: self.seq, kind }));
+    }
+
+    fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.0 as usize - 1]
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[id.0 as usize - 1]
+    }
+
+    fn trace(&mut self, words: [u64; 4], describe: impl FnOnce() -> String) {
+        let mut hash = fnv(self.trace_hash, &self.now.to_le_bytes());
+        for word in words {
+            hash = fnv(hash, &word.to_le_bytes());
+        }
+        self.trace_hash = hash;
+        if self.verbose {
+            println!("t={:>9} {}", self.now, describe());
+        }
+    }
+
+    fn run(&mut self) -> Check {
+        println_if(self.verbose, || format!("config: {}", self.config));
+        let heal_at = self.config.safety_ticks * TICK_UNITS;
+        let deadline = heal_at + self.config.liveness_ticks * TICK_UNITS;
+        while let Some(Reverse(event)) = self.queue.pop() {
+            self.now = event.time;
+            if !self.healing && self.now >= heal_at {
+                self.heal();
+            }
+            self.handle(event.kind)?;
+            if self.healing && self.converged() {
+                return Ok(());
+            }
+            if self.now > deadline {
+                return Err(self.liveness_violation());
+            }
+        }
+        Err(self.liveness_violation())
+    }
+
+    fn handle(&mut self, kind: EventKind) -> Check {
+        match kind {
+            EventKind::Tick(id, incarnation) => self.on_tick(id, incarnation),
+            EventKind::Deliver(message) => self.on_deliver(message),
+            EventKind::SyncDone(id, incarnation) => self.on_sync_done(id, incarnation),
+            EventKind::Restart(id) => self.on_restart(id),
+            EventKind::Resume(id) => {
+                self.node_mut(id).paused_until = None;
+                self.trace([6, id.0, 0, 0], || format!("node {id} resumes"));
+                Ok(())
+            }
+            EventKind::Client(client) => self.on_client(client),
+            EventKind::Fault => self.on_fault(),
+        }
+    }
+
+    /// Defers an event for a paused node to its resume time; returns whether it did.
+    fn defer_if_paused(&mut self, id: NodeId, kind: EventKind) -> Result<(), EventKind> {
+        match self.node(id).paused_until {
+            Some(until) if until > self.now => {
+                let delay = until - self.now;
+                self.schedule(delay, kind);
+                Ok(())
+            }
+            _ => Err(kind),
+        }
+    }
+
+    fn on_tick(&mut self, id: NodeId, incarnation: u64) -> Check {
+        let node = &mut self.nodes[id.0 as usize - 1];
+        if node.incarnation != incarnation {
+            return Ok(()); // The clock of an earlier incarnation.
+        }
+        let (period, paused) = (node.tick_period, node.paused_until.is_some());
+        let Some(raft) = node.raft.as_mut() else { return Ok(()) };
+        // A paused node's clock stops: the tick is skipped, the next one still comes.
+        if !paused {
+            raft.tick();
+            self.stats.ticks += 1;
+            self.trace([1, id.0, 0, 0], || format!("node {id} ticks"));
+            self.flush(id)?;
+        }
+        self.schedule(period, EventKind::Tick(id, incarnation));
+        Ok(())
+    }
+
+    fn on_deliver(&mut self, message: Message) -> Check {
+        let (from, to) = (message.from, message.to);
+        if self.node(to).raft.is_none() || self.blocked.contains(&(from, to)) {
+            self.stats.messages_blocked += 1;
+            return Ok(());
+        }
+        let message = match self.defer_if_paused(to, EventKind::Deliver(message)) {
+            Ok(()) => return Ok(()),
+            Err(EventKind::Deliver(message)) => message,
+            Err(_) => unreachable!("defer_if_paused returns the event it was given"),
+        };
+        self.stats.messages_delivered += 1;
+        let words = message_words(&message);
+        self.trace(words, || format!("deliver {message:?}"));
+        if let Some(raft) = self.node_mut(to).raft.as_mut() {
+            // Refusals are normal under faults (stale terms, sticky leaders); only storage
+            // errors would matter, and memory storage has none.
+            let _ = raft.step(message);
+        }
+        self.flush(to)
+    }
+
+    fn on_sync_done(&mut self, id: NodeId, incarnation: u64) -> Check {
+        if self.node(id).incarnation != incarnation {
+            return Ok(());
+        }
+        if self.defer_if_paused(id, EventKind::SyncDone(id, incarnation)).is_ok() {
+            return Ok(());
+        }
+        // Group commit: one fsync makes every write issued before it durable, in order.
+        let node = &mut self.nodes[id.0 as usize - 1];
+        let covered = std::mem::take(&mut node.sync_covers).min(node.pending.len());
+        let writes: Vec<PendingWrite> = node.pending.drain(..covered).collect();
+        let mut last_entry = None;
+        let mut messages = Vec::new();
+        for write in writes {
+            if let Some(hard_state) = write.hard_state {
+                node.durable.set_hard_state(hard_state);
+            }
+            node.durable.append(&write.entries).expect("the core hands out appendable entries");
+            if let Some(last) = write.entries.last() {
+                last_entry = Some((last.index, last.term));
+            }
+            messages.extend(write.after_persist);
+        }
+        if let (Some((index, term)), Some(raft)) = (last_entry, node.raft.as_mut()) {
+            raft.on_persisted(index, term);
+        }
+        self.trace([3, id.0, covered as u64, 0], || format!("node {id} synced {covered} writes"));
+        for message in messages {
+            self.send(message)?;
+        }
+        self.start_sync(id);
+        self.flush(id)
+    }
+
+    /// Starts an fsync covering every pending write, unless one is already running.
+    fn start_sync(&mut self, id: NodeId) {
+        let latency = 1 + self.random_below(self.config.sync_delay_max);
+        let node = &mut self.nodes[id.0 as usize - 1];
+        if node.sync_covers > 0 || node.pending.is_empty() {
+            return;
+        }
+        node.sync_covers = node.pending.len();
+        let incarnation = node.incarnation;
+        self.schedule(latency, EventKind::SyncDone(id, incarnation));
+    }
+
+    /// Carries out everything node `id` asked for, feeding the checkers.
+    fn flush(&mut self, id: NodeId) -> Check {
+        loop {
+            let node = &mut self.nodes[id.0 as usize - 1];
+            let Some(raft) = node.raft.as_mut() else { return Ok(()) };
+            if !raft.has_output() {
+                break;
+            }
+            let output = raft.take_output().expect("memory storage never fails");
+            let (commit, leading) = (raft.commit_index(), raft.role() == Role::Leader);
+            if leading
+                && commit > node.last_commit
+                && !self.healing
+                && chance(&mut self.rng, self.config.crash_after_commit)
+            {
+                // The leader dies having just counted a commit, before any of this output (the
+                // appends that would spread the entries after it) leaves the node.
+                self.checkers.completeness.observe_commit(id, raft.term(), commit, |i| node.hash_at(i))?;
+                self.crash(id);
+                return Ok(());
+            }
+            if let Some(hard_state) = output.hard_state {
+                raft.storage_mut().set_hard_state(hard_state);
+            }
+            raft.storage_mut().append(&output.entries).expect("the core hands out appendable entries");
+            if self.verbose && (output.hard_state.is_some() || !output.entries.is_empty()) {
+                let range = output.entries.first().zip(output.entries.last());
+                let span = range.map(|(a, b)| format!("{}..={} (terms {}..={})", a.index, b.index, a.term, b.term));
+                println!("t={:>9} node {id} writes hard state {:?} entries {:?}", self.now, output.hard_state, span);
+            }
+            extend_chain(&mut node.chain, &output.entries);
+            for entry in &output.entries {
+                let hash = node.chain[entry.index.0 as usize - 1].1;
+                self.stats.checks += 1;
+                self.checkers.log_matching.observe(id, entry.index, entry.term, hash)?;
+            }
+            for message in output.messages {
+                self.send(message)?;
+            }
+            self.queue_write(id, output.hard_state, output.entries, output.messages_after_persist)?;
+            for entry in &output.committed {
+                self.apply(id, entry)?;
+            }
+        }
+        self.observe_node(id)
+    }
+
+    fn queue_write(
+        &mut self,
+        id: NodeId,
+        hard_state: Option<HardState>,
+        entries: Vec<Entry>,
+        after_persist: Vec<Message>,
+    ) -> Check {
+        let nothing_to_write = hard_state.is_none() && entries.is_empty();
+        if nothing_to_write && self.node(id).pending.is_empty() {
+            for message in after_persist {
+                self.send(message)?;
+            }
+            return Ok(());
+        }
+        if nothing_to_write && after_persist.is_empty() {
+            return Ok(());
+        }
+        self.node_mut(id).pending.push_back(PendingWrite { hard_state, entries, after_persist });
+        self.start_sync(id);
+        Ok(())
+    }
+
+    fn apply(&mut self, id: NodeId, entry: &Entry) -> Check {
+        let node = &mut self.nodes[id.0 as usize - 1];
+        self.stats.checks += 1;
+        self.checkers.state_machine.observe_apply(id, &mut node.applied, entry)?;
+        if let EntryPayload::Normal(data) = &entry.payload
+            && let Some((client, seq)) = decode_command(data)
+            && let Some(state) = self.clients.get_mut(client)
+            && state.pending.as_ref().is_some_and(|(s, _)| *s == seq)
+        {
+            state.pending = None;
+            self.stats.commands_committed += 1;
+        }
+        Ok(())
+    }
+
+    /// Checks that follow every step of a node: leadership, append-only, commit stability.
+    fn observe_node(&mut self, id: NodeId) -> Check {
+        let node = &mut self.nodes[id.0 as usize - 1];
+        let Some(raft) = node.raft.as_ref() else { return Ok(()) };
+        let (role, term, commit, last) = (raft.role(), raft.term(), raft.commit_index(), raft.last_index());
+        let hash_at = |index: Index| node.hash_at(index);
+        self.stats.checks += 2;
+        self.checkers.completeness.observe_commit(id, term, commit, hash_at)?;
+        node.last_commit = commit;
+        if role == Role::Leader {
+            self.stats.checks += 2;
+            self.checkers.election.observe_leader(id, term)?;
+            if node.was_leader_in != Some(term) {
+                node.was_leader_in = Some(term);
+                self.stats.checks += 1;
+                self.checkers.completeness.observe_new_leader(id, term, |i| node.hash_at(i))?;
+            }
+            self.checkers.append_only.observe(id, term, last, |i| node.hash_at(i))?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, message: Message) -> Check {
+        if let MessageBody::VoteResponse { pre_vote: false, granted: true } = message.body {
+            self.stats.checks += 1;
+            self.checkers.election.observe_vote(message.from, message.term, message.to)?;
+        }
+        if !self.healing && self.chance(self.config.loss) {
+            self.stats.messages_lost += 1;
+            return Ok(());
+        }
+        let copies = if !self.healing && self.chance(self.config.duplicate) { 2 } else { 1 };
+        self.stats.messages_duplicated += copies - 1;
+        for _ in 0..copies {
+            let delay = 1 + self.random_below(self.config.delay_max);
+            self.schedule(delay, EventKind::Deliver(message.clone()));
+        }
+        Ok(())
+    }
+
+    fn on_client(&mut self, client: usize) -> Check {
+        let period = TICK_UNITS * CLIENT_PERIOD_TICKS;
+        self.schedule(period, EventKind::Client(client));
+        let now = self.now;
+        let state = &mut self.clients[client];
+        let (seq, payload) = match &state.pending {
+            Some(_) if now < state.deadline => return Ok(()),
+            Some((seq, payload)) => (*seq, payload.clone()),
+            None if self.healing => return Ok(()),
+            None => {
+                state.seq += 1;
+                let payload = encode_command(client, state.seq);
+                state.pending = Some((state.seq, payload.clone()));
+                (state.seq, payload)
+            }
+        };
+        let target = state.target;
+        let result = match self.node_mut(target).raft.as_mut() {
+            Some(raft) => raft.propose(payload),
+            None => Err(ProposeError::NotLeader { leader: None }),
+        };
+        self.trace([7, client as u64, seq, target.0], || format!("client {client} proposes #{seq} to node {target}"));
+        let next_target = match result {
+            Ok(_) => {
+                self.clients[client].deadline = now + CLIENT_TIMEOUT_TICKS * TICK_UNITS;
+                self.flush(target)?;
+                return Ok(());
+            }
+            Err(ProposeError::NotLeader { leader: Some(leader) }) => leader,
+            Err(_) => NodeId(1 + self.random_below(self.config.nodes)),
+        };
+        // Retry at the next client period, at the node we were pointed to.
+        self.clients[client].target = next_target;
+        self.clients[client].deadline = now;
+        Ok(())
+    }
+
+    fn on_fault(&mut self) -> Check {
+        self.schedule(TICK_UNITS, EventKind::Fault);
+        if self.healing {
+            return Ok(());
+        }
+        if self.chance(self.config.partition_rate) {
+            self.change_partition();
+        }
+        for index in 0..self.nodes.len() {
+            let id = NodeId(index as u64 + 1);
+            if self.nodes[index].raft.is_some() && self.chance(self.config.crash_rate) {
+                self.crash(id);
+            } else if self.nodes[index].paused_until.is_none() && self.chance(self.config.pause_rate) {
+                let length = 1 + self.random_below(3 * u64::from(self.config.election_ticks) * TICK_UNITS);
+                self.nodes[index].paused_until = Some(self.now + length);
+                self.stats.pauses += 1;
+                self.trace([5, id.0, length, 0], || format!("node {id} pauses for {length}"));
+                self.schedule(length, EventKind::Resume(id));
+            }
+        }
+        Ok(())
+    }
+
+    fn change_partition(&mut self) {
+        self.stats.partitions += 1;
+        self.blocked.clear();
+        let n = self.config.nodes;
+        let kind = self.random_below(4);
+        match kind {
+            0 => {} // heal
+            1 => {
+                // Symmetric split into two random sides.
+                let side: Vec<bool> = (0..n).map(|_| self.rng.next_u64() & 1 == 1).collect();
+                for a in 1..=n {
+                    for b in 1..=n {
+                        if side[(a - 1) as usize] != side[(b - 1) as usize] {
+                            self.blocked.insert((NodeId(a), NodeId(b)));
+                        }
+                    }
+                }
+            }
+            2 => {
+                // One-way: a few random directed links fail.
+                for _ in 0..1 + self.random_below(n) {
+                    let (a, b) = (1 + self.random_below(n), 1 + self.random_below(n));
+                    self.blocked.insert((NodeId(a), NodeId(b)));
+                }
+            }
+            _ => {
+                // Partial: a few links fail both ways while every node may still reach others.
+                for _ in 0..1 + self.random_below(n) {
+                    let (a, b) = (1 + self.random_below(n), 1 + self.random_below(n));
+                    self.blocked.insert((NodeId(a), NodeId(b)));
+                    self.blocked.insert((NodeId(b), NodeId(a)));
+                }
+            }
+        }
+        let blocked = self.blocked.len() as u64;
+        self.trace([4, kind, blocked, 0], || format!("partition kind {kind}: {blocked} links blocked"));
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        self.stats.crashes += 1;
+        let node = self.node_mut(id);
+        node.raft = None;
+        node.pending.clear();
+        node.sync_covers = 0;
+        node.incarnation += 1;
+        node.paused_until = None;
+        node.was_leader_in = None;
+        node.last_commit = Index(0);
+        self.checkers.append_only.forget(id);
+        self.trace([2, id.0, 0, 0], || format!("node {id} crashes"));
+        let downtime = 1 + self.random_below(5 * u64::from(self.config.election_ticks) * TICK_UNITS);
+        self.schedule(downtime, EventKind::Restart(id));
+    }
+
+    fn on_restart(&mut self, id: NodeId) -> Check {
+        let period = self.node(id).tick_period;
+        let node = self.node_mut(id);
+        if node.raft.is_some() {
+            return Ok(());
+        }
+        let raft = Raft::new(id, node.options.clone(), node.durable.clone()).expect("memory storage");
+        node.raft = Some(raft);
+        node.rebuild_chain();
+        node.applied = Applied::default();
+        let incarnation = node.incarnation;
+        self.trace([8, id.0, 0, 0], || format!("node {id} restarts"));
+        self.schedule(period, EventKind::Tick(id, incarnation));
+        self.flush(id)
+    }
+
+    /// Starts the liveness phase: every fault stops and every node comes back.
+    fn heal(&mut self) {
+        self.healing = true;
+        self.blocked.clear();
+        for index in 0..self.nodes.len() {
+            self.nodes[index].paused_until = None;
+            if self.nodes[index].raft.is_none() {
+                self.schedule(0, EventKind::Restart(NodeId(index as u64 + 1)));
+            }
+        }
+        self.trace([9, 0, 0, 0], || "heal: liveness phase".to_string());
+    }
+
+    /// A leader, no pending client command, every node applied everything committed.
+    fn converged(&self) -> bool {
+        if self.clients.iter().any(|c| c.pending.is_some()) {
+            return false;
+        }
+        let Some(leader) = self.leader() else { return false };
+        let commit = self.node(leader).raft.as_ref().map_or(Index(0), |r| r.commit_index());
+        let leader_term = self.node(leader).raft.as_ref().map_or(Term(0), |r| r.term());
+        self.nodes.iter().all(|n| {
+            n.raft.as_ref().is_some_and(|r| r.term() == leader_term && r.commit_index() == commit)
+                && n.applied.index == commit
+        })
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.raft.as_ref().filter(|r| r.role() == Role::Leader).map(|r| (r.term(), n.id)))
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    fn liveness_violation(&self) -> Violation {
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| match &n.raft {
+                Some(r) => format!(
+                    "node {}: {:?} term {} commit {} applied {} last {}",
+                    n.id,
+                    r.role(),
+                    r.term(),
+                    r.commit_index(),
+                    n.applied.index,
+                    r.last_index()
+                ),
+                None => format!("node {}: down", n.id),
+            })
+            .collect();
+        let pending = self.clients.iter().filter(|c| c.pending.is_some()).count();
+        Violation {
+            property: "liveness",
+            detail: format!(
+                "no convergence within {} ticks after healing; {pending} client commands pending; {}",
+                self.config.liveness_ticks,
+                states.join("; ")
+            ),
+        }
+    }
+}
+
+fn chance(rng: &mut ChaCha8Rng, probability: f64) -> bool {
+    probability > 0.0 && (rng.next_u64() as f64 / u64::MAX as f64) < probability
+}
+
+fn println_if(verbose: bool, line: impl FnOnce() -> String) {
+    if verbose {
+        println!("{}", line());
+    }
+}
+
+fn encode_command(client: usize, seq: u64) -> Bytes {
+    let mut data = Vec::with_capacity(16);
+    data.extend_from_slice(&(client as u64).to_le_bytes());
+    data.extend_from_slice(&seq.to_le_bytes());
+    Bytes::from(data)
+}
+
+fn decode_command(data: &[u8]) -> Option<(usize, u64)> {
+    let client = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
+    let seq = u64::from_le_bytes(data.get(8..16)?.try_into().ok()?);
+    Some((client as usize, seq))
+}
+
+/// A compact fingerprint of a message for the trace hash.
+fn message_words(m: &Message) -> [u64; 4] {
+    let (tag, detail) = match &m.body {
+        MessageBody::VoteRequest { pre_vote, last_log_index, .. } => (10 + u64::from(*pre_vote), last_log_index.0),
+        MessageBody::VoteResponse { pre_vote, granted } => (12 + u64::from(*pre_vote) * 2 + u64::from(*granted), 0),
+        MessageBody::AppendEntries { prev_log_index, entries, .. } => {
+            (16, prev_log_index.0 << 16 | entries.len() as u64)
+        }
+        MessageBody::AppendResponse(result) => (17, format!("{result:?}").len() as u64),
+        MessageBody::Heartbeat { commit } => (18, commit.0),
+        MessageBody::HeartbeatResponse => (19, 0),
+        _ => (20, 0),
+    };
+    [tag, m.from.0 << 32 | m.to.0, m.term.0, detail]
+}
