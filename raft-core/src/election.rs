@@ -218,9 +218,9 @@ impl<S: Storage> Raft<S> {
                     // Step down but keep counting toward our own election: only granting the
                     // vote restarts the timer (Raft §5.2). Otherwise a node with a fast clock and
                     // a stale log could keep an up-to-date node from ever campaigning.
-                    let elapsed = self.election_elapsed;
+                    let timer = (self.election_elapsed, self.randomized_election_ticks);
                     self.become_follower(m.term, None);
-                    self.election_elapsed = elapsed.min(self.randomized_election_ticks);
+                    (self.election_elapsed, self.randomized_election_ticks) = timer;
                 }
             }
             // A granted pre-vote carries the term we would campaign in: no term change.

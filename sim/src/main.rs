@@ -6,6 +6,7 @@
 //! cargo run --release -p sim -- --seed 42 -v          # replay one seed with a readable trace
 //! ```
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -74,6 +75,9 @@ fn run_parallel(start: u64, end: u64, threads: usize) -> Vec<Report> {
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} seeds ({per_sec}, eta {eta}) {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // Without a terminal the bar is hidden: print a line every 10% instead.
+    let plain = !std::io::stderr().is_terminal();
+    let step = ((end - start) / 10).max(1);
     let (sender, receiver) = mpsc::channel();
     let mut reports = Vec::new();
     std::thread::scope(|scope| {
@@ -102,6 +106,9 @@ fn run_parallel(start: u64, end: u64, threads: usize) -> Vec<Report> {
             }
             bar.inc(1);
             reports.push(report);
+            if plain && (reports.len() as u64).is_multiple_of(step) {
+                eprintln!("{} of {} seeds done, {failures} failed", reports.len(), end - start);
+            }
         }
     });
     bar.finish();
