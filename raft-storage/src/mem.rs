@@ -3,12 +3,16 @@
 use raft_core::{Entry, HardState, Index, InitialState, Membership, Storage, StorageError, Term};
 use thiserror::Error;
 
-/// An in-memory log and hard state.
+use crate::LogStore;
+
+/// An in-memory log and hard state, with compaction below a snapshot boundary.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     hard_state: HardState,
     membership: Membership,
-    /// Entries from index 1 on (no compaction yet).
+    /// The last index and term covered by a snapshot (0, 0 when none).
+    snapshot: (Index, Term),
+    /// Entries from `snapshot.0 + 1` on.
     entries: Vec<Entry>,
 }
 
@@ -26,15 +30,20 @@ pub enum MemStorageError {
     /// The appended entries are not consecutive.
     #[error("appended entries are not consecutive at index {0}")]
     NotConsecutive(Index),
-    /// Index 0 cannot hold an entry.
-    #[error("index 0 cannot hold an entry")]
-    IndexZero,
+    /// The append would overwrite entries covered by the snapshot.
+    #[error("append at index {first} overwrites the snapshot ending at {snapshot}")]
+    BelowSnapshot {
+        /// The first index of the append.
+        first: Index,
+        /// The snapshot's last index.
+        snapshot: Index,
+    },
 }
 
 impl MemStorage {
     /// An empty store for a group with this membership.
     pub fn new(membership: Membership) -> Self {
-        MemStorage { hard_state: HardState::default(), membership, entries: Vec::new() }
+        MemStorage { membership, ..MemStorage::default() }
     }
 
     /// Replaces the hard state.
@@ -50,31 +59,52 @@ impl MemStorage {
     /// Appends `entries`, replacing any stored entries from `entries[0].index` on.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), MemStorageError> {
         let Some(first) = entries.first().map(|e| e.index) else { return Ok(()) };
-        if first == Index(0) {
-            return Err(MemStorageError::IndexZero);
+        let snapshot = self.snapshot.0;
+        if first <= snapshot {
+            return Err(MemStorageError::BelowSnapshot { first, snapshot });
         }
-        let last = Index(self.entries.len() as u64);
+        let last = self.last();
         if first > last.next() {
             return Err(MemStorageError::Gap { first, last });
         }
-        for pair in entries.windows(2) {
-            if pair[1].index != pair[0].index.next() {
-                return Err(MemStorageError::NotConsecutive(pair[1].index));
-            }
+        if let Some(pair) = entries.windows(2).find(|pair| pair[1].index != pair[0].index.next()) {
+            return Err(MemStorageError::NotConsecutive(pair[1].index));
         }
-        self.entries.truncate((first.0 - 1) as usize);
+        self.entries.truncate((first.0 - snapshot.0 - 1) as usize);
         self.entries.extend_from_slice(entries);
         Ok(())
     }
 
-    /// All stored entries, in order.
+    /// Records a snapshot ending at (`index`, `term`) and drops the entries it covers. Entries
+    /// after it are kept if the log holds (`index`, `term`); otherwise the whole log is dropped
+    /// (the snapshot supersedes it). A snapshot older than the current one is ignored.
+    pub fn set_snapshot(&mut self, index: Index, term: Term) {
+        if index <= self.snapshot.0 {
+            return;
+        }
+        let keep_suffix = self.term(index) == Ok(term);
+        let covered = (index.0 - self.snapshot.0.0) as usize;
+        if keep_suffix {
+            self.entries.drain(..covered.min(self.entries.len()));
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot = (index, term);
+    }
+
+    /// All stored entries after the snapshot, in order.
     pub fn all_entries(&self) -> &[Entry] {
         &self.entries
     }
 
     /// Drops every entry after `index` (a crash that loses an unsynced tail, in simulations).
     pub fn truncate_after(&mut self, index: Index) {
-        self.entries.truncate(index.0.min(self.entries.len() as u64) as usize);
+        let keep = index.0.saturating_sub(self.snapshot.0.0);
+        self.entries.truncate(keep.min(self.entries.len() as u64) as usize);
+    }
+
+    fn last(&self) -> Index {
+        Index(self.snapshot.0.0 + self.entries.len() as u64)
     }
 }
 
@@ -84,38 +114,49 @@ impl Storage for MemStorage {
     }
 
     fn entries(&self, low: Index, high: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
-        if low == Index(0) {
+        if low <= self.snapshot.0 {
             return Err(StorageError::Compacted(low));
         }
-        let last = Index(self.entries.len() as u64);
-        if high > last.next() {
+        if high > self.last().next() {
             return Err(StorageError::Unavailable(high.prev()));
         }
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for entry in self.entries.iter().skip((low.0 - 1) as usize).take(high.0.saturating_sub(low.0) as usize) {
-            let size = entry.size_bytes();
-            if !out.is_empty() && bytes + size > bytes_max {
-                break;
-            }
-            bytes += size;
-            out.push(entry.clone());
-        }
-        Ok(out)
+        Ok(crate::take_entries(&self.entries, self.snapshot.0, low, high, bytes_max))
     }
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {
-        if index == Index(0) {
-            return Ok(Term(0));
+        let (snapshot_index, snapshot_term) = self.snapshot;
+        if index == snapshot_index {
+            return Ok(snapshot_term);
         }
-        self.entries.get((index.0 - 1) as usize).map(|e| e.term).ok_or(StorageError::Unavailable(index))
+        if index < snapshot_index {
+            return Err(StorageError::Compacted(index));
+        }
+        let offset = (index.0 - snapshot_index.0 - 1) as usize;
+        self.entries.get(offset).map(|e| e.term).ok_or(StorageError::Unavailable(index))
     }
 
     fn first_index(&self) -> Result<Index, StorageError> {
-        Ok(Index(1))
+        Ok(self.snapshot.0.next())
     }
 
     fn last_index(&self) -> Result<Index, StorageError> {
-        Ok(Index(self.entries.len() as u64))
+        Ok(self.last())
+    }
+}
+
+impl LogStore for MemStorage {
+    type Error = MemStorageError;
+
+    fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), MemStorageError> {
+        self.append(entries)?;
+        if let Some(hard_state) = hard_state {
+            self.hard_state = hard_state;
+        }
+        Ok(())
+    }
+
+    fn compact(&mut self, index: Index, term: Term) -> Result<(), MemStorageError> {
+        self.set_snapshot(index, term);
+        Ok(())
     }
 }

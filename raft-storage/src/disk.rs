@@ -1,0 +1,845 @@
+//! The durable store: a write-ahead log of segment files plus two small metadata files, in one
+//! directory.
+//!
+//! Layout:
+//! - `IDENTITY`: the cluster and node this directory belongs to (written once).
+//! - `META`: hard state, membership and the snapshot boundary, replaced atomically (temp file,
+//!   fsync, rename, fsync directory).
+//! - `<first index, 20 digits>.wal`: segments. A segment starts with a header (magic, format
+//!   version, first index, crc) followed by records `[len u32][crc32 u32][postcard Entry]`, the crc
+//!   covering the length and the payload. Segments rotate at `segment_bytes_max`.
+//!
+//! Entries are also kept in memory (from the snapshot boundary on), so reads never touch the
+//! disk; compaction bounds that memory.
+//!
+//! Durability: `persist` fsyncs once per call (group commit: a driver batches many entries per
+//! call). The term and vote are written (atomically) before the entries, so a durable entry of a
+//! term implies a durable term. A commit-index-only change is kept in memory and written with the
+//! next metadata write: the commit index needs no durability for safety.
+//!
+//! Failure: any I/O error stops the store (fail-stop): every later call returns
+//! [`DiskError::Stopped`], and the driver must stop the node, since it cannot know what reached
+//! the disk.
+
+use std::path::{Path, PathBuf};
+
+use raft_core::{Entry, HardState, Index, InitialState, Membership, NodeId, Storage, StorageError, Term};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::fs::{FileSystem, FsFile, StdFs};
+use crate::{LogStore, take_entries};
+
+/// The on-disk format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const SEGMENT_MAGIC: [u8; 8] = *b"RAFTWAL1";
+const META_MAGIC: [u8; 8] = *b"RAFTMETA";
+const IDENTITY_MAGIC: [u8; 8] = *b"RAFTNODE";
+/// Segment header: magic, version, first index, crc of the preceding bytes.
+const HEADER_BYTES: u64 = 8 + 4 + 8 + 4;
+/// Record prefix: length and crc.
+const RECORD_PREFIX_BYTES: u64 = 8;
+/// The largest record payload accepted when reading (guards against a garbage length).
+pub const RECORD_BYTES_MAX: u32 = 256 * 1024 * 1024;
+const IDENTITY_FILE: &str = "IDENTITY";
+const META_FILE: &str = "META";
+
+/// Who owns a data directory. Opening it as anyone else is an error (PITFALLS.md 27).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The cluster.
+    pub cluster_id: u64,
+    /// The node within it.
+    pub node_id: NodeId,
+}
+
+/// Tunables of the durable store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// A segment is closed and a new one started once it would grow past this size.
+    pub segment_bytes_max: u64,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        DiskOptions { segment_bytes_max: 64 * 1024 * 1024 }
+    }
+}
+
+/// Which file operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoOp {
+    /// Creating a directory or file.
+    Create,
+    /// Opening a file.
+    Open,
+    /// Reading a file.
+    Read,
+    /// Appending to a file.
+    Append,
+    /// Syncing a file.
+    Sync,
+    /// Truncating a file.
+    Truncate,
+    /// Renaming a file.
+    Rename,
+    /// Removing a file.
+    Remove,
+    /// Listing a directory.
+    List,
+    /// Syncing a directory.
+    SyncDir,
+}
+
+/// What is wrong with a damaged file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum Corruption {
+    /// The file does not start with the expected magic bytes.
+    #[error("bad magic")]
+    BadMagic,
+    /// The file was written by an unknown format version.
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u32),
+    /// A checksum does not match its data (not at the tail, where it would be a torn write).
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The file ends inside a header or record where no torn write is possible.
+    #[error("truncated")]
+    Truncated,
+    /// A record's length is impossible.
+    #[error("record length {0} out of range")]
+    RecordLength(u32),
+    /// A record passed its checksum but does not decode.
+    #[error("undecodable record")]
+    Decode,
+    /// A segment's header names a different first index than its file name.
+    #[error("header first index {header} differs from the file name's {name}")]
+    HeaderMismatch {
+        /// The first index in the header.
+        header: Index,
+        /// The first index in the file name.
+        name: Index,
+    },
+    /// An entry's index is not the one expected next (a gap or a regression).
+    #[error("expected index {expected}, found {found}")]
+    IndexOutOfSequence {
+        /// The index expected.
+        expected: Index,
+        /// The index found.
+        found: Index,
+    },
+    /// An entry's term is lower than the previous entry's.
+    #[error("term {found} after term {previous}")]
+    TermRegression {
+        /// The previous entry's term.
+        previous: Term,
+        /// This entry's term.
+        found: Term,
+    },
+    /// The log does not continue right after the snapshot boundary.
+    #[error("log starts at {first} but the snapshot ends at {snapshot}")]
+    GapAfterSnapshot {
+        /// The first log index after the snapshot.
+        first: Index,
+        /// The snapshot's last index.
+        snapshot: Index,
+    },
+}
+
+/// Why the durable store failed. Recovery errors name the file and the byte offset.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum DiskError {
+    /// A file-system call failed.
+    #[error("{op:?} failed on {path:?}: {kind:?}")]
+    Io {
+        /// The operation.
+        op: IoOp,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error kind.
+        kind: std::io::ErrorKind,
+    },
+    /// A file is damaged.
+    #[error("{path:?} is corrupt at byte {offset}: {corruption}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The byte offset of the damage.
+        offset: u64,
+        /// What is wrong.
+        corruption: Corruption,
+    },
+    /// The directory belongs to another node or cluster.
+    #[error("directory belongs to {found:?}, not {expected:?}")]
+    IdentityMismatch {
+        /// Who the caller said it is.
+        expected: Identity,
+        /// Who the directory belongs to.
+        found: Identity,
+    },
+    /// `open` found no store: a node whose disk was lost must rejoin as a new member rather than
+    /// start over as if it had never voted (PITFALLS.md 27).
+    #[error("no store in {0:?}")]
+    NotInitialized(PathBuf),
+    /// `create` found an existing store.
+    #[error("a store already exists in {0:?}")]
+    AlreadyInitialized(PathBuf),
+    /// An append does not continue the log.
+    #[error("append at {first} does not continue the log ending at {last}")]
+    AppendGap {
+        /// The first appended index.
+        first: Index,
+        /// The last stored index.
+        last: Index,
+    },
+    /// Appended entries are not consecutive.
+    #[error("appended entries not consecutive at {0}")]
+    AppendNotConsecutive(Index),
+    /// An append would overwrite entries covered by the snapshot.
+    #[error("append at {first} overwrites the snapshot ending at {snapshot}")]
+    AppendBelowSnapshot {
+        /// The first appended index.
+        first: Index,
+        /// The snapshot's last index.
+        snapshot: Index,
+    },
+    /// An earlier I/O error stopped the store (fail-stop).
+    #[error("the store stopped after an earlier I/O error")]
+    Stopped,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Meta {
+    hard_state: HardState,
+    membership: Membership,
+    snapshot_index: Index,
+    snapshot_term: Term,
+}
+
+/// One segment file: its first index and the byte offset of each of its records.
+#[derive(Clone, Debug)]
+struct Segment {
+    first_index: Index,
+    offsets: Vec<u64>,
+    len: u64,
+}
+
+impl Segment {
+    fn next_index(&self) -> Index {
+        Index(self.first_index.0 + self.offsets.len() as u64)
+    }
+}
+
+/// The durable, crash-safe store over a [`FileSystem`].
+pub struct DiskStorage<F: FileSystem = StdFs> {
+    fs: F,
+    dir: PathBuf,
+    options: DiskOptions,
+    identity: Identity,
+    /// The metadata as last written.
+    meta: Meta,
+    /// The latest hard state given (its commit may be newer than `meta`'s).
+    hard_state: HardState,
+    /// Entries from `meta.snapshot_index + 1` on.
+    entries: Vec<Entry>,
+    segments: Vec<Segment>,
+    /// The last segment, open for appending.
+    active: Option<F::File>,
+    stopped: bool,
+}
+
+fn io_error(op: IoOp, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+    move |error| DiskError::Io { op, path: path.to_path_buf(), kind: error.kind() }
+}
+
+fn corrupt(path: &Path, offset: u64, corruption: Corruption) -> DiskError {
+    DiskError::Corrupt { path: path.to_path_buf(), offset, corruption }
+}
+
+fn segment_name(first_index: Index) -> String {
+    format!("{:020}.wal", first_index.0)
+}
+
+fn parse_segment_name(name: &str) -> Option<Index> {
+    let digits = name.strip_suffix(".wal")?;
+    (digits.len() == 20).then(|| digits.parse().ok().map(Index)).flatten()
+}
+
+/// `[magic][version u32][len u32][crc u32][payload]`, the crc covering version, length, payload.
+fn encode_framed(magic: [u8; 8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 20);
+    out.extend_from_slice(&magic);
+    let mut covered = Vec::with_capacity(payload.len() + 8);
+    covered.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    covered.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    covered.extend_from_slice(payload);
+    out.extend_from_slice(&covered[..8]);
+    out.extend_from_slice(&crc32fast::hash(&covered).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn decode_framed<'a>(path: &Path, bytes: &'a [u8], magic: [u8; 8]) -> Result<&'a [u8], DiskError> {
+    let field = |at: usize| -> Result<u32, DiskError> {
+        let raw = bytes.get(at..at + 4).ok_or_else(|| corrupt(path, at as u64, Corruption::Truncated))?;
+        Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
+    };
+    if bytes.get(..8) != Some(&magic[..]) {
+        return Err(corrupt(path, 0, Corruption::BadMagic));
+    }
+    let version = field(8)?;
+    if version != FORMAT_VERSION {
+        return Err(corrupt(path, 8, Corruption::UnsupportedVersion(version)));
+    }
+    let len = field(12)? as usize;
+    let crc = field(16)?;
+    let payload = bytes.get(20..20 + len).ok_or_else(|| corrupt(path, 20, Corruption::Truncated))?;
+    let mut covered = bytes[8..16].to_vec();
+    covered.extend_from_slice(payload);
+    if crc32fast::hash(&covered) != crc || bytes.len() != 20 + len {
+        return Err(corrupt(path, 16, Corruption::Checksum));
+    }
+    Ok(payload)
+}
+
+fn encode_header(first_index: Index) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES as usize);
+    out.extend_from_slice(&SEGMENT_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&first_index.0.to_le_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn encode_record(entry: &Entry, out: &mut Vec<u8>) {
+    let payload = postcard::to_allocvec(entry).expect("entries always serialize");
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len);
+    hasher.update(&payload);
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&hasher.finalize().to_le_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// What recovery found in one segment file.
+struct ParsedSegment {
+    segment: Segment,
+    entries: Vec<Entry>,
+    /// The offset of a torn tail to cut off (0: the header itself was torn).
+    torn_at: Option<u64>,
+}
+
+fn read_u32(bytes: &[u8], at: u64) -> u32 {
+    let at = at as usize;
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+fn parse_header(path: &Path, bytes: &[u8], name_index: Index) -> Result<(), DiskError> {
+    if bytes[..8] != SEGMENT_MAGIC {
+        return Err(corrupt(path, 0, Corruption::BadMagic));
+    }
+    let version = read_u32(bytes, 8);
+    if version != FORMAT_VERSION {
+        return Err(corrupt(path, 8, Corruption::UnsupportedVersion(version)));
+    }
+    if crc32fast::hash(&bytes[..20]) != read_u32(bytes, 20) {
+        return Err(corrupt(path, 20, Corruption::Checksum));
+    }
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[12..20]);
+    let header = Index(u64::from_le_bytes(raw));
+    if header != name_index {
+        return Err(corrupt(path, 12, Corruption::HeaderMismatch { header, name: name_index }));
+    }
+    Ok(())
+}
+
+/// Reads one segment. Damage at the very end of the last segment is a torn write (reported in
+/// `torn_at`); damage anywhere else is corruption.
+fn parse_segment(path: &Path, bytes: &[u8], first_index: Index, is_last: bool) -> Result<ParsedSegment, DiskError> {
+    let len = bytes.len() as u64;
+    let torn = |offset: u64, corruption: Corruption| {
+        if is_last { Ok(offset) } else { Err(corrupt(path, offset, corruption)) }
+    };
+    let mut parsed = ParsedSegment {
+        segment: Segment { first_index, offsets: Vec::new(), len },
+        entries: Vec::new(),
+        torn_at: None,
+    };
+    if len < HEADER_BYTES {
+        parsed.torn_at = Some(torn(0, Corruption::Truncated)?);
+        return Ok(parsed);
+    }
+    parse_header(path, bytes, first_index)?;
+    let mut offset = HEADER_BYTES;
+    while offset < len {
+        if len - offset < RECORD_PREFIX_BYTES {
+            parsed.torn_at = Some(torn(offset, Corruption::Truncated)?);
+            break;
+        }
+        let record_len = read_u32(bytes, offset);
+        let end = offset + RECORD_PREFIX_BYTES + u64::from(record_len);
+        if end > len {
+            let corruption = if record_len > RECORD_BYTES_MAX {
+                Corruption::RecordLength(record_len)
+            } else {
+                Corruption::Truncated
+            };
+            parsed.torn_at = Some(torn(offset, corruption)?);
+            break;
+        }
+        let payload = &bytes[(offset + RECORD_PREFIX_BYTES) as usize..end as usize];
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&record_len.to_le_bytes());
+        hasher.update(payload);
+        if hasher.finalize() != read_u32(bytes, offset + 4) {
+            if end == len {
+                parsed.torn_at = Some(torn(offset, Corruption::Checksum)?);
+                break;
+            }
+            return Err(corrupt(path, offset, Corruption::Checksum));
+        }
+        let entry: Entry = postcard::from_bytes(payload).map_err(|_| corrupt(path, offset, Corruption::Decode))?;
+        check_sequence(path, offset, &parsed, &entry)?;
+        parsed.segment.offsets.push(offset);
+        parsed.entries.push(entry);
+        offset = end;
+    }
+    if let Some(cut) = parsed.torn_at {
+        parsed.segment.len = cut;
+    }
+    Ok(parsed)
+}
+
+fn check_sequence(path: &Path, offset: u64, parsed: &ParsedSegment, entry: &Entry) -> Result<(), DiskError> {
+    let expected = parsed.segment.next_index();
+    if entry.index != expected {
+        return Err(corrupt(path, offset, Corruption::IndexOutOfSequence { expected, found: entry.index }));
+    }
+    if let Some(previous) = parsed.entries.last()
+        && entry.term < previous.term
+    {
+        return Err(corrupt(path, offset, Corruption::TermRegression { previous: previous.term, found: entry.term }));
+    }
+    Ok(())
+}
+
+impl<F: FileSystem> DiskStorage<F> {
+    /// Initializes a new store in `dir` (created if missing) for `identity`, with the group's
+    /// initial `membership`. Fails if a store already exists there.
+    pub fn create(
+        fs: F,
+        dir: impl Into<PathBuf>,
+        identity: Identity,
+        membership: Membership,
+        options: DiskOptions,
+    ) -> Result<Self, DiskError> {
+        let dir = dir.into();
+        fs.create_dir_all(&dir).map_err(io_error(IoOp::Create, &dir))?;
+        let names = fs.list(&dir).map_err(io_error(IoOp::List, &dir))?;
+        if names.iter().any(|n| n == IDENTITY_FILE) {
+            return Err(DiskError::AlreadyInitialized(dir));
+        }
+        let meta = Meta { membership, ..Meta::default() };
+        let mut store = DiskStorage {
+            fs,
+            dir,
+            options,
+            identity,
+            hard_state: meta.hard_state,
+            meta: meta.clone(),
+            entries: Vec::new(),
+            segments: Vec::new(),
+            active: None,
+            stopped: false,
+        };
+        // Segments of an earlier, uninitialized attempt would confuse recovery.
+        for name in names.iter().filter(|n| parse_segment_name(n).is_some()) {
+            let path = store.dir.join(name);
+            store.fs.remove(&path).map_err(io_error(IoOp::Remove, &path))?;
+        }
+        store.write_meta(meta)?;
+        let identity_bytes = postcard::to_allocvec(&identity).expect("identities always serialize");
+        store.write_atomic(IDENTITY_FILE, &encode_framed(IDENTITY_MAGIC, &identity_bytes))?;
+        Ok(store)
+    }
+
+    /// Opens the store in `dir` as `identity`, recovering its state: a torn tail of the last
+    /// segment is cut off; any other damage is a [`DiskError::Corrupt`] naming file and offset.
+    pub fn open(fs: F, dir: impl Into<PathBuf>, identity: Identity, options: DiskOptions) -> Result<Self, DiskError> {
+        let dir = dir.into();
+        let names = match fs.list(&dir) {
+            Ok(names) => names,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(DiskError::NotInitialized(dir)),
+            Err(error) => return Err(io_error(IoOp::List, &dir)(error)),
+        };
+        if !names.iter().any(|n| n == IDENTITY_FILE) {
+            return Err(DiskError::NotInitialized(dir));
+        }
+        let found = read_framed::<Identity, F>(&fs, &dir.join(IDENTITY_FILE), IDENTITY_MAGIC)?;
+        if found != identity {
+            return Err(DiskError::IdentityMismatch { expected: identity, found });
+        }
+        let meta = read_framed::<Meta, F>(&fs, &dir.join(META_FILE), META_MAGIC)?;
+        let mut store = DiskStorage {
+            fs,
+            dir,
+            options,
+            identity,
+            hard_state: meta.hard_state,
+            meta,
+            entries: Vec::new(),
+            segments: Vec::new(),
+            active: None,
+            stopped: false,
+        };
+        store.recover_segments(&names)?;
+        Ok(store)
+    }
+
+    /// The directory's identity.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// The snapshot boundary: (last included index, its term).
+    pub fn snapshot(&self) -> (Index, Term) {
+        (self.meta.snapshot_index, self.meta.snapshot_term)
+    }
+
+    /// The number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn recover_segments(&mut self, names: &[String]) -> Result<(), DiskError> {
+        let mut indexed: Vec<(Index, &String)> =
+            names.iter().filter_map(|n| parse_segment_name(n).map(|index| (index, n))).collect();
+        indexed.sort();
+        let mut entries: Vec<Entry> = Vec::new();
+        for (position, &(first_index, name)) in indexed.iter().enumerate() {
+            let path = self.dir.join(name);
+            let bytes = self.fs.read(&path).map_err(io_error(IoOp::Read, &path))?;
+            let parsed = parse_segment(&path, &bytes, first_index, position + 1 == indexed.len())?;
+            if let Some(last) = entries.last() {
+                if first_index != last.index.next() {
+                    let expected = last.index.next();
+                    return Err(corrupt(&path, 0, Corruption::IndexOutOfSequence { expected, found: first_index }));
+                }
+                if let Some(first) = parsed.entries.first()
+                    && first.term < last.term
+                {
+                    let corruption = Corruption::TermRegression { previous: last.term, found: first.term };
+                    return Err(corrupt(&path, HEADER_BYTES, corruption));
+                }
+            }
+            if let Some(cut) = parsed.torn_at {
+                self.cut_torn_tail(&path, cut)?;
+                if cut == 0 {
+                    continue;
+                }
+            }
+            entries.extend(parsed.entries);
+            self.segments.push(parsed.segment);
+        }
+        self.settle_snapshot_boundary(entries)?;
+        if let Some(segment) = self.segments.last() {
+            let path = self.dir.join(segment_name(segment.first_index));
+            self.active = Some(self.fs.open_append(&path).map_err(io_error(IoOp::Open, &path))?);
+        }
+        Ok(())
+    }
+
+    /// Cuts a torn tail (or removes a segment whose header was torn) and makes that durable.
+    fn cut_torn_tail(&mut self, path: &Path, cut: u64) -> Result<(), DiskError> {
+        if cut == 0 {
+            self.fs.remove(path).map_err(io_error(IoOp::Remove, path))?;
+            return self.fs.sync_dir(&self.dir).map_err(io_error(IoOp::SyncDir, &self.dir));
+        }
+        let mut file = self.fs.open_append(path).map_err(io_error(IoOp::Open, path))?;
+        file.truncate(cut).map_err(io_error(IoOp::Truncate, path))?;
+        file.sync().map_err(io_error(IoOp::Sync, path))
+    }
+
+    /// Keeps the entries after the snapshot boundary, finishing a compaction a crash interrupted.
+    fn settle_snapshot_boundary(&mut self, entries: Vec<Entry>) -> Result<(), DiskError> {
+        let (snapshot, snapshot_term) = (self.meta.snapshot_index, self.meta.snapshot_term);
+        let conflicts = entries.iter().any(|e| e.index == snapshot && e.term != snapshot_term);
+        let reaches_past = entries.last().is_some_and(|e| e.index > snapshot);
+        if conflicts || !reaches_past {
+            // Everything stored is covered or superseded by the snapshot.
+            return self.remove_segments_from(0);
+        }
+        let first = entries.first().map_or(snapshot.next(), |e| e.index);
+        if first > snapshot.next() {
+            let path = self.dir.join(segment_name(first));
+            return Err(corrupt(&path, HEADER_BYTES, Corruption::GapAfterSnapshot { first, snapshot }));
+        }
+        self.entries = entries.into_iter().filter(|e| e.index > snapshot).collect();
+        self.remove_segments_covered_by_snapshot()
+    }
+
+    fn remove_segments_covered_by_snapshot(&mut self) -> Result<(), DiskError> {
+        let snapshot = self.meta.snapshot_index;
+        // A segment is covered when the next one starts at or below snapshot + 1.
+        let covered = self.segments.windows(2).take_while(|pair| pair[1].first_index <= snapshot.next()).count();
+        if covered == 0 {
+            return Ok(());
+        }
+        for segment in self.segments.drain(..covered) {
+            let path = self.dir.join(segment_name(segment.first_index));
+            self.fs.remove(&path).map_err(io_error(IoOp::Remove, &path))?;
+        }
+        self.fs.sync_dir(&self.dir).map_err(io_error(IoOp::SyncDir, &self.dir))
+    }
+
+    /// Removes segments from position `keep` on (durably), closing the active file if needed.
+    fn remove_segments_from(&mut self, keep: usize) -> Result<(), DiskError> {
+        if keep >= self.segments.len() {
+            return Ok(());
+        }
+        self.active = None;
+        for segment in self.segments.drain(keep..) {
+            let path = self.dir.join(segment_name(segment.first_index));
+            self.fs.remove(&path).map_err(io_error(IoOp::Remove, &path))?;
+        }
+        self.fs.sync_dir(&self.dir).map_err(io_error(IoOp::SyncDir, &self.dir))?;
+        if let Some(segment) = self.segments.last() {
+            let path = self.dir.join(segment_name(segment.first_index));
+            self.active = Some(self.fs.open_append(&path).map_err(io_error(IoOp::Open, &path))?);
+        }
+        Ok(())
+    }
+
+    fn write_atomic(&mut self, name: &str, bytes: &[u8]) -> Result<(), DiskError> {
+        let temp = self.dir.join(format!("{name}.tmp"));
+        let target = self.dir.join(name);
+        let mut file = self.fs.create(&temp).map_err(io_error(IoOp::Create, &temp))?;
+        file.append(bytes).map_err(io_error(IoOp::Append, &temp))?;
+        file.sync().map_err(io_error(IoOp::Sync, &temp))?;
+        self.fs.rename(&temp, &target).map_err(io_error(IoOp::Rename, &target))?;
+        self.fs.sync_dir(&self.dir).map_err(io_error(IoOp::SyncDir, &self.dir))
+    }
+
+    fn write_meta(&mut self, meta: Meta) -> Result<(), DiskError> {
+        let payload = postcard::to_allocvec(&meta).expect("metadata always serializes");
+        self.write_atomic(META_FILE, &encode_framed(META_MAGIC, &payload))?;
+        self.meta = meta;
+        Ok(())
+    }
+
+    fn last_index(&self) -> Index {
+        Index(self.meta.snapshot_index.0 + self.entries.len() as u64)
+    }
+}
+
+fn read_framed<T: serde::de::DeserializeOwned, F: FileSystem>(
+    fs: &F,
+    path: &Path,
+    magic: [u8; 8],
+) -> Result<T, DiskError> {
+    let bytes = fs.read(path).map_err(io_error(IoOp::Read, path))?;
+    let payload = decode_framed(path, &bytes, magic)?;
+    postcard::from_bytes(payload).map_err(|_| corrupt(path, 20, Corruption::Decode))
+}
+
+impl<F: FileSystem> DiskStorage<F> {
+    /// Runs `write`, stopping the store for good if it fails with an I/O error (fail-stop).
+    fn guarded<T>(&mut self, write: impl FnOnce(&mut Self) -> Result<T, DiskError>) -> Result<T, DiskError> {
+        if self.stopped {
+            return Err(DiskError::Stopped);
+        }
+        let result = write(self);
+        if matches!(result, Err(DiskError::Io { .. })) {
+            self.stopped = true;
+        }
+        result
+    }
+
+    fn validate_append(&self, entries: &[Entry]) -> Result<(), DiskError> {
+        let Some(first) = entries.first().map(|e| e.index) else { return Ok(()) };
+        let snapshot = self.meta.snapshot_index;
+        if first <= snapshot {
+            return Err(DiskError::AppendBelowSnapshot { first, snapshot });
+        }
+        let last = self.last_index();
+        if first > last.next() {
+            return Err(DiskError::AppendGap { first, last });
+        }
+        match entries.windows(2).find(|pair| pair[1].index != pair[0].index.next()) {
+            Some(pair) => Err(DiskError::AppendNotConsecutive(pair[1].index)),
+            None => Ok(()),
+        }
+    }
+
+    fn persist_inner(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), DiskError> {
+        self.validate_append(entries)?;
+        if let Some(hard_state) = hard_state {
+            let durable = self.meta.hard_state;
+            if (hard_state.term, hard_state.vote) != (durable.term, durable.vote) {
+                self.write_meta(Meta { hard_state, ..self.meta.clone() })?;
+            }
+            self.hard_state = hard_state;
+        }
+        let Some(first) = entries.first().map(|e| e.index) else { return Ok(()) };
+        if first <= self.last_index() {
+            self.truncate_from(first)?;
+        }
+        self.append_records(entries)?;
+        self.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    /// Durably removes every entry from `index` on, before anything replaces them.
+    fn truncate_from(&mut self, index: Index) -> Result<(), DiskError> {
+        let keep = (index.0 - self.meta.snapshot_index.0 - 1) as usize;
+        self.entries.truncate(keep);
+        let position = self.segments.iter().rposition(|s| s.first_index <= index).unwrap_or(0);
+        let segment = &self.segments[position];
+        if segment.first_index >= index {
+            return self.remove_segments_from(position);
+        }
+        self.remove_segments_from(position + 1)?;
+        let segment = &mut self.segments[position];
+        let records = (index.0 - segment.first_index.0) as usize;
+        let cut = segment.offsets[records];
+        segment.offsets.truncate(records);
+        segment.len = cut;
+        let path = self.dir.join(segment_name(segment.first_index));
+        let file = self.active.as_mut().expect("the last segment is open while segments exist");
+        file.truncate(cut).map_err(io_error(IoOp::Truncate, &path))?;
+        file.sync().map_err(io_error(IoOp::Sync, &path))
+    }
+
+    /// Appends records for `entries`, rotating segments by size; one fsync of the active segment
+    /// at the end (plus one per segment closed on the way and one of the directory if a segment
+    /// was created).
+    fn append_records(&mut self, entries: &[Entry]) -> Result<(), DiskError> {
+        let mut buffer = Vec::new();
+        let mut created = false;
+        for entry in entries {
+            let start = buffer.len();
+            encode_record(entry, &mut buffer);
+            let record_len = (buffer.len() - start) as u64;
+            let must_rotate = match self.segments.last() {
+                None => true,
+                Some(s) => !s.offsets.is_empty() && s.len + record_len > self.options.segment_bytes_max,
+            };
+            if must_rotate {
+                let record = buffer.split_off(start);
+                self.write_active(&buffer)?;
+                buffer = record;
+                self.start_segment(entry.index)?;
+                created = true;
+            }
+            let segment = self.segments.last_mut().expect("a segment was just ensured");
+            segment.offsets.push(segment.len);
+            segment.len += record_len;
+        }
+        self.write_active(&buffer)?;
+        self.sync_active()?;
+        if created {
+            self.fs.sync_dir(&self.dir).map_err(io_error(IoOp::SyncDir, &self.dir))?;
+        }
+        Ok(())
+    }
+
+    fn write_active(&mut self, bytes: &[u8]) -> Result<(), DiskError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let segment = self.segments.last().expect("bytes are only written to an existing segment");
+        let path = self.dir.join(segment_name(segment.first_index));
+        let file = self.active.as_mut().expect("the last segment is open while segments exist");
+        file.append(bytes).map_err(io_error(IoOp::Append, &path))
+    }
+
+    fn sync_active(&mut self) -> Result<(), DiskError> {
+        let Some(segment) = self.segments.last() else { return Ok(()) };
+        let path = self.dir.join(segment_name(segment.first_index));
+        let file = self.active.as_mut().expect("the last segment is open while segments exist");
+        file.sync().map_err(io_error(IoOp::Sync, &path))
+    }
+
+    /// Closes the active segment (durably) and starts a new one at `first_index`.
+    fn start_segment(&mut self, first_index: Index) -> Result<(), DiskError> {
+        self.sync_active()?;
+        let path = self.dir.join(segment_name(first_index));
+        let mut file = self.fs.create(&path).map_err(io_error(IoOp::Create, &path))?;
+        let header = encode_header(first_index);
+        file.append(&header).map_err(io_error(IoOp::Append, &path))?;
+        self.segments.push(Segment { first_index, offsets: Vec::new(), len: header.len() as u64 });
+        self.active = Some(file);
+        Ok(())
+    }
+
+    fn compact_inner(&mut self, index: Index, term: Term) -> Result<(), DiskError> {
+        if index <= self.meta.snapshot_index {
+            return Ok(());
+        }
+        let keep_suffix = Storage::term(self, index) == Ok(term);
+        let covered = ((index.0 - self.meta.snapshot_index.0) as usize).min(self.entries.len());
+        // The boundary is durable first: a crash before the files go leaves entries that
+        // recovery skips (or, when superseded, removes), never a gap.
+        let meta =
+            Meta { snapshot_index: index, snapshot_term: term, hard_state: self.hard_state, ..self.meta.clone() };
+        self.write_meta(meta)?;
+        if keep_suffix {
+            self.entries.drain(..covered);
+            self.remove_segments_covered_by_snapshot()
+        } else {
+            self.entries.clear();
+            self.remove_segments_from(0)
+        }
+    }
+}
+
+impl<F: FileSystem> Storage for DiskStorage<F> {
+    fn initial_state(&self) -> Result<InitialState, StorageError> {
+        Ok(InitialState { hard_state: self.hard_state, membership: self.meta.membership.clone() })
+    }
+
+    fn entries(&self, low: Index, high: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
+        if low <= self.meta.snapshot_index {
+            return Err(StorageError::Compacted(low));
+        }
+        if high > self.last_index().next() {
+            return Err(StorageError::Unavailable(high.prev()));
+        }
+        Ok(take_entries(&self.entries, self.meta.snapshot_index, low, high, bytes_max))
+    }
+
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        let snapshot = self.meta.snapshot_index;
+        if index == snapshot {
+            return Ok(self.meta.snapshot_term);
+        }
+        if index < snapshot {
+            return Err(StorageError::Compacted(index));
+        }
+        let offset = (index.0 - snapshot.0 - 1) as usize;
+        self.entries.get(offset).map(|e| e.term).ok_or(StorageError::Unavailable(index))
+    }
+
+    fn first_index(&self) -> Result<Index, StorageError> {
+        Ok(self.meta.snapshot_index.next())
+    }
+
+    fn last_index(&self) -> Result<Index, StorageError> {
+        Ok(DiskStorage::last_index(self))
+    }
+}
+
+impl<F: FileSystem> LogStore for DiskStorage<F> {
+    type Error = DiskError;
+
+    fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), DiskError> {
+        self.guarded(|store| store.persist_inner(hard_state, entries))
+    }
+
+    fn compact(&mut self, index: Index, term: Term) -> Result<(), DiskError> {
+        self.guarded(|store| store.compact_inner(index, term))
+    }
+}

@@ -1,0 +1,129 @@
+//! The small file-system surface the durable store needs, so that tests and the simulator can
+//! swap in a fault-injecting file system ([`crate::SimFs`]) for the real one ([`StdFs`]).
+//!
+//! The contract mirrors POSIX durability: bytes written to a file are durable only after
+//! [`FsFile::sync`]; a new, renamed or removed directory entry is durable only after
+//! [`FileSystem::sync_dir`] on its directory.
+
+use std::io;
+use std::path::Path;
+
+/// Directory and file operations.
+pub trait FileSystem {
+    /// An open file.
+    type File: FsFile;
+
+    /// Creates `dir` and its parents if missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Creates `path` empty (truncating an existing file) and opens it for appending.
+    fn create(&self, path: &Path) -> io::Result<Self::File>;
+    /// Opens the existing file `path` for appending at its end.
+    fn open_append(&self, path: &Path) -> io::Result<Self::File>;
+    /// Reads the whole file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Atomically replaces `to` with `from`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// The names of the files in `dir`, sorted.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Makes the directory entries of `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// An open file that is only ever appended to, synced or truncated.
+pub trait FsFile {
+    /// Appends `bytes` at the end.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes everything written so far durable (fdatasync).
+    fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes (durable after the next `sync`).
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// The current length.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The real file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdFs;
+
+/// A real open file.
+#[derive(Debug)]
+pub struct StdFile {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl FileSystem for StdFs {
+    type File = StdFile;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<StdFile> {
+        let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
+        Ok(StdFile { file, len: 0 })
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<StdFile> {
+        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(StdFile { file, len })
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+impl FsFile for StdFile {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.len = len;
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+}

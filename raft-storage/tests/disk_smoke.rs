@@ -1,0 +1,55 @@
+//! The durable store over the real file system: write, reopen, truncate, rotate, compact.
+
+use std::path::PathBuf;
+
+use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, Storage, Term};
+use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, LogStore, StdFs};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("raft-storage-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+    Entry { index: Index(index), term: Term(term), payload: EntryPayload::Normal(bytes::Bytes::copy_from_slice(data)) }
+}
+
+const ME: Identity = Identity { cluster_id: 7, node_id: NodeId(1) };
+
+#[test]
+fn entries_and_hard_state_survive_reopen_with_truncation_rotation_and_compaction() {
+    let dir = temp_dir("smoke");
+    let options = DiskOptions { segment_bytes_max: 200 };
+    let membership = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
+    let mut store = DiskStorage::create(StdFs, &dir, ME, membership.clone(), options).expect("create");
+    let hard_state = HardState { term: Term(2), vote: Some(NodeId(2)), commit: Index(0) };
+    let batch: Vec<Entry> = (1..=20).map(|i| entry(i, 1, &[i as u8; 20])).collect();
+    store.persist(Some(hard_state), &batch).expect("persist");
+    assert!(store.segment_count() > 1, "rotation by size");
+    store.persist(None, &[entry(15, 2, b"new")]).expect("truncate and append");
+    drop(store);
+
+    let mut store = DiskStorage::open(StdFs, &dir, ME, options).expect("open");
+    assert_eq!(store.initial_state().expect("state").hard_state, hard_state);
+    assert_eq!(store.initial_state().expect("state").membership, membership);
+    assert_eq!(store.last_index().expect("last"), Index(15));
+    assert_eq!(store.term(Index(15)).expect("term"), Term(2));
+    assert_eq!(store.entries(Index(14), Index(16), u64::MAX).expect("read")[1], entry(15, 2, b"new"));
+
+    store.compact(Index(10), Term(1)).expect("compact");
+    let segments = store.segment_count();
+    drop(store);
+    let store = DiskStorage::open(StdFs, &dir, ME, options).expect("reopen");
+    assert_eq!(store.segment_count(), segments);
+    assert_eq!(store.first_index().expect("first"), Index(11));
+    assert_eq!(store.term(Index(10)).expect("boundary term"), Term(1));
+    assert_eq!(store.entries(Index(10), Index(11), u64::MAX), Err(raft_core::StorageError::Compacted(Index(10))));
+    assert_eq!(store.entries(Index(11), Index(16), u64::MAX).expect("tail").len(), 5);
+
+    let stranger = Identity { cluster_id: 7, node_id: NodeId(9) };
+    assert!(matches!(DiskStorage::open(StdFs, &dir, stranger, options), Err(DiskError::IdentityMismatch { .. })));
+    let empty = temp_dir("empty");
+    assert!(matches!(DiskStorage::open(StdFs, &empty, ME, options), Err(DiskError::NotInitialized(_))));
+    let _ = std::fs::remove_dir_all(&dir);
+}
