@@ -181,6 +181,10 @@ pub enum DiskError {
     /// start over as if it had never voted (PITFALLS.md 27).
     #[error("no store in {0:?}")]
     NotInitialized(PathBuf),
+    /// The directory holds log segments but no IDENTITY file: a damaged store. Neither `open`
+    /// nor `create` proceeds, since starting afresh would erase the node's log and vote.
+    #[error("{0:?} holds log segments but no IDENTITY file")]
+    MissingIdentity(PathBuf),
     /// `create` found an existing store.
     #[error("a store already exists in {0:?}")]
     AlreadyInitialized(PathBuf),
@@ -382,12 +386,13 @@ fn parse_segment(path: &Path, bytes: &[u8], first_index: Index, is_last: bool) -
         let record_len = read_u32(bytes, offset);
         let end = offset + RECORD_PREFIX_BYTES + u64::from(record_len);
         if end > len {
-            let corruption = if record_len > RECORD_BYTES_MAX {
-                Corruption::RecordLength(record_len)
-            } else {
-                Corruption::Truncated
-            };
-            parsed.torn_at = Some(torn(offset, corruption)?);
+            if record_len > RECORD_BYTES_MAX {
+                return Err(corrupt(path, offset, Corruption::RecordLength(record_len)));
+            }
+            if valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, parsed.segment.next_index().next()) {
+                return Err(corrupt(path, offset, Corruption::Truncated));
+            }
+            parsed.torn_at = Some(torn(offset, Corruption::Truncated)?);
             break;
         }
         let payload = &bytes[(offset + RECORD_PREFIX_BYTES) as usize..end as usize];
@@ -411,6 +416,25 @@ fn parse_segment(path: &Path, bytes: &[u8], first_index: Index, is_last: bool) -
         parsed.segment.len = cut;
     }
     Ok(parsed)
+}
+
+/// Whether a whole record with a good checksum holding entry `index` starts anywhere at or after
+/// `from`: then the damage before it is no torn tail.
+fn valid_record_after(bytes: &[u8], from: u64, index: Index) -> bool {
+    let len = bytes.len() as u64;
+    (from..len.saturating_sub(RECORD_PREFIX_BYTES)).any(|at| {
+        let record_len = u64::from(read_u32(bytes, at));
+        let end = at + RECORD_PREFIX_BYTES + record_len;
+        if end > len {
+            return false;
+        }
+        let payload = &bytes[(at + RECORD_PREFIX_BYTES) as usize..end as usize];
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&(record_len as u32).to_le_bytes());
+        hasher.update(payload);
+        hasher.finalize() == read_u32(bytes, at + 4)
+            && postcard::from_bytes::<Entry>(payload).is_ok_and(|entry| entry.index == index)
+    })
 }
 
 fn check_sequence(path: &Path, offset: u64, parsed: &ParsedSegment, entry: &Entry) -> Result<(), DiskError> {
@@ -442,6 +466,11 @@ impl<F: FileSystem> DiskStorage<F> {
         if names.iter().any(|n| n == IDENTITY_FILE) {
             return Err(DiskError::AlreadyInitialized(dir));
         }
+        // Segments are only written after IDENTITY: without it they mean a damaged store, which
+        // starting afresh would erase (and with it the node's vote).
+        if names.iter().any(|n| parse_segment_name(n).is_some()) {
+            return Err(DiskError::MissingIdentity(dir));
+        }
         let meta = Meta { membership, ..Meta::default() };
         let mut store = DiskStorage {
             fs,
@@ -455,11 +484,6 @@ impl<F: FileSystem> DiskStorage<F> {
             active: None,
             stopped: false,
         };
-        // Segments of an earlier, uninitialized attempt would confuse recovery.
-        for name in names.iter().filter(|n| parse_segment_name(n).is_some()) {
-            let path = store.dir.join(name);
-            store.fs.remove(&path).map_err(io_error(IoOp::Remove, &path))?;
-        }
         store.write_meta(meta)?;
         let identity_bytes = postcard::to_allocvec(&identity).expect("identities always serialize");
         store.write_atomic(IDENTITY_FILE, &encode_framed(IDENTITY_MAGIC, &identity_bytes))?;
@@ -476,6 +500,9 @@ impl<F: FileSystem> DiskStorage<F> {
             Err(error) => return Err(io_error(IoOp::List, &dir)(error)),
         };
         if !names.iter().any(|n| n == IDENTITY_FILE) {
+            if names.iter().any(|n| parse_segment_name(n).is_some()) {
+                return Err(DiskError::MissingIdentity(dir));
+            }
             return Err(DiskError::NotInitialized(dir));
         }
         let found = read_framed::<Identity, F>(&fs, &dir.join(IDENTITY_FILE), IDENTITY_MAGIC)?;
@@ -496,7 +523,19 @@ impl<F: FileSystem> DiskStorage<F> {
             stopped: false,
         };
         store.recover_segments(&names)?;
+        store.sync_recovered()?;
         Ok(store)
+    }
+
+    /// Makes everything recovery read durable: a previous incarnation may have left unsynced
+    /// changes in the page cache.
+    fn sync_recovered(&mut self) -> Result<(), DiskError> {
+        for segment in &self.segments {
+            let path = self.dir.join(segment_name(segment.first_index));
+            let mut file = self.fs.open_append(&path).map_err(io_error(IoOp::Open, &path))?;
+            file.sync().map_err(io_error(IoOp::Sync, &path))?;
+        }
+        self.fs.sync_dir(&self.dir).map_err(io_error(IoOp::SyncDir, &self.dir))
     }
 
     /// The directory's identity.
@@ -601,7 +640,7 @@ impl<F: FileSystem> DiskStorage<F> {
             return Ok(());
         }
         self.active = None;
-        for segment in self.segments.drain(keep..) {
+        for segment in self.segments.drain(keep..).rev().collect::<Vec<_>>() {
             let path = self.dir.join(segment_name(segment.first_index));
             self.fs.remove(&path).map_err(io_error(IoOp::Remove, &path))?;
         }

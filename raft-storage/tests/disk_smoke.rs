@@ -53,3 +53,19 @@ fn entries_and_hard_state_survive_reopen_with_truncation_rotation_and_compaction
     assert!(matches!(DiskStorage::open(StdFs, &empty, ME, options), Err(DiskError::NotInitialized(_))));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_store_that_lost_its_identity_is_neither_opened_nor_recreated() {
+    let dir = temp_dir("lost-identity");
+    let options = DiskOptions::default();
+    let mut store = DiskStorage::create(StdFs, &dir, ME, Membership::new([NodeId(1)]), options).expect("create");
+    let voted = HardState { term: Term(3), vote: Some(NodeId(1)), commit: Index(0) };
+    store.persist(Some(voted), &[entry(1, 3, b"x")]).expect("persist");
+    drop(store);
+    std::fs::remove_file(dir.join("IDENTITY")).expect("remove identity");
+    assert!(matches!(DiskStorage::open(StdFs, &dir, ME, options), Err(DiskError::MissingIdentity(_))));
+    let recreate = DiskStorage::create(StdFs, &dir, ME, Membership::new([NodeId(1)]), options);
+    assert!(matches!(recreate, Err(DiskError::MissingIdentity(_))), "must not erase the log and the vote");
+    assert!(std::fs::read_dir(&dir).expect("dir").any(|e| e.expect("entry").file_name() == "00000000000000000001.wal"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
