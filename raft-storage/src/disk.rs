@@ -250,6 +250,8 @@ pub struct DiskStorage<F: FileSystem = StdFs> {
     /// The last segment, open for appending.
     active: Option<F::File>,
     stopped: bool,
+    /// Reused across `persist` calls: the records of one batch.
+    write_buffer: Vec<u8>,
 }
 
 fn io_error(op: IoOp, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
@@ -316,15 +318,36 @@ fn encode_header(first_index: Index) -> Vec<u8> {
     out
 }
 
+/// A postcard output that appends to a borrowed `Vec` (one copy, no allocation per record).
+struct VecFlavor<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
+    type Output = ();
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends `[len][crc][postcard entry]`, serializing in place (no temporary per record).
 fn encode_record(entry: &Entry, out: &mut Vec<u8>) {
-    let payload = postcard::to_allocvec(entry).expect("entries always serialize");
-    let len = (payload.len() as u32).to_le_bytes();
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_PREFIX_BYTES as usize]);
+    postcard::serialize_with_flavor(entry, VecFlavor(out)).expect("entries always serialize");
+    let body = start + RECORD_PREFIX_BYTES as usize;
+    let len = ((out.len() - body) as u32).to_le_bytes();
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&len);
-    hasher.update(&payload);
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&hasher.finalize().to_le_bytes());
-    out.extend_from_slice(&payload);
+    hasher.update(&out[body..]);
+    out[start..start + 4].copy_from_slice(&len);
+    out[start + 4..body].copy_from_slice(&hasher.finalize().to_le_bytes());
 }
 
 /// What recovery found in one segment file.
@@ -360,9 +383,42 @@ fn parse_header(path: &Path, bytes: &[u8], name_index: Index) -> Result<(), Disk
     Ok(())
 }
 
+/// The borrowed shape of [`Entry`] (same postcard encoding), so that payloads can be sliced out of
+/// the segment buffer instead of copied.
+#[derive(Deserialize)]
+struct EntryRef<'a> {
+    term: Term,
+    index: Index,
+    #[serde(borrow)]
+    payload: PayloadRef<'a>,
+}
+
+/// Must list the variants of [`raft_core::EntryPayload`] in the same order (postcard encodes
+/// the variant index); the corruption and model tests decode every kind.
+#[derive(Deserialize)]
+enum PayloadRef<'a> {
+    Normal(&'a [u8]),
+    Noop,
+}
+
+/// Decodes one record; a `Normal` payload shares `segment`'s buffer (no copy, no allocation).
+fn decode_entry(segment: &bytes::Bytes, record: &[u8]) -> Option<Entry> {
+    let entry: EntryRef<'_> = postcard::from_bytes(record).ok()?;
+    let payload = match entry.payload {
+        PayloadRef::Normal(data) => raft_core::EntryPayload::Normal(segment.slice_ref(data)),
+        PayloadRef::Noop => raft_core::EntryPayload::Noop,
+    };
+    Some(Entry { term: entry.term, index: entry.index, payload })
+}
+
 /// Reads one segment. Damage at the very end of the last segment is a torn write (reported in
 /// `torn_at`); damage anywhere else is corruption.
-fn parse_segment(path: &Path, bytes: &[u8], first_index: Index, is_last: bool) -> Result<ParsedSegment, DiskError> {
+fn parse_segment(
+    path: &Path,
+    bytes: &bytes::Bytes,
+    first_index: Index,
+    is_last: bool,
+) -> Result<ParsedSegment, DiskError> {
     let len = bytes.len() as u64;
     let torn = |offset: u64, corruption: Corruption| {
         if is_last { Ok(offset) } else { Err(corrupt(path, offset, corruption)) }
@@ -406,7 +462,7 @@ fn parse_segment(path: &Path, bytes: &[u8], first_index: Index, is_last: bool) -
             }
             return Err(corrupt(path, offset, Corruption::Checksum));
         }
-        let entry: Entry = postcard::from_bytes(payload).map_err(|_| corrupt(path, offset, Corruption::Decode))?;
+        let entry = decode_entry(bytes, payload).ok_or_else(|| corrupt(path, offset, Corruption::Decode))?;
         check_sequence(path, offset, &parsed, &entry)?;
         parsed.segment.offsets.push(offset);
         parsed.entries.push(entry);
@@ -483,6 +539,7 @@ impl<F: FileSystem> DiskStorage<F> {
             segments: Vec::new(),
             active: None,
             stopped: false,
+            write_buffer: Vec::new(),
         };
         store.write_meta(meta)?;
         let identity_bytes = postcard::to_allocvec(&identity).expect("identities always serialize");
@@ -521,6 +578,7 @@ impl<F: FileSystem> DiskStorage<F> {
             segments: Vec::new(),
             active: None,
             stopped: false,
+            write_buffer: Vec::new(),
         };
         store.recover_segments(&names)?;
         store.sync_recovered()?;
@@ -560,7 +618,7 @@ impl<F: FileSystem> DiskStorage<F> {
         let mut entries: Vec<Entry> = Vec::new();
         for (position, &(first_index, name)) in indexed.iter().enumerate() {
             let path = self.dir.join(name);
-            let bytes = self.fs.read(&path).map_err(io_error(IoOp::Read, &path))?;
+            let bytes = bytes::Bytes::from(self.fs.read(&path).map_err(io_error(IoOp::Read, &path))?);
             let parsed = parse_segment(&path, &bytes, first_index, position + 1 == indexed.len())?;
             if let Some(last) = entries.last() {
                 if first_index != last.index.next() {
@@ -756,7 +814,10 @@ impl<F: FileSystem> DiskStorage<F> {
     /// at the end (plus one per segment closed on the way and one of the directory if a segment
     /// was created).
     fn append_records(&mut self, entries: &[Entry]) -> Result<(), DiskError> {
-        let mut buffer = Vec::new();
+        let estimate: usize = entries.iter().map(|e| e.size_bytes() as usize + RECORD_PREFIX_BYTES as usize).sum();
+        let mut buffer = std::mem::take(&mut self.write_buffer);
+        buffer.clear();
+        buffer.reserve(estimate);
         let mut created = false;
         for entry in entries {
             let start = buffer.len();
@@ -767,9 +828,8 @@ impl<F: FileSystem> DiskStorage<F> {
                 Some(s) => !s.offsets.is_empty() && s.len + record_len > self.options.segment_bytes_max,
             };
             if must_rotate {
-                let record = buffer.split_off(start);
-                self.write_active(&buffer)?;
-                buffer = record;
+                self.write_active(&buffer[..start])?;
+                buffer.drain(..start);
                 self.start_segment(entry.index)?;
                 created = true;
             }
@@ -778,6 +838,7 @@ impl<F: FileSystem> DiskStorage<F> {
             segment.len += record_len;
         }
         self.write_active(&buffer)?;
+        self.write_buffer = buffer;
         self.sync_active()?;
         if created {
             self.fs.sync_dir(&self.dir).map_err(io_error(IoOp::SyncDir, &self.dir))?;
