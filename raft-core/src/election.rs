@@ -179,6 +179,10 @@ impl<S: Storage> Raft<S> {
         if m.from == self.id {
             return Err(StepError::FromSelf);
         }
+        let fresh_refusal = matches!(m.body, MessageBody::VoteResponse { pre_vote: true, granted: false });
+        if m.term == Term(0) && !fresh_refusal {
+            return Err(StepError::Malformed(crate::error::Malformed::TermZero));
+        }
         // A malformed message is refused before it can move our term, role or leader.
         if let MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, .. } = &m.body {
             crate::replication::validate_entries(m.term, *prev_log_index, *prev_log_term, entries)?;

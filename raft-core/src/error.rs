@@ -71,6 +71,13 @@ pub enum Malformed {
     /// An acknowledgement or rejection for an index this leader never had.
     #[error("answer about index {0} beyond the leader's log")]
     AckBeyondLog(Index),
+    /// Entries that contradict what this node already knows to be committed.
+    #[error("entries contradict the committed entry at {0}")]
+    ConflictsWithCommitted(Index),
+    /// Term 0 exists only before any election; no message but a fresh node's pre-vote refusal
+    /// carries it.
+    #[error("message in term 0")]
+    TermZero,
     /// Another node claims leadership of our term while we lead it.
     #[error("second leader {0} in our term")]
     SecondLeader(NodeId),

@@ -20,12 +20,16 @@
 //! 4. **Send** `messages` at any time, even before step 3 completes: they are a leader's appends
 //!    and heartbeats, which depend only on state made durable when it campaigned (a leader may
 //!    replicate before its own copy is durable; thesis §10.2.1).
-//! 5. **Send `messages_after_persist` only once step 3 is durable.** These are votes, vote
-//!    requests and acknowledgements: a node must never send a vote or acknowledge an entry that a
-//!    crash could make it forget.
-//! 6. **Report durability** with [`Raft::on_persisted`] for the last entry of `entries`. A leader
-//!    counts its own copy toward a quorum only after this report; a report for an entry that has
-//!    since been replaced (same index, later term) is ignored.
+//! 5. **Send `messages_after_persist` only once this output's writes and every earlier output's
+//!    writes are durable** (even when this output itself writes nothing, as for the answer to a
+//!    duplicated append). These are votes, vote requests and acknowledgements: a node must never
+//!    send a vote or acknowledge an entry that a crash could make it forget.
+//! 6. **Report durability** with [`Raft::on_persisted`] for the last entry of each output's
+//!    `entries`, in output order (a group commit may report only the last write it covered: that
+//!    covers every earlier one). A leader counts its own copy toward a quorum only after this
+//!    report. Reports are matched against the oldest pending write with that (index, term), so a
+//!    write that was replaced and later re-written with equal entries is never confused with the
+//!    newer one (the async-write ABA).
 //! 7. **Apply** `committed` entries in order, each exactly once per incarnation. Only entries that
 //!    are durable locally are handed out. After a restart application starts again from the
 //!    first entry after the snapshot index (index 1 without snapshots).

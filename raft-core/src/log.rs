@@ -1,6 +1,8 @@
 //! The node's view of its log: entries already durable in [`Storage`] plus a tail of entries the
 //! driver has not yet reported durable ("unstable"). Everything below `stable_next` is in storage.
 
+use std::collections::VecDeque;
+
 use crate::storage::{Storage, StorageError};
 use crate::types::{Entry, Index, Term};
 
@@ -13,6 +15,11 @@ pub(crate) struct RaftLog<S> {
     stable_next: Index,
     /// The first unstable index not yet handed to the driver for persisting.
     handed_out_next: Index,
+    /// Writes handed to the driver and not yet reported durable, oldest first: (first index,
+    /// last index, last term). Reports are matched against the oldest write with that mark, so
+    /// a write replaced and then re-written with equal entries is not mistaken for the newer one
+    /// (the async-write ABA, etcd-io/raft#8).
+    pending_writes: VecDeque<(Index, Index, Term)>,
     /// The highest index known to be committed.
     pub(crate) committed: Index,
     /// The highest index handed out for applying.
@@ -29,6 +36,7 @@ impl<S: Storage> RaftLog<S> {
             unstable: Vec::new(),
             stable_next: last.next(),
             handed_out_next: last.next(),
+            pending_writes: VecDeque::new(),
             committed: commit.min(last),
             applied: first.prev(),
         })
@@ -140,6 +148,9 @@ impl<S: Storage> RaftLog<S> {
     pub(crate) fn take_unpersisted(&mut self) -> Vec<Entry> {
         let start = (self.handed_out_next.0 - self.stable_next.0) as usize;
         let out = self.unstable[start..].to_vec();
+        if let (Some(first), Some(last)) = (out.first(), out.last()) {
+            self.pending_writes.push_back((first.index, last.index, last.term));
+        }
         self.handed_out_next = self.last_index().next();
         out
     }
@@ -148,16 +159,25 @@ impl<S: Storage> RaftLog<S> {
         self.handed_out_next <= self.last_index()
     }
 
-    /// The driver reports entries up to (`index`, `term`) durable. Ignored when the log no longer
-    /// holds that entry (it was replaced after the write started), when it is already stable, or
-    /// when it was never handed out. Returns whether the stable boundary moved.
+    /// The driver reports the write that ended at (`index`, `term`) durable, and with it every
+    /// earlier write. Entries become stable up to that index, but not at or past an index that a
+    /// later, still pending write replaces, nor past what was handed out. Returns whether the
+    /// stable boundary moved; an unknown report is ignored.
     pub(crate) fn stable_to(&mut self, index: Index, term: Term) -> bool {
-        if index < self.stable_next || index >= self.handed_out_next || !self.matches(index, term) {
+        let Some(position) = self.pending_writes.iter().position(|&(_, last, t)| last == index && t == term) else {
+            return false;
+        };
+        self.pending_writes.drain(..=position);
+        let mut stable_last = index.min(self.handed_out_next.prev());
+        for &(first, _, _) in &self.pending_writes {
+            stable_last = stable_last.min(first.prev());
+        }
+        if stable_last < self.stable_next {
             return false;
         }
-        let count = (index.0 - self.stable_next.0 + 1) as usize;
+        let count = (stable_last.0 - self.stable_next.0 + 1) as usize;
         self.unstable.drain(..count);
-        self.stable_next = index.next();
+        self.stable_next = stable_last.next();
         true
     }
 

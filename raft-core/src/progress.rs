@@ -138,7 +138,10 @@ impl Progress {
     /// which is ignored: it must never move `next_index` to or below `match_index`.
     pub(crate) fn on_reject(&mut self, rejected: Index, candidate_next: Index) -> bool {
         match self.state {
-            ProgressState::Replicate if rejected <= self.match_index => return false,
+            // At or below match, a rejection is stale, or comes from a follower that lost
+            // acknowledged entries: answering it at once would loop forever (heartbeats pace
+            // the retries instead).
+            _ if rejected <= self.match_index => return false,
             ProgressState::Probe if rejected != self.next_index.prev() => return false,
             _ => {}
         }

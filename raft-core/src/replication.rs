@@ -25,7 +25,15 @@ impl<S: Storage> Raft<S> {
             // Entries up to our commit index are the same in every leader's log (leader
             // completeness): skip them and check the rest against our committed entry.
             let skip = (committed.0 - prev_log_index.0).min(entries.len() as u64) as usize;
-            (committed, self.log.term(committed)?, &entries[skip..])
+            let committed_term = self.log.term(committed)?;
+            // An honest leader's entries agree with ours up to our commit index; refuse ones that
+            // do not, or whose rest would put a lower term after our committed entry.
+            let at_commit = entries[..skip].last().filter(|e| e.index == committed);
+            let disagrees = at_commit.is_some_and(|e| e.term != committed_term);
+            if disagrees || entries[skip..].first().is_some_and(|e| e.term < committed_term) {
+                return Err(StepError::Malformed(Malformed::ConflictsWithCommitted(committed)));
+            }
+            (committed, committed_term, &entries[skip..])
         } else {
             (prev_log_index, prev_log_term, entries)
         };

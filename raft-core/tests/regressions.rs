@@ -67,3 +67,129 @@ fn a_lone_voter_never_hands_out_an_index_and_term_a_crash_could_reuse() {
     second.on_persisted(last.index, last.term);
     assert_eq!(second.propose(Bytes::from_static(b"b")), Ok(Index(2)));
 }
+
+// Found by a fresh-eyes review of the core (each fails before its fix).
+
+fn append(from: u64, to: u64, term: u64, prev: (u64, u64), entries: Vec<raft_core::Entry>, commit: u64) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(term),
+        body: MessageBody::AppendEntries {
+            prev_log_index: Index(prev.0),
+            prev_log_term: Term(prev.1),
+            entries,
+            commit: Index(commit),
+        },
+    }
+}
+
+fn persist(node: &mut Raft<MemStorage>, output: &raft_core::Output) {
+    if let Some(hard_state) = output.hard_state {
+        node.storage_mut().set_hard_state(hard_state);
+    }
+    node.storage_mut().append(&output.entries).expect("appendable");
+    if let Some(last) = output.entries.last() {
+        node.on_persisted(last.index, last.term);
+    }
+}
+
+/// An append below our commit index whose entry at the commit index disagrees with ours (or
+/// whose rest has a lower term) is malformed: before the fix it put decreasing terms in the log
+/// (or panicked the invariant check).
+#[test]
+fn an_append_contradicting_the_committed_entry_is_refused() {
+    let voters = ids(3);
+    let mut node = node_with_log(NodeId(2), &voters, &[], 0, options(NodeId(2), true, true));
+    node.step(append(1, 2, 2, (0, 0), vec![common::noop(1, 2)], 1)).expect("valid");
+    let output = node.take_output().expect("memory");
+    persist(&mut node, &output);
+    assert_eq!(node.commit_index(), Index(1));
+    let garbage = append(1, 2, 2, (0, 0), vec![common::noop(1, 1), common::noop(2, 1)], 1);
+    assert_eq!(
+        node.step(garbage),
+        Err(raft_core::StepError::Malformed(raft_core::Malformed::ConflictsWithCommitted(Index(1))))
+    );
+    let output = node.take_output().expect("memory");
+    assert!(output.entries.is_empty(), "nothing appended");
+}
+
+/// Term 0 exists only before any election: a vote request or append in term 0 is malformed
+/// (before the fix the vote was granted and persisted in term 0, tripping the invariants).
+#[test]
+fn messages_in_term_zero_are_refused() {
+    let voters = ids(3);
+    let mut node = node_with_log(NodeId(1), &voters, &[], 0, options(NodeId(1), true, true));
+    let vote = Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: Term(0),
+        body: MessageBody::VoteRequest { pre_vote: false, last_log_index: Index(0), last_log_term: Term(0) },
+    };
+    assert_eq!(node.step(vote), Err(raft_core::StepError::Malformed(raft_core::Malformed::TermZero)));
+    let zero_append = append(2, 1, 0, (0, 0), vec![common::noop(1, 0)], 1);
+    assert_eq!(node.step(zero_append), Err(raft_core::StepError::Malformed(raft_core::Malformed::TermZero)));
+    assert_eq!((node.status().vote, node.commit_index(), node.last_index()), (None, Index(0), Index(0)));
+}
+
+/// The async-write ABA (etcd-io/raft#8) with an identical re-write: W1 [1@2,2@2], W2 [1@3],
+/// W3 [1@2,2@2,3@4]. The report for W1 must not make entries stable that W2, still in flight,
+/// will overwrite on disk; before the fix the follower handed 1@2 and 2@2 out for applying.
+#[test]
+fn a_report_for_an_older_identical_write_does_not_cover_a_pending_truncation() {
+    let voters = ids(5);
+    let mut node = node_with_log(NodeId(2), &voters, &[], 0, options(NodeId(2), true, true));
+    node.step(append(1, 2, 2, (0, 0), vec![common::noop(1, 2), common::noop(2, 2)], 0)).expect("w1");
+    let w1 = node.take_output().expect("memory");
+    node.step(append(3, 2, 3, (0, 0), vec![common::noop(1, 3)], 0)).expect("w2");
+    let w2 = node.take_output().expect("memory");
+    let w3_entries = vec![common::noop(1, 2), common::noop(2, 2), common::noop(3, 4)];
+    node.step(append(1, 2, 4, (0, 0), w3_entries, 2)).expect("w3");
+    let w3 = node.take_output().expect("memory");
+    for write in [&w1, &w2, &w3] {
+        node.storage_mut().append(&write.entries).expect("appendable");
+    }
+    node.on_persisted(Index(2), Term(2)); // W1 only
+    assert_eq!(node.status().stable_last_index, Index(0), "W2 still rewrites index 1");
+    assert!(node.take_output().expect("memory").committed.is_empty());
+    node.on_persisted(Index(1), Term(3)); // W2
+    node.on_persisted(Index(3), Term(4)); // W3
+    assert_eq!(node.status().stable_last_index, Index(3));
+    let applied: Vec<u64> = node.take_output().expect("memory").committed.iter().map(|e| e.index.0).collect();
+    assert_eq!(applied, vec![1, 2]);
+}
+
+/// A follower that lost acknowledged entries rejects at or below the leader's match index.
+/// Before the fix, each rejection was answered at once and every heartbeat started one more
+/// endless append/reject loop; now such rejections are stale and the traffic stays bounded.
+#[test]
+fn a_follower_that_lost_acknowledged_entries_causes_no_message_storm() {
+    let mut c = common::Cluster::new(3);
+    c.elect(1);
+    for _ in 0..5 {
+        c.propose(1, b"x").expect("leader");
+    }
+    c.ticks(2);
+    let last = c.node(1).last_index();
+    c.crash(3);
+    let mut storage = c.node(3).storage().clone();
+    storage.truncate_after(Index(last.0 - 2));
+    let hard_state = storage.hard_state();
+    storage.set_hard_state(raft_core::HardState { commit: Index(last.0 - 2), ..hard_state });
+    let node = Raft::new(NodeId(3), c.options[&NodeId(3)].clone(), storage).expect("memory");
+    c.nodes.insert(NodeId(3), node);
+    c.down.remove(&NodeId(3));
+    c.node_mut(1).propose(Bytes::from_static(b"y")).expect("leader");
+    for _ in 0..6 {
+        for id in 1..=3 {
+            c.node_mut(id).tick();
+        }
+        c.process_all();
+        let mut delivered = 0;
+        while delivered < 1000 && c.deliver_one() {
+            delivered += 1;
+        }
+        c.process_all();
+        assert!(delivered < 1000, "message storm: {delivered} messages in one tick");
+    }
+}

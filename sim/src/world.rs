@@ -102,19 +102,37 @@ pub fn run(seed: u64, run_options: RunOptions) -> Report {
 }
 
 /// Runs an explicit configuration to completion.
+/// A panic inside the run (how raft-core reports its own broken invariants) becomes a violation
+/// of property "panic", so the seed and its replay command are still reported.
 pub fn run_config(config: SimConfig, run_options: RunOptions) -> Report {
-    let mut sim = Simulation::new(config, run_options);
-    let outcome = sim.run();
-    sim.stats.time_units = sim.now;
-    Report { config: sim.config, stats: sim.stats, trace_hash: sim.trace_hash, violation: outcome.err() }
+    let seed_config = config.clone();
+    let run = std::panic::catch_unwind(move || {
+        let mut sim = Simulation::new(config, run_options);
+        let outcome = sim.run();
+        sim.stats.time_units = sim.now;
+        Report { config: sim.config, stats: sim.stats, trace_hash: sim.trace_hash, violation: outcome.err() }
+    });
+    run.unwrap_or_else(|payload| {
+        let detail = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|text| text.to_string()))
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        let violation = Violation { property: "panic", detail };
+        Report { config: seed_config, stats: Stats::default(), trace_hash: 0, violation: Some(violation) }
+    })
 }
+
+/// The most events one run may handle: a run past it is a message storm, reported as a
+/// violation instead of running (and growing) without end.
+pub const EVENTS_MAX: u64 = 5_000_000;
 
 enum EventKind {
     Tick(NodeId, u64),
     Deliver(Message),
     SyncDone(NodeId, u64),
     Restart(NodeId),
-    Resume(NodeId),
+    Resume(NodeId, u64),
     Client(usize),
     Fault,
 }
@@ -342,7 +360,13 @@ impl Simulation {
         println_if(self.verbose, || format!("config: {}", self.config));
         let heal_at = self.config.safety_ticks * TICK_UNITS;
         let deadline = heal_at + self.config.liveness_ticks * TICK_UNITS;
+        let mut events: u64 = 0;
         while let Some(Reverse(event)) = self.queue.pop() {
+            events += 1;
+            if events > EVENTS_MAX {
+                let detail = format!("more than {EVENTS_MAX} events by time {}: a message storm", self.now);
+                return Err(Violation { property: "bounded traffic", detail });
+            }
             self.now = event.time;
             if !self.healing && self.now >= heal_at {
                 self.heal();
@@ -364,7 +388,11 @@ impl Simulation {
             EventKind::Deliver(message) => self.on_deliver(message),
             EventKind::SyncDone(id, incarnation) => self.on_sync_done(id, incarnation),
             EventKind::Restart(id) => self.on_restart(id),
-            EventKind::Resume(id) => {
+            EventKind::Resume(id, until) => {
+                // Only the resume of the pause in force (a crash may have ended an older one).
+                if self.node(id).paused_until != Some(until) {
+                    return Ok(());
+                }
                 self.node_mut(id).paused_until = None;
                 self.trace([6, id.0, 0, 0], || format!("node {id} resumes"));
                 Ok(())
@@ -613,6 +641,9 @@ impl Simulation {
             }
         };
         let target = state.target;
+        if self.node(target).paused_until.is_some() {
+            return Ok(()); // A paused node takes no requests; the client tries again next period.
+        }
         let result = match self.node_mut(target).raft.as_mut() {
             Some(raft) => raft.propose(payload),
             None => Err(ProposeError::NotLeader { leader: None }),
@@ -650,7 +681,8 @@ impl Simulation {
                 self.nodes[index].paused_until = Some(self.now + length);
                 self.stats.pauses += 1;
                 self.trace([5, id.0, length, 0], || format!("node {id} pauses for {length}"));
-                self.schedule(length, EventKind::Resume(id));
+                let until = self.now + length;
+                self.schedule(length, EventKind::Resume(id, until));
             }
         }
         Ok(())
