@@ -15,15 +15,17 @@ fn check(report: &Report) {
 }
 
 /// Seeds that fail on raft-core before the fix of a bug the simulator found (each verified by
-/// reverting the fix and re-running the seed), kept as regressions:
-/// - 180, 193, 284 (liveness): a leader whose last appends, or their answers, were lost never
+/// reverting the fix in a scratch worktree and re-running 12,000 seeds with this simulator):
+/// - 34, 90, 115 (liveness): a leader whose last appends, or their answers, were lost never
 ///   re-sent them when no new proposal came; a heartbeat answer from a lagging follower now
 ///   triggers an empty probe at the leader's last index;
-/// - 10253 (liveness): refusing a higher-term vote restarted the election timer, so a node with a
-///   fast clock and a stale log kept an up-to-date node from ever campaigning;
-/// - 7399 (log matching): a lone voter took proposals before its term was durable, crashed, and
+/// - 1170 (log matching): a lone voter took proposals before its term was durable, crashed, and
 ///   led the same term again, handing out the same (index, term) for another command.
-const REGRESSION_SEEDS: [u64; 5] = [180, 193, 284, 10253, 7399];
+///
+/// A third bug the simulator found (refusing a higher-term vote restarted the election timer; seed
+/// 10253 of an earlier version of the simulator) no longer reproduces in 12,000 seeds since paused
+/// nodes stopped taking client proposals; its scripted test is in raft-core/tests/regressions.rs.
+const REGRESSION_SEEDS: [u64; 4] = [34, 90, 115, 1170];
 
 #[test]
 fn regression_seeds_pass() {
