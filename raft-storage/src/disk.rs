@@ -528,19 +528,7 @@ impl<F: FileSystem> DiskStorage<F> {
             return Err(DiskError::MissingIdentity(dir));
         }
         let meta = Meta { membership, ..Meta::default() };
-        let mut store = DiskStorage {
-            fs,
-            dir,
-            options,
-            identity,
-            hard_state: meta.hard_state,
-            meta: meta.clone(),
-            entries: Vec::new(),
-            segments: Vec::new(),
-            active: None,
-            stopped: false,
-            write_buffer: Vec::new(),
-        };
+        let mut store = DiskStorage::unloaded(fs, dir, options, identity, meta.clone());
         store.write_meta(meta)?;
         let identity_bytes = postcard::to_allocvec(&identity).expect("identities always serialize");
         store.write_atomic(IDENTITY_FILE, &encode_framed(IDENTITY_MAGIC, &identity_bytes))?;
@@ -567,19 +555,7 @@ impl<F: FileSystem> DiskStorage<F> {
             return Err(DiskError::IdentityMismatch { expected: identity, found });
         }
         let meta = read_framed::<Meta, F>(&fs, &dir.join(META_FILE), META_MAGIC)?;
-        let mut store = DiskStorage {
-            fs,
-            dir,
-            options,
-            identity,
-            hard_state: meta.hard_state,
-            meta,
-            entries: Vec::new(),
-            segments: Vec::new(),
-            active: None,
-            stopped: false,
-            write_buffer: Vec::new(),
-        };
+        let mut store = DiskStorage::unloaded(fs, dir, options, identity, meta);
         store.recover_segments(&names)?;
         store.sync_recovered()?;
         Ok(store)
@@ -594,6 +570,23 @@ impl<F: FileSystem> DiskStorage<F> {
             file.sync().map_err(io_error(IoOp::Sync, &path))?;
         }
         self.fs.sync_dir(&self.dir).map_err(io_error(IoOp::SyncDir, &self.dir))
+    }
+
+    /// A store with `meta` and no log loaded yet.
+    fn unloaded(fs: F, dir: PathBuf, options: DiskOptions, identity: Identity, meta: Meta) -> Self {
+        DiskStorage {
+            fs,
+            dir,
+            options,
+            identity,
+            hard_state: meta.hard_state,
+            meta,
+            entries: Vec::new(),
+            segments: Vec::new(),
+            active: None,
+            stopped: false,
+            write_buffer: Vec::new(),
+        }
     }
 
     /// The directory's identity.
