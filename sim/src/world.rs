@@ -571,7 +571,12 @@ impl Simulation {
 
     fn apply(&mut self, id: NodeId, entry: &Entry) -> Check {
         let node = &mut self.nodes[id.0 as usize - 1];
-        self.stats.checks += 1;
+        self.stats.checks += 2;
+        // Only locally durable entries may be applied: a crash must not take back applied state.
+        if raft_core::Storage::term(&node.durable, entry.index) != Ok(entry.term) {
+            let detail = format!("node {id} applies index {} (term {}) before it is durable", entry.index, entry.term);
+            return Err(Violation { property: "apply only durable entries", detail });
+        }
         self.checkers.state_machine.observe_apply(id, &mut node.applied, entry)?;
         if let EntryPayload::Normal(data) = &entry.payload
             && let Some((client, seq)) = decode_command(data)
