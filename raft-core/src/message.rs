@@ -90,11 +90,6 @@ pub struct ConflictHint {
 }
 
 impl MessageBody {
-    /// Whether this is a request for a vote or a pre-vote.
-    pub fn is_vote_request(&self) -> bool {
-        matches!(self, MessageBody::VoteRequest { .. })
-    }
-
     /// Whether only a leader sends this kind of message.
     pub fn is_from_leader(&self) -> bool {
         matches!(self, MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. })

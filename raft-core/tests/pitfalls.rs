@@ -203,12 +203,7 @@ fn pitfall_01_figure_8_old_term_entry_on_a_majority_is_not_committed() {
     // S1 crashes, S2 is away: S5 wins term 5 with S3 and S4 and overwrites index 2.
     c.crash(1);
     c.isolate(2);
-    for _ in 0..200 {
-        c.tick_all();
-        if c.leader().is_some() {
-            break;
-        }
-    }
+    c.tick_until_leader(200);
     assert_eq!(c.leader(), Some(5));
     assert_eq!(c.node(5).term(), Term(5));
     c.ticks(3);
@@ -271,12 +266,7 @@ fn pitfall_02_rejected_pre_vote_carries_responder_term_and_election_completes() 
     assert_eq!(c.node(3).term(), Term(3));
     assert_eq!(c.node(3).role(), Role::Follower);
     assert_eq!(c.node(1).term(), Term(3), "a pre-vote request must not bump the receiver's term");
-    for _ in 0..100 {
-        c.tick_all();
-        if c.leader().is_some() {
-            break;
-        }
-    }
+    c.tick_until_leader(100);
     assert_eq!(c.leader(), Some(1));
     assert_eq!(c.node(1).term(), Term(4));
     assert_eq!(c.node(3).term(), Term(4));
@@ -356,12 +346,7 @@ fn pitfall_03_check_quorum_frees_a_candidate_stuck_at_a_higher_term() {
     assert_eq!(c.node(1).role(), Role::Follower, "the leader learned the higher term from node 3");
     assert_eq!(c.node(1).term(), c.node(3).term());
 
-    for _ in 0..100 {
-        c.tick_all();
-        if c.leader().is_some() {
-            break;
-        }
-    }
+    c.tick_until_leader(100);
     c.ticks(3);
     let leader = c.leader().expect("a leader after the stuck candidate was freed");
     let term = c.node(leader).term();

@@ -58,17 +58,14 @@ impl SimConfig {
     /// Derives a configuration from `seed` (swarm testing).
     pub fn from_seed(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5157_4152_4d00_0000);
-        let mut unit = || rng.next_u64() as f64 / u64::MAX as f64;
-        let nodes = 1 + (unit() * 7.0) as u64 % 7;
+        let nodes = 1 + (unit_of(&mut rng) * 7.0) as u64 % 7;
         let election_ticks = 10;
-        let mut pick = |p: f64| unit() < p;
-        let pre_vote = pick(0.85);
-        let check_quorum = pick(0.85);
+        let pre_vote = unit_of(&mut rng) < 0.85;
+        let check_quorum = unit_of(&mut rng) < 0.85;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00c0_ffee);
-        let mut unit = || rng.next_u64() as f64 / u64::MAX as f64;
         // Each fault is switched off in some seeds entirely, so rare interleavings of the others
         // are not drowned out.
-        let mut rate = |max: f64| if unit() < 0.25 { 0.0 } else { unit() * max };
+        let mut rate = |max: f64| if unit_of(&mut rng) < 0.25 { 0.0 } else { unit_of(&mut rng) * max };
         let mut config = SimConfig {
             seed,
             nodes,

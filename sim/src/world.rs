@@ -357,7 +357,9 @@ impl Simulation {
     }
 
     fn run(&mut self) -> Check {
-        println_if(self.verbose, || format!("config: {}", self.config));
+        if self.verbose {
+            println!("config: {}", self.config);
+        }
         let heal_at = self.config.safety_ticks * TICK_UNITS;
         let deadline = heal_at + self.config.liveness_ticks * TICK_UNITS;
         let mut events: u64 = 0;
@@ -829,12 +831,6 @@ impl Simulation {
 
 fn chance(rng: &mut ChaCha8Rng, probability: f64) -> bool {
     probability > 0.0 && (rng.next_u64() as f64 / u64::MAX as f64) < probability
-}
-
-fn println_if(verbose: bool, line: impl FnOnce() -> String) {
-    if verbose {
-        println!("{}", line());
-    }
 }
 
 fn encode_command(client: usize, seq: u64) -> Bytes {

@@ -201,6 +201,17 @@ impl Cluster {
         }
     }
 
+    /// Ticks every live node until some node leads, at most `ticks_max` times; returns it.
+    pub fn tick_until_leader(&mut self, ticks_max: usize) -> Option<u64> {
+        for _ in 0..ticks_max {
+            self.tick_all();
+            if let Some(leader) = self.leader() {
+                return Some(leader);
+            }
+        }
+        None
+    }
+
     /// Makes `id` campaign now and delivers until quiet.
     pub fn campaign(&mut self, id: u64) {
         self.node_mut(id).campaign();
