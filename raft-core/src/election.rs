@@ -168,6 +168,7 @@ impl<S: Storage> Raft<S> {
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
         self.broadcast_pending = false;
+        self.incoming_snapshot = None;
         self.reset_election_timer();
     }
 
@@ -184,8 +185,16 @@ impl<S: Storage> Raft<S> {
             return Err(StepError::Malformed(crate::error::Malformed::TermZero));
         }
         // A malformed message is refused before it can move our term, role or leader.
-        if let MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, .. } = &m.body {
-            crate::replication::validate_entries(m.term, *prev_log_index, *prev_log_term, entries)?;
+        match &m.body {
+            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, .. } => {
+                crate::replication::validate_entries(m.term, *prev_log_index, *prev_log_term, entries)?;
+            }
+            MessageBody::InstallSnapshot { meta, offset, data, .. } => {
+                let limit = self.options.snapshot_chunk_bytes_max();
+                crate::snapshot::validate_chunk(m.term, meta, *offset, data, limit)?;
+                self.check_snapshot_against_committed(meta)?;
+            }
+            _ => {}
         }
         if m.term > self.term {
             self.on_higher_term(&m)?;
@@ -206,8 +215,15 @@ impl<S: Storage> Raft<S> {
                 self.on_heartbeat(m.from, commit);
                 Ok(())
             }
+            MessageBody::InstallSnapshot { meta, offset, data, done } => {
+                self.accept_leader(m.from)?;
+                self.on_install_snapshot(m.from, crate::snapshot::ChunkIn { meta, offset, data, done })
+            }
             MessageBody::AppendResponse(result) => self.on_append_response(m.from, result),
             MessageBody::HeartbeatResponse => self.on_heartbeat_response(m.from),
+            MessageBody::SnapshotResponse { index, term, next_offset, gap } => {
+                self.on_snapshot_response(m.from, index, term, next_offset, gap)
+            }
         }
     }
 
@@ -239,7 +255,7 @@ impl<S: Storage> Raft<S> {
     /// learns of it (etcd#8243), drop everything else.
     fn on_lower_term(&mut self, m: &Message) -> Result<(), StepError> {
         match m.body {
-            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
                 self.send(m.from, self.term, MessageBody::HeartbeatResponse);
             }
             MessageBody::VoteRequest { pre_vote: true, .. } => {

@@ -78,9 +78,43 @@ pub enum Malformed {
     /// carries it.
     #[error("message in term 0")]
     TermZero,
+    /// A snapshot whose entry at its index contradicts our committed entry there (openraft#1892).
+    #[error("snapshot contradicts the committed entry at {0}")]
+    SnapshotConflictsWithCommitted(Index),
+    /// A snapshot chunk larger than `snapshot_chunk_bytes_max`.
+    #[error("snapshot chunk of {bytes} bytes exceeds the limit of {limit}")]
+    SnapshotChunkTooLarge {
+        /// The chunk's size.
+        bytes: u64,
+        /// `snapshot_chunk_bytes_max`.
+        limit: u64,
+    },
+    /// Snapshot metadata that no leader could send: index or term 0, a term above the message's,
+    /// no voters, or an offset that overflows.
+    #[error("invalid snapshot metadata at index {0}")]
+    SnapshotInvalid(Index),
     /// Another node claims leadership of our term while we lead it.
     #[error("second leader {0} in our term")]
     SecondLeader(NodeId),
+}
+
+/// Why [`crate::Raft::snapshot_meta`] could not describe a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum SnapshotError {
+    /// Only applied state can be snapshotted.
+    #[error("index {index} is not applied yet (applied: {applied})")]
+    NotApplied {
+        /// The index asked for.
+        index: Index,
+        /// The last applied index.
+        applied: Index,
+    },
+    /// The log no longer holds the index (a newer snapshot covers it).
+    #[error("index {0} is already compacted")]
+    Compacted(Index),
+    /// Storage failed.
+    #[error("storage failed: {0}")]
+    Storage(StorageError),
 }
 
 /// Why [`crate::Raft::propose`] refused a proposal. Nothing was appended.

@@ -89,18 +89,20 @@ mod progress;
 pub mod quorum;
 mod raft;
 mod replication;
+mod snapshot;
 mod storage;
 mod types;
 
-pub use error::{Malformed, ProposeError, StepError};
+pub use error::{Malformed, ProposeError, SnapshotError, StepError};
 pub use message::{AppendResult, ConflictHint, Message, MessageBody};
 #[cfg(feature = "bug-knobs")]
 pub use options::BugKnobs;
 pub use options::{Options, OptionsBuilder, OptionsError};
-pub use progress::{Inflights, Progress, ProgressState};
+pub use progress::{Inflights, Progress, ProgressState, SNAPSHOT_STALLED_HEARTBEATS, SnapshotTransfer};
 pub use raft::{Output, Raft, Role, SoftState, Status};
-pub use storage::{InitialState, Storage, StorageError};
-pub use types::{ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, Membership, NodeId, Term};
+pub use snapshot::ReceivedChunk;
+pub use storage::{InitialState, SnapshotChunk, Storage, StorageError};
+pub use types::{ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
 
 impl<S: Storage> Raft<S> {
     /// Whether this node is the leader of its term.

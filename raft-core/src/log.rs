@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use crate::storage::{Storage, StorageError};
-use crate::types::{Entry, Index, Term};
+use crate::types::{Entry, Index, SnapshotMeta, Term};
 
 /// The log as seen by the core. Reads go to the unstable tail first, then to storage.
 pub(crate) struct RaftLog<S> {
@@ -15,30 +15,55 @@ pub(crate) struct RaftLog<S> {
     stable_next: Index,
     /// The first unstable index not yet handed to the driver for persisting.
     handed_out_next: Index,
-    /// Writes handed to the driver and not yet reported durable, oldest first: (first index,
-    /// last index, last term). Reports are matched against the oldest write with that mark, so
-    /// a write replaced and then re-written with equal entries is not mistaken for the newer one
-    /// (the async-write ABA, etcd-io/raft#8).
-    pending_writes: VecDeque<(Index, Index, Term)>,
+    /// Writes handed to the driver and not yet reported durable, oldest first. Reports are
+    /// matched against the oldest write with that mark, so a write replaced and then re-written
+    /// with equal entries is not mistaken for the newer one (the async-write ABA, etcd-io/raft#8).
+    pending_writes: VecDeque<PendingWrite>,
+    /// A snapshot received from the leader and handed to the driver for installing, until it is
+    /// reported durable. It replaces the whole log: nothing at or below its index is read from
+    /// storage meanwhile, since storage still holds the superseded log.
+    pending_snapshot: Option<SnapshotMeta>,
+    /// Whether `pending_snapshot` still has to be handed to the driver.
+    snapshot_handed_out: bool,
     /// The highest index known to be committed.
     pub(crate) committed: Index,
     /// The highest index handed out for applying.
     pub(crate) applied: Index,
 }
 
+/// One write handed to the driver: entries `first..=last` ending in `term`, or a snapshot
+/// (`first == last ==` its index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PendingWrite {
+    first: Index,
+    last: Index,
+    term: Term,
+    snapshot: bool,
+}
+
 impl<S: Storage> RaftLog<S> {
-    /// Opens the log over `storage`, trusting `commit` only as far as the log reaches.
-    pub(crate) fn new(storage: S, commit: Index) -> Result<Self, StorageError> {
+    /// Opens the log over `storage`, trusting `commit` only as far as the log reaches. The state
+    /// machine restarts from the storage's snapshot, so applying resumes just after it.
+    pub(crate) fn new(storage: S, commit: Index, snapshot: &SnapshotMeta) -> Result<Self, StorageError> {
         let first = storage.first_index()?;
         let last = storage.last_index()?;
+        if snapshot.index < first.prev() {
+            // Entries between the snapshot and the log are gone: applying would skip them.
+            return Err(StorageError::Compacted(snapshot.index.next()));
+        }
+        if snapshot.index > last {
+            return Err(StorageError::Unavailable(snapshot.index));
+        }
         Ok(RaftLog {
             storage,
             unstable: Vec::new(),
             stable_next: last.next(),
             handed_out_next: last.next(),
             pending_writes: VecDeque::new(),
-            committed: commit.min(last),
-            applied: first.prev(),
+            pending_snapshot: None,
+            snapshot_handed_out: false,
+            committed: commit.min(last).max(snapshot.index),
+            applied: snapshot.index,
         })
     }
 
@@ -55,7 +80,10 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub(crate) fn first_index(&self) -> Result<Index, StorageError> {
-        self.storage.first_index()
+        match &self.pending_snapshot {
+            Some(snapshot) => Ok(snapshot.index.next()),
+            None => self.storage.first_index(),
+        }
     }
 
     pub(crate) fn term(&self, index: Index) -> Result<Term, StorageError> {
@@ -63,7 +91,51 @@ impl<S: Storage> RaftLog<S> {
             let offset = (index.0 - self.stable_next.0) as usize;
             return self.unstable.get(offset).map(|e| e.term).ok_or(StorageError::Unavailable(index));
         }
-        self.storage.term(index)
+        match &self.pending_snapshot {
+            Some(snapshot) if index == snapshot.index => Ok(snapshot.term),
+            Some(_) => Err(StorageError::Compacted(index)),
+            None => self.storage.term(index),
+        }
+    }
+
+    /// The snapshot received from the leader and not yet durable, if any.
+    pub(crate) fn pending_snapshot(&self) -> Option<&SnapshotMeta> {
+        self.pending_snapshot.as_ref()
+    }
+
+    /// Replaces the whole log by `snapshot` (which the log does not hold, and whose index is
+    /// above the commit index): the driver installs it, and applying resumes after it.
+    pub(crate) fn install_snapshot(&mut self, snapshot: SnapshotMeta) {
+        assert!(snapshot.index > self.committed, "installing a snapshot at or below the commit index");
+        let boundary = snapshot.index.next();
+        self.unstable.clear();
+        self.stable_next = boundary;
+        self.handed_out_next = boundary;
+        // Earlier writes are superseded: reports about them must not mark anything stable.
+        self.pending_writes.clear();
+        self.pending_writes.push_back(PendingWrite {
+            first: snapshot.index,
+            last: snapshot.index,
+            term: snapshot.term,
+            snapshot: true,
+        });
+        self.committed = snapshot.index;
+        self.applied = snapshot.index;
+        self.pending_snapshot = Some(snapshot);
+        self.snapshot_handed_out = false;
+    }
+
+    /// The pending snapshot if it was not yet handed to the driver; marks it handed out.
+    pub(crate) fn take_snapshot_to_install(&mut self) -> Option<SnapshotMeta> {
+        if self.snapshot_handed_out {
+            return None;
+        }
+        self.snapshot_handed_out = true;
+        self.pending_snapshot.clone()
+    }
+
+    pub(crate) fn has_snapshot_to_install(&self) -> bool {
+        self.pending_snapshot.is_some() && !self.snapshot_handed_out
     }
 
     pub(crate) fn last_term(&self) -> Result<Term, StorageError> {
@@ -95,6 +167,9 @@ impl<S: Storage> RaftLog<S> {
             return Ok(out);
         }
         if low < self.stable_next {
+            if self.pending_snapshot.is_some() {
+                return Err(StorageError::Compacted(low));
+            }
             let stored_high = high.min(self.stable_next);
             out = self.storage.entries(low, stored_high, bytes_max)?;
             if out.first().map(|e| e.index) != Some(low) {
@@ -149,7 +224,8 @@ impl<S: Storage> RaftLog<S> {
         let start = (self.handed_out_next.0 - self.stable_next.0) as usize;
         let out = self.unstable[start..].to_vec();
         if let (Some(first), Some(last)) = (out.first(), out.last()) {
-            self.pending_writes.push_back((first.index, last.index, last.term));
+            let write = PendingWrite { first: first.index, last: last.index, term: last.term, snapshot: false };
+            self.pending_writes.push_back(write);
         }
         self.handed_out_next = self.last_index().next();
         out
@@ -162,18 +238,22 @@ impl<S: Storage> RaftLog<S> {
     /// The driver reports the write that ended at (`index`, `term`) durable, and with it every
     /// earlier write. Entries become stable up to that index, but not at or past an index that a
     /// later, still pending write replaces, nor past what was handed out. Returns whether the
-    /// stable boundary moved; an unknown report is ignored.
+    /// stable boundary moved or a snapshot became durable; an unknown report is ignored.
     pub(crate) fn stable_to(&mut self, index: Index, term: Term) -> bool {
-        let Some(position) = self.pending_writes.iter().position(|&(_, last, t)| last == index && t == term) else {
+        let Some(position) = self.pending_writes.iter().position(|w| w.last == index && w.term == term) else {
             return false;
         };
-        self.pending_writes.drain(..=position);
+        let snapshot_durable = self.pending_writes.drain(..=position).any(|w| w.snapshot);
+        if snapshot_durable {
+            // The installed snapshot is in storage now, and with it the new log boundary.
+            self.pending_snapshot = None;
+        }
         let mut stable_last = index.min(self.handed_out_next.prev());
-        for &(first, _, _) in &self.pending_writes {
-            stable_last = stable_last.min(first.prev());
+        for write in &self.pending_writes {
+            stable_last = stable_last.min(write.first.prev());
         }
         if stable_last < self.stable_next {
-            return false;
+            return snapshot_durable;
         }
         let count = (stable_last.0 - self.stable_next.0 + 1) as usize;
         self.unstable.drain(..count);

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, Index, NodeId, Term};
+use bytes::Bytes;
+
+use crate::types::{Entry, Index, NodeId, SnapshotMeta, Term};
 
 /// One message from one node to another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +61,31 @@ pub enum MessageBody {
     },
     /// The answer to a `Heartbeat`.
     HeartbeatResponse,
+    /// The leader sends one chunk of a snapshot to a follower whose missing entries are compacted.
+    /// Chunks go in order; the follower installs the snapshot when the `done` chunk arrives and
+    /// then answers with an `AppendResponse` whose match index is the snapshot's index.
+    InstallSnapshot {
+        /// The snapshot the chunk belongs to.
+        meta: SnapshotMeta,
+        /// The byte offset of `data` within the snapshot's data.
+        offset: u64,
+        /// At most `snapshot_chunk_bytes_max` bytes.
+        data: Bytes,
+        /// Whether this chunk ends the data.
+        done: bool,
+    },
+    /// The answer to an `InstallSnapshot` chunk that did not finish the transfer.
+    SnapshotResponse {
+        /// The index of the snapshot being received.
+        index: Index,
+        /// The term of the snapshot being received.
+        term: Term,
+        /// The offset the follower expects next: everything before it is written.
+        next_offset: u64,
+        /// Whether the follower refused the chunk because it did not start at `next_offset`
+        /// (a lost or reordered chunk): the leader resends from there.
+        gap: bool,
+    },
 }
 
 /// The outcome of an `AppendEntries` on the follower.
@@ -92,6 +119,9 @@ pub struct ConflictHint {
 impl MessageBody {
     /// Whether only a leader sends this kind of message.
     pub fn is_from_leader(&self) -> bool {
-        matches!(self, MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. })
+        matches!(
+            self,
+            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. }
+        )
     }
 }

@@ -15,6 +15,9 @@ pub struct Options {
     inflight_messages_max: usize,
     uncommitted_bytes_max: u64,
     apply_bytes_max: u64,
+    snapshot_chunk_bytes_max: u64,
+    snapshot_chunks_inflight_max: u64,
+    compaction_margin_entries: u64,
     rng_seed: u64,
     #[cfg(feature = "bug-knobs")]
     bug_knobs: BugKnobs,
@@ -66,6 +69,12 @@ pub enum OptionsError {
         /// The message limit asked for.
         message: u64,
     },
+    /// A snapshot chunk must be allowed to carry at least one byte.
+    #[error("snapshot_chunk_bytes_max must be at least 1")]
+    SnapshotChunkBytesZero,
+    /// A snapshot transfer must be allowed at least one chunk in flight.
+    #[error("snapshot_chunks_inflight_max must be at least 1")]
+    SnapshotInflightZero,
     /// An apply batch must be allowed to hold at least one full message's entries.
     #[error("apply_bytes_max ({apply}) is below message_bytes_max ({message})")]
     ApplyBelowMessage {
@@ -94,6 +103,9 @@ impl Default for Options {
             inflight_messages_max: 256,
             uncommitted_bytes_max: 64 * 1024 * 1024,
             apply_bytes_max: 8 * 1024 * 1024,
+            snapshot_chunk_bytes_max: 64 * 1024,
+            snapshot_chunks_inflight_max: 4,
+            compaction_margin_entries: 1024,
             rng_seed: 0,
             #[cfg(feature = "bug-knobs")]
             bug_knobs: BugKnobs::default(),
@@ -142,6 +154,20 @@ impl Options {
     /// The most entry bytes handed out for applying in one output batch (at least one entry).
     pub fn apply_bytes_max(&self) -> u64 {
         self.apply_bytes_max
+    }
+    /// The most snapshot bytes in one chunk message.
+    pub fn snapshot_chunk_bytes_max(&self) -> u64 {
+        self.snapshot_chunk_bytes_max
+    }
+    /// Unacknowledged snapshot chunks allowed per follower: with `snapshot_chunk_bytes_max`, this
+    /// bounds the snapshot bytes in flight (and buffered) per transfer.
+    pub fn snapshot_chunks_inflight_max(&self) -> u64 {
+        self.snapshot_chunks_inflight_max
+    }
+    /// Entries kept in the log below a new snapshot, so that slightly slow followers still catch
+    /// up from the log instead of needing the whole snapshot.
+    pub fn compaction_margin_entries(&self) -> u64 {
+        self.compaction_margin_entries
     }
     /// The seed of the node's random number generator (election timeouts).
     pub fn rng_seed(&self) -> u64 {
@@ -200,6 +226,21 @@ impl OptionsBuilder {
         self.options.apply_bytes_max = bytes;
         self
     }
+    /// Sets the most snapshot bytes per chunk message.
+    pub fn snapshot_chunk_bytes_max(mut self, bytes: u64) -> Self {
+        self.options.snapshot_chunk_bytes_max = bytes;
+        self
+    }
+    /// Sets the most unacknowledged snapshot chunks per follower.
+    pub fn snapshot_chunks_inflight_max(mut self, chunks: u64) -> Self {
+        self.options.snapshot_chunks_inflight_max = chunks;
+        self
+    }
+    /// Sets how many entries below a new snapshot stay in the log.
+    pub fn compaction_margin_entries(mut self, entries: u64) -> Self {
+        self.options.compaction_margin_entries = entries;
+        self
+    }
     /// Sets the random seed.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.options.rng_seed = seed;
@@ -245,6 +286,12 @@ impl OptionsBuilder {
         }
         if o.apply_bytes_max < o.message_bytes_max {
             return Err(OptionsError::ApplyBelowMessage { apply: o.apply_bytes_max, message: o.message_bytes_max });
+        }
+        if o.snapshot_chunk_bytes_max == 0 {
+            return Err(OptionsError::SnapshotChunkBytesZero);
+        }
+        if o.snapshot_chunks_inflight_max == 0 {
+            return Err(OptionsError::SnapshotInflightZero);
         }
         Ok(o)
     }

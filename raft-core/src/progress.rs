@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::types::Index;
+use crate::types::{Index, SnapshotMeta};
 
 /// How the leader is currently sending to a follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,6 +11,42 @@ pub enum ProgressState {
     Probe,
     /// The follower's log matches up to `match_index`: appends are pipelined up to the window.
     Replicate,
+    /// The entries the follower needs are compacted: a snapshot is streamed to it in chunks, and
+    /// no appends are sent until it is installed.
+    Snapshot,
+}
+
+/// A snapshot being streamed to one follower, chunk by chunk, with a bounded window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotTransfer {
+    /// The snapshot being sent.
+    pub meta: SnapshotMeta,
+    /// The follower has written everything before this offset.
+    pub acked_offset: u64,
+    /// The next offset to send.
+    pub sent_offset: u64,
+    /// Whether the chunk that ends the data was sent (and not rewound).
+    pub done_sent: bool,
+    /// The last offset the transfer rewound to after a gap, so that several reports of one gap
+    /// cause one resend.
+    pub rewound_to: Option<u64>,
+    /// `acked_offset` at the previous heartbeat answer.
+    pub acked_at_heartbeat: u64,
+    /// Heartbeat answers in a row with no acknowledged progress while chunks were outstanding:
+    /// at [`SNAPSHOT_STALLED_HEARTBEATS`] the chunks count as lost and are resent.
+    pub stalled_heartbeats: u32,
+}
+
+/// Heartbeat answers without progress after which outstanding snapshot chunks are resent.
+pub const SNAPSHOT_STALLED_HEARTBEATS: u32 = 2;
+
+impl SnapshotTransfer {
+    /// Goes back to resend from `offset` (which the follower expects next).
+    pub(crate) fn rewind(&mut self, offset: u64) {
+        self.sent_offset = offset;
+        self.done_sent = false;
+        self.rewound_to = Some(offset);
+    }
 }
 
 /// A bounded window of in-flight appends, each remembered by its last index.
@@ -65,6 +101,8 @@ pub struct Progress {
     pub inflights: Inflights,
     /// Whether the follower was heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// The snapshot transfer, in the snapshot state.
+    pub snapshot: Option<SnapshotTransfer>,
 }
 
 impl Progress {
@@ -76,6 +114,7 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(inflight_messages_max),
             recent_active: false,
+            snapshot: None,
         }
     }
 
@@ -84,22 +123,40 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflights.is_full(),
+            // Chunks have their own window; appends wait for the install.
+            ProgressState::Snapshot => true,
         }
     }
 
     pub(crate) fn become_probe(&mut self) {
-        self.state = ProgressState::Probe;
+        self.enter(ProgressState::Probe);
+    }
+
+    pub(crate) fn become_replicate(&mut self) {
+        self.enter(ProgressState::Replicate);
+    }
+
+    /// Starts streaming the snapshot `meta` from its first byte.
+    pub(crate) fn become_snapshot(&mut self, meta: SnapshotMeta) {
+        self.enter(ProgressState::Snapshot);
+        self.snapshot = Some(SnapshotTransfer {
+            meta,
+            acked_offset: 0,
+            sent_offset: 0,
+            done_sent: false,
+            rewound_to: None,
+            acked_at_heartbeat: 0,
+            stalled_heartbeats: 0,
+        });
+    }
+
+    fn enter(&mut self, state: ProgressState) {
+        self.state = state;
         self.next_index = self.match_index.next();
         self.probe_sent = false;
         // Leftover in-flight accounting would otherwise stall a later replicate phase.
         self.inflights.reset();
-    }
-
-    pub(crate) fn become_replicate(&mut self) {
-        self.state = ProgressState::Replicate;
-        self.next_index = self.match_index.next();
-        self.probe_sent = false;
-        self.inflights.reset();
+        self.snapshot = None;
     }
 
     /// Records that an append ending at `last` (possibly an empty probe) was sent.
@@ -112,6 +169,8 @@ impl Progress {
                 }
             }
             ProgressState::Probe => self.probe_sent = true,
+            // Paused: no append goes out during a transfer.
+            ProgressState::Snapshot => {}
         }
     }
 
@@ -128,7 +187,11 @@ impl Progress {
         match self.state {
             ProgressState::Probe if moved || self.match_index.next() == self.next_index => self.become_replicate(),
             ProgressState::Replicate => self.inflights.free_to(index),
-            ProgressState::Probe => {}
+            // The follower installed the snapshot (or already held its entries).
+            ProgressState::Snapshot if self.snapshot.as_ref().is_some_and(|s| index >= s.meta.index) => {
+                self.become_replicate()
+            }
+            ProgressState::Probe | ProgressState::Snapshot => {}
         }
         moved
     }
@@ -143,6 +206,8 @@ impl Progress {
             // the retries instead).
             _ if rejected <= self.match_index => return false,
             ProgressState::Probe if rejected != self.next_index.prev() => return false,
+            // An answer to an append sent before the transfer started.
+            ProgressState::Snapshot => return false,
             _ => {}
         }
         if self.state == ProgressState::Replicate {
@@ -160,6 +225,20 @@ impl Progress {
         self.probe_sent = false;
         if self.state == ProgressState::Replicate && self.inflights.is_full() {
             self.inflights.free_first();
+        }
+        if let Some(transfer) = self.snapshot.as_mut() {
+            let outstanding = transfer.sent_offset > transfer.acked_offset || transfer.done_sent;
+            if outstanding && transfer.acked_offset == transfer.acked_at_heartbeat {
+                transfer.stalled_heartbeats += 1;
+            } else {
+                transfer.stalled_heartbeats = 0;
+            }
+            transfer.acked_at_heartbeat = transfer.acked_offset;
+            if transfer.stalled_heartbeats >= SNAPSHOT_STALLED_HEARTBEATS {
+                transfer.stalled_heartbeats = 0;
+                let offset = transfer.acked_offset;
+                transfer.rewind(offset);
+            }
         }
     }
 }

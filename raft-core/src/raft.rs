@@ -12,8 +12,9 @@ use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::options::Options;
 use crate::progress::{Progress, ProgressState};
+use crate::snapshot::{IncomingSnapshot, ReceivedChunk};
 use crate::storage::{Storage, StorageError};
-use crate::types::{Entry, EntryPayload, HardState, Index, Membership, NodeId, Term};
+use crate::types::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
 
 /// The role a node plays in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,6 +47,12 @@ pub struct Output {
     pub soft_state: Option<SoftState>,
     /// Hard state to persist (before sending `messages_after_persist`).
     pub hard_state: Option<HardState>,
+    /// Received snapshot chunks to write into the store's staging area, in order (after
+    /// `hard_state`).
+    pub snapshot_chunks: Vec<ReceivedChunk>,
+    /// A received snapshot, complete in the staging area, to install: it replaces the whole log
+    /// (atomically). The state machine must be restored from it before applying `committed`.
+    pub install_snapshot: Option<SnapshotMeta>,
     /// Entries to append to the log, replacing any stored entries from `entries[0].index` on.
     pub entries: Vec<Entry>,
     /// Messages that may be sent at once, even before this output is persisted.
@@ -61,6 +68,8 @@ impl Output {
     pub fn is_empty(&self) -> bool {
         self.soft_state.is_none()
             && self.hard_state.is_none()
+            && self.snapshot_chunks.is_empty()
+            && self.install_snapshot.is_none()
             && self.entries.is_empty()
             && self.messages.is_empty()
             && self.messages_after_persist.is_empty()
@@ -116,6 +125,10 @@ pub struct Raft<S: Storage> {
     pub(crate) durable_term: Term,
     pub(crate) messages: Vec<Message>,
     pub(crate) messages_after_persist: Vec<Message>,
+    /// The snapshot being received from the leader (followers only).
+    pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
+    /// Received chunks not yet handed to the driver.
+    pub(crate) snapshot_chunks: Vec<ReceivedChunk>,
     last_hard_state: HardState,
     last_soft_state: SoftState,
 }
@@ -126,7 +139,7 @@ impl<S: Storage> Raft<S> {
     pub fn new(id: NodeId, options: Options, storage: S) -> Result<Self, StorageError> {
         let initial = storage.initial_state()?;
         let hard_state = initial.hard_state;
-        let log = RaftLog::new(storage, hard_state.commit)?;
+        let log = RaftLog::new(storage, hard_state.commit, &initial.snapshot)?;
         let rng = ChaCha8Rng::seed_from_u64(options.rng_seed());
         let soft = SoftState { role: Role::Follower, term: hard_state.term, leader: None };
         let mut raft = Raft {
@@ -150,6 +163,8 @@ impl<S: Storage> Raft<S> {
             durable_term: hard_state.term,
             messages: Vec::new(),
             messages_after_persist: Vec::new(),
+            incoming_snapshot: None,
+            snapshot_chunks: Vec::new(),
             last_hard_state: hard_state,
             last_soft_state: soft,
         };
@@ -254,8 +269,10 @@ impl<S: Storage> Raft<S> {
     }
 
     /// The driver reports that every entry it was handed up to (`index`, `term`) is durable,
-    /// along with the hard states handed out with them. A report for an entry that has since
-    /// been replaced (same index, other term) is ignored.
+    /// along with the hard states, chunks and snapshot installs handed out with them (an output
+    /// that installs a snapshot and appends nothing is reported with the snapshot's index and
+    /// term). A report for an entry that has since been replaced (same index, other term) is
+    /// ignored.
     pub fn on_persisted(&mut self, index: Index, term: Term) {
         if self.log.stable_to(index, term) {
             // An entry of a term is written after (or with) the hard state that holds the term.
@@ -268,10 +285,11 @@ impl<S: Storage> Raft<S> {
     }
 
     /// The driver reports that `peer` could not be reached: a leader stops pipelining to it and
-    /// probes instead.
+    /// probes instead; a snapshot transfer to it is abandoned (it restarts, from the latest
+    /// snapshot, once the peer answers again).
     pub fn report_unreachable(&mut self, peer: NodeId) {
         if let Some(progress) = self.progress.get_mut(&peer)
-            && progress.state == ProgressState::Replicate
+            && progress.state != ProgressState::Probe
         {
             progress.become_probe();
         }
@@ -283,6 +301,8 @@ impl<S: Storage> Raft<S> {
         self.soft_state() != self.last_soft_state
             || self.hard_state() != self.last_hard_state
             || self.log.has_unpersisted()
+            || !self.snapshot_chunks.is_empty()
+            || self.log.has_snapshot_to_install()
             || self.broadcast_pending
             || !self.messages.is_empty()
             || !self.messages_after_persist.is_empty()
@@ -311,6 +331,8 @@ impl<S: Storage> Raft<S> {
                 output.hard_state = Some(HardState { vote: None, ..hard });
             }
         }
+        output.snapshot_chunks = std::mem::take(&mut self.snapshot_chunks);
+        output.install_snapshot = self.log.take_snapshot_to_install();
         output.entries = self.log.take_unpersisted();
         output.messages = std::mem::take(&mut self.messages);
         output.messages_after_persist = std::mem::take(&mut self.messages_after_persist);
@@ -392,6 +414,10 @@ impl<S: Storage> Raft<S> {
             Role::Candidate => assert_eq!(self.vote, Some(self.id), "candidate did not vote for itself"),
             Role::PreCandidate | Role::Follower => {
                 assert!(self.progress.is_empty(), "non-leader tracks progress");
+                if let Some(snapshot) = self.log.pending_snapshot() {
+                    assert!(self.log.committed >= snapshot.index, "commit below an installed snapshot");
+                    assert!(self.log.applied >= snapshot.index, "applied below an installed snapshot");
+                }
                 assert!(self.uncommitted.is_empty(), "non-leader holds uncommitted proposals");
             }
         }
@@ -401,6 +427,11 @@ impl<S: Storage> Raft<S> {
             assert!(progress.match_index <= last, "peer {id}: match beyond log");
             assert!(progress.next_index <= last.next(), "peer {id}: next beyond log");
             assert!(progress.inflights.count() <= self.options.inflight_messages_max(), "peer {id}: window");
+            let snapshot_state = progress.state == ProgressState::Snapshot;
+            assert_eq!(snapshot_state, progress.snapshot.is_some(), "peer {id}: snapshot state");
+            if let Some(transfer) = &progress.snapshot {
+                assert!(transfer.acked_offset <= transfer.sent_offset, "peer {id}: snapshot ack beyond sent");
+            }
         }
         let sum: u64 = self.uncommitted.iter().map(|&(_, bytes)| bytes).sum();
         assert_eq!(sum, self.uncommitted_bytes, "uncommitted byte accounting");

@@ -8,7 +8,7 @@ use crate::message::{AppendResult, ConflictHint, MessageBody};
 use crate::progress::ProgressState;
 use crate::quorum;
 use crate::raft::{Raft, Role};
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 use crate::types::{Entry, Index, NodeId, Term};
 
 impl<S: Storage> Raft<S> {
@@ -138,7 +138,10 @@ impl<S: Storage> Raft<S> {
         let progress = self.progress.get_mut(&from).ok_or(StepError::UnknownPeer(from))?;
         progress.recent_active = true;
         progress.on_heartbeat_response();
-        if progress.match_index < last {
+        if progress.state == ProgressState::Snapshot {
+            // Chunks may have been lost: on_heartbeat_response rewound the transfer if so.
+            self.send_snapshot_chunks(from);
+        } else if progress.match_index < last {
             if progress.next_index <= last {
                 self.send_appends_while_possible(from);
             } else {
@@ -177,6 +180,9 @@ impl<S: Storage> Raft<S> {
         let prev_log_index = next.prev();
         let prev_log_term = match self.log.term(prev_log_index) {
             Ok(term) => term,
+            // The follower needs entries we compacted: it catches up from the snapshot
+            // (etcd#7470, openraft#511).
+            Err(StorageError::Compacted(_)) => return self.start_snapshot(peer),
             Err(error) => {
                 tracing::warn!(id = %self.id, %peer, %error, "cannot read prev term: append not sent");
                 return false;
@@ -186,6 +192,7 @@ impl<S: Storage> Raft<S> {
             let (bytes, count) = (self.options.message_bytes_max(), self.options.message_entries_max());
             match self.log.entries(next, last.next(), bytes, count) {
                 Ok(entries) => entries,
+                Err(StorageError::Compacted(_)) => return self.start_snapshot(peer),
                 Err(error) => {
                     tracing::warn!(id = %self.id, %peer, %error, "cannot read entries: append not sent");
                     return false;

@@ -3,7 +3,9 @@
 
 use thiserror::Error;
 
-use crate::types::{Entry, HardState, Index, Membership, Term};
+use bytes::Bytes;
+
+use crate::types::{Entry, HardState, Index, Membership, SnapshotMeta, Term};
 
 /// What a node finds in its storage when it starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -12,6 +14,18 @@ pub struct InitialState {
     pub hard_state: HardState,
     /// Who votes in the group.
     pub membership: Membership,
+    /// The latest durable snapshot (index 0 when none). The state machine restarts from it, so
+    /// applying resumes at `snapshot.index + 1`.
+    pub snapshot: SnapshotMeta,
+}
+
+/// A piece of a snapshot's data, read for sending to a follower.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    /// The bytes at the requested offset.
+    pub data: Bytes,
+    /// Whether `data` ends the snapshot.
+    pub done: bool,
 }
 
 /// Why storage could not answer.
@@ -23,6 +37,9 @@ pub enum StorageError {
     /// The index lies beyond the last entry storage holds.
     #[error("index {0} is beyond the last entry")]
     Unavailable(Index),
+    /// The store no longer holds the snapshot ending at this index (a newer one replaced it).
+    #[error("snapshot at index {0} is no longer held")]
+    SnapshotReplaced(Index),
     /// The storage failed to read; the node should be stopped (fail-stop) by its driver.
     #[error("storage I/O failed: {0:?}")]
     Io(std::io::ErrorKind),
@@ -49,4 +66,19 @@ pub trait Storage {
 
     /// The index of the last entry held (`first_index() - 1` when empty).
     fn last_index(&self) -> Result<Index, StorageError>;
+
+    /// The latest durable snapshot's metadata (index 0 when there is none). Its index is at least
+    /// `first_index() - 1`: compaction never drops entries that no snapshot covers.
+    fn snapshot(&self) -> Result<SnapshotMeta, StorageError>;
+
+    /// Up to `bytes_max` bytes (at least one, unless the data ends at `offset`) of the data of the
+    /// snapshot ending at (`index`, `term`), starting at byte `offset`. Fails with
+    /// [`StorageError::SnapshotReplaced`] once the store holds another snapshot.
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        term: Term,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<SnapshotChunk, StorageError>;
 }

@@ -131,3 +131,21 @@ impl Membership {
         self.voters.len() / 2 + 1
     }
 }
+
+/// What a snapshot covers: the state machine after applying every entry up to `index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The last index the snapshot includes (0: no snapshot).
+    pub index: Index,
+    /// The term of the entry at `index`.
+    pub term: Term,
+    /// The membership in force at `index`.
+    pub membership: Membership,
+}
+
+impl SnapshotMeta {
+    /// Whether this describes an actual snapshot (index 0 means none).
+    pub fn exists(&self) -> bool {
+        self.index > Index(0)
+    }
+}

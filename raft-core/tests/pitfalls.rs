@@ -7,58 +7,19 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
-use common::{Cluster, base_options, entry, ids, node_with_log, noop, options, storage_with_log};
+use common::{
+    Cluster, Fate, base_options, between, cluster_tuned, deliver_with, entry, ids, message, node_with_log, noop,
+    options, storage_with_log, tick_with,
+};
 use raft_core::{
     AppendResult, Entry, HardState, Index, InitialState, Message, MessageBody, NodeId, Output, Progress, ProgressState,
-    Raft, Role, StepError, Storage, StorageError, Term,
+    Raft, Role, SnapshotChunk, SnapshotMeta, StepError, Storage, StorageError, Term,
 };
 use raft_storage::MemStorage;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: message surgery on the scripted network, and a hand driver for a single node.
 // ---------------------------------------------------------------------------------------------
-
-/// What the network does with one queued message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fate {
-    Deliver,
-    Drop,
-    /// Keep it aside (a long delay); the caller gets it back.
-    Hold,
-}
-
-/// Like `Cluster::deliver_all`, but asks `fate` about every message first. Returns the held ones.
-fn deliver_with(c: &mut Cluster, mut fate: impl FnMut(&Message) -> Fate) -> Vec<Message> {
-    let mut held = Vec::new();
-    c.process_all();
-    for _ in 0..1_000_000 {
-        let Some(m) = c.in_flight.pop_front() else {
-            c.process_all();
-            if c.in_flight.is_empty() {
-                return held;
-            }
-            continue;
-        };
-        match fate(&m) {
-            Fate::Deliver => {
-                c.in_flight.push_front(m);
-                c.deliver_one();
-            }
-            Fate::Drop => c.dropped += 1,
-            Fate::Hold => held.push(m),
-        }
-    }
-    panic!("the network never went quiet");
-}
-
-/// Ticks every live node once, then delivers with `fate`.
-fn tick_with(c: &mut Cluster, fate: impl FnMut(&Message) -> Fate) -> Vec<Message> {
-    let live: Vec<NodeId> = c.nodes.keys().copied().filter(|id| !c.down.contains(id)).collect();
-    for id in live {
-        c.nodes.get_mut(&id).expect("known node").tick();
-    }
-    deliver_with(c, fate)
-}
 
 fn is_append(m: &Message) -> bool {
     matches!(m.body, MessageBody::AppendEntries { .. })
@@ -84,10 +45,6 @@ fn is_success(m: &Message, index: u64) -> bool {
     m.body == MessageBody::AppendResponse(AppendResult::Success { match_index: Index(index) })
 }
 
-fn between(m: &Message, from: u64, to: u64) -> bool {
-    m.from == NodeId(from) && m.to == NodeId(to)
-}
-
 /// The leader's view of `peer`.
 fn progress(c: &Cluster, leader: u64, peer: u64) -> Progress {
     c.node(leader).status().progress.get(&NodeId(peer)).cloned().expect("leader tracks peer")
@@ -96,10 +53,6 @@ fn progress(c: &Cluster, leader: u64, peer: u64) -> Progress {
 /// (index, term) pairs for terms at indexes 1..
 fn log(terms: &[u64]) -> Vec<(u64, u64)> {
     terms.iter().enumerate().map(|(i, &t)| (i as u64 + 1, t)).collect()
-}
-
-fn message(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
-    Message { from: NodeId(from), to: NodeId(to), term: Term(term), body }
 }
 
 fn vote_granted(from: u64, to: u64, term: u64) -> Message {
@@ -138,20 +91,6 @@ fn drive<S: Persist>(node: &mut Raft<S>, report: bool) -> Output {
 /// Every message of an output, immediate ones first.
 fn all_messages(output: &Output) -> Vec<Message> {
     output.messages.iter().chain(&output.messages_after_persist).cloned().collect()
-}
-
-/// A cluster of `n` fresh voters whose options are tuned by `tune`.
-fn cluster_tuned(n: u64, tune: impl Fn(raft_core::OptionsBuilder) -> raft_core::OptionsBuilder) -> Cluster {
-    let voters = ids(n);
-    let nodes = voters
-        .iter()
-        .map(|&id| {
-            let opts = tune(base_options(id)).build().expect("valid test options");
-            let storage = MemStorage::new(raft_core::Membership::new(voters.iter().copied()));
-            (id, Raft::new(id, opts, storage).expect("memory storage"))
-        })
-        .collect();
-    Cluster::from_nodes(nodes)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -907,6 +846,12 @@ impl Storage for FlakyStorage {
     fn last_index(&self) -> Result<Index, StorageError> {
         self.inner.last_index()
     }
+    fn snapshot(&self) -> Result<SnapshotMeta, StorageError> {
+        self.inner.snapshot()
+    }
+    fn snapshot_chunk(&self, index: Index, term: Term, offset: u64, max: u64) -> Result<SnapshotChunk, StorageError> {
+        self.inner.snapshot_chunk(index, term, offset, max)
+    }
 }
 
 impl Persist for FlakyStorage {
@@ -1058,4 +1003,188 @@ fn pitfall_14_storage_read_error_sends_no_malformed_append() {
     assert_eq!(net.follower_log(2), log);
     assert_eq!(net.follower_log(3), log);
     assert_eq!(net.leader.commit_index(), Index(5));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15-18. Snapshots and compaction.
+// ---------------------------------------------------------------------------------------------
+
+const PAYLOADS: [&[u8]; 12] = [b"p0", b"p1", b"p2", b"p3", b"p4", b"p5", b"p6", b"p7", b"p8", b"p9", b"pa", b"pb"];
+
+fn voters3() -> raft_core::Membership {
+    raft_core::Membership::new(ids(3))
+}
+
+fn snapshot_meta(index: u64, term: u64) -> SnapshotMeta {
+    SnapshotMeta { index: Index(index), term: Term(term), membership: voters3() }
+}
+
+/// One complete (single-chunk) snapshot message from leader 2 in `term`.
+fn whole_snapshot(meta: SnapshotMeta, term: u64) -> Message {
+    message(
+        2,
+        1,
+        term,
+        MessageBody::InstallSnapshot { meta, offset: 0, data: Bytes::from_static(b"state"), done: true },
+    )
+}
+
+/// Follower 1 with log [t1, t1, t1], commit 1, in term 1.
+fn follower_with_three_entries() -> Raft<MemStorage> {
+    let hard_state = HardState { term: Term(1), vote: None, commit: Index(1) };
+    let storage = storage_with_log(&ids(3), &[1, 1, 1], hard_state);
+    Raft::new(NodeId(1), options(NodeId(1), true, true), storage).expect("memory storage")
+}
+
+/// A stale snapshot is ignored: one at the commit index changes nothing, one inside the log
+/// advances the commit index and keeps every entry; neither is installed.
+#[test]
+fn pitfall_15_stale_snapshot_is_ignored_and_entries_are_kept() {
+    let mut node = follower_with_three_entries();
+    drive(&mut node, true);
+
+    node.step(whole_snapshot(snapshot_meta(1, 1), 1)).expect("a stale snapshot is answered, not refused");
+    let output = drive(&mut node, true);
+    assert_eq!(output.install_snapshot, None);
+    assert!(output.snapshot_chunks.is_empty(), "nothing of a stale snapshot is written");
+    assert_eq!(output.messages_after_persist, vec![append_ack(1, 2, 1, 1)]);
+    assert_eq!((node.commit_index(), node.last_index()), (Index(1), Index(3)));
+
+    node.step(whole_snapshot(snapshot_meta(2, 1), 1)).expect("a snapshot of held entries is answered");
+    let output = drive(&mut node, true);
+    assert_eq!(output.install_snapshot, None);
+    assert!(output.snapshot_chunks.is_empty());
+    assert_eq!(output.messages_after_persist, vec![append_ack(1, 2, 1, 2)]);
+    assert_eq!((node.commit_index(), node.last_index()), (Index(2), Index(3)));
+    assert_eq!(node.storage().all_entries().len(), 3, "entries are kept");
+}
+
+/// A snapshot whose last entry contradicts a committed entry is refused before it moves the
+/// term, the leader or the log (openraft#1892).
+#[test]
+fn pitfall_16_snapshot_conflicting_with_a_committed_index_is_rejected() {
+    let hard_state = HardState { term: Term(1), vote: None, commit: Index(2) };
+    let storage = storage_with_log(&ids(3), &[1, 1, 1], hard_state);
+    let mut node = Raft::new(NodeId(1), options(NodeId(1), true, true), storage).expect("memory storage");
+    drive(&mut node, true);
+
+    let result = node.step(whole_snapshot(snapshot_meta(2, 2), 3));
+    assert_eq!(result, Err(StepError::Malformed(raft_core::Malformed::SnapshotConflictsWithCommitted(Index(2)))));
+    let output = drive(&mut node, true);
+    assert!(output.is_empty(), "nothing is written or sent: {output:?}");
+    assert_eq!((node.term(), node.leader()), (Term(1), None));
+    assert_eq!((node.commit_index(), node.last_index()), (Index(2), Index(3)));
+}
+
+/// A cluster that snapshots often: tiny chunks, a window of two, and a margin of `margin`.
+fn snapshot_cluster(margin: u64) -> Cluster {
+    cluster_tuned(3, |b| {
+        b.compaction_margin_entries(margin).snapshot_chunk_bytes_max(8).snapshot_chunks_inflight_max(2)
+    })
+}
+
+fn install_chunks_to(c: &Cluster, to: u64) -> usize {
+    c.delivered.iter().filter(|m| m.to == NodeId(to) && matches!(m.body, MessageBody::InstallSnapshot { .. })).count()
+}
+
+/// Node 3 is down while the leader commits and compacts past it. When it returns, the leader
+/// switches it to a snapshot (no panic on the compacted term lookup), streams it in chunks, and
+/// node 3 ends with the same state machine and log as everyone else (etcd#7470, openraft#511).
+#[test]
+fn pitfall_17_follower_behind_compaction_catches_up_by_snapshot() {
+    let mut c = snapshot_cluster(2);
+    c.elect(1);
+    c.crash(3);
+    for payload in PAYLOADS {
+        c.propose(1, payload).expect("leader accepts");
+    }
+    let meta = c.snapshot(1);
+    assert_eq!(meta.index, Index(13), "the no-op and twelve proposals are applied");
+    assert_eq!(c.node(1).storage().first_index(), Ok(Index(12)), "two entries stay below the snapshot");
+
+    c.restart(3);
+    c.ticks(5);
+    assert!(install_chunks_to(&c, 3) > 1, "the snapshot went in several chunks");
+    assert_eq!(install_chunks_to(&c, 2), 0, "an up-to-date follower gets no snapshot");
+    assert_eq!(c.node(3).storage().snapshot(), Ok(meta.clone()));
+    assert_eq!(c.applied_data(3), c.applied_data(1));
+    assert_eq!(c.node(3).commit_index(), c.node(1).commit_index());
+    assert!(!c.node(1).is_sending_snapshot(NodeId(3)), "the transfer ended");
+
+    // Replication goes on from the snapshot.
+    c.propose(1, b"after").expect("leader accepts");
+    assert_eq!(c.applied_data(3), c.applied_data(1));
+    assert_eq!(c.log_of(3), c.log_of(1)[2..].to_vec(), "node 3's log starts after the snapshot");
+}
+
+/// A follower less than the margin behind catches up from the log: no snapshot needed.
+#[test]
+fn pitfall_17_follower_within_the_margin_catches_up_from_the_log() {
+    let mut c = snapshot_cluster(5);
+    c.elect(1);
+    for payload in &PAYLOADS[..8] {
+        c.propose(1, payload).expect("leader accepts");
+    }
+    c.crash(3);
+    for payload in &PAYLOADS[8..] {
+        c.propose(1, payload).expect("leader accepts");
+    }
+    c.snapshot(1);
+    c.restart(3);
+    c.ticks(5);
+    assert_eq!(install_chunks_to(&c, 3), 0);
+    assert_eq!(c.applied_data(3), c.applied_data(1));
+}
+
+/// After a restart the state machine comes from the snapshot and applying resumes at snapshot
+/// index + 1, with no gap between the snapshot and the log (Redis-Raft #43).
+#[test]
+fn pitfall_18_restart_from_snapshot_resumes_applying_after_it() {
+    let mut c = snapshot_cluster(2);
+    c.elect(1);
+    for payload in &PAYLOADS[..6] {
+        c.propose(1, payload).expect("leader accepts");
+    }
+    let meta = c.snapshot(1);
+    for payload in &PAYLOADS[6..] {
+        c.propose(1, payload).expect("leader accepts");
+    }
+    let before = c.applied_data(1);
+    let storage = c.node(1).storage();
+    let first = storage.first_index().expect("memory");
+    assert!(first.prev() <= meta.index, "no gap between the snapshot and the log");
+
+    c.crash(1);
+    c.restart(1);
+    let node = c.node(1);
+    assert_eq!(node.status().applied, meta.index, "the state machine restarts at the snapshot");
+    assert_eq!(c.restored[&NodeId(1)], before[..6].to_vec());
+    c.tick_until_leader(100).expect("a leader is elected");
+    c.ticks(3);
+    let first_applied = c.applied[&NodeId(1)].first().expect("entries after the snapshot are applied").index;
+    assert_eq!(first_applied, meta.index.next(), "applying resumes just after the snapshot");
+    assert_eq!(c.applied_data(1)[..before.len()], before[..]);
+}
+
+/// The same for a follower that installed a snapshot from the leader and then restarted.
+#[test]
+fn pitfall_18_follower_restarts_from_an_installed_snapshot() {
+    let mut c = snapshot_cluster(0);
+    c.elect(1);
+    c.crash(3);
+    for payload in PAYLOADS {
+        c.propose(1, payload).expect("leader accepts");
+    }
+    let meta = c.snapshot(1);
+    c.restart(3);
+    c.ticks(5);
+    assert_eq!(c.node(3).storage().snapshot(), Ok(meta.clone()));
+    c.crash(3);
+    c.restart(3);
+    assert_eq!(c.node(3).status().applied, meta.index);
+    assert_eq!(c.node(3).storage().first_index(), Ok(meta.index.next()));
+    c.propose(1, b"after").expect("leader accepts");
+    c.ticks(3);
+    assert_eq!(c.applied_data(3), c.applied_data(1));
+    assert_eq!(c.applied[&NodeId(3)].first().map(|e| e.index), Some(meta.index.next()));
 }

@@ -23,7 +23,9 @@
 
 use std::path::{Path, PathBuf};
 
-use raft_core::{Entry, HardState, Index, InitialState, Membership, NodeId, Storage, StorageError, Term};
+use raft_core::{
+    Entry, HardState, Index, InitialState, Membership, NodeId, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -891,7 +893,11 @@ impl<F: FileSystem> DiskStorage<F> {
 
 impl<F: FileSystem> Storage for DiskStorage<F> {
     fn initial_state(&self) -> Result<InitialState, StorageError> {
-        Ok(InitialState { hard_state: self.hard_state, membership: self.meta.membership.clone() })
+        Ok(InitialState {
+            hard_state: self.hard_state,
+            membership: self.meta.membership.clone(),
+            snapshot: SnapshotMeta::default(),
+        })
     }
 
     fn entries(&self, low: Index, high: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
@@ -923,6 +929,15 @@ impl<F: FileSystem> Storage for DiskStorage<F> {
     fn last_index(&self) -> Result<Index, StorageError> {
         Ok(DiskStorage::last_index(self))
     }
+
+    // TEMPORARY until snapshot data files land (issue 5, in progress).
+    fn snapshot(&self) -> Result<SnapshotMeta, StorageError> {
+        Ok(SnapshotMeta::default())
+    }
+
+    fn snapshot_chunk(&self, index: Index, _: Term, _: u64, _: u64) -> Result<SnapshotChunk, StorageError> {
+        Err(StorageError::SnapshotReplaced(index))
+    }
 }
 
 impl<F: FileSystem> LogStore for DiskStorage<F> {
@@ -934,5 +949,14 @@ impl<F: FileSystem> LogStore for DiskStorage<F> {
 
     fn compact(&mut self, index: Index, term: Term) -> Result<(), DiskError> {
         self.guarded(|store| store.compact_inner(index, term))
+    }
+
+    // TEMPORARY until snapshot data files land (issue 5, in progress).
+    fn write_snapshot_chunk(&mut self, _: &SnapshotMeta, _: u64, _: &[u8]) -> Result<(), DiskError> {
+        Err(DiskError::Stopped)
+    }
+
+    fn install_snapshot(&mut self, _: &SnapshotMeta) -> Result<(), DiskError> {
+        Err(DiskError::Stopped)
     }
 }

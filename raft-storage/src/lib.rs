@@ -32,7 +32,8 @@ pub use fs::{FileSystem, FsFile, StdFile, StdFs};
 pub use mem::{MemStorage, MemStorageError};
 pub use simfs::{SimFile, SimFs, SimFsOptions};
 
-use raft_core::{Entry, HardState, Index, Storage, Term};
+use bytes::Bytes;
+use raft_core::{Entry, HardState, Index, Output, SnapshotChunk, SnapshotMeta, Storage, Term};
 
 /// The write side of a store: what a driver calls to make an output durable.
 ///
@@ -47,11 +48,48 @@ pub trait LogStore: Storage {
     /// from `entries[0].index` on.
     fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), Self::Error>;
 
-    /// Records that a snapshot covers everything up to (`index`, `term`) and drops those entries
-    /// from the log. Entries after `index` are kept when the log holds (`index`, `term`); otherwise
-    /// the log is emptied (the snapshot supersedes it). Never leaves a gap between the snapshot
-    /// and the first entry (PITFALLS.md 18).
+    /// Drops the log's entries up to (`index`, `term`), which a snapshot covers (drivers compact
+    /// at [`raft_core::Raft::compaction_point`]). Entries after `index` are kept when the log
+    /// holds (`index`, `term`); otherwise the log is emptied (the snapshot supersedes it). Never
+    /// leaves a gap between the boundary and the first entry (PITFALLS.md 18).
     fn compact(&mut self, index: Index, term: Term) -> Result<(), Self::Error>;
+
+    /// Writes `data` at `offset` into the staging area of snapshot `meta`. Offset 0 starts a new
+    /// staging area (discarding any other); every other chunk must continue the staged bytes.
+    /// Staged data need not be durable until [`LogStore::install_snapshot`].
+    fn write_snapshot_chunk(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), Self::Error>;
+
+    /// Makes the staged snapshot `meta` the store's snapshot, durably and atomically: its data,
+    /// its metadata (membership included) and, unless the log holds (`meta.index`, `meta.term`),
+    /// the replacement of the whole log by an empty log after it. A snapshot not newer than the
+    /// current one is dropped (a snapshot never rolls the store back).
+    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), Self::Error>;
+
+    /// Stores a complete local snapshot (the application's state machine at `meta.index`).
+    fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), Self::Error> {
+        self.write_snapshot_chunk(meta, 0, data)?;
+        self.install_snapshot(meta)
+    }
+
+    /// Carries out the writes of one [`Output`] in the order the raft-core contract requires:
+    /// snapshot chunks, the snapshot install, then hard state and entries (one sync).
+    fn write_output(&mut self, output: &Output) -> Result<(), Self::Error> {
+        for chunk in &output.snapshot_chunks {
+            self.write_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data)?;
+        }
+        if let Some(meta) = &output.install_snapshot {
+            self.install_snapshot(meta)?;
+        }
+        self.persist(output.hard_state, &output.entries)
+    }
+}
+
+/// The piece of `data` at `offset`, at most `bytes_max` bytes (at least one unless at the end).
+fn chunk_of(data: &Bytes, offset: u64, bytes_max: u64) -> SnapshotChunk {
+    let len = data.len() as u64;
+    let start = offset.min(len);
+    let end = start.saturating_add(bytes_max.max(1)).min(len);
+    SnapshotChunk { data: data.slice(start as usize..end as usize), done: end == len }
 }
 
 /// Entries in `[low, high)` from `entries` (whose first element has index `offset + 1`), bounded

@@ -1,19 +1,28 @@
 //! An in-memory store: everything written is "durable" at once.
 
-use raft_core::{Entry, HardState, Index, InitialState, Membership, Storage, StorageError, Term};
+use bytes::Bytes;
+use raft_core::{
+    Entry, HardState, Index, InitialState, Membership, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term,
+};
 use thiserror::Error;
 
 use crate::LogStore;
 
-/// An in-memory log and hard state, with compaction below a snapshot boundary.
+/// An in-memory log, hard state and snapshot, with compaction below a log boundary.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     hard_state: HardState,
     membership: Membership,
-    /// The last index and term covered by a snapshot (0, 0 when none).
+    /// The last index and term dropped from the log by compaction (0, 0 when none): the log
+    /// boundary. A snapshot always covers it.
     snapshot: (Index, Term),
     /// Entries from `snapshot.0 + 1` on.
     entries: Vec<Entry>,
+    /// The latest snapshot's metadata and data.
+    snapshot_meta: SnapshotMeta,
+    snapshot_data: Bytes,
+    /// A snapshot being written chunk by chunk, before it is installed.
+    staging: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 /// Why a write to [`MemStorage`] was refused. Nothing was written.
@@ -38,6 +47,17 @@ pub enum MemStorageError {
         /// The snapshot's last index.
         snapshot: Index,
     },
+    /// A snapshot chunk does not continue the staged data (or belongs to another snapshot).
+    #[error("snapshot chunk at offset {offset} does not follow the {staged} bytes staged")]
+    ChunkOutOfOrder {
+        /// The chunk's offset.
+        offset: u64,
+        /// The bytes staged for that snapshot so far.
+        staged: u64,
+    },
+    /// An install named a snapshot that is not the one staged.
+    #[error("snapshot at index {0} is not staged")]
+    NotStaged(Index),
 }
 
 impl MemStorage {
@@ -75,9 +95,9 @@ impl MemStorage {
         Ok(())
     }
 
-    /// Records a snapshot ending at (`index`, `term`) and drops the entries it covers. Entries
+    /// Moves the log boundary to (`index`, `term`), dropping the entries it covers. Entries
     /// after it are kept if the log holds (`index`, `term`); otherwise the whole log is dropped
-    /// (the snapshot supersedes it). A snapshot older than the current one is ignored.
+    /// (a snapshot supersedes it). A boundary older than the current one is ignored.
     pub fn set_snapshot(&mut self, index: Index, term: Term) {
         if index <= self.snapshot.0 {
             return;
@@ -90,6 +110,51 @@ impl MemStorage {
             self.entries.clear();
         }
         self.snapshot = (index, term);
+    }
+
+    /// The latest snapshot's data.
+    pub fn snapshot_data(&self) -> &Bytes {
+        &self.snapshot_data
+    }
+
+    /// Stores a complete snapshot at once (a local snapshot of the state machine).
+    pub fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), MemStorageError> {
+        self.write_chunk(meta, 0, data)?;
+        self.install(meta)
+    }
+
+    fn write_chunk(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), MemStorageError> {
+        if offset == 0 {
+            self.staging = Some((meta.clone(), Vec::new()));
+        }
+        let staged = match &self.staging {
+            Some((staged_meta, bytes)) if staged_meta == meta => bytes.len() as u64,
+            _ => 0,
+        };
+        match self.staging.as_mut() {
+            Some((staged_meta, bytes)) if staged_meta == meta && offset == staged => {
+                bytes.extend_from_slice(data);
+                Ok(())
+            }
+            _ => Err(MemStorageError::ChunkOutOfOrder { offset, staged }),
+        }
+    }
+
+    fn install(&mut self, meta: &SnapshotMeta) -> Result<(), MemStorageError> {
+        let staged = self.staging.take_if(|(staged_meta, _)| staged_meta == meta);
+        let Some((_, data)) = staged else { return Err(MemStorageError::NotStaged(meta.index)) };
+        if meta.index <= self.snapshot_meta.index {
+            return Ok(()); // Older than what we hold: never roll back.
+        }
+        if self.term(meta.index) != Ok(meta.term) {
+            // The snapshot supersedes a log that does not hold its last entry.
+            self.entries.clear();
+            self.snapshot = (meta.index, meta.term);
+        }
+        self.membership = meta.membership.clone();
+        self.snapshot_meta = meta.clone();
+        self.snapshot_data = Bytes::from(data);
+        Ok(())
     }
 
     /// All stored entries after the snapshot, in order.
@@ -110,7 +175,11 @@ impl MemStorage {
 
 impl Storage for MemStorage {
     fn initial_state(&self) -> Result<InitialState, StorageError> {
-        Ok(InitialState { hard_state: self.hard_state, membership: self.membership.clone() })
+        Ok(InitialState {
+            hard_state: self.hard_state,
+            membership: self.membership.clone(),
+            snapshot: self.snapshot_meta.clone(),
+        })
     }
 
     fn entries(&self, low: Index, high: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
@@ -142,6 +211,23 @@ impl Storage for MemStorage {
     fn last_index(&self) -> Result<Index, StorageError> {
         Ok(self.last())
     }
+
+    fn snapshot(&self) -> Result<SnapshotMeta, StorageError> {
+        Ok(self.snapshot_meta.clone())
+    }
+
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        term: Term,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<SnapshotChunk, StorageError> {
+        if !self.snapshot_meta.exists() || self.snapshot_meta.index != index || self.snapshot_meta.term != term {
+            return Err(StorageError::SnapshotReplaced(index));
+        }
+        Ok(crate::chunk_of(&self.snapshot_data, offset, bytes_max))
+    }
 }
 
 impl LogStore for MemStorage {
@@ -158,5 +244,13 @@ impl LogStore for MemStorage {
     fn compact(&mut self, index: Index, term: Term) -> Result<(), MemStorageError> {
         self.set_snapshot(index, term);
         Ok(())
+    }
+
+    fn write_snapshot_chunk(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), MemStorageError> {
+        self.write_chunk(meta, offset, data)
+    }
+
+    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), MemStorageError> {
+        self.install(meta)
     }
 }

@@ -87,6 +87,7 @@ impl Harness for MemHarness {
             MemStorageError::Gap { first, last } => Refusal::Gap { first, last },
             MemStorageError::NotConsecutive(index) => Refusal::NotConsecutive(index),
             MemStorageError::BelowSnapshot { first, snapshot } => Refusal::BelowSnapshot { first, snapshot },
+            MemStorageError::ChunkOutOfOrder { .. } | MemStorageError::NotStaged(_) => return None,
         })
     }
 

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use raft_core::{
-    Entry, EntryPayload, HardState, Index, Membership, Message, NodeId, Options, OptionsBuilder, ProposeError, Raft,
-    Role, Storage, Term,
+    Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, Options, OptionsBuilder,
+    ProposeError, Raft, Role, SnapshotMeta, Storage, Term,
 };
-use raft_storage::MemStorage;
+use raft_storage::{LogStore, MemStorage};
 
 /// Node ids 1..=n.
 pub fn ids(n: u64) -> Vec<NodeId> {
@@ -52,12 +52,36 @@ pub fn node_with_log(id: NodeId, voters: &[NodeId], terms: &[u64], term: u64, op
     Raft::new(id, opts, storage_with_log(voters, terms, hard_state)).expect("memory storage never fails")
 }
 
+/// The test state machine's snapshot format: each payload as `[u32 length][bytes]`.
+pub fn encode_state(payloads: &[Bytes]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for payload in payloads {
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads [`encode_state`]'s format back.
+pub fn decode_state(mut data: &[u8]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while let Some((len, rest)) = data.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        out.push(Bytes::copy_from_slice(&rest[..len]));
+        data = &rest[len..];
+    }
+    out
+}
+
 /// The scripted network.
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, Raft<MemStorage>>,
     pub options: BTreeMap<NodeId, Options>,
-    /// Committed entries each node applied, in order, for its current incarnation.
+    /// Committed entries each node applied, in order, for its current incarnation (after the
+    /// snapshot it restored from, if any).
     pub applied: BTreeMap<NodeId, Vec<Entry>>,
+    /// The payloads each node's state machine restored from its latest snapshot.
+    pub restored: BTreeMap<NodeId, Vec<Bytes>>,
     /// Messages sent and not yet delivered (FIFO).
     pub in_flight: VecDeque<Message>,
     /// Directed links that drop every message.
@@ -95,11 +119,13 @@ impl Cluster {
     pub fn from_nodes(nodes: BTreeMap<NodeId, Raft<MemStorage>>) -> Self {
         let options = nodes.iter().map(|(&id, n)| (id, n.options().clone())).collect();
         let applied = nodes.keys().map(|&id| (id, Vec::new())).collect();
+        let restored = nodes.iter().map(|(&id, n)| (id, decode_state(n.storage().snapshot_data()))).collect();
         let auto_persist = nodes.keys().map(|&id| (id, true)).collect();
         Cluster {
             nodes,
             options,
             applied,
+            restored,
             in_flight: VecDeque::new(),
             cut: BTreeSet::new(),
             down: BTreeSet::new(),
@@ -125,12 +151,19 @@ impl Cluster {
         let auto = self.auto_persist[&id];
         let node = self.nodes.get_mut(&id).expect("known node");
         let output = node.take_output().expect("memory storage never fails");
-        if let Some(hard_state) = output.hard_state {
-            node.storage_mut().set_hard_state(hard_state);
+        node.storage_mut().write_output(&output).expect("core hands out writable output");
+        let last_write = match (output.entries.last(), &output.install_snapshot) {
+            (Some(last), _) => Some((last.index, last.term)),
+            (None, Some(meta)) => Some((meta.index, meta.term)),
+            (None, None) => None,
+        };
+        if auto && let Some((index, term)) = last_write {
+            node.on_persisted(index, term);
         }
-        node.storage_mut().append(&output.entries).expect("core hands out appendable entries");
-        if auto && let Some(last) = output.entries.last() {
-            node.on_persisted(last.index, last.term);
+        if output.install_snapshot.is_some() {
+            // The state machine restarts from the installed snapshot.
+            self.restored.insert(id, decode_state(node.storage().snapshot_data()));
+            self.applied.insert(id, Vec::new());
         }
         self.applied.get_mut(&id).expect("known node").extend(output.committed);
         self.in_flight.extend(output.messages);
@@ -266,8 +299,22 @@ impl Cluster {
         self.down.remove(&id);
         let storage = self.nodes[&id].storage().clone();
         let node = Raft::new(id, self.options[&id].clone(), storage).expect("memory storage");
+        self.restored.insert(id, decode_state(node.storage().snapshot_data()));
         self.nodes.insert(id, node);
         self.applied.insert(id, Vec::new());
+    }
+
+    /// Snapshots `id`'s state machine at its applied index, saves it, and compacts the log as
+    /// the node advises. Returns the snapshot's metadata.
+    pub fn snapshot(&mut self, id: u64) -> SnapshotMeta {
+        let data = encode_state(&self.applied_data(id));
+        let node = self.node_mut(id);
+        let meta = node.snapshot_meta(node.status().applied).expect("applied index can be snapshotted");
+        node.storage_mut().save_snapshot(&meta, &data).expect("memory storage");
+        if let Some((index, term)) = node.compaction_point() {
+            node.storage_mut().compact(index, term).expect("memory storage");
+        }
+        meta
     }
 
     /// The leader with the highest term among live nodes, if any.
@@ -279,26 +326,91 @@ impl Cluster {
             .map(|(id, _)| id.0)
     }
 
-    /// (index, term) of every entry in `id`'s log (durable and not).
+    /// (index, term) of every entry in `id`'s stored log (from its first uncompacted entry).
     pub fn log_of(&self, id: u64) -> Vec<(u64, u64)> {
-        let node = self.node(id);
-        let storage = node.storage();
-        (1..=storage.last_index().expect("memory").0).map(|i| (i, storage.term(Index(i)).expect("memory").0)).collect()
+        let storage = self.node(id).storage();
+        let first = storage.first_index().expect("memory").0;
+        (first..=storage.last_index().expect("memory").0)
+            .map(|i| (i, storage.term(Index(i)).expect("memory").0))
+            .collect()
     }
 
-    /// The payloads of normal entries `id` applied, in order.
+    /// The payloads of normal entries in `id`'s state machine, in order: those restored from a
+    /// snapshot, then those applied since.
     pub fn applied_data(&self, id: u64) -> Vec<Bytes> {
-        self.applied[&NodeId(id)]
-            .iter()
-            .filter_map(|e| match &e.payload {
-                EntryPayload::Normal(data) => Some(data.clone()),
-                _ => None,
-            })
-            .collect()
+        let applied = self.applied[&NodeId(id)].iter().filter_map(|e| match &e.payload {
+            EntryPayload::Normal(data) => Some(data.clone()),
+            _ => None,
+        });
+        self.restored[&NodeId(id)].iter().cloned().chain(applied).collect()
     }
 
     /// Takes (and removes) the queued messages.
     pub fn take_in_flight(&mut self) -> Vec<Message> {
         self.in_flight.drain(..).collect()
     }
+}
+
+/// What the network does with one queued message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    Deliver,
+    Drop,
+    /// Keep it aside (a long delay); the caller gets it back.
+    Hold,
+}
+
+/// Like `Cluster::deliver_all`, but asks `fate` about every message first. Returns the held ones.
+pub fn deliver_with(c: &mut Cluster, mut fate: impl FnMut(&Message) -> Fate) -> Vec<Message> {
+    let mut held = Vec::new();
+    c.process_all();
+    for _ in 0..1_000_000 {
+        let Some(m) = c.in_flight.pop_front() else {
+            c.process_all();
+            if c.in_flight.is_empty() {
+                return held;
+            }
+            continue;
+        };
+        match fate(&m) {
+            Fate::Deliver => {
+                c.in_flight.push_front(m);
+                c.deliver_one();
+            }
+            Fate::Drop => c.dropped += 1,
+            Fate::Hold => held.push(m),
+        }
+    }
+    panic!("the network never went quiet");
+}
+
+/// Ticks every live node once, then delivers with `fate`.
+pub fn tick_with(c: &mut Cluster, fate: impl FnMut(&Message) -> Fate) -> Vec<Message> {
+    let live: Vec<NodeId> = c.nodes.keys().copied().filter(|id| !c.down.contains(id)).collect();
+    for id in live {
+        c.nodes.get_mut(&id).expect("known node").tick();
+    }
+    deliver_with(c, fate)
+}
+
+pub fn between(m: &Message, from: u64, to: u64) -> bool {
+    m.from == NodeId(from) && m.to == NodeId(to)
+}
+
+pub fn message(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
+    Message { from: NodeId(from), to: NodeId(to), term: Term(term), body }
+}
+
+/// A cluster of `n` fresh voters whose options are tuned by `tune`.
+pub fn cluster_tuned(n: u64, tune: impl Fn(raft_core::OptionsBuilder) -> raft_core::OptionsBuilder) -> Cluster {
+    let voters = ids(n);
+    let nodes = voters
+        .iter()
+        .map(|&id| {
+            let opts = tune(base_options(id)).build().expect("valid test options");
+            let storage = MemStorage::new(raft_core::Membership::new(voters.iter().copied()));
+            (id, Raft::new(id, opts, storage).expect("memory storage"))
+        })
+        .collect();
+    Cluster::from_nodes(nodes)
 }

@@ -1,0 +1,259 @@
+//! Snapshots: describing a local snapshot, compaction with a trailing margin, and streaming a
+//! snapshot to a follower in chunks (leader side) and receiving it (follower side).
+//!
+//! The data never passes through the core as a whole: the leader reads one chunk at a time from
+//! [`Storage::snapshot_chunk`], at most `snapshot_chunks_inflight_max` chunks are unacknowledged
+//! per follower, and the follower hands each chunk to its driver in [`crate::Output`] and
+//! acknowledges it once written. Memory on both sides stays within a window of chunks.
+
+use bytes::Bytes;
+
+use crate::error::{Malformed, SnapshotError, StepError};
+use crate::message::{AppendResult, MessageBody};
+use crate::progress::ProgressState;
+use crate::raft::Raft;
+use crate::storage::{Storage, StorageError};
+use crate::types::{Index, NodeId, SnapshotMeta, Term};
+
+/// A received chunk of a snapshot, for the driver to write into its store's staging area.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedChunk {
+    /// The snapshot the chunk belongs to.
+    pub meta: SnapshotMeta,
+    /// Where the bytes go. Offset 0 starts a new staging area, discarding any earlier one.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// The snapshot a follower is receiving: the next offset it expects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IncomingSnapshot {
+    meta: SnapshotMeta,
+    next_offset: u64,
+}
+
+/// One chunk of an `InstallSnapshot` message.
+pub(crate) struct ChunkIn {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) offset: u64,
+    pub(crate) data: Bytes,
+    pub(crate) done: bool,
+}
+
+impl<S: Storage> Raft<S> {
+    /// Describes a snapshot of the state machine as it is after applying `index`, for the
+    /// application to store with the snapshot's data. `index` must be applied and still in the log.
+    pub fn snapshot_meta(&self, index: Index) -> Result<SnapshotMeta, SnapshotError> {
+        let applied = self.log.applied;
+        if index > applied {
+            return Err(SnapshotError::NotApplied { index, applied });
+        }
+        let term = match self.log.term(index) {
+            Ok(term) => term,
+            Err(StorageError::Compacted(_)) => return Err(SnapshotError::Compacted(index)),
+            Err(error) => return Err(SnapshotError::Storage(error)),
+        };
+        // Membership never changes in the log yet, so the current one is the one at `index`.
+        Ok(SnapshotMeta { index, term, membership: self.membership.clone() })
+    }
+
+    /// Where the driver may compact the log now: the entry `compaction_margin_entries` below the
+    /// store's latest snapshot, with its term, or `None` when the log already starts there. The
+    /// margin lets slightly slow followers catch up from the log instead of a whole snapshot.
+    pub fn compaction_point(&self) -> Option<(Index, Term)> {
+        if self.log.pending_snapshot().is_some() {
+            return None; // The store is about to be replaced by an installed snapshot.
+        }
+        let snapshot = self.log.storage.snapshot().ok()?;
+        let index = Index(snapshot.index.0.saturating_sub(self.options.compaction_margin_entries()));
+        let first = self.log.first_index().ok()?;
+        if index < first {
+            return None;
+        }
+        let term = self.log.term(index).ok()?;
+        Some((index, term))
+    }
+
+    /// Switches `peer` to snapshot transfer (its next entries are compacted) and sends the first
+    /// chunks. Returns whether anything was sent.
+    pub(crate) fn start_snapshot(&mut self, peer: NodeId) -> bool {
+        let meta = match self.log.storage.snapshot() {
+            Ok(meta) if meta.exists() => meta,
+            Ok(_) => {
+                tracing::warn!(id = %self.id, %peer, "entries compacted but no snapshot: nothing sent");
+                return false;
+            }
+            Err(error) => {
+                tracing::warn!(id = %self.id, %peer, %error, "cannot read the snapshot: nothing sent");
+                return false;
+            }
+        };
+        let Some(progress) = self.progress.get_mut(&peer) else { return false };
+        tracing::debug!(id = %self.id, %peer, index = %meta.index, "sending snapshot");
+        progress.become_snapshot(meta);
+        self.send_snapshot_chunks(peer)
+    }
+
+    /// Sends chunks to `peer` while its window has room. Returns whether any went out.
+    pub(crate) fn send_snapshot_chunks(&mut self, peer: NodeId) -> bool {
+        let chunk_max = self.options.snapshot_chunk_bytes_max();
+        let window_bytes = chunk_max.saturating_mul(self.options.snapshot_chunks_inflight_max());
+        let mut sent = false;
+        loop {
+            let Some(transfer) = self.progress.get(&peer).and_then(|p| p.snapshot.as_ref()) else { return sent };
+            if transfer.done_sent || transfer.sent_offset.saturating_sub(transfer.acked_offset) >= window_bytes {
+                return sent;
+            }
+            let (meta, offset) = (transfer.meta.clone(), transfer.sent_offset);
+            let chunk = match self.log.storage.snapshot_chunk(meta.index, meta.term, offset, chunk_max) {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    // A newer snapshot replaced this one (or storage failed): start over later,
+                    // from the latest snapshot, when the next heartbeat answer arrives.
+                    tracing::debug!(id = %self.id, %peer, %error, "snapshot chunk unreadable: transfer restarts");
+                    if let Some(progress) = self.progress.get_mut(&peer) {
+                        progress.become_probe();
+                    }
+                    return sent;
+                }
+            };
+            // Never trust the store to honour the limit, nor to make progress.
+            let too_long = chunk.data.len() as u64 > chunk_max;
+            let data = if too_long { chunk.data.slice(..chunk_max as usize) } else { chunk.data };
+            let done = chunk.done && !too_long;
+            if data.is_empty() && !done {
+                tracing::warn!(id = %self.id, %peer, offset, "store returned an empty snapshot chunk");
+                return sent;
+            }
+            if let Some(transfer) = self.progress.get_mut(&peer).and_then(|p| p.snapshot.as_mut()) {
+                transfer.sent_offset = offset + data.len() as u64;
+                transfer.done_sent = done;
+            }
+            self.send(peer, self.term, MessageBody::InstallSnapshot { meta, offset, data, done });
+            sent = true;
+        }
+    }
+
+    /// A follower reports how much of a snapshot it has written.
+    pub(crate) fn on_snapshot_response(
+        &mut self,
+        from: NodeId,
+        index: Index,
+        term: Term,
+        next_offset: u64,
+        gap: bool,
+    ) -> Result<(), StepError> {
+        if !self.is_leader() {
+            return Err(StepError::Unexpected);
+        }
+        let progress = self.progress.get_mut(&from).ok_or(StepError::UnknownPeer(from))?;
+        progress.recent_active = true;
+        let Some(transfer) = progress.snapshot.as_mut() else { return Err(StepError::Unexpected) };
+        if transfer.meta.index != index || transfer.meta.term != term {
+            return Err(StepError::Unexpected); // About an earlier transfer.
+        }
+        if next_offset > transfer.acked_offset {
+            transfer.acked_offset = next_offset;
+            // The follower may hold more than we think we sent (an answer from before a rewind).
+            transfer.sent_offset = transfer.sent_offset.max(next_offset);
+        }
+        if gap && next_offset < transfer.sent_offset && transfer.rewound_to != Some(next_offset) {
+            transfer.rewind(next_offset);
+        }
+        self.send_snapshot_chunks(from);
+        Ok(())
+    }
+
+    /// One chunk from the leader of our term.
+    pub(crate) fn on_install_snapshot(&mut self, from: NodeId, chunk: ChunkIn) -> Result<(), StepError> {
+        let committed = self.log.committed;
+        let index = chunk.meta.index;
+        let held = self.log.term(index);
+        if index <= committed {
+            self.check_snapshot_against_committed(&chunk.meta)?;
+            // Stale: everything it covers is already committed here. Tell the leader how far
+            // our log matches so it resumes appending (PITFALLS.md 15).
+            self.send(from, self.term, MessageBody::AppendResponse(AppendResult::Success { match_index: committed }));
+            return Ok(());
+        }
+        if held == Ok(chunk.meta.term) {
+            // We hold its last entry, so our log matches up to it: keep the entries, commit.
+            self.log.committed = index;
+            self.send(from, self.term, MessageBody::AppendResponse(AppendResult::Success { match_index: index }));
+            return Ok(());
+        }
+        self.receive_chunk(from, chunk);
+        Ok(())
+    }
+
+    /// Refuses a snapshot whose last entry contradicts our committed entry at that index
+    /// (openraft#1892): no honest leader sends one.
+    pub(crate) fn check_snapshot_against_committed(&self, meta: &SnapshotMeta) -> Result<(), StepError> {
+        if meta.index <= self.log.committed && self.log.term(meta.index).is_ok_and(|term| term != meta.term) {
+            return Err(StepError::Malformed(Malformed::SnapshotConflictsWithCommitted(meta.index)));
+        }
+        Ok(())
+    }
+
+    /// Takes a chunk of a snapshot that will replace our log, if it is the one expected next.
+    fn receive_chunk(&mut self, from: NodeId, chunk: ChunkIn) {
+        let ChunkIn { meta, offset, data, done } = chunk;
+        let (index, term) = (meta.index, meta.term);
+        if offset == 0 {
+            self.incoming_snapshot = Some(IncomingSnapshot { meta: meta.clone(), next_offset: 0 });
+        }
+        let expected = match &self.incoming_snapshot {
+            Some(incoming) if incoming.meta == meta => incoming.next_offset,
+            _ => 0, // A transfer we are not receiving: ask for it from the start.
+        };
+        if offset != expected {
+            let gap = offset > expected;
+            self.send(from, self.term, MessageBody::SnapshotResponse { index, term, next_offset: expected, gap });
+            return;
+        }
+        let next_offset = offset + data.len() as u64;
+        self.snapshot_chunks.push(ReceivedChunk { meta: meta.clone(), offset, data });
+        if !done {
+            if let Some(incoming) = self.incoming_snapshot.as_mut() {
+                incoming.next_offset = next_offset;
+            }
+            self.send(from, self.term, MessageBody::SnapshotResponse { index, term, next_offset, gap: false });
+            return;
+        }
+        self.incoming_snapshot = None;
+        tracing::info!(id = %self.id, %index, %term, "installing snapshot");
+        self.membership = meta.membership.clone();
+        self.log.install_snapshot(meta);
+        // Sent once the install is durable, like any acknowledgement.
+        self.send(from, self.term, MessageBody::AppendResponse(AppendResult::Success { match_index: index }));
+    }
+
+    /// Whether `peer` is being sent a snapshot (for tests and status).
+    pub fn is_sending_snapshot(&self, peer: NodeId) -> bool {
+        self.progress.get(&peer).is_some_and(|p| p.state == ProgressState::Snapshot)
+    }
+}
+
+/// Rejects a chunk that no honest leader of `term` could have sent.
+pub(crate) fn validate_chunk(
+    term: Term,
+    meta: &SnapshotMeta,
+    offset: u64,
+    data: &Bytes,
+    chunk_bytes_max: u64,
+) -> Result<(), StepError> {
+    let bytes = data.len() as u64;
+    if bytes > chunk_bytes_max {
+        return Err(StepError::Malformed(Malformed::SnapshotChunkTooLarge { bytes, limit: chunk_bytes_max }));
+    }
+    let invalid = meta.index == Index(0)
+        || meta.term == Term(0)
+        || meta.term > term
+        || meta.membership.voters.is_empty()
+        || offset.checked_add(bytes).is_none();
+    if invalid {
+        return Err(StepError::Malformed(Malformed::SnapshotInvalid(meta.index)));
+    }
+    Ok(())
+}
