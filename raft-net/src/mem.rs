@@ -1,0 +1,187 @@
+//! An in-memory network for tests and benchmarks: no sockets, no serialization, no tasks.
+//!
+//! [`MemTransport::send`] puts the message straight into the receiver's bounded inbound channel,
+//! under one lock, so the order of deliveries is exactly the order of `send` calls: runs are
+//! deterministic. Faults are switched on and off through the shared [`MemNetwork`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use raft_core::{Message, NodeId};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::transport::{SendError, Transport};
+
+/// The default capacity of each node's inbound channel, in messages.
+pub const MEM_INBOUND_QUEUE_MESSAGES_MAX_DEFAULT: NonZeroUsize = NonZeroUsize::new(1024).expect("1024 is not zero");
+
+/// A hub connecting the nodes of one process. Cloning gives another handle to the same network.
+#[derive(Clone, Debug)]
+pub struct MemNetwork {
+    state: Arc<Mutex<NetworkState>>,
+}
+
+/// One node's handle for sending into a [`MemNetwork`].
+#[derive(Clone, Debug)]
+pub struct MemTransport {
+    network: MemNetwork,
+    local_id: NodeId,
+    incarnation: u64,
+}
+
+/// Why a node could not join a [`MemNetwork`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum JoinError {
+    /// The node is already up; [`MemNetwork::remove`] it first to model a restart.
+    #[error("node {0} has already joined")]
+    AlreadyJoined(NodeId),
+}
+
+#[derive(Debug)]
+struct NetworkState {
+    inbound_queue_messages_max: NonZeroUsize,
+    /// Every node that ever joined. A removed (crashed) node keeps its entry, without an inbox.
+    nodes: BTreeMap<NodeId, Mailbox>,
+    /// Directed links that drop everything: (from, to).
+    cut_links: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes cut off from everyone.
+    isolated: BTreeSet<NodeId>,
+    /// Numbers the joins, so a handle from before a restart cannot send as the new incarnation.
+    joins: u64,
+}
+
+#[derive(Debug)]
+struct Mailbox {
+    incarnation: u64,
+    inbox: Option<mpsc::Sender<Message>>,
+}
+
+impl Default for MemNetwork {
+    fn default() -> Self {
+        MemNetwork::new(MEM_INBOUND_QUEUE_MESSAGES_MAX_DEFAULT)
+    }
+}
+
+impl MemNetwork {
+    /// An empty network whose nodes each get an inbound channel of `inbound_queue_messages_max`.
+    pub fn new(inbound_queue_messages_max: NonZeroUsize) -> Self {
+        let state = NetworkState {
+            inbound_queue_messages_max,
+            nodes: BTreeMap::new(),
+            cut_links: BTreeSet::new(),
+            isolated: BTreeSet::new(),
+            joins: 0,
+        };
+        MemNetwork { state: Arc::new(Mutex::new(state)) }
+    }
+
+    /// Adds `node_id` (or brings a removed node back, as after a restart): its transport and the
+    /// receiving end of its inbound channel. Partitions involving the node stay as they were.
+    pub fn join(&self, node_id: NodeId) -> Result<(MemTransport, mpsc::Receiver<Message>), JoinError> {
+        let mut state = self.lock();
+        if state.nodes.get(&node_id).is_some_and(|mailbox| mailbox.inbox.is_some()) {
+            return Err(JoinError::AlreadyJoined(node_id));
+        }
+        state.joins += 1;
+        let incarnation = state.joins;
+        let (inbox, receiver) = mpsc::channel(state.inbound_queue_messages_max.get());
+        state.nodes.insert(node_id, Mailbox { incarnation, inbox: Some(inbox) });
+        let transport = MemTransport { network: self.clone(), local_id: node_id, incarnation };
+        Ok((transport, receiver))
+    }
+
+    /// Crashes `node_id`: its transport handles return [`SendError::Closed`], and messages to it
+    /// fail with [`SendError::Unreachable`] until it joins again. Returns whether it was up.
+    pub fn remove(&self, node_id: NodeId) -> bool {
+        let mut state = self.lock();
+        state.nodes.get_mut(&node_id).and_then(|mailbox| mailbox.inbox.take()).is_some()
+    }
+
+    /// Cuts the link between `a` and `b` in both directions.
+    pub fn disconnect(&self, a: NodeId, b: NodeId) {
+        let mut state = self.lock();
+        state.cut_links.insert((a, b));
+        state.cut_links.insert((b, a));
+    }
+
+    /// Cuts the link from `from` to `to` only (an asymmetric partition).
+    pub fn disconnect_one_way(&self, from: NodeId, to: NodeId) {
+        self.lock().cut_links.insert((from, to));
+    }
+
+    /// Restores the link between `a` and `b` in both directions.
+    pub fn reconnect(&self, a: NodeId, b: NodeId) {
+        let mut state = self.lock();
+        state.cut_links.remove(&(a, b));
+        state.cut_links.remove(&(b, a));
+    }
+
+    /// Cuts `node_id` off from every other node.
+    pub fn isolate(&self, node_id: NodeId) {
+        self.lock().isolated.insert(node_id);
+    }
+
+    /// Undoes [`MemNetwork::isolate`] for `node_id` (links cut one by one stay cut).
+    pub fn heal(&self, node_id: NodeId) {
+        self.lock().isolated.remove(&node_id);
+    }
+
+    /// Restores every link and ends every isolation.
+    pub fn heal_all(&self) {
+        let mut state = self.lock();
+        state.cut_links.clear();
+        state.isolated.clear();
+    }
+
+    /// Whether a message from `from` to `to` would currently pass the partitions.
+    pub fn is_link_up(&self, from: NodeId, to: NodeId) -> bool {
+        self.lock().is_link_up(from, to)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, NetworkState> {
+        // Every critical section is a single insert, remove or try_send, so a panic while the lock
+        // was held cannot have left the state half-changed: using it after poisoning is safe.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl NetworkState {
+    fn is_link_up(&self, from: NodeId, to: NodeId) -> bool {
+        !self.isolated.contains(&from) && !self.isolated.contains(&to) && !self.cut_links.contains(&(from, to))
+    }
+}
+
+impl Transport for MemTransport {
+    fn local_id(&self) -> NodeId {
+        self.local_id
+    }
+
+    fn send(&self, message: Message) -> Result<(), SendError> {
+        if message.from != self.local_id {
+            return Err(SendError::ForeignSender(message.from));
+        }
+        let to = message.to;
+        let state = self.network.lock();
+        let is_current = state
+            .nodes
+            .get(&self.local_id)
+            .is_some_and(|mailbox| mailbox.incarnation == self.incarnation && mailbox.inbox.is_some());
+        if !is_current {
+            return Err(SendError::Closed);
+        }
+        let Some(mailbox) = state.nodes.get(&to) else {
+            return Err(SendError::UnknownPeer(to));
+        };
+        let Some(inbox) = mailbox.inbox.as_ref().filter(|_| state.is_link_up(self.local_id, to)) else {
+            return Err(SendError::Unreachable(to));
+        };
+        inbox.try_send(message).map_err(|error| match error {
+            TrySendError::Full(_) => SendError::QueueFull(to),
+            // The receiving driver dropped its channel: as good as crashed.
+            TrySendError::Closed(_) => SendError::Unreachable(to),
+        })
+    }
+}

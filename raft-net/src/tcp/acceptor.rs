@@ -1,0 +1,125 @@
+//! The inbound half: accept connections, check each dialer's handshake, then read its messages
+//! into the driver's inbound channel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_core::NodeId;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::Semaphore;
+use tokio::time::{sleep, timeout};
+use tracing::{debug, warn};
+
+use super::Shared;
+use super::error::ConnectionError;
+use super::stream::Accept;
+use crate::frame::{Frame, FrameError, HELLO_FRAME_BYTES_MAX, read_frame, write_frame};
+
+/// The pause after a failed `accept` (for example: out of file descriptors), so that a persistent
+/// error does not spin the loop.
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Accepts connections until cancelled, each served by its own task.
+pub(crate) async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut listener: A) {
+    // A limit above the semaphore's maximum is as good as unlimited.
+    let connections_max = shared.options.inbound_connections_max.min(Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(connections_max));
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => {
+                    let task_shared = Arc::clone(&shared);
+                    shared.spawn(shared.cancel.clone(), async move {
+                        serve(task_shared, stream, remote).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => warn!(local = %shared.local_id, %remote, connections_max, "too many inbound connections"),
+            },
+            Err(error) => {
+                warn!(local = %shared.local_id, error = %error.kind(), "accept failed");
+                sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Handshakes with one dialer, then reads its messages until the connection ends, breaks a rule,
+/// or is replaced by a newer connection from the same peer.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S, remote: SocketAddr) {
+    let mut stream = BufReader::with_capacity(shared.options.read_buffer_bytes, stream);
+    let handshake = timeout(shared.options.handshake_timeout, accept_handshake(&shared, &mut stream)).await;
+    let peer = match handshake {
+        Ok(Ok(peer)) => peer,
+        Ok(Err(error)) => {
+            warn!(local = %shared.local_id, %remote, %error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            warn!(local = %shared.local_id, %remote, error = %ConnectionError::HandshakeTimeout, "handshake failed");
+            return;
+        }
+    };
+    debug!(local = %shared.local_id, %peer, %remote, "accepted a connection");
+    let (connection, cancel) = shared.register_reader(peer);
+    let end = cancel.run_until_cancelled(read_loop(&shared, &mut stream, peer)).await;
+    shared.unregister_reader(peer, connection);
+    match end {
+        None => debug!(local = %shared.local_id, %peer, %remote, "connection replaced or stopped"),
+        Some(ConnectionError::Frame(FrameError::Closed)) => {
+            debug!(local = %shared.local_id, %peer, %remote, "connection closed by the peer");
+        }
+        Some(error) => warn!(local = %shared.local_id, %peer, %remote, %error, "closing the connection"),
+    }
+}
+
+/// The acceptor's side of the handshake: read `Hello`, answer, and return who the dialer is.
+async fn accept_handshake<S>(shared: &Shared, stream: &mut S) -> Result<NodeId, ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame: Frame = read_frame(stream, HELLO_FRAME_BYTES_MAX, &mut Vec::new()).await?;
+    let Frame::Hello(hello) = frame else {
+        return Err(ConnectionError::UnexpectedFrame);
+    };
+    match shared.check_hello(&hello) {
+        Ok(()) => {
+            write_frame(stream, &Frame::HelloAccepted, HELLO_FRAME_BYTES_MAX).await?;
+            Ok(hello.from)
+        }
+        Err(reason) => {
+            write_frame(stream, &Frame::HelloRejected { reason }, HELLO_FRAME_BYTES_MAX).await?;
+            // Best effort: the connection is closed when dropped either way.
+            let _ = stream.shutdown().await;
+            Err(ConnectionError::Refused { from: hello.from, reason })
+        }
+    }
+}
+
+/// Reads messages from `peer` into the inbound channel. Waits when the channel is full, which
+/// stops reading and so pushes back on the dialer through TCP flow control.
+async fn read_loop<R: AsyncRead + Unpin>(shared: &Shared, reader: &mut R, peer: NodeId) -> ConnectionError {
+    let mut payload = Vec::new();
+    loop {
+        let frame = match read_frame::<Frame, _>(reader, shared.options.frame_bytes_max, &mut payload).await {
+            Ok(frame) => frame,
+            Err(error) => return error.into(),
+        };
+        // One large frame must not pin a large buffer for the life of the connection.
+        payload.clear();
+        payload.shrink_to(shared.options.read_buffer_bytes);
+        let Frame::Message(message) = frame else {
+            return ConnectionError::UnexpectedFrame;
+        };
+        if message.from != peer {
+            return ConnectionError::WrongSender { expected: peer, actual: message.from };
+        }
+        if message.to != shared.local_id {
+            return ConnectionError::WrongReceiver(message.to);
+        }
+        if shared.inbound.send(message).await.is_err() {
+            return ConnectionError::InboundClosed;
+        }
+    }
+}

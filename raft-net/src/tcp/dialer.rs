@@ -1,0 +1,154 @@
+//! The outbound half of a link: one task per peer that dials, handshakes, then writes batches of
+//! queued messages until the connection fails, and starts over after a backoff.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use raft_core::{Message, NodeId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout};
+use tracing::{debug, info, warn};
+
+use super::backoff::Backoff;
+use super::error::ConnectionError;
+use super::stream::Connect;
+use super::{PeerState, PeerStateCell, Shared};
+use crate::frame::{Frame, HELLO_FRAME_BYTES_MAX, Hello, encode_frame_into, read_frame, write_frame};
+
+/// Everything the writer task of one peer owns.
+pub(crate) struct Dialer<C: Connect> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) connector: Arc<C>,
+    pub(crate) peer_id: NodeId,
+    pub(crate) address: SocketAddr,
+    pub(crate) queue: mpsc::Receiver<Message>,
+    pub(crate) state: Arc<PeerStateCell>,
+    pub(crate) backoff: Backoff,
+}
+
+impl<C: Connect> Dialer<C> {
+    /// Dials, writes, and redials until cancelled (the task is spawned under a cancellation token).
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.state.set(PeerState::Connecting);
+            match self.connect().await {
+                Ok(stream) => {
+                    info!(local = %self.shared.local_id, peer = %self.peer_id, address = %self.address, "connected");
+                    self.state.set(PeerState::Connected);
+                    self.backoff.reset();
+                    let error = self.write_loop(stream).await;
+                    info!(local = %self.shared.local_id, peer = %self.peer_id, %error, "connection lost");
+                    if error == ConnectionError::PeerRemoved {
+                        return;
+                    }
+                }
+                Err(error @ ConnectionError::Rejected(_)) => {
+                    warn!(local = %self.shared.local_id, peer = %self.peer_id, address = %self.address, %error);
+                }
+                Err(error) => debug!(local = %self.shared.local_id, peer = %self.peer_id, %error, "dial failed"),
+            }
+            self.state.set(PeerState::Backoff);
+            self.discard_queued();
+            sleep(self.backoff.next_delay()).await;
+        }
+    }
+
+    /// Dials and handshakes, each within its timeout.
+    async fn connect(&self) -> Result<C::Stream, ConnectionError> {
+        let options = &self.shared.options;
+        let mut stream = timeout(options.connect_timeout, self.connector.connect(self.address))
+            .await
+            .map_err(|_| ConnectionError::ConnectTimeout)?
+            .map_err(|error| ConnectionError::Connect(error.kind()))?;
+        let hello = Hello::new(self.shared.cluster_id, self.shared.local_id, self.peer_id);
+        timeout(options.handshake_timeout, handshake(&mut stream, hello))
+            .await
+            .map_err(|_| ConnectionError::HandshakeTimeout)??;
+        Ok(stream)
+    }
+
+    /// Writes batches until the connection fails. Also watches the read side: the acceptor never
+    /// writes after the handshake, so a readable stream means it closed (or misbehaves), which
+    /// this notices without waiting for the next write to fail.
+    async fn write_loop(&mut self, mut stream: C::Stream) -> ConnectionError {
+        let mut buffer = Vec::new();
+        let mut probe = [0; 1];
+        loop {
+            let first = tokio::select! {
+                read = stream.read(&mut probe) => return match read {
+                    Ok(0) => ConnectionError::PeerClosed,
+                    Ok(_) => ConnectionError::UnexpectedData,
+                    Err(error) => ConnectionError::Read(error.kind()),
+                },
+                message = self.queue.recv() => match message {
+                    Some(message) => message,
+                    None => return ConnectionError::PeerRemoved,
+                },
+            };
+            self.fill_batch(first, &mut buffer);
+            if let Err(error) = self.write_batch(&mut stream, &buffer).await {
+                return error;
+            }
+        }
+    }
+
+    /// Encodes `first` and then whatever else is queued, up to `write_batch_bytes_max`, so that
+    /// many small messages leave in one write.
+    fn fill_batch(&mut self, first: Message, buffer: &mut Vec<u8>) {
+        let batch_bytes_max = self.shared.options.write_batch_bytes_max;
+        buffer.clear();
+        // One oversized message must not pin a large buffer for the life of the connection.
+        buffer.shrink_to(batch_bytes_max.saturating_mul(2));
+        self.encode(first, buffer);
+        while buffer.len() < batch_bytes_max {
+            let Ok(message) = self.queue.try_recv() else {
+                break;
+            };
+            self.encode(message, buffer);
+        }
+    }
+
+    fn encode(&self, message: Message, buffer: &mut Vec<u8>) {
+        if let Err(error) = encode_frame_into(&Frame::Message(message), self.shared.options.frame_bytes_max, buffer) {
+            warn!(local = %self.shared.local_id, peer = %self.peer_id, %error, "dropping a message that cannot be framed");
+        }
+    }
+
+    async fn write_batch(&self, stream: &mut C::Stream, buffer: &[u8]) -> Result<(), ConnectionError> {
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            stream.write_all(buffer).await?;
+            stream.flush().await
+        };
+        match timeout(self.shared.options.write_timeout, write).await {
+            Err(_) => Err(ConnectionError::WriteTimeout),
+            Ok(Err(error)) => Err(ConnectionError::Write(error.kind())),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Drops what was queued while connecting: it would be stale by the time a connection exists.
+    fn discard_queued(&mut self) {
+        let mut discarded: u64 = 0;
+        while self.queue.try_recv().is_ok() {
+            discarded += 1;
+        }
+        if discarded > 0 {
+            debug!(local = %self.shared.local_id, peer = %self.peer_id, discarded, "dropped queued messages");
+        }
+    }
+}
+
+/// The dialer's side of the handshake: send `hello`, expect `HelloAccepted`.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, hello: Hello) -> Result<(), ConnectionError> {
+    write_frame(stream, &Frame::Hello(hello), HELLO_FRAME_BYTES_MAX).await?;
+    let reply: Frame = read_frame(stream, HELLO_FRAME_BYTES_MAX, &mut Vec::new()).await?;
+    match reply {
+        Frame::HelloAccepted => Ok(()),
+        Frame::HelloRejected { reason } => Err(ConnectionError::Rejected(reason)),
+        _ => Err(ConnectionError::UnexpectedFrame),
+    }
+}

@@ -1,0 +1,169 @@
+//! Tunables of the TCP transport, checked once when it starts.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::frame::{FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MIN};
+
+/// Tunables of a [`TcpTransport`](crate::TcpTransport). Every queue and buffer has a named limit
+/// here; [`TcpOptions::validate`] (called by the transport when it starts) checks how they relate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// How long the handshake may take, on either side.
+    pub handshake_timeout: Duration,
+    /// How long one batched write may take before the connection is dropped (a stuck peer, or one
+    /// whose driver stopped reading: see the crate docs on back-pressure).
+    pub write_timeout: Duration,
+    /// The first reconnect delay (before jitter).
+    pub backoff_base: Duration,
+    /// The longest reconnect delay (before jitter).
+    pub backoff_max: Duration,
+    /// The longest frame payload sent or accepted. A message that does not fit is dropped (and
+    /// logged) by the sender. Must exceed raft-core's `message_bytes_max` plus entry overheads.
+    pub frame_bytes_max: u32,
+    /// Messages queued for one peer at most; more fail with `SendError::QueueFull`.
+    pub peer_queue_messages_max: usize,
+    /// Messages received but not yet taken by the driver at most; beyond that, readers wait.
+    pub inbound_queue_messages_max: usize,
+    /// A writer stops adding queued messages to one write once its buffer holds this many bytes
+    /// (a single message may exceed it).
+    pub write_batch_bytes_max: usize,
+    /// Bytes buffered by each connection's reader.
+    pub read_buffer_bytes: usize,
+    /// Inbound connections (handshaking or established) at most; more are closed at once.
+    pub inbound_connections_max: usize,
+    /// Refuse handshakes from nodes that are not in the peer list.
+    pub reject_unknown_peers: bool,
+}
+
+/// The default write batch: large enough that many small messages share one system call.
+pub const WRITE_BATCH_BYTES_MAX_DEFAULT: usize = 256 * 1024;
+
+/// The default reader buffer.
+pub const READ_BUFFER_BYTES_DEFAULT: usize = 64 * 1024;
+
+const _: () = assert!(WRITE_BATCH_BYTES_MAX_DEFAULT <= FRAME_BYTES_MAX_DEFAULT as usize);
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            connect_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(3),
+            write_timeout: Duration::from_secs(5),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            peer_queue_messages_max: 1024,
+            inbound_queue_messages_max: 4096,
+            write_batch_bytes_max: WRITE_BATCH_BYTES_MAX_DEFAULT,
+            read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
+            inbound_connections_max: 256,
+            reject_unknown_peers: true,
+        }
+    }
+}
+
+/// Which option a [`TcpOptionsError::Zero`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpOption {
+    /// [`TcpOptions::connect_timeout`].
+    ConnectTimeout,
+    /// [`TcpOptions::handshake_timeout`].
+    HandshakeTimeout,
+    /// [`TcpOptions::write_timeout`].
+    WriteTimeout,
+    /// [`TcpOptions::backoff_base`].
+    BackoffBase,
+    /// [`TcpOptions::peer_queue_messages_max`].
+    PeerQueueMessagesMax,
+    /// [`TcpOptions::inbound_queue_messages_max`].
+    InboundQueueMessagesMax,
+    /// [`TcpOptions::write_batch_bytes_max`].
+    WriteBatchBytesMax,
+    /// [`TcpOptions::read_buffer_bytes`].
+    ReadBufferBytes,
+    /// [`TcpOptions::inbound_connections_max`].
+    InboundConnectionsMax,
+}
+
+/// Why a set of [`TcpOptions`] was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TcpOptionsError {
+    /// The option must not be zero.
+    #[error("{0:?} must not be zero")]
+    Zero(TcpOption),
+    /// `frame_bytes_max` must hold a full snapshot chunk with its envelope.
+    #[error("frame_bytes_max ({bytes}) is below the minimum of {min}")]
+    FrameBytesTooSmall {
+        /// The limit asked for.
+        bytes: u32,
+        /// [`FRAME_BYTES_MIN`].
+        min: u32,
+    },
+    /// `backoff_base` must not exceed `backoff_max`.
+    #[error("backoff_base ({base:?}) exceeds backoff_max ({max:?})")]
+    BackoffBaseAboveMax {
+        /// The base asked for.
+        base: Duration,
+        /// The maximum asked for.
+        max: Duration,
+    },
+}
+
+impl TcpOptions {
+    /// Checks every limit and how they relate.
+    pub fn validate(&self) -> Result<(), TcpOptionsError> {
+        let durations = [
+            (self.connect_timeout, TcpOption::ConnectTimeout),
+            (self.handshake_timeout, TcpOption::HandshakeTimeout),
+            (self.write_timeout, TcpOption::WriteTimeout),
+            (self.backoff_base, TcpOption::BackoffBase),
+        ];
+        if let Some((_, option)) = durations.iter().find(|(duration, _)| duration.is_zero()) {
+            return Err(TcpOptionsError::Zero(*option));
+        }
+        let limits = [
+            (self.peer_queue_messages_max, TcpOption::PeerQueueMessagesMax),
+            (self.inbound_queue_messages_max, TcpOption::InboundQueueMessagesMax),
+            (self.write_batch_bytes_max, TcpOption::WriteBatchBytesMax),
+            (self.read_buffer_bytes, TcpOption::ReadBufferBytes),
+            (self.inbound_connections_max, TcpOption::InboundConnectionsMax),
+        ];
+        if let Some((_, option)) = limits.iter().find(|(limit, _)| *limit == 0) {
+            return Err(TcpOptionsError::Zero(*option));
+        }
+        if self.frame_bytes_max < FRAME_BYTES_MIN {
+            return Err(TcpOptionsError::FrameBytesTooSmall { bytes: self.frame_bytes_max, min: FRAME_BYTES_MIN });
+        }
+        if self.backoff_base > self.backoff_max {
+            return Err(TcpOptionsError::BackoffBaseAboveMax { base: self.backoff_base, max: self.backoff_max });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(TcpOptions::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_limits_are_named() {
+        let options = TcpOptions { peer_queue_messages_max: 0, ..TcpOptions::default() };
+        assert_eq!(options.validate(), Err(TcpOptionsError::Zero(TcpOption::PeerQueueMessagesMax)));
+        let options = TcpOptions { write_timeout: Duration::ZERO, ..TcpOptions::default() };
+        assert_eq!(options.validate(), Err(TcpOptionsError::Zero(TcpOption::WriteTimeout)));
+        let options = TcpOptions { frame_bytes_max: 1024, ..TcpOptions::default() };
+        assert_eq!(options.validate(), Err(TcpOptionsError::FrameBytesTooSmall { bytes: 1024, min: FRAME_BYTES_MIN }));
+        let options = TcpOptions { backoff_base: Duration::from_secs(9), ..TcpOptions::default() };
+        assert!(matches!(options.validate(), Err(TcpOptionsError::BackoffBaseAboveMax { .. })));
+    }
+}

@@ -1,0 +1,44 @@
+//! The contract between a node's driver and the network.
+
+use raft_core::{Message, NodeId};
+use thiserror::Error;
+
+/// Carries one node's outgoing messages to its peers.
+///
+/// Incoming messages do not pass through this trait: each transport hands out a bounded
+/// `tokio::sync::mpsc::Receiver<Message>` when it is created, which the driver `select!`s on.
+///
+/// Delivery is best effort, as Raft expects: a message may be dropped (queue full, peer down,
+/// connection lost with the message in flight) but is never altered, duplicated by the transport,
+/// or delivered to the wrong node. Messages from one node to one peer arrive in the order they
+/// were sent (over TCP: within one connection; a reconnect may in rare races let a message from
+/// the old connection land after one from the new, which Raft tolerates like any reordering).
+pub trait Transport: Send + Sync {
+    /// The node this transport sends for.
+    fn local_id(&self) -> NodeId;
+
+    /// Queues `message` for `message.to`. Never blocks or awaits. On error the message is dropped;
+    /// on [`SendError::Unreachable`] the driver should tell the core (`report_unreachable`).
+    fn send(&self, message: Message) -> Result<(), SendError>;
+}
+
+/// Why a message was not queued. The message is dropped in every case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The receiver is not one of this node's peers.
+    #[error("node {0} is not a peer")]
+    UnknownPeer(NodeId),
+    /// The queue to the receiver is full.
+    #[error("the queue to node {0} is full")]
+    QueueFull(NodeId),
+    /// The receiver is currently disconnected (down, partitioned, or in reconnect backoff).
+    #[error("node {0} is unreachable")]
+    Unreachable(NodeId),
+    /// The message's `from` is not this transport's node (a bug in the caller).
+    #[error("the message claims to come from node {0}, not from this node")]
+    ForeignSender(NodeId),
+    /// The transport has shut down.
+    #[error("the transport is closed")]
+    Closed,
+}
