@@ -201,7 +201,7 @@ fn duplicated_and_reordered_chunks_install_the_right_data() {
             _ => Fate::Deliver,
         });
         // Deliver the held chunks twice, in reverse order, a round later.
-        for m in held.drain(..).rev().chain(duplicate.into_iter()) {
+        for m in held.drain(..).rev().chain(duplicate) {
             c.in_flight.push_back(m);
         }
         held = new_held;

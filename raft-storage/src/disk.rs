@@ -1,16 +1,35 @@
-//! The durable store: a write-ahead log of segment files plus two small metadata files, in one
-//! directory.
+//! The durable store: a write-ahead log of segment files, two small metadata files and the
+//! snapshot's data file, in one directory.
 //!
 //! Layout:
 //! - `IDENTITY`: the cluster and node this directory belongs to (written once).
-//! - `META`: hard state, membership and the snapshot boundary, replaced atomically (temp file,
-//!   fsync, rename, fsync directory).
+//! - `META`: hard state, membership, the log boundary and the installed snapshot's metadata
+//!   (with its data's length and crc32), replaced atomically (temp file, fsync, rename, fsync
+//!   directory).
 //! - `<first index, 20 digits>.wal`: segments. A segment starts with a header (magic, format
 //!   version, first index, crc) followed by records `[len u32][crc32 u32][postcard Entry]`, the crc
 //!   covering the length and the payload. Segments rotate at `segment_bytes_max`.
+//! - `snapshot-<index, 20 digits>-<term, 20 digits>.snap`: the installed snapshot's data, exactly
+//!   as received (no framing: META holds its length and crc). Each snapshot gets its own name, so
+//!   META never names a file that is being replaced.
+//! - `snapshot.staging`: the data of a snapshot being received, chunk by chunk.
 //!
-//! Entries are also kept in memory (from the snapshot boundary on), so reads never touch the
-//! disk; compaction bounds that memory.
+//! Entries are also kept in memory (from the log boundary on), so reads never touch the disk;
+//! compaction bounds that memory. Snapshot data is never held in memory: chunks are written
+//! through to the staging file and read back from the snapshot file a piece at a time.
+//!
+//! The log boundary (where the log starts, moved by `compact`) and the snapshot are separate: an
+//! install moves the boundary only when the log does not hold the snapshot's last entry.
+//!
+//! Installing a snapshot: fsync the staging file, rename it to its snapshot name, fsync the
+//! directory, then replace META (snapshot, membership and, when the snapshot supersedes the log,
+//! the new boundary, all in one atomic write), and only then remove the superseded segments and
+//! the previous snapshot file. A crash before META is replaced recovers the old snapshot and log
+//! (the new file is a stray that recovery removes); a crash after recovers the new ones
+//! (recovery finishes the removal of superseded segments, as after a compaction).
+//!
+//! An application restores its state machine on restart by streaming the snapshot with
+//! [`Storage::snapshot_chunk`] from offset 0 until a chunk is `done` (see [`DiskStorage`]).
 //!
 //! Durability: `persist` fsyncs once per call (group commit: a driver batches many entries per
 //! call). The term and vote are written (atomically) before the entries, so a durable entry of a
@@ -19,7 +38,8 @@
 //!
 //! Failure: any I/O error stops the store (fail-stop): every later call returns
 //! [`DiskError::Stopped`], and the driver must stop the node, since it cannot know what reached
-//! the disk.
+//! the disk. A refused call (an append that does not continue the log, a snapshot chunk out of
+//! order, an install of a snapshot not staged) changes nothing and leaves the store usable.
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +53,8 @@ use crate::fs::{FileSystem, FsFile, StdFs};
 use crate::{LogStore, take_entries};
 
 /// The on-disk format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the snapshot to META.
+pub const FORMAT_VERSION: u32 = 2;
 const SEGMENT_MAGIC: [u8; 8] = *b"RAFTWAL1";
 const META_MAGIC: [u8; 8] = *b"RAFTMETA";
 const IDENTITY_MAGIC: [u8; 8] = *b"RAFTNODE";
@@ -45,6 +66,12 @@ const RECORD_PREFIX_BYTES: u64 = 8;
 pub const RECORD_BYTES_MAX: u32 = 256 * 1024 * 1024;
 const IDENTITY_FILE: &str = "IDENTITY";
 const META_FILE: &str = "META";
+const STAGING_FILE: &str = "snapshot.staging";
+/// Where a local snapshot is written before it is installed, apart from a received one's staging.
+const LOCAL_SNAPSHOT_FILE: &str = "snapshot.local";
+/// The most snapshot bytes read at once: by recovery when it checks the snapshot file, and by
+/// [`Storage::snapshot_chunk`] whatever `bytes_max` asks for.
+const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Who owns a data directory. Opening it as anyone else is an error (PITFALLS.md 27).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +165,18 @@ pub enum Corruption {
         /// This entry's term.
         found: Term,
     },
+    /// The snapshot file that META names does not exist.
+    #[error("snapshot file missing")]
+    SnapshotMissing,
+    /// The snapshot file's length differs from the one META records (the offset is where the
+    /// shorter of the two ends).
+    #[error("snapshot file holds {found} bytes, META records {expected}")]
+    SnapshotLength {
+        /// The length META records.
+        expected: u64,
+        /// The file's length.
+        found: u64,
+    },
     /// The log does not continue right after the snapshot boundary.
     #[error("log starts at {first} but the snapshot ends at {snapshot}")]
     GapAfterSnapshot {
@@ -209,6 +248,18 @@ pub enum DiskError {
         /// The snapshot's last index.
         snapshot: Index,
     },
+    /// A snapshot chunk does not continue the staged data, or belongs to another snapshot than
+    /// the one staged. Nothing was written; the staged data is kept.
+    #[error("snapshot chunk at offset {offset} does not follow the {staged} bytes staged")]
+    SnapshotChunkOutOfOrder {
+        /// The chunk's offset.
+        offset: u64,
+        /// The bytes staged for that snapshot so far (0 when another snapshot or none is staged).
+        staged: u64,
+    },
+    /// An install named a snapshot that is not the one staged. Nothing changed.
+    #[error("snapshot at index {0} is not staged")]
+    SnapshotNotStaged(Index),
     /// An earlier I/O error stopped the store (fail-stop).
     #[error("the store stopped after an earlier I/O error")]
     Stopped,
@@ -218,8 +269,33 @@ pub enum DiskError {
 struct Meta {
     hard_state: HardState,
     membership: Membership,
+    /// The log boundary: the last index dropped from the log, and its term.
     snapshot_index: Index,
     snapshot_term: Term,
+    /// The installed snapshot, if any.
+    snapshot: Option<SnapshotFile>,
+}
+
+/// An installed snapshot: its metadata and what its data file must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    /// The data's length in bytes.
+    len: u64,
+    /// The crc32 of the whole data.
+    crc: u32,
+}
+
+/// A snapshot being received: the open staging file, written through chunk by chunk.
+struct Staging<File> {
+    meta: SnapshotMeta,
+    file: File,
+    /// The file's name in the directory.
+    name: &'static str,
+    /// The bytes staged so far.
+    len: u64,
+    /// The crc32 of the bytes staged so far.
+    crc: crc32fast::Hasher,
 }
 
 /// One segment file: its first index and the byte offset of each of its records.
@@ -237,6 +313,36 @@ impl Segment {
 }
 
 /// The durable, crash-safe store over a [`FileSystem`].
+///
+/// It implements [`Storage`] (reads) and [`LogStore`] (writes); see the module docs for the
+/// files and the crash-safety argument.
+///
+/// On restart, an application restores its state machine from the installed snapshot by
+/// streaming its data with [`Storage::snapshot_chunk`] (recovery has checked its length and crc):
+///
+/// ```
+/// use raft_core::{Index, Membership, NodeId, SnapshotMeta, Storage, Term};
+/// use raft_storage::{DiskOptions, DiskStorage, Identity, LogStore, SimFs};
+///
+/// let me = Identity { cluster_id: 1, node_id: NodeId(1) };
+/// let membership = Membership::new([NodeId(1)]);
+/// let mut store = DiskStorage::create(SimFs::new(0), "/data", me, membership.clone(), DiskOptions::default())?;
+/// let meta = SnapshotMeta { index: Index(7), term: Term(2), membership };
+/// store.save_snapshot(&meta, b"the state machine at index 7")?;
+///
+/// // After a restart: read the snapshot back a piece at a time.
+/// let snapshot = store.initial_state()?.snapshot;
+/// let mut restored = Vec::new();
+/// loop {
+///     let chunk = store.snapshot_chunk(snapshot.index, snapshot.term, restored.len() as u64, 8)?;
+///     restored.extend_from_slice(&chunk.data); // An application feeds its state machine instead.
+///     if chunk.done {
+///         break;
+///     }
+/// }
+/// assert_eq!(restored, b"the state machine at index 7");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct DiskStorage<F: FileSystem = StdFs> {
     fs: F,
     dir: PathBuf,
@@ -251,6 +357,8 @@ pub struct DiskStorage<F: FileSystem = StdFs> {
     segments: Vec<Segment>,
     /// The last segment, open for appending.
     active: Option<F::File>,
+    /// The snapshot being received, if any.
+    staging: Option<Staging<F::File>>,
     stopped: bool,
     /// Reused across `persist` calls: the records of one batch.
     write_buffer: Vec<u8>,
@@ -271,6 +379,18 @@ fn segment_name(first_index: Index) -> String {
 fn parse_segment_name(name: &str) -> Option<Index> {
     let digits = name.strip_suffix(".wal")?;
     (digits.len() == 20).then(|| digits.parse().ok().map(Index)).flatten()
+}
+
+fn snapshot_name(meta: &SnapshotMeta) -> String {
+    format!("snapshot-{:020}-{:020}.snap", meta.index.0, meta.term.0)
+}
+
+fn is_snapshot_name(name: &str) -> bool {
+    let Some(numbers) = name.strip_prefix("snapshot-").and_then(|rest| rest.strip_suffix(".snap")) else {
+        return false;
+    };
+    let Some((index, term)) = numbers.split_once('-') else { return false };
+    [index, term].iter().all(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `[magic][version u32][len u32][crc u32][payload]`, the crc covering version, length, payload.
@@ -538,7 +658,9 @@ impl<F: FileSystem> DiskStorage<F> {
     }
 
     /// Opens the store in `dir` as `identity`, recovering its state: a torn tail of the last
-    /// segment is cut off; any other damage is a [`DiskError::Corrupt`] naming file and offset.
+    /// segment is cut off; any other damage is a [`DiskError::Corrupt`] naming file and offset,
+    /// a missing or damaged snapshot file included (its length and crc are checked, reading it a
+    /// piece at a time). Leftovers of an interrupted snapshot install are removed.
     pub fn open(fs: F, dir: impl Into<PathBuf>, identity: Identity, options: DiskOptions) -> Result<Self, DiskError> {
         let dir = dir.into();
         let names = match fs.list(&dir) {
@@ -557,10 +679,31 @@ impl<F: FileSystem> DiskStorage<F> {
             return Err(DiskError::IdentityMismatch { expected: identity, found });
         }
         let meta = read_framed::<Meta, F>(&fs, &dir.join(META_FILE), META_MAGIC)?;
+        if let Some(snapshot) = &meta.snapshot {
+            // Before anything is repaired: a store whose snapshot is damaged stays as found.
+            verify_snapshot(&fs, &dir, snapshot)?;
+        }
         let mut store = DiskStorage::unloaded(fs, dir, options, identity, meta);
         store.recover_segments(&names)?;
+        store.remove_stray_snapshots(&names)?;
         store.sync_recovered()?;
         Ok(store)
+    }
+
+    /// Removes a leftover staging file and every snapshot file but the installed one: the
+    /// remains of an install that a crash interrupted (before or after its META write) or of a
+    /// removal not yet durable. `sync_recovered` makes the removals durable.
+    fn remove_stray_snapshots(&mut self, names: &[String]) -> Result<(), DiskError> {
+        let current = self.meta.snapshot.as_ref().map(|snapshot| snapshot_name(&snapshot.meta));
+        let strays = names.iter().filter(|name| {
+            (*name == STAGING_FILE || *name == LOCAL_SNAPSHOT_FILE || is_snapshot_name(name))
+                && Some(name.as_str()) != current.as_deref()
+        });
+        for name in strays {
+            let path = self.dir.join(name);
+            self.fs.remove(&path).map_err(io_error(IoOp::Remove, &path))?;
+        }
+        Ok(())
     }
 
     /// Makes everything recovery read durable: a previous incarnation may have left unsynced
@@ -586,6 +729,7 @@ impl<F: FileSystem> DiskStorage<F> {
             entries: Vec::new(),
             segments: Vec::new(),
             active: None,
+            staging: None,
             stopped: false,
             write_buffer: Vec::new(),
         }
@@ -596,8 +740,9 @@ impl<F: FileSystem> DiskStorage<F> {
         self.identity
     }
 
-    /// The snapshot boundary: (last included index, its term).
-    pub fn snapshot(&self) -> (Index, Term) {
+    /// The log boundary: the last index dropped from the log and its term (`first_index() - 1`).
+    /// The installed snapshot, at or after it, is [`Storage::snapshot`].
+    pub fn log_boundary(&self) -> (Index, Term) {
         (self.meta.snapshot_index, self.meta.snapshot_term)
     }
 
@@ -725,6 +870,37 @@ impl<F: FileSystem> DiskStorage<F> {
     fn last_index(&self) -> Index {
         Index(self.meta.snapshot_index.0 + self.entries.len() as u64)
     }
+}
+
+/// Checks that the snapshot file holds exactly `snapshot.len` bytes with crc `snapshot.crc`,
+/// reading [`SNAPSHOT_READ_BYTES_MAX`] bytes at a time.
+fn verify_snapshot<F: FileSystem>(fs: &F, dir: &Path, snapshot: &SnapshotFile) -> Result<(), DiskError> {
+    let path = dir.join(snapshot_name(&snapshot.meta));
+    let mut crc = crc32fast::Hasher::new();
+    let mut len = 0;
+    loop {
+        let piece = match fs.read_at(&path, len, SNAPSHOT_READ_BYTES_MAX as usize) {
+            Ok(piece) => piece,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(corrupt(&path, 0, Corruption::SnapshotMissing));
+            }
+            Err(error) => return Err(io_error(IoOp::Read, &path)(error)),
+        };
+        crc.update(&piece);
+        len += piece.len() as u64;
+        if (piece.len() as u64) < SNAPSHOT_READ_BYTES_MAX {
+            break;
+        }
+    }
+    if len != snapshot.len {
+        let corruption = Corruption::SnapshotLength { expected: snapshot.len, found: len };
+        return Err(corrupt(&path, len.min(snapshot.len), corruption));
+    }
+    if crc.finalize() != snapshot.crc {
+        // The crc covers the whole file: the damage could be anywhere.
+        return Err(corrupt(&path, 0, Corruption::Checksum));
+    }
+    Ok(())
 }
 
 fn read_framed<T: serde::de::DeserializeOwned, F: FileSystem>(
@@ -891,12 +1067,135 @@ impl<F: FileSystem> DiskStorage<F> {
     }
 }
 
+/// Snapshots: staging, installing, reading.
+impl<F: FileSystem> DiskStorage<F> {
+    /// Writes a chunk through to the staging file (nothing is kept in memory but its crc).
+    fn write_chunk_inner(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        if offset == 0 {
+            self.staging = None; // Closes the file before `create` truncates it.
+            let path = self.dir.join(STAGING_FILE);
+            let file = self.fs.create(&path).map_err(io_error(IoOp::Create, &path))?;
+            let name = STAGING_FILE;
+            self.staging = Some(Staging { meta: meta.clone(), file, name, len: 0, crc: crc32fast::Hasher::new() });
+        }
+        let staging = match self.staging.as_mut() {
+            Some(staging) if staging.meta == *meta && staging.len == offset => staging,
+            Some(staging) if staging.meta == *meta => {
+                return Err(DiskError::SnapshotChunkOutOfOrder { offset, staged: staging.len });
+            }
+            _ => return Err(DiskError::SnapshotChunkOutOfOrder { offset, staged: 0 }),
+        };
+        if !data.is_empty() {
+            let path = self.dir.join(STAGING_FILE);
+            staging.file.append(data).map_err(io_error(IoOp::Append, &path))?;
+            staging.len += data.len() as u64;
+            staging.crc.update(data);
+        }
+        Ok(())
+    }
+
+    fn install_inner(&mut self, meta: &SnapshotMeta) -> Result<(), DiskError> {
+        let staging = match self.staging.take() {
+            Some(staging) if staging.meta == *meta => staging,
+            other => {
+                self.staging = other; // Another snapshot's staging stays.
+                return Err(DiskError::SnapshotNotStaged(meta.index));
+            }
+        };
+        self.install_staged(staging)
+    }
+
+    /// Writes a local snapshot to its own file (a snapshot being received keeps its staging)
+    /// and installs it.
+    fn save_inner(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), DiskError> {
+        let path = self.dir.join(LOCAL_SNAPSHOT_FILE);
+        let mut file = self.fs.create(&path).map_err(io_error(IoOp::Create, &path))?;
+        file.append(data).map_err(io_error(IoOp::Append, &path))?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(data);
+        let len = data.len() as u64;
+        self.install_staged(Staging { meta: meta.clone(), file, name: LOCAL_SNAPSHOT_FILE, len, crc })
+    }
+
+    fn install_staged(&mut self, staging: Staging<F::File>) -> Result<(), DiskError> {
+        let meta = staging.meta.clone();
+        let staging_path = self.dir.join(staging.name);
+        let installed = self.meta.snapshot.as_ref().map_or(Index(0), |snapshot| snapshot.meta.index);
+        if meta.index <= installed {
+            // Older than what we hold: never roll back. Not durable: recovery removes it too.
+            drop(staging);
+            return self.fs.remove(&staging_path).map_err(io_error(IoOp::Remove, &staging_path));
+        }
+        let snapshot = self.make_snapshot_file(staging)?;
+        let previous = self.meta.snapshot.clone();
+        // The snapshot supersedes the log unless the log holds its last entry. A stale boundary
+        // (at or after the snapshot) is kept, as `compact` keeps it.
+        let supersedes = meta.index > self.meta.snapshot_index && Storage::term(self, meta.index) != Ok(meta.term);
+        let mut next = Meta {
+            hard_state: self.hard_state,
+            membership: meta.membership.clone(),
+            snapshot: Some(snapshot),
+            ..self.meta.clone()
+        };
+        if supersedes {
+            (next.snapshot_index, next.snapshot_term) = (meta.index, meta.term);
+        }
+        // The commit point of the install: before it recovery finds the old snapshot and log.
+        self.write_meta(next)?;
+        if supersedes {
+            self.entries.clear();
+            self.remove_segments_from(0)?;
+        }
+        self.remove_previous_snapshot(previous)
+    }
+
+    /// Makes the staged data durable under its snapshot's own name.
+    fn make_snapshot_file(&mut self, mut staging: Staging<F::File>) -> Result<SnapshotFile, DiskError> {
+        let staging_path = self.dir.join(staging.name);
+        let path = self.dir.join(snapshot_name(&staging.meta));
+        staging.file.sync().map_err(io_error(IoOp::Sync, &staging_path))?;
+        let Staging { meta, file, len, crc, .. } = staging;
+        drop(file);
+        self.fs.rename(&staging_path, &path).map_err(io_error(IoOp::Rename, &path))?;
+        self.fs.sync_dir(&self.dir).map_err(io_error(IoOp::SyncDir, &self.dir))?;
+        Ok(SnapshotFile { meta, len, crc: crc.finalize() })
+    }
+
+    /// Removes the file of a snapshot that META no longer names. Not made durable: should it
+    /// come back after a crash, recovery removes it.
+    fn remove_previous_snapshot(&mut self, previous: Option<SnapshotFile>) -> Result<(), DiskError> {
+        let Some(previous) = previous else { return Ok(()) };
+        let path = self.dir.join(snapshot_name(&previous.meta));
+        self.fs.remove(&path).map_err(io_error(IoOp::Remove, &path))
+    }
+
+    /// Up to `bytes_max` bytes (at most [`SNAPSHOT_READ_BYTES_MAX`], at least one unless at the
+    /// end) of the installed snapshot's data from `offset` on.
+    fn read_snapshot_chunk(
+        &self,
+        snapshot: &SnapshotFile,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<SnapshotChunk, StorageError> {
+        let start = offset.min(snapshot.len);
+        let end = start.saturating_add(bytes_max.clamp(1, SNAPSHOT_READ_BYTES_MAX)).min(snapshot.len);
+        let path = self.dir.join(snapshot_name(&snapshot.meta));
+        let data =
+            self.fs.read_at(&path, start, (end - start) as usize).map_err(|error| StorageError::Io(error.kind()))?;
+        if data.len() as u64 != end - start {
+            // The file recovery checked has shrunk underneath the store.
+            return Err(StorageError::Io(std::io::ErrorKind::UnexpectedEof));
+        }
+        Ok(SnapshotChunk { data: bytes::Bytes::from(data), done: end == snapshot.len })
+    }
+}
+
 impl<F: FileSystem> Storage for DiskStorage<F> {
     fn initial_state(&self) -> Result<InitialState, StorageError> {
         Ok(InitialState {
             hard_state: self.hard_state,
             membership: self.meta.membership.clone(),
-            snapshot: SnapshotMeta::default(),
+            snapshot: Storage::snapshot(self)?,
         })
     }
 
@@ -930,13 +1229,25 @@ impl<F: FileSystem> Storage for DiskStorage<F> {
         Ok(DiskStorage::last_index(self))
     }
 
-    // TEMPORARY until snapshot data files land (issue 5, in progress).
     fn snapshot(&self) -> Result<SnapshotMeta, StorageError> {
-        Ok(SnapshotMeta::default())
+        Ok(self.meta.snapshot.as_ref().map(|snapshot| snapshot.meta.clone()).unwrap_or_default())
     }
 
-    fn snapshot_chunk(&self, index: Index, _: Term, _: u64, _: u64) -> Result<SnapshotChunk, StorageError> {
-        Err(StorageError::SnapshotReplaced(index))
+    /// Reads the snapshot file: at most 1 MiB per call, whatever `bytes_max` asks for (memory
+    /// stays bounded; callers loop until `done`).
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        term: Term,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<SnapshotChunk, StorageError> {
+        match &self.meta.snapshot {
+            Some(snapshot) if (snapshot.meta.index, snapshot.meta.term) == (index, term) => {
+                self.read_snapshot_chunk(snapshot, offset, bytes_max)
+            }
+            _ => Err(StorageError::SnapshotReplaced(index)),
+        }
     }
 }
 
@@ -951,12 +1262,20 @@ impl<F: FileSystem> LogStore for DiskStorage<F> {
         self.guarded(|store| store.compact_inner(index, term))
     }
 
-    // TEMPORARY until snapshot data files land (issue 5, in progress).
-    fn write_snapshot_chunk(&mut self, _: &SnapshotMeta, _: u64, _: &[u8]) -> Result<(), DiskError> {
-        Err(DiskError::Stopped)
+    /// A chunk that does not continue the staged data is refused with
+    /// [`DiskError::SnapshotChunkOutOfOrder`] and leaves the store usable; an I/O error stops it.
+    fn write_snapshot_chunk(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.guarded(|store| store.write_chunk_inner(meta, offset, data))
     }
 
-    fn install_snapshot(&mut self, _: &SnapshotMeta) -> Result<(), DiskError> {
-        Err(DiskError::Stopped)
+    /// An install of a snapshot not staged is refused with [`DiskError::SnapshotNotStaged`] and
+    /// leaves the store usable; an I/O error stops it.
+    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), DiskError> {
+        self.guarded(|store| store.install_inner(meta))
+    }
+
+    /// Writes through its own file, so a snapshot being received keeps its staging.
+    fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), DiskError> {
+        self.guarded(|store| store.save_inner(meta, data))
     }
 }

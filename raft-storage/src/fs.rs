@@ -21,6 +21,10 @@ pub trait FileSystem {
     fn open_append(&self, path: &Path) -> io::Result<Self::File>;
     /// Reads the whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Reads up to `len` bytes of `path` from byte `offset` on. Fewer bytes only where the file
+    /// ends (none at or past its end), so a large file can be read piece by piece in bounded
+    /// memory.
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// Atomically replaces `to` with `from`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
@@ -78,6 +82,16 @@ impl FileSystem for StdFs {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut bytes = Vec::new();
+        // `read_to_end` retries short reads, so only the end of the file stops it early.
+        file.take(len as u64).read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -38,8 +38,11 @@ use raft_core::{Entry, HardState, Index, Output, SnapshotChunk, SnapshotMeta, St
 /// The write side of a store: what a driver calls to make an output durable.
 ///
 /// After `persist` returns `Ok`, the hard state and entries are durable (fsynced) and visible
-/// through the [`Storage`] read side. After an `Err`, nothing may be acknowledged: the driver must
-/// stop the node (fail-stop), since the store cannot say what reached the disk.
+/// through the [`Storage`] read side. After an I/O error nothing may be acknowledged: the driver
+/// must stop the node (fail-stop), since the store cannot say what reached the disk. A refusal
+/// (an entry gap, a snapshot chunk out of order, an install of a snapshot not staged) writes
+/// nothing and leaves the store usable; the core never asks for one, so a driver may treat any
+/// error as fatal.
 pub trait LogStore: Storage {
     /// The store's error type.
     type Error: std::error::Error + Send + Sync + 'static;
@@ -65,7 +68,9 @@ pub trait LogStore: Storage {
     /// current one is dropped (a snapshot never rolls the store back).
     fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), Self::Error>;
 
-    /// Stores a complete local snapshot (the application's state machine at `meta.index`).
+    /// Stores a complete local snapshot (the application's state machine at `meta.index`) with
+    /// the same effect as [`LogStore::install_snapshot`]. Implementations should override it to
+    /// leave the staging area alone: a snapshot may be arriving from the leader meanwhile.
     fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), Self::Error> {
         self.write_snapshot_chunk(meta, 0, data)?;
         self.install_snapshot(meta)

@@ -117,12 +117,6 @@ impl MemStorage {
         &self.snapshot_data
     }
 
-    /// Stores a complete snapshot at once (a local snapshot of the state machine).
-    pub fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), MemStorageError> {
-        self.write_chunk(meta, 0, data)?;
-        self.install(meta)
-    }
-
     fn write_chunk(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), MemStorageError> {
         if offset == 0 {
             self.staging = Some((meta.clone(), Vec::new()));
@@ -143,8 +137,14 @@ impl MemStorage {
     fn install(&mut self, meta: &SnapshotMeta) -> Result<(), MemStorageError> {
         let staged = self.staging.take_if(|(staged_meta, _)| staged_meta == meta);
         let Some((_, data)) = staged else { return Err(MemStorageError::NotStaged(meta.index)) };
+        self.adopt(meta, Bytes::from(data));
+        Ok(())
+    }
+
+    /// Makes (`meta`, `data`) the snapshot unless it is older than the current one.
+    fn adopt(&mut self, meta: &SnapshotMeta, data: Bytes) {
         if meta.index <= self.snapshot_meta.index {
-            return Ok(()); // Older than what we hold: never roll back.
+            return; // Older than what we hold: never roll back.
         }
         if self.term(meta.index) != Ok(meta.term) {
             // The snapshot supersedes a log that does not hold its last entry.
@@ -153,8 +153,7 @@ impl MemStorage {
         }
         self.membership = meta.membership.clone();
         self.snapshot_meta = meta.clone();
-        self.snapshot_data = Bytes::from(data);
-        Ok(())
+        self.snapshot_data = data;
     }
 
     /// All stored entries after the snapshot, in order.
@@ -252,5 +251,11 @@ impl LogStore for MemStorage {
 
     fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), MemStorageError> {
         self.install(meta)
+    }
+
+    /// Bypasses the staging area, so a snapshot being received meanwhile is not disturbed.
+    fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), MemStorageError> {
+        self.adopt(meta, Bytes::copy_from_slice(data));
+        Ok(())
     }
 }

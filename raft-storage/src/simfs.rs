@@ -22,7 +22,8 @@
 //!
 //! Every call of `create`, `rename`, `remove`, `sync_dir`, `append`, `sync` and `truncate` is a
 //! *mutating operation* and gets the next index of [`SimFs::op_count`], whether it succeeds or
-//! not. Reads, listings, `open_append` and `create_dir_all` are not counted.
+//! not. Reads (`read`, `read_at`: they see `current`), listings, `open_append` and `create_dir_all`
+//! are not counted; they fail only on a halted machine or a missing file.
 //!
 //! - [`SimFs::fail_after`]: one chosen operation fails with a chosen [`io::ErrorKind`] and has no
 //!   effect, except that a failed append may leave a torn prefix of its bytes (an option). The
@@ -260,6 +261,15 @@ impl FileSystem for SimFs {
         state.check_running()?;
         let inode = state.current_entry(path)?;
         Ok(state.inode(inode).current.clone())
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let state = self.lock();
+        state.check_running()?;
+        let content = &state.inode(state.current_entry(path)?).current;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(content.len());
+        let end = start.saturating_add(len).min(content.len());
+        Ok(content[start..end].to_vec())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -926,6 +936,7 @@ mod tests {
         fs.fail_after(0, io::ErrorKind::StorageFull);
         fs.create_dir_all(Path::new("more/dirs"))?;
         fs.read(&path("a"))?;
+        fs.read_at(&path("a"), 0, 1)?;
         fs.list(dir())?;
         let mut file = fs.open_append(&path("a"))?;
         assert_eq!(file.len(), 1);
@@ -933,6 +944,24 @@ mod tests {
         assert_eq!(kind(file.append(b"1")), io::ErrorKind::StorageFull);
         file.append(b"1")?;
         assert_eq!(fs.op_count(), 6);
+        Ok(())
+    }
+
+    #[test]
+    fn read_at_sees_the_current_content_until_a_halt() -> io::Result<()> {
+        let fs = setup(1, strict())?;
+        durable_file(&fs, "a", b"durable")?;
+        fs.open_append(&path("a"))?.append(b" and current")?;
+        assert_eq!(fs.read_at(&path("a"), 4, 9)?, b"ble and c");
+        assert_eq!(fs.read_at(&path("a"), 14, 100)?, b"rrent");
+        assert_eq!(fs.read_at(&path("a"), 19, 1)?, b"");
+        assert_eq!(fs.read_at(&path("a"), u64::MAX, usize::MAX)?, b"");
+        assert_eq!(kind(fs.read_at(&path("b"), 0, 1)), io::ErrorKind::NotFound);
+        fs.crash_after(0);
+        assert_eq!(kind(fs.create(&path("b"))), io::ErrorKind::Other);
+        assert_eq!(kind(fs.read_at(&path("a"), 0, 1)), io::ErrorKind::Other);
+        fs.crash();
+        assert_eq!(fs.read_at(&path("a"), 0, 100)?, b"durable");
         Ok(())
     }
 
@@ -1249,6 +1278,10 @@ mod tests {
         c.truncate(9)?;
         record(&mut out, Ok(c.len()));
         record(&mut out, fs.read(&path("b")));
+        for (offset, len) in [(0, 4), (3, 100), (8, 5), (9, 5), (100, 1), (0, 0)] {
+            record(&mut out, fs.read_at(&path("b"), offset, len));
+        }
+        record(&mut out, fs.read_at(&path("missing"), 0, 1));
         record(&mut out, fs.open_append(&path("missing")).map(|f| f.len()));
         record(&mut out, fs.remove(&path("missing")));
         record(&mut out, fs.rename(&path("missing"), &path("x")));

@@ -23,6 +23,8 @@ const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 100 };
 const HEADER_BYTES: u64 = 24;
 const RECORD_PREFIX_BYTES: u64 = 8;
 const RECORD_BYTES_MAX: u32 = 256 * 1024 * 1024;
+/// The format version the store writes; the next one is unknown to it.
+const FORMAT_VERSION: u32 = 2;
 
 fn membership() -> Membership {
     Membership::new([NodeId(1), NodeId(2), NodeId(3)])
@@ -218,7 +220,7 @@ fn header_damage<F: Disk>() {
         let path = &segments[position].path;
         flip(&scratch.fs, path, 9, 2);
         // The version is read before the checksum: a future format may change the header.
-        let version = Corruption::UnsupportedVersion(1 ^ (1 << 10));
+        let version = Corruption::UnsupportedVersion(FORMAT_VERSION ^ (1 << 10));
         assert_open_fails(&scratch, corrupt(path, 8, version), &what("version"));
 
         let (scratch, segments) = build::<F>();
@@ -238,12 +240,12 @@ fn unknown_segment_version<F: Disk>() {
         let (scratch, segments) = build::<F>();
         let path = &segments[position].path;
         edit(&scratch.fs, path, |bytes| {
-            bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+            bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
             let crc = crc32fast::hash(&bytes[..20]);
             bytes[20..24].copy_from_slice(&crc.to_le_bytes());
         });
-        let expected = corrupt(path, 8, Corruption::UnsupportedVersion(2));
-        assert_open_fails(&scratch, expected, &format!("version 2 in segment {position}"));
+        let expected = corrupt(path, 8, Corruption::UnsupportedVersion(FORMAT_VERSION + 1));
+        assert_open_fails(&scratch, expected, &format!("an unknown version in segment {position}"));
     }
 }
 
@@ -378,7 +380,7 @@ fn metadata_damage<F: Disk>(name: &str) {
     drop(scratch);
     let exact: [(u64, u8, u64, Corruption); 5] = [
         (0, 0, 0, Corruption::BadMagic),
-        (9, 0, 8, Corruption::UnsupportedVersion(1 ^ (1 << 8))),
+        (9, 0, 8, Corruption::UnsupportedVersion(FORMAT_VERSION ^ (1 << 8))),
         (17, 3, 16, Corruption::Checksum),
         (20, 0, 16, Corruption::Checksum),
         (len - 1, 7, 16, Corruption::Checksum),
@@ -415,12 +417,13 @@ fn unknown_meta_version<F: Disk>() {
     let (scratch, _) = build::<F>();
     let path = scratch.dir().join("META");
     edit(&scratch.fs, &path, |bytes| {
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         let mut covered = bytes[8..16].to_vec();
         covered.extend_from_slice(&bytes[20..]);
         bytes[16..20].copy_from_slice(&crc32fast::hash(&covered).to_le_bytes());
     });
-    assert_open_fails(&scratch, corrupt(&path, 8, Corruption::UnsupportedVersion(2)), "META of version 2");
+    let unknown = Corruption::UnsupportedVersion(FORMAT_VERSION + 1);
+    assert_open_fails(&scratch, corrupt(&path, 8, unknown), "META of an unknown version");
 }
 
 fn missing_segments<F: Disk>() {

@@ -137,7 +137,7 @@ impl State {
 
 /// Reads everything a store shows, checking that its answers agree with each other.
 fn view(store: &DiskStorage<SimFs>) -> State {
-    let snapshot = store.snapshot();
+    let snapshot = store.log_boundary();
     let first = store.first_index().expect("first index");
     let last = store.last_index().expect("last index");
     assert_eq!(first, snapshot.0.next(), "first index right after the snapshot");
