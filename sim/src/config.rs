@@ -48,6 +48,14 @@ pub struct SimConfig {
     pub message_entries_max: usize,
     /// Concurrent clients proposing commands.
     pub clients: u64,
+    /// Per-tick probability that a node snapshots its state machine and compacts its log.
+    pub snapshot_rate: f64,
+    /// Entries kept below a snapshot when compacting.
+    pub compaction_margin_entries: u64,
+    /// The most snapshot bytes per chunk message (small, so transfers take many chunks).
+    pub snapshot_chunk_bytes_max: u64,
+    /// Filler bytes in each snapshot beyond the state machine's digest, to make transfers long.
+    pub snapshot_filler_bytes: u64,
     /// Nominal ticks of the safety phase (with faults).
     pub safety_ticks: u64,
     /// Nominal ticks the liveness phase may take after healing.
@@ -84,6 +92,10 @@ impl SimConfig {
             sync_delay_max: 1 + (rate(1.0) * TICK_UNITS as f64) as u64,
             message_entries_max: [1, 2, 8, 64][(rng.next_u64() % 4) as usize],
             clients: 1 + seed % 4,
+            snapshot_rate: 0.0,
+            compaction_margin_entries: 0,
+            snapshot_chunk_bytes_max: 1,
+            snapshot_filler_bytes: 0,
             safety_ticks: 1000,
             liveness_ticks: 40 * u64::from(election_ticks),
         };
@@ -96,6 +108,12 @@ impl SimConfig {
             config.crash_rate = 0.01 + unit_of(&mut rng) * 0.04;
             config.crash_after_commit = 0.2 + unit_of(&mut rng) * 0.3;
         }
+        // Snapshots come last so that the draws above (and the runs they shaped) stay the same.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0005_4a95_0000);
+        config.snapshot_rate = if unit_of(&mut rng) < 0.2 { 0.0 } else { unit_of(&mut rng) * 0.05 };
+        config.compaction_margin_entries = [0, 1, 4, 32][(rng.next_u64() % 4) as usize];
+        config.snapshot_chunk_bytes_max = [8, 32, 256, 64 * 1024][(rng.next_u64() % 4) as usize];
+        config.snapshot_filler_bytes = rng.next_u64() % 2048;
         config
     }
 }
@@ -109,7 +127,8 @@ impl fmt::Display for SimConfig {
         write!(
             f,
             "seed={} nodes={} pre_vote={} check_quorum={} heartbeat={} loss={:.3} dup={:.3} delay_max={} \
-             partition={:.4} crash={:.4} crash_after_commit={:.3} pause={:.4} drift={:.3} sync_max={} batch={} clients={} ticks={}+{}",
+             partition={:.4} crash={:.4} crash_after_commit={:.3} pause={:.4} drift={:.3} sync_max={} batch={} clients={} snapshot={:.4} margin={} chunk={} filler={} \
+             ticks={}+{}",
             self.seed,
             self.nodes,
             self.pre_vote,
@@ -126,6 +145,10 @@ impl fmt::Display for SimConfig {
             self.sync_delay_max,
             self.message_entries_max,
             self.clients,
+            self.snapshot_rate,
+            self.compaction_margin_entries,
+            self.snapshot_chunk_bytes_max,
+            self.snapshot_filler_bytes,
             self.safety_ticks,
             self.liveness_ticks,
         )

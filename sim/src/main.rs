@@ -131,6 +131,7 @@ fn print_summary(stats: &Stats, seeds: u64, wall: std::time::Duration) {
         stats.pauses
     );
     println!("commands committed:  {}", stats.commands_committed);
+    println!("snapshots:           taken {} installed {}", stats.snapshots_taken, stats.snapshots_installed);
     println!("checks evaluated:    {}", stats.checks);
     if seconds > 0.0 {
         println!(

@@ -8,9 +8,9 @@ use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use bytes::Bytes;
 use raft_core::{
     Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, Options, OptionsBuilder,
-    ProposeError, Raft, Role, Term,
+    ProposeError, Raft, ReceivedChunk, Role, SnapshotMeta, Storage, Term,
 };
-use raft_storage::MemStorage;
+use raft_storage::{LogStore, MemStorage};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -44,6 +44,10 @@ pub struct Stats {
     pub pauses: u64,
     /// Client commands that were applied.
     pub commands_committed: u64,
+    /// Snapshots nodes took of their own state machines.
+    pub snapshots_taken: u64,
+    /// Snapshots nodes installed from a leader.
+    pub snapshots_installed: u64,
     /// Checker evaluations.
     pub checks: u64,
     /// Simulated time units.
@@ -62,6 +66,8 @@ impl Stats {
         self.crashes += other.crashes;
         self.pauses += other.pauses;
         self.commands_committed += other.commands_committed;
+        self.snapshots_taken += other.snapshots_taken;
+        self.snapshots_installed += other.snapshots_installed;
         self.checks += other.checks;
         self.time_units += other.time_units;
     }
@@ -163,8 +169,36 @@ impl Ord for Event {
 /// A write handed to the disk and not yet synced, with the messages that wait for it.
 struct PendingWrite {
     hard_state: Option<HardState>,
+    chunks: Vec<ReceivedChunk>,
+    install: Option<SnapshotMeta>,
     entries: Vec<Entry>,
     after_persist: Vec<Message>,
+}
+
+impl PendingWrite {
+    fn is_empty(&self) -> bool {
+        self.hard_state.is_none() && self.chunks.is_empty() && self.install.is_none() && self.entries.is_empty()
+    }
+
+    /// Carries the write out on `store`, in the order the core's contract requires.
+    fn write_to(&self, store: &mut MemStorage) {
+        for chunk in &self.chunks {
+            store.write_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data).expect("the core stages in order");
+        }
+        if let Some(meta) = &self.install {
+            store.install_snapshot(meta).expect("the core installs what it staged");
+        }
+        store.persist(self.hard_state, &self.entries).expect("the core hands out appendable entries");
+    }
+
+    /// The (index, term) a durability report for this write names, if it writes any.
+    fn mark(&self) -> Option<(Index, Term)> {
+        match (self.entries.last(), &self.install) {
+            (Some(last), _) => Some((last.index, last.term)),
+            (None, Some(meta)) => Some((meta.index, meta.term)),
+            (None, None) => None,
+        }
+    }
 }
 
 struct Node {
@@ -179,8 +213,8 @@ struct Node {
     incarnation: u64,
     paused_until: Option<u64>,
     tick_period: u64,
-    /// (term, chain hash) of each entry of the node's current log, by index - 1.
-    chain: Vec<(Term, u64)>,
+    /// Hash chain of the node's current log.
+    chain: Chain,
     applied: Applied,
     was_leader_in: Option<Term>,
     /// The commit index last observed (to spot advances).
@@ -189,30 +223,75 @@ struct Node {
 
 impl Node {
     fn hash_at(&self, index: Index) -> Option<u64> {
-        if index == Index(0) {
-            return Some(FNV_START);
-        }
-        self.chain.get(index.0 as usize - 1).map(|&(_, hash)| hash)
-    }
-
-    fn rebuild_chain(&mut self) {
-        self.chain.clear();
-        let entries = self.durable.all_entries().to_vec();
-        extend_chain(&mut self.chain, &entries);
+        self.chain.hash_at(index)
     }
 }
 
-fn extend_chain(chain: &mut Vec<(Term, u64)>, entries: &[Entry]) {
-    let Some(first) = entries.first() else { return };
-    chain.truncate(first.index.0 as usize - 1);
-    for entry in entries {
-        let previous = chain.last().map_or(FNV_START, |&(_, hash)| hash);
-        let mut hash = fnv(previous, &entry.term.0.to_le_bytes());
-        if let EntryPayload::Normal(data) = &entry.payload {
-            hash = fnv(hash, data);
-        }
-        chain.push((entry.term, hash));
+/// A node's log summarised as a hash chain: the hash at `index` covers every entry up to it. A log
+/// that starts after a snapshot starts from the chain hash at the snapshot's boundary.
+#[derive(Clone, Debug)]
+struct Chain {
+    /// The index before the first hashed entry (the snapshot or compaction boundary).
+    base: Index,
+    base_hash: u64,
+    /// Chain hashes of the entries from `base + 1` on.
+    hashes: Vec<u64>,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain { base: Index(0), base_hash: FNV_START, hashes: Vec::new() }
     }
+}
+
+impl Chain {
+    fn hash_at(&self, index: Index) -> Option<u64> {
+        if index == self.base {
+            return Some(self.base_hash);
+        }
+        let offset = index.0.checked_sub(self.base.0 + 1)?;
+        self.hashes.get(offset as usize).copied()
+    }
+
+    fn restart_at(&mut self, base: Index, base_hash: u64) {
+        *self = Chain { base, base_hash, hashes: Vec::new() };
+    }
+
+    fn extend(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        // The core never rewrites entries at or below a snapshot, so `first > base`.
+        self.hashes.truncate((first.index.0 - self.base.0 - 1) as usize);
+        for entry in entries {
+            let previous = self.hashes.last().copied().unwrap_or(self.base_hash);
+            let mut hash = fnv(previous, &entry.term.0.to_le_bytes());
+            if let EntryPayload::Normal(data) = &entry.payload {
+                hash = fnv(hash, data);
+            }
+            self.hashes.push(hash);
+        }
+    }
+}
+
+/// The simulated state machine's snapshot: applied index, digest, the log's chain hash at that
+/// index, then filler bytes (so that transfers take many chunks).
+fn encode_snapshot(applied: Applied, chain_hash: u64, filler_bytes: u64) -> Vec<u8> {
+    let mut data = Vec::with_capacity(24 + filler_bytes as usize);
+    for word in [applied.index.0, applied.digest, chain_hash] {
+        data.extend_from_slice(&word.to_le_bytes());
+    }
+    data.extend((0..filler_bytes).map(|i| (i as u8) ^ (applied.index.0 as u8)));
+    data
+}
+
+/// Reads [`encode_snapshot`]'s header back: (applied state, chain hash).
+fn decode_snapshot(data: &[u8]) -> Option<(Applied, u64)> {
+    let word = |at: usize| Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?));
+    let filler = data.get(24..)?;
+    let index = word(0)?;
+    if filler.iter().enumerate().any(|(i, &byte)| byte != (i as u8) ^ (index as u8)) {
+        return None; // Chunks were written at the wrong offsets.
+    }
+    Some((Applied { index: Index(index), digest: word(8)? }, word(16)?))
 }
 
 struct Client {
@@ -262,6 +341,9 @@ impl Simulation {
                 .check_quorum(config.check_quorum)
                 .message_entries_max(config.message_entries_max)
                 .inflight_messages_max(16)
+                .compaction_margin_entries(config.compaction_margin_entries)
+                .snapshot_chunk_bytes_max(config.snapshot_chunk_bytes_max)
+                .snapshot_chunks_inflight_max(4)
                 .rng_seed(config.seed.wrapping_mul(31).wrapping_add(id.0));
             if let Some(hook) = run_options.options_hook {
                 builder = hook(builder);
@@ -281,7 +363,7 @@ impl Simulation {
                 incarnation: 0,
                 paused_until: None,
                 tick_period,
-                chain: Vec::new(),
+                chain: Chain::default(),
                 applied: Applied::default(),
                 was_leader_in: None,
                 last_commit: Index(0),
@@ -470,13 +552,8 @@ impl Simulation {
         let mut last_entry = None;
         let mut messages = Vec::new();
         for write in writes {
-            if let Some(hard_state) = write.hard_state {
-                node.durable.set_hard_state(hard_state);
-            }
-            node.durable.append(&write.entries).expect("the core hands out appendable entries");
-            if let Some(last) = write.entries.last() {
-                last_entry = Some((last.index, last.term));
-            }
+            write.write_to(&mut node.durable);
+            last_entry = write.mark().or(last_entry);
             messages.extend(write.after_persist);
         }
         if let (Some((index, term)), Some(raft)) = (last_entry, node.raft.as_mut()) {
@@ -523,25 +600,33 @@ impl Simulation {
                 self.crash(id);
                 return Ok(());
             }
-            if let Some(hard_state) = output.hard_state {
-                raft.storage_mut().set_hard_state(hard_state);
+            raft.storage_mut().write_output(&output).expect("the core hands out writable output");
+            if let Some(meta) = &output.install_snapshot {
+                self.restore_from_snapshot(id, meta)?;
             }
-            raft.storage_mut().append(&output.entries).expect("the core hands out appendable entries");
+            let node = &mut self.nodes[id.0 as usize - 1];
             if self.verbose && (output.hard_state.is_some() || !output.entries.is_empty()) {
                 let range = output.entries.first().zip(output.entries.last());
                 let span = range.map(|(a, b)| format!("{}..={} (terms {}..={})", a.index, b.index, a.term, b.term));
                 println!("t={:>9} node {id} writes hard state {:?} entries {:?}", self.now, output.hard_state, span);
             }
-            extend_chain(&mut node.chain, &output.entries);
+            node.chain.extend(&output.entries);
             for entry in &output.entries {
-                let hash = node.chain[entry.index.0 as usize - 1].1;
+                let hash = node.chain.hash_at(entry.index).expect("just extended");
                 self.stats.checks += 1;
                 self.checkers.log_matching.observe(id, entry.index, entry.term, hash)?;
             }
             for message in output.messages {
                 self.send(message)?;
             }
-            self.queue_write(id, output.hard_state, output.entries, output.messages_after_persist)?;
+            let write = PendingWrite {
+                hard_state: output.hard_state,
+                chunks: output.snapshot_chunks,
+                install: output.install_snapshot,
+                entries: output.entries,
+                after_persist: output.messages_after_persist,
+            };
+            self.queue_write(id, write)?;
             for entry in &output.committed {
                 self.apply(id, entry)?;
             }
@@ -549,26 +634,72 @@ impl Simulation {
         self.observe_node(id)
     }
 
-    fn queue_write(
-        &mut self,
-        id: NodeId,
-        hard_state: Option<HardState>,
-        entries: Vec<Entry>,
-        after_persist: Vec<Message>,
-    ) -> Check {
-        let nothing_to_write = hard_state.is_none() && entries.is_empty();
+    fn queue_write(&mut self, id: NodeId, write: PendingWrite) -> Check {
+        let nothing_to_write = write.is_empty();
         if nothing_to_write && self.node(id).pending.is_empty() {
-            for message in after_persist {
+            for message in write.after_persist {
                 self.send(message)?;
             }
             return Ok(());
         }
-        if nothing_to_write && after_persist.is_empty() {
+        if nothing_to_write && write.after_persist.is_empty() {
             return Ok(());
         }
-        self.node_mut(id).pending.push_back(PendingWrite { hard_state, entries, after_persist });
+        self.node_mut(id).pending.push_back(write);
         self.start_sync(id);
         Ok(())
+    }
+
+    /// Node `id` installs the snapshot `meta` it received: its state machine and its log's hash
+    /// chain restart from the snapshot, which must match the history every other node holds.
+    fn restore_from_snapshot(&mut self, id: NodeId, meta: &SnapshotMeta) -> Check {
+        self.stats.snapshots_installed += 1;
+        self.stats.checks += 2;
+        let node = &mut self.nodes[id.0 as usize - 1];
+        let data = node.raft.as_ref().map(|r| r.storage().snapshot_data().clone()).unwrap_or_default();
+        let Some((applied, chain_hash)) = decode_snapshot(&data) else {
+            let detail = format!("node {id} installed snapshot {} whose data is garbled", meta.index);
+            return Err(Violation { property: "snapshot transfer", detail });
+        };
+        if applied.index != meta.index {
+            let detail = format!("node {id} installed snapshot {} holding state at {}", meta.index, applied.index);
+            return Err(Violation { property: "snapshot transfer", detail });
+        }
+        self.checkers.log_matching.observe(id, meta.index, meta.term, chain_hash)?;
+        node.chain.restart_at(meta.index, chain_hash);
+        self.checkers.state_machine.observe_restore(id, &mut node.applied, applied)?;
+        let index = meta.index;
+        self.trace([10, id.0, index.0, meta.term.0], || format!("node {id} installs snapshot at {index}"));
+        Ok(())
+    }
+
+    /// Node `id` snapshots its state machine at its applied index and compacts its log as the
+    /// core advises. The snapshot is written durably at once (a local file and an fsync).
+    fn take_snapshot(&mut self, id: NodeId) {
+        let filler = self.config.snapshot_filler_bytes;
+        let node = &mut self.nodes[id.0 as usize - 1];
+        let Some(raft) = node.raft.as_mut() else { return };
+        let applied = node.applied;
+        let Ok(meta) = raft.snapshot_meta(applied.index) else { return };
+        // Only durable applied state is snapshotted (a pending install is not yet durable).
+        let durable_holds = node.durable.term(meta.index) == Ok(meta.term);
+        if !meta.exists() || !durable_holds || meta.index <= node.durable.snapshot().map_or(Index(0), |m| m.index) {
+            return;
+        }
+        let Some(chain_hash) = node.chain.hash_at(meta.index) else { return };
+        let data = encode_snapshot(applied, chain_hash, filler);
+        raft.storage_mut().save_snapshot(&meta, &data).expect("memory storage");
+        node.durable.save_snapshot(&meta, &data).expect("memory storage");
+        let compaction = raft.compaction_point();
+        if let Some((index, term)) = compaction {
+            raft.storage_mut().compact(index, term).expect("memory storage");
+            node.durable.compact(index, term).expect("memory storage");
+        }
+        self.stats.snapshots_taken += 1;
+        let (index, compacted) = (meta.index, compaction.map_or(0, |(i, _)| i.0));
+        self.trace([11, id.0, index.0, compacted], || {
+            format!("node {id} snapshots at {index}, compacts to {compacted}")
+        });
     }
 
     fn apply(&mut self, id: NodeId, entry: &Entry) -> Check {
@@ -606,7 +737,8 @@ impl Simulation {
             if node.was_leader_in != Some(term) {
                 node.was_leader_in = Some(term);
                 self.stats.checks += 1;
-                self.checkers.completeness.observe_new_leader(id, term, |i| node.hash_at(i))?;
+                let floor = node.chain.base;
+                self.checkers.completeness.observe_new_leader(id, term, floor, |i| node.hash_at(i))?;
             }
             self.checkers.append_only.observe(id, term, last, |i| node.hash_at(i))?;
         }
@@ -681,6 +813,9 @@ impl Simulation {
         }
         for index in 0..self.nodes.len() {
             let id = NodeId(index as u64 + 1);
+            if self.nodes[index].paused_until.is_none() && self.chance(self.config.snapshot_rate) {
+                self.take_snapshot(id);
+            }
             if self.nodes[index].raft.is_some() && self.chance(self.config.crash_rate) {
                 self.crash(id);
             } else if self.nodes[index].paused_until.is_none() && self.chance(self.config.pause_rate) {
@@ -757,12 +892,38 @@ impl Simulation {
         }
         let raft = Raft::new(id, node.options.clone(), node.durable.clone()).expect("memory storage");
         node.raft = Some(raft);
-        node.rebuild_chain();
         node.applied = Applied::default();
+        self.rebuild_after_restart(id)?;
+        let node = self.node_mut(id);
         let incarnation = node.incarnation;
         self.trace([8, id.0, 0, 0], || format!("node {id} restarts"));
         self.schedule(period, EventKind::Tick(id, incarnation));
         self.flush(id)
+    }
+
+    /// A restarted node's state machine comes from its durable snapshot and its hash chain from
+    /// its durable log, which starts at the compaction boundary.
+    fn rebuild_after_restart(&mut self, id: NodeId) -> Check {
+        let node = &mut self.nodes[id.0 as usize - 1];
+        if node.durable.snapshot().is_ok_and(|meta| meta.exists()) {
+            let Some((applied, _)) = decode_snapshot(node.durable.snapshot_data()) else {
+                let detail = format!("node {id} restarts from a garbled snapshot");
+                return Err(Violation { property: "snapshot durability", detail });
+            };
+            self.checkers.state_machine.observe_restore(id, &mut node.applied, applied)?;
+        }
+        let base = node.durable.first_index().expect("memory").prev();
+        let base_term = node.durable.term(base).expect("memory answers for the boundary");
+        let base_hash =
+            if base == Index(0) { Some(FNV_START) } else { self.checkers.log_matching.hash_of(base, base_term) };
+        let Some(base_hash) = base_hash else {
+            let detail = format!("node {id} restarts with a log boundary {base} (term {base_term}) nobody held");
+            return Err(Violation { property: "log matching", detail });
+        };
+        node.chain.restart_at(base, base_hash);
+        let entries = node.durable.all_entries().to_vec();
+        node.chain.extend(&entries);
+        Ok(())
     }
 
     /// Starts the liveness phase: every fault stops and every node comes back.
@@ -857,7 +1018,13 @@ fn message_words(m: &Message) -> [u64; 4] {
         MessageBody::AppendResponse(result) => (17, format!("{result:?}").len() as u64),
         MessageBody::Heartbeat { commit } => (18, commit.0),
         MessageBody::HeartbeatResponse => (19, 0),
-        _ => (20, 0),
+        MessageBody::InstallSnapshot { meta, offset, data, done } => {
+            (20 + u64::from(*done), meta.index.0 << 32 ^ offset << 16 ^ data.len() as u64)
+        }
+        MessageBody::SnapshotResponse { index, next_offset, gap, .. } => {
+            (22 + u64::from(*gap), index.0 << 32 ^ next_offset)
+        }
+        _ => (24, 0),
     };
     [tag, m.from.0 << 32 | m.to.0, m.term.0, detail]
 }

@@ -56,14 +56,21 @@ impl LeaderCompleteness {
     }
 
     /// `node` became leader of `term`: it must hold every entry committed in an earlier term.
-    pub fn observe_new_leader(&self, node: NodeId, term: Term, hash_at: impl Fn(Index) -> Option<u64>) -> Check {
+    /// Entries below `floor` are covered by the node's snapshot: holding the committed entry at
+    /// `floor` (the snapshot's boundary) proves it holds the ones below, through the hash chain.
+    pub fn observe_new_leader(
+        &self,
+        node: NodeId,
+        term: Term,
+        floor: Index,
+        hash_at: impl Fn(Index) -> Option<u64>,
+    ) -> Check {
         let required = self.committed.partition_point(|&(_, committed_in)| committed_in < term);
-        if required > 0 && hash_at(Index(required as u64)) != Some(self.committed[required - 1].0) {
+        let at = if required > 0 { required.max(floor.0 as usize) } else { 0 };
+        if at > 0 && (at > self.committed.len() || hash_at(Index(at as u64)) != Some(self.committed[at - 1].0)) {
             return violation(
                 "leader completeness",
-                format!(
-                    "node {node} leads term {term} without committed index {required} (or with another entry there)"
-                ),
+                format!("node {node} leads term {term} without committed index {at} (or with another entry there)"),
             );
         }
         Ok(())
@@ -82,10 +89,10 @@ mod tests {
     fn a_leader_missing_a_committed_entry_fails() {
         let mut checker = LeaderCompleteness::default();
         checker.observe_commit(NodeId(1), Term(2), Index(2), chain(&[1, 2, 3])).expect("commit");
-        checker.observe_new_leader(NodeId(2), Term(3), chain(&[1, 2])).expect("has it");
-        let error = checker.observe_new_leader(NodeId(3), Term(4), chain(&[1])).expect_err("missing");
+        checker.observe_new_leader(NodeId(2), Term(3), Index(0), chain(&[1, 2])).expect("has it");
+        let error = checker.observe_new_leader(NodeId(3), Term(4), Index(0), chain(&[1])).expect_err("missing");
         assert_eq!(error.property, "leader completeness");
-        assert!(checker.observe_new_leader(NodeId(3), Term(4), chain(&[1, 9])).is_err());
+        assert!(checker.observe_new_leader(NodeId(3), Term(4), Index(0), chain(&[1, 9])).is_err());
     }
 
     #[test]
@@ -94,8 +101,8 @@ mod tests {
         checker.observe_commit(NodeId(1), Term(3), Index(1), chain(&[1, 2])).expect("commit in term 3");
         checker.observe_commit(NodeId(1), Term(5), Index(2), chain(&[1, 2])).expect("commit in term 5");
         // A leader of term 4 (elected before term 5 began) holds index 1 but not index 2.
-        checker.observe_new_leader(NodeId(3), Term(4), chain(&[1])).expect("allowed");
-        assert!(checker.observe_new_leader(NodeId(3), Term(6), chain(&[1])).is_err());
+        checker.observe_new_leader(NodeId(3), Term(4), Index(0), chain(&[1])).expect("allowed");
+        assert!(checker.observe_new_leader(NodeId(3), Term(6), Index(0), chain(&[1])).is_err());
     }
 
     #[test]
@@ -105,5 +112,20 @@ mod tests {
         checker.observe_commit(NodeId(2), Term(1), Index(3), chain(&[1, 2, 3])).expect("extends");
         let error = checker.observe_commit(NodeId(3), Term(1), Index(2), chain(&[1, 7])).expect_err("fork");
         assert_eq!(error.property, "committed entries are stable");
+    }
+
+    #[test]
+    fn a_leader_is_judged_at_its_snapshot_boundary() {
+        let mut checker = LeaderCompleteness::default();
+        checker.observe_commit(NodeId(1), Term(1), Index(2), chain(&[1, 2])).expect("commit in term 1");
+        checker.observe_commit(NodeId(1), Term(3), Index(3), chain(&[1, 2, 3])).expect("commit in term 3");
+        // A leader of term 2 must hold index 2; with a snapshot at 3 it holds only the hash at 3,
+        // which proves (through the chain) that it holds 1 and 2.
+        let only_at_3 = |hash: u64| move |i: Index| (i == Index(3)).then_some(hash);
+        checker.observe_new_leader(NodeId(2), Term(2), Index(3), only_at_3(3)).expect("covered by its snapshot");
+        let error = checker.observe_new_leader(NodeId(3), Term(2), Index(3), only_at_3(9)).expect_err("forked");
+        assert_eq!(error.property, "leader completeness");
+        // A snapshot boundary beyond anything committed cannot be judged: it is a violation.
+        assert!(checker.observe_new_leader(NodeId(3), Term(2), Index(7), |_| Some(0)).is_err());
     }
 }

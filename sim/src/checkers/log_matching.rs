@@ -16,6 +16,11 @@ pub struct LogMatching {
 }
 
 impl LogMatching {
+    /// The chain hash first seen for (`index`, `term`), if any node ever held that entry.
+    pub fn hash_of(&self, index: Index, term: Term) -> Option<u64> {
+        self.seen.get(&(index, term)).map(|&(hash, _)| hash)
+    }
+
     /// `node` holds an entry at (`index`, `term`) whose chain hash (covering every entry up to
     /// it) is `chain_hash`.
     pub fn observe(&mut self, node: NodeId, index: Index, term: Term, chain_hash: u64) -> Check {

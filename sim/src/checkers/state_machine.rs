@@ -32,6 +32,34 @@ impl StateMachineSafety {
         Index(self.digests.len() as u64)
     }
 
+    /// `node` restored its state machine from a snapshot claiming `restored`: the digest must
+    /// equal what every node that applied up to that index computed.
+    /// Within one incarnation a state machine never goes back: a stale snapshot must not roll it
+    /// back (callers pass a fresh `state` after a restart).
+    pub fn observe_restore(&self, node: NodeId, state: &mut Applied, restored: Applied) -> Check {
+        if restored.index < state.index {
+            return violation(
+                "state machine never rolls back",
+                format!("node {node} went back from applied index {} to a snapshot at {}", state.index, restored.index),
+            );
+        }
+        *state = restored;
+        if restored.index == Index(0) {
+            return Ok(());
+        }
+        match self.digests.get(restored.index.0 as usize - 1) {
+            Some(&expected) if expected == restored.digest => Ok(()),
+            Some(_) => violation(
+                "state machine safety (snapshot)",
+                format!("node {node} restored a snapshot at index {} of a different history", restored.index),
+            ),
+            None => violation(
+                "state machine safety (snapshot)",
+                format!("node {node} restored a snapshot at index {} that nobody applied", restored.index),
+            ),
+        }
+    }
+
     /// `node`, whose applied state is `state`, applies `entry`; updates `state`.
     pub fn observe_apply(&mut self, node: NodeId, state: &mut Applied, entry: &Entry) -> Check {
         if entry.index != state.index.next() {
@@ -91,5 +119,24 @@ mod tests {
         let mut b = Applied::default();
         checker.observe_apply(NodeId(2), &mut b, &entry(1, 1, b"x")).expect("first");
         assert!(checker.observe_apply(NodeId(2), &mut b, &entry(1, 1, b"x")).is_err(), "applied twice");
+    }
+
+    #[test]
+    fn restoring_a_snapshot_of_another_history_fails() {
+        let mut checker = StateMachineSafety::default();
+        let mut a = Applied::default();
+        checker.observe_apply(NodeId(1), &mut a, &entry(1, 1, b"x")).expect("first");
+        let mut b = Applied::default();
+        checker.observe_restore(NodeId(2), &mut b, a).expect("same history");
+        assert_eq!(b, a);
+        let forged = Applied { digest: a.digest ^ 1, ..a };
+        let error = checker.observe_restore(NodeId(3), &mut b, forged).expect_err("other history");
+        assert_eq!(error.property, "state machine safety (snapshot)");
+        let beyond = Applied { index: Index(5), ..a };
+        assert!(checker.observe_restore(NodeId(3), &mut Applied::default(), beyond).is_err(), "state nobody applied");
+        checker.observe_apply(NodeId(1), &mut a, &entry(2, 1, b"y")).expect("next");
+        let stale = Applied { index: Index(1), digest: b.digest };
+        let error = checker.observe_restore(NodeId(1), &mut a, stale).expect_err("rollback");
+        assert_eq!(error.property, "state machine never rolls back");
     }
 }
