@@ -15,8 +15,11 @@
 //!    and [`Raft::report_unreachable`] when a peer cannot be reached.
 //! 2. **Take the output** with [`Raft::take_output`] after inputs (at the latest before the next
 //!    tick). Outputs must be persisted *in the order they were taken*.
-//! 3. **Persist** `hard_state` (term, vote, commit) and append `entries`, replacing any stored
-//!    entries from `entries[0].index` on. Durability means fsync.
+//! 3. **Persist**, in this order: write `snapshot_chunks` into the store's staging area (offset 0
+//!    starts a new one); if `install_snapshot` is set, install the staged snapshot, atomically
+//!    replacing the whole log by it; then `hard_state` (term, vote, commit) and `entries`,
+//!    replacing any stored entries from `entries[0].index` on. Durability means fsync.
+//!    (`raft_storage::LogStore::write_output` does exactly this.)
 //! 4. **Send** `messages` at any time, even before step 3 completes: they are a leader's appends
 //!    and heartbeats, which depend only on state made durable when it campaigned (a leader may
 //!    replicate before its own copy is durable; thesis §10.2.1).
@@ -25,15 +28,26 @@
 //!    duplicated append). These are votes, vote requests and acknowledgements: a node must never
 //!    send a vote or acknowledge an entry that a crash could make it forget.
 //! 6. **Report durability** with [`Raft::on_persisted`] for the last entry of each output's
-//!    `entries`, in output order (a group commit may report only the last write it covered: that
+//!    `entries` (for an output that installs a snapshot and appends nothing: the snapshot's index
+//!    and term), in output order (a group commit may report only the last write it covered: that
 //!    covers every earlier one). A leader counts its own copy toward a quorum only after this
 //!    report. Reports are matched against the oldest pending write with that (index, term), so a
 //!    write that was replaced and later re-written with equal entries is never confused with the
 //!    newer one (the async-write ABA).
 //! 7. **Apply** `committed` entries in order, each exactly once per incarnation. Only entries that
-//!    are durable locally are handed out. After a restart application starts again from the
-//!    first entry after the snapshot index (index 1 without snapshots).
+//!    are durable locally are handed out. When an output installs a snapshot, restore the state
+//!    machine from it before applying that output's `committed`. After a restart the state
+//!    machine starts from the store's snapshot and applying resumes at the first entry after it
+//!    (index 1 without snapshots).
 //! 8. On a storage error, **stop the node** (fail-stop): never acknowledge what was not written.
+//! 9. **Snapshots** are taken by the application, whenever it likes, of its state machine at an
+//!    applied index: [`Raft::snapshot_meta`] describes it (index, term, membership), the store
+//!    saves it durably with its data (`raft_storage::LogStore::save_snapshot`), and then the log
+//!    may be compacted at [`Raft::compaction_point`], which keeps `compaction_margin_entries`
+//!    below the snapshot for slightly slow followers. A leader streams the snapshot to followers
+//!    that need compacted entries, reading it a chunk at a time through
+//!    [`Storage::snapshot_chunk`]; memory stays within `snapshot_chunks_inflight_max` chunks per
+//!    follower on both sides.
 //!
 //! ## Example
 //!
