@@ -200,7 +200,11 @@ impl<S: Storage> Raft<S> {
     fn receive_chunk(&mut self, from: NodeId, chunk: ChunkIn) {
         let ChunkIn { meta, offset, data, done } = chunk;
         let (index, term) = (meta.index, meta.term);
-        if offset == 0 {
+        let receiving = self.incoming_snapshot.as_ref().is_some_and(|incoming| incoming.meta == meta);
+        if offset == 0 && !receiving {
+            // A new transfer. The first chunk of the one we are receiving is a duplicate (or the
+            // leader starting over): answered with our offset, so the leader resumes there
+            // instead of a delayed copy wiping out what was received.
             self.incoming_snapshot = Some(IncomingSnapshot { meta: meta.clone(), next_offset: 0 });
         }
         let expected = match &self.incoming_snapshot {

@@ -265,3 +265,21 @@ fn an_out_of_order_chunk_is_answered_with_the_expected_offset() {
     let ack = MessageBody::SnapshotResponse { index: Index(3), term: Term(2), next_offset: 5, gap: false };
     assert_eq!(output.messages_after_persist.iter().map(|m| &m.body).collect::<Vec<_>>(), vec![&ack]);
 }
+
+/// A delayed copy of the first chunk must not reset a transfer in progress: it is answered with
+/// the offset already reached (found by simulator seed 363: resets plus rewinds grew into a
+/// storm of chunk messages that never finished).
+#[test]
+fn a_late_copy_of_the_first_chunk_does_not_reset_the_transfer() {
+    let mut c = cluster_tuned(3, |b| b.snapshot_chunk_bytes_max(CHUNK_BYTES));
+    c.node_mut(1).step(chunk_message(2, meta(3, 2), 0, b"first")).expect("accepted");
+    c.node_mut(1).step(chunk_message(2, meta(3, 2), 5, b"second")).expect("accepted");
+    c.node_mut(1).take_output().expect("memory");
+    c.node_mut(1).step(chunk_message(2, meta(3, 2), 0, b"first")).expect("answered");
+    let output = c.node_mut(1).take_output().expect("memory");
+    assert!(output.snapshot_chunks.is_empty(), "the copy is not written again");
+    let ack = MessageBody::SnapshotResponse { index: Index(3), term: Term(2), next_offset: 11, gap: false };
+    assert_eq!(output.messages_after_persist.iter().map(|m| &m.body).collect::<Vec<_>>(), vec![&ack]);
+    c.node_mut(1).step(chunk_message(2, meta(3, 2), 11, b"third")).expect("the transfer goes on");
+    assert_eq!(c.node_mut(1).take_output().expect("memory").snapshot_chunks.len(), 1);
+}

@@ -22,13 +22,16 @@ fn check(report: &Report) {
 /// - 1170 (log matching): a lone voter took proposals before its term was durable, crashed, and
 ///   led the same term again, handing out the same (index, term) for another command.
 ///
+/// - 363 (bounded traffic): a delayed copy of a snapshot's first chunk reset the follower's
+///   transfer; with the leader's rewinds this grew into a storm of chunk messages.
+///
 /// Snapshots (issue 5) added events to every run, so these seeds now replay different histories;
 /// they stay as passing seeds, and each bug keeps its scripted test in raft-core/tests.
 ///
 /// A third bug the simulator found (refusing a higher-term vote restarted the election timer; seed
 /// 10253 of an earlier version of the simulator) no longer reproduces in 12,000 seeds since paused
 /// nodes stopped taking client proposals; its scripted test is in raft-core/tests/regressions.rs.
-const REGRESSION_SEEDS: [u64; 4] = [34, 90, 115, 1170];
+const REGRESSION_SEEDS: [u64; 5] = [34, 90, 115, 1170, 363];
 
 #[test]
 fn regression_seeds_pass() {
