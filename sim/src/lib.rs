@@ -7,6 +7,7 @@
 //! cluster size and fault rates (swarm testing). Five checkers observe from outside the nodes
 //! after every step: election safety, leader append-only, log matching, leader completeness and
 //! state machine safety; a liveness phase then heals everything and requires convergence.
+//! [`linearizability`] checks client histories of a key-value model, Porcupine-style.
 //!
 //! ```
 //! let report = sim::run(42, sim::RunOptions::default());
@@ -19,6 +20,7 @@
 
 pub mod checkers;
 pub mod config;
+pub mod linearizability;
 mod world;
 
 pub use checkers::Violation;
