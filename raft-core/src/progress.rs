@@ -35,6 +35,10 @@ pub struct SnapshotTransfer {
     /// Heartbeat answers in a row with no acknowledged progress while chunks were outstanding:
     /// at [`SNAPSHOT_STALLED_HEARTBEATS`] the chunks count as lost and are resent.
     pub stalled_heartbeats: u32,
+    /// The latest gap the follower reported below `acked_offset` since the last progress: a
+    /// stale report, or a follower that restarted and lost what it had. Acted on only when the
+    /// transfer stalls, so stale reports cannot multiply the chunks in flight.
+    pub reported_below: Option<u64>,
 }
 
 /// Heartbeat answers without progress after which outstanding snapshot chunks are resent.
@@ -43,9 +47,30 @@ pub const SNAPSHOT_STALLED_HEARTBEATS: u32 = 2;
 impl SnapshotTransfer {
     /// Goes back to resend from `offset` (which the follower expects next).
     pub(crate) fn rewind(&mut self, offset: u64) {
+        self.acked_offset = self.acked_offset.min(offset);
         self.sent_offset = offset;
         self.done_sent = false;
         self.rewound_to = Some(offset);
+    }
+
+    /// The follower expects `next_offset` next; with `gap`, it refused a chunk that started
+    /// beyond it. Rewinds happen only at increasing offsets (once each), so every chunk sent
+    /// causes at most a window of resends: retransmissions stay linear in the snapshot's size.
+    pub(crate) fn on_report(&mut self, next_offset: u64, gap: bool) {
+        if next_offset > self.acked_offset {
+            self.acked_offset = next_offset;
+            // The follower may hold more than we think we sent (an answer from before a rewind).
+            self.sent_offset = self.sent_offset.max(next_offset);
+            self.reported_below = None;
+        }
+        if !gap {
+            return;
+        }
+        if next_offset < self.acked_offset {
+            self.reported_below = Some(next_offset);
+        } else if next_offset < self.sent_offset && self.rewound_to != Some(next_offset) {
+            self.rewind(next_offset);
+        }
     }
 }
 
@@ -147,6 +172,7 @@ impl Progress {
             rewound_to: None,
             acked_at_heartbeat: 0,
             stalled_heartbeats: 0,
+            reported_below: None,
         });
     }
 
@@ -236,7 +262,8 @@ impl Progress {
             transfer.acked_at_heartbeat = transfer.acked_offset;
             if transfer.stalled_heartbeats >= SNAPSHOT_STALLED_HEARTBEATS {
                 transfer.stalled_heartbeats = 0;
-                let offset = transfer.acked_offset;
+                // A follower that keeps reporting an earlier offset lost its data: start there.
+                let offset = transfer.reported_below.take().unwrap_or(transfer.acked_offset);
                 transfer.rewind(offset);
             }
         }

@@ -153,14 +153,7 @@ impl<S: Storage> Raft<S> {
         if transfer.meta.index != index || transfer.meta.term != term {
             return Err(StepError::Unexpected); // About an earlier transfer.
         }
-        if next_offset > transfer.acked_offset {
-            transfer.acked_offset = next_offset;
-            // The follower may hold more than we think we sent (an answer from before a rewind).
-            transfer.sent_offset = transfer.sent_offset.max(next_offset);
-        }
-        if gap && next_offset < transfer.sent_offset && transfer.rewound_to != Some(next_offset) {
-            transfer.rewind(next_offset);
-        }
+        transfer.on_report(next_offset, gap);
         self.send_snapshot_chunks(from);
         Ok(())
     }

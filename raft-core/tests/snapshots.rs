@@ -283,3 +283,27 @@ fn a_late_copy_of_the_first_chunk_does_not_reset_the_transfer() {
     c.node_mut(1).step(chunk_message(2, meta(3, 2), 11, b"third")).expect("the transfer goes on");
     assert_eq!(c.node_mut(1).take_output().expect("memory").snapshot_chunks.len(), 1);
 }
+
+/// The follower restarts mid-transfer and forgets what it received; it reports a gap at offset
+/// 0, below what the leader counts as acknowledged. The leader does not trust that at once (it
+/// could be a stale report) but restarts from there when the transfer stalls, and it completes.
+#[test]
+fn a_follower_restarting_mid_transfer_gets_the_snapshot_from_the_start() {
+    let (mut c, meta) = behind_by_a_snapshot();
+    let mut chunks_seen = 0;
+    tick_with(&mut c, |m| match chunk_of(m, 3) {
+        Some(_) if chunks_seen < 3 => {
+            chunks_seen += 1;
+            Fate::Deliver
+        }
+        Some(_) => Fate::Drop,
+        None => Fate::Deliver,
+    });
+    assert!(c.node(1).status().progress[&NodeId(3)].snapshot.as_ref().is_some_and(|t| t.acked_offset > 0));
+    c.crash(3);
+    c.restart(3);
+    c.ticks(8);
+    assert_eq!(c.node(3).storage().snapshot(), Ok(meta));
+    assert_eq!(c.node(3).storage().snapshot_data(), c.node(1).storage().snapshot_data());
+    assert!(caught_up(&c, 3));
+}

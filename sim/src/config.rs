@@ -112,7 +112,9 @@ impl SimConfig {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0005_4a95_0000);
         config.snapshot_rate = if unit_of(&mut rng) < 0.2 { 0.0 } else { unit_of(&mut rng) * 0.05 };
         config.compaction_margin_entries = [0, 1, 4, 32][(rng.next_u64() % 4) as usize];
-        config.snapshot_chunk_bytes_max = [8, 32, 256, 64 * 1024][(rng.next_u64() % 4) as usize];
+        // At most 64 chunks per transfer: go-back-N over a network that reorders most chunks
+        // (delays of several ticks) needs a few round trips per chunk.
+        config.snapshot_chunk_bytes_max = [32, 256, 4096, 64 * 1024][(rng.next_u64() % 4) as usize];
         config.snapshot_filler_bytes = rng.next_u64() % 2048;
         config
     }
