@@ -169,6 +169,7 @@ impl<S: Storage> Raft<S> {
         self.uncommitted_bytes = 0;
         self.broadcast_pending = false;
         self.incoming_snapshot = None;
+        self.abandon_reads();
         self.reset_election_timer();
     }
 
@@ -210,9 +211,9 @@ impl<S: Storage> Raft<S> {
                 self.accept_leader(m.from)?;
                 self.on_append_entries(m.from, prev_log_index, prev_log_term, &entries, commit)
             }
-            MessageBody::Heartbeat { commit } => {
+            MessageBody::Heartbeat { commit, round } => {
                 self.accept_leader(m.from)?;
-                self.on_heartbeat(m.from, commit);
+                self.on_heartbeat(m.from, commit, round);
                 Ok(())
             }
             MessageBody::InstallSnapshot { meta, offset, data, done } => {
@@ -220,7 +221,15 @@ impl<S: Storage> Raft<S> {
                 self.on_install_snapshot(m.from, crate::snapshot::ChunkIn { meta, offset, data, done })
             }
             MessageBody::AppendResponse(result) => self.on_append_response(m.from, result),
-            MessageBody::HeartbeatResponse => self.on_heartbeat_response(m.from),
+            MessageBody::HeartbeatResponse { round } => self.on_heartbeat_response(m.from, round),
+            MessageBody::ReadIndexRequest { request, mode } => {
+                self.on_read_index_request(m.from, request, mode);
+                Ok(())
+            }
+            MessageBody::ReadIndexResponse { request, index } => {
+                self.on_read_index_response(m.from, request, index);
+                Ok(())
+            }
             MessageBody::SnapshotResponse { index, term, next_offset, gap } => {
                 self.on_snapshot_response(m.from, index, term, next_offset, gap)
             }
@@ -256,7 +265,7 @@ impl<S: Storage> Raft<S> {
     fn on_lower_term(&mut self, m: &Message) -> Result<(), StepError> {
         match m.body {
             MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
-                self.send(m.from, self.term, MessageBody::HeartbeatResponse);
+                self.send(m.from, self.term, MessageBody::HeartbeatResponse { round: 0 });
             }
             MessageBody::VoteRequest { pre_vote: true, .. } => {
                 self.send(m.from, self.term, MessageBody::VoteResponse { pre_vote: true, granted: false });

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use bytes::Bytes;
 
+use crate::read::ReadMode;
 use crate::types::{Entry, Index, NodeId, SnapshotMeta, Term};
 
 /// One message from one node to another.
@@ -58,9 +59,14 @@ pub enum MessageBody {
     Heartbeat {
         /// `min(leader commit, follower match)`: never more than the follower is known to hold.
         commit: Index,
+        /// The leader's number for this heartbeat round (confirms reads; 0 outside rounds).
+        round: u64,
     },
-    /// The answer to a `Heartbeat`.
-    HeartbeatResponse,
+    /// The answer to a `Heartbeat`, echoing its round.
+    HeartbeatResponse {
+        /// The round answered (0 for an answer to a stale leader).
+        round: u64,
+    },
     /// The leader sends one chunk of a snapshot to a follower whose missing entries are compacted.
     /// Chunks go in order; the follower installs the snapshot when the `done` chunk arrives and
     /// then answers with an `AppendResponse` whose match index is the snapshot's index.
@@ -85,6 +91,20 @@ pub enum MessageBody {
         /// Whether the follower refused the chunk because it did not start at `next_offset`
         /// (a lost or reordered chunk): the leader resends from there.
         gap: bool,
+    },
+    /// A follower asks the leader to confirm a read for it.
+    ReadIndexRequest {
+        /// The follower's number for the request (opaque to the leader, echoed back).
+        request: u64,
+        /// How the leader should confirm it.
+        mode: ReadMode,
+    },
+    /// The leader's answer to `ReadIndexRequest`.
+    ReadIndexResponse {
+        /// The request answered.
+        request: u64,
+        /// The index the follower must apply before serving, or `None` if refused.
+        index: Option<Index>,
     },
 }
 

@@ -18,6 +18,9 @@ pub struct Options {
     snapshot_chunk_bytes_max: u64,
     snapshot_chunks_inflight_max: u64,
     compaction_margin_entries: u64,
+    lease_reads: bool,
+    clock_drift_max_ticks: u32,
+    reads_pending_max: usize,
     rng_seed: u64,
     #[cfg(feature = "bug-knobs")]
     bug_knobs: BugKnobs,
@@ -69,6 +72,21 @@ pub enum OptionsError {
         /// The message limit asked for.
         message: u64,
     },
+    /// Lease reads are unsafe without check-quorum: a deposed leader would not notice
+    /// (raft-rs#140).
+    #[error("lease_reads requires check_quorum")]
+    LeaseWithoutCheckQuorum,
+    /// The drift bound must leave a lease of at least one tick.
+    #[error("clock_drift_max_ticks ({drift_ticks}) must be below election_ticks ({election_ticks})")]
+    DriftNotBelowElection {
+        /// The drift bound asked for.
+        drift_ticks: u32,
+        /// The election timeout asked for.
+        election_ticks: u32,
+    },
+    /// At least one read must be allowed to wait.
+    #[error("reads_pending_max must be at least 1")]
+    ReadsPendingZero,
     /// A snapshot chunk must be allowed to carry at least one byte.
     #[error("snapshot_chunk_bytes_max must be at least 1")]
     SnapshotChunkBytesZero,
@@ -106,6 +124,9 @@ impl Default for Options {
             snapshot_chunk_bytes_max: 64 * 1024,
             snapshot_chunks_inflight_max: 4,
             compaction_margin_entries: 1024,
+            lease_reads: false,
+            clock_drift_max_ticks: 2,
+            reads_pending_max: 4096,
             rng_seed: 0,
             #[cfg(feature = "bug-knobs")]
             bug_knobs: BugKnobs::default(),
@@ -168,6 +189,20 @@ impl Options {
     /// up from the log instead of needing the whole snapshot.
     pub fn compaction_margin_entries(&self) -> u64 {
         self.compaction_margin_entries
+    }
+    /// Whether lease reads are allowed (requires check-quorum).
+    pub fn lease_reads(&self) -> bool {
+        self.lease_reads
+    }
+    /// The most ticks by which clocks may drift apart over one election timeout: a leader's
+    /// lease lasts `election_ticks - clock_drift_max_ticks` ticks from the heartbeat that
+    /// confirmed it. Lease reads are only as safe as this bound.
+    pub fn clock_drift_max_ticks(&self) -> u32 {
+        self.clock_drift_max_ticks
+    }
+    /// The most reads one node keeps waiting.
+    pub fn reads_pending_max(&self) -> usize {
+        self.reads_pending_max
     }
     /// The seed of the node's random number generator (election timeouts).
     pub fn rng_seed(&self) -> u64 {
@@ -241,6 +276,21 @@ impl OptionsBuilder {
         self.options.compaction_margin_entries = entries;
         self
     }
+    /// Allows lease reads (requires check-quorum).
+    pub fn lease_reads(mut self, enabled: bool) -> Self {
+        self.options.lease_reads = enabled;
+        self
+    }
+    /// Sets the clock drift bound that shortens leases.
+    pub fn clock_drift_max_ticks(mut self, ticks: u32) -> Self {
+        self.options.clock_drift_max_ticks = ticks;
+        self
+    }
+    /// Sets the most reads one node keeps waiting.
+    pub fn reads_pending_max(mut self, reads: usize) -> Self {
+        self.options.reads_pending_max = reads;
+        self
+    }
     /// Sets the random seed.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.options.rng_seed = seed;
@@ -286,6 +336,18 @@ impl OptionsBuilder {
         }
         if o.apply_bytes_max < o.message_bytes_max {
             return Err(OptionsError::ApplyBelowMessage { apply: o.apply_bytes_max, message: o.message_bytes_max });
+        }
+        if o.lease_reads && !o.check_quorum {
+            return Err(OptionsError::LeaseWithoutCheckQuorum);
+        }
+        if o.lease_reads && o.clock_drift_max_ticks >= o.election_ticks {
+            return Err(OptionsError::DriftNotBelowElection {
+                drift_ticks: o.clock_drift_max_ticks,
+                election_ticks: o.election_ticks,
+            });
+        }
+        if o.reads_pending_max == 0 {
+            return Err(OptionsError::ReadsPendingZero);
         }
         if o.snapshot_chunk_bytes_max == 0 {
             return Err(OptionsError::SnapshotChunkBytesZero);

@@ -12,6 +12,7 @@ use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::options::Options;
 use crate::progress::{Progress, ProgressState};
+use crate::read::{ReadState, Reads};
 use crate::snapshot::{IncomingSnapshot, ReceivedChunk};
 use crate::storage::{Storage, StorageError};
 use crate::types::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
@@ -61,6 +62,8 @@ pub struct Output {
     pub messages_after_persist: Vec<Message>,
     /// Committed entries to apply to the state machine, in order.
     pub committed: Vec<Entry>,
+    /// Reads that completed (serve them after applying `committed`) or failed.
+    pub reads: Vec<ReadState>,
 }
 
 impl Output {
@@ -74,6 +77,7 @@ impl Output {
             && self.messages.is_empty()
             && self.messages_after_persist.is_empty()
             && self.committed.is_empty()
+            && self.reads.is_empty()
     }
 }
 
@@ -129,6 +133,10 @@ pub struct Raft<S: Storage> {
     pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
     /// Received chunks not yet handed to the driver.
     pub(crate) snapshot_chunks: Vec<ReceivedChunk>,
+    /// Reads waiting or done.
+    pub(crate) reads: Reads,
+    /// Ticks since this node started: its logical clock, for leases.
+    pub(crate) ticks: u64,
     last_hard_state: HardState,
     last_soft_state: SoftState,
 }
@@ -165,6 +173,8 @@ impl<S: Storage> Raft<S> {
             messages_after_persist: Vec::new(),
             incoming_snapshot: None,
             snapshot_chunks: Vec::new(),
+            reads: Reads::default(),
+            ticks: 0,
             last_hard_state: hard_state,
             last_soft_state: soft,
         };
@@ -235,6 +245,7 @@ impl<S: Storage> Raft<S> {
     /// Advances logical time by one tick: followers and candidates count toward an election,
     /// leaders toward a heartbeat and a check-quorum round.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -307,6 +318,8 @@ impl<S: Storage> Raft<S> {
             || !self.messages.is_empty()
             || !self.messages_after_persist.is_empty()
             || self.log.has_committed_to_apply()
+            || self.reads.has_output()
+            || self.reads.round_wanted
     }
 
     /// Takes everything the driver must do now. Only fails when storage cannot be read for the
@@ -315,6 +328,9 @@ impl<S: Storage> Raft<S> {
         if self.broadcast_pending {
             self.broadcast_pending = false;
             self.broadcast_append(false);
+        }
+        if self.reads.round_wanted && self.role == Role::Leader {
+            self.broadcast_heartbeat();
         }
         let mut output = Output::default();
         let soft = self.soft_state();
@@ -337,6 +353,8 @@ impl<S: Storage> Raft<S> {
         output.messages = std::mem::take(&mut self.messages);
         output.messages_after_persist = std::mem::take(&mut self.messages_after_persist);
         output.committed = self.log.take_committed(self.options.apply_bytes_max())?;
+        self.release_ready_reads();
+        output.reads = std::mem::take(&mut self.reads.done);
         self.after_input();
         Ok(output)
     }
@@ -395,7 +413,7 @@ impl<S: Storage> Raft<S> {
         Ok(index)
     }
 
-    fn after_input(&mut self) {
+    pub(crate) fn after_input(&mut self) {
         if cfg!(any(test, debug_assertions, feature = "invariants")) {
             self.check_invariants();
         }

@@ -68,11 +68,11 @@ impl<S: Storage> Raft<S> {
         Ok(ConflictHint { term: Some(term), index })
     }
 
-    pub(crate) fn on_heartbeat(&mut self, from: NodeId, commit: Index) {
+    pub(crate) fn on_heartbeat(&mut self, from: NodeId, commit: Index, round: u64) {
         // The leader never sends more than it knows we hold, but a node that lost its disk may hold
         // less: clamp rather than trust (etcd#10166).
         self.commit_to(commit.min(self.log.last_index()));
-        self.send(from, self.term, MessageBody::HeartbeatResponse);
+        self.send(from, self.term, MessageBody::HeartbeatResponse { round });
     }
 
     fn commit_to(&mut self, index: Index) {
@@ -130,11 +130,15 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    pub(crate) fn on_heartbeat_response(&mut self, from: NodeId) -> Result<(), StepError> {
+    pub(crate) fn on_heartbeat_response(&mut self, from: NodeId, round: u64) -> Result<(), StepError> {
         if self.role != Role::Leader {
             return Err(StepError::Unexpected);
         }
         let last = self.log.last_index();
+        if !self.progress.contains_key(&from) {
+            return Err(StepError::UnknownPeer(from));
+        }
+        self.on_round_answered(from, round);
         let progress = self.progress.get_mut(&from).ok_or(StepError::UnknownPeer(from))?;
         progress.recent_active = true;
         progress.on_heartbeat_response();
@@ -225,11 +229,12 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn broadcast_heartbeat(&mut self) {
+        let round = self.next_round();
         let commit = self.log.committed;
         let targets: Vec<(NodeId, Index)> =
             self.progress.iter().map(|(&id, p)| (id, p.match_index.min(commit))).collect();
         for (peer, commit) in targets {
-            self.send(peer, self.term, MessageBody::Heartbeat { commit });
+            self.send(peer, self.term, MessageBody::Heartbeat { commit, round });
         }
     }
 
@@ -243,7 +248,11 @@ impl<S: Storage> Raft<S> {
         if index <= self.log.committed || !self.commits_by_counting(index) {
             return;
         }
+        let first_of_term = !self.committed_in_own_term();
         self.log.committed = index;
+        if first_of_term && self.committed_in_own_term() {
+            self.on_term_commit();
+        }
         while self.uncommitted.front().is_some_and(|&(i, _)| i <= index) {
             if let Some((_, bytes)) = self.uncommitted.pop_front() {
                 self.uncommitted_bytes -= bytes;

@@ -505,7 +505,7 @@ fn follower_in_term_two() -> Raft<MemStorage> {
     storage.append(&[noop(1, 1), noop(2, 1)]).expect("consecutive");
     storage.set_hard_state(HardState { term: Term(2), vote: None, commit: Index(0) });
     let mut node = Raft::new(NodeId(2), base_options(2).build().expect("valid"), storage).expect("memory");
-    node.step(message(1, 2, 2, MessageBody::Heartbeat { commit: Index(0) })).expect("a valid heartbeat");
+    node.step(message(1, 2, 2, MessageBody::Heartbeat { commit: Index(0), round: 0 })).expect("a valid heartbeat");
     let output = take(&mut node);
     persist_and_report(&mut node, &output);
     assert_eq!(node.leader(), Some(NodeId(1)));
@@ -516,7 +516,7 @@ fn follower_in_term_two() -> Raft<MemStorage> {
 #[test]
 fn misaddressed_and_self_sent_messages_are_refused() {
     let mut node = follower_in_term_two();
-    let heartbeat = MessageBody::Heartbeat { commit: Index(2) };
+    let heartbeat = MessageBody::Heartbeat { commit: Index(2), round: 0 };
     assert_refused(&mut node, message(1, 3, 2, heartbeat.clone()), StepError::NotAddressedToUs { to: NodeId(3) });
     assert_refused(&mut node, message(2, 2, 2, heartbeat), StepError::FromSelf);
     // Even from a later term: nothing is adopted from a message that is not for us.
@@ -594,7 +594,7 @@ fn responses_from_unknown_peers_are_refused() {
             rejected_index: Index(1),
             hint: raft_core::ConflictHint { term: None, index: Index(1) },
         }),
-        MessageBody::HeartbeatResponse,
+        MessageBody::HeartbeatResponse { round: 0 },
     ];
     for body in bodies {
         assert_refused(leader, message(9, 1, 1, body), StepError::UnknownPeer(NodeId(9)));
@@ -617,7 +617,7 @@ fn a_second_leader_in_our_term_is_refused() {
     let second = StepError::Malformed(Malformed::SecondLeader(NodeId(3)));
     assert_refused(leader, message(3, 1, 1, append((2, 1), vec![], 2)), second);
     assert_refused(leader, message(3, 1, 1, append((2, 1), vec![normal(3, 1, b"evil")], 2)), second);
-    assert_refused(leader, message(3, 1, 1, MessageBody::Heartbeat { commit: Index(2) }), second);
+    assert_refused(leader, message(3, 1, 1, MessageBody::Heartbeat { commit: Index(2), round: 0 }), second);
     assert!(leader.is_leader());
 }
 
@@ -661,8 +661,8 @@ fn garbage_never_panics() {
             append((u64::MAX, term), vec![noop(0, term)], u64::MAX),
             append((1_000, 1), vec![], u64::MAX),
             append((0, 0), vec![], u64::MAX),
-            MessageBody::Heartbeat { commit: Index(u64::MAX) },
-            MessageBody::HeartbeatResponse,
+            MessageBody::Heartbeat { commit: Index(u64::MAX), round: 0 },
+            MessageBody::HeartbeatResponse { round: 0 },
             MessageBody::AppendResponse(AppendResult::Success { match_index: Index(0) }),
             MessageBody::AppendResponse(AppendResult::Reject {
                 rejected_index: Index(u64::MAX),

@@ -96,7 +96,7 @@ fn reject(rejected: u64, hint_term: Option<u64>, hint_index: u64) -> MessageBody
 }
 
 fn heartbeat(commit: u64) -> MessageBody {
-    MessageBody::Heartbeat { commit: Index(commit) }
+    MessageBody::Heartbeat { commit: Index(commit), round: 0 }
 }
 
 fn hard(term: u64, vote: Option<u64>, commit: u64) -> HardState {
@@ -210,7 +210,7 @@ fn body_of(kind: Kind) -> MessageBody {
         Kind::Append => append(2, 1, &[], 0),
         Kind::AppendResponse => success(1),
         Kind::Heartbeat => heartbeat(0),
-        Kind::HeartbeatResponse => MessageBody::HeartbeatResponse,
+        Kind::HeartbeatResponse => MessageBody::HeartbeatResponse { round: 0 },
     }
 }
 
@@ -233,7 +233,7 @@ fn term_update_any_message_with_a_higher_term_makes_the_node_a_follower_of_that_
             let (vote, leader, reply) = match kind {
                 Kind::VoteRequest => (Some(2), None, Some(vote_response(false, true))),
                 Kind::Append => (None, Some(NodeId(2)), Some(success(2))),
-                Kind::Heartbeat => (None, Some(NodeId(2)), Some(MessageBody::HeartbeatResponse)),
+                Kind::Heartbeat => (None, Some(NodeId(2)), Some(MessageBody::HeartbeatResponse { round: 0 })),
                 Kind::VoteResponse | Kind::AppendResponse | Kind::HeartbeatResponse => (None, None, None),
             };
             assert_eq!(n.role(), Role::Follower, "{case}");
@@ -280,11 +280,11 @@ fn stale_term_messages_are_rejected_and_change_nothing() {
         (vote_request(true, 9, 4), Some(vote_response(true, false))),
         (vote_response(false, true), None),
         (vote_response(true, true), None),
-        (append(2, 1, &[(3, 3)], 2), Some(MessageBody::HeartbeatResponse)),
+        (append(2, 1, &[(3, 3)], 2), Some(MessageBody::HeartbeatResponse { round: 0 })),
         (success(3), None),
         (reject(2, None, 1), None),
-        (heartbeat(2), Some(MessageBody::HeartbeatResponse)),
-        (MessageBody::HeartbeatResponse, None),
+        (heartbeat(2), Some(MessageBody::HeartbeatResponse { round: 0 })),
+        (MessageBody::HeartbeatResponse { round: 0 }, None),
     ];
     for role in [Role::Follower, Role::Candidate, Role::Leader] {
         for (body, reply) in stale_bodies.iter().cloned() {
@@ -326,7 +326,11 @@ fn stale_term_leader_steps_down_when_answered_with_the_higher_term() {
         assert_eq!(result, Err(StepError::StaleTerm { message_term: Term(2), current_term: Term(4) }));
         assert_eq!((newer.role(), newer.term(), newer.leader()), (Role::Follower, Term(4), None), "{kind:?}");
         let answer = drive(&mut newer);
-        assert_eq!(answer.messages_after_persist, vec![msg(2, 1, 4, MessageBody::HeartbeatResponse)], "{kind:?}");
+        assert_eq!(
+            answer.messages_after_persist,
+            vec![msg(2, 1, 4, MessageBody::HeartbeatResponse { round: 0 })],
+            "{kind:?}"
+        );
         assert_eq!(log(&newer), vec![(1, 1), (2, 1)], "{kind:?}: the stale append was not applied");
 
         let _ = old_leader.step(answer.messages_after_persist[0].clone());
@@ -907,19 +911,17 @@ fn heartbeat_carries_min_of_match_and_commit_and_follower_clamps_it() {
     leader.tick();
     let out = drive(&mut leader);
     // Node 2 holds index 2 but only 1 is committed; 3 and 4 hold 1; node 5 is not known to hold anything.
-    let expected = vec![
-        msg(1, 2, 1, heartbeat(1)),
-        msg(1, 3, 1, heartbeat(1)),
-        msg(1, 4, 1, heartbeat(1)),
-        msg(1, 5, 1, heartbeat(0)),
-    ];
+    // It is the leader's first heartbeat round.
+    let round_1 = |commit| MessageBody::Heartbeat { commit: Index(commit), round: 1 };
+    let expected =
+        vec![msg(1, 2, 1, round_1(1)), msg(1, 3, 1, round_1(1)), msg(1, 4, 1, round_1(1)), msg(1, 5, 1, round_1(0))];
     assert_eq!(out.messages, expected);
 
     let mut follower = node(2, 3, &[1], 1, false);
     follower.step(msg(1, 2, 1, heartbeat(5))).expect("a heartbeat");
     assert_eq!(follower.commit_index(), Index(1), "clamped to the follower's last index");
     let out = drive(&mut follower);
-    assert_eq!(out.messages_after_persist, vec![msg(2, 1, 1, MessageBody::HeartbeatResponse)]);
+    assert_eq!(out.messages_after_persist, vec![msg(2, 1, 1, MessageBody::HeartbeatResponse { round: 0 })]);
     assert_eq!(pairs(&out.committed), vec![(1, 1)]);
     follower.step(msg(1, 2, 1, heartbeat(0))).expect("a heartbeat");
     assert_eq!(follower.commit_index(), Index(1), "the commit index never decreases");

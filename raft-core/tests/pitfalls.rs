@@ -492,10 +492,10 @@ fn pitfall_08_delayed_rejection_never_sets_next_below_match_plus_one() {
 fn pitfall_09_commit_beyond_last_index_is_clamped() {
     let voters = ids(3);
     let mut node = node_with_log(NodeId(2), &voters, &[1, 1], 1, options(NodeId(2), true, true));
-    node.step(message(1, 2, 1, MessageBody::Heartbeat { commit: Index(10) })).expect("heartbeat accepted");
+    node.step(message(1, 2, 1, MessageBody::Heartbeat { commit: Index(10), round: 0 })).expect("heartbeat accepted");
     assert_eq!(node.commit_index(), Index(2));
     let output = drive(&mut node, true);
-    assert_eq!(output.messages_after_persist, vec![message(2, 1, 1, MessageBody::HeartbeatResponse)]);
+    assert_eq!(output.messages_after_persist, vec![message(2, 1, 1, MessageBody::HeartbeatResponse { round: 0 })]);
     assert_eq!(output.committed.len(), 2);
 
     // An append commits at most through the last entry it vouches for (prev + entries).
@@ -531,8 +531,12 @@ fn pitfall_09_follower_that_lost_its_disk_survives_a_heartbeat() {
     let seen = c.delivered.len();
 
     c.tick_all();
-    let heartbeat = message(1, 2, 1, MessageBody::Heartbeat { commit: Index(3) });
-    assert!(c.delivered[seen..].contains(&heartbeat), "the scenario needs a heartbeat beyond the empty log");
+    let heartbeat_beyond_log =
+        |m: &Message| between(m, 1, 2) && matches!(m.body, MessageBody::Heartbeat { commit: Index(3), .. });
+    assert!(
+        c.delivered[seen..].iter().any(heartbeat_beyond_log),
+        "the scenario needs a heartbeat beyond the empty log"
+    );
     assert_eq!(c.node(2).commit_index(), Index(0));
     assert_eq!(c.node(2).leader(), Some(NodeId(1)));
     assert!(c.applied[&NodeId(2)].is_empty());
@@ -803,9 +807,9 @@ fn pitfall_13_ack_covers_only_what_the_append_checked() {
     let output = drive(&mut node, true);
     assert_eq!(output.messages_after_persist, vec![append_ack(2, 1, 2, 2)]);
     // A heartbeat acknowledges no index at all.
-    node.step(message(1, 2, 2, MessageBody::Heartbeat { commit: Index(0) })).expect("heartbeat accepted");
+    node.step(message(1, 2, 2, MessageBody::Heartbeat { commit: Index(0), round: 0 })).expect("heartbeat accepted");
     let output = drive(&mut node, true);
-    assert_eq!(output.messages_after_persist, vec![message(2, 1, 2, MessageBody::HeartbeatResponse)]);
+    assert_eq!(output.messages_after_persist, vec![message(2, 1, 2, MessageBody::HeartbeatResponse { round: 0 })]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -966,7 +970,7 @@ fn pitfall_14_storage_read_error_sends_no_malformed_append() {
     for _ in 0..5 {
         net.tick();
     }
-    assert!(net.from_leader[seen..].iter().any(|m| m.body == MessageBody::Heartbeat { commit: Index(2) }));
+    assert!(net.from_leader[seen..].iter().any(|m| matches!(m.body, MessageBody::Heartbeat { commit: Index(2), .. })));
     assert_eq!(net.appends_sent_since(seen), Vec::<&Message>::new());
     assert_eq!(net.follower_log(3).len(), 2);
 

@@ -41,7 +41,7 @@
 //!     let (one, _inbox_one) = network.join(NodeId(1))?;
 //!     let (_two, mut inbox_two) = network.join(NodeId(2))?;
 //!
-//!     let heartbeat = Message { from: NodeId(1), to: NodeId(2), term: Term(3), body: MessageBody::HeartbeatResponse };
+//!     let heartbeat = Message { from: NodeId(1), to: NodeId(2), term: Term(3), body: MessageBody::HeartbeatResponse { round: 0 } };
 //!     one.send(heartbeat.clone())?;
 //!     assert_eq!(inbox_two.recv().await, Some(heartbeat.clone()));
 //!

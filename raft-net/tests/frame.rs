@@ -51,8 +51,9 @@ fn body() -> impl Strategy<Value = MessageBody> {
             }
         }),
         append_result().prop_map(MessageBody::AppendResponse),
-        any::<u64>().prop_map(|commit| MessageBody::Heartbeat { commit: Index(commit) }),
-        Just(MessageBody::HeartbeatResponse),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(commit, round)| MessageBody::Heartbeat { commit: Index(commit), round }),
+        any::<u64>().prop_map(|round| MessageBody::HeartbeatResponse { round }),
     ]
 }
 

@@ -1016,14 +1016,16 @@ fn message_words(m: &Message) -> [u64; 4] {
             (16, prev_log_index.0 << 16 | entries.len() as u64)
         }
         MessageBody::AppendResponse(result) => (17, format!("{result:?}").len() as u64),
-        MessageBody::Heartbeat { commit } => (18, commit.0),
-        MessageBody::HeartbeatResponse => (19, 0),
+        MessageBody::Heartbeat { commit, round } => (18, commit.0 << 32 ^ round),
+        MessageBody::HeartbeatResponse { round } => (19, *round),
         MessageBody::InstallSnapshot { meta, offset, data, done } => {
             (20 + u64::from(*done), meta.index.0 << 32 ^ offset << 16 ^ data.len() as u64)
         }
         MessageBody::SnapshotResponse { index, next_offset, gap, .. } => {
             (22 + u64::from(*gap), index.0 << 32 ^ next_offset)
         }
+        MessageBody::ReadIndexRequest { request, .. } => (25, *request),
+        MessageBody::ReadIndexResponse { request, index } => (26, request << 32 ^ index.map_or(0, |i| i.0)),
         _ => (24, 0),
     };
     [tag, m.from.0 << 32 | m.to.0, m.term.0, detail]

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use raft_core::{
     Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, Options, OptionsBuilder,
-    ProposeError, Raft, Role, SnapshotMeta, Storage, Term,
+    ProposeError, Raft, ReadState, Role, SnapshotMeta, Storage, Term,
 };
 use raft_storage::{LogStore, MemStorage};
 
@@ -82,6 +82,8 @@ pub struct Cluster {
     pub applied: BTreeMap<NodeId, Vec<Entry>>,
     /// The payloads each node's state machine restored from its latest snapshot.
     pub restored: BTreeMap<NodeId, Vec<Bytes>>,
+    /// Read outcomes each node handed out, in order (tests take them).
+    pub reads: BTreeMap<NodeId, Vec<ReadState>>,
     /// Messages sent and not yet delivered (FIFO).
     pub in_flight: VecDeque<Message>,
     /// Directed links that drop every message.
@@ -126,6 +128,7 @@ impl Cluster {
             options,
             applied,
             restored,
+            reads: BTreeMap::new(),
             in_flight: VecDeque::new(),
             cut: BTreeSet::new(),
             down: BTreeSet::new(),
@@ -166,6 +169,7 @@ impl Cluster {
             self.applied.insert(id, Vec::new());
         }
         self.applied.get_mut(&id).expect("known node").extend(output.committed);
+        self.reads.entry(id).or_default().extend(output.reads);
         self.in_flight.extend(output.messages);
         self.in_flight.extend(output.messages_after_persist);
     }

@@ -18,7 +18,12 @@ pub const POLL: Duration = Duration::from_millis(10);
 
 /// A heartbeat from `from` to `to`, told apart from others by its term.
 pub fn message(from: u64, to: u64, term: u64) -> Message {
-    Message { from: NodeId(from), to: NodeId(to), term: Term(term), body: MessageBody::Heartbeat { commit: Index(0) } }
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(term),
+        body: MessageBody::Heartbeat { commit: Index(0), round: 0 },
+    }
 }
 
 /// An append carrying one entry of `payload_bytes` bytes.
