@@ -1,6 +1,69 @@
 //! # raft-net
 //!
-//! Transports that carry [`raft_core::Message`]s between the nodes of a group:
+//! The tokio runtime of a Raft node: the node driver ([`start`], [`NodeHandle`]) that runs a
+//! [`raft_core::Raft`] over a [`raft_storage::LogStore`], a [`Transport`] and the application's
+//! [`StateMachine`], and the transports.
+//!
+//! ## Running a node
+//!
+//! [`start`] spawns the node's core thread (the one owner of the core and the storage, which it
+//! writes inline with group commit), its apply thread (the one owner of the state machine) and
+//! two small tokio tasks (inbound messages, ticks); the [`node`] module docs describe the
+//! threads, the bounded queues and how the driving contract of raft-core is met. A single node, over the in-memory network and store:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! use bytes::Bytes;
+//! use raft_core::{Index, Membership, NodeId, Options, Role};
+//! use raft_net::{MemNetwork, NodeConfig, StateMachine};
+//! use raft_storage::MemStorage;
+//!
+//! /// Sums the numbers it is given.
+//! #[derive(Default)]
+//! struct Sum(u64);
+//!
+//! impl StateMachine for Sum {
+//!     type Response = u64;
+//!     type RestoreError = Infallible;
+//!     fn apply(&mut self, _index: Index, command: &Bytes) -> u64 {
+//!         self.0 += command.iter().map(|byte| u64::from(*byte)).sum::<u64>();
+//!         self.0
+//!     }
+//!     fn snapshot(&self) -> Bytes {
+//!         Bytes::copy_from_slice(&self.0.to_le_bytes())
+//!     }
+//!     fn restore(&mut self, data: Bytes) -> Result<(), Infallible> {
+//!         self.0 = data.iter().rev().fold(0, |sum, byte| sum << 8 | u64::from(*byte));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+//! runtime.block_on(async {
+//!     let id = NodeId(1);
+//!     let network = MemNetwork::default();
+//!     let (transport, inbound) = network.join(id)?;
+//!     let storage = MemStorage::new(Membership::new([id]));
+//!     let mut config = NodeConfig::new(id, Options::builder().election_ticks(5).rng_seed(1).build()?);
+//!     config.tick_interval = Duration::from_millis(10);
+//!     let node = raft_net::start(config, storage, transport, inbound, Sum::default())?;
+//!
+//!     // A lone voter elects itself after an election timeout.
+//!     while node.status().await?.role != Role::Leader {
+//!         tokio::time::sleep(Duration::from_millis(10)).await;
+//!     }
+//!     assert_eq!(node.propose(Bytes::from_static(&[40, 2])).await?, 42);
+//!     node.shutdown().await;
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Transports
+//!
+//! Transports carry [`raft_core::Message`]s between the nodes of a group:
 //!
 //! - the [`Transport`] trait, which a node's driver uses to send;
 //! - [`MemNetwork`] / [`MemTransport`]: in memory, deterministic, with fault controls (partitions,
@@ -10,7 +73,7 @@
 //!   batched writes, reconnects with exponential backoff and seeded jitter. Generic over the
 //!   stream type through [`Connect`] and [`Accept`], so a simulated network can stand in.
 //!
-//! ## Sending and receiving
+//! ### Sending and receiving
 //!
 //! [`Transport::send`] never blocks: it puts the message on a bounded queue or fails with a typed
 //! [`SendError`], and the message is dropped (Raft retransmits). [`SendError::Unreachable`] means
@@ -20,7 +83,7 @@
 //! the transport is created. Every message in it was addressed to this node and, over TCP, came
 //! over a connection whose handshake named the message's sender.
 //!
-//! ## Back-pressure
+//! ### Back-pressure
 //!
 //! When the inbound channel is full, [`TcpTransport`]'s readers wait: they stop reading, TCP flow
 //! control stops the senders' writes, their per-peer queues fill and their `send` fails with
@@ -29,7 +92,7 @@
 //! and reconnect (losing what they had queued). [`MemNetwork`] has no connection to hold back:
 //! a full inbound channel fails the sender's `send` with [`SendError::QueueFull`] at once.
 //!
-//! ## Example
+//! ### Example: a transport alone
 //!
 //! ```
 //! use raft_core::{Message, MessageBody, NodeId, Term};
@@ -56,11 +119,18 @@
 
 pub mod frame;
 mod mem;
+pub mod node;
 mod tcp;
 mod transport;
 
 pub use frame::{Frame, FrameError, Hello, RejectReason};
 pub use mem::{JoinError, MEM_INBOUND_QUEUE_MESSAGES_MAX_DEFAULT, MemNetwork, MemTransport};
+pub use node::{
+    APPLY_QUEUE_BATCHES_MAX_DEFAULT, ConfigError, ConfigLimit, EVENT_QUEUE_EVENTS_MAX_DEFAULT,
+    INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig, NodeEvent, NodeHandle, NodeStartError,
+    NodeStatus, PROPOSALS_PENDING_MAX_DEFAULT, PeerStatus, ProposeError, SNAPSHOT_READ_BYTES_MAX, SharedError,
+    StateMachine, StopReason, StorageFailure, StorageOperation, TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX, start,
+};
 pub use tcp::{
     Accept, Connect, PeerState, READ_BUFFER_BYTES_DEFAULT, StartError, TcpOption, TcpOptions, TcpOptionsError,
     TcpTransport, TokioConnector, WRITE_BATCH_BYTES_MAX_DEFAULT,

@@ -22,6 +22,18 @@ pub trait Transport: Send + Sync {
     fn send(&self, message: Message) -> Result<(), SendError>;
 }
 
+/// A shared transport: lets an application keep a handle on a transport it gave to a node (to
+/// shut a [`crate::TcpTransport`] down and wait for its tasks, say).
+impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
+    fn local_id(&self) -> NodeId {
+        (**self).local_id()
+    }
+
+    fn send(&self, message: Message) -> Result<(), SendError> {
+        (**self).send(message)
+    }
+}
+
 /// Why a message was not queued. The message is dropped in every case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]

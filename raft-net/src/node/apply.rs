@@ -1,0 +1,154 @@
+//! The apply thread: owns the state machine, applies committed entries in order, answers the
+//! proposals registered by the core thread, restores snapshots and takes them per the policy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryPayload, Index, SnapshotMeta};
+use tokio::sync::mpsc::WeakSender;
+
+use super::error::{ProposeError, StopReason};
+use super::event::NodeEvent;
+use super::shared::{ApplyStep, CoreInput, PanicGuard, Registration, Shared, TakenSnapshot};
+use super::state_machine::StateMachine;
+
+/// The apply thread's state.
+pub(crate) struct Applier<SM: StateMachine> {
+    /// First, so that a panic records its reason before the pending proposals are dropped.
+    _panic_guard: PanicGuard,
+    pub(crate) state_machine: SM,
+    pub(crate) shared: Arc<Shared>,
+    /// Wakes the core thread when a snapshot is ready; weak, so it does not keep the core's
+    /// input queue open.
+    pub(crate) wake: WeakSender<CoreInput<SM::Response>>,
+    /// Take a snapshot every this many applied entries (0: never).
+    pub(crate) snapshot_every_entries: u64,
+    /// Proposals waiting for the entry at their index, at most `proposals_pending_max` of them
+    /// (each holds a permit).
+    pub(crate) pending: BTreeMap<Index, Registration<SM::Response>>,
+    /// The last index applied (or restored).
+    pub(crate) applied: Index,
+    /// The index of the last snapshot taken or restored.
+    pub(crate) snapshot_index: Index,
+}
+
+impl<SM: StateMachine> Applier<SM> {
+    /// A fresh apply side; the core thread sends the store's snapshot (if any) as the first step.
+    pub(crate) fn new(
+        state_machine: SM,
+        shared: Arc<Shared>,
+        wake: WeakSender<CoreInput<SM::Response>>,
+        snapshot_every_entries: u64,
+    ) -> Self {
+        Applier {
+            _panic_guard: PanicGuard { shared: Arc::clone(&shared), reason: StopReason::StateMachinePanicked },
+            state_machine,
+            shared,
+            wake,
+            snapshot_every_entries,
+            pending: BTreeMap::new(),
+            applied: Index(0),
+            snapshot_index: Index(0),
+        }
+    }
+
+    /// Runs until the core thread drops its end of the queue (or a restore fails), then answers
+    /// every proposal still pending with the reason the node stopped.
+    pub(crate) fn run(mut self, steps: Receiver<ApplyStep<SM::Response>>) {
+        while let Ok(step) = steps.recv() {
+            match step {
+                ApplyStep::Register(registrations) => registrations.into_iter().for_each(|r| self.register(r)),
+                ApplyStep::Restore { meta, data } => {
+                    if let Err(reason) = self.restore(meta, data) {
+                        self.shared.set_stop_reason(reason);
+                        self.wake_core();
+                        break;
+                    }
+                }
+                ApplyStep::Apply(entries) => self.apply(entries),
+            }
+        }
+        let error = self.shared.stopped_error();
+        for (_, registration) in std::mem::take(&mut self.pending) {
+            registration.responder.answer(Err(error.clone()));
+        }
+    }
+
+    /// Remembers a proposal. One registered earlier at the same index in an older term was
+    /// definitely not committed: a leader appended a new entry there, and a leader's log holds
+    /// every committed entry.
+    fn register(&mut self, registration: Registration<SM::Response>) {
+        let index = registration.index;
+        if let Some(older) = self.pending.insert(index, registration) {
+            let error = ProposeError::LeadershipLost { index, term: older.term };
+            older.responder.answer(Err(error));
+        }
+    }
+
+    /// Restores the state machine from a snapshot. Proposals at or below its index can no longer
+    /// be matched with their entry: their outcome is unknown.
+    fn restore(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), StopReason> {
+        self.state_machine.restore(data).map_err(|error| StopReason::RestoreFailed(Arc::new(error)))?;
+        self.applied = meta.index;
+        self.snapshot_index = meta.index;
+        self.shared.set_applied(meta.index);
+        let covered: Vec<Index> = self.pending.range(..=meta.index).map(|(index, _)| *index).collect();
+        for index in covered {
+            if let Some(registration) = self.pending.remove(&index) {
+                registration.responder.answer(Err(ProposeError::OutcomeUnknown { index }));
+            }
+        }
+        self.shared.emit(NodeEvent::SnapshotRestored { index: meta.index });
+        Ok(())
+    }
+
+    /// Applies consecutive committed entries and answers their proposals; then takes a snapshot
+    /// if the policy says so.
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            // The core hands out committed entries in order, each once, after the restored
+            // snapshot: anything else is a bug in the core or in this driver.
+            assert_eq!(entry.index, self.applied.next(), "committed entries out of order");
+            let response = match &entry.payload {
+                EntryPayload::Normal(command) => Some(self.state_machine.apply(entry.index, command)),
+                _ => None, // No-ops (and future internal entries) do not reach the state machine.
+            };
+            self.applied = entry.index;
+            self.answer(&entry, response);
+        }
+        self.shared.set_applied(self.applied);
+        self.maybe_snapshot();
+    }
+
+    /// Answers the proposal registered at `entry.index`, if any: (index, term) names one entry,
+    /// so the same term means this is the proposal's entry, another term that it was replaced.
+    fn answer(&mut self, entry: &Entry, response: Option<SM::Response>) {
+        let Some(registration) = self.pending.remove(&entry.index) else { return };
+        let outcome = match response {
+            Some(response) if registration.term == entry.term => Ok(response),
+            _ => Err(ProposeError::LeadershipLost { index: entry.index, term: registration.term }),
+        };
+        registration.responder.answer(outcome);
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let every = self.snapshot_every_entries;
+        if every == 0 || self.applied.0 < self.snapshot_index.0.saturating_add(every) {
+            return;
+        }
+        let data = self.state_machine.snapshot();
+        self.snapshot_index = self.applied;
+        self.shared.offer_snapshot(TakenSnapshot { index: self.applied, data });
+        self.wake_core();
+    }
+
+    fn wake_core(&self) {
+        if let Some(sender) = self.wake.upgrade() {
+            // A full queue wakes the core anyway, and the core checks the snapshot slot and the
+            // stop reason on every iteration.
+            let _ = sender.try_send(CoreInput::Wake);
+        }
+    }
+}

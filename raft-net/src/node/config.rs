@@ -1,0 +1,145 @@
+//! What a node is started with: its id, the core's options, the tick, the named queue limits,
+//! the snapshot policy and the peer address book. Checked once by [`NodeConfig::validate`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use raft_core::{NodeId, Options};
+use thiserror::Error;
+
+/// The default [`NodeConfig::tick_interval`].
+pub const TICK_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
+/// The default [`NodeConfig::proposals_pending_max`].
+pub const PROPOSALS_PENDING_MAX_DEFAULT: usize = 4096;
+/// The default [`NodeConfig::input_queue_items_max`].
+pub const INPUT_QUEUE_ITEMS_MAX_DEFAULT: usize = 4096;
+/// The default [`NodeConfig::input_batch_items_max`].
+pub const INPUT_BATCH_ITEMS_MAX_DEFAULT: usize = 1024;
+/// The default [`NodeConfig::apply_queue_batches_max`].
+pub const APPLY_QUEUE_BATCHES_MAX_DEFAULT: usize = 64;
+/// The default [`NodeConfig::event_queue_events_max`].
+pub const EVENT_QUEUE_EVENTS_MAX_DEFAULT: usize = 256;
+
+/// The most ticks the core catches up on in one iteration. When the core thread was held up
+/// (a slow fsync, a busy machine) for longer than this many ticks, the rest are dropped: logical
+/// time runs slower than the clock, which only delays failure detection. Catching up on all of
+/// them at once would make a node that was itself stalled call an election before it has read
+/// the leader's messages that wait in its queue.
+pub const TICKS_PER_ITERATION_MAX: u64 = 4;
+
+/// How a node runs. Build with [`NodeConfig::new`] and adjust the public fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's id (must match the transport's).
+    pub id: NodeId,
+    /// The core's tunables (timeouts in ticks, message and batch limits, compaction margin).
+    pub options: Options,
+    /// The wall-clock length of one tick of [`NodeConfig::options`]: election timeouts and
+    /// heartbeats are counted in ticks.
+    pub tick_interval: Duration,
+    /// Proposals accepted by the handle and not yet answered, at most: queued for the core,
+    /// waiting for their term to be durable, or appended and waiting to be applied. `propose`
+    /// waits for room (back-pressure); `try_propose` fails with `TooBusy`.
+    pub proposals_pending_max: usize,
+    /// Items (peer messages, proposals, status requests, wake-ups) queued for the core thread at
+    /// most. The transport's messages wait for room, which pushes back on the transport.
+    pub input_queue_items_max: usize,
+    /// Inputs the core takes from its queue before it persists and sends once (group commit).
+    pub input_batch_items_max: usize,
+    /// Batches handed from the core thread to the apply thread and not yet applied, at most;
+    /// each holds at most `options.apply_bytes_max()` of entries. The core thread waits when the
+    /// queue is full (back-pressure from a slow state machine).
+    pub apply_queue_batches_max: usize,
+    /// Events buffered for each [`NodeHandle::events`](crate::NodeHandle::events) receiver; a
+    /// receiver that falls further behind loses the oldest (it sees `Lagged`).
+    pub event_queue_events_max: usize,
+    /// Take a snapshot of the state machine every this many applied entries (0: never).
+    pub snapshot_every_entries: u64,
+    /// Where each member can be reached, used only to tell clients where the leader is
+    /// ([`ProposeError::NotLeader`](crate::ProposeError::NotLeader)).
+    pub addresses: BTreeMap<NodeId, SocketAddr>,
+}
+
+/// Which limit a [`ConfigError::Zero`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigLimit {
+    /// [`NodeConfig::tick_interval`].
+    TickInterval,
+    /// [`NodeConfig::proposals_pending_max`].
+    ProposalsPendingMax,
+    /// [`NodeConfig::input_queue_items_max`].
+    InputQueueItemsMax,
+    /// [`NodeConfig::input_batch_items_max`].
+    InputBatchItemsMax,
+    /// [`NodeConfig::apply_queue_batches_max`].
+    ApplyQueueBatchesMax,
+    /// [`NodeConfig::event_queue_events_max`].
+    EventQueueEventsMax,
+}
+
+/// Why a [`NodeConfig`] was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The limit must not be zero.
+    #[error("{0:?} must not be zero")]
+    Zero(ConfigLimit),
+    /// `proposals_pending_max` is above what a tokio semaphore can count.
+    #[error("proposals_pending_max ({0}) is too large")]
+    ProposalsPendingTooLarge(usize),
+}
+
+impl NodeConfig {
+    /// The defaults for node `id` with the core's `options`; no peer addresses, no snapshots.
+    pub fn new(id: NodeId, options: Options) -> Self {
+        NodeConfig {
+            id,
+            options,
+            tick_interval: TICK_INTERVAL_DEFAULT,
+            proposals_pending_max: PROPOSALS_PENDING_MAX_DEFAULT,
+            input_queue_items_max: INPUT_QUEUE_ITEMS_MAX_DEFAULT,
+            input_batch_items_max: INPUT_BATCH_ITEMS_MAX_DEFAULT,
+            apply_queue_batches_max: APPLY_QUEUE_BATCHES_MAX_DEFAULT,
+            event_queue_events_max: EVENT_QUEUE_EVENTS_MAX_DEFAULT,
+            snapshot_every_entries: 0,
+            addresses: BTreeMap::new(),
+        }
+    }
+
+    /// Checks every limit.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tick_interval.is_zero() {
+            return Err(ConfigError::Zero(ConfigLimit::TickInterval));
+        }
+        let limits = [
+            (self.proposals_pending_max, ConfigLimit::ProposalsPendingMax),
+            (self.input_queue_items_max, ConfigLimit::InputQueueItemsMax),
+            (self.input_batch_items_max, ConfigLimit::InputBatchItemsMax),
+            (self.apply_queue_batches_max, ConfigLimit::ApplyQueueBatchesMax),
+            (self.event_queue_events_max, ConfigLimit::EventQueueEventsMax),
+        ];
+        if let Some((_, limit)) = limits.iter().find(|(value, _)| *value == 0) {
+            return Err(ConfigError::Zero(*limit));
+        }
+        if self.proposals_pending_max > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::ProposalsPendingTooLarge(self.proposals_pending_max));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_zero_limits_are_named() {
+        let config = NodeConfig::new(NodeId(1), Options::default());
+        assert_eq!(config.validate(), Ok(()));
+        let zero = NodeConfig { apply_queue_batches_max: 0, ..config.clone() };
+        assert_eq!(zero.validate(), Err(ConfigError::Zero(ConfigLimit::ApplyQueueBatchesMax)));
+        let zero = NodeConfig { tick_interval: Duration::ZERO, ..config };
+        assert_eq!(zero.validate(), Err(ConfigError::Zero(ConfigLimit::TickInterval)));
+    }
+}

@@ -1,0 +1,388 @@
+//! The core thread: the one owner of the [`Raft`] node and its storage. Each iteration takes
+//! every queued input (up to `input_batch_items_max`), steps them, then carries out the node's
+//! output as raft-core's driving contract prescribes, with one `write_output` (one fsync) for
+//! the whole batch: group commit. Storage writes happen inline, on this thread, so storage I/O
+//! never blocks the async workers.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use raft_core::{
+    Message, NodeId, Output, ProposeError as CoreProposeError, Raft, SnapshotError, SnapshotMeta, SoftState, StepError,
+    StorageError, Term,
+};
+use raft_storage::LogStore;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::config::TICKS_PER_ITERATION_MAX;
+use super::error::{ProposeError, StopReason, StorageFailure, StorageOperation};
+use super::event::{NodeEvent, NodeStatus};
+use super::shared::{ApplyStep, CoreInput, PanicGuard, Proposal, Registration, Shared};
+use crate::transport::{SendError, Transport};
+
+/// The most snapshot bytes read from the store per call when restoring the state machine.
+pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Whether the loop goes on after an iteration.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The core thread's state.
+pub(crate) struct Core<S: LogStore, T: Transport, R> {
+    /// First, so that a panic records its reason before anything else is dropped.
+    pub(crate) _panic_guard: PanicGuard,
+    pub(crate) raft: Raft<S>,
+    pub(crate) transport: T,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) input: mpsc::Receiver<CoreInput<R>>,
+    /// To the apply thread; `None` once stopping.
+    pub(crate) apply: Option<SyncSender<ApplyStep<R>>>,
+    pub(crate) apply_thread: Option<JoinHandle<()>>,
+    /// Proposals appended in this iteration, handed to the apply thread before any later step.
+    pub(crate) registrations: Vec<Registration<R>>,
+    /// Proposals refused with `TermNotDurable` (a leader whose first entry of its term is not
+    /// durable yet), retried after this iteration's write; at most `input_batch_items_max`.
+    pub(crate) deferred: VecDeque<Proposal<R>>,
+    /// The (leader, term) last reported in a `LeaderChanged` event.
+    pub(crate) leader_term: (Option<NodeId>, Term),
+    /// Peers reported unreachable and not reached since.
+    pub(crate) unreachable: BTreeSet<NodeId>,
+    pub(crate) addresses: BTreeMap<NodeId, SocketAddr>,
+    pub(crate) input_batch_items_max: usize,
+}
+
+impl<S, T, R> Core<S, T, R>
+where
+    S: LogStore,
+    T: Transport,
+{
+    /// Runs the node until it is shut down or fails, then stops it.
+    pub(crate) fn run(mut self) {
+        let reason = match self.run_until_stopped() {
+            Ok(()) => StopReason::Shutdown,
+            Err(reason) => reason,
+        };
+        self.stop(reason);
+    }
+
+    fn run_until_stopped(&mut self) -> Result<(), StopReason> {
+        self.restore_stored_snapshot()?;
+        loop {
+            // A restore failure on the apply thread records a reason and wakes us.
+            if let Some(reason) = self.shared.stop_reason() {
+                return Err(reason);
+            }
+            // `None`: every handle and task is gone, which is a shutdown.
+            let Some(first) = self.input.blocking_recv() else { return Ok(()) };
+            if let Flow::Stop = self.iterate(first)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One round of group commit: inputs, outputs, ticks (each followed by its outputs), the
+    /// offered snapshot, the retried proposals, and the answers to status requests.
+    fn iterate(&mut self, first: CoreInput<R>) -> Result<Flow, StopReason> {
+        let mut statuses = Vec::new();
+        let flow = self.take_inputs(first, &mut statuses)?;
+        self.drain_outputs()?;
+        let ticks = self.shared.take_ticks().min(TICKS_PER_ITERATION_MAX);
+        for _ in 0..ticks {
+            // Contract rule 2: the output is taken before the next tick.
+            self.raft.tick();
+            self.drain_outputs()?;
+        }
+        self.save_offered_snapshot()?;
+        self.retry_deferred()?;
+        self.flush_registrations()?;
+        if !statuses.is_empty() {
+            let status = NodeStatus::new(self.raft.status(), self.shared.applied());
+            for sender in statuses {
+                let _ = sender.send(status.clone()); // The requester may have stopped waiting.
+            }
+        }
+        Ok(flow)
+    }
+
+    fn take_inputs(
+        &mut self,
+        first: CoreInput<R>,
+        statuses: &mut Vec<tokio::sync::oneshot::Sender<NodeStatus>>,
+    ) -> Result<Flow, StopReason> {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(input) = next {
+            match input {
+                CoreInput::Message(message) => self.step(message)?,
+                CoreInput::Propose(proposal) => self.propose(proposal),
+                CoreInput::Status(sender) => statuses.push(sender),
+                CoreInput::Wake => {}
+                // Inputs after it stay queued and are refused by `stop`.
+                CoreInput::Shutdown => return Ok(Flow::Stop),
+            }
+            taken += 1;
+            next = if taken < self.input_batch_items_max { self.input.try_recv().ok() } else { None };
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn step(&mut self, message: Message) -> Result<(), StopReason> {
+        let from = message.from;
+        match self.raft.step(message) {
+            Ok(()) => Ok(()),
+            Err(StepError::Storage(error)) => Err(StopReason::StorageFailed(StorageFailure::read(error))),
+            Err(error) => {
+                debug!(id = %self.raft.id(), %from, %error, "message ignored");
+                Ok(())
+            }
+        }
+    }
+
+    fn propose(&mut self, proposal: Proposal<R>) {
+        let index = match self.raft.propose(proposal.command.clone()) {
+            Ok(index) => index,
+            Err(CoreProposeError::TermNotDurable) if self.deferred.len() < self.input_batch_items_max => {
+                self.deferred.push_back(proposal);
+                return;
+            }
+            Err(error) => {
+                proposal.responder.answer(Err(self.refusal(error)));
+                return;
+            }
+        };
+        let term = self.raft.term();
+        self.registrations.push(Registration { index, term, responder: proposal.responder });
+    }
+
+    /// The client's view of the core's refusal.
+    fn refusal(&self, error: CoreProposeError) -> ProposeError {
+        match error {
+            CoreProposeError::NotLeader { leader } => {
+                let address = leader.and_then(|leader| self.addresses.get(&leader).copied());
+                ProposeError::NotLeader { leader, address }
+            }
+            // Only when the deferred queue is full: a burst larger than one input batch.
+            CoreProposeError::TermNotDurable => ProposeError::TooBusy,
+            CoreProposeError::TooLarge { bytes, limit } => ProposeError::TooLarge { bytes, limit },
+            CoreProposeError::TooManyUncommittedBytes { uncommitted, limit } => {
+                ProposeError::TooManyUncommittedBytes { uncommitted, limit }
+            }
+        }
+    }
+
+    /// Proposes again what waited for the leader's term to become durable (it is, once the
+    /// first output of the term was written), and writes the result.
+    fn retry_deferred(&mut self) -> Result<(), StopReason> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        for proposal in std::mem::take(&mut self.deferred) {
+            self.propose(proposal);
+        }
+        self.drain_outputs()
+    }
+
+    /// Takes and carries out outputs until the node has nothing more to do. Memory stays bounded:
+    /// each output hands at most `apply_bytes_max` of committed entries to the bounded apply
+    /// queue, whose sends wait while it is full.
+    fn drain_outputs(&mut self) -> Result<(), StopReason> {
+        while self.raft.has_output() {
+            let output =
+                self.raft.take_output().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
+            self.carry_out(output)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out one output in the contract's order (rules 3 to 7 of raft-core's crate docs).
+    fn carry_out(&mut self, output: Output) -> Result<(), StopReason> {
+        if let Some(soft_state) = output.soft_state {
+            self.on_soft_state(soft_state);
+        }
+        // Rule 4: a leader's appends and heartbeats may leave before its own write.
+        self.send_all(output.messages.iter().cloned());
+        // Rule 3: chunks, install, hard state and entries, one sync.
+        if let Err(error) = self.raft.storage_mut().write_output(&output) {
+            return Err(StopReason::StorageFailed(StorageFailure::new(StorageOperation::Write, error)));
+        }
+        // Rule 6: every earlier write is durable too (they were all synced before this one).
+        if let Some(last) = output.entries.last() {
+            self.raft.on_persisted(last.index, last.term);
+        } else if let Some(meta) = &output.install_snapshot {
+            self.raft.on_persisted(meta.index, meta.term);
+        }
+        // Rule 5: this output and every earlier one are durable now.
+        self.send_all(output.messages_after_persist.into_iter());
+        // Rule 7: restore the state machine from an installed snapshot before applying.
+        if let Some(meta) = output.install_snapshot {
+            let data = self.read_snapshot(&meta)?;
+            self.hand_to_apply(ApplyStep::Restore { meta, data })?;
+        }
+        if !output.committed.is_empty() {
+            self.hand_to_apply(ApplyStep::Apply(output.committed))?;
+        }
+        Ok(())
+    }
+
+    fn on_soft_state(&mut self, soft_state: SoftState) {
+        let leader_term = (soft_state.leader, soft_state.term);
+        if leader_term != self.leader_term {
+            self.leader_term = leader_term;
+            info!(id = %self.raft.id(), leader = ?soft_state.leader, term = %soft_state.term, role = ?soft_state.role, "leader changed");
+            self.shared.emit(NodeEvent::LeaderChanged { leader: soft_state.leader, term: soft_state.term });
+        }
+    }
+
+    /// Sends each message; a transport error drops the message (Raft retransmits), and an
+    /// unreachable peer is reported to the core.
+    fn send_all(&mut self, messages: impl Iterator<Item = Message>) {
+        for message in messages {
+            let to = message.to;
+            match self.transport.send(message) {
+                Ok(()) => {
+                    if self.unreachable.remove(&to) {
+                        self.shared.emit(NodeEvent::PeerReachable(to));
+                    }
+                }
+                Err(SendError::Unreachable(peer)) => {
+                    self.raft.report_unreachable(peer);
+                    if self.unreachable.insert(peer) {
+                        debug!(id = %self.raft.id(), %peer, "peer unreachable");
+                        self.shared.emit(NodeEvent::PeerUnreachable(peer));
+                    }
+                }
+                Err(error) => debug!(id = %self.raft.id(), %to, %error, "message dropped"),
+            }
+        }
+    }
+
+    /// Hands a step to the apply thread, first the proposals registered before it.
+    fn hand_to_apply(&mut self, step: ApplyStep<R>) -> Result<(), StopReason> {
+        self.flush_registrations()?;
+        self.send_to_apply(step)
+    }
+
+    fn flush_registrations(&mut self) -> Result<(), StopReason> {
+        if self.registrations.is_empty() {
+            return Ok(());
+        }
+        let registrations = std::mem::take(&mut self.registrations);
+        self.send_to_apply(ApplyStep::Register(registrations))
+    }
+
+    /// Waits while the apply queue is full (back-pressure from the state machine). Fails when the
+    /// apply thread is gone: it panicked, or stopped after a failed restore.
+    fn send_to_apply(&mut self, step: ApplyStep<R>) -> Result<(), StopReason> {
+        let sent = self.apply.as_ref().is_some_and(|apply| apply.send(step).is_ok());
+        if sent {
+            return Ok(());
+        }
+        Err(self.shared.stop_reason().unwrap_or(StopReason::StateMachinePanicked))
+    }
+
+    /// At start: the state machine begins from the store's snapshot (contract rule 7).
+    fn restore_stored_snapshot(&mut self) -> Result<(), StopReason> {
+        let meta =
+            self.raft.storage().snapshot().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
+        if meta.exists() {
+            let data = self.read_snapshot(&meta)?;
+            self.hand_to_apply(ApplyStep::Restore { meta, data })?;
+        }
+        Ok(())
+    }
+
+    /// Reads the whole data of the store's snapshot `meta`, a piece at a time.
+    fn read_snapshot(&self, meta: &SnapshotMeta) -> Result<Bytes, StopReason> {
+        let failure = |error| StopReason::StorageFailed(StorageFailure::read(error));
+        let mut data = Vec::new();
+        loop {
+            let offset = data.len() as u64;
+            let chunk = self
+                .raft
+                .storage()
+                .snapshot_chunk(meta.index, meta.term, offset, SNAPSHOT_READ_BYTES_MAX)
+                .map_err(failure)?;
+            if chunk.data.is_empty() && !chunk.done {
+                // A store that makes no progress would keep us here forever.
+                return Err(failure(StorageError::Unavailable(meta.index)));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.done {
+                return Ok(Bytes::from(data));
+            }
+        }
+    }
+
+    /// Saves the snapshot the apply thread offered, if any, and compacts the log (rule 9).
+    fn save_offered_snapshot(&mut self) -> Result<(), StopReason> {
+        let Some(snapshot) = self.shared.take_snapshot() else { return Ok(()) };
+        let current =
+            self.raft.storage().snapshot().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
+        if snapshot.index <= current.index {
+            return Ok(()); // A snapshot from the leader got there first.
+        }
+        let meta = match self.raft.snapshot_meta(snapshot.index) {
+            Ok(meta) => meta,
+            Err(SnapshotError::Storage(StorageError::Io(kind))) => {
+                return Err(StopReason::StorageFailed(StorageFailure::read(StorageError::Io(kind))));
+            }
+            Err(error) => {
+                // Compacted: a snapshot from the leader replaced the log meanwhile.
+                debug!(id = %self.raft.id(), index = %snapshot.index, %error, "snapshot not saved");
+                return Ok(());
+            }
+        };
+        let storage = self.raft.storage_mut();
+        if let Err(error) = storage.save_snapshot(&meta, &snapshot.data) {
+            return Err(StopReason::StorageFailed(StorageFailure::new(StorageOperation::SaveSnapshot, error)));
+        }
+        if let Some((index, term)) = self.raft.compaction_point()
+            && let Err(error) = self.raft.storage_mut().compact(index, term)
+        {
+            return Err(StopReason::StorageFailed(StorageFailure::new(StorageOperation::Compact, error)));
+        }
+        self.shared.emit(NodeEvent::SnapshotTaken { index: meta.index });
+        Ok(())
+    }
+
+    /// Stops taking input, answers what is queued, lets the apply thread finish what it was
+    /// handed, and reports the stop. The storage and the transport are dropped with `self`.
+    fn stop(mut self, reason: StopReason) {
+        let reason = self.shared.set_stop_reason(reason);
+        match &reason {
+            StopReason::Shutdown => info!(id = %self.raft.id(), "node stopping"),
+            other => warn!(id = %self.raft.id(), reason = %other, "node stopping"),
+        }
+        self.input.close();
+        let error = ProposeError::from(reason.clone());
+        while let Ok(input) = self.input.try_recv() {
+            // Status requests are dropped: the requester then reads the stop reason.
+            if let CoreInput::Propose(proposal) = input {
+                proposal.responder.answer(Err(error.clone()));
+            }
+        }
+        for proposal in std::mem::take(&mut self.deferred) {
+            proposal.responder.answer(Err(error.clone()));
+        }
+        if self.flush_registrations().is_err() {
+            for registration in std::mem::take(&mut self.registrations) {
+                registration.responder.answer(Err(error.clone()));
+            }
+        }
+        drop(self.apply.take()); // The apply thread finishes its queue, then ends.
+        if let Some(thread) = self.apply_thread.take()
+            && thread.join().is_err()
+        {
+            self.shared.set_stop_reason(StopReason::StateMachinePanicked);
+        }
+        let reason = self.shared.stop_reason().unwrap_or(reason);
+        self.shared.emit(NodeEvent::Stopped(reason));
+    }
+}

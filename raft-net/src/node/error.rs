@@ -1,0 +1,189 @@
+//! Typed outcomes of the node's API: why a proposal failed, why a node stopped, why it did not
+//! start.
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use raft_core::{Index, NodeId, StorageError, Term};
+use raft_storage::DiskError;
+use thiserror::Error;
+
+use super::config::ConfigError;
+
+/// A shareable error from the store or the state machine: the original error, kept whole so the
+/// caller can downcast it (to `raft_storage::DiskError`, say).
+pub type SharedError = Arc<dyn Error + Send + Sync + 'static>;
+
+/// Which storage operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageOperation {
+    /// Persisting an output (snapshot chunks, an install, hard state and entries).
+    Write,
+    /// Reading the log or the snapshot (the core's reads, or snapshot data for restoring).
+    Read,
+    /// Saving a snapshot of the local state machine.
+    SaveSnapshot,
+    /// Compacting the log below a snapshot.
+    Compact,
+}
+
+/// A storage failure that stopped the node (fail-stop: the node cannot know what reached the
+/// disk, so it acknowledges nothing more).
+#[derive(Clone, Debug, Error)]
+#[error("storage {operation:?} failed: {source}")]
+pub struct StorageFailure {
+    /// What the node was doing.
+    pub operation: StorageOperation,
+    /// The store's error.
+    #[source]
+    pub source: SharedError,
+}
+
+impl StorageFailure {
+    /// A failure of `operation` with the store's `error`.
+    pub(crate) fn new(operation: StorageOperation, error: impl Error + Send + Sync + 'static) -> Self {
+        StorageFailure { operation, source: Arc::new(error) }
+    }
+
+    /// A failure of one of the core's reads.
+    pub(crate) fn read(error: StorageError) -> Self {
+        StorageFailure::new(StorageOperation::Read, error)
+    }
+
+    /// The I/O error kind, when the store's error is an I/O error of `raft_storage::DiskStorage`
+    /// or a `raft_core::StorageError::Io`.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        if let Some(DiskError::Io { kind, .. }) = self.source.downcast_ref::<DiskError>() {
+            return Some(*kind);
+        }
+        match self.source.downcast_ref::<StorageError>() {
+            Some(StorageError::Io(kind)) => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+/// Why a node stopped.
+#[derive(Clone, Debug, Error)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// [`NodeHandle::shutdown`](crate::NodeHandle::shutdown) was called, or every handle was
+    /// dropped.
+    #[error("the node was shut down")]
+    Shutdown,
+    /// Storage failed (fail-stop).
+    #[error("{0}")]
+    StorageFailed(StorageFailure),
+    /// The state machine refused to restore from a snapshot.
+    #[error("the state machine could not restore a snapshot: {0}")]
+    RestoreFailed(SharedError),
+    /// The state machine panicked while applying, snapshotting or restoring.
+    #[error("the state machine panicked")]
+    StateMachinePanicked,
+    /// The core thread panicked (a bug in this crate or in raft-core).
+    #[error("the node's core thread panicked")]
+    CorePanicked,
+}
+
+/// Why a proposal failed.
+#[derive(Clone, Debug, Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// This node is not the leader; `leader` is the one it knows of (if any) and `address` that
+    /// leader's entry in the address book (if any). Nothing was appended.
+    #[error("not the leader (leader: {leader:?} at {address:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+        /// Where that leader can be reached, from [`NodeConfig::addresses`](crate::NodeConfig::addresses).
+        address: Option<SocketAddr>,
+    },
+    /// `try_propose` found the proposal queue full (`proposals_pending_max`). Nothing was
+    /// appended; retry later.
+    #[error("too many proposals pending")]
+    TooBusy,
+    /// The command with its entry overhead exceeds the core's `message_bytes_max`. Nothing was
+    /// appended.
+    #[error("proposal of {bytes} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// The proposal's size with overhead.
+        bytes: u64,
+        /// `message_bytes_max`.
+        limit: u64,
+    },
+    /// The leader holds `uncommitted_bytes_max` of proposals not yet committed. Nothing was
+    /// appended; retry after earlier proposals commit.
+    #[error("{uncommitted} uncommitted bytes; limit {limit}")]
+    TooManyUncommittedBytes {
+        /// Bytes proposed and not yet committed.
+        uncommitted: u64,
+        /// `uncommitted_bytes_max`.
+        limit: u64,
+    },
+    /// The proposal was appended at `index` in `term`, but the entry committed at `index` has
+    /// another term: the proposal was definitely not committed (its leader lost leadership and a
+    /// later leader replaced it). Safe to retry.
+    #[error("leadership lost: the proposal at index {index} of term {term} was replaced")]
+    LeadershipLost {
+        /// Where the proposal was appended.
+        index: Index,
+        /// The term it was appended in.
+        term: Term,
+    },
+    /// The proposal was appended at `index`, but this node then installed a snapshot from the
+    /// leader that covers `index` without telling which entry is there: the proposal may or may
+    /// not have been committed.
+    #[error("outcome unknown: a snapshot covers index {index}")]
+    OutcomeUnknown {
+        /// Where the proposal was appended.
+        index: Index,
+    },
+    /// The node is shutting down or shut down. A proposal that was already appended may still be
+    /// committed (by the other members): its outcome is unknown.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Storage failed and the node stopped. A proposal that was already appended may still be
+    /// committed by the other members: its outcome is unknown.
+    #[error("{0}")]
+    StorageFailed(StorageFailure),
+    /// The node stopped for another reason (see [`StopReason`]); the outcome is unknown.
+    #[error("the node stopped: {0}")]
+    Stopped(StopReason),
+}
+
+impl From<StopReason> for ProposeError {
+    fn from(reason: StopReason) -> Self {
+        match reason {
+            StopReason::Shutdown => ProposeError::ShuttingDown,
+            StopReason::StorageFailed(failure) => ProposeError::StorageFailed(failure),
+            other => ProposeError::Stopped(other),
+        }
+    }
+}
+
+/// Why [`start`](crate::start) did not start a node.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NodeStartError {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// Not called from within a tokio runtime.
+    #[error("a tokio runtime is required")]
+    NoRuntime,
+    /// The transport sends for another node than `config.id`.
+    #[error("the transport belongs to node {transport}, the configuration to node {config}")]
+    TransportIdMismatch {
+        /// The configuration's id.
+        config: NodeId,
+        /// The transport's id.
+        transport: NodeId,
+    },
+    /// The core could not read its initial state from storage.
+    #[error("reading the initial state failed: {0}")]
+    Storage(StorageError),
+    /// A thread could not be spawned.
+    #[error("spawning a thread failed: {0:?}")]
+    Spawn(std::io::ErrorKind),
+}

@@ -1,0 +1,257 @@
+//! Starting a node, and the handle clients use: propose, status, events, shutdown.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use raft_core::{Message, Raft, Term};
+use raft_storage::LogStore;
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::time::{MissedTickBehavior, interval};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::apply::Applier;
+use super::config::NodeConfig;
+use super::core::Core;
+use super::error::{NodeStartError, ProposeError, StopReason};
+use super::event::{NodeEvent, NodeStatus};
+use super::shared::{CoreInput, PanicGuard, Proposal, Responder, Shared};
+use super::state_machine::StateMachine;
+use crate::transport::Transport;
+
+/// A cheaply cloneable handle on a running node. When the last clone is dropped, the node shuts
+/// down in the background (use [`NodeHandle::shutdown`] to wait for it).
+pub struct NodeHandle<SM: StateMachine> {
+    inner: Arc<Inner<SM::Response>>,
+}
+
+struct Inner<R> {
+    input: mpsc::Sender<CoreInput<R>>,
+    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    /// Stops the tokio tasks (message forwarder, ticker).
+    tasks_cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl<R> Drop for Inner<R> {
+    /// The last handle is gone: stop the tasks, whose input senders then close the core's queue,
+    /// which makes the core thread stop.
+    fn drop(&mut self) {
+        self.tasks_cancel.cancel();
+    }
+}
+
+impl<SM: StateMachine> Clone for NodeHandle<SM> {
+    fn clone(&self) -> Self {
+        NodeHandle { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<SM: StateMachine> std::fmt::Debug for NodeHandle<SM> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("NodeHandle").field("stop_reason", &self.inner.shared.stop_reason()).finish()
+    }
+}
+
+/// Starts a node: its core thread (which owns the core and `storage`), its apply thread (which
+/// owns `state_machine`), and two tokio tasks on the current runtime: one forwards `inbound`
+/// (the transport's receiver) to the core, one ticks every `config.tick_interval`. Must be called
+/// from within a tokio runtime.
+///
+/// The state machine is first restored from the store's snapshot, if it holds one.
+pub fn start<SM, S, T>(
+    config: NodeConfig,
+    storage: S,
+    transport: T,
+    inbound: mpsc::Receiver<Message>,
+    state_machine: SM,
+) -> Result<NodeHandle<SM>, NodeStartError>
+where
+    SM: StateMachine,
+    S: LogStore + Send + 'static,
+    T: Transport + 'static,
+{
+    config.validate()?;
+    let runtime = Handle::try_current().map_err(|_| NodeStartError::NoRuntime)?;
+    if transport.local_id() != config.id {
+        return Err(NodeStartError::TransportIdMismatch { config: config.id, transport: transport.local_id() });
+    }
+    let raft = Raft::new(config.id, config.options.clone(), storage).map_err(NodeStartError::Storage)?;
+    let shared = Arc::new(Shared::new(config.event_queue_events_max));
+    let (input, input_receiver) = mpsc::channel(config.input_queue_items_max);
+    let (apply, apply_receiver) = std::sync::mpsc::sync_channel(config.apply_queue_batches_max);
+    let applier = Applier::new(state_machine, Arc::clone(&shared), input.downgrade(), config.snapshot_every_entries);
+    let apply_thread = std::thread::Builder::new()
+        .name(format!("raft-apply-{}", config.id))
+        .spawn(move || applier.run(apply_receiver))
+        .map_err(|error| NodeStartError::Spawn(error.kind()))?;
+    let core = Core {
+        _panic_guard: PanicGuard { shared: Arc::clone(&shared), reason: StopReason::CorePanicked },
+        raft,
+        transport,
+        shared: Arc::clone(&shared),
+        input: input_receiver,
+        apply: Some(apply),
+        apply_thread: Some(apply_thread),
+        registrations: Vec::new(),
+        deferred: VecDeque::new(),
+        leader_term: (None, Term(0)),
+        unreachable: BTreeSet::new(),
+        addresses: config.addresses.clone(),
+        input_batch_items_max: config.input_batch_items_max,
+    };
+    let done = DoneGuard(Arc::clone(&shared));
+    // If this fails, dropping `core` drops the apply queue, which ends the apply thread.
+    std::thread::Builder::new()
+        .name(format!("raft-core-{}", config.id))
+        .spawn(move || {
+            let _done = done;
+            core.run();
+        })
+        .map_err(|error| NodeStartError::Spawn(error.kind()))?;
+    let inner = Inner {
+        input,
+        permits: Arc::new(Semaphore::new(config.proposals_pending_max)),
+        shared,
+        tasks_cancel: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    };
+    inner.spawn_tasks(&runtime, &config, inbound);
+    Ok(NodeHandle { inner: Arc::new(inner) })
+}
+
+/// Ends the core thread's life: after a panic, records the reason and reports the stop; then
+/// tells waiting `shutdown` calls that the node is done.
+struct DoneGuard(Arc<Shared>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let reason = self.0.set_stop_reason(StopReason::CorePanicked);
+            self.0.emit(NodeEvent::Stopped(reason));
+        }
+        self.0.done.cancel();
+    }
+}
+
+impl<R: Send + 'static> Inner<R> {
+    fn spawn_tasks(&self, runtime: &Handle, config: &NodeConfig, mut inbound: mpsc::Receiver<Message>) {
+        let input = self.input.clone();
+        let forward = async move {
+            while let Some(message) = inbound.recv().await {
+                // Waiting for room pushes back on the transport (see the crate docs).
+                if input.send(CoreInput::Message(message)).await.is_err() {
+                    return; // The core stopped.
+                }
+            }
+        };
+        let input = self.input.clone();
+        let shared = Arc::clone(&self.shared);
+        let tick_interval = config.tick_interval;
+        let tick = async move {
+            let mut ticker = interval(tick_interval);
+            // After a stall, go on at the normal pace rather than with a burst of ticks.
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                shared.add_tick();
+                // A full queue wakes the core anyway; a closed one means it stopped.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = input.try_send(CoreInput::Wake) {
+                    return;
+                }
+            }
+        };
+        let cancel = self.tasks_cancel.clone();
+        self.tasks.spawn_on(async move { cancel.run_until_cancelled(forward).await }, runtime);
+        let cancel = self.tasks_cancel.clone();
+        self.tasks.spawn_on(async move { cancel.run_until_cancelled(tick).await }, runtime);
+        self.tasks.close();
+    }
+}
+
+impl<SM: StateMachine> NodeHandle<SM> {
+    /// Proposes `command` and waits until it is applied, answering with the state machine's
+    /// response. Waits for room first when `proposals_pending_max` proposals are pending
+    /// (back-pressure). See [`ProposeError`] for what each failure says about the outcome.
+    pub async fn propose(&self, command: Bytes) -> Result<SM::Response, ProposeError> {
+        self.check_running()?;
+        let permit = Arc::clone(&self.inner.permits).acquire_owned().await.map_err(|_| self.stopped_error())?;
+        let (sender, receiver) = oneshot::channel();
+        let proposal = Proposal { command, responder: Responder::new(sender, permit) };
+        self.inner.input.send(CoreInput::Propose(proposal)).await.map_err(|_| self.stopped_error())?;
+        self.outcome(receiver).await
+    }
+
+    /// Like [`NodeHandle::propose`], but fails at once with [`ProposeError::TooBusy`] instead of
+    /// waiting for room in the proposal or input queue.
+    pub async fn try_propose(&self, command: Bytes) -> Result<SM::Response, ProposeError> {
+        self.check_running()?;
+        let permit = Arc::clone(&self.inner.permits).try_acquire_owned().map_err(|_| ProposeError::TooBusy)?;
+        let (sender, receiver) = oneshot::channel();
+        let proposal = Proposal { command, responder: Responder::new(sender, permit) };
+        match self.inner.input.try_send(CoreInput::Propose(proposal)) {
+            Ok(()) => self.outcome(receiver).await,
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ProposeError::TooBusy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.stopped_error()),
+        }
+    }
+
+    async fn outcome(
+        &self,
+        receiver: oneshot::Receiver<Result<SM::Response, ProposeError>>,
+    ) -> Result<SM::Response, ProposeError> {
+        // A dropped responder means the node stopped without answering (a panic).
+        receiver.await.unwrap_or_else(|_| Err(self.stopped_error()))
+    }
+
+    /// The node's current status; fails with the reason once the node has stopped.
+    pub async fn status(&self) -> Result<NodeStatus, StopReason> {
+        let stopped = || self.inner.shared.stop_reason().unwrap_or(StopReason::Shutdown);
+        let (sender, receiver) = oneshot::channel();
+        self.inner.input.send(CoreInput::Status(sender)).await.map_err(|_| stopped())?;
+        receiver.await.map_err(|_| stopped())
+    }
+
+    /// A receiver of the node's events from now on (see
+    /// [`NodeConfig::event_queue_events_max`](crate::NodeConfig::event_queue_events_max) for a
+    /// receiver that falls behind).
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.shared.subscribe()
+    }
+
+    /// Why the node stopped, or `None` while it runs.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.inner.shared.stop_reason()
+    }
+
+    /// Shuts the node down gracefully: new proposals are refused at once; the core finishes the
+    /// inputs it already took, writes and sends their output, lets the state machine apply what
+    /// was committed, answers every other pending proposal with [`ProposeError::ShuttingDown`],
+    /// and drops the storage and the transport. Returns when all of that is done and the node's
+    /// tasks have ended. Calling it again, or on a stopped node, returns at once.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.shared.stopping.store(true, Ordering::Release);
+        // An error means the core has already stopped.
+        let _ = inner.input.send(CoreInput::Shutdown).await;
+        inner.shared.done.cancelled().await;
+        inner.tasks_cancel.cancel();
+        inner.tasks.wait().await;
+    }
+
+    fn check_running(&self) -> Result<(), ProposeError> {
+        let shared = &self.inner.shared;
+        if shared.stopping.load(Ordering::Acquire) || shared.stop_reason().is_some() {
+            return Err(shared.stopped_error());
+        }
+        Ok(())
+    }
+
+    fn stopped_error(&self) -> ProposeError {
+        self.inner.shared.stopped_error()
+    }
+}

@@ -1,0 +1,77 @@
+//! The tokio node driver: runs one Raft node over a store, a transport and the application's
+//! state machine, and gives clients a [`NodeHandle`].
+//!
+//! ## Threads, tasks and queues
+//!
+//! ```text
+//!  transport receiver ──forward task──┐
+//!  ticker task (tick_interval) ───────┤  input queue            apply queue
+//!  NodeHandle: propose, status, ──────┴─(input_queue_items_max)─> core thread ─(apply_queue_batches_max)─> apply thread
+//!              shutdown                                          owns Raft + storage;  owns the state machine;
+//!                                                                sends via transport   answers proposals
+//! ```
+//!
+//! - The **core thread** (a `std::thread`) is the one owner of the [`raft_core::Raft`] node and
+//!   of the storage; storage writes run inline on it, never on the async workers. Each iteration
+//!   takes every queued input (up to `input_batch_items_max`), steps them, then carries out the
+//!   output with one `write_output` (one fsync for the whole batch: group commit).
+//! - The **apply thread** owns the [`StateMachine`]: it applies committed entries in order,
+//!   answers the proposals the core registered, restores snapshots, and takes snapshots per the
+//!   policy (`snapshot_every_entries`), which it offers to the core through a slot of one.
+//! - Two **tokio tasks** on the runtime that called [`start`]: one forwards the transport's
+//!   inbound messages to the core (waiting for room: back-pressure on the transport), one ticks.
+//!   Ticks are counted in an atomic and the core is woken with a best-effort `Wake` input, so no
+//!   tick is lost to a full queue (at most [`TICKS_PER_ITERATION_MAX`] are caught up at once).
+//!
+//! Every queue is bounded by a named limit in [`NodeConfig`]: `proposals_pending_max` (permits
+//! held from `propose` until the answer), `input_queue_items_max`, `apply_queue_batches_max`
+//! (each batch at most the core's `apply_bytes_max`), `event_queue_events_max`. The core thread
+//! waits on a full apply queue; the apply thread never waits on the core (it only `try_send`s a
+//! wake-up), so the two cannot deadlock.
+//!
+//! ## The driving contract
+//!
+//! The core thread follows raft-core's driving contract rule by rule: messages from `messages`
+//! go out before the write (rule 4); `write_output` persists snapshot chunks, the install, hard
+//! state and entries with one sync (rule 3); `on_persisted` reports the last entry (or the
+//! installed snapshot) (rule 6); `messages_after_persist` go out only after that write, and every
+//! earlier one, returned (rule 5: writes are synchronous, so every earlier output is durable);
+//! an installed snapshot's data is read back from the store and restores the state machine before
+//! that output's committed entries are applied (rule 7), and the store's snapshot restores it at
+//! start; any storage error stops the node (rule 8, fail-stop: nothing more is written, sent or
+//! acknowledged); snapshots are taken by the apply thread, described with `snapshot_meta`, saved
+//! with `save_snapshot` and followed by `compact` at `compaction_point` (rule 9).
+//!
+//! ## Proposals and their outcome
+//!
+//! A proposal is appended at (index, term) by the leader and answered when the entry at that
+//! index is applied: the same term means it is the proposal's entry (the answer is the state
+//! machine's response); another term means a later leader replaced it, so it was definitely not
+//! committed ([`ProposeError::LeadershipLost`]). A snapshot from the leader that covers the index
+//! leaves the outcome unknown ([`ProposeError::OutcomeUnknown`]), and so does a shutdown or a
+//! failure before the answer ([`ProposeError::ShuttingDown`], [`ProposeError::StorageFailed`]).
+//!
+//! ## Limits of this version
+//!
+//! Snapshot data passes through memory whole (see [`StateMachine`]); reads (ReadIndex, leases)
+//! and membership changes are not in the core yet, so the handle offers neither.
+
+mod apply;
+mod config;
+mod core;
+mod error;
+mod event;
+mod handle;
+mod shared;
+mod state_machine;
+
+pub use config::{
+    APPLY_QUEUE_BATCHES_MAX_DEFAULT, ConfigError, ConfigLimit, EVENT_QUEUE_EVENTS_MAX_DEFAULT,
+    INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig, PROPOSALS_PENDING_MAX_DEFAULT,
+    TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX,
+};
+pub use core::SNAPSHOT_READ_BYTES_MAX;
+pub use error::{NodeStartError, ProposeError, SharedError, StopReason, StorageFailure, StorageOperation};
+pub use event::{NodeEvent, NodeStatus, PeerStatus};
+pub use handle::{NodeHandle, start};
+pub use state_machine::StateMachine;

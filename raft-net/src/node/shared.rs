@@ -1,0 +1,177 @@
+//! What the handle, the tokio tasks, the core thread and the apply thread share, and the items
+//! that pass between them.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use bytes::Bytes;
+use raft_core::{Entry, Index, Message, SnapshotMeta, Term};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::error::{ProposeError, StopReason};
+use super::event::{NodeEvent, NodeStatus};
+
+/// State shared by every part of one node.
+pub(crate) struct Shared {
+    /// Why the node stopped, set once (the first reason wins) when it starts stopping.
+    stop_reason: OnceLock<StopReason>,
+    /// A shutdown was asked for: the handle refuses new proposals at once.
+    pub(crate) stopping: AtomicBool,
+    /// The state machine's applied index (written by the apply thread).
+    applied: AtomicU64,
+    /// Ticks counted by the ticker task and not yet taken by the core thread.
+    ticks: AtomicU64,
+    /// The latest snapshot of the state machine not yet saved by the core thread: a slot of one,
+    /// where a newer snapshot replaces an older one that was not saved yet.
+    snapshot_slot: Mutex<Option<TakenSnapshot>>,
+    /// Every event goes here.
+    events: broadcast::Sender<NodeEvent>,
+    /// Cancelled once the core thread has finished (threads joined, storage and transport
+    /// dropped).
+    pub(crate) done: CancellationToken,
+}
+
+/// A snapshot of the state machine at `index`, for the core thread to save.
+pub(crate) struct TakenSnapshot {
+    pub(crate) index: Index,
+    pub(crate) data: Bytes,
+}
+
+impl Shared {
+    pub(crate) fn new(event_queue_events_max: usize) -> Self {
+        let (events, _) = broadcast::channel(event_queue_events_max);
+        Shared {
+            stop_reason: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+            applied: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            snapshot_slot: Mutex::new(None),
+            events,
+            done: CancellationToken::new(),
+        }
+    }
+
+    /// Records why the node stops unless a reason is already recorded; returns the recorded one.
+    pub(crate) fn set_stop_reason(&self, reason: StopReason) -> StopReason {
+        self.stop_reason.get_or_init(|| reason).clone()
+    }
+
+    /// Why the node stopped, if it did.
+    pub(crate) fn stop_reason(&self) -> Option<StopReason> {
+        self.stop_reason.get().cloned()
+    }
+
+    /// The error for a call that finds the node stopped or stopping.
+    pub(crate) fn stopped_error(&self) -> ProposeError {
+        self.stop_reason().map_or(ProposeError::ShuttingDown, ProposeError::from)
+    }
+
+    pub(crate) fn emit(&self, event: NodeEvent) {
+        // An error only means that nobody listens.
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn applied(&self) -> Index {
+        Index(self.applied.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_applied(&self, index: Index) {
+        self.applied.store(index.0, Ordering::Release);
+    }
+
+    pub(crate) fn add_tick(&self) {
+        self.ticks.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn take_ticks(&self) -> u64 {
+        self.ticks.swap(0, Ordering::AcqRel)
+    }
+
+    pub(crate) fn offer_snapshot(&self, snapshot: TakenSnapshot) {
+        *lock(&self.snapshot_slot) = Some(snapshot);
+    }
+
+    pub(crate) fn take_snapshot(&self) -> Option<TakenSnapshot> {
+        lock(&self.snapshot_slot).take()
+    }
+}
+
+/// Records `reason` as the stop reason when dropped by a panic unwinding its thread.
+pub(crate) struct PanicGuard {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) reason: StopReason,
+}
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.set_stop_reason(self.reason.clone());
+        }
+    }
+}
+
+/// The slot's critical sections are a single assignment or `take`, so a panic while the lock
+/// was held cannot have left it half-changed: poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a proposal's outcome goes. Holds one of the `proposals_pending_max` permits until the
+/// proposal is answered.
+pub(crate) struct Responder<R> {
+    sender: oneshot::Sender<Result<R, ProposeError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<R> Responder<R> {
+    pub(crate) fn new(sender: oneshot::Sender<Result<R, ProposeError>>, permit: OwnedSemaphorePermit) -> Self {
+        Responder { sender, _permit: permit }
+    }
+
+    pub(crate) fn answer(self, outcome: Result<R, ProposeError>) {
+        // An error only means that the proposer stopped waiting.
+        let _ = self.sender.send(outcome);
+    }
+}
+
+/// A command for the core thread to propose.
+pub(crate) struct Proposal<R> {
+    pub(crate) command: Bytes,
+    pub(crate) responder: Responder<R>,
+}
+
+/// A proposal appended at (`index`, `term`), waiting for the entry at `index` to be applied.
+pub(crate) struct Registration<R> {
+    pub(crate) index: Index,
+    pub(crate) term: Term,
+    pub(crate) responder: Responder<R>,
+}
+
+/// What the core thread receives.
+pub(crate) enum CoreInput<R> {
+    /// A message from a peer.
+    Message(Message),
+    /// A client's proposal.
+    Propose(Proposal<R>),
+    /// A status request.
+    Status(oneshot::Sender<NodeStatus>),
+    /// Nothing but a reason to run an iteration (ticks or a snapshot are waiting).
+    Wake,
+    /// Stop after this iteration.
+    Shutdown,
+}
+
+/// What the apply thread receives, in order.
+pub(crate) enum ApplyStep<R> {
+    /// Proposals appended since the last step.
+    Register(Vec<Registration<R>>),
+    /// Restore the state machine from a snapshot (installed from the leader, or found at start).
+    Restore { meta: SnapshotMeta, data: Bytes },
+    /// Apply these committed entries (consecutive, continuing the applied index).
+    Apply(Vec<Entry>),
+}
