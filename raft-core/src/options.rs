@@ -204,9 +204,18 @@ impl Options {
     pub fn reads_pending_max(&self) -> usize {
         self.reads_pending_max
     }
-    /// The seed of the node's random number generator (election timeouts).
+    /// The seed of the node's random number generator: election timeouts, and the numbers of
+    /// the reads a follower forwards. Give every incarnation of a node a fresh seed (from the
+    /// operating system in production): a restarted node that drew the same numbers could take
+    /// a delayed answer meant for its previous incarnation for its own (a stale read).
     pub fn rng_seed(&self) -> u64 {
         self.rng_seed
+    }
+
+    /// The same options with another seed (for a restart).
+    pub fn with_rng_seed(mut self, seed: u64) -> Options {
+        self.rng_seed = seed;
+        self
     }
     /// The deliberate bugs switched on (feature `bug-knobs`).
     #[cfg(feature = "bug-knobs")]

@@ -148,7 +148,8 @@ impl<S: Storage> Raft<S> {
         let initial = storage.initial_state()?;
         let hard_state = initial.hard_state;
         let log = RaftLog::new(storage, hard_state.commit, &initial.snapshot)?;
-        let rng = ChaCha8Rng::seed_from_u64(options.rng_seed());
+        let mut rng = ChaCha8Rng::seed_from_u64(options.rng_seed());
+        let reads = Reads::numbered_from(rng.next_u64());
         let soft = SoftState { role: Role::Follower, term: hard_state.term, leader: None };
         let mut raft = Raft {
             id,
@@ -173,7 +174,7 @@ impl<S: Storage> Raft<S> {
             messages_after_persist: Vec::new(),
             incoming_snapshot: None,
             snapshot_chunks: Vec::new(),
-            reads: Reads::default(),
+            reads,
             ticks: 0,
             last_hard_state: hard_state,
             last_soft_state: soft,

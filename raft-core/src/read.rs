@@ -101,6 +101,12 @@ pub(crate) struct Reads {
 const ROUNDS_REMEMBERED: usize = 256;
 
 impl Reads {
+    /// Forwarded reads are numbered from `first`, drawn at random per incarnation: a delayed
+    /// answer to a request of an earlier incarnation must not match one of this incarnation's.
+    pub(crate) fn numbered_from(first: u64) -> Self {
+        Reads { next_request: first, ..Reads::default() }
+    }
+
     fn pending_count(&self) -> usize {
         self.before_term_commit.len() + self.confirming.len() + self.forwarded.len() + self.ready.len()
     }
@@ -152,7 +158,7 @@ impl<S: Storage> Raft<S> {
             }
             (_, Some(leader)) => {
                 let request = self.reads.next_request;
-                self.reads.next_request += 1;
+                self.reads.next_request = request.wrapping_add(1);
                 self.reads.forwarded.insert(request, (id, leader));
                 self.send(leader, self.term, MessageBody::ReadIndexRequest { request, mode });
                 Ok(())
@@ -220,7 +226,10 @@ impl<S: Storage> Raft<S> {
 
     fn confirm(&mut self, read: PendingRead) {
         match read.from {
-            None => self.reads.ready.push_back((read.id, read.index)),
+            None => {
+                self.reads.ready.push_back((read.id, read.index));
+                self.release_ready_reads();
+            }
             Some(peer) => {
                 let body = MessageBody::ReadIndexResponse { request: read.id, index: Some(read.index) };
                 self.send(peer, self.term, body);

@@ -56,6 +56,12 @@ pub struct SimConfig {
     pub snapshot_chunk_bytes_max: u64,
     /// Filler bytes in each snapshot beyond the state machine's digest, to make transfers long.
     pub snapshot_filler_bytes: u64,
+    /// Keys the clients use.
+    pub keys: u64,
+    /// Whether nodes allow lease reads (only with check-quorum) and clients issue them.
+    pub lease_reads: bool,
+    /// The drift bound the nodes' leases assume, in ticks per election timeout.
+    pub clock_drift_max_ticks: u32,
     /// Nominal ticks of the safety phase (with faults).
     pub safety_ticks: u64,
     /// Nominal ticks the liveness phase may take after healing.
@@ -92,6 +98,9 @@ impl SimConfig {
             sync_delay_max: 1 + (rate(1.0) * TICK_UNITS as f64) as u64,
             message_entries_max: [1, 2, 8, 64][(rng.next_u64() % 4) as usize],
             clients: 1 + seed % 4,
+            keys: 0,
+            lease_reads: false,
+            clock_drift_max_ticks: 0,
             snapshot_rate: 0.0,
             compaction_margin_entries: 0,
             snapshot_chunk_bytes_max: 1,
@@ -116,8 +125,22 @@ impl SimConfig {
         // (delays of several ticks) needs a few round trips per chunk.
         config.snapshot_chunk_bytes_max = [32, 256, 4096, 64 * 1024][(rng.next_u64() % 4) as usize];
         config.snapshot_filler_bytes = rng.next_u64() % 2048;
+        // Reads come after snapshots, for the same reason.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_4ead_5000);
+        config.keys = 1 + rng.next_u64() % 5;
+        config.lease_reads = config.check_quorum && rng.next_u64() % 2 == 0;
+        config.clock_drift_max_ticks = lease_drift_ticks(config.election_ticks, config.drift);
         config
     }
+}
+
+/// The drift bound a lease needs when every node's tick rate may deviate by `drift` (relative):
+/// over a lease, the leader's clock may run slow by `drift` while a follower's runs fast by as
+/// much, so `(E - D)(1 + drift) <= E(1 - drift)`, i.e. `D >= 2 E drift / (1 + drift)`; two more
+/// ticks cover the phase of the tick counters on both sides.
+pub fn lease_drift_ticks(election_ticks: u32, drift: f64) -> u32 {
+    let needed = (f64::from(election_ticks) * 2.0 * drift / (1.0 + drift)).ceil() as u32 + 2;
+    needed.min(election_ticks - 1)
 }
 
 fn unit_of(rng: &mut ChaCha8Rng) -> f64 {
@@ -130,7 +153,7 @@ impl fmt::Display for SimConfig {
             f,
             "seed={} nodes={} pre_vote={} check_quorum={} heartbeat={} loss={:.3} dup={:.3} delay_max={} \
              partition={:.4} crash={:.4} crash_after_commit={:.3} pause={:.4} drift={:.3} sync_max={} batch={} clients={} snapshot={:.4} margin={} chunk={} filler={} \
-             ticks={}+{}",
+             keys={} lease={} drift_bound={} ticks={}+{}",
             self.seed,
             self.nodes,
             self.pre_vote,
@@ -151,6 +174,9 @@ impl fmt::Display for SimConfig {
             self.compaction_margin_entries,
             self.snapshot_chunk_bytes_max,
             self.snapshot_filler_bytes,
+            self.keys,
+            self.lease_reads,
+            self.clock_drift_max_ticks,
             self.safety_ticks,
             self.liveness_ticks,
         )

@@ -20,6 +20,7 @@
 
 pub mod checkers;
 pub mod config;
+pub mod kv;
 pub mod linearizability;
 mod world;
 

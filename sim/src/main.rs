@@ -130,8 +130,11 @@ fn print_summary(stats: &Stats, seeds: u64, wall: std::time::Duration) {
         stats.crashes,
         stats.pauses
     );
-    println!("commands committed:  {}", stats.commands_committed);
     println!("snapshots:           taken {} installed {}", stats.snapshots_taken, stats.snapshots_installed);
+    println!(
+        "client operations:   {} writes and {} reads completed; linearizability undecided (budget) in {} runs",
+        stats.commands_committed, stats.reads_completed, stats.linearizability_unknown
+    );
     println!("checks evaluated:    {}", stats.checks);
     if seconds > 0.0 {
         println!(

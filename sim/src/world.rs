@@ -3,12 +3,11 @@
 //! after every step. One seed, one run, byte for byte.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
-use bytes::Bytes;
 use raft_core::{
-    Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, Options, OptionsBuilder,
-    ProposeError, Raft, ReceivedChunk, Role, SnapshotMeta, Storage, Term,
+    Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, Options, OptionsBuilder, Raft,
+    ReceivedChunk, Role, SnapshotMeta, Storage, Term,
 };
 use raft_storage::{LogStore, MemStorage};
 use rand_chacha::ChaCha8Rng;
@@ -19,6 +18,11 @@ use crate::checkers::{
     fnv, state_machine::Applied,
 };
 use crate::config::{SimConfig, TICK_UNITS};
+use crate::kv::{Command, KvState};
+use crate::linearizability::Operation;
+
+mod clients;
+use clients::{CLIENT_PERIOD_TICKS, Client};
 
 /// Changes each node's options before it is built (the self-tests switch on deliberate bugs).
 pub type OptionsHook = fn(OptionsBuilder) -> OptionsBuilder;
@@ -44,6 +48,11 @@ pub struct Stats {
     pub pauses: u64,
     /// Client commands that were applied.
     pub commands_committed: u64,
+    /// Client reads that completed.
+    pub reads_completed: u64,
+    /// Runs whose client history the linearizability checker could not decide within its
+    /// budget (not a failure; reported so that a weak check is visible).
+    pub linearizability_unknown: u64,
     /// Snapshots nodes took of their own state machines.
     pub snapshots_taken: u64,
     /// Snapshots nodes installed from a leader.
@@ -66,6 +75,8 @@ impl Stats {
         self.crashes += other.crashes;
         self.pauses += other.pauses;
         self.commands_committed += other.commands_committed;
+        self.reads_completed += other.reads_completed;
+        self.linearizability_unknown += other.linearizability_unknown;
         self.snapshots_taken += other.snapshots_taken;
         self.snapshots_installed += other.snapshots_installed;
         self.checks += other.checks;
@@ -216,6 +227,10 @@ struct Node {
     /// Hash chain of the node's current log.
     chain: Chain,
     applied: Applied,
+    /// The application state (what clients read).
+    kv: KvState,
+    /// Ticks the node's clock advanced while it was paused, caught up when it resumes.
+    missed_ticks: u64,
     was_leader_in: Option<Term>,
     /// The commit index last observed (to spot advances).
     last_commit: Index,
@@ -273,32 +288,26 @@ impl Chain {
 }
 
 /// The simulated state machine's snapshot: applied index, digest, the log's chain hash at that
-/// index, then filler bytes (so that transfers take many chunks).
-fn encode_snapshot(applied: Applied, chain_hash: u64, filler_bytes: u64) -> Vec<u8> {
+/// index, the key-value state, then filler bytes (so that transfers take many chunks).
+fn encode_snapshot(applied: Applied, chain_hash: u64, kv: &KvState, filler_bytes: u64) -> Vec<u8> {
     let mut data = Vec::with_capacity(24 + filler_bytes as usize);
     for word in [applied.index.0, applied.digest, chain_hash] {
         data.extend_from_slice(&word.to_le_bytes());
     }
+    data.extend_from_slice(&kv.encode());
     data.extend((0..filler_bytes).map(|i| (i as u8) ^ (applied.index.0 as u8)));
     data
 }
 
-/// Reads [`encode_snapshot`]'s header back: (applied state, chain hash).
-fn decode_snapshot(data: &[u8]) -> Option<(Applied, u64)> {
+/// Reads [`encode_snapshot`]'s bytes back: (applied state, chain hash, key-value state).
+fn decode_snapshot(data: &[u8]) -> Option<(Applied, u64, KvState)> {
     let word = |at: usize| Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?));
-    let filler = data.get(24..)?;
     let index = word(0)?;
+    let (kv, filler) = KvState::decode(data.get(24..)?)?;
     if filler.iter().enumerate().any(|(i, &byte)| byte != (i as u8) ^ (index as u8)) {
         return None; // Chunks were written at the wrong offsets.
     }
-    Some((Applied { index: Index(index), digest: word(8)? }, word(16)?))
-}
-
-struct Client {
-    seq: u64,
-    pending: Option<(u64, Bytes)>,
-    deadline: u64,
-    target: NodeId,
+    Some((Applied { index: Index(index), digest: word(8)? }, word(16)?, kv))
 }
 
 struct Checkers {
@@ -323,10 +332,12 @@ struct Simulation {
     stats: Stats,
     trace_hash: u64,
     healing: bool,
+    /// Every client operation, in invocation order.
+    history: Vec<Operation>,
+    /// Read ids handed to nodes: (client, operation seq).
+    reads_in_flight: BTreeMap<u64, (usize, u64)>,
+    next_read_id: u64,
 }
-
-const CLIENT_PERIOD_TICKS: u64 = 2;
-const CLIENT_TIMEOUT_TICKS: u64 = 30;
 
 impl Simulation {
     fn new(config: SimConfig, run_options: RunOptions) -> Self {
@@ -344,6 +355,8 @@ impl Simulation {
                 .compaction_margin_entries(config.compaction_margin_entries)
                 .snapshot_chunk_bytes_max(config.snapshot_chunk_bytes_max)
                 .snapshot_chunks_inflight_max(4)
+                .lease_reads(config.lease_reads)
+                .clock_drift_max_ticks(config.clock_drift_max_ticks)
                 .rng_seed(config.seed.wrapping_mul(31).wrapping_add(id.0));
             if let Some(hook) = run_options.options_hook {
                 builder = hook(builder);
@@ -365,13 +378,13 @@ impl Simulation {
                 tick_period,
                 chain: Chain::default(),
                 applied: Applied::default(),
+                kv: KvState::default(),
+                missed_ticks: 0,
                 was_leader_in: None,
                 last_commit: Index(0),
             });
         }
-        let clients = (0..config.clients)
-            .map(|c| Client { seq: 0, pending: None, deadline: 0, target: voters[(c % config.nodes) as usize] })
-            .collect();
+        let clients = (0..config.clients).map(|c| Client::new(voters[(c % config.nodes) as usize])).collect();
         let checkers = Checkers {
             election: ElectionSafety::default(),
             append_only: LeaderAppendOnly::default(),
@@ -393,6 +406,9 @@ impl Simulation {
             stats: Stats::default(),
             trace_hash: FNV_START,
             healing: false,
+            history: Vec::new(),
+            reads_in_flight: BTreeMap::new(),
+            next_read_id: 0,
         };
         for id in voters {
             let offset = sim.random_below(TICK_UNITS);
@@ -457,7 +473,7 @@ impl Simulation {
             }
             self.handle(event.kind)?;
             if self.healing && self.converged() {
-                return Ok(());
+                return self.check_linearizability();
             }
             if self.now > deadline {
                 return Err(self.liveness_violation());
@@ -472,18 +488,31 @@ impl Simulation {
             EventKind::Deliver(message) => self.on_deliver(message),
             EventKind::SyncDone(id, incarnation) => self.on_sync_done(id, incarnation),
             EventKind::Restart(id) => self.on_restart(id),
-            EventKind::Resume(id, until) => {
-                // Only the resume of the pause in force (a crash may have ended an older one).
-                if self.node(id).paused_until != Some(until) {
-                    return Ok(());
-                }
-                self.node_mut(id).paused_until = None;
-                self.trace([6, id.0, 0, 0], || format!("node {id} resumes"));
-                Ok(())
-            }
+            EventKind::Resume(id, until) => self.on_resume(id, until),
             EventKind::Client(client) => self.on_client(client),
             EventKind::Fault => self.on_fault(),
         }
+    }
+
+    /// A paused node resumes. Its clock kept running (a pause freezes the process, not time), so
+    /// it first catches up the ticks it missed, as a driver reading a monotonic clock would,
+    /// before it handles anything that arrived meanwhile.
+    fn on_resume(&mut self, id: NodeId, until: u64) -> Check {
+        // Only the resume of the pause in force (a crash may have ended an older one).
+        if self.node(id).paused_until != Some(until) {
+            return Ok(());
+        }
+        let node = self.node_mut(id);
+        node.paused_until = None;
+        let missed = std::mem::take(&mut node.missed_ticks);
+        if let Some(raft) = node.raft.as_mut() {
+            for _ in 0..missed {
+                raft.tick();
+            }
+        }
+        self.stats.ticks += missed;
+        self.trace([6, id.0, missed, 0], || format!("node {id} resumes, catching up {missed} ticks"));
+        self.flush(id)
     }
 
     /// Defers an event for a paused node to its resume time; returns whether it did.
@@ -505,8 +534,10 @@ impl Simulation {
         }
         let (period, paused) = (node.tick_period, node.paused_until.is_some());
         let Some(raft) = node.raft.as_mut() else { return Ok(()) };
-        // A paused node's clock stops: the tick is skipped, the next one still comes.
-        if !paused {
+        // A paused node takes no tick now; it catches up when it resumes.
+        if paused {
+            node.missed_ticks += 1;
+        } else {
             raft.tick();
             self.stats.ticks += 1;
             self.trace([1, id.0, 0, 0], || format!("node {id} ticks"));
@@ -630,6 +661,7 @@ impl Simulation {
             for entry in &output.committed {
                 self.apply(id, entry)?;
             }
+            self.complete_reads(id, &output.reads);
         }
         self.observe_node(id)
     }
@@ -657,7 +689,7 @@ impl Simulation {
         self.stats.checks += 2;
         let node = &mut self.nodes[id.0 as usize - 1];
         let data = node.raft.as_ref().map(|r| r.storage().snapshot_data().clone()).unwrap_or_default();
-        let Some((applied, chain_hash)) = decode_snapshot(&data) else {
+        let Some((applied, chain_hash, kv)) = decode_snapshot(&data) else {
             let detail = format!("node {id} installed snapshot {} whose data is garbled", meta.index);
             return Err(Violation { property: "snapshot transfer", detail });
         };
@@ -667,6 +699,7 @@ impl Simulation {
         }
         self.checkers.log_matching.observe(id, meta.index, meta.term, chain_hash)?;
         node.chain.restart_at(meta.index, chain_hash);
+        node.kv = kv;
         self.checkers.state_machine.observe_restore(id, &mut node.applied, applied)?;
         let index = meta.index;
         self.trace([10, id.0, index.0, meta.term.0], || format!("node {id} installs snapshot at {index}"));
@@ -687,7 +720,7 @@ impl Simulation {
             return;
         }
         let Some(chain_hash) = node.chain.hash_at(meta.index) else { return };
-        let data = encode_snapshot(applied, chain_hash, filler);
+        let data = encode_snapshot(applied, chain_hash, &node.kv, filler);
         raft.storage_mut().save_snapshot(&meta, &data).expect("memory storage");
         node.durable.save_snapshot(&meta, &data).expect("memory storage");
         let compaction = raft.compaction_point();
@@ -712,12 +745,10 @@ impl Simulation {
         }
         self.checkers.state_machine.observe_apply(id, &mut node.applied, entry)?;
         if let EntryPayload::Normal(data) = &entry.payload
-            && let Some((client, seq)) = decode_command(data)
-            && let Some(state) = self.clients.get_mut(client)
-            && state.pending.as_ref().is_some_and(|(s, _)| *s == seq)
+            && let Some(command) = Command::decode(data)
         {
-            state.pending = None;
-            self.stats.commands_committed += 1;
+            let output = node.kv.apply(&command);
+            self.complete_write(&command, output);
         }
         Ok(())
     }
@@ -760,46 +791,6 @@ impl Simulation {
             let delay = 1 + self.random_below(self.config.delay_max);
             self.schedule(delay, EventKind::Deliver(message.clone()));
         }
-        Ok(())
-    }
-
-    fn on_client(&mut self, client: usize) -> Check {
-        let period = TICK_UNITS * CLIENT_PERIOD_TICKS;
-        self.schedule(period, EventKind::Client(client));
-        let now = self.now;
-        let state = &mut self.clients[client];
-        let (seq, payload) = match &state.pending {
-            Some(_) if now < state.deadline => return Ok(()),
-            Some((seq, payload)) => (*seq, payload.clone()),
-            None if self.healing => return Ok(()),
-            None => {
-                state.seq += 1;
-                let payload = encode_command(client, state.seq);
-                state.pending = Some((state.seq, payload.clone()));
-                (state.seq, payload)
-            }
-        };
-        let target = state.target;
-        if self.node(target).paused_until.is_some() {
-            return Ok(()); // A paused node takes no requests; the client tries again next period.
-        }
-        let result = match self.node_mut(target).raft.as_mut() {
-            Some(raft) => raft.propose(payload),
-            None => Err(ProposeError::NotLeader { leader: None }),
-        };
-        self.trace([7, client as u64, seq, target.0], || format!("client {client} proposes #{seq} to node {target}"));
-        let next_target = match result {
-            Ok(_) => {
-                self.clients[client].deadline = now + CLIENT_TIMEOUT_TICKS * TICK_UNITS;
-                self.flush(target)?;
-                return Ok(());
-            }
-            Err(ProposeError::NotLeader { leader: Some(leader) }) => leader,
-            Err(_) => NodeId(1 + self.random_below(self.config.nodes)),
-        };
-        // Retry at the next client period, at the node we were pointed to.
-        self.clients[client].target = next_target;
-        self.clients[client].deadline = now;
         Ok(())
     }
 
@@ -890,9 +881,14 @@ impl Simulation {
         if node.raft.is_some() {
             return Ok(());
         }
-        let raft = Raft::new(id, node.options.clone(), node.durable.clone()).expect("memory storage");
+        // Each incarnation draws from its own seed, as a real node seeded by its OS would.
+        let seed = node.options.rng_seed() ^ node.incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let raft =
+            Raft::new(id, node.options.clone().with_rng_seed(seed), node.durable.clone()).expect("memory storage");
         node.raft = Some(raft);
         node.applied = Applied::default();
+        node.kv = KvState::default();
+        node.missed_ticks = 0;
         self.rebuild_after_restart(id)?;
         let node = self.node_mut(id);
         let incarnation = node.incarnation;
@@ -906,10 +902,11 @@ impl Simulation {
     fn rebuild_after_restart(&mut self, id: NodeId) -> Check {
         let node = &mut self.nodes[id.0 as usize - 1];
         if node.durable.snapshot().is_ok_and(|meta| meta.exists()) {
-            let Some((applied, _)) = decode_snapshot(node.durable.snapshot_data()) else {
+            let Some((applied, _, kv)) = decode_snapshot(node.durable.snapshot_data()) else {
                 let detail = format!("node {id} restarts from a garbled snapshot");
                 return Err(Violation { property: "snapshot durability", detail });
             };
+            node.kv = kv;
             self.checkers.state_machine.observe_restore(id, &mut node.applied, applied)?;
         }
         let base = node.durable.first_index().expect("memory").prev();
@@ -979,6 +976,7 @@ impl Simulation {
             })
             .collect();
         let pending = self.clients.iter().filter(|c| c.pending.is_some()).count();
+
         Violation {
             property: "liveness",
             detail: format!(
@@ -992,19 +990,6 @@ impl Simulation {
 
 fn chance(rng: &mut ChaCha8Rng, probability: f64) -> bool {
     probability > 0.0 && (rng.next_u64() as f64 / u64::MAX as f64) < probability
-}
-
-fn encode_command(client: usize, seq: u64) -> Bytes {
-    let mut data = Vec::with_capacity(16);
-    data.extend_from_slice(&(client as u64).to_le_bytes());
-    data.extend_from_slice(&seq.to_le_bytes());
-    Bytes::from(data)
-}
-
-fn decode_command(data: &[u8]) -> Option<(usize, u64)> {
-    let client = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
-    let seq = u64::from_le_bytes(data.get(8..16)?.try_into().ok()?);
-    Some((client as usize, seq))
 }
 
 /// A compact fingerprint of a message for the trace hash.

@@ -23,7 +23,8 @@ fn check(report: &Report) {
 ///   led the same term again, handing out the same (index, term) for another command.
 ///
 ///
-/// Snapshots (issue 5) added events to every run, so these seeds now replay different histories;
+/// Snapshots (issue 5) and key-value clients with reads (issue 7) added events to every run, so
+/// these seeds now replay different histories;
 /// they stay as passing seeds, and each bug keeps its scripted test in raft-core/tests.
 ///
 /// A third bug the simulator found (refusing a higher-term vote restarted the election timer; seed
@@ -131,3 +132,48 @@ fn catches_votes_for_out_of_date_candidates() {
 }
 
 const BUG_SEED_BOUND: u64 = 2000;
+
+/// Three nodes, check-quorum and lease reads on, one key, four clients, partitions but no
+/// crashes or pauses (they only make lease reads rarer), and clocks drifting by up to `drift`.
+fn lease_exposed(seed: u64, drift: f64) -> sim::SimConfig {
+    let mut config = sim::SimConfig::from_seed(seed);
+    config.nodes = 3;
+    config.check_quorum = true;
+    config.pre_vote = true;
+    config.lease_reads = true;
+    config.drift = drift;
+    config.clock_drift_max_ticks = sim::config::lease_drift_ticks(config.election_ticks, drift);
+    config.partition_rate = 0.05;
+    config.crash_rate = 0.0;
+    config.crash_after_commit = 0.0;
+    config.pause_rate = 0.0;
+    config.clients = 4;
+    config.keys = 1;
+    config
+}
+
+/// PITFALLS.md 26: with clocks drifting far beyond what the lease assumes (±90% against a bound
+/// of 0), an old leader keeps serving lease reads after a new one has committed writes. The
+/// linearizability checker must report it within a bounded number of seeds: proof that it can
+/// fail in a run (the first such seed was 314 when this test was written).
+#[test]
+fn stale_lease_reads_beyond_the_drift_bound_are_caught() {
+    let found = (0..LEASE_SEED_BOUND).find_map(|seed| {
+        let mut config = lease_exposed(seed, 0.9);
+        config.clock_drift_max_ticks = 0;
+        let report = sim::run_config(config, RunOptions::default());
+        report.violation.filter(|v| v.property == "linearizability").map(|v| (seed, v))
+    });
+    let (seed, violation) = found.expect("no stale lease read caught");
+    println!("seed {seed}: {violation}");
+}
+
+/// Within the bound (±20% drift, the lease shortened to match), the same exposure passes.
+#[test]
+fn lease_reads_within_the_drift_bound_pass() {
+    for seed in 0..200 {
+        check(&sim::run_config(lease_exposed(seed, 0.2), RunOptions::default()));
+    }
+}
+
+const LEASE_SEED_BOUND: u64 = 2000;

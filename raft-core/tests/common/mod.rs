@@ -299,10 +299,18 @@ impl Cluster {
 
     /// Restarts a crashed node from its storage.
     pub fn restart(&mut self, id: u64) {
+        let seed = self.options[&NodeId(id)].rng_seed();
+        self.restart_with_seed(id, seed);
+    }
+
+    /// Restarts a crashed node from its storage with another RNG seed, as a real node seeded by
+    /// its operating system would get.
+    pub fn restart_with_seed(&mut self, id: u64, seed: u64) {
         let id = NodeId(id);
         self.down.remove(&id);
         let storage = self.nodes[&id].storage().clone();
-        let node = Raft::new(id, self.options[&id].clone(), storage).expect("memory storage");
+        let options = self.options[&id].clone().with_rng_seed(seed);
+        let node = Raft::new(id, options, storage).expect("memory storage");
         self.restored.insert(id, decode_state(node.storage().snapshot_data()));
         self.nodes.insert(id, node);
         self.applied.insert(id, Vec::new());

@@ -1,0 +1,209 @@
+//! Clients of the simulated key-value service. Each runs one operation at a time: a write
+//! (put, delete, compare-and-set) proposed to the node it believes leads, or a read of one of
+//! three kinds (ReadIndex on the leader, lease, or a follower read: ReadIndex asked of any
+//! node). Every invocation and completion is recorded in simulated time for the
+//! linearizability checker; an operation that never completes stays with an unknown outcome.
+
+use bytes::Bytes;
+use raft_core::{NodeId, ProposeError, ReadError, ReadMode, ReadState};
+
+use super::{EventKind, Simulation};
+use crate::checkers::{Check, Violation};
+use crate::config::TICK_UNITS;
+use crate::kv::Command;
+use crate::linearizability::{self, Input, Operation, Outcome, Output, Verdict};
+
+/// Client periods between attempts.
+pub(super) const CLIENT_PERIOD_TICKS: u64 = 2;
+/// Ticks a client waits for an answer before it retries (or gives up).
+const CLIENT_TIMEOUT_TICKS: u64 = 30;
+/// The chance that a client gives up on an operation that timed out (its outcome stays
+/// unknown) rather than retrying it.
+const GIVE_UP_CHANCE: f64 = 0.2;
+/// The search budget of the linearizability checker per key (deterministic: no wall clock).
+const LINEARIZABILITY_STEPS_MAX: u64 = 10_000_000;
+
+/// An operation in progress.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PendingOperation {
+    pub(super) seq: u64,
+    pub(super) input: Input,
+    /// Its position in the history.
+    history: usize,
+    /// For reads: how they are confirmed.
+    mode: Option<ReadMode>,
+}
+
+pub(super) struct Client {
+    pub(super) seq: u64,
+    pub(super) pending: Option<PendingOperation>,
+    pub(super) deadline: u64,
+    pub(super) target: NodeId,
+}
+
+impl Client {
+    pub(super) fn new(target: NodeId) -> Self {
+        Client { seq: 0, pending: None, deadline: 0, target }
+    }
+}
+
+impl Simulation {
+    pub(super) fn on_client(&mut self, client: usize) -> Check {
+        self.schedule(TICK_UNITS * CLIENT_PERIOD_TICKS, EventKind::Client(client));
+        let now = self.now;
+        let (pending, deadline) = (self.clients[client].pending, self.clients[client].deadline);
+        let operation = match pending {
+            Some(_) if now < deadline => return Ok(()),
+            Some(operation) if !self.healing && self.chance(GIVE_UP_CHANCE) => {
+                // Its outcome stays unknown: a write may still take effect later.
+                self.trace([12, client as u64, operation.seq, 0], || format!("client {client} gives up"));
+                self.clients[client].pending = None;
+                return Ok(());
+            }
+            Some(operation) => operation,
+            None if self.healing => return Ok(()),
+            None => self.invoke(client),
+        };
+        match operation.mode {
+            None => self.attempt_write(client, operation),
+            Some(mode) => self.attempt_read(client, operation, mode),
+        }
+    }
+
+    /// Starts a new operation for `client`, recording its invocation.
+    fn invoke(&mut self, client: usize) -> PendingOperation {
+        let key = self.random_below(self.config.keys);
+        let seq = self.clients[client].seq + 1;
+        let value = (client as u64) << 32 | seq;
+        let kind = self.random_below(10);
+        let (input, mode) = match kind {
+            0..=2 => (Input::Put { key, value }, None),
+            3 => (Input::Delete { key }, None),
+            4 => {
+                let expected = if self.chance(0.5) { None } else { Some(self.random_below(4)) };
+                (Input::CompareAndSet { key, expected, new: Some(value) }, None)
+            }
+            5..=6 => (Input::Get { key }, Some(ReadMode::ReadIndex)),
+            _ if self.config.lease_reads => (Input::Get { key }, Some(ReadMode::Lease)),
+            _ => (Input::Get { key }, Some(ReadMode::ReadIndex)),
+        };
+        // Reads go to any node half the time (follower reads), writes a quarter of the time (a
+        // client with stale leader information, redirected by the node it reaches).
+        if self.chance(if mode.is_some() { 0.5 } else { 0.25 }) {
+            self.clients[client].target = NodeId(1 + self.random_below(self.config.nodes));
+        }
+        let history = self.history.len();
+        self.history.push(Operation { client: client as u64, input, call: self.now, outcome: Outcome::Unknown });
+        let operation = PendingOperation { seq, input, history, mode };
+        let state = &mut self.clients[client];
+        state.seq = seq;
+        state.pending = Some(operation);
+        operation
+    }
+
+    fn attempt_write(&mut self, client: usize, operation: PendingOperation) -> Check {
+        let target = self.clients[client].target;
+        if self.node(target).paused_until.is_some() {
+            return Ok(()); // A paused node takes no requests; the client tries again next period.
+        }
+        let command = Command { client: client as u64, seq: operation.seq, input: operation.input };
+        let result = match self.node_mut(target).raft.as_mut() {
+            Some(raft) => raft.propose(Bytes::from(command.encode())),
+            None => Err(ProposeError::NotLeader { leader: None }),
+        };
+        let seq = operation.seq;
+        self.trace([7, client as u64, seq, target.0], || format!("client {client} proposes #{seq} to node {target}"));
+        match result {
+            Ok(_) => {
+                self.clients[client].deadline = self.now + CLIENT_TIMEOUT_TICKS * TICK_UNITS;
+                self.flush(target)
+            }
+            Err(ProposeError::NotLeader { leader: Some(leader) }) => self.retry_at(client, leader),
+            Err(_) => {
+                let other = NodeId(1 + self.random_below(self.config.nodes));
+                self.retry_at(client, other)
+            }
+        }
+    }
+
+    fn attempt_read(&mut self, client: usize, operation: PendingOperation, mode: ReadMode) -> Check {
+        let target = self.clients[client].target;
+        if self.node(target).paused_until.is_some() {
+            return Ok(());
+        }
+        self.next_read_id += 1;
+        let id = self.next_read_id;
+        let result = match self.node_mut(target).raft.as_mut() {
+            Some(raft) => raft.read(id, mode),
+            None => Err(ReadError::NoLeader),
+        };
+        let seq = operation.seq;
+        self.trace([13, client as u64, seq, target.0], || format!("client {client} reads #{seq} at node {target}"));
+        match result {
+            Ok(()) => {
+                self.reads_in_flight.insert(id, (client, seq));
+                self.clients[client].deadline = self.now + CLIENT_TIMEOUT_TICKS * TICK_UNITS;
+                self.flush(target)
+            }
+            Err(_) => {
+                let other = self.node(target).raft.as_ref().and_then(|r| r.leader());
+                let other = other.unwrap_or_else(|| NodeId(1 + self.random_below(self.config.nodes)));
+                self.retry_at(client, other)
+            }
+        }
+    }
+
+    /// Retries at the next client period, at `target`.
+    fn retry_at(&mut self, client: usize, target: NodeId) -> Check {
+        self.clients[client].target = target;
+        self.clients[client].deadline = self.now;
+        Ok(())
+    }
+
+    /// A node applied `command` with answer `output`: the client's write completes if it still
+    /// waits for it.
+    pub(super) fn complete_write(&mut self, command: &Command, output: Option<Output>) {
+        let Some(output) = output else { return };
+        let Some(state) = self.clients.get_mut(command.client as usize) else { return };
+        let Some(operation) = state.pending.filter(|p| p.seq == command.seq && p.mode.is_none()) else { return };
+        state.pending = None;
+        self.history[operation.history].outcome = Outcome::Returned { at: self.now, output };
+        self.stats.commands_committed += 1;
+    }
+
+    /// Node `id` handed out read outcomes, after applying this output's entries.
+    pub(super) fn complete_reads(&mut self, id: NodeId, reads: &[ReadState]) {
+        for read in reads {
+            let Some((client, seq)) = self.reads_in_flight.remove(&read.id) else { continue };
+            let Some(operation) = self.clients[client].pending.filter(|p| p.seq == seq) else { continue };
+            let Input::Get { key } = operation.input else { continue };
+            match read.result {
+                Ok(_) => {
+                    let value = self.node(id).kv.get(key);
+                    self.clients[client].pending = None;
+                    self.history[operation.history].outcome =
+                        Outcome::Returned { at: self.now, output: Output::Value(value) };
+                    self.stats.reads_completed += 1;
+                }
+                // Leadership changed: retry at once, somewhere else.
+                Err(_) => self.clients[client].deadline = self.now,
+            }
+        }
+    }
+
+    /// Checks the clients' history: every completed operation must fit one sequential order
+    /// consistent with real time.
+    pub(super) fn check_linearizability(&mut self) -> Check {
+        match linearizability::check(&self.history, LINEARIZABILITY_STEPS_MAX) {
+            Ok(Verdict::Linearizable) => Ok(()),
+            Ok(Verdict::Unknown { .. }) => {
+                self.stats.linearizability_unknown += 1;
+                Ok(())
+            }
+            Ok(Verdict::Violation(counterexample)) => {
+                Err(Violation { property: "linearizability", detail: counterexample.to_string() })
+            }
+            Err(error) => Err(Violation { property: "linearizability (malformed history)", detail: error.to_string() }),
+        }
+    }
+}
