@@ -3,7 +3,6 @@
 
 use crate::error::StepError;
 use crate::message::{Message, MessageBody};
-use crate::progress::Progress;
 use crate::quorum::{self, VoteResult};
 use crate::raft::{Raft, Role};
 use crate::storage::Storage;
@@ -33,6 +32,7 @@ impl<S: Storage> Raft<S> {
                 progress.recent_active = false;
             }
         }
+        self.tick_transfer();
         if self.heartbeat_elapsed >= self.options.heartbeat_ticks() {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
@@ -43,12 +43,13 @@ impl<S: Storage> Raft<S> {
         let mut active: std::collections::BTreeSet<NodeId> =
             self.progress.iter().filter(|(_, p)| p.recent_active).map(|(&id, _)| id).collect();
         active.insert(self.id);
-        quorum::is_quorum(&self.membership.voters, &active)
+        quorum::membership_is_quorum(&self.membership, &active)
     }
 
-    /// Whether this node may campaign: only voters lead.
+    /// Whether this node may campaign: only voters lead, and not with a committed membership
+    /// change still unapplied.
     pub(crate) fn is_promotable(&self) -> bool {
-        self.membership.is_voter(self.id)
+        self.may_campaign()
     }
 
     /// Whether this node still trusts a live leader: it then ignores requests for votes, so a
@@ -67,14 +68,23 @@ impl<S: Storage> Raft<S> {
         }
         if self.options.pre_vote() {
             self.become_pre_candidate();
-            self.request_votes(true);
+            self.request_votes(true, false);
         } else {
             self.become_candidate();
-            self.request_votes(false);
+            self.request_votes(false, false);
         }
     }
 
-    fn request_votes(&mut self, pre_vote: bool) {
+    /// Campaigns at once, without pre-vote, with vote requests that override leader stickiness.
+    pub(crate) fn campaign_for_transfer(&mut self) {
+        if !self.is_promotable() || self.term == Term(u64::MAX) {
+            return;
+        }
+        self.become_candidate();
+        self.request_votes(false, true);
+    }
+
+    fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
         let term = if pre_vote { self.term.next() } else { self.term };
         self.votes.insert(self.id, true);
         if self.tally_votes(pre_vote) {
@@ -86,18 +96,18 @@ impl<S: Storage> Raft<S> {
             self.become_follower(self.term, None);
             return;
         };
-        let peers: Vec<NodeId> = self.membership.voters.iter().copied().filter(|&id| id != self.id).collect();
+        let peers: Vec<NodeId> = self.membership.all_voters().into_iter().filter(|&id| id != self.id).collect();
         for peer in peers {
-            self.send(peer, term, MessageBody::VoteRequest { pre_vote, last_log_index, last_log_term });
+            self.send(peer, term, MessageBody::VoteRequest { pre_vote, last_log_index, last_log_term, transfer });
         }
     }
 
     /// Counts the votes so far and acts on a decision; returns whether the election ended.
     fn tally_votes(&mut self, pre_vote: bool) -> bool {
-        match quorum::vote_result(&self.membership.voters, &self.votes) {
+        match quorum::membership_vote_result(&self.membership, &self.votes) {
             VoteResult::Won if pre_vote => {
                 self.become_candidate();
-                self.request_votes(false);
+                self.request_votes(false, false);
                 true
             }
             VoteResult::Won => {
@@ -149,15 +159,11 @@ impl<S: Storage> Raft<S> {
         self.leader = Some(self.id);
         self.clear_election_and_leader_state();
         let next = self.log.last_index().next();
-        let window = self.options.inflight_messages_max();
-        let peers: Vec<NodeId> = self.membership.voters.iter().copied().filter(|&id| id != self.id).collect();
-        for peer in peers {
-            self.progress.insert(peer, Progress::new(next, window));
-        }
+        self.sync_progress_with_membership();
         // An entry of the new term lets the leader commit (and so learn the commit index) even
         // when no client writes (§5.4.2: earlier terms' entries commit only beneath one).
         let noop = Entry { term: self.term, index: next, payload: EntryPayload::Noop };
-        self.log.append(std::slice::from_ref(&noop));
+        self.append_to_log(std::slice::from_ref(&noop));
         self.broadcast_pending = true;
         tracing::info!(id = %self.id, term = %self.term, "became leader");
     }
@@ -169,6 +175,7 @@ impl<S: Storage> Raft<S> {
         self.uncommitted_bytes = 0;
         self.broadcast_pending = false;
         self.incoming_snapshot = None;
+        self.transfer = None;
         self.abandon_reads();
         self.reset_election_timer();
     }
@@ -203,8 +210,12 @@ impl<S: Storage> Raft<S> {
             return self.on_lower_term(&m);
         }
         match m.body {
-            MessageBody::VoteRequest { pre_vote, last_log_index, last_log_term } => {
+            MessageBody::VoteRequest { pre_vote, last_log_index, last_log_term, .. } => {
                 self.on_vote_request(m.from, m.term, pre_vote, last_log_index, last_log_term)
+            }
+            MessageBody::TimeoutNow => {
+                self.on_timeout_now();
+                Ok(())
             }
             MessageBody::VoteResponse { pre_vote, granted } => self.on_vote_response(m.from, m.term, pre_vote, granted),
             MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit } => {
@@ -239,8 +250,8 @@ impl<S: Storage> Raft<S> {
     /// A message from a later term. Returns `Err` if the message must be dropped unanswered.
     fn on_higher_term(&mut self, m: &Message) -> Result<(), StepError> {
         match &m.body {
-            MessageBody::VoteRequest { pre_vote, .. } => {
-                if self.in_lease() {
+            MessageBody::VoteRequest { pre_vote, transfer, .. } => {
+                if self.in_lease() && !transfer {
                     return Err(StepError::LeaderSticky { leader: self.leader });
                 }
                 if !pre_vote {

@@ -131,6 +131,9 @@ pub enum ProposeError {
     /// persistence report.
     #[error("the leader's term is not yet durable")]
     TermNotDurable,
+    /// A leadership transfer is in progress: the leader takes no proposals until it ends.
+    #[error("a leadership transfer is in progress")]
+    TransferInProgress,
     /// The proposal (with entry overhead) exceeds `message_bytes_max`.
     #[error("proposal of {bytes} bytes exceeds the limit of {limit}")]
     TooLarge {

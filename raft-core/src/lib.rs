@@ -97,6 +97,7 @@
 mod election;
 mod error;
 mod log;
+mod membership;
 mod message;
 mod options;
 mod progress;
@@ -106,9 +107,11 @@ mod read;
 mod replication;
 mod snapshot;
 mod storage;
+mod transfer;
 mod types;
 
 pub use error::{Malformed, ProposeError, SnapshotError, StepError};
+pub use membership::{ConfChange, MembershipError, apply_changes, first_step};
 pub use message::{AppendResult, ConflictHint, Message, MessageBody};
 #[cfg(feature = "bug-knobs")]
 pub use options::BugKnobs;
@@ -118,6 +121,7 @@ pub use raft::{Output, Raft, Role, SoftState, Status};
 pub use read::{ReadError, ReadMode, ReadState};
 pub use snapshot::ReceivedChunk;
 pub use storage::{InitialState, SnapshotChunk, Storage, StorageError};
+pub use transfer::TransferError;
 pub use types::{ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
 
 impl<S: Storage> Raft<S> {

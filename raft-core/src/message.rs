@@ -34,6 +34,8 @@ pub enum MessageBody {
         last_log_index: Index,
         /// The term of the candidate's last log entry.
         last_log_term: Term,
+        /// Sent at the leader's request (leadership transfer): overrides leader stickiness.
+        transfer: bool,
     },
     /// The answer to a `VoteRequest`.
     VoteResponse {
@@ -92,6 +94,8 @@ pub enum MessageBody {
         /// (a lost or reordered chunk): the leader resends from there.
         gap: bool,
     },
+    /// The leader asks the target of a leadership transfer to campaign at once.
+    TimeoutNow,
     /// A follower asks the leader to confirm a read for it.
     ReadIndexRequest {
         /// The follower's number for the request (opaque to the leader, echoed back).
@@ -141,7 +145,10 @@ impl MessageBody {
     pub fn is_from_leader(&self) -> bool {
         matches!(
             self,
-            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. }
+            MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+                | MessageBody::TimeoutNow
         )
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::types::{Index, NodeId};
+use crate::types::{Index, Membership, NodeId};
 
 /// The outcome of an election so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +51,32 @@ pub fn vote_result(voters: &BTreeSet<NodeId>, votes: &BTreeMap<NodeId, bool>) ->
 pub fn is_quorum(voters: &BTreeSet<NodeId>, active: &BTreeSet<NodeId>) -> bool {
     let count = voters.iter().filter(|id| active.contains(id)).count();
     count > voters.len() / 2
+}
+
+/// [`committed_index`] for a membership: while joint, the index held by a majority of both
+/// halves.
+pub fn membership_committed_index(membership: &Membership, matches: &BTreeMap<NodeId, Index>) -> Index {
+    let incoming = committed_index(&membership.voters, matches);
+    if membership.is_joint() { incoming.min(committed_index(&membership.voters_outgoing, matches)) } else { incoming }
+}
+
+/// [`vote_result`] for a membership: while joint, won only if both halves grant, lost if either
+/// refuses.
+pub fn membership_vote_result(membership: &Membership, votes: &BTreeMap<NodeId, bool>) -> VoteResult {
+    let incoming = vote_result(&membership.voters, votes);
+    if !membership.is_joint() {
+        return incoming;
+    }
+    match (incoming, vote_result(&membership.voters_outgoing, votes)) {
+        (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
+        (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
+        _ => VoteResult::Pending,
+    }
+}
+
+/// [`is_quorum`] for a membership: while joint, a majority of both halves.
+pub fn membership_is_quorum(membership: &Membership, active: &BTreeSet<NodeId>) -> bool {
+    is_quorum(&membership.voters, active) && (!membership.is_joint() || is_quorum(&membership.voters_outgoing, active))
 }
 
 #[cfg(test)]
@@ -106,6 +132,85 @@ mod tests {
             let votes: BTreeMap<NodeId, bool> =
                 votes.into_iter().map(|(k, v)| (NodeId(k), v)).collect();
             prop_assert_eq!(vote_result(&voters, &votes), naive_vote(&voters, &votes));
+        }
+    }
+
+    /// The naive joint definitions: enumerate every candidate index (or every completion of the
+    /// missing votes) and require the plain definition in both halves.
+    fn naive_joint_committed(m: &Membership, matches: &BTreeMap<NodeId, Index>) -> Index {
+        let holders_in = |set: &BTreeSet<NodeId>, i: Index| {
+            set.iter().filter(|id| matches.get(id).copied().unwrap_or_default() >= i).count() * 2 > set.len()
+        };
+        let mut candidates: Vec<Index> = matches.values().copied().collect();
+        candidates.push(Index(0));
+        candidates
+            .into_iter()
+            .filter(|&i| {
+                holders_in(&m.voters, i) && (m.voters_outgoing.is_empty() || holders_in(&m.voters_outgoing, i))
+            })
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn naive_joint_vote(m: &Membership, votes: &BTreeMap<NodeId, bool>) -> VoteResult {
+        // Won if granted already wins both; lost if even granting every missing vote loses one.
+        let wins = |assume_missing: bool| {
+            let granted = |set: &BTreeSet<NodeId>| {
+                set.iter().filter(|id| votes.get(id).copied().unwrap_or(assume_missing)).count() * 2 > set.len()
+            };
+            granted(&m.voters) && (m.voters_outgoing.is_empty() || granted(&m.voters_outgoing))
+        };
+        if wins(false) {
+            VoteResult::Won
+        } else if !wins(true) {
+            VoteResult::Lost
+        } else {
+            VoteResult::Pending
+        }
+    }
+
+    fn membership_of(voters: BTreeSet<u64>, outgoing: BTreeSet<u64>) -> Membership {
+        Membership {
+            voters: voters.into_iter().map(NodeId).collect(),
+            voters_outgoing: outgoing.into_iter().map(NodeId).collect(),
+            learners: BTreeSet::new(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn joint_committed_index_matches_naive(
+            voters in proptest::collection::btree_set(0u64..9, 1..6),
+            outgoing in proptest::collection::btree_set(0u64..9, 0..6),
+            matches in proptest::collection::btree_map(0u64..12, 0u64..50, 0..12),
+        ) {
+            let m = membership_of(voters, outgoing);
+            let matches: BTreeMap<NodeId, Index> = matches.into_iter().map(|(k, v)| (NodeId(k), Index(v))).collect();
+            prop_assert_eq!(membership_committed_index(&m, &matches), naive_joint_committed(&m, &matches));
+        }
+
+        #[test]
+        fn joint_vote_result_matches_naive(
+            voters in proptest::collection::btree_set(0u64..9, 1..6),
+            outgoing in proptest::collection::btree_set(0u64..9, 0..6),
+            votes in proptest::collection::btree_map(0u64..12, any::<bool>(), 0..12),
+        ) {
+            let m = membership_of(voters, outgoing);
+            let votes: BTreeMap<NodeId, bool> = votes.into_iter().map(|(k, v)| (NodeId(k), v)).collect();
+            prop_assert_eq!(membership_vote_result(&m, &votes), naive_joint_vote(&m, &votes));
+        }
+
+        #[test]
+        fn joint_quorum_needs_both_halves(
+            voters in proptest::collection::btree_set(0u64..9, 1..6),
+            outgoing in proptest::collection::btree_set(0u64..9, 0..6),
+            active in proptest::collection::btree_set(0u64..12, 0..12),
+        ) {
+            let m = membership_of(voters, outgoing);
+            let active: BTreeSet<NodeId> = active.into_iter().map(NodeId).collect();
+            let majority = |set: &BTreeSet<NodeId>| set.iter().filter(|id| active.contains(id)).count() * 2 > set.len();
+            let expected = majority(&m.voters) && (m.voters_outgoing.is_empty() || majority(&m.voters_outgoing));
+            prop_assert_eq!(membership_is_quorum(&m, &active), expected);
         }
     }
 

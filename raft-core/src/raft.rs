@@ -137,6 +137,11 @@ pub struct Raft<S: Storage> {
     pub(crate) reads: Reads,
     /// Ticks since this node started: its logical clock, for leases.
     pub(crate) ticks: u64,
+    /// Memberships in the log, oldest first: the base (the snapshot's, or the initial one),
+    /// then each membership entry after it. The last one is in force.
+    pub(crate) configs: Vec<(Index, Membership)>,
+    /// A leadership transfer in progress (leaders only).
+    pub(crate) transfer: Option<crate::transfer::Transfer>,
     last_hard_state: HardState,
     last_soft_state: SoftState,
 }
@@ -146,8 +151,9 @@ impl<S: Storage> Raft<S> {
     /// knows the initial membership). The node starts as a follower with no known leader.
     pub fn new(id: NodeId, options: Options, storage: S) -> Result<Self, StorageError> {
         let initial = storage.initial_state()?;
+        let initial_snapshot = initial.snapshot.clone();
         let hard_state = initial.hard_state;
-        let log = RaftLog::new(storage, hard_state.commit, &initial.snapshot)?;
+        let log = RaftLog::new(storage, hard_state.commit, &initial_snapshot)?;
         let mut rng = ChaCha8Rng::seed_from_u64(options.rng_seed());
         let reads = Reads::numbered_from(rng.next_u64());
         let soft = SoftState { role: Role::Follower, term: hard_state.term, leader: None };
@@ -158,7 +164,7 @@ impl<S: Storage> Raft<S> {
             vote: hard_state.vote,
             role: Role::Follower,
             leader: None,
-            membership: initial.membership,
+            membership: initial.membership.clone(),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_ticks: options.election_ticks(),
@@ -176,9 +182,17 @@ impl<S: Storage> Raft<S> {
             snapshot_chunks: Vec::new(),
             reads,
             ticks: 0,
+            configs: Vec::new(),
+            transfer: None,
             last_hard_state: hard_state,
             last_soft_state: soft,
         };
+        let base = if initial.snapshot.exists() {
+            (initial.snapshot.index, initial.snapshot.membership.clone())
+        } else {
+            (Index(0), initial.membership.clone())
+        };
+        raft.load_configs(base)?;
         raft.reset_election_timer();
         raft.after_input();
         Ok(raft)
@@ -395,6 +409,9 @@ impl<S: Storage> Raft<S> {
         if self.durable_term != self.term {
             return Err(ProposeError::TermNotDurable);
         }
+        if self.transfer.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
         let entry = Entry { term: self.term, index: self.log.last_index().next(), payload };
         let bytes = entry.size_bytes();
         let limit = self.options.message_bytes_max();
@@ -408,7 +425,7 @@ impl<S: Storage> Raft<S> {
         let index = entry.index;
         self.uncommitted.push_back((index, bytes));
         self.uncommitted_bytes += bytes;
-        self.log.append(std::slice::from_ref(&entry));
+        self.append_to_log(std::slice::from_ref(&entry));
         self.broadcast_pending = true;
         // A single voter commits as soon as its own write is durable (see on_persisted).
         Ok(index)
@@ -424,6 +441,8 @@ impl<S: Storage> Raft<S> {
     /// Runs after every input in debug and test builds and with the `invariants` feature.
     pub fn check_invariants(&self) {
         self.log.check_invariants();
+        assert_eq!(self.configs.last().map(|(_, m)| m), Some(&self.membership), "membership is the latest in the log");
+        assert!(self.configs.windows(2).all(|w| w[0].0 < w[1].0), "membership history out of order");
         assert!(self.vote.is_none() || self.term > Term(0), "vote cast in term 0");
         match self.role {
             Role::Leader => {
@@ -439,6 +458,11 @@ impl<S: Storage> Raft<S> {
                 }
                 assert!(self.uncommitted.is_empty(), "non-leader holds uncommitted proposals");
             }
+        }
+        if self.role == Role::Leader {
+            let mut members = self.membership.members();
+            members.remove(&self.id);
+            assert!(self.progress.keys().copied().eq(members), "leader tracks exactly the other members");
         }
         let last = self.log.last_index();
         for (id, progress) in &self.progress {

@@ -203,7 +203,7 @@ impl<S: Storage> Raft<S> {
             self.confirm(read);
             return;
         }
-        if self.membership.voters.len() <= 1 {
+        if self.membership.all_voters().into_iter().eq([self.id]) {
             self.confirm(read); // Nobody else can lead our term.
             return;
         }
@@ -259,6 +259,12 @@ impl<S: Storage> Raft<S> {
         if round > entry.0 {
             *entry = (round, sent_at);
         }
+        self.recheck_reads();
+    }
+
+    /// Confirms the reads whose round a quorum answered. Runs after every answer, and when the
+    /// membership (so the quorum) changes (raft-rs#345).
+    pub(crate) fn recheck_reads(&mut self) {
         let confirmed = self.quorum_round();
         while self.reads.confirming.front().is_some_and(|read| read.round <= confirmed) {
             if let Some(read) = self.reads.confirming.pop_front() {
@@ -273,19 +279,20 @@ impl<S: Storage> Raft<S> {
         let mut rounds: BTreeMap<NodeId, Index> =
             self.reads.answered.iter().map(|(&id, &(round, _))| (id, Index(round))).collect();
         rounds.insert(self.id, Index(self.reads.round));
-        quorum::committed_index(&self.membership.voters, &rounds).0
+        quorum::membership_committed_index(&self.membership, &rounds).0
     }
 
     /// Whether our lease holds now: a quorum answered rounds sent recently enough.
     pub(crate) fn lease_holds(&self) -> bool {
-        if !self.options.lease_reads() || self.role != Role::Leader {
+        if !self.options.lease_reads() || self.role != Role::Leader || self.transfer.is_some() {
+            // A transfer ends the lease before TimeoutNow goes out (raft-rs#234, openraft#1747).
             return false;
         }
         let mut sent: BTreeMap<NodeId, Index> =
             self.reads.answered.iter().map(|(&id, &(_, sent_at))| (id, Index(sent_at))).collect();
         sent.insert(self.id, Index(self.ticks));
         // The latest tick by which a quorum had heard from us.
-        let start = quorum::committed_index(&self.membership.voters, &sent).0;
+        let start = quorum::membership_committed_index(&self.membership, &sent).0;
         let lease = u64::from(self.options.election_ticks() - self.options.clock_drift_max_ticks());
         start > 0 && self.ticks < start + lease
     }

@@ -47,7 +47,7 @@ impl<S: Storage> Raft<S> {
         // truncates entries that match, or a stale append could erase acknowledged entries.
         if let Some(conflict) = self.log.find_conflict(entries) {
             let offset = (conflict.0 - prev_log_index.0 - 1) as usize;
-            self.log.append(&entries[offset..]);
+            self.append_to_log(&entries[offset..]);
         }
         let last_new = Index(prev_log_index.0 + entries.len() as u64);
         self.commit_to(leader_commit.min(last_new));
@@ -101,6 +101,7 @@ impl<S: Storage> Raft<S> {
             AppendResult::Success { match_index } => {
                 if progress.on_success(match_index) {
                     self.maybe_commit();
+                    self.maybe_send_timeout_now();
                 }
             }
             AppendResult::Reject { rejected_index, .. } => {
@@ -156,6 +157,11 @@ impl<S: Storage> Raft<S> {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::send_appends_while_possible`] for other modules.
+    pub(crate) fn send_appends_while_possible_pub(&mut self, peer: NodeId) {
+        self.send_appends_while_possible(peer);
     }
 
     fn send_appends_while_possible(&mut self, peer: NodeId) {
@@ -244,7 +250,7 @@ impl<S: Storage> Raft<S> {
     pub(crate) fn maybe_commit(&mut self) {
         let mut matches: BTreeMap<NodeId, Index> = self.progress.iter().map(|(&id, p)| (id, p.match_index)).collect();
         matches.insert(self.id, self.log.stable_last_index());
-        let index = quorum::committed_index(&self.membership.voters, &matches);
+        let index = quorum::membership_committed_index(&self.membership, &matches);
         if index <= self.log.committed || !self.commits_by_counting(index) {
             return;
         }
@@ -259,6 +265,7 @@ impl<S: Storage> Raft<S> {
             }
         }
         self.broadcast_append(true);
+        self.after_commit_membership();
     }
 
     /// Whether an entry at `index` held by a quorum may be committed by counting replicas.

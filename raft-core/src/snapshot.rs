@@ -54,8 +54,7 @@ impl<S: Storage> Raft<S> {
             Err(StorageError::Compacted(_)) => return Err(SnapshotError::Compacted(index)),
             Err(error) => return Err(SnapshotError::Storage(error)),
         };
-        // Membership never changes in the log yet, so the current one is the one at `index`.
-        Ok(SnapshotMeta { index, term, membership: self.membership.clone() })
+        Ok(SnapshotMeta { index, term, membership: self.membership_at(index) })
     }
 
     /// Where the driver may compact the log now: the entry `compaction_margin_entries` below the
@@ -221,6 +220,7 @@ impl<S: Storage> Raft<S> {
         self.incoming_snapshot = None;
         tracing::info!(id = %self.id, %index, %term, "installing snapshot");
         self.membership = meta.membership.clone();
+        self.configs = vec![(meta.index, meta.membership.clone())];
         self.log.install_snapshot(meta);
         // Sent once the install is durable, like any acknowledgement.
         self.send(from, self.term, MessageBody::AppendResponse(AppendResult::Success { match_index: index }));

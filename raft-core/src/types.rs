@@ -70,6 +70,8 @@ pub enum EntryPayload {
     Normal(Bytes),
     /// An empty entry that a new leader appends so that it can commit an entry of its own term.
     Noop,
+    /// A new membership, in force from the moment the entry is in a node's log.
+    Membership(Membership),
 }
 
 /// Bytes counted per entry on top of its payload when enforcing byte limits (index, term, tag).
@@ -92,6 +94,7 @@ impl Entry {
         let payload = match &self.payload {
             EntryPayload::Normal(data) => data.len() as u64,
             EntryPayload::Noop => 0,
+            EntryPayload::Membership(membership) => 8 * membership.members().len() as u64,
         };
         payload + ENTRY_OVERHEAD_BYTES
     }
@@ -108,27 +111,61 @@ pub struct HardState {
     pub commit: Index,
 }
 
-/// Who votes in the group.
+/// Who votes in the group, and who only listens. In a joint configuration (during a change of
+/// voters) decisions need a majority of `voters` *and* a majority of `voters_outgoing`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
-    /// The voting members. Ordered, so iteration is deterministic.
+    /// The voting members (of the new configuration, while joint). Ordered, so iteration is
+    /// deterministic.
     pub voters: BTreeSet<NodeId>,
+    /// The voters of the old configuration while the group is joint; empty otherwise.
+    pub voters_outgoing: BTreeSet<NodeId>,
+    /// Members that receive the log but do not vote (they may be promoted).
+    pub learners: BTreeSet<NodeId>,
 }
 
 impl Membership {
     /// A membership of the given voters.
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Self {
-        Membership { voters: voters.into_iter().collect() }
+        Membership { voters: voters.into_iter().collect(), ..Membership::default() }
     }
 
-    /// Whether `id` votes.
+    /// Whether `id` votes (in either half of a joint configuration).
     pub fn is_voter(&self, id: NodeId) -> bool {
-        self.voters.contains(&id)
+        self.voters.contains(&id) || self.voters_outgoing.contains(&id)
     }
 
-    /// The number of votes that form a majority.
+    /// Whether `id` is a voter or a learner.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.learners.contains(&id)
+    }
+
+    /// Whether a change of voters is in progress.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// Every voter, of both halves while joint.
+    pub fn all_voters(&self) -> BTreeSet<NodeId> {
+        self.voters.union(&self.voters_outgoing).copied().collect()
+    }
+
+    /// Every member: voters of both halves and learners.
+    pub fn members(&self) -> BTreeSet<NodeId> {
+        let mut members = self.all_voters();
+        members.extend(self.learners.iter().copied());
+        members
+    }
+
+    /// The number of votes that form a majority of `voters` (ignoring a joint configuration).
     pub fn quorum(&self) -> usize {
         self.voters.len() / 2 + 1
+    }
+
+    /// Whether this is a membership a group can run with: some voter, and no learner that also
+    /// votes.
+    pub fn is_valid(&self) -> bool {
+        !self.voters.is_empty() && self.learners.iter().all(|id| !self.is_voter(*id))
     }
 }
 

@@ -520,7 +520,8 @@ fn misaddressed_and_self_sent_messages_are_refused() {
     assert_refused(&mut node, message(1, 3, 2, heartbeat.clone()), StepError::NotAddressedToUs { to: NodeId(3) });
     assert_refused(&mut node, message(2, 2, 2, heartbeat), StepError::FromSelf);
     // Even from a later term: nothing is adopted from a message that is not for us.
-    let vote = MessageBody::VoteRequest { pre_vote: false, last_log_index: Index(9), last_log_term: Term(9) };
+    let vote =
+        MessageBody::VoteRequest { pre_vote: false, last_log_index: Index(9), last_log_term: Term(9), transfer: false };
     assert_refused(&mut node, message(3, 1, 9, vote.clone()), StepError::NotAddressedToUs { to: NodeId(1) });
     assert_refused(&mut node, message(2, 2, 9, vote), StepError::FromSelf);
 }
@@ -672,7 +673,12 @@ fn garbage_never_panics() {
                 rejected_index: Index(0),
                 hint: raft_core::ConflictHint { term: Some(Term(0)), index: Index(0) },
             }),
-            MessageBody::VoteRequest { pre_vote: true, last_log_index: Index(u64::MAX), last_log_term: Term(0) },
+            MessageBody::VoteRequest {
+                pre_vote: true,
+                last_log_index: Index(u64::MAX),
+                last_log_term: Term(0),
+                transfer: false,
+            },
             MessageBody::VoteResponse { pre_vote: true, granted: true },
             MessageBody::VoteResponse { pre_vote: false, granted: false },
         ]

@@ -68,7 +68,12 @@ fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
 }
 
 fn vote_request(pre_vote: bool, last_log_index: u64, last_log_term: u64) -> MessageBody {
-    MessageBody::VoteRequest { pre_vote, last_log_index: Index(last_log_index), last_log_term: Term(last_log_term) }
+    MessageBody::VoteRequest {
+        pre_vote,
+        last_log_index: Index(last_log_index),
+        last_log_term: Term(last_log_term),
+        transfer: false,
+    }
 }
 
 fn vote_response(pre_vote: bool, granted: bool) -> MessageBody {

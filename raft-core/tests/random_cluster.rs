@@ -362,7 +362,8 @@ impl Sim {
                 Err(
                     ProposeError::NotLeader { .. }
                     | ProposeError::TooManyUncommittedBytes { .. }
-                    | ProposeError::TermNotDurable,
+                    | ProposeError::TermNotDurable
+                    | ProposeError::TransferInProgress,
                 ) => {
                     self.retry.push_front(id);
                     break;

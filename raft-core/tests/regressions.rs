@@ -25,7 +25,12 @@ fn refusing_a_higher_term_vote_keeps_the_election_timer_running() {
         from: NodeId(2),
         to: NodeId(1),
         term: Term(2),
-        body: MessageBody::VoteRequest { pre_vote: false, last_log_index: Index(1), last_log_term: Term(1) },
+        body: MessageBody::VoteRequest {
+            pre_vote: false,
+            last_log_index: Index(1),
+            last_log_term: Term(1),
+            transfer: false,
+        },
     };
     node.step(stale_candidate).expect("a valid request");
     assert_eq!((node.term(), node.role()), (Term(2), Role::Follower));
@@ -124,7 +129,12 @@ fn messages_in_term_zero_are_refused() {
         from: NodeId(2),
         to: NodeId(1),
         term: Term(0),
-        body: MessageBody::VoteRequest { pre_vote: false, last_log_index: Index(0), last_log_term: Term(0) },
+        body: MessageBody::VoteRequest {
+            pre_vote: false,
+            last_log_index: Index(0),
+            last_log_term: Term(0),
+            transfer: false,
+        },
     };
     assert_eq!(node.step(vote), Err(raft_core::StepError::Malformed(raft_core::Malformed::TermZero)));
     let zero_append = append(2, 1, 0, (0, 0), vec![common::noop(1, 0)], 1);

@@ -40,6 +40,7 @@ fn body() -> impl Strategy<Value = MessageBody> {
             pre_vote,
             last_log_index: Index(index),
             last_log_term: Term(term),
+            transfer: false
         }),
         (any::<bool>(), any::<bool>()).prop_map(|(pre_vote, granted)| MessageBody::VoteResponse { pre_vote, granted }),
         (any::<u64>(), any::<u64>(), vec(entry(), 0..4), any::<u64>()).prop_map(|(index, term, entries, commit)| {

@@ -146,7 +146,7 @@ pub const EVENTS_MAX: u64 = 5_000_000;
 
 enum EventKind {
     Tick(NodeId, u64),
-    Deliver(Message),
+    Deliver(Box<Message>),
     SyncDone(NodeId, u64),
     Restart(NodeId),
     Resume(NodeId, u64),
@@ -485,7 +485,7 @@ impl Simulation {
     fn handle(&mut self, kind: EventKind) -> Check {
         match kind {
             EventKind::Tick(id, incarnation) => self.on_tick(id, incarnation),
-            EventKind::Deliver(message) => self.on_deliver(message),
+            EventKind::Deliver(message) => self.on_deliver(*message),
             EventKind::SyncDone(id, incarnation) => self.on_sync_done(id, incarnation),
             EventKind::Restart(id) => self.on_restart(id),
             EventKind::Resume(id, until) => self.on_resume(id, until),
@@ -553,9 +553,9 @@ impl Simulation {
             self.stats.messages_blocked += 1;
             return Ok(());
         }
-        let message = match self.defer_if_paused(to, EventKind::Deliver(message)) {
+        let message = match self.defer_if_paused(to, EventKind::Deliver(Box::new(message))) {
             Ok(()) => return Ok(()),
-            Err(EventKind::Deliver(message)) => message,
+            Err(EventKind::Deliver(message)) => *message,
             Err(_) => unreachable!("defer_if_paused returns the event it was given"),
         };
         self.stats.messages_delivered += 1;
@@ -789,7 +789,7 @@ impl Simulation {
         self.stats.messages_duplicated += copies - 1;
         for _ in 0..copies {
             let delay = 1 + self.random_below(self.config.delay_max);
-            self.schedule(delay, EventKind::Deliver(message.clone()));
+            self.schedule(delay, EventKind::Deliver(Box::new(message.clone())));
         }
         Ok(())
     }

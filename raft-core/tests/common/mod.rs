@@ -287,6 +287,12 @@ impl Cluster {
         }
     }
 
+    /// Restores both directions between `a` and `b`.
+    pub fn heal_link(&mut self, a: u64, b: u64) {
+        self.cut.remove(&(NodeId(a), NodeId(b)));
+        self.cut.remove(&(NodeId(b), NodeId(a)));
+    }
+
     /// Restores every link (crashed nodes stay down).
     pub fn heal(&mut self) {
         self.cut.clear();
@@ -327,6 +333,19 @@ impl Cluster {
             node.storage_mut().compact(index, term).expect("memory storage");
         }
         meta
+    }
+
+    /// Adds a fresh node `id` with an empty store that knows no membership: it takes part once
+    /// a leader adds it and replicates to it.
+    pub fn add_node(&mut self, id: u64) {
+        let id = NodeId(id);
+        let options = base_options(id).build().expect("valid test options");
+        let node = Raft::new(id, options.clone(), MemStorage::new(Membership::default())).expect("memory storage");
+        self.nodes.insert(id, node);
+        self.options.insert(id, options);
+        self.applied.insert(id, Vec::new());
+        self.restored.insert(id, Vec::new());
+        self.auto_persist.insert(id, true);
     }
 
     /// The leader with the highest term among live nodes, if any.

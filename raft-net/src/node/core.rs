@@ -170,6 +170,8 @@ where
             }
             // Only when the deferred queue is full: a burst larger than one input batch.
             CoreProposeError::TermNotDurable => ProposeError::TooBusy,
+            // A leadership transfer ends within an election timeout: retry shortly.
+            CoreProposeError::TransferInProgress => ProposeError::TooBusy,
             CoreProposeError::TooLarge { bytes, limit } => ProposeError::TooLarge { bytes, limit },
             CoreProposeError::TooManyUncommittedBytes { uncommitted, limit } => {
                 ProposeError::TooManyUncommittedBytes { uncommitted, limit }
