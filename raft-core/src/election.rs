@@ -266,7 +266,14 @@ impl<S: Storage> Raft<S> {
             // A granted pre-vote carries the term we would campaign in: no term change.
             MessageBody::VoteResponse { pre_vote: true, granted: true } => {}
             body if body.is_from_leader() => self.become_follower(m.term, Some(m.from)),
-            _ => self.become_follower(m.term, None),
+            _ => {
+                // Learning a later term from a refusal or an answer: step down, but keep counting
+                // toward our own election, for the same reason as above. Otherwise a hopeless
+                // candidate that keeps raising the term keeps resetting a viable one's timer.
+                let timer = (self.election_elapsed, self.randomized_election_ticks);
+                self.become_follower(m.term, None);
+                (self.election_elapsed, self.randomized_election_ticks) = timer;
+            }
         }
         Ok(())
     }
@@ -280,6 +287,11 @@ impl<S: Storage> Raft<S> {
             }
             MessageBody::VoteRequest { pre_vote: true, .. } => {
                 self.send(m.from, self.term, MessageBody::VoteResponse { pre_vote: true, granted: false });
+            }
+            // A follower behind on terms (removed, or cut off) would wait for an answer forever:
+            // refuse with our term, so it learns the term and fails its read.
+            MessageBody::ReadIndexRequest { request, .. } => {
+                self.send(m.from, self.term, MessageBody::ReadIndexResponse { request, index: None });
             }
             _ => {}
         }

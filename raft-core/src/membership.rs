@@ -221,9 +221,14 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    /// Whether `id` may become leader: a voter with no committed change still to apply.
+    /// Whether this node may become leader: a voter, in its latest membership or in its latest
+    /// committed one, with no committed change still to apply. The second case matters when a
+    /// leader leaving the voters appended the final membership and lost leadership before
+    /// replicating it: the remaining voters, still joint, may need its vote and cannot get it (its
+    /// log is ahead), so it must be able to lead again, replicate the entry, and step down.
     pub(crate) fn may_campaign(&self) -> bool {
-        self.membership.is_voter(self.id) && !self.has_unapplied_committed_change()
+        let voter = self.membership.is_voter(self.id) || self.membership_at(self.log.committed).is_voter(self.id);
+        voter && !self.has_unapplied_committed_change()
     }
 }
 

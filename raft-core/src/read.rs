@@ -169,7 +169,10 @@ impl<S: Storage> Raft<S> {
 
     /// A follower forwards a read to us.
     pub(crate) fn on_read_index_request(&mut self, from: NodeId, request: u64, mode: ReadMode) {
+        // A node outside the membership gets no entries from us, so it could never apply the
+        // index we would give it: refuse, so its caller goes elsewhere.
         let refuse = self.role != Role::Leader
+            || !self.membership.is_member(from)
             || (mode == ReadMode::Lease && !self.options.lease_reads())
             || self.reads.pending_count() >= self.options.reads_pending_max();
         if refuse {

@@ -291,3 +291,40 @@ fn leadership_transfer_to_a_down_node_is_abandoned_in_time() {
     c.propose(1, b"x").expect("abandoned after election_ticks: proposals again");
     assert_eq!(c.node(1).role(), Role::Leader);
 }
+
+/// Found by the simulator (seed 1988 of its first membership runs, mirrored here): leader 1 of
+/// {1, 2} demotes itself to learner. Once the joint configuration committed it appended the
+/// final one ({2}), then lost leadership (check-quorum) before node 2 had that entry. Node 2,
+/// still joint, needs node 1's vote, which node 1 refuses (its log is ahead), and node 1, no
+/// voter in its latest membership, did not campaign: no leader ever again. A node that votes in
+/// its latest committed membership may campaign too; node 1 then leads, replicates the entry
+/// and steps down, and node 2 leads alone.
+#[test]
+fn a_leader_that_left_the_voters_and_lost_leadership_mid_change_does_not_wedge_the_group() {
+    let mut c = led_by_1(2);
+    c.node_mut(1).change_membership(&[ConfChange::AddLearner(NodeId(1))]).expect("accepted");
+    // The joint entry commits (both nodes ack it); the final entry stays on node 1 only.
+    let hold_final = |m: &Message| match &m.body {
+        MessageBody::AppendEntries { entries, .. }
+            if entries.iter().any(|e| matches!(&e.payload, EntryPayload::Membership(m) if !m.is_joint())) =>
+        {
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    };
+    deliver_with(&mut c, hold_final);
+    assert_eq!(c.node(1).membership().voters, set(&[2]), "node 1 appended the final membership");
+    assert!(c.node(2).membership().is_joint(), "node 2 is still joint");
+    c.isolate(1);
+    for _ in 0..25 {
+        tick_with(&mut c, hold_final);
+    }
+    assert_ne!(c.node(1).role(), Role::Leader, "check-quorum deposed it");
+    c.heal();
+    let leader = c.tick_until_leader(200).expect("not wedged");
+    c.ticks(30);
+    let leader = c.leader().unwrap_or(leader);
+    assert_eq!(leader, 2, "node 2 ends as the only voter and leader");
+    assert_eq!(voters(&c, 2), set(&[2]));
+    c.propose(2, b"after").expect("the group works");
+}

@@ -44,6 +44,30 @@ fn refusing_a_higher_term_vote_keeps_the_election_timer_running() {
     assert_eq!((node.role(), node.term()), (Role::Candidate, Term(3)), "the timeout still fires on time");
 }
 
+/// The same for a later term learned from a vote refusal (found by simulator seed 8493 with
+/// membership changes and pre-vote off): a hopeless candidate far behind kept raising the term,
+/// and each refusal it sent reset the viable candidate's timer, which then never campaigned
+/// before it: no leader for the whole liveness phase.
+#[test]
+fn learning_a_later_term_from_a_refusal_keeps_the_election_timer_running() {
+    let voters = ids(3);
+    let mut node = node_with_log(NodeId(1), &voters, &[1, 1], 1, options(NodeId(1), false, false));
+    let timeout = node.randomized_election_ticks();
+    for _ in 0..timeout - 1 {
+        node.tick();
+    }
+    let refusal = Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: Term(5),
+        body: MessageBody::VoteResponse { pre_vote: false, granted: false },
+    };
+    let _ = node.step(refusal);
+    assert_eq!((node.term(), node.role()), (Term(5), Role::Follower));
+    node.tick();
+    assert_eq!((node.role(), node.term()), (Role::Candidate, Term(6)), "the timeout still fires on time");
+}
+
 /// A lone voter wins before its new term is durable. If it took proposals then and crashed, the
 /// next incarnation would lead the same term again and hand out the same (index, term) for a
 /// different command (found by the simulator as a log-matching violation). It refuses

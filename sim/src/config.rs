@@ -62,6 +62,11 @@ pub struct SimConfig {
     pub lease_reads: bool,
     /// The drift bound the nodes' leases assume, in ticks per election timeout.
     pub clock_drift_max_ticks: u32,
+    /// Nodes beyond the initial voters, started empty: membership changes may add them.
+    pub spare_nodes: u64,
+    /// Per-tick probability that the leader is asked for a random membership change or
+    /// leadership transfer.
+    pub membership_rate: f64,
     /// Nominal ticks of the safety phase (with faults).
     pub safety_ticks: u64,
     /// Nominal ticks the liveness phase may take after healing.
@@ -98,6 +103,8 @@ impl SimConfig {
             sync_delay_max: 1 + (rate(1.0) * TICK_UNITS as f64) as u64,
             message_entries_max: [1, 2, 8, 64][(rng.next_u64() % 4) as usize],
             clients: 1 + seed % 4,
+            spare_nodes: 0,
+            membership_rate: 0.0,
             keys: 0,
             lease_reads: false,
             clock_drift_max_ticks: 0,
@@ -130,6 +137,10 @@ impl SimConfig {
         config.keys = 1 + rng.next_u64() % 5;
         config.lease_reads = config.check_quorum && rng.next_u64() % 2 == 0;
         config.clock_drift_max_ticks = lease_drift_ticks(config.election_ticks, config.drift);
+        // Membership changes last, for the same reason: at most 7 nodes in all.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00c0_ff16_0000);
+        config.spare_nodes = (rng.next_u64() % 3).min(7 - config.nodes);
+        config.membership_rate = if unit_of(&mut rng) < 0.3 { 0.0 } else { unit_of(&mut rng) * 0.03 };
         config
     }
 }
@@ -153,7 +164,7 @@ impl fmt::Display for SimConfig {
             f,
             "seed={} nodes={} pre_vote={} check_quorum={} heartbeat={} loss={:.3} dup={:.3} delay_max={} \
              partition={:.4} crash={:.4} crash_after_commit={:.3} pause={:.4} drift={:.3} sync_max={} batch={} clients={} snapshot={:.4} margin={} chunk={} filler={} \
-             keys={} lease={} drift_bound={} ticks={}+{}",
+             keys={} lease={} drift_bound={} spare={} membership={:.4} ticks={}+{}",
             self.seed,
             self.nodes,
             self.pre_vote,
@@ -177,6 +188,8 @@ impl fmt::Display for SimConfig {
             self.keys,
             self.lease_reads,
             self.clock_drift_max_ticks,
+            self.spare_nodes,
+            self.membership_rate,
             self.safety_ticks,
             self.liveness_ticks,
         )

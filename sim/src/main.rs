@@ -131,6 +131,7 @@ fn print_summary(stats: &Stats, seeds: u64, wall: std::time::Duration) {
         stats.pauses
     );
     println!("snapshots:           taken {} installed {}", stats.snapshots_taken, stats.snapshots_installed);
+    println!("membership changes:  {} accepted (changes and transfers)", stats.membership_changes);
     println!(
         "client operations:   {} writes and {} reads completed; linearizability undecided (budget) in {} runs",
         stats.commands_committed, stats.reads_completed, stats.linearizability_unknown

@@ -6,8 +6,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use raft_core::{
-    Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, Options, OptionsBuilder, Raft,
-    ReceivedChunk, Role, SnapshotMeta, Storage, Term,
+    ConfChange, Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, Options,
+    OptionsBuilder, Raft, ReceivedChunk, Role, SnapshotMeta, Storage, Term,
 };
 use raft_storage::{LogStore, MemStorage};
 use rand_chacha::ChaCha8Rng;
@@ -53,6 +53,8 @@ pub struct Stats {
     /// Runs whose client history the linearizability checker could not decide within its
     /// budget (not a failure; reported so that a weak check is visible).
     pub linearizability_unknown: u64,
+    /// Membership changes and leadership transfers leaders accepted.
+    pub membership_changes: u64,
     /// Snapshots nodes took of their own state machines.
     pub snapshots_taken: u64,
     /// Snapshots nodes installed from a leader.
@@ -77,6 +79,7 @@ impl Stats {
         self.commands_committed += other.commands_committed;
         self.reads_completed += other.reads_completed;
         self.linearizability_unknown += other.linearizability_unknown;
+        self.membership_changes += other.membership_changes;
         self.snapshots_taken += other.snapshots_taken;
         self.snapshots_installed += other.snapshots_installed;
         self.checks += other.checks;
@@ -343,8 +346,9 @@ impl Simulation {
     fn new(config: SimConfig, run_options: RunOptions) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let voters: Vec<NodeId> = (1..=config.nodes).map(NodeId).collect();
+        let pool: Vec<NodeId> = (1..=config.nodes + config.spare_nodes).map(NodeId).collect();
         let mut nodes = Vec::new();
-        for &id in &voters {
+        for &id in &pool {
             let mut builder = Options::builder()
                 .election_ticks(config.election_ticks)
                 .heartbeat_ticks(config.heartbeat_ticks)
@@ -362,7 +366,10 @@ impl Simulation {
                 builder = hook(builder);
             }
             let options = builder.build().expect("simulator options are valid");
-            let durable = MemStorage::new(Membership::new(voters.iter().copied()));
+            // Spare nodes start knowing no membership: they join when a leader adds them.
+            let initial =
+                if voters.contains(&id) { Membership::new(voters.iter().copied()) } else { Membership::default() };
+            let durable = MemStorage::new(initial);
             let raft = Raft::new(id, options.clone(), durable.clone()).expect("memory storage");
             let deviation = (rng.next_u64() as f64 / u64::MAX as f64 * 2.0 - 1.0) * config.drift;
             let tick_period = ((TICK_UNITS as f64) * (1.0 + deviation)).max(1.0) as u64;
@@ -410,7 +417,7 @@ impl Simulation {
             reads_in_flight: BTreeMap::new(),
             next_read_id: 0,
         };
-        for id in voters {
+        for id in pool {
             let offset = sim.random_below(TICK_UNITS);
             sim.schedule(offset, EventKind::Tick(id, 0));
         }
@@ -802,6 +809,9 @@ impl Simulation {
         if self.chance(self.config.partition_rate) {
             self.change_partition();
         }
+        if self.chance(self.config.membership_rate) {
+            self.change_membership_randomly()?;
+        }
         for index in 0..self.nodes.len() {
             let id = NodeId(index as u64 + 1);
             if self.nodes[index].paused_until.is_none() && self.chance(self.config.snapshot_rate) {
@@ -824,7 +834,7 @@ impl Simulation {
     fn change_partition(&mut self) {
         self.stats.partitions += 1;
         self.blocked.clear();
-        let n = self.config.nodes;
+        let n = self.pool_size();
         let kind = self.random_below(4);
         match kind {
             0 => {} // heal
@@ -937,17 +947,47 @@ impl Simulation {
     }
 
     /// A leader, no pending client command, every node applied everything committed.
+    /// A leader, no pending client command, every member applied everything committed (nodes
+    /// outside the leader's membership, removed or never added, do not count).
     fn converged(&self) -> bool {
         if self.clients.iter().any(|c| c.pending.is_some()) {
             return false;
         }
-        let Some(leader) = self.leader() else { return false };
-        let commit = self.node(leader).raft.as_ref().map_or(Index(0), |r| r.commit_index());
-        let leader_term = self.node(leader).raft.as_ref().map_or(Term(0), |r| r.term());
-        self.nodes.iter().all(|n| {
+        let Some(leader) = self.leader().and_then(|id| self.node(id).raft.as_ref()) else { return false };
+        let (commit, leader_term, membership) = (leader.commit_index(), leader.term(), leader.membership());
+        self.nodes.iter().filter(|n| membership.is_member(n.id)).all(|n| {
             n.raft.as_ref().is_some_and(|r| r.term() == leader_term && r.commit_index() == commit)
                 && n.applied.index == commit
         })
+    }
+
+    /// Every node, members or not.
+    fn pool_size(&self) -> u64 {
+        self.nodes.len() as u64
+    }
+
+    /// Asks the leader for a random membership change or leadership transfer; refusals (a
+    /// change in progress, the leader's term not committed) are normal.
+    fn change_membership_randomly(&mut self) -> Check {
+        let Some(leader) = self.leader() else { return Ok(()) };
+        let target = NodeId(1 + self.random_below(self.pool_size()));
+        let action = self.random_below(4);
+        let Some(raft) = self.node_mut(leader).raft.as_mut() else { return Ok(()) };
+        let accepted = match action {
+            0 => raft.change_membership(&[ConfChange::AddLearner(target)]).is_ok(),
+            1 => raft.change_membership(&[ConfChange::AddVoter(target)]).is_ok(),
+            2 => raft.change_membership(&[ConfChange::Remove(target)]).is_ok(),
+            _ => raft.transfer_leadership(target).is_ok(),
+        };
+        const ACTIONS: [&str; 4] = ["add learner", "add voter", "remove", "transfer leadership to"];
+        let what = ACTIONS[action as usize];
+        self.trace([14, leader.0, action, target.0 << 1 | u64::from(accepted)], || {
+            format!("leader {leader}: {what} {target}: {}", if accepted { "accepted" } else { "refused" })
+        });
+        if accepted {
+            self.stats.membership_changes += 1;
+        }
+        self.flush(leader)
     }
 
     fn leader(&self) -> Option<NodeId> {

@@ -39,11 +39,13 @@ pub(super) struct Client {
     pub(super) pending: Option<PendingOperation>,
     pub(super) deadline: u64,
     pub(super) target: NodeId,
+    /// The last attempt was taken by a node (so reaching the deadline means it timed out).
+    pub(super) awaiting: bool,
 }
 
 impl Client {
     pub(super) fn new(target: NodeId) -> Self {
-        Client { seq: 0, pending: None, deadline: 0, target }
+        Client { seq: 0, pending: None, deadline: 0, target, awaiting: false }
     }
 }
 
@@ -60,7 +62,13 @@ impl Simulation {
                 self.clients[client].pending = None;
                 return Ok(());
             }
-            Some(operation) => operation,
+            Some(operation) => {
+                if self.clients[client].awaiting {
+                    // Timed out (not just refused): the node may be cut off or removed; try another.
+                    self.clients[client].target = NodeId(1 + self.random_below(self.pool_size()));
+                }
+                operation
+            }
             None if self.healing => return Ok(()),
             None => self.invoke(client),
         };
@@ -90,7 +98,7 @@ impl Simulation {
         // Reads go to any node half the time (follower reads), writes a quarter of the time (a
         // client with stale leader information, redirected by the node it reaches).
         if self.chance(if mode.is_some() { 0.5 } else { 0.25 }) {
-            self.clients[client].target = NodeId(1 + self.random_below(self.config.nodes));
+            self.clients[client].target = NodeId(1 + self.random_below(self.pool_size()));
         }
         let history = self.history.len();
         self.history.push(Operation { client: client as u64, input, call: self.now, outcome: Outcome::Unknown });
@@ -116,11 +124,12 @@ impl Simulation {
         match result {
             Ok(_) => {
                 self.clients[client].deadline = self.now + CLIENT_TIMEOUT_TICKS * TICK_UNITS;
+                self.clients[client].awaiting = true;
                 self.flush(target)
             }
             Err(ProposeError::NotLeader { leader: Some(leader) }) => self.retry_at(client, leader),
             Err(_) => {
-                let other = NodeId(1 + self.random_below(self.config.nodes));
+                let other = NodeId(1 + self.random_below(self.pool_size()));
                 self.retry_at(client, other)
             }
         }
@@ -143,11 +152,12 @@ impl Simulation {
             Ok(()) => {
                 self.reads_in_flight.insert(id, (client, seq));
                 self.clients[client].deadline = self.now + CLIENT_TIMEOUT_TICKS * TICK_UNITS;
+                self.clients[client].awaiting = true;
                 self.flush(target)
             }
             Err(_) => {
                 let other = self.node(target).raft.as_ref().and_then(|r| r.leader());
-                let other = other.unwrap_or_else(|| NodeId(1 + self.random_below(self.config.nodes)));
+                let other = other.unwrap_or_else(|| NodeId(1 + self.random_below(self.pool_size())));
                 self.retry_at(client, other)
             }
         }
@@ -157,6 +167,7 @@ impl Simulation {
     fn retry_at(&mut self, client: usize, target: NodeId) -> Check {
         self.clients[client].target = target;
         self.clients[client].deadline = self.now;
+        self.clients[client].awaiting = false;
         Ok(())
     }
 
@@ -186,7 +197,10 @@ impl Simulation {
                     self.stats.reads_completed += 1;
                 }
                 // Leadership changed: retry at once, somewhere else.
-                Err(_) => self.clients[client].deadline = self.now,
+                Err(_) => {
+                    self.clients[client].deadline = self.now;
+                    self.clients[client].awaiting = true;
+                }
             }
         }
     }
