@@ -328,3 +328,24 @@ fn a_leader_that_left_the_voters_and_lost_leadership_mid_change_does_not_wedge_t
     assert_eq!(voters(&c, 2), set(&[2]));
     c.propose(2, b"after").expect("the group works");
 }
+
+/// Membership lives in the log and in snapshots: a restarted node finds it again, from its log
+/// entries, and from a snapshot after compaction.
+#[test]
+fn membership_is_restored_on_restart_from_the_log_and_from_snapshots() {
+    let mut c = cluster_tuned(3, |b| b.compaction_margin_entries(0));
+    c.elect(1);
+    c.ticks(1);
+    c.add_node(4);
+    change(&mut c, 1, &[ConfChange::AddLearner(NodeId(4))]);
+    c.crash(2);
+    c.restart(2);
+    assert!(c.node(2).membership().learners.contains(&NodeId(4)), "from the log");
+    change(&mut c, 1, &[ConfChange::AddVoter(NodeId(4))]);
+    let meta = c.snapshot(3);
+    assert_eq!(meta.membership.voters, set(&[1, 2, 3, 4]), "the snapshot carries the membership at its index");
+    c.crash(3);
+    c.restart(3);
+    assert_eq!(voters(&c, 3), set(&[1, 2, 3, 4]), "from the snapshot");
+    assert!(!c.node(3).membership().is_joint());
+}
