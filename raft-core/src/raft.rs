@@ -100,6 +100,10 @@ pub struct Status {
     pub stable_last_index: Index,
     /// Per-follower replication progress (leaders only).
     pub progress: BTreeMap<NodeId, Progress>,
+    /// The membership in force (the latest in the log).
+    pub membership: Membership,
+    /// The leadership transfer in progress, if any: its target (leaders only).
+    pub transfer_target: Option<NodeId>,
 }
 
 /// One Raft node as a deterministic state machine. See the crate docs for how to drive it.
@@ -254,6 +258,8 @@ impl<S: Storage> Raft<S> {
             last_index: self.log.last_index(),
             stable_last_index: self.log.stable_last_index(),
             progress: self.progress.clone(),
+            membership: self.membership.clone(),
+            transfer_target: self.transfer.map(|t| t.target),
         }
     }
 

@@ -159,12 +159,7 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    /// [`Self::send_appends_while_possible`] for other modules.
-    pub(crate) fn send_appends_while_possible_pub(&mut self, peer: NodeId) {
-        self.send_appends_while_possible(peer);
-    }
-
-    fn send_appends_while_possible(&mut self, peer: NodeId) {
+    pub(crate) fn send_appends_while_possible(&mut self, peer: NodeId) {
         let window = self.options.inflight_messages_max();
         for _ in 0..=window {
             let behind = self.progress.get(&peer).is_some_and(|p| p.next_index <= self.log.last_index());

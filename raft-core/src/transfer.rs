@@ -63,7 +63,7 @@ impl<S: Storage> Raft<S> {
         }
         tracing::info!(id = %self.id, %target, "transferring leadership");
         self.transfer = Some(Transfer { target, elapsed: 0, timeout_sent: false });
-        self.send_appends_while_possible_pub(target);
+        self.send_appends_while_possible(target);
         self.maybe_send_timeout_now();
         Ok(())
     }
@@ -73,7 +73,7 @@ impl<S: Storage> Raft<S> {
         let Some(transfer) = self.transfer.filter(|t| !t.timeout_sent) else { return };
         let caught_up = self.progress.get(&transfer.target).is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
-            self.transfer = Some(crate::transfer::Transfer { timeout_sent: true, ..transfer });
+            self.transfer = Some(Transfer { timeout_sent: true, ..transfer });
             self.send(transfer.target, self.term, MessageBody::TimeoutNow);
         }
     }
