@@ -9,7 +9,14 @@
 //! [`start`] spawns the node's core thread (the one owner of the core and the storage, which it
 //! writes inline with group commit), its apply thread (the one owner of the state machine) and
 //! two small tokio tasks (inbound messages, ticks); the [`node`] module docs describe the
-//! threads, the bounded queues and how the driving contract of raft-core is met. A single node, over the in-memory network and store:
+//! threads, the bounded queues and how the driving contract of raft-core is met.
+//!
+//! Clients write with [`NodeHandle::propose`] (answered once the command is applied) and read
+//! with [`NodeHandle::read`], which runs a query against the state machine on its apply thread:
+//! [`ReadConsistency::Linearizable`] (ReadIndex, on the leader or forwarded by a follower),
+//! [`ReadConsistency::Lease`] (the leader's lease, with a clock-drift bound) or
+//! [`ReadConsistency::Stale`] (whatever is applied, no check). A single node, over the in-memory
+//! network and store:
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -17,7 +24,7 @@
 //!
 //! use bytes::Bytes;
 //! use raft_core::{Index, Membership, NodeId, Options, Role};
-//! use raft_net::{MemNetwork, NodeConfig, StateMachine};
+//! use raft_net::{MemNetwork, NodeConfig, ReadConsistency, StateMachine};
 //! use raft_storage::MemStorage;
 //!
 //! /// Sums the numbers it is given.
@@ -55,6 +62,8 @@
 //!         tokio::time::sleep(Duration::from_millis(10)).await;
 //!     }
 //!     assert_eq!(node.propose(Bytes::from_static(&[40, 2])).await?, 42);
+//!     // Sees every write that completed before it was asked.
+//!     assert_eq!(node.read(ReadConsistency::Linearizable, |sum: &Sum| sum.0).await?, 42);
 //!     node.shutdown().await;
 //!     Ok::<(), Box<dyn std::error::Error>>(())
 //! })?;
@@ -128,8 +137,9 @@ pub use mem::{JoinError, MEM_INBOUND_QUEUE_MESSAGES_MAX_DEFAULT, MemNetwork, Mem
 pub use node::{
     APPLY_QUEUE_BATCHES_MAX_DEFAULT, ConfigError, ConfigLimit, EVENT_QUEUE_EVENTS_MAX_DEFAULT,
     INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig, NodeEvent, NodeHandle, NodeStartError,
-    NodeStatus, PROPOSALS_PENDING_MAX_DEFAULT, PeerStatus, ProposeError, SNAPSHOT_READ_BYTES_MAX, SharedError,
-    StateMachine, StopReason, StorageFailure, StorageOperation, TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX, start,
+    NodeStatus, PROPOSALS_PENDING_MAX_DEFAULT, PeerStatus, ProposeError, READS_PENDING_MAX_DEFAULT, ReadConsistency,
+    ReadError, SNAPSHOT_READ_BYTES_MAX, SharedError, StateMachine, StopReason, StorageFailure, StorageOperation,
+    TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX, start,
 };
 pub use tcp::{
     Accept, Connect, PeerState, READ_BUFFER_BYTES_DEFAULT, StartError, TcpOption, TcpOptions, TcpOptionsError,

@@ -213,12 +213,15 @@ pub async fn settled_leader(members: &[&Member]) -> NodeId {
 
 /// Proposes `command` to the cluster until it is applied: starts at member `first`, follows
 /// `NotLeader` hints, and retries after outcomes that leave the command uncommitted or unknown
-/// (commands are idempotent `set`s, so a retry is harmless). Panics after [`PATIENCE`].
+/// (commands are idempotent `set`s, so a retry is harmless). Panics after [`PATIENCE`], even when
+/// a proposal is never answered (a leader that lost its quorum for good).
 pub async fn propose(members: &[NodeHandle<Kv>], ids: &[NodeId], mut target: usize, command: Bytes) -> Index {
     let deadline = Instant::now() + PATIENCE;
     loop {
         assert!(Instant::now() < deadline, "proposal {command:?} never applied");
-        match members[target].propose(command.clone()).await {
+        let outcome = tokio::time::timeout_at(deadline, members[target].propose(command.clone())).await;
+        let Ok(outcome) = outcome else { panic!("proposal {command:?} never answered") };
+        match outcome {
             Ok(index) => return index,
             Err(ProposeError::NotLeader { leader: Some(leader), .. }) if ids.contains(&leader) => {
                 target = ids.iter().position(|id| *id == leader).expect("checked above");

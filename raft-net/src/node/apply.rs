@@ -1,5 +1,6 @@
 //! The apply thread: owns the state machine, applies committed entries in order, answers the
-//! proposals registered by the core thread, restores snapshots and takes them per the policy.
+//! proposals registered by the core thread, runs read queries, restores snapshots and takes them
+//! per the policy.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::sync::mpsc::WeakSender;
 
 use super::error::{ProposeError, StopReason};
 use super::event::NodeEvent;
+use super::read::PendingRead;
 use super::shared::{ApplyStep, CoreInput, PanicGuard, Registration, Shared, TakenSnapshot};
 use super::state_machine::StateMachine;
 
@@ -22,7 +24,7 @@ pub(crate) struct Applier<SM: StateMachine> {
     pub(crate) shared: Arc<Shared>,
     /// Wakes the core thread when a snapshot is ready; weak, so it does not keep the core's
     /// input queue open.
-    pub(crate) wake: WeakSender<CoreInput<SM::Response>>,
+    pub(crate) wake: WeakSender<CoreInput<SM>>,
     /// Take a snapshot every this many applied entries (0: never).
     pub(crate) snapshot_every_entries: u64,
     /// Proposals waiting for the entry at their index, at most `proposals_pending_max` of them
@@ -39,7 +41,7 @@ impl<SM: StateMachine> Applier<SM> {
     pub(crate) fn new(
         state_machine: SM,
         shared: Arc<Shared>,
-        wake: WeakSender<CoreInput<SM::Response>>,
+        wake: WeakSender<CoreInput<SM>>,
         snapshot_every_entries: u64,
     ) -> Self {
         Applier {
@@ -55,8 +57,9 @@ impl<SM: StateMachine> Applier<SM> {
     }
 
     /// Runs until the core thread drops its end of the queue (or a restore fails), then answers
-    /// every proposal still pending with the reason the node stopped.
-    pub(crate) fn run(mut self, steps: Receiver<ApplyStep<SM::Response>>) {
+    /// every proposal still pending with the reason the node stopped. (Reads still queued after
+    /// a failed restore are dropped with the queue: their readers then see the stop reason.)
+    pub(crate) fn run(mut self, steps: Receiver<ApplyStep<SM>>) {
         while let Ok(step) = steps.recv() {
             match step {
                 ApplyStep::Register(registrations) => registrations.into_iter().for_each(|r| self.register(r)),
@@ -68,6 +71,7 @@ impl<SM: StateMachine> Applier<SM> {
                     }
                 }
                 ApplyStep::Apply(entries) => self.apply(entries),
+                ApplyStep::Read { applied_min, reads } => self.serve(applied_min, reads),
             }
         }
         let error = self.shared.stopped_error();
@@ -131,6 +135,16 @@ impl<SM: StateMachine> Applier<SM> {
             _ => Err(ProposeError::LeadershipLost { index: entry.index, term: registration.term }),
         };
         registration.responder.answer(outcome);
+    }
+
+    /// Runs read queries against the state machine as it is now.
+    fn serve(&self, applied_min: Index, reads: Vec<PendingRead<SM>>) {
+        // The core hands out a confirmed read only after the entries up to its index, and this
+        // queue keeps their order: a read served earlier would miss a write it must see.
+        assert!(self.applied >= applied_min, "a read at {applied_min} was served at {}", self.applied);
+        for read in reads {
+            read.serve(&self.state_machine);
+        }
     }
 
     fn maybe_snapshot(&mut self) {

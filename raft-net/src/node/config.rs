@@ -12,6 +12,8 @@ use thiserror::Error;
 pub const TICK_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
 /// The default [`NodeConfig::proposals_pending_max`].
 pub const PROPOSALS_PENDING_MAX_DEFAULT: usize = 4096;
+/// The default [`NodeConfig::reads_pending_max`].
+pub const READS_PENDING_MAX_DEFAULT: usize = 4096;
 /// The default [`NodeConfig::input_queue_items_max`].
 pub const INPUT_QUEUE_ITEMS_MAX_DEFAULT: usize = 4096;
 /// The default [`NodeConfig::input_batch_items_max`].
@@ -42,7 +44,12 @@ pub struct NodeConfig {
     /// waiting for their term to be durable, or appended and waiting to be applied. `propose`
     /// waits for room (back-pressure); `try_propose` fails with `TooBusy`.
     pub proposals_pending_max: usize,
-    /// Items (peer messages, proposals, status requests, wake-ups) queued for the core thread at
+    /// Reads accepted by the handle and not yet answered, at most: queued for the core, waiting
+    /// for the core to confirm them, or queued for the apply thread. `read` waits for room
+    /// (back-pressure). The core has its own limit, `options.reads_pending_max()`, which on a
+    /// leader also counts the reads its followers forward; past it a read fails with `TooBusy`.
+    pub reads_pending_max: usize,
+    /// Items (peer messages, proposals, reads, status requests, wake-ups) queued for the core thread at
     /// most. The transport's messages wait for room, which pushes back on the transport.
     pub input_queue_items_max: usize,
     /// Inputs the core takes from its queue before it persists and sends once (group commit).
@@ -68,6 +75,8 @@ pub enum ConfigLimit {
     TickInterval,
     /// [`NodeConfig::proposals_pending_max`].
     ProposalsPendingMax,
+    /// [`NodeConfig::reads_pending_max`].
+    ReadsPendingMax,
     /// [`NodeConfig::input_queue_items_max`].
     InputQueueItemsMax,
     /// [`NodeConfig::input_batch_items_max`].
@@ -88,6 +97,9 @@ pub enum ConfigError {
     /// `proposals_pending_max` is above what a tokio semaphore can count.
     #[error("proposals_pending_max ({0}) is too large")]
     ProposalsPendingTooLarge(usize),
+    /// `reads_pending_max` is above what a tokio semaphore can count.
+    #[error("reads_pending_max ({0}) is too large")]
+    ReadsPendingTooLarge(usize),
 }
 
 impl NodeConfig {
@@ -98,6 +110,7 @@ impl NodeConfig {
             options,
             tick_interval: TICK_INTERVAL_DEFAULT,
             proposals_pending_max: PROPOSALS_PENDING_MAX_DEFAULT,
+            reads_pending_max: READS_PENDING_MAX_DEFAULT,
             input_queue_items_max: INPUT_QUEUE_ITEMS_MAX_DEFAULT,
             input_batch_items_max: INPUT_BATCH_ITEMS_MAX_DEFAULT,
             apply_queue_batches_max: APPLY_QUEUE_BATCHES_MAX_DEFAULT,
@@ -114,6 +127,7 @@ impl NodeConfig {
         }
         let limits = [
             (self.proposals_pending_max, ConfigLimit::ProposalsPendingMax),
+            (self.reads_pending_max, ConfigLimit::ReadsPendingMax),
             (self.input_queue_items_max, ConfigLimit::InputQueueItemsMax),
             (self.input_batch_items_max, ConfigLimit::InputBatchItemsMax),
             (self.apply_queue_batches_max, ConfigLimit::ApplyQueueBatchesMax),
@@ -124,6 +138,9 @@ impl NodeConfig {
         }
         if self.proposals_pending_max > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ConfigError::ProposalsPendingTooLarge(self.proposals_pending_max));
+        }
+        if self.reads_pending_max > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::ReadsPendingTooLarge(self.reads_pending_max));
         }
         Ok(())
     }
@@ -139,6 +156,8 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         let zero = NodeConfig { apply_queue_batches_max: 0, ..config.clone() };
         assert_eq!(zero.validate(), Err(ConfigError::Zero(ConfigLimit::ApplyQueueBatchesMax)));
+        let zero = NodeConfig { reads_pending_max: 0, ..config.clone() };
+        assert_eq!(zero.validate(), Err(ConfigError::Zero(ConfigLimit::ReadsPendingMax)));
         let zero = NodeConfig { tick_interval: Duration::ZERO, ..config };
         assert_eq!(zero.validate(), Err(ConfigError::Zero(ConfigLimit::TickInterval)));
     }

@@ -3,6 +3,12 @@
 //! output as raft-core's driving contract prescribes, with one `write_output` (one fsync) for
 //! the whole batch: group commit. Storage writes happen inline, on this thread, so storage I/O
 //! never blocks the async workers.
+//!
+//! Reads: the core thread numbers each linearizable or lease read, asks the core, and keeps the
+//! query until the core's answer comes in an output's `reads`. A confirmed read goes to the apply
+//! thread right after that output's committed entries, on the same ordered queue, so its query
+//! runs after they are applied; a refused one is answered here. Stale reads skip the core and go
+//! to the apply thread at the end of the iteration.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -12,17 +18,19 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use raft_core::{
-    Message, NodeId, Output, ProposeError as CoreProposeError, Raft, SnapshotError, SnapshotMeta, SoftState, StepError,
-    StorageError, Term,
+    Index, Message, NodeId, Output, ProposeError as CoreProposeError, Raft, ReadState, SnapshotError, SnapshotMeta,
+    SoftState, StepError, StorageError, Term,
 };
 use raft_storage::LogStore;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::config::TICKS_PER_ITERATION_MAX;
-use super::error::{ProposeError, StopReason, StorageFailure, StorageOperation};
+use super::error::{ProposeError, ReadError, StopReason, StorageFailure, StorageOperation};
 use super::event::{NodeEvent, NodeStatus};
+use super::read::{PendingRead, ReadRequest};
 use super::shared::{ApplyStep, CoreInput, PanicGuard, Proposal, Registration, Shared};
+use super::state_machine::StateMachine;
 use crate::transport::{SendError, Transport};
 
 /// The most snapshot bytes read from the store per call when restoring the state machine.
@@ -35,21 +43,32 @@ enum Flow {
 }
 
 /// The core thread's state.
-pub(crate) struct Core<S: LogStore, T: Transport, R> {
+pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     /// First, so that a panic records its reason before anything else is dropped.
     pub(crate) _panic_guard: PanicGuard,
     pub(crate) raft: Raft<S>,
     pub(crate) transport: T,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) input: mpsc::Receiver<CoreInput<R>>,
+    pub(crate) input: mpsc::Receiver<CoreInput<SM>>,
     /// To the apply thread; `None` once stopping.
-    pub(crate) apply: Option<SyncSender<ApplyStep<R>>>,
+    pub(crate) apply: Option<SyncSender<ApplyStep<SM>>>,
     pub(crate) apply_thread: Option<JoinHandle<()>>,
     /// Proposals appended in this iteration, handed to the apply thread before any later step.
-    pub(crate) registrations: Vec<Registration<R>>,
+    pub(crate) registrations: Vec<Registration<SM::Response>>,
     /// Proposals refused with `TermNotDurable` (a leader whose first entry of its term is not
     /// durable yet), retried after this iteration's write; at most `input_batch_items_max`.
-    pub(crate) deferred: VecDeque<Proposal<R>>,
+    pub(crate) deferred: VecDeque<Proposal<SM::Response>>,
+    /// Reads asked of the core and not answered yet, by the id the core knows them by; at most
+    /// `reads_pending_max` (each holds a permit).
+    pub(crate) reads: BTreeMap<u64, PendingRead<SM>>,
+    /// The id of the next read asked of the core (never reused while the node runs).
+    pub(crate) read_id_next: u64,
+    /// A read was asked since the last output was taken: take one even if the core says it has
+    /// nothing to do (see `drain_outputs`).
+    pub(crate) read_asked: bool,
+    /// Stale reads taken in this iteration, handed to the apply thread at its end; at most
+    /// `reads_pending_max` (each holds a permit).
+    pub(crate) stale_reads: Vec<PendingRead<SM>>,
     /// The (leader, term) last reported in a `LeaderChanged` event.
     pub(crate) leader_term: (Option<NodeId>, Term),
     /// Peers reported unreachable and not reached since.
@@ -58,10 +77,11 @@ pub(crate) struct Core<S: LogStore, T: Transport, R> {
     pub(crate) input_batch_items_max: usize,
 }
 
-impl<S, T, R> Core<S, T, R>
+impl<S, T, SM> Core<S, T, SM>
 where
     S: LogStore,
     T: Transport,
+    SM: StateMachine,
 {
     /// Runs the node until it is shut down or fails, then stops it.
     pub(crate) fn run(mut self) {
@@ -88,8 +108,8 @@ where
     }
 
     /// One round of group commit: inputs, outputs, ticks (each followed by its outputs), the
-    /// offered snapshot, the retried proposals, and the answers to status requests.
-    fn iterate(&mut self, first: CoreInput<R>) -> Result<Flow, StopReason> {
+    /// offered snapshot, the retried proposals, stale reads, and the answers to status requests.
+    fn iterate(&mut self, first: CoreInput<SM>) -> Result<Flow, StopReason> {
         let mut statuses = Vec::new();
         let flow = self.take_inputs(first, &mut statuses)?;
         self.drain_outputs()?;
@@ -102,8 +122,9 @@ where
         self.save_offered_snapshot()?;
         self.retry_deferred()?;
         self.flush_registrations()?;
+        self.flush_stale_reads()?;
         if !statuses.is_empty() {
-            let status = NodeStatus::new(self.raft.status(), self.shared.applied());
+            let status = NodeStatus::new(self.raft.status(), self.shared.applied(), self.reads.len());
             for sender in statuses {
                 let _ = sender.send(status.clone()); // The requester may have stopped waiting.
             }
@@ -113,7 +134,7 @@ where
 
     fn take_inputs(
         &mut self,
-        first: CoreInput<R>,
+        first: CoreInput<SM>,
         statuses: &mut Vec<tokio::sync::oneshot::Sender<NodeStatus>>,
     ) -> Result<Flow, StopReason> {
         let mut next = Some(first);
@@ -122,6 +143,7 @@ where
             match input {
                 CoreInput::Message(message) => self.step(message)?,
                 CoreInput::Propose(proposal) => self.propose(proposal),
+                CoreInput::Read(request) => self.read(request),
                 CoreInput::Status(sender) => statuses.push(sender),
                 CoreInput::Wake => {}
                 // Inputs after it stay queued and are refused by `stop`.
@@ -145,7 +167,7 @@ where
         }
     }
 
-    fn propose(&mut self, proposal: Proposal<R>) {
+    fn propose(&mut self, proposal: Proposal<SM::Response>) {
         let index = match self.raft.propose(proposal.command.clone()) {
             Ok(index) => index,
             Err(CoreProposeError::TermNotDurable) if self.deferred.len() < self.input_batch_items_max => {
@@ -159,6 +181,24 @@ where
         };
         let term = self.raft.term();
         self.registrations.push(Registration { index, term, responder: proposal.responder });
+    }
+
+    /// Asks the core to confirm a linearizable or lease read; keeps a stale one for the apply
+    /// thread.
+    fn read(&mut self, request: ReadRequest<SM>) {
+        let Some(mode) = request.consistency.mode() else {
+            self.stale_reads.push(request.read);
+            return;
+        };
+        let id = self.read_id_next;
+        self.read_id_next += 1;
+        match self.raft.read(id, mode) {
+            Ok(()) => {
+                self.reads.insert(id, request.read);
+                self.read_asked = true;
+            }
+            Err(error) => request.read.fail(ReadError::from(error)),
+        }
     }
 
     /// The client's view of the core's refusal.
@@ -194,8 +234,13 @@ where
     /// Takes and carries out outputs until the node has nothing more to do. Memory stays bounded:
     /// each output hands at most `apply_bytes_max` of committed entries to the bounded apply
     /// queue, whose sends wait while it is full.
+    ///
+    /// After a read was asked, one output is taken even when `has_output` is false: the core
+    /// confirms a read at once when nobody else must be asked (a lone voter, a lease that holds),
+    /// and hands it out in the next output, but `has_output` does not count such a read, so
+    /// with no other traffic (a one-node group) it would never be served.
     fn drain_outputs(&mut self) -> Result<(), StopReason> {
-        while self.raft.has_output() {
+        while std::mem::take(&mut self.read_asked) || self.raft.has_output() {
             let output =
                 self.raft.take_output().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
             self.carry_out(output)?;
@@ -230,7 +275,44 @@ where
         if !output.committed.is_empty() {
             self.hand_to_apply(ApplyStep::Apply(output.committed))?;
         }
-        Ok(())
+        // After this output's committed entries, on the same queue: see `hand_out_reads`.
+        self.hand_out_reads(output.reads)
+    }
+
+    /// Answers the reads the core failed, and hands the confirmed ones to the apply thread. The
+    /// core confirms a read at `index` only once it has handed out the entries up to `index`
+    /// (in this output's `committed` or an earlier one's), and every one of them is on the apply
+    /// queue before this step: the queries run after those entries are applied.
+    fn hand_out_reads(&mut self, states: Vec<ReadState>) -> Result<(), StopReason> {
+        let mut confirmed = Vec::new();
+        let mut applied_min = Index(0);
+        for state in states {
+            // Ids are ours and each is answered once; an unknown one is a bug of the core's.
+            let Some(read) = self.reads.remove(&state.id) else {
+                debug_assert!(false, "the core answered read {} that is not pending", state.id);
+                continue;
+            };
+            match state.result {
+                Ok(index) => {
+                    applied_min = applied_min.max(index);
+                    confirmed.push(read);
+                }
+                Err(error) => read.fail(ReadError::from(error)),
+            }
+        }
+        if confirmed.is_empty() {
+            return Ok(());
+        }
+        self.hand_to_apply(ApplyStep::Read { applied_min, reads: confirmed })
+    }
+
+    /// Hands this iteration's stale reads to the apply thread: they need no particular index.
+    fn flush_stale_reads(&mut self) -> Result<(), StopReason> {
+        if self.stale_reads.is_empty() {
+            return Ok(());
+        }
+        let reads = std::mem::take(&mut self.stale_reads);
+        self.send_to_apply(ApplyStep::Read { applied_min: Index(0), reads })
     }
 
     fn on_soft_state(&mut self, soft_state: SoftState) {
@@ -266,7 +348,7 @@ where
     }
 
     /// Hands a step to the apply thread, first the proposals registered before it.
-    fn hand_to_apply(&mut self, step: ApplyStep<R>) -> Result<(), StopReason> {
+    fn hand_to_apply(&mut self, step: ApplyStep<SM>) -> Result<(), StopReason> {
         self.flush_registrations()?;
         self.send_to_apply(step)
     }
@@ -281,7 +363,7 @@ where
 
     /// Waits while the apply queue is full (back-pressure from the state machine). Fails when the
     /// apply thread is gone: it panicked, or stopped after a failed restore.
-    fn send_to_apply(&mut self, step: ApplyStep<R>) -> Result<(), StopReason> {
+    fn send_to_apply(&mut self, step: ApplyStep<SM>) -> Result<(), StopReason> {
         let sent = self.apply.as_ref().is_some_and(|apply| apply.send(step).is_ok());
         if sent {
             return Ok(());
@@ -364,15 +446,21 @@ where
         }
         self.input.close();
         let error = ProposeError::from(reason.clone());
+        let read_error = ReadError::from(reason.clone());
         while let Ok(input) = self.input.try_recv() {
             // Status requests are dropped: the requester then reads the stop reason.
-            if let CoreInput::Propose(proposal) = input {
-                proposal.responder.answer(Err(error.clone()));
+            match input {
+                CoreInput::Propose(proposal) => proposal.responder.answer(Err(error.clone())),
+                CoreInput::Read(request) => request.read.fail(read_error.clone()),
+                CoreInput::Message(_) | CoreInput::Status(_) | CoreInput::Wake | CoreInput::Shutdown => {}
             }
         }
         for proposal in std::mem::take(&mut self.deferred) {
             proposal.responder.answer(Err(error.clone()));
         }
+        // Not confirmed (or not handed to the apply thread) yet: they will not be.
+        let unserved = std::mem::take(&mut self.reads).into_values().chain(std::mem::take(&mut self.stale_reads));
+        unserved.for_each(|read| read.fail(read_error.clone()));
         if self.flush_registrations().is_err() {
             for registration in std::mem::take(&mut self.registrations) {
                 registration.responder.answer(Err(error.clone()));

@@ -1,11 +1,11 @@
-//! Typed outcomes of the node's API: why a proposal failed, why a node stopped, why it did not
-//! start.
+//! Typed outcomes of the node's API: why a proposal or a read failed, why a node stopped, why it
+//! did not start.
 
 use std::error::Error;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use raft_core::{Index, NodeId, StorageError, Term};
+use raft_core::{Index, NodeId, ReadError as CoreReadError, StorageError, Term};
 use raft_storage::DiskError;
 use thiserror::Error;
 
@@ -158,6 +158,59 @@ impl From<StopReason> for ProposeError {
             StopReason::Shutdown => ProposeError::ShuttingDown,
             StopReason::StorageFailed(failure) => ProposeError::StorageFailed(failure),
             other => ProposeError::Stopped(other),
+        }
+    }
+}
+
+/// Why a [`NodeHandle::read`](crate::NodeHandle::read) failed. The query did not run; every
+/// variant but the stops is worth retrying (on this node or another).
+#[derive(Clone, Debug, Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// No leader is known to confirm the read (an election is under way, or this node is cut
+    /// off). Retry later or on another member.
+    #[error("no known leader")]
+    NoLeader,
+    /// A [`ReadConsistency::Lease`](crate::ReadConsistency::Lease) read, but the core option
+    /// `lease_reads` is off.
+    #[error("lease reads are not enabled")]
+    LeaseNotEnabled,
+    /// The core holds its `reads_pending_max` reads already (on the leader, that counts the reads
+    /// followers forwarded to it). Retry later.
+    #[error("too many reads pending")]
+    TooBusy,
+    /// Leadership changed before the read was confirmed (the leader stepped down, or this
+    /// follower's leader changed). Retry.
+    #[error("leadership changed before the read was confirmed")]
+    LeadershipChanged,
+    /// The node is shutting down or shut down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Storage failed and the node stopped.
+    #[error("{0}")]
+    StorageFailed(StorageFailure),
+    /// The node stopped for another reason (see [`StopReason`]).
+    #[error("the node stopped: {0}")]
+    Stopped(StopReason),
+}
+
+impl From<StopReason> for ReadError {
+    fn from(reason: StopReason) -> Self {
+        match reason {
+            StopReason::Shutdown => ReadError::ShuttingDown,
+            StopReason::StorageFailed(failure) => ReadError::StorageFailed(failure),
+            other => ReadError::Stopped(other),
+        }
+    }
+}
+
+impl From<CoreReadError> for ReadError {
+    fn from(error: CoreReadError) -> Self {
+        match error {
+            CoreReadError::NoLeader => ReadError::NoLeader,
+            CoreReadError::LeaseNotEnabled => ReadError::LeaseNotEnabled,
+            CoreReadError::TooManyPending => ReadError::TooBusy,
+            CoreReadError::LeaderChanged => ReadError::LeadershipChanged,
         }
     }
 }

@@ -57,6 +57,9 @@ pub struct NodeStatus {
     pub last_index: Index,
     /// Replication progress per follower (on a leader; empty otherwise).
     pub peers: BTreeMap<NodeId, PeerStatus>,
+    /// Linearizable and lease reads this node's clients asked and the core has not confirmed or
+    /// failed yet.
+    pub reads_pending: usize,
 }
 
 /// What a leader knows of one follower.
@@ -75,8 +78,9 @@ pub struct PeerStatus {
 }
 
 impl NodeStatus {
-    /// The status described by the core's `status` and the state machine's `applied` index.
-    pub(crate) fn new(status: Status, applied: Index) -> Self {
+    /// The status described by the core's `status`, the state machine's `applied` index and the
+    /// number of reads waiting for the core.
+    pub(crate) fn new(status: Status, applied: Index, reads_pending: usize) -> Self {
         let last_index = status.last_index;
         let peers = status
             .progress
@@ -101,6 +105,7 @@ impl NodeStatus {
             applied,
             last_index,
             peers,
+            reads_pending,
         }
     }
 }

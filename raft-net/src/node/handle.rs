@@ -1,6 +1,6 @@
-//! Starting a node, and the handle clients use: propose, status, events, shutdown.
+//! Starting a node, and the handle clients use: propose, read, status, events, shutdown.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -16,8 +16,9 @@ use tokio_util::task::TaskTracker;
 use super::apply::Applier;
 use super::config::NodeConfig;
 use super::core::Core;
-use super::error::{NodeStartError, ProposeError, StopReason};
+use super::error::{NodeStartError, ProposeError, ReadError, StopReason};
 use super::event::{NodeEvent, NodeStatus};
+use super::read::{PendingRead, ReadConsistency, ReadRequest};
 use super::shared::{CoreInput, PanicGuard, Proposal, Responder, Shared};
 use super::state_machine::StateMachine;
 use crate::transport::Transport;
@@ -25,19 +26,22 @@ use crate::transport::Transport;
 /// A cheaply cloneable handle on a running node. When the last clone is dropped, the node shuts
 /// down in the background (use [`NodeHandle::shutdown`] to wait for it).
 pub struct NodeHandle<SM: StateMachine> {
-    inner: Arc<Inner<SM::Response>>,
+    inner: Arc<Inner<SM>>,
 }
 
-struct Inner<R> {
-    input: mpsc::Sender<CoreInput<R>>,
+struct Inner<SM: StateMachine> {
+    input: mpsc::Sender<CoreInput<SM>>,
+    /// `proposals_pending_max` permits.
     permits: Arc<Semaphore>,
+    /// `reads_pending_max` permits.
+    read_permits: Arc<Semaphore>,
     shared: Arc<Shared>,
     /// Stops the tokio tasks (message forwarder, ticker).
     tasks_cancel: CancellationToken,
     tasks: TaskTracker,
 }
 
-impl<R> Drop for Inner<R> {
+impl<SM: StateMachine> Drop for Inner<SM> {
     /// The last handle is gone: stop the tasks, whose input senders then close the core's queue,
     /// which makes the core thread stop.
     fn drop(&mut self) {
@@ -99,6 +103,10 @@ where
         apply_thread: Some(apply_thread),
         registrations: Vec::new(),
         deferred: VecDeque::new(),
+        reads: BTreeMap::new(),
+        read_id_next: 1,
+        read_asked: false,
+        stale_reads: Vec::new(),
         leader_term: (None, Term(0)),
         unreachable: BTreeSet::new(),
         addresses: config.addresses.clone(),
@@ -116,6 +124,7 @@ where
     let inner = Inner {
         input,
         permits: Arc::new(Semaphore::new(config.proposals_pending_max)),
+        read_permits: Arc::new(Semaphore::new(config.reads_pending_max)),
         shared,
         tasks_cancel: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -138,7 +147,7 @@ impl Drop for DoneGuard {
     }
 }
 
-impl<R: Send + 'static> Inner<R> {
+impl<SM: StateMachine> Inner<SM> {
     fn spawn_tasks(&self, runtime: &Handle, config: &NodeConfig, mut inbound: mpsc::Receiver<Message>) {
         let input = self.input.clone();
         let forward = async move {
@@ -208,6 +217,39 @@ impl<SM: StateMachine> NodeHandle<SM> {
         receiver.await.unwrap_or_else(|_| Err(self.stopped_error()))
     }
 
+    /// Runs `query` against the state machine, as fresh as `consistency` asks, and returns its
+    /// result. Waits for room first when `reads_pending_max` reads are pending (back-pressure).
+    ///
+    /// The query runs on the apply thread, between two applied commands, so it sees a state the
+    /// commands produced and nothing half-applied. For a [`ReadConsistency::Linearizable`] or
+    /// [`ReadConsistency::Lease`] read the core first confirms an index (at least the commit index
+    /// when the read was asked) and the query runs once everything up to that index is applied:
+    /// it sees every write whose `propose` returned before `read` was called, on any member. A
+    /// [`ReadConsistency::Stale`] read runs on whatever is applied when it gets there.
+    ///
+    /// Keep queries short: commands wait while one runs. A query that panics stops the node like
+    /// a panicking state machine ([`StopReason::StateMachinePanicked`]). A linearizable read can
+    /// wait as long as its confirmation does (a follower's request to a leader that is lost is
+    /// only failed when the follower's leader changes): bound it with a timeout.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        consistency: ReadConsistency,
+        query: impl FnOnce(&SM) -> R + Send + 'static,
+    ) -> Result<R, ReadError> {
+        let shared = &self.inner.shared;
+        if shared.stopping.load(Ordering::Acquire) || shared.stop_reason().is_some() {
+            return Err(shared.stopped_read_error());
+        }
+        let permits = Arc::clone(&self.inner.read_permits);
+        let permit = permits.acquire_owned().await.map_err(|_| shared.stopped_read_error())?;
+        let (sender, receiver) = oneshot::channel();
+        let read = PendingRead::new(query, sender, permit);
+        let input = CoreInput::Read(ReadRequest { consistency, read });
+        self.inner.input.send(input).await.map_err(|_| shared.stopped_read_error())?;
+        // A dropped query means the node stopped without answering (a panic, a failed restore).
+        receiver.await.unwrap_or_else(|_| Err(shared.stopped_read_error()))
+    }
+
     /// The node's current status; fails with the reason once the node has stopped.
     pub async fn status(&self) -> Result<NodeStatus, StopReason> {
         let stopped = || self.inner.shared.stop_reason().unwrap_or(StopReason::Shutdown);
@@ -228,11 +270,13 @@ impl<SM: StateMachine> NodeHandle<SM> {
         self.inner.shared.stop_reason()
     }
 
-    /// Shuts the node down gracefully: new proposals are refused at once; the core finishes the
-    /// inputs it already took, writes and sends their output, lets the state machine apply what
-    /// was committed, answers every other pending proposal with [`ProposeError::ShuttingDown`],
-    /// and drops the storage and the transport. Returns when all of that is done and the node's
-    /// tasks have ended. Calling it again, or on a stopped node, returns at once.
+    /// Shuts the node down gracefully: new proposals and reads are refused at once; the core
+    /// finishes the inputs it already took, writes and sends their output, lets the state machine
+    /// apply what was committed and serve the reads already confirmed, answers every other
+    /// pending proposal with [`ProposeError::ShuttingDown`] and read with
+    /// [`ReadError::ShuttingDown`], and drops the storage and the transport. Returns when all of
+    /// that is done and the node's tasks have ended. Calling it again, or on a stopped node,
+    /// returns at once.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         inner.shared.stopping.store(true, Ordering::Release);

@@ -6,9 +6,10 @@
 //! ```text
 //!  transport receiver ──forward task──┐
 //!  ticker task (tick_interval) ───────┤  input queue            apply queue
-//!  NodeHandle: propose, status, ──────┴─(input_queue_items_max)─> core thread ─(apply_queue_batches_max)─> apply thread
-//!              shutdown                                          owns Raft + storage;  owns the state machine;
-//!                                                                sends via transport   answers proposals
+//!  NodeHandle: propose, read, ────────┴─(input_queue_items_max)─> core thread ─(apply_queue_batches_max)─> apply thread
+//!              status, shutdown                                  owns Raft + storage;  owns the state machine;
+//!                                                                sends via transport   answers proposals, runs
+//!                                                                                      read queries
 //! ```
 //!
 //! - The **core thread** (a `std::thread`) is the one owner of the [`raft_core::Raft`] node and
@@ -16,15 +17,17 @@
 //!   takes every queued input (up to `input_batch_items_max`), steps them, then carries out the
 //!   output with one `write_output` (one fsync for the whole batch: group commit).
 //! - The **apply thread** owns the [`StateMachine`]: it applies committed entries in order,
-//!   answers the proposals the core registered, restores snapshots, and takes snapshots per the
-//!   policy (`snapshot_every_entries`), which it offers to the core through a slot of one.
+//!   answers the proposals the core registered, runs read queries, restores snapshots, and takes
+//!   snapshots per the policy (`snapshot_every_entries`), which it offers to the core through a
+//!   slot of one.
 //! - Two **tokio tasks** on the runtime that called [`start`]: one forwards the transport's
 //!   inbound messages to the core (waiting for room: back-pressure on the transport), one ticks.
 //!   Ticks are counted in an atomic and the core is woken with a best-effort `Wake` input, so no
 //!   tick is lost to a full queue (at most [`TICKS_PER_ITERATION_MAX`] are caught up at once).
 //!
 //! Every queue is bounded by a named limit in [`NodeConfig`]: `proposals_pending_max` (permits
-//! held from `propose` until the answer), `input_queue_items_max`, `apply_queue_batches_max`
+//! held from `propose` until the answer), `reads_pending_max` (the same for `read`),
+//! `input_queue_items_max`, `apply_queue_batches_max`
 //! (each batch at most the core's `apply_bytes_max`), `event_queue_events_max`. The core thread
 //! waits on a full apply queue; the apply thread never waits on the core (it only `try_send`s a
 //! wake-up), so the two cannot deadlock.
@@ -51,10 +54,35 @@
 //! leaves the outcome unknown ([`ProposeError::OutcomeUnknown`]), and so does a shutdown or a
 //! failure before the answer ([`ProposeError::ShuttingDown`], [`ProposeError::StorageFailed`]).
 //!
+//! ## Reads
+//!
+//! [`NodeHandle::read`] runs a query (a closure over `&SM`) on the apply thread and returns its
+//! result, as fresh as the [`ReadConsistency`] asks:
+//!
+//! - `Linearizable`: the core's ReadIndex (Raft thesis §6.4). The leader notes its commit index
+//!   and confirms with a heartbeat round that it still leads; on a follower the core asks the
+//!   leader for that index (follower reads). No log write.
+//! - `Lease`: the leader answers from its lease, with no round trip while a quorum answered
+//!   recently; safe as long as clocks drift less than the core's `clock_drift_max_ticks`. Needs
+//!   the core option `lease_reads`.
+//! - `Stale`: the core is not asked; the query sees whatever is applied.
+//!
+//! The core thread numbers each read (a counter), asks the core with [`raft_core::Raft::read`]
+//! and keeps the query until the core's answer comes in an output's `reads`. The core answers
+//! `Ok(index)` only once it has handed out the committed entries up to `index`, and the core
+//! thread puts each output's committed entries on the apply queue *before* that output's
+//! confirmed reads: the queue is ordered, so the apply thread runs the query after applying
+//! everything up to the read's index (it asserts so). A read the core refuses or abandons
+//! (no leader, leadership changed, too many pending, leases off) fails with a typed
+//! [`ReadError`]; on shutdown or fail-stop every read not yet handed to the apply thread fails
+//! with the stop reason ([`ReadError::ShuttingDown`], [`ReadError::StorageFailed`]).
+//!
 //! ## Limits of this version
 //!
-//! Snapshot data passes through memory whole (see [`StateMachine`]); reads (ReadIndex, leases)
-//! and membership changes are not in the core yet, so the handle offers neither.
+//! Snapshot data passes through memory whole (see [`StateMachine`]). Membership changes are not
+//! in the core yet, so the handle offers none. A follower's forwarded read whose request or
+//! answer is lost waits until that follower's leader changes (the core does not retransmit it):
+//! callers bound reads with a timeout.
 
 mod apply;
 mod config;
@@ -62,16 +90,18 @@ mod core;
 mod error;
 mod event;
 mod handle;
+mod read;
 mod shared;
 mod state_machine;
 
 pub use config::{
     APPLY_QUEUE_BATCHES_MAX_DEFAULT, ConfigError, ConfigLimit, EVENT_QUEUE_EVENTS_MAX_DEFAULT,
     INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig, PROPOSALS_PENDING_MAX_DEFAULT,
-    TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX,
+    READS_PENDING_MAX_DEFAULT, TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX,
 };
 pub use core::SNAPSHOT_READ_BYTES_MAX;
-pub use error::{NodeStartError, ProposeError, SharedError, StopReason, StorageFailure, StorageOperation};
+pub use error::{NodeStartError, ProposeError, ReadError, SharedError, StopReason, StorageFailure, StorageOperation};
 pub use event::{NodeEvent, NodeStatus, PeerStatus};
 pub use handle::{NodeHandle, start};
+pub use read::ReadConsistency;
 pub use state_machine::StateMachine;

@@ -9,14 +9,16 @@ use raft_core::{Entry, Index, Message, SnapshotMeta, Term};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::error::{ProposeError, StopReason};
+use super::error::{ProposeError, ReadError, StopReason};
 use super::event::{NodeEvent, NodeStatus};
+use super::read::{PendingRead, ReadRequest};
+use super::state_machine::StateMachine;
 
 /// State shared by every part of one node.
 pub(crate) struct Shared {
     /// Why the node stopped, set once (the first reason wins) when it starts stopping.
     stop_reason: OnceLock<StopReason>,
-    /// A shutdown was asked for: the handle refuses new proposals at once.
+    /// A shutdown was asked for: the handle refuses new proposals and reads at once.
     pub(crate) stopping: AtomicBool,
     /// The state machine's applied index (written by the apply thread).
     applied: AtomicU64,
@@ -65,6 +67,11 @@ impl Shared {
     /// The error for a call that finds the node stopped or stopping.
     pub(crate) fn stopped_error(&self) -> ProposeError {
         self.stop_reason().map_or(ProposeError::ShuttingDown, ProposeError::from)
+    }
+
+    /// The error for a read that finds the node stopped or stopping.
+    pub(crate) fn stopped_read_error(&self) -> ReadError {
+        self.stop_reason().map_or(ReadError::ShuttingDown, ReadError::from)
     }
 
     pub(crate) fn emit(&self, event: NodeEvent) {
@@ -153,11 +160,13 @@ pub(crate) struct Registration<R> {
 }
 
 /// What the core thread receives.
-pub(crate) enum CoreInput<R> {
+pub(crate) enum CoreInput<SM: StateMachine> {
     /// A message from a peer.
     Message(Message),
     /// A client's proposal.
-    Propose(Proposal<R>),
+    Propose(Proposal<SM::Response>),
+    /// A client's read.
+    Read(ReadRequest<SM>),
     /// A status request.
     Status(oneshot::Sender<NodeStatus>),
     /// Nothing but a reason to run an iteration (ticks or a snapshot are waiting).
@@ -167,11 +176,15 @@ pub(crate) enum CoreInput<R> {
 }
 
 /// What the apply thread receives, in order.
-pub(crate) enum ApplyStep<R> {
+pub(crate) enum ApplyStep<SM: StateMachine> {
     /// Proposals appended since the last step.
-    Register(Vec<Registration<R>>),
+    Register(Vec<Registration<SM::Response>>),
     /// Restore the state machine from a snapshot (installed from the leader, or found at start).
     Restore { meta: SnapshotMeta, data: Bytes },
     /// Apply these committed entries (consecutive, continuing the applied index).
     Apply(Vec<Entry>),
+    /// Serve these reads now: every step before this one put the state machine at `applied_min`
+    /// or later (the core hands out a confirmed read only once it handed out the entries up to
+    /// its index; `Index(0)` for stale reads).
+    Read { applied_min: Index, reads: Vec<PendingRead<SM>> },
 }

@@ -1,0 +1,379 @@
+//! Reads through the node driver: linearizable reads on the leader and on followers see every
+//! acknowledged write, lease reads need the option, stale reads need no leader, a leader cut off
+//! from the majority serves no linearizable read, and shutdown or a failing disk resolves every
+//! pending read with a typed error.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft_core::{NodeId, Options, OptionsBuilder};
+use raft_net::{MemNetwork, NodeHandle, ReadConsistency, ReadError};
+use raft_storage::{DiskOptions, DiskStorage, Identity, MemStorage, SimFs};
+use raft_tests::{
+    CLUSTER, Kv, Member, PATIENCE, POLL, config, create_disk, eventually, listeners, membership, propose, set,
+    settled_leader, start_mem, start_tcp,
+};
+use tokio::time::{Instant, sleep, timeout};
+
+const VOTERS: [u64; 3] = [1, 2, 3];
+
+/// How long the tests wait for a read that must not return a value: long enough for many
+/// election timeouts (10 ticks of 20 ms), short enough to keep the suite quick.
+const NO_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// The value of `key` in node `handle`'s state machine, read as fresh as `consistency` asks.
+async fn read_key(
+    handle: &NodeHandle<Kv>,
+    consistency: ReadConsistency,
+    key: &str,
+) -> Result<Option<Bytes>, ReadError> {
+    let key = Bytes::copy_from_slice(key.as_bytes());
+    handle.read(consistency, move |kv: &Kv| kv.0.lock().map.get(&key).cloned()).await
+}
+
+/// Like [`read_key`], retrying a linearizable read that failed for a reason worth retrying (a
+/// leadership change, no leader for now, a busy core) until [`PATIENCE`] runs out.
+async fn read_key_retrying(handle: &NodeHandle<Kv>, key: &str) -> Option<Bytes> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let outcome = timeout(PATIENCE, read_key(handle, ReadConsistency::Linearizable, key)).await;
+        match outcome.expect("a linearizable read in a healthy cluster answers") {
+            Ok(value) => return value,
+            Err(ReadError::LeadershipChanged | ReadError::NoLeader | ReadError::TooBusy) => {}
+            Err(error) => panic!("read failed: {error}"),
+        }
+        assert!(Instant::now() < deadline, "no read of {key} succeeded");
+        sleep(POLL).await;
+    }
+}
+
+/// The test options (quick elections) changed by `tune`.
+fn tuned(id: NodeId, tune: impl Fn(OptionsBuilder) -> OptionsBuilder) -> Options {
+    let builder = Options::builder().election_ticks(10).heartbeat_ticks(2).rng_seed(id.0);
+    tune(builder).build().expect("valid options")
+}
+
+/// Three nodes over `network` and in-memory stores, with options changed by `tune`.
+fn mem_cluster(network: &MemNetwork, tune: impl Fn(OptionsBuilder) -> OptionsBuilder) -> Vec<Member> {
+    VOTERS
+        .iter()
+        .map(|id| {
+            let id = NodeId(*id);
+            let mut config = config(id, &BTreeMap::new());
+            config.options = tuned(id, &tune);
+            start_mem(network, config, MemStorage::new(membership(&VOTERS)))
+        })
+        .collect()
+}
+
+fn handles(members: &[Member]) -> (Vec<NodeHandle<Kv>>, Vec<NodeId>) {
+    (members.iter().map(|m| m.handle.clone()).collect(), members.iter().map(|m| m.id).collect())
+}
+
+/// The settled leader's position in `members`.
+async fn leader_position(members: &[Member]) -> usize {
+    let all: Vec<&Member> = members.iter().collect();
+    let leader = settled_leader(&all).await;
+    members.iter().position(|m| m.id == leader).expect("the leader is a member")
+}
+
+async fn shutdown_all(members: &[Member]) {
+    for member in members {
+        member.handle.shutdown().await;
+    }
+}
+
+/// Over TCP and the WAL: each write, once `propose` returns, is seen by a linearizable read on
+/// the next node in turn (the leader and both followers), with no waiting in between. The same
+/// key is overwritten every time, so a read that missed the last write would see the one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_write_is_visible_to_a_linearizable_read_on_every_node() {
+    let dirs: Vec<_> = VOTERS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
+    let (sockets, addresses) = listeners(3).await;
+    let mut members = Vec::new();
+    for ((id, listener), dir) in VOTERS.iter().map(|id| NodeId(*id)).zip(sockets).zip(&dirs) {
+        let storage = create_disk(dir.path(), id, &VOTERS);
+        members.push(start_tcp(CLUSTER, config(id, &addresses), listener, storage));
+    }
+    let leader = leader_position(&members).await;
+    let (all_handles, ids) = handles(&members);
+    let mut stale_misses = 0;
+    for i in 0..300_usize {
+        let value = i.to_string();
+        propose(&all_handles, &ids, leader, set("x", &value)).await;
+        let reader = &members[i % members.len()].handle;
+        // For contrast: a stale read on a follower may still see the previous write.
+        let stale = read_key(reader, ReadConsistency::Stale, "x").await.expect("a stale read answers");
+        if stale.as_deref() != Some(value.as_bytes()) {
+            stale_misses += 1;
+        }
+        let read = read_key_retrying(reader, "x").await;
+        assert_eq!(read.as_deref(), Some(value.as_bytes()), "write {i} missed by a read on node {}", i % 3 + 1);
+    }
+    eprintln!("stale reads that missed the acknowledged write: {stale_misses} of 300");
+    shutdown_all(&members).await;
+}
+
+/// Sets its flag when dropped: when the task holding it ends, even by a panic.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Concurrent writes and linearizable reads on all three nodes: a read never sees an older value
+/// than the last write acknowledged before the read was asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_linearizable_reads_never_go_back_before_an_acknowledged_write() {
+    let network = MemNetwork::default();
+    let members = mem_cluster(&network, |b| b);
+    let leader = leader_position(&members).await;
+    let (all_handles, ids) = handles(&members);
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let writer_done = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (all_handles, ids, acknowledged) = (all_handles.clone(), ids.clone(), Arc::clone(&acknowledged));
+        let done = SetOnDrop(Arc::clone(&writer_done));
+        async move {
+            let _done = done;
+            for i in 1..=300_u64 {
+                propose(&all_handles, &ids, leader, set("x", &i.to_string())).await;
+                acknowledged.store(i, Ordering::SeqCst);
+            }
+        }
+    });
+    let mut readers = Vec::new();
+    for handle in all_handles {
+        let (acknowledged, writer_done) = (Arc::clone(&acknowledged), Arc::clone(&writer_done));
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0_u64;
+            while !writer_done.load(Ordering::SeqCst) {
+                let floor = acknowledged.load(Ordering::SeqCst);
+                let value = read_key_retrying(&handle, "x").await;
+                let seen = value.map_or(0, |v| std::str::from_utf8(&v).expect("utf-8").parse().expect("a number"));
+                assert!(seen >= floor, "read {seen} after write {floor} was acknowledged");
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    // Readers first: one that fails ends the test at once.
+    for reader in readers {
+        assert!(reader.await.expect("a reader ran") > 0);
+    }
+    writer.await.expect("the writer ran");
+    assert_eq!(acknowledged.load(Ordering::SeqCst), 300);
+    shutdown_all(&members).await;
+}
+
+/// A lone voter confirms reads at once, with nobody to ask: they must be handed out although
+/// the core has nothing else to do (no peer traffic, no ticks' output).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_serves_linearizable_and_lease_reads() {
+    let network = MemNetwork::default();
+    let id = NodeId(1);
+    let mut config = config(id, &BTreeMap::new());
+    config.options = tuned(id, |b| b.lease_reads(true));
+    let member = start_mem(&network, config, MemStorage::new(membership(&[1])));
+    settled_leader(&[&member]).await;
+    for i in 0..20_usize {
+        let value = i.to_string();
+        member.handle.propose(set("x", &value)).await.expect("a lone voter commits");
+        for consistency in [ReadConsistency::Linearizable, ReadConsistency::Lease] {
+            let read = timeout(PATIENCE, read_key(&member.handle, consistency, "x")).await;
+            let read = read.expect("the read answers").expect("a lone voter serves reads");
+            assert_eq!(read.as_deref(), Some(value.as_bytes()), "{consistency:?}");
+        }
+    }
+    member.handle.shutdown().await;
+}
+
+/// Lease reads are served by the leader (and through it, by a follower) when `lease_reads` is
+/// on, and refused with `LeaseNotEnabled` when it is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_reads_work_when_enabled_and_are_refused_otherwise() {
+    let network = MemNetwork::default();
+    let members = mem_cluster(&network, |b| b.lease_reads(true).clock_drift_max_ticks(2));
+    let leader = leader_position(&members).await;
+    let (all_handles, ids) = handles(&members);
+    for i in 0..20_usize {
+        let value = i.to_string();
+        propose(&all_handles, &ids, leader, set("x", &value)).await;
+        let reader = if i % 2 == 0 { leader } else { (leader + 1) % members.len() };
+        let read = timeout(PATIENCE, read_key(&members[reader].handle, ReadConsistency::Lease, "x")).await;
+        let read = read.expect("a lease read answers").expect("a lease read succeeds in a healthy cluster");
+        assert_eq!(read.as_deref(), Some(value.as_bytes()));
+    }
+    shutdown_all(&members).await;
+
+    let network = MemNetwork::default();
+    let members = mem_cluster(&network, |b| b);
+    let leader = leader_position(&members).await;
+    for member in [&members[leader], &members[(leader + 1) % members.len()]] {
+        let read = read_key(&member.handle, ReadConsistency::Lease, "x").await;
+        assert!(matches!(read, Err(ReadError::LeaseNotEnabled)), "{read:?}");
+    }
+    shutdown_all(&members).await;
+}
+
+/// A node whose peers are down answers stale reads from what it applied; its linearizable reads
+/// fail with a typed error (or, while it still waits for its old leader, do not answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_reads_need_no_leader_and_linearizable_ones_fail_without_one() {
+    let network = MemNetwork::default();
+    let members = mem_cluster(&network, |b| b);
+    let leader = leader_position(&members).await;
+    let (all_handles, ids) = handles(&members);
+    propose(&all_handles, &ids, leader, set("x", "1")).await;
+    let survivor = &members[(leader + 1) % members.len()];
+    eventually("the survivor applies the write", || async { survivor.view.map().contains_key("x".as_bytes()) }).await;
+    for member in members.iter().filter(|m| m.id != survivor.id) {
+        member.handle.shutdown().await;
+    }
+
+    // At once: the survivor may still follow the stopped leader; its read must not hang forever.
+    match timeout(NO_ANSWER_WAIT, read_key(&survivor.handle, ReadConsistency::Linearizable, "x")).await {
+        Err(_) | Ok(Err(ReadError::NoLeader | ReadError::LeadershipChanged)) => {}
+        Ok(other) => panic!("a linearizable read without a quorum returned {other:?}"),
+    }
+    eventually("the survivor knows no leader", || async {
+        survivor.handle.status().await.is_ok_and(|status| status.leader.is_none())
+    })
+    .await;
+    // A node with no leader refuses at once; it may have learned of none and lost it again, so
+    // allow the retryable error too, but never a value.
+    let read = timeout(PATIENCE, read_key(&survivor.handle, ReadConsistency::Linearizable, "x")).await;
+    let read = read.expect("a leaderless node answers");
+    assert!(matches!(read, Err(ReadError::NoLeader | ReadError::LeadershipChanged)), "{read:?}");
+
+    let stale = read_key(&survivor.handle, ReadConsistency::Stale, "x").await.expect("stale reads always answer");
+    assert_eq!(stale.as_deref(), Some(b"1".as_slice()));
+    survivor.handle.shutdown().await;
+}
+
+/// A leader cut off from the majority never serves a linearizable read: the read asked while it
+/// still leads fails when check-quorum deposes it, and a read asked after the majority's new
+/// leader committed a write either fails or does not answer, never returning the old value. Its
+/// stale reads still show the old value. Once healed, it serves the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_serves_no_linearizable_read() {
+    let network = MemNetwork::default();
+    let members = mem_cluster(&network, |b| b);
+    let position = leader_position(&members).await;
+    let (all_handles, ids) = handles(&members);
+    propose(&all_handles, &ids, position, set("x", "old")).await;
+    let old = &members[position];
+    eventually("every node applies the old value", || async {
+        members.iter().all(|m| m.view.map().get("x".as_bytes()).map(|v| v.as_ref()) == Some(b"old".as_slice()))
+    })
+    .await;
+
+    network.isolate(old.id);
+    let early = tokio::spawn({
+        let handle = old.handle.clone();
+        async move { read_key(&handle, ReadConsistency::Linearizable, "x").await }
+    });
+    let others: Vec<Member> = members.iter().filter(|m| m.id != old.id).map(clone_member).collect();
+    let new_leader = leader_position(&others).await;
+    let (other_handles, other_ids) = handles(&others);
+    propose(&other_handles, &other_ids, new_leader, set("x", "new")).await;
+
+    let late = timeout(NO_ANSWER_WAIT, read_key(&old.handle, ReadConsistency::Linearizable, "x")).await;
+    match late {
+        Err(_) | Ok(Err(ReadError::NoLeader | ReadError::LeadershipChanged)) => {}
+        Ok(Ok(value)) => {
+            assert_eq!(value.as_deref(), Some(b"new".as_slice()), "a linearizable read missed a committed write")
+        }
+        Ok(Err(error)) => panic!("unexpected error {error}"),
+    }
+    let early = timeout(PATIENCE, early).await.expect("deposing the leader fails its read").expect("the task ran");
+    assert!(matches!(early, Err(ReadError::LeadershipChanged | ReadError::NoLeader)), "{early:?}");
+    let stale = read_key(&old.handle, ReadConsistency::Stale, "x").await.expect("stale reads always answer");
+    assert_eq!(stale.as_deref(), Some(b"old".as_slice()), "the cut-off node has not applied the new write");
+
+    network.heal(old.id);
+    assert_eq!(read_key_retrying(&old.handle, "x").await.as_deref(), Some(b"new".as_slice()));
+    shutdown_all(&members).await;
+}
+
+fn clone_member(member: &Member) -> Member {
+    Member { id: member.id, handle: member.handle.clone(), view: member.view.clone() }
+}
+
+/// A leader cut off from everyone, without check-quorum, keeps leading and keeps its reads
+/// pending: the core's own limit refuses one more with `TooBusy`, and shutdown resolves the
+/// pending one with `ShuttingDown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_resolves_pending_reads_with_shutting_down() {
+    let network = MemNetwork::default();
+    let members = mem_cluster(&network, |b| b.check_quorum(false).reads_pending_max(1));
+    let old = &members[leader_position(&members).await];
+    network.isolate(old.id);
+    let pending = tokio::spawn({
+        let handle = old.handle.clone();
+        async move { read_key(&handle, ReadConsistency::Linearizable, "x").await }
+    });
+    eventually("the read waits in the core", || async {
+        old.handle.status().await.is_ok_and(|status| status.reads_pending == 1)
+    })
+    .await;
+    let refused = read_key(&old.handle, ReadConsistency::Linearizable, "x").await;
+    assert!(matches!(refused, Err(ReadError::TooBusy)), "{refused:?}");
+
+    old.handle.shutdown().await;
+    let outcome = timeout(PATIENCE, pending).await.expect("shutdown answers the read").expect("the task ran");
+    assert!(matches!(outcome, Err(ReadError::ShuttingDown)), "{outcome:?}");
+    for consistency in [ReadConsistency::Linearizable, ReadConsistency::Lease, ReadConsistency::Stale] {
+        let late = read_key(&old.handle, consistency, "x").await;
+        assert!(matches!(late, Err(ReadError::ShuttingDown)), "{consistency:?}: {late:?}");
+    }
+    shutdown_all(&members).await;
+}
+
+/// A read pending on a leader whose disk then fails resolves with the storage failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_resolves_pending_reads_with_storage_failed() {
+    let network = MemNetwork::default();
+    let disks: Vec<SimFs> = VOTERS.iter().map(|id| SimFs::new(*id)).collect();
+    let members: Vec<Member> = VOTERS
+        .iter()
+        .zip(&disks)
+        .map(|(id, fs)| {
+            let id = NodeId(*id);
+            let identity = Identity { cluster_id: CLUSTER, node_id: id };
+            let storage =
+                DiskStorage::create(fs.clone(), "/data", identity, membership(&VOTERS), DiskOptions::default())
+                    .expect("create store");
+            let mut config = config(id, &BTreeMap::new());
+            config.options = tuned(id, |b| b.check_quorum(false));
+            start_mem(&network, config, storage)
+        })
+        .collect();
+    let position = leader_position(&members).await;
+    let old = &members[position];
+    network.isolate(old.id);
+    let pending = tokio::spawn({
+        let handle = old.handle.clone();
+        async move { read_key(&handle, ReadConsistency::Linearizable, "x").await }
+    });
+    eventually("the read waits in the core", || async {
+        old.handle.status().await.is_ok_and(|status| status.reads_pending == 1)
+    })
+    .await;
+
+    // The leader's next write (the append of this proposal) fails: the node stops.
+    disks[position].fail_after(0, ErrorKind::Other);
+    let proposal = old.handle.propose(set("doomed", "value")).await;
+    assert!(proposal.is_err(), "{proposal:?}");
+    let outcome = timeout(PATIENCE, pending).await.expect("the stop answers the read").expect("the task ran");
+    assert!(matches!(outcome, Err(ReadError::StorageFailed(_))), "{outcome:?}");
+    let late = read_key(&old.handle, ReadConsistency::Stale, "x").await;
+    assert!(matches!(late, Err(ReadError::StorageFailed(_))), "{late:?}");
+    shutdown_all(&members).await;
+}
