@@ -267,6 +267,7 @@ impl<S: Storage> Raft<S> {
     /// leaders toward a heartbeat and a check-quorum round.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        self.expire_forwarded_reads();
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),

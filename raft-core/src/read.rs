@@ -49,6 +49,10 @@ pub enum ReadError {
     /// Leadership changed before the read was confirmed: its outcome is unknown, retry.
     #[error("leadership changed before the read was confirmed")]
     LeaderChanged,
+    /// The leader did not answer a forwarded read within an election timeout (the request or
+    /// the answer was lost): retry.
+    #[error("the leader did not answer the forwarded read in time")]
+    TimedOut,
 }
 
 /// A read's outcome, in [`crate::Output::reads`].
@@ -88,8 +92,9 @@ pub(crate) struct Reads {
     confirming: VecDeque<PendingRead>,
     /// Leader: a round must go out at the next output to confirm reads.
     pub(crate) round_wanted: bool,
-    /// Follower: reads forwarded to the leader, by request number: (caller id, leader).
-    forwarded: BTreeMap<u64, (u64, NodeId)>,
+    /// Follower: reads forwarded to the leader, by request number: (caller id, leader, tick
+    /// sent at).
+    forwarded: BTreeMap<u64, (u64, NodeId, u64)>,
     next_request: u64,
     /// Confirmed local reads waiting for `applied` to reach their index.
     ready: VecDeque<(u64, Index)>,
@@ -120,7 +125,7 @@ impl Reads {
                 Some(peer) => messages.push((peer, MessageBody::ReadIndexResponse { request: read.id, index: None })),
             }
         }
-        for (_, (id, _)) in std::mem::take(&mut self.forwarded) {
+        for (_, (id, _, _)) in std::mem::take(&mut self.forwarded) {
             self.done.push(ReadState { id, result: Err(ReadError::LeaderChanged) });
         }
         self.round = 0;
@@ -159,7 +164,7 @@ impl<S: Storage> Raft<S> {
             (_, Some(leader)) => {
                 let request = self.reads.next_request;
                 self.reads.next_request = request.wrapping_add(1);
-                self.reads.forwarded.insert(request, (id, leader));
+                self.reads.forwarded.insert(request, (id, leader, self.ticks));
                 self.send(leader, self.term, MessageBody::ReadIndexRequest { request, mode });
                 Ok(())
             }
@@ -184,7 +189,7 @@ impl<S: Storage> Raft<S> {
 
     /// The leader answers a read we forwarded.
     pub(crate) fn on_read_index_response(&mut self, from: NodeId, request: u64, index: Option<Index>) {
-        let Some(&(id, leader)) = self.reads.forwarded.get(&request) else { return };
+        let Some(&(id, leader, _)) = self.reads.forwarded.get(&request) else { return };
         if leader != from {
             return; // Not from the node we asked: a forged or confused answer.
         }
@@ -307,6 +312,25 @@ impl<S: Storage> Raft<S> {
         let (now, later): (Vec<_>, Vec<_>) = self.reads.ready.drain(..).partition(|&(_, index)| index <= applied);
         self.reads.ready.extend(later);
         self.reads.done.extend(now.into_iter().map(|(id, index)| ReadState { id, result: Ok(index) }));
+    }
+
+    /// A tick: fails forwarded reads the leader has not answered within an election timeout, so
+    /// a lost request or answer cannot keep a caller waiting for ever.
+    pub(crate) fn expire_forwarded_reads(&mut self) {
+        let deadline = u64::from(self.options.election_ticks());
+        let now = self.ticks;
+        let expired: Vec<u64> = self
+            .reads
+            .forwarded
+            .iter()
+            .filter(|&(_, &(_, _, sent))| now.saturating_sub(sent) >= deadline)
+            .map(|(&request, _)| request)
+            .collect();
+        for request in expired {
+            if let Some((id, _, _)) = self.reads.forwarded.remove(&request) {
+                self.reads.done.push(ReadState { id, result: Err(ReadError::TimedOut) });
+            }
+        }
     }
 
     /// Fails reads as this node loses leadership or changes leader.

@@ -249,3 +249,19 @@ fn a_restarted_follower_ignores_answers_meant_for_its_previous_incarnation() {
     c.deliver_all();
     assert_eq!(reads_of(&mut c, 3), vec![ok(2, 2)]);
 }
+
+/// A forwarded read whose request is lost fails after an election timeout instead of waiting
+/// for a leader change that may never come.
+#[test]
+fn a_forwarded_read_that_gets_no_answer_times_out() {
+    let mut c = led_by_1();
+    reads_of(&mut c, 2);
+    c.node_mut(2).read(4, ReadMode::ReadIndex).expect("taken");
+    deliver_with(&mut c, |m| if forwarded_request(m).is_some() { Fate::Drop } else { Fate::Deliver });
+    for _ in 0..9 {
+        c.tick_all();
+    }
+    assert_eq!(reads_of(&mut c, 2), vec![], "not before an election timeout");
+    c.tick_all();
+    assert_eq!(reads_of(&mut c, 2), vec![ReadState { id: 4, result: Err(ReadError::TimedOut) }]);
+}

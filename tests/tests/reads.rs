@@ -239,7 +239,7 @@ async fn stale_reads_need_no_leader_and_linearizable_ones_fail_without_one() {
 
     // At once: the survivor may still follow the stopped leader; its read must not hang forever.
     match timeout(NO_ANSWER_WAIT, read_key(&survivor.handle, ReadConsistency::Linearizable, "x")).await {
-        Err(_) | Ok(Err(ReadError::NoLeader | ReadError::LeadershipChanged)) => {}
+        Err(_) | Ok(Err(ReadError::NoLeader | ReadError::LeadershipChanged | ReadError::TimedOut)) => {}
         Ok(other) => panic!("a linearizable read without a quorum returned {other:?}"),
     }
     eventually("the survivor knows no leader", || async {
@@ -250,7 +250,7 @@ async fn stale_reads_need_no_leader_and_linearizable_ones_fail_without_one() {
     // allow the retryable error too, but never a value.
     let read = timeout(PATIENCE, read_key(&survivor.handle, ReadConsistency::Linearizable, "x")).await;
     let read = read.expect("a leaderless node answers");
-    assert!(matches!(read, Err(ReadError::NoLeader | ReadError::LeadershipChanged)), "{read:?}");
+    assert!(matches!(read, Err(ReadError::NoLeader | ReadError::LeadershipChanged | ReadError::TimedOut)), "{read:?}");
 
     let stale = read_key(&survivor.handle, ReadConsistency::Stale, "x").await.expect("stale reads always answer");
     assert_eq!(stale.as_deref(), Some(b"1".as_slice()));
@@ -286,7 +286,7 @@ async fn an_isolated_leader_serves_no_linearizable_read() {
 
     let late = timeout(NO_ANSWER_WAIT, read_key(&old.handle, ReadConsistency::Linearizable, "x")).await;
     match late {
-        Err(_) | Ok(Err(ReadError::NoLeader | ReadError::LeadershipChanged)) => {}
+        Err(_) | Ok(Err(ReadError::NoLeader | ReadError::LeadershipChanged | ReadError::TimedOut)) => {}
         Ok(Ok(value)) => {
             assert_eq!(value.as_deref(), Some(b"new".as_slice()), "a linearizable read missed a committed write")
         }

@@ -183,6 +183,10 @@ pub enum ReadError {
     /// follower's leader changed). Retry.
     #[error("leadership changed before the read was confirmed")]
     LeadershipChanged,
+    /// The leader did not answer this follower's forwarded read within an election timeout (a
+    /// lost request or answer). Retry.
+    #[error("the leader did not answer in time")]
+    TimedOut,
     /// The node is shutting down or shut down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -211,6 +215,7 @@ impl From<CoreReadError> for ReadError {
             CoreReadError::LeaseNotEnabled => ReadError::LeaseNotEnabled,
             CoreReadError::TooManyPending => ReadError::TooBusy,
             CoreReadError::LeaderChanged => ReadError::LeadershipChanged,
+            CoreReadError::TimedOut => ReadError::TimedOut,
         }
     }
 }
