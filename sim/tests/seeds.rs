@@ -32,26 +32,18 @@ fn check(report: &Report) {
 /// nodes stopped taking client proposals; its scripted test is in raft-core/tests/regressions.rs.
 const REGRESSION_SEEDS: [u64; 4] = [34, 90, 115, 1170];
 
-/// Seeds whose runs drew 8-byte snapshot chunks when they exposed a bug (the draw now starts at
-/// 32 bytes); replayed with that chunk size, which gives back the exact original run. Verified by
-/// reverting the fixes: 363 fails with neither fix (the second also hides it), 2827 fails
-/// without the second:
-/// - 363 (bounded traffic): a delayed copy of a snapshot's first chunk reset the follower's
-///   transfer; with the leader's rewinds this grew into a storm of chunk messages;
-/// - 2827 (bounded traffic): a gap report below the acknowledged offset (stale, or from a
-///   follower that restarted) rewound the leader below its own acknowledged offset, and the
-///   window then let every chunk up to it go out at once, again and again.
-const SNAPSHOT_REGRESSION_SEEDS: [u64; 2] = [363, 2827];
+// Seeds 363 and 2827 (8-byte snapshot chunks) found two snapshot-transfer storms: a late copy
+// of the first chunk reset the follower's transfer, and gap reports below the acknowledged
+// offset let every chunk up to it go out at once. Their runs changed when clients, reads and
+// membership changes joined the simulator, so they no longer replay the storms; the scripted
+// tests in raft-core/tests/snapshots.rs (`a_late_copy_of_the_first_chunk_does_not_reset_the_
+// transfer`, `a_follower_restarting_mid_transfer_gets_the_snapshot_from_the_start`) are the
+// regressions now.
 
 #[test]
 fn regression_seeds_pass() {
     for seed in REGRESSION_SEEDS {
         check(&sim::run(seed, RunOptions::default()));
-    }
-    for seed in SNAPSHOT_REGRESSION_SEEDS {
-        let mut config = sim::SimConfig::from_seed(seed);
-        config.snapshot_chunk_bytes_max = 8;
-        check(&sim::run_config(config, RunOptions::default()));
     }
 }
 
