@@ -18,8 +18,8 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use raft_core::{
-    Index, Message, NodeId, Output, ProposeError as CoreProposeError, Raft, ReadState, SnapshotError, SnapshotMeta,
-    SoftState, StepError, StorageError, Term,
+    Index, Membership, Message, NodeId, Output, ProposeError as CoreProposeError, Raft, ReadState, SnapshotError,
+    SnapshotMeta, SoftState, StepError, StorageError, Term,
 };
 use raft_storage::LogStore;
 use tokio::sync::mpsc;
@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use super::config::TICKS_PER_ITERATION_MAX;
 use super::error::{ProposeError, ReadError, StopReason, StorageFailure, StorageOperation};
 use super::event::{NodeEvent, NodeStatus};
+use super::membership::{PendingChange, PendingTransfer};
 use super::read::{PendingRead, ReadRequest};
 use super::shared::{ApplyStep, CoreInput, PanicGuard, Proposal, Registration, Shared};
 use super::state_machine::StateMachine;
@@ -75,6 +76,14 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) unreachable: BTreeSet<NodeId>,
     pub(crate) addresses: BTreeMap<NodeId, SocketAddr>,
     pub(crate) input_batch_items_max: usize,
+    /// The membership change appended and not yet complete (the core allows one at a time).
+    pub(crate) membership_change: Option<PendingChange>,
+    /// The leadership transfer started and not yet answered.
+    pub(crate) transfer: Option<PendingTransfer>,
+    /// The membership last reported in a `MembershipChanged` event.
+    pub(crate) membership_seen: Membership,
+    /// Ticks given to the core since the node started (for the transfer's deadline).
+    pub(crate) ticks_total: u64,
 }
 
 impl<S, T, SM> Core<S, T, SM>
@@ -117,12 +126,14 @@ where
         for _ in 0..ticks {
             // Contract rule 2: the output is taken before the next tick.
             self.raft.tick();
+            self.ticks_total = self.ticks_total.saturating_add(1);
             self.drain_outputs()?;
         }
         self.save_offered_snapshot()?;
         self.retry_deferred()?;
         self.flush_registrations()?;
         self.flush_stale_reads()?;
+        self.after_outputs();
         if !statuses.is_empty() {
             let status = NodeStatus::new(self.raft.status(), self.shared.applied(), self.reads.len());
             for sender in statuses {
@@ -145,6 +156,11 @@ where
                 CoreInput::Propose(proposal) => self.propose(proposal),
                 CoreInput::Read(request) => self.read(request),
                 CoreInput::Status(sender) => statuses.push(sender),
+                CoreInput::ChangeMembership(request) => self.change_membership(request),
+                CoreInput::TransferLeadership(request) => self.transfer_leadership(request),
+                CoreInput::Address(id, address) => {
+                    self.addresses.insert(id, address);
+                }
                 CoreInput::Wake => {}
                 // Inputs after it stay queued and are refused by `stop`.
                 CoreInput::Shutdown => return Ok(Flow::Stop),
@@ -269,10 +285,12 @@ where
         self.send_all(output.messages_after_persist.into_iter());
         // Rule 7: restore the state machine from an installed snapshot before applying.
         if let Some(meta) = output.install_snapshot {
+            self.snapshot_over_change(meta.index);
             let data = self.read_snapshot(&meta)?;
             self.hand_to_apply(ApplyStep::Restore { meta, data })?;
         }
         if !output.committed.is_empty() {
+            self.follow_committed_membership(&output.committed);
             self.hand_to_apply(ApplyStep::Apply(output.committed))?;
         }
         // After this output's committed entries, on the same queue: see `hand_out_reads`.
@@ -322,6 +340,7 @@ where
             info!(id = %self.raft.id(), leader = ?soft_state.leader, term = %soft_state.term, role = ?soft_state.role, "leader changed");
             self.shared.emit(NodeEvent::LeaderChanged { leader: soft_state.leader, term: soft_state.term });
         }
+        self.role_changed(soft_state.role);
     }
 
     /// Sends each message; a transport error drops the message (Raft retransmits), and an
@@ -452,9 +471,20 @@ where
             match input {
                 CoreInput::Propose(proposal) => proposal.responder.answer(Err(error.clone())),
                 CoreInput::Read(request) => request.read.fail(read_error.clone()),
-                CoreInput::Message(_) | CoreInput::Status(_) | CoreInput::Wake | CoreInput::Shutdown => {}
+                CoreInput::ChangeMembership(request) => {
+                    let _ = request.responder.send(Err(reason.clone().into()));
+                }
+                CoreInput::TransferLeadership(request) => {
+                    let _ = request.responder.send(Err(reason.clone().into()));
+                }
+                CoreInput::Message(_)
+                | CoreInput::Status(_)
+                | CoreInput::Address(..)
+                | CoreInput::Wake
+                | CoreInput::Shutdown => {}
             }
         }
+        self.fail_membership_requests(&reason);
         for proposal in std::mem::take(&mut self.deferred) {
             proposal.responder.answer(Err(error.clone()));
         }

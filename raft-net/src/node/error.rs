@@ -5,7 +5,9 @@ use std::error::Error;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use raft_core::{Index, NodeId, ReadError as CoreReadError, StorageError, Term};
+use raft_core::{
+    Index, MembershipError, NodeId, ReadError as CoreReadError, StorageError, Term, TransferError as CoreTransferError,
+};
 use raft_storage::DiskError;
 use thiserror::Error;
 
@@ -216,6 +218,139 @@ impl From<CoreReadError> for ReadError {
             CoreReadError::TooManyPending => ReadError::TooBusy,
             CoreReadError::LeaderChanged => ReadError::LeadershipChanged,
             CoreReadError::TimedOut => ReadError::TimedOut,
+        }
+    }
+}
+
+/// Why a [`NodeHandle::change_membership`](crate::NodeHandle::change_membership) failed.
+#[derive(Clone, Debug, Error)]
+#[non_exhaustive]
+pub enum MembershipChangeError {
+    /// This node is not the leader; `leader` is the one it knows of and `address` its entry in
+    /// the address book. Nothing was appended.
+    #[error("not the leader (leader: {leader:?} at {address:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+        /// Where that leader can be reached, if known.
+        address: Option<SocketAddr>,
+    },
+    /// Another change (or the leaving of a joint configuration) is not committed yet. Nothing
+    /// was appended; retry once it is.
+    #[error("a membership change is already in progress")]
+    ChangeInProgress,
+    /// A leadership transfer is in progress. Nothing was appended; retry after it ends.
+    #[error("a leadership transfer is in progress")]
+    TransferInProgress,
+    /// The leader has not committed an entry of its term yet. Nothing was appended; retry soon.
+    #[error("no entry of the leader's term has committed yet")]
+    TermNotCommitted,
+    /// The change leaves this node as it is (adding a voter twice, removing a stranger).
+    #[error("the change leaves node {0} as it is")]
+    NoEffect(NodeId),
+    /// The result would have no voter.
+    #[error("the change would leave no voter")]
+    NoVoters,
+    /// This node lost leadership (or installed a snapshot over the change) before the change
+    /// completed: it may or may not take effect. Check the membership, then retry.
+    #[error("leadership lost before the change completed: outcome unknown")]
+    LeadershipLost,
+    /// The node is shutting down; the outcome of an appended change is unknown.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Storage failed (reading the log, or the node stopped on a storage failure).
+    #[error("{0}")]
+    StorageFailed(StorageFailure),
+    /// The node stopped for another reason (see [`StopReason`]).
+    #[error("the node stopped: {0}")]
+    Stopped(StopReason),
+}
+
+impl From<StopReason> for MembershipChangeError {
+    fn from(reason: StopReason) -> Self {
+        match reason {
+            StopReason::Shutdown => MembershipChangeError::ShuttingDown,
+            StopReason::StorageFailed(failure) => MembershipChangeError::StorageFailed(failure),
+            other => MembershipChangeError::Stopped(other),
+        }
+    }
+}
+
+impl MembershipChangeError {
+    /// The client's view of the core's refusal; `address` finds a leader's address.
+    pub(crate) fn refused(error: MembershipError, address: impl Fn(NodeId) -> Option<SocketAddr>) -> Self {
+        match error {
+            MembershipError::NotLeader { leader } => {
+                MembershipChangeError::NotLeader { leader, address: leader.and_then(address) }
+            }
+            MembershipError::TermNotCommitted => MembershipChangeError::TermNotCommitted,
+            MembershipError::ChangeInProgress => MembershipChangeError::ChangeInProgress,
+            MembershipError::TransferInProgress => MembershipChangeError::TransferInProgress,
+            MembershipError::NoEffect(id) => MembershipChangeError::NoEffect(id),
+            MembershipError::NoVoters => MembershipChangeError::NoVoters,
+            MembershipError::Storage(error) => MembershipChangeError::StorageFailed(StorageFailure::read(error)),
+        }
+    }
+}
+
+/// Why a [`NodeHandle::transfer_leadership`](crate::NodeHandle::transfer_leadership) failed.
+#[derive(Clone, Debug, Error)]
+#[non_exhaustive]
+pub enum TransferLeadershipError {
+    /// This node is not the leader; `leader` is the one it knows of and `address` its entry in
+    /// the address book.
+    #[error("not the leader (leader: {leader:?} at {address:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+        /// Where that leader can be reached, if known.
+        address: Option<SocketAddr>,
+    },
+    /// The target does not vote.
+    #[error("node {0} is not a voter")]
+    NotAVoter(NodeId),
+    /// The target already leads.
+    #[error("node {0} already leads")]
+    AlreadyLeader(NodeId),
+    /// A transfer to this node is in progress.
+    #[error("a transfer to node {0} is in progress")]
+    InProgress(NodeId),
+    /// This node did not learn that the target leads within
+    /// [`TRANSFER_ELECTION_TIMEOUTS_MAX`](crate::TRANSFER_ELECTION_TIMEOUTS_MAX) election
+    /// timeouts (the target may still win; check the status).
+    #[error("the target did not take over in time")]
+    TimedOut,
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Storage failed and the node stopped.
+    #[error("{0}")]
+    StorageFailed(StorageFailure),
+    /// The node stopped for another reason (see [`StopReason`]).
+    #[error("the node stopped: {0}")]
+    Stopped(StopReason),
+}
+
+impl From<StopReason> for TransferLeadershipError {
+    fn from(reason: StopReason) -> Self {
+        match reason {
+            StopReason::Shutdown => TransferLeadershipError::ShuttingDown,
+            StopReason::StorageFailed(failure) => TransferLeadershipError::StorageFailed(failure),
+            other => TransferLeadershipError::Stopped(other),
+        }
+    }
+}
+
+impl TransferLeadershipError {
+    /// The client's view of the core's refusal; `address` finds a leader's address.
+    pub(crate) fn refused(error: CoreTransferError, address: impl Fn(NodeId) -> Option<SocketAddr>) -> Self {
+        match error {
+            CoreTransferError::NotLeader { leader } => {
+                TransferLeadershipError::NotLeader { leader, address: leader.and_then(address) }
+            }
+            CoreTransferError::NotAVoter(id) => TransferLeadershipError::NotAVoter(id),
+            CoreTransferError::AlreadyLeader(id) => TransferLeadershipError::AlreadyLeader(id),
+            CoreTransferError::InProgress(id) => TransferLeadershipError::InProgress(id),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use raft_core::{Index, NodeId, ProgressState, Role, Status, Term};
+use raft_core::{Index, Membership, NodeId, ProgressState, Role, Status, Term};
 
 use super::error::StopReason;
 
@@ -34,6 +34,9 @@ pub enum NodeEvent {
         /// The snapshot's last index.
         index: Index,
     },
+    /// The membership in force on this node changed (a membership entry reached its log, or a
+    /// snapshot replaced it).
+    MembershipChanged(Membership),
     /// The node stopped; nothing follows.
     Stopped(StopReason),
 }
@@ -57,6 +60,10 @@ pub struct NodeStatus {
     pub last_index: Index,
     /// Replication progress per follower (on a leader; empty otherwise).
     pub peers: BTreeMap<NodeId, PeerStatus>,
+    /// The membership in force on this node (the latest in its log).
+    pub membership: Membership,
+    /// The target of the leadership transfer in progress (on a leader).
+    pub transfer_target: Option<NodeId>,
     /// Linearizable and lease reads this node's clients asked and the core has not confirmed or
     /// failed yet.
     pub reads_pending: usize,
@@ -105,6 +112,8 @@ impl NodeStatus {
             applied,
             last_index,
             peers,
+            membership: status.membership,
+            transfer_target: status.transfer_target,
             reads_pending,
         }
     }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use raft_core::{Message, Raft, Term};
+use std::net::SocketAddr;
+
+use raft_core::{ConfChange, Membership, Message, NodeId, Raft, Term};
 use raft_storage::LogStore;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
@@ -16,8 +18,11 @@ use tokio_util::task::TaskTracker;
 use super::apply::Applier;
 use super::config::NodeConfig;
 use super::core::Core;
-use super::error::{NodeStartError, ProposeError, ReadError, StopReason};
+use super::error::{
+    MembershipChangeError, NodeStartError, ProposeError, ReadError, StopReason, TransferLeadershipError,
+};
 use super::event::{NodeEvent, NodeStatus};
+use super::membership::{MembershipRequest, TransferRequest};
 use super::read::{PendingRead, ReadConsistency, ReadRequest};
 use super::shared::{CoreInput, PanicGuard, Proposal, Responder, Shared};
 use super::state_machine::StateMachine;
@@ -85,6 +90,7 @@ where
         return Err(NodeStartError::TransportIdMismatch { config: config.id, transport: transport.local_id() });
     }
     let raft = Raft::new(config.id, config.options.clone(), storage).map_err(NodeStartError::Storage)?;
+    let membership_seen = raft.membership().clone();
     let shared = Arc::new(Shared::new(config.event_queue_events_max));
     let (input, input_receiver) = mpsc::channel(config.input_queue_items_max);
     let (apply, apply_receiver) = std::sync::mpsc::sync_channel(config.apply_queue_batches_max);
@@ -111,6 +117,10 @@ where
         unreachable: BTreeSet::new(),
         addresses: config.addresses.clone(),
         input_batch_items_max: config.input_batch_items_max,
+        membership_change: None,
+        transfer: None,
+        membership_seen,
+        ticks_total: 0,
     };
     let done = DoneGuard(Arc::clone(&shared));
     // If this fails, dropping `core` drops the apply queue, which ends the apply thread.
@@ -256,6 +266,44 @@ impl<SM: StateMachine> NodeHandle<SM> {
         let (sender, receiver) = oneshot::channel();
         self.inner.input.send(CoreInput::Status(sender)).await.map_err(|_| stopped())?;
         receiver.await.map_err(|_| stopped())
+    }
+
+    /// Changes the membership (on the leader): `changes` are applied together, through a joint
+    /// configuration when they move voters. Answers with the new membership once the change is
+    /// complete on this node (the joint entry and the leave entry the leader appends by itself
+    /// are committed and handed to the state machine). A new member's address must be known to
+    /// the transport first (see the module docs). See [`MembershipChangeError`] for each
+    /// failure; the caller bounds the wait with a timeout if it wants one.
+    pub async fn change_membership(&self, changes: Vec<ConfChange>) -> Result<Membership, MembershipChangeError> {
+        let stopped = || MembershipChangeError::from(self.inner.shared.stop_reason().unwrap_or(StopReason::Shutdown));
+        if self.inner.shared.stopping.load(Ordering::Acquire) {
+            return Err(stopped());
+        }
+        let (responder, receiver) = oneshot::channel();
+        let request = CoreInput::ChangeMembership(MembershipRequest { changes, responder });
+        self.inner.input.send(request).await.map_err(|_| stopped())?;
+        receiver.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Hands leadership (on the leader) to voter `target`. Answers once this node knows the
+    /// target leads, or fails (see [`TransferLeadershipError`]); proposals to this node are
+    /// refused while the transfer runs.
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), TransferLeadershipError> {
+        let stopped = || TransferLeadershipError::from(self.inner.shared.stop_reason().unwrap_or(StopReason::Shutdown));
+        if self.inner.shared.stopping.load(Ordering::Acquire) {
+            return Err(stopped());
+        }
+        let (responder, receiver) = oneshot::channel();
+        let request = CoreInput::TransferLeadership(TransferRequest { target, responder });
+        self.inner.input.send(request).await.map_err(|_| stopped())?;
+        receiver.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Adds (or replaces) `id`'s entry in the address book used in `NotLeader` answers (the
+    /// transport has its own: see the module docs). Does nothing on a stopped node.
+    pub async fn add_address(&self, id: NodeId, address: SocketAddr) {
+        // An error means the node stopped: no answer needs the address any more.
+        let _ = self.inner.input.send(CoreInput::Address(id, address)).await;
     }
 
     /// A receiver of the node's events from now on (see

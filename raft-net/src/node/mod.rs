@@ -77,10 +77,20 @@
 //! [`ReadError`]; on shutdown or fail-stop every read not yet handed to the apply thread fails
 //! with the stop reason ([`ReadError::ShuttingDown`], [`ReadError::StorageFailed`]).
 //!
+//! ## Membership changes and leadership transfers
+//!
+//! [`NodeHandle::change_membership`] asks the leader's core for a change and answers once it is
+//! complete on this node: the change's entry and, for a change of voters, the leave entry the
+//! leader appends by itself are committed and handed to the state machine. Losing leadership
+//! first leaves the outcome unknown. [`NodeHandle::transfer_leadership`] answers once this node
+//! knows the target leads, or after [`TRANSFER_ELECTION_TIMEOUTS_MAX`] election timeouts. The
+//! transport must know a new member's address before it is added (the application owns the
+//! transport: keep an `Arc` of it, `Transport for Arc<T>`, and call `TcpTransport::add_peer`);
+//! [`NodeHandle::add_address`] adds it to the address book used in `NotLeader` answers.
+//!
 //! ## Limits of this version
 //!
-//! Snapshot data passes through memory whole (see [`StateMachine`]). Membership changes are not
-//! in the core yet, so the handle offers none. A follower's forwarded read whose request or
+//! Snapshot data passes through memory whole (see [`StateMachine`]). A follower's forwarded read whose request or
 //! answer is lost waits until that follower's leader changes (the core does not retransmit it):
 //! callers bound reads with a timeout.
 
@@ -90,6 +100,7 @@ mod core;
 mod error;
 mod event;
 mod handle;
+mod membership;
 mod read;
 mod shared;
 mod state_machine;
@@ -100,8 +111,12 @@ pub use config::{
     READS_PENDING_MAX_DEFAULT, TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX,
 };
 pub use core::SNAPSHOT_READ_BYTES_MAX;
-pub use error::{NodeStartError, ProposeError, ReadError, SharedError, StopReason, StorageFailure, StorageOperation};
+pub use error::{
+    MembershipChangeError, NodeStartError, ProposeError, ReadError, SharedError, StopReason, StorageFailure,
+    StorageOperation, TransferLeadershipError,
+};
 pub use event::{NodeEvent, NodeStatus, PeerStatus};
 pub use handle::{NodeHandle, start};
+pub use membership::TRANSFER_ELECTION_TIMEOUTS_MAX;
 pub use read::ReadConsistency;
 pub use state_machine::StateMachine;

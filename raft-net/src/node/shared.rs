@@ -1,16 +1,18 @@
 //! What the handle, the tokio tasks, the core thread and the apply thread share, and the items
 //! that pass between them.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bytes::Bytes;
-use raft_core::{Entry, Index, Message, SnapshotMeta, Term};
+use raft_core::{Entry, Index, Message, NodeId, SnapshotMeta, Term};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{ProposeError, ReadError, StopReason};
 use super::event::{NodeEvent, NodeStatus};
+use super::membership::{MembershipRequest, TransferRequest};
 use super::read::{PendingRead, ReadRequest};
 use super::state_machine::StateMachine;
 
@@ -169,6 +171,12 @@ pub(crate) enum CoreInput<SM: StateMachine> {
     Read(ReadRequest<SM>),
     /// A status request.
     Status(oneshot::Sender<NodeStatus>),
+    /// A client's membership change.
+    ChangeMembership(MembershipRequest),
+    /// A client's leadership transfer.
+    TransferLeadership(TransferRequest),
+    /// Where a peer can be reached, for `NotLeader` answers.
+    Address(NodeId, SocketAddr),
     /// Nothing but a reason to run an iteration (ticks or a snapshot are waiting).
     Wake,
     /// Stop after this iteration.

@@ -1,0 +1,141 @@
+//! Membership changes and leadership transfers through the node handle, over the in-memory
+//! network: a learner joins, catches up and is promoted; a voter is removed; leadership moves to
+//! a chosen node, and the old leader then points proposals at it.
+
+use std::collections::BTreeMap;
+
+use raft_core::{ConfChange, Membership, NodeId, Role};
+use raft_net::{MemNetwork, MembershipChangeError, NodeEvent, ProposeError, TransferLeadershipError};
+use raft_storage::MemStorage;
+use raft_tests::{Member, PATIENCE, config, eventually, membership, propose, set, settled_leader, start_mem};
+use tokio::time::{Instant, sleep, timeout};
+
+const VOTERS: [u64; 3] = [1, 2, 3];
+
+fn mem_cluster(network: &MemNetwork) -> Vec<Member> {
+    VOTERS
+        .iter()
+        .map(|id| start_mem(network, config(NodeId(*id), &BTreeMap::new()), MemStorage::new(membership(&VOTERS))))
+        .collect()
+}
+
+fn member(members: &[Member], id: NodeId) -> &Member {
+    members.iter().find(|m| m.id == id).expect("a member")
+}
+
+/// Changes the membership through `leader`, retrying while its term has no committed entry.
+async fn change(leader: &Member, changes: Vec<ConfChange>) -> Membership {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let outcome = timeout(PATIENCE, leader.handle.change_membership(changes.clone())).await;
+        match outcome.expect("the change is answered") {
+            Ok(membership) => return membership,
+            Err(MembershipChangeError::TermNotCommitted | MembershipChangeError::ChangeInProgress) => {}
+            Err(error) => panic!("change {changes:?} failed: {error}"),
+        }
+        assert!(Instant::now() < deadline, "change {changes:?} never accepted");
+        sleep(raft_tests::POLL).await;
+    }
+}
+
+async fn write_some(members: &[Member], keys: std::ops::Range<usize>) {
+    let handles: Vec<_> = members.iter().map(|m| m.handle.clone()).collect();
+    let ids: Vec<_> = members.iter().map(|m| m.id).collect();
+    for key in keys {
+        propose(&handles, &ids, 0, set(&format!("key{key}"), "value")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
+    let network = MemNetwork::default();
+    let mut members = mem_cluster(&network);
+    let all: Vec<&Member> = members.iter().collect();
+    let leader_id = settled_leader(&all).await;
+    write_some(&members, 0..20).await;
+
+    // A new node with no membership: it waits for the leader.
+    let new = start_mem(&network, config(NodeId(4), &BTreeMap::new()), MemStorage::new(Membership::default()));
+    let mut new_events = new.handle.events();
+    members.push(new);
+    let leader = member(&members, leader_id);
+    let follower = members.iter().find(|m| m.id != leader_id && m.id != NodeId(4)).expect("a follower");
+
+    // Only the leader changes the membership; a change with no effect is refused.
+    let refused = follower.handle.change_membership(vec![ConfChange::AddLearner(NodeId(4))]).await;
+    assert!(matches!(refused, Err(MembershipChangeError::NotLeader { leader: Some(id), .. }) if id == leader_id));
+    let refused = leader.handle.change_membership(vec![ConfChange::Remove(NodeId(99))]).await;
+    assert!(matches!(refused, Err(MembershipChangeError::NoEffect(NodeId(99)))), "{refused:?}");
+
+    let joined = change(leader, vec![ConfChange::AddLearner(NodeId(4))]).await;
+    assert!(joined.learners.contains(&NodeId(4)) && !joined.is_joint(), "{joined:?}");
+    let new = member(&members, NodeId(4));
+    let commit = leader.handle.status().await.expect("runs").commit;
+    // Membership entries do not reach the state machine: compare the node's applied index.
+    eventually("the learner catches up", || async {
+        new.handle.status().await.is_ok_and(|status| status.applied >= commit)
+    })
+    .await;
+    assert_eq!(new.view.map(), leader.view.map());
+    let learner_status = new.handle.status().await.expect("runs");
+    assert_eq!(learner_status.membership, joined);
+
+    let promoted = change(leader, vec![ConfChange::AddVoter(NodeId(4))]).await;
+    assert_eq!(promoted, membership(&[1, 2, 3, 4]));
+    let leader_status = leader.handle.status().await.expect("runs");
+    assert!(!leader_status.membership.is_joint());
+    // The new node saw its membership change (at least to the final one).
+    eventually("the new node reports the promotion", || {
+        let event = new_events.try_recv();
+        async move { matches!(event, Ok(NodeEvent::MembershipChanged(m)) if m == membership(&[1, 2, 3, 4])) }
+    })
+    .await;
+
+    let removed_id = follower.id;
+    let after = change(leader, vec![ConfChange::Remove(removed_id)]).await;
+    assert!(!after.is_member(removed_id) && after.voters.len() == 3, "{after:?}");
+    let staying: Vec<Member> = members.into_iter().filter(|m| m.id != removed_id).collect();
+    write_some(&staying, 20..30).await;
+    for member in &staying {
+        member.handle.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_chosen_node_and_the_old_leader_redirects_proposals() {
+    let network = MemNetwork::default();
+    let members = mem_cluster(&network);
+    let all: Vec<&Member> = members.iter().collect();
+    let old_id = settled_leader(&all).await;
+    write_some(&members, 0..5).await;
+    let old = member(&members, old_id);
+    let target = members.iter().find(|m| m.id != old_id).expect("a follower").id;
+
+    let refused = member(&members, target).handle.transfer_leadership(old_id).await;
+    assert!(matches!(refused, Err(TransferLeadershipError::NotLeader { .. })), "{refused:?}");
+    let refused = old.handle.transfer_leadership(NodeId(99)).await;
+    assert!(matches!(refused, Err(TransferLeadershipError::NotAVoter(NodeId(99)))), "{refused:?}");
+
+    // A transfer can time out on a busy machine: try again until the target leads.
+    let deadline = Instant::now() + PATIENCE;
+    while let Err(error) = old.handle.transfer_leadership(target).await {
+        assert!(Instant::now() < deadline, "the transfer never completed: {error}");
+        if let TransferLeadershipError::NotLeader { leader: Some(leader), .. } = error
+            && leader == target
+        {
+            break;
+        }
+    }
+    let status = member(&members, target).handle.status().await.expect("runs");
+    assert_eq!(status.role, Role::Leader);
+
+    let redirected = old.handle.propose(set("after", "transfer")).await;
+    assert!(
+        matches!(redirected, Err(ProposeError::NotLeader { leader: Some(leader), .. }) if leader == target),
+        "{redirected:?}"
+    );
+    write_some(&members, 5..10).await;
+    for member in &members {
+        member.handle.shutdown().await;
+    }
+}
