@@ -1,0 +1,334 @@
+//! The HTTP API of one node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post, put};
+use raft_core::{ConfChange, NodeId, Role};
+use raft_net::{MembershipChangeError, NodeHandle, ProposeError, ReadConsistency, TransferLeadershipError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::kv::{Command, KEY_BYTES_MAX, Kv, PeerAddresses, PeerBook, Response, VALUE_BYTES_MAX, encode};
+
+/// How long a request waits for the cluster before answering 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a membership change or a transfer may take before answering 503.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct App {
+    /// The node.
+    pub handle: NodeHandle<Kv>,
+    /// Where every member listens.
+    pub book: PeerBook,
+}
+
+/// An error answer: a status and a message, sent as `{"error": message}`.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> HttpResponse {
+        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError(status, message.into())
+}
+
+/// The router of the whole API.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/kv/{key}", put(put_key).get(get_key).delete(delete_key))
+        .route("/kv/{key}/cas", post(cas_key))
+        .route("/cluster/status", get(status))
+        .route("/cluster/members", post(members))
+        .route("/cluster/leader", post(transfer))
+        .route("/metrics", get(metrics))
+        // Room for the largest value plus a JSON envelope; larger bodies get axum's 413.
+        .layer(DefaultBodyLimit::max(2 * VALUE_BYTES_MAX + 4096))
+        .with_state(Arc::new(app))
+}
+
+fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(bad(StatusCode::BAD_REQUEST, "the key is empty"));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(bad(StatusCode::PAYLOAD_TOO_LARGE, format!("the key exceeds {KEY_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), ApiError> {
+    check_len(value.len())
+}
+
+/// A 307 to the leader's HTTP address for the same path, or 503 when no leader is known.
+fn redirect(app: &App, leader: Option<NodeId>, uri: &Uri) -> HttpResponse {
+    let Some(peer) = leader.and_then(|leader| app.book.get(leader)) else {
+        return bad(StatusCode::SERVICE_UNAVAILABLE, "no leader is known; retry").into_response();
+    };
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    let location = format!("http://{}{}", peer.http, path);
+    match HeaderValue::from_str(&location) {
+        Ok(value) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, value)]).into_response(),
+        Err(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "bad leader address").into_response(),
+    }
+}
+
+/// Proposes `command`; redirects when this node does not lead.
+async fn propose(app: &App, command: Command, uri: &Uri) -> Result<Response, HttpResponse> {
+    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, app.handle.propose(encode(&command))).await;
+    match outcome {
+        Ok(Ok(Response::Invalid)) => Err(bad(StatusCode::INTERNAL_SERVER_ERROR, "command invalid").into_response()),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(ProposeError::NotLeader { leader, .. })) => Err(redirect(app, leader, uri)),
+        Ok(Err(ProposeError::TooLarge { bytes, limit })) => {
+            Err(bad(StatusCode::PAYLOAD_TOO_LARGE, format!("{bytes} bytes exceed {limit}")).into_response())
+        }
+        Ok(Err(error)) => Err(bad(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response()),
+        Err(_) => Err(bad(StatusCode::SERVICE_UNAVAILABLE, "timed out; the outcome is unknown").into_response()),
+    }
+}
+
+async fn put_key(State(app): State<Arc<App>>, Path(key): Path<String>, uri: Uri, body: Bytes) -> HttpResponse {
+    if let Err(error) = check_key(&key).and_then(|()| check_value(&body)) {
+        return error.into_response();
+    }
+    match propose(&app, Command::Put { key, value: body }, &uri).await {
+        Ok(_) => axum::Json(json!({ "ok": true })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn delete_key(State(app): State<Arc<App>>, Path(key): Path<String>, uri: Uri) -> HttpResponse {
+    if let Err(error) = check_key(&key) {
+        return error.into_response();
+    }
+    match propose(&app, Command::Delete { key }, &uri).await {
+        Ok(Response::Deleted(existed)) => axum::Json(json!({ "deleted": existed })).into_response(),
+        Ok(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer").into_response(),
+        Err(response) => response,
+    }
+}
+
+/// The body of `POST /kv/{key}/cas`: `null` means absent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasBody {
+    expected: Option<String>,
+    value: Option<String>,
+}
+
+async fn cas_key(State(app): State<Arc<App>>, Path(key): Path<String>, uri: Uri, body: Bytes) -> HttpResponse {
+    let body: CasBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(error) => return bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")).into_response(),
+    };
+    let value_len = body.value.as_ref().map_or(0, String::len);
+    if let Err(error) = check_key(&key).and_then(|()| check_len(value_len)) {
+        return error.into_response();
+    }
+    let command = Command::Cas { key, expected: body.expected.map(Bytes::from), value: body.value.map(Bytes::from) };
+    match propose(&app, command, &uri).await {
+        Ok(Response::Cas { swapped, current }) => {
+            let current = current.map(|value| String::from_utf8_lossy(&value).into_owned());
+            let status = if swapped { StatusCode::OK } else { StatusCode::CONFLICT };
+            (status, axum::Json(json!({ "swapped": swapped, "current": current }))).into_response()
+        }
+        Ok(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer").into_response(),
+        Err(response) => response,
+    }
+}
+
+fn check_len(len: usize) -> Result<(), ApiError> {
+    if len > VALUE_BYTES_MAX {
+        return Err(bad(StatusCode::PAYLOAD_TOO_LARGE, format!("the value exceeds {VALUE_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ReadQuery {
+    consistency: Option<String>,
+}
+
+fn consistency(query: &ReadQuery) -> Result<ReadConsistency, ApiError> {
+    match query.consistency.as_deref() {
+        None | Some("linearizable") | Some("follower") => Ok(ReadConsistency::Linearizable),
+        Some("lease") => Ok(ReadConsistency::Lease),
+        Some("stale") => Ok(ReadConsistency::Stale),
+        Some(other) => Err(bad(
+            StatusCode::BAD_REQUEST,
+            format!("unknown consistency {other:?}: linearizable, lease, follower or stale"),
+        )),
+    }
+}
+
+async fn get_key(State(app): State<Arc<App>>, Path(key): Path<String>, Query(query): Query<ReadQuery>) -> HttpResponse {
+    let consistency = match check_key(&key).and_then(|()| consistency(&query)) {
+        Ok(consistency) => consistency,
+        Err(error) => return error.into_response(),
+    };
+    let read = app.handle.read(consistency, move |kv: &Kv| kv.get(&key));
+    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(Ok(Some(value))) => value.into_response(),
+        Ok(Ok(None)) => bad(StatusCode::NOT_FOUND, "no such key").into_response(),
+        Ok(Err(error)) => bad(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
+        Err(_) => bad(StatusCode::SERVICE_UNAVAILABLE, "the read timed out").into_response(),
+    }
+}
+
+/// The node's status as JSON.
+async fn status_json(app: &App) -> Result<Value, ApiError> {
+    let status = app.handle.status().await.map_err(|error| bad(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
+    let role = match status.role {
+        Role::Leader => "leader",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+        _ => "follower",
+    };
+    let peers: serde_json::Map<String, Value> = status
+        .peers
+        .iter()
+        .map(|(id, peer)| {
+            let value = json!({ "match_index": peer.match_index.0, "lag_entries": peer.lag_entries,
+                                "recent_active": peer.recent_active });
+            (id.0.to_string(), value)
+        })
+        .collect();
+    let addresses: serde_json::Map<String, Value> = app
+        .book
+        .all()
+        .values()
+        .map(|peer| (peer.id.0.to_string(), json!({ "raft": peer.raft.to_string(), "http": peer.http.to_string() })))
+        .collect();
+    let ids = |set: &std::collections::BTreeSet<NodeId>| set.iter().map(|id| id.0).collect::<Vec<_>>();
+    Ok(json!({
+        "id": status.id.0, "role": role, "term": status.term.0, "leader": status.leader.map(|id| id.0),
+        "commit": status.commit.0, "applied": status.applied.0, "last_index": status.last_index.0,
+        "voters": ids(&status.membership.voters), "voters_outgoing": ids(&status.membership.voters_outgoing),
+        "learners": ids(&status.membership.learners), "peers": peers, "addresses": addresses,
+    }))
+}
+
+async fn status(State(app): State<Arc<App>>) -> HttpResponse {
+    match status_json(&app).await {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> HttpResponse {
+    let Ok(status) = app.handle.status().await else {
+        return bad(StatusCode::SERVICE_UNAVAILABLE, "the node stopped").into_response();
+    };
+    let keys = app.handle.read(ReadConsistency::Stale, |kv: &Kv| kv.key_count()).await.unwrap_or(0);
+    let id = status.id.0;
+    let mut text = String::new();
+    let mut line = |name: &str, help: &str, value: u64| {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{id}\"}} {value}\n"));
+    };
+    line("raft_term", "The node's current term.", status.term.0);
+    line("raft_commit_index", "The highest index known committed.", status.commit.0);
+    line("raft_applied_index", "The highest index applied.", status.applied.0);
+    line("raft_last_index", "The last index in the log.", status.last_index.0);
+    line("raft_is_leader", "1 when this node leads.", u64::from(status.role == Role::Leader));
+    line("raft_voters", "Voters in the membership.", status.membership.voters.len() as u64);
+    line("kv_keys", "Keys in the map.", keys as u64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The body of `POST /cluster/members`.
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+enum MemberAction {
+    /// Adds a learner listening at `raft` and `http`.
+    AddLearner { id: u64, raft: std::net::SocketAddr, http: std::net::SocketAddr },
+    /// Promotes a learner to voter.
+    Promote { id: u64 },
+    /// Removes a member.
+    Remove { id: u64 },
+}
+
+async fn members(State(app): State<Arc<App>>, uri: Uri, body: Bytes) -> HttpResponse {
+    let action: MemberAction = match serde_json::from_slice(&body) {
+        Ok(action) => action,
+        Err(error) => return bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")).into_response(),
+    };
+    let change = match action {
+        MemberAction::AddLearner { id, raft, http } => {
+            let peer = PeerAddresses { id: NodeId(id), raft, http };
+            if let Err(response) = propose(&app, Command::Register(peer), &uri).await {
+                return response;
+            }
+            ConfChange::AddLearner(NodeId(id))
+        }
+        MemberAction::Promote { id } => ConfChange::AddVoter(NodeId(id)),
+        MemberAction::Remove { id } => ConfChange::Remove(NodeId(id)),
+    };
+    change_membership(&app, change, &uri).await
+}
+
+async fn change_membership(app: &App, change: ConfChange, uri: &Uri) -> HttpResponse {
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let outcome = tokio::time::timeout_at(deadline, app.handle.change_membership(vec![change])).await;
+        let error = match outcome {
+            Ok(Ok(membership)) => {
+                let ids = |set: &std::collections::BTreeSet<NodeId>| set.iter().map(|id| id.0).collect::<Vec<_>>();
+                let body = json!({ "voters": ids(&membership.voters), "learners": ids(&membership.learners) });
+                return axum::Json(body).into_response();
+            }
+            Ok(Err(error)) => error,
+            Err(_) => return bad(StatusCode::SERVICE_UNAVAILABLE, "the change timed out").into_response(),
+        };
+        match error {
+            MembershipChangeError::TermNotCommitted | MembershipChangeError::ChangeInProgress => {}
+            MembershipChangeError::NotLeader { leader, .. } => return redirect(app, leader, uri),
+            MembershipChangeError::NoEffect(id) => {
+                return bad(StatusCode::BAD_REQUEST, format!("the change leaves node {id} as it is")).into_response();
+            }
+            MembershipChangeError::NoVoters => {
+                return bad(StatusCode::BAD_REQUEST, "the change would leave no voter").into_response();
+            }
+            other => return bad(StatusCode::SERVICE_UNAVAILABLE, other.to_string()).into_response(),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return bad(StatusCode::SERVICE_UNAVAILABLE, "the change timed out").into_response();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    id: u64,
+}
+
+async fn transfer(State(app): State<Arc<App>>, uri: Uri, body: Bytes) -> HttpResponse {
+    let body: TransferBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(error) => return bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")).into_response(),
+    };
+    let outcome = tokio::time::timeout(ADMIN_TIMEOUT, app.handle.transfer_leadership(NodeId(body.id))).await;
+    match outcome {
+        Ok(Ok(())) => axum::Json(json!({ "leader": body.id })).into_response(),
+        Ok(Err(TransferLeadershipError::NotLeader { leader, .. })) => redirect(&app, leader, &uri),
+        Ok(Err(TransferLeadershipError::AlreadyLeader(id))) => axum::Json(json!({ "leader": id.0 })).into_response(),
+        Ok(Err(error @ TransferLeadershipError::NotAVoter(_))) => {
+            bad(StatusCode::BAD_REQUEST, error.to_string()).into_response()
+        }
+        Ok(Err(error)) => bad(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
+        Err(_) => bad(StatusCode::SERVICE_UNAVAILABLE, "the transfer timed out").into_response(),
+    }
+}
