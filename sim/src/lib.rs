@@ -26,4 +26,4 @@ mod world;
 
 pub use checkers::Violation;
 pub use config::SimConfig;
-pub use world::{OptionsHook, Report, RunOptions, Stats, run, run_config};
+pub use world::{OptionsHook, Report, RunOptions, Stats, run, run_config, run_schedule};
