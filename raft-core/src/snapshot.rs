@@ -252,7 +252,9 @@ pub(crate) fn validate_chunk(
     if bytes > chunk_bytes_max {
         return Err(StepError::Malformed(Malformed::SnapshotChunkTooLarge { bytes, limit: chunk_bytes_max }));
     }
+    // At `Index::END` the log's next index would saturate (found by fuzzing, node_inputs).
     let invalid = meta.index == Index(0)
+        || meta.index == Index::END
         || meta.term == Term(0)
         || meta.term > term
         || meta.membership.voters.is_empty()
