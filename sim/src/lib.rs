@@ -20,6 +20,8 @@
 
 pub mod checkers;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod kv;
 pub mod linearizability;
 mod world;
