@@ -26,6 +26,10 @@ pub fn cluster_schedule(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(config) = config_from(&mut u) else { return };
     let report = run_schedule(config, RunOptions::default(), u.take_rest());
+    // FUZZ_DEBUG=1 prints what the input ran (when replaying through the test build).
+    if std::env::var_os("FUZZ_DEBUG").is_some() {
+        eprintln!("config: {}\n{:?}", report.config, report.stats);
+    }
     if let Some(violation) = report.violation {
         panic!("{violation} (config: {})", report.config);
     }
