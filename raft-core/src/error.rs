@@ -89,10 +89,14 @@ pub enum Malformed {
         /// `snapshot_chunk_bytes_max`.
         limit: u64,
     },
-    /// Snapshot metadata that no leader could send: index or term 0, a term above the message's,
-    /// no voters, or an offset that overflows.
+    /// Snapshot metadata that no leader could send: index 0 or [`Index::END`], term 0, a term
+    /// above the message's, no voters, or an offset that overflows.
     #[error("invalid snapshot metadata at index {0}")]
     SnapshotInvalid(Index),
+    /// An entry at [`Index::END`], the end of the index space: the log keeps the index after its
+    /// last entry, so no entry may sit there.
+    #[error("entry at index {0}, the end of the index space")]
+    IndexAtEnd(Index),
     /// Another node claims leadership of our term while we lead it.
     #[error("second leader {0} in our term")]
     SecondLeader(NodeId),

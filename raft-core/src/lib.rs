@@ -96,6 +96,8 @@
 
 mod election;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod log;
 mod membership;
 mod message;

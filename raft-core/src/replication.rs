@@ -298,6 +298,9 @@ pub(crate) fn validate_entries(
         if entry.index != expected {
             return Err(StepError::Malformed(Malformed::EntriesNotConsecutive { expected, found: entry.index }));
         }
+        if entry.index == Index::END {
+            return Err(StepError::Malformed(Malformed::IndexAtEnd(entry.index)));
+        }
         if entry.term < floor || entry.term > term {
             return Err(StepError::Malformed(Malformed::EntryTermOutOfOrder { index: entry.index, term: entry.term }));
         }

@@ -190,6 +190,14 @@ impl<S: Storage> Raft<S> {
 
     /// Takes a chunk of a snapshot that will replace our log, if it is the one expected next.
     fn receive_chunk(&mut self, from: NodeId, chunk: ChunkIn) {
+        if self.log.has_snapshot_to_install() {
+            // A snapshot just completed and its install is not handed out yet. A chunk of
+            // another transfer would go out in the same output, and the driver writes every
+            // chunk of an output before its install: an offset-0 chunk would replace the staged
+            // snapshot, which could then not be installed (found by fuzzing, node_inputs).
+            // Drop it; the leader resends once its transfer stalls.
+            return;
+        }
         let ChunkIn { meta, offset, data, done } = chunk;
         let (index, term) = (meta.index, meta.term);
         let receiving = self.incoming_snapshot.as_ref().is_some_and(|incoming| incoming.meta == meta);
@@ -244,7 +252,9 @@ pub(crate) fn validate_chunk(
     if bytes > chunk_bytes_max {
         return Err(StepError::Malformed(Malformed::SnapshotChunkTooLarge { bytes, limit: chunk_bytes_max }));
     }
+    // At `Index::END` the log's next index would saturate (found by fuzzing, node_inputs).
     let invalid = meta.index == Index(0)
+        || meta.index == Index::END
         || meta.term == Term(0)
         || meta.term > term
         || meta.membership.voters.is_empty()

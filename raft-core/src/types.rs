@@ -51,6 +51,11 @@ impl Term {
 }
 
 impl Index {
+    /// The end of the index space. No entry or snapshot sits here: the log keeps the index after
+    /// its last entry (which `next` would saturate at `END`), so peers' messages that reach it
+    /// are malformed.
+    pub const END: Index = Index(u64::MAX);
+
     /// The next index (saturating).
     pub fn next(self) -> Index {
         Index(self.0.saturating_add(1))

@@ -227,3 +227,50 @@ fn a_follower_that_lost_acknowledged_entries_causes_no_message_storm() {
         assert!(delivered < 1000, "message storm: {delivered} messages in one tick");
     }
 }
+
+/// An entry at the end of the index space would make the log's next index saturate (the fuzz
+/// target node_inputs reached the same through a snapshot at `u64::MAX`, tripping "committed
+/// beyond last index"): it is malformed.
+#[test]
+fn an_entry_at_the_end_of_the_index_space_is_refused() {
+    let voters = ids(3);
+    let mut node = node_with_log(NodeId(1), &voters, &[], 1, options(NodeId(1), true, true));
+    let end = u64::MAX;
+    let garbage = append(2, 1, 1, (end - 1, 1), vec![common::noop(end, 1)], 0);
+    let refused = Err(raft_core::StepError::Malformed(raft_core::Malformed::IndexAtEnd(Index::END)));
+    assert_eq!(node.step(garbage), refused);
+    assert_eq!(node.last_index(), Index(0));
+}
+
+/// Found by the fuzz target node_inputs: a follower that completes snapshot A and then, before
+/// its driver takes the output, gets the first chunk of another snapshot B must not hand out
+/// B's chunk with A's install (the driver writes every chunk before the install, so B's chunk
+/// would replace the staged A and the install would fail).
+#[test]
+fn a_new_transfer_waits_until_a_finished_snapshot_is_handed_out() {
+    use raft_core::SnapshotMeta;
+    use raft_storage::LogStore;
+    let voters = ids(3);
+    let mut node = node_with_log(NodeId(1), &voters, &[], 0, options(NodeId(1), true, true));
+    let chunk = |index: u64, done: bool| Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: Term(1),
+        body: MessageBody::InstallSnapshot {
+            meta: SnapshotMeta { index: Index(index), term: Term(1), membership: Membership::new(voters.clone()) },
+            offset: 0,
+            data: Bytes::from_static(b"state"),
+            done,
+        },
+    };
+    node.step(chunk(5, true)).expect("a valid chunk");
+    let _ = node.step(chunk(6, false));
+    let output = node.take_output().expect("memory");
+    assert_eq!(output.install_snapshot.as_ref().map(|meta| meta.index), Some(Index(5)));
+    assert!(output.snapshot_chunks.iter().all(|c| c.meta.index == Index(5)), "only the finished snapshot's chunks");
+    node.storage_mut().write_output(&output).expect("the staged snapshot is installed");
+    node.on_persisted(Index(5), Term(1));
+    node.step(chunk(6, false)).expect("once handed out, a new transfer starts");
+    let output = node.take_output().expect("memory");
+    assert_eq!(output.snapshot_chunks.len(), 1);
+}

@@ -232,6 +232,7 @@ fn malformed_chunks_are_refused_without_changing_state() {
             malformed(Malformed::SnapshotChunkTooLarge { bytes: 9, limit: 8 }),
         ),
         (chunk_message(5, meta(0, 2), 0, b"x"), malformed(Malformed::SnapshotInvalid(Index(0)))),
+        (chunk_message(5, meta(u64::MAX, 2), 0, b"x"), malformed(Malformed::SnapshotInvalid(Index::END))),
         (chunk_message(5, meta(3, 0), 0, b"x"), malformed(Malformed::SnapshotInvalid(Index(3)))),
         (chunk_message(5, meta(3, 6), 0, b"x"), malformed(Malformed::SnapshotInvalid(Index(3)))),
         (chunk_message(5, meta(3, 2), u64::MAX, b"x"), malformed(Malformed::SnapshotInvalid(Index(3)))),

@@ -127,6 +127,8 @@
 #![deny(missing_docs)]
 
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod mem;
 pub mod node;
 mod tcp;

@@ -24,6 +24,8 @@
 
 mod disk;
 mod fs;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod mem;
 mod simfs;
 

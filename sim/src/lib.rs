@@ -20,10 +20,12 @@
 
 pub mod checkers;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod kv;
 pub mod linearizability;
 mod world;
 
 pub use checkers::Violation;
 pub use config::SimConfig;
-pub use world::{OptionsHook, Report, RunOptions, Stats, run, run_config};
+pub use world::{OptionsHook, Report, RunOptions, Stats, run, run_config, run_schedule};

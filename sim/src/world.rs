@@ -10,8 +10,6 @@ use raft_core::{
     OptionsBuilder, Raft, ReceivedChunk, Role, SnapshotMeta, Storage, Term,
 };
 use raft_storage::{LogStore, MemStorage};
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
 
 use crate::checkers::{
     Check, ElectionSafety, FNV_START, LeaderAppendOnly, LeaderCompleteness, LogMatching, StateMachineSafety, Violation,
@@ -22,7 +20,9 @@ use crate::kv::{Command, KvState};
 use crate::linearizability::Operation;
 
 mod clients;
+mod entropy;
 use clients::{CLIENT_PERIOD_TICKS, Client};
+use entropy::Entropy;
 
 /// Changes each node's options before it is built (the self-tests switch on deliberate bugs).
 pub type OptionsHook = fn(OptionsBuilder) -> OptionsBuilder;
@@ -125,9 +125,23 @@ pub fn run(seed: u64, run_options: RunOptions) -> Report {
 /// A panic inside the run (how raft-core reports its own broken invariants) becomes a violation
 /// of property "panic", so the seed and its replay command are still reported.
 pub fn run_config(config: SimConfig, run_options: RunOptions) -> Report {
+    let entropy = Entropy::seeded(config.seed);
+    run_with(config, run_options, entropy)
+}
+
+/// Runs `config` with every random choice of the schedule (deliveries, losses, duplicates,
+/// delays, partitions, crashes, pauses, snapshots, client operations) read from `schedule`
+/// instead of drawn from the seed; once the bytes run out, every choice is the calm one (no
+/// fault, shortest delay), so the run heals. For fuzzing: the fuzzer writes the schedule. The
+/// seed still seeds the nodes' own generators (election timeouts).
+pub fn run_schedule(config: SimConfig, run_options: RunOptions, schedule: &[u8]) -> Report {
+    run_with(config, run_options, Entropy::from_bytes(schedule.to_vec()))
+}
+
+fn run_with(config: SimConfig, run_options: RunOptions, entropy: Entropy) -> Report {
     let seed_config = config.clone();
     let run = std::panic::catch_unwind(move || {
-        let mut sim = Simulation::new(config, run_options);
+        let mut sim = Simulation::new(config, run_options, entropy);
         let outcome = sim.run();
         sim.stats.time_units = sim.now;
         Report { config: sim.config, stats: sim.stats, trace_hash: sim.trace_hash, violation: outcome.err() }
@@ -324,7 +338,7 @@ struct Checkers {
 struct Simulation {
     config: SimConfig,
     verbose: bool,
-    rng: ChaCha8Rng,
+    entropy: Entropy,
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<Event>>,
@@ -343,8 +357,7 @@ struct Simulation {
 }
 
 impl Simulation {
-    fn new(config: SimConfig, run_options: RunOptions) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    fn new(config: SimConfig, run_options: RunOptions, mut entropy: Entropy) -> Self {
         let voters: Vec<NodeId> = (1..=config.nodes).map(NodeId).collect();
         let pool: Vec<NodeId> = (1..=config.nodes + config.spare_nodes).map(NodeId).collect();
         let mut nodes = Vec::new();
@@ -371,7 +384,7 @@ impl Simulation {
                 if voters.contains(&id) { Membership::new(voters.iter().copied()) } else { Membership::default() };
             let durable = MemStorage::new(initial);
             let raft = Raft::new(id, options.clone(), durable.clone()).expect("memory storage");
-            let deviation = (rng.next_u64() as f64 / u64::MAX as f64 * 2.0 - 1.0) * config.drift;
+            let deviation = (entropy.unit() * 2.0 - 1.0) * config.drift;
             let tick_period = ((TICK_UNITS as f64) * (1.0 + deviation)).max(1.0) as u64;
             nodes.push(Node {
                 id,
@@ -402,7 +415,7 @@ impl Simulation {
         let mut sim = Simulation {
             config,
             verbose: run_options.verbose,
-            rng,
+            entropy,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -430,11 +443,11 @@ impl Simulation {
     }
 
     fn random_below(&mut self, bound: u64) -> u64 {
-        if bound == 0 { 0 } else { self.rng.next_u64() % bound }
+        self.entropy.below(bound)
     }
 
     fn chance(&mut self, probability: f64) -> bool {
-        chance(&mut self.rng, probability)
+        self.entropy.chance(probability)
     }
 
     fn schedule(&mut self, delay: u64, kind: EventKind) {
@@ -630,7 +643,7 @@ impl Simulation {
             if leading
                 && commit > node.last_commit
                 && !self.healing
-                && chance(&mut self.rng, self.config.crash_after_commit)
+                && self.entropy.chance(self.config.crash_after_commit)
             {
                 // The leader dies having just counted a commit, before any of this output (the
                 // appends that would spread the entries after it) leaves the node.
@@ -840,7 +853,7 @@ impl Simulation {
             0 => {} // heal
             1 => {
                 // Symmetric split into two random sides.
-                let side: Vec<bool> = (0..n).map(|_| self.rng.next_u64() & 1 == 1).collect();
+                let side: Vec<bool> = (0..n).map(|_| self.entropy.coin()).collect();
                 for a in 1..=n {
                     for b in 1..=n {
                         if side[(a - 1) as usize] != side[(b - 1) as usize] {
@@ -1026,10 +1039,6 @@ impl Simulation {
             ),
         }
     }
-}
-
-fn chance(rng: &mut ChaCha8Rng, probability: f64) -> bool {
-    probability > 0.0 && (rng.next_u64() as f64 / u64::MAX as f64) < probability
 }
 
 /// A compact fingerprint of a message for the trace hash.

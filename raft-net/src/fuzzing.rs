@@ -1,0 +1,98 @@
+//! Fuzzing harnesses (feature `fuzzing`): each takes the fuzzer's bytes, checks properties, and
+//! panics only on a bug in this crate. The cargo-fuzz targets in `fuzz/` call them, and the
+//! crate's tests replay the stored corpus through them.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use raft_core::Message;
+
+use crate::frame::{
+    FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES, Frame, FrameError, HELLO_FRAME_BYTES_MAX, check_decode, decode_frame,
+    decode_payload, encode_frame, read_frame,
+};
+
+/// Frames decoded from one input at most (a stream of tiny frames would otherwise make one input
+/// run long).
+const FRAMES_PER_INPUT_MAX: usize = 64;
+
+/// Target 1: arbitrary bytes as network frames and messages. Decoding never panics and fails only
+/// with a typed [`FrameError`]; whatever decodes round-trips (re-encoding decodes to the same
+/// value, and the encoding is canonical: encoding the value again gives the same bytes, never
+/// more than were read); a frame's strict prefixes are incomplete, not errors; the buffer decoder
+/// and the stream reader agree; a frame accepted under the handshake limit is accepted the same
+/// under the normal one. The bytes are read three ways: as a stream of frames, as one frame
+/// payload, and as one bare [`Message`] payload.
+pub fn frames(data: &[u8]) {
+    check_decode(data);
+    let mut rest = data;
+    for _ in 0..FRAMES_PER_INPUT_MAX {
+        match check_one_frame(rest) {
+            Some(used) => rest = &rest[used..],
+            None => break,
+        }
+    }
+    if let Ok(frame) = decode_payload::<Frame>(data) {
+        assert_round_trip(&frame, data.len());
+    }
+    if let Ok(message) = decode_payload::<Message>(data) {
+        let encoded = postcard::to_allocvec(&message).expect("messages always encode");
+        assert!(encoded.len() <= data.len(), "canonical encoding longer than the bytes read");
+        let decoded = decode_payload::<Message>(&encoded).expect("an encoded message decodes");
+        assert_eq!(decoded, message, "a decoded message must round-trip");
+    }
+}
+
+/// Checks the frame at the start of `bytes`; returns the bytes it took, or `None` when there is no
+/// complete frame (incomplete or an error).
+fn check_one_frame(bytes: &[u8]) -> Option<usize> {
+    let result = decode_frame::<Frame>(bytes, FRAME_BYTES_MAX_DEFAULT);
+    assert_eq!(result, read_from_stream(bytes), "buffer decoder and stream reader disagree");
+    if let Ok(Some((small, used))) = decode_frame::<Frame>(bytes, HELLO_FRAME_BYTES_MAX) {
+        assert_eq!(result, Ok(Some((small, used))), "the handshake limit changed a frame's meaning");
+    }
+    let (frame, used) = result.ok()??;
+    let announced = u32::from_be_bytes(bytes[..FRAME_PREFIX_BYTES].try_into().expect("a decoded frame has a prefix"));
+    assert_eq!(used, FRAME_PREFIX_BYTES + announced as usize, "a frame takes its prefix and its payload");
+    assert!(used <= bytes.len(), "a frame took more bytes than it was given");
+    assert_eq!(decode_frame::<Frame>(&bytes[..used - 1], FRAME_BYTES_MAX_DEFAULT), Ok(None), "strict prefix");
+    assert_round_trip(&frame, used - FRAME_PREFIX_BYTES);
+    Some(used)
+}
+
+/// `frame` (decoded from `payload_bytes` bytes) re-encodes canonically and decodes to itself.
+fn assert_round_trip(frame: &Frame, payload_bytes: usize) {
+    let encoded = encode_frame(frame, FRAME_BYTES_MAX_DEFAULT).expect("a decoded frame re-encodes within the limit");
+    assert!(encoded.len() - FRAME_PREFIX_BYTES <= payload_bytes, "canonical encoding longer than the bytes read");
+    let decoded = decode_frame::<Frame>(&encoded, FRAME_BYTES_MAX_DEFAULT);
+    assert_eq!(decoded, Ok(Some((frame.clone(), encoded.len()))), "a decoded frame must round-trip");
+    let again = decoded.ok().flatten().map(|(value, _)| encode_frame(&value, FRAME_BYTES_MAX_DEFAULT));
+    assert_eq!(again, Some(Ok(encoded)), "the encoding of a value is unique");
+}
+
+/// What [`read_frame`] makes of `bytes` as a whole stream, in [`decode_frame`]'s terms: a stream
+/// that ends inside a frame (or before one) is an incomplete frame.
+fn read_from_stream(bytes: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    let mut reader = bytes;
+    let mut payload = Vec::new();
+    let result = block_on(read_frame::<Frame, _>(&mut reader, FRAME_BYTES_MAX_DEFAULT, &mut payload));
+    match result {
+        Ok(frame) => Ok(Some((frame, bytes.len() - reader.len()))),
+        Err(FrameError::Closed | FrameError::Io(std::io::ErrorKind::UnexpectedEof)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Runs a future over an in-memory reader (which is always ready) to completion.
+fn block_on<T>(future: impl Future<Output = T>) -> T {
+    let mut future = pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    // Reading from a slice never waits; a few polls cover any internal yielding.
+    for _ in 0..1024 {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut context) {
+            return value;
+        }
+    }
+    panic!("reading frames from memory did not complete");
+}
