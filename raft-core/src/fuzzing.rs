@@ -2,16 +2,18 @@
 //! panics only on a bug in this crate. The cargo-fuzz targets in `fuzz/` call them, and the
 //! crate's tests replay the stored corpus through them.
 //!
-//! [`quorum`] checks the quorum arithmetic of [`crate::quorum`] against naive definitions.
-//! Joint configurations (two voter sets during a membership change) do not exist yet (issue 6);
-//! once they do, their math belongs here too.
+//! [`quorum`] checks the quorum arithmetic of [`crate::quorum`] against naive definitions, for
+//! plain and for joint configurations (two voter sets during a membership change).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use crate::quorum::{VoteResult, committed_index, is_quorum, vote_result};
-use crate::types::{Index, NodeId};
+use crate::quorum::{
+    VoteResult, committed_index, is_quorum, membership_committed_index, membership_is_quorum, membership_vote_result,
+    vote_result,
+};
+use crate::types::{Index, Membership, NodeId};
 
 /// Node ids are drawn from `0..QUORUM_IDS_MAX`, so that voters, matches and votes overlap often.
 const QUORUM_IDS_MAX: u8 = 16;
@@ -20,6 +22,7 @@ const QUORUM_IDS_MAX: u8 = 16;
 #[derive(Arbitrary, Debug)]
 struct QuorumInput {
     voters: Vec<u8>,
+    outgoing: Vec<u8>,
     matches: Vec<(u8, u64)>,
     votes: Vec<(u8, bool)>,
     active: Vec<u8>,
@@ -53,6 +56,20 @@ pub fn quorum(data: &[u8]) {
     assert_eq!(result == VoteResult::Won, is_quorum(&voters, &granted), "vote_result and is_quorum disagree");
 
     assert_eq!(is_quorum(&voters, &active), naive_is_quorum(&voters, &active), "is_quorum: {voters:?} {active:?}");
+
+    // Joint: decisions need both halves.
+    let outgoing: BTreeSet<NodeId> = input.outgoing.iter().map(|&raw| id(raw)).collect();
+    let joint = Membership { voters: voters.clone(), voters_outgoing: outgoing.clone(), learners: BTreeSet::new() };
+    let expected = if outgoing.is_empty() { committed } else { committed.min(naive_committed(&outgoing, &matches)) };
+    assert_eq!(membership_committed_index(&joint, &matches), expected, "joint committed: {joint:?} {matches:?}");
+    let expected = match (result, if outgoing.is_empty() { result } else { naive_vote(&outgoing, &votes) }) {
+        (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
+        (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
+        _ => VoteResult::Pending,
+    };
+    assert_eq!(membership_vote_result(&joint, &votes), expected, "joint votes: {joint:?} {votes:?}");
+    let expected = naive_is_quorum(&voters, &active) && (outgoing.is_empty() || naive_is_quorum(&outgoing, &active));
+    assert_eq!(membership_is_quorum(&joint, &active), expected, "joint quorum: {joint:?} {active:?}");
 }
 
 /// The largest index held (at or above) by more than half the voters; 0 without voters.
