@@ -1,0 +1,199 @@
+//! The closed-loop load: `clients` tokio tasks, each proposing one command and waiting for its
+//! outcome (applied on the leader) before proposing the next. Every latency of the measuring
+//! window is recorded; a progress line goes to stderr every few seconds.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use raft_core::NodeId;
+use raft_net::{NodeHandle, ProposeError};
+use tokio::sync::Notify;
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep, sleep_until};
+
+use crate::cluster::{BenchResult, Counter};
+
+/// How much load, for how long.
+#[derive(Clone, Debug)]
+pub struct LoadPlan {
+    /// Concurrent clients (each with one proposal in flight).
+    pub clients: usize,
+    /// The measuring window ends after this many operations...
+    pub ops: u64,
+    /// ... or after this long, whichever comes first.
+    pub duration: Duration,
+    /// Load before the measuring window (not counted).
+    pub warmup: Duration,
+    /// Bytes of each command.
+    pub payload: usize,
+    /// A progress line every this long (zero: none).
+    pub progress: Duration,
+    /// Names the run in progress lines.
+    pub label: String,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct LoadResult {
+    /// Operations completed in the window.
+    pub ops: u64,
+    /// The window's length.
+    pub elapsed: Duration,
+    /// Latency of every operation completed in the window, in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// Proposals refused or lost (not leader, too busy, leadership lost) and retried.
+    pub retries: u64,
+}
+
+impl LoadResult {
+    /// Operations per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The latency at `quantile`, in microseconds.
+    pub fn latency_us(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+/// The pause before retrying a proposal that had no leader to go to.
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
+/// Latencies each client preallocates room for, at most.
+const RESERVE_MAX: u64 = 1 << 16;
+/// The histogram's range: 1 ns to 1 hour, 3 significant digits.
+const LATENCY_MAX_NS: u64 = 3_600 * 1_000_000_000;
+
+/// State shared by the clients and the controller.
+struct Shared {
+    phase: AtomicU8,
+    /// Operations completed in the window.
+    completed: AtomicU64,
+    retries: AtomicU64,
+    /// The window's end when the client that completed the `ops`-th operation set it.
+    stopped_at: Mutex<Option<Instant>>,
+    done: Notify,
+    ops: u64,
+}
+
+/// Runs `plan` against `nodes`, whose leader is at position `leader`.
+pub async fn run(nodes: &[NodeHandle<Counter>], leader: usize, plan: &LoadPlan) -> BenchResult<LoadResult> {
+    let shared = Arc::new(Shared {
+        phase: AtomicU8::new(WARMUP),
+        completed: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
+        stopped_at: Mutex::new(None),
+        done: Notify::new(),
+        ops: plan.ops,
+    });
+    let nodes: Arc<[NodeHandle<Counter>]> = nodes.into();
+    let payload = Bytes::from(vec![0x5a; plan.payload]);
+    let reserve = (plan.ops / plan.clients as u64 + 1).min(RESERVE_MAX) as usize;
+    let mut clients = Vec::with_capacity(plan.clients);
+    for _ in 0..plan.clients {
+        let client = client(Arc::clone(&nodes), leader, payload.clone(), Arc::clone(&shared), reserve);
+        clients.push(tokio::spawn(client));
+    }
+    let (start, end) = control(&shared, plan).await;
+    let mut latency = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)?;
+    for client in clients {
+        for nanos in client.await?? {
+            latency.saturating_record(nanos);
+        }
+    }
+    let ops = shared.completed.load(Ordering::Acquire).min(plan.ops);
+    Ok(LoadResult { ops, elapsed: end - start, latency, retries: shared.retries.load(Ordering::Acquire) })
+}
+
+/// Warms up, opens the window, prints progress, and closes the window after `plan.ops`
+/// operations or `plan.duration`. Returns the window.
+async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant) {
+    sleep(plan.warmup).await;
+    let start = Instant::now();
+    shared.phase.store(MEASURE, Ordering::Release);
+    let deadline = start + plan.duration;
+    let mut progress = interval(if plan.progress.is_zero() { Duration::from_secs(3600) } else { plan.progress });
+    progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    progress.tick().await; // The first tick is immediate.
+    let mut last = (start, 0);
+    let end = loop {
+        tokio::select! {
+            () = shared.done.notified() => {
+                let stopped = *shared.stopped_at.lock().unwrap_or_else(PoisonError::into_inner);
+                break stopped.unwrap_or_else(Instant::now);
+            }
+            () = sleep_until(deadline) => break Instant::now(),
+            _ = progress.tick() => {
+                let now = Instant::now();
+                let completed = shared.completed.load(Ordering::Acquire);
+                let recent = (completed - last.1) as f64 / (now - last.0).as_secs_f64();
+                eprintln!(
+                    "  [{}] {:.1} s: {completed} ops, {:.0} ops/s over the last {:.1} s",
+                    plan.label,
+                    (now - start).as_secs_f64(),
+                    recent,
+                    (now - last.0).as_secs_f64()
+                );
+                last = (now, completed);
+            }
+        }
+    };
+    shared.phase.store(STOP, Ordering::Release);
+    (start, end)
+}
+
+/// One closed-loop client: proposes, waits, records, again, following the leader.
+async fn client(
+    nodes: Arc<[NodeHandle<Counter>]>,
+    mut target: usize,
+    payload: Bytes,
+    shared: Arc<Shared>,
+    reserve: usize,
+) -> BenchResult<Vec<u64>> {
+    let mut latencies = Vec::with_capacity(reserve);
+    while shared.phase.load(Ordering::Acquire) != STOP {
+        let start = Instant::now();
+        match nodes[target].propose(payload.clone()).await {
+            Ok(()) => {
+                if shared.phase.load(Ordering::Acquire) == MEASURE {
+                    latencies.push(start.elapsed().as_nanos() as u64);
+                    if shared.completed.fetch_add(1, Ordering::AcqRel) + 1 == shared.ops {
+                        *shared.stopped_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                        shared.done.notify_one();
+                    }
+                }
+            }
+            Err(error) => {
+                shared.retries.fetch_add(1, Ordering::Relaxed);
+                target = retry_target(&nodes, target, error).await?;
+            }
+        }
+    }
+    Ok(latencies)
+}
+
+/// Where to send the next proposal after `error`; fails on errors that end the run.
+async fn retry_target(nodes: &[NodeHandle<Counter>], target: usize, error: ProposeError) -> BenchResult<usize> {
+    match error {
+        ProposeError::NotLeader { leader: Some(NodeId(id)), .. } if (1..=nodes.len() as u64).contains(&id) => {
+            Ok(id as usize - 1)
+        }
+        ProposeError::NotLeader { .. } => {
+            sleep(RETRY_PAUSE).await;
+            Ok((target + 1) % nodes.len())
+        }
+        ProposeError::TooBusy
+        | ProposeError::TooManyUncommittedBytes { .. }
+        | ProposeError::LeadershipLost { .. }
+        | ProposeError::OutcomeUnknown { .. } => {
+            sleep(RETRY_PAUSE).await;
+            Ok(target)
+        }
+        error => Err(format!("proposal failed: {error}").into()),
+    }
+}
