@@ -128,9 +128,17 @@ impl<S: Storage> Raft<S> {
     pub(crate) fn append_to_log(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first().map(|e| e.index) else { return };
         self.log.append(entries);
-        let before = self.membership.clone();
         // Memberships from replaced entries are gone with them.
         let base = self.configs_base();
+        let replaces_config = self.configs.iter().any(|&(index, _)| index >= first && index != base);
+        let carries_config = entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+        if !replaces_config && !carries_config {
+            // The memberships in the log are unchanged, and so is the one in force (it is the
+            // latest in the log, an invariant): skip the clone and compare below, which cost
+            // allocations on every proposal and every append.
+            return;
+        }
+        let before = self.membership.clone();
         self.configs.retain(|&(index, _)| index < first || index == base);
         for entry in entries {
             if let EntryPayload::Membership(membership) = &entry.payload {
