@@ -45,12 +45,20 @@ pub struct LoadResult {
     pub latency: Histogram<u64>,
     /// Proposals refused or lost (not leader, too busy, leadership lost) and retried.
     pub retries: u64,
+    /// CPU time (user and system) this process used in the window, all threads together.
+    pub cpu: Duration,
 }
 
 impl LoadResult {
     /// Operations per second.
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// CPU time per operation, in microseconds: the cost of an operation whatever else runs on
+    /// the machine.
+    pub fn cpu_us_per_op(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
     }
 
     /// The latency at `quantile`, in microseconds.
@@ -99,7 +107,7 @@ pub async fn run(nodes: &[NodeHandle<Counter>], leader: usize, plan: &LoadPlan) 
         let client = client(Arc::clone(&nodes), leader, payload.clone(), Arc::clone(&shared), reserve);
         clients.push(tokio::spawn(client));
     }
-    let (start, end) = control(&shared, plan).await;
+    let (start, end, cpu) = control(&shared, plan).await;
     let mut latency = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)?;
     for client in clients {
         for nanos in client.await?? {
@@ -107,13 +115,15 @@ pub async fn run(nodes: &[NodeHandle<Counter>], leader: usize, plan: &LoadPlan) 
         }
     }
     let ops = shared.completed.load(Ordering::Acquire).min(plan.ops);
-    Ok(LoadResult { ops, elapsed: end - start, latency, retries: shared.retries.load(Ordering::Acquire) })
+    let retries = shared.retries.load(Ordering::Acquire);
+    Ok(LoadResult { ops, elapsed: end - start, latency, retries, cpu })
 }
 
 /// Warms up, opens the window, prints progress, and closes the window after `plan.ops`
-/// operations or `plan.duration`. Returns the window.
-async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant) {
+/// operations or `plan.duration`. Returns the window and the CPU time used in it.
+async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant, Duration) {
     sleep(plan.warmup).await;
+    let cpu_start = process_cpu();
     let start = Instant::now();
     shared.phase.store(MEASURE, Ordering::Release);
     let deadline = start + plan.duration;
@@ -144,7 +154,18 @@ async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant) {
         }
     };
     shared.phase.store(STOP, Ordering::Release);
-    (start, end)
+    (start, end, process_cpu().saturating_sub(cpu_start))
+}
+
+/// The CPU time (user and system, every thread) this process has used: fields 14 and 15 of
+/// `/proc/self/stat`, in clock ticks of 10 ms (the kernel's `USER_HZ` on Linux). Zero where
+/// that file does not exist.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |times| times.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
 }
 
 /// One closed-loop client: proposes, waits, records, again, following the leader.

@@ -122,7 +122,12 @@ pub fn print_single(spec: &ClusterSpec, plan: &LoadPlan, measured: &Measured) {
         micros(load.latency.mean() / 1000.0),
         micros(load.latency.max() as f64 / 1000.0)
     );
-    println!("retried proposals: {}, elections during the run: {}", load.retries, measured.elections);
+    println!(
+        "cpu {:.2} us per op (this process, all threads); retried proposals: {}; elections during the run: {}",
+        load.cpu_us_per_op(),
+        load.retries,
+        measured.elections
+    );
 }
 
 /// A line on stderr when a configuration of the matrix is done.
