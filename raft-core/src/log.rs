@@ -186,14 +186,19 @@ impl<S: Storage> RaftLog<S> {
         let from = low.max(self.stable_next);
         let start = (from.0 - self.stable_next.0) as usize;
         let end = (high.0 - self.stable_next.0) as usize;
-        for entry in &self.unstable[start..end] {
+        let unstable = &self.unstable[start..end];
+        // Count first, then clone them in one go: pushing one by one regrew (and copied) the
+        // vector over and over for every append a leader sent.
+        let mut taken = out.len();
+        for entry in unstable {
             let size = entry.size_bytes();
-            if !out.is_empty() && (bytes + size > bytes_max || out.len() >= count_max) {
+            if taken > 0 && (bytes + size > bytes_max || taken >= count_max) {
                 break;
             }
             bytes += size;
-            out.push(entry.clone());
+            taken += 1;
         }
+        out.extend_from_slice(&unstable[..taken - out.len()]);
         Ok(out)
     }
 

@@ -104,15 +104,18 @@ fn chunk_of(data: &Bytes, offset: u64, bytes_max: u64) -> SnapshotChunk {
 fn take_entries(entries: &[Entry], offset: Index, low: Index, high: Index, bytes_max: u64) -> Vec<Entry> {
     let start = (low.0 - offset.0 - 1) as usize;
     let end = ((high.0 - offset.0).saturating_sub(1) as usize).min(entries.len());
-    let mut out = Vec::new();
+    let range = entries.get(start..end).unwrap_or_default();
+    // Count first, then clone into a vector of exactly that size: pushing one by one regrew
+    // (and copied) the vector over and over on every read of a batch.
+    let mut count = 0;
     let mut bytes = 0;
-    for entry in entries.get(start..end).unwrap_or_default() {
+    for entry in range {
         let size = entry.size_bytes();
-        if !out.is_empty() && bytes + size > bytes_max {
+        if count > 0 && bytes + size > bytes_max {
             break;
         }
         bytes += size;
-        out.push(entry.clone());
+        count += 1;
     }
-    out
+    range[..count].to_vec()
 }
