@@ -516,11 +516,12 @@ struct EntryRef<'a> {
 }
 
 /// Must list the variants of [`raft_core::EntryPayload`] in the same order (postcard encodes
-/// the variant index); the corruption and model tests decode every kind.
+/// the variant index); the contract tests (`tests/contract.rs`) write and reopen every kind.
 #[derive(Deserialize)]
 enum PayloadRef<'a> {
     Normal(&'a [u8]),
     Noop,
+    Membership(Membership),
 }
 
 /// Decodes one record; a `Normal` payload shares `segment`'s buffer (no copy, no allocation).
@@ -529,6 +530,7 @@ fn decode_entry(segment: &bytes::Bytes, record: &[u8]) -> Option<Entry> {
     let payload = match entry.payload {
         PayloadRef::Normal(data) => raft_core::EntryPayload::Normal(segment.slice_ref(data)),
         PayloadRef::Noop => raft_core::EntryPayload::Noop,
+        PayloadRef::Membership(membership) => raft_core::EntryPayload::Membership(membership),
     };
     Some(Entry { term: entry.term, index: entry.index, payload })
 }

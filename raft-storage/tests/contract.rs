@@ -26,10 +26,17 @@ fn membership() -> Membership {
 }
 
 /// An entry whose payload depends on its index and term, so a replaced entry never equals the
-/// entry it replaces. Every fifth index is a no-op, to cover both payload kinds.
+/// entry it replaces. Every fifth index is a no-op and every seventh a membership, to cover
+/// every payload kind.
 fn entry(index: u64, term: u64) -> Entry {
     let payload = if index.is_multiple_of(5) {
         EntryPayload::Noop
+    } else if index.is_multiple_of(7) {
+        EntryPayload::Membership(Membership {
+            voters: [NodeId(1), NodeId(2), NodeId(index)].into(),
+            voters_outgoing: [NodeId(1), NodeId(2), NodeId(3)].into(),
+            learners: [NodeId(term + 100)].into(),
+        })
     } else {
         EntryPayload::Normal(Bytes::from(format!("entry {index} of term {term}").into_bytes()))
     };

@@ -54,6 +54,38 @@ fn entries_and_hard_state_survive_reopen_with_truncation_rotation_and_compaction
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Regression: the segment reader knew only the `Normal` and `Noop` payloads, so a store holding
+/// a membership change (a node added or removed) reported itself corrupt when reopened.
+#[test]
+fn every_payload_kind_survives_reopen() {
+    let dir = temp_dir("payload-kinds");
+    let options = DiskOptions::default();
+    let membership = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
+    let mut store = DiskStorage::create(StdFs, &dir, ME, membership.clone(), options).expect("create");
+    let mut learner = membership.clone();
+    learner.learners.insert(NodeId(4));
+    let joint = Membership {
+        voters: [NodeId(1), NodeId(2), NodeId(3), NodeId(4)].into(),
+        voters_outgoing: membership.voters.clone(),
+        learners: Default::default(),
+    };
+    let payloads = [
+        EntryPayload::Noop,
+        EntryPayload::Normal(bytes::Bytes::from_static(b"command")),
+        EntryPayload::Membership(learner),
+        EntryPayload::Membership(joint.clone()),
+        EntryPayload::Normal(bytes::Bytes::new()),
+    ];
+    let batch: Vec<Entry> =
+        (1..).zip(payloads).map(|(i, payload)| Entry { index: Index(i), term: Term(1), payload }).collect();
+    store.persist(None, &batch).expect("persist");
+    drop(store);
+
+    let store = DiskStorage::open(StdFs, &dir, ME, options).expect("a store with membership entries opens");
+    assert_eq!(store.entries(Index(1), Index(6), u64::MAX).expect("read"), batch);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_store_that_lost_its_identity_is_neither_opened_nor_recreated() {
     let dir = temp_dir("lost-identity");
