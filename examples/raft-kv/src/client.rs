@@ -72,11 +72,12 @@ pub fn request_once(method: &str, url: &str, body: &[u8]) -> Result<HttpResponse
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
+    let written = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body));
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse(&raw)
+    let read = stream.read_to_end(&mut raw);
+    // A server may answer (a 413, say) and close before it has read a whole body: a whole answer
+    // counts even when writing failed; otherwise the first I/O error says what went wrong.
+    parse(&raw).map_err(|malformed| written.err().or(read.err()).map_or(malformed, ClientError::Io))
 }
 
 fn parse(raw: &[u8]) -> Result<HttpResponse, ClientError> {
@@ -96,6 +97,9 @@ fn parse(raw: &[u8]) -> Result<HttpResponse, ClientError> {
         }
     }
     let body = &raw[end + 4..];
-    let body = length.map_or(body, |length| &body[..length.min(body.len())]);
+    let body = match length {
+        Some(length) => body.get(..length).ok_or(ClientError::Malformed)?, // Cut short.
+        None => body,
+    };
     Ok(HttpResponse { status, location, body: body.to_vec() })
 }

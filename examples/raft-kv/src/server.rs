@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post, put};
 use raft_core::{ConfChange, NodeId, Role};
@@ -20,6 +22,17 @@ use crate::kv::{Command, KEY_BYTES_MAX, Kv, PeerAddresses, PeerBook, Response, V
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a membership change or a transfer may take before answering 503.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a body may carry beyond its values: a JSON envelope, escapes.
+pub const BODY_MARGIN_BYTES: usize = 64 * 1024;
+/// The largest `PUT /kv/{key}` body. A value a little over [`VALUE_BYTES_MAX`] is still read, so
+/// its 413 names the value limit; a larger body is refused without reading it all.
+pub const PUT_BODY_BYTES_MAX: usize = VALUE_BYTES_MAX + BODY_MARGIN_BYTES;
+/// The largest `POST /kv/{key}/cas` body: two values (expected and new) in a JSON envelope.
+pub const CAS_BODY_BYTES_MAX: usize = 2 * VALUE_BYTES_MAX + BODY_MARGIN_BYTES;
+/// The largest body of every other endpoint (small JSON objects).
+pub const ADMIN_BODY_BYTES_MAX: usize = BODY_MARGIN_BYTES;
+/// The most of a plain-text error body (from axum's own rejections) copied into a JSON error.
+pub const ERROR_TEXT_BYTES_MAX: usize = 4096;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -43,18 +56,46 @@ fn bad(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError(status, message.into())
 }
 
-/// The router of the whole API.
+/// The router of the whole API. Every error answer, axum's own rejections included, is JSON.
 pub fn router(app: App) -> Router {
+    let put_limit = DefaultBodyLimit::max(PUT_BODY_BYTES_MAX);
     Router::new()
-        .route("/kv/{key}", put(put_key).get(get_key).delete(delete_key))
-        .route("/kv/{key}/cas", post(cas_key))
+        .route("/kv/{key}", put(put_key).layer(put_limit).get(get_key).delete(delete_key))
+        .route("/kv/{key}/cas", post(cas_key).layer(DefaultBodyLimit::max(CAS_BODY_BYTES_MAX)))
         .route("/cluster/status", get(status))
         .route("/cluster/members", post(members))
         .route("/cluster/leader", post(transfer))
         .route("/metrics", get(metrics))
-        // Room for the largest value plus a JSON envelope; larger bodies get axum's 413.
-        .layer(DefaultBodyLimit::max(2 * VALUE_BYTES_MAX + 4096))
+        .fallback(|| async { bad(StatusCode::NOT_FOUND, "no such endpoint") })
+        // The routes' own limits override this one.
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
+        .layer(map_response(json_errors))
         .with_state(Arc::new(app))
+}
+
+/// Turns an error answer that is not JSON (axum's rejections of a path, a query or a method,
+/// which are plain text or empty) into `{"error": ...}` with the same status and headers.
+async fn json_errors(response: HttpResponse) -> HttpResponse {
+    let status = response.status();
+    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|value| value == "application/json");
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, ERROR_TEXT_BYTES_MAX).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    HttpResponse::from_parts(parts, Body::from(json!({ "error": message }).to_string()))
+}
+
+/// The body, or a JSON error: 413 naming `limit` when it is larger.
+fn body_within(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => bad(StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {limit} bytes")),
+        status => bad(status, rejection.body_text()),
+    })
 }
 
 fn check_key(key: &str) -> Result<(), ApiError> {
@@ -99,8 +140,17 @@ async fn propose(app: &App, command: Command, uri: &Uri) -> Result<Response, Htt
     }
 }
 
-async fn put_key(State(app): State<Arc<App>>, Path(key): Path<String>, uri: Uri, body: Bytes) -> HttpResponse {
-    if let Err(error) = check_key(&key).and_then(|()| check_value(&body)) {
+async fn put_key(
+    State(app): State<Arc<App>>,
+    Path(key): Path<String>,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    let body = match check_key(&key).and_then(|()| body_within(body, PUT_BODY_BYTES_MAX)) {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
+    if let Err(error) = check_value(&body) {
         return error.into_response();
     }
     match propose(&app, Command::Put { key, value: body }, &uri).await {
@@ -128,7 +178,16 @@ struct CasBody {
     value: Option<String>,
 }
 
-async fn cas_key(State(app): State<Arc<App>>, Path(key): Path<String>, uri: Uri, body: Bytes) -> HttpResponse {
+async fn cas_key(
+    State(app): State<Arc<App>>,
+    Path(key): Path<String>,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    let body = match body_within(body, CAS_BODY_BYTES_MAX) {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
     let body: CasBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(error) => return bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")).into_response(),
@@ -259,7 +318,11 @@ enum MemberAction {
     Remove { id: u64 },
 }
 
-async fn members(State(app): State<Arc<App>>, uri: Uri, body: Bytes) -> HttpResponse {
+async fn members(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, BytesRejection>) -> HttpResponse {
+    let body = match body_within(body, ADMIN_BODY_BYTES_MAX) {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
     let action: MemberAction = match serde_json::from_slice(&body) {
         Ok(action) => action,
         Err(error) => return bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")).into_response(),
@@ -315,7 +378,11 @@ struct TransferBody {
     id: u64,
 }
 
-async fn transfer(State(app): State<Arc<App>>, uri: Uri, body: Bytes) -> HttpResponse {
+async fn transfer(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, BytesRejection>) -> HttpResponse {
+    let body = match body_within(body, ADMIN_BODY_BYTES_MAX) {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
     let body: TransferBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(error) => return bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")).into_response(),

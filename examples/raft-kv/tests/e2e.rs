@@ -1,112 +1,22 @@
-//! End to end: the real `raft-kv` binary as three processes on 127.0.0.1, driven over HTTP.
+//! End to end: the real `raft-kv` binary as processes on 127.0.0.1, driven over HTTP.
 //! Waits poll with generous deadlines; nothing asserts on durations.
 
-#[allow(dead_code)]
-#[path = "../src/client.rs"]
-mod client;
+mod common;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use common::{Layout, Node, assert_json_error, layout, leader, spawn, temp, until};
 
-const PATIENCE: Duration = Duration::from_secs(30);
+/// The largest value the service takes (`VALUE_BYTES_MAX`).
+const VALUE_BYTES_MAX: usize = 1024 * 1024;
 
-/// A node process, killed (SIGKILL) when dropped.
-struct Node {
-    id: u64,
-    http: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-impl Node {
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill(); // SIGKILL: the process may not flush anything.
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
-}
-
-struct Layout {
-    raft: Vec<SocketAddr>,
-    http: Vec<SocketAddr>,
-    peers: String,
-}
-
-fn layout(count: usize) -> Layout {
-    let raft: Vec<_> = (0..count).map(|_| free_port()).collect();
-    let http: Vec<_> = (0..count).map(|_| free_port()).collect();
-    let peers = (0..count).map(|i| format!("{}={}={}", i + 1, raft[i], http[i])).collect::<Vec<_>>().join(",");
-    Layout { raft, http, peers }
-}
-
-fn spawn(layout: &Layout, index: usize, data: &Path) -> Node {
-    let child = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
-        .arg("serve")
-        .args(["--id", &(index + 1).to_string(), "--raft", &layout.raft[index].to_string()])
-        .args(["--http", &layout.http[index].to_string(), "--peers", &layout.peers, "--tick-ms", "20"])
-        .arg("--data")
-        .arg(data.join(format!("node-{}", index + 1)))
-        .spawn()
-        .expect("the binary starts");
-    Node { id: index as u64 + 1, http: layout.http[index], child: Some(child) }
-}
-
-fn call(method: &str, node: SocketAddr, path: &str, body: &[u8]) -> Option<client::HttpResponse> {
-    client::request(method, &format!("http://{node}{path}"), body).ok()
-}
-
-/// Retries `method path` on `node` until it answers `status`.
-fn until(method: &str, node: SocketAddr, path: &str, body: &[u8], status: u16) -> client::HttpResponse {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match call(method, node, path, body) {
-            Some(response) if response.status == status => return response,
-            other => assert!(Instant::now() < deadline, "{method} {path} on {node}: {other:?}"),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn leader(nodes: &[&Node]) -> u64 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        for node in nodes {
-            if let Some(response) = call("GET", node.http, "/cluster/status", &[])
-                && let Ok(status) = serde_json::from_slice::<serde_json::Value>(&response.body)
-                && status["role"] == "leader"
-            {
-                return status["id"].as_u64().expect("an id");
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn temp() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().to_path_buf();
-    (dir, path)
+fn cluster(layout: &Layout, count: usize, data: &std::path::Path) -> Vec<Node> {
+    (0..count).map(|i| spawn(layout, i, data, 1)).collect()
 }
 
 #[test]
 fn writes_reads_failover_restart_and_bad_input_over_http() {
     let (_dir, data) = temp();
-    let layout = layout(3);
-    let mut nodes: Vec<Node> = (0..3).map(|i| spawn(&layout, i, &data)).collect();
+    let layout = layout(3, 3);
+    let mut nodes = cluster(&layout, 3, &data);
     let all: Vec<&Node> = nodes.iter().collect();
     let first = leader(&all);
 
@@ -140,10 +50,54 @@ fn writes_reads_failover_restart_and_bad_input_over_http() {
     until("PUT", survivor, "/kv/after", b"failover", 200);
 
     // Restart the killed node on its data: it has every acknowledged write.
-    nodes[first as usize - 1] = spawn(&layout, first as usize - 1, &data);
+    nodes[first as usize - 1] = spawn(&layout, first as usize - 1, &data, 2);
     let restarted = nodes[first as usize - 1].http;
     for (key, value) in [("key1", &b"value"[..]), ("key2", b"value"), ("key3", b"value"), ("after", b"failover")] {
         let response = until("GET", restarted, &format!("/kv/{key}?consistency=linearizable"), &[], 200);
         assert_eq!(response.body, value);
     }
+}
+
+/// Every 4xx is a JSON error, axum's own rejections included: a body over a route's limit
+/// (which axum answers in plain text unless mapped), a path that is not UTF-8, a repeated query
+/// field, an unknown endpoint, a wrong method. A value of exactly the limit is taken.
+#[test]
+fn every_rejection_is_a_json_error_including_bodies_over_the_limit() {
+    let (_dir, data) = temp();
+    let layout = layout(1, 1);
+    let nodes = cluster(&layout, 1, &data);
+    let http = nodes[0].http;
+    leader(&[&nodes[0]]);
+
+    let largest = vec![b'v'; VALUE_BYTES_MAX];
+    until("PUT", http, "/kv/largest", &largest, 200);
+    assert_eq!(until("GET", http, "/kv/largest?consistency=stale", &[], 200).body.len(), VALUE_BYTES_MAX);
+
+    let just_over = vec![b'v'; VALUE_BYTES_MAX + 1];
+    let response = until("PUT", http, "/kv/over", &just_over, 413);
+    assert_json_error(&response, 413);
+    assert!(response.text().contains("value exceeds"), "{}", response.text());
+
+    // Bodies past the limits: 3 MiB is over every route's limit and over axum's default (2 MiB).
+    let huge = vec![b'x'; 3 * 1024 * 1024];
+    for (method, path) in [("PUT", "/kv/huge"), ("POST", "/kv/huge/cas"), ("POST", "/cluster/members")] {
+        let response = until(method, http, path, &huge, 413);
+        assert_json_error(&response, 413);
+        assert!(response.text().contains("body exceeds"), "{method} {path}: {}", response.text());
+    }
+    // Far past the limit the server answers before it has read the body and closes: the client
+    // still gets the answer.
+    let response = until("PUT", http, "/kv/huge", &vec![b'x'; 32 * 1024 * 1024], 413);
+    assert_json_error(&response, 413);
+    let admin = vec![b' '; 100 * 1024]; // Small JSON objects only.
+    assert_json_error(&until("POST", http, "/cluster/leader", &admin, 413), 413);
+    assert_json_error(&until("GET", http, "/kv/huge", &[], 404), 404);
+    assert_json_error(&until("GET", http, "/kv/over", &[], 404), 404);
+
+    assert_json_error(&until("GET", http, "/kv/%FF", &[], 400), 400);
+    assert_json_error(&until("GET", http, "/kv/k?consistency=lease&consistency=stale", &[], 400), 400);
+    assert_json_error(&until("GET", http, "/no/such/endpoint", &[], 404), 404);
+    assert_json_error(&until("PATCH", http, "/kv/k", &[], 405), 405);
+    assert_json_error(&until("GET", http, "/cluster/members", &[], 405), 405);
+    assert_json_error(&until("POST", http, "/kv/k/cas", b"{not json", 400), 400);
 }

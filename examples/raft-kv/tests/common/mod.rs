@@ -1,0 +1,171 @@
+//! What the end-to-end tests share: the real `raft-kv` binary as processes on 127.0.0.1 (ports
+//! picked by the OS, so parallel tests never collide), driven over HTTP. Waits poll with generous
+//! deadlines; nothing asserts on durations.
+#![allow(dead_code)] // Each test binary uses its own part.
+
+#[allow(dead_code)]
+#[path = "../../src/client.rs"]
+pub mod client;
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any wait may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+/// How often waits poll.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// A node process, killed (SIGKILL) when dropped. Its output goes to a log file, printed when
+/// the test fails.
+pub struct Node {
+    pub id: u64,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- {} ---\n{log}", self.log.display());
+        }
+    }
+}
+
+impl Node {
+    /// Starts `raft-kv serve` for node `id` with `args` after the id and addresses; output goes
+    /// to `log`.
+    pub fn start(id: u64, raft: SocketAddr, http: SocketAddr, log: PathBuf, args: &[String]) -> Node {
+        let output = File::create(&log).expect("a log file");
+        let errors = output.try_clone().expect("a log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+            .arg("serve")
+            .args(["--id", &id.to_string(), "--raft", &raft.to_string(), "--http", &http.to_string()])
+            .args(["--tick-ms", "20"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(errors)
+            .spawn()
+            .expect("the binary starts");
+        Node { id, http, log, child: Some(child) }
+    }
+
+    /// SIGKILL: the process may not flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // Already gone is fine.
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
+}
+
+/// The addresses of a cluster of `count` nodes.
+pub struct Layout {
+    pub raft: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    /// `--peers` for the first `count` nodes.
+    pub peers: String,
+}
+
+/// Addresses for `count` nodes, of which the first `members` make up the initial cluster.
+pub fn layout(count: usize, members: usize) -> Layout {
+    let raft: Vec<_> = (0..count).map(|_| free_port()).collect();
+    let http: Vec<_> = (0..count).map(|_| free_port()).collect();
+    let peers = (0..members).map(|i| format!("{}={}={}", i + 1, raft[i], http[i])).collect::<Vec<_>>().join(",");
+    Layout { raft, http, peers }
+}
+
+/// Starts node `index + 1` of `layout` as a member of the initial cluster, its data under `data`;
+/// `incarnation` numbers its log files.
+pub fn spawn(layout: &Layout, index: usize, data: &Path, incarnation: u32) -> Node {
+    let id = index as u64 + 1;
+    let args = ["--peers".to_owned(), layout.peers.clone(), "--data".to_owned(), data_dir(data, id)];
+    Node::start(id, layout.raft[index], layout.http[index], log_file(data, id, incarnation), &args)
+}
+
+/// The data directory of node `id`.
+pub fn data_dir(data: &Path, id: u64) -> String {
+    data.join(format!("node-{id}")).display().to_string()
+}
+
+/// The log file of one incarnation of node `id`.
+pub fn log_file(data: &Path, id: u64, incarnation: u32) -> PathBuf {
+    data.join(format!("node-{id}.{incarnation}.log"))
+}
+
+/// One request; `None` when it failed (refused connection, say).
+pub fn call(method: &str, node: SocketAddr, path: &str, body: &[u8]) -> Option<client::HttpResponse> {
+    client::request(method, &format!("http://{node}{path}"), body).ok()
+}
+
+/// Retries `method path` on `node` until it answers `status`.
+pub fn until(method: &str, node: SocketAddr, path: &str, body: &[u8], status: u16) -> client::HttpResponse {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match call(method, node, path, body) {
+            Some(response) if response.status == status => return response,
+            other => {
+                let other = other.map(|response| (response.status, response.text()));
+                assert!(Instant::now() < deadline, "{method} {path} on {node}: {other:?}");
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after [`PATIENCE`].
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// `node`'s status, if it answers.
+pub fn status(node: SocketAddr) -> Option<serde_json::Value> {
+    let response = call("GET", node, "/cluster/status", &[])?;
+    serde_json::from_slice(&response.body).ok()
+}
+
+/// The id of the node among `nodes` that says it leads.
+pub fn leader(nodes: &[&Node]) -> u64 {
+    eventually("a leader", || {
+        nodes.iter().filter_map(|node| status(node.http)).find(|status| status["role"] == "leader")?["id"].as_u64()
+    })
+}
+
+/// The ids in `status[field]`.
+pub fn ids(status: &serde_json::Value, field: &str) -> Vec<u64> {
+    status[field].as_array().map(|ids| ids.iter().filter_map(serde_json::Value::as_u64).collect()).unwrap_or_default()
+}
+
+/// Asserts that `response` is a JSON error (`{"error": "..."}`) with `status`.
+pub fn assert_json_error(response: &client::HttpResponse, status: u16) {
+    assert_eq!(response.status, status, "{}", response.text());
+    let body: serde_json::Value = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|error| panic!("a {status} that is not JSON ({error}): {:?}", response.text()));
+    assert!(body["error"].as_str().is_some_and(|message| !message.is_empty()), "{body}");
+}
+
+/// A temporary directory (removed when the first value is dropped) and its path.
+pub fn temp() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}
