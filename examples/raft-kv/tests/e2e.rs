@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Layout, Node, assert_json_error, layout, leader, spawn, temp, until};
+use common::{Layout, Node, assert_json_error, call, layout, leader, spawn, temp, until};
 
 /// The largest value the service takes (`VALUE_BYTES_MAX`).
 const VALUE_BYTES_MAX: usize = 1024 * 1024;
@@ -56,6 +56,43 @@ fn writes_reads_failover_restart_and_bad_input_over_http() {
         let response = until("GET", restarted, &format!("/kv/{key}?consistency=linearizable"), &[], 200);
         assert_eq!(response.body, value);
     }
+}
+
+/// Every consistency level a read may ask for returns what was written: `linearizable`,
+/// `follower` and `lease` see the latest write (on every node, the instant the write was
+/// acknowledged); `stale` sees an earlier or the latest value, and the latest once applied.
+#[test]
+fn reads_at_every_consistency_level_return_the_written_values() {
+    let (_dir, data) = temp();
+    let layout = layout(3, 3);
+    let nodes = cluster(&layout, 3, &data);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let first = leader(&all);
+    let leader_http = nodes[first as usize - 1].http;
+
+    for round in 1..=3 {
+        let value = format!("value {round}");
+        // A write through a follower, redirected to the leader.
+        let follower = nodes.iter().find(|node| node.id != first).map_or(leader_http, |node| node.http);
+        until("PUT", follower, "/kv/key", value.as_bytes(), 200);
+        for node in &nodes {
+            for consistency in ["linearizable", "follower", "lease"] {
+                let response = until("GET", node.http, &format!("/kv/key?consistency={consistency}"), &[], 200);
+                assert_eq!(response.text(), value, "{consistency} read on node {} after round {round}", node.id);
+            }
+            let response = until("GET", node.http, "/kv/key", &[], 200);
+            assert_eq!(response.text(), value, "default (linearizable) read on node {}", node.id);
+            common::eventually("a stale read to catch up", || {
+                let response = call("GET", node.http, "/kv/key?consistency=stale", &[])?;
+                let text = response.text();
+                let earlier = (1..round).any(|earlier| text == format!("value {earlier}"));
+                assert!(response.status != 200 || text == value || earlier, "stale read on node {}: {text}", node.id);
+                (response.status == 200 && text == value).then_some(())
+            });
+        }
+    }
+    let response = until("GET", leader_http, "/kv/missing?consistency=lease", &[], 404);
+    assert_json_error(&response, 404);
 }
 
 /// Every 4xx is a JSON error, axum's own rejections included: a body over a route's limit
