@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -78,27 +79,77 @@ pub enum Response {
 #[error("snapshot does not decode: {0}")]
 pub struct SnapshotDecodeError(#[from] postcard::Error);
 
-/// The address book shared by the state machine, the HTTP server and the transport.
+/// The address book shared by the state machine, the HTTP server and the transport. It keeps a
+/// copy of itself in a file of the node's data directory: a node that joined at runtime has no
+/// `--peers`, and on a restart its log may not say where the others listen before it has heard
+/// from a leader, which the transport (refusing unknown peers) would never let happen.
 #[derive(Clone, Debug)]
 pub struct PeerBook {
     peers: Arc<Mutex<BTreeMap<NodeId, PeerAddresses>>>,
     transport: Arc<TcpTransport>,
     own: NodeId,
+    file: PathBuf,
+}
+
+/// Why the saved address book could not be read.
+#[derive(Debug, Error)]
+pub enum PeerFileError {
+    /// Reading failed.
+    #[error("reading {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// The file is not a list of peers.
+    #[error("{0} is not a list of peers: {1}")]
+    Decode(PathBuf, serde_json::Error),
 }
 
 impl PeerBook {
-    /// A book of the `initial` peers, which keeps `transport` (of node `own`) up to date.
-    pub fn new(own: NodeId, initial: &[PeerAddresses], transport: Arc<TcpTransport>) -> Self {
-        let peers = initial.iter().map(|peer| (peer.id, *peer)).collect();
-        PeerBook { peers: Arc::new(Mutex::new(peers)), transport, own }
+    /// The name of the saved copy in the data directory.
+    pub const FILE_NAME: &str = "raft-kv-peers.json";
+
+    /// A book of the peers saved in `dir`, then the `initial` ones (which win), that keeps
+    /// `transport` (of node `own`) up to date.
+    pub fn open(
+        own: NodeId,
+        initial: &[PeerAddresses],
+        transport: Arc<TcpTransport>,
+        dir: &Path,
+    ) -> Result<Self, PeerFileError> {
+        let file = dir.join(Self::FILE_NAME);
+        let saved: Vec<PeerAddresses> = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| PeerFileError::Decode(file.clone(), error))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(PeerFileError::Io(file, error)),
+        };
+        let book = PeerBook { peers: Arc::new(Mutex::new(BTreeMap::new())), transport, own, file };
+        for peer in saved.iter().chain(initial) {
+            book.add(*peer);
+        }
+        Ok(book)
     }
 
-    /// Adds or replaces `peer`, in the book and the transport.
+    /// Adds or replaces `peer`, in the book, the transport and the saved copy.
     pub fn add(&self, peer: PeerAddresses) {
         if peer.id != self.own {
             self.transport.add_peer(peer.id, peer.raft);
         }
-        self.lock().insert(peer.id, peer);
+        let mut peers = self.lock();
+        if peers.insert(peer.id, peer) != Some(peer) {
+            // Under the lock, so that saves happen in the order of the changes.
+            if let Err(error) = self.save(&peers) {
+                eprintln!("node {}: saving {}: {error}", self.own, self.file.display());
+            }
+        }
+    }
+
+    /// Replaces the saved copy atomically (a crash leaves the old one or the new one).
+    fn save(&self, peers: &BTreeMap<NodeId, PeerAddresses>) -> std::io::Result<()> {
+        let list: Vec<&PeerAddresses> = peers.values().collect();
+        let bytes = serde_json::to_vec_pretty(&list).map_err(std::io::Error::other)?;
+        let temp = self.file.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&temp)?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &self.file)
     }
 
     /// Where `id` listens, if known.
@@ -111,7 +162,7 @@ impl PeerBook {
         self.lock().clone()
     }
 
-    /// Critical sections are single map operations: a poisoned lock holds a consistent map.
+    /// Critical sections leave the map whole: a poisoned lock holds a consistent map.
     fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, PeerAddresses>> {
         self.peers.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -140,6 +191,11 @@ impl Kv {
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<Bytes> {
         self.map.get(key).cloned()
+    }
+
+    /// The members registered through the log, with where they listen.
+    pub fn registered(&self) -> &BTreeMap<NodeId, PeerAddresses> {
+        &self.registered
     }
 
     /// The number of keys.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use raft_core::{Membership, NodeId, Options};
-use raft_net::{NodeConfig, TcpOptions, TcpTransport, TokioConnector};
+use raft_core::{Index, Membership, NodeId, Options};
+use raft_net::{NodeConfig, NodeHandle, TcpOptions, TcpTransport, TokioConnector};
 use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, StdFs};
 
 use crate::client;
@@ -21,8 +21,14 @@ use crate::server::{App, router};
 pub const MESSAGE_BYTES_MAX: u64 = 2 * VALUE_BYTES_MAX as u64;
 /// Snapshot the map every this many applied entries.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
-/// How long a joining node keeps asking the cluster to add it.
+/// How many times in a row a joining node asks the cluster to add or promote it without making
+/// progress (its applied index not moving) before it gives up.
 pub const JOIN_ATTEMPTS_MAX: u32 = 120;
+/// How long a joining node waits between two requests.
+pub const JOIN_RETRY: Duration = Duration::from_millis(500);
+/// How long the runtime waits, once the node has stopped, for blocking work (a join request on
+/// its way) before the process exits anyway.
+pub const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// `raft-kv serve`.
 #[derive(Args, Clone)]
@@ -66,7 +72,9 @@ pub fn parse_peer(text: &str) -> Result<PeerAddresses, String> {
 /// Runs the node until Ctrl-C.
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(serve(args))
+    let outcome = runtime.block_on(serve(args));
+    runtime.shutdown_timeout(EXIT_GRACE);
+    outcome
 }
 
 /// A fresh seed for this incarnation (raft-core wants one per start): OS-seeded hashing.
@@ -109,10 +117,14 @@ fn storage(args: &ServeArgs, peers: &[PeerAddresses]) -> Result<DiskStorage, Str
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    if args.join.as_ref().is_some_and(|url| !url.starts_with("http://")) {
+        return Err("--join wants the HTTP address of a member: http://HOST:PORT".to_owned());
+    }
     let id = NodeId(args.id);
     let mut peers = args.peers.iter().map(|text| parse_peer(text)).collect::<Result<Vec<_>, _>>()?;
     peers.retain(|peer| peer.id != id);
-    peers.push(PeerAddresses { id, raft: args.raft, http: args.http });
+    let me = PeerAddresses { id, raft: args.raft, http: args.http };
+    peers.push(me);
     let storage = storage(&args, &peers)?;
     let raft_addresses: BTreeMap<NodeId, SocketAddr> = peers.iter().map(|peer| (peer.id, peer.raft)).collect();
     let listener = tokio::net::TcpListener::bind(args.raft).await.map_err(|e| format!("bind {}: {e}", args.raft))?;
@@ -121,7 +133,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         TcpTransport::start(args.cluster_id, id, listener, TokioConnector, others.collect(), TcpOptions::default())
             .map_err(|error| error.to_string())?;
     let transport = Arc::new(transport);
-    let book = PeerBook::new(id, &peers, Arc::clone(&transport));
+    let book = PeerBook::open(id, &peers, Arc::clone(&transport), &args.data).map_err(|error| error.to_string())?;
     let mut config = NodeConfig::new(id, options()?);
     config.tick_interval = Duration::from_millis(args.tick_ms.max(1));
     config.addresses = raft_addresses;
@@ -130,9 +142,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| error.to_string())?;
     let http = tokio::net::TcpListener::bind(args.http).await.map_err(|e| format!("bind {}: {e}", args.http))?;
     println!("node {id}: http http://{} raft {} data {}", args.http, args.raft, args.data.display());
-    if let Some(url) = args.join.clone() {
-        let (raft, http_address) = (args.raft, args.http);
-        tokio::task::spawn_blocking(move || join(&url, id, raft, http_address));
+    if let Some(url) = &args.join {
+        tokio::spawn(join(url.trim_end_matches('/').to_owned(), me, handle.clone(), book.clone()));
     }
     let app = App { handle: handle.clone(), book };
     let served = axum::serve(http, router(app)).with_graceful_shutdown(async {
@@ -143,29 +154,75 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     outcome
 }
 
-/// Asks the cluster at `url` to add this node as a learner, then to promote it.
-fn join(url: &str, id: NodeId, raft: SocketAddr, http: SocketAddr) {
-    let add = serde_json::json!({ "action": "add_learner", "id": id.0, "raft": raft, "http": http });
-    let promote = serde_json::json!({ "action": "promote", "id": id.0 });
-    for (step, body) in [("add as learner", add), ("promote", promote)] {
-        let mut attempts = 0;
-        loop {
-            let outcome = client::request("POST", &format!("{url}/cluster/members"), body.to_string().as_bytes());
-            match outcome {
-                // 400: no effect, the step was done already (by an earlier attempt or run).
-                Ok(response) if response.status == 200 || response.status == 400 => {
-                    println!("node {id}: {step}: {}", response.text());
-                    break;
+/// Joins the cluster at `url`: asks it to add this node as a learner and, once this node has
+/// caught up (the leader refuses to promote it before), to promote it to voter. Each round
+/// first learns from `url` where the members listen, since the transport accepts and reaches
+/// only known peers. What to ask is decided by this node's own log, so starting again with the
+/// same `--join` (after a crash, say) resumes where the last run stopped, and asks nothing once
+/// the log makes this node a voter.
+async fn join(url: String, me: PeerAddresses, handle: NodeHandle<Kv>, book: PeerBook) {
+    let id = me.id;
+    let (mut attempts, mut applied_seen) = (0, Index(0));
+    loop {
+        let (url_copy, book_copy) = (url.clone(), book.clone());
+        // An error means the runtime is stopping.
+        let Ok(()) = tokio::task::spawn_blocking(move || learn_addresses(&url_copy, &book_copy, id)).await else {
+            return;
+        };
+        let Ok(status) = handle.status().await else { return }; // The node stopped.
+        if status.membership.is_voter(id) {
+            println!("node {id}: a voter; not asking to join");
+            return;
+        }
+        if status.applied > applied_seen {
+            (attempts, applied_seen) = (0, status.applied); // Catching up is progress.
+        }
+        let promote = status.membership.learners.contains(&id);
+        let (step, body) = if promote {
+            ("promote", serde_json::json!({ "action": "promote", "id": id.0 }))
+        } else {
+            (
+                "add as learner",
+                serde_json::json!({ "action": "add_learner", "id": id.0, "raft": me.raft, "http": me.http }),
+            )
+        };
+        let members = format!("{url}/cluster/members");
+        let outcome =
+            tokio::task::spawn_blocking(move || client::request("POST", &members, body.to_string().as_bytes()));
+        match outcome.await {
+            Ok(Ok(response)) if response.status == 200 => {
+                println!("node {id}: {step}: {}", response.text());
+                if promote {
+                    return;
                 }
-                Ok(response) => eprintln!("node {id}: {step}: HTTP {} {}", response.status, response.text()),
-                Err(error) => eprintln!("node {id}: {step}: {error}"),
             }
-            attempts += 1;
-            if attempts >= JOIN_ATTEMPTS_MAX {
-                eprintln!("node {id}: gave up joining");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
+            Ok(Ok(response)) => eprintln!("node {id}: {step}: HTTP {} {}", response.status, response.text()),
+            Ok(Err(error)) => eprintln!("node {id}: {step}: {url}: {error}"),
+            Err(_) => return, // The runtime is stopping.
+        }
+        attempts += 1;
+        if attempts >= JOIN_ATTEMPTS_MAX {
+            eprintln!("node {id}: gave up joining (start again with --join to retry)");
+            return;
+        }
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
+}
+
+/// Adds to `book` (and so to the transport) every member `url`'s status lists. Best effort: on
+/// failure the next round tries again.
+fn learn_addresses(url: &str, book: &PeerBook, own: NodeId) {
+    let Ok(response) = client::request("GET", &format!("{url}/cluster/status"), &[]) else { return };
+    let Ok(status) = serde_json::from_slice::<serde_json::Value>(&response.body) else { return };
+    let Some(addresses) = status.get("addresses").and_then(serde_json::Value::as_object) else { return };
+    for (id, address) in addresses {
+        let id = id.parse().map(NodeId);
+        let raft = address.get("raft").and_then(serde_json::Value::as_str).and_then(|text| text.parse().ok());
+        let http = address.get("http").and_then(serde_json::Value::as_str).and_then(|text| text.parse().ok());
+        if let (Ok(id), Some(raft), Some(http)) = (id, raft, http)
+            && id != own
+        {
+            book.add(PeerAddresses { id, raft, http });
         }
     }
 }

@@ -11,8 +11,8 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post, put};
-use raft_core::{ConfChange, NodeId, Role};
-use raft_net::{MembershipChangeError, NodeHandle, ProposeError, ReadConsistency, TransferLeadershipError};
+use raft_core::{ConfChange, Membership, NodeId, Role};
+use raft_net::{MembershipChangeError, NodeHandle, NodeStatus, ProposeError, ReadConsistency, TransferLeadershipError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,6 +33,9 @@ pub const CAS_BODY_BYTES_MAX: usize = 2 * VALUE_BYTES_MAX + BODY_MARGIN_BYTES;
 pub const ADMIN_BODY_BYTES_MAX: usize = BODY_MARGIN_BYTES;
 /// The most of a plain-text error body (from axum's own rejections) copied into a JSON error.
 pub const ERROR_TEXT_BYTES_MAX: usize = 4096;
+/// The most a learner may lag behind the leader's log, in entries, to be promoted to voter: a
+/// voter that is far behind cannot help commit, so promoting it early weakens the quorum.
+pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 64;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -327,18 +330,90 @@ async fn members(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, Byte
         Ok(action) => action,
         Err(error) => return bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")).into_response(),
     };
+    // Only the leader's view of the membership is current enough to check a change against.
+    let status = match app.handle.status().await {
+        Ok(status) => status,
+        Err(error) => return bad(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
+    };
+    if status.role != Role::Leader {
+        return redirect(&app, status.leader, &uri);
+    }
     let change = match action {
         MemberAction::AddLearner { id, raft, http } => {
             let peer = PeerAddresses { id: NodeId(id), raft, http };
-            if let Err(response) = propose(&app, Command::Register(peer), &uri).await {
-                return response;
+            match add_learner(&app, &status, peer, &uri).await {
+                Ok(change) => change,
+                Err(response) => return response,
             }
-            ConfChange::AddLearner(NodeId(id))
         }
-        MemberAction::Promote { id } => ConfChange::AddVoter(NodeId(id)),
+        MemberAction::Promote { id } => match check_promotable(&status, NodeId(id)) {
+            Ok(()) => ConfChange::AddVoter(NodeId(id)),
+            Err(error) => return error.into_response(),
+        },
         MemberAction::Remove { id } => ConfChange::Remove(NodeId(id)),
     };
     change_membership(&app, change, &uri).await
+}
+
+/// Checks and registers a new learner. A voter is refused (the core would demote it, which a
+/// node asking to join again after a restart must not do); a learner is registered again (its
+/// addresses may have changed) and answered at once: adding a node twice is idempotent.
+async fn add_learner(
+    app: &App,
+    status: &NodeStatus,
+    peer: PeerAddresses,
+    uri: &Uri,
+) -> Result<ConfChange, HttpResponse> {
+    let id = peer.id;
+    if status.membership.is_voter(id) {
+        let message = format!("node {id} is a voter already (remove it first to make it a learner)");
+        return Err(bad(StatusCode::CONFLICT, message).into_response());
+    }
+    register(app, peer, uri).await?;
+    if status.membership.learners.contains(&id) {
+        return Err(axum::Json(membership_json(&status.membership)).into_response());
+    }
+    Ok(ConfChange::AddLearner(id))
+}
+
+/// Records in the log where `peer` listens, and every other member this node knows of that the
+/// log lacks (those given by `--peers`): a node that joins learns where everyone listens by
+/// applying the log, and learns it again from its own log when it restarts.
+async fn register(app: &App, peer: PeerAddresses, uri: &Uri) -> Result<(), HttpResponse> {
+    let registered = app.handle.read(ReadConsistency::Stale, |kv: &Kv| kv.registered().clone()).await;
+    let registered = registered.unwrap_or_default(); // A stopped node: proposing fails below.
+    let mut book = app.book.all();
+    book.insert(peer.id, peer);
+    for peer in book.into_values().filter(|peer| registered.get(&peer.id) != Some(peer)) {
+        propose(app, Command::Register(peer), uri).await?;
+    }
+    Ok(())
+}
+
+/// A learner may become a voter once it has caught up: a voter far behind cannot help commit, so
+/// promoting it early makes the cluster less available, not more.
+fn check_promotable(status: &NodeStatus, id: NodeId) -> Result<(), ApiError> {
+    if !status.membership.learners.contains(&id) {
+        return Ok(()); // A voter already, or a stranger: the core answers.
+    }
+    match status.peers.get(&id) {
+        Some(peer) if peer.match_index.0 > 0 && peer.recent_active && peer.lag_entries <= PROMOTE_LAG_ENTRIES_MAX => {
+            Ok(())
+        }
+        Some(peer) => Err(bad(
+            StatusCode::CONFLICT,
+            format!(
+                "learner {id} has not caught up ({} entries behind, active: {}); retry once it has",
+                peer.lag_entries, peer.recent_active
+            ),
+        )),
+        None => Err(bad(StatusCode::CONFLICT, format!("learner {id} has not caught up (no progress yet); retry"))),
+    }
+}
+
+fn membership_json(membership: &Membership) -> Value {
+    let ids = |set: &std::collections::BTreeSet<NodeId>| set.iter().map(|id| id.0).collect::<Vec<_>>();
+    json!({ "voters": ids(&membership.voters), "learners": ids(&membership.learners) })
 }
 
 async fn change_membership(app: &App, change: ConfChange, uri: &Uri) -> HttpResponse {
@@ -346,11 +421,7 @@ async fn change_membership(app: &App, change: ConfChange, uri: &Uri) -> HttpResp
     loop {
         let outcome = tokio::time::timeout_at(deadline, app.handle.change_membership(vec![change])).await;
         let error = match outcome {
-            Ok(Ok(membership)) => {
-                let ids = |set: &std::collections::BTreeSet<NodeId>| set.iter().map(|id| id.0).collect::<Vec<_>>();
-                let body = json!({ "voters": ids(&membership.voters), "learners": ids(&membership.learners) });
-                return axum::Json(body).into_response();
-            }
+            Ok(Ok(membership)) => return axum::Json(membership_json(&membership)).into_response(),
             Ok(Err(error)) => error,
             Err(_) => return bad(StatusCode::SERVICE_UNAVAILABLE, "the change timed out").into_response(),
         };

@@ -138,3 +138,40 @@ fn every_rejection_is_a_json_error_including_bodies_over_the_limit() {
     assert_json_error(&until("GET", http, "/cluster/members", &[], 405), 405);
     assert_json_error(&until("POST", http, "/kv/k/cas", b"{not json", 400), 400);
 }
+
+/// The membership endpoint guards against the two mistakes a retried or mistaken join makes:
+/// adding a voter again as a learner (which would demote it) is refused, and so is promoting a
+/// learner that has not caught up (here one that is not even running), which would make a voter
+/// of a node that cannot help commit. Adding a learner twice is idempotent; removing it works.
+#[test]
+fn membership_changes_refuse_to_demote_a_voter_or_promote_a_lagging_learner() {
+    let (_dir, data) = temp();
+    let layout = layout(3, 3);
+    let nodes = cluster(&layout, 3, &data);
+    let all: Vec<&Node> = nodes.iter().collect();
+    leader(&all);
+    let http = nodes[0].http;
+    let members = |body: serde_json::Value, status: u16| {
+        let response = until("POST", http, "/cluster/members", body.to_string().as_bytes(), status);
+        serde_json::from_slice::<serde_json::Value>(&response.body).expect("a JSON answer")
+    };
+    let (raft, node_http) = (common::free_port(), common::free_port()); // Nobody listens there.
+    let add = serde_json::json!({ "action": "add_learner", "id": 9, "raft": raft, "http": node_http });
+
+    let answer = members(add.clone(), 200);
+    assert_eq!((common::ids(&answer, "voters"), common::ids(&answer, "learners")), (vec![1, 2, 3], vec![9]));
+    let refused = members(serde_json::json!({ "action": "promote", "id": 9 }), 409);
+    assert!(refused["error"].as_str().is_some_and(|error| error.contains("not caught up")), "{refused}");
+    let again = members(add, 200);
+    assert_eq!(common::ids(&again, "learners"), [9]);
+
+    let demote =
+        serde_json::json!({ "action": "add_learner", "id": 2, "raft": layout.raft[1], "http": layout.http[1] });
+    let refused = members(demote, 409);
+    assert!(refused["error"].as_str().is_some_and(|error| error.contains("is a voter")), "{refused}");
+
+    let removed = members(serde_json::json!({ "action": "remove", "id": 9 }), 200);
+    assert_eq!((common::ids(&removed, "voters"), common::ids(&removed, "learners")), (vec![1, 2, 3], vec![]));
+    let status = common::status(http).expect("a status");
+    assert_eq!((common::ids(&status, "voters"), common::ids(&status, "learners")), (vec![1, 2, 3], vec![]));
+}
