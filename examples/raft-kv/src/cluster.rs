@@ -1,17 +1,27 @@
 //! `raft-kv cluster`: starts N `raft-kv serve` processes of this binary on 127.0.0.1, prints
-//! their endpoints and the leader, and stops them on Ctrl-C. Each node keeps its data in
-//! `DATA/node-ID`, so running it again restarts the same cluster with its data.
+//! their endpoints and the leader, and stops them on SIGINT (Ctrl-C), SIGTERM or SIGHUP. Each
+//! node keeps its data in `DATA/node-ID`, so running it again restarts the same cluster with its
+//! data. The nodes' stdin is a pipe from the launcher (`serve --exit-with-stdin`): should the
+//! launcher die without stopping them (`kill -9`), the kernel closes the pipe and they stop.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::process::Stdio;
+
 use clap::Args;
+use tokio::process::Child;
 
 use crate::client;
+use crate::signals::StopSignals;
 
 /// How often the launcher polls for a leader.
 pub const POLL: Duration = Duration::from_millis(200);
+/// How long the nodes have to shut down once asked before they are killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long the runtime waits at exit for blocking work (the poll for a leader) to finish.
+pub const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// `raft-kv cluster`.
 #[derive(Args)]
@@ -32,13 +42,42 @@ pub struct ClusterArgs {
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// Runs the cluster until Ctrl-C.
+/// Runs the cluster until SIGINT (Ctrl-C), SIGTERM or SIGHUP.
 pub fn run(args: ClusterArgs) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(cluster(args))
+    let outcome = runtime.block_on(cluster(args));
+    runtime.shutdown_timeout(EXIT_GRACE);
+    outcome
 }
 
 async fn cluster(args: ClusterArgs) -> Result<(), String> {
+    // Before any child starts, so that no signal can end the launcher without stopping them.
+    let mut signals = StopSignals::new().map_err(|error| format!("listening for signals: {error}"))?;
+    let mut children = Vec::new();
+    let started = start_nodes(&args, &mut children);
+    let reason = match started {
+        Ok(()) => {
+            let first = SocketAddr::new(LOCALHOST, args.http_port);
+            tokio::select! {
+                leader = tokio::task::spawn_blocking(move || wait_for_leader(first)) => {
+                    match leader {
+                        Ok(Some(leader)) => println!("leader: node {leader} (try: curl http://{first}/cluster/status)"),
+                        _ => eprintln!("no leader yet"),
+                    }
+                    signals.recv().await
+                }
+                reason = signals.recv() => reason,
+            }
+        }
+        Err(_) => "a node did not start",
+    };
+    println!("stopping ({reason})");
+    stop_nodes(&mut children).await;
+    started
+}
+
+/// Starts the nodes, each with a pipe as stdin (see the module docs).
+fn start_nodes(args: &ClusterArgs, children: &mut Vec<Child>) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|error| error.to_string())?;
     let ids: Vec<u16> = (1..=args.nodes).collect();
     let address = |base: u16, id: u16| SocketAddr::new(LOCALHOST, base.saturating_add(id - 1));
@@ -46,7 +85,6 @@ async fn cluster(args: ClusterArgs) -> Result<(), String> {
         .iter()
         .map(|id| format!("{id}={}={}", address(args.raft_port, *id), address(args.http_port, *id)))
         .collect();
-    let mut children = Vec::new();
     for id in &ids {
         let child = tokio::process::Command::new(&exe)
             .arg("serve")
@@ -56,25 +94,28 @@ async fn cluster(args: ClusterArgs) -> Result<(), String> {
             .args(["--peers", &peers.join(",")])
             .arg("--data")
             .arg(args.data.join(format!("node-{id}")))
+            .arg("--exit-with-stdin")
+            .stdin(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|error| format!("starting node {id}: {error}"))?;
         children.push(child);
     }
-    let first = address(args.http_port, 1);
-    tokio::select! {
-        leader = tokio::task::spawn_blocking(move || wait_for_leader(first)) => match leader {
-            Ok(Some(leader)) => println!("leader: node {leader} (try: curl http://{first}/cluster/status)"),
-            _ => eprintln!("no leader yet"),
-        },
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    let _ = tokio::signal::ctrl_c().await; // An error means no signal handler: stop now.
-    println!("stopping");
-    for child in &mut children {
-        let _ = child.kill().await; // Already gone is fine.
-    }
     Ok(())
+}
+
+/// Closes every node's stdin, which makes it shut down gracefully, waits for them all, and kills
+/// those still running after [`STOP_GRACE`].
+async fn stop_nodes(children: &mut [Child]) {
+    for child in children.iter_mut() {
+        drop(child.stdin.take());
+    }
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    for child in children.iter_mut() {
+        if tokio::time::timeout_at(deadline, child.wait()).await.is_err() {
+            let _ = child.kill().await; // Already gone is fine.
+        }
+    }
 }
 
 /// Polls node 1's status until it names a leader (for up to a minute).

@@ -7,6 +7,7 @@ mod cluster;
 mod kv;
 mod node;
 mod server;
+mod signals;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

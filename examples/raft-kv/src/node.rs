@@ -16,6 +16,7 @@ use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, StdFs};
 use crate::client;
 use crate::kv::{Kv, PeerAddresses, PeerBook, VALUE_BYTES_MAX};
 use crate::server::{App, router};
+use crate::signals::{StopSignals, watch_stdin};
 
 /// The largest message: one value plus room for its key and encoding.
 pub const MESSAGE_BYTES_MAX: u64 = 2 * VALUE_BYTES_MAX as u64;
@@ -57,6 +58,10 @@ pub struct ServeArgs {
     /// The length of one Raft tick, in milliseconds (elections take 10 to 20 ticks).
     #[arg(long, default_value_t = 50)]
     pub tick_ms: u64,
+    /// Stop when standard input ends (the cluster launcher starts its nodes so, so that they
+    /// stop when it does, however it ends).
+    #[arg(long)]
+    pub exit_with_stdin: bool,
 }
 
 /// Parses `ID=RAFT_ADDR=HTTP_ADDR`.
@@ -69,7 +74,8 @@ pub fn parse_peer(text: &str) -> Result<PeerAddresses, String> {
     Ok(PeerAddresses { id: NodeId(id), raft, http })
 }
 
-/// Runs the node until Ctrl-C.
+/// Runs the node until SIGINT (Ctrl-C), SIGTERM or SIGHUP, or the end of stdin with
+/// `--exit-with-stdin`.
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let outcome = runtime.block_on(serve(args));
@@ -117,6 +123,12 @@ fn storage(args: &ServeArgs, peers: &[PeerAddresses]) -> Result<DiskStorage, Str
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut signals = StopSignals::new().map_err(|error| format!("listening for signals: {error}"))?;
+    let stdin = if args.exit_with_stdin {
+        Some(watch_stdin().map_err(|error| format!("watching stdin: {error}"))?)
+    } else {
+        None
+    };
     if args.join.as_ref().is_some_and(|url| !url.starts_with("http://")) {
         return Err("--join wants the HTTP address of a member: http://HOST:PORT".to_owned());
     }
@@ -146,8 +158,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tokio::spawn(join(url.trim_end_matches('/').to_owned(), me, handle.clone(), book.clone()));
     }
     let app = App { handle: handle.clone(), book };
-    let served = axum::serve(http, router(app)).with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await; // An error means no signal handler: run on.
+    let served = axum::serve(http, router(app)).with_graceful_shutdown(async move {
+        let reason = match stdin {
+            Some(stdin) => tokio::select! {
+                reason = signals.recv() => reason,
+                _ = stdin => "the end of stdin",
+            },
+            None => signals.recv().await,
+        };
+        println!("node {id}: stopping ({reason})");
     });
     let outcome = served.await.map_err(|error| error.to_string());
     handle.shutdown().await;

@@ -1,0 +1,151 @@
+//! End to end: `raft-kv cluster` stops every node it started when it is told to stop with
+//! SIGTERM or SIGINT, and its nodes stop by themselves when it is killed outright (`kill -9`).
+//! Linux only: the nodes are found through /proc.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, status};
+
+const NODES: u16 = 3;
+
+/// A port `p` such that `p..p + count` were all free a moment ago.
+fn free_ports(count: u16) -> u16 {
+    eventually("a block of free ports", || {
+        let first = common::free_port().port();
+        let last = first.checked_add(count - 1)?;
+        let listeners: Vec<TcpListener> =
+            (first..=last).map(|port| TcpListener::bind(("127.0.0.1", port)).ok()).collect::<Option<_>>()?;
+        drop(listeners);
+        Some(first)
+    })
+}
+
+/// The launcher, killed (SIGKILL) when dropped; its nodes then stop by themselves.
+struct Launcher {
+    child: Child,
+    http_port: u16,
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // Already gone is fine.
+        let _ = self.child.wait();
+    }
+}
+
+impl Launcher {
+    fn start(data: &Path) -> Launcher {
+        let (http_port, raft_port) = (free_ports(NODES), free_ports(NODES));
+        let log = File::create(data.join("launcher.log")).expect("a log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+            .args(["cluster", "--nodes", &NODES.to_string()])
+            .args(["--http-port", &http_port.to_string(), "--raft-port", &raft_port.to_string()])
+            .arg("--data")
+            .arg(data.join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log file"))
+            .stderr(log)
+            .spawn()
+            .expect("the launcher starts");
+        Launcher { child, http_port }
+    }
+
+    fn http(&self, index: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.http_port + index))
+    }
+
+    /// The launcher's children once all of them run, and the cluster has a leader.
+    fn wait_until_up(&self) -> Vec<u32> {
+        eventually("a leader", || status(self.http(0))?["leader"].as_u64());
+        let nodes = eventually("every node process", || {
+            let nodes = children(self.child.id());
+            (nodes.len() == usize::from(NODES)).then_some(nodes)
+        });
+        for index in 0..NODES {
+            eventually("every node to answer", || status(self.http(index)));
+        }
+        nodes
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status();
+        assert!(sent.is_ok_and(|status| status.success()), "kill -s {name}");
+    }
+
+    /// Waits for every node to be gone: no process (or only a zombie), no HTTP listener.
+    fn assert_nodes_stop(&self, nodes: &[u32]) {
+        for pid in nodes {
+            eventually("a node process to end", || (!running(*pid)).then_some(()));
+        }
+        for index in 0..NODES {
+            let address = self.http(index);
+            eventually("a node's port to close", || {
+                TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_err().then_some(())
+            });
+        }
+    }
+}
+
+/// The pids whose parent is `parent`, from /proc/PID/stat (the parent is the second field after
+/// the parenthesised command name).
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            after_name.split_whitespace().nth(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie (ended, not yet reaped) or dead.
+fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X" | "x"))
+}
+
+fn launcher_exits(launcher: &mut Launcher) -> std::process::ExitStatus {
+    eventually("the launcher to exit", || launcher.child.try_wait().ok().flatten())
+}
+
+#[test]
+fn sigterm_stops_the_launcher_and_every_node() {
+    let (_dir, data) = common::temp();
+    let mut launcher = Launcher::start(&data);
+    let nodes = launcher.wait_until_up();
+    launcher.signal("TERM");
+    let exit = launcher_exits(&mut launcher);
+    assert!(exit.success(), "the launcher exits cleanly on SIGTERM: {exit:?}");
+    launcher.assert_nodes_stop(&nodes);
+}
+
+#[test]
+fn sigint_stops_the_launcher_and_every_node() {
+    let (_dir, data) = common::temp();
+    let mut launcher = Launcher::start(&data);
+    let nodes = launcher.wait_until_up();
+    launcher.signal("INT");
+    let exit = launcher_exits(&mut launcher);
+    assert!(exit.success(), "the launcher exits cleanly on SIGINT: {exit:?}");
+    launcher.assert_nodes_stop(&nodes);
+}
+
+#[test]
+fn the_nodes_stop_when_the_launcher_is_killed() {
+    let (_dir, data) = common::temp();
+    let mut launcher = Launcher::start(&data);
+    let nodes = launcher.wait_until_up();
+    launcher.signal("KILL"); // No chance to clean up: the nodes see their stdin end.
+    launcher_exits(&mut launcher);
+    launcher.assert_nodes_stop(&nodes);
+}
