@@ -37,11 +37,12 @@ pub trait FileSystem {
 
 /// An open file that is only ever appended to, synced or truncated.
 pub trait FsFile {
-    /// Appends `bytes` at the end.
+    /// Appends `bytes` at the end, also right after a [`FsFile::truncate`] (as O_APPEND does).
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
-    /// Cuts the file to `len` bytes (durable after the next `sync`).
+    /// Cuts the file to `len` bytes (durable after the next `sync`); the next `append` writes at
+    /// `len`.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
     /// The current length.
     fn len(&self) -> u64;
@@ -70,7 +71,12 @@ impl FileSystem for StdFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<StdFile> {
-        let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
+        // O_APPEND, as `FsFile::append` requires: every write goes to the end, also after a
+        // `truncate`. Without it a write after `set_len` goes to the old file offset and leaves
+        // a hole of zeros before the data (found by the turmoil simulation, seed 87).
+        // (std refuses `truncate` together with `append`: empty the file with `set_len` instead.)
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        file.set_len(0)?;
         Ok(StdFile { file, len: 0 })
     }
 

@@ -24,6 +24,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod kv;
 pub mod linearizability;
+pub mod real;
 mod world;
 
 pub use checkers::Violation;

@@ -4,6 +4,8 @@
 //! cargo run --release -p sim -- --seeds 1000          # seeds 0..1000
 //! cargo run --release -p sim -- --seeds 5000..6000    # a range
 //! cargo run --release -p sim -- --seed 42 -v          # replay one seed with a readable trace
+//! cargo run --release -p sim -- --real --seeds 100     # the real stack under turmoil
+//! cargo run --release -p sim -- --real --seed 7        # replay one turmoil seed
 //! ```
 
 use std::io::IsTerminal;
@@ -29,6 +31,10 @@ struct Args {
     /// Print every event of the run (use with --seed).
     #[arg(short, long)]
     verbose: bool,
+    /// Simulate the real stack (raft-net's driver and TCP transport, the durable store) under
+    /// turmoil instead of the core alone; much slower per seed.
+    #[arg(long)]
+    real: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -48,6 +54,9 @@ fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.real {
+        return run_real(&args);
+    }
     if let Some(seed) = args.seed {
         let report = sim::run(seed, RunOptions { verbose: args.verbose, options_hook: None });
         println!("config: {}", report.config);
@@ -68,7 +77,84 @@ fn main() -> ExitCode {
     finish(&reports)
 }
 
+/// `--real`: one seed (with its configuration and counts), or many in parallel.
+fn run_real(args: &Args) -> ExitCode {
+    let started = Instant::now();
+    let reports = match args.seed {
+        Some(seed) => {
+            let report = sim::real::run(seed);
+            println!("config: {}", report.config);
+            println!("trace hash: {:016x}", report.trace_hash);
+            vec![report]
+        }
+        None => {
+            let (start, end) = args.seeds;
+            let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            println!("running turmoil seeds {start}..{end} of the real stack on {threads} threads");
+            parallel(start, end, threads, sim::real::run, |report| {
+                report.violation.as_ref().map(|v| (report.config.seed, v.clone()))
+            })
+        }
+    };
+    let mut total = sim::real::RealStats::default();
+    for report in &reports {
+        total.add(&report.stats);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("seeds:               {}", reports.len());
+    println!("simulated time:      {:.1}s", total.simulated_ms as f64 / 1000.0);
+    println!(
+        "faults injected:     partitions {} crashes {} restarts {} storage fail-stops {} stores refusing to open {}",
+        total.partitions, total.crashes, total.restarts, total.storage_failures, total.open_failures
+    );
+    println!("leaders elected:     {}; snapshots restored {}", total.leaders, total.restores);
+    let undecided = reports.iter().filter(|report| report.linearizability_unknown).count();
+    println!(
+        "client operations:   {} writes and {} reads answered, {} unknown; linearizability undecided (budget) in {undecided} runs",
+        total.writes, total.reads, total.unknown
+    );
+    if seconds > 0.0 {
+        println!("wall time:           {seconds:.1}s ({:.1} seeds/min)", reports.len() as f64 * 60.0 / seconds);
+    }
+    let failed: Vec<_> = reports.iter().filter(|report| report.violation.is_some()).collect();
+    for report in &failed {
+        if let Some(violation) = &report.violation {
+            println!("\nseed {} violated {}", report.config.seed, violation.property);
+            println!("  {}", violation.detail);
+            println!("  config: {}", report.config);
+            println!("  replay: {}", report.replay_command());
+        }
+    }
+    if failed.is_empty() {
+        println!("all {} seeds passed", reports.len());
+        ExitCode::SUCCESS
+    } else {
+        println!("\n{} of {} seeds failed", failed.len(), reports.len());
+        ExitCode::FAILURE
+    }
+}
+
 fn run_parallel(start: u64, end: u64, threads: usize) -> Vec<Report> {
+    let mut reports = parallel(
+        start,
+        end,
+        threads,
+        |seed| sim::run(seed, RunOptions::default()),
+        |report| report.violation.as_ref().map(|v| (report.config.seed, v.clone())),
+    );
+    reports.sort_by_key(|r| r.config.seed);
+    reports
+}
+
+/// Runs `run` on seeds `start..end` on `threads` threads with a progress bar (periodic lines
+/// without a terminal), printing each failure as it comes; returns the reports in seed order.
+fn parallel<R: Send>(
+    start: u64,
+    end: u64,
+    threads: usize,
+    run: impl Fn(u64) -> R + Sync,
+    failure: impl Fn(&R) -> Option<(u64, sim::Violation)>,
+) -> Vec<R> {
     let next = AtomicU64::new(start);
     let bar = ProgressBar::new(end - start);
     bar.set_style(
@@ -84,13 +170,14 @@ fn run_parallel(start: u64, end: u64, threads: usize) -> Vec<Report> {
         for _ in 0..threads {
             let sender = sender.clone();
             let next = &next;
+            let run = &run;
             scope.spawn(move || {
                 loop {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     if seed >= end {
                         break;
                     }
-                    if sender.send(sim::run(seed, RunOptions::default())).is_err() {
+                    if sender.send((seed, run(seed))).is_err() {
                         break;
                     }
                 }
@@ -99,9 +186,9 @@ fn run_parallel(start: u64, end: u64, threads: usize) -> Vec<Report> {
         drop(sender);
         let mut failures = 0;
         for report in receiver {
-            if let Some(violation) = &report.violation {
+            if let Some((seed, violation)) = failure(&report.1) {
                 failures += 1;
-                bar.println(format!("seed {} FAILED: {violation}", report.config.seed));
+                bar.println(format!("seed {seed} FAILED: {violation}"));
                 bar.set_message(format!("{failures} failed"));
             }
             bar.inc(1);
@@ -112,8 +199,8 @@ fn run_parallel(start: u64, end: u64, threads: usize) -> Vec<Report> {
         }
     });
     bar.finish();
-    reports.sort_by_key(|r| r.config.seed);
-    reports
+    reports.sort_by_key(|(seed, _)| *seed);
+    reports.into_iter().map(|(_, report)| report).collect()
 }
 
 fn print_summary(stats: &Stats, seeds: u64, wall: std::time::Duration) {

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use raft_core::{Index, NodeId, Options};
 use raft_net::{
-    ConfigError, ConfigLimit, MemNetwork, NodeEvent, NodeStartError, ProposeError, StopReason, start as start_node,
+    ConfigError, ConfigLimit, Execution, MemNetwork, NodeEvent, NodeStartError, ProposeError, ReadConsistency,
+    StateMachine, StopReason, start as start_node,
 };
 use raft_storage::MemStorage;
 use raft_tests::{Kv, Member, PATIENCE, config, eventually, membership, set, settled_leader, start_mem};
@@ -166,4 +167,83 @@ fn start_needs_a_tokio_runtime() {
     let storage = MemStorage::new(membership(&[1]));
     let started = start_node(config(NodeId(1), &BTreeMap::new()), storage, transport, inbound, Kv::default());
     assert!(matches!(started, Err(NodeStartError::NoRuntime)));
+}
+
+/// `Execution::Tasks`: a whole cluster runs on one single-threaded runtime, the state machine
+/// inline in each core task (queries run on the test's own thread), with snapshots taken.
+#[tokio::test(flavor = "current_thread")]
+async fn task_execution_runs_a_cluster_on_one_thread() {
+    let network = MemNetwork::default();
+    let start = |id: u64, storage: MemStorage| {
+        let mut config = config(NodeId(id), &BTreeMap::new());
+        config.execution = Execution::Tasks;
+        config.snapshot_every_entries = 8;
+        start_mem(&network, config, storage)
+    };
+    let members: Vec<Member> = VOTERS.iter().map(|id| start(*id, MemStorage::new(membership(&VOTERS)))).collect();
+    let handles: Vec<_> = members.iter().map(|member| member.handle.clone()).collect();
+    let ids: Vec<NodeId> = members.iter().map(|member| member.id).collect();
+    let mut last = Index(0);
+    for i in 0..40 {
+        last = raft_tests::propose(&handles, &ids, i % 3, set(&format!("key{i}"), "value")).await;
+    }
+    let all: Vec<&Member> = members.iter().collect();
+    raft_tests::all_applied(&all, last).await;
+    let test_thread = std::thread::current().id();
+    for member in &members {
+        let (thread, value) = member
+            .handle
+            .read(ReadConsistency::Linearizable, |kv: &Kv| {
+                (std::thread::current().id(), kv.0.map().get(&Bytes::from("key39")).cloned())
+            })
+            .await
+            .expect("a linearizable read");
+        assert_eq!(thread, test_thread, "the query ran inline, on the runtime's one thread");
+        assert_eq!(value, Some(Bytes::from("value")));
+    }
+
+    for member in &members {
+        member.handle.shutdown().await;
+    }
+}
+
+/// A state machine that panics on the command `panic`.
+struct Panicky;
+
+impl StateMachine for Panicky {
+    type Response = ();
+    type RestoreError = std::convert::Infallible;
+
+    fn apply(&mut self, _index: Index, command: &Bytes) {
+        assert_ne!(command.as_ref(), b"panic", "the state machine panics, as asked");
+    }
+
+    fn snapshot(&self) -> Bytes {
+        Bytes::new()
+    }
+
+    fn restore(&mut self, _data: Bytes) -> Result<(), Self::RestoreError> {
+        Ok(())
+    }
+}
+
+/// Under `Execution::Tasks` a panic of the state machine stops the node with
+/// `StateMachinePanicked` (not `CorePanicked`, although it unwinds through the core's task), and
+/// the proposal is answered with that reason.
+#[tokio::test(flavor = "current_thread")]
+async fn task_execution_reports_a_state_machine_panic_as_such() {
+    let network = MemNetwork::default();
+    let mut config = config(NodeId(1), &BTreeMap::new());
+    config.execution = Execution::Tasks;
+    let (transport, inbound) = network.join(NodeId(1)).expect("join");
+    let handle = start_node(config, MemStorage::new(membership(&[1])), transport, inbound, Panicky).expect("starts");
+    let mut outcome = handle.propose(Bytes::from_static(b"fine")).await;
+    while let Err(ProposeError::NotLeader { .. }) = outcome {
+        tokio::time::sleep(raft_tests::POLL).await;
+        outcome = handle.propose(Bytes::from_static(b"fine")).await;
+    }
+    outcome.expect("an ordinary command applies");
+    let outcome = handle.propose(Bytes::from_static(b"panic")).await;
+    assert!(matches!(outcome, Err(ProposeError::Stopped(StopReason::StateMachinePanicked))), "{outcome:?}");
+    assert!(matches!(handle.stop_reason(), Some(StopReason::StateMachinePanicked)));
 }

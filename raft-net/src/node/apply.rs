@@ -1,6 +1,7 @@
-//! The apply thread: owns the state machine, applies committed entries in order, answers the
-//! proposals registered by the core thread, runs read queries, restores snapshots and takes them
-//! per the policy.
+//! The apply side: owns the state machine, applies committed entries in order, answers the
+//! proposals registered by the core, runs read queries, restores snapshots and takes them per the
+//! policy. It runs on its own thread, or inline in the core's task under
+//! [`Execution::Tasks`](super::config::Execution::Tasks).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,19 +62,28 @@ impl<SM: StateMachine> Applier<SM> {
     /// a failed restore are dropped with the queue: their readers then see the stop reason.)
     pub(crate) fn run(mut self, steps: Receiver<ApplyStep<SM>>) {
         while let Ok(step) = steps.recv() {
-            match step {
-                ApplyStep::Register(registrations) => registrations.into_iter().for_each(|r| self.register(r)),
-                ApplyStep::Restore { meta, data } => {
-                    if let Err(reason) = self.restore(meta, data) {
-                        self.shared.set_stop_reason(reason);
-                        self.wake_core();
-                        break;
-                    }
-                }
-                ApplyStep::Apply(entries) => self.apply(entries),
-                ApplyStep::Read { applied_min, reads } => self.serve(applied_min, reads),
+            if let Err(reason) = self.take(step) {
+                self.shared.set_stop_reason(reason);
+                self.wake_core();
+                break;
             }
         }
+        self.finish();
+    }
+
+    /// Takes one step. Fails only when a restore fails: the node cannot apply what follows.
+    pub(crate) fn take(&mut self, step: ApplyStep<SM>) -> Result<(), StopReason> {
+        match step {
+            ApplyStep::Register(registrations) => registrations.into_iter().for_each(|r| self.register(r)),
+            ApplyStep::Restore { meta, data } => self.restore(meta, data)?,
+            ApplyStep::Apply(entries) => self.apply(entries),
+            ApplyStep::Read { applied_min, reads } => self.serve(applied_min, reads),
+        }
+        Ok(())
+    }
+
+    /// Answers every proposal still pending with the reason the node stopped.
+    pub(crate) fn finish(mut self) {
         let error = self.shared.stopped_error();
         for (_, registration) in std::mem::take(&mut self.pending) {
             registration.responder.answer(Err(error.clone()));

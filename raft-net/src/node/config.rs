@@ -30,6 +30,23 @@ pub const EVENT_QUEUE_EVENTS_MAX_DEFAULT: usize = 256;
 /// the leader's messages that wait in its queue.
 pub const TICKS_PER_ITERATION_MAX: u64 = 4;
 
+/// Where a node's core loop and its state machine run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Execution {
+    /// The core loop on a dedicated thread (which also does the storage writes), the state
+    /// machine on another: storage I/O never blocks the runtime's workers, and applying overlaps
+    /// with the next write. For production.
+    #[default]
+    Threads,
+    /// The core loop as one task on the runtime that calls [`start`](crate::node::start), with
+    /// the state machine applied inline in it (the steps an apply thread would take, in the same
+    /// order). Storage writes and applying block that runtime's worker while they run, so this
+    /// is for deterministic runs on a single-threaded runtime (the turmoil simulation of the
+    /// real stack), where every choice must come from the runtime's seeded scheduler rather than
+    /// from the operating system's thread scheduler.
+    Tasks,
+}
+
 /// How a node runs. Build with [`NodeConfig::new`] and adjust the public fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -66,6 +83,8 @@ pub struct NodeConfig {
     /// Where each member can be reached, used only to tell clients where the leader is
     /// ([`ProposeError::NotLeader`](crate::ProposeError::NotLeader)).
     pub addresses: BTreeMap<NodeId, SocketAddr>,
+    /// Threads (the default) or tasks on the caller's runtime: see [`Execution`].
+    pub execution: Execution,
 }
 
 /// Which limit a [`ConfigError::Zero`] is about.
@@ -117,6 +136,7 @@ impl NodeConfig {
             event_queue_events_max: EVENT_QUEUE_EVENTS_MAX_DEFAULT,
             snapshot_every_entries: 0,
             addresses: BTreeMap::new(),
+            execution: Execution::Threads,
         }
     }
 

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
@@ -25,6 +26,7 @@ use raft_storage::LogStore;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::apply::Applier;
 use super::config::TICKS_PER_ITERATION_MAX;
 use super::error::{ProposeError, ReadError, StopReason, StorageFailure, StorageOperation};
 use super::event::{NodeEvent, NodeStatus};
@@ -43,6 +45,14 @@ enum Flow {
     Stop,
 }
 
+/// Where the core hands its apply steps.
+pub(crate) enum ApplySide<SM: StateMachine> {
+    /// The apply thread, through its bounded queue ([`Execution::Threads`](super::config::Execution::Threads)).
+    Thread { queue: SyncSender<ApplyStep<SM>>, thread: JoinHandle<()> },
+    /// Applied inline, before the core goes on ([`Execution::Tasks`](super::config::Execution::Tasks)).
+    Inline(Box<Applier<SM>>),
+}
+
 /// The core thread's state.
 pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     /// First, so that a panic records its reason before anything else is dropped.
@@ -51,9 +61,8 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) transport: T,
     pub(crate) shared: Arc<Shared>,
     pub(crate) input: mpsc::Receiver<CoreInput<SM>>,
-    /// To the apply thread; `None` once stopping.
-    pub(crate) apply: Option<SyncSender<ApplyStep<SM>>>,
-    pub(crate) apply_thread: Option<JoinHandle<()>>,
+    /// The apply side; `None` once stopping.
+    pub(crate) apply: Option<ApplySide<SM>>,
     /// Proposals appended in this iteration, handed to the apply thread before any later step.
     pub(crate) registrations: Vec<Registration<SM::Response>>,
     /// Proposals refused with `TermNotDurable` (a leader whose first entry of its term is not
@@ -92,27 +101,45 @@ where
     T: Transport,
     SM: StateMachine,
 {
-    /// Runs the node until it is shut down or fails, then stops it.
+    /// Runs the node on this thread until it is shut down or fails, then stops it.
     pub(crate) fn run(mut self) {
-        let reason = match self.run_until_stopped() {
-            Ok(()) => StopReason::Shutdown,
-            Err(reason) => reason,
-        };
-        self.stop(reason);
+        let mut outcome = self.restore_stored_snapshot();
+        while outcome.is_ok() {
+            // `None`: every handle and task is gone, which is a shutdown.
+            let next = self.input.blocking_recv();
+            match self.take_next(next) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => break,
+                Err(reason) => outcome = Err(reason),
+            }
+        }
+        self.stop(outcome.err().unwrap_or(StopReason::Shutdown));
     }
 
-    fn run_until_stopped(&mut self) -> Result<(), StopReason> {
-        self.restore_stored_snapshot()?;
-        loop {
-            // A restore failure on the apply thread records a reason and wakes us.
-            if let Some(reason) = self.shared.stop_reason() {
-                return Err(reason);
+    /// Runs the node as a task ([`Execution::Tasks`](super::config::Execution::Tasks)) until it is shut down or fails, then stops
+    /// it: the same loop as [`Core::run`], waiting for input without blocking the runtime.
+    pub(crate) async fn run_task(mut self) {
+        let mut outcome = self.restore_stored_snapshot();
+        while outcome.is_ok() {
+            let next = self.input.recv().await;
+            match self.take_next(next) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => break,
+                Err(reason) => outcome = Err(reason),
             }
-            // `None`: every handle and task is gone, which is a shutdown.
-            let Some(first) = self.input.blocking_recv() else { return Ok(()) };
-            if let Flow::Stop = self.iterate(first)? {
-                return Ok(());
-            }
+        }
+        self.stop(outcome.err().unwrap_or(StopReason::Shutdown));
+    }
+
+    /// One iteration for the input that woke the loop (`None`: the queue closed).
+    fn take_next(&mut self, next: Option<CoreInput<SM>>) -> Result<Flow, StopReason> {
+        // A restore failure on the apply thread records a reason and wakes us.
+        if let Some(reason) = self.shared.stop_reason() {
+            return Err(reason);
+        }
+        match next {
+            Some(first) => self.iterate(first),
+            None => Ok(Flow::Stop),
         }
     }
 
@@ -383,7 +410,18 @@ where
     /// Waits while the apply queue is full (back-pressure from the state machine). Fails when the
     /// apply thread is gone: it panicked, or stopped after a failed restore.
     fn send_to_apply(&mut self, step: ApplyStep<SM>) -> Result<(), StopReason> {
-        let sent = self.apply.as_ref().is_some_and(|apply| apply.send(step).is_ok());
+        let sent = match self.apply.as_mut() {
+            Some(ApplySide::Thread { queue, .. }) => queue.send(step).is_ok(),
+            Some(ApplySide::Inline(applier)) => {
+                // A panic of the state machine is reported as such, not as the core's.
+                let taken = std::panic::catch_unwind(AssertUnwindSafe(|| applier.take(step))).unwrap_or_else(|panic| {
+                    self.shared.set_stop_reason(StopReason::StateMachinePanicked);
+                    std::panic::resume_unwind(panic)
+                });
+                return taken.map_err(|reason| self.shared.set_stop_reason(reason));
+            }
+            None => false,
+        };
         if sent {
             return Ok(());
         }
@@ -496,11 +534,15 @@ where
                 registration.responder.answer(Err(error.clone()));
             }
         }
-        drop(self.apply.take()); // The apply thread finishes its queue, then ends.
-        if let Some(thread) = self.apply_thread.take()
-            && thread.join().is_err()
-        {
-            self.shared.set_stop_reason(StopReason::StateMachinePanicked);
+        match self.apply.take() {
+            Some(ApplySide::Thread { queue, thread }) => {
+                drop(queue); // The apply thread finishes its queue, then ends.
+                if thread.join().is_err() {
+                    self.shared.set_stop_reason(StopReason::StateMachinePanicked);
+                }
+            }
+            Some(ApplySide::Inline(applier)) => applier.finish(),
+            None => {}
         }
         let reason = self.shared.stop_reason().unwrap_or(reason);
         self.shared.emit(NodeEvent::Stopped(reason));

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::apply::Applier;
-use super::config::NodeConfig;
-use super::core::Core;
+use super::config::{Execution, NodeConfig};
+use super::core::{ApplySide, Core};
 use super::error::{
     MembershipChangeError, NodeStartError, ProposeError, ReadError, StopReason, TransferLeadershipError,
 };
@@ -69,7 +69,8 @@ impl<SM: StateMachine> std::fmt::Debug for NodeHandle<SM> {
 /// Starts a node: its core thread (which owns the core and `storage`), its apply thread (which
 /// owns `state_machine`), and two tokio tasks on the current runtime: one forwards `inbound`
 /// (the transport's receiver) to the core, one ticks every `config.tick_interval`. Must be called
-/// from within a tokio runtime.
+/// from within a tokio runtime. Under [`Execution::Tasks`] the core is a task on that runtime too,
+/// and applies inline (see the module docs).
 ///
 /// The state machine is first restored from the store's snapshot, if it holds one.
 pub fn start<SM, S, T>(
@@ -93,12 +94,18 @@ where
     let membership_seen = raft.membership().clone();
     let shared = Arc::new(Shared::new(config.event_queue_events_max));
     let (input, input_receiver) = mpsc::channel(config.input_queue_items_max);
-    let (apply, apply_receiver) = std::sync::mpsc::sync_channel(config.apply_queue_batches_max);
     let applier = Applier::new(state_machine, Arc::clone(&shared), input.downgrade(), config.snapshot_every_entries);
-    let apply_thread = std::thread::Builder::new()
-        .name(format!("raft-apply-{}", config.id))
-        .spawn(move || applier.run(apply_receiver))
-        .map_err(|error| NodeStartError::Spawn(error.kind()))?;
+    let apply = match config.execution {
+        Execution::Threads => {
+            let (queue, steps) = std::sync::mpsc::sync_channel(config.apply_queue_batches_max);
+            let thread = std::thread::Builder::new()
+                .name(format!("raft-apply-{}", config.id))
+                .spawn(move || applier.run(steps))
+                .map_err(|error| NodeStartError::Spawn(error.kind()))?;
+            ApplySide::Thread { queue, thread }
+        }
+        Execution::Tasks => ApplySide::Inline(Box::new(applier)),
+    };
     let core = Core {
         _panic_guard: PanicGuard { shared: Arc::clone(&shared), reason: StopReason::CorePanicked },
         raft,
@@ -106,7 +113,6 @@ where
         shared: Arc::clone(&shared),
         input: input_receiver,
         apply: Some(apply),
-        apply_thread: Some(apply_thread),
         registrations: Vec::new(),
         deferred: VecDeque::new(),
         reads: BTreeMap::new(),
@@ -123,14 +129,24 @@ where
         ticks_total: 0,
     };
     let done = DoneGuard(Arc::clone(&shared));
-    // If this fails, dropping `core` drops the apply queue, which ends the apply thread.
-    std::thread::Builder::new()
-        .name(format!("raft-core-{}", config.id))
-        .spawn(move || {
-            let _done = done;
-            core.run();
-        })
-        .map_err(|error| NodeStartError::Spawn(error.kind()))?;
+    match config.execution {
+        // If this fails, dropping `core` drops the apply queue, which ends the apply thread.
+        Execution::Threads => {
+            std::thread::Builder::new()
+                .name(format!("raft-core-{}", config.id))
+                .spawn(move || {
+                    let _done = done;
+                    core.run();
+                })
+                .map_err(|error| NodeStartError::Spawn(error.kind()))?;
+        }
+        Execution::Tasks => {
+            runtime.spawn(async move {
+                let _done = done;
+                core.run_task().await;
+            });
+        }
+    }
     let inner = Inner {
         input,
         permits: Arc::new(Semaphore::new(config.proposals_pending_max)),

@@ -25,6 +25,12 @@
 //!   Ticks are counted in an atomic and the core is woken with a best-effort `Wake` input, so no
 //!   tick is lost to a full queue (at most [`TICKS_PER_ITERATION_MAX`] are caught up at once).
 //!
+//! With [`NodeConfig::execution`] set to [`Execution::Tasks`], the core loop is instead one task on
+//! the runtime that called [`start`], and the apply side's steps run inline in it, in the same
+//! order: no thread is spawned, so a single-threaded runtime with a seeded scheduler (the turmoil
+//! simulation of the real stack) replays a run exactly. The default, [`Execution::Threads`], keeps
+//! storage I/O and applying off the async workers.
+//!
 //! Every queue is bounded by a named limit in [`NodeConfig`]: `proposals_pending_max` (permits
 //! held from `propose` until the answer), `reads_pending_max` (the same for `read`),
 //! `input_queue_items_max`, `apply_queue_batches_max`
@@ -106,7 +112,7 @@ mod shared;
 mod state_machine;
 
 pub use config::{
-    APPLY_QUEUE_BATCHES_MAX_DEFAULT, ConfigError, ConfigLimit, EVENT_QUEUE_EVENTS_MAX_DEFAULT,
+    APPLY_QUEUE_BATCHES_MAX_DEFAULT, ConfigError, ConfigLimit, EVENT_QUEUE_EVENTS_MAX_DEFAULT, Execution,
     INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig, PROPOSALS_PENDING_MAX_DEFAULT,
     READS_PENDING_MAX_DEFAULT, TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX,
 };

@@ -1,0 +1,305 @@
+//! The clients of the real-stack simulation and their wire protocol. Each node serves requests
+//! on [`CLIENT_PORT`] through its `NodeHandle` (the library's client API): one request per
+//! connection, a length-prefixed frame each way. Clients are turmoil hosts of their own, so
+//! partitions and crashes cut them off like any network client, and they record what they asked
+//! and what they got for the linearizability checker.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+use turmoil::net::TcpStream;
+
+use super::observe::Observer;
+use crate::kv::Command;
+use crate::linearizability::{Input, Operation, Outcome, Output};
+
+/// The port every node serves clients on.
+pub(crate) const CLIENT_PORT: u16 = 7000;
+/// The longest request or answer frame.
+const FRAME_BYTES_MAX: usize = 64;
+/// How long one attempt (connect, send, answer) may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a client keeps retrying one operation before it gives up (outcome unknown).
+const OPERATION_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A client's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// Propose this command.
+    Write(Command),
+    /// Read `key`; `lease` asks for a lease read rather than ReadIndex.
+    Read { key: u64, lease: bool },
+}
+
+/// A node's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Applied (a write) or read: the output.
+    Done(Output),
+    /// Not the leader; the leader it knows of, if any. Nothing was appended.
+    NotLeader(Option<u64>),
+    /// Definitely not applied (or, for a read, not served): try again, maybe elsewhere.
+    Failed,
+    /// The write may or may not take effect.
+    Unknown,
+}
+
+impl Request {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Request::Write(command) => {
+                let mut out = vec![0];
+                out.extend_from_slice(&command.encode());
+                out
+            }
+            Request::Read { key, lease } => {
+                let mut out = vec![if *lease { 2 } else { 1 }];
+                out.extend_from_slice(&key.to_le_bytes());
+                out
+            }
+        }
+    }
+
+    /// `None` for anything [`Request::encode`] does not write.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Request> {
+        let (&kind, rest) = bytes.split_first()?;
+        match kind {
+            0 => Command::decode(rest).map(Request::Write),
+            1 | 2 => Some(Request::Read { key: u64::from_le_bytes(rest.try_into().ok()?), lease: kind == 2 }),
+            _ => None,
+        }
+    }
+}
+
+impl Answer {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let (tag, value) = match *self {
+            Answer::Done(Output::Done) => (0, 0),
+            Answer::Done(Output::Swapped(swapped)) => (1, u64::from(swapped)),
+            Answer::Done(Output::Value(None)) => (2, 0),
+            Answer::Done(Output::Value(Some(value))) => (3, value),
+            Answer::NotLeader(None) => (4, 0),
+            Answer::NotLeader(Some(leader)) => (5, leader),
+            Answer::Failed => (6, 0),
+            Answer::Unknown => (7, 0),
+        };
+        let mut out = vec![tag];
+        out.extend_from_slice(&value.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Answer> {
+        let (&tag, rest) = bytes.split_first()?;
+        let value = u64::from_le_bytes(rest.try_into().ok()?);
+        Some(match tag {
+            0 => Answer::Done(Output::Done),
+            1 => Answer::Done(Output::Swapped(value == 1)),
+            2 => Answer::Done(Output::Value(None)),
+            3 => Answer::Done(Output::Value(Some(value))),
+            4 => Answer::NotLeader(None),
+            5 => Answer::NotLeader(Some(value)),
+            6 => Answer::Failed,
+            7 => Answer::Unknown,
+            _ => return None,
+        })
+    }
+}
+
+/// Writes one length-prefixed frame.
+pub(crate) async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(body);
+    stream.write_all(&frame).await?;
+    stream.flush().await
+}
+
+/// Reads one length-prefixed frame of at most [`FRAME_BYTES_MAX`] bytes.
+pub(crate) async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut length = [0; 4];
+    stream.read_exact(&mut length).await?;
+    let length = u32::from_le_bytes(length) as usize;
+    if length > FRAME_BYTES_MAX {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too long"));
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// One attempt: `None` when the node could not be reached or did not answer in time.
+async fn attempt(node: SocketAddr, request: Request) -> Option<Answer> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(node).await.ok()?;
+        write_frame(&mut stream, &request.encode()).await.ok()?;
+        Answer::decode(&read_frame(&mut stream).await.ok()?)
+    };
+    timeout(ATTEMPT_TIMEOUT, exchange).await.ok().flatten()
+}
+
+/// What one client does.
+pub(crate) struct ClientPlan {
+    /// Its id (also its session id in the state machine).
+    pub(crate) id: u64,
+    /// The nodes' addresses, by node id minus one.
+    pub(crate) nodes: Vec<IpAddr>,
+    /// Its seed.
+    pub(crate) seed: u64,
+    /// Keys are drawn from `0..keys`.
+    pub(crate) keys: u64,
+    /// Whether lease reads are on (else every read is ReadIndex).
+    pub(crate) lease_reads: bool,
+    /// Issue no new operation after this much simulated time.
+    pub(crate) until: Duration,
+}
+
+/// Nanoseconds of simulated time, the history's clock.
+fn now() -> u64 {
+    turmoil::elapsed().as_nanos() as u64
+}
+
+/// Runs the client's workload until `plan.until`, recording every operation.
+pub(crate) async fn run_client(plan: ClientPlan, observer: Observer) -> turmoil::Result {
+    let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
+    let mut seq = 0;
+    let mut target = (rng.next_u64() % plan.nodes.len() as u64) as usize;
+    while turmoil::elapsed() < plan.until {
+        let key = rng.next_u64() % plan.keys;
+        let input = match rng.next_u64() % 8 {
+            0..=2 => Input::Get { key },
+            3..=5 => Input::Put { key, value: (plan.id << 32) | (seq + 1) },
+            6 => Input::Delete { key },
+            _ => {
+                let expected = if rng.next_u64() % 3 == 0 { None } else { Some(rng.next_u64() % 4) };
+                Input::CompareAndSet { key, expected, new: Some(rng.next_u64() % 4) }
+            }
+        };
+        let request = match input {
+            Input::Get { key } => Request::Read { key, lease: plan.lease_reads && rng.next_u64() % 2 == 0 },
+            _ => {
+                seq += 1;
+                Request::Write(Command { client: plan.id, seq, input })
+            }
+        };
+        let call = now();
+        let deadline = turmoil::elapsed() + OPERATION_DEADLINE;
+        let mut outcome = Outcome::Unknown;
+        while turmoil::elapsed() < deadline {
+            let node = SocketAddr::new(plan.nodes[target], CLIENT_PORT);
+            match attempt(node, request).await {
+                Some(Answer::Done(output)) => {
+                    outcome = Outcome::Returned { at: now(), output };
+                    break;
+                }
+                Some(Answer::NotLeader(Some(leader))) if (1..=plan.nodes.len() as u64).contains(&leader) => {
+                    target = leader as usize - 1;
+                }
+                // Retrying a write with the same sequence number is safe: the session makes it
+                // take effect once.
+                _ => {
+                    target = (rng.next_u64() % plan.nodes.len() as u64) as usize;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        let mut observed = observer.lock();
+        match (&outcome, request) {
+            (Outcome::Unknown, Request::Read { .. }) => continue, // No effect: nothing to check.
+            (Outcome::Unknown, _) => observed.stats.unknown += 1,
+            (_, Request::Read { .. }) => observed.stats.reads += 1,
+            (_, Request::Write(_)) => observed.stats.writes += 1,
+        }
+        observed.trace(&call.to_le_bytes());
+        observed.history.push(Operation { client: plan.id, input, call, outcome });
+    }
+    Ok(())
+}
+
+/// The probe's session id (clients count from 1).
+const PROBE_CLIENT: u64 = 1 << 40;
+
+/// The probe's round: writes `key` once, then reads it linearizably on every node, each before
+/// `deadline`. Every answered operation joins the history (the checker judges the values).
+/// Returns whether everything was answered in time.
+pub(crate) async fn probe_round(nodes: &[IpAddr], key: u64, deadline: Duration, observer: &Observer) -> bool {
+    let input = Input::Put { key, value: 42 };
+    let write = Request::Write(Command { client: PROBE_CLIENT, seq: 1, input });
+    let call = now();
+    let mut target = 0;
+    let mut written = None;
+    while written.is_none() && turmoil::elapsed() < deadline {
+        match attempt(SocketAddr::new(nodes[target], CLIENT_PORT), write).await {
+            Some(Answer::Done(output)) => written = Some(Outcome::Returned { at: now(), output }),
+            Some(Answer::NotLeader(Some(leader))) if (1..=nodes.len() as u64).contains(&leader) => {
+                target = leader as usize - 1;
+            }
+            _ => {
+                target = (target + 1) % nodes.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let outcome = written.unwrap_or(Outcome::Unknown);
+    observer.lock().history.push(Operation { client: PROBE_CLIENT, input, call, outcome });
+    if outcome == Outcome::Unknown {
+        return false;
+    }
+    for node in nodes {
+        let mut read = false;
+        while !read && turmoil::elapsed() < deadline {
+            let call = now();
+            match attempt(SocketAddr::new(*node, CLIENT_PORT), Request::Read { key, lease: false }).await {
+                Some(Answer::Done(output)) => {
+                    let outcome = Outcome::Returned { at: now(), output };
+                    observer.lock().history.push(Operation {
+                        client: PROBE_CLIENT,
+                        input: Input::Get { key },
+                        call,
+                        outcome,
+                    });
+                    read = true;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        if !read {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_answers_round_trip() {
+        let requests = [
+            Request::Write(Command { client: 3, seq: 9, input: Input::Put { key: 1, value: 2 } }),
+            Request::Read { key: 5, lease: true },
+            Request::Read { key: 6, lease: false },
+        ];
+        for request in requests {
+            assert_eq!(Request::decode(&request.encode()), Some(request));
+        }
+        let answers = [
+            Answer::Done(Output::Done),
+            Answer::Done(Output::Swapped(true)),
+            Answer::Done(Output::Value(None)),
+            Answer::Done(Output::Value(Some(7))),
+            Answer::NotLeader(None),
+            Answer::NotLeader(Some(2)),
+            Answer::Failed,
+            Answer::Unknown,
+        ];
+        for answer in answers {
+            assert_eq!(Answer::decode(&answer.encode()), Some(answer));
+        }
+        assert_eq!(Request::decode(&[9]), None);
+        assert_eq!(Answer::decode(&[8, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+    }
+}

@@ -1,0 +1,112 @@
+//! raft-storage's file-system trait over turmoil's simulated file system: each host has its own
+//! disk, a crash keeps only what was synced (files never synced vanish, unsynced appends are
+//! lost), and the simulation's `FsConfig` injects I/O errors, silent corruption on reads and torn
+//! writes. Only usable from inside a turmoil host.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use raft_storage::{FileSystem, FsFile};
+use turmoil::fs::shim::std::fs as sim_fs;
+
+/// The current turmoil host's file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TurmoilFs {
+    /// For self-tests: every sync does nothing (a disk that lies about durability), so a crash
+    /// loses acknowledged data and the checkers must notice.
+    pub fsync_lies: bool,
+}
+
+/// An open file on a turmoil host's disk.
+#[derive(Debug)]
+pub struct TurmoilFile {
+    file: sim_fs::File,
+    len: u64,
+    fsync_lies: bool,
+}
+
+impl FileSystem for TurmoilFs {
+    type File = TurmoilFile;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        sim_fs::create_dir_all(dir)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<TurmoilFile> {
+        // Append mode, as `FsFile::append` requires: every write goes to the end, also after a
+        // `truncate` (a plain write would go to the old offset and leave a hole).
+        let file = sim_fs::OpenOptions::new().create(true).append(true).open(path)?;
+        file.set_len(0)?;
+        Ok(TurmoilFile { file, len: 0, fsync_lies: self.fsync_lies })
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<TurmoilFile> {
+        let file = sim_fs::OpenOptions::new().append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(TurmoilFile { file, len, fsync_lies: self.fsync_lies })
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        sim_fs::read(path)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut file = sim_fs::File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut bytes = Vec::new();
+        file.take(len as u64).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        sim_fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        sim_fs::remove_file(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in sim_fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.fsync_lies {
+            return Ok(());
+        }
+        sim_fs::sync_dir(dir)
+    }
+}
+
+impl FsFile for TurmoilFile {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if self.fsync_lies {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.len = len;
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+}

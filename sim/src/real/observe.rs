@@ -1,0 +1,157 @@
+//! What the real-stack simulation sees of its nodes, from outside them (so it survives their
+//! crashes), and the checks it makes on it: election safety from the driver's events, state
+//! machine safety from the applied commands, typed stops only, stores that always reopen after a
+//! crash, and (kept by the clients) the history for the linearizability checker.
+//!
+//! The simulation is single-threaded: the `Arc<Mutex<_>>` only satisfies the driver's `Send`
+//! bounds on the state machine; it is never contended.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use raft_core::{Index, NodeId, Term};
+
+use crate::checkers::{ElectionSafety, FNV_START, Violation, fnv};
+use crate::linearizability::Operation;
+
+/// Shared by every host, client and the fault loop of one run.
+#[derive(Clone, Default)]
+pub(crate) struct Observer(Arc<Mutex<Observed>>);
+
+/// Everything observed in one run.
+#[derive(Default)]
+pub(crate) struct Observed {
+    election: ElectionSafety,
+    /// The chain hash of the applied commands up to each command's index, as first applied.
+    chains: BTreeMap<Index, u64>,
+    /// Whether each node's store was created durably (it must reopen from then on).
+    pub(crate) created: BTreeMap<NodeId, bool>,
+    /// How many times each node was started, for a fresh seed per incarnation.
+    pub(crate) starts: BTreeMap<NodeId, u64>,
+    /// The first violation seen.
+    pub(crate) violation: Option<Violation>,
+    /// The client operations, in the order they ended.
+    pub(crate) history: Vec<Operation>,
+    /// A hash of every observation, in order: two runs of one seed must agree on it.
+    pub(crate) trace: u64,
+    pub(crate) stats: RealStats,
+}
+
+/// Counts of one run (or, summed, of many).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealStats {
+    /// Node starts after the first (restarts after crashes, bounces and fail-stops).
+    pub restarts: u64,
+    /// Crashes (power losses) injected.
+    pub crashes: u64,
+    /// Partitions, one-way partitions and holds injected.
+    pub partitions: u64,
+    /// Nodes that stopped on a storage failure (fail-stop, typed).
+    pub storage_failures: u64,
+    /// Stores that refused to open with a typed error (only where disk faults are injected).
+    pub open_failures: u64,
+    /// Leaders elected (distinct terms with a leader).
+    pub leaders: u64,
+    /// Snapshots restored by state machines.
+    pub restores: u64,
+    /// Client writes answered.
+    pub writes: u64,
+    /// Client reads answered.
+    pub reads: u64,
+    /// Client operations whose outcome stayed unknown (timeouts).
+    pub unknown: u64,
+    /// Simulated milliseconds.
+    pub simulated_ms: u64,
+}
+
+impl RealStats {
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: &RealStats) {
+        self.restarts += other.restarts;
+        self.crashes += other.crashes;
+        self.partitions += other.partitions;
+        self.storage_failures += other.storage_failures;
+        self.open_failures += other.open_failures;
+        self.leaders += other.leaders;
+        self.restores += other.restores;
+        self.writes += other.writes;
+        self.reads += other.reads;
+        self.unknown += other.unknown;
+        self.simulated_ms += other.simulated_ms;
+    }
+}
+
+impl Observer {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Observed> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Observed {
+    /// Records the first violation (later ones are consequences, usually).
+    pub(crate) fn violate(&mut self, property: &'static str, detail: String) {
+        self.trace(&[0xff]);
+        if self.violation.is_none() {
+            self.violation = Some(Violation { property, detail });
+        }
+    }
+
+    /// Mixes `bytes` into the trace hash.
+    pub(crate) fn trace(&mut self, bytes: &[u8]) {
+        self.trace = fnv(if self.trace == 0 { FNV_START } else { self.trace }, bytes);
+    }
+
+    /// `node` reported that it leads `term`.
+    pub(crate) fn leader(&mut self, node: NodeId, term: Term) {
+        self.trace(&[1, node.0 as u8]);
+        self.trace(&term.0.to_le_bytes());
+        let before = self.election.terms_with_leader();
+        if let Err(violation) = self.election.observe_leader(node, term) {
+            self.violate(violation.property, violation.detail);
+        }
+        self.stats.leaders += (self.election.terms_with_leader() - before) as u64;
+    }
+
+    /// `node`'s state machine applied the command at `index`, reaching `chain`.
+    pub(crate) fn applied(&mut self, node: NodeId, index: Index, chain: u64) {
+        self.trace(&[2, node.0 as u8]);
+        self.trace(&index.0.to_le_bytes());
+        match self.chains.get(&index) {
+            Some(&expected) if expected != chain => self.violate(
+                "state machine safety",
+                format!("node {node} applied a different command history up to index {index}"),
+            ),
+            Some(_) => {}
+            None => {
+                self.chains.insert(index, chain);
+            }
+        }
+    }
+
+    /// `node`'s state machine was restored from a snapshot whose last command is `last` with the
+    /// chain `chain`, while it had applied up to `applied` in this incarnation.
+    pub(crate) fn restored(&mut self, node: NodeId, applied: Index, last: Index, chain: u64) {
+        self.trace(&[3, node.0 as u8]);
+        self.trace(&last.0.to_le_bytes());
+        self.stats.restores += 1;
+        if last < applied {
+            self.violate(
+                "state machine never rolls back",
+                format!("node {node} went back from command {applied} to a snapshot ending at command {last}"),
+            );
+            return;
+        }
+        let expected = if last == Index(0) { Some(FNV_START) } else { self.chains.get(&last).copied() };
+        match expected {
+            Some(expected) if expected == chain => {}
+            Some(_) => self.violate(
+                "state machine safety (snapshot)",
+                format!("node {node} restored a snapshot of a different history at command {last}"),
+            ),
+            None => self.violate(
+                "state machine safety (snapshot)",
+                format!("node {node} restored a snapshot ending at command {last}, which nobody applied"),
+            ),
+        }
+    }
+}
