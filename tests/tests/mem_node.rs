@@ -173,6 +173,10 @@ fn start_needs_a_tokio_runtime() {
 /// inline in each core task (queries run on the test's own thread), with snapshots taken.
 #[tokio::test(flavor = "current_thread")]
 async fn task_execution_runs_a_cluster_on_one_thread() {
+    tokio::task::LocalSet::new().run_until(cluster_on_one_thread()).await;
+}
+
+async fn cluster_on_one_thread() {
     let network = MemNetwork::default();
     let start = |id: u64, storage: MemStorage| {
         let mut config = config(NodeId(id), &BTreeMap::new());
@@ -232,6 +236,10 @@ impl StateMachine for Panicky {
 /// the proposal is answered with that reason.
 #[tokio::test(flavor = "current_thread")]
 async fn task_execution_reports_a_state_machine_panic_as_such() {
+    tokio::task::LocalSet::new().run_until(state_machine_panic()).await;
+}
+
+async fn state_machine_panic() {
     let network = MemNetwork::default();
     let mut config = config(NodeId(1), &BTreeMap::new());
     config.execution = Execution::Tasks;

@@ -38,12 +38,14 @@ pub enum Execution {
     /// with the next write. For production.
     #[default]
     Threads,
-    /// The core loop as one task on the runtime that calls [`start`](crate::node::start), with
-    /// the state machine applied inline in it (the steps an apply thread would take, in the same
-    /// order). Storage writes and applying block that runtime's worker while they run, so this
-    /// is for deterministic runs on a single-threaded runtime (the turmoil simulation of the
-    /// real stack), where every choice must come from the runtime's seeded scheduler rather than
-    /// from the operating system's thread scheduler.
+    /// The core loop as one task, with the state machine applied inline in it (the steps an
+    /// apply thread would take, in the same order), and every task of the node spawned on the
+    /// [`tokio::task::LocalSet`] that calls [`start`](crate::node::start) (which panics outside
+    /// one). Storage writes and applying block that thread while they run, so this is for
+    /// deterministic runs (the turmoil simulation of the real stack, whose hosts run in a
+    /// `LocalSet`): every choice comes from the runtime's seeded scheduler rather than from the
+    /// operating system's thread scheduler, and a `LocalSet` drops its tasks in a fixed order
+    /// (a runtime's task lists are sharded by a process-wide task counter).
     Tasks,
 }
 

@@ -69,8 +69,9 @@ impl<SM: StateMachine> std::fmt::Debug for NodeHandle<SM> {
 /// Starts a node: its core thread (which owns the core and `storage`), its apply thread (which
 /// owns `state_machine`), and two tokio tasks on the current runtime: one forwards `inbound`
 /// (the transport's receiver) to the core, one ticks every `config.tick_interval`. Must be called
-/// from within a tokio runtime. Under [`Execution::Tasks`] the core is a task on that runtime too,
-/// and applies inline (see the module docs).
+/// from within a tokio runtime. Under [`Execution::Tasks`] it must be called from within a
+/// [`tokio::task::LocalSet`] (it panics otherwise): the core is a task there too, and applies
+/// inline (see the module docs).
 ///
 /// The state machine is first restored from the store's snapshot, if it holds one.
 pub fn start<SM, S, T>(
@@ -141,7 +142,7 @@ where
                 .map_err(|error| NodeStartError::Spawn(error.kind()))?;
         }
         Execution::Tasks => {
-            runtime.spawn(async move {
+            tokio::task::spawn_local(async move {
                 let _done = done;
                 core.run_task().await;
             });
@@ -201,9 +202,19 @@ impl<SM: StateMachine> Inner<SM> {
             }
         };
         let cancel = self.tasks_cancel.clone();
-        self.tasks.spawn_on(async move { cancel.run_until_cancelled(forward).await }, runtime);
+        let forward = async move { cancel.run_until_cancelled(forward).await };
         let cancel = self.tasks_cancel.clone();
-        self.tasks.spawn_on(async move { cancel.run_until_cancelled(tick).await }, runtime);
+        let tick = async move { cancel.run_until_cancelled(tick).await };
+        match config.execution {
+            Execution::Threads => {
+                self.tasks.spawn_on(forward, runtime);
+                self.tasks.spawn_on(tick, runtime);
+            }
+            Execution::Tasks => {
+                self.tasks.spawn_local(forward);
+                self.tasks.spawn_local(tick);
+            }
+        }
         self.tasks.close();
     }
 }

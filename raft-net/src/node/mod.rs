@@ -26,8 +26,8 @@
 //!   tick is lost to a full queue (at most [`TICKS_PER_ITERATION_MAX`] are caught up at once).
 //!
 //! With [`NodeConfig::execution`] set to [`Execution::Tasks`], the core loop is instead one task on
-//! the runtime that called [`start`], and the apply side's steps run inline in it, in the same
-//! order: no thread is spawned, so a single-threaded runtime with a seeded scheduler (the turmoil
+//! the `LocalSet` that called [`start`] (as are the other two), and the apply side's steps run
+//! inline in it, in the same order: no thread is spawned, so a single-threaded runtime with a seeded scheduler (the turmoil
 //! simulation of the real stack) replays a run exactly. The default, [`Execution::Threads`], keeps
 //! storage I/O and applying off the async workers.
 //!

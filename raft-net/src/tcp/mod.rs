@@ -299,7 +299,12 @@ impl<C: Connect> std::fmt::Debug for TcpTransport<C> {
 impl Shared {
     /// Spawns `task` on the transport's runtime; it stops when `cancel` (or the transport) does.
     fn spawn(&self, cancel: CancellationToken, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn_on(async move { cancel.run_until_cancelled(task).await }, &self.runtime);
+        let task = async move { cancel.run_until_cancelled(task).await };
+        if self.options.spawn_local {
+            self.tasks.spawn_local(task);
+        } else {
+            self.tasks.spawn_on(task, &self.runtime);
+        }
     }
 
     /// Checks a dialer's hello: the fixed fields, then (if so configured) that it is a peer.

@@ -37,6 +37,13 @@ pub struct TcpOptions {
     pub inbound_connections_max: usize,
     /// Refuse handshakes from nodes that are not in the peer list.
     pub reject_unknown_peers: bool,
+    /// Spawn the transport's tasks on the current [`tokio::task::LocalSet`] instead of the
+    /// runtime; the transport must then be started from within one (it panics otherwise). For
+    /// deterministic simulation (turmoil hosts run in a `LocalSet`): a runtime keeps its tasks in
+    /// lists sharded by a process-wide task counter, so the order in which dropping it (a
+    /// simulated crash) drops the tasks, and closes their connections, varies from run to run;
+    /// a `LocalSet` drops its tasks in a fixed order.
+    pub spawn_local: bool,
 }
 
 /// The default write batch: large enough that many small messages share one system call.
@@ -58,6 +65,7 @@ impl Default for TcpOptions {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             peer_queue_messages_max: 1024,
             inbound_queue_messages_max: 4096,
+            spawn_local: false,
             write_batch_bytes_max: WRITE_BATCH_BYTES_MAX_DEFAULT,
             read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
             inbound_connections_max: 256,

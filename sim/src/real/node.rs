@@ -135,6 +135,8 @@ pub(crate) async fn run_node(plan: NodePlan, observer: Observer) -> turmoil::Res
         write_timeout: Duration::from_millis(500),
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
+        // Tasks on the host's LocalSet, which a crash drops in a fixed order (see the option).
+        spawn_local: true,
         ..TcpOptions::default()
     };
     let (transport, inbound) =
@@ -156,9 +158,10 @@ pub(crate) async fn run_node(plan: NodePlan, observer: Observer) -> turmoil::Res
     let mut events = handle.events();
     let clients = TcpListener::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), CLIENT_PORT)).await?;
     let server = handle.clone();
-    tokio::spawn(async move {
+    // On the host's LocalSet, like the node's tasks: a crash drops them in a fixed order.
+    tokio::task::spawn_local(async move {
         while let Ok((stream, _)) = clients.accept().await {
-            tokio::spawn(serve_client(server.clone(), stream));
+            tokio::task::spawn_local(serve_client(server.clone(), stream));
         }
     });
     loop {
