@@ -107,7 +107,10 @@ fn run_real(args: &Args) -> ExitCode {
         "faults injected:     partitions {} crashes {} restarts {} storage fail-stops {} stores refusing to open {}",
         total.partitions, total.crashes, total.restarts, total.storage_failures, total.open_failures
     );
-    println!("leaders elected:     {}; snapshots restored {}", total.leaders, total.restores);
+    println!(
+        "leaders elected:     {}; snapshots restored {}; membership changes and transfers {}",
+        total.leaders, total.restores, total.membership_changes
+    );
     let undecided = reports.iter().filter(|report| report.linearizability_unknown).count();
     println!(
         "client operations:   {} writes and {} reads answered, {} unknown; linearizability undecided (budget) in {undecided} runs",

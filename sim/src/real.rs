@@ -77,6 +77,8 @@ pub struct RealConfig {
     pub clocks: Vec<(f64, Duration)>,
     /// Lease reads on (with a drift bound that covers the clock rates).
     pub lease_reads: bool,
+    /// An administrator demotes voters to learners and back, and moves leadership.
+    pub membership: bool,
     /// Take a snapshot every this many applied entries.
     pub snapshot_every_entries: u64,
     /// Entries kept below a snapshot when compacting.
@@ -121,6 +123,7 @@ impl RealConfig {
             latency: (Duration::from_micros(200), latency_max),
             clocks,
             lease_reads: pick(2) == 0,
+            membership: pick(2) == 0,
             snapshot_every_entries: [10, 50, 200][pick(3) as usize],
             compaction_margin_entries: [0, 4, 32][pick(3) as usize],
             sync_probability: [0.0, 0.0, 0.1, 0.5][pick(4) as usize],
@@ -161,7 +164,7 @@ impl fmt::Display for RealConfig {
         let rates: Vec<String> = self.clocks.iter().map(|(rate, _)| format!("{rate:.3}")).collect();
         write!(
             f,
-            "nodes={} clients={} keys={} chaos={:?} faults every ~{:?} latency<={:?} clock rates=[{}] lease={} \
+            "nodes={} clients={} keys={} chaos={:?} faults every ~{:?} latency<={:?} clock rates=[{}] lease={} membership={} \
              snapshot every {} margin {} sync_p={} torn={:?} io_error_p={} corruption_p={}",
             self.nodes,
             self.clients,
@@ -171,6 +174,7 @@ impl fmt::Display for RealConfig {
             self.latency.1,
             rates.join(","),
             self.lease_reads,
+            self.membership,
             self.snapshot_every_entries,
             self.compaction_margin_entries,
             self.sync_probability,
@@ -269,6 +273,17 @@ pub fn run_config(config: RealConfig) -> RealReport {
             until: config.chaos,
         };
         sim.client(format!("c{client}").as_str(), run_client(plan, observer.clone()));
+    }
+    if config.membership {
+        let admin = client::run_admin(
+            addresses.clone(),
+            config.seed ^ 0xad,
+            config.chaos,
+            config.chaos + LIVENESS_BUDGET / 2,
+            !config.disk_faults(),
+            observer.clone(),
+        );
+        sim.client("admin", admin);
     }
     let probe =
         probe(addresses.clone(), config.chaos + Duration::from_secs(1), !config.disk_faults(), observer.clone());

@@ -33,6 +33,19 @@ pub(crate) enum Request {
     Write(Command),
     /// Read `key`; `lease` asks for a lease read rather than ReadIndex.
     Read { key: u64, lease: bool },
+    /// An administrator's request, served by the leader.
+    Admin(Admin),
+}
+
+/// A membership change or a leadership transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admin {
+    /// Make the voter a learner.
+    Demote(u64),
+    /// Make the learner a voter (done already if it is one).
+    Promote(u64),
+    /// Hand leadership to the voter.
+    Transfer(u64),
 }
 
 /// A node's answer.
@@ -61,6 +74,16 @@ impl Request {
                 out.extend_from_slice(&key.to_le_bytes());
                 out
             }
+            Request::Admin(admin) => {
+                let (kind, node) = match admin {
+                    Admin::Demote(node) => (3, node),
+                    Admin::Promote(node) => (4, node),
+                    Admin::Transfer(node) => (5, node),
+                };
+                let mut out = vec![kind];
+                out.extend_from_slice(&node.to_le_bytes());
+                out
+            }
         }
     }
 
@@ -70,6 +93,14 @@ impl Request {
         match kind {
             0 => Command::decode(rest).map(Request::Write),
             1 | 2 => Some(Request::Read { key: u64::from_le_bytes(rest.try_into().ok()?), lease: kind == 2 }),
+            3..=5 => {
+                let node = u64::from_le_bytes(rest.try_into().ok()?);
+                Some(Request::Admin(match kind {
+                    3 => Admin::Demote(node),
+                    4 => Admin::Promote(node),
+                    _ => Admin::Transfer(node),
+                }))
+            }
             _ => None,
         }
     }
@@ -210,7 +241,7 @@ pub(crate) async fn run_client(plan: ClientPlan, observer: Observer) -> turmoil:
             (Outcome::Unknown, Request::Read { .. }) => continue, // No effect: nothing to check.
             (Outcome::Unknown, _) => observed.stats.unknown += 1,
             (_, Request::Read { .. }) => observed.stats.reads += 1,
-            (_, Request::Write(_)) => observed.stats.writes += 1,
+            (_, _) => observed.stats.writes += 1,
         }
         observed.trace(&call.to_le_bytes());
         observed.history.push(Operation { client: plan.id, input, call, outcome });
@@ -272,6 +303,64 @@ pub(crate) async fn probe_round(nodes: &[IpAddr], key: u64, deadline: Duration, 
     true
 }
 
+/// Sends `admin` to the leader (following hints) until it is done or `deadline` passes.
+async fn administer(nodes: &[IpAddr], admin: Admin, deadline: Duration, rng: &mut ChaCha8Rng) -> bool {
+    let mut target = (rng.next_u64() % nodes.len() as u64) as usize;
+    while turmoil::elapsed() < deadline {
+        match attempt(SocketAddr::new(nodes[target], CLIENT_PORT), Request::Admin(admin)).await {
+            Some(Answer::Done(_)) => return true,
+            Some(Answer::NotLeader(Some(leader))) if (1..=nodes.len() as u64).contains(&leader) => {
+                target = leader as usize - 1;
+            }
+            _ => {
+                target = (rng.next_u64() % nodes.len() as u64) as usize;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    false
+}
+
+/// The administrator: until `until`, demotes a random voter to learner and promotes it back,
+/// and now and then moves leadership; then makes sure every node is a voter again, before
+/// `restored_by` (the liveness probe reads on every node); failing that is a liveness violation
+/// where `required` (disks without injected errors).
+pub(crate) async fn run_admin(
+    nodes: Vec<IpAddr>,
+    seed: u64,
+    until: Duration,
+    restored_by: Duration,
+    required: bool,
+    observer: Observer,
+) -> turmoil::Result {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let count = nodes.len() as u64;
+    while turmoil::elapsed() < until {
+        tokio::time::sleep(Duration::from_millis(200 + rng.next_u64() % 800)).await;
+        let node = 1 + rng.next_u64() % count;
+        let admin = if rng.next_u64() % 3 == 0 { Admin::Transfer(node) } else { Admin::Demote(node) };
+        let deadline = turmoil::elapsed() + Duration::from_secs(2);
+        if administer(&nodes, admin, deadline, &mut rng).await {
+            let mut observed = observer.lock();
+            observed.stats.membership_changes += 1;
+            observed.trace(&[7, node as u8]);
+        }
+        if let Admin::Demote(_) = admin {
+            tokio::time::sleep(Duration::from_millis(rng.next_u64() % 1000)).await;
+            let deadline = turmoil::elapsed() + Duration::from_secs(2);
+            if administer(&nodes, Admin::Promote(node), deadline, &mut rng).await {
+                observer.lock().stats.membership_changes += 1;
+            }
+        }
+    }
+    for node in 1..=count {
+        if !administer(&nodes, Admin::Promote(node), restored_by, &mut rng).await && required {
+            observer.lock().violate("liveness", format!("node {node} was not made a voter again after the heal"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +371,9 @@ mod tests {
             Request::Write(Command { client: 3, seq: 9, input: Input::Put { key: 1, value: 2 } }),
             Request::Read { key: 5, lease: true },
             Request::Read { key: 6, lease: false },
+            Request::Admin(Admin::Demote(1)),
+            Request::Admin(Admin::Promote(2)),
+            Request::Admin(Admin::Transfer(3)),
         ];
         for request in requests {
             assert_eq!(Request::decode(&request.encode()), Some(request));

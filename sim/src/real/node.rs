@@ -9,16 +9,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_core::{Index, Membership, NodeId, Options};
+use raft_core::{ConfChange, Index, Membership, NodeId, Options};
 use raft_net::{
-    Execution, NodeConfig, NodeEvent, NodeHandle, ProposeError, ReadConsistency, StateMachine, StopReason, TcpOptions,
-    TcpTransport,
+    Execution, MembershipChangeError, NodeConfig, NodeEvent, NodeHandle, ProposeError, ReadConsistency, StateMachine,
+    StopReason, TcpOptions, TcpTransport, TransferLeadershipError,
 };
 use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity};
 use tokio::sync::broadcast::error::RecvError;
 use turmoil::net::{TcpListener, TcpStream};
 
-use super::client::{Answer, CLIENT_PORT, Request, read_frame, write_frame};
+use super::client::{Admin, Answer, CLIENT_PORT, Request, read_frame, write_frame};
 use super::fs::TurmoilFs;
 use super::net::{TurmoilConnector, TurmoilListener};
 use super::observe::Observer;
@@ -251,6 +251,29 @@ async fn serve_client(handle: NodeHandle<SimKv>, mut stream: TcpStream) {
                 Err(_) => Answer::Failed,
             }
         }
+        Some(Request::Admin(admin)) => administer(&handle, admin).await,
     };
     let _ = write_frame(&mut stream, &answer.encode()).await; // The client may have given up.
+}
+
+/// Carries out an administrator's request on this node (it must lead).
+async fn administer(handle: &NodeHandle<SimKv>, admin: Admin) -> Answer {
+    let change = match admin {
+        Admin::Demote(node) => ConfChange::AddLearner(NodeId(node)),
+        Admin::Promote(node) => ConfChange::AddVoter(NodeId(node)),
+        Admin::Transfer(node) => {
+            return match handle.transfer_leadership(NodeId(node)).await {
+                Ok(()) | Err(TransferLeadershipError::AlreadyLeader(_)) => Answer::Done(Output::Done),
+                Err(TransferLeadershipError::NotLeader { leader, .. }) => Answer::NotLeader(leader.map(|l| l.0)),
+                Err(_) => Answer::Failed,
+            };
+        }
+    };
+    match handle.change_membership(vec![change]).await {
+        Ok(_) => Answer::Done(Output::Done),
+        // Promoting a voter: it is one already.
+        Err(MembershipChangeError::NoEffect(_)) if matches!(admin, Admin::Promote(_)) => Answer::Done(Output::Done),
+        Err(MembershipChangeError::NotLeader { leader, .. }) => Answer::NotLeader(leader.map(|l| l.0)),
+        Err(_) => Answer::Failed,
+    }
 }

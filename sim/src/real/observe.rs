@@ -54,6 +54,8 @@ pub struct RealStats {
     pub leaders: u64,
     /// Snapshots restored by state machines.
     pub restores: u64,
+    /// Membership changes (demotions, promotions) and leadership transfers done.
+    pub membership_changes: u64,
     /// Client writes answered.
     pub writes: u64,
     /// Client reads answered.
@@ -74,6 +76,7 @@ impl RealStats {
         self.open_failures += other.open_failures;
         self.leaders += other.leaders;
         self.restores += other.restores;
+        self.membership_changes += other.membership_changes;
         self.writes += other.writes;
         self.reads += other.reads;
         self.unknown += other.unknown;
