@@ -25,7 +25,7 @@ pub const FRAME_PREFIX_BYTES: usize = 4;
 pub const MAGIC: [u8; 4] = *b"RFTN";
 
 /// The protocol version this build speaks. Peers must speak the same version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest snapshot chunk a message will carry (snapshot transfer is planned in raft-core).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: u32 = 64 * 1024;
@@ -55,7 +55,7 @@ const _: () = assert!(HELLO_FRAME_BYTES_MAX <= FRAME_BYTES_MIN);
 ///
 /// A connection starts with [`Frame::Hello`] from the dialer, answered by
 /// [`Frame::HelloAccepted`] or [`Frame::HelloRejected`]; after acceptance only the dialer writes,
-/// and only [`Frame::Message`] frames.
+/// and only [`Frame::Message`] and [`Frame::Keepalive`] frames.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Frame {
@@ -70,6 +70,9 @@ pub enum Frame {
     },
     /// A Raft message.
     Message(Message),
+    /// Nothing: sent by an idle dialer so that the acceptor can tell a quiet connection from a
+    /// dead one (added in protocol version 2).
+    Keepalive,
 }
 
 /// The dialer's introduction.

@@ -473,3 +473,42 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     let mut second = TcpStream::connect(one.local_address()).await.expect("connect");
     assert_closed(&mut second, "a connection beyond inbound_connections_max").await;
 }
+
+/// A connection that goes silent after the handshake (a half-open connection: the peer crashed,
+/// or a partition lost data) is closed after `idle_timeout`, so its dialer notices and redials;
+/// keepalives keep a merely quiet connection open. (Found by the turmoil simulation, seed 166: a
+/// connection whose data a partition dropped stayed open and silent for good, and the two
+/// voters it joined never elected a leader.)
+#[tokio::test]
+async fn a_connection_silent_past_the_idle_timeout_is_closed_and_keepalives_keep_one_open() {
+    let quick = TcpOptions {
+        keepalive_interval: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(300),
+        ..options()
+    };
+    let known = BTreeMap::from([(NodeId(2), unused_address())]);
+    let (one, _inbox) =
+        TcpTransport::start(CLUSTER, NodeId(1), listener().await, TokioConnector, known, quick.clone()).expect("start");
+    let hello = Hello::new(CLUSTER, NodeId(2), NodeId(1));
+    let (mut silent, reply) = raw_handshake(one.local_address(), hello).await;
+    assert_eq!(reply, Frame::HelloAccepted);
+    assert_closed(&mut silent, "a peer that went silent after the handshake").await;
+
+    // A dialing transport with nothing to say sends keepalives, well within the idle timeout.
+    let raw = listener().await;
+    let address = raw.local_addr().expect("address");
+    let peers = BTreeMap::from([(NodeId(1), address)]);
+    let (_two, _inbox) =
+        TcpTransport::start(CLUSTER, NodeId(2), listener().await, TokioConnector, peers, quick).expect("start");
+    let (mut stream, _) = timeout(PATIENCE, raw.accept()).await.expect("dialed in time").expect("accept");
+    let hello: Frame = read_frame(&mut stream, HELLO_FRAME_BYTES_MAX, &mut Vec::new()).await.expect("hello");
+    assert!(matches!(hello, Frame::Hello(_)));
+    write_frame(&mut stream, &Frame::HelloAccepted, HELLO_FRAME_BYTES_MAX).await.expect("accept the hello");
+    for _ in 0..3 {
+        let frame: Frame = timeout(PATIENCE, read_frame(&mut stream, FRAME_BYTES_MIN, &mut Vec::new()))
+            .await
+            .expect("a frame in time")
+            .expect("a frame");
+        assert_eq!(frame, Frame::Keepalive);
+    }
+}

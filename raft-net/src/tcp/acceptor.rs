@@ -102,15 +102,19 @@ where
 async fn read_loop<R: AsyncRead + Unpin>(shared: &Shared, reader: &mut R, peer: NodeId) -> ConnectionError {
     let mut payload = Vec::new();
     loop {
-        let frame = match read_frame::<Frame, _>(reader, shared.options.frame_bytes_max, &mut payload).await {
-            Ok(frame) => frame,
-            Err(error) => return error.into(),
+        let read = read_frame::<Frame, _>(reader, shared.options.frame_bytes_max, &mut payload);
+        let frame = match timeout(shared.options.idle_timeout, read).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(error)) => return error.into(),
+            Err(_) => return ConnectionError::IdleTimeout,
         };
         // One large frame must not pin a large buffer for the life of the connection.
         payload.clear();
         payload.shrink_to(shared.options.read_buffer_bytes);
-        let Frame::Message(message) = frame else {
-            return ConnectionError::UnexpectedFrame;
+        let message = match frame {
+            Frame::Message(message) => message,
+            Frame::Keepalive => continue,
+            _ => return ConnectionError::UnexpectedFrame,
         };
         if message.from != peer {
             return ConnectionError::WrongSender { expected: peer, actual: message.from };

@@ -68,9 +68,11 @@ impl<C: Connect> Dialer<C> {
         Ok(stream)
     }
 
-    /// Writes batches until the connection fails. Also watches the read side: the acceptor never
-    /// writes after the handshake, so a readable stream means it closed (or misbehaves), which
-    /// this notices without waiting for the next write to fail.
+    /// Writes batches until the connection fails, and a keepalive frame after
+    /// `keepalive_interval` without messages (the acceptor closes a connection that stays
+    /// silent for `idle_timeout`). Also watches the read side: the acceptor never writes after
+    /// the handshake, so a readable stream means it closed (or misbehaves), which this notices
+    /// without waiting for the next write to fail.
     async fn write_loop(&mut self, mut stream: C::Stream) -> ConnectionError {
         let mut buffer = Vec::new();
         let mut probe = [0; 1];
@@ -85,6 +87,16 @@ impl<C: Connect> Dialer<C> {
                     Some(message) => message,
                     None => return ConnectionError::PeerRemoved,
                 },
+                () = sleep(self.shared.options.keepalive_interval) => {
+                    buffer.clear();
+                    if let Err(error) = encode_frame_into(&Frame::Keepalive, self.shared.options.frame_bytes_max, &mut buffer) {
+                        warn!(local = %self.shared.local_id, peer = %self.peer_id, %error, "a keepalive does not encode");
+                    }
+                    if let Err(error) = self.write_batch(&mut stream, &buffer).await {
+                        return error;
+                    }
+                    continue;
+                }
             };
             self.fill_batch(first, &mut buffer);
             if let Err(error) = self.write_batch(&mut stream, &buffer).await {

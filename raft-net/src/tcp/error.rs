@@ -57,6 +57,9 @@ pub(crate) enum ConnectionError {
     /// Reading the connection failed.
     #[error("read failed: {0}")]
     Read(io::ErrorKind),
+    /// No frame arrived within `idle_timeout` (not even a keepalive).
+    #[error("no frame within the idle timeout")]
+    IdleTimeout,
     /// A batched write took longer than `write_timeout`.
     #[error("write timed out")]
     WriteTimeout,

@@ -37,6 +37,13 @@ pub struct TcpOptions {
     pub inbound_connections_max: usize,
     /// Refuse handshakes from nodes that are not in the peer list.
     pub reject_unknown_peers: bool,
+    /// A dialer with nothing to send for this long sends a keepalive frame.
+    pub keepalive_interval: Duration,
+    /// An accepted connection on which no frame arrived for this long is closed: the peer, or
+    /// the path to it, is gone, though no error said so (a half-open connection: a crashed
+    /// host, a dropped NAT entry, a partition that lost data). Closing it makes the dialer
+    /// notice and dial again. Must exceed `keepalive_interval`.
+    pub idle_timeout: Duration,
     /// Spawn the transport's tasks on the current [`tokio::task::LocalSet`] instead of the
     /// runtime; the transport must then be started from within one (it panics otherwise). For
     /// deterministic simulation (turmoil hosts run in a `LocalSet`): a runtime keeps its tasks in
@@ -66,6 +73,8 @@ impl Default for TcpOptions {
             peer_queue_messages_max: 1024,
             inbound_queue_messages_max: 4096,
             spawn_local: false,
+            keepalive_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
             write_batch_bytes_max: WRITE_BATCH_BYTES_MAX_DEFAULT,
             read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
             inbound_connections_max: 256,
@@ -95,6 +104,8 @@ pub enum TcpOption {
     ReadBufferBytes,
     /// [`TcpOptions::inbound_connections_max`].
     InboundConnectionsMax,
+    /// [`TcpOptions::keepalive_interval`].
+    KeepaliveInterval,
 }
 
 /// Why a set of [`TcpOptions`] was refused.
@@ -111,6 +122,14 @@ pub enum TcpOptionsError {
         bytes: u32,
         /// [`FRAME_BYTES_MIN`].
         min: u32,
+    },
+    /// `idle_timeout` must exceed `keepalive_interval`, or quiet connections are closed.
+    #[error("idle_timeout ({idle:?}) must exceed keepalive_interval ({keepalive:?})")]
+    IdleTimeoutNotAboveKeepalive {
+        /// The idle timeout asked for.
+        idle: Duration,
+        /// The keepalive interval asked for.
+        keepalive: Duration,
     },
     /// `backoff_base` must not exceed `backoff_max`.
     #[error("backoff_base ({base:?}) exceeds backoff_max ({max:?})")]
@@ -130,6 +149,7 @@ impl TcpOptions {
             (self.handshake_timeout, TcpOption::HandshakeTimeout),
             (self.write_timeout, TcpOption::WriteTimeout),
             (self.backoff_base, TcpOption::BackoffBase),
+            (self.keepalive_interval, TcpOption::KeepaliveInterval),
         ];
         if let Some((_, option)) = durations.iter().find(|(duration, _)| duration.is_zero()) {
             return Err(TcpOptionsError::Zero(*option));
@@ -146,6 +166,12 @@ impl TcpOptions {
         }
         if self.frame_bytes_max < FRAME_BYTES_MIN {
             return Err(TcpOptionsError::FrameBytesTooSmall { bytes: self.frame_bytes_max, min: FRAME_BYTES_MIN });
+        }
+        if self.idle_timeout <= self.keepalive_interval {
+            return Err(TcpOptionsError::IdleTimeoutNotAboveKeepalive {
+                idle: self.idle_timeout,
+                keepalive: self.keepalive_interval,
+            });
         }
         if self.backoff_base > self.backoff_max {
             return Err(TcpOptionsError::BackoffBaseAboveMax { base: self.backoff_base, max: self.backoff_max });
@@ -173,5 +199,9 @@ mod tests {
         assert_eq!(options.validate(), Err(TcpOptionsError::FrameBytesTooSmall { bytes: 1024, min: FRAME_BYTES_MIN }));
         let options = TcpOptions { backoff_base: Duration::from_secs(9), ..TcpOptions::default() };
         assert!(matches!(options.validate(), Err(TcpOptionsError::BackoffBaseAboveMax { .. })));
+        let options = TcpOptions { idle_timeout: Duration::from_secs(1), ..TcpOptions::default() };
+        assert!(matches!(options.validate(), Err(TcpOptionsError::IdleTimeoutNotAboveKeepalive { .. })));
+        let options = TcpOptions { keepalive_interval: Duration::ZERO, ..TcpOptions::default() };
+        assert_eq!(options.validate(), Err(TcpOptionsError::Zero(TcpOption::KeepaliveInterval)));
     }
 }

@@ -135,6 +135,8 @@ pub(crate) async fn run_node(plan: NodePlan, observer: Observer) -> turmoil::Res
         write_timeout: Duration::from_millis(500),
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
+        keepalive_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(500),
         // Tasks on the host's LocalSet, which a crash drops in a fixed order (see the option).
         spawn_local: true,
         ..TcpOptions::default()
