@@ -512,3 +512,26 @@ async fn a_connection_silent_past_the_idle_timeout_is_closed_and_keepalives_keep
         assert_eq!(frame, Frame::Keepalive);
     }
 }
+
+/// The idle timeout counts time without bytes, not time per frame: a frame trickling in slower
+/// than `idle_timeout` as a whole, but with bytes arriving all along, is delivered.
+#[tokio::test]
+async fn a_frame_arriving_slowly_but_steadily_outlasts_the_idle_timeout() {
+    let quick = TcpOptions {
+        keepalive_interval: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(300),
+        ..options()
+    };
+    let known = BTreeMap::from([(NodeId(2), unused_address())]);
+    let (one, mut inbox) =
+        TcpTransport::start(CLUSTER, NodeId(1), listener().await, TokioConnector, known, quick).expect("start");
+    let (mut stream, reply) = raw_handshake(one.local_address(), Hello::new(CLUSTER, NodeId(2), NodeId(1))).await;
+    assert_eq!(reply, Frame::HelloAccepted);
+    let bytes = frame_bytes(&Frame::Message(message(2, 1, 9)));
+    let pause = Duration::from_millis(900) / bytes.len() as u32;
+    for byte in bytes {
+        stream.write_all(&[byte]).await.expect("write a byte");
+        tokio::time::sleep(pause).await;
+    }
+    receive_term(&mut inbox, 9).await;
+}

@@ -170,7 +170,7 @@ fn start_needs_a_tokio_runtime() {
 }
 
 /// `Execution::Tasks`: a whole cluster runs on one single-threaded runtime, the state machine
-/// inline in each core task (queries run on the test's own thread), with snapshots taken.
+/// inline in each core task (queries run on the test's own thread), with a snapshot policy on.
 #[tokio::test(flavor = "current_thread")]
 async fn task_execution_runs_a_cluster_on_one_thread() {
     tokio::task::LocalSet::new().run_until(cluster_on_one_thread()).await;

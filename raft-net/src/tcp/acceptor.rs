@@ -1,14 +1,18 @@
 //! The inbound half: accept connections, check each dialer's handshake, then read its messages
 //! into the driver's inbound channel.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use raft_core::NodeId;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::sync::Semaphore;
-use tokio::time::{sleep, timeout};
+use tokio::time::{Instant, Sleep, sleep, timeout};
 use tracing::{debug, warn};
 
 use super::Shared;
@@ -63,6 +67,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S
     };
     debug!(local = %shared.local_id, %peer, %remote, "accepted a connection");
     let (connection, cancel) = shared.register_reader(peer);
+    let mut stream = IdleReader::new(stream, shared.options.idle_timeout);
     let end = cancel.run_until_cancelled(read_loop(&shared, &mut stream, peer)).await;
     shared.unregister_reader(peer, connection);
     match end {
@@ -102,11 +107,10 @@ where
 async fn read_loop<R: AsyncRead + Unpin>(shared: &Shared, reader: &mut R, peer: NodeId) -> ConnectionError {
     let mut payload = Vec::new();
     loop {
-        let read = read_frame::<Frame, _>(reader, shared.options.frame_bytes_max, &mut payload);
-        let frame = match timeout(shared.options.idle_timeout, read).await {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(error)) => return error.into(),
-            Err(_) => return ConnectionError::IdleTimeout,
+        let frame = match read_frame::<Frame, _>(reader, shared.options.frame_bytes_max, &mut payload).await {
+            Ok(frame) => frame,
+            Err(FrameError::Io(io::ErrorKind::TimedOut)) => return ConnectionError::IdleTimeout,
+            Err(error) => return error.into(),
         };
         // One large frame must not pin a large buffer for the life of the connection.
         payload.clear();
@@ -124,6 +128,41 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Shared, reader: &mut R, peer: 
         }
         if shared.inbound.send(message).await.is_err() {
             return ConnectionError::InboundClosed;
+        }
+    }
+}
+
+/// A reader that fails with `TimedOut` once no byte has arrived for `idle` while it is being read
+/// from: progress, not whole frames, is what counts, so a large frame on a slow link is fine. The
+/// clock restarts with every byte, and the time spent not reading (waiting for room in the
+/// inbound channel) does not count as long as bytes are waiting when reading resumes.
+struct IdleReader<R> {
+    inner: R,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<R> IdleReader<R> {
+    fn new(inner: R, idle: Duration) -> Self {
+        IdleReader { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for IdleReader<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.deadline.as_mut().reset(Instant::now() + this.idle);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::from(io::ErrorKind::TimedOut))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }

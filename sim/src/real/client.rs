@@ -1,8 +1,9 @@
 //! The clients of the real-stack simulation and their wire protocol. Each node serves requests
 //! on [`CLIENT_PORT`] through its `NodeHandle` (the library's client API): one request per
-//! connection, a length-prefixed frame each way. Clients are turmoil hosts of their own, so
-//! partitions and crashes cut them off like any network client, and they record what they asked
-//! and what they got for the linearizability checker.
+//! connection, a length-prefixed frame each way. Clients are turmoil hosts of their own: a node
+//! that crashes or stops does not answer them, and they fail over to others (the fault loop cuts
+//! links between nodes only). They record what they asked and what they got for the
+//! linearizability checker.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -55,7 +56,8 @@ pub(crate) enum Answer {
     Done(Output),
     /// Not the leader; the leader it knows of, if any. Nothing was appended.
     NotLeader(Option<u64>),
-    /// Definitely not applied (or, for a read, not served): try again, maybe elsewhere.
+    /// Definitely not applied (or, for a read, not served): try again, maybe elsewhere. For an
+    /// administrator's request: not done, possibly not known to be undone; it retries.
     Failed,
     /// The write may or may not take effect.
     Unknown,

@@ -83,8 +83,10 @@ impl StateMachine for SimKv {
     fn apply(&mut self, index: Index, command: &Bytes) -> Option<Output> {
         self.chain = fnv(fnv(self.chain, &index.0.to_le_bytes()), command);
         self.last = index;
-        self.observer.lock().applied(self.node, index, self.chain);
-        Command::decode(command).and_then(|command| self.state.apply(&command))
+        let output = Command::decode(command).and_then(|command| self.state.apply(&command));
+        let state = fnv(FNV_START, &self.state.encode());
+        self.observer.lock().applied(self.node, index, self.chain, state);
+        output
     }
 
     fn snapshot(&self) -> Bytes {
@@ -101,7 +103,8 @@ impl StateMachine for SimKv {
         if !rest.is_empty() {
             return Err(BadSnapshot);
         }
-        self.observer.lock().restored(self.node, self.last, Index(last), chain);
+        let digest = fnv(FNV_START, &state.encode());
+        self.observer.lock().restored(self.node, self.last, Index(last), chain, digest);
         (self.state, self.last, self.chain) = (state, Index(last), chain);
         Ok(())
     }

@@ -22,8 +22,9 @@ pub(crate) struct Observer(Arc<Mutex<Observed>>);
 #[derive(Default)]
 pub(crate) struct Observed {
     election: ElectionSafety,
-    /// The chain hash of the applied commands up to each command's index, as first applied.
-    chains: BTreeMap<Index, u64>,
+    /// The chain hash of the applied commands up to each command's index, and a digest of the
+    /// state it produced, as first applied.
+    chains: BTreeMap<Index, (u64, u64)>,
     /// Whether each node's store was created durably (it must reopen from then on).
     pub(crate) created: BTreeMap<NodeId, bool>,
     /// How many times each node was started, for a fresh seed per incarnation.
@@ -115,25 +116,27 @@ impl Observed {
         self.stats.leaders += (self.election.terms_with_leader() - before) as u64;
     }
 
-    /// `node`'s state machine applied the command at `index`, reaching `chain`.
-    pub(crate) fn applied(&mut self, node: NodeId, index: Index, chain: u64) {
+    /// `node`'s state machine applied the command at `index`, reaching `chain` and a state whose
+    /// digest is `state`.
+    pub(crate) fn applied(&mut self, node: NodeId, index: Index, chain: u64, state: u64) {
         self.trace(&[2, node.0 as u8]);
         self.trace(&index.0.to_le_bytes());
         match self.chains.get(&index) {
-            Some(&expected) if expected != chain => self.violate(
+            Some(&expected) if expected != (chain, state) => self.violate(
                 "state machine safety",
                 format!("node {node} applied a different command history up to index {index}"),
             ),
             Some(_) => {}
             None => {
-                self.chains.insert(index, chain);
+                self.chains.insert(index, (chain, state));
             }
         }
     }
 
     /// `node`'s state machine was restored from a snapshot whose last command is `last` with the
-    /// chain `chain`, while it had applied up to `applied` in this incarnation.
-    pub(crate) fn restored(&mut self, node: NodeId, applied: Index, last: Index, chain: u64) {
+    /// chain `chain` and a state whose digest is `state`, while it had applied up to `applied` in
+    /// this incarnation. Both must equal what applying up to `last` gave.
+    pub(crate) fn restored(&mut self, node: NodeId, applied: Index, last: Index, chain: u64, state: u64) {
         self.trace(&[3, node.0 as u8]);
         self.trace(&last.0.to_le_bytes());
         self.stats.restores += 1;
@@ -144,9 +147,10 @@ impl Observed {
             );
             return;
         }
-        let expected = if last == Index(0) { Some(FNV_START) } else { self.chains.get(&last).copied() };
+        let empty = fnv(FNV_START, &crate::kv::KvState::default().encode());
+        let expected = if last == Index(0) { Some((FNV_START, empty)) } else { self.chains.get(&last).copied() };
         match expected {
-            Some(expected) if expected == chain => {}
+            Some(expected) if expected == (chain, state) => {}
             Some(_) => self.violate(
                 "state machine safety (snapshot)",
                 format!("node {node} restored a snapshot of a different history at command {last}"),
