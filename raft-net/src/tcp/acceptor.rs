@@ -134,17 +134,19 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Shared, reader: &mut R, peer: 
 
 /// A reader that fails with `TimedOut` once no byte has arrived for `idle` while it is being read
 /// from: progress, not whole frames, is what counts, so a large frame on a slow link is fine. The
-/// clock restarts with every byte, and the time spent not reading (waiting for room in the
-/// inbound channel) does not count as long as bytes are waiting when reading resumes.
+/// time spent not reading (waiting for room in the inbound channel) does not count as long as
+/// bytes are waiting when reading resumes. Progress only updates a timestamp; the timer is
+/// touched when it fires (then re-armed for the last progress plus `idle`), not on every read.
 struct IdleReader<R> {
     inner: R,
     idle: Duration,
+    last_progress: Instant,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl<R> IdleReader<R> {
     fn new(inner: R, idle: Duration) -> Self {
-        IdleReader { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+        IdleReader { inner, idle, last_progress: Instant::now(), deadline: Box::pin(tokio::time::sleep(idle)) }
     }
 }
 
@@ -152,17 +154,19 @@ impl<R: AsyncRead + Unpin> AsyncRead for IdleReader<R> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    this.deadline.as_mut().reset(Instant::now() + this.idle);
-                }
-                Poll::Ready(result)
+        if let Poll::Ready(result) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+            if buf.filled().len() > before {
+                this.last_progress = Instant::now();
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::from(io::ErrorKind::TimedOut))),
-                Poll::Pending => Poll::Pending,
-            },
+            return Poll::Ready(result);
         }
+        while this.deadline.as_mut().poll(cx).is_ready() {
+            let due = this.last_progress + this.idle;
+            if Instant::now() >= due {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::TimedOut)));
+            }
+            this.deadline.as_mut().reset(due);
+        }
+        Poll::Pending
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use raft_core::{Message, NodeId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout};
+use tokio::time::{Instant, sleep, timeout};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
@@ -76,6 +76,11 @@ impl<C: Connect> Dialer<C> {
     async fn write_loop(&mut self, mut stream: C::Stream) -> ConnectionError {
         let mut buffer = Vec::new();
         let mut probe = [0; 1];
+        // Writes only note the time; the timer is re-armed when it fires, not for every batch.
+        let interval = self.shared.options.keepalive_interval;
+        let mut last_write = Instant::now();
+        let keepalive = sleep(interval);
+        tokio::pin!(keepalive);
         loop {
             let first = tokio::select! {
                 read = stream.read(&mut probe) => return match read {
@@ -87,14 +92,19 @@ impl<C: Connect> Dialer<C> {
                     Some(message) => message,
                     None => return ConnectionError::PeerRemoved,
                 },
-                () = sleep(self.shared.options.keepalive_interval) => {
-                    buffer.clear();
-                    if let Err(error) = encode_frame_into(&Frame::Keepalive, self.shared.options.frame_bytes_max, &mut buffer) {
-                        warn!(local = %self.shared.local_id, peer = %self.peer_id, %error, "a keepalive does not encode");
+                () = &mut keepalive => {
+                    let due = last_write + interval;
+                    if Instant::now() >= due {
+                        buffer.clear();
+                        if let Err(error) = encode_frame_into(&Frame::Keepalive, self.shared.options.frame_bytes_max, &mut buffer) {
+                            warn!(local = %self.shared.local_id, peer = %self.peer_id, %error, "a keepalive does not encode");
+                        }
+                        if let Err(error) = self.write_batch(&mut stream, &buffer).await {
+                            return error;
+                        }
+                        last_write = Instant::now();
                     }
-                    if let Err(error) = self.write_batch(&mut stream, &buffer).await {
-                        return error;
-                    }
+                    keepalive.as_mut().reset(last_write + interval);
                     continue;
                 }
             };
@@ -102,6 +112,7 @@ impl<C: Connect> Dialer<C> {
             if let Err(error) = self.write_batch(&mut stream, &buffer).await {
                 return error;
             }
+            last_write = Instant::now();
         }
     }
 
