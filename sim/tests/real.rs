@@ -66,14 +66,16 @@ fn a_turmoil_seed_replays_identically() {
     assert_ne!(first.trace_hash, run(6).trace_hash, "another seed takes another course");
 }
 
-/// With every fsync a no-op, a crash loses acknowledged data; the run must fail.
+/// With every fsync a no-op, a crash loses acknowledged data; a checker other than liveness
+/// must say so (in practice: the store does not reopen, or a state or history goes wrong).
 #[test]
 fn a_disk_that_lies_about_fsync_is_caught() {
     let caught = (0..6).any(|seed| {
         let config = RealConfig { fsync_lies: true, ..RealConfig::draw(seed) };
         let violation = run_config(config).violation;
         eprintln!("seed {seed}: {violation:?}");
-        violation.is_some()
+        // A durability or safety checker, not merely liveness.
+        violation.is_some_and(|violation| violation.property != "liveness")
     });
     assert!(caught, "no seed noticed that fsync did nothing");
 }

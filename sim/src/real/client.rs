@@ -173,6 +173,38 @@ async fn attempt(node: SocketAddr, request: Request) -> Option<Answer> {
     timeout(ATTEMPT_TIMEOUT, exchange).await.ok().flatten()
 }
 
+/// The pause before trying again after an attempt that got no useful answer.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Sends `request` to `nodes[*target]` until a node answers it with `Done` (its output) or
+/// `deadline` passes (`None`). Unless `pinned` (a read that must be served by that node), follows
+/// leader hints and, after any other answer, moves to a node `rng` picks. Retrying a write with
+/// the same sequence number is safe: the session makes it take effect once.
+async fn ask(
+    nodes: &[IpAddr],
+    request: Request,
+    deadline: Duration,
+    target: &mut usize,
+    rng: &mut ChaCha8Rng,
+    pinned: bool,
+) -> Option<Output> {
+    while turmoil::elapsed() < deadline {
+        match attempt(SocketAddr::new(nodes[*target], CLIENT_PORT), request).await {
+            Some(Answer::Done(output)) => return Some(output),
+            Some(Answer::NotLeader(Some(leader))) if !pinned && (1..=nodes.len() as u64).contains(&leader) => {
+                *target = leader as usize - 1;
+            }
+            _ => {
+                if !pinned {
+                    *target = (rng.next_u64() % nodes.len() as u64) as usize;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+    None
+}
+
 /// What one client does.
 pub(crate) struct ClientPlan {
     /// Its id (also its session id in the state machine).
@@ -219,25 +251,8 @@ pub(crate) async fn run_client(plan: ClientPlan, observer: Observer) -> turmoil:
         };
         let call = now();
         let deadline = turmoil::elapsed() + OPERATION_DEADLINE;
-        let mut outcome = Outcome::Unknown;
-        while turmoil::elapsed() < deadline {
-            let node = SocketAddr::new(plan.nodes[target], CLIENT_PORT);
-            match attempt(node, request).await {
-                Some(Answer::Done(output)) => {
-                    outcome = Outcome::Returned { at: now(), output };
-                    break;
-                }
-                Some(Answer::NotLeader(Some(leader))) if (1..=plan.nodes.len() as u64).contains(&leader) => {
-                    target = leader as usize - 1;
-                }
-                // Retrying a write with the same sequence number is safe: the session makes it
-                // take effect once.
-                _ => {
-                    target = (rng.next_u64() % plan.nodes.len() as u64) as usize;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
+        let answer = ask(&plan.nodes, request, deadline, &mut target, &mut rng, false).await;
+        let outcome = answer.map_or(Outcome::Unknown, |output| Outcome::Returned { at: now(), output });
         let mut observed = observer.lock();
         match (&outcome, request) {
             (Outcome::Unknown, Request::Read { .. }) => continue, // No effect: nothing to check.
@@ -258,69 +273,24 @@ const PROBE_CLIENT: u64 = 1 << 40;
 /// `deadline`. Every answered operation joins the history (the checker judges the values).
 /// Returns whether everything was answered in time.
 pub(crate) async fn probe_round(nodes: &[IpAddr], key: u64, deadline: Duration, observer: &Observer) -> bool {
+    let mut rng = ChaCha8Rng::seed_from_u64(PROBE_CLIENT);
     let input = Input::Put { key, value: 42 };
     let write = Request::Write(Command { client: PROBE_CLIENT, seq: 1, input });
     let call = now();
-    let mut target = 0;
-    let mut written = None;
-    while written.is_none() && turmoil::elapsed() < deadline {
-        match attempt(SocketAddr::new(nodes[target], CLIENT_PORT), write).await {
-            Some(Answer::Done(output)) => written = Some(Outcome::Returned { at: now(), output }),
-            Some(Answer::NotLeader(Some(leader))) if (1..=nodes.len() as u64).contains(&leader) => {
-                target = leader as usize - 1;
-            }
-            _ => {
-                target = (target + 1) % nodes.len();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    let outcome = written.unwrap_or(Outcome::Unknown);
+    let written = ask(nodes, write, deadline, &mut 0, &mut rng, false).await;
+    let outcome = written.map_or(Outcome::Unknown, |output| Outcome::Returned { at: now(), output });
     observer.lock().history.push(Operation { client: PROBE_CLIENT, input, call, outcome });
-    if outcome == Outcome::Unknown {
+    if written.is_none() {
         return false;
     }
-    for node in nodes {
-        let mut read = false;
-        while !read && turmoil::elapsed() < deadline {
-            let call = now();
-            match attempt(SocketAddr::new(*node, CLIENT_PORT), Request::Read { key, lease: false }).await {
-                Some(Answer::Done(output)) => {
-                    let outcome = Outcome::Returned { at: now(), output };
-                    observer.lock().history.push(Operation {
-                        client: PROBE_CLIENT,
-                        input: Input::Get { key },
-                        call,
-                        outcome,
-                    });
-                    read = true;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        if !read {
-            return false;
-        }
+    for mut node in 0..nodes.len() {
+        let call = now();
+        let read = Request::Read { key, lease: false };
+        let Some(output) = ask(nodes, read, deadline, &mut node, &mut rng, true).await else { return false };
+        let outcome = Outcome::Returned { at: now(), output };
+        observer.lock().history.push(Operation { client: PROBE_CLIENT, input: Input::Get { key }, call, outcome });
     }
     true
-}
-
-/// Sends `admin` to the leader (following hints) until it is done or `deadline` passes.
-async fn administer(nodes: &[IpAddr], admin: Admin, deadline: Duration, rng: &mut ChaCha8Rng) -> bool {
-    let mut target = (rng.next_u64() % nodes.len() as u64) as usize;
-    while turmoil::elapsed() < deadline {
-        match attempt(SocketAddr::new(nodes[target], CLIENT_PORT), Request::Admin(admin)).await {
-            Some(Answer::Done(_)) => return true,
-            Some(Answer::NotLeader(Some(leader))) if (1..=nodes.len() as u64).contains(&leader) => {
-                target = leader as usize - 1;
-            }
-            _ => {
-                target = (rng.next_u64() % nodes.len() as u64) as usize;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    false
 }
 
 /// The administrator: until `until`, demotes a random voter to learner and promotes it back,
@@ -337,12 +307,13 @@ pub(crate) async fn run_admin(
 ) -> turmoil::Result {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let count = nodes.len() as u64;
+    let mut target = 0;
     while turmoil::elapsed() < until {
         tokio::time::sleep(Duration::from_millis(200 + rng.next_u64() % 800)).await;
         let node = 1 + rng.next_u64() % count;
         let admin = if rng.next_u64() % 3 == 0 { Admin::Transfer(node) } else { Admin::Demote(node) };
         let deadline = turmoil::elapsed() + Duration::from_secs(2);
-        if administer(&nodes, admin, deadline, &mut rng).await {
+        if ask(&nodes, Request::Admin(admin), deadline, &mut target, &mut rng, false).await.is_some() {
             let mut observed = observer.lock();
             observed.stats.membership_changes += 1;
             observed.trace(&[7, node as u8]);
@@ -350,13 +321,15 @@ pub(crate) async fn run_admin(
         if let Admin::Demote(_) = admin {
             tokio::time::sleep(Duration::from_millis(rng.next_u64() % 1000)).await;
             let deadline = turmoil::elapsed() + Duration::from_secs(2);
-            if administer(&nodes, Admin::Promote(node), deadline, &mut rng).await {
+            let promote = Request::Admin(Admin::Promote(node));
+            if ask(&nodes, promote, deadline, &mut target, &mut rng, false).await.is_some() {
                 observer.lock().stats.membership_changes += 1;
             }
         }
     }
     for node in 1..=count {
-        if !administer(&nodes, Admin::Promote(node), restored_by, &mut rng).await && required {
+        let promote = Request::Admin(Admin::Promote(node));
+        if ask(&nodes, promote, restored_by, &mut target, &mut rng, false).await.is_none() && required {
             observer.lock().violate("liveness", format!("node {node} was not made a voter again after the heal"));
         }
     }
