@@ -52,6 +52,17 @@ pub trait FsFile {
     }
 }
 
+/// Reads up to `len` bytes of `file` from byte `offset` on, fewer only where it ends: the body
+/// of [`FileSystem::read_at`] for any file that reads and seeks (the real one, a simulated one).
+pub fn read_range(mut file: impl std::io::Read + std::io::Seek, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::io::{Read, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    // `read_to_end` retries short reads, so only the end of the file stops it early.
+    file.take(len as u64).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The real file system.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdFs;
@@ -91,13 +102,7 @@ impl FileSystem for StdFs {
     }
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = std::fs::File::open(path)?;
-        file.seek(SeekFrom::Start(offset))?;
-        let mut bytes = Vec::new();
-        // `read_to_end` retries short reads, so only the end of the file stops it early.
-        file.take(len as u64).read_to_end(&mut bytes)?;
-        Ok(bytes)
+        read_range(std::fs::File::open(path)?, offset, len)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

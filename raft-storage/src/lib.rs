@@ -30,7 +30,7 @@ mod mem;
 mod simfs;
 
 pub use disk::{Corruption, DiskError, DiskOptions, DiskStorage, Identity, IoOp};
-pub use fs::{FileSystem, FsFile, StdFile, StdFs};
+pub use fs::{FileSystem, FsFile, StdFile, StdFs, read_range};
 pub use mem::{MemStorage, MemStorageError};
 pub use simfs::{SimFile, SimFs, SimFsOptions};
 

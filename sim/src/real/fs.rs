@@ -3,7 +3,7 @@
 //! lost), and the simulation's `FsConfig` injects I/O errors, silent corruption on reads and torn
 //! writes. Only usable from inside a turmoil host.
 
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use raft_storage::{FileSystem, FsFile};
@@ -51,11 +51,7 @@ impl FileSystem for TurmoilFs {
     }
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut file = sim_fs::File::open(path)?;
-        file.seek(SeekFrom::Start(offset))?;
-        let mut bytes = Vec::new();
-        file.take(len as u64).read_to_end(&mut bytes)?;
-        Ok(bytes)
+        raft_storage::read_range(sim_fs::File::open(path)?, offset, len)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
