@@ -96,8 +96,9 @@ fn a_core_that_skips_the_up_to_date_check_is_caught() {
 
 /// Open bug (found by this simulation, not fixed yet): with silent corruption on reads, a
 /// leader streamed a snapshot whose bytes were corrupted when read back from its disk, and a
-/// follower restored it ("state machine safety (snapshot)"; first seen on seed 105 before the
-/// keepalive change moved its course). DiskStorage checks a snapshot's crc when it opens, not
+/// follower restored it ("state machine safety (snapshot)"; seen on seed 105 before the
+/// keepalive change moved its course, and on seed 893 of `--real --seeds 1500` at the end of this
+/// stop). Ignored so that CI stays green while it is open: it fails today, by design. DiskStorage checks a snapshot's crc when it opens, not
 /// the bytes each chunk read returns, and nothing checks the assembled snapshot end to end.
 /// This test raises the corruption rate and snapshots often so that it shows in a few seeds.
 #[test]
