@@ -292,12 +292,13 @@ where
     }
 
     /// Carries out one output in the contract's order (rules 3 to 7 of raft-core's crate docs).
-    fn carry_out(&mut self, output: Output) -> Result<(), StopReason> {
+    fn carry_out(&mut self, mut output: Output) -> Result<(), StopReason> {
         if let Some(soft_state) = output.soft_state {
             self.on_soft_state(soft_state);
         }
-        // Rule 4: a leader's appends and heartbeats may leave before its own write.
-        self.send_all(output.messages.iter().cloned());
+        // Rule 4: a leader's appends and heartbeats may leave before its own write. Moved out,
+        // not cloned: the write below does not read them, and a clone copies every entry.
+        self.send_all(std::mem::take(&mut output.messages).into_iter());
         // Rule 3: chunks, install, hard state and entries, one sync.
         if let Err(error) = self.raft.storage_mut().write_output(&output) {
             return Err(StopReason::StorageFailed(StorageFailure::new(StorageOperation::Write, error)));
