@@ -3,7 +3,7 @@
 //! policy. It runs on its own thread, or inline in the core's task under
 //! [`Execution::Tasks`](super::config::Execution::Tasks).
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
@@ -29,8 +29,11 @@ pub(crate) struct Applier<SM: StateMachine> {
     /// Take a snapshot every this many applied entries (0: never).
     pub(crate) snapshot_every_entries: u64,
     /// Proposals waiting for the entry at their index, at most `proposals_pending_max` of them
-    /// (each holds a permit).
-    pub(crate) pending: BTreeMap<Index, Registration<SM::Response>>,
+    /// (each holds a permit), in increasing index order, one per index. A leader registers its
+    /// proposals in index order and entries are applied in index order, so registering and
+    /// answering happen at the two ends almost always (a sorted map cost a tree insert and a
+    /// remove, with their allocations, per proposal).
+    pub(crate) pending: VecDeque<Registration<SM::Response>>,
     /// The last index applied (or restored).
     pub(crate) applied: Index,
     /// The index of the last snapshot taken or restored.
@@ -51,7 +54,7 @@ impl<SM: StateMachine> Applier<SM> {
             shared,
             wake,
             snapshot_every_entries,
-            pending: BTreeMap::new(),
+            pending: VecDeque::new(),
             applied: Index(0),
             snapshot_index: Index(0),
         }
@@ -85,7 +88,7 @@ impl<SM: StateMachine> Applier<SM> {
     /// Answers every proposal still pending with the reason the node stopped.
     pub(crate) fn finish(mut self) {
         let error = self.shared.stopped_error();
-        for (_, registration) in std::mem::take(&mut self.pending) {
+        for registration in std::mem::take(&mut self.pending) {
             registration.responder.answer(Err(error.clone()));
         }
     }
@@ -95,9 +98,30 @@ impl<SM: StateMachine> Applier<SM> {
     /// every committed entry.
     fn register(&mut self, registration: Registration<SM::Response>) {
         let index = registration.index;
-        if let Some(older) = self.pending.insert(index, registration) {
-            let error = ProposeError::LeadershipLost { index, term: older.term };
-            older.responder.answer(Err(error));
+        if self.pending.back().is_none_or(|last| last.index < index) {
+            self.pending.push_back(registration);
+            return;
+        }
+        // Rare: a new leader appending at indexes it replaced.
+        let position = self.pending.partition_point(|pending| pending.index < index);
+        match self.pending.get_mut(position) {
+            Some(older) if older.index == index => {
+                let older = std::mem::replace(older, registration);
+                older.responder.answer(Err(ProposeError::LeadershipLost { index, term: older.term }));
+            }
+            _ => self.pending.insert(position, registration),
+        }
+    }
+
+    /// Removes and returns the proposal registered at `index`, if any.
+    fn take_registration(&mut self, index: Index) -> Option<Registration<SM::Response>> {
+        if self.pending.front().is_some_and(|first| first.index == index) {
+            return self.pending.pop_front();
+        }
+        let position = self.pending.partition_point(|pending| pending.index < index);
+        match self.pending.get(position) {
+            Some(pending) if pending.index == index => self.pending.remove(position),
+            _ => None,
         }
     }
 
@@ -108,11 +132,10 @@ impl<SM: StateMachine> Applier<SM> {
         self.applied = meta.index;
         self.snapshot_index = meta.index;
         self.shared.set_applied(meta.index);
-        let covered: Vec<Index> = self.pending.range(..=meta.index).map(|(index, _)| *index).collect();
-        for index in covered {
-            if let Some(registration) = self.pending.remove(&index) {
-                registration.responder.answer(Err(ProposeError::OutcomeUnknown { index }));
-            }
+        let covered = self.pending.partition_point(|pending| pending.index <= meta.index);
+        for registration in self.pending.drain(..covered) {
+            let index = registration.index;
+            registration.responder.answer(Err(ProposeError::OutcomeUnknown { index }));
         }
         self.shared.emit(NodeEvent::SnapshotRestored { index: meta.index });
         Ok(())
@@ -139,7 +162,7 @@ impl<SM: StateMachine> Applier<SM> {
     /// Answers the proposal registered at `entry.index`, if any: (index, term) names one entry,
     /// so the same term means this is the proposal's entry, another term that it was replaced.
     fn answer(&mut self, entry: &Entry, response: Option<SM::Response>) {
-        let Some(registration) = self.pending.remove(&entry.index) else { return };
+        let Some(registration) = self.take_registration(entry.index) else { return };
         let outcome = match response {
             Some(response) if registration.term == entry.term => Ok(response),
             _ => Err(ProposeError::LeadershipLost { index: entry.index, term: registration.term }),
@@ -174,5 +197,80 @@ impl<SM: StateMachine> Applier<SM> {
             // stop reason on every iteration.
             let _ = sender.try_send(CoreInput::Wake);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use raft_core::Term;
+    use tokio::sync::{Semaphore, mpsc, oneshot};
+
+    use super::*;
+    use crate::node::shared::Responder;
+
+    /// Answers each command with its index.
+    struct Echo;
+
+    impl StateMachine for Echo {
+        type Response = Index;
+        type RestoreError = Infallible;
+        fn apply(&mut self, index: Index, _command: &Bytes) -> Index {
+            index
+        }
+        fn snapshot(&self) -> Bytes {
+            Bytes::new()
+        }
+        fn restore(&mut self, _data: Bytes) -> Result<(), Infallible> {
+            Ok(())
+        }
+    }
+
+    type Outcome = oneshot::Receiver<Result<Index, ProposeError>>;
+
+    fn register(applier: &mut Applier<Echo>, permits: &Arc<Semaphore>, index: u64, term: u64) -> Outcome {
+        let (sender, receiver) = oneshot::channel();
+        let permit = Arc::clone(permits).try_acquire_owned().expect("enough permits");
+        let responder = Responder::new(sender, permit);
+        applier.register(Registration { index: Index(index), term: Term(term), responder });
+        receiver
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index: Index(index), term: Term(term), payload: EntryPayload::Normal(Bytes::from_static(b"x")) }
+    }
+
+    fn outcome(mut receiver: Outcome) -> Result<Index, ProposeError> {
+        receiver.try_recv().expect("answered")
+    }
+
+    #[test]
+    fn proposals_are_matched_by_index_in_any_registration_order() {
+        let (wake, _wake_receiver) = mpsc::channel(1);
+        let mut applier = Applier::new(Echo, Arc::new(Shared::new(4)), wake.downgrade(), 0);
+        let permits = Arc::new(Semaphore::new(16));
+        let third = register(&mut applier, &permits, 3, 1);
+        let first = register(&mut applier, &permits, 1, 1);
+        let replaced = register(&mut applier, &permits, 2, 1);
+        let second = register(&mut applier, &permits, 2, 2);
+        // A later leader's entry at the same index: the older proposal was not committed.
+        assert!(matches!(outcome(replaced), Err(ProposeError::LeadershipLost { index: Index(2), term: Term(1) })));
+        let fifth = register(&mut applier, &permits, 5, 2);
+        let sixth = register(&mut applier, &permits, 6, 2);
+        applier.apply(vec![entry(1, 1), entry(2, 2), entry(3, 2)]);
+        assert!(matches!(outcome(first), Ok(Index(1))));
+        assert!(matches!(outcome(second), Ok(Index(2))));
+        // Index 3 holds another term's entry: the proposal registered there was replaced.
+        assert!(matches!(outcome(third), Err(ProposeError::LeadershipLost { index: Index(3), term: Term(1) })));
+        // A snapshot up to 5 leaves the proposal at 5 unknown and the one at 6 pending.
+        let meta = SnapshotMeta { index: Index(5), term: Term(2), ..SnapshotMeta::default() };
+        applier.restore(meta, Bytes::new()).expect("restored");
+        assert!(matches!(outcome(fifth), Err(ProposeError::OutcomeUnknown { index: Index(5) })));
+        assert_eq!(applier.pending.len(), 1);
+        applier.apply(vec![entry(6, 2)]);
+        assert!(matches!(outcome(sixth), Ok(Index(6))));
+        assert!(applier.pending.is_empty());
+        assert_eq!(permits.available_permits(), 16, "every answer released its permit");
     }
 }
