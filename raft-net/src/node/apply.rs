@@ -9,6 +9,7 @@ use std::sync::mpsc::Receiver;
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Index, SnapshotMeta};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc::WeakSender;
 
 use super::error::{ProposeError, StopReason};
@@ -144,6 +145,8 @@ impl<SM: StateMachine> Applier<SM> {
     /// Applies consecutive committed entries and answers their proposals; then takes a snapshot
     /// if the policy says so.
     fn apply(&mut self, entries: Vec<Entry>) {
+        // The permits of the proposals answered in this batch, given back together at its end.
+        let mut released = None;
         for entry in entries {
             // The core hands out committed entries in order, each once, after the restored
             // snapshot: anything else is a bug in the core or in this driver.
@@ -153,21 +156,22 @@ impl<SM: StateMachine> Applier<SM> {
                 _ => None, // No-ops (and future internal entries) do not reach the state machine.
             };
             self.applied = entry.index;
-            self.answer(&entry, response);
+            self.answer(&entry, response, &mut released);
         }
+        drop(released);
         self.shared.set_applied(self.applied);
         self.maybe_snapshot();
     }
 
     /// Answers the proposal registered at `entry.index`, if any: (index, term) names one entry,
     /// so the same term means this is the proposal's entry, another term that it was replaced.
-    fn answer(&mut self, entry: &Entry, response: Option<SM::Response>) {
+    fn answer(&mut self, entry: &Entry, response: Option<SM::Response>, released: &mut Option<OwnedSemaphorePermit>) {
         let Some(registration) = self.take_registration(entry.index) else { return };
         let outcome = match response {
             Some(response) if registration.term == entry.term => Ok(response),
             _ => Err(ProposeError::LeadershipLost { index: entry.index, term: registration.term }),
         };
-        registration.responder.answer(outcome);
+        registration.responder.answer_releasing_with(outcome, released);
     }
 
     /// Runs read queries against the state machine as it is now.

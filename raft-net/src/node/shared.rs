@@ -134,17 +134,35 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// proposal is answered.
 pub(crate) struct Responder<R> {
     sender: oneshot::Sender<Result<R, ProposeError>>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 }
 
 impl<R> Responder<R> {
     pub(crate) fn new(sender: oneshot::Sender<Result<R, ProposeError>>, permit: OwnedSemaphorePermit) -> Self {
-        Responder { sender, _permit: permit }
+        Responder { sender, permit }
     }
 
+    /// Sends the outcome and gives the permit back.
     pub(crate) fn answer(self, outcome: Result<R, ProposeError>) {
         // An error only means that the proposer stopped waiting.
         let _ = self.sender.send(outcome);
+    }
+
+    /// Sends the outcome and adds the permit to `released`, which gives back all it holds at
+    /// once when dropped: each release takes the semaphore's lock (against the clients that
+    /// acquire permits on other threads), so a batch of answers is better released with one.
+    pub(crate) fn answer_releasing_with(
+        self,
+        outcome: Result<R, ProposeError>,
+        released: &mut Option<OwnedSemaphorePermit>,
+    ) {
+        // An error only means that the proposer stopped waiting.
+        let _ = self.sender.send(outcome);
+        match released {
+            // Every permit comes from the node's one semaphore, as `merge` requires.
+            Some(permits) => permits.merge(self.permit),
+            None => *released = Some(self.permit),
+        }
     }
 }
 
