@@ -224,6 +224,15 @@ impl<S: Storage> RaftLog<S> {
         self.handed_out_next = self.handed_out_next.min(first);
     }
 
+    /// Appends `entry` at the last index + 1 (above the commit index), moving it: the common case
+    /// of [`RaftLog::append`] (a leader's proposal) without a clone.
+    pub(crate) fn push(&mut self, entry: Entry) {
+        assert_eq!(entry.index, self.last_index().next(), "pushed entry does not follow the log");
+        assert!(entry.index > self.committed, "pushing at committed index {}", self.committed);
+        // Nothing is replaced, so `handed_out_next` (at most last + 1) stays where it is.
+        self.unstable.push(entry);
+    }
+
     /// The unstable entries not yet handed to the driver; marks them handed out.
     pub(crate) fn take_unpersisted(&mut self) -> Vec<Entry> {
         let start = (self.handed_out_next.0 - self.stable_next.0) as usize;

@@ -124,6 +124,16 @@ impl<S: Storage> Raft<S> {
         index
     }
 
+    /// Appends a leader's own new entry (at the last index + 1) to the log, moving it there: it
+    /// replaces nothing, so unless it carries a membership the memberships are unchanged.
+    pub(crate) fn append_proposal_to_log(&mut self, entry: Entry) {
+        if matches!(entry.payload, EntryPayload::Membership(_)) {
+            self.append_to_log(std::slice::from_ref(&entry));
+        } else {
+            self.log.push(entry);
+        }
+    }
+
     /// Appends `entries` to the log and takes up any membership they carry.
     pub(crate) fn append_to_log(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first().map(|e| e.index) else { return };

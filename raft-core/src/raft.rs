@@ -432,7 +432,7 @@ impl<S: Storage> Raft<S> {
         let index = entry.index;
         self.uncommitted.push_back((index, bytes));
         self.uncommitted_bytes += bytes;
-        self.append_to_log(std::slice::from_ref(&entry));
+        self.append_proposal_to_log(entry);
         self.broadcast_pending = true;
         // A single voter commits as soon as its own write is durable (see on_persisted).
         Ok(index)
