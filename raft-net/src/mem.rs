@@ -1,12 +1,14 @@
 //! An in-memory network for tests and benchmarks: no sockets, no serialization, no tasks.
 //!
 //! [`MemTransport::send`] puts the message straight into the receiver's bounded inbound channel,
-//! under one lock, so the order of deliveries is exactly the order of `send` calls: runs are
-//! deterministic. Faults are switched on and off through the shared [`MemNetwork`].
+//! so the order of deliveries is exactly the order of `send` calls (runs driven from one thread
+//! are deterministic). Faults are switched on and off through the shared [`MemNetwork`]; each
+//! switch is atomic with respect to every send (sends share a read lock on the network's state,
+//! a switch takes it exclusively).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use raft_core::{Message, NodeId};
 use thiserror::Error;
@@ -21,7 +23,7 @@ pub const MEM_INBOUND_QUEUE_MESSAGES_MAX_DEFAULT: NonZeroUsize = NonZeroUsize::n
 /// A hub connecting the nodes of one process. Cloning gives another handle to the same network.
 #[derive(Clone, Debug)]
 pub struct MemNetwork {
-    state: Arc<Mutex<NetworkState>>,
+    state: Arc<RwLock<NetworkState>>,
 }
 
 /// One node's handle for sending into a [`MemNetwork`].
@@ -75,7 +77,7 @@ impl MemNetwork {
             isolated: BTreeSet::new(),
             joins: 0,
         };
-        MemNetwork { state: Arc::new(Mutex::new(state)) }
+        MemNetwork { state: Arc::new(RwLock::new(state)) }
     }
 
     /// Adds `node_id` (or brings a removed node back, as after a restart): its transport and the
@@ -138,13 +140,21 @@ impl MemNetwork {
 
     /// Whether a message from `from` to `to` would currently pass the partitions.
     pub fn is_link_up(&self, from: NodeId, to: NodeId) -> bool {
-        self.lock().is_link_up(from, to)
+        self.read().is_link_up(from, to)
     }
 
-    fn lock(&self) -> MutexGuard<'_, NetworkState> {
+    fn lock(&self) -> RwLockWriteGuard<'_, NetworkState> {
         // Every critical section is a single insert, remove or try_send, so a panic while the lock
         // was held cannot have left the state half-changed: using it after poisoning is safe.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends only read the state, so they share the lock: the nodes' core threads sending at
+    /// the same time do not wait for each other (one exclusive lock for every send was contended
+    /// under load, and a contended lock puts a thread to sleep).
+    fn read(&self) -> RwLockReadGuard<'_, NetworkState> {
+        // As in `lock`: no critical section can leave the state half-changed.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -164,7 +174,7 @@ impl Transport for MemTransport {
             return Err(SendError::ForeignSender(message.from));
         }
         let to = message.to;
-        let state = self.network.lock();
+        let state = self.network.read();
         let is_current = state
             .nodes
             .get(&self.local_id)
