@@ -7,9 +7,10 @@
 //! ## Running a node
 //!
 //! [`start`] spawns the node's core thread (the one owner of the core and the storage, which it
-//! writes inline with group commit), its apply thread (the one owner of the state machine) and
-//! two small tokio tasks (inbound messages, ticks); the [`node`] module docs describe the
-//! threads, the bounded queues and how the driving contract of raft-core is met.
+//! writes inline with group commit, and the taker of the transport's messages), its apply thread
+//! (the one owner of the state machine) and a small tokio task that ticks; the [`node`] module
+//! docs describe the threads, the bounded queues and how the driving contract of raft-core is
+//! met.
 //!
 //! Clients write with [`NodeHandle::propose`] (answered once the command is applied) and read
 //! with [`NodeHandle::read`], which runs a query against the state machine on its apply thread:

@@ -68,10 +68,12 @@ pub struct NodeConfig {
     /// (back-pressure). The core has its own limit, `options.reads_pending_max()`, which on a
     /// leader also counts the reads its followers forward; past it a read fails with `TooBusy`.
     pub reads_pending_max: usize,
-    /// Items (peer messages, proposals, reads, status requests, wake-ups) queued for the core thread at
-    /// most. The transport's messages wait for room, which pushes back on the transport.
+    /// Items (proposals, reads, status requests, membership requests, wake-ups) queued for the
+    /// core thread at most. Peer messages do not pass through this queue: the core takes them
+    /// from the transport's own bounded receiver.
     pub input_queue_items_max: usize,
-    /// Inputs the core takes from its queue before it persists and sends once (group commit).
+    /// Inputs the core takes from its queue, and peer messages it takes from the transport (up
+    /// to this many of each), before it persists and sends once (group commit).
     pub input_batch_items_max: usize,
     /// Batches handed from the core thread to the apply thread and not yet applied, at most;
     /// each holds at most `options.apply_bytes_max()` of entries. The core thread waits when the

@@ -23,7 +23,9 @@ use raft_core::{
     SnapshotMeta, SoftState, StepError, StorageError, Term,
 };
 use raft_storage::LogStore;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{debug, info, warn};
 
 use super::apply::Applier;
@@ -38,6 +40,12 @@ use crate::transport::{SendError, Transport};
 
 /// The most snapshot bytes read from the store per call when restoring the state machine.
 pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
+
+/// What woke the core thread: an input from its queue, or a peer's message.
+enum Next<SM: StateMachine> {
+    Input(CoreInput<SM>),
+    Message(Message),
+}
 
 /// Whether the loop goes on after an iteration.
 enum Flow {
@@ -61,6 +69,13 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) transport: T,
     pub(crate) shared: Arc<Shared>,
     pub(crate) input: mpsc::Receiver<CoreInput<SM>>,
+    /// The transport's messages, taken here directly: a forwarding task in between cost a
+    /// second thread wake-up (and two more copies) per message.
+    pub(crate) inbound: mpsc::Receiver<Message>,
+    /// Whether the transport may still send into `inbound`.
+    pub(crate) inbound_open: bool,
+    /// The runtime whose `block_on` waits on both queues in [`Core::run`].
+    pub(crate) runtime: Handle,
     /// The apply side; `None` once stopping.
     pub(crate) apply: Option<ApplySide<SM>>,
     /// Proposals appended in this iteration, handed to the apply thread before any later step.
@@ -106,7 +121,12 @@ where
         let mut outcome = self.restore_stored_snapshot();
         while outcome.is_ok() {
             // `None`: every handle and task is gone, which is a shutdown.
-            let next = self.input.blocking_recv();
+            let next = match self.try_next() {
+                Some(next) => Some(next),
+                // Only channels are awaited, which need neither the runtime's I/O driver nor its
+                // timers.
+                None => self.runtime.clone().block_on(self.recv_next()),
+            };
             match self.take_next(next) {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => break,
@@ -116,12 +136,15 @@ where
         self.stop(outcome.err().unwrap_or(StopReason::Shutdown));
     }
 
-    /// Runs the node as a task ([`Execution::Tasks`](super::config::Execution::Tasks)) until it is shut down or fails, then stops
-    /// it: the same loop as [`Core::run`], waiting for input without blocking the runtime.
+    /// Runs the node as a task ([`Execution::Tasks`](super::config::Execution::Tasks)) until it
+    /// is shut down or fails, then stops it: the same loop as [`Core::run`], waiting for input
+    /// without blocking the runtime.
     pub(crate) async fn run_task(mut self) {
         let mut outcome = self.restore_stored_snapshot();
         while outcome.is_ok() {
-            let next = self.input.recv().await;
+            // Not `try_next` first: awaiting always spends tokio's cooperative budget, so the
+            // other tasks on this thread get their turn.
+            let next = self.recv_next().await;
             match self.take_next(next) {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => break,
@@ -132,7 +155,7 @@ where
     }
 
     /// One iteration for the input that woke the loop (`None`: the queue closed).
-    fn take_next(&mut self, next: Option<CoreInput<SM>>) -> Result<Flow, StopReason> {
+    fn take_next(&mut self, next: Option<Next<SM>>) -> Result<Flow, StopReason> {
         // A restore failure on the apply thread records a reason and wakes us.
         if let Some(reason) = self.shared.stop_reason() {
             return Err(reason);
@@ -145,7 +168,7 @@ where
 
     /// One round of group commit: inputs, outputs, ticks (each followed by its outputs), the
     /// offered snapshot, the retried proposals, stale reads, and the answers to status requests.
-    fn iterate(&mut self, first: CoreInput<SM>) -> Result<Flow, StopReason> {
+    fn iterate(&mut self, first: Next<SM>) -> Result<Flow, StopReason> {
         let mut statuses = Vec::new();
         let flow = self.take_inputs(first, &mut statuses)?;
         self.drain_outputs()?;
@@ -170,16 +193,24 @@ where
         Ok(flow)
     }
 
+    /// Takes the handles' queued inputs, then the peers' queued messages, up to
+    /// `input_batch_items_max` of each. Proposals go first, so that the append an acknowledgement
+    /// triggers (by committing) already carries them: fewer, fuller messages.
     fn take_inputs(
         &mut self,
-        first: CoreInput<SM>,
+        first: Next<SM>,
         statuses: &mut Vec<tokio::sync::oneshot::Sender<NodeStatus>>,
     ) -> Result<Flow, StopReason> {
-        let mut next = Some(first);
+        let mut next = match first {
+            Next::Input(input) => Some(input),
+            Next::Message(message) => {
+                self.step(message)?;
+                self.input.try_recv().ok()
+            }
+        };
         let mut taken = 0;
         while let Some(input) = next {
             match input {
-                CoreInput::Message(message) => self.step(message)?,
                 CoreInput::Propose(proposal) => self.propose(proposal),
                 CoreInput::Read(request) => self.read(request),
                 CoreInput::Status(sender) => statuses.push(sender),
@@ -195,7 +226,51 @@ where
             taken += 1;
             next = if taken < self.input_batch_items_max { self.input.try_recv().ok() } else { None };
         }
+        for _ in 0..self.input_batch_items_max {
+            let Some(message) = self.try_inbound() else { break };
+            self.step(message)?;
+        }
         Ok(Flow::Continue)
+    }
+
+    /// The next input or peer message, if one is queued.
+    fn try_next(&mut self) -> Option<Next<SM>> {
+        if let Ok(input) = self.input.try_recv() {
+            return Some(Next::Input(input));
+        }
+        self.try_inbound().map(Next::Message)
+    }
+
+    /// Waits until the handles' queue or the transport's has something; `None` when the handles'
+    /// queue is closed and empty (every handle and the ticker are gone). Inputs are polled first
+    /// (`biased`, which also keeps the choice free of tokio's random branch order); messages are
+    /// not starved, since each iteration takes both queues' contents.
+    async fn recv_next(&mut self) -> Option<Next<SM>> {
+        loop {
+            tokio::select! {
+                biased;
+                next = self.input.recv() => return next.map(Next::Input),
+                message = self.inbound.recv(), if self.inbound_open => match message {
+                    Some(message) => return Some(Next::Message(message)),
+                    None => self.inbound_open = false, // The transport is gone; inputs go on.
+                },
+            }
+        }
+    }
+
+    /// The transport's next message, without waiting.
+    fn try_inbound(&mut self) -> Option<Message> {
+        if !self.inbound_open {
+            return None;
+        }
+        match self.inbound.try_recv() {
+            Ok(message) => Some(message),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.inbound_open = false;
+                None
+            }
+        }
     }
 
     fn step(&mut self, message: Message) -> Result<(), StopReason> {
@@ -503,6 +578,8 @@ where
             other => warn!(id = %self.raft.id(), reason = %other, "node stopping"),
         }
         self.input.close();
+        // Peers' sends fail from now on, as they would once the transport is dropped.
+        self.inbound.close();
         let error = ProposeError::from(reason.clone());
         let read_error = ReadError::from(reason.clone());
         while let Ok(input) = self.input.try_recv() {
@@ -516,11 +593,7 @@ where
                 CoreInput::TransferLeadership(request) => {
                     let _ = request.responder.send(Err(reason.clone().into()));
                 }
-                CoreInput::Message(_)
-                | CoreInput::Status(_)
-                | CoreInput::Address(..)
-                | CoreInput::Wake
-                | CoreInput::Shutdown => {}
+                CoreInput::Status(_) | CoreInput::Address(..) | CoreInput::Wake | CoreInput::Shutdown => {}
             }
         }
         self.fail_membership_requests(&reason);

@@ -41,7 +41,7 @@ struct Inner<SM: StateMachine> {
     /// `reads_pending_max` permits.
     read_permits: Arc<Semaphore>,
     shared: Arc<Shared>,
-    /// Stops the tokio tasks (message forwarder, ticker).
+    /// Stops the tokio task (the ticker).
     tasks_cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -66,10 +66,10 @@ impl<SM: StateMachine> std::fmt::Debug for NodeHandle<SM> {
     }
 }
 
-/// Starts a node: its core thread (which owns the core and `storage`), its apply thread (which
-/// owns `state_machine`), and two tokio tasks on the current runtime: one forwards `inbound`
-/// (the transport's receiver) to the core, one ticks every `config.tick_interval`. Must be called
-/// from within a tokio runtime. Under [`Execution::Tasks`] it must be called from within a
+/// Starts a node: its core thread (which owns the core and `storage`, and takes `inbound`, the
+/// transport's receiver, itself), its apply thread (which owns `state_machine`), and a tokio task
+/// on the current runtime that ticks every `config.tick_interval`. Must be called from within a
+/// tokio runtime. Under [`Execution::Tasks`] it must be called from within a
 /// [`tokio::task::LocalSet`] (it panics otherwise): the core is a task there too, and applies
 /// inline (see the module docs).
 ///
@@ -113,6 +113,9 @@ where
         transport,
         shared: Arc::clone(&shared),
         input: input_receiver,
+        inbound,
+        inbound_open: true,
+        runtime: runtime.clone(),
         apply: Some(apply),
         registrations: Vec::new(),
         deferred: VecDeque::new(),
@@ -156,7 +159,7 @@ where
         tasks_cancel: CancellationToken::new(),
         tasks: TaskTracker::new(),
     };
-    inner.spawn_tasks(&runtime, &config, inbound);
+    inner.spawn_ticker(&runtime, &config);
     Ok(NodeHandle { inner: Arc::new(inner) })
 }
 
@@ -175,16 +178,7 @@ impl Drop for DoneGuard {
 }
 
 impl<SM: StateMachine> Inner<SM> {
-    fn spawn_tasks(&self, runtime: &Handle, config: &NodeConfig, mut inbound: mpsc::Receiver<Message>) {
-        let input = self.input.clone();
-        let forward = async move {
-            while let Some(message) = inbound.recv().await {
-                // Waiting for room pushes back on the transport (see the crate docs).
-                if input.send(CoreInput::Message(message)).await.is_err() {
-                    return; // The core stopped.
-                }
-            }
-        };
+    fn spawn_ticker(&self, runtime: &Handle, config: &NodeConfig) {
         let input = self.input.clone();
         let shared = Arc::clone(&self.shared);
         let tick_interval = config.tick_interval;
@@ -202,16 +196,12 @@ impl<SM: StateMachine> Inner<SM> {
             }
         };
         let cancel = self.tasks_cancel.clone();
-        let forward = async move { cancel.run_until_cancelled(forward).await };
-        let cancel = self.tasks_cancel.clone();
         let tick = async move { cancel.run_until_cancelled(tick).await };
         match config.execution {
             Execution::Threads => {
-                self.tasks.spawn_on(forward, runtime);
                 self.tasks.spawn_on(tick, runtime);
             }
             Execution::Tasks => {
-                self.tasks.spawn_local(forward);
                 self.tasks.spawn_local(tick);
             }
         }

@@ -4,8 +4,8 @@
 //! ## Threads, tasks and queues
 //!
 //! ```text
-//!  transport receiver ──forward task──┐
-//!  ticker task (tick_interval) ───────┤  input queue            apply queue
+//!  transport receiver (the transport's own limit) ────────────────┐
+//!  ticker task (tick_interval) ───────┐  input queue              │
 //!  NodeHandle: propose, read, ────────┴─(input_queue_items_max)─> core thread ─(apply_queue_batches_max)─> apply thread
 //!              status, shutdown                                  owns Raft + storage;  owns the state machine;
 //!                                                                sends via transport   answers proposals, runs
@@ -13,20 +13,22 @@
 //! ```
 //!
 //! - The **core thread** (a `std::thread`) is the one owner of the [`raft_core::Raft`] node and
-//!   of the storage; storage writes run inline on it, never on the async workers. Each iteration
-//!   takes every queued input (up to `input_batch_items_max`), steps them, then carries out the
-//!   output with one `write_output` (one fsync for the whole batch: group commit).
+//!   of the storage; storage writes run inline on it, never on the async workers. It waits on
+//!   its input queue and on the transport's receiver at once (`Handle::block_on` of a select
+//!   over the two). Each iteration takes the queued inputs (up to `input_batch_items_max`), then
+//!   the queued peer messages (up to `input_batch_items_max` again), steps them, then carries out
+//!   the output with one `write_output` (one fsync for the whole batch: group commit). Messages
+//!   not taken yet wait in the transport's bounded receiver, which pushes back on the transport.
 //! - The **apply thread** owns the [`StateMachine`]: it applies committed entries in order,
 //!   answers the proposals the core registered, runs read queries, restores snapshots, and takes
 //!   snapshots per the policy (`snapshot_every_entries`), which it offers to the core through a
 //!   slot of one.
-//! - Two **tokio tasks** on the runtime that called [`start`]: one forwards the transport's
-//!   inbound messages to the core (waiting for room: back-pressure on the transport), one ticks.
-//!   Ticks are counted in an atomic and the core is woken with a best-effort `Wake` input, so no
-//!   tick is lost to a full queue (at most [`TICKS_PER_ITERATION_MAX`] are caught up at once).
+//! - One **tokio task** on the runtime that called [`start`] ticks. Ticks are counted in an
+//!   atomic and the core is woken with a best-effort `Wake` input, so no tick is lost to a full
+//!   queue (at most [`TICKS_PER_ITERATION_MAX`] are caught up at once).
 //!
 //! With [`NodeConfig::execution`] set to [`Execution::Tasks`], the core loop is instead one task on
-//! the `LocalSet` that called [`start`] (as are the other two), and the apply side's steps run
+//! the `LocalSet` that called [`start`] (as is the ticker), and the apply side's steps run
 //! inline in it, in the same order: no thread is spawned, so a single-threaded runtime with a seeded scheduler (the turmoil
 //! simulation of the real stack) replays a run exactly. The default, [`Execution::Threads`], keeps
 //! storage I/O and applying off the async workers.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bytes::Bytes;
-use raft_core::{Entry, Index, Message, NodeId, SnapshotMeta, Term};
+use raft_core::{Entry, Index, NodeId, SnapshotMeta, Term};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -179,10 +179,10 @@ pub(crate) struct Registration<R> {
     pub(crate) responder: Responder<R>,
 }
 
-/// What the core thread receives.
+/// What the core thread receives from its handles, its ticker and its apply thread. Peer
+/// messages come from the transport's receiver instead (they are large: keeping them out keeps
+/// this queue's slots small).
 pub(crate) enum CoreInput<SM: StateMachine> {
-    /// A message from a peer.
-    Message(Message),
     /// A client's proposal.
     Propose(Proposal<SM::Response>),
     /// A client's read.
