@@ -2,15 +2,14 @@
 //! outcome (applied on the leader) before proposing the next. Every latency of the measuring
 //! window is recorded; a progress line goes to stderr every few seconds.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use raft_core::NodeId;
 use raft_net::{NodeHandle, ProposeError};
-use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep, sleep_until};
 
 use crate::cluster::{BenchResult, Counter};
@@ -76,52 +75,62 @@ const RETRY_PAUSE: Duration = Duration::from_millis(5);
 const RESERVE_MAX: u64 = 1 << 16;
 /// The histogram's range: 1 ns to 1 hour, 3 significant digits.
 const LATENCY_MAX_NS: u64 = 3_600 * 1_000_000_000;
+/// How often the controller adds up the clients' counts to see whether `ops` is reached.
+const COUNT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// State shared by the clients and the controller.
 struct Shared {
     phase: AtomicU8,
-    /// Operations completed in the window.
-    completed: AtomicU64,
+    /// Operations each client completed in the window, each on its own cache line: one counter
+    /// for all clients was a line bouncing between the CPUs on every operation, a cost of the
+    /// harness charged to the system under test.
+    completed: Box<[Count]>,
     retries: AtomicU64,
-    /// The window's end when the client that completed the `ops`-th operation set it.
-    stopped_at: Mutex<Option<Instant>>,
-    done: Notify,
-    ops: u64,
+}
+
+/// One client's count, alone on its cache line(s).
+#[repr(align(128))]
+struct Count(AtomicU64);
+
+impl Shared {
+    fn completed(&self) -> u64 {
+        self.completed.iter().map(|count| count.0.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// Runs `plan` against `nodes`, whose leader is at position `leader`.
 pub async fn run(nodes: &[NodeHandle<Counter>], leader: usize, plan: &LoadPlan) -> BenchResult<LoadResult> {
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(WARMUP),
-        completed: AtomicU64::new(0),
+        completed: (0..plan.clients).map(|_| Count(AtomicU64::new(0))).collect(),
         retries: AtomicU64::new(0),
-        stopped_at: Mutex::new(None),
-        done: Notify::new(),
-        ops: plan.ops,
     });
     let nodes: Arc<[NodeHandle<Counter>]> = nodes.into();
-    let payload = Bytes::from(vec![0x5a; plan.payload]);
     let reserve = (plan.ops / plan.clients as u64 + 1).min(RESERVE_MAX) as usize;
     let mut clients = Vec::with_capacity(plan.clients);
-    for _ in 0..plan.clients {
-        let client = client(Arc::clone(&nodes), leader, payload.clone(), Arc::clone(&shared), reserve);
+    for number in 0..plan.clients {
+        // Each client its own buffer, as each request of an application would be: one buffer
+        // shared by every client would make its reference count a contended cache line.
+        let payload = Bytes::from(vec![0x5a; plan.payload]);
+        let client = client(Arc::clone(&nodes), leader, payload, Arc::clone(&shared), number, reserve);
         clients.push(tokio::spawn(client));
     }
-    let (start, end, cpu) = control(&shared, plan).await;
+    let (start, end, ops, cpu) = control(&shared, plan).await;
     let mut latency = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)?;
     for client in clients {
         for nanos in client.await?? {
             latency.saturating_record(nanos);
         }
     }
-    let ops = shared.completed.load(Ordering::Acquire).min(plan.ops);
     let retries = shared.retries.load(Ordering::Acquire);
     Ok(LoadResult { ops, elapsed: end - start, latency, retries, cpu })
 }
 
 /// Warms up, opens the window, prints progress, and closes the window after `plan.ops`
-/// operations or `plan.duration`. Returns the window and the CPU time used in it.
-async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant, Duration) {
+/// operations (overshooting by at most `COUNT_INTERVAL`'s operations, which are counted and
+/// timed) or `plan.duration`. Returns the window, the operations completed in it and the CPU
+/// time used in it.
+async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant, u64, Duration) {
     sleep(plan.warmup).await;
     let cpu_start = process_cpu();
     let start = Instant::now();
@@ -130,17 +139,21 @@ async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant, Duratio
     let mut progress = interval(if plan.progress.is_zero() { Duration::from_secs(3600) } else { plan.progress });
     progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
     progress.tick().await; // The first tick is immediate.
+    let mut count = interval(COUNT_INTERVAL);
+    count.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut last = (start, 0);
-    let end = loop {
+    let (end, ops) = loop {
         tokio::select! {
-            () = shared.done.notified() => {
-                let stopped = *shared.stopped_at.lock().unwrap_or_else(PoisonError::into_inner);
-                break stopped.unwrap_or_else(Instant::now);
+            _ = count.tick() => {
+                let completed = shared.completed();
+                if completed >= plan.ops {
+                    break (Instant::now(), completed);
+                }
             }
-            () = sleep_until(deadline) => break Instant::now(),
+            () = sleep_until(deadline) => break (Instant::now(), shared.completed()),
             _ = progress.tick() => {
                 let now = Instant::now();
-                let completed = shared.completed.load(Ordering::Acquire);
+                let completed = shared.completed();
                 let recent = (completed - last.1) as f64 / (now - last.0).as_secs_f64();
                 eprintln!(
                     "  [{}] {:.1} s: {completed} ops, {:.0} ops/s over the last {:.1} s",
@@ -154,7 +167,7 @@ async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant, Duratio
         }
     };
     shared.phase.store(STOP, Ordering::Release);
-    (start, end, process_cpu().saturating_sub(cpu_start))
+    (start, end, ops, process_cpu().saturating_sub(cpu_start))
 }
 
 /// The CPU time (user and system, every thread) this process has used: fields 14 and 15 of
@@ -174,6 +187,7 @@ async fn client(
     mut target: usize,
     payload: Bytes,
     shared: Arc<Shared>,
+    number: usize,
     reserve: usize,
 ) -> BenchResult<Vec<u64>> {
     let mut latencies = Vec::with_capacity(reserve);
@@ -183,10 +197,9 @@ async fn client(
             Ok(()) => {
                 if shared.phase.load(Ordering::Acquire) == MEASURE {
                     latencies.push(start.elapsed().as_nanos() as u64);
-                    if shared.completed.fetch_add(1, Ordering::AcqRel) + 1 == shared.ops {
-                        *shared.stopped_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-                        shared.done.notify_one();
-                    }
+                    // This client is its count's only writer: no read-modify-write needed.
+                    let count = &shared.completed[number].0;
+                    count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
                 }
             }
             Err(error) => {
