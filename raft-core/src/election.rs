@@ -163,7 +163,7 @@ impl<S: Storage> Raft<S> {
         // An entry of the new term lets the leader commit (and so learn the commit index) even
         // when no client writes (§5.4.2: earlier terms' entries commit only beneath one).
         let noop = Entry { term: self.term, index: next, payload: EntryPayload::Noop };
-        self.append_to_log(std::slice::from_ref(&noop));
+        self.append_to_log(vec![noop]);
         self.broadcast_pending = true;
         tracing::info!(id = %self.id, term = %self.term, "became leader");
     }
@@ -220,7 +220,7 @@ impl<S: Storage> Raft<S> {
             MessageBody::VoteResponse { pre_vote, granted } => self.on_vote_response(m.from, m.term, pre_vote, granted),
             MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit } => {
                 self.accept_leader(m.from)?;
-                self.on_append_entries(m.from, prev_log_index, prev_log_term, &entries, commit)
+                self.on_append_entries(m.from, prev_log_index, prev_log_term, entries, commit)
             }
             MessageBody::Heartbeat { commit, round } => {
                 self.accept_leader(m.from)?;

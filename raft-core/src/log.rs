@@ -207,9 +207,10 @@ impl<S: Storage> RaftLog<S> {
         entries.iter().find(|e| !self.matches(e.index, e.term)).map(|e| e.index)
     }
 
-    /// Appends `entries`, replacing any suffix from `entries[0].index`. The caller guarantees the
-    /// entries are consecutive, start at most one past the last index and above the commit index.
-    pub(crate) fn append(&mut self, entries: &[Entry]) {
+    /// Appends `entries`, moving them out of the vector (left empty), replacing any suffix from
+    /// `entries[0].index`. The caller guarantees the entries are consecutive, start at most one
+    /// past the last index and above the commit index.
+    pub(crate) fn append(&mut self, entries: &mut Vec<Entry>) {
         let Some(first) = entries.first().map(|e| e.index) else { return };
         assert!(first > self.committed, "truncating committed index {}", self.committed);
         assert!(first <= self.last_index().next(), "gap before appended index {first}");
@@ -220,7 +221,7 @@ impl<S: Storage> RaftLog<S> {
             self.unstable.clear();
             self.stable_next = first;
         }
-        self.unstable.extend_from_slice(entries);
+        self.unstable.append(entries);
         self.handed_out_next = self.handed_out_next.min(first);
     }
 

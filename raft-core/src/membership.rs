@@ -119,7 +119,7 @@ impl<S: Storage> Raft<S> {
     fn append_membership(&mut self, membership: Membership) -> Index {
         let index = self.log.last_index().next();
         let entry = Entry { term: self.term, index, payload: EntryPayload::Membership(membership) };
-        self.append_to_log(std::slice::from_ref(&entry));
+        self.append_to_log(vec![entry]);
         self.broadcast_pending = true;
         index
     }
@@ -128,21 +128,29 @@ impl<S: Storage> Raft<S> {
     /// replaces nothing, so unless it carries a membership the memberships are unchanged.
     pub(crate) fn append_proposal_to_log(&mut self, entry: Entry) {
         if matches!(entry.payload, EntryPayload::Membership(_)) {
-            self.append_to_log(std::slice::from_ref(&entry));
+            self.append_to_log(vec![entry]);
         } else {
             self.log.push(entry);
         }
     }
 
-    /// Appends `entries` to the log and takes up any membership they carry.
-    pub(crate) fn append_to_log(&mut self, entries: &[Entry]) {
+    /// Appends `entries` to the log, moving them there (a follower's come out of the leader's
+    /// message: cloning them cost a copy of every entry), and takes up any membership they carry.
+    pub(crate) fn append_to_log(&mut self, mut entries: Vec<Entry>) {
         let Some(first) = entries.first().map(|e| e.index) else { return };
-        self.log.append(entries);
+        // Taken before the entries move into the log; none in the common case (no allocation).
+        let carried: Vec<(Index, Membership)> = entries
+            .iter()
+            .filter_map(|entry| match &entry.payload {
+                EntryPayload::Membership(membership) => Some((entry.index, membership.clone())),
+                _ => None,
+            })
+            .collect();
+        self.log.append(&mut entries);
         // Memberships from replaced entries are gone with them.
         let base = self.configs_base();
         let replaces_config = self.configs.iter().any(|&(index, _)| index >= first && index != base);
-        let carries_config = entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
-        if !replaces_config && !carries_config {
+        if !replaces_config && carried.is_empty() {
             // The memberships in the log are unchanged, and so is the one in force (it is the
             // latest in the log, an invariant): skip the clone and compare below, which cost
             // allocations on every proposal and every append.
@@ -150,11 +158,7 @@ impl<S: Storage> Raft<S> {
         }
         let before = self.membership.clone();
         self.configs.retain(|&(index, _)| index < first || index == base);
-        for entry in entries {
-            if let EntryPayload::Membership(membership) = &entry.payload {
-                self.configs.push((entry.index, membership.clone()));
-            }
-        }
+        self.configs.extend(carried);
         self.adopt_latest_membership(before);
     }
 

@@ -17,11 +17,11 @@ impl<S: Storage> Raft<S> {
         from: NodeId,
         prev_log_index: Index,
         prev_log_term: Term,
-        entries: &[Entry],
+        mut entries: Vec<Entry>,
         leader_commit: Index,
     ) -> Result<(), StepError> {
         let committed = self.log.committed;
-        let (prev_log_index, prev_log_term, entries) = if prev_log_index < committed {
+        let (prev_log_index, prev_log_term, skip) = if prev_log_index < committed {
             // Entries up to our commit index are the same in every leader's log (leader
             // completeness): skip them and check the rest against our committed entry.
             let skip = (committed.0 - prev_log_index.0).min(entries.len() as u64) as usize;
@@ -33,9 +33,9 @@ impl<S: Storage> Raft<S> {
             if disagrees || entries[skip..].first().is_some_and(|e| e.term < committed_term) {
                 return Err(StepError::Malformed(Malformed::ConflictsWithCommitted(committed)));
             }
-            (committed, committed_term, &entries[skip..])
+            (committed, committed_term, skip)
         } else {
-            (prev_log_index, prev_log_term, entries)
+            (prev_log_index, prev_log_term, 0)
         };
         if !self.log.matches(prev_log_index, prev_log_term) {
             let hint = self.conflict_hint(prev_log_index)?;
@@ -43,13 +43,14 @@ impl<S: Storage> Raft<S> {
             self.send(from, self.term, MessageBody::AppendResponse(result));
             return Ok(());
         }
+        let last_new = Index(prev_log_index.0 + (entries.len() - skip) as u64);
         // Only entries that conflict (and everything after them) replace ours: a follower never
         // truncates entries that match, or a stale append could erase acknowledged entries.
-        if let Some(conflict) = self.log.find_conflict(entries) {
-            let offset = (conflict.0 - prev_log_index.0 - 1) as usize;
-            self.append_to_log(&entries[offset..]);
+        if let Some(conflict) = self.log.find_conflict(&entries[skip..]) {
+            let offset = skip + (conflict.0 - prev_log_index.0 - 1) as usize;
+            entries.drain(..offset);
+            self.append_to_log(entries);
         }
-        let last_new = Index(prev_log_index.0 + entries.len() as u64);
         self.commit_to(leader_commit.min(last_new));
         let result = AppendResult::Success { match_index: last_new };
         self.send(from, self.term, MessageBody::AppendResponse(result));
