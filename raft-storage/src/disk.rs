@@ -957,9 +957,8 @@ impl<F: FileSystem> DiskStorage<F> {
         if first <= self.last_index() {
             self.truncate_from(first)?;
         }
-        self.append_records(entries)?;
-        self.entries.extend_from_slice(entries);
-        Ok(())
+        // The caller adds the entries to `self.entries` once this succeeded (by clone or move).
+        self.append_records(entries)
     }
 
     /// Durably removes every entry from `index` on, before anything replaces them.
@@ -1257,7 +1256,20 @@ impl<F: FileSystem> LogStore for DiskStorage<F> {
     type Error = DiskError;
 
     fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), DiskError> {
-        self.guarded(|store| store.persist_inner(hard_state, entries))
+        self.guarded(|store| {
+            store.persist_inner(hard_state, entries)?;
+            store.entries.extend_from_slice(entries);
+            Ok(())
+        })
+    }
+
+    /// Moves the entries into the store's in-memory copy of the log instead of cloning them.
+    fn persist_owned(&mut self, hard_state: Option<HardState>, mut entries: Vec<Entry>) -> Result<(), DiskError> {
+        self.guarded(|store| {
+            store.persist_inner(hard_state, &entries)?;
+            store.entries.append(&mut entries);
+            Ok(())
+        })
     }
 
     fn compact(&mut self, index: Index, term: Term) -> Result<(), DiskError> {

@@ -78,17 +78,39 @@ pub trait LogStore: Storage {
         self.install_snapshot(meta)
     }
 
+    /// Like [`LogStore::persist`], but takes the entries: a store that keeps its log in memory
+    /// moves them there instead of cloning each one. The default persists a borrow of them.
+    fn persist_owned(&mut self, hard_state: Option<HardState>, entries: Vec<Entry>) -> Result<(), Self::Error> {
+        self.persist(hard_state, &entries)
+    }
+
     /// Carries out the writes of one [`Output`] in the order the raft-core contract requires:
     /// snapshot chunks, the snapshot install, then hard state and entries (one sync).
     fn write_output(&mut self, output: &Output) -> Result<(), Self::Error> {
-        for chunk in &output.snapshot_chunks {
-            self.write_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data)?;
-        }
-        if let Some(meta) = &output.install_snapshot {
-            self.install_snapshot(meta)?;
-        }
+        write_snapshot_part(self, output)?;
         self.persist(output.hard_state, &output.entries)
     }
+
+    /// Like [`LogStore::write_output`], but takes the output's entries (through
+    /// [`LogStore::persist_owned`]) instead of copying them: `output.entries` is left empty. For
+    /// drivers that have no further use for them (read what you need of them first).
+    fn write_output_owned(&mut self, output: &mut Output) -> Result<(), Self::Error> {
+        write_snapshot_part(self, output)?;
+        let entries = std::mem::take(&mut output.entries);
+        self.persist_owned(output.hard_state, entries)
+    }
+}
+
+/// The writes of `output` that come before its hard state and entries: the snapshot chunks,
+/// then the install.
+fn write_snapshot_part<S: LogStore + ?Sized>(store: &mut S, output: &Output) -> Result<(), S::Error> {
+    for chunk in &output.snapshot_chunks {
+        store.write_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data)?;
+    }
+    if let Some(meta) = &output.install_snapshot {
+        store.install_snapshot(meta)?;
+    }
+    Ok(())
 }
 
 /// The piece of `data` at `offset`, at most `bytes_max` bytes (at least one unless at the end).

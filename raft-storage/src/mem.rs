@@ -78,7 +78,24 @@ impl MemStorage {
 
     /// Appends `entries`, replacing any stored entries from `entries[0].index` on.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), MemStorageError> {
-        let Some(first) = entries.first().map(|e| e.index) else { return Ok(()) };
+        if self.make_room_for(entries)? {
+            self.entries.extend_from_slice(entries);
+        }
+        Ok(())
+    }
+
+    /// Like [`MemStorage::append`], but moves the entries in (`entries` is left empty).
+    pub fn append_owned(&mut self, entries: &mut Vec<Entry>) -> Result<(), MemStorageError> {
+        if self.make_room_for(entries)? {
+            self.entries.append(entries);
+        }
+        Ok(())
+    }
+
+    /// Checks that `entries` can be appended and drops the stored ones they replace; returns
+    /// whether there is anything to append.
+    fn make_room_for(&mut self, entries: &[Entry]) -> Result<bool, MemStorageError> {
+        let Some(first) = entries.first().map(|e| e.index) else { return Ok(false) };
         let snapshot = self.snapshot.0;
         if first <= snapshot {
             return Err(MemStorageError::BelowSnapshot { first, snapshot });
@@ -91,8 +108,7 @@ impl MemStorage {
             return Err(MemStorageError::NotConsecutive(pair[1].index));
         }
         self.entries.truncate((first.0 - snapshot.0 - 1) as usize);
-        self.entries.extend_from_slice(entries);
-        Ok(())
+        Ok(true)
     }
 
     /// Moves the log boundary to (`index`, `term`), dropping the entries it covers. Entries
@@ -234,6 +250,14 @@ impl LogStore for MemStorage {
 
     fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), MemStorageError> {
         self.append(entries)?;
+        if let Some(hard_state) = hard_state {
+            self.hard_state = hard_state;
+        }
+        Ok(())
+    }
+
+    fn persist_owned(&mut self, hard_state: Option<HardState>, mut entries: Vec<Entry>) -> Result<(), MemStorageError> {
+        self.append_owned(&mut entries)?;
         if let Some(hard_state) = hard_state {
             self.hard_state = hard_state;
         }

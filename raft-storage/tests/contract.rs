@@ -198,6 +198,9 @@ struct Expected {
     /// Entries from `snapshot.0 + 1` on.
     entries: Vec<Entry>,
     hard_state: HardState,
+    /// Writes made so far: the helpers alternate between `persist` and `persist_owned` by it,
+    /// so that every scenario exercises both (deterministically).
+    writes: usize,
 }
 
 impl Expected {
@@ -250,8 +253,24 @@ fn check<S: Storage>(store: &S, expected: &Expected, context: &str) {
     assert_eq!(state.membership, membership(), "{context}: membership");
 }
 
+/// Persists through `persist` or `persist_owned` (which moves the entries into the store), by
+/// turns.
+fn write<S: LogStore>(
+    store: &mut S,
+    expected: &mut Expected,
+    hard: Option<HardState>,
+    entries: &[Entry],
+) -> Result<(), S::Error> {
+    expected.writes += 1;
+    if expected.writes.is_multiple_of(2) {
+        store.persist_owned(hard, entries.to_vec())
+    } else {
+        store.persist(hard, entries)
+    }
+}
+
 fn persist<H: Harness>(store: &mut H::Store, expected: &mut Expected, hard: Option<HardState>, entries: &[Entry]) {
-    store.persist(hard, entries).expect("a valid persist is accepted");
+    write(store, expected, hard, entries).expect("a valid persist is accepted");
     expected.append(entries);
     if let Some(hard) = hard {
         expected.hard_state = hard;
@@ -274,12 +293,12 @@ fn check_and_reopen<H: Harness>(harness: &mut H, store: H::Store, expected: &Exp
 /// Asserts that `persist` refuses with `refusal` and changes nothing.
 fn assert_refused<H: Harness>(
     store: &mut H::Store,
-    expected: &Expected,
+    expected: &mut Expected,
     hard: Option<HardState>,
     entries: &[Entry],
     refusal: Refusal,
 ) {
-    let error = store.persist(hard, entries).expect_err("an invalid append is refused");
+    let error = write(store, expected, hard, entries).expect_err("an invalid append is refused");
     assert_eq!(H::refusal(&error), Some(refusal), "refusal of {entries:?}: {error}");
     check(store, expected, &format!("after the refused append {refusal:?}"));
 }
@@ -352,19 +371,25 @@ fn refused_appends_change_nothing<H: Harness>(harness: &mut H) {
     let mut expected = Expected::default();
     persist::<H>(&mut store, &mut expected, Some(hard_state(1, Some(1), 0)), &run(1..=5, 1));
     let other = Some(hard_state(9, Some(3), 0));
-    assert_refused::<H>(&mut store, &expected, other, &run(7..=8, 1), Refusal::Gap { first: Index(7), last: Index(5) });
+    assert_refused::<H>(
+        &mut store,
+        &mut expected,
+        other,
+        &run(7..=8, 1),
+        Refusal::Gap { first: Index(7), last: Index(5) },
+    );
     let skipping = [entry(6, 1), entry(8, 1)];
-    assert_refused::<H>(&mut store, &expected, other, &skipping, Refusal::NotConsecutive(Index(8)));
+    assert_refused::<H>(&mut store, &mut expected, other, &skipping, Refusal::NotConsecutive(Index(8)));
     let repeated = [entry(6, 1), entry(6, 1)];
-    assert_refused::<H>(&mut store, &expected, other, &repeated, Refusal::NotConsecutive(Index(6)));
+    assert_refused::<H>(&mut store, &mut expected, other, &repeated, Refusal::NotConsecutive(Index(6)));
     let backwards = [entry(3, 2), entry(2, 2)];
-    assert_refused::<H>(&mut store, &expected, other, &backwards, Refusal::NotConsecutive(Index(2)));
+    assert_refused::<H>(&mut store, &mut expected, other, &backwards, Refusal::NotConsecutive(Index(2)));
     store = check_and_reopen(harness, store, &expected, "after refused appends");
     compact::<H>(&mut store, &mut expected, 3, 1);
     let at = Refusal::BelowSnapshot { first: Index(3), snapshot: Index(3) };
-    assert_refused::<H>(&mut store, &expected, other, &run(3..=6, 2), at);
+    assert_refused::<H>(&mut store, &mut expected, other, &run(3..=6, 2), at);
     let below = Refusal::BelowSnapshot { first: Index(1), snapshot: Index(3) };
-    assert_refused::<H>(&mut store, &expected, None, &run(1..=1, 1), below);
+    assert_refused::<H>(&mut store, &mut expected, None, &run(1..=1, 1), below);
     store = check_and_reopen(harness, store, &expected, "after refused appends below the snapshot");
     // A refused write does not stop the store.
     persist::<H>(&mut store, &mut expected, Some(hard_state(2, None, 0)), &run(4..=6, 2));
@@ -437,10 +462,10 @@ fn compaction_beyond_the_log_empties_it<H: Harness>(harness: &mut H) {
     assert_eq!(store.term(Index(5)), Err(StorageError::Compacted(Index(5))));
     store = check_and_reopen(harness, store, &expected, "snapshot beyond the log");
     let below = Refusal::BelowSnapshot { first: Index(6), snapshot: Index(9) };
-    assert_refused::<H>(&mut store, &expected, None, &run(6..=10, 3), below);
+    assert_refused::<H>(&mut store, &mut expected, None, &run(6..=10, 3), below);
     assert_refused::<H>(
         &mut store,
-        &expected,
+        &mut expected,
         None,
         &run(11..=11, 3),
         Refusal::Gap { first: Index(11), last: Index(9) },

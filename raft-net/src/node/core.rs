@@ -374,13 +374,15 @@ where
         // Rule 4: a leader's appends and heartbeats may leave before its own write. Moved out,
         // not cloned: the write below does not read them, and a clone copies every entry.
         self.send_all(std::mem::take(&mut output.messages).into_iter());
-        // Rule 3: chunks, install, hard state and entries, one sync.
-        if let Err(error) = self.raft.storage_mut().write_output(&output) {
+        let last_entry = output.entries.last().map(|last| (last.index, last.term));
+        // Rule 3: chunks, install, hard state and entries, one sync. The store takes the
+        // entries: nothing below reads them, and a copy would clone every one.
+        if let Err(error) = self.raft.storage_mut().write_output_owned(&mut output) {
             return Err(StopReason::StorageFailed(StorageFailure::new(StorageOperation::Write, error)));
         }
         // Rule 6: every earlier write is durable too (they were all synced before this one).
-        if let Some(last) = output.entries.last() {
-            self.raft.on_persisted(last.index, last.term);
+        if let Some((index, term)) = last_entry {
+            self.raft.on_persisted(index, term);
         } else if let Some(meta) = &output.install_snapshot {
             self.raft.on_persisted(meta.index, meta.term);
         }
