@@ -46,6 +46,9 @@ pub struct LoadResult {
     pub retries: u64,
     /// CPU time (user and system) this process used in the window, all threads together.
     pub cpu: Duration,
+    /// CPU time every other process on the machine used in the window (other jobs compete for
+    /// the CPUs: a busy machine shows here).
+    pub others_cpu: Duration,
 }
 
 impl LoadResult {
@@ -58,6 +61,11 @@ impl LoadResult {
     /// the machine.
     pub fn cpu_us_per_op(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+
+    /// The CPUs other processes kept busy in the window, on average.
+    pub fn others_cpus(&self) -> f64 {
+        self.others_cpu.as_secs_f64() / self.elapsed.as_secs_f64()
     }
 
     /// The latency at `quantile`, in microseconds.
@@ -115,7 +123,7 @@ pub async fn run(nodes: &[NodeHandle<Counter>], leader: usize, plan: &LoadPlan) 
         let client = client(Arc::clone(&nodes), leader, payload, Arc::clone(&shared), number, reserve);
         clients.push(tokio::spawn(client));
     }
-    let (start, end, ops, cpu) = control(&shared, plan).await;
+    let (start, end, ops, (cpu, others_cpu)) = control(&shared, plan).await;
     let mut latency = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)?;
     for client in clients {
         for nanos in client.await?? {
@@ -123,16 +131,16 @@ pub async fn run(nodes: &[NodeHandle<Counter>], leader: usize, plan: &LoadPlan) 
         }
     }
     let retries = shared.retries.load(Ordering::Acquire);
-    Ok(LoadResult { ops, elapsed: end - start, latency, retries, cpu })
+    Ok(LoadResult { ops, elapsed: end - start, latency, retries, cpu, others_cpu })
 }
 
 /// Warms up, opens the window, prints progress, and closes the window after `plan.ops`
 /// operations (overshooting by at most `COUNT_INTERVAL`'s operations, which are counted and
 /// timed) or `plan.duration`. Returns the window, the operations completed in it and the CPU
-/// time used in it.
-async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant, u64, Duration) {
+/// time used in it, by this process and by all others.
+async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant, u64, (Duration, Duration)) {
     sleep(plan.warmup).await;
-    let cpu_start = process_cpu();
+    let (cpu_start, system_start) = (process_cpu(), system_cpu());
     let start = Instant::now();
     shared.phase.store(MEASURE, Ordering::Release);
     let deadline = start + plan.duration;
@@ -167,7 +175,9 @@ async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant, u64, Du
         }
     };
     shared.phase.store(STOP, Ordering::Release);
-    (start, end, ops, process_cpu().saturating_sub(cpu_start))
+    let cpu = process_cpu().saturating_sub(cpu_start);
+    let others = system_cpu().saturating_sub(system_start).saturating_sub(cpu);
+    (start, end, ops, (cpu, others))
 }
 
 /// The CPU time (user and system, every thread) this process has used: fields 14 and 15 of
@@ -179,6 +189,18 @@ fn process_cpu() -> Duration {
     let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
     let ticks: u64 = fields.get(11..13).map_or(0, |times| times.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
     Duration::from_millis(ticks * 10)
+}
+
+/// The CPU time the whole machine has been busy (user, nice, system, irq, softirq and steal
+/// time of every CPU): the first line of `/proc/stat`, in clock ticks of 10 ms. Zero where that
+/// file does not exist.
+fn system_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|field| field.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    Duration::from_millis(busy * 10)
 }
 
 /// One closed-loop client: proposes, waits, records, again, following the leader.

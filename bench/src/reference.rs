@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,9 +33,56 @@ impl Rate {
     }
 }
 
+/// What runs alongside an fsync loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alongside {
+    /// Nothing: the textbook loop, one thread, the CPUs otherwise idle.
+    Nothing,
+    /// A spinning thread per CPU. On a virtual machine an fsync can take much longer on an idle
+    /// guest than on a busy one (its completion must wake a halted virtual CPU), and a benchmark
+    /// keeps the CPUs busy.
+    Spinners,
+    /// This many loops in all, each on its own file, as the nodes of a group on one disk; the
+    /// rate is the mean of one loop.
+    Loops(usize),
+}
+
 /// Appends `bytes` bytes and calls `sync_data`, in a loop, for `time`, on a fresh file in `dir`
-/// (removed afterwards). Two untimed rounds come first.
-pub fn fsync_rate(dir: &Path, bytes: usize, time: Duration) -> io::Result<Rate> {
+/// (removed afterwards), with `alongside` running too. Two untimed rounds come first.
+pub fn fsync_rate(dir: &Path, bytes: usize, time: Duration, alongside: Alongside) -> io::Result<Rate> {
+    let stop = AtomicBool::new(false);
+    let spinners = match alongside {
+        Alongside::Spinners => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        _ => 0,
+    };
+    let loops = match alongside {
+        Alongside::Loops(loops) => loops.max(1),
+        _ => 1,
+    };
+    let rates = std::thread::scope(|scope| {
+        for _ in 0..spinners {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        let others: Vec<_> = (1..loops).map(|_| scope.spawn(|| fsync_loop(dir, bytes, time))).collect();
+        let mut rates = vec![fsync_loop(dir, bytes, time)];
+        for other in others {
+            rates.push(other.join().unwrap_or_else(|_| Err(io::Error::other("an fsync loop panicked"))));
+        }
+        stop.store(true, Ordering::Relaxed);
+        rates
+    });
+    let rates = rates.into_iter().collect::<io::Result<Vec<Rate>>>()?;
+    let count = rates.iter().map(|rate| rate.count).sum::<u64>() / rates.len() as u64;
+    let elapsed = rates.iter().map(|rate| rate.elapsed).max().unwrap_or(time);
+    Ok(Rate { count, elapsed })
+}
+
+/// One append + `sync_data` loop on a fresh file in `dir`.
+fn fsync_loop(dir: &Path, bytes: usize, time: Duration) -> io::Result<Rate> {
     let file = tempfile::Builder::new().prefix("raft-bench-fsync-").tempfile_in(dir)?;
     let mut handle: &File = file.as_file();
     // Not all zeros, in case the disk compresses or deduplicates.

@@ -3,10 +3,10 @@
 use std::fs;
 use std::path::Path;
 
-use crate::Measured;
 use crate::cluster::ClusterSpec;
 use crate::load::LoadPlan;
-use crate::reference::{self, Rate};
+use crate::reference::Rate;
+use crate::{FsyncReference, Measured, Row};
 
 /// openraft's benchmark built and run on a machine like this one (2 cores), in ops/s, by
 /// client count (from the issue that asked for this benchmark).
@@ -42,6 +42,12 @@ pub fn print_load() {
     println!("load:    {} (1, 5, 15 min)", load.join(" "));
 }
 
+/// The 1-minute load average (0 where `/proc/loadavg` does not exist).
+pub fn load_average() -> f64 {
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace().next().and_then(|first| first.parse().ok()).unwrap_or(0.0)
+}
+
 /// The type and device of the file system holding `dir`, from `/proc/mounts` (longest match).
 fn file_system(dir: &Path) -> String {
     let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
@@ -71,43 +77,26 @@ pub fn print_rtt(rtt: &Rate) {
     );
 }
 
-/// The fsync rate for one record and for a batch of `clients` records.
-pub fn print_fsync(record: usize, clients: usize, single: &Rate, batch: &Rate) {
+/// The fsync rates of one reference and the group-commit limit they imply.
+pub fn print_fsync(fsync: &FsyncReference) {
     println!(
-        "fsync loop, {record} B appends: {} fsyncs/s ({:.0} us each)",
-        thousands(single.per_sec()),
-        single.mean_us()
+        "fsync loop, {} B appends ({} records of {} B): {} fsyncs/s alone, {} with spinning CPUs, {} in each of {} \
+         loops at once; group-commit limit {} x {} = {} ops/s",
+        fsync.record_bytes * fsync.records,
+        fsync.records,
+        fsync.record_bytes,
+        thousands(fsync.idle.per_sec()),
+        thousands(fsync.busy.per_sec()),
+        thousands(fsync.parallel.per_sec()),
+        fsync.nodes,
+        fsync.records,
+        thousands(fsync.best_rate()),
+        thousands(fsync.limit())
     );
-    println!(
-        "fsync loop, {} B appends ({clients} records): {} fsyncs/s; group-commit limit {clients} x that = {} ops/s",
-        record * clients,
-        thousands(batch.per_sec()),
-        thousands(batch.per_sec() * clients as f64)
-    );
-}
-
-/// The reference limits of the matrix.
-pub fn print_references(rtt: &Rate, fsync: &[(usize, usize, Rate)]) {
-    println!("\n## Reference limits\n");
-    print_rtt(rtt);
-    println!(
-        "\n| payload | WAL record | records per fsync | bytes per fsync | fsyncs/s | mean fsync | records/s (limit) |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for (payload, clients, rate) in fsync {
-        let record = reference::wal_record_bytes(*payload);
-        println!(
-            "| {payload} B | {record} B | {clients} | {} | {} | {:.0} us | {} |",
-            thousands((record * clients) as f64),
-            thousands(rate.per_sec()),
-            rate.mean_us(),
-            thousands(rate.per_sec() * *clients as f64)
-        );
-    }
 }
 
 /// One run's result.
-pub fn print_single(spec: &ClusterSpec, plan: &LoadPlan, measured: &Measured) {
+pub fn print_single(spec: &ClusterSpec, plan: &LoadPlan, measured: &Measured, limit: Option<&FsyncReference>) {
     let load = &measured.load;
     println!(
         "config: {} nodes, {} clients, transport {:?}, storage {:?}, payload {} B",
@@ -123,88 +112,120 @@ pub fn print_single(spec: &ClusterSpec, plan: &LoadPlan, measured: &Measured) {
         micros(load.latency.max() as f64 / 1000.0)
     );
     println!(
-        "cpu {:.2} us per op (this process, all threads); retried proposals: {}; elections during the run: {}",
+        "cpu {:.2} us per op (this process, all threads); retried proposals: {}; elections during the run: {}; \
+         load average at the start: {:.2}; other processes kept {:.2} CPUs busy",
         load.cpu_us_per_op(),
         load.retries,
-        measured.elections
+        measured.elections,
+        measured.load_average,
+        load.others_cpus()
     );
-}
-
-/// A line on stderr when a configuration of the matrix is done.
-pub fn print_row_done(plan: &LoadPlan, measured: Option<&Measured>) {
-    if let Some(measured) = measured {
-        let load = &measured.load;
-        eprintln!(
-            "[{}] {} ops/s, p50 {} us, p99 {} us, p999 {} us",
-            plan.label,
-            thousands(load.ops_per_sec()),
-            micros(load.latency_us(0.5)),
-            micros(load.latency_us(0.99)),
-            micros(load.latency_us(0.999))
-        );
+    if let Some(limit) = limit {
+        let percent = 100.0 * load.ops_per_sec() / limit.limit();
+        println!("{percent:.0}% of the group-commit limit ({} ops/s)", thousands(limit.limit()));
     }
 }
 
-/// Configuration A against openraft's numbers.
-pub fn print_table_a(rows: &[(usize, Measured)]) {
-    println!("\n## Configuration A: in-process transport without serialization, in-memory log, empty payload\n");
-    println!(
-        "| clients | ops/s | p50 us | p99 us | p999 us | openraft (2 cores) | goal (x{GOAL_A_FACTOR}) | reached | retries | elections |"
+/// A line on stderr when a run of the matrix is done.
+pub fn print_row_done(plan: &LoadPlan, measured: &Measured) {
+    let load = &measured.load;
+    eprintln!(
+        "[{}] {} ops/s, p50 {} us, p99 {} us, p999 {} us, {:.2} us CPU per op, load average {:.2} at the start, \
+         others kept {:.2} CPUs busy",
+        plan.label,
+        thousands(load.ops_per_sec()),
+        micros(load.latency_us(0.5)),
+        micros(load.latency_us(0.99)),
+        micros(load.latency_us(0.999)),
+        load.cpu_us_per_op(),
+        measured.load_average,
+        load.others_cpus()
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|");
-    for (clients, measured) in rows {
-        let load = &measured.load;
-        let openraft = OPENRAFT_THIS_MACHINE.iter().find(|(c, _)| c == clients).map(|(_, ops)| *ops);
+}
+
+/// The cells every table shares: the median run's throughput, the spread over the runs, its
+/// latencies and CPU cost, and the load average before each run.
+fn common_cells(row: &Row, median: &Measured) -> String {
+    let load = &median.load;
+    let rates: Vec<f64> = row.runs.iter().map(|run| run.load.ops_per_sec()).collect();
+    let low = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = rates.iter().copied().fold(0.0, f64::max);
+    let loads: Vec<String> =
+        row.runs.iter().map(|run| format!("{:.1} ({:.2})", run.load_average, run.load.others_cpus())).collect();
+    let retries: u64 = row.runs.iter().map(|run| run.load.retries).sum();
+    let elections: u64 = row.runs.iter().map(|run| run.elections).sum();
+    format!(
+        "{} | {}-{} | {} | {} | {} | {:.2} | {} | {retries} / {elections}",
+        thousands(load.ops_per_sec()),
+        thousands(low),
+        thousands(high),
+        micros(load.latency_us(0.5)),
+        micros(load.latency_us(0.99)),
+        micros(load.latency_us(0.999)),
+        load.cpu_us_per_op(),
+        loads.join(" ")
+    )
+}
+
+/// The header cells matching `common_cells`.
+const COMMON_HEADER: &str = "ops/s (median) | spread | p50 us | p99 us | p999 us | CPU us/op | load avg (others' CPUs) per run | retries / elections";
+const COMMON_ALIGN: &str = "---:|---:|---:|---:|---:|---:|:---|---:";
+
+/// Configuration A against openraft's numbers.
+pub fn print_table_a(rows: &[Row], runs: usize) {
+    println!(
+        "\n## Configuration A: in-process transport without serialization, in-memory log, empty payload \
+         (median of {runs} runs; latencies and CPU of the median run)\n"
+    );
+    println!("| clients | {COMMON_HEADER} | openraft (2 cores) | goal (x{GOAL_A_FACTOR}) | reached |");
+    println!("|---:|{COMMON_ALIGN}|---:|---:|:---:|");
+    for row in rows {
+        let Some(median) = row.median() else { continue };
+        let openraft = OPENRAFT_THIS_MACHINE.iter().find(|(c, _)| *c == row.clients).map(|(_, ops)| *ops);
         let (openraft_cell, goal_cell, reached) = match openraft {
             Some(ops) => {
                 let goal = ops * GOAL_A_FACTOR;
-                let reached = if load.ops_per_sec() >= goal { "yes" } else { "no" };
+                let reached = if median.load.ops_per_sec() >= goal { "yes" } else { "no" };
                 (thousands(ops), thousands(goal), reached)
             }
             None => ("-".to_owned(), "-".to_owned(), "-"),
         };
-        println!(
-            "| {clients} | {} | {} | {} | {} | {openraft_cell} | {goal_cell} | {reached} | {} | {} |",
-            thousands(load.ops_per_sec()),
-            micros(load.latency_us(0.5)),
-            micros(load.latency_us(0.99)),
-            micros(load.latency_us(0.999)),
-            load.retries,
-            measured.elections
-        );
+        println!("| {} | {} | {openraft_cell} | {goal_cell} | {reached} |", row.clients, common_cells(row, median));
     }
 }
 
-/// Configuration B against the group-commit limit of the same payload and client count.
-pub fn print_table_b(rows: &[(usize, usize, Measured)], fsync: &[(usize, usize, Rate)]) {
-    println!("\n## Configuration B: TCP on 127.0.0.1 (postcard frames), WAL with fdatasync (group commit)\n");
+/// Configuration B against the group-commit limit of the same payload and client count,
+/// measured just before each run.
+pub fn print_table_b(rows: &[Row], runs: usize, nodes: u64) {
     println!(
-        "| payload | clients | ops/s | p50 us | p99 us | p999 us | group-commit limit | of limit | goal ({:.0}%) | retries | elections |",
+        "\n## Configuration B: TCP on 127.0.0.1 (postcard frames), WAL with fdatasync (group commit) \
+         (median of {runs} runs; latencies and CPU of the median run)\n"
+    );
+    println!(
+        "| payload | clients | {COMMON_HEADER} | fsyncs/s of a batch: alone / spinning CPUs / each of {nodes} loops \
+         (median) | group-commit limit (median) | of limit | goal ({:.0}%) |",
         GOAL_B_FRACTION * 100.0
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|");
-    for (payload, clients, measured) in rows {
-        let load = &measured.load;
-        let limit = fsync
-            .iter()
-            .find(|(p, c, _)| p == payload && c == clients)
-            .map(|(_, _, rate)| rate.per_sec() * *clients as f64);
-        let (limit_cell, fraction_cell, reached) = match limit {
-            Some(limit) => {
-                let fraction = load.ops_per_sec() / limit;
-                let reached = if fraction >= GOAL_B_FRACTION { "yes" } else { "no" };
-                (thousands(limit), format!("{:.0}%", fraction * 100.0), reached)
-            }
-            None => ("-".to_owned(), "-".to_owned(), "-"),
+    println!("|---:|---:|{COMMON_ALIGN}|---:|---:|---:|:---:|");
+    for row in rows {
+        let (Some(median), Some(limit)) = (row.median(), row.median_limit()) else { continue };
+        let rate = |pick: fn(&FsyncReference) -> f64| {
+            let mut rates: Vec<f64> = row.limits.iter().map(pick).collect();
+            rates.sort_by(f64::total_cmp);
+            thousands(rates.get(rates.len().saturating_sub(1) / 2).copied().unwrap_or(0.0))
         };
+        let fraction = median.load.ops_per_sec() / limit;
+        let reached = if fraction >= GOAL_B_FRACTION { "yes" } else { "no" };
         println!(
-            "| {payload} B | {clients} | {} | {} | {} | {} | {limit_cell} | {fraction_cell} | {reached} | {} | {} |",
-            thousands(load.ops_per_sec()),
-            micros(load.latency_us(0.5)),
-            micros(load.latency_us(0.99)),
-            micros(load.latency_us(0.999)),
-            load.retries,
-            measured.elections
+            "| {} B | {} | {} | {} / {} / {} | {} | {:.0}% | {reached} |",
+            row.payload,
+            row.clients,
+            common_cells(row, median),
+            rate(|f| f.idle.per_sec()),
+            rate(|f| f.busy.per_sec()),
+            rate(|f| f.parallel.per_sec()),
+            thousands(limit),
+            fraction * 100.0
         );
     }
 }
