@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use raft_core::{ConfChange, Membership, Message, NodeId, Raft, Term};
 use raft_storage::LogStore;
 use tokio::runtime::Handle;
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, TryAcquireError, broadcast, mpsc, oneshot};
 use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -215,10 +215,23 @@ impl<SM: StateMachine> NodeHandle<SM> {
     /// (back-pressure). See [`ProposeError`] for what each failure says about the outcome.
     pub async fn propose(&self, command: Bytes) -> Result<SM::Response, ProposeError> {
         self.check_running()?;
-        let permit = Arc::clone(&self.inner.permits).acquire_owned().await.map_err(|_| self.stopped_error())?;
+        // Try without waiting first: the waiting futures cost more, and most calls find room.
+        let permit = match Arc::clone(&self.inner.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => {
+                Arc::clone(&self.inner.permits).acquire_owned().await.map_err(|_| self.stopped_error())?
+            }
+            Err(TryAcquireError::Closed) => return Err(self.stopped_error()),
+        };
         let (sender, receiver) = oneshot::channel();
         let proposal = Proposal { command, responder: Responder::new(sender, permit) };
-        self.inner.input.send(CoreInput::Propose(proposal)).await.map_err(|_| self.stopped_error())?;
+        match self.inner.input.try_send(CoreInput::Propose(proposal)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(input)) => {
+                self.inner.input.send(input).await.map_err(|_| self.stopped_error())?;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.stopped_error()),
+        }
         self.outcome(receiver).await
     }
 
