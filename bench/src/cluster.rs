@@ -49,6 +49,8 @@ pub struct ClusterSpec {
     /// Each node snapshots its state machine (and compacts its log) every this many entries;
     /// keeps the in-memory logs bounded in long runs (0: never).
     pub snapshot_every_entries: u64,
+    /// `NodeConfig::idle_poll` of every node (`None`: the library's default).
+    pub idle_poll: Option<Duration>,
 }
 
 /// The cluster id of every benchmark group.
@@ -211,6 +213,9 @@ fn node_config(id: NodeId, spec: &ClusterSpec, addresses: &BTreeMap<NodeId, Sock
     let mut config = NodeConfig::new(id, options);
     config.tick_interval = TICK;
     config.snapshot_every_entries = spec.snapshot_every_entries;
+    if let Some(idle_poll) = spec.idle_poll {
+        config.idle_poll = idle_poll;
+    }
     config.addresses = addresses.clone();
     Ok(config)
 }

@@ -79,6 +79,10 @@ struct Args {
     /// Seconds each reference measurement (fsync loop, ping-pong) runs.
     #[arg(long, default_value_t = 1.0)]
     reference_time: f64,
+    /// How long each node's core thread polls its empty queues before it sleeps, in
+    /// microseconds (NodeConfig::idle_poll) [default: the library's default].
+    #[arg(long)]
+    idle_poll_us: Option<u64>,
     /// With --matrix: run every configuration this many times (in passes over the matrix) and
     /// report the median, the spread and the load average of each run.
     #[arg(long, default_value_t = 1)]
@@ -101,6 +105,8 @@ fn main() -> BenchResult<()> {
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     report::print_machine(&dir, workers);
+    let idle_poll = args.idle_poll_us.map_or(raft_net::IDLE_POLL_DEFAULT, Duration::from_micros);
+    println!("nodes:   {} voters; core threads poll their empty queues for {idle_poll:?} before sleeping", args.nodes);
     if args.matrix { matrix(&args, &dir, &runtime) } else { single(&args, &dir, &runtime) }
 }
 
@@ -254,7 +260,13 @@ impl FsyncReference {
 }
 
 fn spec(args: &Args, transport: TransportKind, storage: StorageKind) -> ClusterSpec {
-    ClusterSpec { nodes: args.nodes, transport, storage, snapshot_every_entries: args.snapshot_every }
+    ClusterSpec {
+        nodes: args.nodes,
+        transport,
+        storage,
+        snapshot_every_entries: args.snapshot_every,
+        idle_poll: args.idle_poll_us.map(Duration::from_micros),
+    }
 }
 
 fn plan(args: &Args, clients: usize, payload: usize, label: &str, duration: Duration) -> LoadPlan {

@@ -22,6 +22,8 @@ pub const INPUT_BATCH_ITEMS_MAX_DEFAULT: usize = 1024;
 pub const APPLY_QUEUE_BATCHES_MAX_DEFAULT: usize = 64;
 /// The default [`NodeConfig::event_queue_events_max`].
 pub const EVENT_QUEUE_EVENTS_MAX_DEFAULT: usize = 256;
+/// The default [`NodeConfig::idle_poll`].
+pub const IDLE_POLL_DEFAULT: Duration = Duration::from_micros(20);
 
 /// The most ticks the core catches up on in one iteration. When the core thread was held up
 /// (a slow fsync, a busy machine) for longer than this many ticks, the rest are dropped: logical
@@ -82,6 +84,15 @@ pub struct NodeConfig {
     /// Events buffered for each [`NodeHandle::events`](crate::NodeHandle::events) receiver; a
     /// receiver that falls further behind loses the oldest (it sees `Lagged`).
     pub event_queue_events_max: usize,
+    /// How long the core thread, finding both its queues empty, polls them again (yielding its
+    /// CPU between polls) before it sleeps. Sleeping and being woken costs the waker a system
+    /// call and the sleeper a wake-up, which on a virtual machine can take tens of microseconds
+    /// when its virtual CPU had halted; the next input usually comes sooner than that under
+    /// load, and often at low load (an acknowledgement, the next proposal). A thread that
+    /// yields gives its CPU to any other that can run, so the poll costs CPU only when nothing
+    /// else wants it. Zero: sleep at once. Not used under [`Execution::Tasks`], whose core task
+    /// never polls (a task that does not await holds its thread).
+    pub idle_poll: Duration,
     /// Take a snapshot of the state machine every this many applied entries (0: never).
     pub snapshot_every_entries: u64,
     /// Where each member can be reached, used only to tell clients where the leader is
@@ -138,6 +149,7 @@ impl NodeConfig {
             input_batch_items_max: INPUT_BATCH_ITEMS_MAX_DEFAULT,
             apply_queue_batches_max: APPLY_QUEUE_BATCHES_MAX_DEFAULT,
             event_queue_events_max: EVENT_QUEUE_EVENTS_MAX_DEFAULT,
+            idle_poll: IDLE_POLL_DEFAULT,
             snapshot_every_entries: 0,
             addresses: BTreeMap::new(),
             execution: Execution::Threads,

@@ -16,6 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft_core::{
@@ -100,6 +101,8 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) unreachable: BTreeSet<NodeId>,
     pub(crate) addresses: BTreeMap<NodeId, SocketAddr>,
     pub(crate) input_batch_items_max: usize,
+    /// How long to poll the empty queues before sleeping (`NodeConfig::idle_poll`).
+    pub(crate) idle_poll: Duration,
     /// The membership change appended and not yet complete (the core allows one at a time).
     pub(crate) membership_change: Option<PendingChange>,
     /// The leadership transfer started and not yet answered.
@@ -121,7 +124,7 @@ where
         let mut outcome = self.restore_stored_snapshot();
         while outcome.is_ok() {
             // `None`: every handle and task is gone, which is a shutdown.
-            let next = match self.try_next() {
+            let next = match self.poll_next() {
                 Some(next) => Some(next),
                 // Only channels are awaited, which need neither the runtime's I/O driver nor its
                 // timers.
@@ -239,6 +242,25 @@ where
             return Some(Next::Input(input));
         }
         self.try_inbound().map(Next::Message)
+    }
+
+    /// [`Core::try_next`], polled for `idle_poll` while both queues are empty, yielding the CPU
+    /// between polls (see `NodeConfig::idle_poll`). Only the core thread polls: the task form
+    /// never does, since a task that does not await holds its thread.
+    fn poll_next(&mut self) -> Option<Next<SM>> {
+        if self.idle_poll.is_zero() {
+            return self.try_next();
+        }
+        let deadline = Instant::now() + self.idle_poll;
+        loop {
+            if let Some(next) = self.try_next() {
+                return Some(next);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// Waits until the handles' queue or the transport's has something; `None` when the handles'

@@ -127,6 +127,7 @@ where
         unreachable: BTreeSet::new(),
         addresses: config.addresses.clone(),
         input_batch_items_max: config.input_batch_items_max,
+        idle_poll: config.idle_poll,
         membership_change: None,
         transfer: None,
         membership_seen,

@@ -15,9 +15,9 @@
 //! - The **core thread** (a `std::thread`) is the one owner of the [`raft_core::Raft`] node and
 //!   of the storage; storage writes run inline on it, never on the async workers. It waits on
 //!   its input queue and on the transport's receiver at once (`Handle::block_on` of a select
-//!   over the two). Each iteration takes the queued inputs (up to `input_batch_items_max`), then
-//!   the queued peer messages (up to `input_batch_items_max` again), steps them, then carries out
-//!   the output with one `write_output` (one fsync for the whole batch: group commit). Messages
+//!   over the two), after polling both for `idle_poll`. Each iteration takes the queued inputs
+//!   (up to `input_batch_items_max`), then the queued peer messages (up to
+//!   `input_batch_items_max` again), steps them, then carries out the output with one `write_output` (one fsync for the whole batch: group commit). Messages
 //!   not taken yet wait in the transport's bounded receiver, which pushes back on the transport.
 //! - The **apply thread** owns the [`StateMachine`]: it applies committed entries in order,
 //!   answers the proposals the core registered, runs read queries, restores snapshots, and takes
@@ -115,8 +115,8 @@ mod state_machine;
 
 pub use config::{
     APPLY_QUEUE_BATCHES_MAX_DEFAULT, ConfigError, ConfigLimit, EVENT_QUEUE_EVENTS_MAX_DEFAULT, Execution,
-    INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig, PROPOSALS_PENDING_MAX_DEFAULT,
-    READS_PENDING_MAX_DEFAULT, TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX,
+    IDLE_POLL_DEFAULT, INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig,
+    PROPOSALS_PENDING_MAX_DEFAULT, READS_PENDING_MAX_DEFAULT, TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX,
 };
 pub use core::SNAPSHOT_READ_BYTES_MAX;
 pub use error::{
