@@ -5,12 +5,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Index, SnapshotMeta};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::sync::mpsc::WeakSender;
+use tokio::sync::mpsc::{Receiver, WeakSender};
 
 use super::error::{ProposeError, StopReason};
 use super::event::NodeEvent;
@@ -64,8 +63,11 @@ impl<SM: StateMachine> Applier<SM> {
     /// Runs until the core thread drops its end of the queue (or a restore fails), then answers
     /// every proposal still pending with the reason the node stopped. (Reads still queued after
     /// a failed restore are dropped with the queue: their readers then see the stop reason.)
-    pub(crate) fn run(mut self, steps: Receiver<ApplyStep<SM>>) {
-        while let Ok(step) = steps.recv() {
+    pub(crate) fn run(mut self, mut steps: Receiver<ApplyStep<SM>>) {
+        // A plain thread, outside the runtime: blocking_recv parks it without a lock (std's
+        // sync_channel registered each sleeping receiver under a mutex that the core thread's
+        // sends contended for).
+        while let Some(step) = steps.blocking_recv() {
             if let Err(reason) = self.take(step) {
                 self.shared.set_stop_reason(reason);
                 self.wake_core();

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,7 +56,7 @@ enum Flow {
 /// Where the core hands its apply steps.
 pub(crate) enum ApplySide<SM: StateMachine> {
     /// The apply thread, through its bounded queue ([`Execution::Threads`](super::config::Execution::Threads)).
-    Thread { queue: SyncSender<ApplyStep<SM>>, thread: JoinHandle<()> },
+    Thread { queue: mpsc::Sender<ApplyStep<SM>>, thread: JoinHandle<()> },
     /// Applied inline, before the core goes on ([`Execution::Tasks`](super::config::Execution::Tasks)).
     Inline(Box<Applier<SM>>),
 }
@@ -511,7 +510,13 @@ where
     /// apply thread is gone: it panicked, or stopped after a failed restore.
     fn send_to_apply(&mut self, step: ApplyStep<SM>) -> Result<(), StopReason> {
         let sent = match self.apply.as_mut() {
-            Some(ApplySide::Thread { queue, .. }) => queue.send(step).is_ok(),
+            // This thread is outside the runtime, where blocking_send may wait; try first, as it
+            // is cheaper and almost always finds room.
+            Some(ApplySide::Thread { queue, .. }) => match queue.try_send(step) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(step)) => queue.blocking_send(step).is_ok(),
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
             Some(ApplySide::Inline(applier)) => {
                 // A panic of the state machine is reported as such, not as the core's.
                 let taken = std::panic::catch_unwind(AssertUnwindSafe(|| applier.take(step))).unwrap_or_else(|panic| {

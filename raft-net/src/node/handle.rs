@@ -98,7 +98,7 @@ where
     let applier = Applier::new(state_machine, Arc::clone(&shared), input.downgrade(), config.snapshot_every_entries);
     let apply = match config.execution {
         Execution::Threads => {
-            let (queue, steps) = std::sync::mpsc::sync_channel(config.apply_queue_batches_max);
+            let (queue, steps) = mpsc::channel(config.apply_queue_batches_max);
             let thread = std::thread::Builder::new()
                 .name(format!("raft-apply-{}", config.id))
                 .spawn(move || applier.run(steps))
