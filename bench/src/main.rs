@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p bench -- --nodes 3 --clients 256 --ops 1000000 --transport mem --storage mem --payload 0
 //! cargo run --release -p bench -- --matrix            # configurations A and B, a markdown table each
+//! cargo run --release -p bench -- --matrix --runs 5   # each configuration 5 times: median and spread
 //! ```
 //!
 //! A run starts a fresh group (nodes, transport, stores), waits for a leader that every node
