@@ -106,9 +106,30 @@ fn main() -> BenchResult<()> {
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     report::print_machine(&dir, workers);
+    if let Some(warning) = build_warning() {
+        eprintln!("WARNING: {warning}");
+        println!("WARNING: {warning}");
+    }
     let idle_poll = args.idle_poll_us.map_or(raft_net::IDLE_POLL_DEFAULT, Duration::from_micros);
     println!("nodes:   {} voters; core threads poll their empty queues for {idle_poll:?} before sleeping", args.nodes);
     if args.matrix { matrix(&args, &dir, &runtime) } else { single(&args, &dir, &runtime) }
+}
+
+/// What makes this build's numbers unrepresentative, if anything: a debug build, or raft-core
+/// checking its invariants after every input (its `invariants` feature, which cargo turns on
+/// when `bench` is built in one command with `sim`, `raft-tests` or `fuzz`).
+fn build_warning() -> Option<&'static str> {
+    if cfg!(debug_assertions) {
+        Some("a debug build: measure with `cargo run --release -p bench`")
+    } else if raft_core::INVARIANTS_CHECKED {
+        Some(
+            "raft-core checks its invariants after every input in this build (feature `invariants`, \
+             turned on by building bench together with sim, raft-tests or fuzz): throughput is lower \
+             than in a plain `cargo build --release -p bench`",
+        )
+    } else {
+        None
+    }
 }
 
 /// One configuration, as given on the command line.

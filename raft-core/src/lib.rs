@@ -124,6 +124,13 @@ pub use read::{ReadError, ReadMode, ReadState};
 pub use snapshot::ReceivedChunk;
 pub use storage::{InitialState, SnapshotChunk, Storage, StorageError};
 pub use transfer::TransferError;
+/// Whether this build runs [`Raft::check_invariants`] after every input: in debug builds and with
+/// the `invariants` feature (which the simulator and the fuzz targets enable). Right for testing,
+/// but it costs time on every input, so a benchmark should say when it is on. Cargo unifies
+/// features across the packages of one command: `cargo build -p sim -p bench` builds `bench`
+/// with it.
+pub const INVARIANTS_CHECKED: bool = cfg!(any(test, debug_assertions, feature = "invariants"));
+
 pub use types::{ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
 
 impl<S: Storage> Raft<S> {

@@ -439,7 +439,7 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn after_input(&mut self) {
-        if cfg!(any(test, debug_assertions, feature = "invariants")) {
+        if crate::INVARIANTS_CHECKED {
             self.check_invariants();
         }
     }
