@@ -173,19 +173,29 @@ fn start_needs_a_tokio_runtime() {
 /// inline in each core task (queries run on the test's own thread), with a snapshot policy on.
 #[tokio::test(flavor = "current_thread")]
 async fn task_execution_runs_a_cluster_on_one_thread() {
-    tokio::task::LocalSet::new().run_until(cluster_on_one_thread()).await;
+    tokio::task::LocalSet::new().run_until(cluster_applying_inline(Execution::Tasks)).await;
 }
 
-async fn cluster_on_one_thread() {
+/// `Execution::OneThread`: no apply thread; each node's core thread applies, takes snapshots and
+/// runs the read queries itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_thread_execution_applies_snapshots_and_reads_on_the_core_thread() {
+    cluster_applying_inline(Execution::OneThread).await;
+}
+
+/// A cluster whose nodes apply inline (`Tasks` or `OneThread`), with a snapshot policy on: the
+/// proposals apply everywhere and each node's query runs where `execution` says it must.
+async fn cluster_applying_inline(execution: Execution) {
     let network = MemNetwork::default();
     let start = |id: u64, storage: MemStorage| {
         let mut config = config(NodeId(id), &BTreeMap::new());
-        config.execution = Execution::Tasks;
+        config.execution = execution;
         config.snapshot_every_entries = 8;
         start_mem(&network, config, storage)
     };
     let members: Vec<Member> = VOTERS.iter().map(|id| start(*id, MemStorage::new(membership(&VOTERS)))).collect();
     let handles: Vec<_> = members.iter().map(|member| member.handle.clone()).collect();
+    let mut events: Vec<_> = handles.iter().map(|handle| handle.events()).collect();
     let ids: Vec<NodeId> = members.iter().map(|member| member.id).collect();
     let mut last = Index(0);
     for i in 0..40 {
@@ -195,15 +205,26 @@ async fn cluster_on_one_thread() {
     raft_tests::all_applied(&all, last).await;
     let test_thread = std::thread::current().id();
     for member in &members {
-        let (thread, value) = member
+        let (thread, name, value) = member
             .handle
             .read(ReadConsistency::Linearizable, |kv: &Kv| {
-                (std::thread::current().id(), kv.0.map().get(&Bytes::from("key39")).cloned())
+                let thread = std::thread::current();
+                (thread.id(), thread.name().map(str::to_owned), kv.0.map().get(&Bytes::from("key39")).cloned())
             })
             .await
             .expect("a linearizable read");
-        assert_eq!(thread, test_thread, "the query ran inline, on the runtime's one thread");
+        match execution {
+            Execution::Tasks => assert_eq!(thread, test_thread, "the query ran inline, on the runtime's one thread"),
+            _ => assert_eq!(name, Some(format!("raft-core-{}", member.id)), "the query ran on the node's core thread"),
+        }
         assert_eq!(value, Some(Bytes::from("value")));
+    }
+    for (member, events) in members.iter().zip(&mut events) {
+        let mut taken = false;
+        while let Ok(event) = events.try_recv() {
+            taken |= matches!(event, NodeEvent::SnapshotTaken { .. });
+        }
+        assert!(taken, "node {} took a snapshot by policy", member.id);
     }
 
     for member in &members {
@@ -236,13 +257,19 @@ impl StateMachine for Panicky {
 /// the proposal is answered with that reason.
 #[tokio::test(flavor = "current_thread")]
 async fn task_execution_reports_a_state_machine_panic_as_such() {
-    tokio::task::LocalSet::new().run_until(state_machine_panic()).await;
+    tokio::task::LocalSet::new().run_until(state_machine_panic(Execution::Tasks)).await;
 }
 
-async fn state_machine_panic() {
+/// The same under `Execution::OneThread`, where the panic unwinds through the core thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_thread_execution_reports_a_state_machine_panic_as_such() {
+    state_machine_panic(Execution::OneThread).await;
+}
+
+async fn state_machine_panic(execution: Execution) {
     let network = MemNetwork::default();
     let mut config = config(NodeId(1), &BTreeMap::new());
-    config.execution = Execution::Tasks;
+    config.execution = execution;
     let (transport, inbound) = network.join(NodeId(1)).expect("join");
     let handle = start_node(config, MemStorage::new(membership(&[1])), transport, inbound, Panicky).expect("starts");
     let mut outcome = handle.propose(Bytes::from_static(b"fine")).await;

@@ -1,6 +1,7 @@
 //! The apply side: owns the state machine, applies committed entries in order, answers the
 //! proposals registered by the core, runs read queries, restores snapshots and takes them per the
-//! policy. It runs on its own thread, or inline in the core's task under
+//! policy. It runs on its own thread, or inline in the core: on the core thread under
+//! [`Execution::OneThread`](super::config::Execution::OneThread), in the core's task under
 //! [`Execution::Tasks`](super::config::Execution::Tasks).
 
 use std::collections::VecDeque;

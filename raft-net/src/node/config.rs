@@ -40,6 +40,13 @@ pub enum Execution {
     /// with the next write. For production.
     #[default]
     Threads,
+    /// The core loop on a dedicated thread that also applies: the steps an apply thread would
+    /// take run on the core thread right after each group commit, in the same order. One thread
+    /// wake-up less per committed batch (the apply thread's), which on a small machine is a
+    /// large part of a cheap operation's cost (see BENCHMARKS.md); but replication, heartbeats
+    /// and elections wait while the state machine applies, restores, snapshots or runs a read
+    /// query. For state machines whose steps are short (an in-memory map).
+    OneThread,
     /// The core loop as one task, with the state machine applied inline in it (the steps an
     /// apply thread would take, in the same order), and every task of the node spawned on the
     /// [`tokio::task::LocalSet`] that calls [`start`](crate::node::start) (which panics outside

@@ -57,7 +57,8 @@ enum Flow {
 pub(crate) enum ApplySide<SM: StateMachine> {
     /// The apply thread, through its bounded queue ([`Execution::Threads`](super::config::Execution::Threads)).
     Thread { queue: mpsc::Sender<ApplyStep<SM>>, thread: JoinHandle<()> },
-    /// Applied inline, before the core goes on ([`Execution::Tasks`](super::config::Execution::Tasks)).
+    /// Applied inline, before the core goes on ([`Execution::OneThread`](super::config::Execution::OneThread),
+    /// [`Execution::Tasks`](super::config::Execution::Tasks)).
     Inline(Box<Applier<SM>>),
 }
 

@@ -105,7 +105,7 @@ where
                 .map_err(|error| NodeStartError::Spawn(error.kind()))?;
             ApplySide::Thread { queue, thread }
         }
-        Execution::Tasks => ApplySide::Inline(Box::new(applier)),
+        Execution::OneThread | Execution::Tasks => ApplySide::Inline(Box::new(applier)),
     };
     let core = Core {
         _panic_guard: PanicGuard { shared: Arc::clone(&shared), reason: StopReason::CorePanicked },
@@ -136,7 +136,7 @@ where
     let done = DoneGuard(Arc::clone(&shared));
     match config.execution {
         // If this fails, dropping `core` drops the apply queue, which ends the apply thread.
-        Execution::Threads => {
+        Execution::Threads | Execution::OneThread => {
             std::thread::Builder::new()
                 .name(format!("raft-core-{}", config.id))
                 .spawn(move || {
@@ -199,7 +199,7 @@ impl<SM: StateMachine> Inner<SM> {
         let cancel = self.tasks_cancel.clone();
         let tick = async move { cancel.run_until_cancelled(tick).await };
         match config.execution {
-            Execution::Threads => {
+            Execution::Threads | Execution::OneThread => {
                 self.tasks.spawn_on(tick, runtime);
             }
             Execution::Tasks => {

@@ -27,11 +27,14 @@
 //!   atomic and the core is woken with a best-effort `Wake` input, so no tick is lost to a full
 //!   queue (at most [`TICKS_PER_ITERATION_MAX`] are caught up at once).
 //!
-//! With [`NodeConfig::execution`] set to [`Execution::Tasks`], the core loop is instead one task on
-//! the `LocalSet` that called [`start`] (as is the ticker), and the apply side's steps run
-//! inline in it, in the same order: no thread is spawned, so a single-threaded runtime with a seeded scheduler (the turmoil
-//! simulation of the real stack) replays a run exactly. The default, [`Execution::Threads`], keeps
-//! storage I/O and applying off the async workers.
+//! With [`NodeConfig::execution`] set to [`Execution::OneThread`], there is no apply thread: the
+//! core thread takes the apply steps itself, in the same order, right after each group commit
+//! (cheaper for a state machine with short steps; everything else waits while it runs). With
+//! [`Execution::Tasks`], the core loop is instead one task on the `LocalSet` that called
+//! [`start`] (as is the ticker), and the apply steps run inline in it, in the same order: no
+//! thread is spawned, so a single-threaded runtime with a seeded scheduler (the turmoil
+//! simulation of the real stack) replays a run exactly. The default, [`Execution::Threads`],
+//! keeps storage I/O and applying off the async workers and off each other.
 //!
 //! Every queue is bounded by a named limit in [`NodeConfig`]: `proposals_pending_max` (permits
 //! held from `propose` until the answer), `reads_pending_max` (the same for `read`),
