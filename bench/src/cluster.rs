@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raft_core::{Index, Membership, NodeId, Options, Role, Term};
-use raft_net::{MemNetwork, NodeConfig, NodeHandle, StateMachine, TcpOptions, TcpTransport, TokioConnector};
+use raft_net::{Execution, MemNetwork, NodeConfig, NodeHandle, StateMachine, TcpOptions, TcpTransport, TokioConnector};
 use raft_storage::{DiskOptions, DiskStorage, Identity, MemStorage, StdFs};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -26,6 +26,33 @@ pub enum TransportKind {
     Mem,
     /// `TcpTransport` on 127.0.0.1: length-prefixed postcard frames.
     Tcp,
+}
+
+/// Where each node's core loop and state machine run (`NodeConfig::execution`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutionKind {
+    /// `Execution::Threads` (the library's default): a core thread and an apply thread.
+    Threads,
+    /// `Execution::OneThread`: the core thread applies too (no apply thread).
+    OneThread,
+}
+
+impl ExecutionKind {
+    /// The library's setting.
+    pub fn execution(self) -> Execution {
+        match self {
+            ExecutionKind::Threads => Execution::Threads,
+            ExecutionKind::OneThread => Execution::OneThread,
+        }
+    }
+
+    /// As on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutionKind::Threads => "threads",
+            ExecutionKind::OneThread => "one-thread",
+        }
+    }
 }
 
 /// Where the nodes keep their logs.
@@ -51,6 +78,8 @@ pub struct ClusterSpec {
     pub snapshot_every_entries: u64,
     /// `NodeConfig::idle_poll` of every node (`None`: the library's default).
     pub idle_poll: Option<Duration>,
+    /// `NodeConfig::execution` of every node.
+    pub execution: ExecutionKind,
 }
 
 /// The cluster id of every benchmark group.
@@ -216,6 +245,7 @@ fn node_config(id: NodeId, spec: &ClusterSpec, addresses: &BTreeMap<NodeId, Sock
     if let Some(idle_poll) = spec.idle_poll {
         config.idle_poll = idle_poll;
     }
+    config.execution = spec.execution.execution();
     config.addresses = addresses.clone();
     Ok(config)
 }

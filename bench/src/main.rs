@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use cluster::{BenchResult, Cluster, ClusterSpec, StorageKind, TransportKind};
+use cluster::{BenchResult, Cluster, ClusterSpec, ExecutionKind, StorageKind, TransportKind};
 use load::{LoadPlan, LoadResult};
 
 /// Throughput and latency of a Raft group in this process (closed-loop clients on the leader).
@@ -84,10 +84,26 @@ struct Args {
     /// microseconds (NodeConfig::idle_poll) [default: the library's default].
     #[arg(long)]
     idle_poll_us: Option<u64>,
+    /// Where each node's core loop and state machine run. With --matrix, a comma-separated list
+    /// runs every configuration with each (interleaved in every pass).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "threads")]
+    execution: Vec<ExecutionKind>,
+    /// With --matrix: only configuration A or only B.
+    #[arg(long, value_enum)]
+    only: Option<Part>,
     /// With --matrix: run every configuration this many times (in passes over the matrix) and
     /// report the median, the spread and the load average of each run.
     #[arg(long, default_value_t = 1)]
     runs: usize,
+}
+
+/// A part of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Configuration A: in-process, in-memory.
+    A,
+    /// Configuration B: TCP and the WAL.
+    B,
 }
 
 /// Client counts of configuration A (openraft's published benchmark plus 4096).
@@ -101,6 +117,12 @@ fn main() -> BenchResult<()> {
     let args = Args::parse();
     if args.nodes == 0 || args.clients == 0 {
         return Err("--nodes and --clients must be at least 1".into());
+    }
+    if !args.matrix && args.execution.len() != 1 {
+        return Err("--execution takes one value without --matrix".into());
+    }
+    if !args.matrix && args.only.is_some() {
+        return Err("--only needs --matrix".into());
     }
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -146,7 +168,7 @@ fn single(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::Runtime)
         }
         StorageKind::Mem => None,
     };
-    let spec = spec(args, args.transport, args.storage);
+    let spec = spec(args, args.transport, args.storage, args.execution[0]);
     let plan = plan(args, args.clients, args.payload, "run", Duration::from_secs(60));
     let result = runtime.block_on(measure(&spec, &plan, dir))?;
     report::print_single(&spec, &plan, &result, limit.as_ref());
@@ -155,6 +177,8 @@ fn single(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::Runtime)
 
 /// One row of the matrix: a configuration and what each of its runs measured.
 pub struct Row {
+    /// Where each node's core loop and state machine run.
+    pub execution: ExecutionKind,
     /// How the nodes reach each other.
     pub transport: TransportKind,
     /// Where they keep their logs.
@@ -170,14 +194,23 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(transport: TransportKind, storage: StorageKind, clients: usize, payload: usize) -> Self {
-        Row { transport, storage, clients, payload, runs: Vec::new(), limits: Vec::new() }
+    fn new(
+        execution: ExecutionKind,
+        transport: TransportKind,
+        storage: StorageKind,
+        clients: usize,
+        payload: usize,
+    ) -> Self {
+        Row { execution, transport, storage, clients, payload, runs: Vec::new(), limits: Vec::new() }
     }
 
     fn label(&self, run: usize, runs: usize) -> String {
+        let execution = self.execution.name();
         match self.storage {
-            StorageKind::Mem => format!("A, {} clients, run {run}/{runs}", self.clients),
-            StorageKind::Wal => format!("B, {} B, {} clients, run {run}/{runs}", self.payload, self.clients),
+            StorageKind::Mem => format!("A, {execution}, {} clients, run {run}/{runs}", self.clients),
+            StorageKind::Wal => {
+                format!("B, {execution}, {} B, {} clients, run {run}/{runs}", self.payload, self.clients)
+            }
         }
     }
 
@@ -204,11 +237,21 @@ fn matrix(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::Runtime)
     let runs = args.runs.max(1);
     eprintln!("reference limit: loopback ping-pong, {reference_time:?} ...");
     let rtt = reference::loopback_rtt(reference_time)?;
-    let mut rows: Vec<Row> =
-        MATRIX_A_CLIENTS.iter().map(|&clients| Row::new(TransportKind::Mem, StorageKind::Mem, clients, 0)).collect();
-    for payload in MATRIX_B_PAYLOADS {
-        for clients in MATRIX_B_CLIENTS {
-            rows.push(Row::new(TransportKind::Tcp, StorageKind::Wal, clients, payload));
+    let mut rows: Vec<Row> = Vec::new();
+    if args.only != Some(Part::B) {
+        for clients in MATRIX_A_CLIENTS {
+            for &execution in &args.execution {
+                rows.push(Row::new(execution, TransportKind::Mem, StorageKind::Mem, clients, 0));
+            }
+        }
+    }
+    if args.only != Some(Part::A) {
+        for payload in MATRIX_B_PAYLOADS {
+            for clients in MATRIX_B_CLIENTS {
+                for &execution in &args.execution {
+                    rows.push(Row::new(execution, TransportKind::Tcp, StorageKind::Wal, clients, payload));
+                }
+            }
         }
     }
     for run in 1..=runs {
@@ -221,7 +264,7 @@ fn matrix(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::Runtime)
                 );
                 row.limits.push(FsyncReference::measure(dir, row.payload, row.clients, args.nodes, reference_time)?);
             }
-            let spec = spec(args, row.transport, row.storage);
+            let spec = spec(args, row.transport, row.storage, row.execution);
             let plan = plan(args, row.clients, row.payload, &label, Duration::from_secs(5));
             let measured = runtime.block_on(measure(&spec, &plan, dir))?;
             report::print_row_done(&plan, &measured);
@@ -230,8 +273,12 @@ fn matrix(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::Runtime)
     }
     report::print_rtt(&rtt);
     let (rows_a, rows_b): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|row| row.storage == StorageKind::Mem);
-    report::print_table_a(&rows_a, runs);
-    report::print_table_b(&rows_b, runs, args.nodes);
+    if !rows_a.is_empty() {
+        report::print_table_a(&rows_a, runs);
+    }
+    if !rows_b.is_empty() {
+        report::print_table_b(&rows_b, runs, args.nodes);
+    }
     report::print_load();
     Ok(())
 }
@@ -281,8 +328,9 @@ impl FsyncReference {
     }
 }
 
-fn spec(args: &Args, transport: TransportKind, storage: StorageKind) -> ClusterSpec {
+fn spec(args: &Args, transport: TransportKind, storage: StorageKind, execution: ExecutionKind) -> ClusterSpec {
     ClusterSpec {
+        execution,
         nodes: args.nodes,
         transport,
         storage,

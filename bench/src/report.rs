@@ -99,8 +99,13 @@ pub fn print_fsync(fsync: &FsyncReference) {
 pub fn print_single(spec: &ClusterSpec, plan: &LoadPlan, measured: &Measured, limit: Option<&FsyncReference>) {
     let load = &measured.load;
     println!(
-        "config: {} nodes, {} clients, transport {:?}, storage {:?}, payload {} B",
-        spec.nodes, plan.clients, spec.transport, spec.storage, plan.payload
+        "config: {} nodes, {} clients, transport {:?}, storage {:?}, payload {} B, execution {}",
+        spec.nodes,
+        plan.clients,
+        spec.transport,
+        spec.storage,
+        plan.payload,
+        spec.execution.name()
     );
     println!("{} ops/s ({} ops in {:.2} s)", thousands(load.ops_per_sec()), load.ops, load.elapsed.as_secs_f64());
     println!(
@@ -177,8 +182,8 @@ pub fn print_table_a(rows: &[Row], runs: usize) {
         "\n## Configuration A: in-process transport without serialization, in-memory log, empty payload \
          (median of {runs} runs; latencies and CPU of the median run)\n"
     );
-    println!("| clients | {COMMON_HEADER} | openraft (2 cores) | goal (x{GOAL_A_FACTOR}) | reached |");
-    println!("|---:|{COMMON_ALIGN}|---:|---:|:---:|");
+    println!("| execution | clients | {COMMON_HEADER} | openraft (2 cores) | goal (x{GOAL_A_FACTOR}) | reached |");
+    println!("|:---|---:|{COMMON_ALIGN}|---:|---:|:---:|");
     for row in rows {
         let Some(median) = row.median() else { continue };
         let openraft = OPENRAFT_THIS_MACHINE.iter().find(|(c, _)| *c == row.clients).map(|(_, ops)| *ops);
@@ -190,7 +195,12 @@ pub fn print_table_a(rows: &[Row], runs: usize) {
             }
             None => ("-".to_owned(), "-".to_owned(), "-"),
         };
-        println!("| {} | {} | {openraft_cell} | {goal_cell} | {reached} |", row.clients, common_cells(row, median));
+        println!(
+            "| {} | {} | {} | {openraft_cell} | {goal_cell} | {reached} |",
+            row.execution.name(),
+            row.clients,
+            common_cells(row, median)
+        );
     }
 }
 
@@ -202,11 +212,11 @@ pub fn print_table_b(rows: &[Row], runs: usize, nodes: u64) {
          (median of {runs} runs; latencies and CPU of the median run)\n"
     );
     println!(
-        "| payload | clients | {COMMON_HEADER} | fsyncs/s of a batch: alone / spinning CPUs / each of {nodes} loops \
+        "| execution | payload | clients | {COMMON_HEADER} | fsyncs/s of a batch: alone / spinning CPUs / each of {nodes} loops \
          (median) | group-commit limit (median) | of limit | goal ({:.0}%) |",
         GOAL_B_FRACTION * 100.0
     );
-    println!("|---:|---:|{COMMON_ALIGN}|---:|---:|---:|:---:|");
+    println!("|:---|---:|---:|{COMMON_ALIGN}|---:|---:|---:|:---:|");
     for row in rows {
         let (Some(median), Some(limit)) = (row.median(), row.median_limit()) else { continue };
         let rate = |pick: fn(&FsyncReference) -> f64| {
@@ -217,7 +227,8 @@ pub fn print_table_b(rows: &[Row], runs: usize, nodes: u64) {
         let fraction = median.load.ops_per_sec() / limit;
         let reached = if fraction >= GOAL_B_FRACTION { "yes" } else { "no" };
         println!(
-            "| {} B | {} | {} | {} / {} / {} | {} | {:.0}% | {reached} |",
+            "| {} | {} B | {} | {} | {} / {} / {} | {} | {:.0}% | {reached} |",
+            row.execution.name(),
             row.payload,
             row.clients,
             common_cells(row, median),
