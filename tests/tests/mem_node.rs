@@ -2,6 +2,7 @@
 //! pressure, shutdown and start-up errors.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use raft_core::{Index, NodeId, Options};
@@ -123,7 +124,11 @@ async fn shutdown_answers_pending_proposals_and_refuses_new_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_every_handle_stops_the_node() {
     let network = MemNetwork::default();
-    let member = start_mem(&network, config(NodeId(1), &BTreeMap::new()), MemStorage::new(membership(&[1])));
+    let mut config = config(NodeId(1), &BTreeMap::new());
+    // The core thread must see its closed queue while it polls, not only once it sleeps (it
+    // would poll for an hour here, as it would for as long as peers' messages kept coming).
+    config.idle_poll = Duration::from_secs(3600);
+    let member = start_mem(&network, config, MemStorage::new(membership(&[1])));
     settled_leader(&[&member]).await;
     let mut events = member.handle.events();
     drop(member);

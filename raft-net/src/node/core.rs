@@ -47,6 +47,16 @@ enum Next<SM: StateMachine> {
     Message(Message),
 }
 
+/// What the core thread's queues hold right now.
+enum Polled<SM: StateMachine> {
+    /// An input or a message to take.
+    Ready(Next<SM>),
+    /// Nothing yet.
+    Empty,
+    /// The handles' queue is closed and empty: every handle and the ticker are gone.
+    Closed,
+}
+
 /// Whether the loop goes on after an iteration.
 enum Flow {
     Continue,
@@ -125,10 +135,11 @@ where
         while outcome.is_ok() {
             // `None`: every handle and task is gone, which is a shutdown.
             let next = match self.poll_next() {
-                Some(next) => Some(next),
+                Polled::Ready(next) => Some(next),
+                Polled::Closed => None,
                 // Only channels are awaited, which need neither the runtime's I/O driver nor its
                 // timers.
-                None => self.runtime.clone().block_on(self.recv_next()),
+                Polled::Empty => self.runtime.clone().block_on(self.recv_next()),
             };
             match self.take_next(next) {
                 Ok(Flow::Continue) => {}
@@ -236,30 +247,30 @@ where
         Ok(Flow::Continue)
     }
 
-    /// The next input or peer message, if one is queued.
-    fn try_next(&mut self) -> Option<Next<SM>> {
-        if let Ok(input) = self.input.try_recv() {
-            return Some(Next::Input(input));
+    /// The next input or peer message, if one is queued; `Closed` once the handles' queue is
+    /// closed and empty, even while peers' messages keep coming (the last handle was dropped).
+    fn try_next(&mut self) -> Polled<SM> {
+        match self.input.try_recv() {
+            Ok(input) => return Polled::Ready(Next::Input(input)),
+            Err(TryRecvError::Disconnected) => return Polled::Closed,
+            Err(TryRecvError::Empty) => {}
         }
-        self.try_inbound().map(Next::Message)
+        self.try_inbound().map_or(Polled::Empty, |message| Polled::Ready(Next::Message(message)))
     }
 
     /// [`Core::try_next`], polled for `idle_poll` while both queues are empty, yielding the CPU
     /// between polls (see `NodeConfig::idle_poll`). Only the core thread polls: the task form
     /// never does, since a task that does not await holds its thread.
-    fn poll_next(&mut self) -> Option<Next<SM>> {
+    fn poll_next(&mut self) -> Polled<SM> {
         if self.idle_poll.is_zero() {
             return self.try_next();
         }
         let deadline = Instant::now() + self.idle_poll;
         loop {
-            if let Some(next) = self.try_next() {
-                return Some(next);
+            match self.try_next() {
+                Polled::Empty if Instant::now() < deadline => std::thread::yield_now(),
+                polled => return polled,
             }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::yield_now();
         }
     }
 
