@@ -44,7 +44,8 @@
 use std::path::{Path, PathBuf};
 
 use raft_core::{
-    Entry, HardState, Index, InitialState, Membership, NodeId, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term,
+    Entry, HardState, Index, InitialState, Membership, NodeId, Output, SnapshotChunk, SnapshotMeta, Storage,
+    StorageError, Term,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -1261,6 +1262,11 @@ impl<F: FileSystem> LogStore for DiskStorage<F> {
             store.entries.extend_from_slice(entries);
             Ok(())
         })
+    }
+
+    /// Through [`DiskStorage::persist_owned`](LogStore::persist_owned), which moves the entries.
+    fn write_output_owned(&mut self, output: &mut Output) -> Result<(), DiskError> {
+        crate::write_output_moving(self, output)
     }
 
     /// Moves the entries into the store's in-memory copy of the log instead of cloning them.

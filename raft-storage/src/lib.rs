@@ -91,14 +91,26 @@ pub trait LogStore: Storage {
         self.persist(output.hard_state, &output.entries)
     }
 
-    /// Like [`LogStore::write_output`], but takes the output's entries (through
-    /// [`LogStore::persist_owned`]) instead of copying them: `output.entries` is left empty. For
-    /// drivers that have no further use for them (read what you need of them first).
+    /// Like [`LogStore::write_output`], but may take the output's entries instead of copying
+    /// them: `output.entries` is left empty. For drivers that have no further use for them (read
+    /// what you need of them first); raft-net's driver calls this one. The default calls
+    /// [`LogStore::write_output`] (so a store that overrides that one is still obeyed) and then
+    /// empties the entries; a store that moves entries into memory overrides this with
+    /// [`write_output_moving`], which goes through [`LogStore::persist_owned`].
     fn write_output_owned(&mut self, output: &mut Output) -> Result<(), Self::Error> {
-        write_snapshot_part(self, output)?;
-        let entries = std::mem::take(&mut output.entries);
-        self.persist_owned(output.hard_state, entries)
+        self.write_output(output)?;
+        output.entries.clear();
+        Ok(())
     }
+}
+
+/// [`LogStore::write_output_owned`] for a store whose [`LogStore::persist_owned`] moves the
+/// entries (and whose [`LogStore::write_output`] is the default): the snapshot part, then the
+/// entries handed over by value. `output.entries` is left empty.
+pub fn write_output_moving<S: LogStore + ?Sized>(store: &mut S, output: &mut Output) -> Result<(), S::Error> {
+    write_snapshot_part(store, output)?;
+    let entries = std::mem::take(&mut output.entries);
+    store.persist_owned(output.hard_state, entries)
 }
 
 /// The writes of `output` that come before its hard state and entries: the snapshot chunks,
@@ -140,4 +152,81 @@ fn take_entries(entries: &[Entry], offset: Index, low: Index, high: Index, bytes
         count += 1;
     }
     range[..count].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use raft_core::{EntryPayload, InitialState, Membership, NodeId, StorageError};
+
+    use super::*;
+
+    /// A store that overrides `write_output` (here only to count the calls).
+    struct Overriding {
+        inner: MemStorage,
+        writes: usize,
+    }
+
+    impl Storage for Overriding {
+        fn initial_state(&self) -> Result<InitialState, StorageError> {
+            self.inner.initial_state()
+        }
+        fn entries(&self, low: Index, high: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
+            self.inner.entries(low, high, bytes_max)
+        }
+        fn term(&self, index: Index) -> Result<Term, StorageError> {
+            self.inner.term(index)
+        }
+        fn first_index(&self) -> Result<Index, StorageError> {
+            self.inner.first_index()
+        }
+        fn last_index(&self) -> Result<Index, StorageError> {
+            self.inner.last_index()
+        }
+        fn snapshot(&self) -> Result<SnapshotMeta, StorageError> {
+            self.inner.snapshot()
+        }
+        fn snapshot_chunk(
+            &self,
+            index: Index,
+            term: Term,
+            offset: u64,
+            bytes_max: u64,
+        ) -> Result<SnapshotChunk, StorageError> {
+            self.inner.snapshot_chunk(index, term, offset, bytes_max)
+        }
+    }
+
+    impl LogStore for Overriding {
+        type Error = MemStorageError;
+        fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), Self::Error> {
+            self.inner.persist(hard_state, entries)
+        }
+        fn compact(&mut self, index: Index, term: Term) -> Result<(), Self::Error> {
+            self.inner.compact(index, term)
+        }
+        fn write_snapshot_chunk(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), Self::Error> {
+            self.inner.write_snapshot_chunk(meta, offset, data)
+        }
+        fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), Self::Error> {
+            self.inner.install_snapshot(meta)
+        }
+        fn write_output(&mut self, output: &Output) -> Result<(), Self::Error> {
+            self.writes += 1;
+            self.inner.write_output(output)
+        }
+    }
+
+    /// Drivers call `write_output_owned`; a store that overrides only `write_output` must still
+    /// be the one that writes.
+    #[test]
+    fn the_default_write_output_owned_goes_through_an_overridden_write_output() {
+        let membership = Membership::new([NodeId(1)]);
+        let mut store = Overriding { inner: MemStorage::new(membership), writes: 0 };
+        let entry = Entry { index: Index(1), term: Term(1), payload: EntryPayload::Normal(Bytes::from_static(b"x")) };
+        let mut output = Output { entries: vec![entry], ..Output::default() };
+        store.write_output_owned(&mut output).expect("written");
+        assert_eq!(store.writes, 1, "the overridden write_output ran");
+        assert!(output.entries.is_empty(), "the entries were taken");
+        assert_eq!(store.last_index(), Ok(Index(1)));
+    }
 }

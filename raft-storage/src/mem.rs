@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use raft_core::{
-    Entry, HardState, Index, InitialState, Membership, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term,
+    Entry, HardState, Index, InitialState, Membership, Output, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term,
 };
 use thiserror::Error;
 
@@ -254,6 +254,11 @@ impl LogStore for MemStorage {
             self.hard_state = hard_state;
         }
         Ok(())
+    }
+
+    /// Through [`MemStorage::persist_owned`](LogStore::persist_owned), which moves the entries.
+    fn write_output_owned(&mut self, output: &mut Output) -> Result<(), MemStorageError> {
+        crate::write_output_moving(self, output)
     }
 
     fn persist_owned(&mut self, hard_state: Option<HardState>, mut entries: Vec<Entry>) -> Result<(), MemStorageError> {
