@@ -8,7 +8,8 @@
 //!
 //! [`start`] spawns the node's core thread (the one owner of the core and the storage, which it
 //! writes inline with group commit, and the taker of the transport's messages), its apply thread
-//! (the one owner of the state machine) and a small tokio task that ticks; the [`node`] module
+//! (the one owner of the state machine; none under [`Execution::OneThread`], where the core
+//! thread applies) and a small tokio task that ticks; the [`node`] module
 //! docs describe the threads, the bounded queues and how the driving contract of raft-core is
 //! met.
 //!

@@ -18,7 +18,7 @@ use super::read::PendingRead;
 use super::shared::{ApplyStep, CoreInput, PanicGuard, Registration, Shared, TakenSnapshot};
 use super::state_machine::StateMachine;
 
-/// The apply thread's state.
+/// The apply side's state (the apply thread's, or the core's when it applies inline).
 pub(crate) struct Applier<SM: StateMachine> {
     /// First, so that a panic records its reason before the pending proposals are dropped.
     _panic_guard: PanicGuard,

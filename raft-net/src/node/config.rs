@@ -34,6 +34,7 @@ pub const TICKS_PER_ITERATION_MAX: u64 = 4;
 
 /// Where a node's core loop and its state machine run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Execution {
     /// The core loop on a dedicated thread (which also does the storage writes), the state
     /// machine on another: storage I/O never blocks the runtime's workers, and applying overlaps
@@ -70,7 +71,9 @@ pub struct NodeConfig {
     pub tick_interval: Duration,
     /// Proposals accepted by the handle and not yet answered, at most: queued for the core,
     /// waiting for their term to be durable, or appended and waiting to be applied. `propose`
-    /// waits for room (back-pressure); `try_propose` fails with `TooBusy`.
+    /// waits for room (back-pressure); `try_propose` fails with `TooBusy`. The permits of the
+    /// proposals answered in one apply step come back together at the end of that step, so
+    /// right after an answer `try_propose` can still find no room for a moment.
     pub proposals_pending_max: usize,
     /// Reads accepted by the handle and not yet answered, at most: queued for the core, waiting
     /// for the core to confirm them, or queued for the apply thread. `read` waits for room
@@ -86,7 +89,8 @@ pub struct NodeConfig {
     pub input_batch_items_max: usize,
     /// Batches handed from the core thread to the apply thread and not yet applied, at most;
     /// each holds at most `options.apply_bytes_max()` of entries. The core thread waits when the
-    /// queue is full (back-pressure from a slow state machine).
+    /// queue is full (back-pressure from a slow state machine). Unused without an apply thread
+    /// ([`Execution::OneThread`], [`Execution::Tasks`]).
     pub apply_queue_batches_max: usize,
     /// Events buffered for each [`NodeHandle::events`](crate::NodeHandle::events) receiver; a
     /// receiver that falls further behind loses the oldest (it sees `Lagged`).
@@ -105,7 +109,8 @@ pub struct NodeConfig {
     /// Where each member can be reached, used only to tell clients where the leader is
     /// ([`ProposeError::NotLeader`](crate::ProposeError::NotLeader)).
     pub addresses: BTreeMap<NodeId, SocketAddr>,
-    /// Threads (the default) or tasks on the caller's runtime: see [`Execution`].
+    /// Where the core loop and the state machine run: a thread each (the default), one thread,
+    /// or tasks on the caller's `LocalSet`; see [`Execution`].
     pub execution: Execution,
 }
 
@@ -141,6 +146,10 @@ pub enum ConfigError {
     /// `reads_pending_max` is above what a tokio semaphore can count.
     #[error("reads_pending_max ({0}) is too large")]
     ReadsPendingTooLarge(usize),
+    /// A queue's bound (`input_queue_items_max`, `apply_queue_batches_max`) is above what a
+    /// tokio channel can hold (`tokio::sync::Semaphore::MAX_PERMITS`).
+    #[error("{0:?} ({1}) is too large for a bounded channel")]
+    QueueTooLarge(ConfigLimit, usize),
 }
 
 impl NodeConfig {
@@ -185,6 +194,14 @@ impl NodeConfig {
         if self.reads_pending_max > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ConfigError::ReadsPendingTooLarge(self.reads_pending_max));
         }
+        // tokio's bounded channels panic above this.
+        let queues = [
+            (self.input_queue_items_max, ConfigLimit::InputQueueItemsMax),
+            (self.apply_queue_batches_max, ConfigLimit::ApplyQueueBatchesMax),
+        ];
+        if let Some((value, limit)) = queues.iter().find(|(value, _)| *value > tokio::sync::Semaphore::MAX_PERMITS) {
+            return Err(ConfigError::QueueTooLarge(*limit, *value));
+        }
         Ok(())
     }
 }
@@ -201,7 +218,12 @@ mod tests {
         assert_eq!(zero.validate(), Err(ConfigError::Zero(ConfigLimit::ApplyQueueBatchesMax)));
         let zero = NodeConfig { reads_pending_max: 0, ..config.clone() };
         assert_eq!(zero.validate(), Err(ConfigError::Zero(ConfigLimit::ReadsPendingMax)));
-        let zero = NodeConfig { tick_interval: Duration::ZERO, ..config };
+        let zero = NodeConfig { tick_interval: Duration::ZERO, ..config.clone() };
         assert_eq!(zero.validate(), Err(ConfigError::Zero(ConfigLimit::TickInterval)));
+        // "Unbounded" is refused with a reason rather than panicking in `start`.
+        let huge = NodeConfig { apply_queue_batches_max: usize::MAX, ..config.clone() };
+        assert_eq!(huge.validate(), Err(ConfigError::QueueTooLarge(ConfigLimit::ApplyQueueBatchesMax, usize::MAX)));
+        let huge = NodeConfig { input_queue_items_max: usize::MAX, ..config };
+        assert_eq!(huge.validate(), Err(ConfigError::QueueTooLarge(ConfigLimit::InputQueueItemsMax, usize::MAX)));
     }
 }

@@ -67,9 +67,10 @@ impl<SM: StateMachine> std::fmt::Debug for NodeHandle<SM> {
 }
 
 /// Starts a node: its core thread (which owns the core and `storage`, and takes `inbound`, the
-/// transport's receiver, itself), its apply thread (which owns `state_machine`), and a tokio task
-/// on the current runtime that ticks every `config.tick_interval`. Must be called from within a
-/// tokio runtime. Under [`Execution::Tasks`] it must be called from within a
+/// transport's receiver, itself), its apply thread (which owns `state_machine`; under
+/// [`Execution::OneThread`] the core thread applies instead), and a tokio task on the current
+/// runtime that ticks every `config.tick_interval`. Must be called from within a tokio runtime.
+/// Under [`Execution::Tasks`] it must be called from within a
 /// [`tokio::task::LocalSet`] (it panics otherwise): the core is a task there too, and applies
 /// inline (see the module docs).
 ///
@@ -261,7 +262,8 @@ impl<SM: StateMachine> NodeHandle<SM> {
     /// Runs `query` against the state machine, as fresh as `consistency` asks, and returns its
     /// result. Waits for room first when `reads_pending_max` reads are pending (back-pressure).
     ///
-    /// The query runs on the apply thread, between two applied commands, so it sees a state the
+    /// The query runs on the apply thread (on the core thread under [`Execution::OneThread`],
+    /// where a long query also holds up replication and heartbeats), between two applied commands, so it sees a state the
     /// commands produced and nothing half-applied. For a [`ReadConsistency::Linearizable`] or
     /// [`ReadConsistency::Lease`] read the core first confirms an index (at least the commit index
     /// when the read was asked) and the query runs once everything up to that index is applied:

@@ -17,8 +17,11 @@
 //!   its input queue and on the transport's receiver at once (`Handle::block_on` of a select
 //!   over the two), after polling both for `idle_poll`. Each iteration takes the queued inputs
 //!   (up to `input_batch_items_max`), then the queued peer messages (up to
-//!   `input_batch_items_max` again), steps them, then carries out the output with one `write_output` (one fsync for the whole batch: group commit). Messages
-//!   not taken yet wait in the transport's bounded receiver, which pushes back on the transport.
+//!   `input_batch_items_max` again), steps them, then carries out the output with one
+//!   `write_output_owned` (one fsync for the whole batch: group commit). Messages not taken yet
+//!   wait in the transport's bounded receiver: when it is full, the TCP transport's readers wait
+//!   (pushing back on the peer's connection) and the in-memory one drops the message (as a
+//!   lossy network would; Raft resends).
 //! - The **apply thread** owns the [`StateMachine`]: it applies committed entries in order,
 //!   answers the proposals the core registered, runs read queries, restores snapshots, and takes
 //!   snapshots per the policy (`snapshot_every_entries`), which it offers to the core through a

@@ -131,7 +131,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Where a proposal's outcome goes. Holds one of the `proposals_pending_max` permits until the
-/// proposal is answered.
+/// proposal is answered (answered by the apply side: until the end of the apply step that
+/// answered it, see [`Responder::answer_releasing_with`]).
 pub(crate) struct Responder<R> {
     sender: oneshot::Sender<Result<R, ProposeError>>,
     permit: OwnedSemaphorePermit,
