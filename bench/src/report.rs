@@ -30,7 +30,9 @@ pub fn print_machine(dir: &Path, workers: usize) {
         .unwrap_or_else(|| "unknown".to_owned());
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("machine: {model}, {available} CPUs available, {memory} memory, kernel {}", kernel.trim());
-    println!("runtime: tokio multi-thread, {workers} workers; each node adds a core and an apply thread");
+    println!(
+        "runtime: tokio multi-thread, {workers} workers; each node adds a core thread, and an apply thread unless --execution one-thread"
+    );
     println!("dir:     {} ({})", dir.display(), file_system(dir));
     print_load();
 }
