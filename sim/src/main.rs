@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use sim::{Report, RunOptions, Stats};
+use sim::{Report, RunOptions, Stats, Violation};
 
 /// Deterministic Raft cluster simulation.
 #[derive(Parser, Debug)]
@@ -119,22 +119,11 @@ fn run_real(args: &Args) -> ExitCode {
     if seconds > 0.0 {
         println!("wall time:           {seconds:.1}s ({:.1} seeds/min)", reports.len() as f64 * 60.0 / seconds);
     }
-    let failed: Vec<_> = reports.iter().filter(|report| report.violation.is_some()).collect();
-    for report in &failed {
-        if let Some(violation) = &report.violation {
-            println!("\nseed {} violated {}", report.config.seed, violation.property);
-            println!("  {}", violation.detail);
-            println!("  config: {}", report.config);
-            println!("  replay: {}", report.replay_command());
-        }
-    }
-    if failed.is_empty() {
-        println!("all {} seeds passed", reports.len());
-        ExitCode::SUCCESS
-    } else {
-        println!("\n{} of {} seeds failed", failed.len(), reports.len());
-        ExitCode::FAILURE
-    }
+    let failures = reports.iter().filter_map(|report| {
+        let violation = report.violation.as_ref()?;
+        Some((report.config.seed, violation, report.config.to_string(), report.replay_command()))
+    });
+    finish_with(reports.len(), failures.collect())
 }
 
 fn run_parallel(start: u64, end: u64, threads: usize) -> Vec<Report> {
@@ -237,19 +226,26 @@ fn print_summary(stats: &Stats, seeds: u64, wall: std::time::Duration) {
 }
 
 fn finish(reports: &[Report]) -> ExitCode {
-    let failed: Vec<&Report> = reports.iter().filter(|r| r.violation.is_some()).collect();
-    if failed.is_empty() {
-        println!("all {} seeds passed", reports.len());
+    let failures = reports.iter().filter_map(|report| {
+        let violation = report.violation.as_ref()?;
+        Some((report.config.seed, violation, report.config.to_string(), report.replay_command()))
+    });
+    finish_with(reports.len(), failures.collect())
+}
+
+/// Prints each failed seed (seed, violation, config, replay command) of `seeds` run, or that all
+/// passed; the exit code says which.
+fn finish_with(seeds: usize, failures: Vec<(u64, &Violation, String, String)>) -> ExitCode {
+    if failures.is_empty() {
+        println!("all {seeds} seeds passed");
         return ExitCode::SUCCESS;
     }
-    for report in &failed {
-        if let Some(violation) = &report.violation {
-            println!("\nseed {} violated {}", report.config.seed, violation.property);
-            println!("  {}", violation.detail);
-            println!("  config: {}", report.config);
-            println!("  replay: {}", report.replay_command());
-        }
+    for (seed, violation, config, replay) in &failures {
+        println!("\nseed {seed} violated {}", violation.property);
+        println!("  {}", violation.detail);
+        println!("  config: {config}");
+        println!("  replay: {replay}");
     }
-    println!("\n{} of {} seeds failed", failed.len(), reports.len());
+    println!("\n{} of {seeds} seeds failed", failures.len());
     ExitCode::FAILURE
 }
