@@ -513,6 +513,28 @@ async fn a_connection_silent_past_the_idle_timeout_is_closed_and_keepalives_keep
     }
 }
 
+/// The acceptor's side of the keepalives: a peer that sends only keepalives for twice the idle
+/// timeout keeps its connection, and a message it sends after them is delivered.
+#[tokio::test]
+async fn keepalives_from_a_peer_keep_its_connection_open_past_the_idle_timeout() {
+    let quick = TcpOptions {
+        keepalive_interval: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(300),
+        ..options()
+    };
+    let known = BTreeMap::from([(NodeId(2), unused_address())]);
+    let (one, mut inbox) =
+        TcpTransport::start(CLUSTER, NodeId(1), listener().await, TokioConnector, known, quick).expect("start");
+    let (mut stream, reply) = raw_handshake(one.local_address(), Hello::new(CLUSTER, NodeId(2), NodeId(1))).await;
+    assert_eq!(reply, Frame::HelloAccepted);
+    for _ in 0..12 {
+        write_frame(&mut stream, &Frame::Keepalive, FRAME_BYTES_MIN).await.expect("the connection is open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stream.write_all(&frame_bytes(&Frame::Message(message(2, 1, 7)))).await.expect("the connection is open");
+    receive_term(&mut inbox, 7).await;
+}
+
 /// The idle timeout counts time without bytes, not time per frame: a frame trickling in slower
 /// than `idle_timeout` as a whole, but with bytes arriving all along, is delivered.
 #[tokio::test]

@@ -52,6 +52,9 @@ pub(crate) async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut listener: A)
 /// Handshakes with one dialer, then reads its messages until the connection ends, breaks a rule,
 /// or is replaced by a newer connection from the same peer.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S, remote: SocketAddr) {
+    // The idle timer under the buffer: it reads the clock once per socket read, not once per read
+    // from the buffer (several per frame).
+    let stream = IdleReader::new(stream, shared.options.idle_timeout);
     let mut stream = BufReader::with_capacity(shared.options.read_buffer_bytes, stream);
     let handshake = timeout(shared.options.handshake_timeout, accept_handshake(&shared, &mut stream)).await;
     let peer = match handshake {
@@ -67,7 +70,6 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S
     };
     debug!(local = %shared.local_id, %peer, %remote, "accepted a connection");
     let (connection, cancel) = shared.register_reader(peer);
-    let mut stream = IdleReader::new(stream, shared.options.idle_timeout);
     let end = cancel.run_until_cancelled(read_loop(&shared, &mut stream, peer)).await;
     shared.unregister_reader(peer, connection);
     match end {
@@ -168,5 +170,20 @@ impl<R: AsyncRead + Unpin> AsyncRead for IdleReader<R> {
             this.deadline.as_mut().reset(due);
         }
         Poll::Pending
+    }
+}
+
+/// Writes (the handshake's answer) go straight through.
+impl<W: AsyncWrite + Unpin> AsyncWrite for IdleReader<W> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

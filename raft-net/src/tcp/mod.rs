@@ -1,7 +1,8 @@
 //! The TCP transport: one outbound connection per peer that only carries our messages to it, and
 //! inbound connections that only carry the peers' messages to us (the stream model of etcd).
 //!
-//! Tasks, all spawned on the runtime that started the transport and all stopped by
+//! Tasks, all spawned on the runtime that started the transport (on its `LocalSet` with
+//! `TcpOptions::spawn_local`) and all stopped by
 //! [`TcpTransport::shutdown`] (or, without waiting, by dropping the transport):
 //!
 //! - one acceptor, which spawns a reader per inbound connection (at most
