@@ -188,6 +188,22 @@ pub struct Counterexample {
     pub candidates: Vec<Indexed>,
 }
 
+/// [`check`] as the simulators report it: `Ok(true)` when linearizable, `Ok(false)` when the
+/// search ran out of `steps_max` on some key (undecided), and the violation otherwise (a
+/// counterexample, or a history that is not well formed).
+pub fn judge(history: &[Operation], steps_max: u64) -> Result<bool, crate::Violation> {
+    match check(history, steps_max) {
+        Ok(Verdict::Linearizable) => Ok(true),
+        Ok(Verdict::Unknown { .. }) => Ok(false),
+        Ok(Verdict::Violation(counterexample)) => {
+            Err(crate::Violation { property: "linearizability", detail: counterexample.to_string() })
+        }
+        Err(error) => {
+            Err(crate::Violation { property: "linearizability (malformed history)", detail: error.to_string() })
+        }
+    }
+}
+
 /// Checks that `history` is linearizable, spending at most `steps_max` steps on each key.
 ///
 /// A step is one unit of search work (looking at one event, or comparing against one remembered

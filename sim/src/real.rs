@@ -42,7 +42,7 @@ pub use net::{TurmoilConnector, TurmoilListener};
 pub use observe::RealStats;
 
 use crate::checkers::Violation;
-use crate::linearizability::{self, Verdict};
+use crate::linearizability;
 use client::{ClientPlan, run_client};
 use node::{NodePlan, run_node};
 use observe::Observer;
@@ -334,15 +334,9 @@ pub fn run_config(config: RealConfig) -> RealReport {
     observed.stats.simulated_ms = simulated_ms;
     let mut linearizability_unknown = false;
     if violation.is_none() && observed.violation.is_none() {
-        match linearizability::check(&observed.history, LINEARIZABILITY_STEPS_MAX) {
-            Ok(Verdict::Linearizable) => {}
-            Ok(Verdict::Unknown { .. }) => linearizability_unknown = true,
-            Ok(Verdict::Violation(counterexample)) => {
-                violation = Some(Violation { property: "linearizability", detail: format!("{counterexample:?}") });
-            }
-            Err(error) => {
-                violation = Some(Violation { property: "a well-formed history", detail: format!("{error:?}") });
-            }
+        match linearizability::judge(&observed.history, LINEARIZABILITY_STEPS_MAX) {
+            Ok(decided) => linearizability_unknown = !decided,
+            Err(found) => violation = Some(found),
         }
     }
     let violation = observed.violation.clone().or(violation);

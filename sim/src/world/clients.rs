@@ -8,10 +8,10 @@ use bytes::Bytes;
 use raft_core::{NodeId, ProposeError, ReadError, ReadMode, ReadState};
 
 use super::{EventKind, Simulation};
-use crate::checkers::{Check, Violation};
+use crate::checkers::Check;
 use crate::config::TICK_UNITS;
 use crate::kv::Command;
-use crate::linearizability::{self, Input, Operation, Outcome, Output, Verdict};
+use crate::linearizability::{self, Input, Operation, Outcome, Output};
 
 /// Client periods between attempts.
 pub(super) const CLIENT_PERIOD_TICKS: u64 = 2;
@@ -208,16 +208,9 @@ impl Simulation {
     /// Checks the clients' history: every completed operation must fit one sequential order
     /// consistent with real time.
     pub(super) fn check_linearizability(&mut self) -> Check {
-        match linearizability::check(&self.history, LINEARIZABILITY_STEPS_MAX) {
-            Ok(Verdict::Linearizable) => Ok(()),
-            Ok(Verdict::Unknown { .. }) => {
-                self.stats.linearizability_unknown += 1;
-                Ok(())
-            }
-            Ok(Verdict::Violation(counterexample)) => {
-                Err(Violation { property: "linearizability", detail: counterexample.to_string() })
-            }
-            Err(error) => Err(Violation { property: "linearizability (malformed history)", detail: error.to_string() }),
+        if !linearizability::judge(&self.history, LINEARIZABILITY_STEPS_MAX)? {
+            self.stats.linearizability_unknown += 1;
         }
+        Ok(())
     }
 }
