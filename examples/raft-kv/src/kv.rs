@@ -120,9 +120,18 @@ impl PeerBook {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(error) => return Err(PeerFileError::Io(file, error)),
         };
-        let book = PeerBook { peers: Arc::new(Mutex::new(BTreeMap::new())), transport, own, file };
+        let mut peers = BTreeMap::new();
         for peer in saved.iter().chain(initial) {
-            book.add(*peer);
+            if peer.id != own {
+                transport.add_peer(peer.id, peer.raft);
+            }
+            peers.insert(peer.id, *peer);
+        }
+        // One save at start, and only when the initial peers changed what was saved.
+        let unchanged = saved.len() == peers.len() && saved.iter().all(|peer| peers.get(&peer.id) == Some(peer));
+        let book = PeerBook { peers: Arc::new(Mutex::new(peers)), transport, own, file };
+        if !unchanged && let Err(error) = book.save(&book.lock()) {
+            eprintln!("node {own}: saving {}: {error}", book.file.display());
         }
         Ok(book)
     }
@@ -262,4 +271,54 @@ impl StateMachine for Kv {
 pub fn encode(command: &Command) -> Bytes {
     // Strings, bytes and addresses always encode.
     Bytes::from(postcard::to_allocvec(command).expect("a command encodes"))
+}
+
+#[cfg(test)]
+mod peer_book_tests {
+    use raft_net::{TcpOptions, TokioConnector};
+
+    use super::*;
+
+    fn peer(id: u64) -> PeerAddresses {
+        let port = 20_000 + id as u16;
+        PeerAddresses {
+            id: NodeId(id),
+            raft: SocketAddr::from(([127, 0, 0, 1], port)),
+            http: SocketAddr::from(([127, 0, 0, 1], port + 100)),
+        }
+    }
+
+    async fn transport() -> Arc<TcpTransport> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (transport, _inbound) =
+            TcpTransport::start(1, NodeId(1), listener, TokioConnector, BTreeMap::new(), TcpOptions::default())
+                .expect("start");
+        Arc::new(transport)
+    }
+
+    /// Opening saves the book once if the initial peers add to it, and not at all when they
+    /// change nothing (it used to rewrite the file once per peer at every start).
+    #[tokio::test]
+    async fn opening_saves_only_what_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(PeerBook::FILE_NAME);
+        let initial = [peer(1), peer(2), peer(3)];
+        let book = PeerBook::open(NodeId(1), &initial, transport().await, dir.path()).expect("open");
+        assert_eq!(book.all().len(), 3);
+        let saved: Vec<PeerAddresses> = serde_json::from_slice(&std::fs::read(&file).expect("saved")).expect("json");
+        assert_eq!(saved, initial);
+
+        // The same peers in another layout: a start that changes nothing leaves the file alone.
+        let compact = serde_json::to_vec(&initial).expect("json");
+        std::fs::write(&file, &compact).expect("write");
+        let book = PeerBook::open(NodeId(1), &initial, transport().await, dir.path()).expect("reopen");
+        assert_eq!(book.all().len(), 3);
+        assert_eq!(std::fs::read(&file).expect("read"), compact, "nothing changed, nothing written");
+
+        // A new peer is saved, with the old ones.
+        let book = PeerBook::open(NodeId(1), &[peer(4)], transport().await, dir.path()).expect("reopen");
+        assert_eq!(book.get(NodeId(4)), Some(peer(4)));
+        let saved: Vec<PeerAddresses> = serde_json::from_slice(&std::fs::read(&file).expect("saved")).expect("json");
+        assert_eq!(saved, [peer(1), peer(2), peer(3), peer(4)]);
+    }
 }
