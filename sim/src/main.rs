@@ -91,9 +91,7 @@ fn run_real(args: &Args) -> ExitCode {
             let (start, end) = args.seeds;
             let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             println!("running turmoil seeds {start}..{end} of the real stack on {threads} threads");
-            parallel(start, end, threads, sim::real::run, |report| {
-                report.violation.as_ref().map(|v| (report.config.seed, v.clone()))
-            })
+            parallel(start, end, threads, sim::real::run)
         }
     };
     let mut total = sim::real::RealStats::default();
@@ -119,34 +117,58 @@ fn run_real(args: &Args) -> ExitCode {
     if seconds > 0.0 {
         println!("wall time:           {seconds:.1}s ({:.1} seeds/min)", reports.len() as f64 * 60.0 / seconds);
     }
-    let failures = reports.iter().filter_map(|report| {
-        let violation = report.violation.as_ref()?;
-        Some((report.config.seed, violation, report.config.to_string(), report.replay_command()))
-    });
-    finish_with(reports.len(), failures.collect())
+    finish(&reports)
 }
 
 fn run_parallel(start: u64, end: u64, threads: usize) -> Vec<Report> {
-    let mut reports = parallel(
-        start,
-        end,
-        threads,
-        |seed| sim::run(seed, RunOptions::default()),
-        |report| report.violation.as_ref().map(|v| (report.config.seed, v.clone())),
-    );
-    reports.sort_by_key(|r| r.config.seed);
-    reports
+    parallel(start, end, threads, |seed| sim::run(seed, RunOptions::default()))
+}
+
+/// What the command line needs of one seed's report, from either simulator.
+trait SeedReport {
+    /// The seed.
+    fn seed(&self) -> u64;
+    /// The seed's first violation, if any.
+    fn violation(&self) -> Option<&Violation>;
+    /// The seed's configuration, as printed.
+    fn config_text(&self) -> String;
+    /// The command that replays the seed.
+    fn replay(&self) -> String;
+}
+
+impl SeedReport for Report {
+    fn seed(&self) -> u64 {
+        self.config.seed
+    }
+    fn violation(&self) -> Option<&Violation> {
+        self.violation.as_ref()
+    }
+    fn config_text(&self) -> String {
+        self.config.to_string()
+    }
+    fn replay(&self) -> String {
+        self.replay_command()
+    }
+}
+
+impl SeedReport for sim::real::RealReport {
+    fn seed(&self) -> u64 {
+        self.config.seed
+    }
+    fn violation(&self) -> Option<&Violation> {
+        self.violation.as_ref()
+    }
+    fn config_text(&self) -> String {
+        self.config.to_string()
+    }
+    fn replay(&self) -> String {
+        self.replay_command()
+    }
 }
 
 /// Runs `run` on seeds `start..end` on `threads` threads with a progress bar (periodic lines
 /// without a terminal), printing each failure as it comes; returns the reports in seed order.
-fn parallel<R: Send>(
-    start: u64,
-    end: u64,
-    threads: usize,
-    run: impl Fn(u64) -> R + Sync,
-    failure: impl Fn(&R) -> Option<(u64, sim::Violation)>,
-) -> Vec<R> {
+fn parallel<R: SeedReport + Send>(start: u64, end: u64, threads: usize, run: impl Fn(u64) -> R + Sync) -> Vec<R> {
     let next = AtomicU64::new(start);
     let bar = ProgressBar::new(end - start);
     bar.set_style(
@@ -178,7 +200,8 @@ fn parallel<R: Send>(
         drop(sender);
         let mut failures = 0;
         for report in receiver {
-            if let Some((seed, violation)) = failure(&report.1) {
+            if let Some(violation) = report.1.violation() {
+                let seed = report.1.seed();
                 failures += 1;
                 bar.println(format!("seed {seed} FAILED: {violation}"));
                 bar.set_message(format!("{failures} failed"));
@@ -225,27 +248,21 @@ fn print_summary(stats: &Stats, seeds: u64, wall: std::time::Duration) {
     }
 }
 
-fn finish(reports: &[Report]) -> ExitCode {
-    let failures = reports.iter().filter_map(|report| {
-        let violation = report.violation.as_ref()?;
-        Some((report.config.seed, violation, report.config.to_string(), report.replay_command()))
-    });
-    finish_with(reports.len(), failures.collect())
-}
-
-/// Prints each failed seed (seed, violation, config, replay command) of `seeds` run, or that all
-/// passed; the exit code says which.
-fn finish_with(seeds: usize, failures: Vec<(u64, &Violation, String, String)>) -> ExitCode {
-    if failures.is_empty() {
-        println!("all {seeds} seeds passed");
+/// Prints each failed seed (violation, config, replay command), or that all passed; the exit
+/// code says which.
+fn finish<R: SeedReport>(reports: &[R]) -> ExitCode {
+    let failed: Vec<(&R, &Violation)> =
+        reports.iter().filter_map(|report| report.violation().map(|violation| (report, violation))).collect();
+    if failed.is_empty() {
+        println!("all {} seeds passed", reports.len());
         return ExitCode::SUCCESS;
     }
-    for (seed, violation, config, replay) in &failures {
-        println!("\nseed {seed} violated {}", violation.property);
+    for (report, violation) in &failed {
+        println!("\nseed {} violated {}", report.seed(), violation.property);
         println!("  {}", violation.detail);
-        println!("  config: {config}");
-        println!("  replay: {replay}");
+        println!("  config: {}", report.config_text());
+        println!("  replay: {}", report.replay());
     }
-    println!("\n{} of {seeds} seeds failed", failures.len());
+    println!("\n{} of {} seeds failed", failed.len(), reports.len());
     ExitCode::FAILURE
 }
