@@ -26,7 +26,8 @@ fn push_optional(out: &mut Vec<u8>, value: Option<u64>) {
     out.extend_from_slice(&value.unwrap_or(0).to_le_bytes());
 }
 
-fn word(data: &[u8], at: usize) -> Option<u64> {
+/// The little-endian `u64` at byte `at` of `data`, if there are 8 bytes there.
+pub(crate) fn word(data: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
 }
 

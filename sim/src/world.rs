@@ -318,7 +318,7 @@ fn encode_snapshot(applied: Applied, chain_hash: u64, kv: &KvState, filler_bytes
 
 /// Reads [`encode_snapshot`]'s bytes back: (applied state, chain hash, key-value state).
 fn decode_snapshot(data: &[u8]) -> Option<(Applied, u64, KvState)> {
-    let word = |at: usize| Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?));
+    let word = |at: usize| crate::kv::word(data, at);
     let index = word(0)?;
     let (kv, filler) = KvState::decode(data.get(24..)?)?;
     if filler.iter().enumerate().any(|(i, &byte)| byte != (i as u8) ^ (index as u8)) {

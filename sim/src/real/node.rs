@@ -97,8 +97,9 @@ impl StateMachine for SimKv {
     }
 
     fn restore(&mut self, data: Bytes) -> Result<(), BadSnapshot> {
-        let word = |at: usize| Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?));
-        let (Some(last), Some(chain)) = (word(0), word(8)) else { return Err(BadSnapshot) };
+        let (Some(last), Some(chain)) = (crate::kv::word(&data, 0), crate::kv::word(&data, 8)) else {
+            return Err(BadSnapshot);
+        };
         let Some((state, rest)) = KvState::decode(&data[16..]) else { return Err(BadSnapshot) };
         if !rest.is_empty() {
             return Err(BadSnapshot);
@@ -194,14 +195,14 @@ fn open_store(plan: &NodePlan, observer: &Observer) -> Option<DiskStorage<Turmoi
     let dir = format!("/raft/n{}", id.0);
     let fs = TurmoilFs { fsync_lies: plan.fsync_lies };
     let opened = DiskStorage::open(fs, Path::new(&dir), identity, options);
-    let created = observer.lock().created.get(&id).copied().unwrap_or(false);
+    let created = observer.lock().created.contains(&id);
     let error = match opened {
         Ok(storage) => return Some(storage),
         Err(DiskError::NotInitialized(_)) if !created => {
             let voters = Membership::new((1..=plan.hosts.len() as u64).map(NodeId));
             match DiskStorage::create(fs, Path::new(&dir), identity, voters, options) {
                 Ok(storage) => {
-                    observer.lock().created.insert(id, true);
+                    observer.lock().created.insert(id);
                     return Some(storage);
                 }
                 Err(error) => error,

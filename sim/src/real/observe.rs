@@ -6,7 +6,7 @@
 //! The simulation is single-threaded: the `Arc<Mutex<_>>` only satisfies the driver's `Send`
 //! bounds on the state machine; it is never contended.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use raft_core::{Index, NodeId, Term};
@@ -25,8 +25,8 @@ pub(crate) struct Observed {
     /// The chain hash of the applied commands up to each command's index, and a digest of the
     /// state it produced, as first applied.
     chains: BTreeMap<Index, (u64, u64)>,
-    /// Whether each node's store was created durably (it must reopen from then on).
-    pub(crate) created: BTreeMap<NodeId, bool>,
+    /// The nodes whose store was created durably (it must reopen from then on).
+    pub(crate) created: BTreeSet<NodeId>,
     /// How many times each node was started, for a fresh seed per incarnation.
     pub(crate) starts: BTreeMap<NodeId, u64>,
     /// The first violation seen.
