@@ -101,6 +101,12 @@ fn body_within(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Byte
     })
 }
 
+/// The body as JSON of type `T`, within `limit` bytes: 413 over it, 400 for bad JSON.
+fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+    let body = body_within(body, limit)?;
+    serde_json::from_slice(&body).map_err(|error| bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")))
+}
+
 fn check_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(bad(StatusCode::BAD_REQUEST, "the key is empty"));
@@ -187,13 +193,9 @@ async fn cas_key(
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResponse {
-    let body = match body_within(body, CAS_BODY_BYTES_MAX) {
+    let body: CasBody = match json_body(body, CAS_BODY_BYTES_MAX) {
         Ok(body) => body,
         Err(error) => return error.into_response(),
-    };
-    let body: CasBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(error) => return bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")).into_response(),
     };
     let value_len = body.value.as_ref().map_or(0, String::len);
     if let Err(error) = check_key(&key).and_then(|()| check_len(value_len)) {
@@ -322,13 +324,9 @@ enum MemberAction {
 }
 
 async fn members(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, BytesRejection>) -> HttpResponse {
-    let body = match body_within(body, ADMIN_BODY_BYTES_MAX) {
-        Ok(body) => body,
-        Err(error) => return error.into_response(),
-    };
-    let action: MemberAction = match serde_json::from_slice(&body) {
+    let action: MemberAction = match json_body(body, ADMIN_BODY_BYTES_MAX) {
         Ok(action) => action,
-        Err(error) => return bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")).into_response(),
+        Err(error) => return error.into_response(),
     };
     // Only the leader's view of the membership is current enough to check a change against.
     let status = match app.handle.status().await {
@@ -450,13 +448,9 @@ struct TransferBody {
 }
 
 async fn transfer(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, BytesRejection>) -> HttpResponse {
-    let body = match body_within(body, ADMIN_BODY_BYTES_MAX) {
+    let body: TransferBody = match json_body(body, ADMIN_BODY_BYTES_MAX) {
         Ok(body) => body,
         Err(error) => return error.into_response(),
-    };
-    let body: TransferBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(error) => return bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")).into_response(),
     };
     let outcome = tokio::time::timeout(ADMIN_TIMEOUT, app.handle.transfer_leadership(NodeId(body.id))).await;
     match outcome {
