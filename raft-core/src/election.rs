@@ -13,7 +13,10 @@ impl<S: Storage> Raft<S> {
         if self.election_elapsed < self.randomized_election_ticks {
             self.election_elapsed += 1;
         }
-        if self.election_elapsed >= self.randomized_election_ticks && self.is_promotable() {
+        // The timers may have run ahead of the clock (a driver catching up after a stall):
+        // a follower that still owes its leader stickiness by the clock waits for it, or it
+        // would vote for itself inside a lease the leader is serving reads under.
+        if self.election_elapsed >= self.randomized_election_ticks && self.is_promotable() && !self.in_lease() {
             self.start_election();
         }
     }
@@ -53,11 +56,13 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Whether this node still trusts a live leader: it then ignores requests for votes, so a
-    /// partitioned or removed node cannot depose a healthy leader (leader stickiness).
+    /// partitioned or removed node cannot depose a healthy leader (leader stickiness). Judged by
+    /// the clock, not the timers: a leader's lease counts on this promise holding for
+    /// `election_ticks` of real time after the follower last heard from it.
     pub(crate) fn in_lease(&self) -> bool {
         match self.role {
             Role::Leader => true,
-            _ => self.leader.is_some() && self.election_elapsed < self.options.election_ticks(),
+            _ => self.leader.is_some() && self.ticks - self.timer_reset_at < u64::from(self.options.election_ticks()),
         }
     }
 
@@ -258,9 +263,9 @@ impl<S: Storage> Raft<S> {
                     // Step down but keep counting toward our own election: only granting the
                     // vote restarts the timer (Raft §5.2). Otherwise a node with a fast clock and
                     // a stale log could keep an up-to-date node from ever campaigning.
-                    let timer = (self.election_elapsed, self.randomized_election_ticks);
+                    let timer = (self.election_elapsed, self.randomized_election_ticks, self.timer_reset_at);
                     self.become_follower(m.term, None);
-                    (self.election_elapsed, self.randomized_election_ticks) = timer;
+                    (self.election_elapsed, self.randomized_election_ticks, self.timer_reset_at) = timer;
                 }
             }
             // A granted pre-vote carries the term we would campaign in: no term change.
@@ -270,9 +275,9 @@ impl<S: Storage> Raft<S> {
                 // Learning a later term from a refusal or an answer: step down, but keep counting
                 // toward our own election, for the same reason as above. Otherwise a hopeless
                 // candidate that keeps raising the term keeps resetting a viable one's timer.
-                let timer = (self.election_elapsed, self.randomized_election_ticks);
+                let timer = (self.election_elapsed, self.randomized_election_ticks, self.timer_reset_at);
                 self.become_follower(m.term, None);
-                (self.election_elapsed, self.randomized_election_ticks) = timer;
+                (self.election_elapsed, self.randomized_election_ticks, self.timer_reset_at) = timer;
             }
         }
         Ok(())
@@ -308,7 +313,7 @@ impl<S: Storage> Raft<S> {
             }
             Role::Follower => {
                 self.leader = Some(from);
-                self.election_elapsed = 0;
+                self.restart_election_count();
                 Ok(())
             }
         }
@@ -328,7 +333,7 @@ impl<S: Storage> Raft<S> {
         if can_vote && self.candidate_up_to_date(last_log_index, last_log_term)? {
             if !pre_vote {
                 self.vote = Some(from);
-                self.election_elapsed = 0;
+                self.restart_election_count();
             }
             // The answer carries the request's term, so a pre-candidate can count it (etcd#8243).
             self.send(from, term, MessageBody::VoteResponse { pre_vote, granted: true });

@@ -13,6 +13,20 @@
 //! 1. **Inputs.** Call [`Raft::tick`] at a steady logical rate, [`Raft::step`] for each message
 //!    received, [`Raft::propose`] for client commands, [`Raft::on_persisted`] when a write finishes,
 //!    and [`Raft::report_unreachable`] when a peer cannot be reached.
+//!
+//!    **Time.** The node has a *clock* and *timers*; [`Raft::tick`] advances both by one tick.
+//!    The clock judges every promise about time: a leader serves lease reads until
+//!    `election_ticks - clock_drift_max_ticks` after a quorum heard from it, and a follower
+//!    neither votes for another node nor campaigns until `election_ticks` after it last heard
+//!    from its leader. So the clock must never lag real time when the node judges one: before
+//!    handing over a read, or a message, that arrived after time the node has not been told of
+//!    (the driver stalled, or its process was paused), bring the clock up to date with
+//!    [`Raft::advance_clock`]. The timers (elections, heartbeats, check-quorum) only decide when
+//!    to act, and [`Raft::tick_timers`] may run them slower than real time, for example catching
+//!    up only a few missed ticks after a stall so that the node reads its queue before it
+//!    campaigns. The one assumption left is that the clocks of different nodes run at rates
+//!    that differ by less than `clock_drift_max_ticks` per election timeout (see
+//!    [`Options::clock_drift_max_ticks`]).
 //! 2. **Take the output** with [`Raft::take_output`] after inputs (at the latest before the next
 //!    tick). Outputs must be persisted *in the order they were taken*.
 //! 3. **Persist**, in this order: write `snapshot_chunks` into the store's staging area (offset 0

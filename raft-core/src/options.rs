@@ -195,8 +195,12 @@ impl Options {
         self.lease_reads
     }
     /// The most ticks by which clocks may drift apart over one election timeout: a leader's
-    /// lease lasts `election_ticks - clock_drift_max_ticks` ticks from the heartbeat that
-    /// confirmed it. Lease reads are only as safe as this bound.
+    /// lease lasts `election_ticks - clock_drift_max_ticks` ticks by its clock from the
+    /// heartbeat that confirmed it. Lease reads are only as safe as this bound, and it is the one
+    /// assumption they rest on: one of these ticks goes to rounding (each node counts whole
+    /// ticks), the rest bound how much faster a follower's clock may run than the leader's
+    /// over an election timeout. Pauses, stalls and slow disks are not drift: the driver
+    /// brings the clock up to date before the node judges a lease ([`crate::Raft::advance_clock`]).
     pub fn clock_drift_max_ticks(&self) -> u32 {
         self.clock_drift_max_ticks
     }

@@ -139,8 +139,13 @@ pub struct Raft<S: Storage> {
     pub(crate) snapshot_chunks: Vec<ReceivedChunk>,
     /// Reads waiting or done.
     pub(crate) reads: Reads,
-    /// Ticks since this node started: its logical clock, for leases.
+    /// The clock: ticks of time since this node started, advanced by [`Raft::tick`] and
+    /// [`Raft::advance_clock`]. Every promise about time is judged by it (a leader's lease, a
+    /// follower's stickiness to its leader); the timers above only decide when to act.
     pub(crate) ticks: u64,
+    /// The clock when the election timer last restarted: a follower trusts its leader (and
+    /// refuses to vote or campaign) until `election_ticks` later by the clock.
+    pub(crate) timer_reset_at: u64,
     /// Memberships in the log, oldest first: the base (the snapshot's, or the initial one),
     /// then each membership entry after it. The last one is in force.
     pub(crate) configs: Vec<(Index, Membership)>,
@@ -186,6 +191,7 @@ impl<S: Storage> Raft<S> {
             snapshot_chunks: Vec::new(),
             reads,
             ticks: 0,
+            timer_reset_at: 0,
             configs: Vec::new(),
             transfer: None,
             last_hard_state: hard_state,
@@ -263,11 +269,30 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    /// Advances logical time by one tick: followers and candidates count toward an election,
-    /// leaders toward a heartbeat and a check-quorum round.
+    /// Advances time by one tick: the clock ([`Raft::advance_clock`]) and the timers
+    /// ([`Raft::tick_timers`]) together. A driver that never falls behind real time needs nothing
+    /// else.
     pub fn tick(&mut self) {
-        self.ticks += 1;
+        self.advance_clock(1);
+        self.tick_timers();
+    }
+
+    /// Advances the clock by `ticks` without running the timers: time that passed while the
+    /// driver could not deliver it (a stall, a paused process). The clock judges every promise
+    /// about time (a leader's lease, a follower's stickiness to its leader), so a driver brings
+    /// it up to date *before* it hands over a read or a message that arrived meanwhile (driving
+    /// contract, rule 1); it may then run the timers at its own pace with [`Raft::tick_timers`].
+    pub fn advance_clock(&mut self, ticks: u64) {
+        self.ticks = self.ticks.saturating_add(ticks);
         self.expire_forwarded_reads();
+        self.after_input();
+    }
+
+    /// Runs the timers for one tick without advancing the clock: followers and candidates count
+    /// toward an election, leaders toward a heartbeat and a check-quorum round. The timers only
+    /// decide when to act (liveness): a follower never campaigns while its leader's lease holds
+    /// by the clock, however fast its timers ran, and a leader's lease is judged by the clock.
+    pub fn tick_timers(&mut self) {
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -402,11 +427,17 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn reset_election_timer(&mut self) {
-        self.election_elapsed = 0;
+        self.restart_election_count();
         self.heartbeat_elapsed = 0;
         let base = self.options.election_ticks();
         // Uniform in [base, 2*base): the spread is what keeps split votes rare.
         self.randomized_election_ticks = base + (self.rng.next_u64() % u64::from(base)) as u32;
+    }
+
+    /// Restarts the count toward an election, by the timers and by the clock.
+    pub(crate) fn restart_election_count(&mut self) {
+        self.election_elapsed = 0;
+        self.timer_reset_at = self.ticks;
     }
 
     fn propose_entry(&mut self, payload: EntryPayload) -> Result<Index, ProposeError> {
@@ -487,5 +518,6 @@ impl<S: Storage> Raft<S> {
         assert_eq!(sum, self.uncommitted_bytes, "uncommitted byte accounting");
         assert!(self.uncommitted_bytes <= self.options.uncommitted_bytes_max(), "uncommitted over limit");
         assert!(self.election_elapsed <= self.randomized_election_ticks.max(self.options.election_ticks()));
+        assert!(self.timer_reset_at <= self.ticks, "the election timer restarted in the future");
     }
 }
