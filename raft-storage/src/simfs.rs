@@ -51,7 +51,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::fs::{FileSystem, FsFile};
 
@@ -80,6 +80,9 @@ impl Default for SimFsOptions {
 #[derive(Clone)]
 pub struct SimFs {
     state: Arc<Mutex<State>>,
+    /// Whether file syncs wait (a stalled disk, see [`SimFs::hold_syncs`]), and the condition
+    /// they wait on.
+    syncs_held: Arc<(Mutex<bool>, Condvar)>,
 }
 
 /// An open file of a [`SimFs`]: a handle on an inode, valid until the next [`SimFs::crash`].
@@ -144,7 +147,7 @@ impl SimFs {
     /// An empty file system with the given options.
     pub fn with_options(seed: u64, options: SimFsOptions) -> Self {
         let state = State::new(seed, options);
-        SimFs { state: Arc::new(Mutex::new(state)) }
+        SimFs { state: Arc::new(Mutex::new(state)), syncs_held: Arc::new((Mutex::new(false), Condvar::new())) }
     }
 
     /// Replaces the options from now on.
@@ -171,6 +174,29 @@ impl SimFs {
     pub fn crash_after(&self, n: u64) {
         let mut state = self.lock();
         state.halt_at = Some(state.op_count + n);
+    }
+
+    /// Stalls the disk: from now on every file sync waits, inside the call, until
+    /// [`SimFs::release_syncs`] (a slow fsync that holds up whoever called it). Only for tests
+    /// that run the store on a thread of its own: a sync on the releasing thread would wait for
+    /// ever.
+    pub fn hold_syncs(&self) {
+        *lock_flag(&self.syncs_held.0) = true;
+    }
+
+    /// Ends the stall of [`SimFs::hold_syncs`]: waiting syncs go on.
+    pub fn release_syncs(&self) {
+        *lock_flag(&self.syncs_held.0) = false;
+        self.syncs_held.1.notify_all();
+    }
+
+    /// Waits while syncs are held.
+    fn wait_while_held(&self) {
+        let (flag, released) = &*self.syncs_held;
+        let mut held = lock_flag(flag);
+        while *held {
+            held = released.wait(held).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
     }
 
     /// Whether the machine is halted (by [`SimFs::crash_after`]) and waits for [`SimFs::crash`].
@@ -224,6 +250,11 @@ impl SimFs {
     fn open(&self, handle: Handle, len: usize) -> SimFile {
         SimFile { fs: self.clone(), handle, len: len as u64 }
     }
+}
+
+/// Locks the flag of [`SimFs::hold_syncs`]; a bool cannot be left half-written by a panic.
+fn lock_flag(flag: &Mutex<bool>) -> MutexGuard<'_, bool> {
+    flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl fmt::Debug for SimFs {
@@ -299,6 +330,7 @@ impl FsFile for SimFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        self.fs.wait_while_held();
         self.fs.lock().sync(self.handle)
     }
 

@@ -377,3 +377,74 @@ async fn a_failing_disk_resolves_pending_reads_with_storage_failed() {
     assert!(matches!(late, Err(ReadError::StorageFailed(_))), "{late:?}");
     shutdown_all(&members).await;
 }
+
+/// PITFALLS.md 29: a leader whose core thread stalls (here a slow fsync; a paused process is the
+/// same to it) for longer than an election timeout must not answer a lease read that waited in
+/// its queue from a lease that ran out meanwhile. The others elect a new leader and commit a new
+/// value during the stall; when the stall ends, the old leader's driver gives the core's clock
+/// every tick that passed before it judges the read, so the read fails (or, at worst, reads the
+/// new value), and is never answered with the old one. The old driver handed the read over
+/// first and caught up at most four ticks per iteration: it answered the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stalled_past_its_lease_answers_no_stale_lease_read() {
+    let network = MemNetwork::default();
+    let disks: Vec<SimFs> = VOTERS.iter().map(|id| SimFs::new(*id)).collect();
+    let members: Vec<Member> = VOTERS
+        .iter()
+        .zip(&disks)
+        .map(|(id, fs)| {
+            let id = NodeId(*id);
+            let identity = Identity { cluster_id: CLUSTER, node_id: id };
+            let storage =
+                DiskStorage::create(fs.clone(), "/data", identity, membership(&VOTERS), DiskOptions::default())
+                    .expect("create store");
+            let mut config = config(id, &BTreeMap::new());
+            config.options = tuned(id, |b| b.lease_reads(true).clock_drift_max_ticks(2));
+            start_mem(&network, config, storage)
+        })
+        .collect();
+    let (handles, ids) = handles(&members);
+    let position = leader_position(&members).await;
+    propose(&handles, &ids, position, set("x", "old")).await;
+    let old = &members[position];
+    let value = timeout(PATIENCE, read_key(&old.handle, ReadConsistency::Lease, "x")).await;
+    assert_eq!(value.expect("answers").expect("the lease holds"), Some(Bytes::from_static(b"old")));
+
+    // The old leader's next write stalls in its fsync, holding up its core thread.
+    disks[position].hold_syncs();
+    let stalled = tokio::spawn({
+        let handle = old.handle.clone();
+        async move { handle.propose(set("y", "stalled")).await }
+    });
+    let others: Vec<usize> = (0..members.len()).filter(|&i| i != position).collect();
+    let other_handles: Vec<NodeHandle<Kv>> = others.iter().map(|&i| handles[i].clone()).collect();
+    let other_ids: Vec<NodeId> = others.iter().map(|&i| ids[i]).collect();
+    eventually("the others elect a new leader", || async {
+        for handle in &other_handles {
+            if let Ok(status) = handle.status().await
+                && status.leader.is_some_and(|leader| leader != old.id)
+                && status.role == raft_core::Role::Leader
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    propose(&other_handles, &other_ids, 0, set("x", "new")).await;
+    // Queued during the stall, as a client's read to the old leader would be.
+    let read = tokio::spawn({
+        let handle = old.handle.clone();
+        async move { read_key(&handle, ReadConsistency::Lease, "x").await }
+    });
+    sleep(Duration::from_millis(200)).await;
+    disks[position].release_syncs();
+
+    let outcome = timeout(PATIENCE, read).await.expect("the read is answered").expect("the task ran");
+    match outcome {
+        Ok(value) => assert_eq!(value, Some(Bytes::from_static(b"new")), "a stale lease read"),
+        Err(error) => assert!(matches!(error, ReadError::LeadershipChanged | ReadError::NoLeader), "{error:?}"),
+    }
+    let _ = timeout(PATIENCE, stalled).await;
+    shutdown_all(&members).await;
+}

@@ -25,11 +25,12 @@ pub const EVENT_QUEUE_EVENTS_MAX_DEFAULT: usize = 256;
 /// The default [`NodeConfig::idle_poll`].
 pub const IDLE_POLL_DEFAULT: Duration = Duration::from_micros(20);
 
-/// The most ticks the core catches up on in one iteration. When the core thread was held up
-/// (a slow fsync, a busy machine) for longer than this many ticks, the rest are dropped: logical
-/// time runs slower than the clock, which only delays failure detection. Catching up on all of
-/// them at once would make a node that was itself stalled call an election before it has read
-/// the leader's messages that wait in its queue.
+/// The most timer ticks the core catches up on in one iteration. When the core thread was held
+/// up (a slow fsync, a busy machine, a paused process) for longer than this many ticks, the rest
+/// are dropped from the timers: elections and heartbeats run slower than the clock, which only
+/// delays failure detection. Catching up on all of them at once would make a node that was
+/// itself stalled call an election before it has read the leader's messages that wait in its
+/// queue. The core's clock, which leases are judged by, gets every tick (see `DriverClock`).
 pub const TICKS_PER_ITERATION_MAX: u64 = 4;
 
 /// Where a node's core loop and its state machine run.

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft_core::{
-    Index, Membership, Message, NodeId, Output, ProposeError as CoreProposeError, Raft, ReadState, SnapshotError,
-    SnapshotMeta, SoftState, StepError, StorageError, Term,
+    Index, Membership, Message, MessageBody, NodeId, Output, ProposeError as CoreProposeError, Raft, ReadMode,
+    ReadState, SnapshotError, SnapshotMeta, SoftState, StepError, StorageError, Term,
 };
 use raft_storage::LogStore;
 use tokio::runtime::Handle;
@@ -29,7 +29,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{debug, info, warn};
 
 use super::apply::Applier;
-use super::config::TICKS_PER_ITERATION_MAX;
+use super::clock::DriverClock;
 use super::error::{ProposeError, ReadError, StopReason, StorageFailure, StorageOperation};
 use super::event::{NodeEvent, NodeStatus};
 use super::membership::{PendingChange, PendingTransfer};
@@ -119,8 +119,15 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) transfer: Option<PendingTransfer>,
     /// The membership last reported in a `MembershipChanged` event.
     pub(crate) membership_seen: Membership,
-    /// Ticks given to the core since the node started (for the transfer's deadline).
+    /// Timer ticks given to the core since the node started (for the transfer's deadline).
     pub(crate) ticks_total: u64,
+    /// The time policy: the clock never lags, the timers may (see [`DriverClock`]).
+    pub(crate) clock: DriverClock,
+    /// When the node's clock started (tokio's clock: the real monotonic one, or the simulated
+    /// one under turmoil).
+    pub(crate) started: tokio::time::Instant,
+    /// The length of one tick (`NodeConfig::tick_interval`).
+    pub(crate) tick_interval: Duration,
 }
 
 impl<S, T, SM> Core<S, T, SM>
@@ -184,12 +191,14 @@ where
     /// offered snapshot, the retried proposals, stale reads, and the answers to status requests.
     fn iterate(&mut self, first: Next<SM>) -> Result<Flow, StopReason> {
         let mut statuses = Vec::new();
+        // Contract rule 1: the clock first, so that nothing queued during a stall or a pause
+        // is judged by a clock that lags; the timers after the inputs (see `DriverClock`).
+        self.catch_up_clock();
         let flow = self.take_inputs(first, &mut statuses)?;
         self.drain_outputs()?;
-        let ticks = self.shared.take_ticks().min(TICKS_PER_ITERATION_MAX);
-        for _ in 0..ticks {
+        for _ in 0..self.clock.take_timer_ticks() {
             // Contract rule 2: the output is taken before the next tick.
-            self.raft.tick();
+            self.raft.tick_timers();
             self.ticks_total = self.ticks_total.saturating_add(1);
             self.drain_outputs()?;
         }
@@ -306,7 +315,17 @@ where
         }
     }
 
+    /// Gives the core's clock every whole tick of real time that passed since the node started.
+    fn catch_up_clock(&mut self) {
+        let elapsed = DriverClock::ticks_in(self.started.elapsed(), self.tick_interval);
+        self.clock.catch_up(&mut self.raft, elapsed);
+    }
+
     fn step(&mut self, message: Message) -> Result<(), StopReason> {
+        if let MessageBody::ReadIndexRequest { mode: ReadMode::Lease, .. } = message.body {
+            // The lease is judged at once: by a clock read after this request arrived.
+            self.catch_up_clock();
+        }
         let from = message.from;
         match self.raft.step(message) {
             Ok(()) => Ok(()),
@@ -343,6 +362,11 @@ where
         };
         let id = self.read_id_next;
         self.read_id_next += 1;
+        if mode == ReadMode::Lease {
+            // The lease is judged at once: by a clock read after this request arrived, not at
+            // the start of the iteration (a pause may have come in between).
+            self.catch_up_clock();
+        }
         match self.raft.read(id, mode) {
             Ok(()) => {
                 self.reads.insert(id, request.read);

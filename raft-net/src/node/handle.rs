@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::apply::Applier;
+use super::clock::DriverClock;
 use super::config::{Execution, NodeConfig};
 use super::core::{ApplySide, Core};
 use super::error::{
@@ -133,6 +134,10 @@ where
         transfer: None,
         membership_seen,
         ticks_total: 0,
+        clock: DriverClock::new(),
+        // Before the ticker starts, so that each of its wake-ups finds a whole tick passed.
+        started: tokio::time::Instant::now(),
+        tick_interval: config.tick_interval,
     };
     let done = DoneGuard(Arc::clone(&shared));
     match config.execution {
@@ -182,15 +187,14 @@ impl Drop for DoneGuard {
 impl<SM: StateMachine> Inner<SM> {
     fn spawn_ticker(&self, runtime: &Handle, config: &NodeConfig) {
         let input = self.input.clone();
-        let shared = Arc::clone(&self.shared);
         let tick_interval = config.tick_interval;
         let tick = async move {
             let mut ticker = interval(tick_interval);
-            // After a stall, go on at the normal pace rather than with a burst of ticks.
+            // The ticker only wakes the core, which reads the clock itself (see `DriverClock`):
+            // after a stall, one wake-up is enough, so no burst of them follows.
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                shared.add_tick();
                 // A full queue wakes the core anyway; a closed one means it stopped.
                 if let Err(mpsc::error::TrySendError::Closed(_)) = input.try_send(CoreInput::Wake) {
                     return;

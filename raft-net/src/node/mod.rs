@@ -26,9 +26,12 @@
 //!   answers the proposals the core registered, runs read queries, restores snapshots, and takes
 //!   snapshots per the policy (`snapshot_every_entries`), which it offers to the core through a
 //!   slot of one.
-//! - One **tokio task** on the runtime that called [`start`] ticks. Ticks are counted in an
-//!   atomic and the core is woken with a best-effort `Wake` input, so no tick is lost to a full
-//!   queue (at most [`TICKS_PER_ITERATION_MAX`] are caught up at once).
+//! - One **tokio task** on the runtime that called [`start`] wakes the core every tick with a
+//!   best-effort `Wake` input. The core reads tokio's monotonic clock itself: every whole tick of
+//!   real time reaches the core's clock before any input is judged (so a stall or a pause counts
+//!   in full against a lease), and the timers run after the inputs, at most
+//!   [`TICKS_PER_ITERATION_MAX`] per iteration ([`DriverClock`] is that policy, which the
+//!   simulator shares).
 //!
 //! With [`NodeConfig::execution`] set to [`Execution::OneThread`], there is no apply thread: the
 //! core thread takes the apply steps itself, in the same order, right after each group commit
@@ -77,8 +80,10 @@
 //!   and confirms with a heartbeat round that it still leads; on a follower the core asks the
 //!   leader for that index (follower reads). No log write.
 //! - `Lease`: the leader answers from its lease, with no round trip while a quorum answered
-//!   recently; safe as long as clocks drift less than the core's `clock_drift_max_ticks`. Needs
-//!   the core option `lease_reads`.
+//!   recently. The lease is judged by a reading of the monotonic clock taken after the read
+//!   arrived, so it holds through stalls and pauses of the process; it rests on one assumption,
+//!   that clock rates drift less than the core's `clock_drift_max_ticks` allows (see
+//!   [`DriverClock`]). Needs the core option `lease_reads`.
 //! - `Stale`: the core is not asked; the query sees whatever is applied.
 //!
 //! The core thread numbers each read (a counter), asks the core with [`raft_core::Raft::read`]
@@ -109,6 +114,7 @@
 //! callers bound reads with a timeout.
 
 mod apply;
+mod clock;
 mod config;
 mod core;
 mod error;
@@ -119,6 +125,7 @@ mod read;
 mod shared;
 mod state_machine;
 
+pub use clock::DriverClock;
 pub use config::{
     APPLY_QUEUE_BATCHES_MAX_DEFAULT, ConfigError, ConfigLimit, EVENT_QUEUE_EVENTS_MAX_DEFAULT, Execution,
     IDLE_POLL_DEFAULT, INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig,

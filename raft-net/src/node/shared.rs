@@ -24,8 +24,6 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// The state machine's applied index (written by the apply thread).
     applied: AtomicU64,
-    /// Ticks counted by the ticker task and not yet taken by the core thread.
-    ticks: AtomicU64,
     /// The latest snapshot of the state machine not yet saved by the core thread: a slot of one,
     /// where a newer snapshot replaces an older one that was not saved yet.
     snapshot_slot: Mutex<Option<TakenSnapshot>>,
@@ -49,7 +47,6 @@ impl Shared {
             stop_reason: OnceLock::new(),
             stopping: AtomicBool::new(false),
             applied: AtomicU64::new(0),
-            ticks: AtomicU64::new(0),
             snapshot_slot: Mutex::new(None),
             events,
             done: CancellationToken::new(),
@@ -91,14 +88,6 @@ impl Shared {
 
     pub(crate) fn set_applied(&self, index: Index) {
         self.applied.store(index.0, Ordering::Release);
-    }
-
-    pub(crate) fn add_tick(&self) {
-        self.ticks.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn take_ticks(&self) -> u64 {
-        self.ticks.swap(0, Ordering::AcqRel)
     }
 
     pub(crate) fn offer_snapshot(&self, snapshot: TakenSnapshot) {

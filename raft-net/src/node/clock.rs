@@ -1,0 +1,125 @@
+//! The driver's time policy: how the real time a node's monotonic clock measured reaches the
+//! core. It is pure (the caller reads the clock), so the fast simulator drives its nodes with
+//! this very policy, the one we ship.
+//!
+//! raft-core keeps a *clock*, which judges every promise about time (a leader's lease, a
+//! follower's stickiness to its leader), apart from its *timers* (elections, heartbeats,
+//! check-quorum), which only decide when to act. The policy:
+//!
+//! 1. The clock never lags: before the core is handed anything that may have arrived after the
+//!    last reading (at the start of every iteration, and again right before a lease read is
+//!    judged), every whole tick of elapsed real time goes to [`raft_core::Raft::advance_clock`].
+//!    A stall or a pause (SIGSTOP, a frozen VM, a slow fsync) therefore counts in full, and a
+//!    lease that ran out meanwhile is seen to have run out before any read queued during the
+//!    pause is judged.
+//! 2. The timers run after the iteration's inputs, for at most [`TICKS_PER_ITERATION_MAX`] of
+//!    the ticks owed; the rest are dropped. After a stall the node thus reads the leader's
+//!    messages waiting in its queue before it campaigns, and no burst of elections or
+//!    heartbeats follows a pause. Slow timers only delay failure detection.
+//!
+//! The one assumption left is the drift bound: that nodes' clocks run at rates close enough
+//! that `clock_drift_max_ticks` covers their difference over an election timeout (see
+//! [`raft_core::Options::clock_drift_max_ticks`]). A machine whose monotonic clock stops while
+//! the machine is suspended (Linux's `CLOCK_MONOTONIC` during system suspend) breaks it: lease
+//! reads are for machines that are not suspended while they serve.
+
+use std::time::Duration;
+
+use raft_core::{Raft, Storage};
+
+use super::config::TICKS_PER_ITERATION_MAX;
+
+/// The state of the time policy for one node incarnation; see the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriverClock {
+    /// Whole ticks of real time given to the core's clock so far.
+    clock_ticks: u64,
+    /// Ticks given to the clock and not yet run through the timers.
+    timer_ticks_owed: u64,
+    /// Timer ticks dropped after stalls, over the incarnation (for status and tests).
+    timer_ticks_dropped: u64,
+}
+
+impl DriverClock {
+    /// A policy for a node whose clock starts now, at zero ticks.
+    pub fn new() -> Self {
+        DriverClock::default()
+    }
+
+    /// The whole ticks in `elapsed` real time at `tick_interval` per tick (rounded down: a
+    /// tick is only counted once it has fully passed).
+    pub fn ticks_in(elapsed: Duration, tick_interval: Duration) -> u64 {
+        let interval = tick_interval.as_nanos().max(1);
+        u64::try_from(elapsed.as_nanos() / interval).unwrap_or(u64::MAX)
+    }
+
+    /// Brings the core's clock up to `elapsed_ticks`, the whole ticks of real time since the
+    /// node started (a reading of the monotonic clock). Call it before handing the core
+    /// anything that arrived after the previous reading; a reading that went backwards (it never
+    /// should) changes nothing.
+    pub fn catch_up<S: Storage>(&mut self, raft: &mut Raft<S>, elapsed_ticks: u64) {
+        let Some(new) = elapsed_ticks.checked_sub(self.clock_ticks).filter(|&new| new > 0) else { return };
+        raft.advance_clock(new);
+        self.clock_ticks = elapsed_ticks;
+        self.timer_ticks_owed = self.timer_ticks_owed.saturating_add(new);
+    }
+
+    /// How many timer ticks to run now ([`raft_core::Raft::tick_timers`], each followed by its
+    /// output), after this iteration's inputs: at most [`TICKS_PER_ITERATION_MAX`]; the rest of
+    /// what is owed is dropped.
+    pub fn take_timer_ticks(&mut self) -> u64 {
+        let owed = std::mem::take(&mut self.timer_ticks_owed);
+        let now = owed.min(TICKS_PER_ITERATION_MAX);
+        self.timer_ticks_dropped = self.timer_ticks_dropped.saturating_add(owed - now);
+        now
+    }
+
+    /// The whole ticks given to the core's clock so far.
+    pub fn clock_ticks(&self) -> u64 {
+        self.clock_ticks
+    }
+
+    /// The timer ticks dropped after stalls so far.
+    pub fn timer_ticks_dropped(&self) -> u64 {
+        self.timer_ticks_dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_core::{Membership, NodeId, Options};
+    use raft_storage::MemStorage;
+
+    fn node() -> Raft<MemStorage> {
+        let options = Options::builder().election_ticks(10).rng_seed(1).build().expect("valid");
+        Raft::new(NodeId(1), options, MemStorage::new(Membership::new([NodeId(1), NodeId(2)]))).expect("memory")
+    }
+
+    #[test]
+    fn whole_ticks_only() {
+        let interval = Duration::from_millis(100);
+        assert_eq!(DriverClock::ticks_in(Duration::from_millis(99), interval), 0);
+        assert_eq!(DriverClock::ticks_in(Duration::from_millis(100), interval), 1);
+        assert_eq!(DriverClock::ticks_in(Duration::from_millis(1_999), interval), 19);
+        assert_eq!(DriverClock::ticks_in(Duration::from_secs(1), Duration::ZERO), 1_000_000_000);
+    }
+
+    /// After a long stall the clock gets every tick at once, the timers at most
+    /// TICKS_PER_ITERATION_MAX, and the rest are dropped, not owed for later.
+    #[test]
+    fn a_stall_reaches_the_clock_in_full_and_the_timers_in_part() {
+        let mut raft = node();
+        let mut clock = DriverClock::new();
+        clock.catch_up(&mut raft, 3);
+        assert_eq!(clock.take_timer_ticks(), 3);
+        clock.catch_up(&mut raft, 50);
+        clock.catch_up(&mut raft, 49); // Backwards: ignored.
+        assert_eq!(clock.clock_ticks(), 50);
+        assert_eq!(clock.take_timer_ticks(), TICKS_PER_ITERATION_MAX);
+        assert_eq!(clock.timer_ticks_dropped(), 47 - TICKS_PER_ITERATION_MAX);
+        assert_eq!(clock.take_timer_ticks(), 0, "dropped, not carried over");
+        clock.catch_up(&mut raft, 51);
+        assert_eq!(clock.take_timer_ticks(), 1);
+    }
+}
