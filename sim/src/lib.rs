@@ -29,4 +29,4 @@ mod world;
 
 pub use checkers::Violation;
 pub use config::SimConfig;
-pub use world::{OptionsHook, Report, RunOptions, Stats, run, run_config, run_schedule};
+pub use world::{OptionsHook, Report, RunOptions, Stats, TimePolicy, run, run_config, run_schedule};

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use sim::{Report, RunOptions, Stats, Violation};
+use sim::{Report, RunOptions, Stats, TimePolicy, Violation};
 
 /// Deterministic Raft cluster simulation.
 #[derive(Parser, Debug)]
@@ -38,6 +38,18 @@ struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// How nodes' drivers hand time to their cores: `shipped` (raft-net's DriverClock), or
+    /// `loses-paused-ticks` (the driver before the lease fix, to show what it got wrong).
+    #[arg(long, default_value = "shipped", value_parser = parse_time_policy)]
+    time_policy: TimePolicy,
+}
+
+fn parse_time_policy(text: &str) -> Result<TimePolicy, String> {
+    match text {
+        "shipped" => Ok(TimePolicy::Shipped),
+        "loses-paused-ticks" => Ok(TimePolicy::LosesPausedTicks),
+        other => Err(format!("'{other}' is not a time policy (shipped, loses-paused-ticks)")),
+    }
 }
 
 fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
@@ -58,7 +70,8 @@ fn main() -> ExitCode {
         return run_real(&args);
     }
     if let Some(seed) = args.seed {
-        let report = sim::run(seed, RunOptions { verbose: args.verbose, options_hook: None });
+        let options = RunOptions { verbose: args.verbose, time_policy: args.time_policy, ..RunOptions::default() };
+        let report = sim::run(seed, options);
         println!("config: {}", report.config);
         print_summary(&report.stats, 1, std::time::Duration::ZERO);
         println!("trace hash: {:016x}", report.trace_hash);
@@ -68,7 +81,7 @@ fn main() -> ExitCode {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!("running seeds {start}..{end} on {threads} threads");
     let started = Instant::now();
-    let reports = run_parallel(start, end, threads);
+    let reports = run_parallel(start, end, threads, args.time_policy);
     let mut total = Stats::default();
     for report in &reports {
         total.add(&report.stats);
@@ -120,8 +133,8 @@ fn run_real(args: &Args) -> ExitCode {
     finish(&reports)
 }
 
-fn run_parallel(start: u64, end: u64, threads: usize) -> Vec<Report> {
-    parallel(start, end, threads, |seed| sim::run(seed, RunOptions::default()))
+fn run_parallel(start: u64, end: u64, threads: usize, time_policy: TimePolicy) -> Vec<Report> {
+    parallel(start, end, threads, move |seed| sim::run(seed, RunOptions { time_policy, ..RunOptions::default() }))
 }
 
 /// What the command line needs of one seed's report, from either simulator.

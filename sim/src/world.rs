@@ -9,6 +9,7 @@ use raft_core::{
     ConfChange, Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, Options,
     OptionsBuilder, Raft, ReceivedChunk, Role, SnapshotMeta, Storage, Term,
 };
+use raft_net::DriverClock;
 use raft_storage::{LogStore, MemStorage};
 
 use crate::checkers::{
@@ -21,7 +22,7 @@ use crate::linearizability::Operation;
 
 mod clients;
 mod entropy;
-use clients::{CLIENT_PERIOD_TICKS, Client};
+use clients::{CLIENT_PERIOD_TICKS, Client, PendingOperation};
 use entropy::Entropy;
 
 /// Changes each node's options before it is built (the self-tests switch on deliberate bugs).
@@ -98,12 +99,18 @@ pub struct Report {
     pub trace_hash: u64,
     /// The first violation, if any.
     pub violation: Option<Violation>,
+    /// The drivers' time policy the run used.
+    pub time_policy: TimePolicy,
 }
 
 impl Report {
     /// The command that replays this run with a readable trace.
     pub fn replay_command(&self) -> String {
-        format!("cargo run --release -p sim -- --seed {} -v", self.config.seed)
+        let policy = match self.time_policy {
+            TimePolicy::Shipped => "",
+            TimePolicy::LosesPausedTicks => " --time-policy loses-paused-ticks",
+        };
+        format!("cargo run --release -p sim -- --seed {}{policy} -v", self.config.seed)
     }
 }
 
@@ -114,6 +121,25 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Tweak node options (deliberate bugs in self-tests).
     pub options_hook: Option<OptionsHook>,
+    /// How each node's driver hands time to its core.
+    pub time_policy: TimePolicy,
+}
+
+/// How a node's driver hands time to its core (see `raft_net::DriverClock`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimePolicy {
+    /// The policy of the driver we ship (`raft_net::DriverClock`, the same code): each event a
+    /// node handles is one iteration of its core loop; every whole tick of its clock reaches the
+    /// core's clock before the iteration's inputs, the timers run after them, at most
+    /// `TICKS_PER_ITERATION_MAX`, and the rest are dropped. A paused node's inputs wait and are
+    /// handled in one iteration when it resumes.
+    #[default]
+    Shipped,
+    /// The policy raft-net shipped before the lease fix, kept only so that a self-test shows that
+    /// the checkers catch what it did: ticks missed during a pause were lost, and the inputs
+    /// queued during it were handled with the clock where the pause had left it (stale lease
+    /// reads).
+    LosesPausedTicks,
 }
 
 /// Runs one seed to completion.
@@ -140,11 +166,13 @@ pub fn run_schedule(config: SimConfig, run_options: RunOptions, schedule: &[u8])
 
 fn run_with(config: SimConfig, run_options: RunOptions, entropy: Entropy) -> Report {
     let seed_config = config.clone();
+    let time_policy = run_options.time_policy;
     let run = std::panic::catch_unwind(move || {
         let mut sim = Simulation::new(config, run_options, entropy);
         let outcome = sim.run();
         sim.stats.time_units = sim.now;
-        Report { config: sim.config, stats: sim.stats, trace_hash: sim.trace_hash, violation: outcome.err() }
+        let (config, stats, trace_hash) = (sim.config, sim.stats, sim.trace_hash);
+        Report { config, stats, trace_hash, violation: outcome.err(), time_policy }
     });
     run.unwrap_or_else(|payload| {
         let detail = payload
@@ -153,7 +181,7 @@ fn run_with(config: SimConfig, run_options: RunOptions, entropy: Entropy) -> Rep
             .or_else(|| payload.downcast_ref::<&str>().map(|text| text.to_string()))
             .unwrap_or_else(|| "a panic without a message".to_string());
         let violation = Violation { property: "panic", detail };
-        Report { config: seed_config, stats: Stats::default(), trace_hash: 0, violation: Some(violation) }
+        Report { config: seed_config, stats: Stats::default(), trace_hash: 0, violation: Some(violation), time_policy }
     })
 }
 
@@ -240,20 +268,38 @@ struct Node {
     sync_covers: usize,
     incarnation: u64,
     paused_until: Option<u64>,
+    /// What arrived while the node was paused, handled in one iteration when it resumes.
+    queued: Vec<Queued>,
     tick_period: u64,
+    /// The driver's time policy for this incarnation.
+    clock: DriverClock,
+    /// When this incarnation's clock started: it reads `(now - clock_origin) / tick_period`
+    /// whole ticks.
+    clock_origin: u64,
     /// Hash chain of the node's current log.
     chain: Chain,
     applied: Applied,
     /// The application state (what clients read).
     kv: KvState,
-    /// Ticks the node's clock advanced while it was paused, caught up when it resumes.
-    missed_ticks: u64,
     was_leader_in: Option<Term>,
     /// The commit index last observed (to spot advances).
     last_commit: Index,
 }
 
+/// An input that reached a paused node and waits in its queue.
+enum Queued {
+    Deliver(Message),
+    SyncDone,
+    Write(usize, PendingOperation),
+    Read(usize, PendingOperation, raft_core::ReadMode),
+}
+
 impl Node {
+    /// The whole ticks this incarnation's clock has counted at `now`.
+    fn clock_ticks(&self, now: u64) -> u64 {
+        now.saturating_sub(self.clock_origin) / self.tick_period.max(1)
+    }
+
     fn hash_at(&self, index: Index) -> Option<u64> {
         self.chain.hash_at(index)
     }
@@ -354,6 +400,7 @@ struct Simulation {
     /// Read ids handed to nodes: (client, operation seq).
     reads_in_flight: BTreeMap<u64, (usize, u64)>,
     next_read_id: u64,
+    time_policy: TimePolicy,
 }
 
 impl Simulation {
@@ -395,11 +442,13 @@ impl Simulation {
                 sync_covers: 0,
                 incarnation: 0,
                 paused_until: None,
+                queued: Vec::new(),
                 tick_period,
+                clock: DriverClock::new(),
+                clock_origin: 0,
                 chain: Chain::default(),
                 applied: Applied::default(),
                 kv: KvState::default(),
-                missed_ticks: 0,
                 was_leader_in: None,
                 last_commit: Index(0),
             });
@@ -429,10 +478,14 @@ impl Simulation {
             history: Vec::new(),
             reads_in_flight: BTreeMap::new(),
             next_read_id: 0,
+            time_policy: run_options.time_policy,
         };
         for id in pool {
+            // Each node's clock starts at its own offset and ticks once per period after it.
             let offset = sim.random_below(TICK_UNITS);
-            sim.schedule(offset, EventKind::Tick(id, 0));
+            sim.node_mut(id).clock_origin = offset;
+            let period = sim.node(id).tick_period;
+            sim.schedule(offset + period, EventKind::Tick(id, 0));
         }
         for client in 0..sim.clients.len() {
             let offset = sim.random_below(TICK_UNITS * CLIENT_PERIOD_TICKS);
@@ -514,9 +567,10 @@ impl Simulation {
         }
     }
 
-    /// A paused node resumes. Its clock kept running (a pause freezes the process, not time), so
-    /// it first catches up the ticks it missed, as a driver reading a monotonic clock would,
-    /// before it handles anything that arrived meanwhile.
+    /// A paused node resumes. Its clock kept running (a pause freezes the process, not time).
+    /// Everything that waited in its queue is handled in one iteration, as the driver would:
+    /// its clock catches up first (under the shipped policy), then the queued inputs, then at
+    /// most `TICKS_PER_ITERATION_MAX` timer ticks.
     fn on_resume(&mut self, id: NodeId, until: u64) -> Check {
         // Only the resume of the pause in force (a crash may have ended an older one).
         if self.node(id).paused_until != Some(until) {
@@ -524,27 +578,67 @@ impl Simulation {
         }
         let node = self.node_mut(id);
         node.paused_until = None;
-        let missed = std::mem::take(&mut node.missed_ticks);
-        if let Some(raft) = node.raft.as_mut() {
-            for _ in 0..missed {
-                raft.tick();
+        let mut queued = std::mem::take(&mut node.queued);
+        // The driver's order: the handles' queue (client requests) before the transport's
+        // (peer messages), then the write that was in flight. A stable sort keeps each
+        // queue's own order.
+        queued.sort_by_key(|input| match input {
+            Queued::Write(..) | Queued::Read(..) => 0,
+            Queued::Deliver(_) => 1,
+            Queued::SyncDone => 2,
+        });
+        let count = queued.len() as u64;
+        self.trace([6, id.0, count, 0], || format!("node {id} resumes with {count} queued inputs"));
+        self.begin_iteration(id);
+        for input in queued {
+            match input {
+                Queued::Deliver(message) => self.deliver(message)?,
+                Queued::SyncDone => self.sync_done(id)?,
+                Queued::Write(client, operation) => self.take_write(id, client, operation)?,
+                Queued::Read(client, operation, mode) => self.take_read(id, client, operation, mode)?,
             }
         }
-        self.stats.ticks += missed;
-        self.trace([6, id.0, missed, 0], || format!("node {id} resumes, catching up {missed} ticks"));
-        self.flush(id)
+        self.end_iteration(id)
     }
 
-    /// Defers an event for a paused node to its resume time; returns whether it did.
-    fn defer_if_paused(&mut self, id: NodeId, kind: EventKind) -> Result<(), EventKind> {
-        match self.node(id).paused_until {
-            Some(until) if until > self.now => {
-                let delay = until - self.now;
-                self.schedule(delay, kind);
-                Ok(())
-            }
-            _ => Err(kind),
+    /// The start of an iteration of node `id`'s core loop: under the shipped policy, every
+    /// whole tick its clock counted reaches the core's clock before any input is handled.
+    fn begin_iteration(&mut self, id: NodeId) {
+        if self.time_policy != TimePolicy::Shipped {
+            return;
         }
+        let now = self.now;
+        let node = self.node_mut(id);
+        let elapsed = node.clock_ticks(now);
+        if let Some(raft) = node.raft.as_mut() {
+            node.clock.catch_up(raft, elapsed);
+        }
+    }
+
+    /// The end of an iteration: the timer ticks the policy allows, each followed by its output.
+    fn end_iteration(&mut self, id: NodeId) -> Check {
+        if self.time_policy != TimePolicy::Shipped {
+            return Ok(());
+        }
+        let ticks = self.node_mut(id).clock.take_timer_ticks();
+        for _ in 0..ticks {
+            let Some(raft) = self.node_mut(id).raft.as_mut() else { return Ok(()) };
+            raft.tick_timers();
+            self.stats.ticks += 1;
+            self.trace([1, id.0, 0, 0], || format!("node {id} ticks"));
+            self.flush(id)?;
+        }
+        Ok(())
+    }
+
+    /// Queues `input` if node `id` is paused; returns it otherwise.
+    fn queue_if_paused(&mut self, id: NodeId, input: Queued) -> Option<Queued> {
+        let node = self.node_mut(id);
+        if node.paused_until.is_some() {
+            node.queued.push(input);
+            return None;
+        }
+        Some(input)
     }
 
     fn on_tick(&mut self, id: NodeId, incarnation: u64) -> Check {
@@ -553,18 +647,27 @@ impl Simulation {
             return Ok(()); // The clock of an earlier incarnation.
         }
         let (period, paused) = (node.tick_period, node.paused_until.is_some());
-        let Some(raft) = node.raft.as_mut() else { return Ok(()) };
-        // A paused node takes no tick now; it catches up when it resumes.
-        if paused {
-            node.missed_ticks += 1;
-        } else {
-            raft.tick();
-            self.stats.ticks += 1;
-            self.trace([1, id.0, 0, 0], || format!("node {id} ticks"));
-            self.flush(id)?;
-        }
         self.schedule(period, EventKind::Tick(id, incarnation));
-        Ok(())
+        if self.node(id).raft.is_none() || paused {
+            // A paused node runs nothing; its clock catches up when it resumes (or, under the
+            // old policy, the tick is lost).
+            return Ok(());
+        }
+        match self.time_policy {
+            TimePolicy::Shipped => {
+                // The ticker's wake-up: an iteration with no input.
+                self.begin_iteration(id);
+                self.end_iteration(id)
+            }
+            TimePolicy::LosesPausedTicks => {
+                if let Some(raft) = self.node_mut(id).raft.as_mut() {
+                    raft.tick();
+                }
+                self.stats.ticks += 1;
+                self.trace([1, id.0, 0, 0], || format!("node {id} ticks"));
+                self.flush(id)
+            }
+        }
     }
 
     fn on_deliver(&mut self, message: Message) -> Check {
@@ -573,11 +676,18 @@ impl Simulation {
             self.stats.messages_blocked += 1;
             return Ok(());
         }
-        let message = match self.defer_if_paused(to, EventKind::Deliver(Box::new(message))) {
-            Ok(()) => return Ok(()),
-            Err(EventKind::Deliver(message)) => *message,
-            Err(_) => unreachable!("defer_if_paused returns the event it was given"),
-        };
+        let Some(Queued::Deliver(message)) = self.queue_if_paused(to, Queued::Deliver(message)) else { return Ok(()) };
+        self.begin_iteration(to);
+        self.deliver(message)?;
+        self.end_iteration(to)
+    }
+
+    /// Node `message.to` takes a message (within an iteration).
+    fn deliver(&mut self, message: Message) -> Check {
+        let to = message.to;
+        if self.node(to).raft.is_none() {
+            return Ok(());
+        }
         self.stats.messages_delivered += 1;
         let words = message_words(&message);
         self.trace(words, || format!("deliver {message:?}"));
@@ -590,12 +700,16 @@ impl Simulation {
     }
 
     fn on_sync_done(&mut self, id: NodeId, incarnation: u64) -> Check {
-        if self.node(id).incarnation != incarnation {
+        if self.node(id).incarnation != incarnation || self.queue_if_paused(id, Queued::SyncDone).is_none() {
             return Ok(());
         }
-        if self.defer_if_paused(id, EventKind::SyncDone(id, incarnation)).is_ok() {
-            return Ok(());
-        }
+        self.begin_iteration(id);
+        self.sync_done(id)?;
+        self.end_iteration(id)
+    }
+
+    /// Node `id`'s fsync in flight completes (within an iteration).
+    fn sync_done(&mut self, id: NodeId) -> Check {
         // Group commit: one fsync makes every write issued before it durable, in order.
         let node = &mut self.nodes[id.0 as usize - 1];
         let covered = std::mem::take(&mut node.sync_covers).min(node.pending.len());
@@ -890,6 +1004,7 @@ impl Simulation {
         node.sync_covers = 0;
         node.incarnation += 1;
         node.paused_until = None;
+        node.queued.clear(); // The process died with what waited in its queue.
         node.was_leader_in = None;
         node.last_commit = Index(0);
         self.checkers.append_only.forget(id);
@@ -899,7 +1014,7 @@ impl Simulation {
     }
 
     fn on_restart(&mut self, id: NodeId) -> Check {
-        let period = self.node(id).tick_period;
+        let (period, now) = (self.node(id).tick_period, self.now);
         let node = self.node_mut(id);
         if node.raft.is_some() {
             return Ok(());
@@ -911,7 +1026,9 @@ impl Simulation {
         node.raft = Some(raft);
         node.applied = Applied::default();
         node.kv = KvState::default();
-        node.missed_ticks = 0;
+        // A new process: a new clock, starting now.
+        node.clock = DriverClock::new();
+        node.clock_origin = now;
         self.rebuild_after_restart(id)?;
         let node = self.node_mut(id);
         let incarnation = node.incarnation;
@@ -951,7 +1068,9 @@ impl Simulation {
         self.healing = true;
         self.blocked.clear();
         for index in 0..self.nodes.len() {
-            self.nodes[index].paused_until = None;
+            if let Some(until) = self.nodes[index].paused_until {
+                self.schedule(0, EventKind::Resume(NodeId(index as u64 + 1), until));
+            }
             if self.nodes[index].raft.is_none() {
                 self.schedule(0, EventKind::Restart(NodeId(index as u64 + 1)));
             }

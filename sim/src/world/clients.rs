@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use raft_core::{NodeId, ProposeError, ReadError, ReadMode, ReadState};
 
-use super::{EventKind, Simulation};
+use super::{EventKind, Queued, Simulation};
 use crate::checkers::Check;
 use crate::config::TICK_UNITS;
 use crate::kv::Command;
@@ -111,9 +111,21 @@ impl Simulation {
 
     fn attempt_write(&mut self, client: usize, operation: PendingOperation) -> Check {
         let target = self.clients[client].target;
-        if self.node(target).paused_until.is_some() {
-            return Ok(()); // A paused node takes no requests; the client tries again next period.
+        if self.node(target).raft.is_some() && self.node(target).paused_until.is_some() {
+            // A paused node's queue still takes the request (its socket accepts): it is
+            // handled when the node resumes, and the client waits for it until its timeout.
+            self.wait_on_paused(client, target, Queued::Write(client, operation));
+            return Ok(());
         }
+        self.begin_iteration(target);
+        self.take_write(target, client, operation)?;
+        self.end_iteration(target)
+    }
+
+    /// Node `target` takes `client`'s write (within an iteration). A request that waited in a
+    /// paused node's queue while its client moved on still reaches the node, but its answer no
+    /// longer steers the client.
+    pub(super) fn take_write(&mut self, target: NodeId, client: usize, operation: PendingOperation) -> Check {
         let command = Command { client: client as u64, seq: operation.seq, input: operation.input };
         let result = match self.node_mut(target).raft.as_mut() {
             Some(raft) => raft.propose(Bytes::from(command.encode())),
@@ -121,12 +133,15 @@ impl Simulation {
         };
         let seq = operation.seq;
         self.trace([7, client as u64, seq, target.0], || format!("client {client} proposes #{seq} to node {target}"));
+        let current = self.clients[client].pending.is_some_and(|pending| pending.seq == seq);
         match result {
+            Ok(_) if !current => self.flush(target),
             Ok(_) => {
                 self.clients[client].deadline = self.now + CLIENT_TIMEOUT_TICKS * TICK_UNITS;
                 self.clients[client].awaiting = true;
                 self.flush(target)
             }
+            Err(_) if !current => Ok(()),
             Err(ProposeError::NotLeader { leader: Some(leader) }) => self.retry_at(client, leader),
             Err(_) => {
                 let other = NodeId(1 + self.random_below(self.pool_size()));
@@ -137,9 +152,36 @@ impl Simulation {
 
     fn attempt_read(&mut self, client: usize, operation: PendingOperation, mode: ReadMode) -> Check {
         let target = self.clients[client].target;
-        if self.node(target).paused_until.is_some() {
+        if self.node(target).raft.is_some() && self.node(target).paused_until.is_some() {
+            self.wait_on_paused(client, target, Queued::Read(client, operation, mode));
             return Ok(());
         }
+        self.begin_iteration(target);
+        self.take_read(target, client, operation, mode)?;
+        self.end_iteration(target)
+    }
+
+    /// `client`'s request waits in paused node `target`'s queue; the client waits for an answer
+    /// until its timeout.
+    fn wait_on_paused(&mut self, client: usize, target: NodeId, request: Queued) {
+        self.node_mut(target).queued.push(request);
+        let seq = self.clients[client].pending.map_or(0, |operation| operation.seq);
+        self.trace([14, client as u64, seq, target.0], || {
+            format!("client {client} queues #{seq} at paused node {target}")
+        });
+        self.clients[client].deadline = self.now + CLIENT_TIMEOUT_TICKS * TICK_UNITS;
+        self.clients[client].awaiting = true;
+    }
+
+    /// Node `target` takes `client`'s read (within an iteration); see [`Simulation::take_write`]
+    /// for a request that outlived its client's wait.
+    pub(super) fn take_read(
+        &mut self,
+        target: NodeId,
+        client: usize,
+        operation: PendingOperation,
+        mode: ReadMode,
+    ) -> Check {
         self.next_read_id += 1;
         let id = self.next_read_id;
         let result = match self.node_mut(target).raft.as_mut() {
@@ -148,7 +190,14 @@ impl Simulation {
         };
         let seq = operation.seq;
         self.trace([13, client as u64, seq, target.0], || format!("client {client} reads #{seq} at node {target}"));
+        let current = self.clients[client].pending.is_some_and(|pending| pending.seq == seq);
         match result {
+            Ok(()) if !current => {
+                // Its answer may still complete the operation if the client retries it.
+                self.reads_in_flight.insert(id, (client, seq));
+                self.flush(target)
+            }
+            Err(_) if !current => Ok(()),
             Ok(()) => {
                 self.reads_in_flight.insert(id, (client, seq));
                 self.clients[client].deadline = self.now + CLIENT_TIMEOUT_TICKS * TICK_UNITS;
