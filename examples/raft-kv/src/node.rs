@@ -15,6 +15,7 @@ use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, StdFs};
 
 use crate::client;
 use crate::kv::{Kv, PeerAddresses, PeerBook, VALUE_BYTES_MAX};
+use crate::removal::Removal;
 use crate::server::{App, router};
 use crate::signals::{StopSignals, watch_stdin};
 
@@ -157,7 +158,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(url) = &args.join {
         tokio::spawn(join(url.trim_end_matches('/').to_owned(), me, handle.clone(), book.clone()));
     }
-    let app = App { handle: handle.clone(), book };
+    let removal = Removal::watch(handle.clone(), id, &args.data);
+    let app = App { handle: handle.clone(), book, removal };
     let served = axum::serve(http, router(app)).with_graceful_shutdown(async move {
         let reason = match stdin {
             Some(stdin) => tokio::select! {
