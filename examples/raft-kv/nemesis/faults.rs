@@ -19,6 +19,9 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a removed node, restarted on its data, may take to say it was removed.
 pub const REMOVED_NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the lease-pause probe's read may take (a node that does not trust its lease cannot
+/// confirm the read while its inbound links are cut: it times out, which is correct).
+pub const PROBE_READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// The client id of the nemesis's own operations in the history.
 pub const NEMESIS_CLIENT: u64 = 0;
 
@@ -237,6 +240,11 @@ async fn lease_pause(run: &mut Run, step: &Step) {
         return;
     }
     run.cluster.pause(old);
+    // Hold back what the others send it, so that when it runs again nothing but the time that
+    // passed can tell it that its lease is over (a new leader's heartbeat would depose it).
+    for &other in run.cluster.members.iter().filter(|other| **other != old) {
+        run.cluster.proxy.set(other, old, blocked());
+    }
     // The others elect a leader of a later term and commit a new value.
     let start = Instant::now();
     let new = loop {
@@ -255,8 +263,7 @@ async fn lease_pause(run: &mut Run, step: &Step) {
     let history = run.history.clone();
     let read = tokio::spawn(async move {
         let input = Input::Get { key: PROBE_KEY };
-        let timeout = Duration::from_secs(10);
-        workload::perform(&history, NEMESIS_CLIENT, old_http, input, Some(Consistency::Lease), timeout).await
+        workload::perform(&history, NEMESIS_CLIENT, old_http, input, Some(Consistency::Lease), PROBE_READ_TIMEOUT).await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     run.cluster.resume(old);

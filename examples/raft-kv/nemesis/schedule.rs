@@ -49,8 +49,9 @@ pub enum Fault {
     /// A follower is removed, restarted on its old data (it must say it was removed), and a new
     /// node joins in its place.
     Replace(u32),
-    /// The stale-lease probe: SIGSTOP the leader beyond the election timeout, let the others
-    /// elect a leader and commit a new value, queue a lease read at the paused node, SIGCONT.
+    /// The stale-lease probe: SIGSTOP the leader beyond the election timeout (and cut what the
+    /// others send it), let the others elect a leader and commit a new value, queue a lease read
+    /// at the paused node, SIGCONT.
     LeasePause,
 }
 
