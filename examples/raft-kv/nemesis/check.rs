@@ -13,6 +13,8 @@ use super::http;
 use super::workload::{self, Consistency, Ended, KEYS, PROBE_KEY, Record};
 use super::{RECOVERY_TIMEOUT, Report, Run};
 
+/// How the anomaly of a stale read in the lease-pause probe begins.
+pub const STALE_LEASE_READ: &str = "stale lease read";
 /// The search budget of the linearizability checker, per key.
 pub const CHECK_STEPS_MAX: u64 = 20_000_000;
 /// The most characters of a counterexample quoted in the report.
@@ -182,4 +184,56 @@ fn summarize(run: &Run, records: &[Record], report: &mut Report) {
     }
     report.lease_probes = run.lease_probes;
     report.anomalies = run.anomalies.clone();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(client: u64, input: Input, consistency: Option<Consistency>, call: u64, ended: Ended) -> Record {
+        Record { client, input, consistency, call, ended }
+    }
+
+    fn ok(at: u64, output: Output) -> Ended {
+        Ended::Ok { at, output }
+    }
+
+    /// Stale reads, failed reads and writes that were definitely not applied leave the history;
+    /// writes of unknown outcome stay, as indeterminate.
+    #[test]
+    fn the_history_keeps_what_the_checker_must_see() {
+        let records = [
+            record(1, Input::Put { key: 0, value: 1 }, None, 0, ok(10, Output::Done)),
+            record(2, Input::Get { key: 0 }, Some(Consistency::Stale), 11, ok(12, Output::Value(None))),
+            record(2, Input::Get { key: 0 }, Some(Consistency::Lease), 13, Ended::NotApplied),
+            record(3, Input::Put { key: 0, value: 2 }, None, 14, Ended::NotApplied),
+            record(3, Input::Put { key: 0, value: 3 }, None, 15, Ended::Unknown),
+            record(2, Input::Get { key: 0 }, Some(Consistency::Lease), 16, Ended::Unknown),
+        ];
+        let history = operations(&records);
+        assert_eq!(history.len(), 2, "{history:?}");
+        assert_eq!(history[1].outcome, Outcome::Unknown);
+        assert_eq!(linearizability::check(&history, CHECK_STEPS_MAX), Ok(Verdict::Linearizable));
+    }
+
+    /// An acknowledged write that a later linearizable read does not see is a violation, and a
+    /// value that only an unknown write could have produced is not.
+    #[test]
+    fn a_lost_acknowledged_write_is_an_anomaly() {
+        let lost = [
+            record(1, Input::Put { key: 3, value: 7 }, None, 0, ok(10, Output::Done)),
+            record(0, Input::Get { key: 3 }, Some(Consistency::Linearizable), 20, ok(21, Output::Value(None))),
+        ];
+        let mut anomalies = Vec::new();
+        assert!(linearizable(&lost, &mut anomalies).starts_with("VIOLATION"));
+        assert!(anomalies[0].starts_with("linearizability violation on key 3"), "{anomalies:?}");
+
+        let unknown = [
+            record(1, Input::Put { key: 3, value: 7 }, None, 0, Ended::Unknown),
+            record(0, Input::Get { key: 3 }, Some(Consistency::Linearizable), 20, ok(21, Output::Value(Some(7)))),
+        ];
+        let mut anomalies = Vec::new();
+        assert!(linearizable(&unknown, &mut anomalies).starts_with("linearizable"));
+        assert!(anomalies.is_empty());
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sim::linearizability::{Input, Output};
 use tokio::time::Instant;
 
+use super::check::STALE_LEASE_READ;
 use super::cluster::ELECTION_TIMEOUT_MAX;
 use super::http;
 use super::proxy::LinkRule;
@@ -274,7 +275,7 @@ async fn lease_pause(run: &mut Run, step: &Step) {
     {
         run.lease_probes.1 += 1;
         run.anomalies.push(format!(
-            "stale lease read: node {old}, paused as leader of term {old_term}, answered {value:?} after node {new} \
+            "{STALE_LEASE_READ}: node {old}, paused as leader of term {old_term}, answered {value:?} after node {new} \
              committed {new_value}"
         ));
     }

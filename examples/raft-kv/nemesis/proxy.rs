@@ -179,3 +179,54 @@ async fn forward_ruled(
     }
     writing.abort();
 }
+
+#[cfg(test)]
+mod tests {
+    use raft_core::NodeId;
+    use raft_net::Hello;
+
+    use super::*;
+
+    /// Dials node `to` through `proxy_address` as node `from`, sends the handshake and `bytes`.
+    async fn dial(proxy_address: SocketAddr, from: u64, to: u64, bytes: &[u8]) -> TcpStream {
+        let mut stream = TcpStream::connect(proxy_address).await.expect("connect");
+        let hello = Frame::Hello(Hello::new(1, NodeId(from), NodeId(to)));
+        stream.write_all(&encode_frame(&hello, HELLO_FRAME_BYTES_MAX).expect("encode")).await.expect("write");
+        stream.write_all(bytes).await.expect("write");
+        stream
+    }
+
+    /// What the next connection to `listener` receives after the handshake, within a second.
+    async fn received(listener: &TcpListener) -> Option<Vec<u8>> {
+        let accepted = tokio::time::timeout(Duration::from_secs(1), listener.accept()).await;
+        let Ok(Ok((mut stream, _))) = accepted else { return None };
+        let mut payload = Vec::new();
+        read_frame::<Frame, _>(&mut stream, HELLO_FRAME_BYTES_MAX, &mut payload).await.ok()?;
+        let mut bytes = vec![0; 5];
+        tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut bytes)).await.ok()?.ok()?;
+        Some(bytes)
+    }
+
+    /// A link passes, is cut in one direction only, and passes again once healed.
+    #[tokio::test]
+    async fn a_one_way_cut_stops_one_direction_only() {
+        let proxy = Proxy::new(1);
+        let node_2 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let node_1 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let to_2 = proxy.listen(2, node_2.local_addr().expect("address")).await.expect("listen");
+        let to_1 = proxy.listen(1, node_1.local_addr().expect("address")).await.expect("listen");
+
+        let _open = dial(to_2, 1, 2, b"hello").await;
+        assert_eq!(received(&node_2).await.as_deref(), Some(&b"hello"[..]));
+
+        proxy.set(1, 2, LinkRule { blocked: true, ..LinkRule::default() });
+        let _cut = dial(to_2, 1, 2, b"cut!!").await;
+        assert_eq!(received(&node_2).await, None, "1 -> 2 is cut");
+        let _other_way = dial(to_1, 2, 1, b"other").await;
+        assert_eq!(received(&node_1).await.as_deref(), Some(&b"other"[..]), "2 -> 1 passes");
+
+        proxy.heal();
+        let _healed = dial(to_2, 1, 2, b"again").await;
+        assert_eq!(received(&node_2).await.as_deref(), Some(&b"again"[..]));
+    }
+}
