@@ -236,10 +236,11 @@ async fn lease_pause(run: &mut Run, step: &Step) {
     let Some((old, old_term)) = run.cluster.leader().await else { return };
     let base = 900_000_000_000 + run.faults.len() as u64 * 2;
     let (old_value, new_value) = (base, base + 1);
-    record(run, step, format!("lease-pause probe at node {old} (term {old_term})"));
     if !probe_write(run, old, old_value, Duration::from_secs(5)).await {
         return;
     }
+    // Recorded here, so that the unavailability it causes counts from the pause.
+    record(run, step, format!("lease-pause probe at node {old} (term {old_term})"));
     run.cluster.pause(old);
     // Hold back what the others send it, so that when it runs again nothing but the time that
     // passed can tell it that its lease is over (a new leader's heartbeat would depose it).
