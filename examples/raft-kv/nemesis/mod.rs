@@ -180,6 +180,7 @@ pub async fn run(options: Options) -> Report {
     }
     check::finish(&mut run, &mut report).await;
     run.cluster.stop_all();
+    run.cluster.proxy.stop();
     report
 }
 

@@ -50,6 +50,8 @@ struct Shared {
     /// Bumped whenever a rule changes, so open connections look at theirs again.
     generation: watch::Sender<u64>,
     rng: Mutex<ChaCha8Rng>,
+    /// The accepting tasks, stopped by [`Proxy::stop`].
+    listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -64,6 +66,7 @@ impl Proxy {
             rules: Mutex::new(BTreeMap::new()),
             generation,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0x5052_4f58_5921)),
+            listeners: Mutex::new(Vec::new()),
         };
         Proxy { shared: Arc::new(shared) }
     }
@@ -73,12 +76,20 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move {
+        let accepting = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 tokio::spawn(forward(Arc::clone(&shared), stream, to, target));
             }
         });
+        lock(&self.shared.listeners).push(accepting);
         Ok(address)
+    }
+
+    /// Stops accepting (connections in progress end when their nodes stop).
+    pub fn stop(&self) {
+        for accepting in lock(&self.shared.listeners).drain(..) {
+            accepting.abort();
+        }
     }
 
     /// Sets the rule of the link from `from` to `to`.
