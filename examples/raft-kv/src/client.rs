@@ -80,7 +80,8 @@ pub fn request_once(method: &str, url: &str, body: &[u8]) -> Result<HttpResponse
     parse(&raw).map_err(|malformed| written.err().or(read.err()).map_or(malformed, ClientError::Io))
 }
 
-fn parse(raw: &[u8]) -> Result<HttpResponse, ClientError> {
+/// Parses a whole HTTP/1.1 answer (the connection's bytes up to its end).
+pub fn parse(raw: &[u8]) -> Result<HttpResponse, ClientError> {
     let end = raw.windows(4).position(|window| window == b"\r\n\r\n").ok_or(ClientError::Malformed)?;
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| ClientError::Malformed)?;
     let mut lines = head.split("\r\n");

@@ -6,6 +6,7 @@ mod client;
 mod cluster;
 mod kv;
 mod node;
+mod removal;
 mod server;
 mod signals;
 

@@ -15,6 +15,7 @@ use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, StdFs};
 
 use crate::client;
 use crate::kv::{Kv, PeerAddresses, PeerBook, VALUE_BYTES_MAX};
+use crate::removal::Removal;
 use crate::server::{App, router};
 use crate::signals::{StopSignals, watch_stdin};
 
@@ -43,6 +44,10 @@ pub struct ServeArgs {
     /// Where the HTTP API listens.
     #[arg(long)]
     pub http: SocketAddr,
+    /// The Raft address the other members dial to reach this node, when it is not `--raft` (a
+    /// proxy, a NAT): what this node registers when it joins, and its own entry in the book.
+    #[arg(long)]
+    pub raft_advertise: Option<SocketAddr>,
     /// The other members, as ID=RAFT_ADDR=HTTP_ADDR (repeat, or separate with commas).
     #[arg(long, value_delimiter = ',')]
     pub peers: Vec<String>,
@@ -135,7 +140,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let id = NodeId(args.id);
     let mut peers = args.peers.iter().map(|text| parse_peer(text)).collect::<Result<Vec<_>, _>>()?;
     peers.retain(|peer| peer.id != id);
-    let me = PeerAddresses { id, raft: args.raft, http: args.http };
+    let me = PeerAddresses { id, raft: args.raft_advertise.unwrap_or(args.raft), http: args.http };
     peers.push(me);
     let storage = storage(&args, &peers)?;
     let raft_addresses: BTreeMap<NodeId, SocketAddr> = peers.iter().map(|peer| (peer.id, peer.raft)).collect();
@@ -157,7 +162,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(url) = &args.join {
         tokio::spawn(join(url.trim_end_matches('/').to_owned(), me, handle.clone(), book.clone()));
     }
-    let app = App { handle: handle.clone(), book };
+    let removal = Removal::watch(handle.clone(), id, &args.data);
+    let app = App { handle: handle.clone(), book, removal };
     let served = axum::serve(http, router(app)).with_graceful_shutdown(async move {
         let reason = match stdin {
             Some(stdin) => tokio::select! {

@@ -12,11 +12,14 @@ use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post, put};
 use raft_core::{ConfChange, Membership, NodeId, Role};
-use raft_net::{MembershipChangeError, NodeHandle, NodeStatus, ProposeError, ReadConsistency, TransferLeadershipError};
+use raft_net::{
+    MembershipChangeError, NodeHandle, NodeStatus, ProposeError, ReadConsistency, ReadError, TransferLeadershipError,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::kv::{Command, KEY_BYTES_MAX, Kv, PeerAddresses, PeerBook, Response, VALUE_BYTES_MAX, encode};
+use crate::removal::Removal;
 
 /// How long a request waits for the cluster before answering 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,19 +47,146 @@ pub struct App {
     pub handle: NodeHandle<Kv>,
     /// Where every member listens.
     pub book: PeerBook,
+    /// Whether this node has been removed from the cluster.
+    pub removal: Removal,
 }
 
-/// An error answer: a status and a message, sent as `{"error": message}`.
-pub struct ApiError(StatusCode, String);
+/// Whether a request that failed may have changed the state, sent as `"outcome"` in every error
+/// answer so that a client knows whether a retry could apply a write twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Definitely not applied (refused before it reached the log, or replaced there): safe to
+    /// retry. Every failed read says this: a read changes nothing.
+    NotApplied,
+    /// It may or may not have been applied (it reached the log, then the answer was lost to a
+    /// timeout, a stop or a snapshot): read before retrying a write that must not apply twice.
+    Unknown,
+}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> HttpResponse {
-        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NotApplied => "not_applied",
+            Outcome::Unknown => "unknown",
+        }
     }
 }
 
+/// Why a request failed, sent as `"reason"`: one word per condition, the same for reads and
+/// writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Malformed input (bad JSON, an unknown consistency, a change that does nothing).
+    BadRequest,
+    /// No such key or endpoint.
+    NotFound,
+    /// The method does not fit the endpoint.
+    MethodNotAllowed,
+    /// A refused membership change (a voter already, a lagging learner).
+    Conflict,
+    /// A key, value or body over its limit.
+    TooLarge,
+    /// No leader is known (an election is under way, or this node is cut off).
+    NoLeader,
+    /// The node (or its leader) holds as much pending work as it may.
+    TooBusy,
+    /// Leadership changed before the request completed.
+    LeadershipChanged,
+    /// The request did not complete within the server's timeout.
+    TimedOut,
+    /// The node is stopping, or stopped (a storage failure, say).
+    NodeStopped,
+    /// This node has been removed from the cluster: send requests to a member.
+    Removed,
+    /// A bug of ours.
+    Internal,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::BadRequest => "bad_request",
+            Reason::NotFound => "not_found",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::Conflict => "conflict",
+            Reason::TooLarge => "too_large",
+            Reason::NoLeader => "no_leader",
+            Reason::TooBusy => "too_busy",
+            Reason::LeadershipChanged => "leadership_changed",
+            Reason::TimedOut => "timed_out",
+            Reason::NodeStopped => "node_stopped",
+            Reason::Removed => "removed",
+            Reason::Internal => "internal",
+        }
+    }
+
+    /// The reason of an error answer with `status` that says nothing more (axum's rejections).
+    fn of_status(status: StatusCode) -> Reason {
+        match status {
+            StatusCode::NOT_FOUND => Reason::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => Reason::MethodNotAllowed,
+            StatusCode::CONFLICT => Reason::Conflict,
+            StatusCode::PAYLOAD_TOO_LARGE => Reason::TooLarge,
+            StatusCode::SERVICE_UNAVAILABLE => Reason::NoLeader,
+            status if status.is_server_error() => Reason::Internal,
+            _ => Reason::BadRequest,
+        }
+    }
+}
+
+/// The message of a condition that reads and writes share, so that both say it the same way.
+const NO_LEADER: &str = "no leader is known; retry";
+const TIMED_OUT: &str = "the request timed out";
+const NODE_STOPPED: &str = "the node stopped";
+const TOO_BUSY: &str = "too many requests pending; retry";
+const LEADERSHIP_CHANGED: &str = "leadership changed before the request completed";
+const REMOVED: &str = "this node was removed from the cluster; send requests to a member";
+
+/// An error answer, sent as `{"error": message, "reason": ..., "outcome": ...}`.
+pub struct ApiError {
+    status: StatusCode,
+    reason: Reason,
+    outcome: Outcome,
+    message: String,
+}
+
+impl ApiError {
+    /// An answer for a request that did not change anything.
+    fn not_applied(status: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
+        ApiError { status, reason, outcome: Outcome::NotApplied, message: message.into() }
+    }
+
+    /// A 503 for a write that may or may not have been applied.
+    fn unknown(reason: Reason, message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, reason, outcome: Outcome::Unknown, message: message.into() }
+    }
+
+    /// A 503 that changed nothing.
+    fn unavailable(reason: Reason, message: impl Into<String>) -> Self {
+        Self::not_applied(StatusCode::SERVICE_UNAVAILABLE, reason, message)
+    }
+
+    /// The 410 of a removed node.
+    fn removed() -> Self {
+        Self::not_applied(StatusCode::GONE, Reason::Removed, REMOVED)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> HttpResponse {
+        let body = json!({ "error": self.message, "reason": self.reason.as_str(), "outcome": self.outcome.as_str() });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// An error answer that changed nothing, its reason told by its status.
 fn bad(status: StatusCode, message: impl Into<String>) -> ApiError {
-    ApiError(status, message.into())
+    ApiError::not_applied(status, Reason::of_status(status), message)
+}
+
+/// Answers 410 on a node that was removed from the cluster.
+fn check_member(app: &App) -> Result<(), ApiError> {
+    if app.removal.is_removed() { Err(ApiError::removed()) } else { Ok(()) }
 }
 
 /// The router of the whole API. Every error answer, axum's own rejections included, is JSON.
@@ -77,7 +207,8 @@ pub fn router(app: App) -> Router {
 }
 
 /// Turns an error answer that is not JSON (axum's rejections of a path, a query or a method,
-/// which are plain text or empty) into `{"error": ...}` with the same status and headers.
+/// which are plain text or empty) into a JSON error with the same status and headers. A
+/// rejection comes before any handler runs: nothing was applied.
 async fn json_errors(response: HttpResponse) -> HttpResponse {
     let status = response.status();
     let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|value| value == "application/json");
@@ -90,7 +221,9 @@ async fn json_errors(response: HttpResponse) -> HttpResponse {
     let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    HttpResponse::from_parts(parts, Body::from(json!({ "error": message }).to_string()))
+    let reason = Reason::of_status(status).as_str();
+    let body = json!({ "error": message, "reason": reason, "outcome": Outcome::NotApplied.as_str() });
+    HttpResponse::from_parts(parts, Body::from(body.to_string()))
 }
 
 /// The body, or a JSON error: 413 naming `limit` when it is larger.
@@ -124,7 +257,7 @@ fn check_value(value: &[u8]) -> Result<(), ApiError> {
 /// A 307 to the leader's HTTP address for the same path, or 503 when no leader is known.
 fn redirect(app: &App, leader: Option<NodeId>, uri: &Uri) -> HttpResponse {
     let Some(peer) = leader.and_then(|leader| app.book.get(leader)) else {
-        return bad(StatusCode::SERVICE_UNAVAILABLE, "no leader is known; retry").into_response();
+        return ApiError::unavailable(Reason::NoLeader, NO_LEADER).into_response();
     };
     let path = uri.path_and_query().map_or("/", |path| path.as_str());
     let location = format!("http://{}{}", peer.http, path);
@@ -134,18 +267,54 @@ fn redirect(app: &App, leader: Option<NodeId>, uri: &Uri) -> HttpResponse {
     }
 }
 
-/// Proposes `command`; redirects when this node does not lead.
+/// Proposes `command`; redirects when this node does not lead. Every failure says whether the
+/// command may have been applied.
 async fn propose(app: &App, command: Command, uri: &Uri) -> Result<Response, HttpResponse> {
+    check_member(app).map_err(IntoResponse::into_response)?;
     let outcome = tokio::time::timeout(REQUEST_TIMEOUT, app.handle.propose(encode(&command))).await;
     match outcome {
         Ok(Ok(Response::Invalid)) => Err(bad(StatusCode::INTERNAL_SERVER_ERROR, "command invalid").into_response()),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(ProposeError::NotLeader { leader, .. })) => Err(redirect(app, leader, uri)),
-        Ok(Err(ProposeError::TooLarge { bytes, limit })) => {
-            Err(bad(StatusCode::PAYLOAD_TOO_LARGE, format!("{bytes} bytes exceed {limit}")).into_response())
+        Ok(Err(error)) => Err(propose_error(error).into_response()),
+        // The proposal may have reached the log before the wait ended.
+        Err(_) => Err(ApiError::unknown(Reason::TimedOut, TIMED_OUT).into_response()),
+    }
+}
+
+/// What a failed proposal tells the client (see [`ProposeError`]'s variants: refusals before the
+/// log and a replaced entry are not applied; a stop or a snapshot over the entry is unknown).
+fn propose_error(error: ProposeError) -> ApiError {
+    match error {
+        ProposeError::NotLeader { .. } => ApiError::unavailable(Reason::NoLeader, NO_LEADER),
+        ProposeError::TooLarge { bytes, limit } => {
+            bad(StatusCode::PAYLOAD_TOO_LARGE, format!("{bytes} bytes exceed {limit}"))
         }
-        Ok(Err(error)) => Err(bad(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response()),
-        Err(_) => Err(bad(StatusCode::SERVICE_UNAVAILABLE, "timed out; the outcome is unknown").into_response()),
+        ProposeError::TooBusy | ProposeError::TooManyUncommittedBytes { .. } => {
+            ApiError::unavailable(Reason::TooBusy, TOO_BUSY)
+        }
+        ProposeError::LeadershipLost { .. } => ApiError::unavailable(Reason::LeadershipChanged, LEADERSHIP_CHANGED),
+        ProposeError::OutcomeUnknown { .. } => ApiError::unknown(Reason::LeadershipChanged, LEADERSHIP_CHANGED),
+        ProposeError::ShuttingDown | ProposeError::StorageFailed(_) | ProposeError::Stopped(_) => {
+            ApiError::unknown(Reason::NodeStopped, NODE_STOPPED)
+        }
+        // A variant added later: claim nothing.
+        other => ApiError::unknown(Reason::Internal, other.to_string()),
+    }
+}
+
+/// What a failed read tells the client, in the words a write uses for the same condition.
+fn read_error(error: ReadError) -> ApiError {
+    match error {
+        ReadError::NoLeader => ApiError::unavailable(Reason::NoLeader, NO_LEADER),
+        ReadError::LeaseNotEnabled => bad(StatusCode::BAD_REQUEST, error.to_string()),
+        ReadError::TooBusy => ApiError::unavailable(Reason::TooBusy, TOO_BUSY),
+        ReadError::LeadershipChanged => ApiError::unavailable(Reason::LeadershipChanged, LEADERSHIP_CHANGED),
+        ReadError::TimedOut => ApiError::unavailable(Reason::TimedOut, TIMED_OUT),
+        ReadError::ShuttingDown | ReadError::StorageFailed(_) | ReadError::Stopped(_) => {
+            ApiError::unavailable(Reason::NodeStopped, NODE_STOPPED)
+        }
+        other => ApiError::unavailable(Reason::Internal, other.to_string()),
     }
 }
 
@@ -242,18 +411,21 @@ async fn get_key(State(app): State<Arc<App>>, Path(key): Path<String>, Query(que
         Ok(consistency) => consistency,
         Err(error) => return error.into_response(),
     };
+    if let Err(error) = check_member(&app) {
+        return error.into_response();
+    }
     let read = app.handle.read(consistency, move |kv: &Kv| kv.get(&key));
     match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
         Ok(Ok(Some(value))) => value.into_response(),
         Ok(Ok(None)) => bad(StatusCode::NOT_FOUND, "no such key").into_response(),
-        Ok(Err(error)) => bad(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
-        Err(_) => bad(StatusCode::SERVICE_UNAVAILABLE, "the read timed out").into_response(),
+        Ok(Err(error)) => read_error(error).into_response(),
+        Err(_) => ApiError::unavailable(Reason::TimedOut, TIMED_OUT).into_response(),
     }
 }
 
 /// The node's status as JSON.
 async fn status_json(app: &App) -> Result<Value, ApiError> {
-    let status = app.handle.status().await.map_err(|error| bad(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
+    let status = app.handle.status().await.map_err(|_| ApiError::unavailable(Reason::NodeStopped, NODE_STOPPED))?;
     let role = match status.role {
         Role::Leader => "leader",
         Role::Candidate => "candidate",
@@ -269,10 +441,13 @@ async fn status_json(app: &App) -> Result<Value, ApiError> {
             (id.0.to_string(), value)
         })
         .collect();
+    // Members only: a removed node leaves the list (a node that has not joined yet lists all).
+    let members = status.membership.members();
     let addresses: serde_json::Map<String, Value> = app
         .book
         .all()
         .values()
+        .filter(|peer| members.is_empty() || members.contains(&peer.id))
         .map(|peer| (peer.id.0.to_string(), json!({ "raft": peer.raft.to_string(), "http": peer.http.to_string() })))
         .collect();
     let ids = |set: &std::collections::BTreeSet<NodeId>| set.iter().map(|id| id.0).collect::<Vec<_>>();
@@ -281,6 +456,7 @@ async fn status_json(app: &App) -> Result<Value, ApiError> {
         "commit": status.commit.0, "applied": status.applied.0, "last_index": status.last_index.0,
         "voters": ids(&status.membership.voters), "voters_outgoing": ids(&status.membership.voters_outgoing),
         "learners": ids(&status.membership.learners), "peers": peers, "addresses": addresses,
+        "removed": app.removal.is_removed(),
     }))
 }
 
@@ -293,7 +469,7 @@ async fn status(State(app): State<Arc<App>>) -> HttpResponse {
 
 async fn metrics(State(app): State<Arc<App>>) -> HttpResponse {
     let Ok(status) = app.handle.status().await else {
-        return bad(StatusCode::SERVICE_UNAVAILABLE, "the node stopped").into_response();
+        return ApiError::unavailable(Reason::NodeStopped, NODE_STOPPED).into_response();
     };
     let keys = app.handle.read(ReadConsistency::Stale, |kv: &Kv| kv.key_count()).await.unwrap_or(0);
     let id = status.id.0;
@@ -328,10 +504,13 @@ async fn members(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, Byte
         Ok(action) => action,
         Err(error) => return error.into_response(),
     };
+    if let Err(error) = check_member(&app) {
+        return error.into_response();
+    }
     // Only the leader's view of the membership is current enough to check a change against.
     let status = match app.handle.status().await {
         Ok(status) => status,
-        Err(error) => return bad(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
+        Err(_) => return ApiError::unavailable(Reason::NodeStopped, NODE_STOPPED).into_response(),
     };
     if status.role != Role::Leader {
         return redirect(&app, status.leader, &uri);
@@ -421,23 +600,39 @@ async fn change_membership(app: &App, change: ConfChange, uri: &Uri) -> HttpResp
         let error = match outcome {
             Ok(Ok(membership)) => return axum::Json(membership_json(&membership)).into_response(),
             Ok(Err(error)) => error,
-            Err(_) => return bad(StatusCode::SERVICE_UNAVAILABLE, "the change timed out").into_response(),
+            // The change may have been appended before the wait ended.
+            Err(_) => return ApiError::unknown(Reason::TimedOut, TIMED_OUT).into_response(),
         };
         match error {
             MembershipChangeError::TermNotCommitted | MembershipChangeError::ChangeInProgress => {}
             MembershipChangeError::NotLeader { leader, .. } => return redirect(app, leader, uri),
-            MembershipChangeError::NoEffect(id) => {
-                return bad(StatusCode::BAD_REQUEST, format!("the change leaves node {id} as it is")).into_response();
-            }
-            MembershipChangeError::NoVoters => {
-                return bad(StatusCode::BAD_REQUEST, "the change would leave no voter").into_response();
-            }
-            other => return bad(StatusCode::SERVICE_UNAVAILABLE, other.to_string()).into_response(),
+            error => return membership_error(error).into_response(),
         }
         if tokio::time::Instant::now() >= deadline {
-            return bad(StatusCode::SERVICE_UNAVAILABLE, "the change timed out").into_response();
+            // The last attempt was refused before the log.
+            return ApiError::unavailable(Reason::TimedOut, TIMED_OUT).into_response();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What a failed membership change tells the client: refusals are not applied; a lost
+/// leadership or a stop may leave the change applied or not.
+fn membership_error(error: MembershipChangeError) -> ApiError {
+    match error {
+        MembershipChangeError::NotLeader { .. } => ApiError::unavailable(Reason::NoLeader, NO_LEADER),
+        MembershipChangeError::NoEffect(id) => {
+            bad(StatusCode::BAD_REQUEST, format!("the change leaves node {id} as it is"))
+        }
+        MembershipChangeError::NoVoters => bad(StatusCode::BAD_REQUEST, "the change would leave no voter"),
+        MembershipChangeError::TermNotCommitted
+        | MembershipChangeError::ChangeInProgress
+        | MembershipChangeError::TransferInProgress => ApiError::unavailable(Reason::TooBusy, error.to_string()),
+        MembershipChangeError::LeadershipLost => ApiError::unknown(Reason::LeadershipChanged, LEADERSHIP_CHANGED),
+        MembershipChangeError::ShuttingDown | MembershipChangeError::StorageFailed(_) => {
+            ApiError::unknown(Reason::NodeStopped, NODE_STOPPED)
+        }
+        other => ApiError::unknown(Reason::NodeStopped, other.to_string()),
     }
 }
 
@@ -452,6 +647,9 @@ async fn transfer(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, Byt
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };
+    if let Err(error) = check_member(&app) {
+        return error.into_response();
+    }
     let outcome = tokio::time::timeout(ADMIN_TIMEOUT, app.handle.transfer_leadership(NodeId(body.id))).await;
     match outcome {
         Ok(Ok(())) => axum::Json(json!({ "leader": body.id })).into_response(),
@@ -460,7 +658,12 @@ async fn transfer(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, Byt
         Ok(Err(error @ TransferLeadershipError::NotAVoter(_))) => {
             bad(StatusCode::BAD_REQUEST, error.to_string()).into_response()
         }
-        Ok(Err(error)) => bad(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
-        Err(_) => bad(StatusCode::SERVICE_UNAVAILABLE, "the transfer timed out").into_response(),
+        Ok(Err(error @ TransferLeadershipError::InProgress(_))) => {
+            ApiError::unavailable(Reason::TooBusy, error.to_string()).into_response()
+        }
+        Ok(Err(TransferLeadershipError::TimedOut)) | Err(_) => {
+            ApiError::unknown(Reason::TimedOut, TIMED_OUT).into_response()
+        }
+        Ok(Err(_)) => ApiError::unknown(Reason::NodeStopped, NODE_STOPPED).into_response(),
     }
 }

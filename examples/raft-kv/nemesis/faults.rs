@@ -1,0 +1,284 @@
+//! Carrying out one step of the schedule: resolve its target, inject the fault, hold it, heal
+//! everything, wait for a leader, rest.
+
+use std::time::Duration;
+
+use sim::linearizability::{Input, Output};
+use tokio::time::Instant;
+
+use super::check::STALE_LEASE_READ;
+use super::cluster::ELECTION_TIMEOUT_MAX;
+use super::http;
+use super::proxy::LinkRule;
+use super::schedule::{Fault, Step, Target};
+use super::workload::{self, Consistency, Ended, PROBE_KEY};
+use super::{FaultRecord, RECOVERY_TIMEOUT, Run};
+
+/// How long a membership change or a transfer may take.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node that joined may take to become a voter.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a removed node, restarted on its data, may take to say it was removed.
+pub const REMOVED_NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the lease-pause probe's read may take (a node that does not trust its lease cannot
+/// confirm the read while its inbound links are cut: it times out, which is correct).
+pub const PROBE_READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// The client id of the nemesis's own operations in the history.
+pub const NEMESIS_CLIENT: u64 = 0;
+
+/// Carries out `step`.
+pub async fn apply(run: &mut Run, step: &Step) {
+    let leader = run.cluster.leader().await.map(|(id, _)| id);
+    let resolve = |target: Target| resolve(run, leader, target);
+    match step.fault {
+        Fault::Kill(target) => {
+            let id = resolve(target);
+            record(run, step, format!("kill -9 node {id}"));
+            run.cluster.kill(id);
+            tokio::time::sleep(step.hold).await;
+        }
+        Fault::Pause(target) => {
+            let id = resolve(target);
+            record(run, step, format!("SIGSTOP node {id}"));
+            run.cluster.pause(id);
+            tokio::time::sleep(step.hold.max(2 * ELECTION_TIMEOUT_MAX)).await;
+        }
+        Fault::Isolate(target) => links(run, step, resolve(target), "isolate", true, true, blocked()).await,
+        Fault::CutOutbound(target) => links(run, step, resolve(target), "cut outbound", true, false, blocked()).await,
+        Fault::CutInbound(target) => links(run, step, resolve(target), "cut inbound", false, true, blocked()).await,
+        Fault::Flaky(target, per_mille) => {
+            let rule = LinkRule { cut_per_mille: per_mille, ..LinkRule::default() };
+            links(run, step, resolve(target), "flaky", true, true, rule).await;
+        }
+        Fault::Slow(target, ms) => {
+            let rule = LinkRule { delay: Duration::from_millis(u64::from(ms)), ..LinkRule::default() };
+            links(run, step, resolve(target), "slow", true, true, rule).await;
+        }
+        Fault::Transfer(k) => {
+            let id = resolve(Target::Follower(k));
+            transfer(run, step, leader, id).await;
+        }
+        Fault::Replace(k) => {
+            let id = resolve(Target::Follower(k));
+            replace(run, step, leader, id).await;
+        }
+        Fault::LeasePause => lease_pause(run, step).await,
+    }
+    heal(run).await;
+    tokio::time::sleep(step.rest).await;
+}
+
+fn blocked() -> LinkRule {
+    LinkRule { blocked: true, ..LinkRule::default() }
+}
+
+/// The member `target` names: the leader, or the k-th other member in id order.
+fn resolve(run: &Run, leader: Option<u64>, target: Target) -> u64 {
+    let members = &run.cluster.members;
+    let first = members.first().copied().unwrap_or(1);
+    match target {
+        Target::Leader => leader.unwrap_or(first),
+        Target::Follower(k) => {
+            let followers: Vec<u64> = members.iter().copied().filter(|id| Some(*id) != leader).collect();
+            followers.get(k as usize % followers.len().max(1)).copied().unwrap_or(first)
+        }
+    }
+}
+
+fn record(run: &mut Run, step: &Step, detail: String) {
+    if run.options.verbose {
+        println!("          {detail}");
+    }
+    run.faults.push(FaultRecord { kind: step.fault.kind(), detail, at: run.history.now() });
+}
+
+/// Applies `rule` to the links of node `id` with every other member: what it sends
+/// (`outbound`), what it receives (`inbound`), or both; holds it; the heal that follows undoes it.
+async fn links(run: &mut Run, step: &Step, id: u64, what: &str, outbound: bool, inbound: bool, rule: LinkRule) {
+    record(run, step, format!("{what} node {id}"));
+    for &other in run.cluster.members.iter().filter(|other| **other != id) {
+        if outbound {
+            run.cluster.proxy.set(id, other, rule);
+        }
+        if inbound {
+            run.cluster.proxy.set(other, id, rule);
+        }
+    }
+    tokio::time::sleep(step.hold).await;
+}
+
+/// Heals every link and process, then waits for a leader (an anomaly if none comes).
+pub async fn heal(run: &mut Run) {
+    run.cluster.proxy.heal();
+    if let Err(error) = run.cluster.heal_processes() {
+        run.anomalies.push(format!("restarting a node failed: {error}"));
+    }
+    run.refresh_targets();
+    let start = Instant::now();
+    while run.cluster.leader().await.is_none() {
+        if start.elapsed() > RECOVERY_TIMEOUT {
+            let last = run.faults.last().map_or(String::new(), |fault| fault.detail.clone());
+            run.anomalies.push(format!("no leader {} s after healing ({last})", RECOVERY_TIMEOUT.as_secs()));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// POSTs `body` to `path` on a member (redirected to the leader); whether it answered 200.
+async fn admin(run: &Run, via: u64, path: &str, body: serde_json::Value) -> Result<(), String> {
+    let http = run.cluster.http(via).ok_or("no such node")?;
+    match http::call("POST", http, path, body.to_string().as_bytes(), ADMIN_TIMEOUT).await {
+        Ok(answer) if answer.status == 200 => Ok(()),
+        Ok(answer) => Err(format!("HTTP {} {}", answer.status, String::from_utf8_lossy(&answer.body))),
+        Err(error) => Err(format!("{error:?}")),
+    }
+}
+
+async fn transfer(run: &mut Run, step: &Step, leader: Option<u64>, id: u64) {
+    let Some(leader) = leader.filter(|leader| *leader != id) else {
+        record(run, step, format!("transfer to node {id}: skipped (no other leader known)"));
+        return;
+    };
+    record(run, step, format!("transfer leadership from node {leader} to node {id}"));
+    if let Err(error) = admin(run, leader, "/cluster/leader", serde_json::json!({ "id": id })).await
+        && run.options.verbose
+    {
+        println!("          the transfer failed: {error}");
+    }
+}
+
+/// Removes follower `id`, checks that it says so when restarted on its data, and joins a new
+/// node in its place.
+async fn replace(run: &mut Run, step: &Step, leader: Option<u64>, id: u64) {
+    let (Some(leader), true) = (leader, run.cluster.members.len() > 1) else { return };
+    if leader == id {
+        return;
+    }
+    let new = run.next_id;
+    run.next_id += 1;
+    record(run, step, format!("replace node {id} with node {new}"));
+    let removal = serde_json::json!({ "action": "remove", "id": id });
+    if let Err(error) = admin(run, leader, "/cluster/members", removal).await {
+        // Not applied, or unknown: leave the membership as the status says it is.
+        if run.options.verbose {
+            println!("          removing node {id} failed: {error}");
+        }
+        return;
+    }
+    run.cluster.members.retain(|member| *member != id);
+    run.refresh_targets();
+    // The removed node, restarted on its data, must say it was removed.
+    run.cluster.kill(id);
+    if let Err(error) = run.cluster.spawn(id) {
+        run.anomalies.push(format!("restarting removed node {id}: {error}"));
+    }
+    let start = Instant::now();
+    loop {
+        if run.cluster.status(id).await.is_some_and(|status| status["removed"] == true) {
+            break;
+        }
+        if start.elapsed() > REMOVED_NOTICE_TIMEOUT {
+            run.anomalies.push(format!("node {id}, removed and restarted on its data, does not say it was removed"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run.cluster.kill(id);
+    join(run, leader, new).await;
+}
+
+/// Starts node `new` with `--join` through `via` and waits until the members count it a voter.
+async fn join(run: &mut Run, via: u64, new: u64) {
+    let Some(via_http) = run.cluster.http(via) else { return };
+    if let Err(error) = run.cluster.join(new, via_http).await {
+        run.anomalies.push(format!("starting node {new}: {error}"));
+        return;
+    }
+    let start = Instant::now();
+    loop {
+        let leader = run.cluster.leader().await.map(|(id, _)| id);
+        let status = match leader {
+            Some(leader) => run.cluster.status(leader).await,
+            None => None,
+        };
+        let voters = status.as_ref().and_then(|status| status["voters"].as_array().cloned()).unwrap_or_default();
+        if voters.iter().any(|voter| voter.as_u64() == Some(new)) {
+            break;
+        }
+        if start.elapsed() > JOIN_TIMEOUT {
+            run.anomalies.push(format!("node {new} did not become a voter within {} s", JOIN_TIMEOUT.as_secs()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    run.refresh_targets();
+}
+
+/// Writes `value` to the probe key through `node` until it is acknowledged (or `patience` ends).
+async fn probe_write(run: &Run, node: u64, value: u64, patience: Duration) -> bool {
+    let Some(http) = run.cluster.http(node) else { return false };
+    let start = Instant::now();
+    while start.elapsed() < patience {
+        let input = Input::Put { key: PROBE_KEY, value };
+        let record =
+            workload::perform(&run.history, NEMESIS_CLIENT, http, input, None, workload::OPERATION_TIMEOUT).await;
+        if matches!(record.ended, Ended::Ok { .. }) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The stale-lease probe (see [`Fault::LeasePause`]).
+async fn lease_pause(run: &mut Run, step: &Step) {
+    let Some((old, old_term)) = run.cluster.leader().await else { return };
+    let base = 900_000_000_000 + run.faults.len() as u64 * 2;
+    let (old_value, new_value) = (base, base + 1);
+    if !probe_write(run, old, old_value, Duration::from_secs(5)).await {
+        return;
+    }
+    // Recorded here, so that the unavailability it causes counts from the pause.
+    record(run, step, format!("lease-pause probe at node {old} (term {old_term})"));
+    run.cluster.pause(old);
+    // Hold back what the others send it, so that when it runs again nothing but the time that
+    // passed can tell it that its lease is over (a new leader's heartbeat would depose it).
+    for &other in run.cluster.members.iter().filter(|other| **other != old) {
+        run.cluster.proxy.set(other, old, blocked());
+    }
+    // The others elect a leader of a later term and commit a new value.
+    let start = Instant::now();
+    let new = loop {
+        match run.cluster.leader().await {
+            Some((id, term)) if id != old && term > old_term => break Some(id),
+            _ if start.elapsed() > RECOVERY_TIMEOUT => break None,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let Some(new) = new else { return };
+    if !probe_write(run, new, new_value, Duration::from_secs(10)).await {
+        return;
+    }
+    // Queue a lease read at the paused node, then let it run again.
+    let Some(old_http) = run.cluster.http(old) else { return };
+    let history = run.history.clone();
+    let read = tokio::spawn(async move {
+        let input = Input::Get { key: PROBE_KEY };
+        workload::perform(&history, NEMESIS_CLIENT, old_http, input, Some(Consistency::Lease), PROBE_READ_TIMEOUT).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    run.cluster.resume(old);
+    let Ok(read) = read.await else { return };
+    run.lease_probes.0 += 1;
+    if let Ended::Ok { output: Output::Value(value), .. } = read.ended
+        && value != Some(new_value)
+    {
+        run.lease_probes.1 += 1;
+        run.anomalies.push(format!(
+            "{STALE_LEASE_READ}: node {old}, paused as leader of term {old_term}, answered {value:?} after node {new} \
+             committed {new_value}"
+        ));
+    }
+    tokio::time::sleep(step.hold).await;
+}
