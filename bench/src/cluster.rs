@@ -237,8 +237,8 @@ impl Cluster {
 }
 
 fn node_config(id: NodeId, spec: &ClusterSpec, addresses: &BTreeMap<NodeId, SocketAddr>) -> BenchResult<NodeConfig> {
-    let options =
-        Options::builder().election_ticks(ELECTION_TICKS).heartbeat_ticks(HEARTBEAT_TICKS).rng_seed(id.0).build()?;
+    // No seed: raft-net draws a fresh one per start.
+    let options = Options::builder().election_ticks(ELECTION_TICKS).heartbeat_ticks(HEARTBEAT_TICKS).build()?;
     let mut config = NodeConfig::new(id, options);
     config.tick_interval = TICK;
     config.snapshot_every_entries = spec.snapshot_every_entries;

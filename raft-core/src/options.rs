@@ -22,6 +22,8 @@ pub struct Options {
     clock_drift_max_ticks: u32,
     reads_pending_max: usize,
     rng_seed: u64,
+    /// Whether `rng_seed` was set (with the builder or [`Options::with_rng_seed`]).
+    rng_seed_chosen: bool,
     #[cfg(feature = "bug-knobs")]
     bug_knobs: BugKnobs,
 }
@@ -128,6 +130,7 @@ impl Default for Options {
             clock_drift_max_ticks: 2,
             reads_pending_max: 4096,
             rng_seed: 0,
+            rng_seed_chosen: false,
             #[cfg(feature = "bug-knobs")]
             bug_knobs: BugKnobs::default(),
         }
@@ -211,14 +214,23 @@ impl Options {
     /// The seed of the node's random number generator: election timeouts, and the numbers of
     /// the reads a follower forwards. Give every incarnation of a node a fresh seed (from the
     /// operating system in production): a restarted node that drew the same numbers could take
-    /// a delayed answer meant for its previous incarnation for its own (a stale read).
+    /// a delayed answer meant for its previous incarnation for its own (a stale read). The
+    /// default, 0, is for tests; raft-net's `start` replaces it with a seed from the operating
+    /// system unless one was chosen ([`Options::rng_seed_chosen`]).
     pub fn rng_seed(&self) -> u64 {
         self.rng_seed
+    }
+
+    /// Whether the seed was chosen ([`OptionsBuilder::rng_seed`], [`Options::with_rng_seed`])
+    /// rather than left at its default.
+    pub fn rng_seed_chosen(&self) -> bool {
+        self.rng_seed_chosen
     }
 
     /// The same options with another seed (for a restart).
     pub fn with_rng_seed(mut self, seed: u64) -> Options {
         self.rng_seed = seed;
+        self.rng_seed_chosen = true;
         self
     }
     /// The deliberate bugs switched on (feature `bug-knobs`).
@@ -304,9 +316,11 @@ impl OptionsBuilder {
         self.options.reads_pending_max = reads;
         self
     }
-    /// Sets the random seed.
+    /// Sets the random seed (see [`Options::rng_seed`]): for a replayable run. Left unset, a
+    /// driver that starts nodes for real draws a fresh one per start.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.options.rng_seed = seed;
+        self.options.rng_seed_chosen = true;
         self
     }
 

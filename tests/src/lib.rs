@@ -148,14 +148,15 @@ pub fn set(key: &str, value: &str) -> Bytes {
     Bytes::from(format!("{key}={value}"))
 }
 
-/// Core options for test node `id`: quick elections in ticks of [`TICK`].
-pub fn options(id: NodeId) -> Options {
-    Options::builder().election_ticks(10).heartbeat_ticks(2).rng_seed(id.0).build().expect("valid options")
+/// Core options for a test node: quick elections in ticks of [`TICK`]. No seed: each start
+/// draws a fresh one from the operating system, as in production.
+pub fn options() -> Options {
+    Options::builder().election_ticks(10).heartbeat_ticks(2).build().expect("valid options")
 }
 
 /// A node configuration with the test options and tick.
 pub fn config(id: NodeId, addresses: &BTreeMap<NodeId, SocketAddr>) -> NodeConfig {
-    let mut config = NodeConfig::new(id, options(id));
+    let mut config = NodeConfig::new(id, options());
     config.tick_interval = TICK;
     config.addresses = addresses.clone();
     config

@@ -51,9 +51,9 @@ async fn read_key_retrying(handle: &NodeHandle<Kv>, key: &str) -> Option<Bytes> 
     }
 }
 
-/// The test options (quick elections) changed by `tune`.
-fn tuned(id: NodeId, tune: impl Fn(OptionsBuilder) -> OptionsBuilder) -> Options {
-    let builder = Options::builder().election_ticks(10).heartbeat_ticks(2).rng_seed(id.0);
+/// The test options (quick elections) changed by `tune`; each start draws a fresh seed.
+fn tuned(tune: impl Fn(OptionsBuilder) -> OptionsBuilder) -> Options {
+    let builder = Options::builder().election_ticks(10).heartbeat_ticks(2);
     tune(builder).build().expect("valid options")
 }
 
@@ -64,7 +64,7 @@ fn mem_cluster(network: &MemNetwork, tune: impl Fn(OptionsBuilder) -> OptionsBui
         .map(|id| {
             let id = NodeId(*id);
             let mut config = config(id, &BTreeMap::new());
-            config.options = tuned(id, &tune);
+            config.options = tuned(&tune);
             start_mem(network, config, MemStorage::new(membership(&VOTERS)))
         })
         .collect()
@@ -179,7 +179,7 @@ async fn a_single_node_serves_linearizable_and_lease_reads() {
     let network = MemNetwork::default();
     let id = NodeId(1);
     let mut config = config(id, &BTreeMap::new());
-    config.options = tuned(id, |b| b.lease_reads(true));
+    config.options = tuned(|b| b.lease_reads(true));
     let member = start_mem(&network, config, MemStorage::new(membership(&[1])));
     settled_leader(&[&member]).await;
     for i in 0..20_usize {
@@ -351,7 +351,7 @@ async fn a_failing_disk_resolves_pending_reads_with_storage_failed() {
                 DiskStorage::create(fs.clone(), "/data", identity, membership(&VOTERS), DiskOptions::default())
                     .expect("create store");
             let mut config = config(id, &BTreeMap::new());
-            config.options = tuned(id, |b| b.check_quorum(false));
+            config.options = tuned(|b| b.check_quorum(false));
             start_mem(&network, config, storage)
         })
         .collect();
@@ -399,7 +399,7 @@ async fn a_leader_stalled_past_its_lease_answers_no_stale_lease_read() {
                 DiskStorage::create(fs.clone(), "/data", identity, membership(&VOTERS), DiskOptions::default())
                     .expect("create store");
             let mut config = config(id, &BTreeMap::new());
-            config.options = tuned(id, |b| b.lease_reads(true).clock_drift_max_ticks(2));
+            config.options = tuned(|b| b.lease_reads(true).clock_drift_max_ticks(2));
             start_mem(&network, config, storage)
         })
         .collect();

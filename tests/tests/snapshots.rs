@@ -20,7 +20,6 @@ fn snapshotting(id: NodeId) -> NodeConfig {
         .heartbeat_ticks(2)
         .compaction_margin_entries(10)
         .snapshot_chunk_bytes_max(1024)
-        .rng_seed(id.0)
         .build()
         .expect("valid options");
     config.snapshot_every_entries = 100;

@@ -2,7 +2,6 @@
 //! Raft driver and the HTTP API; with `--join`, asks an existing cluster to add it.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,13 +87,6 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     outcome
 }
 
-/// A fresh seed for this incarnation (raft-core wants one per start): OS-seeded hashing.
-fn fresh_seed() -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.finish()
-}
-
 fn options() -> Result<Options, String> {
     Options::builder()
         .election_ticks(10)
@@ -104,7 +96,6 @@ fn options() -> Result<Options, String> {
         .lease_reads(true)
         .message_bytes_max(MESSAGE_BYTES_MAX)
         .apply_bytes_max(4 * MESSAGE_BYTES_MAX)
-        .rng_seed(fresh_seed())
         .build()
         .map_err(|error| error.to_string())
 }

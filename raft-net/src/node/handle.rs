@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use std::net::SocketAddr;
 
-use raft_core::{ConfChange, Membership, Message, NodeId, Raft, Term};
+use raft_core::{ConfChange, Membership, Message, NodeId, Options, Raft, Term};
 use raft_storage::LogStore;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, TryAcquireError, broadcast, mpsc, oneshot};
@@ -89,6 +89,7 @@ where
     T: Transport + 'static,
 {
     config.validate()?;
+    let config = NodeConfig { options: with_fresh_seed(config.options.clone()), ..config };
     let runtime = Handle::try_current().map_err(|_| NodeStartError::NoRuntime)?;
     if transport.local_id() != config.id {
         return Err(NodeStartError::TransportIdMismatch { config: config.id, transport: transport.local_id() });
@@ -168,6 +169,24 @@ where
     };
     inner.spawn_ticker(&runtime, &config);
     Ok(NodeHandle { inner: Arc::new(inner) })
+}
+
+/// `options` with a seed from the operating system, unless one was chosen: every start of a node
+/// draws new election timeouts and new numbers for its forwarded reads, so an answer meant for an
+/// earlier incarnation is never taken for this one's (see `Options::rng_seed`).
+fn with_fresh_seed(options: Options) -> Options {
+    if options.rng_seed_chosen() {
+        return options;
+    }
+    let seed = getrandom::u64().unwrap_or_else(|_| {
+        // No OS source of randomness: std's hasher keys are drawn per process from whatever
+        // the platform offers.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    });
+    options.with_rng_seed(seed)
 }
 
 /// Ends the core thread's life: after a panic, records the reason and reports the stop; then
@@ -382,5 +401,24 @@ impl<SM: StateMachine> NodeHandle<SM> {
 
     fn stopped_error(&self) -> ProposeError {
         self.inner.shared.stopped_error()
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::with_fresh_seed;
+    use raft_core::Options;
+
+    #[test]
+    fn an_unchosen_seed_is_drawn_fresh_and_a_chosen_one_is_kept() {
+        let unchosen = Options::builder().build().expect("valid");
+        assert!(!unchosen.rng_seed_chosen());
+        let first = with_fresh_seed(unchosen.clone());
+        let second = with_fresh_seed(unchosen);
+        assert!(first.rng_seed_chosen());
+        // Two 64-bit draws from the OS are equal with probability 2^-64.
+        assert_ne!(first.rng_seed(), second.rng_seed());
+        let chosen = Options::builder().rng_seed(7).build().expect("valid");
+        assert_eq!(with_fresh_seed(chosen).rng_seed(), 7);
     }
 }
