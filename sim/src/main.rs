@@ -115,8 +115,8 @@ fn run_real(args: &Args) -> ExitCode {
     println!("seeds:               {}", reports.len());
     println!("simulated time:      {:.1}s", total.simulated_ms as f64 / 1000.0);
     println!(
-        "faults injected:     partitions {} crashes {} restarts {} storage fail-stops {} stores refusing to open {}",
-        total.partitions, total.crashes, total.restarts, total.storage_failures, total.open_failures
+        "faults injected:     partitions {} crashes {} pauses {} restarts {} storage fail-stops {} stores refusing to open {}",
+        total.partitions, total.crashes, total.pauses, total.restarts, total.storage_failures, total.open_failures
     );
     println!(
         "leaders elected:     {}; snapshots restored {}; membership changes and transfers {}",

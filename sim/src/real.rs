@@ -27,8 +27,9 @@ mod fs;
 mod net;
 mod node;
 mod observe;
+mod pause;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, UNIX_EPOCH};
@@ -46,6 +47,7 @@ use crate::linearizability;
 use client::{ClientPlan, run_client};
 use node::{NodePlan, run_node};
 use observe::Observer;
+use pause::PauseGate;
 
 /// The simulated time per turmoil step.
 const STEP: Duration = Duration::from_millis(1);
@@ -96,6 +98,9 @@ pub struct RealConfig {
     /// Self-tests only: every fsync (of files and directories) does nothing, as on a disk that
     /// lies about durability.
     pub fsync_lies: bool,
+    /// The chance, at each fault, that a running node is also paused (SIGSTOP) for up to three
+    /// election timeouts; 0 in some seeds.
+    pub pause_rate: f64,
 }
 
 impl RealConfig {
@@ -132,6 +137,7 @@ impl RealConfig {
             corruption_probability: if disk == 1 { 0.0002 } else { 0.0 },
             options_hook: None,
             fsync_lies: false,
+            pause_rate: pause_rate(seed),
         }
     }
 
@@ -160,13 +166,20 @@ impl RealConfig {
     }
 }
 
+/// Drawn apart from the other choices, so that adding pauses left every other draw of a seed as
+/// it was: none in a third of the seeds, up to 0.3 per fault in the rest.
+fn pause_rate(seed: u64) -> f64 {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9a05_e000);
+    if rng.next_u64() % 3 == 0 { 0.0 } else { (rng.next_u64() % 301) as f64 / 1000.0 }
+}
+
 impl fmt::Display for RealConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rates: Vec<String> = self.clocks.iter().map(|(rate, _)| format!("{rate:.3}")).collect();
         write!(
             f,
             "nodes={} clients={} keys={} chaos={:?} faults every ~{:?} latency<={:?} clock rates=[{}] lease={} membership={} \
-             snapshot every {} margin {} sync_p={} torn={:?} io_error_p={} corruption_p={}",
+             snapshot every {} margin {} sync_p={} torn={:?} io_error_p={} corruption_p={} pause_p={}",
             self.nodes,
             self.clients,
             self.keys,
@@ -181,7 +194,8 @@ impl fmt::Display for RealConfig {
             self.sync_probability,
             self.torn_block,
             self.io_error_probability,
-            self.corruption_probability
+            self.corruption_probability,
+            self.pause_rate
         )
     }
 }
@@ -216,6 +230,8 @@ struct Faults {
     held: BTreeSet<(String, String)>,
     flaky: BTreeSet<(String, String)>,
     crashed: BTreeSet<String>,
+    /// Paused hosts, and when each resumes.
+    paused: BTreeMap<String, Duration>,
 }
 
 /// Runs seed `seed`.
@@ -246,6 +262,7 @@ pub fn run_config(config: RealConfig) -> RealReport {
     let mut sim = builder.build();
     let hosts: Vec<String> = (1..=config.nodes).map(|id| format!("n{id}")).collect();
     let options = config.options();
+    let gates: Vec<PauseGate> = hosts.iter().map(|_| PauseGate::default()).collect();
     for (position, host) in hosts.iter().enumerate() {
         let (rate, offset) = config.clocks[position];
         let plan = NodePlan {
@@ -261,7 +278,15 @@ pub fn run_config(config: RealConfig) -> RealReport {
             seed: config.seed,
         };
         let observer = observer.clone();
-        sim.host(host.as_str(), move || run_node(plan.clone(), observer.clone()));
+        let gate = gates[position].clone();
+        sim.host(host.as_str(), move || {
+            let (plan, observer, gate) = (plan.clone(), observer.clone(), gate.clone());
+            async move {
+                // Every task of the node is spawned on this set (see `pause`).
+                let tasks = tokio::task::LocalSet::new();
+                gate.guard(tasks.run_until(run_node(plan, observer))).await
+            }
+        });
     }
     let addresses: Vec<_> = hosts.iter().map(|host| sim.lookup(host.as_str())).collect();
     for client in 1..=config.clients {
@@ -291,6 +316,8 @@ pub fn run_config(config: RealConfig) -> RealReport {
     sim.client("probe", probe);
 
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xfa17);
+    // Pauses draw from their own stream, so the other faults of a seed stay as they were.
+    let mut pause_rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x9a05_e5ed);
     let mut faults = Faults::default();
     let mut next_fault = config.fault_interval;
     let mut healed = false;
@@ -298,11 +325,15 @@ pub fn run_config(config: RealConfig) -> RealReport {
     let mut violation = None;
     loop {
         let elapsed = sim.elapsed();
+        resume_due(&mut faults, &hosts, &gates, elapsed);
         if !healed && elapsed >= config.chaos {
+            faults.paused.values_mut().for_each(|until| *until = Duration::ZERO);
+            resume_due(&mut faults, &hosts, &gates, elapsed);
             heal(&mut sim, &mut faults, &hosts, config.latency.1);
             healed = true;
         } else if !healed && elapsed >= next_fault {
             inject(&mut sim, &mut rng, &mut faults, &hosts, &config, &observer);
+            maybe_pause(&mut pause_rng, &mut faults, &hosts, &gates, &config, &observer, elapsed);
             let jitter = rng.next_u64() % (2 * config.fault_interval.as_millis() as u64 + 1);
             next_fault = elapsed + Duration::from_millis(jitter);
         } else if healed && elapsed.as_millis() % 500 == 0 {
@@ -382,7 +413,11 @@ fn inject(
             observer.lock().stats.partitions += 1;
         }
         5 => heal_links(sim, faults, config.latency.1),
-        6 if faults.crashed.len() < minority.max(1) && !faults.crashed.contains(&a) => {
+        // A paused process is neither killed nor restarted here: it resumes first.
+        6 if faults.crashed.len() < minority.max(1)
+            && !faults.crashed.contains(&a)
+            && !faults.paused.contains_key(&a) =>
+        {
             // Power loss: the host's software stops, unsynced data is lost (torn per config).
             sim.crash(a.as_str());
             faults.crashed.insert(a);
@@ -394,7 +429,7 @@ fn inject(
                 sim.bounce(crashed.as_str());
             }
         }
-        8 if !faults.crashed.contains(&a) => {
+        8 if !faults.crashed.contains(&a) && !faults.paused.contains_key(&a) => {
             // A process restart: the software starts over, the disk keeps even unsynced data.
             sim.bounce(a.as_str());
         }
@@ -407,6 +442,46 @@ fn inject(
             observer.lock().stats.partitions += 1;
         }
         _ => restart_stopped(sim, hosts),
+    }
+}
+
+/// Pauses a running node at `config.pause_rate`, for 1 to 3 election timeouts (by the base
+/// tick): long enough for the others to elect a leader and commit while it is frozen.
+fn maybe_pause(
+    rng: &mut ChaCha8Rng,
+    faults: &mut Faults,
+    hosts: &[String],
+    gates: &[PauseGate],
+    config: &RealConfig,
+    observer: &Observer,
+    now: Duration,
+) {
+    let draw = rng.next_u64();
+    if (draw % 1_000_000) as f64 >= config.pause_rate * 1_000_000.0 {
+        return;
+    }
+    let position = (rng.next_u64() % hosts.len() as u64) as usize;
+    let host = &hosts[position];
+    if faults.crashed.contains(host) || faults.paused.contains_key(host) {
+        return;
+    }
+    let timeout = TICK * 10;
+    let length = timeout + Duration::from_micros(rng.next_u64() % (2 * timeout.as_micros() as u64 + 1));
+    gates[position].pause();
+    faults.paused.insert(host.clone(), now + length);
+    let mut observed = observer.lock();
+    observed.stats.pauses += 1;
+    observed.trace(&[9, position as u8]);
+}
+
+/// Resumes the paused hosts whose pause is over.
+fn resume_due(faults: &mut Faults, hosts: &[String], gates: &[PauseGate], now: Duration) {
+    let due: Vec<String> = faults.paused.iter().filter(|(_, until)| **until <= now).map(|(h, _)| h.clone()).collect();
+    for host in due {
+        faults.paused.remove(&host);
+        if let Some(position) = hosts.iter().position(|h| *h == host) {
+            gates[position].resume();
+        }
     }
 }
 

@@ -45,6 +45,8 @@ pub struct RealStats {
     pub restarts: u64,
     /// Crashes (power losses) injected.
     pub crashes: u64,
+    /// Process pauses injected.
+    pub pauses: u64,
     /// Partitions, one-way partitions and holds injected.
     pub partitions: u64,
     /// Nodes that stopped on a storage failure (fail-stop, typed).
@@ -72,6 +74,7 @@ impl RealStats {
     pub fn add(&mut self, other: &RealStats) {
         self.restarts += other.restarts;
         self.crashes += other.crashes;
+        self.pauses += other.pauses;
         self.partitions += other.partitions;
         self.storage_failures += other.storage_failures;
         self.open_failures += other.open_failures;
