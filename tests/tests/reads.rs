@@ -70,6 +70,25 @@ fn mem_cluster(network: &MemNetwork, tune: impl Fn(OptionsBuilder) -> OptionsBui
         .collect()
 }
 
+/// Three nodes over `network`, each with a durable store on its own disk of `disks` (whose faults
+/// the test controls), with options changed by `tune`.
+fn disk_cluster(network: &MemNetwork, disks: &[SimFs], tune: impl Fn(OptionsBuilder) -> OptionsBuilder) -> Vec<Member> {
+    VOTERS
+        .iter()
+        .zip(disks)
+        .map(|(id, fs)| {
+            let id = NodeId(*id);
+            let identity = Identity { cluster_id: CLUSTER, node_id: id };
+            let storage =
+                DiskStorage::create(fs.clone(), "/data", identity, membership(&VOTERS), DiskOptions::default())
+                    .expect("create store");
+            let mut config = config(id, &BTreeMap::new());
+            config.options = tuned(&tune);
+            start_mem(network, config, storage)
+        })
+        .collect()
+}
+
 fn handles(members: &[Member]) -> (Vec<NodeHandle<Kv>>, Vec<NodeId>) {
     (members.iter().map(|m| m.handle.clone()).collect(), members.iter().map(|m| m.id).collect())
 }
@@ -341,20 +360,7 @@ async fn shutdown_resolves_pending_reads_with_shutting_down() {
 async fn a_failing_disk_resolves_pending_reads_with_storage_failed() {
     let network = MemNetwork::default();
     let disks: Vec<SimFs> = VOTERS.iter().map(|id| SimFs::new(*id)).collect();
-    let members: Vec<Member> = VOTERS
-        .iter()
-        .zip(&disks)
-        .map(|(id, fs)| {
-            let id = NodeId(*id);
-            let identity = Identity { cluster_id: CLUSTER, node_id: id };
-            let storage =
-                DiskStorage::create(fs.clone(), "/data", identity, membership(&VOTERS), DiskOptions::default())
-                    .expect("create store");
-            let mut config = config(id, &BTreeMap::new());
-            config.options = tuned(|b| b.check_quorum(false));
-            start_mem(&network, config, storage)
-        })
-        .collect();
+    let members = disk_cluster(&network, &disks, |b| b.check_quorum(false));
     let position = leader_position(&members).await;
     let old = &members[position];
     network.isolate(old.id);
@@ -389,20 +395,7 @@ async fn a_failing_disk_resolves_pending_reads_with_storage_failed() {
 async fn a_leader_stalled_past_its_lease_answers_no_stale_lease_read() {
     let network = MemNetwork::default();
     let disks: Vec<SimFs> = VOTERS.iter().map(|id| SimFs::new(*id)).collect();
-    let members: Vec<Member> = VOTERS
-        .iter()
-        .zip(&disks)
-        .map(|(id, fs)| {
-            let id = NodeId(*id);
-            let identity = Identity { cluster_id: CLUSTER, node_id: id };
-            let storage =
-                DiskStorage::create(fs.clone(), "/data", identity, membership(&VOTERS), DiskOptions::default())
-                    .expect("create store");
-            let mut config = config(id, &BTreeMap::new());
-            config.options = tuned(|b| b.lease_reads(true).clock_drift_max_ticks(2));
-            start_mem(&network, config, storage)
-        })
-        .collect();
+    let members = disk_cluster(&network, &disks, |b| b.lease_reads(true).clock_drift_max_ticks(2));
     let (handles, ids) = handles(&members);
     let position = leader_position(&members).await;
     propose(&handles, &ids, position, set("x", "old")).await;
