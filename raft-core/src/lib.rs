@@ -48,6 +48,15 @@
 //!    that need compacted entries, reading it a chunk at a time through
 //!    [`Storage::snapshot_chunk`]; memory stays within `snapshot_chunks_inflight_max` chunks per
 //!    follower on both sides.
+//! 10. **Snapshot integrity.** Describe a snapshot with the checksum of its data
+//!    ([`snapshot_crc32`], passed to [`Raft::snapshot_meta`]); it travels in
+//!    [`SnapshotMeta::data_crc32`]. A follower installs a received snapshot only after every
+//!    chunk matched its own crc and the whole data matched `data_crc32`; otherwise it drops the
+//!    transfer (the driver's staging is replaced by the next transfer, which starts at offset 0)
+//!    and the leader sends it again. A leader whose stored copy fails its check when read back
+//!    reports [`StorageError::SnapshotCorrupt`] from [`Raft::take_output`]: stop the node (rule
+//!    8). Before restoring a state machine from a stored snapshot, check its data against
+//!    `data_crc32` too, and treat a mismatch as a storage failure (raft-net's driver does).
 //!
 //! ## Example
 //!
@@ -114,7 +123,7 @@ mod types;
 
 pub use error::{Malformed, ProposeError, SnapshotError, StepError};
 pub use membership::{ConfChange, MembershipError, apply_changes, first_step};
-pub use message::{AppendResult, ConflictHint, Message, MessageBody};
+pub use message::{AppendResult, ConflictHint, Message, MessageBody, SnapshotRefusal, snapshot_chunk_crc32};
 #[cfg(feature = "bug-knobs")]
 pub use options::BugKnobs;
 pub use options::{Options, OptionsBuilder, OptionsError};
@@ -131,7 +140,9 @@ pub use transfer::TransferError;
 /// with it.
 pub const INVARIANTS_CHECKED: bool = cfg!(any(test, debug_assertions, feature = "invariants"));
 
-pub use types::{ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
+pub use types::{
+    ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term, snapshot_crc32,
+};
 
 impl<S: Storage> Raft<S> {
     /// Whether this node is the leader of its term.

@@ -328,8 +328,9 @@ impl Segment {
 /// let me = Identity { cluster_id: 1, node_id: NodeId(1) };
 /// let membership = Membership::new([NodeId(1)]);
 /// let mut store = DiskStorage::create(SimFs::new(0), "/data", me, membership.clone(), DiskOptions::default())?;
-/// let meta = SnapshotMeta { index: Index(7), term: Term(2), membership };
-/// store.save_snapshot(&meta, b"the state machine at index 7")?;
+/// let data = b"the state machine at index 7";
+/// let meta = SnapshotMeta { index: Index(7), term: Term(2), membership, data_crc32: raft_core::snapshot_crc32(data) };
+/// store.save_snapshot(&meta, data)?;
 ///
 /// // After a restart: read the snapshot back a piece at a time.
 /// let snapshot = store.initial_state()?.snapshot;
