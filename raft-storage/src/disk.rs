@@ -88,7 +88,7 @@ const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
 /// raft-core's default `snapshot_chunk_bytes_max`, so a leader's aligned chunk reads one block.
 /// META holds 4 bytes per block (64 KiB per GiB of snapshot).
 const SNAPSHOT_BLOCK_BYTES: u64 = 64 * 1024;
-const _: () = assert!(SNAPSHOT_READ_BYTES_MAX % SNAPSHOT_BLOCK_BYTES == 0);
+const _: () = assert!(SNAPSHOT_READ_BYTES_MAX.is_multiple_of(SNAPSHOT_BLOCK_BYTES));
 
 /// Who owns a data directory. Opening it as anyone else is an error (PITFALLS.md 27).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
