@@ -232,9 +232,10 @@ impl<S: Storage> Raft<S> {
                 self.on_heartbeat(m.from, commit, round);
                 Ok(())
             }
-            MessageBody::InstallSnapshot { meta, offset, data, done } => {
+            MessageBody::InstallSnapshot { meta, offset, data, done, chunk_crc32 } => {
                 self.accept_leader(m.from)?;
-                self.on_install_snapshot(m.from, crate::snapshot::ChunkIn { meta, offset, data, done })
+                let chunk = crate::snapshot::ChunkIn { meta, offset, data, done, chunk_crc32 };
+                self.on_install_snapshot(m.from, chunk)
             }
             MessageBody::AppendResponse(result) => self.on_append_response(m.from, result),
             MessageBody::HeartbeatResponse { round } => self.on_heartbeat_response(m.from, round),
@@ -248,6 +249,9 @@ impl<S: Storage> Raft<S> {
             }
             MessageBody::SnapshotResponse { index, term, next_offset, gap } => {
                 self.on_snapshot_response(m.from, index, term, next_offset, gap)
+            }
+            MessageBody::SnapshotRefused { index, term, reason } => {
+                self.on_snapshot_refused(m.from, index, term, reason)
             }
         }
     }

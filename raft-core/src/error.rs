@@ -5,7 +5,8 @@ use thiserror::Error;
 use crate::storage::StorageError;
 use crate::types::{Index, NodeId, Term};
 
-/// Why [`crate::Raft::step`] ignored a message. The node's state is unchanged unless noted.
+/// Why [`crate::Raft::step`] ignored a message. The node's state is unchanged unless noted (a
+/// snapshot chunk refused for its checksum drops the transfer being received).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum StepError {
     /// The message is addressed to another node.
@@ -97,6 +98,19 @@ pub enum Malformed {
     /// last entry, so no entry may sit there.
     #[error("entry at index {0}, the end of the index space")]
     IndexAtEnd(Index),
+    /// A snapshot chunk whose bytes do not match its `chunk_crc32`. The follower dropped the
+    /// transfer it was receiving and asked the leader to start it over.
+    #[error("snapshot {index} chunk at offset {offset} fails its checksum")]
+    SnapshotChunkChecksum {
+        /// The snapshot's index.
+        index: Index,
+        /// The chunk's offset.
+        offset: u64,
+    },
+    /// A snapshot whose assembled data does not match its metadata's `data_crc32`. The follower
+    /// dropped it (nothing was installed) and asked the leader to start over.
+    #[error("snapshot {0} fails its data checksum")]
+    SnapshotChecksum(Index),
     /// Another node claims leadership of our term while we lead it.
     #[error("second leader {0} in our term")]
     SecondLeader(NodeId),

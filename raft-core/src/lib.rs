@@ -55,13 +55,23 @@
 //!    (index 1 without snapshots).
 //! 8. On a storage error, **stop the node** (fail-stop): never acknowledge what was not written.
 //! 9. **Snapshots** are taken by the application, whenever it likes, of its state machine at an
-//!    applied index: [`Raft::snapshot_meta`] describes it (index, term, membership), the store
+//!    applied index: [`Raft::snapshot_meta`] describes it (index, term, membership, checksum), the store
 //!    saves it durably with its data (`raft_storage::LogStore::save_snapshot`), and then the log
 //!    may be compacted at [`Raft::compaction_point`], which keeps `compaction_margin_entries`
 //!    below the snapshot for slightly slow followers. A leader streams the snapshot to followers
 //!    that need compacted entries, reading it a chunk at a time through
 //!    [`Storage::snapshot_chunk`]; memory stays within `snapshot_chunks_inflight_max` chunks per
 //!    follower on both sides.
+//! 10. **Snapshot integrity.** Describe a snapshot with the checksum of its data
+//!     ([`snapshot_crc32`], passed to [`Raft::snapshot_meta`]); it travels in
+//!     [`SnapshotMeta::data_crc32`]. A follower installs a received snapshot only after every
+//!     chunk matched its own crc and the whole data matched `data_crc32`; otherwise it drops the
+//!     transfer (the driver's staging is replaced by the next transfer, which starts at offset
+//!     0) and the leader sends it again. A leader whose stored copy fails its check when read
+//!     back reports [`StorageError::SnapshotCorrupt`] from [`Raft::take_output`]: stop the node
+//!     as in rule 8. Before restoring a state machine from a stored snapshot, check its data
+//!     against `data_crc32` too, and treat a mismatch as a storage failure (raft-net's driver
+//!     does).
 //!
 //! ## Example
 //!
@@ -128,7 +138,7 @@ mod types;
 
 pub use error::{Malformed, ProposeError, SnapshotError, StepError};
 pub use membership::{ConfChange, MembershipError, apply_changes, first_step};
-pub use message::{AppendResult, ConflictHint, Message, MessageBody};
+pub use message::{AppendResult, ConflictHint, Message, MessageBody, SnapshotRefusal, snapshot_chunk_crc32};
 #[cfg(feature = "bug-knobs")]
 pub use options::BugKnobs;
 pub use options::{Options, OptionsBuilder, OptionsError};
@@ -145,7 +155,9 @@ pub use transfer::TransferError;
 /// with it.
 pub const INVARIANTS_CHECKED: bool = cfg!(any(test, debug_assertions, feature = "invariants"));
 
-pub use types::{ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
+pub use types::{
+    ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term, snapshot_crc32,
+};
 
 impl<S: Storage> Raft<S> {
     /// Whether this node is the leader of its term.

@@ -81,6 +81,11 @@ pub enum MessageBody {
         data: Bytes,
         /// Whether this chunk ends the data.
         done: bool,
+        /// The crc32 of this chunk: of `meta` (index, term, data checksum, membership), `offset`
+        /// and `data`, as [`MessageBody::install_snapshot`] computes it. The follower refuses a
+        /// chunk that does not match (damaged on the leader's disk or in transit) before it
+        /// writes anything; the whole data is checked against `meta.data_crc32` at the end.
+        chunk_crc32: u32,
     },
     /// The answer to an `InstallSnapshot` chunk that did not finish the transfer.
     SnapshotResponse {
@@ -110,6 +115,29 @@ pub enum MessageBody {
         /// The index the follower must apply before serving, or `None` if refused.
         index: Option<Index>,
     },
+    /// A follower refuses the snapshot it was receiving because its bytes failed a checksum:
+    /// it dropped what it had received of it, and the leader restarts the transfer from offset 0
+    /// (reading its stored copy again, which its store checks as it reads).
+    SnapshotRefused {
+        /// The index of the snapshot refused.
+        index: Index,
+        /// The term of the snapshot refused.
+        term: Term,
+        /// Which check failed.
+        reason: SnapshotRefusal,
+    },
+}
+
+/// Why a follower refused a snapshot it was receiving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotRefusal {
+    /// The chunk at this offset did not match its `chunk_crc32`.
+    ChunkChecksum {
+        /// The chunk's offset.
+        offset: u64,
+    },
+    /// Every chunk matched, but the whole data did not match the metadata's `data_crc32`.
+    DataChecksum,
 }
 
 /// The outcome of an `AppendEntries` on the follower.
@@ -141,6 +169,12 @@ pub struct ConflictHint {
 }
 
 impl MessageBody {
+    /// An `InstallSnapshot` chunk with its checksum computed.
+    pub fn install_snapshot(meta: SnapshotMeta, offset: u64, data: Bytes, done: bool) -> MessageBody {
+        let chunk_crc32 = snapshot_chunk_crc32(&meta, offset, &data);
+        MessageBody::InstallSnapshot { meta, offset, data, done, chunk_crc32 }
+    }
+
     /// Whether only a leader sends this kind of message.
     pub fn is_from_leader(&self) -> bool {
         matches!(
@@ -151,4 +185,25 @@ impl MessageBody {
                 | MessageBody::TimeoutNow
         )
     }
+}
+
+/// The checksum an `InstallSnapshot` chunk carries: crc32 over the snapshot's index, term, data
+/// checksum and membership, the chunk's offset and its data (integers little-endian, each set of
+/// ids preceded by its length), so a chunk that lands at another offset or in another snapshot
+/// fails it too.
+pub fn snapshot_chunk_crc32(meta: &SnapshotMeta, offset: u64, data: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for word in [meta.index.0, meta.term.0, u64::from(meta.data_crc32)] {
+        hasher.update(&word.to_le_bytes());
+    }
+    let membership = &meta.membership;
+    for ids in [&membership.voters, &membership.voters_outgoing, &membership.learners] {
+        hasher.update(&(ids.len() as u64).to_le_bytes());
+        for id in ids {
+            hasher.update(&id.0.to_le_bytes());
+        }
+    }
+    hasher.update(&offset.to_le_bytes());
+    hasher.update(data);
+    hasher.finalize()
 }

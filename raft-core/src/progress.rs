@@ -39,6 +39,11 @@ pub struct SnapshotTransfer {
     /// stale report, or a follower that restarted and lost what it had. Acted on only when the
     /// transfer stalls, so stale reports cannot multiply the chunks in flight.
     pub reported_below: Option<u64>,
+    /// The leader's own check of what it reads: how many bytes it has read back from its store
+    /// in order from offset 0, and their crc32. Once the data's end is read this way, the crc
+    /// must equal the metadata's `data_crc32`, or the stored copy is damaged. Reading out of
+    /// order (after a rewind) starts the count again only at offset 0.
+    pub read_back: Option<(u64, u32)>,
 }
 
 /// Heartbeat answers without progress after which outstanding snapshot chunks are resent.
@@ -51,6 +56,33 @@ impl SnapshotTransfer {
         self.sent_offset = offset;
         self.done_sent = false;
         self.rewound_to = Some(offset);
+    }
+
+    /// The follower refused the snapshot (a checksum failed) and dropped what it had: send it
+    /// all again from offset 0. Gap reports still in flight from before name offset 0 too;
+    /// `rewound_to` makes them cause no second resend.
+    pub(crate) fn restart(&mut self) {
+        self.acked_offset = 0;
+        self.acked_at_heartbeat = 0;
+        self.stalled_heartbeats = 0;
+        self.reported_below = None;
+        self.rewind(0);
+    }
+
+    /// Feeds the chunk read at `offset` into the read-back check; returns the crc32 of the data
+    /// from offset 0 through this chunk when the reads so far covered it in order.
+    pub(crate) fn read_back(&mut self, offset: u64, data: &[u8]) -> Option<u32> {
+        self.read_back = match self.read_back {
+            Some((read, crc)) if read == offset => Some((read, crc)),
+            _ if offset == 0 => Some((0, 0)),
+            _ => None,
+        };
+        let (read, crc) = self.read_back?;
+        let mut hasher = crc32fast::Hasher::new_with_initial(crc);
+        hasher.update(data);
+        let crc = hasher.finalize();
+        self.read_back = Some((read + data.len() as u64, crc));
+        Some(crc)
     }
 
     /// The follower expects `next_offset` next; with `gap`, it refused a chunk that started
@@ -173,6 +205,7 @@ impl Progress {
             acked_at_heartbeat: 0,
             stalled_heartbeats: 0,
             reported_below: None,
+            read_back: Some((0, 0)),
         });
     }
 

@@ -151,6 +151,9 @@ pub struct Raft<S: Storage> {
     pub(crate) configs: Vec<(Index, Membership)>,
     /// A leadership transfer in progress (leaders only).
     pub(crate) transfer: Option<crate::transfer::Transfer>,
+    /// A failure of our own storage found while the node worked (a damaged snapshot read back
+    /// for sending): the driver must stop the node; `take_output` returns it.
+    pub(crate) storage_failure: Option<StorageError>,
     last_hard_state: HardState,
     last_soft_state: SoftState,
 }
@@ -194,6 +197,7 @@ impl<S: Storage> Raft<S> {
             timer_reset_at: 0,
             configs: Vec::new(),
             transfer: None,
+            storage_failure: None,
             last_hard_state: hard_state,
             last_soft_state: soft,
         };
@@ -312,7 +316,11 @@ impl<S: Storage> Raft<S> {
     /// Handles one message from a peer. An `Err` says why it was ignored; it is never fatal
     /// except [`StepError::Storage`].
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
-        let result = self.step_message(message);
+        let failed_before = self.storage_failure.is_some();
+        let mut result = self.step_message(message);
+        if let (false, Some(error)) = (failed_before, self.storage_failure) {
+            result = Err(StepError::Storage(error));
+        }
         self.after_input();
         result
     }
@@ -356,7 +364,8 @@ impl<S: Storage> Raft<S> {
 
     /// Whether [`Raft::take_output`] would return something to do.
     pub fn has_output(&self) -> bool {
-        self.soft_state() != self.last_soft_state
+        self.storage_failure.is_some()
+            || self.soft_state() != self.last_soft_state
             || self.hard_state() != self.last_hard_state
             || self.log.has_unpersisted()
             || !self.snapshot_chunks.is_empty()
@@ -369,9 +378,14 @@ impl<S: Storage> Raft<S> {
             || self.reads.round_wanted
     }
 
-    /// Takes everything the driver must do now. Only fails when storage cannot be read for the
-    /// committed entries; the driver should then stop the node.
+    /// Takes everything the driver must do now. Fails when storage cannot be read for the
+    /// committed entries, and from then on once the node found its own storage damaged (a
+    /// snapshot that fails its checksum when read back for sending): the driver should then stop
+    /// the node.
     pub fn take_output(&mut self) -> Result<Output, StorageError> {
+        if let Some(error) = self.storage_failure {
+            return Err(error);
+        }
         if self.broadcast_pending {
             self.broadcast_pending = false;
             self.broadcast_append(false);

@@ -5,11 +5,21 @@
 //! [`Storage::snapshot_chunk`], at most `snapshot_chunks_inflight_max` chunks are unacknowledged
 //! per follower, and the follower hands each chunk to its driver in [`crate::Output`] and
 //! acknowledges it once written. Memory on both sides stays within a window of chunks.
+//!
+//! Integrity: a snapshot's metadata carries the crc32 of its whole data (`data_crc32`), and each
+//! chunk carries a crc32 of itself (`chunk_crc32`). The follower checks every chunk before it
+//! hands it to its driver and the whole data before it installs it; on a mismatch it drops the
+//! transfer (nothing is installed, and the next transfer starts a new staging area) and sends
+//! `SnapshotRefused`, on which the leader starts over from offset 0. The leader checks what it
+//! reads back from its own store against `data_crc32` too (a store should also check each read
+//! with checksums of its own, as `raft_storage::DiskStorage` does): a damaged stored copy is a
+//! [`StorageError::SnapshotCorrupt`], which [`Raft::take_output`] returns so that the driver
+//! stops the node (fail-stop), and no further chunk of it is sent.
 
 use bytes::Bytes;
 
 use crate::error::{Malformed, SnapshotError, StepError};
-use crate::message::{AppendResult, MessageBody};
+use crate::message::{AppendResult, MessageBody, SnapshotRefusal, snapshot_chunk_crc32};
 use crate::progress::ProgressState;
 use crate::raft::Raft;
 use crate::storage::{Storage, StorageError};
@@ -26,11 +36,13 @@ pub struct ReceivedChunk {
     pub data: Bytes,
 }
 
-/// The snapshot a follower is receiving: the next offset it expects.
+/// The snapshot a follower is receiving: the next offset it expects, and the crc32 of the data
+/// received before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct IncomingSnapshot {
     meta: SnapshotMeta,
     next_offset: u64,
+    data_crc32: u32,
 }
 
 /// One chunk of an `InstallSnapshot` message.
@@ -39,12 +51,21 @@ pub(crate) struct ChunkIn {
     pub(crate) offset: u64,
     pub(crate) data: Bytes,
     pub(crate) done: bool,
+    pub(crate) chunk_crc32: u32,
+}
+
+/// The crc32 of the data `crc` covers followed by `data`.
+fn crc32_continued(crc: u32, data: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(crc);
+    hasher.update(data);
+    hasher.finalize()
 }
 
 impl<S: Storage> Raft<S> {
-    /// Describes a snapshot of the state machine as it is after applying `index`, for the
-    /// application to store with the snapshot's data. `index` must be applied and still in the log.
-    pub fn snapshot_meta(&self, index: Index) -> Result<SnapshotMeta, SnapshotError> {
+    /// Describes a snapshot of the state machine as it is after applying `index`, whose data has
+    /// the checksum `data_crc32` ([`crate::snapshot_crc32`] of the data), for the application to
+    /// store with the data. `index` must be applied and still in the log.
+    pub fn snapshot_meta(&self, index: Index, data_crc32: u32) -> Result<SnapshotMeta, SnapshotError> {
         let applied = self.log.applied;
         if index > applied {
             return Err(SnapshotError::NotApplied { index, applied });
@@ -54,7 +75,7 @@ impl<S: Storage> Raft<S> {
             Err(StorageError::Compacted(_)) => return Err(SnapshotError::Compacted(index)),
             Err(error) => return Err(SnapshotError::Storage(error)),
         };
-        Ok(SnapshotMeta { index, term, membership: self.membership_at(index) })
+        Ok(SnapshotMeta { index, term, membership: self.membership_at(index), data_crc32 })
     }
 
     /// Where the driver may compact the log now: the entry `compaction_margin_entries` below the
@@ -100,6 +121,9 @@ impl<S: Storage> Raft<S> {
         let window_bytes = chunk_max.saturating_mul(self.options.snapshot_chunks_inflight_max());
         let mut sent = false;
         loop {
+            if self.storage_failure.is_some() {
+                return sent; // The node must stop: nothing more of a damaged copy goes out.
+            }
             let Some(transfer) = self.progress.get(&peer).and_then(|p| p.snapshot.as_ref()) else { return sent };
             if transfer.done_sent || transfer.sent_offset.saturating_sub(transfer.acked_offset) >= window_bytes {
                 return sent;
@@ -107,6 +131,10 @@ impl<S: Storage> Raft<S> {
             let (meta, offset) = (transfer.meta.clone(), transfer.sent_offset);
             let chunk = match self.log.storage.snapshot_chunk(meta.index, meta.term, offset, chunk_max) {
                 Ok(chunk) => chunk,
+                Err(error @ StorageError::SnapshotCorrupt { .. }) => {
+                    self.fail_storage(error);
+                    return sent;
+                }
                 Err(error) => {
                     // A newer snapshot replaced this one (or storage failed): start over later,
                     // from the latest snapshot, when the next heartbeat answer arrives.
@@ -125,13 +153,50 @@ impl<S: Storage> Raft<S> {
                 tracing::warn!(id = %self.id, %peer, offset, "store returned an empty snapshot chunk");
                 return sent;
             }
-            if let Some(transfer) = self.progress.get_mut(&peer).and_then(|p| p.snapshot.as_mut()) {
-                transfer.sent_offset = offset + data.len() as u64;
-                transfer.done_sent = done;
+            let Some(transfer) = self.progress.get_mut(&peer).and_then(|p| p.snapshot.as_mut()) else { return sent };
+            let read_back = transfer.read_back(offset, &data);
+            if done && read_back.is_some_and(|crc| crc != meta.data_crc32) {
+                // Every byte of the stored copy was read in order, and they are not the data the
+                // snapshot was taken with: the store is damaged.
+                self.fail_storage(StorageError::SnapshotCorrupt { index: meta.index, offset });
+                return sent;
             }
-            self.send(peer, self.term, MessageBody::InstallSnapshot { meta, offset, data, done });
+            transfer.sent_offset = offset + data.len() as u64;
+            transfer.done_sent = done;
+            self.send(peer, self.term, MessageBody::install_snapshot(meta, offset, data, done));
             sent = true;
         }
+    }
+
+    /// Records a failure of the node's own storage that it cannot work around: the driver must
+    /// stop the node. [`Raft::take_output`] (and the `step` that found it) return it from now on.
+    pub(crate) fn fail_storage(&mut self, error: StorageError) {
+        tracing::error!(id = %self.id, %error, "storage failed: the node must stop");
+        self.storage_failure.get_or_insert(error);
+    }
+
+    /// A follower refused the snapshot we were sending it (a checksum failed on its side): it
+    /// dropped what it had, so send it all again from offset 0.
+    pub(crate) fn on_snapshot_refused(
+        &mut self,
+        from: NodeId,
+        index: Index,
+        term: Term,
+        reason: SnapshotRefusal,
+    ) -> Result<(), StepError> {
+        if !self.is_leader() {
+            return Err(StepError::Unexpected);
+        }
+        let progress = self.progress.get_mut(&from).ok_or(StepError::UnknownPeer(from))?;
+        progress.recent_active = true;
+        let Some(transfer) = progress.snapshot.as_mut() else { return Err(StepError::Unexpected) };
+        if transfer.meta.index != index || transfer.meta.term != term {
+            return Err(StepError::Unexpected); // About an earlier transfer.
+        }
+        tracing::warn!(id = %self.id, peer = %from, %index, ?reason, "snapshot refused: sending it again");
+        transfer.restart();
+        self.send_snapshot_chunks(from);
+        Ok(())
     }
 
     /// A follower reports how much of a snapshot it has written.
@@ -175,8 +240,7 @@ impl<S: Storage> Raft<S> {
             self.send(from, self.term, MessageBody::AppendResponse(AppendResult::Success { match_index: index }));
             return Ok(());
         }
-        self.receive_chunk(from, chunk);
-        Ok(())
+        self.receive_chunk(from, chunk)
     }
 
     /// Refuses a snapshot whose last entry contradicts our committed entry at that index
@@ -188,43 +252,84 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    /// Takes a chunk of a snapshot that will replace our log, if it is the one expected next.
-    fn receive_chunk(&mut self, from: NodeId, chunk: ChunkIn) {
+    /// Takes a chunk of a snapshot that will replace our log, if it is the one expected next and
+    /// its checksums hold.
+    fn receive_chunk(&mut self, from: NodeId, chunk: ChunkIn) -> Result<(), StepError> {
         if self.log.has_snapshot_to_install() {
             // A snapshot just completed and its install is not handed out yet. A chunk of
             // another transfer would go out in the same output, and the driver writes every
             // chunk of an output before its install: an offset-0 chunk would replace the staged
             // snapshot, which could then not be installed (found by fuzzing, node_inputs).
             // Drop it; the leader resends once its transfer stalls.
-            return;
+            return Ok(());
         }
-        let ChunkIn { meta, offset, data, done } = chunk;
+        let ChunkIn { meta, offset, data, done, chunk_crc32 } = chunk;
         let (index, term) = (meta.index, meta.term);
         let receiving = self.incoming_snapshot.as_ref().is_some_and(|incoming| incoming.meta == meta);
-        if offset == 0 && !receiving {
-            // A new transfer. The first chunk of the one we are receiving is a duplicate (or the
-            // leader starting over): answered with our offset, so the leader resumes there
-            // instead of a delayed copy wiping out what was received.
-            self.incoming_snapshot = Some(IncomingSnapshot { meta: meta.clone(), next_offset: 0 });
-        }
+        let fresh = offset == 0 && !receiving;
         let expected = match &self.incoming_snapshot {
             Some(incoming) if incoming.meta == meta => incoming.next_offset,
-            _ => 0, // A transfer we are not receiving: ask for it from the start.
+            // A new transfer starts at 0; one we are not receiving is asked for from the start.
+            _ => 0,
         };
         if offset != expected {
             let gap = offset > expected;
             self.send(from, self.term, MessageBody::SnapshotResponse { index, term, next_offset: expected, gap });
-            return;
+            return Ok(());
+        }
+        // Checked only for the chunk expected next: a damaged stray copy of another chunk must
+        // not wipe out a transfer that is going well.
+        if snapshot_chunk_crc32(&meta, offset, &data) != chunk_crc32 {
+            return Err(self.refuse_snapshot(from, &meta, SnapshotRefusal::ChunkChecksum { offset }));
+        }
+        let received_crc32 = match &self.incoming_snapshot {
+            Some(incoming) if !fresh => incoming.data_crc32,
+            _ => 0,
+        };
+        let data_crc32 = crc32_continued(received_crc32, &data);
+        if done && data_crc32 != meta.data_crc32 {
+            return Err(self.refuse_snapshot(from, &meta, SnapshotRefusal::DataChecksum));
+        }
+        if fresh {
+            // A new transfer. The first chunk of the one we are receiving is a duplicate (or the
+            // leader starting over): answered with our offset (above), so the leader resumes
+            // there instead of a delayed copy wiping out what was received.
+            self.incoming_snapshot = Some(IncomingSnapshot { meta: meta.clone(), next_offset: 0, data_crc32: 0 });
         }
         let next_offset = offset + data.len() as u64;
         self.snapshot_chunks.push(ReceivedChunk { meta: meta.clone(), offset, data });
         if !done {
             if let Some(incoming) = self.incoming_snapshot.as_mut() {
-                incoming.next_offset = next_offset;
+                (incoming.next_offset, incoming.data_crc32) = (next_offset, data_crc32);
             }
             self.send(from, self.term, MessageBody::SnapshotResponse { index, term, next_offset, gap: false });
-            return;
+            return Ok(());
         }
+        self.install_received(from, meta);
+        Ok(())
+    }
+
+    /// Drops the transfer of `meta` (a checksum failed): what was received of it is never
+    /// installed, and its chunks not yet handed to the driver are not handed out. The next
+    /// transfer starts at offset 0, which makes the driver start a new staging area. Asks the
+    /// leader to start over.
+    fn refuse_snapshot(&mut self, from: NodeId, meta: &SnapshotMeta, reason: SnapshotRefusal) -> StepError {
+        tracing::warn!(id = %self.id, index = %meta.index, ?reason, "snapshot refused: a checksum failed");
+        if self.incoming_snapshot.as_ref().is_some_and(|incoming| incoming.meta == *meta) {
+            self.incoming_snapshot = None;
+        }
+        self.snapshot_chunks.retain(|chunk| chunk.meta != *meta);
+        let (index, term) = (meta.index, meta.term);
+        self.send(from, self.term, MessageBody::SnapshotRefused { index, term, reason });
+        StepError::Malformed(match reason {
+            SnapshotRefusal::ChunkChecksum { offset } => Malformed::SnapshotChunkChecksum { index, offset },
+            SnapshotRefusal::DataChecksum => Malformed::SnapshotChecksum(index),
+        })
+    }
+
+    /// The last chunk of `meta` arrived and the whole data checked out: install it.
+    fn install_received(&mut self, from: NodeId, meta: SnapshotMeta) {
+        let (index, term) = (meta.index, meta.term);
         self.incoming_snapshot = None;
         tracing::info!(id = %self.id, %index, %term, "installing snapshot");
         self.membership = meta.membership.clone();

@@ -43,6 +43,16 @@ pub enum StorageError {
     /// The storage failed to read; the node should be stopped (fail-stop) by its driver.
     #[error("storage I/O failed: {0:?}")]
     Io(std::io::ErrorKind),
+    /// The stored data of the snapshot ending at `index` fails its checksum (near byte `offset`
+    /// of the data): the copy is damaged. The node must stop (fail-stop) rather than send or
+    /// restore it.
+    #[error("snapshot at index {index} is corrupt near byte {offset}")]
+    SnapshotCorrupt {
+        /// The snapshot's index.
+        index: Index,
+        /// Where in the snapshot's data the damage was found.
+        offset: u64,
+    },
 }
 
 /// Read access to the entries and hard state that the driver has persisted.
@@ -73,7 +83,10 @@ pub trait Storage {
 
     /// Up to `bytes_max` bytes (at least one, unless the data ends at `offset`) of the data of the
     /// snapshot ending at (`index`, `term`), starting at byte `offset`. Fails with
-    /// [`StorageError::SnapshotReplaced`] once the store holds another snapshot.
+    /// [`StorageError::SnapshotReplaced`] once the store holds another snapshot, and should fail
+    /// with [`StorageError::SnapshotCorrupt`] when the bytes read fail the store's own checksums
+    /// (a leader then stops instead of streaming damaged bytes; the core also checks the whole
+    /// data it read against [`SnapshotMeta::data_crc32`]).
     fn snapshot_chunk(
         &self,
         index: Index,

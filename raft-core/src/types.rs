@@ -183,6 +183,11 @@ pub struct SnapshotMeta {
     pub term: Term,
     /// The membership in force at `index`.
     pub membership: Membership,
+    /// The crc32 (IEEE, as [`snapshot_crc32`] computes it) of the snapshot's whole data. It is
+    /// computed once, from the state machine's bytes when the snapshot is taken, and travels
+    /// with the metadata: every store and every follower checks the data against it before it
+    /// restores or installs the snapshot (0 for an empty snapshot, and for no snapshot).
+    pub data_crc32: u32,
 }
 
 impl SnapshotMeta {
@@ -190,4 +195,11 @@ impl SnapshotMeta {
     pub fn exists(&self) -> bool {
         self.index > Index(0)
     }
+}
+
+/// The checksum of a snapshot's data that [`SnapshotMeta::data_crc32`] carries: crc32 (IEEE).
+/// A store or an application that streams the data can compute the same with
+/// `crc32fast::Hasher`.
+pub fn snapshot_crc32(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
 }

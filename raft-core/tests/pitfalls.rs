@@ -1020,17 +1020,13 @@ fn voters3() -> raft_core::Membership {
 }
 
 fn snapshot_meta(index: u64, term: u64) -> SnapshotMeta {
-    SnapshotMeta { index: Index(index), term: Term(term), membership: voters3() }
+    let data_crc32 = raft_core::snapshot_crc32(b"state");
+    SnapshotMeta { index: Index(index), term: Term(term), membership: voters3(), data_crc32 }
 }
 
 /// One complete (single-chunk) snapshot message from leader 2 in `term`.
 fn whole_snapshot(meta: SnapshotMeta, term: u64) -> Message {
-    message(
-        2,
-        1,
-        term,
-        MessageBody::InstallSnapshot { meta, offset: 0, data: Bytes::from_static(b"state"), done: true },
-    )
+    message(2, 1, term, MessageBody::install_snapshot(meta, 0, Bytes::from_static(b"state"), true))
 }
 
 /// Follower 1 with log [t1, t1, t1], commit 1, in term 1.

@@ -256,12 +256,17 @@ fn a_new_transfer_waits_until_a_finished_snapshot_is_handed_out() {
         from: NodeId(2),
         to: NodeId(1),
         term: Term(1),
-        body: MessageBody::InstallSnapshot {
-            meta: SnapshotMeta { index: Index(index), term: Term(1), membership: Membership::new(voters.clone()) },
-            offset: 0,
-            data: Bytes::from_static(b"state"),
+        body: MessageBody::install_snapshot(
+            SnapshotMeta {
+                index: Index(index),
+                term: Term(1),
+                membership: Membership::new(voters.clone()),
+                data_crc32: raft_core::snapshot_crc32(b"state"),
+            },
+            0,
+            Bytes::from_static(b"state"),
             done,
-        },
+        ),
     };
     node.step(chunk(5, true)).expect("a valid chunk");
     let _ = node.step(chunk(6, false));

@@ -402,7 +402,7 @@ fn hundred_megabyte_snapshot_streams_in_a_bounded_window() {
     // The leader's state machine "snapshots" at its applied index; the log is compacted there, so
     // the laggard, which holds nothing, can only catch up from the snapshot.
     let leader = net.node_mut(LEADER);
-    let meta = leader.snapshot_meta(applied).expect("applied and in the log");
+    let meta = leader.snapshot_meta(applied, expected_checksum).expect("applied and in the log");
     leader.storage_mut().snapshot = meta.clone();
     let (index, term) = leader.compaction_point().expect("the log starts below the snapshot");
     assert_eq!(index, meta.index, "no compaction margin");

@@ -214,11 +214,11 @@ fn duplicated_and_reordered_chunks_install_the_right_data() {
 }
 
 fn chunk_message(term: u64, meta: SnapshotMeta, offset: u64, data: &'static [u8]) -> Message {
-    message(2, 1, term, MessageBody::InstallSnapshot { meta, offset, data: Bytes::from_static(data), done: false })
+    message(2, 1, term, MessageBody::install_snapshot(meta, offset, Bytes::from_static(data), false))
 }
 
 fn meta(index: u64, term: u64) -> SnapshotMeta {
-    SnapshotMeta { index: Index(index), term: Term(term), membership: Membership::new(ids(3)) }
+    SnapshotMeta { index: Index(index), term: Term(term), membership: Membership::new(ids(3)), data_crc32: 0 }
 }
 
 /// Malformed chunks are refused with a typed reason before they move the term or the leader.

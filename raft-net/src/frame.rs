@@ -24,8 +24,10 @@ pub const FRAME_PREFIX_BYTES: usize = 4;
 /// The first bytes of every handshake: "RFTN" (raft-net).
 pub const MAGIC: [u8; 4] = *b"RFTN";
 
-/// The protocol version this build speaks. Peers must speak the same version.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version this build speaks. Peers must speak the same version. Version 3 added
+/// snapshot checksums: `data_crc32` in every snapshot's metadata, `chunk_crc32` in
+/// `InstallSnapshot`, and the `SnapshotRefused` message.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest snapshot chunk a message will carry (snapshot transfer is planned in raft-core).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: u32 = 64 * 1024;

@@ -4,13 +4,13 @@
 //! Layout:
 //! - `IDENTITY`: the cluster and node this directory belongs to (written once).
 //! - `META`: hard state, membership, the log boundary and the installed snapshot's metadata
-//!   (with its data's length and crc32), replaced atomically (temp file, fsync, rename, fsync
-//!   directory).
+//!   (with its data's length, crc32 and the crc32 of each block of `SNAPSHOT_BLOCK_BYTES`),
+//!   replaced atomically (temp file, fsync, rename, fsync directory).
 //! - `<first index, 20 digits>.wal`: segments. A segment starts with a header (magic, format
 //!   version, first index, crc) followed by records `[len u32][crc32 u32][postcard Entry]`, the crc
 //!   covering the length and the payload. Segments rotate at `segment_bytes_max`.
 //! - `snapshot-<index, 20 digits>-<term, 20 digits>.snap`: the installed snapshot's data, exactly
-//!   as received (no framing: META holds its length and crc). Each snapshot gets its own name, so
+//!   as received (no framing: META holds its length and crcs). Each snapshot gets its own name, so
 //!   META never names a file that is being replaced.
 //! - `snapshot.staging`: the data of a snapshot being received, chunk by chunk.
 //!
@@ -30,6 +30,15 @@
 //!
 //! An application restores its state machine on restart by streaming the snapshot with
 //! [`Storage::snapshot_chunk`] from offset 0 until a chunk is `done` (see [`DiskStorage`]).
+//!
+//! Snapshot integrity: `open` checks the whole snapshot file against its crc, and every
+//! [`Storage::snapshot_chunk`] read checks the blocks it covers against their crcs, so bytes that
+//! rot (or read back wrong) after `open` are a [`StorageError::SnapshotCorrupt`], never data: a
+//! leader stops instead of sending them, a restarted node instead of restoring them. The crcs
+//! are computed from the bytes as they are written; the snapshot's own checksum
+//! ([`SnapshotMeta::data_crc32`], from the state machine that took it) is checked end to end by
+//! raft-core (on every received snapshot before it is installed) and by raft-net (on the data it
+//! restores a state machine from).
 //!
 //! Durability: `persist` fsyncs once per call (group commit: a driver batches many entries per
 //! call). The term and vote are written (atomically) before the entries, so a durable entry of a
@@ -54,8 +63,9 @@ use crate::fs::{FileSystem, FsFile, StdFs};
 use crate::{LogStore, take_entries};
 
 /// The on-disk format version this code writes and reads.
-/// Version 2 added the snapshot to META.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 2 added the snapshot to META. Version 3 added the snapshot's data checksum to its
+/// metadata and a crc per 64 KiB block of its data, checked on every read.
+pub const FORMAT_VERSION: u32 = 3;
 const SEGMENT_MAGIC: [u8; 8] = *b"RAFTWAL1";
 const META_MAGIC: [u8; 8] = *b"RAFTMETA";
 const IDENTITY_MAGIC: [u8; 8] = *b"RAFTNODE";
@@ -73,6 +83,12 @@ const LOCAL_SNAPSHOT_FILE: &str = "snapshot.local";
 /// The most snapshot bytes read at once: by recovery when it checks the snapshot file, and by
 /// [`Storage::snapshot_chunk`] whatever `bytes_max` asks for.
 const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
+/// Snapshot data is checked in blocks of this many bytes (the last one may be shorter), each
+/// with its crc32 in META: a read checks every block it touches, reading whole blocks. Equal to
+/// raft-core's default `snapshot_chunk_bytes_max`, so a leader's aligned chunk reads one block.
+/// META holds 4 bytes per block (64 KiB per GiB of snapshot).
+const SNAPSHOT_BLOCK_BYTES: u64 = 64 * 1024;
+const _: () = assert!(SNAPSHOT_READ_BYTES_MAX.is_multiple_of(SNAPSHOT_BLOCK_BYTES));
 
 /// Who owns a data directory. Opening it as anyone else is an error (PITFALLS.md 27).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +301,8 @@ struct SnapshotFile {
     len: u64,
     /// The crc32 of the whole data.
     crc: u32,
+    /// The crc32 of each block of [`SNAPSHOT_BLOCK_BYTES`] of the data, in order.
+    block_crcs: Vec<u32>,
 }
 
 /// A snapshot being received: the open staging file, written through chunk by chunk.
@@ -297,6 +315,40 @@ struct Staging<File> {
     len: u64,
     /// The crc32 of the bytes staged so far.
     crc: crc32fast::Hasher,
+    /// The crcs of the blocks staged so far, and of the partial block after them.
+    blocks: BlockCrcs,
+}
+
+/// The crc32 of each [`SNAPSHOT_BLOCK_BYTES`] block of data written in pieces of any size.
+#[derive(Default)]
+struct BlockCrcs {
+    done: Vec<u32>,
+    current: crc32fast::Hasher,
+    current_len: u64,
+}
+
+impl BlockCrcs {
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (SNAPSHOT_BLOCK_BYTES - self.current_len).min(data.len() as u64) as usize;
+            self.current.update(&data[..room]);
+            self.current_len += room as u64;
+            data = &data[room..];
+            if self.current_len == SNAPSHOT_BLOCK_BYTES {
+                let block = std::mem::take(&mut self.current);
+                self.done.push(block.finalize());
+                self.current_len = 0;
+            }
+        }
+    }
+
+    /// Every block's crc, the partial last block's included.
+    fn finish(mut self) -> Vec<u32> {
+        if self.current_len > 0 {
+            self.done.push(self.current.finalize());
+        }
+        self.done
+    }
 }
 
 /// One segment file: its first index and the byte offset of each of its records.
@@ -328,8 +380,9 @@ impl Segment {
 /// let me = Identity { cluster_id: 1, node_id: NodeId(1) };
 /// let membership = Membership::new([NodeId(1)]);
 /// let mut store = DiskStorage::create(SimFs::new(0), "/data", me, membership.clone(), DiskOptions::default())?;
-/// let meta = SnapshotMeta { index: Index(7), term: Term(2), membership };
-/// store.save_snapshot(&meta, b"the state machine at index 7")?;
+/// let data = b"the state machine at index 7";
+/// let meta = SnapshotMeta { index: Index(7), term: Term(2), membership, data_crc32: raft_core::snapshot_crc32(data) };
+/// store.save_snapshot(&meta, data)?;
 ///
 /// // After a restart: read the snapshot back a piece at a time.
 /// let snapshot = store.initial_state()?.snapshot;
@@ -1078,7 +1131,8 @@ impl<F: FileSystem> DiskStorage<F> {
             let path = self.dir.join(STAGING_FILE);
             let file = self.fs.create(&path).map_err(io_error(IoOp::Create, &path))?;
             let name = STAGING_FILE;
-            self.staging = Some(Staging { meta: meta.clone(), file, name, len: 0, crc: crc32fast::Hasher::new() });
+            let crc = crc32fast::Hasher::new();
+            self.staging = Some(Staging { meta: meta.clone(), file, name, len: 0, crc, blocks: BlockCrcs::default() });
         }
         let staging = match self.staging.as_mut() {
             Some(staging) if staging.meta == *meta && staging.len == offset => staging,
@@ -1092,6 +1146,7 @@ impl<F: FileSystem> DiskStorage<F> {
             staging.file.append(data).map_err(io_error(IoOp::Append, &path))?;
             staging.len += data.len() as u64;
             staging.crc.update(data);
+            staging.blocks.update(data);
         }
         Ok(())
     }
@@ -1115,8 +1170,10 @@ impl<F: FileSystem> DiskStorage<F> {
         file.append(data).map_err(io_error(IoOp::Append, &path))?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(data);
+        let mut blocks = BlockCrcs::default();
+        blocks.update(data);
         let len = data.len() as u64;
-        self.install_staged(Staging { meta: meta.clone(), file, name: LOCAL_SNAPSHOT_FILE, len, crc })
+        self.install_staged(Staging { meta: meta.clone(), file, name: LOCAL_SNAPSHOT_FILE, len, crc, blocks })
     }
 
     fn install_staged(&mut self, staging: Staging<F::File>) -> Result<(), DiskError> {
@@ -1156,11 +1213,11 @@ impl<F: FileSystem> DiskStorage<F> {
         let staging_path = self.dir.join(staging.name);
         let path = self.dir.join(snapshot_name(&staging.meta));
         staging.file.sync().map_err(io_error(IoOp::Sync, &staging_path))?;
-        let Staging { meta, file, len, crc, .. } = staging;
+        let Staging { meta, file, len, crc, blocks, .. } = staging;
         drop(file);
         self.fs.rename(&staging_path, &path).map_err(io_error(IoOp::Rename, &path))?;
         self.fs.sync_dir(&self.dir).map_err(io_error(IoOp::SyncDir, &self.dir))?;
-        Ok(SnapshotFile { meta, len, crc: crc.finalize() })
+        Ok(SnapshotFile { meta, len, crc: crc.finalize(), block_crcs: blocks.finish() })
     }
 
     /// Removes the file of a snapshot that META no longer names. Not made durable: should it
@@ -1172,7 +1229,9 @@ impl<F: FileSystem> DiskStorage<F> {
     }
 
     /// Up to `bytes_max` bytes (at most [`SNAPSHOT_READ_BYTES_MAX`], at least one unless at the
-    /// end) of the installed snapshot's data from `offset` on.
+    /// end) of the installed snapshot's data from `offset` on. Reads the whole blocks the range
+    /// touches and checks each against its crc: a damaged one is
+    /// [`StorageError::SnapshotCorrupt`] at the block's offset.
     fn read_snapshot_chunk(
         &self,
         snapshot: &SnapshotFile,
@@ -1181,14 +1240,26 @@ impl<F: FileSystem> DiskStorage<F> {
     ) -> Result<SnapshotChunk, StorageError> {
         let start = offset.min(snapshot.len);
         let end = start.saturating_add(bytes_max.clamp(1, SNAPSHOT_READ_BYTES_MAX)).min(snapshot.len);
+        let first_block = start / SNAPSHOT_BLOCK_BYTES;
+        let blocks_start = first_block * SNAPSHOT_BLOCK_BYTES;
+        let blocks_end = end.div_ceil(SNAPSHOT_BLOCK_BYTES).saturating_mul(SNAPSHOT_BLOCK_BYTES).min(snapshot.len);
         let path = self.dir.join(snapshot_name(&snapshot.meta));
-        let data =
-            self.fs.read_at(&path, start, (end - start) as usize).map_err(|error| StorageError::Io(error.kind()))?;
-        if data.len() as u64 != end - start {
+        let blocks = self
+            .fs
+            .read_at(&path, blocks_start, (blocks_end - blocks_start) as usize)
+            .map_err(|error| StorageError::Io(error.kind()))?;
+        if blocks.len() as u64 != blocks_end - blocks_start {
             // The file recovery checked has shrunk underneath the store.
             return Err(StorageError::Io(std::io::ErrorKind::UnexpectedEof));
         }
-        Ok(SnapshotChunk { data: bytes::Bytes::from(data), done: end == snapshot.len })
+        for (number, block) in (first_block..).zip(blocks.chunks(SNAPSHOT_BLOCK_BYTES as usize)) {
+            if snapshot.block_crcs.get(number as usize) != Some(&crc32fast::hash(block)) {
+                let offset = number * SNAPSHOT_BLOCK_BYTES;
+                return Err(StorageError::SnapshotCorrupt { index: snapshot.meta.index, offset });
+            }
+        }
+        let data = bytes::Bytes::from(blocks).slice((start - blocks_start) as usize..(end - blocks_start) as usize);
+        Ok(SnapshotChunk { data, done: end == snapshot.len })
     }
 }
 
@@ -1236,7 +1307,8 @@ impl<F: FileSystem> Storage for DiskStorage<F> {
     }
 
     /// Reads the snapshot file: at most 1 MiB per call, whatever `bytes_max` asks for (memory
-    /// stays bounded; callers loop until `done`).
+    /// stays bounded; callers loop until `done`). Every block read is checked against its crc:
+    /// damage is [`StorageError::SnapshotCorrupt`].
     fn snapshot_chunk(
         &self,
         index: Index,

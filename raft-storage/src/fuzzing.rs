@@ -216,8 +216,9 @@ fn apply(store: &mut DiskStorage<SimFs>, state: &State, call: &Call) -> (State, 
         }
         Call::Snapshot { back, beyond, data_bytes } => {
             let (index, term) = target(state, held(back), back, beyond);
-            let meta = SnapshotMeta { index, term, membership: store.initial_state().expect("memory").membership };
             let data = vec![data_bytes; usize::from(data_bytes % 48)];
+            let membership = store.initial_state().expect("memory").membership;
+            let meta = SnapshotMeta { index, term, membership, data_crc32: raft_core::snapshot_crc32(&data) };
             if index > state.snapshot.index && index > Index(0) {
                 if index > state.boundary.0 && term_at(state, index) != Some(term) {
                     supersede(&mut next, index, term);

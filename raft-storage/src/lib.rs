@@ -7,6 +7,13 @@
 //! - [`DiskStorage`]: a durable, crash-safe write-ahead log in a directory, over a small
 //!   [`FileSystem`] trait: [`StdFs`] in production, the fault-injecting [`SimFs`] in tests.
 //!
+//! Snapshot integrity: `DiskStorage` checks every read of a snapshot's data against per-block
+//! crcs (and the whole file when it opens), so damaged bytes are a
+//! [`raft_core::StorageError::SnapshotCorrupt`], never data. Neither store checks data against
+//! the snapshot's own checksum ([`raft_core::SnapshotMeta::data_crc32`]): raft-core does that for
+//! every snapshot it receives before it asks for an install, and a driver does it before it
+//! restores a state machine.
+//!
 //! ```
 //! use raft_core::{Entry, EntryPayload, Index, Membership, NodeId, Storage, Term};
 //! use raft_storage::{LogStore, MemStorage};

@@ -49,7 +49,8 @@ fn hard(term: u64, vote: u64) -> Option<HardState> {
 }
 
 fn meta(index: u64, term: u64) -> SnapshotMeta {
-    SnapshotMeta { index: Index(index), term: Term(term), membership: grown() }
+    // The stores do not check the data against `data_crc32` (raft-core and raft-net do).
+    SnapshotMeta { index: Index(index), term: Term(term), membership: grown(), data_crc32: 0 }
 }
 
 /// `len` deterministic pseudo-random bytes derived from `seed`.

@@ -847,7 +847,8 @@ impl Simulation {
         let node = &mut self.nodes[id.0 as usize - 1];
         let Some(raft) = node.raft.as_mut() else { return };
         let applied = node.applied;
-        let Ok(meta) = raft.snapshot_meta(applied.index) else { return };
+        // The checksum is filled in once the data is encoded, below.
+        let Ok(meta) = raft.snapshot_meta(applied.index, 0) else { return };
         // Only durable applied state is snapshotted (a pending install is not yet durable).
         let durable_holds = node.durable.term(meta.index) == Ok(meta.term);
         if !meta.exists() || !durable_holds || meta.index <= node.durable.snapshot().map_or(Index(0), |m| m.index) {
@@ -855,6 +856,7 @@ impl Simulation {
         }
         let Some(chain_hash) = node.chain.hash_at(meta.index) else { return };
         let data = encode_snapshot(applied, chain_hash, &node.kv, filler);
+        let meta = SnapshotMeta { data_crc32: raft_core::snapshot_crc32(&data), ..meta };
         raft.storage_mut().save_snapshot(&meta, &data).expect("memory storage");
         node.durable.save_snapshot(&meta, &data).expect("memory storage");
         let compaction = raft.compaction_point();
@@ -1171,7 +1173,7 @@ fn message_words(m: &Message) -> [u64; 4] {
         MessageBody::AppendResponse(result) => (17, format!("{result:?}").len() as u64),
         MessageBody::Heartbeat { commit, round } => (18, commit.0 << 32 ^ round),
         MessageBody::HeartbeatResponse { round } => (19, *round),
-        MessageBody::InstallSnapshot { meta, offset, data, done } => {
+        MessageBody::InstallSnapshot { meta, offset, data, done, .. } => {
             (20 + u64::from(*done), meta.index.0 << 32 ^ offset << 16 ^ data.len() as u64)
         }
         MessageBody::SnapshotResponse { index, next_offset, gap, .. } => {

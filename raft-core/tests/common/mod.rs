@@ -327,7 +327,9 @@ impl Cluster {
     pub fn snapshot(&mut self, id: u64) -> SnapshotMeta {
         let data = encode_state(&self.applied_data(id));
         let node = self.node_mut(id);
-        let meta = node.snapshot_meta(node.status().applied).expect("applied index can be snapshotted");
+        let meta = node
+            .snapshot_meta(node.status().applied, raft_core::snapshot_crc32(&data))
+            .expect("applied index can be snapshotted");
         node.storage_mut().save_snapshot(&meta, &data).expect("memory storage");
         if let Some((index, term)) = node.compaction_point() {
             node.storage_mut().compact(index, term).expect("memory storage");

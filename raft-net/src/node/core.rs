@@ -580,10 +580,13 @@ where
         Ok(())
     }
 
-    /// Reads the whole data of the store's snapshot `meta`, a piece at a time.
+    /// Reads the whole data of the store's snapshot `meta`, a piece at a time, and checks it
+    /// against the checksum the snapshot was taken with: damaged bytes (on this node's disk, or
+    /// anywhere a store does not check) never reach the state machine.
     fn read_snapshot(&self, meta: &SnapshotMeta) -> Result<Bytes, StopReason> {
         let failure = |error| StopReason::StorageFailed(StorageFailure::read(error));
         let mut data = Vec::new();
+        let mut crc = crc32fast::Hasher::new();
         loop {
             let offset = data.len() as u64;
             let chunk = self
@@ -596,7 +599,11 @@ where
                 return Err(failure(StorageError::Unavailable(meta.index)));
             }
             data.extend_from_slice(&chunk.data);
+            crc.update(&chunk.data);
             if chunk.done {
+                if crc.finalize() != meta.data_crc32 {
+                    return Err(failure(StorageError::SnapshotCorrupt { index: meta.index, offset: 0 }));
+                }
                 return Ok(Bytes::from(data));
             }
         }
@@ -610,7 +617,7 @@ where
         if snapshot.index <= current.index {
             return Ok(()); // A snapshot from the leader got there first.
         }
-        let meta = match self.raft.snapshot_meta(snapshot.index) {
+        let meta = match self.raft.snapshot_meta(snapshot.index, raft_core::snapshot_crc32(&snapshot.data)) {
             Ok(meta) => meta,
             Err(SnapshotError::Storage(StorageError::Io(kind))) => {
                 return Err(StopReason::StorageFailed(StorageFailure::read(StorageError::Io(kind))));

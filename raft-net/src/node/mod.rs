@@ -58,9 +58,13 @@
 //! earlier one, returned (rule 5: writes are synchronous, so every earlier output is durable);
 //! an installed snapshot's data is read back from the store and restores the state machine before
 //! that output's committed entries are applied (rule 7), and the store's snapshot restores it at
-//! start; any storage error stops the node (rule 8, fail-stop: nothing more is written, sent or
-//! acknowledged); snapshots are taken by the apply thread, described with `snapshot_meta`, saved
-//! with `save_snapshot` and followed by `compact` at `compaction_point` (rule 9).
+//! start, in both cases only once the data read back matches the snapshot's `data_crc32` (a
+//! mismatch is a storage failure: rule 10, damaged bytes never reach the state machine); any
+//! storage error stops the node (rule 8, fail-stop: nothing more is written, sent or
+//! acknowledged), a snapshot that fails its checksum when the core reads it back to send
+//! included; snapshots are taken by the apply thread, described with `snapshot_meta` and the
+//! crc32 of their data, saved with `save_snapshot` and followed by `compact` at
+//! `compaction_point` (rule 9).
 //!
 //! ## Proposals and their outcome
 //!

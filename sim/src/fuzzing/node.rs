@@ -330,9 +330,21 @@ impl Harness {
                 let index = self.index_of(index);
                 let term = self.term_of(term, index);
                 let voters = (0..8u64).filter(|bit| voters & (1 << bit) != 0).map(|bit| NodeId(bit + 1));
-                let meta = SnapshotMeta { index, term, membership: Membership::new(voters) };
                 let data = Bytes::from(vec![data_bytes; usize::from(data_bytes % 24)]);
-                MessageBody::InstallSnapshot { meta, offset: u64::from(offset % 64), data, done }
+                // The snapshot's data is taken to be this byte repeated up to the chunk's end, so
+                // a transfer of equal bytes installs. The offset's high bits damage a checksum.
+                let chunk_offset = u64::from(offset % 64);
+                let whole = vec![data_bytes; (chunk_offset + data.len() as u64) as usize];
+                let mut data_crc32 = raft_core::snapshot_crc32(&whole);
+                if offset / 64 == 2 {
+                    data_crc32 ^= 1;
+                }
+                let meta = SnapshotMeta { index, term, membership: Membership::new(voters), data_crc32 };
+                let mut body = MessageBody::install_snapshot(meta, chunk_offset, data, done);
+                if let (MessageBody::InstallSnapshot { chunk_crc32, .. }, 3) = (&mut body, offset / 64) {
+                    *chunk_crc32 ^= 1;
+                }
+                body
             }
             BodyChoice::SnapshotResponse { index, term, next_offset, gap } => {
                 let index = self.index_of(index);
@@ -445,13 +457,13 @@ impl Harness {
     /// Snapshots the (imaginary) state machine at its applied index, like an application would,
     /// then compacts where the core advises.
     fn snapshot(&mut self) {
-        let Ok(meta) = self.raft.snapshot_meta(self.applied) else { return };
+        let data = self.applied.0.to_le_bytes();
+        let Ok(meta) = self.raft.snapshot_meta(self.applied, raft_core::snapshot_crc32(&data)) else { return };
         let durable_holds = self.durable.term(meta.index) == Ok(meta.term);
         let newer = meta.index > self.durable.snapshot().map_or(Index(0), |m| m.index);
         if !meta.exists() || !durable_holds || !newer {
             return;
         }
-        let data = meta.index.0.to_le_bytes();
         self.raft.storage_mut().save_snapshot(&meta, &data).expect("memory storage");
         self.durable.save_snapshot(&meta, &data).expect("memory storage");
         if let Some((index, term)) = self.raft.compaction_point() {
