@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::faults::{self, NEMESIS_CLIENT};
 use super::http;
+use super::membership;
 use super::workload::{self, Consistency, Ended, KEYS, PROBE_KEY, Record};
 use super::{RECOVERY_TIMEOUT, Report, Run};
 
@@ -23,6 +24,8 @@ pub const COUNTEREXAMPLE_CHARS_MAX: usize = 4000;
 /// Heals, runs the final checks and fills `report`.
 pub async fn finish(run: &mut Run, report: &mut Report) {
     faults::heal(run).await;
+    // Converge on the members the cluster has, whatever the suite's requests were told.
+    membership::sync(run, "before the final checks").await;
     let finals = final_reads(run).await;
     converge(run, &finals).await;
     let records = run.history.records();

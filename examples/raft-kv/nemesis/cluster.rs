@@ -196,15 +196,26 @@ impl Cluster {
 
     /// The member that says it leads with the highest term, among the running ones.
     pub async fn leader(&self) -> Option<(u64, u64)> {
-        let mut best: Option<(u64, u64)> = None;
-        for &id in &self.members {
+        self.leader_status().await.map(|(id, term, _)| (id, term))
+    }
+
+    /// [`Cluster::leader`], with the status it answered.
+    pub async fn leader_status(&self) -> Option<(u64, u64, serde_json::Value)> {
+        self.leader_among(&self.members).await
+    }
+
+    /// The node among `ids` that says it leads with the highest term, among the running ones,
+    /// with its term and status.
+    pub async fn leader_among(&self, ids: &[u64]) -> Option<(u64, u64, serde_json::Value)> {
+        let mut best: Option<(u64, u64, serde_json::Value)> = None;
+        for &id in ids {
             if !self.is_up(id) {
                 continue;
             }
             let Some(status) = self.status(id).await else { continue };
             let term = status["term"].as_u64().unwrap_or(0);
-            if status["role"] == "leader" && best.is_none_or(|(_, best_term)| term > best_term) {
-                best = Some((id, term));
+            if status["role"] == "leader" && best.as_ref().is_none_or(|(_, best_term, _)| term > *best_term) {
+                best = Some((id, term, status));
             }
         }
         best

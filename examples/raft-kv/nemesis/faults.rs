@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::check::STALE_LEASE_READ;
 use super::cluster::ELECTION_TIMEOUT_MAX;
 use super::http;
+use super::membership::{self, RemovalOutcome};
 use super::proxy::LinkRule;
 use super::schedule::{Fault, Step, Target};
 use super::workload::{self, Consistency, Ended, PROBE_KEY};
@@ -25,10 +26,29 @@ pub const REMOVED_NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PROBE_READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// The client id of the nemesis's own operations in the history.
 pub const NEMESIS_CLIENT: u64 = 0;
+/// The fewest voters with which a fault that stops a node beyond an election timeout (a pause,
+/// the lease-pause probe) runs: with fewer, stopping one voter (the leader, for the probe)
+/// takes the quorum down by design, and what follows measures that, not the cluster.
+pub const VOTERS_MIN_TO_STOP_ONE: usize = 3;
 
 /// Carries out `step`.
 pub async fn apply(run: &mut Run, step: &Step) {
-    let leader = run.cluster.leader().await.map(|(id, _)| id);
+    let leader_status = run.cluster.leader_status().await;
+    let leader = leader_status.as_ref().map(|(id, ..)| *id);
+    let voters = leader_status
+        .as_ref()
+        .and_then(|(.., status)| status["voters"].as_array().map(Vec::len))
+        .unwrap_or(run.cluster.members.len());
+    if matches!(step.fault, Fault::Pause(_) | Fault::LeasePause) && voters < VOTERS_MIN_TO_STOP_ONE {
+        let kind = step.fault.kind();
+        note(
+            run,
+            &format!("{kind}: skipped, the cluster has {voters} voters (stopping one would take the quorum down)"),
+        );
+        heal(run).await;
+        tokio::time::sleep(step.rest).await;
+        return;
+    }
     let resolve = |target: Target| resolve(run, leader, target);
     match step.fault {
         Fault::Kill(target) => {
@@ -82,6 +102,13 @@ fn resolve(run: &Run, leader: Option<u64>, target: Target) -> u64 {
             let followers: Vec<u64> = members.iter().copied().filter(|id| Some(*id) != leader).collect();
             followers.get(k as usize % followers.len().max(1)).copied().unwrap_or(first)
         }
+    }
+}
+
+/// Prints a note in the step log (verbose runs).
+pub fn note(run: &Run, text: &str) {
+    if run.options.verbose {
+        println!("          {text}");
     }
 }
 
@@ -149,7 +176,9 @@ async fn transfer(run: &mut Run, step: &Step, leader: Option<u64>, id: u64) {
 }
 
 /// Removes follower `id`, checks that it says so when restarted on its data, and joins a new
-/// node in its place.
+/// node in its place. When the removal's answer does not say it was applied (its outcome is
+/// unknown, or it failed), the committed membership decides: the replacement goes on if node
+/// `id` is gone, and is rolled back (node `id` stays, no new node joins) if it is not.
 async fn replace(run: &mut Run, step: &Step, leader: Option<u64>, id: u64) {
     let (Some(leader), true) = (leader, run.cluster.members.len() > 1) else { return };
     if leader == id {
@@ -160,11 +189,19 @@ async fn replace(run: &mut Run, step: &Step, leader: Option<u64>, id: u64) {
     record(run, step, format!("replace node {id} with node {new}"));
     let removal = serde_json::json!({ "action": "remove", "id": id });
     if let Err(error) = admin(run, leader, "/cluster/members", removal).await {
-        // Not applied, or unknown: leave the membership as the status says it is.
-        if run.options.verbose {
-            println!("          removing node {id} failed: {error}");
+        note(run, &format!("removing node {id} did not answer that it was applied: {error}"));
+        let membership = membership::sync(run, &format!("after removing node {id}")).await;
+        match membership::removal_outcome(id, membership.as_ref()) {
+            RemovalOutcome::Applied => note(run, &format!("node {id} is no longer a member: node {new} joins")),
+            RemovalOutcome::NotApplied => {
+                note(run, &format!("node {id} is still a member: the replacement is rolled back"));
+                return;
+            }
+            RemovalOutcome::Unknown => {
+                note(run, &format!("whether node {id} was removed is unknown: it stays a member, no node joins"));
+                return;
+            }
         }
-        return;
     }
     run.cluster.members.retain(|member| *member != id);
     run.refresh_targets();
@@ -185,7 +222,9 @@ async fn replace(run: &mut Run, step: &Step, leader: Option<u64>, id: u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     run.cluster.kill(id);
-    join(run, leader, new).await;
+    // The leadership may have moved during the removal: join through the current leader.
+    let via = run.cluster.leader().await.map_or(leader, |(id, _)| id);
+    join(run, via, new).await;
 }
 
 /// Starts node `new` with `--join` through `via` and waits until the members count it a voter.
@@ -208,6 +247,11 @@ async fn join(run: &mut Run, via: u64, new: u64) {
         }
         if start.elapsed() > JOIN_TIMEOUT {
             run.anomalies.push(format!("node {new} did not become a voter within {} s", JOIN_TIMEOUT.as_secs()));
+            // It may be a learner, or not a member at all: the cluster says which.
+            let membership = membership::sync(run, &format!("after node {new} joined")).await;
+            if membership.is_some_and(|membership| !membership.has(new)) {
+                run.cluster.kill(new);
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -18,6 +18,7 @@ mod client;
 mod cluster;
 mod faults;
 mod http;
+mod membership;
 mod proxy;
 pub mod schedule;
 mod workload;
