@@ -20,7 +20,13 @@ fn check(report: &Report) {
 ///   re-sent them when no new proposal came; a heartbeat answer from a lagging follower now
 ///   triggers an empty probe at the leader's last index;
 /// - 1170 (log matching): a lone voter took proposals before its term was durable, crashed, and
-///   led the same term again, handing out the same (index, term) for another command.
+///   led the same term again, handing out the same (index, term) for another command;
+/// - 131265 (liveness; pre-vote off, check-quorum on, membership changes): the node with the
+///   newest log and a lower term campaigned only towards a node with a stale log, an older
+///   membership and a higher term, which dropped the lower-term vote requests unanswered and
+///   itself campaigned only towards a third node (a learner to the first); nobody told the first
+///   node the higher term and no leader was elected. A stale vote request is now refused with
+///   the current term (Raft §5.1).
 ///
 ///
 /// Snapshots (issue 5), key-value clients with reads (issue 7) and membership changes (issue 6)
@@ -30,7 +36,7 @@ fn check(report: &Report) {
 /// A third bug the simulator found (refusing a higher-term vote restarted the election timer; seed
 /// 10253 of an earlier version of the simulator) no longer reproduces in 12,000 seeds since paused
 /// nodes stopped taking client proposals; its scripted test is in raft-core/tests/regressions.rs.
-const REGRESSION_SEEDS: [u64; 4] = [34, 90, 115, 1170];
+const REGRESSION_SEEDS: [u64; 5] = [34, 90, 115, 1170, 131265];
 
 // Seeds 363 and 2827 (8-byte snapshot chunks) found two snapshot-transfer storms: a late copy
 // of the first chunk reset the follower's transfer, and gap reports below the acknowledged
