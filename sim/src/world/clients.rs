@@ -65,7 +65,8 @@ impl Simulation {
             Some(operation) => {
                 if self.clients[client].awaiting {
                     // Timed out (not just refused): the node may be cut off or removed; try another.
-                    self.clients[client].target = NodeId(1 + self.random_below(self.pool_size()));
+                    let target = self.clients[client].target;
+                    self.clients[client].target = self.another_node(target);
                 }
                 operation
             }
@@ -129,7 +130,7 @@ impl Simulation {
             }
             Err(ProposeError::NotLeader { leader: Some(leader) }) => self.retry_at(client, leader),
             Err(_) => {
-                let other = NodeId(1 + self.random_below(self.pool_size()));
+                let other = self.another_node(target);
                 self.retry_at(client, other)
             }
         }
@@ -156,11 +157,31 @@ impl Simulation {
                 self.flush(target)
             }
             Err(_) => {
-                let other = self.node(target).raft.as_ref().and_then(|r| r.leader());
-                let other = other.unwrap_or_else(|| NodeId(1 + self.random_below(self.pool_size())));
+                let hint = self.node(target).raft.as_ref().and_then(|r| r.leader());
+                let other = match hint {
+                    Some(leader) => leader,
+                    None => self.another_node(target),
+                };
                 self.retry_at(client, other)
             }
         }
+    }
+
+    /// A node other than `node` (which refused the client or timed out), for a client without a
+    /// leader hint: a random step of 1..pool around the ring. Drawing uniformly over the pool
+    /// instead let a client ask the same node again and again; once a fuzz schedule's bytes run
+    /// out every draw is 0, so it asked node 1 forever, and when node 1 was removed or cut off
+    /// from the leader its commands stayed pending through the whole liveness phase. Stepping
+    /// walks every node, and draws exactly as before (one draw over the pool), so the stream of
+    /// choices stays aligned.
+    fn another_node(&mut self, node: NodeId) -> NodeId {
+        let pool = self.pool_size();
+        let draw = self.random_below(pool);
+        if pool <= 1 {
+            return node;
+        }
+        let step = 1 + draw % (pool - 1);
+        NodeId((node.0 - 1 + step) % pool + 1)
     }
 
     /// Retries at the next client period, at `target`.
