@@ -27,9 +27,9 @@ fn check(report: &Report) {
 ///   itself campaigned only towards a third node (a learner to the first); nobody told the first
 ///   node the higher term and no leader was elected. A stale vote request is now refused with
 ///   the current term (Raft §5.1). Since clients without a leader hint walk the ring instead of
-///   drawing any node, 131265 runs another history and passes on the unfixed core too; 110998
-///   and 145503 (of 100000..150000, the only failures there on the unfixed core with today's
-///   clients) replay the same stall, a stale candidate whose only peer never answers it.
+///   drawing any node, 131265 runs another history and passes on the unfixed core too; 114114,
+///   119688 and 120452 (of 100000..150000, the only failures there on the unfixed core with
+///   today's clients) replay the same stall, a stale candidate whose only peers never answer it.
 ///
 ///
 /// Snapshots (issue 5), key-value clients with reads (issue 7) and membership changes (issue 6)
@@ -39,7 +39,7 @@ fn check(report: &Report) {
 /// A third bug the simulator found (refusing a higher-term vote restarted the election timer; seed
 /// 10253 of an earlier version of the simulator) no longer reproduces in 12,000 seeds since paused
 /// nodes stopped taking client proposals; its scripted test is in raft-core/tests/regressions.rs.
-const REGRESSION_SEEDS: [u64; 7] = [34, 90, 115, 1170, 110998, 131265, 145503];
+const REGRESSION_SEEDS: [u64; 8] = [34, 90, 115, 1170, 114114, 119688, 120452, 131265];
 
 // Seeds 363 and 2827 (8-byte snapshot chunks) found two snapshot-transfer storms: a late copy
 // of the first chunk reset the follower's transfer, and gap reports below the acknowledged
