@@ -156,7 +156,8 @@ fn lease_exposed(seed: u64, drift: f64) -> sim::SimConfig {
 /// PITFALLS.md 26: with clocks drifting far beyond what the lease assumes (±90% against a bound
 /// of 0), an old leader keeps serving lease reads after a new one has committed writes. The
 /// linearizability checker must report it within a bounded number of seeds: proof that it can
-/// fail in a run (the first such seed was 314 when this test was written).
+/// fail in a run (the first such seed was 314 when this test was written, and is 2064 since
+/// clients without a leader hint walk the ring, which changed every seed's history).
 #[test]
 fn stale_lease_reads_beyond_the_drift_bound_are_caught() {
     let found = (0..LEASE_SEED_BOUND).find_map(|seed| {
@@ -177,7 +178,7 @@ fn lease_reads_within_the_drift_bound_pass() {
     }
 }
 
-const LEASE_SEED_BOUND: u64 = 2000;
+const LEASE_SEED_BOUND: u64 = 3000;
 
 /// Seeds made membership-heavy: frequent random changes (add learner, add or promote voter,
 /// remove, leadership transfer) among up to seven nodes, under every fault. Election safety stays
