@@ -287,15 +287,19 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    /// A message from an earlier term: answer a stale leader or pre-candidate with our term so it
-    /// learns of it (etcd#8243), drop everything else.
+    /// A message from an earlier term: answer a stale leader, candidate or pre-candidate with our
+    /// term so it learns of it (Raft §5.1; etcd#8243 for pre-vote), drop everything else.
     fn on_lower_term(&mut self, m: &Message) -> Result<(), StepError> {
         match m.body {
             MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
                 self.send(m.from, self.term, MessageBody::HeartbeatResponse { round: 0 });
             }
-            MessageBody::VoteRequest { pre_vote: true, .. } => {
-                self.send(m.from, self.term, MessageBody::VoteResponse { pre_vote: true, granted: false });
+            // A stale candidate may hear from nobody else: with diverged memberships its only
+            // peer can be a node that itself campaigns towards others and never sends to it.
+            // Unanswered, it campaigns below our term forever and no leader is elected
+            // (simulator seed 131265). The refusal changes nothing here; only the candidate moves up.
+            MessageBody::VoteRequest { pre_vote, .. } => {
+                self.send(m.from, self.term, MessageBody::VoteResponse { pre_vote, granted: false });
             }
             // A follower behind on terms (removed, or cut off) would wait for an answer forever:
             // refuse with our term, so it learns the term and fails its read.

@@ -276,12 +276,12 @@ fn term_update_is_not_forced_by_a_vote_request_while_a_leader_lease_is_held() {
 }
 
 /// §5.1: "If a server receives a request with a stale term number, it rejects the request." The
-/// message changes nothing; only a stale leader (append/heartbeat) or pre-candidate is answered,
-/// with our term, so that it learns it is stale.
+/// message changes nothing; only a stale leader (append/heartbeat), candidate or pre-candidate is
+/// answered, with our term, so that it learns it is stale.
 #[test]
 fn stale_term_messages_are_rejected_and_change_nothing() {
     let stale_bodies = [
-        (vote_request(false, 9, 4), None),
+        (vote_request(false, 9, 4), Some(vote_response(false, false))),
         (vote_request(true, 9, 4), Some(vote_response(true, false))),
         (vote_response(false, true), None),
         (vote_response(true, true), None),

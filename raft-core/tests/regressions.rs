@@ -279,3 +279,93 @@ fn a_new_transfer_waits_until_a_finished_snapshot_is_handed_out() {
     let output = node.take_output().expect("memory");
     assert_eq!(output.snapshot_chunks.len(), 1);
 }
+
+/// A node whose store starts from membership `base` and holds no-ops of the given terms, with a
+/// membership entry at `change` (index, membership) if given.
+fn node_with_membership(
+    id: u64,
+    base: &Membership,
+    terms: &[u64],
+    change: Option<(usize, Membership)>,
+    term: u64,
+) -> Raft<MemStorage> {
+    let mut storage = MemStorage::new(base.clone());
+    let mut entries: Vec<raft_core::Entry> =
+        terms.iter().enumerate().map(|(i, &t)| common::noop(i as u64 + 1, t)).collect();
+    if let Some((at, membership)) = change {
+        entries[at - 1].payload = raft_core::EntryPayload::Membership(membership);
+    }
+    storage.append(&entries).expect("consecutive entries");
+    storage.set_hard_state(raft_core::HardState { term: Term(term), vote: None, commit: Index(0) });
+    Raft::new(NodeId(id), options(NodeId(id), false, true), storage).expect("memory storage")
+}
+
+fn members(voters: &[u64], voters_outgoing: &[u64], learners: &[u64]) -> Membership {
+    let set = |list: &[u64]| list.iter().copied().map(NodeId).collect();
+    Membership { voters: set(voters), voters_outgoing: set(voters_outgoing), learners: set(learners) }
+}
+
+/// Found by simulator seed 131265 (pre-vote off, check-quorum on, membership changes):
+/// node 1 has the newest log, whose last entry makes {1} joint with {1,3}; node 2 is a
+/// learner in both, so it never campaigns. Node 3 has a stale log, the older membership {2,3}
+/// with node 1 a learner, and a much higher term. Node 1 campaigns only towards node 3; node 3
+/// campaigns only towards node 2, which refuses it (stale log). Before the fix node 3 dropped
+/// node 1's lower-term vote requests unanswered, nothing ever told node 1 the higher term, and
+/// no leader was ever elected. Now node 3 refuses with its term, node 1 moves up and wins the
+/// next election with node 3's vote.
+#[test]
+fn a_stale_candidate_learns_the_term_from_a_peer_that_never_sends_to_it() {
+    let newer_base = members(&[1], &[], &[2]);
+    let joint = members(&[1, 3], &[1], &[2]);
+    let newest_log = [1, 2, 2];
+    let nodes = [
+        node_with_membership(1, &newer_base, &newest_log, Some((2, joint.clone())), 2),
+        node_with_membership(2, &newer_base, &newest_log, Some((2, joint)), 2),
+        node_with_membership(3, &members(&[2, 3], &[], &[1]), &[1], None, 60),
+    ];
+    let mut c = common::Cluster::from_nodes(nodes.into_iter().map(|n| (n.id(), n)).collect());
+    // Node 1's term cannot climb past 60 in 200 ticks on its own (one campaign per 10+ ticks).
+    let leader = c.tick_until_leader(200);
+    assert_eq!(leader, Some(1), "node 1 leads once it learns the term; terms: {:?}", terms(&c));
+    assert!(c.node(1).term() > Term(60));
+    let proposed = c.propose(1, b"x").expect("the leader takes a proposal");
+    c.ticks(5);
+    assert_eq!(c.node(1).commit_index(), proposed, "node 1 commits with node 3");
+}
+
+fn terms(c: &common::Cluster) -> Vec<(u64, Term, Role)> {
+    c.nodes.iter().map(|(id, n)| (id.0, n.term(), n.role())).collect()
+}
+
+/// The unit behind the test above: a stale (non-pre-vote) vote request is refused with our term
+/// (Raft §5.1), and refusing changes nothing of ours.
+#[test]
+fn a_stale_vote_request_is_refused_with_the_current_term() {
+    let voters = ids(3);
+    let mut node = node_with_log(NodeId(3), &voters, &[1], 7, options(NodeId(3), false, true));
+    let request = Message {
+        from: NodeId(1),
+        to: NodeId(3),
+        term: Term(4),
+        body: MessageBody::VoteRequest {
+            pre_vote: false,
+            last_log_index: Index(5),
+            last_log_term: Term(3),
+            transfer: false,
+        },
+    };
+    let before = node.status();
+    assert_eq!(
+        node.step(request),
+        Err(raft_core::StepError::StaleTerm { message_term: Term(4), current_term: Term(7) })
+    );
+    assert_eq!(node.status(), before);
+    let output = node.take_output().expect("memory");
+    let refusal = Message {
+        from: NodeId(3),
+        to: NodeId(1),
+        term: Term(7),
+        body: MessageBody::VoteResponse { pre_vote: false, granted: false },
+    };
+    assert_eq!(output.messages_after_persist, vec![refusal]);
+}

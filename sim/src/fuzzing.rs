@@ -25,9 +25,12 @@ pub use node::node_inputs;
 pub fn cluster_schedule(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(config) = config_from(&mut u) else { return };
-    let report = run_schedule(config, RunOptions::default(), u.take_rest());
-    // FUZZ_DEBUG=1 prints what the input ran (when replaying through the test build).
-    if std::env::var_os("FUZZ_DEBUG").is_some() {
+    // FUZZ_DEBUG=1 prints what the input ran, FUZZ_DEBUG=trace every event too (when replaying
+    // through the test build).
+    let debug = std::env::var("FUZZ_DEBUG").ok();
+    let run_options = RunOptions { verbose: debug.as_deref() == Some("trace"), ..RunOptions::default() };
+    let report = run_schedule(config, run_options, u.take_rest());
+    if debug.is_some() {
         eprintln!("config: {}\n{:?}", report.config, report.stats);
     }
     if let Some(violation) = report.violation {

@@ -39,13 +39,17 @@ pub(super) struct Client {
     pub(super) pending: Option<PendingOperation>,
     pub(super) deadline: u64,
     pub(super) target: NodeId,
+    /// Where the client's walk around the ring stands: the last node it chose itself. Leader
+    /// hints move `target` but not this, so that a stale hint (a removed node naming another
+    /// removed node) cannot bring the walk back to the same few nodes forever.
+    cursor: NodeId,
     /// The last attempt was taken by a node (so reaching the deadline means it timed out).
     pub(super) awaiting: bool,
 }
 
 impl Client {
     pub(super) fn new(target: NodeId) -> Self {
-        Client { seq: 0, pending: None, deadline: 0, target, awaiting: false }
+        Client { seq: 0, pending: None, deadline: 0, target, cursor: target, awaiting: false }
     }
 }
 
@@ -65,7 +69,7 @@ impl Simulation {
             Some(operation) => {
                 if self.clients[client].awaiting {
                     // Timed out (not just refused): the node may be cut off or removed; try another.
-                    self.clients[client].target = NodeId(1 + self.random_below(self.pool_size()));
+                    self.walk_on(client);
                 }
                 operation
             }
@@ -100,6 +104,7 @@ impl Simulation {
         if self.chance(if mode.is_some() { 0.5 } else { 0.25 }) {
             self.clients[client].target = NodeId(1 + self.random_below(self.pool_size()));
         }
+        self.clients[client].cursor = self.clients[client].target;
         let history = self.history.len();
         self.history.push(Operation { client: client as u64, input, call: self.now, outcome: Outcome::Unknown });
         let operation = PendingOperation { seq, input, history, mode };
@@ -143,10 +148,7 @@ impl Simulation {
             }
             Err(_) if !current => Ok(()),
             Err(ProposeError::NotLeader { leader: Some(leader) }) => self.retry_at(client, leader),
-            Err(_) => {
-                let other = NodeId(1 + self.random_below(self.pool_size()));
-                self.retry_at(client, other)
-            }
+            Err(_) => self.retry_elsewhere(client),
         }
     }
 
@@ -204,15 +206,37 @@ impl Simulation {
                 self.clients[client].awaiting = true;
                 self.flush(target)
             }
-            Err(_) => {
-                let other = self.node(target).raft.as_ref().and_then(|r| r.leader());
-                let other = other.unwrap_or_else(|| NodeId(1 + self.random_below(self.pool_size())));
-                self.retry_at(client, other)
-            }
+            Err(_) => match self.node(target).raft.as_ref().and_then(|r| r.leader()) {
+                Some(leader) => self.retry_at(client, leader),
+                None => self.retry_elsewhere(client),
+            },
         }
     }
 
-    /// Retries at the next client period, at `target`.
+    /// Moves a client without a leader hint on around the ring from its cursor, by a random step
+    /// of 1..pool. Drawing uniformly over the pool instead let a client ask the same node again
+    /// and again; once a fuzz schedule's bytes run out every draw is 0, so it asked node 1
+    /// forever, and when node 1 was removed or cut off from the leader its commands stayed
+    /// pending through the whole liveness phase. Stepping from the cursor visits every node in
+    /// turn once the bytes run out, whatever stale hints say, and draws exactly as before (one
+    /// draw over the pool), so the stream of choices stays aligned.
+    fn walk_on(&mut self, client: usize) {
+        let pool = self.pool_size();
+        let draw = self.random_below(pool);
+        let cursor = self.clients[client].cursor;
+        let next = if pool <= 1 { cursor } else { NodeId((cursor.0 + draw % (pool - 1)) % pool + 1) };
+        self.clients[client].cursor = next;
+        self.clients[client].target = next;
+    }
+
+    /// Retries at the next client period, at the next node of the client's walk.
+    fn retry_elsewhere(&mut self, client: usize) -> Check {
+        self.walk_on(client);
+        let target = self.clients[client].target;
+        self.retry_at(client, target)
+    }
+
+    /// Retries at the next client period, at `target` (a leader hint: the walk's cursor stays).
     fn retry_at(&mut self, client: usize, target: NodeId) -> Check {
         self.clients[client].target = target;
         self.clients[client].deadline = self.now;
