@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::error::{Malformed, SnapshotError, StepError};
 use crate::message::{AppendResult, MessageBody, SnapshotRefusal, snapshot_chunk_crc32};
-use crate::progress::ProgressState;
+use crate::progress::{ProgressState, SnapshotTransfer};
 use crate::raft::Raft;
 use crate::storage::{Storage, StorageError};
 use crate::types::{Index, NodeId, SnapshotMeta, Term};
@@ -184,6 +184,22 @@ impl<S: Storage> Raft<S> {
         term: Term,
         reason: SnapshotRefusal,
     ) -> Result<(), StepError> {
+        let transfer = self.transfer_answered(from, index, term)?;
+        transfer.restart();
+        tracing::warn!(id = %self.id, peer = %from, %index, ?reason, "snapshot refused: sending it again");
+        self.send_snapshot_chunks(from);
+        Ok(())
+    }
+
+    /// The snapshot transfer to `from` that its answer about the snapshot at (`index`, `term`)
+    /// concerns, on a leader; the answer shows the follower is alive. `Unexpected` when we do not
+    /// lead or the answer is about another (earlier) transfer.
+    fn transfer_answered(
+        &mut self,
+        from: NodeId,
+        index: Index,
+        term: Term,
+    ) -> Result<&mut SnapshotTransfer, StepError> {
         if !self.is_leader() {
             return Err(StepError::Unexpected);
         }
@@ -193,10 +209,7 @@ impl<S: Storage> Raft<S> {
         if transfer.meta.index != index || transfer.meta.term != term {
             return Err(StepError::Unexpected); // About an earlier transfer.
         }
-        tracing::warn!(id = %self.id, peer = %from, %index, ?reason, "snapshot refused: sending it again");
-        transfer.restart();
-        self.send_snapshot_chunks(from);
-        Ok(())
+        Ok(transfer)
     }
 
     /// A follower reports how much of a snapshot it has written.
@@ -208,16 +221,7 @@ impl<S: Storage> Raft<S> {
         next_offset: u64,
         gap: bool,
     ) -> Result<(), StepError> {
-        if !self.is_leader() {
-            return Err(StepError::Unexpected);
-        }
-        let progress = self.progress.get_mut(&from).ok_or(StepError::UnknownPeer(from))?;
-        progress.recent_active = true;
-        let Some(transfer) = progress.snapshot.as_mut() else { return Err(StepError::Unexpected) };
-        if transfer.meta.index != index || transfer.meta.term != term {
-            return Err(StepError::Unexpected); // About an earlier transfer.
-        }
-        transfer.on_report(next_offset, gap);
+        self.transfer_answered(from, index, term)?.on_report(next_offset, gap);
         self.send_snapshot_chunks(from);
         Ok(())
     }
