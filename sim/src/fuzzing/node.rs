@@ -2,7 +2,9 @@
 //! crate's contract (persist in output order, send `messages_after_persist` only after the
 //! persist, report durability) but lets the fuzzer decide when writes complete and when the node
 //! crashes. Peers are imaginary: the fuzzer writes their messages, from any id (the node itself
-//! and strangers included), in any term, about any index.
+//! and strangers included), in any term, about any index. Time arrives as whole ticks, as the
+//! clock alone (`advance_clock`, a driver catching up after a stall) or as the timers alone
+//! (`tick_timers`, a driver that ran its timers without the clock), in any mix.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -148,6 +150,10 @@ enum Input {
     /// Power loss: everything not yet persisted is lost; the node restarts from its store.
     Restart,
     TakeOutput,
+    /// The clock alone moves (a stalled or paused driver catching up): `n % 40` ticks.
+    AdvanceClock(u8),
+    /// The timers alone run (a driver whose timers ran ahead of its clock): `n % 40` times.
+    TickTimers(u8),
 }
 
 /// A write handed to the disk and not yet durable, with the messages that wait for it.
@@ -264,6 +270,14 @@ impl Harness {
             Input::Snapshot => self.snapshot(),
             Input::Restart => self.restart(),
             Input::TakeOutput => self.take_output(),
+            Input::AdvanceClock(count) => {
+                self.take_output();
+                self.raft.advance_clock(u64::from(count % TICKS_PER_INPUT_MAX));
+            }
+            Input::TickTimers(count) => (0..count % TICKS_PER_INPUT_MAX).for_each(|_| {
+                self.take_output();
+                self.raft.tick_timers();
+            }),
         }
     }
 
