@@ -1,52 +1,183 @@
 //! Roles, terms, timers and votes: Raft §5.2 and §5.4.1, plus pre-vote, leader stickiness and
 //! check-quorum (thesis §9.6 and §6.2).
 
+use std::collections::BTreeMap;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::RngCore;
+
 use crate::error::StepError;
-use crate::message::{Message, MessageBody};
+use crate::message::MessageBody;
 use crate::quorum::{self, VoteResult};
 use crate::raft::{Raft, Role};
 use crate::storage::Storage;
-use crate::types::{Entry, EntryPayload, NodeId, Term};
+use crate::types::{Entry, EntryPayload, Membership, NodeId, Term};
+
+/// The election state of one node: the votes of the current round and the timers that decide
+/// when to campaign (followers, candidates) or to send heartbeats and check the quorum
+/// (leaders). Only this module changes it; [`Raft`] asks it questions and tells it what
+/// happened.
+pub(crate) struct Election {
+    /// Votes (or pre-votes) received in the current round, by voter.
+    votes: BTreeMap<NodeId, bool>,
+    /// Timer ticks toward an election (followers, candidates) or toward the next check-quorum
+    /// round (leaders).
+    elapsed: u32,
+    /// Leader: timer ticks since the last heartbeat round.
+    heartbeat_elapsed: u32,
+    /// The election timeout drawn for this round, in `[election_ticks, 2 * election_ticks)`.
+    randomized_ticks: u32,
+    /// The clock when the count toward an election last restarted: a follower trusts its leader
+    /// (and refuses to vote or campaign) until `election_ticks` later by the clock.
+    restarted_at: u64,
+    /// Draws the randomized timeouts; seeded from the options, so runs replay.
+    rng: ChaCha8Rng,
+}
+
+/// Where a node's count toward an election stands; kept across a step down that must not
+/// delay the node's own campaign (see [`Raft::step_down_keeping_timer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ElectionCount {
+    elapsed: u32,
+    randomized_ticks: u32,
+    restarted_at: u64,
+}
+
+/// What a leader's timer tick made due.
+pub(crate) struct LeaderTimersDue {
+    /// An election timeout passed since the last check of the quorum's activity.
+    pub(crate) quorum_check: bool,
+    /// A heartbeat interval passed since the last round.
+    pub(crate) heartbeat: bool,
+}
+
+impl Election {
+    pub(crate) fn new(rng: ChaCha8Rng, election_ticks: u32) -> Self {
+        Election {
+            votes: BTreeMap::new(),
+            elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_ticks: election_ticks,
+            restarted_at: 0,
+            rng,
+        }
+    }
+
+    /// A new role or round: draws a new timeout, restarts both counts, forgets the votes.
+    pub(crate) fn reset(&mut self, now: u64, election_ticks: u32) {
+        self.votes.clear();
+        self.restart_count(now);
+        self.heartbeat_elapsed = 0;
+        // Uniform in [base, 2*base): the spread is what keeps split votes rare.
+        self.randomized_ticks = election_ticks + (self.rng.next_u64() % u64::from(election_ticks)) as u32;
+        debug_assert!(self.randomized_ticks >= election_ticks && self.randomized_ticks < 2 * election_ticks);
+    }
+
+    /// Restarts the count toward an election, by the timers and by the clock (a leader was heard
+    /// from, or a vote granted).
+    pub(crate) fn restart_count(&mut self, now: u64) {
+        debug_assert!(now >= self.restarted_at, "the clock went back");
+        self.elapsed = 0;
+        self.restarted_at = now;
+    }
+
+    pub(crate) fn count(&self) -> ElectionCount {
+        ElectionCount {
+            elapsed: self.elapsed,
+            randomized_ticks: self.randomized_ticks,
+            restarted_at: self.restarted_at,
+        }
+    }
+
+    pub(crate) fn resume(&mut self, count: ElectionCount) {
+        ElectionCount {
+            elapsed: self.elapsed,
+            randomized_ticks: self.randomized_ticks,
+            restarted_at: self.restarted_at,
+        } = count;
+    }
+
+    /// A follower's or candidate's timer tick: whether its election timeout has passed.
+    pub(crate) fn tick_toward_election(&mut self) -> bool {
+        if self.elapsed < self.randomized_ticks {
+            self.elapsed += 1;
+        }
+        self.elapsed >= self.randomized_ticks
+    }
+
+    /// A leader's timer tick: what it made due. Each due count starts over.
+    pub(crate) fn tick_leader(&mut self, election_ticks: u32, heartbeat_ticks: u32) -> LeaderTimersDue {
+        self.heartbeat_elapsed += 1;
+        self.elapsed += 1;
+        let due = LeaderTimersDue {
+            quorum_check: self.elapsed >= election_ticks,
+            heartbeat: self.heartbeat_elapsed >= heartbeat_ticks,
+        };
+        if due.quorum_check {
+            self.elapsed = 0;
+        }
+        if due.heartbeat {
+            self.heartbeat_elapsed = 0;
+        }
+        due
+    }
+
+    /// Whether `election_ticks` of the clock have not yet passed since the count last restarted:
+    /// the promise of stickiness a follower made to its leader still holds.
+    pub(crate) fn within_timeout_by_clock(&self, now: u64, election_ticks: u32) -> bool {
+        now - self.restarted_at < u64::from(election_ticks)
+    }
+
+    pub(crate) fn randomized_ticks(&self) -> u32 {
+        self.randomized_ticks
+    }
+
+    /// Records `from`'s answer; a voter's first answer in a round is the one that counts.
+    pub(crate) fn record_vote(&mut self, from: NodeId, granted: bool) {
+        self.votes.entry(from).or_insert(granted);
+    }
+
+    pub(crate) fn result(&self, membership: &Membership) -> VoteResult {
+        quorum::membership_vote_result(membership, &self.votes)
+    }
+
+    /// Whether a voter other than `me` granted its vote in this round.
+    pub(crate) fn granted_by_another(&self, me: NodeId) -> bool {
+        self.votes.iter().any(|(&id, &granted)| granted && id != me)
+    }
+
+    pub(crate) fn check_invariants(&self, now: u64, election_ticks: u32) {
+        assert!(self.elapsed <= self.randomized_ticks.max(election_ticks), "election count past its timeout");
+        assert!(self.restarted_at <= now, "the election timer restarted in the future");
+    }
+}
 
 impl<S: Storage> Raft<S> {
     pub(crate) fn tick_election(&mut self) {
-        if self.election_elapsed < self.randomized_election_ticks {
-            self.election_elapsed += 1;
-        }
+        let timed_out = self.election.tick_toward_election();
         // The timers may have run ahead of the clock (a driver catching up after a stall):
         // a follower that still owes its leader stickiness by the clock waits for it, or it
         // would vote for itself inside a lease the leader is serving reads under.
-        if self.election_elapsed >= self.randomized_election_ticks && self.is_promotable() && !self.in_lease() {
+        if timed_out && self.is_promotable() && !self.in_lease() {
             self.start_election();
         }
     }
 
     pub(crate) fn tick_leader(&mut self) {
-        self.heartbeat_elapsed += 1;
-        self.election_elapsed += 1;
-        if self.election_elapsed >= self.options.election_ticks() {
-            self.election_elapsed = 0;
-            if self.options.check_quorum() && !self.quorum_recently_active() {
+        let due = self.election.tick_leader(self.options.election_ticks(), self.options.heartbeat_ticks());
+        if due.quorum_check {
+            let active = self.tracker.recently_active_quorum(self.memberships.current(), self.id);
+            if self.options.check_quorum() && !active {
                 tracing::info!(id = %self.id, term = %self.term, "no quorum heard: stepping down");
                 self.become_follower(self.term, None);
                 return;
             }
-            for progress in self.progress.values_mut() {
-                progress.recent_active = false;
-            }
+            self.tracker.forget_activity();
         }
         self.tick_transfer();
-        if self.heartbeat_elapsed >= self.options.heartbeat_ticks() {
-            self.heartbeat_elapsed = 0;
+        if due.heartbeat {
             self.broadcast_heartbeat();
         }
-    }
-
-    fn quorum_recently_active(&self) -> bool {
-        let mut active: std::collections::BTreeSet<NodeId> =
-            self.progress.iter().filter(|(_, p)| p.recent_active).map(|(&id, _)| id).collect();
-        active.insert(self.id);
-        quorum::membership_is_quorum(&self.membership, &active)
     }
 
     /// Whether this node may campaign: only voters lead, and not with a committed membership
@@ -62,7 +193,10 @@ impl<S: Storage> Raft<S> {
     pub(crate) fn in_lease(&self) -> bool {
         match self.role {
             Role::Leader => true,
-            _ => self.leader.is_some() && self.ticks - self.timer_reset_at < u64::from(self.options.election_ticks()),
+            _ => {
+                self.leader.is_some()
+                    && self.election.within_timeout_by_clock(self.ticks, self.options.election_ticks())
+            }
         }
     }
 
@@ -91,7 +225,7 @@ impl<S: Storage> Raft<S> {
 
     fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
         let term = if pre_vote { self.term.next() } else { self.term };
-        self.votes.insert(self.id, true);
+        self.election.record_vote(self.id, true);
         if self.tally_votes(pre_vote) {
             return;
         }
@@ -101,7 +235,8 @@ impl<S: Storage> Raft<S> {
             self.become_follower(self.term, None);
             return;
         };
-        let peers: Vec<NodeId> = self.membership.all_voters().into_iter().filter(|&id| id != self.id).collect();
+        let peers: Vec<NodeId> =
+            self.memberships.current().all_voters().into_iter().filter(|&id| id != self.id).collect();
         for peer in peers {
             self.send(peer, term, MessageBody::VoteRequest { pre_vote, last_log_index, last_log_term, transfer });
         }
@@ -109,7 +244,7 @@ impl<S: Storage> Raft<S> {
 
     /// Counts the votes so far and acts on a decision; returns whether the election ended.
     fn tally_votes(&mut self, pre_vote: bool) -> bool {
-        match quorum::membership_vote_result(&self.membership, &self.votes) {
+        match self.election.result(self.memberships.current()) {
             VoteResult::Won if pre_vote => {
                 self.become_candidate();
                 self.request_votes(false, false);
@@ -157,7 +292,7 @@ impl<S: Storage> Raft<S> {
     fn become_leader(&mut self) {
         // Other voters only saw our request after our term and vote were durable; a lone voter
         // wins before that, and must not hand out (index, term) pairs that a crash could reuse.
-        if self.votes.iter().any(|(&id, &granted)| granted && id != self.id) {
+        if self.election.granted_by_another(self.id) {
             self.durable_term = self.term;
         }
         self.role = Role::Leader;
@@ -169,165 +304,30 @@ impl<S: Storage> Raft<S> {
         // when no client writes (§5.4.2: earlier terms' entries commit only beneath one).
         let noop = Entry { term: self.term, index: next, payload: EntryPayload::Noop };
         self.append_to_log(vec![noop]);
-        self.broadcast_pending = true;
+        self.tracker.schedule_broadcast();
         tracing::info!(id = %self.id, term = %self.term, "became leader");
     }
 
     fn clear_election_and_leader_state(&mut self) {
-        self.votes.clear();
-        self.progress.clear();
-        self.uncommitted.clear();
-        self.uncommitted_bytes = 0;
-        self.broadcast_pending = false;
-        self.incoming_snapshot = None;
+        self.tracker.clear();
+        self.receiver.abandon();
         self.transfer = None;
         self.abandon_reads();
-        self.reset_election_timer();
+        self.election.reset(self.ticks, self.options.election_ticks());
     }
 
-    /// Validates and dispatches one message.
-    pub(crate) fn step_message(&mut self, m: Message) -> Result<(), StepError> {
-        if m.to != self.id {
-            return Err(StepError::NotAddressedToUs { to: m.to });
-        }
-        if m.from == self.id {
-            return Err(StepError::FromSelf);
-        }
-        let fresh_refusal = matches!(m.body, MessageBody::VoteResponse { pre_vote: true, granted: false });
-        if m.term == Term(0) && !fresh_refusal {
-            return Err(StepError::Malformed(crate::error::Malformed::TermZero));
-        }
-        // A malformed message is refused before it can move our term, role or leader.
-        match &m.body {
-            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, .. } => {
-                crate::replication::validate_entries(m.term, *prev_log_index, *prev_log_term, entries)?;
-            }
-            MessageBody::InstallSnapshot { meta, offset, data, .. } => {
-                let limit = self.options.snapshot_chunk_bytes_max();
-                crate::snapshot::validate_chunk(m.term, meta, *offset, data, limit)?;
-                self.check_snapshot_against_committed(meta)?;
-            }
-            _ => {}
-        }
-        if m.term > self.term {
-            self.on_higher_term(&m)?;
-        } else if m.term < self.term {
-            return self.on_lower_term(&m);
-        }
-        match m.body {
-            MessageBody::VoteRequest { pre_vote, last_log_index, last_log_term, .. } => {
-                self.on_vote_request(m.from, m.term, pre_vote, last_log_index, last_log_term)
-            }
-            MessageBody::TimeoutNow => {
-                self.on_timeout_now();
-                Ok(())
-            }
-            MessageBody::VoteResponse { pre_vote, granted } => self.on_vote_response(m.from, m.term, pre_vote, granted),
-            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit } => {
-                self.accept_leader(m.from)?;
-                self.on_append_entries(m.from, prev_log_index, prev_log_term, entries, commit)
-            }
-            MessageBody::Heartbeat { commit, round } => {
-                self.accept_leader(m.from)?;
-                self.on_heartbeat(m.from, commit, round);
-                Ok(())
-            }
-            MessageBody::InstallSnapshot { meta, offset, data, done, chunk_crc32 } => {
-                self.accept_leader(m.from)?;
-                let chunk = crate::snapshot::ChunkIn { meta, offset, data, done, chunk_crc32 };
-                self.on_install_snapshot(m.from, chunk)
-            }
-            MessageBody::AppendResponse(result) => self.on_append_response(m.from, result),
-            MessageBody::HeartbeatResponse { round } => self.on_heartbeat_response(m.from, round),
-            MessageBody::ReadIndexRequest { request, mode } => {
-                self.on_read_index_request(m.from, request, mode);
-                Ok(())
-            }
-            MessageBody::ReadIndexResponse { request, index } => {
-                self.on_read_index_response(m.from, request, index);
-                Ok(())
-            }
-            MessageBody::SnapshotResponse { index, term, next_offset, gap } => {
-                self.on_snapshot_response(m.from, index, term, next_offset, gap)
-            }
-            MessageBody::SnapshotRefused { index, term, reason } => {
-                self.on_snapshot_refused(m.from, index, term, reason)
-            }
-        }
+    /// Steps down to follower in `term` without restarting the count toward our own election:
+    /// learning a later term from someone else must not delay a viable candidate (Raft §5.2:
+    /// only granting a vote or hearing a leader restarts the timer). Otherwise a node with a
+    /// fast clock and a stale log, or a hopeless candidate that keeps raising the term, could
+    /// keep an up-to-date node from ever campaigning.
+    pub(crate) fn step_down_keeping_timer(&mut self, term: Term) {
+        let count = self.election.count();
+        self.become_follower(term, None);
+        self.election.resume(count);
     }
 
-    /// A message from a later term. Returns `Err` if the message must be dropped unanswered.
-    fn on_higher_term(&mut self, m: &Message) -> Result<(), StepError> {
-        match &m.body {
-            MessageBody::VoteRequest { pre_vote, transfer, .. } => {
-                if self.in_lease() && !transfer {
-                    return Err(StepError::LeaderSticky { leader: self.leader });
-                }
-                if !pre_vote {
-                    // Step down but keep counting toward our own election: only granting the
-                    // vote restarts the timer (Raft §5.2). Otherwise a node with a fast clock and
-                    // a stale log could keep an up-to-date node from ever campaigning.
-                    let timer = (self.election_elapsed, self.randomized_election_ticks, self.timer_reset_at);
-                    self.become_follower(m.term, None);
-                    (self.election_elapsed, self.randomized_election_ticks, self.timer_reset_at) = timer;
-                }
-            }
-            // A granted pre-vote carries the term we would campaign in: no term change.
-            MessageBody::VoteResponse { pre_vote: true, granted: true } => {}
-            body if body.is_from_leader() => self.become_follower(m.term, Some(m.from)),
-            _ => {
-                // Learning a later term from a refusal or an answer: step down, but keep counting
-                // toward our own election, for the same reason as above. Otherwise a hopeless
-                // candidate that keeps raising the term keeps resetting a viable one's timer.
-                let timer = (self.election_elapsed, self.randomized_election_ticks, self.timer_reset_at);
-                self.become_follower(m.term, None);
-                (self.election_elapsed, self.randomized_election_ticks, self.timer_reset_at) = timer;
-            }
-        }
-        Ok(())
-    }
-
-    /// A message from an earlier term: answer a stale leader, candidate or pre-candidate with our
-    /// term so it learns of it (Raft §5.1; etcd#8243 for pre-vote), drop everything else.
-    fn on_lower_term(&mut self, m: &Message) -> Result<(), StepError> {
-        match m.body {
-            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
-                self.send(m.from, self.term, MessageBody::HeartbeatResponse { round: 0 });
-            }
-            // A stale candidate may hear from nobody else: with diverged memberships its only
-            // peer can be a node that itself campaigns towards others and never sends to it.
-            // Unanswered, it campaigns below our term forever and no leader is elected
-            // (simulator seed 131265). The refusal changes nothing here; only the candidate moves up.
-            MessageBody::VoteRequest { pre_vote, .. } => {
-                self.send(m.from, self.term, MessageBody::VoteResponse { pre_vote, granted: false });
-            }
-            // A follower behind on terms (removed, or cut off) would wait for an answer forever:
-            // refuse with our term, so it learns the term and fails its read.
-            MessageBody::ReadIndexRequest { request, .. } => {
-                self.send(m.from, self.term, MessageBody::ReadIndexResponse { request, index: None });
-            }
-            _ => {}
-        }
-        Err(StepError::StaleTerm { message_term: m.term, current_term: self.term })
-    }
-
-    /// An append or heartbeat for our term: its sender is the leader of the term.
-    fn accept_leader(&mut self, from: NodeId) -> Result<(), StepError> {
-        match self.role {
-            Role::Leader => Err(StepError::Malformed(crate::error::Malformed::SecondLeader(from))),
-            Role::PreCandidate | Role::Candidate => {
-                self.become_follower(self.term, Some(from));
-                Ok(())
-            }
-            Role::Follower => {
-                self.leader = Some(from);
-                self.restart_election_count();
-                Ok(())
-            }
-        }
-    }
-
-    fn on_vote_request(
+    pub(crate) fn on_vote_request(
         &mut self,
         from: NodeId,
         term: Term,
@@ -341,7 +341,7 @@ impl<S: Storage> Raft<S> {
         if can_vote && self.candidate_up_to_date(last_log_index, last_log_term)? {
             if !pre_vote {
                 self.vote = Some(from);
-                self.restart_election_count();
+                self.election.restart_count(self.ticks);
             }
             // The answer carries the request's term, so a pre-candidate can count it (etcd#8243).
             self.send(from, term, MessageBody::VoteResponse { pre_vote, granted: true });
@@ -359,7 +359,13 @@ impl<S: Storage> Raft<S> {
         Ok(self.log.is_up_to_date(last_log_index, last_log_term)?)
     }
 
-    fn on_vote_response(&mut self, from: NodeId, term: Term, pre_vote: bool, granted: bool) -> Result<(), StepError> {
+    pub(crate) fn on_vote_response(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        pre_vote: bool,
+        granted: bool,
+    ) -> Result<(), StepError> {
         let expected = match (self.role, pre_vote) {
             (Role::PreCandidate, true) => (granted && term == self.term.next()) || (!granted && term == self.term),
             (Role::Candidate, false) => term == self.term,
@@ -368,10 +374,10 @@ impl<S: Storage> Raft<S> {
         if !expected {
             return Err(StepError::Unexpected);
         }
-        if !self.membership.is_voter(from) {
+        if !self.memberships.current().is_voter(from) {
             return Err(StepError::UnknownPeer(from));
         }
-        self.votes.entry(from).or_insert(granted);
+        self.election.record_vote(from, granted);
         self.tally_votes(pre_vote);
         Ok(())
     }

@@ -132,7 +132,9 @@ mod raft;
 mod read;
 mod replication;
 mod snapshot;
+mod step;
 mod storage;
+mod tracker;
 mod transfer;
 mod types;
 

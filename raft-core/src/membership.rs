@@ -89,6 +89,75 @@ pub fn first_step(current: &Membership, target: &Membership) -> Membership {
     }
 }
 
+/// The memberships in a node's log, oldest first: the base (the snapshot's, or the initial one),
+/// then each membership entry after it. The latest is the one in force, whether committed or
+/// not. Never empty.
+#[derive(Clone, Debug)]
+pub(crate) struct MembershipHistory {
+    history: Vec<(Index, Membership)>,
+}
+
+impl MembershipHistory {
+    /// A history holding only the base membership, in force from `index` (the snapshot's index,
+    /// or 0 for the initial membership).
+    pub(crate) fn new(index: Index, base: Membership) -> Self {
+        MembershipHistory { history: vec![(index, base)] }
+    }
+
+    /// The membership in force: the latest in the log.
+    pub(crate) fn current(&self) -> &Membership {
+        // Invariant: never empty (built with a base; `replace_from` keeps the base).
+        &self.history.last().expect("the history always holds its base").1
+    }
+
+    /// The index of the entry of the membership in force (or of the snapshot that holds it).
+    pub(crate) fn current_index(&self) -> Index {
+        self.history.last().map_or(Index(0), |&(index, _)| index)
+    }
+
+    fn base_index(&self) -> Index {
+        self.history.first().map_or(Index(0), |&(index, _)| index)
+    }
+
+    /// The membership in force at `index` (the base for indexes at or below it).
+    pub(crate) fn at(&self, index: Index) -> &Membership {
+        let found = self.history.iter().rev().find(|&&(at, _)| at <= index);
+        &found.or(self.history.first()).expect("the history always holds its base").1
+    }
+
+    /// Whether a membership entry lies in `(applied, committed]`: committed, not yet applied.
+    pub(crate) fn changed_between(&self, applied: Index, committed: Index) -> bool {
+        self.history.iter().any(|&(index, _)| index > applied && index <= committed)
+    }
+
+    /// The log's entries from `first` on were replaced by entries carrying `carried`: the
+    /// memberships of replaced entries go, the carried ones come. Returns whether the history
+    /// changed (if not, neither did the membership in force, the cheap common case).
+    pub(crate) fn replace_from(&mut self, first: Index, carried: Vec<(Index, Membership)>) -> bool {
+        let base = self.base_index();
+        let replaces = self.history.iter().any(|&(index, _)| index >= first && index != base);
+        if !replaces && carried.is_empty() {
+            return false;
+        }
+        debug_assert!(carried.windows(2).all(|w| w[0].0 < w[1].0), "carried memberships out of order");
+        debug_assert!(carried.first().is_none_or(|&(index, _)| index >= first), "carried before the append");
+        self.history.retain(|&(index, _)| index < first || index == base);
+        self.history.extend(carried);
+        true
+    }
+
+    /// Adds a membership entry at `index`, after every other (start-up only).
+    fn push(&mut self, index: Index, membership: Membership) {
+        debug_assert!(index > self.current_index(), "memberships pushed out of order");
+        self.history.push((index, membership));
+    }
+
+    pub(crate) fn check_invariants(&self) {
+        assert!(!self.history.is_empty(), "membership history lost its base");
+        assert!(self.history.windows(2).all(|w| w[0].0 < w[1].0), "membership history out of order");
+    }
+}
+
 impl<S: Storage> Raft<S> {
     /// Proposes membership `changes` (applied together). A change of voters goes through a joint
     /// configuration that the leader leaves automatically; the returned index is the first entry.
@@ -108,11 +177,12 @@ impl<S: Storage> Raft<S> {
         if !self.committed_in_own_term() {
             return Err(MembershipError::TermNotCommitted);
         }
-        if self.membership.is_joint() || self.latest_config_index() > self.log.committed {
+        let current = self.memberships.current();
+        if current.is_joint() || self.memberships.current_index() > self.log.committed {
             return Err(MembershipError::ChangeInProgress);
         }
-        let target = apply_changes(&self.membership, changes)?;
-        let entry = first_step(&self.membership, &target);
+        let target = apply_changes(current, changes)?;
+        let entry = first_step(current, &target);
         Ok(self.append_membership(entry))
     }
 
@@ -120,103 +190,48 @@ impl<S: Storage> Raft<S> {
         let index = self.log.last_index().next();
         let entry = Entry { term: self.term, index, payload: EntryPayload::Membership(membership) };
         self.append_to_log(vec![entry]);
-        self.broadcast_pending = true;
+        self.tracker.schedule_broadcast();
         index
     }
 
-    /// Appends a leader's own new entry (at the last index + 1) to the log, moving it there: it
-    /// replaces nothing, so unless it carries a membership the memberships are unchanged.
-    pub(crate) fn append_proposal_to_log(&mut self, entry: Entry) {
-        if matches!(entry.payload, EntryPayload::Membership(_)) {
-            self.append_to_log(vec![entry]);
-        } else {
-            self.log.push(entry);
-        }
-    }
-
-    /// Appends `entries` to the log, moving them there (a follower's come out of the leader's
-    /// message: cloning them cost a copy of every entry), and takes up any membership they carry.
-    pub(crate) fn append_to_log(&mut self, mut entries: Vec<Entry>) {
-        let Some(first) = entries.first().map(|e| e.index) else { return };
-        // Taken before the entries move into the log; none in the common case (no allocation).
-        let carried: Vec<(Index, Membership)> = entries
-            .iter()
-            .filter_map(|entry| match &entry.payload {
-                EntryPayload::Membership(membership) => Some((entry.index, membership.clone())),
-                _ => None,
-            })
-            .collect();
-        self.log.append(&mut entries);
-        // Memberships from replaced entries are gone with them.
-        let base = self.configs_base();
-        let replaces_config = self.configs.iter().any(|&(index, _)| index >= first && index != base);
-        if !replaces_config && carried.is_empty() {
-            // The memberships in the log are unchanged, and so is the one in force (it is the
-            // latest in the log, an invariant): skip the clone and compare below, which cost
-            // allocations on every proposal and every append.
-            return;
-        }
-        let before = self.membership.clone();
-        self.configs.retain(|&(index, _)| index < first || index == base);
-        self.configs.extend(carried);
-        self.adopt_latest_membership(before);
-    }
-
-    fn configs_base(&self) -> Index {
-        self.configs.first().map_or(Index(0), |&(index, _)| index)
-    }
-
-    /// Makes the latest membership in the log the one in force.
-    pub(crate) fn adopt_latest_membership(&mut self, before: Membership) {
-        if let Some((_, latest)) = self.configs.last() {
-            self.membership = latest.clone();
-        }
-        if self.membership != before && self.role == Role::Leader {
+    /// Makes the latest membership in the log the one in force: a leader then tracks exactly the
+    /// new members, and reads re-count their quorum.
+    pub(crate) fn on_membership_changed(&mut self, before: &Membership) {
+        if self.memberships.current() != before && self.role == Role::Leader {
             self.sync_progress_with_membership();
             self.recheck_reads();
         }
     }
 
-    /// The index of the entry of the membership in force (or of the snapshot that holds it).
-    pub(crate) fn latest_config_index(&self) -> Index {
-        self.configs.last().map_or(Index(0), |&(index, _)| index)
-    }
-
     /// The membership in force at `index`.
     pub(crate) fn membership_at(&self, index: Index) -> Membership {
-        let found = self.configs.iter().rev().find(|&&(at, _)| at <= index);
-        found.or(self.configs.first()).map_or_else(|| self.membership.clone(), |(_, m)| m.clone())
+        self.memberships.at(index).clone()
     }
 
     /// Whether a committed membership change is not applied yet: such a node must not campaign
     /// (etcd-io/raft#469; via leadership transfer too, raft-rs#221).
     pub(crate) fn has_unapplied_committed_change(&self) -> bool {
-        self.configs.iter().any(|&(index, _)| index > self.log.applied && index <= self.log.committed)
+        self.memberships.changed_between(self.log.applied, self.log.committed)
     }
 
     /// A leader tracks exactly the other members.
     pub(crate) fn sync_progress_with_membership(&mut self) {
-        let members = self.membership.members();
-        self.progress.retain(|id, _| members.contains(id));
+        let members = self.memberships.current().members();
         let next = self.log.last_index().next();
-        let window = self.options.inflight_messages_max();
-        for id in members {
-            if id != self.id {
-                self.progress.entry(id).or_insert_with(|| crate::progress::Progress::new(next, window));
-            }
-        }
+        self.tracker.track_exactly(&members, self.id, next, self.options.inflight_messages_max());
     }
 
     /// After the commit index moved: leave a committed joint configuration, and step down once
     /// a membership without us as voter has committed.
     pub(crate) fn after_commit_membership(&mut self) {
-        if self.role != Role::Leader || self.latest_config_index() > self.log.committed {
+        if self.role != Role::Leader || self.memberships.current_index() > self.log.committed {
             return;
         }
-        if self.membership.is_joint() && self.committed_in_own_term() {
-            let leave = Membership { voters_outgoing: Default::default(), ..self.membership.clone() };
+        let current = self.memberships.current();
+        if current.is_joint() && self.committed_in_own_term() {
+            let leave = Membership { voters_outgoing: Default::default(), ..current.clone() };
             self.append_membership(leave);
-        } else if !self.membership.is_voter(self.id) {
+        } else if !current.is_voter(self.id) {
             tracing::info!(id = %self.id, term = %self.term, "removed from the voters: stepping down");
             self.become_follower(self.term, None);
         }
@@ -224,21 +239,18 @@ impl<S: Storage> Raft<S> {
 
     /// Rebuilds the membership history from storage at start-up: the base (the snapshot's, or
     /// the initial one) and every membership entry after it.
-    pub(crate) fn load_configs(&mut self, base: (Index, Membership)) -> Result<(), StorageError> {
-        self.configs = vec![base];
-        let (mut next, last) = (self.configs_base().next().max(self.log.first_index()?), self.log.last_index());
+    pub(crate) fn load_memberships(&mut self, base: (Index, Membership)) -> Result<(), StorageError> {
+        self.memberships = MembershipHistory::new(base.0, base.1);
+        let (mut next, last) = (base.0.next().max(self.log.first_index()?), self.log.last_index());
         while next <= last {
             let entries = self.log.entries(next, last.next(), self.options.apply_bytes_max(), usize::MAX)?;
             let Some(end) = entries.last().map(|e| e.index) else { break };
             for entry in entries {
                 if let EntryPayload::Membership(membership) = entry.payload {
-                    self.configs.push((entry.index, membership));
+                    self.memberships.push(entry.index, membership);
                 }
             }
             next = end.next();
-        }
-        if let Some((_, latest)) = self.configs.last() {
-            self.membership = latest.clone();
         }
         Ok(())
     }
@@ -249,7 +261,8 @@ impl<S: Storage> Raft<S> {
     /// replicating it: the remaining voters, still joint, may need its vote and cannot get it (its
     /// log is ahead), so it must be able to lead again, replicate the entry, and step down.
     pub(crate) fn may_campaign(&self) -> bool {
-        let voter = self.membership.is_voter(self.id) || self.membership_at(self.log.committed).is_voter(self.id);
+        let voter =
+            self.memberships.current().is_voter(self.id) || self.memberships.at(self.log.committed).is_voter(self.id);
         voter && !self.has_unapplied_committed_change()
     }
 }

@@ -1,20 +1,23 @@
 //! The Raft node: its state, its public inputs, and the output batch. Elections live in
 //! `election.rs`, replication in `replication.rs`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use crate::election::Election;
 use crate::error::{ProposeError, StepError};
 use crate::log::RaftLog;
+use crate::membership::MembershipHistory;
 use crate::message::{Message, MessageBody};
 use crate::options::Options;
 use crate::progress::{Progress, ProgressState};
 use crate::read::{ReadState, Reads};
-use crate::snapshot::{IncomingSnapshot, ReceivedChunk};
+use crate::snapshot::{ReceivedChunk, SnapshotReceiver};
 use crate::storage::{Storage, StorageError};
+use crate::tracker::Tracker;
 use crate::types::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
 
 /// The role a node plays in its current term.
@@ -106,51 +109,68 @@ pub struct Status {
     pub transfer_target: Option<NodeId>,
 }
 
+/// Messages waiting for the next output: those that may leave at once, and those that wait
+/// until the output's writes are durable.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    now: Vec<Message>,
+    after_persist: Vec<Message>,
+}
+
+impl Outbox {
+    fn push(&mut self, message: Message, immediate: bool) {
+        if immediate {
+            self.now.push(message);
+        } else {
+            self.after_persist.push(message);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.now.is_empty() && self.after_persist.is_empty()
+    }
+
+    /// Moves the messages into `output`.
+    fn take_into(&mut self, output: &mut Output) {
+        output.messages = std::mem::take(&mut self.now);
+        output.messages_after_persist = std::mem::take(&mut self.after_persist);
+    }
+}
+
 /// One Raft node as a deterministic state machine. See the crate docs for how to drive it.
+///
+/// The node composes owners, each changing only its own state: the log ([`RaftLog`]: entries,
+/// the stable/unstable boundary, pending writes, commit and apply), the membership history,
+/// the election state and timers, the leader's replication tracker, the read queue and lease,
+/// the follower's side of snapshot transfer, and a leadership transfer. `Raft` holds what is
+/// the node's own (id, term, vote, role, leader, clock), dispatches each message in one place
+/// (`step.rs`), and lets the owners talk through it.
 pub struct Raft<S: Storage> {
     pub(crate) id: NodeId,
     pub(crate) options: Options,
-    pub(crate) rng: ChaCha8Rng,
     pub(crate) term: Term,
     pub(crate) vote: Option<NodeId>,
     pub(crate) role: Role,
     pub(crate) leader: Option<NodeId>,
-    pub(crate) membership: Membership,
-    pub(crate) log: RaftLog<S>,
-    pub(crate) election_elapsed: u32,
-    pub(crate) heartbeat_elapsed: u32,
-    pub(crate) randomized_election_ticks: u32,
-    /// Votes (or pre-votes) received in the current election, by voter.
-    pub(crate) votes: BTreeMap<NodeId, bool>,
-    /// Per-follower progress; non-empty only on a leader.
-    pub(crate) progress: BTreeMap<NodeId, Progress>,
-    /// Sizes of this leader's proposals not yet committed, by index.
-    pub(crate) uncommitted: VecDeque<(Index, u64)>,
-    pub(crate) uncommitted_bytes: u64,
-    /// A leader has new entries to send to every follower at the next output.
-    pub(crate) broadcast_pending: bool,
     /// The latest term known to be durable in storage.
     pub(crate) durable_term: Term,
-    pub(crate) messages: Vec<Message>,
-    pub(crate) messages_after_persist: Vec<Message>,
-    /// The snapshot being received from the leader (followers only).
-    pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
-    /// Received chunks not yet handed to the driver.
-    pub(crate) snapshot_chunks: Vec<ReceivedChunk>,
-    /// Reads waiting or done.
-    pub(crate) reads: Reads,
     /// The clock: ticks of time since this node started, advanced by [`Raft::tick`] and
     /// [`Raft::advance_clock`]. Every promise about time is judged by it (a leader's lease, a
-    /// follower's stickiness to its leader); the timers above only decide when to act.
+    /// follower's stickiness to its leader); the timers only decide when to act.
     pub(crate) ticks: u64,
-    /// The clock when the election timer last restarted: a follower trusts its leader (and
-    /// refuses to vote or campaign) until `election_ticks` later by the clock.
-    pub(crate) timer_reset_at: u64,
-    /// Memberships in the log, oldest first: the base (the snapshot's, or the initial one),
-    /// then each membership entry after it. The last one is in force.
-    pub(crate) configs: Vec<(Index, Membership)>,
+    pub(crate) log: RaftLog<S>,
+    /// The memberships in the log; the latest is in force.
+    pub(crate) memberships: MembershipHistory,
+    pub(crate) election: Election,
+    /// The leader's view of its followers; empty on other nodes.
+    pub(crate) tracker: Tracker,
+    /// Reads waiting or done.
+    pub(crate) reads: Reads,
+    /// The snapshot being received from the leader (followers only).
+    pub(crate) receiver: SnapshotReceiver,
     /// A leadership transfer in progress (leaders only).
     pub(crate) transfer: Option<crate::transfer::Transfer>,
+    pub(crate) outbox: Outbox,
     /// A failure of our own storage found while the node worked (a damaged snapshot read back
     /// for sending): the driver must stop the node; `take_output` returns it.
     pub(crate) storage_failure: Option<StorageError>,
@@ -169,45 +189,35 @@ impl<S: Storage> Raft<S> {
         let mut rng = ChaCha8Rng::seed_from_u64(options.rng_seed());
         let reads = Reads::numbered_from(rng.next_u64());
         let soft = SoftState { role: Role::Follower, term: hard_state.term, leader: None };
-        let mut raft = Raft {
-            id,
-            rng,
-            term: hard_state.term,
-            vote: hard_state.vote,
-            role: Role::Follower,
-            leader: None,
-            membership: initial.membership.clone(),
-            election_elapsed: 0,
-            heartbeat_elapsed: 0,
-            randomized_election_ticks: options.election_ticks(),
-            options,
-            log,
-            votes: BTreeMap::new(),
-            progress: BTreeMap::new(),
-            uncommitted: VecDeque::new(),
-            uncommitted_bytes: 0,
-            broadcast_pending: false,
-            durable_term: hard_state.term,
-            messages: Vec::new(),
-            messages_after_persist: Vec::new(),
-            incoming_snapshot: None,
-            snapshot_chunks: Vec::new(),
-            reads,
-            ticks: 0,
-            timer_reset_at: 0,
-            configs: Vec::new(),
-            transfer: None,
-            storage_failure: None,
-            last_hard_state: hard_state,
-            last_soft_state: soft,
-        };
         let base = if initial.snapshot.exists() {
             (initial.snapshot.index, initial.snapshot.membership.clone())
         } else {
             (Index(0), initial.membership.clone())
         };
-        raft.load_configs(base)?;
-        raft.reset_election_timer();
+        let election_ticks = options.election_ticks();
+        let mut raft = Raft {
+            id,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            durable_term: hard_state.term,
+            ticks: 0,
+            memberships: MembershipHistory::new(base.0, base.1.clone()),
+            election: Election::new(rng, election_ticks),
+            options,
+            log,
+            tracker: Tracker::default(),
+            reads,
+            receiver: SnapshotReceiver::default(),
+            transfer: None,
+            outbox: Outbox::default(),
+            storage_failure: None,
+            last_hard_state: hard_state,
+            last_soft_state: soft,
+        };
+        raft.load_memberships(base)?;
+        raft.election.reset(raft.ticks, election_ticks);
         raft.after_input();
         Ok(raft)
     }
@@ -238,7 +248,7 @@ impl<S: Storage> Raft<S> {
     }
     /// The current membership.
     pub fn membership(&self) -> &Membership {
-        &self.membership
+        self.memberships.current()
     }
     /// The options this node runs with.
     pub fn options(&self) -> &Options {
@@ -246,7 +256,7 @@ impl<S: Storage> Raft<S> {
     }
     /// The election timeout drawn for the current round, in ticks.
     pub fn randomized_election_ticks(&self) -> u32 {
-        self.randomized_election_ticks
+        self.election.randomized_ticks()
     }
     /// Read access to the storage.
     pub fn storage(&self) -> &S {
@@ -267,8 +277,8 @@ impl<S: Storage> Raft<S> {
             applied: self.log.applied,
             last_index: self.log.last_index(),
             stable_last_index: self.log.stable_last_index(),
-            progress: self.progress.clone(),
-            membership: self.membership.clone(),
+            progress: self.tracker.progress(),
+            membership: self.memberships.current().clone(),
             transfer_target: self.transfer.map(|t| t.target),
         }
     }
@@ -354,7 +364,7 @@ impl<S: Storage> Raft<S> {
     /// probes instead; a snapshot transfer to it is abandoned (it restarts, from the latest
     /// snapshot, once the peer answers again).
     pub fn report_unreachable(&mut self, peer: NodeId) {
-        if let Some(progress) = self.progress.get_mut(&peer)
+        if let Some(progress) = self.tracker.get_mut(peer)
             && progress.state != ProgressState::Probe
         {
             progress.become_probe();
@@ -368,11 +378,10 @@ impl<S: Storage> Raft<S> {
             || self.soft_state() != self.last_soft_state
             || self.hard_state() != self.last_hard_state
             || self.log.has_unpersisted()
-            || !self.snapshot_chunks.is_empty()
+            || self.receiver.has_chunks()
             || self.log.has_snapshot_to_install()
-            || self.broadcast_pending
-            || !self.messages.is_empty()
-            || !self.messages_after_persist.is_empty()
+            || self.tracker.broadcast_pending()
+            || !self.outbox.is_empty()
             || self.log.has_committed_to_apply()
             || self.reads.has_output()
             || self.reads.round_wanted
@@ -386,8 +395,7 @@ impl<S: Storage> Raft<S> {
         if let Some(error) = self.storage_failure {
             return Err(error);
         }
-        if self.broadcast_pending {
-            self.broadcast_pending = false;
+        if self.tracker.take_broadcast() {
             self.broadcast_append(false);
         }
         if self.reads.round_wanted && self.role == Role::Leader {
@@ -408,11 +416,10 @@ impl<S: Storage> Raft<S> {
                 output.hard_state = Some(HardState { vote: None, ..hard });
             }
         }
-        output.snapshot_chunks = std::mem::take(&mut self.snapshot_chunks);
+        output.snapshot_chunks = self.receiver.take_chunks();
         output.install_snapshot = self.log.take_snapshot_to_install();
         output.entries = self.log.take_unpersisted();
-        output.messages = std::mem::take(&mut self.messages);
-        output.messages_after_persist = std::mem::take(&mut self.messages_after_persist);
+        self.outbox.take_into(&mut output);
         output.committed = self.log.take_committed(self.options.apply_bytes_max())?;
         self.release_ready_reads();
         output.reads = std::mem::take(&mut self.reads.done);
@@ -432,26 +439,45 @@ impl<S: Storage> Raft<S> {
     /// (the leader's term and vote became durable when it campaigned); everything else waits.
     pub(crate) fn send(&mut self, to: NodeId, term: Term, body: MessageBody) {
         let immediate = self.role == Role::Leader && body.is_from_leader();
-        let message = Message { from: self.id, to, term, body };
-        if immediate {
-            self.messages.push(message);
+        debug_assert!(to != self.id, "a message to ourselves");
+        debug_assert!(!immediate || term == self.term, "a leader message of another term");
+        self.outbox.push(Message { from: self.id, to, term, body }, immediate);
+    }
+
+    /// Appends a leader's own new entry (at the last index + 1) to the log, moving it there: it
+    /// replaces nothing, so unless it carries a membership the memberships are unchanged.
+    pub(crate) fn append_proposal_to_log(&mut self, entry: Entry) {
+        debug_assert_eq!(entry.index, self.log.last_index().next(), "a proposal not at the end of the log");
+        debug_assert_eq!(entry.term, self.term, "a proposal of another term");
+        if matches!(entry.payload, EntryPayload::Membership(_)) {
+            self.append_to_log(vec![entry]);
         } else {
-            self.messages_after_persist.push(message);
+            self.log.push(entry);
         }
     }
 
-    pub(crate) fn reset_election_timer(&mut self) {
-        self.restart_election_count();
-        self.heartbeat_elapsed = 0;
-        let base = self.options.election_ticks();
-        // Uniform in [base, 2*base): the spread is what keeps split votes rare.
-        self.randomized_election_ticks = base + (self.rng.next_u64() % u64::from(base)) as u32;
-    }
-
-    /// Restarts the count toward an election, by the timers and by the clock.
-    pub(crate) fn restart_election_count(&mut self) {
-        self.election_elapsed = 0;
-        self.timer_reset_at = self.ticks;
+    /// Appends `entries` to the log, moving them there (a follower's come out of the leader's
+    /// message: cloning them cost a copy of every entry), and takes up any membership they carry:
+    /// a membership is in force as soon as its entry is in the log.
+    pub(crate) fn append_to_log(&mut self, mut entries: Vec<Entry>) {
+        let Some(first) = entries.first().map(|e| e.index) else { return };
+        let last = entries.last().map(|e| (e.index, e.term));
+        // Taken before the entries move into the log; none in the common case (no allocation).
+        let carried: Vec<(Index, Membership)> = entries
+            .iter()
+            .filter_map(|entry| match &entry.payload {
+                EntryPayload::Membership(membership) => Some((entry.index, membership.clone())),
+                _ => None,
+            })
+            .collect();
+        self.log.append(&mut entries);
+        debug_assert!(
+            last.is_some_and(|(index, term)| self.log.last_index() == index && self.log.matches(index, term))
+        );
+        let before = self.memberships.current().clone();
+        if self.memberships.replace_from(first, carried) {
+            self.on_membership_changed(&before);
+        }
     }
 
     fn propose_entry(&mut self, payload: EntryPayload) -> Result<Index, ProposeError> {
@@ -470,15 +496,10 @@ impl<S: Storage> Raft<S> {
         if bytes > limit {
             return Err(ProposeError::TooLarge { bytes, limit });
         }
-        let limit = self.options.uncommitted_bytes_max();
-        if self.uncommitted_bytes + bytes > limit {
-            return Err(ProposeError::TooManyUncommittedBytes { uncommitted: self.uncommitted_bytes, limit });
-        }
         let index = entry.index;
-        self.uncommitted.push_back((index, bytes));
-        self.uncommitted_bytes += bytes;
+        self.tracker.admit(index, bytes, self.options.uncommitted_bytes_max())?;
         self.append_proposal_to_log(entry);
-        self.broadcast_pending = true;
+        self.tracker.schedule_broadcast();
         // A single voter commits as soon as its own write is durable (see on_persisted).
         Ok(index)
     }
@@ -493,45 +514,29 @@ impl<S: Storage> Raft<S> {
     /// Runs after every input in debug and test builds and with the `invariants` feature.
     pub fn check_invariants(&self) {
         self.log.check_invariants();
-        assert_eq!(self.configs.last().map(|(_, m)| m), Some(&self.membership), "membership is the latest in the log");
-        assert!(self.configs.windows(2).all(|w| w[0].0 < w[1].0), "membership history out of order");
+        self.memberships.check_invariants();
+        self.election.check_invariants(self.ticks, self.options.election_ticks());
         assert!(self.vote.is_none() || self.term > Term(0), "vote cast in term 0");
+        assert!(self.durable_term <= self.term, "the durable term is above the term");
         match self.role {
             Role::Leader => {
                 assert_eq!(self.leader, Some(self.id), "leader does not know itself");
                 assert_eq!(self.vote, Some(self.id), "leader did not vote for itself");
+                let mut members = self.memberships.current().members();
+                members.remove(&self.id);
+                assert!(self.tracker.peers().into_iter().eq(members), "leader tracks exactly the other members");
             }
             Role::Candidate => assert_eq!(self.vote, Some(self.id), "candidate did not vote for itself"),
             Role::PreCandidate | Role::Follower => {
-                assert!(self.progress.is_empty(), "non-leader tracks progress");
+                assert!(self.tracker.is_empty(), "non-leader tracks replication");
+                assert!(self.transfer.is_none(), "non-leader transfers leadership");
                 if let Some(snapshot) = self.log.pending_snapshot() {
                     assert!(self.log.committed >= snapshot.index, "commit below an installed snapshot");
                     assert!(self.log.applied >= snapshot.index, "applied below an installed snapshot");
                 }
-                assert!(self.uncommitted.is_empty(), "non-leader holds uncommitted proposals");
             }
         }
-        if self.role == Role::Leader {
-            let mut members = self.membership.members();
-            members.remove(&self.id);
-            assert!(self.progress.keys().copied().eq(members), "leader tracks exactly the other members");
-        }
-        let last = self.log.last_index();
-        for (id, progress) in &self.progress {
-            assert!(progress.match_index < progress.next_index, "peer {id}: match >= next");
-            assert!(progress.match_index <= last, "peer {id}: match beyond log");
-            assert!(progress.next_index <= last.next(), "peer {id}: next beyond log");
-            assert!(progress.inflights.count() <= self.options.inflight_messages_max(), "peer {id}: window");
-            let snapshot_state = progress.state == ProgressState::Snapshot;
-            assert_eq!(snapshot_state, progress.snapshot.is_some(), "peer {id}: snapshot state");
-            if let Some(transfer) = &progress.snapshot {
-                assert!(transfer.acked_offset <= transfer.sent_offset, "peer {id}: snapshot ack beyond sent");
-            }
-        }
-        let sum: u64 = self.uncommitted.iter().map(|&(_, bytes)| bytes).sum();
-        assert_eq!(sum, self.uncommitted_bytes, "uncommitted byte accounting");
-        assert!(self.uncommitted_bytes <= self.options.uncommitted_bytes_max(), "uncommitted over limit");
-        assert!(self.election_elapsed <= self.randomized_election_ticks.max(self.options.election_ticks()));
-        assert!(self.timer_reset_at <= self.ticks, "the election timer restarted in the future");
+        let (last, window) = (self.log.last_index(), self.options.inflight_messages_max());
+        self.tracker.check_invariants(last, window, self.options.uncommitted_bytes_max());
     }
 }

@@ -177,7 +177,7 @@ impl<S: Storage> Raft<S> {
         // A node outside the membership gets no entries from us, so it could never apply the
         // index we would give it: refuse, so its caller goes elsewhere.
         let refuse = self.role != Role::Leader
-            || !self.membership.is_member(from)
+            || !self.memberships.current().is_member(from)
             || (mode == ReadMode::Lease && !self.options.lease_reads())
             || self.reads.pending_count() >= self.options.reads_pending_max();
         if refuse {
@@ -211,7 +211,7 @@ impl<S: Storage> Raft<S> {
             self.confirm(read);
             return;
         }
-        if self.membership.all_voters().into_iter().eq([self.id]) {
+        if self.memberships.current().all_voters().into_iter().eq([self.id]) {
             self.confirm(read); // Nobody else can lead our term.
             return;
         }
@@ -226,10 +226,6 @@ impl<S: Storage> Raft<S> {
         for read in waiting {
             self.leader_read(read);
         }
-    }
-
-    pub(crate) fn committed_in_own_term(&self) -> bool {
-        self.log.term(self.log.committed) == Ok(self.term)
     }
 
     fn confirm(&mut self, read: PendingRead) {
@@ -287,7 +283,7 @@ impl<S: Storage> Raft<S> {
         let mut rounds: BTreeMap<NodeId, Index> =
             self.reads.answered.iter().map(|(&id, &(round, _))| (id, Index(round))).collect();
         rounds.insert(self.id, Index(self.reads.round));
-        quorum::membership_committed_index(&self.membership, &rounds).0
+        quorum::membership_committed_index(self.memberships.current(), &rounds).0
     }
 
     /// Whether our lease holds now: a quorum answered rounds sent recently enough.
@@ -300,7 +296,7 @@ impl<S: Storage> Raft<S> {
             self.reads.answered.iter().map(|(&id, &(_, sent_at))| (id, Index(sent_at))).collect();
         sent.insert(self.id, Index(self.ticks));
         // The latest tick by which a quorum had heard from us.
-        let start = quorum::membership_committed_index(&self.membership, &sent).0;
+        let start = quorum::membership_committed_index(self.memberships.current(), &sent).0;
         let lease = u64::from(self.options.election_ticks() - self.options.clock_drift_max_ticks());
         start > 0 && self.ticks < start + lease
     }

@@ -1,12 +1,9 @@
 //! Log replication: the AppendEntries consistency check and conflict resolution (Raft §5.3),
 //! per-follower flow control, and commitment by quorum with the rule of §5.4.2 (Figure 8).
 
-use std::collections::BTreeMap;
-
 use crate::error::{Malformed, StepError};
 use crate::message::{AppendResult, ConflictHint, MessageBody};
 use crate::progress::ProgressState;
-use crate::quorum;
 use crate::raft::{Raft, Role};
 use crate::storage::{Storage, StorageError};
 use crate::types::{Entry, Index, NodeId, Term};
@@ -76,10 +73,20 @@ impl<S: Storage> Raft<S> {
         self.send(from, self.term, MessageBody::HeartbeatResponse { round });
     }
 
-    fn commit_to(&mut self, index: Index) {
+    /// Raises the commit index to `index` (never lowers it). The caller vouches that `index` is
+    /// committed: a leader by counting a quorum, a follower because its leader said so about an
+    /// index where its log matches the leader's.
+    pub(crate) fn commit_to(&mut self, index: Index) {
+        debug_assert!(index <= self.log.last_index(), "commit beyond the log");
         if index > self.log.committed {
             self.log.committed = index;
         }
+    }
+
+    /// Whether the commit index is at an entry of our own term: until then a new leader does not
+    /// know the commit index (§5.4.2), serves no read and changes no membership.
+    pub(crate) fn committed_in_own_term(&self) -> bool {
+        self.log.term(self.log.committed) == Ok(self.term)
     }
 
     pub(crate) fn on_append_response(&mut self, from: NodeId, result: AppendResult) -> Result<(), StepError> {
@@ -96,7 +103,7 @@ impl<S: Storage> Raft<S> {
             AppendResult::Reject { hint, rejected_index } => Some(self.next_from_hint(hint, rejected_index)),
             AppendResult::Success { .. } => None,
         };
-        let progress = self.progress.get_mut(&from).ok_or(StepError::UnknownPeer(from))?;
+        let progress = self.tracker.get_mut(from).ok_or(StepError::UnknownPeer(from))?;
         progress.recent_active = true;
         match result {
             AppendResult::Success { match_index } => {
@@ -137,11 +144,11 @@ impl<S: Storage> Raft<S> {
             return Err(StepError::Unexpected);
         }
         let last = self.log.last_index();
-        if !self.progress.contains_key(&from) {
+        if self.tracker.get(from).is_none() {
             return Err(StepError::UnknownPeer(from));
         }
         self.on_round_answered(from, round);
-        let progress = self.progress.get_mut(&from).ok_or(StepError::UnknownPeer(from))?;
+        let progress = self.tracker.get_mut(from).ok_or(StepError::UnknownPeer(from))?;
         progress.recent_active = true;
         progress.on_heartbeat_response();
         if progress.state == ProgressState::Snapshot {
@@ -163,7 +170,7 @@ impl<S: Storage> Raft<S> {
     pub(crate) fn send_appends_while_possible(&mut self, peer: NodeId) {
         let window = self.options.inflight_messages_max();
         for _ in 0..=window {
-            let behind = self.progress.get(&peer).is_some_and(|p| p.next_index <= self.log.last_index());
+            let behind = self.tracker.get(peer).is_some_and(|p| p.next_index <= self.log.last_index());
             if !behind || !self.send_append(peer, false) {
                 break;
             }
@@ -174,7 +181,7 @@ impl<S: Storage> Raft<S> {
     /// (and `allow_empty` is false). Returns whether a message went out. A storage error sends
     /// nothing rather than a malformed append (openraft#1795).
     pub(crate) fn send_append(&mut self, peer: NodeId, allow_empty: bool) -> bool {
-        let Some(progress) = self.progress.get(&peer) else { return false };
+        let Some(progress) = self.tracker.get(peer) else { return false };
         if progress.is_paused() {
             return false;
         }
@@ -209,7 +216,7 @@ impl<S: Storage> Raft<S> {
         };
         let sent_last = Index(prev_log_index.0 + entries.len() as u64);
         let count = entries.len();
-        if let Some(progress) = self.progress.get_mut(&peer) {
+        if let Some(progress) = self.tracker.get_mut(peer) {
             progress.sent_append(sent_last, count);
         }
         let body = MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit: self.log.committed };
@@ -220,8 +227,7 @@ impl<S: Storage> Raft<S> {
     /// Sends what each follower lacks; with `allow_empty`, also an empty append to followers that
     /// lack nothing (to carry a new commit index).
     pub(crate) fn broadcast_append(&mut self, allow_empty: bool) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        for peer in peers {
+        for peer in self.tracker.peers() {
             if allow_empty {
                 self.send_append(peer, true);
             } else {
@@ -234,7 +240,7 @@ impl<S: Storage> Raft<S> {
         let round = self.next_round();
         let commit = self.log.committed;
         let targets: Vec<(NodeId, Index)> =
-            self.progress.iter().map(|(&id, p)| (id, p.match_index.min(commit))).collect();
+            self.tracker.iter().map(|(id, p)| (id, p.match_index.min(commit))).collect();
         for (peer, commit) in targets {
             self.send(peer, self.term, MessageBody::Heartbeat { commit, round });
         }
@@ -244,22 +250,16 @@ impl<S: Storage> Raft<S> {
     /// the current term: an earlier term's entry on a majority can still be overwritten
     /// (Figure 8), so it commits only beneath one of ours.
     pub(crate) fn maybe_commit(&mut self) {
-        let mut matches: BTreeMap<NodeId, Index> = self.progress.iter().map(|(&id, p)| (id, p.match_index)).collect();
-        matches.insert(self.id, self.log.stable_last_index());
-        let index = quorum::membership_committed_index(&self.membership, &matches);
+        let index = self.tracker.quorum_match(self.memberships.current(), self.id, self.log.stable_last_index());
         if index <= self.log.committed || !self.commits_by_counting(index) {
             return;
         }
         let first_of_term = !self.committed_in_own_term();
-        self.log.committed = index;
+        self.commit_to(index);
         if first_of_term && self.committed_in_own_term() {
             self.on_term_commit();
         }
-        while self.uncommitted.front().is_some_and(|&(i, _)| i <= index) {
-            if let Some((_, bytes)) = self.uncommitted.pop_front() {
-                self.uncommitted_bytes -= bytes;
-            }
-        }
+        self.tracker.release_through(index);
         self.broadcast_append(true);
         self.after_commit_membership();
     }
@@ -275,7 +275,7 @@ impl<S: Storage> Raft<S> {
 
     /// Whether `progress` of `peer` is in the replicate state (for tests and status).
     pub fn is_replicating(&self, peer: NodeId) -> bool {
-        self.progress.get(&peer).is_some_and(|p| p.state == ProgressState::Replicate)
+        self.tracker.get(peer).is_some_and(|p| p.state == ProgressState::Replicate)
     }
 }
 

@@ -19,6 +19,7 @@
 use bytes::Bytes;
 
 use crate::error::{Malformed, SnapshotError, StepError};
+use crate::membership::MembershipHistory;
 use crate::message::{AppendResult, MessageBody, SnapshotRefusal, snapshot_chunk_crc32};
 use crate::progress::{ProgressState, SnapshotTransfer};
 use crate::raft::Raft;
@@ -39,10 +40,72 @@ pub struct ReceivedChunk {
 /// The snapshot a follower is receiving: the next offset it expects, and the crc32 of the data
 /// received before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct IncomingSnapshot {
+struct IncomingSnapshot {
     meta: SnapshotMeta,
     next_offset: u64,
     data_crc32: u32,
+}
+
+/// A follower's side of snapshot transfer: the snapshot it is receiving, and the checked chunks
+/// not yet handed to its driver. Only this module changes it.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotReceiver {
+    incoming: Option<IncomingSnapshot>,
+    chunks: Vec<ReceivedChunk>,
+}
+
+impl SnapshotReceiver {
+    /// Stops receiving (the node's role or leader changed). Chunks already checked stay for the
+    /// driver: a later transfer starts at offset 0, which starts a new staging area anyway.
+    pub(crate) fn abandon(&mut self) {
+        self.incoming = None;
+    }
+
+    fn is_receiving(&self, meta: &SnapshotMeta) -> bool {
+        self.incoming.as_ref().is_some_and(|incoming| incoming.meta == *meta)
+    }
+
+    /// The offset expected next of `meta`: 0 for a snapshot not being received.
+    fn expected_offset(&self, meta: &SnapshotMeta) -> u64 {
+        self.incoming.as_ref().filter(|incoming| incoming.meta == *meta).map_or(0, |incoming| incoming.next_offset)
+    }
+
+    /// The crc32 of the data of `meta` received so far (0 for nothing).
+    fn received_crc32(&self, meta: &SnapshotMeta) -> u32 {
+        self.incoming.as_ref().filter(|incoming| incoming.meta == *meta).map_or(0, |incoming| incoming.data_crc32)
+    }
+
+    /// Takes a checked chunk: the data of `meta` is now received up to `next_offset`, with the
+    /// crc32 `data_crc32`.
+    fn accept(&mut self, chunk: ReceivedChunk, next_offset: u64, data_crc32: u32) {
+        debug_assert_eq!(chunk.offset, self.expected_offset(&chunk.meta), "a chunk out of order accepted");
+        debug_assert_eq!(next_offset, chunk.offset + chunk.data.len() as u64);
+        let meta = chunk.meta.clone();
+        self.chunks.push(chunk);
+        self.incoming = Some(IncomingSnapshot { meta, next_offset, data_crc32 });
+    }
+
+    /// Drops the transfer of `meta`, and its chunks not yet handed out.
+    fn drop_transfer(&mut self, meta: &SnapshotMeta) {
+        if self.is_receiving(meta) {
+            self.incoming = None;
+        }
+        self.chunks.retain(|chunk| chunk.meta != *meta);
+    }
+
+    /// The whole of `meta` arrived: no transfer is in progress any more.
+    fn finish(&mut self, meta: &SnapshotMeta) {
+        debug_assert!(self.chunks.last().is_some_and(|chunk| chunk.meta == *meta), "finished without its last chunk");
+        self.incoming = None;
+    }
+
+    pub(crate) fn take_chunks(&mut self) -> Vec<ReceivedChunk> {
+        std::mem::take(&mut self.chunks)
+    }
+
+    pub(crate) fn has_chunks(&self) -> bool {
+        !self.chunks.is_empty()
+    }
 }
 
 /// One chunk of an `InstallSnapshot` message.
@@ -109,7 +172,7 @@ impl<S: Storage> Raft<S> {
                 return false;
             }
         };
-        let Some(progress) = self.progress.get_mut(&peer) else { return false };
+        let Some(progress) = self.tracker.get_mut(peer) else { return false };
         tracing::debug!(id = %self.id, %peer, index = %meta.index, "sending snapshot");
         progress.become_snapshot(meta);
         self.send_snapshot_chunks(peer)
@@ -124,7 +187,7 @@ impl<S: Storage> Raft<S> {
             if self.storage_failure.is_some() {
                 return sent; // The node must stop: nothing more of a damaged copy goes out.
             }
-            let Some(transfer) = self.progress.get(&peer).and_then(|p| p.snapshot.as_ref()) else { return sent };
+            let Some(transfer) = self.tracker.get(peer).and_then(|p| p.snapshot.as_ref()) else { return sent };
             if transfer.done_sent || transfer.sent_offset.saturating_sub(transfer.acked_offset) >= window_bytes {
                 return sent;
             }
@@ -139,7 +202,7 @@ impl<S: Storage> Raft<S> {
                     // A newer snapshot replaced this one (or storage failed): start over later,
                     // from the latest snapshot, when the next heartbeat answer arrives.
                     tracing::debug!(id = %self.id, %peer, %error, "snapshot chunk unreadable: transfer restarts");
-                    if let Some(progress) = self.progress.get_mut(&peer) {
+                    if let Some(progress) = self.tracker.get_mut(peer) {
                         progress.become_probe();
                     }
                     return sent;
@@ -153,7 +216,7 @@ impl<S: Storage> Raft<S> {
                 tracing::warn!(id = %self.id, %peer, offset, "store returned an empty snapshot chunk");
                 return sent;
             }
-            let Some(transfer) = self.progress.get_mut(&peer).and_then(|p| p.snapshot.as_mut()) else { return sent };
+            let Some(transfer) = self.tracker.get_mut(peer).and_then(|p| p.snapshot.as_mut()) else { return sent };
             let read_back = transfer.read_back(offset, &data);
             if done && read_back.is_some_and(|crc| crc != meta.data_crc32) {
                 // Every byte of the stored copy was read in order, and they are not the data the
@@ -203,7 +266,7 @@ impl<S: Storage> Raft<S> {
         if !self.is_leader() {
             return Err(StepError::Unexpected);
         }
-        let progress = self.progress.get_mut(&from).ok_or(StepError::UnknownPeer(from))?;
+        let progress = self.tracker.get_mut(from).ok_or(StepError::UnknownPeer(from))?;
         progress.recent_active = true;
         let Some(transfer) = progress.snapshot.as_mut() else { return Err(StepError::Unexpected) };
         if transfer.meta.index != index || transfer.meta.term != term {
@@ -269,13 +332,11 @@ impl<S: Storage> Raft<S> {
         }
         let ChunkIn { meta, offset, data, done, chunk_crc32 } = chunk;
         let (index, term) = (meta.index, meta.term);
-        let receiving = self.incoming_snapshot.as_ref().is_some_and(|incoming| incoming.meta == meta);
-        let fresh = offset == 0 && !receiving;
-        let expected = match &self.incoming_snapshot {
-            Some(incoming) if incoming.meta == meta => incoming.next_offset,
-            // A new transfer starts at 0; one we are not receiving is asked for from the start.
-            _ => 0,
-        };
+        // A new transfer starts at 0; one we are not receiving is asked for from the start. The
+        // first chunk of the one we are receiving is a duplicate (or the leader starting over):
+        // answered with our offset, so the leader resumes there instead of a delayed copy wiping
+        // out what was received.
+        let expected = self.receiver.expected_offset(&meta);
         if offset != expected {
             let gap = offset > expected;
             self.send(from, self.term, MessageBody::SnapshotResponse { index, term, next_offset: expected, gap });
@@ -286,26 +347,13 @@ impl<S: Storage> Raft<S> {
         if snapshot_chunk_crc32(&meta, offset, &data) != chunk_crc32 {
             return Err(self.refuse_snapshot(from, &meta, SnapshotRefusal::ChunkChecksum { offset }));
         }
-        let received_crc32 = match &self.incoming_snapshot {
-            Some(incoming) if !fresh => incoming.data_crc32,
-            _ => 0,
-        };
-        let data_crc32 = crc32_continued(received_crc32, &data);
+        let data_crc32 = crc32_continued(self.receiver.received_crc32(&meta), &data);
         if done && data_crc32 != meta.data_crc32 {
             return Err(self.refuse_snapshot(from, &meta, SnapshotRefusal::DataChecksum));
         }
-        if fresh {
-            // A new transfer. The first chunk of the one we are receiving is a duplicate (or the
-            // leader starting over): answered with our offset (above), so the leader resumes
-            // there instead of a delayed copy wiping out what was received.
-            self.incoming_snapshot = Some(IncomingSnapshot { meta: meta.clone(), next_offset: 0, data_crc32: 0 });
-        }
         let next_offset = offset + data.len() as u64;
-        self.snapshot_chunks.push(ReceivedChunk { meta: meta.clone(), offset, data });
+        self.receiver.accept(ReceivedChunk { meta: meta.clone(), offset, data }, next_offset, data_crc32);
         if !done {
-            if let Some(incoming) = self.incoming_snapshot.as_mut() {
-                (incoming.next_offset, incoming.data_crc32) = (next_offset, data_crc32);
-            }
             self.send(from, self.term, MessageBody::SnapshotResponse { index, term, next_offset, gap: false });
             return Ok(());
         }
@@ -319,10 +367,7 @@ impl<S: Storage> Raft<S> {
     /// leader to start over.
     fn refuse_snapshot(&mut self, from: NodeId, meta: &SnapshotMeta, reason: SnapshotRefusal) -> StepError {
         tracing::warn!(id = %self.id, index = %meta.index, ?reason, "snapshot refused: a checksum failed");
-        if self.incoming_snapshot.as_ref().is_some_and(|incoming| incoming.meta == *meta) {
-            self.incoming_snapshot = None;
-        }
-        self.snapshot_chunks.retain(|chunk| chunk.meta != *meta);
+        self.receiver.drop_transfer(meta);
         let (index, term) = (meta.index, meta.term);
         self.send(from, self.term, MessageBody::SnapshotRefused { index, term, reason });
         StepError::Malformed(match reason {
@@ -334,10 +379,9 @@ impl<S: Storage> Raft<S> {
     /// The last chunk of `meta` arrived and the whole data checked out: install it.
     fn install_received(&mut self, from: NodeId, meta: SnapshotMeta) {
         let (index, term) = (meta.index, meta.term);
-        self.incoming_snapshot = None;
+        self.receiver.finish(&meta);
         tracing::info!(id = %self.id, %index, %term, "installing snapshot");
-        self.membership = meta.membership.clone();
-        self.configs = vec![(meta.index, meta.membership.clone())];
+        self.memberships = MembershipHistory::new(meta.index, meta.membership.clone());
         self.log.install_snapshot(meta);
         // Sent once the install is durable, like any acknowledgement.
         self.send(from, self.term, MessageBody::AppendResponse(AppendResult::Success { match_index: index }));
@@ -345,7 +389,7 @@ impl<S: Storage> Raft<S> {
 
     /// Whether `peer` is being sent a snapshot (for tests and status).
     pub fn is_sending_snapshot(&self, peer: NodeId) -> bool {
-        self.progress.get(&peer).is_some_and(|p| p.state == ProgressState::Snapshot)
+        self.tracker.get(peer).is_some_and(|p| p.state == ProgressState::Snapshot)
     }
 }
 

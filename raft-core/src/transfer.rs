@@ -58,7 +58,7 @@ impl<S: Storage> Raft<S> {
         if target == self.id {
             return Err(TransferError::AlreadyLeader(target));
         }
-        if !self.membership.is_voter(target) {
+        if !self.memberships.current().is_voter(target) {
             return Err(TransferError::NotAVoter(target));
         }
         tracing::info!(id = %self.id, %target, "transferring leadership");
@@ -71,7 +71,7 @@ impl<S: Storage> Raft<S> {
     /// Sends `TimeoutNow` once the target holds our whole log.
     pub(crate) fn maybe_send_timeout_now(&mut self) {
         let Some(transfer) = self.transfer.filter(|t| !t.timeout_sent) else { return };
-        let caught_up = self.progress.get(&transfer.target).is_some_and(|p| p.match_index == self.log.last_index());
+        let caught_up = self.tracker.get(transfer.target).is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
             self.transfer = Some(Transfer { timeout_sent: true, ..transfer });
             self.send(transfer.target, self.term, MessageBody::TimeoutNow);
