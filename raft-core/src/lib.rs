@@ -5,6 +5,24 @@
 //! as a seed in [`Options`], messages through [`Raft::step`], and everything the node wants done
 //! leaves as an [`Output`] batch that a *driver* carries out.
 //!
+//! ## The API
+//!
+//! [`Raft`]'s methods come in three groups, each one `impl` block in the docs:
+//!
+//! - **Inputs**: [`Raft::new`], time ([`Raft::tick`], [`Raft::advance_clock`],
+//!   [`Raft::tick_timers`]), messages ([`Raft::step`]), client requests ([`Raft::propose`],
+//!   [`Raft::read`]), administration ([`Raft::campaign`], [`Raft::change_membership`],
+//!   [`Raft::transfer_leadership`]) and the driver's reports ([`Raft::on_persisted`],
+//!   [`Raft::report_unreachable`]).
+//! - **Output**: [`Raft::take_output`] returns one [`Output`] batch of everything to do;
+//!   [`Raft::has_output`] says whether there is any.
+//! - **Queries**: read-only views such as [`Raft::status`], [`Raft::role`],
+//!   [`Raft::snapshot_meta`] and [`Raft::compaction_point`].
+//!
+//! Inside, the node composes owners that each change only their own state: the log, the
+//! membership history, the election state and timers, the leader's replication tracker, the
+//! read queue and lease, and the two kinds of transfer (snapshot, leadership).
+//!
 //! ## The driving contract
 //!
 //! Every driver (the tokio driver in `raft-net`, the simulator, the tests) follows these rules. They
@@ -160,10 +178,3 @@ pub const INVARIANTS_CHECKED: bool = cfg!(any(test, debug_assertions, feature = 
 pub use types::{
     ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term, snapshot_crc32,
 };
-
-impl<S: Storage> Raft<S> {
-    /// Whether this node is the leader of its term.
-    pub fn is_leader(&self) -> bool {
-        self.role == Role::Leader
-    }
-}

@@ -159,15 +159,7 @@ impl MembershipHistory {
 }
 
 impl<S: Storage> Raft<S> {
-    /// Proposes membership `changes` (applied together). A change of voters goes through a joint
-    /// configuration that the leader leaves automatically; the returned index is the first entry.
-    pub fn change_membership(&mut self, changes: &[ConfChange]) -> Result<Index, MembershipError> {
-        let result = self.start_change(changes);
-        self.after_input();
-        result
-    }
-
-    fn start_change(&mut self, changes: &[ConfChange]) -> Result<Index, MembershipError> {
+    pub(crate) fn start_change(&mut self, changes: &[ConfChange]) -> Result<Index, MembershipError> {
         if self.role != Role::Leader {
             return Err(MembershipError::NotLeader { leader: self.leader });
         }

@@ -1,5 +1,9 @@
-//! The Raft node: its state, its public inputs, and the output batch. Elections live in
-//! `election.rs`, replication in `replication.rs`.
+//! The Raft node: the state that is its own, the owners it composes, and its public API in
+//! three groups (inputs, output, queries). The owners live in their own modules: the log in
+//! `log.rs`, the membership history in `membership.rs`, elections in `election.rs`, the leader's
+//! replication tracker in `tracker.rs` (with `progress.rs`), reads and the lease in `read.rs`,
+//! snapshot transfer in `snapshot.rs`, leadership transfer in `transfer.rs`; messages are
+//! dispatched in `step.rs`.
 
 use std::collections::BTreeMap;
 
@@ -8,16 +12,18 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::election::Election;
-use crate::error::{ProposeError, StepError};
+use crate::error::{ProposeError, SnapshotError, StepError};
 use crate::log::RaftLog;
 use crate::membership::MembershipHistory;
+use crate::membership::{ConfChange, MembershipError};
 use crate::message::{Message, MessageBody};
 use crate::options::Options;
 use crate::progress::{Progress, ProgressState};
-use crate::read::{ReadState, Reads};
+use crate::read::{ReadError, ReadMode, ReadState, Reads};
 use crate::snapshot::{ReceivedChunk, SnapshotReceiver};
 use crate::storage::{Storage, StorageError};
 use crate::tracker::Tracker;
+use crate::transfer::TransferError;
 use crate::types::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
 
 /// The role a node plays in its current term.
@@ -139,7 +145,7 @@ impl Outbox {
 
 /// One Raft node as a deterministic state machine. See the crate docs for how to drive it.
 ///
-/// The node composes owners, each changing only its own state: the log ([`RaftLog`]: entries,
+/// The node composes owners, each changing only its own state: the log (`RaftLog`: entries,
 /// the stable/unstable boundary, pending writes, commit and apply), the membership history,
 /// the election state and timers, the leader's replication tracker, the read queue and lease,
 /// the follower's side of snapshot transfer, and a leadership transfer. `Raft` holds what is
@@ -178,6 +184,11 @@ pub struct Raft<S: Storage> {
     last_soft_state: SoftState,
 }
 
+/// # Inputs
+///
+/// Everything that happens to a node reaches it through these: time, messages, client
+/// commands and reads, administrative requests, and the driver's reports. Each returns at once;
+/// what the node wants done waits in its output.
 impl<S: Storage> Raft<S> {
     /// Starts a node from what its storage holds (a fresh node starts from an empty storage that
     /// knows the initial membership). The node starts as a follower with no known leader.
@@ -220,67 +231,6 @@ impl<S: Storage> Raft<S> {
         raft.election.reset(raft.ticks, election_ticks);
         raft.after_input();
         Ok(raft)
-    }
-
-    /// This node's id.
-    pub fn id(&self) -> NodeId {
-        self.id
-    }
-    /// The current term.
-    pub fn term(&self) -> Term {
-        self.term
-    }
-    /// The current role.
-    pub fn role(&self) -> Role {
-        self.role
-    }
-    /// The leader this node knows of in the current term.
-    pub fn leader(&self) -> Option<NodeId> {
-        self.leader
-    }
-    /// The commit index.
-    pub fn commit_index(&self) -> Index {
-        self.log.committed
-    }
-    /// The index of the last entry in the log.
-    pub fn last_index(&self) -> Index {
-        self.log.last_index()
-    }
-    /// The current membership.
-    pub fn membership(&self) -> &Membership {
-        self.memberships.current()
-    }
-    /// The options this node runs with.
-    pub fn options(&self) -> &Options {
-        &self.options
-    }
-    /// The election timeout drawn for the current round, in ticks.
-    pub fn randomized_election_ticks(&self) -> u32 {
-        self.election.randomized_ticks()
-    }
-    /// Read access to the storage.
-    pub fn storage(&self) -> &S {
-        &self.log.storage
-    }
-    /// Write access to the storage, for drivers that persist through it (see the crate docs).
-    pub fn storage_mut(&mut self) -> &mut S {
-        &mut self.log.storage
-    }
-
-    /// A snapshot of this node's state.
-    pub fn status(&self) -> Status {
-        Status {
-            id: self.id,
-            soft_state: self.soft_state(),
-            vote: self.vote,
-            commit: self.log.committed,
-            applied: self.log.applied,
-            last_index: self.log.last_index(),
-            stable_last_index: self.log.stable_last_index(),
-            progress: self.tracker.progress(),
-            membership: self.memberships.current().clone(),
-            transfer_target: self.transfer.map(|t| t.target),
-        }
     }
 
     /// Advances time by one tick: the clock ([`Raft::advance_clock`]) and the timers
@@ -344,6 +294,31 @@ impl<S: Storage> Raft<S> {
         result
     }
 
+    /// Asks for a linearizable read, identified by the caller's `id`. Its outcome comes in
+    /// [`crate::Output::reads`]: once `Ok(index)`, the caller serves the read from its state
+    /// machine (which then reflects every write committed before the read was asked).
+    pub fn read(&mut self, id: u64, mode: ReadMode) -> Result<(), ReadError> {
+        let result = self.start_read(id, mode);
+        self.after_input();
+        result
+    }
+
+    /// Proposes membership `changes` (applied together). A change of voters goes through a joint
+    /// configuration that the leader leaves automatically; the returned index is the first entry.
+    pub fn change_membership(&mut self, changes: &[ConfChange]) -> Result<Index, MembershipError> {
+        let result = self.start_change(changes);
+        self.after_input();
+        result
+    }
+
+    /// Hands leadership to `target`. Proposals are refused until the transfer ends: when the
+    /// target wins an election, or after an election timeout (then this node leads on).
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
+        let result = self.start_transfer(target);
+        self.after_input();
+        result
+    }
+
     /// The driver reports that every entry it was handed up to (`index`, `term`) is durable,
     /// along with the hard states, chunks and snapshot installs handed out with them (an output
     /// that installs a snapshot and appends nothing is reported with the snapshot's index and
@@ -371,7 +346,13 @@ impl<S: Storage> Raft<S> {
         }
         self.after_input();
     }
+}
 
+/// # Output
+///
+/// What the node asks its driver to do, in one batch (see the driving contract in the crate
+/// docs).
+impl<S: Storage> Raft<S> {
     /// Whether [`Raft::take_output`] would return something to do.
     pub fn has_output(&self) -> bool {
         self.storage_failure.is_some()
@@ -426,7 +407,164 @@ impl<S: Storage> Raft<S> {
         self.after_input();
         Ok(output)
     }
+}
 
+/// # Queries
+///
+/// Read-only views of the node's state (and the storage, which the driver writes through).
+impl<S: Storage> Raft<S> {
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The leader this node knows of in the current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// Whether this node is the leader of its term.
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    /// The commit index.
+    pub fn commit_index(&self) -> Index {
+        self.log.committed
+    }
+
+    /// The index of the last entry in the log.
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+
+    /// The current membership.
+    pub fn membership(&self) -> &Membership {
+        self.memberships.current()
+    }
+
+    /// The options this node runs with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The election timeout drawn for the current round, in ticks.
+    pub fn randomized_election_ticks(&self) -> u32 {
+        self.election.randomized_ticks()
+    }
+
+    /// Read access to the storage.
+    pub fn storage(&self) -> &S {
+        &self.log.storage
+    }
+
+    /// Write access to the storage, for drivers that persist through it (see the crate docs).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.log.storage
+    }
+
+    /// A snapshot of this node's state.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            soft_state: self.soft_state(),
+            vote: self.vote,
+            commit: self.log.committed,
+            applied: self.log.applied,
+            last_index: self.log.last_index(),
+            stable_last_index: self.log.stable_last_index(),
+            progress: self.tracker.progress(),
+            membership: self.memberships.current().clone(),
+            transfer_target: self.transfer.map(|t| t.target),
+        }
+    }
+
+    /// Describes a snapshot of the state machine as it is after applying `index`, whose data has
+    /// the checksum `data_crc32` ([`crate::snapshot_crc32`] of the data), for the application to
+    /// store with the data. `index` must be applied and still in the log.
+    pub fn snapshot_meta(&self, index: Index, data_crc32: u32) -> Result<SnapshotMeta, SnapshotError> {
+        let applied = self.log.applied;
+        if index > applied {
+            return Err(SnapshotError::NotApplied { index, applied });
+        }
+        let term = match self.log.term(index) {
+            Ok(term) => term,
+            Err(StorageError::Compacted(_)) => return Err(SnapshotError::Compacted(index)),
+            Err(error) => return Err(SnapshotError::Storage(error)),
+        };
+        Ok(SnapshotMeta { index, term, membership: self.membership_at(index), data_crc32 })
+    }
+
+    /// Where the driver may compact the log now: the entry `compaction_margin_entries` below the
+    /// store's latest snapshot, with its term, or `None` when the log already starts there. The
+    /// margin lets slightly slow followers catch up from the log instead of a whole snapshot.
+    pub fn compaction_point(&self) -> Option<(Index, Term)> {
+        if self.log.pending_snapshot().is_some() {
+            return None; // The store is about to be replaced by an installed snapshot.
+        }
+        let snapshot = self.log.storage.snapshot().ok()?;
+        let index = Index(snapshot.index.0.saturating_sub(self.options.compaction_margin_entries()));
+        let first = self.log.first_index().ok()?;
+        if index < first {
+            return None;
+        }
+        let term = self.log.term(index).ok()?;
+        Some((index, term))
+    }
+
+    /// Whether `progress` of `peer` is in the replicate state (for tests and status).
+    pub fn is_replicating(&self, peer: NodeId) -> bool {
+        self.tracker.get(peer).is_some_and(|p| p.state == ProgressState::Replicate)
+    }
+
+    /// Whether `peer` is being sent a snapshot (for tests and status).
+    pub fn is_sending_snapshot(&self, peer: NodeId) -> bool {
+        self.tracker.get(peer).is_some_and(|p| p.state == ProgressState::Snapshot)
+    }
+
+    /// Asserts the node's invariants; panics on a violation, which is a bug in this crate.
+    /// Runs after every input in debug and test builds and with the `invariants` feature.
+    pub fn check_invariants(&self) {
+        self.log.check_invariants();
+        self.memberships.check_invariants();
+        self.election.check_invariants(self.ticks, self.options.election_ticks());
+        assert!(self.vote.is_none() || self.term > Term(0), "vote cast in term 0");
+        assert!(self.durable_term <= self.term, "the durable term is above the term");
+        match self.role {
+            Role::Leader => {
+                assert_eq!(self.leader, Some(self.id), "leader does not know itself");
+                assert_eq!(self.vote, Some(self.id), "leader did not vote for itself");
+                let mut members = self.memberships.current().members();
+                members.remove(&self.id);
+                assert!(self.tracker.peers().into_iter().eq(members), "leader tracks exactly the other members");
+            }
+            Role::Candidate => assert_eq!(self.vote, Some(self.id), "candidate did not vote for itself"),
+            Role::PreCandidate | Role::Follower => {
+                assert!(self.tracker.is_empty(), "non-leader tracks replication");
+                assert!(self.transfer.is_none(), "non-leader transfers leadership");
+                if let Some(snapshot) = self.log.pending_snapshot() {
+                    assert!(self.log.committed >= snapshot.index, "commit below an installed snapshot");
+                    assert!(self.log.applied >= snapshot.index, "applied below an installed snapshot");
+                }
+            }
+        }
+        let (last, window) = (self.log.last_index(), self.options.inflight_messages_max());
+        self.tracker.check_invariants(last, window, self.options.uncommitted_bytes_max());
+    }
+}
+
+/// Internals the owners share: the batch's states, sending, appending to the log.
+impl<S: Storage> Raft<S> {
     pub(crate) fn soft_state(&self) -> SoftState {
         SoftState { role: self.role, term: self.term, leader: self.leader }
     }
@@ -508,35 +646,5 @@ impl<S: Storage> Raft<S> {
         if crate::INVARIANTS_CHECKED {
             self.check_invariants();
         }
-    }
-
-    /// Asserts the node's invariants; panics on a violation, which is a bug in this crate.
-    /// Runs after every input in debug and test builds and with the `invariants` feature.
-    pub fn check_invariants(&self) {
-        self.log.check_invariants();
-        self.memberships.check_invariants();
-        self.election.check_invariants(self.ticks, self.options.election_ticks());
-        assert!(self.vote.is_none() || self.term > Term(0), "vote cast in term 0");
-        assert!(self.durable_term <= self.term, "the durable term is above the term");
-        match self.role {
-            Role::Leader => {
-                assert_eq!(self.leader, Some(self.id), "leader does not know itself");
-                assert_eq!(self.vote, Some(self.id), "leader did not vote for itself");
-                let mut members = self.memberships.current().members();
-                members.remove(&self.id);
-                assert!(self.tracker.peers().into_iter().eq(members), "leader tracks exactly the other members");
-            }
-            Role::Candidate => assert_eq!(self.vote, Some(self.id), "candidate did not vote for itself"),
-            Role::PreCandidate | Role::Follower => {
-                assert!(self.tracker.is_empty(), "non-leader tracks replication");
-                assert!(self.transfer.is_none(), "non-leader transfers leadership");
-                if let Some(snapshot) = self.log.pending_snapshot() {
-                    assert!(self.log.committed >= snapshot.index, "commit below an installed snapshot");
-                    assert!(self.log.applied >= snapshot.index, "applied below an installed snapshot");
-                }
-            }
-        }
-        let (last, window) = (self.log.last_index(), self.options.inflight_messages_max());
-        self.tracker.check_invariants(last, window, self.options.uncommitted_bytes_max());
     }
 }

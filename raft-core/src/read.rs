@@ -140,16 +140,7 @@ impl Reads {
 }
 
 impl<S: Storage> Raft<S> {
-    /// Asks for a linearizable read, identified by the caller's `id`. Its outcome comes in
-    /// [`crate::Output::reads`]: once `Ok(index)`, the caller serves the read from its state
-    /// machine (which then reflects every write committed before the read was asked).
-    pub fn read(&mut self, id: u64, mode: ReadMode) -> Result<(), ReadError> {
-        let result = self.start_read(id, mode);
-        self.after_input();
-        result
-    }
-
-    fn start_read(&mut self, id: u64, mode: ReadMode) -> Result<(), ReadError> {
+    pub(crate) fn start_read(&mut self, id: u64, mode: ReadMode) -> Result<(), ReadError> {
         if mode == ReadMode::Lease && !self.options.lease_reads() {
             return Err(ReadError::LeaseNotEnabled);
         }

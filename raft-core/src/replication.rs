@@ -272,11 +272,6 @@ impl<S: Storage> Raft<S> {
         }
         self.log.term(index) == Ok(self.term)
     }
-
-    /// Whether `progress` of `peer` is in the replicate state (for tests and status).
-    pub fn is_replicating(&self, peer: NodeId) -> bool {
-        self.tracker.get(peer).is_some_and(|p| p.state == ProgressState::Replicate)
-    }
 }
 
 /// Rejects an append whose entries could not have come from an honest leader of `term`.

@@ -18,10 +18,10 @@
 
 use bytes::Bytes;
 
-use crate::error::{Malformed, SnapshotError, StepError};
+use crate::error::{Malformed, StepError};
 use crate::membership::MembershipHistory;
 use crate::message::{AppendResult, MessageBody, SnapshotRefusal, snapshot_chunk_crc32};
-use crate::progress::{ProgressState, SnapshotTransfer};
+use crate::progress::SnapshotTransfer;
 use crate::raft::Raft;
 use crate::storage::{Storage, StorageError};
 use crate::types::{Index, NodeId, SnapshotMeta, Term};
@@ -125,39 +125,6 @@ fn crc32_continued(crc: u32, data: &[u8]) -> u32 {
 }
 
 impl<S: Storage> Raft<S> {
-    /// Describes a snapshot of the state machine as it is after applying `index`, whose data has
-    /// the checksum `data_crc32` ([`crate::snapshot_crc32`] of the data), for the application to
-    /// store with the data. `index` must be applied and still in the log.
-    pub fn snapshot_meta(&self, index: Index, data_crc32: u32) -> Result<SnapshotMeta, SnapshotError> {
-        let applied = self.log.applied;
-        if index > applied {
-            return Err(SnapshotError::NotApplied { index, applied });
-        }
-        let term = match self.log.term(index) {
-            Ok(term) => term,
-            Err(StorageError::Compacted(_)) => return Err(SnapshotError::Compacted(index)),
-            Err(error) => return Err(SnapshotError::Storage(error)),
-        };
-        Ok(SnapshotMeta { index, term, membership: self.membership_at(index), data_crc32 })
-    }
-
-    /// Where the driver may compact the log now: the entry `compaction_margin_entries` below the
-    /// store's latest snapshot, with its term, or `None` when the log already starts there. The
-    /// margin lets slightly slow followers catch up from the log instead of a whole snapshot.
-    pub fn compaction_point(&self) -> Option<(Index, Term)> {
-        if self.log.pending_snapshot().is_some() {
-            return None; // The store is about to be replaced by an installed snapshot.
-        }
-        let snapshot = self.log.storage.snapshot().ok()?;
-        let index = Index(snapshot.index.0.saturating_sub(self.options.compaction_margin_entries()));
-        let first = self.log.first_index().ok()?;
-        if index < first {
-            return None;
-        }
-        let term = self.log.term(index).ok()?;
-        Some((index, term))
-    }
-
     /// Switches `peer` to snapshot transfer (its next entries are compacted) and sends the first
     /// chunks. Returns whether anything was sent.
     pub(crate) fn start_snapshot(&mut self, peer: NodeId) -> bool {
@@ -385,11 +352,6 @@ impl<S: Storage> Raft<S> {
         self.log.install_snapshot(meta);
         // Sent once the install is durable, like any acknowledgement.
         self.send(from, self.term, MessageBody::AppendResponse(AppendResult::Success { match_index: index }));
-    }
-
-    /// Whether `peer` is being sent a snapshot (for tests and status).
-    pub fn is_sending_snapshot(&self, peer: NodeId) -> bool {
-        self.tracker.get(peer).is_some_and(|p| p.state == ProgressState::Snapshot)
     }
 }
 

@@ -40,15 +40,7 @@ pub enum TransferError {
 }
 
 impl<S: Storage> Raft<S> {
-    /// Hands leadership to `target`. Proposals are refused until the transfer ends: when the
-    /// target wins an election, or after an election timeout (then this node leads on).
-    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
-        let result = self.start_transfer(target);
-        self.after_input();
-        result
-    }
-
-    fn start_transfer(&mut self, target: NodeId) -> Result<(), TransferError> {
+    pub(crate) fn start_transfer(&mut self, target: NodeId) -> Result<(), TransferError> {
         if self.role != Role::Leader {
             return Err(TransferError::NotLeader { leader: self.leader });
         }
