@@ -94,6 +94,15 @@ pub enum Malformed {
     /// above the message's, no voters, or an offset that overflows.
     #[error("invalid snapshot metadata at index {0}")]
     SnapshotInvalid(Index),
+    /// A membership (in an entry at `index`, or in a snapshot ending there) that no group can
+    /// run with.
+    #[error("invalid membership at index {index}: {reason}")]
+    InvalidMembership {
+        /// The index of the entry or snapshot that carries it.
+        index: Index,
+        /// What is wrong with it.
+        reason: crate::types::InvalidMembership,
+    },
     /// An entry at [`Index::END`], the end of the index space: the log keeps the index after its
     /// last entry, so no entry may sit there.
     #[error("entry at index {0}, the end of the index space")]

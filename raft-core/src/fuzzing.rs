@@ -59,7 +59,8 @@ pub fn quorum(data: &[u8]) {
 
     // Joint: decisions need both halves.
     let outgoing: BTreeSet<NodeId> = input.outgoing.iter().map(|&raw| id(raw)).collect();
-    let joint = Membership { voters: voters.clone(), voters_outgoing: outgoing.clone(), learners: BTreeSet::new() };
+    let joint =
+        Membership { voters_incoming: voters.clone(), voters_outgoing: outgoing.clone(), ..Membership::default() };
     let expected = if outgoing.is_empty() { committed } else { committed.min(naive_committed(&outgoing, &matches)) };
     assert_eq!(membership_committed_index(&joint, &matches), expected, "joint committed: {joint:?} {matches:?}");
     let expected = match (result, if outgoing.is_empty() { result } else { naive_vote(&outgoing, &votes) }) {

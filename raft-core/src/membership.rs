@@ -57,36 +57,46 @@ pub enum MembershipError {
 /// The membership `changes` lead to from `current` (which must not be joint), checked; joint
 /// phases are not part of it.
 pub fn apply_changes(current: &Membership, changes: &[ConfChange]) -> Result<Membership, MembershipError> {
-    let mut next = Membership { voters_outgoing: Default::default(), ..current.clone() };
+    debug_assert!(!current.is_joint(), "changes start from a joint membership");
+    let mut next = current.leave_joint();
     for &change in changes {
         let changed = match change {
-            ConfChange::AddVoter(id) => next.learners.remove(&id) | next.voters.insert(id),
-            ConfChange::AddLearner(id) => next.voters.remove(&id) | next.learners.insert(id),
-            ConfChange::Remove(id) => next.voters.remove(&id) | next.learners.remove(&id),
+            ConfChange::AddVoter(id) => next.learners.remove(&id) | next.voters_incoming.insert(id),
+            ConfChange::AddLearner(id) => next.voters_incoming.remove(&id) | next.learners.insert(id),
+            ConfChange::Remove(id) => next.voters_incoming.remove(&id) | next.learners.remove(&id),
         };
         if !changed {
             let (ConfChange::AddVoter(id) | ConfChange::AddLearner(id) | ConfChange::Remove(id)) = change;
             return Err(MembershipError::NoEffect(id));
         }
     }
-    if next.voters.is_empty() {
+    if next.voters_incoming.is_empty() {
         return Err(MembershipError::NoVoters);
     }
-    debug_assert!(next.is_valid(), "a built membership is valid: {next:?}");
+    debug_assert_eq!(next.validate(), Ok(()), "a built membership is valid: {next:?}");
     Ok(next)
 }
 
-/// The entry that starts moving from `current` to `target`: a joint membership when the voters
-/// change, `target` itself when only learners do.
+/// The entry that starts moving from `current` to `target` (neither joint): a joint membership
+/// when the voters change, `target` itself when only learners do. Voters that `target` demotes
+/// to learners stay outgoing voters until the joint configuration is left, waiting in
+/// `learners_next`.
 pub fn first_step(current: &Membership, target: &Membership) -> Membership {
-    if current.voters == target.voters {
+    debug_assert!(!current.is_joint() && !target.is_joint(), "a first step between joint memberships");
+    if current.voters_incoming == target.voters_incoming {
         return target.clone();
     }
-    Membership {
-        voters: target.voters.clone(),
-        voters_outgoing: current.voters.clone(),
-        learners: target.learners.clone(),
-    }
+    let (learners_next, learners) =
+        target.learners.iter().copied().partition(|id| current.voters_incoming.contains(id));
+    let joint = Membership {
+        voters_incoming: target.voters_incoming.clone(),
+        voters_outgoing: current.voters_incoming.clone(),
+        learners,
+        learners_next,
+    };
+    debug_assert_eq!(joint.validate(), Ok(()), "a built joint membership is valid: {joint:?}");
+    debug_assert_eq!(joint.leave_joint(), *target, "leaving the joint membership reaches the target");
+    joint
 }
 
 /// The memberships in a node's log, oldest first: the base (the snapshot's, or the initial one),
@@ -95,6 +105,13 @@ pub fn first_step(current: &Membership, target: &Membership) -> Membership {
 #[derive(Clone, Debug)]
 pub(crate) struct MembershipHistory {
     history: Vec<(Index, Membership)>,
+}
+
+/// Whether `membership` at `index` is the empty initial membership of a node that joins a group:
+/// it knows no member until a leader replicates the group's membership to it. Every other
+/// membership must be valid.
+fn is_unknown(index: Index, membership: &Membership) -> bool {
+    index == Index(0) && *membership == Membership::default()
 }
 
 impl MembershipHistory {
@@ -155,6 +172,11 @@ impl MembershipHistory {
     pub(crate) fn check_invariants(&self) {
         assert!(!self.history.is_empty(), "membership history lost its base");
         assert!(self.history.windows(2).all(|w| w[0].0 < w[1].0), "membership history out of order");
+        for (index, membership) in &self.history {
+            if !is_unknown(*index, membership) {
+                assert_eq!(membership.validate(), Ok(()), "invalid membership at {index}: {membership:?}");
+            }
+        }
     }
 }
 
@@ -179,6 +201,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn append_membership(&mut self, membership: Membership) -> Index {
+        assert_eq!(membership.validate(), Ok(()), "the leader built an invalid membership: {membership:?}");
         let index = self.log.last_index().next();
         let entry = Entry { term: self.term, index, payload: EntryPayload::Membership(membership) };
         self.append_to_log(vec![entry]);
@@ -221,7 +244,7 @@ impl<S: Storage> Raft<S> {
         }
         let current = self.memberships.current();
         if current.is_joint() && self.committed_in_own_term() {
-            let leave = Membership { voters_outgoing: Default::default(), ..current.clone() };
+            let leave = current.leave_joint();
             self.append_membership(leave);
         } else if !current.is_voter(self.id) {
             tracing::info!(id = %self.id, term = %self.term, "removed from the voters: stepping down");
@@ -232,6 +255,13 @@ impl<S: Storage> Raft<S> {
     /// Rebuilds the membership history from storage at start-up: the base (the snapshot's, or
     /// the initial one) and every membership entry after it.
     pub(crate) fn load_memberships(&mut self, base: (Index, Membership)) -> Result<(), StorageError> {
+        let checked = |index: Index, membership: &Membership| {
+            if is_unknown(index, membership) {
+                return Ok(());
+            }
+            membership.validate().map_err(|reason| StorageError::InvalidMembership { index, reason })
+        };
+        checked(base.0, &base.1)?;
         self.memberships = MembershipHistory::new(base.0, base.1);
         let (mut next, last) = (base.0.next().max(self.log.first_index()?), self.log.last_index());
         while next <= last {
@@ -239,6 +269,7 @@ impl<S: Storage> Raft<S> {
             let Some(end) = entries.last().map(|e| e.index) else { break };
             for entry in entries {
                 if let EntryPayload::Membership(membership) = entry.payload {
+                    checked(entry.index, &membership)?;
                     self.memberships.push(entry.index, membership);
                 }
             }
@@ -271,12 +302,12 @@ mod tests {
     fn changes_build_a_checked_membership() {
         let current = Membership::new([1, 2, 3].map(NodeId));
         let next = apply_changes(&current, &[ConfChange::AddLearner(NodeId(4))]).expect("valid");
-        assert_eq!((next.voters.clone(), next.learners.clone()), (ids(&[1, 2, 3]), ids(&[4])));
+        assert_eq!((next.voters_incoming.clone(), next.learners.clone()), (ids(&[1, 2, 3]), ids(&[4])));
         assert_eq!(first_step(&current, &next), next, "learners need no joint phase");
         let promoted = apply_changes(&next, &[ConfChange::AddVoter(NodeId(4))]).expect("valid");
-        assert_eq!((promoted.voters.clone(), promoted.learners.clone()), (ids(&[1, 2, 3, 4]), ids(&[])));
+        assert_eq!((promoted.voters_incoming.clone(), promoted.learners.clone()), (ids(&[1, 2, 3, 4]), ids(&[])));
         let joint = first_step(&next, &promoted);
-        assert_eq!((joint.voters, joint.voters_outgoing), (ids(&[1, 2, 3, 4]), ids(&[1, 2, 3])));
+        assert_eq!((joint.voters_incoming, joint.voters_outgoing), (ids(&[1, 2, 3, 4]), ids(&[1, 2, 3])));
         assert_eq!(
             apply_changes(&current, &[ConfChange::AddVoter(NodeId(1))]),
             Err(MembershipError::NoEffect(NodeId(1)))

@@ -197,7 +197,9 @@ pub fn snapshot_chunk_crc32(meta: &SnapshotMeta, offset: u64, data: &[u8]) -> u3
         hasher.update(&word.to_le_bytes());
     }
     let membership = &meta.membership;
-    for ids in [&membership.voters, &membership.voters_outgoing, &membership.learners] {
+    let sets =
+        [&membership.voters_incoming, &membership.voters_outgoing, &membership.learners, &membership.learners_next];
+    for ids in sets {
         hasher.update(&(ids.len() as u64).to_le_bytes());
         for id in ids {
             hasher.update(&id.0.to_le_bytes());

@@ -56,14 +56,14 @@ pub fn is_quorum(voters: &BTreeSet<NodeId>, active: &BTreeSet<NodeId>) -> bool {
 /// [`committed_index`] for a membership: while joint, the index held by a majority of both
 /// halves.
 pub fn membership_committed_index(membership: &Membership, matches: &BTreeMap<NodeId, Index>) -> Index {
-    let incoming = committed_index(&membership.voters, matches);
+    let incoming = committed_index(&membership.voters_incoming, matches);
     if membership.is_joint() { incoming.min(committed_index(&membership.voters_outgoing, matches)) } else { incoming }
 }
 
 /// [`vote_result`] for a membership: while joint, won only if both halves grant, lost if either
 /// refuses.
 pub fn membership_vote_result(membership: &Membership, votes: &BTreeMap<NodeId, bool>) -> VoteResult {
-    let incoming = vote_result(&membership.voters, votes);
+    let incoming = vote_result(&membership.voters_incoming, votes);
     if !membership.is_joint() {
         return incoming;
     }
@@ -76,7 +76,8 @@ pub fn membership_vote_result(membership: &Membership, votes: &BTreeMap<NodeId, 
 
 /// [`is_quorum`] for a membership: while joint, a majority of both halves.
 pub fn membership_is_quorum(membership: &Membership, active: &BTreeSet<NodeId>) -> bool {
-    is_quorum(&membership.voters, active) && (!membership.is_joint() || is_quorum(&membership.voters_outgoing, active))
+    is_quorum(&membership.voters_incoming, active)
+        && (!membership.is_joint() || is_quorum(&membership.voters_outgoing, active))
 }
 
 #[cfg(test)]
@@ -146,7 +147,7 @@ mod tests {
         candidates
             .into_iter()
             .filter(|&i| {
-                holders_in(&m.voters, i) && (m.voters_outgoing.is_empty() || holders_in(&m.voters_outgoing, i))
+                holders_in(&m.voters_incoming, i) && (m.voters_outgoing.is_empty() || holders_in(&m.voters_outgoing, i))
             })
             .max()
             .unwrap_or_default()
@@ -158,7 +159,7 @@ mod tests {
             let granted = |set: &BTreeSet<NodeId>| {
                 set.iter().filter(|id| votes.get(id).copied().unwrap_or(assume_missing)).count() * 2 > set.len()
             };
-            granted(&m.voters) && (m.voters_outgoing.is_empty() || granted(&m.voters_outgoing))
+            granted(&m.voters_incoming) && (m.voters_outgoing.is_empty() || granted(&m.voters_outgoing))
         };
         if wins(false) {
             VoteResult::Won
@@ -171,9 +172,9 @@ mod tests {
 
     fn membership_of(voters: BTreeSet<u64>, outgoing: BTreeSet<u64>) -> Membership {
         Membership {
-            voters: voters.into_iter().map(NodeId).collect(),
+            voters_incoming: voters.into_iter().map(NodeId).collect(),
             voters_outgoing: outgoing.into_iter().map(NodeId).collect(),
-            learners: BTreeSet::new(),
+            ..Membership::default()
         }
     }
 
@@ -209,7 +210,7 @@ mod tests {
             let m = membership_of(voters, outgoing);
             let active: BTreeSet<NodeId> = active.into_iter().map(NodeId).collect();
             let majority = |set: &BTreeSet<NodeId>| set.iter().filter(|id| active.contains(id)).count() * 2 > set.len();
-            let expected = majority(&m.voters) && (m.voters_outgoing.is_empty() || majority(&m.voters_outgoing));
+            let expected = majority(&m.voters_incoming) && (m.voters_outgoing.is_empty() || majority(&m.voters_outgoing));
             prop_assert_eq!(membership_is_quorum(&m, &active), expected);
         }
     }

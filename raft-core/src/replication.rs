@@ -6,7 +6,7 @@ use crate::message::{AppendResult, ConflictHint, MessageBody};
 use crate::progress::ProgressState;
 use crate::raft::{Raft, Role};
 use crate::storage::{Storage, StorageError};
-use crate::types::{Entry, Index, NodeId, Term};
+use crate::types::{Entry, EntryPayload, Index, NodeId, Term};
 
 impl<S: Storage> Raft<S> {
     pub(crate) fn on_append_entries(
@@ -299,6 +299,11 @@ pub(crate) fn validate_entries(
         }
         if entry.term < floor || entry.term > term {
             return Err(StepError::Malformed(Malformed::EntryTermOutOfOrder { index: entry.index, term: entry.term }));
+        }
+        if let EntryPayload::Membership(membership) = &entry.payload
+            && let Err(reason) = membership.validate()
+        {
+            return Err(StepError::Malformed(Malformed::InvalidMembership { index: entry.index, reason }));
         }
         floor = entry.term;
     }

@@ -372,10 +372,13 @@ pub(crate) fn validate_chunk(
         || meta.index == Index::END
         || meta.term == Term(0)
         || meta.term > term
-        || meta.membership.voters.is_empty()
+        || meta.membership.voters_incoming.is_empty()
         || offset.checked_add(bytes).is_none();
     if invalid {
         return Err(StepError::Malformed(Malformed::SnapshotInvalid(meta.index)));
+    }
+    if let Err(reason) = meta.membership.validate() {
+        return Err(StepError::Malformed(Malformed::InvalidMembership { index: meta.index, reason }));
     }
     Ok(())
 }

@@ -53,6 +53,15 @@ pub enum StorageError {
         /// Where in the snapshot's data the damage was found.
         offset: u64,
     },
+    /// The store holds a membership no group can run with (the initial one, a snapshot's, or
+    /// an entry's at `index`; 0 for the initial one): the node cannot start from it.
+    #[error("stored membership at index {index} is invalid: {reason}")]
+    InvalidMembership {
+        /// The index of the entry or snapshot that holds it (0: the initial membership).
+        index: Index,
+        /// What is wrong with it.
+        reason: crate::types::InvalidMembership,
+    },
 }
 
 /// Read access to the entries and hard state that the driver has persisted.

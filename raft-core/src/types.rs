@@ -116,31 +116,61 @@ pub struct HardState {
     pub commit: Index,
 }
 
-/// Who votes in the group, and who only listens. In a joint configuration (during a change of
-/// voters) decisions need a majority of `voters` *and* a majority of `voters_outgoing`.
+/// Who votes in the group, and who only listens.
+///
+/// Outside a change of voters, `voters_incoming` are the voters and `learners` the listeners;
+/// the other two sets are empty. During a change of voters the membership is *joint*: decisions
+/// need a majority of `voters_incoming` (the configuration being moved to) *and* a majority of
+/// `voters_outgoing` (the one being left), and the voters being demoted to learners wait in
+/// `learners_next` (they are outgoing voters until the joint configuration is left, see
+/// [`Membership::leave_joint`]). So no node is ever a voter and a learner at once.
+/// [`Membership::validate`] checks these rules; the core checks them on every membership it
+/// creates and refuses any it receives that breaks them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
-    /// The voting members (of the new configuration, while joint). Ordered, so iteration is
+    /// The voters (of the configuration being moved to, while joint). Ordered, so iteration is
     /// deterministic.
-    pub voters: BTreeSet<NodeId>,
-    /// The voters of the old configuration while the group is joint; empty otherwise.
+    pub voters_incoming: BTreeSet<NodeId>,
+    /// The voters of the configuration being left, while joint; empty otherwise.
     pub voters_outgoing: BTreeSet<NodeId>,
     /// Members that receive the log but do not vote (they may be promoted).
     pub learners: BTreeSet<NodeId>,
+    /// Outgoing voters that become learners once the joint configuration is left; empty
+    /// otherwise.
+    pub learners_next: BTreeSet<NodeId>,
+}
+
+/// Why a membership is not one a group can run with (see [`Membership::validate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidMembership {
+    /// The (incoming) configuration has no voter.
+    #[error("no voter")]
+    NoVoters,
+    /// A node is both a voter and a learner.
+    #[error("node {0} is both a voter and a learner")]
+    LearnerVotes(NodeId),
+    /// A node waits to become a learner without being an outgoing voter, or while it is an
+    /// incoming voter or already a learner.
+    #[error("node {0} waits to become a learner without leaving the voters")]
+    LearnerNextMisplaced(NodeId),
+    /// Nodes wait to become learners outside a joint configuration.
+    #[error("learners wait for a joint configuration that is not in progress")]
+    LearnerNextOutsideJoint,
 }
 
 impl Membership {
     /// A membership of the given voters.
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Self {
-        Membership { voters: voters.into_iter().collect(), ..Membership::default() }
+        Membership { voters_incoming: voters.into_iter().collect(), ..Membership::default() }
     }
 
     /// Whether `id` votes (in either half of a joint configuration).
     pub fn is_voter(&self, id: NodeId) -> bool {
-        self.voters.contains(&id) || self.voters_outgoing.contains(&id)
+        self.voters_incoming.contains(&id) || self.voters_outgoing.contains(&id)
     }
 
-    /// Whether `id` is a voter or a learner.
+    /// Whether `id` is a voter or a learner (or waits to become one).
     pub fn is_member(&self, id: NodeId) -> bool {
         self.is_voter(id) || self.learners.contains(&id)
     }
@@ -152,25 +182,54 @@ impl Membership {
 
     /// Every voter, of both halves while joint.
     pub fn all_voters(&self) -> BTreeSet<NodeId> {
-        self.voters.union(&self.voters_outgoing).copied().collect()
+        self.voters_incoming.union(&self.voters_outgoing).copied().collect()
     }
 
-    /// Every member: voters of both halves and learners.
+    /// Every member: voters of both halves and learners (`learners_next` are outgoing voters).
     pub fn members(&self) -> BTreeSet<NodeId> {
         let mut members = self.all_voters();
         members.extend(self.learners.iter().copied());
         members
     }
 
-    /// The number of votes that form a majority of `voters` (ignoring a joint configuration).
-    pub fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
+    /// The membership once the joint configuration is left: the incoming voters, and the
+    /// learners with those waiting to become learners. Outside a joint configuration, itself.
+    pub fn leave_joint(&self) -> Membership {
+        let mut learners = self.learners.clone();
+        learners.extend(self.learners_next.iter().copied());
+        Membership {
+            voters_incoming: self.voters_incoming.clone(),
+            voters_outgoing: BTreeSet::new(),
+            learners,
+            learners_next: BTreeSet::new(),
+        }
     }
 
-    /// Whether this is a membership a group can run with: some voter, and no learner that also
-    /// votes.
+    /// Checks that a group can run with this membership: some incoming voter, no node both a
+    /// voter and a learner, and learners-to-be only among the outgoing voters of a joint
+    /// configuration (neither incoming voters nor learners already).
+    pub fn validate(&self) -> Result<(), InvalidMembership> {
+        if self.voters_incoming.is_empty() {
+            return Err(InvalidMembership::NoVoters);
+        }
+        if let Some(&id) = self.learners.iter().find(|&&id| self.is_voter(id)) {
+            return Err(InvalidMembership::LearnerVotes(id));
+        }
+        if !self.is_joint() && !self.learners_next.is_empty() {
+            return Err(InvalidMembership::LearnerNextOutsideJoint);
+        }
+        let misplaced = |id: &&NodeId| {
+            !self.voters_outgoing.contains(id) || self.voters_incoming.contains(id) || self.learners.contains(id)
+        };
+        if let Some(&id) = self.learners_next.iter().find(misplaced) {
+            return Err(InvalidMembership::LearnerNextMisplaced(id));
+        }
+        Ok(())
+    }
+
+    /// Whether [`Membership::validate`] accepts this membership.
     pub fn is_valid(&self) -> bool {
-        !self.voters.is_empty() && self.learners.iter().all(|id| !self.is_voter(*id))
+        self.validate().is_ok()
     }
 }
 

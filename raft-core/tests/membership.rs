@@ -14,7 +14,7 @@ use raft_core::{
 use raft_storage::MemStorage;
 
 fn voters(c: &Cluster, id: u64) -> BTreeSet<NodeId> {
-    c.node(id).membership().voters.clone()
+    c.node(id).membership().voters_incoming.clone()
 }
 
 fn set(list: &[u64]) -> BTreeSet<NodeId> {
@@ -45,7 +45,7 @@ fn adding_a_voter_goes_through_a_joint_configuration_and_leaves_it() {
     let log = c.node(1).storage().all_entries().to_vec();
     let joint = &log[index.0 as usize - 1];
     let EntryPayload::Membership(joint) = &joint.payload else { panic!("a membership entry at {index}") };
-    assert_eq!((joint.voters.clone(), joint.voters_outgoing.clone()), (set(&[1, 2, 3, 4]), set(&[1, 2, 3])));
+    assert_eq!((joint.voters_incoming.clone(), joint.voters_outgoing.clone()), (set(&[1, 2, 3, 4]), set(&[1, 2, 3])));
     let leave = log.iter().skip(index.0 as usize).find_map(|e| match &e.payload {
         EntryPayload::Membership(m) => Some(m.clone()),
         _ => None,
@@ -313,7 +313,7 @@ fn a_leader_that_left_the_voters_and_lost_leadership_mid_change_does_not_wedge_t
         _ => Fate::Deliver,
     };
     deliver_with(&mut c, hold_final);
-    assert_eq!(c.node(1).membership().voters, set(&[2]), "node 1 appended the final membership");
+    assert_eq!(c.node(1).membership().voters_incoming, set(&[2]), "node 1 appended the final membership");
     assert!(c.node(2).membership().is_joint(), "node 2 is still joint");
     c.isolate(1);
     for _ in 0..25 {
@@ -343,7 +343,7 @@ fn membership_is_restored_on_restart_from_the_log_and_from_snapshots() {
     assert!(c.node(2).membership().learners.contains(&NodeId(4)), "from the log");
     change(&mut c, 1, &[ConfChange::AddVoter(NodeId(4))]);
     let meta = c.snapshot(3);
-    assert_eq!(meta.membership.voters, set(&[1, 2, 3, 4]), "the snapshot carries the membership at its index");
+    assert_eq!(meta.membership.voters_incoming, set(&[1, 2, 3, 4]), "the snapshot carries the membership at its index");
     c.crash(3);
     c.restart(3);
     assert_eq!(voters(&c, 3), set(&[1, 2, 3, 4]), "from the snapshot");

@@ -302,7 +302,12 @@ fn node_with_membership(
 
 fn members(voters: &[u64], voters_outgoing: &[u64], learners: &[u64]) -> Membership {
     let set = |list: &[u64]| list.iter().copied().map(NodeId).collect();
-    Membership { voters: set(voters), voters_outgoing: set(voters_outgoing), learners: set(learners) }
+    Membership {
+        voters_incoming: set(voters),
+        voters_outgoing: set(voters_outgoing),
+        learners: set(learners),
+        learners_next: Default::default(),
+    }
 }
 
 /// Found by simulator seed 131265 (pre-vote off, check-quorum on, membership changes):

@@ -26,8 +26,10 @@ pub const MAGIC: [u8; 4] = *b"RFTN";
 
 /// The protocol version this build speaks. Peers must speak the same version. Version 3 added
 /// snapshot checksums: `data_crc32` in every snapshot's metadata, `chunk_crc32` in
-/// `InstallSnapshot`, and the `SnapshotRefused` message.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `InstallSnapshot`, and the `SnapshotRefused` message. Version 4 names the halves of a joint
+/// membership and adds `learners_next` to it (voters being demoted wait there until the joint
+/// configuration is left).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest snapshot chunk a message will carry (snapshot transfer is planned in raft-core).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: u32 = 64 * 1024;

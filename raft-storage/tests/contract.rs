@@ -33,9 +33,10 @@ fn entry(index: u64, term: u64) -> Entry {
         EntryPayload::Noop
     } else if index.is_multiple_of(7) {
         EntryPayload::Membership(Membership {
-            voters: [NodeId(1), NodeId(2), NodeId(index)].into(),
+            voters_incoming: [NodeId(1), NodeId(2), NodeId(index)].into(),
             voters_outgoing: [NodeId(1), NodeId(2), NodeId(3)].into(),
             learners: [NodeId(term + 100)].into(),
+            learners_next: [NodeId(3)].into(),
         })
     } else {
         EntryPayload::Normal(Bytes::from(format!("entry {index} of term {term}").into_bytes()))

@@ -65,9 +65,10 @@ fn every_payload_kind_survives_reopen() {
     let mut learner = membership.clone();
     learner.learners.insert(NodeId(4));
     let joint = Membership {
-        voters: [NodeId(1), NodeId(2), NodeId(3), NodeId(4)].into(),
-        voters_outgoing: membership.voters.clone(),
+        voters_incoming: [NodeId(1), NodeId(2), NodeId(4)].into(),
+        voters_outgoing: membership.voters_incoming.clone(),
         learners: Default::default(),
+        learners_next: [NodeId(3)].into(),
     };
     let payloads = [
         EntryPayload::Noop,

@@ -93,7 +93,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
 
     let removed_id = follower.id;
     let after = change(leader, vec![ConfChange::Remove(removed_id)]).await;
-    assert!(!after.is_member(removed_id) && after.voters.len() == 3, "{after:?}");
+    assert!(!after.is_member(removed_id) && after.voters_incoming.len() == 3, "{after:?}");
     let staying: Vec<Member> = members.into_iter().filter(|m| m.id != removed_id).collect();
     write_some(&staying, 20..30).await;
     for member in &staying {

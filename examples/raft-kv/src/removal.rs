@@ -51,9 +51,10 @@ impl Removal {
 /// Whether `membership` leaves out node `id` (as a voter and a learner); a leader still in the
 /// outgoing half of a joint membership is finishing the change that removes it and still leads.
 pub fn leaves_out(membership: &Membership, id: NodeId, role: Role) -> bool {
-    let in_target = membership.voters.contains(&id) || membership.learners.contains(&id);
+    // A voter being demoted waits in `learners_next`: it stays, as a learner.
+    let in_target = membership.leave_joint().is_member(id);
     let finishing = role == Role::Leader && membership.voters_outgoing.contains(&id);
-    !membership.voters.is_empty() && !in_target && !finishing
+    !membership.voters_incoming.is_empty() && !in_target && !finishing
 }
 
 async fn watch(handle: NodeHandle<Kv>, id: NodeId, marker: PathBuf, removal: Removal) {
@@ -82,7 +83,12 @@ mod tests {
 
     fn membership(voters: &[u64], outgoing: &[u64], learners: &[u64]) -> Membership {
         let set = |ids: &[u64]| ids.iter().map(|id| NodeId(*id)).collect();
-        Membership { voters: set(voters), voters_outgoing: set(outgoing), learners: set(learners) }
+        Membership {
+            voters_incoming: set(voters),
+            voters_outgoing: set(outgoing),
+            learners: set(learners),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -90,6 +96,8 @@ mod tests {
         let me = NodeId(3);
         assert!(!leaves_out(&membership(&[1, 2, 3], &[], &[]), me, Role::Follower));
         assert!(!leaves_out(&membership(&[1, 2], &[], &[3]), me, Role::Follower), "a learner");
+        let demoting = Membership { learners_next: [me].into(), ..membership(&[1, 2], &[1, 2, 3], &[]) };
+        assert!(!leaves_out(&demoting, me, Role::Follower), "joint, becoming a learner");
         assert!(leaves_out(&membership(&[1, 2], &[1, 2, 3], &[]), me, Role::Follower), "joint, leaving");
         assert!(!leaves_out(&membership(&[1, 2], &[1, 2, 3], &[]), me, Role::Leader), "finishing");
         assert!(leaves_out(&membership(&[1, 2], &[], &[]), me, Role::Follower));

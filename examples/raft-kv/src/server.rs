@@ -454,8 +454,9 @@ async fn status_json(app: &App) -> Result<Value, ApiError> {
     Ok(json!({
         "id": status.id.0, "role": role, "term": status.term.0, "leader": status.leader.map(|id| id.0),
         "commit": status.commit.0, "applied": status.applied.0, "last_index": status.last_index.0,
-        "voters": ids(&status.membership.voters), "voters_outgoing": ids(&status.membership.voters_outgoing),
-        "learners": ids(&status.membership.learners), "peers": peers, "addresses": addresses,
+        "voters": ids(&status.membership.voters_incoming), "voters_outgoing": ids(&status.membership.voters_outgoing),
+        "learners": ids(&status.membership.learners), "learners_next": ids(&status.membership.learners_next),
+        "peers": peers, "addresses": addresses,
         "removed": app.removal.is_removed(),
     }))
 }
@@ -482,7 +483,7 @@ async fn metrics(State(app): State<Arc<App>>) -> HttpResponse {
     line("raft_applied_index", "The highest index applied.", status.applied.0);
     line("raft_last_index", "The last index in the log.", status.last_index.0);
     line("raft_is_leader", "1 when this node leads.", u64::from(status.role == Role::Leader));
-    line("raft_voters", "Voters in the membership.", status.membership.voters.len() as u64);
+    line("raft_voters", "Voters in the membership.", status.membership.voters_incoming.len() as u64);
     line("kv_keys", "Keys in the map.", keys as u64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -590,7 +591,7 @@ fn check_promotable(status: &NodeStatus, id: NodeId) -> Result<(), ApiError> {
 
 fn membership_json(membership: &Membership) -> Value {
     let ids = |set: &std::collections::BTreeSet<NodeId>| set.iter().map(|id| id.0).collect::<Vec<_>>();
-    json!({ "voters": ids(&membership.voters), "learners": ids(&membership.learners) })
+    json!({ "voters": ids(&membership.voters_incoming), "learners": ids(&membership.learners) })
 }
 
 async fn change_membership(app: &App, change: ConfChange, uri: &Uri) -> HttpResponse {
