@@ -70,13 +70,16 @@ impl Election {
         self.heartbeat_elapsed = 0;
         // Uniform in [base, 2*base): the spread is what keeps split votes rare.
         self.randomized_ticks = election_ticks + (self.rng.next_u64() % u64::from(election_ticks)) as u32;
-        debug_assert!(self.randomized_ticks >= election_ticks && self.randomized_ticks < 2 * election_ticks);
+        invariant!(
+            (election_ticks..2 * election_ticks).contains(&self.randomized_ticks),
+            "election timeout drawn out of range"
+        );
     }
 
     /// Restarts the count toward an election, by the timers and by the clock (a leader was heard
     /// from, or a vote granted).
     pub(crate) fn restart_count(&mut self, now: u64) {
-        debug_assert!(now >= self.restarted_at, "the clock went back");
+        invariant!(now >= self.restarted_at, "the clock went back");
         self.elapsed = 0;
         self.restarted_at = now;
     }
@@ -224,6 +227,8 @@ impl<S: Storage> Raft<S> {
     }
 
     fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
+        let expected = if pre_vote { Role::PreCandidate } else { Role::Candidate };
+        invariant!(self.role == expected, "asking for votes as a {:?}", self.role);
         let term = if pre_vote { self.term.next() } else { self.term };
         self.election.record_vote(self.id, true);
         if self.tally_votes(pre_vote) {
@@ -263,6 +268,7 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        invariant!(term >= self.term, "stepping down to term {term} from {}", self.term);
         if term > self.term {
             self.term = term;
             self.vote = None;
@@ -273,6 +279,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_pre_candidate(&mut self) {
+        invariant!(self.may_campaign() && self.role != Role::Leader, "a pre-candidate that may not campaign");
         // Term and vote stay; the known leader is dropped so this node stops defending a lease
         // it no longer has and can grant pre-votes to others (raft-rs#84, etcd#8334).
         self.role = Role::PreCandidate;
@@ -281,6 +288,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_candidate(&mut self) {
+        invariant!(self.may_campaign() && self.role != Role::Leader, "a candidate that may not campaign");
         self.term = self.term.next();
         self.vote = Some(self.id);
         self.role = Role::Candidate;
@@ -290,6 +298,8 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_leader(&mut self) {
+        let won = self.election.result(self.memberships.current()) == VoteResult::Won;
+        invariant!(self.role == Role::Candidate && won, "leading without winning an election");
         // Other voters only saw our request after our term and vote were durable; a lone voter
         // wins before that, and must not hand out (index, term) pairs that a crash could reuse.
         if self.election.granted_by_another(self.id) {
@@ -304,6 +314,7 @@ impl<S: Storage> Raft<S> {
         // when no client writes (§5.4.2: earlier terms' entries commit only beneath one).
         let noop = Entry { term: self.term, index: next, payload: EntryPayload::Noop };
         self.append_to_log(vec![noop]);
+        invariant!(self.log.last_term() == Ok(self.term), "a new leader's log does not end in its term");
         self.tracker.schedule_broadcast();
         tracing::info!(id = %self.id, term = %self.term, "became leader");
     }
@@ -339,6 +350,7 @@ impl<S: Storage> Raft<S> {
         let can_vote =
             self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none()) || (pre_vote && term > self.term);
         if can_vote && self.candidate_up_to_date(last_log_index, last_log_term)? {
+            invariant!(pre_vote || self.vote.is_none_or(|vote| vote == from), "a second vote in term {}", self.term);
             if !pre_vote {
                 self.vote = Some(from);
                 self.election.restart_count(self.ticks);

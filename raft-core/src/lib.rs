@@ -136,6 +136,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// Asserts a condition the surrounding reasoning relies on, where that reasoning is: in test,
+/// simulator and fuzz builds (whenever [`INVARIANTS_CHECKED`] is true, release builds of the
+/// simulator included), and compiled to nothing elsewhere. A failure is a bug in this crate.
+macro_rules! invariant {
+    ($condition:expr, $($message:tt)+) => {
+        if $crate::INVARIANTS_CHECKED {
+            assert!($condition, $($message)+);
+        }
+    };
+}
+
 mod election;
 mod error;
 #[cfg(feature = "fuzzing")]

@@ -57,7 +57,9 @@ pub enum MembershipError {
 /// The membership `changes` lead to from `current` (which must not be joint), checked; joint
 /// phases are not part of it.
 pub fn apply_changes(current: &Membership, changes: &[ConfChange]) -> Result<Membership, MembershipError> {
-    debug_assert!(!current.is_joint(), "changes start from a joint membership");
+    if current.is_joint() {
+        return Err(MembershipError::ChangeInProgress);
+    }
     let mut next = current.leave_joint();
     for &change in changes {
         let changed = match change {
@@ -73,18 +75,20 @@ pub fn apply_changes(current: &Membership, changes: &[ConfChange]) -> Result<Mem
     if next.voters_incoming.is_empty() {
         return Err(MembershipError::NoVoters);
     }
-    debug_assert_eq!(next.validate(), Ok(()), "a built membership is valid: {next:?}");
+    invariant!(next.validate().is_ok(), "a built membership is invalid: {next:?}");
     Ok(next)
 }
 
-/// The entry that starts moving from `current` to `target` (neither joint): a joint membership
-/// when the voters change, `target` itself when only learners do. Voters that `target` demotes
-/// to learners stay outgoing voters until the joint configuration is left, waiting in
-/// `learners_next`.
-pub fn first_step(current: &Membership, target: &Membership) -> Membership {
-    debug_assert!(!current.is_joint() && !target.is_joint(), "a first step between joint memberships");
+/// The entry that starts moving from `current` to `target`: a joint membership when the voters
+/// change, `target` itself when only learners do. Voters that `target` demotes to learners stay
+/// outgoing voters until the joint configuration is left, waiting in `learners_next`. Refused
+/// (`ChangeInProgress`) when either is joint already.
+pub fn first_step(current: &Membership, target: &Membership) -> Result<Membership, MembershipError> {
+    if current.is_joint() || target.is_joint() {
+        return Err(MembershipError::ChangeInProgress);
+    }
     if current.voters_incoming == target.voters_incoming {
-        return target.clone();
+        return Ok(target.clone());
     }
     let (learners_next, learners) =
         target.learners.iter().copied().partition(|id| current.voters_incoming.contains(id));
@@ -94,9 +98,9 @@ pub fn first_step(current: &Membership, target: &Membership) -> Membership {
         learners,
         learners_next,
     };
-    debug_assert_eq!(joint.validate(), Ok(()), "a built joint membership is valid: {joint:?}");
-    debug_assert_eq!(joint.leave_joint(), *target, "leaving the joint membership reaches the target");
-    joint
+    invariant!(joint.validate().is_ok(), "a built joint membership is invalid: {joint:?}");
+    invariant!(joint.leave_joint() == *target, "leaving {joint:?} does not reach {target:?}");
+    Ok(joint)
 }
 
 /// The memberships in a node's log, oldest first: the base (the snapshot's, or the initial one),
@@ -156,8 +160,8 @@ impl MembershipHistory {
         if !replaces && carried.is_empty() {
             return false;
         }
-        debug_assert!(carried.windows(2).all(|w| w[0].0 < w[1].0), "carried memberships out of order");
-        debug_assert!(carried.first().is_none_or(|&(index, _)| index >= first), "carried before the append");
+        invariant!(carried.windows(2).all(|w| w[0].0 < w[1].0), "carried memberships out of order");
+        invariant!(carried.first().is_none_or(|&(index, _)| index >= first), "carried before the append");
         self.history.retain(|&(index, _)| index < first || index == base);
         self.history.extend(carried);
         true
@@ -165,7 +169,7 @@ impl MembershipHistory {
 
     /// Adds a membership entry at `index`, after every other (start-up only).
     fn push(&mut self, index: Index, membership: Membership) {
-        debug_assert!(index > self.current_index(), "memberships pushed out of order");
+        invariant!(index > self.current_index(), "memberships pushed out of order");
         self.history.push((index, membership));
     }
 
@@ -196,7 +200,7 @@ impl<S: Storage> Raft<S> {
             return Err(MembershipError::ChangeInProgress);
         }
         let target = apply_changes(current, changes)?;
-        let entry = first_step(current, &target);
+        let entry = first_step(current, &target)?;
         Ok(self.append_membership(entry))
     }
 
@@ -303,10 +307,10 @@ mod tests {
         let current = Membership::new([1, 2, 3].map(NodeId));
         let next = apply_changes(&current, &[ConfChange::AddLearner(NodeId(4))]).expect("valid");
         assert_eq!((next.voters_incoming.clone(), next.learners.clone()), (ids(&[1, 2, 3]), ids(&[4])));
-        assert_eq!(first_step(&current, &next), next, "learners need no joint phase");
+        assert_eq!(first_step(&current, &next), Ok(next.clone()), "learners need no joint phase");
         let promoted = apply_changes(&next, &[ConfChange::AddVoter(NodeId(4))]).expect("valid");
         assert_eq!((promoted.voters_incoming.clone(), promoted.learners.clone()), (ids(&[1, 2, 3, 4]), ids(&[])));
-        let joint = first_step(&next, &promoted);
+        let joint = first_step(&next, &promoted).expect("neither is joint");
         assert_eq!((joint.voters_incoming, joint.voters_outgoing), (ids(&[1, 2, 3, 4]), ids(&[1, 2, 3])));
         assert_eq!(
             apply_changes(&current, &[ConfChange::AddVoter(NodeId(1))]),

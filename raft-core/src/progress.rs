@@ -127,7 +127,7 @@ impl Inflights {
         self.last_indexes.len()
     }
     fn add(&mut self, last: Index) {
-        debug_assert!(!self.is_full(), "add to a full inflight window");
+        invariant!(!self.is_full(), "add to a full inflight window");
         self.last_indexes.push_back(last);
     }
     fn free_to(&mut self, index: Index) {

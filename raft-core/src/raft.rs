@@ -577,16 +577,16 @@ impl<S: Storage> Raft<S> {
     /// (the leader's term and vote became durable when it campaigned); everything else waits.
     pub(crate) fn send(&mut self, to: NodeId, term: Term, body: MessageBody) {
         let immediate = self.role == Role::Leader && body.is_from_leader();
-        debug_assert!(to != self.id, "a message to ourselves");
-        debug_assert!(!immediate || term == self.term, "a leader message of another term");
+        invariant!(to != self.id, "a message to ourselves");
+        invariant!(!immediate || term == self.term, "a leader message of another term");
         self.outbox.push(Message { from: self.id, to, term, body }, immediate);
     }
 
     /// Appends a leader's own new entry (at the last index + 1) to the log, moving it there: it
     /// replaces nothing, so unless it carries a membership the memberships are unchanged.
     pub(crate) fn append_proposal_to_log(&mut self, entry: Entry) {
-        debug_assert_eq!(entry.index, self.log.last_index().next(), "a proposal not at the end of the log");
-        debug_assert_eq!(entry.term, self.term, "a proposal of another term");
+        invariant!(entry.index == self.log.last_index().next(), "a proposal not at the end of the log");
+        invariant!(entry.term == self.term && self.role == Role::Leader, "a proposal of another term or role");
         if matches!(entry.payload, EntryPayload::Membership(_)) {
             self.append_to_log(vec![entry]);
         } else {
@@ -609,8 +609,9 @@ impl<S: Storage> Raft<S> {
             })
             .collect();
         self.log.append(&mut entries);
-        debug_assert!(
-            last.is_some_and(|(index, term)| self.log.last_index() == index && self.log.matches(index, term))
+        invariant!(
+            last.is_some_and(|(index, term)| self.log.last_index() == index && self.log.matches(index, term)),
+            "the log does not end with the entries just appended"
         );
         let before = self.memberships.current().clone();
         if self.memberships.replace_from(first, carried) {

@@ -198,6 +198,7 @@ impl<S: Storage> Raft<S> {
             return;
         }
         read.index = self.log.committed;
+        invariant!(self.role == Role::Leader && self.committed_in_own_term(), "a read index not yet known");
         if read.mode == ReadMode::Lease && self.lease_holds() {
             self.confirm(read);
             return;
@@ -220,6 +221,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn confirm(&mut self, read: PendingRead) {
+        invariant!(read.index <= self.log.committed, "a read confirmed beyond the commit index");
         match read.from {
             None => {
                 self.reads.ready.push_back((read.id, read.index));
@@ -237,6 +239,8 @@ impl<S: Storage> Raft<S> {
         self.reads.round += 1;
         self.reads.round_wanted = false;
         let reads = &mut self.reads;
+        let in_order = reads.rounds_sent_at.back().is_none_or(|&(round, at)| round < reads.round && at <= self.ticks);
+        invariant!(in_order, "heartbeat rounds out of order");
         reads.rounds_sent_at.push_back((reads.round, self.ticks));
         if reads.rounds_sent_at.len() > ROUNDS_REMEMBERED {
             reads.rounds_sent_at.pop_front();
@@ -288,6 +292,7 @@ impl<S: Storage> Raft<S> {
         sent.insert(self.id, Index(self.ticks));
         // The latest tick by which a quorum had heard from us.
         let start = quorum::membership_committed_index(self.memberships.current(), &sent).0;
+        invariant!(start <= self.ticks, "a quorum heard from us in the future");
         let lease = u64::from(self.options.election_ticks() - self.options.clock_drift_max_ticks());
         start > 0 && self.ticks < start + lease
     }

@@ -41,6 +41,7 @@ impl<S: Storage> Raft<S> {
             return Ok(());
         }
         let last_new = Index(prev_log_index.0 + (entries.len() - skip) as u64);
+        let last_new_term = entries[skip..].last().map_or(prev_log_term, |entry| entry.term);
         // Only entries that conflict (and everything after them) replace ours: a follower never
         // truncates entries that match, or a stale append could erase acknowledged entries.
         if let Some(conflict) = self.log.find_conflict(&entries[skip..]) {
@@ -48,6 +49,8 @@ impl<S: Storage> Raft<S> {
             entries.drain(..offset);
             self.append_to_log(entries);
         }
+        // Our log now matches the leader's up to the last index it sent (log matching, §5.3).
+        invariant!(self.log.matches(last_new, last_new_term), "the log differs from the leader's at {last_new}");
         self.commit_to(leader_commit.min(last_new));
         let result = AppendResult::Success { match_index: last_new };
         self.send(from, self.term, MessageBody::AppendResponse(result));
@@ -63,6 +66,7 @@ impl<S: Storage> Raft<S> {
         let term = self.log.term(rejected)?;
         let floor = self.log.committed.next().max(self.log.first_index()?);
         let index = self.log.first_index_of_term(floor, rejected, term);
+        invariant!(index <= rejected, "a conflict hint beyond the rejected index");
         Ok(ConflictHint { term: Some(term), index })
     }
 
@@ -77,7 +81,7 @@ impl<S: Storage> Raft<S> {
     /// committed: a leader by counting a quorum, a follower because its leader said so about an
     /// index where its log matches the leader's.
     pub(crate) fn commit_to(&mut self, index: Index) {
-        debug_assert!(index <= self.log.last_index(), "commit beyond the log");
+        invariant!(index <= self.log.last_index(), "commit beyond the log");
         if index > self.log.committed {
             self.log.committed = index;
         }
@@ -107,7 +111,9 @@ impl<S: Storage> Raft<S> {
         progress.recent_active = true;
         match result {
             AppendResult::Success { match_index } => {
-                if progress.on_success(match_index) {
+                let advanced = progress.on_success(match_index);
+                invariant!(progress.match_index <= last, "peer {from} matches beyond our log");
+                if advanced {
                     self.maybe_commit();
                     self.maybe_send_timeout_now();
                 }
@@ -215,6 +221,7 @@ impl<S: Storage> Raft<S> {
             Vec::new()
         };
         let sent_last = Index(prev_log_index.0 + entries.len() as u64);
+        invariant!(entries.first().is_none_or(|entry| entry.index == next), "an append not starting at next");
         let count = entries.len();
         if let Some(progress) = self.tracker.get_mut(peer) {
             progress.sent_append(sent_last, count);
@@ -255,6 +262,9 @@ impl<S: Storage> Raft<S> {
             return;
         }
         let first_of_term = !self.committed_in_own_term();
+        // Figure 8: only an entry of our own term commits by counting replicas.
+        let own_term = self.log.term(index) == Ok(self.term);
+        invariant!(own_term || cfg!(feature = "bug-knobs"), "committing an earlier term's entry at {index}");
         self.commit_to(index);
         if first_of_term && self.committed_in_own_term() {
             self.on_term_commit();

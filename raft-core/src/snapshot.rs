@@ -78,8 +78,8 @@ impl SnapshotReceiver {
     /// Takes a checked chunk: the data of `meta` is now received up to `next_offset`, with the
     /// crc32 `data_crc32`.
     fn accept(&mut self, chunk: ReceivedChunk, next_offset: u64, data_crc32: u32) {
-        debug_assert_eq!(chunk.offset, self.expected_offset(&chunk.meta), "a chunk out of order accepted");
-        debug_assert_eq!(next_offset, chunk.offset + chunk.data.len() as u64);
+        invariant!(chunk.offset == self.expected_offset(&chunk.meta), "a chunk out of order accepted");
+        invariant!(next_offset == chunk.offset + chunk.data.len() as u64, "a chunk's end miscounted");
         let meta = chunk.meta.clone();
         self.chunks.push(chunk);
         self.incoming = Some(IncomingSnapshot { meta, next_offset, data_crc32 });
@@ -95,7 +95,7 @@ impl SnapshotReceiver {
 
     /// The whole of `meta` arrived: no transfer is in progress any more.
     fn finish(&mut self, meta: &SnapshotMeta) {
-        debug_assert!(self.chunks.last().is_some_and(|chunk| chunk.meta == *meta), "finished without its last chunk");
+        invariant!(self.chunks.last().is_some_and(|chunk| chunk.meta == *meta), "finished without its last chunk");
         self.incoming = None;
     }
 
@@ -139,6 +139,9 @@ impl<S: Storage> Raft<S> {
                 return false;
             }
         };
+        if let Ok(first) = self.log.first_index() {
+            invariant!(meta.index >= first.prev(), "the snapshot does not cover the compacted entries");
+        }
         let Some(progress) = self.tracker.get_mut(peer) else { return false };
         tracing::debug!(id = %self.id, %peer, index = %meta.index, "sending snapshot");
         progress.become_snapshot(meta);
@@ -193,6 +196,8 @@ impl<S: Storage> Raft<S> {
             }
             transfer.sent_offset = offset + data.len() as u64;
             transfer.done_sent = done;
+            let window_held = transfer.sent_offset - transfer.acked_offset <= window_bytes.saturating_add(chunk_max);
+            invariant!(window_held, "snapshot chunks sent beyond the window");
             self.send(peer, self.term, MessageBody::install_snapshot(meta, offset, data, done));
             sent = true;
         }
@@ -346,6 +351,9 @@ impl<S: Storage> Raft<S> {
     /// The last chunk of `meta` arrived and the whole data checked out: install it.
     fn install_received(&mut self, from: NodeId, meta: SnapshotMeta) {
         let (index, term) = (meta.index, meta.term);
+        // A snapshot at or below the commit index is answered without installing (it would
+        // roll the log back).
+        invariant!(index > self.log.committed, "installing a snapshot at or below the commit index");
         self.receiver.finish(&meta);
         tracing::info!(id = %self.id, %index, %term, "installing snapshot");
         self.memberships = MembershipHistory::new(meta.index, meta.membership.clone());

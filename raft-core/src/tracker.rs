@@ -63,7 +63,7 @@ impl Tracker {
                 self.progress.entry(id).or_insert_with(|| Progress::new(next, window));
             }
         }
-        debug_assert!(self.progress.keys().all(|id| *id != me && members.contains(id)));
+        invariant!(self.progress.keys().all(|id| *id != me && members.contains(id)), "tracking a non-member");
     }
 
     /// The highest index a quorum of `membership` holds, counting `me` as holding `own`.
@@ -92,7 +92,7 @@ impl Tracker {
         if self.uncommitted_bytes + bytes > limit {
             return Err(ProposeError::TooManyUncommittedBytes { uncommitted: self.uncommitted_bytes, limit });
         }
-        debug_assert!(self.uncommitted.back().is_none_or(|&(last, _)| last < index), "proposals out of order");
+        invariant!(self.uncommitted.back().is_none_or(|&(last, _)| last < index), "proposals out of order");
         self.uncommitted.push_back((index, bytes));
         self.uncommitted_bytes += bytes;
         Ok(())

@@ -53,6 +53,7 @@ impl<S: Storage> Raft<S> {
         if !self.memberships.current().is_voter(target) {
             return Err(TransferError::NotAVoter(target));
         }
+        invariant!(self.memberships.current().is_voter(target) && target != self.id, "a transfer to a non-voter");
         tracing::info!(id = %self.id, %target, "transferring leadership");
         self.transfer = Some(Transfer { target, elapsed: 0, timeout_sent: false });
         self.send_appends_while_possible(target);
@@ -65,6 +66,7 @@ impl<S: Storage> Raft<S> {
         let Some(transfer) = self.transfer.filter(|t| !t.timeout_sent) else { return };
         let caught_up = self.tracker.get(transfer.target).is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
+            invariant!(self.role == Role::Leader, "TimeoutNow sent by a non-leader");
             self.transfer = Some(Transfer { timeout_sent: true, ..transfer });
             self.send(transfer.target, self.term, MessageBody::TimeoutNow);
         }
@@ -72,6 +74,7 @@ impl<S: Storage> Raft<S> {
 
     /// A leader tick: abandons a transfer that took an election timeout.
     pub(crate) fn tick_transfer(&mut self) {
+        invariant!(self.role == Role::Leader || self.transfer.is_none(), "a transfer outside leadership");
         let Some(transfer) = self.transfer.as_mut() else { return };
         transfer.elapsed += 1;
         if transfer.elapsed >= self.options.election_ticks() {

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::Cluster;
 use raft_core::quorum::{VoteResult, membership_committed_index, membership_is_quorum, membership_vote_result};
 use raft_core::{
-    ConfChange, Entry, EntryPayload, Index, InvalidMembership, Malformed, Membership, Message, MessageBody, NodeId,
-    Options, Raft, Role, StepError, StorageError, Term, apply_changes, first_step,
+    ConfChange, Entry, EntryPayload, Index, InvalidMembership, Malformed, Membership, MembershipError, Message,
+    MessageBody, NodeId, Options, Raft, Role, StepError, StorageError, Term, apply_changes, first_step,
 };
 use raft_storage::MemStorage;
 
@@ -126,11 +126,15 @@ fn every_kind_of_change_steps_through_a_valid_joint_membership_to_its_target() {
     for (name, current, changes, joint, target) in table {
         let built = apply_changes(current, changes).unwrap_or_else(|e| panic!("{name}: refused: {e}"));
         assert_eq!(built, *target, "{name}: target");
-        let step = first_step(current, &built);
+        let step = first_step(current, &built).expect("neither is joint");
         assert_eq!(step, *joint, "{name}: first step");
         assert_eq!(step.validate(), Ok(()), "{name}: the first step is valid");
         assert_eq!(step.leave_joint(), *target, "{name}: leaving the joint state reaches the target");
         assert_eq!(target.leave_joint(), *target, "{name}: leaving a plain membership changes nothing");
+        if step.is_joint() {
+            assert_eq!(apply_changes(&step, changes), Err(MembershipError::ChangeInProgress), "{name}: from joint");
+            assert_eq!(first_step(&step, target), Err(MembershipError::ChangeInProgress), "{name}: from joint");
+        }
         for id in current.members().union(&target.members()) {
             assert!(!(step.is_voter(*id) && step.learners.contains(id)), "{name}: node {id} votes and listens");
         }
