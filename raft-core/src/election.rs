@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 
-use crate::error::StepError;
+use crate::error::{Ignored, StepError};
 use crate::message::MessageBody;
 use crate::quorum::{self, VoteResult};
 use crate::raft::{Raft, Role};
@@ -384,10 +384,10 @@ impl<S: Storage> Raft<S> {
             _ => false,
         };
         if !expected {
-            return Err(StepError::Unexpected);
+            return Err(StepError::Ignored(Ignored::Unexpected));
         }
         if !self.memberships.current().is_voter(from) {
-            return Err(StepError::UnknownPeer(from));
+            return Err(StepError::Ignored(Ignored::UnknownPeer(from)));
         }
         self.election.record_vote(from, granted);
         self.tally_votes(pre_vote);

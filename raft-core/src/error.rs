@@ -5,20 +5,39 @@ use thiserror::Error;
 use crate::storage::StorageError;
 use crate::types::{Index, NodeId, Term};
 
-/// Why [`crate::Raft::step`] ignored a message. The node's state is unchanged unless noted (a
-/// snapshot chunk refused for its checksum drops the transfer being received).
+/// Why [`crate::Raft::step`] did not take a message, in three kinds: ignored as Raft intends
+/// (nobody did anything wrong), malformed (no correct peer of this group sends it), and fatal
+/// (the node's own storage failed). The node's state is unchanged unless noted (a snapshot chunk
+/// refused for its checksum drops the transfer being received).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum StepError {
-    /// The message is addressed to another node.
-    #[error("message addressed to node {to}, not to this node")]
-    NotAddressedToUs {
-        /// The addressee named in the message.
-        to: NodeId,
-    },
-    /// The message claims to come from this node itself.
-    #[error("message claims to come from this node")]
-    FromSelf,
-    /// The message carries a term older than ours (a stale leader is answered with our term).
+    /// Ignored as Raft intends: a stale term, a vote request while a leader is live, a late or
+    /// unexpected answer. Normal in any cluster; at most worth a debug log.
+    #[error("ignored: {0}")]
+    Ignored(#[from] Ignored),
+    /// The message could not have come from a correct peer of this group (or was delivered to
+    /// the wrong node): worth a warning, since it points at a bug or a misconfiguration.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] Malformed),
+    /// Storage failed while handling the message: the driver must stop the node.
+    #[error("storage failed: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl StepError {
+    /// Whether the node must stop (its storage failed).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, StepError::Storage(_))
+    }
+}
+
+/// Why a correct message was ignored, as Raft intends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Ignored {
+    /// The message carries a term older than ours (a stale leader or candidate is answered
+    /// with our term).
     #[error("stale term {message_term} < {current_term}")]
     StaleTerm {
         /// The term in the message.
@@ -38,17 +57,21 @@ pub enum StepError {
     /// The message does not fit this node's role or election (a late vote response, say).
     #[error("message not expected in the current role")]
     Unexpected,
-    /// The message contradicts itself or the Raft rules.
-    #[error("malformed message: {0}")]
-    Malformed(Malformed),
-    /// Storage failed while handling the message; the driver should stop the node.
-    #[error("storage failed: {0}")]
-    Storage(#[from] StorageError),
 }
 
 /// What is wrong with a malformed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum Malformed {
+    /// The message is addressed to another node (a transport delivered it to the wrong node).
+    #[error("message addressed to node {to}, not to this node")]
+    NotAddressedToUs {
+        /// The addressee named in the message.
+        to: NodeId,
+    },
+    /// The message claims to come from this node itself.
+    #[error("message claims to come from this node")]
+    FromSelf,
     /// Entries are not consecutive from `prev_log_index + 1`.
     #[error("entry index {found} where {expected} was expected")]
     EntriesNotConsecutive {

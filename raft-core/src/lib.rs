@@ -167,7 +167,7 @@ mod tracker;
 mod transfer;
 mod types;
 
-pub use error::{Malformed, ProposeError, SnapshotError, StepError};
+pub use error::{Ignored, Malformed, ProposeError, SnapshotError, StepError};
 pub use membership::{ConfChange, MembershipError, apply_changes, first_step};
 pub use message::{AppendResult, ConflictHint, Message, MessageBody, SnapshotRefusal, snapshot_chunk_crc32};
 #[cfg(feature = "bug-knobs")]

@@ -1,7 +1,7 @@
 //! Log replication: the AppendEntries consistency check and conflict resolution (Raft §5.3),
 //! per-follower flow control, and commitment by quorum with the rule of §5.4.2 (Figure 8).
 
-use crate::error::{Malformed, StepError};
+use crate::error::{Ignored, Malformed, StepError};
 use crate::message::{AppendResult, ConflictHint, MessageBody};
 use crate::progress::ProgressState;
 use crate::raft::{Raft, Role};
@@ -95,7 +95,7 @@ impl<S: Storage> Raft<S> {
 
     pub(crate) fn on_append_response(&mut self, from: NodeId, result: AppendResult) -> Result<(), StepError> {
         if self.role != Role::Leader {
-            return Err(StepError::Unexpected);
+            return Err(StepError::Ignored(Ignored::Unexpected));
         }
         let last = self.log.last_index();
         let candidate_next = match result {
@@ -107,7 +107,7 @@ impl<S: Storage> Raft<S> {
             AppendResult::Reject { hint, rejected_index } => Some(self.next_from_hint(hint, rejected_index)),
             AppendResult::Success { .. } => None,
         };
-        let progress = self.tracker.get_mut(from).ok_or(StepError::UnknownPeer(from))?;
+        let progress = self.tracker.get_mut(from).ok_or(StepError::Ignored(Ignored::UnknownPeer(from)))?;
         progress.recent_active = true;
         match result {
             AppendResult::Success { match_index } => {
@@ -147,14 +147,14 @@ impl<S: Storage> Raft<S> {
 
     pub(crate) fn on_heartbeat_response(&mut self, from: NodeId, round: u64) -> Result<(), StepError> {
         if self.role != Role::Leader {
-            return Err(StepError::Unexpected);
+            return Err(StepError::Ignored(Ignored::Unexpected));
         }
         let last = self.log.last_index();
         if self.tracker.get(from).is_none() {
-            return Err(StepError::UnknownPeer(from));
+            return Err(StepError::Ignored(Ignored::UnknownPeer(from)));
         }
         self.on_round_answered(from, round);
-        let progress = self.tracker.get_mut(from).ok_or(StepError::UnknownPeer(from))?;
+        let progress = self.tracker.get_mut(from).ok_or(StepError::Ignored(Ignored::UnknownPeer(from)))?;
         progress.recent_active = true;
         progress.on_heartbeat_response();
         if progress.state == ProgressState::Snapshot {

@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 
-use crate::error::{Malformed, StepError};
+use crate::error::{Ignored, Malformed, StepError};
 use crate::membership::MembershipHistory;
 use crate::message::{AppendResult, MessageBody, SnapshotRefusal, snapshot_chunk_crc32};
 use crate::progress::SnapshotTransfer;
@@ -236,13 +236,13 @@ impl<S: Storage> Raft<S> {
         term: Term,
     ) -> Result<&mut SnapshotTransfer, StepError> {
         if !self.is_leader() {
-            return Err(StepError::Unexpected);
+            return Err(StepError::Ignored(Ignored::Unexpected));
         }
-        let progress = self.tracker.get_mut(from).ok_or(StepError::UnknownPeer(from))?;
+        let progress = self.tracker.get_mut(from).ok_or(StepError::Ignored(Ignored::UnknownPeer(from)))?;
         progress.recent_active = true;
-        let Some(transfer) = progress.snapshot.as_mut() else { return Err(StepError::Unexpected) };
+        let Some(transfer) = progress.snapshot.as_mut() else { return Err(StepError::Ignored(Ignored::Unexpected)) };
         if transfer.meta.index != index || transfer.meta.term != term {
-            return Err(StepError::Unexpected); // About an earlier transfer.
+            return Err(StepError::Ignored(Ignored::Unexpected)); // About an earlier transfer.
         }
         Ok(transfer)
     }

@@ -3,7 +3,7 @@
 //! leader; then the term rules of Raft §5.1 apply (a later term is adopted, an earlier one
 //! answered with ours or dropped); then the body goes to its owner's handler.
 
-use crate::error::{Malformed, StepError};
+use crate::error::{Ignored, Malformed, StepError};
 use crate::message::{Message, MessageBody};
 use crate::raft::{Raft, Role};
 use crate::storage::Storage;
@@ -13,10 +13,10 @@ impl<S: Storage> Raft<S> {
     /// Validates and dispatches one message.
     pub(crate) fn step_message(&mut self, m: Message) -> Result<(), StepError> {
         if m.to != self.id {
-            return Err(StepError::NotAddressedToUs { to: m.to });
+            return Err(StepError::Malformed(Malformed::NotAddressedToUs { to: m.to }));
         }
         if m.from == self.id {
-            return Err(StepError::FromSelf);
+            return Err(StepError::Malformed(Malformed::FromSelf));
         }
         let fresh_refusal = matches!(m.body, MessageBody::VoteResponse { pre_vote: true, granted: false });
         if m.term == Term(0) && !fresh_refusal {
@@ -86,7 +86,7 @@ impl<S: Storage> Raft<S> {
         match &m.body {
             MessageBody::VoteRequest { pre_vote, transfer, .. } => {
                 if self.in_lease() && !transfer {
-                    return Err(StepError::LeaderSticky { leader: self.leader });
+                    return Err(StepError::Ignored(Ignored::LeaderSticky { leader: self.leader }));
                 }
                 if !pre_vote {
                     self.step_down_keeping_timer(m.term);
@@ -122,7 +122,7 @@ impl<S: Storage> Raft<S> {
             }
             _ => {}
         }
-        Err(StepError::StaleTerm { message_term: m.term, current_term: self.term })
+        Err(StepError::Ignored(Ignored::StaleTerm { message_term: m.term, current_term: self.term }))
     }
 
     /// An append or heartbeat for our term: its sender is the leader of the term.

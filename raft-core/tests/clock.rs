@@ -82,7 +82,7 @@ fn a_follower_whose_timers_ran_ahead_of_its_clock_keeps_its_promise_to_the_leade
     assert_eq!(c.node(2).role(), Role::Follower, "no campaign inside the lease");
     assert_eq!(c.node(2).term(), Term(1));
     let refused = c.node_mut(2).step(vote_request(3, 2, 2));
-    assert_eq!(refused, Err(StepError::LeaderSticky { leader: Some(NodeId(1)) }));
+    assert_eq!(refused, Err(StepError::Ignored(raft_core::Ignored::LeaderSticky { leader: Some(NodeId(1)) })));
 
     // Once the clock says the promise is over, the next timer tick campaigns.
     c.node_mut(2).advance_clock(10);
@@ -98,7 +98,11 @@ fn a_follower_whose_clock_ran_past_the_lease_considers_votes_without_timer_ticks
     c.isolate(2);
     c.node_mut(2).advance_clock(9);
     let refused = c.node_mut(2).step(vote_request(3, 2, 2));
-    assert_eq!(refused, Err(StepError::LeaderSticky { leader: Some(NodeId(1)) }), "9 ticks: still sticky");
+    assert_eq!(
+        refused,
+        Err(StepError::Ignored(raft_core::Ignored::LeaderSticky { leader: Some(NodeId(1)) })),
+        "9 ticks: still sticky"
+    );
     c.node_mut(2).advance_clock(1);
     assert_eq!(c.node_mut(2).step(vote_request(3, 2, 2)), Ok(()));
     assert_eq!(c.node(2).term(), Term(2));

@@ -517,13 +517,21 @@ fn follower_in_term_two() -> Raft<MemStorage> {
 fn misaddressed_and_self_sent_messages_are_refused() {
     let mut node = follower_in_term_two();
     let heartbeat = MessageBody::Heartbeat { commit: Index(2), round: 0 };
-    assert_refused(&mut node, message(1, 3, 2, heartbeat.clone()), StepError::NotAddressedToUs { to: NodeId(3) });
-    assert_refused(&mut node, message(2, 2, 2, heartbeat), StepError::FromSelf);
+    assert_refused(
+        &mut node,
+        message(1, 3, 2, heartbeat.clone()),
+        StepError::Malformed(raft_core::Malformed::NotAddressedToUs { to: NodeId(3) }),
+    );
+    assert_refused(&mut node, message(2, 2, 2, heartbeat), StepError::Malformed(raft_core::Malformed::FromSelf));
     // Even from a later term: nothing is adopted from a message that is not for us.
     let vote =
         MessageBody::VoteRequest { pre_vote: false, last_log_index: Index(9), last_log_term: Term(9), transfer: false };
-    assert_refused(&mut node, message(3, 1, 9, vote.clone()), StepError::NotAddressedToUs { to: NodeId(1) });
-    assert_refused(&mut node, message(2, 2, 9, vote), StepError::FromSelf);
+    assert_refused(
+        &mut node,
+        message(3, 1, 9, vote.clone()),
+        StepError::Malformed(raft_core::Malformed::NotAddressedToUs { to: NodeId(1) }),
+    );
+    assert_refused(&mut node, message(2, 2, 9, vote), StepError::Malformed(raft_core::Malformed::FromSelf));
 }
 
 #[test]
@@ -598,7 +606,7 @@ fn responses_from_unknown_peers_are_refused() {
         MessageBody::HeartbeatResponse { round: 0 },
     ];
     for body in bodies {
-        assert_refused(leader, message(9, 1, 1, body), StepError::UnknownPeer(NodeId(9)));
+        assert_refused(leader, message(9, 1, 1, body), StepError::Ignored(raft_core::Ignored::UnknownPeer(NodeId(9))));
     }
 
     // A candidate refuses a vote from a node that does not vote.
@@ -607,7 +615,11 @@ fn responses_from_unknown_peers_are_refused() {
     let output = take(&mut candidate);
     persist_and_report(&mut candidate, &output);
     let vote = MessageBody::VoteResponse { pre_vote: false, granted: true };
-    assert_refused(&mut candidate, message(9, 1, 1, vote), StepError::UnknownPeer(NodeId(9)));
+    assert_refused(
+        &mut candidate,
+        message(9, 1, 1, vote),
+        StepError::Ignored(raft_core::Ignored::UnknownPeer(NodeId(9))),
+    );
     assert_eq!(candidate.role(), Role::Candidate);
 }
 

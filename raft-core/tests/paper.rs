@@ -264,13 +264,13 @@ fn term_update_is_not_forced_by_a_vote_request_while_a_leader_lease_is_held() {
     follower.step(msg(3, 1, 2, heartbeat(0))).expect("heartbeat of our term");
     drive(&mut follower);
     let err = follower.step(msg(2, 1, 5, vote_request(false, 9, 9)));
-    assert_eq!(err, Err(StepError::LeaderSticky { leader: Some(NodeId(3)) }));
+    assert_eq!(err, Err(StepError::Ignored(raft_core::Ignored::LeaderSticky { leader: Some(NodeId(3)) })));
     assert_eq!((follower.role(), follower.term(), vote_of(&follower)), (Role::Follower, Term(2), None));
     assert!(drive(&mut follower).is_empty());
 
     let mut leader = node_in_role(Role::Leader, 2);
     let err = leader.step(msg(2, 1, 5, vote_request(false, 9, 9)));
-    assert_eq!(err, Err(StepError::LeaderSticky { leader: Some(NodeId(1)) }));
+    assert_eq!(err, Err(StepError::Ignored(raft_core::Ignored::LeaderSticky { leader: Some(NodeId(1)) })));
     assert_eq!((leader.role(), leader.term()), (Role::Leader, Term(2)));
     assert!(drive(&mut leader).is_empty());
 }
@@ -297,7 +297,11 @@ fn stale_term_messages_are_rejected_and_change_nothing() {
             let mut n = node_in_role(role, 5);
             let (status, entries, timeout) = (n.status(), log(&n), n.randomized_election_ticks());
             let result = n.step(msg(2, 1, 3, body));
-            assert_eq!(result, Err(StepError::StaleTerm { message_term: Term(3), current_term: Term(5) }), "{case}");
+            assert_eq!(
+                result,
+                Err(StepError::Ignored(raft_core::Ignored::StaleTerm { message_term: Term(3), current_term: Term(5) })),
+                "{case}"
+            );
             assert_eq!(n.status(), status, "{case}");
             assert_eq!(n.randomized_election_ticks(), timeout, "{case}");
             let out = drive(&mut n);
@@ -328,7 +332,10 @@ fn stale_term_leader_steps_down_when_answered_with_the_higher_term() {
 
         let mut newer = node(2, 3, &[1, 1], 4, false);
         let result = newer.step(to_2);
-        assert_eq!(result, Err(StepError::StaleTerm { message_term: Term(2), current_term: Term(4) }));
+        assert_eq!(
+            result,
+            Err(StepError::Ignored(raft_core::Ignored::StaleTerm { message_term: Term(2), current_term: Term(4) }))
+        );
         assert_eq!((newer.role(), newer.term(), newer.leader()), (Role::Follower, Term(4), None), "{kind:?}");
         let answer = drive(&mut newer);
         assert_eq!(

@@ -383,7 +383,12 @@ impl Sim {
         let to = message.to;
         let result = self.node(to).step(message.clone());
         match result {
-            Ok(()) | Err(StepError::StaleTerm { .. } | StepError::LeaderSticky { .. } | StepError::Unexpected) => {}
+            Ok(())
+            | Err(
+                StepError::Ignored(raft_core::Ignored::StaleTerm { .. })
+                | StepError::Ignored(raft_core::Ignored::LeaderSticky { .. })
+                | StepError::Ignored(raft_core::Ignored::Unexpected),
+            ) => {}
             Err(error) => panic!("honest message refused with {error:?}: {message:?} ({:?})", self.params),
         }
         self.drain(to);

@@ -362,7 +362,10 @@ fn a_stale_vote_request_is_refused_with_the_current_term() {
     let before = node.status();
     assert_eq!(
         node.step(request),
-        Err(raft_core::StepError::StaleTerm { message_term: Term(4), current_term: Term(7) })
+        Err(raft_core::StepError::Ignored(raft_core::Ignored::StaleTerm {
+            message_term: Term(4),
+            current_term: Term(7)
+        }))
     );
     assert_eq!(node.status(), before);
     let output = node.take_output().expect("memory");

@@ -338,5 +338,9 @@ fn a_refusal_of_another_snapshot_is_ignored() {
     let mut node = node_with_log(NodeId(1), &ids(3), &[], 0, options);
     let refused =
         MessageBody::SnapshotRefused { index: Index(3), term: Term(1), reason: SnapshotRefusal::DataChecksum };
-    assert_eq!(node.step(message(2, 1, 1, refused)), Err(StepError::Unexpected), "not a leader");
+    assert_eq!(
+        node.step(message(2, 1, 1, refused)),
+        Err(StepError::Ignored(raft_core::Ignored::Unexpected)),
+        "not a leader"
+    );
 }

@@ -330,6 +330,11 @@ where
         match self.raft.step(message) {
             Ok(()) => Ok(()),
             Err(StepError::Storage(error)) => Err(StopReason::StorageFailed(StorageFailure::read(error))),
+            Err(StepError::Malformed(error)) => {
+                // No correct peer of this group sends it: a bug or a misconfiguration somewhere.
+                warn!(id = %self.raft.id(), %from, %error, "malformed message refused");
+                Ok(())
+            }
             Err(error) => {
                 debug!(id = %self.raft.id(), %from, %error, "message ignored");
                 Ok(())
