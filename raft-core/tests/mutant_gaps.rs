@@ -1,0 +1,331 @@
+//! Behaviour that a `cargo mutants` run over raft-core found untested: for each test, the doc
+//! comment names the change to the source that it catches (the test was run against that change
+//! and failed). Each drives one node (or a small scripted cluster) by hand, so the input that
+//! matters and the output it must cause are next to each other.
+
+mod common;
+
+use common::{Cluster, Fate, cluster_tuned, ids, message, node_with_log, options, storage_with_log};
+use raft_core::{
+    HardState, Index, Malformed, Membership, Message, MessageBody, NodeId, Output, Raft, ReadMode, Role, StepError,
+    Storage, Term,
+};
+use raft_storage::MemStorage;
+
+fn take(node: &mut Raft<MemStorage>) -> Output {
+    node.take_output().expect("memory storage never fails")
+}
+
+/// Every message of an output, whether it may leave at once or after the writes are durable.
+fn all_messages(output: &Output) -> Vec<Message> {
+    output.messages.iter().chain(&output.messages_after_persist).cloned().collect()
+}
+
+fn vote_request(from: u64, to: u64, term: u64, pre_vote: bool, last: (u64, u64)) -> Message {
+    let body = MessageBody::VoteRequest {
+        pre_vote,
+        last_log_index: Index(last.0),
+        last_log_term: Term(last.1),
+        transfer: false,
+    };
+    message(from, to, term, body)
+}
+
+fn heartbeat(from: u64, to: u64, term: u64, commit: u64) -> Message {
+    message(from, to, term, MessageBody::Heartbeat { commit: Index(commit), round: 1 })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. No campaign for a leadership transfer at the largest term.
+// ---------------------------------------------------------------------------------------------
+
+/// A follower at term `u64::MAX` that voted for its leader in that term gets `TimeoutNow` from
+/// it. A campaign would need a new term, and `Term::next` saturates: campaigning would stay in
+/// `u64::MAX` and vote for itself, a second vote in one term. It must ignore the request.
+///
+/// Kills: in `election.rs`, `campaign_for_transfer`, dropping `|| self.term == Term(u64::MAX)`
+/// from its guard (the node then became a candidate in `u64::MAX` with its own vote and asked
+/// for votes).
+#[test]
+fn timeout_now_at_the_largest_term_casts_no_second_vote() {
+    let max = u64::MAX;
+    let hard_state = HardState { term: Term(max), vote: Some(NodeId(1)), commit: Index(1) };
+    let storage = storage_with_log(&ids(3), &[max], hard_state);
+    let mut node = Raft::new(NodeId(2), options(NodeId(2), true, true), storage).expect("memory storage");
+    node.step(heartbeat(1, 2, max, 1)).expect("the leader of the term");
+    take(&mut node);
+
+    node.step(message(1, 2, max, MessageBody::TimeoutNow)).expect("a well-formed message");
+    assert_eq!(node.role(), Role::Follower, "no campaign at the largest term");
+    assert_eq!(node.status().vote, Some(NodeId(1)), "the vote of the term is still the first one");
+    let output = take(&mut node);
+    assert_eq!(output.hard_state, None, "no new vote to persist");
+    assert_eq!(all_messages(&output), vec![], "no vote requests");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Only voters campaign when their election timeout passes.
+// ---------------------------------------------------------------------------------------------
+
+/// A learner and a node outside the membership, ticked for three election timeouts (the
+/// randomized timeout is below two), stay followers in their term and ask nobody for a vote.
+///
+/// Kills: `is_promotable` in `election.rs` returning `true` (the learner became a pre-candidate,
+/// which the invariant in `become_pre_candidate` refuses with a panic). Deleting only the
+/// conjunct `self.is_promotable()` from `tick_election`'s condition is an equivalent mutant:
+/// `start_election`, which it calls, checks the same pure condition first and returns without
+/// doing anything, so no input sequence can tell the two apart. (`start_election`'s own check
+/// is the one `Raft::campaign` relies on; membership.rs, pitfall 6, covers it.)
+#[test]
+fn a_learner_or_a_non_member_never_campaigns_on_timeout() {
+    let mut membership = Membership::new(ids(3));
+    membership.learners.insert(NodeId(4));
+    let mut storage = MemStorage::new(membership);
+    storage.append(&[common::noop(1, 1)]).expect("consecutive");
+    storage.set_hard_state(HardState { term: Term(1), vote: None, commit: Index(0) });
+    let learner = Raft::new(NodeId(4), options(NodeId(4), true, true), storage).expect("memory storage");
+    let outsider = node_with_log(NodeId(5), &ids(3), &[1], 1, options(NodeId(5), false, false));
+
+    for mut node in [learner, outsider] {
+        take(&mut node);
+        let ticks = 3 * node.options().election_ticks();
+        assert!(node.randomized_election_ticks() < ticks);
+        for _ in 0..ticks {
+            node.tick();
+        }
+        let id = node.id();
+        assert_eq!(node.role(), Role::Follower, "node {id} campaigned");
+        assert_eq!(node.term(), Term(1), "node {id}");
+        assert_eq!(all_messages(&take(&mut node)), vec![], "node {id} asked for votes");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. An append whose entry at our commit index contradicts it.
+// ---------------------------------------------------------------------------------------------
+
+/// A follower has committed index 2 (term 2). An append starting below the commit index whose
+/// last entry is index 2 with term 1 contradicts the committed entry, with nothing after it.
+/// No honest leader sends it: it is refused as malformed, nothing is appended or acknowledged.
+///
+/// Kills: in `replication.rs`, `on_append_entries`, dropping `disagrees ||` from the refusal
+/// (only the check that a lower term follows the committed entry is left, and nothing follows
+/// it here): the append was acknowledged as matching up to index 2.
+#[test]
+fn an_append_whose_entry_at_the_commit_index_has_another_term_is_refused() {
+    let hard_state = HardState { term: Term(2), vote: None, commit: Index(2) };
+    let storage = storage_with_log(&ids(3), &[1, 2], hard_state);
+    let mut node = Raft::new(NodeId(2), options(NodeId(2), true, true), storage).expect("memory storage");
+    take(&mut node);
+
+    let contradicting = MessageBody::AppendEntries {
+        prev_log_index: Index(1),
+        prev_log_term: Term(1),
+        entries: vec![common::noop(2, 1)],
+        commit: Index(2),
+    };
+    let result = node.step(message(1, 2, 2, contradicting));
+    assert_eq!(result, Err(StepError::Malformed(Malformed::ConflictsWithCommitted(Index(2)))));
+    let output = take(&mut node);
+    assert!(output.entries.is_empty(), "nothing appended: {output:?}");
+    assert_eq!(all_messages(&output), vec![], "nothing acknowledged");
+    assert_eq!(node.storage().term(Index(2)), Ok(Term(2)), "the committed entry stays");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Pre-votes: the request's term, and the round a grant belongs to.
+// ---------------------------------------------------------------------------------------------
+
+/// Node 2 of three, in term 2, with a vote for node 1 and no leader known.
+fn voted_for_node_1_in_term_2() -> Raft<MemStorage> {
+    let hard_state = HardState { term: Term(2), vote: Some(NodeId(1)), commit: Index(0) };
+    let storage = storage_with_log(&ids(3), &[1], hard_state);
+    Raft::new(NodeId(2), options(NodeId(2), true, true), storage).expect("memory storage")
+}
+
+/// A pre-vote request for the node's own current term is a request for a vote in a term where
+/// the node already voted or knows the leader: refused, although the requester's log is up to
+/// date. The same request for the next term is granted (it promises nothing about that term),
+/// which shows the refusal comes from the term.
+///
+/// Kills: in `election.rs`, `on_vote_request`, `pre_vote && term > self.term` in `can_vote`
+/// changed to `term >= self.term` (or `&&` to `||`): the pre-vote at the node's own term was
+/// granted.
+#[test]
+fn a_pre_vote_for_the_current_term_is_refused_after_a_vote_or_with_a_leader() {
+    let voted = voted_for_node_1_in_term_2();
+    // Follows node 1 in term 2 (no vote cast).
+    let mut following = node_with_log(NodeId(2), &ids(3), &[1], 2, options(NodeId(2), true, true));
+    following.step(heartbeat(1, 2, 2, 0)).expect("the leader of the term");
+    assert_eq!(following.leader(), Some(NodeId(1)));
+
+    for (name, mut node) in [("voted", voted), ("following", following)] {
+        take(&mut node);
+        node.step(vote_request(3, 2, 2, true, (1, 1))).expect("answered");
+        let refused = message(2, 3, 2, MessageBody::VoteResponse { pre_vote: true, granted: false });
+        assert_eq!(all_messages(&take(&mut node)), vec![refused], "{name}: the pre-vote at term 2");
+    }
+
+    // The later term: granted by the node that voted (it knows no leader, so no lease holds).
+    let mut voted = voted_for_node_1_in_term_2();
+    take(&mut voted);
+    voted.step(vote_request(3, 2, 3, true, (1, 1))).expect("answered");
+    let granted = message(2, 3, 3, MessageBody::VoteResponse { pre_vote: true, granted: true });
+    assert_eq!(all_messages(&take(&mut voted)), vec![granted], "the pre-vote at term 3");
+    assert_eq!((voted.term(), voted.status().vote), (Term(2), Some(NodeId(1))), "a pre-vote changes nothing");
+}
+
+/// Node 1 pre-campaigns in term 1 (asking for term 2); node 2's grant is delayed. Node 1 then
+/// learns term 2 from a candidate, and pre-campaigns again in term 2 (asking for term 3). The
+/// delayed grant, carrying term 2, belongs to the first round: it must not count (with node 1's
+/// own vote it would make a quorum of three). A grant for term 3 counts.
+///
+/// Kills: in `election.rs`, `on_vote_response`, `granted && term == self.term.next()` changed to
+/// `granted || term == self.term.next()` (a grant of any term counted): the delayed grant made
+/// node 1 a candidate in term 3.
+#[test]
+fn a_late_pre_vote_grant_of_an_earlier_round_is_not_counted() {
+    let mut node = node_with_log(NodeId(1), &ids(3), &[1], 1, options(NodeId(1), true, false));
+    node.campaign();
+    assert_eq!(node.role(), Role::PreCandidate);
+    let first_round = take(&mut node);
+    assert!(all_messages(&first_round).iter().all(|m| m.term == Term(2)), "the first round asks for term 2");
+    let late_grant = message(2, 1, 2, MessageBody::VoteResponse { pre_vote: true, granted: true });
+
+    node.step(vote_request(3, 1, 2, false, (1, 1))).expect("a candidate of term 2");
+    assert_eq!((node.role(), node.term()), (Role::Follower, Term(2)));
+    take(&mut node);
+    node.campaign();
+    assert_eq!((node.role(), node.term()), (Role::PreCandidate, Term(2)), "the second round asks for term 3");
+    take(&mut node);
+
+    assert_eq!(node.step(late_grant), Err(StepError::Unexpected));
+    assert_eq!((node.role(), node.term()), (Role::PreCandidate, Term(2)), "the late grant did not count");
+
+    let grant = message(2, 1, 3, MessageBody::VoteResponse { pre_vote: true, granted: true });
+    node.step(grant).expect("a grant of this round");
+    assert_eq!((node.role(), node.term()), (Role::Candidate, Term(3)), "a grant of this round counts");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. A snapshot chunk reported missing is resent at once.
+// ---------------------------------------------------------------------------------------------
+
+const CHUNK_BYTES: u64 = 8;
+
+/// The offset of a snapshot chunk to `to`.
+fn chunk_to(m: &Message, to: u64) -> Option<u64> {
+    match &m.body {
+        MessageBody::InstallSnapshot { offset, .. } if m.to == NodeId(to) => Some(*offset),
+        _ => None,
+    }
+}
+
+fn is_gap_report(m: &Message) -> bool {
+    matches!(m.body, MessageBody::SnapshotResponse { gap: true, .. })
+}
+
+/// Node 3 is behind a compacted log and receives the snapshot in 8-byte chunks, two at a time.
+/// The chunk at offset 8 is lost; the follower takes the chunk at 0, and reports a gap at 8 when
+/// the chunk at 16 arrives. The window is then full (sent through 24, acknowledged through 8).
+/// The gap report alone must make the leader resend from offset 8, in the output that follows
+/// the report, without waiting for heartbeat answers to show the transfer stalled.
+///
+/// Kills: in `progress.rs`, `SnapshotTransfer::on_report`, dropping the rewind on a gap (the
+/// `else if next_offset < self.sent_offset && ...` branch, or `<` changed to `>`): nothing was
+/// sent after the report, as the window looked full.
+#[test]
+fn a_gap_report_makes_the_leader_resend_the_missing_chunk_at_once() {
+    let mut c = cluster_tuned(3, |b| {
+        b.compaction_margin_entries(0).snapshot_chunk_bytes_max(CHUNK_BYTES).snapshot_chunks_inflight_max(2)
+    });
+    c.elect(1);
+    c.crash(3);
+    for payload in [b"payload-00", b"payload-01", b"payload-02", b"payload-03", b"payload-04", b"payload-05"] {
+        c.propose(1, payload).expect("leader accepts");
+    }
+    c.snapshot(1);
+    c.restart(3);
+    assert!(c.node(1).storage().snapshot_data().len() as u64 > 4 * CHUNK_BYTES, "the snapshot spans many chunks");
+
+    let mut lost = false;
+    let held = common::tick_with(&mut c, |m| match chunk_to(m, 3) {
+        Some(CHUNK_BYTES) if !lost => {
+            lost = true;
+            Fate::Drop
+        }
+        _ if is_gap_report(m) => Fate::Hold,
+        _ => Fate::Deliver,
+    });
+    assert!(lost, "the chunk at offset 8 went out");
+    let sent: Vec<u64> = c.delivered.iter().filter_map(|m| chunk_to(m, 3)).collect();
+    assert_eq!(sent, vec![0, 2 * CHUNK_BYTES], "the chunks delivered");
+    let [report] = held.as_slice() else { panic!("one gap report expected: {held:?}") };
+    assert!(matches!(report.body, MessageBody::SnapshotResponse { next_offset: CHUNK_BYTES, gap: true, .. }));
+    assert!(!c.node(1).has_output(), "the leader has nothing left to send before the report");
+
+    c.node_mut(1).step(report.clone()).expect("a report of the transfer");
+    let resent: Vec<u64> = take(c.node_mut(1)).messages.iter().filter_map(|m| chunk_to(m, 3)).collect();
+    assert_eq!(resent.first(), Some(&CHUNK_BYTES), "the missing chunk goes out at once: {resent:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A read request of an earlier term.
+// ---------------------------------------------------------------------------------------------
+
+/// A leader of term 2 gets a forwarded read from a follower still in term 1 (it missed the
+/// election). It answers that the read failed, with its own term, so the follower learns the
+/// term and its caller goes elsewhere, instead of waiting for the read to time out. The read is
+/// not confirmed: no heartbeat round goes out for it, and nothing else is sent.
+///
+/// Kills: in `step.rs`, `on_lower_term`, deleting the `ReadIndexRequest` arm: the request was
+/// dropped unanswered.
+#[test]
+fn a_read_request_of_an_earlier_term_is_answered_with_a_failure_and_the_current_term() {
+    let nodes = ids(3).into_iter().map(|id| (id, node_with_log(id, &ids(3), &[1], 1, options(id, true, true))));
+    let mut c = Cluster::from_nodes(nodes.collect());
+    c.elect(1);
+    assert_eq!(c.node(1).term(), Term(2));
+    c.ticks(2);
+
+    let request = message(3, 1, 1, MessageBody::ReadIndexRequest { request: 7, mode: ReadMode::ReadIndex });
+    let result = c.node_mut(1).step(request);
+    assert_eq!(result, Err(StepError::StaleTerm { message_term: Term(1), current_term: Term(2) }));
+    let output = take(c.node_mut(1));
+    let refusal = message(1, 3, 2, MessageBody::ReadIndexResponse { request: 7, index: None });
+    assert_eq!(all_messages(&output), vec![refusal], "a failure in term 2, and no heartbeat round");
+    assert_eq!(output.reads, vec![]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The last tick of a follower's stickiness to its leader.
+// ---------------------------------------------------------------------------------------------
+
+/// A follower hears its leader at clock tick 7. Through tick `7 + election_ticks - 1` it still
+/// owes the leader stickiness and refuses a vote request; at tick `7 + election_ticks` the
+/// promise is over and it grants one. Only the clock moves (no timer runs), so the node never
+/// campaigns itself.
+///
+/// Kills: in `election.rs`, `Election::within_timeout_by_clock`, `<` changed to `<=` (the vote
+/// at `7 + election_ticks` was refused as sticky), and `now - self.restarted_at` changed to
+/// `now + self.restarted_at` (the vote at `7 + election_ticks - 1` was granted).
+#[test]
+fn stickiness_holds_through_the_last_tick_of_the_election_timeout_and_ends_after_it() {
+    let mut node = node_with_log(NodeId(2), &ids(3), &[1], 1, options(NodeId(2), true, true));
+    let election_ticks = u64::from(node.options().election_ticks());
+    node.advance_clock(7);
+    node.step(heartbeat(1, 2, 1, 1)).expect("the leader of term 1");
+    take(&mut node);
+
+    node.advance_clock(election_ticks - 1);
+    let refused = node.step(vote_request(3, 2, 2, false, (1, 1)));
+    assert_eq!(refused, Err(StepError::LeaderSticky { leader: Some(NodeId(1)) }), "the last tick of the lease");
+    assert_eq!((node.term(), node.status().vote), (Term(1), None));
+    assert_eq!(all_messages(&take(&mut node)), vec![]);
+
+    node.advance_clock(1);
+    node.step(vote_request(3, 2, 2, false, (1, 1))).expect("the lease is over");
+    assert_eq!((node.term(), node.status().vote), (Term(2), Some(NodeId(3))));
+    let granted = message(2, 3, 2, MessageBody::VoteResponse { pre_vote: false, granted: true });
+    assert_eq!(all_messages(&take(&mut node)), vec![granted]);
+}
