@@ -199,7 +199,7 @@ fn a_late_pre_vote_grant_of_an_earlier_round_is_not_counted() {
     assert_eq!((node.role(), node.term()), (Role::PreCandidate, Term(2)), "the second round asks for term 3");
     take(&mut node);
 
-    assert_eq!(node.step(late_grant), Err(StepError::Unexpected));
+    assert_eq!(node.step(late_grant), Err(StepError::Ignored(raft_core::Ignored::Unexpected)));
     assert_eq!((node.role(), node.term()), (Role::PreCandidate, Term(2)), "the late grant did not count");
 
     let grant = message(2, 1, 3, MessageBody::VoteResponse { pre_vote: true, granted: true });
@@ -290,7 +290,10 @@ fn a_read_request_of_an_earlier_term_is_answered_with_a_failure_and_the_current_
 
     let request = message(3, 1, 1, MessageBody::ReadIndexRequest { request: 7, mode: ReadMode::ReadIndex });
     let result = c.node_mut(1).step(request);
-    assert_eq!(result, Err(StepError::StaleTerm { message_term: Term(1), current_term: Term(2) }));
+    assert_eq!(
+        result,
+        Err(StepError::Ignored(raft_core::Ignored::StaleTerm { message_term: Term(1), current_term: Term(2) }))
+    );
     let output = take(c.node_mut(1));
     let refusal = message(1, 3, 2, MessageBody::ReadIndexResponse { request: 7, index: None });
     assert_eq!(all_messages(&output), vec![refusal], "a failure in term 2, and no heartbeat round");
@@ -319,7 +322,11 @@ fn stickiness_holds_through_the_last_tick_of_the_election_timeout_and_ends_after
 
     node.advance_clock(election_ticks - 1);
     let refused = node.step(vote_request(3, 2, 2, false, (1, 1)));
-    assert_eq!(refused, Err(StepError::LeaderSticky { leader: Some(NodeId(1)) }), "the last tick of the lease");
+    assert_eq!(
+        refused,
+        Err(StepError::Ignored(raft_core::Ignored::LeaderSticky { leader: Some(NodeId(1)) })),
+        "the last tick of the lease"
+    );
     assert_eq!((node.term(), node.status().vote), (Term(1), None));
     assert_eq!(all_messages(&take(&mut node)), vec![]);
 
