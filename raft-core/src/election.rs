@@ -161,7 +161,8 @@ impl<S: Storage> Raft<S> {
         // The timers may have run ahead of the clock (a driver catching up after a stall):
         // a follower that still owes its leader stickiness by the clock waits for it, or it
         // would vote for itself inside a lease the leader is serving reads under.
-        if timed_out && self.is_promotable() && !self.in_lease() {
+        // start_election checks that this node may campaign at all.
+        if timed_out && !self.in_lease() {
             self.start_election();
         }
     }

@@ -156,7 +156,7 @@ mod membership;
 mod message;
 mod options;
 mod progress;
-pub mod quorum;
+mod quorum;
 mod raft;
 mod read;
 mod replication;
@@ -173,13 +173,13 @@ pub use message::{AppendResult, ConflictHint, Message, MessageBody, SnapshotRefu
 #[cfg(feature = "bug-knobs")]
 pub use options::BugKnobs;
 pub use options::{Options, OptionsBuilder, OptionsError};
-pub use progress::{Inflights, Progress, ProgressState, SNAPSHOT_STALLED_HEARTBEATS, SnapshotTransfer};
+pub use progress::{FollowerProgress, ProgressState, SNAPSHOT_STALLED_HEARTBEATS, SnapshotSending};
 pub use raft::{Output, Raft, Role, SoftState, Status};
 pub use read::{ReadError, ReadMode, ReadState};
 pub use snapshot::ReceivedChunk;
 pub use storage::{InitialState, SnapshotChunk, Storage, StorageError};
 pub use transfer::TransferError;
-/// Whether this build runs [`Raft::check_invariants`] after every input: in debug builds and with
+/// Whether this build checks the node's invariants after every input: in debug builds and with
 /// the `invariants` feature (which the simulator and the fuzz targets enable). Right for testing,
 /// but it costs time on every input, so a benchmark should say when it is on. Cargo unifies
 /// features across the packages of one command: `cargo build -p sim -p bench` builds `bench`

@@ -18,32 +18,32 @@ pub enum ProgressState {
 
 /// A snapshot being streamed to one follower, chunk by chunk, with a bounded window.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotTransfer {
+pub(crate) struct SnapshotTransfer {
     /// The snapshot being sent.
-    pub meta: SnapshotMeta,
+    pub(crate) meta: SnapshotMeta,
     /// The follower has written everything before this offset.
-    pub acked_offset: u64,
+    pub(crate) acked_offset: u64,
     /// The next offset to send.
-    pub sent_offset: u64,
+    pub(crate) sent_offset: u64,
     /// Whether the chunk that ends the data was sent (and not rewound).
-    pub done_sent: bool,
+    pub(crate) done_sent: bool,
     /// The last offset the transfer rewound to after a gap, so that several reports of one gap
     /// cause one resend.
-    pub rewound_to: Option<u64>,
+    pub(crate) rewound_to: Option<u64>,
     /// `acked_offset` at the previous heartbeat answer.
-    pub acked_at_heartbeat: u64,
+    pub(crate) acked_at_heartbeat: u64,
     /// Heartbeat answers in a row with no acknowledged progress while chunks were outstanding:
     /// at [`SNAPSHOT_STALLED_HEARTBEATS`] the chunks count as lost and are resent.
-    pub stalled_heartbeats: u32,
+    pub(crate) stalled_heartbeats: u32,
     /// The latest gap the follower reported below `acked_offset` since the last progress: a
     /// stale report, or a follower that restarted and lost what it had. Acted on only when the
     /// transfer stalls, so stale reports cannot multiply the chunks in flight.
-    pub reported_below: Option<u64>,
+    pub(crate) reported_below: Option<u64>,
     /// The leader's own check of what it reads: how many bytes it has read back from its store
     /// in order from offset 0, and their crc32. Once the data's end is read this way, the crc
     /// must equal the metadata's `data_crc32`, or the stored copy is damaged. Reading out of
     /// order (after a rewind) starts the count again only at offset 0.
-    pub read_back: Option<(u64, u32)>,
+    pub(crate) read_back: Option<(u64, u32)>,
 }
 
 /// Heartbeat answers without progress after which outstanding snapshot chunks are resent.
@@ -108,22 +108,22 @@ impl SnapshotTransfer {
 
 /// A bounded window of in-flight appends, each remembered by its last index.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Inflights {
+pub(crate) struct Inflights {
     last_indexes: VecDeque<Index>,
     capacity: usize,
 }
 
 impl Inflights {
     /// An empty window of `capacity` messages.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Inflights { last_indexes: VecDeque::with_capacity(capacity.min(64)), capacity }
     }
     /// Whether no more appends may be sent.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.last_indexes.len() >= self.capacity
     }
     /// How many appends are in flight.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.last_indexes.len()
     }
     fn add(&mut self, last: Index) {
@@ -145,21 +145,21 @@ impl Inflights {
 
 /// The leader's view of one follower.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// The highest index known to match (and be durable) on the follower.
-    pub match_index: Index,
+    pub(crate) match_index: Index,
     /// The next index to send.
-    pub next_index: Index,
+    pub(crate) next_index: Index,
     /// Probe or replicate.
-    pub state: ProgressState,
+    pub(crate) state: ProgressState,
     /// In probe state: an append is outstanding, wait for its answer or a heartbeat response.
-    pub probe_sent: bool,
+    pub(crate) probe_sent: bool,
     /// The in-flight window (replicate state).
-    pub inflights: Inflights,
+    pub(crate) inflights: Inflights,
     /// Whether the follower was heard from since the last check-quorum round.
-    pub recent_active: bool,
+    pub(crate) recent_active: bool,
     /// The snapshot transfer, in the snapshot state.
-    pub snapshot: Option<SnapshotTransfer>,
+    pub(crate) snapshot: Option<SnapshotTransfer>,
 }
 
 impl Progress {
@@ -176,7 +176,7 @@ impl Progress {
     }
 
     /// Whether the leader must hold back appends to this follower.
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflights.is_full(),
@@ -299,6 +299,62 @@ impl Progress {
                 let offset = transfer.reported_below.take().unwrap_or(transfer.acked_offset);
                 transfer.rewind(offset);
             }
+        }
+    }
+}
+
+/// What a leader knows of one follower, as [`crate::Status`] shows it: a copy taken when asked,
+/// not the leader's own bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FollowerProgress {
+    /// The highest index known to match (and be durable) on the follower.
+    pub match_index: Index,
+    /// The next index to send.
+    pub next_index: Index,
+    /// How the leader sends to it.
+    pub state: ProgressState,
+    /// Appends sent and not yet acknowledged (in the replicate state).
+    pub inflight_messages: usize,
+    /// Whether the leader holds back appends to it (its window is full, or a probe or a
+    /// snapshot is outstanding).
+    pub paused: bool,
+    /// Whether the follower was heard from since the last check-quorum round.
+    pub recent_active: bool,
+    /// The snapshot being sent to it, in the snapshot state.
+    pub snapshot: Option<SnapshotSending>,
+}
+
+/// A snapshot being sent to a follower, as [`FollowerProgress`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotSending {
+    /// The snapshot's last index.
+    pub index: Index,
+    /// The term of that index.
+    pub term: crate::types::Term,
+    /// The follower has written everything before this offset.
+    pub acked_offset: u64,
+    /// The next offset to send.
+    pub sent_offset: u64,
+}
+
+impl Progress {
+    /// The copy [`crate::Status`] shows.
+    pub(crate) fn view(&self) -> FollowerProgress {
+        FollowerProgress {
+            match_index: self.match_index,
+            next_index: self.next_index,
+            state: self.state,
+            inflight_messages: self.inflights.count(),
+            paused: self.is_paused(),
+            recent_active: self.recent_active,
+            snapshot: self.snapshot.as_ref().map(|transfer| SnapshotSending {
+                index: transfer.meta.index,
+                term: transfer.meta.term,
+                acked_offset: transfer.acked_offset,
+                sent_offset: transfer.sent_offset,
+            }),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::membership::MembershipHistory;
 use crate::membership::{ConfChange, MembershipError};
 use crate::message::{Message, MessageBody};
 use crate::options::Options;
-use crate::progress::{Progress, ProgressState};
+use crate::progress::{FollowerProgress, ProgressState};
 use crate::read::{ReadError, ReadMode, ReadState, Reads};
 use crate::snapshot::{ReceivedChunk, SnapshotReceiver};
 use crate::storage::{Storage, StorageError};
@@ -108,7 +108,7 @@ pub struct Status {
     /// The last index reported durable.
     pub stable_last_index: Index,
     /// Per-follower replication progress (leaders only).
-    pub progress: BTreeMap<NodeId, Progress>,
+    pub progress: BTreeMap<NodeId, FollowerProgress>,
     /// The membership in force (the latest in the log).
     pub membership: Membership,
     /// The leadership transfer in progress, if any: its target (leaders only).
@@ -532,34 +532,13 @@ impl<S: Storage> Raft<S> {
         self.tracker.get(peer).is_some_and(|p| p.state == ProgressState::Snapshot)
     }
 
-    /// Asserts the node's invariants; panics on a violation, which is a bug in this crate.
-    /// Runs after every input in debug and test builds and with the `invariants` feature.
+    /// Asserts the node's invariants; panics on a violation, which is a bug in this crate. It
+    /// runs after every input anyway in debug builds and with this feature; a driver under test
+    /// (the simulator, a fuzz target) may call it at points of its own. Public only with the
+    /// `invariants` feature: a testing aid, not part of the API.
+    #[cfg(feature = "invariants")]
     pub fn check_invariants(&self) {
-        self.log.check_invariants();
-        self.memberships.check_invariants();
-        self.election.check_invariants(self.ticks, self.options.election_ticks());
-        assert!(self.vote.is_none() || self.term > Term(0), "vote cast in term 0");
-        assert!(self.durable_term <= self.term, "the durable term is above the term");
-        match self.role {
-            Role::Leader => {
-                assert_eq!(self.leader, Some(self.id), "leader does not know itself");
-                assert_eq!(self.vote, Some(self.id), "leader did not vote for itself");
-                let mut members = self.memberships.current().members();
-                members.remove(&self.id);
-                assert!(self.tracker.peers().into_iter().eq(members), "leader tracks exactly the other members");
-            }
-            Role::Candidate => assert_eq!(self.vote, Some(self.id), "candidate did not vote for itself"),
-            Role::PreCandidate | Role::Follower => {
-                assert!(self.tracker.is_empty(), "non-leader tracks replication");
-                assert!(self.transfer.is_none(), "non-leader transfers leadership");
-                if let Some(snapshot) = self.log.pending_snapshot() {
-                    assert!(self.log.committed >= snapshot.index, "commit below an installed snapshot");
-                    assert!(self.log.applied >= snapshot.index, "applied below an installed snapshot");
-                }
-            }
-        }
-        let (last, window) = (self.log.last_index(), self.options.inflight_messages_max());
-        self.tracker.check_invariants(last, window, self.options.uncommitted_bytes_max());
+        self.assert_invariants();
     }
 }
 
@@ -645,7 +624,37 @@ impl<S: Storage> Raft<S> {
 
     pub(crate) fn after_input(&mut self) {
         if crate::INVARIANTS_CHECKED {
-            self.check_invariants();
+            self.assert_invariants();
         }
+    }
+
+    /// Asserts the node's invariants; panics on a violation, which is a bug in this crate.
+    /// Runs after every input when [`crate::INVARIANTS_CHECKED`].
+    pub(crate) fn assert_invariants(&self) {
+        self.log.check_invariants();
+        self.memberships.check_invariants();
+        self.election.check_invariants(self.ticks, self.options.election_ticks());
+        assert!(self.vote.is_none() || self.term > Term(0), "vote cast in term 0");
+        assert!(self.durable_term <= self.term, "the durable term is above the term");
+        match self.role {
+            Role::Leader => {
+                assert_eq!(self.leader, Some(self.id), "leader does not know itself");
+                assert_eq!(self.vote, Some(self.id), "leader did not vote for itself");
+                let mut members = self.memberships.current().members();
+                members.remove(&self.id);
+                assert!(self.tracker.peers().into_iter().eq(members), "leader tracks exactly the other members");
+            }
+            Role::Candidate => assert_eq!(self.vote, Some(self.id), "candidate did not vote for itself"),
+            Role::PreCandidate | Role::Follower => {
+                assert!(self.tracker.is_empty(), "non-leader tracks replication");
+                assert!(self.transfer.is_none(), "non-leader transfers leadership");
+                if let Some(snapshot) = self.log.pending_snapshot() {
+                    assert!(self.log.committed >= snapshot.index, "commit below an installed snapshot");
+                    assert!(self.log.applied >= snapshot.index, "applied below an installed snapshot");
+                }
+            }
+        }
+        let (last, window) = (self.log.last_index(), self.options.inflight_messages_max());
+        self.tracker.check_invariants(last, window, self.options.uncommitted_bytes_max());
     }
 }

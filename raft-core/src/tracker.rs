@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::error::ProposeError;
-use crate::progress::Progress;
+use crate::progress::{FollowerProgress, Progress};
 use crate::quorum;
 use crate::types::{Index, Membership, NodeId};
 
@@ -50,9 +50,9 @@ impl Tracker {
         self.progress.iter().map(|(&id, progress)| (id, progress))
     }
 
-    /// A copy of every follower's progress (for status).
-    pub(crate) fn progress(&self) -> BTreeMap<NodeId, Progress> {
-        self.progress.clone()
+    /// A view of every follower's progress (for status).
+    pub(crate) fn progress(&self) -> BTreeMap<NodeId, FollowerProgress> {
+        self.iter().map(|(id, progress)| (id, progress.view())).collect()
     }
 
     /// Tracks exactly `members` other than `me`: drops the others, and starts new ones at `next`.

@@ -799,8 +799,8 @@ fn the_inflight_window_bounds_pipelined_appends() {
         assert_eq!(firsts, vec![2, 3], "to {peer}: the window holds two appends");
     }
     let status = net.node(1).status();
-    assert_eq!(status.progress[&NodeId(2)].inflights.count(), 2);
-    assert!(status.progress[&NodeId(2)].is_paused());
+    assert_eq!(status.progress[&NodeId(2)].inflight_messages, 2);
+    assert!(status.progress[&NodeId(2)].paused);
 
     // One acknowledgement frees one slot: exactly one more append goes out to that follower.
     let first = by_peer[&NodeId(2)][0].clone();

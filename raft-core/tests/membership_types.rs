@@ -1,14 +1,13 @@
 //! Table tests of the membership type: what `validate` accepts and refuses, the joint step and
-//! its leaving for every kind of change (demotions included, of the leader too), quorums of
-//! joint memberships at their edges, and the refusal of invalid memberships from peers and
-//! storage. The property tests against naive definitions live beside the quorum functions.
+//! its leaving for every kind of change (demotions included, of the leader too), and the
+//! refusal of invalid memberships from peers and storage. Quorums of joint memberships at their
+//! edges, and the property tests against naive definitions, live beside the quorum functions.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use common::Cluster;
-use raft_core::quorum::{VoteResult, membership_committed_index, membership_is_quorum, membership_vote_result};
 use raft_core::{
     ConfChange, Entry, EntryPayload, Index, InvalidMembership, Malformed, Membership, MembershipError, Message,
     MessageBody, NodeId, Options, Raft, Role, StepError, StorageError, Term, apply_changes, first_step,
@@ -139,41 +138,6 @@ fn every_kind_of_change_steps_through_a_valid_joint_membership_to_its_target() {
             assert!(!(step.is_voter(*id) && step.learners.contains(id)), "{name}: node {id} votes and listens");
         }
     }
-}
-
-#[test]
-fn joint_quorums_need_both_halves_at_their_edges() {
-    let matches = |pairs: &[(u64, u64)]| -> BTreeMap<NodeId, Index> {
-        pairs.iter().map(|&(id, index)| (NodeId(id), Index(index))).collect()
-    };
-    let votes = |pairs: &[(u64, bool)]| -> BTreeMap<NodeId, bool> {
-        pairs.iter().map(|&(id, granted)| (NodeId(id), granted)).collect()
-    };
-    let disjoint = m(&[4, 5, 6], &[1, 2, 3], &[], &[]);
-    // A majority of the new half alone commits nothing; with a majority of the old one it does.
-    assert_eq!(membership_committed_index(&disjoint, &matches(&[(4, 9), (5, 9), (6, 9)])), Index(0));
-    assert_eq!(membership_committed_index(&disjoint, &matches(&[(4, 9), (5, 9), (1, 7), (2, 8)])), Index(7));
-    assert_eq!(membership_vote_result(&disjoint, &votes(&[(4, true), (5, true)])), VoteResult::Pending);
-    assert_eq!(
-        membership_vote_result(&disjoint, &votes(&[(4, true), (5, true), (1, true), (2, true)])),
-        VoteResult::Won
-    );
-    assert_eq!(
-        membership_vote_result(&disjoint, &votes(&[(1, false), (2, false), (4, true), (5, true)])),
-        VoteResult::Lost
-    );
-    assert!(!membership_is_quorum(&disjoint, &set(&[4, 5, 6])));
-    assert!(membership_is_quorum(&disjoint, &set(&[4, 5, 1, 2])));
-    // Overlapping halves: a node in both counts in both.
-    let overlapping = m(&[2, 3, 4], &[1, 2, 3], &[], &[]);
-    assert!(membership_is_quorum(&overlapping, &set(&[2, 3])));
-    assert_eq!(membership_committed_index(&overlapping, &matches(&[(2, 5), (3, 6)])), Index(5));
-    // Learners, waiting or not, never count.
-    let demoting = m(&[1, 2], &[1, 2, 3], &[4], &[3]);
-    assert!(!membership_is_quorum(&demoting, &set(&[1, 3, 4])));
-    assert_eq!(membership_vote_result(&demoting, &votes(&[(3, true), (4, true), (1, true)])), VoteResult::Pending);
-    // An empty outgoing half is no joint configuration: the incoming half decides alone.
-    assert!(membership_is_quorum(&m(&[1, 2, 3], &[], &[], &[]), &set(&[1, 2])));
 }
 
 #[test]

@@ -12,8 +12,8 @@ use common::{
     options, storage_with_log, tick_with,
 };
 use raft_core::{
-    AppendResult, Entry, HardState, Index, InitialState, Message, MessageBody, NodeId, Output, Progress, ProgressState,
-    Raft, Role, SnapshotChunk, SnapshotMeta, StepError, Storage, StorageError, Term,
+    AppendResult, Entry, FollowerProgress, HardState, Index, InitialState, Message, MessageBody, NodeId, Output,
+    ProgressState, Raft, Role, SnapshotChunk, SnapshotMeta, StepError, Storage, StorageError, Term,
 };
 use raft_storage::MemStorage;
 
@@ -46,7 +46,7 @@ fn is_success(m: &Message, index: u64) -> bool {
 }
 
 /// The leader's view of `peer`.
-fn progress(c: &Cluster, leader: u64, peer: u64) -> Progress {
+fn progress(c: &Cluster, leader: u64, peer: u64) -> FollowerProgress {
     c.node(leader).status().progress.get(&NodeId(peer)).cloned().expect("leader tracks peer")
 }
 
@@ -588,21 +588,21 @@ fn pitfall_10_sends_to_a_silent_follower_are_bounded_and_reset_on_probe() {
     assert!(empty <= WINDOW, "empty appends to a silent follower: {empty}");
     assert!(last_round_with_send.is_some_and(|r| r < WINDOW), "sent at round {last_round_with_send:?}");
     let stuck = progress(&c, 1, 3);
-    assert_eq!((stuck.state, stuck.inflights.count()), (ProgressState::Replicate, WINDOW));
-    assert!(stuck.is_paused());
+    assert_eq!((stuck.state, stuck.inflight_messages), (ProgressState::Replicate, WINDOW));
+    assert!(stuck.paused);
     assert_eq!(c.node(2).commit_index(), c.node(1).last_index(), "node 2 and the leader still commit");
 
     c.node_mut(1).report_unreachable(NodeId(3));
     let probe = progress(&c, 1, 3);
     assert_eq!(probe.state, ProgressState::Probe);
-    assert_eq!(probe.inflights.count(), 0, "inflight accounting survived the state change");
+    assert_eq!(probe.inflight_messages, 0, "inflight accounting survived the state change");
     assert_eq!(probe.next_index, probe.match_index.next());
 
     c.ticks(3);
     assert_eq!(c.log_of(3), c.log_of(1));
     let caught_up = progress(&c, 1, 3);
     assert_eq!((caught_up.state, caught_up.match_index), (ProgressState::Replicate, c.node(1).last_index()));
-    assert_eq!(caught_up.inflights.count(), 0);
+    assert_eq!(caught_up.inflight_messages, 0);
 }
 
 /// Appends to node 3 are lost until the window is full; after the link heals, a rejection moves it
@@ -614,19 +614,19 @@ fn pitfall_10_rejection_moves_follower_to_probe_with_an_empty_window() {
     for data in [b"a", b"b", b"c", b"d"] {
         c.propose(1, data).expect("leader accepts");
     }
-    assert_eq!(progress(&c, 1, 3).inflights.count(), WINDOW);
+    assert_eq!(progress(&c, 1, 3).inflight_messages, WINDOW);
     c.heal();
     c.propose(1, b"e").expect("leader accepts");
 
     let held = tick_with(&mut c, |m| if between(m, 3, 1) && is_reject(m) { Fate::Hold } else { Fate::Deliver });
     let [reject] = held.as_slice() else { panic!("expected node 3 to reject once, got {held:?}") };
     let before = progress(&c, 1, 3);
-    assert_eq!((before.state, before.inflights.count()), (ProgressState::Replicate, WINDOW));
+    assert_eq!((before.state, before.inflight_messages), (ProgressState::Replicate, WINDOW));
 
     c.node_mut(1).step(reject.clone()).expect("rejection handled");
     let after = progress(&c, 1, 3);
     assert_eq!(after.state, ProgressState::Probe);
-    assert_eq!(after.inflights.count(), 0, "inflight accounting survived the state change");
+    assert_eq!(after.inflight_messages, 0, "inflight accounting survived the state change");
     assert_eq!(after.next_index, Index(2));
 
     c.deliver_all();

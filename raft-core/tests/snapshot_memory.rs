@@ -290,7 +290,7 @@ impl Net {
             node.on_persisted(index, term);
         }
         if id == LEADER
-            && let Some(transfer) = node.status().progress.get(&LAGGARD).and_then(|p| p.snapshot.clone())
+            && let Some(transfer) = node.status().progress.get(&LAGGARD).and_then(|p| p.snapshot)
         {
             let unacked = (transfer.sent_offset - transfer.acked_offset).div_ceil(CHUNK_BYTES);
             self.observed.max_unacked_chunks = self.observed.max_unacked_chunks.max(unacked);
