@@ -6,6 +6,9 @@
 //! - [`MemStorage`]: in memory, for tests, the simulator and benchmarks;
 //! - [`DiskStorage`]: a durable, crash-safe write-ahead log in a directory, over a small
 //!   [`FileSystem`] trait: [`StdFs`] in production, the fault-injecting [`SimFs`] in tests.
+//!   Opening it recovers what a crash left (a torn tail, files an interrupted compaction or
+//!   snapshot install meant to remove) and lists every repair in a [`RecoveryReport`]; any other
+//!   damage is a typed error naming the file and offset.
 //!
 //! Snapshot integrity: `DiskStorage` checks every read of a snapshot's data against per-block
 //! crcs (and the whole file when it opens), so damaged bytes are a
@@ -36,7 +39,7 @@ pub mod fuzzing;
 mod mem;
 mod simfs;
 
-pub use disk::{Corruption, DiskError, DiskOptions, DiskStorage, Identity, IoOp};
+pub use disk::{Corruption, DiskError, DiskOptions, DiskStorage, Identity, IoOp, RecoveryReport, Repair};
 pub use fs::{FileSystem, FsFile, StdFile, StdFs, read_range};
 pub use mem::{MemStorage, MemStorageError};
 pub use simfs::{SimFile, SimFs, SimFsOptions};

@@ -2,7 +2,8 @@
 //! snapshot's data file, in one directory.
 //!
 //! Modules, one concern each: [`codec`] (the byte formats), [`meta`] (IDENTITY and META),
-//! [`segment`] (the segment files), [`recovery`] (reading them back), [`snapshot`] (snapshot files), [`store`] (the [`DiskStorage`] that ties
+//! [`segment`] (the segment files), [`recovery`] (reading them back and the
+//! [`RecoveryReport`]), [`snapshot`] (snapshot files), [`store`] (the [`DiskStorage`] that ties
 //! them together), with [`error`] and [`directory`] (file-system calls that name their file).
 //!
 //! Layout:
@@ -33,6 +34,13 @@
 //! the previous snapshot file. A crash before META is replaced recovers the old snapshot and log
 //! (the new file is a stray that recovery removes); a crash after recovers the new ones
 //! (recovery finishes the removal of superseded segments, as after a compaction).
+//!
+//! Recovery (`open`) repairs only what a crash can leave behind, and lists each repair in the
+//! store's [`RecoveryReport`]: a torn tail of the last segment (cut off), segments that a
+//! compaction or install meant to remove, snapshot files that META does not name. Any other
+//! damage is a [`DiskError::Corrupt`] naming the file and offset: recovery never silently drops
+//! data that may have been acknowledged. `.tmp` files are left alone (the next write of their
+//! metadata file replaces them).
 //!
 //! An application restores its state machine on restart by streaming the snapshot with
 //! [`Storage::snapshot_chunk`] from offset 0 until a chunk is `done` (see [`DiskStorage`]).
@@ -71,4 +79,5 @@ mod store;
 
 pub use error::{Corruption, DiskError, IoOp};
 pub use meta::Identity;
+pub use recovery::{RecoveryReport, Repair};
 pub use store::{DiskOptions, DiskStorage};

@@ -1,11 +1,13 @@
 //! Recovery: reading the segments back (every record's crc, contiguous indexes, terms that
 //! never decrease), cutting a torn tail, finishing what a crash interrupted (removing segments
-//! the log boundary covers or supersedes, snapshot files META does not name).
+//! the log boundary covers or supersedes, snapshot files META does not name), and the
+//! [`RecoveryReport`] of every such repair.
 //!
 //! A torn write can only be at the very end of the last segment: damage anywhere else is a
 //! [`DiskError::Corrupt`] naming the file and offset, never silently dropped data.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use raft_core::{Entry, Index, Term};
@@ -17,6 +19,115 @@ use super::error::{Corruption, DiskError, corrupt};
 use super::segment::{Segment, SegmentLog, parse_segment_name, segment_name};
 use super::snapshot::{SnapshotFile, is_snapshot_file, snapshot_name};
 use crate::fs::FileSystem;
+
+/// One repair that [`DiskStorage::open`](super::DiskStorage::open) made while it recovered a
+/// store. Each names the file it changed; every one is made durable before `open` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Repair {
+    /// The last segment ended in a torn write (a partial last record, or a last record whose
+    /// crc fails and after which nothing follows): the file was cut at `offset`, where that
+    /// record started.
+    TornTailTruncated {
+        /// The segment file.
+        file: PathBuf,
+        /// The file's length after the cut: the end of its last whole record.
+        offset: u64,
+        /// How many bytes were cut off.
+        bytes_dropped: u64,
+    },
+    /// The last segment ended inside its own header (a crash while the segment was being
+    /// started): it held no record, and the file was removed.
+    TornSegmentRemoved {
+        /// The segment file.
+        file: PathBuf,
+        /// The file's length before it was removed.
+        bytes_dropped: u64,
+    },
+    /// A segment that held no entry after the log boundary was removed: a crash interrupted the
+    /// compaction (or snapshot install) that moved the boundary before it removed the file.
+    CoveredSegmentRemoved {
+        /// The segment file.
+        file: PathBuf,
+        /// The log boundary: the last index dropped from the log.
+        boundary: Index,
+    },
+    /// A segment of a log that the log boundary superseded was removed: the log held the
+    /// boundary's index with another term (an install or compaction replaced the whole log, and
+    /// a crash came before it removed the file).
+    SupersededSegmentRemoved {
+        /// The segment file.
+        file: PathBuf,
+        /// The log boundary: the last index dropped from the log.
+        boundary: Index,
+    },
+    /// A snapshot file that META does not name was removed: the staging file of a snapshot
+    /// being received, a local snapshot not yet installed, or the data file of a snapshot whose
+    /// install (or replacement) a crash interrupted.
+    StraySnapshotRemoved {
+        /// The snapshot file.
+        file: PathBuf,
+    },
+}
+
+impl fmt::Display for Repair {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Repair::TornTailTruncated { file, offset, bytes_dropped } => {
+                write!(formatter, "cut a torn tail of {bytes_dropped} bytes off {file:?} at byte {offset}")
+            }
+            Repair::TornSegmentRemoved { file, bytes_dropped } => {
+                write!(formatter, "removed {file:?}, whose header was torn ({bytes_dropped} bytes)")
+            }
+            Repair::CoveredSegmentRemoved { file, boundary } => {
+                write!(formatter, "removed {file:?}, which holds no entry after the log boundary {boundary}")
+            }
+            Repair::SupersededSegmentRemoved { file, boundary } => {
+                write!(formatter, "removed {file:?}, whose log conflicts with the log boundary {boundary}")
+            }
+            Repair::StraySnapshotRemoved { file } => {
+                write!(formatter, "removed {file:?}, a snapshot file that META does not name")
+            }
+        }
+    }
+}
+
+/// What [`DiskStorage::open`](super::DiskStorage::open) repaired, in the order it did: see
+/// [`DiskStorage::recovery_report`](super::DiskStorage::recovery_report). Empty after a clean
+/// shutdown (and for a store just created).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    repairs: Vec<Repair>,
+}
+
+impl RecoveryReport {
+    /// The repairs, in the order they were made.
+    pub fn repairs(&self) -> &[Repair] {
+        &self.repairs
+    }
+
+    /// Whether recovery found nothing to repair.
+    pub fn is_clean(&self) -> bool {
+        self.repairs.is_empty()
+    }
+
+    fn push(&mut self, repair: Repair) {
+        self.repairs.push(repair);
+    }
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.repairs.is_empty() {
+            return formatter.write_str("nothing repaired");
+        }
+        for (number, repair) in self.repairs.iter().enumerate() {
+            let separator = if number == 0 { "" } else { "; " };
+            write!(formatter, "{separator}{repair}")?;
+        }
+        Ok(())
+    }
+}
 
 /// The log recovered from the segment files.
 pub(super) struct RecoveredLog<File> {
@@ -32,17 +143,22 @@ pub(super) fn recover_log<F: FileSystem>(
     dir: &Directory<F>,
     names: &[String],
     boundary: (Index, Term),
+    report: &mut RecoveryReport,
 ) -> Result<RecoveredLog<F::File>, DiskError> {
-    let (segments, entries) = read_segments(dir, names)?;
+    let (segments, entries) = read_segments(dir, names, report)?;
     let mut log = SegmentLog::new(segments);
-    let entries = settle_boundary(dir, &mut log, entries, boundary)?;
+    let entries = settle_boundary(dir, &mut log, entries, boundary, report)?;
     log.open_active(dir)?;
     Ok(RecoveredLog { log, entries })
 }
 
 /// Reads every segment in order of first index, checks that each continues the one before,
 /// and cuts a torn tail off the last one.
-fn read_segments<F: FileSystem>(dir: &Directory<F>, names: &[String]) -> Result<(Vec<Segment>, Vec<Entry>), DiskError> {
+fn read_segments<F: FileSystem>(
+    dir: &Directory<F>,
+    names: &[String],
+    report: &mut RecoveryReport,
+) -> Result<(Vec<Segment>, Vec<Entry>), DiskError> {
     let mut indexed: Vec<(Index, &String)> =
         names.iter().filter_map(|n| parse_segment_name(n).map(|index| (index, n))).collect();
     indexed.sort();
@@ -56,7 +172,7 @@ fn read_segments<F: FileSystem>(dir: &Directory<F>, names: &[String]) -> Result<
             check_continues(&path, last, first_index, parsed.entries.first())?;
         }
         if let Some(cut) = parsed.torn_at {
-            cut_torn_tail(dir, &path, cut)?;
+            cut_torn_tail(dir, path, cut, bytes.len() as u64, report)?;
             if cut == 0 {
                 continue;
             }
@@ -83,16 +199,27 @@ fn check_continues(path: &Path, last: &Entry, first_index: Index, first: Option<
     Ok(())
 }
 
-/// Cuts a torn tail (or removes a segment whose header was torn: `cut` 0) and makes that
-/// durable.
-fn cut_torn_tail<F: FileSystem>(dir: &Directory<F>, path: &Path, cut: u64) -> Result<(), DiskError> {
+/// Cuts the torn tail of the segment `path` (of `len` bytes) at `cut`, or removes the segment
+/// if its header was torn (`cut` 0), and makes that durable.
+fn cut_torn_tail<F: FileSystem>(
+    dir: &Directory<F>,
+    path: PathBuf,
+    cut: u64,
+    len: u64,
+    report: &mut RecoveryReport,
+) -> Result<(), DiskError> {
+    let bytes_dropped = len - cut;
     if cut == 0 {
-        dir.remove(path)?;
-        return dir.sync();
+        dir.remove(&path)?;
+        dir.sync()?;
+        report.push(Repair::TornSegmentRemoved { file: path, bytes_dropped });
+        return Ok(());
     }
-    let mut file = dir.open_append(path.to_path_buf())?;
+    let mut file = dir.open_append(path)?;
     file.truncate(cut)?;
-    file.sync()
+    file.sync()?;
+    report.push(Repair::TornTailTruncated { file: file.path().to_path_buf(), offset: cut, bytes_dropped });
+    Ok(())
 }
 
 /// Keeps the entries after the log boundary, finishing a compaction or install that a crash
@@ -103,12 +230,19 @@ fn settle_boundary<F: FileSystem>(
     log: &mut SegmentLog<F::File>,
     entries: Vec<Entry>,
     (boundary, boundary_term): (Index, Term),
+    report: &mut RecoveryReport,
 ) -> Result<Vec<Entry>, DiskError> {
     let conflicts = entries.iter().any(|e| e.index == boundary && e.term != boundary_term);
     let reaches_past = entries.last().is_some_and(|e| e.index > boundary);
     if conflicts || !reaches_past {
         // Everything stored is covered or superseded by the boundary.
-        log.remove_from(dir, 0)?;
+        for file in log.remove_from(dir, 0)? {
+            report.push(if conflicts {
+                Repair::SupersededSegmentRemoved { file, boundary }
+            } else {
+                Repair::CoveredSegmentRemoved { file, boundary }
+            });
+        }
         return Ok(Vec::new());
     }
     let first = entries.first().map_or(boundary.next(), |e| e.index);
@@ -117,7 +251,9 @@ fn settle_boundary<F: FileSystem>(
         return Err(corrupt(&path, HEADER_BYTES, Corruption::GapAfterSnapshot { first, snapshot: boundary }));
     }
     let kept = entries.into_iter().filter(|e| e.index > boundary).collect();
-    log.remove_covered(dir, boundary)?;
+    for file in log.remove_covered(dir, boundary)? {
+        report.push(Repair::CoveredSegmentRemoved { file, boundary });
+    }
     Ok(kept)
 }
 
@@ -128,11 +264,14 @@ pub(super) fn remove_stray_snapshots<F: FileSystem>(
     dir: &Directory<F>,
     names: &[String],
     installed: Option<&SnapshotFile>,
+    report: &mut RecoveryReport,
 ) -> Result<(), DiskError> {
     let current = installed.map(|snapshot| snapshot_name(&snapshot.meta));
     let strays = names.iter().filter(|name| is_snapshot_file(name) && Some(name.as_str()) != current.as_deref());
     for name in strays {
-        dir.remove(&dir.file(name))?;
+        let file = dir.file(name);
+        dir.remove(&file)?;
+        report.push(Repair::StraySnapshotRemoved { file });
     }
     Ok(())
 }

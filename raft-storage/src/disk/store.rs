@@ -11,7 +11,7 @@ use raft_core::{
 use super::directory::Directory;
 use super::error::DiskError;
 use super::meta::{IDENTITY_FILE, Identity, Meta, read_identity, read_meta, write_identity, write_meta};
-use super::recovery::{RecoveredLog, recover_log, remove_stray_snapshots, sync_recovered};
+use super::recovery::{RecoveredLog, RecoveryReport, recover_log, remove_stray_snapshots, sync_recovered};
 use super::segment::{SegmentLog, parse_segment_name};
 use super::snapshot::{self, Staging};
 use crate::fs::{FileSystem, StdFs};
@@ -76,6 +76,8 @@ pub struct DiskStorage<F: FileSystem = StdFs> {
     /// The snapshot being received, if any.
     staging: Option<Staging<F::File>>,
     stopped: bool,
+    /// What `open` repaired.
+    report: RecoveryReport,
 }
 
 impl<F: FileSystem> DiskStorage<F> {
@@ -109,6 +111,7 @@ impl<F: FileSystem> DiskStorage<F> {
     /// segment is cut off; any other damage is a [`DiskError::Corrupt`] naming file and offset,
     /// a missing or damaged snapshot file included (its length and crc are checked, reading it a
     /// piece at a time). Leftovers of an interrupted compaction or snapshot install are removed.
+    /// [`DiskStorage::recovery_report`] lists every such repair.
     pub fn open(fs: F, dir: impl Into<PathBuf>, identity: Identity, options: DiskOptions) -> Result<Self, DiskError> {
         let dir = Directory::new(fs, dir.into());
         let names = match dir.list() {
@@ -132,11 +135,14 @@ impl<F: FileSystem> DiskStorage<F> {
             // Before anything is repaired: a store whose snapshot is damaged stays as found.
             snapshot::verify(&dir, snapshot)?;
         }
+        let mut report = RecoveryReport::default();
         let boundary = (meta.snapshot_index, meta.snapshot_term);
-        let RecoveredLog { log, entries } = recover_log(&dir, &names, boundary)?;
-        remove_stray_snapshots(&dir, &names, meta.snapshot.as_ref())?;
+        let RecoveredLog { log, entries } = recover_log(&dir, &names, boundary, &mut report)?;
+        remove_stray_snapshots(&dir, &names, meta.snapshot.as_ref(), &mut report)?;
         sync_recovered(&dir, &log)?;
-        Ok(DiskStorage::new(dir, options, identity, meta, log, entries))
+        let mut store = DiskStorage::new(dir, options, identity, meta, log, entries);
+        store.report = report;
+        Ok(store)
     }
 
     fn new(
@@ -157,6 +163,7 @@ impl<F: FileSystem> DiskStorage<F> {
             log,
             staging: None,
             stopped: false,
+            report: RecoveryReport::default(),
         }
     }
 
@@ -174,6 +181,12 @@ impl<F: FileSystem> DiskStorage<F> {
     /// The number of segment files.
     pub fn segment_count(&self) -> usize {
         self.log.len()
+    }
+
+    /// What [`DiskStorage::open`] repaired to recover this store (torn tails cut, leftover
+    /// files removed); empty after a clean shutdown and for a store just created.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
     }
 
     fn write_meta(&mut self, meta: Meta) -> Result<(), DiskError> {
