@@ -415,7 +415,7 @@ fn fail_every_operation(kind: ErrorKind, restart: Restart) {
         fs.fail_after(k, kind);
         let (acked, failure) = drive(&mut store, &calls);
         match failure {
-            Some(DiskError::Io { kind: found, .. }) => assert_eq!(found, kind, "{context}"),
+            Some(DiskError::Io { source, .. }) => assert_eq!(source.kind(), kind, "{context}"),
             other => panic!("{context}: expected an I/O error, got {other:?}"),
         }
         // Fail-stop: every later write is refused, whatever it is.

@@ -10,6 +10,7 @@ use super::meta::Identity;
 
 /// Which file operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IoOp {
     /// Creating a directory or file.
     Create,
@@ -35,6 +36,7 @@ pub enum IoOp {
 
 /// What is wrong with a damaged file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum Corruption {
     /// The file does not start with the expected magic bytes.
     #[error("bad magic")]
@@ -101,17 +103,23 @@ pub enum Corruption {
 }
 
 /// Why the durable store failed. Recovery errors name the file and the byte offset.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
+///
+/// Two errors are equal when their variants and fields are, where two I/O errors count as equal
+/// when their [`std::io::ErrorKind`] and OS error code are (an [`std::io::Error`] has no
+/// equality of its own).
+#[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum DiskError {
     /// A file-system call failed.
-    #[error("{op:?} failed on {path:?}: {kind:?}")]
+    #[error("{op:?} failed on {path:?}: {source}")]
     Io {
         /// The operation.
         op: IoOp,
         /// The file or directory.
         path: PathBuf,
-        /// The error kind.
-        kind: std::io::ErrorKind,
+        /// The file system's error, as it reported it (kind, OS error code and message).
+        #[source]
+        source: std::io::Error,
     },
     /// A file is damaged.
     #[error("{path:?} is corrupt at byte {offset}: {corruption}")]
@@ -178,9 +186,61 @@ pub enum DiskError {
     Stopped,
 }
 
+impl DiskError {
+    /// The kind of the file system's error, for an I/O error.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            DiskError::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq for DiskError {
+    fn eq(&self, other: &Self) -> bool {
+        use DiskError as E;
+        // Matching on `self` alone, without a wildcard, makes a new variant a compile error here.
+        match self {
+            E::Io { op, path, source } => {
+                matches!(other, E::Io { op: other_op, path: other_path, source: other_source }
+                if (op, path) == (other_op, other_path) && same_io_error(source, other_source))
+            }
+            E::Corrupt { path, offset, corruption } => matches!(other,
+                E::Corrupt { path: other_path, offset: other_offset, corruption: other_corruption }
+                if (path, offset, corruption) == (other_path, other_offset, other_corruption)),
+            E::IdentityMismatch { expected, found } => matches!(other,
+                E::IdentityMismatch { expected: other_expected, found: other_found }
+                if (expected, found) == (other_expected, other_found)),
+            E::NotInitialized(dir) => matches!(other, E::NotInitialized(other_dir) if dir == other_dir),
+            E::MissingIdentity(dir) => matches!(other, E::MissingIdentity(other_dir) if dir == other_dir),
+            E::AlreadyInitialized(dir) => matches!(other, E::AlreadyInitialized(other_dir) if dir == other_dir),
+            E::AppendGap { first, last } => matches!(other, E::AppendGap { first: other_first, last: other_last }
+                if (first, last) == (other_first, other_last)),
+            E::AppendNotConsecutive(index) => {
+                matches!(other, E::AppendNotConsecutive(other_index) if index == other_index)
+            }
+            E::AppendBelowSnapshot { first, snapshot } => matches!(other,
+                E::AppendBelowSnapshot { first: other_first, snapshot: other_snapshot }
+                if (first, snapshot) == (other_first, other_snapshot)),
+            E::SnapshotChunkOutOfOrder { offset, staged } => matches!(other,
+                E::SnapshotChunkOutOfOrder { offset: other_offset, staged: other_staged }
+                if (offset, staged) == (other_offset, other_staged)),
+            E::SnapshotNotStaged(index) => matches!(other, E::SnapshotNotStaged(other_index) if index == other_index),
+            E::Stopped => matches!(other, E::Stopped),
+        }
+    }
+}
+
+impl Eq for DiskError {}
+
+/// Whether two I/O errors say the same: the same kind and OS error code.
+fn same_io_error(one: &std::io::Error, other: &std::io::Error) -> bool {
+    one.kind() == other.kind() && one.raw_os_error() == other.raw_os_error()
+}
+
 /// The error of a failed `op` on `path`, for `map_err`.
 pub(super) fn io_error(op: IoOp, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
-    move |error| DiskError::Io { op, path: path.to_path_buf(), kind: error.kind() }
+    move |source| DiskError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// Damage of `corruption` found in `path` at byte `offset`.

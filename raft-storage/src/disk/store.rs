@@ -115,7 +115,7 @@ impl<F: FileSystem> DiskStorage<F> {
     pub fn open(fs: F, dir: impl Into<PathBuf>, identity: Identity, options: DiskOptions) -> Result<Self, DiskError> {
         let dir = Directory::new(fs, dir.into());
         let names = match dir.list() {
-            Err(DiskError::Io { kind: std::io::ErrorKind::NotFound, .. }) => {
+            Err(error) if error.io_kind() == Some(std::io::ErrorKind::NotFound) => {
                 return Err(DiskError::NotInitialized(dir.path().to_path_buf()));
             }
             listed => listed?,
