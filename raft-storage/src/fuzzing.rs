@@ -8,7 +8,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Storage, Term};
 
-use crate::{DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore, SimFs};
+use crate::testing::SimFs;
+use crate::{DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore};
 
 const ME: Identity = Identity { cluster_id: 7, node_id: NodeId(1) };
 const CALLS_MAX: usize = 24;

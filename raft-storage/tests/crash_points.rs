@@ -25,7 +25,8 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, Storage, Term};
-use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, LogStore, SimFs, SimFsOptions};
+use raft_storage::testing::{SimFs, SimFsOptions};
+use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, LogStore};
 
 const ME: Identity = Identity { cluster_id: 3, node_id: NodeId(2) };
 /// Three records per segment: the workload rotates often.

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Storage, StorageError, Term};
+use raft_storage::testing::{SimFs, SimFsOptions};
 use raft_storage::{
     Corruption, DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore, MemStorage,
-    MemStorageError, SimFs, SimFsOptions, StdFs,
+    MemStorageError, StdFs,
 };
 
 const ME: Identity = Identity { cluster_id: 5, node_id: NodeId(1) };

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Storage, Term};
-use raft_storage::{DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore, Repair, SimFs};
+use raft_storage::testing::SimFs;
+use raft_storage::{DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore, Repair};
 
 const ME: Identity = Identity { cluster_id: 4, node_id: NodeId(1) };
 /// Four or five records per segment: logs span several segments.

@@ -40,16 +40,21 @@ impl Default for DiskOptions {
 ///
 /// ```
 /// use raft_core::{Index, Membership, NodeId, SnapshotMeta, Storage, Term};
-/// use raft_storage::{DiskOptions, DiskStorage, Identity, LogStore, SimFs};
+/// use raft_storage::{DiskOptions, DiskStorage, Identity, LogStore, StdFs};
 ///
+/// # let dir = std::env::temp_dir().join(format!("raft-storage-doc-{}", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
 /// let me = Identity { cluster_id: 1, node_id: NodeId(1) };
 /// let membership = Membership::new([NodeId(1)]);
-/// let mut store = DiskStorage::create(SimFs::new(0), "/data", me, membership.clone(), DiskOptions::default())?;
+/// let mut store = DiskStorage::create(StdFs, &dir, me, membership.clone(), DiskOptions::default())?;
 /// let data = b"the state machine at index 7";
 /// let meta = SnapshotMeta { index: Index(7), term: Term(2), membership, data_crc32: raft_core::snapshot_crc32(data) };
 /// store.save_snapshot(&meta, data)?;
+/// drop(store);
 ///
-/// // After a restart: read the snapshot back a piece at a time.
+/// // After a restart: open the store, then read the snapshot back a piece at a time.
+/// let store = DiskStorage::open(StdFs, &dir, me, DiskOptions::default())?;
+/// assert!(store.recovery_report().is_clean(), "a clean shutdown leaves nothing to repair");
 /// let snapshot = store.initial_state()?.snapshot;
 /// let mut restored = Vec::new();
 /// loop {
@@ -60,6 +65,7 @@ impl Default for DiskOptions {
 ///     }
 /// }
 /// assert_eq!(restored, b"the state machine at index 7");
+/// # std::fs::remove_dir_all(&dir)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct DiskStorage<F: FileSystem = StdFs> {
