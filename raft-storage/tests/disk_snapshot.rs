@@ -9,9 +9,11 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Storage, StorageError, Term};
+use raft_core::{Entry, HardState, Index, Membership, NodeId, SnapshotMeta, Storage, StorageError, Term};
 use raft_storage::testing::{SimFs, SimFsOptions};
+
+mod common;
+use common::{entry, membership, run};
 use raft_storage::{
     Corruption, DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore, MemStorage,
     MemStorageError, StdFs,
@@ -27,22 +29,9 @@ fn dir() -> PathBuf {
     PathBuf::from("/var/raft/node-1")
 }
 
-fn membership() -> Membership {
-    Membership::new([NodeId(1), NodeId(2), NodeId(3)])
-}
-
 /// The membership the snapshots carry, so that a test sees it taken from the snapshot.
 fn grown() -> Membership {
     Membership::new([NodeId(1), NodeId(2), NodeId(3), NodeId(4)])
-}
-
-fn entry(index: u64, term: u64) -> Entry {
-    let data = format!("e{index}t{term}");
-    Entry { index: Index(index), term: Term(term), payload: EntryPayload::Normal(Bytes::from(data.into_bytes())) }
-}
-
-fn run(first: u64, last: u64, term: u64) -> Vec<Entry> {
-    (first..=last).map(|index| entry(index, term)).collect()
 }
 
 fn hard(term: u64, vote: u64) -> Option<HardState> {

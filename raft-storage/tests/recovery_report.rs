@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Storage, Term};
+use raft_core::{HardState, Index, NodeId, SnapshotMeta, Storage, Term};
 use raft_storage::testing::SimFs;
 use raft_storage::{DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore, Repair};
+
+mod common;
+use common::{membership, run};
 
 const ME: Identity = Identity { cluster_id: 4, node_id: NodeId(1) };
 /// Four or five records per segment: logs span several segments.
@@ -25,19 +27,6 @@ const STAGING_FILE: &str = "snapshot.staging";
 
 fn dir() -> PathBuf {
     PathBuf::from("/var/raft/node-1")
-}
-
-fn membership() -> Membership {
-    Membership::new([NodeId(1), NodeId(2), NodeId(3)])
-}
-
-fn entry(index: u64, term: u64) -> Entry {
-    let data = format!("e{index}t{term}");
-    Entry { index: Index(index), term: Term(term), payload: EntryPayload::Normal(Bytes::from(data.into_bytes())) }
-}
-
-fn run(first: u64, last: u64, term: u64) -> Vec<Entry> {
-    (first..=last).map(|index| entry(index, term)).collect()
 }
 
 fn hard(term: u64) -> Option<HardState> {
@@ -118,12 +107,19 @@ fn a_clean_open_reports_nothing() {
     assert!(open(&fs).recovery_report().is_clean(), "after a power loss with nothing in flight");
 }
 
-#[test]
-fn a_partial_last_record_is_cut_and_reported() {
-    let fs = SimFs::new(2);
+/// A closed store of entries 1..=12 on a fresh disk: the disk, the last segment's path and its
+/// content.
+fn last_segment_of_twelve(seed: u64) -> (SimFs, PathBuf, Vec<u8>) {
+    let fs = SimFs::new(seed);
     drop(twelve_entries(&fs));
     let last = segments(&fs).pop().expect("a segment");
-    let mut bytes = fs.read(&last).expect("read");
+    let bytes = fs.read(&last).expect("read");
+    (fs, last, bytes)
+}
+
+#[test]
+fn a_partial_last_record_is_cut_and_reported() {
+    let (fs, last, mut bytes) = last_segment_of_twelve(2);
     let len = bytes.len() as u64;
     bytes.extend_from_slice(&[17, 0, 0, 0, 1, 2]); // A record's prefix, cut short.
     write_durably(&fs, &last, &bytes);
@@ -138,10 +134,7 @@ fn a_partial_last_record_is_cut_and_reported() {
 
 #[test]
 fn a_damaged_last_record_is_cut_at_its_start_and_reported() {
-    let fs = SimFs::new(3);
-    drop(twelve_entries(&fs));
-    let last = segments(&fs).pop().expect("a segment");
-    let bytes = fs.read(&last).expect("read");
+    let (fs, last, bytes) = last_segment_of_twelve(3);
     let len = bytes.len() as u64;
     let record = *record_offsets(&bytes).last().expect("a record");
     fs.flip_bit(&last, len - 1, 0).expect("flip");
@@ -230,47 +223,43 @@ fn receive(store: &mut DiskStorage<SimFs>, meta: &SnapshotMeta) -> Result<(), Di
     store.install_snapshot(meta)
 }
 
+/// Loses power at each operation of an install of `new` over [`with_snapshot`]'s store, and
+/// checks the report of the first recovery that finds `new` installed: every segment removed
+/// (the newest first) as `removed` says, then the previous snapshot's file. Returns every
+/// recovered store.
+fn install_is_finished_and_reported(
+    new: &SnapshotMeta,
+    removed: fn(PathBuf, Index) -> Repair,
+) -> Vec<DiskStorage<SimFs>> {
+    let probe = SimFs::new(6);
+    drop(with_snapshot(&probe));
+    let files = segments(&probe);
+    let recovered = crash_at_each_operation(with_snapshot, |store| drop(receive(store, new)));
+    let first_new = recovered.iter().find(|store| store.snapshot().as_ref() == Ok(new)).expect("a crash after META");
+    let mut expected: Vec<Repair> = files.into_iter().rev().map(|file| removed(file, new.index)).collect();
+    expected.push(Repair::StraySnapshotRemoved { file: snapshot_path(&meta(4, 1)) });
+    assert_eq!(first_new.recovery_report().repairs(), expected, "the first crash after the META write");
+    recovered
+}
+
 /// An install whose snapshot conflicts with the log (index 10 holds term 1, the snapshot says
 /// term 2) replaces the whole log: META first, then the segments and the previous snapshot file
 /// go. A power loss in between leaves them for recovery, which names each one.
 #[test]
 fn an_install_that_supersedes_the_log_is_finished_and_reported() {
-    let probe = SimFs::new(6);
-    drop(with_snapshot(&probe));
-    let files = segments(&probe);
     let new = meta(10, 2);
-    let recovered = crash_at_each_operation(with_snapshot, |store| drop(receive(store, &new)));
-    let position = recovered.iter().position(|store| store.snapshot() == Ok(new.clone())).expect("a crash after META");
-    let mut expected: Vec<Repair> = files
-        .iter()
-        .rev()
-        .map(|file| Repair::SupersededSegmentRemoved { file: file.clone(), boundary: Index(10) })
-        .collect();
-    expected.push(Repair::StraySnapshotRemoved { file: snapshot_path(&meta(4, 1)) });
-    assert_eq!(recovered[position].recovery_report().repairs(), expected, "the first crash after the META write");
+    let superseded = |file, boundary| Repair::SupersededSegmentRemoved { file, boundary };
+    let recovered = install_is_finished_and_reported(&new, superseded);
     // The last crash before META was replaced: the new snapshot's file is durable, META does
     // not name it yet.
-    let before = &recovered[position - 1];
-    assert_eq!(before.snapshot(), Ok(meta(4, 1)));
+    let before = recovered.iter().rev().find(|store| store.snapshot() == Ok(meta(4, 1))).expect("a crash before");
     assert_eq!(before.recovery_report().repairs(), [Repair::StraySnapshotRemoved { file: snapshot_path(&new) }]);
 }
 
 /// An install of a snapshot beyond the log leaves every segment covered by the new boundary.
 #[test]
 fn an_install_beyond_the_log_is_finished_and_reported() {
-    let probe = SimFs::new(7);
-    drop(with_snapshot(&probe));
-    let files = segments(&probe);
-    let new = meta(20, 2);
-    let recovered = crash_at_each_operation(with_snapshot, |store| drop(receive(store, &new)));
-    let first_new = recovered.iter().find(|store| store.snapshot() == Ok(new.clone())).expect("a crash after META");
-    let mut expected: Vec<Repair> = files
-        .iter()
-        .rev()
-        .map(|file| Repair::CoveredSegmentRemoved { file: file.clone(), boundary: Index(20) })
-        .collect();
-    expected.push(Repair::StraySnapshotRemoved { file: snapshot_path(&meta(4, 1)) });
-    assert_eq!(first_new.recovery_report().repairs(), expected);
+    install_is_finished_and_reported(&meta(20, 2), |file, boundary| Repair::CoveredSegmentRemoved { file, boundary });
 }
 
 /// A restart (no power loss) while a snapshot is being received, or after a local snapshot's
