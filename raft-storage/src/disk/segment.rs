@@ -10,7 +10,7 @@ use raft_core::{Entry, Index};
 use super::codec::{RECORD_PREFIX_BYTES, encode_header, encode_record};
 use super::directory::{Directory, OpenFile};
 use super::error::DiskError;
-use crate::fs::FileSystem;
+use crate::fs::{FileSystem, FsFile};
 
 /// The file name of the segment starting at `first_index`.
 pub(super) fn segment_name(first_index: Index) -> String {
@@ -46,7 +46,7 @@ pub(super) struct SegmentLog<File> {
     write_buffer: Vec<u8>,
 }
 
-impl<File: crate::fs::FsFile> SegmentLog<File> {
+impl<File: FsFile> SegmentLog<File> {
     /// The log of the `segments` recovery found (none open yet: see [`SegmentLog::open_active`]).
     pub(super) fn new(segments: Vec<Segment>) -> Self {
         SegmentLog { segments, active: None, write_buffer: Vec::new() }
