@@ -1,5 +1,6 @@
 //! The small file-system surface the durable store needs, so that tests and the simulator can
-//! swap in a fault-injecting file system ([`crate::SimFs`]) for the real one ([`StdFs`]).
+//! swap in a fault-injecting file system (`testing::SimFs`, feature `testing`) for the real one
+//! ([`StdFs`]).
 //!
 //! The contract mirrors POSIX durability: bytes written to a file are durable only after
 //! [`FsFile::sync`]; a new, renamed or removed directory entry is durable only after

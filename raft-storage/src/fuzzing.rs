@@ -8,7 +8,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Storage, Term};
 
-use crate::{DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore, SimFs};
+use crate::testing::SimFs;
+use crate::{DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore};
 
 const ME: Identity = Identity { cluster_id: 7, node_id: NodeId(1) };
 const CALLS_MAX: usize = 24;
@@ -431,7 +432,7 @@ fn check_error(fs: &SimFs, dir: &Path, error: &DiskError) {
         }
         DiskError::MissingIdentity(_) | DiskError::NotInitialized(_) | DiskError::IdentityMismatch { .. } => {}
         // A file the store needs (META) is gone: reported as the failed read of that file.
-        DiskError::Io { path, kind: std::io::ErrorKind::NotFound, .. } => {
+        DiskError::Io { path, source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             assert!(path.starts_with(dir), "an error names a file of the directory: {error}");
             assert!(fs.read(path).is_err(), "a file reported missing exists: {error}");
         }

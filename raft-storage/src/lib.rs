@@ -5,7 +5,11 @@
 //!
 //! - [`MemStorage`]: in memory, for tests, the simulator and benchmarks;
 //! - [`DiskStorage`]: a durable, crash-safe write-ahead log in a directory, over a small
-//!   [`FileSystem`] trait: [`StdFs`] in production, the fault-injecting [`SimFs`] in tests.
+//!   [`FileSystem`] trait: [`StdFs`] in production, the fault-injecting `testing::SimFs` in
+//!   tests (feature `testing`).
+//!   Opening it recovers what a crash left (a torn tail, files an interrupted compaction or
+//!   snapshot install meant to remove) and lists every repair in a [`RecoveryReport`]; any other
+//!   damage is a typed error naming the file and offset.
 //!
 //! Snapshot integrity: `DiskStorage` checks every read of a snapshot's data against per-block
 //! crcs (and the whole file when it opens), so damaged bytes are a
@@ -13,6 +17,14 @@
 //! the snapshot's own checksum ([`raft_core::SnapshotMeta::data_crc32`]): raft-core does that for
 //! every snapshot it receives before it asks for an install, and a driver does it before it
 //! restores a state machine.
+//!
+//! # Features
+//!
+//! - `testing`: the module `testing`, with `SimFs`, an in-memory file system that injects
+//!   crashes (power loss with torn writes), I/O errors and bit rot, deterministically from a
+//!   seed. For tests and simulators only.
+//! - `fuzzing` (implies `testing`): the module `fuzzing`, the harness the cargo-fuzz target
+//!   `wal_recovery` calls (and the corpus replay test).
 //!
 //! ```
 //! use raft_core::{Entry, EntryPayload, Index, Membership, NodeId, Storage, Term};
@@ -34,12 +46,12 @@ mod fs;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod mem;
-mod simfs;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-pub use disk::{Corruption, DiskError, DiskOptions, DiskStorage, Identity, IoOp};
+pub use disk::{Corruption, DiskError, DiskOptions, DiskStorage, Identity, IoOp, RecoveryReport, Repair};
 pub use fs::{FileSystem, FsFile, StdFile, StdFs, read_range};
 pub use mem::{MemStorage, MemStorageError};
-pub use simfs::{SimFile, SimFs, SimFsOptions};
 
 use bytes::Bytes;
 use raft_core::{Entry, HardState, Index, Output, SnapshotChunk, SnapshotMeta, Storage, Term};

@@ -27,6 +27,7 @@ pub struct MemStorage {
 
 /// Why a write to [`MemStorage`] was refused. Nothing was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum MemStorageError {
     /// The first appended entry would leave a gap after the last stored one.
     #[error("append at index {first} leaves a gap after last index {last}")]

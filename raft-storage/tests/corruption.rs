@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, Storage, Term};
-use raft_storage::{
-    Corruption, DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore, SimFs, StdFs,
-};
+use raft_storage::testing::SimFs;
+use raft_storage::{Corruption, DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore, StdFs};
 
 const ME: Identity = Identity { cluster_id: 9, node_id: NodeId(1) };
 const STRANGER: Identity = Identity { cluster_id: 9, node_id: NodeId(2) };

@@ -23,9 +23,12 @@
 use std::io::ErrorKind;
 use std::path::PathBuf;
 
-use bytes::Bytes;
-use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, Storage, Term};
-use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, LogStore, SimFs, SimFsOptions};
+use raft_core::{Entry, HardState, Index, NodeId, Storage, Term};
+use raft_storage::testing::{SimFs, SimFsOptions};
+use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, LogStore};
+
+mod common;
+use common::{entry, membership, run};
 
 const ME: Identity = Identity { cluster_id: 3, node_id: NodeId(2) };
 /// Three records per segment: the workload rotates often.
@@ -33,19 +36,6 @@ const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 80 };
 
 fn dir() -> PathBuf {
     PathBuf::from("/var/raft/node-2")
-}
-
-fn membership() -> Membership {
-    Membership::new([NodeId(1), NodeId(2), NodeId(3)])
-}
-
-fn entry(index: u64, term: u64) -> Entry {
-    let data = format!("e{index}t{term}");
-    Entry { index: Index(index), term: Term(term), payload: EntryPayload::Normal(Bytes::from(data.into_bytes())) }
-}
-
-fn run(first: u64, last: u64, term: u64) -> Vec<Entry> {
-    (first..=last).map(|index| entry(index, term)).collect()
 }
 
 fn hard(term: u64, vote: Option<u64>, commit: u64) -> Option<HardState> {
@@ -415,7 +405,7 @@ fn fail_every_operation(kind: ErrorKind, restart: Restart) {
         fs.fail_after(k, kind);
         let (acked, failure) = drive(&mut store, &calls);
         match failure {
-            Some(DiskError::Io { kind: found, .. }) => assert_eq!(found, kind, "{context}"),
+            Some(DiskError::Io { source, .. }) => assert_eq!(source.kind(), kind, "{context}"),
             other => panic!("{context}: expected an I/O error, got {other:?}"),
         }
         // Fail-stop: every later write is refused, whatever it is.

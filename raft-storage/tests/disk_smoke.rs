@@ -144,3 +144,22 @@ fn std_fs_appends_at_the_end_after_a_truncate() {
     assert_eq!(StdFs.read(&path).expect("read"), b"0123ab");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An I/O error keeps the operating system's error whole (its code and message) as its source,
+/// for the operator who reads it and the caller who inspects it.
+#[test]
+fn an_io_error_keeps_the_os_error_as_its_source() {
+    let dir = temp_dir("not-a-directory");
+    std::fs::write(&dir, b"a file where the store's parent directory should be").expect("write");
+    let inside = dir.join("node");
+    let membership = Membership::new([NodeId(1)]);
+    let error = DiskStorage::create(StdFs, &inside, ME, membership, DiskOptions::default()).err().expect("fails");
+    let DiskError::Io { op, path, source } = &error else { panic!("an I/O error: {error}") };
+    assert_eq!((*op, path), (raft_storage::IoOp::Create, &inside));
+    let code = source.raw_os_error().expect("the operating system's error code");
+    let from_chain = std::error::Error::source(&error).and_then(|source| source.downcast_ref::<std::io::Error>());
+    assert_eq!(from_chain.and_then(std::io::Error::raw_os_error), Some(code), "the source is the std::io::Error");
+    assert_eq!(error.io_kind(), Some(source.kind()));
+    assert!(error.to_string().ends_with(&source.to_string()), "the message says why: {error}");
+    let _ = std::fs::remove_file(&dir);
+}

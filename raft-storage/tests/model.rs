@@ -10,7 +10,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, Storage, StorageError, Term};
-use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, LogStore, MemStorage, MemStorageError, SimFs};
+use raft_storage::testing::SimFs;
+use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, LogStore, MemStorage, MemStorageError};
 
 const ME: Identity = Identity { cluster_id: 5, node_id: NodeId(3) };
 /// A few records per segment, so that sequences rotate, cut and drop segments.

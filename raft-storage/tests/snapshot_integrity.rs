@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use raft_core::{Index, Membership, NodeId, SnapshotMeta, Storage, StorageError, Term};
-use raft_storage::{DiskOptions, DiskStorage, Identity, LogStore, SimFs};
+use raft_storage::testing::SimFs;
+use raft_storage::{DiskOptions, DiskStorage, Identity, LogStore};
 
 const ME: Identity = Identity { cluster_id: 5, node_id: NodeId(1) };
 /// The block size the store checks in (see the `disk` module docs).

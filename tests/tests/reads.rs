@@ -12,7 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft_core::{NodeId, Options, OptionsBuilder};
 use raft_net::{MemNetwork, NodeHandle, ReadConsistency, ReadError};
-use raft_storage::{DiskOptions, DiskStorage, Identity, MemStorage, SimFs};
+use raft_storage::testing::SimFs;
+use raft_storage::{DiskOptions, DiskStorage, Identity, MemStorage};
 use raft_tests::{
     CLUSTER, Kv, Member, PATIENCE, POLL, config, create_disk, eventually, listeners, membership, propose, set,
     settled_leader, start_mem, start_tcp,

@@ -6,7 +6,8 @@ use std::io::ErrorKind;
 
 use raft_core::{Index, NodeId, SnapshotMeta, StorageError, Term};
 use raft_net::{MemNetwork, NodeEvent, ProposeError, StopReason, StorageOperation};
-use raft_storage::{DiskOptions, DiskStorage, Identity, LogStore, MemStorage, SimFs};
+use raft_storage::testing::SimFs;
+use raft_storage::{DiskOptions, DiskStorage, Identity, LogStore, MemStorage};
 use raft_tests::{CLUSTER, PATIENCE, config, eventually, membership, set, settled_leader, start_mem};
 use tokio::time::timeout;
 

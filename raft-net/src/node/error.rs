@@ -56,8 +56,8 @@ impl StorageFailure {
     /// The I/O error kind, when the store's error is an I/O error of `raft_storage::DiskStorage`
     /// or a `raft_core::StorageError::Io`.
     pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
-        if let Some(DiskError::Io { kind, .. }) = self.source.downcast_ref::<DiskError>() {
-            return Some(*kind);
+        if let Some(kind) = self.source.downcast_ref::<DiskError>().and_then(DiskError::io_kind) {
+            return Some(kind);
         }
         match self.source.downcast_ref::<StorageError>() {
             Some(StorageError::Io(kind)) => Some(*kind),

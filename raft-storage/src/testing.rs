@@ -1,5 +1,7 @@
-//! [`SimFs`]: an in-memory, deterministic, fault-injecting [`FileSystem`] for tests and the
-//! simulator.
+//! Test support (cargo feature `testing`): [`SimFs`], an in-memory, deterministic,
+//! fault-injecting [`FileSystem`] for tests and simulators, with its files ([`SimFile`]) and
+//! options ([`SimFsOptions`]). Not part of the production API: enable the feature in the
+//! `[dev-dependencies]` entry of `raft-storage` (or in a simulator's dependencies).
 //!
 //! # Model (POSIX durability)
 //!

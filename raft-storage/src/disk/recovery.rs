@@ -1,0 +1,372 @@
+//! Recovery: reading the segments back (every record's crc, contiguous indexes, terms that
+//! never decrease), cutting a torn tail, finishing what a crash interrupted (removing segments
+//! the log boundary covers or supersedes, snapshot files META does not name), and the
+//! [`RecoveryReport`] of every such repair.
+//!
+//! A torn write can only be at the very end of the last segment: damage anywhere else is a
+//! [`DiskError::Corrupt`] naming the file and offset, never silently dropped data.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use raft_core::{Entry, Index, Term};
+
+use super::codec::{HEADER_BYTES, RECORD_BYTES_MAX, RECORD_PREFIX_BYTES, check_header, checked_record};
+use super::codec::{decode_entry, read_u32, record_crc};
+use super::directory::Directory;
+use super::error::{Corruption, DiskError, corrupt};
+use super::segment::{Segment, SegmentLog, parse_segment_name, segment_name};
+use super::snapshot::{SnapshotFile, is_snapshot_file, snapshot_name};
+use crate::fs::FileSystem;
+
+/// One repair that [`DiskStorage::open`](super::DiskStorage::open) made while it recovered a
+/// store. Each names the file it changed; every one is made durable before `open` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Repair {
+    /// The last segment ended in a torn write (a partial last record, or a last record whose
+    /// crc fails and after which nothing follows): the file was cut at `offset`, where that
+    /// record started.
+    TornTailTruncated {
+        /// The segment file.
+        file: PathBuf,
+        /// The file's length after the cut: the end of its last whole record.
+        offset: u64,
+        /// How many bytes were cut off.
+        bytes_dropped: u64,
+    },
+    /// The last segment ended inside its own header (a crash while the segment was being
+    /// started): it held no record, and the file was removed.
+    TornSegmentRemoved {
+        /// The segment file.
+        file: PathBuf,
+        /// The file's length before it was removed.
+        bytes_dropped: u64,
+    },
+    /// A segment that held no entry after the log boundary was removed: a crash interrupted the
+    /// compaction (or snapshot install) that moved the boundary before it removed the file.
+    CoveredSegmentRemoved {
+        /// The segment file.
+        file: PathBuf,
+        /// The log boundary: the last index dropped from the log.
+        boundary: Index,
+    },
+    /// A segment of a log that the log boundary superseded was removed: the log held the
+    /// boundary's index with another term (an install or compaction replaced the whole log, and
+    /// a crash came before it removed the file).
+    SupersededSegmentRemoved {
+        /// The segment file.
+        file: PathBuf,
+        /// The log boundary: the last index dropped from the log.
+        boundary: Index,
+    },
+    /// A snapshot file that META does not name was removed: the staging file of a snapshot
+    /// being received, a local snapshot not yet installed, or the data file of a snapshot whose
+    /// install (or replacement) a crash interrupted.
+    StraySnapshotRemoved {
+        /// The snapshot file.
+        file: PathBuf,
+    },
+}
+
+impl fmt::Display for Repair {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Repair::TornTailTruncated { file, offset, bytes_dropped } => {
+                write!(formatter, "cut a torn tail of {bytes_dropped} bytes off {file:?} at byte {offset}")
+            }
+            Repair::TornSegmentRemoved { file, bytes_dropped } => {
+                write!(formatter, "removed {file:?}, whose header was torn ({bytes_dropped} bytes)")
+            }
+            Repair::CoveredSegmentRemoved { file, boundary } => {
+                write!(formatter, "removed {file:?}, which holds no entry after the log boundary {boundary}")
+            }
+            Repair::SupersededSegmentRemoved { file, boundary } => {
+                write!(formatter, "removed {file:?}, whose log conflicts with the log boundary {boundary}")
+            }
+            Repair::StraySnapshotRemoved { file } => {
+                write!(formatter, "removed {file:?}, a snapshot file that META does not name")
+            }
+        }
+    }
+}
+
+/// What [`DiskStorage::open`](super::DiskStorage::open) repaired, in the order it did: see
+/// [`DiskStorage::recovery_report`](super::DiskStorage::recovery_report). Empty after a clean
+/// shutdown (and for a store just created).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    repairs: Vec<Repair>,
+}
+
+impl RecoveryReport {
+    /// The repairs, in the order they were made.
+    pub fn repairs(&self) -> &[Repair] {
+        &self.repairs
+    }
+
+    /// Whether recovery found nothing to repair.
+    pub fn is_clean(&self) -> bool {
+        self.repairs.is_empty()
+    }
+
+    fn push(&mut self, repair: Repair) {
+        self.repairs.push(repair);
+    }
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.repairs.is_empty() {
+            return formatter.write_str("nothing repaired");
+        }
+        for (number, repair) in self.repairs.iter().enumerate() {
+            let separator = if number == 0 { "" } else { "; " };
+            write!(formatter, "{separator}{repair}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The log recovered from the segment files.
+pub(super) struct RecoveredLog<File> {
+    pub(super) log: SegmentLog<File>,
+    /// The entries after the log boundary.
+    pub(super) entries: Vec<Entry>,
+}
+
+/// Recovers the log from the segment files among `names`, given the log boundary (index and
+/// term) from META: cuts a torn tail, removes the segments the boundary covers or supersedes,
+/// and opens the last segment for appending.
+pub(super) fn recover_log<F: FileSystem>(
+    dir: &Directory<F>,
+    names: &[String],
+    boundary: (Index, Term),
+    report: &mut RecoveryReport,
+) -> Result<RecoveredLog<F::File>, DiskError> {
+    let (segments, entries) = read_segments(dir, names, report)?;
+    let mut log = SegmentLog::new(segments);
+    let entries = settle_boundary(dir, &mut log, entries, boundary, report)?;
+    log.open_active(dir)?;
+    Ok(RecoveredLog { log, entries })
+}
+
+/// Reads every segment in order of first index, checks that each continues the one before,
+/// and cuts a torn tail off the last one.
+fn read_segments<F: FileSystem>(
+    dir: &Directory<F>,
+    names: &[String],
+    report: &mut RecoveryReport,
+) -> Result<(Vec<Segment>, Vec<Entry>), DiskError> {
+    let mut indexed: Vec<(Index, &String)> =
+        names.iter().filter_map(|n| parse_segment_name(n).map(|index| (index, n))).collect();
+    indexed.sort();
+    let mut segments = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    for (position, &(first_index, name)) in indexed.iter().enumerate() {
+        let path = dir.file(name);
+        let bytes = Bytes::from(dir.read(&path)?);
+        let parsed = parse_segment(&path, &bytes, first_index, position + 1 == indexed.len())?;
+        if let Some(last) = entries.last() {
+            check_continues(&path, last, first_index, parsed.entries.first())?;
+        }
+        if let Some(cut) = parsed.torn_at {
+            cut_torn_tail(dir, path, cut, bytes.len() as u64, report)?;
+            if cut == 0 {
+                continue;
+            }
+        }
+        entries.extend(parsed.entries);
+        segments.push(parsed.segment);
+    }
+    Ok((segments, entries))
+}
+
+/// Checks that the segment `path`, starting at `first_index` with entry `first`, continues the
+/// log whose last entry is `last`.
+fn check_continues(path: &Path, last: &Entry, first_index: Index, first: Option<&Entry>) -> Result<(), DiskError> {
+    let expected = last.index.next();
+    if first_index != expected {
+        return Err(corrupt(path, 0, Corruption::IndexOutOfSequence { expected, found: first_index }));
+    }
+    if let Some(first) = first
+        && first.term < last.term
+    {
+        let corruption = Corruption::TermRegression { previous: last.term, found: first.term };
+        return Err(corrupt(path, HEADER_BYTES, corruption));
+    }
+    Ok(())
+}
+
+/// Cuts the torn tail of the segment `path` (of `len` bytes) at `cut`, or removes the segment
+/// if its header was torn (`cut` 0), and makes that durable.
+fn cut_torn_tail<F: FileSystem>(
+    dir: &Directory<F>,
+    path: PathBuf,
+    cut: u64,
+    len: u64,
+    report: &mut RecoveryReport,
+) -> Result<(), DiskError> {
+    let bytes_dropped = len - cut;
+    if cut == 0 {
+        dir.remove(&path)?;
+        dir.sync()?;
+        report.push(Repair::TornSegmentRemoved { file: path, bytes_dropped });
+        return Ok(());
+    }
+    let mut file = dir.open_append(path)?;
+    file.truncate(cut)?;
+    file.sync()?;
+    report.push(Repair::TornTailTruncated { file: file.path().to_path_buf(), offset: cut, bytes_dropped });
+    Ok(())
+}
+
+/// Keeps the entries after the log boundary, finishing a compaction or install that a crash
+/// interrupted: removes the segments the boundary covers, or every segment when it supersedes
+/// the log. Returns the entries kept.
+fn settle_boundary<F: FileSystem>(
+    dir: &Directory<F>,
+    log: &mut SegmentLog<F::File>,
+    entries: Vec<Entry>,
+    (boundary, boundary_term): (Index, Term),
+    report: &mut RecoveryReport,
+) -> Result<Vec<Entry>, DiskError> {
+    let conflicts = entries.iter().any(|e| e.index == boundary && e.term != boundary_term);
+    let reaches_past = entries.last().is_some_and(|e| e.index > boundary);
+    if conflicts || !reaches_past {
+        // Everything stored is covered or superseded by the boundary.
+        for file in log.remove_from(dir, 0)? {
+            report.push(if conflicts {
+                Repair::SupersededSegmentRemoved { file, boundary }
+            } else {
+                Repair::CoveredSegmentRemoved { file, boundary }
+            });
+        }
+        return Ok(Vec::new());
+    }
+    let first = entries.first().map_or(boundary.next(), |e| e.index);
+    if first > boundary.next() {
+        let path = dir.file(&segment_name(first));
+        return Err(corrupt(&path, HEADER_BYTES, Corruption::GapAfterSnapshot { first, snapshot: boundary }));
+    }
+    let kept = entries.into_iter().filter(|e| e.index > boundary).collect();
+    for file in log.remove_covered(dir, boundary)? {
+        report.push(Repair::CoveredSegmentRemoved { file, boundary });
+    }
+    Ok(kept)
+}
+
+/// Removes a leftover staging file and every snapshot file but the `installed` one: the remains
+/// of an install that a crash interrupted (before or after its META write) or of a removal not
+/// yet durable. [`sync_recovered`] makes the removals durable.
+pub(super) fn remove_stray_snapshots<F: FileSystem>(
+    dir: &Directory<F>,
+    names: &[String],
+    installed: Option<&SnapshotFile>,
+    report: &mut RecoveryReport,
+) -> Result<(), DiskError> {
+    let current = installed.map(|snapshot| snapshot_name(&snapshot.meta));
+    let strays = names.iter().filter(|name| is_snapshot_file(name) && Some(name.as_str()) != current.as_deref());
+    for name in strays {
+        let file = dir.file(name);
+        dir.remove(&file)?;
+        report.push(Repair::StraySnapshotRemoved { file });
+    }
+    Ok(())
+}
+
+/// Makes everything recovery read durable: a previous incarnation may have left unsynced
+/// changes in the page cache.
+pub(super) fn sync_recovered<F: FileSystem>(dir: &Directory<F>, log: &SegmentLog<F::File>) -> Result<(), DiskError> {
+    for path in log.paths(dir) {
+        dir.open_append(path)?.sync()?;
+    }
+    dir.sync()
+}
+
+/// What recovery found in one segment file.
+struct ParsedSegment {
+    segment: Segment,
+    entries: Vec<Entry>,
+    /// The offset of a torn tail to cut off (0: the header itself was torn).
+    torn_at: Option<u64>,
+}
+
+/// Reads one segment. Damage at the very end of the last segment is a torn write (reported in
+/// `torn_at`); damage anywhere else is corruption.
+fn parse_segment(path: &Path, bytes: &Bytes, first_index: Index, is_last: bool) -> Result<ParsedSegment, DiskError> {
+    let len = bytes.len() as u64;
+    let torn = |offset: u64, corruption: Corruption| {
+        if is_last { Ok(offset) } else { Err(corrupt(path, offset, corruption)) }
+    };
+    let mut parsed = ParsedSegment {
+        segment: Segment { first_index, offsets: Vec::new(), len },
+        entries: Vec::new(),
+        torn_at: None,
+    };
+    if len < HEADER_BYTES {
+        parsed.torn_at = Some(torn(0, Corruption::Truncated)?);
+        return Ok(parsed);
+    }
+    check_header(path, bytes, first_index)?;
+    let mut offset = HEADER_BYTES;
+    while offset < len {
+        if len - offset < RECORD_PREFIX_BYTES {
+            parsed.torn_at = Some(torn(offset, Corruption::Truncated)?);
+            break;
+        }
+        let record_len = read_u32(bytes, offset);
+        let end = offset + RECORD_PREFIX_BYTES + u64::from(record_len);
+        if end > len {
+            if record_len > RECORD_BYTES_MAX {
+                return Err(corrupt(path, offset, Corruption::RecordLength(record_len)));
+            }
+            if valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, parsed.segment.next_index().next()) {
+                return Err(corrupt(path, offset, Corruption::Truncated));
+            }
+            parsed.torn_at = Some(torn(offset, Corruption::Truncated)?);
+            break;
+        }
+        let payload = &bytes[(offset + RECORD_PREFIX_BYTES) as usize..end as usize];
+        if record_crc(record_len, payload) != read_u32(bytes, offset + 4) {
+            if end == len {
+                parsed.torn_at = Some(torn(offset, Corruption::Checksum)?);
+                break;
+            }
+            return Err(corrupt(path, offset, Corruption::Checksum));
+        }
+        let entry = decode_entry(bytes, payload).ok_or_else(|| corrupt(path, offset, Corruption::Decode))?;
+        check_sequence(path, offset, &parsed, &entry)?;
+        parsed.segment.offsets.push(offset);
+        parsed.entries.push(entry);
+        offset = end;
+    }
+    if let Some(cut) = parsed.torn_at {
+        parsed.segment.len = cut;
+    }
+    Ok(parsed)
+}
+
+/// Whether a whole record with a good checksum holding entry `index` starts anywhere at or after
+/// `from`: then the damage before it is no torn tail.
+fn valid_record_after(bytes: &[u8], from: u64, index: Index) -> bool {
+    let len = bytes.len() as u64;
+    (from..len.saturating_sub(RECORD_PREFIX_BYTES)).any(|at| {
+        checked_record(bytes, at)
+            .is_some_and(|payload| postcard::from_bytes::<Entry>(payload).is_ok_and(|entry| entry.index == index))
+    })
+}
+
+fn check_sequence(path: &Path, offset: u64, parsed: &ParsedSegment, entry: &Entry) -> Result<(), DiskError> {
+    let expected = parsed.segment.next_index();
+    if entry.index != expected {
+        return Err(corrupt(path, offset, Corruption::IndexOutOfSequence { expected, found: entry.index }));
+    }
+    if let Some(previous) = parsed.entries.last()
+        && entry.term < previous.term
+    {
+        return Err(corrupt(path, offset, Corruption::TermRegression { previous: previous.term, found: entry.term }));
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! Snapshot files: staging a snapshot's data chunk by chunk (or a local snapshot at once), making
+//! it durable under its own name, checking the file against the crcs META records, and reading it
+//! back a piece at a time with every block checked.
+//!
+//! The data file holds the snapshot's data exactly as received (no framing): META holds its
+//! length, its crc32 and the crc32 of each block of [`SNAPSHOT_BLOCK_BYTES`].
+
+use raft_core::{SnapshotChunk, SnapshotMeta, StorageError};
+use serde::{Deserialize, Serialize};
+
+use super::directory::{Directory, OpenFile};
+use super::error::{Corruption, DiskError, IoOp, corrupt, io_error};
+use crate::fs::{FileSystem, FsFile};
+
+/// The data of a snapshot being received, chunk by chunk.
+const STAGING_FILE: &str = "snapshot.staging";
+/// Where a local snapshot is written before it is installed, apart from a received one's staging.
+const LOCAL_SNAPSHOT_FILE: &str = "snapshot.local";
+/// The most snapshot bytes read at once: by recovery when it checks the snapshot file, and by
+/// [`read_chunk`] whatever `bytes_max` asks for.
+const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
+/// Snapshot data is checked in blocks of this many bytes (the last one may be shorter), each
+/// with its crc32 in META: a read checks every block it touches, reading whole blocks. Equal to
+/// raft-core's default `snapshot_chunk_bytes_max`, so a leader's aligned chunk reads one block.
+/// META holds 4 bytes per block (64 KiB per GiB of snapshot).
+const SNAPSHOT_BLOCK_BYTES: u64 = 64 * 1024;
+const _: () = assert!(SNAPSHOT_READ_BYTES_MAX.is_multiple_of(SNAPSHOT_BLOCK_BYTES));
+
+/// An installed snapshot: its metadata and what its data file must hold. Part of META: the field
+/// order is the on-disk format (postcard).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct SnapshotFile {
+    pub(super) meta: SnapshotMeta,
+    /// The data's length in bytes.
+    len: u64,
+    /// The crc32 of the whole data.
+    crc: u32,
+    /// The crc32 of each block of [`SNAPSHOT_BLOCK_BYTES`] of the data, in order.
+    block_crcs: Vec<u32>,
+}
+
+/// The name of the data file of the installed snapshot `meta`: each snapshot gets its own, so
+/// META never names a file that is being replaced.
+pub(super) fn snapshot_name(meta: &SnapshotMeta) -> String {
+    format!("snapshot-{:020}-{:020}.snap", meta.index.0, meta.term.0)
+}
+
+/// Whether `name` is a snapshot file of the store: a staging file or a snapshot's data file.
+pub(super) fn is_snapshot_file(name: &str) -> bool {
+    name == STAGING_FILE || name == LOCAL_SNAPSHOT_FILE || is_snapshot_name(name)
+}
+
+fn is_snapshot_name(name: &str) -> bool {
+    let Some(numbers) = name.strip_prefix("snapshot-").and_then(|rest| rest.strip_suffix(".snap")) else {
+        return false;
+    };
+    let Some((index, term)) = numbers.split_once('-') else { return false };
+    [index, term].iter().all(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The crc32 of each [`SNAPSHOT_BLOCK_BYTES`] block of data written in pieces of any size.
+#[derive(Default)]
+struct BlockCrcs {
+    done: Vec<u32>,
+    current: crc32fast::Hasher,
+    current_len: u64,
+}
+
+impl BlockCrcs {
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (SNAPSHOT_BLOCK_BYTES - self.current_len).min(data.len() as u64) as usize;
+            self.current.update(&data[..room]);
+            self.current_len += room as u64;
+            data = &data[room..];
+            if self.current_len == SNAPSHOT_BLOCK_BYTES {
+                let block = std::mem::take(&mut self.current);
+                self.done.push(block.finalize());
+                self.current_len = 0;
+            }
+        }
+    }
+
+    /// Every block's crc, the partial last block's included.
+    fn finish(mut self) -> Vec<u32> {
+        if self.current_len > 0 {
+            self.done.push(self.current.finalize());
+        }
+        self.done
+    }
+}
+
+/// A snapshot's data being written to a file of its own, before it is installed.
+pub(super) struct Staging<File> {
+    pub(super) meta: SnapshotMeta,
+    file: OpenFile<File>,
+    /// The bytes staged so far.
+    pub(super) len: u64,
+    /// The crc32 of the bytes staged so far.
+    crc: crc32fast::Hasher,
+    /// The crcs of the blocks staged so far, and of the partial block after them.
+    blocks: BlockCrcs,
+}
+
+impl<File: FsFile> Staging<File> {
+    /// Starts receiving snapshot `meta` in an empty staging file (replacing any other).
+    pub(super) fn start<F: FileSystem<File = File>>(
+        dir: &Directory<F>,
+        meta: &SnapshotMeta,
+    ) -> Result<Self, DiskError> {
+        let file = dir.create(dir.file(STAGING_FILE))?;
+        Ok(Staging { meta: meta.clone(), file, len: 0, crc: crc32fast::Hasher::new(), blocks: BlockCrcs::default() })
+    }
+
+    /// Writes the whole data of the local snapshot `meta` to a file apart from the staging file
+    /// (a snapshot being received keeps its staging).
+    pub(super) fn local<F: FileSystem<File = File>>(
+        dir: &Directory<F>,
+        meta: &SnapshotMeta,
+        data: &[u8],
+    ) -> Result<Self, DiskError> {
+        let file = dir.create(dir.file(LOCAL_SNAPSHOT_FILE))?;
+        let mut staging =
+            Staging { meta: meta.clone(), file, len: 0, crc: crc32fast::Hasher::new(), blocks: BlockCrcs::default() };
+        staging.write(data)?;
+        Ok(staging)
+    }
+
+    /// Writes `data` through to the file (nothing is kept in memory but its crcs).
+    pub(super) fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
+        self.file.append(data)?;
+        self.len += data.len() as u64;
+        self.crc.update(data);
+        self.blocks.update(data);
+        Ok(())
+    }
+
+    /// Drops the staged data. Not durable: recovery removes the file should it come back.
+    pub(super) fn discard<F: FileSystem<File = File>>(self, dir: &Directory<F>) -> Result<(), DiskError> {
+        let path = self.file.path().to_path_buf();
+        drop(self);
+        dir.remove(&path)
+    }
+
+    /// Makes the staged data durable under its snapshot's own name.
+    pub(super) fn into_snapshot_file<F: FileSystem<File = File>>(
+        self,
+        dir: &Directory<F>,
+    ) -> Result<SnapshotFile, DiskError> {
+        let Staging { meta, mut file, len, crc, blocks } = self;
+        file.sync()?;
+        let staging_path = file.path().to_path_buf();
+        drop(file);
+        dir.rename(&staging_path, &dir.file(&snapshot_name(&meta)))?;
+        dir.sync()?;
+        Ok(SnapshotFile { meta, len, crc: crc.finalize(), block_crcs: blocks.finish() })
+    }
+}
+
+/// Removes the data file of `snapshot`, which META no longer names. Not made durable: should it
+/// come back after a crash, recovery removes it.
+pub(super) fn remove<F: FileSystem>(dir: &Directory<F>, snapshot: &SnapshotFile) -> Result<(), DiskError> {
+    dir.remove(&dir.file(&snapshot_name(&snapshot.meta)))
+}
+
+/// Checks that the data file of `snapshot` holds exactly `snapshot.len` bytes with crc
+/// `snapshot.crc`, reading [`SNAPSHOT_READ_BYTES_MAX`] bytes at a time.
+pub(super) fn verify<F: FileSystem>(dir: &Directory<F>, snapshot: &SnapshotFile) -> Result<(), DiskError> {
+    let path = dir.file(&snapshot_name(&snapshot.meta));
+    let mut crc = crc32fast::Hasher::new();
+    let mut len = 0;
+    loop {
+        let piece = match dir.fs().read_at(&path, len, SNAPSHOT_READ_BYTES_MAX as usize) {
+            Ok(piece) => piece,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(corrupt(&path, 0, Corruption::SnapshotMissing));
+            }
+            Err(error) => return Err(io_error(IoOp::Read, &path)(error)),
+        };
+        crc.update(&piece);
+        len += piece.len() as u64;
+        if (piece.len() as u64) < SNAPSHOT_READ_BYTES_MAX {
+            break;
+        }
+    }
+    if len != snapshot.len {
+        let corruption = Corruption::SnapshotLength { expected: snapshot.len, found: len };
+        return Err(corrupt(&path, len.min(snapshot.len), corruption));
+    }
+    if crc.finalize() != snapshot.crc {
+        // The crc covers the whole file: the damage could be anywhere.
+        return Err(corrupt(&path, 0, Corruption::Checksum));
+    }
+    Ok(())
+}
+
+/// Up to `bytes_max` bytes (at most [`SNAPSHOT_READ_BYTES_MAX`], at least one unless at the
+/// end) of the data of `snapshot` from `offset` on. Reads the whole blocks the range touches and
+/// checks each against its crc: a damaged one is [`StorageError::SnapshotCorrupt`] at the
+/// block's offset.
+pub(super) fn read_chunk<F: FileSystem>(
+    dir: &Directory<F>,
+    snapshot: &SnapshotFile,
+    offset: u64,
+    bytes_max: u64,
+) -> Result<SnapshotChunk, StorageError> {
+    let start = offset.min(snapshot.len);
+    let end = start.saturating_add(bytes_max.clamp(1, SNAPSHOT_READ_BYTES_MAX)).min(snapshot.len);
+    let first_block = start / SNAPSHOT_BLOCK_BYTES;
+    let blocks_start = first_block * SNAPSHOT_BLOCK_BYTES;
+    let blocks_end = end.div_ceil(SNAPSHOT_BLOCK_BYTES).saturating_mul(SNAPSHOT_BLOCK_BYTES).min(snapshot.len);
+    let path = dir.file(&snapshot_name(&snapshot.meta));
+    let blocks = dir
+        .fs()
+        .read_at(&path, blocks_start, (blocks_end - blocks_start) as usize)
+        .map_err(|error| StorageError::Io(error.kind()))?;
+    if blocks.len() as u64 != blocks_end - blocks_start {
+        // The file recovery checked has shrunk underneath the store.
+        return Err(StorageError::Io(std::io::ErrorKind::UnexpectedEof));
+    }
+    for (number, block) in (first_block..).zip(blocks.chunks(SNAPSHOT_BLOCK_BYTES as usize)) {
+        if snapshot.block_crcs.get(number as usize) != Some(&crc32fast::hash(block)) {
+            let offset = number * SNAPSHOT_BLOCK_BYTES;
+            return Err(StorageError::SnapshotCorrupt { index: snapshot.meta.index, offset });
+        }
+    }
+    let data = bytes::Bytes::from(blocks).slice((start - blocks_start) as usize..(end - blocks_start) as usize);
+    Ok(SnapshotChunk { data, done: end == snapshot.len })
+}

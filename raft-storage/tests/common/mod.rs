@@ -1,0 +1,21 @@
+//! Fixtures shared by the tests of the durable store: a three-node membership and small entries
+//! whose payload names their index and term (so a replaced entry never equals the one before).
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryPayload, Index, Membership, NodeId, Term};
+
+/// The voters 1, 2 and 3.
+pub fn membership() -> Membership {
+    Membership::new([NodeId(1), NodeId(2), NodeId(3)])
+}
+
+/// Entry `index` of `term`, its payload `e<index>t<term>`.
+pub fn entry(index: u64, term: u64) -> Entry {
+    let data = format!("e{index}t{term}");
+    Entry { index: Index(index), term: Term(term), payload: EntryPayload::Normal(Bytes::from(data.into_bytes())) }
+}
+
+/// The entries `first..=last` of `term`.
+pub fn run(first: u64, last: u64, term: u64) -> Vec<Entry> {
+    (first..=last).map(|index| entry(index, term)).collect()
+}
