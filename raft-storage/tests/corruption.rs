@@ -23,7 +23,7 @@ const HEADER_BYTES: u64 = 24;
 const RECORD_PREFIX_BYTES: u64 = 8;
 const RECORD_BYTES_MAX: u32 = 256 * 1024 * 1024;
 /// The format version the store writes; the next one is unknown to it.
-const FORMAT_VERSION: u32 = 3;
+const FORMAT_VERSION: u32 = 4;
 
 fn membership() -> Membership {
     Membership::new([NodeId(1), NodeId(2), NodeId(3)])

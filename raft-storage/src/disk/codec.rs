@@ -1,4 +1,4 @@
-//! The byte formats (format version 3): the framing of the metadata files, the segment header
+//! The byte formats (format version 4): the framing of the metadata files, the segment header
 //! and the log records.
 //!
 //! - Framed file: `[magic 8][version u32][len u32][crc32 u32][payload]`, the crc covering
@@ -18,8 +18,9 @@ use super::error::{Corruption, DiskError, corrupt};
 
 /// The on-disk format version this code writes and reads.
 /// Version 2 added the snapshot to META. Version 3 added the snapshot's data checksum to its
-/// metadata and a crc per 64 KiB block of its data, checked on every read.
-pub(super) const FORMAT_VERSION: u32 = 3;
+/// metadata and a crc per 64 KiB block of its data, checked on every read. Version 4 stores
+/// memberships with named halves and `learners_next` (raft-core's joint memberships).
+pub(super) const FORMAT_VERSION: u32 = 4;
 const SEGMENT_MAGIC: [u8; 8] = *b"RAFTWAL1";
 /// Segment header: magic, version, first index, crc of the preceding bytes.
 pub(super) const HEADER_BYTES: u64 = 8 + 4 + 8 + 4;
