@@ -90,7 +90,7 @@ const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
 const SNAPSHOT_BLOCK_BYTES: u64 = 64 * 1024;
 const _: () = assert!(SNAPSHOT_READ_BYTES_MAX.is_multiple_of(SNAPSHOT_BLOCK_BYTES));
 
-/// Who owns a data directory. Opening it as anyone else is an error (PITFALLS.md 27).
+/// Who owns a data directory. Opening it as anyone else is an error (docs/pitfalls.md #27).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// The cluster.
@@ -236,7 +236,7 @@ pub enum DiskError {
         found: Identity,
     },
     /// `open` found no store: a node whose disk was lost must rejoin as a new member rather than
-    /// start over as if it had never voted (PITFALLS.md 27).
+    /// start over as if it had never voted (docs/pitfalls.md #27).
     #[error("no store in {0:?}")]
     NotInitialized(PathBuf),
     /// The directory holds log segments but no IDENTITY file: a damaged store. Neither `open`
