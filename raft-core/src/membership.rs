@@ -5,8 +5,8 @@
 //! entry is in a node's log, so a node's membership is the latest one in its log.
 //!
 //! Rules: one change at a time; none before an entry of the leader's own term commits
-//! (Ongaro's single-server-change bug, PITFALLS.md 19); a leader outside the new voters keeps
-//! replicating without counting itself and steps down once the change commits (20).
+//! (Ongaro's single-server-change bug, docs/pitfalls.md #19); a leader outside the new voters keeps
+//! replicating without counting itself and steps down once the change commits (#20).
 
 use thiserror::Error;
 
@@ -34,7 +34,7 @@ pub enum MembershipError {
         /// The leader this node knows of.
         leader: Option<NodeId>,
     },
-    /// An entry of the leader's own term has not committed yet (PITFALLS.md 19): retry soon.
+    /// An entry of the leader's own term has not committed yet (docs/pitfalls.md #19): retry soon.
     #[error("no entry of the leader's term has committed yet")]
     TermNotCommitted,
     /// Another change (or the leaving of a joint configuration) is not committed yet.

@@ -12,7 +12,7 @@
 //! Lease: a quorum that answered a round sent at tick `t` will not elect anyone else before
 //! `t + election_ticks` by their clocks (leader stickiness), so until `t + election_ticks -
 //! clock_drift_max_ticks` by ours the leader may serve reads at once. Only with check-quorum, and
-//! only as safe as the drift bound (PITFALLS.md 25, 26).
+//! only as safe as the drift bound (docs/pitfalls.md #25, #26).
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -269,7 +269,7 @@ impl<S: Storage> Raft<S> {
         if index <= committed {
             self.check_snapshot_against_committed(&chunk.meta)?;
             // Stale: everything it covers is already committed here. Tell the leader how far
-            // our log matches so it resumes appending (PITFALLS.md 15).
+            // our log matches so it resumes appending (docs/pitfalls.md #15).
             self.send(from, self.term, MessageBody::AppendResponse(AppendResult::Success { match_index: committed }));
             return Ok(());
         }

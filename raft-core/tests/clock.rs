@@ -1,7 +1,7 @@
 //! Time: the clock judges every promise about time (a leader's lease, a follower's stickiness to
 //! its leader); the timers only decide when to act. A driver that stalled or was paused brings
 //! the clock up to date before it hands over what arrived meanwhile, and may run the timers late
-//! (PITFALLS.md 29: a paused leader must not serve lease reads from a lease that ran out).
+//! (docs/pitfalls.md #29: a paused leader must not serve lease reads from a lease that ran out).
 
 mod common;
 

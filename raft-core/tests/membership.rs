@@ -1,5 +1,5 @@
 //! Membership changes by joint consensus, learners, and leadership transfer, with the pitfalls
-//! of PITFALLS.md 6, 7 and 19-21 and the transfer half of 25.
+//! of docs/pitfalls.md #6, #7, #19-21 and the transfer half of #25.
 
 mod common;
 
@@ -80,7 +80,7 @@ fn two_voters_added_in_a_row_and_a_second_change_waits_for_the_first() {
     assert_eq!(c.applied_data(5), c.applied_data(1));
 }
 
-/// PITFALLS.md 20: a leader outside the new voters keeps replicating until the change commits,
+/// docs/pitfalls.md #20: a leader outside the new voters keeps replicating until the change commits,
 /// without counting itself in the new configuration, then steps down; a new leader follows.
 #[test]
 fn replacing_the_leader_steps_it_down_after_the_change_commits() {
@@ -94,7 +94,7 @@ fn replacing_the_leader_steps_it_down_after_the_change_commits() {
     assert_eq!(c.applied_data(4), c.applied_data(leader));
 }
 
-/// PITFALLS.md 20: removing leader 1 from {1, 2, 3}, the joint configuration needs a majority
+/// docs/pitfalls.md #20: removing leader 1 from {1, 2, 3}, the joint configuration needs a majority
 /// of {2, 3} as well: with node 3 silent, 1 and 2 (a majority of the old voters) do not commit
 /// it, because the leader does not count itself where it is not a voter. It stays leader and
 /// keeps replicating until the change commits, then steps down.
@@ -114,7 +114,7 @@ fn a_removed_leader_does_not_count_itself_in_the_new_configuration() {
     assert_ne!(c.node(1).role(), Role::Leader, "then it stepped down");
 }
 
-/// PITFALLS.md 20 (etcd#10563): removing the leader of a two-node group does not wedge it.
+/// docs/pitfalls.md #20 (etcd#10563): removing the leader of a two-node group does not wedge it.
 #[test]
 fn removing_the_leader_of_a_two_node_group_does_not_wedge_it() {
     let mut c = led_by_1(2);
@@ -155,7 +155,7 @@ fn a_learner_catches_up_by_snapshot_and_is_promoted() {
     assert!(c.node(1).membership().learners.is_empty());
 }
 
-/// PITFALLS.md 19: no membership entry before an entry of the leader's own term committed.
+/// docs/pitfalls.md #19: no membership entry before an entry of the leader's own term committed.
 #[test]
 fn pitfall_19_no_change_before_the_leaders_term_commits() {
     let mut c = led_by_1(3);
@@ -186,7 +186,7 @@ fn node_with_committed_unapplied_change() -> Raft<MemStorage> {
     Raft::new(NodeId(1), common::options(NodeId(1), true, true), storage).expect("memory")
 }
 
-/// PITFALLS.md 6 (etcd-io/raft#469, raft-rs#221): no campaign, by timeout or by TimeoutNow, while
+/// docs/pitfalls.md #6 (etcd-io/raft#469, raft-rs#221): no campaign, by timeout or by TimeoutNow, while
 /// a committed membership change is unapplied.
 #[test]
 fn pitfall_06_no_campaign_with_a_committed_change_unapplied() {
@@ -201,7 +201,7 @@ fn pitfall_06_no_campaign_with_a_committed_change_unapplied() {
     assert_ne!(node.role(), Role::Follower, "campaigns once applied");
 }
 
-/// PITFALLS.md 7 (etcd#10998): a node that is a learner in its own view (its promotion not yet
+/// docs/pitfalls.md #7 (etcd#10998): a node that is a learner in its own view (its promotion not yet
 /// in its log) still answers vote requests.
 #[test]
 fn pitfall_07_a_learner_still_votes_when_asked() {
@@ -218,7 +218,7 @@ fn pitfall_07_a_learner_still_votes_when_asked() {
     assert_eq!(output.messages_after_persist, vec![message(4, 2, 2, granted)]);
 }
 
-/// PITFALLS.md 21: a removed node that missed its removal keeps campaigning, and cannot disrupt
+/// docs/pitfalls.md #21: a removed node that missed its removal keeps campaigning, and cannot disrupt
 /// the group: pre-vote and leader stickiness ignore it.
 #[test]
 fn pitfall_21_a_removed_node_cannot_disrupt_the_group() {
@@ -271,7 +271,7 @@ fn leadership_transfer_to_a_lagging_follower_catches_it_up_first() {
 }
 
 /// A transfer to a node that is down is abandoned after an election timeout; the leader then
-/// takes proposals again. Lease reads stop while it lasts (PITFALLS.md 25).
+/// takes proposals again. Lease reads stop while it lasts (docs/pitfalls.md #25).
 #[test]
 fn leadership_transfer_to_a_down_node_is_abandoned_in_time() {
     let mut c = cluster_tuned(3, |b| b.lease_reads(true));

@@ -1,6 +1,7 @@
-//! One scripted scenario (or more) per item of `shared/PITFALLS.md` that applies to the core as it
-//! stands (elections, replication, flow control, durability reports; no snapshots or membership
-//! changes yet). Each test asserts the exact outcome, so it fails if the protection is removed.
+//! One scripted scenario (or more) per item of docs/pitfalls.md on elections, replication, flow
+//! control, durability reports and snapshots (#1-5 and #8-18); membership and reads have theirs
+//! in membership.rs and reads.rs. Each test asserts the exact outcome, so it fails if the
+//! protection is removed.
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Linearizable reads: ReadIndex on the leader, follower reads, lease reads, and the pitfalls
-//! that broke them elsewhere (PITFALLS.md 23-25).
+//! that broke them elsewhere (docs/pitfalls.md #23-25).
 
 mod common;
 
@@ -48,7 +48,7 @@ fn read_index_on_the_leader_completes_after_a_quorum_answers_a_heartbeat_round()
     assert_eq!(reads_of(&mut c, 1), vec![ok(7, 1)]);
 }
 
-/// PITFALLS.md 23 (etcd#7331): a new leader's commit index may be stale until an entry of its own
+/// docs/pitfalls.md #23 (etcd#7331): a new leader's commit index may be stale until an entry of its own
 /// term commits; a read waits for that, then reads at least the no-op's index.
 #[test]
 fn pitfall_23_a_new_leader_serves_no_read_before_its_term_commits() {
@@ -77,7 +77,7 @@ fn pitfall_23_a_new_leader_serves_no_read_before_its_term_commits() {
     assert_eq!(reads_of(&mut c, leader), vec![ok(1, 2)], "served at the no-op's index once it commits");
 }
 
-/// PITFALLS.md 24 (etcd#20418): answers are matched by the leader's round numbers. An answer to
+/// docs/pitfalls.md #24 (etcd#20418): answers are matched by the leader's round numbers. An answer to
 /// a round sent before the read arrived (delayed here) must not confirm it, even if the caller
 /// reuses an id.
 #[test]
@@ -159,7 +159,7 @@ fn a_follower_without_a_leader_refuses_reads_and_limits_hold() {
     assert_eq!(c.node_mut(1).read(3, ReadMode::ReadIndex), Err(ReadError::TooManyPending));
 }
 
-/// PITFALLS.md 25 (raft-rs#140): lease reads without check-quorum are refused when building the
+/// docs/pitfalls.md #25 (raft-rs#140): lease reads without check-quorum are refused when building the
 /// options; a drift bound that leaves no lease is refused too.
 #[test]
 fn pitfall_25_lease_reads_require_check_quorum_and_a_lease_left_after_drift() {

@@ -75,7 +75,7 @@ pub trait LogStore: Storage {
     /// Drops the log's entries up to (`index`, `term`), which a snapshot covers (drivers compact
     /// at [`raft_core::Raft::compaction_point`]). Entries after `index` are kept when the log
     /// holds (`index`, `term`); otherwise the log is emptied (the snapshot supersedes it). Never
-    /// leaves a gap between the boundary and the first entry (PITFALLS.md 18).
+    /// leaves a gap between the boundary and the first entry (docs/pitfalls.md #18).
     fn compact(&mut self, index: Index, term: Term) -> Result<(), Self::Error>;
 
     /// Writes `data` at `offset` into the staging area of snapshot `meta`. Offset 0 starts a new

@@ -4,7 +4,7 @@
 //! generic functions over a small [`Harness`] that creates a store and "reopens" it. The suite is
 //! instantiated for [`MemStorage`] (reopen is the identity), for [`DiskStorage`] over the
 //! fault-injecting [`SimFs`] (reopen is a power loss followed by `open`: everything acknowledged
-//! must survive it, PITFALLS.md 28) and for [`DiskStorage`] over the real file system in a unique
+//! must survive it, docs/pitfalls.md #28) and for [`DiskStorage`] over the real file system in a unique
 //! temporary directory (reopen is a process restart).
 
 use std::ops::RangeInclusive;

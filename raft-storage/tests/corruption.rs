@@ -434,7 +434,7 @@ fn missing_segments<F: Disk>() {
             Corruption::IndexOutOfSequence { expected: Index(segments[position].first), found: Index(next.first) };
         assert_open_fails(&scratch, corrupt(&next.path, 0, sequence), &format!("segment {position} missing"));
     }
-    // The first segment missing: the log would start after a gap (PITFALLS.md 18).
+    // The first segment missing: the log would start after a gap (docs/pitfalls.md #18).
     let (scratch, segments) = build::<F>();
     scratch.fs.remove(&segments[0].path).expect("remove");
     let gap = Corruption::GapAfterSnapshot { first: Index(4), snapshot: Index(0) };

@@ -14,7 +14,7 @@
 //! - otherwise (a persist in flight) the recovered log is a prefix of `A`'s log or of `B`'s log,
 //!   at least as long as their common prefix `C`: nothing acknowledged is lost unless the
 //!   in-flight call was itself replacing it, and nothing appears that was never written;
-//! - the log starts right after the snapshot (PITFALLS.md 18), its indexes are consecutive, its
+//! - the log starts right after the snapshot (docs/pitfalls.md #18), its indexes are consecutive, its
 //!   terms never decrease (from the snapshot's on), and a durable entry's term is durable too (the
 //!   hard-state term is at least every entry's term); the commit index was given at some point.
 //!
@@ -444,7 +444,7 @@ fn eio_then_process_restart() {
 
 /// Whatever `open` reports is durable: a node acts on its recovered log and vote (it acknowledges
 /// the entries, refuses other candidates) as soon as it restarts, so a power loss right after the
-/// restart must not take them back (PITFALLS.md 28). Here the previous incarnation failed an
+/// restart must not take them back (docs/pitfalls.md #28). Here the previous incarnation failed an
 /// operation (or was killed before its fsync) and left unsynced changes in the page cache.
 #[test]
 fn state_reported_by_open_survives_power_loss() {

@@ -575,7 +575,7 @@ fn crash_at_every_operation_of_an_install_without_torn_writes() {
 
 /// Every operation of an install fails once with EIO: the store stops (fail-stop), and after a
 /// process restart or a power loss it shows the old or the new state. What a process restart
-/// reports survives a later power loss (PITFALLS.md 28).
+/// reports survives a later power loss (docs/pitfalls.md #28).
 #[test]
 fn io_error_at_every_operation_of_an_install() {
     let mut failures = Vec::new();

@@ -156,7 +156,7 @@ fn lease_exposed(seed: u64, drift: f64) -> sim::SimConfig {
     config
 }
 
-/// PITFALLS.md 26: with clocks drifting far beyond what the lease assumes (±90% against a bound
+/// docs/pitfalls.md #26: with clocks drifting far beyond what the lease assumes (±90% against a bound
 /// of 0), an old leader keeps serving lease reads after a new one has committed writes. The
 /// linearizability checker must report it within a bounded number of seeds: proof that it can
 /// fail in a run (the first such seed was 314 when this test was written; it moved past 2000
@@ -184,7 +184,7 @@ fn lease_reads_within_the_drift_bound_pass() {
 
 const LEASE_SEED_BOUND: u64 = 3000;
 
-/// PITFALLS.md 29, found by real processes: a leader paused (SIGSTOP, a stalled loop) past its
+/// docs/pitfalls.md #29, found by real processes: a leader paused (SIGSTOP, a stalled loop) past its
 /// lease answered lease reads that waited in its queue from a lease that had run out, because its
 /// driver lost the ticks of the pause and handed over the queued reads first. Seed 3143 of the
 /// swarm is such a run: under the old driver's time policy, node 1, an old leader, is paused

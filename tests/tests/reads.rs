@@ -385,7 +385,7 @@ async fn a_failing_disk_resolves_pending_reads_with_storage_failed() {
     shutdown_all(&members).await;
 }
 
-/// PITFALLS.md 29: a leader whose core thread stalls (here a slow fsync; a paused process is the
+/// docs/pitfalls.md #29: a leader whose core thread stalls (here a slow fsync; a paused process is the
 /// same to it) for longer than an election timeout must not answer a lease read that waited in
 /// its queue from a lease that ran out meanwhile. The others elect a new leader and commit a new
 /// value during the stall; when the stall ends, the old leader's driver gives the core's clock

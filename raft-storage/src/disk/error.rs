@@ -140,7 +140,7 @@ pub enum DiskError {
         found: Identity,
     },
     /// `open` found no store: a node whose disk was lost must rejoin as a new member rather than
-    /// start over as if it had never voted (PITFALLS.md 27).
+    /// start over as if it had never voted (docs/pitfalls.md #27).
     #[error("no store in {0:?}")]
     NotInitialized(PathBuf),
     /// The directory holds log segments but no IDENTITY file: a damaged store. Neither `open`

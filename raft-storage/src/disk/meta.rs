@@ -17,7 +17,7 @@ const IDENTITY_MAGIC: [u8; 8] = *b"RAFTNODE";
 const META_FILE: &str = "META";
 const META_MAGIC: [u8; 8] = *b"RAFTMETA";
 
-/// Who owns a data directory. Opening it as anyone else is an error (PITFALLS.md 27).
+/// Who owns a data directory. Opening it as anyone else is an error (docs/pitfalls.md #27).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// The cluster.
