@@ -121,6 +121,8 @@ impl Cluster {
             .arg(&node.data);
         match &node.join {
             Some(url) => command.args(["--join", url]),
+            // An initial member bootstraps on its first start only: later starts find its data.
+            None if node.incarnation == 1 => command.args(["--peers", &peers, "--bootstrap"]),
             None => command.args(["--peers", &peers]),
         };
         let child = command

@@ -80,6 +80,7 @@ async fn cluster(args: ClusterArgs) -> Result<(), String> {
 fn start_nodes(args: &ClusterArgs, children: &mut Vec<Child>) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|error| error.to_string())?;
     let ids: Vec<u16> = (1..=args.nodes).collect();
+    let bootstrap = must_bootstrap(args, &ids)?;
     let address = |base: u16, id: u16| SocketAddr::new(LOCALHOST, base.saturating_add(id - 1));
     let peers: Vec<String> = ids
         .iter()
@@ -94,6 +95,7 @@ fn start_nodes(args: &ClusterArgs, children: &mut Vec<Child>) -> Result<(), Stri
             .args(["--peers", &peers.join(",")])
             .arg("--data")
             .arg(args.data.join(format!("node-{id}")))
+            .args(bootstrap.then_some("--bootstrap"))
             .arg("--exit-with-stdin")
             .stdin(Stdio::piped())
             .kill_on_drop(true)
@@ -102,6 +104,26 @@ fn start_nodes(args: &ClusterArgs, children: &mut Vec<Child>) -> Result<(), Stri
         children.push(child);
     }
     Ok(())
+}
+
+/// Whether the cluster is new (no node has data yet: bootstrap every node) or restarts (every
+/// node has data). Some nodes without data among others with data is refused: bootstrapping
+/// them would let a voter whose data was lost vote again in terms it already voted in.
+fn must_bootstrap(args: &ClusterArgs, ids: &[u16]) -> Result<bool, String> {
+    let has_data = |id: &u16| {
+        let dir = args.data.join(format!("node-{id}"));
+        std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some())
+    };
+    let (with, without): (Vec<u16>, Vec<u16>) = ids.iter().partition(|id| has_data(id));
+    match (with.is_empty(), without.is_empty()) {
+        (true, _) => Ok(true),
+        (false, true) => Ok(false),
+        (false, false) => Err(format!(
+            "nodes {without:?} have no data in {} while nodes {with:?} do: a voter whose data was \
+             lost must not start as a new voter. Use an empty --data for a new cluster",
+            args.data.display()
+        )),
+    }
 }
 
 /// Closes every node's stdin, which makes it shut down gracefully, waits for them all, and kills

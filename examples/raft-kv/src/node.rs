@@ -54,8 +54,15 @@ pub struct ServeArgs {
     #[arg(long, default_value = "data")]
     pub data: PathBuf,
     /// Join the cluster of this node (http://HOST:PORT) as a learner, then become a voter.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bootstrap")]
     pub join: Option<String>,
+    /// Start a new cluster: when the data directory holds no store, create one whose voters are
+    /// this node and `--peers`. Only for the first start of a new cluster's initial members:
+    /// without it, a node that finds no store refuses to start, so that a voter whose data was
+    /// lost cannot come back as a fresh voter and vote a second time in a term it already voted
+    /// in (docs/pitfalls.md #27). Such a node must be removed and join again under a new id.
+    #[arg(long)]
+    pub bootstrap: bool,
     /// The cluster's id (guards the data directory against another cluster's).
     #[arg(long, default_value_t = 1)]
     pub cluster_id: u64,
@@ -100,7 +107,9 @@ fn options() -> Result<Options, String> {
         .map_err(|error| error.to_string())
 }
 
-/// Opens the store in `args.data`, or creates it (with `voters`, or no member when joining).
+/// Opens the store in `args.data`, or creates it: with `peers` as voters when bootstrapping a
+/// new cluster, with no member when joining one. Otherwise a missing store is an error (see
+/// `ServeArgs::bootstrap`).
 fn storage(args: &ServeArgs, peers: &[PeerAddresses]) -> Result<DiskStorage, String> {
     let identity = Identity { cluster_id: args.cluster_id, node_id: NodeId(args.id) };
     match DiskStorage::open(StdFs, &args.data, identity, DiskOptions::default()) {
@@ -108,8 +117,17 @@ fn storage(args: &ServeArgs, peers: &[PeerAddresses]) -> Result<DiskStorage, Str
         Err(DiskError::NotInitialized(_)) => {
             let membership = if args.join.is_some() {
                 Membership::default()
-            } else {
+            } else if args.bootstrap {
                 Membership::new(peers.iter().map(|peer| peer.id))
+            } else {
+                return Err(format!(
+                    "no store in {}: node {} has never run there. Start a new cluster's initial \
+                     members with --bootstrap (first start only), or join an existing cluster with \
+                     --join. If this node's data was lost, do not bootstrap it again (it could vote \
+                     twice in one term): remove it from the cluster and join under a new id",
+                    args.data.display(),
+                    args.id
+                ));
             };
             DiskStorage::create(StdFs, &args.data, identity, membership, DiskOptions::default())
                 .map_err(|error| error.to_string())

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Layout, Node, assert_json_error, call, layout, leader, spawn, temp, until};
+use common::{Layout, Node, PATIENCE, assert_json_error, call, data_dir, layout, leader, spawn, temp, until};
 
 /// The largest value the service takes (`VALUE_BYTES_MAX`).
 const VALUE_BYTES_MAX: usize = 1024 * 1024;
@@ -174,4 +174,35 @@ fn membership_changes_refuse_to_demote_a_voter_or_promote_a_lagging_learner() {
     assert_eq!((common::ids(&removed, "voters"), common::ids(&removed, "learners")), (vec![1, 2, 3], vec![]));
     let status = common::status(http).expect("a status");
     assert_eq!((common::ids(&status, "voters"), common::ids(&status, "learners")), (vec![1, 2, 3], vec![]));
+}
+
+/// A voter whose data directory was lost must not come back as a fresh voter: it would have
+/// forgotten its votes and could vote twice in one term (docs/pitfalls.md #27). Started again
+/// without `--bootstrap`, it finds no store and exits non-zero, saying why; the launcher refuses
+/// a cluster where some nodes have data and others have none.
+#[test]
+fn a_voter_whose_data_was_lost_refuses_to_start_as_a_new_voter() {
+    let (_dir, data) = temp();
+    let layout = layout(3, 3);
+    let mut nodes = cluster(&layout, 3, &data);
+    let all: Vec<&Node> = nodes.iter().collect();
+    leader(&all);
+    until("PUT", nodes[0].http, "/kv/k", b"v", 200);
+    nodes[2].kill();
+    std::fs::remove_dir_all(data_dir(&data, 3)).expect("node 3's data is there");
+
+    let mut restarted = spawn(&layout, 2, &data, 2);
+    let status = restarted.exited_within(PATIENCE).expect("node 3 exits instead of serving");
+    assert!(!status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&restarted.log).expect("the log");
+    assert!(log.contains("no store in") && log.contains("--bootstrap"), "{log}");
+
+    let launcher = std::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(["cluster", "--nodes", "3", "--http-port", "1", "--raft-port", "1", "--data"])
+        .arg(&data)
+        .output()
+        .expect("the launcher runs");
+    assert!(!launcher.status.success(), "{launcher:?}");
+    let errors = String::from_utf8_lossy(&launcher.stderr);
+    assert!(errors.contains("nodes [3] have no data"), "{errors}");
 }

@@ -56,6 +56,19 @@ impl Node {
         Node { id, http, log, child: Some(child) }
     }
 
+    /// Waits up to `patience` for the process to exit on its own; its exit status, if it did.
+    pub fn exited_within(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + patience;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(POLL);
+        }
+        None
+    }
+
     /// SIGKILL: the process may not flush anything.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -91,7 +104,10 @@ pub fn layout(count: usize, members: usize) -> Layout {
 /// `incarnation` numbers its log files.
 pub fn spawn(layout: &Layout, index: usize, data: &Path, incarnation: u32) -> Node {
     let id = index as u64 + 1;
-    let args = ["--peers".to_owned(), layout.peers.clone(), "--data".to_owned(), data_dir(data, id)];
+    let mut args = vec!["--peers".to_owned(), layout.peers.clone(), "--data".to_owned(), data_dir(data, id)];
+    if incarnation == 1 {
+        args.push("--bootstrap".to_owned()); // The first start of a new cluster's member.
+    }
     Node::start(id, layout.raft[index], layout.http[index], log_file(data, id, incarnation), &args)
 }
 
