@@ -111,11 +111,12 @@ pub(crate) struct MembershipHistory {
     history: Vec<(Index, Membership)>,
 }
 
-/// Whether `membership` at `index` is the empty initial membership of a node that joins a group:
-/// it knows no member until a leader replicates the group's membership to it. Every other
-/// membership must be valid.
-fn is_unknown(index: Index, membership: &Membership) -> bool {
-    index == Index(0) && *membership == Membership::default()
+/// Whether `membership` is the empty membership of a node that joined a group: it knows no
+/// member until a leader replicates a membership entry to it, so its history starts with this
+/// one (at index 0, or at the index of a snapshot it took of entries it received before that
+/// entry). Allowed only as the base of the history; every other membership must be valid.
+fn is_unknown(membership: &Membership) -> bool {
+    *membership == Membership::default()
 }
 
 impl MembershipHistory {
@@ -176,8 +177,8 @@ impl MembershipHistory {
     pub(crate) fn check_invariants(&self) {
         assert!(!self.history.is_empty(), "membership history lost its base");
         assert!(self.history.windows(2).all(|w| w[0].0 < w[1].0), "membership history out of order");
-        for (index, membership) in &self.history {
-            if !is_unknown(*index, membership) {
+        for (position, (index, membership)) in self.history.iter().enumerate() {
+            if position > 0 || !is_unknown(membership) {
                 assert_eq!(membership.validate(), Ok(()), "invalid membership at {index}: {membership:?}");
             }
         }
@@ -260,12 +261,11 @@ impl<S: Storage> Raft<S> {
     /// the initial one) and every membership entry after it.
     pub(crate) fn load_memberships(&mut self, base: (Index, Membership)) -> Result<(), StorageError> {
         let checked = |index: Index, membership: &Membership| {
-            if is_unknown(index, membership) {
-                return Ok(());
-            }
             membership.validate().map_err(|reason| StorageError::InvalidMembership { index, reason })
         };
-        checked(base.0, &base.1)?;
+        if !is_unknown(&base.1) {
+            checked(base.0, &base.1)?;
+        }
         self.memberships = MembershipHistory::new(base.0, base.1);
         let (mut next, last) = (base.0.next().max(self.log.first_index()?), self.log.last_index());
         while next <= last {

@@ -200,3 +200,25 @@ fn an_invalid_stored_membership_is_a_typed_error_at_start() {
     let reason = InvalidMembership::LearnerNextOutsideJoint;
     assert_eq!(error, Some(StorageError::InvalidMembership { index: Index(1), reason }));
 }
+
+/// Found by the simulator (seed 28 among others) once stored memberships were checked: a node
+/// that joins starts knowing no member, receives entries before the membership entry that adds
+/// it, and may snapshot there. Its snapshot carries the empty membership it knew, and it must
+/// restart from it (the next membership entry tells it the group's).
+#[test]
+fn a_joined_node_restarts_from_a_snapshot_taken_before_it_learned_the_membership() {
+    use raft_storage::LogStore;
+    let options = Options::builder().election_ticks(10).rng_seed(1).build().expect("options");
+    let mut store = MemStorage::new(Membership::default());
+    let noop = |index| Entry { term: Term(1), index: Index(index), payload: EntryPayload::Noop };
+    store.append(&[noop(1), noop(2)]).expect("memory");
+    let meta = raft_core::SnapshotMeta {
+        index: Index(2),
+        term: Term(1),
+        membership: Membership::default(),
+        data_crc32: raft_core::snapshot_crc32(b""),
+    };
+    store.save_snapshot(&meta, b"").expect("memory");
+    let node = Raft::new(NodeId(4), options, store).expect("a joined node restarts from its snapshot");
+    assert_eq!(*node.membership(), Membership::default());
+}
