@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use raft_core::{ConfChange, Membership, NodeId, Role};
-use raft_net::{MemNetwork, MembershipChangeError, NodeEvent, ProposeError, TransferLeadershipError};
+use raft_core::{ConfChange, Membership, MembershipError, NodeId, Role, TransferError};
+use raft_net::{MemNetwork, MembershipChangeError, NodeEvent, TransferLeadershipError};
 use raft_storage::MemStorage;
 use raft_tests::{Member, PATIENCE, config, eventually, membership, propose, set, settled_leader, start_mem};
 use tokio::time::{Instant, sleep, timeout};
@@ -30,7 +30,10 @@ async fn change(leader: &Member, changes: Vec<ConfChange>) -> Membership {
         let outcome = timeout(PATIENCE, leader.handle.change_membership(changes.clone())).await;
         match outcome.expect("the change is answered") {
             Ok(membership) => return membership,
-            Err(MembershipChangeError::TermNotCommitted | MembershipChangeError::ChangeInProgress) => {}
+            Err(MembershipChangeError::Refused {
+                reason: MembershipError::TermNotCommitted | MembershipError::ChangeInProgress,
+                ..
+            }) => {}
             Err(error) => panic!("change {changes:?} failed: {error}"),
         }
         assert!(Instant::now() < deadline, "change {changes:?} never accepted");
@@ -63,9 +66,16 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
 
     // Only the leader changes the membership; a change with no effect is refused.
     let refused = follower.handle.change_membership(vec![ConfChange::AddLearner(NodeId(4))]).await;
-    assert!(matches!(refused, Err(MembershipChangeError::NotLeader { leader: Some(id), .. }) if id == leader_id));
+    assert!(
+        matches!(refused, Err(MembershipChangeError::Refused { reason: MembershipError::NotLeader { leader: Some(id) }, .. }) if id == leader_id),
+        "{refused:?}"
+    );
+    assert_eq!(refused.expect_err("refused").leader_hint().map(|(leader, _)| leader), Some(leader_id));
     let refused = leader.handle.change_membership(vec![ConfChange::Remove(NodeId(99))]).await;
-    assert!(matches!(refused, Err(MembershipChangeError::NoEffect(NodeId(99)))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(MembershipChangeError::Refused { reason: MembershipError::NoEffect(NodeId(99)), .. })),
+        "{refused:?}"
+    );
 
     let joined = change(leader, vec![ConfChange::AddLearner(NodeId(4))]).await;
     assert!(joined.learners.contains(&NodeId(4)) && !joined.is_joint(), "{joined:?}");
@@ -112,17 +122,21 @@ async fn leadership_moves_to_the_chosen_node_and_the_old_leader_redirects_propos
     let target = members.iter().find(|m| m.id != old_id).expect("a follower").id;
 
     let refused = member(&members, target).handle.transfer_leadership(old_id).await;
-    assert!(matches!(refused, Err(TransferLeadershipError::NotLeader { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(TransferLeadershipError::Refused { reason: TransferError::NotLeader { .. }, .. })),
+        "{refused:?}"
+    );
     let refused = old.handle.transfer_leadership(NodeId(99)).await;
-    assert!(matches!(refused, Err(TransferLeadershipError::NotAVoter(NodeId(99)))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(TransferLeadershipError::Refused { reason: TransferError::NotAVoter(NodeId(99)), .. })),
+        "{refused:?}"
+    );
 
     // A transfer can time out on a busy machine: try again until the target leads.
     let deadline = Instant::now() + PATIENCE;
     while let Err(error) = old.handle.transfer_leadership(target).await {
         assert!(Instant::now() < deadline, "the transfer never completed: {error}");
-        if let TransferLeadershipError::NotLeader { leader: Some(leader), .. } = error
-            && leader == target
-        {
+        if error.leader_hint().is_some_and(|(leader, _)| leader == target) {
             break;
         }
     }
@@ -131,7 +145,7 @@ async fn leadership_moves_to_the_chosen_node_and_the_old_leader_redirects_propos
 
     let redirected = old.handle.propose(set("after", "transfer")).await;
     assert!(
-        matches!(redirected, Err(ProposeError::NotLeader { leader: Some(leader), .. }) if leader == target),
+        matches!(redirected, Err(ref error) if error.leader_hint().is_some_and(|(leader, _)| leader == target)),
         "{redirected:?}"
     );
     write_some(&members, 5..10).await;
