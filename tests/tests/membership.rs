@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use raft_core::{ConfChange, Membership, MembershipError, NodeId, Role, TransferError};
-use raft_net::{MemNetwork, MembershipChangeError, NodeEvent, TransferLeadershipError};
+use raft_net::{MemNetwork, MembershipChangeError, NodeEvent, ProposeError, TransferLeadershipError};
 use raft_storage::MemStorage;
 use raft_tests::{Member, PATIENCE, config, eventually, membership, propose, set, settled_leader, start_mem};
 use tokio::time::{Instant, sleep, timeout};
@@ -149,6 +149,54 @@ async fn leadership_moves_to_the_chosen_node_and_the_old_leader_redirects_propos
         "{redirected:?}"
     );
     write_some(&members, 5..10).await;
+    for member in &members {
+        member.handle.shutdown().await;
+    }
+}
+
+/// A leader hands no new entries out while it transfers leadership, and says so: the proposal
+/// comes back as the core's `TransferInProgress` refusal, not as the driver's `TooBusy` (its own
+/// queue full), which it once collapsed into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_during_a_transfer_is_refused_as_such_not_as_too_busy() {
+    let network = MemNetwork::default();
+    let members = mem_cluster(&network);
+    let all: Vec<&Member> = members.iter().collect();
+    let leader_id = settled_leader(&all).await;
+    let leader = member(&members, leader_id);
+    let target = members.iter().find(|m| m.id != leader_id).expect("a follower").id;
+    // The target never hears `TimeoutNow`: the transfer stays in progress until the core
+    // abandons it an election timeout later, and the leader keeps its quorum meanwhile.
+    network.isolate(target);
+
+    let deadline = Instant::now() + PATIENCE;
+    let mut transfer = None;
+    let refused = loop {
+        assert!(Instant::now() < deadline, "no proposal met the transfer");
+        if transfer.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+            // The previous transfer was abandoned (or has not started): start another.
+            let handle = leader.handle.clone();
+            transfer = Some(tokio::spawn(async move { handle.transfer_leadership(target).await }));
+        }
+        match leader.handle.propose(set("during", "transfer")).await {
+            // Proposed before the transfer started.
+            Ok(_) => continue,
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(
+            refused,
+            ProposeError::Refused { reason: raft_core::ProposeError::TransferInProgress, leader_address: None }
+        ),
+        "a proposal during a transfer: {refused:?}"
+    );
+    assert_eq!(refused.leader_hint(), None);
+
+    let transfer = transfer.expect("started").await.expect("the transfer task ends");
+    assert!(matches!(transfer, Err(TransferLeadershipError::TimedOut)), "{transfer:?}");
+    network.heal(target);
+    write_some(&members, 0..5).await;
     for member in &members {
         member.handle.shutdown().await;
     }

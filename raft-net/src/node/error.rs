@@ -386,3 +386,77 @@ pub enum NodeStartError {
     #[error("spawning a thread failed: {0:?}")]
     Spawn(std::io::ErrorKind),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book() -> BTreeMap<NodeId, SocketAddr> {
+        BTreeMap::from([(NodeId(2), SocketAddr::from(([127, 0, 0, 1], 7002)))])
+    }
+
+    #[test]
+    fn every_core_refusal_of_a_proposal_is_kept_whole_and_none_is_the_drivers_too_busy() {
+        use raft_core::ProposeError as Core;
+        let refusals = [
+            Core::NotLeader { leader: None },
+            Core::NotLeader { leader: Some(NodeId(3)) },
+            Core::TermNotDurable,
+            Core::TransferInProgress,
+            Core::TooLarge { bytes: 10, limit: 5 },
+            Core::TooManyUncommittedBytes { uncommitted: 10, limit: 5 },
+        ];
+        for reason in refusals {
+            let error = ProposeError::refused(reason, &book());
+            assert!(
+                matches!(error, ProposeError::Refused { reason: kept, leader_address: None } if kept == reason),
+                "{reason:?} became {error:?}"
+            );
+            assert_eq!(error.to_string(), reason.to_string());
+        }
+    }
+
+    #[test]
+    fn a_refusal_naming_the_leader_carries_its_address_from_the_book() {
+        use raft_core::ProposeError as Core;
+        let address = book()[&NodeId(2)];
+        let error = ProposeError::refused(Core::NotLeader { leader: Some(NodeId(2)) }, &book());
+        assert_eq!(error.leader_hint(), Some((NodeId(2), Some(address))));
+        assert!(error.to_string().ends_with("(leader at 127.0.0.1:7002)"), "{error}");
+        let unknown = ProposeError::refused(Core::NotLeader { leader: Some(NodeId(3)) }, &book());
+        assert_eq!(unknown.leader_hint(), Some((NodeId(3), None)));
+        assert_eq!(ProposeError::refused(Core::NotLeader { leader: None }, &book()).leader_hint(), None);
+        assert_eq!(ProposeError::TooBusy.leader_hint(), None);
+
+        let change = MembershipChangeError::refused(MembershipError::NotLeader { leader: Some(NodeId(2)) }, &book());
+        assert_eq!(change.leader_hint(), Some((NodeId(2), Some(address))));
+        let transfer = TransferLeadershipError::refused(TransferError::NotLeader { leader: Some(NodeId(2)) }, &book());
+        assert_eq!(transfer.leader_hint(), Some((NodeId(2), Some(address))));
+        // The goal of a transfer to a node that leads holds: nothing to redirect to.
+        let already = TransferLeadershipError::refused(TransferError::AlreadyLeader(NodeId(2)), &book());
+        assert_eq!(already.leader_hint(), None);
+    }
+
+    #[test]
+    fn a_storage_failure_inside_a_membership_refusal_is_a_storage_failure() {
+        let failed =
+            MembershipChangeError::refused(MembershipError::Storage(StorageError::Unavailable(Index(4))), &book());
+        assert!(
+            matches!(&failed, MembershipChangeError::StorageFailed(failure) if failure.operation == StorageOperation::Read),
+            "{failed:?}"
+        );
+        let refused = MembershipChangeError::refused(MembershipError::ChangeInProgress, &book());
+        assert!(matches!(refused, MembershipChangeError::Refused { reason: MembershipError::ChangeInProgress, .. }));
+    }
+
+    #[test]
+    fn only_refused_reads_other_than_lease_reads_off_are_worth_retrying() {
+        use raft_core::ReadError as Core;
+        for reason in [Core::NoLeader, Core::TooManyPending, Core::LeaderChanged, Core::TimedOut] {
+            assert!(ReadError::from(reason).is_retryable(), "{reason:?}");
+        }
+        assert!(!ReadError::from(Core::LeaseNotEnabled).is_retryable());
+        assert!(!ReadError::ShuttingDown.is_retryable());
+        assert!(!ReadError::from(StopReason::CorePanicked).is_retryable());
+    }
+}
