@@ -120,6 +120,7 @@ pub struct NodeConfig {
 
 /// Which limit a [`ConfigError::Zero`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConfigLimit {
     /// [`NodeConfig::tick_interval`].
     TickInterval,

@@ -18,6 +18,7 @@ pub type SharedError = Arc<dyn Error + Send + Sync + 'static>;
 
 /// Which storage operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StorageOperation {
     /// Persisting an output (snapshot chunks, an install, hard state and entries).
     Write,
