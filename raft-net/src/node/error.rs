@@ -383,9 +383,9 @@ pub enum NodeStartError {
     /// The core could not read its initial state from storage.
     #[error("reading the initial state failed: {0}")]
     Storage(StorageError),
-    /// A thread could not be spawned.
-    #[error("spawning a thread failed: {0:?}")]
-    Spawn(std::io::ErrorKind),
+    /// A thread could not be spawned: the operating system's error, whole.
+    #[error("spawning a thread failed: {0}")]
+    Spawn(#[source] std::io::Error),
 }
 
 #[cfg(test)]

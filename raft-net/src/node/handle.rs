@@ -105,7 +105,7 @@ where
             let thread = std::thread::Builder::new()
                 .name(format!("raft-apply-{}", config.id))
                 .spawn(move || applier.run(steps))
-                .map_err(|error| NodeStartError::Spawn(error.kind()))?;
+                .map_err(NodeStartError::Spawn)?;
             ApplySide::Thread { queue, thread }
         }
         Execution::OneThread | Execution::Tasks => ApplySide::Inline(Box::new(applier)),
@@ -150,7 +150,7 @@ where
                     let _done = done;
                     core.run();
                 })
-                .map_err(|error| NodeStartError::Spawn(error.kind()))?;
+                .map_err(NodeStartError::Spawn)?;
         }
         Execution::Tasks => {
             tokio::task::spawn_local(async move {
