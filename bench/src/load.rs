@@ -235,16 +235,22 @@ async fn client(
 
 /// Where to send the next proposal after `error`; fails on errors that end the run.
 async fn retry_target(nodes: &[NodeHandle<Counter>], target: usize, error: ProposeError) -> BenchResult<usize> {
+    use raft_core::ProposeError as Refusal;
     match error {
-        ProposeError::NotLeader { leader: Some(NodeId(id)), .. } if (1..=nodes.len() as u64).contains(&id) => {
+        ProposeError::Refused { reason: Refusal::NotLeader { leader: Some(NodeId(id)) }, .. }
+            if (1..=nodes.len() as u64).contains(&id) =>
+        {
             Ok(id as usize - 1)
         }
-        ProposeError::NotLeader { .. } => {
+        ProposeError::Refused { reason: Refusal::NotLeader { .. }, .. } => {
             sleep(RETRY_PAUSE).await;
             Ok((target + 1) % nodes.len())
         }
         ProposeError::TooBusy
-        | ProposeError::TooManyUncommittedBytes { .. }
+        | ProposeError::Refused {
+            reason: Refusal::TooManyUncommittedBytes { .. } | Refusal::TermNotDurable | Refusal::TransferInProgress,
+            ..
+        }
         | ProposeError::LeadershipLost { .. }
         | ProposeError::OutcomeUnknown { .. } => {
             sleep(RETRY_PAUSE).await;

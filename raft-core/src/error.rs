@@ -150,6 +150,7 @@ pub enum Malformed {
 
 /// Why [`crate::Raft::snapshot_meta`] could not describe a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// Only applied state can be snapshotted.
     #[error("index {index} is not applied yet (applied: {applied})")]
@@ -169,6 +170,7 @@ pub enum SnapshotError {
 
 /// Why [`crate::Raft::propose`] refused a proposal. Nothing was appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ProposeError {
     /// Only the leader accepts proposals; `leader` is the one this node knows, if any.
     #[error("not the leader (leader: {leader:?})")]

@@ -27,6 +27,7 @@ pub enum ConfChange {
 
 /// Why a membership change was refused. Nothing was appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum MembershipError {
     /// Only the leader changes the membership; `leader` is the one this node knows.
     #[error("not the leader (leader: {leader:?})")]

@@ -42,6 +42,7 @@ pub struct BugKnobs {
 
 /// Why a set of options was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum OptionsError {
     /// `heartbeat_ticks` must be at least 1.
     #[error("heartbeat_ticks must be at least 1")]

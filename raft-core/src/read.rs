@@ -36,6 +36,7 @@ pub enum ReadMode {
 
 /// Why a read was refused or abandoned. The caller may retry (elsewhere).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ReadError {
     /// No leader is known to serve or forward the read.
     #[error("no known leader")]

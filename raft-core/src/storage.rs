@@ -30,6 +30,7 @@ pub struct SnapshotChunk {
 
 /// Why storage could not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum StorageError {
     /// The index lies before the first entry storage still holds (it was compacted away).
     #[error("index {0} is compacted")]

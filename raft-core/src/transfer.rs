@@ -21,6 +21,7 @@ pub(crate) struct Transfer {
 
 /// Why a leadership transfer was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum TransferError {
     /// Only the leader transfers leadership; `leader` is the one this node knows.
     #[error("not the leader (leader: {leader:?})")]

@@ -369,6 +369,7 @@ impl Sim {
                     break;
                 }
                 Err(error @ ProposeError::TooLarge { .. }) => panic!("payloads fit in a message: {error}"),
+                Err(error) => panic!("a refusal this test does not know: {error}"),
             }
         }
         self.drain(target);

@@ -146,7 +146,10 @@ impl Hello {
 }
 
 /// Why a frame could not be encoded, decoded, read or written.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
+///
+/// Not `Clone`, since an [`io::Error`] is not. Equality compares I/O errors by kind and OS error
+/// code (not by message); every other variant by its fields.
+#[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum FrameError {
     /// The payload is longer than the limit (announced by a length prefix, or produced by encoding).
@@ -172,15 +175,60 @@ pub enum FrameError {
     /// The stream ended cleanly, between two frames.
     #[error("the connection closed")]
     Closed,
-    /// Reading or writing the stream failed (including a stream that ended inside a frame).
+    /// Reading or writing the stream failed (including a stream that ended inside a frame:
+    /// [`io::ErrorKind::UnexpectedEof`]). The stream's error, whole: its kind, its OS error code
+    /// and its message.
     #[error("i/o error: {0}")]
-    Io(io::ErrorKind),
+    Io(#[source] io::Error),
+}
+
+impl FrameError {
+    /// The kind of the I/O error, for an [`FrameError::Io`].
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            FrameError::Io(error) => Some(error.kind()),
+            _ => None,
+        }
+    }
 }
 
 impl From<io::Error> for FrameError {
     fn from(error: io::Error) -> Self {
-        FrameError::Io(error.kind())
+        FrameError::Io(error)
     }
+}
+
+impl PartialEq for FrameError {
+    fn eq(&self, other: &Self) -> bool {
+        // Every variant by name, so that a new one must be added here.
+        match (self, other) {
+            (FrameError::TooLarge { bytes, max }, FrameError::TooLarge { bytes: bytes_other, max: max_other }) => {
+                (bytes, max) == (bytes_other, max_other)
+            }
+            (FrameError::Decode(one), FrameError::Decode(other)) => one == other,
+            (FrameError::Encode(one), FrameError::Encode(other)) => one == other,
+            (FrameError::TrailingBytes { bytes }, FrameError::TrailingBytes { bytes: other }) => bytes == other,
+            (FrameError::Closed, FrameError::Closed) => true,
+            (FrameError::Io(one), FrameError::Io(other)) => same_io_error(one, other),
+            (
+                FrameError::TooLarge { .. }
+                | FrameError::Decode(_)
+                | FrameError::Encode(_)
+                | FrameError::TrailingBytes { .. }
+                | FrameError::Closed
+                | FrameError::Io(_),
+                _,
+            ) => false,
+        }
+    }
+}
+
+impl Eq for FrameError {}
+
+/// Whether two I/O errors report the same failure: the same kind and the same OS error code (or
+/// none). Their messages are not compared (an `io::Error` made from a kind has none).
+pub(crate) fn same_io_error(one: &io::Error, other: &io::Error) -> bool {
+    one.kind() == other.kind() && one.raw_os_error() == other.raw_os_error()
 }
 
 /// Appends one frame holding `value` to `buffer`. On error `buffer` is left as it was.
@@ -265,7 +313,7 @@ where
     payload.clear();
     let read = (&mut *reader).take(payload_bytes as u64).read_to_end(payload).await?;
     if read < payload_bytes {
-        return Err(FrameError::Io(io::ErrorKind::UnexpectedEof));
+        return Err(FrameError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a frame")));
     }
     decode_payload(payload)
 }

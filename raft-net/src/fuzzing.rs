@@ -79,7 +79,8 @@ fn read_from_stream(bytes: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> 
     let result = block_on(read_frame::<Frame, _>(&mut reader, FRAME_BYTES_MAX_DEFAULT, &mut payload));
     match result {
         Ok(frame) => Ok(Some((frame, bytes.len() - reader.len()))),
-        Err(FrameError::Closed | FrameError::Io(std::io::ErrorKind::UnexpectedEof)) => Ok(None),
+        Err(FrameError::Closed) => Ok(None),
+        Err(error) if error.io_kind() == Some(std::io::ErrorKind::UnexpectedEof) => Ok(None),
         Err(error) => Err(error),
     }
 }

@@ -36,6 +36,7 @@ pub struct MemTransport {
 
 /// Why a node could not join a [`MemNetwork`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum JoinError {
     /// The node is already up; [`MemNetwork::remove`] it first to model a restart.
     #[error("node {0} has already joined")]

@@ -349,13 +349,17 @@ async fn start_refuses_bad_configurations() {
         BTreeMap::new(),
         TcpOptions { frame_bytes_max: 10, ..options() },
     );
-    assert_eq!(
-        options_error.map(|_| ()),
-        Err(StartError::Options(TcpOptionsError::FrameBytesTooSmall { bytes: 10, min: FRAME_BYTES_MIN }))
+    assert!(
+        matches!(
+            options_error,
+            Err(StartError::Options(TcpOptionsError::FrameBytesTooSmall { bytes: 10, min: FRAME_BYTES_MIN }))
+        ),
+        "{:?}",
+        options_error.map(|_| ())
     );
     let peers = BTreeMap::from([(NodeId(1), unused_address())]);
     let self_peer = TcpTransport::start(CLUSTER, NodeId(1), listener().await, TokioConnector, peers, options());
-    assert_eq!(self_peer.map(|_| ()), Err(StartError::PeerIsLocal(NodeId(1))));
+    assert!(matches!(self_peer, Err(StartError::PeerIsLocal(NodeId(1)))), "{:?}", self_peer.map(|_| ()));
 }
 
 /// A listener that never accepts: shows that the transport takes any [`Accept`] implementation.
@@ -373,10 +377,25 @@ impl Accept for SilentListener {
     }
 }
 
+/// A failed bind reports the operating system's error whole (kind, errno and message), as the
+/// error's source, not just its kind.
+#[tokio::test]
+async fn a_failed_bind_keeps_the_operating_systems_error() {
+    let taken = listener().await;
+    let address = taken.local_addr().expect("local address");
+    let started = TcpTransport::bind(CLUSTER, NodeId(1), address, BTreeMap::new(), options()).await;
+    let Err(error @ StartError::Bind(_)) = started else { panic!("expected Bind, got {:?}", started.map(|_| ())) };
+    let source = std::error::Error::source(&error).and_then(|source| source.downcast_ref::<io::Error>());
+    let source = source.expect("the source is the std::io::Error");
+    assert_eq!(source.kind(), io::ErrorKind::AddrInUse);
+    assert!(source.raw_os_error().is_some(), "the errno is kept: {source:?}");
+    assert!(error.to_string().contains(&source.to_string()), "the message says it: {error}");
+}
+
 #[test]
 fn start_needs_a_runtime() {
     let started = TcpTransport::start(CLUSTER, NodeId(1), SilentListener, TokioConnector, BTreeMap::new(), options());
-    assert_eq!(started.map(|_| ()), Err(StartError::NoRuntime));
+    assert!(matches!(started, Err(StartError::NoRuntime)), "{:?}", started.map(|_| ()));
 }
 
 /// Counts the writes that reach the socket, to show that queued messages share them.

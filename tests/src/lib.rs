@@ -224,12 +224,16 @@ pub async fn propose(members: &[NodeHandle<Kv>], ids: &[NodeId], mut target: usi
         let Ok(outcome) = outcome else { panic!("proposal {command:?} never answered") };
         match outcome {
             Ok(index) => return index,
-            Err(ProposeError::NotLeader { leader: Some(leader), .. }) if ids.contains(&leader) => {
-                target = ids.iter().position(|id| *id == leader).expect("checked above");
-                continue;
+            Err(ProposeError::Refused { reason: raft_core::ProposeError::TooLarge { .. }, .. }) => {
+                panic!("test commands are small")
             }
-            Err(ProposeError::TooLarge { .. }) => panic!("test commands are small"),
-            Err(_) => target = (target + 1) % members.len(),
+            Err(error) => match error.leader_hint().and_then(|(leader, _)| ids.iter().position(|id| *id == leader)) {
+                Some(leader) => {
+                    target = leader;
+                    continue;
+                }
+                None => target = (target + 1) % members.len(),
+            },
         }
         sleep(POLL).await;
     }

@@ -133,9 +133,15 @@ async fn a_follower_answers_not_leader_with_the_leader_and_its_address() {
     let leader = settled_leader(&all).await;
     let follower = members.iter().find(|m| m.id != leader).expect("a follower");
     match follower.handle.propose(set("to", "follower")).await {
-        Err(ProposeError::NotLeader { leader: Some(named), address: Some(address) }) => {
+        Err(
+            error @ ProposeError::Refused {
+                reason: raft_core::ProposeError::NotLeader { leader: Some(named) },
+                leader_address: Some(address),
+            },
+        ) => {
             assert_eq!(named, leader);
             assert_eq!(address, addresses[&leader]);
+            assert_eq!(error.leader_hint(), Some((leader, Some(addresses[&leader]))));
         }
         other => panic!("expected NotLeader with the leader's address, got {other:?}"),
     }

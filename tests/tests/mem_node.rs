@@ -145,7 +145,13 @@ async fn a_proposal_too_large_for_a_message_is_refused() {
     let member = start_mem(&network, config, MemStorage::new(membership(&[1])));
     settled_leader(&[&member]).await;
     let outcome = member.handle.propose(Bytes::from(vec![b'x'; 2000])).await;
-    assert!(matches!(outcome, Err(ProposeError::TooLarge { limit: 1024, .. })), "{outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            Err(ProposeError::Refused { reason: raft_core::ProposeError::TooLarge { limit: 1024, .. }, .. })
+        ),
+        "{outcome:?}"
+    );
     assert!(member.handle.propose(set("small", "value")).await.expect("fits") > Index(0));
     member.handle.shutdown().await;
 }
@@ -278,7 +284,7 @@ async fn state_machine_panic(execution: Execution) {
     let (transport, inbound) = network.join(NodeId(1)).expect("join");
     let handle = start_node(config, MemStorage::new(membership(&[1])), transport, inbound, Panicky).expect("starts");
     let mut outcome = handle.propose(Bytes::from_static(b"fine")).await;
-    while let Err(ProposeError::NotLeader { .. }) = outcome {
+    while let Err(ProposeError::Refused { reason: raft_core::ProposeError::NotLeader { .. }, .. }) = outcome {
         tokio::time::sleep(raft_tests::POLL).await;
         outcome = handle.propose(Bytes::from_static(b"fine")).await;
     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use raft_core::{ConfChange, Membership, NodeId, Role};
+use raft_core::{ConfChange, Membership, MembershipError, NodeId, Role, TransferError};
 use raft_net::{MemNetwork, MembershipChangeError, NodeEvent, ProposeError, TransferLeadershipError};
 use raft_storage::MemStorage;
 use raft_tests::{Member, PATIENCE, config, eventually, membership, propose, set, settled_leader, start_mem};
@@ -30,7 +30,10 @@ async fn change(leader: &Member, changes: Vec<ConfChange>) -> Membership {
         let outcome = timeout(PATIENCE, leader.handle.change_membership(changes.clone())).await;
         match outcome.expect("the change is answered") {
             Ok(membership) => return membership,
-            Err(MembershipChangeError::TermNotCommitted | MembershipChangeError::ChangeInProgress) => {}
+            Err(MembershipChangeError::Refused {
+                reason: MembershipError::TermNotCommitted | MembershipError::ChangeInProgress,
+                ..
+            }) => {}
             Err(error) => panic!("change {changes:?} failed: {error}"),
         }
         assert!(Instant::now() < deadline, "change {changes:?} never accepted");
@@ -63,9 +66,16 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
 
     // Only the leader changes the membership; a change with no effect is refused.
     let refused = follower.handle.change_membership(vec![ConfChange::AddLearner(NodeId(4))]).await;
-    assert!(matches!(refused, Err(MembershipChangeError::NotLeader { leader: Some(id), .. }) if id == leader_id));
+    assert!(
+        matches!(refused, Err(MembershipChangeError::Refused { reason: MembershipError::NotLeader { leader: Some(id) }, .. }) if id == leader_id),
+        "{refused:?}"
+    );
+    assert_eq!(refused.expect_err("refused").leader_hint().map(|(leader, _)| leader), Some(leader_id));
     let refused = leader.handle.change_membership(vec![ConfChange::Remove(NodeId(99))]).await;
-    assert!(matches!(refused, Err(MembershipChangeError::NoEffect(NodeId(99)))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(MembershipChangeError::Refused { reason: MembershipError::NoEffect(NodeId(99)), .. })),
+        "{refused:?}"
+    );
 
     let joined = change(leader, vec![ConfChange::AddLearner(NodeId(4))]).await;
     assert!(joined.learners.contains(&NodeId(4)) && !joined.is_joint(), "{joined:?}");
@@ -112,17 +122,21 @@ async fn leadership_moves_to_the_chosen_node_and_the_old_leader_redirects_propos
     let target = members.iter().find(|m| m.id != old_id).expect("a follower").id;
 
     let refused = member(&members, target).handle.transfer_leadership(old_id).await;
-    assert!(matches!(refused, Err(TransferLeadershipError::NotLeader { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(TransferLeadershipError::Refused { reason: TransferError::NotLeader { .. }, .. })),
+        "{refused:?}"
+    );
     let refused = old.handle.transfer_leadership(NodeId(99)).await;
-    assert!(matches!(refused, Err(TransferLeadershipError::NotAVoter(NodeId(99)))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(TransferLeadershipError::Refused { reason: TransferError::NotAVoter(NodeId(99)), .. })),
+        "{refused:?}"
+    );
 
     // A transfer can time out on a busy machine: try again until the target leads.
     let deadline = Instant::now() + PATIENCE;
     while let Err(error) = old.handle.transfer_leadership(target).await {
         assert!(Instant::now() < deadline, "the transfer never completed: {error}");
-        if let TransferLeadershipError::NotLeader { leader: Some(leader), .. } = error
-            && leader == target
-        {
+        if error.leader_hint().is_some_and(|(leader, _)| leader == target) {
             break;
         }
     }
@@ -131,10 +145,58 @@ async fn leadership_moves_to_the_chosen_node_and_the_old_leader_redirects_propos
 
     let redirected = old.handle.propose(set("after", "transfer")).await;
     assert!(
-        matches!(redirected, Err(ProposeError::NotLeader { leader: Some(leader), .. }) if leader == target),
+        matches!(redirected, Err(ref error) if error.leader_hint().is_some_and(|(leader, _)| leader == target)),
         "{redirected:?}"
     );
     write_some(&members, 5..10).await;
+    for member in &members {
+        member.handle.shutdown().await;
+    }
+}
+
+/// A leader hands no new entries out while it transfers leadership, and says so: the proposal
+/// comes back as the core's `TransferInProgress` refusal, not as the driver's `TooBusy` (its own
+/// queue full), which it once collapsed into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_during_a_transfer_is_refused_as_such_not_as_too_busy() {
+    let network = MemNetwork::default();
+    let members = mem_cluster(&network);
+    let all: Vec<&Member> = members.iter().collect();
+    let leader_id = settled_leader(&all).await;
+    let leader = member(&members, leader_id);
+    let target = members.iter().find(|m| m.id != leader_id).expect("a follower").id;
+    // The target never hears `TimeoutNow`: the transfer stays in progress until the core
+    // abandons it an election timeout later, and the leader keeps its quorum meanwhile.
+    network.isolate(target);
+
+    let deadline = Instant::now() + PATIENCE;
+    let mut transfer = None;
+    let refused = loop {
+        assert!(Instant::now() < deadline, "no proposal met the transfer");
+        if transfer.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+            // The previous transfer was abandoned (or has not started): start another.
+            let handle = leader.handle.clone();
+            transfer = Some(tokio::spawn(async move { handle.transfer_leadership(target).await }));
+        }
+        match leader.handle.propose(set("during", "transfer")).await {
+            // Proposed before the transfer started.
+            Ok(_) => continue,
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(
+            refused,
+            ProposeError::Refused { reason: raft_core::ProposeError::TransferInProgress, leader_address: None }
+        ),
+        "a proposal during a transfer: {refused:?}"
+    );
+    assert_eq!(refused.leader_hint(), None);
+
+    let transfer = transfer.expect("started").await.expect("the transfer task ends");
+    assert!(matches!(transfer, Err(TransferLeadershipError::TimedOut)), "{transfer:?}");
+    network.heal(target);
+    write_some(&members, 0..5).await;
     for member in &members {
         member.handle.shutdown().await;
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_core::{NodeId, Options, OptionsBuilder};
+use raft_core::{NodeId, Options, OptionsBuilder, ReadError as Refusal};
 use raft_net::{MemNetwork, NodeHandle, ReadConsistency, ReadError};
 use raft_storage::testing::SimFs;
 use raft_storage::{DiskOptions, DiskStorage, Identity, MemStorage};
@@ -44,7 +44,7 @@ async fn read_key_retrying(handle: &NodeHandle<Kv>, key: &str) -> Option<Bytes> 
         let outcome = timeout(PATIENCE, read_key(handle, ReadConsistency::Linearizable, key)).await;
         match outcome.expect("a linearizable read in a healthy cluster answers") {
             Ok(value) => return value,
-            Err(ReadError::LeadershipChanged | ReadError::NoLeader | ReadError::TooBusy) => {}
+            Err(ReadError::Refused(Refusal::LeaderChanged | Refusal::NoLeader | Refusal::TooManyPending)) => {}
             Err(error) => panic!("read failed: {error}"),
         }
         assert!(Instant::now() < deadline, "no read of {key} succeeded");
@@ -237,7 +237,7 @@ async fn lease_reads_work_when_enabled_and_are_refused_otherwise() {
     let leader = leader_position(&members).await;
     for member in [&members[leader], &members[(leader + 1) % members.len()]] {
         let read = read_key(&member.handle, ReadConsistency::Lease, "x").await;
-        assert!(matches!(read, Err(ReadError::LeaseNotEnabled)), "{read:?}");
+        assert!(matches!(read, Err(ReadError::Refused(Refusal::LeaseNotEnabled))), "{read:?}");
     }
     shutdown_all(&members).await;
 }
@@ -259,7 +259,7 @@ async fn stale_reads_need_no_leader_and_linearizable_ones_fail_without_one() {
 
     // At once: the survivor may still follow the stopped leader; its read must not hang forever.
     match timeout(NO_ANSWER_WAIT, read_key(&survivor.handle, ReadConsistency::Linearizable, "x")).await {
-        Err(_) | Ok(Err(ReadError::NoLeader | ReadError::LeadershipChanged | ReadError::TimedOut)) => {}
+        Err(_) | Ok(Err(ReadError::Refused(Refusal::NoLeader | Refusal::LeaderChanged | Refusal::TimedOut))) => {}
         Ok(other) => panic!("a linearizable read without a quorum returned {other:?}"),
     }
     eventually("the survivor knows no leader", || async {
@@ -270,7 +270,10 @@ async fn stale_reads_need_no_leader_and_linearizable_ones_fail_without_one() {
     // allow the retryable error too, but never a value.
     let read = timeout(PATIENCE, read_key(&survivor.handle, ReadConsistency::Linearizable, "x")).await;
     let read = read.expect("a leaderless node answers");
-    assert!(matches!(read, Err(ReadError::NoLeader | ReadError::LeadershipChanged | ReadError::TimedOut)), "{read:?}");
+    assert!(
+        matches!(read, Err(ReadError::Refused(Refusal::NoLeader | Refusal::LeaderChanged | Refusal::TimedOut))),
+        "{read:?}"
+    );
 
     let stale = read_key(&survivor.handle, ReadConsistency::Stale, "x").await.expect("stale reads always answer");
     assert_eq!(stale.as_deref(), Some(b"1".as_slice()));
@@ -306,14 +309,14 @@ async fn an_isolated_leader_serves_no_linearizable_read() {
 
     let late = timeout(NO_ANSWER_WAIT, read_key(&old.handle, ReadConsistency::Linearizable, "x")).await;
     match late {
-        Err(_) | Ok(Err(ReadError::NoLeader | ReadError::LeadershipChanged | ReadError::TimedOut)) => {}
+        Err(_) | Ok(Err(ReadError::Refused(Refusal::NoLeader | Refusal::LeaderChanged | Refusal::TimedOut))) => {}
         Ok(Ok(value)) => {
             assert_eq!(value.as_deref(), Some(b"new".as_slice()), "a linearizable read missed a committed write")
         }
         Ok(Err(error)) => panic!("unexpected error {error}"),
     }
     let early = timeout(PATIENCE, early).await.expect("deposing the leader fails its read").expect("the task ran");
-    assert!(matches!(early, Err(ReadError::LeadershipChanged | ReadError::NoLeader)), "{early:?}");
+    assert!(matches!(early, Err(ReadError::Refused(Refusal::LeaderChanged | Refusal::NoLeader))), "{early:?}");
     let stale = read_key(&old.handle, ReadConsistency::Stale, "x").await.expect("stale reads always answer");
     assert_eq!(stale.as_deref(), Some(b"old".as_slice()), "the cut-off node has not applied the new write");
 
@@ -344,7 +347,7 @@ async fn shutdown_resolves_pending_reads_with_shutting_down() {
     })
     .await;
     let refused = read_key(&old.handle, ReadConsistency::Linearizable, "x").await;
-    assert!(matches!(refused, Err(ReadError::TooBusy)), "{refused:?}");
+    assert!(matches!(refused, Err(ReadError::Refused(Refusal::TooManyPending))), "{refused:?}");
 
     old.handle.shutdown().await;
     let outcome = timeout(PATIENCE, pending).await.expect("shutdown answers the read").expect("the task ran");
@@ -437,7 +440,9 @@ async fn a_leader_stalled_past_its_lease_answers_no_stale_lease_read() {
     let outcome = timeout(PATIENCE, read).await.expect("the read is answered").expect("the task ran");
     match outcome {
         Ok(value) => assert_eq!(value, Some(Bytes::from_static(b"new")), "a stale lease read"),
-        Err(error) => assert!(matches!(error, ReadError::LeadershipChanged | ReadError::NoLeader), "{error:?}"),
+        Err(error) => {
+            assert!(matches!(error, ReadError::Refused(Refusal::LeaderChanged | Refusal::NoLeader)), "{error:?}")
+        }
     }
     let _ = timeout(PATIENCE, stalled).await;
     shutdown_all(&members).await;

@@ -96,10 +96,10 @@ pub struct PeerBook {
 pub enum PeerFileError {
     /// Reading failed.
     #[error("reading {0}: {1}")]
-    Io(PathBuf, std::io::Error),
+    Io(PathBuf, #[source] std::io::Error),
     /// The file is not a list of peers.
     #[error("{0} is not a list of peers: {1}")]
-    Decode(PathBuf, serde_json::Error),
+    Decode(PathBuf, #[source] serde_json::Error),
 }
 
 impl PeerBook {

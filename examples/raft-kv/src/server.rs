@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post, put};
-use raft_core::{ConfChange, Membership, NodeId, Role};
+use raft_core::{ConfChange, Membership, MembershipError, NodeId, Role, TransferError};
 use raft_net::{
     MembershipChangeError, NodeHandle, NodeStatus, ProposeError, ReadConsistency, ReadError, TransferLeadershipError,
 };
@@ -275,7 +275,9 @@ async fn propose(app: &App, command: Command, uri: &Uri) -> Result<Response, Htt
     match outcome {
         Ok(Ok(Response::Invalid)) => Err(bad(StatusCode::INTERNAL_SERVER_ERROR, "command invalid").into_response()),
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(ProposeError::NotLeader { leader, .. })) => Err(redirect(app, leader, uri)),
+        Ok(Err(ProposeError::Refused { reason: raft_core::ProposeError::NotLeader { leader }, .. })) => {
+            Err(redirect(app, leader, uri))
+        }
         Ok(Err(error)) => Err(propose_error(error).into_response()),
         // The proposal may have reached the log before the wait ended.
         Err(_) => Err(ApiError::unknown(Reason::TimedOut, TIMED_OUT).into_response()),
@@ -285,14 +287,21 @@ async fn propose(app: &App, command: Command, uri: &Uri) -> Result<Response, Htt
 /// What a failed proposal tells the client (see [`ProposeError`]'s variants: refusals before the
 /// log and a replaced entry are not applied; a stop or a snapshot over the entry is unknown).
 fn propose_error(error: ProposeError) -> ApiError {
+    use raft_core::ProposeError as Refusal;
     match error {
-        ProposeError::NotLeader { .. } => ApiError::unavailable(Reason::NoLeader, NO_LEADER),
-        ProposeError::TooLarge { bytes, limit } => {
+        ProposeError::Refused { reason: Refusal::NotLeader { .. }, .. } => {
+            ApiError::unavailable(Reason::NoLeader, NO_LEADER)
+        }
+        ProposeError::Refused { reason: Refusal::TooLarge { bytes, limit }, .. } => {
             bad(StatusCode::PAYLOAD_TOO_LARGE, format!("{bytes} bytes exceed {limit}"))
         }
-        ProposeError::TooBusy | ProposeError::TooManyUncommittedBytes { .. } => {
-            ApiError::unavailable(Reason::TooBusy, TOO_BUSY)
-        }
+        // The driver's queue is full, or the leader holds too much uncommitted, has not made its
+        // term durable yet, or hands leadership over: all pass soon.
+        ProposeError::TooBusy
+        | ProposeError::Refused {
+            reason: Refusal::TooManyUncommittedBytes { .. } | Refusal::TermNotDurable | Refusal::TransferInProgress,
+            ..
+        } => ApiError::unavailable(Reason::TooBusy, TOO_BUSY),
         ProposeError::LeadershipLost { .. } => ApiError::unavailable(Reason::LeadershipChanged, LEADERSHIP_CHANGED),
         ProposeError::OutcomeUnknown { .. } => ApiError::unknown(Reason::LeadershipChanged, LEADERSHIP_CHANGED),
         ProposeError::ShuttingDown | ProposeError::StorageFailed(_) | ProposeError::Stopped(_) => {
@@ -305,12 +314,15 @@ fn propose_error(error: ProposeError) -> ApiError {
 
 /// What a failed read tells the client, in the words a write uses for the same condition.
 fn read_error(error: ReadError) -> ApiError {
+    use raft_core::ReadError as Refusal;
     match error {
-        ReadError::NoLeader => ApiError::unavailable(Reason::NoLeader, NO_LEADER),
-        ReadError::LeaseNotEnabled => bad(StatusCode::BAD_REQUEST, error.to_string()),
-        ReadError::TooBusy => ApiError::unavailable(Reason::TooBusy, TOO_BUSY),
-        ReadError::LeadershipChanged => ApiError::unavailable(Reason::LeadershipChanged, LEADERSHIP_CHANGED),
-        ReadError::TimedOut => ApiError::unavailable(Reason::TimedOut, TIMED_OUT),
+        ReadError::Refused(Refusal::NoLeader) => ApiError::unavailable(Reason::NoLeader, NO_LEADER),
+        ReadError::Refused(Refusal::LeaseNotEnabled) => bad(StatusCode::BAD_REQUEST, error.to_string()),
+        ReadError::Refused(Refusal::TooManyPending) => ApiError::unavailable(Reason::TooBusy, TOO_BUSY),
+        ReadError::Refused(Refusal::LeaderChanged) => {
+            ApiError::unavailable(Reason::LeadershipChanged, LEADERSHIP_CHANGED)
+        }
+        ReadError::Refused(Refusal::TimedOut) => ApiError::unavailable(Reason::TimedOut, TIMED_OUT),
         ReadError::ShuttingDown | ReadError::StorageFailed(_) | ReadError::Stopped(_) => {
             ApiError::unavailable(Reason::NodeStopped, NODE_STOPPED)
         }
@@ -605,8 +617,13 @@ async fn change_membership(app: &App, change: ConfChange, uri: &Uri) -> HttpResp
             Err(_) => return ApiError::unknown(Reason::TimedOut, TIMED_OUT).into_response(),
         };
         match error {
-            MembershipChangeError::TermNotCommitted | MembershipChangeError::ChangeInProgress => {}
-            MembershipChangeError::NotLeader { leader, .. } => return redirect(app, leader, uri),
+            MembershipChangeError::Refused {
+                reason: MembershipError::TermNotCommitted | MembershipError::ChangeInProgress,
+                ..
+            } => {}
+            MembershipChangeError::Refused { reason: MembershipError::NotLeader { leader }, .. } => {
+                return redirect(app, leader, uri);
+            }
             error => return membership_error(error).into_response(),
         }
         if tokio::time::Instant::now() >= deadline {
@@ -621,14 +638,20 @@ async fn change_membership(app: &App, change: ConfChange, uri: &Uri) -> HttpResp
 /// leadership or a stop may leave the change applied or not.
 fn membership_error(error: MembershipChangeError) -> ApiError {
     match error {
-        MembershipChangeError::NotLeader { .. } => ApiError::unavailable(Reason::NoLeader, NO_LEADER),
-        MembershipChangeError::NoEffect(id) => {
+        MembershipChangeError::Refused { reason: MembershipError::NotLeader { .. }, .. } => {
+            ApiError::unavailable(Reason::NoLeader, NO_LEADER)
+        }
+        MembershipChangeError::Refused { reason: MembershipError::NoEffect(id), .. } => {
             bad(StatusCode::BAD_REQUEST, format!("the change leaves node {id} as it is"))
         }
-        MembershipChangeError::NoVoters => bad(StatusCode::BAD_REQUEST, "the change would leave no voter"),
-        MembershipChangeError::TermNotCommitted
-        | MembershipChangeError::ChangeInProgress
-        | MembershipChangeError::TransferInProgress => ApiError::unavailable(Reason::TooBusy, error.to_string()),
+        MembershipChangeError::Refused { reason: MembershipError::NoVoters, .. } => {
+            bad(StatusCode::BAD_REQUEST, "the change would leave no voter")
+        }
+        MembershipChangeError::Refused {
+            reason:
+                MembershipError::TermNotCommitted | MembershipError::ChangeInProgress | MembershipError::TransferInProgress,
+            ..
+        } => ApiError::unavailable(Reason::TooBusy, error.to_string()),
         MembershipChangeError::LeadershipLost => ApiError::unknown(Reason::LeadershipChanged, LEADERSHIP_CHANGED),
         MembershipChangeError::ShuttingDown | MembershipChangeError::StorageFailed(_) => {
             ApiError::unknown(Reason::NodeStopped, NODE_STOPPED)
@@ -654,12 +677,16 @@ async fn transfer(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, Byt
     let outcome = tokio::time::timeout(ADMIN_TIMEOUT, app.handle.transfer_leadership(NodeId(body.id))).await;
     match outcome {
         Ok(Ok(())) => axum::Json(json!({ "leader": body.id })).into_response(),
-        Ok(Err(TransferLeadershipError::NotLeader { leader, .. })) => redirect(&app, leader, &uri),
-        Ok(Err(TransferLeadershipError::AlreadyLeader(id))) => axum::Json(json!({ "leader": id.0 })).into_response(),
-        Ok(Err(error @ TransferLeadershipError::NotAVoter(_))) => {
+        Ok(Err(TransferLeadershipError::Refused { reason: TransferError::NotLeader { leader }, .. })) => {
+            redirect(&app, leader, &uri)
+        }
+        Ok(Err(TransferLeadershipError::Refused { reason: TransferError::AlreadyLeader(id), .. })) => {
+            axum::Json(json!({ "leader": id.0 })).into_response()
+        }
+        Ok(Err(error @ TransferLeadershipError::Refused { reason: TransferError::NotAVoter(_), .. })) => {
             bad(StatusCode::BAD_REQUEST, error.to_string()).into_response()
         }
-        Ok(Err(error @ TransferLeadershipError::InProgress(_))) => {
+        Ok(Err(error @ TransferLeadershipError::Refused { reason: TransferError::InProgress(_), .. })) => {
             ApiError::unavailable(Reason::TooBusy, error.to_string()).into_response()
         }
         Ok(Err(TransferLeadershipError::TimedOut)) | Err(_) => {

@@ -72,14 +72,16 @@ pub struct NodeConfig {
     pub tick_interval: Duration,
     /// Proposals accepted by the handle and not yet answered, at most: queued for the core,
     /// waiting for their term to be durable, or appended and waiting to be applied. `propose`
-    /// waits for room (back-pressure); `try_propose` fails with `TooBusy`. The permits of the
+    /// waits for room (back-pressure); `try_propose` fails with
+    /// [`ProposeError::TooBusy`](crate::ProposeError::TooBusy). The permits of the
     /// proposals answered in one apply step come back together at the end of that step, so
     /// right after an answer `try_propose` can still find no room for a moment.
     pub proposals_pending_max: usize,
     /// Reads accepted by the handle and not yet answered, at most: queued for the core, waiting
     /// for the core to confirm them, or queued for the apply thread. `read` waits for room
     /// (back-pressure). The core has its own limit, `options.reads_pending_max()`, which on a
-    /// leader also counts the reads its followers forward; past it a read fails with `TooBusy`.
+    /// leader also counts the reads its followers forward; past it a read is refused with the core's
+    /// [`TooManyPending`](raft_core::ReadError::TooManyPending).
     pub reads_pending_max: usize,
     /// Items (proposals, reads, status requests, membership requests, wake-ups) queued for the
     /// core thread at most. Peer messages do not pass through this queue: the core takes them
@@ -107,8 +109,9 @@ pub struct NodeConfig {
     pub idle_poll: Duration,
     /// Take a snapshot of the state machine every this many applied entries (0: never).
     pub snapshot_every_entries: u64,
-    /// Where each member can be reached, used only to tell clients where the leader is
-    /// ([`ProposeError::NotLeader`](crate::ProposeError::NotLeader)).
+    /// Where each member can be reached, used only to tell clients where the leader is (the
+    /// `leader_address` of a refusal naming the leader; see
+    /// [`ProposeError::leader_hint`](crate::ProposeError::leader_hint)).
     pub addresses: BTreeMap<NodeId, SocketAddr>,
     /// Where the core loop and the state machine run: a thread each (the default), one thread,
     /// or tasks on the caller's `LocalSet`; see [`Execution`].
@@ -117,6 +120,7 @@ pub struct NodeConfig {
 
 /// Which limit a [`ConfigError::Zero`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConfigLimit {
     /// [`NodeConfig::tick_interval`].
     TickInterval,

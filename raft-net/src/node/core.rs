@@ -349,8 +349,10 @@ where
                 self.deferred.push_back(proposal);
                 return;
             }
-            Err(error) => {
-                proposal.responder.answer(Err(self.refusal(error)));
+            // Every other refusal, and `TermNotDurable` once the deferred queue is full (a burst
+            // larger than one input batch), is the caller's to see.
+            Err(reason) => {
+                proposal.responder.answer(Err(ProposeError::refused(reason, &self.addresses)));
                 return;
             }
         };
@@ -378,24 +380,6 @@ where
                 self.read_asked = true;
             }
             Err(error) => request.read.fail(ReadError::from(error)),
-        }
-    }
-
-    /// The client's view of the core's refusal.
-    fn refusal(&self, error: CoreProposeError) -> ProposeError {
-        match error {
-            CoreProposeError::NotLeader { leader } => {
-                let address = leader.and_then(|leader| self.addresses.get(&leader).copied());
-                ProposeError::NotLeader { leader, address }
-            }
-            // Only when the deferred queue is full: a burst larger than one input batch.
-            CoreProposeError::TermNotDurable => ProposeError::TooBusy,
-            // A leadership transfer ends within an election timeout: retry shortly.
-            CoreProposeError::TransferInProgress => ProposeError::TooBusy,
-            CoreProposeError::TooLarge { bytes, limit } => ProposeError::TooLarge { bytes, limit },
-            CoreProposeError::TooManyUncommittedBytes { uncommitted, limit } => {
-                ProposeError::TooManyUncommittedBytes { uncommitted, limit }
-            }
         }
     }
 

@@ -1,13 +1,12 @@
 //! Typed outcomes of the node's API: why a proposal or a read failed, why a node stopped, why it
 //! did not start.
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use raft_core::{
-    Index, MembershipError, NodeId, ReadError as CoreReadError, StorageError, Term, TransferError as CoreTransferError,
-};
+use raft_core::{Index, MembershipError, NodeId, StorageError, Term, TransferError};
 use raft_storage::DiskError;
 use thiserror::Error;
 
@@ -19,6 +18,7 @@ pub type SharedError = Arc<dyn Error + Send + Sync + 'static>;
 
 /// Which storage operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StorageOperation {
     /// Persisting an output (snapshot chunks, an install, hard state and entries).
     Write,
@@ -88,41 +88,40 @@ pub enum StopReason {
     CorePanicked,
 }
 
+/// The entry of the leader a `NotLeader` refusal names: its id, and where it can be reached if
+/// the address book ([`NodeConfig::addresses`](crate::NodeConfig::addresses),
+/// [`NodeHandle::add_address`](crate::NodeHandle::add_address)) has it. `None` when the refusal is
+/// not `NotLeader` or names no leader.
+fn leader_hint(leader: Option<NodeId>, leader_address: Option<SocketAddr>) -> Option<(NodeId, Option<SocketAddr>)> {
+    leader.map(|leader| (leader, leader_address))
+}
+
+/// `" (leader at <address>)"` when the address is known, for the messages of refusals.
+fn leader_at(leader_address: &Option<SocketAddr>) -> String {
+    leader_address.map_or_else(String::new, |address| format!(" (leader at {address})"))
+}
+
 /// Why a proposal failed.
 #[derive(Clone, Debug, Error)]
 #[non_exhaustive]
 pub enum ProposeError {
-    /// This node is not the leader; `leader` is the one it knows of (if any) and `address` that
-    /// leader's entry in the address book (if any). Nothing was appended.
-    #[error("not the leader (leader: {leader:?} at {address:?})")]
-    NotLeader {
-        /// The leader this node knows of.
-        leader: Option<NodeId>,
-        /// Where that leader can be reached, from [`NodeConfig::addresses`](crate::NodeConfig::addresses).
-        address: Option<SocketAddr>,
+    /// The core refused the proposal (not the leader, a transfer in progress, the leader's term
+    /// not yet durable, too large, too many uncommitted bytes): nothing was appended. A
+    /// `TermNotDurable` refusal only reaches the caller when more proposals than one input batch
+    /// (`input_batch_items_max`) arrive before the new leader's first write; the others wait for
+    /// it and are proposed again.
+    #[error("{reason}{}", leader_at(.leader_address))]
+    Refused {
+        /// The core's reason.
+        reason: raft_core::ProposeError,
+        /// Where the leader a [`NotLeader`](raft_core::ProposeError::NotLeader) refusal names can
+        /// be reached, from the address book; `None` for every other refusal.
+        leader_address: Option<SocketAddr>,
     },
-    /// `try_propose` found the proposal queue full (`proposals_pending_max`). Nothing was
-    /// appended; retry later.
+    /// [`NodeHandle::try_propose`](crate::NodeHandle::try_propose) found this driver's proposal
+    /// queue (`proposals_pending_max`) or input queue full. Nothing was appended; retry later.
     #[error("too many proposals pending")]
     TooBusy,
-    /// The command with its entry overhead exceeds the core's `message_bytes_max`. Nothing was
-    /// appended.
-    #[error("proposal of {bytes} bytes exceeds the limit of {limit}")]
-    TooLarge {
-        /// The proposal's size with overhead.
-        bytes: u64,
-        /// `message_bytes_max`.
-        limit: u64,
-    },
-    /// The leader holds `uncommitted_bytes_max` of proposals not yet committed. Nothing was
-    /// appended; retry after earlier proposals commit.
-    #[error("{uncommitted} uncommitted bytes; limit {limit}")]
-    TooManyUncommittedBytes {
-        /// Bytes proposed and not yet committed.
-        uncommitted: u64,
-        /// `uncommitted_bytes_max`.
-        limit: u64,
-    },
     /// The proposal was appended at `index` in `term`, but the entry committed at `index` has
     /// another term: the proposal was definitely not committed (its leader lost leadership and a
     /// later leader replaced it). Safe to retry.
@@ -154,6 +153,30 @@ pub enum ProposeError {
     Stopped(StopReason),
 }
 
+impl ProposeError {
+    /// Who leads and where, when the core refused because this node does not lead and knows who
+    /// does: the leader's id, and its address if the address book has it. Send the proposal
+    /// there. `None` for every other error (including `NotLeader` with no leader known: an
+    /// election is under way).
+    pub fn leader_hint(&self) -> Option<(NodeId, Option<SocketAddr>)> {
+        match self {
+            ProposeError::Refused { reason: raft_core::ProposeError::NotLeader { leader }, leader_address } => {
+                leader_hint(*leader, *leader_address)
+            }
+            _ => None,
+        }
+    }
+
+    /// The core's refusal, with the leader's address looked up in `addresses` when it names one.
+    pub(crate) fn refused(reason: raft_core::ProposeError, addresses: &BTreeMap<NodeId, SocketAddr>) -> Self {
+        let leader_address = match reason {
+            raft_core::ProposeError::NotLeader { leader: Some(leader) } => addresses.get(&leader).copied(),
+            _ => None,
+        };
+        ProposeError::Refused { reason, leader_address }
+    }
+}
+
 impl From<StopReason> for ProposeError {
     fn from(reason: StopReason) -> Self {
         match reason {
@@ -164,31 +187,15 @@ impl From<StopReason> for ProposeError {
     }
 }
 
-/// Why a [`NodeHandle::read`](crate::NodeHandle::read) failed. The query did not run; every
-/// variant but the stops is worth retrying (on this node or another).
+/// Why a [`NodeHandle::read`](crate::NodeHandle::read) failed. The query did not run.
 #[derive(Clone, Debug, Error)]
 #[non_exhaustive]
 pub enum ReadError {
-    /// No leader is known to confirm the read (an election is under way, or this node is cut
-    /// off). Retry later or on another member.
-    #[error("no known leader")]
-    NoLeader,
-    /// A [`ReadConsistency::Lease`](crate::ReadConsistency::Lease) read, but the core option
-    /// `lease_reads` is off.
-    #[error("lease reads are not enabled")]
-    LeaseNotEnabled,
-    /// The core holds its `reads_pending_max` reads already (on the leader, that counts the reads
-    /// followers forwarded to it). Retry later.
-    #[error("too many reads pending")]
-    TooBusy,
-    /// Leadership changed before the read was confirmed (the leader stepped down, or this
-    /// follower's leader changed). Retry.
-    #[error("leadership changed before the read was confirmed")]
-    LeadershipChanged,
-    /// The leader did not answer this follower's forwarded read within an election timeout (a
-    /// lost request or answer). Retry.
-    #[error("the leader did not answer in time")]
-    TimedOut,
+    /// The core refused or abandoned the read: no leader known, lease reads off, too many reads
+    /// pending, leadership changed before the read was confirmed, or the leader did not answer a
+    /// forwarded read in time. See [`ReadError::is_retryable`].
+    #[error(transparent)]
+    Refused(#[from] raft_core::ReadError),
     /// The node is shutting down or shut down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -198,6 +205,19 @@ pub enum ReadError {
     /// The node stopped for another reason (see [`StopReason`]).
     #[error("the node stopped: {0}")]
     Stopped(StopReason),
+}
+
+impl ReadError {
+    /// Whether the same read may succeed if asked again, here or on another member: every
+    /// refusal of the core but [`LeaseNotEnabled`](raft_core::ReadError::LeaseNotEnabled) (a
+    /// setting of the node, which a retry does not change). `false` once the node stopped.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ReadError::Refused(raft_core::ReadError::LeaseNotEnabled) => false,
+            ReadError::Refused(_) => true,
+            ReadError::ShuttingDown | ReadError::StorageFailed(_) | ReadError::Stopped(_) => false,
+        }
+    }
 }
 
 impl From<StopReason> for ReadError {
@@ -210,47 +230,22 @@ impl From<StopReason> for ReadError {
     }
 }
 
-impl From<CoreReadError> for ReadError {
-    fn from(error: CoreReadError) -> Self {
-        match error {
-            CoreReadError::NoLeader => ReadError::NoLeader,
-            CoreReadError::LeaseNotEnabled => ReadError::LeaseNotEnabled,
-            CoreReadError::TooManyPending => ReadError::TooBusy,
-            CoreReadError::LeaderChanged => ReadError::LeadershipChanged,
-            CoreReadError::TimedOut => ReadError::TimedOut,
-        }
-    }
-}
-
 /// Why a [`NodeHandle::change_membership`](crate::NodeHandle::change_membership) failed.
 #[derive(Clone, Debug, Error)]
 #[non_exhaustive]
 pub enum MembershipChangeError {
-    /// This node is not the leader; `leader` is the one it knows of and `address` its entry in
-    /// the address book. Nothing was appended.
-    #[error("not the leader (leader: {leader:?} at {address:?})")]
-    NotLeader {
-        /// The leader this node knows of.
-        leader: Option<NodeId>,
-        /// Where that leader can be reached, if known.
-        address: Option<SocketAddr>,
+    /// The core refused the change (not the leader, a change or a transfer in progress, no entry
+    /// of the leader's term committed yet, no effect, no voter left): nothing was appended. The
+    /// core's [`Storage`](raft_core::MembershipError::Storage) refusal is never here: a storage
+    /// failure stops the node and is [`MembershipChangeError::StorageFailed`].
+    #[error("{reason}{}", leader_at(.leader_address))]
+    Refused {
+        /// The core's reason.
+        reason: MembershipError,
+        /// Where the leader a [`NotLeader`](raft_core::MembershipError::NotLeader) refusal names
+        /// can be reached, from the address book; `None` for every other refusal.
+        leader_address: Option<SocketAddr>,
     },
-    /// Another change (or the leaving of a joint configuration) is not committed yet. Nothing
-    /// was appended; retry once it is.
-    #[error("a membership change is already in progress")]
-    ChangeInProgress,
-    /// A leadership transfer is in progress. Nothing was appended; retry after it ends.
-    #[error("a leadership transfer is in progress")]
-    TransferInProgress,
-    /// The leader has not committed an entry of its term yet. Nothing was appended; retry soon.
-    #[error("no entry of the leader's term has committed yet")]
-    TermNotCommitted,
-    /// The change leaves this node as it is (adding a voter twice, removing a stranger).
-    #[error("the change leaves node {0} as it is")]
-    NoEffect(NodeId),
-    /// The result would have no voter.
-    #[error("the change would leave no voter")]
-    NoVoters,
     /// This node lost leadership (or installed a snapshot over the change) before the change
     /// completed: it may or may not take effect. Check the membership, then retry.
     #[error("leadership lost before the change completed: outcome unknown")]
@@ -277,19 +272,29 @@ impl From<StopReason> for MembershipChangeError {
 }
 
 impl MembershipChangeError {
-    /// The client's view of the core's refusal; `address` finds a leader's address.
-    pub(crate) fn refused(error: MembershipError, address: impl Fn(NodeId) -> Option<SocketAddr>) -> Self {
-        match error {
-            MembershipError::NotLeader { leader } => {
-                MembershipChangeError::NotLeader { leader, address: leader.and_then(address) }
+    /// Who leads and where, when the core refused because this node does not lead and knows who
+    /// does: the leader's id, and its address if the address book has it. Ask it instead. `None`
+    /// for every other error.
+    pub fn leader_hint(&self) -> Option<(NodeId, Option<SocketAddr>)> {
+        match self {
+            MembershipChangeError::Refused { reason: MembershipError::NotLeader { leader }, leader_address } => {
+                leader_hint(*leader, *leader_address)
             }
-            MembershipError::TermNotCommitted => MembershipChangeError::TermNotCommitted,
-            MembershipError::ChangeInProgress => MembershipChangeError::ChangeInProgress,
-            MembershipError::TransferInProgress => MembershipChangeError::TransferInProgress,
-            MembershipError::NoEffect(id) => MembershipChangeError::NoEffect(id),
-            MembershipError::NoVoters => MembershipChangeError::NoVoters,
-            MembershipError::Storage(error) => MembershipChangeError::StorageFailed(StorageFailure::read(error)),
+            _ => None,
         }
+    }
+
+    /// The core's refusal, with the leader's address looked up in `addresses` when it names
+    /// one; a storage failure is [`MembershipChangeError::StorageFailed`].
+    pub(crate) fn refused(reason: MembershipError, addresses: &BTreeMap<NodeId, SocketAddr>) -> Self {
+        let leader_address = match reason {
+            MembershipError::NotLeader { leader: Some(leader) } => addresses.get(&leader).copied(),
+            MembershipError::Storage(error) => {
+                return MembershipChangeError::StorageFailed(StorageFailure::read(error));
+            }
+            _ => None,
+        };
+        MembershipChangeError::Refused { reason, leader_address }
     }
 }
 
@@ -297,24 +302,16 @@ impl MembershipChangeError {
 #[derive(Clone, Debug, Error)]
 #[non_exhaustive]
 pub enum TransferLeadershipError {
-    /// This node is not the leader; `leader` is the one it knows of and `address` its entry in
-    /// the address book.
-    #[error("not the leader (leader: {leader:?} at {address:?})")]
-    NotLeader {
-        /// The leader this node knows of.
-        leader: Option<NodeId>,
-        /// Where that leader can be reached, if known.
-        address: Option<SocketAddr>,
+    /// The core refused the transfer (not the leader, the target does not vote or already leads,
+    /// another transfer in progress).
+    #[error("{reason}{}", leader_at(.leader_address))]
+    Refused {
+        /// The core's reason.
+        reason: TransferError,
+        /// Where the leader a [`NotLeader`](raft_core::TransferError::NotLeader) refusal names
+        /// can be reached, from the address book; `None` for every other refusal.
+        leader_address: Option<SocketAddr>,
     },
-    /// The target does not vote.
-    #[error("node {0} is not a voter")]
-    NotAVoter(NodeId),
-    /// The target already leads.
-    #[error("node {0} already leads")]
-    AlreadyLeader(NodeId),
-    /// A transfer to this node is in progress.
-    #[error("a transfer to node {0} is in progress")]
-    InProgress(NodeId),
     /// This node did not learn that the target leads within
     /// [`TRANSFER_ELECTION_TIMEOUTS_MAX`](crate::TRANSFER_ELECTION_TIMEOUTS_MAX) election
     /// timeouts (the target may still win; check the status).
@@ -342,16 +339,26 @@ impl From<StopReason> for TransferLeadershipError {
 }
 
 impl TransferLeadershipError {
-    /// The client's view of the core's refusal; `address` finds a leader's address.
-    pub(crate) fn refused(error: CoreTransferError, address: impl Fn(NodeId) -> Option<SocketAddr>) -> Self {
-        match error {
-            CoreTransferError::NotLeader { leader } => {
-                TransferLeadershipError::NotLeader { leader, address: leader.and_then(address) }
+    /// Who leads and where, when the core refused because this node does not lead and knows who
+    /// does: the leader's id, and its address if the address book has it. Ask it instead. `None`
+    /// for every other error (a target that already leads is
+    /// [`AlreadyLeader`](raft_core::TransferError::AlreadyLeader), whose goal holds).
+    pub fn leader_hint(&self) -> Option<(NodeId, Option<SocketAddr>)> {
+        match self {
+            TransferLeadershipError::Refused { reason: TransferError::NotLeader { leader }, leader_address } => {
+                leader_hint(*leader, *leader_address)
             }
-            CoreTransferError::NotAVoter(id) => TransferLeadershipError::NotAVoter(id),
-            CoreTransferError::AlreadyLeader(id) => TransferLeadershipError::AlreadyLeader(id),
-            CoreTransferError::InProgress(id) => TransferLeadershipError::InProgress(id),
+            _ => None,
         }
+    }
+
+    /// The core's refusal, with the leader's address looked up in `addresses` when it names one.
+    pub(crate) fn refused(reason: TransferError, addresses: &BTreeMap<NodeId, SocketAddr>) -> Self {
+        let leader_address = match reason {
+            TransferError::NotLeader { leader: Some(leader) } => addresses.get(&leader).copied(),
+            _ => None,
+        };
+        TransferLeadershipError::Refused { reason, leader_address }
     }
 }
 
@@ -376,7 +383,81 @@ pub enum NodeStartError {
     /// The core could not read its initial state from storage.
     #[error("reading the initial state failed: {0}")]
     Storage(StorageError),
-    /// A thread could not be spawned.
-    #[error("spawning a thread failed: {0:?}")]
-    Spawn(std::io::ErrorKind),
+    /// A thread could not be spawned: the operating system's error, whole.
+    #[error("spawning a thread failed: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book() -> BTreeMap<NodeId, SocketAddr> {
+        BTreeMap::from([(NodeId(2), SocketAddr::from(([127, 0, 0, 1], 7002)))])
+    }
+
+    #[test]
+    fn every_core_refusal_of_a_proposal_is_kept_whole_and_none_is_the_drivers_too_busy() {
+        use raft_core::ProposeError as Core;
+        let refusals = [
+            Core::NotLeader { leader: None },
+            Core::NotLeader { leader: Some(NodeId(3)) },
+            Core::TermNotDurable,
+            Core::TransferInProgress,
+            Core::TooLarge { bytes: 10, limit: 5 },
+            Core::TooManyUncommittedBytes { uncommitted: 10, limit: 5 },
+        ];
+        for reason in refusals {
+            let error = ProposeError::refused(reason, &book());
+            assert!(
+                matches!(error, ProposeError::Refused { reason: kept, leader_address: None } if kept == reason),
+                "{reason:?} became {error:?}"
+            );
+            assert_eq!(error.to_string(), reason.to_string());
+        }
+    }
+
+    #[test]
+    fn a_refusal_naming_the_leader_carries_its_address_from_the_book() {
+        use raft_core::ProposeError as Core;
+        let address = book()[&NodeId(2)];
+        let error = ProposeError::refused(Core::NotLeader { leader: Some(NodeId(2)) }, &book());
+        assert_eq!(error.leader_hint(), Some((NodeId(2), Some(address))));
+        assert!(error.to_string().ends_with("(leader at 127.0.0.1:7002)"), "{error}");
+        let unknown = ProposeError::refused(Core::NotLeader { leader: Some(NodeId(3)) }, &book());
+        assert_eq!(unknown.leader_hint(), Some((NodeId(3), None)));
+        assert_eq!(ProposeError::refused(Core::NotLeader { leader: None }, &book()).leader_hint(), None);
+        assert_eq!(ProposeError::TooBusy.leader_hint(), None);
+
+        let change = MembershipChangeError::refused(MembershipError::NotLeader { leader: Some(NodeId(2)) }, &book());
+        assert_eq!(change.leader_hint(), Some((NodeId(2), Some(address))));
+        let transfer = TransferLeadershipError::refused(TransferError::NotLeader { leader: Some(NodeId(2)) }, &book());
+        assert_eq!(transfer.leader_hint(), Some((NodeId(2), Some(address))));
+        // The goal of a transfer to a node that leads holds: nothing to redirect to.
+        let already = TransferLeadershipError::refused(TransferError::AlreadyLeader(NodeId(2)), &book());
+        assert_eq!(already.leader_hint(), None);
+    }
+
+    #[test]
+    fn a_storage_failure_inside_a_membership_refusal_is_a_storage_failure() {
+        let failed =
+            MembershipChangeError::refused(MembershipError::Storage(StorageError::Unavailable(Index(4))), &book());
+        assert!(
+            matches!(&failed, MembershipChangeError::StorageFailed(failure) if failure.operation == StorageOperation::Read),
+            "{failed:?}"
+        );
+        let refused = MembershipChangeError::refused(MembershipError::ChangeInProgress, &book());
+        assert!(matches!(refused, MembershipChangeError::Refused { reason: MembershipError::ChangeInProgress, .. }));
+    }
+
+    #[test]
+    fn only_refused_reads_other_than_lease_reads_off_are_worth_retrying() {
+        use raft_core::ReadError as Core;
+        for reason in [Core::NoLeader, Core::TooManyPending, Core::LeaderChanged, Core::TimedOut] {
+            assert!(ReadError::from(reason).is_retryable(), "{reason:?}");
+        }
+        assert!(!ReadError::from(Core::LeaseNotEnabled).is_retryable());
+        assert!(!ReadError::ShuttingDown.is_retryable());
+        assert!(!ReadError::from(StopReason::CorePanicked).is_retryable());
+    }
 }

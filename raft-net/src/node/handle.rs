@@ -105,7 +105,7 @@ where
             let thread = std::thread::Builder::new()
                 .name(format!("raft-apply-{}", config.id))
                 .spawn(move || applier.run(steps))
-                .map_err(|error| NodeStartError::Spawn(error.kind()))?;
+                .map_err(NodeStartError::Spawn)?;
             ApplySide::Thread { queue, thread }
         }
         Execution::OneThread | Execution::Tasks => ApplySide::Inline(Box::new(applier)),
@@ -150,7 +150,7 @@ where
                     let _done = done;
                     core.run();
                 })
-                .map_err(|error| NodeStartError::Spawn(error.kind()))?;
+                .map_err(NodeStartError::Spawn)?;
         }
         Execution::Tasks => {
             tokio::task::spawn_local(async move {
@@ -355,7 +355,7 @@ impl<SM: StateMachine> NodeHandle<SM> {
         receiver.await.unwrap_or_else(|_| Err(stopped()))
     }
 
-    /// Adds (or replaces) `id`'s entry in the address book used in `NotLeader` answers (the
+    /// Adds (or replaces) `id`'s entry in the address book that refusals naming the leader are answered from (the
     /// transport has its own: see the module docs). Does nothing on a stopped node.
     pub async fn add_address(&self, id: NodeId, address: SocketAddr) {
         // An error means the node stopped: no answer needs the address any more.

@@ -71,9 +71,8 @@ where
                     let _ = older.responder.send(Err(MembershipChangeError::LeadershipLost));
                 }
             }
-            Err(error) => {
-                let addresses = &self.addresses;
-                let error = MembershipChangeError::refused(error, |id| addresses.get(&id).copied());
+            Err(reason) => {
+                let error = MembershipChangeError::refused(reason, &self.addresses);
                 let _ = request.responder.send(Err(error)); // The caller may have stopped waiting.
             }
         }
@@ -81,9 +80,8 @@ where
 
     /// Asks the core to transfer leadership; keeps the request until the target leads.
     pub(crate) fn transfer_leadership(&mut self, request: TransferRequest) {
-        if let Err(error) = self.raft.transfer_leadership(request.target) {
-            let addresses = &self.addresses;
-            let error = TransferLeadershipError::refused(error, |id| addresses.get(&id).copied());
+        if let Err(reason) = self.raft.transfer_leadership(request.target) {
+            let error = TransferLeadershipError::refused(reason, &self.addresses);
             let _ = request.responder.send(Err(error)); // The caller may have stopped waiting.
             return;
         }

@@ -68,6 +68,14 @@
 //!
 //! ## Proposals and their outcome
 //!
+//! A proposal the core refuses (this node does not lead, a leadership transfer is in progress,
+//! ...) fails at once with [`ProposeError::Refused`], which carries the core's reason whole and,
+//! when it names the leader, that leader's address from the address book
+//! ([`ProposeError::leader_hint`]). The driver's own failures have their own variants: its
+//! proposal queue full ([`ProposeError::TooBusy`], from `try_propose`), or the outcomes below.
+//! The other errors of the handle follow the same pattern ([`ReadError::Refused`],
+//! [`MembershipChangeError::Refused`], [`TransferLeadershipError::Refused`]).
+//!
 //! A proposal is appended at (index, term) by the leader and answered when the entry at that
 //! index is applied: the same term means it is the proposal's entry (the answer is the state
 //! machine's response); another term means a later leader replaced it, so it was definitely not
@@ -96,8 +104,8 @@
 //! thread puts each output's committed entries on the apply queue *before* that output's
 //! confirmed reads: the queue is ordered, so the apply thread runs the query after applying
 //! everything up to the read's index (it asserts so). A read the core refuses or abandons
-//! (no leader, leadership changed, too many pending, leases off) fails with a typed
-//! [`ReadError`]; on shutdown or fail-stop every read not yet handed to the apply thread fails
+//! (no leader, leadership changed, too many pending, leases off) fails with the core's reason
+//! ([`ReadError::Refused`]); on shutdown or fail-stop every read not yet handed to the apply thread fails
 //! with the stop reason ([`ReadError::ShuttingDown`], [`ReadError::StorageFailed`]).
 //!
 //! ## Membership changes and leadership transfers
@@ -109,7 +117,7 @@
 //! knows the target leads, or after [`TRANSFER_ELECTION_TIMEOUTS_MAX`] election timeouts. The
 //! transport must know a new member's address before it is added (the application owns the
 //! transport: keep an `Arc` of it, `Transport for Arc<T>`, and call `TcpTransport::add_peer`);
-//! [`NodeHandle::add_address`] adds it to the address book used in `NotLeader` answers.
+//! [`NodeHandle::add_address`] adds it to the address book that refusals naming the leader are answered from.
 //!
 //! ## Limits of this version
 //!

@@ -18,7 +18,7 @@ pub enum ReadConsistency {
     /// Linearizable as long as clocks drift by less than the core's `clock_drift_max_ticks`: the
     /// leader answers from its lease, with no round trip while a quorum answered recently; a
     /// follower asks the leader. Needs the core option `lease_reads` (which needs check-quorum);
-    /// otherwise fails with [`ReadError::LeaseNotEnabled`].
+    /// otherwise is refused with the core's [`LeaseNotEnabled`](raft_core::ReadError::LeaseNotEnabled).
     Lease,
     /// Whatever this node has applied now, with no check at all: may miss writes that completed
     /// elsewhere (a lagging follower, a leader cut off from the majority, a node without a

@@ -183,7 +183,7 @@ pub(crate) enum CoreInput<SM: StateMachine> {
     ChangeMembership(MembershipRequest),
     /// A client's leadership transfer.
     TransferLeadership(TransferRequest),
-    /// Where a peer can be reached, for `NotLeader` answers.
+    /// Where a peer can be reached, for refusals that name the leader.
     Address(NodeId, SocketAddr),
     /// Nothing but a reason to run an iteration (ticks or a snapshot are waiting).
     Wake,

@@ -42,7 +42,7 @@ pub(crate) async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut listener: A)
                 Err(_) => warn!(local = %shared.local_id, %remote, connections_max, "too many inbound connections"),
             },
             Err(error) => {
-                warn!(local = %shared.local_id, error = %error.kind(), "accept failed");
+                warn!(local = %shared.local_id, %error, "accept failed");
                 sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }
@@ -111,7 +111,7 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Shared, reader: &mut R, peer: 
     loop {
         let frame = match read_frame::<Frame, _>(reader, shared.options.frame_bytes_max, &mut payload).await {
             Ok(frame) => frame,
-            Err(FrameError::Io(io::ErrorKind::TimedOut)) => return ConnectionError::IdleTimeout,
+            Err(error) if error.io_kind() == Some(io::ErrorKind::TimedOut) => return ConnectionError::IdleTimeout,
             Err(error) => return error.into(),
         };
         // One large frame must not pin a large buffer for the life of the connection.

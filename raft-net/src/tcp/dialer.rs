@@ -39,7 +39,7 @@ impl<C: Connect> Dialer<C> {
                     self.backoff.reset();
                     let error = self.write_loop(stream).await;
                     info!(local = %self.shared.local_id, peer = %self.peer_id, %error, "connection lost");
-                    if error == ConnectionError::PeerRemoved {
+                    if matches!(error, ConnectionError::PeerRemoved) {
                         return;
                     }
                 }
@@ -60,7 +60,7 @@ impl<C: Connect> Dialer<C> {
         let mut stream = timeout(options.connect_timeout, self.connector.connect(self.address))
             .await
             .map_err(|_| ConnectionError::ConnectTimeout)?
-            .map_err(|error| ConnectionError::Connect(error.kind()))?;
+            .map_err(ConnectionError::Connect)?;
         let hello = Hello::new(self.shared.cluster_id, self.shared.local_id, self.peer_id);
         timeout(options.handshake_timeout, handshake(&mut stream, hello))
             .await
@@ -86,7 +86,7 @@ impl<C: Connect> Dialer<C> {
                 read = stream.read(&mut probe) => return match read {
                     Ok(0) => ConnectionError::PeerClosed,
                     Ok(_) => ConnectionError::UnexpectedData,
-                    Err(error) => ConnectionError::Read(error.kind()),
+                    Err(error) => ConnectionError::Read(error),
                 },
                 message = self.queue.recv() => match message {
                     Some(message) => message,
@@ -148,7 +148,7 @@ impl<C: Connect> Dialer<C> {
         };
         match timeout(self.shared.options.write_timeout, write).await {
             Err(_) => Err(ConnectionError::WriteTimeout),
-            Ok(Err(error)) => Err(ConnectionError::Write(error.kind())),
+            Ok(Err(error)) => Err(ConnectionError::Write(error)),
             Ok(Ok(())) => Ok(()),
         }
     }

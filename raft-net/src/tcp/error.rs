@@ -9,14 +9,14 @@ use thiserror::Error;
 use crate::frame::{FrameError, RejectReason};
 
 /// Why one connection attempt failed or one connection ended.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[derive(Debug, Error)]
 pub(crate) enum ConnectionError {
     /// Dialing took longer than `connect_timeout`.
     #[error("connect timed out")]
     ConnectTimeout,
     /// Dialing failed.
     #[error("connect failed: {0}")]
-    Connect(io::ErrorKind),
+    Connect(#[source] io::Error),
     /// The handshake took longer than `handshake_timeout`.
     #[error("handshake timed out")]
     HandshakeTimeout,
@@ -56,7 +56,7 @@ pub(crate) enum ConnectionError {
     UnexpectedData,
     /// Reading the connection failed.
     #[error("read failed: {0}")]
-    Read(io::ErrorKind),
+    Read(#[source] io::Error),
     /// No frame arrived within `idle_timeout` (not even a keepalive).
     #[error("no frame within the idle timeout")]
     IdleTimeout,
@@ -65,7 +65,7 @@ pub(crate) enum ConnectionError {
     WriteTimeout,
     /// A write failed.
     #[error("write failed: {0}")]
-    Write(io::ErrorKind),
+    Write(#[source] io::Error),
     /// The peer was removed or replaced.
     #[error("the peer was removed")]
     PeerRemoved,

@@ -63,8 +63,8 @@ pub enum PeerState {
     Backoff,
 }
 
-/// Why a transport did not start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+/// Why a transport did not start. Not `Clone` or `PartialEq`, since an [`io::Error`] is neither.
+#[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StartError {
     /// The options are inconsistent.
@@ -75,10 +75,10 @@ pub enum StartError {
     NoRuntime,
     /// The listener could not be bound.
     #[error("bind failed: {0}")]
-    Bind(io::ErrorKind),
+    Bind(#[source] io::Error),
     /// The listener's local address is unknown.
     #[error("the listener has no local address: {0}")]
-    LocalAddress(io::ErrorKind),
+    LocalAddress(#[source] io::Error),
     /// The peer list contains the local node.
     #[error("node {0} cannot be its own peer")]
     PeerIsLocal(NodeId),
@@ -143,7 +143,7 @@ impl TcpTransport<TokioConnector> {
         peers: BTreeMap<NodeId, SocketAddr>,
         options: TcpOptions,
     ) -> Result<(Self, mpsc::Receiver<Message>), StartError> {
-        let listener = TcpListener::bind(address).await.map_err(|error| StartError::Bind(error.kind()))?;
+        let listener = TcpListener::bind(address).await.map_err(StartError::Bind)?;
         TcpTransport::start(cluster_id, local_id, listener, TokioConnector, peers, options)
     }
 }
@@ -162,7 +162,7 @@ impl<C: Connect> TcpTransport<C> {
     ) -> Result<(Self, mpsc::Receiver<Message>), StartError> {
         options.validate()?;
         let runtime = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
-        let local_address = listener.local_address().map_err(|error| StartError::LocalAddress(error.kind()))?;
+        let local_address = listener.local_address().map_err(StartError::LocalAddress)?;
         if peers.contains_key(&local_id) {
             return Err(StartError::PeerIsLocal(local_id));
         }

@@ -85,6 +85,7 @@ impl Default for TcpOptions {
 
 /// Which option a [`TcpOptionsError::Zero`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TcpOption {
     /// [`TcpOptions::connect_timeout`].
     ConnectTimeout,

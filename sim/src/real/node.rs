@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_core::{ConfChange, Index, Membership, NodeId, Options};
+use raft_core::{ConfChange, Index, Membership, MembershipError, NodeId, Options, TransferError};
 use raft_net::{
     Execution, MembershipChangeError, NodeConfig, NodeEvent, NodeHandle, ProposeError, ReadConsistency, StateMachine,
     StopReason, TcpOptions, TcpTransport, TransferLeadershipError,
@@ -240,14 +240,13 @@ async fn serve_client(handle: NodeHandle<SimKv>, mut stream: TcpStream) {
             Ok(Some(output)) => Answer::Done(output),
             // An older retry of the client's: it no longer waits for this one.
             Ok(None) => Answer::Unknown,
-            Err(ProposeError::NotLeader { leader, .. }) => Answer::NotLeader(leader.map(|leader| leader.0)),
+            Err(ProposeError::Refused { reason: raft_core::ProposeError::NotLeader { leader }, .. }) => {
+                Answer::NotLeader(leader.map(|leader| leader.0))
+            }
             // Definitely not committed: nothing was appended, or a new leader replaced it.
-            Err(
-                ProposeError::TooBusy
-                | ProposeError::TooLarge { .. }
-                | ProposeError::TooManyUncommittedBytes { .. }
-                | ProposeError::LeadershipLost { .. },
-            ) => Answer::Failed,
+            Err(ProposeError::TooBusy | ProposeError::Refused { .. } | ProposeError::LeadershipLost { .. }) => {
+                Answer::Failed
+            }
             Err(_) => Answer::Unknown,
         },
         Some(Request::Read { key, lease }) => {
@@ -269,8 +268,12 @@ async fn administer(handle: &NodeHandle<SimKv>, admin: Admin) -> Answer {
         Admin::Promote(node) => ConfChange::AddVoter(NodeId(node)),
         Admin::Transfer(node) => {
             return match handle.transfer_leadership(NodeId(node)).await {
-                Ok(()) | Err(TransferLeadershipError::AlreadyLeader(_)) => Answer::Done(Output::Done),
-                Err(TransferLeadershipError::NotLeader { leader, .. }) => Answer::NotLeader(leader.map(|l| l.0)),
+                Ok(()) | Err(TransferLeadershipError::Refused { reason: TransferError::AlreadyLeader(_), .. }) => {
+                    Answer::Done(Output::Done)
+                }
+                Err(TransferLeadershipError::Refused { reason: TransferError::NotLeader { leader }, .. }) => {
+                    Answer::NotLeader(leader.map(|l| l.0))
+                }
                 Err(_) => Answer::Failed,
             };
         }
@@ -278,8 +281,14 @@ async fn administer(handle: &NodeHandle<SimKv>, admin: Admin) -> Answer {
     match handle.change_membership(vec![change]).await {
         Ok(_) => Answer::Done(Output::Done),
         // Promoting a voter: it is one already.
-        Err(MembershipChangeError::NoEffect(_)) if matches!(admin, Admin::Promote(_)) => Answer::Done(Output::Done),
-        Err(MembershipChangeError::NotLeader { leader, .. }) => Answer::NotLeader(leader.map(|l| l.0)),
+        Err(MembershipChangeError::Refused { reason: MembershipError::NoEffect(_), .. })
+            if matches!(admin, Admin::Promote(_)) =>
+        {
+            Answer::Done(Output::Done)
+        }
+        Err(MembershipChangeError::Refused { reason: MembershipError::NotLeader { leader }, .. }) => {
+            Answer::NotLeader(leader.map(|l| l.0))
+        }
         Err(_) => Answer::Failed,
     }
 }
