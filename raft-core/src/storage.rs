@@ -41,9 +41,19 @@ pub enum StorageError {
     /// The store no longer holds the snapshot ending at this index (a newer one replaced it).
     #[error("snapshot at index {0} is no longer held")]
     SnapshotReplaced(Index),
-    /// The storage failed to read; the node should be stopped (fail-stop) by its driver.
-    #[error("storage I/O failed: {0:?}")]
-    Io(std::io::ErrorKind),
+    /// The storage failed to read; the node should be stopped (fail-stop) by its driver. Made
+    /// from the [`std::io::Error`] with `From`: its kind and the operating system's error code
+    /// (errno), which tells apart the failures that share a kind (`EIO` and every other
+    /// uncategorized one are [`std::io::ErrorKind::Other`]); the code's message can be had again
+    /// with [`std::io::Error::from_raw_os_error`].
+    #[error("storage I/O failed: {kind:?}{}", os_error_note(.raw_os_error))]
+    Io {
+        /// The kind of failure.
+        kind: std::io::ErrorKind,
+        /// The operating system's error code, when the failure came from it (`None` for one the
+        /// store found itself, a file shorter than recovery saw, say).
+        raw_os_error: Option<i32>,
+    },
     /// The stored data of the snapshot ending at `index` fails its checksum (near byte `offset`
     /// of the data): the copy is damaged. The node must stop (fail-stop) rather than send or
     /// restore it.
@@ -63,6 +73,19 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: crate::types::InvalidMembership,
     },
+}
+
+impl From<&std::io::Error> for StorageError {
+    /// The I/O error's kind and OS error code. Not the whole `std::io::Error`: that would cost
+    /// this type `Copy` and `PartialEq`, which every test of a store's answers leans on.
+    fn from(error: &std::io::Error) -> Self {
+        StorageError::Io { kind: error.kind(), raw_os_error: error.raw_os_error() }
+    }
+}
+
+/// `" (os error N)"` when the code is known, for [`StorageError::Io`]'s message.
+fn os_error_note(raw_os_error: &Option<i32>) -> String {
+    raw_os_error.map_or_else(String::new, |code| format!(" (os error {code})"))
 }
 
 /// Read access to the entries and hard state that the driver has persisted.

@@ -829,7 +829,7 @@ struct FlakyStorage {
 }
 
 fn io_error() -> StorageError {
-    StorageError::Io(std::io::ErrorKind::Other)
+    StorageError::Io { kind: std::io::ErrorKind::Other, raw_os_error: None }
 }
 
 impl Storage for FlakyStorage {

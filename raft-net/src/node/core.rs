@@ -608,8 +608,8 @@ where
         }
         let meta = match self.raft.snapshot_meta(snapshot.index, raft_core::snapshot_crc32(&snapshot.data)) {
             Ok(meta) => meta,
-            Err(SnapshotError::Storage(StorageError::Io(kind))) => {
-                return Err(StopReason::StorageFailed(StorageFailure::read(StorageError::Io(kind))));
+            Err(SnapshotError::Storage(error @ StorageError::Io { .. })) => {
+                return Err(StopReason::StorageFailed(StorageFailure::read(error)));
             }
             Err(error) => {
                 // Compacted: a snapshot from the leader replaced the log meanwhile.

@@ -60,7 +60,7 @@ impl StorageFailure {
             return Some(kind);
         }
         match self.source.downcast_ref::<StorageError>() {
-            Some(StorageError::Io(kind)) => Some(*kind),
+            Some(StorageError::Io { kind, .. }) => Some(*kind),
             _ => None,
         }
     }

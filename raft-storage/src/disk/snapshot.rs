@@ -213,10 +213,10 @@ pub(super) fn read_chunk<F: FileSystem>(
     let blocks = dir
         .fs()
         .read_at(&path, blocks_start, (blocks_end - blocks_start) as usize)
-        .map_err(|error| StorageError::Io(error.kind()))?;
+        .map_err(|error| StorageError::from(&error))?;
     if blocks.len() as u64 != blocks_end - blocks_start {
         // The file recovery checked has shrunk underneath the store.
-        return Err(StorageError::Io(std::io::ErrorKind::UnexpectedEof));
+        return Err(StorageError::Io { kind: std::io::ErrorKind::UnexpectedEof, raw_os_error: None });
     }
     for (number, block) in (first_block..).zip(blocks.chunks(SNAPSHOT_BLOCK_BYTES as usize)) {
         if snapshot.block_crcs.get(number as usize) != Some(&crc32fast::hash(block)) {
