@@ -4,7 +4,9 @@
 mod common;
 
 use common::{Cluster, Fate, between, cluster_tuned, deliver_with, tick_with};
-use raft_core::{Index, Message, MessageBody, NodeId, Options, OptionsError, ReadError, ReadMode, ReadState, Role};
+use raft_core::{
+    ConfChange, Index, Message, MessageBody, NodeId, Options, OptionsError, ReadError, ReadMode, ReadState, Role,
+};
 
 /// The reads a node handed out since the last call, in order.
 fn reads_of(c: &mut Cluster, id: u64) -> Vec<ReadState> {
@@ -264,4 +266,34 @@ fn a_forwarded_read_that_gets_no_answer_times_out() {
     assert_eq!(reads_of(&mut c, 2), vec![], "not before an election timeout");
     c.tick_all();
     assert_eq!(reads_of(&mut c, 2), vec![ReadState { id: 4, result: Err(ReadError::TimedOut) }]);
+}
+
+/// docs/pitfalls.md #22 (raft-rs#345): reads waiting for a quorum are counted again when the
+/// membership changes. A leader of {1, 2} removes node 2, and a read arrives while the joint
+/// membership still needs node 2's answer; node 2 takes the appends but never answers the
+/// heartbeat round. Once the leader's membership is {1} alone (the leave entry, appended as the
+/// joint entry commits), the leader is the quorum and the read completes. Without the count
+/// after the change it would wait for an answer that no member will ever send: node 2 is gone.
+#[test]
+fn pitfall_22_a_pending_read_completes_when_the_membership_change_shrinks_its_quorum() {
+    let mut c = Cluster::new(2);
+    c.elect(1);
+    c.ticks(1);
+    reads_of(&mut c, 1);
+    c.node_mut(1).change_membership(&[ConfChange::Remove(NodeId(2))]).expect("the change is taken");
+    c.node_mut(1).read(3, ReadMode::ReadIndex).expect("the leader takes reads");
+    let no_heartbeats = |m: &Message| match m.body {
+        MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. } => Fate::Drop,
+        _ => Fate::Deliver,
+    };
+    deliver_with(&mut c, no_heartbeats);
+    assert_eq!(c.node(1).membership().voters_incoming, [NodeId(1)].into(), "node 2 is out");
+    assert!(!c.node(1).membership().is_joint());
+    c.isolate(2);
+    for _ in 0..30 {
+        tick_with(&mut c, |_| Fate::Deliver);
+    }
+    let reads = reads_of(&mut c, 1);
+    assert_eq!(reads.len(), 1, "the read completed once, without node 2: {reads:?}");
+    assert!(reads[0].id == 3 && reads[0].result.is_ok(), "{reads:?}");
 }
