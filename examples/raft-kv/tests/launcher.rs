@@ -27,23 +27,33 @@ fn free_ports(count: u16) -> u16 {
     })
 }
 
-/// The launcher, killed (SIGKILL) when dropped; its nodes then stop by themselves.
+/// The launcher, killed (SIGKILL) when dropped; its nodes then stop by themselves. Its output
+/// and its nodes' go to `log`, printed when the test fails.
 struct Launcher {
     child: Child,
     http_port: u16,
+    log: std::path::PathBuf,
 }
 
 impl Drop for Launcher {
     fn drop(&mut self) {
         let _ = self.child.kill(); // Already gone is fine.
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- {} ---\n{log}", self.log.display());
+        }
     }
 }
 
 impl Launcher {
     fn start(data: &Path) -> Launcher {
-        let (http_port, raft_port) = (free_ports(NODES), free_ports(NODES));
-        let log = File::create(data.join("launcher.log")).expect("a log file");
+        // One block for both, so that the HTTP and Raft ports cannot overlap (two blocks picked
+        // one after the other could: the first is free again once picked).
+        let http_port = free_ports(2 * NODES);
+        let raft_port = http_port + NODES;
+        let log_path = data.join("launcher.log");
+        let log = File::create(&log_path).expect("a log file");
         let child = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
             .args(["cluster", "--nodes", &NODES.to_string()])
             .args(["--http-port", &http_port.to_string(), "--raft-port", &raft_port.to_string()])
@@ -54,7 +64,7 @@ impl Launcher {
             .stderr(log)
             .spawn()
             .expect("the launcher starts");
-        Launcher { child, http_port }
+        Launcher { child, http_port, log: log_path }
     }
 
     fn http(&self, index: u16) -> SocketAddr {

@@ -92,10 +92,18 @@ pub struct Layout {
     pub peers: String,
 }
 
+/// `count` distinct ports on 127.0.0.1 that were free a moment ago (held together while picked,
+/// so that none is handed out twice).
+pub fn free_ports(count: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|listener| listener.local_addr().expect("address")).collect()
+}
+
 /// Addresses for `count` nodes, of which the first `members` make up the initial cluster.
 pub fn layout(count: usize, members: usize) -> Layout {
-    let raft: Vec<_> = (0..count).map(|_| free_port()).collect();
-    let http: Vec<_> = (0..count).map(|_| free_port()).collect();
+    let mut ports = free_ports(2 * count);
+    let http = ports.split_off(count);
+    let raft = ports;
     let peers = (0..members).map(|i| format!("{}={}={}", i + 1, raft[i], http[i])).collect::<Vec<_>>().join(",");
     Layout { raft, http, peers }
 }
