@@ -154,19 +154,21 @@ impl MembershipHistory {
     }
 
     /// The log's entries from `first` on were replaced by entries carrying `carried`: the
-    /// memberships of replaced entries go, the carried ones come. Returns whether the history
-    /// changed (if not, neither did the membership in force, the cheap common case).
-    pub(crate) fn replace_from(&mut self, first: Index, carried: Vec<(Index, Membership)>) -> bool {
+    /// memberships of replaced entries go, the carried ones come. Returns the membership that
+    /// was in force when the history changed; `None` when it did not (then neither did the
+    /// membership in force: the common case, which allocates nothing).
+    pub(crate) fn replace_from(&mut self, first: Index, carried: Vec<(Index, Membership)>) -> Option<Membership> {
         let base = self.base_index();
         let replaces = self.history.iter().any(|&(index, _)| index >= first && index != base);
         if !replaces && carried.is_empty() {
-            return false;
+            return None;
         }
+        let before = self.current().clone();
         invariant!(carried.windows(2).all(|w| w[0].0 < w[1].0), "carried memberships out of order");
         invariant!(carried.first().is_none_or(|&(index, _)| index >= first), "carried before the append");
         self.history.retain(|&(index, _)| index < first || index == base);
         self.history.extend(carried);
-        true
+        Some(before)
     }
 
     /// Adds a membership entry at `index`, after every other (start-up only).

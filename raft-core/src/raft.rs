@@ -592,8 +592,9 @@ impl<S: Storage> Raft<S> {
             last.is_some_and(|(index, term)| self.log.last_index() == index && self.log.matches(index, term)),
             "the log does not end with the entries just appended"
         );
-        let before = self.memberships.current().clone();
-        if self.memberships.replace_from(first, carried) {
+        // Cloning the membership in force on every append cost allocations on every proposal
+        // and every follower append: the history hands it back only when it changed.
+        if let Some(before) = self.memberships.replace_from(first, carried) {
             self.on_membership_changed(&before);
         }
     }
