@@ -184,12 +184,6 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    /// Whether this node may campaign: only voters lead, and not with a committed membership
-    /// change still unapplied.
-    pub(crate) fn is_promotable(&self) -> bool {
-        self.may_campaign()
-    }
-
     /// Whether this node still trusts a live leader: it then ignores requests for votes, so a
     /// partitioned or removed node cannot depose a healthy leader (leader stickiness). Judged by
     /// the clock, not the timers: a leader's lease counts on this promise holding for
@@ -206,7 +200,7 @@ impl<S: Storage> Raft<S> {
 
     pub(crate) fn start_election(&mut self) {
         // At the largest term a new election could not get a term of its own.
-        if !self.is_promotable() || self.term == Term(u64::MAX) {
+        if !self.may_campaign() || self.term == Term(u64::MAX) {
             return;
         }
         if self.options.pre_vote() {
@@ -220,7 +214,7 @@ impl<S: Storage> Raft<S> {
 
     /// Campaigns at once, without pre-vote, with vote requests that override leader stickiness.
     pub(crate) fn campaign_for_transfer(&mut self) {
-        if !self.is_promotable() || self.term == Term(u64::MAX) {
+        if !self.may_campaign() || self.term == Term(u64::MAX) {
             return;
         }
         self.become_candidate();

@@ -10,6 +10,7 @@
 
 use thiserror::Error;
 
+use crate::log::RaftLog;
 use crate::raft::{Raft, Role};
 use crate::storage::{Storage, StorageError};
 use crate::types::{Entry, EntryPayload, Index, Membership, NodeId};
@@ -171,6 +172,35 @@ impl MembershipHistory {
         Some(before)
     }
 
+    /// Rebuilds the history from storage at start-up: the base (the snapshot's, or the initial
+    /// one) and every membership entry in the log after it, each checked.
+    pub(crate) fn load<S: Storage>(
+        base: (Index, Membership),
+        log: &RaftLog<S>,
+        bytes_max: u64,
+    ) -> Result<Self, StorageError> {
+        let checked = |index: Index, membership: &Membership| {
+            membership.validate().map_err(|reason| StorageError::InvalidMembership { index, reason })
+        };
+        if !is_unknown(&base.1) {
+            checked(base.0, &base.1)?;
+        }
+        let (mut next, last) = (base.0.next().max(log.first_index()?), log.last_index());
+        let mut history = MembershipHistory::new(base.0, base.1);
+        while next <= last {
+            let entries = log.entries(next, last.next(), bytes_max, usize::MAX)?;
+            let Some(end) = entries.last().map(|e| e.index) else { break };
+            for entry in entries {
+                if let EntryPayload::Membership(membership) = entry.payload {
+                    checked(entry.index, &membership)?;
+                    history.push(entry.index, membership);
+                }
+            }
+            next = end.next();
+        }
+        Ok(history)
+    }
+
     /// Adds a membership entry at `index`, after every other (start-up only).
     fn push(&mut self, index: Index, membership: Membership) {
         invariant!(index > self.current_index(), "memberships pushed out of order");
@@ -258,31 +288,6 @@ impl<S: Storage> Raft<S> {
             tracing::info!(id = %self.id, term = %self.term, "removed from the voters: stepping down");
             self.become_follower(self.term, None);
         }
-    }
-
-    /// Rebuilds the membership history from storage at start-up: the base (the snapshot's, or
-    /// the initial one) and every membership entry after it.
-    pub(crate) fn load_memberships(&mut self, base: (Index, Membership)) -> Result<(), StorageError> {
-        let checked = |index: Index, membership: &Membership| {
-            membership.validate().map_err(|reason| StorageError::InvalidMembership { index, reason })
-        };
-        if !is_unknown(&base.1) {
-            checked(base.0, &base.1)?;
-        }
-        self.memberships = MembershipHistory::new(base.0, base.1);
-        let (mut next, last) = (base.0.next().max(self.log.first_index()?), self.log.last_index());
-        while next <= last {
-            let entries = self.log.entries(next, last.next(), self.options.apply_bytes_max(), usize::MAX)?;
-            let Some(end) = entries.last().map(|e| e.index) else { break };
-            for entry in entries {
-                if let EntryPayload::Membership(membership) = entry.payload {
-                    checked(entry.index, &membership)?;
-                    self.memberships.push(entry.index, membership);
-                }
-            }
-            next = end.next();
-        }
-        Ok(())
     }
 
     /// Whether this node may become leader: a voter, in its latest membership or in its latest

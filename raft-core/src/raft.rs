@@ -205,6 +205,7 @@ impl<S: Storage> Raft<S> {
         } else {
             (Index(0), initial.membership.clone())
         };
+        let memberships = MembershipHistory::load(base, &log, options.apply_bytes_max())?;
         let election_ticks = options.election_ticks();
         let mut raft = Raft {
             id,
@@ -214,7 +215,7 @@ impl<S: Storage> Raft<S> {
             leader: None,
             durable_term: hard_state.term,
             ticks: 0,
-            memberships: MembershipHistory::new(base.0, base.1.clone()),
+            memberships,
             election: Election::new(rng, election_ticks),
             options,
             log,
@@ -227,7 +228,6 @@ impl<S: Storage> Raft<S> {
             last_hard_state: hard_state,
             last_soft_state: soft,
         };
-        raft.load_memberships(base)?;
         raft.election.reset(raft.ticks, election_ticks);
         raft.after_input();
         Ok(raft)
