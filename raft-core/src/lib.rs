@@ -187,6 +187,6 @@ pub use transfer::TransferError;
 pub const INVARIANTS_CHECKED: bool = cfg!(any(test, debug_assertions, feature = "invariants"));
 
 pub use types::{
-    ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, HardState, Index, InvalidMembership, Membership, NodeId, SnapshotMeta,
-    Term, snapshot_crc32,
+    ENTRY_OVERHEAD_BYTES, Entry, EntryPayload, GroupId, HardState, Index, InvalidMembership, Membership, NodeId,
+    SnapshotMeta, Term, snapshot_crc32,
 };

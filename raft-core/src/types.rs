@@ -35,6 +35,13 @@ newtype_u64!(
     NodeId
 );
 newtype_u64!(
+    /// The identity of one Raft group among the many a process may host (multi-Raft). The core
+    /// itself runs one group and never sees this id: drivers, transports and shared stores use it
+    /// to tell the groups of one node apart. A process that runs a single group uses
+    /// [`GroupId::DEFAULT`].
+    GroupId
+);
+newtype_u64!(
     /// A Raft term: a logical epoch with at most one leader. Term 0 exists only before any election.
     Term
 );
@@ -42,6 +49,11 @@ newtype_u64!(
     /// A position in the replicated log. The first entry has index 1; index 0 is "before the log".
     Index
 );
+
+impl GroupId {
+    /// The group of a process that hosts only one.
+    pub const DEFAULT: GroupId = GroupId(0);
+}
 
 impl Term {
     /// The next term (saturating: a term never wraps around).
