@@ -131,6 +131,24 @@ impl Election {
         now - self.restarted_at < u64::from(election_ticks)
     }
 
+    /// A follower's or candidate's timer ticks until its timeout passes (0 when it has).
+    pub(crate) fn ticks_to_timeout(&self) -> u64 {
+        u64::from(self.randomized_ticks.saturating_sub(self.elapsed))
+    }
+
+    /// Clock ticks until the promise of stickiness lapses (0 when it has): the first clock at
+    /// which [`Election::within_timeout_by_clock`] is false, less `now`.
+    pub(crate) fn clock_ticks_to_lapse(&self, now: u64, election_ticks: u32) -> u64 {
+        self.restarted_at.saturating_add(u64::from(election_ticks)).saturating_sub(now)
+    }
+
+    /// A leader's timer ticks until [`Election::tick_leader`] makes a round due (at least 1).
+    pub(crate) fn leader_ticks_to_due(&self, election_ticks: u32, heartbeat_ticks: u32) -> u64 {
+        let heartbeat = heartbeat_ticks.saturating_sub(self.heartbeat_elapsed);
+        let quorum_check = election_ticks.saturating_sub(self.elapsed);
+        u64::from(heartbeat.min(quorum_check).max(1))
+    }
+
     pub(crate) fn randomized_ticks(&self) -> u32 {
         self.randomized_ticks
     }

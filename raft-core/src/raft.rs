@@ -463,6 +463,45 @@ impl<S: Storage> Raft<S> {
         self.election.randomized_ticks()
     }
 
+    /// How many ticks ([`Raft::tick`]) may pass before one can do anything: with no other input,
+    /// the first `ticks_until_due() - 1` ticks produce no output and change neither role, term,
+    /// vote, leader nor any pending request; the next one may (a campaign, a heartbeat round, a
+    /// check-quorum round, an abandoned leadership transfer, an expired forwarded read). At
+    /// least 1; `u64::MAX` when no tick can do anything (a learner with nothing pending).
+    ///
+    /// For a driver that hosts many groups: it need not wake a group before this many ticks
+    /// have passed. When it does wake it, it still brings the clock up to date first
+    /// ([`Raft::advance_clock`]) and then runs the timers for the missed ticks
+    /// ([`Raft::tick_timers`]), so the lease and stickiness rules are judged by the time that
+    /// really passed. Any input may change the answer: ask again after each one.
+    pub fn ticks_until_due(&self) -> u64 {
+        let election_ticks = u64::from(self.options.election_ticks());
+        let timers = match self.role {
+            Role::Leader => {
+                let rounds =
+                    self.election.leader_ticks_to_due(self.options.election_ticks(), self.options.heartbeat_ticks());
+                let transfer = self.transfer.map_or(u64::MAX, |t| election_ticks.saturating_sub(u64::from(t.elapsed)));
+                rounds.min(transfer)
+            }
+            // `start_election` does nothing for a node that may not campaign (a learner, a node
+            // outside the membership, a committed membership change not yet applied: the
+            // apply that changes this is an input) or at the largest term.
+            _ if !self.may_campaign() || self.term == Term(u64::MAX) => u64::MAX,
+            _ => {
+                // The timeout passes after its remaining timer ticks; a follower that still
+                // owes its leader stickiness by the clock then waits for the promise to lapse.
+                let timeout = self.election.ticks_to_timeout();
+                let lapse = match self.leader {
+                    Some(_) => self.election.clock_ticks_to_lapse(self.ticks, self.options.election_ticks()),
+                    None => 0,
+                };
+                timeout.max(lapse)
+            }
+        };
+        let reads = self.forwarded_reads_expire_in();
+        timers.min(reads).max(1)
+    }
+
     /// Read access to the storage.
     pub fn storage(&self) -> &S {
         &self.log.storage

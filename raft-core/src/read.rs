@@ -326,6 +326,19 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// Clock ticks until [`Raft::expire_forwarded_reads`] fails a read (`u64::MAX` when none
+    /// waits; 0 when one is already due).
+    pub(crate) fn forwarded_reads_expire_in(&self) -> u64 {
+        let deadline = u64::from(self.options.election_ticks());
+        let now = self.ticks;
+        self.reads
+            .forwarded
+            .values()
+            .map(|&(_, _, sent)| sent.saturating_add(deadline).saturating_sub(now))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     /// Fails reads as this node loses leadership or changes leader.
     pub(crate) fn abandon_reads(&mut self) {
         let mut messages = Vec::new();

@@ -282,9 +282,17 @@ impl Harness {
     }
 
     /// Outputs are taken before every tick at the latest (the contract).
+    /// A tick that `ticks_until_due` said could do nothing must do nothing: no output, the same
+    /// status.
     fn tick(&mut self) {
         self.take_output();
+        let quiet = self.raft.ticks_until_due() > 1 && !self.raft.has_output();
+        let before = quiet.then(|| self.raft.status());
         self.raft.tick();
+        if let Some(before) = before {
+            assert!(!self.raft.has_output(), "a tick before the due one made output");
+            assert_eq!(self.raft.status(), before, "a tick before the due one changed the state");
+        }
     }
 
     fn term_of(&self, choice: TermChoice, index: Index) -> Term {
