@@ -160,6 +160,10 @@ impl MembershipHistory {
     /// membership in force: the common case, which allocates nothing).
     pub(crate) fn replace_from(&mut self, first: Index, carried: Vec<(Index, Membership)>) -> Option<Membership> {
         let base = self.base_index();
+        // The base is the snapshot's (or the initial) membership: entries at or below it are
+        // compacted or committed and never replaced, so the `index != base` tests below only
+        // guard the base against a bug elsewhere (mutating them changes nothing observable).
+        invariant!(first > base, "entries replaced at or below the membership base");
         let replaces = self.history.iter().any(|&(index, _)| index >= first && index != base);
         if !replaces && carried.is_empty() {
             return None;

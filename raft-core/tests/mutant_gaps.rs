@@ -336,3 +336,34 @@ fn stickiness_holds_through_the_last_tick_of_the_election_timeout_and_ends_after
     let granted = message(2, 3, 2, MessageBody::VoteResponse { pre_vote: false, granted: true });
     assert_eq!(all_messages(&take(&mut node)), vec![granted]);
 }
+
+/// Node 2 holds an uncommitted membership entry at index 2 from the leader of term 1. The
+/// leader of term 2 replaces index 2 with a no-op: the membership in force must fall back to the
+/// one before it, since a membership takes effect only while its entry is in the log.
+///
+/// Kills: in `membership.rs`, `MembershipHistory::replace_from`, `index < first` changed to
+/// `index <= first` in the `retain` (the replaced membership at exactly the first replaced index
+/// was kept in force).
+#[test]
+fn a_membership_entry_replaced_at_the_first_conflicting_index_is_no_longer_in_force() {
+    let three = Membership::new(ids(3));
+    let four = Membership::new(ids(4));
+    let mut storage = MemStorage::new(three.clone());
+    let entries = [
+        common::noop(1, 1),
+        raft_core::Entry { index: Index(2), term: Term(1), payload: raft_core::EntryPayload::Membership(four.clone()) },
+    ];
+    storage.append(&entries).expect("consecutive entries");
+    storage.set_hard_state(HardState { term: Term(1), vote: None, commit: Index(1) });
+    let mut node = Raft::new(NodeId(2), options(NodeId(2), false, false), storage).expect("memory storage");
+    assert_eq!(node.membership(), &four, "the entry in the log is in force");
+    let append = MessageBody::AppendEntries {
+        prev_log_index: Index(1),
+        prev_log_term: Term(1),
+        entries: vec![common::noop(2, 2)],
+        commit: Index(1),
+    };
+    node.step(message(3, 2, 2, append)).expect("a valid append");
+    assert_eq!(node.last_index(), Index(2));
+    assert_eq!(node.membership(), &three, "the replaced membership entry no longer counts");
+}
