@@ -147,7 +147,8 @@ pub use node::{
     TRANSFER_ELECTION_TIMEOUTS_MAX, TransferLeadershipError, start,
 };
 pub use tcp::{
-    Accept, Connect, PeerState, READ_BUFFER_BYTES_DEFAULT, StartError, TcpOption, TcpOptions, TcpOptionsError,
-    TcpTransport, TokioConnector, WRITE_BATCH_BYTES_MAX_DEFAULT,
+    Accept, Connect, INBOUND_FULL_TIMEOUT_DEFAULT, PeerState, READ_BUFFER_BYTES_DEFAULT, RegisterGroupError,
+    StartError, TcpGroupTransport, TcpOption, TcpOptions, TcpOptionsError, TcpStats, TcpTransport, TokioConnector,
+    WRITE_BATCH_BYTES_MAX_DEFAULT,
 };
 pub use transport::{SendError, Transport};

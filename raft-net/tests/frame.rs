@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use raft_core::{AppendResult, ConflictHint, Entry, EntryPayload, Index, Message, MessageBody, NodeId, Term};
+use raft_core::{AppendResult, ConflictHint, Entry, EntryPayload, GroupId, Index, Message, MessageBody, NodeId, Term};
 use raft_net::frame::{
     FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MIN, FRAME_PREFIX_BYTES, HELLO_ENCODED_BYTES_MAX, MAGIC, PROTOCOL_VERSION,
     SNAPSHOT_CHUNK_BYTES_MAX, check_decode, decode_frame, encode_frame, encode_frame_into, read_frame,
@@ -87,7 +87,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         hello,
         Just(Frame::HelloAccepted),
         reason().prop_map(|reason| Frame::HelloRejected { reason }),
-        message().prop_map(Frame::Message),
+        (any::<u64>(), message()).prop_map(|(group, message)| Frame::Message { group: GroupId(group), message }),
+        Just(Frame::Keepalive),
     ]
 }
 
@@ -142,7 +143,8 @@ fn an_oversized_length_prefix_is_too_large() {
 
 #[test]
 fn an_oversized_value_is_not_encoded_and_leaves_the_buffer_alone() {
-    let frame = Frame::Message(common::large_message(1, 2, 3, 2 * FRAME_BYTES_MIN as usize));
+    let message = common::large_message(1, 2, 3, 2 * FRAME_BYTES_MIN as usize);
+    let frame = Frame::Message { group: GroupId(4), message };
     let mut buffer = vec![1, 2, 3];
     let result = encode_frame_into(&frame, FRAME_BYTES_MIN, &mut buffer);
     assert!(matches!(result, Err(FrameError::TooLarge { max: FRAME_BYTES_MIN, .. })), "{result:?}");
@@ -151,7 +153,8 @@ fn an_oversized_value_is_not_encoded_and_leaves_the_buffer_alone() {
 
 #[test]
 fn a_snapshot_sized_chunk_fits_the_smallest_frame_limit() {
-    let frame = Frame::Message(common::large_message(u64::MAX, u64::MAX, u64::MAX, SNAPSHOT_CHUNK_BYTES_MAX as usize));
+    let message = common::large_message(u64::MAX, u64::MAX, u64::MAX, SNAPSHOT_CHUNK_BYTES_MAX as usize);
+    let frame = Frame::Message { group: GroupId(u64::MAX), message };
     let bytes = encode_frame(&frame, FRAME_BYTES_MIN).expect("a 64 KiB payload fits FRAME_BYTES_MIN");
     assert_eq!(decode_frame::<Frame>(&bytes, FRAME_BYTES_MIN), Ok(Some((frame, bytes.len()))));
 }
@@ -192,7 +195,7 @@ fn hello_checks_name_the_first_mismatch() {
 
 #[tokio::test]
 async fn read_frame_reads_frames_back_to_back_then_reports_the_end() {
-    let frames = [Frame::HelloAccepted, Frame::Message(common::message(1, 2, 3))];
+    let frames = [Frame::HelloAccepted, Frame::Message { group: GroupId(9), message: common::message(1, 2, 3) }];
     let mut bytes = Vec::new();
     for frame in &frames {
         encode_frame_into(frame, 64, &mut bytes).expect("encode");

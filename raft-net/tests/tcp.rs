@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::{PATIENCE, large_message, message, receive_term, send_until_received, send_until_unreachable};
-use raft_core::{Message, NodeId};
+use raft_core::{GroupId, Message, NodeId};
 use raft_net::frame::{FRAME_BYTES_MIN, HELLO_FRAME_BYTES_MAX, PROTOCOL_VERSION, read_frame, write_frame};
 use raft_net::{
     Accept, Connect, Frame, Hello, PeerState, RejectReason, SendError, StartError, TcpOptions, TcpOptionsError,
@@ -267,8 +267,8 @@ async fn bad_frames_close_only_their_connection() {
     let after_handshake: [&[u8]; 4] = [
         &(FRAME_BYTES_MIN + 1).to_be_bytes(),
         &[0, 0, 0, 3, 0xff, 0xff, 0xff],
-        &frame_bytes(&Frame::Message(message(2, 1, 7))),
-        &frame_bytes(&Frame::Message(message(3, 2, 8))),
+        &frame_bytes(&Frame::Message { group: GroupId::DEFAULT, message: message(2, 1, 7) }),
+        &frame_bytes(&Frame::Message { group: GroupId::DEFAULT, message: message(3, 2, 8) }),
     ];
     for (case, bytes) in after_handshake.iter().enumerate() {
         let (mut stream, reply) = raw_handshake(address, Hello::new(CLUSTER, NodeId(3), NodeId(1))).await;
@@ -550,7 +550,10 @@ async fn keepalives_from_a_peer_keep_its_connection_open_past_the_idle_timeout()
         write_frame(&mut stream, &Frame::Keepalive, FRAME_BYTES_MIN).await.expect("the connection is open");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stream.write_all(&frame_bytes(&Frame::Message(message(2, 1, 7)))).await.expect("the connection is open");
+    stream
+        .write_all(&frame_bytes(&Frame::Message { group: GroupId::DEFAULT, message: message(2, 1, 7) }))
+        .await
+        .expect("the connection is open");
     receive_term(&mut inbox, 7).await;
 }
 
@@ -568,7 +571,7 @@ async fn a_frame_arriving_slowly_but_steadily_outlasts_the_idle_timeout() {
         TcpTransport::start(CLUSTER, NodeId(1), listener().await, TokioConnector, known, quick).expect("start");
     let (mut stream, reply) = raw_handshake(one.local_address(), Hello::new(CLUSTER, NodeId(2), NodeId(1))).await;
     assert_eq!(reply, Frame::HelloAccepted);
-    let bytes = frame_bytes(&Frame::Message(message(2, 1, 9)));
+    let bytes = frame_bytes(&Frame::Message { group: GroupId::DEFAULT, message: message(2, 1, 9) });
     let pause = Duration::from_millis(900) / bytes.len() as u32;
     for byte in bytes {
         stream.write_all(&[byte]).await.expect("write a byte");
