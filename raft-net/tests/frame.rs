@@ -122,6 +122,27 @@ proptest! {
     }
 
     #[test]
+    fn a_message_tag_and_a_group_before_garbage_decode_whole_or_fail_typed(
+        group in any::<u64>(),
+        garbage in vec(any::<u8>(), 0..128),
+    ) {
+        // The message variant's tag, a group, then anything.
+        let mut payload = vec![3];
+        payload.extend_from_slice(&postcard::to_allocvec(&GroupId(group)).expect("encode a group"));
+        payload.extend_from_slice(&garbage);
+        let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&payload);
+        match decode_frame::<Frame>(&bytes, FRAME_BYTES_MAX_DEFAULT) {
+            Ok(Some((Frame::Message { group: decoded, .. }, used))) => {
+                prop_assert_eq!(decoded, GroupId(group));
+                prop_assert_eq!(used, bytes.len());
+            }
+            Err(FrameError::Decode(_) | FrameError::TrailingBytes { .. }) => {}
+            other => prop_assert!(false, "neither a message of the group nor a typed decoding error: {:?}", other),
+        }
+    }
+
+    #[test]
     fn mutated_frames_never_panic(frame in frame(), position in any::<prop::sample::Index>(), byte in any::<u8>()) {
         let mut bytes = encode_frame(&frame, FRAME_BYTES_MAX_DEFAULT).expect("encode");
         let position = position.index(bytes.len());
