@@ -9,29 +9,23 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{PATIENCE, message, receive_term, send_until_received};
+use common::{
+    PATIENCE, assert_closed, listener, message, raw_handshake, receive_term, send_until_received,
+    tcp_options as options, unused_address,
+};
 use raft_core::{GroupId, Message, NodeId};
-use raft_net::frame::{HELLO_FRAME_BYTES_MAX, encode_frame, read_frame, write_frame};
+use raft_net::frame::encode_frame;
 use raft_net::{
     Frame, Hello, RegisterGroupError, TcpGroupTransport, TcpOptions, TcpStats, TcpTransport, TokioConnector, Transport,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::timeout;
 
 const CLUSTER: u64 = 7;
-
-fn options() -> TcpOptions {
-    TcpOptions {
-        backoff_base: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(200),
-        ..TcpOptions::default()
-    }
-}
 
 /// One group on one node: its transport and its inbound messages.
 struct Group {
@@ -74,10 +68,6 @@ async fn two_nodes(groups_of_one: &[u64], groups_of_two: &[u64], options: TcpOpt
     let two = nodes.pop().expect("node 2");
     let one = nodes.pop().expect("node 1");
     (one, two)
-}
-
-async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
 }
 
 /// Connects both directions through group `group` (messages sent before a connection exists
@@ -296,7 +286,7 @@ async fn random_bytes_after_a_handshake_create_no_group_and_harm_no_group() {
     let (mut one, mut two) = two_nodes(&[1, 2], &[1, 2], options()).await;
     connect_both_ways(&mut one, &mut two, 1).await;
     // Node 3 is a peer of node 1 with no transport: the raw clients speak as node 3.
-    one.transport.add_peer(NodeId(3), "127.0.0.1:9".parse().expect("an address"));
+    one.transport.add_peer(NodeId(3), unused_address());
     let address = one.transport.local_address();
     let mut rng = ChaCha8Rng::seed_from_u64(19);
     for case in 0..24 {
@@ -321,19 +311,11 @@ async fn random_bytes_after_a_handshake_create_no_group_and_harm_no_group() {
                 bytes
             }
         };
-        let mut stream = TcpStream::connect(address).await.expect("connect");
-        write_frame(&mut stream, &Frame::Hello(Hello::new(CLUSTER, NodeId(3), NodeId(1))), HELLO_FRAME_BYTES_MAX)
-            .await
-            .expect("hello");
-        let reply: Frame = read_frame(&mut stream, HELLO_FRAME_BYTES_MAX, &mut Vec::new()).await.expect("a reply");
+        let (mut stream, reply) = raw_handshake(address, Hello::new(CLUSTER, NodeId(3), NodeId(1))).await;
         assert_eq!(reply, Frame::HelloAccepted);
         stream.write_all(&bytes).await.expect("write");
         stream.shutdown().await.expect("end the stream");
-        let closed = async {
-            let mut buffer = [0; 64];
-            while let Ok(1..) = stream.read(&mut buffer).await {}
-        };
-        timeout(PATIENCE, closed).await.unwrap_or_else(|_| panic!("case {case}: the connection stayed open"));
+        assert_closed(&mut stream, &format!("random bytes, case {case}")).await;
     }
     assert_eq!(one.transport.groups(), [GroupId(1), GroupId(2)], "no group was created");
     two.group(2).transport.send(message(2, 1, 50)).expect("queued");

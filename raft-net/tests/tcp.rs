@@ -12,43 +12,27 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::{PATIENCE, large_message, message, receive_term, send_until_received, send_until_unreachable};
+use common::{
+    PATIENCE, assert_closed, large_message, listener, message, raw_handshake, receive_term, send_until_received,
+    send_until_unreachable, tcp_options as options, unused_address,
+};
 use raft_core::{GroupId, Message, NodeId};
 use raft_net::frame::{FRAME_BYTES_MIN, HELLO_FRAME_BYTES_MAX, PROTOCOL_VERSION, read_frame, write_frame};
 use raft_net::{
     Accept, Connect, Frame, Hello, PeerState, RejectReason, SendError, StartError, TcpOptions, TcpOptionsError,
     TcpTransport, TokioConnector, Transport,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::timeout;
 
 const CLUSTER: u64 = 7;
 
-/// Fast reconnects, so that tests spend little time in backoff (no test depends on it).
-fn options() -> TcpOptions {
-    TcpOptions {
-        backoff_base: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(200),
-        ..TcpOptions::default()
-    }
-}
-
 struct Node {
     transport: TcpTransport,
     inbox: mpsc::Receiver<Message>,
-}
-
-async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
-}
-
-/// An address where nothing listens (bound once, then released).
-fn unused_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address")
 }
 
 fn peers_of(id: u64, addresses: &BTreeMap<NodeId, SocketAddr>) -> BTreeMap<NodeId, SocketAddr> {
@@ -74,31 +58,6 @@ async fn start_cluster(ids: &[u64], options: TcpOptions) -> (Vec<Node>, BTreeMap
         nodes.push(Node { transport, inbox });
     }
     (nodes, addresses)
-}
-
-/// Connects a raw client, sends `hello`, and returns the stream and the reply.
-async fn raw_handshake(address: SocketAddr, hello: Hello) -> (TcpStream, Frame) {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
-    write_frame(&mut stream, &Frame::Hello(hello), HELLO_FRAME_BYTES_MAX).await.expect("write hello");
-    let reply = timeout(PATIENCE, read_frame(&mut stream, HELLO_FRAME_BYTES_MAX, &mut Vec::new()))
-        .await
-        .expect("a reply in time")
-        .expect("a reply frame");
-    (stream, reply)
-}
-
-/// Waits until the transport closes `stream` (end of stream or reset).
-async fn assert_closed(stream: &mut TcpStream, what: &str) {
-    let wait = async {
-        let mut buffer = [0; 64];
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    };
-    timeout(PATIENCE, wait).await.unwrap_or_else(|_| panic!("the transport did not close the connection: {what}"));
 }
 
 /// Node `sender` to send with and node `receiver` to receive with.
