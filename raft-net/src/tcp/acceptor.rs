@@ -183,7 +183,6 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         };
         let message = match queue.try_send(message) {
             Ok(()) => {
-                Counters::add(&counters.messages_delivered, 1);
                 if !congested.is_empty() {
                     congested.remove(&group);
                 }
@@ -201,7 +200,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
             continue;
         }
         match timeout(inbound.inbound_full_timeout, queue.send(message)).await {
-            Ok(Ok(())) => Counters::add(&counters.messages_delivered, 1),
+            Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 Counters::add(&counters.unknown_group_drops, 1);
                 debug!(local = %inbound.local_id, %peer, %group, "dropped a message for a group whose receiver is gone");
