@@ -12,7 +12,7 @@
 
 use std::io;
 
-use raft_core::{Message, NodeId};
+use raft_core::{GroupId, Message, NodeId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -28,13 +28,15 @@ pub const MAGIC: [u8; 4] = *b"RFTN";
 /// snapshot checksums: `data_crc32` in every snapshot's metadata, `chunk_crc32` in
 /// `InstallSnapshot`, and the `SnapshotRefused` message. Version 4 names the halves of a joint
 /// membership and adds `learners_next` to it (voters being demoted wait there until the joint
-/// configuration is left).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// configuration is left). Version 5 names the group of every message ([`Frame::Message`]'s
+/// `group`): one connection between two nodes carries the messages of every group they share.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The largest snapshot chunk a message will carry (snapshot transfer is planned in raft-core).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: u32 = 64 * 1024;
 
-/// Room for everything in a message around a snapshot chunk: tags, ids, term, indexes, lengths.
+/// Room for everything in a message frame around a snapshot chunk: tags, the group, ids, term,
+/// indexes, lengths.
 pub const MESSAGE_ENVELOPE_BYTES_MAX: u32 = 4 * 1024;
 
 /// The smallest allowed `frame_bytes_max`: a full snapshot chunk with its envelope must fit.
@@ -59,7 +61,8 @@ const _: () = assert!(HELLO_FRAME_BYTES_MAX <= FRAME_BYTES_MIN);
 ///
 /// A connection starts with [`Frame::Hello`] from the dialer, answered by
 /// [`Frame::HelloAccepted`] or [`Frame::HelloRejected`]; after acceptance only the dialer writes,
-/// and only [`Frame::Message`] and [`Frame::Keepalive`] frames.
+/// and only [`Frame::Message`] and [`Frame::Keepalive`] frames. The handshake is between nodes;
+/// groups appear only in the messages, so one connection carries every group's messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Frame {
@@ -72,8 +75,14 @@ pub enum Frame {
         /// Why.
         reason: RejectReason,
     },
-    /// A Raft message.
-    Message(Message),
+    /// A Raft message of one group (the group was added in protocol version 5). A message for a
+    /// group the receiving node does not host is dropped and counted there.
+    Message {
+        /// The group the message belongs to: the same id names the same group on every node.
+        group: GroupId,
+        /// The message.
+        message: Message,
+    },
     /// Nothing: sent by an idle dialer so that the acceptor can tell a quiet connection from a
     /// dead one (added in protocol version 2).
     Keepalive,

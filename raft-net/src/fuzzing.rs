@@ -2,16 +2,19 @@
 //! panics only on a bug in this crate. The cargo-fuzz targets in `fuzz/` call them, and the
 //! crate's tests replay the stored corpus through them.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
-use raft_core::Message;
+use raft_core::{GroupId, Message, NodeId};
 
 use crate::frame::{
     FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES, Frame, FrameError, HELLO_FRAME_BYTES_MAX, check_decode, decode_frame,
     decode_payload, encode_frame, read_frame,
 };
+use crate::tcp::fuzzing::{ConnectionError, Counters, GroupRegistry, Inbound, read_loop};
 
 /// Frames decoded from one input at most (a stream of tiny frames would otherwise make one input
 /// run long).
@@ -22,10 +25,13 @@ const FRAMES_PER_INPUT_MAX: usize = 64;
 /// value, and the encoding is canonical: encoding the value again gives the same bytes, never
 /// more than were read); a frame's strict prefixes are incomplete, not errors; the buffer decoder
 /// and the stream reader agree; a frame accepted under the handshake limit is accepted the same
-/// under the normal one. The bytes are read three ways: as a stream of frames, as one frame
-/// payload, and as one bare [`Message`] payload.
+/// under the normal one. The bytes are read four ways: as a stream of frames, as one frame
+/// payload, as one bare [`Message`] payload, and as what a peer sends after a valid handshake,
+/// read by the TCP transport's own reader into a node that hosts two groups (see
+/// [`check_reader`]).
 pub fn frames(data: &[u8]) {
     check_decode(data);
+    check_reader(data);
     let mut rest = data;
     for _ in 0..FRAMES_PER_INPUT_MAX {
         match check_one_frame(rest) {
@@ -42,6 +48,97 @@ pub fn frames(data: &[u8]) {
         let decoded = decode_payload::<Message>(&encoded).expect("an encoded message decodes");
         assert_eq!(decoded, message, "a decoded message must round-trip");
     }
+}
+
+/// The node the reader runs on, the peer that handshook, and the groups the node hosts.
+const READER_LOCAL: NodeId = NodeId(1);
+const READER_PEER: NodeId = NodeId(2);
+const READER_GROUPS: [GroupId; 2] = [GroupId::DEFAULT, GroupId(7)];
+
+/// How a connection's reading ends, in terms both the reader and the frame decoder give.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// The bytes end between two frames.
+    Closed,
+    /// The bytes end inside a frame.
+    Cut,
+    /// A frame fails to decode, with this error.
+    Frame(FrameError),
+    /// A frame other than a message or a keepalive.
+    UnexpectedFrame,
+    /// A message not from the peer.
+    WrongSender,
+    /// A message not to this node.
+    WrongReceiver,
+}
+
+/// `bytes` as what peer [`READER_PEER`] sends after its handshake to node [`READER_LOCAL`], which
+/// hosts [`READER_GROUPS`], read by the TCP transport's reader. The reader ends with a typed
+/// error that matches the frame decoder's reading of the same bytes; every message it read before
+/// that is delivered to its group's queue, in order, if the node hosts the group, and otherwise
+/// dropped and counted; no group is created, and no message reaches another group.
+fn check_reader(bytes: &[u8]) {
+    let registry = GroupRegistry::default();
+    // More room than the bytes have frames, so the reader never waits for room.
+    let capacity = bytes.len() / FRAME_PREFIX_BYTES + 1;
+    let mut receivers: Vec<_> = READER_GROUPS.iter().map(|group| (*group, registry.open(*group, capacity))).collect();
+    let counters = Counters::default();
+    let inbound = Inbound {
+        local_id: READER_LOCAL,
+        frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+        read_buffer_bytes: 64,
+        inbound_full_timeout: Duration::from_secs(1),
+        groups: &registry,
+        counters: &counters,
+    };
+    let mut reader = bytes;
+    let end = match block_on(read_loop(&inbound, &mut reader, READER_PEER)) {
+        ConnectionError::Frame(FrameError::Closed) => End::Closed,
+        ConnectionError::Frame(error) if error.io_kind() == Some(std::io::ErrorKind::UnexpectedEof) => End::Cut,
+        ConnectionError::Frame(error) => End::Frame(error),
+        ConnectionError::UnexpectedFrame => End::UnexpectedFrame,
+        ConnectionError::WrongSender { .. } => End::WrongSender,
+        ConnectionError::WrongReceiver(_) => End::WrongReceiver,
+        other => panic!("a reader over bytes in memory ended with {other}"),
+    };
+
+    let mut expected: BTreeMap<GroupId, Vec<Message>> = BTreeMap::new();
+    let mut unknown: u64 = 0;
+    let mut rest = bytes;
+    let expected_end = loop {
+        let (frame, used) = match decode_frame::<Frame>(rest, FRAME_BYTES_MAX_DEFAULT) {
+            Ok(Some(decoded)) => decoded,
+            Ok(None) if rest.is_empty() => break End::Closed,
+            Ok(None) => break End::Cut,
+            Err(error) => break End::Frame(error),
+        };
+        rest = &rest[used..];
+        let (group, message) = match frame {
+            Frame::Message { group, message } => (group, message),
+            Frame::Keepalive => continue,
+            _ => break End::UnexpectedFrame,
+        };
+        if message.from != READER_PEER {
+            break End::WrongSender;
+        }
+        if message.to != READER_LOCAL {
+            break End::WrongReceiver;
+        }
+        if READER_GROUPS.contains(&group) {
+            expected.entry(group).or_default().push(message);
+        } else {
+            unknown += 1;
+        }
+    };
+    assert_eq!(end, expected_end, "the reader and the decoder disagree on how the bytes end");
+    for (group, receiver) in &mut receivers {
+        let delivered: Vec<Message> = std::iter::from_fn(|| receiver.try_recv().ok()).collect();
+        assert_eq!(delivered, expected.remove(group).unwrap_or_default(), "group {group} got other messages");
+    }
+    let stats = counters.snapshot();
+    assert_eq!(stats.unknown_group_drops, unknown, "every message of an unknown group is counted");
+    assert_eq!(stats.inbound_full_drops, 0, "no queue was full");
+    assert_eq!(registry.ids(), READER_GROUPS, "no group is created by a peer");
 }
 
 /// Checks the frame at the start of `bytes`; returns the bytes it took, or `None` when there is no

@@ -74,9 +74,9 @@
 //!
 //! ## Transports
 //!
-//! Transports carry [`raft_core::Message`]s between the nodes of a group:
+//! Transports carry [`raft_core::Message`]s between nodes, for one Raft group or for many:
 //!
-//! - the [`Transport`] trait, which a node's driver uses to send;
+//! - the [`Transport`] trait, which a node's driver uses to send for its group;
 //! - [`MemNetwork`] / [`MemTransport`]: in memory, deterministic, with fault controls (partitions,
 //!   isolation, crashes) for tests and benchmarks;
 //! - [`TcpTransport`]: length-prefixed postcard [`frame`]s over TCP, a handshake that checks
@@ -84,24 +84,43 @@
 //!   batched writes, reconnects with exponential backoff and seeded jitter. Generic over the
 //!   stream type through [`Connect`] and [`Accept`], so a simulated network can stand in.
 //!
+//! ### Groups
+//!
+//! A transport belongs to a node, and the node's Raft groups (each named by a
+//! [`raft_core::GroupId`]) share it: [`TcpTransport::register_group`] (or
+//! [`MemNetwork::join_group`]) returns one group's [`Transport`] and the receiver of its inbound
+//! messages, which is what [`start`] takes, so N groups run as N drivers on one transport. Every
+//! frame names its group; the handshake stays between nodes, so two nodes keep one connection in
+//! each direction whatever the number of groups they share, and what is queued for a peer leaves
+//! in one write whatever its groups. Peers, partitions and crashes are the node's. A node that runs
+//! one group is the one-group case: [`TcpTransport::start`] and [`MemNetwork::join`] join
+//! [`raft_core::GroupId::DEFAULT`]. A message for a group the receiving node does not host is
+//! dropped and counted ([`TcpStats::unknown_group_drops`], [`MemNetwork::unknown_group_drops`]);
+//! a peer never creates a group.
+//!
 //! ### Sending and receiving
 //!
 //! [`Transport::send`] never blocks: it puts the message on a bounded queue or fails with a typed
 //! [`SendError`], and the message is dropped (Raft retransmits). [`SendError::Unreachable`] means
 //! the peer is down or partitioned right now; the driver should pass that on to the core.
 //!
-//! Received messages come out of a bounded `tokio::sync::mpsc::Receiver<Message>` handed out when
-//! the transport is created. Every message in it was addressed to this node and, over TCP, came
-//! over a connection whose handshake named the message's sender.
+//! Received messages come out of a bounded `tokio::sync::mpsc::Receiver<Message>` per group,
+//! handed out when the group joins the transport. Every message in it was addressed to this node
+//! and to that group and, over TCP, came over a connection whose handshake named the message's
+//! sender.
 //!
 //! ### Back-pressure
 //!
-//! When the inbound channel is full, [`TcpTransport`]'s readers wait: they stop reading, TCP flow
-//! control stops the senders' writes, their per-peer queues fill and their `send` fails with
-//! [`SendError::QueueFull`]. Nothing is dropped on the receiving side, but a driver that stops
-//! taking messages for longer than the senders' `write_timeout` makes them drop the connection
-//! and reconnect (losing what they had queued). [`MemNetwork`] has no connection to hold back:
-//! a full inbound channel fails the sender's `send` with [`SendError::QueueFull`] at once.
+//! When a group's inbound channel is full, [`TcpTransport`]'s reader waits: it stops reading, TCP
+//! flow control stops the sender's writes, its per-peer queue fills and its `send` fails with
+//! [`SendError::QueueFull`]. Nothing is dropped on the receiving side while the group's driver
+//! keeps taking messages. But the connection carries every group from that peer, so the wait is
+//! bounded by [`TcpOptions::inbound_full_timeout`]; after it, the group's messages are dropped
+//! (counted in [`TcpStats::inbound_full_drops`]) while its channel stays full, and the other
+//! groups carry on (see [`TcpTransport`] for why). A driver that stops taking messages for longer than
+//! the senders' `write_timeout` can no longer make them drop the connection. [`MemNetwork`] has no
+//! connection to hold back: a full inbound channel fails the sender's `send` with
+//! [`SendError::QueueFull`] at once.
 //!
 //! ### Example: a transport alone
 //!
@@ -147,7 +166,8 @@ pub use node::{
     TRANSFER_ELECTION_TIMEOUTS_MAX, TransferLeadershipError, start,
 };
 pub use tcp::{
-    Accept, Connect, PeerState, READ_BUFFER_BYTES_DEFAULT, StartError, TcpOption, TcpOptions, TcpOptionsError,
-    TcpTransport, TokioConnector, WRITE_BATCH_BYTES_MAX_DEFAULT,
+    Accept, Connect, INBOUND_FULL_TIMEOUT_DEFAULT, PeerState, READ_BUFFER_BYTES_DEFAULT, RegisterGroupError,
+    StartError, TcpGroupTransport, TcpOption, TcpOptions, TcpOptionsError, TcpStats, TcpTransport, TokioConnector,
+    WRITE_BATCH_BYTES_MAX_DEFAULT,
 };
 pub use transport::{SendError, Transport};

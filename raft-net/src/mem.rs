@@ -5,15 +5,23 @@
 //! are deterministic). Faults are switched on and off through the shared [`MemNetwork`]; each
 //! switch is atomic with respect to every send (sends share a read lock on the network's state,
 //! a switch takes it exclusively).
+//!
+//! Like the TCP transport, the network has a group dimension: a node joins groups
+//! ([`MemNetwork::join_group`]; [`MemNetwork::join`] joins [`GroupId::DEFAULT`]), each with its
+//! own transport and inbound channel, while faults, crashes and peers are the node's. A message for
+//! a group the receiving node does not host is dropped and counted
+//! ([`MemNetwork::unknown_group_drops`]), never delivered elsewhere and never the start of a group.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use raft_core::{Message, NodeId};
+use raft_core::{GroupId, Message, NodeId};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tracing::debug;
 
 use crate::transport::{SendError, Transport};
 
@@ -26,19 +34,23 @@ pub struct MemNetwork {
     state: Arc<RwLock<NetworkState>>,
 }
 
-/// One node's handle for sending into a [`MemNetwork`].
+/// One node's handle for sending one group's messages into a [`MemNetwork`].
 #[derive(Clone, Debug)]
 pub struct MemTransport {
     network: MemNetwork,
     local_id: NodeId,
-    incarnation: u64,
+    group: GroupId,
+    /// The join this handle came from: a handle from before a restart, or from before the group
+    /// was left and joined again, sends nothing.
+    join: u64,
 }
 
-/// Why a node could not join a [`MemNetwork`].
+/// Why a node could not join a group of a [`MemNetwork`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum JoinError {
-    /// The node is already up; [`MemNetwork::remove`] it first to model a restart.
+    /// The node is up and in the group already; [`MemNetwork::remove`] it first to model a
+    /// restart (or [`MemNetwork::leave_group`] the group).
     #[error("node {0} has already joined")]
     AlreadyJoined(NodeId),
 }
@@ -46,8 +58,8 @@ pub enum JoinError {
 #[derive(Debug)]
 struct NetworkState {
     inbound_queue_messages_max: NonZeroUsize,
-    /// Every node that ever joined. A removed (crashed) node keeps its entry, without an inbox.
-    nodes: BTreeMap<NodeId, Mailbox>,
+    /// Every node that ever joined. A removed (crashed) node keeps its entry, without groups.
+    nodes: BTreeMap<NodeId, Node>,
     /// Directed links that drop everything: (from, to).
     cut_links: BTreeSet<(NodeId, NodeId)>,
     /// Nodes cut off from everyone.
@@ -56,10 +68,14 @@ struct NetworkState {
     joins: u64,
 }
 
-#[derive(Debug)]
-struct Mailbox {
-    incarnation: u64,
-    inbox: Option<mpsc::Sender<Message>>,
+#[derive(Debug, Default)]
+struct Node {
+    /// Joined a group since it was last removed (or ever).
+    up: bool,
+    /// The groups it hosts, each with the number of its join and its inbound channel.
+    groups: BTreeMap<GroupId, (u64, mpsc::Sender<Message>)>,
+    /// Messages sent to it for a group it does not host (counted under the read lock).
+    unknown_group_drops: AtomicU64,
 }
 
 impl Default for MemNetwork {
@@ -81,26 +97,64 @@ impl MemNetwork {
         MemNetwork { state: Arc::new(RwLock::new(state)) }
     }
 
-    /// Adds `node_id` (or brings a removed node back, as after a restart): its transport and the
-    /// receiving end of its inbound channel. Partitions involving the node stay as they were.
+    /// Adds `node_id` (or brings a removed node back, as after a restart) in the one group of a
+    /// node that runs one, [`GroupId::DEFAULT`]: its transport and the receiving end of its
+    /// inbound channel. Partitions involving the node stay as they were. Same as
+    /// [`MemNetwork::join_group`] with [`GroupId::DEFAULT`].
     pub fn join(&self, node_id: NodeId) -> Result<(MemTransport, mpsc::Receiver<Message>), JoinError> {
+        self.join_group(node_id, GroupId::DEFAULT)
+    }
+
+    /// Adds `group` to node `node_id`, bringing the node up if it is not (first join, or after
+    /// [`MemNetwork::remove`]): the group's transport on the node and the receiving end of the
+    /// group's inbound channel there. Partitions involving the node stay as they were.
+    pub fn join_group(
+        &self,
+        node_id: NodeId,
+        group: GroupId,
+    ) -> Result<(MemTransport, mpsc::Receiver<Message>), JoinError> {
         let mut state = self.lock();
-        if state.nodes.get(&node_id).is_some_and(|mailbox| mailbox.inbox.is_some()) {
+        state.joins += 1;
+        let join = state.joins;
+        let (inbox, receiver) = mpsc::channel(state.inbound_queue_messages_max.get());
+        let node = state.nodes.entry(node_id).or_default();
+        if node.up && node.groups.contains_key(&group) {
             return Err(JoinError::AlreadyJoined(node_id));
         }
-        state.joins += 1;
-        let incarnation = state.joins;
-        let (inbox, receiver) = mpsc::channel(state.inbound_queue_messages_max.get());
-        state.nodes.insert(node_id, Mailbox { incarnation, inbox: Some(inbox) });
-        let transport = MemTransport { network: self.clone(), local_id: node_id, incarnation };
+        node.up = true;
+        node.groups.insert(group, (join, inbox));
+        let transport = MemTransport { network: self.clone(), local_id: node_id, group, join };
         Ok((transport, receiver))
     }
 
-    /// Crashes `node_id`: its transport handles return [`SendError::Closed`], and messages to it
-    /// fail with [`SendError::Unreachable`] until it joins again. Returns whether it was up.
+    /// Takes `group` off node `node_id`: the group's transports there return
+    /// [`SendError::Closed`], and messages for it are dropped and counted as for any group the
+    /// node does not host. The node and its other groups stay up. Returns whether it hosted it.
+    pub fn leave_group(&self, node_id: NodeId, group: GroupId) -> bool {
+        let mut state = self.lock();
+        state.nodes.get_mut(&node_id).is_some_and(|node| node.groups.remove(&group).is_some())
+    }
+
+    /// The groups node `node_id` hosts, in order (none while it is removed).
+    pub fn groups(&self, node_id: NodeId) -> Vec<GroupId> {
+        self.read().nodes.get(&node_id).map(|node| node.groups.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// How many messages sent to node `node_id` were dropped because it does not host their group.
+    pub fn unknown_group_drops(&self, node_id: NodeId) -> u64 {
+        self.read().nodes.get(&node_id).map_or(0, |node| node.unknown_group_drops.load(Ordering::Relaxed))
+    }
+
+    /// Crashes `node_id`: every group's transport handles on it return [`SendError::Closed`],
+    /// and messages to it fail with [`SendError::Unreachable`] until it joins again. Returns
+    /// whether it was up.
     pub fn remove(&self, node_id: NodeId) -> bool {
         let mut state = self.lock();
-        state.nodes.get_mut(&node_id).and_then(|mailbox| mailbox.inbox.take()).is_some()
+        let Some(node) = state.nodes.get_mut(&node_id) else {
+            return false;
+        };
+        node.groups.clear();
+        std::mem::replace(&mut node.up, false)
     }
 
     /// Cuts the link between `a` and `b` in both directions.
@@ -165,6 +219,13 @@ impl NetworkState {
     }
 }
 
+impl MemTransport {
+    /// The group this transport sends for.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+}
+
 impl Transport for MemTransport {
     fn local_id(&self) -> NodeId {
         self.local_id
@@ -179,15 +240,21 @@ impl Transport for MemTransport {
         let is_current = state
             .nodes
             .get(&self.local_id)
-            .is_some_and(|mailbox| mailbox.incarnation == self.incarnation && mailbox.inbox.is_some());
+            .is_some_and(|node| node.up && node.groups.get(&self.group).is_some_and(|(join, _)| *join == self.join));
         if !is_current {
             return Err(SendError::Closed);
         }
-        let Some(mailbox) = state.nodes.get(&to) else {
+        let Some(node) = state.nodes.get(&to) else {
             return Err(SendError::UnknownPeer(to));
         };
-        let Some(inbox) = mailbox.inbox.as_ref().filter(|_| state.is_link_up(self.local_id, to)) else {
+        if !node.up || !state.is_link_up(self.local_id, to) {
             return Err(SendError::Unreachable(to));
+        }
+        let Some((_, inbox)) = node.groups.get(&self.group) else {
+            // As over TCP: the network drops it, and the sender cannot tell.
+            node.unknown_group_drops.fetch_add(1, Ordering::Relaxed);
+            debug!(local = %self.local_id, peer = %to, group = %self.group, "dropped a message for a group the node does not host");
+            return Ok(());
         };
         inbox.try_send(message).map_err(|error| match error {
             TrySendError::Full(_) => SendError::QueueFull(to),

@@ -3,16 +3,20 @@
 use raft_core::{Message, NodeId};
 use thiserror::Error;
 
-/// Carries one node's outgoing messages to its peers.
+/// Carries one Raft group's outgoing messages from one node to its peers (the same group on
+/// them). A node that hosts many groups has one implementation of this per group, all sharing the
+/// node's transport: `TcpTransport::register_group`, `MemNetwork::join_group`.
 ///
 /// Incoming messages do not pass through this trait: each transport hands out a bounded
-/// `tokio::sync::mpsc::Receiver<Message>` when it is created, which the driver `select!`s on.
+/// `tokio::sync::mpsc::Receiver<Message>` per group when the group joins it, which the group's
+/// driver `select!`s on.
 ///
 /// Delivery is best effort, as Raft expects: a message may be dropped (queue full, peer down,
-/// connection lost with the message in flight) but is never altered, duplicated by the transport,
-/// or delivered to the wrong node. Messages from one node to one peer arrive in the order they
-/// were sent (over TCP: within one connection; a reconnect may in rare races let a message from
-/// the old connection land after one from the new, which Raft tolerates like any reordering).
+/// connection lost with the message in flight, a group the receiving node does not host) but is
+/// never altered, duplicated by the transport, or delivered to the wrong node or the wrong group.
+/// Messages of one group from one node to one peer arrive in the order they were sent (over TCP:
+/// within one connection; a reconnect may in rare races let a message from the old connection
+/// land after one from the new, which Raft tolerates like any reordering).
 pub trait Transport: Send + Sync {
     /// The node this transport sends for.
     fn local_id(&self) -> NodeId;

@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use raft_core::{AppendResult, ConflictHint, Entry, EntryPayload, Index, Message, MessageBody, NodeId, Term};
+use raft_core::{AppendResult, ConflictHint, Entry, EntryPayload, GroupId, Index, Message, MessageBody, NodeId, Term};
 use raft_net::frame::{
     FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MIN, FRAME_PREFIX_BYTES, HELLO_ENCODED_BYTES_MAX, MAGIC, PROTOCOL_VERSION,
     SNAPSHOT_CHUNK_BYTES_MAX, check_decode, decode_frame, encode_frame, encode_frame_into, read_frame,
@@ -87,7 +87,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         hello,
         Just(Frame::HelloAccepted),
         reason().prop_map(|reason| Frame::HelloRejected { reason }),
-        message().prop_map(Frame::Message),
+        (any::<u64>(), message()).prop_map(|(group, message)| Frame::Message { group: GroupId(group), message }),
+        Just(Frame::Keepalive),
     ]
 }
 
@@ -121,6 +122,27 @@ proptest! {
     }
 
     #[test]
+    fn a_message_tag_and_a_group_before_garbage_decode_whole_or_fail_typed(
+        group in any::<u64>(),
+        garbage in vec(any::<u8>(), 0..128),
+    ) {
+        // The message variant's tag, a group, then anything.
+        let mut payload = vec![3];
+        payload.extend_from_slice(&postcard::to_allocvec(&GroupId(group)).expect("encode a group"));
+        payload.extend_from_slice(&garbage);
+        let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&payload);
+        match decode_frame::<Frame>(&bytes, FRAME_BYTES_MAX_DEFAULT) {
+            Ok(Some((Frame::Message { group: decoded, .. }, used))) => {
+                prop_assert_eq!(decoded, GroupId(group));
+                prop_assert_eq!(used, bytes.len());
+            }
+            Err(FrameError::Decode(_) | FrameError::TrailingBytes { .. }) => {}
+            other => prop_assert!(false, "neither a message of the group nor a typed decoding error: {:?}", other),
+        }
+    }
+
+    #[test]
     fn mutated_frames_never_panic(frame in frame(), position in any::<prop::sample::Index>(), byte in any::<u8>()) {
         let mut bytes = encode_frame(&frame, FRAME_BYTES_MAX_DEFAULT).expect("encode");
         let position = position.index(bytes.len());
@@ -142,7 +164,8 @@ fn an_oversized_length_prefix_is_too_large() {
 
 #[test]
 fn an_oversized_value_is_not_encoded_and_leaves_the_buffer_alone() {
-    let frame = Frame::Message(common::large_message(1, 2, 3, 2 * FRAME_BYTES_MIN as usize));
+    let message = common::large_message(1, 2, 3, 2 * FRAME_BYTES_MIN as usize);
+    let frame = Frame::Message { group: GroupId(4), message };
     let mut buffer = vec![1, 2, 3];
     let result = encode_frame_into(&frame, FRAME_BYTES_MIN, &mut buffer);
     assert!(matches!(result, Err(FrameError::TooLarge { max: FRAME_BYTES_MIN, .. })), "{result:?}");
@@ -151,7 +174,8 @@ fn an_oversized_value_is_not_encoded_and_leaves_the_buffer_alone() {
 
 #[test]
 fn a_snapshot_sized_chunk_fits_the_smallest_frame_limit() {
-    let frame = Frame::Message(common::large_message(u64::MAX, u64::MAX, u64::MAX, SNAPSHOT_CHUNK_BYTES_MAX as usize));
+    let message = common::large_message(u64::MAX, u64::MAX, u64::MAX, SNAPSHOT_CHUNK_BYTES_MAX as usize);
+    let frame = Frame::Message { group: GroupId(u64::MAX), message };
     let bytes = encode_frame(&frame, FRAME_BYTES_MIN).expect("a 64 KiB payload fits FRAME_BYTES_MIN");
     assert_eq!(decode_frame::<Frame>(&bytes, FRAME_BYTES_MIN), Ok(Some((frame, bytes.len()))));
 }
@@ -192,7 +216,7 @@ fn hello_checks_name_the_first_mismatch() {
 
 #[tokio::test]
 async fn read_frame_reads_frames_back_to_back_then_reports_the_end() {
-    let frames = [Frame::HelloAccepted, Frame::Message(common::message(1, 2, 3))];
+    let frames = [Frame::HelloAccepted, Frame::Message { group: GroupId(9), message: common::message(1, 2, 3) }];
     let mut bytes = Vec::new();
     for frame in &frames {
         encode_frame_into(frame, 64, &mut bytes).expect("encode");

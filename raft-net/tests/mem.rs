@@ -6,7 +6,7 @@ mod common;
 use std::num::NonZeroUsize;
 
 use common::message;
-use raft_core::{Message, NodeId};
+use raft_core::{GroupId, Message, NodeId};
 use raft_net::{JoinError, MemNetwork, SendError, Transport};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -132,4 +132,71 @@ async fn works_as_a_trait_object_under_a_runtime() {
     let transport: Box<dyn Transport> = Box::new(one);
     transport.send(message(1, 2, 1)).expect("send");
     assert_eq!(inbox_two.recv().await, Some(message(1, 2, 1)));
+}
+
+#[test]
+fn groups_on_the_same_nodes_get_only_their_own_messages_in_order() {
+    let network = MemNetwork::default();
+    let (one_a, mut inbox_one_a) = network.join_group(NodeId(1), GroupId(10)).expect("join 1 in 10");
+    let (one_b, _inbox_one_b) = network.join_group(NodeId(1), GroupId(20)).expect("join 1 in 20");
+    let (_two_a, mut inbox_two_a) = network.join_group(NodeId(2), GroupId(10)).expect("join 2 in 10");
+    let (two_b, mut inbox_two_b) = network.join_group(NodeId(2), GroupId(20)).expect("join 2 in 20");
+    assert_eq!((one_a.group(), two_b.group()), (GroupId(10), GroupId(20)));
+    for term in 1..=3 {
+        one_a.send(message(1, 2, term)).expect("send in 10");
+        one_b.send(message(1, 2, term + 100)).expect("send in 20");
+    }
+    two_b.send(message(2, 1, 7)).expect("send in 20");
+    assert_eq!(drain(&mut inbox_two_a), [1, 2, 3]);
+    assert_eq!(drain(&mut inbox_two_b), [101, 102, 103]);
+    assert_eq!(inbox_one_a.try_recv(), Err(TryRecvError::Empty), "group 20's message stayed in group 20");
+    assert_eq!(network.groups(NodeId(1)), [GroupId(10), GroupId(20)]);
+    assert_eq!(network.join_group(NodeId(1), GroupId(10)).map(|_| ()), Err(JoinError::AlreadyJoined(NodeId(1))));
+    // Partitions are the node's: every group is cut.
+    network.disconnect(NodeId(1), NodeId(2));
+    assert_eq!(one_a.send(message(1, 2, 4)), Err(SendError::Unreachable(NodeId(2))));
+    assert_eq!(one_b.send(message(1, 2, 5)), Err(SendError::Unreachable(NodeId(2))));
+}
+
+#[test]
+fn a_message_for_a_group_the_node_does_not_host_is_dropped_and_counted() {
+    let network = MemNetwork::default();
+    let (one, _inbox_one) = network.join_group(NodeId(1), GroupId(3)).expect("join 1 in 3");
+    let (_two, mut inbox_two) = network.join(NodeId(2)).expect("join 2 in the default group");
+    one.send(message(1, 2, 1)).expect("dropped by the network, as over TCP");
+    one.send(message(1, 2, 2)).expect("dropped by the network, as over TCP");
+    assert_eq!(network.unknown_group_drops(NodeId(2)), 2);
+    assert_eq!(network.unknown_group_drops(NodeId(1)), 0);
+    assert_eq!(network.groups(NodeId(2)), [GroupId::DEFAULT], "no group was created");
+    assert_eq!(inbox_two.try_recv(), Err(TryRecvError::Empty), "nothing reached the default group");
+}
+
+#[test]
+fn leaving_a_group_stops_its_delivery_and_closes_its_handles_only() {
+    let network = MemNetwork::default();
+    let (one_a, _inbox_one_a) = network.join_group(NodeId(1), GroupId(1)).expect("join");
+    let (one_b, _inbox_one_b) = network.join_group(NodeId(1), GroupId(2)).expect("join");
+    let (two_a, mut inbox_two_a) = network.join_group(NodeId(2), GroupId(1)).expect("join");
+    let (_two_b, mut inbox_two_b) = network.join_group(NodeId(2), GroupId(2)).expect("join");
+    assert!(network.leave_group(NodeId(2), GroupId(1)));
+    assert!(!network.leave_group(NodeId(2), GroupId(1)));
+    assert_eq!(two_a.send(message(2, 1, 1)), Err(SendError::Closed), "its handles are closed");
+    one_a.send(message(1, 2, 2)).expect("dropped and counted");
+    one_b.send(message(1, 2, 3)).expect("the other group still delivers");
+    assert_eq!(network.unknown_group_drops(NodeId(2)), 1);
+    assert_eq!(inbox_two_a.try_recv(), Err(TryRecvError::Disconnected));
+    assert_eq!(drain(&mut inbox_two_b), [3]);
+
+    // Joined again, the group receives again; the handle from before stays closed.
+    let (two_a_again, mut inbox_again) = network.join_group(NodeId(2), GroupId(1)).expect("join again");
+    one_a.send(message(1, 2, 4)).expect("delivered");
+    assert_eq!(drain(&mut inbox_again), [4]);
+    two_a_again.send(message(2, 1, 5)).expect("the new handle sends");
+    assert_eq!(two_a.send(message(2, 1, 6)), Err(SendError::Closed));
+
+    // A crash takes every group of the node down.
+    assert!(network.remove(NodeId(2)));
+    assert_eq!(network.groups(NodeId(2)), Vec::<GroupId>::new());
+    assert_eq!(one_b.send(message(1, 2, 7)), Err(SendError::Unreachable(NodeId(2))));
+    assert_eq!(two_a_again.send(message(2, 1, 8)), Err(SendError::Closed));
 }

@@ -12,43 +12,27 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::{PATIENCE, large_message, message, receive_term, send_until_received, send_until_unreachable};
-use raft_core::{Message, NodeId};
+use common::{
+    PATIENCE, assert_closed, large_message, listener, message, raw_handshake, receive_term, send_until_received,
+    send_until_unreachable, tcp_options as options, unused_address,
+};
+use raft_core::{GroupId, Message, NodeId};
 use raft_net::frame::{FRAME_BYTES_MIN, HELLO_FRAME_BYTES_MAX, PROTOCOL_VERSION, read_frame, write_frame};
 use raft_net::{
     Accept, Connect, Frame, Hello, PeerState, RejectReason, SendError, StartError, TcpOptions, TcpOptionsError,
     TcpTransport, TokioConnector, Transport,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::timeout;
 
 const CLUSTER: u64 = 7;
 
-/// Fast reconnects, so that tests spend little time in backoff (no test depends on it).
-fn options() -> TcpOptions {
-    TcpOptions {
-        backoff_base: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(200),
-        ..TcpOptions::default()
-    }
-}
-
 struct Node {
     transport: TcpTransport,
     inbox: mpsc::Receiver<Message>,
-}
-
-async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
-}
-
-/// An address where nothing listens (bound once, then released).
-fn unused_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address")
 }
 
 fn peers_of(id: u64, addresses: &BTreeMap<NodeId, SocketAddr>) -> BTreeMap<NodeId, SocketAddr> {
@@ -74,31 +58,6 @@ async fn start_cluster(ids: &[u64], options: TcpOptions) -> (Vec<Node>, BTreeMap
         nodes.push(Node { transport, inbox });
     }
     (nodes, addresses)
-}
-
-/// Connects a raw client, sends `hello`, and returns the stream and the reply.
-async fn raw_handshake(address: SocketAddr, hello: Hello) -> (TcpStream, Frame) {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
-    write_frame(&mut stream, &Frame::Hello(hello), HELLO_FRAME_BYTES_MAX).await.expect("write hello");
-    let reply = timeout(PATIENCE, read_frame(&mut stream, HELLO_FRAME_BYTES_MAX, &mut Vec::new()))
-        .await
-        .expect("a reply in time")
-        .expect("a reply frame");
-    (stream, reply)
-}
-
-/// Waits until the transport closes `stream` (end of stream or reset).
-async fn assert_closed(stream: &mut TcpStream, what: &str) {
-    let wait = async {
-        let mut buffer = [0; 64];
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    };
-    timeout(PATIENCE, wait).await.unwrap_or_else(|_| panic!("the transport did not close the connection: {what}"));
 }
 
 /// Node `sender` to send with and node `receiver` to receive with.
@@ -267,8 +226,8 @@ async fn bad_frames_close_only_their_connection() {
     let after_handshake: [&[u8]; 4] = [
         &(FRAME_BYTES_MIN + 1).to_be_bytes(),
         &[0, 0, 0, 3, 0xff, 0xff, 0xff],
-        &frame_bytes(&Frame::Message(message(2, 1, 7))),
-        &frame_bytes(&Frame::Message(message(3, 2, 8))),
+        &frame_bytes(&Frame::Message { group: GroupId::DEFAULT, message: message(2, 1, 7) }),
+        &frame_bytes(&Frame::Message { group: GroupId::DEFAULT, message: message(3, 2, 8) }),
     ];
     for (case, bytes) in after_handshake.iter().enumerate() {
         let (mut stream, reply) = raw_handshake(address, Hello::new(CLUSTER, NodeId(3), NodeId(1))).await;
@@ -550,7 +509,10 @@ async fn keepalives_from_a_peer_keep_its_connection_open_past_the_idle_timeout()
         write_frame(&mut stream, &Frame::Keepalive, FRAME_BYTES_MIN).await.expect("the connection is open");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stream.write_all(&frame_bytes(&Frame::Message(message(2, 1, 7)))).await.expect("the connection is open");
+    stream
+        .write_all(&frame_bytes(&Frame::Message { group: GroupId::DEFAULT, message: message(2, 1, 7) }))
+        .await
+        .expect("the connection is open");
     receive_term(&mut inbox, 7).await;
 }
 
@@ -568,7 +530,7 @@ async fn a_frame_arriving_slowly_but_steadily_outlasts_the_idle_timeout() {
         TcpTransport::start(CLUSTER, NodeId(1), listener().await, TokioConnector, known, quick).expect("start");
     let (mut stream, reply) = raw_handshake(one.local_address(), Hello::new(CLUSTER, NodeId(2), NodeId(1))).await;
     assert_eq!(reply, Frame::HelloAccepted);
-    let bytes = frame_bytes(&Frame::Message(message(2, 1, 9)));
+    let bytes = frame_bytes(&Frame::Message { group: GroupId::DEFAULT, message: message(2, 1, 9) });
     let pause = Duration::from_millis(900) / bytes.len() as u32;
     for byte in bytes {
         stream.write_all(&[byte]).await.expect("write a byte");

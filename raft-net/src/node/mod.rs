@@ -19,9 +19,15 @@
 //!   (up to `input_batch_items_max`), then the queued peer messages (up to
 //!   `input_batch_items_max` again), steps them, then carries out the output with one
 //!   `write_output_owned` (one fsync for the whole batch: group commit). Messages not taken yet
-//!   wait in the transport's bounded receiver: when it is full, the TCP transport's readers wait
-//!   (pushing back on the peer's connection) and the in-memory one drops the message (as a
-//!   lossy network would; Raft resends).
+//!   wait in the transport's bounded receiver of this node's group: when it is full, the TCP
+//!   transport's readers wait (pushing back on the peer's connection), for at most the
+//!   transport's `inbound_full_timeout` since that connection carries the node's other groups
+//!   too, then drop (counted); the in-memory one drops the message at once (as a lossy network
+//!   would; Raft resends).
+//!
+//! One driver runs one Raft group. A node hosting many groups runs one driver per group, all on
+//! the same node-level transport: each gets its group's transport and receiver from
+//! `TcpTransport::register_group` (or `MemNetwork::join_group`).
 //! - The **apply thread** owns the [`StateMachine`]: it applies committed entries in order,
 //!   answers the proposals the core registered, runs read queries, restores snapshots, and takes
 //!   snapshots per the policy (`snapshot_every_entries`), which it offers to the core through a

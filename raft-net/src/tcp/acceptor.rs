@@ -1,6 +1,7 @@
 //! The inbound half: accept connections, check each dialer's handshake, then read its messages
-//! into the driver's inbound channel.
+//! into the inbound queues of their groups.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -12,11 +13,13 @@ use std::time::Duration;
 use raft_core::NodeId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::sync::Semaphore;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, Sleep, sleep, timeout};
 use tracing::{debug, warn};
 
 use super::Shared;
 use super::error::ConnectionError;
+use super::groups::{Counters, GroupRegistry};
 use super::stream::Accept;
 use crate::frame::{Frame, FrameError, HELLO_FRAME_BYTES_MAX, read_frame, write_frame};
 
@@ -69,8 +72,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S
         }
     };
     debug!(local = %shared.local_id, %peer, %remote, "accepted a connection");
+    Counters::add(&shared.counters.connections_accepted, 1);
     let (connection, cancel) = shared.register_reader(peer);
-    let end = cancel.run_until_cancelled(read_loop(&shared, &mut stream, peer)).await;
+    let inbound = Inbound::of(&shared);
+    let end = cancel.run_until_cancelled(read_loop(&inbound, &mut stream, peer)).await;
     shared.unregister_reader(peer, connection);
     match end {
         None => debug!(local = %shared.local_id, %peer, %remote, "connection replaced or stopped"),
@@ -104,32 +109,107 @@ where
     }
 }
 
-/// Reads messages from `peer` into the inbound channel. Waits when the channel is full, which
-/// stops reading and so pushes back on the dialer through TCP flow control.
-async fn read_loop<R: AsyncRead + Unpin>(shared: &Shared, reader: &mut R, peer: NodeId) -> ConnectionError {
+/// What a connection's reader needs of its transport.
+pub(crate) struct Inbound<'a> {
+    /// This node.
+    pub(crate) local_id: NodeId,
+    /// `TcpOptions::frame_bytes_max`.
+    pub(crate) frame_bytes_max: u32,
+    /// `TcpOptions::read_buffer_bytes`.
+    pub(crate) read_buffer_bytes: usize,
+    /// `TcpOptions::inbound_full_timeout`.
+    pub(crate) inbound_full_timeout: Duration,
+    /// The groups this node hosts.
+    pub(crate) groups: &'a GroupRegistry,
+    /// The transport's counters.
+    pub(crate) counters: &'a Counters,
+}
+
+impl<'a> Inbound<'a> {
+    fn of(shared: &'a Shared) -> Self {
+        let options = &shared.options;
+        Inbound {
+            local_id: shared.local_id,
+            frame_bytes_max: options.frame_bytes_max,
+            read_buffer_bytes: options.read_buffer_bytes,
+            inbound_full_timeout: options.inbound_full_timeout,
+            groups: &shared.groups,
+            counters: &shared.counters,
+        }
+    }
+}
+
+/// Reads messages from `peer` into their groups' inbound queues, until the stream ends or breaks
+/// a rule (the returned error says which). A message for a group this node does not host is
+/// dropped and counted. When a group's queue is full, waits for room (which stops reading, and so
+/// pushes back on the dialer through TCP flow control) for up to `inbound_full_timeout`; after
+/// that, drops the message, and that group's messages while its queue stays full (see
+/// `TcpTransport`'s docs on full queues).
+pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
+    inbound: &Inbound<'_>,
+    reader: &mut R,
+    peer: NodeId,
+) -> ConnectionError {
     let mut payload = Vec::new();
+    let mut groups = inbound.groups.view();
+    // Groups that were dropped for a full queue, whose messages are dropped without waiting
+    // while their queue stays full.
+    let mut congested = BTreeSet::new();
+    let counters = inbound.counters;
     loop {
-        let frame = match read_frame::<Frame, _>(reader, shared.options.frame_bytes_max, &mut payload).await {
+        let frame = match read_frame::<Frame, _>(reader, inbound.frame_bytes_max, &mut payload).await {
             Ok(frame) => frame,
             Err(error) if error.io_kind() == Some(io::ErrorKind::TimedOut) => return ConnectionError::IdleTimeout,
             Err(error) => return error.into(),
         };
         // One large frame must not pin a large buffer for the life of the connection.
         payload.clear();
-        payload.shrink_to(shared.options.read_buffer_bytes);
-        let message = match frame {
-            Frame::Message(message) => message,
+        payload.shrink_to(inbound.read_buffer_bytes);
+        let (group, message) = match frame {
+            Frame::Message { group, message } => (group, message),
             Frame::Keepalive => continue,
             _ => return ConnectionError::UnexpectedFrame,
         };
         if message.from != peer {
             return ConnectionError::WrongSender { expected: peer, actual: message.from };
         }
-        if message.to != shared.local_id {
+        if message.to != inbound.local_id {
             return ConnectionError::WrongReceiver(message.to);
         }
-        if shared.inbound.send(message).await.is_err() {
-            return ConnectionError::InboundClosed;
+        let Some(queue) = groups.get(group) else {
+            Counters::add(&counters.unknown_group_drops, 1);
+            debug!(local = %inbound.local_id, %peer, %group, "dropped a message for a group this node does not host");
+            continue;
+        };
+        let message = match queue.try_send(message) {
+            Ok(()) => {
+                if !congested.is_empty() {
+                    congested.remove(&group);
+                }
+                continue;
+            }
+            Err(TrySendError::Closed(_)) => {
+                Counters::add(&counters.unknown_group_drops, 1);
+                debug!(local = %inbound.local_id, %peer, %group, "dropped a message for a group whose receiver is gone");
+                continue;
+            }
+            Err(TrySendError::Full(message)) => message,
+        };
+        if congested.contains(&group) {
+            Counters::add(&counters.inbound_full_drops, 1);
+            continue;
+        }
+        match timeout(inbound.inbound_full_timeout, queue.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                Counters::add(&counters.unknown_group_drops, 1);
+                debug!(local = %inbound.local_id, %peer, %group, "dropped a message for a group whose receiver is gone");
+            }
+            Err(_) => {
+                Counters::add(&counters.inbound_full_drops, 1);
+                congested.insert(group);
+                debug!(local = %inbound.local_id, %peer, %group, "a group's inbound queue stayed full: dropping its messages while it is");
+            }
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The outbound half of a link: one task per peer that dials, handshakes, then writes batches of
-//! queued messages until the connection fails, and starts over after a backoff.
+//! queued messages (of every group: the groups share the peer's queue) until the connection
+//! fails, and starts over after a backoff.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use raft_core::{Message, NodeId};
+use raft_core::{GroupId, Message, NodeId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
@@ -12,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::error::ConnectionError;
+use super::groups::Counters;
 use super::stream::Connect;
 use super::{PeerState, PeerStateCell, Shared};
 use crate::frame::{Frame, HELLO_FRAME_BYTES_MAX, Hello, encode_frame_into, read_frame, write_frame};
@@ -22,7 +24,7 @@ pub(crate) struct Dialer<C: Connect> {
     pub(crate) connector: Arc<C>,
     pub(crate) peer_id: NodeId,
     pub(crate) address: SocketAddr,
-    pub(crate) queue: mpsc::Receiver<Message>,
+    pub(crate) queue: mpsc::Receiver<(GroupId, Message)>,
     pub(crate) state: Arc<PeerStateCell>,
     pub(crate) backoff: Backoff,
 }
@@ -35,6 +37,7 @@ impl<C: Connect> Dialer<C> {
             match self.connect().await {
                 Ok(stream) => {
                     info!(local = %self.shared.local_id, peer = %self.peer_id, address = %self.address, "connected");
+                    Counters::add(&self.shared.counters.connections_dialed, 1);
                     self.state.set(PeerState::Connected);
                     self.backoff.reset();
                     let error = self.write_loop(stream).await;
@@ -99,7 +102,7 @@ impl<C: Connect> Dialer<C> {
                         if let Err(error) = encode_frame_into(&Frame::Keepalive, self.shared.options.frame_bytes_max, &mut buffer) {
                             warn!(local = %self.shared.local_id, peer = %self.peer_id, %error, "a keepalive does not encode");
                         }
-                        if let Err(error) = self.write_batch(&mut stream, &buffer).await {
+                        if let Err(error) = self.write_batch(&mut stream, &buffer, 0).await {
                             return error;
                         }
                         last_write = Instant::now();
@@ -108,37 +111,47 @@ impl<C: Connect> Dialer<C> {
                     continue;
                 }
             };
-            self.fill_batch(first, &mut buffer);
-            if let Err(error) = self.write_batch(&mut stream, &buffer).await {
+            let messages = self.fill_batch(first, &mut buffer);
+            if let Err(error) = self.write_batch(&mut stream, &buffer, messages).await {
                 return error;
             }
             last_write = Instant::now();
         }
     }
 
-    /// Encodes `first` and then whatever else is queued, up to `write_batch_bytes_max`, so that
-    /// many small messages leave in one write.
-    fn fill_batch(&mut self, first: Message, buffer: &mut Vec<u8>) {
+    /// Encodes `first` and then whatever else is queued, of any group, up to
+    /// `write_batch_bytes_max`, so that many small messages leave in one write. Returns how many
+    /// messages the buffer holds.
+    fn fill_batch(&mut self, first: (GroupId, Message), buffer: &mut Vec<u8>) -> u64 {
         let batch_bytes_max = self.shared.options.write_batch_bytes_max;
         buffer.clear();
         // One oversized message must not pin a large buffer for the life of the connection.
         buffer.shrink_to(batch_bytes_max.saturating_mul(2));
-        self.encode(first, buffer);
+        let mut messages = u64::from(self.encode(first, buffer));
         while buffer.len() < batch_bytes_max {
-            let Ok(message) = self.queue.try_recv() else {
+            let Ok(next) = self.queue.try_recv() else {
                 break;
             };
-            self.encode(message, buffer);
+            messages += u64::from(self.encode(next, buffer));
+        }
+        messages
+    }
+
+    /// Appends the frame of one message to `buffer`; returns whether it fit (one that does not is
+    /// dropped and logged).
+    fn encode(&self, (group, message): (GroupId, Message), buffer: &mut Vec<u8>) -> bool {
+        let frame = Frame::Message { group, message };
+        match encode_frame_into(&frame, self.shared.options.frame_bytes_max, buffer) {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(local = %self.shared.local_id, peer = %self.peer_id, %group, %error, "dropping a message that cannot be framed");
+                false
+            }
         }
     }
 
-    fn encode(&self, message: Message, buffer: &mut Vec<u8>) {
-        if let Err(error) = encode_frame_into(&Frame::Message(message), self.shared.options.frame_bytes_max, buffer) {
-            warn!(local = %self.shared.local_id, peer = %self.peer_id, %error, "dropping a message that cannot be framed");
-        }
-    }
-
-    async fn write_batch(&self, stream: &mut C::Stream, buffer: &[u8]) -> Result<(), ConnectionError> {
+    /// Writes and flushes `buffer` (which holds `messages` message frames), within the write timeout.
+    async fn write_batch(&self, stream: &mut C::Stream, buffer: &[u8], messages: u64) -> Result<(), ConnectionError> {
         if buffer.is_empty() {
             return Ok(());
         }
@@ -149,7 +162,12 @@ impl<C: Connect> Dialer<C> {
         match timeout(self.shared.options.write_timeout, write).await {
             Err(_) => Err(ConnectionError::WriteTimeout),
             Ok(Err(error)) => Err(ConnectionError::Write(error)),
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                let counters = &self.shared.counters;
+                Counters::add(&counters.batches_written, 1);
+                Counters::add(&counters.messages_written, messages);
+                Ok(())
+            }
         }
     }
 

@@ -69,7 +69,4 @@ pub(crate) enum ConnectionError {
     /// The peer was removed or replaced.
     #[error("the peer was removed")]
     PeerRemoved,
-    /// The driver dropped the inbound channel.
-    #[error("the inbound channel is closed")]
-    InboundClosed,
 }

@@ -1,6 +1,10 @@
 //! The TCP transport: one outbound connection per peer that only carries our messages to it, and
 //! inbound connections that only carry the peers' messages to us (the stream model of etcd).
 //!
+//! Groups, full queues and unknown groups: see the docs of [`TcpTransport`].
+//!
+//! ## Tasks
+//!
 //! Tasks, all spawned on the runtime that started the transport (on its `LocalSet` with
 //! `TcpOptions::spawn_local`) and all stopped by
 //! [`TcpTransport::shutdown`] (or, without waiting, by dropping the transport):
@@ -18,6 +22,7 @@ mod acceptor;
 mod backoff;
 mod dialer;
 mod error;
+mod groups;
 mod options;
 mod stream;
 
@@ -28,7 +33,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use raft_core::{Message, NodeId};
+use raft_core::{GroupId, Message, NodeId};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
@@ -37,15 +42,71 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-pub use options::{READ_BUFFER_BYTES_DEFAULT, TcpOption, TcpOptions, TcpOptionsError, WRITE_BATCH_BYTES_MAX_DEFAULT};
+pub use groups::{RegisterGroupError, TcpStats};
+pub use options::{
+    INBOUND_FULL_TIMEOUT_DEFAULT, READ_BUFFER_BYTES_DEFAULT, TcpOption, TcpOptions, TcpOptionsError,
+    WRITE_BATCH_BYTES_MAX_DEFAULT,
+};
 pub use stream::{Accept, Connect, TokioConnector};
 
 use crate::frame::{Hello, RejectReason};
 use crate::transport::{SendError, Transport};
 use backoff::Backoff;
 use dialer::Dialer;
+use groups::{Counters, GroupRegistry};
 
-/// A [`Transport`] over TCP (or any stream type, through [`Connect`] and [`Accept`]).
+/// What the fuzzing harness drives: a connection's reader, over bytes in memory.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    pub(crate) use super::acceptor::{Inbound, read_loop};
+    pub(crate) use super::error::ConnectionError;
+    pub(crate) use super::groups::{Counters, GroupRegistry};
+}
+
+/// A node's transport over TCP (or any stream type, through [`Connect`] and [`Accept`]), shared by
+/// every Raft group the node hosts.
+///
+/// # One transport per node, many groups
+///
+/// A `TcpTransport` belongs to a node, not to a group: it owns the node's listener, its peers and
+/// its connections, and the groups the node hosts register on it at run time
+/// ([`TcpTransport::register_group`], [`TcpTransport::unregister_group`]). Registering group `g`
+/// returns what the node driver ([`crate::start`]) needs to run `g`: a [`TcpGroupTransport`],
+/// which tags every message it sends with `g`, and the bounded receiver of `g`'s inbound
+/// messages. Every frame names its group and the handshake stays between nodes, so one
+/// connection in each direction between two nodes carries the messages of every group they
+/// share, each group's in its send order ([`TcpStats::connections_dialed`] counts connections).
+///
+/// A node that runs one group is the one-group case of the same machinery:
+/// [`TcpTransport::start`] registers [`GroupId::DEFAULT`] and returns its receiver, and the
+/// transport itself, as a [`Transport`], sends for that group. [`TcpTransport::start_node`]
+/// starts a transport with no group.
+///
+/// Peers belong to the node: [`TcpTransport::add_peer`] and [`TcpTransport::remove_peer`] act for
+/// every group. Each peer has one bounded queue (`peer_queue_messages_max`) that all groups
+/// share, and its dialer writes whatever is queued, of any group, in one batch: one write and
+/// one flush ([`TcpStats::batches_written`]).
+///
+/// # Receiving: unknown groups and full queues
+///
+/// A message for a group this node does not host (never registered, unregistered, or whose
+/// receiver was dropped) is dropped and counted ([`TcpStats::unknown_group_drops`], and a
+/// debug-level tracing event); no group is ever created for it, and the connection and the other
+/// groups carry on. The sender is not told: a connection carries data one way only, and Raft
+/// treats the silence like any lost message. Creating and removing groups is the application's
+/// business, not the network's.
+///
+/// Each group has an inbound queue of its own (`inbound_queue_messages_max` messages). When it is
+/// full, the reader waits for room, as the transport of a single group always did: nothing is
+/// lost while the group's driver keeps taking messages, and TCP flow control pushes back on the
+/// sender. But the connection is shared, so while the reader waits every group from that peer
+/// waits. The wait is therefore bounded: after [`TcpOptions::inbound_full_timeout`] without room
+/// the message is dropped and counted ([`TcpStats::inbound_full_drops`]), and from then on that
+/// group's messages are dropped at once while its queue is still full (the first one that fits
+/// ends this). A stuck group costs the other groups at most one `inbound_full_timeout` per
+/// connection and loses messages, which Raft resends; a group that is merely busy loses nothing.
+/// (Raft bounds what one group has in flight to a peer, so in a healthy node a queue of the
+/// default size does not fill; one that fills belongs to a driver that stopped keeping up.)
 pub struct TcpTransport<C: Connect = TokioConnector> {
     shared: Arc<Shared>,
     connector: Arc<C>,
@@ -92,7 +153,8 @@ pub(crate) struct Shared {
     peers: Mutex<BTreeMap<NodeId, PeerHandle>>,
     readers: Mutex<BTreeMap<NodeId, ReaderHandle>>,
     connections: AtomicU64,
-    inbound: mpsc::Sender<Message>,
+    groups: GroupRegistry,
+    counters: Counters,
     cancel: CancellationToken,
     tasks: TaskTracker,
     runtime: Handle,
@@ -101,7 +163,7 @@ pub(crate) struct Shared {
 /// The transport's end of one peer's dialer. Dropping it stops the dialer.
 struct PeerHandle {
     address: SocketAddr,
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<(GroupId, Message)>,
     state: Arc<PeerStateCell>,
     _stop: DropGuard,
 }
@@ -133,6 +195,44 @@ impl PeerStateCell {
     }
 }
 
+/// One group's [`Transport`] on a node's [`TcpTransport`], from
+/// [`TcpTransport::register_group`]: every message it sends is tagged with its group. It sends
+/// while the `TcpTransport` runs (after a shutdown, [`SendError::Closed`] or
+/// [`SendError::Unreachable`]); unregistering its group stops only the delivery of what peers send
+/// to the group here.
+#[derive(Clone)]
+pub struct TcpGroupTransport {
+    shared: Arc<Shared>,
+    group: GroupId,
+}
+
+impl TcpGroupTransport {
+    /// The group this transport sends for.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+}
+
+impl Transport for TcpGroupTransport {
+    fn local_id(&self) -> NodeId {
+        self.shared.local_id
+    }
+
+    fn send(&self, message: Message) -> Result<(), SendError> {
+        self.shared.send(self.group, message)
+    }
+}
+
+impl std::fmt::Debug for TcpGroupTransport {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TcpGroupTransport")
+            .field("local_id", &self.shared.local_id)
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
 impl TcpTransport<TokioConnector> {
     /// Binds a tokio listener on `address` (port 0 picks one: see [`TcpTransport::local_address`])
     /// and starts a transport on it; see [`TcpTransport::start`].
@@ -149,9 +249,11 @@ impl TcpTransport<TokioConnector> {
 }
 
 impl<C: Connect> TcpTransport<C> {
-    /// Starts the transport of node `local_id` in cluster `cluster_id`: accepts on `listener`,
-    /// dials `peers` with `connector`. Returns the transport and the receiver of every message
-    /// addressed to this node. Must be called from within a tokio runtime, whose tasks it uses.
+    /// Starts the transport of node `local_id` in cluster `cluster_id` for a node that runs one
+    /// group, [`GroupId::DEFAULT`]: accepts on `listener`, dials `peers` with `connector`. Returns
+    /// the transport, which sends for that group, and the receiver of every message addressed to
+    /// the group on this node. More groups may be registered later. Must be called from within a
+    /// tokio runtime, whose tasks it uses.
     pub fn start<A: Accept>(
         cluster_id: u64,
         local_id: NodeId,
@@ -160,13 +262,44 @@ impl<C: Connect> TcpTransport<C> {
         peers: BTreeMap<NodeId, SocketAddr>,
         options: TcpOptions,
     ) -> Result<(Self, mpsc::Receiver<Message>), StartError> {
+        let transport = TcpTransport::new(cluster_id, local_id, &listener, connector, &peers, options)?;
+        // Registered before any connection is accepted, so no message for it can miss it.
+        let receiver =
+            transport.shared.groups.open(GroupId::DEFAULT, transport.shared.options.inbound_queue_messages_max);
+        Ok((transport.launch(listener, peers), receiver))
+    }
+
+    /// Starts the transport of node `local_id` in cluster `cluster_id` with no group yet (see
+    /// [`TcpTransport::register_group`]): accepts on `listener`, dials `peers` with `connector`.
+    /// Until a group registers, messages received are dropped as for an unknown group. Must be
+    /// called from within a tokio runtime, whose tasks it uses.
+    pub fn start_node<A: Accept>(
+        cluster_id: u64,
+        local_id: NodeId,
+        listener: A,
+        connector: C,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        options: TcpOptions,
+    ) -> Result<Self, StartError> {
+        let transport = TcpTransport::new(cluster_id, local_id, &listener, connector, &peers, options)?;
+        Ok(transport.launch(listener, peers))
+    }
+
+    /// Checks the arguments and builds the transport, with no task yet.
+    fn new<A: Accept>(
+        cluster_id: u64,
+        local_id: NodeId,
+        listener: &A,
+        connector: C,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+        options: TcpOptions,
+    ) -> Result<Self, StartError> {
         options.validate()?;
         let runtime = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         let local_address = listener.local_address().map_err(StartError::LocalAddress)?;
         if peers.contains_key(&local_id) {
             return Err(StartError::PeerIsLocal(local_id));
         }
-        let (inbound, receiver) = mpsc::channel(options.inbound_queue_messages_max);
         let shared = Arc::new(Shared {
             cluster_id,
             local_id,
@@ -174,24 +307,59 @@ impl<C: Connect> TcpTransport<C> {
             peers: Mutex::new(BTreeMap::new()),
             readers: Mutex::new(BTreeMap::new()),
             connections: AtomicU64::new(0),
-            inbound,
+            groups: GroupRegistry::default(),
+            counters: Counters::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime,
         });
-        let transport = TcpTransport { shared, connector: Arc::new(connector), local_address };
+        Ok(TcpTransport { shared, connector: Arc::new(connector), local_address })
+    }
+
+    /// Spawns the dialers of `peers` and the acceptor.
+    fn launch<A: Accept>(self, listener: A, peers: BTreeMap<NodeId, SocketAddr>) -> Self {
         for (peer_id, address) in peers {
-            let handle = transport.spawn_dialer(peer_id, address);
-            lock(&transport.shared.peers).insert(peer_id, handle);
+            let handle = self.spawn_dialer(peer_id, address);
+            lock(&self.shared.peers).insert(peer_id, handle);
         }
-        let shared = &transport.shared;
+        let shared = &self.shared;
         shared.spawn(shared.cancel.clone(), acceptor::accept_loop(Arc::clone(shared), listener));
-        Ok((transport, receiver))
+        self
     }
 
     /// The address the listener is bound to.
     pub fn local_address(&self) -> SocketAddr {
         self.local_address
+    }
+
+    /// Registers `group` on this node: returns its transport (for sending) and the receiver of
+    /// the messages peers send to the group here (bounded by `inbound_queue_messages_max`), which
+    /// is what [`crate::start`] takes to run the group. Refuses a group already registered whose
+    /// receiver is still open.
+    pub fn register_group(
+        &self,
+        group: GroupId,
+    ) -> Result<(TcpGroupTransport, mpsc::Receiver<Message>), RegisterGroupError> {
+        let receiver = self.shared.groups.register(group, self.shared.options.inbound_queue_messages_max)?;
+        Ok((TcpGroupTransport { shared: Arc::clone(&self.shared), group }, receiver))
+    }
+
+    /// Unregisters `group`: messages for it that arrive from now on are dropped as for an
+    /// unknown group (one being handed over at this moment may still land), and its receiver ends
+    /// once every reader has let go of it. Its transports keep sending. Returns whether it was
+    /// registered.
+    pub fn unregister_group(&self, group: GroupId) -> bool {
+        self.shared.groups.unregister(group)
+    }
+
+    /// The registered groups, in order.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.shared.groups.ids()
+    }
+
+    /// The transport's counters since it started.
+    pub fn stats(&self) -> TcpStats {
+        self.shared.counters.snapshot()
     }
 
     /// Adds a peer, or moves an existing one to a new address (its connection starts over).
@@ -227,11 +395,13 @@ impl<C: Connect> TcpTransport<C> {
     }
 
     /// Stops every task and waits until they have finished: the listener and every connection
-    /// are closed when this returns, so a new transport may bind the same address.
+    /// are closed when this returns, so a new transport may bind the same address. Every group is
+    /// unregistered, so their receivers end once what was delivered has been read.
     pub async fn shutdown(self) {
         self.shared.cancel.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        self.shared.groups.clear();
     }
 
     fn spawn_dialer(&self, peer_id: NodeId, address: SocketAddr) -> PeerHandle {
@@ -254,27 +424,14 @@ impl<C: Connect> TcpTransport<C> {
     }
 }
 
+/// Sends for [`GroupId::DEFAULT`], the group of a node that runs one.
 impl<C: Connect> Transport for TcpTransport<C> {
     fn local_id(&self) -> NodeId {
         self.shared.local_id
     }
 
     fn send(&self, message: Message) -> Result<(), SendError> {
-        if message.from != self.shared.local_id {
-            return Err(SendError::ForeignSender(message.from));
-        }
-        let to = message.to;
-        let peers = lock(&self.shared.peers);
-        let Some(peer) = peers.get(&to) else {
-            return Err(SendError::UnknownPeer(to));
-        };
-        if peer.state.get() == PeerState::Backoff {
-            return Err(SendError::Unreachable(to));
-        }
-        peer.queue.try_send(message).map_err(|error| match error {
-            TrySendError::Full(_) => SendError::QueueFull(to),
-            TrySendError::Closed(_) => SendError::Closed,
-        })
+        self.shared.send(GroupId::DEFAULT, message)
     }
 }
 
@@ -293,11 +450,31 @@ impl<C: Connect> std::fmt::Debug for TcpTransport<C> {
             .field("local_id", &self.shared.local_id)
             .field("local_address", &self.local_address)
             .field("peers", &self.peers())
+            .field("groups", &self.groups())
             .finish()
     }
 }
 
 impl Shared {
+    /// Queues `message` of `group` for its receiver (see [`Transport::send`]).
+    fn send(&self, group: GroupId, message: Message) -> Result<(), SendError> {
+        if message.from != self.local_id {
+            return Err(SendError::ForeignSender(message.from));
+        }
+        let to = message.to;
+        let peers = lock(&self.peers);
+        let Some(peer) = peers.get(&to) else {
+            return Err(SendError::UnknownPeer(to));
+        };
+        if peer.state.get() == PeerState::Backoff {
+            return Err(SendError::Unreachable(to));
+        }
+        peer.queue.try_send((group, message)).map_err(|error| match error {
+            TrySendError::Full(_) => SendError::QueueFull(to),
+            TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
     /// Spawns `task` on the transport's runtime; it stops when `cancel` (or the transport) does.
     fn spawn(&self, cancel: CancellationToken, task: impl Future<Output = ()> + Send + 'static) {
         let task = async move { cancel.run_until_cancelled(task).await };

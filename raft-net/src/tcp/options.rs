@@ -24,10 +24,19 @@ pub struct TcpOptions {
     /// The longest frame payload sent or accepted. A message that does not fit is dropped (and
     /// logged) by the sender. Must exceed raft-core's `message_bytes_max` plus entry overheads.
     pub frame_bytes_max: u32,
-    /// Messages queued for one peer at most; more fail with `SendError::QueueFull`.
+    /// Messages queued for one peer at most, of every group together; more fail with
+    /// `SendError::QueueFull`.
     pub peer_queue_messages_max: usize,
-    /// Messages received but not yet taken by the driver at most; beyond that, readers wait.
+    /// Messages received for one group but not yet taken by its driver at most (each group has a
+    /// queue of this size); beyond that, readers wait, for up to `inbound_full_timeout`.
     pub inbound_queue_messages_max: usize,
+    /// How long a reader waits for room in one group's full inbound queue before it drops the
+    /// message (counted in `TcpStats::inbound_full_drops`); while it waits, every other group on
+    /// the same connection waits too. After such a drop, that group's messages are dropped without
+    /// waiting until its queue has room again (see [`TcpTransport`](crate::TcpTransport)). Must be
+    /// below `write_timeout`, so that a stuck group never makes the sender drop the connection of
+    /// every group.
+    pub inbound_full_timeout: Duration,
     /// A writer stops adding queued messages to one write once its buffer holds this many bytes
     /// (a single message may exceed it).
     pub write_batch_bytes_max: usize,
@@ -56,6 +65,11 @@ pub struct TcpOptions {
 /// The default write batch: large enough that many small messages share one system call.
 pub const WRITE_BATCH_BYTES_MAX_DEFAULT: usize = 256 * 1024;
 
+/// The default [`TcpOptions::inbound_full_timeout`]: well below an election timeout of a few
+/// hundred milliseconds, so that a stuck group does not hold the others on its connections up for
+/// long; long enough that a driver busy with one slow write loses nothing.
+pub const INBOUND_FULL_TIMEOUT_DEFAULT: Duration = Duration::from_millis(200);
+
 /// The default reader buffer.
 pub const READ_BUFFER_BYTES_DEFAULT: usize = 64 * 1024;
 
@@ -72,6 +86,7 @@ impl Default for TcpOptions {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             peer_queue_messages_max: 1024,
             inbound_queue_messages_max: 4096,
+            inbound_full_timeout: INBOUND_FULL_TIMEOUT_DEFAULT,
             spawn_local: false,
             keepalive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
@@ -107,6 +122,8 @@ pub enum TcpOption {
     InboundConnectionsMax,
     /// [`TcpOptions::keepalive_interval`].
     KeepaliveInterval,
+    /// [`TcpOptions::inbound_full_timeout`].
+    InboundFullTimeout,
 }
 
 /// Why a set of [`TcpOptions`] was refused.
@@ -132,6 +149,15 @@ pub enum TcpOptionsError {
         /// The keepalive interval asked for.
         keepalive: Duration,
     },
+    /// `inbound_full_timeout` must be below `write_timeout`, or a stuck group could make a peer
+    /// drop the connection that every group shares.
+    #[error("inbound_full_timeout ({inbound_full:?}) must be below write_timeout ({write:?})")]
+    InboundFullTimeoutNotBelowWrite {
+        /// The inbound-full timeout asked for.
+        inbound_full: Duration,
+        /// The write timeout asked for.
+        write: Duration,
+    },
     /// `backoff_base` must not exceed `backoff_max`.
     #[error("backoff_base ({base:?}) exceeds backoff_max ({max:?})")]
     BackoffBaseAboveMax {
@@ -151,6 +177,7 @@ impl TcpOptions {
             (self.write_timeout, TcpOption::WriteTimeout),
             (self.backoff_base, TcpOption::BackoffBase),
             (self.keepalive_interval, TcpOption::KeepaliveInterval),
+            (self.inbound_full_timeout, TcpOption::InboundFullTimeout),
         ];
         if let Some((_, option)) = durations.iter().find(|(duration, _)| duration.is_zero()) {
             return Err(TcpOptionsError::Zero(*option));
@@ -172,6 +199,12 @@ impl TcpOptions {
             return Err(TcpOptionsError::IdleTimeoutNotAboveKeepalive {
                 idle: self.idle_timeout,
                 keepalive: self.keepalive_interval,
+            });
+        }
+        if self.inbound_full_timeout >= self.write_timeout {
+            return Err(TcpOptionsError::InboundFullTimeoutNotBelowWrite {
+                inbound_full: self.inbound_full_timeout,
+                write: self.write_timeout,
             });
         }
         if self.backoff_base > self.backoff_max {
@@ -202,6 +235,10 @@ mod tests {
         assert!(matches!(options.validate(), Err(TcpOptionsError::BackoffBaseAboveMax { .. })));
         let options = TcpOptions { idle_timeout: Duration::from_secs(1), ..TcpOptions::default() };
         assert!(matches!(options.validate(), Err(TcpOptionsError::IdleTimeoutNotAboveKeepalive { .. })));
+        let options = TcpOptions { inbound_full_timeout: Duration::ZERO, ..TcpOptions::default() };
+        assert_eq!(options.validate(), Err(TcpOptionsError::Zero(TcpOption::InboundFullTimeout)));
+        let options = TcpOptions { inbound_full_timeout: Duration::from_secs(5), ..TcpOptions::default() };
+        assert!(matches!(options.validate(), Err(TcpOptionsError::InboundFullTimeoutNotBelowWrite { .. })));
         let options = TcpOptions { keepalive_interval: Duration::ZERO, ..TcpOptions::default() };
         assert_eq!(options.validate(), Err(TcpOptionsError::Zero(TcpOption::KeepaliveInterval)));
     }

@@ -2,11 +2,15 @@
 //! Every wait polls a condition for up to [`PATIENCE`]; no test asserts on how long anything took.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Index, Message, MessageBody, NodeId, Term};
-use raft_net::{SendError, Transport};
+use raft_net::frame::{HELLO_FRAME_BYTES_MAX, read_frame, write_frame};
+use raft_net::{Frame, Hello, SendError, TcpOptions, Transport};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -111,4 +115,50 @@ pub async fn send_until_unreachable(transport: &impl Transport, message: Message
         assert!(Instant::now() < deadline, "node {to} never became unreachable");
         sleep(POLL).await;
     }
+}
+
+/// TCP options with fast reconnects, so that tests spend little time in backoff (no test depends
+/// on it).
+pub fn tcp_options() -> TcpOptions {
+    TcpOptions {
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(200),
+        ..TcpOptions::default()
+    }
+}
+
+/// A listener on a free port of 127.0.0.1.
+pub async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
+}
+
+/// An address where nothing listens (bound once, then released).
+pub fn unused_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address")
+}
+
+/// Connects a raw client, sends `hello`, and returns the stream and the reply.
+pub async fn raw_handshake(address: SocketAddr, hello: Hello) -> (TcpStream, Frame) {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    write_frame(&mut stream, &Frame::Hello(hello), HELLO_FRAME_BYTES_MAX).await.expect("write hello");
+    let reply = timeout(PATIENCE, read_frame(&mut stream, HELLO_FRAME_BYTES_MAX, &mut Vec::new()))
+        .await
+        .expect("a reply in time")
+        .expect("a reply frame");
+    (stream, reply)
+}
+
+/// Waits until the transport closes `stream` (end of stream or reset).
+pub async fn assert_closed(stream: &mut TcpStream, what: &str) {
+    let wait = async {
+        let mut buffer = [0; 64];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    timeout(PATIENCE, wait).await.unwrap_or_else(|_| panic!("the transport did not close the connection: {what}"));
 }
