@@ -367,3 +367,57 @@ fn a_membership_entry_replaced_at_the_first_conflicting_index_is_no_longer_in_fo
     assert_eq!(node.last_index(), Index(2));
     assert_eq!(node.membership(), &three, "the replaced membership entry no longer counts");
 }
+
+/// A follower (not the leader) gets a forwarded read from a member in its own term: it must
+/// refuse at once (`index: None`), so the asker's caller goes elsewhere, rather than treat the
+/// read as if it led.
+///
+/// Kills: in `read.rs`, `on_read_index_request`, the first `||` of the refusal changed to `&&`
+/// (a non-leader refused only reads from non-members): the follower queued the read as a
+/// leader would, and answered nothing.
+#[test]
+fn a_follower_refuses_a_forwarded_read_at_once() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let term = c.node(2).term().0;
+    let request = MessageBody::ReadIndexRequest { request: 9, mode: ReadMode::ReadIndex };
+    let _ = c.node_mut(2).step(message(3, 2, term, request));
+    let output = take(c.node_mut(2));
+    let answers: Vec<MessageBody> = all_messages(&output).into_iter().map(|m| m.body).collect();
+    assert_eq!(answers, vec![MessageBody::ReadIndexResponse { request: 9, index: None }], "refused at once");
+}
+
+/// A leader whose newest entries are not yet durable on its own disk sends a lagging follower
+/// one append that runs from the stored entries into the unstable ones: the log's `entries`
+/// joins the two parts when the stored part is complete.
+///
+/// Kills: in `log.rs`, `RaftLog::entries`, `== Some(stored_high)` changed to `!=` (a complete
+/// stored part was taken for a truncated one, and the unstable entries were left for a later
+/// message).
+#[test]
+fn one_append_carries_stored_and_unstable_entries_together() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    for payload in [&b"a"[..], b"b", b"c"] {
+        c.propose(1, payload).expect("leader");
+    }
+    c.deliver_all();
+    // The next entries reach the leader's storage but are not reported durable yet.
+    c.auto_persist.insert(NodeId(1), false);
+    for payload in [&b"d"[..], b"e"] {
+        c.propose(1, payload).expect("leader");
+    }
+    c.process(NodeId(1));
+    let last = c.node(1).last_index();
+    c.heal();
+    c.delivered.clear();
+    c.tick_node(1, 3);
+    let spans_the_boundary = c.delivered.iter().any(|m| match &m.body {
+        MessageBody::AppendEntries { entries, .. } => {
+            m.to == NodeId(3) && entries.len() >= 3 && entries.last().map(|e| e.index) == Some(last)
+        }
+        _ => false,
+    });
+    assert!(spans_the_boundary, "one append to node 3 carried the stored entries and the unstable ones up to {last}");
+}
