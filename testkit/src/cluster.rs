@@ -194,16 +194,6 @@ impl<SM: Machine> Cluster<SM> {
         &self.network
     }
 
-    /// Over TCP, every node's address.
-    pub fn addresses(&self) -> &BTreeMap<NodeId, SocketAddr> {
-        &self.addresses
-    }
-
-    /// Node `id`'s directory, when its store is on disk.
-    pub fn dir(&self, id: NodeId) -> Option<&Path> {
-        self.dirs.get(&id).map(TempDir::path)
-    }
-
     /// Waits until a running node leads and every other running one knows it.
     pub async fn settled(&self, patience: Duration) -> Result<Settled, Unsettled> {
         let handles: Vec<&NodeHandle<SM>> = self.members.iter().map(|member| &member.handle).collect();
@@ -284,8 +274,8 @@ impl<SM: Machine> Cluster<SM> {
 
     /// Starts stopped node `id` again from its directory (and over TCP on its address).
     pub async fn restart(&mut self, id: NodeId) -> Result<&Member<SM>, HarnessError> {
-        let dir = self.dir(id).ok_or(HarnessError::Cluster { id, why: "no store on disk to restart from" })?;
-        let storage = open_disk(dir, self.spec.cluster_id, id)?;
+        let dir = self.dirs.get(&id).ok_or(HarnessError::Cluster { id, why: "no store on disk to restart from" })?;
+        let storage = open_disk(dir.path(), self.spec.cluster_id, id)?;
         self.start_node(id, storage).await
     }
 

@@ -2,7 +2,6 @@
 //! any listener and connector), started ([`start_node`]), and kept by a test ([`Member`]).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -74,12 +73,6 @@ impl TransportTasks {
     /// stopped node has); with other shares alive, returns at once (the last drop cancels them).
     pub async fn stop(self) {
         self.0.stop().await;
-    }
-}
-
-impl fmt::Debug for TransportTasks {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("TransportTasks")
     }
 }
 
@@ -228,11 +221,5 @@ impl<SM: Machine> Member<SM> {
 impl<SM: Machine> Clone for Member<SM> {
     fn clone(&self) -> Self {
         Member { id: self.id, handle: self.handle.clone(), view: self.view.clone(), tasks: self.tasks.clone() }
-    }
-}
-
-impl<SM: Machine> fmt::Debug for Member<SM> {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.debug_struct("Member").field("id", &self.id).finish_non_exhaustive()
     }
 }
