@@ -10,6 +10,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use raft_core::NodeId;
 use raft_net::{NodeHandle, ProposeError};
+use raft_testkit::{Redirect, redirect};
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep, sleep_until};
 
 use crate::cluster::{BenchResult, Counter};
@@ -106,21 +107,28 @@ impl Shared {
     }
 }
 
-/// Runs `plan` against `nodes`, whose leader is at position `leader`.
-pub async fn run(nodes: &[NodeHandle<Counter>], leader: usize, plan: &LoadPlan) -> BenchResult<LoadResult> {
+/// Runs `plan` against `nodes` (with ids `ids`), whose leader is at position `leader`.
+pub async fn run(
+    nodes: &[NodeHandle<Counter>],
+    ids: &[NodeId],
+    leader: usize,
+    plan: &LoadPlan,
+) -> BenchResult<LoadResult> {
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(WARMUP),
         completed: (0..plan.clients).map(|_| Count(AtomicU64::new(0))).collect(),
         retries: AtomicU64::new(0),
     });
     let nodes: Arc<[NodeHandle<Counter>]> = nodes.into();
+    let ids: Arc<[NodeId]> = ids.into();
     let reserve = (plan.ops / plan.clients as u64 + 1).min(RESERVE_MAX) as usize;
     let mut clients = Vec::with_capacity(plan.clients);
     for number in 0..plan.clients {
         // Each client its own buffer, as each request of an application would be: one buffer
         // shared by every client would make its reference count a contended cache line.
         let payload = Bytes::from(vec![0x5a; plan.payload]);
-        let client = client(Arc::clone(&nodes), leader, payload, Arc::clone(&shared), number, reserve);
+        let client =
+            client(Arc::clone(&nodes), Arc::clone(&ids), leader, payload, Arc::clone(&shared), number, reserve);
         clients.push(tokio::spawn(client));
     }
     let (start, end, ops, (cpu, others_cpu)) = control(&shared, plan).await;
@@ -206,6 +214,7 @@ fn system_cpu() -> Duration {
 /// One closed-loop client: proposes, waits, records, again, following the leader.
 async fn client(
     nodes: Arc<[NodeHandle<Counter>]>,
+    ids: Arc<[NodeId]>,
     mut target: usize,
     payload: Bytes,
     shared: Arc<Shared>,
@@ -226,36 +235,26 @@ async fn client(
             }
             Err(error) => {
                 shared.retries.fetch_add(1, Ordering::Relaxed);
-                target = retry_target(&nodes, target, error).await?;
+                target = retry_target(&ids, target, error).await?;
             }
         }
     }
     Ok(latencies)
 }
 
-/// Where to send the next proposal after `error`; fails on errors that end the run.
-async fn retry_target(nodes: &[NodeHandle<Counter>], target: usize, error: ProposeError) -> BenchResult<usize> {
-    use raft_core::ProposeError as Refusal;
-    match error {
-        ProposeError::Refused { reason: Refusal::NotLeader { leader: Some(NodeId(id)) }, .. }
-            if (1..=nodes.len() as u64).contains(&id) =>
-        {
-            Ok(id as usize - 1)
-        }
-        ProposeError::Refused { reason: Refusal::NotLeader { .. }, .. } => {
+/// Where to send the next proposal after `error` (the harness's policy: at once to a named
+/// leader, after a pause to the next node or the same one); fails on errors that end the run.
+async fn retry_target(ids: &[NodeId], target: usize, error: ProposeError) -> BenchResult<usize> {
+    match redirect(&error, ids) {
+        Redirect::Leader(leader) => Ok(leader),
+        Redirect::Next => {
             sleep(RETRY_PAUSE).await;
-            Ok((target + 1) % nodes.len())
+            Ok((target + 1) % ids.len())
         }
-        ProposeError::TooBusy
-        | ProposeError::Refused {
-            reason: Refusal::TooManyUncommittedBytes { .. } | Refusal::TermNotDurable | Refusal::TransferInProgress,
-            ..
-        }
-        | ProposeError::LeadershipLost { .. }
-        | ProposeError::OutcomeUnknown { .. } => {
+        Redirect::Again => {
             sleep(RETRY_PAUSE).await;
             Ok(target)
         }
-        error => Err(format!("proposal failed: {error}").into()),
+        Redirect::GiveUp => Err(format!("proposal failed: {error}").into()),
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use cluster::{BenchResult, Cluster, ClusterSpec, ExecutionKind, StorageKind, TransportKind};
+use cluster::{BenchResult, ClusterSpec, ExecutionKind, StorageKind, TransportKind};
 use load::{LoadPlan, LoadResult};
 
 /// Throughput and latency of a Raft group in this process (closed-loop clients on the leader).
@@ -374,10 +374,10 @@ async fn measure(spec: &ClusterSpec, plan: &LoadPlan, dir: &std::path::Path) -> 
         plan.duration.as_secs_f64()
     );
     let load_average = report::load_average();
-    let cluster = Cluster::start(spec, dir).await?;
-    let (leader, term) = cluster.settled_leader().await?;
-    let load = load::run(&cluster.nodes, leader, plan).await;
-    let end_term = cluster.term().await;
+    let mut cluster = cluster::start(spec, dir).await?;
+    let leader = cluster::settled_leader(&cluster).await?;
+    let load = load::run(&cluster.handles(), &cluster.ids(), leader.position, plan).await;
+    let end_term = cluster::term(&cluster).await;
     cluster.shutdown().await;
-    Ok(Measured { load: load?, elections: end_term?.0 - term.0, load_average })
+    Ok(Measured { load: load?, elections: end_term?.0 - leader.term.0, load_average })
 }

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use raft_core::{Index, NodeId};
 use raft_net::frame::{HELLO_FRAME_BYTES_MAX, read_frame, write_frame};
 use raft_net::{Frame, Hello, ProposeError};
-use raft_tests::{
-    CLUSTER, Member, PATIENCE, all_applied, config, create_disk, listeners, propose, propose_many, set, settled_leader,
-    start_tcp,
+use raft_testkit::{
+    CLUSTER, Kv, Member, PATIENCE, Tcp, all_applied, config, create_disk, listeners, membership, propose, propose_many,
+    set, settled_leader, tcp_options,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,16 +17,21 @@ use tokio::time::timeout;
 
 const VOTERS: [u64; 3] = [1, 2, 3];
 
-/// Three nodes over TCP and durable stores in `dirs`; node `id` is in `cluster_of(id)`.
-async fn cluster(dirs: &[tempfile::TempDir], cluster_of: impl Fn(u64) -> u64) -> (Vec<Member>, AddressBook) {
-    let (sockets, addresses) = listeners(3).await;
-    let members = VOTERS
+/// Three nodes over TCP and durable stores in `dirs`; node `id`'s handshakes say it is in
+/// cluster `cluster_of(id)`.
+async fn cluster(dirs: &[tempfile::TempDir], cluster_of: impl Fn(u64) -> u64) -> (Vec<Member<Kv>>, AddressBook) {
+    let ids: Vec<NodeId> = VOTERS.iter().map(|id| NodeId(*id)).collect();
+    let (sockets, addresses) = listeners(&ids).await.expect("listeners on 127.0.0.1");
+    let members = ids
         .iter()
         .zip(sockets)
         .zip(dirs)
-        .map(|((id, listener), dir)| {
-            let node = NodeId(*id);
-            start_tcp(cluster_of(*id), config(node, &addresses), listener, create_disk(dir.path(), node, &VOTERS))
+        .map(|((&id, listener), dir)| {
+            let mut config = config(id);
+            config.addresses = addresses.clone();
+            let storage = create_disk(dir.path(), CLUSTER, id, membership(&VOTERS)).expect("create store");
+            let wiring = Tcp::loopback(cluster_of(id.0), listener, &addresses, tcp_options());
+            Member::start(config, storage, wiring, Kv::default()).expect("the node starts")
         })
         .collect();
     (members, addresses)
@@ -43,7 +48,7 @@ async fn a_node_of_another_cluster_never_gets_a_message_through() {
     let dirs = temp_dirs();
     // Node 3 believes it belongs to cluster 99: every handshake between it and the others fails.
     let (members, _) = cluster(&dirs, |id| if id == 3 { 99 } else { CLUSTER }).await;
-    let good: Vec<&Member> = members[..2].iter().collect();
+    let good: Vec<&Member<Kv>> = members[..2].iter().collect();
     settled_leader(&good).await;
     let handles: Vec<_> = good.iter().map(|m| m.handle.clone()).collect();
     let ids: Vec<_> = good.iter().map(|m| m.id).collect();
@@ -87,7 +92,7 @@ async fn connect(address: SocketAddr) -> TcpStream {
 async fn garbage_and_oversized_frames_close_the_connection_and_harm_nothing() {
     let dirs = temp_dirs();
     let (members, addresses) = cluster(&dirs, |_| CLUSTER).await;
-    let all: Vec<&Member> = members.iter().collect();
+    let all: Vec<&Member<Kv>> = members.iter().collect();
     let leader = settled_leader(&all).await;
     let target = members[leader.0 as usize - 1].handle.clone();
     let address = addresses[&leader];
@@ -129,7 +134,7 @@ async fn garbage_and_oversized_frames_close_the_connection_and_harm_nothing() {
 async fn a_follower_answers_not_leader_with_the_leader_and_its_address() {
     let dirs = temp_dirs();
     let (members, addresses) = cluster(&dirs, |_| CLUSTER).await;
-    let all: Vec<&Member> = members.iter().collect();
+    let all: Vec<&Member<Kv>> = members.iter().collect();
     let leader = settled_leader(&all).await;
     let follower = members.iter().find(|m| m.id != leader).expect("a follower");
     match follower.handle.propose(set("to", "follower")).await {

@@ -1,7 +1,6 @@
 //! The node API over the in-memory network and store: fast cases of proposal outcomes, back
 //! pressure, shutdown and start-up errors.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,21 +10,16 @@ use raft_net::{
     StateMachine, StopReason, start as start_node,
 };
 use raft_storage::MemStorage;
-use raft_tests::{Kv, Member, PATIENCE, config, eventually, membership, set, settled_leader, start_mem};
+use raft_testkit::{
+    Cluster, ClusterBuilder, Kv, Member, PATIENCE, config, eventually, membership, set, settled_leader,
+};
 use tokio::sync::broadcast;
 use tokio::time::timeout;
 
-const VOTERS: [u64; 3] = [1, 2, 3];
-
-fn mem_cluster(network: &MemNetwork, proposals_pending_max: usize) -> Vec<Member> {
-    VOTERS
-        .iter()
-        .map(|id| {
-            let mut config = config(NodeId(*id), &BTreeMap::new());
-            config.proposals_pending_max = proposals_pending_max;
-            start_mem(network, config, MemStorage::new(membership(&VOTERS)))
-        })
-        .collect()
+/// Three nodes over the in-memory network and stores, each with `proposals_pending_max`.
+async fn mem_cluster(proposals_pending_max: usize) -> Cluster<Kv> {
+    let builder = ClusterBuilder::new(3).configure(move |config| config.proposals_pending_max = proposals_pending_max);
+    builder.start(|_| Kv::default()).await.expect("the cluster starts")
 }
 
 /// Waits for an event that `wanted` accepts; panics after `PATIENCE`.
@@ -45,15 +39,14 @@ async fn wait_for(events: &mut broadcast::Receiver<NodeEvent>, wanted: impl Fn(&
 /// Isolates the settled leader and has it append a proposal it cannot commit. Returns the
 /// leader's position, the proposal's task, and the leader's log end before the proposal.
 async fn strand_a_proposal(
-    network: &MemNetwork,
-    members: &[Member],
+    cluster: &Cluster<Kv>,
 ) -> (usize, tokio::task::JoinHandle<Result<Index, ProposeError>>, Index) {
-    let all: Vec<&Member> = members.iter().collect();
-    let leader = settled_leader(&all).await;
+    let members = cluster.members();
+    let leader = settled_leader(&cluster.running()).await;
     let position = members.iter().position(|m| m.id == leader).expect("the leader is a member");
     let handle = members[position].handle.clone();
     let before = handle.status().await.expect("runs").last_index;
-    network.isolate(leader);
+    cluster.network().isolate(leader);
     let stranded = tokio::spawn({
         let handle = handle.clone();
         async move { handle.propose(set("stranded", "value")).await }
@@ -67,10 +60,10 @@ async fn strand_a_proposal(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_proposal_fails_with_leadership_lost_and_a_full_queue_with_too_busy() {
-    let network = MemNetwork::default();
-    let members = mem_cluster(&network, 1);
+    let cluster = mem_cluster(1).await;
+    let members = cluster.members();
     let mut events: Vec<_> = members.iter().map(|member| member.handle.events()).collect();
-    let (position, stranded, before) = strand_a_proposal(&network, &members).await;
+    let (position, stranded, before) = strand_a_proposal(&cluster).await;
     let old = &members[position];
     let old_term = old.handle.status().await.expect("runs").term;
     let events = &mut events[position];
@@ -80,12 +73,12 @@ async fn a_replaced_proposal_fails_with_leadership_lost_and_a_full_queue_with_to
     wait_for(events, |event| matches!(event, NodeEvent::PeerUnreachable(_))).await;
 
     // The others elect a leader, which puts its own entry at the stranded index.
-    let others: Vec<&Member> = members.iter().filter(|m| m.id != old.id).collect();
+    let others: Vec<&Member<Kv>> = members.iter().filter(|m| m.id != old.id).collect();
     let new_leader = settled_leader(&others).await;
     let new = others.iter().find(|m| m.id == new_leader).expect("the new leader");
     let index = new.handle.propose(set("fresh", "value")).await.expect("the majority commits");
     assert!(index > before.next());
-    network.heal(old.id);
+    cluster.network().heal(old.id);
 
     let outcome = timeout(PATIENCE, stranded).await.expect("an answer in time").expect("the task ran");
     match outcome {
@@ -101,9 +94,9 @@ async fn a_replaced_proposal_fails_with_leadership_lost_and_a_full_queue_with_to
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_pending_proposals_and_refuses_new_ones() {
-    let network = MemNetwork::default();
-    let members = mem_cluster(&network, 16);
-    let (position, stranded, _) = strand_a_proposal(&network, &members).await;
+    let cluster = mem_cluster(16).await;
+    let members = cluster.members();
+    let (position, stranded, _) = strand_a_proposal(&cluster).await;
     let node = &members[position].handle;
     let mut events = node.events();
     node.shutdown().await;
@@ -124,11 +117,11 @@ async fn shutdown_answers_pending_proposals_and_refuses_new_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_every_handle_stops_the_node() {
     let network = MemNetwork::default();
-    let mut config = config(NodeId(1), &BTreeMap::new());
+    let mut config = config(NodeId(1));
     // The core thread must see its closed queue while it polls, not only once it sleeps (it
     // would poll for an hour here, as it would for as long as peers' messages kept coming).
     config.idle_poll = Duration::from_secs(3600);
-    let member = start_mem(&network, config, MemStorage::new(membership(&[1])));
+    let member = Member::start(config, MemStorage::new(membership(&[1])), &network, Kv::default()).expect("starts");
     settled_leader(&[&member]).await;
     let mut events = member.handle.events();
     drop(member);
@@ -139,10 +132,10 @@ async fn dropping_every_handle_stops_the_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_too_large_for_a_message_is_refused() {
     let network = MemNetwork::default();
-    let mut config = config(NodeId(1), &BTreeMap::new());
+    let mut config = config(NodeId(1));
     config.options =
         Options::builder().election_ticks(10).message_bytes_max(1024).rng_seed(1).build().expect("valid options");
-    let member = start_mem(&network, config, MemStorage::new(membership(&[1])));
+    let member = Member::start(config, MemStorage::new(membership(&[1])), &network, Kv::default()).expect("starts");
     settled_leader(&[&member]).await;
     let outcome = member.handle.propose(Bytes::from(vec![b'x'; 2000])).await;
     assert!(
@@ -161,11 +154,11 @@ async fn start_refuses_bad_configurations_and_foreign_transports() {
     let network = MemNetwork::default();
     let (transport, inbound) = network.join(NodeId(2)).expect("join");
     let storage = MemStorage::new(membership(&[1, 2]));
-    let started = start_node(config(NodeId(1), &BTreeMap::new()), storage, transport, inbound, Kv::default());
+    let started = start_node(config(NodeId(1)), storage, transport, inbound, Kv::default());
     assert!(matches!(started, Err(NodeStartError::TransportIdMismatch { config: NodeId(1), transport: NodeId(2) })));
 
     let (transport, inbound) = network.join(NodeId(1)).expect("join");
-    let mut bad = config(NodeId(1), &BTreeMap::new());
+    let mut bad = config(NodeId(1));
     bad.input_queue_items_max = 0;
     let started = start_node(bad, MemStorage::new(membership(&[1])), transport, inbound, Kv::default());
     assert!(matches!(started, Err(NodeStartError::Config(ConfigError::Zero(ConfigLimit::InputQueueItemsMax)))));
@@ -176,7 +169,7 @@ fn start_needs_a_tokio_runtime() {
     let network = MemNetwork::default();
     let (transport, inbound) = network.join(NodeId(1)).expect("join");
     let storage = MemStorage::new(membership(&[1]));
-    let started = start_node(config(NodeId(1), &BTreeMap::new()), storage, transport, inbound, Kv::default());
+    let started = start_node(config(NodeId(1)), storage, transport, inbound, Kv::default());
     assert!(matches!(started, Err(NodeStartError::NoRuntime)));
 }
 
@@ -197,25 +190,21 @@ async fn one_thread_execution_applies_snapshots_and_reads_on_the_core_thread() {
 /// A cluster whose nodes apply inline (`Tasks` or `OneThread`), with a snapshot policy on: the
 /// proposals apply everywhere and each node's query runs where `execution` says it must.
 async fn cluster_applying_inline(execution: Execution) {
-    let network = MemNetwork::default();
-    let start = |id: u64, storage: MemStorage| {
-        let mut config = config(NodeId(id), &BTreeMap::new());
+    let builder = ClusterBuilder::new(3).configure(move |config| {
         config.execution = execution;
         config.snapshot_every_entries = 8;
-        start_mem(&network, config, storage)
-    };
-    let members: Vec<Member> = VOTERS.iter().map(|id| start(*id, MemStorage::new(membership(&VOTERS)))).collect();
-    let handles: Vec<_> = members.iter().map(|member| member.handle.clone()).collect();
+    });
+    let cluster = builder.start(|_| Kv::default()).await.expect("the cluster starts");
+    let members = cluster.members();
+    let (handles, ids) = (cluster.handles(), cluster.ids());
     let mut events: Vec<_> = handles.iter().map(|handle| handle.events()).collect();
-    let ids: Vec<NodeId> = members.iter().map(|member| member.id).collect();
     let mut last = Index(0);
     for i in 0..40 {
-        last = raft_tests::propose(&handles, &ids, i % 3, set(&format!("key{i}"), "value")).await;
+        last = raft_testkit::propose(&handles, &ids, i % 3, set(&format!("key{i}"), "value")).await;
     }
-    let all: Vec<&Member> = members.iter().collect();
-    raft_tests::all_applied(&all, last).await;
+    raft_testkit::all_applied(&cluster.running(), last).await;
     let test_thread = std::thread::current().id();
-    for member in &members {
+    for member in members {
         let (thread, name, value) = member
             .handle
             .read(ReadConsistency::Linearizable, |kv: &Kv| {
@@ -238,7 +227,7 @@ async fn cluster_applying_inline(execution: Execution) {
         assert!(taken, "node {} took a snapshot by policy", member.id);
     }
 
-    for member in &members {
+    for member in members {
         member.handle.shutdown().await;
     }
 }
@@ -279,13 +268,13 @@ async fn one_thread_execution_reports_a_state_machine_panic_as_such() {
 
 async fn state_machine_panic(execution: Execution) {
     let network = MemNetwork::default();
-    let mut config = config(NodeId(1), &BTreeMap::new());
+    let mut config = config(NodeId(1));
     config.execution = execution;
     let (transport, inbound) = network.join(NodeId(1)).expect("join");
     let handle = start_node(config, MemStorage::new(membership(&[1])), transport, inbound, Panicky).expect("starts");
     let mut outcome = handle.propose(Bytes::from_static(b"fine")).await;
     while let Err(ProposeError::Refused { reason: raft_core::ProposeError::NotLeader { .. }, .. }) = outcome {
-        tokio::time::sleep(raft_tests::POLL).await;
+        tokio::time::sleep(raft_testkit::POLL).await;
         outcome = handle.propose(Bytes::from_static(b"fine")).await;
     }
     outcome.expect("an ordinary command applies");

@@ -2,29 +2,25 @@
 //! network: a learner joins, catches up and is promoted; a voter is removed; leadership moves to
 //! a chosen node, and the old leader then points proposals at it.
 
-use std::collections::BTreeMap;
-
 use raft_core::{ConfChange, Membership, MembershipError, NodeId, Role, TransferError};
-use raft_net::{MemNetwork, MembershipChangeError, NodeEvent, ProposeError, TransferLeadershipError};
+use raft_net::{MembershipChangeError, NodeEvent, ProposeError, TransferLeadershipError};
 use raft_storage::MemStorage;
-use raft_tests::{Member, PATIENCE, config, eventually, membership, propose, set, settled_leader, start_mem};
+use raft_testkit::{
+    Cluster, ClusterBuilder, Kv, Member, PATIENCE, eventually, membership, propose, set, settled_leader,
+};
 use tokio::time::{Instant, sleep, timeout};
 
-const VOTERS: [u64; 3] = [1, 2, 3];
-
-fn mem_cluster(network: &MemNetwork) -> Vec<Member> {
-    VOTERS
-        .iter()
-        .map(|id| start_mem(network, config(NodeId(*id), &BTreeMap::new()), MemStorage::new(membership(&VOTERS))))
-        .collect()
+/// Three voters over the in-memory network and stores.
+async fn mem_cluster() -> Cluster<Kv> {
+    ClusterBuilder::new(3).start(|_| Kv::default()).await.expect("the cluster starts")
 }
 
-fn member(members: &[Member], id: NodeId) -> &Member {
+fn member(members: &[Member<Kv>], id: NodeId) -> &Member<Kv> {
     members.iter().find(|m| m.id == id).expect("a member")
 }
 
 /// Changes the membership through `leader`, retrying while its term has no committed entry.
-async fn change(leader: &Member, changes: Vec<ConfChange>) -> Membership {
+async fn change(leader: &Member<Kv>, changes: Vec<ConfChange>) -> Membership {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let outcome = timeout(PATIENCE, leader.handle.change_membership(changes.clone())).await;
@@ -37,11 +33,11 @@ async fn change(leader: &Member, changes: Vec<ConfChange>) -> Membership {
             Err(error) => panic!("change {changes:?} failed: {error}"),
         }
         assert!(Instant::now() < deadline, "change {changes:?} never accepted");
-        sleep(raft_tests::POLL).await;
+        sleep(raft_testkit::POLL).await;
     }
 }
 
-async fn write_some(members: &[Member], keys: std::ops::Range<usize>) {
+async fn write_some(members: &[Member<Kv>], keys: std::ops::Range<usize>) {
     let handles: Vec<_> = members.iter().map(|m| m.handle.clone()).collect();
     let ids: Vec<_> = members.iter().map(|m| m.id).collect();
     for key in keys {
@@ -51,17 +47,15 @@ async fn write_some(members: &[Member], keys: std::ops::Range<usize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
-    let network = MemNetwork::default();
-    let mut members = mem_cluster(&network);
-    let all: Vec<&Member> = members.iter().collect();
-    let leader_id = settled_leader(&all).await;
-    write_some(&members, 0..20).await;
+    let mut cluster = mem_cluster().await;
+    let leader_id = settled_leader(&cluster.running()).await;
+    write_some(cluster.members(), 0..20).await;
 
     // A new node with no membership: it waits for the leader.
-    let new = start_mem(&network, config(NodeId(4), &BTreeMap::new()), MemStorage::new(Membership::default()));
+    let new = cluster.start_node(NodeId(4), MemStorage::new(Membership::default())).await.expect("node 4 starts");
     let mut new_events = new.handle.events();
-    members.push(new);
-    let leader = member(&members, leader_id);
+    let members = cluster.members();
+    let leader = member(members, leader_id);
     let follower = members.iter().find(|m| m.id != leader_id && m.id != NodeId(4)).expect("a follower");
 
     // Only the leader changes the membership; a change with no effect is refused.
@@ -79,7 +73,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
 
     let joined = change(leader, vec![ConfChange::AddLearner(NodeId(4))]).await;
     assert!(joined.learners.contains(&NodeId(4)) && !joined.is_joint(), "{joined:?}");
-    let new = member(&members, NodeId(4));
+    let new = member(members, NodeId(4));
     let commit = leader.handle.status().await.expect("runs").commit;
     // Membership entries do not reach the state machine: compare the node's applied index.
     eventually("the learner catches up", || async {
@@ -104,24 +98,22 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
     let removed_id = follower.id;
     let after = change(leader, vec![ConfChange::Remove(removed_id)]).await;
     assert!(!after.is_member(removed_id) && after.voters_incoming.len() == 3, "{after:?}");
-    let staying: Vec<Member> = members.into_iter().filter(|m| m.id != removed_id).collect();
-    write_some(&staying, 20..30).await;
-    for member in &staying {
-        member.handle.shutdown().await;
-    }
+    cluster.stop(removed_id).await.expect("the removed node runs");
+    write_some(cluster.members(), 20..30).await;
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_moves_to_the_chosen_node_and_the_old_leader_redirects_proposals() {
-    let network = MemNetwork::default();
-    let members = mem_cluster(&network);
-    let all: Vec<&Member> = members.iter().collect();
+    let cluster = mem_cluster().await;
+    let members = cluster.members();
+    let all = cluster.running();
     let old_id = settled_leader(&all).await;
-    write_some(&members, 0..5).await;
-    let old = member(&members, old_id);
+    write_some(members, 0..5).await;
+    let old = member(members, old_id);
     let target = members.iter().find(|m| m.id != old_id).expect("a follower").id;
 
-    let refused = member(&members, target).handle.transfer_leadership(old_id).await;
+    let refused = member(members, target).handle.transfer_leadership(old_id).await;
     assert!(
         matches!(refused, Err(TransferLeadershipError::Refused { reason: TransferError::NotLeader { .. }, .. })),
         "{refused:?}"
@@ -140,7 +132,7 @@ async fn leadership_moves_to_the_chosen_node_and_the_old_leader_redirects_propos
             break;
         }
     }
-    let status = member(&members, target).handle.status().await.expect("runs");
+    let status = member(members, target).handle.status().await.expect("runs");
     assert_eq!(status.role, Role::Leader);
 
     let redirected = old.handle.propose(set("after", "transfer")).await;
@@ -148,8 +140,8 @@ async fn leadership_moves_to_the_chosen_node_and_the_old_leader_redirects_propos
         matches!(redirected, Err(ref error) if error.leader_hint().is_some_and(|(leader, _)| leader == target)),
         "{redirected:?}"
     );
-    write_some(&members, 5..10).await;
-    for member in &members {
+    write_some(members, 5..10).await;
+    for member in members {
         member.handle.shutdown().await;
     }
 }
@@ -159,15 +151,15 @@ async fn leadership_moves_to_the_chosen_node_and_the_old_leader_redirects_propos
 /// queue full), which it once collapsed into.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_during_a_transfer_is_refused_as_such_not_as_too_busy() {
-    let network = MemNetwork::default();
-    let members = mem_cluster(&network);
-    let all: Vec<&Member> = members.iter().collect();
+    let cluster = mem_cluster().await;
+    let members = cluster.members();
+    let all = cluster.running();
     let leader_id = settled_leader(&all).await;
-    let leader = member(&members, leader_id);
+    let leader = member(members, leader_id);
     let target = members.iter().find(|m| m.id != leader_id).expect("a follower").id;
     // The target never hears `TimeoutNow`: the transfer stays in progress until the core
     // abandons it an election timeout later, and the leader keeps its quorum meanwhile.
-    network.isolate(target);
+    cluster.network().isolate(target);
 
     let deadline = Instant::now() + PATIENCE;
     let mut transfer = None;
@@ -195,9 +187,9 @@ async fn a_proposal_during_a_transfer_is_refused_as_such_not_as_too_busy() {
 
     let transfer = transfer.expect("started").await.expect("the transfer task ends");
     assert!(matches!(transfer, Err(TransferLeadershipError::TimedOut)), "{transfer:?}");
-    network.heal(target);
-    write_some(&members, 0..5).await;
-    for member in &members {
+    cluster.network().heal(target);
+    write_some(members, 0..5).await;
+    for member in members {
         member.handle.shutdown().await;
     }
 }

@@ -3,7 +3,6 @@
 //! from the majority serves no linearizable read, and shutdown or a failing disk resolves every
 //! pending read with a typed error.
 
-use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,9 +13,9 @@ use raft_core::{NodeId, Options, OptionsBuilder, ReadError as Refusal};
 use raft_net::{MemNetwork, NodeHandle, ReadConsistency, ReadError};
 use raft_storage::testing::SimFs;
 use raft_storage::{DiskOptions, DiskStorage, Identity, MemStorage};
-use raft_tests::{
-    CLUSTER, Kv, Member, PATIENCE, POLL, config, create_disk, eventually, listeners, membership, propose, set,
-    settled_leader, start_mem, start_tcp,
+use raft_testkit::{
+    CLUSTER, Cluster, ClusterBuilder, Kv, Member, NetworkKind, PATIENCE, POLL, StorageKind, config, eventually,
+    membership, propose, set, settled_leader,
 };
 use tokio::time::{Instant, sleep, timeout};
 
@@ -58,50 +57,39 @@ fn tuned(tune: impl Fn(OptionsBuilder) -> OptionsBuilder) -> Options {
     tune(builder).build().expect("valid options")
 }
 
-/// Three nodes over `network` and in-memory stores, with options changed by `tune`.
-fn mem_cluster(network: &MemNetwork, tune: impl Fn(OptionsBuilder) -> OptionsBuilder) -> Vec<Member> {
-    VOTERS
-        .iter()
-        .map(|id| {
-            let id = NodeId(*id);
-            let mut config = config(id, &BTreeMap::new());
-            config.options = tuned(&tune);
-            start_mem(network, config, MemStorage::new(membership(&VOTERS)))
-        })
-        .collect()
+/// Three nodes over the in-memory network and stores, with options changed by `tune`.
+async fn mem_cluster(tune: impl Fn(OptionsBuilder) -> OptionsBuilder + Send + Sync + 'static) -> Cluster<Kv> {
+    let builder = ClusterBuilder::new(3).configure(move |config| config.options = tuned(&tune));
+    builder.start(|_| Kv::default()).await.expect("the cluster starts")
 }
 
-/// Three nodes over `network`, each with a durable store on its own disk of `disks` (whose faults
-/// the test controls), with options changed by `tune`.
-fn disk_cluster(network: &MemNetwork, disks: &[SimFs], tune: impl Fn(OptionsBuilder) -> OptionsBuilder) -> Vec<Member> {
-    VOTERS
-        .iter()
-        .zip(disks)
-        .map(|(id, fs)| {
-            let id = NodeId(*id);
-            let identity = Identity { cluster_id: CLUSTER, node_id: id };
-            let storage =
-                DiskStorage::create(fs.clone(), "/data", identity, membership(&VOTERS), DiskOptions::default())
-                    .expect("create store");
-            let mut config = config(id, &BTreeMap::new());
-            config.options = tuned(&tune);
-            start_mem(network, config, storage)
-        })
-        .collect()
+/// Three nodes over the in-memory network, each with a durable store on its own disk of `disks`
+/// (whose faults the test controls), with options changed by `tune`.
+async fn disk_cluster(
+    disks: &[SimFs],
+    tune: impl Fn(OptionsBuilder) -> OptionsBuilder + Send + Sync + 'static,
+) -> Cluster<Kv> {
+    let store = |id: NodeId| {
+        let identity = Identity { cluster_id: CLUSTER, node_id: id };
+        let fs = disks[id.0 as usize - 1].clone();
+        Ok(DiskStorage::create(fs, "/data", identity, membership(&VOTERS), DiskOptions::default())?)
+    };
+    let builder = ClusterBuilder::new(3).configure(move |config| config.options = tuned(&tune));
+    builder.start_with(store, |_| Kv::default()).await.expect("the cluster starts")
 }
 
-fn handles(members: &[Member]) -> (Vec<NodeHandle<Kv>>, Vec<NodeId>) {
+fn handles(members: &[Member<Kv>]) -> (Vec<NodeHandle<Kv>>, Vec<NodeId>) {
     (members.iter().map(|m| m.handle.clone()).collect(), members.iter().map(|m| m.id).collect())
 }
 
 /// The settled leader's position in `members`.
-async fn leader_position(members: &[Member]) -> usize {
-    let all: Vec<&Member> = members.iter().collect();
+async fn leader_position(members: &[Member<Kv>]) -> usize {
+    let all: Vec<&Member<Kv>> = members.iter().collect();
     let leader = settled_leader(&all).await;
     members.iter().position(|m| m.id == leader).expect("the leader is a member")
 }
 
-async fn shutdown_all(members: &[Member]) {
+async fn shutdown_all(members: &[Member<Kv>]) {
     for member in members {
         member.handle.shutdown().await;
     }
@@ -112,15 +100,11 @@ async fn shutdown_all(members: &[Member]) {
 /// key is overwritten every time, so a read that missed the last write would see the one before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_write_is_visible_to_a_linearizable_read_on_every_node() {
-    let dirs: Vec<_> = VOTERS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
-    let (sockets, addresses) = listeners(3).await;
-    let mut members = Vec::new();
-    for ((id, listener), dir) in VOTERS.iter().map(|id| NodeId(*id)).zip(sockets).zip(&dirs) {
-        let storage = create_disk(dir.path(), id, &VOTERS);
-        members.push(start_tcp(CLUSTER, config(id, &addresses), listener, storage));
-    }
-    let leader = leader_position(&members).await;
-    let (all_handles, ids) = handles(&members);
+    let builder = ClusterBuilder::new(3).network(NetworkKind::Tcp).storage(StorageKind::disk());
+    let cluster = builder.start(|_| Kv::default()).await.expect("the cluster starts");
+    let members = cluster.members();
+    let leader = leader_position(members).await;
+    let (all_handles, ids) = handles(members);
     let mut stale_misses = 0;
     for i in 0..300_usize {
         let value = i.to_string();
@@ -135,7 +119,7 @@ async fn an_acknowledged_write_is_visible_to_a_linearizable_read_on_every_node()
         assert_eq!(read.as_deref(), Some(value.as_bytes()), "write {i} missed by a read on node {}", i % 3 + 1);
     }
     eprintln!("stale reads that missed the acknowledged write: {stale_misses} of 300");
-    shutdown_all(&members).await;
+    shutdown_all(members).await;
 }
 
 /// Sets its flag when dropped: when the task holding it ends, even by a panic.
@@ -151,10 +135,10 @@ impl Drop for SetOnDrop {
 /// than the last write acknowledged before the read was asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_linearizable_reads_never_go_back_before_an_acknowledged_write() {
-    let network = MemNetwork::default();
-    let members = mem_cluster(&network, |b| b);
-    let leader = leader_position(&members).await;
-    let (all_handles, ids) = handles(&members);
+    let cluster = mem_cluster(|b| b).await;
+    let members = cluster.members();
+    let leader = leader_position(members).await;
+    let (all_handles, ids) = handles(members);
     let acknowledged = Arc::new(AtomicU64::new(0));
     let writer_done = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
@@ -189,7 +173,7 @@ async fn concurrent_linearizable_reads_never_go_back_before_an_acknowledged_writ
     }
     writer.await.expect("the writer ran");
     assert_eq!(acknowledged.load(Ordering::SeqCst), 300);
-    shutdown_all(&members).await;
+    shutdown_all(members).await;
 }
 
 /// A lone voter confirms reads at once, with nobody to ask: they must be handed out although
@@ -198,9 +182,9 @@ async fn concurrent_linearizable_reads_never_go_back_before_an_acknowledged_writ
 async fn a_single_node_serves_linearizable_and_lease_reads() {
     let network = MemNetwork::default();
     let id = NodeId(1);
-    let mut config = config(id, &BTreeMap::new());
+    let mut config = config(id);
     config.options = tuned(|b| b.lease_reads(true));
-    let member = start_mem(&network, config, MemStorage::new(membership(&[1])));
+    let member = Member::start(config, MemStorage::new(membership(&[1])), &network, Kv::default()).expect("starts");
     settled_leader(&[&member]).await;
     for i in 0..20_usize {
         let value = i.to_string();
@@ -218,10 +202,10 @@ async fn a_single_node_serves_linearizable_and_lease_reads() {
 /// on, and refused with `LeaseNotEnabled` when it is off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_reads_work_when_enabled_and_are_refused_otherwise() {
-    let network = MemNetwork::default();
-    let members = mem_cluster(&network, |b| b.lease_reads(true).clock_drift_max_ticks(2));
-    let leader = leader_position(&members).await;
-    let (all_handles, ids) = handles(&members);
+    let cluster = mem_cluster(|b| b.lease_reads(true).clock_drift_max_ticks(2)).await;
+    let members = cluster.members();
+    let leader = leader_position(members).await;
+    let (all_handles, ids) = handles(members);
     for i in 0..20_usize {
         let value = i.to_string();
         propose(&all_handles, &ids, leader, set("x", &value)).await;
@@ -230,26 +214,26 @@ async fn lease_reads_work_when_enabled_and_are_refused_otherwise() {
         let read = read.expect("a lease read answers").expect("a lease read succeeds in a healthy cluster");
         assert_eq!(read.as_deref(), Some(value.as_bytes()));
     }
-    shutdown_all(&members).await;
+    shutdown_all(members).await;
 
-    let network = MemNetwork::default();
-    let members = mem_cluster(&network, |b| b);
-    let leader = leader_position(&members).await;
+    let cluster = mem_cluster(|b| b).await;
+    let members = cluster.members();
+    let leader = leader_position(members).await;
     for member in [&members[leader], &members[(leader + 1) % members.len()]] {
         let read = read_key(&member.handle, ReadConsistency::Lease, "x").await;
         assert!(matches!(read, Err(ReadError::Refused(Refusal::LeaseNotEnabled))), "{read:?}");
     }
-    shutdown_all(&members).await;
+    shutdown_all(members).await;
 }
 
 /// A node whose peers are down answers stale reads from what it applied; its linearizable reads
 /// fail with a typed error (or, while it still waits for its old leader, do not answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_reads_need_no_leader_and_linearizable_ones_fail_without_one() {
-    let network = MemNetwork::default();
-    let members = mem_cluster(&network, |b| b);
-    let leader = leader_position(&members).await;
-    let (all_handles, ids) = handles(&members);
+    let cluster = mem_cluster(|b| b).await;
+    let members = cluster.members();
+    let leader = leader_position(members).await;
+    let (all_handles, ids) = handles(members);
     propose(&all_handles, &ids, leader, set("x", "1")).await;
     let survivor = &members[(leader + 1) % members.len()];
     eventually("the survivor applies the write", || async { survivor.view.map().contains_key("x".as_bytes()) }).await;
@@ -286,10 +270,11 @@ async fn stale_reads_need_no_leader_and_linearizable_ones_fail_without_one() {
 /// stale reads still show the old value. Once healed, it serves the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_serves_no_linearizable_read() {
-    let network = MemNetwork::default();
-    let members = mem_cluster(&network, |b| b);
-    let position = leader_position(&members).await;
-    let (all_handles, ids) = handles(&members);
+    let cluster = mem_cluster(|b| b).await;
+    let members = cluster.members();
+    let network = cluster.network();
+    let position = leader_position(members).await;
+    let (all_handles, ids) = handles(members);
     propose(&all_handles, &ids, position, set("x", "old")).await;
     let old = &members[position];
     eventually("every node applies the old value", || async {
@@ -302,7 +287,7 @@ async fn an_isolated_leader_serves_no_linearizable_read() {
         let handle = old.handle.clone();
         async move { read_key(&handle, ReadConsistency::Linearizable, "x").await }
     });
-    let others: Vec<Member> = members.iter().filter(|m| m.id != old.id).map(clone_member).collect();
+    let others: Vec<Member<Kv>> = members.iter().filter(|m| m.id != old.id).cloned().collect();
     let new_leader = leader_position(&others).await;
     let (other_handles, other_ids) = handles(&others);
     propose(&other_handles, &other_ids, new_leader, set("x", "new")).await;
@@ -322,11 +307,7 @@ async fn an_isolated_leader_serves_no_linearizable_read() {
 
     network.heal(old.id);
     assert_eq!(read_key_retrying(&old.handle, "x").await.as_deref(), Some(b"new".as_slice()));
-    shutdown_all(&members).await;
-}
-
-fn clone_member(member: &Member) -> Member {
-    Member { id: member.id, handle: member.handle.clone(), view: member.view.clone() }
+    shutdown_all(members).await;
 }
 
 /// A leader cut off from everyone, without check-quorum, keeps leading and keeps its reads
@@ -334,9 +315,10 @@ fn clone_member(member: &Member) -> Member {
 /// pending one with `ShuttingDown`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_resolves_pending_reads_with_shutting_down() {
-    let network = MemNetwork::default();
-    let members = mem_cluster(&network, |b| b.check_quorum(false).reads_pending_max(1));
-    let old = &members[leader_position(&members).await];
+    let cluster = mem_cluster(|b| b.check_quorum(false).reads_pending_max(1)).await;
+    let members = cluster.members();
+    let network = cluster.network();
+    let old = &members[leader_position(members).await];
     network.isolate(old.id);
     let pending = tokio::spawn({
         let handle = old.handle.clone();
@@ -356,16 +338,17 @@ async fn shutdown_resolves_pending_reads_with_shutting_down() {
         let late = read_key(&old.handle, consistency, "x").await;
         assert!(matches!(late, Err(ReadError::ShuttingDown)), "{consistency:?}: {late:?}");
     }
-    shutdown_all(&members).await;
+    shutdown_all(members).await;
 }
 
 /// A read pending on a leader whose disk then fails resolves with the storage failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_disk_resolves_pending_reads_with_storage_failed() {
-    let network = MemNetwork::default();
     let disks: Vec<SimFs> = VOTERS.iter().map(|id| SimFs::new(*id)).collect();
-    let members = disk_cluster(&network, &disks, |b| b.check_quorum(false));
-    let position = leader_position(&members).await;
+    let cluster = disk_cluster(&disks, |b| b.check_quorum(false)).await;
+    let members = cluster.members();
+    let network = cluster.network();
+    let position = leader_position(members).await;
     let old = &members[position];
     network.isolate(old.id);
     let pending = tokio::spawn({
@@ -385,7 +368,7 @@ async fn a_failing_disk_resolves_pending_reads_with_storage_failed() {
     assert!(matches!(outcome, Err(ReadError::StorageFailed(_))), "{outcome:?}");
     let late = read_key(&old.handle, ReadConsistency::Stale, "x").await;
     assert!(matches!(late, Err(ReadError::StorageFailed(_))), "{late:?}");
-    shutdown_all(&members).await;
+    shutdown_all(members).await;
 }
 
 /// docs/pitfalls.md #29: a leader whose core thread stalls (here a slow fsync; a paused process is the
@@ -397,11 +380,11 @@ async fn a_failing_disk_resolves_pending_reads_with_storage_failed() {
 /// first and caught up at most four ticks per iteration: it answered the old value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stalled_past_its_lease_answers_no_stale_lease_read() {
-    let network = MemNetwork::default();
     let disks: Vec<SimFs> = VOTERS.iter().map(|id| SimFs::new(*id)).collect();
-    let members = disk_cluster(&network, &disks, |b| b.lease_reads(true).clock_drift_max_ticks(2));
-    let (handles, ids) = handles(&members);
-    let position = leader_position(&members).await;
+    let cluster = disk_cluster(&disks, |b| b.lease_reads(true).clock_drift_max_ticks(2)).await;
+    let members = cluster.members();
+    let (handles, ids) = handles(members);
+    let position = leader_position(members).await;
     propose(&handles, &ids, position, set("x", "old")).await;
     let old = &members[position];
     let value = timeout(PATIENCE, read_key(&old.handle, ReadConsistency::Lease, "x")).await;
@@ -445,5 +428,5 @@ async fn a_leader_stalled_past_its_lease_answers_no_stale_lease_read() {
         }
     }
     let _ = timeout(PATIENCE, stalled).await;
-    shutdown_all(&members).await;
+    shutdown_all(members).await;
 }

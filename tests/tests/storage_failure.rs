@@ -1,14 +1,13 @@
 //! A failing disk stops the node (fail-stop) and says so through the handle and an event; the
 //! process and the other nodes keep running.
 
-use std::collections::BTreeMap;
 use std::io::ErrorKind;
 
 use raft_core::{Index, NodeId, SnapshotMeta, StorageError, Term};
 use raft_net::{MemNetwork, NodeEvent, ProposeError, StopReason, StorageOperation};
 use raft_storage::testing::SimFs;
 use raft_storage::{DiskOptions, DiskStorage, Identity, LogStore, MemStorage};
-use raft_tests::{CLUSTER, PATIENCE, config, eventually, membership, set, settled_leader, start_mem};
+use raft_testkit::{CLUSTER, Kv, Member, PATIENCE, config, eventually, membership, set, settled_leader};
 use tokio::time::timeout;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,7 +18,7 @@ async fn a_write_error_stops_the_node_and_fails_its_proposals() {
     let storage = DiskStorage::create(fs.clone(), "/data", identity, membership(&[1]), DiskOptions::default())
         .expect("create store");
     let network = MemNetwork::default();
-    let member = start_mem(&network, config(id, &BTreeMap::new()), storage);
+    let member = Member::start(config(id), storage, &network, Kv::default()).expect("node 1 starts");
     let mut events = member.handle.events();
     settled_leader(&[&member]).await;
     for key in 0..10 {
@@ -56,7 +55,7 @@ async fn a_write_error_stops_the_node_and_fails_its_proposals() {
     let identity = Identity { cluster_id: CLUSTER, node_id: other };
     let storage = DiskStorage::create(SimFs::new(2), "/data", identity, membership(&[2]), DiskOptions::default())
         .expect("create store");
-    let survivor = start_mem(&network, config(other, &BTreeMap::new()), storage);
+    let survivor = Member::start(config(other), storage, &network, Kv::default()).expect("node 2 starts");
     settled_leader(&[&survivor]).await;
     survivor.handle.propose(set("alive", "yes")).await.expect("the other node works");
     eventually("the survivor applied", || async { survivor.view.map().len() == 1 }).await;
@@ -74,8 +73,8 @@ fn kv_snapshot(applied: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
 }
 
 /// Starts node 1 over `storage` and waits until it stops; the reason.
-async fn start_until_stopped<S: LogStore + Send + 'static>(storage: S) -> (StopReason, raft_tests::Member) {
-    let member = start_mem(&MemNetwork::default(), config(NodeId(1), &BTreeMap::new()), storage);
+async fn start_until_stopped<S: LogStore + Send + 'static>(storage: S) -> (StopReason, Member<Kv>) {
+    let member = Member::start(config(NodeId(1)), storage, &MemNetwork::default(), Kv::default()).expect("starts");
     eventually("the node stops", || async { member.handle.stop_reason().is_some() }).await;
     (member.handle.stop_reason().expect("stopped"), member)
 }

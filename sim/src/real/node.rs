@@ -2,7 +2,9 @@
 //! simulated disk, the TCP transport on its simulated network, the raft-net driver (as tasks on
 //! the host's runtime), a key-value state machine that reports what it applies, and a small
 //! client server over the node's `NodeHandle`. Run again by turmoil after every crash or bounce,
-//! it reopens its store like a restarted process.
+//! it reopens its store like a restarted process. The node is started by the workspace's harness
+//! (`raft_testkit::start_node`), wired through turmoil's listener and connector, as the
+//! integration tests and the bench start theirs through tokio's.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -12,9 +14,10 @@ use bytes::Bytes;
 use raft_core::{ConfChange, Index, Membership, MembershipError, NodeId, Options, TransferError};
 use raft_net::{
     Execution, MembershipChangeError, NodeConfig, NodeEvent, NodeHandle, ProposeError, ReadConsistency, StateMachine,
-    StopReason, TcpOptions, TcpTransport, TransferLeadershipError,
+    StopReason, TcpOptions, TransferLeadershipError,
 };
 use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity};
+use raft_testkit::{HarnessError, Tcp, start_node};
 use tokio::sync::broadcast::error::RecvError;
 use turmoil::net::{TcpListener, TcpStream};
 
@@ -133,7 +136,7 @@ pub(crate) async fn run_node(plan: NodePlan, observer: Observer) -> turmoil::Res
         .map(|peer| (NodeId(peer), SocketAddr::new(turmoil::lookup(plan.hosts[peer as usize - 1].as_str()), RAFT_PORT)))
         .collect();
     let listener = TcpListener::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), RAFT_PORT)).await?;
-    let tcp_options = TcpOptions {
+    let options = TcpOptions {
         connect_timeout: Duration::from_millis(200),
         handshake_timeout: Duration::from_millis(200),
         write_timeout: Duration::from_millis(500),
@@ -145,8 +148,13 @@ pub(crate) async fn run_node(plan: NodePlan, observer: Observer) -> turmoil::Res
         spawn_local: true,
         ..TcpOptions::default()
     };
-    let (transport, inbound) =
-        TcpTransport::start(CLUSTER_ID, id, TurmoilListener(listener), TurmoilConnector, peers, tcp_options)?;
+    let wiring = Tcp {
+        cluster_id: CLUSTER_ID,
+        listener: TurmoilListener(listener),
+        connector: TurmoilConnector,
+        peers,
+        options,
+    };
     let mut config =
         NodeConfig::new(id, plan.options.clone().with_rng_seed(fnv(plan.seed, &[id.0 as u8, incarnation as u8])));
     config.execution = Execution::Tasks;
@@ -154,12 +162,15 @@ pub(crate) async fn run_node(plan: NodePlan, observer: Observer) -> turmoil::Res
     config.snapshot_every_entries = plan.snapshot_every_entries;
     let state_machine =
         SimKv { node: id, state: KvState::default(), last: Index(0), chain: FNV_START, observer: observer.clone() };
-    let handle = match raft_net::start(config, storage, transport, inbound, state_machine) {
-        Ok(handle) => handle,
-        Err(error) => {
+    // The transport's tasks are spawned first, then the driver's: the order a seed's run depends
+    // on, as it was before the harness started the node.
+    let handle = match start_node(config, storage, wiring, state_machine) {
+        Ok(started) => started.handle,
+        Err(HarnessError::Node(error)) => {
             observer.lock().violate("node starts", format!("node {id} did not start: {error}"));
             return Ok(());
         }
+        Err(error) => return Err(error.into()),
     };
     let mut events = handle.events();
     let clients = TcpListener::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), CLIENT_PORT)).await?;
