@@ -7,10 +7,10 @@ mod common;
 
 use common::{Cluster, Fate, cluster_tuned, ids, message, node_with_log, options, storage_with_log};
 use raft_core::{
-    HardState, Index, Malformed, Membership, Message, MessageBody, NodeId, Output, Raft, ReadMode, Role, StepError,
-    Storage, Term,
+    AppendResult, ConflictHint, HardState, Index, Malformed, Membership, Message, MessageBody, NodeId, Output, Raft,
+    ReadMode, Role, StepError, Storage, Term,
 };
-use raft_storage::MemStorage;
+use raft_storage::{LogStore, MemStorage};
 
 fn take(node: &mut Raft<MemStorage>) -> Output {
     node.take_output().expect("memory storage never fails")
@@ -420,4 +420,84 @@ fn one_append_carries_stored_and_unstable_entries_together() {
         _ => false,
     });
     assert!(spans_the_boundary, "one append to node 3 carried the stored entries and the unstable ones up to {last}");
+}
+
+/// A follower whose leader does not answer holds forwarded reads up to `reads_pending_max`; the
+/// next read is refused at once. Forwarded reads count toward the limit like every other kind.
+///
+/// Kills: in `read.rs`, `Reads::pending_count`, the `+` before `self.ready.len()` changed to `*`
+/// (with nothing ready, the forwarded reads counted for nothing and the limit never bit).
+#[test]
+fn forwarded_reads_count_toward_the_pending_limit() {
+    let mut c = cluster_tuned(3, |b| b.reads_pending_max(2));
+    c.elect(1);
+    c.isolate(1);
+    assert_eq!(c.node_mut(2).read(1, ReadMode::ReadIndex), Ok(()));
+    assert_eq!(c.node_mut(2).read(2, ReadMode::ReadIndex), Ok(()));
+    assert_eq!(c.node_mut(2).read(3, ReadMode::ReadIndex), Err(raft_core::ReadError::TooManyPending));
+}
+
+/// A single voter writes two outputs and reports only the later one durable, which the contract
+/// allows (a report covers every earlier write). Both entries become stable and commit; the
+/// report names the later write by index *and* term.
+///
+/// Kills: in `log.rs`, `RaftLog::stable_to`, `w.last == index && w.term == term` changed to `||`
+/// (the earlier write of the same term was taken for the one reported, and only its entry
+/// became stable: the commit index stayed behind).
+#[test]
+fn a_report_of_a_later_write_makes_every_earlier_write_of_its_term_stable() {
+    let mut node = Raft::new(NodeId(1), options(NodeId(1), false, false), MemStorage::new(Membership::new(ids(1))))
+        .expect("memory storage");
+    node.campaign();
+    let persist = |node: &mut Raft<MemStorage>, report: bool| {
+        let output = take(node);
+        node.storage_mut().write_output(&output).expect("memory storage");
+        let last = output.entries.last().map(|e| (e.index, e.term)).expect("an output with entries");
+        if report {
+            node.on_persisted(last.0, last.1);
+        }
+        last
+    };
+    persist(&mut node, true);
+    assert!(node.is_leader());
+    node.propose(bytes::Bytes::from_static(b"a")).expect("leader");
+    persist(&mut node, false);
+    node.propose(bytes::Bytes::from_static(b"b")).expect("leader");
+    let (last, _) = persist(&mut node, true);
+    assert_eq!(node.status().stable_last_index, last, "the report covered the earlier write too");
+    assert_eq!(node.commit_index(), last, "a single voter commits what is durable");
+}
+
+/// A new leader probes node 3 at the end of its log; node 3 rejects (its log is short) and the
+/// leader probes lower. The same rejection then arrives a second time (a duplicate, or a late
+/// copy): it answers a probe that is no longer the current one and must change nothing: no new
+/// probe, the same next index.
+///
+/// Kills: in `progress.rs`, `Progress::on_reject`, the guard `rejected != self.next_index.prev()`
+/// of the probe state replaced by `false` (the stale rejection let another probe go out at once).
+#[test]
+fn a_duplicate_rejection_of_an_earlier_probe_changes_nothing() {
+    let voters = ids(3);
+    let mut node = node_with_log(NodeId(1), &voters, &[1, 1, 1], 1, options(NodeId(1), false, false));
+    node.campaign();
+    let _ = take(&mut node);
+    node.on_persisted(Index(3), Term(1));
+    node.step(message(2, 1, 2, MessageBody::VoteResponse { pre_vote: false, granted: true })).expect("a vote");
+    assert!(node.is_leader());
+    let _ = take(&mut node);
+    let next = |node: &Raft<MemStorage>| node.status().progress[&NodeId(3)].next_index;
+    let probed = next(&node);
+    let reject = |rejected: Index| {
+        let hint = ConflictHint { term: None, index: Index(2) };
+        message(3, 1, 2, MessageBody::AppendResponse(AppendResult::Reject { rejected_index: rejected, hint }))
+    };
+    node.step(reject(probed.prev())).expect("the current probe's rejection");
+    let lower = next(&node);
+    assert_eq!(lower, Index(2), "the leader probes where node 3's log ends");
+    let output = take(&mut node);
+    assert!(all_messages(&output).iter().any(|m| m.to == NodeId(3)), "a lower probe went out");
+    let _ = node.step(reject(probed.prev()));
+    let output = take(&mut node);
+    assert!(all_messages(&output).iter().all(|m| m.to != NodeId(3)), "the stale rejection sent nothing: {output:?}");
+    assert_eq!(next(&node), lower);
 }
