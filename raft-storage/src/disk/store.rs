@@ -10,7 +10,8 @@ use raft_core::{
 
 use super::directory::Directory;
 use super::error::DiskError;
-use super::meta::{IDENTITY_FILE, Identity, Meta, read_identity, read_meta, write_identity, write_meta};
+use super::codec::FORMAT_VERSION;
+use super::meta::{IDENTITY_FILE, IDENTITY_MAGIC, Identity, Meta, read_identity, read_meta, write_identity, write_meta};
 use super::recovery::{RecoveredLog, RecoveryReport, recover_log, remove_stray_snapshots, sync_recovered};
 use super::segment::{SegmentLog, parse_segment_name};
 use super::snapshot::{self, Staging};
@@ -109,7 +110,7 @@ impl<F: FileSystem> DiskStorage<F> {
         }
         let meta = Meta { membership, ..Meta::default() };
         write_meta(&dir, &meta)?;
-        write_identity(&dir, identity)?;
+        write_identity(&dir, identity, IDENTITY_MAGIC, FORMAT_VERSION)?;
         Ok(DiskStorage::new(dir, options, identity, meta, SegmentLog::new(Vec::new()), Vec::new()))
     }
 
@@ -132,14 +133,14 @@ impl<F: FileSystem> DiskStorage<F> {
             }
             return Err(DiskError::NotInitialized(dir.path().to_path_buf()));
         }
-        let found = read_identity(&dir)?;
+        let found = read_identity(&dir, IDENTITY_MAGIC, FORMAT_VERSION)?;
         if found != identity {
             return Err(DiskError::IdentityMismatch { expected: identity, found });
         }
         let meta = read_meta(&dir)?;
         if let Some(snapshot) = &meta.snapshot {
             // Before anything is repaired: a store whose snapshot is damaged stays as found.
-            snapshot::verify(&dir, snapshot)?;
+            snapshot::verify(&dir, "", snapshot)?;
         }
         let mut report = RecoveryReport::default();
         let boundary = (meta.snapshot_index, meta.snapshot_term);
@@ -220,24 +221,8 @@ impl<F: FileSystem> DiskStorage<F> {
 
 /// The log: appends, truncations, compactions.
 impl<F: FileSystem> DiskStorage<F> {
-    fn validate_append(&self, entries: &[Entry]) -> Result<(), DiskError> {
-        let Some(first) = entries.first().map(|e| e.index) else { return Ok(()) };
-        let snapshot = self.meta.snapshot_index;
-        if first <= snapshot {
-            return Err(DiskError::AppendBelowSnapshot { first, snapshot });
-        }
-        let last = self.last_index();
-        if first > last.next() {
-            return Err(DiskError::AppendGap { first, last });
-        }
-        match entries.windows(2).find(|pair| pair[1].index != pair[0].index.next()) {
-            Some(pair) => Err(DiskError::AppendNotConsecutive(pair[1].index)),
-            None => Ok(()),
-        }
-    }
-
     fn persist_inner(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), DiskError> {
-        self.validate_append(entries)?;
+        validate_append(entries, self.meta.snapshot_index, self.last_index())?;
         if let Some(hard_state) = hard_state {
             let durable = self.meta.hard_state;
             if (hard_state.term, hard_state.vote) != (durable.term, durable.vote) {
@@ -277,13 +262,29 @@ impl<F: FileSystem> DiskStorage<F> {
     }
 }
 
+/// Refuses `entries` unless they are consecutive and continue a log whose boundary is `snapshot`
+/// and whose last entry is `last` (replacing a suffix of it is fine).
+pub(crate) fn validate_append(entries: &[Entry], snapshot: Index, last: Index) -> Result<(), DiskError> {
+    let Some(first) = entries.first().map(|e| e.index) else { return Ok(()) };
+    if first <= snapshot {
+        return Err(DiskError::AppendBelowSnapshot { first, snapshot });
+    }
+    if first > last.next() {
+        return Err(DiskError::AppendGap { first, last });
+    }
+    match entries.windows(2).find(|pair| pair[1].index != pair[0].index.next()) {
+        Some(pair) => Err(DiskError::AppendNotConsecutive(pair[1].index)),
+        None => Ok(()),
+    }
+}
+
 /// Snapshots: staging, installing.
 impl<F: FileSystem> DiskStorage<F> {
     /// Writes a chunk through to the staging file (nothing is kept in memory but its crc).
     fn write_chunk_inner(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), DiskError> {
         if offset == 0 {
             self.staging = None; // Closes the file before `create` truncates it.
-            self.staging = Some(Staging::start(&self.dir, meta)?);
+            self.staging = Some(Staging::start(&self.dir, "", meta)?);
         }
         let staging = match self.staging.as_mut() {
             Some(staging) if staging.meta == *meta && staging.len == offset => staging,
@@ -312,7 +313,7 @@ impl<F: FileSystem> DiskStorage<F> {
     /// Writes a local snapshot to its own file (a snapshot being received keeps its staging)
     /// and installs it.
     fn save_inner(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), DiskError> {
-        let staging = Staging::local(&self.dir, meta, data)?;
+        let staging = Staging::local(&self.dir, "", meta, data)?;
         self.install_staged(staging)
     }
 
@@ -345,7 +346,7 @@ impl<F: FileSystem> DiskStorage<F> {
         }
         // The file META no longer names goes.
         match previous {
-            Some(previous) => snapshot::remove(&self.dir, &previous),
+            Some(previous) => snapshot::remove(&self.dir, "", &previous),
             None => Ok(()),
         }
     }
@@ -406,7 +407,7 @@ impl<F: FileSystem> Storage for DiskStorage<F> {
     ) -> Result<SnapshotChunk, StorageError> {
         match &self.meta.snapshot {
             Some(snapshot) if (snapshot.meta.index, snapshot.meta.term) == (index, term) => {
-                snapshot::read_chunk(&self.dir, snapshot, offset, bytes_max)
+                snapshot::read_chunk(&self.dir, "", snapshot, offset, bytes_max)
             }
             _ => Err(StorageError::SnapshotReplaced(index)),
         }
