@@ -46,12 +46,14 @@ mod fs;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod mem;
+mod wal;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use disk::{Corruption, DiskError, DiskOptions, DiskStorage, Identity, IoOp, RecoveryReport, Repair};
 pub use fs::{FileSystem, FsFile, StdFile, StdFs, read_range};
 pub use mem::{MemStorage, MemStorageError};
+pub use wal::{GroupStore, SharedWal, WalOptions};
 
 use bytes::Bytes;
 use raft_core::{Entry, HardState, Index, Output, SnapshotChunk, SnapshotMeta, Storage, Term};

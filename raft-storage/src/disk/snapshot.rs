@@ -170,6 +170,49 @@ impl<File: FsFile> Staging<File> {
     }
 }
 
+/// Writes a chunk of snapshot `meta` at `offset` into `staging` (through to its file; nothing is
+/// kept in memory but crcs). Offset 0 starts a new staging file (replacing any other); any other
+/// chunk must continue the staged data, or it is refused and the staged data kept.
+pub(crate) fn write_chunk<F: FileSystem>(
+    staging: &mut Option<Staging<F::File>>,
+    dir: &Directory<F>,
+    prefix: &str,
+    meta: &SnapshotMeta,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), DiskError> {
+    if offset == 0 {
+        *staging = None; // Closes the file before `create` truncates it.
+        *staging = Some(Staging::start(dir, prefix, meta)?);
+    }
+    let staging = match staging.as_mut() {
+        Some(staging) if staging.meta == *meta && staging.len == offset => staging,
+        Some(staging) if staging.meta == *meta => {
+            return Err(DiskError::SnapshotChunkOutOfOrder { offset, staged: staging.len });
+        }
+        _ => return Err(DiskError::SnapshotChunkOutOfOrder { offset, staged: 0 }),
+    };
+    if !data.is_empty() {
+        staging.write(data)?;
+    }
+    Ok(())
+}
+
+/// Takes the staged snapshot `meta` out of `staging` for its install; refuses (keeping another
+/// snapshot's staging) if it is not the one staged.
+pub(crate) fn take_staged<File>(
+    staging: &mut Option<Staging<File>>,
+    meta: &SnapshotMeta,
+) -> Result<Staging<File>, DiskError> {
+    match staging.take() {
+        Some(staged) if staged.meta == *meta => Ok(staged),
+        other => {
+            *staging = other;
+            Err(DiskError::SnapshotNotStaged(meta.index))
+        }
+    }
+}
+
 /// Removes the data file of `snapshot`, which META no longer names. Not made durable: should it
 /// come back after a crash, recovery removes it.
 pub(crate) fn remove<F: FileSystem>(dir: &Directory<F>, prefix: &str, snapshot: &SnapshotFile) -> Result<(), DiskError> {

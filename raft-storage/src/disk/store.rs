@@ -282,31 +282,11 @@ pub(crate) fn validate_append(entries: &[Entry], snapshot: Index, last: Index) -
 impl<F: FileSystem> DiskStorage<F> {
     /// Writes a chunk through to the staging file (nothing is kept in memory but its crc).
     fn write_chunk_inner(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), DiskError> {
-        if offset == 0 {
-            self.staging = None; // Closes the file before `create` truncates it.
-            self.staging = Some(Staging::start(&self.dir, "", meta)?);
-        }
-        let staging = match self.staging.as_mut() {
-            Some(staging) if staging.meta == *meta && staging.len == offset => staging,
-            Some(staging) if staging.meta == *meta => {
-                return Err(DiskError::SnapshotChunkOutOfOrder { offset, staged: staging.len });
-            }
-            _ => return Err(DiskError::SnapshotChunkOutOfOrder { offset, staged: 0 }),
-        };
-        if !data.is_empty() {
-            staging.write(data)?;
-        }
-        Ok(())
+        snapshot::write_chunk(&mut self.staging, &self.dir, "", meta, offset, data)
     }
 
     fn install_inner(&mut self, meta: &SnapshotMeta) -> Result<(), DiskError> {
-        let staging = match self.staging.take() {
-            Some(staging) if staging.meta == *meta => staging,
-            other => {
-                self.staging = other; // Another snapshot's staging stays.
-                return Err(DiskError::SnapshotNotStaged(meta.index));
-            }
-        };
+        let staging = snapshot::take_staged(&mut self.staging, meta)?;
         self.install_staged(staging)
     }
 
