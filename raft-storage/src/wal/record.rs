@@ -3,7 +3,7 @@
 //! IDENTITY file) is `DiskStorage`'s, with a magic and a version of its own, so neither store
 //! mistakes the other's files for its own.
 
-use raft_core::{Entry, GroupId};
+use raft_core::{Entry, GroupId, Index};
 use serde::{Deserialize, Serialize};
 
 use crate::disk::meta::Meta;
@@ -46,9 +46,11 @@ pub(super) enum RecordRef<'a> {
     /// The group is created with this metadata (its initial membership).
     Create { group: GroupId, meta: &'a Meta },
     /// The group's metadata (hard state, membership, log boundary, installed snapshot) from here
-    /// on: written when the term or vote changes, on compaction, on a snapshot install, and as a
+    /// on, and the last index of its log at this point (so that replay knows what a compaction
+    /// or install kept without the entries before it, which may lie in released segments):
+    /// written when the term or vote changes, on compaction, on a snapshot install, and as a
     /// checkpoint that lets an older segment go (see the module docs).
-    Meta { group: GroupId, meta: &'a Meta },
+    Meta { group: GroupId, meta: &'a Meta, last: Index },
     /// One entry of the group's log, replacing any entries of the group from its index on.
     Entry { group: GroupId, entry: &'a Entry },
     /// The group is removed: its earlier records are garbage.
@@ -63,7 +65,7 @@ pub(super) enum Record {
     /// See [`RecordRef::Create`].
     Create { group: GroupId, meta: Meta },
     /// See [`RecordRef::Meta`].
-    Meta { group: GroupId, meta: Meta },
+    Meta { group: GroupId, meta: Meta, last: Index },
     /// See [`RecordRef::Entry`].
     Entry { group: GroupId, entry: Entry },
     /// See [`RecordRef::Remove`].
@@ -79,7 +81,7 @@ pub(super) fn decode(payload: &[u8]) -> Option<Record> {
 
 #[cfg(test)]
 mod tests {
-    use raft_core::{EntryPayload, Index, Term};
+    use raft_core::{EntryPayload, Term};
 
     use super::*;
     use crate::disk::codec::{RECORD_PREFIX_BYTES, encode_record};

@@ -3,10 +3,13 @@
 //! interrupted (segment reclamation, group removals, snapshot installs).
 //!
 //! The segments on disk are a suffix of the WAL's history: reclamation removes the oldest ones
-//! once every record in them is superseded. So a group's first records may be gone: its entries
-//! read before its first metadata record are *pending* until that record (a checkpoint) says
-//! where its log starts, or until a `Remove` record says they are garbage. Entries of a group
-//! that neither follows nor a creation precedes mean a lost segment: corruption.
+//! once every record in them is superseded. So a group's first records may be gone: a group met
+//! without its `Create` is *pending* until a `Meta` record says where its log starts and ends
+//! (each `Meta` carries the log's last index, so no entry before it is needed to apply it), or a
+//! `Remove` says its records are garbage. Entries between a group's boundary and its first
+//! entry record met are allowed while the replay goes on (a later compaction may cover them);
+//! at the end, a group whose `Meta` never came, or whose log still misses entries after its
+//! boundary, means a lost segment: corruption.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -67,8 +70,7 @@ pub(super) fn recover<F: FileSystem>(
     }
     // A lost oldest segment first: it explains a group whose first records are missing.
     let below = check_reclaimed(&dir, &segments, replay.reclaimed_below)?;
-    replay.finish()?;
-    let groups = replay.into_groups();
+    let groups = replay.into_groups()?;
     // Checked before anything is repaired: a WAL whose snapshot is damaged stays as found.
     for (id, group) in &groups {
         if let Some(snapshot) = &group.meta.snapshot {
@@ -206,86 +208,92 @@ struct Replay {
 }
 
 /// A group during the replay.
+///
+/// Its log is known from `known_from` to `last`; the entries between its boundary and
+/// `known_from` (if any) lie in released segments. That is fine while the replay goes on (a
+/// later compaction may cover them), not at its end.
 struct ReplayGroup {
     /// Its metadata and the segment holding it; `None` while pending (see the module docs).
     meta: Option<(Meta, u64)>,
-    /// The index of `log[0]` (while live: the boundary's successor).
-    first: Index,
+    /// The index of `log[0]`.
+    known_from: Index,
+    /// The last index of the log.
+    last: Index,
+    /// Where the entries `known_from..=last` lie.
     log: VecDeque<Location>,
-    /// Where its first pending record lies, for the error should it stay pending.
-    pending_at: Option<(PathBuf, u64)>,
+    /// Where its first record in the replay lies, for the error should its history stay
+    /// incomplete.
+    first_at: (PathBuf, u64),
 }
 
 impl ReplayGroup {
-    fn live(meta: Meta, segment: u64) -> Self {
-        let first = meta.snapshot_index.next();
-        ReplayGroup { meta: Some((meta, segment)), first, log: VecDeque::new(), pending_at: None }
-    }
-
-    fn last(&self) -> Index {
-        Index(self.first.0 + self.log.len() as u64 - 1)
+    fn new(meta: Option<(Meta, u64)>, first_at: (PathBuf, u64)) -> Self {
+        let boundary = meta.as_ref().map_or(Index(0), |(meta, _)| meta.snapshot_index);
+        ReplayGroup { meta, known_from: boundary.next(), last: boundary, log: VecDeque::new(), first_at }
     }
 
     fn term_at(&self, index: Index) -> Option<Term> {
-        let offset = index.0.checked_sub(self.first.0)?;
+        let offset = index.0.checked_sub(self.known_from.0)?;
         self.log.get(usize::try_from(offset).ok()?).map(|location| location.term)
     }
 
-    /// Entry `index` of `term`, replacing the group's entries from `index` on.
+    /// Entry `index`, replacing the group's entries from `index` on.
     fn apply_entry(&mut self, index: Index, location: Location) -> Result<(), Corruption> {
+        let expected = self.last.next();
         let boundary = self.meta.as_ref().map(|(meta, _)| meta.snapshot_index);
-        if boundary.is_none() && (self.log.is_empty() || index < self.first) {
-            // Pending: the entries before it may lie in released segments.
-            self.log.clear();
-            self.first = index;
-        }
-        let expected = self.last().next();
-        if boundary.is_some_and(|boundary| index <= boundary) || index > expected {
+        let pending_start = boundary.is_none() && self.log.is_empty();
+        if boundary.is_some_and(|boundary| index <= boundary) || (index > expected && !pending_start) {
             return Err(Corruption::IndexOutOfSequence { expected, found: index });
         }
-        if let Some(previous) = self.term_at(index.prev()).filter(|_| index > self.first)
+        if index < self.known_from || pending_start {
+            // It replaces entries whose records lie in released segments.
+            self.log.clear();
+            self.known_from = index;
+        }
+        if let Some(previous) = self.term_at(index.prev()).filter(|_| index > self.known_from)
             && location.term < previous
         {
             return Err(Corruption::TermRegression { previous, found: location.term });
         }
-        self.log.truncate((index.0 - self.first.0) as usize);
+        self.log.truncate((index.0 - self.known_from.0) as usize);
         self.log.push_back(location);
+        self.last = index;
         Ok(())
     }
 
-    /// The group's metadata from here on; moves the log boundary as a compaction or install did.
-    fn apply_meta(&mut self, group: GroupId, meta: Meta, segment: u64) -> Result<(), Corruption> {
-        let (boundary, term) = (meta.snapshot_index, meta.snapshot_term);
-        match &self.meta {
-            Some((old, _)) if boundary < old.snapshot_index => return Err(Corruption::UnexpectedGroupRecord { group }),
-            Some((old, _)) if boundary == old.snapshot_index => {}
-            Some(_) => self.settle(boundary, term),
-            None => {
-                self.settle(boundary, term);
-                if !self.log.is_empty() && self.first > boundary.next() {
-                    return Err(Corruption::GapAfterSnapshot { first: self.first, snapshot: boundary });
-                }
-            }
+    /// The group's metadata from here on, with the last index of its log: drops the entries the
+    /// boundary covers and those after `last` (a compaction or install cleared them).
+    fn apply_meta(&mut self, group: GroupId, meta: Meta, segment: u64, last: Index) -> Result<(), Corruption> {
+        let boundary = meta.snapshot_index;
+        let regresses = self.meta.as_ref().is_some_and(|(old, _)| boundary < old.snapshot_index);
+        if regresses || last < boundary {
+            return Err(Corruption::UnexpectedGroupRecord { group });
         }
-        self.first = boundary.next();
+        let covered = boundary.next().0.saturating_sub(self.known_from.0).min(self.log.len() as u64);
+        self.log.drain(..covered as usize);
+        self.known_from = self.known_from.max(boundary.next());
+        let kept = (last.next().0.saturating_sub(self.known_from.0)).min(self.log.len() as u64);
+        self.log.truncate(kept as usize);
+        if self.log.is_empty() {
+            self.known_from = last.next();
+        }
+        self.last = last;
         self.meta = Some((meta, segment));
-        self.pending_at = None;
         Ok(())
     }
 
-    /// Keeps the entries after `boundary` if the log holds (`boundary`, `term`) or (pending)
-    /// starts right after it; drops the whole log otherwise (covered or superseded).
-    fn settle(&mut self, boundary: Index, term: Term) {
-        let keep = match self.term_at(boundary) {
-            Some(held) => held == term,
-            None => self.meta.is_none() && self.first == boundary.next(),
+    /// The group's state at the end of the replay; an error if its history is incomplete (a
+    /// lost segment): no metadata, or entries after its boundary without their records.
+    fn finish(self, group: GroupId) -> Result<(Meta, u64, VecDeque<Location>), DiskError> {
+        let (path, offset) = &self.first_at;
+        let Some((meta, segment)) = self.meta else {
+            return Err(corrupt(path, *offset, Corruption::UnexpectedGroupRecord { group }));
         };
-        if keep {
-            let covered = boundary.next().0.saturating_sub(self.first.0).min(self.log.len() as u64);
-            self.log.drain(..covered as usize);
-        } else {
-            self.log.clear();
+        if self.known_from != meta.snapshot_index.next() {
+            let corruption = Corruption::GapAfterSnapshot { first: self.known_from, snapshot: meta.snapshot_index };
+            return Err(corrupt(path, *offset, corruption));
         }
+        Ok((meta, segment, self.log))
     }
 }
 
@@ -297,12 +305,15 @@ impl Replay {
                     return Err(Corruption::UnexpectedGroupRecord { group });
                 }
                 self.removed.remove(&group);
-                self.groups.insert(group, ReplayGroup::live(meta, location.segment));
+                let first_at = (path.to_path_buf(), location.offset);
+                self.groups.insert(group, ReplayGroup::new(Some((meta, location.segment)), first_at));
             }
-            Record::Meta { group, meta } => self.pending_or_live(group, path, location)?.apply_meta(group, meta, location.segment)?,
+            Record::Meta { group, meta, last } => {
+                self.known_or_pending(group, path, location)?.apply_meta(group, meta, location.segment, last)?;
+            }
             Record::Entry { group, entry } => {
                 location.term = entry.term;
-                self.pending_or_live(group, path, location)?.apply_entry(entry.index, location)?;
+                self.known_or_pending(group, path, location)?.apply_entry(entry.index, location)?;
             }
             Record::Remove { group } => {
                 self.groups.remove(&group);
@@ -313,36 +324,22 @@ impl Replay {
         Ok(())
     }
 
-    /// The group a metadata or entry record belongs to, pending if it is new.
-    fn pending_or_live(&mut self, group: GroupId, path: &Path, location: Location) -> Result<&mut ReplayGroup, Corruption> {
+    /// The group a metadata or entry record belongs to, pending if it is new (its first records
+    /// lie in released segments).
+    fn known_or_pending(&mut self, group: GroupId, path: &Path, location: Location) -> Result<&mut ReplayGroup, Corruption> {
         if self.removed.contains(&group) {
             return Err(Corruption::UnexpectedGroupRecord { group });
         }
-        Ok(self.groups.entry(group).or_insert_with(|| ReplayGroup {
-            meta: None,
-            first: Index(0),
-            log: VecDeque::new(),
-            pending_at: Some((path.to_path_buf(), location.offset)),
-        }))
+        Ok(self.groups.entry(group).or_insert_with(|| ReplayGroup::new(None, (path.to_path_buf(), location.offset))))
     }
 
-    /// Fails if a group is still pending: its metadata (and creation) lay in a lost segment.
-    fn finish(&self) -> Result<(), DiskError> {
-        for (group, state) in &self.groups {
-            if let (None, Some((path, offset))) = (&state.meta, &state.pending_at) {
-                return Err(corrupt(path, *offset, Corruption::UnexpectedGroupRecord { group: *group }));
-            }
-        }
-        Ok(())
-    }
-
-    fn into_groups<File>(self) -> BTreeMap<GroupId, Group<File>> {
+    /// Every group's recovered state; an error if one's history is incomplete.
+    fn into_groups<File>(self) -> Result<BTreeMap<GroupId, Group<File>>, DiskError> {
         let mut groups = BTreeMap::new();
         for (incarnation, (id, state)) in self.groups.into_iter().enumerate() {
-            let Some((meta, segment)) = state.meta else { continue };
-            groups.insert(id, Group::new(meta, segment, state.log, incarnation as u64));
+            let (meta, segment, log) = state.finish(id)?;
+            groups.insert(id, Group::new(meta, segment, log, incarnation as u64));
         }
-        groups
+        Ok(groups)
     }
 }
-

@@ -284,9 +284,10 @@ impl<F: FileSystem> Inner<F> {
         self.groups.get_mut(&id).filter(|group| group.incarnation == incarnation).ok_or(DiskError::GroupNotFound(id))
     }
 
-    /// Logs `meta` as group `id`'s metadata.
-    fn log_meta(&mut self, id: GroupId, incarnation: u64, meta: Meta) -> Result<(), DiskError> {
-        let location = self.writer.append(&RecordRef::Meta { group: id, meta: &meta })?;
+    /// Logs `meta` as group `id`'s metadata, with `last`, the last index of its log once the
+    /// write that logs it is done.
+    fn log_meta(&mut self, id: GroupId, incarnation: u64, meta: Meta, last: Index) -> Result<(), DiskError> {
+        let location = self.writer.append(&RecordRef::Meta { group: id, meta: &meta, last })?;
         let group = self.group_mut(id, incarnation)?;
         group.meta = meta;
         group.meta_segment = location.segment;
@@ -363,8 +364,8 @@ impl<F: FileSystem> Inner<F> {
             .collect();
         for (id, incarnation) in stale {
             let group = self.group(id, incarnation)?;
-            let meta = Meta { hard_state: group.hard_state, ..group.meta.clone() };
-            self.log_meta(id, incarnation, meta)?;
+            let (meta, last) = (Meta { hard_state: group.hard_state, ..group.meta.clone() }, group.last_index());
+            self.log_meta(id, incarnation, meta, last)?;
         }
         self.writer.append(&RecordRef::Reclaim { below: floor })?;
         self.writer.commit()?;
@@ -407,8 +408,8 @@ impl<F: FileSystem> Inner<F> {
             let logged = group.meta.hard_state;
             if (hard_state.term, hard_state.vote) != (logged.term, logged.vote) {
                 // Before the entries: a durable entry of a term implies a durable term.
-                let meta = Meta { hard_state, ..group.meta.clone() };
-                self.log_meta(id, incarnation, meta)?;
+                let (meta, last) = (Meta { hard_state, ..group.meta.clone() }, group.last_index());
+                self.log_meta(id, incarnation, meta, last)?;
             }
             self.group_mut(id, incarnation)?.hard_state = hard_state;
         }
@@ -437,7 +438,8 @@ impl<F: FileSystem> Inner<F> {
         }
         let keep_suffix = group.term(index) == Some(term);
         let meta = Meta { snapshot_index: index, snapshot_term: term, hard_state: group.hard_state, ..group.meta.clone() };
-        self.log_meta(id, incarnation, meta)?;
+        let last = if keep_suffix { group.last_index() } else { index };
+        self.log_meta(id, incarnation, meta, last)?;
         let group = self.group_mut(id, incarnation)?;
         if keep_suffix {
             let covered = ((index.0 - boundary.0) as usize).min(group.log.len());
@@ -514,10 +516,12 @@ impl<F: FileSystem> Inner<F> {
         let previous = group.meta.snapshot.clone();
         let mut next = Meta { hard_state: group.hard_state, membership: meta.membership.clone(), ..group.meta.clone() };
         next.snapshot = Some(staging.into_snapshot_file(&self.writer.dir)?);
+        let mut last = group.last_index();
         if supersedes {
             (next.snapshot_index, next.snapshot_term) = (meta.index, meta.term);
+            last = meta.index;
         }
-        self.log_meta(id, incarnation, next)?;
+        self.log_meta(id, incarnation, next, last)?;
         if supersedes {
             self.group_mut(id, incarnation)?.log.clear();
             self.cache.remove_range(id, Index(0)..=Index::END);
