@@ -46,9 +46,9 @@ mod fs;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod mem;
-mod wal;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod wal;
 
 pub use disk::{Corruption, DiskError, DiskOptions, DiskStorage, Identity, IoOp, RecoveryReport, Repair};
 pub use fs::{FileSystem, FsFile, StdFile, StdFs, read_range};

@@ -253,8 +253,7 @@ fn snapshots_per_group_are_installed_saved_and_read_back() {
     assert_eq!(two.install_snapshot(&snapshot(9, 2, b"x")), Err(DiskError::SnapshotNotStaged(Index(9))));
     assert_same(&one, &model_one, true);
     assert_same(&two, &model_two, true);
-    let snapshot_files: Vec<String> =
-        list(&fs).into_iter().filter(|name| name.ends_with(".snap")).collect();
+    let snapshot_files: Vec<String> = list(&fs).into_iter().filter(|name| name.ends_with(".snap")).collect();
     assert_eq!(snapshot_files.len(), 2, "one data file per group: {snapshot_files:?}");
     drop((one, two, wal));
     fs.crash();
@@ -468,7 +467,8 @@ fn a_torn_tail_is_cut_and_reported() {
     let wal = open(&fs, SMALL);
     let repairs = wal.recovery_report().repairs().to_vec();
     assert!(matches!(&repairs[..], [Repair::TornTailTruncated { file, .. }] if *file == last), "{repairs:?}");
-    let lengths: Vec<Index> = (1..=3).map(|id| wal.group(GroupId(id)).expect("group").last_index().expect("last")).collect();
+    let lengths: Vec<Index> =
+        (1..=3).map(|id| wal.group(GroupId(id)).expect("group").last_index().expect("last")).collect();
     assert_eq!(lengths, [Index(8), Index(8), Index(7)], "only the torn record is lost");
 }
 

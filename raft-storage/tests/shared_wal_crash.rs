@@ -18,7 +18,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use raft_core::{Entry, GroupId, HardState, Index, Membership, NodeId, Output, ReceivedChunk, SnapshotMeta, Storage, Term};
+use raft_core::{
+    Entry, GroupId, HardState, Index, Membership, NodeId, Output, ReceivedChunk, SnapshotMeta, Storage, Term,
+};
 use raft_storage::testing::{SimFs, SimFsOptions};
 use raft_storage::{DiskError, GroupStore, Identity, LogStore, MemStorage, SharedWal, WalOptions};
 
@@ -82,7 +84,12 @@ fn workload() -> Vec<Call> {
 }
 
 fn snapshot(index: u64, term: u64, data: &[u8]) -> SnapshotMeta {
-    SnapshotMeta { index: Index(index), term: Term(term), membership: membership(), data_crc32: raft_core::snapshot_crc32(data) }
+    SnapshotMeta {
+        index: Index(index),
+        term: Term(term),
+        membership: membership(),
+        data_crc32: raft_core::snapshot_crc32(data),
+    }
 }
 
 /// The output of an install: the data in two chunks, then the install.
@@ -122,7 +129,9 @@ fn model_apply(model: &Model, call: &Call) -> Model {
             group(&mut next, id).save_snapshot(&snapshot(index, term, data), data).expect("model");
         }
         &Call::Install(id, index, term, data) => {
-            group(&mut next, id).write_output_owned(&mut install_output(&snapshot(index, term, data), data)).expect("model");
+            group(&mut next, id)
+                .write_output_owned(&mut install_output(&snapshot(index, term, data), data))
+                .expect("model");
         }
     }
     next
@@ -308,7 +317,11 @@ fn workload_ops() -> u64 {
     let states = history(&workload());
     let last = states.last().expect("history");
     for (id, model) in last {
-        assert_eq!(view(&node.wal.group(GroupId(*id)).expect("group")), view(model), "group {id} agrees with the model");
+        assert_eq!(
+            view(&node.wal.group(GroupId(*id)).expect("group")),
+            view(model),
+            "group {id} agrees with the model"
+        );
     }
     fs.op_count() - start
 }
@@ -325,7 +338,8 @@ fn recover_and_check(fs: &SimFs, states: &[Model], acked: usize) -> Result<(), S
     for id in ids {
         let recovered = wal.group(GroupId(id)).ok().map(|store| view(&store));
         let options: Vec<Option<View>> = candidates.iter().map(|m| m.get(&id).map(view)).collect();
-        check_group(recovered.as_ref(), &options).map_err(|why| format!("group {id}: {why}; recovered {recovered:?}"))?;
+        check_group(recovered.as_ref(), &options)
+            .map_err(|why| format!("group {id}: {why}; recovered {recovered:?}"))?;
         if let Some(recovered) = recovered {
             expected.insert(id, recovered);
         }

@@ -30,18 +30,34 @@ fn dir() -> PathBuf {
 /// One step, with raw numbers resolved against the model so that every step is meaningful.
 #[derive(Clone, Debug)]
 enum Op {
-    Create { group: u8, learner: bool },
-    Remove { group: u8 },
+    Create {
+        group: u8,
+        learner: bool,
+    },
+    Remove {
+        group: u8,
+    },
     /// Appends to each listed group in one `write_batch` (a group at most once).
     Batch(Vec<Append>),
     /// One append through `LogStore::persist`.
     Persist(Append),
     /// Compacts at `target` entries past the boundary (`matching`: with the log's term there).
-    Compact { group: u8, target: u8, matching: bool },
+    Compact {
+        group: u8,
+        target: u8,
+        matching: bool,
+    },
     /// A snapshot `back` entries before the end (or past it): saved locally, or received in
     /// chunks and installed.
-    Snapshot { group: u8, back: u8, beyond: bool, received: bool },
-    Reopen { power_loss: bool },
+    Snapshot {
+        group: u8,
+        back: u8,
+        beyond: bool,
+        received: bool,
+    },
+    Reopen {
+        power_loss: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -176,7 +192,11 @@ impl Harness {
         let Some(model) = self.models.get_mut(&group) else { return Ok(()) };
         let last = model.last_index().expect("memory");
         let boundary = model.first_index().expect("memory").prev();
-        let index = if beyond { Index(last.0 + 1 + u64::from(back)) } else { Index(last.0.saturating_sub(u64::from(back)).max(boundary.0)) };
+        let index = if beyond {
+            Index(last.0 + 1 + u64::from(back))
+        } else {
+            Index(last.0.saturating_sub(u64::from(back)).max(boundary.0))
+        };
         let term = model.term(index).unwrap_or(Term(model.hard_state().term.0.max(1)));
         let data: Vec<u8> = (0..(index.0 * 3 % 40)).map(|b| b as u8 ^ group).collect();
         let membership = model.initial_state().expect("memory").membership;

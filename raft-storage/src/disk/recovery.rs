@@ -337,7 +337,12 @@ pub(crate) trait RecordSink {
 }
 
 /// A torn write at `offset` of the last segment, or `corruption` anywhere else.
-pub(crate) fn torn_or_corrupt(path: &Path, is_last: bool, offset: u64, corruption: Corruption) -> Result<u64, DiskError> {
+pub(crate) fn torn_or_corrupt(
+    path: &Path,
+    is_last: bool,
+    offset: u64,
+    corruption: Corruption,
+) -> Result<u64, DiskError> {
     if is_last { Ok(offset) } else { Err(corrupt(path, offset, corruption)) }
 }
 

@@ -215,13 +215,21 @@ pub(crate) fn take_staged<File>(
 
 /// Removes the data file of `snapshot`, which META no longer names. Not made durable: should it
 /// come back after a crash, recovery removes it.
-pub(crate) fn remove<F: FileSystem>(dir: &Directory<F>, prefix: &str, snapshot: &SnapshotFile) -> Result<(), DiskError> {
+pub(crate) fn remove<F: FileSystem>(
+    dir: &Directory<F>,
+    prefix: &str,
+    snapshot: &SnapshotFile,
+) -> Result<(), DiskError> {
     dir.remove(&dir.file(&snapshot_name(prefix, &snapshot.meta)))
 }
 
 /// Checks that the data file of `snapshot` holds exactly `snapshot.len` bytes with crc
 /// `snapshot.crc`, reading [`SNAPSHOT_READ_BYTES_MAX`] bytes at a time.
-pub(crate) fn verify<F: FileSystem>(dir: &Directory<F>, prefix: &str, snapshot: &SnapshotFile) -> Result<(), DiskError> {
+pub(crate) fn verify<F: FileSystem>(
+    dir: &Directory<F>,
+    prefix: &str,
+    snapshot: &SnapshotFile,
+) -> Result<(), DiskError> {
     let path = dir.file(&snapshot_name(prefix, &snapshot.meta));
     let mut crc = crc32fast::Hasher::new();
     let mut len = 0;

@@ -8,10 +8,12 @@ use raft_core::{
     Entry, HardState, Index, InitialState, Membership, Output, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term,
 };
 
+use super::codec::FORMAT_VERSION;
 use super::directory::Directory;
 use super::error::DiskError;
-use super::codec::FORMAT_VERSION;
-use super::meta::{IDENTITY_FILE, IDENTITY_MAGIC, Identity, Meta, read_identity, read_meta, write_identity, write_meta};
+use super::meta::{
+    IDENTITY_FILE, IDENTITY_MAGIC, Identity, Meta, read_identity, read_meta, write_identity, write_meta,
+};
 use super::recovery::{RecoveredLog, RecoveryReport, recover_log, remove_stray_snapshots, sync_recovered};
 use super::segment::{SegmentLog, parse_segment_name};
 use super::snapshot::{self, Staging};

@@ -62,7 +62,8 @@ impl EntryCache {
         if low > high {
             return;
         }
-        let keys: Vec<(GroupId, Index)> = self.entries.range((group, low)..=(group, high)).map(|(key, _)| *key).collect();
+        let keys: Vec<(GroupId, Index)> =
+            self.entries.range((group, low)..=(group, high)).map(|(key, _)| *key).collect();
         for key in keys {
             self.remove(key);
         }

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use raft_core::{GroupId, Index, Term};
 
-use super::record::{FORMAT_VERSION, IDENTITY_MAGIC, Record, SEGMENT_MAGIC, decode, group_prefix, parse_group_file};
 use super::record::parse_segment_name;
+use super::record::{FORMAT_VERSION, IDENTITY_MAGIC, Record, SEGMENT_MAGIC, decode, group_prefix, parse_group_file};
 use super::store::{Group, Inner, Location, SegmentFile, WalOptions, Writer, segment_path};
 use crate::disk::codec::{HEADER_BYTES, RECORD_PREFIX_BYTES, check_header};
 use crate::disk::directory::Directory;
@@ -326,7 +326,12 @@ impl Replay {
 
     /// The group a metadata or entry record belongs to, pending if it is new (its first records
     /// lie in released segments).
-    fn known_or_pending(&mut self, group: GroupId, path: &Path, location: Location) -> Result<&mut ReplayGroup, Corruption> {
+    fn known_or_pending(
+        &mut self,
+        group: GroupId,
+        path: &Path,
+        location: Location,
+    ) -> Result<&mut ReplayGroup, Corruption> {
         if self.removed.contains(&group) {
             return Err(Corruption::UnexpectedGroupRecord { group });
         }

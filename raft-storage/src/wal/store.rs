@@ -165,7 +165,8 @@ impl<F: FileSystem> Writer<F> {
         }
         self.dirty = true;
         let segment = self.segments.last_mut().expect("a segment was just ensured");
-        let location = Location { segment: segment.sequence, offset: segment.len, len: record_len as u32, term: Term(0) };
+        let location =
+            Location { segment: segment.sequence, offset: segment.len, len: record_len as u32, term: Term(0) };
         segment.len += record_len;
         segment.records += 1;
         Ok(location)
@@ -437,7 +438,8 @@ impl<F: FileSystem> Inner<F> {
             return Ok(());
         }
         let keep_suffix = group.term(index) == Some(term);
-        let meta = Meta { snapshot_index: index, snapshot_term: term, hard_state: group.hard_state, ..group.meta.clone() };
+        let meta =
+            Meta { snapshot_index: index, snapshot_term: term, hard_state: group.hard_state, ..group.meta.clone() };
         let last = if keep_suffix { group.last_index() } else { index };
         self.log_meta(id, incarnation, meta, last)?;
         let group = self.group_mut(id, incarnation)?;
@@ -539,7 +541,8 @@ impl<F: FileSystem> Inner<F> {
     fn read_group(&self, id: GroupId, incarnation: u64) -> Result<&Group<F::File>, StorageError> {
         // No StorageError names a missing group: a handle on a removed group reads as a
         // missing file.
-        self.group(id, incarnation).map_err(|_| StorageError::Io { kind: std::io::ErrorKind::NotFound, raw_os_error: None })
+        self.group(id, incarnation)
+            .map_err(|_| StorageError::Io { kind: std::io::ErrorKind::NotFound, raw_os_error: None })
     }
 
     fn entries(
@@ -803,7 +806,10 @@ impl<F: FileSystem> GroupStore<F> {
         })
     }
 
-    fn read<T>(&self, read: impl FnOnce(&Inner<F>, &Group<F::File>) -> Result<T, StorageError>) -> Result<T, StorageError> {
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&Inner<F>, &Group<F::File>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
         let inner = lock(&self.wal);
         let group = inner.read_group(self.group, self.incarnation)?;
         read(&inner, group)
