@@ -234,15 +234,13 @@ fn snapshots_per_group_are_installed_saved_and_read_back() {
     };
     // Group 1: a local snapshot inside the log (keeps the suffix), then one that supersedes it.
     let (local, received) = (snapshot(6, 2, b"six"), snapshot(12, 3, b"twelve"));
-    for (store, model) in [(&mut one as &mut dyn LogStoreDyn, &mut model_one as &mut dyn LogStoreDyn)] {
-        store.save(&local, b"six");
-        model.save(&local, b"six");
-        store.chunk(&received, 0, b"twe");
-        store.chunk(&received, 3, b"lve");
-        store.install(&received);
-        model.chunk(&received, 0, b"twelve");
-        model.install(&received);
-    }
+    one.save_snapshot(&local, b"six").expect("save");
+    model_one.save_snapshot(&local, b"six").expect("model");
+    one.write_snapshot_chunk(&received, 0, b"twe").expect("chunk");
+    one.write_snapshot_chunk(&received, 3, b"lve").expect("chunk");
+    one.install_snapshot(&received).expect("install");
+    model_one.write_snapshot_chunk(&received, 0, b"twelve").expect("model");
+    model_one.install_snapshot(&received).expect("model");
     // Group 2: compaction, then a snapshot older than one it holds is dropped.
     two.compact(Index(7), Term(2)).expect("compact");
     model_two.compact(Index(7), Term(2)).expect("model");
@@ -260,25 +258,6 @@ fn snapshots_per_group_are_installed_saved_and_read_back() {
     let wal = open(&fs, SMALL);
     assert_same(&wal.group(GroupId(1)).expect("group"), &model_one, false);
     assert_same(&wal.group(GroupId(2)).expect("group"), &model_two, false);
-}
-
-/// The snapshot writes of a store, object-safe (for the test above).
-trait LogStoreDyn {
-    fn save(&mut self, meta: &SnapshotMeta, data: &[u8]);
-    fn chunk(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]);
-    fn install(&mut self, meta: &SnapshotMeta);
-}
-
-impl<S: LogStore> LogStoreDyn for S {
-    fn save(&mut self, meta: &SnapshotMeta, data: &[u8]) {
-        self.save_snapshot(meta, data).expect("save");
-    }
-    fn chunk(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) {
-        self.write_snapshot_chunk(meta, offset, data).expect("chunk");
-    }
-    fn install(&mut self, meta: &SnapshotMeta) {
-        self.install_snapshot(meta).expect("install");
-    }
 }
 
 /// Writes `count` entries of 40 payload bytes to each group in turn, one entry per batch.

@@ -272,6 +272,23 @@ fn same_io_error(one: &std::io::Error, other: &std::io::Error) -> bool {
     one.kind() == other.kind() && one.raw_os_error() == other.raw_os_error()
 }
 
+/// Fail-stop: runs `write` on `store` unless the flag `stopped` gives is set, and sets it for
+/// good if `write` fails with an I/O error (the store cannot say what reached the disk).
+pub(crate) fn fail_stop<S, T>(
+    store: &mut S,
+    stopped: fn(&mut S) -> &mut bool,
+    write: impl FnOnce(&mut S) -> Result<T, DiskError>,
+) -> Result<T, DiskError> {
+    if *stopped(store) {
+        return Err(DiskError::Stopped);
+    }
+    let result = write(store);
+    if matches!(result, Err(DiskError::Io { .. })) {
+        *stopped(store) = true;
+    }
+    result
+}
+
 /// The error of a failed `op` on `path`, for `map_err`.
 pub(crate) fn io_error(op: IoOp, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
     move |source| DiskError::Io { op, path: path.to_path_buf(), source }

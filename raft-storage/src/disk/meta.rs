@@ -12,7 +12,7 @@ use super::snapshot::SnapshotFile;
 use crate::fs::FileSystem;
 
 /// The file naming the directory's owner.
-pub(crate) const IDENTITY_FILE: &str = "IDENTITY";
+const IDENTITY_FILE: &str = "IDENTITY";
 /// The magic of `DiskStorage`'s IDENTITY file.
 pub(crate) const IDENTITY_MAGIC: [u8; 8] = *b"RAFTNODE";
 const META_FILE: &str = "META";
@@ -63,12 +63,53 @@ pub(super) fn read_meta<F: FileSystem>(dir: &Directory<F>) -> Result<Meta, DiskE
 }
 
 /// Reads and checks `IDENTITY`, written with the `magic` and format `version` of its store.
-pub(crate) fn read_identity<F: FileSystem>(
-    dir: &Directory<F>,
-    magic: [u8; 8],
-    version: u32,
-) -> Result<Identity, DiskError> {
+fn read_identity<F: FileSystem>(dir: &Directory<F>, magic: [u8; 8], version: u32) -> Result<Identity, DiskError> {
     read_framed(dir, IDENTITY_FILE, magic, version)
+}
+
+/// Prepares `dir` for a new store: creates it if missing, and fails if a store is there already
+/// (an IDENTITY file), or if it holds log segments (`is_segment` names them) but no IDENTITY: a
+/// damaged store, which starting afresh would erase (and with it the node's vote).
+pub(crate) fn prepare_new<F: FileSystem>(dir: &Directory<F>, is_segment: fn(&str) -> bool) -> Result<(), DiskError> {
+    dir.create_all()?;
+    let names = dir.list()?;
+    if names.iter().any(|n| n == IDENTITY_FILE) {
+        return Err(DiskError::AlreadyInitialized(dir.path().to_path_buf()));
+    }
+    if names.iter().any(|n| is_segment(n)) {
+        return Err(DiskError::MissingIdentity(dir.path().to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Lists the files of the store in `dir` being opened as `identity`, after checking its IDENTITY
+/// file (of `magic` and format `version`): no directory or no store is
+/// [`DiskError::NotInitialized`], log segments (`is_segment` names them) without IDENTITY
+/// [`DiskError::MissingIdentity`], another owner [`DiskError::IdentityMismatch`]
+/// (docs/pitfalls.md #27).
+pub(crate) fn open_existing<F: FileSystem>(
+    dir: &Directory<F>,
+    identity: Identity,
+    (magic, version): ([u8; 8], u32),
+    is_segment: fn(&str) -> bool,
+) -> Result<Vec<String>, DiskError> {
+    let names = match dir.list() {
+        Err(error) if error.io_kind() == Some(std::io::ErrorKind::NotFound) => {
+            return Err(DiskError::NotInitialized(dir.path().to_path_buf()));
+        }
+        listed => listed?,
+    };
+    if !names.iter().any(|n| n == IDENTITY_FILE) {
+        if names.iter().any(|n| is_segment(n)) {
+            return Err(DiskError::MissingIdentity(dir.path().to_path_buf()));
+        }
+        return Err(DiskError::NotInitialized(dir.path().to_path_buf()));
+    }
+    let found = read_identity(dir, magic, version)?;
+    if found != identity {
+        return Err(DiskError::IdentityMismatch { expected: identity, found });
+    }
+    Ok(names)
 }
 
 /// Replaces the file `name` with `bytes`: through `<name>.tmp`, synced before the rename, and the

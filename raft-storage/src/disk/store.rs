@@ -10,15 +10,18 @@ use raft_core::{
 
 use super::codec::FORMAT_VERSION;
 use super::directory::Directory;
-use super::error::DiskError;
-use super::meta::{
-    IDENTITY_FILE, IDENTITY_MAGIC, Identity, Meta, read_identity, read_meta, write_identity, write_meta,
-};
+use super::error::{DiskError, fail_stop};
+use super::meta::{IDENTITY_MAGIC, Identity, Meta, open_existing, prepare_new, read_meta, write_identity, write_meta};
 use super::recovery::{RecoveredLog, RecoveryReport, recover_log, remove_stray_snapshots, sync_recovered};
 use super::segment::{SegmentLog, parse_segment_name};
 use super::snapshot::{self, Staging};
 use crate::fs::{FileSystem, StdFs};
 use crate::{LogStore, take_entries};
+
+/// Whether `name` is a segment's file name.
+fn is_segment(name: &str) -> bool {
+    parse_segment_name(name).is_some()
+}
 
 /// Tunables of the durable store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,16 +103,8 @@ impl<F: FileSystem> DiskStorage<F> {
         options: DiskOptions,
     ) -> Result<Self, DiskError> {
         let dir = Directory::new(fs, dir.into());
-        dir.create_all()?;
-        let names = dir.list()?;
-        if names.iter().any(|n| n == IDENTITY_FILE) {
-            return Err(DiskError::AlreadyInitialized(dir.path().to_path_buf()));
-        }
-        // Segments are only written after IDENTITY: without it they mean a damaged store, which
-        // starting afresh would erase (and with it the node's vote).
-        if names.iter().any(|n| parse_segment_name(n).is_some()) {
-            return Err(DiskError::MissingIdentity(dir.path().to_path_buf()));
-        }
+        // Segments are only written after IDENTITY.
+        prepare_new(&dir, is_segment)?;
         let meta = Meta { membership, ..Meta::default() };
         write_meta(&dir, &meta)?;
         write_identity(&dir, identity, IDENTITY_MAGIC, FORMAT_VERSION)?;
@@ -123,22 +118,7 @@ impl<F: FileSystem> DiskStorage<F> {
     /// [`DiskStorage::recovery_report`] lists every such repair.
     pub fn open(fs: F, dir: impl Into<PathBuf>, identity: Identity, options: DiskOptions) -> Result<Self, DiskError> {
         let dir = Directory::new(fs, dir.into());
-        let names = match dir.list() {
-            Err(error) if error.io_kind() == Some(std::io::ErrorKind::NotFound) => {
-                return Err(DiskError::NotInitialized(dir.path().to_path_buf()));
-            }
-            listed => listed?,
-        };
-        if !names.iter().any(|n| n == IDENTITY_FILE) {
-            if names.iter().any(|n| parse_segment_name(n).is_some()) {
-                return Err(DiskError::MissingIdentity(dir.path().to_path_buf()));
-            }
-            return Err(DiskError::NotInitialized(dir.path().to_path_buf()));
-        }
-        let found = read_identity(&dir, IDENTITY_MAGIC, FORMAT_VERSION)?;
-        if found != identity {
-            return Err(DiskError::IdentityMismatch { expected: identity, found });
-        }
+        let names = open_existing(&dir, identity, (IDENTITY_MAGIC, FORMAT_VERSION), is_segment)?;
         let meta = read_meta(&dir)?;
         if let Some(snapshot) = &meta.snapshot {
             // Before anything is repaired: a store whose snapshot is damaged stays as found.
@@ -210,14 +190,7 @@ impl<F: FileSystem> DiskStorage<F> {
 
     /// Runs `write`, stopping the store for good if it fails with an I/O error (fail-stop).
     fn guarded<T>(&mut self, write: impl FnOnce(&mut Self) -> Result<T, DiskError>) -> Result<T, DiskError> {
-        if self.stopped {
-            return Err(DiskError::Stopped);
-        }
-        let result = write(self);
-        if matches!(result, Err(DiskError::Io { .. })) {
-            self.stopped = true;
-        }
-        result
+        fail_stop(self, |this| &mut this.stopped, write)
     }
 }
 

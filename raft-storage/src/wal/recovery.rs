@@ -22,7 +22,7 @@ use super::store::{Group, Inner, Location, SegmentFile, WalOptions, Writer, segm
 use crate::disk::codec::{HEADER_BYTES, RECORD_PREFIX_BYTES, check_header};
 use crate::disk::directory::Directory;
 use crate::disk::error::{Corruption, DiskError, corrupt};
-use crate::disk::meta::{IDENTITY_FILE, Identity, Meta, read_identity};
+use crate::disk::meta::{Identity, Meta, open_existing};
 use crate::disk::recovery::{RecordSink, RecoveryReport, Repair, cut_torn_tail, torn_or_corrupt, walk_records};
 use crate::disk::snapshot::{self, is_snapshot_file, snapshot_name};
 use crate::fs::FileSystem;
@@ -33,24 +33,10 @@ pub(super) fn recover<F: FileSystem>(
     identity: Identity,
     options: WalOptions,
 ) -> Result<Inner<F>, DiskError> {
-    let names = match dir.list() {
-        Err(error) if error.io_kind() == Some(std::io::ErrorKind::NotFound) => {
-            return Err(DiskError::NotInitialized(dir.path().to_path_buf()));
-        }
-        listed => listed?,
-    };
+    let is_segment = |name: &str| parse_segment_name(name).is_some();
+    let names = open_existing(&dir, identity, (IDENTITY_MAGIC, FORMAT_VERSION), is_segment)?;
     let mut sequences: Vec<u64> = names.iter().filter_map(|name| parse_segment_name(name)).collect();
     sequences.sort_unstable();
-    if !names.iter().any(|n| n == IDENTITY_FILE) {
-        if !sequences.is_empty() {
-            return Err(DiskError::MissingIdentity(dir.path().to_path_buf()));
-        }
-        return Err(DiskError::NotInitialized(dir.path().to_path_buf()));
-    }
-    let found = read_identity(&dir, IDENTITY_MAGIC, FORMAT_VERSION)?;
-    if found != identity {
-        return Err(DiskError::IdentityMismatch { expected: identity, found });
-    }
     if let Some(pair) = sequences.windows(2).find(|pair| pair[1] != pair[0] + 1) {
         let corruption = Corruption::SegmentMissing { expected: pair[0] + 1, found: pair[1] };
         return Err(corrupt(&segment_path(&dir, pair[1]), 0, corruption));

@@ -21,8 +21,8 @@ use super::recovery;
 use crate::LogStore;
 use crate::disk::codec::{checked_record, encode_header, encode_record};
 use crate::disk::directory::{Directory, OpenFile};
-use crate::disk::error::DiskError;
-use crate::disk::meta::{IDENTITY_FILE, Identity, Meta, write_identity};
+use crate::disk::error::{DiskError, fail_stop};
+use crate::disk::meta::{Identity, Meta, prepare_new, write_identity};
 use crate::disk::recovery::RecoveryReport;
 use crate::disk::snapshot::{self, Staging, snapshot_name};
 use crate::disk::store::validate_append;
@@ -267,14 +267,7 @@ impl<F: FileSystem> Inner<F> {
 
     /// Runs `write`, stopping the WAL for good if it fails with an I/O error (fail-stop).
     fn guarded<T>(&mut self, write: impl FnOnce(&mut Self) -> Result<T, DiskError>) -> Result<T, DiskError> {
-        if self.stopped {
-            return Err(DiskError::Stopped);
-        }
-        let result = write(self);
-        if matches!(result, Err(DiskError::Io { .. })) {
-            self.stopped = true;
-        }
-        result
+        fail_stop(self, |this| &mut this.stopped, write)
     }
 
     fn group(&self, id: GroupId, incarnation: u64) -> Result<&Group<F::File>, DiskError> {
@@ -654,14 +647,7 @@ impl<F: FileSystem> SharedWal<F> {
     /// store already exists there, or if segments exist without an identity file.
     pub fn create(fs: F, dir: impl Into<PathBuf>, identity: Identity, options: WalOptions) -> Result<Self, DiskError> {
         let dir = Directory::new(fs, dir.into());
-        dir.create_all()?;
-        let names = dir.list()?;
-        if names.iter().any(|n| n == IDENTITY_FILE) {
-            return Err(DiskError::AlreadyInitialized(dir.path().to_path_buf()));
-        }
-        if names.iter().any(|n| super::record::parse_segment_name(n).is_some()) {
-            return Err(DiskError::MissingIdentity(dir.path().to_path_buf()));
-        }
+        prepare_new(&dir, |name| super::record::parse_segment_name(name).is_some())?;
         write_identity(&dir, identity, IDENTITY_MAGIC, FORMAT_VERSION)?;
         let writer = Writer::new(dir, Vec::new(), 1, options);
         Ok(SharedWal::new(Inner::new(writer, BTreeMap::new(), identity, options)))
