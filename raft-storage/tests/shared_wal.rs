@@ -381,6 +381,12 @@ fn the_cache_stays_under_its_limit_and_older_entries_come_from_disk() {
         Err(StorageError::Io { kind: std::io::ErrorKind::InvalidData, raw_os_error: None })
     );
     assert_eq!(stores[1].entries(Index(1), Index(3), u64::MAX), models[1].entries(Index(1), Index(3), u64::MAX));
+    // A segment gone from under the WAL: an I/O error, never a panic.
+    remove(&fs, &first_segment);
+    assert!(matches!(
+        stores[1].entries(Index(1), Index(3), u64::MAX),
+        Err(StorageError::Io { kind: std::io::ErrorKind::NotFound, .. })
+    ));
 }
 
 #[test]
@@ -513,4 +519,67 @@ fn groups_are_driven_from_different_threads() {
         let store = wal.group(GroupId(id)).expect("group");
         assert_eq!(store.entries(Index(26), Index(31), u64::MAX), Ok(run(26, 30, 1)));
     }
+}
+
+/// A [`SimFs`] that counts the reads of parts of files.
+#[derive(Clone)]
+struct CountingFs {
+    inner: SimFs,
+    reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FileSystem for CountingFs {
+    type File = <SimFs as FileSystem>::File;
+
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn create(&self, path: &Path) -> std::io::Result<Self::File> {
+        self.inner.create(path)
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<Self::File> {
+        self.inner.open_append(path)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read_at(path, offset, len)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+}
+
+#[test]
+fn a_lagging_follower_is_served_with_one_read_per_segment() {
+    let fs = CountingFs { inner: SimFs::new(15), reads: Default::default() };
+    let options = WalOptions { segment_bytes_max: 1024, cache_bytes_max: 0 };
+    let wal = SharedWal::create(fs.clone(), dir(), ME, options).expect("create");
+    let mut one = wal.create_group(GroupId(1), membership()).expect("group");
+    let mut two = wal.create_group(GroupId(2), membership()).expect("group");
+    for index in 1..=100 {
+        one.persist(None, &[entry(index, 1)]).expect("persist");
+        two.persist(None, &[entry(index, 1)]).expect("persist");
+    }
+    let segments = wal.segment_count() as u64;
+    assert!(segments >= 3, "the entries span {segments} segments");
+    let before = fs.reads.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(one.entries(Index(1), Index(101), u64::MAX), Ok(run(1, 100, 1)));
+    let reads = fs.reads.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(reads <= segments, "{reads} reads for 100 entries over {segments} segments");
+    // A bounded read does not read far beyond its bound.
+    let before = fs.reads.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(one.entries(Index(10), Index(101), 100).map(|e| e.len()), Ok(3));
+    assert_eq!(fs.reads.load(std::sync::atomic::Ordering::Relaxed) - before, 1);
 }

@@ -555,14 +555,12 @@ impl<F: FileSystem> Inner<F> {
         }
         let mut entries = Vec::new();
         let mut bytes = 0;
+        let mut window = None;
         for index in low.0..high.0 {
             let index = Index(index);
             let entry = match self.cache.get(id, index) {
                 Some(entry) => entry.clone(),
-                None => {
-                    let location = group.location(index).ok_or(StorageError::Unavailable(index))?;
-                    read_entry(&self.writer.dir, id, index, location)?
-                }
+                None => self.read_entry(id, group, index, high, bytes_max.saturating_sub(bytes), &mut window)?,
             };
             let size = entry.size_bytes();
             if !entries.is_empty() && bytes + size > bytes_max {
@@ -573,24 +571,92 @@ impl<F: FileSystem> Inner<F> {
         }
         Ok(entries)
     }
+
+    /// Reads back entry `index` of group `id` from its segment, checking its crc and that it is
+    /// that entry. Reads through `window`: the bytes of one segment holding the records of the
+    /// entries after it too (up to `high`, about `bytes_max` of them, [`READ_SPAN_BYTES_MAX`] at
+    /// most), so that a lagging follower's batch costs one read per segment, not one per entry.
+    fn read_entry(
+        &self,
+        id: GroupId,
+        group: &Group<F::File>,
+        index: Index,
+        high: Index,
+        bytes_max: u64,
+        window: &mut Option<ReadWindow>,
+    ) -> Result<Entry, StorageError> {
+        let location = *group.location(index).ok_or(StorageError::Unavailable(index))?;
+        let covered = window.as_ref().is_some_and(|w| w.covers(&location));
+        if !covered {
+            *window = Some(self.read_window(id, group, index, high, bytes_max)?);
+        }
+        let damaged = StorageError::Io { kind: std::io::ErrorKind::InvalidData, raw_os_error: None };
+        let record = window.as_ref().and_then(|window| window.record(&location)).ok_or(damaged)?;
+        match checked_record(record, 0).and_then(decode) {
+            Some(Record::Entry { group, entry })
+                if group == id && entry.index == index && entry.term == location.term =>
+            {
+                Ok(entry)
+            }
+            _ => Err(damaged),
+        }
+    }
+
+    /// Reads the records of entry `index` and of the uncached entries after it that lie in the
+    /// same segment (see [`Inner::read_entry`]).
+    fn read_window(
+        &self,
+        id: GroupId,
+        group: &Group<F::File>,
+        index: Index,
+        high: Index,
+        bytes_max: u64,
+    ) -> Result<ReadWindow, StorageError> {
+        let first = *group.location(index).ok_or(StorageError::Unavailable(index))?;
+        let mut end = first.offset + u64::from(first.len);
+        let mut records = u64::from(first.len);
+        for next in index.0 + 1..high.0 {
+            let Some(location) = group.location(Index(next)) else { break };
+            let next_end = location.offset + u64::from(location.len);
+            if location.segment != first.segment
+                || records >= bytes_max
+                || next_end - first.offset > READ_SPAN_BYTES_MAX
+                || self.cache.get(id, Index(next)).is_some()
+            {
+                break;
+            }
+            end = next_end;
+            records += u64::from(location.len);
+        }
+        let path = self.writer.dir.file(&segment_name(first.segment));
+        let len = (end - first.offset) as usize;
+        let bytes = self.writer.dir.fs().read_at(&path, first.offset, len).map_err(|e| StorageError::from(&e))?;
+        Ok(ReadWindow { segment: first.segment, offset: first.offset, bytes })
+    }
 }
 
-/// Reads back entry `index` of group `id` from its record at `location`, checking its crc and
-/// that it is that entry.
-fn read_entry<F: FileSystem>(
-    dir: &Directory<F>,
-    id: GroupId,
-    index: Index,
-    location: &Location,
-) -> Result<Entry, StorageError> {
-    let path = dir.file(&segment_name(location.segment));
-    let bytes = dir.fs().read_at(&path, location.offset, location.len as usize).map_err(|e| StorageError::from(&e))?;
-    let damaged = StorageError::Io { kind: std::io::ErrorKind::InvalidData, raw_os_error: None };
-    match checked_record(&bytes, 0).and_then(decode) {
-        Some(Record::Entry { group, entry }) if group == id && entry.index == index && entry.term == location.term => {
-            Ok(entry)
+/// The most bytes of a segment one read brings in for [`Inner::read_window`].
+const READ_SPAN_BYTES_MAX: u64 = 256 * 1024;
+
+/// Bytes of one segment, from `offset` on.
+struct ReadWindow {
+    segment: u64,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+impl ReadWindow {
+    fn covers(&self, location: &Location) -> bool {
+        self.record(location).is_some()
+    }
+
+    /// The bytes of the record at `location`, if the window holds all of them.
+    fn record(&self, location: &Location) -> Option<&[u8]> {
+        if location.segment != self.segment {
+            return None;
         }
-        _ => Err(damaged),
+        let start = usize::try_from(location.offset.checked_sub(self.offset)?).ok()?;
+        self.bytes.get(start..start.checked_add(location.len as usize)?)
     }
 }
 
