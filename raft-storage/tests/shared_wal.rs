@@ -583,3 +583,65 @@ fn a_lagging_follower_is_served_with_one_read_per_segment() {
     assert_eq!(one.entries(Index(10), Index(101), 100).map(|e| e.len()), Ok(3));
     assert_eq!(fs.reads.load(std::sync::atomic::Ordering::Relaxed) - before, 1);
 }
+
+/// Waits until the disk has seen `count` mutating operations (other threads write meanwhile).
+fn wait_for_ops(fs: &SimFs, count: u64) {
+    let start = std::time::Instant::now();
+    while fs.op_count() < count {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "stuck at {} of {count}", fs.op_count());
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn persists_of_several_threads_share_an_fsync() {
+    let fs = SimFs::new(16);
+    let wal = create(&fs, WalOptions::default());
+    let mut stores: Vec<_> = (1..=4).map(|id| wal.create_group(GroupId(id), membership()).expect("group")).collect();
+    let base = fs.op_count();
+    fs.hold_syncs();
+    // The first writer becomes the leader and stalls in its fsync (without the lock).
+    let mut first = stores.remove(0);
+    let leader = std::thread::spawn(move || first.persist(hard(1, Some(1), 0), &run(1, 2, 1)));
+    wait_for_ops(&fs, base + 1);
+    // Three more stage and hand over their records meanwhile, and wait.
+    let followers: Vec<_> = stores
+        .into_iter()
+        .map(|mut store| std::thread::spawn(move || store.persist(hard(1, Some(2), 0), &run(1, 3, 1))))
+        .collect();
+    wait_for_ops(&fs, base + 4);
+    fs.release_syncs();
+    assert_eq!(leader.join().expect("no panic"), Ok(()));
+    for follower in followers {
+        assert_eq!(follower.join().expect("no panic"), Ok(()));
+    }
+    assert_eq!(fs.op_count() - base, 4 + 2, "four appends, and two fsyncs for four writers");
+    drop(wal);
+    fs.crash();
+    let wal = open(&fs, WalOptions::default());
+    for id in 2..=4 {
+        assert_eq!(wal.group(GroupId(id)).expect("group").entries(Index(1), Index(4), u64::MAX), Ok(run(1, 3, 1)));
+    }
+}
+
+#[test]
+fn a_failed_shared_fsync_fails_every_writer_waiting_for_it() {
+    let fs = SimFs::new(17);
+    let wal = create(&fs, WalOptions::default());
+    let mut stores: Vec<_> = (1..=3).map(|id| wal.create_group(GroupId(id), membership()).expect("group")).collect();
+    let base = fs.op_count();
+    fs.hold_syncs();
+    let mut first = stores.remove(0);
+    let leader = std::thread::spawn(move || first.persist(None, &run(1, 2, 1)));
+    wait_for_ops(&fs, base + 1);
+    let followers: Vec<_> =
+        stores.into_iter().map(|mut store| std::thread::spawn(move || store.persist(None, &run(1, 2, 1)))).collect();
+    wait_for_ops(&fs, base + 3);
+    fs.fail_after(0, std::io::ErrorKind::Other); // The leader's stalled fsync.
+    fs.release_syncs();
+    assert!(matches!(leader.join().expect("no panic"), Err(DiskError::Io { .. })));
+    for follower in followers {
+        assert_eq!(follower.join().expect("no panic"), Err(DiskError::Stopped), "never acknowledged");
+    }
+    assert_eq!(wal.create_group(GroupId(9), membership()).err(), Some(DiskError::Stopped));
+}

@@ -58,9 +58,15 @@
 //! groups; older ones are read back from their segment (crc-checked) for a lagging follower.
 //! Snapshot data is never held in memory.
 //!
-//! Concurrency: every handle shares one mutex, so writes of different groups from different
-//! threads are serialized, each with its own fsync; a driver that has the outputs of many groups
-//! at hand writes them with one [`SharedWal::write_batch`].
+//! Concurrency: every handle shares one mutex, held while a write stages its records and hands
+//! them to the file system, never during an fsync. Writes from several threads share fsyncs
+//! (leader and followers): a writer whose records are not durable yet and finds no sync under way
+//! becomes the leader and syncs, without the lock, every batch handed over so far; writers that
+//! hand theirs over meanwhile wait, and the next leader syncs them all at once. A failed fsync
+//! stops the WAL: its leader gets the I/O error, every writer waiting for it
+//! [`DiskError::Stopped`]. A driver that has the outputs of many groups at hand writes them with
+//! one [`SharedWal::write_batch`]. (Group creation and removal, and reclamation, sync holding the
+//! lock: they are rare.)
 //!
 //! Failure: any I/O error stops the whole WAL (fail-stop): every later write of every group
 //! returns [`DiskError::Stopped`]. Reads never panic: a disk error is a

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use raft_core::{
     Entry, GroupId, HardState, Index, InitialState, Membership, Output, SnapshotChunk, SnapshotMeta, Storage,
@@ -203,20 +203,16 @@ impl<F: FileSystem> Writer<F> {
         Ok(())
     }
 
-    /// Makes everything appended durable: one sync of the newest segment (and of the directory
-    /// if a segment was created).
-    fn commit(&mut self) -> Result<(), DiskError> {
-        if !self.dirty && !self.created {
-            return Ok(());
-        }
+    /// Hands every record appended to the file system and makes the directory entries of new
+    /// segments durable (segments closed on the way were synced when closed). Returns whether
+    /// records were appended since the last call: then the newest segment needs a sync.
+    fn hand_over(&mut self) -> Result<bool, DiskError> {
         self.flush()?;
-        self.sync_active()?;
         if self.created {
             self.dir.sync()?;
+            self.created = false;
         }
-        self.dirty = false;
-        self.created = false;
-        Ok(())
+        Ok(std::mem::take(&mut self.dirty))
     }
 
     /// Removes (durably, oldest first) every segment numbered below `below` but the newest.
@@ -244,6 +240,14 @@ pub(super) struct Inner<F: FileSystem> {
     /// Whether something happened that may release the oldest segments.
     reclaim_due: bool,
     stopped: bool,
+    /// Group commit across threads: every hand-over of records gets the next number (a ticket);
+    /// `synced` is the highest ticket known durable; `syncing` says a writer (the leader) is
+    /// syncing, without the lock, for every ticket up to the one it started at.
+    handed_over: u64,
+    synced: u64,
+    syncing: bool,
+    /// The leader's handle on the newest segment (its number and file), kept between syncs.
+    sync_file: Option<(u64, OpenFile<F::File>)>,
 }
 
 impl<F: FileSystem> Inner<F> {
@@ -262,6 +266,10 @@ impl<F: FileSystem> Inner<F> {
             report: RecoveryReport::default(),
             reclaim_due: true,
             stopped: false,
+            handed_over: 0,
+            synced: 0,
+            syncing: false,
+            sync_file: None,
         }
     }
 
@@ -288,10 +296,38 @@ impl<F: FileSystem> Inner<F> {
         Ok(())
     }
 
-    /// Commits the batch, then does what waits for it: removes the files it released and the
-    /// segments no group needs any more.
-    fn commit(&mut self, released: Vec<PathBuf>) -> Result<(), DiskError> {
-        self.writer.commit()?;
+    /// Hands the records staged to the file system; returns the ticket to wait for (0 if
+    /// nothing was appended: nothing to wait for).
+    fn hand_over(&mut self) -> Result<u64, DiskError> {
+        if !self.writer.hand_over()? {
+            return Ok(0);
+        }
+        self.handed_over += 1;
+        Ok(self.handed_over)
+    }
+
+    /// Makes everything staged durable at once, holding the lock (group creation and removal,
+    /// reclamation: rare writes).
+    fn sync_now(&mut self) -> Result<(), DiskError> {
+        self.hand_over()?;
+        self.writer.sync_active()?;
+        self.synced = self.handed_over;
+        Ok(())
+    }
+
+    /// A handle on the newest segment for the leader to sync without the lock: the one kept
+    /// from its last sync if the newest segment is still that one.
+    fn take_sync_file(&mut self) -> Result<(u64, OpenFile<F::File>), DiskError> {
+        let head = self.writer.head().expect("a ticket means a segment exists");
+        match self.sync_file.take() {
+            Some((sequence, file)) if sequence == head => Ok((sequence, file)),
+            _ => Ok((head, self.writer.dir.open_append(segment_path(&self.writer.dir, head))?)),
+        }
+    }
+
+    /// What waits for a batch to be durable: removes the files it released, and the segments no
+    /// group needs any more.
+    fn after_durable(&mut self, released: Vec<PathBuf>) -> Result<(), DiskError> {
         for path in released {
             // Not made durable: should the file come back after a crash, recovery removes it.
             self.writer.dir.remove(&path)?;
@@ -308,7 +344,7 @@ impl<F: FileSystem> Inner<F> {
         }
         let meta = Meta { membership, ..Meta::default() };
         let location = self.writer.append(&RecordRef::Create { group: id, meta: &meta })?;
-        self.writer.commit()?;
+        self.sync_now()?;
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
         self.groups.insert(id, Group::new(meta, location.segment, VecDeque::new(), incarnation));
@@ -320,7 +356,7 @@ impl<F: FileSystem> Inner<F> {
             return Err(DiskError::GroupNotFound(id));
         }
         self.writer.append(&RecordRef::Remove { group: id })?;
-        self.writer.commit()?;
+        self.sync_now()?;
         self.groups.remove(&id); // Closes its staging file.
         self.cache.remove_range(id, Index(0)..=Index::END);
         self.reclaim_due = true;
@@ -362,7 +398,7 @@ impl<F: FileSystem> Inner<F> {
             self.log_meta(id, incarnation, meta, last)?;
         }
         self.writer.append(&RecordRef::Reclaim { below: floor })?;
-        self.writer.commit()?;
+        self.sync_now()?;
         self.writer.remove_below(floor)
     }
 }
@@ -690,22 +726,102 @@ impl ReadWindow {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct SharedWal<F: FileSystem = StdFs> {
-    inner: Arc<Mutex<Inner<F>>>,
+    inner: Arc<Shared<F>>,
+}
+
+/// What every handle of a WAL shares: its state, and the condition that a leader's sync ended.
+struct Shared<F: FileSystem> {
+    inner: Mutex<Inner<F>>,
+    sync_ended: Condvar,
+}
+
+impl<F: FileSystem> Shared<F> {
+    /// Locks the WAL. A panic while it was held (a bug of ours) stops the WAL for writes.
+    fn lock(&self) -> MutexGuard<'_, Inner<F>> {
+        self.inner.lock().unwrap_or_else(|poisoned| {
+            let mut inner = poisoned.into_inner();
+            inner.stopped = true;
+            inner
+        })
+    }
+
+    /// Runs one batch of writes: `stage` appends its records (holding the lock), they are handed
+    /// to the file system, and the call returns once they are durable, after `stage`'s result
+    /// (a refusal too: what was staged before it is made durable all the same).
+    ///
+    /// Group commit across threads (leader and followers): a writer whose records are not yet
+    /// durable and finds no sync under way becomes the leader: it syncs the newest segment
+    /// without the lock, for every batch handed over so far, while others stage theirs; those
+    /// wait, and the next leader syncs all of theirs at once. One fsync thus covers the batches
+    /// of every thread that arrived during the previous one.
+    fn write<T>(
+        &self,
+        stage: impl FnOnce(&mut Inner<F>, &mut Vec<PathBuf>) -> Result<T, DiskError>,
+    ) -> Result<T, DiskError> {
+        let mut released = Vec::new();
+        let mut inner = self.lock();
+        let (ticket, staged) = inner.guarded(|inner| {
+            let staged = stage(inner, &mut released);
+            if let Err(error @ DiskError::Io { .. }) = staged {
+                return Err(error);
+            }
+            Ok((inner.hand_over()?, staged))
+        })?;
+        let mut inner = self.wait_durable(inner, ticket)?;
+        inner.guarded(|inner| inner.after_durable(released))?;
+        staged
+    }
+
+    /// Returns once `ticket` is durable, syncing as the leader if no one is (see
+    /// [`Shared::write`]). A failed sync stops the WAL: the leader returns its I/O error, the
+    /// others [`DiskError::Stopped`].
+    fn wait_durable<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner<F>>,
+        ticket: u64,
+    ) -> Result<MutexGuard<'a, Inner<F>>, DiskError> {
+        loop {
+            if inner.synced >= ticket {
+                return Ok(inner);
+            }
+            if inner.stopped {
+                return Err(DiskError::Stopped);
+            }
+            if inner.syncing {
+                inner = self.sync_ended.wait(inner).unwrap_or_else(|poisoned| {
+                    let mut inner = poisoned.into_inner();
+                    inner.stopped = true;
+                    inner
+                });
+                continue;
+            }
+            let target = inner.handed_over;
+            let taken = inner.guarded(Inner::take_sync_file);
+            let (sequence, mut file) = taken?;
+            inner.syncing = true;
+            drop(inner);
+            let synced = file.sync();
+            inner = self.lock();
+            inner.syncing = false;
+            self.sync_ended.notify_all();
+            match synced {
+                Ok(()) => {
+                    inner.synced = inner.synced.max(target);
+                    inner.sync_file = Some((sequence, file));
+                }
+                Err(error) => {
+                    inner.stopped = true;
+                    return Err(error);
+                }
+            }
+        }
+    }
 }
 
 impl<F: FileSystem> Clone for SharedWal<F> {
     fn clone(&self) -> Self {
         SharedWal { inner: Arc::clone(&self.inner) }
     }
-}
-
-/// Locks a WAL. A panic while it was held (a bug of ours) stops the WAL for writes.
-fn lock<F: FileSystem>(inner: &Mutex<Inner<F>>) -> MutexGuard<'_, Inner<F>> {
-    inner.lock().unwrap_or_else(|poisoned| {
-        let mut inner = poisoned.into_inner();
-        inner.stopped = true;
-        inner
-    })
 }
 
 impl<F: FileSystem> SharedWal<F> {
@@ -730,31 +846,31 @@ impl<F: FileSystem> SharedWal<F> {
     }
 
     fn new(inner: Inner<F>) -> Self {
-        SharedWal { inner: Arc::new(Mutex::new(inner)) }
+        SharedWal { inner: Arc::new(Shared { inner: Mutex::new(inner), sync_ended: Condvar::new() }) }
     }
 
     /// The directory's identity.
     pub fn identity(&self) -> Identity {
-        lock(&self.inner).identity
+        self.inner.lock().identity
     }
 
     /// Creates group `group`, durably, with its initial `membership` (empty for a node that
     /// joins the group as a learner and learns it from the leader). Fails if it exists.
     pub fn create_group(&self, group: GroupId, membership: Membership) -> Result<GroupStore<F>, DiskError> {
-        let incarnation = lock(&self.inner).guarded(|inner| inner.create_group(group, membership))?;
+        let incarnation = self.inner.lock().guarded(|inner| inner.create_group(group, membership))?;
         Ok(GroupStore { group, incarnation, wal: Arc::clone(&self.inner) })
     }
 
     /// A handle on the existing group `group` (after [`SharedWal::open`], say). A group is
     /// driven by one handle at a time.
     pub fn group(&self, group: GroupId) -> Result<GroupStore<F>, DiskError> {
-        let incarnation = lock(&self.inner).groups.get(&group).ok_or(DiskError::GroupNotFound(group))?.incarnation;
+        let incarnation = self.inner.lock().groups.get(&group).ok_or(DiskError::GroupNotFound(group))?.incarnation;
         Ok(GroupStore { group, incarnation, wal: Arc::clone(&self.inner) })
     }
 
     /// The groups the WAL holds, in order.
     pub fn groups(&self) -> Vec<GroupId> {
-        lock(&self.inner).groups.keys().copied().collect()
+        self.inner.lock().groups.keys().copied().collect()
     }
 
     /// Removes group `group`, durably: after a crash it stays removed. Its snapshot files are
@@ -762,7 +878,7 @@ impl<F: FileSystem> SharedWal<F> {
     /// with [`DiskError::GroupNotFound`] from now on (on reads: a [`StorageError::Io`] of kind
     /// `NotFound`), also after a group of the same id is created again.
     pub fn remove_group(&self, group: GroupId) -> Result<(), DiskError> {
-        lock(&self.inner).guarded(|inner| inner.remove_group(group))
+        self.inner.lock().guarded(|inner| inner.remove_group(group))
     }
 
     /// Writes the outputs of many groups with one fsync (group commit across groups). Each
@@ -775,49 +891,37 @@ impl<F: FileSystem> SharedWal<F> {
     /// that output: what came before it is still made durable, and the refusal is returned. An
     /// I/O error stops the WAL for good (fail-stop): nothing of the batch may be acknowledged.
     pub fn write_batch(&self, batch: &mut [(&mut GroupStore<F>, &mut Output)]) -> Result<(), DiskError> {
-        lock(&self.inner).guarded(|inner| {
-            let mut released = Vec::new();
-            let mut refusal = Ok(());
+        self.inner.write(|inner, released| {
             for (store, output) in batch.iter_mut() {
-                let staged = if Arc::ptr_eq(&store.wal, &self.inner) {
-                    inner.stage_output(store.group, store.incarnation, output, &mut released)
-                } else {
-                    Err(DiskError::GroupNotFound(store.group))
-                };
-                match staged {
-                    Err(error @ DiskError::Io { .. }) => return Err(error),
-                    Err(error) => {
-                        refusal = Err(error);
-                        break;
-                    }
-                    Ok(()) => {}
+                if !Arc::ptr_eq(&store.wal, &self.inner) {
+                    return Err(DiskError::GroupNotFound(store.group));
                 }
+                inner.stage_output(store.group, store.incarnation, output, released)?;
             }
-            inner.commit(released)?;
-            refusal
+            Ok(())
         })
     }
 
     /// What [`SharedWal::open`] repaired (torn tail cut, leftover files removed); empty after a
     /// clean shutdown and for a WAL just created.
     pub fn recovery_report(&self) -> RecoveryReport {
-        lock(&self.inner).report.clone()
+        self.inner.lock().report.clone()
     }
 
     /// The number of segment files.
     pub fn segment_count(&self) -> usize {
-        lock(&self.inner).writer.segments.len()
+        self.inner.lock().writer.segments.len()
     }
 
     /// The bytes of entries in the entry cache ([`Entry::size_bytes`]), at most
     /// [`WalOptions::cache_bytes_max`].
     pub fn cache_bytes(&self) -> u64 {
-        lock(&self.inner).cache.bytes()
+        self.inner.lock().cache.bytes()
     }
 
     /// The directory.
     pub fn path(&self) -> PathBuf {
-        lock(&self.inner).writer.dir.path().to_path_buf()
+        self.inner.lock().writer.dir.path().to_path_buf()
     }
 }
 
@@ -829,7 +933,7 @@ impl<F: FileSystem> SharedWal<F> {
 pub struct GroupStore<F: FileSystem = StdFs> {
     group: GroupId,
     incarnation: u64,
-    wal: Arc<Mutex<Inner<F>>>,
+    wal: Arc<Shared<F>>,
 }
 
 impl<F: FileSystem> GroupStore<F> {
@@ -840,29 +944,26 @@ impl<F: FileSystem> GroupStore<F> {
 
     /// The log boundary: the last index dropped from the log and its term (`first_index() - 1`).
     pub fn log_boundary(&self) -> Result<(Index, Term), DiskError> {
-        let inner = lock(&self.wal);
+        let inner = self.wal.lock();
         let group = inner.group(self.group, self.incarnation)?;
         Ok((group.meta.snapshot_index, group.meta.snapshot_term))
     }
 
-    /// Runs one write of this group as a batch of its own: stage, commit (one fsync), reclaim.
+    /// Runs one write of this group as a batch of its own (see [`Shared::write`]: the batches
+    /// of other threads may share its fsync).
     fn write(
         &mut self,
         stage: impl FnOnce(&mut Inner<F>, GroupId, u64, &mut Vec<PathBuf>) -> Result<(), DiskError>,
     ) -> Result<(), DiskError> {
         let (group, incarnation) = (self.group, self.incarnation);
-        lock(&self.wal).guarded(|inner| {
-            let mut released = Vec::new();
-            stage(inner, group, incarnation, &mut released)?;
-            inner.commit(released)
-        })
+        self.wal.write(|inner, released| stage(inner, group, incarnation, released))
     }
 
     fn read<T>(
         &self,
         read: impl FnOnce(&Inner<F>, &Group<F::File>) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        let inner = lock(&self.wal);
+        let inner = self.wal.lock();
         let group = inner.read_group(self.group, self.incarnation)?;
         read(&inner, group)
     }
@@ -879,7 +980,7 @@ impl<F: FileSystem> Storage for GroupStore<F> {
     /// Entries in the cache come from memory, the others from their segments (a lagging
     /// follower's): a damaged record is a [`StorageError::Io`] of kind `InvalidData`.
     fn entries(&self, low: Index, high: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
-        lock(&self.wal).entries(self.group, self.incarnation, low, high, bytes_max)
+        self.wal.lock().entries(self.group, self.incarnation, low, high, bytes_max)
     }
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {
@@ -960,7 +1061,7 @@ impl<F: FileSystem> LogStore for GroupStore<F> {
     /// WAL.
     fn write_snapshot_chunk(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), DiskError> {
         let (group, incarnation) = (self.group, self.incarnation);
-        lock(&self.wal).guarded(|inner| inner.write_chunk(group, incarnation, meta, offset, data))
+        self.wal.lock().guarded(|inner| inner.write_chunk(group, incarnation, meta, offset, data))
     }
 
     /// An install of a snapshot not staged is refused with [`DiskError::SnapshotNotStaged`] and
