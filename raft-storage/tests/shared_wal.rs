@@ -645,3 +645,29 @@ fn a_failed_shared_fsync_fails_every_writer_waiting_for_it() {
     }
     assert_eq!(wal.create_group(GroupId(9), membership()).err(), Some(DiskError::Stopped));
 }
+
+#[test]
+fn an_install_before_a_refused_append_of_the_same_output_is_durable() {
+    let fs = SimFs::new(18);
+    let wal = create(&fs, WalOptions::default());
+    let mut store = wal.create_group(GroupId(1), membership()).expect("group");
+    let data = b"snapshot";
+    let meta = SnapshotMeta {
+        index: Index(5),
+        term: Term(1),
+        membership: membership(),
+        data_crc32: raft_core::snapshot_crc32(data),
+    };
+    let chunk = raft_core::ReceivedChunk { meta: meta.clone(), offset: 0, data: Bytes::from_static(data) };
+    let mut output = Output {
+        snapshot_chunks: vec![chunk],
+        install_snapshot: Some(meta.clone()),
+        entries: run(9, 9, 1),
+        ..Output::default()
+    };
+    assert_eq!(store.write_output_owned(&mut output), Err(DiskError::AppendGap { first: Index(9), last: Index(5) }));
+    drop((store, wal));
+    fs.crash();
+    let wal = open(&fs, WalOptions::default());
+    assert_eq!(wal.group(GroupId(1)).expect("group").snapshot(), Ok(meta), "the install was made durable");
+}
