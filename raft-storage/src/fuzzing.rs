@@ -1,15 +1,21 @@
-//! Fuzzing harness (feature `fuzzing`): [`wal_recovery`] takes the fuzzer's bytes, checks
-//! properties, and panics only on a bug in this crate. The cargo-fuzz target `wal_recovery` in
-//! `fuzz/` calls it, and the crate's tests replay the stored corpus through it.
+//! Fuzzing harnesses (feature `fuzzing`): [`wal_recovery`] (for `DiskStorage`) and
+//! [`shared_wal_recovery`] (for `SharedWal`) take the fuzzer's bytes, check properties, and
+//! panic only on a bug in this crate. The cargo-fuzz targets of the same names in `fuzz/` call
+//! them, and the crate's tests replay the stored corpora through them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
-use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Storage, Term};
+use raft_core::{
+    Entry, EntryPayload, GroupId, HardState, Index, Membership, NodeId, Output, SnapshotMeta, Storage, Term,
+};
 
 use crate::testing::SimFs;
-use crate::{DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, Identity, LogStore};
+use crate::{
+    DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, GroupStore, Identity, LogStore, SharedWal, WalOptions,
+};
 
 const ME: Identity = Identity { cluster_id: 7, node_id: NodeId(1) };
 const CALLS_MAX: usize = 24;
@@ -25,7 +31,7 @@ struct WalInput {
     calls: Vec<Call>,
     /// Power loss after this many file-system operations of the calls (then recovery).
     crash_after_ops: Option<u8>,
-    damage: Vec<Damage>,
+    damage: Vec<Damage<Name>>,
 }
 
 /// A valid call on the store, relative to its state (so that most inputs are meaningful).
@@ -42,9 +48,9 @@ enum Call {
     Snapshot { back: u8, beyond: bool, data_bytes: u8 },
 }
 
-/// Damage done to the directory after a clean shutdown.
+/// Damage done to the directory after a clean shutdown; `N` names the files one may create.
 #[derive(Arbitrary, Debug)]
-enum Damage {
+enum Damage<N> {
     /// A torn tail: cuts the last segment at `at` (modulo its length).
     CutLastSegment {
         at: u16,
@@ -67,7 +73,7 @@ enum Damage {
         file: u8,
     },
     Create {
-        name: Name,
+        name: N,
         bytes: Vec<u8>,
     },
 }
@@ -133,12 +139,12 @@ pub fn wal_recovery(data: &[u8]) {
 
     let damage = &input.damage[..input.damage.len().min(DAMAGE_MAX)];
     let torn_only = damage.iter().all(|d| matches!(d, Damage::CutLastSegment { .. }));
-    let before_cut = last_segment(&fs, &dir).map(|path| {
+    let before_cut = last_segment(&fs, &dir, ".wal").map(|path| {
         let content = fs.read(&path).expect("a healthy disk");
         (path, content)
     });
     for item in damage {
-        do_damage(&fs, &dir, item);
+        do_damage(&fs, &dir, item, ".wal", file_name);
     }
     let expected = torn_only.then(|| expected_after_cut(&fs, &recovered, before_cut));
     match DiskStorage::open(fs.clone(), &dir, ME, options) {
@@ -184,22 +190,12 @@ fn drive(store: &mut DiskStorage<SimFs>, calls: &[Call]) -> (State, Option<InFli
 }
 
 /// Carries out `call` on the store and on the model: the state it heads for, and how it went.
-fn apply(store: &mut DiskStorage<SimFs>, state: &State, call: &Call) -> (State, Result<(), DiskError>) {
+fn apply<S: LogStore<Error = DiskError>>(store: &mut S, state: &State, call: &Call) -> (State, Result<(), DiskError>) {
     let mut next = state.clone();
-    let last = Index(state.boundary.0.0 + state.entries.len() as u64);
-    let held = |back: u8| Index(last.0 - u64::from(back) % (state.entries.len() as u64 + 1));
     let result = match *call {
-        Call::Append { back, count, payload_bytes } => {
-            let first = held(back).next();
-            let entries: Vec<Entry> = (0..u64::from(count % 4) + 1)
-                .map(|offset| {
-                    let payload =
-                        EntryPayload::Normal(Bytes::from(vec![payload_bytes; usize::from(payload_bytes % 24)]));
-                    Entry { index: Index(first.0 + offset), term: state.term, payload }
-                })
-                .collect();
-            next.entries.truncate((first.0 - state.boundary.0.0 - 1) as usize);
-            next.entries.extend_from_slice(&entries);
+        Call::Append { .. } => {
+            let entries;
+            (next, entries) = append_entries(state, call);
             store.persist(None, &entries)
         }
         Call::HardState { term_step, vote, commit } => {
@@ -209,27 +205,63 @@ fn apply(store: &mut DiskStorage<SimFs>, state: &State, call: &Call) -> (State, 
             store.persist(Some(hard_state), &[])
         }
         Call::Compact { back, beyond } => {
-            let (index, term) = target(state, held(back), back, beyond);
+            let (index, term) = target(state, held(state, back), back, beyond);
             if index > state.boundary.0 {
                 supersede(&mut next, index, term);
             }
             store.compact(index, term)
         }
         Call::Snapshot { back, beyond, data_bytes } => {
-            let (index, term) = target(state, held(back), back, beyond);
-            let data = vec![data_bytes; usize::from(data_bytes % 48)];
-            let membership = store.initial_state().expect("memory").membership;
-            let meta = SnapshotMeta { index, term, membership, data_crc32: raft_core::snapshot_crc32(&data) };
-            if index > state.snapshot.index && index > Index(0) {
-                if index > state.boundary.0 && term_at(state, index) != Some(term) {
-                    supersede(&mut next, index, term);
-                }
-                (next.snapshot, next.snapshot_data) = (meta.clone(), data.clone());
-            }
+            let (meta, data);
+            (next, meta, data) = snapshot_call(store, state, back, beyond, data_bytes);
             store.save_snapshot(&meta, &data)
         }
     };
     (next, result)
+}
+
+/// The entry `back` entries before the end of the log (at most back to its boundary).
+fn held(state: &State, back: u8) -> Index {
+    let last = Index(state.boundary.0.0 + state.entries.len() as u64);
+    Index(last.0 - u64::from(back) % (state.entries.len() as u64 + 1))
+}
+
+/// The entries a [`Call::Append`] writes (in the current term), and the state after them.
+fn append_entries(state: &State, call: &Call) -> (State, Vec<Entry>) {
+    let Call::Append { back, count, payload_bytes } = *call else { return (state.clone(), Vec::new()) };
+    let first = held(state, back).next();
+    let entries: Vec<Entry> = (0..u64::from(count % 4) + 1)
+        .map(|offset| {
+            let payload = EntryPayload::Normal(Bytes::from(vec![payload_bytes; usize::from(payload_bytes % 24)]));
+            Entry { index: Index(first.0 + offset), term: state.term, payload }
+        })
+        .collect();
+    let mut next = state.clone();
+    next.entries.truncate((first.0 - state.boundary.0.0 - 1) as usize);
+    next.entries.extend_from_slice(&entries);
+    (next, entries)
+}
+
+/// The snapshot a [`Call::Snapshot`] stores (its metadata and data), and the state after it.
+fn snapshot_call(
+    store: &impl Storage,
+    state: &State,
+    back: u8,
+    beyond: bool,
+    data_bytes: u8,
+) -> (State, SnapshotMeta, Vec<u8>) {
+    let mut next = state.clone();
+    let (index, term) = target(state, held(state, back), back, beyond);
+    let data = vec![data_bytes; usize::from(data_bytes % 48)];
+    let membership = store.initial_state().expect("memory").membership;
+    let meta = SnapshotMeta { index, term, membership, data_crc32: raft_core::snapshot_crc32(&data) };
+    if index > state.snapshot.index && index > Index(0) {
+        if index > state.boundary.0 && term_at(state, index) != Some(term) {
+            supersede(&mut next, index, term);
+        }
+        (next.snapshot, next.snapshot_data) = (meta.clone(), data.clone());
+    }
+    (next, meta, data)
 }
 
 /// A compaction or snapshot point: an entry the log holds, or one past its end (current term).
@@ -257,12 +289,10 @@ fn supersede(state: &mut State, index: Index, term: Term) {
 }
 
 /// Reads everything a store shows, checking that its answers agree with each other.
-fn view(store: &DiskStorage<SimFs>) -> State {
-    let boundary = store.log_boundary();
+fn view(store: &impl Storage) -> State {
     let first = store.first_index().expect("memory");
     let last = store.last_index().expect("memory");
-    assert_eq!(first, boundary.0.next(), "the log starts right after its boundary");
-    assert_eq!(store.term(boundary.0), Ok(boundary.1), "the boundary's term");
+    let boundary = (first.prev(), store.term(first.prev()).expect("the boundary's term"));
     let entries = store.entries(first, last.next(), u64::MAX).expect("every held entry");
     assert_eq!(entries.len() as u64, last.0 + 1 - first.0, "entries held");
     let mut previous = boundary.1;
@@ -329,11 +359,14 @@ fn rewrite(fs: &SimFs, path: &Path, bytes: &[u8]) {
     file.sync().expect("a healthy disk");
 }
 
-fn last_segment(fs: &SimFs, dir: &Path) -> Option<PathBuf> {
-    files(fs, dir).into_iter().filter(|name| name.ends_with(".wal")).max().map(|name| dir.join(name))
+/// The last segment of a store whose segment file names end in `suffix`.
+fn last_segment(fs: &SimFs, dir: &Path, suffix: &str) -> Option<PathBuf> {
+    files(fs, dir).into_iter().filter(|name| name.ends_with(suffix)).max().map(|name| dir.join(name))
 }
 
-fn do_damage(fs: &SimFs, dir: &Path, damage: &Damage) {
+/// Damages the directory of a store whose segment file names end in `suffix` and whose file
+/// names `name` spells.
+fn do_damage<N>(fs: &SimFs, dir: &Path, damage: &Damage<N>, suffix: &str, name: impl Fn(&N) -> String) {
     let cut = |path: &Path, at: u16| {
         let len = fs.read(path).expect("a healthy disk").len() as u64;
         let mut file = fs.open_append(path).expect("a healthy disk");
@@ -341,7 +374,7 @@ fn do_damage(fs: &SimFs, dir: &Path, damage: &Damage) {
         file.sync().expect("a healthy disk");
     };
     match damage {
-        Damage::CutLastSegment { at } => last_segment(fs, dir).into_iter().for_each(|path| cut(&path, *at)),
+        Damage::CutLastSegment { at } => last_segment(fs, dir, suffix).into_iter().for_each(|path| cut(&path, *at)),
         Damage::Truncate { file, at } => pick(fs, dir, *file).into_iter().for_each(|path| cut(&path, *at)),
         Damage::FlipBit { file, at, bit } => {
             if let Some(path) = pick(fs, dir, *file) {
@@ -365,7 +398,7 @@ fn do_damage(fs: &SimFs, dir: &Path, damage: &Damage) {
                 fs.remove(&path).expect("the file exists");
             }
         }
-        Damage::Create { name, bytes } => rewrite(fs, &dir.join(file_name(name)), bytes),
+        Damage::Create { name: which, bytes } => rewrite(fs, &dir.join(name(which)), bytes),
     }
 }
 
@@ -437,5 +470,301 @@ fn check_error(fs: &SimFs, dir: &Path, error: &DiskError) {
             assert!(fs.read(path).is_err(), "a file reported missing exists: {error}");
         }
         other => panic!("recovery from a healthy disk fails only over its contents: {other}"),
+    }
+}
+
+/// How many groups the shared WAL harness writes to.
+const WAL_GROUPS: u8 = 3;
+
+#[derive(Arbitrary, Debug)]
+struct SharedWalInput {
+    /// Segments rotate at `48 + segment_bytes` bytes: a few records each.
+    segment_bytes: u8,
+    /// The entry cache holds `cache_bytes` bytes: most reads go to the segments.
+    cache_bytes: u8,
+    calls: Vec<WalCall>,
+    /// Power loss after this many file-system operations of the calls (then recovery).
+    crash_after_ops: Option<u8>,
+    damage: Vec<Damage<WalName>>,
+}
+
+/// A valid call on the shared WAL, relative to its state (group numbers modulo [`WAL_GROUPS`]).
+#[derive(Arbitrary, Debug)]
+enum WalCall {
+    /// Creates the group (with an empty membership: a learner's) unless it exists.
+    Create { group: u8, learner: bool },
+    /// Removes the group if it exists.
+    Remove { group: u8 },
+    /// One `write_batch` of appends to distinct groups (see [`Call::Append`]); `kind` picks the
+    /// entries' payload: normal, no-op or membership.
+    Batch { appends: Vec<(u8, u8, u8, u8)> },
+    /// A group's term, vote and commit, as [`Call::HardState`].
+    HardState { group: u8, term_step: u8, vote: Option<u8>, commit: u8 },
+    /// As [`Call::Compact`].
+    Compact { group: u8, back: u8, beyond: bool },
+    /// As [`Call::Snapshot`], saved locally or received in two chunks and installed.
+    Snapshot { group: u8, back: u8, beyond: bool, data_bytes: u8, received: bool },
+}
+
+/// File names the shared WAL knows (and one it does not).
+#[derive(Arbitrary, Debug)]
+enum WalName {
+    Identity,
+    Segment(u8),
+    Snapshot(u8, u8, u8),
+    Staging(u8),
+    Other(u8),
+}
+
+fn wal_file_name(name: &WalName) -> String {
+    let group = |id: &u8| format!("group-{:020}-", id % WAL_GROUPS);
+    match name {
+        WalName::Identity => "IDENTITY".to_string(),
+        WalName::Segment(sequence) => format!("segment-{:020}.mwal", sequence),
+        WalName::Snapshot(id, index, term) => format!("{}snapshot-{:020}-{:020}.snap", group(id), index, term),
+        WalName::Staging(id) => format!("{}snapshot.staging", group(id)),
+        WalName::Other(n) => format!("other-{n}"),
+    }
+}
+
+/// Every group's state (by group number), as a store shows it or the model predicts it.
+type Groups = BTreeMap<u8, State>;
+
+/// Target `shared_wal_recovery`: builds a [`SharedWal`] over [`SimFs`] with arbitrary (valid)
+/// calls on several groups (batches across groups, creations, removals, compactions, snapshots),
+/// possibly losing power in the middle, then damages its directory arbitrarily and reopens it.
+///
+/// - After a clean run, reopening shows exactly what was written. After a power loss, recovery
+///   succeeds and shows, for every group, the acknowledged state or the one in flight (the rule
+///   of [`wal_recovery`], group by group; a group exists in one of them).
+/// - After any damage: `open` never panics and fails only with a typed [`DiskError`] naming a
+///   file of the directory; if it succeeds every group is consistent, takes a new entry (all in
+///   one batch), and shows the same state when opened again.
+pub fn shared_wal_recovery(data: &[u8]) {
+    let Ok(input) = SharedWalInput::arbitrary_take_rest(Unstructured::new(data)) else { return };
+    if std::env::var_os("FUZZ_DEBUG").is_some() {
+        eprintln!("{input:#?}");
+    }
+    let options = WalOptions {
+        segment_bytes_max: 48 + u64::from(input.segment_bytes),
+        cache_bytes_max: u64::from(input.cache_bytes),
+    };
+    let fs = SimFs::new(u64::from(input.segment_bytes));
+    let dir = PathBuf::from("/data");
+    let wal = SharedWal::create(fs.clone(), &dir, ME, options).expect("a healthy disk");
+    if let Some(ops) = input.crash_after_ops {
+        fs.crash_after(u64::from(ops));
+    }
+    let (acked, in_flight) = drive_wal(&wal, &input.calls);
+    drop(wal);
+    fs.crash();
+    let wal = SharedWal::open(fs.clone(), &dir, ME, options).expect("recovery after a power loss succeeds");
+    let recovered = wal_view(&wal);
+    for group in recovered.keys().chain(acked.keys()).chain(in_flight.iter().flat_map(|f| f.keys())) {
+        check_recovered_group(group, &recovered, &acked, in_flight.as_ref());
+    }
+    drop(wal);
+
+    for item in &input.damage[..input.damage.len().min(DAMAGE_MAX)] {
+        do_damage(&fs, &dir, item, ".mwal", wal_file_name);
+    }
+    match SharedWal::open(fs.clone(), &dir, ME, options) {
+        Ok(wal) => check_wal_usable(&fs, &dir, options, wal),
+        Err(error) => check_error(&fs, &dir, &error),
+    }
+}
+
+/// The rule of [`check_recovered`] for one group, which may also exist in only one of the
+/// candidate states (a creation or removal in flight).
+fn check_recovered_group(
+    group: &u8,
+    recovered: &Groups,
+    acked: &Groups,
+    in_flight: Option<&BTreeMap<u8, GroupFlight>>,
+) {
+    let flight = in_flight.and_then(|flights| flights.get(group));
+    match (recovered.get(group), acked.get(group), flight) {
+        (Some(found), Some(acked), flight) if flight.is_none_or(|f| f.exists) => {
+            check_recovered(found, acked, flight.map(|f| &f.in_flight));
+        }
+        (Some(found), Some(acked), Some(_)) => check_recovered(found, acked, None), // A removal in flight.
+        (Some(found), None, Some(flight)) if flight.exists => check_recovered(found, &flight.in_flight.state, None),
+        (None, Some(_), Some(flight)) => assert!(!flight.exists, "group {group} lost"),
+        (None, None, _) => {}
+        (found, acked, _) => panic!("group {group}: recovered {found:?}, acknowledged {acked:?}"),
+    }
+}
+
+/// A group's part of the call the power loss interrupted.
+struct GroupFlight {
+    /// Whether the group exists once the call is done.
+    exists: bool,
+    in_flight: InFlight,
+}
+
+/// Runs the calls; returns every group's state after the last acknowledged call and, if a call
+/// failed (the power went), each touched group's part of the call in flight.
+fn drive_wal(wal: &SharedWal<SimFs>, calls: &[WalCall]) -> (Groups, Option<BTreeMap<u8, GroupFlight>>) {
+    let mut groups = Groups::new();
+    let mut stores: BTreeMap<u8, GroupStore<SimFs>> = BTreeMap::new();
+    for call in calls.iter().take(CALLS_MAX) {
+        let mut flights = BTreeMap::new();
+        let result = apply_wal(wal, &mut stores, &groups, call, &mut flights);
+        if let Err(error) = result {
+            assert!(matches!(error, DiskError::Io { .. }), "a valid call refused: {error}");
+            return (groups, Some(flights));
+        }
+        for (group, flight) in flights {
+            if flight.exists {
+                groups.insert(group, flight.in_flight.state);
+            } else {
+                groups.remove(&group);
+            }
+        }
+    }
+    (groups, None)
+}
+
+fn apply_wal(
+    wal: &SharedWal<SimFs>,
+    stores: &mut BTreeMap<u8, GroupStore<SimFs>>,
+    groups: &Groups,
+    call: &WalCall,
+    flights: &mut BTreeMap<u8, GroupFlight>,
+) -> Result<(), DiskError> {
+    let unchanged = |state: &State| InFlight { state: state.clone(), untouched: usize::MAX };
+    match *call {
+        WalCall::Create { group, learner } => {
+            let group = group % WAL_GROUPS;
+            if groups.contains_key(&group) {
+                return Ok(());
+            }
+            let membership = if learner { Membership::default() } else { Membership::new([NodeId(1), NodeId(2)]) };
+            flights.insert(group, GroupFlight { exists: true, in_flight: unchanged(&State::default()) });
+            let store = wal.create_group(GroupId(u64::from(group)), membership)?;
+            stores.insert(group, store);
+            Ok(())
+        }
+        WalCall::Remove { group } => {
+            let group = group % WAL_GROUPS;
+            let Some(state) = groups.get(&group) else { return Ok(()) };
+            flights.insert(group, GroupFlight { exists: false, in_flight: unchanged(state) });
+            stores.remove(&group);
+            wal.remove_group(GroupId(u64::from(group)))
+        }
+        WalCall::Batch { ref appends } => {
+            let mut outputs: BTreeMap<u8, Output> = BTreeMap::new();
+            for &(group, back, count, kind) in appends.iter().take(WAL_GROUPS as usize) {
+                let group = group % WAL_GROUPS;
+                let Some(state) = groups.get(&group).filter(|_| !outputs.contains_key(&group)) else { continue };
+                let append = Call::Append { back, count, payload_bytes: kind };
+                let (mut next, mut entries) = append_entries(state, &append);
+                for entry in entries.iter_mut() {
+                    entry.payload = match kind % 3 {
+                        0 => entry.payload.clone(),
+                        1 => EntryPayload::Noop,
+                        _ => EntryPayload::Membership(Membership::new([NodeId(1), NodeId(u64::from(kind % 5) + 2)])),
+                    };
+                }
+                next.entries.truncate(next.entries.len() - entries.len());
+                next.entries.extend_from_slice(&entries);
+                let untouched = state.entries.len() - usize::from(back) % (state.entries.len() + 1);
+                flights.insert(group, GroupFlight { exists: true, in_flight: InFlight { state: next, untouched } });
+                outputs.insert(group, Output { entries, ..Output::default() });
+            }
+            let touched: Vec<u8> = outputs.keys().copied().collect();
+            let mut batch: Vec<(&mut GroupStore<SimFs>, &mut Output)> = stores
+                .iter_mut()
+                .filter(|(group, _)| touched.contains(group))
+                .map(|(_, store)| store)
+                .zip(outputs.values_mut())
+                .collect();
+            wal.write_batch(&mut batch)
+        }
+        WalCall::HardState { group, term_step, vote, commit } => {
+            with_group(stores, groups, group, flights, &Call::HardState { term_step, vote, commit })
+        }
+        WalCall::Compact { group, back, beyond } => {
+            with_group(stores, groups, group, flights, &Call::Compact { back, beyond })
+        }
+        WalCall::Snapshot { group, back, beyond, data_bytes, received } => {
+            let group = group % WAL_GROUPS;
+            let (Some(state), Some(store)) = (groups.get(&group), stores.get_mut(&group)) else { return Ok(()) };
+            if !received {
+                let (next, result) = apply(store, state, &Call::Snapshot { back, beyond, data_bytes });
+                flights.insert(group, GroupFlight { exists: true, in_flight: unchanged(&next) });
+                return result;
+            }
+            let (next, meta, data) = snapshot_call(store, state, back, beyond, data_bytes);
+            flights.insert(group, GroupFlight { exists: true, in_flight: unchanged(&next) });
+            let half = data.len() / 2;
+            let chunk = |offset: usize, end: usize| raft_core::ReceivedChunk {
+                meta: meta.clone(),
+                offset: offset as u64,
+                data: Bytes::copy_from_slice(&data[offset..end]),
+            };
+            let mut output = Output {
+                snapshot_chunks: vec![chunk(0, half), chunk(half, data.len())],
+                install_snapshot: Some(meta.clone()),
+                ..Output::default()
+            };
+            store.write_output_owned(&mut output)
+        }
+    }
+}
+
+/// Carries out a single-group `call` of [`wal_recovery`]'s kind on a group, if it exists.
+fn with_group(
+    stores: &mut BTreeMap<u8, GroupStore<SimFs>>,
+    groups: &Groups,
+    group: u8,
+    flights: &mut BTreeMap<u8, GroupFlight>,
+    call: &Call,
+) -> Result<(), DiskError> {
+    let group = group % WAL_GROUPS;
+    let (Some(state), Some(store)) = (groups.get(&group), stores.get_mut(&group)) else { return Ok(()) };
+    let (next, result) = apply(store, state, call);
+    flights.insert(group, GroupFlight { exists: true, in_flight: InFlight { state: next, untouched: usize::MAX } });
+    result
+}
+
+/// Every group of the WAL, read through its handle.
+fn wal_view(wal: &SharedWal<SimFs>) -> Groups {
+    let groups = wal.groups();
+    groups
+        .into_iter()
+        .map(|id| {
+            let number = u8::try_from(id.0).expect("the harness's group numbers");
+            (number, view(&wal.group(id).expect("listed")))
+        })
+        .collect()
+}
+
+/// A reopened WAL takes a new entry in every group (one batch), and opening it again shows the
+/// same state plus them.
+fn check_wal_usable(fs: &SimFs, dir: &Path, options: WalOptions, wal: SharedWal<SimFs>) {
+    let before = wal_view(&wal);
+    let mut writes: Vec<(GroupStore<SimFs>, Output)> = Vec::new();
+    for (group, state) in &before {
+        let index = Index(state.boundary.0.0 + state.entries.len() as u64 + 1);
+        let term = state.entries.last().map_or(state.boundary.1, |e| e.term).max(state.term);
+        let hard_state = HardState { term, vote: state.vote.filter(|_| term == state.term), commit: Index(0) };
+        let entries = vec![Entry { index, term, payload: EntryPayload::Noop }];
+        let store = wal.group(GroupId(u64::from(*group))).expect("listed");
+        writes.push((store, Output { hard_state: Some(hard_state), entries, ..Output::default() }));
+    }
+    let mut batch: Vec<(&mut GroupStore<SimFs>, &mut Output)> = writes.iter_mut().map(|(s, o)| (s, o)).collect();
+    wal.write_batch(&mut batch).expect("a recovered WAL takes writes");
+    drop(batch);
+    let expected = wal_view(&wal);
+    drop(writes);
+    drop(wal);
+    fs.crash();
+    let wal = SharedWal::open(fs.clone(), dir, ME, options).expect("a WAL that opened opens again");
+    assert_eq!(wal_view(&wal), expected, "a reopened WAL shows what was written");
+    for (group, state) in &before {
+        let mut after = expected[group].clone();
+        after.entries.pop();
+        assert_eq!(after.entries, state.entries, "group {group}: the recovered log is kept");
     }
 }

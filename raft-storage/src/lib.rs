@@ -10,6 +10,11 @@
 //!   Opening it recovers what a crash left (a torn tail, files an interrupted compaction or
 //!   snapshot install meant to remove) and lists every repair in a [`RecoveryReport`]; any other
 //!   damage is a typed error naming the file and offset.
+//! - [`SharedWal`]: one durable write-ahead log for every Raft group of a node, each group's
+//!   [`GroupStore`] with the semantics of `DiskStorage`; [`SharedWal::write_batch`] writes the
+//!   outputs of many groups with one fsync. Groups are created and removed at run time, old
+//!   segments are reclaimed, and a byte-limited cache keeps the newest entries in memory (older
+//!   ones are read back from disk). Same recovery and failure rules as `DiskStorage`.
 //!
 //! Snapshot integrity: `DiskStorage` checks every read of a snapshot's data against per-block
 //! crcs (and the whole file when it opens), so damaged bytes are a
@@ -23,8 +28,8 @@
 //! - `testing`: the module `testing`, with `SimFs`, an in-memory file system that injects
 //!   crashes (power loss with torn writes), I/O errors and bit rot, deterministically from a
 //!   seed. For tests and simulators only.
-//! - `fuzzing` (implies `testing`): the module `fuzzing`, the harness the cargo-fuzz target
-//!   `wal_recovery` calls (and the corpus replay test).
+//! - `fuzzing` (implies `testing`): the module `fuzzing`, the harnesses the cargo-fuzz targets
+//!   `wal_recovery` and `shared_wal_recovery` call (and the corpus replay test).
 //!
 //! ```
 //! use raft_core::{Entry, EntryPayload, Index, Membership, NodeId, Storage, Term};
@@ -48,10 +53,12 @@ pub mod fuzzing;
 mod mem;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod wal;
 
 pub use disk::{Corruption, DiskError, DiskOptions, DiskStorage, Identity, IoOp, RecoveryReport, Repair};
 pub use fs::{FileSystem, FsFile, StdFile, StdFs, read_range};
 pub use mem::{MemStorage, MemStorageError};
+pub use wal::{GroupStore, SharedWal, WalOptions};
 
 use bytes::Bytes;
 use raft_core::{Entry, HardState, Index, Output, SnapshotChunk, SnapshotMeta, Storage, Term};

@@ -20,23 +20,24 @@ use super::error::{Corruption, DiskError, corrupt};
 /// Version 2 added the snapshot to META. Version 3 added the snapshot's data checksum to its
 /// metadata and a crc per 64 KiB block of its data, checked on every read. Version 4 stores
 /// memberships with named halves and `learners_next` (raft-core's joint memberships).
-pub(super) const FORMAT_VERSION: u32 = 4;
-const SEGMENT_MAGIC: [u8; 8] = *b"RAFTWAL1";
+pub(crate) const FORMAT_VERSION: u32 = 4;
+/// The magic of `DiskStorage`'s segment files.
+pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"RAFTWAL1";
 /// Segment header: magic, version, first index, crc of the preceding bytes.
-pub(super) const HEADER_BYTES: u64 = 8 + 4 + 8 + 4;
+pub(crate) const HEADER_BYTES: u64 = 8 + 4 + 8 + 4;
 /// Record prefix: length and crc.
-pub(super) const RECORD_PREFIX_BYTES: u64 = 8;
+pub(crate) const RECORD_PREFIX_BYTES: u64 = 8;
 /// The largest record payload accepted when reading (guards against a garbage length).
-pub(super) const RECORD_BYTES_MAX: u32 = 256 * 1024 * 1024;
+pub(crate) const RECORD_BYTES_MAX: u32 = 256 * 1024 * 1024;
 /// Framed file prefix: magic, version, length, crc. The payload starts right after it.
-pub(super) const FRAME_PREFIX_BYTES: usize = 8 + 4 + 4 + 4;
+pub(crate) const FRAME_PREFIX_BYTES: usize = 8 + 4 + 4 + 4;
 
 /// `[magic][version u32][len u32][crc u32][payload]`, the crc covering version, length, payload.
-pub(super) fn encode_framed(magic: [u8; 8], payload: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_framed(magic: [u8; 8], version: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + FRAME_PREFIX_BYTES);
     out.extend_from_slice(&magic);
     let mut covered = Vec::with_capacity(payload.len() + 8);
-    covered.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    covered.extend_from_slice(&version.to_le_bytes());
     covered.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     covered.extend_from_slice(payload);
     out.extend_from_slice(&covered[..8]);
@@ -46,8 +47,13 @@ pub(super) fn encode_framed(magic: [u8; 8], payload: &[u8]) -> Vec<u8> {
 }
 
 /// The payload of the framed file `path` holding `bytes`, checked against `magic`, the format
-/// version, its length and its crc.
-pub(super) fn decode_framed<'a>(path: &Path, bytes: &'a [u8], magic: [u8; 8]) -> Result<&'a [u8], DiskError> {
+/// `version`, its length and its crc.
+pub(crate) fn decode_framed<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    magic: [u8; 8],
+    version: u32,
+) -> Result<&'a [u8], DiskError> {
     let field = |at: usize| -> Result<u32, DiskError> {
         let raw = bytes.get(at..at + 4).ok_or_else(|| corrupt(path, at as u64, Corruption::Truncated))?;
         Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
@@ -55,9 +61,9 @@ pub(super) fn decode_framed<'a>(path: &Path, bytes: &'a [u8], magic: [u8; 8]) ->
     if bytes.get(..8) != Some(&magic[..]) {
         return Err(corrupt(path, 0, Corruption::BadMagic));
     }
-    let version = field(8)?;
-    if version != FORMAT_VERSION {
-        return Err(corrupt(path, 8, Corruption::UnsupportedVersion(version)));
+    let found = field(8)?;
+    if found != version {
+        return Err(corrupt(path, 8, Corruption::UnsupportedVersion(found)));
     }
     let len = field(12)? as usize;
     let crc = field(16)?;
@@ -72,33 +78,41 @@ pub(super) fn decode_framed<'a>(path: &Path, bytes: &'a [u8], magic: [u8; 8]) ->
     Ok(payload)
 }
 
-/// The header of a segment whose first entry is `first_index`.
-pub(super) fn encode_header(first_index: Index) -> Vec<u8> {
+/// The header of a segment of format (`magic`, `version`) whose file name says `number` (the
+/// first index of a `DiskStorage` segment, the sequence number of a shared WAL's).
+pub(crate) fn encode_header(magic: [u8; 8], version: u32, number: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES as usize);
-    out.extend_from_slice(&SEGMENT_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&first_index.0.to_le_bytes());
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&number.to_le_bytes());
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-/// Checks the header of the segment `path` (at least [`HEADER_BYTES`] long), whose file name
-/// says it starts at `name_index`.
-pub(super) fn check_header(path: &Path, bytes: &[u8], name_index: Index) -> Result<(), DiskError> {
-    if bytes[..8] != SEGMENT_MAGIC {
+/// Checks the magic, version and crc of the header of the segment `path` (at least
+/// [`HEADER_BYTES`] long); returns the number it holds, which the caller compares with the file
+/// name's (at byte 12).
+pub(crate) fn check_header(path: &Path, bytes: &[u8], magic: [u8; 8], version: u32) -> Result<u64, DiskError> {
+    if bytes[..8] != magic {
         return Err(corrupt(path, 0, Corruption::BadMagic));
     }
-    let version = read_u32(bytes, 8);
-    if version != FORMAT_VERSION {
-        return Err(corrupt(path, 8, Corruption::UnsupportedVersion(version)));
+    let found = read_u32(bytes, 8);
+    if found != version {
+        return Err(corrupt(path, 8, Corruption::UnsupportedVersion(found)));
     }
     if crc32fast::hash(&bytes[..20]) != read_u32(bytes, 20) {
         return Err(corrupt(path, 20, Corruption::Checksum));
     }
     let mut raw = [0u8; 8];
     raw.copy_from_slice(&bytes[12..20]);
-    let header = Index(u64::from_le_bytes(raw));
+    Ok(u64::from_le_bytes(raw))
+}
+
+/// Checks the header of the `DiskStorage` segment `path`, whose file name says it starts at
+/// `name_index`.
+pub(super) fn check_disk_header(path: &Path, bytes: &[u8], name_index: Index) -> Result<(), DiskError> {
+    let header = Index(check_header(path, bytes, SEGMENT_MAGIC, FORMAT_VERSION)?);
     if header != name_index {
         return Err(corrupt(path, 12, Corruption::HeaderMismatch { header, name: name_index }));
     }
@@ -106,13 +120,13 @@ pub(super) fn check_header(path: &Path, bytes: &[u8], name_index: Index) -> Resu
 }
 
 /// The little-endian `u32` at byte `at` of `bytes` (which must hold it).
-pub(super) fn read_u32(bytes: &[u8], at: u64) -> u32 {
+pub(crate) fn read_u32(bytes: &[u8], at: u64) -> u32 {
     let at = at as usize;
     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 /// The crc a record's prefix holds: over its length field and its payload.
-pub(super) fn record_crc(len: u32, payload: &[u8]) -> u32 {
+pub(crate) fn record_crc(len: u32, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&len.to_le_bytes());
     hasher.update(payload);
@@ -121,7 +135,7 @@ pub(super) fn record_crc(len: u32, payload: &[u8]) -> u32 {
 
 /// The payload of the record at `offset` of `bytes` if a whole record with a good crc starts
 /// there. `None` if its prefix or payload runs past the end, or its crc does not match.
-pub(super) fn checked_record(bytes: &[u8], offset: u64) -> Option<&[u8]> {
+pub(crate) fn checked_record(bytes: &[u8], offset: u64) -> Option<&[u8]> {
     let len = bytes.len() as u64;
     if len.saturating_sub(offset) < RECORD_PREFIX_BYTES {
         return None;
@@ -153,11 +167,12 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
     }
 }
 
-/// Appends `[len][crc][postcard entry]`, serializing in place (no temporary per record).
-pub(super) fn encode_record(entry: &Entry, out: &mut Vec<u8>) {
+/// Appends `[len][crc][postcard value]` (an entry, or a shared WAL's record), serializing in
+/// place (no temporary per record).
+pub(crate) fn encode_record<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; RECORD_PREFIX_BYTES as usize]);
-    postcard::serialize_with_flavor(entry, VecFlavor(out)).expect("entries always serialize");
+    postcard::serialize_with_flavor(value, VecFlavor(out)).expect("entries and records always serialize");
     let body = start + RECORD_PREFIX_BYTES as usize;
     let len = (out.len() - body) as u32;
     let crc = record_crc(len, &out[body..]);

@@ -7,98 +7,98 @@ use super::error::{DiskError, IoOp, io_error};
 use crate::fs::{FileSystem, FsFile};
 
 /// A directory on a file system.
-pub(super) struct Directory<F> {
+pub(crate) struct Directory<F> {
     fs: F,
     path: PathBuf,
 }
 
 impl<F: FileSystem> Directory<F> {
-    pub(super) fn new(fs: F, path: PathBuf) -> Self {
+    pub(crate) fn new(fs: F, path: PathBuf) -> Self {
         Directory { fs, path }
     }
 
     /// The file system, for the calls whose failures mean more than an I/O error.
-    pub(super) fn fs(&self) -> &F {
+    pub(crate) fn fs(&self) -> &F {
         &self.fs
     }
 
     /// The directory's own path.
-    pub(super) fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The path of the file `name` in the directory.
-    pub(super) fn file(&self, name: &str) -> PathBuf {
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
 
     /// Creates the directory and its parents if missing.
-    pub(super) fn create_all(&self) -> Result<(), DiskError> {
+    pub(crate) fn create_all(&self) -> Result<(), DiskError> {
         self.fs.create_dir_all(&self.path).map_err(io_error(IoOp::Create, &self.path))
     }
 
     /// The names of the files in the directory, sorted.
-    pub(super) fn list(&self) -> Result<Vec<String>, DiskError> {
+    pub(crate) fn list(&self) -> Result<Vec<String>, DiskError> {
         self.fs.list(&self.path).map_err(io_error(IoOp::List, &self.path))
     }
 
     /// Creates `path` empty and opens it for appending.
-    pub(super) fn create(&self, path: PathBuf) -> Result<OpenFile<F::File>, DiskError> {
+    pub(crate) fn create(&self, path: PathBuf) -> Result<OpenFile<F::File>, DiskError> {
         let file = self.fs.create(&path).map_err(io_error(IoOp::Create, &path))?;
         Ok(OpenFile { file, path })
     }
 
     /// Opens the existing file `path` for appending.
-    pub(super) fn open_append(&self, path: PathBuf) -> Result<OpenFile<F::File>, DiskError> {
+    pub(crate) fn open_append(&self, path: PathBuf) -> Result<OpenFile<F::File>, DiskError> {
         let file = self.fs.open_append(&path).map_err(io_error(IoOp::Open, &path))?;
         Ok(OpenFile { file, path })
     }
 
     /// Reads the whole file `path`.
-    pub(super) fn read(&self, path: &Path) -> Result<Vec<u8>, DiskError> {
+    pub(crate) fn read(&self, path: &Path) -> Result<Vec<u8>, DiskError> {
         self.fs.read(path).map_err(io_error(IoOp::Read, path))
     }
 
     /// Replaces `to` with `from`; a failure names `to`.
-    pub(super) fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError> {
+    pub(crate) fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError> {
         self.fs.rename(from, to).map_err(io_error(IoOp::Rename, to))
     }
 
     /// Removes the file `path` (durable after [`Directory::sync`]).
-    pub(super) fn remove(&self, path: &Path) -> Result<(), DiskError> {
+    pub(crate) fn remove(&self, path: &Path) -> Result<(), DiskError> {
         self.fs.remove(path).map_err(io_error(IoOp::Remove, path))
     }
 
     /// Makes the directory's entries durable.
-    pub(super) fn sync(&self) -> Result<(), DiskError> {
+    pub(crate) fn sync(&self) -> Result<(), DiskError> {
         self.fs.sync_dir(&self.path).map_err(io_error(IoOp::SyncDir, &self.path))
     }
 }
 
 /// An open file and its path, which its failures name.
-pub(super) struct OpenFile<File> {
+pub(crate) struct OpenFile<File> {
     file: File,
     path: PathBuf,
 }
 
 impl<File: FsFile> OpenFile<File> {
     /// The file's path.
-    pub(super) fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends `bytes` at the end.
-    pub(super) fn append(&mut self, bytes: &[u8]) -> Result<(), DiskError> {
+    pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<(), DiskError> {
         self.file.append(bytes).map_err(io_error(IoOp::Append, &self.path))
     }
 
     /// Makes everything written so far durable.
-    pub(super) fn sync(&mut self) -> Result<(), DiskError> {
+    pub(crate) fn sync(&mut self) -> Result<(), DiskError> {
         self.file.sync().map_err(io_error(IoOp::Sync, &self.path))
     }
 
     /// Cuts the file to `len` bytes.
-    pub(super) fn truncate(&mut self, len: u64) -> Result<(), DiskError> {
+    pub(crate) fn truncate(&mut self, len: u64) -> Result<(), DiskError> {
         self.file.truncate(len).map_err(io_error(IoOp::Truncate, &self.path))
     }
 }

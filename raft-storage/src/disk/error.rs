@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use raft_core::{Index, Term};
+use raft_core::{GroupId, Index, Term};
 use thiserror::Error;
 
 use super::meta::Identity;
@@ -100,6 +100,31 @@ pub enum Corruption {
         /// The snapshot's last index.
         snapshot: Index,
     },
+    /// A shared WAL segment's header names a different sequence number than its file name.
+    #[error("header sequence number {header} differs from the file name's {name}")]
+    SequenceMismatch {
+        /// The sequence number in the header.
+        header: u64,
+        /// The sequence number in the file name.
+        name: u64,
+    },
+    /// A shared WAL segment is missing: the segment found (this file) is not the one expected
+    /// (the one after its predecessor, or the oldest one segment reclamation kept).
+    #[error("expected segment {expected}, found segment {found}")]
+    SegmentMissing {
+        /// The sequence number expected.
+        expected: u64,
+        /// The sequence number found.
+        found: u64,
+    },
+    /// A shared WAL record does not fit its group's history: a creation of a group that exists,
+    /// entries of a group that is neither created nor removed later, a log boundary that moves
+    /// back.
+    #[error("record out of place in the history of group {group}")]
+    UnexpectedGroupRecord {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// Why the durable store failed. Recovery errors name the file and the byte offset.
@@ -184,6 +209,13 @@ pub enum DiskError {
     /// An earlier I/O error stopped the store (fail-stop).
     #[error("the store stopped after an earlier I/O error")]
     Stopped,
+    /// A shared WAL was asked to create a group it already holds.
+    #[error("group {0} already exists")]
+    GroupExists(GroupId),
+    /// A shared WAL does not hold the group (never created, or removed), or the handle belongs
+    /// to another WAL or to an earlier group of the same id.
+    #[error("group {0} does not exist")]
+    GroupNotFound(GroupId),
 }
 
 impl DiskError {
@@ -227,6 +259,8 @@ impl PartialEq for DiskError {
                 if (offset, staged) == (other_offset, other_staged)),
             E::SnapshotNotStaged(index) => matches!(other, E::SnapshotNotStaged(other_index) if index == other_index),
             E::Stopped => matches!(other, E::Stopped),
+            E::GroupExists(group) => matches!(other, E::GroupExists(other_group) if group == other_group),
+            E::GroupNotFound(group) => matches!(other, E::GroupNotFound(other_group) if group == other_group),
         }
     }
 }
@@ -238,12 +272,29 @@ fn same_io_error(one: &std::io::Error, other: &std::io::Error) -> bool {
     one.kind() == other.kind() && one.raw_os_error() == other.raw_os_error()
 }
 
+/// Fail-stop: runs `write` on `store` unless the flag `stopped` gives is set, and sets it for
+/// good if `write` fails with an I/O error (the store cannot say what reached the disk).
+pub(crate) fn fail_stop<S, T>(
+    store: &mut S,
+    stopped: fn(&mut S) -> &mut bool,
+    write: impl FnOnce(&mut S) -> Result<T, DiskError>,
+) -> Result<T, DiskError> {
+    if *stopped(store) {
+        return Err(DiskError::Stopped);
+    }
+    let result = write(store);
+    if matches!(result, Err(DiskError::Io { .. })) {
+        *stopped(store) = true;
+    }
+    result
+}
+
 /// The error of a failed `op` on `path`, for `map_err`.
-pub(super) fn io_error(op: IoOp, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+pub(crate) fn io_error(op: IoOp, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
     move |source| DiskError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// Damage of `corruption` found in `path` at byte `offset`.
-pub(super) fn corrupt(path: &Path, offset: u64, corruption: Corruption) -> DiskError {
+pub(crate) fn corrupt(path: &Path, offset: u64, corruption: Corruption) -> DiskError {
     DiskError::Corrupt { path: path.to_path_buf(), offset, corruption }
 }

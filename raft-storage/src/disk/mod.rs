@@ -68,14 +68,14 @@
 //! [`StorageError::SnapshotCorrupt`]: raft_core::StorageError::SnapshotCorrupt
 //! [`SnapshotMeta::data_crc32`]: raft_core::SnapshotMeta::data_crc32
 
-mod codec;
-mod directory;
-mod error;
-mod meta;
-mod recovery;
+pub(crate) mod codec;
+pub(crate) mod directory;
+pub(crate) mod error;
+pub(crate) mod meta;
+pub(crate) mod recovery;
 mod segment;
-mod snapshot;
-mod store;
+pub(crate) mod snapshot;
+pub(crate) mod store;
 
 pub use error::{Corruption, DiskError, IoOp};
 pub use meta::Identity;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use raft_core::{Entry, Index, Term};
 
-use super::codec::{HEADER_BYTES, RECORD_BYTES_MAX, RECORD_PREFIX_BYTES, check_header, checked_record};
+use super::codec::{HEADER_BYTES, RECORD_BYTES_MAX, RECORD_PREFIX_BYTES, check_disk_header, checked_record};
 use super::codec::{decode_entry, read_u32, record_crc};
 use super::directory::Directory;
 use super::error::{Corruption, DiskError, corrupt};
@@ -68,6 +68,14 @@ pub enum Repair {
         /// The snapshot file.
         file: PathBuf,
     },
+    /// A shared WAL segment that segment reclamation had released (every record in it is
+    /// superseded by a newer one) was removed: a crash came before reclamation removed it.
+    ReclaimedSegmentRemoved {
+        /// The segment file.
+        file: PathBuf,
+        /// Segments numbered below this were released.
+        below: u64,
+    },
 }
 
 impl fmt::Display for Repair {
@@ -87,6 +95,9 @@ impl fmt::Display for Repair {
             }
             Repair::StraySnapshotRemoved { file } => {
                 write!(formatter, "removed {file:?}, a snapshot file that META does not name")
+            }
+            Repair::ReclaimedSegmentRemoved { file, below } => {
+                write!(formatter, "removed {file:?}, released by segment reclamation (below segment {below})")
             }
         }
     }
@@ -111,7 +122,7 @@ impl RecoveryReport {
         self.repairs.is_empty()
     }
 
-    fn push(&mut self, repair: Repair) {
+    pub(crate) fn push(&mut self, repair: Repair) {
         self.repairs.push(repair);
     }
 }
@@ -201,7 +212,7 @@ fn check_continues(path: &Path, last: &Entry, first_index: Index, first: Option<
 
 /// Cuts the torn tail of the segment `path` (of `len` bytes) at `cut`, or removes the segment
 /// if its header was torn (`cut` 0), and makes that durable.
-fn cut_torn_tail<F: FileSystem>(
+pub(crate) fn cut_torn_tail<F: FileSystem>(
     dir: &Directory<F>,
     path: PathBuf,
     cut: u64,
@@ -266,7 +277,7 @@ pub(super) fn remove_stray_snapshots<F: FileSystem>(
     installed: Option<&SnapshotFile>,
     report: &mut RecoveryReport,
 ) -> Result<(), DiskError> {
-    let current = installed.map(|snapshot| snapshot_name(&snapshot.meta));
+    let current = installed.map(|snapshot| snapshot_name("", &snapshot.meta));
     let strays = names.iter().filter(|name| is_snapshot_file(name) && Some(name.as_str()) != current.as_deref());
     for name in strays {
         let file = dir.file(name);
@@ -297,24 +308,58 @@ struct ParsedSegment {
 /// `torn_at`); damage anywhere else is corruption.
 fn parse_segment(path: &Path, bytes: &Bytes, first_index: Index, is_last: bool) -> Result<ParsedSegment, DiskError> {
     let len = bytes.len() as u64;
-    let torn = |offset: u64, corruption: Corruption| {
-        if is_last { Ok(offset) } else { Err(corrupt(path, offset, corruption)) }
-    };
     let mut parsed = ParsedSegment {
         segment: Segment { first_index, offsets: Vec::new(), len },
         entries: Vec::new(),
         torn_at: None,
     };
     if len < HEADER_BYTES {
-        parsed.torn_at = Some(torn(0, Corruption::Truncated)?);
+        parsed.torn_at = Some(torn_or_corrupt(path, is_last, 0, Corruption::Truncated)?);
         return Ok(parsed);
     }
-    check_header(path, bytes, first_index)?;
+    check_disk_header(path, bytes, first_index)?;
+    let mut reader = EntryReader { path, bytes, parsed: &mut parsed };
+    let torn_at = walk_records(path, bytes, is_last, &mut reader)?;
+    parsed.torn_at = torn_at;
+    if let Some(cut) = torn_at {
+        parsed.segment.len = cut;
+    }
+    Ok(parsed)
+}
+
+/// What [`walk_records`] hands each record to.
+pub(crate) trait RecordSink {
+    /// Takes the payload of the whole, crc-checked record at `offset`.
+    fn record(&mut self, offset: u64, payload: &[u8]) -> Result<(), DiskError>;
+    /// Whether `payload`, of a whole record with a good crc found after a damaged one, is one the
+    /// segment could hold right after the damaged record: then the damage is no torn tail.
+    fn could_follow(&self, payload: &[u8]) -> bool;
+}
+
+/// A torn write at `offset` of the last segment, or `corruption` anywhere else.
+pub(crate) fn torn_or_corrupt(
+    path: &Path,
+    is_last: bool,
+    offset: u64,
+    corruption: Corruption,
+) -> Result<u64, DiskError> {
+    if is_last { Ok(offset) } else { Err(corrupt(path, offset, corruption)) }
+}
+
+/// Walks the records of the segment `path` (held in `bytes`, its header checked) and hands each
+/// to `sink`. Returns where a torn tail starts, if the segment ends in one: damage at the very end
+/// of the last segment is a torn write, damage anywhere else is corruption.
+pub(crate) fn walk_records(
+    path: &Path,
+    bytes: &[u8],
+    is_last: bool,
+    sink: &mut impl RecordSink,
+) -> Result<Option<u64>, DiskError> {
+    let len = bytes.len() as u64;
     let mut offset = HEADER_BYTES;
     while offset < len {
         if len - offset < RECORD_PREFIX_BYTES {
-            parsed.torn_at = Some(torn(offset, Corruption::Truncated)?);
-            break;
+            return torn_or_corrupt(path, is_last, offset, Corruption::Truncated).map(Some);
         }
         let record_len = read_u32(bytes, offset);
         let end = offset + RECORD_PREFIX_BYTES + u64::from(record_len);
@@ -322,40 +367,54 @@ fn parse_segment(path: &Path, bytes: &Bytes, first_index: Index, is_last: bool) 
             if record_len > RECORD_BYTES_MAX {
                 return Err(corrupt(path, offset, Corruption::RecordLength(record_len)));
             }
-            if valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, parsed.segment.next_index().next()) {
+            if valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, sink) {
                 return Err(corrupt(path, offset, Corruption::Truncated));
             }
-            parsed.torn_at = Some(torn(offset, Corruption::Truncated)?);
-            break;
+            return torn_or_corrupt(path, is_last, offset, Corruption::Truncated).map(Some);
         }
         let payload = &bytes[(offset + RECORD_PREFIX_BYTES) as usize..end as usize];
         if record_crc(record_len, payload) != read_u32(bytes, offset + 4) {
             if end == len {
-                parsed.torn_at = Some(torn(offset, Corruption::Checksum)?);
-                break;
+                return torn_or_corrupt(path, is_last, offset, Corruption::Checksum).map(Some);
             }
             return Err(corrupt(path, offset, Corruption::Checksum));
         }
-        let entry = decode_entry(bytes, payload).ok_or_else(|| corrupt(path, offset, Corruption::Decode))?;
-        check_sequence(path, offset, &parsed, &entry)?;
-        parsed.segment.offsets.push(offset);
-        parsed.entries.push(entry);
+        sink.record(offset, payload)?;
         offset = end;
     }
-    if let Some(cut) = parsed.torn_at {
-        parsed.segment.len = cut;
-    }
-    Ok(parsed)
+    Ok(None)
 }
 
-/// Whether a whole record with a good checksum holding entry `index` starts anywhere at or after
-/// `from`: then the damage before it is no torn tail.
-fn valid_record_after(bytes: &[u8], from: u64, index: Index) -> bool {
+/// Whether a whole record with a good checksum that could follow (see
+/// [`RecordSink::could_follow`]) starts anywhere at or after `from`: then the damage before it is
+/// no torn tail.
+fn valid_record_after(bytes: &[u8], from: u64, sink: &impl RecordSink) -> bool {
     let len = bytes.len() as u64;
-    (from..len.saturating_sub(RECORD_PREFIX_BYTES)).any(|at| {
-        checked_record(bytes, at)
-            .is_some_and(|payload| postcard::from_bytes::<Entry>(payload).is_ok_and(|entry| entry.index == index))
-    })
+    (from..len.saturating_sub(RECORD_PREFIX_BYTES))
+        .any(|at| checked_record(bytes, at).is_some_and(|payload| sink.could_follow(payload)))
+}
+
+/// Decodes a `DiskStorage` segment's records into entries.
+struct EntryReader<'a> {
+    path: &'a Path,
+    bytes: &'a Bytes,
+    parsed: &'a mut ParsedSegment,
+}
+
+impl RecordSink for EntryReader<'_> {
+    fn record(&mut self, offset: u64, payload: &[u8]) -> Result<(), DiskError> {
+        let entry = decode_entry(self.bytes, payload).ok_or_else(|| corrupt(self.path, offset, Corruption::Decode))?;
+        check_sequence(self.path, offset, self.parsed, &entry)?;
+        self.parsed.segment.offsets.push(offset);
+        self.parsed.entries.push(entry);
+        Ok(())
+    }
+
+    /// The entry after the damaged one.
+    fn could_follow(&self, payload: &[u8]) -> bool {
+        let index = self.parsed.segment.next_index().next();
+        postcard::from_bytes::<Entry>(payload).is_ok_and(|entry| entry.index == index)
+    }
 }
 
 fn check_sequence(path: &Path, offset: u64, parsed: &ParsedSegment, entry: &Entry) -> Result<(), DiskError> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use raft_core::{Entry, Index};
 
-use super::codec::{RECORD_PREFIX_BYTES, encode_header, encode_record};
+use super::codec::{FORMAT_VERSION, RECORD_PREFIX_BYTES, SEGMENT_MAGIC, encode_header, encode_record};
 use super::directory::{Directory, OpenFile};
 use super::error::DiskError;
 use crate::fs::{FileSystem, FsFile};
@@ -198,7 +198,7 @@ impl<File: FsFile> SegmentLog<File> {
     ) -> Result<(), DiskError> {
         self.sync_active()?;
         let mut file = dir.create(dir.file(&segment_name(first_index)))?;
-        let header = encode_header(first_index);
+        let header = encode_header(SEGMENT_MAGIC, FORMAT_VERSION, first_index.0);
         file.append(&header)?;
         self.segments.push(Segment { first_index, offsets: Vec::new(), len: header.len() as u64 });
         self.active = Some(file);

@@ -4,6 +4,9 @@
 //!
 //! The data file holds the snapshot's data exactly as received (no framing): META holds its
 //! length, its crc32 and the crc32 of each block of [`SNAPSHOT_BLOCK_BYTES`].
+//!
+//! Every file name takes a `prefix`: empty for `DiskStorage`, the group's for a shared WAL (whose
+//! groups keep their snapshot files side by side in one directory).
 
 use raft_core::{SnapshotChunk, SnapshotMeta, StorageError};
 use serde::{Deserialize, Serialize};
@@ -29,8 +32,8 @@ const _: () = assert!(SNAPSHOT_READ_BYTES_MAX.is_multiple_of(SNAPSHOT_BLOCK_BYTE
 /// An installed snapshot: its metadata and what its data file must hold. Part of META: the field
 /// order is the on-disk format (postcard).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct SnapshotFile {
-    pub(super) meta: SnapshotMeta,
+pub(crate) struct SnapshotFile {
+    pub(crate) meta: SnapshotMeta,
     /// The data's length in bytes.
     len: u64,
     /// The crc32 of the whole data.
@@ -41,12 +44,13 @@ pub(super) struct SnapshotFile {
 
 /// The name of the data file of the installed snapshot `meta`: each snapshot gets its own, so
 /// META never names a file that is being replaced.
-pub(super) fn snapshot_name(meta: &SnapshotMeta) -> String {
-    format!("snapshot-{:020}-{:020}.snap", meta.index.0, meta.term.0)
+pub(crate) fn snapshot_name(prefix: &str, meta: &SnapshotMeta) -> String {
+    format!("{prefix}snapshot-{:020}-{:020}.snap", meta.index.0, meta.term.0)
 }
 
-/// Whether `name` is a snapshot file of the store: a staging file or a snapshot's data file.
-pub(super) fn is_snapshot_file(name: &str) -> bool {
+/// Whether `name` (its prefix removed) is a snapshot file: a staging file or a snapshot's data
+/// file.
+pub(crate) fn is_snapshot_file(name: &str) -> bool {
     name == STAGING_FILE || name == LOCAL_SNAPSHOT_FILE || is_snapshot_name(name)
 }
 
@@ -91,8 +95,10 @@ impl BlockCrcs {
 }
 
 /// A snapshot's data being written to a file of its own, before it is installed.
-pub(super) struct Staging<File> {
-    pub(super) meta: SnapshotMeta,
+pub(crate) struct Staging<File> {
+    pub(crate) meta: SnapshotMeta,
+    /// The prefix of the snapshot's file names.
+    prefix: String,
     file: OpenFile<File>,
     /// The bytes staged so far.
     pub(super) len: u64,
@@ -104,30 +110,37 @@ pub(super) struct Staging<File> {
 
 impl<File: FsFile> Staging<File> {
     /// Starts receiving snapshot `meta` in an empty staging file (replacing any other).
-    pub(super) fn start<F: FileSystem<File = File>>(
+    pub(crate) fn start<F: FileSystem<File = File>>(
         dir: &Directory<F>,
+        prefix: &str,
         meta: &SnapshotMeta,
     ) -> Result<Self, DiskError> {
-        let file = dir.create(dir.file(STAGING_FILE))?;
-        Ok(Staging { meta: meta.clone(), file, len: 0, crc: crc32fast::Hasher::new(), blocks: BlockCrcs::default() })
+        let file = dir.create(dir.file(&format!("{prefix}{STAGING_FILE}")))?;
+        Ok(Staging::new(prefix, meta, file))
+    }
+
+    fn new(prefix: &str, meta: &SnapshotMeta, file: OpenFile<File>) -> Self {
+        let prefix = prefix.to_string();
+        let (crc, blocks) = (crc32fast::Hasher::new(), BlockCrcs::default());
+        Staging { meta: meta.clone(), prefix, file, len: 0, crc, blocks }
     }
 
     /// Writes the whole data of the local snapshot `meta` to a file apart from the staging file
     /// (a snapshot being received keeps its staging).
-    pub(super) fn local<F: FileSystem<File = File>>(
+    pub(crate) fn local<F: FileSystem<File = File>>(
         dir: &Directory<F>,
+        prefix: &str,
         meta: &SnapshotMeta,
         data: &[u8],
     ) -> Result<Self, DiskError> {
-        let file = dir.create(dir.file(LOCAL_SNAPSHOT_FILE))?;
-        let mut staging =
-            Staging { meta: meta.clone(), file, len: 0, crc: crc32fast::Hasher::new(), blocks: BlockCrcs::default() };
+        let file = dir.create(dir.file(&format!("{prefix}{LOCAL_SNAPSHOT_FILE}")))?;
+        let mut staging = Staging::new(prefix, meta, file);
         staging.write(data)?;
         Ok(staging)
     }
 
     /// Writes `data` through to the file (nothing is kept in memory but its crcs).
-    pub(super) fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
         self.file.append(data)?;
         self.len += data.len() as u64;
         self.crc.update(data);
@@ -136,37 +149,88 @@ impl<File: FsFile> Staging<File> {
     }
 
     /// Drops the staged data. Not durable: recovery removes the file should it come back.
-    pub(super) fn discard<F: FileSystem<File = File>>(self, dir: &Directory<F>) -> Result<(), DiskError> {
+    pub(crate) fn discard<F: FileSystem<File = File>>(self, dir: &Directory<F>) -> Result<(), DiskError> {
         let path = self.file.path().to_path_buf();
         drop(self);
         dir.remove(&path)
     }
 
     /// Makes the staged data durable under its snapshot's own name.
-    pub(super) fn into_snapshot_file<F: FileSystem<File = File>>(
+    pub(crate) fn into_snapshot_file<F: FileSystem<File = File>>(
         self,
         dir: &Directory<F>,
     ) -> Result<SnapshotFile, DiskError> {
-        let Staging { meta, mut file, len, crc, blocks } = self;
+        let Staging { meta, prefix, mut file, len, crc, blocks } = self;
         file.sync()?;
         let staging_path = file.path().to_path_buf();
         drop(file);
-        dir.rename(&staging_path, &dir.file(&snapshot_name(&meta)))?;
+        dir.rename(&staging_path, &dir.file(&snapshot_name(&prefix, &meta)))?;
         dir.sync()?;
         Ok(SnapshotFile { meta, len, crc: crc.finalize(), block_crcs: blocks.finish() })
     }
 }
 
+/// Writes a chunk of snapshot `meta` at `offset` into `staging` (through to its file; nothing is
+/// kept in memory but crcs). Offset 0 starts a new staging file (replacing any other); any other
+/// chunk must continue the staged data, or it is refused and the staged data kept.
+pub(crate) fn write_chunk<F: FileSystem>(
+    staging: &mut Option<Staging<F::File>>,
+    dir: &Directory<F>,
+    prefix: &str,
+    meta: &SnapshotMeta,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), DiskError> {
+    if offset == 0 {
+        *staging = None; // Closes the file before `create` truncates it.
+        *staging = Some(Staging::start(dir, prefix, meta)?);
+    }
+    let staging = match staging.as_mut() {
+        Some(staging) if staging.meta == *meta && staging.len == offset => staging,
+        Some(staging) if staging.meta == *meta => {
+            return Err(DiskError::SnapshotChunkOutOfOrder { offset, staged: staging.len });
+        }
+        _ => return Err(DiskError::SnapshotChunkOutOfOrder { offset, staged: 0 }),
+    };
+    if !data.is_empty() {
+        staging.write(data)?;
+    }
+    Ok(())
+}
+
+/// Takes the staged snapshot `meta` out of `staging` for its install; refuses (keeping another
+/// snapshot's staging) if it is not the one staged.
+pub(crate) fn take_staged<File>(
+    staging: &mut Option<Staging<File>>,
+    meta: &SnapshotMeta,
+) -> Result<Staging<File>, DiskError> {
+    match staging.take() {
+        Some(staged) if staged.meta == *meta => Ok(staged),
+        other => {
+            *staging = other;
+            Err(DiskError::SnapshotNotStaged(meta.index))
+        }
+    }
+}
+
 /// Removes the data file of `snapshot`, which META no longer names. Not made durable: should it
 /// come back after a crash, recovery removes it.
-pub(super) fn remove<F: FileSystem>(dir: &Directory<F>, snapshot: &SnapshotFile) -> Result<(), DiskError> {
-    dir.remove(&dir.file(&snapshot_name(&snapshot.meta)))
+pub(crate) fn remove<F: FileSystem>(
+    dir: &Directory<F>,
+    prefix: &str,
+    snapshot: &SnapshotFile,
+) -> Result<(), DiskError> {
+    dir.remove(&dir.file(&snapshot_name(prefix, &snapshot.meta)))
 }
 
 /// Checks that the data file of `snapshot` holds exactly `snapshot.len` bytes with crc
 /// `snapshot.crc`, reading [`SNAPSHOT_READ_BYTES_MAX`] bytes at a time.
-pub(super) fn verify<F: FileSystem>(dir: &Directory<F>, snapshot: &SnapshotFile) -> Result<(), DiskError> {
-    let path = dir.file(&snapshot_name(&snapshot.meta));
+pub(crate) fn verify<F: FileSystem>(
+    dir: &Directory<F>,
+    prefix: &str,
+    snapshot: &SnapshotFile,
+) -> Result<(), DiskError> {
+    let path = dir.file(&snapshot_name(prefix, &snapshot.meta));
     let mut crc = crc32fast::Hasher::new();
     let mut len = 0;
     loop {
@@ -198,8 +262,9 @@ pub(super) fn verify<F: FileSystem>(dir: &Directory<F>, snapshot: &SnapshotFile)
 /// end) of the data of `snapshot` from `offset` on. Reads the whole blocks the range touches and
 /// checks each against its crc: a damaged one is [`StorageError::SnapshotCorrupt`] at the
 /// block's offset.
-pub(super) fn read_chunk<F: FileSystem>(
+pub(crate) fn read_chunk<F: FileSystem>(
     dir: &Directory<F>,
+    prefix: &str,
     snapshot: &SnapshotFile,
     offset: u64,
     bytes_max: u64,
@@ -209,7 +274,7 @@ pub(super) fn read_chunk<F: FileSystem>(
     let first_block = start / SNAPSHOT_BLOCK_BYTES;
     let blocks_start = first_block * SNAPSHOT_BLOCK_BYTES;
     let blocks_end = end.div_ceil(SNAPSHOT_BLOCK_BYTES).saturating_mul(SNAPSHOT_BLOCK_BYTES).min(snapshot.len);
-    let path = dir.file(&snapshot_name(&snapshot.meta));
+    let path = dir.file(&snapshot_name(prefix, &snapshot.meta));
     let blocks = dir
         .fs()
         .read_at(&path, blocks_start, (blocks_end - blocks_start) as usize)

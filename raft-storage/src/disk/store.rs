@@ -8,14 +8,20 @@ use raft_core::{
     Entry, HardState, Index, InitialState, Membership, Output, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term,
 };
 
+use super::codec::FORMAT_VERSION;
 use super::directory::Directory;
-use super::error::DiskError;
-use super::meta::{IDENTITY_FILE, Identity, Meta, read_identity, read_meta, write_identity, write_meta};
+use super::error::{DiskError, fail_stop};
+use super::meta::{IDENTITY_MAGIC, Identity, Meta, open_existing, prepare_new, read_meta, write_identity, write_meta};
 use super::recovery::{RecoveredLog, RecoveryReport, recover_log, remove_stray_snapshots, sync_recovered};
 use super::segment::{SegmentLog, parse_segment_name};
 use super::snapshot::{self, Staging};
 use crate::fs::{FileSystem, StdFs};
 use crate::{LogStore, take_entries};
+
+/// Whether `name` is a segment's file name.
+fn is_segment(name: &str) -> bool {
+    parse_segment_name(name).is_some()
+}
 
 /// Tunables of the durable store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,19 +103,11 @@ impl<F: FileSystem> DiskStorage<F> {
         options: DiskOptions,
     ) -> Result<Self, DiskError> {
         let dir = Directory::new(fs, dir.into());
-        dir.create_all()?;
-        let names = dir.list()?;
-        if names.iter().any(|n| n == IDENTITY_FILE) {
-            return Err(DiskError::AlreadyInitialized(dir.path().to_path_buf()));
-        }
-        // Segments are only written after IDENTITY: without it they mean a damaged store, which
-        // starting afresh would erase (and with it the node's vote).
-        if names.iter().any(|n| parse_segment_name(n).is_some()) {
-            return Err(DiskError::MissingIdentity(dir.path().to_path_buf()));
-        }
+        // Segments are only written after IDENTITY.
+        prepare_new(&dir, is_segment)?;
         let meta = Meta { membership, ..Meta::default() };
         write_meta(&dir, &meta)?;
-        write_identity(&dir, identity)?;
+        write_identity(&dir, identity, IDENTITY_MAGIC, FORMAT_VERSION)?;
         Ok(DiskStorage::new(dir, options, identity, meta, SegmentLog::new(Vec::new()), Vec::new()))
     }
 
@@ -120,26 +118,11 @@ impl<F: FileSystem> DiskStorage<F> {
     /// [`DiskStorage::recovery_report`] lists every such repair.
     pub fn open(fs: F, dir: impl Into<PathBuf>, identity: Identity, options: DiskOptions) -> Result<Self, DiskError> {
         let dir = Directory::new(fs, dir.into());
-        let names = match dir.list() {
-            Err(error) if error.io_kind() == Some(std::io::ErrorKind::NotFound) => {
-                return Err(DiskError::NotInitialized(dir.path().to_path_buf()));
-            }
-            listed => listed?,
-        };
-        if !names.iter().any(|n| n == IDENTITY_FILE) {
-            if names.iter().any(|n| parse_segment_name(n).is_some()) {
-                return Err(DiskError::MissingIdentity(dir.path().to_path_buf()));
-            }
-            return Err(DiskError::NotInitialized(dir.path().to_path_buf()));
-        }
-        let found = read_identity(&dir)?;
-        if found != identity {
-            return Err(DiskError::IdentityMismatch { expected: identity, found });
-        }
+        let names = open_existing(&dir, identity, (IDENTITY_MAGIC, FORMAT_VERSION), is_segment)?;
         let meta = read_meta(&dir)?;
         if let Some(snapshot) = &meta.snapshot {
             // Before anything is repaired: a store whose snapshot is damaged stays as found.
-            snapshot::verify(&dir, snapshot)?;
+            snapshot::verify(&dir, "", snapshot)?;
         }
         let mut report = RecoveryReport::default();
         let boundary = (meta.snapshot_index, meta.snapshot_term);
@@ -207,37 +190,14 @@ impl<F: FileSystem> DiskStorage<F> {
 
     /// Runs `write`, stopping the store for good if it fails with an I/O error (fail-stop).
     fn guarded<T>(&mut self, write: impl FnOnce(&mut Self) -> Result<T, DiskError>) -> Result<T, DiskError> {
-        if self.stopped {
-            return Err(DiskError::Stopped);
-        }
-        let result = write(self);
-        if matches!(result, Err(DiskError::Io { .. })) {
-            self.stopped = true;
-        }
-        result
+        fail_stop(self, |this| &mut this.stopped, write)
     }
 }
 
 /// The log: appends, truncations, compactions.
 impl<F: FileSystem> DiskStorage<F> {
-    fn validate_append(&self, entries: &[Entry]) -> Result<(), DiskError> {
-        let Some(first) = entries.first().map(|e| e.index) else { return Ok(()) };
-        let snapshot = self.meta.snapshot_index;
-        if first <= snapshot {
-            return Err(DiskError::AppendBelowSnapshot { first, snapshot });
-        }
-        let last = self.last_index();
-        if first > last.next() {
-            return Err(DiskError::AppendGap { first, last });
-        }
-        match entries.windows(2).find(|pair| pair[1].index != pair[0].index.next()) {
-            Some(pair) => Err(DiskError::AppendNotConsecutive(pair[1].index)),
-            None => Ok(()),
-        }
-    }
-
     fn persist_inner(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), DiskError> {
-        self.validate_append(entries)?;
+        validate_append(entries, self.meta.snapshot_index, self.last_index())?;
         if let Some(hard_state) = hard_state {
             let durable = self.meta.hard_state;
             if (hard_state.term, hard_state.vote) != (durable.term, durable.vote) {
@@ -277,42 +237,38 @@ impl<F: FileSystem> DiskStorage<F> {
     }
 }
 
+/// Refuses `entries` unless they are consecutive and continue a log whose boundary is `snapshot`
+/// and whose last entry is `last` (replacing a suffix of it is fine).
+pub(crate) fn validate_append(entries: &[Entry], snapshot: Index, last: Index) -> Result<(), DiskError> {
+    let Some(first) = entries.first().map(|e| e.index) else { return Ok(()) };
+    if first <= snapshot {
+        return Err(DiskError::AppendBelowSnapshot { first, snapshot });
+    }
+    if first > last.next() {
+        return Err(DiskError::AppendGap { first, last });
+    }
+    match entries.windows(2).find(|pair| pair[1].index != pair[0].index.next()) {
+        Some(pair) => Err(DiskError::AppendNotConsecutive(pair[1].index)),
+        None => Ok(()),
+    }
+}
+
 /// Snapshots: staging, installing.
 impl<F: FileSystem> DiskStorage<F> {
     /// Writes a chunk through to the staging file (nothing is kept in memory but its crc).
     fn write_chunk_inner(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Result<(), DiskError> {
-        if offset == 0 {
-            self.staging = None; // Closes the file before `create` truncates it.
-            self.staging = Some(Staging::start(&self.dir, meta)?);
-        }
-        let staging = match self.staging.as_mut() {
-            Some(staging) if staging.meta == *meta && staging.len == offset => staging,
-            Some(staging) if staging.meta == *meta => {
-                return Err(DiskError::SnapshotChunkOutOfOrder { offset, staged: staging.len });
-            }
-            _ => return Err(DiskError::SnapshotChunkOutOfOrder { offset, staged: 0 }),
-        };
-        if !data.is_empty() {
-            staging.write(data)?;
-        }
-        Ok(())
+        snapshot::write_chunk(&mut self.staging, &self.dir, "", meta, offset, data)
     }
 
     fn install_inner(&mut self, meta: &SnapshotMeta) -> Result<(), DiskError> {
-        let staging = match self.staging.take() {
-            Some(staging) if staging.meta == *meta => staging,
-            other => {
-                self.staging = other; // Another snapshot's staging stays.
-                return Err(DiskError::SnapshotNotStaged(meta.index));
-            }
-        };
+        let staging = snapshot::take_staged(&mut self.staging, meta)?;
         self.install_staged(staging)
     }
 
     /// Writes a local snapshot to its own file (a snapshot being received keeps its staging)
     /// and installs it.
     fn save_inner(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), DiskError> {
-        let staging = Staging::local(&self.dir, meta, data)?;
+        let staging = Staging::local(&self.dir, "", meta, data)?;
         self.install_staged(staging)
     }
 
@@ -345,7 +301,7 @@ impl<F: FileSystem> DiskStorage<F> {
         }
         // The file META no longer names goes.
         match previous {
-            Some(previous) => snapshot::remove(&self.dir, &previous),
+            Some(previous) => snapshot::remove(&self.dir, "", &previous),
             None => Ok(()),
         }
     }
@@ -406,7 +362,7 @@ impl<F: FileSystem> Storage for DiskStorage<F> {
     ) -> Result<SnapshotChunk, StorageError> {
         match &self.meta.snapshot {
             Some(snapshot) if (snapshot.meta.index, snapshot.meta.term) == (index, term) => {
-                snapshot::read_chunk(&self.dir, snapshot, offset, bytes_max)
+                snapshot::read_chunk(&self.dir, "", snapshot, offset, bytes_max)
             }
             _ => Err(StorageError::SnapshotReplaced(index)),
         }

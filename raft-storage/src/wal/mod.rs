@@ -1,0 +1,86 @@
+//! The shared write-ahead log: one per node, holding the log, hard state and snapshots of every
+//! Raft group the node hosts ([`SharedWal`], with a [`GroupStore`] per group that implements
+//! [`Storage`](raft_core::Storage) and [`LogStore`](crate::LogStore) with the semantics of
+//! [`DiskStorage`](crate::DiskStorage)). One append stream and one fsync per batch, however many
+//! groups wrote to it ([`SharedWal::write_batch`]: group commit across groups).
+//!
+//! Modules: [`record`] (file names and records), [`store`] (the writer, the groups, the
+//! handles), [`recovery`] (replay), [`cache`] (the entry cache). The byte framing, the identity
+//! file, the record walk that tells a torn tail from corruption, the snapshot files and the
+//! error types are `DiskStorage`'s (`crate::disk`).
+//!
+//! Layout of the directory:
+//! - `IDENTITY`: cluster id and node id, written once (magic `RAFTMWID`, format version 1:
+//!   neither store opens the other's directory). Opening it as another node is an error, and so
+//!   is a directory holding segments but no IDENTITY (docs/pitfalls.md #27).
+//! - `segment-<sequence, 20 digits>.mwal`: the segments, numbered from 1 without gaps. A header
+//!   (magic `RAFTMWAL`, version, sequence number, crc), then records
+//!   `[len u32][crc32 u32][postcard record]`. Records: `Create` (a group and its initial
+//!   metadata), `Meta` (a group's metadata: hard state, membership, log boundary, installed
+//!   snapshot with its crcs, as `DiskStorage`'s META), `Entry` (one entry of one group,
+//!   replacing the group's entries from its index on), `Remove` (a group), `Reclaim` (segments
+//!   below a number are released). Segments rotate at `segment_bytes_max`.
+//! - `group-<id, 20 digits>-snapshot-<index>-<term>.snap`: a group's installed snapshot data,
+//!   and `group-<id>-snapshot.staging` / `-snapshot.local`: one being received or saved.
+//!
+//! Writes: a batch appends its records to the newest segment and syncs once (a rotation syncs the
+//! segment it closes; a new segment syncs the directory). A group's `Meta` record comes before
+//! its entries in a batch, so a durable entry of a term implies a durable term; a commit-index-only
+//! change is kept in memory and logged with the next `Meta`. A compaction logs a `Meta` with the
+//! new boundary. A snapshot install syncs the data file under its own name first, then logs the
+//! `Meta` naming it (the commit point); the previous file goes after the batch is durable. A
+//! removal logs `Remove`, syncs, then deletes the group's files.
+//!
+//! Segment reclamation. Every record in the oldest segments is superseded once: (a) no group
+//! has an entry after its log boundary there (its entries there are compacted, replaced by a
+//! later write, or its group is removed), and (b) every group's latest `Meta` (or `Create`) lies
+//! in a newer segment. So after any write that may release segments (a compaction, an install, a
+//! truncation, a removal, a rotation), the WAL finds the oldest segment `floor` holding a live
+//! entry of some group (at most the newest segment); if older ones exist, it logs again the
+//! metadata of each group whose latest one is older than `floor` (a checkpoint), logs
+//! `Reclaim { below: floor }`, syncs, and then deletes the segments below `floor`, oldest first.
+//! An idle group costs one small checkpoint record per released segment, never a whole segment.
+//!
+//! Recovery (`open`) replays the segments in order. They are a suffix of the WAL's history, so a
+//! group's first records may be released: its entries met before its first metadata record are
+//! pending until that record (a checkpoint) says where its log starts, or a `Remove` says they
+//! are garbage. It cuts a torn tail of the last segment (reported in the [`RecoveryReport`]) and
+//! nothing else; any other damage is a [`DiskError::Corrupt`] naming file and offset: a bad
+//! crc or record, a gap in the segment numbers ([`Corruption::SegmentMissing`]), an oldest
+//! segment newer than the last `Reclaim` floor (a lost segment), entries out of sequence, records
+//! out of place in a group's history ([`Corruption::UnexpectedGroupRecord`]: a group whose
+//! first records are lost, a second creation), a damaged snapshot file. It finishes what a crash
+//! interrupted: segments below the `Reclaim` floor, snapshot files that no group's metadata
+//! names (a removed group's, an interrupted install's, a staging file).
+//!
+//! Memory: each group keeps the location and term of each entry after its boundary (32 bytes
+//! each), and an [`WalOptions::cache_bytes_max`]-bounded cache holds the newest entries of all
+//! groups; older ones are read back from their segment (crc-checked) for a lagging follower.
+//! Snapshot data is never held in memory.
+//!
+//! Concurrency: every handle shares one mutex, held while a write stages its records and hands
+//! them to the file system, never during an fsync. Writes from several threads share fsyncs
+//! (leader and followers): a writer whose records are not durable yet and finds no sync under way
+//! becomes the leader and syncs, without the lock, every batch handed over so far; writers that
+//! hand theirs over meanwhile wait, and the next leader syncs them all at once. A failed fsync
+//! stops the WAL: its leader gets the I/O error, every writer waiting for it
+//! [`DiskError::Stopped`]. A driver that has the outputs of many groups at hand writes them with
+//! one [`SharedWal::write_batch`]. (Group creation and removal, and reclamation, sync holding the
+//! lock: they are rare.)
+//!
+//! Failure: any I/O error stops the whole WAL (fail-stop): every later write of every group
+//! returns [`DiskError::Stopped`]. Reads never panic: a disk error is a
+//! [`StorageError`](raft_core::StorageError).
+//!
+//! [`RecoveryReport`]: crate::RecoveryReport
+//! [`DiskError::Corrupt`]: crate::DiskError::Corrupt
+//! [`DiskError::Stopped`]: crate::DiskError::Stopped
+//! [`Corruption::SegmentMissing`]: crate::Corruption::SegmentMissing
+//! [`Corruption::UnexpectedGroupRecord`]: crate::Corruption::UnexpectedGroupRecord
+
+mod cache;
+mod record;
+mod recovery;
+mod store;
+
+pub use store::{GroupStore, SharedWal, WalOptions};
