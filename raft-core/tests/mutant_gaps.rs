@@ -501,3 +501,38 @@ fn a_duplicate_rejection_of_an_earlier_probe_changes_nothing() {
     assert!(all_messages(&output).iter().all(|m| m.to != NodeId(3)), "the stale rejection sent nothing: {output:?}");
     assert_eq!(next(&node), lower);
 }
+
+/// A leader proposes an entry and then a joint membership change, each sent in its own append.
+/// The followers' answers to the first append come back; the joint entry's are held. The commit
+/// index moves (to the first entry) while the joint entry is uncommitted: the leader must not
+/// leave the joint configuration yet (leaving is allowed only once the joint entry commits).
+///
+/// Kills: in `membership.rs`, `after_commit_membership`, the early return's `||` changed to `&&`
+/// (a leader went on with an uncommitted membership and appended the leave entry at once).
+#[test]
+fn a_leader_leaves_a_joint_configuration_only_after_the_joint_entry_commits() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.node_mut(1).propose(bytes::Bytes::from_static(b"a")).expect("leader");
+    c.process(NodeId(1));
+    let joint = c.node_mut(1).change_membership(&[raft_core::ConfChange::AddVoter(NodeId(4))]).expect("accepted");
+    c.process(NodeId(1));
+    // Hold back every append that carries the joint entry; deliver the rest until quiet.
+    let carries_joint = |m: &Message| match &m.body {
+        MessageBody::AppendEntries { entries, .. } => entries.iter().any(|e| e.index >= joint),
+        _ => false,
+    };
+    let mut held = Vec::new();
+    while let Some(m) = c.in_flight.pop_front() {
+        if carries_joint(&m) {
+            held.push(m);
+            continue;
+        }
+        c.in_flight.push_front(m);
+        c.deliver_one();
+    }
+    assert!(!held.is_empty(), "the joint entry went out in its own append");
+    assert_eq!(c.node(1).commit_index(), joint.prev(), "the first entry committed, the joint one not");
+    assert!(c.node(1).membership().is_joint(), "still joint");
+    assert_eq!(c.node(1).last_index(), joint, "no leave entry was appended before the joint entry committed");
+}
