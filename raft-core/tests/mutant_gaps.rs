@@ -536,3 +536,22 @@ fn a_leader_leaves_a_joint_configuration_only_after_the_joint_entry_commits() {
     assert!(c.node(1).membership().is_joint(), "still joint");
     assert_eq!(c.node(1).last_index(), joint, "no leave entry was appended before the joint entry committed");
 }
+
+/// A leader without lease reads gets a forwarded lease read (from a peer configured otherwise):
+/// it refuses at once (`index: None`) rather than serve it some other way.
+///
+/// Kills: in `read.rs`, `on_read_index_request`, the `||` before the pending-limit test changed
+/// to `&&` (the lease clause then refused only at the pending limit, and the read was queued for
+/// a heartbeat round).
+#[test]
+fn a_leader_without_lease_reads_refuses_a_forwarded_lease_read() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let term = c.node(1).term().0;
+    let request = MessageBody::ReadIndexRequest { request: 4, mode: ReadMode::Lease };
+    let _ = c.node_mut(1).step(message(2, 1, term, request));
+    let output = take(c.node_mut(1));
+    let to_2: Vec<MessageBody> =
+        all_messages(&output).into_iter().filter(|m| m.to == NodeId(2)).map(|m| m.body).collect();
+    assert_eq!(to_2, vec![MessageBody::ReadIndexResponse { request: 4, index: None }], "refused at once");
+}
