@@ -229,6 +229,15 @@ impl<F: FileSystem> Writer<F> {
     }
 }
 
+/// A file a batch's snapshot install released (the snapshot it replaced), removed once the
+/// batch is durable (see [`Inner::after_durable`]).
+pub(super) struct Released {
+    group: GroupId,
+    /// The incarnation of the group that released it.
+    incarnation: u64,
+    path: PathBuf,
+}
+
 /// Everything behind a WAL's mutex.
 pub(super) struct Inner<F: FileSystem> {
     pub(super) writer: Writer<F>,
@@ -327,10 +336,22 @@ impl<F: FileSystem> Inner<F> {
 
     /// What waits for a batch to be durable: removes the files it released, and the segments no
     /// group needs any more.
-    fn after_durable(&mut self, released: Vec<PathBuf>) -> Result<(), DiskError> {
-        for path in released {
+    ///
+    /// A released file is removed only if its group still exists as the same incarnation and its
+    /// metadata does not name the file: the lock is not held while the batch syncs, so the group
+    /// may have been removed meanwhile (its removal deleted its files) and created again under
+    /// the same id, whose files may have the same names (an install of the same index and term).
+    /// A file already gone is no error: it is garbage either way.
+    fn after_durable(&mut self, released: Vec<Released>) -> Result<(), DiskError> {
+        for file in released {
+            let Ok(group) = self.group(file.group, file.incarnation) else { continue };
+            let prefix = group_prefix(file.group);
+            let named = group.meta.snapshot.as_ref().map(|s| self.writer.dir.file(&snapshot_name(&prefix, &s.meta)));
+            if named.as_ref() == Some(&file.path) {
+                continue;
+            }
             // Not made durable: should the file come back after a crash, recovery removes it.
-            self.writer.dir.remove(&path)?;
+            self.writer.dir.remove_if_present(&file.path)?;
         }
         self.reclaim()
     }
@@ -364,7 +385,7 @@ impl<F: FileSystem> Inner<F> {
         let files = dir.list()?.into_iter().filter(|name| parse_group_file(name).is_some_and(|(group, _)| group == id));
         for name in files.collect::<Vec<_>>() {
             // Not made durable: recovery removes the files of groups that do not exist.
-            dir.remove(&dir.file(&name))?;
+            dir.remove_if_present(&dir.file(&name))?;
         }
         self.reclaim()
     }
@@ -413,7 +434,7 @@ impl<F: FileSystem> Inner<F> {
         id: GroupId,
         incarnation: u64,
         output: &mut Output,
-        released: &mut Vec<PathBuf>,
+        released: &mut Vec<Released>,
     ) -> Result<(), DiskError> {
         for chunk in &output.snapshot_chunks {
             self.write_chunk(id, incarnation, &chunk.meta, chunk.offset, &chunk.data)?;
@@ -503,7 +524,7 @@ impl<F: FileSystem> Inner<F> {
         id: GroupId,
         incarnation: u64,
         meta: &SnapshotMeta,
-        released: &mut Vec<PathBuf>,
+        released: &mut Vec<Released>,
     ) -> Result<(), DiskError> {
         let staging = snapshot::take_staged(&mut self.group_mut(id, incarnation)?.staging, meta)?;
         self.stage_staged(id, incarnation, staging, released)
@@ -517,7 +538,7 @@ impl<F: FileSystem> Inner<F> {
         incarnation: u64,
         meta: &SnapshotMeta,
         data: &[u8],
-        released: &mut Vec<PathBuf>,
+        released: &mut Vec<Released>,
     ) -> Result<(), DiskError> {
         self.group(id, incarnation)?;
         let staging = Staging::local(&self.writer.dir, &group_prefix(id), meta, data)?;
@@ -532,7 +553,7 @@ impl<F: FileSystem> Inner<F> {
         id: GroupId,
         incarnation: u64,
         staging: Staging<F::File>,
-        released: &mut Vec<PathBuf>,
+        released: &mut Vec<Released>,
     ) -> Result<(), DiskError> {
         let meta = staging.meta.clone();
         let group = self.group(id, incarnation)?;
@@ -558,7 +579,8 @@ impl<F: FileSystem> Inner<F> {
             self.cache.remove_range(id, Index(0)..=Index::END);
         }
         if let Some(previous) = previous {
-            released.push(self.writer.dir.file(&snapshot_name(&group_prefix(id), &previous.meta)));
+            let path = self.writer.dir.file(&snapshot_name(&group_prefix(id), &previous.meta));
+            released.push(Released { group: id, incarnation, path });
         }
         self.reclaim_due = true;
         Ok(())
@@ -756,7 +778,7 @@ impl<F: FileSystem> Shared<F> {
     /// of every thread that arrived during the previous one.
     fn write<T>(
         &self,
-        stage: impl FnOnce(&mut Inner<F>, &mut Vec<PathBuf>) -> Result<T, DiskError>,
+        stage: impl FnOnce(&mut Inner<F>, &mut Vec<Released>) -> Result<T, DiskError>,
     ) -> Result<T, DiskError> {
         let mut released = Vec::new();
         let mut inner = self.lock();
@@ -953,7 +975,7 @@ impl<F: FileSystem> GroupStore<F> {
     /// of other threads may share its fsync).
     fn write(
         &mut self,
-        stage: impl FnOnce(&mut Inner<F>, GroupId, u64, &mut Vec<PathBuf>) -> Result<(), DiskError>,
+        stage: impl FnOnce(&mut Inner<F>, GroupId, u64, &mut Vec<Released>) -> Result<(), DiskError>,
     ) -> Result<(), DiskError> {
         let (group, incarnation) = (self.group, self.incarnation);
         self.wal.write(|inner, released| stage(inner, group, incarnation, released))
