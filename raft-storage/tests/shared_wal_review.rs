@@ -1,7 +1,9 @@
 //! Review findings on the shared WAL (branch wt-review): tests that fail on main.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use raft_core::{GroupId, HardState, Index, Membership, NodeId, SnapshotMeta, Storage, Term};
 use raft_storage::testing::{SimFile, SimFs};
@@ -26,6 +28,8 @@ struct Gate {
     /// (armed, entered, released)
     state: Mutex<(bool, bool, bool)>,
     changed: Condvar,
+    /// Makes the next segment sync panic.
+    panic_next: AtomicBool,
 }
 
 impl Gate {
@@ -112,6 +116,7 @@ impl FsFile for GateFile {
     }
     fn sync(&mut self) -> std::io::Result<()> {
         if self.segment {
+            assert!(!self.gate.panic_next.swap(false, Ordering::SeqCst), "a sync that panics");
             self.gate.pass();
         }
         self.inner.sync()
@@ -213,4 +218,19 @@ fn an_idle_group_with_a_short_log_does_not_pin_segments() {
         busy.compact(Index(index), Term(1)).expect("compact");
     }
     assert!(wal.segment_count() <= 4, "{} segments for one live entry of each group", wal.segment_count());
+}
+
+/// A leader whose fsync panics (it syncs without the WAL lock) must not leave `syncing` set: the
+/// writers after it would wait forever for a sync that never ends. The WAL stops instead.
+#[test]
+fn a_leader_whose_sync_panics_leaves_no_writer_waiting() {
+    let (fs, wal, mut store) = setup(44);
+    let mut other = wal.create_group(GroupId(2), membership()).expect("group");
+    fs.gate.panic_next.store(true, Ordering::SeqCst);
+    let leader = std::thread::spawn(move || store.persist(None, &run(6, 6, 1)));
+    assert!(leader.join().is_err(), "the leader's sync panicked");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(other.persist(hard(1), &run(1, 1, 1))));
+    let written = receiver.recv_timeout(Duration::from_secs(60)).expect("the next writer returns");
+    assert_eq!(written, Err(DiskError::Stopped), "the WAL stops: whether the batch is durable is unknown");
 }

@@ -822,10 +822,9 @@ impl<F: FileSystem> Shared<F> {
             let (sequence, mut file) = taken?;
             inner.syncing = true;
             drop(inner);
+            let leading = Leading { shared: self };
             let synced = file.sync();
-            inner = self.lock();
-            inner.syncing = false;
-            self.sync_ended.notify_all();
+            inner = leading.end();
             match synced {
                 Ok(()) => {
                     inner.synced = inner.synced.max(target);
@@ -837,6 +836,34 @@ impl<F: FileSystem> Shared<F> {
                 }
             }
         }
+    }
+}
+
+/// A leader's sync under way (see [`Shared::wait_durable`]). Ending it resets `syncing` and
+/// wakes the waiters; should the sync panic instead, dropping it does the same and stops the WAL
+/// (whether the batches are durable is unknown), so that no writer waits for it forever.
+struct Leading<'a, F: FileSystem> {
+    shared: &'a Shared<F>,
+}
+
+impl<'a, F: FileSystem> Leading<'a, F> {
+    /// The sync returned: takes the lock back, with `syncing` reset and the waiters woken.
+    fn end(self) -> MutexGuard<'a, Inner<F>> {
+        let shared = self.shared;
+        std::mem::forget(self);
+        let mut inner = shared.lock();
+        inner.syncing = false;
+        shared.sync_ended.notify_all();
+        inner
+    }
+}
+
+impl<F: FileSystem> Drop for Leading<'_, F> {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        inner.syncing = false;
+        inner.stopped = true;
+        self.shared.sync_ended.notify_all();
     }
 }
 
