@@ -37,9 +37,12 @@
 //! in a newer segment. So after any write that may release segments (a compaction, an install, a
 //! truncation, a removal, a rotation), the WAL finds the oldest segment `floor` holding a live
 //! entry of some group (at most the newest segment); if older ones exist, it logs again the
-//! metadata of each group whose latest one is older than `floor` (a checkpoint), logs
+//! metadata of each group whose latest one is older than `floor` (a checkpoint: the group's
+//! whole `Meta` record, hard state, membership and the installed snapshot's block-crc list
+//! included, so its size grows with the snapshot: one crc32 per 64 KiB block of data), logs
 //! `Reclaim { below: floor }`, syncs, and then deletes the segments below `floor`, oldest first.
-//! An idle group costs one small checkpoint record per released segment, never a whole segment.
+//! An idle group without live entries costs one checkpoint record per reclamation that releases
+//! the segment holding its metadata, never a whole segment.
 //!
 //! Recovery (`open`) replays the segments in order. They are a suffix of the WAL's history, so a
 //! group's first records may be released: its entries met before its first metadata record are
@@ -54,19 +57,26 @@
 //! names (a removed group's, an interrupted install's, a staging file).
 //!
 //! Memory: each group keeps the location and term of each entry after its boundary (32 bytes
-//! each), and an [`WalOptions::cache_bytes_max`]-bounded cache holds the newest entries of all
-//! groups; older ones are read back from their segment (crc-checked) for a lagging follower.
-//! Snapshot data is never held in memory.
+//! each), and a cache holds the newest entries of all groups; older ones are read back from
+//! their segment (crc-checked) for a lagging follower. The cache's bound,
+//! [`WalOptions::cache_bytes_max`], counts the entries' [`Entry::size_bytes`](raft_core::Entry::size_bytes),
+//! not the real heap cost of the cache's maps and nodes, which is somewhat higher. Snapshot data
+//! is never held in memory (only each snapshot's block-crc list, in its group's metadata).
 //!
 //! Concurrency: every handle shares one mutex, held while a write stages its records and hands
-//! them to the file system, never during an fsync. Writes from several threads share fsyncs
+//! them to the file system. The fsync that makes a batch durable runs without it; the lock *is*
+//! held during the other syncs and writes: a rotation's sync of the segment it closes, the
+//! directory sync for a new segment, the data writes and fsyncs of snapshot staging and
+//! installation (chunks written with `write_snapshot_chunk` or a batch's chunks, a local snapshot
+//! saved, the install's sync of the file under its own name), group creation and removal, and
+//! reclamation. Writes from several threads share fsyncs
 //! (leader and followers): a writer whose records are not durable yet and finds no sync under way
 //! becomes the leader and syncs, without the lock, every batch handed over so far; writers that
 //! hand theirs over meanwhile wait, and the next leader syncs them all at once. A failed fsync
 //! stops the WAL: its leader gets the I/O error, every writer waiting for it
 //! [`DiskError::Stopped`]. A driver that has the outputs of many groups at hand writes them with
-//! one [`SharedWal::write_batch`]. (Group creation and removal, and reclamation, sync holding the
-//! lock: they are rare.)
+//! one [`SharedWal::write_batch`]. A leader whose fsync panics stops the WAL and wakes the
+//! writers waiting for it.
 //!
 //! Failure: any I/O error stops the whole WAL (fail-stop): every later write of every group
 //! returns [`DiskError::Stopped`]. Reads never panic: a disk error is a
