@@ -34,20 +34,20 @@ struct Gate {
 
 impl Gate {
     fn arm(&self) {
-        *self.state.lock().unwrap() = (true, false, false);
+        *self.state.lock().expect("gate") = (true, false, false);
     }
     fn wait_entered(&self) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock().expect("gate");
         while !state.1 {
-            state = self.changed.wait(state).unwrap();
+            state = self.changed.wait(state).expect("gate");
         }
     }
     fn release(&self) {
-        self.state.lock().unwrap().2 = true;
+        self.state.lock().expect("gate").2 = true;
         self.changed.notify_all();
     }
     fn pass(&self) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock().expect("gate");
         if !state.0 {
             return;
         }
@@ -55,7 +55,7 @@ impl Gate {
         state.1 = true;
         self.changed.notify_all();
         while !state.2 {
-            state = self.changed.wait(state).unwrap();
+            state = self.changed.wait(state).expect("gate");
         }
     }
 }
