@@ -19,7 +19,8 @@
 //!   metadata), `Meta` (a group's metadata: hard state, membership, log boundary, installed
 //!   snapshot with its crcs, as `DiskStorage`'s META), `Entry` (one entry of one group,
 //!   replacing the group's entries from its index on), `Remove` (a group), `Reclaim` (segments
-//!   below a number are released). Segments rotate at `segment_bytes_max`.
+//!   below a number are released), `Copy` (an entry copied forward by a reclamation, see below).
+//!   Segments rotate at `segment_bytes_max`.
 //! - `group-<id, 20 digits>-snapshot-<index>-<term>.snap`: a group's installed snapshot data,
 //!   and `group-<id>-snapshot.staging` / `-snapshot.local`: one being received or saved.
 //!
@@ -28,21 +29,40 @@
 //! its entries in a batch, so a durable entry of a term implies a durable term; a commit-index-only
 //! change is kept in memory and logged with the next `Meta`. A compaction logs a `Meta` with the
 //! new boundary. A snapshot install syncs the data file under its own name first, then logs the
-//! `Meta` naming it (the commit point); the previous file goes after the batch is durable. A
-//! removal logs `Remove`, syncs, then deletes the group's files.
+//! `Meta` naming it (the commit point); the previous file goes after the batch is durable, if
+//! the group still exists as the same incarnation and its metadata does not name the file (the
+//! batch's fsync runs without the lock: the group may have been removed meanwhile, and created
+//! again with files of the same names). A removal logs `Remove`, syncs, then deletes the group's
+//! files. Deleting garbage that is already gone is no error.
 //!
 //! Segment reclamation. Every record in the oldest segments is superseded once: (a) no group
 //! has an entry after its log boundary there (its entries there are compacted, replaced by a
 //! later write, or its group is removed), and (b) every group's latest `Meta` (or `Create`) lies
 //! in a newer segment. So after any write that may release segments (a compaction, an install, a
-//! truncation, a removal, a rotation), the WAL finds the oldest segment `floor` holding a live
-//! entry of some group (at most the newest segment); if older ones exist, it logs again the
+//! truncation, a removal, a rotation), the WAL first copies forward the groups that pin the
+//! oldest segments with a short log: taking the groups whose first live entry lies before the
+//! newest segment, oldest such entry first, it logs each one's *whole* live log again as `Copy`
+//! records, while the copied records total at most a quarter of `segment_bytes_max` (so a
+//! reclamation never copies a segment's worth, and cannot keep rewriting itself; a group with a
+//! longer log is left to its snapshot policy), and only as far as it lets the floor below
+//! advance; the group's entries are read from the copies from then on. It then finds the oldest
+//! segment `floor` holding a live entry of some group (at most the newest segment); if older
+//! ones exist, it logs again the
 //! metadata of each group whose latest one is older than `floor` (a checkpoint: the group's
 //! whole `Meta` record, hard state, membership and the installed snapshot's block-crc list
 //! included, so its size grows with the snapshot: one crc32 per 64 KiB block of data), logs
-//! `Reclaim { below: floor }`, syncs, and then deletes the segments below `floor`, oldest first.
-//! An idle group without live entries costs one checkpoint record per reclamation that releases
-//! the segment holding its metadata, never a whole segment.
+//! `Reclaim { below: floor }`, syncs (copies, checkpoints and `Reclaim` are durable together,
+//! before any deletion), and then deletes the segments below `floor`, oldest first. An idle
+//! group costs, per reclamation that releases the segment holding its records, one checkpoint
+//! record and, if its log is short, a copy of it, never a whole segment.
+//!
+//! Replaying copies. A `Copy` is not an `Entry`: an `Entry` replaces the group's entries from
+//! its index on, so a copy cut short by a torn tail (entries 1..3 of a live log 1..5) would
+//! truncate acknowledged entries. A run of copies of entries the group's log already holds (same
+//! index and term) moves them to the copies only once it reaches the log's last index; a run cut
+//! short moves nothing (the originals' segments are still there: the `Reclaim` was not durable),
+//! and its records are garbage. A copy of an entry the log does not hold (its originals lie in
+//! released segments) is replayed as an `Entry`: the run is then the group's whole log.
 //!
 //! Recovery (`open`) replays the segments in order. They are a suffix of the WAL's history, so a
 //! group's first records may be released: its entries met before its first metadata record are

@@ -403,9 +403,13 @@ impl<F: FileSystem> Inner<F> {
         let (Some(oldest), Some(head)) = (self.writer.segments.first().map(|s| s.sequence), self.writer.head()) else {
             return Ok(());
         };
+        let copied = self.copy_forward(head)?;
+        let head = self.writer.head().unwrap_or(head);
         let floor = self.groups.values().filter_map(|group| group.log.front().map(|l| l.segment)).fold(head, u64::min);
         if floor <= oldest {
-            return Ok(());
+            // Copies are read back from where the groups now point: make them durable all the
+            // same (copying advances the floor, so this is only reached after a read failure).
+            return if copied { self.sync_now() } else { Ok(()) };
         }
         let stale: Vec<(GroupId, u64)> = self
             .groups
@@ -422,7 +426,66 @@ impl<F: FileSystem> Inner<F> {
         self.sync_now()?;
         self.writer.remove_below(floor)
     }
+
+    /// Copies forward (re-logs as `Copy` records after the newest records) the whole live log of
+    /// the groups whose first live entry lies in the oldest segments, oldest first, while the
+    /// records copied stay within [`COPY_BYTES_DIVISOR`]-th of `segment_bytes_max` (so that
+    /// copying never fills a segment, and a group with a long log is left to its snapshot
+    /// policy), and only as far as it lets the reclamation floor advance. The groups then point
+    /// at the copies; the caller makes them durable before its `Reclaim` record (they are in the
+    /// same segment before it, or in a segment closed, thus synced, on the way). Returns whether
+    /// it copied anything. A copy that cannot be read back (a damaged record) is left in place:
+    /// its segments stay.
+    fn copy_forward(&mut self, head: u64) -> Result<bool, DiskError> {
+        let mut pinning: Vec<(u64, u64, GroupId, u64)> = self
+            .groups
+            .iter()
+            .filter_map(|(id, group)| {
+                let front = group.log.front()?.segment;
+                let bytes = group.log.iter().map(|location| u64::from(location.len)).sum();
+                (front < head).then_some((front, bytes, *id, group.incarnation))
+            })
+            .collect();
+        pinning.sort_unstable();
+        let budget = self.writer.segment_bytes_max / COPY_BYTES_DIVISOR;
+        let (mut spent, mut count) = (0, 0);
+        for &(_, bytes, ..) in &pinning {
+            if spent + bytes > budget {
+                break;
+            }
+            spent += bytes;
+            count += 1;
+        }
+        // The groups of the first segment left pinned gain nothing from a copy.
+        if let Some(&(kept, ..)) = pinning.get(count) {
+            while count > 0 && pinning[count - 1].0 == kept {
+                count -= 1;
+            }
+        }
+        let mut copied = false;
+        for &(_, _, id, incarnation) in &pinning[..count] {
+            let group = self.group(id, incarnation)?;
+            let (low, high, len) = (group.boundary().next(), group.last_index().next(), group.log.len());
+            let entries = match self.entries(id, incarnation, low, high, u64::MAX) {
+                Ok(entries) if entries.len() == len => entries,
+                _ => break,
+            };
+            for (position, entry) in entries.iter().enumerate() {
+                let mut location = self.writer.append(&RecordRef::Copy { group: id, entry })?;
+                location.term = entry.term;
+                copied = true;
+                if let Some(slot) = self.group_mut(id, incarnation)?.log.get_mut(position) {
+                    *slot = location;
+                }
+            }
+        }
+        Ok(copied)
+    }
 }
+
+/// A reclamation copies forward at most `segment_bytes_max / COPY_BYTES_DIVISOR` bytes of
+/// records (see [`Inner::copy_forward`]).
+const COPY_BYTES_DIVISOR: u64 = 4;
 
 /// The writes of one group.
 impl<F: FileSystem> Inner<F> {
@@ -651,7 +714,7 @@ impl<F: FileSystem> Inner<F> {
         let damaged = StorageError::Io { kind: std::io::ErrorKind::InvalidData, raw_os_error: None };
         let record = window.as_ref().and_then(|window| window.record(&location)).ok_or(damaged)?;
         match checked_record(record, 0).and_then(decode) {
-            Some(Record::Entry { group, entry })
+            Some(Record::Entry { group, entry } | Record::Copy { group, entry })
                 if group == id && entry.index == index && entry.term == location.term =>
             {
                 Ok(entry)
