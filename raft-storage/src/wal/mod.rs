@@ -72,7 +72,10 @@
 //! crc or record, a gap in the segment numbers ([`Corruption::SegmentMissing`]), an oldest
 //! segment newer than the last `Reclaim` floor (a lost segment), entries out of sequence, records
 //! out of place in a group's history ([`Corruption::UnexpectedGroupRecord`]: a group whose
-//! first records are lost, a second creation), a damaged snapshot file. It finishes what a crash
+//! first records are lost, a second creation), a `Meta` record naming a last index that the
+//! group's history before it does not have ([`Corruption::MetaLastMismatch`]; not checked for a
+//! `Meta` that is the group's first record met, whose entries may follow it as copies), a
+//! damaged snapshot file. It finishes what a crash
 //! interrupted: segments below the `Reclaim` floor, snapshot files that no group's metadata
 //! names (a removed group's, an interrupted install's, a staging file).
 //!
@@ -107,6 +110,7 @@
 //! [`DiskError::Stopped`]: crate::DiskError::Stopped
 //! [`Corruption::SegmentMissing`]: crate::Corruption::SegmentMissing
 //! [`Corruption::UnexpectedGroupRecord`]: crate::Corruption::UnexpectedGroupRecord
+//! [`Corruption::MetaLastMismatch`]: crate::Corruption::MetaLastMismatch
 
 mod cache;
 mod record;

@@ -278,12 +278,27 @@ impl ReplayGroup {
 
     /// The group's metadata from here on, with the last index of its log: drops the entries the
     /// boundary covers and those after `last` (a compaction or install cleared them).
+    ///
+    /// `last` is the log's last index when the record was written, or its new boundary (a
+    /// compaction or install that drops the log): the writer logs a `Meta` after the entries it
+    /// covers, never before, and a torn tail only cuts records after it. So once the replay
+    /// knows any record of the group before this one (its records since are all there: the
+    /// segments are a suffix of the history), the log replayed so far ends at `last` unless
+    /// `last` is the boundary; anything else is corruption. A `Meta` that is the group's first
+    /// record met is not checked: the entries it covers may lie in released segments and come
+    /// after it as copies (a reclamation copies a log forward but checkpoints the `Meta` only if
+    /// its segment is released); the end of the replay checks that the log then starts right
+    /// after the boundary.
     fn apply_meta(&mut self, group: GroupId, meta: Meta, segment: u64, last: Index) -> Result<(), Corruption> {
         self.copies = None;
         let boundary = meta.snapshot_index;
         let regresses = self.meta.as_ref().is_some_and(|(old, _)| boundary < old.snapshot_index);
         if regresses || last < boundary {
             return Err(Corruption::UnexpectedGroupRecord { group });
+        }
+        let known = self.meta.is_some() || !self.log.is_empty();
+        if known && last != self.last && last != boundary {
+            return Err(Corruption::MetaLastMismatch { group, named: last, found: self.last });
         }
         let covered = boundary.next().0.saturating_sub(self.known_from.0).min(self.log.len() as u64);
         self.log.drain(..covered as usize);
@@ -428,5 +443,27 @@ mod tests {
         let meta = Meta { snapshot_index: Index(3), snapshot_term: Term(2), ..Meta::default() };
         pending.apply_meta(GroupId(1), meta, 7, Index(6)).expect("checkpoint");
         assert_eq!((pending.known_from, pending.last, pending.log.len()), (Index(4), Index(6), 3));
+    }
+
+    #[test]
+    fn a_meta_naming_entries_its_history_lacks_is_corrupt() {
+        let mut group = created();
+        for index in 1..=7 {
+            group.apply_entry(Index(index), at(1, 1)).expect("entry");
+        }
+        let meta = Meta::default();
+        assert_eq!(
+            group.apply_meta(GroupId(4), meta.clone(), 1, Index(10)),
+            Err(Corruption::MetaLastMismatch { group: GroupId(4), named: Index(10), found: Index(7) })
+        );
+        assert_eq!(group.apply_meta(GroupId(4), meta, 1, Index(7)), Ok(()), "the log's last index");
+        let compacted = Meta { snapshot_index: Index(9), snapshot_term: Term(1), ..Meta::default() };
+        assert_eq!(group.apply_meta(GroupId(4), compacted, 1, Index(9)), Ok(()), "a compaction past the log");
+        let mut created = created();
+        assert_eq!(
+            created.apply_meta(GroupId(4), Meta::default(), 1, Index(10)).map_err(|_| ()),
+            Err(()),
+            "a created group's history is known from its creation"
+        );
     }
 }
