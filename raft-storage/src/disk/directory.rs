@@ -69,6 +69,15 @@ impl<F: FileSystem> Directory<F> {
         self.fs.remove(path).map_err(io_error(IoOp::Remove, path))
     }
 
+    /// Removes the file `path` if it is there (durable after [`Directory::sync`]): for garbage,
+    /// whose absence is what the caller wants, so a file already gone is no error.
+    pub(crate) fn remove_if_present(&self, path: &Path) -> Result<(), DiskError> {
+        match self.fs.remove(path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            result => result.map_err(io_error(IoOp::Remove, path)),
+        }
+    }
+
     /// Makes the directory's entries durable.
     pub(crate) fn sync(&self) -> Result<(), DiskError> {
         self.fs.sync_dir(&self.path).map_err(io_error(IoOp::SyncDir, &self.path))

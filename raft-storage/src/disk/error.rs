@@ -125,6 +125,18 @@ pub enum Corruption {
         /// The group.
         group: GroupId,
     },
+    /// A shared WAL `Meta` record names a last log index that its group's history before it
+    /// does not reach (or passes): entries it covers are lost, or the record is not the
+    /// writer's. (Neither the log's last index nor the boundary.)
+    #[error("group {group}'s metadata names last index {named}, its log ends at {found}")]
+    MetaLastMismatch {
+        /// The group.
+        group: GroupId,
+        /// The last index the record names.
+        named: Index,
+        /// The last index of the group's log replayed so far.
+        found: Index,
+    },
 }
 
 /// Why the durable store failed. Recovery errors name the file and the byte offset.

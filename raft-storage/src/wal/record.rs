@@ -57,6 +57,13 @@ pub(super) enum RecordRef<'a> {
     Remove { group: GroupId },
     /// Every segment numbered below `below` is released: every record in it is superseded.
     Reclaim { below: u64 },
+    /// One entry of the group's log copied forward by a reclamation (see the module docs): the
+    /// group's whole live log is copied, in order, so that the segments holding the originals
+    /// can go. On replay a run of copies that the group's log already holds (same indexes and
+    /// terms) up to its last index only moves those entries to the copies; a run cut short (a
+    /// torn tail) moves nothing. A copy the log does not hold (its originals lie in released
+    /// segments) is replayed as an `Entry`.
+    Copy { group: GroupId, entry: &'a Entry },
 }
 
 /// One record, as read back.
@@ -72,6 +79,8 @@ pub(super) enum Record {
     Remove { group: GroupId },
     /// See [`RecordRef::Reclaim`].
     Reclaim { below: u64 },
+    /// See [`RecordRef::Copy`].
+    Copy { group: GroupId, entry: Entry },
 }
 
 /// Decodes a record's payload.

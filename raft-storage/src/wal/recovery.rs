@@ -210,12 +210,16 @@ struct ReplayGroup {
     /// Where its first record in the replay lies, for the error should its history stay
     /// incomplete.
     first_at: (PathBuf, u64),
+    /// A run of `Copy` records of entries the log holds, from this index on, not yet applied:
+    /// the entries move to the copies only once the run reaches the log's last index (a run
+    /// cut short by a torn tail moves nothing: the originals' segments were not released).
+    copies: Option<(Index, Vec<Location>)>,
 }
 
 impl ReplayGroup {
     fn new(meta: Option<(Meta, u64)>, first_at: (PathBuf, u64)) -> Self {
         let boundary = meta.as_ref().map_or(Index(0), |(meta, _)| meta.snapshot_index);
-        ReplayGroup { meta, known_from: boundary.next(), last: boundary, log: VecDeque::new(), first_at }
+        ReplayGroup { meta, known_from: boundary.next(), last: boundary, log: VecDeque::new(), first_at, copies: None }
     }
 
     fn term_at(&self, index: Index) -> Option<Term> {
@@ -223,8 +227,33 @@ impl ReplayGroup {
         self.log.get(usize::try_from(offset).ok()?).map(|location| location.term)
     }
 
+    /// A copy of entry `index` (see [`RecordRef::Copy`](super::record::RecordRef::Copy)): if
+    /// the log holds that entry, it joins the run of copies, which moves its entries once it
+    /// reaches the last index; otherwise it is replayed as the entry itself.
+    fn apply_copy(&mut self, index: Index, location: Location) -> Result<(), Corruption> {
+        let held = index >= self.known_from && index <= self.last && self.term_at(index) == Some(location.term);
+        if !held {
+            return self.apply_entry(index, location);
+        }
+        let continues = self.copies.as_ref().is_some_and(|(from, run)| from.0 + run.len() as u64 == index.0);
+        if !continues {
+            self.copies = Some((index, Vec::new()));
+        }
+        let Some((from, run)) = self.copies.as_mut() else { return Ok(()) };
+        run.push(location);
+        if index == self.last {
+            let start = (from.0 - self.known_from.0) as usize;
+            for (slot, copy) in self.log.iter_mut().skip(start).zip(run.drain(..)) {
+                *slot = copy;
+            }
+            self.copies = None;
+        }
+        Ok(())
+    }
+
     /// Entry `index`, replacing the group's entries from `index` on.
     fn apply_entry(&mut self, index: Index, location: Location) -> Result<(), Corruption> {
+        self.copies = None;
         let expected = self.last.next();
         let boundary = self.meta.as_ref().map(|(meta, _)| meta.snapshot_index);
         let pending_start = boundary.is_none() && self.log.is_empty();
@@ -249,11 +278,27 @@ impl ReplayGroup {
 
     /// The group's metadata from here on, with the last index of its log: drops the entries the
     /// boundary covers and those after `last` (a compaction or install cleared them).
+    ///
+    /// `last` is the log's last index when the record was written, or its new boundary (a
+    /// compaction or install that drops the log): the writer logs a `Meta` after the entries it
+    /// covers, never before, and a torn tail only cuts records after it. So once the replay
+    /// knows any record of the group before this one (its records since are all there: the
+    /// segments are a suffix of the history), the log replayed so far ends at `last` unless
+    /// `last` is the boundary; anything else is corruption. A `Meta` that is the group's first
+    /// record met is not checked: the entries it covers may lie in released segments and come
+    /// after it as copies (a reclamation copies a log forward but checkpoints the `Meta` only if
+    /// its segment is released); the end of the replay checks that the log then starts right
+    /// after the boundary.
     fn apply_meta(&mut self, group: GroupId, meta: Meta, segment: u64, last: Index) -> Result<(), Corruption> {
+        self.copies = None;
         let boundary = meta.snapshot_index;
         let regresses = self.meta.as_ref().is_some_and(|(old, _)| boundary < old.snapshot_index);
         if regresses || last < boundary {
             return Err(Corruption::UnexpectedGroupRecord { group });
+        }
+        let known = self.meta.is_some() || !self.log.is_empty();
+        if known && last != self.last && last != boundary {
+            return Err(Corruption::MetaLastMismatch { group, named: last, found: self.last });
         }
         let covered = boundary.next().0.saturating_sub(self.known_from.0).min(self.log.len() as u64);
         self.log.drain(..covered as usize);
@@ -301,6 +346,10 @@ impl Replay {
                 location.term = entry.term;
                 self.known_or_pending(group, path, location)?.apply_entry(entry.index, location)?;
             }
+            Record::Copy { group, entry } => {
+                location.term = entry.term;
+                self.known_or_pending(group, path, location)?.apply_copy(entry.index, location)?;
+            }
             Record::Remove { group } => {
                 self.groups.remove(&group);
                 self.removed.insert(group);
@@ -332,5 +381,89 @@ impl Replay {
             groups.insert(id, Group::new(meta, segment, log, incarnation as u64));
         }
         Ok(groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(segment: u64, term: u64) -> Location {
+        Location { segment, offset: 0, len: 20, term: Term(term) }
+    }
+
+    fn created() -> ReplayGroup {
+        ReplayGroup::new(Some((Meta::default(), 1)), (PathBuf::from("segment"), 0))
+    }
+
+    fn segments(group: &ReplayGroup) -> Vec<u64> {
+        group.log.iter().map(|location| location.segment).collect()
+    }
+
+    #[test]
+    fn a_whole_run_of_copies_moves_the_entries_and_keeps_the_log() {
+        let mut group = created();
+        for index in 1..=5 {
+            group.apply_entry(Index(index), at(1, 1)).expect("entry");
+        }
+        for index in 1..=5 {
+            group.apply_copy(Index(index), at(2, 1)).expect("copy");
+        }
+        assert_eq!((group.known_from, group.last, segments(&group)), (Index(1), Index(5), vec![2; 5]));
+    }
+
+    #[test]
+    fn a_run_of_copies_cut_short_moves_nothing_and_truncates_nothing() {
+        let mut group = created();
+        for index in 1..=5 {
+            group.apply_entry(Index(index), at(1, 1)).expect("entry");
+        }
+        for index in 1..=3 {
+            group.apply_copy(Index(index), at(2, 1)).expect("copy");
+        }
+        assert_eq!((group.last, segments(&group)), (Index(5), vec![1; 5]), "torn in the middle of the run");
+        // The records of the cut run stay in the segment; a later whole run still moves all.
+        for index in 1..=5 {
+            group.apply_copy(Index(index), at(3, 1)).expect("copy");
+        }
+        assert_eq!((group.last, segments(&group)), (Index(5), vec![3; 5]));
+        // And an entry after a cut run replaces from its index as ever.
+        group.apply_copy(Index(1), at(4, 1)).expect("copy");
+        group.apply_entry(Index(5), at(4, 2)).expect("entry");
+        assert_eq!((group.last, segments(&group)), (Index(5), vec![3, 3, 3, 3, 4]));
+    }
+
+    #[test]
+    fn copies_whose_originals_are_released_are_the_entries() {
+        let mut pending = ReplayGroup::new(None, (PathBuf::from("segment"), 0));
+        for index in 4..=6 {
+            pending.apply_copy(Index(index), at(7, 2)).expect("copy");
+        }
+        assert_eq!((pending.known_from, pending.last, segments(&pending)), (Index(4), Index(6), vec![7; 3]));
+        let meta = Meta { snapshot_index: Index(3), snapshot_term: Term(2), ..Meta::default() };
+        pending.apply_meta(GroupId(1), meta, 7, Index(6)).expect("checkpoint");
+        assert_eq!((pending.known_from, pending.last, pending.log.len()), (Index(4), Index(6), 3));
+    }
+
+    #[test]
+    fn a_meta_naming_entries_its_history_lacks_is_corrupt() {
+        let mut group = created();
+        for index in 1..=7 {
+            group.apply_entry(Index(index), at(1, 1)).expect("entry");
+        }
+        let meta = Meta::default();
+        assert_eq!(
+            group.apply_meta(GroupId(4), meta.clone(), 1, Index(10)),
+            Err(Corruption::MetaLastMismatch { group: GroupId(4), named: Index(10), found: Index(7) })
+        );
+        assert_eq!(group.apply_meta(GroupId(4), meta, 1, Index(7)), Ok(()), "the log's last index");
+        let compacted = Meta { snapshot_index: Index(9), snapshot_term: Term(1), ..Meta::default() };
+        assert_eq!(group.apply_meta(GroupId(4), compacted, 1, Index(9)), Ok(()), "a compaction past the log");
+        let mut created = created();
+        assert_eq!(
+            created.apply_meta(GroupId(4), Meta::default(), 1, Index(10)).map_err(|_| ()),
+            Err(()),
+            "a created group's history is known from its creation"
+        );
     }
 }

@@ -229,6 +229,15 @@ impl<F: FileSystem> Writer<F> {
     }
 }
 
+/// A file a batch's snapshot install released (the snapshot it replaced), removed once the
+/// batch is durable (see [`Inner::after_durable`]).
+pub(super) struct Released {
+    group: GroupId,
+    /// The incarnation of the group that released it.
+    incarnation: u64,
+    path: PathBuf,
+}
+
 /// Everything behind a WAL's mutex.
 pub(super) struct Inner<F: FileSystem> {
     pub(super) writer: Writer<F>,
@@ -327,10 +336,22 @@ impl<F: FileSystem> Inner<F> {
 
     /// What waits for a batch to be durable: removes the files it released, and the segments no
     /// group needs any more.
-    fn after_durable(&mut self, released: Vec<PathBuf>) -> Result<(), DiskError> {
-        for path in released {
+    ///
+    /// A released file is removed only if its group still exists as the same incarnation and its
+    /// metadata does not name the file: the lock is not held while the batch syncs, so the group
+    /// may have been removed meanwhile (its removal deleted its files) and created again under
+    /// the same id, whose files may have the same names (an install of the same index and term).
+    /// A file already gone is no error: it is garbage either way.
+    fn after_durable(&mut self, released: Vec<Released>) -> Result<(), DiskError> {
+        for file in released {
+            let Ok(group) = self.group(file.group, file.incarnation) else { continue };
+            let prefix = group_prefix(file.group);
+            let named = group.meta.snapshot.as_ref().map(|s| self.writer.dir.file(&snapshot_name(&prefix, &s.meta)));
+            if named.as_ref() == Some(&file.path) {
+                continue;
+            }
             // Not made durable: should the file come back after a crash, recovery removes it.
-            self.writer.dir.remove(&path)?;
+            self.writer.dir.remove_if_present(&file.path)?;
         }
         self.reclaim()
     }
@@ -364,7 +385,7 @@ impl<F: FileSystem> Inner<F> {
         let files = dir.list()?.into_iter().filter(|name| parse_group_file(name).is_some_and(|(group, _)| group == id));
         for name in files.collect::<Vec<_>>() {
             // Not made durable: recovery removes the files of groups that do not exist.
-            dir.remove(&dir.file(&name))?;
+            dir.remove_if_present(&dir.file(&name))?;
         }
         self.reclaim()
     }
@@ -382,9 +403,13 @@ impl<F: FileSystem> Inner<F> {
         let (Some(oldest), Some(head)) = (self.writer.segments.first().map(|s| s.sequence), self.writer.head()) else {
             return Ok(());
         };
+        let copied = self.copy_forward(head)?;
+        let head = self.writer.head().unwrap_or(head);
         let floor = self.groups.values().filter_map(|group| group.log.front().map(|l| l.segment)).fold(head, u64::min);
         if floor <= oldest {
-            return Ok(());
+            // Copies are read back from where the groups now point: make them durable all the
+            // same (copying advances the floor, so this is only reached after a read failure).
+            return if copied { self.sync_now() } else { Ok(()) };
         }
         let stale: Vec<(GroupId, u64)> = self
             .groups
@@ -401,7 +426,66 @@ impl<F: FileSystem> Inner<F> {
         self.sync_now()?;
         self.writer.remove_below(floor)
     }
+
+    /// Copies forward (re-logs as `Copy` records after the newest records) the whole live log of
+    /// the groups whose first live entry lies in the oldest segments, oldest first, while the
+    /// records copied stay within [`COPY_BYTES_DIVISOR`]-th of `segment_bytes_max` (so that
+    /// copying never fills a segment, and a group with a long log is left to its snapshot
+    /// policy), and only as far as it lets the reclamation floor advance. The groups then point
+    /// at the copies; the caller makes them durable before its `Reclaim` record (they are in the
+    /// same segment before it, or in a segment closed, thus synced, on the way). Returns whether
+    /// it copied anything. A copy that cannot be read back (a damaged record) is left in place:
+    /// its segments stay.
+    fn copy_forward(&mut self, head: u64) -> Result<bool, DiskError> {
+        let mut pinning: Vec<(u64, u64, GroupId, u64)> = self
+            .groups
+            .iter()
+            .filter_map(|(id, group)| {
+                let front = group.log.front()?.segment;
+                let bytes = group.log.iter().map(|location| u64::from(location.len)).sum();
+                (front < head).then_some((front, bytes, *id, group.incarnation))
+            })
+            .collect();
+        pinning.sort_unstable();
+        let budget = self.writer.segment_bytes_max / COPY_BYTES_DIVISOR;
+        let (mut spent, mut count) = (0, 0);
+        for &(_, bytes, ..) in &pinning {
+            if spent + bytes > budget {
+                break;
+            }
+            spent += bytes;
+            count += 1;
+        }
+        // The groups of the first segment left pinned gain nothing from a copy.
+        if let Some(&(kept, ..)) = pinning.get(count) {
+            while count > 0 && pinning[count - 1].0 == kept {
+                count -= 1;
+            }
+        }
+        let mut copied = false;
+        for &(_, _, id, incarnation) in &pinning[..count] {
+            let group = self.group(id, incarnation)?;
+            let (low, high, len) = (group.boundary().next(), group.last_index().next(), group.log.len());
+            let entries = match self.entries(id, incarnation, low, high, u64::MAX) {
+                Ok(entries) if entries.len() == len => entries,
+                _ => break,
+            };
+            for (position, entry) in entries.iter().enumerate() {
+                let mut location = self.writer.append(&RecordRef::Copy { group: id, entry })?;
+                location.term = entry.term;
+                copied = true;
+                if let Some(slot) = self.group_mut(id, incarnation)?.log.get_mut(position) {
+                    *slot = location;
+                }
+            }
+        }
+        Ok(copied)
+    }
 }
+
+/// A reclamation copies forward at most `segment_bytes_max / COPY_BYTES_DIVISOR` bytes of
+/// records (see [`Inner::copy_forward`]).
+const COPY_BYTES_DIVISOR: u64 = 4;
 
 /// The writes of one group.
 impl<F: FileSystem> Inner<F> {
@@ -413,7 +497,7 @@ impl<F: FileSystem> Inner<F> {
         id: GroupId,
         incarnation: u64,
         output: &mut Output,
-        released: &mut Vec<PathBuf>,
+        released: &mut Vec<Released>,
     ) -> Result<(), DiskError> {
         for chunk in &output.snapshot_chunks {
             self.write_chunk(id, incarnation, &chunk.meta, chunk.offset, &chunk.data)?;
@@ -503,7 +587,7 @@ impl<F: FileSystem> Inner<F> {
         id: GroupId,
         incarnation: u64,
         meta: &SnapshotMeta,
-        released: &mut Vec<PathBuf>,
+        released: &mut Vec<Released>,
     ) -> Result<(), DiskError> {
         let staging = snapshot::take_staged(&mut self.group_mut(id, incarnation)?.staging, meta)?;
         self.stage_staged(id, incarnation, staging, released)
@@ -517,7 +601,7 @@ impl<F: FileSystem> Inner<F> {
         incarnation: u64,
         meta: &SnapshotMeta,
         data: &[u8],
-        released: &mut Vec<PathBuf>,
+        released: &mut Vec<Released>,
     ) -> Result<(), DiskError> {
         self.group(id, incarnation)?;
         let staging = Staging::local(&self.writer.dir, &group_prefix(id), meta, data)?;
@@ -532,7 +616,7 @@ impl<F: FileSystem> Inner<F> {
         id: GroupId,
         incarnation: u64,
         staging: Staging<F::File>,
-        released: &mut Vec<PathBuf>,
+        released: &mut Vec<Released>,
     ) -> Result<(), DiskError> {
         let meta = staging.meta.clone();
         let group = self.group(id, incarnation)?;
@@ -558,7 +642,8 @@ impl<F: FileSystem> Inner<F> {
             self.cache.remove_range(id, Index(0)..=Index::END);
         }
         if let Some(previous) = previous {
-            released.push(self.writer.dir.file(&snapshot_name(&group_prefix(id), &previous.meta)));
+            let path = self.writer.dir.file(&snapshot_name(&group_prefix(id), &previous.meta));
+            released.push(Released { group: id, incarnation, path });
         }
         self.reclaim_due = true;
         Ok(())
@@ -629,7 +714,7 @@ impl<F: FileSystem> Inner<F> {
         let damaged = StorageError::Io { kind: std::io::ErrorKind::InvalidData, raw_os_error: None };
         let record = window.as_ref().and_then(|window| window.record(&location)).ok_or(damaged)?;
         match checked_record(record, 0).and_then(decode) {
-            Some(Record::Entry { group, entry })
+            Some(Record::Entry { group, entry } | Record::Copy { group, entry })
                 if group == id && entry.index == index && entry.term == location.term =>
             {
                 Ok(entry)
@@ -756,7 +841,7 @@ impl<F: FileSystem> Shared<F> {
     /// of every thread that arrived during the previous one.
     fn write<T>(
         &self,
-        stage: impl FnOnce(&mut Inner<F>, &mut Vec<PathBuf>) -> Result<T, DiskError>,
+        stage: impl FnOnce(&mut Inner<F>, &mut Vec<Released>) -> Result<T, DiskError>,
     ) -> Result<T, DiskError> {
         let mut released = Vec::new();
         let mut inner = self.lock();
@@ -800,10 +885,9 @@ impl<F: FileSystem> Shared<F> {
             let (sequence, mut file) = taken?;
             inner.syncing = true;
             drop(inner);
+            let leading = Leading { shared: self };
             let synced = file.sync();
-            inner = self.lock();
-            inner.syncing = false;
-            self.sync_ended.notify_all();
+            inner = leading.end();
             match synced {
                 Ok(()) => {
                     inner.synced = inner.synced.max(target);
@@ -815,6 +899,34 @@ impl<F: FileSystem> Shared<F> {
                 }
             }
         }
+    }
+}
+
+/// A leader's sync under way (see [`Shared::wait_durable`]). Ending it resets `syncing` and
+/// wakes the waiters; should the sync panic instead, dropping it does the same and stops the WAL
+/// (whether the batches are durable is unknown), so that no writer waits for it forever.
+struct Leading<'a, F: FileSystem> {
+    shared: &'a Shared<F>,
+}
+
+impl<'a, F: FileSystem> Leading<'a, F> {
+    /// The sync returned: takes the lock back, with `syncing` reset and the waiters woken.
+    fn end(self) -> MutexGuard<'a, Inner<F>> {
+        let shared = self.shared;
+        std::mem::forget(self);
+        let mut inner = shared.lock();
+        inner.syncing = false;
+        shared.sync_ended.notify_all();
+        inner
+    }
+}
+
+impl<F: FileSystem> Drop for Leading<'_, F> {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        inner.syncing = false;
+        inner.stopped = true;
+        self.shared.sync_ended.notify_all();
     }
 }
 
@@ -953,7 +1065,7 @@ impl<F: FileSystem> GroupStore<F> {
     /// of other threads may share its fsync).
     fn write(
         &mut self,
-        stage: impl FnOnce(&mut Inner<F>, GroupId, u64, &mut Vec<PathBuf>) -> Result<(), DiskError>,
+        stage: impl FnOnce(&mut Inner<F>, GroupId, u64, &mut Vec<Released>) -> Result<(), DiskError>,
     ) -> Result<(), DiskError> {
         let (group, incarnation) = (self.group, self.incarnation);
         self.wal.write(|inner, released| stage(inner, group, incarnation, released))
