@@ -555,3 +555,24 @@ fn a_leader_without_lease_reads_refuses_a_forwarded_lease_read() {
         all_messages(&output).into_iter().filter(|m| m.to == NodeId(2)).map(|m| m.body).collect();
     assert_eq!(to_2, vec![MessageBody::ReadIndexResponse { request: 4, index: None }], "refused at once");
 }
+
+/// A leader that has led for several election timeouts gets a vote request of a later term
+/// from a node that campaigned while cut off (no pre-vote). A leader is always sticky: it
+/// ignores the request, keeps its term and keeps leading.
+///
+/// Kills: in `election.rs`, `in_lease`, deleting the `Role::Leader` arm (a leader was then sticky
+/// only within an election timeout of its last reset by the clock, and stepped down).
+#[test]
+fn a_long_standing_leader_ignores_a_vote_request_of_a_later_term() {
+    let mut c = Cluster::with(3, false, true);
+    c.elect(1);
+    c.ticks(35);
+    assert!(c.node(1).is_leader());
+    let term = c.node(1).term();
+    let last = c.node(1).last_index();
+    let body = MessageBody::VoteRequest { pre_vote: false, last_log_index: last, last_log_term: term, transfer: false };
+    let result = c.node_mut(1).step(message(3, 1, term.0 + 5, body));
+    assert!(matches!(result, Err(StepError::Ignored(_))), "ignored: {result:?}");
+    assert!(c.node(1).is_leader(), "still leading");
+    assert_eq!(c.node(1).term(), term, "the later term was not taken");
+}
