@@ -50,6 +50,8 @@ pub struct LoadResult {
     /// CPU time every other process on the machine used in the window (other jobs compete for
     /// the CPUs: a busy machine shows here).
     pub others_cpu: Duration,
+    /// What the run's probe counted in the window (0 without a probe).
+    pub probed: u64,
 }
 
 impl LoadResult {
@@ -107,6 +109,15 @@ impl Shared {
     }
 }
 
+/// One group under load: its handles (one per node, node `ids[i]` at position `i`) and the
+/// position of its leader.
+pub struct Target {
+    /// The group's handles.
+    pub nodes: Arc<[NodeHandle<Counter>]>,
+    /// Where its leader is.
+    pub leader: usize,
+}
+
 /// Runs `plan` against `nodes` (with ids `ids`), whose leader is at position `leader`.
 pub async fn run(
     nodes: &[NodeHandle<Counter>],
@@ -114,12 +125,26 @@ pub async fn run(
     leader: usize,
     plan: &LoadPlan,
 ) -> BenchResult<LoadResult> {
+    run_groups(&[Target { nodes: nodes.into(), leader }], ids, plan, None).await
+}
+
+/// A counter read at both ends of the measuring window (the logs' syncs, say).
+pub type Probe = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Runs `plan` against `groups`, client `i` proposing to group `i % groups.len()`. `probe`, if
+/// any, is read when the window opens and when it closes: [`LoadResult::probed`] is the
+/// difference.
+pub async fn run_groups(
+    groups: &[Target],
+    ids: &[NodeId],
+    plan: &LoadPlan,
+    probe: Option<Probe>,
+) -> BenchResult<LoadResult> {
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(WARMUP),
         completed: (0..plan.clients).map(|_| Count(AtomicU64::new(0))).collect(),
         retries: AtomicU64::new(0),
     });
-    let nodes: Arc<[NodeHandle<Counter>]> = nodes.into();
     let ids: Arc<[NodeId]> = ids.into();
     let reserve = (plan.ops / plan.clients as u64 + 1).min(RESERVE_MAX) as usize;
     let mut clients = Vec::with_capacity(plan.clients);
@@ -127,11 +152,12 @@ pub async fn run(
         // Each client its own buffer, as each request of an application would be: one buffer
         // shared by every client would make its reference count a contended cache line.
         let payload = Bytes::from(vec![0x5a; plan.payload]);
-        let client =
-            client(Arc::clone(&nodes), Arc::clone(&ids), leader, payload, Arc::clone(&shared), number, reserve);
+        let group = &groups[number % groups.len()];
+        let (nodes, leader) = (Arc::clone(&group.nodes), group.leader);
+        let client = client(nodes, Arc::clone(&ids), leader, payload, Arc::clone(&shared), number, reserve);
         clients.push(tokio::spawn(client));
     }
-    let (start, end, ops, (cpu, others_cpu)) = control(&shared, plan).await;
+    let (start, end, ops, (cpu, others_cpu), probed) = control(&shared, plan, probe).await;
     let mut latency = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)?;
     for client in clients {
         for nanos in client.await?? {
@@ -139,15 +165,21 @@ pub async fn run(
         }
     }
     let retries = shared.retries.load(Ordering::Acquire);
-    Ok(LoadResult { ops, elapsed: end - start, latency, retries, cpu, others_cpu })
+    Ok(LoadResult { ops, elapsed: end - start, latency, retries, cpu, others_cpu, probed })
 }
 
 /// Warms up, opens the window, prints progress, and closes the window after `plan.ops`
 /// operations (overshooting by at most `COUNT_INTERVAL`'s operations, which are counted and
 /// timed) or `plan.duration`. Returns the window, the operations completed in it and the CPU
 /// time used in it, by this process and by all others.
-async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant, u64, (Duration, Duration)) {
+async fn control(
+    shared: &Shared,
+    plan: &LoadPlan,
+    probe: Option<Probe>,
+) -> (Instant, Instant, u64, (Duration, Duration), u64) {
     sleep(plan.warmup).await;
+    let read_probe = || probe.as_ref().map_or(0, |probe| probe());
+    let probe_start = read_probe();
     let (cpu_start, system_start) = (process_cpu(), system_cpu());
     let start = Instant::now();
     shared.phase.store(MEASURE, Ordering::Release);
@@ -185,7 +217,8 @@ async fn control(shared: &Shared, plan: &LoadPlan) -> (Instant, Instant, u64, (D
     shared.phase.store(STOP, Ordering::Release);
     let cpu = process_cpu().saturating_sub(cpu_start);
     let others = system_cpu().saturating_sub(system_start).saturating_sub(cpu);
-    (start, end, ops, (cpu, others))
+    let probed = read_probe().saturating_sub(probe_start);
+    (start, end, ops, (cpu, others), probed)
 }
 
 /// The CPU time (user and system, every thread) this process has used: fields 14 and 15 of

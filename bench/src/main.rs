@@ -21,6 +21,7 @@
 
 mod cluster;
 mod load;
+mod multi;
 mod reference;
 mod report;
 
@@ -95,7 +96,26 @@ struct Args {
     /// report the median, the spread and the load average of each run.
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Run this many groups on every node, on the worker-pool driver (raft_net::Host) with one
+    /// TCP transport and one shared write-ahead log per node; the clients are spread over the
+    /// groups (configuration B's stack; --transport and --storage are ignored).
+    #[arg(long)]
+    groups: Option<u64>,
+    /// Run the multi-group matrix (configuration B, 64 B): G groups x C clients for the pairs of
+    /// GROUPS_MATRIX, every pair --runs times, interleaved.
+    #[arg(long)]
+    groups_matrix: bool,
+    /// Worker threads of each node's host with --groups or --groups-matrix [default: the CPUs
+    /// available].
+    #[arg(long)]
+    host_workers: Option<usize>,
 }
+
+/// (groups, clients) of the multi-group matrix: one client per group at 1, 8, 64 and 1,000
+/// groups, 64 clients on one group (to compare with 64 groups of one client each), and 256
+/// clients spread over 1, 8, 64 and 1,000 groups.
+const GROUPS_MATRIX: [(u64, usize); 9] =
+    [(1, 1), (8, 8), (64, 64), (1, 64), (1_000, 1_000), (1, 256), (8, 256), (64, 256), (1_000, 256)];
 
 /// A part of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -134,7 +154,100 @@ fn main() -> BenchResult<()> {
     }
     let idle_poll = args.idle_poll_us.map_or(raft_net::IDLE_POLL_DEFAULT, Duration::from_micros);
     println!("nodes:   {} voters; core threads poll their empty queues for {idle_poll:?} before sleeping", args.nodes);
+    if args.groups_matrix {
+        return groups_matrix(&args, &dir, &runtime);
+    }
+    if let Some(groups) = args.groups {
+        return groups_single(&args, groups, &dir, &runtime);
+    }
     if args.matrix { matrix(&args, &dir, &runtime) } else { single(&args, &dir, &runtime) }
+}
+
+/// What a multi-group run measured.
+pub struct MeasuredGroups {
+    /// The load's result (its `probed`: syncs of every node's log in the window).
+    pub load: LoadResult,
+    /// Elections during the run (the highest term's growth over all groups).
+    pub elections: u64,
+}
+
+fn multi_spec(args: &Args, groups: u64) -> multi::MultiSpec {
+    multi::MultiSpec {
+        nodes: args.nodes,
+        groups,
+        workers: args.host_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        snapshot_every_entries: args.snapshot_every,
+    }
+}
+
+/// One multi-group run, as given on the command line.
+fn groups_single(
+    args: &Args,
+    groups: u64,
+    dir: &std::path::Path,
+    runtime: &tokio::runtime::Runtime,
+) -> BenchResult<()> {
+    if groups == 0 {
+        return Err("--groups must be at least 1".into());
+    }
+    let spec = multi_spec(args, groups);
+    let plan = plan(args, args.clients, args.payload, "groups", Duration::from_secs(60));
+    let measured = runtime.block_on(measure_groups(&spec, &plan, dir))?;
+    report::print_groups_header(&spec);
+    report::print_groups_row(&spec, &plan, &measured);
+    Ok(())
+}
+
+/// The multi-group matrix: every (groups, clients) pair of [`GROUPS_MATRIX`], `--runs` passes.
+fn groups_matrix(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> BenchResult<()> {
+    let runs = args.runs.max(1);
+    let mut results: Vec<Vec<(multi::MultiSpec, LoadPlan, MeasuredGroups)>> =
+        GROUPS_MATRIX.iter().map(|_| Vec::new()).collect();
+    for run in 1..=runs {
+        for (row, &(groups, clients)) in GROUPS_MATRIX.iter().enumerate() {
+            let spec = multi_spec(args, groups);
+            let label = format!("{groups} groups, {clients} clients, run {run}/{runs}");
+            let plan = plan(args, clients, 64, &label, Duration::from_secs(5));
+            let measured = runtime.block_on(measure_groups(&spec, &plan, dir))?;
+            eprintln!(
+                "[{label}] {:.0} ops/s, p99 {:.0} us, {:.2} us CPU per op, {:.3} fsyncs per op",
+                measured.load.ops_per_sec(),
+                measured.load.latency_us(0.99),
+                measured.load.cpu_us_per_op(),
+                measured.load.probed as f64 / measured.load.ops.max(1) as f64
+            );
+            results[row].push((spec, plan, measured));
+        }
+    }
+    report::print_groups_header(&multi_spec(args, 0));
+    for row in &mut results {
+        row.sort_by(|a, b| a.2.load.ops_per_sec().total_cmp(&b.2.load.ops_per_sec()));
+        if let Some((spec, plan, measured)) = row.get(row.len().saturating_sub(1) / 2) {
+            report::print_groups_row(spec, plan, measured);
+        }
+    }
+    report::print_load();
+    Ok(())
+}
+
+async fn measure_groups(
+    spec: &multi::MultiSpec,
+    plan: &LoadPlan,
+    dir: &std::path::Path,
+) -> BenchResult<MeasuredGroups> {
+    eprintln!(
+        "[{}] starting {} nodes with {} groups each (worker-pool driver, TCP, shared WAL) ...",
+        plan.label, spec.nodes, spec.groups
+    );
+    let cluster = multi::start(spec, dir).await?;
+    let patience =
+        Duration::from_secs(20).max(Duration::from_millis(40) * u32::try_from(spec.groups).unwrap_or(u32::MAX));
+    let (targets, start_term) = cluster.settled(patience).await?;
+    eprintln!("[{}] every group has a leader; load starts", plan.label);
+    let load = load::run_groups(&targets, cluster.ids(), plan, Some(cluster.syncs())).await;
+    let end_term = cluster.term().await;
+    cluster.shutdown().await;
+    Ok(MeasuredGroups { load: load?, elections: end_term?.0.saturating_sub(start_term.0) })
 }
 
 /// What makes this build's numbers unrepresentative, if anything: a debug build, or raft-core

@@ -260,3 +260,34 @@ fn thousands(value: f64) -> String {
 fn micros(value: f64) -> String {
     if value >= 100.0 { thousands(value) } else { format!("{value:.1}") }
 }
+
+/// The header of the multi-group table.
+pub fn print_groups_header(spec: &crate::multi::MultiSpec) {
+    println!();
+    println!(
+        "Many groups per node: {} nodes, each a raft_net::Host with {} workers, one TCP transport and one \
+         shared WAL (fdatasync); every node votes in every group; payload 64 B unless --payload says otherwise.",
+        spec.nodes, spec.workers
+    );
+    println!();
+    println!(
+        "| groups | clients | ops/s | p50 (us) | p99 (us) | CPU per op (us) | fsyncs per op (all nodes) | elections |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+}
+
+/// One row of the multi-group table.
+pub fn print_groups_row(spec: &crate::multi::MultiSpec, plan: &LoadPlan, measured: &crate::MeasuredGroups) {
+    let load = &measured.load;
+    println!(
+        "| {} | {} | {} | {} | {} | {:.2} | {:.3} | {} |",
+        spec.groups,
+        plan.clients,
+        thousands(load.ops_per_sec()),
+        micros(load.latency_us(0.5)),
+        micros(load.latency_us(0.99)),
+        load.cpu_us_per_op(),
+        load.probed as f64 / load.ops.max(1) as f64,
+        measured.elections
+    );
+}

@@ -128,6 +128,27 @@ pub trait LogStore: Storage {
         output.entries.clear();
         Ok(())
     }
+
+    /// Writes the outputs of many stores (one per group) as [`LogStore::write_output_owned`]
+    /// would, each store's outputs in the order given: a driver that steps many groups at once
+    /// (raft-net's `Host`) hands over all their outputs in one
+    /// call. A store that can make all of them durable with one sync overrides it
+    /// ([`GroupStore`] does, for the groups of one [`SharedWal`]: group commit across groups);
+    /// the default writes them one store after another.
+    ///
+    /// On an error, the outputs before the failing one may be durable and the others are not:
+    /// a driver stops every group of the batch (fail-stop), since it cannot tell which.
+    fn write_outputs(batch: &mut [(&mut Self, &mut [Output])]) -> Result<(), Self::Error>
+    where
+        Self: Sized,
+    {
+        for (store, outputs) in batch.iter_mut() {
+            for output in outputs.iter_mut() {
+                store.write_output_owned(output)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// [`LogStore::write_output_owned`] for a store whose [`LogStore::persist_owned`] moves the

@@ -29,6 +29,11 @@ use raft_core::{Raft, Storage};
 
 use super::config::TICKS_PER_ITERATION_MAX;
 
+/// The most timer ticks that fire nothing that [`DriverClock::take_timer_ticks_due`] runs
+/// before an iteration's inputs. Only a group whose timers are stopped (a learner, a group at
+/// the largest term) can owe more, and for it the count makes no difference to when it acts.
+pub const DUE_TICKS_BEFORE_MAX: u64 = 1_000;
+
 /// The state of the time policy for one node incarnation; see the module docs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DriverClock {
@@ -72,6 +77,28 @@ impl DriverClock {
         let now = owed.min(TICKS_PER_ITERATION_MAX);
         self.timer_ticks_dropped = self.timer_ticks_dropped.saturating_add(owed - now);
         now
+    }
+
+    /// The timer ticks to run now for a group that is woken only when its timers are due (a
+    /// [`Host`](crate::Host)'s groups), as `(before, after)` its inputs. `due` is what
+    /// [`raft_core::Raft::ticks_until_due`] answered before this iteration's inputs.
+    ///
+    /// Such a group owes the ticks of every idle stretch, not only of stalls. The first
+    /// `due - 1` of them fire nothing (that is what `due` promises), so they are run *before* the
+    /// inputs, where they belong in time (a heartbeat that arrives at the end of an idle
+    /// stretch then restarts an election timer that already counted the stretch, not one that
+    /// counts it again after the heartbeat), at most [`DUE_TICKS_BEFORE_MAX`] of them. The rest,
+    /// from the one that is due on, are run after the inputs, at most
+    /// [`TICKS_PER_ITERATION_MAX`], as [`DriverClock::take_timer_ticks`] does. Whatever is left
+    /// is dropped: timers that lag only delay an action (the clock, which judges every promise,
+    /// never lags).
+    pub fn take_timer_ticks_due(&mut self, due: u64) -> (u64, u64) {
+        let owed = std::mem::take(&mut self.timer_ticks_owed);
+        let idle = owed.min(due.saturating_sub(1));
+        let before = idle.min(DUE_TICKS_BEFORE_MAX);
+        let after = (owed - idle).min(TICKS_PER_ITERATION_MAX);
+        self.timer_ticks_dropped = self.timer_ticks_dropped.saturating_add(owed - before - after);
+        (before, after)
     }
 
     /// The whole ticks given to the core's clock so far.
@@ -121,5 +148,23 @@ mod tests {
         assert_eq!(clock.take_timer_ticks(), 0, "dropped, not carried over");
         clock.catch_up(&mut raft, 51);
         assert_eq!(clock.take_timer_ticks(), 1);
+    }
+
+    /// A group woken when due runs its idle ticks before its inputs, the due one and a few
+    /// late ones after, and drops the rest.
+    #[test]
+    fn a_group_woken_when_due_runs_its_idle_ticks_first() {
+        let mut raft = node();
+        let mut clock = DriverClock::new();
+        clock.catch_up(&mut raft, 7);
+        assert_eq!(clock.take_timer_ticks_due(7), (6, 1), "woken on time");
+        clock.catch_up(&mut raft, 10);
+        assert_eq!(clock.take_timer_ticks_due(10), (3, 0), "woken early, by a message");
+        clock.catch_up(&mut raft, 40);
+        assert_eq!(clock.take_timer_ticks_due(5), (4, TICKS_PER_ITERATION_MAX), "woken late");
+        assert_eq!(clock.timer_ticks_dropped(), 30 - 4 - TICKS_PER_ITERATION_MAX);
+        clock.catch_up(&mut raft, 5_000);
+        assert_eq!(clock.take_timer_ticks_due(u64::MAX), (DUE_TICKS_BEFORE_MAX, 0), "timers stopped");
+        assert_eq!(clock.take_timer_ticks_due(3), (0, 0), "nothing owed");
     }
 }

@@ -42,7 +42,7 @@ use crate::transport::{SendError, Transport};
 pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
 
 /// What woke the core thread: an input from its queue, or a peer's message.
-enum Next<SM: StateMachine> {
+pub(crate) enum Next<SM: StateMachine> {
     Input(CoreInput<SM>),
     Message(Message),
 }
@@ -58,7 +58,7 @@ enum Polled<SM: StateMachine> {
 }
 
 /// Whether the loop goes on after an iteration.
-enum Flow {
+pub(crate) enum Flow {
     Continue,
     Stop,
 }
@@ -80,11 +80,21 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) transport: T,
     pub(crate) shared: Arc<Shared>,
     pub(crate) input: mpsc::Receiver<CoreInput<SM>>,
+    /// The handles' queue was found closed and empty (every handle is gone): a pooled group
+    /// stops (the threaded loop learns it from `try_next`).
+    pub(crate) input_closed: bool,
     /// The transport's messages, taken here directly: a forwarding task in between cost a
     /// second thread wake-up (and two more copies) per message.
     pub(crate) inbound: mpsc::Receiver<Message>,
     /// Whether the transport may still send into `inbound`.
     pub(crate) inbound_open: bool,
+    /// For a group run by a [`Host`](crate::Host): the waker that schedules it. Both queues
+    /// are then polled with it, so that anything sent into them after they were found empty
+    /// schedules the group again.
+    pub(crate) waker: Option<std::task::Waker>,
+    /// An iteration stopped taking input at `input_batch_items_max` with more queued: a pooled
+    /// group runs again at once.
+    pub(crate) more_queued: bool,
     /// The runtime whose `block_on` waits on both queues in [`Core::run`].
     pub(crate) runtime: Handle,
     /// The apply side; `None` once stopping.
@@ -182,14 +192,14 @@ where
             return Err(reason);
         }
         match next {
-            Some(first) => self.iterate(first),
+            Some(first) => self.iterate(Some(first)),
             None => Ok(Flow::Stop),
         }
     }
 
     /// One round of group commit: inputs, outputs, ticks (each followed by its outputs), the
     /// offered snapshot, the retried proposals, stale reads, and the answers to status requests.
-    fn iterate(&mut self, first: Next<SM>) -> Result<Flow, StopReason> {
+    fn iterate(&mut self, first: Option<Next<SM>>) -> Result<Flow, StopReason> {
         let mut statuses = Vec::new();
         // Contract rule 1: the clock first, so that nothing queued during a stall or a pause
         // is judged by a clock that lags; the timers after the inputs (see `DriverClock`).
@@ -198,8 +208,7 @@ where
         self.drain_outputs()?;
         for _ in 0..self.clock.take_timer_ticks() {
             // Contract rule 2: the output is taken before the next tick.
-            self.raft.tick_timers();
-            self.ticks_total = self.ticks_total.saturating_add(1);
+            self.tick_once();
             self.drain_outputs()?;
         }
         self.save_offered_snapshot()?;
@@ -208,7 +217,7 @@ where
         self.flush_stale_reads()?;
         self.after_outputs();
         if !statuses.is_empty() {
-            let status = NodeStatus::new(self.raft.status(), self.shared.applied(), self.reads.len());
+            let status = self.status();
             for sender in statuses {
                 let _ = sender.send(status.clone()); // The requester may have stopped waiting.
             }
@@ -219,17 +228,18 @@ where
     /// Takes the handles' queued inputs, then the peers' queued messages, up to
     /// `input_batch_items_max` of each. Proposals go first, so that the append an acknowledgement
     /// triggers (by committing) already carries them: fewer, fuller messages.
-    fn take_inputs(
+    pub(crate) fn take_inputs(
         &mut self,
-        first: Next<SM>,
+        first: Option<Next<SM>>,
         statuses: &mut Vec<tokio::sync::oneshot::Sender<NodeStatus>>,
     ) -> Result<Flow, StopReason> {
         let mut next = match first {
-            Next::Input(input) => Some(input),
-            Next::Message(message) => {
+            Some(Next::Input(input)) => Some(input),
+            Some(Next::Message(message)) => {
                 self.step(message)?;
-                self.input.try_recv().ok()
+                self.next_input()
             }
+            None => self.next_input(),
         };
         let mut taken = 0;
         while let Some(input) = next {
@@ -247,13 +257,43 @@ where
                 CoreInput::Shutdown => return Ok(Flow::Stop),
             }
             taken += 1;
-            next = if taken < self.input_batch_items_max { self.input.try_recv().ok() } else { None };
+            if taken >= self.input_batch_items_max {
+                self.more_queued = true;
+                break;
+            }
+            next = self.next_input();
         }
-        for _ in 0..self.input_batch_items_max {
-            let Some(message) = self.try_inbound() else { break };
+        let mut stepped = 0;
+        while let Some(message) = self.try_inbound() {
             self.step(message)?;
+            stepped += 1;
+            if stepped >= self.input_batch_items_max {
+                self.more_queued = true;
+                break;
+            }
         }
         Ok(Flow::Continue)
+    }
+
+    /// The handles' next queued input, without waiting (polled with the pool's waker, if any);
+    /// notes a closed queue in `input_closed`.
+    fn next_input(&mut self) -> Option<CoreInput<SM>> {
+        let polled = match &self.waker {
+            Some(waker) => match self.input.poll_recv(&mut std::task::Context::from_waker(waker)) {
+                std::task::Poll::Ready(Some(input)) => Ok(input),
+                std::task::Poll::Ready(None) => Err(TryRecvError::Disconnected),
+                std::task::Poll::Pending => Err(TryRecvError::Empty),
+            },
+            None => self.input.try_recv(),
+        };
+        match polled {
+            Ok(input) => Some(input),
+            Err(TryRecvError::Disconnected) => {
+                self.input_closed = true;
+                None
+            }
+            Err(TryRecvError::Empty) => None,
+        }
     }
 
     /// The next input or peer message, if one is queued; `Closed` once the handles' queue is
@@ -305,7 +345,15 @@ where
         if !self.inbound_open {
             return None;
         }
-        match self.inbound.try_recv() {
+        let polled = match &self.waker {
+            Some(waker) => match self.inbound.poll_recv(&mut std::task::Context::from_waker(waker)) {
+                std::task::Poll::Ready(Some(message)) => Ok(message),
+                std::task::Poll::Ready(None) => Err(TryRecvError::Disconnected),
+                std::task::Poll::Pending => Err(TryRecvError::Empty),
+            },
+            None => self.inbound.try_recv(),
+        };
+        match polled {
             Ok(message) => Some(message),
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => {
@@ -316,7 +364,7 @@ where
     }
 
     /// Gives the core's clock every whole tick of real time that passed since the node started.
-    fn catch_up_clock(&mut self) {
+    pub(crate) fn catch_up_clock(&mut self) {
         let elapsed = DriverClock::ticks_in(self.started.elapsed(), self.tick_interval);
         self.clock.catch_up(&mut self.raft, elapsed);
     }
@@ -342,7 +390,7 @@ where
         }
     }
 
-    fn propose(&mut self, proposal: Proposal<SM::Response>) {
+    pub(crate) fn propose(&mut self, proposal: Proposal<SM::Response>) {
         let index = match self.raft.propose(proposal.command.clone()) {
             Ok(index) => index,
             Err(CoreProposeError::TermNotDurable) if self.deferred.len() < self.input_batch_items_max => {
@@ -395,6 +443,28 @@ where
         self.drain_outputs()
     }
 
+    /// Runs the timers for one tick (contract rule 2: the caller takes the output before the
+    /// next one).
+    pub(crate) fn tick_once(&mut self) {
+        self.raft.tick_timers();
+        self.ticks_total = self.ticks_total.saturating_add(1);
+    }
+
+    /// The next output to carry out, if the node has one (see [`Core::drain_outputs`] for when
+    /// an output is taken although `has_output` is false).
+    pub(crate) fn next_output(&mut self) -> Result<Option<Output>, StopReason> {
+        if !(std::mem::take(&mut self.read_asked) || self.raft.has_output()) {
+            return Ok(None);
+        }
+        let output = self.raft.take_output().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
+        Ok(Some(output))
+    }
+
+    /// The node's status as a handle sees it.
+    pub(crate) fn status(&self) -> NodeStatus {
+        NodeStatus::new(self.raft.status(), self.shared.applied(), self.reads.len())
+    }
+
     /// Takes and carries out outputs until the node has nothing more to do. Memory stays bounded:
     /// each output hands at most `apply_bytes_max` of committed entries to the bounded apply
     /// queue, whose sends wait while it is full.
@@ -404,9 +474,7 @@ where
     /// and hands it out in the next output, but `has_output` does not count such a read, so
     /// with no other traffic (a one-node group) it would never be served.
     fn drain_outputs(&mut self) -> Result<(), StopReason> {
-        while std::mem::take(&mut self.read_asked) || self.raft.has_output() {
-            let output =
-                self.raft.take_output().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
+        while let Some(output) = self.next_output()? {
             self.carry_out(output)?;
         }
         Ok(())
@@ -414,20 +482,32 @@ where
 
     /// Carries out one output in the contract's order (rules 3 to 7 of raft-core's crate docs).
     fn carry_out(&mut self, mut output: Output) -> Result<(), StopReason> {
-        if let Some(soft_state) = output.soft_state {
-            self.on_soft_state(soft_state);
-        }
-        // Rule 4: a leader's appends and heartbeats may leave before its own write. Moved out,
-        // not cloned: the write below does not read them, and a clone copies every entry.
-        self.send_all(std::mem::take(&mut output.messages).into_iter());
-        let last_entry = output.entries.last().map(|last| (last.index, last.term));
+        let written = self.before_write(&mut output);
         // Rule 3: chunks, install, hard state and entries, one sync. The store takes the
         // entries: nothing below reads them, and a copy would clone every one.
         if let Err(error) = self.raft.storage_mut().write_output_owned(&mut output) {
             return Err(StopReason::StorageFailed(StorageFailure::new(StorageOperation::Write, error)));
         }
+        self.after_write(output, written)
+    }
+
+    /// The part of an output carried out before its write: the soft state, and the messages that
+    /// may leave before the write (rule 4). Returns the last entry the write makes durable.
+    pub(crate) fn before_write(&mut self, output: &mut Output) -> Option<(Index, Term)> {
+        if let Some(soft_state) = output.soft_state {
+            self.on_soft_state(soft_state);
+        }
+        // Rule 4: a leader's appends and heartbeats may leave before its own write. Moved out,
+        // not cloned: the write does not read them, and a clone copies every entry.
+        self.send_all(std::mem::take(&mut output.messages).into_iter());
+        output.entries.last().map(|last| (last.index, last.term))
+    }
+
+    /// The part of an output carried out once its write, and every earlier one, is durable
+    /// (rules 5 to 7). `written` is what [`Core::before_write`] returned for it.
+    pub(crate) fn after_write(&mut self, output: Output, written: Option<(Index, Term)>) -> Result<(), StopReason> {
         // Rule 6: every earlier write is durable too (they were all synced before this one).
-        if let Some((index, term)) = last_entry {
+        if let Some((index, term)) = written {
             self.raft.on_persisted(index, term);
         } else if let Some(meta) = &output.install_snapshot {
             self.raft.on_persisted(meta.index, meta.term);
@@ -476,7 +556,7 @@ where
     }
 
     /// Hands this iteration's stale reads to the apply thread: they need no particular index.
-    fn flush_stale_reads(&mut self) -> Result<(), StopReason> {
+    pub(crate) fn flush_stale_reads(&mut self) -> Result<(), StopReason> {
         if self.stale_reads.is_empty() {
             return Ok(());
         }
@@ -523,7 +603,7 @@ where
         self.send_to_apply(step)
     }
 
-    fn flush_registrations(&mut self) -> Result<(), StopReason> {
+    pub(crate) fn flush_registrations(&mut self) -> Result<(), StopReason> {
         if self.registrations.is_empty() {
             return Ok(());
         }
@@ -559,7 +639,7 @@ where
     }
 
     /// At start: the state machine begins from the store's snapshot (contract rule 7).
-    fn restore_stored_snapshot(&mut self) -> Result<(), StopReason> {
+    pub(crate) fn restore_stored_snapshot(&mut self) -> Result<(), StopReason> {
         let meta =
             self.raft.storage().snapshot().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
         if meta.exists() {
@@ -599,7 +679,7 @@ where
     }
 
     /// Saves the snapshot the apply thread offered, if any, and compacts the log (rule 9).
-    fn save_offered_snapshot(&mut self) -> Result<(), StopReason> {
+    pub(crate) fn save_offered_snapshot(&mut self) -> Result<(), StopReason> {
         let Some(snapshot) = self.shared.take_snapshot() else { return Ok(()) };
         let current =
             self.raft.storage().snapshot().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
@@ -632,7 +712,7 @@ where
 
     /// Stops taking input, answers what is queued, lets the apply thread finish what it was
     /// handed, and reports the stop. The storage and the transport are dropped with `self`.
-    fn stop(mut self, reason: StopReason) {
+    pub(crate) fn stop(mut self, reason: StopReason) {
         let reason = self.shared.set_stop_reason(reason);
         match &reason {
             StopReason::Shutdown => info!(id = %self.raft.id(), "node stopping"),

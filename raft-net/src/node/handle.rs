@@ -35,7 +35,7 @@ pub struct NodeHandle<SM: StateMachine> {
     inner: Arc<Inner<SM>>,
 }
 
-struct Inner<SM: StateMachine> {
+pub(crate) struct Inner<SM: StateMachine> {
     input: mpsc::Sender<CoreInput<SM>>,
     /// `proposals_pending_max` permits.
     permits: Arc<Semaphore>,
@@ -88,6 +88,48 @@ where
     S: LogStore + Send + 'static,
     T: Transport + 'static,
 {
+    let Assembled { core, inner, runtime, config } =
+        assemble(config, storage, transport, inbound, state_machine, false)?;
+    let shared = Arc::clone(&core.shared);
+    let done = DoneGuard(shared);
+    match config.execution {
+        // If this fails, dropping `core` drops the apply queue, which ends the apply thread.
+        Execution::Threads | Execution::OneThread => {
+            std::thread::Builder::new()
+                .name(format!("raft-core-{}", config.id))
+                .spawn(move || {
+                    let _done = done;
+                    core.run();
+                })
+                .map_err(NodeStartError::Spawn)?;
+        }
+        Execution::Tasks => {
+            tokio::task::spawn_local(async move {
+                let _done = done;
+                core.run_task().await;
+            });
+        }
+    }
+    inner.spawn_ticker(&runtime, &config);
+    Ok(NodeHandle { inner: Arc::new(inner) })
+}
+
+/// Builds a node's core and the state its handles share, after checking `config`. With
+/// `pooled`, for [`Host`](crate::Host)'s workers: the state machine is applied inline (whatever
+/// `config.execution` says) and no ticker is started (the host's ticker wakes the group).
+pub(crate) fn assemble<SM, S, T>(
+    config: NodeConfig,
+    storage: S,
+    transport: T,
+    inbound: mpsc::Receiver<Message>,
+    state_machine: SM,
+    pooled: bool,
+) -> Result<Assembled<S, T, SM>, NodeStartError>
+where
+    SM: StateMachine,
+    S: LogStore + Send + 'static,
+    T: Transport + 'static,
+{
     config.validate()?;
     let config = NodeConfig { options: with_fresh_seed(config.options.clone()), ..config };
     let runtime = Handle::try_current().map_err(|_| NodeStartError::NoRuntime)?;
@@ -100,7 +142,7 @@ where
     let (input, input_receiver) = mpsc::channel(config.input_queue_items_max);
     let applier = Applier::new(state_machine, Arc::clone(&shared), input.downgrade(), config.snapshot_every_entries);
     let apply = match config.execution {
-        Execution::Threads => {
+        Execution::Threads if !pooled => {
             let (queue, steps) = mpsc::channel(config.apply_queue_batches_max);
             let thread = std::thread::Builder::new()
                 .name(format!("raft-apply-{}", config.id))
@@ -108,7 +150,7 @@ where
                 .map_err(NodeStartError::Spawn)?;
             ApplySide::Thread { queue, thread }
         }
-        Execution::OneThread | Execution::Tasks => ApplySide::Inline(Box::new(applier)),
+        _ => ApplySide::Inline(Box::new(applier)),
     };
     let core = Core {
         _panic_guard: PanicGuard { shared: Arc::clone(&shared), reason: StopReason::CorePanicked },
@@ -116,8 +158,11 @@ where
         transport,
         shared: Arc::clone(&shared),
         input: input_receiver,
+        input_closed: false,
         inbound,
         inbound_open: true,
+        waker: None,
+        more_queued: false,
         runtime: runtime.clone(),
         apply: Some(apply),
         registrations: Vec::new(),
@@ -140,25 +185,6 @@ where
         started: tokio::time::Instant::now(),
         tick_interval: config.tick_interval,
     };
-    let done = DoneGuard(Arc::clone(&shared));
-    match config.execution {
-        // If this fails, dropping `core` drops the apply queue, which ends the apply thread.
-        Execution::Threads | Execution::OneThread => {
-            std::thread::Builder::new()
-                .name(format!("raft-core-{}", config.id))
-                .spawn(move || {
-                    let _done = done;
-                    core.run();
-                })
-                .map_err(NodeStartError::Spawn)?;
-        }
-        Execution::Tasks => {
-            tokio::task::spawn_local(async move {
-                let _done = done;
-                core.run_task().await;
-            });
-        }
-    }
     let inner = Inner {
         input,
         permits: Arc::new(Semaphore::new(config.proposals_pending_max)),
@@ -167,8 +193,27 @@ where
         tasks_cancel: CancellationToken::new(),
         tasks: TaskTracker::new(),
     };
-    inner.spawn_ticker(&runtime, &config);
-    Ok(NodeHandle { inner: Arc::new(inner) })
+    if pooled {
+        inner.tasks.close(); // No task: `shutdown` waits for the core alone.
+    }
+    Ok(Assembled { core, inner, runtime, config })
+}
+
+/// A node built by [`assemble`], not running yet.
+pub(crate) struct Assembled<S: LogStore, T: Transport, SM: StateMachine> {
+    pub(crate) core: Core<S, T, SM>,
+    pub(crate) inner: Inner<SM>,
+    /// The runtime `assemble` was called on.
+    pub(crate) runtime: Handle,
+    /// The configuration as checked, with its seed drawn.
+    pub(crate) config: NodeConfig,
+}
+
+impl<SM: StateMachine> NodeHandle<SM> {
+    /// A handle on the node whose shared state is `inner`.
+    pub(crate) fn from_inner(inner: Inner<SM>) -> Self {
+        NodeHandle { inner: Arc::new(inner) }
+    }
 }
 
 /// `options` with a seed from the operating system, unless one was chosen: every start of a node
@@ -191,7 +236,7 @@ fn with_fresh_seed(options: Options) -> Options {
 
 /// Ends the core thread's life: after a panic, records the reason and reports the stop; then
 /// tells waiting `shutdown` calls that the node is done.
-struct DoneGuard(Arc<Shared>);
+pub(crate) struct DoneGuard(pub(crate) Arc<Shared>);
 
 impl Drop for DoneGuard {
     fn drop(&mut self) {

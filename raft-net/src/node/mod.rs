@@ -138,12 +138,13 @@ mod core;
 mod error;
 mod event;
 mod handle;
+mod host;
 mod membership;
 mod read;
 mod shared;
 mod state_machine;
 
-pub use clock::DriverClock;
+pub use clock::{DUE_TICKS_BEFORE_MAX, DriverClock};
 pub use config::{
     APPLY_QUEUE_BATCHES_MAX_DEFAULT, ConfigError, ConfigLimit, EVENT_QUEUE_EVENTS_MAX_DEFAULT, Execution,
     IDLE_POLL_DEFAULT, INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig,
@@ -156,6 +157,7 @@ pub use error::{
 };
 pub use event::{NodeEvent, NodeStatus, PeerStatus};
 pub use handle::{NodeHandle, start};
+pub use host::{GROUPS_PER_BATCH_MAX_DEFAULT, Host, HostConfig, HostError, HostStats};
 pub use membership::TRANSFER_ELECTION_TIMEOUTS_MAX;
 pub use read::ReadConsistency;
 pub use state_machine::StateMachine;

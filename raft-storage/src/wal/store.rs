@@ -818,6 +818,8 @@ pub struct SharedWal<F: FileSystem = StdFs> {
 struct Shared<F: FileSystem> {
     inner: Mutex<Inner<F>>,
     sync_ended: Condvar,
+    /// Syncs of the newest segment by batch leaders (statistics: [`SharedWal::syncs`]).
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl<F: FileSystem> Shared<F> {
@@ -887,6 +889,7 @@ impl<F: FileSystem> Shared<F> {
             drop(inner);
             let leading = Leading { shared: self };
             let synced = file.sync();
+            self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             inner = leading.end();
             match synced {
                 Ok(()) => {
@@ -958,7 +961,8 @@ impl<F: FileSystem> SharedWal<F> {
     }
 
     fn new(inner: Inner<F>) -> Self {
-        SharedWal { inner: Arc::new(Shared { inner: Mutex::new(inner), sync_ended: Condvar::new() }) }
+        let shared = Shared { inner: Mutex::new(inner), sync_ended: Condvar::new(), syncs: Default::default() };
+        SharedWal { inner: Arc::new(shared) }
     }
 
     /// The directory's identity.
@@ -1018,6 +1022,13 @@ impl<F: FileSystem> SharedWal<F> {
     /// clean shutdown and for a WAL just created.
     pub fn recovery_report(&self) -> RecoveryReport {
         self.inner.lock().report.clone()
+    }
+
+    /// The syncs of the log's newest segment that batches of writes waited for since it was
+    /// opened: one per group commit, however many groups and threads it covered (a rotation's
+    /// and a snapshot file's own syncs are not counted).
+    pub fn syncs(&self) -> u64 {
+        self.inner.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The number of segment files.
@@ -1151,6 +1162,28 @@ impl<F: FileSystem> LogStore for GroupStore<F> {
     /// own syncs of the snapshot file).
     fn write_output_owned(&mut self, output: &mut Output) -> Result<(), DiskError> {
         self.write(|inner, group, incarnation, released| inner.stage_output(group, incarnation, output, released))
+    }
+
+    /// One fsync for every output of the batch when all its stores are groups of one WAL (the
+    /// case of a node's groups); stores of different WALs are written one WAL after another.
+    /// Each output is staged as [`SharedWal::write_batch`] stages it: a refusal stops the batch
+    /// there (what came before is made durable all the same); an I/O error stops the WAL.
+    fn write_outputs(batch: &mut [(&mut Self, &mut [Output])]) -> Result<(), DiskError> {
+        let mut start = 0;
+        while start < batch.len() {
+            let wal = Arc::clone(&batch[start].0.wal);
+            let end = start + batch[start..].iter().take_while(|(store, _)| Arc::ptr_eq(&store.wal, &wal)).count();
+            wal.write(|inner, released| {
+                for (store, outputs) in batch[start..end].iter_mut() {
+                    for output in outputs.iter_mut() {
+                        inner.stage_output(store.group, store.incarnation, output, released)?;
+                    }
+                }
+                Ok(())
+            })?;
+            start = end;
+        }
+        Ok(())
     }
 
     fn write_output(&mut self, output: &Output) -> Result<(), DiskError> {

@@ -1,0 +1,742 @@
+//! Many Raft groups on one node, driven by a fixed pool of worker threads ([`Host`]).
+//!
+//! ## Scheduling
+//!
+//! Each group is a slot: its core (the same [`Core`] that [`start`](crate::start) runs on a
+//! thread of its own, with its state machine applied inline), a scheduling state and the time
+//! its timers are next due. Anything that gives a group work schedules it: a handle's input or a
+//! peer's message (both queues are polled with a waker that schedules the group, so a send into
+//! a queue found empty wakes it), its timers coming due (the host's ticker), or a round that
+//! left work behind. A scheduled group is on the ready queue once, however often it was woken;
+//! one woken while a worker runs it is put back when that worker is done. So a group is stepped
+//! by one worker at a time, and its state is never shared. A group with nothing to do is on no
+//! queue and costs only its memory.
+//!
+//! A worker takes up to [`HostConfig::groups_per_batch_max`] ready groups and runs one round
+//! over them, in three phases:
+//!
+//! 1. For each group: the clock first (every whole tick of real time, as the single-group
+//!    driver does), the idle timer ticks that fire nothing, its queued inputs and messages, the
+//!    timer ticks that are due ([`DriverClock::take_timer_ticks_due`](crate::DriverClock::take_timer_ticks_due)),
+//!    and every output taken, with the messages that may leave before the write sent
+//!    (raft-core's driving contract, rules 1, 2 and 4).
+//! 2. One [`LogStore::write_outputs`] for every output of every group of the batch: with
+//!    [`GroupStore`](raft_storage::GroupStore)s of one [`SharedWal`](raft_storage::SharedWal),
+//!    one fsync (group commit across groups).
+//! 3. For each group, in output order: durability reported, the messages that waited for it
+//!    sent, snapshots installed, committed entries applied and proposals answered, confirmed reads
+//!    served (rules 5 to 7), then the state machine's offered snapshot saved (rule 9).
+//!
+//! A storage error fails every group of the batch (fail-stop: the batch's writes are not known
+//! to be durable); with a shared write-ahead log an I/O error has stopped the log for every
+//! group anyway. A panic in one group's round stops that group only
+//! ([`StopReason::CorePanicked`], or [`StopReason::StateMachinePanicked`]).
+//!
+//! ## Time
+//!
+//! One ticker thread for the node scans the groups every [`HostConfig::tick_interval`] and
+//! schedules those whose timers are due ([`raft_core::Raft::ticks_until_due`]). A group's clock
+//! is read from the monotonic clock at the start of each of its rounds, so the lease and
+//! stickiness rules are judged by real elapsed time, however late a busy pool runs the group.
+//!
+//! ## What differs from a node started with [`start`](crate::start)
+//!
+//! The state machine runs on the worker that steps its group (as with
+//! [`Execution::OneThread`](crate::Execution::OneThread)): keep its steps short, as a long one
+//! holds up the other groups of that worker's batch. `NodeConfig::execution` and
+//! `NodeConfig::idle_poll` are ignored. Everything a [`NodeHandle`] offers works the same.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Wake, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use raft_core::{GroupId, Index, Message, Output, Term};
+use raft_storage::LogStore;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::config::NodeConfig;
+use super::core::{Core, Flow};
+use super::error::{NodeStartError, StopReason, StorageFailure, StorageOperation};
+use super::event::{NodeEvent, NodeStatus};
+use super::handle::{Assembled, NodeHandle, assemble};
+use super::shared::Shared;
+use super::state_machine::StateMachine;
+use crate::transport::Transport;
+
+/// The default number of groups a worker steps in one round (and writes with one sync).
+pub const GROUPS_PER_BATCH_MAX_DEFAULT: usize = 64;
+
+/// How a [`Host`] runs its groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Worker threads that step the groups (at least 1).
+    pub workers: usize,
+    /// The most groups a worker steps in one round, whose outputs it writes together (at
+    /// least 1).
+    pub groups_per_batch_max: usize,
+    /// How often the ticker looks for groups whose timers are due. Use the groups'
+    /// `NodeConfig::tick_interval` (a coarser scan delays timers, a finer one costs CPU).
+    pub tick_interval: Duration,
+    /// A prefix for the threads' names (`<prefix>-worker-<n>`, `<prefix>-ticker`).
+    pub thread_name: String,
+}
+
+impl Default for HostConfig {
+    /// As many workers as the machine has cores, [`GROUPS_PER_BATCH_MAX_DEFAULT`] groups per
+    /// round, the single-group driver's default tick.
+    fn default() -> Self {
+        HostConfig {
+            workers: std::thread::available_parallelism().map_or(2, usize::from),
+            groups_per_batch_max: GROUPS_PER_BATCH_MAX_DEFAULT,
+            tick_interval: super::config::TICK_INTERVAL_DEFAULT,
+            thread_name: "raft-host".to_string(),
+        }
+    }
+}
+
+impl HostConfig {
+    /// The defaults with `workers` worker threads.
+    pub fn with_workers(workers: usize) -> Self {
+        HostConfig { workers, ..HostConfig::default() }
+    }
+}
+
+/// Why a [`Host`] or one of its groups did not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The host's configuration is unusable.
+    #[error("invalid host configuration: {0}")]
+    Config(&'static str),
+    /// A thread could not be spawned: the operating system's error, whole.
+    #[error("spawning a thread failed: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// A group of this id runs on the host already.
+    #[error("group {0} already runs on this host")]
+    GroupExists(GroupId),
+    /// The host is shutting down and takes no new group.
+    #[error("the host is shutting down")]
+    ShuttingDown,
+    /// The group's node could not be started.
+    #[error("starting group {group} failed: {source}")]
+    Start {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        #[source]
+        source: NodeStartError,
+    },
+}
+
+/// Counters of a [`Host`] since it started. Read with [`Host::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostStats {
+    /// Rounds run by the workers (each over a batch of groups).
+    pub rounds: u64,
+    /// Group steps: one per group per round.
+    pub group_steps: u64,
+    /// Calls of [`LogStore::write_outputs`] (each one sync with a shared write-ahead log).
+    pub writes: u64,
+    /// Outputs written by those calls.
+    pub outputs_written: u64,
+    /// Groups scheduled by the ticker because their timers were due.
+    pub timer_wakes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    rounds: AtomicU64,
+    group_steps: AtomicU64,
+    writes: AtomicU64,
+    outputs_written: AtomicU64,
+    timer_wakes: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, count: u64) {
+    counter.fetch_add(count, Ordering::Relaxed);
+}
+
+/// A node hosting many Raft groups on a fixed pool of worker threads (see the module docs):
+/// each group is added with [`Host::add_group`], which returns the same [`NodeHandle`] as
+/// [`start`](crate::start), and removed by shutting it down through its handle.
+///
+/// All groups share the store type `S`; give them [`GroupStore`](raft_storage::GroupStore)s of
+/// one [`SharedWal`](raft_storage::SharedWal) so that a round's writes share one fsync, and
+/// transports from one node-level transport
+/// ([`TcpTransport::register_group`](crate::TcpTransport::register_group)) so that their
+/// messages share one connection per peer.
+pub struct Host<S: LogStore + Send + 'static> {
+    inner: Arc<HostInner<S>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the workers, the ticker, the wakers and the host share.
+struct HostInner<S: LogStore + Send + 'static> {
+    config: HostConfig,
+    ready: Mutex<Ready<S>>,
+    ready_changed: Condvar,
+    slots: Mutex<BTreeMap<GroupId, Arc<Slot<S>>>>,
+    /// Set once the host shuts down (or is dropped): every group stops at its next round.
+    stopping: AtomicBool,
+    /// The origin of the groups' due times.
+    started: Instant,
+    counters: Counters,
+}
+
+struct Ready<S: LogStore + Send + 'static> {
+    queue: VecDeque<Arc<Slot<S>>>,
+    /// The ticker and the workers end once this is set and no group is left.
+    closed: bool,
+}
+
+/// A group's scheduling states (see [`HostInner::schedule`]).
+const IDLE: u8 = 0;
+const SCHEDULED: u8 = 1;
+const RUNNING: u8 = 2;
+/// Running, and woken meanwhile: scheduled again when the worker is done with it.
+const NOTIFIED: u8 = 3;
+
+/// No timer is due.
+const NEVER: u64 = u64::MAX;
+
+/// One group on the host.
+struct Slot<S: LogStore + Send + 'static> {
+    group: GroupId,
+    state: AtomicU8,
+    /// When the group's timers are next due, in nanoseconds since the host started.
+    due_nanos: AtomicU64,
+    /// The group itself; taken by the worker that runs it, `None` once it stopped.
+    body: Mutex<Option<Box<dyn Pooled<S>>>>,
+    shared: Arc<Shared>,
+    host: Weak<HostInner<S>>,
+}
+
+impl<S: LogStore + Send + 'static> Wake for Slot<S> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(host) = self.host.upgrade() {
+            host.schedule(self);
+        }
+    }
+}
+
+/// A group as the workers see it: its core, whatever its transport and state machine.
+trait Pooled<S: LogStore>: Send {
+    /// Phase 1 of a round: clock, inputs, timers, outputs taken (see the module docs).
+    fn prepare(&mut self, stop: bool) -> Result<Flow, StopReason>;
+    /// The group's store and the outputs phase 1 took, if any.
+    fn staged(&mut self) -> Option<(&mut S, &mut [Output])>;
+    /// Phase 3, after the outputs were written.
+    fn complete(&mut self) -> Result<(), StopReason>;
+    /// Whether the group has work left that no one will wake it for.
+    fn wants_round(&self) -> bool;
+    /// When its timers are next due, since the host started.
+    fn due(&self, host_started: Instant) -> Option<Duration>;
+    /// Stops the group for `reason`: answers what is pending and reports the stop.
+    fn stop(self: Box<Self>, reason: StopReason);
+}
+
+/// A group's core and the state of its round.
+struct PooledCore<S: LogStore, T: Transport, SM: StateMachine> {
+    core: Core<S, T, SM>,
+    /// The store's snapshot was handed to the state machine (done in the first round).
+    restored: bool,
+    outputs: Vec<Output>,
+    /// For each output: what its write makes durable (see `Core::before_write`).
+    written: Vec<Option<(Index, Term)>>,
+    statuses: Vec<tokio::sync::oneshot::Sender<NodeStatus>>,
+}
+
+impl<S, T, SM> PooledCore<S, T, SM>
+where
+    S: LogStore,
+    T: Transport,
+    SM: StateMachine,
+{
+    /// Takes every output the core has, sending what may leave before the write.
+    fn take_outputs(&mut self) -> Result<(), StopReason> {
+        while let Some(mut output) = self.core.next_output()? {
+            let written = self.core.before_write(&mut output);
+            self.outputs.push(output);
+            self.written.push(written);
+        }
+        Ok(())
+    }
+}
+
+impl<S, T, SM> Pooled<S> for PooledCore<S, T, SM>
+where
+    S: LogStore + Send + 'static,
+    T: Transport + 'static,
+    SM: StateMachine,
+{
+    fn prepare(&mut self, stop: bool) -> Result<Flow, StopReason> {
+        if let Some(reason) = self.core.shared.stop_reason() {
+            return Err(reason);
+        }
+        if stop {
+            return Ok(Flow::Stop);
+        }
+        if !self.restored {
+            self.restored = true;
+            self.core.restore_stored_snapshot()?;
+        }
+        self.core.more_queued = false;
+        let due = self.core.raft.ticks_until_due();
+        self.core.catch_up_clock();
+        let (before, after) = self.core.clock.take_timer_ticks_due(due);
+        for _ in 0..before {
+            self.core.tick_once();
+            self.take_outputs()?;
+        }
+        // Proposals that waited for the leader's term to become durable: it is now (the last
+        // round wrote it).
+        for proposal in std::mem::take(&mut self.core.deferred) {
+            self.core.propose(proposal);
+        }
+        let flow = self.core.take_inputs(None, &mut self.statuses)?;
+        self.take_outputs()?;
+        for _ in 0..after {
+            self.core.tick_once();
+            self.take_outputs()?;
+        }
+        if self.core.input_closed {
+            return Ok(Flow::Stop); // Every handle is gone.
+        }
+        Ok(flow)
+    }
+
+    fn staged(&mut self) -> Option<(&mut S, &mut [Output])> {
+        if self.outputs.is_empty() {
+            return None;
+        }
+        Some((self.core.raft.storage_mut(), &mut self.outputs))
+    }
+
+    fn complete(&mut self) -> Result<(), StopReason> {
+        let written = std::mem::take(&mut self.written);
+        for (output, written) in std::mem::take(&mut self.outputs).into_iter().zip(written) {
+            self.core.after_write(output, written)?;
+        }
+        self.core.save_offered_snapshot()?;
+        self.core.flush_registrations()?;
+        self.core.flush_stale_reads()?;
+        self.core.after_outputs();
+        if !self.statuses.is_empty() {
+            let status = self.core.status();
+            for sender in std::mem::take(&mut self.statuses) {
+                let _ = sender.send(status.clone()); // The requester may have stopped waiting.
+            }
+        }
+        Ok(())
+    }
+
+    fn wants_round(&self) -> bool {
+        self.core.more_queued || self.core.read_asked || !self.core.deferred.is_empty() || self.core.raft.has_output()
+    }
+
+    fn due(&self, host_started: Instant) -> Option<Duration> {
+        let due = self.core.raft.ticks_until_due();
+        let ticks = self.core.clock.clock_ticks().checked_add(due)?;
+        let after_start = self.core.tick_interval.checked_mul(u32::try_from(ticks).ok()?)?;
+        let instant = self.core.started.into_std().checked_add(after_start)?;
+        Some(instant.saturating_duration_since(host_started))
+    }
+
+    fn stop(self: Box<Self>, reason: StopReason) {
+        let PooledCore { core, statuses, .. } = *self;
+        drop(statuses); // Their requesters read the stop reason.
+        core.stop(reason);
+    }
+}
+
+/// The outcome of one group's round.
+enum Outcome {
+    Continue,
+    Stop(StopReason),
+    /// The round panicked; the group's state is not trusted any more.
+    Panicked,
+}
+
+impl<S: LogStore + Send + 'static> HostInner<S> {
+    fn lock_ready(&self) -> MutexGuard<'_, Ready<S>> {
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_slots(&self) -> MutexGuard<'_, BTreeMap<GroupId, Arc<Slot<S>>>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts `slot` on the ready queue unless it is there already; if a worker runs it, that
+    /// worker puts it back when done.
+    fn schedule(&self, slot: &Arc<Slot<S>>) {
+        let mut state = slot.state.load(Ordering::Acquire);
+        loop {
+            let next = match state {
+                IDLE => SCHEDULED,
+                RUNNING => NOTIFIED,
+                _ => return, // Scheduled already, or to be.
+            };
+            match slot.state.compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if next == SCHEDULED => return self.push(slot),
+                Ok(_) => return,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    fn push(&self, slot: &Arc<Slot<S>>) {
+        self.lock_ready().queue.push_back(Arc::clone(slot));
+        self.ready_changed.notify_one();
+    }
+
+    /// The next batch of ready groups, waiting for one; `None` once the host is closed.
+    fn next_batch(&self) -> Option<Vec<Arc<Slot<S>>>> {
+        let mut ready = self.lock_ready();
+        loop {
+            if !ready.queue.is_empty() {
+                let count = ready.queue.len().min(self.config.groups_per_batch_max);
+                let batch: Vec<_> = ready.queue.drain(..count).collect();
+                if !ready.queue.is_empty() {
+                    self.ready_changed.notify_one(); // Another worker may take the rest.
+                }
+                return Some(batch);
+            }
+            if ready.closed {
+                return None;
+            }
+            ready = self.ready_changed.wait(ready).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// One worker: rounds over batches of ready groups until the host closes.
+    fn work(self: &Arc<Self>) {
+        while let Some(batch) = self.next_batch() {
+            self.round(batch);
+        }
+    }
+
+    /// One round over `batch` (see the module docs).
+    fn round(self: &Arc<Self>, batch: Vec<Arc<Slot<S>>>) {
+        add(&self.counters.rounds, 1);
+        let stopping = self.stopping.load(Ordering::Acquire);
+        let mut running = Vec::with_capacity(batch.len());
+        for slot in batch {
+            slot.state.store(RUNNING, Ordering::Release);
+            let body = slot.body.lock().unwrap_or_else(PoisonError::into_inner).take();
+            match body {
+                Some(body) => running.push((slot, body, Outcome::Continue)),
+                None => self.release(&slot, false), // Stopped meanwhile.
+            }
+        }
+        add(&self.counters.group_steps, running.len() as u64);
+        // Phase 1.
+        for (slot, body, outcome) in &mut running {
+            *outcome = guarded(slot, || match body.prepare(stopping) {
+                Ok(Flow::Continue) => Outcome::Continue,
+                Ok(Flow::Stop) => Outcome::Stop(StopReason::Shutdown),
+                Err(reason) => Outcome::Stop(reason),
+            });
+        }
+        // Phase 2: one write for the whole batch.
+        let mut batch: Vec<(&mut S, &mut [Output])> = Vec::new();
+        let mut in_write = Vec::new();
+        for (index, (_, body, outcome)) in running.iter_mut().enumerate() {
+            // A group that failed writes nothing more; one shutting down writes its last round.
+            if !matches!(outcome, Outcome::Continue | Outcome::Stop(StopReason::Shutdown)) {
+                continue;
+            }
+            if let Some(part) = body.staged() {
+                batch.push(part);
+                in_write.push(index);
+            }
+        }
+        if !batch.is_empty() {
+            add(&self.counters.writes, 1);
+            add(&self.counters.outputs_written, batch.iter().map(|(_, outputs)| outputs.len() as u64).sum());
+            let written = S::write_outputs(&mut batch);
+            drop(batch);
+            if let Err(error) = written {
+                let failure = StorageFailure::new(StorageOperation::Write, error);
+                warn!(groups = in_write.len(), error = %failure, "write of a batch failed: its groups stop");
+                for index in in_write {
+                    running[index].2 = Outcome::Stop(StopReason::StorageFailed(failure.clone()));
+                }
+            }
+        }
+        // Phase 3.
+        for (slot, body, outcome) in &mut running {
+            // A shutdown still completes the round that asked for it (its output was written).
+            if let Outcome::Continue | Outcome::Stop(StopReason::Shutdown) = outcome {
+                let completed = guarded(slot, || match body.complete() {
+                    Ok(()) => Outcome::Continue,
+                    Err(reason) => Outcome::Stop(reason),
+                });
+                if !matches!(completed, Outcome::Continue) {
+                    *outcome = completed;
+                }
+            }
+        }
+        for (slot, body, outcome) in running {
+            match outcome {
+                Outcome::Continue => {
+                    let due =
+                        body.due(self.started).map_or(NEVER, |due| u64::try_from(due.as_nanos()).unwrap_or(NEVER));
+                    slot.due_nanos.store(due, Ordering::Release);
+                    let again = body.wants_round();
+                    *slot.body.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
+                    self.release(&slot, again);
+                }
+                Outcome::Stop(reason) => {
+                    debug!(group = %slot.group, %reason, "group stopping");
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| body.stop(reason))).is_err() {
+                        slot.shared.set_stop_reason(StopReason::CorePanicked);
+                    }
+                    self.retire(&slot);
+                }
+                Outcome::Panicked => {
+                    drop(body);
+                    let reason = slot.shared.stop_reason().unwrap_or(StopReason::CorePanicked);
+                    slot.shared.emit(NodeEvent::Stopped(reason));
+                    self.retire(&slot);
+                }
+            }
+        }
+    }
+
+    /// A worker is done with `slot`: it goes back on the ready queue if it was woken meanwhile or
+    /// has work left, and rests otherwise.
+    fn release(&self, slot: &Arc<Slot<S>>, again: bool) {
+        if again {
+            slot.state.store(SCHEDULED, Ordering::Release);
+            return self.push(slot);
+        }
+        if slot.state.compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            // NOTIFIED: woken while it ran.
+            slot.state.store(SCHEDULED, Ordering::Release);
+            self.push(slot);
+        }
+    }
+
+    /// `slot`'s group has stopped: it leaves the host, and its handles learn it is done.
+    fn retire(&self, slot: &Arc<Slot<S>>) {
+        slot.state.store(RUNNING, Ordering::Release); // Never scheduled again.
+        let mut slots = self.lock_slots();
+        if slots.get(&slot.group).is_some_and(|current| Arc::ptr_eq(current, slot)) {
+            slots.remove(&slot.group);
+        }
+        let empty = slots.is_empty();
+        drop(slots);
+        slot.shared.done.cancel();
+        if empty && self.stopping.load(Ordering::Acquire) {
+            self.close();
+        }
+    }
+
+    /// Ends the workers and the ticker (once the queue is drained).
+    fn close(&self) {
+        self.lock_ready().closed = true;
+        self.ready_changed.notify_all();
+    }
+
+    /// The ticker: schedules the groups whose timers are due, every `tick_interval`.
+    fn tick(self: &Arc<Self>) {
+        loop {
+            std::thread::sleep(self.config.tick_interval);
+            if self.lock_ready().closed {
+                return;
+            }
+            let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(NEVER);
+            let slots: Vec<_> = self.lock_slots().values().cloned().collect();
+            for slot in slots {
+                if slot.due_nanos.load(Ordering::Acquire) <= now {
+                    slot.due_nanos.store(NEVER, Ordering::Release);
+                    add(&self.counters.timer_wakes, 1);
+                    self.schedule(&slot);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one phase of a group's round, catching a panic: the group is then stopped as panicked
+/// (its core's guard has recorded why) and the worker goes on with the others.
+fn guarded<S: LogStore + Send + 'static>(slot: &Slot<S>, phase: impl FnOnce() -> Outcome) -> Outcome {
+    match std::panic::catch_unwind(AssertUnwindSafe(phase)) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            slot.shared.set_stop_reason(StopReason::CorePanicked);
+            warn!(group = %slot.group, "a group's round panicked: the group stops");
+            Outcome::Panicked
+        }
+    }
+}
+
+impl<S: LogStore + Send + 'static> Host<S> {
+    /// Starts the host's worker threads and its ticker. It hosts no group yet.
+    pub fn start(config: HostConfig) -> Result<Self, HostError> {
+        if config.workers == 0 {
+            return Err(HostError::Config("workers must be at least 1"));
+        }
+        if config.groups_per_batch_max == 0 {
+            return Err(HostError::Config("groups_per_batch_max must be at least 1"));
+        }
+        if config.tick_interval.is_zero() {
+            return Err(HostError::Config("tick_interval must not be zero"));
+        }
+        let inner = Arc::new(HostInner {
+            config: config.clone(),
+            ready: Mutex::new(Ready { queue: VecDeque::new(), closed: false }),
+            ready_changed: Condvar::new(),
+            slots: Mutex::new(BTreeMap::new()),
+            stopping: AtomicBool::new(false),
+            started: Instant::now(),
+            counters: Counters::default(),
+        });
+        let host = Host { inner, threads: Mutex::new(Vec::new()) };
+        for worker in 0..config.workers {
+            let inner = Arc::clone(&host.inner);
+            host.spawn(format!("{}-worker-{worker}", config.thread_name), move || inner.work())?;
+        }
+        let inner = Arc::clone(&host.inner);
+        host.spawn(format!("{}-ticker", config.thread_name), move || inner.tick())?;
+        Ok(host)
+    }
+
+    fn spawn(&self, name: String, run: impl FnOnce() + Send + 'static) -> Result<(), HostError> {
+        match std::thread::Builder::new().name(name).spawn(run) {
+            Ok(thread) => {
+                self.threads.lock().unwrap_or_else(PoisonError::into_inner).push(thread);
+                Ok(())
+            }
+            Err(error) => {
+                self.inner.close(); // The threads started so far end.
+                Err(HostError::Spawn(error))
+            }
+        }
+    }
+
+    /// Adds group `group`: a Raft node as [`start`](crate::start) would run it (same
+    /// configuration, store, transport, inbound receiver and state machine, same handle), stepped
+    /// by the host's workers. Must be called from within a tokio runtime. The group leaves the
+    /// host when it stops (shut it down through its handle, or drop every handle); its data stays
+    /// in its store (remove it there, with
+    /// [`SharedWal::remove_group`](raft_storage::SharedWal::remove_group), to delete it).
+    pub fn add_group<SM, T>(
+        &self,
+        group: GroupId,
+        config: NodeConfig,
+        storage: S,
+        transport: T,
+        inbound: mpsc::Receiver<Message>,
+        state_machine: SM,
+    ) -> Result<NodeHandle<SM>, HostError>
+    where
+        SM: StateMachine,
+        T: Transport + 'static,
+    {
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(HostError::ShuttingDown);
+        }
+        let Assembled { core, inner, .. } = assemble(config, storage, transport, inbound, state_machine, true)
+            .map_err(|source| HostError::Start { group, source })?;
+        let shared = Arc::clone(&core.shared);
+        let mut slots = self.inner.lock_slots();
+        if slots.contains_key(&group) {
+            return Err(HostError::GroupExists(group));
+        }
+        let slot = Arc::new(Slot {
+            group,
+            state: AtomicU8::new(IDLE),
+            due_nanos: AtomicU64::new(NEVER),
+            body: Mutex::new(None),
+            shared,
+            host: Arc::downgrade(&self.inner),
+        });
+        let mut core = core;
+        core.waker = Some(Waker::from(Arc::clone(&slot)));
+        let body: Box<dyn Pooled<S>> = Box::new(PooledCore {
+            core,
+            restored: false,
+            outputs: Vec::new(),
+            written: Vec::new(),
+            statuses: Vec::new(),
+        });
+        *slot.body.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
+        slots.insert(group, Arc::clone(&slot));
+        drop(slots);
+        self.inner.schedule(&slot); // Its first round restores the snapshot and starts its timers.
+        Ok(NodeHandle::from_inner(inner))
+    }
+
+    /// The groups on the host, in order.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.inner.lock_slots().keys().copied().collect()
+    }
+
+    /// The host's counters since it started.
+    pub fn stats(&self) -> HostStats {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let counters = &self.inner.counters;
+        HostStats {
+            rounds: read(&counters.rounds),
+            group_steps: read(&counters.group_steps),
+            writes: read(&counters.writes),
+            outputs_written: read(&counters.outputs_written),
+            timer_wakes: read(&counters.timer_wakes),
+        }
+    }
+
+    /// Shuts every group down as [`NodeHandle::shutdown`] does and stops the threads; returns
+    /// when all of them are done. Groups added meanwhile are refused.
+    pub async fn shutdown(&self) {
+        self.begin_shutdown();
+        let slots: Vec<_> = self.inner.lock_slots().values().cloned().collect();
+        for slot in slots {
+            slot.shared.done.cancelled().await;
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        // The workers end at once now (the ticker within one tick): joining blocks only briefly.
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+
+    /// Marks the host stopping and wakes every group so that it stops.
+    fn begin_shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        let slots: Vec<_> = self.inner.lock_slots().values().cloned().collect();
+        if slots.is_empty() {
+            self.inner.close();
+        }
+        for slot in slots {
+            self.inner.schedule(&slot);
+        }
+    }
+}
+
+impl<S: LogStore + Send + 'static> Drop for Host<S> {
+    /// Stops every group and the threads in the background (use [`Host::shutdown`] to wait).
+    fn drop(&mut self) {
+        self.begin_shutdown();
+    }
+}
+
+impl<S: LogStore + Send + 'static> std::fmt::Debug for Host<S> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Host").field("config", &self.inner.config).field("groups", &self.groups()).finish()
+    }
+}

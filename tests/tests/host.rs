@@ -1,0 +1,255 @@
+//! Many Raft groups per node on the worker-pool driver (`raft_net::Host`, issue 19): three nodes,
+//! each with one TCP transport, one shared write-ahead log and a pool of two workers, host many
+//! groups that elect, replicate, survive a restart of every node from the shared log, and come
+//! and go at run time.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use raft_core::{GroupId, Membership, NodeId};
+use raft_net::{Host, HostConfig, NodeConfig, NodeHandle, ProposeError, TcpTransport, TokioConnector};
+use raft_storage::{GroupStore, Identity, SharedWal, WalOptions};
+use raft_testkit::{Kv, KvView, eventually, listeners, membership, propose, set, tcp_options};
+use tokio::net::TcpListener;
+
+const IDS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+
+/// One node: its transport, its log, its host and, per group, a handle and its state machine's
+/// view.
+struct Node {
+    id: NodeId,
+    transport: TcpTransport,
+    wal: SharedWal,
+    host: Host<GroupStore>,
+    groups: BTreeMap<GroupId, (NodeHandle<Kv>, KvView)>,
+}
+
+fn identity(id: NodeId) -> Identity {
+    Identity { cluster_id: raft_testkit::CLUSTER, node_id: id }
+}
+
+fn group_config(id: NodeId, addresses: &BTreeMap<NodeId, std::net::SocketAddr>) -> NodeConfig {
+    let mut config = raft_testkit::config(id);
+    config.addresses = addresses.clone();
+    config
+}
+
+impl Node {
+    /// Starts node `id` over `listener` with a log in `dir` (created, or opened with its groups
+    /// when `groups` is empty and the log exists).
+    fn start(
+        id: NodeId,
+        listener: TcpListener,
+        addresses: &BTreeMap<NodeId, std::net::SocketAddr>,
+        dir: &Path,
+        create: &[GroupId],
+        workers: usize,
+    ) -> Node {
+        let peers = addresses.iter().filter(|(peer, _)| **peer != id).map(|(p, a)| (*p, *a)).collect();
+        let transport =
+            TcpTransport::start_node(raft_testkit::CLUSTER, id, listener, TokioConnector, peers, tcp_options())
+                .expect("transport");
+        let wal = if dir.join("IDENTITY").exists() {
+            SharedWal::open(raft_storage::StdFs, dir, identity(id), WalOptions::default()).expect("open the log")
+        } else {
+            SharedWal::create(raft_storage::StdFs, dir, identity(id), WalOptions::default()).expect("create the log")
+        };
+        for &group in create {
+            drop(wal.create_group(group, membership(&[1, 2, 3])).expect("a new group"));
+        }
+        let host = Host::start(HostConfig { thread_name: format!("host-{id}"), ..HostConfig::with_workers(workers) })
+            .expect("host");
+        let mut node = Node { id, transport, wal, host, groups: BTreeMap::new() };
+        for group in node.wal.groups() {
+            node.run_group(group, addresses);
+        }
+        node
+    }
+
+    /// Runs `group` (already in the log) on the host.
+    fn run_group(&mut self, group: GroupId, addresses: &BTreeMap<NodeId, std::net::SocketAddr>) {
+        let (transport, inbound) = self.transport.register_group(group).expect("a new group");
+        let store = self.wal.group(group).expect("the group is in the log");
+        let view = KvView::default();
+        let handle = self
+            .host
+            .add_group(group, group_config(self.id, addresses), store, transport, inbound, Kv(view.clone()))
+            .expect("added");
+        self.groups.insert(group, (handle, view));
+    }
+
+    async fn shutdown(self) {
+        self.host.shutdown().await;
+        for (handle, _) in self.groups.values() {
+            assert!(handle.stop_reason().is_some(), "the host's shutdown stopped every group");
+        }
+        self.transport.shutdown().await;
+    }
+}
+
+fn handles(nodes: &[Node], group: GroupId) -> Vec<NodeHandle<Kv>> {
+    nodes.iter().map(|node| node.groups[&group].0.clone()).collect()
+}
+
+/// Waits until every replica of `group` holds exactly `keys`, each with value `value`.
+async fn every_replica_holds(nodes: &[Node], group: GroupId, keys: &[String], value: &str) {
+    let views: Vec<KvView> = nodes.iter().map(|node| node.groups[&group].1.clone()).collect();
+    let keys = keys.to_vec();
+    let value = value.to_string();
+    eventually(&format!("every replica of group {group} holds {keys:?}"), move || {
+        let (views, keys, value) = (views.clone(), keys.clone(), value.clone());
+        async move {
+            views.iter().all(|view| {
+                let map = view.map();
+                map.len() == keys.len()
+                    && keys.iter().all(|key| map.get(key.as_bytes()).is_some_and(|v| v[..] == *value.as_bytes()))
+            })
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_on_a_worker_pool_replicate_share_the_log_and_recover_from_it() {
+    const GROUPS: u64 = 24;
+    let dirs: Vec<tempfile::TempDir> = IDS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
+    let all: Vec<GroupId> = (1..=GROUPS).map(GroupId).collect();
+    let (sockets, addresses) = listeners(&IDS).await.expect("127.0.0.1 listeners");
+    let mut nodes = Vec::new();
+    for ((&id, listener), dir) in IDS.iter().zip(sockets).zip(&dirs) {
+        nodes.push(Node::start(id, listener, &addresses, dir.path(), &all, 2));
+    }
+
+    // Every group writes its own key through its own leader, all groups at once.
+    let mut writes = tokio::task::JoinSet::new();
+    for &group in &all {
+        let handles = handles(&nodes, group);
+        writes.spawn(async move { propose(&handles, &IDS, 0, set(&format!("key-{}", group.0), "one")).await });
+    }
+    while let Some(written) = writes.join_next().await {
+        written.expect("the write's task");
+    }
+    for &group in &all {
+        every_replica_holds(&nodes, group, &[format!("key-{}", group.0)], "one").await;
+    }
+    for node in &nodes {
+        let stats = node.host.stats();
+        // Far fewer writes (syncs) than outputs: a round writes the outputs of many groups.
+        assert!(stats.outputs_written > stats.writes, "group commit across groups: {stats:?}");
+        assert_eq!(node.host.groups(), all, "every group runs on every node");
+        let transport = node.transport.stats();
+        assert!(transport.connections_dialed < GROUPS, "one connection per peer, not per group: {transport:?}");
+    }
+
+    // Restart every node from its log: each group comes back with its data (its state machine
+    // is rebuilt by applying its log again) and takes new writes.
+    let listeners_again = {
+        let mut sockets = Vec::new();
+        for node in nodes {
+            let address = addresses[&node.id];
+            node.shutdown().await;
+            sockets.push(raft_testkit::bind(address).await.expect("the same address again"));
+        }
+        sockets
+    };
+    let mut nodes = Vec::new();
+    for ((&id, listener), dir) in IDS.iter().zip(listeners_again).zip(&dirs) {
+        nodes.push(Node::start(id, listener, &addresses, dir.path(), &[], 2));
+    }
+    for &group in &all {
+        let handles = handles(&nodes, group);
+        propose(&handles, &IDS, 0, set(&format!("key-{}", group.0), "two")).await;
+    }
+    for &group in &all {
+        every_replica_holds(&nodes, group, &[format!("key-{}", group.0)], "two").await;
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_added_at_run_time_replicates_and_a_removed_one_is_gone_for_good() {
+    let dirs: Vec<tempfile::TempDir> = IDS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
+    let (sockets, addresses) = listeners(&IDS).await.expect("127.0.0.1 listeners");
+    let mut nodes = Vec::new();
+    for ((&id, listener), dir) in IDS.iter().zip(sockets).zip(&dirs) {
+        nodes.push(Node::start(id, listener, &addresses, dir.path(), &[GroupId(1)], 1));
+    }
+    let added = GroupId(42);
+    for node in &mut nodes {
+        drop(node.wal.create_group(added, membership(&[1, 2, 3])).expect("a new group"));
+        node.run_group(added, &addresses);
+    }
+    propose(&handles(&nodes, added), &IDS, 0, set("late", "yes")).await;
+    every_replica_holds(&nodes, added, &["late".to_string()], "yes").await;
+    propose(&handles(&nodes, GroupId(1)), &IDS, 0, set("early", "yes")).await;
+    every_replica_holds(&nodes, GroupId(1), &["early".to_string()], "yes").await;
+
+    // Removing: stop the group on every node, then delete its data from each log.
+    for node in &mut nodes {
+        let (handle, _) = node.groups.remove(&added).expect("hosted");
+        handle.shutdown().await;
+        let refused = handle.propose(set("after", "no")).await;
+        assert!(matches!(refused, Err(ProposeError::ShuttingDown)), "a removed group takes nothing: {refused:?}");
+        eventually("the host lets the stopped group go", || {
+            let groups = node.host.groups();
+            async move { groups == [GroupId(1)] }
+        })
+        .await;
+        assert!(node.transport.unregister_group(added));
+        node.wal.remove_group(added).expect("removed from the log");
+        assert_eq!(node.wal.groups(), [GroupId(1)]);
+    }
+    // The other group is untouched.
+    propose(&handles(&nodes, GroupId(1)), &IDS, 0, set("still", "yes")).await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// One node hosting many single-voter groups on one worker: whatever the number of groups with
+/// writes in flight, a round writes all their outputs with one call to the log (group commit
+/// across groups), and every write is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_writes_the_outputs_of_many_groups_together() {
+    const GROUPS: u64 = 64;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = NodeId(1);
+    let (mut sockets, addresses) = listeners(&[id]).await.expect("a 127.0.0.1 listener");
+    let transport = TcpTransport::start_node(
+        raft_testkit::CLUSTER,
+        id,
+        sockets.remove(0),
+        TokioConnector,
+        BTreeMap::new(),
+        tcp_options(),
+    )
+    .expect("transport");
+    let wal = SharedWal::create(raft_storage::StdFs, dir.path(), identity(id), WalOptions::default()).expect("log");
+    let host = Host::start(HostConfig::with_workers(1)).expect("host");
+    let mut groups = Vec::new();
+    for group in (1..=GROUPS).map(GroupId) {
+        let store = wal.create_group(group, Membership::new([id])).expect("a new group");
+        let (group_transport, inbound) = transport.register_group(group).expect("a new group");
+        let handle = host
+            .add_group(group, group_config(id, &addresses), store, group_transport, inbound, Kv(KvView::default()))
+            .expect("added");
+        groups.push(handle);
+    }
+    let mut writes = tokio::task::JoinSet::new();
+    for handle in &groups {
+        for round in 0..10 {
+            let handle = handle.clone();
+            writes.spawn(async move { propose(&[handle], &[id], 0, set(&format!("k{round}"), "v")).await });
+        }
+    }
+    while let Some(written) = writes.join_next().await {
+        written.expect("the write's task");
+    }
+    let stats = host.stats();
+    // Writing each group's output on its own would make at least one call per output.
+    assert!(stats.writes * 2 < stats.outputs_written, "rounds write many groups' outputs at once: {stats:?}");
+    host.shutdown().await;
+    transport.shutdown().await;
+}
