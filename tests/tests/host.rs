@@ -253,3 +253,48 @@ async fn one_worker_writes_the_outputs_of_many_groups_together() {
     host.shutdown().await;
     transport.shutdown().await;
 }
+
+/// The host as one task on a `LocalSet` (as the turmoil simulation runs it): three nodes' hosts
+/// on one thread, over the in-memory network, run four groups that elect and replicate.
+#[test]
+fn hosts_as_tasks_on_one_thread_run_their_groups() {
+    use raft_net::MemNetwork;
+    use raft_storage::MemStorage;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let network = MemNetwork::new(std::num::NonZeroUsize::new(1024).expect("non-zero"));
+        let groups: Vec<GroupId> = (1..=4).map(GroupId).collect();
+        let mut hosts = Vec::new();
+        let mut handles: BTreeMap<GroupId, Vec<NodeHandle<Kv>>> = BTreeMap::new();
+        let mut views: BTreeMap<GroupId, Vec<KvView>> = BTreeMap::new();
+        for id in IDS {
+            let host: Host<MemStorage> = Host::start_task(HostConfig::default()).expect("host");
+            for &group in &groups {
+                let (transport, inbound) = network.join_group(id, group).expect("joined");
+                let view = KvView::default();
+                let handle = host
+                    .add_group(group, raft_testkit::config(id), MemStorage::new(membership(&[1, 2, 3])), transport, inbound, Kv(view.clone()))
+                    .expect("added");
+                handles.entry(group).or_default().push(handle);
+                views.entry(group).or_default().push(view);
+            }
+            hosts.push(host);
+        }
+        for &group in &groups {
+            propose(&handles[&group], &IDS, 0, set("k", &format!("v{}", group.0))).await;
+        }
+        for &group in &groups {
+            let group_views = views[&group].clone();
+            let value = format!("v{}", group.0);
+            eventually(&format!("group {group} replicates"), move || {
+                let (views, value) = (group_views.clone(), value.clone());
+                async move { views.iter().all(|view| view.map().get(&b"k"[..]).is_some_and(|v| v[..] == *value.as_bytes())) }
+            })
+            .await;
+        }
+        for host in hosts {
+            host.shutdown().await;
+        }
+    });
+}

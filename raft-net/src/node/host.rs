@@ -52,7 +52,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Wake, Waker};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use raft_core::{GroupId, Index, Message, Output, Term};
 use raft_storage::LogStore;
@@ -175,6 +177,8 @@ fn add(counter: &AtomicU64, count: u64) {
 pub struct Host<S: LogStore + Send + 'static> {
     inner: Arc<HostInner<S>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The host's task ([`Host::start_task`]).
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What the workers, the ticker, the wakers and the host share.
@@ -185,8 +189,11 @@ struct HostInner<S: LogStore + Send + 'static> {
     slots: Mutex<BTreeMap<GroupId, Arc<Slot<S>>>>,
     /// Set once the host shuts down (or is dropped): every group stops at its next round.
     stopping: AtomicBool,
-    /// The origin of the groups' due times.
+    /// The origin of the groups' due times (tokio's clock: the real monotonic one, or the
+    /// simulated one under turmoil).
     started: Instant,
+    /// Wakes the host's task when a group is scheduled ([`Host::start_task`]).
+    task_wake: tokio::sync::Notify,
     counters: Counters,
 }
 
@@ -349,7 +356,7 @@ where
         let due = self.core.raft.ticks_until_due();
         let ticks = self.core.clock.clock_ticks().checked_add(due)?;
         let after_start = self.core.tick_interval.checked_mul(u32::try_from(ticks).ok()?)?;
-        let instant = self.core.started.into_std().checked_add(after_start)?;
+        let instant = self.core.started.checked_add(after_start)?;
         Some(instant.saturating_duration_since(host_started))
     }
 
@@ -398,6 +405,17 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
     fn push(&self, slot: &Arc<Slot<S>>) {
         self.lock_ready().queue.push_back(Arc::clone(slot));
         self.ready_changed.notify_one();
+        self.task_wake.notify_one();
+    }
+
+    /// The ready groups, at most a batch of them, without waiting; `None` when there are none.
+    fn try_batch(&self) -> Option<Vec<Arc<Slot<S>>>> {
+        let mut ready = self.lock_ready();
+        if ready.queue.is_empty() {
+            return None;
+        }
+        let count = ready.queue.len().min(self.config.groups_per_batch_max);
+        Some(ready.queue.drain(..count).collect())
     }
 
     /// The next batch of ready groups, waiting for one; `None` once the host is closed.
@@ -547,6 +565,41 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
     fn close(&self) {
         self.lock_ready().closed = true;
         self.ready_changed.notify_all();
+        self.task_wake.notify_one();
+    }
+
+    /// Schedules the groups whose timers are due by now.
+    fn wake_due(&self) {
+        let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(NEVER);
+        let slots: Vec<_> = self.lock_slots().values().cloned().collect();
+        for slot in slots {
+            if slot.due_nanos.load(Ordering::Acquire) <= now {
+                slot.due_nanos.store(NEVER, Ordering::Release);
+                add(&self.counters.timer_wakes, 1);
+                self.schedule(&slot);
+            }
+        }
+    }
+
+    /// The host as one task ([`Host::start_task`]): the ticker and the rounds, in turn.
+    async fn run_task(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.config.tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while let Some(batch) = self.try_batch() {
+                self.round(batch);
+                // Let the transport's and the clients' tasks on this thread run between rounds.
+                tokio::task::yield_now().await;
+            }
+            if self.lock_ready().closed {
+                return;
+            }
+            tokio::select! {
+                biased;
+                () = self.task_wake.notified() => {}
+                _ = ticker.tick() => self.wake_due(),
+            }
+        }
     }
 
     /// The ticker: schedules the groups whose timers are due, every `tick_interval`.
@@ -556,15 +609,7 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             if self.lock_ready().closed {
                 return;
             }
-            let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(NEVER);
-            let slots: Vec<_> = self.lock_slots().values().cloned().collect();
-            for slot in slots {
-                if slot.due_nanos.load(Ordering::Acquire) <= now {
-                    slot.due_nanos.store(NEVER, Ordering::Release);
-                    add(&self.counters.timer_wakes, 1);
-                    self.schedule(&slot);
-                }
-            }
+            self.wake_due();
         }
     }
 }
@@ -588,6 +633,31 @@ impl<S: LogStore + Send + 'static> Host<S> {
         if config.workers == 0 {
             return Err(HostError::Config("workers must be at least 1"));
         }
+        let host = Host::new(config)?;
+        let config = host.inner.config.clone();
+        for worker in 0..config.workers {
+            let inner = Arc::clone(&host.inner);
+            host.spawn(format!("{}-worker-{worker}", config.thread_name), move || inner.work())?;
+        }
+        let inner = Arc::clone(&host.inner);
+        host.spawn(format!("{}-ticker", config.thread_name), move || inner.tick())?;
+        Ok(host)
+    }
+
+    /// Starts the host as one task on the current [`tokio::task::LocalSet`] instead of threads
+    /// (`config.workers` is ignored): the ticker and the rounds take turns on that task, so a
+    /// single-threaded runtime with a seeded scheduler (the turmoil simulation of the real stack)
+    /// replays a run exactly, as [`Execution::Tasks`](crate::Execution::Tasks) does for one
+    /// group. Panics outside a `LocalSet`.
+    pub fn start_task(config: HostConfig) -> Result<Self, HostError> {
+        let host = Host::new(config)?;
+        let task = tokio::task::spawn_local(Arc::clone(&host.inner).run_task());
+        *host.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+        Ok(host)
+    }
+
+    /// A host with no thread or task yet.
+    fn new(config: HostConfig) -> Result<Self, HostError> {
         if config.groups_per_batch_max == 0 {
             return Err(HostError::Config("groups_per_batch_max must be at least 1"));
         }
@@ -601,16 +671,10 @@ impl<S: LogStore + Send + 'static> Host<S> {
             slots: Mutex::new(BTreeMap::new()),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
+            task_wake: tokio::sync::Notify::new(),
             counters: Counters::default(),
         });
-        let host = Host { inner, threads: Mutex::new(Vec::new()) };
-        for worker in 0..config.workers {
-            let inner = Arc::clone(&host.inner);
-            host.spawn(format!("{}-worker-{worker}", config.thread_name), move || inner.work())?;
-        }
-        let inner = Arc::clone(&host.inner);
-        host.spawn(format!("{}-ticker", config.thread_name), move || inner.tick())?;
-        Ok(host)
+        Ok(Host { inner, threads: Mutex::new(Vec::new()), task: Mutex::new(None) })
     }
 
     fn spawn(&self, name: String, run: impl FnOnce() + Send + 'static) -> Result<(), HostError> {
@@ -705,7 +769,14 @@ impl<S: LogStore + Send + 'static> Host<S> {
         for slot in slots {
             slot.shared.done.cancelled().await;
         }
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task {
+            let _ = task.await; // It ends once the queue is closed and drained.
+        }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        if threads.is_empty() {
+            return;
+        }
         // The workers end at once now (the ticker within one tick): joining blocks only briefly.
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {
