@@ -148,6 +148,17 @@ impl MultiCluster {
 
     /// Stops every host and transport.
     pub async fn shutdown(self) {
+        for node in &self.nodes {
+            let stats = node.host.stats();
+            eprintln!(
+                "  host of node {}: {} rounds, {:.1} groups per round, {:.1} outputs per write, {} syncs",
+                raft_net::Transport::local_id(&node.transport),
+                stats.rounds,
+                stats.group_steps as f64 / stats.rounds.max(1) as f64,
+                stats.outputs_written as f64 / stats.writes.max(1) as f64,
+                node.wal.syncs()
+            );
+        }
         for node in self.nodes {
             node.host.shutdown().await;
             node.transport.shutdown().await;

@@ -87,6 +87,9 @@ pub struct HostConfig {
     pub tick_interval: Duration,
     /// A prefix for the threads' names (`<prefix>-worker-<n>`, `<prefix>-ticker`).
     pub thread_name: String,
+    /// How long an idle worker polls the ready queue before it sleeps (as
+    /// `NodeConfig::idle_poll` for a single group's core thread; zero: sleep at once).
+    pub idle_poll: Duration,
 }
 
 impl Default for HostConfig {
@@ -98,6 +101,7 @@ impl Default for HostConfig {
             groups_per_batch_max: GROUPS_PER_BATCH_MAX_DEFAULT,
             tick_interval: super::config::TICK_INTERVAL_DEFAULT,
             thread_name: "raft-host".to_string(),
+            idle_poll: super::config::IDLE_POLL_DEFAULT,
         }
     }
 }
@@ -194,6 +198,9 @@ struct HostInner<S: LogStore + Send + 'static> {
     started: Instant,
     /// Wakes the host's task when a group is scheduled ([`Host::start_task`]).
     task_wake: tokio::sync::Notify,
+    /// The ready queue's length as of its last change, for idle workers to poll without the
+    /// lock.
+    queued: std::sync::atomic::AtomicUsize,
     counters: Counters,
 }
 
@@ -201,6 +208,9 @@ struct Ready<S: LogStore + Send + 'static> {
     queue: VecDeque<Arc<Slot<S>>>,
     /// The ticker and the workers end once this is set and no group is left.
     closed: bool,
+    /// Workers waiting on `ready_changed`: a push notifies one only if there is one (a notify
+    /// is a system call, and most pushes find every worker awake).
+    sleepers: usize,
 }
 
 /// A group's scheduling states (see [`HostInner::schedule`]).
@@ -403,9 +413,17 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
     }
 
     fn push(&self, slot: &Arc<Slot<S>>) {
-        self.lock_ready().queue.push_back(Arc::clone(slot));
-        self.ready_changed.notify_one();
-        self.task_wake.notify_one();
+        let mut ready = self.lock_ready();
+        ready.queue.push_back(Arc::clone(slot));
+        self.queued.store(ready.queue.len(), Ordering::Release);
+        let sleepers = ready.sleepers;
+        drop(ready);
+        if sleepers > 0 {
+            self.ready_changed.notify_one();
+        }
+        if self.config.workers == 0 {
+            self.task_wake.notify_one();
+        }
     }
 
     /// The ready groups, at most a batch of them, without waiting; `None` when there are none.
@@ -415,17 +433,31 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             return None;
         }
         let count = ready.queue.len().min(self.config.groups_per_batch_max);
-        Some(ready.queue.drain(..count).collect())
+        let batch = ready.queue.drain(..count).collect();
+        self.queued.store(ready.queue.len(), Ordering::Release);
+        Some(batch)
     }
 
     /// The next batch of ready groups, waiting for one; `None` once the host is closed.
+    ///
+    /// An idle worker first polls the queue for `idle_poll`, yielding the CPU between polls, and
+    /// only then sleeps: most work arrives within microseconds of the last (a peer's answer),
+    /// and a sleep and a wake-up cost more than that (see `NodeConfig::idle_poll`).
     fn next_batch(&self) -> Option<Vec<Arc<Slot<S>>>> {
+        let deadline = std::time::Instant::now() + self.config.idle_poll;
+        loop {
+            if self.queued.load(Ordering::Acquire) > 0 || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::yield_now();
+        }
         let mut ready = self.lock_ready();
         loop {
             if !ready.queue.is_empty() {
                 let count = ready.queue.len().min(self.config.groups_per_batch_max);
                 let batch: Vec<_> = ready.queue.drain(..count).collect();
-                if !ready.queue.is_empty() {
+                self.queued.store(ready.queue.len(), Ordering::Release);
+                if !ready.queue.is_empty() && ready.sleepers > 0 {
                     self.ready_changed.notify_one(); // Another worker may take the rest.
                 }
                 return Some(batch);
@@ -433,7 +465,9 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             if ready.closed {
                 return None;
             }
+            ready.sleepers += 1;
             ready = self.ready_changed.wait(ready).unwrap_or_else(PoisonError::into_inner);
+            ready.sleepers -= 1;
         }
     }
 
@@ -645,12 +679,12 @@ impl<S: LogStore + Send + 'static> Host<S> {
     }
 
     /// Starts the host as one task on the current [`tokio::task::LocalSet`] instead of threads
-    /// (`config.workers` is ignored): the ticker and the rounds take turns on that task, so a
+    /// (`config.workers` and `config.idle_poll` are ignored): the ticker and the rounds take turns on that task, so a
     /// single-threaded runtime with a seeded scheduler (the turmoil simulation of the real stack)
     /// replays a run exactly, as [`Execution::Tasks`](crate::Execution::Tasks) does for one
     /// group. Panics outside a `LocalSet`.
     pub fn start_task(config: HostConfig) -> Result<Self, HostError> {
-        let host = Host::new(config)?;
+        let host = Host::new(HostConfig { workers: 0, ..config })?;
         let task = tokio::task::spawn_local(Arc::clone(&host.inner).run_task());
         *host.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
         Ok(host)
@@ -666,12 +700,13 @@ impl<S: LogStore + Send + 'static> Host<S> {
         }
         let inner = Arc::new(HostInner {
             config: config.clone(),
-            ready: Mutex::new(Ready { queue: VecDeque::new(), closed: false }),
+            ready: Mutex::new(Ready { queue: VecDeque::new(), closed: false, sleepers: 0 }),
             ready_changed: Condvar::new(),
             slots: Mutex::new(BTreeMap::new()),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
             task_wake: tokio::sync::Notify::new(),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             counters: Counters::default(),
         });
         Ok(Host { inner, threads: Mutex::new(Vec::new()), task: Mutex::new(None) })
