@@ -159,12 +159,12 @@ pub use frame::{Frame, FrameError, Hello, RejectReason};
 pub use mem::{JoinError, MEM_INBOUND_QUEUE_MESSAGES_MAX_DEFAULT, MemNetwork, MemTransport};
 pub use node::{
     APPLY_QUEUE_BATCHES_MAX_DEFAULT, ConfigError, ConfigLimit, DUE_TICKS_BEFORE_MAX, DriverClock,
-    EVENT_QUEUE_EVENTS_MAX_DEFAULT, Execution, GROUPS_PER_BATCH_MAX_DEFAULT, Host, HostConfig, HostError, HostStats,
-    IDLE_POLL_DEFAULT, INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, MembershipChangeError, NodeConfig,
-    NodeEvent, NodeHandle, NodeStartError, NodeStatus, PROPOSALS_PENDING_MAX_DEFAULT, PeerStatus, ProposeError,
-    READS_PENDING_MAX_DEFAULT, ReadConsistency, ReadError, SNAPSHOT_READ_BYTES_MAX, SharedError, StateMachine,
-    StopReason, StorageFailure, StorageOperation, TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX,
-    TRANSFER_ELECTION_TIMEOUTS_MAX, TransferLeadershipError, start,
+    EVENT_QUEUE_EVENTS_MAX_DEFAULT, Execution, GROUPS_PER_BATCH_MAX_DEFAULT, GroupSummary, Host, HostConfig, HostError,
+    HostStats, HostStatus, IDLE_POLL_DEFAULT, INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT,
+    MembershipChangeError, NodeConfig, NodeEvent, NodeHandle, NodeStartError, NodeStatus,
+    PROPOSALS_PENDING_MAX_DEFAULT, PeerStatus, ProposeError, READS_PENDING_MAX_DEFAULT, ReadConsistency, ReadError,
+    SNAPSHOT_READ_BYTES_MAX, SharedError, StateMachine, StopReason, StorageFailure, StorageOperation,
+    TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX, TRANSFER_ELECTION_TIMEOUTS_MAX, TransferLeadershipError, start,
 };
 pub use tcp::{
     Accept, Connect, INBOUND_FULL_TIMEOUT_DEFAULT, PeerState, READ_BUFFER_BYTES_DEFAULT, RegisterGroupError,

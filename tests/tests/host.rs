@@ -132,6 +132,24 @@ async fn groups_on_a_worker_pool_replicate_share_the_log_and_recover_from_it() {
     for &group in &all {
         every_replica_holds(&nodes, group, &[format!("key-{}", group.0)], "one").await;
     }
+    // The node-wide view: every group on every node, one leader per group over the nodes, and
+    // the key applied everywhere.
+    let statuses: Vec<_> = nodes.iter().map(|node| node.host.status()).collect();
+    assert!(statuses.iter().all(|status| status.groups.len() == all.len()));
+    assert!(
+        statuses
+            .iter()
+            .flat_map(|status| &status.groups)
+            .all(|group| group.applied >= group.commit_index.min(raft_core::Index(2)))
+    );
+    let leaders: usize = statuses.iter().map(|status| status.leaders).sum();
+    assert!(leaders > 0, "the nodes lead some groups");
+    let mut leader_terms = std::collections::BTreeSet::new();
+    for group in statuses.iter().flat_map(|status| &status.groups) {
+        if group.role == raft_core::Role::Leader {
+            assert!(leader_terms.insert((group.group, group.term)), "two leaders in one term: {group:?}");
+        }
+    }
     for node in &nodes {
         let stats = node.host.stats();
         // Far fewer writes (syncs) than outputs: a round writes the outputs of many groups.

@@ -209,6 +209,13 @@ pub(crate) struct Assembled<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) config: NodeConfig,
 }
 
+impl<SM: StateMachine> Inner<SM> {
+    /// The proposal permits (`proposals_pending_max` of them).
+    pub(crate) fn permits(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.permits)
+    }
+}
+
 impl<SM: StateMachine> NodeHandle<SM> {
     /// A handle on the node whose shared state is `inner`.
     pub(crate) fn from_inner(inner: Inner<SM>) -> Self {

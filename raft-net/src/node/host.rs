@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use raft_core::{GroupId, Index, Message, Output, Term};
+use raft_core::{GroupId, Index, Message, NodeId, Output, Role, Term};
 use raft_storage::LogStore;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -138,6 +138,45 @@ pub enum HostError {
         #[source]
         source: NodeStartError,
     },
+}
+
+/// Where one group of a [`Host`] stood at the end of its last round (see [`Host::status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupSummary {
+    /// The group.
+    pub group: GroupId,
+    /// This node's role in it.
+    pub role: Role,
+    /// Its term on this node.
+    pub term: Term,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// The commit index this node knows of.
+    pub commit_index: Index,
+    /// The last index of this node's log.
+    pub last_index: Index,
+    /// The state machine's applied index.
+    pub applied: Index,
+    /// Proposals taken by the group's handles and not answered yet.
+    pub proposals_pending: usize,
+}
+
+/// A node-wide view of a [`Host`]: every group, the leaders it holds, its counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostStatus {
+    /// Every group on the host, in order (a group not yet stepped shows as a follower at term
+    /// 0).
+    pub groups: Vec<GroupSummary>,
+    /// The groups this node leads.
+    pub leaders: usize,
+    /// Proposals pending in all groups together.
+    pub proposals_pending: usize,
+    /// Groups waiting for a worker right now.
+    pub ready: usize,
+    /// The counters.
+    pub stats: HostStats,
 }
 
 /// Counters of a [`Host`] since it started. Read with [`Host::stats`].
@@ -227,6 +266,11 @@ const NEVER: u64 = u64::MAX;
 struct Slot<S: LogStore + Send + 'static> {
     group: GroupId,
     state: AtomicU8,
+    /// The group as of the end of its last round.
+    summary: Mutex<GroupSummary>,
+    /// The handles' proposal permits, and how many there are (in use: pending proposals).
+    permits: Arc<tokio::sync::Semaphore>,
+    permits_max: usize,
     /// When the group's timers are next due, in nanoseconds since the host started.
     due_nanos: AtomicU64,
     /// The group itself; taken by the worker that runs it, `None` once it stopped.
@@ -259,6 +303,8 @@ trait Pooled<S: LogStore>: Send {
     fn wants_round(&self) -> bool;
     /// When its timers are next due, since the host started.
     fn due(&self, host_started: Instant) -> Option<Duration>;
+    /// Where the group stands.
+    fn summary(&self) -> GroupSummary;
     /// Stops the group for `reason`: answers what is pending and reports the stop.
     fn stop(self: Box<Self>, reason: StopReason);
 }
@@ -368,6 +414,20 @@ where
         let after_start = self.core.tick_interval.checked_mul(u32::try_from(ticks).ok()?)?;
         let instant = self.core.started.checked_add(after_start)?;
         Some(instant.saturating_duration_since(host_started))
+    }
+
+    fn summary(&self) -> GroupSummary {
+        let raft = &self.core.raft;
+        GroupSummary {
+            group: GroupId::DEFAULT, // Set by the slot.
+            role: raft.role(),
+            term: raft.term(),
+            leader: raft.leader(),
+            commit_index: raft.commit_index(),
+            last_index: raft.last_index(),
+            applied: self.core.shared.applied(),
+            proposals_pending: 0, // Set by the slot.
+        }
     }
 
     fn stop(self: Box<Self>, reason: StopReason) {
@@ -545,6 +605,8 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
                     let due =
                         body.due(self.started).map_or(NEVER, |due| u64::try_from(due.as_nanos()).unwrap_or(NEVER));
                     slot.due_nanos.store(due, Ordering::Release);
+                    *slot.summary.lock().unwrap_or_else(PoisonError::into_inner) =
+                        GroupSummary { group: slot.group, ..body.summary() };
                     let again = body.wants_round();
                     *slot.body.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
                     self.release(&slot, again);
@@ -747,9 +809,10 @@ impl<S: LogStore + Send + 'static> Host<S> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(HostError::ShuttingDown);
         }
-        let Assembled { core, inner, .. } = assemble(config, storage, transport, inbound, state_machine, true)
+        let Assembled { core, inner, config, .. } = assemble(config, storage, transport, inbound, state_machine, true)
             .map_err(|source| HostError::Start { group, source })?;
         let shared = Arc::clone(&core.shared);
+        let permits_max = config.proposals_pending_max;
         let mut slots = self.inner.lock_slots();
         if slots.contains_key(&group) {
             return Err(HostError::GroupExists(group));
@@ -757,6 +820,18 @@ impl<S: LogStore + Send + 'static> Host<S> {
         let slot = Arc::new(Slot {
             group,
             state: AtomicU8::new(IDLE),
+            summary: Mutex::new(GroupSummary {
+                group,
+                role: Role::Follower,
+                term: Term(0),
+                leader: None,
+                commit_index: Index(0),
+                last_index: Index(0),
+                applied: Index(0),
+                proposals_pending: 0,
+            }),
+            permits: inner.permits(),
+            permits_max,
             due_nanos: AtomicU64::new(NEVER),
             body: Mutex::new(None),
             shared,
@@ -781,6 +856,26 @@ impl<S: LogStore + Send + 'static> Host<S> {
     /// The groups on the host, in order.
     pub fn groups(&self) -> Vec<GroupId> {
         self.inner.lock_slots().keys().copied().collect()
+    }
+
+    /// Every group's summary as of its last round, and the node-wide totals.
+    pub fn status(&self) -> HostStatus {
+        let slots: Vec<_> = self.inner.lock_slots().values().cloned().collect();
+        let groups: Vec<GroupSummary> = slots
+            .iter()
+            .map(|slot| {
+                let summary = slot.summary.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let pending = slot.permits_max.saturating_sub(slot.permits.available_permits());
+                GroupSummary { group: slot.group, proposals_pending: pending, ..summary }
+            })
+            .collect();
+        HostStatus {
+            leaders: groups.iter().filter(|group| group.role == Role::Leader).count(),
+            proposals_pending: groups.iter().map(|group| group.proposals_pending).sum(),
+            ready: self.inner.queued.load(Ordering::Acquire),
+            groups,
+            stats: self.stats(),
+        }
     }
 
     /// The host's counters since it started.
