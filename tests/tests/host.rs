@@ -151,9 +151,6 @@ async fn groups_on_a_worker_pool_replicate_share_the_log_and_recover_from_it() {
         }
     }
     for node in &nodes {
-        let stats = node.host.stats();
-        // Far fewer writes (syncs) than outputs: a round writes the outputs of many groups.
-        assert!(stats.outputs_written > stats.writes, "group commit across groups: {stats:?}");
         assert_eq!(node.host.groups(), all, "every group runs on every node");
         let transport = node.transport.stats();
         assert!(transport.connections_dialed < GROUPS, "one connection per peer, not per group: {transport:?}");
@@ -226,50 +223,65 @@ async fn a_group_added_at_run_time_replicates_and_a_removed_one_is_gone_for_good
     }
 }
 
-/// One node hosting many single-voter groups on one worker: whatever the number of groups with
-/// writes in flight, a round writes all their outputs with one call to the log (group commit
-/// across groups), and every write is answered.
+/// One node hosting many single-voter groups on one worker: the groups that became ready
+/// while the worker was busy (here: in a slow fsync) are stepped in one round, and that round
+/// writes all their outputs with one call to the log (group commit across groups).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_writes_the_outputs_of_many_groups_together() {
+    use raft_net::MemNetwork;
+    use raft_storage::testing::SimFs;
     const GROUPS: u64 = 64;
-    let dir = tempfile::tempdir().expect("temp dir");
     let id = NodeId(1);
-    let (mut sockets, addresses) = listeners(&[id]).await.expect("a 127.0.0.1 listener");
-    let transport = TcpTransport::start_node(
-        raft_testkit::CLUSTER,
-        id,
-        sockets.remove(0),
-        TokioConnector,
-        BTreeMap::new(),
-        tcp_options(),
-    )
-    .expect("transport");
-    let wal = SharedWal::create(raft_storage::StdFs, dir.path(), identity(id), WalOptions::default()).expect("log");
+    let fs = SimFs::new(11);
+    let wal = SharedWal::create(fs.clone(), "/wal", identity(id), WalOptions::default()).expect("log");
+    let network = MemNetwork::new(std::num::NonZeroUsize::new(64).expect("non-zero"));
     let host = Host::start(HostConfig::with_workers(1)).expect("host");
     let mut groups = Vec::new();
     for group in (1..=GROUPS).map(GroupId) {
         let store = wal.create_group(group, Membership::new([id])).expect("a new group");
-        let (group_transport, inbound) = transport.register_group(group).expect("a new group");
+        let (transport, inbound) = network.join_group(id, group).expect("joined");
         let handle = host
-            .add_group(group, group_config(id, &addresses), store, group_transport, inbound, Kv(KvView::default()))
+            .add_group(group, raft_testkit::config(id), store, transport, inbound, Kv(KvView::default()))
             .expect("added");
         groups.push(handle);
     }
-    let mut writes = tokio::task::JoinSet::new();
+    // Every group elects itself and commits its first entry.
     for handle in &groups {
-        for round in 0..10 {
-            let handle = handle.clone();
-            writes.spawn(async move { propose(&[handle], &[id], 0, set(&format!("k{round}"), "v")).await });
-        }
+        propose(std::slice::from_ref(handle), &[id], 0, set("first", "v")).await;
     }
+    let before = host.stats();
+
+    // The worker is held in a sync while every group gets a proposal.
+    fs.hold_syncs();
+    let held = groups[0].clone();
+    let first = tokio::spawn(async move { held.propose(set("second", "v")).await });
+    // The write counter goes up as the worker hands the round's outputs to the log.
+    eventually("the worker is in its sync", || {
+        let writes = host.stats().writes;
+        async move { writes > before.writes }
+    })
+    .await;
+    let mut writes = tokio::task::JoinSet::new();
+    for handle in &groups[1..] {
+        let handle = handle.clone();
+        writes.spawn(async move { handle.propose(set("second", "v")).await });
+    }
+    eventually("every other group is ready", || {
+        let ready = host.status().ready;
+        async move { ready == GROUPS as usize - 1 }
+    })
+    .await;
+    fs.release_syncs();
+    first.await.expect("the first write's task").expect("the first write");
     while let Some(written) = writes.join_next().await {
-        written.expect("the write's task");
+        written.expect("a write's task").expect("a write");
     }
-    let stats = host.stats();
-    // Writing each group's output on its own would make at least one call per output.
-    assert!(stats.writes * 2 < stats.outputs_written, "rounds write many groups' outputs at once: {stats:?}");
+    let after = host.stats();
+    let (writes, outputs) = (after.writes - before.writes, after.outputs_written - before.outputs_written);
+    // One write per output would make at least 64; the 63 groups that waited share one or two.
+    assert!(outputs >= GROUPS, "{before:?} {after:?}");
+    assert!(writes * 8 <= outputs, "the waiting groups' outputs were written together: {before:?} {after:?}");
     host.shutdown().await;
-    transport.shutdown().await;
 }
 
 /// The host as one task on a `LocalSet` (as the turmoil simulation runs it): three nodes' hosts
@@ -315,4 +327,129 @@ fn hosts_as_tasks_on_one_thread_run_their_groups() {
             host.shutdown().await;
         }
     });
+}
+
+/// A state machine that panics on the command `boom`, and otherwise counts.
+struct Fragile(u64);
+
+impl raft_net::StateMachine for Fragile {
+    type Response = u64;
+    type RestoreError = std::convert::Infallible;
+
+    fn apply(&mut self, _index: raft_core::Index, command: &bytes::Bytes) -> u64 {
+        assert!(&command[..] != b"boom", "the state machine was told to panic");
+        self.0 += 1;
+        self.0
+    }
+
+    fn snapshot(&self) -> bytes::Bytes {
+        bytes::Bytes::copy_from_slice(&self.0.to_le_bytes())
+    }
+
+    fn restore(&mut self, _data: bytes::Bytes) -> Result<(), Self::RestoreError> {
+        Ok(())
+    }
+}
+
+/// A state machine that panics stops its own group, with that reason, and no other group of the
+/// host: the worker that ran it goes on with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_state_machine_stops_its_group_only() {
+    use raft_net::{MemNetwork, StopReason};
+    use raft_storage::MemStorage;
+    let id = NodeId(1);
+    let network = MemNetwork::new(std::num::NonZeroUsize::new(64).expect("non-zero"));
+    let host: Host<MemStorage> = Host::start(HostConfig::with_workers(1)).expect("host");
+    let mut handles = Vec::new();
+    for group in (1..=3).map(GroupId) {
+        let (transport, inbound) = network.join_group(id, group).expect("joined");
+        let storage = MemStorage::new(Membership::new([id]));
+        handles.push(
+            host.add_group(group, raft_testkit::config(id), storage, transport, inbound, Fragile(0)).expect("added"),
+        );
+    }
+    for handle in &handles {
+        propose(std::slice::from_ref(handle), &[id], 0, bytes::Bytes::from_static(b"one")).await;
+    }
+    let outcome = handles[1].propose(bytes::Bytes::from_static(b"boom")).await;
+    assert!(outcome.is_err(), "the panicking command is not answered with a response: {outcome:?}");
+    eventually("the group whose state machine panicked stops", || {
+        let handle = handles[1].clone();
+        async move { handle.stop_reason().is_some() }
+    })
+    .await;
+    assert!(
+        matches!(handles[1].stop_reason(), Some(StopReason::StateMachinePanicked)),
+        "{:?}",
+        handles[1].stop_reason()
+    );
+    // The others go on, on the same worker.
+    for handle in [&handles[0], &handles[2]] {
+        assert_eq!(propose(std::slice::from_ref(handle), &[id], 0, bytes::Bytes::from_static(b"two")).await, 2);
+        assert!(handle.stop_reason().is_none());
+    }
+    eventually("the host lets the stopped group go", || {
+        let groups = host.groups();
+        async move { groups == [GroupId(1), GroupId(3)] }
+    })
+    .await;
+    host.shutdown().await;
+}
+
+/// A write error of the shared log stops every group that wrote in that round with
+/// `StorageFailed` and loses no acknowledged write: the log, reopened after a crash, holds every
+/// write that was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_error_of_the_shared_log_fail_stops_the_groups_and_loses_nothing_answered() {
+    use raft_net::{MemNetwork, StopReason, StorageOperation};
+    use raft_storage::testing::SimFs;
+    let id = NodeId(1);
+    let fs = SimFs::new(7);
+    let wal = SharedWal::create(fs.clone(), "/wal", identity(id), WalOptions::default()).expect("log");
+    let network = MemNetwork::new(std::num::NonZeroUsize::new(64).expect("non-zero"));
+    let host = Host::start(HostConfig::with_workers(1)).expect("host");
+    let mut handles = Vec::new();
+    for group in (1..=4).map(GroupId) {
+        let store = wal.create_group(group, Membership::new([id])).expect("a new group");
+        let (transport, inbound) = network.join_group(id, group).expect("joined");
+        handles.push(
+            host.add_group(group, raft_testkit::config(id), store, transport, inbound, Kv(KvView::default()))
+                .expect("added"),
+        );
+    }
+    for (number, handle) in handles.iter().enumerate() {
+        propose(std::slice::from_ref(handle), &[id], 0, set(&format!("key-{number}"), "kept")).await;
+    }
+
+    fs.fail_after(0, std::io::ErrorKind::Other);
+    let error = handles[0].propose(set("doomed", "x")).await.expect_err("the write fails");
+    assert!(
+        matches!(&error, ProposeError::StorageFailed(failure) if failure.operation == StorageOperation::Write),
+        "{error:?}"
+    );
+    // The log is stopped for every group: each stops at its next write at the latest.
+    for (number, handle) in handles.iter().enumerate().skip(1) {
+        let refused = handle.propose(set(&format!("late-{number}"), "x")).await;
+        assert!(matches!(refused, Err(ProposeError::StorageFailed(_))), "{refused:?}");
+    }
+    for handle in &handles {
+        assert!(matches!(handle.stop_reason(), Some(StopReason::StorageFailed(_))), "{:?}", handle.stop_reason());
+    }
+    host.shutdown().await;
+    drop(wal);
+
+    // A crash loses what was not synced; every answered write survives it.
+    fs.crash();
+    let wal = SharedWal::open(fs.clone(), "/wal", identity(id), WalOptions::default()).expect("reopen");
+    assert_eq!(wal.groups(), (1..=4).map(GroupId).collect::<Vec<_>>());
+    for (number, group) in (1..=4).map(GroupId).enumerate() {
+        let store = wal.group(group).expect("the group");
+        let last = raft_core::Storage::last_index(&store).expect("last index");
+        let entries = raft_core::Storage::entries(&store, raft_core::Index(1), last.next(), u64::MAX).expect("entries");
+        let wanted = format!("key-{number}=kept");
+        assert!(
+            entries.iter().any(|entry| matches!(&entry.payload, raft_core::EntryPayload::Normal(data) if data[..] == *wanted.as_bytes())),
+            "group {group} lost its answered write"
+        );
+    }
 }
