@@ -25,9 +25,11 @@
 //!   too, then drop (counted); the in-memory one drops the message at once (as a lossy network
 //!   would; Raft resends).
 //!
-//! One driver runs one Raft group. A node hosting many groups runs one driver per group, all on
-//! the same node-level transport: each gets its group's transport and receiver from
-//! `TcpTransport::register_group` (or `MemNetwork::join_group`).
+//! This driver runs one Raft group on threads of its own. A node hosting many groups runs them
+//! on a [`Host`] instead: a fixed pool of workers steps every group with the same group logic
+//! (see the `host` module), all on one node-level transport (each group gets its transport and
+//! receiver from `TcpTransport::register_group`, or `MemNetwork::join_group`) and, with
+//! `raft_storage::GroupStore`s, one shared write-ahead log.
 //! - The **apply thread** owns the [`StateMachine`]: it applies committed entries in order,
 //!   answers the proposals the core registered, runs read queries, restores snapshots, and takes
 //!   snapshots per the policy (`snapshot_every_entries`), which it offers to the core through a
