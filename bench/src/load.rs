@@ -224,7 +224,7 @@ async fn control(
 /// The CPU time (user and system, every thread) this process has used: fields 14 and 15 of
 /// `/proc/self/stat`, in clock ticks of 10 ms (the kernel's `USER_HZ` on Linux). Zero where
 /// that file does not exist.
-fn process_cpu() -> Duration {
+pub fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
     let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();

@@ -109,6 +109,10 @@ struct Args {
     /// available].
     #[arg(long)]
     host_workers: Option<usize>,
+    /// With --groups: no load; measure for this many seconds what the idle groups cost (CPU and
+    /// messages between the nodes).
+    #[arg(long)]
+    idle: Option<f64>,
 }
 
 /// (groups, clients) of the multi-group matrix: one client per group at 1, 8, 64 and 1,000
@@ -191,6 +195,9 @@ fn groups_single(
         return Err("--groups must be at least 1".into());
     }
     let spec = multi_spec(args, groups);
+    if let Some(seconds) = args.idle {
+        return runtime.block_on(measure_idle(&spec, Duration::from_secs_f64(seconds), dir));
+    }
     let plan = plan(args, args.clients, args.payload, "groups", Duration::from_secs(60));
     let measured = runtime.block_on(measure_groups(&spec, &plan, dir))?;
     report::print_groups_header(&spec);
@@ -227,6 +234,40 @@ fn groups_matrix(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::R
         }
     }
     report::print_load();
+    Ok(())
+}
+
+/// What `spec.groups` idle groups cost: the process's CPU and the messages the nodes send each
+/// other over `window`, once every group has a leader (and a second to settle).
+async fn measure_idle(spec: &multi::MultiSpec, window: Duration, dir: &std::path::Path) -> BenchResult<()> {
+    eprintln!("[idle] starting {} nodes with {} groups each ...", spec.nodes, spec.groups);
+    let cluster = multi::start(spec, dir).await?;
+    let patience =
+        Duration::from_secs(20).max(Duration::from_millis(40) * u32::try_from(spec.groups).unwrap_or(u32::MAX));
+    cluster.settled(patience).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!("[idle] every group has a leader; measuring {window:?} with no load ...");
+    let (cpu, messages, steps) = (load::process_cpu(), cluster.messages(), cluster.group_steps());
+    let start = std::time::Instant::now();
+    tokio::time::sleep(window).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = (load::process_cpu().saturating_sub(cpu)).as_secs_f64();
+    let messages = cluster.messages().saturating_sub(messages) as f64;
+    let steps = cluster.group_steps().saturating_sub(steps) as f64;
+    let pairs = (spec.nodes * spec.nodes.saturating_sub(1)) as f64; // Ordered pairs.
+    let ticks = elapsed / multi::TICK.as_secs_f64();
+    println!(
+        "idle: {} groups on {} nodes for {elapsed:.1} s: CPU {:.1}% of one core per node; {:.0} messages/s in all, \
+         {:.1} per ordered node pair per heartbeat interval ({} ticks); {:.0} group steps/s",
+        spec.groups,
+        spec.nodes,
+        100.0 * cpu / elapsed / spec.nodes as f64,
+        messages / elapsed,
+        messages / pairs / (ticks / f64::from(multi::HEARTBEAT_TICKS)),
+        multi::HEARTBEAT_TICKS,
+        steps / elapsed
+    );
+    cluster.shutdown().await;
     Ok(())
 }
 

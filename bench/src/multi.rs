@@ -19,11 +19,11 @@ use crate::load::Target;
 /// The cluster id of every benchmark cluster.
 const CLUSTER: u64 = 0xBE7D;
 /// The tick of every group (as in the single-group runs).
-const TICK: Duration = Duration::from_millis(20);
+pub const TICK: Duration = Duration::from_millis(20);
 /// Election timeout in ticks (randomized in [25, 50) ticks: 0.5 to 1 s).
 const ELECTION_TICKS: u32 = 25;
 /// Heartbeat interval in ticks.
-const HEARTBEAT_TICKS: u32 = 5;
+pub const HEARTBEAT_TICKS: u32 = 5;
 
 /// What a multi-group run is made of.
 #[derive(Clone, Debug)]
@@ -138,6 +138,16 @@ impl MultiCluster {
             }
         }
         Ok(term)
+    }
+
+    /// Messages every node's transport has written so far, in all.
+    pub fn messages(&self) -> u64 {
+        self.nodes.iter().map(|node| node.transport.stats().messages_written).sum()
+    }
+
+    /// Group steps of every node's host so far, in all.
+    pub fn group_steps(&self) -> u64 {
+        self.nodes.iter().map(|node| node.host.stats().group_steps).sum()
     }
 
     /// A probe of the syncs of every node's log together.

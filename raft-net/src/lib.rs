@@ -1,17 +1,19 @@
 //! # raft-net
 //!
-//! The tokio runtime of a Raft node: the node driver ([`start`], [`NodeHandle`]) that runs a
-//! [`raft_core::Raft`] over a [`raft_storage::LogStore`], a [`Transport`] and the application's
-//! [`StateMachine`], and the transports.
+//! The tokio runtime of a Raft node: the node drivers ([`Host`] for many groups per node,
+//! [`start`] for one, both returning a [`NodeHandle`] per group) that run a [`raft_core::Raft`]
+//! over a [`raft_storage::LogStore`], a [`Transport`] and the application's [`StateMachine`],
+//! and the transports.
 //!
 //! ## Running a node
 //!
-//! [`start`] spawns the node's core thread (the one owner of the core and the storage, which it
-//! writes inline with group commit, and the taker of the transport's messages), its apply thread
-//! (the one owner of the state machine; none under [`Execution::OneThread`], where the core
-//! thread applies) and a small tokio task that ticks; the [`node`] module
-//! docs describe the threads, the bounded queues and how the driving contract of raft-core is
-//! met.
+//! [`start`] runs one group on a host of its own: a worker thread (the one owner of the core and
+//! the storage, which it writes inline with group commit, and the taker of the transport's
+//! messages), an apply thread (the one owner of the state machine; none under
+//! [`Execution::OneThread`], where the worker applies) and a ticker thread that wakes the group
+//! when its timers are due. [`Host`] runs many groups on a fixed pool of workers. The [`node`]
+//! module docs describe the threads, the bounded queues and how the driving contract of
+//! raft-core is met.
 //!
 //! Clients write with [`NodeHandle::propose`] (answered once the command is applied) and read
 //! with [`NodeHandle::read`], which runs a query against the state machine on its apply thread:

@@ -129,8 +129,9 @@ pub struct RunOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TimePolicy {
     /// The policy of the driver we ship (`raft_net::DriverClock`, the same code): each event a
-    /// node handles is one iteration of its core loop; every whole tick of its clock reaches the
-    /// core's clock before the iteration's inputs, the timers run after them, at most
+    /// node handles is one iteration (a round) of its group; every whole tick of its clock
+    /// reaches the core's clock before the iteration's inputs, the timer ticks owed that fire
+    /// nothing run before them, those from the due one on after them, at most
     /// `TICKS_PER_ITERATION_MAX`, and the rest are dropped. A paused node's inputs wait and are
     /// handled in one iteration when it resumes.
     #[default]
@@ -273,6 +274,8 @@ struct Node {
     tick_period: u64,
     /// The driver's time policy for this incarnation.
     clock: DriverClock,
+    /// Timer ticks the current iteration runs after its inputs (set by `begin_iteration`).
+    timer_ticks_after: u64,
     /// When this incarnation's clock started: it reads `(now - clock_origin) / tick_period`
     /// whole ticks.
     clock_origin: u64,
@@ -445,6 +448,7 @@ impl Simulation {
                 queued: Vec::new(),
                 tick_period,
                 clock: DriverClock::new(),
+                timer_ticks_after: 0,
                 clock_origin: 0,
                 chain: Chain::default(),
                 applied: Applied::default(),
@@ -589,7 +593,7 @@ impl Simulation {
         });
         let count = queued.len() as u64;
         self.trace([6, id.0, count, 0], || format!("node {id} resumes with {count} queued inputs"));
-        self.begin_iteration(id);
+        self.begin_iteration(id)?;
         for input in queued {
             match input {
                 Queued::Deliver(message) => self.deliver(message)?,
@@ -601,26 +605,37 @@ impl Simulation {
         self.end_iteration(id)
     }
 
-    /// The start of an iteration of node `id`'s core loop: under the shipped policy, every
-    /// whole tick its clock counted reaches the core's clock before any input is handled.
-    fn begin_iteration(&mut self, id: NodeId) {
+    /// The start of an iteration (a round) of node `id`'s group: under the shipped policy
+    /// (`raft_net::DriverClock::take_timer_ticks_due`, as raft-net's `Host` runs it), every whole
+    /// tick its clock counted reaches the core's clock before any input is handled, and the
+    /// timer ticks owed that fire nothing run now, before the inputs.
+    fn begin_iteration(&mut self, id: NodeId) -> Check {
         if self.time_policy != TimePolicy::Shipped {
-            return;
+            return Ok(());
         }
         let now = self.now;
         let node = self.node_mut(id);
         let elapsed = node.clock_ticks(now);
-        if let Some(raft) = node.raft.as_mut() {
-            node.clock.catch_up(raft, elapsed);
-        }
+        let Some(raft) = node.raft.as_mut() else { return Ok(()) };
+        let due = raft.ticks_until_due();
+        node.clock.catch_up(raft, elapsed);
+        let (before, after) = node.clock.take_timer_ticks_due(due);
+        node.timer_ticks_after = after;
+        self.run_timer_ticks(id, before)
     }
 
-    /// The end of an iteration: the timer ticks the policy allows, each followed by its output.
+    /// The end of an iteration: the timer ticks from the due one on that the policy allows,
+    /// each followed by its output.
     fn end_iteration(&mut self, id: NodeId) -> Check {
         if self.time_policy != TimePolicy::Shipped {
             return Ok(());
         }
-        let ticks = self.node_mut(id).clock.take_timer_ticks();
+        let ticks = std::mem::take(&mut self.node_mut(id).timer_ticks_after);
+        self.run_timer_ticks(id, ticks)
+    }
+
+    /// Runs node `id`'s timers for `ticks` ticks, each followed by its output.
+    fn run_timer_ticks(&mut self, id: NodeId, ticks: u64) -> Check {
         for _ in 0..ticks {
             let Some(raft) = self.node_mut(id).raft.as_mut() else { return Ok(()) };
             raft.tick_timers();
@@ -656,7 +671,7 @@ impl Simulation {
         match self.time_policy {
             TimePolicy::Shipped => {
                 // The ticker's wake-up: an iteration with no input.
-                self.begin_iteration(id);
+                self.begin_iteration(id)?;
                 self.end_iteration(id)
             }
             TimePolicy::LosesPausedTicks => {
@@ -677,7 +692,7 @@ impl Simulation {
             return Ok(());
         }
         let Some(Queued::Deliver(message)) = self.queue_if_paused(to, Queued::Deliver(message)) else { return Ok(()) };
-        self.begin_iteration(to);
+        self.begin_iteration(to)?;
         self.deliver(message)?;
         self.end_iteration(to)
     }
@@ -703,7 +718,7 @@ impl Simulation {
         if self.node(id).incarnation != incarnation || self.queue_if_paused(id, Queued::SyncDone).is_none() {
             return Ok(());
         }
-        self.begin_iteration(id);
+        self.begin_iteration(id)?;
         self.sync_done(id)?;
         self.end_iteration(id)
     }
@@ -1030,6 +1045,7 @@ impl Simulation {
         node.kv = KvState::default();
         // A new process: a new clock, starting now.
         node.clock = DriverClock::new();
+        node.timer_ticks_after = 0;
         node.clock_origin = now;
         self.rebuild_after_restart(id)?;
         let node = self.node_mut(id);

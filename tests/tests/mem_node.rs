@@ -215,7 +215,11 @@ async fn cluster_applying_inline(execution: Execution) {
             .expect("a linearizable read");
         match execution {
             Execution::Tasks => assert_eq!(thread, test_thread, "the query ran inline, on the runtime's one thread"),
-            _ => assert_eq!(name, Some(format!("raft-core-{}", member.id)), "the query ran on the node's core thread"),
+            _ => assert_eq!(
+                name,
+                Some(format!("raft-core-{}-worker-0", member.id)),
+                "the query ran on the node's worker thread"
+            ),
         }
         assert_eq!(value, Some(Bytes::from("value")));
     }

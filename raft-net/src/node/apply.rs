@@ -1,6 +1,6 @@
 //! The apply side: owns the state machine, applies committed entries in order, answers the
 //! proposals registered by the core, runs read queries, restores snapshots and takes them per the
-//! policy. It runs on its own thread, or inline in the core: on the core thread under
+//! policy. It runs on its own thread, or inline in the core: on the core under
 //! [`Execution::OneThread`](super::config::Execution::OneThread), in the core's task under
 //! [`Execution::Tasks`](super::config::Execution::Tasks).
 
@@ -24,7 +24,7 @@ pub(crate) struct Applier<SM: StateMachine> {
     _panic_guard: PanicGuard,
     pub(crate) state_machine: SM,
     pub(crate) shared: Arc<Shared>,
-    /// Wakes the core thread when a snapshot is ready; weak, so it does not keep the core's
+    /// Wakes the core when a snapshot is ready; weak, so it does not keep the core's
     /// input queue open.
     pub(crate) wake: WeakSender<CoreInput<SM>>,
     /// Take a snapshot every this many applied entries (0: never).
@@ -42,7 +42,7 @@ pub(crate) struct Applier<SM: StateMachine> {
 }
 
 impl<SM: StateMachine> Applier<SM> {
-    /// A fresh apply side; the core thread sends the store's snapshot (if any) as the first step.
+    /// A fresh apply side; the core sends the store's snapshot (if any) as the first step.
     pub(crate) fn new(
         state_machine: SM,
         shared: Arc<Shared>,
@@ -61,12 +61,12 @@ impl<SM: StateMachine> Applier<SM> {
         }
     }
 
-    /// Runs until the core thread drops its end of the queue (or a restore fails), then answers
+    /// Runs until the core drops its end of the queue (or a restore fails), then answers
     /// every proposal still pending with the reason the node stopped. (Reads still queued after
     /// a failed restore are dropped with the queue: their readers then see the stop reason.)
     pub(crate) fn run(mut self, mut steps: Receiver<ApplyStep<SM>>) {
         // A plain thread, outside the runtime: blocking_recv parks it without a lock (std's
-        // sync_channel registered each sleeping receiver under a mutex that the core thread's
+        // sync_channel registered each sleeping receiver under a mutex that the core's
         // sends contended for).
         while let Some(step) = steps.blocking_recv() {
             if let Err(reason) = self.take(step) {

@@ -12,10 +12,12 @@
 //!    A stall or a pause (SIGSTOP, a frozen VM, a slow fsync) therefore counts in full, and a
 //!    lease that ran out meanwhile is seen to have run out before any read queued during the
 //!    pause is judged.
-//! 2. The timers run after the iteration's inputs, for at most [`TICKS_PER_ITERATION_MAX`] of
-//!    the ticks owed; the rest are dropped. After a stall the node thus reads the leader's
-//!    messages waiting in its queue before it campaigns, and no burst of elections or
-//!    heartbeats follows a pause. Slow timers only delay failure detection.
+//! 2. The timer ticks owed that fire nothing (fewer than [`raft_core::Raft::ticks_until_due`]
+//!    answered) run before the iteration's inputs, where they belong in time; from the one that
+//!    is due on, they run after the inputs, at most [`TICKS_PER_ITERATION_MAX`] of them; the
+//!    rest are dropped ([`DriverClock::take_timer_ticks_due`]). After a stall the node thus
+//!    reads the leader's messages waiting in its queue before it campaigns, and no burst of
+//!    elections or heartbeats follows a pause. Slow timers only delay failure detection.
 //!
 //! The one assumption left is the drift bound: that nodes' clocks run at rates close enough
 //! that `clock_drift_max_ticks` covers their difference over an election timeout (see
@@ -69,27 +71,18 @@ impl DriverClock {
         self.timer_ticks_owed = self.timer_ticks_owed.saturating_add(new);
     }
 
-    /// How many timer ticks to run now ([`raft_core::Raft::tick_timers`], each followed by its
-    /// output), after this iteration's inputs: at most [`TICKS_PER_ITERATION_MAX`]; the rest of
-    /// what is owed is dropped.
-    pub fn take_timer_ticks(&mut self) -> u64 {
-        let owed = std::mem::take(&mut self.timer_ticks_owed);
-        let now = owed.min(TICKS_PER_ITERATION_MAX);
-        self.timer_ticks_dropped = self.timer_ticks_dropped.saturating_add(owed - now);
-        now
-    }
-
-    /// The timer ticks to run now for a group that is woken only when its timers are due (a
-    /// [`Host`](crate::Host)'s groups), as `(before, after)` its inputs. `due` is what
+    /// The timer ticks to run now ([`raft_core::Raft::tick_timers`], each followed by its
+    /// output), as `(before, after)` the iteration's inputs. `due` is what
     /// [`raft_core::Raft::ticks_until_due`] answered before this iteration's inputs.
     ///
-    /// Such a group owes the ticks of every idle stretch, not only of stalls. The first
+    /// A group is woken only when its timers are due (or it has input), so it owes the ticks of
+    /// every idle stretch, not only of stalls. The first
     /// `due - 1` of them fire nothing (that is what `due` promises), so they are run *before* the
     /// inputs, where they belong in time (a heartbeat that arrives at the end of an idle
     /// stretch then restarts an election timer that already counted the stretch, not one that
     /// counts it again after the heartbeat), at most [`DUE_TICKS_BEFORE_MAX`] of them. The rest,
     /// from the one that is due on, are run after the inputs, at most
-    /// [`TICKS_PER_ITERATION_MAX`], as [`DriverClock::take_timer_ticks`] does. Whatever is left
+    /// [`TICKS_PER_ITERATION_MAX`] of them. Whatever is left
     /// is dropped: timers that lag only delay an action (the clock, which judges every promise,
     /// never lags).
     pub fn take_timer_ticks_due(&mut self, due: u64) -> (u64, u64) {
@@ -138,16 +131,17 @@ mod tests {
     fn a_stall_reaches_the_clock_in_full_and_the_timers_in_part() {
         let mut raft = node();
         let mut clock = DriverClock::new();
+        // A timer due at the next tick (a leader's heartbeat, say): every tick owed is late.
         clock.catch_up(&mut raft, 3);
-        assert_eq!(clock.take_timer_ticks(), 3);
+        assert_eq!(clock.take_timer_ticks_due(1), (0, 3));
         clock.catch_up(&mut raft, 50);
         clock.catch_up(&mut raft, 49); // Backwards: ignored.
         assert_eq!(clock.clock_ticks(), 50);
-        assert_eq!(clock.take_timer_ticks(), TICKS_PER_ITERATION_MAX);
+        assert_eq!(clock.take_timer_ticks_due(1), (0, TICKS_PER_ITERATION_MAX));
         assert_eq!(clock.timer_ticks_dropped(), 47 - TICKS_PER_ITERATION_MAX);
-        assert_eq!(clock.take_timer_ticks(), 0, "dropped, not carried over");
+        assert_eq!(clock.take_timer_ticks_due(1), (0, 0), "dropped, not carried over");
         clock.catch_up(&mut raft, 51);
-        assert_eq!(clock.take_timer_ticks(), 1);
+        assert_eq!(clock.take_timer_ticks_due(1), (0, 1));
     }
 
     /// A group woken when due runs its idle ticks before its inputs, the due one and a few

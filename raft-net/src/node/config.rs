@@ -25,38 +25,38 @@ pub const EVENT_QUEUE_EVENTS_MAX_DEFAULT: usize = 256;
 /// The default [`NodeConfig::idle_poll`].
 pub const IDLE_POLL_DEFAULT: Duration = Duration::from_micros(20);
 
-/// The most timer ticks the core catches up on in one iteration. When the core thread was held
-/// up (a slow fsync, a busy machine, a paused process) for longer than this many ticks, the rest
-/// are dropped from the timers: elections and heartbeats run slower than the clock, which only
+/// The most timer ticks, from the one that is due on, a group catches up on in one round. When
+/// its worker was held up (a slow fsync, a busy machine, a paused process) for longer than this
+/// many ticks past the due one, the rest are dropped from the timers: elections and heartbeats run slower than the clock, which only
 /// delays failure detection. Catching up on all of them at once would make a node that was
 /// itself stalled call an election before it has read the leader's messages that wait in its
 /// queue. The core's clock, which leases are judged by, gets every tick (see `DriverClock`).
 pub const TICKS_PER_ITERATION_MAX: u64 = 4;
 
-/// Where a node's core loop and its state machine run.
+/// Where a node started with [`start`](crate::node::start) steps its group and runs its state
+/// machine (a group added to a shared [`Host`](crate::Host) always applies on the worker).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Execution {
-    /// The core loop on a dedicated thread (which also does the storage writes), the state
+    /// The group on a worker thread of its own (which also does the storage writes), the state
     /// machine on another: storage I/O never blocks the runtime's workers, and applying overlaps
     /// with the next write. For production.
     #[default]
     Threads,
-    /// The core loop on a dedicated thread that also applies: the steps an apply thread would
-    /// take run on the core thread right after each group commit, in the same order. One thread
-    /// wake-up less per committed batch (the apply thread's), which on a small machine is a
-    /// large part of a cheap operation's cost (see BENCHMARKS.md); but replication, heartbeats
+    /// The group on a worker thread of its own that also applies: the steps an apply thread
+    /// would take run on the worker right after each group commit, in the same order. One
+    /// thread wake-up less per committed batch (the apply thread's), which on a small machine is
+    /// a large part of a cheap operation's cost (see BENCHMARKS.md); but replication, heartbeats
     /// and elections wait while the state machine applies, restores, snapshots or runs a read
     /// query. For state machines whose steps are short (an in-memory map).
     OneThread,
-    /// The core loop as one task, with the state machine applied inline in it (the steps an
-    /// apply thread would take, in the same order), and every task of the node spawned on the
-    /// [`tokio::task::LocalSet`] that calls [`start`](crate::node::start) (which panics outside
-    /// one). Storage writes and applying block that thread while they run, so this is for
-    /// deterministic runs (the turmoil simulation of the real stack, whose hosts run in a
-    /// `LocalSet`): every choice comes from the runtime's seeded scheduler rather than from the
-    /// operating system's thread scheduler, and a `LocalSet` drops its tasks in a fixed order
-    /// (a runtime's task lists are sharded by a process-wide task counter).
+    /// The group's host as one task ([`Host::start_task`](crate::Host::start_task)), with the
+    /// state machine applied inline in it (the steps an apply thread would take, in the same
+    /// order), spawned on the [`tokio::task::LocalSet`] that calls
+    /// [`start`](crate::node::start) (which panics outside one). Storage writes and applying
+    /// block that thread while they run, so this is for deterministic runs (the turmoil
+    /// simulation of the real stack, whose hosts run in a `LocalSet`): every choice comes from
+    /// the runtime's seeded scheduler rather than from the operating system's thread scheduler.
     Tasks,
 }
 
@@ -84,27 +84,28 @@ pub struct NodeConfig {
     /// [`TooManyPending`](raft_core::ReadError::TooManyPending).
     pub reads_pending_max: usize,
     /// Items (proposals, reads, status requests, membership requests, wake-ups) queued for the
-    /// core thread at most. Peer messages do not pass through this queue: the core takes them
+    /// core at most. Peer messages do not pass through this queue: the core takes them
     /// from the transport's own bounded receiver.
     pub input_queue_items_max: usize,
     /// Inputs the core takes from its queue, and peer messages it takes from the transport (up
     /// to this many of each), before it persists and sends once (group commit).
     pub input_batch_items_max: usize,
-    /// Batches handed from the core thread to the apply thread and not yet applied, at most;
-    /// each holds at most `options.apply_bytes_max()` of entries. The core thread waits when the
+    /// Batches handed from the core to the apply thread and not yet applied, at most;
+    /// each holds at most `options.apply_bytes_max()` of entries. The core waits when the
     /// queue is full (back-pressure from a slow state machine). Unused without an apply thread
     /// ([`Execution::OneThread`], [`Execution::Tasks`]).
     pub apply_queue_batches_max: usize,
     /// Events buffered for each [`NodeHandle::events`](crate::NodeHandle::events) receiver; a
     /// receiver that falls further behind loses the oldest (it sees `Lagged`).
     pub event_queue_events_max: usize,
-    /// How long the core thread, finding both its queues empty, polls them again (yielding its
-    /// CPU between polls) before it sleeps. Sleeping and being woken costs the waker a system
+    /// How long the worker of a node started with [`start`](crate::node::start), finding no
+    /// group with work, polls again (yielding its CPU between polls) before it sleeps (a shared
+    /// [`Host`](crate::Host) has its own `HostConfig::idle_poll`). Sleeping and being woken costs the waker a system
     /// call and the sleeper a wake-up, which on a virtual machine can take tens of microseconds
     /// when its virtual CPU had halted; the next input usually comes sooner than that under
     /// load, and often at low load (an acknowledgement, the next proposal). A thread that
     /// yields gives its CPU to any other that can run, so the poll costs CPU only when nothing
-    /// else wants it. Zero: sleep at once. Not used under [`Execution::Tasks`], whose core task
+    /// else wants it. Zero: sleep at once. Not used under [`Execution::Tasks`], whose host task
     /// never polls (a task that does not await holds its thread).
     pub idle_poll: Duration,
     /// Take a snapshot of the state machine every this many applied entries (0: never).

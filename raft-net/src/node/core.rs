@@ -1,21 +1,23 @@
-//! The core thread: the one owner of the [`Raft`] node and its storage. Each iteration takes
-//! every queued input (up to `input_batch_items_max`), steps them, then carries out the node's
-//! output as raft-core's driving contract prescribes, with one `write_output` (one fsync) for
-//! the whole batch: group commit. Storage writes happen inline, on this thread, so storage I/O
-//! never blocks the async workers.
+//! A group's core: the one owner of its [`Raft`] node and its storage, stepped by a worker of
+//! its [`Host`](crate::Host) (the host's rounds are in `host.rs`). Each round takes the queued
+//! inputs (up to `input_batch_items_max`), steps them, takes the node's outputs and carries them
+//! out as raft-core's driving contract prescribes: [`Core::before_write`], the write (one
+//! `write_outputs` for the whole round of every group of the batch: group commit), then
+//! [`Core::after_write`]. Storage writes happen inline, on the worker, so storage I/O never
+//! blocks the async workers.
 //!
-//! Reads: the core thread numbers each linearizable or lease read, asks the core, and keeps the
-//! query until the core's answer comes in an output's `reads`. A confirmed read goes to the apply
-//! thread right after that output's committed entries, on the same ordered queue, so its query
-//! runs after they are applied; a refused one is answered here. Stale reads skip the core and go
-//! to the apply thread at the end of the iteration.
+//! Reads: the core numbers each linearizable or lease read, asks the core, and keeps the query
+//! until the core's answer comes in an output's `reads`. A confirmed read goes to the apply side
+//! right after that output's committed entries, in order, so its query runs after they are
+//! applied; a refused one is answered here. Stale reads skip the core and go to the apply side
+//! at the end of the round.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use raft_core::{
@@ -23,7 +25,6 @@ use raft_core::{
     ReadState, SnapshotError, SnapshotMeta, SoftState, StepError, StorageError, Term,
 };
 use raft_storage::LogStore;
-use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{debug, info, warn};
@@ -41,23 +42,7 @@ use crate::transport::{SendError, Transport};
 /// The most snapshot bytes read from the store per call when restoring the state machine.
 pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
 
-/// What woke the core thread: an input from its queue, or a peer's message.
-pub(crate) enum Next<SM: StateMachine> {
-    Input(CoreInput<SM>),
-    Message(Message),
-}
-
-/// What the core thread's queues hold right now.
-enum Polled<SM: StateMachine> {
-    /// An input or a message to take.
-    Ready(Next<SM>),
-    /// Nothing yet.
-    Empty,
-    /// The handles' queue is closed and empty: every handle and the ticker are gone.
-    Closed,
-}
-
-/// Whether the loop goes on after an iteration.
+/// Whether a group goes on after a round.
 pub(crate) enum Flow {
     Continue,
     Stop,
@@ -72,7 +57,7 @@ pub(crate) enum ApplySide<SM: StateMachine> {
     Inline(Box<Applier<SM>>),
 }
 
-/// The core thread's state.
+/// The core's state.
 pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     /// First, so that a panic records its reason before anything else is dropped.
     pub(crate) _panic_guard: PanicGuard,
@@ -80,23 +65,20 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) transport: T,
     pub(crate) shared: Arc<Shared>,
     pub(crate) input: mpsc::Receiver<CoreInput<SM>>,
-    /// The handles' queue was found closed and empty (every handle is gone): a pooled group
-    /// stops (the threaded loop learns it from `try_next`).
+    /// The handles' queue was found closed and empty (every handle is gone): the group stops.
     pub(crate) input_closed: bool,
     /// The transport's messages, taken here directly: a forwarding task in between cost a
     /// second thread wake-up (and two more copies) per message.
     pub(crate) inbound: mpsc::Receiver<Message>,
     /// Whether the transport may still send into `inbound`.
     pub(crate) inbound_open: bool,
-    /// For a group run by a [`Host`](crate::Host): the waker that schedules it. Both queues
-    /// are then polled with it, so that anything sent into them after they were found empty
-    /// schedules the group again.
+    /// The waker that schedules the group on its [`Host`](crate::Host) (set when it is added).
+    /// Both queues are polled with it, so that anything sent into them after they were found
+    /// empty schedules the group again.
     pub(crate) waker: Option<std::task::Waker>,
-    /// An iteration stopped taking input at `input_batch_items_max` with more queued: a pooled
-    /// group runs again at once.
+    /// A round stopped taking input at `input_batch_items_max` with more queued: the group runs
+    /// again at once.
     pub(crate) more_queued: bool,
-    /// The runtime whose `block_on` waits on both queues in [`Core::run`].
-    pub(crate) runtime: Handle,
     /// The apply side; `None` once stopping.
     pub(crate) apply: Option<ApplySide<SM>>,
     /// Proposals appended in this iteration, handed to the apply thread before any later step.
@@ -121,8 +103,6 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) unreachable: BTreeSet<NodeId>,
     pub(crate) addresses: BTreeMap<NodeId, SocketAddr>,
     pub(crate) input_batch_items_max: usize,
-    /// How long to poll the empty queues before sleeping (`NodeConfig::idle_poll`).
-    pub(crate) idle_poll: Duration,
     /// The membership change appended and not yet complete (the core allows one at a time).
     pub(crate) membership_change: Option<PendingChange>,
     /// The leadership transfer started and not yet answered.
@@ -146,101 +126,14 @@ where
     T: Transport,
     SM: StateMachine,
 {
-    /// Runs the node on this thread until it is shut down or fails, then stops it.
-    pub(crate) fn run(mut self) {
-        let mut outcome = self.restore_stored_snapshot();
-        while outcome.is_ok() {
-            // `None`: every handle and task is gone, which is a shutdown.
-            let next = match self.poll_next() {
-                Polled::Ready(next) => Some(next),
-                Polled::Closed => None,
-                // Only channels are awaited, which need neither the runtime's I/O driver nor its
-                // timers.
-                Polled::Empty => self.runtime.clone().block_on(self.recv_next()),
-            };
-            match self.take_next(next) {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Stop) => break,
-                Err(reason) => outcome = Err(reason),
-            }
-        }
-        self.stop(outcome.err().unwrap_or(StopReason::Shutdown));
-    }
-
-    /// Runs the node as a task ([`Execution::Tasks`](super::config::Execution::Tasks)) until it
-    /// is shut down or fails, then stops it: the same loop as [`Core::run`], waiting for input
-    /// without blocking the runtime.
-    pub(crate) async fn run_task(mut self) {
-        let mut outcome = self.restore_stored_snapshot();
-        while outcome.is_ok() {
-            // Not `try_next` first: awaiting always spends tokio's cooperative budget, so the
-            // other tasks on this thread get their turn.
-            let next = self.recv_next().await;
-            match self.take_next(next) {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Stop) => break,
-                Err(reason) => outcome = Err(reason),
-            }
-        }
-        self.stop(outcome.err().unwrap_or(StopReason::Shutdown));
-    }
-
-    /// One iteration for the input that woke the loop (`None`: the queue closed).
-    fn take_next(&mut self, next: Option<Next<SM>>) -> Result<Flow, StopReason> {
-        // A restore failure on the apply thread records a reason and wakes us.
-        if let Some(reason) = self.shared.stop_reason() {
-            return Err(reason);
-        }
-        match next {
-            Some(first) => self.iterate(Some(first)),
-            None => Ok(Flow::Stop),
-        }
-    }
-
-    /// One round of group commit: inputs, outputs, ticks (each followed by its outputs), the
-    /// offered snapshot, the retried proposals, stale reads, and the answers to status requests.
-    fn iterate(&mut self, first: Option<Next<SM>>) -> Result<Flow, StopReason> {
-        let mut statuses = Vec::new();
-        // Contract rule 1: the clock first, so that nothing queued during a stall or a pause
-        // is judged by a clock that lags; the timers after the inputs (see `DriverClock`).
-        self.catch_up_clock();
-        let flow = self.take_inputs(first, &mut statuses)?;
-        self.drain_outputs()?;
-        for _ in 0..self.clock.take_timer_ticks() {
-            // Contract rule 2: the output is taken before the next tick.
-            self.tick_once();
-            self.drain_outputs()?;
-        }
-        self.save_offered_snapshot()?;
-        self.retry_deferred()?;
-        self.flush_registrations()?;
-        self.flush_stale_reads()?;
-        self.after_outputs();
-        if !statuses.is_empty() {
-            let status = self.status();
-            for sender in statuses {
-                let _ = sender.send(status.clone()); // The requester may have stopped waiting.
-            }
-        }
-        Ok(flow)
-    }
-
     /// Takes the handles' queued inputs, then the peers' queued messages, up to
     /// `input_batch_items_max` of each. Proposals go first, so that the append an acknowledgement
     /// triggers (by committing) already carries them: fewer, fuller messages.
     pub(crate) fn take_inputs(
         &mut self,
-        first: Option<Next<SM>>,
         statuses: &mut Vec<tokio::sync::oneshot::Sender<NodeStatus>>,
     ) -> Result<Flow, StopReason> {
-        let mut next = match first {
-            Some(Next::Input(input)) => Some(input),
-            Some(Next::Message(message)) => {
-                self.step(message)?;
-                self.next_input()
-            }
-            None => self.next_input(),
-        };
+        let mut next = self.next_input();
         let mut taken = 0;
         while let Some(input) = next {
             match input {
@@ -293,50 +186,6 @@ where
                 None
             }
             Err(TryRecvError::Empty) => None,
-        }
-    }
-
-    /// The next input or peer message, if one is queued; `Closed` once the handles' queue is
-    /// closed and empty, even while peers' messages keep coming (the last handle was dropped).
-    fn try_next(&mut self) -> Polled<SM> {
-        match self.input.try_recv() {
-            Ok(input) => return Polled::Ready(Next::Input(input)),
-            Err(TryRecvError::Disconnected) => return Polled::Closed,
-            Err(TryRecvError::Empty) => {}
-        }
-        self.try_inbound().map_or(Polled::Empty, |message| Polled::Ready(Next::Message(message)))
-    }
-
-    /// [`Core::try_next`], polled for `idle_poll` while both queues are empty, yielding the CPU
-    /// between polls (see `NodeConfig::idle_poll`). Only the core thread polls: the task form
-    /// never does, since a task that does not await holds its thread.
-    fn poll_next(&mut self) -> Polled<SM> {
-        if self.idle_poll.is_zero() {
-            return self.try_next();
-        }
-        let deadline = Instant::now() + self.idle_poll;
-        loop {
-            match self.try_next() {
-                Polled::Empty if Instant::now() < deadline => std::thread::yield_now(),
-                polled => return polled,
-            }
-        }
-    }
-
-    /// Waits until the handles' queue or the transport's has something; `None` when the handles'
-    /// queue is closed and empty (every handle and the ticker are gone). Inputs are polled first
-    /// (`biased`, which also keeps the choice free of tokio's random branch order); messages are
-    /// not starved, since each iteration takes both queues' contents.
-    async fn recv_next(&mut self) -> Option<Next<SM>> {
-        loop {
-            tokio::select! {
-                biased;
-                next = self.input.recv() => return next.map(Next::Input),
-                message = self.inbound.recv(), if self.inbound_open => match message {
-                    Some(message) => return Some(Next::Message(message)),
-                    None => self.inbound_open = false, // The transport is gone; inputs go on.
-                },
-            }
         }
     }
 
@@ -431,18 +280,6 @@ where
         }
     }
 
-    /// Proposes again what waited for the leader's term to become durable (it is, once the
-    /// first output of the term was written), and writes the result.
-    fn retry_deferred(&mut self) -> Result<(), StopReason> {
-        if self.deferred.is_empty() {
-            return Ok(());
-        }
-        for proposal in std::mem::take(&mut self.deferred) {
-            self.propose(proposal);
-        }
-        self.drain_outputs()
-    }
-
     /// Runs the timers for one tick (contract rule 2: the caller takes the output before the
     /// next one).
     pub(crate) fn tick_once(&mut self) {
@@ -463,32 +300,6 @@ where
     /// The node's status as a handle sees it.
     pub(crate) fn status(&self) -> NodeStatus {
         NodeStatus::new(self.raft.status(), self.shared.applied(), self.reads.len())
-    }
-
-    /// Takes and carries out outputs until the node has nothing more to do. Memory stays bounded:
-    /// each output hands at most `apply_bytes_max` of committed entries to the bounded apply
-    /// queue, whose sends wait while it is full.
-    ///
-    /// After a read was asked, one output is taken even when `has_output` is false: the core
-    /// confirms a read at once when nobody else must be asked (a lone voter, a lease that holds),
-    /// and hands it out in the next output, but `has_output` does not count such a read, so
-    /// with no other traffic (a one-node group) it would never be served.
-    fn drain_outputs(&mut self) -> Result<(), StopReason> {
-        while let Some(output) = self.next_output()? {
-            self.carry_out(output)?;
-        }
-        Ok(())
-    }
-
-    /// Carries out one output in the contract's order (rules 3 to 7 of raft-core's crate docs).
-    fn carry_out(&mut self, mut output: Output) -> Result<(), StopReason> {
-        let written = self.before_write(&mut output);
-        // Rule 3: chunks, install, hard state and entries, one sync. The store takes the
-        // entries: nothing below reads them, and a copy would clone every one.
-        if let Err(error) = self.raft.storage_mut().write_output_owned(&mut output) {
-            return Err(StopReason::StorageFailed(StorageFailure::new(StorageOperation::Write, error)));
-        }
-        self.after_write(output, written)
     }
 
     /// The part of an output carried out before its write: the soft state, and the messages that

@@ -83,8 +83,9 @@ pub enum StopReason {
     /// The state machine panicked while applying, snapshotting or restoring.
     #[error("the state machine panicked")]
     StateMachinePanicked,
-    /// The core thread panicked (a bug in this crate or in raft-core).
-    #[error("the node's core thread panicked")]
+    /// The group's core panicked while a worker stepped it (a bug in this crate or in
+    /// raft-core); the host's other groups go on.
+    #[error("the node's core panicked")]
     CorePanicked,
 }
 
@@ -386,6 +387,21 @@ pub enum NodeStartError {
     /// A thread could not be spawned: the operating system's error, whole.
     #[error("spawning a thread failed: {0}")]
     Spawn(#[source] std::io::Error),
+}
+
+impl NodeStartError {
+    /// The error of [`start`](crate::start) for a failure of its one-group host.
+    pub(crate) fn from_host(error: super::host::HostError) -> Self {
+        use super::host::HostError;
+        match error {
+            HostError::Start { source, .. } => source,
+            HostError::Spawn(error) => NodeStartError::Spawn(error),
+            // A fresh host with valid settings, one group: none of these can happen.
+            error @ (HostError::Config(_) | HostError::GroupExists(_) | HostError::ShuttingDown) => {
+                NodeStartError::Spawn(std::io::Error::other(error.to_string()))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,13 +7,10 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use std::net::SocketAddr;
 
-use raft_core::{ConfChange, Membership, Message, NodeId, Options, Raft, Term};
+use raft_core::{ConfChange, GroupId, Membership, Message, NodeId, Options, Raft, Term};
 use raft_storage::LogStore;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, TryAcquireError, broadcast, mpsc, oneshot};
-use tokio::time::{MissedTickBehavior, interval};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::apply::Applier;
 use super::clock::DriverClock;
@@ -23,6 +20,7 @@ use super::error::{
     MembershipChangeError, NodeStartError, ProposeError, ReadError, StopReason, TransferLeadershipError,
 };
 use super::event::{NodeEvent, NodeStatus};
+use super::host::{Host, HostConfig};
 use super::membership::{MembershipRequest, TransferRequest};
 use super::read::{PendingRead, ReadConsistency, ReadRequest};
 use super::shared::{CoreInput, PanicGuard, Proposal, Responder, Shared};
@@ -42,17 +40,9 @@ pub(crate) struct Inner<SM: StateMachine> {
     /// `reads_pending_max` permits.
     read_permits: Arc<Semaphore>,
     shared: Arc<Shared>,
-    /// Stops the tokio task (the ticker).
-    tasks_cancel: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl<SM: StateMachine> Drop for Inner<SM> {
-    /// The last handle is gone: stop the tasks, whose input senders then close the core's queue,
-    /// which makes the core thread stop.
-    fn drop(&mut self) {
-        self.tasks_cancel.cancel();
-    }
+    /// The node's own host, for a node started with [`start`]: dropped with the last handle,
+    /// which stops the node. `None` for a group added to a caller's [`Host`](crate::Host).
+    pub(crate) host: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl<SM: StateMachine> Clone for NodeHandle<SM> {
@@ -67,13 +57,14 @@ impl<SM: StateMachine> std::fmt::Debug for NodeHandle<SM> {
     }
 }
 
-/// Starts a node: its core thread (which owns the core and `storage`, and takes `inbound`, the
-/// transport's receiver, itself), its apply thread (which owns `state_machine`; under
-/// [`Execution::OneThread`] the core thread applies instead), and a tokio task on the current
-/// runtime that ticks every `config.tick_interval`. Must be called from within a tokio runtime.
-/// Under [`Execution::Tasks`] it must be called from within a
-/// [`tokio::task::LocalSet`] (it panics otherwise): the core is a task there too, and applies
-/// inline (see the module docs).
+/// Starts a node running one Raft group: the one-group case of [`Host`](crate::Host), on a
+/// host of its own with one worker, which owns the core and `storage` and takes `inbound`, the
+/// transport's receiver, itself. `config.execution` says where the state machine runs: on an
+/// apply thread of its own ([`Execution::Threads`]), on the worker ([`Execution::OneThread`]),
+/// or, with the worker and the ticker, as one task on the current
+/// [`tokio::task::LocalSet`] ([`Execution::Tasks`]; it panics outside one). Must be called
+/// from within a tokio runtime. The node stops when the last handle is dropped or
+/// [`NodeHandle::shutdown`] is called.
 ///
 /// The state machine is first restored from the store's snapshot, if it holds one.
 pub fn start<SM, S, T>(
@@ -88,139 +79,28 @@ where
     S: LogStore + Send + 'static,
     T: Transport + 'static,
 {
-    let Assembled { core, inner, runtime, config } =
-        assemble(config, storage, transport, inbound, state_machine, false)?;
-    let shared = Arc::clone(&core.shared);
-    let done = DoneGuard(shared);
-    match config.execution {
-        // If this fails, dropping `core` drops the apply queue, which ends the apply thread.
-        Execution::Threads | Execution::OneThread => {
-            std::thread::Builder::new()
-                .name(format!("raft-core-{}", config.id))
-                .spawn(move || {
-                    let _done = done;
-                    core.run();
-                })
-                .map_err(NodeStartError::Spawn)?;
-        }
-        Execution::Tasks => {
-            tokio::task::spawn_local(async move {
-                let _done = done;
-                core.run_task().await;
-            });
-        }
-    }
-    inner.spawn_ticker(&runtime, &config);
-    Ok(NodeHandle { inner: Arc::new(inner) })
-}
-
-/// Builds a node's core and the state its handles share, after checking `config`. With
-/// `pooled`, for [`Host`](crate::Host)'s workers: the state machine is applied inline (whatever
-/// `config.execution` says) and no ticker is started (the host's ticker wakes the group).
-pub(crate) fn assemble<SM, S, T>(
-    config: NodeConfig,
-    storage: S,
-    transport: T,
-    inbound: mpsc::Receiver<Message>,
-    state_machine: SM,
-    pooled: bool,
-) -> Result<Assembled<S, T, SM>, NodeStartError>
-where
-    SM: StateMachine,
-    S: LogStore + Send + 'static,
-    T: Transport + 'static,
-{
     config.validate()?;
-    let config = NodeConfig { options: with_fresh_seed(config.options.clone()), ..config };
-    let runtime = Handle::try_current().map_err(|_| NodeStartError::NoRuntime)?;
-    if transport.local_id() != config.id {
-        return Err(NodeStartError::TransportIdMismatch { config: config.id, transport: transport.local_id() });
-    }
-    let raft = Raft::new(config.id, config.options.clone(), storage).map_err(NodeStartError::Storage)?;
-    let membership_seen = raft.membership().clone();
-    let shared = Arc::new(Shared::new(config.event_queue_events_max));
-    let (input, input_receiver) = mpsc::channel(config.input_queue_items_max);
-    let applier = Applier::new(state_machine, Arc::clone(&shared), input.downgrade(), config.snapshot_every_entries);
-    let apply = match config.execution {
-        Execution::Threads if !pooled => {
-            let (queue, steps) = mpsc::channel(config.apply_queue_batches_max);
-            let thread = std::thread::Builder::new()
-                .name(format!("raft-apply-{}", config.id))
-                .spawn(move || applier.run(steps))
-                .map_err(NodeStartError::Spawn)?;
-            ApplySide::Thread { queue, thread }
-        }
-        _ => ApplySide::Inline(Box::new(applier)),
-    };
-    let core = Core {
-        _panic_guard: PanicGuard { shared: Arc::clone(&shared), reason: StopReason::CorePanicked },
-        raft,
-        transport,
-        shared: Arc::clone(&shared),
-        input: input_receiver,
-        input_closed: false,
-        inbound,
-        inbound_open: true,
-        waker: None,
-        more_queued: false,
-        runtime: runtime.clone(),
-        apply: Some(apply),
-        registrations: Vec::new(),
-        deferred: VecDeque::new(),
-        reads: BTreeMap::new(),
-        read_id_next: 1,
-        read_asked: false,
-        stale_reads: Vec::new(),
-        leader_term: (None, Term(0)),
-        unreachable: BTreeSet::new(),
-        addresses: config.addresses.clone(),
-        input_batch_items_max: config.input_batch_items_max,
-        idle_poll: config.idle_poll,
-        membership_change: None,
-        transfer: None,
-        membership_seen,
-        ticks_total: 0,
-        clock: DriverClock::new(),
-        // Before the ticker starts, so that each of its wake-ups finds a whole tick passed.
-        started: tokio::time::Instant::now(),
+    Handle::try_current().map_err(|_| NodeStartError::NoRuntime)?;
+    let host_config = HostConfig {
+        workers: 1,
+        groups_per_batch_max: 1,
         tick_interval: config.tick_interval,
+        thread_name: format!("raft-core-{}", config.id),
+        idle_poll: config.idle_poll,
     };
-    let inner = Inner {
-        input,
-        permits: Arc::new(Semaphore::new(config.proposals_pending_max)),
-        read_permits: Arc::new(Semaphore::new(config.reads_pending_max)),
-        shared,
-        tasks_cancel: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-    };
-    if pooled {
-        inner.tasks.close(); // No task: `shutdown` waits for the core alone.
+    let execution = config.execution;
+    let host = match execution {
+        Execution::Tasks => Host::start_task(host_config),
+        Execution::Threads | Execution::OneThread => Host::start(host_config),
     }
-    Ok(Assembled { core, inner, runtime, config })
-}
-
-/// A node built by [`assemble`], not running yet.
-pub(crate) struct Assembled<S: LogStore, T: Transport, SM: StateMachine> {
-    pub(crate) core: Core<S, T, SM>,
-    pub(crate) inner: Inner<SM>,
-    /// The runtime `assemble` was called on.
-    pub(crate) runtime: Handle,
-    /// The configuration as checked, with its seed drawn.
-    pub(crate) config: NodeConfig,
-}
-
-impl<SM: StateMachine> Inner<SM> {
-    /// The proposal permits (`proposals_pending_max` of them).
-    pub(crate) fn permits(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.permits)
-    }
-}
-
-impl<SM: StateMachine> NodeHandle<SM> {
-    /// A handle on the node whose shared state is `inner`.
-    pub(crate) fn from_inner(inner: Inner<SM>) -> Self {
-        NodeHandle { inner: Arc::new(inner) }
-    }
+    .map_err(NodeStartError::from_host)?;
+    host.close_when_empty();
+    let apply_thread = execution == Execution::Threads;
+    let mut inner = host
+        .add_group_inner(GroupId::DEFAULT, config, storage, transport, inbound, state_machine, apply_thread)
+        .map_err(NodeStartError::from_host)?;
+    inner.host = Some(Box::new(host));
+    Ok(NodeHandle { inner: Arc::new(inner) })
 }
 
 /// `options` with a seed from the operating system, unless one was chosen: every start of a node
@@ -241,48 +121,103 @@ fn with_fresh_seed(options: Options) -> Options {
     options.with_rng_seed(seed)
 }
 
-/// Ends the core thread's life: after a panic, records the reason and reports the stop; then
-/// tells waiting `shutdown` calls that the node is done.
-pub(crate) struct DoneGuard(pub(crate) Arc<Shared>);
-
-impl Drop for DoneGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let reason = self.0.set_stop_reason(StopReason::CorePanicked);
-            self.0.emit(NodeEvent::Stopped(reason));
-        }
-        self.0.done.cancel();
+/// Builds a group's core and the state its handles share, after checking `config`. The state
+/// machine runs on an apply thread of its own with `apply_thread`, inline on the worker
+/// otherwise.
+pub(crate) fn assemble<SM, S, T>(
+    config: NodeConfig,
+    storage: S,
+    transport: T,
+    inbound: mpsc::Receiver<Message>,
+    state_machine: SM,
+    apply_thread: bool,
+) -> Result<Assembled<S, T, SM>, NodeStartError>
+where
+    SM: StateMachine,
+    S: LogStore + Send + 'static,
+    T: Transport + 'static,
+{
+    config.validate()?;
+    let config = NodeConfig { options: with_fresh_seed(config.options.clone()), ..config };
+    Handle::try_current().map_err(|_| NodeStartError::NoRuntime)?;
+    if transport.local_id() != config.id {
+        return Err(NodeStartError::TransportIdMismatch { config: config.id, transport: transport.local_id() });
     }
+    let raft = Raft::new(config.id, config.options.clone(), storage).map_err(NodeStartError::Storage)?;
+    let membership_seen = raft.membership().clone();
+    let shared = Arc::new(Shared::new(config.event_queue_events_max));
+    let (input, input_receiver) = mpsc::channel(config.input_queue_items_max);
+    let applier = Applier::new(state_machine, Arc::clone(&shared), input.downgrade(), config.snapshot_every_entries);
+    let apply = if apply_thread {
+        let (queue, steps) = mpsc::channel(config.apply_queue_batches_max);
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-apply-{}", config.id))
+            .spawn(move || applier.run(steps))
+            .map_err(NodeStartError::Spawn)?;
+        ApplySide::Thread { queue, thread }
+    } else {
+        ApplySide::Inline(Box::new(applier))
+    };
+    let core = Core {
+        _panic_guard: PanicGuard { shared: Arc::clone(&shared), reason: StopReason::CorePanicked },
+        raft,
+        transport,
+        shared: Arc::clone(&shared),
+        input: input_receiver,
+        input_closed: false,
+        inbound,
+        inbound_open: true,
+        waker: None,
+        more_queued: false,
+        apply: Some(apply),
+        registrations: Vec::new(),
+        deferred: VecDeque::new(),
+        reads: BTreeMap::new(),
+        read_id_next: 1,
+        read_asked: false,
+        stale_reads: Vec::new(),
+        leader_term: (None, Term(0)),
+        unreachable: BTreeSet::new(),
+        addresses: config.addresses.clone(),
+        input_batch_items_max: config.input_batch_items_max,
+        membership_change: None,
+        transfer: None,
+        membership_seen,
+        ticks_total: 0,
+        clock: DriverClock::new(),
+        // The clock starts now: the first whole tick passes one tick interval from now.
+        started: tokio::time::Instant::now(),
+        tick_interval: config.tick_interval,
+    };
+    let inner = Inner {
+        input,
+        permits: Arc::new(Semaphore::new(config.proposals_pending_max)),
+        read_permits: Arc::new(Semaphore::new(config.reads_pending_max)),
+        shared,
+        host: None,
+    };
+    Ok(Assembled { core, inner, config })
+}
+
+/// A group built by [`assemble`], not running yet.
+pub(crate) struct Assembled<S: LogStore, T: Transport, SM: StateMachine> {
+    pub(crate) core: Core<S, T, SM>,
+    pub(crate) inner: Inner<SM>,
+    /// The configuration as checked, with its seed drawn.
+    pub(crate) config: NodeConfig,
 }
 
 impl<SM: StateMachine> Inner<SM> {
-    fn spawn_ticker(&self, runtime: &Handle, config: &NodeConfig) {
-        let input = self.input.clone();
-        let tick_interval = config.tick_interval;
-        let tick = async move {
-            let mut ticker = interval(tick_interval);
-            // The ticker only wakes the core, which reads the clock itself (see `DriverClock`):
-            // after a stall, one wake-up is enough, so no burst of them follows.
-            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                // A full queue wakes the core anyway; a closed one means it stopped.
-                if let Err(mpsc::error::TrySendError::Closed(_)) = input.try_send(CoreInput::Wake) {
-                    return;
-                }
-            }
-        };
-        let cancel = self.tasks_cancel.clone();
-        let tick = async move { cancel.run_until_cancelled(tick).await };
-        match config.execution {
-            Execution::Threads | Execution::OneThread => {
-                self.tasks.spawn_on(tick, runtime);
-            }
-            Execution::Tasks => {
-                self.tasks.spawn_local(tick);
-            }
-        }
-        self.tasks.close();
+    /// The proposal permits (`proposals_pending_max` of them).
+    pub(crate) fn permits(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.permits)
+    }
+}
+
+impl<SM: StateMachine> NodeHandle<SM> {
+    /// A handle on the node whose shared state is `inner`.
+    pub(crate) fn from_inner(inner: Inner<SM>) -> Self {
+        NodeHandle { inner: Arc::new(inner) }
     }
 }
 
@@ -337,7 +272,7 @@ impl<SM: StateMachine> NodeHandle<SM> {
     /// Runs `query` against the state machine, as fresh as `consistency` asks, and returns its
     /// result. Waits for room first when `reads_pending_max` reads are pending (back-pressure).
     ///
-    /// The query runs on the apply thread (on the core thread under [`Execution::OneThread`],
+    /// The query runs on the apply thread (on the core under [`Execution::OneThread`],
     /// where a long query also holds up replication and heartbeats), between two applied commands, so it sees a state the
     /// commands produced and nothing half-applied. For a [`ReadConsistency::Linearizable`] or
     /// [`ReadConsistency::Lease`] read the core first confirms an index (at least the commit index
@@ -439,8 +374,6 @@ impl<SM: StateMachine> NodeHandle<SM> {
         // An error means the core has already stopped.
         let _ = inner.input.send(CoreInput::Shutdown).await;
         inner.shared.done.cancelled().await;
-        inner.tasks_cancel.cancel();
-        inner.tasks.wait().await;
     }
 
     fn check_running(&self) -> Result<(), ProposeError> {

@@ -66,7 +66,7 @@ use super::config::NodeConfig;
 use super::core::{Core, Flow};
 use super::error::{NodeStartError, StopReason, StorageFailure, StorageOperation};
 use super::event::{NodeEvent, NodeStatus};
-use super::handle::{Assembled, NodeHandle, assemble};
+use super::handle::{Assembled, Inner, NodeHandle, assemble};
 use super::shared::Shared;
 use super::state_machine::StateMachine;
 use crate::transport::Transport;
@@ -88,7 +88,7 @@ pub struct HostConfig {
     /// A prefix for the threads' names (`<prefix>-worker-<n>`, `<prefix>-ticker`).
     pub thread_name: String,
     /// How long an idle worker polls the ready queue before it sleeps (as
-    /// `NodeConfig::idle_poll` for a single group's core thread; zero: sleep at once).
+    /// `NodeConfig::idle_poll` for a node started with `start`; zero: sleep at once).
     pub idle_poll: Duration,
 }
 
@@ -232,6 +232,8 @@ struct HostInner<S: LogStore + Send + 'static> {
     slots: Mutex<BTreeMap<GroupId, Arc<Slot<S>>>>,
     /// Set once the host shuts down (or is dropped): every group stops at its next round.
     stopping: AtomicBool,
+    /// The threads (or task) end once the last group has stopped ([`Host::close_when_empty`]).
+    close_when_empty: AtomicBool,
     /// The origin of the groups' due times (tokio's clock: the real monotonic one, or the
     /// simulated one under turmoil).
     started: Instant,
@@ -367,7 +369,7 @@ where
         for proposal in std::mem::take(&mut self.core.deferred) {
             self.core.propose(proposal);
         }
-        let flow = self.core.take_inputs(None, &mut self.statuses)?;
+        let flow = self.core.take_inputs(&mut self.statuses)?;
         self.take_outputs()?;
         for _ in 0..after {
             self.core.tick_once();
@@ -652,7 +654,7 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         let empty = slots.is_empty();
         drop(slots);
         slot.shared.done.cancel();
-        if empty && self.stopping.load(Ordering::Acquire) {
+        if empty && (self.stopping.load(Ordering::Acquire) || self.close_when_empty.load(Ordering::Acquire)) {
             self.close();
         }
     }
@@ -766,6 +768,7 @@ impl<S: LogStore + Send + 'static> Host<S> {
             ready_changed: Condvar::new(),
             slots: Mutex::new(BTreeMap::new()),
             stopping: AtomicBool::new(false),
+            close_when_empty: AtomicBool::new(false),
             started: Instant::now(),
             task_wake: tokio::sync::Notify::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
@@ -806,11 +809,34 @@ impl<S: LogStore + Send + 'static> Host<S> {
         SM: StateMachine,
         T: Transport + 'static,
     {
+        let inner = self.add_group_inner(group, config, storage, transport, inbound, state_machine, false)?;
+        Ok(NodeHandle::from_inner(inner))
+    }
+
+    /// [`Host::add_group`], with the state machine on an apply thread of its own if
+    /// `apply_thread` (for [`start`](crate::start)'s one-group host), and the handles' shared
+    /// state returned as is.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_group_inner<SM, T>(
+        &self,
+        group: GroupId,
+        config: NodeConfig,
+        storage: S,
+        transport: T,
+        inbound: mpsc::Receiver<Message>,
+        state_machine: SM,
+        apply_thread: bool,
+    ) -> Result<Inner<SM>, HostError>
+    where
+        SM: StateMachine,
+        T: Transport + 'static,
+    {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(HostError::ShuttingDown);
         }
-        let Assembled { core, inner, config, .. } = assemble(config, storage, transport, inbound, state_machine, true)
-            .map_err(|source| HostError::Start { group, source })?;
+        let Assembled { core, inner, config } =
+            assemble(config, storage, transport, inbound, state_machine, apply_thread)
+                .map_err(|source| HostError::Start { group, source })?;
         let shared = Arc::clone(&core.shared);
         let permits_max = config.proposals_pending_max;
         let mut slots = self.inner.lock_slots();
@@ -850,7 +876,13 @@ impl<S: LogStore + Send + 'static> Host<S> {
         slots.insert(group, Arc::clone(&slot));
         drop(slots);
         self.inner.schedule(&slot); // Its first round restores the snapshot and starts its timers.
-        Ok(NodeHandle::from_inner(inner))
+        Ok(inner)
+    }
+
+    /// Stops the host's threads (or task) as soon as its last group stops: for a host of one
+    /// group, whose life is that group's.
+    pub(crate) fn close_when_empty(&self) {
+        self.inner.close_when_empty.store(true, Ordering::Release);
     }
 
     /// The groups on the host, in order.

@@ -1,4 +1,4 @@
-//! Membership changes and leadership transfers through the driver: the core thread asks the
+//! Membership changes and leadership transfers through the driver: the core asks the
 //! core, keeps the caller's answer channel, and answers once the change has completed on this
 //! node (or the transfer's target leads), or with the reason it will not.
 //!
@@ -23,13 +23,13 @@ use crate::transport::Transport;
 /// with [`TransferLeadershipError::TimedOut`]. The core itself abandons a transfer after one.
 pub const TRANSFER_ELECTION_TIMEOUTS_MAX: u64 = 2;
 
-/// A client's membership change on its way to the core thread.
+/// A client's membership change on its way to the core.
 pub(crate) struct MembershipRequest {
     pub(crate) changes: Vec<ConfChange>,
     pub(crate) responder: oneshot::Sender<Result<Membership, MembershipChangeError>>,
 }
 
-/// A client's leadership transfer on its way to the core thread.
+/// A client's leadership transfer on its way to the core.
 pub(crate) struct TransferRequest {
     pub(crate) target: NodeId,
     pub(crate) responder: oneshot::Sender<Result<(), TransferLeadershipError>>,
@@ -47,7 +47,7 @@ pub(crate) struct PendingChange {
 /// A transfer the core started, waiting for the target to lead.
 pub(crate) struct PendingTransfer {
     target: NodeId,
-    /// Gives up when the core thread's tick count reaches this.
+    /// Gives up when the core's tick count reaches this.
     deadline_tick: u64,
     responder: oneshot::Sender<Result<(), TransferLeadershipError>>,
 }

@@ -1,65 +1,61 @@
-//! The tokio node driver: runs one Raft node over a store, a transport and the application's
-//! state machine, and gives clients a [`NodeHandle`].
+//! The tokio node drivers: run Raft groups over stores, transports and the application's state
+//! machines, and give clients a [`NodeHandle`] per group. [`Host`] runs many groups of one node
+//! on a fixed pool of worker threads (or as one task); [`start`] runs one group, as the
+//! one-group case of the same machinery: a host of its own, with one worker.
 //!
 //! ## Threads, tasks and queues
 //!
 //! ```text
-//!  transport receiver (the transport's own limit) ────────────────┐
-//!  ticker task (tick_interval) ───────┐  input queue              │
-//!  NodeHandle: propose, read, ────────┴─(input_queue_items_max)─> core thread ─(apply_queue_batches_max)─> apply thread
-//!              status, shutdown                                  owns Raft + storage;  owns the state machine;
-//!                                                                sends via transport   answers proposals, runs
-//!                                                                                      read queries
+//!  transport receiver (the transport's own limit) ───────────────────┐
+//!  the host's ticker (timers due) ───────┐  input queue               │
+//!  NodeHandle: propose, read, ───────────┴─(input_queue_items_max)─> a worker ─(apply_queue_batches_max)─> apply thread
+//!              status, shutdown                                     steps the group:   owns the state machine
+//!                                                                   owns Raft +        (Execution::Threads; else
+//!                                                                   storage; sends     the worker applies)
 //! ```
 //!
-//! - The **core thread** (a `std::thread`) is the one owner of the [`raft_core::Raft`] node and
-//!   of the storage; storage writes run inline on it, never on the async workers. It waits on
-//!   its input queue and on the transport's receiver at once (`Handle::block_on` of a select
-//!   over the two), after polling both for `idle_poll`. Each iteration takes the queued inputs
-//!   (up to `input_batch_items_max`), then the queued peer messages (up to
-//!   `input_batch_items_max` again), steps them, then carries out the output with one
-//!   `write_output_owned` (one fsync for the whole batch: group commit). Messages not taken yet
-//!   wait in the transport's bounded receiver of this node's group: when it is full, the TCP
-//!   transport's readers wait (pushing back on the peer's connection), for at most the
-//!   transport's `inbound_full_timeout` since that connection carries the node's other groups
-//!   too, then drop (counted); the in-memory one drops the message at once (as a lossy network
-//!   would; Raft resends).
+//! - A **worker** (a `std::thread` of the host) is, while it steps a group, the one owner of the
+//!   group's [`raft_core::Raft`] node and of its storage; storage writes run inline on it, never
+//!   on the async workers. A group is stepped by one worker at a time, in rounds (see the `host`
+//!   module): each takes the group's queued inputs (up to `input_batch_items_max`), then its
+//!   queued peer messages (up to `input_batch_items_max` again), steps them, and carries out the
+//!   outputs with one `LogStore::write_outputs` for every group of the round (one fsync for the
+//!   whole batch: group commit). An idle worker polls for work for `idle_poll` before it sleeps.
+//!   Anything sent into a group's queues wakes it. Messages not taken yet wait in the
+//!   transport's bounded receiver of the group: when it is full, the TCP transport's readers
+//!   wait (pushing back on the peer's connection), for at most the transport's
+//!   `inbound_full_timeout` since that connection carries the node's other groups too, then drop
+//!   (counted); the in-memory one drops the message at once (as a lossy network would; Raft
+//!   resends).
+//! - The **apply thread** ([`Execution::Threads`], [`start`]'s default) owns the
+//!   [`StateMachine`]: it applies committed entries in order, answers the proposals the core
+//!   registered, runs read queries, restores snapshots, and takes snapshots per the policy
+//!   (`snapshot_every_entries`), which it offers to the core through a slot of one. Otherwise
+//!   (every group of a shared [`Host`], [`Execution::OneThread`], [`Execution::Tasks`]) the
+//!   worker takes the apply steps itself, in the same order, right after each group commit.
+//! - The host's **ticker** wakes a group when its timers are due
+//!   ([`raft_core::Raft::ticks_until_due`]). The group reads tokio's monotonic clock itself:
+//!   every whole tick of real time reaches the core's clock before any input is judged (so a
+//!   stall or a pause counts in full against a lease), the timer ticks that fire nothing run
+//!   before the inputs, and the due ones after them, at most [`TICKS_PER_ITERATION_MAX`] per
+//!   round ([`DriverClock`] is that policy, which the simulator shares).
 //!
-//! This driver runs one Raft group on threads of its own. A node hosting many groups runs them
-//! on a [`Host`] instead: a fixed pool of workers steps every group with the same group logic
-//! (see the `host` module), all on one node-level transport (each group gets its transport and
-//! receiver from `TcpTransport::register_group`, or `MemNetwork::join_group`) and, with
-//! `raft_storage::GroupStore`s, one shared write-ahead log.
-//! - The **apply thread** owns the [`StateMachine`]: it applies committed entries in order,
-//!   answers the proposals the core registered, runs read queries, restores snapshots, and takes
-//!   snapshots per the policy (`snapshot_every_entries`), which it offers to the core through a
-//!   slot of one.
-//! - One **tokio task** on the runtime that called [`start`] wakes the core every tick with a
-//!   best-effort `Wake` input. The core reads tokio's monotonic clock itself: every whole tick of
-//!   real time reaches the core's clock before any input is judged (so a stall or a pause counts
-//!   in full against a lease), and the timers run after the inputs, at most
-//!   [`TICKS_PER_ITERATION_MAX`] per iteration ([`DriverClock`] is that policy, which the
-//!   simulator shares).
-//!
-//! With [`NodeConfig::execution`] set to [`Execution::OneThread`], there is no apply thread: the
-//! core thread takes the apply steps itself, in the same order, right after each group commit
-//! (cheaper for a state machine with short steps; everything else waits while it runs). With
-//! [`Execution::Tasks`], the core loop is instead one task on the `LocalSet` that called
-//! [`start`] (as is the ticker), and the apply steps run inline in it, in the same order: no
-//! thread is spawned, so a single-threaded runtime with a seeded scheduler (the turmoil
-//! simulation of the real stack) replays a run exactly. The default, [`Execution::Threads`],
-//! keeps storage I/O and applying off the async workers and off each other.
+//! With [`Execution::Tasks`], the host (worker and ticker in turn) is one task on the
+//! `LocalSet` that called [`start`] ([`Host::start_task`]): no thread is spawned, so a
+//! single-threaded runtime with a seeded scheduler (the turmoil simulation of the real stack)
+//! replays a run exactly. The default, [`Execution::Threads`], keeps storage I/O and applying
+//! off the async workers and off each other.
 //!
 //! Every queue is bounded by a named limit in [`NodeConfig`]: `proposals_pending_max` (permits
 //! held from `propose` until the answer), `reads_pending_max` (the same for `read`),
 //! `input_queue_items_max`, `apply_queue_batches_max`
-//! (each batch at most the core's `apply_bytes_max`), `event_queue_events_max`. The core thread
+//! (each batch at most the core's `apply_bytes_max`), `event_queue_events_max`. The worker
 //! waits on a full apply queue; the apply thread never waits on the core (it only `try_send`s a
 //! wake-up), so the two cannot deadlock.
 //!
 //! ## The driving contract
 //!
-//! The core thread follows raft-core's driving contract rule by rule: messages from `messages`
+//! The core follows raft-core's driving contract rule by rule: messages from `messages`
 //! go out before the write (rule 4); `write_output` persists snapshot chunks, the install, hard
 //! state and entries with one sync (rule 3); `on_persisted` reports the last entry (or the
 //! installed snapshot) (rule 6); `messages_after_persist` go out only after that write, and every
@@ -106,7 +102,7 @@
 //!   [`DriverClock`]). Needs the core option `lease_reads`.
 //! - `Stale`: the core is not asked; the query sees whatever is applied.
 //!
-//! The core thread numbers each read (a counter), asks the core with [`raft_core::Raft::read`]
+//! The core numbers each read (a counter), asks the core with [`raft_core::Raft::read`]
 //! and keeps the query until the core's answer comes in an output's `reads`. The core answers
 //! `Ok(index)` only once it has handed out the committed entries up to `index`, and the core
 //! thread puts each output's committed entries on the apply queue *before* that output's

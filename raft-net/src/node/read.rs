@@ -1,5 +1,5 @@
 //! Reads: how fresh a client wants its answer ([`ReadConsistency`]), and a client's query on its
-//! way from the handle through the core thread to the apply thread.
+//! way from the handle through the core to the apply thread.
 
 use raft_core::ReadMode;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -77,7 +77,7 @@ impl<SM: 'static> PendingRead<SM> {
     }
 }
 
-/// A read for the core thread.
+/// A read for the core.
 pub(crate) struct ReadRequest<SM> {
     pub(crate) consistency: ReadConsistency,
     pub(crate) read: PendingRead<SM>,

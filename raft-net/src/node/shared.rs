@@ -1,4 +1,4 @@
-//! What the handle, the tokio tasks, the core thread and the apply thread share, and the items
+//! What the handle, the host, the core and the apply thread share, and the items
 //! that pass between them.
 
 use std::net::SocketAddr;
@@ -24,17 +24,17 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// The state machine's applied index (written by the apply thread).
     applied: AtomicU64,
-    /// The latest snapshot of the state machine not yet saved by the core thread: a slot of one,
+    /// The latest snapshot of the state machine not yet saved by the core: a slot of one,
     /// where a newer snapshot replaces an older one that was not saved yet.
     snapshot_slot: Mutex<Option<TakenSnapshot>>,
     /// Every event goes here.
     events: broadcast::Sender<NodeEvent>,
-    /// Cancelled once the core thread has finished (threads joined, storage and transport
+    /// Cancelled once the core has finished (threads joined, storage and transport
     /// dropped).
     pub(crate) done: CancellationToken,
 }
 
-/// A snapshot of the state machine at `index`, for the core thread to save.
+/// A snapshot of the state machine at `index`, for the core to save.
 pub(crate) struct TakenSnapshot {
     pub(crate) index: Index,
     pub(crate) data: Bytes,
@@ -156,7 +156,7 @@ impl<R> Responder<R> {
     }
 }
 
-/// A command for the core thread to propose.
+/// A command for the core to propose.
 pub(crate) struct Proposal<R> {
     pub(crate) command: Bytes,
     pub(crate) responder: Responder<R>,
@@ -169,7 +169,7 @@ pub(crate) struct Registration<R> {
     pub(crate) responder: Responder<R>,
 }
 
-/// What the core thread receives from its handles, its ticker and its apply thread. Peer
+/// What the core receives from its handles, its ticker and its apply thread. Peer
 /// messages come from the transport's receiver instead (they are large: keeping them out keeps
 /// this queue's slots small).
 pub(crate) enum CoreInput<SM: StateMachine> {

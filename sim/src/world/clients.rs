@@ -122,7 +122,7 @@ impl Simulation {
             self.wait_on_paused(client, target, Queued::Write(client, operation));
             return Ok(());
         }
-        self.begin_iteration(target);
+        self.begin_iteration(target)?;
         self.take_write(target, client, operation)?;
         self.end_iteration(target)
     }
@@ -158,7 +158,7 @@ impl Simulation {
             self.wait_on_paused(client, target, Queued::Read(client, operation, mode));
             return Ok(());
         }
-        self.begin_iteration(target);
+        self.begin_iteration(target)?;
         self.take_read(target, client, operation, mode)?;
         self.end_iteration(target)
     }
