@@ -108,6 +108,10 @@ pub struct RealConfig {
     /// Self-tests only: every fsync (of files and directories) does nothing, as on a disk that
     /// lies about durability.
     pub fsync_lies: bool,
+    /// Self-tests only: as `fsync_lies`, but each node's store (and its groups) is created
+    /// honestly first, so that what a crash loses is acknowledged entries and votes, not the
+    /// whole store.
+    pub fsync_lies_after_create: bool,
     /// The chance, at each fault, that a running node is also paused (SIGSTOP) for up to three
     /// election timeouts; 0 in some seeds.
     pub pause_rate: f64,
@@ -150,6 +154,7 @@ impl RealConfig {
             corruption_probability: if disk == 1 { 0.0002 } else { 0.0 },
             options_hook: None,
             fsync_lies: false,
+            fsync_lies_after_create: false,
             pause_rate: pause_rate(seed),
         }
     }
@@ -296,6 +301,7 @@ pub fn run_config(config: RealConfig) -> RealReport {
             segment_bytes_max: 4096,
             disk_faults: config.disk_faults(),
             fsync_lies: config.fsync_lies,
+            fsync_lies_after_create: config.fsync_lies_after_create,
             seed: config.seed,
             groups: config.groups,
             cache_bytes_max: 8 * 1024,

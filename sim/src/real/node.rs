@@ -22,8 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft_core::{ConfChange, GroupId, Index, Membership, MembershipError, NodeId, Options, TransferError};
 use raft_net::{
-    Execution, Host, HostConfig, MembershipChangeError, NodeConfig, NodeEvent, NodeHandle, ProposeError,
-    ReadConsistency, StateMachine, StopReason, TcpOptions, TcpTransport, TransferLeadershipError,
+    Execution, Host, HostConfig, HostError, MembershipChangeError, NodeConfig, NodeEvent, NodeHandle, NodeStartError,
+    ProposeError, ReadConsistency, StateMachine, StopReason, TcpOptions, TcpTransport, TransferLeadershipError,
 };
 use raft_storage::{DiskError, DiskOptions, DiskStorage, GroupStore, Identity, SharedWal, WalOptions};
 use raft_testkit::{HarnessError, Tcp, start_node};
@@ -61,6 +61,8 @@ pub(crate) struct NodePlan {
     pub(crate) disk_faults: bool,
     /// Self-tests: fsync does nothing.
     pub(crate) fsync_lies: bool,
+    /// Self-tests: fsync does nothing once the store is created.
+    pub(crate) fsync_lies_after_create: bool,
     /// The run's seed, mixed into each incarnation's core seed.
     pub(crate) seed: u64,
     /// Raft groups on every node: 1 runs the single-group stack, more the multi-Raft stack.
@@ -256,6 +258,14 @@ async fn run_groups(plan: NodePlan, observer: Observer, incarnation: u64) -> tur
         let machine = state_machine(group, id, &observer);
         let handle = match host.add_group(group, config, store, group_transport, inbound, machine) {
             Ok(handle) => handle,
+            // On a faulty disk, reading a group's initial state (entries outside the cache are
+            // read back from the shared log) may fail, typed: the node ends, to be restarted.
+            Err(HostError::Start { source: NodeStartError::Storage(_), .. }) if plan.disk_faults => {
+                let mut observed = observer.lock();
+                observed.trace(&[5, id.0 as u8, group.0 as u8]);
+                observed.stats.open_failures += 1;
+                return Ok(());
+            }
             Err(error) => {
                 observer.lock().violate("node starts", format!("group {group}: node {id} did not start: {error}"));
                 return Ok(());
@@ -318,16 +328,23 @@ fn open_store(plan: &NodePlan, observer: &Observer) -> Option<DiskStorage<Turmoi
     let options = DiskOptions { segment_bytes_max: plan.segment_bytes_max };
     // Each host has a disk of its own; the node's id in the path only makes traces readable.
     let dir = format!("/raft/n{}", id.0);
-    let fs = TurmoilFs { fsync_lies: plan.fsync_lies };
+    let (honest, fs) = file_systems(plan);
     let opened = DiskStorage::open(fs, Path::new(&dir), identity, options);
     let created = observer.lock().created.contains(&id);
     let error = match opened {
         Ok(storage) => return Some(storage),
         Err(DiskError::NotInitialized(_)) if !created => {
-            match DiskStorage::create(fs, Path::new(&dir), identity, voters(plan), options) {
+            match DiskStorage::create(honest, Path::new(&dir), identity, voters(plan), options) {
                 Ok(storage) => {
                     observer.lock().created.insert(id);
-                    return Some(storage);
+                    if !plan.fsync_lies_after_create {
+                        return Some(storage);
+                    }
+                    drop(storage);
+                    match DiskStorage::open(fs, Path::new(&dir), identity, options) {
+                        Ok(storage) => return Some(storage),
+                        Err(error) => error,
+                    }
                 }
                 Err(error) => error,
             }
@@ -336,6 +353,13 @@ fn open_store(plan: &NodePlan, observer: &Observer) -> Option<DiskStorage<Turmoi
     };
     open_failed(plan, observer, &error, "");
     None
+}
+
+/// The file system a store is created on, and the one it runs on (they differ only in the
+/// `fsync_lies_after_create` self-test).
+fn file_systems(plan: &NodePlan) -> (TurmoilFs, TurmoilFs) {
+    let honest = TurmoilFs { fsync_lies: plan.fsync_lies };
+    (honest, TurmoilFs { fsync_lies: plan.fsync_lies || plan.fsync_lies_after_create })
 }
 
 /// Every node, as a voter.
@@ -349,16 +373,25 @@ fn open_wal(plan: &NodePlan, observer: &Observer) -> Option<SharedWal<TurmoilFs>
     let identity = Identity { cluster_id: CLUSTER_ID, node_id: id };
     let options = WalOptions { segment_bytes_max: plan.segment_bytes_max, cache_bytes_max: plan.cache_bytes_max };
     let dir = format!("/raft/n{}", id.0);
-    let fs = TurmoilFs { fsync_lies: plan.fsync_lies };
+    let (honest, fs) = file_systems(plan);
     let opened = SharedWal::open(fs, Path::new(&dir), identity, options);
     let created = observer.lock().created.contains(&id);
     let error = match opened {
         Ok(wal) => return Some(wal),
         Err(DiskError::NotInitialized(_)) if !created => {
-            match SharedWal::create(fs, Path::new(&dir), identity, options) {
+            match SharedWal::create(honest, Path::new(&dir), identity, options) {
                 Ok(wal) => {
                     observer.lock().created.insert(id);
-                    return Some(wal);
+                    if !plan.fsync_lies_after_create {
+                        return Some(wal);
+                    }
+                    // Its groups too are created honestly (all before any await: no crash between).
+                    open_groups(plan, observer, &wal)?;
+                    drop(wal);
+                    match SharedWal::open(fs, Path::new(&dir), identity, options) {
+                        Ok(wal) => return Some(wal),
+                        Err(error) => error,
+                    }
                 }
                 Err(error) => error,
             }
