@@ -592,3 +592,30 @@ async fn probe(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linearizability::{Input, Operation, Outcome, Output};
+
+    /// A stale read of key 7 (in group 3 of 4): the linearizability violation names the group.
+    #[test]
+    fn a_linearizability_violation_names_its_group() {
+        let put = Operation {
+            client: 1,
+            input: Input::Put { key: 7, value: 1 },
+            call: 1,
+            outcome: Outcome::Returned { at: 10, output: Output::Done },
+        };
+        let stale_read = Operation {
+            client: 2,
+            input: Input::Get { key: 7 },
+            call: 11,
+            outcome: Outcome::Returned { at: 12, output: Output::Value(None) },
+        };
+        let history = [put, stale_read];
+        let found = linearizability::judge(&history, 1_000).expect_err("a stale read");
+        assert!(in_group(found.clone(), &history, 4).detail.starts_with("group 3: "));
+        assert_eq!(in_group(found.clone(), &history, 1).detail, found.detail, "one group: as before");
+    }
+}
