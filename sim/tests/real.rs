@@ -102,24 +102,26 @@ fn a_disk_that_lies_about_fsync_is_caught() {
 }
 
 /// A disk whose fsync lies only once the store exists (it is created honestly, with its groups):
-/// a crash then loses acknowledged entries and votes rather than the whole store, and the
-/// per-group safety checkers (not merely liveness, nor a store that does not reopen) must notice
-/// it, on the single-group stack and in one group of a multi-group seed whose groups share the
-/// lying log. Seeds 7 and 14 (one group) and 22 (four groups) catch it as "state machine safety"
-/// (seed 22: in group 3). Found by running the first multi-group seeds: many more are caught by
-/// a store that no longer reopens (torn records), which this test does not count.
+/// a crash then loses acknowledged entries and votes rather than the whole store, and a per-group
+/// safety checker (not liveness, nor a store that does not reopen) must notice it, on the
+/// single-group stack and in one group of a multi-group seed whose groups share the lying log.
+/// Seed 14 (one group) is caught by election safety, seed 22 (four groups) by state machine
+/// safety in group 3. Many other seeds are caught by a store that no longer reopens (records torn
+/// over lost ones), which this test does not count.
 #[test]
 fn a_disk_that_lies_about_fsync_after_creation_is_caught_per_group() {
-    for (seed, groups) in [(7, 1), (14, 1), (22, 4)] {
+    for (seed, groups) in [(14, 1), (22, 4)] {
         let config = RealConfig { fsync_lies_after_create: true, ..RealConfig::draw(seed) };
         assert_eq!(config.groups, groups, "seed {seed} draws {groups} groups");
         let violation = run_config(config).violation;
         eprintln!("seed {seed} ({groups} groups): {violation:?}");
         let violation = violation.unwrap_or_else(|| panic!("seed {seed}: lost acknowledged writes went unnoticed"));
-        assert_eq!(violation.property, "state machine safety", "seed {seed}: {violation:?}");
-        if groups > 1 {
-            assert!(violation.detail.starts_with("group "), "the violation names its group: {violation:?}");
-        }
+        let property = violation.property;
+        assert!(
+            property != "liveness" && property != "the store reopens after a crash",
+            "seed {seed}: a safety checker must notice: {violation:?}"
+        );
+        assert!(violation.detail.starts_with("group "), "the violation names its group: {violation:?}");
     }
 }
 
@@ -130,7 +132,8 @@ fn a_disk_that_lies_about_fsync_after_creation_is_caught_per_group() {
 fn a_core_that_skips_the_up_to_date_check_is_caught() {
     let hook = |b: OptionsBuilder| b.bug_knobs(BugKnobs { skip_up_to_date_check: true, ..BugKnobs::default() });
     let bug = |config| RealConfig { options_hook: Some(hook), ..config };
-    assert!(caught(&seeds_with(false, 24), bug), "no one-group seed noticed votes for out-of-date candidates");
+    // Since `start` runs on the one-group `Host`, the first one-group seed that catches it is 89.
+    assert!(caught(&seeds_with(false, 60), bug), "no one-group seed noticed votes for out-of-date candidates");
     assert!(caught(&seeds_with(true, 24), bug), "no multi-group seed noticed votes for out-of-date candidates");
 }
 
