@@ -113,6 +113,13 @@ fn run_real(args: &Args) -> ExitCode {
     }
     let seconds = started.elapsed().as_secs_f64();
     println!("seeds:               {}", reports.len());
+    let multi: Vec<_> = reports.iter().filter(|report| report.config.groups > 1).collect();
+    let multi_passed = multi.iter().filter(|report| report.violation.is_none()).count();
+    println!(
+        "multi-Raft seeds:    {} with 2 to 4 groups per node ({multi_passed} passed), {} with one group",
+        multi.len(),
+        reports.len() - multi.len()
+    );
     println!("simulated time:      {:.1}s", total.simulated_ms as f64 / 1000.0);
     println!(
         "faults injected:     partitions {} crashes {} pauses {} restarts {} storage fail-stops {} stores refusing to open {}",

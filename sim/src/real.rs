@@ -12,6 +12,14 @@
 //! snapshots), that nodes stop only with expected typed reasons, that a store always reopens
 //! after a crash, and at the end the linearizability of the client history.
 //!
+//! A seed runs one Raft group per node in about half of the seeds, on the single-group stack
+//! (`DiskStorage` and `raft_net::start`), and 2 to 4 groups in the others, on the multi-Raft
+//! stack (one `SharedWal` per node for every group, one transport, one `Host` driving every
+//! group; see [`node`]). Every node is a voter of every group; each key belongs to one group
+//! (key modulo the number of groups), so the clients' histories are per group already; a crash,
+//! pause or disk fault of a node hits all of its groups at once. Every checker above runs per
+//! group, and liveness requires the probe's write and reads in every group.
+//!
 //! Runs are deterministic: turmoil's seeded scheduler and network, tokio's seeded choices (the
 //! workspace builds tokio with `tokio_unstable`, see `.cargo/config.toml`), the driver's
 //! [`Execution::Tasks`](raft_net::Execution::Tasks) (no threads), and seeds for everything else.
@@ -67,7 +75,9 @@ pub struct RealConfig {
     pub nodes: u64,
     /// Client hosts.
     pub clients: u64,
-    /// Keys the clients use.
+    /// Raft groups on every node (1: the single-group stack; more: the multi-Raft stack).
+    pub groups: u64,
+    /// Keys the clients use, over all groups (key `k` is in group `k % groups`).
     pub keys: u64,
     /// The chaos phase, in simulated time.
     pub chaos: Duration,
@@ -98,6 +108,10 @@ pub struct RealConfig {
     /// Self-tests only: every fsync (of files and directories) does nothing, as on a disk that
     /// lies about durability.
     pub fsync_lies: bool,
+    /// Self-tests only: as `fsync_lies`, but each node's store (and its groups) is created
+    /// honestly first, so that what a crash loses is acknowledged entries and votes, not the
+    /// whole store.
+    pub fsync_lies_after_create: bool,
     /// The chance, at each fault, that a running node is also paused (SIGSTOP) for up to three
     /// election timeouts; 0 in some seeds.
     pub pause_rate: f64,
@@ -118,11 +132,14 @@ impl RealConfig {
             .collect();
         let latency_max = Duration::from_millis(1 + pick(20));
         let disk = pick(10);
+        let groups = groups(seed);
         RealConfig {
             seed,
             nodes,
             clients: 2 + pick(3),
-            keys: 1 + pick(4),
+            groups,
+            // 1 to 4 keys per group.
+            keys: (1 + pick(4)) * groups,
             chaos: Duration::from_secs(6 + pick(7)),
             fault_interval: Duration::from_millis(100 + pick(400)),
             latency: (Duration::from_micros(200), latency_max),
@@ -137,6 +154,7 @@ impl RealConfig {
             corruption_probability: if disk == 1 { 0.0002 } else { 0.0 },
             options_hook: None,
             fsync_lies: false,
+            fsync_lies_after_create: false,
             pause_rate: pause_rate(seed),
         }
     }
@@ -166,6 +184,13 @@ impl RealConfig {
     }
 }
 
+/// The number of groups, drawn apart from the other choices (so that every other draw of a seed
+/// stayed as it was): 1 in half of the seeds, 2 to 4 in the others.
+fn groups(seed: u64) -> u64 {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6a0_0b5);
+    if rng.next_u64() % 2 == 0 { 1 } else { 2 + rng.next_u64() % 3 }
+}
+
 /// Drawn apart from the other choices, so that adding pauses left every other draw of a seed as
 /// it was: none in a third of the seeds, up to 0.3 per fault in the rest.
 fn pause_rate(seed: u64) -> f64 {
@@ -178,9 +203,10 @@ impl fmt::Display for RealConfig {
         let rates: Vec<String> = self.clocks.iter().map(|(rate, _)| format!("{rate:.3}")).collect();
         write!(
             f,
-            "nodes={} clients={} keys={} chaos={:?} faults every ~{:?} latency<={:?} clock rates=[{}] lease={} membership={} \
+            "nodes={} groups={} clients={} keys={} chaos={:?} faults every ~{:?} latency<={:?} clock rates=[{}] lease={} membership={} \
              snapshot every {} margin {} sync_p={} torn={:?} io_error_p={} corruption_p={} pause_p={}",
             self.nodes,
+            self.groups,
             self.clients,
             self.keys,
             self.chaos,
@@ -275,7 +301,10 @@ pub fn run_config(config: RealConfig) -> RealReport {
             segment_bytes_max: 4096,
             disk_faults: config.disk_faults(),
             fsync_lies: config.fsync_lies,
+            fsync_lies_after_create: config.fsync_lies_after_create,
             seed: config.seed,
+            groups: config.groups,
+            cache_bytes_max: 8 * 1024,
         };
         let observer = observer.clone();
         let gate = gates[position].clone();
@@ -301,18 +330,24 @@ pub fn run_config(config: RealConfig) -> RealReport {
         sim.client(format!("c{client}").as_str(), run_client(plan, observer.clone()));
     }
     if config.membership {
-        let admin = client::run_admin(
-            addresses.clone(),
-            config.seed ^ 0xad,
-            config.chaos,
-            config.chaos + LIVENESS_BUDGET / 2,
-            !config.disk_faults(),
-            observer.clone(),
-        );
+        let plan = client::AdminPlan {
+            nodes: addresses.clone(),
+            groups: config.groups,
+            seed: config.seed ^ 0xad,
+            until: config.chaos,
+            restored_by: config.chaos + LIVENESS_BUDGET / 2,
+            required: !config.disk_faults(),
+        };
+        let admin = client::run_admin(plan, observer.clone());
         sim.client("admin", admin);
     }
-    let probe =
-        probe(addresses.clone(), config.chaos + Duration::from_secs(1), !config.disk_faults(), observer.clone());
+    let probe = probe(
+        addresses.clone(),
+        config.groups,
+        config.chaos + Duration::from_secs(1),
+        !config.disk_faults(),
+        observer.clone(),
+    );
     sim.client("probe", probe);
 
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xfa17);
@@ -367,11 +402,22 @@ pub fn run_config(config: RealConfig) -> RealReport {
     if violation.is_none() && observed.violation.is_none() {
         match linearizability::judge(&observed.history, LINEARIZABILITY_STEPS_MAX) {
             Ok(decided) => linearizability_unknown = !decided,
-            Err(found) => violation = Some(found),
+            Err(found) => violation = Some(in_group(found, &observed.history, config.groups)),
         }
     }
     let violation = observed.violation.clone().or(violation);
     RealReport { config, violation, stats: observed.stats, linearizability_unknown, trace_hash: observed.trace }
+}
+
+/// Names the group of the key a linearizability violation is about (with several groups).
+fn in_group(mut violation: Violation, history: &[linearizability::Operation], groups: u64) -> Violation {
+    if groups > 1
+        && let Ok(linearizability::Verdict::Violation(counterexample)) =
+            linearizability::check(history, LINEARIZABILITY_STEPS_MAX)
+    {
+        violation.detail = format!("group {}: {}", client::group_of(counterexample.key, groups), violation.detail);
+    }
+    violation
 }
 
 /// Draws one fault and injects it.
@@ -518,20 +564,58 @@ fn restart_stopped(sim: &mut turmoil::Sim<'_>, hosts: &[String]) {
     }
 }
 
-/// After the heal: a write must commit and every node must read it back (linearizably) within
-/// [`LIVENESS_BUDGET`]; its operations join the history. Without `required` (faulty disks) the
-/// probe only adds to the history.
-async fn probe(nodes: Vec<std::net::IpAddr>, start: Duration, required: bool, observer: Observer) -> turmoil::Result {
+/// After the heal: in every group, a write must commit and every node must read it back
+/// (linearizably) within [`LIVENESS_BUDGET`]; its operations join the history. Without
+/// `required` (faulty disks) the probe only adds to the history.
+async fn probe(
+    nodes: Vec<std::net::IpAddr>,
+    groups: u64,
+    start: Duration,
+    required: bool,
+    observer: Observer,
+) -> turmoil::Result {
     tokio::time::sleep(start).await;
-    let key = u64::MAX;
     let deadline = start + LIVENESS_BUDGET;
-    let done = client::probe_round(&nodes, key, deadline, &observer).await;
-    if !done && required {
-        let addresses: Vec<SocketAddr> = nodes.iter().map(|ip| SocketAddr::new(*ip, client::CLIENT_PORT)).collect();
-        observer.lock().violate(
-            "liveness",
-            format!("after the heal, a write was not committed and read back on every node of {addresses:?}"),
-        );
+    for (offset, key) in client::probe_keys(groups).enumerate() {
+        let session = client::PROBE_CLIENT + offset as u64;
+        let done = client::probe_round(&nodes, key, session, deadline, &observer).await;
+        if !done && required {
+            let addresses: Vec<SocketAddr> = nodes.iter().map(|ip| SocketAddr::new(*ip, client::CLIENT_PORT)).collect();
+            let group = client::group_of(key, groups);
+            observer.lock().violate(
+                "liveness",
+                format!(
+                    "group {group}: after the heal, a write was not committed and read back on every node of {addresses:?}"
+                ),
+            );
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linearizability::{Input, Operation, Outcome, Output};
+
+    /// A stale read of key 7 (in group 3 of 4): the linearizability violation names the group.
+    #[test]
+    fn a_linearizability_violation_names_its_group() {
+        let put = Operation {
+            client: 1,
+            input: Input::Put { key: 7, value: 1 },
+            call: 1,
+            outcome: Outcome::Returned { at: 10, output: Output::Done },
+        };
+        let stale_read = Operation {
+            client: 2,
+            input: Input::Get { key: 7 },
+            call: 11,
+            outcome: Outcome::Returned { at: 12, output: Output::Value(None) },
+        };
+        let history = [put, stale_read];
+        let found = linearizability::judge(&history, 1_000).expect_err("a stale read");
+        assert!(in_group(found.clone(), &history, 4).detail.starts_with("group 3: "));
+        assert_eq!(in_group(found.clone(), &history, 1).detail, found.detail, "one group: as before");
+    }
 }

@@ -4,6 +4,9 @@
 //! that crashes or stops does not answer them, and they fail over to others (the fault loop cuts
 //! links between nodes only). They record what they asked and what they got for the
 //! linearizability checker.
+//!
+//! With several Raft groups per node, each key belongs to one group ([`group_of`]): the node
+//! routes a read or write to its key's group, and an administrator's request names its group.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -34,8 +37,14 @@ pub(crate) enum Request {
     Write(Command),
     /// Read `key`; `lease` asks for a lease read rather than ReadIndex.
     Read { key: u64, lease: bool },
-    /// An administrator's request, served by the leader.
-    Admin(Admin),
+    /// An administrator's request, served by the leader of group `group` (an index below the
+    /// number of groups).
+    Admin { group: u64, admin: Admin },
+}
+
+/// The group (an index below `groups`) that `key` belongs to.
+pub(crate) fn group_of(key: u64, groups: u64) -> u64 {
+    key % groups
 }
 
 /// A membership change or a leadership transfer.
@@ -76,7 +85,7 @@ impl Request {
                 out.extend_from_slice(&key.to_le_bytes());
                 out
             }
-            Request::Admin(admin) => {
+            Request::Admin { group, admin } => {
                 let (kind, node) = match admin {
                     Admin::Demote(node) => (3, node),
                     Admin::Promote(node) => (4, node),
@@ -84,6 +93,7 @@ impl Request {
                 };
                 let mut out = vec![kind];
                 out.extend_from_slice(&node.to_le_bytes());
+                out.extend_from_slice(&group.to_le_bytes());
                 out
             }
         }
@@ -96,12 +106,15 @@ impl Request {
             0 => Command::decode(rest).map(Request::Write),
             1 | 2 => Some(Request::Read { key: u64::from_le_bytes(rest.try_into().ok()?), lease: kind == 2 }),
             3..=5 => {
-                let node = u64::from_le_bytes(rest.try_into().ok()?);
-                Some(Request::Admin(match kind {
+                let (node, group) = rest.split_at_checked(8)?;
+                let node = u64::from_le_bytes(node.try_into().ok()?);
+                let group = u64::from_le_bytes(group.try_into().ok()?);
+                let admin = match kind {
                     3 => Admin::Demote(node),
                     4 => Admin::Promote(node),
                     _ => Admin::Transfer(node),
-                }))
+                };
+                Some(Request::Admin { group, admin })
             }
             _ => None,
         }
@@ -266,20 +279,34 @@ pub(crate) async fn run_client(plan: ClientPlan, observer: Observer) -> turmoil:
     Ok(())
 }
 
-/// The probe's session id (clients count from 1).
-const PROBE_CLIENT: u64 = 1 << 40;
+/// The probe's session id in the first group, plus the group's index in the others (clients
+/// count from 1).
+pub(crate) const PROBE_CLIENT: u64 = 1 << 40;
 
-/// The probe's round: writes `key` once, then reads it linearizably on every node, each before
-/// `deadline`. Every answered operation joins the history (the checker judges the values).
-/// Returns whether everything was answered in time.
-pub(crate) async fn probe_round(nodes: &[IpAddr], key: u64, deadline: Duration, observer: &Observer) -> bool {
+/// The probe's keys: the last `groups` keys (`u64::MAX` alone with one group), which no client
+/// uses; consecutive, so one falls in each group.
+pub(crate) fn probe_keys(groups: u64) -> impl Iterator<Item = u64> {
+    (0..groups).map(|offset| u64::MAX - offset)
+}
+
+/// The probe's round in one group: writes `key` once, then reads it linearizably on every node,
+/// each before `deadline`. Every answered operation joins the history (the checker judges the
+/// values). Returns whether everything was answered in time. `session` is the probe's session id
+/// (one per group, so each group's first write is sequence number 1).
+pub(crate) async fn probe_round(
+    nodes: &[IpAddr],
+    key: u64,
+    session: u64,
+    deadline: Duration,
+    observer: &Observer,
+) -> bool {
     let mut rng = ChaCha8Rng::seed_from_u64(PROBE_CLIENT);
     let input = Input::Put { key, value: 42 };
-    let write = Request::Write(Command { client: PROBE_CLIENT, seq: 1, input });
+    let write = Request::Write(Command { client: session, seq: 1, input });
     let call = now();
     let written = ask(nodes, write, deadline, &mut 0, &mut rng, false).await;
     let outcome = written.map_or(Outcome::Unknown, |output| Outcome::Returned { at: now(), output });
-    observer.lock().history.push(Operation { client: PROBE_CLIENT, input, call, outcome });
+    observer.lock().history.push(Operation { client: session, input, call, outcome });
     if written.is_none() {
         return false;
     }
@@ -288,23 +315,32 @@ pub(crate) async fn probe_round(nodes: &[IpAddr], key: u64, deadline: Duration, 
         let read = Request::Read { key, lease: false };
         let Some(output) = ask(nodes, read, deadline, &mut node, &mut rng, true).await else { return false };
         let outcome = Outcome::Returned { at: now(), output };
-        observer.lock().history.push(Operation { client: PROBE_CLIENT, input: Input::Get { key }, call, outcome });
+        observer.lock().history.push(Operation { client: session, input: Input::Get { key }, call, outcome });
     }
     true
 }
 
-/// The administrator: until `until`, demotes a random voter to learner and promotes it back,
-/// and now and then moves leadership; then makes sure every node is a voter again, before
-/// `restored_by` (the liveness probe reads on every node); failing that is a liveness violation
-/// where `required` (disks without injected errors).
-pub(crate) async fn run_admin(
-    nodes: Vec<IpAddr>,
-    seed: u64,
-    until: Duration,
-    restored_by: Duration,
-    required: bool,
-    observer: Observer,
-) -> turmoil::Result {
+/// What the administrator does.
+pub(crate) struct AdminPlan {
+    /// The nodes' addresses, by node id minus one.
+    pub(crate) nodes: Vec<IpAddr>,
+    /// The number of groups on every node.
+    pub(crate) groups: u64,
+    pub(crate) seed: u64,
+    /// Changes stop then.
+    pub(crate) until: Duration,
+    /// Every node is a voter of every group again by then.
+    pub(crate) restored_by: Duration,
+    /// Whether not restoring in time is a violation (disks without injected errors).
+    pub(crate) required: bool,
+}
+
+/// The administrator: until `plan.until`, demotes a random voter to learner and promotes it
+/// back, and now and then moves leadership, each time in a group it picks (with several); then
+/// makes sure every node is a voter again in every group, before `plan.restored_by` (the
+/// liveness probe reads on every node).
+pub(crate) async fn run_admin(plan: AdminPlan, observer: Observer) -> turmoil::Result {
+    let AdminPlan { nodes, groups, seed, until, restored_by, required } = plan;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let count = nodes.len() as u64;
     let mut target = 0;
@@ -312,25 +348,32 @@ pub(crate) async fn run_admin(
         tokio::time::sleep(Duration::from_millis(200 + rng.next_u64() % 800)).await;
         let node = 1 + rng.next_u64() % count;
         let admin = if rng.next_u64() % 3 == 0 { Admin::Transfer(node) } else { Admin::Demote(node) };
+        // Drawn only with several groups, so that one-group seeds keep their course.
+        let group = if groups > 1 { rng.next_u64() % groups } else { 0 };
         let deadline = turmoil::elapsed() + Duration::from_secs(2);
-        if ask(&nodes, Request::Admin(admin), deadline, &mut target, &mut rng, false).await.is_some() {
+        if ask(&nodes, Request::Admin { group, admin }, deadline, &mut target, &mut rng, false).await.is_some() {
             let mut observed = observer.lock();
             observed.stats.membership_changes += 1;
-            observed.trace(&[7, node as u8]);
+            observed.trace(&[7, node as u8, group as u8]);
         }
         if let Admin::Demote(_) = admin {
             tokio::time::sleep(Duration::from_millis(rng.next_u64() % 1000)).await;
             let deadline = turmoil::elapsed() + Duration::from_secs(2);
-            let promote = Request::Admin(Admin::Promote(node));
+            let promote = Request::Admin { group, admin: Admin::Promote(node) };
             if ask(&nodes, promote, deadline, &mut target, &mut rng, false).await.is_some() {
                 observer.lock().stats.membership_changes += 1;
             }
         }
     }
-    for node in 1..=count {
-        let promote = Request::Admin(Admin::Promote(node));
-        if ask(&nodes, promote, restored_by, &mut target, &mut rng, false).await.is_none() && required {
-            observer.lock().violate("liveness", format!("node {node} was not made a voter again after the heal"));
+    for group in 0..groups {
+        for node in 1..=count {
+            let promote = Request::Admin { group, admin: Admin::Promote(node) };
+            if ask(&nodes, promote, restored_by, &mut target, &mut rng, false).await.is_none() && required {
+                observer.lock().violate(
+                    "liveness",
+                    format!("group {group}: node {node} was not made a voter again after the heal"),
+                );
+            }
         }
     }
     Ok(())
@@ -346,9 +389,9 @@ mod tests {
             Request::Write(Command { client: 3, seq: 9, input: Input::Put { key: 1, value: 2 } }),
             Request::Read { key: 5, lease: true },
             Request::Read { key: 6, lease: false },
-            Request::Admin(Admin::Demote(1)),
-            Request::Admin(Admin::Promote(2)),
-            Request::Admin(Admin::Transfer(3)),
+            Request::Admin { group: 0, admin: Admin::Demote(1) },
+            Request::Admin { group: 3, admin: Admin::Promote(2) },
+            Request::Admin { group: 1, admin: Admin::Transfer(3) },
         ];
         for request in requests {
             assert_eq!(Request::decode(&request.encode()), Some(request));

@@ -1,7 +1,9 @@
 //! What the real-stack simulation sees of its nodes, from outside them (so it survives their
 //! crashes), and the checks it makes on it: election safety from the driver's events, state
 //! machine safety from the applied commands, typed stops only, stores that always reopen after a
-//! crash, and (kept by the clients) the history for the linearizability checker.
+//! crash, and (kept by the clients) the history for the linearizability checker. A node may host
+//! several Raft groups: election and state machine safety are judged per group (each group has
+//! terms and indexes of its own), and every observation names its group.
 //!
 //! The simulation is single-threaded: the `Arc<Mutex<_>>` only satisfies the driver's `Send`
 //! bounds on the state machine; it is never contended.
@@ -9,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use raft_core::{Index, NodeId, Term};
+use raft_core::{GroupId, Index, NodeId, Term};
 
 use crate::checkers::{ElectionSafety, FNV_START, Violation, fnv};
 use crate::linearizability::Operation;
@@ -21,12 +23,16 @@ pub(crate) struct Observer(Arc<Mutex<Observed>>);
 /// Everything observed in one run.
 #[derive(Default)]
 pub(crate) struct Observed {
-    election: ElectionSafety,
-    /// The chain hash of the applied commands up to each command's index, and a digest of the
-    /// state it produced, as first applied.
-    chains: BTreeMap<Index, (u64, u64)>,
-    /// The nodes whose store was created durably (it must reopen from then on).
+    /// Per group.
+    election: BTreeMap<GroupId, ElectionSafety>,
+    /// Per group: the chain hash of the applied commands up to each command's index, and a
+    /// digest of the state it produced, as first applied.
+    chains: BTreeMap<(GroupId, Index), (u64, u64)>,
+    /// The nodes whose store (`DiskStorage`, or the shared log) was created durably (it must
+    /// reopen from then on).
     pub(crate) created: BTreeSet<NodeId>,
+    /// The groups created durably in each node's shared log (they must be there on reopening).
+    pub(crate) groups_created: BTreeSet<(NodeId, GroupId)>,
     /// How many times each node was started, for a fresh seed per incarnation.
     pub(crate) starts: BTreeMap<NodeId, u64>,
     /// The first violation seen.
@@ -108,30 +114,32 @@ impl Observed {
         self.trace = fnv(if self.trace == 0 { FNV_START } else { self.trace }, bytes);
     }
 
-    /// `node` reported that it leads `term`.
-    pub(crate) fn leader(&mut self, node: NodeId, term: Term) {
-        self.trace(&[1, node.0 as u8]);
+    /// `node` reported that it leads `term` of `group`.
+    pub(crate) fn leader(&mut self, group: GroupId, node: NodeId, term: Term) {
+        self.trace(&[1, node.0 as u8, group.0 as u8]);
         self.trace(&term.0.to_le_bytes());
-        let before = self.election.terms_with_leader();
-        if let Err(violation) = self.election.observe_leader(node, term) {
-            self.violate(violation.property, violation.detail);
+        let election = self.election.entry(group).or_default();
+        let before = election.terms_with_leader();
+        let observed = election.observe_leader(node, term);
+        self.stats.leaders += (election.terms_with_leader() - before) as u64;
+        if let Err(violation) = observed {
+            self.violate(violation.property, format!("group {group}: {}", violation.detail));
         }
-        self.stats.leaders += (self.election.terms_with_leader() - before) as u64;
     }
 
-    /// `node`'s state machine applied the command at `index`, reaching `chain` and a state whose
-    /// digest is `state`.
-    pub(crate) fn applied(&mut self, node: NodeId, index: Index, chain: u64, state: u64) {
-        self.trace(&[2, node.0 as u8]);
+    /// `node`'s state machine of `group` applied the command at `index`, reaching `chain` and a
+    /// state whose digest is `state`.
+    pub(crate) fn applied(&mut self, group: GroupId, node: NodeId, index: Index, chain: u64, state: u64) {
+        self.trace(&[2, node.0 as u8, group.0 as u8]);
         self.trace(&index.0.to_le_bytes());
-        match self.chains.get(&index) {
+        match self.chains.get(&(group, index)) {
             Some(&expected) if expected != (chain, state) => self.violate(
                 "state machine safety",
-                format!("node {node} applied a different command history up to index {index}"),
+                format!("group {group}: node {node} applied a different command history up to index {index}"),
             ),
             Some(_) => {}
             None => {
-                self.chains.insert(index, (chain, state));
+                self.chains.insert((group, index), (chain, state));
             }
         }
     }
@@ -139,28 +147,40 @@ impl Observed {
     /// `node`'s state machine was restored from a snapshot whose last command is `last` with the
     /// chain `chain` and a state whose digest is `state`, while it had applied up to `applied` in
     /// this incarnation. Both must equal what applying up to `last` gave.
-    pub(crate) fn restored(&mut self, node: NodeId, applied: Index, last: Index, chain: u64, state: u64) {
-        self.trace(&[3, node.0 as u8]);
+    pub(crate) fn restored(
+        &mut self,
+        group: GroupId,
+        node: NodeId,
+        (applied, last): (Index, Index),
+        chain: u64,
+        state: u64,
+    ) {
+        self.trace(&[3, node.0 as u8, group.0 as u8]);
         self.trace(&last.0.to_le_bytes());
         self.stats.restores += 1;
         if last < applied {
             self.violate(
                 "state machine never rolls back",
-                format!("node {node} went back from command {applied} to a snapshot ending at command {last}"),
+                format!(
+                    "group {group}: node {node} went back from command {applied} to a snapshot ending at command {last}"
+                ),
             );
             return;
         }
         let empty = fnv(FNV_START, &crate::kv::KvState::default().encode());
-        let expected = if last == Index(0) { Some((FNV_START, empty)) } else { self.chains.get(&last).copied() };
+        let expected =
+            if last == Index(0) { Some((FNV_START, empty)) } else { self.chains.get(&(group, last)).copied() };
         match expected {
             Some(expected) if expected == (chain, state) => {}
             Some(_) => self.violate(
                 "state machine safety (snapshot)",
-                format!("node {node} restored a snapshot of a different history at command {last}"),
+                format!("group {group}: node {node} restored a snapshot of a different history at command {last}"),
             ),
             None => self.violate(
                 "state machine safety (snapshot)",
-                format!("node {node} restored a snapshot ending at command {last}, which nobody applied"),
+                format!(
+                    "group {group}: node {node} restored a snapshot ending at command {last}, which nobody applied"
+                ),
             ),
         }
     }
