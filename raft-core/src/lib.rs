@@ -151,11 +151,13 @@ mod election;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod liveness;
 mod log;
 mod membership;
 mod message;
 mod options;
 mod progress;
+mod quiesce;
 mod quorum;
 mod raft;
 mod read;
