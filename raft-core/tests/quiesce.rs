@@ -133,6 +133,48 @@ fn peer_down_does_not_shorten_a_followers_stickiness() {
         c.node_mut(2).tick();
         assert_eq!(c.node(2).role(), Role::Follower);
     }
+    // Nor does it free the follower to vote for another before that.
+    let mut c = quiet_cluster();
+    c.node_mut(2).peer_down(NodeId(1));
+    let (term, last) = (c.node(2).term(), c.node(2).last_index());
+    let body = MessageBody::VoteRequest { pre_vote: false, last_log_index: last, last_log_term: term, transfer: false };
+    let refused = c.node_mut(2).step(message(3, 2, term.next().0, body));
+    assert!(matches!(refused, Err(StepError::Ignored(Ignored::LeaderSticky { .. }))), "{refused:?}");
+}
+
+/// The leader goes quiet only once every follower answered its `Quiesce` round: a follower
+/// that missed it would otherwise time out and campaign against a leader that sends nothing.
+#[test]
+fn a_leader_goes_quiet_only_once_every_follower_answered_its_quiesce_round() {
+    let mut c = awake_cluster(|b| b);
+    let lose_quiesce_to_3 = |m: &raft_core::Message| {
+        if is_quiesce(&m.body) && m.to == NodeId(3) { Fate::Drop } else { Fate::Deliver }
+    };
+    tick_with(&mut c, lose_quiesce_to_3);
+    assert!(c.node(2).is_quiet() && !c.node(3).is_quiet());
+    assert!(!c.node(1).is_quiet(), "node 3 did not answer");
+    c.tick_all();
+    assert!(all_quiet(&c), "the next round reached node 3");
+}
+
+/// An answer to a `Quiesce` round sent before new work does not quiet the leader once the
+/// work is done: the followers woke on that work, and only a new round may quiet them again.
+#[test]
+fn an_answer_to_a_quiesce_round_overtaken_by_work_does_not_quiet_the_leader() {
+    let mut c = awake_cluster(|b| b);
+    let hold_answer_of_3 = |m: &raft_core::Message| {
+        let answer = matches!(m.body, MessageBody::HeartbeatResponse { .. }) && m.from == NodeId(3);
+        if answer { Fate::Hold } else { Fate::Deliver }
+    };
+    let held = tick_with(&mut c, hold_answer_of_3);
+    assert_eq!(held.len(), 1);
+    assert!(!c.node(1).is_quiet());
+    c.propose(1, b"work").expect("leader");
+    assert!(!c.node(2).is_quiet() && !c.node(3).is_quiet(), "the work woke the followers");
+    c.in_flight.extend(held);
+    c.deliver_all();
+    assert!(!c.node(1).is_quiet(), "quiet on an old round while its followers are awake");
+    settle_quiet(&mut c);
 }
 
 #[test]
@@ -359,12 +401,23 @@ fn only_a_leader_message_newer_than_the_quiesce_wakes_a_quiet_follower() {
         .cloned()
         .collect();
     assert!(!stale.is_empty());
-    for m in stale {
+    // And a heartbeat of a round before the `Quiesce` (overtaken by it on the network).
+    let quiesce_round = c
+        .delivered
+        .iter()
+        .rev()
+        .find_map(|m| match m.body {
+            MessageBody::Quiesce { round, .. } if m.to == NodeId(2) => Some(round),
+            _ => None,
+        })
+        .expect("node 2 was quieted");
+    let (term, commit) = (c.node(2).term().0, c.node(2).commit_index());
+    let overtaken = message(1, 2, term, MessageBody::Heartbeat { commit, round: quiesce_round - 1 });
+    for m in stale.into_iter().chain([overtaken]) {
         let _ = c.node_mut(2).step(m);
         assert!(c.node(2).is_quiet(), "a stale duplicate woke the follower");
     }
-    let (term, commit) = (c.node(2).term().0, c.node(2).commit_index());
-    let fresh = MessageBody::Heartbeat { commit, round: 10_000 };
+    let fresh = MessageBody::Heartbeat { commit, round: quiesce_round + 1 };
     c.node_mut(2).step(message(1, 2, term, fresh)).expect("leader");
     assert!(!c.node(2).is_quiet(), "a later round shows an awake leader");
     assert!(c.node(2).ticks_until_due() < 2 * ELECTION_TICKS);
