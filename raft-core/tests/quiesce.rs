@@ -417,7 +417,16 @@ fn only_a_leader_message_newer_than_the_quiesce_wakes_a_quiet_follower() {
         let _ = c.node_mut(2).step(m);
         assert!(c.node(2).is_quiet(), "a stale duplicate woke the follower");
     }
-    let fresh = MessageBody::Heartbeat { commit, round: quiesce_round + 1 };
+    // A later `Quiesce` (round r + 4) then a stale one (r + 2) overtaken by it: the follower
+    // keeps the later round, so a heartbeat sent between the two (r + 3) does not wake it.
+    let last = c.node(2).last_index();
+    for round in [quiesce_round + 4, quiesce_round + 2] {
+        c.node_mut(2).step(message(1, 2, term, MessageBody::Quiesce { commit: last, round })).expect("leader");
+    }
+    let between = MessageBody::Heartbeat { commit, round: quiesce_round + 3 };
+    c.node_mut(2).step(message(1, 2, term, between)).expect("leader");
+    assert!(c.node(2).is_quiet(), "a heartbeat older than the latest Quiesce woke the follower");
+    let fresh = MessageBody::Heartbeat { commit, round: quiesce_round + 5 };
     c.node_mut(2).step(message(1, 2, term, fresh)).expect("leader");
     assert!(!c.node(2).is_quiet(), "a later round shows an awake leader");
     assert!(c.node(2).ticks_until_due() < 2 * ELECTION_TICKS);
