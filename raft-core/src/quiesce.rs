@@ -132,6 +132,9 @@ impl<S: Storage> Raft<S> {
         self.commit_to(commit.min(last));
         let obey = self.options.quiesce() && self.role == Role::Follower && commit == last && round > 0;
         if obey {
+            // A stale `Quiesce` must not lower the round: heartbeats sent between the two would
+            // then wake us while our leader sleeps.
+            let round = self.quiescence.round.filter(|_| self.quiescence.quiet).map_or(round, |quiet| quiet.max(round));
             self.quiescence = Quiescence { quiet: true, round: Some(round) };
         }
         self.send(from, self.term, MessageBody::HeartbeatResponse { round: if obey { round } else { 0 } });

@@ -498,7 +498,8 @@ impl<S: Storage> Raft<S> {
     /// the first `ticks_until_due() - 1` ticks produce no output and change neither role, term,
     /// vote, leader nor any pending request; the next one may (a campaign, a heartbeat round, a
     /// check-quorum round, an abandoned leadership transfer, an expired forwarded read). At
-    /// least 1; `u64::MAX` when no tick can do anything (a learner with nothing pending).
+    /// least 1; `u64::MAX` when no tick can do anything (a learner with nothing pending, a quiet
+    /// node with no forwarded read waiting: [`Raft::is_quiet`]).
     ///
     /// For a driver that hosts many groups: it need not wake a group before this many ticks
     /// have passed. When it does wake it, it still brings the clock up to date first

@@ -155,7 +155,7 @@ impl SimConfig {
         config.membership_rate = if unit_of(&mut rng) < 0.3 { 0.0 } else { unit_of(&mut rng) * 0.03 };
         // Quiescence last, for the same reason: a seed without it replays as before.
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0091_e5ce_0000);
-        config.quiesce = rng.next_u64() % 3 == 0;
+        config.quiesce = rng.next_u64().is_multiple_of(3);
         if config.quiesce {
             config.workload_pause_rate = 0.005 + unit_of(&mut rng) * 0.03;
             config.workload_pause_ticks_max = u64::from(election_ticks) * (2 + rng.next_u64() % 30);

@@ -256,7 +256,7 @@ fn membership_heavy_seeds_pass_every_checker() {
 /// often and long, leaders crashing, no partitions or pauses (they would hide the crashes).
 fn quiet_exposed(seed: u64) -> sim::SimConfig {
     let mut config = sim::SimConfig::from_seed(seed);
-    config.nodes = if seed % 2 == 0 { 3 } else { 5 };
+    config.nodes = if seed.is_multiple_of(2) { 3 } else { 5 };
     config.spare_nodes = 0;
     config.membership_rate = 0.0;
     config.quiesce = true;

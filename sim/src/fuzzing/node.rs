@@ -231,7 +231,7 @@ impl Harness {
             .snapshot_chunk_bytes_max(u64::from(setup.snapshot_chunk_bytes_max % 16) + 1)
             .snapshot_chunks_inflight_max(2)
             .reads_pending_max(8)
-            .quiesce(setup.seed % 2 == 0)
+            .quiesce(setup.seed.is_multiple_of(2))
             .rng_seed(setup.seed)
             .build()
             .ok()?;
