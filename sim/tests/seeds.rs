@@ -45,6 +45,10 @@ fn check(report: &Report) {
 ///
 /// Seed 28 restarted a joined node from a snapshot it took before it learned the membership,
 /// which the first check of stored memberships refused (raft-core/tests/membership_types.rs).
+///
+/// Quiescence (issue 19) is drawn on in one seed in three, among them 28, 90, 23883 and 120452,
+/// which therefore replay other histories since; seeds that draw it off replay byte for byte as
+/// before it existed.
 const REGRESSION_SEEDS: [u64; 11] = [28, 34, 90, 115, 1170, 19785, 23883, 114114, 119688, 120452, 131265];
 
 // Seeds 363 and 2827 (8-byte snapshot chunks) found two snapshot-transfer storms: a late copy
