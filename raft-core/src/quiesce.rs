@@ -9,8 +9,10 @@
 //! still idle and the leader sent nothing else since, it stops its heartbeat and check-quorum
 //! timers. It wakes, with both timers and the check-quorum record of who answered started
 //! afresh, when it is no longer idle after an input (a proposal, a read its lease cannot serve, a
-//! membership change, a leadership transfer), when it sends any message of a leader, on a vote
-//! request from a member, and on [`Raft::peer_down`] of a follower.
+//! membership change, a leadership transfer), when it sends any message of a leader, on any vote
+//! request (someone campaigns, perhaps a removed node that raised the term of a follower whose
+//! stickiness had lapsed: heartbeats let that follower tell the leader), and on
+//! [`Raft::peer_down`] of a follower.
 //!
 //! **A follower** goes quiet on a `Quiesce` from its leader at its term whose commit index is
 //! its own last index: its election timer stops. It wakes, with a new timeout drawn, only on

@@ -284,15 +284,17 @@ impl<S: Storage> Raft<S> {
     /// Handles one message from a peer. An `Err` says why it was ignored; it is never fatal
     /// except [`StepError::Storage`].
     ///
-    /// With quiescence on, a quiet leader wakes on a vote request from a member (someone
-    /// campaigns: it resumes heartbeats so that a node that only lost track of it follows it
-    /// again) and on any message that gives it work; a quiet follower wakes only on evidence
+    /// With quiescence on, a quiet leader wakes on any vote request (someone campaigns: it
+    /// resumes heartbeats so that a node that only lost track of it follows it again) and on any
+    /// message that gives it work; a quiet follower wakes only on evidence
     /// that its leader is awake (see [`Raft::is_quiet`]).
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         let failed_before = self.storage_failure.is_some();
-        let campaigning_member =
-            matches!(message.body, MessageBody::VoteRequest { .. }) && self.tracker.get(message.from).is_some();
-        if self.quiescence.quiet && self.role == Role::Leader && campaigning_member {
+        // Someone campaigns: a quiet leader heartbeats again, so that a node that only lost track
+        // of it follows it again, and a follower whose term a candidate (even a removed node)
+        // raised while its stickiness had lapsed tells the leader of that term.
+        let campaigning = matches!(message.body, MessageBody::VoteRequest { .. });
+        if self.quiescence.quiet && self.role == Role::Leader && campaigning {
             self.wake_leader();
         }
         let mut result = self.step_message(message);
@@ -545,8 +547,8 @@ impl<S: Storage> Raft<S> {
     /// What wakes a quiet node (its timers restart from zero):
     /// - a leader: any input after which its group is no longer idle (a proposal, a read that its
     ///   lease by the clock cannot serve at once, a membership change, a leadership transfer, a
-    ///   follower's forwarded read), any message of a leader it sends, a vote request from a
-    ///   member, and [`Raft::peer_down`] of a follower. A woken leader forgets who answered it
+    ///   follower's forwarded read), any message of a leader it sends, any vote request, and
+    ///   [`Raft::peer_down`] of a follower. A woken leader forgets who answered it
     ///   before: its first check-quorum round needs a quorum heard from since it woke.
     /// - a follower: a heartbeat of its leader of a later round than the `Quiesce` that quieted
     ///   it, an append of its leader that brings entries it lacks or a later commit index, a

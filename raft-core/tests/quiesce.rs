@@ -357,6 +357,19 @@ fn a_vote_request_from_a_member_wakes_a_quiet_leader() {
     assert_eq!(c.node(1).role(), Role::Leader);
 }
 
+/// A removed node (pre-vote off) raises the term of a quiet learner whose stickiness lapsed; its
+/// vote requests also reach the quiet leader, which wakes, so that its heartbeats meet the
+/// learner's later term and a leader of that term brings the learner back (simulator seed 7398:
+/// the learner was left at a later term with no leader, and the group never converged).
+#[test]
+fn a_removed_nodes_vote_request_wakes_a_quiet_leader() {
+    let mut c = quiet_cluster();
+    let (term, last) = (c.node(1).term(), c.node(1).last_index());
+    let body = MessageBody::VoteRequest { pre_vote: false, last_log_index: last, last_log_term: term, transfer: false };
+    let _ = c.node_mut(1).step(message(9, 1, term.0 + 5, body));
+    assert!(!c.node(1).is_quiet(), "a stranger campaigns: the leader heartbeats again");
+}
+
 /// Check-quorum after waking needs a quorum heard from since waking: a quiet leader cut off
 /// from its group and woken by a proposal steps down one election timeout later, not two.
 #[test]
