@@ -110,10 +110,15 @@ fn a_seed_replays_byte_for_byte() {
     assert_ne!(sim::run(3, RunOptions::default()).trace_hash, sim::run(4, RunOptions::default()).trace_hash);
 }
 
-/// Runs seeds with `hook` until one reports a violation; returns (seed, property).
+/// Runs seeds with `hook` until one reports a violation; returns (seed, property). Quiescence is
+/// off, so that the seeds replay the histories they did before it existed (its workload pauses
+/// leave fewer commits racing with crashes, and these self-tests are about the checkers).
 fn first_violation(hook: fn(OptionsBuilder) -> OptionsBuilder, seeds: std::ops::Range<u64>) -> Option<(u64, String)> {
     for seed in seeds {
-        let report = sim::run(seed, RunOptions { options_hook: Some(hook), ..RunOptions::default() });
+        let mut config = sim::SimConfig::from_seed(seed);
+        config.quiesce = false;
+        config.workload_pause_rate = 0.0;
+        let report = sim::run_config(config, RunOptions { options_hook: Some(hook), ..RunOptions::default() });
         if let Some(violation) = report.violation {
             return Some((seed, violation.property.to_string()));
         }
