@@ -68,6 +68,10 @@ impl Election {
         self.votes.clear();
         self.restart_count(now);
         self.heartbeat_elapsed = 0;
+        self.draw_timeout(election_ticks);
+    }
+
+    fn draw_timeout(&mut self, election_ticks: u32) {
         // Uniform in [base, 2*base): the spread is what keeps split votes rare.
         self.randomized_ticks = election_ticks + (self.rng.next_u64() % u64::from(election_ticks)) as u32;
         invariant!(
@@ -82,6 +86,22 @@ impl Election {
         invariant!(now >= self.restarted_at, "the clock went back");
         self.elapsed = 0;
         self.restarted_at = now;
+    }
+
+    /// A quiet leader wakes: its heartbeat and check-quorum counts start over.
+    pub(crate) fn restart_leader_timers(&mut self) {
+        self.elapsed = 0;
+        self.heartbeat_elapsed = 0;
+    }
+
+    /// A quiet follower wakes: its count toward an election starts over with a new timeout
+    /// drawn, so that followers woken together do not campaign together. The clock's record of
+    /// when it last heard from its leader (its stickiness) is left as it is: waking promises
+    /// nothing.
+    pub(crate) fn restart_timer_afresh(&mut self, election_ticks: u32) {
+        self.elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.draw_timeout(election_ticks);
     }
 
     pub(crate) fn count(&self) -> ElectionCount {
@@ -198,7 +218,11 @@ impl<S: Storage> Raft<S> {
         }
         self.tick_transfer();
         if due.heartbeat {
-            self.broadcast_heartbeat();
+            if self.options.quiesce() && self.leader_idle() {
+                self.send_quiesce_round();
+            } else {
+                self.broadcast_heartbeat();
+            }
         }
     }
 
@@ -333,6 +357,8 @@ impl<S: Storage> Raft<S> {
     }
 
     fn clear_election_and_leader_state(&mut self) {
+        // A new role or term: whatever quiet the old one had is over, and the timers start anew.
+        self.quiescence = crate::quiesce::Quiescence::default();
         self.tracker.clear();
         self.receiver.abandon();
         self.transfer = None;

@@ -13,11 +13,15 @@
 //!   [`Raft::tick_timers`]), messages ([`Raft::step`]), client requests ([`Raft::propose`],
 //!   [`Raft::read`]), administration ([`Raft::campaign`], [`Raft::change_membership`],
 //!   [`Raft::transfer_leadership`]) and the driver's reports ([`Raft::on_persisted`],
-//!   [`Raft::report_unreachable`]).
+//!   [`Raft::report_unreachable`], [`Raft::peer_down`]).
 //! - **Output**: [`Raft::take_output`] returns one [`Output`] batch of everything to do;
 //!   [`Raft::has_output`] says whether there is any.
 //! - **Queries**: read-only views such as [`Raft::status`], [`Raft::role`],
-//!   [`Raft::snapshot_meta`] and [`Raft::compaction_point`].
+//!   [`Raft::snapshot_meta`], [`Raft::compaction_point`], [`Raft::ticks_until_due`] and
+//!   [`Raft::is_quiet`].
+//!
+//! The module [`liveness`] holds the node-level liveness policy ([`liveness::PeerLiveness`]) that
+//! a driver of quiet groups ([`Options::quiesce`]) runs once per node.
 //!
 //! Inside, the node composes owners that each change only their own state: the log, the
 //! membership history, the election state and timers, the leader's replication tracker, the
@@ -72,6 +76,14 @@
 //!    machine starts from the store's snapshot and applying resumes at the first entry after it
 //!    (index 1 without snapshots).
 //! 8. On a storage error, **stop the node** (fail-stop): never acknowledge what was not written.
+//!
+//!    **Quiet groups.** With [`Options::quiesce`] on, an idle group stops its timers
+//!    ([`Raft::is_quiet`]; [`Raft::ticks_until_due`] then says when, if ever, it needs a tick).
+//!    A quiet follower learns that its leader's node is gone only from the driver: run one
+//!    [`liveness::PeerLiveness`] per node (pings between nodes, a timeout of silence, restarts
+//!    seen as new incarnations, lost connections) and call [`Raft::peer_down`] on every group
+//!    for each peer it reports. Keep feeding time as in rule 1: the clock judges the lease and
+//!    stickiness of quiet groups exactly as of awake ones.
 //! 9. **Snapshots** are taken by the application, whenever it likes, of its state machine at an
 //!    applied index: [`Raft::snapshot_meta`] describes it (index, term, membership, checksum), the store
 //!    saves it durably with its data (`raft_storage::LogStore::save_snapshot`), and then the log
@@ -151,11 +163,13 @@ mod election;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod liveness;
 mod log;
 mod membership;
 mod message;
 mod options;
 mod progress;
+mod quiesce;
 mod quorum;
 mod raft;
 mod read;

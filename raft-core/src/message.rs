@@ -126,6 +126,17 @@ pub enum MessageBody {
         /// Which check failed.
         reason: SnapshotRefusal,
     },
+    /// The leader's last heartbeat before its group goes quiet (option `quiesce`): its whole
+    /// log is on every follower and committed, and nothing is pending. A follower whose log
+    /// ends at `commit` stops its election timer and answers with a `HeartbeatResponse` of
+    /// `round`; one that cannot go quiet answers with round 0. Once every follower answered the
+    /// round, the leader stops its heartbeat and check-quorum timers.
+    Quiesce {
+        /// The leader's commit index, which is also its last index.
+        commit: Index,
+        /// The leader's number for this heartbeat round, as in `Heartbeat`.
+        round: u64,
+    },
 }
 
 /// Why a follower refused a snapshot it was receiving.
@@ -183,6 +194,7 @@ impl MessageBody {
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::InstallSnapshot { .. }
                 | MessageBody::TimeoutNow
+                | MessageBody::Quiesce { .. }
         )
     }
 }

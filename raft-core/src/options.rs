@@ -21,6 +21,7 @@ pub struct Options {
     lease_reads: bool,
     clock_drift_max_ticks: u32,
     reads_pending_max: usize,
+    quiesce: bool,
     rng_seed: u64,
     /// Whether `rng_seed` was set (with the builder or [`Options::with_rng_seed`]).
     rng_seed_chosen: bool,
@@ -130,6 +131,7 @@ impl Default for Options {
             lease_reads: false,
             clock_drift_max_ticks: 2,
             reads_pending_max: 4096,
+            quiesce: false,
             rng_seed: 0,
             rng_seed_chosen: false,
             #[cfg(feature = "bug-knobs")]
@@ -211,6 +213,16 @@ impl Options {
     /// The most reads one node keeps waiting.
     pub fn reads_pending_max(&self) -> usize {
         self.reads_pending_max
+    }
+    /// Whether an idle group goes quiet: a leader whose group has nothing to do asks its
+    /// followers to stop their election timers and stops its own heartbeat and check-quorum
+    /// timers, until an input or a message wakes the group (see [`crate::Raft::is_quiet`] and
+    /// docs/multi-raft.md, "Idle groups: quiescence"). Followers then rely on the driver's
+    /// node-level liveness ([`crate::liveness::PeerLiveness`], [`crate::Raft::peer_down`]) to
+    /// learn that a quiet leader's node is gone. Off by default; a group goes quiet only when its
+    /// leader and its followers all have it on.
+    pub fn quiesce(&self) -> bool {
+        self.quiesce
     }
     /// The seed of the node's random number generator: election timeouts, and the numbers of
     /// the reads a follower forwards. Give every incarnation of a node a fresh seed (from the
@@ -315,6 +327,11 @@ impl OptionsBuilder {
     /// Sets the most reads one node keeps waiting.
     pub fn reads_pending_max(mut self, reads: usize) -> Self {
         self.options.reads_pending_max = reads;
+        self
+    }
+    /// Lets idle groups go quiet (see [`Options::quiesce`]).
+    pub fn quiesce(mut self, enabled: bool) -> Self {
+        self.options.quiesce = enabled;
         self
     }
     /// Sets the random seed (see [`Options::rng_seed`]): for a replayable run. Left unset, a

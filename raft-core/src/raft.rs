@@ -180,6 +180,8 @@ pub struct Raft<S: Storage> {
     /// A failure of our own storage found while the node worked (a damaged snapshot read back
     /// for sending): the driver must stop the node; `take_output` returns it.
     pub(crate) storage_failure: Option<StorageError>,
+    /// Whether the timers are stopped because the group is idle (option `quiesce`).
+    pub(crate) quiescence: crate::quiesce::Quiescence,
     last_hard_state: HardState,
     last_soft_state: SoftState,
 }
@@ -225,6 +227,7 @@ impl<S: Storage> Raft<S> {
             transfer: None,
             outbox: Outbox::default(),
             storage_failure: None,
+            quiescence: crate::quiesce::Quiescence::default(),
             last_hard_state: hard_state,
             last_soft_state: soft,
         };
@@ -256,7 +259,12 @@ impl<S: Storage> Raft<S> {
     /// toward an election, leaders toward a heartbeat and a check-quorum round. The timers only
     /// decide when to act (liveness): a follower never campaigns while its leader's lease holds
     /// by the clock, however fast its timers ran, and a leader's lease is judged by the clock.
+    /// A quiet node's timers are stopped ([`Raft::is_quiet`]): this does nothing.
     pub fn tick_timers(&mut self) {
+        if self.quiescence.quiet {
+            self.after_input();
+            return;
+        }
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -275,8 +283,20 @@ impl<S: Storage> Raft<S> {
 
     /// Handles one message from a peer. An `Err` says why it was ignored; it is never fatal
     /// except [`StepError::Storage`].
+    ///
+    /// With quiescence on, a quiet leader wakes on any vote request (someone campaigns: it
+    /// resumes heartbeats so that a node that only lost track of it follows it again) and on any
+    /// message that gives it work; a quiet follower wakes only on evidence
+    /// that its leader is awake (see [`Raft::is_quiet`]).
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         let failed_before = self.storage_failure.is_some();
+        // Someone campaigns: a quiet leader heartbeats again, so that a node that only lost track
+        // of it follows it again, and a follower whose term a candidate (even a removed node)
+        // raised while its stickiness had lapsed tells the leader of that term.
+        let campaigning = matches!(message.body, MessageBody::VoteRequest { .. });
+        if self.quiescence.quiet && self.role == Role::Leader && campaigning {
+            self.wake_leader();
+        }
         let mut result = self.step_message(message);
         if let (false, Some(error)) = (failed_before, self.storage_failure) {
             result = Err(StepError::Storage(error));
@@ -332,6 +352,19 @@ impl<S: Storage> Raft<S> {
                 self.maybe_commit();
             }
         }
+        self.after_input();
+    }
+
+    /// The driver's node-level liveness says that `peer`'s node is gone: its connection was lost,
+    /// it restarted, or it was silent for the liveness timeout
+    /// ([`crate::liveness::PeerLiveness`]). Only a quiet group acts on it: a quiet follower
+    /// whose leader is `peer` wakes, and campaigns once a new election timeout (drawn afresh)
+    /// passed and its stickiness to the leader lapsed by the clock (the report promises nothing
+    /// about the leader's lease, so it does not shorten it); a quiet leader that replicates to
+    /// `peer` wakes, so that check-quorum runs again while the peer is gone. Otherwise nothing
+    /// changes: an awake group's own timers already cover a lost peer.
+    pub fn peer_down(&mut self, peer: NodeId) {
+        self.on_peer_down(peer);
         self.after_input();
     }
 
@@ -467,7 +500,8 @@ impl<S: Storage> Raft<S> {
     /// the first `ticks_until_due() - 1` ticks produce no output and change neither role, term,
     /// vote, leader nor any pending request; the next one may (a campaign, a heartbeat round, a
     /// check-quorum round, an abandoned leadership transfer, an expired forwarded read). At
-    /// least 1; `u64::MAX` when no tick can do anything (a learner with nothing pending).
+    /// least 1; `u64::MAX` when no tick can do anything (a learner with nothing pending, a quiet
+    /// node with no forwarded read waiting: [`Raft::is_quiet`]).
     ///
     /// For a driver that hosts many groups: it need not wake a group before this many ticks
     /// have passed. When it does wake it, it still brings the clock up to date first
@@ -477,6 +511,8 @@ impl<S: Storage> Raft<S> {
     pub fn ticks_until_due(&self) -> u64 {
         let election_ticks = u64::from(self.options.election_ticks());
         let timers = match self.role {
+            // A quiet node's timers are stopped: only an input wakes it.
+            _ if self.quiescence.quiet => u64::MAX,
             Role::Leader => {
                 let rounds =
                     self.election.leader_ticks_to_due(self.options.election_ticks(), self.options.heartbeat_ticks());
@@ -500,6 +536,29 @@ impl<S: Storage> Raft<S> {
         };
         let reads = self.forwarded_reads_expire_in();
         timers.min(reads).max(1)
+    }
+
+    /// Whether this node's timers are stopped because its group is idle (option
+    /// [`Options::quiesce`]): a quiet leader sends no heartbeats and runs no check-quorum, a
+    /// quiet follower runs no election timer, and [`Raft::ticks_until_due`] is `u64::MAX` unless
+    /// a forwarded read still waits for its expiry. The clock still judges the lease and
+    /// stickiness as it runs.
+    ///
+    /// What wakes a quiet node (its timers restart from zero):
+    /// - a leader: any input after which its group is no longer idle (a proposal, a read that its
+    ///   lease by the clock cannot serve at once, a membership change, a leadership transfer, a
+    ///   follower's forwarded read), any message of a leader it sends, any vote request, and
+    ///   [`Raft::peer_down`] of a follower. A woken leader forgets who answered it
+    ///   before: its first check-quorum round needs a quorum heard from since it woke.
+    /// - a follower: a heartbeat of its leader of a later round than the `Quiesce` that quieted
+    ///   it, an append of its leader that brings entries it lacks or a later commit index, a
+    ///   leader message from another node at its term, any change of its term or role
+    ///   ([`Raft::campaign`], `TimeoutNow`, a vote request of a later term), and
+    ///   [`Raft::peer_down`] of its leader. Proposals, reads (forwarded to the leader, which
+    ///   wakes), stale duplicates and answers do not wake it: a follower woken by an input after
+    ///   which nobody sends it anything would campaign against a live, quiet leader.
+    pub fn is_quiet(&self) -> bool {
+        self.quiescence.quiet
     }
 
     /// Read access to the storage.
@@ -595,6 +654,9 @@ impl<S: Storage> Raft<S> {
     /// (the leader's term and vote became durable when it campaigned); everything else waits.
     pub(crate) fn send(&mut self, to: NodeId, term: Term, body: MessageBody) {
         let immediate = self.role == Role::Leader && body.is_from_leader();
+        if immediate && !matches!(body, MessageBody::Quiesce { .. }) {
+            self.before_leader_message();
+        }
         invariant!(to != self.id, "a message to ourselves");
         invariant!(!immediate || term == self.term, "a leader message of another term");
         self.outbox.push(Message { from: self.id, to, term, body }, immediate);
@@ -663,6 +725,7 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn after_input(&mut self) {
+        self.settle_quiescence();
         if crate::INVARIANTS_CHECKED {
             self.assert_invariants();
         }
@@ -674,6 +737,7 @@ impl<S: Storage> Raft<S> {
         self.log.check_invariants();
         self.memberships.check_invariants();
         self.election.check_invariants(self.ticks, self.options.election_ticks());
+        self.check_quiescence_invariants();
         assert!(self.vote.is_none() || self.term > Term(0), "vote cast in term 0");
         assert!(self.durable_term <= self.term, "the durable term is above the term");
         match self.role {

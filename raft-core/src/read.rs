@@ -113,7 +113,7 @@ impl Reads {
         Reads { next_request: first, ..Reads::default() }
     }
 
-    fn pending_count(&self) -> usize {
+    pub(crate) fn pending_count(&self) -> usize {
         self.before_term_commit.len() + self.confirming.len() + self.forwarded.len() + self.ready.len()
     }
 
@@ -137,6 +137,11 @@ impl Reads {
 
     pub(crate) fn has_output(&self) -> bool {
         !self.done.is_empty()
+    }
+
+    /// The latest of this leader's heartbeat rounds that `peer` answered (0 for none).
+    pub(crate) fn answered_round(&self, peer: NodeId) -> u64 {
+        self.answered.get(&peer).map_or(0, |&(round, _)| round)
     }
 }
 

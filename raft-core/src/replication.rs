@@ -170,6 +170,7 @@ impl<S: Storage> Raft<S> {
                 self.send_append(from, true);
             }
         }
+        self.maybe_go_quiet();
         Ok(())
     }
 

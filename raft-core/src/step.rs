@@ -50,11 +50,20 @@ impl<S: Storage> Raft<S> {
             MessageBody::VoteResponse { pre_vote, granted } => self.on_vote_response(m.from, m.term, pre_vote, granted),
             MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit } => {
                 self.accept_leader(m.from)?;
-                self.on_append_entries(m.from, prev_log_index, prev_log_term, entries, commit)
+                let before = (self.log.last_index(), self.log.committed, self.log.last_term().ok());
+                let result = self.on_append_entries(m.from, prev_log_index, prev_log_term, entries, commit);
+                self.wake_on_append(before);
+                result
             }
             MessageBody::Heartbeat { commit, round } => {
                 self.accept_leader(m.from)?;
                 self.on_heartbeat(m.from, commit, round);
+                self.wake_on_heartbeat(round);
+                Ok(())
+            }
+            MessageBody::Quiesce { commit, round } => {
+                self.accept_leader(m.from)?;
+                self.on_quiesce(m.from, commit, round);
                 Ok(())
             }
             MessageBody::InstallSnapshot { meta, offset, data, done, chunk_crc32 } => {
@@ -105,7 +114,10 @@ impl<S: Storage> Raft<S> {
     /// term so it learns of it (Raft §5.1; etcd#8243 for pre-vote), drop everything else.
     fn on_lower_term(&mut self, m: &Message) -> Result<(), StepError> {
         match m.body {
-            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+            MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::Quiesce { .. }
+            | MessageBody::InstallSnapshot { .. } => {
                 self.send(m.from, self.term, MessageBody::HeartbeatResponse { round: 0 });
             }
             // A stale candidate may hear from nobody else: with diverged memberships its only
@@ -134,6 +146,9 @@ impl<S: Storage> Raft<S> {
                 Ok(())
             }
             Role::Follower => {
+                if self.quiescence.quiet && self.leader != Some(from) {
+                    self.wake_follower(); // Not the leader that quieted us.
+                }
                 self.leader = Some(from);
                 self.election.restart_count(self.ticks);
                 Ok(())

@@ -30,7 +30,9 @@ pub const MAGIC: [u8; 4] = *b"RFTN";
 /// membership and adds `learners_next` to it (voters being demoted wait there until the joint
 /// configuration is left). Version 5 names the group of every message ([`Frame::Message`]'s
 /// `group`): one connection between two nodes carries the messages of every group they share.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// Version 6 adds the `Quiesce` message (an idle group's leader asks its followers to go quiet);
+/// earlier messages encode as before, but a version 5 peer could not decode it.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The largest snapshot chunk a message will carry (snapshot transfer is planned in raft-core).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: u32 = 64 * 1024;

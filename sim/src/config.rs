@@ -67,6 +67,15 @@ pub struct SimConfig {
     /// Per-tick probability that the leader is asked for a random membership change or
     /// leadership transfer.
     pub membership_rate: f64,
+    /// Whether idle groups go quiet (`Options::quiesce`); the nodes then run the shipped
+    /// node-level liveness policy (`raft_core::liveness::PeerLiveness`), pinging each other
+    /// through the simulated network and reporting silent or restarted peers to their cores.
+    pub quiesce: bool,
+    /// Per-tick probability that the whole workload pauses (no client starts an operation), so
+    /// that groups fall idle and go quiet while faults go on. 0 unless `quiesce`.
+    pub workload_pause_rate: f64,
+    /// Longest workload pause, in ticks.
+    pub workload_pause_ticks_max: u64,
     /// Nominal ticks of the safety phase (with faults).
     pub safety_ticks: u64,
     /// Nominal ticks the liveness phase may take after healing.
@@ -105,6 +114,9 @@ impl SimConfig {
             clients: 1 + seed % 4,
             spare_nodes: 0,
             membership_rate: 0.0,
+            quiesce: false,
+            workload_pause_rate: 0.0,
+            workload_pause_ticks_max: 0,
             keys: 0,
             lease_reads: false,
             clock_drift_max_ticks: 0,
@@ -141,6 +153,13 @@ impl SimConfig {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00c0_ff16_0000);
         config.spare_nodes = (rng.next_u64() % 3).min(7 - config.nodes);
         config.membership_rate = if unit_of(&mut rng) < 0.3 { 0.0 } else { unit_of(&mut rng) * 0.03 };
+        // Quiescence last, for the same reason: a seed without it replays as before.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0091_e5ce_0000);
+        config.quiesce = rng.next_u64().is_multiple_of(3);
+        if config.quiesce {
+            config.workload_pause_rate = 0.005 + unit_of(&mut rng) * 0.03;
+            config.workload_pause_ticks_max = u64::from(election_ticks) * (2 + rng.next_u64() % 30);
+        }
         config
     }
 }
@@ -164,7 +183,7 @@ impl fmt::Display for SimConfig {
             f,
             "seed={} nodes={} pre_vote={} check_quorum={} heartbeat={} loss={:.3} dup={:.3} delay_max={} \
              partition={:.4} crash={:.4} crash_after_commit={:.3} pause={:.4} drift={:.3} sync_max={} batch={} clients={} snapshot={:.4} margin={} chunk={} filler={} \
-             keys={} lease={} drift_bound={} spare={} membership={:.4} ticks={}+{}",
+             keys={} lease={} drift_bound={} spare={} membership={:.4} quiesce={} workload_pause={:.4}x{} ticks={}+{}",
             self.seed,
             self.nodes,
             self.pre_vote,
@@ -190,6 +209,9 @@ impl fmt::Display for SimConfig {
             self.clock_drift_max_ticks,
             self.spare_nodes,
             self.membership_rate,
+            self.quiesce,
+            self.workload_pause_rate,
+            self.workload_pause_ticks_max,
             self.safety_ticks,
             self.liveness_ticks,
         )

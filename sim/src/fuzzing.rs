@@ -51,8 +51,11 @@ fn config_from(u: &mut Unstructured<'_>) -> arbitrary::Result<SimConfig> {
     let drift = rate(u, 0.2)?;
     let lease_reads = check_quorum && u.arbitrary::<bool>()?;
     let nodes = u.int_in_range(1..=5)?;
+    let seed: u64 = u.arbitrary()?;
+    // Taken from the seed, so that the bytes of the stored inputs keep their meaning.
+    let quiesce = seed.is_multiple_of(3);
     Ok(SimConfig {
-        seed: u.arbitrary()?,
+        seed,
         nodes,
         election_ticks,
         heartbeat_ticks: u.int_in_range(1..=3)?,
@@ -78,6 +81,9 @@ fn config_from(u: &mut Unstructured<'_>) -> arbitrary::Result<SimConfig> {
         clock_drift_max_ticks: lease_drift_ticks(election_ticks, drift),
         spare_nodes: u.int_in_range(0..=2)?,
         membership_rate: rate(u, 0.05)?,
+        quiesce,
+        workload_pause_rate: if quiesce { 0.02 } else { 0.0 },
+        workload_pause_ticks_max: 20 * u64::from(election_ticks),
         safety_ticks: u.int_in_range(10..=300)?,
         liveness_ticks: 40 * u64::from(election_ticks),
     })

@@ -258,6 +258,10 @@ fn print_summary(stats: &Stats, seeds: u64, wall: std::time::Duration) {
         "client operations:   {} writes and {} reads completed; linearizability undecided (budget) in {} runs",
         stats.commands_committed, stats.reads_completed, stats.linearizability_unknown
     );
+    println!(
+        "quiescence:          {} quiet node ticks, {} pings, {} peers reported down, {} quiet leaders crashed, {} replaced while down",
+        stats.quiet_ticks, stats.pings_sent, stats.peer_downs, stats.quiet_leader_crashes, stats.quiet_leaders_replaced
+    );
     println!("checks evaluated:    {}", stats.checks);
     if seconds > 0.0 {
         println!(

@@ -5,6 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
+use raft_core::liveness::PeerLiveness;
 use raft_core::{
     ConfChange, Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, Options,
     OptionsBuilder, Raft, ReceivedChunk, Role, SnapshotMeta, Storage, Term,
@@ -64,6 +65,16 @@ pub struct Stats {
     pub checks: u64,
     /// Simulated time units.
     pub time_units: u64,
+    /// Node-level liveness pings sent (quiescence seeds).
+    pub pings_sent: u64,
+    /// Reports of a peer down (silent or restarted) handed to a core with `peer_down`.
+    pub peer_downs: u64,
+    /// Node ticks during which the node was quiet.
+    pub quiet_ticks: u64,
+    /// Crashes of a node that was a quiet leader.
+    pub quiet_leader_crashes: u64,
+    /// Crashed quiet leaders that another node replaced (led a later term) while they were down.
+    pub quiet_leaders_replaced: u64,
 }
 
 impl Stats {
@@ -85,6 +96,11 @@ impl Stats {
         self.snapshots_installed += other.snapshots_installed;
         self.checks += other.checks;
         self.time_units += other.time_units;
+        self.pings_sent += other.pings_sent;
+        self.peer_downs += other.peer_downs;
+        self.quiet_ticks += other.quiet_ticks;
+        self.quiet_leader_crashes += other.quiet_leader_crashes;
+        self.quiet_leaders_replaced += other.quiet_leaders_replaced;
     }
 }
 
@@ -123,6 +139,9 @@ pub struct RunOptions {
     pub options_hook: Option<OptionsHook>,
     /// How each node's driver hands time to its core.
     pub time_policy: TimePolicy,
+    /// For a self-test only: the drivers run the node-level liveness policy but never tell
+    /// their cores (`peer_down`), so that a test can show what the reports are for.
+    pub withhold_peer_down: bool,
 }
 
 /// How a node's driver hands time to its core (see `raft_net::DriverClock`).
@@ -198,6 +217,8 @@ enum EventKind {
     Resume(NodeId, u64),
     Client(usize),
     Fault,
+    /// A node-level liveness ping: from, to, the sender's incarnation.
+    Ping(NodeId, NodeId, u64),
 }
 
 struct Event {
@@ -287,6 +308,9 @@ struct Node {
     was_leader_in: Option<Term>,
     /// The commit index last observed (to spot advances).
     last_commit: Index,
+    /// The node-level liveness policy the driver runs (quiescence seeds only): the shipped
+    /// `PeerLiveness`, on this incarnation's clock.
+    liveness: Option<PeerLiveness>,
 }
 
 /// An input that reached a paused node and waits in its queue.
@@ -295,6 +319,7 @@ enum Queued {
     SyncDone,
     Write(usize, PendingOperation),
     Read(usize, PendingOperation, raft_core::ReadMode),
+    Ping(NodeId, u64),
 }
 
 impl Node {
@@ -404,6 +429,11 @@ struct Simulation {
     reads_in_flight: BTreeMap<u64, (usize, u64)>,
     next_read_id: u64,
     time_policy: TimePolicy,
+    /// No client starts an operation before this time (a workload pause).
+    workload_paused_until: u64,
+    /// Quiet leaders that crashed, with their term, until replaced or restarted.
+    crashed_quiet_leaders: BTreeMap<NodeId, Term>,
+    withhold_peer_down: bool,
 }
 
 impl Simulation {
@@ -424,6 +454,7 @@ impl Simulation {
                 .snapshot_chunks_inflight_max(4)
                 .lease_reads(config.lease_reads)
                 .clock_drift_max_ticks(config.clock_drift_max_ticks)
+                .quiesce(config.quiesce)
                 .rng_seed(config.seed.wrapping_mul(31).wrapping_add(id.0));
             if let Some(hook) = run_options.options_hook {
                 builder = hook(builder);
@@ -455,6 +486,7 @@ impl Simulation {
                 kv: KvState::default(),
                 was_leader_in: None,
                 last_commit: Index(0),
+                liveness: None,
             });
         }
         let clients = (0..config.clients).map(|c| Client::new(voters[(c % config.nodes) as usize])).collect();
@@ -483,7 +515,13 @@ impl Simulation {
             reads_in_flight: BTreeMap::new(),
             next_read_id: 0,
             time_policy: run_options.time_policy,
+            workload_paused_until: 0,
+            crashed_quiet_leaders: BTreeMap::new(),
+            withhold_peer_down: run_options.withhold_peer_down,
         };
+        for &id in &pool {
+            sim.node_mut(id).liveness = sim.new_liveness(id);
+        }
         for id in pool {
             // Each node's clock starts at its own offset and ticks once per period after it.
             let offset = sim.random_below(TICK_UNITS);
@@ -568,7 +606,90 @@ impl Simulation {
             EventKind::Resume(id, until) => self.on_resume(id, until),
             EventKind::Client(client) => self.on_client(client),
             EventKind::Fault => self.on_fault(),
+            EventKind::Ping(from, to, incarnation) => self.on_ping(from, to, incarnation),
         }
+    }
+
+    /// A new incarnation's node-level liveness (quiescence seeds only): every other node of the
+    /// pool watched from its clock's start, silent for an election timeout means down, one ping
+    /// per peer per heartbeat interval.
+    fn new_liveness(&self, id: NodeId) -> Option<PeerLiveness> {
+        if !self.config.quiesce {
+            return None;
+        }
+        let peers = self.nodes.iter().map(|n| n.id).filter(|&peer| peer != id);
+        let (timeout, interval) = (u64::from(self.config.election_ticks), u64::from(self.config.heartbeat_ticks));
+        Some(PeerLiveness::new(peers, 0, timeout, interval))
+    }
+
+    /// Node `id`'s driver runs its liveness policy at a wake-up of its ticker: the peers it
+    /// found silent are reported to its core, and the pings due go out.
+    fn run_liveness(&mut self, id: NodeId) -> Check {
+        let (now, withhold) = (self.now, self.withhold_peer_down);
+        let node = self.node_mut(id);
+        let (ticks, incarnation) = (node.clock_ticks(now), node.incarnation);
+        let (Some(liveness), Some(raft)) = (node.liveness.as_mut(), node.raft.as_mut()) else { return Ok(()) };
+        let down = liveness.expired(ticks);
+        let pings = liveness.pings_due(ticks);
+        for &peer in down.iter().filter(|_| !withhold) {
+            raft.peer_down(peer);
+        }
+        for peer in down {
+            self.stats.peer_downs += 1;
+            self.trace([31, id.0, peer.0, 0], || format!("node {id}: peer {peer} silent, reported down"));
+        }
+        for to in pings {
+            self.send_ping(id, to, incarnation);
+        }
+        self.flush(id)
+    }
+
+    /// A ping goes through the same network as messages: loss, duplication, delay, partitions.
+    fn send_ping(&mut self, from: NodeId, to: NodeId, incarnation: u64) {
+        self.stats.pings_sent += 1;
+        if !self.healing && self.chance(self.config.loss) {
+            self.stats.messages_lost += 1;
+            return;
+        }
+        let copies = if !self.healing && self.chance(self.config.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = 1 + self.random_below(self.config.delay_max);
+            self.schedule(delay, EventKind::Ping(from, to, incarnation));
+        }
+    }
+
+    fn on_ping(&mut self, from: NodeId, to: NodeId, incarnation: u64) -> Check {
+        if self.node(to).raft.is_none() || self.blocked.contains(&(from, to)) {
+            self.stats.messages_blocked += 1;
+            return Ok(());
+        }
+        if self.queue_if_paused(to, Queued::Ping(from, incarnation)).is_none() {
+            return Ok(());
+        }
+        self.begin_iteration(to)?;
+        self.ping(to, from, incarnation)?;
+        self.end_iteration(to)
+    }
+
+    /// Node `id` takes a ping (within an iteration): a peer that came back as a new incarnation
+    /// is reported down to its core (what it did before the restart is gone).
+    fn ping(&mut self, id: NodeId, from: NodeId, incarnation: u64) -> Check {
+        let (now, withhold) = (self.now, self.withhold_peer_down);
+        let node = self.node_mut(id);
+        let ticks = node.clock_ticks(now);
+        let (Some(liveness), Some(raft)) = (node.liveness.as_mut(), node.raft.as_mut()) else { return Ok(()) };
+        let restarted = liveness.ping_received(from, incarnation, ticks);
+        if restarted && !withhold {
+            raft.peer_down(from);
+            self.stats.peer_downs += 1;
+        }
+        self.trace([30, from.0 << 32 | id.0, incarnation, u64::from(restarted)], || {
+            format!(
+                "node {id} pinged by {from} (incarnation {incarnation}{})",
+                if restarted { ", restarted" } else { "" }
+            )
+        });
+        self.flush(id)
     }
 
     /// A paused node resumes. Its clock kept running (a pause freezes the process, not time).
@@ -588,7 +709,7 @@ impl Simulation {
         // queue's own order.
         queued.sort_by_key(|input| match input {
             Queued::Write(..) | Queued::Read(..) => 0,
-            Queued::Deliver(_) => 1,
+            Queued::Deliver(_) | Queued::Ping(..) => 1,
             Queued::SyncDone => 2,
         });
         let count = queued.len() as u64;
@@ -600,6 +721,7 @@ impl Simulation {
                 Queued::SyncDone => self.sync_done(id)?,
                 Queued::Write(client, operation) => self.take_write(id, client, operation)?,
                 Queued::Read(client, operation, mode) => self.take_read(id, client, operation, mode)?,
+                Queued::Ping(from, incarnation) => self.ping(id, from, incarnation)?,
             }
         }
         self.end_iteration(id)
@@ -668,11 +790,14 @@ impl Simulation {
             // old policy, the tick is lost).
             return Ok(());
         }
+        if self.node(id).raft.as_ref().is_some_and(|r| r.is_quiet()) {
+            self.stats.quiet_ticks += 1;
+        }
         match self.time_policy {
             TimePolicy::Shipped => {
                 // The ticker's wake-up: an iteration with no input.
                 self.begin_iteration(id)?;
-                self.end_iteration(id)
+                self.end_iteration(id)?;
             }
             TimePolicy::LosesPausedTicks => {
                 if let Some(raft) = self.node_mut(id).raft.as_mut() {
@@ -680,9 +805,10 @@ impl Simulation {
                 }
                 self.stats.ticks += 1;
                 self.trace([1, id.0, 0, 0], || format!("node {id} ticks"));
-                self.flush(id)
+                self.flush(id)?;
             }
         }
+        self.run_liveness(id)
     }
 
     fn on_deliver(&mut self, message: Message) -> Check {
@@ -704,6 +830,12 @@ impl Simulation {
             return Ok(());
         }
         self.stats.messages_delivered += 1;
+        let now = self.now;
+        let node = self.node_mut(to);
+        let ticks = node.clock_ticks(now);
+        if let Some(liveness) = node.liveness.as_mut() {
+            liveness.heard_from(message.from, ticks); // Any frame from a peer shows it alive.
+        }
         let words = message_words(&message);
         self.trace(words, || format!("deliver {message:?}"));
         if let Some(raft) = self.node_mut(to).raft.as_mut() {
@@ -918,6 +1050,9 @@ impl Simulation {
             self.checkers.election.observe_leader(id, term)?;
             if node.was_leader_in != Some(term) {
                 node.was_leader_in = Some(term);
+                let before = self.crashed_quiet_leaders.len();
+                self.crashed_quiet_leaders.retain(|&crashed, &mut crashed_term| crashed == id || crashed_term >= term);
+                self.stats.quiet_leaders_replaced += (before - self.crashed_quiet_leaders.len()) as u64;
                 self.stats.checks += 1;
                 let floor = node.chain.base;
                 self.checkers.completeness.observe_new_leader(id, term, floor, |i| node.hash_at(i))?;
@@ -955,6 +1090,11 @@ impl Simulation {
         }
         if self.chance(self.config.membership_rate) {
             self.change_membership_randomly()?;
+        }
+        if self.chance(self.config.workload_pause_rate) {
+            let ticks = 1 + self.random_below(self.config.workload_pause_ticks_max.max(1));
+            self.workload_paused_until = self.now + ticks * TICK_UNITS;
+            self.trace([32, ticks, 0, 0], || format!("the workload pauses for {ticks} ticks"));
         }
         for index in 0..self.nodes.len() {
             let id = NodeId(index as u64 + 1);
@@ -1015,6 +1155,11 @@ impl Simulation {
 
     fn crash(&mut self, id: NodeId) {
         self.stats.crashes += 1;
+        let quiet_leader = self.node(id).raft.as_ref().filter(|r| r.is_quiet() && r.is_leader()).map(|r| r.term());
+        if let Some(term) = quiet_leader {
+            self.stats.quiet_leader_crashes += 1;
+            self.crashed_quiet_leaders.insert(id, term);
+        }
         let node = self.node_mut(id);
         node.raft = None;
         node.pending.clear();
@@ -1041,6 +1186,10 @@ impl Simulation {
         let raft =
             Raft::new(id, node.options.clone().with_rng_seed(seed), node.durable.clone()).expect("memory storage");
         node.raft = Some(raft);
+        self.crashed_quiet_leaders.remove(&id);
+        let liveness = self.new_liveness(id);
+        let node = self.node_mut(id);
+        node.liveness = liveness;
         node.applied = Applied::default();
         node.kv = KvState::default();
         // A new process: a new clock, starting now.
@@ -1197,6 +1346,7 @@ fn message_words(m: &Message) -> [u64; 4] {
         }
         MessageBody::ReadIndexRequest { request, .. } => (25, *request),
         MessageBody::ReadIndexResponse { request, index } => (26, request << 32 ^ index.map_or(0, |i| i.0)),
+        MessageBody::Quiesce { commit, round } => (27, commit.0 << 32 ^ round),
         _ => (24, 0),
     };
     [tag, m.from.0 << 32 | m.to.0, m.term.0, detail]

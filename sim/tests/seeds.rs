@@ -45,6 +45,10 @@ fn check(report: &Report) {
 ///
 /// Seed 28 restarted a joined node from a snapshot it took before it learned the membership,
 /// which the first check of stored memberships refused (raft-core/tests/membership_types.rs).
+///
+/// Quiescence (issue 19) is drawn on in one seed in three, among them 28, 90, 23883 and 120452,
+/// which therefore replay other histories since; seeds that draw it off replay byte for byte as
+/// before it existed.
 const REGRESSION_SEEDS: [u64; 11] = [28, 34, 90, 115, 1170, 19785, 23883, 114114, 119688, 120452, 131265];
 
 // Seeds 363 and 2827 (8-byte snapshot chunks) found two snapshot-transfer storms: a late copy
@@ -106,10 +110,15 @@ fn a_seed_replays_byte_for_byte() {
     assert_ne!(sim::run(3, RunOptions::default()).trace_hash, sim::run(4, RunOptions::default()).trace_hash);
 }
 
-/// Runs seeds with `hook` until one reports a violation; returns (seed, property).
+/// Runs seeds with `hook` until one reports a violation; returns (seed, property). Quiescence is
+/// off, so that the seeds replay the histories they did before it existed (its workload pauses
+/// leave fewer commits racing with crashes, and these self-tests are about the checkers).
 fn first_violation(hook: fn(OptionsBuilder) -> OptionsBuilder, seeds: std::ops::Range<u64>) -> Option<(u64, String)> {
     for seed in seeds {
-        let report = sim::run(seed, RunOptions { options_hook: Some(hook), ..RunOptions::default() });
+        let mut config = sim::SimConfig::from_seed(seed);
+        config.quiesce = false;
+        config.workload_pause_rate = 0.0;
+        let report = sim::run_config(config, RunOptions { options_hook: Some(hook), ..RunOptions::default() });
         if let Some(violation) = report.violation {
             return Some((seed, violation.property.to_string()));
         }
@@ -250,4 +259,80 @@ fn membership_heavy_seeds_pass_every_checker() {
         changes += report.stats.membership_changes;
     }
     assert!(changes >= 300, "only {changes} changes accepted over 60 seeds");
+}
+
+/// Quiescence with faults that leave quiet periods: three or five voters, the workload pausing
+/// often and long, leaders crashing, no partitions or pauses (they would hide the crashes).
+fn quiet_exposed(seed: u64) -> sim::SimConfig {
+    let mut config = sim::SimConfig::from_seed(seed);
+    config.nodes = if seed.is_multiple_of(2) { 3 } else { 5 };
+    config.spare_nodes = 0;
+    config.membership_rate = 0.0;
+    config.quiesce = true;
+    config.workload_pause_rate = 0.05;
+    config.workload_pause_ticks_max = 40 * u64::from(config.election_ticks);
+    config.partition_rate = 0.0;
+    config.pause_rate = 0.0;
+    config.crash_rate = 0.002;
+    config.crash_after_commit = 0.0;
+    config
+}
+
+/// The liveness path of quiescence: leaders that crash while quiet are replaced while they are
+/// down (followers learn of it only from the node-level liveness policy, `PeerLiveness`, and
+/// `Raft::peer_down`), every checker passes, and the runs converge after healing. Withholding
+/// the reports from the cores (the drivers still ping) replaces far fewer: a quiet follower has
+/// no timer of its own to notice the crash.
+#[test]
+fn crashed_quiet_leaders_are_replaced_through_node_level_liveness() {
+    let (mut stats, mut withheld) = (sim::Stats::default(), sim::Stats::default());
+    for seed in 0..40 {
+        let report = sim::run_config(quiet_exposed(seed), RunOptions::default());
+        check(&report);
+        stats.add(&report.stats);
+        let without = RunOptions { withhold_peer_down: true, ..RunOptions::default() };
+        withheld.add(&sim::run_config(quiet_exposed(seed), without).stats);
+    }
+    println!("with reports: {stats:?}\nwithheld: {withheld:?}");
+    assert!(
+        stats.quiet_ticks > stats.ticks / 10,
+        "groups were quiet only {} of {} ticks",
+        stats.quiet_ticks,
+        stats.ticks
+    );
+    assert!(stats.quiet_leader_crashes >= 10, "only {} quiet leaders crashed", stats.quiet_leader_crashes);
+    // A crashed node comes back after up to five election timeouts; noticing the silence takes
+    // one and the election one or two more, so about half are replaced before they return.
+    assert!(
+        stats.quiet_leaders_replaced * 3 >= stats.quiet_leader_crashes,
+        "{} of {} crashed quiet leaders replaced",
+        stats.quiet_leaders_replaced,
+        stats.quiet_leader_crashes
+    );
+    // Without the reports, only a follower woken for another reason (another node's restart or
+    // campaign) notices.
+    assert!(withheld.quiet_leader_crashes >= 10);
+    assert!(
+        withheld.quiet_leaders_replaced * 4 <= stats.quiet_leaders_replaced,
+        "without the reports {} of {} replaced, with them {} of {}",
+        withheld.quiet_leaders_replaced,
+        withheld.quiet_leader_crashes,
+        stats.quiet_leaders_replaced,
+        stats.quiet_leader_crashes
+    );
+}
+
+/// Seeds with quiescence drawn on pass every checker (the CLI runs thousands; this is a sample
+/// that `cargo test` keeps honest).
+#[test]
+fn quiescence_seeds_pass_every_checker() {
+    let seeds: Vec<u64> = (2000..2600).filter(|&seed| sim::SimConfig::from_seed(seed).quiesce).take(60).collect();
+    assert_eq!(seeds.len(), 60);
+    let mut quiet_ticks = 0;
+    for seed in seeds {
+        let report = sim::run(seed, RunOptions::default());
+        check(&report);
+        quiet_ticks += report.stats.quiet_ticks;
+    }
+    assert!(quiet_ticks > 0);
 }

@@ -4,7 +4,10 @@
 //! crashes. Peers are imaginary: the fuzzer writes their messages, from any id (the node itself
 //! and strangers included), in any term, about any index. Time arrives as whole ticks, as the
 //! clock alone (`advance_clock`, a driver catching up after a stall) or as the timers alone
-//! (`tick_timers`, a driver that ran its timers without the clock), in any mix.
+//! (`tick_timers`, a driver that ran its timers without the clock), in any mix. Half the inputs
+//! (an even seed) run with quiescence on: the fuzzer's peers may answer `Quiesce` rounds, send
+//! `Quiesce` messages, and the driver may report peers down (`peer_down`); `ticks_until_due`
+//! stays asserted sound on every tick, quiet or not.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -12,7 +15,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use raft_core::{
     AppendResult, ConflictHint, Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId,
-    Options, Output, Raft, ReadMode, SnapshotMeta, StepError, Storage, Term,
+    Options, Output, Raft, ReadMode, Role, SnapshotMeta, StepError, Storage, Term,
 };
 use raft_storage::{LogStore, MemStorage};
 
@@ -96,6 +99,8 @@ enum BodyChoice {
         hint_term: Option<TermChoice>,
         hint_index: IndexChoice,
     },
+    /// A round of 128 or more sends a `Quiesce` (of round `round - 128`) instead, so that the
+    /// stored corpus kept its meaning when `Quiesce` came.
     Heartbeat {
         commit: IndexChoice,
         round: u8,
@@ -144,6 +149,8 @@ enum Input {
     },
     /// Completes the oldest `n` pending writes (0: all), as one group commit.
     Persist(u8),
+    /// `n % 8` is the peer; `n` of 128 or more is the node-level liveness's `peer_down` instead
+    /// (folded in here so that the stored corpus kept its meaning when `peer_down` came).
     ReportUnreachable(u8),
     /// The application snapshots its state machine at its applied index and compacts the log.
     Snapshot,
@@ -224,6 +231,7 @@ impl Harness {
             .snapshot_chunk_bytes_max(u64::from(setup.snapshot_chunk_bytes_max % 16) + 1)
             .snapshot_chunks_inflight_max(2)
             .reads_pending_max(8)
+            .quiesce(setup.seed.is_multiple_of(2))
             .rng_seed(setup.seed)
             .build()
             .ok()?;
@@ -266,6 +274,7 @@ impl Harness {
                 }
             }
             Input::Persist(count) => self.persist(usize::from(count)),
+            Input::ReportUnreachable(peer) if peer >= 128 => self.raft.peer_down(NodeId(u64::from(peer % 8))),
             Input::ReportUnreachable(peer) => self.raft.report_unreachable(NodeId(u64::from(peer % 8))),
             Input::Snapshot => self.snapshot(),
             Input::Restart => self.restart(),
@@ -343,6 +352,9 @@ impl Harness {
                 let hint_index = self.index_of(hint_index);
                 let hint = ConflictHint { term: hint_term.map(|t| self.term_of(t, hint_index)), index: hint_index };
                 MessageBody::AppendResponse(AppendResult::Reject { rejected_index, hint })
+            }
+            BodyChoice::Heartbeat { commit, round } if round >= 128 => {
+                MessageBody::Quiesce { commit: self.index_of(commit), round: u64::from(round - 128) }
             }
             BodyChoice::Heartbeat { commit, round } => {
                 MessageBody::Heartbeat { commit: self.index_of(commit), round: u64::from(round) }
@@ -526,5 +538,14 @@ impl Harness {
         }
         let hard_state: HardState = self.durable.hard_state();
         assert!(hard_state.term <= term, "the node's term is below its durable term");
+        if self.raft.is_quiet() {
+            assert!(self.options.quiesce(), "quiet without the option");
+            let role = self.raft.role();
+            assert!(matches!(role, Role::Leader | Role::Follower), "a quiet {role:?}");
+            if role == Role::Leader {
+                // A leader forwards no reads: nothing of its own is ever due while quiet.
+                assert_eq!(self.raft.ticks_until_due(), u64::MAX, "a quiet leader with a timer due");
+            }
+        }
     }
 }

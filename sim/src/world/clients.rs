@@ -73,7 +73,7 @@ impl Simulation {
                 }
                 operation
             }
-            None if self.healing => return Ok(()),
+            None if self.healing || now < self.workload_paused_until => return Ok(()),
             None => self.invoke(client),
         };
         match operation.mode {
