@@ -156,6 +156,12 @@ pub enum ConfigError {
     /// tokio channel can hold (`tokio::sync::Semaphore::MAX_PERMITS`).
     #[error("{0:?} ({1}) is too large for a bounded channel")]
     QueueTooLarge(ConfigLimit, usize),
+    /// The core option `quiesce` is on, but this driver does not yet tell its groups when a
+    /// peer's node is gone (`raft_core::Raft::peer_down`): the followers of a quiet leader
+    /// that died would never elect another. Refused until the driver runs the node-level
+    /// liveness detector.
+    #[error("quiesce needs node-level liveness, which this driver does not run yet")]
+    QuiesceWithoutLiveness,
 }
 
 impl NodeConfig {
@@ -208,6 +214,9 @@ impl NodeConfig {
         if let Some((value, limit)) = queues.iter().find(|(value, _)| *value > tokio::sync::Semaphore::MAX_PERMITS) {
             return Err(ConfigError::QueueTooLarge(*limit, *value));
         }
+        if self.options.quiesce() {
+            return Err(ConfigError::QuiesceWithoutLiveness);
+        }
         Ok(())
     }
 }
@@ -220,6 +229,8 @@ mod tests {
     fn defaults_are_valid_and_zero_limits_are_named() {
         let config = NodeConfig::new(NodeId(1), Options::default());
         assert_eq!(config.validate(), Ok(()));
+        let quiet = NodeConfig::new(NodeId(1), Options::builder().quiesce(true).build().expect("valid options"));
+        assert_eq!(quiet.validate(), Err(ConfigError::QuiesceWithoutLiveness));
         let zero = NodeConfig { apply_queue_batches_max: 0, ..config.clone() };
         assert_eq!(zero.validate(), Err(ConfigError::Zero(ConfigLimit::ApplyQueueBatchesMax)));
         let zero = NodeConfig { reads_pending_max: 0, ..config.clone() };
