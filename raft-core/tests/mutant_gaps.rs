@@ -576,3 +576,185 @@ fn a_long_standing_leader_ignores_a_vote_request_of_a_later_term() {
     assert!(c.node(1).is_leader(), "still leading");
     assert_eq!(c.node(1).term(), term, "the later term was not taken");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. Survivors of the third run (issue 23): the log's compaction boundary and pending snapshot,
+//    the size limit of one append, conflict hints past a compacted log, membership history and
+//    changes, and snapshot-transfer flow control.
+// ---------------------------------------------------------------------------------------------
+
+/// A leader took a snapshot and compacted its log where `compaction_point` advised. The log now
+/// starts just past the snapshot: there is nothing left to compact, so `compaction_point` must
+/// say so until a newer snapshot is taken.
+///
+/// Kills: in `log.rs`, `RaftLog::first_index` replaced by `Ok(Default::default())` (the log
+/// seemed to start at index 0, so the compaction already done was advised again).
+#[test]
+fn no_compaction_point_once_the_log_starts_just_past_the_snapshot() {
+    let mut c = cluster_tuned(3, |b| b.compaction_margin_entries(0));
+    c.elect(1);
+    for payload in [&b"a"[..], b"b", b"c"] {
+        c.propose(1, payload).expect("leader accepts");
+    }
+    let meta = c.snapshot(1);
+    assert_eq!(c.node(1).storage().first_index(), Ok(meta.index.next()), "compacted through the snapshot");
+    assert_eq!(c.node(1).compaction_point(), None, "nothing left to compact");
+}
+
+/// A snapshot of (index 5, term 2), sent in one chunk by node 1, the leader of term 2.
+fn snapshot_at_5(data: &'static [u8]) -> (raft_core::SnapshotMeta, Message) {
+    let meta = raft_core::SnapshotMeta {
+        index: Index(5),
+        term: Term(2),
+        membership: Membership::new(ids(3)),
+        data_crc32: raft_core::snapshot_crc32(data),
+    };
+    let body = MessageBody::install_snapshot(meta.clone(), 0, bytes::Bytes::from_static(data), true);
+    (meta, message(1, 2, 2, body))
+}
+
+/// Node 2 (log: index 1, committed) installed a snapshot of (5, 2) from its leader; the driver
+/// wrote it but has not reported it durable yet.
+fn follower_with_a_snapshot_not_yet_durable() -> Raft<MemStorage> {
+    let hard_state = HardState { term: Term(2), vote: None, commit: Index(1) };
+    let mut node = Raft::new(NodeId(2), options(NodeId(2), true, true), storage_with_log(&ids(3), &[1], hard_state))
+        .expect("memory storage");
+    let (meta, chunk) = snapshot_at_5(b"state at 5");
+    node.step(chunk).expect("a valid snapshot");
+    let output = take(&mut node);
+    assert_eq!(output.install_snapshot, Some(meta), "the snapshot is handed out for installing");
+    node.storage_mut().write_output(&output).expect("memory storage");
+    assert_eq!(node.last_index(), Index(5));
+    node
+}
+
+/// While the installed snapshot is not yet durable, the leader's next append follows it (its
+/// previous entry is the snapshot's last one). The log ends at the snapshot, so the append
+/// matches and is taken: the follower need not wait for its disk to continue.
+///
+/// Kills: in `log.rs`, `RaftLog::term`, the match guard `index == snapshot.index` (for a
+/// snapshot not yet durable) replaced by `false`, or `==` by `!=` (the term at the snapshot's
+/// own index was reported compacted, and the append failed with a storage error).
+#[test]
+fn an_append_right_after_a_snapshot_not_yet_durable_is_taken() {
+    let mut node = follower_with_a_snapshot_not_yet_durable();
+    let append = MessageBody::AppendEntries {
+        prev_log_index: Index(5),
+        prev_log_term: Term(2),
+        entries: vec![common::noop(6, 2)],
+        commit: Index(5),
+    };
+    assert_eq!(node.step(message(1, 2, 2, append)), Ok(()));
+    assert_eq!(node.last_index(), Index(6));
+    let acked = message(2, 1, 2, MessageBody::AppendResponse(AppendResult::Success { match_index: Index(6) }));
+    assert_eq!(all_messages(&take(&mut node)), vec![acked]);
+}
+
+/// While the installed snapshot of (5, 2) is not yet durable, a delayed chunk of an earlier
+/// snapshot of the same leader arrives, of (3, 1). Index 3 is covered by the new snapshot, so
+/// its term is unknown here: the chunk is stale, not a contradiction of a committed entry. It
+/// is answered as every stale snapshot is, with how far the log matches.
+///
+/// Kills: in `log.rs`, `RaftLog::term`, the match guard `index == snapshot.index` replaced by
+/// `true`, or `==` by `!=` (every index below the snapshot got the snapshot's term, so the chunk
+/// was refused as conflicting with a committed entry).
+#[test]
+fn a_stale_snapshot_chunk_while_a_snapshot_is_not_yet_durable_is_answered_as_stale() {
+    let mut node = follower_with_a_snapshot_not_yet_durable();
+    let data = b"state at 3";
+    let older = raft_core::SnapshotMeta {
+        index: Index(3),
+        term: Term(1),
+        membership: Membership::new(ids(3)),
+        data_crc32: raft_core::snapshot_crc32(data),
+    };
+    let chunk = MessageBody::install_snapshot(older, 0, bytes::Bytes::from_static(data), true);
+    assert_eq!(node.step(message(1, 2, 2, chunk)), Ok(()));
+    let answer = message(2, 1, 2, MessageBody::AppendResponse(AppendResult::Success { match_index: Index(5) }));
+    assert_eq!(all_messages(&take(&mut node)), vec![answer]);
+}
+
+/// With the smallest message limit (one entry's overhead), a membership entry is larger than a
+/// whole message. An append still carries at least one entry: the leader sends the change, on
+/// its own, in the append that follows it, rather than an empty append.
+///
+/// Kills: in `log.rs`, `RaftLog::entries`, `taken > 0` changed to `taken >= 0` (an entry that
+/// alone exceeds the limit was left out even as the first of a message, and the append went out
+/// empty).
+#[test]
+fn an_entry_larger_than_the_message_limit_goes_out_alone() {
+    let mut c = cluster_tuned(3, |b| b.message_bytes_max(raft_core::ENTRY_OVERHEAD_BYTES));
+    c.elect(1);
+    let change = c.node_mut(1).change_membership(&[raft_core::ConfChange::AddLearner(NodeId(4))]).expect("accepted");
+    let output = take(c.node_mut(1));
+    for peer in [2, 3] {
+        let carried: Vec<Vec<Index>> = all_messages(&output)
+            .iter()
+            .filter(|m| m.to == NodeId(peer))
+            .filter_map(|m| match &m.body {
+                MessageBody::AppendEntries { entries, .. } => Some(entries.iter().map(|e| e.index).collect()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(carried, vec![vec![change]], "node {peer} is sent the change alone");
+    }
+}
+
+/// Node 1 leads term 4 with its log compacted through index 5 (term 2); after that it holds
+/// 6 (term 2), 7 and 8 (term 3). Node 2 holds 1..=8 all of term 2 (7 and 8 from the old leader
+/// of term 2, never committed), committed through 5. Node 2 rejects the probe at 8 with a hint:
+/// its term there is 2, which starts (above its commit index) at 6. The leader holds entries of
+/// term 2 through 6, which therefore match node 2's: it probes next at 7 (after 6), skipping
+/// what it knows matches, even though its search starts at the compaction boundary, whose term
+/// is the hint's term too.
+///
+/// Kills: in `log.rs`, `RaftLog::last_index_with_term_at_most`, `self.term(lo)? > term` changed
+/// to `>=` or `==` (a boundary of the hint's own term ended the search, and the leader fell back
+/// to the hint's index: it probed at 6, resending an entry the follower holds).
+#[test]
+fn a_compacted_leader_probes_past_its_own_entries_of_the_followers_conflicting_term() {
+    let data = common::encode_state(&[bytes::Bytes::from_static(b"state at 5")]);
+    let snapshot = raft_core::SnapshotMeta {
+        index: Index(5),
+        term: Term(2),
+        membership: Membership::new(ids(3)),
+        data_crc32: raft_core::snapshot_crc32(&data),
+    };
+    let leader_state = HardState { term: Term(3), vote: None, commit: Index(5) };
+    let mut leader_storage = storage_with_log(&ids(3), &[2, 2, 2, 2, 2, 2, 3, 3], leader_state);
+    leader_storage.save_snapshot(&snapshot, &data).expect("memory storage");
+    leader_storage.compact(Index(5), Term(2)).expect("memory storage");
+    let follower_state = HardState { term: Term(3), vote: None, commit: Index(5) };
+    let follower_storage = storage_with_log(&ids(3), &[2, 2, 2, 2, 2, 2, 2, 2], follower_state);
+    let nodes = [(1, leader_storage), (2, follower_storage)]
+        .into_iter()
+        .map(|(id, storage)| {
+            let id = NodeId(id);
+            (id, Raft::new(id, options(id, false, false), storage).expect("memory storage"))
+        })
+        .collect();
+    let mut c = Cluster::from_nodes(nodes); // Node 3 is down for the whole test.
+    c.elect(1);
+    c.deliver_all();
+    let probes: Vec<u64> = c
+        .delivered
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntries { prev_log_index, .. } if m.to == NodeId(2) => Some(prev_log_index.0),
+            _ => None,
+        })
+        .collect();
+    let rejected_at_8 = c.delivered.iter().any(|m| {
+        matches!(
+            m.body,
+            MessageBody::AppendResponse(AppendResult::Reject {
+                rejected_index: Index(8),
+                hint: ConflictHint { term: Some(Term(2)), index: Index(6) }
+            })
+        )
+    });
+    assert!(rejected_at_8, "node 2 rejected the probe at 8, with its term 2 there starting at 6");
+    let after_8 = probes.iter().skip_while(|&&prev| prev != 8).nth(1);
+    assert_eq!(after_8, Some(&6), "the probe after the rejection at 8 follows index 6: {probes:?}");
+    assert_eq!(c.node(2).last_index(), c.node(1).last_index(), "node 2 caught up");
+}
