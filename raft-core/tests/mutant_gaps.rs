@@ -758,3 +758,62 @@ fn a_compacted_leader_probes_past_its_own_entries_of_the_followers_conflicting_t
     assert_eq!(after_8, Some(&6), "the probe after the rejection at 8 follows index 6: {probes:?}");
     assert_eq!(c.node(2).last_index(), c.node(1).last_index(), "node 2 caught up");
 }
+
+/// Node 2 holds, from the leader of term 1, a joint membership entry at index 2 (committed) and
+/// the entry leaving it at index 3 (not committed). The leader of term 2 never got index 3 and
+/// replaces it with a no-op: the membership in force falls back to the joint one at index 2,
+/// which is still in the log, and not further back to the one before it.
+///
+/// Kills: in `membership.rs`, `MembershipHistory::replace_from`, the `retain` condition
+/// `index < first || index == base` changed to `index > first || ...` or to `index < first &&
+/// index == base` (the memberships below the first replaced index were dropped, and the node
+/// went back to the three voters of its base).
+#[test]
+fn replacing_a_later_membership_entry_keeps_the_earlier_one_in_force() {
+    let three = Membership::new(ids(3));
+    let four = Membership::new(ids(4));
+    let joint = raft_core::first_step(&three, &four).expect("neither is joint");
+    assert!(joint.is_joint());
+    let membership_entry = |index: u64, membership: &Membership| raft_core::Entry {
+        index: Index(index),
+        term: Term(1),
+        payload: raft_core::EntryPayload::Membership(membership.clone()),
+    };
+    let mut storage = MemStorage::new(three.clone());
+    storage
+        .append(&[common::noop(1, 1), membership_entry(2, &joint), membership_entry(3, &four)])
+        .expect("consecutive entries");
+    storage.set_hard_state(HardState { term: Term(1), vote: None, commit: Index(2) });
+    let mut node = Raft::new(NodeId(2), options(NodeId(2), false, false), storage).expect("memory storage");
+    assert_eq!(node.membership(), &four, "the latest entry in the log is in force");
+
+    let append = MessageBody::AppendEntries {
+        prev_log_index: Index(2),
+        prev_log_term: Term(1),
+        entries: vec![common::noop(3, 2)],
+        commit: Index(2),
+    };
+    node.step(message(3, 2, 2, append)).expect("a valid append");
+    assert_eq!(node.last_index(), Index(3));
+    assert_eq!(node.membership(), &joint, "the joint entry at index 2 is the latest in the log");
+}
+
+/// A leader adds a learner: no joint phase, so the new membership is not joint, but its entry
+/// is not committed yet. A second change must wait until it is, like any change in progress.
+///
+/// Kills: in `membership.rs`, `start_change`, `current.is_joint() || current_index > committed`
+/// changed to `&&` (only an uncommitted joint membership held a second change back, so the
+/// second change was appended on top of an uncommitted one).
+#[test]
+fn a_second_change_waits_for_an_uncommitted_learner_change() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let first = c.node_mut(1).change_membership(&[raft_core::ConfChange::AddLearner(NodeId(4))]).expect("accepted");
+    assert!(!c.node(1).membership().is_joint());
+    let second = c.node_mut(1).change_membership(&[raft_core::ConfChange::AddLearner(NodeId(5))]);
+    assert_eq!(second, Err(raft_core::MembershipError::ChangeInProgress));
+    assert_eq!(c.node(1).last_index(), first, "nothing appended");
+    c.deliver_all();
+    assert!(c.node(1).commit_index() >= first);
+    c.node_mut(1).change_membership(&[raft_core::ConfChange::AddLearner(NodeId(5))]).expect("accepted once committed");
+}
