@@ -817,3 +817,160 @@ fn a_second_change_waits_for_an_uncommitted_learner_change() {
     assert!(c.node(1).commit_index() >= first);
     c.node_mut(1).change_membership(&[raft_core::ConfChange::AddLearner(NodeId(5))]).expect("accepted once committed");
 }
+
+/// A leader replicating to node 3 with a window of two appends has one append in flight (held
+/// back by the network) when node 3 answers a heartbeat. The answer frees a slot only when the
+/// window is full (so that lost appends cannot stall the follower): here it frees nothing, and
+/// of the next proposals only one more append goes out, never more than the window.
+///
+/// Kills: in `progress.rs`, `Progress::on_heartbeat_response`, `state == Replicate &&
+/// inflights.is_full()` changed to `||` (every heartbeat answer freed a slot, so three appends
+/// were in flight to node 3).
+#[test]
+fn a_heartbeat_answer_frees_no_slot_of_a_window_that_is_not_full() {
+    let mut c = cluster_tuned(3, |b| b.inflight_messages_max(2));
+    c.elect(1);
+    c.propose(1, b"a").expect("leader accepts");
+    assert!(c.node(1).is_replicating(NodeId(3)));
+    let mut held = Vec::new();
+    let hold_appends_to_3 = |m: &Message| match &m.body {
+        MessageBody::AppendEntries { .. } if m.to == NodeId(3) => Fate::Hold,
+        _ => Fate::Deliver,
+    };
+    c.node_mut(1).propose(bytes::Bytes::from_static(b"b")).expect("leader accepts");
+    held.extend(common::deliver_with(&mut c, hold_appends_to_3));
+    // A heartbeat round: node 3 answers it.
+    held.extend(common::tick_with(&mut c, hold_appends_to_3));
+    assert!(c.delivered.iter().any(|m| m.from == NodeId(3) && matches!(m.body, MessageBody::HeartbeatResponse { .. })));
+    for payload in [&b"c"[..], b"d", b"e"] {
+        c.node_mut(1).propose(bytes::Bytes::from_static(payload)).expect("leader accepts");
+        held.extend(common::deliver_with(&mut c, hold_appends_to_3));
+    }
+    let in_flight: Vec<Vec<Index>> = held
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntries { entries, .. } if !entries.is_empty() => {
+                Some(entries.iter().map(|e| e.index).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(in_flight.len(), 2, "appends with entries in flight to node 3: {in_flight:?}");
+}
+
+/// Steps `m` into its addressee, writes that node's output to its storage, and returns the
+/// messages it sends in answer (the caller delivers them, or not).
+fn step_and_take(c: &mut Cluster, m: Message) -> (Result<(), StepError>, Vec<Message>) {
+    let node = c.nodes.get_mut(&m.to).expect("a node of the cluster");
+    let result = node.step(m);
+    let output = take(node);
+    node.storage_mut().write_output(&output).expect("memory storage");
+    (result, all_messages(&output))
+}
+
+/// The offsets of the snapshot chunks among `messages`.
+fn chunk_offsets(messages: &[Message]) -> Vec<u64> {
+    messages.iter().filter_map(|m| chunk_to(m, 3)).collect()
+}
+
+/// Node 1 leads and must send node 3 a snapshot of many 8-byte chunks, two at a time. The
+/// transfer has started: returns the first two chunks, which the network holds.
+fn snapshot_transfer_to_3_started() -> (Cluster, Vec<Message>) {
+    let mut c = cluster_tuned(3, |b| {
+        b.compaction_margin_entries(0).snapshot_chunk_bytes_max(CHUNK_BYTES).snapshot_chunks_inflight_max(2)
+    });
+    c.elect(1);
+    c.crash(3);
+    for payload in [b"payload-00", b"payload-01", b"payload-02", b"payload-03", b"payload-04", b"payload-05"] {
+        c.propose(1, payload).expect("leader accepts");
+    }
+    c.snapshot(1);
+    c.restart(3);
+    assert!(c.node(1).storage().snapshot_data().len() as u64 > 6 * CHUNK_BYTES, "the snapshot spans many chunks");
+    let held = common::tick_with(&mut c, |m| if chunk_to(m, 3).is_some() { Fate::Hold } else { Fate::Deliver });
+    assert_eq!(chunk_offsets(&held), vec![0, CHUNK_BYTES], "the first window of chunks");
+    (c, held)
+}
+
+/// Delivers `chunks` to node 3 and its acknowledgements to the leader; returns the chunks the
+/// leader sends next.
+fn deliver_window(c: &mut Cluster, chunks: Vec<Message>) -> Vec<Message> {
+    let mut next = Vec::new();
+    for chunk in chunks {
+        let (result, acks) = step_and_take(c, chunk);
+        result.expect("a chunk in order");
+        for ack in acks {
+            next.extend(step_and_take(c, ack).1);
+        }
+    }
+    next
+}
+
+/// `chunk` with its data damaged (its checksum no longer matches).
+fn damaged(chunk: &Message) -> Message {
+    let mut damaged = chunk.clone();
+    if let MessageBody::InstallSnapshot { data, .. } = &mut damaged.body {
+        *data = data.iter().map(|b| b ^ 0xff).collect::<Vec<u8>>().into();
+    }
+    damaged
+}
+
+/// The chunks at 0 and 8 arrive and are acknowledged; of the next window (16 and 24), the
+/// chunk at 16 arrives damaged. Node 3 refuses the snapshot and drops what it had. The refusal
+/// alone must make the leader start again from offset 0, in the output that follows it,
+/// although its window looked full.
+///
+/// Kills: in `progress.rs`, `SnapshotTransfer::restart` replaced by `()` (the leader sent
+/// nothing after the refusal, and only its stall detector would have resent, heartbeats later).
+#[test]
+fn a_refused_snapshot_is_sent_again_from_the_start_at_once() {
+    let (mut c, first) = snapshot_transfer_to_3_started();
+    let next = deliver_window(&mut c, first);
+    assert_eq!(chunk_offsets(&next), vec![2 * CHUNK_BYTES, 3 * CHUNK_BYTES], "the second window");
+    let (result, refusal) = step_and_take(&mut c, damaged(&next[0]));
+    assert!(matches!(result, Err(StepError::Malformed(Malformed::SnapshotChunkChecksum { .. }))), "{result:?}");
+    let [refusal] = refusal.as_slice() else { panic!("one refusal expected: {refusal:?}") };
+    assert!(matches!(refusal.body, MessageBody::SnapshotRefused { .. }));
+
+    let (result, resent) = step_and_take(&mut c, refusal.clone());
+    result.expect("a refusal of the transfer");
+    assert_eq!(chunk_offsets(&resent), vec![0, CHUNK_BYTES], "the leader starts again from offset 0 at once");
+}
+
+/// After a restart from offset 0 (node 3 refused a damaged chunk), node 3 receives the new
+/// chunks 0 and 8, then a delayed chunk at 24 from before the restart: it reports a gap at 16,
+/// exactly where the leader will send next, which calls for no resend. The leader goes on with
+/// 16 and 24. The new chunk at 16 is then lost, and node 3 reports a gap at 16 again when 24
+/// arrives: now 16 was sent, so the leader must resend it at once.
+///
+/// Kills: in `progress.rs`, `SnapshotTransfer::on_report`, `next_offset < self.sent_offset`
+/// changed to `<=` (the first report, at the sent offset, counted as a rewind to 16, and the
+/// real gap at 16 was then taken for a second report of the same one: nothing was resent until
+/// the stall detector acted).
+#[test]
+fn a_gap_reported_at_the_sent_offset_does_not_hide_a_later_gap_there() {
+    let (mut c, first) = snapshot_transfer_to_3_started();
+    let next = deliver_window(&mut c, first);
+    let [at_16, at_24] = next.as_slice() else { panic!("the second window expected: {next:?}") };
+    assert_eq!(chunk_offsets(&next), vec![2 * CHUNK_BYTES, 3 * CHUNK_BYTES]);
+    let (_, refusal) = step_and_take(&mut c, damaged(at_16));
+    let (_, restarted) = step_and_take(&mut c, refusal[0].clone());
+    assert_eq!(chunk_offsets(&restarted), vec![0, CHUNK_BYTES]);
+
+    // Node 3 takes the new chunks 0 and 8 (its acknowledgements are delayed), then the old 24.
+    for chunk in restarted {
+        step_and_take(&mut c, chunk).0.expect("a chunk in order");
+    }
+    let (_, report) = step_and_take(&mut c, at_24.clone());
+    let [report] = report.as_slice() else { panic!("one report expected: {report:?}") };
+    assert!(matches!(report.body, MessageBody::SnapshotResponse { next_offset: 16, gap: true, .. }), "{report:?}");
+    let (_, sent) = step_and_take(&mut c, report.clone());
+    assert_eq!(chunk_offsets(&sent), vec![2 * CHUNK_BYTES, 3 * CHUNK_BYTES], "the transfer goes on from 16");
+
+    // The new chunk at 16 is lost; 24 arrives and node 3 reports the gap at 16.
+    let (_, report) = step_and_take(&mut c, sent[1].clone());
+    let [report] = report.as_slice() else { panic!("one report expected: {report:?}") };
+    assert!(matches!(report.body, MessageBody::SnapshotResponse { next_offset: 16, gap: true, .. }), "{report:?}");
+    let (_, resent) = step_and_take(&mut c, report.clone());
+    assert_eq!(chunk_offsets(&resent).first(), Some(&(2 * CHUNK_BYTES)), "the lost chunk goes out again at once");
+}
