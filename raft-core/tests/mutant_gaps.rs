@@ -876,6 +876,12 @@ fn chunk_offsets(messages: &[Message]) -> Vec<u64> {
 /// Node 1 leads and must send node 3 a snapshot of many 8-byte chunks, two at a time. The
 /// transfer has started: returns the first two chunks, which the network holds.
 fn snapshot_transfer_to_3_started() -> (Cluster, Vec<Message>) {
+    snapshot_transfer_to_3_started_with(false)
+}
+
+/// [`snapshot_transfer_to_3_started`], where with `stored_damaged` the leader's stored copy of
+/// the snapshot has its last byte damaged (the metadata's checksum is that of the true data).
+fn snapshot_transfer_to_3_started_with(stored_damaged: bool) -> (Cluster, Vec<Message>) {
     let mut c = cluster_tuned(3, |b| {
         b.compaction_margin_entries(0).snapshot_chunk_bytes_max(CHUNK_BYTES).snapshot_chunks_inflight_max(2)
     });
@@ -884,7 +890,18 @@ fn snapshot_transfer_to_3_started() -> (Cluster, Vec<Message>) {
     for payload in [b"payload-00", b"payload-01", b"payload-02", b"payload-03", b"payload-04", b"payload-05"] {
         c.propose(1, payload).expect("leader accepts");
     }
-    c.snapshot(1);
+    if stored_damaged {
+        let data = common::encode_state(&c.applied_data(1));
+        let node = c.node_mut(1);
+        let meta = node.snapshot_meta(node.status().applied, raft_core::snapshot_crc32(&data)).expect("applied");
+        let mut damaged = data.clone();
+        *damaged.last_mut().expect("data") ^= 0xff;
+        node.storage_mut().save_snapshot(&meta, &damaged).expect("memory storage");
+        let (index, term) = node.compaction_point().expect("the log can be compacted");
+        node.storage_mut().compact(index, term).expect("memory storage");
+    } else {
+        c.snapshot(1);
+    }
     c.restart(3);
     assert!(c.node(1).storage().snapshot_data().len() as u64 > 6 * CHUNK_BYTES, "the snapshot spans many chunks");
     let held = common::tick_with(&mut c, |m| if chunk_to(m, 3).is_some() { Fate::Hold } else { Fate::Deliver });
@@ -973,4 +990,93 @@ fn a_gap_reported_at_the_sent_offset_does_not_hide_a_later_gap_there() {
     assert!(matches!(report.body, MessageBody::SnapshotResponse { next_offset: 16, gap: true, .. }), "{report:?}");
     let (_, resent) = step_and_take(&mut c, report.clone());
     assert_eq!(chunk_offsets(&resent).first(), Some(&(2 * CHUNK_BYTES)), "the lost chunk goes out again at once");
+}
+
+/// The leader's stored copy of the snapshot is damaged (its last byte), which the leader can
+/// only find by reading the whole copy in order and checking it against the metadata. Its first
+/// pass is cut short: node 3 refuses a chunk damaged on the way, and the leader starts again
+/// from offset 0. Reading from offset 0 starts the check again, so at the end of the second pass
+/// the leader finds its copy damaged and fails (the driver must stop it), rather than send the
+/// damaged copy for ever.
+///
+/// Kills: in `progress.rs`, `SnapshotTransfer::read_back`, the match guard `offset == 0` replaced
+/// by `false` (after the restart from 0 the check stayed off: the leader sent the damaged copy,
+/// node 3 refused it, and so on, with no end).
+#[test]
+fn a_leader_reading_its_snapshot_again_from_the_start_finds_its_stored_copy_damaged() {
+    let (mut c, first) = snapshot_transfer_to_3_started_with(true);
+    let next = deliver_window(&mut c, first);
+    let (_, refusal) = step_and_take(&mut c, damaged(&next[0]));
+    let mut queue: std::collections::VecDeque<Message> = refusal.into();
+    let mut failure = None;
+    for _ in 0..200 {
+        let Some(m) = queue.pop_front() else { break };
+        let node = c.nodes.get_mut(&m.to).expect("a node of the cluster");
+        let _ = node.step(m);
+        match node.take_output() {
+            Ok(output) => {
+                node.storage_mut().write_output(&output).expect("memory storage");
+                queue.extend(all_messages(&output));
+            }
+            Err(error) => {
+                failure = Some((node.id(), error));
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(failure, Some((NodeId(1), raft_core::StorageError::SnapshotCorrupt { .. }))),
+        "the leader found its copy damaged: {failure:?}"
+    );
+}
+
+/// Node 3 restarts in the middle of a transfer and loses what it had received. The next chunk
+/// it gets (at 16) makes it ask for offset 0: a gap below what it acknowledged. The leader does
+/// not resend at once on such a report (it may be stale, and resending on every stale report
+/// would multiply the chunks in flight); a late duplicate of an earlier acknowledgement (of
+/// 16, exactly what the leader holds as acknowledged) changes nothing. When heartbeat answers
+/// show the transfer stalled, the leader resends from the offset node 3 asked for, 0.
+///
+/// Kills: in `progress.rs`, `SnapshotTransfer::on_report`, `next_offset < self.acked_offset`
+/// changed to `>` (the report below the acknowledged offset rewound the transfer at once), and
+/// `next_offset > self.acked_offset` changed to `>=` (the duplicate acknowledgement of 16
+/// cleared the reported offset, and the stalled transfer was resent from 16, which node 3 can
+/// no longer take).
+#[test]
+fn after_a_follower_lost_its_chunks_a_stalled_transfer_resends_from_where_it_asked() {
+    let (mut c, first) = snapshot_transfer_to_3_started();
+    let (index, term) = match &first[0].body {
+        MessageBody::InstallSnapshot { meta, .. } => (meta.index, meta.term),
+        _ => unreachable!("a chunk"),
+    };
+    let next = deliver_window(&mut c, first);
+    assert_eq!(chunk_offsets(&next), vec![2 * CHUNK_BYTES, 3 * CHUNK_BYTES]);
+    c.crash(3);
+    c.restart(3);
+
+    let (_, report) = step_and_take(&mut c, next[0].clone());
+    let [report] = report.as_slice() else { panic!("one report expected: {report:?}") };
+    assert!(matches!(report.body, MessageBody::SnapshotResponse { next_offset: 0, gap: true, .. }), "{report:?}");
+    let (_, sent) = step_and_take(&mut c, report.clone());
+    assert_eq!(chunk_offsets(&sent), Vec::<u64>::new(), "no resend on a report below the acknowledged offset");
+
+    let leader_term = c.node(1).term().0;
+    let duplicate = MessageBody::SnapshotResponse { index, term, next_offset: 2 * CHUNK_BYTES, gap: false };
+    let (_, sent) = step_and_take(&mut c, message(3, 1, leader_term, duplicate));
+    assert_eq!(chunk_offsets(&sent), Vec::<u64>::new());
+
+    let mut resent = Vec::new();
+    for _ in 0..5 {
+        c.node_mut(1).tick();
+        let heartbeats = all_messages(&take(c.node_mut(1)));
+        for heartbeat in heartbeats.into_iter().filter(|m| m.to == NodeId(3)) {
+            for answer in step_and_take(&mut c, heartbeat).1 {
+                resent.extend(chunk_offsets(&step_and_take(&mut c, answer).1));
+            }
+        }
+        if !resent.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(resent.first(), Some(&0), "the stalled transfer is resent from offset 0: {resent:?}");
 }
