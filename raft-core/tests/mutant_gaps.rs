@@ -1080,3 +1080,103 @@ fn after_a_follower_lost_its_chunks_a_stalled_transfer_resends_from_where_it_ask
     }
     assert_eq!(resent.first(), Some(&0), "the stalled transfer is resent from offset 0: {resent:?}");
 }
+
+/// A leader replicating to node 3 with everything acknowledged.
+fn leader_replicating_to_3() -> Cluster {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, b"a").expect("leader accepts");
+    assert!(c.node(1).is_replicating(NodeId(3)));
+    c
+}
+
+fn append_answer(leader: &Cluster, result: AppendResult) -> Message {
+    message(3, 1, leader.node(1).term().0, MessageBody::AppendResponse(result))
+}
+
+/// The transport reports node 3 unreachable: the leader falls back to probing it, just past
+/// what node 3 acknowledged. Then a late answer from node 3 arrives, acknowledging that same
+/// index: it shows node 3 alive and matching right below the next index, so the leader goes
+/// back to replicating at once.
+///
+/// Kills: in `progress.rs`, `Progress::on_success`, the probe guard `moved ||
+/// self.match_index.next() == self.next_index` changed to `moved && ...`, or its `==` to `!=`
+/// (an acknowledgement that moved nothing left the leader probing).
+#[test]
+fn an_answer_at_the_match_index_after_a_report_of_unreachable_resumes_replication() {
+    let mut c = leader_replicating_to_3();
+    let matched = c.node(1).status().progress[&NodeId(3)].match_index;
+    c.node_mut(1).report_unreachable(NodeId(3));
+    assert!(!c.node(1).is_replicating(NodeId(3)), "probing after the report");
+    let late = append_answer(&c, AppendResult::Success { match_index: matched });
+    c.node_mut(1).step(late).expect("an answer of the term");
+    assert!(c.node(1).is_replicating(NodeId(3)), "replicating again");
+}
+
+/// Node 3 (its answers are scripted here) acknowledged index 3; the leader then sent it 4..=7,
+/// which it did not all keep: it rejects the append after 7, its log ending at 5. The leader
+/// probes at 6. A late duplicate acknowledgement of index 3 then arrives: it tells nothing new,
+/// so the leader keeps its probe at 6 and waits for its answer, instead of sending 4.. again.
+///
+/// Kills: in `progress.rs`, `Progress::on_success`, `index > self.match_index` changed to `>=`
+/// (the duplicate counted as progress), or the probe guard replaced by `true`: either way the
+/// leader went back to replicating from 4 and resent entries node 3 holds.
+#[test]
+fn a_duplicate_acknowledgement_while_probing_keeps_the_probe() {
+    let mut c = leader_replicating_to_3();
+    c.propose(1, b"b").expect("leader accepts");
+    assert_eq!(c.node(1).status().progress[&NodeId(3)].match_index, Index(3));
+    c.crash(3); // Its answers are scripted from now on.
+    for payload in [&b"c"[..], b"d", b"e", b"f"] {
+        c.propose(1, payload).expect("leader accepts");
+    }
+    assert_eq!(c.node(1).last_index(), Index(7));
+    let reject = AppendResult::Reject { rejected_index: Index(7), hint: ConflictHint { term: None, index: Index(6) } };
+    let reject = append_answer(&c, reject);
+    c.node_mut(1).step(reject).expect("an answer of the term");
+    let probe = all_messages(&take(c.node_mut(1)));
+    let probe_at_6 = probe
+        .iter()
+        .any(|m| m.to == NodeId(3) && matches!(m.body, MessageBody::AppendEntries { prev_log_index: Index(5), .. }));
+    assert!(probe_at_6, "the leader probes at 6: {probe:?}");
+
+    let duplicate = append_answer(&c, AppendResult::Success { match_index: Index(3) });
+    let _ = c.node_mut(1).step(duplicate);
+    let output = take(c.node_mut(1));
+    assert!(all_messages(&output).iter().all(|m| m.to != NodeId(3)), "nothing more to node 3: {output:?}");
+    let progress = &c.node(1).status().progress[&NodeId(3)];
+    assert_eq!((progress.state, progress.next_index), (raft_core::ProgressState::Probe, Index(6)));
+}
+
+/// While the leader streams a snapshot to node 3, answers to appends sent before the transfer
+/// started arrive: an acknowledgement of what node 3 held, and a rejection. Neither concerns
+/// the transfer: the leader's view of node 3 stays as it was, and nothing is sent (in
+/// particular, the transfer does not start over).
+///
+/// Kills: in `progress.rs`, `Progress::on_success`, the snapshot guard replaced by `true` (the
+/// stale acknowledgement ended the transfer, and the leader started it again from offset 0);
+/// and in `Progress::on_reject`, deleting the `ProgressState::Snapshot` arm (the stale
+/// rejection moved the next index during the transfer).
+#[test]
+fn answers_to_appends_from_before_a_snapshot_transfer_change_nothing() {
+    let (mut c, _first) = snapshot_transfer_to_3_started();
+    assert!(c.node(1).is_sending_snapshot(NodeId(3)));
+    let before = c.node(1).status().progress[&NodeId(3)].clone();
+    let matched = before.match_index;
+    let stale_answers = [
+        AppendResult::Success { match_index: matched },
+        AppendResult::Reject {
+            rejected_index: Index(matched.0 + 4),
+            hint: ConflictHint { term: None, index: Index(matched.0 + 4) },
+        },
+    ];
+    for answer in stale_answers {
+        let answer = append_answer(&c, answer);
+        let _ = c.node_mut(1).step(answer);
+        let output = take(c.node_mut(1));
+        assert!(all_messages(&output).iter().all(|m| m.to != NodeId(3)), "nothing sent to node 3: {output:?}");
+        assert!(c.node(1).is_sending_snapshot(NodeId(3)));
+        let after = &c.node(1).status().progress[&NodeId(3)];
+        assert_eq!((after.match_index, after.next_index), (before.match_index, before.next_index));
+    }
+}
