@@ -1180,3 +1180,30 @@ fn answers_to_appends_from_before_a_snapshot_transfer_change_nothing() {
         assert_eq!((after.match_index, after.next_index), (before.match_index, before.next_index));
     }
 }
+
+/// A follower forwarded a read to its leader; the leader's answer arrives with an index the
+/// follower has already applied. The read is complete, and that is the only thing the node has
+/// to hand out: `has_output` must say so, or a driver that waits for it would sit on the read.
+///
+/// Kills: in `read.rs`, `Reads::has_output` replaced by `false` (`Raft::has_output` then missed
+/// completed reads).
+#[test]
+fn a_completed_forwarded_read_is_output_to_take() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, b"a").expect("leader accepts");
+    let applied = c.node(2).status().applied;
+    assert_eq!(applied, c.node(1).commit_index(), "node 2 applied everything");
+    c.node_mut(2).read(7, ReadMode::ReadIndex).expect("forwarded to the leader");
+    let forwarded = all_messages(&take(c.node_mut(2)));
+    let [ask] = forwarded.as_slice() else { panic!("one request expected: {forwarded:?}") };
+    let MessageBody::ReadIndexRequest { request, .. } = ask.body else { panic!("a read request: {ask:?}") };
+    assert!(!c.node(2).has_output());
+
+    let answer = MessageBody::ReadIndexResponse { request, index: Some(applied) };
+    let term = c.node(1).term().0;
+    c.node_mut(2).step(message(1, 2, term, answer)).expect("the leader's answer");
+    assert!(c.node(2).has_output(), "the completed read is output");
+    let output = take(c.node_mut(2));
+    assert_eq!(output.reads, vec![raft_core::ReadState { id: 7, result: Ok(applied) }]);
+}
