@@ -1207,3 +1207,39 @@ fn a_completed_forwarded_read_is_output_to_take() {
     let output = take(c.node_mut(2));
     assert_eq!(output.reads, vec![raft_core::ReadState { id: 7, result: Ok(applied) }]);
 }
+
+/// A leader (check-quorum off, so it keeps leading without answers) takes a read: a heartbeat
+/// round goes out for it. Node 2's answer to that round is delayed while the leader sends 255
+/// more rounds, one per tick; node 3 never answers. A leader remembers its latest 256 rounds
+/// (`ROUNDS_REMEMBERED` in `read.rs`), so the late answer is to a round it still knows: with
+/// the leader's own, it makes a quorum, and the read completes.
+///
+/// Kills: in `read.rs`, `next_round`, `rounds_sent_at.len() > ROUNDS_REMEMBERED` changed to
+/// `>=` or `==` (only 255 rounds were remembered, the late answer was dropped as unknown, and
+/// the read stayed pending).
+#[test]
+fn a_late_answer_to_the_oldest_remembered_heartbeat_round_confirms_a_read() {
+    let mut c = Cluster::with(3, false, false);
+    c.elect(1);
+    let commit = c.node(1).commit_index();
+    c.node_mut(1).read(5, ReadMode::ReadIndex).expect("the leader takes reads");
+    let round = all_messages(&take(c.node_mut(1)));
+    let heartbeat = round
+        .into_iter()
+        .find(|m| m.to == NodeId(2) && matches!(m.body, MessageBody::Heartbeat { .. }))
+        .expect("a heartbeat round for the read");
+    c.node_mut(2).step(heartbeat).expect("a heartbeat of the leader");
+    let answer = all_messages(&take(c.node_mut(2)));
+    let [answer] = answer.as_slice() else { panic!("one answer expected: {answer:?}") };
+    assert!(matches!(answer.body, MessageBody::HeartbeatResponse { .. }));
+
+    for _ in 0..255 {
+        c.node_mut(1).tick();
+        let output = take(c.node_mut(1));
+        assert_eq!(output.reads, vec![], "nobody answers these rounds");
+    }
+    assert!(c.node(1).is_leader());
+    c.node_mut(1).step(answer.clone()).expect("an answer of the term");
+    let output = take(c.node_mut(1));
+    assert_eq!(output.reads, vec![raft_core::ReadState { id: 5, result: Ok(commit) }]);
+}
