@@ -1243,3 +1243,26 @@ fn a_late_answer_to_the_oldest_remembered_heartbeat_round_confirms_a_read() {
     let output = take(c.node_mut(1));
     assert_eq!(output.reads, vec![raft_core::ReadState { id: 5, result: Ok(commit) }]);
 }
+
+/// A leader elected at the very start of its clock (tick 0) takes a lease read before any
+/// heartbeat round was answered. It holds no lease yet (no quorum has answered it), so it must
+/// not serve the read at once: a heartbeat round goes out, and the read completes once a quorum
+/// answers it.
+///
+/// Kills: in `read.rs`, `lease_holds`, `start > 0` changed to `start >= 0` (with no round
+/// answered the quorum's tick is 0, and the lease was taken to run from tick 0: the read was
+/// served at once, without any quorum, while an earlier leader's lease might still hold).
+#[test]
+fn a_leader_serves_no_lease_read_before_a_quorum_answered_a_round() {
+    let mut c = cluster_tuned(3, |b| b.check_quorum(true).lease_reads(true));
+    c.elect(1);
+    let commit = c.node(1).commit_index();
+    c.node_mut(1).read(9, ReadMode::Lease).expect("the leader takes lease reads");
+    let output = take(c.node_mut(1));
+    assert_eq!(output.reads, vec![], "no lease yet: not served at once");
+    let round = all_messages(&output);
+    assert!(round.iter().any(|m| matches!(m.body, MessageBody::Heartbeat { .. })), "a heartbeat round: {round:?}");
+    c.in_flight.extend(round);
+    c.deliver_all();
+    assert_eq!(c.reads[&NodeId(1)], vec![raft_core::ReadState { id: 9, result: Ok(commit) }]);
+}
