@@ -1266,3 +1266,35 @@ fn a_leader_serves_no_lease_read_before_a_quorum_answered_a_round() {
     c.deliver_all();
     assert_eq!(c.reads[&NodeId(1)], vec![raft_core::ReadState { id: 9, result: Ok(commit) }]);
 }
+
+/// A follower has committed index 2 (term 2). An append whose previous entry is exactly that
+/// index, but with another term (1), does not match our log: no honest leader sends it, and its
+/// entries must not be taken. It is rejected like any append that fails the consistency check.
+///
+/// Kills: in `replication.rs`, `on_append_entries`, `prev_log_index < committed` changed to
+/// `<=` (an append at the commit index was checked against our own committed entry instead of
+/// the term it names, so it passed, and its entry was appended and acknowledged).
+#[test]
+fn an_append_whose_previous_entry_contradicts_the_committed_one_is_not_taken() {
+    let hard_state = HardState { term: Term(2), vote: None, commit: Index(2) };
+    let storage = storage_with_log(&ids(3), &[1, 2], hard_state);
+    let mut node = Raft::new(NodeId(2), options(NodeId(2), true, true), storage).expect("memory storage");
+    take(&mut node);
+
+    let append = MessageBody::AppendEntries {
+        prev_log_index: Index(2),
+        prev_log_term: Term(1),
+        entries: vec![common::noop(3, 3)],
+        commit: Index(2),
+    };
+    let _ = node.step(message(1, 2, 3, append));
+    assert_eq!(node.last_index(), Index(2), "nothing appended");
+    let answers: Vec<MessageBody> = all_messages(&take(&mut node)).into_iter().map(|m| m.body).collect();
+    assert!(
+        matches!(
+            answers.as_slice(),
+            [MessageBody::AppendResponse(AppendResult::Reject { rejected_index: Index(2), .. })]
+        ),
+        "rejected at index 2: {answers:?}"
+    );
+}
