@@ -1298,3 +1298,30 @@ fn an_append_whose_previous_entry_contradicts_the_committed_one_is_not_taken() {
         "rejected at index 2: {answers:?}"
     );
 }
+
+/// Node 2, cut off while the leader commits a new entry, forwards two reads; the leader answers
+/// both with its commit index, which node 2 has not applied yet, so both wait to be served.
+/// Reads waiting for the apply still count toward `reads_pending_max`: a third read is refused.
+///
+/// Kills: in `read.rs`, `Reads::pending_count`, the `+` before `self.ready.len()` changed to `-`
+/// (the waiting reads were subtracted: the count underflowed).
+#[test]
+fn reads_waiting_for_the_apply_count_toward_the_pending_limit() {
+    let mut c = cluster_tuned(3, |b| b.reads_pending_max(2));
+    c.elect(1);
+    c.isolate(2);
+    c.propose(1, b"a").expect("leader accepts");
+    let commit = c.node(1).commit_index();
+    assert!(c.node(2).status().applied < commit, "node 2 has not applied the new entry");
+    let term = c.node(1).term().0;
+    for id in [1, 2] {
+        c.node_mut(2).read(id, ReadMode::ReadIndex).expect("forwarded to the leader");
+        let forwarded = all_messages(&take(c.node_mut(2)));
+        let [ask] = forwarded.as_slice() else { panic!("one request expected: {forwarded:?}") };
+        let MessageBody::ReadIndexRequest { request, .. } = ask.body else { panic!("a read request: {ask:?}") };
+        let answer = MessageBody::ReadIndexResponse { request, index: Some(commit) };
+        c.node_mut(2).step(message(1, 2, term, answer)).expect("the leader's answer");
+    }
+    assert_eq!(take(c.node_mut(2)).reads, vec![], "both wait for the apply");
+    assert_eq!(c.node_mut(2).read(3, ReadMode::ReadIndex), Err(raft_core::ReadError::TooManyPending));
+}
