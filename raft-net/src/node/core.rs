@@ -171,15 +171,7 @@ where
     /// The handles' next queued input, without waiting (polled with the pool's waker, if any);
     /// notes a closed queue in `input_closed`.
     fn next_input(&mut self) -> Option<CoreInput<SM>> {
-        let polled = match &self.waker {
-            Some(waker) => match self.input.poll_recv(&mut std::task::Context::from_waker(waker)) {
-                std::task::Poll::Ready(Some(input)) => Ok(input),
-                std::task::Poll::Ready(None) => Err(TryRecvError::Disconnected),
-                std::task::Poll::Pending => Err(TryRecvError::Empty),
-            },
-            None => self.input.try_recv(),
-        };
-        match polled {
+        match poll_queue(&mut self.input, self.waker.as_ref()) {
             Ok(input) => Some(input),
             Err(TryRecvError::Disconnected) => {
                 self.input_closed = true;
@@ -194,15 +186,7 @@ where
         if !self.inbound_open {
             return None;
         }
-        let polled = match &self.waker {
-            Some(waker) => match self.inbound.poll_recv(&mut std::task::Context::from_waker(waker)) {
-                std::task::Poll::Ready(Some(message)) => Ok(message),
-                std::task::Poll::Ready(None) => Err(TryRecvError::Disconnected),
-                std::task::Poll::Pending => Err(TryRecvError::Empty),
-            },
-            None => self.inbound.try_recv(),
-        };
-        match polled {
+        match poll_queue(&mut self.inbound, self.waker.as_ref()) {
             Ok(message) => Some(message),
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => {
@@ -572,5 +556,16 @@ where
         }
         let reason = self.shared.stop_reason().unwrap_or(reason);
         self.shared.emit(NodeEvent::Stopped(reason));
+    }
+}
+
+/// The next item of `queue` without waiting. With a `waker`, the queue is polled with it, so that
+/// an item sent after it was found empty wakes the group (a `try_recv` registers nobody).
+fn poll_queue<M>(queue: &mut mpsc::Receiver<M>, waker: Option<&std::task::Waker>) -> Result<M, TryRecvError> {
+    let Some(waker) = waker else { return queue.try_recv() };
+    match queue.poll_recv(&mut std::task::Context::from_waker(waker)) {
+        std::task::Poll::Ready(Some(item)) => Ok(item),
+        std::task::Poll::Ready(None) => Err(TryRecvError::Disconnected),
+        std::task::Poll::Pending => Err(TryRecvError::Empty),
     }
 }

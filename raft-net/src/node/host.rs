@@ -413,7 +413,8 @@ where
     fn due(&self, host_started: Instant) -> Option<Duration> {
         let due = self.core.raft.ticks_until_due();
         let ticks = self.core.clock.clock_ticks().checked_add(due)?;
-        let after_start = self.core.tick_interval.checked_mul(u32::try_from(ticks).ok()?)?;
+        let nanos = self.core.tick_interval.as_nanos().checked_mul(u128::from(ticks))?;
+        let after_start = Duration::from_nanos(u64::try_from(nanos).ok()?);
         let instant = self.core.started.checked_add(after_start)?;
         Some(instant.saturating_duration_since(host_started))
     }
@@ -578,13 +579,25 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         if !batch.is_empty() {
             add(&self.counters.writes, 1);
             add(&self.counters.outputs_written, batch.iter().map(|(_, outputs)| outputs.len() as u64).sum());
-            let written = S::write_outputs(&mut batch);
+            // A store that panics must not take the worker, and with it every group of the
+            // batch, down silently: its groups stop as panicked, the worker goes on.
+            let written = std::panic::catch_unwind(AssertUnwindSafe(|| S::write_outputs(&mut batch)));
             drop(batch);
-            if let Err(error) = written {
-                let failure = StorageFailure::new(StorageOperation::Write, error);
-                warn!(groups = in_write.len(), error = %failure, "write of a batch failed: its groups stop");
-                for index in in_write {
-                    running[index].2 = Outcome::Stop(StopReason::StorageFailed(failure.clone()));
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    let failure = StorageFailure::new(StorageOperation::Write, error);
+                    warn!(groups = in_write.len(), error = %failure, "write of a batch failed: its groups stop");
+                    for index in in_write {
+                        running[index].2 = Outcome::Stop(StopReason::StorageFailed(failure.clone()));
+                    }
+                }
+                Err(_) => {
+                    warn!(groups = in_write.len(), "the store panicked writing a batch: its groups stop");
+                    for index in in_write {
+                        running[index].0.shared.set_stop_reason(StopReason::CorePanicked);
+                        running[index].2 = Outcome::Panicked;
+                    }
                 }
             }
         }
@@ -671,8 +684,9 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(NEVER);
         let slots: Vec<_> = self.lock_slots().values().cloned().collect();
         for slot in slots {
-            if slot.due_nanos.load(Ordering::Acquire) <= now {
-                slot.due_nanos.store(NEVER, Ordering::Release);
+            let due = slot.due_nanos.load(Ordering::Acquire);
+            // Only if no worker stored a newer due time meanwhile.
+            if due <= now && slot.due_nanos.compare_exchange(due, NEVER, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 add(&self.counters.timer_wakes, 1);
                 self.schedule(&slot);
             }
@@ -834,12 +848,21 @@ impl<S: LogStore + Send + 'static> Host<S> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(HostError::ShuttingDown);
         }
+        // Before the store is consumed (checked again below, under the lock).
+        if self.inner.lock_slots().contains_key(&group) {
+            return Err(HostError::GroupExists(group));
+        }
         let Assembled { core, inner, config } =
             assemble(config, storage, transport, inbound, state_machine, apply_thread)
                 .map_err(|source| HostError::Start { group, source })?;
         let shared = Arc::clone(&core.shared);
         let permits_max = config.proposals_pending_max;
         let mut slots = self.inner.lock_slots();
+        // Under the lock `begin_shutdown` sets `stopping` under: a host shutting down (whose
+        // workers may have ended already) takes no group.
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(HostError::ShuttingDown);
+        }
         if slots.contains_key(&group) {
             return Err(HostError::GroupExists(group));
         }
@@ -950,8 +973,10 @@ impl<S: LogStore + Send + 'static> Host<S> {
 
     /// Marks the host stopping and wakes every group so that it stops.
     fn begin_shutdown(&self) {
+        // Under the slots' lock, so that a group being added either sees it or is in the map.
+        let slots = self.inner.lock_slots();
         self.inner.stopping.store(true, Ordering::Release);
-        let slots: Vec<_> = self.inner.lock_slots().values().cloned().collect();
+        let slots: Vec<_> = slots.values().cloned().collect();
         if slots.is_empty() {
             self.inner.close();
         }
