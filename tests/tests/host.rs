@@ -453,3 +453,109 @@ async fn a_write_error_of_the_shared_log_fail_stops_the_groups_and_loses_nothing
         );
     }
 }
+
+/// A store that panics in its writes once `panic` is set (a bug in a user's store).
+struct PanickingStore {
+    inner: raft_storage::MemStorage,
+    panic: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl raft_core::Storage for PanickingStore {
+    fn initial_state(&self) -> Result<raft_core::InitialState, raft_core::StorageError> {
+        self.inner.initial_state()
+    }
+    fn entries(
+        &self,
+        low: raft_core::Index,
+        high: raft_core::Index,
+        bytes_max: u64,
+    ) -> Result<Vec<raft_core::Entry>, raft_core::StorageError> {
+        self.inner.entries(low, high, bytes_max)
+    }
+    fn term(&self, index: raft_core::Index) -> Result<raft_core::Term, raft_core::StorageError> {
+        self.inner.term(index)
+    }
+    fn first_index(&self) -> Result<raft_core::Index, raft_core::StorageError> {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> Result<raft_core::Index, raft_core::StorageError> {
+        self.inner.last_index()
+    }
+    fn snapshot(&self) -> Result<raft_core::SnapshotMeta, raft_core::StorageError> {
+        self.inner.snapshot()
+    }
+    fn snapshot_chunk(
+        &self,
+        index: raft_core::Index,
+        term: raft_core::Term,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<raft_core::SnapshotChunk, raft_core::StorageError> {
+        self.inner.snapshot_chunk(index, term, offset, bytes_max)
+    }
+}
+
+impl raft_storage::LogStore for PanickingStore {
+    type Error = raft_storage::MemStorageError;
+
+    fn persist(
+        &mut self,
+        hard_state: Option<raft_core::HardState>,
+        entries: &[raft_core::Entry],
+    ) -> Result<(), Self::Error> {
+        assert!(!self.panic.load(std::sync::atomic::Ordering::Acquire), "the store was told to panic");
+        self.inner.persist(hard_state, entries)
+    }
+    fn compact(&mut self, index: raft_core::Index, term: raft_core::Term) -> Result<(), Self::Error> {
+        self.inner.compact(index, term)
+    }
+    fn write_snapshot_chunk(
+        &mut self,
+        meta: &raft_core::SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Self::Error> {
+        self.inner.write_snapshot_chunk(meta, offset, data)
+    }
+    fn install_snapshot(&mut self, meta: &raft_core::SnapshotMeta) -> Result<(), Self::Error> {
+        self.inner.install_snapshot(meta)
+    }
+}
+
+/// A store that panics in a write stops the groups of that round as panicked, not the worker:
+/// their handles learn it and shut down at once, and the host's other groups go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_panics_stops_its_groups_and_not_the_worker() {
+    use raft_net::{MemNetwork, StopReason};
+    let id = NodeId(1);
+    let network = MemNetwork::new(std::num::NonZeroUsize::new(64).expect("non-zero"));
+    let host: Host<PanickingStore> = Host::start(HostConfig::with_workers(1)).expect("host");
+    let mut handles = Vec::new();
+    let mut switches = Vec::new();
+    for group in (1..=2).map(GroupId) {
+        let (transport, inbound) = network.join_group(id, group).expect("joined");
+        let panic = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store =
+            PanickingStore { inner: raft_storage::MemStorage::new(Membership::new([id])), panic: panic.clone() };
+        handles.push(
+            host.add_group(group, raft_testkit::config(id), store, transport, inbound, Kv(KvView::default()))
+                .expect("added"),
+        );
+        switches.push(panic);
+    }
+    for handle in &handles {
+        propose(std::slice::from_ref(handle), &[id], 0, set("k", "v")).await;
+    }
+    switches[0].store(true, std::sync::atomic::Ordering::Release);
+    let refused = handles[0].propose(set("doomed", "x")).await;
+    assert!(refused.is_err(), "{refused:?}");
+    eventually("the group whose store panicked stops", || {
+        let handle = handles[0].clone();
+        async move { handle.stop_reason().is_some() }
+    })
+    .await;
+    assert!(matches!(handles[0].stop_reason(), Some(StopReason::CorePanicked)), "{:?}", handles[0].stop_reason());
+    tokio::time::timeout(raft_testkit::PATIENCE, handles[0].shutdown()).await.expect("its shutdown returns");
+    propose(std::slice::from_ref(&handles[1]), &[id], 0, set("k2", "v")).await;
+    tokio::time::timeout(raft_testkit::PATIENCE, host.shutdown()).await.expect("the host shuts down");
+}
