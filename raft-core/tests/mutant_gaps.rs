@@ -348,22 +348,9 @@ fn stickiness_holds_through_the_last_tick_of_the_election_timeout_and_ends_after
 fn a_membership_entry_replaced_at_the_first_conflicting_index_is_no_longer_in_force() {
     let three = Membership::new(ids(3));
     let four = Membership::new(ids(4));
-    let mut storage = MemStorage::new(three.clone());
-    let entries = [
-        common::noop(1, 1),
-        raft_core::Entry { index: Index(2), term: Term(1), payload: raft_core::EntryPayload::Membership(four.clone()) },
-    ];
-    storage.append(&entries).expect("consecutive entries");
-    storage.set_hard_state(HardState { term: Term(1), vote: None, commit: Index(1) });
-    let mut node = Raft::new(NodeId(2), options(NodeId(2), false, false), storage).expect("memory storage");
+    let mut node = follower_with_memberships(&three, &[&four], Index(1));
     assert_eq!(node.membership(), &four, "the entry in the log is in force");
-    let append = MessageBody::AppendEntries {
-        prev_log_index: Index(1),
-        prev_log_term: Term(1),
-        entries: vec![common::noop(2, 2)],
-        commit: Index(1),
-    };
-    node.step(message(3, 2, 2, append)).expect("a valid append");
+    replace_last_with_noop(&mut node);
     assert_eq!(node.last_index(), Index(2));
     assert_eq!(node.membership(), &three, "the replaced membership entry no longer counts");
 }
@@ -774,26 +761,9 @@ fn replacing_a_later_membership_entry_keeps_the_earlier_one_in_force() {
     let four = Membership::new(ids(4));
     let joint = raft_core::first_step(&three, &four).expect("neither is joint");
     assert!(joint.is_joint());
-    let membership_entry = |index: u64, membership: &Membership| raft_core::Entry {
-        index: Index(index),
-        term: Term(1),
-        payload: raft_core::EntryPayload::Membership(membership.clone()),
-    };
-    let mut storage = MemStorage::new(three.clone());
-    storage
-        .append(&[common::noop(1, 1), membership_entry(2, &joint), membership_entry(3, &four)])
-        .expect("consecutive entries");
-    storage.set_hard_state(HardState { term: Term(1), vote: None, commit: Index(2) });
-    let mut node = Raft::new(NodeId(2), options(NodeId(2), false, false), storage).expect("memory storage");
+    let mut node = follower_with_memberships(&three, &[&joint, &four], Index(2));
     assert_eq!(node.membership(), &four, "the latest entry in the log is in force");
-
-    let append = MessageBody::AppendEntries {
-        prev_log_index: Index(2),
-        prev_log_term: Term(1),
-        entries: vec![common::noop(3, 2)],
-        commit: Index(2),
-    };
-    node.step(message(3, 2, 2, append)).expect("a valid append");
+    replace_last_with_noop(&mut node);
     assert_eq!(node.last_index(), Index(3));
     assert_eq!(node.membership(), &joint, "the joint entry at index 2 is the latest in the log");
 }
@@ -1324,4 +1294,32 @@ fn reads_waiting_for_the_apply_count_toward_the_pending_limit() {
     }
     assert_eq!(take(c.node_mut(2)).reads, vec![], "both wait for the apply");
     assert_eq!(c.node_mut(2).read(3, ReadMode::ReadIndex), Err(raft_core::ReadError::TooManyPending));
+}
+
+/// Node 2 of voters `initial`, whose log holds a no-op of term 1 at index 1 and then one
+/// membership entry of term 1 per element of `memberships`, committed up to `commit`.
+fn follower_with_memberships(initial: &Membership, memberships: &[&Membership], commit: Index) -> Raft<MemStorage> {
+    let mut entries = vec![common::noop(1, 1)];
+    for (index, membership) in (2..).zip(memberships) {
+        let payload = raft_core::EntryPayload::Membership((*membership).clone());
+        entries.push(raft_core::Entry { index: Index(index), term: Term(1), payload });
+    }
+    let mut storage = MemStorage::new(initial.clone());
+    storage.append(&entries).expect("consecutive entries");
+    storage.set_hard_state(HardState { term: Term(1), vote: None, commit });
+    Raft::new(NodeId(2), options(NodeId(2), false, false), storage).expect("memory storage")
+}
+
+/// The leader of term 2 (node 3) replaces `node`'s last entry with a no-op of its term, keeping
+/// the entries before it and the commit index.
+fn replace_last_with_noop(node: &mut Raft<MemStorage>) {
+    let last = node.last_index().0;
+    let commit = node.commit_index();
+    let append = MessageBody::AppendEntries {
+        prev_log_index: Index(last - 1),
+        prev_log_term: Term(1),
+        entries: vec![common::noop(last, 2)],
+        commit,
+    };
+    node.step(message(3, 2, 2, append)).expect("a valid append");
 }
