@@ -31,8 +31,9 @@ pub const MAGIC: [u8; 4] = *b"RFTN";
 /// configuration is left). Version 5 names the group of every message ([`Frame::Message`]'s
 /// `group`): one connection between two nodes carries the messages of every group they share.
 /// Version 6 adds the `Quiesce` message (an idle group's leader asks its followers to go quiet);
-/// earlier messages encode as before, but a version 5 peer could not decode it.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// earlier messages encode as before, but a version 5 peer could not decode it. Version 7 adds
+/// [`Frame::Ping`], the node-level liveness ping that lets groups go quiet.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest snapshot chunk a message will carry (snapshot transfer is planned in raft-core).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: u32 = 64 * 1024;
@@ -63,7 +64,7 @@ const _: () = assert!(HELLO_FRAME_BYTES_MAX <= FRAME_BYTES_MIN);
 ///
 /// A connection starts with [`Frame::Hello`] from the dialer, answered by
 /// [`Frame::HelloAccepted`] or [`Frame::HelloRejected`]; after acceptance only the dialer writes,
-/// and only [`Frame::Message`] and [`Frame::Keepalive`] frames. The handshake is between nodes;
+/// and only [`Frame::Message`], [`Frame::Keepalive`] and [`Frame::Ping`] frames. The handshake is between nodes;
 /// groups appear only in the messages, so one connection carries every group's messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -88,6 +89,13 @@ pub enum Frame {
     /// Nothing: sent by an idle dialer so that the acceptor can tell a quiet connection from a
     /// dead one (added in protocol version 2).
     Keepalive,
+    /// A node-level liveness ping (added in protocol version 7): one per pair of nodes per ping
+    /// interval, whatever the number of groups they share (`raft_core::liveness`).
+    Ping {
+        /// The sender's incarnation, drawn afresh at every start: a new one tells the receiver
+        /// that the sender restarted.
+        incarnation: u64,
+    },
 }
 
 /// The dialer's introduction.

@@ -14,7 +14,7 @@ use crate::frame::{
     FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES, Frame, FrameError, HELLO_FRAME_BYTES_MAX, check_decode, decode_frame,
     decode_payload, encode_frame, read_frame,
 };
-use crate::tcp::fuzzing::{ConnectionError, Counters, GroupRegistry, Inbound, read_loop};
+use crate::tcp::fuzzing::{ConnectionError, Counters, GroupRegistry, Inbound, PeerSeen, read_loop};
 
 /// Frames decoded from one input at most (a stream of tiny frames would otherwise make one input
 /// run long).
@@ -90,6 +90,7 @@ fn check_reader(bytes: &[u8]) {
         inbound_full_timeout: Duration::from_secs(1),
         groups: &registry,
         counters: &counters,
+        seen: std::sync::Arc::new(PeerSeen::default()),
     };
     let mut reader = bytes;
     let end = match block_on(read_loop(&inbound, &mut reader, READER_PEER)) {
@@ -104,6 +105,7 @@ fn check_reader(bytes: &[u8]) {
 
     let mut expected: BTreeMap<GroupId, Vec<Message>> = BTreeMap::new();
     let mut unknown: u64 = 0;
+    let (mut frames, mut pings, mut incarnation) = (0_u64, 0_u64, None);
     let mut rest = bytes;
     let expected_end = loop {
         let (frame, used) = match decode_frame::<Frame>(rest, FRAME_BYTES_MAX_DEFAULT) {
@@ -113,9 +115,15 @@ fn check_reader(bytes: &[u8]) {
             Err(error) => break End::Frame(error),
         };
         rest = &rest[used..];
+        frames += 1;
         let (group, message) = match frame {
             Frame::Message { group, message } => (group, message),
             Frame::Keepalive => continue,
+            Frame::Ping { incarnation: carried } => {
+                pings += 1;
+                incarnation = Some(carried);
+                continue;
+            }
             _ => break End::UnexpectedFrame,
         };
         if message.from != READER_PEER {
@@ -136,6 +144,10 @@ fn check_reader(bytes: &[u8]) {
         assert_eq!(delivered, expected.remove(group).unwrap_or_default(), "group {group} got other messages");
     }
     let stats = counters.snapshot();
+    assert_eq!(stats.pings_received, pings, "every ping is counted");
+    let signals = inbound.seen.take();
+    assert_eq!(signals.heard, frames > 0, "any frame read is a sign of life");
+    assert_eq!(signals.ping, incarnation, "the latest ping's incarnation is what the link reports");
     assert_eq!(stats.unknown_group_drops, unknown, "every message of an unknown group is counted");
     assert_eq!(stats.inbound_full_drops, 0, "no queue was full");
     assert_eq!(registry.ids(), READER_GROUPS, "no group is created by a peer");

@@ -164,8 +164,8 @@ pub use node::{
     EVENT_QUEUE_EVENTS_MAX_DEFAULT, Execution, GROUPS_PER_BATCH_MAX_DEFAULT, GroupSummary, Host, HostConfig, HostError,
     HostStats, HostStatus, IDLE_POLL_DEFAULT, INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT,
     MembershipChangeError, NodeConfig, NodeEvent, NodeHandle, NodeStartError, NodeStatus,
-    PROPOSALS_PENDING_MAX_DEFAULT, PeerStatus, ProposeError, READS_PENDING_MAX_DEFAULT, ReadConsistency, ReadError,
-    SNAPSHOT_READ_BYTES_MAX, SharedError, StateMachine, StopReason, StorageFailure, StorageOperation,
+    PROPOSALS_PENDING_MAX_DEFAULT, PeerStatus, PeerWatch, ProposeError, READS_PENDING_MAX_DEFAULT, ReadConsistency,
+    ReadError, SNAPSHOT_READ_BYTES_MAX, SharedError, StateMachine, StopReason, StorageFailure, StorageOperation,
     TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX, TRANSFER_ELECTION_TIMEOUTS_MAX, TransferLeadershipError, start,
 };
 pub use tcp::{
@@ -173,4 +173,4 @@ pub use tcp::{
     StartError, TcpGroupTransport, TcpOption, TcpOptions, TcpOptionsError, TcpStats, TcpTransport, TokioConnector,
     WRITE_BATCH_BYTES_MAX_DEFAULT,
 };
-pub use transport::{SendError, Transport};
+pub use transport::{PeerLink, PeerSignals, SendError, Transport};

@@ -58,3 +58,34 @@ pub enum SendError {
     #[error("the transport is closed")]
     Closed,
 }
+
+/// A node's link to its peer nodes for node-level liveness (`raft_core::liveness`): what a
+/// [`Host`](crate::Host) that runs quiet groups needs of the node's transport. One per node,
+/// whatever the number of groups: the pings it sends are node-level frames, not messages of a
+/// group. [`TcpTransport::peer_link`](crate::TcpTransport::peer_link) gives one.
+pub trait PeerLink: Send + Sync + 'static {
+    /// Queues a liveness ping that carries `incarnation` (a number the sending node draws
+    /// afresh at every start) for `peer`. Best effort, like every message: never blocks.
+    fn ping(&self, peer: NodeId, incarnation: u64) -> Result<(), SendError>;
+
+    /// Every peer node of this transport, with what was heard from it since the last call (one
+    /// consumer: the host that watches the peers).
+    fn take_signals(&self) -> Vec<(NodeId, PeerSignals)>;
+}
+
+/// What a [`PeerLink`] heard from one peer node since it was last asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerSignals {
+    /// Some frame arrived from the peer (a message of any group, a ping, a keepalive).
+    pub heard: bool,
+    /// The incarnation the latest liveness ping from the peer carried, if one arrived.
+    pub ping: Option<u64>,
+}
+
+impl PeerSignals {
+    /// Signals with these values (for a [`PeerLink`] outside this crate).
+    pub fn new(heard: bool, ping: Option<u64>) -> Self {
+        PeerSignals { heard, ping }
+    }
+}

@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use raft_core::{GroupId, Membership, NodeId};
-use raft_net::{Host, HostConfig, NodeConfig, NodeHandle, ProposeError, TcpTransport, TokioConnector};
+use std::time::Duration;
+
+use raft_core::{GroupId, Membership, NodeId, Options, Role};
+use raft_net::{Host, HostConfig, NodeConfig, NodeHandle, PeerWatch, ProposeError, TcpTransport, TokioConnector};
 use raft_storage::{GroupStore, Identity, SharedWal, WalOptions};
 use raft_testkit::{Kv, KvView, eventually, listeners, membership, propose, set, tcp_options};
 use tokio::net::TcpListener;
@@ -22,16 +24,28 @@ struct Node {
     wal: SharedWal,
     host: Host<GroupStore>,
     groups: BTreeMap<GroupId, (NodeHandle<Kv>, KvView)>,
+    /// Its groups quiesce when idle, and its host watches its peers.
+    quiet: bool,
 }
 
 fn identity(id: NodeId) -> Identity {
     Identity { cluster_id: raft_testkit::CLUSTER, node_id: id }
 }
 
-fn group_config(id: NodeId, addresses: &BTreeMap<NodeId, std::net::SocketAddr>) -> NodeConfig {
+fn group_config(id: NodeId, addresses: &BTreeMap<NodeId, std::net::SocketAddr>, quiet: bool) -> NodeConfig {
     let mut config = raft_testkit::config(id);
     config.addresses = addresses.clone();
+    if quiet {
+        config.options = Options::builder().election_ticks(10).heartbeat_ticks(2).quiesce(true).build().expect("valid");
+    }
     config
+}
+
+/// The liveness watch of a quiet test node: a ping every heartbeat interval (2 ticks); a peer is
+/// reported down after a second of silence (five election timeouts: a loaded machine does not
+/// stall that long, so no report is false).
+fn watch(transport: &TcpTransport) -> PeerWatch {
+    PeerWatch::new(transport.peer_link(), raft_testkit::TICK * 2, Duration::from_secs(1))
 }
 
 impl Node {
@@ -44,6 +58,7 @@ impl Node {
         dir: &Path,
         create: &[GroupId],
         workers: usize,
+        quiet: bool,
     ) -> Node {
         let peers = addresses.iter().filter(|(peer, _)| **peer != id).map(|(p, a)| (*p, *a)).collect();
         let transport =
@@ -59,7 +74,10 @@ impl Node {
         }
         let host = Host::start(HostConfig { thread_name: format!("host-{id}"), ..HostConfig::with_workers(workers) })
             .expect("host");
-        let mut node = Node { id, transport, wal, host, groups: BTreeMap::new() };
+        if quiet {
+            host.watch_peers(watch(&transport));
+        }
+        let mut node = Node { id, transport, wal, host, groups: BTreeMap::new(), quiet };
         for group in node.wal.groups() {
             node.run_group(group, addresses);
         }
@@ -73,7 +91,7 @@ impl Node {
         let view = KvView::default();
         let handle = self
             .host
-            .add_group(group, group_config(self.id, addresses), store, transport, inbound, Kv(view.clone()))
+            .add_group(group, group_config(self.id, addresses, self.quiet), store, transport, inbound, Kv(view.clone()))
             .expect("added");
         self.groups.insert(group, (handle, view));
     }
@@ -117,7 +135,7 @@ async fn groups_on_a_worker_pool_replicate_share_the_log_and_recover_from_it() {
     let (sockets, addresses) = listeners(&IDS).await.expect("127.0.0.1 listeners");
     let mut nodes = Vec::new();
     for ((&id, listener), dir) in IDS.iter().zip(sockets).zip(&dirs) {
-        nodes.push(Node::start(id, listener, &addresses, dir.path(), &all, 2));
+        nodes.push(Node::start(id, listener, &addresses, dir.path(), &all, 2, false));
     }
 
     // Every group writes its own key through its own leader, all groups at once.
@@ -169,7 +187,7 @@ async fn groups_on_a_worker_pool_replicate_share_the_log_and_recover_from_it() {
     };
     let mut nodes = Vec::new();
     for ((&id, listener), dir) in IDS.iter().zip(listeners_again).zip(&dirs) {
-        nodes.push(Node::start(id, listener, &addresses, dir.path(), &[], 2));
+        nodes.push(Node::start(id, listener, &addresses, dir.path(), &[], 2, false));
     }
     for &group in &all {
         let handles = handles(&nodes, group);
@@ -183,13 +201,152 @@ async fn groups_on_a_worker_pool_replicate_share_the_log_and_recover_from_it() {
     }
 }
 
+/// Idle groups quiesce on a host that watches its peers (issue 19: idle groups are nearly free):
+/// once every group is quiet, nothing steps them and only the node-level pings cross the
+/// network. When the node that leads groups dies, nobody writes and no group heartbeats, yet
+/// the survivors elect new leaders for its groups: the watch reports the silent node down to
+/// every group. Its restart is seen as a new incarnation, and it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_groups_cost_nothing_and_a_dead_leaders_groups_elect_again_through_the_watch() {
+    const GROUPS: u64 = 8;
+    let dirs: Vec<tempfile::TempDir> = IDS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
+    let all: Vec<GroupId> = (1..=GROUPS).map(GroupId).collect();
+    let (sockets, addresses) = listeners(&IDS).await.expect("127.0.0.1 listeners");
+    let mut nodes = Vec::new();
+    for ((&id, listener), dir) in IDS.iter().zip(sockets).zip(&dirs) {
+        nodes.push(Node::start(id, listener, &addresses, dir.path(), &all, 2, true));
+    }
+    for &group in &all {
+        propose(&handles(&nodes, group), &IDS, 0, set(&format!("key-{}", group.0), "one")).await;
+    }
+    every_group_quiet(&nodes, GROUPS as usize).await;
+
+    // Quiet: no group is stepped and no message is sent, only pings (unless a stall of the
+    // machine made a peer look silent for a second, which wakes groups: then that is seen).
+    let before: Vec<_> = nodes.iter().map(|node| (node.host.stats(), node.transport.stats())).collect();
+    tokio::time::sleep(raft_testkit::TICK * 50).await;
+    for (node, (host, transport)) in nodes.iter().zip(before) {
+        let (host_now, transport_now) = (node.host.stats(), node.transport.stats());
+        assert!(transport_now.pings_written > transport.pings_written, "node {} pings its peers", node.id);
+        if host_now.peer_downs == host.peer_downs {
+            assert_eq!(host_now.group_steps, host.group_steps, "node {}: quiet groups are not stepped", node.id);
+            assert_eq!(transport_now.messages_written, transport.messages_written, "node {}: no message", node.id);
+        }
+    }
+
+    // The node leading the most groups dies. Nobody writes; the survivors elect new leaders of
+    // its groups anyway.
+    let victim = (0..nodes.len()).max_by_key(|&index| nodes[index].host.status().leaders).expect("three nodes");
+    let led = nodes[victim].host.status().leaders;
+    assert!(led > 0, "some node leads a group");
+    let dead = nodes.remove(victim);
+    let (dead_id, dead_address) = (dead.id, addresses[&dead.id]);
+    dead.shutdown().await;
+    eventually("the survivors lead every group", || {
+        let statuses: Vec<_> = nodes.iter().map(|node| node.host.status()).collect();
+        async move { statuses.iter().map(|status| status.leaders).sum::<usize>() == GROUPS as usize }
+    })
+    .await;
+    for node in &nodes {
+        assert!(node.host.stats().peer_downs >= 1, "node {} reported node {dead_id} down", node.id);
+    }
+    let survivor_ids: Vec<NodeId> = nodes.iter().map(|node| node.id).collect();
+    for &group in &all {
+        propose(&handles(&nodes, group), &survivor_ids, 0, set(&format!("key-{}", group.0), "two")).await;
+    }
+
+    // It comes back: a new incarnation, which the others notice, and it catches up.
+    let downs_before: Vec<u64> = nodes.iter().map(|node| node.host.stats().peer_downs).collect();
+    let listener = raft_testkit::bind(dead_address).await.expect("the same address again");
+    let index = IDS.iter().position(|&id| id == dead_id).expect("one of the three");
+    nodes.insert(index, Node::start(dead_id, listener, &addresses, dirs[index].path(), &[], 2, true));
+    for &group in &all {
+        every_replica_holds(&nodes, group, &[format!("key-{}", group.0)], "two").await;
+    }
+    eventually("the others see the restarted node's new incarnation", || {
+        let downs: Vec<u64> =
+            nodes.iter().filter(|node| node.id != dead_id).map(|node| node.host.stats().peer_downs).collect();
+        let before = downs_before.clone();
+        async move { downs.iter().zip(&before).all(|(now, before)| now > before) }
+    })
+    .await;
+    every_group_quiet(&nodes, GROUPS as usize).await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Waits until every group is quiet on every node, with one leader per group.
+async fn every_group_quiet(nodes: &[Node], groups: usize) {
+    eventually("every group is quiet on every node", || {
+        let statuses: Vec<_> = nodes.iter().map(|node| node.host.status()).collect();
+        async move {
+            statuses.iter().all(|status| status.quiet == groups)
+                && statuses.iter().flat_map(|status| &status.groups).filter(|group| group.role == Role::Leader).count()
+                    == groups
+        }
+    })
+    .await;
+}
+
+/// Quiescence needs the watch: a host that does not watch its peers refuses a quiet group
+/// (its followers would never learn that a quiet leader died).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_a_peer_watch_refuses_a_quiet_group() {
+    let (mut sockets, addresses) = listeners(&IDS[..1]).await.expect("a 127.0.0.1 listener");
+    let transport = TcpTransport::start_node(
+        raft_testkit::CLUSTER,
+        IDS[0],
+        sockets.remove(0),
+        TokioConnector,
+        BTreeMap::new(),
+        tcp_options(),
+    )
+    .expect("transport");
+    let host = Host::start(HostConfig::with_workers(1)).expect("host");
+    let (group_transport, inbound) = transport.register_group(GroupId(1)).expect("a new group");
+    let store = raft_storage::MemStorage::new(membership(&[1, 2, 3]));
+    let refused = host.add_group(
+        GroupId(1),
+        group_config(IDS[0], &addresses, true),
+        store,
+        group_transport,
+        inbound,
+        Kv(KvView::default()),
+    );
+    assert!(
+        matches!(
+            refused,
+            Err(raft_net::HostError::Start {
+                source: raft_net::NodeStartError::Config(raft_net::ConfigError::QuiesceWithoutLiveness),
+                ..
+            })
+        ),
+        "a quiet group needs the watch: {refused:?}"
+    );
+    host.watch_peers(watch(&transport));
+    let (group_transport, inbound) = transport.register_group(GroupId(2)).expect("a new group");
+    let store = raft_storage::MemStorage::new(membership(&[1, 2, 3]));
+    host.add_group(
+        GroupId(2),
+        group_config(IDS[0], &addresses, true),
+        store,
+        group_transport,
+        inbound,
+        Kv(KvView::default()),
+    )
+    .expect("with the watch, a quiet group runs");
+    host.shutdown().await;
+    transport.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_added_at_run_time_replicates_and_a_removed_one_is_gone_for_good() {
     let dirs: Vec<tempfile::TempDir> = IDS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
     let (sockets, addresses) = listeners(&IDS).await.expect("127.0.0.1 listeners");
     let mut nodes = Vec::new();
     for ((&id, listener), dir) in IDS.iter().zip(sockets).zip(&dirs) {
-        nodes.push(Node::start(id, listener, &addresses, dir.path(), &[GroupId(1)], 1));
+        nodes.push(Node::start(id, listener, &addresses, dir.path(), &[GroupId(1)], 1, false));
     }
     let added = GroupId(42);
     for node in &mut nodes {

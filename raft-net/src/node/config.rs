@@ -156,11 +156,11 @@ pub enum ConfigError {
     /// tokio channel can hold (`tokio::sync::Semaphore::MAX_PERMITS`).
     #[error("{0:?} ({1}) is too large for a bounded channel")]
     QueueTooLarge(ConfigLimit, usize),
-    /// The core option `quiesce` is on, but this driver does not yet tell its groups when a
-    /// peer's node is gone (`raft_core::Raft::peer_down`): the followers of a quiet leader
-    /// that died would never elect another. Refused until the driver runs the node-level
-    /// liveness detector.
-    #[error("quiesce needs node-level liveness, which this driver does not run yet")]
+    /// The core option `quiesce` is on, but nothing tells the group when a peer's node is gone
+    /// (`raft_core::Raft::peer_down`): the followers of a quiet leader that died would never
+    /// elect another. Quiet groups run on a [`Host`](crate::Host) that watches its peers
+    /// ([`Host::watch_peers`](crate::Host::watch_peers)); [`start`](crate::start) runs none.
+    #[error("quiesce needs node-level liveness: run the group on a Host that watches its peers")]
     QuiesceWithoutLiveness,
 }
 
@@ -184,8 +184,14 @@ impl NodeConfig {
         }
     }
 
-    /// Checks every limit.
+    /// Checks every limit, for a node that runs no node-level liveness (as [`start`](crate::start)
+    /// does not): `quiesce` is refused.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(false)
+    }
+
+    /// Checks every limit; `quiesce` only if `liveness` (the group's host watches its peers).
+    pub(crate) fn check(&self, liveness: bool) -> Result<(), ConfigError> {
         if self.tick_interval.is_zero() {
             return Err(ConfigError::Zero(ConfigLimit::TickInterval));
         }
@@ -214,7 +220,7 @@ impl NodeConfig {
         if let Some((value, limit)) = queues.iter().find(|(value, _)| *value > tokio::sync::Semaphore::MAX_PERMITS) {
             return Err(ConfigError::QueueTooLarge(*limit, *value));
         }
-        if self.options.quiesce() {
+        if self.options.quiesce() && !liveness {
             return Err(ConfigError::QuiesceWithoutLiveness);
         }
         Ok(())
@@ -231,6 +237,7 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         let quiet = NodeConfig::new(NodeId(1), Options::builder().quiesce(true).build().expect("valid options"));
         assert_eq!(quiet.validate(), Err(ConfigError::QuiesceWithoutLiveness));
+        assert_eq!(quiet.check(true), Ok(()));
         let zero = NodeConfig { apply_queue_batches_max: 0, ..config.clone() };
         assert_eq!(zero.validate(), Err(ConfigError::Zero(ConfigLimit::ApplyQueueBatchesMax)));
         let zero = NodeConfig { reads_pending_max: 0, ..config.clone() };

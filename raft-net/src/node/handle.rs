@@ -110,15 +110,20 @@ fn with_fresh_seed(options: Options) -> Options {
     if options.rng_seed_chosen() {
         return options;
     }
-    let seed = getrandom::u64().unwrap_or_else(|_| {
+    options.with_rng_seed(random_u64())
+}
+
+/// A number from the operating system's source of randomness (a core's seed, a host's
+/// incarnation).
+pub(crate) fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
         // No OS source of randomness: std's hasher keys are drawn per process from whatever
         // the platform offers.
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         hasher.finish()
-    });
-    options.with_rng_seed(seed)
+    })
 }
 
 /// Builds a group's core and the state its handles share, after checking `config`. The state
@@ -131,13 +136,14 @@ pub(crate) fn assemble<SM, S, T>(
     inbound: mpsc::Receiver<Message>,
     state_machine: SM,
     apply_thread: bool,
+    liveness: bool,
 ) -> Result<Assembled<S, T, SM>, NodeStartError>
 where
     SM: StateMachine,
     S: LogStore + Send + 'static,
     T: Transport + 'static,
 {
-    config.validate()?;
+    config.check(liveness)?;
     let config = NodeConfig { options: with_fresh_seed(config.options.clone()), ..config };
     Handle::try_current().map_err(|_| NodeStartError::NoRuntime)?;
     if transport.local_id() != config.id {

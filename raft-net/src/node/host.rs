@@ -39,6 +39,22 @@
 //! is read from the monotonic clock at the start of each of its rounds, so the lease and
 //! stickiness rules are judged by real elapsed time, however late a busy pool runs the group.
 //!
+//! ## Quiet groups and the peer watch
+//!
+//! A group whose options have `quiesce` on stops its timers when it is idle
+//! ([`raft_core::Raft::is_quiet`]): the ticker never wakes it, and it is stepped again only
+//! when a message, an input or a report wakes it. Its followers then cannot tell from the group
+//! that the leader's node died, so a host runs quiet groups only once it watches its peers
+//! ([`Host::watch_peers`]): at each tick the ticker runs the node-level liveness policy
+//! ([`raft_core::liveness::PeerLiveness`], the one the fast simulator runs) over what the
+//! node's [`PeerLink`] heard (any frame from a peer is a sign of life; a ping carries the
+//! peer's incarnation), pings each peer once per ping interval, and hands every peer it finds
+//! silent for the timeout, or restarted, to every group's next round
+//! ([`raft_core::Raft::peer_down`]; each group decides whether the peer matters to it). So the
+//! only periodic traffic between two nodes whose groups are all quiet is one ping each way per
+//! ping interval, however many groups they share. Why elections, check-quorum and lease reads
+//! stay safe: raft-core's `quiesce` module docs and `docs/multi-raft.md`.
+//!
 //! ## What differs from a node started with [`start`](crate::start)
 //!
 //! The state machine runs on the worker that steps its group (as with
@@ -56,6 +72,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use raft_core::liveness::PeerLiveness;
 use raft_core::{GroupId, Index, Message, NodeId, Output, Role, Term};
 use raft_storage::LogStore;
 use thiserror::Error;
@@ -69,7 +86,7 @@ use super::event::{NodeEvent, NodeStatus};
 use super::handle::{Assembled, Inner, NodeHandle, assemble};
 use super::shared::Shared;
 use super::state_machine::StateMachine;
-use crate::transport::Transport;
+use crate::transport::{PeerLink, Transport};
 
 /// The default number of groups a worker steps in one round (and writes with one sync).
 pub const GROUPS_PER_BATCH_MAX_DEFAULT: usize = 64;
@@ -160,6 +177,9 @@ pub struct GroupSummary {
     pub applied: Index,
     /// Proposals taken by the group's handles and not answered yet.
     pub proposals_pending: usize,
+    /// The group is quiet here: its timers are stopped until something wakes it
+    /// (`raft_core::Options::quiesce`, [`raft_core::Raft::is_quiet`]).
+    pub quiet: bool,
 }
 
 /// A node-wide view of a [`Host`]: every group, the leaders it holds, its counters.
@@ -171,6 +191,8 @@ pub struct HostStatus {
     pub groups: Vec<GroupSummary>,
     /// The groups this node leads.
     pub leaders: usize,
+    /// The groups quiet on this node (their timers stopped: they cost nothing until woken).
+    pub quiet: usize,
     /// Proposals pending in all groups together.
     pub proposals_pending: usize,
     /// Groups waiting for a worker right now.
@@ -193,6 +215,11 @@ pub struct HostStats {
     pub outputs_written: u64,
     /// Groups scheduled by the ticker because their timers were due.
     pub timer_wakes: u64,
+    /// Node-level liveness pings sent ([`Host::watch_peers`]).
+    pub pings_sent: u64,
+    /// Peers reported down (silent for the timeout, or restarted), each report handed to every
+    /// group ([`raft_core::Raft::peer_down`]).
+    pub peer_downs: u64,
 }
 
 #[derive(Default)]
@@ -202,6 +229,8 @@ struct Counters {
     writes: AtomicU64,
     outputs_written: AtomicU64,
     timer_wakes: AtomicU64,
+    pings_sent: AtomicU64,
+    peer_downs: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, count: u64) {
@@ -243,6 +272,55 @@ struct HostInner<S: LogStore + Send + 'static> {
     /// lock.
     queued: std::sync::atomic::AtomicUsize,
     counters: Counters,
+    /// Node-level liveness, once [`Host::watch_peers`] was called.
+    watch: Mutex<Option<Watching>>,
+    /// Set with `watch`: groups with `quiesce` are accepted from then on.
+    watching: AtomicBool,
+}
+
+/// What the host needs to watch its peer nodes for its quiet groups: see [`Host::watch_peers`].
+#[derive(Clone)]
+pub struct PeerWatch {
+    /// The node's link to its peers (from its transport:
+    /// [`TcpTransport::peer_link`](crate::TcpTransport::peer_link)).
+    pub link: Arc<dyn PeerLink>,
+    /// This start of the node: its pings carry it, and a peer that sees it change knows the
+    /// node restarted. Must differ between two starts of a node; [`PeerWatch::new`] draws it
+    /// from the operating system's source of randomness.
+    pub incarnation: u64,
+    /// How often each peer is pinged: the groups' heartbeat interval (their
+    /// `heartbeat_ticks` times their `tick_interval`) is the natural choice.
+    pub ping_interval: Duration,
+    /// A peer silent for this long is reported down to every group: the groups' shortest
+    /// election timeout is the natural choice (a follower of a dead quiet leader then campaigns
+    /// within about two election timeouts of its death).
+    pub timeout: Duration,
+}
+
+impl PeerWatch {
+    /// A watch over `link` with a fresh random incarnation.
+    pub fn new(link: Arc<dyn PeerLink>, ping_interval: Duration, timeout: Duration) -> Self {
+        PeerWatch { link, incarnation: super::handle::random_u64(), ping_interval, timeout }
+    }
+}
+
+impl std::fmt::Debug for PeerWatch {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PeerWatch")
+            .field("incarnation", &self.incarnation)
+            .field("ping_interval", &self.ping_interval)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A host's running watch: the shipped policy ([`PeerLiveness`]) on the host's clock, in the
+/// ticker's ticks since the host started.
+struct Watching {
+    link: Arc<dyn PeerLink>,
+    incarnation: u64,
+    liveness: PeerLiveness,
 }
 
 struct Ready<S: LogStore + Send + 'static> {
@@ -275,6 +353,8 @@ struct Slot<S: LogStore + Send + 'static> {
     permits_max: usize,
     /// When the group's timers are next due, in nanoseconds since the host started.
     due_nanos: AtomicU64,
+    /// Peers reported down by the host's liveness watch, for the group's next round.
+    peer_downs: Mutex<Vec<NodeId>>,
     /// The group itself; taken by the worker that runs it, `None` once it stopped.
     body: Mutex<Option<Box<dyn Pooled<S>>>>,
     shared: Arc<Shared>,
@@ -295,8 +375,9 @@ impl<S: LogStore + Send + 'static> Wake for Slot<S> {
 
 /// A group as the workers see it: its core, whatever its transport and state machine.
 trait Pooled<S: LogStore>: Send {
-    /// Phase 1 of a round: clock, inputs, timers, outputs taken (see the module docs).
-    fn prepare(&mut self, stop: bool) -> Result<Flow, StopReason>;
+    /// Phase 1 of a round: clock, peers reported down, inputs, timers, outputs taken (see the
+    /// module docs).
+    fn prepare(&mut self, stop: bool, peer_downs: Vec<NodeId>) -> Result<Flow, StopReason>;
     /// The group's store and the outputs phase 1 took, if any.
     fn staged(&mut self) -> Option<(&mut S, &mut [Output])>;
     /// Phase 3, after the outputs were written.
@@ -345,7 +426,7 @@ where
     T: Transport + 'static,
     SM: StateMachine,
 {
-    fn prepare(&mut self, stop: bool) -> Result<Flow, StopReason> {
+    fn prepare(&mut self, stop: bool, peer_downs: Vec<NodeId>) -> Result<Flow, StopReason> {
         if let Some(reason) = self.core.shared.stop_reason() {
             return Err(reason);
         }
@@ -363,6 +444,10 @@ where
         for _ in 0..before {
             self.core.tick_once();
             self.take_outputs()?;
+        }
+        // After the idle stretch's ticks: a report starts the timers of a quiet group afresh.
+        for peer in peer_downs {
+            self.core.raft.peer_down(peer);
         }
         // Proposals that waited for the leader's term to become durable: it is now (the last
         // round wrote it).
@@ -430,6 +515,7 @@ where
             last_index: raft.last_index(),
             applied: self.core.shared.applied(),
             proposals_pending: 0, // Set by the slot.
+            quiet: raft.is_quiet(),
         }
     }
 
@@ -557,7 +643,8 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         add(&self.counters.group_steps, running.len() as u64);
         // Phase 1.
         for (slot, body, outcome) in &mut running {
-            *outcome = guarded(slot, || match body.prepare(stopping) {
+            let peer_downs = std::mem::take(&mut *slot.peer_downs.lock().unwrap_or_else(PoisonError::into_inner));
+            *outcome = guarded(slot, || match body.prepare(stopping, peer_downs) {
                 Ok(Flow::Continue) => Outcome::Continue,
                 Ok(Flow::Stop) => Outcome::Stop(StopReason::Shutdown),
                 Err(reason) => Outcome::Stop(reason),
@@ -693,6 +780,61 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         }
     }
 
+    /// Runs the liveness watch, if any, at a tick of the ticker: takes what the link heard from
+    /// each peer, reports the peers found down (silent for the timeout, or restarted) to every
+    /// group, and sends the pings due.
+    fn run_liveness(&self) {
+        let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(watching) = watch.as_mut() else { return };
+        let now = self.ticks_now();
+        let signals = watching.link.take_signals();
+        let liveness = &mut watching.liveness;
+        // The link's peers are the ones watched (a peer added later gets one timeout of grace).
+        for known in liveness.peers() {
+            if !signals.iter().any(|(peer, _)| *peer == known) {
+                liveness.remove_peer(known);
+            }
+        }
+        let mut down = Vec::new();
+        for (peer, signal) in signals {
+            liveness.add_peer(peer, now);
+            if let Some(incarnation) = signal.ping {
+                if liveness.ping_received(peer, incarnation, now) {
+                    down.push(peer); // It restarted: what its groups did before is gone.
+                }
+            } else if signal.heard {
+                liveness.heard_from(peer, now);
+            }
+        }
+        down.extend(liveness.expired(now));
+        let pings = liveness.pings_due(now);
+        let (link, incarnation) = (Arc::clone(&watching.link), watching.incarnation);
+        drop(watch);
+        for peer in pings {
+            if link.ping(peer, incarnation).is_ok() {
+                add(&self.counters.pings_sent, 1);
+            }
+        }
+        if down.is_empty() {
+            return;
+        }
+        add(&self.counters.peer_downs, down.len() as u64);
+        let slots: Vec<_> = self.lock_slots().values().cloned().collect();
+        for peer in &down {
+            debug!(%peer, groups = slots.len(), "peer node reported down to every group");
+        }
+        for slot in slots {
+            slot.peer_downs.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(&down);
+            self.schedule(&slot);
+        }
+    }
+
+    /// The host's liveness clock: whole ticks of `tick_interval` since the host started.
+    fn ticks_now(&self) -> u64 {
+        let ticks = self.started.elapsed().as_nanos() / self.config.tick_interval.as_nanos().max(1);
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    }
+
     /// The host as one task ([`Host::start_task`]): the ticker and the rounds, in turn.
     async fn run_task(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(self.config.tick_interval);
@@ -709,7 +851,10 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             tokio::select! {
                 biased;
                 () = self.task_wake.notified() => {}
-                _ = ticker.tick() => self.wake_due(),
+                _ = ticker.tick() => {
+                    self.run_liveness();
+                    self.wake_due();
+                }
             }
         }
     }
@@ -721,6 +866,7 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             if self.lock_ready().closed {
                 return;
             }
+            self.run_liveness();
             self.wake_due();
         }
     }
@@ -787,6 +933,8 @@ impl<S: LogStore + Send + 'static> Host<S> {
             task_wake: tokio::sync::Notify::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
             counters: Counters::default(),
+            watch: Mutex::new(None),
+            watching: AtomicBool::new(false),
         });
         Ok(Host { inner, threads: Mutex::new(Vec::new()), task: Mutex::new(None) })
     }
@@ -852,9 +1000,16 @@ impl<S: LogStore + Send + 'static> Host<S> {
         if self.inner.lock_slots().contains_key(&group) {
             return Err(HostError::GroupExists(group));
         }
-        let Assembled { core, inner, config } =
-            assemble(config, storage, transport, inbound, state_machine, apply_thread)
-                .map_err(|source| HostError::Start { group, source })?;
+        let Assembled { core, inner, config } = assemble(
+            config,
+            storage,
+            transport,
+            inbound,
+            state_machine,
+            apply_thread,
+            self.inner.watching.load(Ordering::Acquire),
+        )
+        .map_err(|source| HostError::Start { group, source })?;
         let shared = Arc::clone(&core.shared);
         let permits_max = config.proposals_pending_max;
         let mut slots = self.inner.lock_slots();
@@ -878,10 +1033,12 @@ impl<S: LogStore + Send + 'static> Host<S> {
                 last_index: Index(0),
                 applied: Index(0),
                 proposals_pending: 0,
+                quiet: false,
             }),
             permits: inner.permits(),
             permits_max,
             due_nanos: AtomicU64::new(NEVER),
+            peer_downs: Mutex::new(Vec::new()),
             body: Mutex::new(None),
             shared,
             host: Arc::downgrade(&self.inner),
@@ -900,6 +1057,30 @@ impl<S: LogStore + Send + 'static> Host<S> {
         drop(slots);
         self.inner.schedule(&slot); // Its first round restores the snapshot and starts its timers.
         Ok(inner)
+    }
+
+    /// Starts watching the node's peers for the host's quiet groups (node-level liveness,
+    /// `raft_core::liveness`): from the next tick on, the ticker pings every peer of
+    /// `watch.link` once per `ping_interval` and reports a peer that was silent for `timeout`,
+    /// or that restarted (its pings carry a new incarnation), to every group
+    /// ([`raft_core::Raft::peer_down`]); each group decides whether the peer matters to it.
+    /// Groups whose options have `quiesce` on are accepted by [`Host::add_group`] only once
+    /// this was called: without the reports, the followers of a quiet leader that died would
+    /// never elect another. A second call replaces the first.
+    ///
+    /// Any frame read from a peer counts as a sign of life, so with busy groups the pings
+    /// matter little; once the groups are quiet they are the only traffic between two nodes.
+    pub fn watch_peers(&self, watch: PeerWatch) {
+        let ticks = |duration: Duration| {
+            let ticks = duration.as_nanos().div_ceil(self.inner.config.tick_interval.as_nanos().max(1));
+            u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+        };
+        let now = self.inner.ticks_now();
+        let peers = watch.link.take_signals().into_iter().map(|(peer, _)| peer);
+        let liveness = PeerLiveness::new(peers, now, ticks(watch.timeout), ticks(watch.ping_interval));
+        let watching = Watching { link: watch.link, incarnation: watch.incarnation, liveness };
+        *self.inner.watch.lock().unwrap_or_else(PoisonError::into_inner) = Some(watching);
+        self.inner.watching.store(true, Ordering::Release);
     }
 
     /// Stops the host's threads (or task) as soon as its last group stops: for a host of one
@@ -926,6 +1107,7 @@ impl<S: LogStore + Send + 'static> Host<S> {
             .collect();
         HostStatus {
             leaders: groups.iter().filter(|group| group.role == Role::Leader).count(),
+            quiet: groups.iter().filter(|group| group.quiet).count(),
             proposals_pending: groups.iter().map(|group| group.proposals_pending).sum(),
             ready: self.inner.queued.load(Ordering::Acquire),
             groups,
@@ -943,6 +1125,8 @@ impl<S: LogStore + Send + 'static> Host<S> {
             writes: read(&counters.writes),
             outputs_written: read(&counters.outputs_written),
             timer_wakes: read(&counters.timer_wakes),
+            pings_sent: read(&counters.pings_sent),
+            peer_downs: read(&counters.peer_downs),
         }
     }
 

@@ -155,7 +155,9 @@ pub use error::{
 };
 pub use event::{NodeEvent, NodeStatus, PeerStatus};
 pub use handle::{NodeHandle, start};
-pub use host::{GROUPS_PER_BATCH_MAX_DEFAULT, GroupSummary, Host, HostConfig, HostError, HostStats, HostStatus};
+pub use host::{
+    GROUPS_PER_BATCH_MAX_DEFAULT, GroupSummary, Host, HostConfig, HostError, HostStats, HostStatus, PeerWatch,
+};
 pub use membership::TRANSFER_ELECTION_TIMEOUTS_MAX;
 pub use read::ReadConsistency;
 pub use state_machine::StateMachine;

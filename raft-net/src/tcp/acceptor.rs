@@ -17,10 +17,10 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, Sleep, sleep, timeout};
 use tracing::{debug, warn};
 
-use super::Shared;
 use super::error::ConnectionError;
 use super::groups::{Counters, GroupRegistry};
 use super::stream::Accept;
+use super::{PeerSeen, Shared};
 use crate::frame::{Frame, FrameError, HELLO_FRAME_BYTES_MAX, read_frame, write_frame};
 
 /// The pause after a failed `accept` (for example: out of file descriptors), so that a persistent
@@ -74,7 +74,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S
     debug!(local = %shared.local_id, %peer, %remote, "accepted a connection");
     Counters::add(&shared.counters.connections_accepted, 1);
     let (connection, cancel) = shared.register_reader(peer);
-    let inbound = Inbound::of(&shared);
+    let inbound = Inbound::of(&shared, peer);
     let end = cancel.run_until_cancelled(read_loop(&inbound, &mut stream, peer)).await;
     shared.unregister_reader(peer, connection);
     match end {
@@ -123,10 +123,12 @@ pub(crate) struct Inbound<'a> {
     pub(crate) groups: &'a GroupRegistry,
     /// The transport's counters.
     pub(crate) counters: &'a Counters,
+    /// What this connection's peer was heard doing, for node-level liveness.
+    pub(crate) seen: Arc<PeerSeen>,
 }
 
 impl<'a> Inbound<'a> {
-    fn of(shared: &'a Shared) -> Self {
+    fn of(shared: &'a Shared, peer: NodeId) -> Self {
         let options = &shared.options;
         Inbound {
             local_id: shared.local_id,
@@ -135,6 +137,7 @@ impl<'a> Inbound<'a> {
             inbound_full_timeout: options.inbound_full_timeout,
             groups: &shared.groups,
             counters: &shared.counters,
+            seen: shared.seen(peer),
         }
     }
 }
@@ -165,9 +168,15 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         // One large frame must not pin a large buffer for the life of the connection.
         payload.clear();
         payload.shrink_to(inbound.read_buffer_bytes);
+        inbound.seen.frame();
         let (group, message) = match frame {
             Frame::Message { group, message } => (group, message),
             Frame::Keepalive => continue,
+            Frame::Ping { incarnation } => {
+                inbound.seen.ping(incarnation);
+                Counters::add(&counters.pings_received, 1);
+                continue;
+            }
             _ => return ConnectionError::UnexpectedFrame,
         };
         if message.from != peer {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use raft_core::{GroupId, Message, NodeId};
+use raft_core::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
@@ -15,7 +15,7 @@ use super::backoff::Backoff;
 use super::error::ConnectionError;
 use super::groups::Counters;
 use super::stream::Connect;
-use super::{PeerState, PeerStateCell, Shared};
+use super::{Outbound, PeerState, PeerStateCell, Shared};
 use crate::frame::{Frame, HELLO_FRAME_BYTES_MAX, Hello, encode_frame_into, read_frame, write_frame};
 
 /// Everything the writer task of one peer owns.
@@ -24,7 +24,7 @@ pub(crate) struct Dialer<C: Connect> {
     pub(crate) connector: Arc<C>,
     pub(crate) peer_id: NodeId,
     pub(crate) address: SocketAddr,
-    pub(crate) queue: mpsc::Receiver<(GroupId, Message)>,
+    pub(crate) queue: mpsc::Receiver<Outbound>,
     pub(crate) state: Arc<PeerStateCell>,
     pub(crate) backoff: Backoff,
 }
@@ -121,8 +121,8 @@ impl<C: Connect> Dialer<C> {
 
     /// Encodes `first` and then whatever else is queued, of any group, up to
     /// `write_batch_bytes_max`, so that many small messages leave in one write. Returns how many
-    /// messages the buffer holds.
-    fn fill_batch(&mut self, first: (GroupId, Message), buffer: &mut Vec<u8>) -> u64 {
+    /// message frames the buffer holds (pings are counted on their own).
+    fn fill_batch(&mut self, first: Outbound, buffer: &mut Vec<u8>) -> u64 {
         let batch_bytes_max = self.shared.options.write_batch_bytes_max;
         buffer.clear();
         // One oversized message must not pin a large buffer for the life of the connection.
@@ -137,9 +137,22 @@ impl<C: Connect> Dialer<C> {
         messages
     }
 
-    /// Appends the frame of one message to `buffer`; returns whether it fit (one that does not is
-    /// dropped and logged).
-    fn encode(&self, (group, message): (GroupId, Message), buffer: &mut Vec<u8>) -> bool {
+    /// Appends the frame of one message to `buffer`; returns whether it was a message that fit
+    /// (one that does not is dropped and logged). A ping is counted here.
+    fn encode(&self, outbound: Outbound, buffer: &mut Vec<u8>) -> bool {
+        let (group, message) = match outbound {
+            Outbound::Message(group, message) => (group, message),
+            Outbound::Ping(incarnation) => {
+                if let Err(error) =
+                    encode_frame_into(&Frame::Ping { incarnation }, self.shared.options.frame_bytes_max, buffer)
+                {
+                    warn!(local = %self.shared.local_id, peer = %self.peer_id, %error, "a ping does not encode");
+                } else {
+                    Counters::add(&self.shared.counters.pings_written, 1);
+                }
+                return false;
+            }
+        };
         let frame = Frame::Message { group, message };
         match encode_frame_into(&frame, self.shared.options.frame_bytes_max, buffer) {
             Ok(()) => true,

@@ -40,6 +40,10 @@ pub struct TcpStats {
     pub batches_written: u64,
     /// Message frames written to peers, of every group.
     pub messages_written: u64,
+    /// Node-level liveness pings written to peers ([`PeerLink`](crate::PeerLink)).
+    pub pings_written: u64,
+    /// Node-level liveness pings received from peers.
+    pub pings_received: u64,
     /// Messages received for a group this node does not host (never registered, unregistered, or
     /// whose receiver was dropped): dropped, and no group is created for them.
     pub unknown_group_drops: u64,
@@ -57,6 +61,8 @@ pub(crate) struct Counters {
     pub(crate) connections_accepted: AtomicU64,
     pub(crate) batches_written: AtomicU64,
     pub(crate) messages_written: AtomicU64,
+    pub(crate) pings_written: AtomicU64,
+    pub(crate) pings_received: AtomicU64,
     pub(crate) unknown_group_drops: AtomicU64,
     pub(crate) inbound_full_drops: AtomicU64,
 }
@@ -74,6 +80,8 @@ impl Counters {
             connections_accepted: read(&self.connections_accepted),
             batches_written: read(&self.batches_written),
             messages_written: read(&self.messages_written),
+            pings_written: read(&self.pings_written),
+            pings_received: read(&self.pings_received),
             unknown_group_drops: read(&self.unknown_group_drops),
             inbound_full_drops: read(&self.inbound_full_drops),
         }

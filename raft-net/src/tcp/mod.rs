@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use raft_core::{GroupId, Message, NodeId};
@@ -50,7 +50,7 @@ pub use options::{
 pub use stream::{Accept, Connect, TokioConnector};
 
 use crate::frame::{Hello, RejectReason};
-use crate::transport::{SendError, Transport};
+use crate::transport::{PeerLink, PeerSignals, SendError, Transport};
 use backoff::Backoff;
 use dialer::Dialer;
 use groups::{Counters, GroupRegistry};
@@ -58,6 +58,7 @@ use groups::{Counters, GroupRegistry};
 /// What the fuzzing harness drives: a connection's reader, over bytes in memory.
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing {
+    pub(crate) use super::PeerSeen;
     pub(crate) use super::acceptor::{Inbound, read_loop};
     pub(crate) use super::error::ConnectionError;
     pub(crate) use super::groups::{Counters, GroupRegistry};
@@ -152,6 +153,8 @@ pub(crate) struct Shared {
     options: TcpOptions,
     peers: Mutex<BTreeMap<NodeId, PeerHandle>>,
     readers: Mutex<BTreeMap<NodeId, ReaderHandle>>,
+    /// What the readers heard from each peer, for node-level liveness ([`PeerLink`]).
+    seen: Mutex<BTreeMap<NodeId, Arc<PeerSeen>>>,
     connections: AtomicU64,
     groups: GroupRegistry,
     counters: Counters,
@@ -160,10 +163,50 @@ pub(crate) struct Shared {
     runtime: Handle,
 }
 
+/// What a dialer writes: a message of a group, or a node-level liveness ping.
+pub(crate) enum Outbound {
+    /// A message of `group`.
+    Message(GroupId, Message),
+    /// A [`Frame::Ping`](crate::Frame::Ping) carrying this incarnation.
+    Ping(u64),
+}
+
+/// What the readers of one peer's connections heard from it since the [`PeerLink`] last asked.
+/// A reader only loads `heard` per frame (and stores it when the host has cleared it), so the
+/// flag costs a delivered message nothing measurable.
+#[derive(Debug, Default)]
+pub(crate) struct PeerSeen {
+    heard: AtomicBool,
+    pinged: AtomicBool,
+    incarnation: AtomicU64,
+}
+
+impl PeerSeen {
+    /// A frame arrived.
+    pub(crate) fn frame(&self) {
+        if !self.heard.load(Ordering::Relaxed) {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A ping arrived, carrying `incarnation`.
+    pub(crate) fn ping(&self, incarnation: u64) {
+        self.incarnation.store(incarnation, Ordering::Relaxed);
+        self.pinged.store(true, Ordering::Release);
+    }
+
+    /// What was heard since the last call.
+    pub(crate) fn take(&self) -> PeerSignals {
+        let heard = self.heard.swap(false, Ordering::Relaxed);
+        let ping = self.pinged.swap(false, Ordering::AcqRel).then(|| self.incarnation.load(Ordering::Relaxed));
+        PeerSignals::new(heard || ping.is_some(), ping)
+    }
+}
+
 /// The transport's end of one peer's dialer. Dropping it stops the dialer.
 struct PeerHandle {
     address: SocketAddr,
-    queue: mpsc::Sender<(GroupId, Message)>,
+    queue: mpsc::Sender<Outbound>,
     state: Arc<PeerStateCell>,
     _stop: DropGuard,
 }
@@ -306,6 +349,7 @@ impl<C: Connect> TcpTransport<C> {
             options,
             peers: Mutex::new(BTreeMap::new()),
             readers: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(BTreeMap::new()),
             connections: AtomicU64::new(0),
             groups: GroupRegistry::default(),
             counters: Counters::default(),
@@ -381,7 +425,16 @@ impl<C: Connect> TcpTransport<C> {
     pub fn remove_peer(&self, peer_id: NodeId) -> bool {
         let removed = lock(&self.shared.peers).remove(&peer_id).is_some();
         lock(&self.shared.readers).remove(&peer_id);
+        lock(&self.shared.seen).remove(&peer_id);
         removed
+    }
+
+    /// The node's [`PeerLink`] over this transport, for a [`Host`](crate::Host) that watches its
+    /// peers ([`Host::watch_peers`](crate::Host::watch_peers)): its pings are
+    /// [`Frame::Ping`](crate::Frame::Ping)s on the connections the groups' messages use, and
+    /// any frame read from a peer counts as a sign of life.
+    pub fn peer_link(&self) -> Arc<dyn PeerLink> {
+        Arc::new(TcpPeerLink { shared: Arc::clone(&self.shared) })
     }
 
     /// The peers and their addresses.
@@ -462,6 +515,11 @@ impl Shared {
             return Err(SendError::ForeignSender(message.from));
         }
         let to = message.to;
+        self.queue(to, Outbound::Message(group, message))
+    }
+
+    /// Queues `outbound` for peer `to`'s dialer.
+    fn queue(&self, to: NodeId, outbound: Outbound) -> Result<(), SendError> {
         let peers = lock(&self.peers);
         let Some(peer) = peers.get(&to) else {
             return Err(SendError::UnknownPeer(to));
@@ -469,7 +527,7 @@ impl Shared {
         if peer.state.get() == PeerState::Backoff {
             return Err(SendError::Unreachable(to));
         }
-        peer.queue.try_send((group, message)).map_err(|error| match error {
+        peer.queue.try_send(outbound).map_err(|error| match error {
             TrySendError::Full(_) => SendError::QueueFull(to),
             TrySendError::Closed(_) => SendError::Closed,
         })
@@ -504,12 +562,33 @@ impl Shared {
         (connection, cancel)
     }
 
+    /// What the readers of `peer`'s connections note about it.
+    fn seen(&self, peer: NodeId) -> Arc<PeerSeen> {
+        Arc::clone(lock(&self.seen).entry(peer).or_default())
+    }
+
     /// Forgets the reader of `peer` if it is still `connection` (not already replaced).
     fn unregister_reader(&self, peer: NodeId, connection: u64) {
         let mut readers = lock(&self.readers);
         if readers.get(&peer).is_some_and(|reader| reader.connection == connection) {
             readers.remove(&peer);
         }
+    }
+}
+
+/// A [`TcpTransport`]'s [`PeerLink`] ([`TcpTransport::peer_link`]).
+struct TcpPeerLink {
+    shared: Arc<Shared>,
+}
+
+impl PeerLink for TcpPeerLink {
+    fn ping(&self, peer: NodeId, incarnation: u64) -> Result<(), SendError> {
+        self.shared.queue(peer, Outbound::Ping(incarnation))
+    }
+
+    fn take_signals(&self) -> Vec<(NodeId, PeerSignals)> {
+        let peers: Vec<NodeId> = lock(&self.shared.peers).keys().copied().collect();
+        peers.into_iter().map(|peer| (peer, self.shared.seen(peer).take())).collect()
     }
 }
 
