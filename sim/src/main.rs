@@ -120,6 +120,11 @@ fn run_real(args: &Args) -> ExitCode {
         multi.len(),
         reports.len() - multi.len()
     );
+    let quiet_seeds = reports.iter().filter(|report| report.config.quiesce).count();
+    println!(
+        "quiescence:          {quiet_seeds} seeds; groups seen quiet {}, peers reported down {}, pings {}",
+        total.quiet_groups, total.peer_downs, total.pings
+    );
     println!("simulated time:      {:.1}s", total.simulated_ms as f64 / 1000.0);
     println!(
         "faults injected:     partitions {} crashes {} pauses {} restarts {} storage fail-stops {} stores refusing to open {}",

@@ -77,6 +77,9 @@ pub struct RealConfig {
     pub clients: u64,
     /// Raft groups on every node (1: the single-group stack; more: the multi-Raft stack).
     pub groups: u64,
+    /// Idle groups quiesce, and each node's host watches its peers (multi-Raft seeds only:
+    /// `raft_net::start` runs no watch, so it refuses quiet groups).
+    pub quiesce: bool,
     /// Keys the clients use, over all groups (key `k` is in group `k % groups`).
     pub keys: u64,
     /// The chaos phase, in simulated time.
@@ -138,6 +141,7 @@ impl RealConfig {
             nodes,
             clients: 2 + pick(3),
             groups,
+            quiesce: quiesce(seed, groups),
             // 1 to 4 keys per group.
             keys: (1 + pick(4)) * groups,
             chaos: Duration::from_secs(6 + pick(7)),
@@ -175,7 +179,8 @@ impl RealConfig {
             .lease_reads(self.lease_reads)
             .clock_drift_max_ticks(3)
             .snapshot_chunk_bytes_max(256)
-            .compaction_margin_entries(self.compaction_margin_entries);
+            .compaction_margin_entries(self.compaction_margin_entries)
+            .quiesce(self.quiesce);
         let builder = match self.options_hook {
             Some(hook) => hook(builder),
             None => builder,
@@ -191,6 +196,13 @@ fn groups(seed: u64) -> u64 {
     if rng.next_u64() % 2 == 0 { 1 } else { 2 + rng.next_u64() % 3 }
 }
 
+/// Quiescence, drawn apart from the other choices (so that every other draw of a seed stayed
+/// as it was): on in half of the multi-Raft seeds.
+fn quiesce(seed: u64, groups: u64) -> bool {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9_1e5ce);
+    groups > 1 && rng.next_u64() % 2 == 0
+}
+
 /// Drawn apart from the other choices, so that adding pauses left every other draw of a seed as
 /// it was: none in a third of the seeds, up to 0.3 per fault in the rest.
 fn pause_rate(seed: u64) -> f64 {
@@ -203,10 +215,11 @@ impl fmt::Display for RealConfig {
         let rates: Vec<String> = self.clocks.iter().map(|(rate, _)| format!("{rate:.3}")).collect();
         write!(
             f,
-            "nodes={} groups={} clients={} keys={} chaos={:?} faults every ~{:?} latency<={:?} clock rates=[{}] lease={} membership={} \
+            "nodes={} groups={} quiesce={} clients={} keys={} chaos={:?} faults every ~{:?} latency<={:?} clock rates=[{}] lease={} membership={} \
              snapshot every {} margin {} sync_p={} torn={:?} io_error_p={} corruption_p={} pause_p={}",
             self.nodes,
             self.groups,
+            self.quiesce,
             self.clients,
             self.keys,
             self.chaos,

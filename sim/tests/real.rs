@@ -64,13 +64,17 @@ fn fixed_turmoil_seeds_pass_every_checker() {
     assert!(total.leaders >= 24, "leaders: {total:?}");
     assert!(total.membership_changes >= 10, "membership changes and transfers: {total:?}");
     assert!(total.writes >= 1000 && total.reads >= 1000, "client operations: {total:?}");
+    // Quiescence seeds: groups went quiet on hosts that watch their peers, and the watches
+    // reported peers down (crashed, or restarted).
+    assert!(total.quiet_groups >= 10 && total.peer_downs >= 10 && total.pings > 0, "quiescence: {total:?}");
 }
 
 /// A seed replays exactly: run twice at the same time on two threads (other runs in the
 /// process, like the other tests here, must not matter) and once more afterwards. This failed
 /// while the simulated nodes' tasks lived on the runtime rather than on the host's `LocalSet`:
 /// a crash then dropped them in an order set by tokio's process-wide task counter. Seed 5 runs
-/// three groups per node on the multi-Raft stack, seed 1 one group on the single-group stack.
+/// three groups per node on the multi-Raft stack with quiescence (the hosts' liveness watches
+/// ping and report on the simulated clock), seed 1 one group on the single-group stack.
 #[test]
 fn a_turmoil_seed_replays_identically() {
     for (seed, groups) in [(5, 3), (1, 1)] {
@@ -82,6 +86,7 @@ fn a_turmoil_seed_replays_identically() {
         let third = run(seed);
         assert_passes(&first);
         assert_eq!(first.config.groups, groups, "seed {seed} draws {groups} groups");
+        assert_eq!(first.config.quiesce, groups > 1, "seed {seed} draws quiescence with several groups");
         assert!(first.stats.crashes > 0, "seed {seed} crashes a node: {:?}", first.stats);
         for other in [&second, &third] {
             assert_eq!(first.trace_hash, other.trace_hash, "seed {seed}");

@@ -23,7 +23,8 @@ use bytes::Bytes;
 use raft_core::{ConfChange, GroupId, Index, Membership, MembershipError, NodeId, Options, TransferError};
 use raft_net::{
     Execution, Host, HostConfig, HostError, MembershipChangeError, NodeConfig, NodeEvent, NodeHandle, NodeStartError,
-    ProposeError, ReadConsistency, StateMachine, StopReason, TcpOptions, TcpTransport, TransferLeadershipError,
+    PeerWatch, ProposeError, ReadConsistency, StateMachine, StopReason, TcpOptions, TcpTransport,
+    TransferLeadershipError,
 };
 use raft_storage::{DiskError, DiskOptions, DiskStorage, GroupStore, Identity, SharedWal, WalOptions};
 use raft_testkit::{HarnessError, Tcp, start_node};
@@ -249,7 +250,22 @@ async fn run_groups(plan: NodePlan, observer: Observer, incarnation: u64) -> tur
         tcp_options(),
     )?;
     let host_config = HostConfig { tick_interval: plan.tick_interval, ..HostConfig::default() };
-    let host = Host::start_task(host_config)?;
+    let host = Rc::new(Host::start_task(host_config)?);
+    if plan.options.quiesce() {
+        // As a production node would: a ping per heartbeat interval, a peer silent for an
+        // election timeout is down; the incarnation is this start's number (unique per node).
+        let ticks = |count: u32| plan.tick_interval * count;
+        let watch = PeerWatch {
+            incarnation,
+            ..PeerWatch::new(
+                transport.peer_link(),
+                ticks(plan.options.heartbeat_ticks()),
+                ticks(plan.options.election_ticks()),
+            )
+        };
+        host.watch_peers(watch);
+        tokio::task::spawn_local(watch_quiet(Rc::downgrade(&host), plan.tick_interval, observer.clone()));
+    }
     let (events_in, mut events) = tokio::sync::mpsc::unbounded_channel();
     let mut handles = Vec::new();
     for (group, store) in stores {
@@ -305,6 +321,27 @@ async fn run_groups(plan: NodePlan, observer: Observer, incarnation: u64) -> tur
     // Kept until here: dropping the host shuts its groups down.
     drop((host, transport));
     Ok(())
+}
+
+/// Records what quiescence did on this node's host, every tick: the most groups quiet at once,
+/// the peers reported down and the pings sent (deltas, so each incarnation adds its own).
+async fn watch_quiet(host: std::rc::Weak<Host<GroupStore<TurmoilFs>>>, tick: Duration, observer: Observer) {
+    let (mut quiet_max, mut peer_downs, mut pings) = (0_u64, 0_u64, 0_u64);
+    loop {
+        tokio::time::sleep(tick).await;
+        // Weak: the node's end drops the host, which shuts its groups down.
+        let Some(host) = host.upgrade() else { return };
+        let (status, stats) = (host.status(), host.stats());
+        let mut observed = observer.lock();
+        let quiet = status.quiet as u64;
+        if quiet > quiet_max {
+            observed.stats.quiet_groups += quiet - quiet_max;
+            quiet_max = quiet;
+        }
+        observed.stats.peer_downs += stats.peer_downs - peer_downs;
+        observed.stats.pings += stats.pings_sent - pings;
+        (peer_downs, pings) = (stats.peer_downs, stats.pings_sent);
+    }
 }
 
 /// Serves the clients on [`CLIENT_PORT`] through the node's handles, one per group in order.

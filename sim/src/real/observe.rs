@@ -65,6 +65,13 @@ pub struct RealStats {
     pub restores: u64,
     /// Membership changes (demotions, promotions) and leadership transfers done.
     pub membership_changes: u64,
+    /// The most groups seen quiet on one node at once, summed over nodes' incarnations
+    /// (quiescence seeds).
+    pub quiet_groups: u64,
+    /// Peers reported down to the groups by the hosts' liveness watches (quiescence seeds).
+    pub peer_downs: u64,
+    /// Node-level liveness pings sent (quiescence seeds).
+    pub pings: u64,
     /// Client writes answered.
     pub writes: u64,
     /// Client reads answered.
@@ -87,6 +94,9 @@ impl RealStats {
         self.leaders += other.leaders;
         self.restores += other.restores;
         self.membership_changes += other.membership_changes;
+        self.quiet_groups += other.quiet_groups;
+        self.peer_downs += other.peer_downs;
+        self.pings += other.pings;
         self.writes += other.writes;
         self.reads += other.reads;
         self.unknown += other.unknown;
