@@ -113,6 +113,11 @@ struct Args {
     /// messages between the nodes).
     #[arg(long)]
     idle: Option<f64>,
+    /// With --groups or --groups-matrix: idle groups quiesce (each node's host watches its
+    /// peers with node-level pings); with --idle, the measurement starts once every group is
+    /// quiet on every node.
+    #[arg(long)]
+    quiesce: bool,
 }
 
 /// (groups, clients) of the multi-group matrix: one client per group at 1, 8, 64 and 1,000
@@ -181,6 +186,7 @@ fn multi_spec(args: &Args, groups: u64) -> multi::MultiSpec {
         groups,
         workers: args.host_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         snapshot_every_entries: args.snapshot_every,
+        quiesce: args.quiesce,
     }
 }
 
@@ -246,6 +252,17 @@ async fn measure_idle(spec: &multi::MultiSpec, window: Duration, dir: &std::path
         Duration::from_secs(20).max(Duration::from_millis(40) * u32::try_from(spec.groups).unwrap_or(u32::MAX));
     cluster.settled(patience).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    if spec.quiesce {
+        let all = usize::try_from(spec.groups * spec.nodes).unwrap_or(usize::MAX);
+        let deadline = std::time::Instant::now() + patience;
+        while cluster.quiet() < all {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("only {} of {all} group replicas quiet after {patience:?}", cluster.quiet()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("[idle] every group is quiet on every node");
+    }
     eprintln!("[idle] every group has a leader; measuring {window:?} with no load ...");
     let (cpu, messages, steps) = (load::process_cpu(), cluster.messages(), cluster.group_steps());
     let start = std::time::Instant::now();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::{GroupId, Membership, NodeId, Options, Term};
-use raft_net::{Host, HostConfig, NodeConfig, NodeHandle, TcpOptions, TcpTransport, TokioConnector};
+use raft_net::{Host, HostConfig, NodeConfig, NodeHandle, PeerWatch, TcpOptions, TcpTransport, TokioConnector};
 use raft_storage::{GroupStore, Identity, SharedWal, StdFs, WalOptions};
 use tokio::time::{Instant, sleep};
 
@@ -36,6 +36,9 @@ pub struct MultiSpec {
     pub workers: usize,
     /// Each group snapshots its state machine every this many entries (0: never).
     pub snapshot_every_entries: u64,
+    /// Idle groups quiesce; each host watches its peers (a ping per heartbeat interval, a peer
+    /// silent for an election timeout is reported down).
+    pub quiesce: bool,
 }
 
 /// One node: its transport, log and host, and its handle of each group.
@@ -59,7 +62,11 @@ pub async fn start(spec: &MultiSpec, dir: &Path) -> BenchResult<MultiCluster> {
     let root = tempfile::Builder::new().prefix("bench-groups-").tempdir_in(dir)?;
     let ids: Vec<NodeId> = (1..=spec.nodes).map(NodeId).collect();
     let (listeners, addresses) = raft_testkit::listeners(&ids).await?;
-    let options = Options::builder().election_ticks(ELECTION_TICKS).heartbeat_ticks(HEARTBEAT_TICKS).build()?;
+    let options = Options::builder()
+        .election_ticks(ELECTION_TICKS)
+        .heartbeat_ticks(HEARTBEAT_TICKS)
+        .quiesce(spec.quiesce)
+        .build()?;
     let voters = Membership::new(ids.iter().copied());
     let mut nodes = Vec::new();
     for (&id, listener) in ids.iter().zip(listeners) {
@@ -74,6 +81,10 @@ pub async fn start(spec: &MultiSpec, dir: &Path) -> BenchResult<MultiCluster> {
             tick_interval: TICK,
             ..HostConfig::with_workers(spec.workers)
         })?;
+        if spec.quiesce {
+            let (interval, timeout) = (TICK * HEARTBEAT_TICKS, TICK * ELECTION_TICKS);
+            host.watch_peers(PeerWatch::new(transport.peer_link(), interval, timeout));
+        }
         let mut handles = Vec::new();
         for group in (1..=spec.groups).map(GroupId) {
             let store = wal.create_group(group, voters.clone())?;
@@ -140,9 +151,20 @@ impl MultiCluster {
         Ok(term)
     }
 
-    /// Messages every node's transport has written so far, in all.
+    /// Messages every node's transport has written so far, in all, node-level pings included.
     pub fn messages(&self) -> u64 {
-        self.nodes.iter().map(|node| node.transport.stats().messages_written).sum()
+        self.nodes
+            .iter()
+            .map(|node| {
+                let stats = node.transport.stats();
+                stats.messages_written + stats.pings_written
+            })
+            .sum()
+    }
+
+    /// Groups quiet on every node together (each group counts once per node).
+    pub fn quiet(&self) -> usize {
+        self.nodes.iter().map(|node| node.host.status().quiet).sum()
     }
 
     /// Group steps of every node's host so far, in all.
