@@ -136,19 +136,40 @@ pub trait LogStore: Storage {
     /// ([`GroupStore`] does, for the groups of one [`SharedWal`]: group commit across groups);
     /// the default writes them one store after another.
     ///
-    /// On an error, the outputs before the failing one may be durable and the others are not:
-    /// a driver stops every group of the batch (fail-stop), since it cannot tell which.
-    fn write_outputs(batch: &mut [(&mut Self, &mut [Output])]) -> Result<(), Self::Error>
+    /// On an error, [`WriteOutputsError`] says how far the write got: the stores before
+    /// `durable` had every output made durable, the next `failed` ones failed (their groups must
+    /// stop: part of their outputs may be durable, the rest is not), and the stores after those
+    /// were not written at all, so a driver may write them again (raft-net's `Host` does, so one
+    /// group's failing store stops that group only). The default fails one store at a time.
+    fn write_outputs(batch: &mut [(&mut Self, &mut [Output])]) -> Result<(), WriteOutputsError<Self::Error>>
     where
         Self: Sized,
     {
-        for (store, outputs) in batch.iter_mut() {
+        for (position, (store, outputs)) in batch.iter_mut().enumerate() {
             for output in outputs.iter_mut() {
-                store.write_output_owned(output)?;
+                store.write_output_owned(output).map_err(|error| WriteOutputsError {
+                    durable: position,
+                    failed: 1,
+                    error,
+                })?;
             }
         }
         Ok(())
     }
+}
+
+/// Why [`LogStore::write_outputs`] failed, and how far it got (positions in its batch).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("writing the outputs of a batch failed at store {durable} ({failed} store(s) failed): {error}")]
+pub struct WriteOutputsError<E: std::error::Error + 'static> {
+    /// Every output of the stores before this position is durable.
+    pub durable: usize,
+    /// The stores from `durable` on that failed (at least 1). The stores after them were not
+    /// written and may be written again.
+    pub failed: usize,
+    /// Why.
+    #[source]
+    pub error: E,
 }
 
 /// [`LogStore::write_output_owned`] for a store whose [`LogStore::persist_owned`] moves the

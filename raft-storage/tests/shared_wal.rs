@@ -172,6 +172,43 @@ fn a_refusal_in_a_batch_keeps_what_came_before_and_the_group_usable() {
     assert_eq!(wal.group(GroupId(2)).expect("group").last_index(), Ok(Index(1)));
 }
 
+/// `LogStore::write_outputs` over groups of one log says how far it got: a refused group fails
+/// alone (the groups before it are durable, the ones after were not written and can be written
+/// again), while an I/O error stops the log and so fails every group still to be written.
+#[test]
+fn write_outputs_names_the_refused_group_and_fails_every_group_on_an_io_error() {
+    let fs = SimFs::new(5);
+    let wal = create(&fs, WalOptions::default());
+    let mut stores: Vec<_> = (1..=3).map(|id| wal.create_group(GroupId(id), membership()).expect("group")).collect();
+    let mut outputs: Vec<Vec<Output>> = vec![
+        vec![Output { entries: run(1, 2, 1), ..Output::default() }],
+        vec![Output { entries: run(5, 6, 1), ..Output::default() }], // A gap: refused.
+        vec![Output { entries: run(1, 3, 1), ..Output::default() }],
+    ];
+    let mut batch: Vec<(&mut GroupStore<SimFs>, &mut [Output])> =
+        stores.iter_mut().zip(outputs.iter_mut()).map(|(store, outputs)| (store, &mut outputs[..])).collect();
+    let refused = GroupStore::write_outputs(&mut batch).expect_err("group 2 is refused");
+    assert_eq!((refused.durable, refused.failed), (1, 1), "{refused}");
+    assert_eq!(refused.error, DiskError::AppendGap { first: Index(5), last: Index(0) });
+    // The rest was not written, and is written now.
+    GroupStore::write_outputs(&mut batch[2..]).expect("group 3 written again");
+    drop(batch);
+    assert_eq!(stores[0].last_index(), Ok(Index(2)));
+    assert_eq!(stores[1].last_index(), Ok(Index(0)), "the refused group wrote nothing");
+    assert_eq!(stores[2].last_index(), Ok(Index(3)));
+
+    // An I/O error of the log: every group of the write fails, none is known durable.
+    // Each continues its group's log (last indexes 2, 0 and 3).
+    let mut outputs: Vec<Vec<Output>> =
+        [3, 1, 4].into_iter().map(|first| vec![Output { entries: run(first, 4, 1), ..Output::default() }]).collect();
+    let mut batch: Vec<(&mut GroupStore<SimFs>, &mut [Output])> =
+        stores.iter_mut().zip(outputs.iter_mut()).map(|(store, outputs)| (store, &mut outputs[..])).collect();
+    fs.fail_after(0, std::io::ErrorKind::Other);
+    let failed = GroupStore::write_outputs(&mut batch).expect_err("the disk fails");
+    assert_eq!((failed.durable, failed.failed), (0, 3), "{failed}");
+    assert!(matches!(failed.error, DiskError::Io { .. }), "{failed}");
+}
+
 #[test]
 fn groups_are_created_at_run_time_and_removed_durably() {
     let fs = SimFs::new(4);

@@ -611,10 +611,28 @@ async fn a_write_error_of_the_shared_log_fail_stops_the_groups_and_loses_nothing
     }
 }
 
-/// A store that panics in its writes once `panic` is set (a bug in a user's store).
+/// A store whose writes go as its `mode` says: [`WRITES_OK`], [`WRITES_PANIC`] (a bug in a
+/// user's store), [`WRITES_FAIL`] (an I/O error of its own disk) or [`WRITES_HOLD`] (a slow
+/// disk: the write waits while the mode stays so, and says so in `held`).
 struct PanickingStore {
     inner: raft_storage::MemStorage,
-    panic: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const WRITES_OK: u8 = 0;
+const WRITES_PANIC: u8 = 1;
+const WRITES_FAIL: u8 = 2;
+const WRITES_HOLD: u8 = 3;
+
+impl PanickingStore {
+    fn new(id: NodeId) -> Self {
+        PanickingStore {
+            inner: raft_storage::MemStorage::new(Membership::new([id])),
+            mode: std::sync::Arc::default(),
+            held: std::sync::Arc::default(),
+        }
+    }
 }
 
 impl raft_core::Storage for PanickingStore {
@@ -653,18 +671,26 @@ impl raft_core::Storage for PanickingStore {
 }
 
 impl raft_storage::LogStore for PanickingStore {
-    type Error = raft_storage::MemStorageError;
+    type Error = std::io::Error;
 
     fn persist(
         &mut self,
         hard_state: Option<raft_core::HardState>,
         entries: &[raft_core::Entry],
     ) -> Result<(), Self::Error> {
-        assert!(!self.panic.load(std::sync::atomic::Ordering::Acquire), "the store was told to panic");
-        self.inner.persist(hard_state, entries)
+        use std::sync::atomic::Ordering;
+        while self.mode.load(Ordering::Acquire) == WRITES_HOLD {
+            self.held.store(true, Ordering::Release);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        match self.mode.load(Ordering::Acquire) {
+            WRITES_PANIC => panic!("the store was told to panic"),
+            WRITES_FAIL => Err(std::io::Error::other("the disk of this group failed")),
+            _ => self.inner.persist(hard_state, entries).map_err(std::io::Error::other),
+        }
     }
     fn compact(&mut self, index: raft_core::Index, term: raft_core::Term) -> Result<(), Self::Error> {
-        self.inner.compact(index, term)
+        self.inner.compact(index, term).map_err(std::io::Error::other)
     }
     fn write_snapshot_chunk(
         &mut self,
@@ -672,10 +698,10 @@ impl raft_storage::LogStore for PanickingStore {
         offset: u64,
         data: &[u8],
     ) -> Result<(), Self::Error> {
-        self.inner.write_snapshot_chunk(meta, offset, data)
+        self.inner.write_snapshot_chunk(meta, offset, data).map_err(std::io::Error::other)
     }
     fn install_snapshot(&mut self, meta: &raft_core::SnapshotMeta) -> Result<(), Self::Error> {
-        self.inner.install_snapshot(meta)
+        self.inner.install_snapshot(meta).map_err(std::io::Error::other)
     }
 }
 
@@ -691,19 +717,17 @@ async fn a_store_that_panics_stops_its_groups_and_not_the_worker() {
     let mut switches = Vec::new();
     for group in (1..=2).map(GroupId) {
         let (transport, inbound) = network.join_group(id, group).expect("joined");
-        let panic = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let store =
-            PanickingStore { inner: raft_storage::MemStorage::new(Membership::new([id])), panic: panic.clone() };
+        let store = PanickingStore::new(id);
+        switches.push(store.mode.clone());
         handles.push(
             host.add_group(group, raft_testkit::config(id), store, transport, inbound, Kv(KvView::default()))
                 .expect("added"),
         );
-        switches.push(panic);
     }
     for handle in &handles {
         propose(std::slice::from_ref(handle), &[id], 0, set("k", "v")).await;
     }
-    switches[0].store(true, std::sync::atomic::Ordering::Release);
+    switches[0].store(WRITES_PANIC, std::sync::atomic::Ordering::Release);
     let refused = handles[0].propose(set("doomed", "x")).await;
     assert!(refused.is_err(), "{refused:?}");
     eventually("the group whose store panicked stops", || {
@@ -714,5 +738,67 @@ async fn a_store_that_panics_stops_its_groups_and_not_the_worker() {
     assert!(matches!(handles[0].stop_reason(), Some(StopReason::CorePanicked)), "{:?}", handles[0].stop_reason());
     tokio::time::timeout(raft_testkit::PATIENCE, handles[0].shutdown()).await.expect("its shutdown returns");
     propose(std::slice::from_ref(&handles[1]), &[id], 0, set("k2", "v")).await;
+    tokio::time::timeout(raft_testkit::PATIENCE, host.shutdown()).await.expect("the host shuts down");
+}
+
+/// One group's failing store stops that group only, even when its output shares a write with
+/// other groups' (`LogStore::write_outputs` says how far it got; the host writes the rest
+/// again). A held write keeps the one worker busy while groups A and B become ready, so that
+/// their outputs are written together; A's store fails: A stops with the error, B and the
+/// others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_stops_its_group_and_not_the_others_written_with_it() {
+    use raft_net::{MemNetwork, StopReason};
+    use std::sync::atomic::Ordering;
+    let id = NodeId(1);
+    let network = MemNetwork::new(std::num::NonZeroUsize::new(64).expect("non-zero"));
+    let host: Host<PanickingStore> = Host::start(HostConfig::with_workers(1)).expect("host");
+    let (mut handles, mut modes, mut held) = (Vec::new(), Vec::new(), Vec::new());
+    for group in (1..=3).map(GroupId) {
+        let (transport, inbound) = network.join_group(id, group).expect("joined");
+        let store = PanickingStore::new(id);
+        modes.push(store.mode.clone());
+        held.push(store.held.clone());
+        handles.push(
+            host.add_group(group, raft_testkit::config(id), store, transport, inbound, Kv(KvView::default()))
+                .expect("added"),
+        );
+    }
+    for handle in &handles {
+        propose(std::slice::from_ref(handle), &[id], 0, set("k", "v")).await;
+    }
+    // The worker is held in group 3's write.
+    modes[2].store(WRITES_HOLD, Ordering::Release);
+    let slow = {
+        let handle = handles[2].clone();
+        tokio::spawn(async move { handle.propose(set("slow", "v")).await })
+    };
+    let held_3 = held[2].clone();
+    eventually("the worker is held in group 3's write", || {
+        let held = held_3.load(Ordering::Acquire);
+        async move { held }
+    })
+    .await;
+    // Groups 1 (whose disk fails) and 2 become ready behind it, in that order.
+    modes[0].store(WRITES_FAIL, Ordering::Release);
+    let mut proposals = Vec::new();
+    for (index, ready) in [(0, 1), (1, 2)] {
+        let handle = handles[index].clone();
+        proposals.push(tokio::spawn(async move { handle.propose(set("together", "v")).await }));
+        eventually("the group waits for the worker", || {
+            let waiting = host.status().ready;
+            async move { waiting >= ready }
+        })
+        .await;
+    }
+    modes[2].store(WRITES_OK, Ordering::Release);
+    let second = proposals.pop().expect("two").await.expect("task");
+    let first = proposals.pop().expect("two").await.expect("task");
+    assert!(first.is_err(), "group 1's write failed: {first:?}");
+    assert!(second.is_ok(), "group 2, written with group 1, goes on: {second:?}");
+    assert!(slow.await.expect("task").is_ok(), "group 3's held write completes");
+    assert!(matches!(handles[0].stop_reason(), Some(StopReason::StorageFailed(_))), "{:?}", handles[0].stop_reason());
+    assert!(handles[1].stop_reason().is_none() && handles[2].stop_reason().is_none());
+    propose(std::slice::from_ref(&handles[1]), &[id], 0, set("after", "v")).await;
     tokio::time::timeout(raft_testkit::PATIENCE, host.shutdown()).await.expect("the host shuts down");
 }

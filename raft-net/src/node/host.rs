@@ -27,9 +27,11 @@
 //!    sent, snapshots installed, committed entries applied and proposals answered, confirmed reads
 //!    served (rules 5 to 7), then the state machine's offered snapshot saved (rule 9).
 //!
-//! A storage error fails every group of the batch (fail-stop: the batch's writes are not known
-//! to be durable); with a shared write-ahead log an I/O error has stopped the log for every
-//! group anyway. A panic in one group's round stops that group only
+//! A storage error fails the groups it reached, as [`LogStore::write_outputs`] reports them
+//! (fail-stop: their writes are not known to be durable), and the host writes the outputs of
+//! the groups after them again: a group whose own store fails stops alone. With a shared
+//! write-ahead log an I/O error stops the log, and so every group still to be written; a
+//! refused output fails its group only. A panic in one group's round stops that group only
 //! ([`StopReason::CorePanicked`], or [`StopReason::StateMachinePanicked`]).
 //!
 //! ## Time
@@ -663,30 +665,45 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
                 in_write.push(index);
             }
         }
-        if !batch.is_empty() {
+        // A failure stops the groups it reached; the stores the write did not reach are
+        // written again, so that one group's failing store stops that group only.
+        let mut from = 0;
+        // (position in the write, how its group ends), applied once the batch's borrows end.
+        let mut failures: Vec<(usize, Outcome)> = Vec::new();
+        while from < batch.len() {
+            let part = &mut batch[from..];
             add(&self.counters.writes, 1);
-            add(&self.counters.outputs_written, batch.iter().map(|(_, outputs)| outputs.len() as u64).sum());
+            add(&self.counters.outputs_written, part.iter().map(|(_, outputs)| outputs.len() as u64).sum());
             // A store that panics must not take the worker, and with it every group of the
             // batch, down silently: its groups stop as panicked, the worker goes on.
-            let written = std::panic::catch_unwind(AssertUnwindSafe(|| S::write_outputs(&mut batch)));
-            drop(batch);
-            match written {
-                Ok(Ok(())) => {}
+            let written = std::panic::catch_unwind(AssertUnwindSafe(|| S::write_outputs(part)));
+            let failed = match written {
+                Ok(Ok(())) => break,
                 Ok(Err(error)) => {
-                    let failure = StorageFailure::new(StorageOperation::Write, error);
-                    warn!(groups = in_write.len(), error = %failure, "write of a batch failed: its groups stop");
-                    for index in in_write {
-                        running[index].2 = Outcome::Stop(StopReason::StorageFailed(failure.clone()));
+                    let (durable, count) = (error.durable.min(part.len()), error.failed.max(1));
+                    let failure = StorageFailure::new(StorageOperation::Write, error.error);
+                    let failed = from + durable..(from + durable + count).min(batch.len());
+                    warn!(groups = failed.len(), error = %failure, "a write failed: its groups stop");
+                    for position in failed.clone() {
+                        failures.push((position, Outcome::Stop(StopReason::StorageFailed(failure.clone()))));
                     }
+                    failed
                 }
                 Err(_) => {
-                    warn!(groups = in_write.len(), "the store panicked writing a batch: its groups stop");
-                    for index in in_write {
-                        running[index].0.shared.set_stop_reason(StopReason::CorePanicked);
-                        running[index].2 = Outcome::Panicked;
-                    }
+                    warn!(groups = batch.len() - from, "the store panicked writing a batch: its groups stop");
+                    failures.extend((from..batch.len()).map(|position| (position, Outcome::Panicked)));
+                    break;
                 }
+            };
+            from = failed.end;
+        }
+        drop(batch);
+        for (position, outcome) in failures {
+            let (slot, _, current) = &mut running[in_write[position]];
+            if matches!(outcome, Outcome::Panicked) {
+                slot.shared.set_stop_reason(StopReason::CorePanicked);
             }
+            *current = outcome;
         }
         // Phase 3.
         for (slot, body, outcome) in &mut running {

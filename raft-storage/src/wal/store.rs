@@ -18,7 +18,6 @@ use super::record::{
     segment_name,
 };
 use super::recovery;
-use crate::LogStore;
 use crate::disk::codec::{checked_record, encode_header, encode_record};
 use crate::disk::directory::{Directory, OpenFile};
 use crate::disk::error::{DiskError, fail_stop};
@@ -27,6 +26,7 @@ use crate::disk::recovery::RecoveryReport;
 use crate::disk::snapshot::{self, Staging, snapshot_name};
 use crate::disk::store::validate_append;
 use crate::fs::{FileSystem, StdFs};
+use crate::{LogStore, WriteOutputsError};
 
 /// Tunables of the shared write-ahead log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1167,20 +1167,35 @@ impl<F: FileSystem> LogStore for GroupStore<F> {
     /// One fsync for every output of the batch when all its stores are groups of one WAL (the
     /// case of a node's groups); stores of different WALs are written one WAL after another.
     /// Each output is staged as [`SharedWal::write_batch`] stages it: a refusal stops the batch
-    /// there (what came before is made durable all the same); an I/O error stops the WAL.
-    fn write_outputs(batch: &mut [(&mut Self, &mut [Output])]) -> Result<(), DiskError> {
+    /// there (what came before is made durable all the same, and the refused group alone
+    /// fails); an I/O error stops the WAL, and so fails every group of it still to be written.
+    fn write_outputs(batch: &mut [(&mut Self, &mut [Output])]) -> Result<(), WriteOutputsError<DiskError>> {
         let mut start = 0;
         while start < batch.len() {
             let wal = Arc::clone(&batch[start].0.wal);
             let end = start + batch[start..].iter().take_while(|(store, _)| Arc::ptr_eq(&store.wal, &wal)).count();
-            wal.write(|inner, released| {
-                for (store, outputs) in batch[start..end].iter_mut() {
+            let mut refused_at = None;
+            let written = wal.write(|inner, released| {
+                for (position, (store, outputs)) in batch[start..end].iter_mut().enumerate() {
                     for output in outputs.iter_mut() {
-                        inner.stage_output(store.group, store.incarnation, output, released)?;
+                        if let Err(error) = inner.stage_output(store.group, store.incarnation, output, released) {
+                            refused_at = Some(start + position);
+                            return Err(error);
+                        }
                     }
                 }
                 Ok(())
-            })?;
+            });
+            match written {
+                Ok(()) => {}
+                // A refusal: what was staged before it is durable; the WAL goes on.
+                Err(error) if !matches!(error, DiskError::Io { .. } | DiskError::Stopped) => {
+                    let durable = refused_at.unwrap_or(start);
+                    return Err(WriteOutputsError { durable, failed: 1, error });
+                }
+                // The WAL stopped: none of its groups' outputs here is known durable.
+                Err(error) => return Err(WriteOutputsError { durable: start, failed: end - start, error }),
+            }
             start = end;
         }
         Ok(())
