@@ -22,6 +22,7 @@
 mod cluster;
 mod load;
 mod multi;
+mod recovery;
 mod reference;
 mod report;
 
@@ -118,6 +119,13 @@ struct Args {
     /// quiet on every node.
     #[arg(long)]
     quiesce: bool,
+    /// Measure recovery instead of load: write a shared write-ahead log holding this many
+    /// groups and --recovery-mib MiB of entries, reopen it and build every group's core.
+    #[arg(long)]
+    recovery_groups: Option<u64>,
+    /// With --recovery-groups: MiB of entries in the log.
+    #[arg(long, default_value_t = 1024)]
+    recovery_mib: u64,
 }
 
 /// (groups, clients) of the multi-group matrix: one client per group at 1, 8, 64 and 1,000
@@ -163,6 +171,9 @@ fn main() -> BenchResult<()> {
     }
     let idle_poll = args.idle_poll_us.map_or(raft_net::IDLE_POLL_DEFAULT, Duration::from_micros);
     println!("nodes:   {} voters; core threads poll their empty queues for {idle_poll:?} before sleeping", args.nodes);
+    if let Some(groups) = args.recovery_groups {
+        return recovery::measure(groups, args.recovery_mib, &dir);
+    }
     if args.groups_matrix {
         return groups_matrix(&args, &dir, &runtime);
     }
