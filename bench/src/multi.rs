@@ -83,7 +83,7 @@ pub async fn start(spec: &MultiSpec, dir: &Path) -> BenchResult<MultiCluster> {
         })?;
         if spec.quiesce {
             let (interval, timeout) = (TICK * HEARTBEAT_TICKS, TICK * ELECTION_TICKS);
-            host.watch_peers(PeerWatch::new(transport.peer_link(), interval, timeout));
+            host.watch_peers(PeerWatch::new(transport.peer_link(), interval, timeout))?;
         }
         let mut handles = Vec::new();
         for group in (1..=spec.groups).map(GroupId) {

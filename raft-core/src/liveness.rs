@@ -157,6 +157,14 @@ impl PeerLiveness {
         self.peers.get(&peer).is_some_and(|state| state.down)
     }
 
+    /// The peers considered down, in id order. A driver tells a core that is quiet at the end
+    /// of an iteration of each of them again ([`crate::Raft::peer_down`]): a report that reached
+    /// a group before the message that quieted it (a leader's last `Quiesce`, stepped late) is
+    /// not lost, and a group never sleeps on a peer the node knows is gone.
+    pub fn down_peers(&self) -> Vec<NodeId> {
+        self.peers.iter().filter(|(_, state)| state.down).map(|(&peer, _)| peer).collect()
+    }
+
     /// Ticks from `now_ticks` until [`PeerLiveness::pings_due`] or [`PeerLiveness::expired`]
     /// may return something (0: now; `u64::MAX`: never, with no peers).
     pub fn ticks_until_due(&self, now_ticks: u64) -> u64 {

@@ -159,6 +159,21 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// See [`Raft::wake`].
+    pub(crate) fn wake_quiet(&mut self) {
+        if !self.quiescence.quiet {
+            return;
+        }
+        match self.role {
+            Role::Leader => {
+                self.wake_leader();
+                self.broadcast_heartbeat();
+            }
+            Role::Follower => self.wake_follower(),
+            _ => {}
+        }
+    }
+
     /// See [`Raft::peer_down`].
     pub(crate) fn on_peer_down(&mut self, peer: NodeId) {
         if !self.quiescence.quiet {

@@ -368,6 +368,18 @@ impl<S: Storage> Raft<S> {
         self.after_input();
     }
 
+    /// Wakes this replica of the group if it is quiet: a quiet leader restarts its timers and
+    /// heartbeats its followers at once (a heartbeat of a later round wakes a quiet follower);
+    /// a quiet follower restarts its election timer. A driver calls it before it stops a replica
+    /// while its node runs on (a group removed from a node, a replica that failed): the node's
+    /// liveness pings go on, so nothing else would tell the followers of a quiet leader that it
+    /// is gone, and, woken, they elect another once it is silent. Nothing changes for a replica
+    /// that is not quiet.
+    pub fn wake(&mut self) {
+        self.wake_quiet();
+        self.after_input();
+    }
+
     /// The driver reports that `peer` could not be reached: a leader stops pipelining to it and
     /// probes instead; a snapshot transfer to it is abandoned (it restarts, from the latest
     /// snapshot, once the peer answers again).

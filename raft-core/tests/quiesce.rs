@@ -120,6 +120,34 @@ fn a_quiet_follower_told_its_leader_is_down_campaigns_and_a_new_leader_is_electe
     assert_eq!(c.applied_data(2).last(), Some(&Bytes::from_static(b"new leader")));
 }
 
+/// A quiet leader whose replica is about to stop on a node that runs on (its pings go on, so
+/// no report will come) is woken first (`Raft::wake`): its heartbeat wakes the followers,
+/// which elect another leader once it is gone. Without the wake they sleep for good.
+#[test]
+fn a_quiet_leader_woken_before_it_stops_wakes_its_followers_which_elect_another() {
+    let mut c = quiet_cluster();
+    let term = c.node(2).term();
+    c.node_mut(1).wake();
+    assert!(!c.node(1).is_quiet(), "the leader woke");
+    c.process(NodeId(1));
+    c.deliver_all();
+    assert!(!c.node(2).is_quiet() && !c.node(3).is_quiet(), "its heartbeat woke the followers");
+    c.crash(1);
+    let leader = c.tick_until_leader(4 * ELECTION_TICKS as usize).expect("a new leader");
+    assert!(leader == 2 || leader == 3);
+    assert!(c.node(leader).term() > term);
+    // A replica that is not quiet is left as it was.
+    let mut c = awake_cluster(|options| options);
+    let due = c.node(2).ticks_until_due();
+    c.node_mut(2).wake();
+    assert_eq!(c.node(2).ticks_until_due(), due);
+    // Without the wake, the stopped leader's followers stay quiet.
+    let mut c = quiet_cluster();
+    c.crash(1);
+    c.ticks(10 * ELECTION_TICKS as usize);
+    assert!(c.node(2).is_quiet() && c.node(3).is_quiet());
+}
+
 /// The report promises nothing about the leader's lease: a follower told within an election
 /// timeout of hearing from its leader still waits for its stickiness to lapse by the clock.
 #[test]

@@ -77,7 +77,9 @@ pub trait PeerLink: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PeerSignals {
-    /// Some frame arrived from the peer (a message of any group, a ping, a keepalive).
+    /// The peer's node showed it is alive: a message of any of its groups, or a ping, arrived
+    /// (a transport's own keepalives do not count: a node whose groups are gone but whose
+    /// transport runs on is not alive as far as the groups are concerned).
     pub heard: bool,
     /// The incarnation the latest liveness ping from the peer carried, if one arrived.
     pub ping: Option<u64>,

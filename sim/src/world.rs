@@ -753,7 +753,30 @@ impl Simulation {
             return Ok(());
         }
         let ticks = std::mem::take(&mut self.node_mut(id).timer_ticks_after);
-        self.run_timer_ticks(id, ticks)
+        self.run_timer_ticks(id, ticks)?;
+        self.remind_quiet(id)
+    }
+
+    /// The driver's reminder (as `raft_net::Host` does at the end of a round): a core quiet
+    /// at the end of an iteration is told again of every peer its node's liveness holds down.
+    fn remind_quiet(&mut self, id: NodeId) -> Check {
+        if self.withhold_peer_down {
+            return Ok(());
+        }
+        let node = self.node_mut(id);
+        let (Some(liveness), Some(raft)) = (node.liveness.as_ref(), node.raft.as_mut()) else { return Ok(()) };
+        if !raft.is_quiet() {
+            return Ok(());
+        }
+        let down = liveness.down_peers();
+        if down.is_empty() {
+            return Ok(());
+        }
+        for &peer in &down {
+            raft.peer_down(peer);
+        }
+        self.trace([32, id.0, down.len() as u64, 0], || format!("node {id}: quiet, reminded of peers down {down:?}"));
+        self.flush(id)
     }
 
     /// Runs node `id`'s timers for `ticks` ticks, each followed by its output.

@@ -72,10 +72,14 @@ impl Node {
         for &group in create {
             drop(wal.create_group(group, membership(&[1, 2, 3])).expect("a new group"));
         }
-        let host = Host::start(HostConfig { thread_name: format!("host-{id}"), ..HostConfig::with_workers(workers) })
-            .expect("host");
+        let host = Host::start(HostConfig {
+            thread_name: format!("host-{id}"),
+            tick_interval: raft_testkit::TICK,
+            ..HostConfig::with_workers(workers)
+        })
+        .expect("host");
         if quiet {
-            host.watch_peers(watch(&transport));
+            host.watch_peers(watch(&transport)).expect("a valid watch");
         }
         let mut node = Node { id, transport, wal, host, groups: BTreeMap::new(), quiet };
         for group in node.wal.groups() {
@@ -94,6 +98,14 @@ impl Node {
             .add_group(group, group_config(self.id, addresses, self.quiet), store, transport, inbound, Kv(view.clone()))
             .expect("added");
         self.groups.insert(group, (handle, view));
+    }
+
+    /// Dies as a crash would look to its peers: its connections go first, so nothing it does
+    /// on its way down (a quiet leader's last heartbeat) reaches them.
+    async fn crash(self) {
+        let Node { transport, host, .. } = self;
+        transport.shutdown().await;
+        host.shutdown().await;
     }
 
     async fn shutdown(self) {
@@ -223,12 +235,15 @@ async fn quiet_groups_cost_nothing_and_a_dead_leaders_groups_elect_again_through
 
     // Quiet: no group is stepped and no message is sent, only pings (unless a stall of the
     // machine made a peer look silent for a second, which wakes groups: then that is seen).
-    let before: Vec<_> = nodes.iter().map(|node| (node.host.stats(), node.transport.stats())).collect();
+    let reports = |nodes: &[Node]| nodes.iter().map(|node| node.host.stats().peer_downs).sum::<u64>();
+    let (before, reports_before) =
+        (nodes.iter().map(|node| (node.host.stats(), node.transport.stats())).collect::<Vec<_>>(), reports(&nodes));
     tokio::time::sleep(raft_testkit::TICK * 50).await;
+    let stalled = reports(&nodes) != reports_before; // A report on any node wakes groups anywhere.
     for (node, (host, transport)) in nodes.iter().zip(before) {
         let (host_now, transport_now) = (node.host.stats(), node.transport.stats());
         assert!(transport_now.pings_written > transport.pings_written, "node {} pings its peers", node.id);
-        if host_now.peer_downs == host.peer_downs {
+        if !stalled {
             assert_eq!(host_now.group_steps, host.group_steps, "node {}: quiet groups are not stepped", node.id);
             assert_eq!(transport_now.messages_written, transport.messages_written, "node {}: no message", node.id);
         }
@@ -241,15 +256,17 @@ async fn quiet_groups_cost_nothing_and_a_dead_leaders_groups_elect_again_through
     assert!(led > 0, "some node leads a group");
     let dead = nodes.remove(victim);
     let (dead_id, dead_address) = (dead.id, addresses[&dead.id]);
-    dead.shutdown().await;
+    dead.crash().await;
     eventually("the survivors lead every group", || {
         let statuses: Vec<_> = nodes.iter().map(|node| node.host.status()).collect();
         async move { statuses.iter().map(|status| status.leaders).sum::<usize>() == GROUPS as usize }
     })
     .await;
-    for node in &nodes {
-        assert!(node.host.stats().peer_downs >= 1, "node {} reported node {dead_id} down", node.id);
-    }
+    eventually("a survivor reported the dead node down", || {
+        let reported = reports(&nodes);
+        async move { reported >= 1 }
+    })
+    .await;
     let survivor_ids: Vec<NodeId> = nodes.iter().map(|node| node.id).collect();
     for &group in &all {
         propose(&handles(&nodes, group), &survivor_ids, 0, set(&format!("key-{}", group.0), "two")).await;
@@ -271,6 +288,46 @@ async fn quiet_groups_cost_nothing_and_a_dead_leaders_groups_elect_again_through
     })
     .await;
     every_group_quiet(&nodes, GROUPS as usize).await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// A quiet group's leader replica removed from a node that runs on (its pings go on, so no
+/// report comes): the replica wakes its followers before it stops, and they elect another
+/// leader while the node's other groups stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_leader_replica_removed_from_a_live_node_hands_its_group_to_another() {
+    const GROUPS: u64 = 2;
+    let dirs: Vec<tempfile::TempDir> = IDS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
+    let all: Vec<GroupId> = (1..=GROUPS).map(GroupId).collect();
+    let (sockets, addresses) = listeners(&IDS).await.expect("127.0.0.1 listeners");
+    let mut nodes = Vec::new();
+    for ((&id, listener), dir) in IDS.iter().zip(sockets).zip(&dirs) {
+        nodes.push(Node::start(id, listener, &addresses, dir.path(), &all, 2, true));
+    }
+    for &group in &all {
+        propose(&handles(&nodes, group), &IDS, 0, set("k", "one")).await;
+    }
+    every_group_quiet(&nodes, GROUPS as usize).await;
+    let group = GroupId(1);
+    let leader = nodes
+        .iter()
+        .position(|node| node.host.status().groups.iter().any(|g| g.group == group && g.role == Role::Leader))
+        .expect("group 1 has a leader");
+    let (handle, _) = nodes[leader].groups.remove(&group).expect("the replica");
+    handle.shutdown().await;
+    let others: Vec<usize> = (0..nodes.len()).filter(|&index| index != leader).collect();
+    eventually("another node leads group 1", || {
+        let statuses: Vec<_> = others.iter().map(|&index| nodes[index].host.status()).collect();
+        async move {
+            statuses.iter().any(|status| status.groups.iter().any(|g| g.group == group && g.role == Role::Leader))
+        }
+    })
+    .await;
+    let survivors: Vec<NodeHandle<Kv>> = others.iter().map(|&index| nodes[index].groups[&group].0.clone()).collect();
+    let survivor_ids: Vec<NodeId> = others.iter().map(|&index| nodes[index].id).collect();
+    propose(&survivors, &survivor_ids, 0, set("k", "two")).await;
     for node in nodes {
         node.shutdown().await;
     }
@@ -324,7 +381,10 @@ async fn a_host_without_a_peer_watch_refuses_a_quiet_group() {
         ),
         "a quiet group needs the watch: {refused:?}"
     );
-    host.watch_peers(watch(&transport));
+    // A timeout that does not exceed two ping intervals (in the host's ticks) is refused.
+    let hasty = PeerWatch::new(transport.peer_link(), Duration::from_millis(100), Duration::from_millis(200));
+    assert!(matches!(host.watch_peers(hasty), Err(raft_net::HostError::Config(_))));
+    host.watch_peers(watch(&transport)).expect("a valid watch");
     let (group_transport, inbound) = transport.register_group(GroupId(2)).expect("a new group");
     let store = raft_storage::MemStorage::new(membership(&[1, 2, 3]));
     host.add_group(
@@ -801,4 +861,107 @@ async fn a_failing_store_stops_its_group_and_not_the_others_written_with_it() {
     assert!(handles[1].stop_reason().is_none() && handles[2].stop_reason().is_none());
     propose(std::slice::from_ref(&handles[1]), &[id], 0, set("after", "v")).await;
     tokio::time::timeout(raft_testkit::PATIENCE, host.shutdown()).await.expect("the host shuts down");
+}
+
+/// A [`raft_net::PeerLink`] the test drives: its peers are never heard from, and its pings go
+/// nowhere (the incarnation of the last one is kept).
+struct SilentLink(Vec<NodeId>, std::sync::Mutex<Option<u64>>);
+
+impl raft_net::PeerLink for SilentLink {
+    fn ping(&self, _peer: NodeId, incarnation: u64) -> Result<(), raft_net::SendError> {
+        *self.1.lock().expect("not poisoned") = Some(incarnation);
+        Ok(())
+    }
+    fn take_signals(&self) -> Vec<(NodeId, raft_net::PeerSignals)> {
+        self.0.iter().map(|&peer| (peer, raft_net::PeerSignals::default())).collect()
+    }
+}
+
+/// A report that reaches a group before the message that quiets it is not lost: node 1, which
+/// the watch already holds down (silent), is the leader whose `Quiesce` the group steps only
+/// after the report (read off the socket before, stepped after, as a lagging worker may). The
+/// group goes quiet, is reminded at the end of that round that its leader is down, wakes and
+/// campaigns. Without the reminder it would sleep for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_quieted_after_its_leader_was_reported_down_wakes_and_campaigns() {
+    use raft_core::{Index, Message, MessageBody, Term};
+    use raft_net::{MemNetwork, Transport};
+    let (me, leader, other) = (NodeId(2), NodeId(1), NodeId(3));
+    let group = GroupId(1);
+    let network = MemNetwork::new(std::num::NonZeroUsize::new(64).expect("non-zero"));
+    let host: Host<raft_storage::MemStorage> =
+        Host::start(HostConfig { tick_interval: raft_testkit::TICK, ..HostConfig::with_workers(1) }).expect("host");
+    let link = std::sync::Arc::new(SilentLink(vec![leader, other], std::sync::Mutex::default()));
+    host.watch_peers(PeerWatch::new(link, raft_testkit::TICK, raft_testkit::TICK * 3)).expect("a valid watch");
+    let (transport, inbound) = network.join_group(me, group).expect("joined");
+    let (leader_transport, _leader_inbox) = network.join_group(leader, group).expect("joined");
+    let (_other_transport, mut other_inbox) = network.join_group(other, group).expect("joined");
+    // A long election timeout (2 to 4 s): nothing campaigns before the test says so.
+    let mut config = raft_testkit::config(me);
+    config.options = Options::builder().election_ticks(100).heartbeat_ticks(2).quiesce(true).build().expect("valid");
+    let store = raft_storage::MemStorage::new(membership(&[1, 2, 3]));
+    let _handle = host.add_group(group, config, store, transport, inbound, Kv(KvView::default())).expect("added");
+    eventually("the silent leader is reported down", || {
+        let reported = host.stats().peer_downs;
+        async move { reported >= 2 }
+    })
+    .await;
+    // Now the leader's `Quiesce` (term 1, its log as empty as ours, all committed) is stepped.
+    let quiesce =
+        Message { from: leader, to: me, term: Term(1), body: MessageBody::Quiesce { commit: Index(0), round: 1 } };
+    leader_transport.send(quiesce).expect("sent");
+    // Woken at once by the reminder, the group campaigns after its new election timeout.
+    let campaign = tokio::time::timeout(raft_testkit::PATIENCE, async {
+        loop {
+            let message = other_inbox.recv().await.expect("the network runs");
+            if matches!(message.body, MessageBody::VoteRequest { .. }) && message.from == me {
+                return message;
+            }
+        }
+    })
+    .await
+    .expect("the group campaigns instead of sleeping on a dead leader");
+    assert!(campaign.term > Term(1), "{campaign:?}");
+    host.shutdown().await;
+}
+
+/// A quiet replica whose round panics (here: its store, in the write of the round that woke
+/// it) cannot be stepped to wake its followers, so its node takes a new incarnation: its pings
+/// change, and its peers treat it as restarted (their groups that it led wake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_replica_that_panics_gives_its_node_a_new_incarnation() {
+    use raft_net::{MemNetwork, StopReason};
+    use std::sync::atomic::Ordering;
+    let id = NodeId(1);
+    let network = MemNetwork::new(std::num::NonZeroUsize::new(64).expect("non-zero"));
+    let host: Host<PanickingStore> =
+        Host::start(HostConfig { tick_interval: raft_testkit::TICK, ..HostConfig::with_workers(1) }).expect("host");
+    let link = std::sync::Arc::new(SilentLink(vec![NodeId(2)], std::sync::Mutex::default()));
+    let watch = PeerWatch::new(link.clone(), raft_testkit::TICK, raft_testkit::TICK * 100).with_incarnation(7);
+    host.watch_peers(watch).expect("a valid watch");
+    let (transport, inbound) = network.join_group(id, GroupId(1)).expect("joined");
+    let mut config = raft_testkit::config(id);
+    config.options = Options::builder().election_ticks(10).heartbeat_ticks(2).quiesce(true).build().expect("valid");
+    let store = PanickingStore::new(id);
+    let mode = store.mode.clone();
+    let handle = host.add_group(GroupId(1), config, store, transport, inbound, Kv(KvView::default())).expect("added");
+    propose(std::slice::from_ref(&handle), &[id], 0, set("k", "v")).await;
+    eventually("the lone voter's group is quiet and the node pings as incarnation 7", || {
+        let (quiet, pinged) = (host.status().quiet, *link.1.lock().expect("not poisoned"));
+        async move { quiet == 1 && pinged == Some(7) }
+    })
+    .await;
+    mode.store(WRITES_PANIC, Ordering::Release);
+    assert!(handle.propose(set("doomed", "x")).await.is_err());
+    eventually("the replica stopped, panicked", || {
+        let reason = handle.stop_reason();
+        async move { matches!(reason, Some(StopReason::CorePanicked)) }
+    })
+    .await;
+    eventually("the node pings as a new incarnation", || {
+        let pinged = *link.1.lock().expect("not poisoned");
+        async move { pinged == Some(8) }
+    })
+    .await;
+    host.shutdown().await;
 }

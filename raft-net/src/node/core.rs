@@ -505,6 +505,21 @@ where
         Ok(())
     }
 
+    /// Before the group stops here: a quiet replica wakes (`Raft::wake`), and a quiet leader's
+    /// heartbeat wakes its followers, which elect another once this one is silent (the node's
+    /// liveness pings may go on, so no report would tell them). Best effort: a stop for a
+    /// storage failure may find nothing to send.
+    pub(crate) fn wake_before_stop(&mut self) {
+        if !self.raft.is_quiet() {
+            return;
+        }
+        self.raft.wake();
+        if let Ok(Some(mut output)) = self.next_output() {
+            // Only what may leave before a write (a heartbeat); nothing is written any more.
+            let _ = self.before_write(&mut output);
+        }
+    }
+
     /// Stops taking input, answers what is queued, lets the apply thread finish what it was
     /// handed, and reports the stop. The storage and the transport are dropped with `self`.
     pub(crate) fn stop(mut self, reason: StopReason) {

@@ -49,7 +49,7 @@
 //! that the leader's node died, so a host runs quiet groups only once it watches its peers
 //! ([`Host::watch_peers`]): at each tick the ticker runs the node-level liveness policy
 //! ([`raft_core::liveness::PeerLiveness`], the one the fast simulator runs) over what the
-//! node's [`PeerLink`] heard (any frame from a peer is a sign of life; a ping carries the
+//! node's [`PeerLink`] heard (a message or a ping from a peer is a sign of life; a ping carries the
 //! peer's incarnation), pings each peer once per ping interval, and hands every peer it finds
 //! silent for the timeout, or restarted, to every group's next round
 //! ([`raft_core::Raft::peer_down`]; each group decides whether the peer matters to it). So the
@@ -278,10 +278,13 @@ struct HostInner<S: LogStore + Send + 'static> {
     watch: Mutex<Option<Watching>>,
     /// Set with `watch`: groups with `quiesce` are accepted from then on.
     watching: AtomicBool,
+    /// The peers the watch holds down now (see `PooledCore::prepare`).
+    down: Mutex<Vec<NodeId>>,
 }
 
 /// What the host needs to watch its peer nodes for its quiet groups: see [`Host::watch_peers`].
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct PeerWatch {
     /// The node's link to its peers (from its transport:
     /// [`TcpTransport::peer_link`](crate::TcpTransport::peer_link)).
@@ -295,7 +298,8 @@ pub struct PeerWatch {
     pub ping_interval: Duration,
     /// A peer silent for this long is reported down to every group: the groups' shortest
     /// election timeout is the natural choice (a follower of a dead quiet leader then campaigns
-    /// within about two election timeouts of its death).
+    /// two to three election timeouts after its death: the timeout, a tick to notice, a fresh
+    /// election timeout).
     pub timeout: Duration,
 }
 
@@ -303,6 +307,12 @@ impl PeerWatch {
     /// A watch over `link` with a fresh random incarnation.
     pub fn new(link: Arc<dyn PeerLink>, ping_interval: Duration, timeout: Duration) -> Self {
         PeerWatch { link, incarnation: super::handle::random_u64(), ping_interval, timeout }
+    }
+
+    /// This watch with `incarnation` instead of a random one (a simulator's, drawn from its
+    /// seed; it must still differ between two starts of the node).
+    pub fn with_incarnation(self, incarnation: u64) -> Self {
+        PeerWatch { incarnation, ..self }
     }
 }
 
@@ -323,6 +333,10 @@ struct Watching {
     link: Arc<dyn PeerLink>,
     incarnation: u64,
     liveness: PeerLiveness,
+    /// The timeout, in ticks.
+    timeout_ticks: u64,
+    /// When the watch last ran, in ticks.
+    last_run: u64,
 }
 
 struct Ready<S: LogStore + Send + 'static> {
@@ -379,7 +393,7 @@ impl<S: LogStore + Send + 'static> Wake for Slot<S> {
 trait Pooled<S: LogStore>: Send {
     /// Phase 1 of a round: clock, peers reported down, inputs, timers, outputs taken (see the
     /// module docs).
-    fn prepare(&mut self, stop: bool, peer_downs: Vec<NodeId>) -> Result<Flow, StopReason>;
+    fn prepare(&mut self, stop: bool, peer_downs: Vec<NodeId>, down_now: &[NodeId]) -> Result<Flow, StopReason>;
     /// The group's store and the outputs phase 1 took, if any.
     fn staged(&mut self) -> Option<(&mut S, &mut [Output])>;
     /// Phase 3, after the outputs were written.
@@ -428,7 +442,7 @@ where
     T: Transport + 'static,
     SM: StateMachine,
 {
-    fn prepare(&mut self, stop: bool, peer_downs: Vec<NodeId>) -> Result<Flow, StopReason> {
+    fn prepare(&mut self, stop: bool, peer_downs: Vec<NodeId>, down_now: &[NodeId]) -> Result<Flow, StopReason> {
         if let Some(reason) = self.core.shared.stop_reason() {
             return Err(reason);
         }
@@ -447,10 +461,6 @@ where
             self.core.tick_once();
             self.take_outputs()?;
         }
-        // After the idle stretch's ticks: a report starts the timers of a quiet group afresh.
-        for peer in peer_downs {
-            self.core.raft.peer_down(peer);
-        }
         // Proposals that waited for the leader's term to become durable: it is now (the last
         // round wrote it).
         for proposal in std::mem::take(&mut self.core.deferred) {
@@ -462,6 +472,19 @@ where
             self.core.tick_once();
             self.take_outputs()?;
         }
+        // Peers reported down since the last round, after its inputs and ticks (as the fast
+        // simulator reports after an iteration); then, if the group is quiet now, every peer the
+        // watch holds down, again: a report that came before the message that quieted the group
+        // (a `Quiesce` read off the socket before the report but stepped after it) is not lost.
+        for peer in peer_downs {
+            self.core.raft.peer_down(peer);
+        }
+        if self.core.raft.is_quiet() {
+            for &peer in down_now {
+                self.core.raft.peer_down(peer);
+            }
+        }
+        self.take_outputs()?;
         if self.core.input_closed {
             return Ok(Flow::Stop); // Every handle is gone.
         }
@@ -522,8 +545,9 @@ where
     }
 
     fn stop(self: Box<Self>, reason: StopReason) {
-        let PooledCore { core, statuses, .. } = *self;
+        let PooledCore { mut core, statuses, .. } = *self;
         drop(statuses); // Their requesters read the stop reason.
+        core.wake_before_stop();
         core.stop(reason);
     }
 }
@@ -643,10 +667,11 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             }
         }
         add(&self.counters.group_steps, running.len() as u64);
+        let down_now = self.down.lock().unwrap_or_else(PoisonError::into_inner).clone();
         // Phase 1.
         for (slot, body, outcome) in &mut running {
             let peer_downs = std::mem::take(&mut *slot.peer_downs.lock().unwrap_or_else(PoisonError::into_inner));
-            *outcome = guarded(slot, || match body.prepare(stopping, peer_downs) {
+            *outcome = guarded(slot, || match body.prepare(stopping, peer_downs, &down_now) {
                 Ok(Flow::Continue) => Outcome::Continue,
                 Ok(Flow::Stop) => Outcome::Stop(StopReason::Shutdown),
                 Err(reason) => Outcome::Stop(reason),
@@ -739,6 +764,9 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
                 }
                 Outcome::Panicked => {
                     drop(body);
+                    if slot.summary.lock().unwrap_or_else(PoisonError::into_inner).quiet {
+                        self.panicked_replica();
+                    }
                     let reason = slot.shared.stop_reason().unwrap_or(StopReason::CorePanicked);
                     slot.shared.emit(NodeEvent::Stopped(reason));
                     self.retire(&slot);
@@ -806,6 +834,16 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         let now = self.ticks_now();
         let signals = watching.link.take_signals();
         let liveness = &mut watching.liveness;
+        // A ticker that ran late (the process was stopped, or starved) has not let the peers'
+        // frames be read meanwhile: their silence is ours, not theirs. Each peer gets a fresh
+        // timeout rather than being reported down (a real death is found one timeout later).
+        let late = now.saturating_sub(watching.last_run) > watching.timeout_ticks / 2;
+        watching.last_run = now;
+        if late {
+            for peer in liveness.peers() {
+                liveness.heard_from(peer, now);
+            }
+        }
         // The link's peers are the ones watched (a peer added later gets one timeout of grace).
         for known in liveness.peers() {
             if !signals.iter().any(|(peer, _)| *peer == known) {
@@ -825,6 +863,12 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         }
         down.extend(liveness.expired(now));
         let pings = liveness.pings_due(now);
+        let down_now = liveness.down_peers();
+        let mut held = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        if *held != down_now {
+            *held = down_now;
+        }
+        drop(held);
         let (link, incarnation) = (Arc::clone(&watching.link), watching.incarnation);
         drop(watch);
         for peer in pings {
@@ -843,6 +887,18 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         for slot in slots {
             slot.peer_downs.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(&down);
             self.schedule(&slot);
+        }
+    }
+
+    /// A group's replica that was quiet as of its last round panicked: its core cannot be
+    /// stepped to wake its quiet followers (`Core::wake_before_stop`), so the node takes a new
+    /// incarnation; its peers, seeing it in the next pings, report it restarted to all their
+    /// groups, and the followers of its quiet leaders wake (elections the node's other groups
+    /// did not need, for a bug that should never happen). A replica awake at its last round
+    /// has awake followers, whose own timers notice its silence.
+    fn panicked_replica(&self) {
+        if let Some(watching) = self.watch.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            watching.incarnation = watching.incarnation.wrapping_add(1);
         }
     }
 
@@ -952,6 +1008,7 @@ impl<S: LogStore + Send + 'static> Host<S> {
             counters: Counters::default(),
             watch: Mutex::new(None),
             watching: AtomicBool::new(false),
+            down: Mutex::new(Vec::new()),
         });
         Ok(Host { inner, threads: Mutex::new(Vec::new()), task: Mutex::new(None) })
     }
@@ -1083,21 +1140,33 @@ impl<S: LogStore + Send + 'static> Host<S> {
     /// ([`raft_core::Raft::peer_down`]); each group decides whether the peer matters to it.
     /// Groups whose options have `quiesce` on are accepted by [`Host::add_group`] only once
     /// this was called: without the reports, the followers of a quiet leader that died would
-    /// never elect another. A second call replaces the first.
+    /// never elect another. Both durations are rounded up to whole ticks of the host's
+    /// `tick_interval`; the timeout must then exceed two ping intervals and a tick
+    /// ([`HostError::Config`] otherwise). A second call replaces the first (the new watch's
+    /// incarnation is what peers see from then on: give it the old one unless the node should
+    /// look restarted). One host per link: the link's signals go to whoever takes them.
     ///
     /// Any frame read from a peer counts as a sign of life, so with busy groups the pings
     /// matter little; once the groups are quiet they are the only traffic between two nodes.
-    pub fn watch_peers(&self, watch: PeerWatch) {
+    pub fn watch_peers(&self, watch: PeerWatch) -> Result<(), HostError> {
         let ticks = |duration: Duration| {
             let ticks = duration.as_nanos().div_ceil(self.inner.config.tick_interval.as_nanos().max(1));
             u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
         };
+        let (interval_ticks, timeout_ticks) = (ticks(watch.ping_interval), ticks(watch.timeout));
+        if timeout_ticks < interval_ticks.saturating_mul(2).saturating_add(1) {
+            return Err(HostError::Config(
+                "the peer watch's timeout must exceed two ping intervals and a tick (in the host's ticks)",
+            ));
+        }
         let now = self.inner.ticks_now();
         let peers = watch.link.take_signals().into_iter().map(|(peer, _)| peer);
-        let liveness = PeerLiveness::new(peers, now, ticks(watch.timeout), ticks(watch.ping_interval));
-        let watching = Watching { link: watch.link, incarnation: watch.incarnation, liveness };
+        let liveness = PeerLiveness::new(peers, now, timeout_ticks, interval_ticks);
+        let watching =
+            Watching { link: watch.link, incarnation: watch.incarnation, liveness, timeout_ticks, last_run: now };
         *self.inner.watch.lock().unwrap_or_else(PoisonError::into_inner) = Some(watching);
         self.inner.watching.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Stops the host's threads (or task) as soon as its last group stops: for a host of one

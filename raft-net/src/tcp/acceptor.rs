@@ -168,7 +168,6 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         // One large frame must not pin a large buffer for the life of the connection.
         payload.clear();
         payload.shrink_to(inbound.read_buffer_bytes);
-        inbound.seen.frame();
         let (group, message) = match frame {
             Frame::Message { group, message } => (group, message),
             Frame::Keepalive => continue,
@@ -185,6 +184,9 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         if message.to != inbound.local_id {
             return ConnectionError::WrongReceiver(message.to);
         }
+        // A sign of life of the peer's node (its groups send), unlike a keepalive, which only
+        // its transport sends.
+        inbound.seen.frame();
         let Some(queue) = groups.get(group) else {
             Counters::add(&counters.unknown_group_drops, 1);
             debug!(local = %inbound.local_id, %peer, %group, "dropped a message for a group this node does not host");

@@ -40,7 +40,8 @@ pub struct TcpStats {
     pub batches_written: u64,
     /// Message frames written to peers, of every group.
     pub messages_written: u64,
-    /// Node-level liveness pings written to peers ([`PeerLink`](crate::PeerLink)).
+    /// Node-level liveness pings put in a batch for a peer ([`PeerLink`](crate::PeerLink)); a
+    /// batch whose write fails loses them, as it loses its messages.
     pub pings_written: u64,
     /// Node-level liveness pings received from peers.
     pub pings_received: u64,

@@ -432,7 +432,8 @@ impl<C: Connect> TcpTransport<C> {
     /// The node's [`PeerLink`] over this transport, for a [`Host`](crate::Host) that watches its
     /// peers ([`Host::watch_peers`](crate::Host::watch_peers)): its pings are
     /// [`Frame::Ping`](crate::Frame::Ping)s on the connections the groups' messages use, and
-    /// any frame read from a peer counts as a sign of life.
+    /// a message or a ping read from a peer counts as a sign of life (a keepalive, which the
+    /// transport sends whatever its groups do, does not).
     pub fn peer_link(&self) -> Arc<dyn PeerLink> {
         Arc::new(TcpPeerLink { shared: Arc::clone(&self.shared) })
     }

@@ -255,15 +255,13 @@ async fn run_groups(plan: NodePlan, observer: Observer, incarnation: u64) -> tur
         // As a production node would: a ping per heartbeat interval, a peer silent for an
         // election timeout is down; the incarnation is this start's number (unique per node).
         let ticks = |count: u32| plan.tick_interval * count;
-        let watch = PeerWatch {
-            incarnation,
-            ..PeerWatch::new(
-                transport.peer_link(),
-                ticks(plan.options.heartbeat_ticks()),
-                ticks(plan.options.election_ticks()),
-            )
-        };
-        host.watch_peers(watch);
+        let watch = PeerWatch::new(
+            transport.peer_link(),
+            ticks(plan.options.heartbeat_ticks()),
+            ticks(plan.options.election_ticks()),
+        )
+        .with_incarnation(incarnation);
+        host.watch_peers(watch)?;
         tokio::task::spawn_local(watch_quiet(Rc::downgrade(&host), plan.tick_interval, observer.clone()));
     }
     let (events_in, mut events) = tokio::sync::mpsc::unbounded_channel();
