@@ -121,6 +121,12 @@ fn every_entry_kind_in_several_groups_survives_a_power_loss() {
         assert_same(store, model, true);
     }
     assert!(wal.segment_count() > 1, "the workload rotates");
+    let on_disk: u64 = list(&fs)
+        .iter()
+        .filter(|name| name.starts_with("segment-"))
+        .map(|name| fs.read(&dir().join(name)).expect("a segment").len() as u64)
+        .sum();
+    assert_eq!(wal.segment_bytes(), on_disk, "the log's size is its segments' size");
     drop((stores, wal));
     fs.crash();
     let wal = open(&fs, SMALL);

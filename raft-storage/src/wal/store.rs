@@ -1036,6 +1036,12 @@ impl<F: FileSystem> SharedWal<F> {
         self.inner.lock().writer.segments.len()
     }
 
+    /// The bytes of the log's segment files (what the log holds on disk besides the groups'
+    /// snapshot files): for a node-wide view of the log's size.
+    pub fn segment_bytes(&self) -> u64 {
+        self.inner.lock().writer.segments.iter().map(|segment| segment.len).sum()
+    }
+
     /// The bytes of entries in the entry cache ([`Entry::size_bytes`]), at most
     /// [`WalOptions::cache_bytes_max`].
     pub fn cache_bytes(&self) -> u64 {
