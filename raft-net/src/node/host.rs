@@ -917,6 +917,12 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
                 self.round(batch);
                 // Let the transport's and the clients' tasks on this thread run between rounds.
                 tokio::task::yield_now().await;
+                // A host that always has work still ticks: its pings go out and idle groups'
+                // timers come due (the ticker branch below is reached only when idle).
+                if ticker.poll_tick(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_ready() {
+                    self.run_liveness();
+                    self.wake_due();
+                }
             }
             if self.lock_ready().closed {
                 return;

@@ -425,7 +425,8 @@ impl<C: Connect> TcpTransport<C> {
     pub fn remove_peer(&self, peer_id: NodeId) -> bool {
         let removed = lock(&self.shared.peers).remove(&peer_id).is_some();
         lock(&self.shared.readers).remove(&peer_id);
-        lock(&self.shared.seen).remove(&peer_id);
+        // Its `seen` entry stays: a connection accepted while the peer is removed and added
+        // again may hold it, and its frames must count for the peer added again.
         removed
     }
 
