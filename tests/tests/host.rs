@@ -139,16 +139,28 @@ async fn every_replica_holds(nodes: &[Node], group: GroupId, keys: &[String], va
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn groups_on_a_worker_pool_replicate_share_the_log_and_recover_from_it() {
-    const GROUPS: u64 = 24;
+/// Three nodes over TCP on 127.0.0.1, each with a shared log in a fresh directory that holds
+/// groups `1..=groups`, on hosts of `workers` workers (`quiet`: the groups quiesce and the hosts
+/// watch their peers). Returns the directories, the groups, the address book and the nodes.
+async fn three_nodes(
+    groups: u64,
+    workers: usize,
+    quiet: bool,
+) -> (Vec<tempfile::TempDir>, Vec<GroupId>, BTreeMap<NodeId, std::net::SocketAddr>, Vec<Node>) {
     let dirs: Vec<tempfile::TempDir> = IDS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
-    let all: Vec<GroupId> = (1..=GROUPS).map(GroupId).collect();
+    let all: Vec<GroupId> = (1..=groups).map(GroupId).collect();
     let (sockets, addresses) = listeners(&IDS).await.expect("127.0.0.1 listeners");
     let mut nodes = Vec::new();
     for ((&id, listener), dir) in IDS.iter().zip(sockets).zip(&dirs) {
-        nodes.push(Node::start(id, listener, &addresses, dir.path(), &all, 2, false));
+        nodes.push(Node::start(id, listener, &addresses, dir.path(), &all, workers, quiet));
     }
+    (dirs, all, addresses, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_on_a_worker_pool_replicate_share_the_log_and_recover_from_it() {
+    const GROUPS: u64 = 24;
+    let (dirs, all, addresses, nodes) = three_nodes(GROUPS, 2, false).await;
 
     // Every group writes its own key through its own leader, all groups at once.
     let mut writes = tokio::task::JoinSet::new();
@@ -221,13 +233,7 @@ async fn groups_on_a_worker_pool_replicate_share_the_log_and_recover_from_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_groups_cost_nothing_and_a_dead_leaders_groups_elect_again_through_the_watch() {
     const GROUPS: u64 = 8;
-    let dirs: Vec<tempfile::TempDir> = IDS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
-    let all: Vec<GroupId> = (1..=GROUPS).map(GroupId).collect();
-    let (sockets, addresses) = listeners(&IDS).await.expect("127.0.0.1 listeners");
-    let mut nodes = Vec::new();
-    for ((&id, listener), dir) in IDS.iter().zip(sockets).zip(&dirs) {
-        nodes.push(Node::start(id, listener, &addresses, dir.path(), &all, 2, true));
-    }
+    let (dirs, all, addresses, mut nodes) = three_nodes(GROUPS, 2, true).await;
     for &group in &all {
         propose(&handles(&nodes, group), &IDS, 0, set(&format!("key-{}", group.0), "one")).await;
     }
@@ -299,13 +305,7 @@ async fn quiet_groups_cost_nothing_and_a_dead_leaders_groups_elect_again_through
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_leader_replica_removed_from_a_live_node_hands_its_group_to_another() {
     const GROUPS: u64 = 2;
-    let dirs: Vec<tempfile::TempDir> = IDS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
-    let all: Vec<GroupId> = (1..=GROUPS).map(GroupId).collect();
-    let (sockets, addresses) = listeners(&IDS).await.expect("127.0.0.1 listeners");
-    let mut nodes = Vec::new();
-    for ((&id, listener), dir) in IDS.iter().zip(sockets).zip(&dirs) {
-        nodes.push(Node::start(id, listener, &addresses, dir.path(), &all, 2, true));
-    }
+    let (_dirs, all, _addresses, mut nodes) = three_nodes(GROUPS, 2, true).await;
     for &group in &all {
         propose(&handles(&nodes, group), &IDS, 0, set("k", "one")).await;
     }
