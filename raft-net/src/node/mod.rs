@@ -140,6 +140,7 @@ mod host;
 mod membership;
 mod read;
 mod shared;
+mod snapshot;
 mod state_machine;
 
 pub use clock::{DUE_TICKS_BEFORE_MAX, DriverClock};
@@ -148,7 +149,6 @@ pub use config::{
     IDLE_POLL_DEFAULT, INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig,
     PROPOSALS_PENDING_MAX_DEFAULT, READS_PENDING_MAX_DEFAULT, TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX,
 };
-pub use core::SNAPSHOT_READ_BYTES_MAX;
 pub use error::{
     MembershipChangeError, NodeStartError, ProposeError, ReadError, SharedError, StopReason, StorageFailure,
     StorageOperation, TransferLeadershipError,
@@ -158,4 +158,5 @@ pub use handle::{NodeHandle, start};
 pub use host::{GROUPS_PER_BATCH_MAX_DEFAULT, GroupSummary, Host, HostConfig, HostError, HostStats, HostStatus};
 pub use membership::TRANSFER_ELECTION_TIMEOUTS_MAX;
 pub use read::ReadConsistency;
+pub use snapshot::{SNAPSHOT_PIECES_QUEUED_MAX, SNAPSHOT_READ_BYTES_MAX, SNAPSHOT_WRITE_BYTES_MAX, SnapshotSinkClosed};
 pub use state_machine::StateMachine;
