@@ -40,8 +40,10 @@ pub const SNAPSHOT_PIECES_QUEUED_MAX: usize = 2;
 const _: () = assert!(SNAPSHOT_WRITE_BYTES_MAX as u64 <= SNAPSHOT_READ_BYTES_MAX * 4);
 const _: () = assert!(SNAPSHOT_PIECES_QUEUED_MAX >= 1);
 
-/// The error a [`SnapshotSink`] returns once the snapshot's destination failed or gave up on it
-/// (the driver knows why and reports it; the state machine only has to stop writing).
+/// The inner error of the [`io::Error`] that the sink given to
+/// [`StateMachine::snapshot`](crate::StateMachine::snapshot) returns once the snapshot's
+/// destination failed or gave up on it (the driver knows why and reports it; the state machine
+/// only has to stop writing and return the error).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[error("the snapshot's destination stopped taking data")]
 pub struct SnapshotSinkClosed;
