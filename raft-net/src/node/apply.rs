@@ -260,7 +260,7 @@ impl<SM: StateMachine> Applier<SM> {
 
     fn wake_core(&self) {
         if let Some(sender) = self.wake.upgrade() {
-            // A full queue wakes the core anyway, and the core checks the snapshot slot and the
+            // A full queue wakes the core anyway, and the core checks the snapshot request and the
             // stop reason on every iteration.
             let _ = sender.try_send(CoreInput::Wake);
         }
