@@ -100,20 +100,19 @@ pub struct Counter {
 
 impl StateMachine for Counter {
     type Response = ();
-    type RestoreError = std::convert::Infallible;
+    type RestoreError = std::io::Error;
 
     fn apply(&mut self, _index: Index, _command: &Bytes) {
         self.applied += 1;
     }
 
-    fn snapshot(&self) -> Bytes {
-        Bytes::copy_from_slice(&self.applied.to_le_bytes())
+    fn snapshot(&self, sink: &mut dyn std::io::Write) -> std::io::Result<()> {
+        sink.write_all(&self.applied.to_le_bytes())
     }
 
-    fn restore(&mut self, data: Bytes) -> Result<(), Self::RestoreError> {
+    fn restore(&mut self, reader: &mut dyn std::io::Read) -> Result<(), Self::RestoreError> {
         let mut bytes = [0; 8];
-        let len = data.len().min(8);
-        bytes[..len].copy_from_slice(&data[..len]);
+        reader.read_exact(&mut bytes)?;
         self.applied = u64::from_le_bytes(bytes);
         Ok(())
     }

@@ -86,7 +86,8 @@
 //!    stickiness of quiet groups exactly as of awake ones.
 //! 9. **Snapshots** are taken by the application, whenever it likes, of its state machine at an
 //!    applied index: [`Raft::snapshot_meta`] describes it (index, term, membership, checksum), the store
-//!    saves it durably with its data (`raft_storage::LogStore::save_snapshot`), and then the log
+//!    saves it durably with its data (`raft_storage::LogStore::save_snapshot`, or a piece at a
+//!    time with `LogStore::begin_snapshot`, the checksum given at the end), and then the log
 //!    may be compacted at [`Raft::compaction_point`], which keeps `compaction_margin_entries`
 //!    below the snapshot for slightly slow followers. A leader streams the snapshot to followers
 //!    that need compacted entries, reading it a chunk at a time through
@@ -101,7 +102,7 @@
 //!     back reports [`StorageError::SnapshotCorrupt`] from [`Raft::take_output`]: stop the node
 //!     as in rule 8. Before restoring a state machine from a stored snapshot, check its data
 //!     against `data_crc32` too, and treat a mismatch as a storage failure (raft-net's driver
-//!     does).
+//!     does, in a first pass over the data before the state machine reads it).
 //!
 //! ## Example
 //!

@@ -23,7 +23,7 @@
 //! network and store:
 //!
 //! ```
-//! use std::convert::Infallible;
+//! use std::io;
 //! use std::time::Duration;
 //!
 //! use bytes::Bytes;
@@ -37,16 +37,19 @@
 //!
 //! impl StateMachine for Sum {
 //!     type Response = u64;
-//!     type RestoreError = Infallible;
+//!     type RestoreError = io::Error;
 //!     fn apply(&mut self, _index: Index, command: &Bytes) -> u64 {
 //!         self.0 += command.iter().map(|byte| u64::from(*byte)).sum::<u64>();
 //!         self.0
 //!     }
-//!     fn snapshot(&self) -> Bytes {
-//!         Bytes::copy_from_slice(&self.0.to_le_bytes())
+//!     // Snapshots stream: written into a sink, read from a reader, never whole in memory.
+//!     fn snapshot(&self, sink: &mut dyn io::Write) -> io::Result<()> {
+//!         sink.write_all(&self.0.to_le_bytes())
 //!     }
-//!     fn restore(&mut self, data: Bytes) -> Result<(), Infallible> {
-//!         self.0 = data.iter().rev().fold(0, |sum, byte| sum << 8 | u64::from(*byte));
+//!     fn restore(&mut self, reader: &mut dyn io::Read) -> io::Result<()> {
+//!         let mut sum = [0; 8];
+//!         reader.read_exact(&mut sum)?;
+//!         self.0 = u64::from_le_bytes(sum);
 //!         Ok(())
 //!     }
 //! }
@@ -165,8 +168,9 @@ pub use node::{
     HostStats, HostStatus, IDLE_POLL_DEFAULT, INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT,
     MembershipChangeError, NodeConfig, NodeEvent, NodeHandle, NodeStartError, NodeStatus,
     PROPOSALS_PENDING_MAX_DEFAULT, PeerStatus, PeerWatch, ProposeError, READS_PENDING_MAX_DEFAULT, ReadConsistency,
-    ReadError, SNAPSHOT_READ_BYTES_MAX, SharedError, StateMachine, StopReason, StorageFailure, StorageOperation,
-    TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX, TRANSFER_ELECTION_TIMEOUTS_MAX, TransferLeadershipError, start,
+    ReadError, SNAPSHOT_PIECES_QUEUED_MAX, SNAPSHOT_READ_BYTES_MAX, SNAPSHOT_WRITE_BYTES_MAX, SharedError,
+    SnapshotSinkClosed, StateMachine, StopReason, StorageFailure, StorageOperation, TICK_INTERVAL_DEFAULT,
+    TICKS_PER_ITERATION_MAX, TRANSFER_ELECTION_TIMEOUTS_MAX, TransferLeadershipError, start,
 };
 pub use tcp::{
     Accept, Connect, INBOUND_FULL_TIMEOUT_DEFAULT, PeerState, READ_BUFFER_BYTES_DEFAULT, RegisterGroupError,

@@ -53,12 +53,18 @@ pub trait FsFile {
     }
 }
 
+/// The most bytes [`read_range`] reserves before it reads (a larger read grows as it goes).
+const READ_RANGE_RESERVE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 /// Reads up to `len` bytes of `file` from byte `offset` on, fewer only where it ends: the body
 /// of [`FileSystem::read_at`] for any file that reads and seeks (the real one, a simulated one).
 pub fn read_range(mut file: impl std::io::Read + std::io::Seek, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     use std::io::{Read, SeekFrom};
     file.seek(SeekFrom::Start(offset))?;
-    let mut bytes = Vec::new();
+    // Reserved up front: grown by `read_to_end`, a vector of `len` bytes ends with room for up
+    // to twice as many (a 1 MiB snapshot piece held 2 MiB). Bounded, for callers that ask for
+    // "everything" with a huge `len`.
+    let mut bytes = Vec::with_capacity(len.min(READ_RANGE_RESERVE_BYTES_MAX));
     // `read_to_end` retries short reads, so only the end of the file stops it early.
     file.take(len as u64).read_to_end(&mut bytes)?;
     Ok(bytes)

@@ -104,6 +104,25 @@ pub trait LogStore: Storage {
         self.install_snapshot(meta)
     }
 
+    /// Starts a local snapshot (the application's state machine at `meta.index`) written a
+    /// piece at a time through the returned [`SnapshotWriter`]: for a state machine that streams
+    /// its snapshot, whose checksum is only known once the last byte is written. `meta` is the
+    /// snapshot's metadata but for `data_crc32`, which [`SnapshotWriter::finish`] supplies.
+    /// Finishing has the effect of [`LogStore::save_snapshot`] (durable, atomic, never a roll
+    /// back); dropping the writer unfinished leaves the store as it was. A snapshot being
+    /// received meanwhile keeps its staging area.
+    ///
+    /// The default buffers the whole data in memory and calls [`LogStore::save_snapshot`] at
+    /// the end: correct for any store, but **not bounded**. Stores that can write a snapshot
+    /// through to disk override it ([`DiskStorage`] and [`GroupStore`] do; [`MemStorage`]
+    /// keeps snapshots in memory by design).
+    fn begin_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+    ) -> Result<Box<dyn SnapshotWriter<Self::Error> + '_>, Self::Error> {
+        Ok(Box::new(BufferedSnapshot { store: self, meta: meta.clone(), data: Vec::new() }))
+    }
+
     /// Like [`LogStore::persist`], but takes the entries: a store that keeps its log in memory
     /// moves them there instead of cloning each one. The default persists a borrow of them.
     fn persist_owned(&mut self, hard_state: Option<HardState>, entries: Vec<Entry>) -> Result<(), Self::Error> {
@@ -170,6 +189,38 @@ pub struct WriteOutputsError<E: std::error::Error + 'static> {
     /// Why.
     #[source]
     pub error: E,
+}
+
+/// A local snapshot being written into a store a piece at a time: see
+/// [`LogStore::begin_snapshot`]. `E` is the store's error type.
+pub trait SnapshotWriter<E> {
+    /// Appends `data` to the snapshot's data. An error leaves the store as it was before
+    /// [`LogStore::begin_snapshot`] (an I/O error also stops a store that fail-stops).
+    fn write(&mut self, data: &[u8]) -> Result<(), E>;
+
+    /// Saves the snapshot, with `data_crc32` (the crc32 of all the data written, see
+    /// [`raft_core::snapshot_crc32`]) as its metadata's checksum, durably and with the effect of
+    /// [`LogStore::save_snapshot`]; a snapshot not newer than the store's is dropped.
+    fn finish(self: Box<Self>, data_crc32: u32) -> Result<(), E>;
+}
+
+/// The default [`LogStore::begin_snapshot`]: the whole data in memory, saved at the end.
+struct BufferedSnapshot<'a, S: ?Sized> {
+    store: &'a mut S,
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl<S: LogStore + ?Sized> SnapshotWriter<S::Error> for BufferedSnapshot<'_, S> {
+    fn write(&mut self, data: &[u8]) -> Result<(), S::Error> {
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, data_crc32: u32) -> Result<(), S::Error> {
+        let meta = SnapshotMeta { data_crc32, ..self.meta };
+        self.store.save_snapshot(&meta, &self.data)
+    }
 }
 
 /// [`LogStore::write_output_owned`] for a store whose [`LogStore::persist_owned`] moves the

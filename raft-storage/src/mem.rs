@@ -6,7 +6,7 @@ use raft_core::{
 };
 use thiserror::Error;
 
-use crate::LogStore;
+use crate::{LogStore, SnapshotWriter};
 
 /// An in-memory log, hard state and snapshot, with compaction below a log boundary.
 #[derive(Clone, Debug, Default)]
@@ -286,6 +286,35 @@ impl LogStore for MemStorage {
     /// Bypasses the staging area, so a snapshot being received meanwhile is not disturbed.
     fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), MemStorageError> {
         self.adopt(meta, Bytes::copy_from_slice(data));
+        Ok(())
+    }
+
+    /// Collects the data in memory (where this store keeps every snapshot) apart from the
+    /// staging area, and adopts it at the end without copying it again.
+    fn begin_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+    ) -> Result<Box<dyn SnapshotWriter<MemStorageError> + '_>, MemStorageError> {
+        Ok(Box::new(LocalSnapshot { store: self, meta: meta.clone(), data: Vec::new() }))
+    }
+}
+
+/// A local snapshot being written into a [`MemStorage`].
+struct LocalSnapshot<'a> {
+    store: &'a mut MemStorage,
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl SnapshotWriter<MemStorageError> for LocalSnapshot<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<(), MemStorageError> {
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, data_crc32: u32) -> Result<(), MemStorageError> {
+        let LocalSnapshot { store, meta, data } = *self;
+        store.adopt(&SnapshotMeta { data_crc32, ..meta }, Bytes::from(data));
         Ok(())
     }
 }

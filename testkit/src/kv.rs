@@ -6,6 +6,7 @@
 //! format its seeds' runs depend on.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -55,10 +56,22 @@ impl KvView {
 #[derive(Debug, Default)]
 pub struct Kv(pub KvView);
 
-/// A snapshot that does not decode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
-#[error("snapshot truncated at byte {0}")]
-pub struct TruncatedSnapshot(pub usize);
+/// Why a [`Kv`] snapshot did not restore.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TruncatedSnapshot {
+    /// The snapshot ends inside a record (or before its applied index), at this byte.
+    #[error("snapshot truncated at byte {0}")]
+    At(u64),
+    /// Reading failed (the driver reports a failure of its store as such).
+    #[error("snapshot read failed at byte {position}: {source}")]
+    Read {
+        /// Where.
+        position: u64,
+        /// The reader's error.
+        source: std::io::Error,
+    },
+}
 
 impl StateMachine for Kv {
     type Response = Index;
@@ -73,26 +86,31 @@ impl StateMachine for Kv {
         index
     }
 
-    fn snapshot(&self) -> Bytes {
+    /// The applied index, then each key and value with a `u32` length before it: written a
+    /// record at a time.
+    fn snapshot(&self, sink: &mut dyn io::Write) -> io::Result<()> {
         let data = self.0.lock();
-        let mut out = Vec::new();
-        out.extend_from_slice(&data.applied.0.to_le_bytes());
+        sink.write_all(&data.applied.0.to_le_bytes())?;
         for (key, value) in &data.map {
             for part in [key, value] {
-                out.extend_from_slice(&(part.len() as u32).to_le_bytes());
-                out.extend_from_slice(part);
+                sink.write_all(&(part.len() as u32).to_le_bytes())?;
+                sink.write_all(part)?;
             }
         }
-        Bytes::from(out)
+        Ok(())
     }
 
-    fn restore(&mut self, snapshot: Bytes) -> Result<(), TruncatedSnapshot> {
-        let mut reader = Reader { data: snapshot, position: 0 };
-        let applied = Index(reader.u64()?);
+    fn restore(&mut self, reader: &mut dyn io::Read) -> Result<(), TruncatedSnapshot> {
+        let mut reader = Reader { reader, position: 0 };
+        let mut applied = [0; 8];
+        if !reader.fill(&mut applied)? {
+            return Err(TruncatedSnapshot::At(0));
+        }
+        let applied = Index(u64::from_le_bytes(applied));
         let mut map = BTreeMap::new();
-        while reader.position < reader.data.len() {
-            let key = reader.part()?;
-            map.insert(key, reader.part()?);
+        while let Some(key) = reader.part(true)? {
+            let value = reader.part(false)?.ok_or(TruncatedSnapshot::At(reader.position))?;
+            map.insert(key, value);
         }
         let mut data = self.0.lock();
         data.map = map;
@@ -102,30 +120,42 @@ impl StateMachine for Kv {
     }
 }
 
-/// Decodes a [`Kv`] snapshot.
-struct Reader {
-    data: Bytes,
-    position: usize,
+/// Decodes a [`Kv`] snapshot as it is read.
+struct Reader<'a> {
+    reader: &'a mut dyn io::Read,
+    position: u64,
 }
 
-impl Reader {
-    fn take(&mut self, count: usize) -> Result<Bytes, TruncatedSnapshot> {
-        let end = self.position.checked_add(count).filter(|end| *end <= self.data.len());
-        let end = end.ok_or(TruncatedSnapshot(self.position))?;
-        let piece = self.data.slice(self.position..end);
-        self.position = end;
-        Ok(piece)
+impl Reader<'_> {
+    /// Fills `buffer`; `false` if the data ended before its first byte.
+    fn fill(&mut self, buffer: &mut [u8]) -> Result<bool, TruncatedSnapshot> {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match self.reader.read(&mut buffer[filled..]) {
+                Ok(0) if filled == 0 => return Ok(false),
+                Ok(0) => return Err(TruncatedSnapshot::At(self.position)),
+                Ok(count) => {
+                    filled += count;
+                    self.position += count as u64;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(TruncatedSnapshot::Read { position: self.position, source }),
+            }
+        }
+        Ok(true)
     }
 
-    fn u64(&mut self) -> Result<u64, TruncatedSnapshot> {
-        let bytes = self.take(8)?;
-        Ok(u64::from_le_bytes(bytes.as_ref().try_into().map_err(|_| TruncatedSnapshot(self.position))?))
-    }
-
-    fn part(&mut self) -> Result<Bytes, TruncatedSnapshot> {
-        let bytes = self.take(4)?;
-        let length = u32::from_le_bytes(bytes.as_ref().try_into().map_err(|_| TruncatedSnapshot(self.position))?);
-        self.take(length as usize)
+    /// The next length-prefixed part; `None` at the end of the data if `may_end`.
+    fn part(&mut self, may_end: bool) -> Result<Option<Bytes>, TruncatedSnapshot> {
+        let mut length = [0; 4];
+        if !self.fill(&mut length)? {
+            return if may_end { Ok(None) } else { Err(TruncatedSnapshot::At(self.position)) };
+        }
+        let mut part = vec![0; u32::from_le_bytes(length) as usize];
+        if !self.fill(&mut part)? && !part.is_empty() {
+            return Err(TruncatedSnapshot::At(self.position));
+        }
+        Ok(Some(Bytes::from(part)))
     }
 }
 

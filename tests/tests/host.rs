@@ -559,11 +559,11 @@ impl raft_net::StateMachine for Fragile {
         self.0
     }
 
-    fn snapshot(&self) -> bytes::Bytes {
-        bytes::Bytes::copy_from_slice(&self.0.to_le_bytes())
+    fn snapshot(&self, sink: &mut dyn std::io::Write) -> std::io::Result<()> {
+        sink.write_all(&self.0.to_le_bytes())
     }
 
-    fn restore(&mut self, _data: bytes::Bytes) -> Result<(), Self::RestoreError> {
+    fn restore(&mut self, _reader: &mut dyn std::io::Read) -> Result<(), Self::RestoreError> {
         Ok(())
     }
 }

@@ -76,8 +76,22 @@ pub enum Response {
 
 /// A snapshot that does not decode.
 #[derive(Debug, Error)]
-#[error("snapshot does not decode: {0}")]
-pub struct SnapshotDecodeError(#[from] postcard::Error);
+#[non_exhaustive]
+pub enum SnapshotDecodeError {
+    /// Reading the snapshot failed (the node reports a failure of its store as such).
+    #[error("snapshot read failed: {0}")]
+    Read(#[from] std::io::Error),
+    /// A record does not decode.
+    #[error("snapshot record does not decode: {0}")]
+    Record(#[from] postcard::Error),
+    /// A record claims more bytes than any record can have.
+    #[error("snapshot record of {0} bytes exceeds the limit")]
+    RecordTooLarge(u32),
+    /// The counts of the closing record do not match the records before it. (A snapshot cut
+    /// short fails to read: [`SnapshotDecodeError::Read`].)
+    #[error("snapshot incomplete")]
+    Incomplete,
+}
 
 /// The address book shared by the state machine, the HTTP server and the transport. It keeps a
 /// copy of itself in a file of the node's data directory: a node that joined at runtime has no
@@ -185,10 +199,44 @@ pub struct Kv {
     book: PeerBook,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Snapshot {
-    map: BTreeMap<String, Bytes>,
-    registered: BTreeMap<NodeId, PeerAddresses>,
+/// The most bytes of one snapshot record: a key and a value at their limits, and their framing.
+const SNAPSHOT_RECORD_BYTES_MAX: usize = KEY_BYTES_MAX + VALUE_BYTES_MAX + 64;
+
+/// A snapshot is a sequence of records, each `[length: u32 LE][postcard]`, one per key and one
+/// per registered peer, closed by `End` with their counts: written and read one record at a time,
+/// so a snapshot never sits whole in memory (only the map does).
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    Entry(&'a str, &'a Bytes),
+    Peer(&'a PeerAddresses),
+    End { entries: u64, peers: u64 },
+}
+
+/// [`RecordRef`], decoded (the same variants in the same order: the same encoding).
+#[derive(Deserialize)]
+enum Record {
+    Entry(String, Bytes),
+    Peer(PeerAddresses),
+    End { entries: u64, peers: u64 },
+}
+
+fn write_record(sink: &mut dyn std::io::Write, record: &RecordRef<'_>) -> std::io::Result<()> {
+    // Strings, bytes, addresses and counts always encode.
+    let encoded = postcard::to_stdvec(record).map_err(std::io::Error::other)?;
+    sink.write_all(&(encoded.len() as u32).to_le_bytes())?;
+    sink.write_all(&encoded)
+}
+
+fn read_record(reader: &mut dyn std::io::Read, buffer: &mut Vec<u8>) -> Result<Record, SnapshotDecodeError> {
+    let mut length = [0; 4];
+    reader.read_exact(&mut length)?;
+    let length = u32::from_le_bytes(length);
+    if length as usize > SNAPSHOT_RECORD_BYTES_MAX {
+        return Err(SnapshotDecodeError::RecordTooLarge(length));
+    }
+    buffer.resize(length as usize, 0);
+    reader.read_exact(buffer)?;
+    Ok(postcard::from_bytes(buffer)?)
 }
 
 impl Kv {
@@ -250,19 +298,41 @@ impl StateMachine for Kv {
         }
     }
 
-    fn snapshot(&self) -> Bytes {
-        let snapshot = Snapshot { map: self.map.clone(), registered: self.registered.clone() };
-        // Maps of strings, bytes and addresses always encode.
-        Bytes::from(postcard::to_allocvec(&snapshot).expect("a snapshot encodes"))
+    fn snapshot(&self, sink: &mut dyn std::io::Write) -> std::io::Result<()> {
+        for (key, value) in &self.map {
+            write_record(sink, &RecordRef::Entry(key, value))?;
+        }
+        for peer in self.registered.values() {
+            write_record(sink, &RecordRef::Peer(peer))?;
+        }
+        let (entries, peers) = (self.map.len() as u64, self.registered.len() as u64);
+        write_record(sink, &RecordRef::End { entries, peers })
     }
 
-    fn restore(&mut self, snapshot: Bytes) -> Result<(), SnapshotDecodeError> {
-        let snapshot: Snapshot = postcard::from_bytes(&snapshot)?;
-        for peer in snapshot.registered.values() {
+    fn restore(&mut self, reader: &mut dyn std::io::Read) -> Result<(), SnapshotDecodeError> {
+        let (mut map, mut registered) = (BTreeMap::new(), BTreeMap::new());
+        let mut buffer = Vec::new();
+        loop {
+            match read_record(reader, &mut buffer)? {
+                Record::Entry(key, value) => {
+                    map.insert(key, value);
+                }
+                Record::Peer(peer) => {
+                    registered.insert(peer.id, peer);
+                }
+                Record::End { entries, peers } => {
+                    if (entries, peers) != (map.len() as u64, registered.len() as u64) {
+                        return Err(SnapshotDecodeError::Incomplete);
+                    }
+                    break;
+                }
+            }
+        }
+        for peer in registered.values() {
             self.book.add(*peer);
         }
-        self.map = snapshot.map;
-        self.registered = snapshot.registered;
+        self.map = map;
+        self.registered = registered;
         Ok(())
     }
 }
@@ -294,6 +364,37 @@ mod peer_book_tests {
             TcpTransport::start(1, NodeId(1), listener, TokioConnector, BTreeMap::new(), TcpOptions::default())
                 .expect("start");
         Arc::new(transport)
+    }
+
+    /// A snapshot written record by record restores the same map and peers, in any reads' sizes;
+    /// one cut short or with a wrong count is refused.
+    #[tokio::test]
+    async fn a_snapshot_streams_record_by_record_and_restores() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = PeerBook::open(NodeId(1), &[peer(1)], transport().await, dir.path()).expect("open");
+        let mut kv = Kv::new(book);
+        for key in 0..100 {
+            kv.execute(Command::Put { key: format!("key{key}"), value: Bytes::from(vec![key as u8; key]) });
+        }
+        kv.execute(Command::Register(peer(2)));
+        let mut data = Vec::new();
+        kv.snapshot(&mut data).expect("snapshot");
+
+        let other = tempfile::tempdir().expect("tempdir");
+        let book = PeerBook::open(NodeId(3), &[peer(3)], transport().await, other.path()).expect("open");
+        let mut restored = Kv::new(book.clone());
+        // One byte per read: the decoder must not assume whole records per read.
+        let mut reader = std::io::BufReader::with_capacity(1, data.as_slice());
+        restored.restore(&mut reader).expect("restore");
+        assert_eq!(restored.map, kv.map);
+        assert_eq!(restored.registered, kv.registered);
+        assert_eq!(book.get(NodeId(2)), Some(peer(2)), "registered peers join the book");
+
+        let cut = &data[..data.len() - 1];
+        assert!(matches!(restored.restore(&mut &cut[..]), Err(SnapshotDecodeError::Read(_))));
+        let mut wrong = Vec::new();
+        write_record(&mut wrong, &RecordRef::End { entries: 1, peers: 0 }).expect("write");
+        assert!(matches!(restored.restore(&mut wrong.as_slice()), Err(SnapshotDecodeError::Incomplete)));
     }
 
     /// Opening saves the book once if the initial peers add to it, and not at all when they

@@ -5,17 +5,19 @@
 //! [`Execution::Tasks`](super::config::Execution::Tasks).
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 
-use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Index, SnapshotMeta};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc::{Receiver, WeakSender};
 
-use super::error::{ProposeError, StopReason};
+use super::error::{ProposeError, StopReason, StorageFailure};
 use super::event::NodeEvent;
 use super::read::PendingRead;
-use super::shared::{ApplyStep, CoreInput, PanicGuard, Registration, Shared, TakenSnapshot};
+use super::shared::{ApplyStep, CoreInput, PanicGuard, Registration, Shared};
+use super::snapshot::{ChannelChunks, ChannelOut, PieceOut, SnapshotPiece, SnapshotReader, SnapshotSink};
 use super::state_machine::StateMachine;
 
 /// The apply side's state (the apply thread's, or the core's when it applies inline).
@@ -82,7 +84,17 @@ impl<SM: StateMachine> Applier<SM> {
     pub(crate) fn take(&mut self, step: ApplyStep<SM>) -> Result<(), StopReason> {
         match step {
             ApplyStep::Register(registrations) => registrations.into_iter().for_each(|r| self.register(r)),
-            ApplyStep::Restore { meta, data } => self.restore(meta, data)?,
+            ApplyStep::Restore { meta, pieces } => {
+                let mut source = ChannelChunks(pieces);
+                let restored = self.restore(meta, &mut SnapshotReader::new(&mut source));
+                if let Err(reason) = &restored {
+                    // Recorded before `pieces` closes, so that the core, which then finds it
+                    // closed, reports this reason.
+                    self.shared.set_stop_reason(reason.clone());
+                }
+                restored?;
+            }
+            ApplyStep::Snapshot { pieces } => self.snapshot_to_core(pieces)?,
             ApplyStep::Apply(entries) => self.apply(entries),
             ApplyStep::Read { applied_min, reads } => self.serve(applied_min, reads),
         }
@@ -129,10 +141,19 @@ impl<SM: StateMachine> Applier<SM> {
         }
     }
 
-    /// Restores the state machine from a snapshot. Proposals at or below its index can no longer
-    /// be matched with their entry: their outcome is unknown.
-    fn restore(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), StopReason> {
-        self.state_machine.restore(data).map_err(|error| StopReason::RestoreFailed(Arc::new(error)))?;
+    /// Restores the state machine from a snapshot, streamed by `reader`. Proposals at or below its
+    /// index can no longer be matched with their entry: their outcome is unknown.
+    pub(crate) fn restore(&mut self, meta: SnapshotMeta, reader: &mut SnapshotReader<'_>) -> Result<(), StopReason> {
+        let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
+        let restored = self.state_machine.restore(reader);
+        if let Some(error) = reader.failure() {
+            // The store failed (or the data changed) under the state machine, whatever it made
+            // of the error it was given.
+            return Err(read_failed(error));
+        }
+        restored.map_err(|error| StopReason::RestoreFailed(Arc::new(error)))?;
+        // The checksum covers what the state machine left unread.
+        reader.drain().map_err(read_failed)?;
         self.applied = meta.index;
         self.snapshot_index = meta.index;
         self.shared.set_applied(meta.index);
@@ -187,20 +208,59 @@ impl<SM: StateMachine> Applier<SM> {
         }
     }
 
+    /// Asks the core for a snapshot when the policy says so: the core owns the store the
+    /// snapshot is written into, and has [`Applier::snapshot`] write it.
     fn maybe_snapshot(&mut self) {
         let every = self.snapshot_every_entries;
         if every == 0 || self.applied.0 < self.snapshot_index.0.saturating_add(every) {
             return;
         }
-        let data = self.state_machine.snapshot();
+        // Not asked again before `every` more entries, whether or not this one is saved.
         self.snapshot_index = self.applied;
-        self.shared.offer_snapshot(TakenSnapshot { index: self.applied, data });
+        self.shared.want_snapshot();
         self.wake_core();
+    }
+
+    /// Has the state machine write a snapshot of its state (at `applied`) into `out`. `Ok(false)`
+    /// if `out` stopped taking it (its owner knows why); the state machine's own failure is
+    /// [`StopReason::SnapshotFailed`].
+    pub(crate) fn snapshot(&mut self, out: &mut dyn PieceOut) -> Result<bool, StopReason> {
+        let mut sink = SnapshotSink::new(out);
+        let written = self.state_machine.snapshot(&mut sink).and_then(|()| io::Write::flush(&mut sink));
+        if sink.closed() {
+            return Ok(false);
+        }
+        written.map_err(|error| StopReason::SnapshotFailed(Arc::new(error)))?;
+        self.snapshot_index = self.applied;
+        Ok(true)
+    }
+
+    /// [`Applier::snapshot`] on the apply thread: the pieces go to the core through `pieces`,
+    /// after the index they are taken at.
+    fn snapshot_to_core(&mut self, pieces: SyncSender<SnapshotPiece>) -> Result<(), StopReason> {
+        if pieces.send(SnapshotPiece::Begin(self.applied)).is_err() {
+            return Ok(()); // The core stopped.
+        }
+        let mut out = ChannelOut(pieces);
+        match self.snapshot(&mut out) {
+            Ok(true) => {
+                // An error means that the core stopped meanwhile.
+                let _ = out.0.send(SnapshotPiece::End);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(reason) => {
+                // Recorded before `pieces` closes, so that the core, which then finds it closed,
+                // reports this reason.
+                self.shared.set_stop_reason(reason.clone());
+                Err(reason)
+            }
+        }
     }
 
     fn wake_core(&self) {
         if let Some(sender) = self.wake.upgrade() {
-            // A full queue wakes the core anyway, and the core checks the snapshot slot and the
+            // A full queue wakes the core anyway, and the core checks the snapshot request and the
             // stop reason on every iteration.
             let _ = sender.try_send(CoreInput::Wake);
         }
@@ -211,6 +271,7 @@ impl<SM: StateMachine> Applier<SM> {
 mod tests {
     use std::convert::Infallible;
 
+    use bytes::Bytes;
     use raft_core::Term;
     use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -226,11 +287,20 @@ mod tests {
         fn apply(&mut self, index: Index, _command: &Bytes) -> Index {
             index
         }
-        fn snapshot(&self) -> Bytes {
-            Bytes::new()
-        }
-        fn restore(&mut self, _data: Bytes) -> Result<(), Infallible> {
+        fn snapshot(&self, _sink: &mut dyn io::Write) -> io::Result<()> {
             Ok(())
+        }
+        fn restore(&mut self, _reader: &mut dyn io::Read) -> Result<(), Infallible> {
+            Ok(())
+        }
+    }
+
+    /// The data of an empty snapshot.
+    struct Empty;
+
+    impl crate::node::snapshot::ChunkSource for Empty {
+        fn next_chunk(&mut self) -> Result<Option<Bytes>, raft_core::StorageError> {
+            Ok(None)
         }
     }
 
@@ -272,7 +342,7 @@ mod tests {
         assert!(matches!(outcome(third), Err(ProposeError::LeadershipLost { index: Index(3), term: Term(1) })));
         // A snapshot up to 5 leaves the proposal at 5 unknown and the one at 6 pending.
         let meta = SnapshotMeta { index: Index(5), term: Term(2), ..SnapshotMeta::default() };
-        applier.restore(meta, Bytes::new()).expect("restored");
+        applier.restore(meta, &mut SnapshotReader::new(&mut Empty)).expect("restored");
         assert!(matches!(outcome(fifth), Err(ProposeError::OutcomeUnknown { index: Index(5) })));
         assert_eq!(applier.pending.len(), 1);
         applier.apply(vec![entry(6, 2)]);

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
 use raft_core::{
     Index, Membership, Message, MessageBody, NodeId, Output, ProposeError as CoreProposeError, Raft, ReadMode,
     ReadState, SnapshotError, SnapshotMeta, SoftState, StepError, StorageError, Term,
@@ -36,11 +35,9 @@ use super::event::{NodeEvent, NodeStatus};
 use super::membership::{PendingChange, PendingTransfer};
 use super::read::{PendingRead, ReadRequest};
 use super::shared::{ApplyStep, CoreInput, PanicGuard, Proposal, Registration, Shared};
+use super::snapshot::{self, SNAPSHOT_PIECES_QUEUED_MAX, SnapshotPiece, SnapshotReader, StoreChunks, StoreOut};
 use super::state_machine::StateMachine;
 use crate::transport::{SendError, Transport};
-
-/// The most snapshot bytes read from the store per call when restoring the state machine.
-pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Whether a group goes on after a round.
 pub(crate) enum Flow {
@@ -312,8 +309,7 @@ where
         // Rule 7: restore the state machine from an installed snapshot before applying.
         if let Some(meta) = output.install_snapshot {
             self.snapshot_over_change(meta.index);
-            let data = self.read_snapshot(&meta)?;
-            self.hand_to_apply(ApplyStep::Restore { meta, data })?;
+            self.restore(meta)?;
         }
         if !output.committed.is_empty() {
             self.follow_committed_membership(&output.committed);
@@ -418,11 +414,7 @@ where
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             },
             Some(ApplySide::Inline(applier)) => {
-                // A panic of the state machine is reported as such, not as the core's.
-                let taken = std::panic::catch_unwind(AssertUnwindSafe(|| applier.take(step))).unwrap_or_else(|panic| {
-                    self.shared.set_stop_reason(StopReason::StateMachinePanicked);
-                    std::panic::resume_unwind(panic)
-                });
+                let taken = inline(&self.shared, || applier.take(step));
                 return taken.map_err(|reason| self.shared.set_stop_reason(reason));
             }
             None => false,
@@ -438,64 +430,61 @@ where
         let meta =
             self.raft.storage().snapshot().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
         if meta.exists() {
-            let data = self.read_snapshot(&meta)?;
-            self.hand_to_apply(ApplyStep::Restore { meta, data })?;
+            self.restore(meta)?;
         }
         Ok(())
     }
 
-    /// Reads the whole data of the store's snapshot `meta`, a piece at a time, and checks it
-    /// against the checksum the snapshot was taken with: damaged bytes (on this node's disk, or
-    /// anywhere a store does not check) never reach the state machine.
-    fn read_snapshot(&self, meta: &SnapshotMeta) -> Result<Bytes, StopReason> {
-        let failure = |error| StopReason::StorageFailed(StorageFailure::read(error));
-        let mut data = Vec::new();
-        let mut crc = crc32fast::Hasher::new();
-        loop {
-            let offset = data.len() as u64;
-            let chunk = self
-                .raft
-                .storage()
-                .snapshot_chunk(meta.index, meta.term, offset, SNAPSHOT_READ_BYTES_MAX)
-                .map_err(failure)?;
-            if chunk.data.is_empty() && !chunk.done {
-                // A store that makes no progress would keep us here forever.
-                return Err(failure(StorageError::Unavailable(meta.index)));
+    /// Restores the state machine from the store's snapshot `meta`, streamed a chunk at a time
+    /// (see the `snapshot` module). The data is first read whole and checked against the
+    /// checksum the snapshot was taken with, holding one chunk at a time: damaged bytes (on this
+    /// node's disk, or anywhere a store does not check) never reach the state machine. Then it
+    /// is read again, for the state machine, and checked again.
+    fn restore(&mut self, meta: SnapshotMeta) -> Result<(), StopReason> {
+        let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
+        self.flush_registrations()?;
+        snapshot::verify(self.raft.storage(), &meta).map_err(read_failed)?;
+        match self.apply.as_mut() {
+            Some(ApplySide::Inline(applier)) => {
+                let mut source = StoreChunks::new(self.raft.storage(), &meta);
+                let mut reader = SnapshotReader::new(&mut source);
+                let restored = inline(&self.shared, || applier.restore(meta, &mut reader));
+                restored.map_err(|reason| self.shared.set_stop_reason(reason))
             }
-            data.extend_from_slice(&chunk.data);
-            crc.update(&chunk.data);
-            if chunk.done {
-                if crc.finalize() != meta.data_crc32 {
-                    return Err(failure(StorageError::SnapshotCorrupt { index: meta.index, offset: 0 }));
+            Some(ApplySide::Thread { .. }) => {
+                let (sender, pieces) = std::sync::mpsc::sync_channel(SNAPSHOT_PIECES_QUEUED_MAX);
+                self.send_to_apply(ApplyStep::Restore { meta: meta.clone(), pieces })?;
+                match snapshot::send_chunks(self.raft.storage(), &meta, &sender) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(self.apply_side_gone()),
+                    // The apply thread was told, and will report the same.
+                    Err(error) => Err(self.shared.set_stop_reason(read_failed(error))),
                 }
-                return Ok(Bytes::from(data));
             }
+            None => Err(self.apply_side_gone()),
         }
     }
 
-    /// Saves the snapshot the apply thread offered, if any, and compacts the log (rule 9).
+    /// Why the apply side is gone: the reason it recorded (a failed restore or snapshot), or a
+    /// panic.
+    fn apply_side_gone(&self) -> StopReason {
+        self.shared.stop_reason().unwrap_or(StopReason::StateMachinePanicked)
+    }
+
+    /// Takes the snapshot the apply side asked for, if it did: the state machine writes it into
+    /// the store a piece at a time (see the `snapshot` module), it is saved, and the log is
+    /// compacted (rule 9).
     pub(crate) fn save_offered_snapshot(&mut self) -> Result<(), StopReason> {
-        let Some(snapshot) = self.shared.take_snapshot() else { return Ok(()) };
-        let current =
-            self.raft.storage().snapshot().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
-        if snapshot.index <= current.index {
-            return Ok(()); // A snapshot from the leader got there first.
+        if !self.shared.take_snapshot_request() {
+            return Ok(());
         }
-        let meta = match self.raft.snapshot_meta(snapshot.index, raft_core::snapshot_crc32(&snapshot.data)) {
-            Ok(meta) => meta,
-            Err(SnapshotError::Storage(error @ StorageError::Io { .. })) => {
-                return Err(StopReason::StorageFailed(StorageFailure::read(error)));
-            }
-            Err(error) => {
-                // Compacted: a snapshot from the leader replaced the log meanwhile.
-                debug!(id = %self.raft.id(), index = %snapshot.index, %error, "snapshot not saved");
-                return Ok(());
-            }
+        self.flush_registrations()?;
+        let saved = match self.apply.as_mut() {
+            Some(ApplySide::Inline(_)) => self.snapshot_inline()?,
+            Some(ApplySide::Thread { .. }) => self.snapshot_from_thread()?,
+            None => return Err(self.apply_side_gone()),
         };
-        let storage = self.raft.storage_mut();
-        if let Err(error) = storage.save_snapshot(&meta, &snapshot.data) {
-            return Err(StopReason::StorageFailed(StorageFailure::new(StorageOperation::SaveSnapshot, error)));
-        }
+        let Some(meta) = saved else { return Ok(()) };
         if let Some((index, term)) = self.raft.compaction_point()
             && let Err(error) = self.raft.storage_mut().compact(index, term)
         {
@@ -518,6 +507,64 @@ where
             // Only what may leave before a write (a heartbeat); nothing is written any more.
             let _ = self.before_write(&mut output);
         }
+    }
+
+    /// The metadata of a local snapshot at `index` (its checksum to come), or `None` if the
+    /// store has one as recent, or the log was compacted past it meanwhile (a snapshot from the
+    /// leader replaced it).
+    fn local_snapshot_meta(&self, index: Index) -> Result<Option<SnapshotMeta>, StopReason> {
+        let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
+        let current = self.raft.storage().snapshot().map_err(read_failed)?;
+        if index <= current.index {
+            return Ok(None);
+        }
+        match self.raft.snapshot_meta(index, 0) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(SnapshotError::Storage(error @ StorageError::Io { .. })) => Err(read_failed(error)),
+            Err(error) => {
+                debug!(id = %self.raft.id(), %index, %error, "snapshot not saved");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The state machine, applied inline, writes its snapshot straight into the store.
+    fn snapshot_inline(&mut self) -> Result<Option<SnapshotMeta>, StopReason> {
+        let Some(ApplySide::Inline(applier)) = self.apply.as_ref() else { return Ok(None) };
+        let Some(meta) = self.local_snapshot_meta(applier.applied)? else { return Ok(None) };
+        let Some(ApplySide::Inline(applier)) = self.apply.as_mut() else { return Ok(None) };
+        let mut out = StoreOut::begin(self.raft.storage_mut(), &meta).map_err(save_failed)?;
+        let taken = inline(&self.shared, || applier.snapshot(&mut out));
+        if !taken.map_err(|reason| self.shared.set_stop_reason(reason))? {
+            // Only a store's failure closes the sink here.
+            return Err(out.take_failure().map_or(StopReason::StateMachinePanicked, save_failed));
+        }
+        out.finish().map_err(save_failed)?;
+        Ok(Some(meta))
+    }
+
+    /// The apply thread writes the snapshot; its pieces come here and go into the store. The
+    /// core waits for them, as it waits on a full apply queue: the apply thread never waits on
+    /// the core but for this step's pieces, which the core is taking.
+    fn snapshot_from_thread(&mut self) -> Result<Option<SnapshotMeta>, StopReason> {
+        let (sender, pieces) = std::sync::mpsc::sync_channel(SNAPSHOT_PIECES_QUEUED_MAX);
+        self.send_to_apply(ApplyStep::Snapshot { pieces: sender })?;
+        let Ok(SnapshotPiece::Begin(index)) = pieces.recv() else { return Err(self.apply_side_gone()) };
+        // Dropping `pieces` unread tells the apply thread to give up this snapshot.
+        let Some(meta) = self.local_snapshot_meta(index)? else { return Ok(None) };
+        let mut out = StoreOut::begin(self.raft.storage_mut(), &meta).map_err(save_failed)?;
+        loop {
+            match pieces.recv() {
+                Ok(SnapshotPiece::Data(data)) => out.write(&data).map_err(save_failed)?,
+                Ok(SnapshotPiece::End) => break,
+                // A second `Begin` is a bug of the apply side's; a closed channel, its failure.
+                Ok(SnapshotPiece::Begin(_)) | Err(_) => {
+                    return Err(self.shared.stop_reason().unwrap_or(StopReason::StateMachinePanicked));
+                }
+            }
+        }
+        out.finish().map_err(save_failed)?;
+        Ok(Some(meta))
     }
 
     /// Stops taking input, answers what is queued, lets the apply thread finish what it was
@@ -572,6 +619,20 @@ where
         let reason = self.shared.stop_reason().unwrap_or(reason);
         self.shared.emit(NodeEvent::Stopped(reason));
     }
+}
+
+/// A failure of the store while it saved a local snapshot.
+fn save_failed(error: impl std::error::Error + Send + Sync + 'static) -> StopReason {
+    StopReason::StorageFailed(StorageFailure::new(StorageOperation::SaveSnapshot, error))
+}
+
+/// Runs `apply` (a step of the apply side, taken inline): a panic of the state machine is
+/// reported as such, not as the core's.
+fn inline<R>(shared: &Shared, apply: impl FnOnce() -> R) -> R {
+    std::panic::catch_unwind(AssertUnwindSafe(apply)).unwrap_or_else(|panic| {
+        shared.set_stop_reason(StopReason::StateMachinePanicked);
+        std::panic::resume_unwind(panic)
+    })
 }
 
 /// The next item of `queue` without waiting. With a `waker`, the queue is polled with it, so that

@@ -77,9 +77,16 @@ pub enum StopReason {
     /// Storage failed (fail-stop).
     #[error("{0}")]
     StorageFailed(StorageFailure),
-    /// The state machine refused to restore from a snapshot.
+    /// The state machine refused to restore from a snapshot (its `RestoreError`; a failure of
+    /// the store while it read is [`StopReason::StorageFailed`] instead).
     #[error("the state machine could not restore a snapshot: {0}")]
     RestoreFailed(SharedError),
+    /// The state machine failed to write a snapshot (the [`std::io::Error`] that
+    /// [`StateMachine::snapshot`](crate::StateMachine::snapshot) returned; a failure of the store
+    /// it wrote into is [`StopReason::StorageFailed`] instead). Nothing of that snapshot was
+    /// saved.
+    #[error("the state machine could not write a snapshot: {0}")]
+    SnapshotFailed(SharedError),
     /// The state machine panicked while applying, snapshotting or restoring.
     #[error("the state machine panicked")]
     StateMachinePanicked,

@@ -29,10 +29,19 @@
 //!   resends).
 //! - The **apply thread** ([`Execution::Threads`], [`start`]'s default) owns the
 //!   [`StateMachine`]: it applies committed entries in order, answers the proposals the core
-//!   registered, runs read queries, restores snapshots, and takes snapshots per the policy
-//!   (`snapshot_every_entries`), which it offers to the core through a slot of one. Otherwise
-//!   (every group of a shared [`Host`], [`Execution::OneThread`], [`Execution::Tasks`]) the
-//!   worker takes the apply steps itself, in the same order, right after each group commit.
+//!   registered, runs read queries, restores snapshots, and asks the core for a snapshot per the
+//!   policy (`snapshot_every_entries`). Otherwise (every group of a shared [`Host`],
+//!   [`Execution::OneThread`], [`Execution::Tasks`]) the worker takes the apply steps itself, in
+//!   the same order, right after each group commit.
+//! - **Snapshots stream** between the state machine and the store in pieces of at most 1 MiB
+//!   ([`SNAPSHOT_WRITE_BYTES_MAX`], [`SNAPSHOT_READ_BYTES_MAX`]), never whole in memory. Applied
+//!   inline, the state machine writes into the store's `LogStore::begin_snapshot` writer and
+//!   reads the store's chunks itself. With an apply thread, the worker (which owns the store)
+//!   hands it a `Snapshot` or `Restore` step with a channel of at most
+//!   [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces and moves the pieces between that channel and the
+//!   store until the step is done, waiting for the apply thread as it waits on a full apply
+//!   queue (the apply thread waits on the worker only for the pieces of that step, which the
+//!   worker is taking or giving: no deadlock).
 //! - The host's **ticker** wakes a group when its timers are due
 //!   ([`raft_core::Raft::ticks_until_due`]). The group reads tokio's monotonic clock itself:
 //!   every whole tick of real time reaches the core's clock before any input is judged (so a
@@ -63,11 +72,15 @@
 //! an installed snapshot's data is read back from the store and restores the state machine before
 //! that output's committed entries are applied (rule 7), and the store's snapshot restores it at
 //! start, in both cases only once the data read back matches the snapshot's `data_crc32` (a
-//! mismatch is a storage failure: rule 10, damaged bytes never reach the state machine); any
+//! mismatch is a storage failure: rule 10, damaged bytes never reach the state machine). The data
+//! is read twice, a chunk at a time: a first pass only checks the checksum, the second streams it
+//! to the state machine and checks again, withholding the last chunk unless it matches (bytes
+//! that change between the passes fail the restore before the state machine sees its end); any
 //! storage error stops the node (rule 8, fail-stop: nothing more is written, sent or
 //! acknowledged), a snapshot that fails its checksum when the core reads it back to send
-//! included; snapshots are taken by the apply thread, described with `snapshot_meta` and the
-//! crc32 of their data, saved with `save_snapshot` and followed by `compact` at
+//! included; snapshots are written by the state machine a piece at a time into
+//! `LogStore::begin_snapshot`'s writer, described with `snapshot_meta` and the crc32 of their
+//! data (given when the writer finishes, which saves it durably), and followed by `compact` at
 //! `compaction_point` (rule 9).
 //!
 //! ## Proposals and their outcome
@@ -125,8 +138,10 @@
 //!
 //! ## Limits of this version
 //!
-//! Snapshot data passes through memory whole (see [`StateMachine`]). A follower's forwarded read whose request or
-//! answer is lost waits until that follower's leader changes (the core does not retransmit it):
+//! A store that keeps the default `LogStore::begin_snapshot` buffers a snapshot being taken
+//! whole (raft-storage's stores do not). While a snapshot is written or restored, the worker
+//! waits for it: the group (and, on a shared [`Host`], that worker's other groups) makes no
+//! progress meanwhile. A follower's forwarded read whose request or answer is lost waits until that follower's leader changes (the core does not retransmit it):
 //! callers bound reads with a timeout.
 
 mod apply;
@@ -140,6 +155,7 @@ mod host;
 mod membership;
 mod read;
 mod shared;
+mod snapshot;
 mod state_machine;
 
 pub use clock::{DUE_TICKS_BEFORE_MAX, DriverClock};
@@ -148,7 +164,6 @@ pub use config::{
     IDLE_POLL_DEFAULT, INPUT_BATCH_ITEMS_MAX_DEFAULT, INPUT_QUEUE_ITEMS_MAX_DEFAULT, NodeConfig,
     PROPOSALS_PENDING_MAX_DEFAULT, READS_PENDING_MAX_DEFAULT, TICK_INTERVAL_DEFAULT, TICKS_PER_ITERATION_MAX,
 };
-pub use core::SNAPSHOT_READ_BYTES_MAX;
 pub use error::{
     MembershipChangeError, NodeStartError, ProposeError, ReadError, SharedError, StopReason, StorageFailure,
     StorageOperation, TransferLeadershipError,
@@ -160,4 +175,5 @@ pub use host::{
 };
 pub use membership::TRANSFER_ELECTION_TIMEOUTS_MAX;
 pub use read::ReadConsistency;
+pub use snapshot::{SNAPSHOT_PIECES_QUEUED_MAX, SNAPSHOT_READ_BYTES_MAX, SNAPSHOT_WRITE_BYTES_MAX, SnapshotSinkClosed};
 pub use state_machine::StateMachine;

@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use raft_core::{Entry, Index, NodeId, SnapshotMeta, Term};
@@ -14,6 +15,7 @@ use super::error::{ProposeError, ReadError, StopReason};
 use super::event::{NodeEvent, NodeStatus};
 use super::membership::{MembershipRequest, TransferRequest};
 use super::read::{PendingRead, ReadRequest};
+use super::snapshot::{RestorePiece, SnapshotPiece};
 use super::state_machine::StateMachine;
 
 /// State shared by every part of one node.
@@ -24,20 +26,14 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// The state machine's applied index (written by the apply thread).
     applied: AtomicU64,
-    /// The latest snapshot of the state machine not yet saved by the core: a slot of one,
-    /// where a newer snapshot replaces an older one that was not saved yet.
-    snapshot_slot: Mutex<Option<TakenSnapshot>>,
+    /// The apply side asks the core for a snapshot per the policy (the core, which owns the
+    /// store, then has the state machine write it: see the `snapshot` module).
+    snapshot_wanted: AtomicBool,
     /// Every event goes here.
     events: broadcast::Sender<NodeEvent>,
     /// Cancelled once the core has finished (threads joined, storage and transport
     /// dropped).
     pub(crate) done: CancellationToken,
-}
-
-/// A snapshot of the state machine at `index`, for the core to save.
-pub(crate) struct TakenSnapshot {
-    pub(crate) index: Index,
-    pub(crate) data: Bytes,
 }
 
 impl Shared {
@@ -47,7 +43,7 @@ impl Shared {
             stop_reason: OnceLock::new(),
             stopping: AtomicBool::new(false),
             applied: AtomicU64::new(0),
-            snapshot_slot: Mutex::new(None),
+            snapshot_wanted: AtomicBool::new(false),
             events,
             done: CancellationToken::new(),
         }
@@ -90,12 +86,14 @@ impl Shared {
         self.applied.store(index.0, Ordering::Release);
     }
 
-    pub(crate) fn offer_snapshot(&self, snapshot: TakenSnapshot) {
-        *lock(&self.snapshot_slot) = Some(snapshot);
+    /// Asks the core to take a snapshot of the state machine.
+    pub(crate) fn want_snapshot(&self) {
+        self.snapshot_wanted.store(true, Ordering::Release);
     }
 
-    pub(crate) fn take_snapshot(&self) -> Option<TakenSnapshot> {
-        lock(&self.snapshot_slot).take()
+    /// Whether a snapshot was asked for since the last call.
+    pub(crate) fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -111,12 +109,6 @@ impl Drop for PanicGuard {
             self.shared.set_stop_reason(self.reason.clone());
         }
     }
-}
-
-/// The slot's critical sections are a single assignment or `take`, so a panic while the lock
-/// was held cannot have left it half-changed: poisoning is ignored.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Where a proposal's outcome goes. Holds one of the `proposals_pending_max` permits until the
@@ -195,8 +187,13 @@ pub(crate) enum CoreInput<SM: StateMachine> {
 pub(crate) enum ApplyStep<SM: StateMachine> {
     /// Proposals appended since the last step.
     Register(Vec<Registration<SM::Response>>),
-    /// Restore the state machine from a snapshot (installed from the leader, or found at start).
-    Restore { meta: SnapshotMeta, data: Bytes },
+    /// Restore the state machine from a snapshot (installed from the leader, or found at start),
+    /// whose data the core sends through `pieces` once it is checked (see the `snapshot`
+    /// module). Only on the apply thread: inline, the applier reads the store itself.
+    Restore { meta: SnapshotMeta, pieces: Receiver<RestorePiece> },
+    /// Write a snapshot of the state machine as it is now into `pieces`, which the core saves
+    /// into the store. Only on the apply thread, like `Restore`.
+    Snapshot { pieces: SyncSender<SnapshotPiece> },
     /// Apply these committed entries (consecutive, continuing the applied index).
     Apply(Vec<Entry>),
     /// Serve these reads now: every step before this one put the state machine at `applied_min`

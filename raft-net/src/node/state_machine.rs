@@ -1,5 +1,7 @@
 //! The application's side: the replicated state machine the node applies committed commands to.
 
+use std::io;
+
 use bytes::Bytes;
 use raft_core::Index;
 
@@ -11,10 +13,15 @@ use raft_core::Index;
 /// store's latest snapshot (if any) and then applies the entries after it; a node that falls
 /// behind a compacted log is restored from the leader's snapshot the same way.
 ///
-/// **Snapshot data is held whole in memory by this driver version**: [`StateMachine::snapshot`]
-/// returns all of it as one [`Bytes`], and [`StateMachine::restore`] receives all of it. The core
-/// and the stores stream snapshots in bounded chunks (to peers and to and from disk); a streaming
-/// state-machine interface, which would keep memory bounded end to end, is future work.
+/// Snapshots stream both ways, so that a state far larger than memory never sits whole in
+/// memory: [`StateMachine::snapshot`] writes into an [`io::Write`] sink whose bytes go to the
+/// store in pieces of at most [`SNAPSHOT_WRITE_BYTES_MAX`](crate::SNAPSHOT_WRITE_BYTES_MAX), and
+/// [`StateMachine::restore`] reads from an [`io::Read`] that reads the store's snapshot in chunks
+/// of at most [`SNAPSHOT_READ_BYTES_MAX`](crate::SNAPSHOT_READ_BYTES_MAX). Any streaming encoder
+/// fits (postcard's or bincode's `std::io` writers and readers, a length-prefixed record per
+/// item). Whether memory then stays bounded end to end also depends on the store: raft-storage's
+/// durable stores write and read snapshots through to disk a piece at a time, while a store that
+/// keeps the default `LogStore::begin_snapshot` buffers a snapshot being taken.
 pub trait StateMachine: Send + 'static {
     /// What [`StateMachine::apply`] answers; handed to the proposer by
     /// [`NodeHandle::propose`](crate::NodeHandle::propose) on the node that proposed the command.
@@ -26,11 +33,26 @@ pub trait StateMachine: Send + 'static {
     /// same commands in the same order and must reach the same state.
     fn apply(&mut self, index: Index, command: &Bytes) -> Self::Response;
 
-    /// Serializes the whole state (as it is after the last applied command), for a snapshot that
-    /// lets the log be compacted. Called on the apply thread, per the node's snapshot policy.
-    fn snapshot(&self) -> Bytes;
+    /// Writes the whole state (as it is after the last applied command) into `sink`, for a
+    /// snapshot that lets the log be compacted. Called on the apply thread, per the node's
+    /// snapshot policy. Write it a piece at a time (`sink` gathers small writes into bounded
+    /// pieces, so there is no need to buffer); the snapshot is saved once this returns `Ok`.
+    ///
+    /// An error from `sink` means the store failed or the node gave up on this snapshot (its
+    /// inner error is a [`SnapshotSinkClosed`](crate::SnapshotSinkClosed)): return it, and the
+    /// node reports the store's failure. Any other error (the state machine's own, as an
+    /// [`io::Error`] with its typed error inside) stops the node with
+    /// [`StopReason::SnapshotFailed`](crate::StopReason::SnapshotFailed).
+    fn snapshot(&self, sink: &mut dyn io::Write) -> io::Result<()>;
 
-    /// Replaces the whole state by the one `data` describes (written by [`StateMachine::snapshot`],
-    /// possibly on another member). An error stops the node: it cannot apply what follows.
-    fn restore(&mut self, data: Bytes) -> Result<(), Self::RestoreError>;
+    /// Replaces the whole state by the one `reader` yields (written by
+    /// [`StateMachine::snapshot`], possibly on another member). The data has already been checked
+    /// against the snapshot's checksum once, so damaged bytes never get here; should the store
+    /// fail or the data change while it is read, `reader` returns an [`io::Error`] whose inner
+    /// error is a [`raft_core::StorageError`], before the last byte. Return it (in your
+    /// `RestoreError`): the node then stops with
+    /// [`StopReason::StorageFailed`](crate::StopReason::StorageFailed), whatever the error says.
+    /// Any other error stops it with [`StopReason::RestoreFailed`](crate::StopReason::RestoreFailed):
+    /// it cannot apply what follows. Data left unread is read (and checked) by the node.
+    fn restore(&mut self, reader: &mut dyn io::Read) -> Result<(), Self::RestoreError>;
 }

@@ -133,10 +133,20 @@ impl<File: FsFile> Staging<File> {
         meta: &SnapshotMeta,
         data: &[u8],
     ) -> Result<Self, DiskError> {
-        let file = dir.create(dir.file(&format!("{prefix}{LOCAL_SNAPSHOT_FILE}")))?;
-        let mut staging = Staging::new(prefix, meta, file);
+        let mut staging = Staging::start_local(dir, prefix, meta)?;
         staging.write(data)?;
         Ok(staging)
+    }
+
+    /// Starts the local snapshot `meta` in an empty file apart from the staging file, for data
+    /// written a piece at a time ([`crate::LogStore::begin_snapshot`]).
+    pub(crate) fn start_local<F: FileSystem<File = File>>(
+        dir: &Directory<F>,
+        prefix: &str,
+        meta: &SnapshotMeta,
+    ) -> Result<Self, DiskError> {
+        let file = dir.create(dir.file(&format!("{prefix}{LOCAL_SNAPSHOT_FILE}")))?;
+        Ok(Staging::new(prefix, meta, file))
     }
 
     /// Writes `data` through to the file (nothing is kept in memory but its crcs).

@@ -16,7 +16,7 @@ use super::recovery::{RecoveredLog, RecoveryReport, recover_log, remove_stray_sn
 use super::segment::{SegmentLog, parse_segment_name};
 use super::snapshot::{self, Staging};
 use crate::fs::{FileSystem, StdFs};
-use crate::{LogStore, take_entries};
+use crate::{LogStore, SnapshotWriter, take_entries};
 
 /// Whether `name` is a segment's file name.
 fn is_segment(name: &str) -> bool {
@@ -413,5 +413,32 @@ impl<F: FileSystem> LogStore for DiskStorage<F> {
     /// Writes through its own file, so a snapshot being received keeps its staging.
     fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), DiskError> {
         self.guarded(|store| store.save_inner(meta, data))
+    }
+
+    /// Writes each piece through to the local snapshot's own file (nothing is kept in memory
+    /// but crcs), so a snapshot being received keeps its staging; finishing installs it as
+    /// [`LogStore::save_snapshot`] does.
+    fn begin_snapshot(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotWriter<DiskError> + '_>, DiskError> {
+        let staging = self.guarded(|store| Staging::start_local(&store.dir, "", meta))?;
+        Ok(Box::new(LocalSnapshot { store: self, staging }))
+    }
+}
+
+/// A local snapshot being written through to its file in a [`DiskStorage`].
+struct LocalSnapshot<'a, F: FileSystem> {
+    store: &'a mut DiskStorage<F>,
+    staging: Staging<F::File>,
+}
+
+impl<F: FileSystem> SnapshotWriter<DiskError> for LocalSnapshot<'_, F> {
+    fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
+        let staging = &mut self.staging;
+        self.store.guarded(|_| staging.write(data))
+    }
+
+    fn finish(self: Box<Self>, data_crc32: u32) -> Result<(), DiskError> {
+        let LocalSnapshot { store, mut staging } = *self;
+        staging.meta.data_crc32 = data_crc32;
+        store.guarded(|store| store.install_staged(staging))
     }
 }

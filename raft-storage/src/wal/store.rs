@@ -26,7 +26,7 @@ use crate::disk::recovery::RecoveryReport;
 use crate::disk::snapshot::{self, Staging, snapshot_name};
 use crate::disk::store::validate_append;
 use crate::fs::{FileSystem, StdFs};
-use crate::{LogStore, WriteOutputsError};
+use crate::{LogStore, SnapshotWriter, WriteOutputsError};
 
 /// Tunables of the shared write-ahead log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1239,6 +1239,38 @@ impl<F: FileSystem> LogStore for GroupStore<F> {
     /// Writes through its own file, so a snapshot being received keeps its staging.
     fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), DiskError> {
         self.write(|inner, group, incarnation, released| inner.stage_save(group, incarnation, meta, data, released))
+    }
+
+    /// Writes each piece through to the group's local snapshot file (nothing is kept in memory
+    /// but crcs), so a snapshot being received keeps its staging; finishing installs it as
+    /// [`LogStore::save_snapshot`] does, in a batch of its own.
+    fn begin_snapshot(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotWriter<DiskError> + '_>, DiskError> {
+        let (group, incarnation) = (self.group, self.incarnation);
+        let staging = self.wal.lock().guarded(|inner| {
+            inner.group(group, incarnation)?;
+            Staging::start_local(&inner.writer.dir, &group_prefix(group), meta)
+        })?;
+        Ok(Box::new(LocalSnapshot { store: self, staging }))
+    }
+}
+
+/// A local snapshot being written through to its file by a [`GroupStore`].
+struct LocalSnapshot<'a, F: FileSystem> {
+    store: &'a mut GroupStore<F>,
+    staging: Staging<F::File>,
+}
+
+impl<F: FileSystem> SnapshotWriter<DiskError> for LocalSnapshot<'_, F> {
+    /// Under the WAL's lock, as a received chunk is written: an I/O error stops the WAL.
+    fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
+        let staging = &mut self.staging;
+        self.store.wal.lock().guarded(|_| staging.write(data))
+    }
+
+    fn finish(self: Box<Self>, data_crc32: u32) -> Result<(), DiskError> {
+        let LocalSnapshot { store, mut staging } = *self;
+        staging.meta.data_crc32 = data_crc32;
+        store.write(|inner, group, incarnation, released| inner.stage_staged(group, incarnation, staging, released))
     }
 }
 

@@ -110,14 +110,19 @@ impl StateMachine for SimKv {
         output
     }
 
-    fn snapshot(&self) -> Bytes {
-        let mut data = self.last.0.to_le_bytes().to_vec();
-        data.extend_from_slice(&self.chain.to_le_bytes());
-        data.extend_from_slice(&self.state.encode());
-        Bytes::from(data)
+    /// The simulator's state is small, and its snapshot format is one its seeds' runs depend
+    /// on: it is encoded whole, then written.
+    fn snapshot(&self, sink: &mut dyn std::io::Write) -> std::io::Result<()> {
+        sink.write_all(&self.last.0.to_le_bytes())?;
+        sink.write_all(&self.chain.to_le_bytes())?;
+        sink.write_all(&self.state.encode())
     }
 
-    fn restore(&mut self, data: Bytes) -> Result<(), BadSnapshot> {
+    /// Read whole, then decoded (see `snapshot`). A failure of the reader is the store's, which
+    /// the driver reports as such.
+    fn restore(&mut self, reader: &mut dyn std::io::Read) -> Result<(), BadSnapshot> {
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data).map_err(|_| BadSnapshot)?;
         let (Some(last), Some(chain)) = (crate::kv::word(&data, 0), crate::kv::word(&data, 8)) else {
             return Err(BadSnapshot);
         };

@@ -1,0 +1,419 @@
+//! Snapshots at the state machine's boundary, streamed in bounded pieces both ways: the state
+//! machine writes its snapshot into a [`SnapshotSink`] that hands it to the store a piece at a
+//! time ([`raft_storage::LogStore::begin_snapshot`]), and restores from a [`SnapshotReader`] that
+//! reads the store's snapshot a chunk at a time ([`raft_core::Storage::snapshot_chunk`]).
+//!
+//! Where the state machine runs on the apply thread ([`Execution::Threads`]) while the worker
+//! owns the store, the pieces cross between the two over a channel of at most
+//! [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces, and the worker waits for the apply thread until the
+//! snapshot is written or read (it moves the bytes between the store and the channel). Otherwise
+//! the state machine reads and writes the store directly, on the worker.
+//!
+//! Integrity: a snapshot is read twice when restoring. The first pass only checks the data
+//! against the snapshot's `data_crc32`; the second feeds the state machine and checks again, so
+//! that bytes damaged between the two passes fail the restore (and stop the node) before the
+//! state machine can report success: the last piece is only handed over once the whole data
+//! matched.
+//!
+//! [`Execution::Threads`]: super::config::Execution::Threads
+
+use std::io;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use bytes::Bytes;
+use raft_core::{SnapshotMeta, Storage, StorageError};
+use raft_storage::{LogStore, SnapshotWriter};
+use thiserror::Error;
+
+/// The most snapshot bytes read from the store per call when restoring the state machine.
+pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
+
+/// The most snapshot bytes the state machine's writes are gathered into before they go to the
+/// store (or to the worker, from the apply thread) as one piece.
+pub const SNAPSHOT_WRITE_BYTES_MAX: usize = 1024 * 1024;
+
+/// The most pieces of a snapshot queued between the apply thread and the worker (each at most
+/// [`SNAPSHOT_READ_BYTES_MAX`] or [`SNAPSHOT_WRITE_BYTES_MAX`] bytes): with the piece each side
+/// holds, at most this many plus two pieces of one snapshot are in memory at once.
+pub const SNAPSHOT_PIECES_QUEUED_MAX: usize = 2;
+
+const _: () = assert!(SNAPSHOT_WRITE_BYTES_MAX as u64 <= SNAPSHOT_READ_BYTES_MAX * 4);
+const _: () = assert!(SNAPSHOT_PIECES_QUEUED_MAX >= 1);
+
+/// The inner error of the [`io::Error`] that the sink given to
+/// [`StateMachine::snapshot`](crate::StateMachine::snapshot) returns once the snapshot's
+/// destination failed or gave up on it (the driver knows why and reports it; the state machine
+/// only has to stop writing and return the error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("the snapshot's destination stopped taking data")]
+pub struct SnapshotSinkClosed;
+
+/// What a snapshot's pieces come from: the store, or the worker that reads it.
+pub(crate) trait ChunkSource {
+    /// The next piece of the data (never empty), or `None` at its end once it all matched the
+    /// snapshot's checksum.
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError>;
+}
+
+/// The store's snapshot `meta`, a chunk of at most [`SNAPSHOT_READ_BYTES_MAX`] at a time, checked
+/// against `meta.data_crc32` before its last chunk is handed out.
+pub(crate) struct StoreChunks<'a, S: ?Sized> {
+    store: &'a S,
+    meta: SnapshotMeta,
+    offset: u64,
+    crc: crc32fast::Hasher,
+    done: bool,
+}
+
+impl<'a, S: Storage + ?Sized> StoreChunks<'a, S> {
+    pub(crate) fn new(store: &'a S, meta: &SnapshotMeta) -> Self {
+        StoreChunks { store, meta: meta.clone(), offset: 0, crc: crc32fast::Hasher::new(), done: false }
+    }
+}
+
+impl<S: Storage + ?Sized> ChunkSource for StoreChunks<'_, S> {
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (index, term) = (self.meta.index, self.meta.term);
+        let chunk = self.store.snapshot_chunk(index, term, self.offset, SNAPSHOT_READ_BYTES_MAX)?;
+        if chunk.data.is_empty() && !chunk.done {
+            // A store that makes no progress would keep us here forever.
+            return Err(StorageError::Unavailable(index));
+        }
+        self.offset += chunk.data.len() as u64;
+        self.crc.update(&chunk.data);
+        if chunk.done {
+            self.done = true;
+            if std::mem::take(&mut self.crc).finalize() != self.meta.data_crc32 {
+                return Err(StorageError::SnapshotCorrupt { index, offset: 0 });
+            }
+        }
+        Ok(Some(chunk.data).filter(|data| !data.is_empty()))
+    }
+}
+
+/// Reads the whole of the store's snapshot `meta` and checks it against its checksum, holding one
+/// chunk at a time: the first pass of a restore, before the state machine sees a byte.
+pub(crate) fn verify<S: Storage + ?Sized>(store: &S, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    let mut chunks = StoreChunks::new(store, meta);
+    while chunks.next_chunk()?.is_some() {}
+    Ok(())
+}
+
+/// A piece of a snapshot being restored, from the worker to the apply thread.
+pub(crate) enum RestorePiece {
+    Data(Bytes),
+    /// The end: the whole data matched the snapshot's checksum.
+    End,
+    /// The store failed, or the data did not match: the restore must fail.
+    Failed(StorageError),
+}
+
+/// The pieces the worker sends the apply thread.
+pub(crate) struct ChannelChunks(pub(crate) Receiver<RestorePiece>);
+
+impl ChunkSource for ChannelChunks {
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
+        match self.0.recv() {
+            Ok(RestorePiece::Data(data)) => Ok(Some(data)),
+            Ok(RestorePiece::End) => Ok(None),
+            Ok(RestorePiece::Failed(error)) => Err(error),
+            // The worker stopped mid-way (it panicked): the data is incomplete.
+            Err(_) => Err(StorageError::Io { kind: io::ErrorKind::UnexpectedEof, raw_os_error: None }),
+        }
+    }
+}
+
+/// Sends the store's snapshot `meta` to the apply thread, a chunk at a time: the second pass of a
+/// restore under [`Execution::Threads`](super::config::Execution::Threads). Returns the store's
+/// error (after telling the apply thread), or `Ok(false)` if the apply thread stopped taking the
+/// pieces.
+pub(crate) fn send_chunks<S: Storage + ?Sized>(
+    store: &S,
+    meta: &SnapshotMeta,
+    pieces: &SyncSender<RestorePiece>,
+) -> Result<bool, StorageError> {
+    let mut chunks = StoreChunks::new(store, meta);
+    loop {
+        let piece = match chunks.next_chunk() {
+            Ok(Some(data)) => RestorePiece::Data(data),
+            Ok(None) => RestorePiece::End,
+            Err(error) => {
+                // Ignored if the apply thread is gone: the node stops with this error anyway.
+                let _ = pieces.send(RestorePiece::Failed(error));
+                return Err(error);
+            }
+        };
+        let end = matches!(piece, RestorePiece::End);
+        if pieces.send(piece).is_err() {
+            return Ok(false);
+        }
+        if end {
+            return Ok(true);
+        }
+    }
+}
+
+/// What the state machine restores from: an [`io::Read`] over a [`ChunkSource`]. A failure of the
+/// source reaches the state machine as an [`io::Error`] whose inner error is the
+/// [`StorageError`], and is kept here so the driver reports it as the store's, whatever the state
+/// machine makes of it.
+pub(crate) struct SnapshotReader<'a> {
+    source: &'a mut dyn ChunkSource,
+    current: Bytes,
+    ended: bool,
+    failure: Option<StorageError>,
+}
+
+impl<'a> SnapshotReader<'a> {
+    pub(crate) fn new(source: &'a mut dyn ChunkSource) -> Self {
+        SnapshotReader { source, current: Bytes::new(), ended: false, failure: None }
+    }
+
+    /// The store's failure, if reading failed.
+    pub(crate) fn failure(&self) -> Option<StorageError> {
+        self.failure
+    }
+
+    /// Reads whatever the state machine left unread, to the end: the checksum covers it, and
+    /// the worker waits for it to be taken.
+    pub(crate) fn drain(&mut self) -> Result<(), StorageError> {
+        self.current = Bytes::new();
+        while !self.ended {
+            self.fill()?;
+            self.current = Bytes::new();
+        }
+        Ok(())
+    }
+
+    /// Makes `current` non-empty unless the data has ended.
+    fn fill(&mut self) -> Result<(), StorageError> {
+        if let Some(error) = self.failure {
+            return Err(error);
+        }
+        while self.current.is_empty() && !self.ended {
+            match self.source.next_chunk() {
+                Ok(Some(data)) => self.current = data,
+                Ok(None) => self.ended = true,
+                Err(error) => {
+                    self.failure = Some(error);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl io::Read for SnapshotReader<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        if buffer.is_empty() {
+            return Ok(0);
+        }
+        self.fill().map_err(io::Error::other)?;
+        let count = buffer.len().min(self.current.len());
+        buffer[..count].copy_from_slice(&self.current[..count]);
+        bytes::Buf::advance(&mut self.current, count);
+        Ok(count)
+    }
+}
+
+/// Where a [`SnapshotSink`] hands its pieces.
+pub(crate) trait PieceOut {
+    /// Takes `piece` (it may leave the vector empty, having taken it); `false` once the
+    /// destination failed or gave up (its owner knows why).
+    fn put(&mut self, piece: &mut Vec<u8>) -> bool;
+}
+
+/// What the state machine writes its snapshot into: gathers its writes into pieces of at most
+/// [`SNAPSHOT_WRITE_BYTES_MAX`] bytes for a [`PieceOut`].
+pub(crate) struct SnapshotSink<'a> {
+    out: &'a mut dyn PieceOut,
+    buffer: Vec<u8>,
+    closed: bool,
+}
+
+impl<'a> SnapshotSink<'a> {
+    pub(crate) fn new(out: &'a mut dyn PieceOut) -> Self {
+        SnapshotSink { out, buffer: Vec::new(), closed: false }
+    }
+
+    /// Whether the destination stopped taking data.
+    pub(crate) fn closed(&self) -> bool {
+        self.closed
+    }
+
+    fn hand_over(&mut self) -> io::Result<()> {
+        if self.closed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, SnapshotSinkClosed));
+        }
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if !self.out.put(&mut self.buffer) {
+            self.closed = true;
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, SnapshotSinkClosed));
+        }
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+impl io::Write for SnapshotSink<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, SnapshotSinkClosed));
+        }
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve_exact(SNAPSHOT_WRITE_BYTES_MAX);
+        }
+        let count = data.len().min(SNAPSHOT_WRITE_BYTES_MAX - self.buffer.len());
+        self.buffer.extend_from_slice(&data[..count]);
+        if self.buffer.len() == SNAPSHOT_WRITE_BYTES_MAX {
+            self.hand_over()?;
+        }
+        Ok(count)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.hand_over()
+    }
+}
+
+/// A piece of a snapshot being taken, from the apply thread to the worker.
+pub(crate) enum SnapshotPiece {
+    /// The first: the snapshot is of the state machine at this index.
+    Begin(raft_core::Index),
+    Data(Bytes),
+    /// The last: the state machine wrote it all.
+    End,
+}
+
+/// The apply thread's end: each piece goes to the worker.
+pub(crate) struct ChannelOut(pub(crate) SyncSender<SnapshotPiece>);
+
+impl PieceOut for ChannelOut {
+    fn put(&mut self, piece: &mut Vec<u8>) -> bool {
+        let data = Bytes::from(std::mem::take(piece));
+        self.0.send(SnapshotPiece::Data(data)).is_ok()
+    }
+}
+
+/// The store's end: each piece is written into the store's local snapshot, and checksummed.
+pub(crate) struct StoreOut<'a, E> {
+    writer: Box<dyn SnapshotWriter<E> + 'a>,
+    crc: crc32fast::Hasher,
+    failure: Option<E>,
+}
+
+impl<'a, E> StoreOut<'a, E> {
+    /// Starts the local snapshot `meta` (its `data_crc32` is supplied at the end).
+    pub(crate) fn begin<S: LogStore<Error = E>>(store: &'a mut S, meta: &SnapshotMeta) -> Result<Self, E> {
+        let writer = store.begin_snapshot(meta)?;
+        Ok(StoreOut { writer, crc: crc32fast::Hasher::new(), failure: None })
+    }
+
+    /// Writes `data` into the snapshot.
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), E> {
+        self.crc.update(data);
+        self.writer.write(data)
+    }
+
+    /// The store's error, if a write failed.
+    pub(crate) fn take_failure(&mut self) -> Option<E> {
+        self.failure.take()
+    }
+
+    /// Saves the snapshot durably, with the checksum of everything written.
+    pub(crate) fn finish(self) -> Result<(), E> {
+        self.writer.finish(self.crc.finalize())
+    }
+}
+
+impl<E> PieceOut for StoreOut<'_, E> {
+    fn put(&mut self, piece: &mut Vec<u8>) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        match self.write(piece) {
+            Ok(()) => true,
+            Err(error) => {
+                self.failure = Some(error);
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// Pieces from a list, then an end or an error.
+    struct Listed(Vec<Bytes>, Option<StorageError>);
+
+    impl ChunkSource for Listed {
+        fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
+            if self.0.is_empty() {
+                return self.1.map_or(Ok(None), Err);
+            }
+            Ok(Some(self.0.remove(0)))
+        }
+    }
+
+    #[test]
+    fn the_reader_concatenates_pieces_and_keeps_the_store_failure() {
+        let pieces = vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defg")];
+        let mut source = Listed(pieces.clone(), None);
+        let mut read = Vec::new();
+        SnapshotReader::new(&mut source).read_to_end(&mut read).expect("read");
+        assert_eq!(read, b"abcdefg");
+
+        let corrupt = StorageError::SnapshotCorrupt { index: raft_core::Index(3), offset: 0 };
+        let mut source = Listed(pieces, Some(corrupt));
+        let mut reader = SnapshotReader::new(&mut source);
+        let error = reader.read_to_end(&mut Vec::new()).expect_err("the source fails");
+        let inner = error.get_ref().and_then(|inner| inner.downcast_ref::<StorageError>());
+        assert_eq!(inner, Some(&corrupt), "the state machine sees the store's error");
+        assert_eq!(reader.failure(), Some(corrupt));
+        assert_eq!(reader.drain(), Err(corrupt));
+    }
+
+    /// Collects pieces, refusing after `accept` of them.
+    struct Collect(Vec<Vec<u8>>, usize);
+
+    impl PieceOut for Collect {
+        fn put(&mut self, piece: &mut Vec<u8>) -> bool {
+            if self.0.len() == self.1 {
+                return false;
+            }
+            self.0.push(piece.clone());
+            true
+        }
+    }
+
+    #[test]
+    fn the_sink_hands_over_bounded_pieces_and_reports_a_closed_destination() {
+        let data: Vec<u8> = (0..(SNAPSHOT_WRITE_BYTES_MAX * 2 + 10)).map(|i| i as u8).collect();
+        let mut out = Collect(Vec::new(), usize::MAX);
+        let mut sink = SnapshotSink::new(&mut out);
+        for piece in data.chunks(1000) {
+            sink.write_all(piece).expect("write");
+        }
+        sink.flush().expect("flush");
+        let sizes: Vec<usize> = out.0.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [SNAPSHOT_WRITE_BYTES_MAX, SNAPSHOT_WRITE_BYTES_MAX, 10]);
+        assert_eq!(out.0.concat(), data);
+
+        let mut out = Collect(Vec::new(), 1);
+        let mut sink = SnapshotSink::new(&mut out);
+        let error = sink.write_all(&data).expect_err("the destination closes after one piece");
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+        assert!(sink.closed());
+        assert!(sink.write(b"more").is_err(), "and stays closed");
+    }
+}
