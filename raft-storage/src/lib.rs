@@ -109,8 +109,11 @@ pub trait LogStore: Storage {
     /// its snapshot, whose checksum is only known once the last byte is written. `meta` is the
     /// snapshot's metadata but for `data_crc32`, which [`SnapshotWriter::finish`] supplies.
     /// Finishing has the effect of [`LogStore::save_snapshot`] (durable, atomic, never a roll
-    /// back); dropping the writer unfinished leaves the store as it was. A snapshot being
-    /// received meanwhile keeps its staging area.
+    /// back); dropping the writer unfinished leaves the store as it was. With raft-storage's
+    /// stores, a snapshot being received meanwhile keeps its staging area (the default goes
+    /// through [`LogStore::save_snapshot`], whose own default reuses the staging area: a store
+    /// that keeps both defaults loses a snapshot being received, which the leader then sends
+    /// again).
     ///
     /// The default buffers the whole data in memory and calls [`LogStore::save_snapshot`] at
     /// the end: correct for any store, but **not bounded**. Stores that can write a snapshot

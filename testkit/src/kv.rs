@@ -151,8 +151,13 @@ impl Reader<'_> {
         if !self.fill(&mut length)? {
             return if may_end { Ok(None) } else { Err(TruncatedSnapshot::At(self.position)) };
         }
-        let mut part = vec![0; u32::from_le_bytes(length) as usize];
-        if !self.fill(&mut part)? && !part.is_empty() {
+        // Grown as bytes arrive, not sized by a length prefix that may be damaged.
+        let length = u64::from(u32::from_le_bytes(length));
+        let mut part = Vec::new();
+        let read = io::Read::read_to_end(&mut io::Read::take(&mut *self.reader, length), &mut part)
+            .map_err(|source| TruncatedSnapshot::Read { position: self.position, source })?;
+        self.position += read as u64;
+        if (read as u64) < length {
             return Err(TruncatedSnapshot::At(self.position));
         }
         Ok(Some(Bytes::from(part)))
@@ -194,5 +199,31 @@ pub async fn propose_many(nodes: &[NodeHandle<Kv>], ids: &[NodeId], keys: Range<
 pub async fn all_applied(members: &[&Member<Kv>], index: Index) {
     for member in members {
         eventually(&format!("node {} applies {index}", member.id), || async { member.view.applied() >= index }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft_net::StateMachine;
+
+    use super::*;
+
+    /// A damaged length prefix (4 GiB announced, 3 bytes there) is a truncated snapshot, read
+    /// without allocating what it announces.
+    #[test]
+    fn a_damaged_length_prefix_is_a_truncated_snapshot() {
+        let mut data = 7u64.to_le_bytes().to_vec();
+        data.extend_from_slice(&u32::MAX.to_le_bytes());
+        data.extend_from_slice(b"abc");
+        let mut kv = Kv(KvView::default());
+        let refused = kv.restore(&mut data.as_slice());
+        assert!(matches!(refused, Err(TruncatedSnapshot::At(15))), "{refused:?}");
+        // And a good one restores.
+        let mut good = Vec::new();
+        let mut source = Kv(KvView::default());
+        source.apply(Index(1), &set("k", "v"));
+        source.snapshot(&mut good).expect("snapshot");
+        kv.restore(&mut good.as_slice()).expect("restores");
+        assert_eq!(kv.0.map().get(&b"k"[..]).map(|v| v.to_vec()), Some(b"v".to_vec()));
     }
 }

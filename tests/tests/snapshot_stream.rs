@@ -43,11 +43,20 @@ struct Probe {
     snapshot_bytes: usize,
     fail_snapshot_after: Option<usize>,
     fail_restore_after: Option<u64>,
+    /// Decodes: gives up at the first byte that differs from these (as a decoder would fail on
+    /// bytes it cannot read, before the reader's checksum says anything).
+    expect: Option<Vec<u8>>,
 }
 
 impl Probe {
     fn new(seen: &Arc<Seen>, snapshot_bytes: usize) -> Self {
-        Probe { seen: Arc::clone(seen), snapshot_bytes, fail_snapshot_after: None, fail_restore_after: None }
+        Probe {
+            seen: Arc::clone(seen),
+            snapshot_bytes,
+            fail_snapshot_after: None,
+            fail_restore_after: None,
+            expect: None,
+        }
     }
 }
 
@@ -96,7 +105,12 @@ impl StateMachine for Probe {
             if count == 0 {
                 break;
             }
-            self.seen.restored_bytes.fetch_add(count as u64, Ordering::SeqCst);
+            let at = self.seen.restored_bytes.fetch_add(count as u64, Ordering::SeqCst) as usize;
+            if let Some(expect) = &self.expect
+                && expect.get(at..at + count) != Some(&buffer[..count])
+            {
+                return Err(GaveUp.into());
+            }
         }
         self.seen.restored.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -171,11 +185,14 @@ async fn a_damaged_stored_snapshot_is_refused_before_the_state_machine_reads_a_b
 }
 
 /// Hands out the snapshot's chunks as stored, except that after the first `good_reads` calls a
-/// bit of every chunk is flipped: bytes that changed between the check and the restore.
+/// bit of every chunk is flipped: bytes that changed between the check and the restore. With
+/// `split_end`, the last data comes in a chunk that does not say `done`, followed by an empty
+/// one that does (the contract allows it).
 struct Decaying {
     inner: MemStorage,
     reads: AtomicU64,
     good_reads: u64,
+    split_end: bool,
 }
 
 impl Storage for Decaying {
@@ -205,6 +222,9 @@ impl Storage for Decaying {
         bytes_max: u64,
     ) -> Result<SnapshotChunk, StorageError> {
         let mut chunk = self.inner.snapshot_chunk(index, term, offset, bytes_max)?;
+        if self.split_end && !chunk.data.is_empty() {
+            chunk.done = false;
+        }
         if self.reads.fetch_add(1, Ordering::SeqCst) >= self.good_reads && !chunk.data.is_empty() {
             let mut data = chunk.data.to_vec();
             data[0] ^= 1;
@@ -235,12 +255,16 @@ impl LogStore for Decaying {
 /// store's failure however the state machine wrapped it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_damaged_after_the_check_fail_the_restore_before_its_end() {
-    for execution in EXECUTIONS {
+    // Without `split_end`: 4 chunks of at most 1 MiB, the last `done`; the first pass and the
+    // first 2 chunks of the second are intact. With it: 4 data chunks and an empty `done` one
+    // per pass; only the last data chunk of the second pass is damaged, and it must be withheld
+    // although its own chunk did not say it ends the data.
+    for (execution, split_end) in EXECUTIONS.into_iter().flat_map(|execution| [(execution, false), (execution, true)]) {
         let good = data(3 * 1024 * 1024 + 17);
         let seen = Arc::new(Seen::default());
-        // 4 chunks of 1 MiB: the first pass and the first 2 chunks of the second are intact.
         let inner = store_with_snapshot(&good, raft_core::snapshot_crc32(&good));
-        let store = Decaying { inner, reads: AtomicU64::new(0), good_reads: 6 };
+        let good_reads = if split_end { 8 } else { 6 };
+        let store = Decaying { inner, reads: AtomicU64::new(0), good_reads, split_end };
         let handle = start(execution, store, Probe::new(&seen, 0), 0);
         let reason = stopped(&handle).await;
         assert!(
@@ -253,6 +277,31 @@ async fn bytes_damaged_after_the_check_fail_the_restore_before_its_end() {
         assert!(read < good.len() as u64, "{execution:?}: the last piece was withheld ({read} bytes read)");
         let error = seen.reader_error.lock().expect("not poisoned").clone();
         assert!(error.is_some_and(|error| error.contains("corrupt")), "{execution:?}: the reader said why");
+        handle.shutdown().await;
+    }
+}
+
+/// A state machine that decodes gives up on changed bytes before its reader's checksum fails:
+/// the node still reports the store's failure (the driver reads the rest and finds the
+/// mismatch), not the state machine's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_damaged_after_the_check_are_the_stores_failure_even_when_the_state_machine_refuses_first() {
+    for execution in EXECUTIONS {
+        let good = data(3 * 1024 * 1024 + 17);
+        let seen = Arc::new(Seen::default());
+        let inner = store_with_snapshot(&good, raft_core::snapshot_crc32(&good));
+        let store = Decaying { inner, reads: AtomicU64::new(0), good_reads: 6, split_end: false };
+        let probe = Probe { expect: Some(good.clone()), ..Probe::new(&seen, 0) };
+        let handle = start(execution, store, probe, 0);
+        let reason = stopped(&handle).await;
+        assert!(
+            matches!(read_failure(&reason), Some(StorageError::SnapshotCorrupt { .. })),
+            "{execution:?}: {reason:?}"
+        );
+        assert!(
+            seen.reader_error.lock().expect("not poisoned").is_none(),
+            "{execution:?}: the state machine refused first"
+        );
         handle.shutdown().await;
     }
 }

@@ -45,6 +45,22 @@ pub enum Command {
     Register(PeerAddresses),
 }
 
+impl Command {
+    /// Whether its key is at most [`KEY_BYTES_MAX`] bytes and its values at most
+    /// [`VALUE_BYTES_MAX`] (what a snapshot record can hold).
+    fn within_limits(&self) -> bool {
+        let value_fits = |value: &Option<Bytes>| value.as_ref().is_none_or(|value| value.len() <= VALUE_BYTES_MAX);
+        match self {
+            Command::Put { key, value } => key.len() <= KEY_BYTES_MAX && value.len() <= VALUE_BYTES_MAX,
+            Command::Delete { key } => key.len() <= KEY_BYTES_MAX,
+            Command::Cas { key, expected, value } => {
+                key.len() <= KEY_BYTES_MAX && value_fits(expected) && value_fits(value)
+            }
+            Command::Register(_) => true,
+        }
+    }
+}
+
 /// Where one member listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerAddresses {
@@ -293,6 +309,9 @@ impl StateMachine for Kv {
 
     fn apply(&mut self, _index: Index, command: &Bytes) -> Response {
         match postcard::from_bytes::<Command>(command) {
+            // Checked here too, not only by the HTTP handlers: every replica refuses the same
+            // commands, and no key or value it keeps is too large for a snapshot record.
+            Ok(command) if !command.within_limits() => Response::Invalid,
             Ok(command) => self.execute(command),
             Err(_) => Response::Invalid,
         }
@@ -395,6 +414,35 @@ mod peer_book_tests {
         let mut wrong = Vec::new();
         write_record(&mut wrong, &RecordRef::End { entries: 1, peers: 0 }).expect("write");
         assert!(matches!(restored.restore(&mut wrong.as_slice()), Err(SnapshotDecodeError::Incomplete)));
+    }
+
+    /// A command whose key or value is over the limits is refused by every replica alike when
+    /// applied (not only by the HTTP handlers), so no snapshot holds a record too large to
+    /// restore.
+    #[tokio::test]
+    async fn commands_over_the_limits_are_refused_when_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = PeerBook::open(NodeId(1), &[peer(1)], transport().await, dir.path()).expect("open");
+        let mut kv = Kv::new(book);
+        let encode = |command: &Command| Bytes::from(postcard::to_allocvec(command).expect("encodes"));
+        let long_key = "k".repeat(KEY_BYTES_MAX + 1);
+        let big = Bytes::from(vec![0; VALUE_BYTES_MAX + 1]);
+        for command in [
+            Command::Put { key: long_key.clone(), value: Bytes::new() },
+            Command::Put { key: "k".into(), value: big.clone() },
+            Command::Cas { key: "k".into(), expected: None, value: Some(big) },
+            Command::Delete { key: long_key },
+        ] {
+            assert_eq!(kv.apply(Index(1), &encode(&command)), Response::Invalid, "{command:?}");
+        }
+        assert!(kv.map.is_empty());
+        let fits = Command::Put { key: "k".repeat(KEY_BYTES_MAX), value: Bytes::from(vec![1; VALUE_BYTES_MAX]) };
+        assert_eq!(kv.apply(Index(2), &encode(&fits)), Response::Done);
+        let mut data = Vec::new();
+        kv.snapshot(&mut data).expect("snapshot");
+        let mut restored = Kv::new(PeerBook::open(NodeId(1), &[peer(1)], transport().await, dir.path()).expect("open"));
+        restored.restore(&mut data.as_slice()).expect("a record at the limits restores");
+        assert_eq!(restored.map, kv.map);
     }
 
     /// Opening saves the book once if the initial peers add to it, and not at all when they

@@ -151,7 +151,13 @@ impl<SM: StateMachine> Applier<SM> {
             // of the error it was given.
             return Err(read_failed(error));
         }
-        restored.map_err(|error| StopReason::RestoreFailed(Arc::new(error)))?;
+        if let Err(error) = restored {
+            // Refused: perhaps because bytes changed after the first pass (a state machine
+            // that decodes fails on them before the reader's checksum does). The rest is read
+            // so that the store's failure, if it is one, is reported as such.
+            reader.drain().map_err(read_failed)?;
+            return Err(StopReason::RestoreFailed(Arc::new(error)));
+        }
         // The checksum covers what the state machine left unread.
         reader.drain().map_err(read_failed)?;
         self.applied = meta.index;

@@ -552,18 +552,22 @@ where
         let Ok(SnapshotPiece::Begin(index)) = pieces.recv() else { return Err(self.apply_side_gone()) };
         // Dropping `pieces` unread tells the apply thread to give up this snapshot.
         let Some(meta) = self.local_snapshot_meta(index)? else { return Ok(None) };
-        let mut out = StoreOut::begin(self.raft.storage_mut(), &meta).map_err(save_failed)?;
+        // Recorded at once: the apply thread, finding the sink closed, must not get its own
+        // reason in first (a state machine that panics on the broken pipe, say).
+        let shared = Arc::clone(&self.shared);
+        let failed = |error| shared.set_stop_reason(save_failed(error));
+        let mut out = StoreOut::begin(self.raft.storage_mut(), &meta).map_err(failed)?;
         loop {
             match pieces.recv() {
-                Ok(SnapshotPiece::Data(data)) => out.write(&data).map_err(save_failed)?,
+                Ok(SnapshotPiece::Data(data)) => out.write(&data).map_err(failed)?,
                 Ok(SnapshotPiece::End) => break,
                 // A second `Begin` is a bug of the apply side's; a closed channel, its failure.
                 Ok(SnapshotPiece::Begin(_)) | Err(_) => {
-                    return Err(self.shared.stop_reason().unwrap_or(StopReason::StateMachinePanicked));
+                    return Err(shared.stop_reason().unwrap_or(StopReason::StateMachinePanicked));
                 }
             }
         }
-        out.finish().map_err(save_failed)?;
+        out.finish().map_err(failed)?;
         Ok(Some(meta))
     }
 

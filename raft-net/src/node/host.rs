@@ -25,7 +25,9 @@
 //!    one fsync (group commit across groups).
 //! 3. For each group, in output order: durability reported, the messages that waited for it
 //!    sent, snapshots installed, committed entries applied and proposals answered, confirmed reads
-//!    served (rules 5 to 7), then the state machine's offered snapshot saved (rule 9).
+//!    served (rules 5 to 7), then, when its snapshot policy says so, the state machine's
+//!    snapshot streamed into the store (rule 9; the worker waits for it, and so do the other
+//!    groups of its batch).
 //!
 //! A storage error fails the groups it reached, as [`LogStore::write_outputs`] reports them
 //! (fail-stop: their writes are not known to be durable), and the host writes the outputs of

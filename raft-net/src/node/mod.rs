@@ -139,7 +139,7 @@
 //! ## Limits of this version
 //!
 //! A store that keeps the default `LogStore::begin_snapshot` buffers a snapshot being taken
-//! whole (raft-storage's stores do not). While a snapshot is written or restored, the worker
+//! whole (raft-storage's durable stores do not; `MemStorage` keeps snapshots in memory). While a snapshot is written or restored, the worker
 //! waits for it: the group (and, on a shared [`Host`], that worker's other groups) makes no
 //! progress meanwhile. A follower's forwarded read whose request or answer is lost waits until that follower's leader changes (the core does not retransmit it):
 //! callers bound reads with a timeout.

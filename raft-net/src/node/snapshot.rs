@@ -34,7 +34,8 @@ pub const SNAPSHOT_WRITE_BYTES_MAX: usize = 1024 * 1024;
 
 /// The most pieces of a snapshot queued between the apply thread and the worker (each at most
 /// [`SNAPSHOT_READ_BYTES_MAX`] or [`SNAPSHOT_WRITE_BYTES_MAX`] bytes): with the piece each side
-/// holds, at most this many plus two pieces of one snapshot are in memory at once.
+/// holds (and, when restoring, the store's chunk read one ahead), at most this many plus three
+/// pieces of one snapshot are in memory at once.
 pub const SNAPSHOT_PIECES_QUEUED_MAX: usize = 2;
 
 const _: () = assert!(SNAPSHOT_WRITE_BYTES_MAX as u64 <= SNAPSHOT_READ_BYTES_MAX * 4);
@@ -56,26 +57,26 @@ pub(crate) trait ChunkSource {
 }
 
 /// The store's snapshot `meta`, a chunk of at most [`SNAPSHOT_READ_BYTES_MAX`] at a time, checked
-/// against `meta.data_crc32` before its last chunk is handed out.
+/// against `meta.data_crc32` before its last data is handed out. The store's chunks are read one
+/// ahead: a store may end the data with a chunk that does not say `done` and then an empty one
+/// that does, and the last data must not leave before the checksum is known to match.
 pub(crate) struct StoreChunks<'a, S: ?Sized> {
     store: &'a S,
     meta: SnapshotMeta,
     offset: u64,
     crc: crc32fast::Hasher,
+    /// The chunk read ahead, not handed out yet.
+    ahead: Option<raft_core::SnapshotChunk>,
     done: bool,
 }
 
 impl<'a, S: Storage + ?Sized> StoreChunks<'a, S> {
     pub(crate) fn new(store: &'a S, meta: &SnapshotMeta) -> Self {
-        StoreChunks { store, meta: meta.clone(), offset: 0, crc: crc32fast::Hasher::new(), done: false }
+        StoreChunks { store, meta: meta.clone(), offset: 0, crc: crc32fast::Hasher::new(), ahead: None, done: false }
     }
-}
 
-impl<S: Storage + ?Sized> ChunkSource for StoreChunks<'_, S> {
-    fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
-        if self.done {
-            return Ok(None);
-        }
+    /// One chunk from the store, counted into the checksum.
+    fn read(&mut self) -> Result<raft_core::SnapshotChunk, StorageError> {
         let (index, term) = (self.meta.index, self.meta.term);
         let chunk = self.store.snapshot_chunk(index, term, self.offset, SNAPSHOT_READ_BYTES_MAX)?;
         if chunk.data.is_empty() && !chunk.done {
@@ -84,13 +85,41 @@ impl<S: Storage + ?Sized> ChunkSource for StoreChunks<'_, S> {
         }
         self.offset += chunk.data.len() as u64;
         self.crc.update(&chunk.data);
-        if chunk.done {
-            self.done = true;
-            if std::mem::take(&mut self.crc).finalize() != self.meta.data_crc32 {
-                return Err(StorageError::SnapshotCorrupt { index, offset: 0 });
-            }
+        Ok(chunk)
+    }
+
+    /// The data has ended: it must match the checksum.
+    fn end(&mut self) -> Result<(), StorageError> {
+        self.done = true;
+        if std::mem::take(&mut self.crc).finalize() != self.meta.data_crc32 {
+            return Err(StorageError::SnapshotCorrupt { index: self.meta.index, offset: 0 });
         }
-        Ok(Some(chunk.data).filter(|data| !data.is_empty()))
+        Ok(())
+    }
+}
+
+impl<S: Storage + ?Sized> ChunkSource for StoreChunks<'_, S> {
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
+        if self.done {
+            return Ok(None);
+        }
+        let current = match self.ahead.take() {
+            Some(chunk) => chunk,
+            None => self.read()?,
+        };
+        if current.done {
+            self.end()?;
+            return Ok(Some(current.data).filter(|data| !data.is_empty()));
+        }
+        // Not known to be the last: the next chunk is read first, and if it ends the data
+        // (empty), the checksum is checked before this one leaves.
+        let next = self.read()?;
+        if next.done && next.data.is_empty() {
+            self.end()?;
+        } else {
+            self.ahead = Some(next);
+        }
+        Ok(Some(current.data))
     }
 }
 

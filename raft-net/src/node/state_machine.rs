@@ -34,13 +34,16 @@ pub trait StateMachine: Send + 'static {
     fn apply(&mut self, index: Index, command: &Bytes) -> Self::Response;
 
     /// Writes the whole state (as it is after the last applied command) into `sink`, for a
-    /// snapshot that lets the log be compacted. Called on the apply thread, per the node's
-    /// snapshot policy. Write it a piece at a time (`sink` gathers small writes into bounded
+    /// snapshot that lets the log be compacted. Called per the node's snapshot policy, on the
+    /// apply thread ([`Execution::Threads`](crate::Execution::Threads)) or on the thread that
+    /// steps the group (the other executions, and every group of a shared
+    /// [`Host`](crate::Host)): the group makes no progress while it runs. Write it a piece at a time (`sink` gathers small writes into bounded
     /// pieces, so there is no need to buffer); the snapshot is saved once this returns `Ok`.
     ///
     /// An error from `sink` means the store failed or the node gave up on this snapshot (its
-    /// inner error is a [`SnapshotSinkClosed`](crate::SnapshotSinkClosed)): return it, and the
-    /// node reports the store's failure. Any other error (the state machine's own, as an
+    /// inner error is a [`SnapshotSinkClosed`](crate::SnapshotSinkClosed)): return it; the node
+    /// reports the store's failure, or nothing if it only declined this snapshot (one as recent
+    /// is stored already). Any other error (the state machine's own, as an
     /// [`io::Error`] with its typed error inside) stops the node with
     /// [`StopReason::SnapshotFailed`](crate::StopReason::SnapshotFailed).
     fn snapshot(&self, sink: &mut dyn io::Write) -> io::Result<()>;
@@ -53,6 +56,8 @@ pub trait StateMachine: Send + 'static {
     /// `RestoreError`): the node then stops with
     /// [`StopReason::StorageFailed`](crate::StopReason::StorageFailed), whatever the error says.
     /// Any other error stops it with [`StopReason::RestoreFailed`](crate::StopReason::RestoreFailed):
-    /// it cannot apply what follows. Data left unread is read (and checked) by the node.
+    /// it cannot apply what follows. Data left unread is read (and checked) by the node. Build
+    /// the new state aside and switch to it only once the data ended well: a state machine that
+    /// changes its state as it reads keeps a partial state when a restore fails.
     fn restore(&mut self, reader: &mut dyn io::Read) -> Result<(), Self::RestoreError>;
 }
