@@ -71,7 +71,13 @@ impl<SM: StateMachine> Applier<SM> {
         // sync_channel registered each sleeping receiver under a mutex that the core's
         // sends contended for).
         while let Some(step) = steps.blocking_recv() {
-            if let Err(reason) = self.take(step) {
+            // After every step, the snapshot the core may be waiting for (see
+            // `Shared::offer_snapshot_pipe`): the core waits for one step, not the whole queue.
+            let taken = self.take(step).and_then(|()| match self.shared.take_snapshot_pipe() {
+                Some(pieces) => self.snapshot_to_core(pieces),
+                None => Ok(()),
+            });
+            if let Err(reason) = taken {
                 self.shared.set_stop_reason(reason);
                 self.wake_core();
                 break;
@@ -94,7 +100,6 @@ impl<SM: StateMachine> Applier<SM> {
                 }
                 restored?;
             }
-            ApplyStep::Snapshot { pieces } => self.snapshot_to_core(pieces)?,
             ApplyStep::Apply(entries) => self.apply(entries),
             ApplyStep::Read { applied_min, reads } => self.serve(applied_min, reads),
         }

@@ -39,6 +39,10 @@ use super::snapshot::{self, SNAPSHOT_PIECES_QUEUED_MAX, SnapshotPiece, SnapshotR
 use super::state_machine::StateMachine;
 use crate::transport::{SendError, Transport};
 
+/// How often a core waiting for the apply thread to begin a snapshot checks that the apply
+/// thread is still there (it records why it stopped before it goes).
+const SNAPSHOT_BEGIN_POLL: Duration = Duration::from_millis(10);
+
 /// Whether a group goes on after a round.
 pub(crate) enum Flow {
     Continue,
@@ -544,12 +548,32 @@ where
     }
 
     /// The apply thread writes the snapshot; its pieces come here and go into the store. The
-    /// core waits for them, as it waits on a full apply queue: the apply thread never waits on
-    /// the core but for this step's pieces, which the core is taking.
+    /// core waits for them (from the end of the apply thread's step at hand), as it waits on a
+    /// full apply queue: the apply thread never waits on the core but for these pieces, which
+    /// the core is taking, and the core sends it nothing while it waits.
     fn snapshot_from_thread(&mut self) -> Result<Option<SnapshotMeta>, StopReason> {
         let (sender, pieces) = std::sync::mpsc::sync_channel(SNAPSHOT_PIECES_QUEUED_MAX);
-        self.send_to_apply(ApplyStep::Snapshot { pieces: sender })?;
-        let Ok(SnapshotPiece::Begin(index)) = pieces.recv() else { return Err(self.apply_side_gone()) };
+        // Not queued behind the apply queue (the core would wait for all of it): the apply
+        // thread looks for the pipe after every step, and an empty step wakes it if it waits.
+        self.shared.offer_snapshot_pipe(Some(sender));
+        if let Some(ApplySide::Thread { queue, .. }) = self.apply.as_ref()
+            && let Err(mpsc::error::TrySendError::Closed(_)) = queue.try_send(ApplyStep::Register(Vec::new()))
+        {
+            self.shared.offer_snapshot_pipe(None);
+            return Err(self.apply_side_gone());
+        }
+        let begin = loop {
+            match pieces.recv_timeout(SNAPSHOT_BEGIN_POLL) {
+                Ok(piece) => break piece,
+                // The apply thread stopped (it records why) before it took the pipe.
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if self.shared.stop_reason().is_none() => {}
+                Err(_) => {
+                    self.shared.offer_snapshot_pipe(None);
+                    return Err(self.apply_side_gone());
+                }
+            }
+        };
+        let SnapshotPiece::Begin(index) = begin else { return Err(self.apply_side_gone()) };
         // Dropping `pieces` unread tells the apply thread to give up this snapshot.
         let Some(meta) = self.local_snapshot_meta(index)? else { return Ok(None) };
         // Recorded at once: the apply thread, finding the sink closed, must not get its own

@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     /// The apply side asks the core for a snapshot per the policy (the core, which owns the
     /// store, then has the state machine write it: see the `snapshot` module).
     snapshot_wanted: AtomicBool,
+    /// Where the apply thread writes the snapshot the core is waiting for: it looks here after
+    /// every step, so the core waits for the step at hand, not for the whole apply queue.
+    snapshot_pipe: std::sync::Mutex<Option<SyncSender<SnapshotPiece>>>,
     /// Every event goes here.
     events: broadcast::Sender<NodeEvent>,
     /// Cancelled once the core has finished (threads joined, storage and transport
@@ -44,6 +47,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             snapshot_wanted: AtomicBool::new(false),
+            snapshot_pipe: std::sync::Mutex::new(None),
             events,
             done: CancellationToken::new(),
         }
@@ -94,6 +98,16 @@ impl Shared {
     /// Whether a snapshot was asked for since the last call.
     pub(crate) fn take_snapshot_request(&self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// The core is ready for the apply thread's snapshot, through `pipe`.
+    pub(crate) fn offer_snapshot_pipe(&self, pipe: Option<SyncSender<SnapshotPiece>>) {
+        *self.snapshot_pipe.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pipe;
+    }
+
+    /// The pipe the core waits on for a snapshot, if it does.
+    pub(crate) fn take_snapshot_pipe(&self) -> Option<SyncSender<SnapshotPiece>> {
+        self.snapshot_pipe.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 }
 
@@ -191,9 +205,6 @@ pub(crate) enum ApplyStep<SM: StateMachine> {
     /// whose data the core sends through `pieces` once it is checked (see the `snapshot`
     /// module). Only on the apply thread: inline, the applier reads the store itself.
     Restore { meta: SnapshotMeta, pieces: Receiver<RestorePiece> },
-    /// Write a snapshot of the state machine as it is now into `pieces`, which the core saves
-    /// into the store. Only on the apply thread, like `Restore`.
-    Snapshot { pieces: SyncSender<SnapshotPiece> },
     /// Apply these committed entries (consecutive, continuing the applied index).
     Apply(Vec<Entry>),
     /// Serve these reads now: every step before this one put the state machine at `applied_min`
