@@ -24,12 +24,14 @@
 //! // Node 1 pings nodes 2 and 3 every tick and calls a peer down after 10 silent ticks.
 //! let mut liveness = PeerLiveness::new([NodeId(2), NodeId(3)], 0, 10, 1);
 //! assert_eq!(liveness.pings_due(0), vec![NodeId(2), NodeId(3)]);
+//! let mut down = Vec::new();
 //! for now in 1..=10 {
 //!     liveness.heard_from(NodeId(2), now); // node 2 answers, node 3 is silent
 //!     liveness.pings_due(now);
+//!     down.extend(liveness.check(now)); // at every tick of the driver's ticker
 //! }
-//! assert_eq!(liveness.expired(10), vec![NodeId(3)]); // call peer_down(3) on every group
-//! assert_eq!(liveness.expired(11), vec![]); // reported once
+//! assert_eq!(down, vec![NodeId(3)]); // call peer_down(3) on every group
+//! assert_eq!(liveness.check(11), vec![]); // reported once
 //! ```
 
 use std::collections::BTreeMap;
@@ -55,6 +57,8 @@ pub struct PeerLiveness {
     timeout_ticks: u64,
     ping_interval_ticks: u64,
     peers: BTreeMap<NodeId, Peer>,
+    /// When [`PeerLiveness::check`] last ran.
+    checked_at: Option<u64>,
 }
 
 impl PeerLiveness {
@@ -72,6 +76,7 @@ impl PeerLiveness {
             timeout_ticks: timeout_ticks.max(1),
             ping_interval_ticks: ping_interval_ticks.max(1),
             peers: BTreeMap::new(),
+            checked_at: None,
         };
         for peer in peers {
             liveness.add_peer(peer, now_ticks);
@@ -150,6 +155,24 @@ impl PeerLiveness {
             }
         }
         expired
+    }
+
+    /// What a driver calls at every tick of its ticker: [`PeerLiveness::expired`], unless the
+    /// previous check is more than half a timeout old. Then the driver itself was stalled (its
+    /// process stopped, or its ticker starved), and the peers' frames that arrived meanwhile
+    /// may not have been read yet: their silence is the driver's, not theirs. Every peer not
+    /// down gets a fresh timeout instead, and nothing is reported (a peer that really died is
+    /// reported one timeout later).
+    pub fn check(&mut self, now_ticks: u64) -> Vec<NodeId> {
+        let late = self.checked_at.is_some_and(|at| now_ticks.saturating_sub(at) > self.timeout_ticks / 2);
+        self.checked_at = Some(self.checked_at.map_or(now_ticks, |at| at.max(now_ticks)));
+        if late {
+            for state in self.peers.values_mut().filter(|state| !state.down) {
+                state.heard_at = state.heard_at.max(now_ticks);
+            }
+            return Vec::new();
+        }
+        self.expired(now_ticks)
     }
 
     /// Whether `peer` is considered down (reported and not heard from since).
@@ -231,6 +254,24 @@ mod tests {
         liveness.remove_peer(NodeId(2));
         assert_eq!(liveness.peers(), ids(&[]));
         assert_eq!(liveness.ticks_until_due(200), u64::MAX);
+    }
+
+    /// A check more than half a timeout after the last one (the driver was stalled) reports no
+    /// one and gives the peers not down a fresh timeout; checks on time report as `expired`.
+    #[test]
+    fn a_late_check_rearms_instead_of_reporting() {
+        let mut liveness = PeerLiveness::new(ids(&[2, 3]), 0, 10, 1);
+        for now in 0..=10 {
+            liveness.heard_from(NodeId(2), now);
+            assert_eq!(liveness.check(now), ids(&if now == 10 { vec![3] } else { vec![] }));
+        }
+        // Stalled from 10 to 30: node 2's frames of the stall are not read yet.
+        assert_eq!(liveness.check(30), ids(&[]), "nobody is reported after a stall");
+        assert!(liveness.is_down(NodeId(3)), "a peer already down stays down (not reported again)");
+        for now in 31..40 {
+            assert_eq!(liveness.check(now), ids(&[]));
+        }
+        assert_eq!(liveness.check(40), ids(&[2]), "a fresh timeout from the stall's end");
     }
 
     /// Against a naive model: a peer is reported exactly at the first check at least a timeout

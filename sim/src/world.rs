@@ -629,7 +629,7 @@ impl Simulation {
         let node = self.node_mut(id);
         let (ticks, incarnation) = (node.clock_ticks(now), node.incarnation);
         let (Some(liveness), Some(raft)) = (node.liveness.as_mut(), node.raft.as_mut()) else { return Ok(()) };
-        let down = liveness.expired(ticks);
+        let down = liveness.check(ticks);
         let pings = liveness.pings_due(ticks);
         for &peer in down.iter().filter(|_| !withhold) {
             raft.peer_down(peer);

@@ -276,12 +276,9 @@ struct HostInner<S: LogStore + Send + 'static> {
     /// lock.
     queued: std::sync::atomic::AtomicUsize,
     counters: Counters,
-    /// Node-level liveness, once [`Host::watch_peers`] was called.
+    /// Node-level liveness, once [`Host::watch_peers`] was called (groups with `quiesce` are
+    /// accepted from then on).
     watch: Mutex<Option<Watching>>,
-    /// Set with `watch`: groups with `quiesce` are accepted from then on.
-    watching: AtomicBool,
-    /// The peers the watch holds down now (see `PooledCore::prepare`).
-    down: Mutex<Vec<NodeId>>,
 }
 
 /// What the host needs to watch its peer nodes for its quiet groups: see [`Host::watch_peers`].
@@ -335,10 +332,6 @@ struct Watching {
     link: Arc<dyn PeerLink>,
     incarnation: u64,
     liveness: PeerLiveness,
-    /// The timeout, in ticks.
-    timeout_ticks: u64,
-    /// When the watch last ran, in ticks.
-    last_run: u64,
 }
 
 struct Ready<S: LogStore + Send + 'static> {
@@ -669,7 +662,14 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             }
         }
         add(&self.counters.group_steps, running.len() as u64);
-        let down_now = self.down.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        // The peers the watch holds down now (see `PooledCore::prepare`).
+        let down_now = self
+            .watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|watching| watching.liveness.down_peers())
+            .unwrap_or_default();
         // Phase 1.
         for (slot, body, outcome) in &mut running {
             let peer_downs = std::mem::take(&mut *slot.peer_downs.lock().unwrap_or_else(PoisonError::into_inner));
@@ -836,16 +836,6 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         let now = self.ticks_now();
         let signals = watching.link.take_signals();
         let liveness = &mut watching.liveness;
-        // A ticker that ran late (the process was stopped, or starved) has not let the peers'
-        // frames be read meanwhile: their silence is ours, not theirs. Each peer gets a fresh
-        // timeout rather than being reported down (a real death is found one timeout later).
-        let late = now.saturating_sub(watching.last_run) > watching.timeout_ticks / 2;
-        watching.last_run = now;
-        if late {
-            for peer in liveness.peers() {
-                liveness.heard_from(peer, now);
-            }
-        }
         // The link's peers are the ones watched (a peer added later gets one timeout of grace).
         for known in liveness.peers() {
             if !signals.iter().any(|(peer, _)| *peer == known) {
@@ -863,14 +853,9 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
                 liveness.heard_from(peer, now);
             }
         }
-        down.extend(liveness.expired(now));
+        // A ticker that ran late (the process stopped, or starved) re-arms instead of reporting.
+        down.extend(liveness.check(now));
         let pings = liveness.pings_due(now);
-        let down_now = liveness.down_peers();
-        let mut held = self.down.lock().unwrap_or_else(PoisonError::into_inner);
-        if *held != down_now {
-            *held = down_now;
-        }
-        drop(held);
         let (link, incarnation) = (Arc::clone(&watching.link), watching.incarnation);
         drop(watch);
         for peer in pings {
@@ -1015,8 +1000,6 @@ impl<S: LogStore + Send + 'static> Host<S> {
             queued: std::sync::atomic::AtomicUsize::new(0),
             counters: Counters::default(),
             watch: Mutex::new(None),
-            watching: AtomicBool::new(false),
-            down: Mutex::new(Vec::new()),
         });
         Ok(Host { inner, threads: Mutex::new(Vec::new()), task: Mutex::new(None) })
     }
@@ -1089,7 +1072,7 @@ impl<S: LogStore + Send + 'static> Host<S> {
             inbound,
             state_machine,
             apply_thread,
-            self.inner.watching.load(Ordering::Acquire),
+            self.inner.watch.lock().unwrap_or_else(PoisonError::into_inner).is_some(),
         )
         .map_err(|source| HostError::Start { group, source })?;
         let shared = Arc::clone(&core.shared);
@@ -1170,10 +1153,8 @@ impl<S: LogStore + Send + 'static> Host<S> {
         let now = self.inner.ticks_now();
         let peers = watch.link.take_signals().into_iter().map(|(peer, _)| peer);
         let liveness = PeerLiveness::new(peers, now, timeout_ticks, interval_ticks);
-        let watching =
-            Watching { link: watch.link, incarnation: watch.incarnation, liveness, timeout_ticks, last_run: now };
+        let watching = Watching { link: watch.link, incarnation: watch.incarnation, liveness };
         *self.inner.watch.lock().unwrap_or_else(PoisonError::into_inner) = Some(watching);
-        self.inner.watching.store(true, Ordering::Release);
         Ok(())
     }
 
