@@ -45,6 +45,7 @@ pub mod client;
 pub mod cluster;
 pub mod kv;
 pub mod node;
+pub mod store;
 pub mod wait;
 
 use std::time::Duration;
@@ -57,6 +58,12 @@ pub use cluster::{Cluster, ClusterBuilder, NetworkKind, StorageKind, bind, creat
 pub use kv::{Kv, KvData, KvView, TruncatedSnapshot, all_applied, propose_many, set};
 pub use node::{HarnessError, Machine, Member, Started, Tcp, TransportTasks, Wired, Wiring, start_node};
 pub use wait::{PATIENCE, POLL, Settled, Unsettled, eventually, settled, settled_leader};
+
+/// What [`delegate_storage!`] names; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use raft_core;
+}
 
 /// The tick of a harness node unless the caller chooses another.
 pub const TICK: Duration = Duration::from_millis(20);

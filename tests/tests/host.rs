@@ -695,40 +695,7 @@ impl PanickingStore {
     }
 }
 
-impl raft_core::Storage for PanickingStore {
-    fn initial_state(&self) -> Result<raft_core::InitialState, raft_core::StorageError> {
-        self.inner.initial_state()
-    }
-    fn entries(
-        &self,
-        low: raft_core::Index,
-        high: raft_core::Index,
-        bytes_max: u64,
-    ) -> Result<Vec<raft_core::Entry>, raft_core::StorageError> {
-        self.inner.entries(low, high, bytes_max)
-    }
-    fn term(&self, index: raft_core::Index) -> Result<raft_core::Term, raft_core::StorageError> {
-        self.inner.term(index)
-    }
-    fn first_index(&self) -> Result<raft_core::Index, raft_core::StorageError> {
-        self.inner.first_index()
-    }
-    fn last_index(&self) -> Result<raft_core::Index, raft_core::StorageError> {
-        self.inner.last_index()
-    }
-    fn snapshot(&self) -> Result<raft_core::SnapshotMeta, raft_core::StorageError> {
-        self.inner.snapshot()
-    }
-    fn snapshot_chunk(
-        &self,
-        index: raft_core::Index,
-        term: raft_core::Term,
-        offset: u64,
-        bytes_max: u64,
-    ) -> Result<raft_core::SnapshotChunk, raft_core::StorageError> {
-        self.inner.snapshot_chunk(index, term, offset, bytes_max)
-    }
-}
+raft_testkit::delegate_storage!(PanickingStore => inner);
 
 impl raft_storage::LogStore for PanickingStore {
     type Error = std::io::Error;

@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use raft_core::{
-    Entry, HardState, Index, InitialState, NodeId, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term,
-};
+use raft_core::{Entry, HardState, Index, NodeId, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term};
 use raft_net::{Execution, MemNetwork, NodeHandle, ProposeError, StateMachine, StopReason, StorageOperation};
 use raft_storage::{LogStore, MemStorage, MemStorageError};
 use raft_testkit::{POLL, config, eventually, membership};
@@ -195,32 +193,10 @@ struct Decaying {
     split_end: bool,
 }
 
-impl Storage for Decaying {
-    fn initial_state(&self) -> Result<InitialState, StorageError> {
-        self.inner.initial_state()
-    }
-    fn entries(&self, low: Index, high: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
-        self.inner.entries(low, high, bytes_max)
-    }
-    fn term(&self, index: Index) -> Result<Term, StorageError> {
-        self.inner.term(index)
-    }
-    fn first_index(&self) -> Result<Index, StorageError> {
-        self.inner.first_index()
-    }
-    fn last_index(&self) -> Result<Index, StorageError> {
-        self.inner.last_index()
-    }
-    fn snapshot(&self) -> Result<SnapshotMeta, StorageError> {
-        self.inner.snapshot()
-    }
-    fn snapshot_chunk(
-        &self,
-        index: Index,
-        term: Term,
-        offset: u64,
-        bytes_max: u64,
-    ) -> Result<SnapshotChunk, StorageError> {
+raft_testkit::delegate_storage!(Decaying => inner, snapshot_chunk: chunk);
+
+impl Decaying {
+    fn chunk(&self, index: Index, term: Term, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
         let mut chunk = self.inner.snapshot_chunk(index, term, offset, bytes_max)?;
         if self.split_end && !chunk.data.is_empty() {
             chunk.done = false;
@@ -391,35 +367,7 @@ impl raft_storage::SnapshotWriter<NoSpace> for FullWriter<'_> {
     }
 }
 
-impl Storage for Full {
-    fn initial_state(&self) -> Result<InitialState, StorageError> {
-        self.inner.initial_state()
-    }
-    fn entries(&self, low: Index, high: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
-        self.inner.entries(low, high, bytes_max)
-    }
-    fn term(&self, index: Index) -> Result<Term, StorageError> {
-        self.inner.term(index)
-    }
-    fn first_index(&self) -> Result<Index, StorageError> {
-        self.inner.first_index()
-    }
-    fn last_index(&self) -> Result<Index, StorageError> {
-        self.inner.last_index()
-    }
-    fn snapshot(&self) -> Result<SnapshotMeta, StorageError> {
-        self.inner.snapshot()
-    }
-    fn snapshot_chunk(
-        &self,
-        index: Index,
-        term: Term,
-        offset: u64,
-        bytes_max: u64,
-    ) -> Result<SnapshotChunk, StorageError> {
-        self.inner.snapshot_chunk(index, term, offset, bytes_max)
-    }
-}
+raft_testkit::delegate_storage!(Full => inner);
 
 impl LogStore for Full {
     type Error = NoSpace;
