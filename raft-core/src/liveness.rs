@@ -131,6 +131,7 @@ impl PeerLiveness {
 
     /// The peers to ping now: those not pinged within the last ping interval. Each is counted
     /// as pinged at `now_ticks`.
+    #[must_use]
     pub fn pings_due(&mut self, now_ticks: u64) -> Vec<NodeId> {
         let interval = self.ping_interval_ticks;
         let mut due = Vec::new();
@@ -163,6 +164,7 @@ impl PeerLiveness {
     /// may not have been read yet: their silence is the driver's, not theirs. Every peer not
     /// down gets a fresh timeout instead, and nothing is reported (a peer that really died is
     /// reported one timeout later).
+    #[must_use]
     pub fn check(&mut self, now_ticks: u64) -> Vec<NodeId> {
         let late = self.checked_at.is_some_and(|at| now_ticks.saturating_sub(at) > self.timeout_ticks / 2);
         self.checked_at = Some(self.checked_at.map_or(now_ticks, |at| at.max(now_ticks)));
@@ -184,6 +186,7 @@ impl PeerLiveness {
     /// of an iteration of each of them again ([`crate::Raft::peer_down`]): a report that reached
     /// a group before the message that quieted it (a leader's last `Quiesce`, stepped late) is
     /// not lost, and a group never sleeps on a peer the node knows is gone.
+    #[must_use]
     pub fn down_peers(&self) -> Vec<NodeId> {
         self.peers.iter().filter(|(_, state)| state.down).map(|(&peer, _)| peer).collect()
     }

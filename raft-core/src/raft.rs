@@ -50,15 +50,19 @@ pub struct SoftState {
     pub leader: Option<NodeId>,
 }
 
-/// Everything a node asks its driver to do, in the order the crate docs prescribe.
+/// Everything a node asks its driver to do, in the order the crate docs prescribe (the driving
+/// contract, rules 3 to 7). Dropping an output loses its writes, messages and committed entries.
+#[must_use = "an Output carries writes, messages and committed entries that must all be carried out"]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Output {
     /// Set when role, term or leader changed since the last output.
     pub soft_state: Option<SoftState>,
-    /// Hard state to persist (before sending `messages_after_persist`).
+    /// Hard state to persist, after the snapshot writes and before `entries` (rule 3), and
+    /// durably before `messages_after_persist` are sent (rule 5).
     pub hard_state: Option<HardState>,
-    /// Received snapshot chunks to write into the store's staging area, in order (after
-    /// `hard_state`).
+    /// Received snapshot chunks to write into the store's staging area, in order, before
+    /// anything else of this output (rule 3: chunks, then `install_snapshot`, then `hard_state`
+    /// and `entries`).
     pub snapshot_chunks: Vec<ReceivedChunk>,
     /// A received snapshot, complete in the staging area, to install: it replaces the whole log
     /// (atomically). The state machine must be restored from it before applying `committed`.
@@ -67,7 +71,9 @@ pub struct Output {
     pub entries: Vec<Entry>,
     /// Messages that may be sent at once, even before this output is persisted.
     pub messages: Vec<Message>,
-    /// Messages that may be sent only after `hard_state` and `entries` are durable.
+    /// Messages that may be sent only once every write of this output (snapshot, `hard_state`,
+    /// `entries`) and of every earlier output is durable, even when this output writes nothing
+    /// (rule 5).
     pub messages_after_persist: Vec<Message>,
     /// Committed entries to apply to the state machine, in order.
     pub committed: Vec<Entry>,

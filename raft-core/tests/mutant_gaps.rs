@@ -53,7 +53,7 @@ fn timeout_now_at_the_largest_term_casts_no_second_vote() {
     let storage = storage_with_log(&ids(3), &[max], hard_state);
     let mut node = Raft::new(NodeId(2), options(NodeId(2), true, true), storage).expect("memory storage");
     node.step(heartbeat(1, 2, max, 1)).expect("the leader of the term");
-    take(&mut node);
+    let _ = take(&mut node);
 
     node.step(message(1, 2, max, MessageBody::TimeoutNow)).expect("a well-formed message");
     assert_eq!(node.role(), Role::Follower, "no campaign at the largest term");
@@ -87,7 +87,7 @@ fn a_learner_or_a_non_member_never_campaigns_on_timeout() {
     let outsider = node_with_log(NodeId(5), &ids(3), &[1], 1, options(NodeId(5), false, false));
 
     for mut node in [learner, outsider] {
-        take(&mut node);
+        let _ = take(&mut node);
         let ticks = 3 * node.options().election_ticks();
         assert!(node.randomized_election_ticks() < ticks);
         for _ in 0..ticks {
@@ -116,7 +116,7 @@ fn an_append_whose_entry_at_the_commit_index_has_another_term_is_refused() {
     let hard_state = HardState { term: Term(2), vote: None, commit: Index(2) };
     let storage = storage_with_log(&ids(3), &[1, 2], hard_state);
     let mut node = Raft::new(NodeId(2), options(NodeId(2), true, true), storage).expect("memory storage");
-    take(&mut node);
+    let _ = take(&mut node);
 
     let contradicting = MessageBody::AppendEntries {
         prev_log_index: Index(1),
@@ -160,7 +160,7 @@ fn a_pre_vote_for_the_current_term_is_refused_after_a_vote_or_with_a_leader() {
     assert_eq!(following.leader(), Some(NodeId(1)));
 
     for (name, mut node) in [("voted", voted), ("following", following)] {
-        take(&mut node);
+        let _ = take(&mut node);
         node.step(vote_request(3, 2, 2, true, (1, 1))).expect("answered");
         let refused = message(2, 3, 2, MessageBody::VoteResponse { pre_vote: true, granted: false });
         assert_eq!(all_messages(&take(&mut node)), vec![refused], "{name}: the pre-vote at term 2");
@@ -168,7 +168,7 @@ fn a_pre_vote_for_the_current_term_is_refused_after_a_vote_or_with_a_leader() {
 
     // The later term: granted by the node that voted (it knows no leader, so no lease holds).
     let mut voted = voted_for_node_1_in_term_2();
-    take(&mut voted);
+    let _ = take(&mut voted);
     voted.step(vote_request(3, 2, 3, true, (1, 1))).expect("answered");
     let granted = message(2, 3, 3, MessageBody::VoteResponse { pre_vote: true, granted: true });
     assert_eq!(all_messages(&take(&mut voted)), vec![granted], "the pre-vote at term 3");
@@ -194,10 +194,10 @@ fn a_late_pre_vote_grant_of_an_earlier_round_is_not_counted() {
 
     node.step(vote_request(3, 1, 2, false, (1, 1))).expect("a candidate of term 2");
     assert_eq!((node.role(), node.term()), (Role::Follower, Term(2)));
-    take(&mut node);
+    let _ = take(&mut node);
     node.campaign();
     assert_eq!((node.role(), node.term()), (Role::PreCandidate, Term(2)), "the second round asks for term 3");
-    take(&mut node);
+    let _ = take(&mut node);
 
     assert_eq!(node.step(late_grant), Err(StepError::Ignored(raft_core::Ignored::Unexpected)));
     assert_eq!((node.role(), node.term()), (Role::PreCandidate, Term(2)), "the late grant did not count");
@@ -318,7 +318,7 @@ fn stickiness_holds_through_the_last_tick_of_the_election_timeout_and_ends_after
     let election_ticks = u64::from(node.options().election_ticks());
     node.advance_clock(7);
     node.step(heartbeat(1, 2, 1, 1)).expect("the leader of term 1");
-    take(&mut node);
+    let _ = take(&mut node);
 
     node.advance_clock(election_ticks - 1);
     let refused = node.step(vote_request(3, 2, 2, false, (1, 1)));
@@ -1249,7 +1249,7 @@ fn an_append_whose_previous_entry_contradicts_the_committed_one_is_not_taken() {
     let hard_state = HardState { term: Term(2), vote: None, commit: Index(2) };
     let storage = storage_with_log(&ids(3), &[1, 2], hard_state);
     let mut node = Raft::new(NodeId(2), options(NodeId(2), true, true), storage).expect("memory storage");
-    take(&mut node);
+    let _ = take(&mut node);
 
     let append = MessageBody::AppendEntries {
         prev_log_index: Index(2),

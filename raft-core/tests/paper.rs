@@ -122,7 +122,7 @@ fn elect_node1_with(n: u64, terms: &[u64], term: u64, options: Options) -> (Node
     let mut leader = node_with_log(NodeId(1), &ids(n), terms, term, options);
     leader.campaign();
     if leader.role() != Role::Leader {
-        drive(&mut leader);
+        let _ = drive(&mut leader);
         let new_term = leader.term().0;
         for peer in 2..=n {
             leader.step(msg(peer, 1, new_term, vote_response(false, true))).expect("a vote for our election");
@@ -154,7 +154,7 @@ fn node_in_role(role: Role, term: u64) -> Node {
         }
         Role::Leader => elect_node1(3, &[1, 1], term - 1).0,
     };
-    drive(&mut n);
+    let _ = drive(&mut n);
     assert_eq!((n.role(), n.term()), (role, Term(term)), "test setup");
     n
 }
@@ -262,7 +262,7 @@ fn term_update_any_message_with_a_higher_term_makes_the_node_a_follower_of_that_
 fn term_update_is_not_forced_by_a_vote_request_while_a_leader_lease_is_held() {
     let mut follower = node(1, 3, &[1, 1], 2, false);
     follower.step(msg(3, 1, 2, heartbeat(0))).expect("heartbeat of our term");
-    drive(&mut follower);
+    let _ = drive(&mut follower);
     let err = follower.step(msg(2, 1, 5, vote_request(false, 9, 9)));
     assert_eq!(err, Err(StepError::Ignored(raft_core::Ignored::LeaderSticky { leader: Some(NodeId(3)) })));
     assert_eq!((follower.role(), follower.term(), vote_of(&follower)), (Role::Follower, Term(2), None));
@@ -386,7 +386,7 @@ fn randomized_election_timeouts_cover_the_whole_interval_and_nothing_outside() {
                     );
                     this_run.push(ticks);
                     n.campaign(); // every campaign resets the timer and draws again
-                    drive(&mut n);
+                    let _ = drive(&mut n);
                 }
                 if run == 0 {
                     draws = this_run;
@@ -462,7 +462,7 @@ fn election_timeout_is_reset_by_every_heartbeat_from_the_leader() {
             n.tick(); // fewer than the shortest timeout (10); 270 in all without a reset
         }
         n.step(msg(1, 2, 1, heartbeat(0))).expect("heartbeat of our term");
-        drive(&mut n);
+        let _ = drive(&mut n);
         assert_eq!((n.role(), n.term(), n.leader()), (Role::Follower, Term(1), Some(NodeId(1))), "round {round}");
     }
     for _ in 0..2 * 10 {
@@ -510,7 +510,7 @@ fn election_timeout_is_reset_by_granting_a_vote_but_not_by_refusing_one() {
 fn election_timeout_candidate_without_a_decision_starts_a_new_election() {
     let mut n = node(1, 3, &[], 0, false);
     n.campaign();
-    drive(&mut n);
+    let _ = drive(&mut n);
     assert_eq!((n.role(), n.term()), (Role::Candidate, Term(1)));
     n.step(msg(2, 1, 1, vote_response(false, false))).expect("a vote for our election");
     assert_eq!(n.role(), Role::Candidate, "one refusal out of three decides nothing");
@@ -662,7 +662,7 @@ fn election_one_round_outcomes_in_one_three_and_five_node_groups() {
         let mut candidate = node(1, n, &[], 0, false);
         candidate.campaign();
         if n > 1 {
-            drive(&mut candidate);
+            let _ = drive(&mut candidate);
         }
         for &(from, granted) in &votes {
             candidate.step(msg(from, 1, 1, vote_response(false, granted))).expect("a vote for our election");
@@ -730,7 +730,7 @@ fn election_with_pre_vote_the_pre_vote_round_bumps_no_term() {
     // A pre-candidate with a stale log is refused and goes back to follower in its own term.
     let mut stale = node(1, 3, &[1], 1, true);
     stale.campaign();
-    drive(&mut stale);
+    let _ = drive(&mut stale);
     for from in [2, 3] {
         let mut voter = node(from, 3, &[1, 1], 1, true);
         voter.step(msg(1, from, 2, vote_request(true, 1, 1))).expect("a pre-vote request");
@@ -913,11 +913,11 @@ fn heartbeat_carries_min_of_match_and_commit_and_follower_clamps_it() {
         leader.step(msg(peer, 1, 1, success(1))).expect("an ack");
     }
     assert_eq!(leader.commit_index(), Index(1));
-    drive(&mut leader);
+    let _ = drive(&mut leader);
     assert_eq!(leader.propose(Bytes::from_static(b"x")), Ok(Index(2)));
-    drive(&mut leader);
+    let _ = drive(&mut leader);
     leader.step(msg(2, 1, 1, success(2))).expect("an ack");
-    drive(&mut leader);
+    let _ = drive(&mut leader);
     assert_eq!(leader.commit_index(), Index(1), "index 2 is on 2 of 5 nodes only");
 
     leader.tick();
@@ -1114,7 +1114,7 @@ fn leader_counts_its_own_copy_toward_the_majority_only_once_durable() {
     let (mut leader, _) = elect_node1(3, &[], 0); // term 1, durable no-op at 1
     leader.step(msg(2, 1, 1, success(1))).expect("an ack");
     assert_eq!(leader.commit_index(), Index(1));
-    drive(&mut leader);
+    let _ = drive(&mut leader);
     assert_eq!(leader.propose(Bytes::from_static(b"x")), Ok(Index(2)));
     let out = leader.take_output().expect("memory storage");
     assert_eq!(pairs(&out.entries), vec![(2, 1)]);

@@ -667,7 +667,7 @@ fn pitfall_11_late_write_report_for_a_replaced_entry_is_ignored() {
 
     // Term 2: node 1 leads with node 2's vote. Write W0 = [(2, t2)], W1 = [(3, t2)]: not yet durable.
     n1.campaign();
-    drive(&mut n1, false);
+    let _ = drive(&mut n1, false);
     n1.step(vote_granted(2, 1, 2)).expect("vote counted");
     assert_eq!(n1.role(), Role::Leader);
     assert_eq!(drive(&mut n1, false).entries, vec![noop(2, 2)]);
@@ -688,7 +688,7 @@ fn pitfall_11_late_write_report_for_a_replaced_entry_is_ignored() {
 
     // Term 4: node 1 leads again; its no-op takes index 3. Write W3 = [(3, t4)].
     n1.campaign();
-    drive(&mut n1, false);
+    let _ = drive(&mut n1, false);
     n1.step(vote_granted(2, 1, 4)).expect("vote counted");
     assert_eq!(n1.role(), Role::Leader);
     assert_eq!(drive(&mut n1, false).entries, vec![noop(3, 4)]);
@@ -749,13 +749,13 @@ fn pitfall_13_stale_term_ack_does_not_form_a_false_quorum() {
     let mut n1 = Raft::new(NodeId(1), options(NodeId(1), false, true), storage).expect("memory");
 
     n1.campaign();
-    drive(&mut n1, true);
+    let _ = drive(&mut n1, true);
     n1.step(vote_granted(2, 1, 2)).expect("vote counted");
     n1.step(vote_granted(3, 1, 2)).expect("vote counted");
     assert_eq!((n1.role(), n1.term()), (Role::Leader, Term(2)));
-    drive(&mut n1, true);
+    let _ = drive(&mut n1, true);
     n1.propose(Bytes::from_static(b"a")).expect("leader accepts");
-    drive(&mut n1, true);
+    let _ = drive(&mut n1, true);
     n1.step(append_ack(2, 1, 2, 2)).expect("ack counted");
     let delayed = append_ack(2, 1, 2, 3);
     assert_eq!(n1.status().progress[&NodeId(2)].match_index, Index(2));
@@ -768,16 +768,16 @@ fn pitfall_13_stale_term_ack_does_not_form_a_false_quorum() {
         commit: Index(1),
     };
     n1.step(message(3, 1, 3, body)).expect("append accepted");
-    drive(&mut n1, true);
+    let _ = drive(&mut n1, true);
     assert_eq!(n1.role(), Role::Follower);
     assert_eq!(n1.last_index(), Index(2));
 
     n1.campaign();
-    drive(&mut n1, true);
+    let _ = drive(&mut n1, true);
     n1.step(vote_granted(4, 1, 4)).expect("vote counted");
     n1.step(vote_granted(5, 1, 4)).expect("vote counted");
     assert_eq!((n1.role(), n1.term()), (Role::Leader, Term(4)));
-    drive(&mut n1, true);
+    let _ = drive(&mut n1, true);
     assert_eq!(n1.status().stable_last_index, Index(3));
     for (id, p) in &n1.status().progress {
         assert_eq!(p.match_index, Index(0), "progress of {id} carried over from an earlier term");
@@ -1045,7 +1045,7 @@ fn follower_with_three_entries() -> Raft<MemStorage> {
 #[test]
 fn pitfall_15_stale_snapshot_is_ignored_and_entries_are_kept() {
     let mut node = follower_with_three_entries();
-    drive(&mut node, true);
+    let _ = drive(&mut node, true);
 
     node.step(whole_snapshot(snapshot_meta(1, 1), 1)).expect("a stale snapshot is answered, not refused");
     let output = drive(&mut node, true);
@@ -1070,7 +1070,7 @@ fn pitfall_16_snapshot_conflicting_with_a_committed_index_is_rejected() {
     let hard_state = HardState { term: Term(1), vote: None, commit: Index(2) };
     let storage = storage_with_log(&ids(3), &[1, 1, 1], hard_state);
     let mut node = Raft::new(NodeId(1), options(NodeId(1), true, true), storage).expect("memory storage");
-    drive(&mut node, true);
+    let _ = drive(&mut node, true);
 
     let result = node.step(whole_snapshot(snapshot_meta(2, 2), 3));
     assert_eq!(result, Err(StepError::Malformed(raft_core::Malformed::SnapshotConflictsWithCommitted(Index(2)))));

@@ -275,7 +275,7 @@ fn a_late_copy_of_the_first_chunk_does_not_reset_the_transfer() {
     let mut c = cluster_tuned(3, |b| b.snapshot_chunk_bytes_max(CHUNK_BYTES));
     c.node_mut(1).step(chunk_message(2, meta(3, 2), 0, b"first")).expect("accepted");
     c.node_mut(1).step(chunk_message(2, meta(3, 2), 5, b"second")).expect("accepted");
-    c.node_mut(1).take_output().expect("memory");
+    let _ = c.node_mut(1).take_output().expect("memory");
     c.node_mut(1).step(chunk_message(2, meta(3, 2), 0, b"first")).expect("answered");
     let output = c.node_mut(1).take_output().expect("memory");
     assert!(output.snapshot_chunks.is_empty(), "the copy is not written again");

@@ -196,6 +196,7 @@ pub struct WriteOutputsError<E: std::error::Error + 'static> {
 
 /// A local snapshot being written into a store a piece at a time: see
 /// [`LogStore::begin_snapshot`]. `E` is the store's error type.
+#[must_use = "a snapshot writer saves nothing until `finish` is called"]
 pub trait SnapshotWriter<E> {
     /// Appends `data` to the snapshot's data. An error leaves the store as it was before
     /// [`LogStore::begin_snapshot`] (an I/O error also stops a store that fail-stops).
