@@ -15,7 +15,7 @@
 //! A seed runs one Raft group per node in about half of the seeds, on the single-group stack
 //! (`DiskStorage` and `raft_net::start`), and 2 to 4 groups in the others, on the multi-Raft
 //! stack (one `SharedWal` per node for every group, one transport, one `Host` driving every
-//! group; see [`node`]). Every node is a voter of every group; each key belongs to one group
+//! group; see the `node` module). Every node is a voter of every group; each key belongs to one group
 //! (key modulo the number of groups), so the clients' histories are per group already; a crash,
 //! pause or disk fault of a node hits all of its groups at once. Every checker above runs per
 //! group, and liveness requires the probe's write and reads in every group.
