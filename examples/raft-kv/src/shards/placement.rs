@@ -1,0 +1,198 @@
+//! Where replicas should live: one change at a time toward a placement where every shard has its
+//! replication factor's worth of replicas, all on active nodes, and the active nodes' replica
+//! counts differ by at most one.
+//!
+//! [`next_change`] is a pure function of the table, so the controller that calls it keeps no
+//! state: after a crash, the next controller computes the same next step from the same table.
+//! Each change adds at most one replica to one shard and removes at most one (what
+//! [`TableChange::SetReplicas`](super::TableChange::SetReplicas) accepts), and no node can hold two
+//! replicas of a shard (a shard's replicas are a set).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use raft_core::NodeId;
+
+use super::{NodeState, RoutingTable, ShardId};
+
+/// One step: a shard gains a replica, loses one, or both (a move).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The shard.
+    pub shard: ShardId,
+    /// The node that loses its replica of the shard, if any.
+    pub remove: Option<NodeId>,
+    /// The node that gains a replica of the shard, if any.
+    pub add: Option<NodeId>,
+    /// The shard's replicas after the change.
+    pub replicas: BTreeSet<NodeId>,
+}
+
+/// The next change toward the target placement, skipping the shards in `busy` (those with a move
+/// still under way); `None` when the placement is reached or only busy shards could change.
+///
+/// In order of urgency: replicas on failed nodes, then on draining nodes, are moved to the
+/// least-loaded active node that lacks the shard (or dropped, when every active node has it);
+/// shards with too few replicas gain one, shards with too many lose their most-loaded one; and
+/// last, a replica moves from the most-loaded active node to the least-loaded one while their
+/// counts differ by two or more.
+pub fn next_change(table: &RoutingTable, busy: &BTreeSet<ShardId>) -> Option<Change> {
+    let active: BTreeSet<NodeId> =
+        table.nodes().iter().filter(|(_, entry)| entry.state == NodeState::Active).map(|(id, _)| *id).collect();
+    if active.is_empty() {
+        return None;
+    }
+    let replication = table.replication().min(active.len());
+    let loads: BTreeMap<NodeId, usize> = active.iter().map(|node| (*node, table.load(*node))).collect();
+    let free = || table.shards().filter(|(shard, _)| !busy.contains(shard));
+    for leaving in [NodeState::Failed, NodeState::Draining] {
+        for (shard, entry) in free() {
+            let on_leaving =
+                entry.replicas.iter().find(|node| table.nodes().get(node).is_some_and(|n| n.state == leaving));
+            if let Some(from) = on_leaving {
+                let to = least_loaded(&loads, &entry.replicas);
+                if to.is_some() || entry.replicas.len() > 1 {
+                    return Some(change(shard, &entry.replicas, Some(*from), to));
+                }
+            }
+        }
+    }
+    for (shard, entry) in free() {
+        if entry.replicas.len() < replication {
+            return Some(change(shard, &entry.replicas, None, least_loaded(&loads, &entry.replicas)));
+        }
+        if entry.replicas.len() > replication {
+            let most = entry.replicas.iter().max_by_key(|node| (loads.get(node).copied().unwrap_or(0), **node));
+            return Some(change(shard, &entry.replicas, most.copied(), None));
+        }
+    }
+    let (most, most_load) = loads.iter().max_by_key(|(node, load)| (**load, **node))?;
+    let (least, least_load) = loads.iter().min_by_key(|(node, load)| (**load, **node))?;
+    if most_load - least_load < 2 {
+        return None;
+    }
+    let (shard, entry) = free().find(|(_, entry)| entry.replicas.contains(most) && !entry.replicas.contains(least))?;
+    Some(change(shard, &entry.replicas, Some(*most), Some(*least)))
+}
+
+/// The active node with the fewest replicas (the lowest id among equals) outside `replicas`.
+fn least_loaded(loads: &BTreeMap<NodeId, usize>, replicas: &BTreeSet<NodeId>) -> Option<NodeId> {
+    loads
+        .iter()
+        .filter(|(node, _)| !replicas.contains(node))
+        .min_by_key(|(node, load)| (**load, **node))
+        .map(|(node, _)| *node)
+}
+
+fn change(shard: ShardId, replicas: &BTreeSet<NodeId>, remove: Option<NodeId>, add: Option<NodeId>) -> Change {
+    let mut next = replicas.clone();
+    next.extend(add);
+    if let Some(remove) = remove {
+        next.remove(&remove);
+    }
+    Change { shard, remove, add, replicas: next }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::shards::{NodeEntry, TableChange, TableCommand};
+
+    /// A created table: `states[i]` is node `i + 1`'s state; `replicas[s]` shard `s`'s replicas
+    /// (indexes into `states`, each set kept non-empty).
+    fn table(states: &[NodeState], replication: u8, replicas: &[Vec<usize>]) -> RoutingTable {
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        let nodes = (0..states.len())
+            .map(|i| (NodeId(i as u64 + 1), NodeEntry { raft: address, http: address, state: NodeState::Active }));
+        let replicas = replicas.iter().map(|set| set.iter().map(|i| NodeId(*i as u64 + 1)).collect()).collect();
+        let mut table = RoutingTable::default();
+        let create = TableChange::Create { replication, nodes: nodes.collect(), replicas };
+        table.apply(&TableCommand { expected_version: None, change: create }).expect("a valid table");
+        for (i, state) in states.iter().enumerate() {
+            let change = TableChange::SetNodeState { id: NodeId(i as u64 + 1), state: *state };
+            table.apply(&TableCommand { expected_version: None, change }).expect("a known node");
+        }
+        table
+    }
+
+    /// Applies changes until none is left; returns how many were made.
+    fn converge(table: &mut RoutingTable) -> usize {
+        let mut changes = 0;
+        while let Some(change) = next_change(table, &BTreeSet::new()) {
+            let command = TableCommand {
+                expected_version: Some(table.version()),
+                change: TableChange::SetReplicas { shard: change.shard, replicas: change.replicas.clone() },
+            };
+            table.apply(&command).expect("every change is one the table accepts");
+            changes += 1;
+            assert!(changes < 10_000, "placement does not converge: {table:?}");
+        }
+        changes
+    }
+
+    fn state() -> impl Strategy<Value = NodeState> {
+        prop_oneof![6 => Just(NodeState::Active), 1 => Just(NodeState::Draining), 1 => Just(NodeState::Failed)]
+    }
+
+    proptest! {
+        #[test]
+        fn placement_converges_to_a_balanced_one(
+            states in prop::collection::vec(state(), 1..9),
+            replication in 1u8..6,
+            shards in prop::collection::vec(prop::collection::btree_set(0usize..8, 1..5), 1..24),
+        ) {
+            let replicas: Vec<Vec<usize>> = shards.iter().map(|set| set.iter().map(|i| i % states.len()).collect::<BTreeSet<_>>().into_iter().collect()).collect();
+            let mut table = table(&states, replication, &replicas);
+            converge(&mut table);
+            let active: Vec<NodeId> = table.nodes().iter().filter(|(_, n)| n.state == NodeState::Active).map(|(id, _)| *id).collect();
+            if active.is_empty() {
+                return Ok(());
+            }
+            let want = usize::from(replication).min(active.len());
+            for (shard, entry) in table.shards() {
+                prop_assert_eq!(entry.replicas.len(), want, "shard {}", shard);
+                prop_assert!(entry.replicas.iter().all(|node| active.contains(node)), "shard {} on a leaving node", shard);
+            }
+            let loads: Vec<usize> = active.iter().map(|node| table.load(*node)).collect();
+            let (min, max) = (loads.iter().min().copied().unwrap_or(0), loads.iter().max().copied().unwrap_or(0));
+            prop_assert!(max - min <= 1, "loads {:?}", loads);
+        }
+    }
+
+    #[test]
+    fn a_joining_node_takes_a_fair_share() {
+        let states = [NodeState::Active; 4];
+        let mut table = table(&states, 3, &vec![vec![0, 1, 2]; 8]);
+        let changes = converge(&mut table);
+        // 24 replicas over 4 nodes: 6 each, so 6 moves to node 4 and no more.
+        assert_eq!(changes, 6);
+        assert!((1..=4).all(|node| table.load(NodeId(node)) == 6));
+    }
+
+    #[test]
+    fn a_failed_node_is_replaced_before_a_draining_one() {
+        let states = [NodeState::Active, NodeState::Draining, NodeState::Failed, NodeState::Active];
+        let table = table(&states, 3, &[vec![0, 1, 2]]);
+        let change = next_change(&table, &BTreeSet::new()).expect("work to do");
+        assert_eq!((change.remove, change.add), (Some(NodeId(3)), Some(NodeId(4))));
+    }
+
+    #[test]
+    fn busy_shards_wait() {
+        let states = [NodeState::Active, NodeState::Active, NodeState::Failed];
+        let table = table(&states, 2, &[vec![0, 2], vec![1, 2]]);
+        let busy: BTreeSet<ShardId> = [ShardId(0)].into();
+        assert_eq!(next_change(&table, &busy).map(|change| change.shard), Some(ShardId(1)));
+        let all: BTreeSet<ShardId> = [ShardId(0), ShardId(1)].into();
+        assert_eq!(next_change(&table, &all), None);
+    }
+
+    #[test]
+    fn nothing_moves_without_an_active_node() {
+        let table = table(&[NodeState::Failed, NodeState::Draining], 2, &[vec![0, 1]]);
+        assert_eq!(next_change(&table, &BTreeSet::new()), None);
+    }
+}
