@@ -5,9 +5,11 @@
 //! A shard is one Raft group: shard `n` is [`GroupId`] `n + 1`, and [`META_GROUP`] (group 0)
 //! holds the table. The number of shards is fixed when the cluster is created.
 
+mod meta;
 pub mod placement;
 mod table;
 
+pub use meta::{Meta, TABLE_BYTES_MAX};
 pub use table::{
     NodeEntry, NodeState, REPLICAS_MAX, RoutingTable, SHARDS_MAX, ShardEntry, TableChange, TableCommand, TableError,
 };
