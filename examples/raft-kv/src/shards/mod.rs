@@ -5,6 +5,7 @@
 //! A shard is one Raft group: shard `n` is [`GroupId`] `n + 1`, and [`META_GROUP`] (group 0)
 //! holds the table. The number of shards is fixed when the cluster is created.
 
+pub mod controller;
 mod meta;
 pub mod placement;
 mod table;

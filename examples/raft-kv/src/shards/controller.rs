@@ -1,0 +1,523 @@
+//! The controller's decisions: what to do next so that every shard group's actual membership
+//! becomes what the routing table says, one move per shard at a time.
+//!
+//! [`reconcile`] is a pure function of the table and of what each shard's leader reports
+//! ([`Observed`]); the controller that runs it (on the meta group's leader) keeps no state of its
+//! own, so a crash of any node at any step leaves durable state (the table in the meta group, the
+//! membership in each shard group) from which the next controller computes the same next steps.
+//!
+//! A move of shard `s` from node `A` to node `D` goes:
+//! 1. the table names `D` instead of `A` ([`Action::Table`], from [`placement::next_change`]);
+//! 2. `s`'s leader adds `D` as a learner ([`Action::AddLearner`]); `D` catches up;
+//! 3. once `D` lags by at most `caught_up_entries`, one joint-consensus change makes `D` a voter
+//!    and removes `A` ([`Action::Change`]); the leader leaves the joint configuration by itself.
+//!
+//! A shard keeps its quorum throughout: `D` votes only once it has caught up, and while joint,
+//! commitment needs majorities of both the old and the new voters. A move whose target is no
+//! longer active before it became a voter is rolled back: the table is set back to the group's
+//! actual voters, and the learner left behind is removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use raft_core::{ConfChange, NodeId};
+
+use super::placement;
+use super::{NodeState, RoutingTable, ShardId, TableChange, TableCommand};
+
+/// A shard group's membership and progress, as its leader reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The leader that reported.
+    pub leader: NodeId,
+    /// The voters (while joint: the incoming ones).
+    pub voters: BTreeSet<NodeId>,
+    /// Whether a joint configuration is not left yet.
+    pub joint: bool,
+    /// The learners.
+    pub learners: BTreeSet<NodeId>,
+    /// How many entries each follower or learner is behind the leader.
+    pub lag_entries: BTreeMap<NodeId, u64>,
+}
+
+/// One thing for the controller to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Propose this change of the routing table to the meta group.
+    Table(TableCommand),
+    /// Ask the shard's leader to add `node` as a learner.
+    AddLearner {
+        /// The shard.
+        shard: ShardId,
+        /// The node that receives a replica.
+        node: NodeId,
+    },
+    /// Ask the shard's leader for this membership change (one joint change when it changes
+    /// voters).
+    Change {
+        /// The shard.
+        shard: ShardId,
+        /// The changes, made at once.
+        changes: Vec<ConfChange>,
+    },
+    /// Ask the shard's leader to hand leadership to `to`.
+    TransferLeader {
+        /// The shard.
+        shard: ShardId,
+        /// One of its voters.
+        to: NodeId,
+    },
+}
+
+/// How the controller paces itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A learner this close to its leader's log may become a voter.
+    pub caught_up_entries: u64,
+    /// At most this many shards move at once, cluster-wide.
+    pub moves_max: usize,
+}
+
+/// What to do next, given the table and the shards' reports (a shard missing from `observed`
+/// has no leader that answered: nothing is done to it).
+pub fn reconcile(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>, limits: Limits) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut busy = BTreeSet::new();
+    for (shard, entry) in table.shards() {
+        let Some(seen) = observed.get(&shard) else {
+            busy.insert(shard);
+            continue;
+        };
+        if entry.leader_hint != Some(seen.leader) && entry.replicas.contains(&seen.leader) {
+            let hint = TableChange::LeaderHint { shard, leader: Some(seen.leader) };
+            actions.push(Action::Table(TableCommand { expected_version: None, change: hint }));
+        }
+        for stray in seen.learners.iter().filter(|node| !entry.replicas.contains(node)) {
+            actions.push(Action::Change { shard, changes: vec![ConfChange::Remove(*stray)] });
+        }
+        if seen.joint || seen.voters != entry.replicas {
+            busy.insert(shard);
+            if !seen.joint {
+                actions.extend(advance(table, shard, &entry.replicas, seen, limits));
+            }
+        }
+    }
+    if busy.is_empty() {
+        actions.extend(forget_departed(table, observed));
+    }
+    if busy.len() < limits.moves_max
+        && let Some(change) = placement::next_change(table, &busy)
+    {
+        let set = TableChange::SetReplicas { shard: change.shard, replicas: change.replicas };
+        actions.push(Action::Table(TableCommand { expected_version: Some(table.version()), change: set }));
+    } else if busy.is_empty() {
+        actions.extend(balance_leaders(table, observed));
+    }
+    actions
+}
+
+/// The next step of a shard whose voters differ from the table's `target`.
+fn advance(
+    table: &RoutingTable,
+    shard: ShardId,
+    target: &BTreeSet<NodeId>,
+    seen: &Observed,
+    limits: Limits,
+) -> Option<Action> {
+    let incoming: Vec<NodeId> = target.difference(&seen.voters).copied().collect();
+    let outgoing: Vec<NodeId> = seen.voters.difference(target).copied().collect();
+    let active = |node: &NodeId| table.nodes().get(node).is_some_and(|entry| entry.state == NodeState::Active);
+    if incoming.iter().any(|node| !active(node)) {
+        // The target left before it could vote: set the table back to what the group has.
+        let back = TableChange::SetReplicas { shard, replicas: seen.voters.clone() };
+        return Some(Action::Table(TableCommand { expected_version: Some(table.version()), change: back }));
+    }
+    if let Some(node) = incoming.iter().find(|node| !seen.learners.contains(node)) {
+        return Some(Action::AddLearner { shard, node: *node });
+    }
+    let caught_up = |node: &NodeId| seen.lag_entries.get(node).is_some_and(|lag| *lag <= limits.caught_up_entries);
+    match (incoming.first(), outgoing.first()) {
+        (Some(node), _) if !caught_up(node) => None,
+        (Some(node), out) => {
+            let mut changes = vec![ConfChange::AddVoter(*node)];
+            changes.extend(out.map(|out| ConfChange::Remove(*out)));
+            Some(Action::Change { shard, changes })
+        }
+        (None, Some(out)) => Some(Action::Change { shard, changes: vec![ConfChange::Remove(*out)] }),
+        (None, None) => None,
+    }
+}
+
+/// Removes from the table the failed or drained nodes that no shard names any more, in the
+/// table or in any group's actual membership (every shard must have answered: a node is
+/// forgotten only once nothing can still need it).
+fn forget_departed(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>) -> Vec<Action> {
+    let named = |node: &NodeId| {
+        observed.values().any(|seen| seen.voters.contains(node) || seen.learners.contains(node))
+            || table.load(*node) > 0
+    };
+    table
+        .nodes()
+        .iter()
+        .filter(|(node, entry)| entry.state != NodeState::Active && !named(node))
+        .map(|(node, _)| {
+            let remove = TableChange::RemoveNode { id: *node };
+            Action::Table(TableCommand { expected_version: Some(table.version()), change: remove })
+        })
+        .collect()
+}
+
+/// One leadership transfer from the node leading the most shards to a voter of one of them
+/// that leads at least two fewer, if there is such a pair.
+fn balance_leaders(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>) -> Option<Action> {
+    let mut led: BTreeMap<NodeId, usize> = table
+        .nodes()
+        .iter()
+        .filter(|(_, entry)| entry.state == NodeState::Active)
+        .map(|(node, _)| (*node, 0))
+        .collect();
+    for seen in observed.values() {
+        *led.entry(seen.leader).or_insert(0) += 1;
+    }
+    let mut best: Option<(usize, ShardId, NodeId)> = None;
+    for (shard, seen) in observed {
+        let from = led.get(&seen.leader).copied().unwrap_or(0);
+        for voter in seen.voters.iter().filter(|voter| **voter != seen.leader) {
+            let Some(to) = led.get(voter).copied() else { continue };
+            if from >= to + 2 && best.is_none_or(|(gap, ..)| from - to > gap) {
+                best = Some((from - to, *shard, *voter));
+            }
+        }
+    }
+    best.map(|(_, shard, to)| Action::TransferLeader { shard, to })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::{RngCore, SeedableRng};
+
+    use super::*;
+    use crate::shards::NodeEntry;
+
+    const LIMITS: Limits = Limits { caught_up_entries: 10, moves_max: 3 };
+
+    /// A shard group as the model runs it.
+    #[derive(Clone, Debug)]
+    struct Group {
+        leader: NodeId,
+        voters: BTreeSet<NodeId>,
+        outgoing: Option<BTreeSet<NodeId>>,
+        learners: BTreeSet<NodeId>,
+        lag: BTreeMap<NodeId, u64>,
+    }
+
+    /// Nodes that live or die, shard groups that take membership changes the way raft-core
+    /// does (one at a time, voters through a joint configuration), and the routing table.
+    struct Model {
+        rng: ChaCha8Rng,
+        table: RoutingTable,
+        alive: BTreeMap<NodeId, bool>,
+        groups: Vec<Group>,
+        /// A dead node and the round at which the failure detector marks it failed.
+        dying: Option<(NodeId, u32)>,
+        next_id: u64,
+    }
+
+    /// Whether a majority of `voters` can acknowledge new entries now: alive, and not so far
+    /// behind that they first need a long catch-up (a lagging voter delays every commit).
+    fn majority_alive(alive: &BTreeMap<NodeId, bool>, lag: &BTreeMap<NodeId, u64>, voters: &BTreeSet<NodeId>) -> bool {
+        let ready = |node: &&NodeId| {
+            alive.get(node).copied().unwrap_or(false)
+                && lag.get(node).is_none_or(|lag| *lag <= LIMITS.caught_up_entries)
+        };
+        voters.iter().filter(ready).count() * 2 > voters.len()
+    }
+
+    impl Model {
+        fn new(seed: u64, shards: usize) -> Model {
+            let address = SocketAddr::from(([127, 0, 0, 1], 1));
+            let entry = NodeEntry { raft: address, http: address, state: NodeState::Active };
+            let ids: BTreeSet<NodeId> = (1..=3).map(NodeId).collect();
+            let nodes = ids.iter().map(|id| (*id, entry)).collect();
+            let mut table = RoutingTable::default();
+            let create = TableChange::Create { replication: 3, nodes, replicas: vec![ids.clone(); shards] };
+            table.apply(&TableCommand { expected_version: None, change: create }).expect("a valid table");
+            let group = Group {
+                leader: NodeId(1),
+                voters: ids.clone(),
+                outgoing: None,
+                learners: BTreeSet::new(),
+                lag: BTreeMap::new(),
+            };
+            Model {
+                rng: ChaCha8Rng::seed_from_u64(seed),
+                table,
+                alive: ids.iter().map(|id| (*id, true)).collect(),
+                groups: vec![group; shards],
+                dying: None,
+                next_id: 4,
+            }
+        }
+
+        fn chance(&mut self, percent: u32) -> bool {
+            self.rng.next_u32() % 100 < percent
+        }
+
+        fn table_change(&mut self, change: TableChange) {
+            // An operator's or a failure detector's change, unconditional.
+            let _ = self.table.apply(&TableCommand { expected_version: None, change });
+        }
+
+        /// Whether a group can commit: majorities of its voters (and, while joint, of the
+        /// outgoing voters) are alive.
+        fn available(&self, group: &Group) -> bool {
+            majority_alive(&self.alive, &group.lag, &group.voters)
+                && group.outgoing.as_ref().is_none_or(|outgoing| majority_alive(&self.alive, &group.lag, outgoing))
+        }
+
+        /// What each available group's leader reports; time passes for the groups.
+        fn observe(&mut self) -> BTreeMap<ShardId, Observed> {
+            let mut observed = BTreeMap::new();
+            for index in 0..self.groups.len() {
+                let mut group = self.groups[index].clone();
+                if self.available(&group) {
+                    if !self.alive[&group.leader] || !group.voters.contains(&group.leader) {
+                        group.leader = *group.voters.iter().find(|node| self.alive[node]).expect("a majority is alive");
+                    }
+                    if self.chance(70) {
+                        group.outgoing = None; // The leader left the joint configuration.
+                    }
+                    for (node, lag) in group.lag.iter_mut() {
+                        if self.alive[node] {
+                            *lag = lag.saturating_sub(u64::from(self.rng.next_u32() % 40));
+                        }
+                    }
+                    observed.insert(
+                        ShardId(index as u32),
+                        Observed {
+                            leader: group.leader,
+                            voters: group.voters.clone(),
+                            joint: group.outgoing.is_some(),
+                            learners: group.learners.clone(),
+                            lag_entries: group.lag.clone(),
+                        },
+                    );
+                }
+                self.groups[index] = group;
+            }
+            observed
+        }
+
+        /// Carries out one action the way a shard's leader or the meta group would.
+        fn act(&mut self, action: &Action) {
+            match action {
+                Action::Table(command) => {
+                    let _ = self.table.apply(command);
+                }
+                Action::AddLearner { shard, node } => {
+                    let group = &mut self.groups[shard.0 as usize];
+                    if group.outgoing.is_none() && !group.voters.contains(node) && group.learners.insert(*node) {
+                        group.lag.insert(*node, 100);
+                    }
+                }
+                Action::Change { shard, changes } => {
+                    let group = &mut self.groups[shard.0 as usize];
+                    if group.outgoing.is_some() {
+                        return; // A change is in progress: refused.
+                    }
+                    let (mut voters, mut learners) = (group.voters.clone(), group.learners.clone());
+                    for change in changes {
+                        match change {
+                            ConfChange::AddVoter(node) => {
+                                learners.remove(node);
+                                voters.insert(*node);
+                            }
+                            ConfChange::AddLearner(node) => {
+                                voters.remove(node);
+                                learners.insert(*node);
+                            }
+                            ConfChange::Remove(node) => {
+                                voters.remove(node);
+                                learners.remove(node);
+                            }
+                        }
+                    }
+                    if voters.is_empty() {
+                        return; // Refused.
+                    }
+                    if voters != group.voters {
+                        group.outgoing = Some(std::mem::replace(&mut group.voters, voters));
+                    }
+                    group.learners = learners;
+                    group.lag.retain(|node, _| group.voters.contains(node) || group.learners.contains(node));
+                }
+                Action::TransferLeader { shard, to } => {
+                    let group = &mut self.groups[shard.0 as usize];
+                    if group.voters.contains(to) && self.alive[to] {
+                        group.leader = *to;
+                    }
+                }
+            }
+        }
+
+        /// Faults and operators: a node joins, one is drained, one dies (and is marked failed a
+        /// few rounds later, then removed once empty). At most one node is dead at a time, so a
+        /// shard of three replicas always keeps a majority.
+        fn disturb(&mut self, round: u32) {
+            if let Some((node, at)) = self.dying
+                && round >= at
+            {
+                self.table_change(TableChange::SetNodeState { id: node, state: NodeState::Failed });
+            }
+            if let Some((node, _)) = self.dying
+                && !self.table.nodes().contains_key(&node)
+            {
+                self.dying = None; // The controller forgot it: another node may die.
+            }
+            let active = self.table.nodes().values().filter(|entry| entry.state == NodeState::Active).count();
+            if self.chance(3) && self.table.nodes().len() < 7 {
+                let id = NodeId(self.next_id);
+                self.next_id += 1;
+                let address = SocketAddr::from(([127, 0, 0, 1], 1));
+                self.alive.insert(id, true);
+                self.table_change(TableChange::AddNode { id, raft: address, http: address });
+            } else if self.chance(2) && active > 3 {
+                let node = self.pick_active();
+                self.table_change(TableChange::SetNodeState { id: node, state: NodeState::Draining });
+            } else if self.chance(2) && active > 3 && self.dying.is_none() {
+                let node = self.pick_active();
+                self.alive.insert(node, false);
+                self.dying = Some((node, round + 1 + self.rng.next_u32() % 10));
+            }
+        }
+
+        fn pick_active(&mut self) -> NodeId {
+            let active: Vec<NodeId> = self
+                .table
+                .nodes()
+                .iter()
+                .filter(|(id, entry)| entry.state == NodeState::Active && self.alive[id])
+                .map(|(id, _)| *id)
+                .collect();
+            active[self.rng.next_u32() as usize % active.len()]
+        }
+
+        fn check_quorums(&self, seed: u64, round: u32) {
+            for (index, group) in self.groups.iter().enumerate() {
+                assert!(self.available(group), "seed {seed} round {round}: shard {index} lost its quorum: {group:?}");
+                // One move per shard at a time: the table is at most one swap away from the group.
+                let target = &self.table.shard(ShardId(index as u32)).expect("a shard per group").replicas;
+                let (adds, removes) =
+                    (target.difference(&group.voters).count(), group.voters.difference(target).count());
+                assert!(adds <= 1 && removes <= 1, "seed {seed} round {round}: shard {index}: {group:?} vs {target:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn moves_keep_quorums_and_converge_under_joins_drains_failures_and_controller_crashes() {
+        for seed in 0..60 {
+            let mut model = Model::new(seed, 8);
+            for round in 0..400 {
+                model.disturb(round);
+                let observed = model.observe();
+                for action in reconcile(&model.table, &observed, LIMITS) {
+                    if model.chance(10) {
+                        break; // The controller crashed: the rest of its list is lost.
+                    }
+                    if model.chance(85) {
+                        model.act(&action);
+                    }
+                }
+                model.check_quorums(seed, round);
+            }
+            // Faults stop (the dead node, if any, is marked failed at once): everything settles.
+            if let Some((node, _)) = model.dying {
+                model.table_change(TableChange::SetNodeState { id: node, state: NodeState::Failed });
+            }
+            let mut settled = false;
+            for round in 400..1400 {
+                let observed = model.observe();
+                let actions = reconcile(&model.table, &observed, LIMITS);
+                let matches_table = model.table.shards().all(|(shard, entry)| {
+                    observed
+                        .get(&shard)
+                        .is_some_and(|seen| !seen.joint && seen.learners.is_empty() && seen.voters == entry.replicas)
+                });
+                if actions.is_empty() && matches_table {
+                    settled = true;
+                    break;
+                }
+                for action in &actions {
+                    model.act(action);
+                }
+                model.check_quorums(seed, round);
+            }
+            assert!(settled, "seed {seed}: the controller never settled");
+            for (shard, entry) in model.table.shards() {
+                let group = &model.groups[shard.0 as usize];
+                assert_eq!(group.voters, entry.replicas, "seed {seed}: shard {shard}");
+                assert!(group.learners.is_empty() && group.outgoing.is_none(), "seed {seed}: shard {shard}: {group:?}");
+                assert_eq!(entry.leader_hint, Some(group.leader), "seed {seed}: shard {shard}");
+            }
+            assert_eq!(placement::next_change(&model.table, &BTreeSet::new()), None, "seed {seed}: unbalanced");
+        }
+    }
+
+    #[test]
+    fn a_move_adds_a_learner_then_swaps_voters_once_it_caught_up() {
+        let mut model = Model::new(1, 1);
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        model.alive.insert(NodeId(4), true);
+        model.table_change(TableChange::AddNode { id: NodeId(4), raft: address, http: address });
+        model.table_change(TableChange::SetNodeState { id: NodeId(3), state: NodeState::Draining });
+        let mut observed = model.observe();
+        let set = Action::Table(TableCommand {
+            expected_version: Some(model.table.version()),
+            change: TableChange::SetReplicas { shard: ShardId(0), replicas: [1, 2, 4].map(NodeId).into() },
+        });
+        assert!(reconcile(&model.table, &observed, LIMITS).contains(&set));
+        model.act(&set);
+        assert!(
+            reconcile(&model.table, &observed, LIMITS)
+                .contains(&Action::AddLearner { shard: ShardId(0), node: NodeId(4) })
+        );
+        model.act(&Action::AddLearner { shard: ShardId(0), node: NodeId(4) });
+        observed = model.observe();
+        observed.get_mut(&ShardId(0)).expect("observed").lag_entries.insert(NodeId(4), 50);
+        assert!(
+            reconcile(&model.table, &observed, LIMITS).iter().all(|action| !matches!(action, Action::Change { .. })),
+            "a lagging learner does not vote"
+        );
+        observed.get_mut(&ShardId(0)).expect("observed").lag_entries.insert(NodeId(4), 3);
+        let swap = Action::Change {
+            shard: ShardId(0),
+            changes: vec![ConfChange::AddVoter(NodeId(4)), ConfChange::Remove(NodeId(3))],
+        };
+        assert!(reconcile(&model.table, &observed, LIMITS).contains(&swap));
+    }
+
+    #[test]
+    fn a_move_to_a_node_that_failed_is_rolled_back() {
+        let mut model = Model::new(2, 1);
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        model.table_change(TableChange::AddNode { id: NodeId(4), raft: address, http: address });
+        model.alive.insert(NodeId(4), true);
+        let set = TableChange::SetReplicas { shard: ShardId(0), replicas: [1, 2, 4].map(NodeId).into() };
+        model.table_change(set);
+        model.act(&Action::AddLearner { shard: ShardId(0), node: NodeId(4) });
+        model.table_change(TableChange::SetNodeState { id: NodeId(4), state: NodeState::Failed });
+        let observed = model.observe();
+        let back = Action::Table(TableCommand {
+            expected_version: Some(model.table.version()),
+            change: TableChange::SetReplicas { shard: ShardId(0), replicas: [1, 2, 3].map(NodeId).into() },
+        });
+        assert!(reconcile(&model.table, &observed, LIMITS).contains(&back));
+        model.act(&back);
+        let remove = Action::Change { shard: ShardId(0), changes: vec![ConfChange::Remove(NodeId(4))] };
+        let observed = model.observe();
+        assert!(reconcile(&model.table, &observed, LIMITS).contains(&remove));
+    }
+}
