@@ -8,6 +8,7 @@
 pub mod controller;
 mod meta;
 pub mod placement;
+pub mod scatter;
 mod table;
 
 pub use meta::{Meta, TABLE_BYTES_MAX};
