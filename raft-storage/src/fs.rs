@@ -34,6 +34,44 @@ pub trait FileSystem {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Makes the directory entries of `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// Takes an exclusive hold on the existing directory `dir` for as long as the returned
+    /// [`DirLock`] lives, so that no other process (or other store in this one) opens the same
+    /// store at once: two writers would interleave their records and repair each other's tails.
+    /// Fails with [`io::ErrorKind::WouldBlock`] if the directory is held already, and with
+    /// [`io::ErrorKind::NotFound`] if it does not exist. The default holds nothing: for file
+    /// systems with a single user by construction (a simulator's, a test's).
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+        let _ = dir;
+        Ok(DirLock::none())
+    }
+}
+
+/// The name of the file whose lock holds a store's directory ([`FileSystem::lock_dir`]).
+pub const LOCK_FILE: &str = "LOCK";
+
+/// An exclusive hold on a directory ([`FileSystem::lock_dir`]), released when dropped (and by the
+/// operating system when the process ends, however it ends).
+pub struct DirLock {
+    _held: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl DirLock {
+    /// A hold that holds nothing.
+    pub fn none() -> Self {
+        DirLock { _held: None }
+    }
+
+    /// A hold kept for as long as `guard` lives.
+    pub fn holding(guard: impl std::any::Any + Send + Sync) -> Self {
+        DirLock { _held: Some(Box::new(guard)) }
+    }
+}
+
+impl std::fmt::Debug for DirLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirLock").field("held", &self._held.is_some()).finish()
+    }
 }
 
 /// An open file that is only ever appended to, synced or truncated.
@@ -96,6 +134,23 @@ impl FileSystem for StdFs {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         file.set_len(0)?;
         Ok(StdFile { file, len: 0 })
+    }
+
+    /// An advisory lock (`flock` on Unix) on the file [`LOCK_FILE`] in `dir`, created if
+    /// missing and never removed: it conflicts with any other open file description, in this
+    /// process or another, and the operating system drops it when the process dies.
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+        if !std::fs::metadata(dir)?.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "not a directory"));
+        }
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock::holding(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(io::Error::new(io::ErrorKind::WouldBlock, "the directory's LOCK file is locked"))
+            }
+            Err(std::fs::TryLockError::Error(error)) => Err(error),
+        }
     }
 
     fn open_append(&self, path: &Path) -> io::Result<StdFile> {

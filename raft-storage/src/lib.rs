@@ -56,7 +56,7 @@ pub mod testing;
 mod wal;
 
 pub use disk::{Corruption, DiskError, DiskOptions, DiskStorage, Identity, IoOp, RecoveryReport, Repair};
-pub use fs::{FileSystem, FsFile, StdFile, StdFs, read_range};
+pub use fs::{DirLock, FileSystem, FsFile, LOCK_FILE, StdFile, StdFs, read_range};
 pub use mem::{MemStorage, MemStorageError};
 pub use wal::{GroupStore, SharedWal, WalOptions};
 

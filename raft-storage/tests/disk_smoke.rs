@@ -47,6 +47,7 @@ fn entries_and_hard_state_survive_reopen_with_truncation_rotation_and_compaction
     assert_eq!(store.entries(Index(10), Index(11), u64::MAX), Err(raft_core::StorageError::Compacted(Index(10))));
     assert_eq!(store.entries(Index(11), Index(16), u64::MAX).expect("tail").len(), 5);
 
+    drop(store); // Open, it holds the directory: another opener would get `InUse` first.
     let stranger = Identity { cluster_id: 7, node_id: NodeId(9) };
     assert!(matches!(DiskStorage::open(StdFs, &dir, stranger, options), Err(DiskError::IdentityMismatch { .. })));
     let empty = temp_dir("empty");

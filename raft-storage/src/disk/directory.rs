@@ -4,17 +4,39 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{DiskError, IoOp, io_error};
-use crate::fs::{FileSystem, FsFile};
+use crate::fs::{DirLock, FileSystem, FsFile, LOCK_FILE};
 
 /// A directory on a file system.
 pub(crate) struct Directory<F> {
     fs: F,
     path: PathBuf,
+    /// The exclusive hold on the directory, for a store's top-level directory.
+    _lock: DirLock,
 }
 
 impl<F: FileSystem> Directory<F> {
     pub(crate) fn new(fs: F, path: PathBuf) -> Self {
-        Directory { fs, path }
+        Directory { fs, path, _lock: DirLock::none() }
+    }
+
+    /// The store directory `path`, held exclusively ([`FileSystem::lock_dir`]) before anything
+    /// in it is read or repaired; with `create`, the directory is created first if missing.
+    /// Held elsewhere: [`DiskError::InUse`]; missing (without `create`):
+    /// [`DiskError::NotInitialized`].
+    pub(crate) fn locked(fs: F, path: PathBuf, create: bool) -> Result<Self, DiskError> {
+        let mut dir = Directory::new(fs, path);
+        if create {
+            dir.create_all()?;
+        }
+        dir._lock = match dir.fs.lock_dir(&dir.path) {
+            Ok(lock) => lock,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Err(DiskError::InUse(dir.path)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DiskError::NotInitialized(dir.path));
+            }
+            Err(error) => return Err(io_error(IoOp::Open, &dir.path.join(LOCK_FILE))(error)),
+        };
+        Ok(dir)
     }
 
     /// The file system, for the calls whose failures mean more than an I/O error.

@@ -187,6 +187,10 @@ pub enum DiskError {
     /// `create` found an existing store.
     #[error("a store already exists in {0:?}")]
     AlreadyInitialized(PathBuf),
+    /// Another process, or another store in this one, has the store in this directory open (it
+    /// holds the directory's LOCK file): nothing was read or changed. Stop the other user first.
+    #[error("the store in {0:?} is in use by another process or store (its LOCK file is locked)")]
+    InUse(PathBuf),
     /// An append does not continue the log.
     #[error("append at {first} does not continue the log ending at {last}")]
     AppendGap {
@@ -258,6 +262,7 @@ impl PartialEq for DiskError {
             E::NotInitialized(dir) => matches!(other, E::NotInitialized(other_dir) if dir == other_dir),
             E::MissingIdentity(dir) => matches!(other, E::MissingIdentity(other_dir) if dir == other_dir),
             E::AlreadyInitialized(dir) => matches!(other, E::AlreadyInitialized(other_dir) if dir == other_dir),
+            E::InUse(dir) => matches!(other, E::InUse(other_dir) if dir == other_dir),
             E::AppendGap { first, last } => matches!(other, E::AppendGap { first: other_first, last: other_last }
                 if (first, last) == (other_first, other_last)),
             E::AppendNotConsecutive(index) => {

@@ -102,7 +102,7 @@ impl<F: FileSystem> DiskStorage<F> {
         membership: Membership,
         options: DiskOptions,
     ) -> Result<Self, DiskError> {
-        let dir = Directory::new(fs, dir.into());
+        let dir = Directory::locked(fs, dir.into(), true)?;
         // Segments are only written after IDENTITY.
         prepare_new(&dir, is_segment)?;
         let meta = Meta { membership, ..Meta::default() };
@@ -117,7 +117,7 @@ impl<F: FileSystem> DiskStorage<F> {
     /// piece at a time). Leftovers of an interrupted compaction or snapshot install are removed.
     /// [`DiskStorage::recovery_report`] lists every such repair.
     pub fn open(fs: F, dir: impl Into<PathBuf>, identity: Identity, options: DiskOptions) -> Result<Self, DiskError> {
-        let dir = Directory::new(fs, dir.into());
+        let dir = Directory::locked(fs, dir.into(), false)?;
         let names = open_existing(&dir, identity, (IDENTITY_MAGIC, FORMAT_VERSION), is_segment)?;
         let meta = read_meta(&dir)?;
         if let Some(snapshot) = &meta.snapshot {

@@ -943,7 +943,7 @@ impl<F: FileSystem> SharedWal<F> {
     /// Initializes a new, empty WAL in `dir` (created if missing) for `identity`. Fails if a
     /// store already exists there, or if segments exist without an identity file.
     pub fn create(fs: F, dir: impl Into<PathBuf>, identity: Identity, options: WalOptions) -> Result<Self, DiskError> {
-        let dir = Directory::new(fs, dir.into());
+        let dir = Directory::locked(fs, dir.into(), true)?;
         prepare_new(&dir, |name| super::record::parse_segment_name(name).is_some())?;
         write_identity(&dir, identity, IDENTITY_MAGIC, FORMAT_VERSION)?;
         let writer = Writer::new(dir, Vec::new(), 1, options);
@@ -956,7 +956,7 @@ impl<F: FileSystem> SharedWal<F> {
     /// group removals, snapshot installs and segment reclamations are removed.
     /// [`SharedWal::recovery_report`] lists every such repair.
     pub fn open(fs: F, dir: impl Into<PathBuf>, identity: Identity, options: WalOptions) -> Result<Self, DiskError> {
-        let inner = recovery::recover(Directory::new(fs, dir.into()), identity, options)?;
+        let inner = recovery::recover(Directory::locked(fs, dir.into(), false)?, identity, options)?;
         Ok(SharedWal::new(inner))
     }
 
