@@ -159,3 +159,35 @@ fn the_nodes_stop_when_the_launcher_is_killed() {
     launcher_exits(&mut launcher);
     launcher.assert_nodes_stop(&nodes);
 }
+
+/// The pid of node `id`, from the launcher's log line `started node ID (pid PID)`.
+fn node_pid(log: &str, id: u16) -> Option<u32> {
+    let (_, rest) = log.split_once(&format!("started node {id} (pid "))?;
+    rest.split(')').next()?.parse().ok()
+}
+
+#[test]
+fn a_node_that_fails_is_reported_and_the_others_keep_running() {
+    let (_dir, data) = common::temp();
+    let mut launcher = Launcher::start(&data);
+    let nodes = launcher.wait_until_up();
+    let log = std::fs::read_to_string(&launcher.log).expect("the launcher's log");
+    let pid = node_pid(&log, NODES).unwrap_or_else(|| panic!("the launcher names node {NODES}'s pid:\n{log}"));
+    assert!(nodes.contains(&pid), "{pid} is one of the launcher's children {nodes:?}");
+    let sent = Command::new("kill").args(["-s", "KILL", &pid.to_string()]).status();
+    assert!(sent.is_ok_and(|status| status.success()), "kill -s KILL {pid}");
+    eventually("the launcher to report the failure", || {
+        let log = std::fs::read_to_string(&launcher.log).unwrap_or_default();
+        log.contains(&format!("node {NODES} failed")).then_some(())
+    });
+    assert!(launcher.child.try_wait().is_ok_and(|exit| exit.is_none()), "the launcher keeps running");
+    // The other two still make a quorum: a leader among them, and writes go through.
+    eventually("a leader among the nodes left", || {
+        status(launcher.http(0))?["leader"].as_u64().filter(|leader| *leader != u64::from(NODES))
+    });
+    common::until("PUT", launcher.http(0), "/kv/after", b"failure", 200);
+    launcher.signal("TERM");
+    let exit = launcher_exits(&mut launcher);
+    assert!(exit.success(), "asked to stop, the launcher exits cleanly: {exit:?}");
+    launcher.assert_nodes_stop(&nodes);
+}
