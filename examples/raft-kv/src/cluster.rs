@@ -1,5 +1,5 @@
-//! `raft-kv cluster`: starts N `raft-kv serve` processes of this binary on 127.0.0.1, prints
-//! their endpoints and the leader, and stops them on SIGINT (Ctrl-C), SIGTERM or SIGHUP. Each
+//! `raft-kv cluster`: starts N `raft-kv serve` processes of this binary on 127.0.0.1, logs
+//! their pids and the leader, reports a node that exits (see [`run`]), and stops them on SIGINT (Ctrl-C), SIGTERM or SIGHUP. Each
 //! node keeps its data in `DATA/node-ID`, so running it again restarts the same cluster with its
 //! data. The nodes' stdin is a pipe from the launcher (`serve --exit-with-stdin`): should the
 //! launcher die without stopping them (`kill -9`), the kernel closes the pipe and they stop.
