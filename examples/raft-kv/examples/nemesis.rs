@@ -33,7 +33,7 @@ struct Cli {
     /// How long to inject faults, per run, in seconds.
     #[arg(long, default_value_t = 60)]
     duration: u64,
-    /// The seed of the first run (run i uses seed + i); by default one from the clock.
+    /// The seed of the first run (run i uses seed + i); by default one drawn from the OS (printed).
     #[arg(long)]
     seed: Option<u64>,
     /// How many nodes.
@@ -62,9 +62,20 @@ fn main() -> ExitCode {
         eprintln!("nemesis: no raft-kv binary next to this one; build it (cargo build -p raft-kv) or pass --binary");
         return ExitCode::FAILURE;
     };
-    let seed = cli.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |time| time.as_secs())
-    });
+    let seed = match cli.seed {
+        Some(seed) => seed,
+        None => match getrandom::u64() {
+            // Printed with every run's header and replay line, so the run can be replayed.
+            Ok(seed) => {
+                println!("seed {seed} (from the OS; --seed {seed} replays it)");
+                seed
+            }
+            Err(error) => {
+                eprintln!("nemesis: no seed from the OS ({error}); pass --seed");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let scenario = match cli.scenario {
         ScenarioArg::Mixed => nemesis::Scenario::Mixed,
         ScenarioArg::LeasePause => nemesis::Scenario::LeasePause,

@@ -1,19 +1,23 @@
 //! The nemesis's HTTP client: one request per connection, following redirects, with one deadline
-//! for the whole exchange, and a failure that says whether the request was sent at all.
+//! for the whole exchange, and a failure that says whether the request was sent at all. The TCP
+//! connection is ours (so that a failed connect, which sent nothing, stays apart from a lost
+//! answer); hyper's one-connection client speaks HTTP/1.1 over it.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{CONNECTION, HOST, LOCATION};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::client;
-
 /// How many redirects one request follows.
 pub const REDIRECTS_MAX: usize = 3;
-/// The largest answer read.
-pub const ANSWER_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// The largest answer read (a larger one counts as lost).
+pub const ANSWER_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// An answer.
 pub struct Answer {
@@ -27,6 +31,11 @@ impl Answer {
     /// The body as JSON (`Null` when it is not).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
@@ -67,28 +76,44 @@ fn split_location(location: &str) -> Option<(SocketAddr, String)> {
     Some((host.parse().ok()?, path.to_owned()))
 }
 
-async fn once(
-    method: &str,
-    node: SocketAddr,
-    path: &str,
-    body: &[u8],
-    deadline: Instant,
-) -> Result<client::HttpResponse, CallError> {
+/// One exchange's answer, before redirects are followed.
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    body: Vec<u8>,
+}
+
+async fn once(method: &str, node: SocketAddr, path: &str, body: &[u8], deadline: Instant) -> Result<Reply, CallError> {
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, node.to_string())
+        .header(CONNECTION, "close")
+        .body(Full::new(Bytes::copy_from_slice(body)));
+    // A request that cannot be written (a bad method or path) is never sent.
+    let Ok(request) = request else { return Err(CallError::NotSent) };
     let connected = tokio::time::timeout_at(deadline, TcpStream::connect(node)).await;
-    let Ok(Ok(mut stream)) = connected else { return Err(CallError::NotSent) };
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let Ok(Ok(stream)) = connected else { return Err(CallError::NotSent) };
     let exchange = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        let mut raw = Vec::new();
-        (&mut stream).take(ANSWER_BYTES_MAX).read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+        let send = async {
+            let response = sender.send_request(request).await.ok()?;
+            let status = response.status().as_u16();
+            let location = response.headers().get(LOCATION).and_then(|value| value.to_str().ok()).map(str::to_owned);
+            let body = Limited::new(response.into_body(), ANSWER_BYTES_MAX).collect().await.ok()?;
+            Some(Reply { status, location, body: body.to_bytes().to_vec() })
+        };
+        // The connection does the I/O while the request is sent and the answer read; once it ends,
+        // the answer is whole (or never will be).
+        let (mut connection, mut send) = (pin!(connection), pin!(send));
+        tokio::select! {
+            reply = &mut send => reply,
+            _ = &mut connection => send.await,
+        }
     };
+    // Dropping the exchange at the deadline closes the connection.
     match tokio::time::timeout_at(deadline, exchange).await {
-        Ok(Ok(raw)) => client::parse(&raw).map_err(|_| CallError::Lost),
+        Ok(Some(reply)) => Ok(reply),
         _ => Err(CallError::Lost),
     }
 }

@@ -12,9 +12,6 @@
 #![allow(dead_code)] // Each user takes its own part.
 
 mod check;
-#[allow(dead_code)]
-#[path = "../src/client.rs"]
-mod client;
 mod cluster;
 mod faults;
 mod http;

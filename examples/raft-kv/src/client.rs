@@ -1,29 +1,34 @@
-//! A tiny blocking HTTP/1.1 client (plain `http://` only) for the CLI's client subcommands and
-//! the cluster launcher: one request per connection, following 307 redirects.
+//! The blocking HTTP client of the CLI's client subcommands, the cluster launcher and `--join`:
+//! `ureq` (plain `http://`, no TLS) does the HTTP; this module follows 307/308 redirects itself,
+//! because `ureq` refuses to send a body again on a redirect while a write sent to a follower
+//! must reach the leader with the same method and body.
+//!
+//! A server that answers before it has read the whole body (a 413 for a body far over its limit)
+//! and closes makes the write fail, and that answer is lost: `ureq` writes the whole body before
+//! it reads. The CLI's values come from a command-line argument (at most 128 KiB on Linux), far
+//! below the server's limits; the tests and the nemesis use hyper, which reads such an answer.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use thiserror::Error;
 
 /// How many redirects one request follows at most.
 pub const REDIRECTS_MAX: usize = 5;
-/// How long connecting, reading or writing may take.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long one request (connecting, sending, reading the answer) may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
+/// The largest answer body read (a value is at most 1 MiB; the JSON around it adds little).
+pub const ANSWER_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// Why a request failed.
 #[derive(Debug, Error)]
 pub enum ClientError {
-    /// The URL is not `http://HOST:PORT/PATH`.
-    #[error("unsupported URL (want http://HOST:PORT/PATH)")]
-    BadUrl,
-    /// The connection failed.
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
-    /// The answer is not HTTP/1.1.
-    #[error("malformed response")]
-    Malformed,
+    /// The request could not be made, or no whole answer came (the URL, the connection, the
+    /// timeout, a malformed answer: `ureq` says which).
+    #[error(transparent)]
+    Http(#[from] ureq::Error),
+    /// A redirect without a usable `Location`.
+    #[error("a {0} redirect without a Location header")]
+    NoLocation(u16),
     /// More than [`REDIRECTS_MAX`] redirects.
     #[error("too many redirects")]
     TooManyRedirects,
@@ -47,60 +52,37 @@ impl HttpResponse {
     }
 }
 
-/// Sends `method url` with `body`, following redirects.
+/// Sends `method url` with `body`, following 307 and 308 redirects with the same method and
+/// body.
 pub fn request(method: &str, url: &str, body: &[u8]) -> Result<HttpResponse, ClientError> {
     let mut url = url.to_owned();
     for _ in 0..=REDIRECTS_MAX {
         let response = request_once(method, &url, body)?;
-        match (response.status, &response.location) {
-            (307 | 308, Some(location)) => url = location.clone(),
+        match response.status {
+            307 | 308 => url = response.location.ok_or(ClientError::NoLocation(response.status))?,
             _ => return Ok(response),
         }
     }
     Err(ClientError::TooManyRedirects)
 }
 
-/// Sends one request, without following redirects.
+/// Sends one request, without following redirects. Any status is an answer (not an error).
 pub fn request_once(method: &str, url: &str, body: &[u8]) -> Result<HttpResponse, ClientError> {
-    let rest = url.strip_prefix("http://").ok_or(ClientError::BadUrl)?;
-    let (host, path) = rest.find('/').map_or((rest, "/"), |at| (&rest[..at], &rest[at..]));
-    let address = std::net::ToSocketAddrs::to_socket_addrs(host)?.next().ok_or(ClientError::BadUrl)?;
-    let mut stream = TcpStream::connect_timeout(&address, IO_TIMEOUT)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let written = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body));
-    let mut raw = Vec::new();
-    let read = stream.read_to_end(&mut raw);
-    // A server may answer (a 413, say) and close before it has read a whole body: a whole answer
-    // counts even when writing failed; otherwise the first I/O error says what went wrong.
-    parse(&raw).map_err(|malformed| written.err().or(read.err()).map_or(malformed, ClientError::Io))
-}
-
-/// Parses a whole HTTP/1.1 answer (the connection's bytes up to its end).
-pub fn parse(raw: &[u8]) -> Result<HttpResponse, ClientError> {
-    let end = raw.windows(4).position(|window| window == b"\r\n\r\n").ok_or(ClientError::Malformed)?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| ClientError::Malformed)?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or(ClientError::Malformed)?;
-    let status = status_line.split(' ').nth(1).and_then(|code| code.parse().ok()).ok_or(ClientError::Malformed)?;
-    let mut location = None;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
-        match name.trim().to_ascii_lowercase().as_str() {
-            "location" => location = Some(value.trim().to_owned()),
-            "content-length" => length = value.trim().parse::<usize>().ok(),
-            _ => {}
-        }
-    }
-    let body = &raw[end + 4..];
-    let body = match length {
-        Some(length) => body.get(..length).ok_or(ClientError::Malformed)?, // Cut short.
-        None => body,
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .build()
+        .into();
+    let builder = ureq::http::Request::builder().method(method).uri(url);
+    let response = if body.is_empty() {
+        agent.run(builder.body(()).map_err(ureq::Error::from)?)?
+    } else {
+        agent.run(builder.body(body.to_vec()).map_err(ureq::Error::from)?)?
     };
-    Ok(HttpResponse { status, location, body: body.to_vec() })
+    let status = response.status().as_u16();
+    let location =
+        response.headers().get(ureq::http::header::LOCATION).and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let body = response.into_body().into_with_config().limit(ANSWER_BYTES_MAX).read_to_vec()?;
+    Ok(HttpResponse { status, location, body })
 }

@@ -1,22 +1,24 @@
-//! `raft-kv cluster`: starts N `raft-kv serve` processes of this binary on 127.0.0.1, prints
-//! their endpoints and the leader, and stops them on SIGINT (Ctrl-C), SIGTERM or SIGHUP. Each
+//! `raft-kv cluster`: starts N `raft-kv serve` processes of this binary on 127.0.0.1, logs
+//! their pids and the leader, reports a node that exits (see [`run`]), and stops them on SIGINT (Ctrl-C), SIGTERM or SIGHUP. Each
 //! node keeps its data in `DATA/node-ID`, so running it again restarts the same cluster with its
 //! data. The nodes' stdin is a pipe from the launcher (`serve --exit-with-stdin`): should the
 //! launcher die without stopping them (`kill -9`), the kernel closes the pipe and they stop.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use std::process::Stdio;
-
+use anyhow::{Context, bail};
 use clap::Args;
 use tokio::process::Child;
+use tracing::{error, info, warn};
 
 use crate::client;
+use crate::logs::LogFormat;
 use crate::signals::StopSignals;
 
-/// How often the launcher polls for a leader.
+/// How often the launcher polls for a leader, and looks whether a node has exited.
 pub const POLL: Duration = Duration::from_millis(200);
 /// How long the nodes have to shut down once asked before they are killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -27,7 +29,7 @@ pub const EXIT_GRACE: Duration = Duration::from_secs(1);
 #[derive(Args)]
 pub struct ClusterArgs {
     /// How many nodes.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     pub nodes: u16,
     /// The data directory (one subdirectory per node).
     #[arg(long, default_value = "data")]
@@ -38,47 +40,98 @@ pub struct ClusterArgs {
     /// The first node's Raft port; node i listens on this + i - 1.
     #[arg(long, default_value_t = 9091)]
     pub raft_port: u16,
+    /// How log lines look on stderr, the launcher's and its nodes' (`RUST_LOG` filters them).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// Runs the cluster until SIGINT (Ctrl-C), SIGTERM or SIGHUP.
-pub fn run(args: ClusterArgs) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+/// One node process.
+struct Node {
+    id: u16,
+    child: Child,
+    /// Its exit status once it has exited (and been reported).
+    exited: Option<ExitStatus>,
+}
+
+/// Runs the cluster until SIGINT (Ctrl-C), SIGTERM or SIGHUP. A node that exits meanwhile (it
+/// failed: exit code 3 is a fail-stop, see `node.rs`) is reported, and the others keep running;
+/// it is not restarted, as whatever stopped it (a full disk, say) would likely stop it again:
+/// fix the cause, stop the launcher and run it again, which restarts every node on its data.
+/// Once every node has exited, the launcher exits too, with an error.
+pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let outcome = runtime.block_on(cluster(args));
     runtime.shutdown_timeout(EXIT_GRACE);
     outcome
 }
 
-async fn cluster(args: ClusterArgs) -> Result<(), String> {
+async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     // Before any child starts, so that no signal can end the launcher without stopping them.
-    let mut signals = StopSignals::new().map_err(|error| format!("listening for signals: {error}"))?;
-    let mut children = Vec::new();
-    let started = start_nodes(&args, &mut children);
-    let reason = match started {
+    let mut signals = StopSignals::new().context("listening for signals")?;
+    let mut nodes = Vec::new();
+    let started = start_nodes(&args, &mut nodes);
+    let outcome = match started {
         Ok(()) => {
             let first = SocketAddr::new(LOCALHOST, args.http_port);
-            tokio::select! {
-                leader = tokio::task::spawn_blocking(move || wait_for_leader(first)) => {
-                    match leader {
-                        Ok(Some(leader)) => println!("leader: node {leader} (try: curl http://{first}/cluster/status)"),
-                        _ => eprintln!("no leader yet"),
+            let mut leader = tokio::task::spawn_blocking(move || wait_for_leader(first));
+            let mut leader_done = false;
+            let mut poll = tokio::time::interval(POLL);
+            loop {
+                tokio::select! {
+                    reason = signals.recv() => {
+                        info!("stopping ({reason})");
+                        break Ok(());
                     }
-                    signals.recv().await
+                    found = &mut leader, if !leader_done => {
+                        leader_done = true;
+                        match found {
+                            Ok(Some(leader)) => info!("leader: node {leader} (try: curl http://{first}/cluster/status)"),
+                            _ => warn!("no leader yet"),
+                        }
+                    }
+                    _ = poll.tick() => {
+                        report_exits(&mut nodes);
+                        if nodes.iter().all(|node| node.exited.is_some()) {
+                            break Err(anyhow::anyhow!("every node exited"));
+                        }
+                    }
                 }
-                reason = signals.recv() => reason,
             }
         }
-        Err(_) => "a node did not start",
+        Err(error) => Err(error),
     };
-    println!("stopping ({reason})");
-    stop_nodes(&mut children).await;
-    started
+    stop_nodes(&mut nodes).await;
+    outcome
+}
+
+/// Logs every node that has exited since the last look.
+fn report_exits(nodes: &mut [Node]) {
+    for node in nodes.iter_mut().filter(|node| node.exited.is_none()) {
+        match node.child.try_wait() {
+            Ok(Some(status)) => {
+                node.exited = Some(status);
+                if status.success() {
+                    warn!(node = node.id, "node {} exited ({status}); the others keep running", node.id);
+                } else {
+                    error!(
+                        node = node.id,
+                        "node {} failed ({status}; its log above says why); the others keep running. It is not \
+                         restarted: fix the cause, then stop the launcher and run it again",
+                        node.id
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(error) => warn!(node = node.id, "node {}: looking for its exit: {error}", node.id),
+        }
+    }
 }
 
 /// Starts the nodes, each with a pipe as stdin (see the module docs).
-fn start_nodes(args: &ClusterArgs, children: &mut Vec<Child>) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+fn start_nodes(args: &ClusterArgs, nodes: &mut Vec<Node>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding this program")?;
     let ids: Vec<u16> = (1..=args.nodes).collect();
     let bootstrap = must_bootstrap(args, &ids)?;
     let address = |base: u16, id: u16| SocketAddr::new(LOCALHOST, base.saturating_add(id - 1));
@@ -97,11 +150,13 @@ fn start_nodes(args: &ClusterArgs, children: &mut Vec<Child>) -> Result<(), Stri
             .arg(args.data.join(format!("node-{id}")))
             .args(bootstrap.then_some("--bootstrap"))
             .arg("--exit-with-stdin")
+            .args(["--log-format", args.log_format.as_arg()])
             .stdin(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|error| format!("starting node {id}: {error}"))?;
-        children.push(child);
+            .with_context(|| format!("starting node {id}"))?;
+        info!(node = id, "started node {id} (pid {})", child.id().unwrap_or_default());
+        nodes.push(Node { id: *id, child, exited: None });
     }
     Ok(())
 }
@@ -109,7 +164,7 @@ fn start_nodes(args: &ClusterArgs, children: &mut Vec<Child>) -> Result<(), Stri
 /// Whether the cluster is new (no node has data yet: bootstrap every node) or restarts (every
 /// node has data). Some nodes without data among others with data is refused: bootstrapping
 /// them would let a voter whose data was lost vote again in terms it already voted in.
-fn must_bootstrap(args: &ClusterArgs, ids: &[u16]) -> Result<bool, String> {
+fn must_bootstrap(args: &ClusterArgs, ids: &[u16]) -> anyhow::Result<bool> {
     let has_data = |id: &u16| {
         let dir = args.data.join(format!("node-{id}"));
         std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some())
@@ -118,24 +173,24 @@ fn must_bootstrap(args: &ClusterArgs, ids: &[u16]) -> Result<bool, String> {
     match (with.is_empty(), without.is_empty()) {
         (true, _) => Ok(true),
         (false, true) => Ok(false),
-        (false, false) => Err(format!(
+        (false, false) => bail!(
             "nodes {without:?} have no data in {} while nodes {with:?} do: a voter whose data was \
              lost must not start as a new voter. Use an empty --data for a new cluster",
             args.data.display()
-        )),
+        ),
     }
 }
 
 /// Closes every node's stdin, which makes it shut down gracefully, waits for them all, and kills
 /// those still running after [`STOP_GRACE`].
-async fn stop_nodes(children: &mut [Child]) {
-    for child in children.iter_mut() {
-        drop(child.stdin.take());
+async fn stop_nodes(nodes: &mut [Node]) {
+    for node in nodes.iter_mut() {
+        drop(node.child.stdin.take());
     }
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
-    for child in children.iter_mut() {
-        if tokio::time::timeout_at(deadline, child.wait()).await.is_err() {
-            let _ = child.kill().await; // Already gone is fine.
+    for node in nodes.iter_mut() {
+        if tokio::time::timeout_at(deadline, node.child.wait()).await.is_err() {
+            let _ = node.child.kill().await; // Already gone is fine.
         }
     }
 }

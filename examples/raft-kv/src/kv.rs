@@ -161,7 +161,7 @@ impl PeerBook {
         let unchanged = saved.len() == peers.len() && saved.iter().all(|peer| peers.get(&peer.id) == Some(peer));
         let book = PeerBook { peers: Arc::new(Mutex::new(peers)), transport, own, file };
         if !unchanged && let Err(error) = book.save(&book.lock()) {
-            eprintln!("node {own}: saving {}: {error}", book.file.display());
+            tracing::warn!(node = own.0, "saving {}: {error}", book.file.display());
         }
         Ok(book)
     }
@@ -175,7 +175,7 @@ impl PeerBook {
         if peers.insert(peer.id, peer) != Some(peer) {
             // Under the lock, so that saves happen in the order of the changes.
             if let Err(error) = self.save(&peers) {
-                eprintln!("node {}: saving {}: {error}", self.own, self.file.display());
+                tracing::warn!(node = self.own.0, "saving {}: {error}", self.file.display());
             }
         }
     }

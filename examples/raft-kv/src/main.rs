@@ -1,10 +1,17 @@
 //! `raft-kv`: a replicated key-value service over HTTP, built on the raft-net driver, the TCP
 //! transport and the durable store. See the README for the commands and the HTTP API.
+//!
+//! Exit codes: 0 when the command succeeded or the node or cluster was asked to stop (a signal,
+//! the end of stdin with `--exit-with-stdin`); 1 when it failed (a bad data directory, a port in
+//! use, an HTTP error of a client command); 2 for a bad command line (clap's usage error);
+//! [`node::EXIT_NODE_FAILED`] (3) when a node stopped by itself (fail-stop: its storage failed,
+//! its state machine panicked...), so that a supervisor restarts it.
 #![forbid(unsafe_code)]
 
 mod client;
 mod cluster;
 mod kv;
+mod logs;
 mod node;
 mod removal;
 mod server;
@@ -13,7 +20,8 @@ mod signals;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The command line.
 #[derive(Parser)]
@@ -40,9 +48,9 @@ enum Command {
     /// Reads a key.
     Get {
         key: String,
-        /// linearizable, lease, follower or stale.
-        #[arg(long, default_value = "linearizable")]
-        consistency: String,
+        /// How fresh the answer must be.
+        #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+        consistency: Consistency,
         #[command(flatten)]
         target: Target,
     },
@@ -57,17 +65,51 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Changes the membership: add-learner ID RAFT_ADDR HTTP_ADDR | promote ID | remove ID.
+    /// Changes the membership.
     Members {
-        action: String,
-        id: u64,
-        raft: Option<SocketAddr>,
-        http: Option<SocketAddr>,
-        #[command(flatten)]
-        target: Target,
+        #[command(subcommand)]
+        action: MembersAction,
     },
     /// Hands leadership to node ID.
     Transfer {
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// A read's consistency level (`?consistency=` of `GET /kv/{key}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Consistency {
+    /// Confirmed with a quorum: never stale.
+    Linearizable,
+    /// Trusts the leader's lease (see the README's "Lease reads").
+    Lease,
+    /// Linearizable, served by the node asked (it confirms the commit index with the leader).
+    Follower,
+    /// What the node asked has applied, however old.
+    Stale,
+}
+
+/// `raft-kv members ...`.
+#[derive(Subcommand)]
+enum MembersAction {
+    /// Adds node ID as a learner, reachable at RAFT (its Raft address) and HTTP.
+    AddLearner {
+        id: u64,
+        raft: SocketAddr,
+        http: SocketAddr,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Promotes learner ID to voter (refused until it has caught up).
+    Promote {
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Removes node ID from the cluster.
+    Remove {
         id: u64,
         #[command(flatten)]
         target: Target,
@@ -84,47 +126,62 @@ struct Target {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = match cli.command {
-        Command::Cluster(args) => cluster::run(args),
-        Command::Serve(args) => node::run(args),
-        other => run_client(other),
+    let log_format = match &cli.command {
+        Command::Cluster(args) => Some(args.log_format),
+        Command::Serve(args) => Some(args.log_format),
+        _ => None,
+    };
+    // The servers log (to stderr); the client commands print their answer (to stdout).
+    let logs = log_format.map(logs::init).transpose();
+    let outcome = match (logs, cli.command) {
+        (Err(error), _) => Err(error),
+        (Ok(_), Command::Cluster(args)) => cluster::run(args),
+        (Ok(_), Command::Serve(args)) => node::run(args),
+        (Ok(_), other) => run_client(other),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("raft-kv: {message}");
+        Err(error) => {
+            if error.downcast_ref::<node::NodeFailed>().is_some() {
+                return ExitCode::from(node::EXIT_NODE_FAILED); // `serve` has logged why.
+            }
+            if log_format.is_some() && tracing::dispatcher::has_been_set() {
+                tracing::error!("{error:#}");
+            } else {
+                eprintln!("raft-kv: {error:#}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
 /// Runs a client subcommand: one HTTP request, whose body is printed.
-fn run_client(command: Command) -> Result<(), String> {
+fn run_client(command: Command) -> anyhow::Result<()> {
     let (method, target, path, body) = match command {
         Command::Put { key, value, target } => ("PUT", target, format!("/kv/{key}"), value.into_bytes()),
         Command::Get { key, consistency, target } => {
-            ("GET", target, format!("/kv/{key}?consistency={consistency}"), Vec::new())
+            let level = consistency.to_possible_value().context("every consistency level has a name")?;
+            ("GET", target, format!("/kv/{key}?consistency={}", level.get_name()), Vec::new())
         }
         Command::Delete { key, target } => ("DELETE", target, format!("/kv/{key}"), Vec::new()),
         Command::Status { target } => ("GET", target, "/cluster/status".to_owned(), Vec::new()),
-        Command::Members { action, id, raft, http, target } => {
-            let body = match (action.as_str(), raft, http) {
-                ("add-learner", Some(raft), Some(http)) => {
-                    serde_json::json!({ "action": "add_learner", "id": id, "raft": raft, "http": http })
+        Command::Members { action } => {
+            let (body, target) = match action {
+                MembersAction::AddLearner { id, raft, http, target } => {
+                    (serde_json::json!({ "action": "add_learner", "id": id, "raft": raft, "http": http }), target)
                 }
-                ("promote", _, _) => serde_json::json!({ "action": "promote", "id": id }),
-                ("remove", _, _) => serde_json::json!({ "action": "remove", "id": id }),
-                _ => return Err("members: add-learner ID RAFT HTTP | promote ID | remove ID".to_owned()),
+                MembersAction::Promote { id, target } => (serde_json::json!({ "action": "promote", "id": id }), target),
+                MembersAction::Remove { id, target } => (serde_json::json!({ "action": "remove", "id": id }), target),
             };
             ("POST", target, "/cluster/members".to_owned(), body.to_string().into_bytes())
         }
         Command::Transfer { id, target } => {
             ("POST", target, "/cluster/leader".to_owned(), serde_json::json!({ "id": id }).to_string().into_bytes())
         }
-        Command::Cluster(_) | Command::Serve(_) => return Err("not a client command".to_owned()),
+        Command::Cluster(_) | Command::Serve(_) => bail!("not a client command"),
     };
     let url = format!("http://{}{path}", target.node);
-    let response = client::request(method, &url, &body).map_err(|error| error.to_string())?;
+    let response = client::request(method, &url, &body).with_context(|| format!("{method} {url}"))?;
     println!("{}", response.text());
-    if (200..300).contains(&response.status) { Ok(()) } else { Err(format!("HTTP {}", response.status)) }
+    if (200..300).contains(&response.status) { Ok(()) } else { bail!("{method} {url}: HTTP {}", response.status) }
 }

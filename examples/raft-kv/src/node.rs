@@ -1,5 +1,12 @@
 //! `raft-kv serve`: one node: the durable store in its data directory, the TCP transport, the
 //! Raft driver and the HTTP API; with `--join`, asks an existing cluster to add it.
+//!
+//! The node runs until it is asked to stop (SIGINT, SIGTERM, SIGHUP, or the end of stdin with
+//! `--exit-with-stdin`: exit code 0) or until it stops by itself: a fail-stop (its storage
+//! failed, its state machine panicked or could not restore a snapshot). Then it logs the reason
+//! and exits with [`EXIT_NODE_FAILED`], so that a supervisor (systemd's `Restart=on-failure`, the
+//! cluster launcher's report) notices. A node removed from the cluster keeps running and answers
+//! 410 (see `removal.rs`): that is not a failure.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,13 +14,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use clap::Args;
 use raft_core::{Index, Membership, NodeId, Options};
-use raft_net::{NodeConfig, NodeHandle, TcpOptions, TcpTransport, TokioConnector};
+use raft_net::{NodeConfig, NodeEvent, NodeHandle, StopReason, TcpOptions, TcpTransport, TokioConnector};
 use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, StdFs};
+use thiserror::Error;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{error, info, warn};
 
 use crate::client;
 use crate::kv::{Kv, PeerAddresses, PeerBook, VALUE_BYTES_MAX};
+use crate::logs::LogFormat;
 use crate::removal::Removal;
 use crate::server::{App, router};
 use crate::signals::{StopSignals, watch_stdin};
@@ -30,12 +42,29 @@ pub const JOIN_RETRY: Duration = Duration::from_millis(500);
 /// How long the runtime waits, once the node has stopped, for blocking work (a join request on
 /// its way) before the process exits anyway.
 pub const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// How long the HTTP server has, once told to stop, to finish the requests in flight before the
+/// process goes on stopping without them.
+pub const HTTP_STOP_GRACE: Duration = Duration::from_secs(10);
+/// The process's exit code when the node stopped by itself (fail-stop), not because it was asked
+/// to.
+pub const EXIT_NODE_FAILED: u8 = 3;
+
+/// The error `serve` ends with when the node stopped by itself (its [`StopReason`]); the process
+/// exits with [`EXIT_NODE_FAILED`].
+#[derive(Debug, Error)]
+#[error("node {id} stopped by itself (exit code {EXIT_NODE_FAILED}): {reason}")]
+pub struct NodeFailed {
+    /// The node.
+    pub id: NodeId,
+    /// Why it stopped.
+    pub reason: StopReason,
+}
 
 /// `raft-kv serve`.
 #[derive(Args, Clone)]
 pub struct ServeArgs {
     /// This node's id (1 or more).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub id: u64,
     /// Where the Raft transport listens.
     #[arg(long)]
@@ -48,13 +77,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub raft_advertise: Option<SocketAddr>,
     /// The other members, as ID=RAFT_ADDR=HTTP_ADDR (repeat, or separate with commas).
-    #[arg(long, value_delimiter = ',')]
-    pub peers: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<PeerAddresses>,
     /// The data directory.
     #[arg(long, default_value = "data")]
     pub data: PathBuf,
     /// Join the cluster of this node (http://HOST:PORT) as a learner, then become a voter.
-    #[arg(long, conflicts_with = "bootstrap")]
+    #[arg(long, conflicts_with = "bootstrap", value_parser = parse_join)]
     pub join: Option<String>,
     /// Start a new cluster: when the data directory holds no store, create one whose voters are
     /// this node and `--peers`. Only for the first start of a new cluster's initial members:
@@ -67,34 +96,48 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     pub cluster_id: u64,
     /// The length of one Raft tick, in milliseconds (elections take 10 to 20 ticks).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub tick_ms: u64,
     /// Stop when standard input ends (the cluster launcher starts its nodes so, so that they
     /// stop when it does, however it ends).
     #[arg(long)]
     pub exit_with_stdin: bool,
+    /// How log lines look on stderr (`RUST_LOG` filters them; default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
-/// Parses `ID=RAFT_ADDR=HTTP_ADDR`.
+/// Parses `ID=RAFT_ADDR=HTTP_ADDR` (the value parser of `--peers`).
 pub fn parse_peer(text: &str) -> Result<PeerAddresses, String> {
     let parts: Vec<&str> = text.split('=').collect();
-    let [id, raft, http] = parts[..] else { return Err(format!("peer {text:?}: want ID=RAFT_ADDR=HTTP_ADDR")) };
-    let id = id.parse().map_err(|_| format!("peer {text:?}: bad id"))?;
-    let raft = raft.parse().map_err(|_| format!("peer {text:?}: bad Raft address"))?;
-    let http = http.parse().map_err(|_| format!("peer {text:?}: bad HTTP address"))?;
+    let [id, raft, http] = parts[..] else { return Err(format!("{text:?} is not ID=RAFT_ADDR=HTTP_ADDR")) };
+    let id = match id.parse::<u64>() {
+        Ok(id) if id > 0 => id,
+        _ => return Err(format!("{text:?}: the id {id:?} is not a number of 1 or more")),
+    };
+    let raft = raft.parse().map_err(|error| format!("{text:?}: the Raft address {raft:?}: {error}"))?;
+    let http = http.parse().map_err(|error| format!("{text:?}: the HTTP address {http:?}: {error}"))?;
     Ok(PeerAddresses { id: NodeId(id), raft, http })
 }
 
+/// Checks `--join`'s `http://HOST:PORT` (a trailing `/` is dropped).
+pub fn parse_join(text: &str) -> Result<String, String> {
+    if !text.starts_with("http://") {
+        return Err("want the HTTP address of a member: http://HOST:PORT".to_owned());
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
 /// Runs the node until SIGINT (Ctrl-C), SIGTERM or SIGHUP, or the end of stdin with
-/// `--exit-with-stdin`.
-pub fn run(args: ServeArgs) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+/// `--exit-with-stdin`, or until it stops by itself ([`NodeFailed`]).
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let outcome = runtime.block_on(serve(args));
     runtime.shutdown_timeout(EXIT_GRACE);
     outcome
 }
 
-fn options() -> Result<Options, String> {
+fn options() -> anyhow::Result<Options> {
     Options::builder()
         .election_ticks(10)
         .heartbeat_ticks(2)
@@ -104,13 +147,13 @@ fn options() -> Result<Options, String> {
         .message_bytes_max(MESSAGE_BYTES_MAX)
         .apply_bytes_max(4 * MESSAGE_BYTES_MAX)
         .build()
-        .map_err(|error| error.to_string())
+        .context("the Raft options")
 }
 
 /// Opens the store in `args.data`, or creates it: with `peers` as voters when bootstrapping a
 /// new cluster, with no member when joining one. Otherwise a missing store is an error (see
 /// `ServeArgs::bootstrap`).
-fn storage(args: &ServeArgs, peers: &[PeerAddresses]) -> Result<DiskStorage, String> {
+fn storage(args: &ServeArgs, peers: &[PeerAddresses]) -> anyhow::Result<DiskStorage> {
     let identity = Identity { cluster_id: args.cluster_id, node_id: NodeId(args.id) };
     match DiskStorage::open(StdFs, &args.data, identity, DiskOptions::default()) {
         Ok(storage) => Ok(storage),
@@ -120,72 +163,124 @@ fn storage(args: &ServeArgs, peers: &[PeerAddresses]) -> Result<DiskStorage, Str
             } else if args.bootstrap {
                 Membership::new(peers.iter().map(|peer| peer.id))
             } else {
-                return Err(format!(
+                bail!(
                     "no store in {}: node {} has never run there. Start a new cluster's initial \
                      members with --bootstrap (first start only), or join an existing cluster with \
                      --join. If this node's data was lost, do not bootstrap it again (it could vote \
                      twice in one term): remove it from the cluster and join under a new id",
                     args.data.display(),
                     args.id
-                ));
+                );
             };
             DiskStorage::create(StdFs, &args.data, identity, membership, DiskOptions::default())
-                .map_err(|error| error.to_string())
+                .with_context(|| format!("creating a store in {}", args.data.display()))
         }
-        Err(error) => Err(format!("opening {}: {error}", args.data.display())),
+        Err(error) => Err(error).with_context(|| format!("opening {}", args.data.display())),
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
-    let mut signals = StopSignals::new().map_err(|error| format!("listening for signals: {error}"))?;
-    let stdin = if args.exit_with_stdin {
-        Some(watch_stdin().map_err(|error| format!("watching stdin: {error}"))?)
-    } else {
-        None
-    };
-    if args.join.as_ref().is_some_and(|url| !url.starts_with("http://")) {
-        return Err("--join wants the HTTP address of a member: http://HOST:PORT".to_owned());
-    }
+/// Why `serve` stops.
+enum Ending {
+    /// Asked to (a signal, the end of stdin).
+    Asked(&'static str),
+    /// The node stopped by itself.
+    Failed(StopReason),
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut signals = StopSignals::new().context("listening for signals")?;
+    let stdin = if args.exit_with_stdin { Some(watch_stdin().context("watching stdin")?) } else { None };
     let id = NodeId(args.id);
-    let mut peers = args.peers.iter().map(|text| parse_peer(text)).collect::<Result<Vec<_>, _>>()?;
+    let mut peers = args.peers.clone();
     peers.retain(|peer| peer.id != id);
     let me = PeerAddresses { id, raft: args.raft_advertise.unwrap_or(args.raft), http: args.http };
     peers.push(me);
     let storage = storage(&args, &peers)?;
     let raft_addresses: BTreeMap<NodeId, SocketAddr> = peers.iter().map(|peer| (peer.id, peer.raft)).collect();
-    let listener = tokio::net::TcpListener::bind(args.raft).await.map_err(|e| format!("bind {}: {e}", args.raft))?;
+    let listener = tokio::net::TcpListener::bind(args.raft).await.with_context(|| format!("binding {}", args.raft))?;
     let others = raft_addresses.iter().filter(|(peer, _)| **peer != id).map(|(peer, address)| (*peer, *address));
     let (transport, inbound) =
         TcpTransport::start(args.cluster_id, id, listener, TokioConnector, others.collect(), TcpOptions::default())
-            .map_err(|error| error.to_string())?;
+            .context("starting the Raft transport")?;
     let transport = Arc::new(transport);
-    let book = PeerBook::open(id, &peers, Arc::clone(&transport), &args.data).map_err(|error| error.to_string())?;
+    let book = PeerBook::open(id, &peers, Arc::clone(&transport), &args.data).context("opening the peer book")?;
     let mut config = NodeConfig::new(id, options()?);
-    config.tick_interval = Duration::from_millis(args.tick_ms.max(1));
+    config.tick_interval = Duration::from_millis(args.tick_ms);
     config.addresses = raft_addresses;
     config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
     let handle = raft_net::start(config, storage, Arc::clone(&transport), inbound, Kv::new(book.clone()))
-        .map_err(|error| error.to_string())?;
-    let http = tokio::net::TcpListener::bind(args.http).await.map_err(|e| format!("bind {}: {e}", args.http))?;
-    println!("node {id}: http http://{} raft {} data {}", args.http, args.raft, args.data.display());
+        .context("starting the node")?;
+    let http = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding {}", args.http))?;
+    info!(node = id.0, "serving: http http://{} raft {} data {}", args.http, args.raft, args.data.display());
     if let Some(url) = &args.join {
-        tokio::spawn(join(url.trim_end_matches('/').to_owned(), me, handle.clone(), book.clone()));
+        tokio::spawn(join(url.clone(), me, handle.clone(), book.clone()));
     }
     let removal = Removal::watch(handle.clone(), id, &args.data);
     let app = App { handle: handle.clone(), book, removal };
-    let served = axum::serve(http, router(app)).with_graceful_shutdown(async move {
-        let reason = match stdin {
-            Some(stdin) => tokio::select! {
-                reason = signals.recv() => reason,
-                _ = stdin => "the end of stdin",
-            },
-            None => signals.recv().await,
-        };
-        println!("node {id}: stopping ({reason})");
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(http, router(app)).with_graceful_shutdown(async move {
+        let _ = http_stopped.await; // A dropped sender stops too.
     });
-    let outcome = served.await.map_err(|error| error.to_string());
+    let mut server = tokio::spawn(server.into_future());
+    let stdin = async move {
+        match stdin {
+            Some(stdin) => {
+                let _ = stdin.await; // Ends (with an error) when stdin does.
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let ending = tokio::select! {
+        reason = signals.recv() => Ending::Asked(reason),
+        () = stdin => Ending::Asked("the end of stdin"),
+        reason = stopped(&handle) => Ending::Failed(reason),
+        served = &mut server => {
+            handle.shutdown().await;
+            return match served {
+                Ok(served) => served.context("serving HTTP"),
+                Err(error) => Err(error).context("the HTTP server's task"),
+            };
+        }
+    };
+    match &ending {
+        Ending::Asked(reason) => info!(node = id.0, "stopping ({reason})"),
+        Ending::Failed(reason) => {
+            error!(node = id.0, "the node stopped by itself, exiting with code {EXIT_NODE_FAILED}: {reason}")
+        }
+    }
+    drop(stop_http);
+    let served = tokio::time::timeout(HTTP_STOP_GRACE, &mut server).await;
+    if served.is_err() {
+        warn!(node = id.0, "HTTP requests still in flight after {HTTP_STOP_GRACE:?}; stopping anyway");
+        server.abort();
+    }
     handle.shutdown().await;
-    outcome
+    match ending {
+        Ending::Asked(_) => Ok(()),
+        Ending::Failed(reason) => Err(NodeFailed { id, reason }.into()),
+    }
+}
+
+/// Waits until the node stops by itself and says why. A node that is shut down (only `serve`
+/// does that, once it has decided to stop) never ends this wait.
+async fn stopped(handle: &NodeHandle<Kv>) -> StopReason {
+    // Subscribed before the first look, so that a stop between the two is not missed.
+    let mut events = handle.events();
+    loop {
+        let reason = match handle.stop_reason() {
+            Some(reason) => Some(reason),
+            None => match events.recv().await {
+                Ok(NodeEvent::Stopped(reason)) => Some(reason),
+                Ok(_) | Err(RecvError::Lagged(_)) => None, // A missed stop is seen by the next look.
+                Err(RecvError::Closed) => std::future::pending().await, // The handle keeps the sender.
+            },
+        };
+        match reason {
+            Some(StopReason::Shutdown) => std::future::pending::<()>().await,
+            Some(reason) => return reason,
+            None => {}
+        }
+    }
 }
 
 /// Joins the cluster at `url`: asks it to add this node as a learner and, once this node has
@@ -205,7 +300,7 @@ async fn join(url: String, me: PeerAddresses, handle: NodeHandle<Kv>, book: Peer
         };
         let Ok(status) = handle.status().await else { return }; // The node stopped.
         if status.membership.is_voter(id) {
-            println!("node {id}: a voter; not asking to join");
+            info!(node = id.0, "a voter; not asking to join");
             return;
         }
         if status.applied > applied_seen {
@@ -225,18 +320,18 @@ async fn join(url: String, me: PeerAddresses, handle: NodeHandle<Kv>, book: Peer
             tokio::task::spawn_blocking(move || client::request("POST", &members, body.to_string().as_bytes()));
         match outcome.await {
             Ok(Ok(response)) if response.status == 200 => {
-                println!("node {id}: {step}: {}", response.text());
+                info!(node = id.0, "{step}: {}", response.text());
                 if promote {
                     return;
                 }
             }
-            Ok(Ok(response)) => eprintln!("node {id}: {step}: HTTP {} {}", response.status, response.text()),
-            Ok(Err(error)) => eprintln!("node {id}: {step}: {url}: {error}"),
+            Ok(Ok(response)) => warn!(node = id.0, "{step}: HTTP {} {}", response.status, response.text()),
+            Ok(Err(error)) => warn!(node = id.0, "{step}: {url}: {error:#}"),
             Err(_) => return, // The runtime is stopping.
         }
         attempts += 1;
         if attempts >= JOIN_ATTEMPTS_MAX {
-            eprintln!("node {id}: gave up joining (start again with --join to retry)");
+            error!(node = id.0, "gave up joining (start again with --join to retry)");
             return;
         }
         tokio::time::sleep(JOIN_RETRY).await;

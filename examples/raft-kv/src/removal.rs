@@ -64,14 +64,14 @@ async fn watch(handle: NodeHandle<Kv>, id: NodeId, marker: PathBuf, removal: Rem
         let membership = &status.membership;
         if !was_member && (membership.members().contains(&id)) {
             if let Err(error) = std::fs::write(&marker, b"") {
-                eprintln!("node {id}: writing {}: {error}", marker.display());
+                tracing::warn!(node = id.0, "writing {}: {error}", marker.display());
             }
             was_member = true;
         }
         let removed = was_member && leaves_out(membership, id, status.role);
         if removed != removal.removed.swap(removed, Ordering::Relaxed) {
             let state = if removed { "removed from the cluster" } else { "a member again" };
-            println!("node {id}: {state}");
+            tracing::warn!(node = id.0, "{state}");
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
     }

@@ -48,6 +48,11 @@ impl Drop for Launcher {
 
 impl Launcher {
     fn start(data: &Path) -> Launcher {
+        Launcher::start_with(data, &[])
+    }
+
+    /// [`Launcher::start`] with more arguments.
+    fn start_with(data: &Path, args: &[&str]) -> Launcher {
         // One block for both, so that the HTTP and Raft ports cannot overlap (two blocks picked
         // one after the other could: the first is free again once picked).
         let http_port = free_ports(2 * NODES);
@@ -59,6 +64,7 @@ impl Launcher {
             .args(["--http-port", &http_port.to_string(), "--raft-port", &raft_port.to_string()])
             .arg("--data")
             .arg(data.join("data"))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("a log file"))
             .stderr(log)
@@ -158,4 +164,63 @@ fn the_nodes_stop_when_the_launcher_is_killed() {
     launcher.signal("KILL"); // No chance to clean up: the nodes see their stdin end.
     launcher_exits(&mut launcher);
     launcher.assert_nodes_stop(&nodes);
+}
+
+/// The pid of node `id`, from the launcher's log line `started node ID (pid PID)`.
+fn node_pid(log: &str, id: u16) -> Option<u32> {
+    let (_, rest) = log.split_once(&format!("started node {id} (pid "))?;
+    rest.split(')').next()?.parse().ok()
+}
+
+#[test]
+fn a_node_that_fails_is_reported_and_the_others_keep_running() {
+    let (_dir, data) = common::temp();
+    let mut launcher = Launcher::start(&data);
+    let nodes = launcher.wait_until_up();
+    let log = std::fs::read_to_string(&launcher.log).expect("the launcher's log");
+    let pid = node_pid(&log, NODES).unwrap_or_else(|| panic!("the launcher names node {NODES}'s pid:\n{log}"));
+    assert!(nodes.contains(&pid), "{pid} is one of the launcher's children {nodes:?}");
+    let sent = Command::new("kill").args(["-s", "KILL", &pid.to_string()]).status();
+    assert!(sent.is_ok_and(|status| status.success()), "kill -s KILL {pid}");
+    eventually("the launcher to report the failure", || {
+        let log = std::fs::read_to_string(&launcher.log).unwrap_or_default();
+        log.contains(&format!("node {NODES} failed")).then_some(())
+    });
+    assert!(launcher.child.try_wait().is_ok_and(|exit| exit.is_none()), "the launcher keeps running");
+    // The other two still make a quorum: a leader among them, and writes go through.
+    eventually("a leader among the nodes left", || {
+        status(launcher.http(0))?["leader"].as_u64().filter(|leader| *leader != u64::from(NODES))
+    });
+    common::until("PUT", launcher.http(0), "/kv/after", b"failure", 200);
+    launcher.signal("TERM");
+    let exit = launcher_exits(&mut launcher);
+    assert!(exit.success(), "asked to stop, the launcher exits cleanly: {exit:?}");
+    launcher.assert_nodes_stop(&nodes);
+}
+
+/// Once every node has exited, the launcher has nothing left to run: it exits with an error. With
+/// `--log-format json`, its lines and its nodes' are JSON objects.
+#[test]
+fn the_launcher_exits_with_an_error_once_every_node_has_exited_and_passes_the_log_format() {
+    let (_dir, data) = common::temp();
+    let mut launcher = Launcher::start_with(&data, &["--log-format", "json"]);
+    let nodes = launcher.wait_until_up();
+    for pid in &nodes {
+        let sent = Command::new("kill").args(["-s", "KILL", &pid.to_string()]).status();
+        assert!(sent.is_ok_and(|status| status.success()), "kill -s KILL {pid}");
+    }
+    let exit = launcher_exits(&mut launcher);
+    let log = std::fs::read_to_string(&launcher.log).expect("the launcher's log");
+    assert_eq!(exit.code(), Some(1), "{log}");
+    let messages: Vec<String> = log
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+            line["fields"]["message"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    for expected in ["started node 1", "serving: http", "every node exited"] {
+        assert!(messages.iter().any(|message| message.contains(expected)), "{expected:?} in\n{log}");
+    }
 }

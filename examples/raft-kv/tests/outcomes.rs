@@ -8,12 +8,12 @@ mod common;
 use common::{Node, call, eventually, layout, leader, spawn, status, temp, until};
 
 /// The JSON body of an error answer.
-fn error_body(response: &common::client::HttpResponse) -> serde_json::Value {
+fn error_body(response: &common::HttpResponse) -> serde_json::Value {
     serde_json::from_slice(&response.body).unwrap_or_else(|error| panic!("not JSON ({error}): {}", response.text()))
 }
 
 /// Asserts that `response` is an error with `status`, `reason` and `outcome`; returns its message.
-fn assert_error(response: &common::client::HttpResponse, status: u16, reason: &str, outcome: &str) -> String {
+fn assert_error(response: &common::HttpResponse, status: u16, reason: &str, outcome: &str) -> String {
     let body = error_body(response);
     assert_eq!(response.status, status, "{body}");
     assert_eq!((body["reason"].as_str(), body["outcome"].as_str()), (Some(reason), Some(outcome)), "{body}");

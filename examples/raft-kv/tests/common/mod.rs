@@ -4,8 +4,8 @@
 #![allow(dead_code)] // Each test binary uses its own part.
 
 #[allow(dead_code)]
-#[path = "../../src/client.rs"]
-pub mod client;
+#[path = "../../nemesis/http.rs"]
+pub mod http;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -41,9 +41,32 @@ impl Node {
     /// Starts `raft-kv serve` for node `id` with `args` after the id and addresses; output goes
     /// to `log`.
     pub fn start(id: u64, raft: SocketAddr, http: SocketAddr, log: PathBuf, args: &[String]) -> Node {
+        Node::start_under(&[], id, raft, http, log, args)
+    }
+
+    /// [`Node::start`], the binary run by `wrapper` (a program and its arguments, given the
+    /// binary's path and arguments after its own; empty for none): a shell that sets a limit and
+    /// `exec`s, say.
+    pub fn start_under(
+        wrapper: &[&str],
+        id: u64,
+        raft: SocketAddr,
+        http: SocketAddr,
+        log: PathBuf,
+        args: &[String],
+    ) -> Node {
         let output = File::create(&log).expect("a log file");
         let errors = output.try_clone().expect("a log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        let binary = env!("CARGO_BIN_EXE_raft-kv");
+        let mut command = match wrapper {
+            [program, rest @ ..] => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            [] => Command::new(binary),
+        };
+        let child = command
             .arg("serve")
             .args(["--id", &id.to_string(), "--raft", &raft.to_string(), "--http", &http.to_string()])
             .args(["--tick-ms", "20"])
@@ -67,6 +90,16 @@ impl Node {
             std::thread::sleep(POLL);
         }
         None
+    }
+
+    /// The exit status, if the process has exited on its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// The process id, while it has not been killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: the process may not flush anything.
@@ -129,13 +162,21 @@ pub fn log_file(data: &Path, id: u64, incarnation: u32) -> PathBuf {
     data.join(format!("node-{id}.{incarnation}.log"))
 }
 
-/// One request; `None` when it failed (refused connection, say).
-pub fn call(method: &str, node: SocketAddr, path: &str, body: &[u8]) -> Option<client::HttpResponse> {
-    client::request(method, &format!("http://{node}{path}"), body).ok()
+/// An answer.
+pub type HttpResponse = http::Answer;
+
+/// How long one request (its redirects included) may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// One request, following redirects; `None` when it failed (refused connection, say). The
+/// nemesis's HTTP client (hyper), on a runtime of its own.
+pub fn call(method: &str, node: SocketAddr, path: &str, body: &[u8]) -> Option<HttpResponse> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    runtime.block_on(http::call(method, node, path, body, REQUEST_TIMEOUT)).ok()
 }
 
 /// Retries `method path` on `node` until it answers `status`.
-pub fn until(method: &str, node: SocketAddr, path: &str, body: &[u8], status: u16) -> client::HttpResponse {
+pub fn until(method: &str, node: SocketAddr, path: &str, body: &[u8], status: u16) -> HttpResponse {
     let deadline = Instant::now() + PATIENCE;
     loop {
         match call(method, node, path, body) {
@@ -180,7 +221,7 @@ pub fn ids(status: &serde_json::Value, field: &str) -> Vec<u64> {
 }
 
 /// Asserts that `response` is a JSON error (`{"error": "..."}`) with `status`.
-pub fn assert_json_error(response: &client::HttpResponse, status: u16) {
+pub fn assert_json_error(response: &HttpResponse, status: u16) {
     assert_eq!(response.status, status, "{}", response.text());
     let body: serde_json::Value = serde_json::from_slice(&response.body)
         .unwrap_or_else(|error| panic!("a {status} that is not JSON ({error}): {:?}", response.text()));
