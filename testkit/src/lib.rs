@@ -44,6 +44,7 @@
 pub mod client;
 pub mod cluster;
 pub mod kv;
+pub mod logs;
 pub mod node;
 pub mod store;
 pub mod wait;
@@ -56,6 +57,7 @@ use raft_net::{NodeConfig, TcpOptions};
 pub use client::{Redirect, propose, redirect};
 pub use cluster::{Cluster, ClusterBuilder, NetworkKind, StorageKind, bind, create_disk, listeners, open_disk};
 pub use kv::{Kv, KvData, KvView, TruncatedSnapshot, all_applied, propose_many, set};
+pub use logs::{CaptureLayer, Captured, CapturedEvent, capture_global, capture_local, init_tracing};
 pub use node::{HarnessError, Machine, Member, Started, Tcp, TransportTasks, Wired, Wiring, start_node};
 pub use wait::{PATIENCE, POLL, Settled, Unsettled, eventually, settled, settled_leader};
 
