@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,7 +46,7 @@ pub(crate) async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut listener: A)
                         peer = tracing::field::Empty
                     );
                     let serving = async move {
-                        serve(task_shared, stream, remote).await;
+                        serve(task_shared, stream).await;
                         drop(permit);
                     };
                     shared.spawn(shared.cancel.clone(), serving.instrument(span));
@@ -64,7 +63,8 @@ pub(crate) async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut listener: A)
 
 /// Handshakes with one dialer, then reads its messages until the connection ends, breaks a rule,
 /// or is replaced by a newer connection from the same peer.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S, remote: SocketAddr) {
+/// Runs in a span naming the local node, the remote address and (once known) the peer.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S) {
     // The idle timer under the buffer: it reads the clock once per socket read, not once per read
     // from the buffer (several per frame).
     let stream = IdleReader::new(stream, shared.options.idle_timeout);
@@ -82,22 +82,21 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S
         }
     };
     tracing::Span::current().record("peer", tracing::field::display(peer));
-    info!(%peer, address = %remote, direction = "inbound", "peer connection up");
+    info!("peer connection up"); // The span names the peer and its address.
     Counters::add(&shared.counters.connections_accepted, 1);
     let (connection, cancel) = shared.register_reader(peer);
     let inbound = Inbound::of(&shared, peer);
     let end = cancel.run_until_cancelled(read_loop(&inbound, &mut stream, peer)).await;
     shared.unregister_reader(peer, connection);
-    let direction = "inbound";
     match end {
         None => {
             let reason = "replaced by a newer connection, or the transport stopped";
-            info!(%peer, address = %remote, direction, reason, "peer connection down");
+            info!(reason, "peer connection down");
         }
         Some(ConnectionError::Frame(FrameError::Closed)) => {
-            info!(%peer, address = %remote, direction, reason = "closed by the peer", "peer connection down");
+            info!(reason = "closed by the peer", "peer connection down")
         }
-        Some(error) => warn!(%peer, address = %remote, direction, reason = %error, "peer connection down"),
+        Some(error) => warn!(reason = %error, "peer connection down"),
     }
 }
 

@@ -36,13 +36,12 @@ impl<C: Connect> Dialer<C> {
             self.state.set(PeerState::Connecting);
             match self.connect().await {
                 Ok(stream) => {
-                    info!(peer = %self.peer_id, address = %self.address, direction = "outbound", "peer connection up");
+                    info!("peer connection up"); // The span names the peer and its address.
                     Counters::add(&self.shared.counters.connections_dialed, 1);
                     self.state.set(PeerState::Connected);
                     self.backoff.reset();
                     let error = self.write_loop(stream).await;
-                    let (peer, address) = (self.peer_id, self.address);
-                    info!(%peer, %address, direction = "outbound", reason = %error, "peer connection down");
+                    info!(reason = %error, "peer connection down");
                     if matches!(error, ConnectionError::PeerRemoved) {
                         return;
                     }
