@@ -16,7 +16,9 @@
 //! Around them: waits that poll a condition for up to [`PATIENCE`] ([`eventually`],
 //! [`settled_leader`]; [`settled`] returns an error instead of panicking), a client that follows
 //! the leader's hint ([`propose`], and the retry policy [`redirect`] on its own), and [`kv`], a
-//! key-value state machine with snapshots whose state a test can read.
+//! key-value state machine with snapshots whose state a test can read; and [`logs`]:
+//! [`init_tracing`] for a test binary's logs, and a layer that captures events for tests that
+//! assert on them.
 //!
 //! Three voters over the in-memory network, a write, and every node applying it:
 //!
