@@ -32,6 +32,29 @@ pub(crate) struct Election {
     restarted_at: u64,
     /// Draws the randomized timeouts; seeded from the options, so runs replay.
     rng: ChaCha8Rng,
+    /// Why the current (pre-)candidacy started, for the logs.
+    cause: ElectionCause,
+}
+
+/// Why a node campaigns; the `cause` field of the election events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ElectionCause {
+    /// Its election timeout passed without a word from a leader.
+    ElectionTimeout,
+    /// The driver asked for it ([`Raft::campaign`](crate::Raft::campaign)).
+    Requested,
+    /// The leader handed leadership over (`TimeoutNow`).
+    LeadershipTransfer,
+}
+
+impl ElectionCause {
+    fn as_str(self) -> &'static str {
+        match self {
+            ElectionCause::ElectionTimeout => "election timeout",
+            ElectionCause::Requested => "campaign requested",
+            ElectionCause::LeadershipTransfer => "leadership transfer",
+        }
+    }
 }
 
 /// Where a node's count toward an election stands; kept across a step down that must not
@@ -60,6 +83,7 @@ impl Election {
             randomized_ticks: election_ticks,
             restarted_at: 0,
             rng,
+            cause: ElectionCause::ElectionTimeout,
         }
     }
 
@@ -201,7 +225,7 @@ impl<S: Storage> Raft<S> {
         // would vote for itself inside a lease the leader is serving reads under.
         // start_election checks that this node may campaign at all.
         if timed_out && !self.in_lease() {
-            self.start_election();
+            self.start_election(ElectionCause::ElectionTimeout);
         }
     }
 
@@ -210,7 +234,7 @@ impl<S: Storage> Raft<S> {
         if due.quorum_check {
             let active = self.tracker.recently_active_quorum(self.memberships.current(), self.id);
             if self.options.check_quorum() && !active {
-                tracing::info!(id = %self.id, term = %self.term, "no quorum heard: stepping down");
+                tracing::info!(term = %self.term, cause = "check quorum", "stepping down: no quorum heard in an election timeout");
                 self.become_follower(self.term, None);
                 return;
             }
@@ -240,13 +264,15 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    pub(crate) fn start_election(&mut self) {
+    pub(crate) fn start_election(&mut self, cause: ElectionCause) {
         // At the largest term a new election could not get a term of its own.
         if !self.may_campaign() || self.term == Term(u64::MAX) {
             return;
         }
+        self.election.cause = cause;
         if self.options.pre_vote() {
             self.become_pre_candidate();
+            tracing::debug!(term = %self.term.next(), cause = cause.as_str(), "pre-vote started");
             self.request_votes(true, false);
         } else {
             self.become_candidate();
@@ -259,6 +285,7 @@ impl<S: Storage> Raft<S> {
         if !self.may_campaign() || self.term == Term(u64::MAX) {
             return;
         }
+        self.election.cause = ElectionCause::LeadershipTransfer;
         self.become_candidate();
         self.request_votes(false, true);
     }
@@ -273,7 +300,7 @@ impl<S: Storage> Raft<S> {
         }
         let last_log_index = self.log.last_index();
         let Ok(last_log_term) = self.log.last_term() else {
-            tracing::error!(id = %self.id, "storage failed reading the last term: not campaigning");
+            tracing::error!("storage failed reading the last term: not campaigning");
             self.become_follower(self.term, None);
             return;
         };
@@ -297,6 +324,11 @@ impl<S: Storage> Raft<S> {
                 true
             }
             VoteResult::Lost => {
+                if pre_vote {
+                    tracing::debug!(term = %self.term.next(), "pre-vote lost");
+                } else {
+                    tracing::info!(term = %self.term, "election lost");
+                }
                 self.become_follower(self.term, None);
                 true
             }
@@ -311,6 +343,9 @@ impl<S: Storage> Raft<S> {
             self.vote = None;
         }
         self.role = Role::Follower;
+        if let Some(new) = leader.filter(|&new| self.leader != Some(new)) {
+            tracing::info!(leader = %new, term = %self.term, "leader changed");
+        }
         self.leader = leader;
         self.clear_election_and_leader_state();
     }
@@ -331,7 +366,7 @@ impl<S: Storage> Raft<S> {
         self.role = Role::Candidate;
         self.leader = None;
         self.clear_election_and_leader_state();
-        tracing::debug!(id = %self.id, term = %self.term, "campaigning");
+        tracing::info!(term = %self.term, cause = self.election.cause.as_str(), "election started");
     }
 
     fn become_leader(&mut self) {
@@ -353,7 +388,7 @@ impl<S: Storage> Raft<S> {
         self.append_to_log(vec![noop]);
         invariant!(self.log.last_term() == Ok(self.term), "a new leader's log does not end in its term");
         self.tracker.schedule_broadcast();
-        tracing::info!(id = %self.id, term = %self.term, "became leader");
+        tracing::info!(term = %self.term, last_index = %self.log.last_index(), "became leader");
     }
 
     fn clear_election_and_leader_state(&mut self) {
@@ -388,17 +423,26 @@ impl<S: Storage> Raft<S> {
         // One vote per term; a pre-vote for a later term promises nothing.
         let can_vote =
             self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none()) || (pre_vote && term > self.term);
-        if can_vote && self.candidate_up_to_date(last_log_index, last_log_term)? {
+        let refusal = if !can_vote {
+            Some(if self.vote.is_some() { "already voted in this term" } else { "following a leader in this term" })
+        } else if !self.candidate_up_to_date(last_log_index, last_log_term)? {
+            Some("candidate's log is behind")
+        } else {
+            None
+        };
+        let Some(reason) = refusal else {
             invariant!(pre_vote || self.vote.is_none_or(|vote| vote == from), "a second vote in term {}", self.term);
             if !pre_vote {
                 self.vote = Some(from);
                 self.election.restart_count(self.ticks);
             }
+            log_vote(pre_vote, from, term, None, (last_log_index, last_log_term));
             // The answer carries the request's term, so a pre-candidate can count it (etcd#8243).
             self.send(from, term, MessageBody::VoteResponse { pre_vote, granted: true });
-        } else {
-            self.send(from, self.term, MessageBody::VoteResponse { pre_vote, granted: false });
-        }
+            return Ok(());
+        };
+        log_vote(pre_vote, from, term, Some(reason), (last_log_index, last_log_term));
+        self.send(from, self.term, MessageBody::VoteResponse { pre_vote, granted: false });
         Ok(())
     }
 
@@ -431,5 +475,28 @@ impl<S: Storage> Raft<S> {
         self.election.record_vote(from, granted);
         self.tally_votes(pre_vote);
         Ok(())
+    }
+}
+
+/// Logs a vote or pre-vote granted or refused (with the reason): votes at info, pre-votes (one
+/// round per election timeout of a cut-off node) at debug. `last` is the candidate's last log
+/// index and term.
+pub(crate) fn log_vote(
+    pre_vote: bool,
+    candidate: NodeId,
+    term: Term,
+    refused: Option<&'static str>,
+    last: (crate::Index, Term),
+) {
+    let (last_log_index, last_log_term) = last;
+    match (pre_vote, refused) {
+        (false, None) => tracing::info!(%candidate, %term, "vote granted"),
+        (false, Some(reason)) => {
+            tracing::info!(%candidate, %term, reason, %last_log_index, %last_log_term, "vote refused");
+        }
+        (true, None) => tracing::debug!(%candidate, %term, "pre-vote granted"),
+        (true, Some(reason)) => {
+            tracing::debug!(%candidate, %term, reason, %last_log_index, %last_log_term, "pre-vote refused");
+        }
     }
 }

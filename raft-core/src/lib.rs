@@ -104,6 +104,16 @@
 //!     against `data_crc32` too, and treat a mismatch as a storage failure (raft-net's driver
 //!     does, in a first pass over the data before the state machine reads it).
 //!
+//! ## Logging
+//!
+//! The core logs through `tracing` (and nothing else: logging changes no state). Its events
+//! carry the term and whoever caused a change (`election started` with its `cause`, `vote
+//! refused` with its `reason`, `term changed by a message` with its sender and kind, `leader
+//! changed`, `log truncated` with `from_index` and `entries_removed`, snapshots sent and
+//! received) but not the node's id: the driver enters a span that names the node around the
+//! calls it makes, as raft-net's driver (`group{node, group, term}`) and the simulator do. The
+//! repository's `docs/logging.md` lists every event and field.
+//!
 //! ## Example
 //!
 //! A single-node group, driven synchronously over the in-memory store of `raft-storage`:

@@ -289,7 +289,7 @@ impl<S: Storage> Raft<S> {
             let leave = current.leave_joint();
             self.append_membership(leave);
         } else if !current.is_voter(self.id) {
-            tracing::info!(id = %self.id, term = %self.term, "removed from the voters: stepping down");
+            tracing::info!(term = %self.term, "removed from the voters: stepping down");
             self.become_follower(self.term, None);
         }
     }

@@ -186,6 +186,27 @@ impl MessageBody {
         MessageBody::InstallSnapshot { meta, offset, data, done, chunk_crc32 }
     }
 
+    /// The variant's name, for logs (`kind` fields of the `tracing` events).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MessageBody::VoteRequest { pre_vote: true, .. } => "PreVoteRequest",
+            MessageBody::VoteRequest { .. } => "VoteRequest",
+            MessageBody::VoteResponse { pre_vote: true, .. } => "PreVoteResponse",
+            MessageBody::VoteResponse { .. } => "VoteResponse",
+            MessageBody::AppendEntries { .. } => "AppendEntries",
+            MessageBody::AppendResponse(_) => "AppendResponse",
+            MessageBody::Heartbeat { .. } => "Heartbeat",
+            MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
+            MessageBody::SnapshotResponse { .. } => "SnapshotResponse",
+            MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::ReadIndexRequest { .. } => "ReadIndexRequest",
+            MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
+            MessageBody::SnapshotRefused { .. } => "SnapshotRefused",
+            MessageBody::Quiesce { .. } => "Quiesce",
+        }
+    }
+
     /// Whether only a leader sends this kind of message.
     pub fn is_from_leader(&self) -> bool {
         matches!(

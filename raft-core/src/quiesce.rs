@@ -93,7 +93,7 @@ impl<S: Storage> Raft<S> {
 
     fn go_quiet(&mut self) {
         invariant!(self.role == Role::Leader && self.leader_idle(), "a busy leader going quiet");
-        tracing::debug!(id = %self.id, term = %self.term, "group idle: leader goes quiet");
+        tracing::debug!(term = %self.term, "group idle: leader goes quiet");
         self.quiescence.quiet = true;
     }
 
@@ -112,7 +112,7 @@ impl<S: Storage> Raft<S> {
     /// steps down in time).
     pub(crate) fn wake_leader(&mut self) {
         invariant!(self.role == Role::Leader, "waking a non-leader as a leader");
-        tracing::debug!(id = %self.id, term = %self.term, "quiet leader wakes");
+        tracing::debug!(term = %self.term, "quiet leader wakes");
         self.quiescence = Quiescence::default();
         self.election.restart_leader_timers();
         self.tracker.forget_activity();
@@ -121,7 +121,7 @@ impl<S: Storage> Raft<S> {
     /// Wakes a quiet follower: its election timer runs again, from zero, with a new timeout.
     pub(crate) fn wake_follower(&mut self) {
         invariant!(self.role == Role::Follower, "waking a non-follower as a follower");
-        tracing::debug!(id = %self.id, term = %self.term, "quiet follower wakes");
+        tracing::debug!(term = %self.term, "quiet follower wakes");
         self.quiescence = Quiescence::default();
         self.election.restart_timer_afresh(self.options.election_ticks());
     }

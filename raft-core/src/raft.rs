@@ -282,7 +282,7 @@ impl<S: Storage> Raft<S> {
     /// pre-vote is on). Ignored on a leader and on a node that does not vote.
     pub fn campaign(&mut self) {
         if self.role != Role::Leader {
-            self.start_election();
+            self.start_election(crate::election::ElectionCause::Requested);
         }
         self.after_input();
     }

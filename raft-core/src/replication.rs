@@ -45,6 +45,13 @@ impl<S: Storage> Raft<S> {
         // Only entries that conflict (and everything after them) replace ours: a follower never
         // truncates entries that match, or a stale append could erase acknowledged entries.
         if let Some(conflict) = self.log.find_conflict(&entries[skip..]) {
+            let last_index = self.log.last_index();
+            if conflict <= last_index {
+                // Entries of ours that the leader's contradict go (never committed ones: checked above).
+                let entries_removed = last_index.0 - conflict.0 + 1;
+                let (from_index, term, leader) = (conflict, self.term, from);
+                tracing::info!(%from_index, entries_removed, %last_index, %leader, %term, "log truncated: entries conflict with the leader's");
+            }
             let offset = skip + (conflict.0 - prev_log_index.0 - 1) as usize;
             entries.drain(..offset);
             self.append_to_log(entries);
@@ -204,7 +211,7 @@ impl<S: Storage> Raft<S> {
             // (etcd#7470, openraft#511).
             Err(StorageError::Compacted(_)) => return self.start_snapshot(peer),
             Err(error) => {
-                tracing::warn!(id = %self.id, %peer, %error, "cannot read prev term: append not sent");
+                tracing::warn!(%peer, %error, "cannot read prev term: append not sent");
                 return false;
             }
         };
@@ -214,7 +221,7 @@ impl<S: Storage> Raft<S> {
                 Ok(entries) => entries,
                 Err(StorageError::Compacted(_)) => return self.start_snapshot(peer),
                 Err(error) => {
-                    tracing::warn!(id = %self.id, %peer, %error, "cannot read entries: append not sent");
+                    tracing::warn!(%peer, %error, "cannot read entries: append not sent");
                     return false;
                 }
             }

@@ -131,11 +131,11 @@ impl<S: Storage> Raft<S> {
         let meta = match self.log.storage.snapshot() {
             Ok(meta) if meta.exists() => meta,
             Ok(_) => {
-                tracing::warn!(id = %self.id, %peer, "entries compacted but no snapshot: nothing sent");
+                tracing::warn!(%peer, "entries compacted but no snapshot: nothing sent");
                 return false;
             }
             Err(error) => {
-                tracing::warn!(id = %self.id, %peer, %error, "cannot read the snapshot: nothing sent");
+                tracing::warn!(%peer, %error, "cannot read the snapshot: nothing sent");
                 return false;
             }
         };
@@ -143,7 +143,8 @@ impl<S: Storage> Raft<S> {
             invariant!(meta.index >= first.prev(), "the snapshot does not cover the compacted entries");
         }
         let Some(progress) = self.tracker.get_mut(peer) else { return false };
-        tracing::debug!(id = %self.id, %peer, index = %meta.index, "sending snapshot");
+        let (index, snapshot_term) = (meta.index, meta.term);
+        tracing::info!(%peer, %index, %snapshot_term, term = %self.term, "sending snapshot");
         progress.become_snapshot(meta);
         self.send_snapshot_chunks(peer)
     }
@@ -171,7 +172,7 @@ impl<S: Storage> Raft<S> {
                 Err(error) => {
                     // A newer snapshot replaced this one (or storage failed): start over later,
                     // from the latest snapshot, when the next heartbeat answer arrives.
-                    tracing::debug!(id = %self.id, %peer, %error, "snapshot chunk unreadable: transfer restarts");
+                    tracing::debug!(%peer, %error, "snapshot chunk unreadable: transfer restarts");
                     if let Some(progress) = self.tracker.get_mut(peer) {
                         progress.become_probe();
                     }
@@ -183,7 +184,7 @@ impl<S: Storage> Raft<S> {
             let data = if too_long { chunk.data.slice(..chunk_max as usize) } else { chunk.data };
             let done = chunk.done && !too_long;
             if data.is_empty() && !done {
-                tracing::warn!(id = %self.id, %peer, offset, "store returned an empty snapshot chunk");
+                tracing::warn!(%peer, offset, "store returned an empty snapshot chunk");
                 return sent;
             }
             let Some(transfer) = self.tracker.get_mut(peer).and_then(|p| p.snapshot.as_mut()) else { return sent };
@@ -206,7 +207,7 @@ impl<S: Storage> Raft<S> {
     /// Records a failure of the node's own storage that it cannot work around: the driver must
     /// stop the node. [`Raft::take_output`] (and the `step` that found it) return it from now on.
     pub(crate) fn fail_storage(&mut self, error: StorageError) {
-        tracing::error!(id = %self.id, %error, "storage failed: the node must stop");
+        tracing::error!(%error, "storage failed: the node must stop");
         self.storage_failure.get_or_insert(error);
     }
 
@@ -221,7 +222,7 @@ impl<S: Storage> Raft<S> {
     ) -> Result<(), StepError> {
         let transfer = self.transfer_answered(from, index, term)?;
         transfer.restart();
-        tracing::warn!(id = %self.id, peer = %from, %index, ?reason, "snapshot refused: sending it again");
+        tracing::warn!(peer = %from, %index, ?reason, "snapshot refused by the follower: sending it again");
         self.send_snapshot_chunks(from);
         Ok(())
     }
@@ -324,12 +325,13 @@ impl<S: Storage> Raft<S> {
             return Err(self.refuse_snapshot(from, &meta, SnapshotRefusal::DataChecksum));
         }
         let next_offset = offset + data.len() as u64;
+        tracing::debug!(leader = %from, %index, offset, bytes = data.len(), done, "snapshot chunk received");
         self.receiver.accept(ReceivedChunk { meta: meta.clone(), offset, data }, next_offset, data_crc32);
         if !done {
             self.send(from, self.term, MessageBody::SnapshotResponse { index, term, next_offset, gap: false });
             return Ok(());
         }
-        self.install_received(from, meta);
+        self.install_received(from, meta, next_offset);
         Ok(())
     }
 
@@ -338,7 +340,7 @@ impl<S: Storage> Raft<S> {
     /// transfer starts at offset 0, which makes the driver start a new staging area. Asks the
     /// leader to start over.
     fn refuse_snapshot(&mut self, from: NodeId, meta: &SnapshotMeta, reason: SnapshotRefusal) -> StepError {
-        tracing::warn!(id = %self.id, index = %meta.index, ?reason, "snapshot refused: a checksum failed");
+        tracing::warn!(leader = %from, index = %meta.index, ?reason, "snapshot refused: a checksum failed");
         self.receiver.drop_transfer(meta);
         let (index, term) = (meta.index, meta.term);
         self.send(from, self.term, MessageBody::SnapshotRefused { index, term, reason });
@@ -349,13 +351,14 @@ impl<S: Storage> Raft<S> {
     }
 
     /// The last chunk of `meta` arrived and the whole data checked out: install it.
-    fn install_received(&mut self, from: NodeId, meta: SnapshotMeta) {
+    fn install_received(&mut self, from: NodeId, meta: SnapshotMeta, bytes: u64) {
         let (index, term) = (meta.index, meta.term);
         // A snapshot at or below the commit index is answered without installing (it would
         // roll the log back).
         invariant!(index > self.log.committed, "installing a snapshot at or below the commit index");
         self.receiver.finish(&meta);
-        tracing::info!(id = %self.id, %index, %term, "installing snapshot");
+        let (leader, snapshot_term) = (from, term);
+        tracing::info!(%index, %snapshot_term, %leader, bytes, term = %self.term, "snapshot received: installing it");
         self.memberships = MembershipHistory::new(meta.index, meta.membership.clone());
         self.log.install_snapshot(meta);
         // Sent once the install is durable, like any acknowledgement.

@@ -35,7 +35,12 @@ impl<S: Storage> Raft<S> {
             _ => {}
         }
         if m.term > self.term {
+            let previous_term = self.term;
             self.on_higher_term(&m)?;
+            if self.term > previous_term {
+                let (term, from, kind) = (self.term, m.from, m.body.kind());
+                tracing::info!(%previous_term, %term, %from, kind, "term changed by a message");
+            }
         } else if m.term < self.term {
             return self.on_lower_term(&m);
         }
@@ -93,8 +98,10 @@ impl<S: Storage> Raft<S> {
     /// A message from a later term. Returns `Err` if the message must be dropped unanswered.
     fn on_higher_term(&mut self, m: &Message) -> Result<(), StepError> {
         match &m.body {
-            MessageBody::VoteRequest { pre_vote, transfer, .. } => {
+            MessageBody::VoteRequest { pre_vote, transfer, last_log_index, last_log_term } => {
                 if self.in_lease() && !transfer {
+                    let (reason, last) = ("a live leader (stickiness)", (*last_log_index, *last_log_term));
+                    crate::election::log_vote(*pre_vote, m.from, m.term, Some(reason), last);
                     return Err(StepError::Ignored(Ignored::LeaderSticky { leader: self.leader }));
                 }
                 if !pre_vote {
@@ -124,7 +131,9 @@ impl<S: Storage> Raft<S> {
             // peer can be a node that itself campaigns towards others and never sends to it.
             // Unanswered, it campaigns below our term forever and no leader is elected
             // (simulator seed 131265). The refusal changes nothing here; only the candidate moves up.
-            MessageBody::VoteRequest { pre_vote, .. } => {
+            MessageBody::VoteRequest { pre_vote, last_log_index, last_log_term, .. } => {
+                let last = (last_log_index, last_log_term);
+                crate::election::log_vote(pre_vote, m.from, m.term, Some("stale term"), last);
                 self.send(m.from, self.term, MessageBody::VoteResponse { pre_vote, granted: false });
             }
             // A follower behind on terms (removed, or cut off) would wait for an answer forever:
@@ -148,6 +157,9 @@ impl<S: Storage> Raft<S> {
             Role::Follower => {
                 if self.quiescence.quiet && self.leader != Some(from) {
                     self.wake_follower(); // Not the leader that quieted us.
+                }
+                if self.leader != Some(from) {
+                    tracing::info!(leader = %from, term = %self.term, "leader changed");
                 }
                 self.leader = Some(from);
                 self.election.restart_count(self.ticks);

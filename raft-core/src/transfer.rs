@@ -55,7 +55,7 @@ impl<S: Storage> Raft<S> {
             return Err(TransferError::NotAVoter(target));
         }
         invariant!(self.memberships.current().is_voter(target) && target != self.id, "a transfer to a non-voter");
-        tracing::info!(id = %self.id, %target, "transferring leadership");
+        tracing::info!(%target, term = %self.term, "transferring leadership");
         self.transfer = Some(Transfer { target, elapsed: 0, timeout_sent: false });
         self.send_appends_while_possible(target);
         self.maybe_send_timeout_now();
@@ -79,7 +79,7 @@ impl<S: Storage> Raft<S> {
         let Some(transfer) = self.transfer.as_mut() else { return };
         transfer.elapsed += 1;
         if transfer.elapsed >= self.options.election_ticks() {
-            tracing::info!(id = %self.id, target = %transfer.target, "leadership transfer abandoned");
+            tracing::info!(target = %transfer.target, term = %self.term, "leadership transfer abandoned: it took an election timeout");
             self.transfer = None;
         }
     }
@@ -90,7 +90,6 @@ impl<S: Storage> Raft<S> {
         if self.role == Role::Leader || !self.may_campaign() {
             return;
         }
-        tracing::info!(id = %self.id, term = %self.term, "campaigning at the leader's request");
         self.campaign_for_transfer();
     }
 }

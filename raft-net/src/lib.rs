@@ -149,6 +149,17 @@
 //! })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## Logging
+//!
+//! The crate logs through `tracing` and installs no subscriber. Each phase of a group's round
+//! runs in a span `group{node, group, term}`, so raft-core's events (elections with their cause,
+//! votes and refusals with the reason, term and leader changes, truncations, snapshots) and the
+//! driver's (`group stopping: fail-stop` with its [`StopReason`], `snapshot installed`) say
+//! where they happened; each TCP connection runs in `tcp_outbound{local, peer, address}` or
+//! `tcp_inbound{local, remote, peer}`, around `peer connection up` and `peer connection down`
+//! (with its `reason`). The spans are at level ERROR so that any filter keeps them. The
+//! repository's `docs/logging.md` lists every event and field.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -253,7 +253,7 @@ impl Transport for MemTransport {
         let Some((_, inbox)) = node.groups.get(&self.group) else {
             // As over TCP: the network drops it, and the sender cannot tell.
             node.unknown_group_drops.fetch_add(1, Ordering::Relaxed);
-            debug!(local = %self.local_id, peer = %to, group = %self.group, "dropped a message for a group the node does not host");
+            debug!(peer = %to, group = %self.group, "dropped a message for a group the node does not host");
             return Ok(());
         };
         inbox.try_send(message).map_err(|error| match error {

@@ -4,6 +4,7 @@
 //! cargo run --release -p sim -- --seeds 1000          # seeds 0..1000
 //! cargo run --release -p sim -- --seeds 5000..6000    # a range
 //! cargo run --release -p sim -- --seed 42 -v          # replay one seed with a readable trace
+//! RUST_LOG=debug cargo run --release -p sim -- --seed 42 -v   # ... and every debug event
 //! cargo run --release -p sim -- --real --seeds 100     # the real stack under turmoil
 //! cargo run --release -p sim -- --real --seed 7        # replay one turmoil seed
 //! ```
@@ -28,7 +29,8 @@ struct Args {
     /// Run one seed (overrides --seeds).
     #[arg(long)]
     seed: Option<u64>,
-    /// Print every event of the run (use with --seed).
+    /// Print every event of the run (use with --seed), and what the crates log (`RUST_LOG`
+    /// filters it; `info` by default).
     #[arg(short, long)]
     verbose: bool,
     /// Simulate the real stack (raft-net's driver and TCP transport, the durable store) under
@@ -66,6 +68,9 @@ fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.verbose {
+        init_tracing();
+    }
     if args.real {
         return run_real(&args);
     }
@@ -88,6 +93,21 @@ fn main() -> ExitCode {
     }
     print_summary(&total, reports.len() as u64, started.elapsed());
     finish(&reports)
+}
+
+/// `-v`: what raft-core, raft-net and raft-storage log, on stdout between the lines of the
+/// readable trace, filtered by `RUST_LOG` (`info` without it; `RUST_LOG=debug` adds every
+/// vote, chunk and dropped message). No timestamps: the wall clock means nothing in a
+/// simulation, and without it two replays of a seed print the same text.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .without_time()
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(std::io::stdout)
+        .try_init();
 }
 
 /// `--real`: one seed (with its configuration and counts), or many in parallel.

@@ -554,6 +554,21 @@ impl Simulation {
         &self.nodes[id.0 as usize - 1]
     }
 
+    /// Node `id`'s `tracing` span, as raft-net's driver names a group's (`group`, with the node,
+    /// the group and the term as the event began), so that raft-core's events (which do not
+    /// name the node) say where they happened in a replay. Only `-v` makes them (a test's subscriber would otherwise pay for a
+    /// span per event of every seed).
+    fn node_span(&self, id: NodeId) -> tracing::Span {
+        if !self.verbose {
+            return tracing::Span::none();
+        }
+        let span = tracing::error_span!("group", node = %id, group = 0, term = tracing::field::Empty);
+        if let Some(raft) = self.node(id).raft.as_ref() {
+            span.record("term", tracing::field::display(raft.term()));
+        }
+        span
+    }
+
     fn node_mut(&mut self, id: NodeId) -> &mut Node {
         &mut self.nodes[id.0 as usize - 1]
     }
@@ -598,6 +613,18 @@ impl Simulation {
     }
 
     fn handle(&mut self, kind: EventKind) -> Check {
+        // The node the event happens at: what raft-core logs meanwhile happens in its span.
+        let at = match &kind {
+            EventKind::Tick(id, _)
+            | EventKind::SyncDone(id, _)
+            | EventKind::Restart(id)
+            | EventKind::Resume(id, _)
+            | EventKind::Ping(_, id, _) => Some(*id),
+            EventKind::Deliver(message) => Some(message.to),
+            EventKind::Client(_) | EventKind::Fault => None, // They enter the span of the node they pick.
+        };
+        let span = at.map_or_else(tracing::Span::none, |id| self.node_span(id));
+        let _entered = span.enter();
         match kind {
             EventKind::Tick(id, incarnation) => self.on_tick(id, incarnation),
             EventKind::Deliver(message) => self.on_deliver(*message),
@@ -1294,6 +1321,8 @@ impl Simulation {
         let Some(leader) = self.leader() else { return Ok(()) };
         let target = NodeId(1 + self.random_below(self.pool_size()));
         let action = self.random_below(4);
+        let span = self.node_span(leader);
+        let _entered = span.enter();
         let Some(raft) = self.node_mut(leader).raft.as_mut() else { return Ok(()) };
         let accepted = match action {
             0 => raft.change_membership(&[ConfChange::AddLearner(target)]).is_ok(),

@@ -50,6 +50,7 @@ fn assert_passes(report: &RealReport) {
 
 #[test]
 fn fixed_turmoil_seeds_pass_every_checker() {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     let mut total = RealStats::default();
     for seed in (0..24).chain(REGRESSION_SEEDS) {
         let report = run(seed);

@@ -61,6 +61,7 @@ const REGRESSION_SEEDS: [u64; 11] = [28, 34, 90, 115, 1170, 19785, 23883, 114114
 
 #[test]
 fn regression_seeds_pass() {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     for seed in REGRESSION_SEEDS {
         check(&sim::run(seed, RunOptions::default()));
     }

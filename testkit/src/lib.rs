@@ -16,7 +16,9 @@
 //! Around them: waits that poll a condition for up to [`PATIENCE`] ([`eventually`],
 //! [`settled_leader`]; [`settled`] returns an error instead of panicking), a client that follows
 //! the leader's hint ([`propose`], and the retry policy [`redirect`] on its own), and [`kv`], a
-//! key-value state machine with snapshots whose state a test can read.
+//! key-value state machine with snapshots whose state a test can read; and [`logs`]:
+//! [`init_tracing`] for a test binary's logs, and a layer that captures events for tests that
+//! assert on them.
 //!
 //! Three voters over the in-memory network, a write, and every node applying it:
 //!
@@ -44,6 +46,7 @@
 pub mod client;
 pub mod cluster;
 pub mod kv;
+pub mod logs;
 pub mod node;
 pub mod store;
 pub mod wait;
@@ -56,6 +59,7 @@ use raft_net::{NodeConfig, TcpOptions};
 pub use client::{Redirect, propose, redirect};
 pub use cluster::{Cluster, ClusterBuilder, NetworkKind, StorageKind, bind, create_disk, listeners, open_disk};
 pub use kv::{Kv, KvData, KvView, TruncatedSnapshot, all_applied, propose_many, set};
+pub use logs::{CaptureLayer, Captured, CapturedEvent, capture_global, capture_local, init_tracing};
 pub use node::{HarnessError, Machine, Member, Started, Tcp, TransportTasks, Wired, Wiring, start_node};
 pub use wait::{PATIENCE, POLL, Settled, Unsettled, eventually, settled, settled_leader};
 

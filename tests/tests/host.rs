@@ -147,6 +147,7 @@ async fn three_nodes(
     workers: usize,
     quiet: bool,
 ) -> (Vec<tempfile::TempDir>, Vec<GroupId>, BTreeMap<NodeId, std::net::SocketAddr>, Vec<Node>) {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     let dirs: Vec<tempfile::TempDir> = IDS.iter().map(|_| tempfile::tempdir().expect("temp dir")).collect();
     let all: Vec<GroupId> = (1..=groups).map(GroupId).collect();
     let (sockets, addresses) = listeners(&IDS).await.expect("127.0.0.1 listeners");

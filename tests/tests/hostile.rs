@@ -20,6 +20,7 @@ const VOTERS: [u64; 3] = [1, 2, 3];
 /// Three nodes over TCP and durable stores in `dirs`; node `id`'s handshakes say it is in
 /// cluster `cluster_of(id)`.
 async fn cluster(dirs: &[tempfile::TempDir], cluster_of: impl Fn(u64) -> u64) -> (Vec<Member<Kv>>, AddressBook) {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     let ids: Vec<NodeId> = VOTERS.iter().map(|id| NodeId(*id)).collect();
     let (sockets, addresses) = listeners(&ids).await.expect("listeners on 127.0.0.1");
     let members = ids

@@ -18,6 +18,7 @@ use tokio::time::timeout;
 
 /// Three nodes over the in-memory network and stores, each with `proposals_pending_max`.
 async fn mem_cluster(proposals_pending_max: usize) -> Cluster<Kv> {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     let builder = ClusterBuilder::new(3).configure(move |config| config.proposals_pending_max = proposals_pending_max);
     builder.start(|_| Kv::default()).await.expect("the cluster starts")
 }

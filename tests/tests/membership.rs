@@ -12,6 +12,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 /// Three voters over the in-memory network and stores.
 async fn mem_cluster() -> Cluster<Kv> {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     ClusterBuilder::new(3).start(|_| Kv::default()).await.expect("the cluster starts")
 }
 

@@ -59,6 +59,7 @@ fn tuned(tune: impl Fn(OptionsBuilder) -> OptionsBuilder) -> Options {
 
 /// Three nodes over the in-memory network and stores, with options changed by `tune`.
 async fn mem_cluster(tune: impl Fn(OptionsBuilder) -> OptionsBuilder + Send + Sync + 'static) -> Cluster<Kv> {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     let builder = ClusterBuilder::new(3).configure(move |config| config.options = tuned(&tune));
     builder.start(|_| Kv::default()).await.expect("the cluster starts")
 }

@@ -21,6 +21,7 @@ fn snapshotting(config: &mut NodeConfig) {
 
 /// `voters` nodes over the in-memory network, each with a durable store in a temp dir.
 async fn snapshotting_cluster(voters: u64) -> Cluster<Kv> {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     let builder = ClusterBuilder::new(voters).storage(StorageKind::disk()).configure(snapshotting);
     builder.start(|_| Kv::default()).await.expect("the cluster starts")
 }

@@ -6,6 +6,7 @@ use raft_testkit::{ClusterBuilder, Kv, NetworkKind, StorageKind, all_applied, pr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_lose_their_leader_and_catch_up_a_restarted_node() {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     let mut cluster = ClusterBuilder::new(3)
         .network(NetworkKind::Tcp)
         .storage(StorageKind::disk())

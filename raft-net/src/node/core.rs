@@ -214,11 +214,11 @@ where
             Err(StepError::Storage(error)) => Err(StopReason::StorageFailed(StorageFailure::read(error))),
             Err(StepError::Malformed(error)) => {
                 // No correct peer of this group sends it: a bug or a misconfiguration somewhere.
-                warn!(id = %self.raft.id(), %from, %error, "malformed message refused");
+                warn!(%from, %error, "malformed message refused");
                 Ok(())
             }
             Err(error) => {
-                debug!(id = %self.raft.id(), %from, %error, "message ignored");
+                debug!(%from, %error, "message ignored");
                 Ok(())
             }
         }
@@ -313,7 +313,9 @@ where
         // Rule 7: restore the state machine from an installed snapshot before applying.
         if let Some(meta) = output.install_snapshot {
             self.snapshot_over_change(meta.index);
+            let (index, snapshot_term) = (meta.index, meta.term);
             self.restore(meta)?;
+            info!(%index, %snapshot_term, "snapshot installed: the state machine restored from it");
         }
         if !output.committed.is_empty() {
             self.follow_committed_membership(&output.committed);
@@ -363,7 +365,8 @@ where
         let leader_term = (soft_state.leader, soft_state.term);
         if leader_term != self.leader_term {
             self.leader_term = leader_term;
-            info!(id = %self.raft.id(), leader = ?soft_state.leader, term = %soft_state.term, role = ?soft_state.role, "leader changed");
+            // raft-core logs the change itself ("leader changed", "became leader").
+            debug!(leader = ?soft_state.leader, term = %soft_state.term, role = ?soft_state.role, "leader change reported");
             self.shared.emit(NodeEvent::LeaderChanged { leader: soft_state.leader, term: soft_state.term });
         }
         self.role_changed(soft_state.role);
@@ -383,11 +386,11 @@ where
                 Err(SendError::Unreachable(peer)) => {
                     self.raft.report_unreachable(peer);
                     if self.unreachable.insert(peer) {
-                        debug!(id = %self.raft.id(), %peer, "peer unreachable");
+                        debug!(%peer, "peer unreachable");
                         self.shared.emit(NodeEvent::PeerUnreachable(peer));
                     }
                 }
-                Err(error) => debug!(id = %self.raft.id(), %to, %error, "message dropped"),
+                Err(error) => debug!(%to, %error, "message dropped"),
             }
         }
     }
@@ -526,7 +529,7 @@ where
             Ok(meta) => Ok(Some(meta)),
             Err(SnapshotError::Storage(error @ StorageError::Io { .. })) => Err(read_failed(error)),
             Err(error) => {
-                debug!(id = %self.raft.id(), %index, %error, "snapshot not saved");
+                debug!(%index, %error, "snapshot not saved");
                 Ok(None)
             }
         }
@@ -600,8 +603,8 @@ where
     pub(crate) fn stop(mut self, reason: StopReason) {
         let reason = self.shared.set_stop_reason(reason);
         match &reason {
-            StopReason::Shutdown => info!(id = %self.raft.id(), "node stopping"),
-            other => warn!(id = %self.raft.id(), reason = %other, "node stopping"),
+            StopReason::Shutdown => info!(reason = %reason, "group stopping: shut down"),
+            other => warn!(reason = %other, "group stopping: fail-stop"),
         }
         self.input.close();
         // Peers' sends fail from now on, as they would once the transport is dropped.

@@ -401,6 +401,8 @@ trait Pooled<S: LogStore>: Send {
     fn summary(&self) -> GroupSummary;
     /// Stops the group for `reason`: answers what is pending and reports the stop.
     fn stop(self: Box<Self>, reason: StopReason);
+    /// The group's `tracing` span (node, group, term), entered around each phase of its round.
+    fn span(&mut self) -> tracing::Span;
 }
 
 /// A group's core and the state of its round.
@@ -412,6 +414,10 @@ struct PooledCore<S: LogStore, T: Transport, SM: StateMachine> {
     /// For each output: what its write makes durable (see `Core::before_write`).
     written: Vec<Option<(Index, Term)>>,
     statuses: Vec<tokio::sync::oneshot::Sender<NodeStatus>>,
+    group: GroupId,
+    /// The group's span as of `span_term` (see [`Pooled::span`]).
+    span: tracing::Span,
+    span_term: Option<Term>,
 }
 
 impl<S, T, SM> PooledCore<S, T, SM>
@@ -537,6 +543,24 @@ where
             proposals_pending: 0, // Set by the slot.
             quiet: raft.is_quiet(),
         }
+    }
+
+    /// Made again only when the term changed: a round enters a clone of it (a reference count,
+    /// or nothing at all with no subscriber), so the hot path formats and allocates nothing.
+    /// The term is the one the round began in; events of a term change carry the new one.
+    ///
+    /// The span is at level ERROR on purpose: it is context, not a message, and any filter that
+    /// lets an event of the group through (down to `RUST_LOG=error`) then shows which node and
+    /// group it came from. A span at INFO would vanish under `RUST_LOG=warn`, and with it the
+    /// node and group of every warning.
+    fn span(&mut self) -> tracing::Span {
+        let term = self.core.raft.term();
+        if self.span_term != Some(term) {
+            self.span_term = Some(term);
+            let (node, group) = (self.core.raft.id(), self.group);
+            self.span = tracing::error_span!("group", %node, %group, %term);
+        }
+        self.span.clone()
     }
 
     fn stop(self: Box<Self>, reason: StopReason) {
@@ -672,6 +696,8 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             .unwrap_or_default();
         // Phase 1.
         for (slot, body, outcome) in &mut running {
+            let span = body.span();
+            let _entered = span.enter();
             let peer_downs = std::mem::take(&mut *slot.peer_downs.lock().unwrap_or_else(PoisonError::into_inner));
             *outcome = guarded(slot, || match body.prepare(stopping, peer_downs, &down_now) {
                 Ok(Flow::Continue) => Outcome::Continue,
@@ -736,6 +762,8 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         for (slot, body, outcome) in &mut running {
             // A shutdown still completes the round that asked for it (its output was written).
             if let Outcome::Continue | Outcome::Stop(StopReason::Shutdown) = outcome {
+                let span = body.span();
+                let _entered = span.enter();
                 let completed = guarded(slot, || match body.complete() {
                     Ok(()) => Outcome::Continue,
                     Err(reason) => Outcome::Stop(reason),
@@ -758,7 +786,9 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
                     self.release(&slot, again);
                 }
                 Outcome::Stop(reason) => {
-                    debug!(group = %slot.group, %reason, "group stopping");
+                    let mut body = body;
+                    let span = body.span();
+                    let _entered = span.enter();
                     if std::panic::catch_unwind(AssertUnwindSafe(|| body.stop(reason))).is_err() {
                         slot.shared.set_stop_reason(StopReason::CorePanicked);
                     }
@@ -945,7 +975,7 @@ fn guarded<S: LogStore + Send + 'static>(slot: &Slot<S>, phase: impl FnOnce() ->
         Ok(outcome) => outcome,
         Err(_) => {
             slot.shared.set_stop_reason(StopReason::CorePanicked);
-            warn!(group = %slot.group, "a group's round panicked: the group stops");
+            warn!("a group's round panicked: the group stops");
             Outcome::Panicked
         }
     }
@@ -1116,6 +1146,9 @@ impl<S: LogStore + Send + 'static> Host<S> {
             outputs: Vec::new(),
             written: Vec::new(),
             statuses: Vec::new(),
+            group,
+            span: tracing::Span::none(),
+            span_term: None,
         });
         *slot.body.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
         slots.insert(group, Arc::clone(&slot));

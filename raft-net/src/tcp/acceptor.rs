@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, Sleep, sleep, timeout};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::error::ConnectionError;
 use super::groups::{Counters, GroupRegistry};
@@ -37,15 +36,25 @@ pub(crate) async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut listener: A)
             Ok((stream, remote)) => match Arc::clone(&permits).try_acquire_owned() {
                 Ok(permit) => {
                     let task_shared = Arc::clone(&shared);
-                    shared.spawn(shared.cancel.clone(), async move {
-                        serve(task_shared, stream, remote).await;
+                    // The reader's span, a root (it outlives nothing of the acceptor's): `peer`
+                    // is recorded once the handshake says who it is.
+                    let span = tracing::error_span!(
+                        parent: None,
+                        "tcp_inbound",
+                        local = %shared.local_id,
+                        %remote,
+                        peer = tracing::field::Empty
+                    );
+                    let serving = async move {
+                        serve(task_shared, stream).await;
                         drop(permit);
-                    });
+                    };
+                    shared.spawn(shared.cancel.clone(), serving.instrument(span));
                 }
-                Err(_) => warn!(local = %shared.local_id, %remote, connections_max, "too many inbound connections"),
+                Err(_) => warn!(%remote, connections_max, "too many inbound connections"),
             },
             Err(error) => {
-                warn!(local = %shared.local_id, %error, "accept failed");
+                warn!(%error, "accept failed");
                 sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }
@@ -54,7 +63,8 @@ pub(crate) async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut listener: A)
 
 /// Handshakes with one dialer, then reads its messages until the connection ends, breaks a rule,
 /// or is replaced by a newer connection from the same peer.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S, remote: SocketAddr) {
+/// Runs in a span naming the local node, the remote address and (once known) the peer.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S) {
     // The idle timer under the buffer: it reads the clock once per socket read, not once per read
     // from the buffer (several per frame).
     let stream = IdleReader::new(stream, shared.options.idle_timeout);
@@ -63,26 +73,30 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S
     let peer = match handshake {
         Ok(Ok(peer)) => peer,
         Ok(Err(error)) => {
-            warn!(local = %shared.local_id, %remote, %error, "handshake failed");
+            warn!(%error, "handshake failed");
             return;
         }
         Err(_) => {
-            warn!(local = %shared.local_id, %remote, error = %ConnectionError::HandshakeTimeout, "handshake failed");
+            warn!(error = %ConnectionError::HandshakeTimeout, "handshake failed");
             return;
         }
     };
-    debug!(local = %shared.local_id, %peer, %remote, "accepted a connection");
+    tracing::Span::current().record("peer", tracing::field::display(peer));
+    info!("peer connection up"); // The span names the peer and its address.
     Counters::add(&shared.counters.connections_accepted, 1);
     let (connection, cancel) = shared.register_reader(peer);
     let inbound = Inbound::of(&shared, peer);
     let end = cancel.run_until_cancelled(read_loop(&inbound, &mut stream, peer)).await;
     shared.unregister_reader(peer, connection);
     match end {
-        None => debug!(local = %shared.local_id, %peer, %remote, "connection replaced or stopped"),
-        Some(ConnectionError::Frame(FrameError::Closed)) => {
-            debug!(local = %shared.local_id, %peer, %remote, "connection closed by the peer");
+        None => {
+            let reason = "replaced by a newer connection, or the transport stopped";
+            info!(reason, "peer connection down");
         }
-        Some(error) => warn!(local = %shared.local_id, %peer, %remote, %error, "closing the connection"),
+        Some(ConnectionError::Frame(FrameError::Closed)) => {
+            info!(reason = "closed by the peer", "peer connection down")
+        }
+        Some(error) => warn!(reason = %error, "peer connection down"),
     }
 }
 
@@ -189,7 +203,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         inbound.seen.frame();
         let Some(queue) = groups.get(group) else {
             Counters::add(&counters.unknown_group_drops, 1);
-            debug!(local = %inbound.local_id, %peer, %group, "dropped a message for a group this node does not host");
+            debug!(%group, "dropped a message for a group this node does not host");
             continue;
         };
         let message = match queue.try_send(message) {
@@ -201,7 +215,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
             }
             Err(TrySendError::Closed(_)) => {
                 Counters::add(&counters.unknown_group_drops, 1);
-                debug!(local = %inbound.local_id, %peer, %group, "dropped a message for a group whose receiver is gone");
+                debug!(%group, "dropped a message for a group whose receiver is gone");
                 continue;
             }
             Err(TrySendError::Full(message)) => message,
@@ -214,12 +228,12 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 Counters::add(&counters.unknown_group_drops, 1);
-                debug!(local = %inbound.local_id, %peer, %group, "dropped a message for a group whose receiver is gone");
+                debug!(%group, "dropped a message for a group whose receiver is gone");
             }
             Err(_) => {
                 Counters::add(&counters.inbound_full_drops, 1);
                 congested.insert(group);
-                debug!(local = %inbound.local_id, %peer, %group, "a group's inbound queue stayed full: dropping its messages while it is");
+                debug!(%group, "a group's inbound queue stayed full: dropping its messages while it is");
             }
         }
     }

@@ -36,20 +36,20 @@ impl<C: Connect> Dialer<C> {
             self.state.set(PeerState::Connecting);
             match self.connect().await {
                 Ok(stream) => {
-                    info!(local = %self.shared.local_id, peer = %self.peer_id, address = %self.address, "connected");
+                    info!("peer connection up"); // The span names the peer and its address.
                     Counters::add(&self.shared.counters.connections_dialed, 1);
                     self.state.set(PeerState::Connected);
                     self.backoff.reset();
                     let error = self.write_loop(stream).await;
-                    info!(local = %self.shared.local_id, peer = %self.peer_id, %error, "connection lost");
+                    info!(reason = %error, "peer connection down");
                     if matches!(error, ConnectionError::PeerRemoved) {
                         return;
                     }
                 }
                 Err(error @ ConnectionError::Rejected(_)) => {
-                    warn!(local = %self.shared.local_id, peer = %self.peer_id, address = %self.address, %error);
+                    warn!(%error, "the peer refused the handshake");
                 }
-                Err(error) => debug!(local = %self.shared.local_id, peer = %self.peer_id, %error, "dial failed"),
+                Err(error) => debug!(%error, "dial failed"),
             }
             self.state.set(PeerState::Backoff);
             self.discard_queued();
@@ -100,7 +100,7 @@ impl<C: Connect> Dialer<C> {
                     if Instant::now() >= due {
                         buffer.clear();
                         if let Err(error) = encode_frame_into(&Frame::Keepalive, self.shared.options.frame_bytes_max, &mut buffer) {
-                            warn!(local = %self.shared.local_id, peer = %self.peer_id, %error, "a keepalive does not encode");
+                            warn!(%error, "a keepalive does not encode");
                         }
                         if let Err(error) = self.write_batch(&mut stream, &buffer, 0).await {
                             return error;
@@ -146,7 +146,7 @@ impl<C: Connect> Dialer<C> {
                 if let Err(error) =
                     encode_frame_into(&Frame::Ping { incarnation }, self.shared.options.frame_bytes_max, buffer)
                 {
-                    warn!(local = %self.shared.local_id, peer = %self.peer_id, %error, "a ping does not encode");
+                    warn!(%error, "a ping does not encode");
                 } else {
                     Counters::add(&self.shared.counters.pings_written, 1);
                 }
@@ -157,7 +157,7 @@ impl<C: Connect> Dialer<C> {
         match encode_frame_into(&frame, self.shared.options.frame_bytes_max, buffer) {
             Ok(()) => true,
             Err(error) => {
-                warn!(local = %self.shared.local_id, peer = %self.peer_id, %group, %error, "dropping a message that cannot be framed");
+                warn!(%group, %error, "dropping a message that cannot be framed");
                 false
             }
         }
@@ -191,7 +191,7 @@ impl<C: Connect> Dialer<C> {
             discarded += 1;
         }
         if discarded > 0 {
-            debug!(local = %self.shared.local_id, peer = %self.peer_id, discarded, "dropped queued messages");
+            debug!(discarded, "dropped queued messages");
         }
     }
 }

@@ -367,7 +367,9 @@ impl<C: Connect> TcpTransport<C> {
             lock(&self.shared.peers).insert(peer_id, handle);
         }
         let shared = &self.shared;
-        shared.spawn(shared.cancel.clone(), acceptor::accept_loop(Arc::clone(shared), listener));
+        let span = tracing::error_span!("tcp_acceptor", local = %shared.local_id);
+        let accepting = tracing::Instrument::instrument(acceptor::accept_loop(Arc::clone(shared), listener), span);
+        shared.spawn(shared.cancel.clone(), accepting);
         self
     }
 
@@ -474,7 +476,9 @@ impl<C: Connect> TcpTransport<C> {
             state: Arc::clone(&state),
             backoff: Backoff::new(options.backoff_base, options.backoff_max, shared.local_id, peer_id),
         };
-        shared.spawn(cancel.clone(), dialer.run());
+        // The writer's span, one per peer for the transport's life (dials and redials in it).
+        let span = tracing::error_span!("tcp_outbound", local = %shared.local_id, peer = %peer_id, %address);
+        shared.spawn(cancel.clone(), tracing::Instrument::instrument(dialer.run(), span));
         PeerHandle { address, queue, state, _stop: cancel.drop_guard() }
     }
 }

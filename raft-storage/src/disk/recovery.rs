@@ -78,6 +78,39 @@ pub enum Repair {
     },
 }
 
+impl Repair {
+    /// One `warn` event per repair, `repair` naming its kind, with the file and the variant's
+    /// fields.
+    fn log(&self) {
+        match self {
+            Repair::TornTailTruncated { file, offset, bytes_dropped } => {
+                let file = file.display();
+                tracing::warn!(repair = "torn tail truncated", %file, offset, bytes_dropped, "storage recovery repaired a file");
+            }
+            Repair::TornSegmentRemoved { file, bytes_dropped } => {
+                let file = file.display();
+                tracing::warn!(repair = "torn segment removed", %file, offset = 0, bytes_dropped, "storage recovery repaired a file");
+            }
+            Repair::CoveredSegmentRemoved { file, boundary } => {
+                let file = file.display();
+                tracing::warn!(repair = "covered segment removed", %file, %boundary, "storage recovery repaired a file");
+            }
+            Repair::SupersededSegmentRemoved { file, boundary } => {
+                let file = file.display();
+                tracing::warn!(repair = "superseded segment removed", %file, %boundary, "storage recovery repaired a file");
+            }
+            Repair::StraySnapshotRemoved { file } => {
+                let file = file.display();
+                tracing::warn!(repair = "stray snapshot removed", %file, "storage recovery repaired a file");
+            }
+            Repair::ReclaimedSegmentRemoved { file, below } => {
+                let file = file.display();
+                tracing::warn!(repair = "reclaimed segment removed", %file, below, "storage recovery repaired a file");
+            }
+        }
+    }
+}
+
 impl fmt::Display for Repair {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -122,7 +155,11 @@ impl RecoveryReport {
         self.repairs.is_empty()
     }
 
+    /// Records `repair`, and logs it: a repair means the process stopped uncleanly (or a
+    /// crash interrupted a compaction, install or reclamation), which an operator wants to
+    /// know, with the file and offset an investigator starts from.
     pub(crate) fn push(&mut self, repair: Repair) {
+        repair.log();
         self.repairs.push(repair);
     }
 }

@@ -122,6 +122,8 @@ impl Simulation {
             self.wait_on_paused(client, target, Queued::Write(client, operation));
             return Ok(());
         }
+        let span = self.node_span(target);
+        let _entered = span.enter();
         self.begin_iteration(target)?;
         self.take_write(target, client, operation)?;
         self.end_iteration(target)
@@ -158,6 +160,8 @@ impl Simulation {
             self.wait_on_paused(client, target, Queued::Read(client, operation, mode));
             return Ok(());
         }
+        let span = self.node_span(target);
+        let _entered = span.enter();
         self.begin_iteration(target)?;
         self.take_read(target, client, operation, mode)?;
         self.end_iteration(target)
