@@ -75,6 +75,23 @@ fn a_node_asked_to_stop_exits_with_0_and_logs_json_lines() {
     assert!(messages.iter().any(|message| message.contains("stopping (SIGTERM)")), "{text}");
 }
 
+/// A second node on a data directory in use is refused before it reads or repairs anything: its
+/// store is held (raft-storage's LOCK file), and the running node is not disturbed.
+#[test]
+fn a_second_node_on_a_data_directory_in_use_is_refused() {
+    let (_dir, data) = temp();
+    let layout = layout(2, 1);
+    let args = ["--peers", &layout.peers, "--data", &data_dir(&data, 1), "--bootstrap"].map(str::to_owned);
+    let node = Node::start(1, layout.raft[0], layout.http[0], log_file(&data, 1, 1), &args);
+    leader(&[&node]);
+    let (raft, http) = (layout.raft[1].to_string(), layout.http[1].to_string());
+    let second = raft_kv(&["serve", "--id", "1", "--raft", &raft, "--http", &http, "--data", &data_dir(&data, 1)]);
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert!(stderr(&second).contains("in use by another process"), "{}", stderr(&second));
+    let put = call("PUT", node.http, "/kv/still", b"serving");
+    assert_eq!(put.map(|response| response.status), Some(200), "the first node serves on");
+}
+
 #[test]
 fn bad_flags_are_refused_before_anything_runs() {
     let serve = ["serve", "--id", "1", "--raft", "127.0.0.1:1", "--http", "127.0.0.1:2", "--data", "/nonexistent"];
