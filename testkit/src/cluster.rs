@@ -272,6 +272,11 @@ impl<SM: Machine> Cluster<SM> {
         Ok(())
     }
 
+    /// Node `id`'s store directory, for clusters over [`StorageKind::Disk`].
+    pub fn dir(&self, id: NodeId) -> Option<&Path> {
+        self.dirs.get(&id).map(|dir| dir.path())
+    }
+
     /// Starts stopped node `id` again from its directory (and over TCP on its address).
     pub async fn restart(&mut self, id: NodeId) -> Result<&Member<SM>, HarnessError> {
         let dir = self.dirs.get(&id).ok_or(HarnessError::Cluster { id, why: "no store on disk to restart from" })?;
