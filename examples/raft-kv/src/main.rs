@@ -13,6 +13,7 @@ mod cluster;
 mod kv;
 mod logs;
 mod node;
+mod recover;
 mod removal;
 mod server;
 mod signals;
@@ -38,6 +39,9 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// Runs one node.
     Serve(node::ServeArgs),
+    /// Recovery from a lost quorum, offline: makes a stopped survivor the only voter of its
+    /// cluster, keeping its data (writes only the lost nodes had are gone).
+    Recover(recover::RecoverArgs),
     /// Sets a key.
     Put {
         key: String,
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
         (Err(error), _) => Err(error),
         (Ok(_), Command::Cluster(args)) => cluster::run(args),
         (Ok(_), Command::Serve(args)) => node::run(args),
+        (Ok(_), Command::Recover(args)) => recover::run(args),
         (Ok(_), other) => run_client(other),
     };
     match outcome {
@@ -178,7 +183,7 @@ fn run_client(command: Command) -> anyhow::Result<()> {
         Command::Transfer { id, target } => {
             ("POST", target, "/cluster/leader".to_owned(), serde_json::json!({ "id": id }).to_string().into_bytes())
         }
-        Command::Cluster(_) | Command::Serve(_) => bail!("not a client command"),
+        Command::Cluster(_) | Command::Serve(_) | Command::Recover(_) => bail!("not a client command"),
     };
     let url = format!("http://{}{path}", target.node);
     let response = client::request(method, &url, &body).with_context(|| format!("{method} {url}"))?;
