@@ -478,6 +478,11 @@ impl<S: Storage> Raft<S> {
     }
 }
 
+/// The reason logged for a vote refused because the request's term is stale.
+pub(crate) const STALE_TERM: &str = "stale term";
+/// The reason logged for a vote refused because this node hears from a live leader.
+pub(crate) const LIVE_LEADER: &str = "a live leader (stickiness)";
+
 /// Logs a vote or pre-vote granted or refused (with the reason): votes at info, pre-votes (one
 /// round per election timeout of a cut-off node) at debug. `last` is the candidate's last log
 /// index and term.
@@ -491,6 +496,11 @@ pub(crate) fn log_vote(
     let (last_log_index, last_log_term) = last;
     match (pre_vote, refused) {
         (false, None) => tracing::info!(%candidate, %term, "vote granted"),
+        // A cut-off node campaigning (pre-vote off) is refused once per election timeout for a
+        // stale term or a live leader: at debug, so that it does not flood the log.
+        (false, Some(reason @ (STALE_TERM | LIVE_LEADER))) => {
+            tracing::debug!(%candidate, %term, reason, %last_log_index, %last_log_term, "vote refused");
+        }
         (false, Some(reason)) => {
             tracing::info!(%candidate, %term, reason, %last_log_index, %last_log_term, "vote refused");
         }

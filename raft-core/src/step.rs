@@ -100,7 +100,7 @@ impl<S: Storage> Raft<S> {
         match &m.body {
             MessageBody::VoteRequest { pre_vote, transfer, last_log_index, last_log_term } => {
                 if self.in_lease() && !transfer {
-                    let (reason, last) = ("a live leader (stickiness)", (*last_log_index, *last_log_term));
+                    let (reason, last) = (crate::election::LIVE_LEADER, (*last_log_index, *last_log_term));
                     crate::election::log_vote(*pre_vote, m.from, m.term, Some(reason), last);
                     return Err(StepError::Ignored(Ignored::LeaderSticky { leader: self.leader }));
                 }
@@ -133,7 +133,7 @@ impl<S: Storage> Raft<S> {
             // (simulator seed 131265). The refusal changes nothing here; only the candidate moves up.
             MessageBody::VoteRequest { pre_vote, last_log_index, last_log_term, .. } => {
                 let last = (last_log_index, last_log_term);
-                crate::election::log_vote(pre_vote, m.from, m.term, Some("stale term"), last);
+                crate::election::log_vote(pre_vote, m.from, m.term, Some(crate::election::STALE_TERM), last);
                 self.send(m.from, self.term, MessageBody::VoteResponse { pre_vote, granted: false });
             }
             // A follower behind on terms (removed, or cut off) would wait for an answer forever:

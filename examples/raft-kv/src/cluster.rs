@@ -167,7 +167,10 @@ fn start_nodes(args: &ClusterArgs, nodes: &mut Vec<Node>) -> anyhow::Result<()> 
 fn must_bootstrap(args: &ClusterArgs, ids: &[u16]) -> anyhow::Result<bool> {
     let has_data = |id: &u16| {
         let dir = args.data.join(format!("node-{id}"));
-        std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some())
+        // The store's LOCK file alone is no data: an `open` that found no store leaves it.
+        let data =
+            |entry: std::io::Result<std::fs::DirEntry>| entry.is_ok_and(|e| e.file_name() != raft_storage::LOCK_FILE);
+        std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.any(data))
     };
     let (with, without): (Vec<u16>, Vec<u16>) = ids.iter().partition(|id| has_data(id));
     match (with.is_empty(), without.is_empty()) {

@@ -12,8 +12,15 @@
 //! 3. once `D` lags by at most `caught_up_entries`, one joint-consensus change makes `D` a voter
 //!    and removes `A` ([`Action::Change`]); the leader leaves the joint configuration by itself.
 //!
-//! A shard keeps its quorum throughout: `D` votes only once it has caught up, and while joint,
-//! commitment needs majorities of both the old and the new voters. A move whose target is no
+//! A shard keeps its quorum throughout: `D` votes only once it has caught up and is heard from,
+//! and a voter change is made only when both the old and the new voters have a majority of
+//! members that could acknowledge an entry now (while joint, commits need both), so a change is
+//! never started that the shard could not finish.
+//!
+//! The table given must be current: the controller reads it on the meta group's leader after a
+//! linearizable read (ReadIndex) of the meta group, never from a possibly stale applied copy.
+//! Group changes are not conditional on the table's version, so a stale table would make the
+//! controller undo a finished move. A move whose target is no
 //! longer active before it became a voter is rolled back: the table is set back to the group's
 //! actual voters, and the learner left behind is removed.
 
@@ -37,6 +44,22 @@ pub struct Observed {
     pub learners: BTreeSet<NodeId>,
     /// How many entries each follower or learner is behind the leader.
     pub lag_entries: BTreeMap<NodeId, u64>,
+    /// The members the leader heard from within the last election timeout (itself included):
+    /// raft-net's `PeerStatus::recent_active`.
+    pub recently_active: BTreeSet<NodeId>,
+}
+
+impl Observed {
+    /// Whether a majority of `voters` could acknowledge an entry now: the leader, and members
+    /// heard from recently that are at most `caught_up_entries` behind.
+    fn has_ready_majority(&self, voters: &BTreeSet<NodeId>, caught_up_entries: u64) -> bool {
+        let ready = |node: &&NodeId| {
+            **node == self.leader
+                || (self.recently_active.contains(node)
+                    && self.lag_entries.get(node).is_some_and(|lag| *lag <= caught_up_entries))
+        };
+        voters.iter().filter(ready).count() * 2 > voters.len()
+    }
 }
 
 /// One thing for the controller to do.
@@ -81,7 +104,9 @@ pub struct Limits {
 /// has no leader that answered: nothing is done to it).
 pub fn reconcile(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>, limits: Limits) -> Vec<Action> {
     let mut actions = Vec::new();
-    let mut busy = BTreeSet::new();
+    // Shards placement must leave alone (moving, or with no leader that answered), and how many
+    // of them are moving (only those count against `moves_max`).
+    let (mut busy, mut moving) = (BTreeSet::new(), 0);
     for (shard, entry) in table.shards() {
         let Some(seen) = observed.get(&shard) else {
             busy.insert(shard);
@@ -91,11 +116,12 @@ pub fn reconcile(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>, l
             let hint = TableChange::LeaderHint { shard, leader: Some(seen.leader) };
             actions.push(Action::Table(TableCommand { expected_version: None, change: hint }));
         }
-        for stray in seen.learners.iter().filter(|node| !entry.replicas.contains(node)) {
+        for stray in seen.learners.iter().filter(|node| !seen.joint && !entry.replicas.contains(node)) {
             actions.push(Action::Change { shard, changes: vec![ConfChange::Remove(*stray)] });
         }
         if seen.joint || seen.voters != entry.replicas {
             busy.insert(shard);
+            moving += 1;
             if !seen.joint {
                 actions.extend(advance(table, shard, &entry.replicas, seen, limits));
             }
@@ -104,7 +130,7 @@ pub fn reconcile(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>, l
     if busy.is_empty() {
         actions.extend(forget_departed(table, observed));
     }
-    if busy.len() < limits.moves_max
+    if moving < limits.moves_max
         && let Some(change) = placement::next_change(table, &busy)
     {
         let set = TableChange::SetReplicas { shard: change.shard, replicas: change.replicas };
@@ -134,17 +160,28 @@ fn advance(
     if let Some(node) = incoming.iter().find(|node| !seen.learners.contains(node)) {
         return Some(Action::AddLearner { shard, node: *node });
     }
-    let caught_up = |node: &NodeId| seen.lag_entries.get(node).is_some_and(|lag| *lag <= limits.caught_up_entries);
-    match (incoming.first(), outgoing.first()) {
-        (Some(node), _) if !caught_up(node) => None,
-        (Some(node), out) => {
-            let mut changes = vec![ConfChange::AddVoter(*node)];
-            changes.extend(out.map(|out| ConfChange::Remove(*out)));
-            Some(Action::Change { shard, changes })
-        }
-        (None, Some(out)) => Some(Action::Change { shard, changes: vec![ConfChange::Remove(*out)] }),
-        (None, None) => None,
+    let caught_up = |node: &NodeId| {
+        seen.recently_active.contains(node)
+            && seen.lag_entries.get(node).is_some_and(|lag| *lag <= limits.caught_up_entries)
+    };
+    let (incoming, outgoing) = (incoming.first().copied(), outgoing.first().copied());
+    if incoming.is_some_and(|node| !caught_up(&node)) {
+        return None; // The learner is still catching up (or silent): it does not vote yet.
     }
+    let mut next = seen.voters.clone();
+    next.extend(incoming);
+    if let Some(out) = outgoing {
+        next.remove(&out);
+    }
+    // While joint, commits need majorities of both sets: change only if both could commit now,
+    // so that a change never leaves a shard unable to finish it.
+    let ready = |voters: &BTreeSet<NodeId>| seen.has_ready_majority(voters, limits.caught_up_entries);
+    if next.is_empty() || next == seen.voters || !ready(&seen.voters) || !ready(&next) {
+        return None;
+    }
+    let mut changes: Vec<ConfChange> = incoming.map(ConfChange::AddVoter).into_iter().collect();
+    changes.extend(outgoing.map(ConfChange::Remove));
+    Some(Action::Change { shard, changes })
 }
 
 /// Removes from the table the failed or drained nodes that no shard names any more, in the
@@ -301,7 +338,19 @@ mod tests {
                             voters: group.voters.clone(),
                             joint: group.outgoing.is_some(),
                             learners: group.learners.clone(),
-                            lag_entries: group.lag.clone(),
+                            lag_entries: group
+                                .voters
+                                .iter()
+                                .chain(&group.learners)
+                                .map(|node| (*node, group.lag.get(node).copied().unwrap_or(0)))
+                                .collect(),
+                            recently_active: group
+                                .voters
+                                .iter()
+                                .chain(&group.learners)
+                                .filter(|node| self.alive[node])
+                                .copied()
+                                .collect(),
                         },
                     );
                 }
@@ -383,13 +432,20 @@ mod tests {
                 let address = SocketAddr::from(([127, 0, 0, 1], 1));
                 self.alive.insert(id, true);
                 self.table_change(TableChange::AddNode { id, raft: address, http: address });
-            } else if self.chance(2) && active > 3 {
+            } else if self.chance(2) && active >= 3 {
                 let node = self.pick_active();
                 self.table_change(TableChange::SetNodeState { id: node, state: NodeState::Draining });
-            } else if self.chance(2) && active > 3 && self.dying.is_none() {
+            } else if self.chance(2) && active >= 3 && self.dying.is_none() {
+                // Only failures that leave every shard a majority of its voters (the fault model:
+                // a shard of two replicas, left when no spare node took a failed one's place,
+                // survives no further failure).
                 let node = self.pick_active();
                 self.alive.insert(node, false);
-                self.dying = Some((node, round + 1 + self.rng.next_u32() % 10));
+                if self.groups.iter().all(|group| self.available(group)) {
+                    self.dying = Some((node, round + 1 + self.rng.next_u32() % 10));
+                } else {
+                    self.alive.insert(node, true);
+                }
             }
         }
 
@@ -499,6 +555,63 @@ mod tests {
         assert!(reconcile(&model.table, &observed, LIMITS).contains(&swap));
     }
 
+    /// A table of four active nodes whose shard 0 should be `target`, and what its leader
+    /// `leader` reports: voters `voters`, learner 4 at `lag`, and who was heard from recently.
+    fn situation(
+        target: [u64; 3],
+        voters: [u64; 3],
+        leader: u64,
+        active: &[u64],
+        lag: u64,
+    ) -> (RoutingTable, BTreeMap<ShardId, Observed>) {
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        let entry = NodeEntry { raft: address, http: address, state: NodeState::Active };
+        let nodes = (1..=4).map(|id| (NodeId(id), entry)).collect();
+        let create = TableChange::Create { replication: 3, nodes, replicas: vec![target.map(NodeId).into()] };
+        let mut table = RoutingTable::default();
+        table.apply(&TableCommand { expected_version: None, change: create }).expect("a valid table");
+        let seen = Observed {
+            leader: NodeId(leader),
+            voters: voters.map(NodeId).into(),
+            joint: false,
+            learners: if target.contains(&4) && !voters.contains(&4) { [NodeId(4)].into() } else { BTreeSet::new() },
+            lag_entries: (1..=4).map(|id| (NodeId(id), if id == 4 { lag } else { 0 })).collect(),
+            recently_active: active.iter().map(|id| NodeId(*id)).collect(),
+        };
+        (table, BTreeMap::from([(ShardId(0), seen)]))
+    }
+
+    fn changes(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>) -> Vec<Action> {
+        reconcile(table, observed, LIMITS)
+            .into_iter()
+            .filter(|action| matches!(action, Action::Change { .. }))
+            .collect()
+    }
+
+    #[test]
+    fn no_voter_change_leaves_a_shard_without_a_ready_majority() {
+        // Node 4 is silent: it does not vote, however low its lag (even where 1 and 2 would do).
+        let (table, observed) = situation([1, 2, 4], [1, 2, 3], 2, &[1, 2, 3], 0);
+        assert_eq!(changes(&table, &observed), vec![], "a silent learner does not vote");
+        // Node 4 is heard from: 2 and 4 of 1, 2, 4 are ready, and 2 and 3 of 1, 2, 3.
+        let (table, observed) = situation([1, 2, 4], [1, 2, 3], 2, &[2, 3, 4], 0);
+        let swap = Action::Change {
+            shard: ShardId(0),
+            changes: vec![ConfChange::AddVoter(NodeId(4)), ConfChange::Remove(NodeId(3))],
+        };
+        assert_eq!(changes(&table, &observed), vec![swap]);
+    }
+
+    #[test]
+    fn no_removal_leaves_a_shard_without_a_ready_majority() {
+        // Voters 1, 2, 3, node 1 silent; a table of 1, 2 (say an operator's) would leave voters
+        // 1, 2, which need both while only 2 answers: refused, where it would block the shard.
+        let (mut table, observed) = situation([1, 2, 3], [1, 2, 3], 2, &[2, 3], 0);
+        let shrink = TableChange::SetReplicas { shard: ShardId(0), replicas: [1, 2].map(NodeId).into() };
+        table.apply(&TableCommand { expected_version: Some(table.version()), change: shrink }).expect("one removal");
+        assert_eq!(changes(&table, &observed), vec![]);
+    }
+
     #[test]
     fn a_move_to_a_node_that_failed_is_rolled_back() {
         let mut model = Model::new(2, 1);
@@ -506,7 +619,10 @@ mod tests {
         model.table_change(TableChange::AddNode { id: NodeId(4), raft: address, http: address });
         model.alive.insert(NodeId(4), true);
         let set = TableChange::SetReplicas { shard: ShardId(0), replicas: [1, 2, 4].map(NodeId).into() };
-        model.table_change(set);
+        model
+            .table
+            .apply(&TableCommand { expected_version: Some(model.table.version()), change: set })
+            .expect("one move");
         model.act(&Action::AddLearner { shard: ShardId(0), node: NodeId(4) });
         model.table_change(TableChange::SetNodeState { id: NodeId(4), state: NodeState::Failed });
         let observed = model.observe();

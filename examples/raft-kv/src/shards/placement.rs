@@ -31,10 +31,11 @@ pub struct Change {
 /// still under way); `None` when the placement is reached or only busy shards could change.
 ///
 /// In order of urgency: replicas on failed nodes, then on draining nodes, are moved to the
-/// least-loaded active node that lacks the shard (or dropped, when every active node has it);
-/// shards with too few replicas gain one, shards with too many lose their most-loaded one; and
-/// last, a replica moves from the most-loaded active node to the least-loaded one while their
-/// counts differ by two or more.
+/// least-loaded active node that lacks the shard; with no such node, a failed node's replica is
+/// dropped but a draining node's waits for a node to join (unless the shard has more replicas
+/// than the replication factor). Then shards with too few replicas on active nodes gain one,
+/// shards with too many lose their most-loaded one; and last, a replica moves from the
+/// most-loaded active node to the least-loaded one while their counts differ by two or more.
 pub fn next_change(table: &RoutingTable, busy: &BTreeSet<ShardId>) -> Option<Change> {
     let active: BTreeSet<NodeId> =
         table.nodes().iter().filter(|(_, entry)| entry.state == NodeState::Active).map(|(id, _)| *id).collect();
@@ -44,24 +45,35 @@ pub fn next_change(table: &RoutingTable, busy: &BTreeSet<ShardId>) -> Option<Cha
     let replication = table.replication().min(active.len());
     let loads: BTreeMap<NodeId, usize> = active.iter().map(|node| (*node, table.load(*node))).collect();
     let free = || table.shards().filter(|(shard, _)| !busy.contains(shard));
+    let state = |node: &NodeId| table.nodes().get(node).map(|entry| entry.state);
     for leaving in [NodeState::Failed, NodeState::Draining] {
         for (shard, entry) in free() {
-            let on_leaving =
-                entry.replicas.iter().find(|node| table.nodes().get(node).is_some_and(|n| n.state == leaving));
-            if let Some(from) = on_leaving {
-                let to = least_loaded(&loads, &entry.replicas);
-                if to.is_some() || entry.replicas.len() > 1 {
-                    return Some(change(shard, &entry.replicas, Some(*from), to));
+            let Some(from) = entry.replicas.iter().find(|node| state(node) == Some(leaving)) else { continue };
+            match least_loaded(&loads, &entry.replicas) {
+                Some(to) => return Some(change(shard, &entry.replicas, Some(*from), Some(to))),
+                // No spare node: a failed node's replica is dropped (it serves nothing); a
+                // draining node's stays until a node joins, unless the shard has more than
+                // enough replicas anyway (draining is no reason to run a shard short).
+                None if (leaving == NodeState::Failed || entry.replicas.len() > table.replication())
+                    && entry.replicas.len() > 1 =>
+                {
+                    return Some(change(shard, &entry.replicas, Some(*from), None));
                 }
+                None => {}
             }
         }
     }
     for (shard, entry) in free() {
-        if entry.replicas.len() < replication {
+        let on_active = entry.replicas.iter().filter(|node| active.contains(node)).count();
+        if on_active < replication {
             return Some(change(shard, &entry.replicas, None, least_loaded(&loads, &entry.replicas)));
         }
-        if entry.replicas.len() > replication {
-            let most = entry.replicas.iter().max_by_key(|node| (loads.get(node).copied().unwrap_or(0), **node));
+        if on_active > replication {
+            let most = entry
+                .replicas
+                .iter()
+                .filter(|node| active.contains(node))
+                .max_by_key(|node| (loads.get(node).copied().unwrap_or(0), **node));
             return Some(change(shard, &entry.replicas, most.copied(), None));
         }
     }
@@ -153,8 +165,15 @@ mod tests {
             }
             let want = usize::from(replication).min(active.len());
             for (shard, entry) in table.shards() {
-                prop_assert_eq!(entry.replicas.len(), want, "shard {}", shard);
-                prop_assert!(entry.replicas.iter().all(|node| active.contains(node)), "shard {} on a leaving node", shard);
+                let on_active = entry.replicas.iter().filter(|node| active.contains(node)).count();
+                prop_assert_eq!(on_active, want, "shard {}", shard);
+                for node in entry.replicas.iter().filter(|node| !active.contains(node)) {
+                    // Only a draining node keeps a replica, and only when no active node could
+                    // take it and the shard is not over-replicated.
+                    prop_assert_eq!(table.nodes()[node].state, NodeState::Draining, "shard {}", shard);
+                    prop_assert!(active.iter().all(|spare| entry.replicas.contains(spare)), "shard {}", shard);
+                    prop_assert!(entry.replicas.len() <= usize::from(replication), "shard {}", shard);
+                }
             }
             let loads: Vec<usize> = active.iter().map(|node| table.load(*node)).collect();
             let (min, max) = (loads.iter().min().copied().unwrap_or(0), loads.iter().max().copied().unwrap_or(0));
@@ -178,6 +197,15 @@ mod tests {
         let table = table(&states, 3, &[vec![0, 1, 2]]);
         let change = next_change(&table, &BTreeSet::new()).expect("work to do");
         assert_eq!((change.remove, change.add), (Some(NodeId(3)), Some(NodeId(4))));
+    }
+
+    #[test]
+    fn a_draining_node_keeps_its_replicas_until_a_node_joins_but_a_failed_one_does_not() {
+        let draining = table(&[NodeState::Active, NodeState::Active, NodeState::Draining], 3, &[vec![0, 1, 2]]);
+        assert_eq!(next_change(&draining, &BTreeSet::new()), None, "no shard runs short to drain a node");
+        let failed = table(&[NodeState::Active, NodeState::Active, NodeState::Failed], 3, &[vec![0, 1, 2]]);
+        let change = next_change(&failed, &BTreeSet::new()).expect("the failed replica goes");
+        assert_eq!((change.remove, change.add), (Some(NodeId(3)), None));
     }
 
     #[test]

@@ -104,8 +104,9 @@ pub enum TableChange {
         /// The node.
         id: NodeId,
     },
-    /// Sets a shard's replicas: at most one node added and at most one removed, so that a
-    /// shard has one move at a time.
+    /// Sets a shard's replicas: at most one node added and at most one removed, and only with
+    /// an `expected_version` (a change computed from an older table is refused), so that a
+    /// shard has one move at a time. Setting the same replicas changes nothing.
     SetReplicas {
         /// The shard.
         shard: ShardId,
@@ -216,6 +217,11 @@ impl RoutingTable {
         if self.version == 0 && !matches!(command.change, TableChange::Create { .. }) {
             return Err(TableError::NotCreated);
         }
+        if command.expected_version.is_none() && matches!(command.change, TableChange::SetReplicas { .. }) {
+            // One move per shard at a time holds only against the table the move was computed
+            // from: a replica change must name its version.
+            return Err(TableError::Invalid("a replica change must name the table version it expects".to_owned()));
+        }
         let mut next = self.clone();
         let bumps = next.change(&command.change)?;
         if bumps {
@@ -268,6 +274,9 @@ impl RoutingTable {
             TableChange::SetReplicas { shard, replicas } => {
                 self.check_replicas(replicas)?;
                 let entry = self.shards.get_mut(shard.0 as usize).ok_or(TableError::UnknownShard(*shard))?;
+                if *replicas == entry.replicas {
+                    return Ok(false); // Nothing changes, so the version does not move.
+                }
                 let added = replicas.difference(&entry.replicas).count();
                 let removed = entry.replicas.difference(replicas).count();
                 if added > 1 || removed > 1 {
@@ -322,6 +331,11 @@ mod tests {
         TableCommand { expected_version: None, change }
     }
 
+    /// A replica change, conditional on `table`'s version as every one must be.
+    fn versioned(table: &RoutingTable, change: TableChange) -> TableCommand {
+        TableCommand { expected_version: Some(table.version()), change }
+    }
+
     /// Three nodes, two shards of three replicas.
     fn created() -> RoutingTable {
         let mut table = RoutingTable::default();
@@ -364,9 +378,9 @@ mod tests {
         table.apply(&add).expect("a new node");
         let add5 = command(TableChange::AddNode { id: NodeId(5), raft: address(6), http: address(7) });
         table.apply(&add5).expect("a new node");
-        let two_moves = command(TableChange::SetReplicas { shard: ShardId(0), replicas: set(&[1, 4, 5]) });
+        let two_moves = versioned(&table, TableChange::SetReplicas { shard: ShardId(0), replicas: set(&[1, 4, 5]) });
         assert!(matches!(table.apply(&two_moves), Err(TableError::Invalid(_))));
-        let one_move = command(TableChange::SetReplicas { shard: ShardId(0), replicas: set(&[1, 2, 4]) });
+        let one_move = versioned(&table, TableChange::SetReplicas { shard: ShardId(0), replicas: set(&[1, 2, 4]) });
         assert_eq!(table.apply(&one_move), Ok(4));
         assert_eq!(table.load(NodeId(3)), 1);
         assert_eq!(table.load(NodeId(4)), 1);
@@ -375,11 +389,11 @@ mod tests {
     #[test]
     fn replicas_name_known_nodes_within_bounds() {
         let mut table = created();
-        let unknown = command(TableChange::SetReplicas { shard: ShardId(0), replicas: set(&[1, 2, 9]) });
+        let unknown = versioned(&table, TableChange::SetReplicas { shard: ShardId(0), replicas: set(&[1, 2, 9]) });
         assert_eq!(table.apply(&unknown), Err(TableError::UnknownNode(NodeId(9))));
-        let empty = command(TableChange::SetReplicas { shard: ShardId(1), replicas: set(&[]) });
+        let empty = versioned(&table, TableChange::SetReplicas { shard: ShardId(1), replicas: set(&[]) });
         assert!(matches!(table.apply(&empty), Err(TableError::Invalid(_))));
-        let missing = command(TableChange::SetReplicas { shard: ShardId(2), replicas: set(&[1]) });
+        let missing = versioned(&table, TableChange::SetReplicas { shard: ShardId(2), replicas: set(&[1]) });
         assert!(matches!(table.apply(&missing), Err(TableError::Invalid(_)) | Err(TableError::UnknownShard(_))));
         let too_many_shards = TableChange::Create {
             replication: 1,
@@ -397,7 +411,9 @@ mod tests {
             Err(TableError::NodeInUse(NodeId(3)))
         );
         for shard in [ShardId(0), ShardId(1)] {
-            table.apply(&command(TableChange::SetReplicas { shard, replicas: set(&[1, 2]) })).expect("one removal");
+            table
+                .apply(&versioned(&table, TableChange::SetReplicas { shard, replicas: set(&[1, 2]) }))
+                .expect("one removal");
         }
         assert_eq!(table.apply(&command(TableChange::RemoveNode { id: NodeId(3) })), Ok(4));
         assert!(!table.nodes().contains_key(&NodeId(3)));
@@ -412,9 +428,11 @@ mod tests {
         let outsider = command(TableChange::LeaderHint { shard: ShardId(1), leader: Some(NodeId(7)) });
         assert!(matches!(table.apply(&outsider), Err(TableError::Invalid(_))));
         // Moving the hinted leader out of the shard drops the hint.
-        table
-            .apply(&command(TableChange::SetReplicas { shard: ShardId(1), replicas: set(&[1, 3]) }))
-            .expect("one removal");
+        let unversioned = command(TableChange::SetReplicas { shard: ShardId(1), replicas: set(&[1, 3]) });
+        assert!(matches!(table.apply(&unversioned), Err(TableError::Invalid(_))), "a replica change names its version");
+        table.apply(&versioned(&table, unversioned.change)).expect("one removal");
+        let same = versioned(&table, TableChange::SetReplicas { shard: ShardId(1), replicas: set(&[1, 3]) });
+        assert_eq!(table.apply(&same), Ok(table.version()), "no change, no new version");
         assert_eq!(table.shard(ShardId(1)).and_then(|entry| entry.leader_hint), None);
     }
 
