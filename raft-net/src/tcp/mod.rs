@@ -50,6 +50,7 @@ pub use options::{
 pub use stream::{Accept, Connect, TokioConnector};
 
 use crate::frame::{Hello, RejectReason};
+use crate::metrics::{DialerMetrics, Tally};
 use crate::transport::{PeerLink, PeerSignals, SendError, Transport};
 use backoff::Backoff;
 use dialer::Dialer;
@@ -473,6 +474,8 @@ impl<C: Connect> TcpTransport<C> {
             queue: receiver,
             state: Arc::clone(&state),
             backoff: Backoff::new(options.backoff_base, options.backoff_max, shared.local_id, peer_id),
+            metrics: DialerMetrics::new(shared.local_id, peer_id),
+            tally: Tally::default(),
         };
         shared.spawn(cancel.clone(), dialer.run());
         PeerHandle { address, queue, state, _stop: cancel.drop_guard() }
