@@ -5,8 +5,9 @@
 //! branch per recording. raft-core records nothing: it does no I/O, so what is measured here is
 //! derived from its outputs and its status.
 //!
-//! Handles are registered once, per group when it starts and per peer when its link starts,
-//! never looked up by name on the way of a message or a proposal; what happens per proposal is
+//! Handles are registered once, per group when it starts and per peer when its link starts (a
+//! message kind's the first time a link carries one), never looked up by name on the way of a
+//! message or a proposal; what happens per proposal is
 //! counted per batch (a round of the core, a batch of the apply side).
 //!
 //! Call [`describe`] once after installing a recorder to give each metric its help text.
@@ -36,6 +37,7 @@
 //! cluster's size and the number of groups: no label takes an index, a term or an address.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -297,42 +299,47 @@ impl CoreMetrics {
     }
 }
 
-/// The handles of one TCP peer, in one direction: per message kind, messages and bytes.
+/// The handles of one TCP peer, in one direction: per message kind, messages and bytes. A kind's
+/// pair is registered the first time a message of that kind passes (kinds a link never carries
+/// make no series), then kept.
 pub(crate) struct PeerMetrics {
-    messages: [Counter; MESSAGE_KINDS.len()],
-    bytes: [Counter; MESSAGE_KINDS.len()],
+    labels: [(&'static str, String); 3],
+    kinds: [OnceLock<(Counter, Counter)>; MESSAGE_KINDS.len()],
 }
 
 impl PeerMetrics {
     /// `direction` is `sent` or `received`.
     pub(crate) fn new(node: NodeId, peer: NodeId, direction: &'static str) -> Self {
-        let labels = |kind: &'static str| {
-            [
-                ("node", node.to_string()),
-                ("peer", peer.to_string()),
-                ("kind", kind.to_string()),
-                ("direction", direction.to_string()),
-            ]
-        };
         PeerMetrics {
-            messages: MESSAGE_KINDS.map(|kind| counter!(MESSAGES_TOTAL, &labels(kind))),
-            bytes: MESSAGE_KINDS.map(|kind| counter!(MESSAGE_BYTES_TOTAL, &labels(kind))),
+            labels: [("node", node.to_string()), ("peer", peer.to_string()), ("direction", direction.to_string())],
+            kinds: std::array::from_fn(|_| OnceLock::new()),
         }
+    }
+
+    /// The (messages, bytes) counters of kind `kind` ([`kind_index`]).
+    fn kind(&self, kind: usize) -> &(Counter, Counter) {
+        self.kinds[kind].get_or_init(|| {
+            let [node, peer, direction] = self.labels.clone();
+            let labels = [node, peer, ("kind", MESSAGE_KINDS[kind].to_string()), direction];
+            (counter!(MESSAGES_TOTAL, &labels), counter!(MESSAGE_BYTES_TOTAL, &labels))
+        })
     }
 
     /// Counts one message of kind `kind` ([`kind_index`]) of `bytes` bytes.
     pub(crate) fn message(&self, kind: usize, bytes: u64) {
-        self.messages[kind].increment(1);
-        self.bytes[kind].increment(bytes);
+        let (messages, total) = self.kind(kind);
+        messages.increment(1);
+        total.increment(bytes);
     }
 
-    /// Adds a batch's tally.
+    /// Adds a batch's tally, and clears it.
     pub(crate) fn add(&self, tally: &mut Tally) {
         for kind in 0..MESSAGE_KINDS.len() {
             let (messages, bytes) = std::mem::take(&mut tally.0[kind]);
             if messages > 0 {
-                self.messages[kind].increment(messages);
-                self.bytes[kind].increment(bytes);
+                let (message_counter, byte_counter) = self.kind(kind);
+                message_counter.increment(messages);
+                byte_counter.increment(bytes);
             }
         }
     }

@@ -137,6 +137,7 @@ fn storage(args: &ServeArgs, peers: &[PeerAddresses]) -> Result<DiskStorage, Str
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    crate::server::install_metrics()?;
     let mut signals = StopSignals::new().map_err(|error| format!("listening for signals: {error}"))?;
     let stdin = if args.exit_with_stdin {
         Some(watch_stdin().map_err(|error| format!("watching stdin: {error}"))?)
