@@ -191,9 +191,11 @@ fn main() -> BenchResult<()> {
     if let Some(handle) = metrics {
         let rendered = handle.render();
         let series = rendered.lines().filter(|line| line.starts_with("raft_")).count();
-        let applied = rendered.lines().filter(|line| line.contains("outcome=\"applied\""));
+        // What was recorded: proposals applied, and how many samples each histogram took (the
+        // recordings behind them, against the operations).
+        let shown = rendered.lines().filter(|line| line.contains("outcome=\"applied\"") || line.contains("_count{"));
         println!("metrics: on (Prometheus recorder, no listener): {series} raft_ series at the end, e.g.:");
-        applied.for_each(|line| println!("  {line}"));
+        shown.for_each(|line| println!("  {line}"));
     } else {
         println!("metrics: off (no recorder installed)");
     }

@@ -17,7 +17,7 @@
 //! | `raft_proposals_total` | counter | `node`, `group`, `outcome` | proposals by outcome: `applied` (committed and applied, answered with the response), `refused` (the core refused it: not the leader, a transfer in progress, ...), `too_busy` (`try_propose` found the queues full), `leadership_lost` (a later leader replaced its entry), `unknown` (a snapshot covered it before it was matched), `stopped` (the node stopped before answering) |
 //! | `raft_elections_total` | counter | `node`, `group` | campaigns this node started (each term it became a candidate in) |
 //! | `raft_leader_changes_total` | counter | `node`, `group` | times this node learned of a new leader (a new term's leader, itself included) |
-//! | `raft_snapshot_transfers_total` | counter | `node`, `group`, `event` | `sent`: transfers this leader started (first chunk sent); `received`: transfers this follower started receiving (first chunk received); `installed`: snapshots from a leader installed and restored into the state machine |
+//! | `raft_snapshot_transfers_total` | counter | `node`, `group`, `event` | `sent`: transfers this leader started (first chunk sent); `received`: transfers this follower started receiving (first chunk received); `installed`: snapshots from a leader installed in the store and streamed to the state machine |
 //! | `raft_commit_latency_seconds` | histogram | `node`, `group` | on the leader, from a round's proposals being appended to their commit; one sample per round's batch of proposals |
 //! | `raft_apply_latency_seconds` | histogram | `node`, `group` | from a batch of committed entries being handed to the apply side to its last entry applied; one sample per batch |
 //! | `raft_term` | gauge | `node`, `group` | the node's current term |
