@@ -2,8 +2,9 @@
 //! the [`metrics`] facade. The library never chooses an exporter: the application installs a
 //! recorder (raft-kv installs `metrics-exporter-prometheus`'s and serves it at `/metrics`), and
 //! without one every handle is a no-op, so an application that does not want metrics pays a
-//! branch per recording. raft-core records nothing: it does no I/O, so what is measured here is
-//! derived from its outputs and its status.
+//! branch per recording (and the clock readings that time commits, applies and fsyncs, a few per
+//! round). raft-core records nothing: it does no I/O, so what is measured here is derived from
+//! its outputs and its status.
 //!
 //! Handles are registered once, per group when it starts and per peer when its link starts (a
 //! message kind's the first time a link carries one), never looked up by name on the way of a
