@@ -91,6 +91,7 @@ fn check_reader(bytes: &[u8]) {
         groups: &registry,
         counters: &counters,
         seen: std::sync::Arc::new(PeerSeen::default()),
+        received: crate::metrics::PeerMetrics::new(READER_LOCAL, READER_PEER, "received"),
     };
     let mut reader = bytes;
     let end = match block_on(read_loop(&inbound, &mut reader, READER_PEER)) {

@@ -167,6 +167,7 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod mem;
+pub mod metrics;
 pub mod node;
 mod tcp;
 mod transport;

@@ -51,6 +51,7 @@ mod fs;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod mem;
+pub mod metrics;
 pub mod recover;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -188,6 +188,8 @@ enum Ending {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the store opens: handles registered before a recorder exists record nothing.
+    crate::server::install_metrics()?;
     let mut signals = StopSignals::new().context("listening for signals")?;
     let stdin = if args.exit_with_stdin { Some(watch_stdin().context("watching stdin")?) } else { None };
     let id = NodeId(args.id);

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -480,23 +481,50 @@ async fn status(State(app): State<Arc<App>>) -> HttpResponse {
     }
 }
 
+/// The process's Prometheus recorder, installed by [`install_metrics`].
+static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+
+/// Installs the Prometheus recorder for this process (once; later calls do nothing), before the
+/// node starts: the library registers its metric handles when its store opens and its group and
+/// transport start, and handles registered before a recorder exists record nothing. A task runs
+/// the recorder's upkeep (it drains the histograms' buffers) in case nobody scrapes `/metrics`.
+/// Must be called from within a tokio runtime.
+pub fn install_metrics() -> anyhow::Result<()> {
+    if PROMETHEUS.get().is_some() {
+        return Ok(());
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    raft_net::metrics::describe();
+    metrics::describe_gauge!("raft_last_index", "The last index in the log.");
+    metrics::describe_gauge!("raft_is_leader", "1 when this node leads.");
+    metrics::describe_gauge!("raft_voters", "Voters in the membership.");
+    metrics::describe_gauge!("kv_keys", "Keys in the map.");
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let _ = PROMETHEUS.set(handle);
+    Ok(())
+}
+
+/// The library's metrics (`raft_net::metrics`) and a few gauges of this node's status, in the
+/// Prometheus text format, rendered by the exporter.
 async fn metrics(State(app): State<Arc<App>>) -> HttpResponse {
     let Ok(status) = app.handle.status().await else {
         return ApiError::unavailable(Reason::NodeStopped, NODE_STOPPED).into_response();
     };
     let keys = app.handle.read(ReadConsistency::Stale, |kv: &Kv| kv.key_count()).await.unwrap_or(0);
-    let id = status.id.0;
-    let mut text = String::new();
-    let mut line = |name: &str, help: &str, value: u64| {
-        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{id}\"}} {value}\n"));
-    };
-    line("raft_term", "The node's current term.", status.term.0);
-    line("raft_commit_index", "The highest index known committed.", status.commit.0);
-    line("raft_applied_index", "The highest index applied.", status.applied.0);
-    line("raft_last_index", "The last index in the log.", status.last_index.0);
-    line("raft_is_leader", "1 when this node leads.", u64::from(status.role == Role::Leader));
-    line("raft_voters", "Voters in the membership.", status.membership.voters_incoming.len() as u64);
-    line("kv_keys", "Keys in the map.", keys as u64);
+    let node = [("node", status.id.to_string())];
+    metrics::gauge!("raft_last_index", &node).set(status.last_index.0 as f64);
+    metrics::gauge!("raft_is_leader", &node).set(u8::from(status.role == Role::Leader));
+    metrics::gauge!("raft_voters", &node).set(status.membership.voters_incoming.len() as f64);
+    metrics::gauge!("kv_keys", &node).set(keys as f64);
+    let text = PROMETHEUS.get().map(|handle| handle.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -31,6 +31,13 @@ fn writes_reads_failover_restart_and_bad_input_over_http() {
         }
     }
 
+    // The exporter serves the library's series (proposals, WAL fsyncs, messages) and the node's.
+    let metrics = until("GET", nodes[first as usize - 1].http, "/metrics", &[], 200).text();
+    let applied = format!("raft_proposals_total{{node=\"{first}\",group=\"0\",outcome=\"applied\"}}");
+    for series in [applied.as_str(), "raft_wal_fsync_seconds", "raft_messages_total{", "raft_term{", "kv_keys{"] {
+        assert!(metrics.contains(series), "no {series} in /metrics:\n{metrics}");
+    }
+
     // Bad input: 4xx with a message, and nothing applied.
     let http = nodes[0].http;
     let long_key = "k".repeat(2000);

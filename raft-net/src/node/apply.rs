@@ -19,6 +19,7 @@ use super::read::PendingRead;
 use super::shared::{ApplyStep, CoreInput, PanicGuard, Registration, Shared};
 use super::snapshot::{ChannelChunks, ChannelOut, PieceOut, SnapshotPiece, SnapshotReader, SnapshotSink};
 use super::state_machine::StateMachine;
+use crate::metrics::Outcome;
 
 /// The apply side's state (the apply thread's, or the core's when it applies inline).
 pub(crate) struct Applier<SM: StateMachine> {
@@ -100,7 +101,10 @@ impl<SM: StateMachine> Applier<SM> {
                 }
                 restored?;
             }
-            ApplyStep::Apply(entries) => self.apply(entries),
+            ApplyStep::Apply(entries, handed) => {
+                self.apply(entries);
+                self.shared.metrics.apply_latency.record(handed.elapsed());
+            }
             ApplyStep::Read { applied_min, reads } => self.serve(applied_min, reads),
         }
         Ok(())
@@ -109,6 +113,7 @@ impl<SM: StateMachine> Applier<SM> {
     /// Answers every proposal still pending with the reason the node stopped.
     pub(crate) fn finish(mut self) {
         let error = self.shared.stopped_error();
+        self.shared.metrics.proposals(Outcome::Stopped, self.pending.len() as u64);
         for registration in std::mem::take(&mut self.pending) {
             registration.responder.answer(Err(error.clone()));
         }
@@ -128,6 +133,7 @@ impl<SM: StateMachine> Applier<SM> {
         match self.pending.get_mut(position) {
             Some(older) if older.index == index => {
                 let older = std::mem::replace(older, registration);
+                self.shared.metrics.proposals(Outcome::LeadershipLost, 1);
                 older.responder.answer(Err(ProposeError::LeadershipLost { index, term: older.term }));
             }
             _ => self.pending.insert(position, registration),
@@ -168,7 +174,9 @@ impl<SM: StateMachine> Applier<SM> {
         self.applied = meta.index;
         self.snapshot_index = meta.index;
         self.shared.set_applied(meta.index);
+        self.shared.metrics.applied_index.set(meta.index.0 as f64);
         let covered = self.pending.partition_point(|pending| pending.index <= meta.index);
+        self.shared.metrics.proposals(Outcome::Unknown, covered as u64);
         for registration in self.pending.drain(..covered) {
             let index = registration.index;
             registration.responder.answer(Err(ProposeError::OutcomeUnknown { index }));
@@ -182,6 +190,8 @@ impl<SM: StateMachine> Applier<SM> {
     fn apply(&mut self, entries: Vec<Entry>) {
         // The permits of the proposals answered in this batch, given back together at its end.
         let mut released = None;
+        // Proposals answered in this batch: applied, and replaced by a later leader's entry.
+        let mut answered = (0, 0);
         for entry in entries {
             // The core hands out committed entries in order, each once, after the restored
             // snapshot: anything else is a bug in the core or in this driver.
@@ -191,20 +201,37 @@ impl<SM: StateMachine> Applier<SM> {
                 _ => None, // No-ops (and future internal entries) do not reach the state machine.
             };
             self.applied = entry.index;
-            self.answer(&entry, response, &mut released);
+            self.answer(&entry, response, &mut released, &mut answered);
         }
         drop(released);
         self.shared.set_applied(self.applied);
+        let metrics = &self.shared.metrics;
+        metrics.proposals(Outcome::Applied, answered.0);
+        metrics.proposals(Outcome::LeadershipLost, answered.1);
+        metrics.applied_index.set(self.applied.0 as f64);
         self.maybe_snapshot();
     }
 
     /// Answers the proposal registered at `entry.index`, if any: (index, term) names one entry,
     /// so the same term means this is the proposal's entry, another term that it was replaced.
-    fn answer(&mut self, entry: &Entry, response: Option<SM::Response>, released: &mut Option<OwnedSemaphorePermit>) {
+    /// Counts it in `answered` (applied, replaced).
+    fn answer(
+        &mut self,
+        entry: &Entry,
+        response: Option<SM::Response>,
+        released: &mut Option<OwnedSemaphorePermit>,
+        answered: &mut (u64, u64),
+    ) {
         let Some(registration) = self.take_registration(entry.index) else { return };
         let outcome = match response {
-            Some(response) if registration.term == entry.term => Ok(response),
-            _ => Err(ProposeError::LeadershipLost { index: entry.index, term: registration.term }),
+            Some(response) if registration.term == entry.term => {
+                answered.0 += 1;
+                Ok(response)
+            }
+            _ => {
+                answered.1 += 1;
+                Err(ProposeError::LeadershipLost { index: entry.index, term: registration.term })
+            }
         };
         registration.responder.answer_releasing_with(outcome, released);
     }
@@ -336,7 +363,8 @@ mod tests {
     #[test]
     fn proposals_are_matched_by_index_in_any_registration_order() {
         let (wake, _wake_receiver) = mpsc::channel(1);
-        let mut applier = Applier::new(Echo, Arc::new(Shared::new(4)), wake.downgrade(), 0);
+        let metrics = crate::metrics::GroupMetrics::new(raft_core::NodeId(1), raft_core::GroupId::DEFAULT);
+        let mut applier = Applier::new(Echo, Arc::new(Shared::new(4, metrics)), wake.downgrade(), 0);
         let permits = Arc::new(Semaphore::new(16));
         let third = register(&mut applier, &permits, 3, 1);
         let first = register(&mut applier, &permits, 1, 1);

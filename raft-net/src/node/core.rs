@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use raft_core::{
     Index, Membership, Message, MessageBody, NodeId, Output, ProposeError as CoreProposeError, Raft, ReadMode,
-    ReadState, SnapshotError, SnapshotMeta, SoftState, StepError, StorageError, Term,
+    ReadState, Role, SnapshotError, SnapshotMeta, SoftState, StepError, StorageError, Term,
 };
 use raft_storage::LogStore;
 use tokio::sync::mpsc;
@@ -37,6 +37,7 @@ use super::read::{PendingRead, ReadRequest};
 use super::shared::{ApplyStep, CoreInput, PanicGuard, Proposal, Registration, Shared};
 use super::snapshot::{self, SNAPSHOT_PIECES_QUEUED_MAX, SnapshotPiece, SnapshotReader, StoreChunks, StoreOut};
 use super::state_machine::StateMachine;
+use crate::metrics::{CoreMetrics, Outcome, SnapshotEvent};
 use crate::transport::{SendError, Transport};
 
 /// How often a core waiting for the apply thread to begin a snapshot checks that the apply
@@ -119,6 +120,8 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) started: tokio::time::Instant,
     /// The length of one tick (`NodeConfig::tick_interval`).
     pub(crate) tick_interval: Duration,
+    /// What the group's metrics are derived from (see the `metrics` module).
+    pub(crate) metrics: CoreMetrics,
 }
 
 impl<S, T, SM> Core<S, T, SM>
@@ -157,6 +160,7 @@ where
             }
             next = self.next_input();
         }
+        self.metrics.end_of_proposals();
         let mut stepped = 0;
         while let Some(message) = self.try_inbound() {
             self.step(message)?;
@@ -208,6 +212,9 @@ where
             // The lease is judged at once: by a clock read after this request arrived.
             self.catch_up_clock();
         }
+        if let MessageBody::InstallSnapshot { offset: 0, .. } = message.body {
+            self.shared.metrics.snapshot(SnapshotEvent::Received);
+        }
         let from = message.from;
         match self.raft.step(message) {
             Ok(()) => Ok(()),
@@ -234,10 +241,12 @@ where
             // Every other refusal, and `TermNotDurable` once the deferred queue is full (a burst
             // larger than one input batch), is the caller's to see.
             Err(reason) => {
+                self.shared.metrics.proposals(Outcome::Refused, 1);
                 proposal.responder.answer(Err(ProposeError::refused(reason, &self.addresses)));
                 return;
             }
         };
+        self.metrics.proposed(index);
         let term = self.raft.term();
         self.registrations.push(Registration { index, term, responder: proposal.responder });
     }
@@ -316,10 +325,12 @@ where
             let (index, snapshot_term) = (meta.index, meta.term);
             self.restore(meta)?;
             info!(%index, %snapshot_term, "snapshot installed: the state machine restored from it");
+            self.shared.metrics.snapshot(SnapshotEvent::Installed);
         }
-        if !output.committed.is_empty() {
+        if let Some(last) = output.committed.last() {
+            self.metrics.committed(&self.shared.metrics, last.index);
             self.follow_committed_membership(&output.committed);
-            self.hand_to_apply(ApplyStep::Apply(output.committed))?;
+            self.hand_to_apply(ApplyStep::Apply(output.committed, std::time::Instant::now()))?;
         }
         // After this output's committed entries, on the same queue: see `hand_out_reads`.
         self.hand_out_reads(output.reads)
@@ -362,6 +373,7 @@ where
     }
 
     fn on_soft_state(&mut self, soft_state: SoftState) {
+        self.soft_state_metrics(soft_state);
         let leader_term = (soft_state.leader, soft_state.term);
         if leader_term != self.leader_term {
             self.leader_term = leader_term;
@@ -372,10 +384,42 @@ where
         self.role_changed(soft_state.role);
     }
 
+    /// Elections, leader changes and the term, from a soft state (before `leader_term` takes it).
+    fn soft_state_metrics(&mut self, soft_state: SoftState) {
+        let metrics = &self.shared.metrics;
+        let (leader, term) = self.leader_term;
+        if soft_state.term != term {
+            metrics.term.set(soft_state.term.0 as f64);
+            // A candidate's term is one it started.
+            if soft_state.role == Role::Candidate {
+                metrics.elections.increment(1);
+            }
+        }
+        if soft_state.leader.is_some() && (soft_state.leader, soft_state.term) != (leader, term) {
+            metrics.leader_changes.increment(1);
+        }
+        if soft_state.role != Role::Leader {
+            self.metrics.not_leading();
+        }
+    }
+
+    /// On the leader, once per tick at most: each peer's replication lag, from the core's status.
+    pub(crate) fn sample_lags(&mut self) {
+        if !self.raft.is_leader() || !self.metrics.lag_due(self.clock.clock_ticks()) {
+            return;
+        }
+        let status = self.raft.status();
+        let matches = status.progress.iter().map(|(peer, progress)| (*peer, progress.match_index));
+        self.metrics.sample_lags(&self.shared.metrics, status.last_index, matches);
+    }
+
     /// Sends each message; a transport error drops the message (Raft retransmits), and an
     /// unreachable peer is reported to the core.
     fn send_all(&mut self, messages: impl Iterator<Item = Message>) {
         for message in messages {
+            if let MessageBody::InstallSnapshot { offset: 0, .. } = message.body {
+                self.shared.metrics.snapshot(SnapshotEvent::Sent);
+            }
             let to = message.to;
             match self.transport.send(message) {
                 Ok(()) => {
@@ -614,7 +658,10 @@ where
         while let Ok(input) = self.input.try_recv() {
             // Status requests are dropped: the requester then reads the stop reason.
             match input {
-                CoreInput::Propose(proposal) => proposal.responder.answer(Err(error.clone())),
+                CoreInput::Propose(proposal) => {
+                    self.shared.metrics.proposals(Outcome::Stopped, 1);
+                    proposal.responder.answer(Err(error.clone()));
+                }
                 CoreInput::Read(request) => request.read.fail(read_error.clone()),
                 CoreInput::ChangeMembership(request) => {
                     let _ = request.responder.send(Err(reason.clone().into()));
@@ -626,6 +673,7 @@ where
             }
         }
         self.fail_membership_requests(&reason);
+        self.shared.metrics.proposals(Outcome::Stopped, self.deferred.len() as u64);
         for proposal in std::mem::take(&mut self.deferred) {
             proposal.responder.answer(Err(error.clone()));
         }
@@ -633,6 +681,7 @@ where
         let unserved = std::mem::take(&mut self.reads).into_values().chain(std::mem::take(&mut self.stale_reads));
         unserved.for_each(|read| read.fail(read_error.clone()));
         if self.flush_registrations().is_err() {
+            self.shared.metrics.proposals(Outcome::Stopped, self.registrations.len() as u64);
             for registration in std::mem::take(&mut self.registrations) {
                 registration.responder.answer(Err(error.clone()));
             }

@@ -25,6 +25,7 @@ use super::membership::{MembershipRequest, TransferRequest};
 use super::read::{PendingRead, ReadConsistency, ReadRequest};
 use super::shared::{CoreInput, PanicGuard, Proposal, Responder, Shared};
 use super::state_machine::StateMachine;
+use crate::metrics::{CoreMetrics, GroupMetrics, Outcome};
 use crate::transport::Transport;
 
 /// A cheaply cloneable handle on a running node. When the last clone is dropped, the node shuts
@@ -129,6 +130,7 @@ pub(crate) fn random_u64() -> u64 {
 /// Builds a group's core and the state its handles share, after checking `config`. The state
 /// machine runs on an apply thread of its own with `apply_thread`, inline on the worker
 /// otherwise.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn assemble<SM, S, T>(
     config: NodeConfig,
     storage: S,
@@ -137,6 +139,7 @@ pub(crate) fn assemble<SM, S, T>(
     state_machine: SM,
     apply_thread: bool,
     liveness: bool,
+    group: GroupId,
 ) -> Result<Assembled<S, T, SM>, NodeStartError>
 where
     SM: StateMachine,
@@ -151,7 +154,10 @@ where
     }
     let raft = Raft::new(config.id, config.options.clone(), storage).map_err(NodeStartError::Storage)?;
     let membership_seen = raft.membership().clone();
-    let shared = Arc::new(Shared::new(config.event_queue_events_max));
+    let metrics = GroupMetrics::new(config.id, group);
+    metrics.term.set(raft.term().0 as f64);
+    metrics.commit_index.set(raft.commit_index().0 as f64);
+    let shared = Arc::new(Shared::new(config.event_queue_events_max, metrics));
     let (input, input_receiver) = mpsc::channel(config.input_queue_items_max);
     let applier = Applier::new(state_machine, Arc::clone(&shared), input.downgrade(), config.snapshot_every_entries);
     let apply = if apply_thread {
@@ -194,6 +200,7 @@ where
         // The clock starts now: the first whole tick passes one tick interval from now.
         started: tokio::time::Instant::now(),
         tick_interval: config.tick_interval,
+        metrics: CoreMetrics::new(),
     };
     let inner = Inner {
         input,
@@ -257,12 +264,14 @@ impl<SM: StateMachine> NodeHandle<SM> {
     /// waiting for room in the proposal or input queue.
     pub async fn try_propose(&self, command: Bytes) -> Result<SM::Response, ProposeError> {
         self.check_running()?;
-        let permit = Arc::clone(&self.inner.permits).try_acquire_owned().map_err(|_| ProposeError::TooBusy)?;
+        let Ok(permit) = Arc::clone(&self.inner.permits).try_acquire_owned() else {
+            return Err(self.too_busy());
+        };
         let (sender, receiver) = oneshot::channel();
         let proposal = Proposal { command, responder: Responder::new(sender, permit) };
         match self.inner.input.try_send(CoreInput::Propose(proposal)) {
             Ok(()) => self.outcome(receiver).await,
-            Err(mpsc::error::TrySendError::Full(_)) => Err(ProposeError::TooBusy),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.too_busy()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(self.stopped_error()),
         }
     }
@@ -388,6 +397,11 @@ impl<SM: StateMachine> NodeHandle<SM> {
             return Err(shared.stopped_error());
         }
         Ok(())
+    }
+
+    fn too_busy(&self) -> ProposeError {
+        self.inner.shared.metrics.proposals(Outcome::TooBusy, 1);
+        ProposeError::TooBusy
     }
 
     fn stopped_error(&self) -> ProposeError {

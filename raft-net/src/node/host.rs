@@ -508,6 +508,7 @@ where
         self.core.flush_registrations()?;
         self.core.flush_stale_reads()?;
         self.core.after_outputs();
+        self.core.sample_lags();
         if !self.statuses.is_empty() {
             let status = self.core.status();
             for sender in std::mem::take(&mut self.statuses) {
@@ -1103,6 +1104,7 @@ impl<S: LogStore + Send + 'static> Host<S> {
             state_machine,
             apply_thread,
             self.inner.watch.lock().unwrap_or_else(PoisonError::into_inner).is_some(),
+            group,
         )
         .map_err(|source| HostError::Start { group, source })?;
         let shared = Arc::clone(&core.shared);

@@ -17,6 +17,7 @@ use super::membership::{MembershipRequest, TransferRequest};
 use super::read::{PendingRead, ReadRequest};
 use super::snapshot::{RestorePiece, SnapshotPiece};
 use super::state_machine::StateMachine;
+use crate::metrics::GroupMetrics;
 
 /// State shared by every part of one node.
 pub(crate) struct Shared {
@@ -37,10 +38,12 @@ pub(crate) struct Shared {
     /// Cancelled once the core has finished (threads joined, storage and transport
     /// dropped).
     pub(crate) done: CancellationToken,
+    /// The group's metric handles.
+    pub(crate) metrics: GroupMetrics,
 }
 
 impl Shared {
-    pub(crate) fn new(event_queue_events_max: usize) -> Self {
+    pub(crate) fn new(event_queue_events_max: usize, metrics: GroupMetrics) -> Self {
         let (events, _) = broadcast::channel(event_queue_events_max);
         Shared {
             stop_reason: OnceLock::new(),
@@ -50,6 +53,7 @@ impl Shared {
             snapshot_pipe: std::sync::Mutex::new(None),
             events,
             done: CancellationToken::new(),
+            metrics,
         }
     }
 
@@ -205,8 +209,9 @@ pub(crate) enum ApplyStep<SM: StateMachine> {
     /// whose data the core sends through `pieces` once it is checked (see the `snapshot`
     /// module). Only on the apply thread: inline, the applier reads the store itself.
     Restore { meta: SnapshotMeta, pieces: Receiver<RestorePiece> },
-    /// Apply these committed entries (consecutive, continuing the applied index).
-    Apply(Vec<Entry>),
+    /// Apply these committed entries (consecutive, continuing the applied index), handed out
+    /// at this instant (for the apply latency metric).
+    Apply(Vec<Entry>, std::time::Instant),
     /// Serve these reads now: every step before this one put the state machine at `applied_min`
     /// or later (the core hands out a confirmed read only once it handed out the entries up to
     /// its index; `Index(0)` for stale reads).

@@ -20,7 +20,8 @@ use super::error::ConnectionError;
 use super::groups::{Counters, GroupRegistry};
 use super::stream::Accept;
 use super::{PeerSeen, Shared};
-use crate::frame::{Frame, FrameError, HELLO_FRAME_BYTES_MAX, read_frame, write_frame};
+use crate::frame::{FRAME_PREFIX_BYTES, Frame, FrameError, HELLO_FRAME_BYTES_MAX, read_frame, write_frame};
+use crate::metrics::{PeerMetrics, kind_index};
 
 /// The pause after a failed `accept` (for example: out of file descriptors), so that a persistent
 /// error does not spin the loop.
@@ -139,6 +140,8 @@ pub(crate) struct Inbound<'a> {
     pub(crate) counters: &'a Counters,
     /// What this connection's peer was heard doing, for node-level liveness.
     pub(crate) seen: Arc<PeerSeen>,
+    /// The metric handles of what this peer sends.
+    pub(crate) received: PeerMetrics,
 }
 
 impl<'a> Inbound<'a> {
@@ -152,6 +155,7 @@ impl<'a> Inbound<'a> {
             groups: &shared.groups,
             counters: &shared.counters,
             seen: shared.seen(peer),
+            received: PeerMetrics::new(shared.local_id, peer, "received"),
         }
     }
 }
@@ -179,6 +183,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
             Err(error) if error.io_kind() == Some(io::ErrorKind::TimedOut) => return ConnectionError::IdleTimeout,
             Err(error) => return error.into(),
         };
+        let frame_bytes = (payload.len() + FRAME_PREFIX_BYTES) as u64;
         // One large frame must not pin a large buffer for the life of the connection.
         payload.clear();
         payload.shrink_to(inbound.read_buffer_bytes);
@@ -201,6 +206,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         // A sign of life of the peer's node (its groups send), unlike a keepalive, which only
         // its transport sends.
         inbound.seen.frame();
+        inbound.received.message(kind_index(&message.body), frame_bytes);
         let Some(queue) = groups.get(group) else {
             Counters::add(&counters.unknown_group_drops, 1);
             debug!(%group, "dropped a message for a group this node does not host");

@@ -17,6 +17,7 @@ use super::groups::Counters;
 use super::stream::Connect;
 use super::{Outbound, PeerState, PeerStateCell, Shared};
 use crate::frame::{Frame, HELLO_FRAME_BYTES_MAX, Hello, encode_frame_into, read_frame, write_frame};
+use crate::metrics::{DialerMetrics, Tally, kind_index};
 
 /// Everything the writer task of one peer owns.
 pub(crate) struct Dialer<C: Connect> {
@@ -27,17 +28,25 @@ pub(crate) struct Dialer<C: Connect> {
     pub(crate) queue: mpsc::Receiver<Outbound>,
     pub(crate) state: Arc<PeerStateCell>,
     pub(crate) backoff: Backoff,
+    /// The peer's metric handles.
+    pub(crate) metrics: DialerMetrics,
+    /// The messages of the batch being written, by kind (added to the metrics once written).
+    pub(crate) tally: Tally,
 }
 
 impl<C: Connect> Dialer<C> {
     /// Dials, writes, and redials until cancelled (the task is spawned under a cancellation token).
     pub(crate) async fn run(mut self) {
+        let mut connected_before = false;
         loop {
             self.state.set(PeerState::Connecting);
             match self.connect().await {
                 Ok(stream) => {
                     info!("peer connection up"); // The span names the peer and its address.
                     Counters::add(&self.shared.counters.connections_dialed, 1);
+                    if std::mem::replace(&mut connected_before, true) {
+                        self.metrics.reconnects.increment(1);
+                    }
                     self.state.set(PeerState::Connected);
                     self.backoff.reset();
                     let error = self.write_loop(stream).await;
@@ -47,9 +56,13 @@ impl<C: Connect> Dialer<C> {
                     }
                 }
                 Err(error @ ConnectionError::Rejected(_)) => {
+                    self.metrics.dial_failures.increment(1);
                     warn!(%error, "the peer refused the handshake");
                 }
-                Err(error) => debug!(%error, "dial failed"),
+                Err(error) => {
+                    self.metrics.dial_failures.increment(1);
+                    debug!(%error, "dial failed");
+                }
             }
             self.state.set(PeerState::Backoff);
             self.discard_queued();
@@ -115,6 +128,7 @@ impl<C: Connect> Dialer<C> {
             if let Err(error) = self.write_batch(&mut stream, &buffer, messages).await {
                 return error;
             }
+            self.metrics.sent.add(&mut self.tally);
             last_write = Instant::now();
         }
     }
@@ -127,6 +141,7 @@ impl<C: Connect> Dialer<C> {
         buffer.clear();
         // One oversized message must not pin a large buffer for the life of the connection.
         buffer.shrink_to(batch_bytes_max.saturating_mul(2));
+        self.tally.clear();
         let mut messages = u64::from(self.encode(first, buffer));
         while buffer.len() < batch_bytes_max {
             let Ok(next) = self.queue.try_recv() else {
@@ -139,7 +154,7 @@ impl<C: Connect> Dialer<C> {
 
     /// Appends the frame of one message to `buffer`; returns whether it was a message that fit
     /// (one that does not is dropped and logged). A ping is counted here.
-    fn encode(&self, outbound: Outbound, buffer: &mut Vec<u8>) -> bool {
+    fn encode(&mut self, outbound: Outbound, buffer: &mut Vec<u8>) -> bool {
         let (group, message) = match outbound {
             Outbound::Message(group, message) => (group, message),
             Outbound::Ping(incarnation) => {
@@ -153,9 +168,14 @@ impl<C: Connect> Dialer<C> {
                 return false;
             }
         };
+        let kind = kind_index(&message.body);
+        let start = buffer.len();
         let frame = Frame::Message { group, message };
         match encode_frame_into(&frame, self.shared.options.frame_bytes_max, buffer) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.tally.count(kind, (buffer.len() - start) as u64);
+                true
+            }
             Err(error) => {
                 warn!(%group, %error, "dropping a message that cannot be framed");
                 false

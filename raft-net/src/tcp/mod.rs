@@ -50,6 +50,7 @@ pub use options::{
 pub use stream::{Accept, Connect, TokioConnector};
 
 use crate::frame::{Hello, RejectReason};
+use crate::metrics::{DialerMetrics, Tally};
 use crate::transport::{PeerLink, PeerSignals, SendError, Transport};
 use backoff::Backoff;
 use dialer::Dialer;
@@ -475,6 +476,8 @@ impl<C: Connect> TcpTransport<C> {
             queue: receiver,
             state: Arc::clone(&state),
             backoff: Backoff::new(options.backoff_base, options.backoff_max, shared.local_id, peer_id),
+            metrics: DialerMetrics::new(shared.local_id, peer_id),
+            tally: Tally::default(),
         };
         // The writer's span, one per peer for the transport's life (dials and redials in it).
         let span = tracing::error_span!("tcp_outbound", local = %shared.local_id, peer = %peer_id, %address);

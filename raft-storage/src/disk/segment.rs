@@ -11,6 +11,7 @@ use super::codec::{FORMAT_VERSION, RECORD_PREFIX_BYTES, SEGMENT_MAGIC, encode_he
 use super::directory::{Directory, OpenFile};
 use super::error::DiskError;
 use crate::fs::{FileSystem, FsFile};
+use crate::metrics::WalMetrics;
 
 /// The file name of the segment starting at `first_index`.
 pub(super) fn segment_name(first_index: Index) -> String {
@@ -44,12 +45,19 @@ pub(super) struct SegmentLog<File> {
     active: Option<OpenFile<File>>,
     /// Reused across appends: the records of one batch.
     write_buffer: Vec<u8>,
+    /// Where the appends' fsyncs are recorded.
+    metrics: WalMetrics,
 }
 
 impl<File: FsFile> SegmentLog<File> {
     /// The log of the `segments` recovery found (none open yet: see [`SegmentLog::open_active`]).
     pub(super) fn new(segments: Vec<Segment>) -> Self {
-        SegmentLog { segments, active: None, write_buffer: Vec::new() }
+        SegmentLog { segments, active: None, write_buffer: Vec::new(), metrics: WalMetrics::noop() }
+    }
+
+    /// The same log, recording its appends' fsyncs in `metrics`.
+    pub(super) fn with_metrics(self, metrics: WalMetrics) -> Self {
+        SegmentLog { metrics, ..self }
     }
 
     /// The number of segment files.
@@ -168,8 +176,11 @@ impl<File: FsFile> SegmentLog<File> {
             segment.len += record_len;
         }
         self.write_active(&buffer)?;
+        let bytes = buffer.len() as u64;
         self.write_buffer = buffer;
+        let started = std::time::Instant::now();
         self.sync_active()?;
+        self.metrics.synced(started, entries.len() as u64, bytes);
         if created {
             dir.sync()?;
         }

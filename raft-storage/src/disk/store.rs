@@ -16,6 +16,7 @@ use super::recovery::{RecoveredLog, RecoveryReport, recover_log, remove_stray_sn
 use super::segment::{SegmentLog, parse_segment_name};
 use super::snapshot::{self, Staging};
 use crate::fs::{FileSystem, StdFs};
+use crate::metrics::{WAL_GROUP, WalMetrics};
 use crate::{LogStore, SnapshotWriter, take_entries};
 
 /// Whether `name` is a segment's file name.
@@ -149,7 +150,7 @@ impl<F: FileSystem> DiskStorage<F> {
             hard_state: meta.hard_state,
             meta,
             entries,
-            log,
+            log: log.with_metrics(WalMetrics::new(identity.node_id, WAL_GROUP)),
             staging: None,
             stopped: false,
             report: RecoveryReport::default(),

@@ -26,6 +26,7 @@ use crate::disk::recovery::RecoveryReport;
 use crate::disk::snapshot::{self, Staging, snapshot_name};
 use crate::disk::store::validate_append;
 use crate::fs::{FileSystem, StdFs};
+use crate::metrics::{WAL_SHARED, WalMetrics};
 use crate::{LogStore, SnapshotWriter, WriteOutputsError};
 
 /// Tunables of the shared write-ahead log.
@@ -124,6 +125,9 @@ pub(super) struct Writer<F: FileSystem> {
     created: bool,
     /// Whether a segment was started since the last reclamation.
     rotated: bool,
+    /// Entry records and bytes of records appended since the last leader's sync took them
+    /// (for the fsync metrics only).
+    unsynced: (u64, u64),
 }
 
 impl<F: FileSystem> Writer<F> {
@@ -138,6 +142,7 @@ impl<F: FileSystem> Writer<F> {
             dirty: false,
             created: false,
             rotated: false,
+            unsynced: (0, 0),
         }
     }
 
@@ -164,6 +169,8 @@ impl<F: FileSystem> Writer<F> {
             self.buffer = record_bytes;
         }
         self.dirty = true;
+        self.unsynced.0 += u64::from(matches!(record, RecordRef::Entry { .. }));
+        self.unsynced.1 += record_len;
         let segment = self.segments.last_mut().expect("a segment was just ensured");
         let location =
             Location { segment: segment.sequence, offset: segment.len, len: record_len as u32, term: Term(0) };
@@ -320,6 +327,7 @@ impl<F: FileSystem> Inner<F> {
     fn sync_now(&mut self) -> Result<(), DiskError> {
         self.hand_over()?;
         self.writer.sync_active()?;
+        self.writer.unsynced = (0, 0); // Not a group commit: not in the fsync metrics.
         self.synced = self.handed_over;
         Ok(())
     }
@@ -820,6 +828,8 @@ struct Shared<F: FileSystem> {
     sync_ended: Condvar,
     /// Syncs of the newest segment by batch leaders (statistics: [`SharedWal::syncs`]).
     syncs: std::sync::atomic::AtomicU64,
+    /// Where the leaders' syncs are recorded.
+    metrics: WalMetrics,
 }
 
 impl<F: FileSystem> Shared<F> {
@@ -886,9 +896,12 @@ impl<F: FileSystem> Shared<F> {
             let taken = inner.guarded(Inner::take_sync_file);
             let (sequence, mut file) = taken?;
             inner.syncing = true;
+            let (entries, bytes) = std::mem::take(&mut inner.writer.unsynced);
             drop(inner);
             let leading = Leading { shared: self };
+            let started = std::time::Instant::now();
             let synced = file.sync();
+            self.metrics.synced(started, entries, bytes);
             self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             inner = leading.end();
             match synced {
@@ -961,7 +974,9 @@ impl<F: FileSystem> SharedWal<F> {
     }
 
     fn new(inner: Inner<F>) -> Self {
-        let shared = Shared { inner: Mutex::new(inner), sync_ended: Condvar::new(), syncs: Default::default() };
+        let metrics = WalMetrics::new(inner.identity.node_id, WAL_SHARED);
+        let shared =
+            Shared { inner: Mutex::new(inner), sync_ended: Condvar::new(), syncs: Default::default(), metrics };
         SharedWal { inner: Arc::new(shared) }
     }
 

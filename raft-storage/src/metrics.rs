@@ -1,0 +1,67 @@
+//! The metrics the write-ahead logs record, through the [`metrics`] facade: the latency of each
+//! fsync that makes appended entries durable, and how much each one covered. Nothing is recorded
+//! unless the application installs a recorder; the handles are registered once, when a store is
+//! created or opened, so a sync costs a clock reading and three histogram records.
+//!
+//! Every metric of the repository, these included, is listed in one table: the docs of
+//! `raft_net::metrics`.
+//!
+//! | name | type | labels | what |
+//! | --- | --- | --- | --- |
+//! | `raft_wal_fsync_seconds` | histogram | `node`, `wal` | duration of one fsync of the newest log segment after appending entries |
+//! | `raft_wal_fsync_entries` | histogram | `node`, `wal` | entries that fsync made durable |
+//! | `raft_wal_fsync_bytes` | histogram | `node`, `wal` | bytes of log records that fsync made durable |
+//!
+//! `node` is the store's [`Identity::node_id`](crate::Identity); `wal` is `group` for a
+//! [`DiskStorage`](crate::DiskStorage) (one log per group: a node's groups add up in one series)
+//! and `shared` for a [`SharedWal`](crate::SharedWal) (one log for all of a node's groups, one
+//! fsync per group commit however many groups and threads it covers).
+
+use std::time::Instant;
+
+use metrics::{Histogram, histogram};
+use raft_core::NodeId;
+
+/// Histogram: seconds one fsync of the newest segment took.
+pub const WAL_FSYNC_SECONDS: &str = "raft_wal_fsync_seconds";
+/// Histogram: entries one fsync made durable.
+pub const WAL_FSYNC_ENTRIES: &str = "raft_wal_fsync_entries";
+/// Histogram: bytes of log records one fsync made durable.
+pub const WAL_FSYNC_BYTES: &str = "raft_wal_fsync_bytes";
+
+/// The `wal` label of a [`DiskStorage`](crate::DiskStorage)'s log.
+pub const WAL_GROUP: &str = "group";
+/// The `wal` label of a [`SharedWal`](crate::SharedWal).
+pub const WAL_SHARED: &str = "shared";
+
+/// The handles of one log, registered once.
+pub(crate) struct WalMetrics {
+    seconds: Histogram,
+    entries: Histogram,
+    bytes: Histogram,
+}
+
+impl WalMetrics {
+    /// Handles labelled with the node and the kind of log (`WAL_GROUP` or `WAL_SHARED`).
+    pub(crate) fn new(node: NodeId, wal: &'static str) -> Self {
+        let labels = [("node", node.to_string()), ("wal", wal.to_string())];
+        WalMetrics {
+            seconds: histogram!(WAL_FSYNC_SECONDS, &labels),
+            entries: histogram!(WAL_FSYNC_ENTRIES, &labels),
+            bytes: histogram!(WAL_FSYNC_BYTES, &labels),
+        }
+    }
+
+    /// Handles that record nothing (a log whose owner is not known yet).
+    pub(crate) fn noop() -> Self {
+        WalMetrics { seconds: Histogram::noop(), entries: Histogram::noop(), bytes: Histogram::noop() }
+    }
+
+    /// Records one fsync that started at `started` and made `entries` entries (`bytes` bytes of
+    /// records) durable.
+    pub(crate) fn synced(&self, started: Instant, entries: u64, bytes: u64) {
+        self.seconds.record(started.elapsed());
+        self.entries.record(entries as f64);
+        self.bytes.record(bytes as f64);
+    }
+}
