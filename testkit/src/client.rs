@@ -2,9 +2,9 @@
 //! ([`redirect`]), and a proposal retried until it is applied ([`propose`]).
 
 use bytes::Bytes;
-use raft_core::NodeId;
-use raft_net::{NodeHandle, ProposeError, StateMachine};
-use tokio::time::{Instant, sleep, timeout_at};
+use raft_core::{ConfChange, Membership, MembershipError, NodeId};
+use raft_net::{MembershipChangeError, NodeHandle, ProposeError, StateMachine};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
 
 use crate::wait::{PATIENCE, POLL};
 
@@ -74,6 +74,25 @@ pub async fn propose<SM: StateMachine>(
             Redirect::Again => {}
             Redirect::Next | Redirect::GiveUp => target = (target + 1) % nodes.len(),
         }
+        sleep(POLL).await;
+    }
+}
+
+/// Changes the membership through `leader`, retrying while its term has no committed entry or
+/// another change is under way; panics on any other refusal or after [`PATIENCE`].
+pub async fn change_membership<SM: StateMachine>(leader: &NodeHandle<SM>, changes: Vec<ConfChange>) -> Membership {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let outcome = timeout(PATIENCE, leader.change_membership(changes.clone())).await;
+        match outcome.expect("the change is answered") {
+            Ok(membership) => return membership,
+            Err(MembershipChangeError::Refused {
+                reason: MembershipError::TermNotCommitted | MembershipError::ChangeInProgress,
+                ..
+            }) => {}
+            Err(error) => panic!("change {changes:?} failed: {error}"),
+        }
+        assert!(Instant::now() < deadline, "change {changes:?} never accepted");
         sleep(POLL).await;
     }
 }

@@ -56,7 +56,7 @@ use std::time::Duration;
 use raft_core::{Membership, NodeId, Options};
 use raft_net::{NodeConfig, TcpOptions};
 
-pub use client::{Redirect, propose, redirect};
+pub use client::{Redirect, change_membership, propose, redirect};
 pub use cluster::{Cluster, ClusterBuilder, NetworkKind, StorageKind, bind, create_disk, listeners, open_disk};
 pub use kv::{Kv, KvData, KvView, TruncatedSnapshot, all_applied, propose_many, set};
 pub use logs::{CaptureLayer, Captured, CapturedEvent, capture_global, capture_local, init_tracing};
@@ -97,6 +97,19 @@ pub fn tcp_options() -> TcpOptions {
         backoff_max: Duration::from_millis(200),
         ..TcpOptions::default()
     }
+}
+
+/// Snapshots every 100 entries, keeping only 10 entries below each and sending 1 KiB chunks, so
+/// that a node that was down catches up by snapshot (with [`options`]' quick elections).
+pub fn snapshotting(config: &mut NodeConfig) {
+    config.options = Options::builder()
+        .election_ticks(10)
+        .heartbeat_ticks(2)
+        .compaction_margin_entries(10)
+        .snapshot_chunk_bytes_max(1024)
+        .build()
+        .expect("valid options");
+    config.snapshot_every_entries = 100;
 }
 
 /// The membership of voters `ids`.

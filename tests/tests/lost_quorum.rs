@@ -3,34 +3,13 @@
 //! is refused while the node runs); it elects itself with every entry it had, and two new nodes
 //! join it.
 
-use raft_core::{ConfChange, Membership, MembershipError, NodeId};
-use raft_net::MembershipChangeError;
+use raft_core::{ConfChange, Membership, NodeId};
 use raft_storage::DiskError;
 use raft_storage::recover::become_sole_voter;
 use raft_testkit::{
-    ClusterBuilder, HarnessError, Kv, Member, PATIENCE, StorageKind, create_disk, eventually, open_disk, propose, set,
+    ClusterBuilder, HarnessError, Kv, StorageKind, change_membership, create_disk, eventually, open_disk, propose, set,
     settled_leader,
 };
-use tokio::time::{Instant, sleep, timeout};
-
-/// Changes the membership through `leader`, retrying while its term has no committed entry or
-/// another change is under way.
-async fn change(leader: &Member<Kv>, changes: Vec<ConfChange>) -> Membership {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let outcome = timeout(PATIENCE, leader.handle.change_membership(changes.clone())).await;
-        match outcome.expect("the change is answered") {
-            Ok(membership) => return membership,
-            Err(MembershipChangeError::Refused {
-                reason: MembershipError::TermNotCommitted | MembershipError::ChangeInProgress,
-                ..
-            }) => {}
-            Err(error) => panic!("change {changes:?} failed: {error}"),
-        }
-        assert!(Instant::now() < deadline, "change {changes:?} never accepted");
-        sleep(raft_testkit::POLL).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_survivor_of_a_lost_quorum_recovers_with_its_data_and_new_nodes_join_it() {
@@ -82,8 +61,8 @@ async fn a_survivor_of_a_lost_quorum_recovers_with_its_data_and_new_nodes_join_i
         dirs.push(new_dir);
         cluster.start_node(new, storage).await.expect("the new node starts");
         let leader = cluster.member(survivor).expect("runs");
-        change(leader, vec![ConfChange::AddLearner(new)]).await;
-        change(leader, vec![ConfChange::AddVoter(new)]).await;
+        change_membership(&leader.handle, vec![ConfChange::AddLearner(new)]).await;
+        change_membership(&leader.handle, vec![ConfChange::AddVoter(new)]).await;
     }
     let leader = cluster.member(survivor).expect("runs");
     let commit = leader.handle.status().await.expect("runs").commit;

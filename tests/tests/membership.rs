@@ -6,9 +6,10 @@ use raft_core::{ConfChange, Membership, MembershipError, NodeId, Role, TransferE
 use raft_net::{MembershipChangeError, NodeEvent, ProposeError, TransferLeadershipError};
 use raft_storage::MemStorage;
 use raft_testkit::{
-    Cluster, ClusterBuilder, Kv, Member, PATIENCE, eventually, membership, propose, set, settled_leader,
+    Cluster, ClusterBuilder, Kv, Member, PATIENCE, change_membership, eventually, membership, propose, set,
+    settled_leader,
 };
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::Instant;
 
 /// Three voters over the in-memory network and stores.
 async fn mem_cluster() -> Cluster<Kv> {
@@ -18,24 +19,6 @@ async fn mem_cluster() -> Cluster<Kv> {
 
 fn member(members: &[Member<Kv>], id: NodeId) -> &Member<Kv> {
     members.iter().find(|m| m.id == id).expect("a member")
-}
-
-/// Changes the membership through `leader`, retrying while its term has no committed entry.
-async fn change(leader: &Member<Kv>, changes: Vec<ConfChange>) -> Membership {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let outcome = timeout(PATIENCE, leader.handle.change_membership(changes.clone())).await;
-        match outcome.expect("the change is answered") {
-            Ok(membership) => return membership,
-            Err(MembershipChangeError::Refused {
-                reason: MembershipError::TermNotCommitted | MembershipError::ChangeInProgress,
-                ..
-            }) => {}
-            Err(error) => panic!("change {changes:?} failed: {error}"),
-        }
-        assert!(Instant::now() < deadline, "change {changes:?} never accepted");
-        sleep(raft_testkit::POLL).await;
-    }
 }
 
 async fn write_some(members: &[Member<Kv>], keys: std::ops::Range<usize>) {
@@ -72,7 +55,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
         "{refused:?}"
     );
 
-    let joined = change(leader, vec![ConfChange::AddLearner(NodeId(4))]).await;
+    let joined = change_membership(&leader.handle, vec![ConfChange::AddLearner(NodeId(4))]).await;
     assert!(joined.learners.contains(&NodeId(4)) && !joined.is_joint(), "{joined:?}");
     let new = member(members, NodeId(4));
     let commit = leader.handle.status().await.expect("runs").commit;
@@ -85,7 +68,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
     let learner_status = new.handle.status().await.expect("runs");
     assert_eq!(learner_status.membership, joined);
 
-    let promoted = change(leader, vec![ConfChange::AddVoter(NodeId(4))]).await;
+    let promoted = change_membership(&leader.handle, vec![ConfChange::AddVoter(NodeId(4))]).await;
     assert_eq!(promoted, membership(&[1, 2, 3, 4]));
     let leader_status = leader.handle.status().await.expect("runs");
     assert!(!leader_status.membership.is_joint());
@@ -97,7 +80,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
     .await;
 
     let removed_id = follower.id;
-    let after = change(leader, vec![ConfChange::Remove(removed_id)]).await;
+    let after = change_membership(&leader.handle, vec![ConfChange::Remove(removed_id)]).await;
     assert!(!after.is_member(removed_id) && after.voters_incoming.len() == 3, "{after:?}");
     cluster.stop(removed_id).await.expect("the removed node runs");
     write_some(cluster.members(), 20..30).await;

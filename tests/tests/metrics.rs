@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use raft_core::{Entry, EntryPayload, GroupId, Index, Membership, NodeId, Output, Term};
-use raft_net::NodeConfig;
 use raft_net::metrics::{
     APPLIED_INDEX, APPLY_LATENCY_SECONDS, COMMIT_INDEX, COMMIT_LATENCY_SECONDS, DIAL_FAILURES_TOTAL, ELECTIONS_TOTAL,
     LEADER_CHANGES_TOTAL, MESSAGE_BYTES_TOTAL, MESSAGES_TOTAL, PROPOSALS_TOTAL, RECONNECTS_TOTAL,
@@ -84,24 +83,14 @@ fn take(snapshotter: &Snapshotter) -> Recorded {
     Recorded(recorded.collect())
 }
 
-/// Snapshots every 100 entries and keeps 10 entries below each, so that a node that was down
-/// catches up by snapshot.
-fn snapshotting(config: &mut NodeConfig) {
-    config.options = raft_core::Options::builder()
-        .election_ticks(10)
-        .heartbeat_ticks(2)
-        .compaction_margin_entries(10)
-        .snapshot_chunk_bytes_max(1024)
-        .build()
-        .expect("valid options");
-    config.snapshot_every_entries = 100;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_cluster_records_proposals_elections_messages_snapshots_and_fsyncs() {
     let _turn = TURN.lock().await;
     let snapshotter = recorder();
-    let builder = ClusterBuilder::new(3).network(NetworkKind::Tcp).storage(StorageKind::disk()).configure(snapshotting);
+    let builder = ClusterBuilder::new(3)
+        .network(NetworkKind::Tcp)
+        .storage(StorageKind::disk())
+        .configure(raft_testkit::snapshotting);
     let mut cluster = builder.start(|_| Kv::default()).await.expect("the cluster starts");
     let leader = settled_leader(&cluster.running()).await;
     propose_many(&cluster.handles(), &cluster.ids(), 0..20, 4).await;

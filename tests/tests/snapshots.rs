@@ -2,27 +2,14 @@
 //! behind the compacted log, and restored from the store after a restart.
 
 use raft_core::{Index, NodeId};
-use raft_net::NodeConfig;
 use raft_testkit::{
     Cluster, ClusterBuilder, Kv, StorageKind, all_applied, eventually, propose, propose_many, set, settled_leader,
 };
 
-/// Snapshots every 100 entries and keeps only 10 entries below each.
-fn snapshotting(config: &mut NodeConfig) {
-    config.options = raft_core::Options::builder()
-        .election_ticks(10)
-        .heartbeat_ticks(2)
-        .compaction_margin_entries(10)
-        .snapshot_chunk_bytes_max(1024)
-        .build()
-        .expect("valid options");
-    config.snapshot_every_entries = 100;
-}
-
 /// `voters` nodes over the in-memory network, each with a durable store in a temp dir.
 async fn snapshotting_cluster(voters: u64) -> Cluster<Kv> {
     raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
-    let builder = ClusterBuilder::new(voters).storage(StorageKind::disk()).configure(snapshotting);
+    let builder = ClusterBuilder::new(voters).storage(StorageKind::disk()).configure(raft_testkit::snapshotting);
     builder.start(|_| Kv::default()).await.expect("the cluster starts")
 }
 
