@@ -3,8 +3,15 @@
 //! recorder (raft-kv installs `metrics-exporter-prometheus`'s and serves it at `/metrics`), and
 //! without one every handle is a no-op, so an application that does not want metrics pays a
 //! branch per recording (and the clock readings that time commits, applies and fsyncs, a few per
-//! round). raft-core records nothing: it does no I/O, so what is measured here is derived from
-//! its outputs and its status.
+//! round), and a leading group reads the core's status once per tick for the lag gauges (a small
+//! allocation), recorder or not. raft-core records nothing: it does no I/O, so what is measured
+//! here is derived from its outputs and its status.
+//!
+//! Install the recorder **before** starting stores, nodes and transports: handles registered
+//! earlier record nothing. Each group registers about twenty series (outcome and event counters,
+//! three gauges, two histograms, a lag gauge per peer on its leader): with thousands of groups per
+//! node, mind the exporter's memory and scrape size; a stopped group's series stay until the
+//! process ends (the facade cannot unregister them; its lag gauges are zeroed).
 //!
 //! Handles are registered once, per group when it starts and per peer when its link starts (a
 //! message kind's the first time a link carries one), never looked up by name on the way of a
@@ -16,15 +23,15 @@
 //! | name | type | labels | what |
 //! | --- | --- | --- | --- |
 //! | `raft_proposals_total` | counter | `node`, `group`, `outcome` | proposals by outcome: `applied` (committed and applied, answered with the response), `refused` (the core refused it: not the leader, a transfer in progress, ...), `too_busy` (`try_propose` found the queues full), `leadership_lost` (a later leader replaced its entry), `unknown` (a snapshot covered it before it was matched), `stopped` (the node stopped before answering) |
-//! | `raft_elections_total` | counter | `node`, `group` | campaigns this node started (each term it became a candidate in) |
+//! | `raft_elections_total` | counter | `node`, `group` | campaigns this node started (each term it became a candidate or, a lone voter, the leader in) |
 //! | `raft_leader_changes_total` | counter | `node`, `group` | times this node learned of a new leader (a new term's leader, itself included) |
-//! | `raft_snapshot_transfers_total` | counter | `node`, `group`, `event` | `sent`: transfers this leader started (first chunk sent); `received`: transfers this follower started receiving (first chunk received); `installed`: snapshots from a leader installed in the store and streamed to the state machine |
+//! | `raft_snapshot_transfers_total` | counter | `node`, `group`, `event` | `sent`: first chunks this leader sent (a transfer restarted after a stall counts again); `received`: first chunks this follower received; `installed`: snapshots from a leader installed in the store and streamed to the state machine |
 //! | `raft_commit_latency_seconds` | histogram | `node`, `group` | on the leader, from a round's proposals being appended to their commit; one sample per round's batch of proposals |
 //! | `raft_apply_latency_seconds` | histogram | `node`, `group` | from a batch of committed entries being handed to the apply side to its last entry applied; one sample per batch |
 //! | `raft_term` | gauge | `node`, `group` | the node's current term |
 //! | `raft_commit_index` | gauge | `node`, `group` | the node's commit index |
 //! | `raft_applied_index` | gauge | `node`, `group` | the last index applied to (or restored into) the state machine |
-//! | `raft_replication_lag_entries` | gauge | `node`, `group`, `peer` | on the leader: entries the peer's log lacks (the leader's last index minus the peer's match index), sampled at most once per tick; 0 on a node that does not lead |
+//! | `raft_replication_lag_entries` | gauge | `node`, `group`, `peer` | on the leader: entries the peer's log lacks (the leader's last index minus the peer's match index), sampled at most once per tick; set to 0 when this node stops leading, when the group stops and when the peer leaves the membership |
 //! | `raft_messages_total` | counter | `node`, `peer`, `kind`, `direction` | messages (of every group) sent to or received from the peer over TCP, by message kind; `direction` is `sent` (written in a batch that was flushed) or `received` |
 //! | `raft_message_bytes_total` | counter | `node`, `peer`, `kind`, `direction` | the bytes of those messages' frames (length prefix included) |
 //! | `raft_reconnects_total` | counter | `node`, `peer` | connections the TCP dialer established to the peer after its first one (each one follows a lost connection or a failed attempt) |
@@ -37,7 +44,7 @@
 //! runs one group). `kind` is one of [`MESSAGE_KINDS`]. The label sets are bounded by the
 //! cluster's size and the number of groups: no label takes an index, a term or an address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -254,7 +261,6 @@ impl CoreMetrics {
     /// Entries up to `index` are committed: records the commit latency of the rounds of
     /// proposals it covers.
     pub(crate) fn committed(&mut self, group: &GroupMetrics, index: Index) {
-        group.commit_index.set(index.0 as f64);
         if self.appended.front().is_none_or(|(first, _)| *first > index) {
             return;
         }
@@ -293,10 +299,20 @@ impl CoreMetrics {
         last_index: Index,
         matches: impl Iterator<Item = (NodeId, Index)>,
     ) {
+        let mut sampled = BTreeSet::new();
         for (peer, matched) in matches {
             let gauge = self.lags.entry(peer).or_insert_with(|| group.lag_gauge(peer));
             gauge.set(last_index.0.saturating_sub(matched.0) as f64);
+            sampled.insert(peer);
         }
+        // A peer that left the membership is no longer behind this leader.
+        self.lags.retain(|peer, gauge| {
+            let kept = sampled.contains(peer);
+            if !kept {
+                gauge.set(0.0);
+            }
+            kept
+        });
     }
 }
 

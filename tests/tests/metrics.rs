@@ -154,11 +154,16 @@ async fn a_tcp_cluster_records_proposals_elections_messages_snapshots_and_fsyncs
 
     // The gauges: the leader's term, commit and applied index; its peers' lag (caught up).
     let leader_group = [("node", leader_label.as_str()), group];
-    assert!(recorded.gauges(TERM, &leader_group).iter().all(|term| *term >= 1.0));
+    let terms = recorded.gauges(TERM, &leader_group);
+    assert!(!terms.is_empty() && terms.iter().all(|term| *term >= 1.0), "{terms:?}");
+    // Node 3's commit index is the core's, also right after its snapshot install.
+    let node_3 = [("node", "3"), group];
+    assert!(recorded.gauges(COMMIT_INDEX, &node_3).iter().any(|index| *index >= last.0 as f64));
     assert!(recorded.gauges(COMMIT_INDEX, &leader_group).iter().any(|index| *index >= last.0 as f64));
     assert!(recorded.gauges(APPLIED_INDEX, &leader_group).iter().any(|index| *index >= last.0 as f64));
     let lags = recorded.gauges(REPLICATION_LAG_ENTRIES, &leader_group);
     assert_eq!(lags.len(), 2, "one lag gauge per peer of the leader");
+    assert!(lags.iter().all(|lag| *lag == 0.0), "both peers caught up: {lags:?}");
 }
 
 #[test]

@@ -327,8 +327,12 @@ where
             info!(%index, %snapshot_term, "snapshot installed: the state machine restored from it");
             self.shared.metrics.snapshot(SnapshotEvent::Installed);
         }
-        if let Some(last) = output.committed.last() {
-            self.metrics.committed(&self.shared.metrics, last.index);
+        // The commit index itself (not what is handed out, which may lag it while a follower's
+        // own copy is not durable yet or a batch is capped), also after a snapshot install.
+        let commit = self.raft.commit_index();
+        self.shared.metrics.commit_index.set(commit.0 as f64);
+        self.metrics.committed(&self.shared.metrics, commit);
+        if !output.committed.is_empty() {
             self.follow_committed_membership(&output.committed);
             self.hand_to_apply(ApplyStep::Apply(output.committed, std::time::Instant::now()))?;
         }
@@ -390,8 +394,8 @@ where
         let (leader, term) = self.leader_term;
         if soft_state.term != term {
             metrics.term.set(soft_state.term.0 as f64);
-            // A candidate's term is one it started.
-            if soft_state.role == Role::Candidate {
+            // A term this node started: as a candidate, or as a lone voter that won at once.
+            if matches!(soft_state.role, Role::Candidate | Role::Leader) {
                 metrics.elections.increment(1);
             }
         }
@@ -645,6 +649,7 @@ where
     /// Stops taking input, answers what is queued, lets the apply thread finish what it was
     /// handed, and reports the stop. The storage and the transport are dropped with `self`.
     pub(crate) fn stop(mut self, reason: StopReason) {
+        self.metrics.not_leading(); // Its lag gauges would otherwise stay as they were, for good.
         let reason = self.shared.set_stop_reason(reason);
         match &reason {
             StopReason::Shutdown => info!(reason = %reason, "group stopping: shut down"),
