@@ -22,7 +22,7 @@
 //!
 //! | name | type | labels | what |
 //! | --- | --- | --- | --- |
-//! | `raft_proposals_total` | counter | `node`, `group`, `outcome` | proposals by outcome: `applied` (committed and applied, answered with the response), `refused` (the core refused it: not the leader, a transfer in progress, ...), `too_busy` (`try_propose` found the queues full), `leadership_lost` (a later leader replaced its entry), `unknown` (a snapshot covered it before it was matched), `stopped` (the node stopped before answering) |
+//! | `raft_proposals_total` | counter | `node`, `group`, `outcome` | proposals by outcome: `applied` (committed and applied, answered with the response), `refused` (the core refused it: not the leader, a transfer in progress, ...), `too_busy` (`try_propose` found the queues full), `leadership_lost` (a later leader replaced its entry), `unknown` (a snapshot covered it before it was matched), `stopped` (the node stopped with the proposal in its queues; a proposal made on the handle of a node already stopped, or lost with a panicking state machine, is not counted) |
 //! | `raft_elections_total` | counter | `node`, `group` | campaigns this node started (each term it became a candidate or, a lone voter, the leader in) |
 //! | `raft_leader_changes_total` | counter | `node`, `group` | times this node learned of a new leader (a new term's leader, itself included) |
 //! | `raft_snapshot_transfers_total` | counter | `node`, `group`, `event` | `sent`: first chunks this leader sent (a transfer restarted after a stall counts again); `received`: first chunks this follower received; `installed`: snapshots from a leader installed in the store and streamed to the state machine |

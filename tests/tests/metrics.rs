@@ -186,3 +186,28 @@ fn a_shared_wal_records_each_group_commit_fsync() {
     assert_eq!(recorded.samples(WAL_FSYNC_ENTRIES, &labels), [3.0]);
     assert!(recorded.samples(WAL_FSYNC_BYTES, &labels)[0] > 0.0);
 }
+
+#[test]
+fn a_disk_store_counts_every_byte_an_fsync_covers_also_across_a_segment_rotation() {
+    let _turn = TURN.blocking_lock();
+    let snapshotter = recorder();
+    let entries: Vec<Entry> = (1..=10)
+        .map(|index| Entry { index: Index(index), term: Term(1), payload: EntryPayload::Normal(vec![7; 100].into()) })
+        .collect();
+    // The same entries in one append, into one segment (node 11) or rotating every two (node 12).
+    for (node, segment_bytes_max) in [(11, 1 << 20), (12, 300)] {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let identity = Identity { cluster_id: 7, node_id: NodeId(node) };
+        let options = raft_storage::DiskOptions { segment_bytes_max };
+        let mut store =
+            raft_storage::DiskStorage::create(StdFs, dir.path(), identity, Membership::new([NodeId(node)]), options)
+                .expect("created");
+        raft_storage::LogStore::persist(&mut store, None, &entries).expect("written");
+        assert!(node != 12 || store.segment_count() > 1, "node 12's append rotates segments");
+    }
+    let recorded = take(snapshotter);
+    let bytes = |node| recorded.samples(WAL_FSYNC_BYTES, &[("node", node), ("wal", "group")]);
+    assert_eq!(bytes("11").len(), 1);
+    assert_eq!(bytes("12"), bytes("11"), "the same records, whatever the segments they went to");
+    assert_eq!(recorded.samples(WAL_FSYNC_ENTRIES, &[("node", "12"), ("wal", "group")]), [10.0]);
+}

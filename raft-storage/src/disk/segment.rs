@@ -157,6 +157,7 @@ impl<File: FsFile> SegmentLog<File> {
         buffer.clear();
         buffer.reserve(estimate);
         let mut created = false;
+        let mut rotated_bytes = 0u64; // Written to segments this append filled and left.
         for entry in entries {
             let start = buffer.len();
             encode_record(entry, &mut buffer);
@@ -167,6 +168,7 @@ impl<File: FsFile> SegmentLog<File> {
             };
             if must_rotate {
                 self.write_active(&buffer[..start])?;
+                rotated_bytes += start as u64;
                 buffer.drain(..start);
                 self.start_segment(dir, entry.index)?;
                 created = true;
@@ -176,7 +178,7 @@ impl<File: FsFile> SegmentLog<File> {
             segment.len += record_len;
         }
         self.write_active(&buffer)?;
-        let bytes = buffer.len() as u64;
+        let bytes = rotated_bytes + buffer.len() as u64;
         self.write_buffer = buffer;
         let started = std::time::Instant::now();
         self.sync_active()?;
