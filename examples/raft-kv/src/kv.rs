@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use raft_core::{Index, NodeId};
+use raft_core::{Index, NodeId, Options, OptionsError};
 use raft_net::{StateMachine, TcpTransport};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -16,6 +16,25 @@ use thiserror::Error;
 pub const KEY_BYTES_MAX: usize = 1024;
 /// The longest value, in bytes.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// The largest message: one value plus room for its key and encoding.
+pub const MESSAGE_BYTES_MAX: u64 = 2 * VALUE_BYTES_MAX as u64;
+/// Snapshot the map every this many applied entries.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+
+/// The Raft options of every group raft-kv runs: pre-vote, check-quorum and lease reads on, and
+/// messages and apply batches sized for the largest value.
+pub fn raft_options() -> Result<Options, OptionsError> {
+    Options::builder()
+        .election_ticks(10)
+        .heartbeat_ticks(2)
+        .pre_vote(true)
+        .check_quorum(true)
+        .lease_reads(true)
+        .message_bytes_max(MESSAGE_BYTES_MAX)
+        .apply_bytes_max(4 * MESSAGE_BYTES_MAX)
+        .build()
+}
 
 /// A command in the log (postcard-encoded).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -212,7 +231,9 @@ impl PeerBook {
 pub struct Kv {
     map: BTreeMap<String, Bytes>,
     registered: BTreeMap<NodeId, PeerAddresses>,
-    book: PeerBook,
+    /// Where registrations go besides the map (`None`: a shard's map, whose node keeps its
+    /// address book in the routing table).
+    book: Option<PeerBook>,
 }
 
 /// The most bytes of one snapshot record: a key and a value at their limits, and their framing.
@@ -258,7 +279,13 @@ fn read_record(reader: &mut dyn std::io::Read, buffer: &mut Vec<u8>) -> Result<R
 impl Kv {
     /// An empty map that records registrations in `book`.
     pub fn new(book: PeerBook) -> Self {
-        Kv { map: BTreeMap::new(), registered: BTreeMap::new(), book }
+        Kv { map: BTreeMap::new(), registered: BTreeMap::new(), book: Some(book) }
+    }
+
+    /// An empty map of one shard of a sharded cluster: no address book (the routing table is
+    /// where a sharded cluster's nodes are found), so registrations are only recorded.
+    pub fn shard() -> Self {
+        Kv { map: BTreeMap::new(), registered: BTreeMap::new(), book: None }
     }
 
     /// The value of `key`.
@@ -296,7 +323,9 @@ impl Kv {
             }
             Command::Register(peer) => {
                 self.registered.insert(peer.id, peer);
-                self.book.add(peer);
+                if let Some(book) = &self.book {
+                    book.add(peer);
+                }
                 Response::Done
             }
         }
@@ -348,7 +377,9 @@ impl StateMachine for Kv {
             }
         }
         for peer in registered.values() {
-            self.book.add(*peer);
+            if let Some(book) = &self.book {
+                book.add(*peer);
+            }
         }
         self.map = map;
         self.registered = registered;

@@ -2,4 +2,5 @@
 //! built; the plan is in `docs/sharding.md`). The `raft-kv` binary does not use them yet.
 #![forbid(unsafe_code)]
 
+pub mod kv;
 pub mod shards;

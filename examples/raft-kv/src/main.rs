@@ -10,7 +10,6 @@
 
 mod client;
 mod cluster;
-mod kv;
 mod logs;
 mod node;
 mod recover;
@@ -23,6 +22,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use raft_kv::kv;
 
 /// The command line.
 #[derive(Parser)]

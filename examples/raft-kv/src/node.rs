@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use raft_core::{Index, Membership, NodeId, Options};
+use raft_core::{Index, Membership, NodeId};
 use raft_net::{NodeConfig, NodeEvent, NodeHandle, StopReason, TcpOptions, TcpTransport, TokioConnector};
 use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, StdFs};
 use thiserror::Error;
@@ -24,16 +24,13 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::{error, info, warn};
 
 use crate::client;
-use crate::kv::{Kv, PeerAddresses, PeerBook, VALUE_BYTES_MAX};
+use crate::kv::{Kv, PeerAddresses, PeerBook};
 use crate::logs::LogFormat;
 use crate::removal::Removal;
 use crate::server::{App, router};
 use crate::signals::{StopSignals, watch_stdin};
 
-/// The largest message: one value plus room for its key and encoding.
-pub const MESSAGE_BYTES_MAX: u64 = 2 * VALUE_BYTES_MAX as u64;
-/// Snapshot the map every this many applied entries.
-pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+use crate::kv::SNAPSHOT_EVERY_ENTRIES;
 /// How many times in a row a joining node asks the cluster to add or promote it without making
 /// progress (its applied index not moving) before it gives up.
 pub const JOIN_ATTEMPTS_MAX: u32 = 120;
@@ -137,19 +134,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     outcome
 }
 
-fn options() -> anyhow::Result<Options> {
-    Options::builder()
-        .election_ticks(10)
-        .heartbeat_ticks(2)
-        .pre_vote(true)
-        .check_quorum(true)
-        .lease_reads(true)
-        .message_bytes_max(MESSAGE_BYTES_MAX)
-        .apply_bytes_max(4 * MESSAGE_BYTES_MAX)
-        .build()
-        .context("the Raft options")
-}
-
 /// Opens the store in `args.data`, or creates it: with `peers` as voters when bootstrapping a
 /// new cluster, with no member when joining one. Otherwise a missing store is an error (see
 /// `ServeArgs::bootstrap`).
@@ -206,7 +190,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("starting the Raft transport")?;
     let transport = Arc::new(transport);
     let book = PeerBook::open(id, &peers, Arc::clone(&transport), &args.data).context("opening the peer book")?;
-    let mut config = NodeConfig::new(id, options()?);
+    let mut config = NodeConfig::new(id, crate::kv::raft_options().context("the Raft options")?);
     config.tick_interval = Duration::from_millis(args.tick_ms);
     config.addresses = raft_addresses;
     config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
