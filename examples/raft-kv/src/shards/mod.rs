@@ -7,6 +7,7 @@
 
 pub mod controller;
 mod meta;
+pub mod node;
 pub mod placement;
 pub mod scatter;
 mod table;

@@ -27,6 +27,27 @@ pub struct Change {
     pub replicas: BTreeSet<NodeId>,
 }
 
+/// The first replicas of a new cluster's `shards` shards on `nodes`: each shard in turn takes the
+/// `replication` least-loaded nodes (ties go to the nodes after the shard's number in id order,
+/// so that equal loads rotate). No shard has two replicas on one node (a set), and the replica
+/// counts differ by at most one: if they do before a shard, taking the least-loaded nodes keeps
+/// it so. With fewer nodes than `replication`, every shard is on every node.
+pub fn initial(nodes: &BTreeSet<NodeId>, shards: u32, replication: usize) -> Vec<BTreeSet<NodeId>> {
+    let nodes: Vec<NodeId> = nodes.iter().copied().collect();
+    let mut loads = vec![0usize; nodes.len()];
+    let mut placed = Vec::with_capacity(shards as usize);
+    for shard in 0..shards as usize {
+        let mut order: Vec<usize> = (0..nodes.len()).collect();
+        order.sort_by_key(|&i| (loads[i], (i + nodes.len() - shard % nodes.len().max(1)) % nodes.len().max(1)));
+        let chosen: BTreeSet<NodeId> = order.iter().take(replication).map(|&i| nodes[i]).collect();
+        for &i in order.iter().take(replication) {
+            loads[i] += 1;
+        }
+        placed.push(chosen);
+    }
+    placed
+}
+
 /// The next change toward the target placement, skipping the shards in `busy` (those with a move
 /// still under way); `None` when the placement is reached or only busy shards could change.
 ///
@@ -128,6 +149,26 @@ mod tests {
             table.apply(&TableCommand { expected_version: None, change }).expect("a known node");
         }
         table
+    }
+
+    proptest! {
+        /// The first placement holds both invariants, and placement finds nothing to change.
+        #[test]
+        fn initial_placement_is_balanced(nodes in 1usize..9, shards in 1u32..70, replication in 1usize..=5) {
+            let ids: BTreeSet<NodeId> = (1..=nodes as u64).map(NodeId).collect();
+            let replicas = initial(&ids, shards, replication);
+            prop_assert_eq!(replicas.len(), shards as usize);
+            for set in &replicas {
+                prop_assert_eq!(set.len(), replication.min(nodes));
+            }
+            let loads: Vec<usize> = ids.iter().map(|id| replicas.iter().filter(|set| set.contains(id)).count()).collect();
+            let (least, most) = (loads.iter().min().copied(), loads.iter().max().copied());
+            prop_assert!(most.zip(least).is_some_and(|(most, least)| most - least <= 1), "loads {:?}", loads);
+            let indexes: Vec<Vec<usize>> =
+                replicas.iter().map(|set| set.iter().map(|id| id.0 as usize - 1).collect()).collect();
+            let table = table(&vec![NodeState::Active; nodes], replication as u8, &indexes);
+            prop_assert_eq!(next_change(&table, &BTreeSet::new()), None);
+        }
     }
 
     /// Applies changes until none is left; returns how many were made.

@@ -1,0 +1,333 @@
+//! One node of a sharded cluster: one [`Host`] stepping every group the node holds, one
+//! [`TcpTransport`] carrying all their messages, and one [`SharedWal`] holding all their logs
+//! (group commit across groups). It runs the meta group ([`META_GROUP`], the routing table) and a
+//! [`Kv`] map for each shard it holds a replica of, and routes a key to its shard.
+//!
+//! What this module does today (issue 20, step by step; see `docs/sharding.md`): a new cluster's
+//! nodes all start from the same [`ShardNodeConfig`] and derive the same first placement
+//! ([`placement::initial`]), create the groups it gives them, and the meta group's first leader
+//! writes the routing table; a restarted node reopens every group its log holds. Moving replicas
+//! (joins, drains, failures) is the controller's work and is not wired here yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use raft_core::{GroupId, Membership, NodeId, OptionsError};
+use raft_net::{
+    Host, HostConfig, HostError, NodeConfig, NodeHandle, ProposeError, ReadConsistency, ReadError, RegisterGroupError,
+    StartError, TcpOptions, TcpTransport, TokioConnector,
+};
+use raft_storage::{DiskError, GroupStore, Identity, SharedWal, StdFs, WalOptions};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+use super::{META_GROUP, Meta, NodeEntry, RoutingTable, ShardId, TableChange, TableCommand, placement, shard_of};
+use crate::kv::{Kv, SNAPSHOT_EVERY_ENTRIES, raft_options};
+
+/// The most voters the meta group starts with; the other first nodes are its learners (every
+/// node keeps an applied copy of the table, but a larger quorum would only slow its changes).
+pub const META_VOTERS_MAX: usize = 3;
+
+/// How often a node looks at its meta group: to write the first table if it leads and none is
+/// written yet, and to refresh its cached copy of the table.
+pub const TABLE_REFRESH: Duration = Duration::from_millis(50);
+
+/// How a node of a sharded cluster starts.
+#[derive(Clone, Debug)]
+pub struct ShardNodeConfig {
+    /// This node.
+    pub id: NodeId,
+    /// The cluster's id (in every store and handshake).
+    pub cluster_id: u64,
+    /// The node's data directory (its shared write-ahead log).
+    pub data: PathBuf,
+    /// The cluster's first nodes and their addresses, this one included: the same on every first
+    /// node, since each derives the first placement from it.
+    pub nodes: BTreeMap<NodeId, NodeEntry>,
+    /// The number of shards (fixed for the cluster's life).
+    pub shards: u32,
+    /// The replicas each shard should have.
+    pub replication: u8,
+    /// The groups' tick.
+    pub tick_interval: Duration,
+    /// The host's worker threads.
+    pub workers: usize,
+}
+
+/// Why a node of a sharded cluster could not start.
+#[derive(Debug, Error)]
+pub enum ShardNodeError {
+    /// The configuration is not one a cluster can run with.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The Raft options were refused.
+    #[error("the Raft options: {0}")]
+    Options(#[from] OptionsError),
+    /// The write-ahead log could not be opened or a group's store created.
+    #[error("the store: {0}")]
+    Storage(#[from] DiskError),
+    /// The transport did not start.
+    #[error("the transport: {0}")]
+    Transport(#[from] StartError),
+    /// A group could not be registered with the transport.
+    #[error("the transport: {0}")]
+    Register(#[from] RegisterGroupError),
+    /// The host did not start or refused a group.
+    #[error("the host: {0}")]
+    Host(#[from] HostError),
+}
+
+/// Where a key's requests go, seen from one node.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// This node holds a replica of the key's shard: ask its group here (which may still redirect
+    /// to the group's leader).
+    Local(ShardId, NodeHandle<Kv>),
+    /// Another node does: the shard's leader hint if the table has one, else one of its replicas.
+    Remote {
+        /// The key's shard.
+        shard: ShardId,
+        /// The node to ask.
+        node: NodeId,
+        /// Where it serves.
+        entry: NodeEntry,
+    },
+    /// This node has no routing table yet (a new cluster's first table is not applied here yet):
+    /// retry shortly.
+    NoTable,
+}
+
+/// One node of a sharded cluster (see the module docs).
+pub struct ShardNode {
+    id: NodeId,
+    transport: Arc<TcpTransport>,
+    wal: SharedWal,
+    host: Host<GroupStore>,
+    meta: NodeHandle<Meta>,
+    shards: Mutex<BTreeMap<ShardId, NodeHandle<Kv>>>,
+    table: Arc<Mutex<Arc<RoutingTable>>>,
+    refresher: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ShardNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardNode").field("id", &self.id).field("shards", &self.shard_ids()).finish_non_exhaustive()
+    }
+}
+
+/// The meta group's first membership: the first [`META_VOTERS_MAX`] nodes in id order vote, the
+/// others learn.
+pub fn meta_membership(nodes: &BTreeSet<NodeId>) -> Membership {
+    let mut membership = Membership::new(nodes.iter().copied().take(META_VOTERS_MAX));
+    membership.learners = nodes.iter().copied().skip(META_VOTERS_MAX).collect();
+    membership
+}
+
+/// The command that creates the table of a new cluster of `config` (the same on every first node).
+pub fn create_command(config: &ShardNodeConfig) -> TableCommand {
+    let ids: BTreeSet<NodeId> = config.nodes.keys().copied().collect();
+    let replicas = placement::initial(&ids, config.shards, usize::from(config.replication));
+    TableCommand {
+        expected_version: Some(0),
+        change: TableChange::Create { replication: config.replication, nodes: config.nodes.clone(), replicas },
+    }
+}
+
+impl ShardNode {
+    /// Starts the node: creates its log and its first groups on a first start (the placement
+    /// every first node derives from `config`), or reopens every group its log holds. Must be
+    /// called from within a tokio runtime; `listener` is the Raft transport's.
+    pub async fn start(config: ShardNodeConfig, listener: TcpListener) -> Result<ShardNode, ShardNodeError> {
+        let id = config.id;
+        if !config.nodes.contains_key(&id) {
+            return Err(ShardNodeError::Config(format!("node {id} is not among the cluster's nodes")));
+        }
+        if config.shards == 0 || config.shards > super::SHARDS_MAX {
+            return Err(ShardNodeError::Config(format!("{} shards (want 1 to {})", config.shards, super::SHARDS_MAX)));
+        }
+        if config.replication == 0 || usize::from(config.replication) > super::REPLICAS_MAX {
+            return Err(ShardNodeError::Config(format!(
+                "replication {} (want 1 to {})",
+                config.replication,
+                super::REPLICAS_MAX
+            )));
+        }
+        let identity = Identity { cluster_id: config.cluster_id, node_id: id };
+        let (wal, first_start) = match SharedWal::open(StdFs, &config.data, identity, WalOptions::default()) {
+            Ok(wal) => (wal, false),
+            Err(DiskError::NotInitialized(_)) => {
+                (SharedWal::create(StdFs, &config.data, identity, WalOptions::default())?, true)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let peers: BTreeMap<NodeId, _> =
+            config.nodes.iter().filter(|(peer, _)| **peer != id).map(|(peer, entry)| (*peer, entry.raft)).collect();
+        let transport = Arc::new(TcpTransport::start_node(
+            config.cluster_id,
+            id,
+            listener,
+            TokioConnector,
+            peers,
+            TcpOptions::default(),
+        )?);
+        let host = Host::start(HostConfig {
+            thread_name: format!("kv-{}", id.0),
+            tick_interval: config.tick_interval,
+            ..HostConfig::with_workers(config.workers.max(1))
+        })?;
+        if first_start {
+            let ids: BTreeSet<NodeId> = config.nodes.keys().copied().collect();
+            wal.create_group(META_GROUP, meta_membership(&ids))?;
+            for (shard, replicas) in create_command_replicas(&config).into_iter().enumerate() {
+                if replicas.contains(&id) {
+                    let shard = ShardId(shard as u32);
+                    wal.create_group(shard.group(), Membership::new(replicas))?;
+                }
+            }
+        }
+        let addresses = config.nodes.iter().map(|(peer, entry)| (*peer, entry.raft)).collect();
+        let group_config = |group: GroupId| -> Result<NodeConfig, ShardNodeError> {
+            let mut node_config = NodeConfig::new(id, raft_options()?);
+            node_config.tick_interval = config.tick_interval;
+            node_config.addresses = BTreeMap::clone(&addresses);
+            node_config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
+            debug!(node = id.0, group = group.0, "starting group");
+            Ok(node_config)
+        };
+        let (meta_transport, meta_inbound) = transport.register_group(META_GROUP)?;
+        let meta = host.add_group(
+            META_GROUP,
+            group_config(META_GROUP)?,
+            wal.group(META_GROUP)?,
+            meta_transport,
+            meta_inbound,
+            Meta::default(),
+        )?;
+        let mut shards = BTreeMap::new();
+        for group in wal.groups() {
+            let Some(shard) = ShardId::of_group(group) else { continue };
+            let (group_transport, inbound) = transport.register_group(group)?;
+            let handle =
+                host.add_group(group, group_config(group)?, wal.group(group)?, group_transport, inbound, Kv::shard())?;
+            shards.insert(shard, handle);
+        }
+        info!(node = id.0, shards = ?shards.keys().map(|shard| shard.0).collect::<Vec<_>>(), first_start, "sharded node started");
+        let table = Arc::new(Mutex::new(Arc::new(RoutingTable::default())));
+        let refresher = tokio::spawn(refresh_table(meta.clone(), Arc::clone(&table), create_command(&config)));
+        Ok(ShardNode { id, transport, wal, host, meta, shards: Mutex::new(shards), table, refresher })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The meta group's handle on this node.
+    pub fn meta(&self) -> &NodeHandle<Meta> {
+        &self.meta
+    }
+
+    /// The shards this node holds a replica of.
+    pub fn shard_ids(&self) -> Vec<ShardId> {
+        self.lock_shards().keys().copied().collect()
+    }
+
+    /// This node's replica of `shard`, if it holds one.
+    pub fn shard(&self, shard: ShardId) -> Option<NodeHandle<Kv>> {
+        self.lock_shards().get(&shard).cloned()
+    }
+
+    /// The routing table as this node last saw it applied (a cache: it may be behind the meta
+    /// group's leader, which only ever sends a request to a node that redirects it again).
+    pub fn table(&self) -> Arc<RoutingTable> {
+        Arc::clone(&self.table.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Where requests for `key` go.
+    pub fn route(&self, key: &[u8]) -> Route {
+        let table = self.table();
+        if table.version() == 0 {
+            return Route::NoTable;
+        }
+        let shard = shard_of(key, table.shard_count());
+        if let Some(handle) = self.shard(shard) {
+            return Route::Local(shard, handle);
+        }
+        let entry = table.shard(shard);
+        let target = entry.and_then(|entry| entry.leader_hint.or_else(|| entry.replicas.iter().next().copied()));
+        match target.and_then(|node| table.nodes().get(&node).map(|entry| (node, *entry))) {
+            Some((node, entry)) => Route::Remote { shard, node, entry },
+            // A created table names a node entry for every replica of every shard.
+            None => Route::NoTable,
+        }
+    }
+
+    /// The shared write-ahead log (for its statistics).
+    pub fn wal(&self) -> &SharedWal {
+        &self.wal
+    }
+
+    /// The transport (for its statistics and peer states).
+    pub fn transport(&self) -> &TcpTransport {
+        &self.transport
+    }
+
+    /// Stops every group, then the host and the transport.
+    pub async fn shutdown(self) {
+        self.refresher.abort();
+        let handles: Vec<NodeHandle<Kv>> = self.lock_shards().values().cloned().collect();
+        for handle in handles {
+            handle.shutdown().await;
+        }
+        self.meta.shutdown().await;
+        self.host.shutdown().await;
+        if let Ok(transport) = Arc::try_unwrap(self.transport) {
+            transport.shutdown().await;
+        }
+    }
+
+    fn lock_shards(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, NodeHandle<Kv>>> {
+        self.shards.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The replicas of each shard in a new cluster of `config`.
+fn create_command_replicas(config: &ShardNodeConfig) -> Vec<BTreeSet<NodeId>> {
+    match create_command(config).change {
+        TableChange::Create { replicas, .. } => replicas,
+        _ => Vec::new(),
+    }
+}
+
+/// Keeps `cache` at the table this node's meta replica has applied; while none is written, the
+/// meta group's leader proposes `create` (compare and set on version 0: the first of several
+/// leaders to get there wins, and they all propose the same table).
+async fn refresh_table(meta: NodeHandle<Meta>, cache: Arc<Mutex<Arc<RoutingTable>>>, create: TableCommand) {
+    let encoded = bytes::Bytes::from(create.encode());
+    let mut ticker = tokio::time::interval(TABLE_REFRESH);
+    loop {
+        ticker.tick().await;
+        let current = cache.lock().unwrap_or_else(PoisonError::into_inner).version();
+        let seen = meta.read(ReadConsistency::Stale, move |meta: &Meta| {
+            (meta.table().version() != current).then(|| Arc::new(meta.table().clone()))
+        });
+        match seen.await {
+            Ok(Some(table)) => *cache.lock().unwrap_or_else(PoisonError::into_inner) = table,
+            Ok(None) => {}
+            Err(ReadError::Stopped(_) | ReadError::ShuttingDown) => return,
+            Err(_) => {}
+        }
+        if current == 0 && cache.lock().unwrap_or_else(PoisonError::into_inner).version() == 0 {
+            match meta.propose(encoded.clone()).await {
+                Ok(Ok(version)) => info!(version, "routing table created"),
+                Ok(Err(refused)) => debug!(%refused, "routing table not created by this node"),
+                Err(ProposeError::Refused { .. }) => {} // Not the leader: the leader writes it.
+                Err(error) => debug!(%error, "proposing the routing table"),
+            }
+        }
+    }
+}
