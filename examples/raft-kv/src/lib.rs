@@ -3,4 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod kv;
+pub mod removal;
 pub mod shards;

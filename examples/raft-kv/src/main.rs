@@ -13,7 +13,6 @@ mod cluster;
 mod logs;
 mod node;
 mod recover;
-mod removal;
 mod server;
 mod signals;
 
@@ -22,7 +21,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use raft_kv::kv;
+use raft_kv::{kv, removal};
 
 /// The command line.
 #[derive(Parser)]

@@ -5,13 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_core::NodeId;
-use raft_kv::kv::{Command, Response, encode};
+use raft_core::{ConfChange, NodeId, Role};
+use raft_kv::kv::{Command, Kv, Response, encode};
 use raft_kv::shards::node::{Route, ShardNode, ShardNodeConfig};
-use raft_kv::shards::{NodeEntry, NodeState, ShardId, shard_of};
+use raft_kv::shards::{NodeEntry, NodeState, ShardId, TableChange, TableCommand, shard_of};
 use raft_net::{NodeHandle, ReadConsistency};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
@@ -20,16 +21,39 @@ use tokio::time::{Instant, sleep};
 /// the machine's speed, only whether it ends).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn config(id: u64, nodes: &BTreeMap<NodeId, NodeEntry>, data: &std::path::Path) -> ShardNodeConfig {
+fn config(id: u64, nodes: &BTreeMap<NodeId, NodeEntry>, data: &Path, shards: u32, replication: u8) -> ShardNodeConfig {
     ShardNodeConfig {
         id: NodeId(id),
         cluster_id: 7,
         data: data.join(format!("node-{id}")),
         nodes: nodes.clone(),
-        shards: 6,
-        replication: 2,
+        shards,
+        replication,
         tick_interval: Duration::from_millis(20),
         workers: 1,
+    }
+}
+
+/// Binds `count` listeners on 127.0.0.1 and names nodes 1 to `count` with their addresses.
+async fn bind(count: u64) -> (Vec<TcpListener>, BTreeMap<NodeId, NodeEntry>) {
+    let mut listeners = Vec::new();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=count {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a listener");
+        let raft = listener.local_addr().expect("bound");
+        let http = SocketAddr::from(([127, 0, 0, 1], 1)); // Not served in these tests.
+        nodes.insert(NodeId(id), NodeEntry { raft, http, state: NodeState::Active });
+        listeners.push(listener);
+    }
+    (listeners, nodes)
+}
+
+/// Waits until `done` holds, checking every 20 ms.
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -43,7 +67,7 @@ async fn table_seen(node: &ShardNode) {
 }
 
 /// The replicas of `shard` on the running nodes.
-fn replicas(nodes: &[Option<ShardNode>], shard: ShardId) -> Vec<NodeHandle<raft_kv::kv::Kv>> {
+fn replicas(nodes: &[Option<ShardNode>], shard: ShardId) -> Vec<NodeHandle<Kv>> {
     nodes.iter().flatten().filter_map(|node| node.shard(shard)).collect()
 }
 
@@ -62,7 +86,7 @@ async fn propose(nodes: &[Option<ShardNode>], shard: ShardId, command: &Command)
 }
 
 /// A linearizable read of `key` at `handle`, retried while the group elects a leader.
-async fn read(handle: &NodeHandle<raft_kv::kv::Kv>, key: &str) -> Option<Bytes> {
+async fn read(handle: &NodeHandle<Kv>, key: &str) -> Option<Bytes> {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let key = key.to_owned();
@@ -77,18 +101,10 @@ async fn read(handle: &NodeHandle<raft_kv::kv::Kv>, key: &str) -> Option<Bytes> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_spread_over_shards_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut listeners = Vec::new();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a listener");
-        let raft = listener.local_addr().expect("bound");
-        let http = SocketAddr::from(([127, 0, 0, 1], 1)); // Not served in this test.
-        nodes.insert(NodeId(id), NodeEntry { raft, http, state: NodeState::Active });
-        listeners.push(listener);
-    }
+    let (listeners, nodes) = bind(3).await;
     let mut running = Vec::new();
     for (id, listener) in (1..=3).zip(listeners) {
-        let node = ShardNode::start(config(id, &nodes, dir.path()), listener).await.expect("the node starts");
+        let node = ShardNode::start(config(id, &nodes, dir.path(), 6, 2), listener).await.expect("the node starts");
         running.push(Some(node));
     }
     for node in running.iter().flatten() {
@@ -147,7 +163,7 @@ async fn keys_spread_over_shards_and_survive_a_restart() {
     let address = nodes[&NodeId(1)].raft;
     node.shutdown().await;
     let listener = TcpListener::bind(address).await.expect("the same port again");
-    let node = ShardNode::start(config(1, &nodes, dir.path()), listener).await.expect("the node restarts");
+    let node = ShardNode::start(config(1, &nodes, dir.path(), 6, 2), listener).await.expect("the node restarts");
     assert_eq!(node.shard_ids(), held);
     table_seen(&node).await;
     running[0] = Some(node);
@@ -158,6 +174,128 @@ async fn keys_spread_over_shards_and_survive_a_restart() {
         }
     }
     for node in running.into_iter().flatten() {
+        node.shutdown().await;
+    }
+}
+
+/// The leader of `shard` among the running nodes, as its replicas report.
+async fn shard_leader(nodes: &[ShardNode], shard: ShardId) -> Option<(usize, NodeHandle<Kv>)> {
+    for (i, node) in nodes.iter().enumerate() {
+        if let Some(handle) = node.shard(shard)
+            && let Ok(status) = handle.status().await
+            && status.role == Role::Leader
+        {
+            return Some((i, handle));
+        }
+    }
+    None
+}
+
+/// Proposes `change` to the meta group at whichever node leads it.
+async fn change_table(nodes: &[ShardNode], change: TableChange) {
+    let command = TableCommand { expected_version: Some(nodes[0].table().version()), change };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        for node in nodes {
+            if let Ok(applied) = node.meta().propose(Bytes::from(command.encode())).await {
+                applied.expect("the table takes the change");
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the meta group never took {command:?}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A replica of a shard moves from one node to another, the way the controller moves it: the
+/// table names the new node, which creates an empty replica; the shard's leader adds it as a
+/// learner, then (caught up) swaps it for the old replica in one joint change; the old node,
+/// left out of the group and of the table, deletes its replica durably. The moved keys are read
+/// at the new replica, also after it restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_moves_between_nodes() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (listeners, nodes) = bind(4).await;
+    let mut running = Vec::new();
+    for (id, listener) in (1..=4).zip(listeners) {
+        running.push(ShardNode::start(config(id, &nodes, dir.path(), 2, 3), listener).await.expect("the node starts"));
+    }
+    for node in &running {
+        table_seen(node).await;
+    }
+    let shard = ShardId(0);
+    let table = running[0].table();
+    let replicas = table.shard(shard).expect("shard 0").replicas.clone();
+    assert_eq!(replicas.len(), 3);
+    let target = (1..=4).map(NodeId).find(|id| !replicas.contains(id)).expect("one node lacks shard 0");
+    assert!(running[target.0 as usize - 1].shard(shard).is_none());
+
+    // Keys of shard 0, written before the move.
+    let keys: Vec<String> =
+        (0..200).map(|i| format!("k{i}")).filter(|key| shard_of(key.as_bytes(), 2) == shard).collect();
+    assert!(keys.len() > 50);
+    for key in &keys {
+        let command = Command::Put { key: key.clone(), value: Bytes::from(key.clone()) };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some((_, leader)) = shard_leader(&running, shard).await
+                && let Ok(Response::Done) = leader.propose(encode(&command)).await
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "shard 0 never took {key}");
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // A follower of shard 0 leaves (the leader could too: it would hand over after the change).
+    let (leader_at, _) = shard_leader(&running, shard).await.expect("shard 0 has a leader");
+    let source = *replicas.iter().find(|id| id.0 as usize - 1 != leader_at).expect("a follower");
+    let moved: BTreeSet<NodeId> = replicas.iter().copied().filter(|id| *id != source).chain([target]).collect();
+    change_table(&running, TableChange::SetReplicas { shard, replicas: moved.clone() }).await;
+    let target_node = &running[target.0 as usize - 1];
+    until("the target creates an empty replica", async || target_node.shard(shard).is_some()).await;
+
+    until("the leader adds the target as a learner", async || {
+        let Some((_, leader)) = shard_leader(&running, shard).await else { return false };
+        leader.change_membership(vec![ConfChange::AddLearner(target)]).await.is_ok()
+    })
+    .await;
+    until("the learner catches up", async || {
+        let Some((_, leader)) = shard_leader(&running, shard).await else { return false };
+        let Ok(status) = leader.status().await else { return false };
+        status.peers.get(&target).is_some_and(|peer| peer.lag_entries == 0 && peer.match_index >= status.commit)
+    })
+    .await;
+    until("the leader swaps the learner in and the source out", async || {
+        let Some((_, leader)) = shard_leader(&running, shard).await else { return false };
+        leader.change_membership(vec![ConfChange::AddVoter(target), ConfChange::Remove(source)]).await.is_ok()
+    })
+    .await;
+    let source_node = &running[source.0 as usize - 1];
+    until("the source deletes its replica", async || source_node.shard(shard).is_none()).await;
+    assert!(!source_node.wal().groups().contains(&shard.group()), "the source's log still holds the shard");
+    assert!(
+        source_node.shard(ShardId(1)).is_some() == table.shard(ShardId(1)).expect("shard 1").replicas.contains(&source)
+    );
+
+    for key in &keys {
+        assert_eq!(read(&target_node.shard(shard).expect("moved"), key).await, Some(Bytes::from(key.clone())));
+    }
+    let voters = shard_leader(&running, shard).await.expect("a leader").1.status().await.expect("running").membership;
+    assert_eq!(voters.leave_joint().voters_incoming, moved);
+
+    // The target restarts: it reopens shard 0 with its keys, as a voter.
+    let target_node = running.remove(target.0 as usize - 1);
+    target_node.shutdown().await;
+    let listener = TcpListener::bind(nodes[&target].raft).await.expect("the same port again");
+    let restarted = ShardNode::start(config(target.0, &nodes, dir.path(), 2, 3), listener).await.expect("restart");
+    assert!(restarted.shard(shard).is_some());
+    for key in keys.iter().take(10) {
+        assert_eq!(read(&restarted.shard(shard).expect("reopened"), key).await, Some(Bytes::from(key.clone())));
+    }
+    restarted.shutdown().await;
+    for node in running {
         node.shutdown().await;
     }
 }

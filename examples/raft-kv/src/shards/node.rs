@@ -10,6 +10,7 @@
 //! (joins, drains, failures) is the controller's work and is not wired here yet.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -17,16 +18,17 @@ use std::time::Duration;
 use raft_core::{GroupId, Membership, NodeId, OptionsError};
 use raft_net::{
     Host, HostConfig, HostError, NodeConfig, NodeHandle, ProposeError, ReadConsistency, ReadError, RegisterGroupError,
-    StartError, TcpOptions, TcpTransport, TokioConnector,
+    StartError, StateMachine, TcpOptions, TcpTransport, TokioConnector,
 };
 use raft_storage::{DiskError, GroupStore, Identity, SharedWal, StdFs, WalOptions};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{META_GROUP, Meta, NodeEntry, RoutingTable, ShardId, TableChange, TableCommand, placement, shard_of};
 use crate::kv::{Kv, SNAPSHOT_EVERY_ENTRIES, raft_options};
+use crate::removal::leaves_out;
 
 /// The most voters the meta group starts with; the other first nodes are its learners (every
 /// node keeps an applied copy of the table, but a larger quorum would only slow its changes).
@@ -103,19 +105,28 @@ pub enum Route {
 
 /// One node of a sharded cluster (see the module docs).
 pub struct ShardNode {
+    inner: Arc<Inner>,
+    refresher: JoinHandle<()>,
+}
+
+/// What the node and its refresher task share.
+struct Inner {
     id: NodeId,
     transport: Arc<TcpTransport>,
     wal: SharedWal,
     host: Host<GroupStore>,
     meta: NodeHandle<Meta>,
     shards: Mutex<BTreeMap<ShardId, NodeHandle<Kv>>>,
-    table: Arc<Mutex<Arc<RoutingTable>>>,
-    refresher: JoinHandle<()>,
+    table: Mutex<Arc<RoutingTable>>,
+    groups: Groups,
 }
 
 impl std::fmt::Debug for ShardNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardNode").field("id", &self.id).field("shards", &self.shard_ids()).finish_non_exhaustive()
+        f.debug_struct("ShardNode")
+            .field("id", &self.inner.id)
+            .field("shards", &self.shard_ids())
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,61 +201,53 @@ impl ShardNode {
             }
         }
         let addresses = config.nodes.iter().map(|(peer, entry)| (*peer, entry.raft)).collect();
-        let group_config = |group: GroupId| -> Result<NodeConfig, ShardNodeError> {
-            let mut node_config = NodeConfig::new(id, raft_options()?);
-            node_config.tick_interval = config.tick_interval;
-            node_config.addresses = BTreeMap::clone(&addresses);
-            node_config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
-            debug!(node = id.0, group = group.0, "starting group");
-            Ok(node_config)
-        };
-        let (meta_transport, meta_inbound) = transport.register_group(META_GROUP)?;
-        let meta = host.add_group(
-            META_GROUP,
-            group_config(META_GROUP)?,
-            wal.group(META_GROUP)?,
-            meta_transport,
-            meta_inbound,
-            Meta::default(),
-        )?;
+        let groups = Groups { id, tick_interval: config.tick_interval, addresses: Mutex::new(addresses) };
+        let meta = groups.add(&host, &transport, &wal, META_GROUP, Meta::default())?;
         let mut shards = BTreeMap::new();
         for group in wal.groups() {
-            let Some(shard) = ShardId::of_group(group) else { continue };
-            let (group_transport, inbound) = transport.register_group(group)?;
-            let handle =
-                host.add_group(group, group_config(group)?, wal.group(group)?, group_transport, inbound, Kv::shard())?;
-            shards.insert(shard, handle);
+            if let Some(shard) = ShardId::of_group(group) {
+                shards.insert(shard, groups.add(&host, &transport, &wal, group, Kv::shard())?);
+            }
         }
         info!(node = id.0, shards = ?shards.keys().map(|shard| shard.0).collect::<Vec<_>>(), first_start, "sharded node started");
-        let table = Arc::new(Mutex::new(Arc::new(RoutingTable::default())));
-        let refresher = tokio::spawn(refresh_table(meta.clone(), Arc::clone(&table), create_command(&config)));
-        Ok(ShardNode { id, transport, wal, host, meta, shards: Mutex::new(shards), table, refresher })
+        let inner = Arc::new(Inner {
+            id,
+            transport,
+            wal,
+            host,
+            meta,
+            shards: Mutex::new(shards),
+            table: Mutex::new(Arc::new(RoutingTable::default())),
+            groups,
+        });
+        let refresher = tokio::spawn(refresh(Arc::clone(&inner), create_command(&config)));
+        Ok(ShardNode { inner, refresher })
     }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
-        self.id
+        self.inner.id
     }
 
     /// The meta group's handle on this node.
     pub fn meta(&self) -> &NodeHandle<Meta> {
-        &self.meta
+        &self.inner.meta
     }
 
     /// The shards this node holds a replica of.
     pub fn shard_ids(&self) -> Vec<ShardId> {
-        self.lock_shards().keys().copied().collect()
+        self.inner.lock_shards().keys().copied().collect()
     }
 
     /// This node's replica of `shard`, if it holds one.
     pub fn shard(&self, shard: ShardId) -> Option<NodeHandle<Kv>> {
-        self.lock_shards().get(&shard).cloned()
+        self.inner.lock_shards().get(&shard).cloned()
     }
 
     /// The routing table as this node last saw it applied (a cache: it may be behind the meta
     /// group's leader, which only ever sends a request to a node that redirects it again).
     pub fn table(&self) -> Arc<RoutingTable> {
-        Arc::clone(&self.table.lock().unwrap_or_else(PoisonError::into_inner))
+        self.inner.table()
     }
 
     /// Where requests for `key` go.
@@ -268,30 +271,138 @@ impl ShardNode {
 
     /// The shared write-ahead log (for its statistics).
     pub fn wal(&self) -> &SharedWal {
-        &self.wal
+        &self.inner.wal
     }
 
     /// The transport (for its statistics and peer states).
     pub fn transport(&self) -> &TcpTransport {
-        &self.transport
+        &self.inner.transport
     }
 
     /// Stops every group, then the host and the transport.
     pub async fn shutdown(self) {
         self.refresher.abort();
-        let handles: Vec<NodeHandle<Kv>> = self.lock_shards().values().cloned().collect();
+        let _ = self.refresher.await; // Its clone of `inner` is dropped with it.
+        let handles: Vec<NodeHandle<Kv>> = self.inner.lock_shards().values().cloned().collect();
         for handle in handles {
             handle.shutdown().await;
         }
-        self.meta.shutdown().await;
-        self.host.shutdown().await;
-        if let Ok(transport) = Arc::try_unwrap(self.transport) {
+        self.inner.meta.shutdown().await;
+        self.inner.host.shutdown().await;
+        if let Ok(inner) = Arc::try_unwrap(self.inner)
+            && let Ok(transport) = Arc::try_unwrap(inner.transport)
+        {
             transport.shutdown().await;
         }
+    }
+}
+
+/// How the node adds a group to its host: every group of the node has the same Raft options,
+/// tick and address book.
+struct Groups {
+    id: NodeId,
+    tick_interval: Duration,
+    /// Where every node the table names listens.
+    addresses: Mutex<BTreeMap<NodeId, SocketAddr>>,
+}
+
+impl Groups {
+    /// Starts `group` (which the log holds) on `host` with `state_machine`.
+    fn add<SM: StateMachine>(
+        &self,
+        host: &Host<GroupStore>,
+        transport: &TcpTransport,
+        wal: &SharedWal,
+        group: GroupId,
+        state_machine: SM,
+    ) -> Result<NodeHandle<SM>, ShardNodeError> {
+        let mut config = NodeConfig::new(self.id, raft_options()?);
+        config.tick_interval = self.tick_interval;
+        config.addresses = self.addresses.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
+        let (group_transport, inbound) = transport.register_group(group)?;
+        let store = wal.group(group)?;
+        match host.add_group(group, config, store, group_transport, inbound, state_machine) {
+            Ok(handle) => {
+                debug!(node = self.id.0, group = group.0, "group started");
+                Ok(handle)
+            }
+            Err(error) => {
+                transport.unregister_group(group);
+                Err(error.into())
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn table(&self) -> Arc<RoutingTable> {
+        Arc::clone(&self.table.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn lock_shards(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, NodeHandle<Kv>>> {
         self.shards.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Brings the node's replicas in line with `table`:
+    /// - every node the table names is a peer of the transport and in every group's address book;
+    /// - a shard the table names this node for, and that it does not hold, gets an empty replica
+    ///   (a group with no membership, which its leader then adds as a learner);
+    /// - a replica the table no longer names this node for is stopped and deleted once its group
+    ///   has left this node out (its membership, as this node last saw it, lacks it), or never
+    ///   took it in (no membership: nothing was ever replicated to it).
+    async fn reconcile(&self, table: &RoutingTable) -> Result<(), ShardNodeError> {
+        let new_peers: Vec<(NodeId, SocketAddr)> = {
+            let mut addresses = self.groups.addresses.lock().unwrap_or_else(PoisonError::into_inner);
+            let new: Vec<_> = table
+                .nodes()
+                .iter()
+                .filter(|(node, entry)| addresses.get(node) != Some(&entry.raft))
+                .map(|(node, entry)| (*node, entry.raft))
+                .collect();
+            addresses.extend(new.iter().copied());
+            new
+        };
+        if !new_peers.is_empty() {
+            let handles: Vec<NodeHandle<Kv>> = self.lock_shards().values().cloned().collect();
+            for (node, address) in &new_peers {
+                if *node != self.id {
+                    self.transport.add_peer(*node, *address);
+                }
+                self.meta.add_address(*node, *address).await;
+                for handle in &handles {
+                    handle.add_address(*node, *address).await;
+                }
+            }
+        }
+        for (shard, entry) in table.shards() {
+            let named = entry.replicas.contains(&self.id);
+            let held = self.lock_shards().get(&shard).cloned();
+            match held {
+                None if named => {
+                    let group = shard.group();
+                    if !self.wal.groups().contains(&group) {
+                        self.wal.create_group(group, Membership::default())?;
+                    }
+                    let handle = self.groups.add(&self.host, &self.transport, &self.wal, group, Kv::shard())?;
+                    info!(node = self.id.0, shard = shard.0, "replica created: waiting to be added as a learner");
+                    self.lock_shards().insert(shard, handle);
+                }
+                Some(handle) if !named => {
+                    let Ok(status) = handle.status().await else { continue }; // Stopping.
+                    let never_joined = status.membership.members().is_empty();
+                    if never_joined || leaves_out(&status.membership, self.id, status.role) {
+                        self.lock_shards().remove(&shard);
+                        handle.shutdown().await;
+                        self.transport.unregister_group(shard.group());
+                        self.wal.remove_group(shard.group())?;
+                        info!(node = self.id.0, shard = shard.0, "replica deleted: the shard left this node");
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -303,31 +414,35 @@ fn create_command_replicas(config: &ShardNodeConfig) -> Vec<BTreeSet<NodeId>> {
     }
 }
 
-/// Keeps `cache` at the table this node's meta replica has applied; while none is written, the
-/// meta group's leader proposes `create` (compare and set on version 0: the first of several
-/// leaders to get there wins, and they all propose the same table).
-async fn refresh_table(meta: NodeHandle<Meta>, cache: Arc<Mutex<Arc<RoutingTable>>>, create: TableCommand) {
+/// Keeps the node's cached table at the one its meta replica has applied, and its replicas in
+/// line with it ([`Inner::reconcile`]); while no table is written, the meta group's leader
+/// proposes `create` (compare and set on version 0: the first of several leaders to get there
+/// wins, and they all propose the same table).
+async fn refresh(inner: Arc<Inner>, create: TableCommand) {
     let encoded = bytes::Bytes::from(create.encode());
     let mut ticker = tokio::time::interval(TABLE_REFRESH);
     loop {
         ticker.tick().await;
-        let current = cache.lock().unwrap_or_else(PoisonError::into_inner).version();
-        let seen = meta.read(ReadConsistency::Stale, move |meta: &Meta| {
+        let current = inner.table().version();
+        let seen = inner.meta.read(ReadConsistency::Stale, move |meta: &Meta| {
             (meta.table().version() != current).then(|| Arc::new(meta.table().clone()))
         });
         match seen.await {
-            Ok(Some(table)) => *cache.lock().unwrap_or_else(PoisonError::into_inner) = table,
+            Ok(Some(table)) => *inner.table.lock().unwrap_or_else(PoisonError::into_inner) = table,
             Ok(None) => {}
             Err(ReadError::Stopped(_) | ReadError::ShuttingDown) => return,
             Err(_) => {}
         }
-        if current == 0 && cache.lock().unwrap_or_else(PoisonError::into_inner).version() == 0 {
-            match meta.propose(encoded.clone()).await {
+        let table = inner.table();
+        if table.version() == 0 {
+            match inner.meta.propose(encoded.clone()).await {
                 Ok(Ok(version)) => info!(version, "routing table created"),
                 Ok(Err(refused)) => debug!(%refused, "routing table not created by this node"),
                 Err(ProposeError::Refused { .. }) => {} // Not the leader: the leader writes it.
                 Err(error) => debug!(%error, "proposing the routing table"),
             }
+        } else if let Err(error) = inner.reconcile(&table).await {
+            warn!(node = inner.id.0, %error, "bringing the replicas in line with the routing table");
         }
     }
 }
