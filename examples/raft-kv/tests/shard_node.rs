@@ -6,12 +6,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use raft_core::{ConfChange, NodeId, Role};
 use raft_kv::kv::{Command, Kv, Response, encode};
+use raft_kv::shards::controller::{Action, Limits, Observed};
 use raft_kv::shards::node::{Route, ShardNode, ShardNodeConfig};
+use raft_kv::shards::runner::{BoxFuture, LocalReplicas, Peers, RunnerConfig};
 use raft_kv::shards::{NodeEntry, NodeState, ShardId, TableChange, TableCommand, shard_of};
 use raft_net::{NodeHandle, ReadConsistency};
 use tokio::net::TcpListener;
@@ -31,7 +34,42 @@ fn config(id: u64, nodes: &BTreeMap<NodeId, NodeEntry>, data: &Path, shards: u32
         replication,
         tick_interval: Duration::from_millis(20),
         workers: 1,
+        join: false,
+        controller: None,
     }
+}
+
+/// The controller's calls to other nodes, made directly (the service makes them over HTTP).
+#[derive(Default)]
+struct InProcess(Mutex<BTreeMap<NodeId, LocalReplicas>>);
+
+impl InProcess {
+    fn register(&self, node: &ShardNode) {
+        self.0.lock().expect("not poisoned").insert(node.id(), node.local_replicas());
+    }
+
+    fn replicas(&self, node: NodeId) -> Option<LocalReplicas> {
+        self.0.lock().expect("not poisoned").get(&node).cloned()
+    }
+}
+
+impl Peers for InProcess {
+    fn observe(&self, node: NodeId) -> BoxFuture<'_, Option<BTreeMap<ShardId, Observed>>> {
+        let replicas = self.replicas(node);
+        Box::pin(async move { replicas?.observe().await })
+    }
+
+    fn carry_out(&self, node: NodeId, action: Action) -> BoxFuture<'_, Result<(), String>> {
+        let replicas = self.replicas(node);
+        Box::pin(async move { replicas.ok_or("unknown node")?.carry_out(action).await })
+    }
+}
+
+/// Starts node `id` with `config`, known to `peers`.
+async fn start(config: ShardNodeConfig, listener: TcpListener, peers: &Arc<InProcess>) -> ShardNode {
+    let node = ShardNode::start(config, listener, Arc::clone(peers) as Arc<dyn Peers>).await.expect("the node starts");
+    peers.register(&node);
+    node
 }
 
 /// Binds `count` listeners on 127.0.0.1 and names nodes 1 to `count` with their addresses.
@@ -102,9 +140,10 @@ async fn read(handle: &NodeHandle<Kv>, key: &str) -> Option<Bytes> {
 async fn keys_spread_over_shards_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (listeners, nodes) = bind(3).await;
+    let peers = Arc::new(InProcess::default());
     let mut running = Vec::new();
     for (id, listener) in (1..=3).zip(listeners) {
-        let node = ShardNode::start(config(id, &nodes, dir.path(), 6, 2), listener).await.expect("the node starts");
+        let node = start(config(id, &nodes, dir.path(), 6, 2), listener, &peers).await;
         running.push(Some(node));
     }
     for node in running.iter().flatten() {
@@ -163,7 +202,7 @@ async fn keys_spread_over_shards_and_survive_a_restart() {
     let address = nodes[&NodeId(1)].raft;
     node.shutdown().await;
     let listener = TcpListener::bind(address).await.expect("the same port again");
-    let node = ShardNode::start(config(1, &nodes, dir.path(), 6, 2), listener).await.expect("the node restarts");
+    let node = start(config(1, &nodes, dir.path(), 6, 2), listener, &peers).await;
     assert_eq!(node.shard_ids(), held);
     table_seen(&node).await;
     running[0] = Some(node);
@@ -216,9 +255,10 @@ async fn change_table(nodes: &[ShardNode], change: TableChange) {
 async fn a_replica_moves_between_nodes() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (listeners, nodes) = bind(4).await;
+    let peers = Arc::new(InProcess::default());
     let mut running = Vec::new();
     for (id, listener) in (1..=4).zip(listeners) {
-        running.push(ShardNode::start(config(id, &nodes, dir.path(), 2, 3), listener).await.expect("the node starts"));
+        running.push(start(config(id, &nodes, dir.path(), 2, 3), listener, &peers).await);
     }
     for node in &running {
         table_seen(node).await;
@@ -289,7 +329,7 @@ async fn a_replica_moves_between_nodes() {
     let target_node = running.remove(target.0 as usize - 1);
     target_node.shutdown().await;
     let listener = TcpListener::bind(nodes[&target].raft).await.expect("the same port again");
-    let restarted = ShardNode::start(config(target.0, &nodes, dir.path(), 2, 3), listener).await.expect("restart");
+    let restarted = start(config(target.0, &nodes, dir.path(), 2, 3), listener, &peers).await;
     assert!(restarted.shard(shard).is_some());
     for key in keys.iter().take(10) {
         assert_eq!(read(&restarted.shard(shard).expect("reopened"), key).await, Some(Bytes::from(key.clone())));
@@ -298,4 +338,108 @@ async fn a_replica_moves_between_nodes() {
     for node in running {
         node.shutdown().await;
     }
+}
+
+/// The controller of a fast test: rounds every 50 ms; no node is marked failed.
+fn controller() -> Option<RunnerConfig> {
+    Some(RunnerConfig {
+        interval: Duration::from_millis(50),
+        limits: Limits { caught_up_entries: 16, moves_max: 2 },
+        failed_after: Duration::from_secs(3600),
+    })
+}
+
+/// Whether every shard's group, as its leader reports, has exactly the table's replicas as
+/// voters (no joint configuration, no learner), and every replica is held where the table says.
+async fn settled(nodes: &[ShardNode]) -> bool {
+    let table = nodes[0].table();
+    for node in nodes {
+        if node.table().version() != table.version() {
+            return false;
+        }
+        let named: BTreeSet<ShardId> =
+            table.shards().filter(|(_, entry)| entry.replicas.contains(&node.id())).map(|(shard, _)| shard).collect();
+        if node.shard_ids().into_iter().collect::<BTreeSet<_>>() != named {
+            return false;
+        }
+    }
+    for (shard, entry) in table.shards() {
+        let Some((_, leader)) = shard_leader(nodes, shard).await else { return false };
+        let Ok(status) = leader.status().await else { return false };
+        let membership = status.membership;
+        if membership.is_joint() || !membership.learners.is_empty() || membership.voters_incoming != entry.replicas {
+            return false;
+        }
+    }
+    true
+}
+
+/// A fourth node joins a cluster of three: the controller (on the meta group's leader) makes it
+/// a learner of the meta group, moves replicas to it until every node holds as many as the others
+/// (give or take one), each move through a learner that catches up and one joint change, and the
+/// nodes that gave a replica up delete it. Every key written before is read at every replica of
+/// its shard afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_rebalances_onto_a_node_that_joins() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (mut listeners, all) = bind(4).await;
+    let fourth = listeners.pop().expect("four listeners");
+    let first: BTreeMap<NodeId, NodeEntry> = all.iter().take(3).map(|(id, entry)| (*id, *entry)).collect();
+    let peers = Arc::new(InProcess::default());
+    let mut running = Vec::new();
+    for (id, listener) in (1..=3).zip(listeners) {
+        let config = ShardNodeConfig { controller: controller(), ..config(id, &first, dir.path(), 4, 2) };
+        running.push(start(config, listener, &peers).await);
+    }
+    for node in &running {
+        table_seen(node).await;
+    }
+    until("the first placement settles", async || settled(&running).await).await;
+    let keys: Vec<String> = (0..80).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        let shard = shard_of(key.as_bytes(), 4);
+        let command = Command::Put { key: key.clone(), value: Bytes::from(key.clone()) };
+        until("a write is taken", async || match shard_leader(&running, shard).await {
+            Some((_, leader)) => matches!(leader.propose(encode(&command)).await, Ok(Response::Done)),
+            None => false,
+        })
+        .await;
+    }
+
+    // Node 4 starts empty, knowing the nodes of the table (what `serve --join` learns from a
+    // member over HTTP as it asks to be added: it must accept the meta leader's connection,
+    // whichever node that is); the table takes it in.
+    let config = ShardNodeConfig { join: true, controller: controller(), ..config(4, &all, dir.path(), 4, 2) };
+    running.push(start(config, fourth, &peers).await);
+    let entry = all[&NodeId(4)];
+    change_table(&running, TableChange::AddNode { id: NodeId(4), raft: entry.raft, http: entry.http }).await;
+
+    until("the cluster rebalances onto node 4", async || {
+        let table = running[0].table();
+        let loads: Vec<usize> = (1..=4).map(|id| table.load(NodeId(id))).collect();
+        loads == vec![2, 2, 2, 2] && settled(&running).await
+    })
+    .await;
+    assert!(running[3].table().version() > 1, "node 4 follows the meta group");
+    for key in &keys {
+        let shard = shard_of(key.as_bytes(), 4);
+        let holders = replicas_of(&running, shard);
+        assert_eq!(holders.len(), 2);
+        for handle in &holders {
+            assert_eq!(read(handle, key).await, Some(Bytes::from(key.clone())));
+        }
+    }
+    for node in &running {
+        let groups: BTreeSet<_> = node.wal().groups().into_iter().filter(|group| group.0 > 0).collect();
+        let held: BTreeSet<_> = node.shard_ids().into_iter().map(ShardId::group).collect();
+        assert_eq!(groups, held, "node {}'s log holds only the shards it holds", node.id());
+    }
+    for node in running {
+        node.shutdown().await;
+    }
+}
+
+/// The replicas of `shard` on `nodes`.
+fn replicas_of(nodes: &[ShardNode], shard: ShardId) -> Vec<NodeHandle<Kv>> {
+    nodes.iter().filter_map(|node| node.shard(shard)).collect()
 }

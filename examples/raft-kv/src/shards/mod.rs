@@ -9,6 +9,7 @@ pub mod controller;
 mod meta;
 pub mod node;
 pub mod placement;
+pub mod runner;
 pub mod scatter;
 mod table;
 

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::runner::{self, LocalReplicas, Peers, RunnerConfig};
 use super::{META_GROUP, Meta, NodeEntry, RoutingTable, ShardId, TableChange, TableCommand, placement, shard_of};
 use crate::kv::{Kv, SNAPSHOT_EVERY_ENTRIES, raft_options};
 use crate::removal::leaves_out;
@@ -58,6 +59,13 @@ pub struct ShardNodeConfig {
     pub tick_interval: Duration,
     /// The host's worker threads.
     pub workers: usize,
+    /// Whether this node joins a running cluster: on its first start it creates only an empty
+    /// replica of the meta group (the controller adds it as a learner once the table names it),
+    /// and `nodes` need only name it and the nodes it can reach first.
+    pub join: bool,
+    /// How the controller runs while this node leads the meta group; `None`: it does not run
+    /// here (replicas then move only when an operator drives each step).
+    pub controller: Option<RunnerConfig>,
 }
 
 /// Why a node of a sharded cluster could not start.
@@ -107,15 +115,16 @@ pub enum Route {
 pub struct ShardNode {
     inner: Arc<Inner>,
     refresher: JoinHandle<()>,
+    controller: Option<JoinHandle<()>>,
 }
 
-/// What the node and its refresher task share.
-struct Inner {
-    id: NodeId,
+/// What the node, its refresher task and its controller share.
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
     transport: Arc<TcpTransport>,
     wal: SharedWal,
     host: Host<GroupStore>,
-    meta: NodeHandle<Meta>,
+    pub(crate) meta: NodeHandle<Meta>,
     shards: Mutex<BTreeMap<ShardId, NodeHandle<Kv>>>,
     table: Mutex<Arc<RoutingTable>>,
     groups: Groups,
@@ -152,7 +161,12 @@ impl ShardNode {
     /// Starts the node: creates its log and its first groups on a first start (the placement
     /// every first node derives from `config`), or reopens every group its log holds. Must be
     /// called from within a tokio runtime; `listener` is the Raft transport's.
-    pub async fn start(config: ShardNodeConfig, listener: TcpListener) -> Result<ShardNode, ShardNodeError> {
+    /// The controller reaches the other nodes through `peers`.
+    pub async fn start(
+        config: ShardNodeConfig,
+        listener: TcpListener,
+        peers: Arc<dyn Peers>,
+    ) -> Result<ShardNode, ShardNodeError> {
         let id = config.id;
         if !config.nodes.contains_key(&id) {
             return Err(ShardNodeError::Config(format!("node {id} is not among the cluster's nodes")));
@@ -175,14 +189,14 @@ impl ShardNode {
             }
             Err(error) => return Err(error.into()),
         };
-        let peers: BTreeMap<NodeId, _> =
+        let raft_peers: BTreeMap<NodeId, _> =
             config.nodes.iter().filter(|(peer, _)| **peer != id).map(|(peer, entry)| (*peer, entry.raft)).collect();
         let transport = Arc::new(TcpTransport::start_node(
             config.cluster_id,
             id,
             listener,
             TokioConnector,
-            peers,
+            raft_peers,
             TcpOptions::default(),
         )?);
         let host = Host::start(HostConfig {
@@ -190,7 +204,9 @@ impl ShardNode {
             tick_interval: config.tick_interval,
             ..HostConfig::with_workers(config.workers.max(1))
         })?;
-        if first_start {
+        if first_start && config.join {
+            wal.create_group(META_GROUP, Membership::default())?;
+        } else if first_start {
             let ids: BTreeSet<NodeId> = config.nodes.keys().copied().collect();
             wal.create_group(META_GROUP, meta_membership(&ids))?;
             for (shard, replicas) in create_command_replicas(&config).into_iter().enumerate() {
@@ -220,8 +236,11 @@ impl ShardNode {
             table: Mutex::new(Arc::new(RoutingTable::default())),
             groups,
         });
-        let refresher = tokio::spawn(refresh(Arc::clone(&inner), create_command(&config)));
-        Ok(ShardNode { inner, refresher })
+        let create = (!config.join).then(|| create_command(&config));
+        let refresher = tokio::spawn(refresh(Arc::clone(&inner), create));
+        let controller =
+            config.controller.map(|runner| tokio::spawn(runner::run(Arc::downgrade(&inner), peers, runner)));
+        Ok(ShardNode { inner, refresher, controller })
     }
 
     /// This node's id.
@@ -269,6 +288,11 @@ impl ShardNode {
         }
     }
 
+    /// This node's replicas as a controller drives them (what [`Peers`] calls on this node).
+    pub fn local_replicas(&self) -> LocalReplicas {
+        LocalReplicas(Arc::downgrade(&self.inner))
+    }
+
     /// The shared write-ahead log (for its statistics).
     pub fn wal(&self) -> &SharedWal {
         &self.inner.wal
@@ -283,6 +307,10 @@ impl ShardNode {
     pub async fn shutdown(self) {
         self.refresher.abort();
         let _ = self.refresher.await; // Its clone of `inner` is dropped with it.
+        if let Some(controller) = self.controller {
+            controller.abort();
+            let _ = controller.await;
+        }
         let handles: Vec<NodeHandle<Kv>> = self.inner.lock_shards().values().cloned().collect();
         for handle in handles {
             handle.shutdown().await;
@@ -340,7 +368,7 @@ impl Inner {
         Arc::clone(&self.table.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn lock_shards(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, NodeHandle<Kv>>> {
+    pub(crate) fn lock_shards(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, NodeHandle<Kv>>> {
         self.shards.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -392,10 +420,12 @@ impl Inner {
                     let Ok(status) = handle.status().await else { continue }; // Stopping.
                     let never_joined = status.membership.members().is_empty();
                     if never_joined || leaves_out(&status.membership, self.id, status.role) {
-                        self.lock_shards().remove(&shard);
+                        // Out of the map only once deleted durably: a node that shows no replica
+                        // of a shard holds none, also after a crash.
                         handle.shutdown().await;
                         self.transport.unregister_group(shard.group());
                         self.wal.remove_group(shard.group())?;
+                        self.lock_shards().remove(&shard);
                         info!(node = self.id.0, shard = shard.0, "replica deleted: the shard left this node");
                     }
                 }
@@ -418,8 +448,8 @@ fn create_command_replicas(config: &ShardNodeConfig) -> Vec<BTreeSet<NodeId>> {
 /// line with it ([`Inner::reconcile`]); while no table is written, the meta group's leader
 /// proposes `create` (compare and set on version 0: the first of several leaders to get there
 /// wins, and they all propose the same table).
-async fn refresh(inner: Arc<Inner>, create: TableCommand) {
-    let encoded = bytes::Bytes::from(create.encode());
+async fn refresh(inner: Arc<Inner>, create: Option<TableCommand>) {
+    let encoded = create.map(|create| bytes::Bytes::from(create.encode()));
     let mut ticker = tokio::time::interval(TABLE_REFRESH);
     loop {
         ticker.tick().await;
@@ -435,6 +465,7 @@ async fn refresh(inner: Arc<Inner>, create: TableCommand) {
         }
         let table = inner.table();
         if table.version() == 0 {
+            let Some(encoded) = &encoded else { continue }; // Joining: the table comes to it.
             match inner.meta.propose(encoded.clone()).await {
                 Ok(Ok(version)) => info!(version, "routing table created"),
                 Ok(Err(refused)) => debug!(%refused, "routing table not created by this node"),
