@@ -386,25 +386,7 @@ async fn the_controller_rebalances_onto_a_node_that_joins() {
     let fourth = listeners.pop().expect("four listeners");
     let first: BTreeMap<NodeId, NodeEntry> = all.iter().take(3).map(|(id, entry)| (*id, *entry)).collect();
     let peers = Arc::new(InProcess::default());
-    let mut running = Vec::new();
-    for (id, listener) in (1..=3).zip(listeners) {
-        let config = ShardNodeConfig { controller: controller(), ..config(id, &first, dir.path(), 4, 2) };
-        running.push(start(config, listener, &peers).await);
-    }
-    for node in &running {
-        table_seen(node).await;
-    }
-    until("the first placement settles", async || settled(&running).await).await;
-    let keys: Vec<String> = (0..80).map(|i| format!("key-{i}")).collect();
-    for key in &keys {
-        let shard = shard_of(key.as_bytes(), 4);
-        let command = Command::Put { key: key.clone(), value: Bytes::from(key.clone()) };
-        until("a write is taken", async || match shard_leader(&running, shard).await {
-            Some((_, leader)) => matches!(leader.propose(encode(&command)).await, Ok(Response::Done)),
-            None => false,
-        })
-        .await;
-    }
+    let (mut running, keys) = cluster(dir.path(), &peers, listeners, &first, (4, 2), controller()).await;
 
     // Node 4 starts empty, knowing the nodes of the table (what `serve --join` learns from a
     // member over HTTP as it asks to be added: it must accept the meta leader's connection,
@@ -421,14 +403,7 @@ async fn the_controller_rebalances_onto_a_node_that_joins() {
     })
     .await;
     assert!(running[3].table().version() > 1, "node 4 follows the meta group");
-    for key in &keys {
-        let shard = shard_of(key.as_bytes(), 4);
-        let holders = replicas_of(&running, shard);
-        assert_eq!(holders.len(), 2);
-        for handle in &holders {
-            assert_eq!(read(handle, key).await, Some(Bytes::from(key.clone())));
-        }
-    }
+    every_key_everywhere(&running, &keys, 4, 2).await;
     for node in &running {
         let groups: BTreeSet<_> = node.wal().groups().into_iter().filter(|group| group.0 > 0).collect();
         let held: BTreeSet<_> = node.shard_ids().into_iter().map(ShardId::group).collect();
@@ -442,4 +417,149 @@ async fn the_controller_rebalances_onto_a_node_that_joins() {
 /// The replicas of `shard` on `nodes`.
 fn replicas_of(nodes: &[ShardNode], shard: ShardId) -> Vec<NodeHandle<Kv>> {
     nodes.iter().filter_map(|node| node.shard(shard)).collect()
+}
+
+/// Starts a new cluster on `listeners` (nodes 1, 2, ... of `nodes`) of `shards` shards of
+/// `replication` replicas with the controller `runner`, waits until it settles, and writes 60 keys.
+async fn cluster(
+    dir: &Path,
+    peers: &Arc<InProcess>,
+    listeners: Vec<TcpListener>,
+    nodes: &BTreeMap<NodeId, NodeEntry>,
+    (shards, replication): (u32, u8),
+    runner: Option<RunnerConfig>,
+) -> (Vec<ShardNode>, Vec<String>) {
+    let mut running = Vec::new();
+    for (id, listener) in (1..).zip(listeners) {
+        let config = ShardNodeConfig { controller: runner, ..config(id, nodes, dir, shards, replication) };
+        running.push(start(config, listener, peers).await);
+    }
+    for node in &running {
+        table_seen(node).await;
+    }
+    until("the first placement settles", async || settled(&running).await).await;
+    let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        let shard = shard_of(key.as_bytes(), shards);
+        let command = Command::Put { key: key.clone(), value: Bytes::from(key.clone()) };
+        until("a write is taken", async || match shard_leader(&running, shard).await {
+            Some((_, leader)) => matches!(leader.propose(encode(&command)).await, Ok(Response::Done)),
+            None => false,
+        })
+        .await;
+    }
+    (running, keys)
+}
+
+/// The index in `nodes` of the one leading the meta group (`leading`), or of one that does not.
+async fn meta_leader(nodes: &[ShardNode], leading: bool) -> usize {
+    let mut found = None;
+    for (i, node) in nodes.iter().enumerate() {
+        if node.meta().status().await.is_ok_and(|status| (status.role == Role::Leader) == leading) {
+            found = Some(i);
+        }
+    }
+    found.expect("a node in that role")
+}
+
+/// Whether replica counts differ by at most one between nodes 1 to `count`.
+fn balanced(node: &ShardNode, count: u64) -> bool {
+    let table = node.table();
+    let loads: Vec<usize> = (1..=count).map(|id| table.load(NodeId(id))).collect();
+    loads.iter().max().zip(loads.iter().min()).is_some_and(|(most, least)| most - least <= 1)
+}
+
+/// Every key is read at every replica of its shard.
+async fn every_key_everywhere(nodes: &[ShardNode], keys: &[String], shards: u32, replication: usize) {
+    for key in keys {
+        let shard = shard_of(key.as_bytes(), shards);
+        let holders = replicas_of(nodes, shard);
+        assert_eq!(holders.len(), replication, "shard {shard:?} has {} replicas", holders.len());
+        for handle in &holders {
+            assert_eq!(read(handle, key).await, Some(Bytes::from(key.clone())));
+        }
+    }
+}
+
+/// A drained node gives every replica up (each moved through a learner and a joint change),
+/// then leaves the table; the data stays whole on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_is_emptied_and_forgotten() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let peers = Arc::new(InProcess::default());
+    let (listeners, all) = bind(4).await;
+    let (running, keys) = cluster(dir.path(), &peers, listeners, &all, (4, 2), controller()).await;
+    let drained = NodeId(4);
+    assert!(running[0].table().load(drained) > 0);
+    change_table(&running, TableChange::SetNodeState { id: drained, state: NodeState::Draining }).await;
+    until("node 4 is emptied and removed from the table", async || {
+        let table = running[0].table();
+        !table.nodes().contains_key(&drained) && running[3].shard_ids().is_empty() && settled(&running[..3]).await
+    })
+    .await;
+    assert!(balanced(&running[0], 3));
+    every_key_everywhere(&running[..3], &keys, 4, 2).await;
+    assert!(running[3].wal().groups().iter().all(|group| group.0 == 0), "node 4's log holds no shard");
+    for node in running {
+        node.shutdown().await;
+    }
+}
+
+/// A node that stops for good is marked failed once silent for `failed_after`, and its replicas
+/// are re-created on the others from each shard's surviving majority: every shard is back to
+/// three replicas, with every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_nodes_replicas_are_recreated_elsewhere() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let peers = Arc::new(InProcess::default());
+    let (listeners, all) = bind(4).await;
+    let mut runner = controller().expect("on");
+    runner.failed_after = Duration::from_millis(500);
+    let (mut running, keys) = cluster(dir.path(), &peers, listeners, &all, (4, 3), Some(runner)).await;
+    // The node that does not lead the meta group dies (the controller's own node is the
+    // restart test's business).
+    let dead = running.remove(meta_leader(&running, false).await);
+    let dead_id = dead.id();
+    dead.shutdown().await;
+    until("the dead node's replicas are re-created on the others", async || {
+        let table = running[0].table();
+        table.nodes().get(&dead_id).is_none_or(|entry| entry.state == NodeState::Failed)
+            && table.load(dead_id) == 0
+            && settled(&running).await
+    })
+    .await;
+    every_key_everywhere(&running, &keys, 4, 3).await;
+    for node in running {
+        node.shutdown().await;
+    }
+}
+
+/// The node that runs the controller restarts in the middle of a rebalancing: the next meta
+/// leader (or the same node, back) finishes the moves from the durable state alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalancing_survives_a_restart_of_the_controllers_node() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let peers = Arc::new(InProcess::default());
+    let (mut listeners, all) = bind(4).await;
+    let fourth = listeners.pop().expect("four listeners");
+    let first: BTreeMap<NodeId, NodeEntry> = all.iter().take(3).map(|(id, entry)| (*id, *entry)).collect();
+    let (mut running, keys) = cluster(dir.path(), &peers, listeners, &first, (6, 2), controller()).await;
+    let config4 = ShardNodeConfig { join: true, controller: controller(), ..config(4, &all, dir.path(), 6, 2) };
+    running.push(start(config4, fourth, &peers).await);
+    let entry = all[&NodeId(4)];
+    change_table(&running, TableChange::AddNode { id: NodeId(4), raft: entry.raft, http: entry.http }).await;
+    // As soon as the first move is in the table, the controller's node goes down.
+    until("a move starts", async || running[0].table().load(NodeId(4)) > 0).await;
+    let node = running.remove(meta_leader(&running, true).await);
+    let id = node.id();
+    node.shutdown().await;
+    let listener = TcpListener::bind(all[&id].raft).await.expect("the same port again");
+    let config = ShardNodeConfig { controller: controller(), ..config(id.0, &all, dir.path(), 6, 2) };
+    running.push(start(config, listener, &peers).await);
+    running.sort_by_key(ShardNode::id);
+    until("the cluster rebalances onto node 4", async || balanced(&running[0], 4) && settled(&running).await).await;
+    every_key_everywhere(&running, &keys, 6, 2).await;
+    for node in running {
+        node.shutdown().await;
+    }
 }
