@@ -159,6 +159,14 @@ fn an_https_cluster_checks_certificates_and_tokens() {
     // Plain HTTP to the HTTPS port gets no HTTP answer; a client that does not trust the CA
     // fails the handshake.
     assert!(common::call("GET", http(1), "/cluster/status", &[]).is_none());
+    // Connections that never start their handshake do not hold up others: each waits in a task
+    // of its own (for up to `HANDSHAKE_TIMEOUT`, longer than the deadline here).
+    let silent: Vec<std::net::TcpStream> =
+        (0..3).map(|_| std::net::TcpStream::connect(http(1)).expect("a connection")).collect();
+    let deadline = raft_kv::tls::HANDSHAKE_TIMEOUT / 2;
+    let meanwhile = data.call_within(deadline, "GET", http(1), "/cluster/status", &[]).expect("an answer");
+    assert_eq!(meanwhile.status, 200);
+    drop(silent);
     let (_other_dir, other) = temp();
     certificates(&other, 1);
     let stranger = Https::new(&other.join("ca.pem")).with_token_file(&tls.join("admin.token"));

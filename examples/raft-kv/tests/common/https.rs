@@ -72,9 +72,21 @@ impl Https {
     /// Sends `method path` to `node` over HTTPS (its certificate checked for 127.0.0.1), without
     /// following redirects. An error says why no answer came (the handshake, the connection).
     pub fn call(&self, method: &str, node: SocketAddr, path: &str, body: &[u8]) -> Result<Reply, String> {
+        self.call_within(TIMEOUT, method, node, path, body)
+    }
+
+    /// [`Https::call`] with a deadline of `timeout` for the whole exchange.
+    pub fn call_within(
+        &self,
+        timeout: Duration,
+        method: &str,
+        node: SocketAddr,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Reply, String> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
         runtime.block_on(async {
-            tokio::time::timeout(TIMEOUT, self.exchange(method, node, path, body))
+            tokio::time::timeout(timeout, self.exchange(method, node, path, body))
                 .await
                 .unwrap_or_else(|_| Err("timed out".to_owned()))
         })
