@@ -11,6 +11,8 @@
 //!   data token (`--data-token-file`); then they need the data token or the admin token.
 //! - No `Authorization: Bearer` header: 401 with `WWW-Authenticate: Bearer`. A token that is not
 //!   accepted there (a wrong one, or the data token on an admin endpoint): 403.
+//!
+//! Lost-quorum recovery (`raft-kv recover`) is an offline command, not an endpoint.
 
 use std::fmt;
 use std::path::Path;
