@@ -303,3 +303,32 @@ fn block_of_free_ports(count: u16) -> u16 {
         (first..=last).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()).then_some(first)
     })
 }
+
+/// TLS settings that cannot work stop `serve` and `cluster` at once, saying why, before any
+/// node starts.
+#[test]
+fn unusable_tls_settings_are_refused_at_start() {
+    let (_dir, path) = temp();
+    let tls = path.join("tls");
+    certificates(&tls, 2);
+    let (tls_arg, data_arg) = (tls.display().to_string(), common::data_dir(&path, 1));
+    let (raft, http) = (free_port().to_string(), free_port().to_string());
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--id", "1", "--raft", &raft, "--http", &http, "--data", &data_arg];
+        args.extend_from_slice(extra);
+        raft_kv(&args, &[])
+    };
+    let refused = |output: Output, because: &str| {
+        assert!(!output.status.success(), "started: {}", text(&output.stderr));
+        assert!(text(&output.stderr).contains(because), "{}", text(&output.stderr));
+    };
+    refused(serve(&["--tls", &tls_arg, "--join", "http://127.0.0.1:1"]), "members serve https://");
+    refused(serve(&["--join", "https://127.0.0.1:1"]), "members serve http://");
+    let data_token = tls.join("data.token").display().to_string();
+    refused(serve(&["--bootstrap", "--data-token-file", &data_token]), "needs an admin token");
+    std::fs::remove_file(tls.join("node-1.key")).expect("remove a key");
+    refused(serve(&["--bootstrap", "--tls", &tls_arg]), "node-1.key");
+    let cluster = raft_kv(&["cluster", "--nodes", "3", "--tls", &tls_arg, "--data", &data_arg], &[]);
+    refused(cluster, "no node-1.key there");
+    assert!(!path.join("node-1").exists(), "no node started");
+}
