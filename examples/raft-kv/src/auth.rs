@@ -27,9 +27,23 @@ use subtle::ConstantTimeEq;
 pub struct Token(String);
 
 impl Token {
-    /// Reads a token file.
+    /// Reads a token file; warns when others than its owner may read it.
     pub fn read(path: &Path) -> anyhow::Result<Token> {
-        certs::read_token(path).map(Token).with_context(|| format!("reading the token {}", path.display()))
+        let token =
+            certs::read_token(path).map(Token).with_context(|| format!("reading the token {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map(|metadata| metadata.permissions().mode()).unwrap_or(0);
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "the token file {} is readable by others than its owner (mode {:o}): chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+        }
+        Ok(token)
     }
 
     fn matches(&self, offered: &str) -> bool {

@@ -211,13 +211,19 @@ fn an_https_cluster_checks_certificates_and_tokens() {
     drop(joined);
 }
 
-/// A plain node warns at start that plain mode is for local experiments; `--admin-token-file`
-/// guards its admin endpoints all the same, and its data endpoints stay open.
+/// A plain node warns at start that plain mode is for local experiments (and that its token file
+/// is readable by others); `--admin-token-file` guards its admin endpoints all the same, and its
+/// data endpoints stay open.
 #[test]
 fn plain_mode_warns_and_still_takes_an_admin_token() {
     let (_dir, path) = temp();
     certificates(&path.join("tls"), 1);
     let token = path.join("tls").join("admin.token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
     let (raft, http) = (free_port(), free_port());
     let peers = format!("1={raft}={http}");
     let args: Vec<String> = ["--peers", &peers, "--bootstrap", "--data", &common::data_dir(&path, 1)]
@@ -229,6 +235,8 @@ fn plain_mode_warns_and_still_takes_an_admin_token() {
     eventually("a leader", || common::status(http)?["leader"].as_u64());
     let log = std::fs::read_to_string(&node.log).expect("the log");
     assert!(log.contains("WARN") && log.contains("plain mode, for local experiments only"), "{log}");
+    #[cfg(unix)]
+    assert!(log.contains("is readable by others than its owner (mode 644)"), "{log}");
     let put = common::call("PUT", http, "/kv/k", b"v").expect("an answer");
     assert_eq!(put.status, 200, "{}", put.text());
     let transfer = common::call("POST", http, "/cluster/leader", b"{\"id\":1}").expect("an answer");
