@@ -3,6 +3,11 @@
 //! node keeps its data in `DATA/node-ID`, so running it again restarts the same cluster with its
 //! data. The nodes' stdin is a pipe from the launcher (`serve --exit-with-stdin`): should the
 //! launcher die without stopping them (`kill -9`), the kernel closes the pipe and they stop.
+//!
+//! With `--tls DIR` the nodes serve HTTPS with the certificates in DIR and admin endpoints need
+//! DIR/admin.token (see `serve --tls`); a DIR that is missing or empty is filled first with new
+//! development certificates (`raft-kv certs --nodes N --out DIR`), so one command starts a TLS
+//! cluster.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -14,7 +19,9 @@ use clap::Args;
 use tokio::process::Child;
 use tracing::{error, info, warn};
 
-use crate::client;
+use raft_kv::certs::{self, CertsRequest};
+
+use crate::client::{Client, ClientOptions};
 use crate::logs::LogFormat;
 use crate::signals::StopSignals;
 
@@ -43,6 +50,12 @@ pub struct ClusterArgs {
     /// How log lines look on stderr, the launcher's and its nodes' (`RUST_LOG` filters them).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve HTTPS with the certificates in DIR, and require DIR/admin.token on admin endpoints
+    /// (`serve --tls`). A missing or empty DIR gets new development certificates first (as
+    /// `raft-kv certs --nodes N --out DIR` writes them). Without it: plain HTTP, for local
+    /// experiments only.
+    #[arg(long, value_name = "DIR")]
+    pub tls: Option<PathBuf>,
 }
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -70,12 +83,19 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
 async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     // Before any child starts, so that no signal can end the launcher without stopping them.
     let mut signals = StopSignals::new().context("listening for signals")?;
+    let client = prepare_tls(&args)?;
     let mut nodes = Vec::new();
     let started = start_nodes(&args, &mut nodes);
     let outcome = match started {
         Ok(()) => {
             let first = SocketAddr::new(LOCALHOST, args.http_port);
-            let mut leader = tokio::task::spawn_blocking(move || wait_for_leader(first));
+            let try_it = match &args.tls {
+                Some(dir) => {
+                    format!("curl --cacert {} https://{first}/cluster/status", dir.join(certs::CA_CERT).display())
+                }
+                None => format!("curl http://{first}/cluster/status"),
+            };
+            let mut leader = tokio::task::spawn_blocking(move || wait_for_leader(&client, first));
             let mut leader_done = false;
             let mut poll = tokio::time::interval(POLL);
             loop {
@@ -87,7 +107,7 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                     found = &mut leader, if !leader_done => {
                         leader_done = true;
                         match found {
-                            Ok(Some(leader)) => info!("leader: node {leader} (try: curl http://{first}/cluster/status)"),
+                            Ok(Some(leader)) => info!("leader: node {leader} (try: {try_it})"),
                             _ => warn!("no leader yet"),
                         }
                     }
@@ -104,6 +124,44 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     };
     stop_nodes(&mut nodes).await;
     outcome
+}
+
+/// With `--tls DIR`: fills a missing or empty DIR with new certificates for the nodes; checks that
+/// DIR has what every node needs. Without: warns that plain mode is for local experiments. The
+/// client the launcher asks the nodes with.
+fn prepare_tls(args: &ClusterArgs) -> anyhow::Result<Client> {
+    let Some(dir) = &args.tls else {
+        warn!(
+            "plain mode, for local experiments only: HTTP without TLS, no authentication of nodes, \
+             admin endpoints open to anyone who reaches them. Use --tls DIR for TLS and tokens"
+        );
+        return Client::new(&ClientOptions::default());
+    };
+    let empty = std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none());
+    if empty {
+        let request = CertsRequest {
+            out: dir.clone(),
+            nodes: u64::from(args.nodes),
+            cluster_id: 1,
+            days: certs::VALIDITY_DAYS_DEFAULT,
+            data_token: false,
+            force: false,
+        };
+        certs::generate(&request).with_context(|| format!("writing certificates into {}", dir.display()))?;
+        info!("wrote development certificates and an admin token into {}", dir.display());
+    }
+    let ids = (1..=u64::from(args.nodes)).flat_map(|id| [certs::node_cert(id), certs::node_key(id)]);
+    let needed = [certs::CA_CERT.to_owned(), certs::ADMIN_TOKEN.to_owned()].into_iter().chain(ids);
+    for name in needed {
+        if !dir.join(&name).is_file() {
+            bail!(
+                "--tls {}: no {name} there (`raft-kv certs --nodes {} --out DIR` writes a whole set)",
+                dir.display(),
+                args.nodes
+            );
+        }
+    }
+    Client::new(&ClientOptions::of_dir(dir))
 }
 
 /// Logs every node that has exited since the last look.
@@ -151,6 +209,7 @@ fn start_nodes(args: &ClusterArgs, nodes: &mut Vec<Node>) -> anyhow::Result<()> 
             .args(bootstrap.then_some("--bootstrap"))
             .arg("--exit-with-stdin")
             .args(["--log-format", args.log_format.as_arg()])
+            .args(args.tls.iter().flat_map(|dir| [std::ffi::OsStr::new("--tls"), dir.as_os_str()]))
             .stdin(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -199,9 +258,9 @@ async fn stop_nodes(nodes: &mut [Node]) {
 }
 
 /// Polls node 1's status until it names a leader (for up to a minute).
-fn wait_for_leader(node: SocketAddr) -> Option<u64> {
+fn wait_for_leader(client: &Client, node: SocketAddr) -> Option<u64> {
     for _ in 0..300 {
-        if let Ok(response) = client::request("GET", &format!("http://{node}/cluster/status"), &[])
+        if let Ok(response) = client.request("GET", &client.url(node, "/cluster/status"), &[])
             && let Ok(status) = serde_json::from_slice::<serde_json::Value>(&response.body)
             && let Some(leader) = status.get("leader").and_then(serde_json::Value::as_u64)
         {

@@ -8,6 +8,7 @@
 //! its state machine panicked...), so that a supervisor restarts it.
 #![forbid(unsafe_code)]
 
+mod auth;
 mod client;
 mod cluster;
 mod logs;
@@ -17,11 +18,15 @@ mod server;
 mod signals;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use raft_kv::certs::{self, CertsRequest};
 use raft_kv::{kv, removal};
+
+use crate::client::{Client, ClientOptions};
 
 /// The command line.
 #[derive(Parser)]
@@ -38,6 +43,9 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// Runs one node.
     Serve(node::ServeArgs),
+    /// Writes development certificates for a cluster: a CA, a certificate and key per node, and
+    /// an admin token (see `--tls` of `serve`, `cluster` and the client commands).
+    Certs(CertsArgs),
     /// Recovery from a lost quorum, offline: makes a stopped survivor the only voter of its
     /// cluster, keeping its data (writes only the lost nodes had are gone).
     Recover(recover::RecoverArgs),
@@ -81,6 +89,30 @@ enum Command {
     },
 }
 
+/// `raft-kv certs`.
+#[derive(Args)]
+struct CertsArgs {
+    /// Certificates for nodes 1 to N.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=certs::NODES_MAX))]
+    nodes: u64,
+    /// The directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The cluster id the node certificates name (`raft://CLUSTER_ID/node/ID`): the nodes'
+    /// `--cluster-id`.
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u64,
+    /// How many days the certificates are valid.
+    #[arg(long, default_value_t = certs::VALIDITY_DAYS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..))]
+    days: u32,
+    /// Also write `data.token`, for `serve --data-token-file`.
+    #[arg(long)]
+    data_token: bool,
+    /// Overwrite files that exist (otherwise refused, and nothing is written).
+    #[arg(long)]
+    force: bool,
+}
+
 /// A read's consistency level (`?consistency=` of `GET /kv/{key}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Consistency {
@@ -119,12 +151,29 @@ enum MembersAction {
     },
 }
 
-/// Which node a client subcommand talks to.
+/// Which node a client subcommand talks to, and how.
 #[derive(Args)]
 struct Target {
     /// A node's HTTP address (writes are redirected to the leader).
     #[arg(long, default_value = "127.0.0.1:8081")]
     node: SocketAddr,
+    /// Talk HTTPS, trusting DIR/ca.pem and sending DIR/admin.token (a directory written by
+    /// `raft-kv certs`); --ca and --token-file override either file.
+    #[arg(long, value_name = "DIR")]
+    tls: Option<PathBuf>,
+    /// Talk HTTPS, trusting this CA certificate (PEM).
+    #[arg(long, env = "RAFT_KV_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Send the bearer token in FILE (the admin token for `members` and `transfer`).
+    #[arg(long, env = "RAFT_KV_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl Target {
+    fn options(&self) -> ClientOptions {
+        let dir = self.tls.as_deref().map(ClientOptions::of_dir).unwrap_or_default();
+        ClientOptions { ca: self.ca.clone().or(dir.ca), token_file: self.token_file.clone().or(dir.token_file) }
+    }
 }
 
 fn main() -> ExitCode {
@@ -141,6 +190,7 @@ fn main() -> ExitCode {
         (Ok(_), Command::Cluster(args)) => cluster::run(args),
         (Ok(_), Command::Serve(args)) => node::run(args),
         (Ok(_), Command::Recover(args)) => recover::run(args),
+        (Ok(_), Command::Certs(args)) => run_certs(args),
         (Ok(_), other) => run_client(other),
     };
     match outcome {
@@ -157,6 +207,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes development certificates.
+fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
+    let request = CertsRequest {
+        out: args.out,
+        nodes: args.nodes,
+        cluster_id: args.cluster_id,
+        days: args.days,
+        data_token: args.data_token,
+        force: args.force,
+    };
+    for path in certs::generate(&request)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Runs a client subcommand: one HTTP request, whose body is printed.
@@ -182,10 +248,13 @@ fn run_client(command: Command) -> anyhow::Result<()> {
         Command::Transfer { id, target } => {
             ("POST", target, "/cluster/leader".to_owned(), serde_json::json!({ "id": id }).to_string().into_bytes())
         }
-        Command::Cluster(_) | Command::Serve(_) | Command::Recover(_) => bail!("not a client command"),
+        Command::Cluster(_) | Command::Serve(_) | Command::Recover(_) | Command::Certs(_) => {
+            bail!("not a client command")
+        }
     };
-    let url = format!("http://{}{path}", target.node);
-    let response = client::request(method, &url, &body).with_context(|| format!("{method} {url}"))?;
+    let client = Client::new(&target.options())?;
+    let url = client.url(target.node, &path);
+    let response = client.request(method, &url, &body).with_context(|| format!("{method} {url}"))?;
     println!("{}", response.text());
     if (200..300).contains(&response.status) { Ok(()) } else { bail!("{method} {url}: HTTP {}", response.status) }
 }

@@ -23,7 +23,11 @@ use thiserror::Error;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{error, info, warn};
 
-use crate::client;
+use raft_kv::certs;
+use raft_kv::tls::{NodeTls, TlsListener};
+
+use crate::auth::{Credentials, Token};
+use crate::client::{Client, ClientOptions};
 use crate::kv::{Kv, PeerAddresses, PeerBook};
 use crate::logs::LogFormat;
 use crate::removal::Removal;
@@ -79,9 +83,23 @@ pub struct ServeArgs {
     /// The data directory.
     #[arg(long, default_value = "data")]
     pub data: PathBuf,
-    /// Join the cluster of this node (http://HOST:PORT) as a learner, then become a voter.
+    /// Join the cluster of this node (http://HOST:PORT, or https://HOST:PORT with --tls) as a
+    /// learner, then become a voter. Needs the admin token when the cluster has one (--tls).
     #[arg(long, conflicts_with = "bootstrap", value_parser = parse_join)]
     pub join: Option<String>,
+    /// Serve the HTTP API over HTTPS with the files of DIR (written by `raft-kv certs`):
+    /// `ca.pem`, `node-ID.pem`, `node-ID.key`, and `admin.token`, which admin endpoints then
+    /// need. Without it the API is plain HTTP: for local experiments only.
+    #[arg(long, value_name = "DIR")]
+    pub tls: Option<PathBuf>,
+    /// The admin bearer token, which membership changes and leadership transfer need (default
+    /// with --tls: DIR/admin.token; without either, those endpoints are open).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// A data bearer token: with it, `/kv/...`, `/cluster/status` and `/metrics` need it (or the
+    /// admin token); without it they are open. Needs an admin token too.
+    #[arg(long, value_name = "FILE")]
+    pub data_token_file: Option<PathBuf>,
     /// Start a new cluster: when the data directory holds no store, create one whose voters are
     /// this node and `--peers`. Only for the first start of a new cluster's initial members:
     /// without it, a node that finds no store refuses to start, so that a voter whose data was
@@ -117,10 +135,10 @@ pub fn parse_peer(text: &str) -> Result<PeerAddresses, String> {
     Ok(PeerAddresses { id: NodeId(id), raft, http })
 }
 
-/// Checks `--join`'s `http://HOST:PORT` (a trailing `/` is dropped).
+/// Checks `--join`'s `http://HOST:PORT` or `https://HOST:PORT` (a trailing `/` is dropped).
 pub fn parse_join(text: &str) -> Result<String, String> {
-    if !text.starts_with("http://") {
-        return Err("want the HTTP address of a member: http://HOST:PORT".to_owned());
+    if !(text.starts_with("http://") || text.starts_with("https://")) {
+        return Err("want the HTTP address of a member: http://HOST:PORT (https://HOST:PORT with --tls)".to_owned());
     }
     Ok(text.trim_end_matches('/').to_owned())
 }
@@ -163,6 +181,36 @@ fn storage(args: &ServeArgs, peers: &[PeerAddresses]) -> anyhow::Result<DiskStor
     }
 }
 
+/// What the HTTP side of a node uses: its TLS files (none in plain mode), the tokens it accepts,
+/// and how it talks to other members (`--join`).
+struct Security {
+    tls: Option<NodeTls>,
+    credentials: Credentials,
+    client: ClientOptions,
+}
+
+/// Reads `--tls`, `--admin-token-file` and `--data-token-file`, before anything starts, so that a
+/// missing file stops the node at once.
+fn security(args: &ServeArgs) -> anyhow::Result<Security> {
+    let tls = args.tls.as_ref().map(|dir| NodeTls::in_dir(dir, args.id));
+    let admin_file =
+        args.admin_token_file.clone().or_else(|| args.tls.as_ref().map(|dir| dir.join(certs::ADMIN_TOKEN)));
+    let admin = admin_file.as_deref().map(Token::read).transpose()?;
+    let data = args.data_token_file.as_deref().map(Token::read).transpose()?;
+    let credentials = Credentials::new(admin, data)?;
+    let client = ClientOptions { ca: tls.as_ref().map(|tls| tls.ca.clone()), token_file: admin_file };
+    if let Some(url) = &args.join
+        && !url.starts_with(&format!("{}://", client.scheme()))
+    {
+        bail!(
+            "--join {url}: with{} --tls, the members serve {}://",
+            if tls.is_some() { "" } else { "out" },
+            client.scheme()
+        );
+    }
+    Ok(Security { tls, credentials, client })
+}
+
 /// Why `serve` stops.
 enum Ending {
     /// Asked to (a signal, the end of stdin).
@@ -177,6 +225,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut signals = StopSignals::new().context("listening for signals")?;
     let stdin = if args.exit_with_stdin { Some(watch_stdin().context("watching stdin")?) } else { None };
     let id = NodeId(args.id);
+    let security = security(&args)?;
+    let server_tls = match &security.tls {
+        Some(tls) => Some(raft_kv::tls::server_config(tls).context("the HTTPS configuration (--tls)")?),
+        None => {
+            warn!(
+                node = id.0,
+                "plain mode, for local experiments only: the HTTP API and the Raft transport are not \
+                 encrypted and nodes are not authenticated{}. Use --tls DIR (see `raft-kv certs`) otherwise",
+                if security.credentials.admin.is_some() { "" } else { ", and admin endpoints need no token" }
+            );
+            None
+        }
+    };
     let mut peers = args.peers.clone();
     peers.retain(|peer| peer.id != id);
     let me = PeerAddresses { id, raft: args.raft_advertise.unwrap_or(args.raft), http: args.http };
@@ -184,6 +245,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let storage = storage(&args, &peers)?;
     let raft_addresses: BTreeMap<NodeId, SocketAddr> = peers.iter().map(|peer| (peer.id, peer.raft)).collect();
     let listener = tokio::net::TcpListener::bind(args.raft).await.with_context(|| format!("binding {}", args.raft))?;
+    // RAFT TRANSPORT TLS: the place where raft-net's mutual TLS is switched on. With `--tls`,
+    // `security.tls` holds this node's three PEM paths (`NodeTls`: the CA, `node-ID.pem`,
+    // `node-ID.key`, whose certificate names `raft://CLUSTER_ID/node/ID`); build raft-net's TLS
+    // acceptor and connector from them here and start the transport with those in place of the
+    // plain listener and `TokioConnector`. Until then the Raft transport is plain TCP in both
+    // modes.
     let others = raft_addresses.iter().filter(|(peer, _)| **peer != id).map(|(peer, address)| (*peer, *address));
     let (transport, inbound) =
         TcpTransport::start(args.cluster_id, id, listener, TokioConnector, others.collect(), TcpOptions::default())
@@ -197,17 +264,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let handle = raft_net::start(config, storage, Arc::clone(&transport), inbound, Kv::new(book.clone()))
         .context("starting the node")?;
     let http = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding {}", args.http))?;
-    info!(node = id.0, "serving: http http://{} raft {} data {}", args.http, args.raft, args.data.display());
+    let scheme = security.client.scheme();
+    info!(node = id.0, "serving: http {scheme}://{} raft {} data {}", args.http, args.raft, args.data.display());
     if let Some(url) = &args.join {
-        tokio::spawn(join(url.clone(), me, handle.clone(), book.clone()));
+        let client = Client::new(&security.client).context("the client of --join")?;
+        tokio::spawn(join(client, url.clone(), me, handle.clone(), book.clone()));
     }
     let removal = Removal::watch(handle.clone(), id, &args.data);
-    let app = App { handle: handle.clone(), book, removal };
+    let app = App { handle: handle.clone(), book, removal, scheme };
+    let router = router(app, security.credentials);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(http, router(app)).with_graceful_shutdown(async move {
+    let stopped_http = async move {
         let _ = http_stopped.await; // A dropped sender stops too.
-    });
-    let mut server = tokio::spawn(server.into_future());
+    };
+    let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match server_tls {
+        Some(config) => {
+            let listener = TlsListener::new(http, config).context("the HTTPS listener")?;
+            Box::pin(axum::serve(listener, router).with_graceful_shutdown(stopped_http).into_future())
+        }
+        None => Box::pin(axum::serve(http, router).with_graceful_shutdown(stopped_http).into_future()),
+    };
+    let mut server = tokio::spawn(server);
     let stdin = async move {
         match stdin {
             Some(stdin) => {
@@ -275,13 +352,14 @@ async fn stopped(handle: &NodeHandle<Kv>) -> StopReason {
 /// only known peers. What to ask is decided by this node's own log, so starting again with the
 /// same `--join` (after a crash, say) resumes where the last run stopped, and asks nothing once
 /// the log makes this node a voter.
-async fn join(url: String, me: PeerAddresses, handle: NodeHandle<Kv>, book: PeerBook) {
+async fn join(client: Client, url: String, me: PeerAddresses, handle: NodeHandle<Kv>, book: PeerBook) {
     let id = me.id;
     let (mut attempts, mut applied_seen) = (0, Index(0));
     loop {
-        let (url_copy, book_copy) = (url.clone(), book.clone());
+        let (client_copy, url_copy, book_copy) = (client.clone(), url.clone(), book.clone());
         // An error means the runtime is stopping.
-        let Ok(()) = tokio::task::spawn_blocking(move || learn_addresses(&url_copy, &book_copy, id)).await else {
+        let learn = move || learn_addresses(&client_copy, &url_copy, &book_copy, id);
+        let Ok(()) = tokio::task::spawn_blocking(learn).await else {
             return;
         };
         let Ok(status) = handle.status().await else { return }; // The node stopped.
@@ -302,8 +380,9 @@ async fn join(url: String, me: PeerAddresses, handle: NodeHandle<Kv>, book: Peer
             )
         };
         let members = format!("{url}/cluster/members");
+        let client = client.clone();
         let outcome =
-            tokio::task::spawn_blocking(move || client::request("POST", &members, body.to_string().as_bytes()));
+            tokio::task::spawn_blocking(move || client.request("POST", &members, body.to_string().as_bytes()));
         match outcome.await {
             Ok(Ok(response)) if response.status == 200 => {
                 info!(node = id.0, "{step}: {}", response.text());
@@ -326,8 +405,8 @@ async fn join(url: String, me: PeerAddresses, handle: NodeHandle<Kv>, book: Peer
 
 /// Adds to `book` (and so to the transport) every member `url`'s status lists. Best effort: on
 /// failure the next round tries again.
-fn learn_addresses(url: &str, book: &PeerBook, own: NodeId) {
-    let Ok(response) = client::request("GET", &format!("{url}/cluster/status"), &[]) else { return };
+fn learn_addresses(client: &Client, url: &str, book: &PeerBook, own: NodeId) {
+    let Ok(response) = client.request("GET", &format!("{url}/cluster/status"), &[]) else { return };
     let Ok(status) = serde_json::from_slice::<serde_json::Value>(&response.body) else { return };
     let Some(addresses) = status.get("addresses").and_then(serde_json::Value::as_object) else { return };
     for (id, address) in addresses {

@@ -6,10 +6,11 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
-use axum::middleware::map_response;
+use axum::middleware::{Next, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post, put};
 use raft_core::{ConfChange, Membership, MembershipError, NodeId, Role, TransferError};
@@ -19,6 +20,7 @@ use raft_net::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::{Access, Credentials, Verdict};
 use crate::kv::{Command, KEY_BYTES_MAX, Kv, PeerAddresses, PeerBook, Response, VALUE_BYTES_MAX, encode};
 use crate::removal::Removal;
 
@@ -50,6 +52,8 @@ pub struct App {
     pub book: PeerBook,
     /// Whether this node has been removed from the cluster.
     pub removal: Removal,
+    /// The scheme of this node's and its peers' HTTP addresses, in redirects: `http` or `https`.
+    pub scheme: &'static str,
 }
 
 /// Whether a request that failed may have changed the state, sent as `"outcome"` in every error
@@ -99,6 +103,10 @@ pub enum Reason {
     NodeStopped,
     /// This node has been removed from the cluster: send requests to a member.
     Removed,
+    /// The endpoint needs a bearer token and the request has none.
+    Unauthorized,
+    /// The request's token is not accepted on this endpoint.
+    Forbidden,
     /// A bug of ours.
     Internal,
 }
@@ -117,6 +125,8 @@ impl Reason {
             Reason::TimedOut => "timed_out",
             Reason::NodeStopped => "node_stopped",
             Reason::Removed => "removed",
+            Reason::Unauthorized => "unauthorized",
+            Reason::Forbidden => "forbidden",
             Reason::Internal => "internal",
         }
     }
@@ -125,6 +135,8 @@ impl Reason {
     fn of_status(status: StatusCode) -> Reason {
         match status {
             StatusCode::NOT_FOUND => Reason::NotFound,
+            StatusCode::UNAUTHORIZED => Reason::Unauthorized,
+            StatusCode::FORBIDDEN => Reason::Forbidden,
             StatusCode::METHOD_NOT_ALLOWED => Reason::MethodNotAllowed,
             StatusCode::CONFLICT => Reason::Conflict,
             StatusCode::PAYLOAD_TOO_LARGE => Reason::TooLarge,
@@ -191,20 +203,56 @@ fn check_member(app: &App) -> Result<(), ApiError> {
 }
 
 /// The router of the whole API. Every error answer, axum's own rejections included, is JSON.
-pub fn router(app: App) -> Router {
+/// Admin endpoints need the admin token and data endpoints the data token, when `credentials`
+/// has them (see `auth.rs`); the token is checked before anything else, the body included.
+pub fn router(app: App, credentials: Credentials) -> Router {
     let put_limit = DefaultBodyLimit::max(PUT_BODY_BYTES_MAX);
-    Router::new()
+    let credentials = Arc::new(credentials);
+    let admin = Router::new()
+        .route("/cluster/members", post(members))
+        .route("/cluster/leader", post(transfer))
+        .route_layer(from_fn_with_state((Arc::clone(&credentials), Access::Admin), authorize));
+    let data = Router::new()
         .route("/kv/{key}", put(put_key).layer(put_limit).get(get_key).delete(delete_key))
         .route("/kv/{key}/cas", post(cas_key).layer(DefaultBodyLimit::max(CAS_BODY_BYTES_MAX)))
         .route("/cluster/status", get(status))
-        .route("/cluster/members", post(members))
-        .route("/cluster/leader", post(transfer))
         .route("/metrics", get(metrics))
+        .route_layer(from_fn_with_state((credentials, Access::Data), authorize));
+    admin
+        .merge(data)
         .fallback(|| async { bad(StatusCode::NOT_FOUND, "no such endpoint") })
         // The routes' own limits override this one.
         .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
         .layer(map_response(json_errors))
         .with_state(Arc::new(app))
+}
+
+/// Lets a request through when its bearer token is accepted for `access`; otherwise a JSON 401
+/// (no token; with `WWW-Authenticate: Bearer`) or 403 (a token not accepted here).
+async fn authorize(
+    State((credentials, access)): State<(Arc<Credentials>, Access)>,
+    request: Request,
+    next: Next,
+) -> HttpResponse {
+    match credentials.check(access, request.headers()) {
+        Verdict::Allowed => next.run(request).await,
+        Verdict::Missing => {
+            let error = ApiError::not_applied(
+                StatusCode::UNAUTHORIZED,
+                Reason::Unauthorized,
+                "this endpoint needs a bearer token (Authorization: Bearer TOKEN)",
+            );
+            let challenge = HeaderValue::from_static("Bearer realm=\"raft-kv\"");
+            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge)], error).into_response()
+        }
+        Verdict::Refused => {
+            let message = match access {
+                Access::Admin => "the token is not the admin token, which this endpoint needs",
+                Access::Data => "the token is not accepted",
+            };
+            ApiError::not_applied(StatusCode::FORBIDDEN, Reason::Forbidden, message).into_response()
+        }
+    }
 }
 
 /// Turns an error answer that is not JSON (axum's rejections of a path, a query or a method,
@@ -261,7 +309,7 @@ fn redirect(app: &App, leader: Option<NodeId>, uri: &Uri) -> HttpResponse {
         return ApiError::unavailable(Reason::NoLeader, NO_LEADER).into_response();
     };
     let path = uri.path_and_query().map_or("/", |path| path.as_str());
-    let location = format!("http://{}{}", peer.http, path);
+    let location = format!("{}://{}{}", app.scheme, peer.http, path);
     match HeaderValue::from_str(&location) {
         Ok(value) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, value)]).into_response(),
         Err(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "bad leader address").into_response(),

@@ -6,6 +6,7 @@
 #[allow(dead_code)]
 #[path = "../../nemesis/http.rs"]
 pub mod http;
+pub mod https;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
