@@ -117,6 +117,9 @@ pub struct Status {
     pub progress: BTreeMap<NodeId, FollowerProgress>,
     /// The membership in force (the latest in the log).
     pub membership: Membership,
+    /// The latest membership at or below the commit index: one that no later leader can undo
+    /// (the latest one may still be cut off with an uncommitted suffix).
+    pub committed_membership: Membership,
     /// The leadership transfer in progress, if any: its target (leaders only).
     pub transfer_target: Option<NodeId>,
 }
@@ -504,6 +507,13 @@ impl<S: Storage> Raft<S> {
         self.memberships.current()
     }
 
+    /// The latest membership at or below the commit index (see [`Status::committed_membership`]).
+    /// A node that a committed membership leaves out can be sure it will never be needed by this
+    /// group again; one that only the latest membership leaves out cannot (docs/pitfalls.md #21).
+    pub fn committed_membership(&self) -> &Membership {
+        self.memberships.at(self.log.committed)
+    }
+
     /// The options this node runs with.
     pub fn options(&self) -> &Options {
         &self.options
@@ -601,6 +611,7 @@ impl<S: Storage> Raft<S> {
             stable_last_index: self.log.stable_last_index(),
             progress: self.tracker.progress(),
             membership: self.memberships.current().clone(),
+            committed_membership: self.committed_membership().clone(),
             transfer_target: self.transfer.map(|t| t.target),
         }
     }

@@ -349,3 +349,23 @@ fn membership_is_restored_on_restart_from_the_log_and_from_snapshots() {
     assert_eq!(voters(&c, 3), set(&[1, 2, 3, 4]), "from the snapshot");
     assert!(!c.node(3).membership().is_joint());
 }
+
+/// The committed membership trails the latest one until the change commits: a node that only the
+/// latest membership leaves out must not act as if it were gone (the entry may still be cut off).
+#[test]
+fn the_committed_membership_changes_only_once_the_change_commits() {
+    let mut c = led_by_1(3);
+    c.add_node(4);
+    let index = c.node_mut(1).change_membership(&[ConfChange::AddVoter(NodeId(4))]).expect("accepted");
+    let leader = c.node(1);
+    assert!(leader.membership().is_joint(), "the joint entry is the latest");
+    assert!(leader.status().membership.is_joint());
+    assert_eq!(leader.committed_membership(), &Membership::new([1, 2, 3].map(NodeId)), "not committed yet");
+    assert_eq!(leader.status().committed_membership, Membership::new([1, 2, 3].map(NodeId)));
+    c.deliver_all();
+    c.ticks(3);
+    assert!(c.node(1).status().commit >= index);
+    for id in 1..=4 {
+        assert_eq!(c.node(id).committed_membership(), &Membership::new([1, 2, 3, 4].map(NodeId)), "node {id}");
+    }
+}

@@ -62,6 +62,10 @@ pub struct NodeStatus {
     pub peers: BTreeMap<NodeId, PeerStatus>,
     /// The membership in force on this node (the latest in its log).
     pub membership: Membership,
+    /// The latest membership at or below this node's commit index: final, unlike `membership`,
+    /// which an uncommitted entry may still replace. A removed follower may never learn that the
+    /// membership without it committed (the leader stops replicating to it); its leader does.
+    pub committed_membership: Membership,
     /// The target of the leadership transfer in progress (on a leader).
     pub transfer_target: Option<NodeId>,
     /// Linearizable and lease reads this node's clients asked and the core has not confirmed or
@@ -113,6 +117,7 @@ impl NodeStatus {
             last_index,
             peers,
             membership: status.membership,
+            committed_membership: status.committed_membership,
             transfer_target: status.transfer_target,
             reads_pending,
         }
