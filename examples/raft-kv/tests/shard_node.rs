@@ -86,6 +86,18 @@ async fn bind(count: u64) -> (Vec<TcpListener>, BTreeMap<NodeId, NodeEntry>) {
     (listeners, nodes)
 }
 
+/// Waits until `value` gives something, checking every 20 ms; returns it.
+async fn until_value<T>(what: &str, mut value: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = value().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until `done` holds, checking every 20 ms.
 async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
@@ -296,9 +308,16 @@ async fn a_replica_moves_between_nodes() {
     let target_node = &running[target.0 as usize - 1];
     until("the target creates an empty replica", async || target_node.shard(shard).is_some()).await;
 
+    // Each change is asked until the leader's membership shows it (a first attempt may apply
+    // and still report an error, after which asking again is refused as changing nothing).
     until("the leader adds the target as a learner", async || {
         let Some((_, leader)) = shard_leader(&running, shard).await else { return false };
-        leader.change_membership(vec![ConfChange::AddLearner(target)]).await.is_ok()
+        let Ok(status) = leader.status().await else { return false };
+        if status.membership.learners.contains(&target) {
+            return true;
+        }
+        let _ = leader.change_membership(vec![ConfChange::AddLearner(target)]).await;
+        false
     })
     .await;
     until("the learner catches up", async || {
@@ -307,12 +326,28 @@ async fn a_replica_moves_between_nodes() {
         status.peers.get(&target).is_some_and(|peer| peer.lag_entries == 0 && peer.match_index >= status.commit)
     })
     .await;
-    until("the leader swaps the learner in and the source out", async || {
-        let Some((_, leader)) = shard_leader(&running, shard).await else { return false };
-        leader.change_membership(vec![ConfChange::AddVoter(target), ConfChange::Remove(source)]).await.is_ok()
+    let committed = until_value("the swap commits, joint and final", async || {
+        let (_, leader) = shard_leader(&running, shard).await?;
+        let status = leader.status().await.ok()?;
+        let done = status.committed_membership;
+        if !done.is_joint() && done.voters_incoming == moved {
+            return Some((done.members(), status.commit));
+        }
+        if !status.membership.is_joint() && status.membership.voters_incoming != moved {
+            let _ = leader.change_membership(vec![ConfChange::AddVoter(target), ConfChange::Remove(source)]).await;
+        }
+        None
     })
     .await;
+
+    // The source is out of the group, but it keeps its replica until the table records a
+    // committed membership without it (the controller's RecordMembers; here the test's).
     let source_node = &running[source.0 as usize - 1];
+    until("the source sees the new table", async || source_node.table().version() == table.version() + 1).await;
+    sleep(Duration::from_millis(300)).await; // Several refresh rounds of the source.
+    assert!(source_node.shard(shard).is_some(), "the source deleted its replica before the record");
+    let (members, at) = committed;
+    change_table(&running, TableChange::RecordMembers { shard, members, at: at.0 }).await;
     until("the source deletes its replica", async || source_node.shard(shard).is_none()).await;
     assert!(!source_node.wal().groups().contains(&shard.group()), "the source's log still holds the shard");
     assert!(
@@ -346,6 +381,7 @@ fn controller() -> Option<RunnerConfig> {
         interval: Duration::from_millis(50),
         limits: Limits { caught_up_entries: 16, moves_max: 2 },
         failed_after: Duration::from_secs(3600),
+        call_timeout: Duration::from_secs(5),
     })
 }
 
@@ -451,15 +487,18 @@ async fn cluster(
     (running, keys)
 }
 
-/// The index in `nodes` of the one leading the meta group (`leading`), or of one that does not.
+/// The index in `nodes` of the one leading the meta group (`leading`), or of one that does not,
+/// once there is such a node.
 async fn meta_leader(nodes: &[ShardNode], leading: bool) -> usize {
-    let mut found = None;
-    for (i, node) in nodes.iter().enumerate() {
-        if node.meta().status().await.is_ok_and(|status| (status.role == Role::Leader) == leading) {
-            found = Some(i);
+    until_value("a node in that role of the meta group", async || {
+        for (i, node) in nodes.iter().enumerate() {
+            if node.meta().status().await.is_ok_and(|status| (status.role == Role::Leader) == leading) {
+                return Some(i);
+            }
         }
-    }
-    found.expect("a node in that role")
+        None
+    })
+    .await
 }
 
 /// Whether replica counts differ by at most one between nodes 1 to `count`.

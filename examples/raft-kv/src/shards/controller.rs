@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use raft_core::{ConfChange, NodeId};
+use raft_core::{ConfChange, Index, NodeId, Term};
 
 use super::placement;
 use super::{NodeState, RoutingTable, ShardId, TableChange, TableCommand};
@@ -36,6 +36,13 @@ use super::{NodeState, RoutingTable, ShardId, TableChange, TableCommand};
 pub struct Observed {
     /// The leader that reported.
     pub leader: NodeId,
+    /// Its term (of two reports for one shard, the higher term's is the current leader's).
+    pub term: Term,
+    /// Its commit index.
+    pub commit: Index,
+    /// The members (voters and learners) of its latest committed membership, when that is not
+    /// joint; `None` while a joint configuration is committed.
+    pub committed_members: Option<BTreeSet<NodeId>>,
     /// The voters (while joint: the incoming ones).
     pub voters: BTreeSet<NodeId>,
     /// Whether a joint configuration is not left yet.
@@ -115,6 +122,16 @@ pub fn reconcile(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>, l
         if entry.leader_hint != Some(seen.leader) && entry.replicas.contains(&seen.leader) {
             let hint = TableChange::LeaderHint { shard, leader: Some(seen.leader) };
             actions.push(Action::Table(TableCommand { expected_version: None, change: hint }));
+        }
+        // What the group has committed, recorded before anything else moves this shard: nodes
+        // delete their replicas, and create empty ones, from the record alone.
+        if let Some(members) = &seen.committed_members
+            && *members != entry.members
+            && seen.commit.0 > entry.members_at
+        {
+            let record = TableChange::RecordMembers { shard, members: members.clone(), at: seen.commit.0 };
+            actions.push(Action::Table(TableCommand { expected_version: None, change: record }));
+            busy.insert(shard);
         }
         for stray in seen.learners.iter().filter(|node| !seen.joint && !entry.replicas.contains(node)) {
             actions.push(Action::Change { shard, changes: vec![ConfChange::Remove(*stray)] });
@@ -260,6 +277,8 @@ mod tests {
         /// A dead node and the round at which the failure detector marks it failed.
         dying: Option<(NodeId, u32)>,
         next_id: u64,
+        /// The groups' commit index, one more at each report.
+        commits: u64,
     }
 
     /// Whether a majority of `voters` can acknowledge new entries now: alive, and not so far
@@ -295,6 +314,7 @@ mod tests {
                 groups: vec![group; shards],
                 dying: None,
                 next_id: 4,
+                commits: 0,
             }
         }
 
@@ -331,10 +351,16 @@ mod tests {
                             *lag = lag.saturating_sub(u64::from(self.rng.next_u32() % 40));
                         }
                     }
+                    self.commits += 1;
                     observed.insert(
                         ShardId(index as u32),
                         Observed {
                             leader: group.leader,
+                            commit: Index(self.commits),
+                            committed_members: group
+                                .outgoing
+                                .is_none()
+                                .then(|| group.voters.iter().chain(&group.learners).copied().collect()),
                             voters: group.voters.clone(),
                             joint: group.outgoing.is_some(),
                             learners: group.learners.clone(),
@@ -351,6 +377,7 @@ mod tests {
                                 .filter(|node| self.alive[node])
                                 .copied()
                                 .collect(),
+                            term: Term(1),
                         },
                     );
                 }
@@ -577,6 +604,7 @@ mod tests {
             learners: if target.contains(&4) && !voters.contains(&4) { [NodeId(4)].into() } else { BTreeSet::new() },
             lag_entries: (1..=4).map(|id| (NodeId(id), if id == 4 { lag } else { 0 })).collect(),
             recently_active: active.iter().map(|id| NodeId(*id)).collect(),
+            ..Observed::default()
         };
         (table, BTreeMap::from([(ShardId(0), seen)]))
     }
@@ -635,5 +663,31 @@ mod tests {
         let remove = Action::Change { shard: ShardId(0), changes: vec![ConfChange::Remove(NodeId(4))] };
         let observed = model.observe();
         assert!(reconcile(&model.table, &observed, LIMITS).contains(&remove));
+    }
+
+    /// A committed membership that differs from the table's record is recorded; a joint one, or
+    /// one the record already has, is not.
+    #[test]
+    fn committed_members_are_recorded_before_the_shard_moves() {
+        let (table, mut observed) = situation([1, 2, 3], [1, 2, 3], 1, &[1, 2, 3], 0);
+        let seen = observed.get_mut(&ShardId(0)).expect("shard 0");
+        seen.committed_members = Some([1, 2, 3, 4].map(NodeId).into());
+        seen.commit = Index(9);
+        let record = TableChange::RecordMembers { shard: ShardId(0), members: [1, 2, 3, 4].map(NodeId).into(), at: 9 };
+        let actions = reconcile(&table, &observed, LIMITS);
+        assert!(actions.contains(&Action::Table(TableCommand { expected_version: None, change: record })));
+        // Recorded: nothing more to record. A joint membership is never recorded.
+        seen_mut(&mut observed).committed_members = Some([1, 2, 3].map(NodeId).into());
+        assert!(!reconcile(&table, &observed, LIMITS).iter().any(is_record));
+        seen_mut(&mut observed).committed_members = None;
+        assert!(!reconcile(&table, &observed, LIMITS).iter().any(is_record));
+    }
+
+    fn seen_mut(observed: &mut BTreeMap<ShardId, Observed>) -> &mut Observed {
+        observed.get_mut(&ShardId(0)).expect("shard 0")
+    }
+
+    fn is_record(action: &Action) -> bool {
+        matches!(action, Action::Table(TableCommand { change: TableChange::RecordMembers { .. }, .. }))
     }
 }

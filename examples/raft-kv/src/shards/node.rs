@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use raft_core::{GroupId, Membership, NodeId, OptionsError};
+use raft_core::{GroupId, Membership, NodeId, OptionsError, Role};
 use raft_net::{
     Host, HostConfig, HostError, NodeConfig, NodeHandle, ProposeError, ReadConsistency, ReadError, RegisterGroupError,
     StartError, StateMachine, TcpOptions, TcpTransport, TokioConnector,
@@ -29,7 +29,6 @@ use tracing::{debug, info, warn};
 use super::runner::{self, LocalReplicas, Peers, RunnerConfig};
 use super::{META_GROUP, Meta, NodeEntry, RoutingTable, ShardId, TableChange, TableCommand, placement, shard_of};
 use crate::kv::{Kv, SNAPSHOT_EVERY_ENTRIES, raft_options};
-use crate::removal::leaves_out;
 
 /// The most voters the meta group starts with; the other first nodes are its learners (every
 /// node keeps an applied copy of the table, but a larger quorum would only slow its changes).
@@ -38,6 +37,9 @@ pub const META_VOTERS_MAX: usize = 3;
 /// How often a node looks at its meta group: to write the first table if it leads and none is
 /// written yet, and to refresh its cached copy of the table.
 pub const TABLE_REFRESH: Duration = Duration::from_millis(50);
+
+/// How many times (10 ms apart) `shutdown` waits for other holders of the node to let go.
+const SHUTDOWN_WAITS_MAX: u32 = 500;
 
 /// How a node of a sharded cluster starts.
 #[derive(Clone, Debug)]
@@ -182,13 +184,16 @@ impl ShardNode {
             )));
         }
         let identity = Identity { cluster_id: config.cluster_id, node_id: id };
-        let (wal, first_start) = match SharedWal::open(StdFs, &config.data, identity, WalOptions::default()) {
-            Ok(wal) => (wal, false),
+        let wal = match SharedWal::open(StdFs, &config.data, identity, WalOptions::default()) {
+            Ok(wal) => wal,
             Err(DiskError::NotInitialized(_)) => {
-                (SharedWal::create(StdFs, &config.data, identity, WalOptions::default())?, true)
+                SharedWal::create(StdFs, &config.data, identity, WalOptions::default())?
             }
             Err(error) => return Err(error.into()),
         };
+        // The meta group is created last: a log without it is a first start that did not finish
+        // (a crash between two creations), which is finished now with the same memberships.
+        let first_start = !wal.groups().contains(&META_GROUP);
         let raft_peers: BTreeMap<NodeId, _> =
             config.nodes.iter().filter(|(peer, _)| **peer != id).map(|(peer, entry)| (*peer, entry.raft)).collect();
         let transport = Arc::new(TcpTransport::start_node(
@@ -207,14 +212,15 @@ impl ShardNode {
         if first_start && config.join {
             wal.create_group(META_GROUP, Membership::default())?;
         } else if first_start {
-            let ids: BTreeSet<NodeId> = config.nodes.keys().copied().collect();
-            wal.create_group(META_GROUP, meta_membership(&ids))?;
+            let existing = wal.groups();
             for (shard, replicas) in create_command_replicas(&config).into_iter().enumerate() {
-                if replicas.contains(&id) {
-                    let shard = ShardId(shard as u32);
-                    wal.create_group(shard.group(), Membership::new(replicas))?;
+                let group = ShardId(shard as u32).group();
+                if replicas.contains(&id) && !existing.contains(&group) {
+                    wal.create_group(group, Membership::new(replicas))?;
                 }
             }
+            let ids: BTreeSet<NodeId> = config.nodes.keys().copied().collect();
+            wal.create_group(META_GROUP, meta_membership(&ids))?;
         }
         let addresses = config.nodes.iter().map(|(peer, entry)| (*peer, entry.raft)).collect();
         let groups = Groups { id, tick_interval: config.tick_interval, addresses: Mutex::new(addresses) };
@@ -317,11 +323,24 @@ impl ShardNode {
         }
         self.inner.meta.shutdown().await;
         self.inner.host.shutdown().await;
-        if let Ok(inner) = Arc::try_unwrap(self.inner)
-            && let Ok(transport) = Arc::try_unwrap(inner.transport)
-        {
-            transport.shutdown().await;
+        // Another node's controller may hold this node's replicas for a moment (it calls them):
+        // wait for it to let go, so that the transport's port is free once this returns.
+        let mut inner = self.inner;
+        for _ in 0..SHUTDOWN_WAITS_MAX {
+            match Arc::try_unwrap(inner) {
+                Ok(alone) => {
+                    if let Ok(transport) = Arc::try_unwrap(alone.transport) {
+                        transport.shutdown().await;
+                    }
+                    return;
+                }
+                Err(shared) => {
+                    inner = shared;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
         }
+        warn!("the node is still referenced after its shutdown: its transport stops when the last reference goes");
     }
 }
 
@@ -405,9 +424,13 @@ impl Inner {
         }
         for (shard, entry) in table.shards() {
             let named = entry.replicas.contains(&self.id);
+            // A member of the group's latest committed membership, as the table recorded it.
+            let member = entry.members.contains(&self.id);
             let held = self.lock_shards().get(&shard).cloned();
             match held {
-                None if named => {
+                None if named && !member => {
+                    // No leader holds progress for this node: an empty replica is a new learner,
+                    // never a voter that lost its data.
                     let group = shard.group();
                     if !self.wal.groups().contains(&group) {
                         self.wal.create_group(group, Membership::default())?;
@@ -416,18 +439,28 @@ impl Inner {
                     info!(node = self.id.0, shard = shard.0, "replica created: waiting to be added as a learner");
                     self.lock_shards().insert(shard, handle);
                 }
-                Some(handle) if !named => {
-                    let Ok(status) = handle.status().await else { continue }; // Stopping.
-                    let never_joined = status.membership.members().is_empty();
-                    if never_joined || leaves_out(&status.membership, self.id, status.role) {
-                        // Out of the map only once deleted durably: a node that shows no replica
-                        // of a shard holds none, also after a crash.
-                        handle.shutdown().await;
-                        self.transport.unregister_group(shard.group());
-                        self.wal.remove_group(shard.group())?;
-                        self.lock_shards().remove(&shard);
-                        info!(node = self.id.0, shard = shard.0, "replica deleted: the shard left this node");
+                None if member => {
+                    warn!(
+                        node = self.id.0,
+                        shard = shard.0,
+                        "the shard's group counts this node as a member but it holds no replica: remove it from the group"
+                    );
+                }
+                Some(handle) if !named && !member => {
+                    // Gone from the table's replicas and from a committed, non-joint membership
+                    // of the group: no quorum of the group will ever need this replica. A leader
+                    // keeps it until it has handed over (it may still have to replicate the final
+                    // membership); a stopped group is not leading.
+                    if handle.status().await.is_ok_and(|status| status.role == Role::Leader) {
+                        continue;
                     }
+                    // Out of the map only once deleted durably: a node that shows no replica of a
+                    // shard holds none, also after a crash.
+                    handle.shutdown().await;
+                    self.transport.unregister_group(shard.group());
+                    self.wal.remove_group(shard.group())?;
+                    self.lock_shards().remove(&shard);
+                    info!(node = self.id.0, shard = shard.0, "replica deleted: the shard left this node");
                 }
                 _ => {}
             }
@@ -453,9 +486,9 @@ async fn refresh(inner: Arc<Inner>, create: Option<TableCommand>) {
     let mut ticker = tokio::time::interval(TABLE_REFRESH);
     loop {
         ticker.tick().await;
-        let current = inner.table().version();
+        let current = inner.table().revision();
         let seen = inner.meta.read(ReadConsistency::Stale, move |meta: &Meta| {
-            (meta.table().version() != current).then(|| Arc::new(meta.table().clone()))
+            (meta.table().revision() > current).then(|| Arc::new(meta.table().clone()))
         });
         match seen.await {
             Ok(Some(table)) => *inner.table.lock().unwrap_or_else(PoisonError::into_inner) = table,

@@ -9,7 +9,7 @@
 //! leader, which computes the same steps from the same durable state), except when it last heard
 //! from each node, for marking the silent ones failed after [`RunnerConfig::failed_after`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -42,19 +42,27 @@ pub struct RunnerConfig {
     pub interval: Duration,
     /// The controller's pacing.
     pub limits: Limits,
-    /// A node that has not answered for this long is marked failed in the table, and its
-    /// replicas are re-created elsewhere.
+    /// A node that has not answered for this long, and for [`SILENT_ROUNDS_MIN`] rounds in a
+    /// row, is marked failed in the table, and its replicas are re-created elsewhere.
     pub failed_after: Duration,
+    /// How long one call to a node (or one action at a local replica) may take before the round
+    /// goes on without it.
+    pub call_timeout: Duration,
 }
+
+/// The fewest rounds in a row a node must have failed to answer before it is marked failed
+/// (besides [`RunnerConfig::failed_after`]): one slow round is not a dead node.
+pub const SILENT_ROUNDS_MIN: u32 = 3;
 
 impl Default for RunnerConfig {
     /// A round a second, a learner within 64 entries may vote, two moves at once, failed after
-    /// 30 s of silence.
+    /// 30 s of silence, 5 s per call.
     fn default() -> Self {
         RunnerConfig {
             interval: Duration::from_secs(1),
             limits: Limits { caught_up_entries: 64, moves_max: 2 },
             failed_after: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -84,13 +92,17 @@ impl LocalReplicas {
                 continue;
             }
             let membership = &status.membership;
-            let mut recently_active: std::collections::BTreeSet<NodeId> =
+            let mut recently_active: BTreeSet<NodeId> =
                 status.peers.iter().filter(|(_, peer)| peer.recent_active).map(|(node, _)| *node).collect();
             recently_active.insert(id);
+            let committed = &status.committed_membership;
             observed.insert(
                 shard,
                 Observed {
                     leader: id,
+                    term: status.term,
+                    commit: status.commit,
+                    committed_members: (!committed.is_joint()).then(|| committed.members()),
                     voters: membership.voters_incoming.clone(),
                     joint: membership.is_joint(),
                     learners: membership.learners.clone(),
@@ -128,14 +140,30 @@ impl LocalReplicas {
     }
 }
 
-/// When the runner last heard from each node (its only memory between rounds).
+/// Since when, and for how many rounds in a row, each node has not answered (the runner's only
+/// memory between rounds; a node that answers is forgotten here).
 #[derive(Debug, Default)]
-pub(crate) struct LastHeard(Mutex<BTreeMap<NodeId, Instant>>);
+pub(crate) struct Silences(Mutex<BTreeMap<NodeId, (Instant, u32)>>);
+
+impl Silences {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, (Instant, u32)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes a round in which `node` did not answer; whether it has now been silent long enough
+    /// to be marked failed.
+    fn silent(&self, node: NodeId, now: Instant, config: &RunnerConfig) -> bool {
+        let mut silences = self.lock();
+        let (since, rounds) = silences.entry(node).or_insert((now, 0));
+        *rounds += 1;
+        now.duration_since(*since) >= config.failed_after && *rounds >= SILENT_ROUNDS_MIN
+    }
+}
 
 /// Runs controller rounds on `inner`'s node until it stops; a round does something only while
 /// the node leads the meta group.
 pub(crate) async fn run(inner: Weak<Inner>, peers: Arc<dyn Peers>, config: RunnerConfig) {
-    let heard = LastHeard::default();
+    let silences = Silences::default();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -143,61 +171,87 @@ pub(crate) async fn run(inner: Weak<Inner>, peers: Arc<dyn Peers>, config: Runne
         if inner.strong_count() == 0 {
             return;
         }
-        if let Err(error) = round(&inner, peers.as_ref(), config, &heard).await {
+        if let Err(error) = round(&inner, peers.as_ref(), config, &silences).await {
             debug!(%error, "controller round");
         }
     }
 }
 
+/// `future`, or an error once `config.call_timeout` has passed.
+async fn timed<T>(config: RunnerConfig, future: impl Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(config.call_timeout, future).await.map_err(|_| "timed out".to_owned())
+}
+
 /// One round (see the module docs).
-async fn round(inner: &Weak<Inner>, peers: &dyn Peers, config: RunnerConfig, heard: &LastHeard) -> Result<(), String> {
+async fn round(
+    inner: &Weak<Inner>,
+    peers: &dyn Peers,
+    config: RunnerConfig,
+    silences: &Silences,
+) -> Result<(), String> {
     let node = inner.upgrade().ok_or("stopped")?;
     let (id, meta) = (node.id, node.meta.clone());
     drop(node);
-    let status = meta.status().await.map_err(|error| error.to_string())?;
+    let status = timed(config, meta.status()).await?.map_err(|error| error.to_string())?;
     if status.role != Role::Leader {
-        heard.0.lock().unwrap_or_else(PoisonError::into_inner).clear(); // A new term of office starts afresh.
+        silences.lock().clear(); // A new term of office starts afresh.
         return Ok(());
     }
     // Current, not a cached copy: reconcile must not undo a finished move (see `controller`).
-    let table: RoutingTable =
-        meta.read(ReadConsistency::Linearizable, |meta| meta.table().clone()).await.map_err(|e| e.to_string())?;
+    let read = meta.read(ReadConsistency::Linearizable, |meta| meta.table().clone());
+    let table: RoutingTable = timed(config, read).await?.map_err(|error| error.to_string())?;
     if table.version() == 0 {
         return Ok(());
     }
-    // Every node of the table follows the meta group (one change per round: the core takes one
-    // membership change at a time).
-    if let Some(missing) = table.nodes().keys().find(|node| !status.membership.is_member(**node)) {
-        let added = meta.change_membership(vec![ConfChange::AddLearner(*missing)]).await;
-        info!(node = missing.0, ok = added.is_ok(), "adding a node to the meta group as a learner");
-        return Ok(());
+    if let Some(change) = meta_change(&table, &status, config.limits.caught_up_entries) {
+        info!(?change, "changing the meta group's membership");
+        let changed = timed(config, meta.change_membership(change)).await?;
+        return changed.map(drop).map_err(|error| error.to_string());
     }
-    let mut observed = BTreeMap::new();
+    // Each node's report; of two reports for one shard, the higher term's.
+    let mut observed: BTreeMap<ShardId, Observed> = BTreeMap::new();
     let now = Instant::now();
-    for node in table.nodes().keys().copied() {
-        let answer = if node == id { LocalReplicas(inner.clone()).observe().await } else { peers.observe(node).await };
-        let silent_since = match answer {
-            Some(leading) => {
-                heard.0.lock().unwrap_or_else(PoisonError::into_inner).insert(node, now);
-                observed.extend(leading);
-                continue;
-            }
-            None => *heard.0.lock().unwrap_or_else(PoisonError::into_inner).entry(node).or_insert(now),
+    for (&node, entry) in table.nodes() {
+        let answer = if node == id {
+            timed(config, LocalReplicas(inner.clone()).observe()).await.ok().flatten()
+        } else {
+            timed(config, peers.observe(node)).await.ok().flatten()
         };
-        let state = table.nodes().get(&node).map(|entry| entry.state);
-        if now.duration_since(silent_since) >= config.failed_after && state == Some(NodeState::Active) {
-            info!(node = node.0, "marking a silent node failed: its replicas will be re-created elsewhere");
-            propose(&meta, &table, TableChange::SetNodeState { id: node, state: NodeState::Failed }).await?;
-            return Ok(());
+        let Some(leading) = answer else {
+            if entry.state == NodeState::Active && silences.silent(node, now, &config) {
+                info!(node = node.0, "marking a silent node failed: its replicas will be re-created elsewhere");
+                let failed = TableChange::SetNodeState { id: node, state: NodeState::Failed };
+                return propose(&meta, &table, failed).await;
+            }
+            continue;
+        };
+        silences.lock().remove(&node);
+        if entry.state == NodeState::Failed {
+            info!(node = node.0, "a node marked failed answers again: active");
+            return propose(&meta, &table, TableChange::SetNodeState { id: node, state: NodeState::Active }).await;
+        }
+        for (shard, seen) in leading {
+            if observed.get(&shard).is_none_or(|other| seen.term > other.term) {
+                observed.insert(shard, seen);
+            }
         }
     }
+    // Table changes: observations freely, and one change conditional on the version (after it
+    // the version has moved, and the next round recomputes the rest from the new table).
+    let mut conditional_done = false;
     for action in controller::reconcile(&table, &observed, config.limits) {
         debug!(?action, "controller action");
         match action {
             Action::Table(command) => {
-                let applied = meta.propose(bytes::Bytes::from(command.encode())).await.map_err(|e| e.to_string())?;
-                if let Err(refused) = applied {
-                    return Err(format!("the table refused {command:?}: {refused}"));
+                if command.expected_version.is_some() && std::mem::replace(&mut conditional_done, true) {
+                    continue;
+                }
+                let proposed = timed(config, meta.propose(bytes::Bytes::from(command.encode()))).await;
+                match proposed {
+                    Ok(Ok(Ok(_))) => {}
+                    Ok(Ok(Err(refused))) => debug!(?command, %refused, "the table refused a change"),
+                    Ok(Err(error)) => return Err(error.to_string()), // No longer the leader, say.
+                    Err(error) => return Err(error),
                 }
             }
             shard_action => {
@@ -209,17 +263,42 @@ async fn round(inner: &Weak<Inner>, peers: &dyn Peers, config: RunnerConfig, hea
                 };
                 let Some(leader) = observed.get(&shard).map(|seen| seen.leader) else { continue };
                 let done = if leader == id {
-                    LocalReplicas(inner.clone()).carry_out(shard_action).await
+                    timed(config, LocalReplicas(inner.clone()).carry_out(shard_action)).await
                 } else {
-                    peers.carry_out(leader, shard_action).await
+                    timed(config, peers.carry_out(leader, shard_action)).await
                 };
-                if let Err(error) = done {
+                if let Err(error) = done.and_then(|done| done) {
                     debug!(shard = shard.0, %error, "shard action not carried out");
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The next change of the meta group's own membership, if any (one at a time, as the core takes
+/// them): a node of the table that is not a member becomes a learner; a member the table no
+/// longer has is removed; a voter on a failed or draining node is replaced by a caught-up learner
+/// on an active node (so that the table stays writable when voters go).
+fn meta_change(table: &RoutingTable, status: &raft_net::NodeStatus, caught_up_entries: u64) -> Option<Vec<ConfChange>> {
+    let membership = &status.membership;
+    if membership.is_joint() {
+        return None; // The leader leaves it by itself.
+    }
+    if let Some(missing) = table.nodes().keys().find(|node| !membership.is_member(**node)) {
+        return Some(vec![ConfChange::AddLearner(*missing)]);
+    }
+    if let Some(gone) = membership.members().into_iter().find(|node| !table.nodes().contains_key(node)) {
+        return Some(vec![ConfChange::Remove(gone)]);
+    }
+    let state = |node: &NodeId| table.nodes().get(node).map(|entry| entry.state);
+    let leaving = membership.voters_incoming.iter().find(|node| state(node) != Some(NodeState::Active))?;
+    let ready = |node: &&NodeId| {
+        state(node) == Some(NodeState::Active)
+            && status.peers.get(node).is_some_and(|peer| peer.recent_active && peer.lag_entries <= caught_up_entries)
+    };
+    let replacement = membership.learners.iter().find(ready)?;
+    Some(vec![ConfChange::AddVoter(*replacement), ConfChange::Remove(*leaving)])
 }
 
 /// Proposes `change` conditional on `table`'s version.
@@ -233,5 +312,107 @@ async fn propose(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(refused)) => Err(refused.to_string()),
         Err(error) => Err(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use raft_core::{Index, Membership, ProgressState, Term};
+    use raft_net::{NodeStatus, PeerStatus};
+
+    use super::*;
+    use crate::shards::NodeEntry;
+
+    /// A table of nodes `ids` (their states as given) with one shard on the first.
+    fn table(nodes: &[(u64, NodeState)]) -> RoutingTable {
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        let entries = nodes
+            .iter()
+            .map(|(id, _)| (NodeId(*id), NodeEntry { raft: address, http: address, state: NodeState::Active }));
+        let create = TableChange::Create {
+            replication: 1,
+            nodes: entries.collect(),
+            replicas: vec![[NodeId(nodes[0].0)].into()],
+        };
+        let mut table = RoutingTable::default();
+        table.apply(&TableCommand { expected_version: None, change: create }).expect("created");
+        for (id, state) in nodes {
+            let change = TableChange::SetNodeState { id: NodeId(*id), state: *state };
+            table.apply(&TableCommand { expected_version: None, change }).expect("a known node");
+        }
+        table
+    }
+
+    /// The meta leader's status: `membership`, and each learner's lag (all heard from).
+    fn status(membership: Membership, lags: &[(u64, u64)]) -> NodeStatus {
+        let peer = |lag| PeerStatus {
+            match_index: Index(0),
+            next_index: Index(1),
+            state: ProgressState::Replicate,
+            lag_entries: lag,
+            recent_active: true,
+        };
+        NodeStatus {
+            id: NodeId(1),
+            role: Role::Leader,
+            term: Term(1),
+            leader: Some(NodeId(1)),
+            commit: Index(0),
+            applied: Index(0),
+            last_index: Index(0),
+            peers: lags.iter().map(|(id, lag)| (NodeId(*id), peer(*lag))).collect(),
+            committed_membership: membership.clone(),
+            membership,
+            transfer_target: None,
+            reads_pending: 0,
+        }
+    }
+
+    fn members(voters: &[u64], learners: &[u64]) -> Membership {
+        let mut membership = Membership::new(voters.iter().map(|id| NodeId(*id)));
+        membership.learners = learners.iter().map(|id| NodeId(*id)).collect();
+        membership
+    }
+
+    #[test]
+    fn the_meta_group_follows_the_table() {
+        use NodeState::{Active, Draining, Failed};
+        // A node of the table that is not a member joins as a learner.
+        let all = table(&[(1, Active), (2, Active), (3, Active), (4, Active)]);
+        let change = meta_change(&all, &status(members(&[1, 2, 3], &[]), &[]), 8);
+        assert_eq!(change, Some(vec![ConfChange::AddLearner(NodeId(4))]));
+        // A member the table no longer has is removed.
+        let three = table(&[(1, Active), (2, Active), (3, Active)]);
+        let change = meta_change(&three, &status(members(&[1, 2, 3], &[4]), &[]), 8);
+        assert_eq!(change, Some(vec![ConfChange::Remove(NodeId(4))]));
+        // A voter on a failed node is replaced by a caught-up learner, in one change.
+        let failed = table(&[(1, Active), (2, Active), (3, Failed), (4, Active)]);
+        let change = meta_change(&failed, &status(members(&[1, 2, 3], &[4]), &[(4, 2)]), 8);
+        assert_eq!(change, Some(vec![ConfChange::AddVoter(NodeId(4)), ConfChange::Remove(NodeId(3))]));
+        // ... but not by a learner far behind, nor on a draining node; nothing changes then.
+        assert_eq!(meta_change(&failed, &status(members(&[1, 2, 3], &[4]), &[(4, 100)]), 8), None);
+        let draining = table(&[(1, Active), (2, Active), (3, Failed), (4, Draining)]);
+        assert_eq!(meta_change(&draining, &status(members(&[1, 2, 3], &[4]), &[(4, 0)]), 8), None);
+        // Nothing while a joint configuration is being left.
+        let mut joint = members(&[1, 2, 4], &[]);
+        joint.voters_outgoing = [1, 2, 3].map(NodeId).into();
+        assert_eq!(meta_change(&failed, &status(joint, &[]), 8), None);
+    }
+
+    #[test]
+    fn a_node_is_marked_failed_only_after_long_and_repeated_silence() {
+        let config = RunnerConfig { failed_after: Duration::from_secs(10), ..RunnerConfig::default() };
+        let silences = Silences::default();
+        let start = Instant::now();
+        let node = NodeId(2);
+        assert!(!silences.silent(node, start, &config));
+        assert!(!silences.silent(node, start + Duration::from_secs(11), &config), "two rounds are not enough");
+        assert!(silences.silent(node, start + Duration::from_secs(12), &config), "long enough, three rounds");
+        silences.lock().remove(&node); // It answered.
+        assert!(!silences.silent(node, start + Duration::from_secs(13), &config), "the count starts over");
+        assert!(!silences.silent(node, start + Duration::from_secs(14), &config));
+        assert!(!silences.silent(node, start + Duration::from_secs(15), &config), "three rounds, but 2 s");
     }
 }

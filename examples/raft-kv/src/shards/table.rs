@@ -24,6 +24,9 @@ pub const REPLICAS_MAX: usize = 7;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutingTable {
     version: u64,
+    /// Counts every applied change, observations (leader hints, recorded members) included: what
+    /// a node compares to know its cached copy is behind.
+    revision: u64,
     replication: u8,
     nodes: BTreeMap<NodeId, NodeEntry>,
     shards: Vec<ShardEntry>,
@@ -58,6 +61,14 @@ pub struct ShardEntry {
     pub replicas: BTreeSet<NodeId>,
     /// The replica last seen leading the group, if any (a hint: it may be out of date).
     pub leader_hint: Option<NodeId>,
+    /// The group's members (voters and learners) in its latest *committed*, non-joint membership
+    /// that the controller recorded: a node outside both this and `replicas` will never be needed
+    /// by the group again, and only then may it delete its replica; a node named in `replicas`
+    /// but not here may create an empty one. The first replicas at creation.
+    pub members: BTreeSet<NodeId>,
+    /// The commit index of the report `members` was recorded from (reports are taken in order
+    /// of it, so a late report of an older membership never replaces a newer one).
+    pub members_at: u64,
 }
 
 /// A change proposed to the meta group.
@@ -112,6 +123,17 @@ pub enum TableChange {
         shard: ShardId,
         /// Its new replicas.
         replicas: BTreeSet<NodeId>,
+    },
+    /// Records the members of a shard's group in a committed, non-joint membership, as its
+    /// leader reported them at commit index `at` (does not change the version; ignored unless
+    /// `at` is above the recorded one).
+    RecordMembers {
+        /// The shard.
+        shard: ShardId,
+        /// The group's voters and learners.
+        members: BTreeSet<NodeId>,
+        /// The reporter's commit index.
+        at: u64,
     },
     /// Records the replica seen leading a shard (does not change the version).
     LeaderHint {
@@ -177,6 +199,12 @@ impl RoutingTable {
         self.version
     }
 
+    /// The number of changes applied so far, observations included (see [`Self::version`] for
+    /// the number that a compare and set names).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     /// How many replicas each shard should have.
     pub fn replication(&self) -> usize {
         usize::from(self.replication)
@@ -227,6 +255,7 @@ impl RoutingTable {
         if bumps {
             next.version += 1;
         }
+        next.revision += 1;
         *self = next;
         Ok(self.version)
     }
@@ -250,7 +279,8 @@ impl RoutingTable {
                 self.shards = Vec::with_capacity(count);
                 for replicas in replicas {
                     self.check_replicas(replicas)?;
-                    self.shards.push(ShardEntry { replicas: replicas.clone(), leader_hint: None });
+                    let (members, members_at) = (replicas.clone(), 0);
+                    self.shards.push(ShardEntry { replicas: replicas.clone(), leader_hint: None, members, members_at });
                 }
             }
             TableChange::AddNode { id, raft, http } => {
@@ -286,6 +316,14 @@ impl RoutingTable {
                 }
                 entry.replicas = replicas.clone();
                 entry.leader_hint = entry.leader_hint.filter(|leader| replicas.contains(leader));
+            }
+            TableChange::RecordMembers { shard, members, at } => {
+                let entry = self.shards.get_mut(shard.0 as usize).ok_or(TableError::UnknownShard(*shard))?;
+                if *at > entry.members_at {
+                    entry.members = members.clone();
+                    entry.members_at = *at;
+                }
+                return Ok(false);
             }
             TableChange::LeaderHint { shard, leader } => {
                 let entry = self.shards.get_mut(shard.0 as usize).ok_or(TableError::UnknownShard(*shard))?;
@@ -325,6 +363,26 @@ mod tests {
 
     fn set(ids: &[u64]) -> BTreeSet<NodeId> {
         ids.iter().map(|id| NodeId(*id)).collect()
+    }
+
+    /// Recorded members only move forward in commit index, and do not move the version.
+    #[test]
+    fn recorded_members_take_the_latest_report() {
+        let mut table = RoutingTable::default();
+        let nodes = [(NodeId(1), node(1)), (NodeId(2), node(2)), (NodeId(3), node(3))].into();
+        let create = TableChange::Create { replication: 2, nodes, replicas: vec![set(&[1, 2])] };
+        table.apply(&command(create)).expect("created");
+        assert_eq!(table.shard(ShardId(0)).expect("shard 0").members, set(&[1, 2]), "the first replicas");
+        let (version, revision) = (table.version(), table.revision());
+        let record =
+            |members: &[u64], at| command(TableChange::RecordMembers { shard: ShardId(0), members: set(members), at });
+        table.apply(&record(&[1, 3], 10)).expect("recorded");
+        assert_eq!(table.shard(ShardId(0)).expect("shard 0").members, set(&[1, 3]));
+        table.apply(&record(&[1, 2], 7)).expect("an older report is ignored, not refused");
+        table.apply(&record(&[1, 2], 10)).expect("as is a report of the same commit index");
+        assert_eq!(table.shard(ShardId(0)).expect("shard 0").members, set(&[1, 3]));
+        assert_eq!(table.version(), version, "observations do not move the version");
+        assert_eq!(table.revision(), revision + 3, "every applied change moves the revision");
     }
 
     fn command(change: TableChange) -> TableCommand {
