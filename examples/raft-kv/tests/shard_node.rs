@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_core::{ConfChange, NodeId, Role};
+use raft_core::{ConfChange, Membership, NodeId, Role};
 use raft_kv::kv::{Command, Kv, Response, encode};
 use raft_kv::shards::controller::{Action, Limits, Observed};
 use raft_kv::shards::node::{Route, ShardNode, ShardNodeConfig};
 use raft_kv::shards::runner::{BoxFuture, LocalReplicas, Peers, RunnerConfig};
 use raft_kv::shards::{NodeEntry, NodeState, ShardId, TableChange, TableCommand, shard_of};
 use raft_net::{NodeHandle, ReadConsistency};
+use raft_storage::{Identity, SharedWal, StdFs, WalOptions};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
 
@@ -598,6 +599,33 @@ async fn rebalancing_survives_a_restart_of_the_controllers_node() {
     running.sort_by_key(ShardNode::id);
     until("the cluster rebalances onto node 4", async || balanced(&running[0], 4) && settled(&running).await).await;
     every_key_everywhere(&running, &keys, 6, 2).await;
+    for node in running {
+        node.shutdown().await;
+    }
+}
+
+/// A first start that a crash cut short (the log created, one initial shard group in it, no meta
+/// group) is finished at the next start with the same memberships: the node then holds every
+/// shard the table names it for, and the cluster settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_first_start_is_finished() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (listeners, all) = bind(3).await;
+    let first = config(1, &all, dir.path(), 4, 2);
+    let create = raft_kv::shards::node::create_command(&first);
+    let TableChange::Create { replicas, .. } = create.change else { panic!("a create command") };
+    let identity = Identity { cluster_id: first.cluster_id, node_id: NodeId(1) };
+    let wal = SharedWal::create(StdFs, &first.data, identity, WalOptions::default()).expect("a new log");
+    let (shard, members) =
+        replicas.iter().enumerate().find(|(_, set)| set.contains(&NodeId(1))).expect("node 1 holds a shard");
+    wal.create_group(ShardId(shard as u32).group(), Membership::new(members.iter().copied())).expect("one group");
+    drop(wal);
+    let peers = Arc::new(InProcess::default());
+    let (running, keys) = cluster(dir.path(), &peers, listeners, &all, (4, 2), controller()).await;
+    let named: BTreeSet<ShardId> =
+        (0..4).map(ShardId).filter(|shard| replicas[shard.0 as usize].contains(&NodeId(1))).collect();
+    assert_eq!(running[0].shard_ids().into_iter().collect::<BTreeSet<_>>(), named);
+    every_key_everywhere(&running, &keys, 4, 2).await;
     for node in running {
         node.shutdown().await;
     }
