@@ -15,6 +15,7 @@ mod logs;
 mod node;
 mod recover;
 mod server;
+mod sharded;
 mod signals;
 
 use std::net::SocketAddr;

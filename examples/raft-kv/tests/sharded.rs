@@ -1,0 +1,201 @@
+//! End to end, sharded (`raft-kv serve --shards`): real node processes on 127.0.0.1 driven over
+//! HTTP. Keys are routed to their shard from any node (307s followed), a scan gathers every
+//! shard, a node that joins with `--join` receives replicas from the controller, and a drained
+//! node is emptied; with `--tls`, admin endpoints want the admin token. Waits poll with generous
+//! deadlines; nothing asserts on durations.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use common::https::Https;
+use common::{Layout, Node, call, data_dir, eventually, layout, log_file, temp, until};
+use raft_kv::certs::{self, CertsRequest};
+use raft_kv::shards::{ShardId, shard_of};
+use serde_json::{Value, json};
+
+const SHARDS: u32 = 4;
+
+/// Starts node `index + 1` of `layout`, sharded; `extra` after the common flags.
+fn spawn_sharded(layout: &Layout, index: usize, data: &Path, extra: &[String]) -> Node {
+    let id = index as u64 + 1;
+    let mut args = vec!["--data".to_owned(), data_dir(data, id), "--shards".to_owned(), SHARDS.to_string()];
+    args.extend(["--replicas".to_owned(), "2".to_owned()]);
+    args.extend(extra.iter().cloned());
+    Node::start(id, layout.raft[index], layout.http[index], log_file(data, id, 1), &args)
+}
+
+/// `GET /cluster/shards` of `node`, once it has a routing table.
+fn table(node: SocketAddr) -> Option<Value> {
+    let response = call("GET", node, "/cluster/shards", &[])?;
+    let table: Value = serde_json::from_slice(&response.body).ok()?;
+    (response.status == 200 && table["version"].as_u64() > Some(0)).then_some(table)
+}
+
+fn numbers(value: &Value) -> BTreeSet<u64> {
+    value.as_array().map(|ids| ids.iter().filter_map(Value::as_u64).collect()).unwrap_or_default()
+}
+
+/// The replicas of each shard in `table`.
+fn replicas(table: &Value) -> Vec<BTreeSet<u64>> {
+    table["shards"]
+        .as_array()
+        .map(|shards| shards.iter().map(|shard| numbers(&shard["replicas"])).collect())
+        .unwrap_or_default()
+}
+
+/// The keys of a scan's answer.
+fn scanned(answer: &Value) -> Vec<String> {
+    answer["entries"]
+        .as_array()
+        .map(|entries| entries.iter().filter_map(|entry| entry["key"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Reads every key through `node` and checks its value.
+fn read_all(node: SocketAddr, keys: &[String]) {
+    for key in keys {
+        let response = until("GET", node, &format!("/kv/{key}?consistency=linearizable"), &[], 200);
+        assert_eq!(response.text(), format!("value-of-{key}"), "{key} through {node}");
+    }
+}
+
+/// Whether `node`, a replica of shard `shard`, holds `key` there (the node's own replica read,
+/// with no routing: `/internal/scan` answers only for a shard it holds).
+fn shard_holds(node: SocketAddr, shard: u32, key: &str) -> bool {
+    let body = json!({ "shard": shard, "prefix": key, "limit": 1 }).to_string();
+    let answer = until("POST", node, "/internal/scan", body.as_bytes(), 200);
+    let answer: Value = serde_json::from_slice(&answer.body).expect("a JSON page");
+    scanned(&answer).first().is_some_and(|first| first == key)
+}
+
+/// A cluster of three (4 shards of 2 replicas): writes and reads through every node, each key in
+/// the shard `shard_of` names and no other, a scan in key order, then a fourth node joins and
+/// receives replicas, and is drained empty again, the values intact throughout.
+#[test]
+fn a_sharded_cluster_routes_scans_joins_and_drains() {
+    let (_dir, data) = temp();
+    let layout = layout(4, 3);
+    let first = vec!["--bootstrap".to_owned(), "--peers".to_owned(), layout.peers.clone()];
+    let mut nodes: Vec<Node> = (0..3).map(|index| spawn_sharded(&layout, index, &data, &first)).collect();
+    for node in &nodes {
+        let table = eventually("a routing table", || table(node.http));
+        assert_eq!(table["shard_count"], SHARDS);
+        assert!(replicas(&table).iter().all(|replicas| replicas.len() == 2), "{table}");
+    }
+
+    // Writes through every node, reads through every node: 307s lead to the key's shard.
+    let mut keys = Vec::new();
+    for node in &nodes {
+        for j in 0..4 {
+            let key = format!("user:{}:{j}", node.id);
+            until("PUT", node.http, &format!("/kv/{key}"), format!("value-of-{key}").as_bytes(), 200);
+            keys.push(key);
+        }
+    }
+    keys.sort();
+    for node in &nodes {
+        read_all(node.http, &keys);
+    }
+
+    // Each key is in its shard's group, and in no other shard's.
+    let table_now = eventually("a routing table", || table(nodes[0].http));
+    let placed = replicas(&table_now);
+    let http_of = |id: u64| nodes[id as usize - 1].http;
+    for key in &keys {
+        let own = shard_of(key.as_bytes(), SHARDS);
+        for (shard, replicas) in placed.iter().enumerate() {
+            let replica = *replicas.iter().next().expect("a replica");
+            let holds = shard_holds(http_of(replica), shard as u32, key);
+            assert_eq!(holds, ShardId(shard as u32) == own, "{key} in shard {shard} (its shard: {own})");
+        }
+    }
+
+    // A scan from every node returns every key with the prefix, in key order.
+    until("PUT", nodes[0].http, "/kv/zzz", b"value-of-zzz", 200); // Not in the scans below.
+    for node in &nodes {
+        let answer: Value =
+            serde_json::from_slice(&until("GET", node.http, "/kv?prefix=user:", &[], 200).body).expect("a JSON page");
+        assert_eq!(scanned(&answer), keys, "{answer}");
+        assert_eq!(answer["more"], false);
+        let first_three: Value =
+            serde_json::from_slice(&until("GET", node.http, "/kv?prefix=user:&limit=3", &[], 200).body).expect("JSON");
+        assert_eq!(scanned(&first_three), keys[..3].to_vec());
+        assert_eq!(first_three["more"], true);
+    }
+    assert_eq!(until("GET", nodes[0].http, "/kv?limit=100000", &[], 400).status, 400);
+
+    // A fourth node joins: the controller gives it replicas, every shard keeps two.
+    let join = vec!["--join".to_owned(), format!("http://{}", layout.http[0])];
+    nodes.push(spawn_sharded(&layout, 3, &data, &join));
+    let fourth = nodes[3].http;
+    eventually("node 4 holding replicas, every shard at two", || {
+        let table = table(fourth)?;
+        let placed = replicas(&table);
+        let held = numbers(&table["held"]);
+        let balanced = placed.iter().all(|replicas| replicas.len() == 2)
+            && placed.iter().filter(|replicas| replicas.contains(&4)).count() == 2;
+        // Its replicas are voters of their groups (the moves are done).
+        let voting =
+            table["shards"].as_array()?.iter().filter(|shard| numbers(&shard["replicas"]).contains(&4)).all(|shard| {
+                numbers(&shard["local"]["voters"]).contains(&4) && numbers(&shard["local"]["voters"]).len() == 2
+            });
+        (balanced && held.len() == 2 && voting).then_some(())
+    });
+    for node in &nodes {
+        read_all(node.http, &keys);
+    }
+
+    // Drain node 4: every replica moves off it, then the table forgets it.
+    let drained = until("POST", nodes[0].http, "/cluster/drain", br#"{"id":4}"#, 200);
+    assert!(drained.text().contains("version"), "{}", drained.text());
+    eventually("node 4 emptied and forgotten", || {
+        let table = table(nodes[0].http)?;
+        let moved = replicas(&table).iter().all(|replicas| replicas.len() == 2 && !replicas.contains(&4));
+        let held = numbers(&self::table(fourth)?["held"]);
+        (moved && table["nodes"].get("4").is_none() && held.is_empty()).then_some(())
+    });
+    for node in &nodes[..3] {
+        read_all(node.http, &keys);
+    }
+}
+
+/// With `--tls`, a sharded node serves HTTPS, and its admin endpoints (the controller's calls
+/// between nodes included) refuse a request without the admin token.
+#[test]
+fn sharded_admin_endpoints_need_the_admin_token() {
+    let (_dir, data) = temp();
+    let tls = data.join("tls");
+    let request = CertsRequest { out: tls.clone(), nodes: 1, cluster_id: 1, days: 1, data_token: false, force: false };
+    certs::generate(&request).expect("certificates");
+    let layout = layout(1, 1);
+    let args = ["--bootstrap", "--peers", &layout.peers, "--tls", &tls.display().to_string()].map(str::to_owned);
+    let node = spawn_sharded(&layout, 0, &data, &args);
+    let anonymous = Https::new(&tls.join(certs::CA_CERT));
+    let admin = anonymous.with_token_file(&tls.join(certs::ADMIN_TOKEN));
+    let http = node.http;
+    eventually("a routing table", || {
+        let reply = anonymous.call("GET", http, "/cluster/shards", &[]).ok()?;
+        (reply.status == 200 && reply.json()["version"].as_u64() > Some(0)).then_some(())
+    });
+    for (method, path, body) in [
+        ("GET", "/internal/observe", ""),
+        ("POST", "/internal/carry-out", r#"{"action":"transfer_leader","shard":0,"to":1}"#),
+        ("POST", "/cluster/drain", r#"{"id":1}"#),
+        ("POST", "/cluster/nodes", r#"{"id":5,"raft":"127.0.0.1:1","http":"127.0.0.1:2"}"#),
+    ] {
+        let reply = anonymous.call(method, http, path, body.as_bytes()).expect("an answer");
+        assert_eq!(reply.status, 401, "{path}: {}", reply.text());
+        assert_eq!(reply.json()["reason"], "unauthorized");
+    }
+    let observed = admin.call("GET", http, "/internal/observe", &[]).expect("an answer");
+    assert_eq!(observed.status, 200, "{}", observed.text());
+    assert!(observed.json().is_array(), "{}", observed.text());
+    let put = eventually("a write", || {
+        let reply = anonymous.call("PUT", http, "/kv/k", b"v").ok()?;
+        (reply.status == 200).then_some(reply)
+    });
+    assert_eq!(put.json()["ok"], true);
+}
