@@ -675,7 +675,9 @@ async fn status(State(app): State<Arc<ShardApp>>) -> HttpResponse {
     };
     let table = app.node.table();
     let held: Vec<u32> = app.node.shard_ids().iter().map(|shard| shard.0).collect();
-    let answer = json!({ "id": app.node.id().0, "sharded": true, "table_version": table.version(),
+    // `leader`: the meta group's (the routing table's) leader, as in a single group's status.
+    let answer = json!({ "id": app.node.id().0, "sharded": true, "leader": meta.leader.map(|id| id.0),
+                         "table_version": table.version(),
                          "shard_count": table.shard_count(), "held": held, "meta": group_json(&meta) });
     axum::Json(answer).into_response()
 }

@@ -9,6 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use common::https::Https;
 use common::{Layout, Node, call, data_dir, eventually, layout, log_file, temp, until};
@@ -17,6 +18,15 @@ use raft_kv::shards::{ShardId, shard_of};
 use serde_json::{Value, json};
 
 const SHARDS: u32 = 4;
+
+/// Runs the binary with `args` to its end.
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_raft-kv")).args(args).stdin(Stdio::null()).output().expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
 
 /// Starts node `index + 1` of `layout`, sharded; `extra` after the common flags.
 fn spawn_sharded(layout: &Layout, index: usize, data: &Path, extra: &[String]) -> Node {
@@ -126,6 +136,12 @@ fn a_sharded_cluster_routes_scans_joins_and_drains() {
         assert_eq!(first_three["more"], true);
     }
     assert_eq!(until("GET", nodes[0].http, "/kv?limit=100000", &[], 400).status, 400);
+    // The CLI's scan (its prefix encoded in the query).
+    until("PUT", nodes[0].http, "/kv/a%20b&c=d", b"value-of-a b&c=d", 200);
+    let listed = cli(&["scan", "--prefix", "a b&", "--node", &nodes[2].http.to_string()]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("a JSON page");
+    assert_eq!(scanned(&listed), vec!["a b&c=d".to_owned()], "{listed}");
 
     // A fourth node joins: the controller gives it replicas, every shard keeps two.
     let join = vec!["--join".to_owned(), format!("http://{}", layout.http[0])];
@@ -148,9 +164,10 @@ fn a_sharded_cluster_routes_scans_joins_and_drains() {
         read_all(node.http, &keys);
     }
 
-    // Drain node 4: every replica moves off it, then the table forgets it.
-    let drained = until("POST", nodes[0].http, "/cluster/drain", br#"{"id":4}"#, 200);
-    assert!(drained.text().contains("version"), "{}", drained.text());
+    // Drain node 4 (the CLI): every replica moves off it, then the table forgets it.
+    let drained = cli(&["drain", "4", "--node", &nodes[1].http.to_string()]);
+    assert!(drained.status.success(), "{}", text(&drained.stderr));
+    assert!(text(&drained.stdout).contains("version"), "{}", text(&drained.stdout));
     eventually("node 4 emptied and forgotten", || {
         let table = table(nodes[0].http)?;
         let moved = replicas(&table).iter().all(|replicas| replicas.len() == 2 && !replicas.contains(&4));
@@ -198,4 +215,52 @@ fn sharded_admin_endpoints_need_the_admin_token() {
         (reply.status == 200).then_some(reply)
     });
     assert_eq!(put.json()["ok"], true);
+}
+
+/// `raft-kv cluster --shards 4 --replicas 2` starts a sharded cluster of three; the client
+/// commands work against it from any node (`put`, `get` following 307s, `shards`).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_launcher_starts_a_sharded_cluster() {
+    let (_dir, data) = temp();
+    let http_port = eventually("a block of free ports", || {
+        let first = common::free_port().port();
+        let listeners: Vec<std::net::TcpListener> = (first..first.checked_add(5)?)
+            .map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+            .collect::<Option<_>>()?;
+        drop(listeners);
+        Some(first)
+    });
+    let log = std::fs::File::create(data.join("launcher.log")).expect("a log file");
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(["cluster", "--nodes", "3", "--shards", "4", "--replicas", "2"])
+        .args(["--http-port", &http_port.to_string(), "--raft-port", &(http_port + 3).to_string()])
+        .arg("--data")
+        .arg(data.join("data"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("a log file"))
+        .stderr(log)
+        .spawn()
+        .expect("the launcher starts");
+    let node = |index: u16| SocketAddr::from(([127, 0, 0, 1], http_port + index));
+    for index in 0..3 {
+        let table = eventually("a routing table", || table(node(index)));
+        assert_eq!(table["shard_count"], 4, "{table}");
+        assert!(replicas(&table).iter().all(|replicas| replicas.len() == 2), "{table}");
+    }
+    for index in 0..3u16 {
+        let key = format!("launched-{index}");
+        let at = node(index).to_string();
+        eventually("a put", || cli(&["put", &key, "v", "--node", &at]).status.success().then_some(()));
+        let other = node((index + 1) % 3).to_string();
+        let got = cli(&["get", &key, "--node", &other]);
+        assert!(got.status.success(), "{}", text(&got.stderr));
+        assert_eq!(text(&got.stdout).trim(), "v");
+    }
+    let shards = cli(&["shards", "--node", &node(0).to_string()]);
+    assert!(shards.status.success(), "{}", text(&shards.stderr));
+    let shards: Value = serde_json::from_slice(&shards.stdout).expect("JSON");
+    assert_eq!(shards["nodes"].as_object().map(serde_json::Map::len), Some(3), "{shards}");
+    let _ = launcher.kill();
+    let _ = launcher.wait();
 }
