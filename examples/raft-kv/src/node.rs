@@ -337,7 +337,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Waits until the node stops by itself and says why. A node that is shut down (only `serve`
 /// does that, once it has decided to stop) never ends this wait.
-async fn stopped(handle: &NodeHandle<Kv>) -> StopReason {
+pub(crate) async fn stopped<SM: raft_net::StateMachine>(handle: &NodeHandle<SM>) -> StopReason {
     // Subscribed before the first look, so that a stop between the two is not missed.
     let mut events = handle.events();
     loop {

@@ -32,7 +32,7 @@ use raft_net::{NodeHandle, NodeStatus, ProposeError, ReadConsistency};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use raft_kv::kv::{Command, Kv, Response, encode};
 use raft_kv::shards::controller::{Action, Observed};
@@ -44,7 +44,7 @@ use raft_kv::tls::TlsListener;
 
 use crate::auth::{Access, Credentials};
 use crate::client::{Client, HttpResponse as ClientResponse};
-use crate::node::{HTTP_STOP_GRACE, ServeArgs, security};
+use crate::node::{EXIT_NODE_FAILED, HTTP_STOP_GRACE, NodeFailed, ServeArgs, security, stopped};
 use crate::server::{
     ADMIN_BODY_BYTES_MAX, ADMIN_TIMEOUT, ApiError, CAS_BODY_BYTES_MAX, CasBody, NO_LEADER, NODE_STOPPED,
     PUT_BODY_BYTES_MAX, REQUEST_TIMEOUT, ReadQuery, Reason, TIMED_OUT, authorize, bad, body_within, check_key,
@@ -68,6 +68,12 @@ pub const CONTROLLER_TICKS: u32 = 10;
 pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How many times a joining node asks for the routing table before it gives up starting.
 pub const JOIN_TABLE_ATTEMPTS: u32 = 60;
+
+/// The file in the data directory where a node keeps the routing table's nodes, so that a
+/// restart can reach them before its meta replica has caught up with the table again.
+pub const NODES_FILE: &str = "raft-kv-shard-nodes.json";
+/// How often the node looks whether the table's nodes changed, to save them.
+pub const NODES_SAVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What every handler shares.
 struct ShardApp {
@@ -110,6 +116,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the sharded node")?;
     let node = Arc::new(node);
     let _ = peers.node.set(Arc::downgrade(&node));
+    tokio::spawn(save_nodes(Arc::downgrade(&node), args.data.join(NODES_FILE)));
     let http = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding {}", args.http))?;
     let scheme = security.client.scheme();
     info!(
@@ -143,9 +150,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    let reason = tokio::select! {
-        reason = signals.recv() => reason,
-        () = stdin => "the end of stdin",
+    // The groups share one host and one write-ahead log: a fail-stop of the log stops the meta
+    // group too, which is what is watched.
+    let meta = node.meta().clone();
+    let ending = tokio::select! {
+        reason = signals.recv() => Ok(reason),
+        () = stdin => Ok("the end of stdin"),
+        reason = stopped(&meta) => Err(reason),
         served = &mut server => {
             stop(node).await;
             return match served {
@@ -154,7 +165,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             };
         }
     };
-    info!(node = id.0, "stopping ({reason})");
+    match &ending {
+        Ok(reason) => info!(node = id.0, "stopping ({reason})"),
+        Err(reason) => {
+            error!(node = id.0, "the node stopped by itself, exiting with code {EXIT_NODE_FAILED}: {reason}")
+        }
+    }
     drop(stop_http);
     if tokio::time::timeout(HTTP_STOP_GRACE, &mut server).await.is_err() {
         warn!(node = id.0, "HTTP requests still in flight after {HTTP_STOP_GRACE:?}; stopping anyway");
@@ -162,7 +178,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = server.await;
     }
     stop(node).await;
-    Ok(())
+    match ending {
+        Ok(_) => Ok(()),
+        Err(reason) => Err(NodeFailed { id, reason }.into()),
+    }
 }
 
 /// Shuts the node down once nothing else holds it (the HTTP server has stopped).
@@ -192,9 +211,11 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
         join: false,
         controller: Some(controller),
     };
+    // The table's nodes as last saved, then what the command line says (which wins).
+    config.nodes = saved_nodes(&args.data.join(NODES_FILE))?;
     if let Some(url) = &args.join {
         let table = learn_table(client, url).await?;
-        config.nodes = table.nodes;
+        config.nodes.extend(table.nodes);
         config.nodes.insert(id, me);
         config.shards = table.shard_count;
         config.replication = table.replication;
@@ -209,16 +230,58 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
             args.id
         );
     }
-    config.nodes = args
-        .peers
-        .iter()
-        .filter(|peer| peer.id != id)
-        .map(|peer| (peer.id, NodeEntry { raft: peer.raft, http: peer.http, state: NodeState::Active }))
-        .collect();
+    let peers = args.peers.iter().filter(|peer| peer.id != id);
+    config
+        .nodes
+        .extend(peers.map(|peer| (peer.id, NodeEntry { raft: peer.raft, http: peer.http, state: NodeState::Active })));
     config.nodes.insert(id, me);
     let count = u8::try_from(config.nodes.len()).unwrap_or(u8::MAX);
     config.replication = args.replicas.unwrap_or(REPLICAS_DEFAULT).min(count);
     Ok(config)
+}
+
+/// The nodes saved in `file` (none when there is no file yet).
+fn saved_nodes(file: &std::path::Path) -> anyhow::Result<BTreeMap<NodeId, NodeEntry>> {
+    match std::fs::read(file) {
+        Ok(bytes) => {
+            let nodes: Vec<(u64, NodeEntry)> =
+                serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))?;
+            Ok(nodes.into_iter().map(|(id, entry)| (NodeId(id), entry)).collect())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(error) => Err(error).with_context(|| format!("reading {}", file.display())),
+    }
+}
+
+/// Saves the routing table's nodes into `file` whenever they change, until the node stops.
+async fn save_nodes(node: Weak<ShardNode>, file: std::path::PathBuf) {
+    let mut saved = BTreeMap::new();
+    loop {
+        tokio::time::sleep(NODES_SAVE_INTERVAL).await;
+        let Some(nodes) = node.upgrade().map(|node| node.table().nodes().clone()) else { return };
+        if nodes.is_empty() || nodes == saved {
+            continue;
+        }
+        let list: Vec<(u64, NodeEntry)> = nodes.iter().map(|(id, entry)| (id.0, *entry)).collect();
+        let file = file.clone();
+        let written = tokio::task::spawn_blocking(move || write_atomically(&file, &list)).await;
+        match written {
+            Ok(Ok(())) => saved = nodes,
+            Ok(Err(error)) => warn!(%error, "saving the routing table's nodes"),
+            Err(_) => return, // The runtime is stopping.
+        }
+    }
+}
+
+/// Writes `value` as JSON into `file` through a synced temporary file and a rename, so that a
+/// crash leaves the old file or the new one.
+fn write_atomically(file: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    let temp = file.with_extension("json.tmp");
+    let mut out = std::fs::File::create(&temp)?;
+    std::io::Write::write_all(&mut out, &bytes)?;
+    out.sync_all()?;
+    std::fs::rename(&temp, file)
 }
 
 /// What a joining node learns of the cluster from `GET /cluster/shards`.

@@ -110,6 +110,21 @@ fn a_sharded_cluster_routes_scans_joins_and_drains() {
         read_all(node.http, &keys);
     }
 
+    // A restarted node (no --bootstrap: it has data) reopens its replicas with their data; it
+    // finds the other nodes in the table's node list it saved (no --peers needed).
+    let saved = Path::new(&data_dir(&data, 2)).join("raft-kv-shard-nodes.json");
+    eventually("the table's nodes saved", || saved.exists().then_some(()));
+    let (raft, http, log) = (layout.raft[1], layout.http[1], log_file(&data, 2, 2));
+    nodes[1].kill();
+    nodes[1] = Node::start(
+        2,
+        raft,
+        http,
+        log,
+        &["--data".to_owned(), data_dir(&data, 2), "--shards".to_owned(), SHARDS.to_string()],
+    );
+    read_all(nodes[1].http, &keys);
+
     // Each key is in its shard's group, and in no other shard's.
     let table_now = eventually("a routing table", || table(nodes[0].http));
     let placed = replicas(&table_now);
@@ -263,4 +278,49 @@ fn the_launcher_starts_a_sharded_cluster() {
     assert_eq!(shards["nodes"].as_object().map(serde_json::Map::len), Some(3), "{shards}");
     let _ = launcher.kill();
     let _ = launcher.wait();
+}
+
+/// A sharded node whose shared write-ahead log fails (a file-size limit, as in operability.rs)
+/// says why and exits with code 3, like a single-group node; and a node without data is refused
+/// unless it bootstraps or joins.
+#[cfg(unix)]
+#[test]
+fn a_sharded_node_whose_storage_fails_exits_with_code_3() {
+    let (_dir, data) = temp();
+    let layout = layout(1, 1);
+    let refused = cli(&[
+        "serve",
+        "--id",
+        "1",
+        "--raft",
+        &layout.raft[0].to_string(),
+        "--http",
+        &layout.http[0].to_string(),
+        "--data",
+        &data_dir(&data, 9),
+        "--shards",
+        "2",
+    ]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("--bootstrap"), "{}", text(&refused.stderr));
+
+    let wrapper = ["sh", "-c", r#"trap '' XFSZ && ulimit -f 2048 && exec "$0" "$@""#];
+    let args =
+        ["--peers", &layout.peers, "--data", &data_dir(&data, 1), "--bootstrap", "--shards", "2"].map(str::to_owned);
+    let log = log_file(&data, 1, 1);
+    let mut node = Node::start_under(&wrapper, 1, layout.raft[0], layout.http[0], log.clone(), &args);
+    eventually("a routing table", || table(node.http));
+    let value = vec![b'v'; 64 * 1024];
+    let mut writes = 0;
+    let exit = eventually("the node to fail and exit", || {
+        let exit = node.exited();
+        if exit.is_none() {
+            writes += 1;
+            let _ = call("PUT", node.http, &format!("/kv/key{writes}"), &value); // Fails in the end.
+        }
+        exit
+    });
+    let text = std::fs::read_to_string(&log).expect("the log");
+    assert_eq!(exit.code(), Some(3), "a fail-stop exits with code 3: {exit:?}\n{text}");
+    assert!(text.contains("stopped by itself"), "the reason is logged:\n{text}");
 }
