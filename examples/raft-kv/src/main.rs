@@ -188,7 +188,7 @@ struct Target {
     /// Talk HTTPS, trusting this CA certificate (PEM).
     #[arg(long, env = "RAFT_KV_CA", value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Send the bearer token in FILE (the admin token for `members` and `transfer`).
+    /// Send the bearer token in FILE (the admin token for `members`, `transfer` and `drain`).
     #[arg(long, env = "RAFT_KV_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,
 }
