@@ -92,10 +92,14 @@ impl Client {
     /// A client with `options`: reads the CA and the token now, so that a missing file is told
     /// before any request.
     pub fn new(options: &ClientOptions) -> anyhow::Result<Client> {
-        let mut config = ureq::Agent::config_builder()
-            .max_redirects(0)
-            .http_status_as_error(false)
-            .timeout_global(Some(REQUEST_TIMEOUT));
+        Client::with_timeout(options, REQUEST_TIMEOUT)
+    }
+
+    /// [`Client::new`] whose requests each take at most `timeout` (the calls between the nodes
+    /// of a sharded cluster, which must not hold a controller round or a scan for long).
+    pub fn with_timeout(options: &ClientOptions, timeout: Duration) -> anyhow::Result<Client> {
+        let mut config =
+            ureq::Agent::config_builder().max_redirects(0).http_status_as_error(false).timeout_global(Some(timeout));
         if let Some(ca) = &options.ca {
             let roots: Vec<Certificate<'static>> =
                 tls::load_certs(ca)?.into_iter().map(|cert| Certificate::from_der(cert.as_ref()).to_owned()).collect();

@@ -56,6 +56,13 @@ pub struct ClusterArgs {
     /// experiments only.
     #[arg(long, value_name = "DIR")]
     pub tls: Option<PathBuf>,
+    /// Run a sharded cluster of S shards (`serve --shards`; see docs/sharding.md), instead of
+    /// one Raft group.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(raft_kv::shards::SHARDS_MAX)))]
+    pub shards: Option<u32>,
+    /// With `--shards`: the replicas of each shard (`serve --replicas`).
+    #[arg(long, requires = "shards", value_parser = clap::value_parser!(u8).range(1..=raft_kv::shards::REPLICAS_MAX as i64))]
+    pub replicas: Option<u8>,
 }
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -210,6 +217,8 @@ fn start_nodes(args: &ClusterArgs, nodes: &mut Vec<Node>) -> anyhow::Result<()> 
             .arg("--exit-with-stdin")
             .args(["--log-format", args.log_format.as_arg()])
             .args(args.tls.iter().flat_map(|dir| [std::ffi::OsStr::new("--tls"), dir.as_os_str()]))
+            .args(args.shards.iter().flat_map(|shards| ["--shards".to_owned(), shards.to_string()]))
+            .args(args.replicas.iter().flat_map(|replicas| ["--replicas".to_owned(), replicas.to_string()]))
             .stdin(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

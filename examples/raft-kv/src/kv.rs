@@ -303,6 +303,18 @@ impl Kv {
         self.map.len()
     }
 
+    /// The first `limit` entries whose key starts with `prefix`, in key order, and whether more
+    /// follow (one shard's page of a scatter-gather scan).
+    pub fn scan(&self, prefix: &str, limit: usize) -> (Vec<(String, Bytes)>, bool) {
+        let mut matching = self
+            .map
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix));
+        let entries: Vec<(String, Bytes)> =
+            matching.by_ref().take(limit).map(|(key, value)| (key.clone(), value.clone())).collect();
+        (entries, matching.next().is_some())
+    }
+
     fn execute(&mut self, command: Command) -> Response {
         match command {
             Command::Put { key, value } => {
@@ -500,5 +512,27 @@ mod peer_book_tests {
         assert_eq!(book.get(NodeId(4)), Some(peer(4)));
         let saved: Vec<PeerAddresses> = serde_json::from_slice(&std::fs::read(&file).expect("saved")).expect("json");
         assert_eq!(saved, [peer(1), peer(2), peer(3), peer(4)]);
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_returns_the_prefixed_keys_in_order_up_to_the_limit() {
+        let mut kv = Kv::shard();
+        for key in ["b/2", "a", "b/1", "b/3", "c", "b"] {
+            kv.execute(Command::Put { key: key.to_owned(), value: Bytes::from(key.to_uppercase()) });
+        }
+        let keys = |page: &(Vec<(String, Bytes)>, bool)| page.0.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>();
+        let two = kv.scan("b/", 2);
+        assert_eq!((keys(&two), two.1), (vec!["b/1".to_owned(), "b/2".to_owned()], true));
+        assert_eq!(two.0[0].1, Bytes::from("B/1"));
+        let all = kv.scan("b/", 10);
+        assert_eq!((keys(&all), all.1), (vec!["b/1".to_owned(), "b/2".to_owned(), "b/3".to_owned()], false));
+        assert_eq!(kv.scan("", 100).0.len(), 6);
+        assert!(kv.scan("z", 10).0.is_empty());
+        assert_eq!(kv.scan("b/", 0), (Vec::new(), true));
     }
 }

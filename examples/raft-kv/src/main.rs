@@ -15,6 +15,7 @@ mod logs;
 mod node;
 mod recover;
 mod server;
+mod sharded;
 mod signals;
 
 use std::net::SocketAddr;
@@ -80,6 +81,29 @@ enum Command {
     Members {
         #[command(subcommand)]
         action: MembersAction,
+    },
+    /// Lists the keys that start with a prefix, in key order, from every shard of a sharded
+    /// cluster (linearizable per shard, not one snapshot across shards).
+    Scan {
+        /// The prefix (none: every key).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many keys (the server's default: 100).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Prints a sharded cluster's routing table and the node's replicas.
+    Shards {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Moves every replica of a sharded cluster off node ID, which then leaves the table.
+    Drain {
+        id: u64,
+        #[command(flatten)]
+        target: Target,
     },
     /// Hands leadership to node ID.
     Transfer {
@@ -164,7 +188,7 @@ struct Target {
     /// Talk HTTPS, trusting this CA certificate (PEM).
     #[arg(long, env = "RAFT_KV_CA", value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Send the bearer token in FILE (the admin token for `members` and `transfer`).
+    /// Send the bearer token in FILE (the admin token for `members`, `transfer` and `drain`).
     #[arg(long, env = "RAFT_KV_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,
 }
@@ -244,6 +268,16 @@ fn run_client(command: Command) -> anyhow::Result<()> {
                 MembersAction::Remove { id, target } => (serde_json::json!({ "action": "remove", "id": id }), target),
             };
             ("POST", target, "/cluster/members".to_owned(), body.to_string().into_bytes())
+        }
+        Command::Scan { prefix, limit, target } => {
+            let mut query = vec![("prefix", prefix)];
+            query.extend(limit.map(|limit| ("limit", limit.to_string())));
+            let query = serde_urlencoded::to_string(&query).context("encoding the query")?;
+            ("GET", target, format!("/kv?{query}"), Vec::new())
+        }
+        Command::Shards { target } => ("GET", target, "/cluster/shards".to_owned(), Vec::new()),
+        Command::Drain { id, target } => {
+            ("POST", target, "/cluster/drain".to_owned(), serde_json::json!({ "id": id }).to_string().into_bytes())
         }
         Command::Transfer { id, target } => {
             ("POST", target, "/cluster/leader".to_owned(), serde_json::json!({ "id": id }).to_string().into_bytes())

@@ -120,6 +120,14 @@ pub struct ServeArgs {
     /// How log lines look on stderr (`RUST_LOG` filters them; default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Run a sharded node (see docs/sharding.md): keys spread over S shards, each its own Raft
+    /// group, placed on `--replicas` nodes each. S is fixed when the cluster is created (with
+    /// `--bootstrap`); a joining or restarting node takes the table's.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(raft_kv::shards::SHARDS_MAX)))]
+    pub shards: Option<u32>,
+    /// With `--shards`: the replicas of each shard (default 3, or the node count if smaller).
+    #[arg(long, requires = "shards", value_parser = clap::value_parser!(u8).range(1..=raft_kv::shards::REPLICAS_MAX as i64))]
+    pub replicas: Option<u8>,
 }
 
 /// Parses `ID=RAFT_ADDR=HTTP_ADDR` (the value parser of `--peers`).
@@ -183,15 +191,15 @@ fn storage(args: &ServeArgs, peers: &[PeerAddresses]) -> anyhow::Result<DiskStor
 
 /// What the HTTP side of a node uses: its TLS files (none in plain mode), the tokens it accepts,
 /// and how it talks to other members (`--join`).
-struct Security {
-    tls: Option<NodeTls>,
-    credentials: Credentials,
-    client: ClientOptions,
+pub(crate) struct Security {
+    pub(crate) tls: Option<NodeTls>,
+    pub(crate) credentials: Credentials,
+    pub(crate) client: ClientOptions,
 }
 
 /// Reads `--tls`, `--admin-token-file` and `--data-token-file`, before anything starts, so that a
 /// missing file stops the node at once.
-fn security(args: &ServeArgs) -> anyhow::Result<Security> {
+pub(crate) fn security(args: &ServeArgs) -> anyhow::Result<Security> {
     let tls = args.tls.as_ref().map(|dir| NodeTls::in_dir(dir, args.id));
     let admin_file =
         args.admin_token_file.clone().or_else(|| args.tls.as_ref().map(|dir| dir.join(certs::ADMIN_TOKEN)));
@@ -220,6 +228,9 @@ enum Ending {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.shards.is_some() {
+        return crate::sharded::serve(args).await;
+    }
     // Before the store opens: handles registered before a recorder exists record nothing.
     crate::server::install_metrics()?;
     let mut signals = StopSignals::new().context("listening for signals")?;
@@ -326,7 +337,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Waits until the node stops by itself and says why. A node that is shut down (only `serve`
 /// does that, once it has decided to stop) never ends this wait.
-async fn stopped(handle: &NodeHandle<Kv>) -> StopReason {
+pub(crate) async fn stopped<SM: raft_net::StateMachine>(handle: &NodeHandle<SM>) -> StopReason {
     // Subscribed before the first look, so that a stop between the two is not missed.
     let mut events = handle.events();
     loop {

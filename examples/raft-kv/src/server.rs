@@ -148,9 +148,9 @@ impl Reason {
 }
 
 /// The message of a condition that reads and writes share, so that both say it the same way.
-const NO_LEADER: &str = "no leader is known; retry";
-const TIMED_OUT: &str = "the request timed out";
-const NODE_STOPPED: &str = "the node stopped";
+pub(crate) const NO_LEADER: &str = "no leader is known; retry";
+pub(crate) const TIMED_OUT: &str = "the request timed out";
+pub(crate) const NODE_STOPPED: &str = "the node stopped";
 const TOO_BUSY: &str = "too many requests pending; retry";
 const LEADERSHIP_CHANGED: &str = "leadership changed before the request completed";
 const REMOVED: &str = "this node was removed from the cluster; send requests to a member";
@@ -165,17 +165,17 @@ pub struct ApiError {
 
 impl ApiError {
     /// An answer for a request that did not change anything.
-    fn not_applied(status: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
+    pub(crate) fn not_applied(status: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
         ApiError { status, reason, outcome: Outcome::NotApplied, message: message.into() }
     }
 
     /// A 503 for a write that may or may not have been applied.
-    fn unknown(reason: Reason, message: impl Into<String>) -> Self {
+    pub(crate) fn unknown(reason: Reason, message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, reason, outcome: Outcome::Unknown, message: message.into() }
     }
 
     /// A 503 that changed nothing.
-    fn unavailable(reason: Reason, message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(reason: Reason, message: impl Into<String>) -> Self {
         Self::not_applied(StatusCode::SERVICE_UNAVAILABLE, reason, message)
     }
 
@@ -193,7 +193,7 @@ impl IntoResponse for ApiError {
 }
 
 /// An error answer that changed nothing, its reason told by its status.
-fn bad(status: StatusCode, message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError::not_applied(status, Reason::of_status(status), message)
 }
 
@@ -229,7 +229,7 @@ pub fn router(app: App, credentials: Credentials) -> Router {
 
 /// Lets a request through when its bearer token is accepted for `access`; otherwise a JSON 401
 /// (no token; with `WWW-Authenticate: Bearer`) or 403 (a token not accepted here).
-async fn authorize(
+pub(crate) async fn authorize(
     State((credentials, access)): State<(Arc<Credentials>, Access)>,
     request: Request,
     next: Next,
@@ -258,7 +258,7 @@ async fn authorize(
 /// Turns an error answer that is not JSON (axum's rejections of a path, a query or a method,
 /// which are plain text or empty) into a JSON error with the same status and headers. A
 /// rejection comes before any handler runs: nothing was applied.
-async fn json_errors(response: HttpResponse) -> HttpResponse {
+pub(crate) async fn json_errors(response: HttpResponse) -> HttpResponse {
     let status = response.status();
     let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|value| value == "application/json");
     if !(status.is_client_error() || status.is_server_error()) || is_json {
@@ -276,7 +276,7 @@ async fn json_errors(response: HttpResponse) -> HttpResponse {
 }
 
 /// The body, or a JSON error: 413 naming `limit` when it is larger.
-fn body_within(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn body_within(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => bad(StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {limit} bytes")),
         status => bad(status, rejection.body_text()),
@@ -284,12 +284,15 @@ fn body_within(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Byte
 }
 
 /// The body as JSON of type `T`, within `limit` bytes: 413 over it, 400 for bad JSON.
-fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
     let body = body_within(body, limit)?;
     serde_json::from_slice(&body).map_err(|error| bad(StatusCode::BAD_REQUEST, format!("bad JSON: {error}")))
 }
 
-fn check_key(key: &str) -> Result<(), ApiError> {
+pub(crate) fn check_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(bad(StatusCode::BAD_REQUEST, "the key is empty"));
     }
@@ -299,7 +302,7 @@ fn check_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_value(value: &[u8]) -> Result<(), ApiError> {
+pub(crate) fn check_value(value: &[u8]) -> Result<(), ApiError> {
     check_len(value.len())
 }
 
@@ -335,7 +338,7 @@ async fn propose(app: &App, command: Command, uri: &Uri) -> Result<Response, Htt
 
 /// What a failed proposal tells the client (see [`ProposeError`]'s variants: refusals before the
 /// log and a replaced entry are not applied; a stop or a snapshot over the entry is unknown).
-fn propose_error(error: ProposeError) -> ApiError {
+pub(crate) fn propose_error(error: ProposeError) -> ApiError {
     use raft_core::ProposeError as Refusal;
     match error {
         ProposeError::Refused { reason: Refusal::NotLeader { .. }, .. } => {
@@ -362,7 +365,7 @@ fn propose_error(error: ProposeError) -> ApiError {
 }
 
 /// What a failed read tells the client, in the words a write uses for the same condition.
-fn read_error(error: ReadError) -> ApiError {
+pub(crate) fn read_error(error: ReadError) -> ApiError {
     use raft_core::ReadError as Refusal;
     match error {
         ReadError::Refused(Refusal::NoLeader) => ApiError::unavailable(Reason::NoLeader, NO_LEADER),
@@ -412,9 +415,9 @@ async fn delete_key(State(app): State<Arc<App>>, Path(key): Path<String>, uri: U
 /// The body of `POST /kv/{key}/cas`: `null` means absent.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CasBody {
-    expected: Option<String>,
-    value: Option<String>,
+pub(crate) struct CasBody {
+    pub(crate) expected: Option<String>,
+    pub(crate) value: Option<String>,
 }
 
 async fn cas_key(
@@ -443,7 +446,7 @@ async fn cas_key(
     }
 }
 
-fn check_len(len: usize) -> Result<(), ApiError> {
+pub(crate) fn check_len(len: usize) -> Result<(), ApiError> {
     if len > VALUE_BYTES_MAX {
         return Err(bad(StatusCode::PAYLOAD_TOO_LARGE, format!("the value exceeds {VALUE_BYTES_MAX} bytes")));
     }
@@ -451,11 +454,11 @@ fn check_len(len: usize) -> Result<(), ApiError> {
 }
 
 #[derive(Deserialize)]
-struct ReadQuery {
-    consistency: Option<String>,
+pub(crate) struct ReadQuery {
+    pub(crate) consistency: Option<String>,
 }
 
-fn consistency(query: &ReadQuery) -> Result<ReadConsistency, ApiError> {
+pub(crate) fn consistency(query: &ReadQuery) -> Result<ReadConsistency, ApiError> {
     match query.consistency.as_deref() {
         None | Some("linearizable") | Some("follower") => Ok(ReadConsistency::Linearizable),
         Some("lease") => Ok(ReadConsistency::Lease),
@@ -572,6 +575,11 @@ async fn metrics(State(app): State<Arc<App>>) -> HttpResponse {
     metrics::gauge!("raft_is_leader", &node).set(u8::from(status.role == Role::Leader));
     metrics::gauge!("raft_voters", &node).set(status.membership.voters_incoming.len() as f64);
     metrics::gauge!("kv_keys", &node).set(keys as f64);
+    render_metrics()
+}
+
+/// The process's metrics in the Prometheus text format (what `/metrics` answers).
+pub(crate) fn render_metrics() -> HttpResponse {
     let text = PROMETHEUS.get().map(|handle| handle.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

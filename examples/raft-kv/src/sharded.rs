@@ -1,0 +1,1070 @@
+//! `raft-kv serve --shards S`: one node of a sharded cluster (see docs/sharding.md). The node is a
+//! [`ShardNode`] (the meta group with the routing table, and a [`Kv`] group per shard it holds);
+//! this module puts the HTTP API in front of it:
+//!
+//! - `PUT/GET/DELETE /kv/{key}` and `POST /kv/{key}/cas` go to the key's shard: served by this
+//!   node's replica of it (exactly as the single-group service serves them, a follower redirecting
+//!   a write to its group's leader), or redirected (307) to a node that holds it. A request is only
+//!   ever answered by the key's own shard group.
+//! - `GET /kv?prefix=P&limit=N` asks every shard (scatter-gather): linearizable shard by shard, not
+//!   one snapshot across shards; a shard that does not answer in time fails the whole request.
+//! - `GET /cluster/shards` (the routing table and this node's replicas), `GET /cluster/status`.
+//! - Admin: `POST /cluster/nodes` (add a node to the table), `POST /cluster/drain` (empty a node),
+//!   and the controller's calls between nodes, `GET /internal/observe` and
+//!   `POST /internal/carry-out` ([`HttpPeers`] is their client side).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{from_fn_with_state, map_response};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post, put};
+use raft_core::{ConfChange, NodeId, Role};
+use raft_net::{NodeHandle, NodeStatus, ProposeError, ReadConsistency};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use thiserror::Error;
+use tracing::{debug, error, info, warn};
+
+use raft_kv::kv::{Command, Kv, Response, encode};
+use raft_kv::shards::controller::{Action, Observed};
+use raft_kv::shards::node::{Route, ShardNode, ShardNodeConfig};
+use raft_kv::shards::runner::{BoxFuture, Peers, RunnerConfig};
+use raft_kv::shards::scatter::{self, Page};
+use raft_kv::shards::{NodeEntry, NodeState, RoutingTable, ShardId, TableChange, TableCommand};
+use raft_kv::tls::TlsListener;
+
+use crate::auth::{Access, Credentials};
+use crate::client::{Client, HttpResponse as ClientResponse};
+use crate::node::{EXIT_NODE_FAILED, HTTP_STOP_GRACE, NodeFailed, ServeArgs, security, stopped};
+use crate::server::{
+    ADMIN_BODY_BYTES_MAX, ADMIN_TIMEOUT, ApiError, CAS_BODY_BYTES_MAX, CasBody, NO_LEADER, NODE_STOPPED,
+    PUT_BODY_BYTES_MAX, REQUEST_TIMEOUT, ReadQuery, Reason, TIMED_OUT, authorize, bad, body_within, check_key,
+    check_len, check_value, consistency, json_body, json_errors, propose_error, read_error,
+};
+use crate::signals::{StopSignals, watch_stdin};
+
+/// How long one call between nodes (the controller's, a scan's, a join's) may take.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a scan waits for every shard before failing, naming the shards that did not answer.
+pub const SCAN_DEADLINE: Duration = Duration::from_secs(5);
+/// The entries a scan returns when it does not say.
+pub const SCAN_LIMIT_DEFAULT: usize = 100;
+/// The most entries one scan returns.
+pub const SCAN_LIMIT_MAX: usize = 1000;
+/// The replicas of each shard when `--replicas` does not say (fewer when there are fewer nodes).
+pub const REPLICAS_DEFAULT: u8 = 3;
+/// The controller's rounds are this many ticks apart.
+pub const CONTROLLER_TICKS: u32 = 10;
+/// The longest wait between two attempts of a joining node to reach the cluster.
+pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How many times a joining node asks for the routing table before it gives up starting.
+pub const JOIN_TABLE_ATTEMPTS: u32 = 60;
+
+/// The file in the data directory where a node keeps the routing table's nodes, so that a
+/// restart can reach them before its meta replica has caught up with the table again.
+pub const NODES_FILE: &str = "raft-kv-shard-nodes.json";
+/// How often the node looks whether the table's nodes changed, to save them.
+pub const NODES_SAVE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What every handler shares.
+struct ShardApp {
+    node: Arc<ShardNode>,
+    /// `http` or `https`: the scheme of every node's HTTP address, in redirects.
+    scheme: &'static str,
+    /// How this node asks the others (short timeouts; the admin token and the CA with `--tls`).
+    client: Client,
+}
+
+/// Runs a sharded node until it is asked to stop (as `serve` does for one group).
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    crate::server::install_metrics()?;
+    let mut signals = StopSignals::new().context("listening for signals")?;
+    let stdin = if args.exit_with_stdin { Some(watch_stdin().context("watching stdin")?) } else { None };
+    let id = NodeId(args.id);
+    let security = security(&args)?;
+    let server_tls = match &security.tls {
+        Some(tls) => Some(raft_kv::tls::server_config(tls).context("the HTTPS configuration (--tls)")?),
+        None => {
+            warn!(
+                node = id.0,
+                "plain mode, for local experiments only: the HTTP API and the Raft transport are not \
+                 encrypted and nodes are not authenticated{}. Use --tls DIR (see `raft-kv certs`) otherwise",
+                if security.credentials.admin.is_some() { "" } else { ", and admin endpoints need no token" }
+            );
+            None
+        }
+    };
+    let client = Client::with_timeout(&security.client, PEER_TIMEOUT).context("the client between nodes")?;
+    let me = NodeEntry { raft: args.raft_advertise.unwrap_or(args.raft), http: args.http, state: NodeState::Active };
+    let config = shard_config(&args, &client, me).await?;
+    let join = config.join;
+    let peers = Arc::new(HttpPeers { node: OnceLock::new(), client: client.clone() });
+    // RAFT TRANSPORT TLS: as in single-group mode, the transport is plain TCP until raft-net's
+    // mutual TLS is switched on (see node.rs).
+    let listener = tokio::net::TcpListener::bind(args.raft).await.with_context(|| format!("binding {}", args.raft))?;
+    let node = ShardNode::start(config, listener, Arc::clone(&peers) as Arc<dyn Peers>)
+        .await
+        .context("starting the sharded node")?;
+    let node = Arc::new(node);
+    let _ = peers.node.set(Arc::downgrade(&node));
+    tokio::spawn(save_nodes(Arc::downgrade(&node), args.data.join(NODES_FILE)));
+    let http = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding {}", args.http))?;
+    let scheme = security.client.scheme();
+    info!(
+        node = id.0,
+        "serving (sharded): http {scheme}://{} raft {} data {}",
+        args.http,
+        args.raft,
+        args.data.display()
+    );
+    if let (true, Some(url)) = (join, &args.join) {
+        tokio::spawn(ask_to_join(client.clone(), url.clone(), id, me));
+    }
+    let router = router(ShardApp { node: Arc::clone(&node), scheme, client }, security.credentials);
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped_http = async move {
+        let _ = http_stopped.await; // A dropped sender stops too.
+    };
+    let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match server_tls {
+        Some(config) => {
+            let listener = TlsListener::new(http, config).context("the HTTPS listener")?;
+            Box::pin(axum::serve(listener, router).with_graceful_shutdown(stopped_http).into_future())
+        }
+        None => Box::pin(axum::serve(http, router).with_graceful_shutdown(stopped_http).into_future()),
+    };
+    let mut server = tokio::spawn(server);
+    let stdin = async move {
+        match stdin {
+            Some(stdin) => {
+                let _ = stdin.await; // Ends (with an error) when stdin does.
+            }
+            None => std::future::pending().await,
+        }
+    };
+    // The groups share one host and one write-ahead log: a fail-stop of the log stops the meta
+    // group too, which is what is watched.
+    let meta = node.meta().clone();
+    let ending = tokio::select! {
+        reason = signals.recv() => Ok(reason),
+        () = stdin => Ok("the end of stdin"),
+        reason = stopped(&meta) => Err(reason),
+        served = &mut server => {
+            stop(node).await;
+            return match served {
+                Ok(served) => served.context("serving HTTP"),
+                Err(error) => Err(error).context("the HTTP server's task"),
+            };
+        }
+    };
+    match &ending {
+        Ok(reason) => info!(node = id.0, "stopping ({reason})"),
+        Err(reason) => {
+            error!(node = id.0, "the node stopped by itself, exiting with code {EXIT_NODE_FAILED}: {reason}")
+        }
+    }
+    drop(stop_http);
+    if tokio::time::timeout(HTTP_STOP_GRACE, &mut server).await.is_err() {
+        warn!(node = id.0, "HTTP requests still in flight after {HTTP_STOP_GRACE:?}; stopping anyway");
+        server.abort();
+        let _ = server.await;
+    }
+    stop(node).await;
+    match ending {
+        Ok(_) => Ok(()),
+        Err(reason) => Err(NodeFailed { id, reason }.into()),
+    }
+}
+
+/// Shuts the node down once nothing else holds it (the HTTP server has stopped).
+async fn stop(node: Arc<ShardNode>) {
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.shutdown().await,
+        Err(_) => warn!("a request still holds the node; exiting without shutting its groups down"),
+    }
+}
+
+/// The node's configuration: a new cluster's first node (`--bootstrap`, `--peers`), a node that
+/// joins one (`--join`: the table's nodes are learnt from the URL), or a restart.
+async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyhow::Result<ShardNodeConfig> {
+    let id = NodeId(args.id);
+    let fresh = std::fs::read_dir(&args.data).map_or(true, |mut entries| entries.next().is_none());
+    let tick_interval = Duration::from_millis(args.tick_ms);
+    let controller = RunnerConfig { interval: tick_interval * CONTROLLER_TICKS, ..RunnerConfig::default() };
+    let mut config = ShardNodeConfig {
+        id,
+        cluster_id: args.cluster_id,
+        data: args.data.clone(),
+        nodes: BTreeMap::new(),
+        shards: args.shards.unwrap_or(1),
+        replication: 1,
+        tick_interval,
+        workers: 2,
+        join: false,
+        controller: Some(controller),
+    };
+    // The table's nodes as last saved, then what the command line says (which wins).
+    config.nodes = saved_nodes(&args.data.join(NODES_FILE))?;
+    if let Some(url) = &args.join {
+        let table = learn_table(client, url).await?;
+        config.nodes.extend(table.nodes);
+        config.nodes.insert(id, me);
+        config.shards = table.shard_count;
+        config.replication = table.replication;
+        config.join = true;
+        return Ok(config);
+    }
+    if fresh && !args.bootstrap {
+        bail!(
+            "no store in {}: node {} has never run there. Start a new cluster's first nodes with \
+             --bootstrap (first start only), or join a running cluster with --join",
+            args.data.display(),
+            args.id
+        );
+    }
+    let peers = args.peers.iter().filter(|peer| peer.id != id);
+    config
+        .nodes
+        .extend(peers.map(|peer| (peer.id, NodeEntry { raft: peer.raft, http: peer.http, state: NodeState::Active })));
+    config.nodes.insert(id, me);
+    let count = u8::try_from(config.nodes.len()).unwrap_or(u8::MAX);
+    config.replication = args.replicas.unwrap_or(REPLICAS_DEFAULT).min(count);
+    Ok(config)
+}
+
+/// The nodes saved in `file` (none when there is no file yet).
+fn saved_nodes(file: &std::path::Path) -> anyhow::Result<BTreeMap<NodeId, NodeEntry>> {
+    match std::fs::read(file) {
+        Ok(bytes) => {
+            let nodes: Vec<(u64, NodeEntry)> =
+                serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))?;
+            Ok(nodes.into_iter().map(|(id, entry)| (NodeId(id), entry)).collect())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(error) => Err(error).with_context(|| format!("reading {}", file.display())),
+    }
+}
+
+/// Saves the routing table's nodes into `file` whenever they change, until the node stops.
+async fn save_nodes(node: Weak<ShardNode>, file: std::path::PathBuf) {
+    let mut saved = BTreeMap::new();
+    loop {
+        tokio::time::sleep(NODES_SAVE_INTERVAL).await;
+        let Some(nodes) = node.upgrade().map(|node| node.table().nodes().clone()) else { return };
+        if nodes.is_empty() || nodes == saved {
+            continue;
+        }
+        let list: Vec<(u64, NodeEntry)> = nodes.iter().map(|(id, entry)| (id.0, *entry)).collect();
+        let file = file.clone();
+        let written = tokio::task::spawn_blocking(move || write_atomically(&file, &list)).await;
+        match written {
+            Ok(Ok(())) => saved = nodes,
+            Ok(Err(error)) => warn!(%error, "saving the routing table's nodes"),
+            Err(_) => return, // The runtime is stopping.
+        }
+    }
+}
+
+/// Writes `value` as JSON into `file` through a synced temporary file and a rename, so that a
+/// crash leaves the old file or the new one.
+fn write_atomically(file: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    let temp = file.with_extension("json.tmp");
+    let mut out = std::fs::File::create(&temp)?;
+    std::io::Write::write_all(&mut out, &bytes)?;
+    out.sync_all()?;
+    std::fs::rename(&temp, file)
+}
+
+/// What a joining node learns of the cluster from `GET /cluster/shards`.
+struct LearntTable {
+    nodes: BTreeMap<NodeId, NodeEntry>,
+    shard_count: u32,
+    replication: u8,
+}
+
+/// The answer of `GET /cluster/shards`, the parts a joining node reads.
+#[derive(Deserialize)]
+struct TableAnswer {
+    version: u64,
+    shard_count: u32,
+    replication: u8,
+    nodes: BTreeMap<u64, NodeAnswer>,
+}
+
+/// One node of [`TableAnswer`].
+#[derive(Deserialize)]
+struct NodeAnswer {
+    raft: SocketAddr,
+    http: SocketAddr,
+}
+
+/// Asks `url` for the routing table until it has one (the cluster may still be starting).
+async fn learn_table(client: &Client, url: &str) -> anyhow::Result<LearntTable> {
+    let mut backoff = Duration::from_millis(100);
+    let mut last = String::new();
+    for _ in 0..JOIN_TABLE_ATTEMPTS {
+        let (client, target) = (client.clone(), format!("{url}/cluster/shards"));
+        let answer = tokio::task::spawn_blocking(move || client.request("GET", &target, &[])).await?;
+        match answer.map_err(|error| error.to_string()).and_then(|response| decode::<TableAnswer>(&response)) {
+            Ok(table) if table.version > 0 => {
+                let nodes = table
+                    .nodes
+                    .into_iter()
+                    .map(|(id, node)| {
+                        (NodeId(id), NodeEntry { raft: node.raft, http: node.http, state: NodeState::Active })
+                    })
+                    .collect();
+                return Ok(LearntTable { nodes, shard_count: table.shard_count, replication: table.replication });
+            }
+            Ok(_) => last = "no routing table yet".to_owned(),
+            Err(error) => last = error,
+        }
+        warn!("learning the routing table from {url}: {last}; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(JOIN_BACKOFF_MAX);
+    }
+    bail!("could not learn the routing table from {url}: {last}")
+}
+
+/// Asks the cluster at `url` to add this node to the routing table, until it is accepted (the
+/// controller then gives it replicas). Idempotent: a node the table holds already is accepted.
+async fn ask_to_join(client: Client, url: String, id: NodeId, me: NodeEntry) {
+    let body = json!({ "id": id.0, "raft": me.raft, "http": me.http }).to_string();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (client, target, body) = (client.clone(), format!("{url}/cluster/nodes"), body.clone());
+        match tokio::task::spawn_blocking(move || client.request("POST", &target, body.as_bytes())).await {
+            Err(_) => return, // The runtime is stopping.
+            Ok(Ok(response)) if response.status == 200 => {
+                info!(node = id.0, "joined the routing table: {}", response.text());
+                return;
+            }
+            Ok(Ok(response)) => warn!(node = id.0, "joining: HTTP {} {}", response.status, response.text()),
+            Ok(Err(error)) => warn!(node = id.0, "joining: {url}: {error}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(JOIN_BACKOFF_MAX);
+    }
+}
+
+/// The router of a sharded node (see the module docs); tokens and JSON errors as in
+/// `server::router`.
+fn router(app: ShardApp, credentials: Credentials) -> Router {
+    let credentials = Arc::new(credentials);
+    let admin = Router::new()
+        .route("/cluster/nodes", post(add_node))
+        .route("/cluster/drain", post(drain))
+        .route("/internal/observe", get(observe))
+        .route("/internal/carry-out", post(carry_out))
+        .route_layer(from_fn_with_state((Arc::clone(&credentials), Access::Admin), authorize));
+    let data = Router::new()
+        .route("/kv", get(scan))
+        .route(
+            "/kv/{key}",
+            put(put_key).layer(DefaultBodyLimit::max(PUT_BODY_BYTES_MAX)).get(get_key).delete(delete_key),
+        )
+        .route("/kv/{key}/cas", post(cas_key).layer(DefaultBodyLimit::max(CAS_BODY_BYTES_MAX)))
+        .route("/internal/scan", post(shard_scan))
+        .route("/cluster/shards", get(shards))
+        .route("/cluster/status", get(status))
+        .route("/metrics", get(|| async { crate::server::render_metrics() }))
+        .route_layer(from_fn_with_state((credentials, Access::Data), authorize));
+    admin
+        .merge(data)
+        .fallback(|| async { bad(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
+        .layer(map_response(json_errors))
+        .with_state(Arc::new(app))
+}
+
+/// A 307 to `http` with the request's path and query.
+fn redirect_to(scheme: &str, http: SocketAddr, uri: &Uri) -> HttpResponse {
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    match HeaderValue::from_str(&format!("{scheme}://{http}{path}")) {
+        Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
+        Err(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "bad node address").into_response(),
+    }
+}
+
+impl ShardApp {
+    /// A 307 to `node` (a group's leader) at its HTTP address in the routing table, or 503 when
+    /// no leader is known.
+    fn redirect(&self, node: Option<NodeId>, uri: &Uri) -> HttpResponse {
+        let table = self.node.table();
+        match node.and_then(|node| table.nodes().get(&node)) {
+            Some(entry) => redirect_to(self.scheme, entry.http, uri),
+            None => ApiError::unavailable(Reason::NoLeader, NO_LEADER).into_response(),
+        }
+    }
+
+    /// This node's replica of `key`'s shard; otherwise the answer: a 307 to a node that holds
+    /// it, or 503 while no routing table is known.
+    fn local(&self, key: &str, uri: &Uri) -> Result<NodeHandle<Kv>, Box<HttpResponse>> {
+        let elsewhere = match self.node.route(key.as_bytes()) {
+            Route::Local(_, handle) => return Ok(handle),
+            Route::Remote { entry, .. } => redirect_to(self.scheme, entry.http, uri),
+            Route::NoTable => ApiError::unavailable(Reason::NoLeader, "no routing table yet; retry").into_response(),
+        };
+        Err(Box::new(elsewhere))
+    }
+
+    /// Proposes `command` to `key`'s shard here; redirects when this node does not lead it or
+    /// holds no replica of it. Every failure says whether the command may have been applied.
+    async fn propose(&self, key: &str, command: Command, uri: &Uri) -> Result<Response, HttpResponse> {
+        let handle = self.local(key, uri).map_err(|elsewhere| *elsewhere)?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, handle.propose(encode(&command))).await {
+            Ok(Ok(Response::Invalid)) => Err(bad(StatusCode::INTERNAL_SERVER_ERROR, "command invalid").into_response()),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(ProposeError::Refused { reason: raft_core::ProposeError::NotLeader { leader }, .. })) => {
+                Err(self.redirect(leader, uri))
+            }
+            Ok(Err(error)) => Err(propose_error(error).into_response()),
+            // The proposal may have reached the log before the wait ended.
+            Err(_) => Err(ApiError::unknown(Reason::TimedOut, TIMED_OUT).into_response()),
+        }
+    }
+
+    /// Proposes a change of the routing table to the meta group; redirects to its leader.
+    async fn propose_table(&self, change: TableChange, uri: &Uri) -> HttpResponse {
+        let command = TableCommand { expected_version: None, change };
+        let proposed = self.node.meta().propose(Bytes::from(command.encode()));
+        match tokio::time::timeout(ADMIN_TIMEOUT, proposed).await {
+            Ok(Ok(Ok(version))) => axum::Json(json!({ "version": version })).into_response(),
+            Ok(Ok(Err(refused))) => bad(StatusCode::CONFLICT, refused.to_string()).into_response(),
+            Ok(Err(ProposeError::Refused { reason: raft_core::ProposeError::NotLeader { leader }, .. })) => {
+                self.redirect(leader, uri)
+            }
+            Ok(Err(error)) => propose_error(error).into_response(),
+            Err(_) => ApiError::unknown(Reason::TimedOut, TIMED_OUT).into_response(),
+        }
+    }
+}
+
+async fn put_key(
+    State(app): State<Arc<ShardApp>>,
+    Path(key): Path<String>,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    let body = match check_key(&key).and_then(|()| body_within(body, PUT_BODY_BYTES_MAX)) {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
+    if let Err(error) = check_value(&body) {
+        return error.into_response();
+    }
+    match app.propose(&key.clone(), Command::Put { key, value: body }, &uri).await {
+        Ok(_) => axum::Json(json!({ "ok": true })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn delete_key(State(app): State<Arc<ShardApp>>, Path(key): Path<String>, uri: Uri) -> HttpResponse {
+    if let Err(error) = check_key(&key) {
+        return error.into_response();
+    }
+    match app.propose(&key.clone(), Command::Delete { key }, &uri).await {
+        Ok(Response::Deleted(existed)) => axum::Json(json!({ "deleted": existed })).into_response(),
+        Ok(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer").into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn cas_key(
+    State(app): State<Arc<ShardApp>>,
+    Path(key): Path<String>,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    let body: CasBody = match json_body(body, CAS_BODY_BYTES_MAX) {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
+    let value_len = body.value.as_ref().map_or(0, String::len);
+    if let Err(error) = check_key(&key).and_then(|()| check_len(value_len)) {
+        return error.into_response();
+    }
+    let command =
+        Command::Cas { key: key.clone(), expected: body.expected.map(Bytes::from), value: body.value.map(Bytes::from) };
+    match app.propose(&key, command, &uri).await {
+        Ok(Response::Cas { swapped, current }) => {
+            let current = current.map(|value| String::from_utf8_lossy(&value).into_owned());
+            let status = if swapped { StatusCode::OK } else { StatusCode::CONFLICT };
+            (status, axum::Json(json!({ "swapped": swapped, "current": current }))).into_response()
+        }
+        Ok(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer").into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn get_key(
+    State(app): State<Arc<ShardApp>>,
+    Path(key): Path<String>,
+    uri: Uri,
+    Query(query): Query<ReadQuery>,
+) -> HttpResponse {
+    let consistency = match check_key(&key).and_then(|()| consistency(&query)) {
+        Ok(consistency) => consistency,
+        Err(error) => return error.into_response(),
+    };
+    let handle = match app.local(&key, &uri) {
+        Ok(handle) => handle,
+        Err(elsewhere) => return *elsewhere,
+    };
+    let read = handle.read(consistency, move |kv: &Kv| kv.get(&key));
+    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(Ok(Some(value))) => value.into_response(),
+        Ok(Ok(None)) => bad(StatusCode::NOT_FOUND, "no such key").into_response(),
+        Ok(Err(error)) => read_error(error).into_response(),
+        Err(_) => ApiError::unavailable(Reason::TimedOut, TIMED_OUT).into_response(),
+    }
+}
+
+/// The query of `GET /kv`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanQuery {
+    prefix: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One entry of a scan's answer (values as UTF-8 text, as the CLI writes them).
+#[derive(Serialize, Deserialize)]
+struct ScanEntry {
+    key: String,
+    value: String,
+}
+
+/// A scan's answer: entries in key order, and whether more match.
+#[derive(Serialize, Deserialize)]
+struct ScanAnswer {
+    entries: Vec<ScanEntry>,
+    more: bool,
+}
+
+impl From<Page<String, Bytes>> for ScanAnswer {
+    fn from(page: Page<String, Bytes>) -> Self {
+        let entries = page
+            .entries
+            .into_iter()
+            .map(|(key, value)| ScanEntry { key, value: String::from_utf8_lossy(&value).into_owned() })
+            .collect();
+        ScanAnswer { entries, more: page.more }
+    }
+}
+
+/// `GET /kv?prefix=P&limit=N`: every shard asked at once, answers merged in key order.
+async fn scan(State(app): State<Arc<ShardApp>>, Query(query): Query<ScanQuery>) -> HttpResponse {
+    let limit = query.limit.unwrap_or(SCAN_LIMIT_DEFAULT);
+    if limit > SCAN_LIMIT_MAX {
+        return bad(StatusCode::BAD_REQUEST, format!("limit {limit} exceeds {SCAN_LIMIT_MAX}")).into_response();
+    }
+    let prefix = query.prefix.unwrap_or_default();
+    let table = app.node.table();
+    if table.version() == 0 {
+        return ApiError::unavailable(Reason::NoLeader, "no routing table yet; retry").into_response();
+    }
+    let shards = (0..table.shard_count()).map(ShardId);
+    let gathered = scatter::gather(shards, limit, SCAN_DEADLINE, |shard| {
+        let (app, prefix) = (Arc::clone(&app), prefix.clone());
+        async move { shard_page(&app, shard, &prefix, limit).await }
+    })
+    .await;
+    match gathered {
+        Ok(page) => axum::Json(ScanAnswer::from(page)).into_response(),
+        // Nothing was changed; the shards named may answer on a retry.
+        Err(error) => ApiError::unavailable(Reason::TimedOut, error.to_string()).into_response(),
+    }
+}
+
+/// One shard's page of a scan: read here (linearizable) when this node holds a replica, else
+/// asked of the nodes that hold it (its leader hint first).
+async fn shard_page(app: &ShardApp, shard: ShardId, prefix: &str, limit: usize) -> Result<Page<String, Bytes>, String> {
+    if let Some(handle) = app.node.shard(shard) {
+        let prefix = prefix.to_owned();
+        let read = handle.read(ReadConsistency::Linearizable, move |kv: &Kv| kv.scan(&prefix, limit));
+        return match read.await {
+            Ok((entries, more)) => Ok(Page { entries, more }),
+            Err(error) => Err(error.to_string()),
+        };
+    }
+    let table = app.node.table();
+    let entry = table.shard(shard).ok_or("not in the routing table")?;
+    let candidates = entry.leader_hint.into_iter().chain(entry.replicas.iter().copied());
+    let body = json!({ "shard": shard.0, "prefix": prefix, "limit": limit }).to_string();
+    let mut last = "no replica in the routing table".to_owned();
+    for node in candidates.filter(|node| *node != app.node.id()) {
+        let Some(http) = table.nodes().get(&node).map(|entry| entry.http) else { continue };
+        let (client, url, body) = (app.client.clone(), app.client.url(http, "/internal/scan"), body.clone());
+        let answer = tokio::task::spawn_blocking(move || client.request_once("POST", &url, body.as_bytes())).await;
+        let answer = match answer {
+            Ok(Ok(response)) => decode::<ScanAnswer>(&response),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match answer {
+            Ok(answer) => {
+                let entries = answer.entries.into_iter().map(|entry| (entry.key, Bytes::from(entry.value))).collect();
+                return Ok(Page { entries, more: answer.more });
+            }
+            Err(error) => last = format!("node {node}: {error}"),
+        }
+    }
+    Err(last)
+}
+
+/// The body of `POST /internal/scan`: one shard's page, asked by a node that holds no replica.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShardScan {
+    shard: u32,
+    prefix: String,
+    limit: usize,
+}
+
+async fn shard_scan(State(app): State<Arc<ShardApp>>, body: Result<Bytes, BytesRejection>) -> HttpResponse {
+    let request: ShardScan = match json_body(body, ADMIN_BODY_BYTES_MAX) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    if request.limit > SCAN_LIMIT_MAX {
+        return bad(StatusCode::BAD_REQUEST, format!("limit {} exceeds {SCAN_LIMIT_MAX}", request.limit))
+            .into_response();
+    }
+    let shard = ShardId(request.shard);
+    let Some(handle) = app.node.shard(shard) else {
+        return bad(StatusCode::NOT_FOUND, format!("no replica of shard {shard} here")).into_response();
+    };
+    let (prefix, limit) = (request.prefix, request.limit);
+    let read = handle.read(ReadConsistency::Linearizable, move |kv: &Kv| kv.scan(&prefix, limit));
+    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(Ok((entries, more))) => axum::Json(ScanAnswer::from(Page { entries, more })).into_response(),
+        Ok(Err(error)) => read_error(error).into_response(),
+        Err(_) => ApiError::unavailable(Reason::TimedOut, TIMED_OUT).into_response(),
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+        _ => "follower",
+    }
+}
+
+fn state_name(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Active => "active",
+        NodeState::Draining => "draining",
+        NodeState::Failed => "failed",
+    }
+}
+
+fn ids(set: &BTreeSet<NodeId>) -> Vec<u64> {
+    set.iter().map(|id| id.0).collect()
+}
+
+/// One group's status on this node; its leader adds each peer's progress.
+fn group_json(status: &NodeStatus) -> Value {
+    let mut value = json!({
+        "role": role_name(status.role), "term": status.term.0, "leader": status.leader.map(|id| id.0),
+        "commit": status.commit.0, "applied": status.applied.0, "last_index": status.last_index.0,
+        "voters": ids(&status.membership.voters_incoming), "voters_outgoing": ids(&status.membership.voters_outgoing),
+        "learners": ids(&status.membership.learners),
+    });
+    if status.role == Role::Leader {
+        let peers: serde_json::Map<String, Value> = status
+            .peers
+            .iter()
+            .map(|(id, peer)| {
+                let progress = json!({ "match_index": peer.match_index.0, "lag_entries": peer.lag_entries,
+                                       "recent_active": peer.recent_active });
+                (id.0.to_string(), progress)
+            })
+            .collect();
+        value["peers"] = Value::Object(peers);
+    }
+    value
+}
+
+fn table_json(table: &RoutingTable) -> Value {
+    let nodes: serde_json::Map<String, Value> = table
+        .nodes()
+        .iter()
+        .map(|(id, entry)| {
+            let node = json!({ "raft": entry.raft.to_string(), "http": entry.http.to_string(),
+                               "state": state_name(entry.state) });
+            (id.0.to_string(), node)
+        })
+        .collect();
+    json!({ "version": table.version(), "shard_count": table.shard_count(), "replication": table.replication(),
+            "nodes": nodes })
+}
+
+/// `GET /cluster/shards`: the routing table as this node last applied it, and the status of
+/// each replica this node holds.
+async fn shards(State(app): State<Arc<ShardApp>>) -> HttpResponse {
+    let table = app.node.table();
+    let mut answer = table_json(&table);
+    let mut shards = Vec::new();
+    for (shard, entry) in table.shards() {
+        let local = match app.node.shard(shard) {
+            Some(handle) => handle.status().await.ok().map(|status| group_json(&status)),
+            None => None,
+        };
+        shards.push(json!({ "shard": shard.0, "replicas": ids(&entry.replicas),
+                            "leader_hint": entry.leader_hint.map(|id| id.0), "local": local }));
+    }
+    answer["id"] = json!(app.node.id().0);
+    answer["shards"] = Value::Array(shards);
+    answer["held"] = json!(app.node.shard_ids().iter().map(|shard| shard.0).collect::<Vec<_>>());
+    axum::Json(answer).into_response()
+}
+
+/// `GET /cluster/status`: this node, its meta replica and the shards it holds.
+async fn status(State(app): State<Arc<ShardApp>>) -> HttpResponse {
+    let Ok(meta) = app.node.meta().status().await else {
+        return ApiError::unavailable(Reason::NodeStopped, NODE_STOPPED).into_response();
+    };
+    let table = app.node.table();
+    let held: Vec<u32> = app.node.shard_ids().iter().map(|shard| shard.0).collect();
+    // `leader`: the meta group's (the routing table's) leader, as in a single group's status.
+    let answer = json!({ "id": app.node.id().0, "sharded": true, "leader": meta.leader.map(|id| id.0),
+                         "table_version": table.version(),
+                         "shard_count": table.shard_count(), "held": held, "meta": group_json(&meta) });
+    axum::Json(answer).into_response()
+}
+
+/// The body of `POST /cluster/nodes`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddNode {
+    id: u64,
+    raft: SocketAddr,
+    http: SocketAddr,
+}
+
+/// Adds a node to the routing table (the controller then gives it replicas). A node the table
+/// already holds at the same addresses is accepted again, so that a joining node may retry.
+async fn add_node(State(app): State<Arc<ShardApp>>, uri: Uri, body: Result<Bytes, BytesRejection>) -> HttpResponse {
+    let request: AddNode = match json_body(body, ADMIN_BODY_BYTES_MAX) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let table = app.node.table();
+    if let Some(entry) = table.nodes().get(&NodeId(request.id)) {
+        if (entry.raft, entry.http) == (request.raft, request.http) {
+            return axum::Json(json!({ "version": table.version() })).into_response();
+        }
+        let message = format!("node {} is in the table with other addresses", request.id);
+        return bad(StatusCode::CONFLICT, message).into_response();
+    }
+    let change = TableChange::AddNode { id: NodeId(request.id), raft: request.raft, http: request.http };
+    app.propose_table(change, &uri).await
+}
+
+/// The body of `POST /cluster/drain`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Drain {
+    id: u64,
+}
+
+/// Marks a node draining: the controller moves every replica off it.
+async fn drain(State(app): State<Arc<ShardApp>>, uri: Uri, body: Result<Bytes, BytesRejection>) -> HttpResponse {
+    let request: Drain = match json_body(body, ADMIN_BODY_BYTES_MAX) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let id = NodeId(request.id);
+    let table = app.node.table();
+    match table.nodes().get(&id) {
+        None if table.version() > 0 => {
+            return bad(StatusCode::NOT_FOUND, format!("node {id} is not in the routing table")).into_response();
+        }
+        Some(entry) if entry.state == NodeState::Draining => {
+            return axum::Json(json!({ "version": table.version() })).into_response();
+        }
+        _ => {}
+    }
+    app.propose_table(TableChange::SetNodeState { id, state: NodeState::Draining }, &uri).await
+}
+
+/// `GET /internal/observe`: what the shard replicas this node leads report (the controller's
+/// [`Peers::observe`]).
+async fn observe(State(app): State<Arc<ShardApp>>) -> HttpResponse {
+    match app.node.local_replicas().observe().await {
+        Some(observed) => {
+            let wire: Vec<WireObserved> = observed.into_iter().map(WireObserved::from).collect();
+            axum::Json(wire).into_response()
+        }
+        None => ApiError::unavailable(Reason::NodeStopped, NODE_STOPPED).into_response(),
+    }
+}
+
+/// `POST /internal/carry-out`: a controller's shard action, for a replica this node leads.
+async fn carry_out(State(app): State<Arc<ShardApp>>, body: Result<Bytes, BytesRejection>) -> HttpResponse {
+    let wire: WireAction = match json_body(body, ADMIN_BODY_BYTES_MAX) {
+        Ok(wire) => wire,
+        Err(error) => return error.into_response(),
+    };
+    match app.node.local_replicas().carry_out(Action::from(wire)).await {
+        Ok(()) => axum::Json(json!({ "ok": true })).into_response(),
+        // A membership change may have been appended before it failed.
+        Err(error) => ApiError::unknown(Reason::Conflict, error).into_response(),
+    }
+}
+
+/// [`Observed`] as JSON between nodes: one shard's membership and progress, as its leader sees
+/// them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireObserved {
+    shard: u32,
+    leader: u64,
+    voters: Vec<u64>,
+    joint: bool,
+    learners: Vec<u64>,
+    lag_entries: Vec<(u64, u64)>,
+    recently_active: Vec<u64>,
+}
+
+impl From<(ShardId, Observed)> for WireObserved {
+    fn from((shard, seen): (ShardId, Observed)) -> Self {
+        WireObserved {
+            shard: shard.0,
+            leader: seen.leader.0,
+            voters: ids(&seen.voters),
+            joint: seen.joint,
+            learners: ids(&seen.learners),
+            lag_entries: seen.lag_entries.iter().map(|(node, lag)| (node.0, *lag)).collect(),
+            recently_active: ids(&seen.recently_active),
+        }
+    }
+}
+
+impl From<WireObserved> for (ShardId, Observed) {
+    fn from(wire: WireObserved) -> Self {
+        let set = |ids: Vec<u64>| ids.into_iter().map(NodeId).collect();
+        let seen = Observed {
+            leader: NodeId(wire.leader),
+            voters: set(wire.voters),
+            joint: wire.joint,
+            learners: set(wire.learners),
+            lag_entries: wire.lag_entries.into_iter().map(|(node, lag)| (NodeId(node), lag)).collect(),
+            recently_active: set(wire.recently_active),
+        };
+        (ShardId(wire.shard), seen)
+    }
+}
+
+/// A shard [`Action`] as JSON between nodes (a table change never travels: the controller
+/// proposes it to its own meta replica).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+enum WireAction {
+    AddLearner { shard: u32, node: u64 },
+    Change { shard: u32, changes: Vec<WireChange> },
+    TransferLeader { shard: u32, to: u64 },
+}
+
+/// A [`ConfChange`] as JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WireChange {
+    AddVoter(u64),
+    AddLearner(u64),
+    Remove(u64),
+}
+
+impl TryFrom<Action> for WireAction {
+    type Error = PeerError;
+
+    fn try_from(action: Action) -> Result<Self, PeerError> {
+        Ok(match action {
+            Action::AddLearner { shard, node } => WireAction::AddLearner { shard: shard.0, node: node.0 },
+            Action::Change { shard, changes } => {
+                let changes = changes
+                    .into_iter()
+                    .map(|change| match change {
+                        ConfChange::AddVoter(node) => WireChange::AddVoter(node.0),
+                        ConfChange::AddLearner(node) => WireChange::AddLearner(node.0),
+                        ConfChange::Remove(node) => WireChange::Remove(node.0),
+                    })
+                    .collect();
+                WireAction::Change { shard: shard.0, changes }
+            }
+            Action::TransferLeader { shard, to } => WireAction::TransferLeader { shard: shard.0, to: to.0 },
+            Action::Table(_) => return Err(PeerError::NotSent("a table change is proposed to the meta group")),
+        })
+    }
+}
+
+impl From<WireAction> for Action {
+    fn from(wire: WireAction) -> Self {
+        match wire {
+            WireAction::AddLearner { shard, node } => Action::AddLearner { shard: ShardId(shard), node: NodeId(node) },
+            WireAction::Change { shard, changes } => {
+                let changes = changes
+                    .into_iter()
+                    .map(|change| match change {
+                        WireChange::AddVoter(node) => ConfChange::AddVoter(NodeId(node)),
+                        WireChange::AddLearner(node) => ConfChange::AddLearner(NodeId(node)),
+                        WireChange::Remove(node) => ConfChange::Remove(NodeId(node)),
+                    })
+                    .collect();
+                Action::Change { shard: ShardId(shard), changes }
+            }
+            WireAction::TransferLeader { shard, to } => {
+                Action::TransferLeader { shard: ShardId(shard), to: NodeId(to) }
+            }
+        }
+    }
+}
+
+/// Why a call to another node failed.
+#[derive(Debug, Error)]
+enum PeerError {
+    /// The node is not in this node's routing table (or this node is stopping).
+    #[error("node {0} is not in the routing table")]
+    Unknown(NodeId),
+    /// Not sent at all.
+    #[error("not sent: {0}")]
+    NotSent(&'static str),
+    /// No answer (a refused connection, the timeout).
+    #[error("no answer: {0}")]
+    Unreachable(String),
+    /// An answer other than 200.
+    #[error("HTTP {0}: {1}")]
+    Status(u16, String),
+    /// A 200 whose body is not what was asked for.
+    #[error("a malformed answer: {0}")]
+    Malformed(String),
+}
+
+/// The body of a 200 answer as `T`.
+fn decode<T: serde::de::DeserializeOwned>(response: &ClientResponse) -> Result<T, String> {
+    decode_answer(response).map_err(|error| error.to_string())
+}
+
+fn decode_answer<T: serde::de::DeserializeOwned>(response: &ClientResponse) -> Result<T, PeerError> {
+    if response.status != 200 {
+        return Err(PeerError::Status(response.status, response.text()));
+    }
+    serde_json::from_slice(&response.body).map_err(|error| PeerError::Malformed(error.to_string()))
+}
+
+/// The controller's calls to other nodes, over their HTTP API: a node's address is its entry in
+/// this node's routing table.
+pub struct HttpPeers {
+    /// This node, once started (the controller runs only after).
+    node: OnceLock<Weak<ShardNode>>,
+    client: Client,
+}
+
+impl HttpPeers {
+    async fn call(
+        &self,
+        method: &'static str,
+        node: NodeId,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<ClientResponse, PeerError> {
+        let this = self.node.get().and_then(Weak::upgrade).ok_or(PeerError::Unknown(node))?;
+        let http = this.table().nodes().get(&node).map(|entry| entry.http).ok_or(PeerError::Unknown(node))?;
+        drop(this);
+        let (client, url) = (self.client.clone(), self.client.url(http, path));
+        match tokio::task::spawn_blocking(move || client.request_once(method, &url, &body)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(PeerError::Unreachable(error.to_string())),
+            Err(error) => Err(PeerError::Unreachable(error.to_string())),
+        }
+    }
+}
+
+impl Peers for HttpPeers {
+    fn observe(&self, node: NodeId) -> BoxFuture<'_, Option<BTreeMap<ShardId, Observed>>> {
+        Box::pin(async move {
+            let answer = self.call("GET", node, "/internal/observe", Vec::new()).await;
+            match answer.and_then(|response| decode_answer::<Vec<WireObserved>>(&response)) {
+                Ok(wire) => Some(wire.into_iter().map(<(ShardId, Observed)>::from).collect()),
+                Err(error) => {
+                    debug!(node = node.0, %error, "observing a node");
+                    None
+                }
+            }
+        })
+    }
+
+    fn carry_out(&self, node: NodeId, action: Action) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let wire = WireAction::try_from(action).map_err(|error| error.to_string())?;
+            let body = serde_json::to_vec(&wire).map_err(|error| error.to_string())?;
+            let response = self.call("POST", node, "/internal/carry-out", body).await.map_err(|e| e.to_string())?;
+            decode_answer::<Value>(&response).map(drop).map_err(|error| error.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_and_actions_cross_the_wire_unchanged() {
+        let seen = Observed {
+            leader: NodeId(2),
+            voters: [NodeId(1), NodeId(2)].into(),
+            joint: true,
+            learners: [NodeId(4)].into(),
+            lag_entries: [(NodeId(1), 3), (NodeId(4), 70)].into(),
+            recently_active: [NodeId(2), NodeId(4)].into(),
+        };
+        let text = serde_json::to_string(&vec![WireObserved::from((ShardId(3), seen.clone()))]).expect("encodes");
+        let back: Vec<WireObserved> = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(back.into_iter().map(<(ShardId, Observed)>::from).collect::<Vec<_>>(), vec![(ShardId(3), seen)]);
+
+        let actions = [
+            Action::AddLearner { shard: ShardId(1), node: NodeId(4) },
+            Action::Change {
+                shard: ShardId(2),
+                changes: vec![ConfChange::AddVoter(NodeId(4)), ConfChange::Remove(NodeId(1))],
+            },
+            Action::TransferLeader { shard: ShardId(0), to: NodeId(3) },
+        ];
+        for action in actions {
+            let wire = WireAction::try_from(action.clone()).expect("a shard action travels");
+            let text = serde_json::to_string(&wire).expect("encodes");
+            let back: WireAction = serde_json::from_str(&text).expect("decodes");
+            assert_eq!(Action::from(back), action);
+        }
+        let table = Action::Table(TableCommand {
+            expected_version: Some(1),
+            change: TableChange::RemoveNode { id: NodeId(1) },
+        });
+        assert!(WireAction::try_from(table).is_err());
+    }
+
+    #[test]
+    fn a_malformed_answer_is_an_error_not_a_panic() {
+        let answer = |status, body: &str| ClientResponse { status, location: None, body: body.as_bytes().to_vec() };
+        assert!(matches!(decode_answer::<Vec<WireObserved>>(&answer(200, "{not json")), Err(PeerError::Malformed(_))));
+        assert!(matches!(
+            decode_answer::<Vec<WireObserved>>(&answer(200, r#"[{"shard":1}]"#)),
+            Err(PeerError::Malformed(_))
+        ));
+        assert!(matches!(decode_answer::<Vec<WireObserved>>(&answer(403, "no")), Err(PeerError::Status(403, _))));
+        assert_eq!(decode_answer::<Vec<WireObserved>>(&answer(200, "[]")).expect("an empty list"), Vec::new());
+        assert!(serde_json::from_str::<WireAction>(r#"{"action":"explode","shard":1}"#).is_err());
+    }
+}
