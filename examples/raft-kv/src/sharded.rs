@@ -27,7 +27,7 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post, put};
-use raft_core::{ConfChange, NodeId, Role};
+use raft_core::{ConfChange, Index, NodeId, Role, Term};
 use raft_net::{NodeHandle, NodeStatus, ProposeError, ReadConsistency};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -832,6 +832,10 @@ async fn carry_out(State(app): State<Arc<ShardApp>>, body: Result<Bytes, BytesRe
 struct WireObserved {
     shard: u32,
     leader: u64,
+    term: u64,
+    commit: u64,
+    /// `None` while the committed membership is joint.
+    committed_members: Option<Vec<u64>>,
     voters: Vec<u64>,
     joint: bool,
     learners: Vec<u64>,
@@ -844,6 +848,9 @@ impl From<(ShardId, Observed)> for WireObserved {
         WireObserved {
             shard: shard.0,
             leader: seen.leader.0,
+            term: seen.term.0,
+            commit: seen.commit.0,
+            committed_members: seen.committed_members.as_ref().map(ids),
             voters: ids(&seen.voters),
             joint: seen.joint,
             learners: ids(&seen.learners),
@@ -858,6 +865,9 @@ impl From<WireObserved> for (ShardId, Observed) {
         let set = |ids: Vec<u64>| ids.into_iter().map(NodeId).collect();
         let seen = Observed {
             leader: NodeId(wire.leader),
+            term: Term(wire.term),
+            commit: Index(wire.commit),
+            committed_members: wire.committed_members.map(set),
             voters: set(wire.voters),
             joint: wire.joint,
             learners: set(wire.learners),
@@ -1024,6 +1034,9 @@ mod tests {
     fn observations_and_actions_cross_the_wire_unchanged() {
         let seen = Observed {
             leader: NodeId(2),
+            term: Term(7),
+            commit: Index(40),
+            committed_members: Some([NodeId(1), NodeId(2), NodeId(4)].into()),
             voters: [NodeId(1), NodeId(2)].into(),
             joint: true,
             learners: [NodeId(4)].into(),
