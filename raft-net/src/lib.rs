@@ -170,6 +170,8 @@ mod mem;
 pub mod metrics;
 pub mod node;
 mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
 
 pub use frame::{Frame, FrameError, Hello, RejectReason};
