@@ -9,6 +9,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use raft_core::NodeId;
 use raft_net::tls::{Identity, TlsConfig, TlsConfigError, TlsFiles};
@@ -16,6 +17,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType, date_time_ymd,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tempfile::TempDir;
 
 /// A certificate authority of a test.
@@ -188,4 +193,56 @@ impl ClusterCerts {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir().join(name)
     }
+}
+
+/// The DER of a PEM certificate.
+pub fn der(cert_pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("a PEM certificate")
+}
+
+/// rustls's ring provider, as the transport uses it.
+#[allow(deprecated)] // Deprecated only for lacking post-quantum key exchange; see raft_net::tls.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca_pem: &str) -> Arc<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("a PEM CA certificate")).expect("a usable CA certificate");
+    }
+    Arc::new(roots)
+}
+
+fn key(cert: &TestCert) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("a PEM key")
+}
+
+/// A plain rustls client (TLS 1.3) that trusts `ca_pem` for servers named `localhost` and
+/// presents `cert` (or no certificate): a peer the transport's acceptor must judge.
+pub fn client_config(ca_pem: &str, cert: Option<&TestCert>) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .with_root_certificates(roots(ca_pem));
+    let config = match cert {
+        Some(cert) => builder.with_client_auth_cert(vec![der(&cert.cert_pem)], key(cert)).expect("a matching key"),
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+/// A plain rustls server (TLS 1.3) that presents `cert` and requires a client certificate of
+/// `ca_pem`: a peer the transport's dialer must judge.
+pub fn server_config(ca_pem: &str, cert: &TestCert) -> Arc<ServerConfig> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem), provider())
+        .build()
+        .expect("a verifier of a usable CA");
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![der(&cert.cert_pem)], key(cert))
+        .expect("a matching key");
+    Arc::new(config)
 }
