@@ -269,7 +269,9 @@ pub enum TlsError {
     InvalidCertificate(CertificateError),
     /// The peer's certificate names another node than the one it claims (acceptor: the `from` of
     /// its `Hello`) or than the one we dialed (dialer).
-    #[error("node {claimed} expected (claimed in the hello, or dialed), but the peer's certificate names node {certified}")]
+    #[error(
+        "node {claimed} expected (claimed in the hello, or dialed), but the peer's certificate names node {certified}"
+    )]
     IdentityMismatch {
         /// The node the peer claims to be, or that we dialed.
         claimed: NodeId,

@@ -18,7 +18,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use raft_core::{GroupId, Message, MessageBody, NodeId, Term};
-use raft_net::frame::{FRAME_BYTES_MAX_DEFAULT, HELLO_FRAME_BYTES_MAX, MAGIC, PROTOCOL_VERSION, encode_frame, read_frame};
+use raft_net::frame::{
+    FRAME_BYTES_MAX_DEFAULT, HELLO_FRAME_BYTES_MAX, MAGIC, PROTOCOL_VERSION, encode_frame, read_frame,
+};
 use raft_net::{Frame, Hello, PeerState, RejectReason, TcpOptions, TcpTransport, TokioConnector};
 use raft_testkit::certs::{CertSpec, ClusterCerts, TestCa, TestCert, client_config, der, replace_file, server_config};
 use raft_testkit::{CaptureLayer, Captured, ClusterBuilder, Kv, NetworkKind, PATIENCE, all_applied, propose, set};
@@ -267,16 +269,9 @@ fn the_dialer_refuses_an_acceptor_that_is_not_the_node_it_dialed() {
         let peers = BTreeMap::from([(NodeId(2), two), (NodeId(3), three), (NodeId(4), four)]);
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("a listener");
         let tls = certs.config(1).expect("node 1's files load");
-        let (transport, _inbound) = TcpTransport::start_tls(
-            CLUSTER,
-            LOCAL,
-            listener,
-            TokioConnector,
-            peers,
-            raft_testkit::tcp_options(),
-            tls,
-        )
-        .expect("the transport starts");
+        let (transport, _inbound) =
+            TcpTransport::start_tls(CLUSTER, LOCAL, listener, TokioConnector, peers, raft_testkit::tcp_options(), tls)
+                .expect("the transport starts");
         let failed = |peer: &'static str, code: &'static str| {
             let captured = captured.clone();
             move || {
@@ -298,7 +293,8 @@ fn the_dialer_refuses_an_acceptor_that_is_not_the_node_it_dialed() {
         .await
         .unwrap_or_else(|_| panic!("every dial refused in time: {:?}", captured.events()));
         let mismatch = captured.with_message("the TLS handshake failed");
-        let error = mismatch.iter().find_map(|event| event.field("error").filter(|error| error.contains("names node 3")));
+        let error =
+            mismatch.iter().find_map(|event| event.field("error").filter(|error| error.contains("names node 3")));
         assert!(error.is_some_and(|error| error.contains("node 2 expected")), "{mismatch:?}");
         for peer in [2, 3, 4] {
             assert_ne!(transport.peer_state(NodeId(peer)), Some(PeerState::Connected));
@@ -403,9 +399,14 @@ fn cases() -> impl Strategy<Value = Case> {
     let version = prop_oneof![3 => Just(PROTOCOL_VERSION), 1 => any::<u32>()];
     let cluster = prop_oneof![3 => Just(CLUSTER), 1 => any::<u64>()];
     let node = |usual: u64| prop_oneof![3 => Just(usual), 1 => 0..5u64, 1 => any::<u64>()];
-    let hello = (magic, version, cluster, node(2), node(1)).prop_map(|(magic, protocol_version, cluster_id, from, to)| {
-        Hello { magic, protocol_version, cluster_id, from: NodeId(from), to: NodeId(to) }
-    });
+    let hello =
+        (magic, version, cluster, node(2), node(1)).prop_map(|(magic, protocol_version, cluster_id, from, to)| Hello {
+            magic,
+            protocol_version,
+            cluster_id,
+            from: NodeId(from),
+            to: NodeId(to),
+        });
     let record_header = prop_oneof![Just(Vec::new()), Just(vec![0x16, 0x03, 0x01]), Just(vec![0x16, 0x03, 0x03, 0x40])];
     let plain = (record_header, prop::collection::vec(any::<u8>(), 0..300)).prop_map(|(mut header, bytes)| {
         header.extend(bytes);
@@ -442,7 +443,8 @@ fn the_tls_handshake_holds_against_arbitrary_clients() {
     let accepted = Cell::new(0);
     runner
         .run(&cases(), |case| {
-            let delivered = runtime.block_on(check_case(address, Arc::clone(&client), &case, &mut inbound.borrow_mut()));
+            let delivered =
+                runtime.block_on(check_case(address, Arc::clone(&client), &case, &mut inbound.borrow_mut()));
             accepted.set(accepted.get() + u64::from(delivered));
             prop_assert_eq!(PANICS.load(Ordering::Relaxed), 0, "a panic");
             Ok(())
