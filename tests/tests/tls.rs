@@ -262,11 +262,14 @@ fn the_dialer_refuses_an_acceptor_that_is_not_the_node_it_dialed() {
     logged(|captured| async move {
         let certs = ClusterCerts::new(CLUSTER, [1]).expect("certificates");
         // Peer 2 answers with node 3's certificate, peer 3 with a certificate of cluster 8, peer
-        // 4 with one of another CA: all but the last signed by the cluster's CA.
+        // 4 with one of another CA: all but the last signed by the cluster's CA. Peer 5 is who
+        // it should be, but trusts another CA for its clients, so it refuses node 1.
+        let other_ca = TestCa::new("another CA");
         let (two, two_received) = fake_acceptor(certs.ca.pem(), &certs.ca.node(CLUSTER, 3)).await;
         let (three, three_received) = fake_acceptor(certs.ca.pem(), &certs.ca.node(CLUSTER + 1, 3)).await;
-        let (four, four_received) = fake_acceptor(certs.ca.pem(), &TestCa::new("another CA").node(CLUSTER, 4)).await;
-        let peers = BTreeMap::from([(NodeId(2), two), (NodeId(3), three), (NodeId(4), four)]);
+        let (four, four_received) = fake_acceptor(certs.ca.pem(), &other_ca.node(CLUSTER, 4)).await;
+        let (five, five_received) = fake_acceptor(other_ca.pem(), &certs.ca.node(CLUSTER, 5)).await;
+        let peers = BTreeMap::from([(NodeId(2), two), (NodeId(3), three), (NodeId(4), four), (NodeId(5), five)]);
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("a listener");
         let tls = certs.config(1).expect("node 1's files load");
         let (transport, _inbound) =
@@ -282,9 +285,13 @@ fn the_dialer_refuses_an_acceptor_that_is_not_the_node_it_dialed() {
                 })
             }
         };
-        let (two_failed, three_failed, four_failed) =
-            (failed("2", "identity_mismatch"), failed("3", "wrong_cluster"), failed("4", "unknown_issuer"));
-        let all_failed = || two_failed() && three_failed() && four_failed();
+        let (two_failed, three_failed, four_failed, five_failed) = (
+            failed("2", "identity_mismatch"),
+            failed("3", "wrong_cluster"),
+            failed("4", "unknown_issuer"),
+            failed("5", "peer_refused"),
+        );
+        let all_failed = || two_failed() && three_failed() && four_failed() && five_failed();
         timeout(PATIENCE, async {
             while !all_failed() {
                 sleep(Duration::from_millis(10)).await;
@@ -296,11 +303,11 @@ fn the_dialer_refuses_an_acceptor_that_is_not_the_node_it_dialed() {
         let error =
             mismatch.iter().find_map(|event| event.field("error").filter(|error| error.contains("names node 3")));
         assert!(error.is_some_and(|error| error.contains("node 2 expected")), "{mismatch:?}");
-        for peer in [2, 3, 4] {
+        for peer in [2, 3, 4, 5] {
             assert_ne!(transport.peer_state(NodeId(peer)), Some(PeerState::Connected));
         }
         assert_eq!(transport.stats().connections_dialed, 0);
-        for received in [two_received, three_received, four_received] {
+        for received in [two_received, three_received, four_received, five_received] {
             assert_eq!(received.load(Ordering::Relaxed), 0, "the dialer sent nothing (no hello) after a refusal");
         }
         transport.shutdown().await;
