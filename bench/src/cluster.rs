@@ -75,6 +75,8 @@ pub struct ClusterSpec {
     pub idle_poll: Option<Duration>,
     /// `NodeConfig::execution` of every node.
     pub execution: ExecutionKind,
+    /// Over TCP: mutual TLS between the nodes (test certificates from raft-testkit).
+    pub tls: bool,
 }
 
 /// The cluster id of every benchmark group.
@@ -153,6 +155,13 @@ pub async fn start(spec: &ClusterSpec, dir: &Path) -> BenchResult<Cluster> {
             }
             config.execution = execution;
         });
+    let builder = if spec.tls && spec.transport == TransportKind::Tcp {
+        // The closure keeps the certificates' directory for as long as the cluster runs.
+        let certs = std::sync::Arc::new(raft_testkit::certs::ClusterCerts::new(CLUSTER, 1..=spec.nodes)?);
+        builder.tls(move |id| certs.config(id.0).expect("the files just written load"))
+    } else {
+        builder
+    };
     Ok(builder.start(|_| Counter::default()).await?)
 }
 

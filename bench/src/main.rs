@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod handshake;
 mod load;
 mod multi;
 mod recovery;
@@ -90,6 +91,20 @@ struct Args {
     /// runs every configuration with each (interleaved in every pass).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "threads")]
     execution: Vec<ExecutionKind>,
+    /// TCP without or with mutual TLS (configuration B; test certificates). With --matrix, a
+    /// comma-separated list runs configuration B with each (interleaved in every pass).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
+    tls: Vec<TlsMode>,
+    /// With --matrix: the client counts of configuration B [default: 1,64,256,1024].
+    #[arg(long, value_delimiter = ',')]
+    b_clients: Vec<usize>,
+    /// With --matrix: the payloads of configuration B, in bytes [default: 64,1024].
+    #[arg(long, value_delimiter = ',')]
+    b_payloads: Vec<usize>,
+    /// Measure this many handshakes of the TCP transport's acceptor over loopback, plain and
+    /// with TLS (interleaved), instead of a load.
+    #[arg(long)]
+    tls_handshakes: Option<usize>,
     /// With --matrix: only configuration A or only B.
     #[arg(long, value_enum)]
     only: Option<Part>,
@@ -140,6 +155,15 @@ struct Args {
 const GROUPS_MATRIX: [(u64, usize); 9] =
     [(1, 1), (8, 8), (64, 64), (1, 64), (1_000, 1_000), (1, 256), (8, 256), (64, 256), (1_000, 256)];
 
+/// Whether TCP runs under mutual TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    /// Plain TCP.
+    Off,
+    /// Mutual TLS (rustls, TLS 1.3).
+    On,
+}
+
 /// A part of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Part {
@@ -164,6 +188,9 @@ fn main() -> BenchResult<()> {
     if !args.matrix && args.execution.len() != 1 {
         return Err("--execution takes one value without --matrix".into());
     }
+    if !args.matrix && args.tls.len() != 1 {
+        return Err("--tls takes one value without --matrix".into());
+    }
     if !args.matrix && args.only.is_some() {
         return Err("--only needs --matrix".into());
     }
@@ -178,6 +205,9 @@ fn main() -> BenchResult<()> {
     let metrics = if args.metrics { Some(install_metrics()?) } else { None };
     let idle_poll = args.idle_poll_us.map_or(raft_net::IDLE_POLL_DEFAULT, Duration::from_micros);
     println!("nodes:   {} voters; core threads poll their empty queues for {idle_poll:?} before sleeping", args.nodes);
+    if let Some(handshakes) = args.tls_handshakes {
+        return runtime.block_on(handshake::measure(handshakes));
+    }
     if let Some(groups) = args.recovery_groups {
         return recovery::measure(groups, args.recovery_mib, &dir);
     }
@@ -384,7 +414,7 @@ fn single(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::Runtime)
         }
         StorageKind::Mem => None,
     };
-    let spec = spec(args, args.transport, args.storage, args.execution[0]);
+    let spec = spec(args, args.transport, args.storage, args.execution[0], args.tls[0] == TlsMode::On);
     let plan = plan(args, args.clients, args.payload, "run", Duration::from_secs(60));
     let result = runtime.block_on(measure(&spec, &plan, dir))?;
     report::print_single(&spec, &plan, &result, limit.as_ref());
@@ -403,6 +433,8 @@ pub struct Row {
     pub clients: usize,
     /// Bytes of each command.
     pub payload: usize,
+    /// Whether TCP runs under mutual TLS.
+    pub tls: bool,
     /// Each run's result, in the order they ran.
     pub runs: Vec<Measured>,
     /// With the WAL: the fsync reference measured just before each run.
@@ -416,8 +448,9 @@ impl Row {
         storage: StorageKind,
         clients: usize,
         payload: usize,
+        tls: bool,
     ) -> Self {
-        Row { execution, transport, storage, clients, payload, runs: Vec::new(), limits: Vec::new() }
+        Row { execution, transport, storage, clients, payload, tls, runs: Vec::new(), limits: Vec::new() }
     }
 
     fn label(&self, run: usize, runs: usize) -> String {
@@ -425,7 +458,8 @@ impl Row {
         match self.storage {
             StorageKind::Mem => format!("A, {execution}, {} clients, run {run}/{runs}", self.clients),
             StorageKind::Wal => {
-                format!("B, {execution}, {} B, {} clients, run {run}/{runs}", self.payload, self.clients)
+                let tls = if self.tls { ", TLS" } else { "" };
+                format!("B{tls}, {execution}, {} B, {} clients, run {run}/{runs}", self.payload, self.clients)
             }
         }
     }
@@ -457,15 +491,20 @@ fn matrix(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::Runtime)
     if args.only != Some(Part::B) {
         for clients in MATRIX_A_CLIENTS {
             for &execution in &args.execution {
-                rows.push(Row::new(execution, TransportKind::Mem, StorageKind::Mem, clients, 0));
+                rows.push(Row::new(execution, TransportKind::Mem, StorageKind::Mem, clients, 0, false));
             }
         }
     }
     if args.only != Some(Part::A) {
-        for payload in MATRIX_B_PAYLOADS {
-            for clients in MATRIX_B_CLIENTS {
+        let payloads = if args.b_payloads.is_empty() { MATRIX_B_PAYLOADS.to_vec() } else { args.b_payloads.clone() };
+        let clients = if args.b_clients.is_empty() { MATRIX_B_CLIENTS.to_vec() } else { args.b_clients.clone() };
+        for payload in payloads {
+            for &clients in &clients {
                 for &execution in &args.execution {
-                    rows.push(Row::new(execution, TransportKind::Tcp, StorageKind::Wal, clients, payload));
+                    for &tls in &args.tls {
+                        let tls = tls == TlsMode::On;
+                        rows.push(Row::new(execution, TransportKind::Tcp, StorageKind::Wal, clients, payload, tls));
+                    }
                 }
             }
         }
@@ -480,7 +519,7 @@ fn matrix(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::Runtime)
                 );
                 row.limits.push(FsyncReference::measure(dir, row.payload, row.clients, args.nodes, reference_time)?);
             }
-            let spec = spec(args, row.transport, row.storage, row.execution);
+            let spec = spec(args, row.transport, row.storage, row.execution, row.tls);
             let plan = plan(args, row.clients, row.payload, &label, Duration::from_secs(5));
             let measured = runtime.block_on(measure(&spec, &plan, dir))?;
             report::print_row_done(&plan, &measured);
@@ -544,9 +583,16 @@ impl FsyncReference {
     }
 }
 
-fn spec(args: &Args, transport: TransportKind, storage: StorageKind, execution: ExecutionKind) -> ClusterSpec {
+fn spec(
+    args: &Args,
+    transport: TransportKind,
+    storage: StorageKind,
+    execution: ExecutionKind,
+    tls: bool,
+) -> ClusterSpec {
     ClusterSpec {
         execution,
+        tls,
         nodes: args.nodes,
         transport,
         storage,

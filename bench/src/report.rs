@@ -101,10 +101,11 @@ pub fn print_fsync(fsync: &FsyncReference) {
 pub fn print_single(spec: &ClusterSpec, plan: &LoadPlan, measured: &Measured, limit: Option<&FsyncReference>) {
     let load = &measured.load;
     println!(
-        "config: {} nodes, {} clients, transport {:?}, storage {:?}, payload {} B, execution {}",
+        "config: {} nodes, {} clients, transport {:?}{}, storage {:?}, payload {} B, execution {}",
         spec.nodes,
         plan.clients,
         spec.transport,
+        if spec.tls { " with TLS" } else { "" },
         spec.storage,
         plan.payload,
         spec.execution.name()
@@ -214,11 +215,11 @@ pub fn print_table_b(rows: &[Row], runs: usize, nodes: u64) {
          (median of {runs} runs; latencies and CPU of the median run)\n"
     );
     println!(
-        "| execution | payload | clients | {COMMON_HEADER} | fsyncs/s of a batch: alone / spinning CPUs / each of {nodes} loops \
+        "| execution | TLS | payload | clients | {COMMON_HEADER} | fsyncs/s of a batch: alone / spinning CPUs / each of {nodes} loops \
          (median) | group-commit limit (median) | of limit | goal ({:.0}%) |",
         GOAL_B_FRACTION * 100.0
     );
-    println!("|:---|---:|---:|{COMMON_ALIGN}|---:|---:|---:|:---:|");
+    println!("|:---|:---:|---:|---:|{COMMON_ALIGN}|---:|---:|---:|:---:|");
     for row in rows {
         let (Some(median), Some(limit)) = (row.median(), row.median_limit()) else { continue };
         let rate = |pick: fn(&FsyncReference) -> f64| {
@@ -229,8 +230,9 @@ pub fn print_table_b(rows: &[Row], runs: usize, nodes: u64) {
         let fraction = median.load.ops_per_sec() / limit;
         let reached = if fraction >= GOAL_B_FRACTION { "yes" } else { "no" };
         println!(
-            "| {} | {} B | {} | {} | {} / {} / {} | {} | {:.0}% | {reached} |",
+            "| {} | {} | {} B | {} | {} | {} / {} / {} | {} | {:.0}% | {reached} |",
             row.execution.name(),
+            if row.tls { "on" } else { "off" },
             row.payload,
             row.clients,
             common_cells(row, median),

@@ -87,7 +87,9 @@
 //! - [`TcpTransport`]: length-prefixed postcard [`frame`]s over TCP, a handshake that checks
 //!   magic, protocol version, cluster id and addressee, one outbound connection per peer with
 //!   batched writes, reconnects with exponential backoff and seeded jitter. Generic over the
-//!   stream type through [`Connect`] and [`Accept`], so a simulated network can stand in.
+//!   stream type through [`Connect`] and [`Accept`], so a simulated network can stand in. With
+//!   the feature `tls`, every connection can run over mutual TLS, each node's certificate naming
+//!   its node and cluster (`tls` module, `TcpTransport::start_tls`).
 //!
 //! ### Groups
 //!
@@ -170,6 +172,8 @@ mod mem;
 pub mod metrics;
 pub mod node;
 mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
 
 pub use frame::{Frame, FrameError, Hello, RejectReason};

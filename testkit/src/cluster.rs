@@ -50,6 +50,10 @@ impl StorageKind {
 /// Changes a node's configuration before it starts.
 type Configure = Arc<dyn Fn(&mut NodeConfig) + Send + Sync>;
 
+/// Makes a node's TLS configuration.
+#[cfg(feature = "tls")]
+type MakeTls = Arc<dyn Fn(NodeId) -> raft_net::tls::TlsConfig + Send + Sync>;
+
 /// What a cluster is made of; [`ClusterBuilder::start`] starts it.
 #[derive(Clone)]
 pub struct ClusterBuilder {
@@ -59,6 +63,8 @@ pub struct ClusterBuilder {
     storage: StorageKind,
     tcp_options: TcpOptions,
     configure: Option<Configure>,
+    #[cfg(feature = "tls")]
+    tls: Option<MakeTls>,
 }
 
 impl ClusterBuilder {
@@ -73,6 +79,8 @@ impl ClusterBuilder {
             storage: StorageKind::Mem,
             tcp_options: tcp_options(),
             configure: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -97,6 +105,13 @@ impl ClusterBuilder {
     /// The TCP transport's options.
     pub fn tcp_options(mut self, options: TcpOptions) -> Self {
         self.tcp_options = options;
+        self
+    }
+
+    /// Over TCP, mutual TLS: node `id` (at every start) uses the configuration `tls(id)` makes.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: impl Fn(NodeId) -> raft_net::tls::TlsConfig + Send + Sync + 'static) -> Self {
+        self.tls = Some(Arc::new(tls));
         self
     }
 
@@ -254,12 +269,23 @@ impl<SM: Machine> Cluster<SM> {
                 };
                 let wiring =
                     Tcp::loopback(self.spec.cluster_id, listener, &self.addresses, self.spec.tcp_options.clone());
+                #[cfg(feature = "tls")]
+                if let Some(tls) = &self.spec.tls {
+                    let wiring = crate::node::TlsTcp { tcp: wiring, tls: tls(id) };
+                    let member = Member::start(self.config(id), storage, wiring, machine)?;
+                    return Ok(self.insert(member));
+                }
                 Member::start(self.config(id), storage, wiring, machine)?
             }
         };
-        let position = self.members.partition_point(|running| running.id < id);
+        Ok(self.insert(member))
+    }
+
+    /// Keeps a started node, in order of id.
+    fn insert(&mut self, member: Member<SM>) -> &Member<SM> {
+        let position = self.members.partition_point(|running| running.id < member.id);
         self.members.insert(position, member);
-        Ok(&self.members[position])
+        &self.members[position]
     }
 
     /// Stops node `id` ([`Member::shutdown`]) and takes it off the in-memory network, so that it

@@ -43,6 +43,8 @@
 //! keeps its snapshot format, which its seeds depend on.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "tls")]
+pub mod certs;
 pub mod client;
 pub mod cluster;
 pub mod kv;
@@ -60,6 +62,8 @@ pub use client::{Redirect, change_membership, propose, redirect};
 pub use cluster::{Cluster, ClusterBuilder, NetworkKind, StorageKind, bind, create_disk, listeners, open_disk};
 pub use kv::{Kv, KvData, KvView, TruncatedSnapshot, all_applied, propose_many, set};
 pub use logs::{CaptureLayer, Captured, CapturedEvent, capture_global, capture_local, init_tracing};
+#[cfg(feature = "tls")]
+pub use node::TlsTcp;
 pub use node::{HarnessError, Machine, Member, Started, Tcp, TransportTasks, Wired, Wiring, start_node};
 pub use wait::{PATIENCE, POLL, Settled, Unsettled, eventually, settled, settled_leader};
 

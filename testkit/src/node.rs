@@ -162,6 +162,31 @@ impl<A: Accept, C: Connect> Wiring for Tcp<A, C> {
     }
 }
 
+/// [`Tcp`] with mutual TLS ([`TcpTransport::start_tls`]).
+#[cfg(feature = "tls")]
+#[derive(Debug)]
+pub struct TlsTcp<A, C = TokioConnector> {
+    /// The transport, as without TLS.
+    pub tcp: Tcp<A, C>,
+    /// The node's TLS configuration (its certificate must name the node).
+    pub tls: raft_net::tls::TlsConfig,
+}
+
+#[cfg(feature = "tls")]
+impl<A: Accept, C: Connect> Wiring for TlsTcp<A, C> {
+    type Transport = Arc<TcpTransport<C>>;
+
+    fn wire(self, id: NodeId) -> Result<Wired<Self::Transport>, HarnessError> {
+        let Tcp { cluster_id, listener, connector, mut peers, options } = self.tcp;
+        peers.remove(&id);
+        let (transport, inbound) =
+            TcpTransport::start_tls(cluster_id, id, listener, connector, peers, options, self.tls)?;
+        let transport = Arc::new(transport);
+        let tasks = TransportTasks(Arc::clone(&transport) as Arc<dyn Stoppable>);
+        Ok(Wired { transport, inbound, tasks: Some(tasks) })
+    }
+}
+
 /// A started node: its handle, and its transport's tasks.
 pub struct Started<SM: StateMachine> {
     /// The node's handle.

@@ -13,7 +13,7 @@ use raft_core::NodeId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::time::{Instant, Sleep, sleep, timeout};
+use tokio::time::{Instant, Sleep, sleep, timeout, timeout_at};
 use tracing::{Instrument, debug, info, warn};
 
 use super::error::ConnectionError;
@@ -62,25 +62,47 @@ pub(crate) async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut listener: A)
     }
 }
 
-/// Handshakes with one dialer, then reads its messages until the connection ends, breaks a rule,
-/// or is replaced by a newer connection from the same peer.
+/// Handshakes with one dialer (TLS first, when the transport has it: here, in the connection's
+/// task, so that a slow client never stalls the accept loop), then reads its messages until the
+/// connection ends, breaks a rule, or is replaced by a newer connection from the same peer.
 /// Runs in a span naming the local node, the remote address and (once known) the peer.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S) {
+    // One timeout for the TLS handshake and the hello together.
+    let deadline = Instant::now() + shared.options.handshake_timeout;
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &shared.tls {
+        let (stream, identity) = match timeout_at(deadline, tls.accept(stream)).await {
+            Ok(Ok(secured)) => secured,
+            Ok(Err(error)) => return handshake_failed(&ConnectionError::Tls(error)),
+            Err(_) => return handshake_failed(&ConnectionError::HandshakeTimeout),
+        };
+        return serve_stream(shared, stream, deadline, Some(identity.node_id)).await;
+    }
+    serve_stream(shared, stream, deadline, None).await
+}
+
+/// Logs why a handshake failed (a TLS refusal with its `tls` code).
+fn handshake_failed(error: &ConnectionError) {
+    warn!(tls = error.tls_code(), %error, "handshake failed");
+}
+
+/// [`serve`] over a stream ready for the hello, which must come from `certified` (the node the
+/// dialer's TLS certificate names) if given.
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    stream: S,
+    deadline: Instant,
+    certified: Option<NodeId>,
+) {
     // The idle timer under the buffer: it reads the clock once per socket read, not once per read
     // from the buffer (several per frame).
     let stream = IdleReader::new(stream, shared.options.idle_timeout);
     let mut stream = BufReader::with_capacity(shared.options.read_buffer_bytes, stream);
-    let handshake = timeout(shared.options.handshake_timeout, accept_handshake(&shared, &mut stream)).await;
+    let handshake = timeout_at(deadline, accept_handshake(&shared, &mut stream, certified)).await;
     let peer = match handshake {
         Ok(Ok(peer)) => peer,
-        Ok(Err(error)) => {
-            warn!(%error, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            warn!(error = %ConnectionError::HandshakeTimeout, "handshake failed");
-            return;
-        }
+        Ok(Err(error)) => return handshake_failed(&error),
+        Err(_) => return handshake_failed(&ConnectionError::HandshakeTimeout),
     };
     tracing::Span::current().record("peer", tracing::field::display(peer));
     info!("peer connection up"); // The span names the peer and its address.
@@ -102,7 +124,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stream: S
 }
 
 /// The acceptor's side of the handshake: read `Hello`, answer, and return who the dialer is.
-async fn accept_handshake<S>(shared: &Shared, stream: &mut S) -> Result<NodeId, ConnectionError>
+/// Over TLS, a hello whose `from` is not the node the dialer's certificate names (`certified`)
+/// gets no answer: the connection is closed.
+async fn accept_handshake<S>(
+    shared: &Shared,
+    stream: &mut S,
+    certified: Option<NodeId>,
+) -> Result<NodeId, ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -110,6 +138,14 @@ where
     let Frame::Hello(hello) = frame else {
         return Err(ConnectionError::UnexpectedFrame);
     };
+    #[cfg(feature = "tls")]
+    if let Some(certified) = certified
+        && hello.from != certified
+    {
+        return Err(crate::tls::TlsError::IdentityMismatch { claimed: hello.from, certified }.into());
+    }
+    #[cfg(not(feature = "tls"))]
+    let _: Option<NodeId> = certified;
     match shared.check_hello(&hello) {
         Ok(()) => {
             write_frame(stream, &Frame::HelloAccepted, HELLO_FRAME_BYTES_MAX).await?;

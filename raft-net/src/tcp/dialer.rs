@@ -8,7 +8,7 @@ use std::sync::Arc;
 use raft_core::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
@@ -16,7 +16,7 @@ use super::error::ConnectionError;
 use super::groups::Counters;
 use super::stream::Connect;
 use super::{Outbound, PeerState, PeerStateCell, Shared};
-use crate::frame::{Frame, HELLO_FRAME_BYTES_MAX, Hello, encode_frame_into, read_frame, write_frame};
+use crate::frame::{Frame, FrameError, HELLO_FRAME_BYTES_MAX, Hello, encode_frame_into, read_frame, write_frame};
 use crate::metrics::{DialerMetrics, Tally, kind_index};
 
 /// Everything the writer task of one peer owns.
@@ -40,28 +40,19 @@ impl<C: Connect> Dialer<C> {
         let mut connected_before = false;
         loop {
             self.state.set(PeerState::Connecting);
-            match self.connect().await {
-                Ok(stream) => {
-                    info!("peer connection up"); // The span names the peer and its address.
-                    Counters::add(&self.shared.counters.connections_dialed, 1);
-                    if std::mem::replace(&mut connected_before, true) {
-                        self.metrics.reconnects.increment(1);
-                    }
-                    self.state.set(PeerState::Connected);
-                    self.backoff.reset();
-                    let error = self.write_loop(stream).await;
-                    info!(reason = %error, "peer connection down");
-                    if matches!(error, ConnectionError::PeerRemoved) {
-                        return;
-                    }
-                }
-                Err(error @ ConnectionError::Rejected(_)) => {
-                    self.metrics.dial_failures.increment(1);
-                    warn!(%error, "the peer refused the handshake");
-                }
+            match self.connect(&mut connected_before).await {
+                Ok(ConnectionError::PeerRemoved) => return,
+                Ok(_) => {}
                 Err(error) => {
                     self.metrics.dial_failures.increment(1);
-                    debug!(%error, "dial failed");
+                    match &error {
+                        ConnectionError::Rejected(_) => warn!(%error, "the peer refused the handshake"),
+                        #[cfg(feature = "tls")]
+                        ConnectionError::Tls(tls) if tls.is_refusal() => {
+                            warn!(tls = tls.code(), %error, "the TLS handshake failed");
+                        }
+                        _ => debug!(%error, "dial failed"),
+                    }
                 }
             }
             self.state.set(PeerState::Backoff);
@@ -70,18 +61,45 @@ impl<C: Connect> Dialer<C> {
         }
     }
 
-    /// Dials and handshakes, each within its timeout.
-    async fn connect(&self) -> Result<C::Stream, ConnectionError> {
+    /// Dials and handshakes (TLS first, when the transport has it), each within its timeout,
+    /// then writes until the connection fails: returns why it ended, or why it was never up.
+    async fn connect(&mut self, connected_before: &mut bool) -> Result<ConnectionError, ConnectionError> {
         let options = &self.shared.options;
-        let mut stream = timeout(options.connect_timeout, self.connector.connect(self.address))
+        let stream = timeout(options.connect_timeout, self.connector.connect(self.address))
             .await
             .map_err(|_| ConnectionError::ConnectTimeout)?
             .map_err(ConnectionError::Connect)?;
+        // One timeout for the TLS handshake and the hello together.
+        let deadline = Instant::now() + options.handshake_timeout;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.shared.tls {
+            let stream = timeout_at(deadline, tls.connect(stream, self.address, self.peer_id))
+                .await
+                .map_err(|_| ConnectionError::HandshakeTimeout)??;
+            return self.established(stream, deadline, connected_before).await;
+        }
+        self.established(stream, deadline, connected_before).await
+    }
+
+    /// Sends the hello on `stream` and, once accepted, writes until the connection fails.
+    async fn established<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        mut stream: S,
+        deadline: Instant,
+        connected_before: &mut bool,
+    ) -> Result<ConnectionError, ConnectionError> {
         let hello = Hello::new(self.shared.cluster_id, self.shared.local_id, self.peer_id);
-        timeout(options.handshake_timeout, handshake(&mut stream, hello))
-            .await
-            .map_err(|_| ConnectionError::HandshakeTimeout)??;
-        Ok(stream)
+        timeout_at(deadline, handshake(&mut stream, hello)).await.map_err(|_| ConnectionError::HandshakeTimeout)??;
+        info!("peer connection up"); // The span names the peer and its address.
+        Counters::add(&self.shared.counters.connections_dialed, 1);
+        if std::mem::replace(connected_before, true) {
+            self.metrics.reconnects.increment(1);
+        }
+        self.state.set(PeerState::Connected);
+        self.backoff.reset();
+        let error = self.write_loop(stream).await;
+        info!(reason = %error, "peer connection down");
+        Ok(error)
     }
 
     /// Writes batches until the connection fails, and a keepalive frame after
@@ -89,7 +107,7 @@ impl<C: Connect> Dialer<C> {
     /// silent for `idle_timeout`). Also watches the read side: the acceptor never writes after
     /// the handshake, so a readable stream means it closed (or misbehaves), which this notices
     /// without waiting for the next write to fail.
-    async fn write_loop(&mut self, mut stream: C::Stream) -> ConnectionError {
+    async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut stream: S) -> ConnectionError {
         let mut buffer = Vec::new();
         let mut probe = [0; 1];
         // Writes only note the time; the timer is re-armed when it fires, not for every batch.
@@ -184,7 +202,12 @@ impl<C: Connect> Dialer<C> {
     }
 
     /// Writes and flushes `buffer` (which holds `messages` message frames), within the write timeout.
-    async fn write_batch(&self, stream: &mut C::Stream, buffer: &[u8], messages: u64) -> Result<(), ConnectionError> {
+    async fn write_batch<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        buffer: &[u8],
+        messages: u64,
+    ) -> Result<(), ConnectionError> {
         if buffer.is_empty() {
             return Ok(());
         }
@@ -218,11 +241,25 @@ impl<C: Connect> Dialer<C> {
 
 /// The dialer's side of the handshake: send `hello`, expect `HelloAccepted`.
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, hello: Hello) -> Result<(), ConnectionError> {
-    write_frame(stream, &Frame::Hello(hello), HELLO_FRAME_BYTES_MAX).await?;
-    let reply: Frame = read_frame(stream, HELLO_FRAME_BYTES_MAX, &mut Vec::new()).await?;
+    write_frame(stream, &Frame::Hello(hello), HELLO_FRAME_BYTES_MAX).await.map_err(tls_alert)?;
+    let reply: Frame = read_frame(stream, HELLO_FRAME_BYTES_MAX, &mut Vec::new()).await.map_err(tls_alert)?;
     match reply {
         Frame::HelloAccepted => Ok(()),
         Frame::HelloRejected { reason } => Err(ConnectionError::Rejected(reason)),
         _ => Err(ConnectionError::UnexpectedFrame),
     }
+}
+
+/// A frame error, or the TLS refusal behind it: in TLS 1.3 the acceptor checks the dialer's
+/// certificate after the dialer's side of the TLS handshake is done, so its refusal (an alert)
+/// arrives while the dialer waits for the answer to its hello.
+fn tls_alert(error: FrameError) -> ConnectionError {
+    #[cfg(feature = "tls")]
+    if let FrameError::Io(io) = error {
+        return match crate::tls::TlsError::from_io(io) {
+            crate::tls::TlsError::Io(io) => ConnectionError::Frame(FrameError::Io(io)),
+            refusal => ConnectionError::Tls(refusal),
+        };
+    }
+    ConnectionError::Frame(error)
 }

@@ -69,4 +69,20 @@ pub(crate) enum ConnectionError {
     /// The peer was removed or replaced.
     #[error("the peer was removed")]
     PeerRemoved,
+    /// TLS refused the peer (or the peer refused us), or the TLS handshake failed.
+    #[cfg(feature = "tls")]
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+impl ConnectionError {
+    /// The [`TlsError::code`](crate::tls::TlsError::code) of a TLS error, logged as the field
+    /// `tls`.
+    pub(crate) fn tls_code(&self) -> Option<&'static str> {
+        match self {
+            #[cfg(feature = "tls")]
+            ConnectionError::Tls(error) => Some(error.code()),
+            _ => None,
+        }
+    }
 }

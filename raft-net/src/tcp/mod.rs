@@ -145,7 +145,23 @@ pub enum StartError {
     /// The peer list contains the local node.
     #[error("node {0} cannot be its own peer")]
     PeerIsLocal(NodeId),
+    /// The TLS certificate names another node or cluster than the transport's.
+    #[cfg(feature = "tls")]
+    #[error("the TLS certificate names {certified}, but the transport is {expected}")]
+    TlsIdentity {
+        /// The transport's cluster and node.
+        expected: crate::tls::Identity,
+        /// What the certificate names.
+        certified: crate::tls::Identity,
+    },
 }
+
+/// What secures the connections when it is not plain TCP: a TLS configuration with the feature
+/// `tls`, nothing can be without it.
+#[cfg(feature = "tls")]
+type Security = crate::tls::TlsConfig;
+#[cfg(not(feature = "tls"))]
+type Security = std::convert::Infallible;
 
 /// State shared by the transport handle and its tasks.
 pub(crate) struct Shared {
@@ -162,6 +178,9 @@ pub(crate) struct Shared {
     cancel: CancellationToken,
     tasks: TaskTracker,
     runtime: Handle,
+    /// Mutual TLS on every connection, or plain TCP.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
 }
 
 /// What a dialer writes: a message of a group, or a node-level liveness ping.
@@ -306,11 +325,51 @@ impl<C: Connect> TcpTransport<C> {
         peers: BTreeMap<NodeId, SocketAddr>,
         options: TcpOptions,
     ) -> Result<(Self, mpsc::Receiver<Message>), StartError> {
-        let transport = TcpTransport::new(cluster_id, local_id, &listener, connector, &peers, options)?;
+        let transport = TcpTransport::new(cluster_id, local_id, &listener, connector, &peers, options, None)?;
+        Ok(transport.launch_default(listener, peers))
+    }
+
+    /// [`TcpTransport::start`] with mutual TLS on every connection (see [`crate::tls`]):
+    /// `tls`'s certificate must name `local_id` of `cluster_id`.
+    #[cfg(feature = "tls")]
+    pub fn start_tls<A: Accept>(
+        cluster_id: u64,
+        local_id: NodeId,
+        listener: A,
+        connector: C,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        options: TcpOptions,
+        tls: crate::tls::TlsConfig,
+    ) -> Result<(Self, mpsc::Receiver<Message>), StartError> {
+        let transport = TcpTransport::new(cluster_id, local_id, &listener, connector, &peers, options, Some(tls))?;
+        Ok(transport.launch_default(listener, peers))
+    }
+
+    /// [`TcpTransport::start_node`] with mutual TLS on every connection (see [`crate::tls`]):
+    /// `tls`'s certificate must name `local_id` of `cluster_id`.
+    #[cfg(feature = "tls")]
+    pub fn start_node_tls<A: Accept>(
+        cluster_id: u64,
+        local_id: NodeId,
+        listener: A,
+        connector: C,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        options: TcpOptions,
+        tls: crate::tls::TlsConfig,
+    ) -> Result<Self, StartError> {
+        let transport = TcpTransport::new(cluster_id, local_id, &listener, connector, &peers, options, Some(tls))?;
+        Ok(transport.launch(listener, peers))
+    }
+
+    /// Registers [`GroupId::DEFAULT`], then spawns the tasks.
+    fn launch_default<A: Accept>(
+        self,
+        listener: A,
+        peers: BTreeMap<NodeId, SocketAddr>,
+    ) -> (Self, mpsc::Receiver<Message>) {
         // Registered before any connection is accepted, so no message for it can miss it.
-        let receiver =
-            transport.shared.groups.open(GroupId::DEFAULT, transport.shared.options.inbound_queue_messages_max);
-        Ok((transport.launch(listener, peers), receiver))
+        let receiver = self.shared.groups.open(GroupId::DEFAULT, self.shared.options.inbound_queue_messages_max);
+        (self.launch(listener, peers), receiver)
     }
 
     /// Starts the transport of node `local_id` in cluster `cluster_id` with no group yet (see
@@ -325,7 +384,7 @@ impl<C: Connect> TcpTransport<C> {
         peers: BTreeMap<NodeId, SocketAddr>,
         options: TcpOptions,
     ) -> Result<Self, StartError> {
-        let transport = TcpTransport::new(cluster_id, local_id, &listener, connector, &peers, options)?;
+        let transport = TcpTransport::new(cluster_id, local_id, &listener, connector, &peers, options, None)?;
         Ok(transport.launch(listener, peers))
     }
 
@@ -337,8 +396,16 @@ impl<C: Connect> TcpTransport<C> {
         connector: C,
         peers: &BTreeMap<NodeId, SocketAddr>,
         options: TcpOptions,
+        tls: Option<Security>,
     ) -> Result<Self, StartError> {
         options.validate()?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &tls {
+            let expected = crate::tls::Identity::new(cluster_id, local_id);
+            if tls.identity() != expected {
+                return Err(StartError::TlsIdentity { expected, certified: tls.identity() });
+            }
+        }
         let runtime = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         let local_address = listener.local_address().map_err(StartError::LocalAddress)?;
         if peers.contains_key(&local_id) {
@@ -357,7 +424,11 @@ impl<C: Connect> TcpTransport<C> {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime,
+            #[cfg(feature = "tls")]
+            tls,
         });
+        #[cfg(not(feature = "tls"))]
+        let _: Option<Security> = tls;
         Ok(TcpTransport { shared, connector: Arc::new(connector), local_address })
     }
 
