@@ -253,19 +253,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     peers.retain(|peer| peer.id != id);
     let me = PeerAddresses { id, raft: args.raft_advertise.unwrap_or(args.raft), http: args.http };
     peers.push(me);
+    // Checked before the store is created: a certificate of another node or cluster stops here.
+    let transport_tls = match &security.tls {
+        Some(tls) => Some(tls.transport_config(args.cluster_id, id)?),
+        None => None,
+    };
     let storage = storage(&args, &peers)?;
     let raft_addresses: BTreeMap<NodeId, SocketAddr> = peers.iter().map(|peer| (peer.id, peer.raft)).collect();
     let listener = tokio::net::TcpListener::bind(args.raft).await.with_context(|| format!("binding {}", args.raft))?;
-    // RAFT TRANSPORT TLS: the place where raft-net's mutual TLS is switched on. With `--tls`,
-    // `security.tls` holds this node's three PEM paths (`NodeTls`: the CA, `node-ID.pem`,
-    // `node-ID.key`, whose certificate names `raft://CLUSTER_ID/node/ID`); build raft-net's TLS
-    // acceptor and connector from them here and start the transport with those in place of the
-    // plain listener and `TokioConnector`. Until then the Raft transport is plain TCP in both
-    // modes.
-    let others = raft_addresses.iter().filter(|(peer, _)| **peer != id).map(|(peer, address)| (*peer, *address));
-    let (transport, inbound) =
-        TcpTransport::start(args.cluster_id, id, listener, TokioConnector, others.collect(), TcpOptions::default())
-            .context("starting the Raft transport")?;
+    // With `--tls`, the Raft transport is mutual TLS too: each node presents its certificate
+    // (naming `raft://CLUSTER_ID/node/ID`) and accepts only peers whose certificate names the
+    // node they claim to be, of this cluster, signed by the CA.
+    let others: BTreeMap<NodeId, SocketAddr> =
+        raft_addresses.iter().filter(|(peer, _)| **peer != id).map(|(peer, address)| (*peer, *address)).collect();
+    let (transport, inbound) = match transport_tls {
+        Some(tls) => {
+            TcpTransport::start_tls(args.cluster_id, id, listener, TokioConnector, others, TcpOptions::default(), tls)
+        }
+        None => TcpTransport::start(args.cluster_id, id, listener, TokioConnector, others, TcpOptions::default()),
+    }
+    .context("starting the Raft transport")?;
     let transport = Arc::new(transport);
     let book = PeerBook::open(id, &peers, Arc::clone(&transport), &args.data).context("opening the peer book")?;
     let mut config = NodeConfig::new(id, crate::kv::raft_options().context("the Raft options")?);

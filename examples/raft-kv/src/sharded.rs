@@ -105,11 +105,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let client = Client::with_timeout(&security.client, PEER_TIMEOUT).context("the client between nodes")?;
     let me = NodeEntry { raft: args.raft_advertise.unwrap_or(args.raft), http: args.http, state: NodeState::Active };
-    let config = shard_config(&args, &client, me).await?;
+    // With `--tls`, the Raft transport is mutual TLS too (see node.rs); a certificate of another
+    // node or cluster stops the node before anything is written.
+    let transport_tls = match &security.tls {
+        Some(tls) => Some(tls.transport_config(args.cluster_id, id)?),
+        None => None,
+    };
+    let mut config = shard_config(&args, &client, me).await?;
+    config.tls = transport_tls;
     let join = config.join;
     let peers = Arc::new(HttpPeers { node: OnceLock::new(), client: client.clone() });
-    // RAFT TRANSPORT TLS: as in single-group mode, the transport is plain TCP until raft-net's
-    // mutual TLS is switched on (see node.rs).
     let listener = tokio::net::TcpListener::bind(args.raft).await.with_context(|| format!("binding {}", args.raft))?;
     let node = ShardNode::start(config, listener, Arc::clone(&peers) as Arc<dyn Peers>)
         .await
@@ -210,6 +215,7 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
         workers: 2,
         join: false,
         controller: Some(controller),
+        tls: None,
     };
     // The table's nodes as last saved, then what the command line says (which wins).
     config.nodes = saved_nodes(&args.data.join(NODES_FILE))?;

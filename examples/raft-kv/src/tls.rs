@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+use raft_core::NodeId;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -45,6 +47,24 @@ pub struct NodeTls {
 }
 
 impl NodeTls {
+    /// The Raft transport's mutual TLS from these files, for node `node_id` of cluster
+    /// `cluster_id`: refused unless the certificate names exactly `raft://CLUSTER/node/ID` (checked
+    /// before anything is written). The files are read again when they change (new connections
+    /// use the new ones).
+    pub fn transport_config(&self, cluster_id: u64, node_id: NodeId) -> anyhow::Result<raft_net::tls::TlsConfig> {
+        let files = raft_net::tls::TlsFiles { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() };
+        let config = raft_net::tls::TlsConfig::from_files(files).context("the Raft transport's TLS files (--tls)")?;
+        let certified = config.identity();
+        let expected = raft_net::tls::Identity { cluster_id, node_id };
+        if certified != expected {
+            anyhow::bail!(
+                "the TLS certificate names {certified}, but this node is {expected} (--id, --cluster-id): \
+                 use the certificate of this node and cluster"
+            );
+        }
+        Ok(config)
+    }
+
     /// Node `id`'s files in a directory written by `raft-kv certs`.
     pub fn in_dir(dir: &Path, id: u64) -> NodeTls {
         NodeTls {

@@ -37,6 +37,7 @@ fn config(id: u64, nodes: &BTreeMap<NodeId, NodeEntry>, data: &Path, shards: u32
         workers: 1,
         join: false,
         controller: None,
+        tls: None,
     }
 }
 

@@ -334,6 +334,11 @@ fn unusable_tls_settings_are_refused_at_start() {
     refused(serve(&["--join", "https://127.0.0.1:1"]), "members serve http://");
     let data_token = tls.join("data.token").display().to_string();
     refused(serve(&["--bootstrap", "--data-token-file", &data_token]), "needs an admin token");
+    // The Raft transport's mutual TLS: the certificates name cluster 1, so a node of cluster 2
+    // cannot start with them (in either mode).
+    refused(serve(&["--bootstrap", "--tls", &tls_arg, "--cluster-id", "2"]), "the TLS certificate names");
+    let shards = ["--bootstrap", "--tls", &tls_arg, "--cluster-id", "2", "--shards", "2"];
+    refused(serve(&shards), "the TLS certificate names");
     std::fs::remove_file(tls.join("node-1.key")).expect("remove a key");
     refused(serve(&["--bootstrap", "--tls", &tls_arg]), "node-1.key");
     let cluster = raft_kv(&["cluster", "--nodes", "3", "--tls", &tls_arg, "--data", &data_arg], &[]);

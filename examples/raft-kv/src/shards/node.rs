@@ -68,6 +68,8 @@ pub struct ShardNodeConfig {
     /// How the controller runs while this node leads the meta group; `None`: it does not run
     /// here (replicas then move only when an operator drives each step).
     pub controller: Option<RunnerConfig>,
+    /// Mutual TLS for the Raft transport; `None`: plain TCP.
+    pub tls: Option<raft_net::tls::TlsConfig>,
 }
 
 /// Why a node of a sharded cluster could not start.
@@ -196,14 +198,25 @@ impl ShardNode {
         let first_start = !wal.groups().contains(&META_GROUP);
         let raft_peers: BTreeMap<NodeId, _> =
             config.nodes.iter().filter(|(peer, _)| **peer != id).map(|(peer, entry)| (*peer, entry.raft)).collect();
-        let transport = Arc::new(TcpTransport::start_node(
-            config.cluster_id,
-            id,
-            listener,
-            TokioConnector,
-            raft_peers,
-            TcpOptions::default(),
-        )?);
+        let transport = Arc::new(match config.tls.clone() {
+            Some(tls) => TcpTransport::start_node_tls(
+                config.cluster_id,
+                id,
+                listener,
+                TokioConnector,
+                raft_peers,
+                TcpOptions::default(),
+                tls,
+            )?,
+            None => TcpTransport::start_node(
+                config.cluster_id,
+                id,
+                listener,
+                TokioConnector,
+                raft_peers,
+                TcpOptions::default(),
+            )?,
+        });
         let host = Host::start(HostConfig {
             thread_name: format!("kv-{}", id.0),
             tick_interval: config.tick_interval,
