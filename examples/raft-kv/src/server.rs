@@ -213,8 +213,8 @@ pub fn router(app: App, credentials: Credentials) -> Router {
         .route("/cluster/leader", post(transfer))
         .route_layer(from_fn_with_state((Arc::clone(&credentials), Access::Admin), authorize));
     let data = Router::new()
-        .route("/kv/{key}", put(put_key).layer(put_limit).get(get_key).delete(delete_key))
-        .route("/kv/{key}/cas", post(cas_key).layer(DefaultBodyLimit::max(CAS_BODY_BYTES_MAX)))
+        .route("/kv/{key}", put(put_key::<App>).layer(put_limit).get(get_key::<App>).delete(delete_key::<App>))
+        .route("/kv/{key}/cas", post(cas_key::<App>).layer(DefaultBodyLimit::max(CAS_BODY_BYTES_MAX)))
         .route("/cluster/status", get(status))
         .route("/metrics", get(metrics))
         .route_layer(from_fn_with_state((credentials, Access::Data), authorize));
@@ -306,29 +306,51 @@ pub(crate) fn check_value(value: &[u8]) -> Result<(), ApiError> {
     check_len(value.len())
 }
 
-/// A 307 to the leader's HTTP address for the same path, or 503 when no leader is known.
-fn redirect(app: &App, leader: Option<NodeId>, uri: &Uri) -> HttpResponse {
-    let Some(peer) = leader.and_then(|leader| app.book.get(leader)) else {
-        return ApiError::unavailable(Reason::NoLeader, NO_LEADER).into_response();
-    };
+/// Where the key handlers send a key's requests: this node's one group ([`App`]), or this node's
+/// replica of the key's shard (the sharded service's `ShardApp`). The handlers are the same.
+pub(crate) trait KeyGroups: Send + Sync + 'static {
+    /// The group that serves `key` here, or the answer to send instead (a 307 to a node that
+    /// serves it, a 410 from a removed node, a 503 while no routing table is known).
+    fn group(&self, key: &str, uri: &Uri) -> Result<NodeHandle<Kv>, Box<HttpResponse>>;
+
+    /// A 307 to `leader`'s HTTP address for the same path (a group's leader, named by a refusal
+    /// of this node's replica), or 503 when no leader is known.
+    fn to_leader(&self, leader: Option<NodeId>, uri: &Uri) -> HttpResponse;
+}
+
+/// A 307 to `scheme://http` with the same path and query.
+pub(crate) fn redirect_to(scheme: &str, http: std::net::SocketAddr, uri: &Uri) -> HttpResponse {
     let path = uri.path_and_query().map_or("/", |path| path.as_str());
-    let location = format!("{}://{}{}", app.scheme, peer.http, path);
-    match HeaderValue::from_str(&location) {
-        Ok(value) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, value)]).into_response(),
-        Err(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "bad leader address").into_response(),
+    match HeaderValue::from_str(&format!("{scheme}://{http}{path}")) {
+        Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
+        Err(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "bad node address").into_response(),
     }
 }
 
-/// Proposes `command`; redirects when this node does not lead. Every failure says whether the
-/// command may have been applied.
-async fn propose(app: &App, command: Command, uri: &Uri) -> Result<Response, HttpResponse> {
-    check_member(app).map_err(IntoResponse::into_response)?;
-    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, app.handle.propose(encode(&command))).await;
+impl KeyGroups for App {
+    fn group(&self, _key: &str, _uri: &Uri) -> Result<NodeHandle<Kv>, Box<HttpResponse>> {
+        check_member(self).map_err(|error| Box::new(error.into_response()))?;
+        Ok(self.handle.clone())
+    }
+
+    fn to_leader(&self, leader: Option<NodeId>, uri: &Uri) -> HttpResponse {
+        match leader.and_then(|leader| self.book.get(leader)) {
+            Some(peer) => redirect_to(self.scheme, peer.http, uri),
+            None => ApiError::unavailable(Reason::NoLeader, NO_LEADER).into_response(),
+        }
+    }
+}
+
+/// Proposes `command` to `key`'s group here; redirects when this node does not lead it (or does
+/// not serve the key). Every failure says whether the command may have been applied.
+async fn propose<G: KeyGroups>(app: &G, key: &str, command: Command, uri: &Uri) -> Result<Response, HttpResponse> {
+    let handle = app.group(key, uri).map_err(|elsewhere| *elsewhere)?;
+    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, handle.propose(encode(&command))).await;
     match outcome {
         Ok(Ok(Response::Invalid)) => Err(bad(StatusCode::INTERNAL_SERVER_ERROR, "command invalid").into_response()),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(ProposeError::Refused { reason: raft_core::ProposeError::NotLeader { leader }, .. })) => {
-            Err(redirect(app, leader, uri))
+            Err(app.to_leader(leader, uri))
         }
         Ok(Err(error)) => Err(propose_error(error).into_response()),
         // The proposal may have reached the log before the wait ended.
@@ -382,8 +404,8 @@ pub(crate) fn read_error(error: ReadError) -> ApiError {
     }
 }
 
-async fn put_key(
-    State(app): State<Arc<App>>,
+pub(crate) async fn put_key<G: KeyGroups>(
+    State(app): State<Arc<G>>,
     Path(key): Path<String>,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
@@ -395,17 +417,21 @@ async fn put_key(
     if let Err(error) = check_value(&body) {
         return error.into_response();
     }
-    match propose(&app, Command::Put { key, value: body }, &uri).await {
+    match propose(app.as_ref(), &key.clone(), Command::Put { key, value: body }, &uri).await {
         Ok(_) => axum::Json(json!({ "ok": true })).into_response(),
         Err(response) => response,
     }
 }
 
-async fn delete_key(State(app): State<Arc<App>>, Path(key): Path<String>, uri: Uri) -> HttpResponse {
+pub(crate) async fn delete_key<G: KeyGroups>(
+    State(app): State<Arc<G>>,
+    Path(key): Path<String>,
+    uri: Uri,
+) -> HttpResponse {
     if let Err(error) = check_key(&key) {
         return error.into_response();
     }
-    match propose(&app, Command::Delete { key }, &uri).await {
+    match propose(app.as_ref(), &key.clone(), Command::Delete { key }, &uri).await {
         Ok(Response::Deleted(existed)) => axum::Json(json!({ "deleted": existed })).into_response(),
         Ok(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer").into_response(),
         Err(response) => response,
@@ -420,8 +446,8 @@ pub(crate) struct CasBody {
     pub(crate) value: Option<String>,
 }
 
-async fn cas_key(
-    State(app): State<Arc<App>>,
+pub(crate) async fn cas_key<G: KeyGroups>(
+    State(app): State<Arc<G>>,
     Path(key): Path<String>,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
@@ -434,8 +460,9 @@ async fn cas_key(
     if let Err(error) = check_key(&key).and_then(|()| check_len(value_len)) {
         return error.into_response();
     }
-    let command = Command::Cas { key, expected: body.expected.map(Bytes::from), value: body.value.map(Bytes::from) };
-    match propose(&app, command, &uri).await {
+    let command =
+        Command::Cas { key: key.clone(), expected: body.expected.map(Bytes::from), value: body.value.map(Bytes::from) };
+    match propose(app.as_ref(), &key, command, &uri).await {
         Ok(Response::Cas { swapped, current }) => {
             let current = current.map(|value| String::from_utf8_lossy(&value).into_owned());
             let status = if swapped { StatusCode::OK } else { StatusCode::CONFLICT };
@@ -470,15 +497,21 @@ pub(crate) fn consistency(query: &ReadQuery) -> Result<ReadConsistency, ApiError
     }
 }
 
-async fn get_key(State(app): State<Arc<App>>, Path(key): Path<String>, Query(query): Query<ReadQuery>) -> HttpResponse {
+pub(crate) async fn get_key<G: KeyGroups>(
+    State(app): State<Arc<G>>,
+    Path(key): Path<String>,
+    uri: Uri,
+    Query(query): Query<ReadQuery>,
+) -> HttpResponse {
     let consistency = match check_key(&key).and_then(|()| consistency(&query)) {
         Ok(consistency) => consistency,
         Err(error) => return error.into_response(),
     };
-    if let Err(error) = check_member(&app) {
-        return error.into_response();
-    }
-    let read = app.handle.read(consistency, move |kv: &Kv| kv.get(&key));
+    let handle = match app.group(&key, &uri) {
+        Ok(handle) => handle,
+        Err(elsewhere) => return *elsewhere,
+    };
+    let read = handle.read(consistency, move |kv: &Kv| kv.get(&key));
     match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
         Ok(Ok(Some(value))) => value.into_response(),
         Ok(Ok(None)) => bad(StatusCode::NOT_FOUND, "no such key").into_response(),
@@ -610,7 +643,7 @@ async fn members(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, Byte
         Err(_) => return ApiError::unavailable(Reason::NodeStopped, NODE_STOPPED).into_response(),
     };
     if status.role != Role::Leader {
-        return redirect(&app, status.leader, &uri);
+        return app.to_leader(status.leader, &uri);
     }
     let change = match action {
         MemberAction::AddLearner { id, raft, http } => {
@@ -659,7 +692,7 @@ async fn register(app: &App, peer: PeerAddresses, uri: &Uri) -> Result<(), HttpR
     let mut book = app.book.all();
     book.insert(peer.id, peer);
     for peer in book.into_values().filter(|peer| registered.get(&peer.id) != Some(peer)) {
-        propose(app, Command::Register(peer), uri).await?;
+        propose(app, "", Command::Register(peer), uri).await?;
     }
     Ok(())
 }
@@ -706,7 +739,7 @@ async fn change_membership(app: &App, change: ConfChange, uri: &Uri) -> HttpResp
                 ..
             } => {}
             MembershipChangeError::Refused { reason: MembershipError::NotLeader { leader }, .. } => {
-                return redirect(app, leader, uri);
+                return app.to_leader(leader, uri);
             }
             error => return membership_error(error).into_response(),
         }
@@ -762,7 +795,7 @@ async fn transfer(State(app): State<Arc<App>>, uri: Uri, body: Result<Bytes, Byt
     match outcome {
         Ok(Ok(())) => axum::Json(json!({ "leader": body.id })).into_response(),
         Ok(Err(TransferLeadershipError::Refused { reason: TransferError::NotLeader { leader }, .. })) => {
-            redirect(&app, leader, &uri)
+            app.to_leader(leader, &uri)
         }
         Ok(Err(TransferLeadershipError::Refused { reason: TransferError::AlreadyLeader(id), .. })) => {
             axum::Json(json!({ "leader": id.0 })).into_response()

@@ -22,8 +22,8 @@ use anyhow::{Context, bail};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{StatusCode, Uri};
 use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post, put};
@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
-use raft_kv::kv::{Command, Kv, Response, encode};
+use raft_kv::kv::Kv;
 use raft_kv::shards::controller::{Action, Observed};
 use raft_kv::shards::node::{Route, ShardNode, ShardNodeConfig};
 use raft_kv::shards::runner::{BoxFuture, Peers, RunnerConfig};
@@ -46,9 +46,9 @@ use crate::auth::{Access, Credentials};
 use crate::client::{Client, HttpResponse as ClientResponse};
 use crate::node::{EXIT_NODE_FAILED, HTTP_STOP_GRACE, NodeFailed, ServeArgs, security, stopped};
 use crate::server::{
-    ADMIN_BODY_BYTES_MAX, ADMIN_TIMEOUT, ApiError, CAS_BODY_BYTES_MAX, CasBody, NO_LEADER, NODE_STOPPED,
-    PUT_BODY_BYTES_MAX, REQUEST_TIMEOUT, ReadQuery, Reason, TIMED_OUT, authorize, bad, body_within, check_key,
-    check_len, check_value, consistency, json_body, json_errors, propose_error, read_error,
+    ADMIN_BODY_BYTES_MAX, ADMIN_TIMEOUT, ApiError, CAS_BODY_BYTES_MAX, KeyGroups, NO_LEADER, NODE_STOPPED,
+    PUT_BODY_BYTES_MAX, REQUEST_TIMEOUT, Reason, TIMED_OUT, authorize, bad, cas_key, delete_key, get_key, json_body,
+    json_errors, propose_error, put_key, read_error, redirect_to,
 };
 use crate::signals::{StopSignals, watch_stdin};
 
@@ -376,9 +376,12 @@ fn router(app: ShardApp, credentials: Credentials) -> Router {
         .route("/kv", get(scan))
         .route(
             "/kv/{key}",
-            put(put_key).layer(DefaultBodyLimit::max(PUT_BODY_BYTES_MAX)).get(get_key).delete(delete_key),
+            put(put_key::<ShardApp>)
+                .layer(DefaultBodyLimit::max(PUT_BODY_BYTES_MAX))
+                .get(get_key::<ShardApp>)
+                .delete(delete_key::<ShardApp>),
         )
-        .route("/kv/{key}/cas", post(cas_key).layer(DefaultBodyLimit::max(CAS_BODY_BYTES_MAX)))
+        .route("/kv/{key}/cas", post(cas_key::<ShardApp>).layer(DefaultBodyLimit::max(CAS_BODY_BYTES_MAX)))
         .route("/internal/scan", post(shard_scan))
         .route("/cluster/shards", get(shards))
         .route("/cluster/status", get(status))
@@ -392,29 +395,10 @@ fn router(app: ShardApp, credentials: Credentials) -> Router {
         .with_state(Arc::new(app))
 }
 
-/// A 307 to `http` with the request's path and query.
-fn redirect_to(scheme: &str, http: SocketAddr, uri: &Uri) -> HttpResponse {
-    let path = uri.path_and_query().map_or("/", |path| path.as_str());
-    match HeaderValue::from_str(&format!("{scheme}://{http}{path}")) {
-        Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
-        Err(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "bad node address").into_response(),
-    }
-}
-
-impl ShardApp {
-    /// A 307 to `node` (a group's leader) at its HTTP address in the routing table, or 503 when
-    /// no leader is known.
-    fn redirect(&self, node: Option<NodeId>, uri: &Uri) -> HttpResponse {
-        let table = self.node.table();
-        match node.and_then(|node| table.nodes().get(&node)) {
-            Some(entry) => redirect_to(self.scheme, entry.http, uri),
-            None => ApiError::unavailable(Reason::NoLeader, NO_LEADER).into_response(),
-        }
-    }
-
-    /// This node's replica of `key`'s shard; otherwise the answer: a 307 to a node that holds
-    /// it, or 503 while no routing table is known.
-    fn local(&self, key: &str, uri: &Uri) -> Result<NodeHandle<Kv>, Box<HttpResponse>> {
+impl KeyGroups for ShardApp {
+    /// This node's replica of `key`'s shard; otherwise a 307 to a node that holds it, or 503
+    /// while no routing table is known.
+    fn group(&self, key: &str, uri: &Uri) -> Result<NodeHandle<Kv>, Box<HttpResponse>> {
         let elsewhere = match self.node.route(key.as_bytes()) {
             Route::Local(_, handle) => return Ok(handle),
             Route::Remote { entry, .. } => redirect_to(self.scheme, entry.http, uri),
@@ -423,22 +407,18 @@ impl ShardApp {
         Err(Box::new(elsewhere))
     }
 
-    /// Proposes `command` to `key`'s shard here; redirects when this node does not lead it or
-    /// holds no replica of it. Every failure says whether the command may have been applied.
-    async fn propose(&self, key: &str, command: Command, uri: &Uri) -> Result<Response, HttpResponse> {
-        let handle = self.local(key, uri).map_err(|elsewhere| *elsewhere)?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, handle.propose(encode(&command))).await {
-            Ok(Ok(Response::Invalid)) => Err(bad(StatusCode::INTERNAL_SERVER_ERROR, "command invalid").into_response()),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(ProposeError::Refused { reason: raft_core::ProposeError::NotLeader { leader }, .. })) => {
-                Err(self.redirect(leader, uri))
-            }
-            Ok(Err(error)) => Err(propose_error(error).into_response()),
-            // The proposal may have reached the log before the wait ended.
-            Err(_) => Err(ApiError::unknown(Reason::TimedOut, TIMED_OUT).into_response()),
+    /// A 307 to `node` (a group's leader) at its HTTP address in the routing table, or 503 when
+    /// no leader is known.
+    fn to_leader(&self, node: Option<NodeId>, uri: &Uri) -> HttpResponse {
+        let table = self.node.table();
+        match node.and_then(|node| table.nodes().get(&node)) {
+            Some(entry) => redirect_to(self.scheme, entry.http, uri),
+            None => ApiError::unavailable(Reason::NoLeader, NO_LEADER).into_response(),
         }
     }
+}
 
+impl ShardApp {
     /// Proposes a change of the routing table to the meta group; redirects to its leader.
     async fn propose_table(&self, change: TableChange, uri: &Uri) -> HttpResponse {
         let command = TableCommand { expected_version: None, change };
@@ -447,91 +427,11 @@ impl ShardApp {
             Ok(Ok(Ok(version))) => axum::Json(json!({ "version": version })).into_response(),
             Ok(Ok(Err(refused))) => bad(StatusCode::CONFLICT, refused.to_string()).into_response(),
             Ok(Err(ProposeError::Refused { reason: raft_core::ProposeError::NotLeader { leader }, .. })) => {
-                self.redirect(leader, uri)
+                self.to_leader(leader, uri)
             }
             Ok(Err(error)) => propose_error(error).into_response(),
             Err(_) => ApiError::unknown(Reason::TimedOut, TIMED_OUT).into_response(),
         }
-    }
-}
-
-async fn put_key(
-    State(app): State<Arc<ShardApp>>,
-    Path(key): Path<String>,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> HttpResponse {
-    let body = match check_key(&key).and_then(|()| body_within(body, PUT_BODY_BYTES_MAX)) {
-        Ok(body) => body,
-        Err(error) => return error.into_response(),
-    };
-    if let Err(error) = check_value(&body) {
-        return error.into_response();
-    }
-    match app.propose(&key.clone(), Command::Put { key, value: body }, &uri).await {
-        Ok(_) => axum::Json(json!({ "ok": true })).into_response(),
-        Err(response) => response,
-    }
-}
-
-async fn delete_key(State(app): State<Arc<ShardApp>>, Path(key): Path<String>, uri: Uri) -> HttpResponse {
-    if let Err(error) = check_key(&key) {
-        return error.into_response();
-    }
-    match app.propose(&key.clone(), Command::Delete { key }, &uri).await {
-        Ok(Response::Deleted(existed)) => axum::Json(json!({ "deleted": existed })).into_response(),
-        Ok(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer").into_response(),
-        Err(response) => response,
-    }
-}
-
-async fn cas_key(
-    State(app): State<Arc<ShardApp>>,
-    Path(key): Path<String>,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> HttpResponse {
-    let body: CasBody = match json_body(body, CAS_BODY_BYTES_MAX) {
-        Ok(body) => body,
-        Err(error) => return error.into_response(),
-    };
-    let value_len = body.value.as_ref().map_or(0, String::len);
-    if let Err(error) = check_key(&key).and_then(|()| check_len(value_len)) {
-        return error.into_response();
-    }
-    let command =
-        Command::Cas { key: key.clone(), expected: body.expected.map(Bytes::from), value: body.value.map(Bytes::from) };
-    match app.propose(&key, command, &uri).await {
-        Ok(Response::Cas { swapped, current }) => {
-            let current = current.map(|value| String::from_utf8_lossy(&value).into_owned());
-            let status = if swapped { StatusCode::OK } else { StatusCode::CONFLICT };
-            (status, axum::Json(json!({ "swapped": swapped, "current": current }))).into_response()
-        }
-        Ok(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer").into_response(),
-        Err(response) => response,
-    }
-}
-
-async fn get_key(
-    State(app): State<Arc<ShardApp>>,
-    Path(key): Path<String>,
-    uri: Uri,
-    Query(query): Query<ReadQuery>,
-) -> HttpResponse {
-    let consistency = match check_key(&key).and_then(|()| consistency(&query)) {
-        Ok(consistency) => consistency,
-        Err(error) => return error.into_response(),
-    };
-    let handle = match app.local(&key, &uri) {
-        Ok(handle) => handle,
-        Err(elsewhere) => return *elsewhere,
-    };
-    let read = handle.read(consistency, move |kv: &Kv| kv.get(&key));
-    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-        Ok(Ok(Some(value))) => value.into_response(),
-        Ok(Ok(None)) => bad(StatusCode::NOT_FOUND, "no such key").into_response(),
-        Ok(Err(error)) => read_error(error).into_response(),
-        Err(_) => ApiError::unavailable(Reason::TimedOut, TIMED_OUT).into_response(),
     }
 }
 

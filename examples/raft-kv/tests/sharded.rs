@@ -277,8 +277,21 @@ fn the_launcher_starts_a_sharded_cluster() {
         .spawn()
         .expect("the launcher starts");
     let node = |index: u16| SocketAddr::from(([127, 0, 0, 1], http_port + index));
+    let launcher_log = || std::fs::read_to_string(data.join("launcher.log")).unwrap_or_default();
     for index in 0..3 {
-        let table = eventually("a routing table", || table(node(index)));
+        // Until then: a launcher that stopped (a port taken meanwhile, say) fails at once, and a
+        // timeout shows what the nodes logged.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let table = loop {
+            if let Some(table) = table(node(index)) {
+                break table;
+            }
+            if let Ok(Some(status)) = launcher.try_wait() {
+                panic!("the launcher exited ({status}) before a routing table:\n{}", launcher_log());
+            }
+            assert!(std::time::Instant::now() < deadline, "no routing table on node {index}:\n{}", launcher_log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         assert_eq!(table["shard_count"], 4, "{table}");
         assert!(replicas(&table).iter().all(|replicas| replicas.len() == 2), "{table}");
     }
