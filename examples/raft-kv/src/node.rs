@@ -219,6 +219,54 @@ pub(crate) fn security(args: &ServeArgs) -> anyhow::Result<Security> {
     Ok(Security { tls, credentials, client })
 }
 
+/// The HTTPS configuration with `--tls`; without it, a warning that plain mode is for local
+/// experiments only.
+pub(crate) fn server_tls(security: &Security, id: NodeId) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    match &security.tls {
+        Some(tls) => Ok(Some(raft_kv::tls::server_config(tls).context("the HTTPS configuration (--tls)")?)),
+        None => {
+            warn!(
+                node = id.0,
+                "plain mode, for local experiments only: the HTTP API and the Raft transport are not \
+                 encrypted and nodes are not authenticated{}. Use --tls DIR (see `raft-kv certs`) otherwise",
+                if security.credentials.admin.is_some() { "" } else { ", and admin endpoints need no token" }
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The HTTP server's task (HTTPS with `tls`), and the sender that stops it gracefully (dropping
+/// it stops it too).
+pub(crate) fn spawn_http(
+    http: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped_http = async move {
+        let _ = http_stopped.await; // A dropped sender stops too.
+    };
+    let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+        Some(config) => {
+            let listener = TlsListener::new(http, config).context("the HTTPS listener")?;
+            Box::pin(axum::serve(listener, router).with_graceful_shutdown(stopped_http).into_future())
+        }
+        None => Box::pin(axum::serve(http, router).with_graceful_shutdown(stopped_http).into_future()),
+    };
+    Ok((stop_http, tokio::spawn(server)))
+}
+
+/// Ends when stdin does (with `--exit-with-stdin`); never otherwise.
+pub(crate) async fn stdin_ended(stdin: Option<tokio::sync::oneshot::Receiver<()>>) {
+    match stdin {
+        Some(stdin) => {
+            let _ = stdin.await; // Ends (with an error) when stdin does.
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Why `serve` stops.
 enum Ending {
     /// Asked to (a signal, the end of stdin).
@@ -237,18 +285,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stdin = if args.exit_with_stdin { Some(watch_stdin().context("watching stdin")?) } else { None };
     let id = NodeId(args.id);
     let security = security(&args)?;
-    let server_tls = match &security.tls {
-        Some(tls) => Some(raft_kv::tls::server_config(tls).context("the HTTPS configuration (--tls)")?),
-        None => {
-            warn!(
-                node = id.0,
-                "plain mode, for local experiments only: the HTTP API and the Raft transport are not \
-                 encrypted and nodes are not authenticated{}. Use --tls DIR (see `raft-kv certs`) otherwise",
-                if security.credentials.admin.is_some() { "" } else { ", and admin endpoints need no token" }
-            );
-            None
-        }
-    };
+    let server_tls = server_tls(&security, id)?;
     let mut peers = args.peers.clone();
     peers.retain(|peer| peer.id != id);
     let me = PeerAddresses { id, raft: args.raft_advertise.unwrap_or(args.raft), http: args.http };
@@ -291,26 +328,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let removal = Removal::watch(handle.clone(), id, &args.data);
     let app = App { handle: handle.clone(), book, removal, scheme };
     let router = router(app, security.credentials);
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let stopped_http = async move {
-        let _ = http_stopped.await; // A dropped sender stops too.
-    };
-    let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match server_tls {
-        Some(config) => {
-            let listener = TlsListener::new(http, config).context("the HTTPS listener")?;
-            Box::pin(axum::serve(listener, router).with_graceful_shutdown(stopped_http).into_future())
-        }
-        None => Box::pin(axum::serve(http, router).with_graceful_shutdown(stopped_http).into_future()),
-    };
-    let mut server = tokio::spawn(server);
-    let stdin = async move {
-        match stdin {
-            Some(stdin) => {
-                let _ = stdin.await; // Ends (with an error) when stdin does.
-            }
-            None => std::future::pending().await,
-        }
-    };
+    let (stop_http, mut server) = spawn_http(http, router, server_tls)?;
+    let stdin = stdin_ended(stdin);
     let ending = tokio::select! {
         reason = signals.recv() => Ending::Asked(reason),
         () = stdin => Ending::Asked("the end of stdin"),

@@ -40,11 +40,12 @@ use raft_kv::shards::node::{Route, ShardNode, ShardNodeConfig};
 use raft_kv::shards::runner::{BoxFuture, Peers, RunnerConfig};
 use raft_kv::shards::scatter::{self, Page};
 use raft_kv::shards::{NodeEntry, NodeState, RoutingTable, ShardId, TableChange, TableCommand};
-use raft_kv::tls::TlsListener;
 
 use crate::auth::{Access, Credentials};
 use crate::client::{Client, HttpResponse as ClientResponse};
-use crate::node::{EXIT_NODE_FAILED, HTTP_STOP_GRACE, NodeFailed, ServeArgs, security, stopped};
+use crate::node::{
+    EXIT_NODE_FAILED, HTTP_STOP_GRACE, NodeFailed, ServeArgs, security, server_tls, spawn_http, stdin_ended, stopped,
+};
 use crate::server::{
     ADMIN_BODY_BYTES_MAX, ADMIN_TIMEOUT, ApiError, CAS_BODY_BYTES_MAX, KeyGroups, NO_LEADER, NODE_STOPPED,
     PUT_BODY_BYTES_MAX, REQUEST_TIMEOUT, Reason, TIMED_OUT, authorize, bad, cas_key, delete_key, get_key, json_body,
@@ -91,18 +92,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stdin = if args.exit_with_stdin { Some(watch_stdin().context("watching stdin")?) } else { None };
     let id = NodeId(args.id);
     let security = security(&args)?;
-    let server_tls = match &security.tls {
-        Some(tls) => Some(raft_kv::tls::server_config(tls).context("the HTTPS configuration (--tls)")?),
-        None => {
-            warn!(
-                node = id.0,
-                "plain mode, for local experiments only: the HTTP API and the Raft transport are not \
-                 encrypted and nodes are not authenticated{}. Use --tls DIR (see `raft-kv certs`) otherwise",
-                if security.credentials.admin.is_some() { "" } else { ", and admin endpoints need no token" }
-            );
-            None
-        }
-    };
+    let server_tls = server_tls(&security, id)?;
     let client = Client::with_timeout(&security.client, PEER_TIMEOUT).context("the client between nodes")?;
     let me = NodeEntry { raft: args.raft_advertise.unwrap_or(args.raft), http: args.http, state: NodeState::Active };
     // With `--tls`, the Raft transport is mutual TLS too (see node.rs); a certificate of another
@@ -135,26 +125,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(ask_to_join(client.clone(), url.clone(), id, me));
     }
     let router = router(ShardApp { node: Arc::clone(&node), scheme, client }, security.credentials);
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let stopped_http = async move {
-        let _ = http_stopped.await; // A dropped sender stops too.
-    };
-    let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match server_tls {
-        Some(config) => {
-            let listener = TlsListener::new(http, config).context("the HTTPS listener")?;
-            Box::pin(axum::serve(listener, router).with_graceful_shutdown(stopped_http).into_future())
-        }
-        None => Box::pin(axum::serve(http, router).with_graceful_shutdown(stopped_http).into_future()),
-    };
-    let mut server = tokio::spawn(server);
-    let stdin = async move {
-        match stdin {
-            Some(stdin) => {
-                let _ = stdin.await; // Ends (with an error) when stdin does.
-            }
-            None => std::future::pending().await,
-        }
-    };
+    let (stop_http, mut server) = spawn_http(http, router, server_tls)?;
+    let stdin = stdin_ended(stdin);
     // The groups share one host and one write-ahead log: a fail-stop of the log stops the meta
     // group too, which is what is watched.
     let meta = node.meta().clone();

@@ -257,44 +257,60 @@ fn a_sharded_tls_cluster_wants_the_admin_token_and_takes_a_node_over_https() {
 #[test]
 fn the_launcher_starts_a_sharded_cluster() {
     let (_dir, data) = temp();
-    let http_port = eventually("a block of free ports", || {
-        let first = common::free_port().port();
-        let listeners: Vec<std::net::TcpListener> = (first..first.checked_add(5)?)
-            .map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
-            .collect::<Option<_>>()?;
-        drop(listeners);
-        Some(first)
-    });
-    let log = std::fs::File::create(data.join("launcher.log")).expect("a log file");
-    let mut launcher = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
-        .args(["cluster", "--nodes", "3", "--shards", "4", "--replicas", "2"])
-        .args(["--http-port", &http_port.to_string(), "--raft-port", &(http_port + 3).to_string()])
-        .arg("--data")
-        .arg(data.join("data"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("a log file"))
-        .stderr(log)
-        .spawn()
-        .expect("the launcher starts");
-    let node = |index: u16| SocketAddr::from(([127, 0, 0, 1], http_port + index));
     let launcher_log = || std::fs::read_to_string(data.join("launcher.log")).unwrap_or_default();
-    for index in 0..3 {
-        // Until then: a launcher that stopped (a port taken meanwhile, say) fails at once, and a
-        // timeout shows what the nodes logged.
+    // The ports are found free, then let go for the launcher's nodes: another test may take one
+    // in between. A node that finds its port taken is the only reason to start over (on a fresh
+    // block and data directory), at most a few times.
+    let mut attempt = 0;
+    let (mut launcher, http_port) = loop {
+        attempt += 1;
+        let http_port = eventually("a block of free ports", || {
+            let first = common::free_port().port();
+            let listeners: Vec<std::net::TcpListener> = (first..first.checked_add(5)?)
+                .map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+                .collect::<Option<_>>()?;
+            drop(listeners);
+            Some(first)
+        });
+        let log = std::fs::File::create(data.join("launcher.log")).expect("a log file");
+        let mut launcher = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+            .args(["cluster", "--nodes", "3", "--shards", "4", "--replicas", "2"])
+            .args(["--http-port", &http_port.to_string(), "--raft-port", &(http_port + 3).to_string()])
+            .arg("--data")
+            .arg(data.join(format!("data-{attempt}")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log file"))
+            .stderr(log)
+            .spawn()
+            .expect("the launcher starts");
+        let node = |index: u16| SocketAddr::from(([127, 0, 0, 1], http_port + index));
+        // Until every node has a table: a node that stops fails the test at once (or starts over
+        // if its port was taken), and a timeout shows what the nodes logged.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let table = loop {
-            if let Some(table) = table(node(index)) {
-                break table;
+        let mut tables = 0;
+        while tables < 3 {
+            if let Some(table) = table(node(tables)) {
+                assert_eq!(table["shard_count"], 4, "{table}");
+                assert!(replicas(&table).iter().all(|replicas| replicas.len() == 2), "{table}");
+                tables += 1;
+                continue;
             }
-            if let Ok(Some(status)) = launcher.try_wait() {
-                panic!("the launcher exited ({status}) before a routing table:\n{}", launcher_log());
+            let log = launcher_log();
+            if log.contains("failed (exit status") || launcher.try_wait().is_ok_and(|status| status.is_some()) {
+                break;
             }
-            assert!(std::time::Instant::now() < deadline, "no routing table on node {index}:\n{}", launcher_log());
+            assert!(std::time::Instant::now() < deadline, "no routing table on node {tables}:\n{log}");
             std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        assert_eq!(table["shard_count"], 4, "{table}");
-        assert!(replicas(&table).iter().all(|replicas| replicas.len() == 2), "{table}");
-    }
+        }
+        if tables == 3 {
+            break (launcher, http_port);
+        }
+        let _ = launcher.kill();
+        let _ = launcher.wait();
+        let log = launcher_log();
+        assert!(log.contains("Address already in use") && attempt < 3, "a node stopped:\n{log}");
+    };
+    let node = |index: u16| SocketAddr::from(([127, 0, 0, 1], http_port + index));
     for index in 0..3u16 {
         let key = format!("launched-{index}");
         let at = node(index).to_string();
