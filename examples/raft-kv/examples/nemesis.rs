@@ -105,6 +105,8 @@ fn main() -> ExitCode {
             binary: binary.clone(),
             dir: dir.path().to_path_buf(),
             verbose: true,
+            shards: None,
+            join_at: None,
         };
         let report = runtime.block_on(nemesis::run(options));
         println!("summary of run {} ---\n{report}", run + 1);

@@ -227,6 +227,28 @@ async fn replace(run: &mut Run, step: &Step, leader: Option<u64>, id: u64) {
     join(run, via, new).await;
 }
 
+/// A new node joins the running cluster through its leader (or any running member), and the
+/// faults go on at once, while it catches up: in a sharded cluster, while the controller adds it
+/// to the table and moves replicas to it. Nothing waits for it here; the final checks do
+/// (every shard at its replication factor on the table's nodes, the new one among them).
+pub async fn grow(run: &mut Run) {
+    let new = run.next_id;
+    run.next_id += 1;
+    let leader = run.cluster.leader().await.map(|(id, _)| id);
+    let via = leader.or_else(|| run.cluster.members.iter().copied().find(|id| run.cluster.is_up(*id)));
+    let Some((via, via_http)) = via.and_then(|via| Some((via, run.cluster.http(via)?))) else {
+        note(run, &format!("node {new} does not join: no member runs"));
+        return;
+    };
+    let detail = format!("node {new} joins through node {via}");
+    note(run, &detail);
+    run.faults.push(FaultRecord { kind: "node joins", detail, at: run.history.now() });
+    if let Err(error) = run.cluster.join(new, via_http).await {
+        run.anomalies.push(format!("starting node {new}: {error}"));
+    }
+    run.refresh_targets();
+}
+
 /// Starts node `new` with `--join` through `via` and waits until the members count it a voter.
 async fn join(run: &mut Run, via: u64, new: u64) {
     let Some(via_http) = run.cluster.http(via) else { return };
