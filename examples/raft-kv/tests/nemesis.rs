@@ -33,18 +33,22 @@ fn nemesis_three_nodes_bounded() {
 
 #[test]
 fn nemesis_sharded_bounded() {
-    bounded("nemesis_sharded_bounded", SHARDED_DURATION, Some((4, 3)), None, "");
+    let example = "cargo run -p raft-kv --example nemesis -- --seed {seed} --nodes 3 --duration 30 --shards 4 \
+                   --replicas 3";
+    bounded("nemesis_sharded_bounded", SHARDED_DURATION, Some((4, 3)), None, example);
 }
 
 #[test]
 fn nemesis_sharded_join_bounded() {
-    bounded("nemesis_sharded_join_bounded", SHARDED_DURATION, Some((4, 3)), Some(JOIN_AT), "");
+    let example = "cargo run -p raft-kv --example nemesis -- --seed {seed} --nodes 3 --duration 30 --shards 4 \
+                   --replicas 3 --join-at 6";
+    bounded("nemesis_sharded_join_bounded", SHARDED_DURATION, Some((4, 3)), Some(JOIN_AT), example);
 }
 
 /// Runs the suite on three nodes for `duration` (sharded when `shards` says so, a node joining
 /// at `join_at` if given); on an anomaly, keeps the data and logs and panics with the report and
 /// the commands that replay the schedule: the test `name`, and `example` (with `{seed}` for the
-/// seed) if the example runs this configuration.
+/// seed).
 fn bounded(name: &str, duration: Duration, shards: Option<(u32, u8)>, join_at: Option<Duration>, example: &str) {
     let seed = std::env::var("NEMESIS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(1);
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -65,15 +69,11 @@ fn bounded(name: &str, duration: Duration, shards: Option<(u32, u8)>, join_at: O
     println!("{report}");
     if !report.anomalies.is_empty() {
         let kept = dir.keep();
-        let example = if example.is_empty() {
-            String::new()
-        } else {
-            format!(", or {}", example.replace("{seed}", &seed.to_string()))
-        };
+        let example = example.replace("{seed}", &seed.to_string());
         panic!(
             "the nemesis found {} anomalies, {} of them besides the lease-pause probe's (the known \
              stale lease read); data and logs kept in {}; replay the schedule with \
-             NEMESIS_SEED={seed} cargo test -p raft-kv --test nemesis {name} -- --nocapture{example}\n{report}",
+             NEMESIS_SEED={seed} cargo test -p raft-kv --test nemesis {name} -- --nocapture, or {example}\n{report}",
             report.anomalies.len(),
             report.other_anomalies().len(),
             kept.display()
