@@ -117,11 +117,12 @@ async fn differences(run: &Run, finals: &BTreeMap<u64, Option<u64>>) -> Option<S
 }
 
 /// Waits until a sharded cluster is back to its replication factor after healing: every member
-/// has applied the same routing table, which has `shard_count` shards of `replicas` replicas
-/// each (fewer when there are fewer nodes) on active nodes; every replica's voters are the
-/// table's, with no change half done and no learner left; some replica leads each shard; and no
-/// node holds a replica the table does not name. An anomaly when that does not happen within
-/// the recovery timeout.
+/// has applied the same routing table, whose nodes are exactly the members (a node that joined
+/// among them), all active, and which has `shard_count` shards of `replicas` replicas each
+/// (fewer when there are fewer nodes); every replica's voters are the table's, with no change
+/// half done and no learner left; some replica leads each shard; no node holds a replica the
+/// table does not name; and replica counts differ by at most one between nodes (rebalancing is
+/// over). An anomaly when that does not happen within the recovery timeout.
 async fn shards_recovered(run: &mut Run, shard_count: u32, replicas: u8) {
     let start = Instant::now();
     let mut last_difference = String::new();
@@ -195,7 +196,9 @@ pub fn shard_differences(
         return Some(format!("the table (version {version}) has {} shards, not {shard_count}", shards.len()));
     }
     for entry in shards {
-        let shard = entry["shard"].as_u64()?;
+        let Some(shard) = entry["shard"].as_u64() else {
+            return Some(format!("the table (version {version}) has a shard without a number: {entry}"));
+        };
         let Some(named) = id_list(&entry["replicas"]) else {
             return Some(format!("shard {shard} has no replica list"));
         };
