@@ -5,6 +5,7 @@
 //! cargo build --release -p raft-kv --bin raft-kv --example nemesis
 //! target/release/examples/nemesis --duration 120 --seed 7 --nodes 5
 //! target/release/examples/nemesis --scenario lease-pause --seed 1 --duration 30
+//! target/release/examples/nemesis --shards 4 --replicas 3 --join-at 10 --seed 1 --duration 60
 //! ```
 #![forbid(unsafe_code)]
 
@@ -48,6 +49,29 @@ struct Cli {
     /// The raft-kv binary (by default the one next to this program's directory).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Run a sharded cluster of this many shards (`serve --shards`), with the faults it has.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    shards: Option<u32>,
+    /// With `--shards`: the replicas of each shard.
+    #[arg(long, requires = "shards", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
+    replicas: u8,
+    /// A new node joins (`serve --join`) this many seconds after the faults begin.
+    #[arg(long)]
+    join_at: Option<u64>,
+}
+
+impl Cli {
+    /// This run's flags besides the seed, for the replay line.
+    fn replay_flags(&self) -> String {
+        let mut flags = format!("--nodes {} --duration {}", self.nodes, self.duration);
+        if let Some(shards) = self.shards {
+            flags += &format!(" --shards {shards} --replicas {}", self.replicas);
+        }
+        if let Some(at) = self.join_at {
+            flags += &format!(" --join-at {at}");
+        }
+        flags
+    }
 }
 
 fn default_binary() -> Option<PathBuf> {
@@ -81,6 +105,11 @@ fn main() -> ExitCode {
         ScenarioArg::LeasePause => nemesis::Scenario::LeasePause,
     };
     let nodes: u64 = cli.nodes.parse().unwrap_or(3);
+    let shards = cli.shards.map(|shards| (shards, cli.replicas));
+    if shards.is_some() && scenario == nemesis::Scenario::LeasePause {
+        eprintln!("nemesis: the lease-pause probe does not run against a sharded cluster (see nemesis/mod.rs)");
+        return ExitCode::FAILURE;
+    }
     let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() else {
         eprintln!("nemesis: no tokio runtime");
         return ExitCode::FAILURE;
@@ -88,7 +117,11 @@ fn main() -> ExitCode {
     let mut failed = 0;
     for run in 0..cli.runs {
         let seed = seed.wrapping_add(run);
-        let schedule = nemesis::schedule::schedule(seed, scenario, 12, scenario == nemesis::Scenario::Mixed);
+        let replace = scenario == nemesis::Scenario::Mixed && shards.is_none();
+        let mut schedule = nemesis::schedule::schedule(seed, scenario, 12, replace);
+        if shards.is_some() {
+            schedule.retain(|step| nemesis::schedule::exists_sharded(step.fault));
+        }
         println!("run {} of {}: seed {seed}, {nodes} nodes, {} s; schedule begins:", run + 1, cli.runs, cli.duration);
         for (index, step) in schedule.iter().enumerate() {
             println!("  {}. {step}", index + 1);
@@ -105,6 +138,8 @@ fn main() -> ExitCode {
             binary: binary.clone(),
             dir: dir.path().to_path_buf(),
             verbose: true,
+            shards,
+            join_at: cli.join_at.map(Duration::from_secs),
         };
         let report = runtime.block_on(nemesis::run(options));
         println!("summary of run {} ---\n{report}", run + 1);
@@ -112,7 +147,7 @@ fn main() -> ExitCode {
             failed += 1;
             let kept = dir.keep();
             println!("data and logs kept in {}", kept.display());
-            println!("replay: nemesis --seed {seed} --nodes {nodes} --duration {}", cli.duration);
+            println!("replay: nemesis --seed {seed} {}", cli.replay_flags());
         }
     }
     println!("runs: {}, with anomalies: {failed}", cli.runs);

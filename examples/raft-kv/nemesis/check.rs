@@ -1,6 +1,8 @@
 //! The checks after the faults: heal, read every key linearizably (no acknowledged write lost),
 //! wait for every member to converge to the same values, check the history's linearizability
-//! per key with `sim::linearizability`, look for panics in the nodes' logs, and sum up.
+//! per key with `sim::linearizability`, look for panics in the nodes' logs, and sum up. A
+//! sharded cluster must also be back to its replication factor: every shard at `R` replicas,
+//! each replica's voters those of the table.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,10 +26,18 @@ pub const COUNTEREXAMPLE_CHARS_MAX: usize = 4000;
 /// Heals, runs the final checks and fills `report`.
 pub async fn finish(run: &mut Run, report: &mut Report) {
     faults::heal(run).await;
-    // Converge on the members the cluster has, whatever the suite's requests were told.
-    membership::sync(run, "before the final checks").await;
+    // Converge on the members the cluster has, whatever the suite's requests were told. A
+    // sharded run asks for no membership change of uncertain outcome (it has no member
+    // replacement), and its members are every node it started: `shards_recovered` checks that
+    // the table holds exactly those, a node that joined among them.
+    if run.options.shards.is_none() {
+        membership::sync(run, "before the final checks").await;
+    }
     let finals = final_reads(run).await;
     converge(run, &finals).await;
+    if let Some((shard_count, replicas)) = run.options.shards {
+        shards_recovered(run, shard_count, replicas).await;
+    }
     let records = run.history.records();
     report.checked = linearizable(&records, &mut run.anomalies);
     panics(run);
@@ -83,7 +93,16 @@ async fn differences(run: &Run, finals: &BTreeMap<u64, Option<u64>>) -> Option<S
         let http = run.cluster.http(id)?;
         for (&key, &value) in finals {
             let path = format!("/kv/{}?consistency=stale", workload::key_name(key));
-            let answer = http::call("GET", http, &path, b"", Duration::from_secs(2)).await;
+            let answer = if run.options.shards.is_some() {
+                // Only the replicas of the key's shard hold it; another node's 307 says it is
+                // not one (that every shard has its replicas is `shards_recovered`'s check).
+                match http::call_here("GET", http, &path, b"", Duration::from_secs(2)).await {
+                    Ok(answer) if answer.status == 307 => continue,
+                    answer => answer,
+                }
+            } else {
+                http::call("GET", http, &path, b"", Duration::from_secs(2)).await
+            };
             let got = match answer {
                 Ok(answer) if answer.status == 200 => String::from_utf8_lossy(&answer.body).parse::<u64>().ok(),
                 Ok(answer) if answer.status == 404 => None,
@@ -93,6 +112,137 @@ async fn differences(run: &Run, finals: &BTreeMap<u64, Option<u64>>) -> Option<S
                 return Some(format!("node {id} has {got:?} for key {key}, the leader {value:?}"));
             }
         }
+    }
+    None
+}
+
+/// Waits until a sharded cluster is back to its replication factor after healing: every member
+/// has applied the same routing table, whose nodes are exactly the members (a node that joined
+/// among them), all active, and which has `shard_count` shards of `replicas` replicas each
+/// (fewer when there are fewer nodes); every replica's voters are the table's, with no change
+/// half done and no learner left; some replica leads each shard; no node holds a replica the
+/// table does not name; and replica counts differ by at most one between nodes (rebalancing is
+/// over). An anomaly when that does not happen within the recovery timeout.
+async fn shards_recovered(run: &mut Run, shard_count: u32, replicas: u8) {
+    let start = Instant::now();
+    let mut last_difference = String::new();
+    while start.elapsed() < RECOVERY_TIMEOUT {
+        let mut views = BTreeMap::new();
+        for &id in &run.cluster.members {
+            let Some(http) = run.cluster.http(id) else { continue };
+            if let Ok(answer) = http::call_here("GET", http, "/cluster/shards", b"", Duration::from_secs(2)).await
+                && answer.status == 200
+            {
+                views.insert(id, answer.json());
+            }
+        }
+        let expected = usize::from(replicas).min(run.cluster.members.len());
+        match shard_differences(&run.cluster.members, &views, shard_count, expected) {
+            None => {
+                let waited = start.elapsed().as_millis();
+                faults::note(run, &format!("every shard at {expected} replicas, balanced, {waited} ms into the check"));
+                return;
+            }
+            Some(difference) => last_difference = difference,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    run.anomalies.push(format!(
+        "the shards did not recover their replicas within {} s: {last_difference}",
+        RECOVERY_TIMEOUT.as_secs()
+    ));
+}
+
+/// The ids in `value`, if it is a list of ids.
+fn id_list(value: &serde_json::Value) -> Option<Vec<u64>> {
+    value.as_array()?.iter().map(serde_json::Value::as_u64).collect()
+}
+
+/// The first way `views` (each member's `/cluster/shards`) differ from a sharded cluster back at
+/// its replication factor (see [`shards_recovered`]), if any.
+pub fn shard_differences(
+    members: &[u64],
+    views: &BTreeMap<u64, serde_json::Value>,
+    shard_count: u32,
+    replicas: usize,
+) -> Option<String> {
+    let missing: Vec<u64> = members.iter().copied().filter(|id| !views.contains_key(id)).collect();
+    if !missing.is_empty() {
+        return Some(format!("nodes {missing:?} did not answer /cluster/shards"));
+    }
+    let (&first, table) = views.iter().next()?;
+    for (&id, view) in views {
+        if view["version"] != table["version"] {
+            return Some(format!("node {id} has table version {}, node {first} {}", view["version"], table["version"]));
+        }
+    }
+    let version = &table["version"];
+    let in_table: Vec<u64> = table["nodes"]
+        .as_object()
+        .map_or_else(Vec::new, |nodes| nodes.keys().filter_map(|id| id.parse().ok()).collect());
+    let mut started = members.to_vec();
+    started.sort_unstable();
+    if in_table.iter().copied().collect::<std::collections::BTreeSet<u64>>() != started.iter().copied().collect() {
+        return Some(format!("the table (version {version}) has nodes {in_table:?}, not {started:?}"));
+    }
+    for &id in members {
+        let state = &table["nodes"][id.to_string()]["state"];
+        if state != "active" {
+            return Some(format!("node {id} is {state} in the table (version {version}), not active"));
+        }
+    }
+    let shards = table["shards"].as_array().map_or(&[][..], Vec::as_slice);
+    if shards.len() != shard_count as usize {
+        return Some(format!("the table (version {version}) has {} shards, not {shard_count}", shards.len()));
+    }
+    for entry in shards {
+        let Some(shard) = entry["shard"].as_u64() else {
+            return Some(format!("the table (version {version}) has a shard without a number: {entry}"));
+        };
+        let Some(named) = id_list(&entry["replicas"]) else {
+            return Some(format!("shard {shard} has no replica list"));
+        };
+        if named.len() != replicas {
+            return Some(format!("shard {shard} has replicas {named:?} (table version {version}), not {replicas}"));
+        }
+        let mut leaders = 0;
+        for (&id, view) in views {
+            let held = id_list(&view["held"]).unwrap_or_default().contains(&shard);
+            let local = view["shards"].as_array().and_then(|list| list.iter().find(|other| other["shard"] == shard));
+            let local = local.map(|other| &other["local"]).filter(|local| !local.is_null());
+            if !named.contains(&id) {
+                if held {
+                    return Some(format!("node {id} still holds shard {shard}, whose replicas are {named:?}"));
+                }
+                continue;
+            }
+            let Some(local) = local else {
+                return Some(format!("node {id}, a replica of shard {shard} in the table, holds none"));
+            };
+            let voters = id_list(&local["voters"]);
+            let outgoing = id_list(&local["voters_outgoing"]).unwrap_or_default();
+            let learners = id_list(&local["learners"]).unwrap_or_default();
+            if voters.as_deref() != Some(&named[..]) || !outgoing.is_empty() || !learners.is_empty() {
+                return Some(format!(
+                    "node {id}'s replica of shard {shard} has voters {voters:?} (outgoing {outgoing:?}, learners \
+                     {learners:?}), the table {named:?}"
+                ));
+            }
+            if local["role"] == "leader" {
+                leaders += 1;
+            }
+        }
+        if leaders == 0 {
+            return Some(format!("no replica of shard {shard} leads it"));
+        }
+    }
+    // Rebalancing is over: replica counts differ by at most one between the nodes.
+    let count =
+        |id: u64| shards.iter().filter(|entry| id_list(&entry["replicas"]).unwrap_or_default().contains(&id)).count();
+    let counts: BTreeMap<u64, usize> = members.iter().map(|&id| (id, count(id))).collect();
+    let (fewest, most) = (counts.values().min()?, counts.values().max()?);
+    if most - fewest > 1 {
+        return Some(format!("the replicas are not balanced over the nodes (replicas per node {counts:?})"));
     }
     None
 }
@@ -217,6 +367,46 @@ mod tests {
         assert_eq!(history.len(), 2, "{history:?}");
         assert_eq!(history[1].outcome, Outcome::Unknown);
         assert_eq!(linearizability::check(&history, CHECK_STEPS_MAX), Ok(Verdict::Linearizable));
+    }
+
+    /// Two nodes' `/cluster/shards`: shard 0 on nodes 1 and 2, node 1 leading it.
+    fn views(version: u64, node_2_voters: &[u64], node_2_holds: &[u64]) -> BTreeMap<u64, serde_json::Value> {
+        let group = |role: &str, voters: &[u64]| serde_json::json!({ "role": role, "voters": voters, "voters_outgoing": [], "learners": [] });
+        let nodes = serde_json::json!({ "1": { "state": "active" }, "2": { "state": "active" } });
+        let view = |id: u64, local: serde_json::Value, held: &[u64]| {
+            serde_json::json!({ "id": id, "version": version, "nodes": nodes, "held": held,
+                                "shards": [{ "shard": 0, "replicas": [1, 2], "local": local }] })
+        };
+        BTreeMap::from([
+            (1, view(1, group("leader", &[1, 2]), &[0])),
+            (
+                2,
+                view(
+                    2,
+                    if node_2_holds.is_empty() { serde_json::Value::Null } else { group("follower", node_2_voters) },
+                    node_2_holds,
+                ),
+            ),
+        ])
+    }
+
+    /// A sharded cluster counts as recovered only when every shard's replicas are the table's,
+    /// as many as the replication factor, each with the table's voters.
+    #[test]
+    fn a_shard_short_of_its_replicas_is_a_difference() {
+        assert_eq!(shard_differences(&[1, 2], &views(7, &[1, 2], &[0]), 1, 2), None);
+        // One replica fewer than the factor in the table.
+        assert!(shard_differences(&[1, 2], &views(7, &[1, 2], &[0]), 1, 3).is_some());
+        // A replica whose group still has other voters, or none at all.
+        assert!(shard_differences(&[1, 2], &views(7, &[1, 2, 3], &[0]), 1, 2).is_some());
+        assert!(shard_differences(&[1, 2], &views(7, &[], &[]), 1, 2).is_some());
+        // A member that does not answer, or another shard count.
+        assert!(shard_differences(&[1, 2, 3], &views(7, &[1, 2], &[0]), 1, 2).is_some());
+        assert!(shard_differences(&[1, 2], &views(7, &[1, 2], &[0]), 2, 2).is_some());
+        // A node that joined but that the table does not hold yet.
+        let mut joined = views(7, &[1, 2], &[0]);
+        joined.insert(3, joined[&2].clone());
+        assert!(shard_differences(&[1, 2, 3], &joined, 1, 2).is_some());
     }
 
     /// An acknowledged write that a later linearizable read does not see is a violation, and a

@@ -50,6 +50,8 @@ pub struct Cluster {
     /// Where the nodes' Raft traffic goes through.
     pub proxy: Proxy,
     peers: String,
+    /// `(S, R)` of a sharded cluster (`serve --shards S --replicas R`).
+    pub shards: Option<(u32, u8)>,
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -63,8 +65,15 @@ fn signal(pid: u32, signal: &str) -> bool {
 }
 
 impl Cluster {
-    /// Starts `count` nodes of `binary` with ids 1 to `count`, their data and logs under `dir`.
-    pub async fn start(binary: &Path, dir: &Path, count: u64, proxy: Proxy) -> Result<Cluster, String> {
+    /// Starts `count` nodes of `binary` with ids 1 to `count`, their data and logs under `dir`;
+    /// with `shards`, a sharded cluster of `S` shards of `R` replicas each.
+    pub async fn start(
+        binary: &Path,
+        dir: &Path,
+        count: u64,
+        shards: Option<(u32, u8)>,
+        proxy: Proxy,
+    ) -> Result<Cluster, String> {
         let mut cluster = Cluster {
             binary: binary.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -72,6 +81,7 @@ impl Cluster {
             members: Vec::new(),
             proxy,
             peers: String::new(),
+            shards,
         };
         for id in 1..=count {
             cluster.add_node(id, None).await?;
@@ -119,7 +129,12 @@ impl Cluster {
             .args(["--raft-advertise", &node.raft_proxy.to_string(), "--tick-ms", &TICK_MS.to_string()])
             .arg("--data")
             .arg(&node.data);
+        if let Some((shards, replicas)) = self.shards {
+            command.args(["--shards", &shards.to_string(), "--replicas", &replicas.to_string()]);
+        }
         match &node.join {
+            // Every start of a node that joined (a sharded one's too: asking again to join the
+            // table is idempotent, and a node killed before it was added must ask again).
             Some(url) => command.args(["--join", url]),
             // An initial member bootstraps on its first start only: later starts find its data.
             None if node.incarnation == 1 => command.args(["--peers", &peers, "--bootstrap"]),
@@ -187,13 +202,21 @@ impl Cluster {
         self.nodes.get(&id).map(|node| node.http)
     }
 
-    /// The status of node `id`, if it answers in time.
+    /// The status of node `id`, if it answers in time. A sharded node's is its meta group's (the
+    /// routing table's group, whose voters and learners are the cluster's nodes), with its id:
+    /// the leader the faults target and the membership the suite follows are the meta group's.
     pub async fn status(&self, id: u64) -> Option<serde_json::Value> {
         let http = self.http(id)?;
-        match http::call("GET", http, "/cluster/status", b"", STATUS_TIMEOUT).await {
-            Ok(Answer { status: 200, body, .. }) => serde_json::from_slice(&body).ok(),
-            _ => None,
+        let status: serde_json::Value = match http::call("GET", http, "/cluster/status", b"", STATUS_TIMEOUT).await {
+            Ok(Answer { status: 200, body, .. }) => serde_json::from_slice(&body).ok()?,
+            _ => return None,
+        };
+        if status["sharded"] != true {
+            return Some(status);
         }
+        let mut meta = status["meta"].clone();
+        meta["id"] = status["id"].clone();
+        Some(meta)
     }
 
     /// The member that says it leads with the highest term, among the running ones.

@@ -24,6 +24,10 @@ pub const REMOVED_NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the lease-pause probe's read may take (a node that does not trust its lease cannot
 /// confirm the read while its inbound links are cut: it times out, which is correct).
 pub const PROBE_READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long after a node starts joining it is killed (see [`grow`]).
+pub const JOINING_KILL_AFTER: Duration = Duration::from_millis(1500);
+/// How long the joining node stays down before its restart.
+pub const JOINING_KILL_HOLD: Duration = Duration::from_millis(1000);
 /// The client id of the nemesis's own operations in the history.
 pub const NEMESIS_CLIENT: u64 = 0;
 /// The fewest voters with which a fault that stops a node beyond an election timeout (a pause,
@@ -225,6 +229,38 @@ async fn replace(run: &mut Run, step: &Step, leader: Option<u64>, id: u64) {
     // The leadership may have moved during the removal: join through the current leader.
     let via = run.cluster.leader().await.map_or(leader, |(id, _)| id);
     join(run, via, new).await;
+}
+
+/// A new node joins the running cluster through its leader (or any running member); shortly
+/// after, while it catches up (in a sharded cluster: while the controller adds it to the table
+/// and moves replicas to it, so that it is a move's target), it is killed with `kill -9` and
+/// restarted; then the schedule's faults go on. Nothing waits for the join to finish here; the
+/// final checks do (every shard at its replication factor on the table's nodes, the new one
+/// among them).
+pub async fn grow(run: &mut Run) {
+    let new = run.next_id;
+    run.next_id += 1;
+    let leader = run.cluster.leader().await.map(|(id, _)| id);
+    let via = leader.or_else(|| run.cluster.members.iter().copied().find(|id| run.cluster.is_up(*id)));
+    let Some((via, via_http)) = via.and_then(|via| Some((via, run.cluster.http(via)?))) else {
+        note(run, &format!("node {new} does not join: no member runs"));
+        return;
+    };
+    let detail = format!("node {new} joins through node {via}");
+    note(run, &detail);
+    run.faults.push(FaultRecord { kind: "node joins", detail, at: run.history.now() });
+    if let Err(error) = run.cluster.join(new, via_http).await {
+        run.anomalies.push(format!("starting node {new}: {error}"));
+        return;
+    }
+    run.refresh_targets();
+    tokio::time::sleep(JOINING_KILL_AFTER).await;
+    let detail = format!("kill -9 node {new} while it joins");
+    note(run, &detail);
+    run.faults.push(FaultRecord { kind: "kill joining node", detail, at: run.history.now() });
+    run.cluster.kill(new);
+    tokio::time::sleep(JOINING_KILL_HOLD).await;
+    heal(run).await;
 }
 
 /// Starts node `new` with `--join` through `via` and waits until the members count it a voter.

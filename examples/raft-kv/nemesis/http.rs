@@ -69,6 +69,19 @@ pub async fn call(
     Err(CallError::NotSent)
 }
 
+/// Sends `method path` to `node` alone, within `timeout`: a redirect is returned as it is (a
+/// sharded node that holds no replica of a key answers 307, which says just that).
+pub async fn call_here(
+    method: &str,
+    node: SocketAddr,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Answer, CallError> {
+    let reply = once(method, node, path, body, Instant::now() + timeout).await?;
+    Ok(Answer { status: reply.status, body: reply.body })
+}
+
 /// `http://HOST:PORT/PATH` as an address and a path.
 fn split_location(location: &str) -> Option<(SocketAddr, String)> {
     let rest = location.strip_prefix("http://")?;

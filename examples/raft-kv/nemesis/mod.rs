@@ -7,6 +7,13 @@
 //! acknowledged write lost), that every member converges to the same values, that a removed
 //! node says it was removed, and that no node panicked.
 //!
+//! With [`Options::shards`] the nodes run `serve --shards S --replicas R`, the sharded service
+//! (docs/sharding.md): the clients follow its redirects to each key's shard leader, the faults
+//! are the process and link faults (a sharded cluster has no leadership transfer or member
+//! replacement endpoint; "the leader" is the meta group's), and the checks add that every shard
+//! is back at `R` replicas, each with the table's voters, balanced over the nodes. With
+//! [`Options::join_at`] a new node joins mid-run, so that replicas move while faults go on.
+//!
 //! Shared by `tests/nemesis.rs` (a bounded run inside `cargo test`) and `examples/nemesis.rs`
 //! (long runs from the command line).
 #![allow(dead_code)] // Each user takes its own part.
@@ -59,6 +66,11 @@ pub struct Options {
     pub dir: PathBuf,
     /// Print progress lines and each fault as it starts.
     pub verbose: bool,
+    /// A sharded cluster (`serve --shards S --replicas R`): `(S, R)`. `None`: one Raft group.
+    pub shards: Option<(u32, u8)>,
+    /// When, after the faults begin, a new node joins the running cluster (`serve --join`) while
+    /// the faults go on: in a sharded cluster the controller moves replicas to it under them.
+    pub join_at: Option<Duration>,
 }
 
 /// One fault as it happened.
@@ -153,7 +165,7 @@ pub struct Run {
 pub async fn run(options: Options) -> Report {
     let mut report = Report { seed: options.seed, ..Report::default() };
     let proxy = Proxy::new(options.seed);
-    let cluster = match Cluster::start(&options.binary, &options.dir, options.nodes, proxy).await {
+    let cluster = match Cluster::start(&options.binary, &options.dir, options.nodes, options.shards, proxy).await {
         Ok(cluster) => cluster,
         Err(error) => {
             report.anomalies.push(format!("the cluster did not start: {error}"));
@@ -202,8 +214,16 @@ impl Run {
 
     /// Runs the clients while the schedule's faults come and go, until the duration is over.
     async fn inject_faults(&mut self) {
-        let replace = self.options.scenario == Scenario::Mixed;
-        let steps = schedule::schedule(self.options.seed, self.options.scenario, SCHEDULE_STEPS_MAX, replace);
+        let sharded = self.options.shards.is_some();
+        let replace = self.options.scenario == Scenario::Mixed && !sharded;
+        let mut steps = schedule::schedule(self.options.seed, self.options.scenario, SCHEDULE_STEPS_MAX, replace);
+        if sharded {
+            // A sharded cluster has no `/cluster/leader` (leadership is spread over the shards
+            // by its controller) and no `/cluster/members` (nodes join and drain; the controller
+            // moves replicas), and "the leader" the faults resolve is the meta group's, which
+            // need not lead the probe key's shard: the lease-pause probe would probe nothing.
+            steps.retain(|step| schedule::exists_sharded(step.fault));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (1..=CLIENTS)
             .map(|id| {
@@ -213,9 +233,17 @@ impl Run {
             .collect();
         let start = Instant::now();
         let mut progress = Instant::now();
+        let mut join_at = self.options.join_at;
         for (index, step) in steps.iter().enumerate() {
             if start.elapsed() >= self.options.duration {
                 break;
+            }
+            if join_at.is_some_and(|at| start.elapsed() >= at) {
+                join_at = None;
+                if self.options.verbose {
+                    println!("[{:>5.1}s] a new node joins", start.elapsed().as_secs_f64());
+                }
+                faults::grow(self).await;
             }
             if self.options.verbose {
                 println!("[{:>5.1}s] step {}: {step}", start.elapsed().as_secs_f64(), index + 1);

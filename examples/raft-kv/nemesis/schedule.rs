@@ -147,6 +147,13 @@ pub fn schedule(seed: u64, scenario: Scenario, count: usize, replace: bool) -> V
     steps
 }
 
+/// Whether `fault` exists in a sharded cluster: kills, pauses, partitions, flaky and slow links
+/// do; leadership transfers, member replacement and the lease-pause probe do not (see
+/// `Run::inject_faults`).
+pub fn exists_sharded(fault: Fault) -> bool {
+    !matches!(fault, Fault::Transfer(_) | Fault::Replace(_) | Fault::LeasePause)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +163,17 @@ mod tests {
         assert_eq!(schedule(7, Scenario::Mixed, 50, true), schedule(7, Scenario::Mixed, 50, true));
         assert_ne!(schedule(7, Scenario::Mixed, 50, true), schedule(8, Scenario::Mixed, 50, true));
         assert_eq!(schedule(7, Scenario::Mixed, 5, true)[0].fault, Fault::LeasePause);
+    }
+
+    /// A sharded run keeps the process and link faults and leaves out what it has no endpoint for.
+    #[test]
+    fn a_sharded_schedule_keeps_process_and_link_faults_only() {
+        let steps = schedule(3, Scenario::Mixed, 200, false);
+        let kept: Vec<Fault> = steps.iter().map(|step| step.fault).filter(|fault| exists_sharded(*fault)).collect();
+        assert!(kept.iter().any(|fault| matches!(fault, Fault::Kill(_))));
+        assert!(kept.iter().any(|fault| matches!(fault, Fault::Pause(_))));
+        assert!(kept.iter().any(|fault| matches!(fault, Fault::Isolate(_))));
+        assert!(!kept.iter().any(|fault| matches!(fault, Fault::Transfer(_) | Fault::Replace(_) | Fault::LeasePause)));
+        assert!(!exists_sharded(Fault::LeasePause));
     }
 }

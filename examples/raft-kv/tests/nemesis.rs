@@ -3,6 +3,13 @@
 //! partitions, flaky and slow links, transfers and a member replacement), then the checks. See
 //! `nemesis/mod.rs`; `examples/nemesis.rs` runs it longer.
 //!
+//! `nemesis_sharded_bounded` runs the same against a sharded cluster (`serve --shards 4
+//! --replicas 3`) for about 30 seconds, with the faults a sharded cluster has (kills, pauses,
+//! partitions, flaky and slow links), and checks besides that every shard is back at three
+//! replicas after healing. `nemesis_sharded_join_bounded` adds a fourth node (`serve --join`)
+//! a few seconds in, so that the controller moves replicas to it while the faults go on, and
+//! checks that every shard ends at three replicas, balanced over the four nodes.
+//!
 //! The seed is `NEMESIS_SEED` if set, 1 otherwise. A failure keeps the data and logs and prints
 //! where they are and the command that replays the schedule.
 
@@ -13,19 +20,48 @@ use std::time::Duration;
 
 /// How long the faults last in this bounded run.
 const DURATION: Duration = Duration::from_secs(45);
+/// How long the faults last in the bounded sharded run.
+const SHARDED_DURATION: Duration = Duration::from_secs(30);
+/// When the fourth node joins in `nemesis_sharded_join_bounded`.
+const JOIN_AT: Duration = Duration::from_secs(6);
 
 #[test]
 fn nemesis_three_nodes_bounded() {
+    let example = "cargo run -p raft-kv --example nemesis -- --seed {seed} --nodes 3 --duration 45";
+    bounded("nemesis_three_nodes_bounded", DURATION, None, None, example);
+}
+
+#[test]
+fn nemesis_sharded_bounded() {
+    let example = "cargo run -p raft-kv --example nemesis -- --seed {seed} --nodes 3 --duration 30 --shards 4 \
+                   --replicas 3";
+    bounded("nemesis_sharded_bounded", SHARDED_DURATION, Some((4, 3)), None, example);
+}
+
+#[test]
+fn nemesis_sharded_join_bounded() {
+    let example = "cargo run -p raft-kv --example nemesis -- --seed {seed} --nodes 3 --duration 30 --shards 4 \
+                   --replicas 3 --join-at 6";
+    bounded("nemesis_sharded_join_bounded", SHARDED_DURATION, Some((4, 3)), Some(JOIN_AT), example);
+}
+
+/// Runs the suite on three nodes for `duration` (sharded when `shards` says so, a node joining
+/// at `join_at` if given); on an anomaly, keeps the data and logs and panics with the report and
+/// the commands that replay the schedule: the test `name`, and `example` (with `{seed}` for the
+/// seed).
+fn bounded(name: &str, duration: Duration, shards: Option<(u32, u8)>, join_at: Option<Duration>, example: &str) {
     let seed = std::env::var("NEMESIS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(1);
     let dir = tempfile::tempdir().expect("a temp dir");
     let options = nemesis::Options {
         seed,
-        duration: DURATION,
+        duration,
         nodes: 3,
         scenario: nemesis::Scenario::Mixed,
         binary: env!("CARGO_BIN_EXE_raft-kv").into(),
         dir: dir.path().to_path_buf(),
         verbose: true,
+        shards,
+        join_at,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
@@ -33,11 +69,11 @@ fn nemesis_three_nodes_bounded() {
     println!("{report}");
     if !report.anomalies.is_empty() {
         let kept = dir.keep();
+        let example = example.replace("{seed}", &seed.to_string());
         panic!(
             "the nemesis found {} anomalies, {} of them besides the lease-pause probe's (the known \
              stale lease read); data and logs kept in {}; replay the schedule with \
-             NEMESIS_SEED={seed} cargo test -p raft-kv --test nemesis -- --nocapture, or \
-             cargo run -p raft-kv --example nemesis -- --seed {seed} --nodes 3 --duration 45\n{report}",
+             NEMESIS_SEED={seed} cargo test -p raft-kv --test nemesis {name} -- --nocapture, or {example}\n{report}",
             report.anomalies.len(),
             report.other_anomalies().len(),
             kept.display()
