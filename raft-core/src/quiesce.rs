@@ -19,7 +19,11 @@
 //! evidence that its leader is awake or gone: a heartbeat of a later round than that `Quiesce`,
 //! an append that brings entries it lacks or a commit index beyond its own, a message of a
 //! leader with another id, any change of its term or role (a vote request of a later term,
-//! `campaign`, `TimeoutNow`), and [`Raft::peer_down`] of its leader. Nothing else wakes it:
+//! `campaign`, `TimeoutNow`), and [`Raft::peer_down`] of its leader. A quiet follower whose term
+//! a vote request raises also tells its quiet leader the new term (a `HeartbeatResponse`, as its
+//! answer to the next heartbeat would): the candidate, a removed node say, may ask only nodes
+//! other than the leader, and the group would otherwise keep a quiet leader of an old term and
+//! members of a later one for good. Nothing else wakes it:
 //! a woken follower runs its election timer, and one woken by a stale duplicate would campaign
 //! against a live leader that sends nothing.
 //!

@@ -105,7 +105,16 @@ impl<S: Storage> Raft<S> {
                     return Err(StepError::Ignored(Ignored::LeaderSticky { leader: self.leader }));
                 }
                 if !pre_vote {
+                    // A quiet follower's leader sends nothing that this node could answer with
+                    // the new term, and a candidate (a removed node, say) may ask only nodes that
+                    // are not the leader: the group would then sit with a quiet leader of an old
+                    // term and members of a later one, for good. Tell the leader the term, as the
+                    // answer to its next heartbeat would (fuzzing, cluster_schedule).
+                    let quiet_leader = self.leader.filter(|leader| *leader != self.id && self.quiescence.quiet);
                     self.step_down_keeping_timer(m.term);
+                    if let Some(leader) = quiet_leader {
+                        self.send(leader, self.term, MessageBody::HeartbeatResponse { round: 0 });
+                    }
                 }
             }
             // A granted pre-vote carries the term we would campaign in: no term change.
