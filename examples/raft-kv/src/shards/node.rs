@@ -38,6 +38,10 @@ pub const META_VOTERS_MAX: usize = 3;
 /// written yet, and to refresh its cached copy of the table.
 pub const TABLE_REFRESH: Duration = Duration::from_millis(50);
 
+/// How long a node waits for a linearizable read of the routing table before it creates or
+/// deletes a replica (it changes nothing that round without one).
+pub const TABLE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How many times (10 ms apart) `shutdown` waits for other holders of the node to let go.
 const SHUTDOWN_WAITS_MAX: u32 = 500;
 
@@ -406,11 +410,13 @@ impl Inner {
 
     /// Brings the node's replicas in line with `table`:
     /// - every node the table names is a peer of the transport and in every group's address book;
-    /// - a shard the table names this node for, and that it does not hold, gets an empty replica
-    ///   (a group with no membership, which its leader then adds as a learner);
-    /// - a replica the table no longer names this node for is stopped and deleted once its group
-    ///   has left this node out (its membership, as this node last saw it, lacks it), or never
-    ///   took it in (no membership: nothing was ever replicated to it).
+    /// - a shard the table names this node for, whose recorded committed members lack it, and
+    ///   that it does not hold, gets an empty replica (a group with no membership, which its
+    ///   leader then adds as a learner);
+    /// - a replica that the table neither names nor records among the group's committed members
+    ///   is stopped and deleted durably (unless it leads).
+    ///
+    /// `table` is the cached copy; both decisions are taken again on a linearizable read.
     async fn reconcile(&self, table: &RoutingTable) -> Result<(), ShardNodeError> {
         let new_peers: Vec<(NodeId, SocketAddr)> = {
             let mut addresses = self.groups.addresses.lock().unwrap_or_else(PoisonError::into_inner);
@@ -435,7 +441,29 @@ impl Inner {
                 }
             }
         }
-        for (shard, entry) in table.shards() {
+        // What the cached table suggests; each create or delete is then decided on a table read
+        // linearizably from the meta group (a cached copy may be behind: this node may have been
+        // named again, and re-added to the group, since).
+        let candidates: Vec<ShardId> = table
+            .shards()
+            .filter(|(shard, entry)| {
+                let (named, member) = (entry.replicas.contains(&self.id), entry.members.contains(&self.id));
+                let held = self.lock_shards().contains_key(shard);
+                // Create (named, not held) or delete (held, not named), never for a member.
+                !member && named != held
+            })
+            .map(|(shard, _)| shard)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let read = self.meta.read(ReadConsistency::Linearizable, |meta: &Meta| meta.table().clone());
+        let Ok(Ok(current)) = tokio::time::timeout(TABLE_READ_TIMEOUT, read).await else {
+            debug!(node = self.id.0, "no linearizable read of the routing table: replicas unchanged this round");
+            return Ok(());
+        };
+        for shard in candidates {
+            let Some(entry) = current.shard(shard) else { continue };
             let named = entry.replicas.contains(&self.id);
             // A member of the group's latest committed membership, as the table recorded it.
             let member = entry.members.contains(&self.id);
@@ -451,13 +479,6 @@ impl Inner {
                     let handle = self.groups.add(&self.host, &self.transport, &self.wal, group, Kv::shard())?;
                     info!(node = self.id.0, shard = shard.0, "replica created: waiting to be added as a learner");
                     self.lock_shards().insert(shard, handle);
-                }
-                None if member => {
-                    warn!(
-                        node = self.id.0,
-                        shard = shard.0,
-                        "the shard's group counts this node as a member but it holds no replica: remove it from the group"
-                    );
                 }
                 Some(handle) if !named && !member => {
                     // Gone from the table's replicas and from a committed, non-joint membership
@@ -476,6 +497,16 @@ impl Inner {
                     info!(node = self.id.0, shard = shard.0, "replica deleted: the shard left this node");
                 }
                 _ => {}
+            }
+        }
+        // The cached table counts this node as a member of a shard it holds no replica of.
+        for (shard, entry) in table.shards() {
+            if entry.members.contains(&self.id) && !self.lock_shards().contains_key(&shard) {
+                warn!(
+                    node = self.id.0,
+                    shard = shard.0,
+                    "the shard's group counts this node as a member but it holds no replica: remove it from the group"
+                );
             }
         }
         Ok(())
