@@ -35,7 +35,7 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use raft_kv::kv::Kv;
-use raft_kv::shards::controller::{Action, Observed};
+use raft_kv::shards::controller::{Action, NodeReport, Observed};
 use raft_kv::shards::node::{Route, ShardNode, ShardNodeConfig};
 use raft_kv::shards::runner::{BoxFuture, Peers, RunnerConfig};
 use raft_kv::shards::scatter::{self, Page};
@@ -678,14 +678,11 @@ async fn drain(State(app): State<Arc<ShardApp>>, uri: Uri, body: Result<Bytes, B
     app.propose_table(TableChange::SetNodeState { id, state: NodeState::Draining }, &uri).await
 }
 
-/// `GET /internal/observe`: what the shard replicas this node leads report (the controller's
-/// [`Peers::observe`]).
+/// `GET /internal/observe`: what the shard replicas this node leads report, and which replicas
+/// it holds (the controller's [`Peers::observe`]).
 async fn observe(State(app): State<Arc<ShardApp>>) -> HttpResponse {
     match app.node.local_replicas().observe().await {
-        Some(observed) => {
-            let wire: Vec<WireObserved> = observed.into_iter().map(WireObserved::from).collect();
-            axum::Json(wire).into_response()
-        }
+        Some(report) => axum::Json(WireReport::from(report)).into_response(),
         None => ApiError::unavailable(Reason::NodeStopped, NODE_STOPPED).into_response(),
     }
 }
@@ -700,6 +697,32 @@ async fn carry_out(State(app): State<Arc<ShardApp>>, body: Result<Bytes, BytesRe
         Ok(()) => axum::Json(json!({ "ok": true })).into_response(),
         // A membership change may have been appended before it failed.
         Err(error) => ApiError::unknown(Reason::Conflict, error).into_response(),
+    }
+}
+
+/// [`NodeReport`] as JSON between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireReport {
+    leading: Vec<WireObserved>,
+    held: Vec<u32>,
+}
+
+impl From<NodeReport> for WireReport {
+    fn from(report: NodeReport) -> Self {
+        WireReport {
+            leading: report.leading.into_iter().map(WireObserved::from).collect(),
+            held: report.held.iter().map(|shard| shard.0).collect(),
+        }
+    }
+}
+
+impl From<WireReport> for NodeReport {
+    fn from(wire: WireReport) -> Self {
+        NodeReport {
+            leading: wire.leading.into_iter().map(<(ShardId, Observed)>::from).collect(),
+            held: wire.held.into_iter().map(ShardId).collect(),
+        }
     }
 }
 
@@ -881,11 +904,11 @@ impl HttpPeers {
 }
 
 impl Peers for HttpPeers {
-    fn observe(&self, node: NodeId) -> BoxFuture<'_, Option<BTreeMap<ShardId, Observed>>> {
+    fn observe(&self, node: NodeId) -> BoxFuture<'_, Option<NodeReport>> {
         Box::pin(async move {
             let answer = self.call("GET", node, "/internal/observe", Vec::new()).await;
-            match answer.and_then(|response| decode_answer::<Vec<WireObserved>>(&response)) {
-                Ok(wire) => Some(wire.into_iter().map(<(ShardId, Observed)>::from).collect()),
+            match answer.and_then(|response| decode_answer::<WireReport>(&response)) {
+                Ok(wire) => Some(NodeReport::from(wire)),
                 Err(error) => {
                     debug!(node = node.0, %error, "observing a node");
                     None
@@ -921,9 +944,10 @@ mod tests {
             lag_entries: [(NodeId(1), 3), (NodeId(4), 70)].into(),
             recently_active: [NodeId(2), NodeId(4)].into(),
         };
-        let text = serde_json::to_string(&vec![WireObserved::from((ShardId(3), seen.clone()))]).expect("encodes");
-        let back: Vec<WireObserved> = serde_json::from_str(&text).expect("decodes");
-        assert_eq!(back.into_iter().map(<(ShardId, Observed)>::from).collect::<Vec<_>>(), vec![(ShardId(3), seen)]);
+        let report = NodeReport { leading: [(ShardId(3), seen)].into(), held: [ShardId(3), ShardId(5)].into() };
+        let text = serde_json::to_string(&WireReport::from(report.clone())).expect("encodes");
+        let back: WireReport = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(NodeReport::from(back), report);
 
         let actions = [
             Action::AddLearner { shard: ShardId(1), node: NodeId(4) },
@@ -949,13 +973,15 @@ mod tests {
     #[test]
     fn a_malformed_answer_is_an_error_not_a_panic() {
         let answer = |status, body: &str| ClientResponse { status, location: None, body: body.as_bytes().to_vec() };
-        assert!(matches!(decode_answer::<Vec<WireObserved>>(&answer(200, "{not json")), Err(PeerError::Malformed(_))));
+        assert!(matches!(decode_answer::<WireReport>(&answer(200, "{not json")), Err(PeerError::Malformed(_))));
         assert!(matches!(
-            decode_answer::<Vec<WireObserved>>(&answer(200, r#"[{"shard":1}]"#)),
+            decode_answer::<WireReport>(&answer(200, r#"{"leading":[{"shard":1}],"held":[]}"#)),
             Err(PeerError::Malformed(_))
         ));
-        assert!(matches!(decode_answer::<Vec<WireObserved>>(&answer(403, "no")), Err(PeerError::Status(403, _))));
-        assert_eq!(decode_answer::<Vec<WireObserved>>(&answer(200, "[]")).expect("an empty list"), Vec::new());
+        assert!(matches!(decode_answer::<WireReport>(&answer(200, r#"[]"#)), Err(PeerError::Malformed(_))));
+        assert!(matches!(decode_answer::<WireReport>(&answer(403, "no")), Err(PeerError::Status(403, _))));
+        let empty = decode_answer::<WireReport>(&answer(200, r#"{"leading":[],"held":[]}"#)).expect("an empty report");
+        assert_eq!(NodeReport::from(empty), NodeReport::default());
         assert!(serde_json::from_str::<WireAction>(r#"{"action":"explode","shard":1}"#).is_err());
     }
 }

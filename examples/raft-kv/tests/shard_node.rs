@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft_core::{ConfChange, Membership, NodeId, Role};
 use raft_kv::kv::{Command, Kv, Response, encode};
-use raft_kv::shards::controller::{Action, Limits, Observed};
+use raft_kv::shards::controller::{Action, Limits, NodeReport};
 use raft_kv::shards::node::{Route, ShardNode, ShardNodeConfig};
 use raft_kv::shards::runner::{BoxFuture, LocalReplicas, Peers, RunnerConfig};
 use raft_kv::shards::{NodeEntry, NodeState, ShardId, TableChange, TableCommand, shard_of};
@@ -56,7 +56,7 @@ impl InProcess {
 }
 
 impl Peers for InProcess {
-    fn observe(&self, node: NodeId) -> BoxFuture<'_, Option<BTreeMap<ShardId, Observed>>> {
+    fn observe(&self, node: NodeId) -> BoxFuture<'_, Option<NodeReport>> {
         let replicas = self.replicas(node);
         Box::pin(async move { replicas?.observe().await })
     }

@@ -228,7 +228,7 @@ fn a_sharded_tls_cluster_wants_the_admin_token_and_takes_a_node_over_https() {
     }
     let observed = admin.call("GET", http, "/internal/observe", &[]).expect("an answer");
     assert_eq!(observed.status, 200, "{}", observed.text());
-    assert!(observed.json().is_array(), "{}", observed.text());
+    assert!(observed.json()["leading"].is_array() && observed.json()["held"].is_array(), "{}", observed.text());
     let put = eventually("a write", || {
         let reply = anonymous.call("PUT", http, "/kv/k", b"v").ok()?;
         (reply.status == 200 || reply.status == 307).then_some(reply)

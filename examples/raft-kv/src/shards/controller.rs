@@ -8,9 +8,16 @@
 //!
 //! A move of shard `s` from node `A` to node `D` goes:
 //! 1. the table names `D` instead of `A` ([`Action::Table`], from [`placement::next_change`]);
-//! 2. `s`'s leader adds `D` as a learner ([`Action::AddLearner`]); `D` catches up;
+//! 2. once `D` reports that it holds an (empty) replica of `s`, `s`'s leader adds `D` as a
+//!    learner ([`Action::AddLearner`]); `D` catches up;
 //! 3. once `D` lags by at most `caught_up_entries`, one joint-consensus change makes `D` a voter
 //!    and removes `A` ([`Action::Change`]); the leader leaves the joint configuration by itself.
+//!
+//! `D` is added only once it holds the replica because a node creates an empty replica only
+//! while no leader of the group counts it as a member (see `node`): added first, `D` would wait
+//! forever for a replica it must not create. For the same reason a learner whose node reports
+//! holding no replica of the shard is removed from the group (and added again once it holds one):
+//! it can never catch up, and a leader must not keep progress for a node that holds nothing.
 //!
 //! A shard keeps its quorum throughout: `D` votes only once it has caught up and is heard from,
 //! and a voter change is made only when both the old and the new voters have a majority of
@@ -69,6 +76,20 @@ impl Observed {
     }
 }
 
+/// Which shards each node holds a replica of, for the nodes that answered this round (a node
+/// missing here did not answer: nothing is concluded about its replicas).
+pub type Holdings = BTreeMap<NodeId, BTreeSet<ShardId>>;
+
+/// One node's answer to the controller: what the replicas it leads report, and which shards it
+/// holds a replica of (leading or not).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeReport {
+    /// By shard, what the replicas this node leads report.
+    pub leading: BTreeMap<ShardId, Observed>,
+    /// Every shard this node holds a replica of.
+    pub held: BTreeSet<ShardId>,
+}
+
 /// One thing for the controller to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -107,9 +128,14 @@ pub struct Limits {
     pub moves_max: usize,
 }
 
-/// What to do next, given the table and the shards' reports (a shard missing from `observed`
-/// has no leader that answered: nothing is done to it).
-pub fn reconcile(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>, limits: Limits) -> Vec<Action> {
+/// What to do next, given the table, the shards' reports (a shard missing from `observed` has no
+/// leader that answered: nothing is done to it) and which replicas the nodes that answered hold.
+pub fn reconcile(
+    table: &RoutingTable,
+    observed: &BTreeMap<ShardId, Observed>,
+    held: &Holdings,
+    limits: Limits,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     // Shards placement must leave alone (moving, or with no leader that answered), and how many
     // of them are moving (only those count against `moves_max`).
@@ -133,14 +159,21 @@ pub fn reconcile(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>, l
             actions.push(Action::Table(TableCommand { expected_version: None, change: record }));
             busy.insert(shard);
         }
-        for stray in seen.learners.iter().filter(|node| !seen.joint && !entry.replicas.contains(node)) {
-            actions.push(Action::Change { shard, changes: vec![ConfChange::Remove(*stray)] });
+        // A learner the table does not name, or whose node answered without a replica of the
+        // shard (it can never catch up), leaves the group.
+        let holds_none = |node: &NodeId| held.get(node).is_some_and(|shards| !shards.contains(&shard));
+        let mut removed = false;
+        for stray in seen.learners.iter().filter(|node| !entry.replicas.contains(node) || holds_none(node)) {
+            if !seen.joint {
+                actions.push(Action::Change { shard, changes: vec![ConfChange::Remove(*stray)] });
+                removed = true;
+            }
         }
         if seen.joint || seen.voters != entry.replicas {
             busy.insert(shard);
             moving += 1;
-            if !seen.joint {
-                actions.extend(advance(table, shard, &entry.replicas, seen, limits));
+            if !seen.joint && !removed {
+                actions.extend(advance(table, shard, &entry.replicas, seen, held, limits));
             }
         }
     }
@@ -164,6 +197,7 @@ fn advance(
     shard: ShardId,
     target: &BTreeSet<NodeId>,
     seen: &Observed,
+    held: &Holdings,
     limits: Limits,
 ) -> Option<Action> {
     let incoming: Vec<NodeId> = target.difference(&seen.voters).copied().collect();
@@ -174,11 +208,14 @@ fn advance(
         let back = TableChange::SetReplicas { shard, replicas: seen.voters.clone() };
         return Some(Action::Table(TableCommand { expected_version: Some(table.version()), change: back }));
     }
+    let holds = |node: &NodeId| held.get(node).is_some_and(|shards| shards.contains(&shard));
     if let Some(node) = incoming.iter().find(|node| !seen.learners.contains(node)) {
-        return Some(Action::AddLearner { shard, node: *node });
+        // Only once the node holds a replica (it creates one only while no leader counts it).
+        return holds(node).then_some(Action::AddLearner { shard, node: *node });
     }
     let caught_up = |node: &NodeId| {
-        seen.recently_active.contains(node)
+        holds(node)
+            && seen.recently_active.contains(node)
             && seen.lag_entries.get(node).is_some_and(|lag| *lag <= limits.caught_up_entries)
     };
     let (incoming, outgoing) = (incoming.first().copied(), outgoing.first().copied());
@@ -316,6 +353,20 @@ mod tests {
                 next_id: 4,
                 commits: 0,
             }
+        }
+
+        /// The replicas each live node holds: of the shards the table names it for, and of the
+        /// groups that count it as a member (a node creates a replica as soon as it is named).
+        fn holdings(&self) -> Holdings {
+            let mut held = Holdings::new();
+            for (node, _) in self.alive.iter().filter(|(_, alive)| **alive) {
+                let shards = self.groups.iter().enumerate().filter(|(index, group)| {
+                    let named = self.table.shard(ShardId(*index as u32)).is_some_and(|e| e.replicas.contains(node));
+                    named || group.voters.contains(node) || group.learners.contains(node)
+                });
+                held.insert(*node, shards.map(|(index, _)| ShardId(index as u32)).collect());
+            }
+            held
         }
 
         fn chance(&mut self, percent: u32) -> bool {
@@ -506,7 +557,7 @@ mod tests {
             for round in 0..400 {
                 model.disturb(round);
                 let observed = model.observe();
-                for action in reconcile(&model.table, &observed, LIMITS) {
+                for action in reconcile(&model.table, &observed, &model.holdings(), LIMITS) {
                     if model.chance(10) {
                         break; // The controller crashed: the rest of its list is lost.
                     }
@@ -523,7 +574,7 @@ mod tests {
             let mut settled = false;
             for round in 400..1400 {
                 let observed = model.observe();
-                let actions = reconcile(&model.table, &observed, LIMITS);
+                let actions = reconcile(&model.table, &observed, &model.holdings(), LIMITS);
                 let matches_table = model.table.shards().all(|(shard, entry)| {
                     observed
                         .get(&shard)
@@ -561,17 +612,19 @@ mod tests {
             expected_version: Some(model.table.version()),
             change: TableChange::SetReplicas { shard: ShardId(0), replicas: [1, 2, 4].map(NodeId).into() },
         });
-        assert!(reconcile(&model.table, &observed, LIMITS).contains(&set));
+        assert!(reconcile(&model.table, &observed, &model.holdings(), LIMITS).contains(&set));
         model.act(&set);
         assert!(
-            reconcile(&model.table, &observed, LIMITS)
+            reconcile(&model.table, &observed, &model.holdings(), LIMITS)
                 .contains(&Action::AddLearner { shard: ShardId(0), node: NodeId(4) })
         );
         model.act(&Action::AddLearner { shard: ShardId(0), node: NodeId(4) });
         observed = model.observe();
         observed.get_mut(&ShardId(0)).expect("observed").lag_entries.insert(NodeId(4), 50);
         assert!(
-            reconcile(&model.table, &observed, LIMITS).iter().all(|action| !matches!(action, Action::Change { .. })),
+            reconcile(&model.table, &observed, &model.holdings(), LIMITS)
+                .iter()
+                .all(|action| !matches!(action, Action::Change { .. })),
             "a lagging learner does not vote"
         );
         observed.get_mut(&ShardId(0)).expect("observed").lag_entries.insert(NodeId(4), 3);
@@ -579,7 +632,7 @@ mod tests {
             shard: ShardId(0),
             changes: vec![ConfChange::AddVoter(NodeId(4)), ConfChange::Remove(NodeId(3))],
         };
-        assert!(reconcile(&model.table, &observed, LIMITS).contains(&swap));
+        assert!(reconcile(&model.table, &observed, &model.holdings(), LIMITS).contains(&swap));
     }
 
     /// A table of four active nodes whose shard 0 should be `target`, and what its leader
@@ -609,8 +662,40 @@ mod tests {
         (table, BTreeMap::from([(ShardId(0), seen)]))
     }
 
+    /// Every node of `table` holds a replica of every shard.
+    fn everywhere(table: &RoutingTable) -> Holdings {
+        let shards: BTreeSet<ShardId> = table.shards().map(|(shard, _)| shard).collect();
+        table.nodes().keys().map(|node| (*node, shards.clone())).collect()
+    }
+
+    /// A node named for a shard is added as a learner only once it reports holding a replica; a
+    /// learner whose node reports none is removed (and not while its node does not answer).
+    #[test]
+    fn a_learner_is_added_only_once_its_node_holds_a_replica() {
+        let (table, mut observed) = situation([1, 2, 4], [1, 2, 3], 1, &[1, 2, 3], 0);
+        seen_mut(&mut observed).learners.clear();
+        let add = Action::AddLearner { shard: ShardId(0), node: NodeId(4) };
+        let mut held = everywhere(&table);
+        held.insert(NodeId(4), BTreeSet::new());
+        assert!(!reconcile(&table, &observed, &held, LIMITS).contains(&add), "node 4 holds no replica yet");
+        held.remove(&NodeId(4));
+        assert!(!reconcile(&table, &observed, &held, LIMITS).contains(&add), "node 4 did not answer");
+        assert!(reconcile(&table, &observed, &everywhere(&table), LIMITS).contains(&add));
+        // Node 4 is a learner (added by an earlier controller) but reports no replica: removed,
+        // never promoted, however caught up the leader thinks it is.
+        let (table, observed) = situation([1, 2, 4], [1, 2, 3], 1, &[1, 2, 3, 4], 0);
+        let mut held = everywhere(&table);
+        held.insert(NodeId(4), BTreeSet::new());
+        let remove = Action::Change { shard: ShardId(0), changes: vec![ConfChange::Remove(NodeId(4))] };
+        let actions = reconcile(&table, &observed, &held, LIMITS);
+        assert!(actions.contains(&remove), "{actions:?}");
+        assert!(!actions.iter().any(|action| matches!(action, Action::Change { changes, .. } if changes.contains(&ConfChange::AddVoter(NodeId(4))))));
+        held.remove(&NodeId(4));
+        assert!(!reconcile(&table, &observed, &held, LIMITS).contains(&remove), "node 4 did not answer");
+    }
+
     fn changes(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>) -> Vec<Action> {
-        reconcile(table, observed, LIMITS)
+        reconcile(table, observed, &everywhere(table), LIMITS)
             .into_iter()
             .filter(|action| matches!(action, Action::Change { .. }))
             .collect()
@@ -658,11 +743,11 @@ mod tests {
             expected_version: Some(model.table.version()),
             change: TableChange::SetReplicas { shard: ShardId(0), replicas: [1, 2, 3].map(NodeId).into() },
         });
-        assert!(reconcile(&model.table, &observed, LIMITS).contains(&back));
+        assert!(reconcile(&model.table, &observed, &model.holdings(), LIMITS).contains(&back));
         model.act(&back);
         let remove = Action::Change { shard: ShardId(0), changes: vec![ConfChange::Remove(NodeId(4))] };
         let observed = model.observe();
-        assert!(reconcile(&model.table, &observed, LIMITS).contains(&remove));
+        assert!(reconcile(&model.table, &observed, &model.holdings(), LIMITS).contains(&remove));
     }
 
     /// A committed membership that differs from the table's record is recorded; a joint one, or
@@ -674,13 +759,13 @@ mod tests {
         seen.committed_members = Some([1, 2, 3, 4].map(NodeId).into());
         seen.commit = Index(9);
         let record = TableChange::RecordMembers { shard: ShardId(0), members: [1, 2, 3, 4].map(NodeId).into(), at: 9 };
-        let actions = reconcile(&table, &observed, LIMITS);
+        let actions = reconcile(&table, &observed, &everywhere(&table), LIMITS);
         assert!(actions.contains(&Action::Table(TableCommand { expected_version: None, change: record })));
         // Recorded: nothing more to record. A joint membership is never recorded.
         seen_mut(&mut observed).committed_members = Some([1, 2, 3].map(NodeId).into());
-        assert!(!reconcile(&table, &observed, LIMITS).iter().any(is_record));
+        assert!(!reconcile(&table, &observed, &everywhere(&table), LIMITS).iter().any(is_record));
         seen_mut(&mut observed).committed_members = None;
-        assert!(!reconcile(&table, &observed, LIMITS).iter().any(is_record));
+        assert!(!reconcile(&table, &observed, &everywhere(&table), LIMITS).iter().any(is_record));
     }
 
     fn seen_mut(observed: &mut BTreeMap<ShardId, Observed>) -> &mut Observed {

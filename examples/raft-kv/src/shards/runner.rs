@@ -20,7 +20,7 @@ use raft_net::ReadConsistency;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::controller::{self, Action, Limits, Observed};
+use super::controller::{self, Action, Holdings, Limits, NodeReport, Observed};
 use super::node::Inner;
 use super::{NodeState, RoutingTable, ShardId, TableChange, TableCommand};
 
@@ -29,8 +29,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How the controller reaches the other nodes (HTTP between processes; direct calls in tests).
 pub trait Peers: Send + Sync {
-    /// What the replicas that `node` leads report, by shard; `None` if the node did not answer.
-    fn observe(&self, node: NodeId) -> BoxFuture<'_, Option<BTreeMap<ShardId, Observed>>>;
+    /// What the replicas that `node` leads report, and which replicas it holds; `None` if the
+    /// node did not answer.
+    fn observe(&self, node: NodeId) -> BoxFuture<'_, Option<NodeReport>>;
     /// Asks `node`, which leads the action's shard, to carry out `action` (never a table change).
     fn carry_out(&self, node: NodeId, action: Action) -> BoxFuture<'_, Result<(), String>>;
 }
@@ -79,12 +80,14 @@ impl std::fmt::Debug for LocalReplicas {
 }
 
 impl LocalReplicas {
-    /// What the replicas this node leads report, by shard; `None` once the node stopped.
-    pub async fn observe(&self) -> Option<BTreeMap<ShardId, Observed>> {
+    /// What the replicas this node leads report, by shard, and which replicas it holds; `None`
+    /// once the node stopped.
+    pub async fn observe(&self) -> Option<NodeReport> {
         let inner = self.0.upgrade()?;
         let id = inner.id;
         let handles: Vec<_> = inner.lock_shards().iter().map(|(shard, handle)| (*shard, handle.clone())).collect();
         drop(inner);
+        let held = handles.iter().map(|(shard, _)| *shard).collect();
         let mut observed = BTreeMap::new();
         for (shard, handle) in handles {
             let Ok(status) = handle.status().await else { continue };
@@ -111,7 +114,7 @@ impl LocalReplicas {
                 },
             );
         }
-        Some(observed)
+        Some(NodeReport { leading: observed, held })
     }
 
     /// Carries out a shard action at this node's replica of its shard (which must lead it).
@@ -210,6 +213,7 @@ async fn round(
     }
     // Each node's report; of two reports for one shard, the higher term's.
     let mut observed: BTreeMap<ShardId, Observed> = BTreeMap::new();
+    let mut held = Holdings::new();
     let now = Instant::now();
     for (&node, entry) in table.nodes() {
         let answer = if node == id {
@@ -217,7 +221,7 @@ async fn round(
         } else {
             timed(config, peers.observe(node)).await.ok().flatten()
         };
-        let Some(leading) = answer else {
+        let Some(report) = answer else {
             if entry.state == NodeState::Active && silences.silent(node, now, &config) {
                 info!(node = node.0, "marking a silent node failed: its replicas will be re-created elsewhere");
                 let failed = TableChange::SetNodeState { id: node, state: NodeState::Failed };
@@ -230,7 +234,8 @@ async fn round(
             info!(node = node.0, "a node marked failed answers again: active");
             return propose(&meta, &table, TableChange::SetNodeState { id: node, state: NodeState::Active }).await;
         }
-        for (shard, seen) in leading {
+        held.insert(node, report.held);
+        for (shard, seen) in report.leading {
             if observed.get(&shard).is_none_or(|other| seen.term > other.term) {
                 observed.insert(shard, seen);
             }
@@ -239,7 +244,7 @@ async fn round(
     // Table changes: observations freely, and one change conditional on the version (after it
     // the version has moved, and the next round recomputes the rest from the new table).
     let mut conditional_done = false;
-    for action in controller::reconcile(&table, &observed, config.limits) {
+    for action in controller::reconcile(&table, &observed, &held, config.limits) {
         debug!(?action, "controller action");
         match action {
             Action::Table(command) => {
