@@ -51,8 +51,38 @@ impl Launcher {
         Launcher::start_with(data, &[])
     }
 
-    /// [`Launcher::start`] with more arguments.
+    /// [`Launcher::start`] with more arguments. The ports are found free, then let go for the
+    /// launcher's nodes: another test may take one in between. A node that finds its port taken
+    /// is the only reason to start over (on a fresh block and data directory), at most a few
+    /// times; returns once every node answers.
     fn start_with(data: &Path, args: &[&str]) -> Launcher {
+        for attempt in 1..=3 {
+            let launcher = Launcher::spawn(data, &data.join(format!("data-{attempt}")), args);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut answering = 0;
+            while answering < NODES && std::time::Instant::now() < deadline {
+                if status(launcher.http(answering)).is_some() {
+                    answering += 1;
+                    continue;
+                }
+                let log = std::fs::read_to_string(&launcher.log).unwrap_or_default();
+                if log.contains("Address already in use") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if answering == NODES {
+                return launcher;
+            }
+            let log = std::fs::read_to_string(&launcher.log).unwrap_or_default();
+            assert!(log.contains("Address already in use"), "the nodes never answered:\n{log}");
+            drop(launcher); // Kills it; its nodes stop by themselves.
+        }
+        panic!("three blocks of free ports were taken before the launcher's nodes could bind them");
+    }
+
+    /// Starts the launcher on a block of ports found free, with its nodes' data under `nodes`.
+    fn spawn(data: &Path, nodes: &Path, args: &[&str]) -> Launcher {
         // One block for both, so that the HTTP and Raft ports cannot overlap (two blocks picked
         // one after the other could: the first is free again once picked).
         let http_port = free_ports(2 * NODES);
@@ -63,7 +93,7 @@ impl Launcher {
             .args(["cluster", "--nodes", &NODES.to_string()])
             .args(["--http-port", &http_port.to_string(), "--raft-port", &raft_port.to_string()])
             .arg("--data")
-            .arg(data.join("data"))
+            .arg(nodes)
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("a log file"))
