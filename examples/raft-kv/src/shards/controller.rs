@@ -203,9 +203,15 @@ fn advance(
     let incoming: Vec<NodeId> = target.difference(&seen.voters).copied().collect();
     let outgoing: Vec<NodeId> = seen.voters.difference(target).copied().collect();
     let active = |node: &NodeId| table.nodes().get(node).is_some_and(|entry| entry.state == NodeState::Active);
-    if incoming.iter().any(|node| !active(node)) {
-        // The target left before it could vote: set the table back to what the group has.
-        let back = TableChange::SetReplicas { shard, replicas: seen.voters.clone() };
+    if let Some(gone) = incoming.iter().find(|node| !active(node)) {
+        // The target left before it could vote: set the table back towards what the group has,
+        // one step of at most one node out and one in (as the table takes changes). One swap
+        // back is the whole way; a table further from the group (voters lost to a lost-quorum
+        // recovery, say) gets there in several rounds.
+        let mut back = target.clone();
+        back.remove(gone);
+        back.extend(outgoing.first());
+        let back = TableChange::SetReplicas { shard, replicas: back };
         return Some(Action::Table(TableCommand { expected_version: Some(table.version()), change: back }));
     }
     let holds = |node: &NodeId| held.get(node).is_some_and(|shards| shards.contains(&shard));
@@ -748,6 +754,45 @@ mod tests {
         let remove = Action::Change { shard: ShardId(0), changes: vec![ConfChange::Remove(NodeId(4))] };
         let observed = model.observe();
         assert!(reconcile(&model.table, &observed, &model.holdings(), LIMITS).contains(&remove));
+    }
+
+    /// A group whose voters are far from the table (a lost-quorum recovery left node 3 its only
+    /// voter; nodes 1 and 2 are failed) gets the table back to its voters one node at a time, as
+    /// the table takes changes.
+    #[test]
+    fn a_table_far_from_its_group_is_set_back_one_node_at_a_time() {
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        let entry = NodeEntry { raft: address, http: address, state: NodeState::Active };
+        let nodes = (1..=3).map(|id| (NodeId(id), entry)).collect();
+        let create = TableChange::Create { replication: 3, nodes, replicas: vec![[1, 2, 3].map(NodeId).into()] };
+        let mut table = RoutingTable::default();
+        table.apply(&TableCommand { expected_version: None, change: create }).expect("a valid table");
+        for id in [1, 2] {
+            let failed = TableChange::SetNodeState { id: NodeId(id), state: NodeState::Failed };
+            table.apply(&TableCommand { expected_version: None, change: failed }).expect("a known node");
+        }
+        let seen = Observed {
+            leader: NodeId(3),
+            voters: [NodeId(3)].into(),
+            lag_entries: BTreeMap::new(),
+            recently_active: [NodeId(3)].into(),
+            ..Observed::default()
+        };
+        let observed = BTreeMap::from([(ShardId(0), seen)]);
+        for expected in [vec![2, 3], vec![3]] {
+            let back = reconcile(&table, &observed, &everywhere(&table), LIMITS)
+                .into_iter()
+                .find_map(|action| match action {
+                    Action::Table(command @ TableCommand { change: TableChange::SetReplicas { .. }, .. }) => {
+                        Some(command)
+                    }
+                    _ => None,
+                })
+                .expect("a step back");
+            let TableChange::SetReplicas { replicas, .. } = &back.change else { unreachable!("matched above") };
+            assert_eq!(*replicas, expected.iter().map(|id| NodeId(*id)).collect());
+            table.apply(&back).expect("the table takes the step");
+        }
     }
 
     /// A committed membership that differs from the table's record is recorded; a joint one, or

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::controller::{self, Action, Holdings, Limits, NodeReport, Observed};
-use super::node::Inner;
+use super::node::{Inner, META_VOTERS_MAX};
 use super::{NodeState, RoutingTable, ShardId, TableChange, TableCommand};
 
 /// A boxed future, for the object-safe [`Peers`].
@@ -297,13 +297,18 @@ fn meta_change(table: &RoutingTable, status: &raft_net::NodeStatus, caught_up_en
         return Some(vec![ConfChange::Remove(gone)]);
     }
     let state = |node: &NodeId| table.nodes().get(node).map(|entry| entry.state);
-    let leaving = membership.voters_incoming.iter().find(|node| state(node) != Some(NodeState::Active))?;
     let ready = |node: &&NodeId| {
         state(node) == Some(NodeState::Active)
             && status.peers.get(node).is_some_and(|peer| peer.recent_active && peer.lag_entries <= caught_up_entries)
     };
     let replacement = membership.learners.iter().find(ready)?;
-    Some(vec![ConfChange::AddVoter(*replacement), ConfChange::Remove(*leaving)])
+    if let Some(leaving) = membership.voters_incoming.iter().find(|node| state(node) != Some(NodeState::Active)) {
+        return Some(vec![ConfChange::AddVoter(*replacement), ConfChange::Remove(*leaving)]);
+    }
+    // Fewer voters than it should have (a cluster started on fewer nodes, or a lost-quorum
+    // recovery that left one): a caught-up learner votes.
+    let active = table.nodes().values().filter(|entry| entry.state == NodeState::Active).count();
+    (membership.voters_incoming.len() < active.min(META_VOTERS_MAX)).then(|| vec![ConfChange::AddVoter(*replacement)])
 }
 
 /// Proposes `change` conditional on `table`'s version.
@@ -400,6 +405,14 @@ mod tests {
         assert_eq!(meta_change(&failed, &status(members(&[1, 2, 3], &[4]), &[(4, 100)]), 8), None);
         let draining = table(&[(1, Active), (2, Active), (3, Failed), (4, Draining)]);
         assert_eq!(meta_change(&draining, &status(members(&[1, 2, 3], &[4]), &[(4, 0)]), 8), None);
+        // Too few voters (one left by a recovery): a caught-up learner votes, up to three.
+        let one = table(&[(1, Active), (2, Failed), (3, Active), (4, Active)]);
+        let change = meta_change(&one, &status(members(&[1], &[2, 3, 4]), &[(3, 0), (4, 0)]), 8);
+        assert_eq!(change, Some(vec![ConfChange::AddVoter(NodeId(3))]));
+        let three = table(&[(1, Active), (2, Active), (3, Active), (4, Active)]);
+        assert_eq!(meta_change(&three, &status(members(&[1, 2, 3], &[4]), &[(4, 0)]), 8), None);
+        let two = table(&[(1, Active), (2, Active)]);
+        assert_eq!(meta_change(&two, &status(members(&[1, 2], &[]), &[]), 8), None);
         // Nothing while a joint configuration is being left.
         let mut joint = members(&[1, 2, 4], &[]);
         joint.voters_outgoing = [1, 2, 3].map(NodeId).into();
