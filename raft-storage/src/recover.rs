@@ -20,7 +20,7 @@
 //! [`SharedWal`](crate::SharedWal) hold their directory while open, so opening one for recovery
 //! fails with [`DiskError::InUse`](crate::DiskError::InUse) while the node runs.
 
-use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, StorageError, Term};
+use raft_core::{Entry, EntryPayload, HardState, Index, Membership, NodeId, Storage, StorageError, Term};
 use thiserror::Error;
 
 use crate::LogStore;
@@ -54,15 +54,7 @@ pub fn become_sole_voter<S: LogStore>(store: &mut S, me: NodeId) -> Result<Recov
     let initial = store.initial_state()?;
     let last = store.last_index()?;
     let last_term = store.term(last)?;
-    let mut previous = initial.membership;
-    let first = store.first_index()?;
-    if first <= last {
-        for entry in store.entries(first, last.next(), u64::MAX)? {
-            if let EntryPayload::Membership(membership) = entry.payload {
-                previous = membership;
-            }
-        }
-    }
+    let previous = latest_membership(store)?;
     let term = initial.hard_state.term.max(last_term).next();
     let index = last.next();
     let entry = Entry { index, term, payload: EntryPayload::Membership(Membership::new([me])) };
@@ -71,10 +63,24 @@ pub fn become_sole_voter<S: LogStore>(store: &mut S, me: NodeId) -> Result<Recov
     Ok(Recovered { previous, index, term })
 }
 
+/// The membership in force in `store`: its log's last membership entry, committed or not, or
+/// the stored one (of the snapshot or the initial state) when the log has none.
+pub fn latest_membership<S: Storage>(store: &S) -> Result<Membership, StorageError> {
+    let mut membership = store.initial_state()?.membership;
+    let (first, last) = (store.first_index()?, store.last_index()?);
+    if first <= last {
+        for entry in store.entries(first, last.next(), u64::MAX)? {
+            if let EntryPayload::Membership(next) = entry.payload {
+                membership = next;
+            }
+        }
+    }
+    Ok(membership)
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use raft_core::Storage;
 
     use super::*;
     use crate::MemStorage;

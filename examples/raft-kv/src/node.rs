@@ -128,6 +128,10 @@ pub struct ServeArgs {
     /// With `--shards`: the replicas of each shard (default 3, or the node count if smaller).
     #[arg(long, requires = "shards", value_parser = clap::value_parser!(u8).range(1..=raft_kv::shards::REPLICAS_MAX as i64))]
     pub replicas: Option<u8>,
+    /// With `--shards`: seconds a node may stay silent (and at least three controller rounds)
+    /// before the controller marks it failed and re-creates its replicas on other nodes.
+    #[arg(long, requires = "shards", value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub failed_after: u64,
 }
 
 /// Parses `ID=RAFT_ADDR=HTTP_ADDR` (the value parser of `--peers`).

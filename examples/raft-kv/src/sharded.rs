@@ -175,7 +175,11 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
     let id = NodeId(args.id);
     let fresh = std::fs::read_dir(&args.data).map_or(true, |mut entries| entries.next().is_none());
     let tick_interval = Duration::from_millis(args.tick_ms);
-    let controller = RunnerConfig { interval: tick_interval * CONTROLLER_TICKS, ..RunnerConfig::default() };
+    let controller = RunnerConfig {
+        interval: tick_interval * CONTROLLER_TICKS,
+        failed_after: Duration::from_secs(args.failed_after),
+        ..RunnerConfig::default()
+    };
     let mut config = ShardNodeConfig {
         id,
         cluster_id: args.cluster_id,

@@ -62,3 +62,107 @@ fn a_survivor_of_a_lost_quorum_is_recovered_serves_its_data_and_new_nodes_join()
     assert_eq!(response.text(), "value 7");
     until("PUT", nodes[3].http, "/kv/three-voters", b"again", 200);
 }
+
+/// `GET /cluster/shards` of `node`, once it has a routing table.
+fn table(node: std::net::SocketAddr) -> Option<serde_json::Value> {
+    let response = common::call("GET", node, "/cluster/shards", &[])?;
+    let table: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
+    (response.status == 200 && table["version"].as_u64() > Some(0)).then_some(table)
+}
+
+fn numbers(value: &serde_json::Value) -> Vec<u64> {
+    value.as_array().map(|ids| ids.iter().filter_map(serde_json::Value::as_u64).collect()).unwrap_or_default()
+}
+
+/// A sharded cluster of three (two shards of three replicas) loses two nodes for good: every
+/// group, the meta group's included, lost its majority. `raft-kv recover --all` (refused while
+/// the node runs, and without naming the groups) makes the third node the only voter of each;
+/// it serves every key, a new node joins, and the controller forgets the lost nodes and places
+/// every shard on the two that run.
+#[test]
+fn a_sharded_survivor_is_recovered_and_the_controller_replaces_the_lost_nodes() {
+    let (_dir, data) = temp();
+    let layout = layout(4, 3);
+    let sharded = |id: u64| {
+        let mut args = vec!["--data".to_owned(), data_dir(&data, id), "--shards".to_owned(), "2".to_owned()];
+        args.extend(["--replicas", "3", "--failed-after", "2"].map(str::to_owned));
+        args
+    };
+    let mut nodes: Vec<Node> = (0..3u64)
+        .map(|i| {
+            let mut args = sharded(i + 1);
+            args.extend(["--bootstrap".to_owned(), "--peers".to_owned(), layout.peers.clone()]);
+            Node::start(i + 1, layout.raft[i as usize], layout.http[i as usize], log_file(&data, i + 1, 1), &args)
+        })
+        .collect();
+    for node in &nodes {
+        eventually("a routing table", || table(node.http));
+    }
+    let keys: Vec<String> = (0..12).map(|i| format!("key{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        until("PUT", nodes[i % 3].http, &format!("/kv/{key}"), format!("value of {key}").as_bytes(), 200);
+    }
+    let recover = |groups: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+            .args(["recover", "--id", "3", "--data", &data_dir(&data, 3)])
+            .args(groups)
+            .output()
+            .expect("the binary runs")
+    };
+    let refused = recover(&["--all"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("in use"), "{refused:?}");
+
+    for node in &mut nodes {
+        node.kill();
+    }
+    // Without naming the groups: refused, with the list of groups and how to name them.
+    let unnamed = recover(&[]);
+    let stderr = String::from_utf8_lossy(&unnamed.stderr);
+    assert_eq!(unnamed.status.code(), Some(1), "{unnamed:?}");
+    for expected in ["sharded node's store", "the meta group (--meta): voters 1, 2, 3", "shard 1 (--shard 1)"] {
+        assert!(stderr.contains(expected), "{expected:?} in {stderr}");
+    }
+    // A shard it does not hold: refused before anything is written.
+    let missing = recover(&["--shard", "7"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no replica of shard 7"), "{missing:?}");
+    let recovered = recover(&["--all"]);
+    assert!(recovered.status.success(), "{recovered:?}");
+    let stdout = String::from_utf8_lossy(&recovered.stdout);
+    for expected in ["the meta group: node 3 is now the only voter", "shard 0: node 3", "shard 1: node 3"] {
+        assert!(stdout.contains(expected), "{expected:?} in {stdout}");
+    }
+
+    // Node 3 alone serves every key, linearizably, and takes writes.
+    nodes[2] = Node::start(3, layout.raft[2], layout.http[2], log_file(&data, 3, 2), &sharded(3));
+    let survivor = nodes[2].http;
+    for key in &keys {
+        let response = until("GET", survivor, &format!("/kv/{key}?consistency=linearizable"), &[], 200);
+        assert_eq!(response.text(), format!("value of {key}"));
+    }
+    until("PUT", survivor, "/kv/after", b"recovery", 200);
+
+    // A new node joins; the lost nodes are marked failed, then forgotten; both shards end on
+    // nodes 3 and 4, as voters, with every key.
+    let mut join = sharded(4);
+    join.extend(["--join".to_owned(), format!("http://{survivor}")]);
+    nodes.push(Node::start(4, layout.raft[3], layout.http[3], log_file(&data, 4, 1), &join));
+    eventually("the lost nodes forgotten, both shards and the meta group on nodes 3 and 4", || {
+        let table = table(survivor)?;
+        let nodes: Vec<&String> = table["nodes"].as_object()?.keys().collect();
+        // The replicas the table names, and the voters of node 3's replica of each shard.
+        let placed = table["shards"].as_array()?.iter().all(|shard| {
+            numbers(&shard["replicas"]) == [3, 4]
+                && numbers(&shard["local"]["voters"]) == [3, 4]
+                && numbers(&shard["local"]["learners"]).is_empty()
+        });
+        // The meta group votes on both again (a recovery left it one voter).
+        let meta = numbers(&status(survivor)?["meta"]["voters"]) == [3, 4];
+        (nodes == ["3", "4"] && placed && meta).then_some(())
+    });
+    let fourth = nodes[3].http;
+    for key in keys.iter().chain([&"after".to_owned()]) {
+        let response = until("GET", fourth, &format!("/kv/{key}?consistency=linearizable"), &[], 200);
+        assert!(response.text() == format!("value of {key}") || key == "after", "{key}: {}", response.text());
+    }
+}
