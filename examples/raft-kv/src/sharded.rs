@@ -70,6 +70,13 @@ pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How many times a joining node asks for the routing table before it gives up starting.
 pub const JOIN_TABLE_ATTEMPTS: u32 = 60;
 
+/// The query parameter in which a redirect carries the redirecting node's routing table version.
+pub const TABLE_VERSION_PARAM: &str = "table_version";
+/// How long a node whose routing table is older than a redirected request's waits for it.
+pub const TABLE_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
+/// How often it looks meanwhile.
+const TABLE_CATCH_UP_POLL: Duration = Duration::from_millis(10);
+
 /// The file in the data directory where a node keeps the routing table's nodes, so that a
 /// restart can reach them before its meta replica has caught up with the table again.
 pub const NODES_FILE: &str = "raft-kv-shard-nodes.json";
@@ -341,6 +348,7 @@ async fn ask_to_join(client: Client, url: String, id: NodeId, me: NodeEntry) {
 /// The router of a sharded node (see the module docs); tokens and JSON errors as in
 /// `server::router`.
 fn router(app: ShardApp, credentials: Credentials) -> Router {
+    let app = Arc::new(app);
     let credentials = Arc::new(credentials);
     let admin = Router::new()
         .route("/cluster/nodes", post(add_node))
@@ -358,6 +366,7 @@ fn router(app: ShardApp, credentials: Credentials) -> Router {
                 .delete(delete_key::<ShardApp>),
         )
         .route("/kv/{key}/cas", post(cas_key::<ShardApp>).layer(DefaultBodyLimit::max(CAS_BODY_BYTES_MAX)))
+        .route_layer(from_fn_with_state(Arc::clone(&app), catch_up_table))
         .route("/internal/scan", post(shard_scan))
         .route("/cluster/shards", get(shards))
         .route("/cluster/status", get(status))
@@ -368,7 +377,46 @@ fn router(app: ShardApp, credentials: Credentials) -> Router {
         .fallback(|| async { bad(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
         .layer(map_response(json_errors))
-        .with_state(Arc::new(app))
+        .with_state(app)
+}
+
+/// A key request redirected by a node whose routing table was at version `V` carries
+/// `table_version=V` in its query; a node whose table is older waits up to
+/// [`TABLE_CATCH_UP_WAIT`] for its meta replica to apply that version before routing it, so that
+/// two nodes with different views cannot bounce a request between them for long. A value that
+/// is not a number is ignored.
+async fn catch_up_table(
+    State(app): State<Arc<ShardApp>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> HttpResponse {
+    if let Some(wanted) = requested_table_version(request.uri()) {
+        let deadline = tokio::time::Instant::now() + TABLE_CATCH_UP_WAIT;
+        while app.node.table().version() < wanted && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(TABLE_CATCH_UP_POLL).await;
+        }
+    }
+    next.run(request).await
+}
+
+/// The `table_version` of `uri`'s query, if it has a numeric one.
+fn requested_table_version(uri: &Uri) -> Option<u64> {
+    let query = uri.query()?;
+    query.split('&').find_map(|pair| pair.strip_prefix(TABLE_VERSION_PARAM)?.strip_prefix('=')?.parse().ok())
+}
+
+/// A 307 to `scheme://http` with `uri`'s path and query, its `table_version` set to `version`.
+fn redirect_with_version(scheme: &str, http: std::net::SocketAddr, uri: &Uri, version: u64) -> HttpResponse {
+    let ours = |pair: &&str| *pair == TABLE_VERSION_PARAM || pair.starts_with(&format!("{TABLE_VERSION_PARAM}="));
+    let mut pairs: Vec<String> = uri
+        .query()
+        .map(|query| query.split('&').filter(|pair| !pair.is_empty() && !ours(pair)).map(str::to_owned).collect())
+        .unwrap_or_default();
+    pairs.push(format!("{TABLE_VERSION_PARAM}={version}"));
+    match Uri::try_from(format!("{}?{}", uri.path(), pairs.join("&"))) {
+        Ok(target) => redirect_to(scheme, http, &target),
+        Err(_) => redirect_to(scheme, http, uri),
+    }
 }
 
 impl KeyGroups for ShardApp {
@@ -377,7 +425,9 @@ impl KeyGroups for ShardApp {
     fn group(&self, key: &str, uri: &Uri) -> Result<NodeHandle<Kv>, Box<HttpResponse>> {
         let elsewhere = match self.node.route(key.as_bytes()) {
             Route::Local(_, handle) => return Ok(handle),
-            Route::Remote { entry, .. } => redirect_to(self.scheme, entry.http, uri),
+            Route::Remote { entry, .. } => {
+                redirect_with_version(self.scheme, entry.http, uri, self.node.table().version())
+            }
             Route::NoTable => ApiError::unavailable(Reason::NoLeader, "no routing table yet; retry").into_response(),
         };
         Err(Box::new(elsewhere))
@@ -388,7 +438,7 @@ impl KeyGroups for ShardApp {
     fn to_leader(&self, node: Option<NodeId>, uri: &Uri) -> HttpResponse {
         let table = self.node.table();
         match node.and_then(|node| table.nodes().get(&node)) {
-            Some(entry) => redirect_to(self.scheme, entry.http, uri),
+            Some(entry) => redirect_with_version(self.scheme, entry.http, uri, table.version()),
             None => ApiError::unavailable(Reason::NoLeader, NO_LEADER).into_response(),
         }
     }
@@ -972,6 +1022,29 @@ mod tests {
             change: TableChange::RemoveNode { id: NodeId(1) },
         });
         assert!(WireAction::try_from(table).is_err());
+    }
+
+    /// A redirect sets its own table version in the query and keeps the rest of it; the version
+    /// is read back, and a malformed one is no version.
+    #[test]
+    fn a_redirect_carries_the_table_version() {
+        let http = std::net::SocketAddr::from(([127, 0, 0, 1], 8082));
+        let location = |uri: &str, version| {
+            let answer = redirect_with_version("http", http, &Uri::try_from(uri).expect("a URI"), version);
+            assert_eq!(answer.status(), StatusCode::TEMPORARY_REDIRECT);
+            answer.headers()["location"].to_str().expect("text").to_owned()
+        };
+        assert_eq!(location("/kv/a", 7), "http://127.0.0.1:8082/kv/a?table_version=7");
+        assert_eq!(
+            location("/kv/a?consistency=lease&table_version=3", 9),
+            "http://127.0.0.1:8082/kv/a?consistency=lease&table_version=9"
+        );
+        assert_eq!(location("/kv/a?table_version&x=1", 2), "http://127.0.0.1:8082/kv/a?x=1&table_version=2");
+        let version = |uri: &str| requested_table_version(&Uri::try_from(uri).expect("a URI"));
+        assert_eq!(version("/kv/a?consistency=lease&table_version=12"), Some(12));
+        assert_eq!(version("/kv/a?table_version=x"), None);
+        assert_eq!(version("/kv/a?table_versions=3"), None);
+        assert_eq!(version("/kv/a"), None);
     }
 
     #[test]

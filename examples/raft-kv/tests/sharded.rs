@@ -235,7 +235,7 @@ fn a_sharded_tls_cluster_wants_the_admin_token_and_takes_a_node_over_https() {
     });
     if put.status == 307 {
         let location = put.location.expect("a Location");
-        assert!(location.starts_with("https://"), "{location}");
+        assert!(location.starts_with("https://") && location.contains("?table_version="), "{location}");
     }
 
     // A third node joins over HTTPS: it ends up holding replicas as a voter.
