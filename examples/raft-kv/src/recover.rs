@@ -12,6 +12,7 @@
 //! sharded store the operator names the groups that lost their majority (`--meta`, `--shard N`,
 //! or `--all`): recovering a group whose majority still runs elsewhere would fork it.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -94,23 +95,41 @@ fn recover_groups(args: &RecoverArgs, identity: Identity) -> anyhow::Result<()> 
     let wal = SharedWal::open(StdFs, &args.data, identity, WalOptions::default())
         .with_context(|| format!("opening the sharded store in {} (is the node stopped?)", args.data.display()))?;
     let held = wal.groups();
-    let wanted: Vec<GroupId> = if args.all {
-        held.clone()
+    let mut wanted: BTreeSet<GroupId> = if args.all {
+        held.iter().copied().collect()
     } else {
-        let mut wanted: Vec<GroupId> = args.shards.iter().map(|shard| ShardId(*shard).group()).collect();
+        let mut wanted: BTreeSet<GroupId> = args.shards.iter().map(|shard| ShardId(*shard).group()).collect();
         if args.meta {
-            wanted.insert(0, META_GROUP);
+            wanted.insert(META_GROUP);
         }
         wanted
     };
-    // Every group named must be here before anything is written.
+    // Every group named must be here, with this node among its voters, before anything is
+    // written: a learner's replica (an empty one waiting to be added, say) made the only voter
+    // would serve a shard without its data.
     if let Some(missing) = wanted.iter().find(|group| !held.contains(group)) {
         bail!("node {id} holds no replica of {}; its groups:\n{}", name(*missing), describe(&wal));
     }
+    let voting = |group: &GroupId| {
+        let membership = wal.group(*group).ok().and_then(|store| latest_membership(&store).ok());
+        membership.is_some_and(|membership| membership.all_voters().contains(&id))
+    };
+    let not_voting: Vec<GroupId> = wanted.iter().copied().filter(|group| !voting(group)).collect();
+    if !not_voting.is_empty() {
+        let names: Vec<String> = not_voting.iter().map(|group| name(*group)).collect();
+        if !args.all {
+            bail!("node {id} is not a voter of {}; its groups:\n{}", names.join(", "), describe(&wal));
+        }
+        println!("left as they are (node {id} is not a voter of them): {}", names.join(", "));
+        wanted.retain(|group| !not_voting.contains(group));
+    }
+    let mut done = Vec::new();
     for group in wanted {
         let mut store = wal.group(group).with_context(|| format!("opening {}", name(group)))?;
-        let recovered = become_sole_voter(&mut store, id)
-            .with_context(|| format!("rewriting the membership of {}", name(group)))?;
+        let recovered = become_sole_voter(&mut store, id).with_context(|| {
+            format!("rewriting the membership of {} (recovered before it: {})", name(group), done.join(", "))
+        })?;
+        done.push(name(group));
         println!(
             "{}: node {id} is now the only voter (it was one of {}): membership entry {} in term {}.",
             name(group),

@@ -655,7 +655,8 @@ async fn shards(State(app): State<Arc<ShardApp>>) -> HttpResponse {
             None => None,
         };
         shards.push(json!({ "shard": shard.0, "replicas": ids(&entry.replicas),
-                            "leader_hint": entry.leader_hint.map(|id| id.0), "local": local }));
+                            "leader_hint": entry.leader_hint.map(|id| id.0),
+                            "members": ids(&entry.members), "members_at": entry.members_at, "local": local }));
     }
     answer["id"] = json!(app.node.id().0);
     answer["shards"] = Value::Array(shards);

@@ -29,7 +29,8 @@
 //! Group changes are not conditional on the table's version, so a stale table would make the
 //! controller undo a finished move. A move whose target is no
 //! longer active before it became a voter is rolled back: the table is set back to the group's
-//! actual voters, and the learner left behind is removed.
+//! actual voters (one node out and one in per change, as the table takes them), and the learner
+//! left behind is removed.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -305,10 +305,18 @@ fn meta_change(table: &RoutingTable, status: &raft_net::NodeStatus, caught_up_en
     if let Some(leaving) = membership.voters_incoming.iter().find(|node| state(node) != Some(NodeState::Active)) {
         return Some(vec![ConfChange::AddVoter(*replacement), ConfChange::Remove(*leaving)]);
     }
-    // Fewer voters than it should have (a cluster started on fewer nodes, or a lost-quorum
-    // recovery that left one): a caught-up learner votes.
+    // Fewer voters than it should have (a lost-quorum recovery left one, say): caught-up
+    // learners vote, in one change, but only to reach an odd count (two voters need both, and
+    // would survive no more failures than one).
     let active = table.nodes().values().filter(|entry| entry.state == NodeState::Active).count();
-    (membership.voters_incoming.len() < active.min(META_VOTERS_MAX)).then(|| vec![ConfChange::AddVoter(*replacement)])
+    let want = active.min(META_VOTERS_MAX);
+    let voters = membership.voters_incoming.len();
+    if voters >= want || want % 2 == 0 {
+        return None;
+    }
+    let ready: Vec<NodeId> = membership.learners.iter().filter(ready).copied().collect();
+    (ready.len() >= want - voters)
+        .then(|| ready[..want - voters].iter().map(|node| ConfChange::AddVoter(*node)).collect())
 }
 
 /// Proposes `change` conditional on `table`'s version.
@@ -405,9 +413,16 @@ mod tests {
         assert_eq!(meta_change(&failed, &status(members(&[1, 2, 3], &[4]), &[(4, 100)]), 8), None);
         let draining = table(&[(1, Active), (2, Active), (3, Failed), (4, Draining)]);
         assert_eq!(meta_change(&draining, &status(members(&[1, 2, 3], &[4]), &[(4, 0)]), 8), None);
-        // Too few voters (one left by a recovery): a caught-up learner votes, up to three.
+        // Too few voters (one left by a recovery): caught-up learners vote, up to three, but
+        // never to an even count.
         let one = table(&[(1, Active), (2, Failed), (3, Active), (4, Active)]);
         let change = meta_change(&one, &status(members(&[1], &[2, 3, 4]), &[(3, 0), (4, 0)]), 8);
+        assert_eq!(change, Some(vec![ConfChange::AddVoter(NodeId(3)), ConfChange::AddVoter(NodeId(4))]));
+        assert_eq!(meta_change(&one, &status(members(&[1], &[2, 3, 4]), &[(3, 0), (4, 100)]), 8), None);
+        let pair = table(&[(1, Active), (2, Failed), (3, Active)]);
+        assert_eq!(meta_change(&pair, &status(members(&[1], &[2, 3]), &[(3, 0)]), 8), None, "two voters need both");
+        let started_on_two = table(&[(1, Active), (2, Active), (3, Active)]);
+        let change = meta_change(&started_on_two, &status(members(&[1, 2], &[3]), &[(3, 0)]), 8);
         assert_eq!(change, Some(vec![ConfChange::AddVoter(NodeId(3))]));
         let three = table(&[(1, Active), (2, Active), (3, Active), (4, Active)]);
         assert_eq!(meta_change(&three, &status(members(&[1, 2, 3], &[4]), &[(4, 0)]), 8), None);
