@@ -125,6 +125,16 @@ fn recover_groups(args: &RecoverArgs, identity: Identity) -> anyhow::Result<()> 
     }
     let mut done = Vec::new();
     for group in wanted {
+        if let Some(shard) = ShardId::of_group(group) {
+            // Noted first (a crash before the rewrite leaves it noted; run recover again): the
+            // controller resets the table's record of the shard's members from this node's
+            // reports, which may be below the record of the majority that was lost.
+            raft_kv::shards::node::note_recovered(&args.data, &[shard].into())
+                .map_err(anyhow::Error::msg)
+                .with_context(|| {
+                    format!("noting {} as recovered (recovered before it: {})", name(group), done.join(", "))
+                })?;
+        }
         let mut store = wal.group(group).with_context(|| format!("opening {}", name(group)))?;
         let recovered = become_sole_voter(&mut store, id).with_context(|| {
             format!("rewriting the membership of {} (recovered before it: {})", name(group), done.join(", "))

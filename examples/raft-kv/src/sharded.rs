@@ -797,6 +797,8 @@ struct WireObserved {
     learners: Vec<u64>,
     lag_entries: Vec<(u64, u64)>,
     recently_active: Vec<u64>,
+    #[serde(default)]
+    recovered: bool,
 }
 
 impl From<(ShardId, Observed)> for WireObserved {
@@ -812,6 +814,7 @@ impl From<(ShardId, Observed)> for WireObserved {
             learners: ids(&seen.learners),
             lag_entries: seen.lag_entries.iter().map(|(node, lag)| (node.0, *lag)).collect(),
             recently_active: ids(&seen.recently_active),
+            recovered: seen.recovered,
         }
     }
 }
@@ -829,6 +832,7 @@ impl From<WireObserved> for (ShardId, Observed) {
             learners: set(wire.learners),
             lag_entries: wire.lag_entries.into_iter().map(|(node, lag)| (NodeId(node), lag)).collect(),
             recently_active: set(wire.recently_active),
+            recovered: wire.recovered,
         };
         (ShardId(wire.shard), seen)
     }
@@ -998,6 +1002,7 @@ mod tests {
             learners: [NodeId(4)].into(),
             lag_entries: [(NodeId(1), 3), (NodeId(4), 70)].into(),
             recently_active: [NodeId(2), NodeId(4)].into(),
+            recovered: true,
         };
         let report = NodeReport { leading: [(ShardId(3), seen)].into(), held: [ShardId(3), ShardId(5)].into() };
         let text = serde_json::to_string(&WireReport::from(report.clone())).expect("encodes");

@@ -133,6 +133,10 @@ fn a_sharded_survivor_is_recovered_and_the_controller_replaces_the_lost_nodes() 
         assert!(stdout.contains(expected), "{expected:?} in {stdout}");
     }
 
+    // The shards are noted as recovered until the table's record of their members catches up.
+    let noted = std::path::Path::new(&data_dir(&data, 3)).join("raft-kv-recovered-shards.json");
+    assert_eq!(std::fs::read_to_string(&noted).expect("the recovered shards noted"), "[0,1]");
+
     // Node 3 alone serves every key, linearizably, and takes writes.
     nodes[2] = Node::start(3, layout.raft[2], layout.http[2], log_file(&data, 3, 2), &sharded(3));
     let survivor = nodes[2].http;
@@ -162,6 +166,7 @@ fn a_sharded_survivor_is_recovered_and_the_controller_replaces_the_lost_nodes() 
         let meta = numbers(&meta["meta"]["voters"]) == [3] && numbers(&meta["meta"]["learners"]) == [4];
         (nodes == ["3", "4"] && placed && meta).then_some(())
     });
+    assert!(!noted.exists(), "the note is dropped once the record caught up");
     let fourth = nodes[3].http;
     for key in keys.iter().chain([&"after".to_owned()]) {
         let response = until("GET", fourth, &format!("/kv/{key}?consistency=linearizable"), &[], 200);

@@ -62,6 +62,10 @@ pub struct Observed {
     /// The members the leader heard from within the last election timeout (itself included):
     /// raft-net's `PeerStatus::recent_active`.
     pub recently_active: BTreeSet<NodeId>,
+    /// Whether the leader's replica was made the group's only voter by a lost-quorum recovery
+    /// (`raft-kv recover`) and the node has not yet seen the table's record of the group's
+    /// members catch up with its history (see [`TableChange::ResetMembers`]).
+    pub recovered: bool,
 }
 
 impl Observed {
@@ -152,13 +156,22 @@ pub fn reconcile(
         }
         // What the group has committed, recorded before anything else moves this shard: nodes
         // delete their replicas, and create empty ones, from the record alone.
-        if let Some(members) = &seen.committed_members
-            && *members != entry.members
-            && seen.commit.0 > entry.members_at
-        {
-            let record = TableChange::RecordMembers { shard, members: members.clone(), at: seen.commit.0 };
-            actions.push(Action::Table(TableCommand { expected_version: None, change: record }));
-            busy.insert(shard);
+        if let Some(members) = &seen.committed_members {
+            let (at, differs) = (seen.commit.0, *members != entry.members);
+            let change = if differs && at > entry.members_at {
+                Some(TableChange::RecordMembers { shard, members: members.clone(), at })
+            } else if seen.recovered && at < entry.members_at {
+                // A recovered group's history may end below a record of the lost majority's (the
+                // same members or not: the index must come down, and the node then forgets
+                // that its replica was recovered).
+                Some(TableChange::ResetMembers { shard, members: members.clone(), at })
+            } else {
+                None
+            };
+            if let Some(change) = change {
+                actions.push(Action::Table(TableCommand { expected_version: None, change }));
+                busy.insert(shard);
+            }
         }
         // A learner the table does not name, or whose node answered without a replica of the
         // shard (it can never catch up), leaves the group.
@@ -436,6 +449,7 @@ mod tests {
                                 .copied()
                                 .collect(),
                             term: Term(1),
+                            recovered: false,
                         },
                     );
                 }
@@ -812,6 +826,47 @@ mod tests {
         assert!(!reconcile(&table, &observed, &everywhere(&table), LIMITS).iter().any(is_record));
         seen_mut(&mut observed).committed_members = None;
         assert!(!reconcile(&table, &observed, &everywhere(&table), LIMITS).iter().any(is_record));
+    }
+
+    /// A report below the record's index is ignored, unless its leader's replica was recovered
+    /// (a lost-quorum recovery restarts the group's history from a survivor's shorter log): then
+    /// the record is reset to it.
+    #[test]
+    fn a_recovered_group_resets_a_record_from_before_the_recovery() {
+        let (mut table, mut observed) = situation([1, 2, 3], [1, 2, 3], 1, &[1, 2, 3], 0);
+        let record =
+            TableChange::RecordMembers { shard: ShardId(0), members: [1, 2, 3, 4].map(NodeId).into(), at: 900 };
+        table.apply(&TableCommand { expected_version: None, change: record }).expect("recorded");
+        let seen = seen_mut(&mut observed);
+        seen.committed_members = Some([NodeId(1)].into());
+        seen.commit = Index(502);
+        let records = |table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>| -> Vec<TableChange> {
+            reconcile(table, observed, &everywhere(table), LIMITS)
+                .into_iter()
+                .filter_map(|action| match action {
+                    Action::Table(TableCommand {
+                        change: change @ (TableChange::RecordMembers { .. } | TableChange::ResetMembers { .. }),
+                        ..
+                    }) => Some(change),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(records(&table, &observed), vec![], "an ordinary report below the record");
+        seen_mut(&mut observed).recovered = true;
+        let reset = TableChange::ResetMembers { shard: ShardId(0), members: [NodeId(1)].into(), at: 502 };
+        assert_eq!(records(&table, &observed), vec![reset]);
+        seen_mut(&mut observed).commit = Index(901);
+        let record = TableChange::RecordMembers { shard: ShardId(0), members: [NodeId(1)].into(), at: 901 };
+        assert_eq!(records(&table, &observed), vec![record], "above the record: an ordinary record");
+        // The same members as the record, below its index: the index comes down.
+        let (mut table, mut observed) = situation([1, 2, 3], [1, 2, 3], 1, &[1, 2, 3], 0);
+        let record = TableChange::RecordMembers { shard: ShardId(0), members: [1, 2, 3].map(NodeId).into(), at: 900 };
+        table.apply(&TableCommand { expected_version: None, change: record }).expect("recorded");
+        let seen = seen_mut(&mut observed);
+        (seen.committed_members, seen.commit, seen.recovered) = (Some([1, 2, 3].map(NodeId).into()), Index(40), true);
+        let reset = TableChange::ResetMembers { shard: ShardId(0), members: [1, 2, 3].map(NodeId).into(), at: 40 };
+        assert_eq!(records(&table, &observed), vec![reset]);
     }
 
     fn seen_mut(observed: &mut BTreeMap<ShardId, Observed>) -> &mut Observed {

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -41,6 +41,11 @@ pub const TABLE_REFRESH: Duration = Duration::from_millis(50);
 /// How long a node waits for a linearizable read of the routing table before it creates or
 /// deletes a replica (it changes nothing that round without one).
 pub const TABLE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The file in a node's data directory listing the shards `raft-kv recover` made it the only
+/// voter of, until the table's record of their members has caught up with their history (see
+/// [`super::TableChange::ResetMembers`]).
+pub const RECOVERED_FILE: &str = "raft-kv-recovered-shards.json";
 
 /// How many times (10 ms apart) `shutdown` waits for other holders of the node to let go.
 const SHUTDOWN_WAITS_MAX: u32 = 500;
@@ -136,6 +141,9 @@ pub(crate) struct Inner {
     shards: Mutex<BTreeMap<ShardId, NodeHandle<Kv>>>,
     table: Mutex<Arc<RoutingTable>>,
     groups: Groups,
+    /// The shards of [`RECOVERED_FILE`], and where that file is.
+    recovered: Mutex<BTreeSet<ShardId>>,
+    recovered_file: PathBuf,
 }
 
 impl std::fmt::Debug for ShardNode {
@@ -249,6 +257,8 @@ impl ShardNode {
             }
         }
         info!(node = id.0, shards = ?shards.keys().map(|shard| shard.0).collect::<Vec<_>>(), first_start, "sharded node started");
+        let recovered_file = config.data.join(RECOVERED_FILE);
+        let recovered = read_recovered(&recovered_file).map_err(ShardNodeError::Config)?;
         let inner = Arc::new(Inner {
             id,
             transport,
@@ -258,6 +268,8 @@ impl ShardNode {
             shards: Mutex::new(shards),
             table: Mutex::new(Arc::new(RoutingTable::default())),
             groups,
+            recovered: Mutex::new(recovered),
+            recovered_file,
         });
         let create = (!config.join).then(|| create_command(&config));
         let refresher = tokio::spawn(refresh(Arc::clone(&inner), create));
@@ -408,6 +420,36 @@ impl Inner {
         self.shards.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The shards recovered on this node whose record in the table has not caught up yet.
+    pub(crate) fn recovered(&self) -> BTreeSet<ShardId> {
+        self.recovered.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Forgets the recovered shards whose record in `table` is no later than this node's
+    /// replica's commit index (reset by the controller, or recorded from the recovered history),
+    /// in memory and in [`RECOVERED_FILE`].
+    async fn forget_recovered(&self, table: &RoutingTable) {
+        let mut caught_up = BTreeSet::new();
+        for shard in self.recovered() {
+            let Some(handle) = self.lock_shards().get(&shard).cloned() else { continue };
+            let Ok(status) = handle.status().await else { continue };
+            if table.shard(shard).is_some_and(|entry| entry.members_at <= status.commit.0 && status.commit.0 > 0) {
+                caught_up.insert(shard);
+            }
+        }
+        if caught_up.is_empty() {
+            return;
+        }
+        let left: BTreeSet<ShardId> = self.recovered().difference(&caught_up).copied().collect();
+        match write_recovered(&self.recovered_file, &left) {
+            Ok(()) => {
+                info!(node = self.id.0, shards = ?caught_up, "the table's record of recovered shards caught up");
+                *self.recovered.lock().unwrap_or_else(PoisonError::into_inner) = left;
+            }
+            Err(error) => warn!(node = self.id.0, %error, "rewriting the list of recovered shards"),
+        }
+    }
+
     /// Brings the node's replicas in line with `table`:
     /// - every node the table names is a peer of the transport and in every group's address book;
     /// - a shard the table names this node for, whose recorded committed members lack it, and
@@ -513,6 +555,47 @@ impl Inner {
     }
 }
 
+/// The shards listed in `file` (none when there is no file); an error names the file.
+fn read_recovered(file: &Path) -> Result<BTreeSet<ShardId>, String> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice::<BTreeSet<u32>>(&bytes)
+            .map(|shards| shards.into_iter().map(ShardId).collect())
+            .map_err(|error| format!("{}: {error}", file.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(error) => Err(format!("{}: {error}", file.display())),
+    }
+}
+
+/// Writes `shards` into `file` atomically (a new file renamed over the old one, both synced);
+/// removes it when `shards` is empty.
+fn write_recovered(file: &Path, shards: &BTreeSet<ShardId>) -> std::io::Result<()> {
+    if shards.is_empty() {
+        return match std::fs::remove_file(file) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        };
+    }
+    let list: Vec<u32> = shards.iter().map(|shard| shard.0).collect();
+    let temporary = file.with_extension("json.new");
+    let mut out = std::fs::File::create(&temporary)?;
+    std::io::Write::write_all(&mut out, &serde_json::to_vec(&list).map_err(std::io::Error::other)?)?;
+    out.sync_all()?;
+    std::fs::rename(&temporary, file)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Adds `shards` to the recovered shards listed in `data`'s [`RECOVERED_FILE`] (`raft-kv
+/// recover` on a sharded node's stopped store).
+pub fn note_recovered(data: &Path, shards: &BTreeSet<ShardId>) -> Result<(), String> {
+    let file = data.join(RECOVERED_FILE);
+    let mut listed = read_recovered(&file)?;
+    listed.extend(shards.iter().copied());
+    write_recovered(&file, &listed).map_err(|error| format!("{}: {error}", file.display()))
+}
+
 /// The replicas of each shard in a new cluster of `config`.
 fn create_command_replicas(config: &ShardNodeConfig) -> Vec<BTreeSet<NodeId>> {
     match create_command(config).change {
@@ -549,8 +632,11 @@ async fn refresh(inner: Arc<Inner>, create: Option<TableCommand>) {
                 Err(ProposeError::Refused { .. }) => {} // Not the leader: the leader writes it.
                 Err(error) => debug!(%error, "proposing the routing table"),
             }
-        } else if let Err(error) = inner.reconcile(&table).await {
-            warn!(node = inner.id.0, %error, "bringing the replicas in line with the routing table");
+        } else {
+            if let Err(error) = inner.reconcile(&table).await {
+                warn!(node = inner.id.0, %error, "bringing the replicas in line with the routing table");
+            }
+            inner.forget_recovered(&table).await;
         }
     }
 }

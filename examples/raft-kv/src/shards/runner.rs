@@ -86,6 +86,7 @@ impl LocalReplicas {
         let inner = self.0.upgrade()?;
         let id = inner.id;
         let handles: Vec<_> = inner.lock_shards().iter().map(|(shard, handle)| (*shard, handle.clone())).collect();
+        let recovered = inner.recovered();
         drop(inner);
         let held = handles.iter().map(|(shard, _)| *shard).collect();
         let mut observed = BTreeMap::new();
@@ -111,6 +112,7 @@ impl LocalReplicas {
                     learners: membership.learners.clone(),
                     lag_entries: status.peers.iter().map(|(node, peer)| (*node, peer.lag_entries)).collect(),
                     recently_active,
+                    recovered: recovered.contains(&shard),
                 },
             );
         }

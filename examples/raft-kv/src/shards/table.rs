@@ -142,6 +142,20 @@ pub enum TableChange {
         /// Its leader, one of its replicas, or `None` for not known.
         leader: Option<NodeId>,
     },
+    /// Records the members of a shard's group as [`TableChange::RecordMembers`] does, at any
+    /// `at`: after a lost-quorum recovery (`raft-kv recover`) the group's history goes on from the
+    /// survivor's log, which may end below the record of the majority that was lost, and no
+    /// ordinary report would replace that record until the group committed past it. Proposed by
+    /// the controller only on the report of a leader whose replica was recovered (does not change
+    /// the version).
+    ResetMembers {
+        /// The shard.
+        shard: ShardId,
+        /// The group's voters and learners.
+        members: BTreeSet<NodeId>,
+        /// The reporter's commit index.
+        at: u64,
+    },
 }
 
 /// Why a table refused a change (the table is unchanged).
@@ -325,6 +339,12 @@ impl RoutingTable {
                 }
                 return Ok(false);
             }
+            TableChange::ResetMembers { shard, members, at } => {
+                let entry = self.shards.get_mut(shard.0 as usize).ok_or(TableError::UnknownShard(*shard))?;
+                entry.members = members.clone();
+                entry.members_at = *at;
+                return Ok(false);
+            }
             TableChange::LeaderHint { shard, leader } => {
                 let entry = self.shards.get_mut(shard.0 as usize).ok_or(TableError::UnknownShard(*shard))?;
                 if leader.is_some_and(|leader| !entry.replicas.contains(&leader)) {
@@ -383,6 +403,14 @@ mod tests {
         assert_eq!(table.shard(ShardId(0)).expect("shard 0").members, set(&[1, 3]));
         assert_eq!(table.version(), version, "observations do not move the version");
         assert_eq!(table.revision(), revision + 3, "every applied change moves the revision");
+        // A recovered group's report replaces the record below its index.
+        let reset = TableChange::ResetMembers { shard: ShardId(0), members: set(&[3]), at: 4 };
+        table.apply(&command(reset)).expect("reset");
+        let entry = table.shard(ShardId(0)).expect("shard 0");
+        assert_eq!((entry.members.clone(), entry.members_at), (set(&[3]), 4));
+        table.apply(&record(&[3, 2], 5)).expect("recorded");
+        assert_eq!(table.shard(ShardId(0)).expect("shard 0").members, set(&[2, 3]), "later reports count again");
+        assert_eq!(table.version(), version);
     }
 
     fn command(change: TableChange) -> TableCommand {
