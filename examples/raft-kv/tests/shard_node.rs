@@ -631,3 +631,65 @@ async fn an_interrupted_first_start_is_finished() {
         node.shutdown().await;
     }
 }
+
+/// A lost-quorum recovery of a survivor whose shards' records in the table are ahead of its
+/// history (here a record at commit index 1,000,000 naming nodes 1 to 4, as if written while node
+/// 3 was cut off): the controller resets each record from the recovered node's report, so that
+/// node 4, named for both shards but counted by the old record, creates its replicas, and the
+/// cluster settles on nodes 3 and 4 with every key. Without the reset node 4 waits forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_survivor_behind_the_record_gets_the_record_reset() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let peers = Arc::new(InProcess::default());
+    let (mut listeners, all) = bind(4).await;
+    let fourth = listeners.pop().expect("four listeners");
+    let first: BTreeMap<NodeId, NodeEntry> = all.iter().take(3).map(|(id, entry)| (*id, *entry)).collect();
+    let runner = Some(RunnerConfig { failed_after: Duration::from_millis(200), ..controller().expect("a controller") });
+    let (running, keys) = cluster(dir.path(), &peers, listeners, &first, (2, 3), runner).await;
+    let ahead: BTreeSet<NodeId> = (1..=4).map(NodeId).collect();
+    for shard in [ShardId(0), ShardId(1)] {
+        let record = TableChange::RecordMembers { shard, members: ahead.clone(), at: 1_000_000 };
+        change_table(&running, record).await;
+    }
+    until("the records ahead applied on node 3", async || {
+        running[2].table().shards().all(|(_, entry)| entry.members_at == 1_000_000)
+    })
+    .await;
+    for node in running {
+        node.shutdown().await;
+    }
+
+    // Nodes 1 and 2 are lost; node 3 is recovered offline, as `raft-kv recover --all` does.
+    let data = dir.path().join("node-3");
+    let identity = Identity { cluster_id: 7, node_id: NodeId(3) };
+    let wal = SharedWal::open(StdFs, &data, identity, WalOptions::default()).expect("node 3's log");
+    for group in wal.groups() {
+        let mut store = wal.group(group).expect("a group");
+        raft_storage::recover::become_sole_voter(&mut store, NodeId(3)).expect("recovered");
+    }
+    drop(wal);
+    raft_kv::shards::node::note_recovered(&data, &[ShardId(0), ShardId(1)].into()).expect("noted");
+
+    let listener = TcpListener::bind(all[&NodeId(3)].raft).await.expect("the same port again");
+    let mut running = vec![
+        start(ShardNodeConfig { controller: runner, ..config(3, &all, dir.path(), 2, 3) }, listener, &peers).await,
+    ];
+    let config4 = ShardNodeConfig { join: true, controller: runner, ..config(4, &all, dir.path(), 2, 3) };
+    running.push(start(config4, fourth, &peers).await);
+    let entry = all[&NodeId(4)];
+    table_seen(&running[0]).await;
+    change_table(&running, TableChange::AddNode { id: NodeId(4), raft: entry.raft, http: entry.http }).await;
+    until("both shards on nodes 3 and 4, the lost nodes forgotten", async || {
+        let table = running[0].table();
+        let nodes: Vec<NodeId> = table.nodes().keys().copied().collect();
+        nodes == [NodeId(3), NodeId(4)]
+            && table.shards().all(|(_, entry)| entry.replicas == [NodeId(3), NodeId(4)].into())
+            && settled(&running).await
+    })
+    .await;
+    assert!(!data.join(raft_kv::shards::node::RECOVERED_FILE).exists(), "the note is dropped");
+    every_key_everywhere(&running, &keys, 2, 2).await;
+    for node in running {
+        node.shutdown().await;
+    }
+}
