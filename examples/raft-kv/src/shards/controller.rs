@@ -336,6 +336,8 @@ mod tests {
         next_id: u64,
         /// The groups' commit index, one more at each report.
         commits: u64,
+        /// The replicas each node holds (kept while it is down).
+        held: BTreeMap<NodeId, BTreeSet<ShardId>>,
     }
 
     /// Whether a majority of `voters` can acknowledge new entries now: alive, and not so far
@@ -372,21 +374,36 @@ mod tests {
                 dying: None,
                 next_id: 4,
                 commits: 0,
+                held: ids.iter().map(|id| (*id, (0..shards as u32).map(ShardId).collect())).collect(),
             }
         }
 
         /// The replicas each live node holds: of the shards the table names it for, and of the
         /// groups that count it as a member (a node creates a replica as soon as it is named).
         fn holdings(&self) -> Holdings {
-            let mut held = Holdings::new();
-            for (node, _) in self.alive.iter().filter(|(_, alive)| **alive) {
-                let shards = self.groups.iter().enumerate().filter(|(index, group)| {
-                    let named = self.table.shard(ShardId(*index as u32)).is_some_and(|e| e.replicas.contains(node));
-                    named || group.voters.contains(node) || group.learners.contains(node)
-                });
-                held.insert(*node, shards.map(|(index, _)| ShardId(index as u32)).collect());
+            let alive = |node: &&NodeId| self.alive.get(*node).copied().unwrap_or(false);
+            self.held.iter().filter(|(node, _)| alive(node)).map(|(node, shards)| (*node, shards.clone())).collect()
+        }
+
+        /// Each live node does what `node::Inner::reconcile` does with the table: creates an
+        /// empty replica of a shard that names it and whose recorded members lack it (each with
+        /// `create_percent` chance per round: nodes are slow at times), and deletes one that
+        /// neither names it nor records it, unless it leads the shard.
+        fn step_nodes(&mut self, create_percent: u32) {
+            let nodes: Vec<NodeId> = self.alive.iter().filter(|(_, alive)| **alive).map(|(node, _)| *node).collect();
+            for node in nodes {
+                for index in 0..self.groups.len() {
+                    let shard = ShardId(index as u32);
+                    let Some(entry) = self.table.shard(shard) else { continue };
+                    let (named, member) = (entry.replicas.contains(&node), entry.members.contains(&node));
+                    let holds = self.held.get(&node).is_some_and(|shards| shards.contains(&shard));
+                    if named && !member && !holds && self.chance(create_percent) {
+                        self.held.entry(node).or_default().insert(shard);
+                    } else if !named && !member && holds && self.groups[index].leader != node {
+                        self.held.entry(node).or_default().remove(&shard);
+                    }
+                }
             }
-            held
         }
 
         fn chance(&mut self, percent: u32) -> bool {
@@ -559,6 +576,14 @@ mod tests {
             active[self.rng.next_u32() as usize % active.len()]
         }
 
+        /// A learner is added only on a node that holds a replica of the shard.
+        fn check_learner_holds(&self, action: &Action, seed: u64, round: u32) {
+            if let Action::AddLearner { shard, node } = action {
+                let holds = self.held.get(node).is_some_and(|shards| shards.contains(shard));
+                assert!(holds, "seed {seed} round {round}: node {node} added to shard {shard} without a replica");
+            }
+        }
+
         fn check_quorums(&self, seed: u64, round: u32) {
             for (index, group) in self.groups.iter().enumerate() {
                 assert!(self.available(group), "seed {seed} round {round}: shard {index} lost its quorum: {group:?}");
@@ -577,12 +602,14 @@ mod tests {
             let mut model = Model::new(seed, 8);
             for round in 0..400 {
                 model.disturb(round);
+                model.step_nodes(60);
                 let observed = model.observe();
                 for action in reconcile(&model.table, &observed, &model.holdings(), LIMITS) {
                     if model.chance(10) {
                         break; // The controller crashed: the rest of its list is lost.
                     }
                     if model.chance(85) {
+                        model.check_learner_holds(&action, seed, round);
                         model.act(&action);
                     }
                 }
@@ -594,6 +621,7 @@ mod tests {
             }
             let mut settled = false;
             for round in 400..1400 {
+                model.step_nodes(100);
                 let observed = model.observe();
                 let actions = reconcile(&model.table, &observed, &model.holdings(), LIMITS);
                 let matches_table = model.table.shards().all(|(shard, entry)| {
@@ -606,11 +634,21 @@ mod tests {
                     break;
                 }
                 for action in &actions {
+                    model.check_learner_holds(action, seed, round);
                     model.act(action);
                 }
                 model.check_quorums(seed, round);
             }
             assert!(settled, "seed {seed}: the controller never settled");
+            // Every live node of the table ends holding exactly the replicas the table names it for.
+            model.step_nodes(100);
+            for (node, entry) in model.table.nodes() {
+                if entry.state == NodeState::Active && model.alive[node] {
+                    let named: BTreeSet<ShardId> =
+                        model.table.shards().filter(|(_, e)| e.replicas.contains(node)).map(|(s, _)| s).collect();
+                    assert_eq!(model.held.get(node).cloned().unwrap_or_default(), named, "seed {seed}: node {node}");
+                }
+            }
             for (shard, entry) in model.table.shards() {
                 let group = &model.groups[shard.0 as usize];
                 assert_eq!(group.voters, entry.replicas, "seed {seed}: shard {shard}");
@@ -635,10 +673,10 @@ mod tests {
         });
         assert!(reconcile(&model.table, &observed, &model.holdings(), LIMITS).contains(&set));
         model.act(&set);
-        assert!(
-            reconcile(&model.table, &observed, &model.holdings(), LIMITS)
-                .contains(&Action::AddLearner { shard: ShardId(0), node: NodeId(4) })
-        );
+        let add = Action::AddLearner { shard: ShardId(0), node: NodeId(4) };
+        assert!(!reconcile(&model.table, &observed, &model.holdings(), LIMITS).contains(&add), "no replica yet");
+        model.step_nodes(100); // Node 4 creates its replica.
+        assert!(reconcile(&model.table, &observed, &model.holdings(), LIMITS).contains(&add));
         model.act(&Action::AddLearner { shard: ShardId(0), node: NodeId(4) });
         observed = model.observe();
         observed.get_mut(&ShardId(0)).expect("observed").lag_entries.insert(NodeId(4), 50);
