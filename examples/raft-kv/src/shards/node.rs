@@ -141,6 +141,9 @@ pub(crate) struct Inner {
     shards: Mutex<BTreeMap<ShardId, NodeHandle<Kv>>>,
     table: Mutex<Arc<RoutingTable>>,
     groups: Groups,
+    /// The replicas being deleted: still in `shards` until deleted durably, but no longer
+    /// reported to the controller as held (it must not add their node as a learner again).
+    deleting: Mutex<BTreeSet<ShardId>>,
     /// The shards of [`RECOVERED_FILE`], and where that file is.
     recovered: Mutex<BTreeSet<ShardId>>,
     recovered_file: PathBuf,
@@ -268,6 +271,7 @@ impl ShardNode {
             shards: Mutex::new(shards),
             table: Mutex::new(Arc::new(RoutingTable::default())),
             groups,
+            deleting: Mutex::new(BTreeSet::new()),
             recovered: Mutex::new(recovered),
             recovered_file,
         });
@@ -420,6 +424,16 @@ impl Inner {
         self.shards.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn lock_deleting(&self) -> std::sync::MutexGuard<'_, BTreeSet<ShardId>> {
+        self.deleting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shards this node holds a replica of, less those being deleted.
+    pub(crate) fn held(&self) -> BTreeSet<ShardId> {
+        let deleting = self.lock_deleting().clone();
+        self.lock_shards().keys().filter(|shard| !deleting.contains(shard)).copied().collect()
+    }
+
     /// The shards recovered on this node whose record in the table has not caught up yet.
     pub(crate) fn recovered(&self) -> BTreeSet<ShardId> {
         self.recovered.lock().unwrap_or_else(PoisonError::into_inner).clone()
@@ -532,10 +546,15 @@ impl Inner {
                     }
                     // Out of the map only once deleted durably: a node that shows no replica of a
                     // shard holds none, also after a crash.
+                    self.lock_deleting().insert(shard);
                     handle.shutdown().await;
                     self.transport.unregister_group(shard.group());
-                    self.wal.remove_group(shard.group())?;
-                    self.lock_shards().remove(&shard);
+                    let removed = self.wal.remove_group(shard.group());
+                    if removed.is_ok() {
+                        self.lock_shards().remove(&shard);
+                    }
+                    self.lock_deleting().remove(&shard);
+                    removed?;
                     info!(node = self.id.0, shard = shard.0, "replica deleted: the shard left this node");
                 }
                 _ => {}

@@ -86,9 +86,8 @@ impl LocalReplicas {
         let inner = self.0.upgrade()?;
         let id = inner.id;
         let handles: Vec<_> = inner.lock_shards().iter().map(|(shard, handle)| (*shard, handle.clone())).collect();
-        let recovered = inner.recovered();
+        let (recovered, held) = (inner.recovered(), inner.held());
         drop(inner);
-        let held = handles.iter().map(|(shard, _)| *shard).collect();
         let mut observed = BTreeMap::new();
         for (shard, handle) in handles {
             let Ok(status) = handle.status().await else { continue };
