@@ -253,9 +253,23 @@ fn advance(
     if next.is_empty() || next == seen.voters || !ready(&seen.voters) || !ready(&next) {
         return None;
     }
+    // The leader's own replica leaves: hand leadership to a caught-up voter that stays first.
+    // Removed while leading, it would step down once the change commits and leave the shard
+    // without a leader for an election timeout; a transfer costs about one round trip.
+    if outgoing == Some(seen.leader)
+        && let Some(to) = next.iter().find(|node| seen.voters.contains(node) && caught_up_voter(seen, node, limits))
+    {
+        return Some(Action::TransferLeader { shard, to: *to });
+    }
     let mut changes: Vec<ConfChange> = incoming.map(ConfChange::AddVoter).into_iter().collect();
     changes.extend(outgoing.map(ConfChange::Remove));
     Some(Action::Change { shard, changes })
+}
+
+/// Whether `node`, a voter, was heard from recently and is at most `caught_up_entries` behind.
+fn caught_up_voter(seen: &Observed, node: &NodeId, limits: Limits) -> bool {
+    seen.recently_active.contains(node)
+        && seen.lag_entries.get(node).is_some_and(|lag| *lag <= limits.caught_up_entries)
 }
 
 /// Removes from the table the failed or drained nodes that no shard names any more, in the
@@ -766,6 +780,23 @@ mod tests {
         let (table, observed) = situation([1, 2, 4], [1, 2, 3], 2, &[1, 2, 3], 0);
         assert_eq!(changes(&table, &observed), vec![], "a silent learner does not vote");
         // Node 4 is heard from: 2 and 4 of 1, 2, 4 are ready, and 2 and 3 of 1, 2, 3.
+        let (table, observed) = situation([1, 2, 4], [1, 2, 3], 2, &[2, 3, 4], 0);
+        let swap = Action::Change {
+            shard: ShardId(0),
+            changes: vec![ConfChange::AddVoter(NodeId(4)), ConfChange::Remove(NodeId(3))],
+        };
+        assert_eq!(changes(&table, &observed), vec![swap]);
+    }
+
+    /// When the replica that leaves is the leader's, leadership goes first to a caught-up voter
+    /// that stays (the swap comes at the next round, from the new leader).
+    #[test]
+    fn a_leader_hands_over_before_its_replica_leaves() {
+        let (table, observed) = situation([1, 2, 4], [1, 2, 3], 3, &[2, 3, 4], 0);
+        let actions = reconcile(&table, &observed, &everywhere(&table), LIMITS);
+        assert!(actions.contains(&Action::TransferLeader { shard: ShardId(0), to: NodeId(2) }), "{actions:?}");
+        assert_eq!(changes(&table, &observed), vec![], "no swap while it leads");
+        // Led by a voter that stays: the swap itself.
         let (table, observed) = situation([1, 2, 4], [1, 2, 3], 2, &[2, 3, 4], 0);
         let swap = Action::Change {
             shard: ShardId(0),
