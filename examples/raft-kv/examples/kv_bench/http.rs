@@ -101,6 +101,8 @@ pub struct Outcome {
     pub ok: bool,
     /// The redirects it followed.
     pub redirects: u32,
+    /// The status of the last answer (`None`: the last send got no answer).
+    pub last_status: Option<u16>,
 }
 
 /// Sends a request for `key` (`method path`) to its shard's leader as `cache` knows it, following
@@ -117,6 +119,7 @@ pub async fn keyed(
     let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
     let shard = lock().shard(key.as_bytes());
     let mut redirects = 0;
+    let mut last_status = None;
     let mut next: Option<(SocketAddr, String)> = None;
     for _ in 0..ATTEMPTS_MAX {
         let (node, path) = match next.take() {
@@ -126,10 +129,12 @@ pub async fn keyed(
                 None => break,
             },
         };
-        match connections.send(method, node, &path, body.clone()).await {
+        let answer = connections.send(method, node, &path, body.clone()).await;
+        last_status = answer.as_ref().ok().map(|answer| answer.status);
+        match answer {
             Ok(answer) if answer.status == 200 || (method == "GET" && answer.status == 404) => {
                 lock().learn(shard, node);
-                return Outcome { ok: true, redirects };
+                return Outcome { ok: true, redirects, last_status };
             }
             Ok(answer) if answer.status == 307 => {
                 redirects += 1;
@@ -145,7 +150,7 @@ pub async fn keyed(
             }
         }
     }
-    Outcome { ok: false, redirects }
+    Outcome { ok: false, redirects, last_status }
 }
 
 /// A leader cache shared by a run's clients.
@@ -188,11 +193,11 @@ mod tests {
         let mut connections = Connections::default();
         let body = Bytes::from_static(b"v");
         let first = keyed(&mut connections, &cache, "PUT", "k", "/kv/k", &body).await;
-        assert_eq!(first, Outcome { ok: true, redirects: 1 });
+        assert_eq!(first, Outcome { ok: true, redirects: 1, last_status: Some(200) });
         let shard = cache.lock().expect("not poisoned").shard(b"k");
         assert_eq!(cache.lock().expect("not poisoned").target(shard), Some(leader));
         let second = keyed(&mut connections, &cache, "PUT", "k", "/kv/k", &body).await;
-        assert_eq!(second, Outcome { ok: true, redirects: 0 });
+        assert_eq!(second, Outcome { ok: true, redirects: 0, last_status: Some(200) });
         // Both connections were kept open for the next request.
         assert_eq!(connections.open.len(), 2);
     }
@@ -205,9 +210,9 @@ mod tests {
         let mut connections = Connections::default();
         let body = Bytes::new();
         let outcome = keyed(&mut connections, &cache, "GET", "k", "/kv/k", &body).await;
-        assert_eq!(outcome, Outcome { ok: true, redirects: 0 });
+        assert_eq!(outcome, Outcome { ok: true, redirects: 0, last_status: Some(200) });
         let only_down = Mutex::new(LeaderCache::new(1, vec![down]));
         let outcome = keyed(&mut connections, &only_down, "GET", "k", "/kv/k", &body).await;
-        assert_eq!(outcome, Outcome { ok: false, redirects: 0 });
+        assert_eq!(outcome, Outcome { ok: false, redirects: 0, last_status: Some(503) });
     }
 }

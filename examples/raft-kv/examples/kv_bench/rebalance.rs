@@ -65,7 +65,7 @@ async fn probe(shard: u32, shard_count: u32, cache: SharedCache, record: Record,
         {
             let mut record = record.lock().unwrap_or_else(PoisonError::into_inner);
             let at = record.0.elapsed();
-            record.1.record(shard, at, outcome.ok);
+            record.1.record_status(shard, at, outcome.ok, outcome.last_status);
         }
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
@@ -153,7 +153,15 @@ async fn join(
         .map(|(shard, span)| format!("{shard}: {:.0} ms", span.worst.as_secs_f64() * 1000.0))
         .collect();
     println!("  node {id}: worst write gap per shard: {}", gaps.join(", "));
-    let worst = during.worst().map(|(shard, span)| (shard, span.worst, span.failures));
+    let mut failed: std::collections::BTreeMap<u16, u64> = std::collections::BTreeMap::new();
+    for span in during.spans().values() {
+        for (status, count) in &span.failed_with {
+            *failed.entry(*status).or_default() += count;
+        }
+    }
+    println!("  node {id}: failed probe writes by last status (0: no answer): {failed:?}");
+    let failures = failed.values().sum();
+    let worst = during.worst().map(|(shard, span)| (shard, span.worst, failures));
     Ok(Joined { id, seconds, worst, moved, disk, load: load_average() })
 }
 
@@ -205,7 +213,7 @@ pub async fn run(options: Options) -> Result<(), String> {
         let _ = probe.await; // A probe that panicked has recorded what it did.
     }
     println!(
-        "| joining node | rebalance s | worst write gap (shard) | failed probe writes then | replicas moved | new node's data MiB | load avg |"
+        "| joining node | rebalance s | worst write gap (shard) | failed probe writes (all shards) | replicas moved | new node's data MiB | load avg |"
     );
     println!("|---:|---:|---|---:|---:|---:|---:|");
     for result in &joined {

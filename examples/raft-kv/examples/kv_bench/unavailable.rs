@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// One shard's record: when its last write succeeded and its longest span without one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Span {
     /// The longest span between two successful writes (or from the start to the first one).
     pub worst: Duration,
@@ -12,6 +12,8 @@ pub struct Span {
     pub worst_ended: Duration,
     /// Writes that failed.
     pub failures: u64,
+    /// The failed writes by the status of their last answer (0: no answer).
+    pub failed_with: BTreeMap<u16, u64>,
     last_ok: Duration,
 }
 
@@ -30,10 +32,17 @@ impl Tracker {
     }
 
     /// A write to `shard` completed at `at`, successfully or not.
+    #[cfg(test)]
     pub fn record(&mut self, shard: u32, at: Duration, ok: bool) {
+        self.record_status(shard, at, ok, None);
+    }
+
+    /// [`Tracker::record`], with the status of the write's last answer when it failed.
+    pub fn record_status(&mut self, shard: u32, at: Duration, ok: bool, status: Option<u16>) {
         let span = self.shards.entry(shard).or_default();
         if !ok {
             span.failures += 1;
+            *span.failed_with.entry(status.unwrap_or(0)).or_default() += 1;
             return;
         }
         span.note(at);
@@ -55,7 +64,10 @@ impl Tracker {
 
     /// The shard with the longest span, and the span.
     pub fn worst(&self) -> Option<(u32, Span)> {
-        self.shards.iter().max_by_key(|(shard, span)| (span.worst, std::cmp::Reverse(**shard))).map(|(s, v)| (*s, *v))
+        self.shards
+            .iter()
+            .max_by_key(|(shard, span)| (span.worst, std::cmp::Reverse(**shard)))
+            .map(|(s, v)| (*s, v.clone()))
     }
 }
 
@@ -87,6 +99,7 @@ mod tests {
         for at in [300, 600, 900] {
             tracker.record(0, ms(at), false);
         }
+        tracker.record_status(0, ms(950), false, Some(503));
         tracker.record(0, ms(1000), true);
         tracker.record(0, ms(1020), true);
         // Shard 1: one slow success (its whole wait counts), then steady.
@@ -95,9 +108,10 @@ mod tests {
         tracker.record(1, ms(540), true);
         tracker.finish(ms(1030));
         let spans = tracker.spans();
-        assert_eq!((spans[&0].worst, spans[&0].worst_ended, spans[&0].failures), (ms(940), ms(1000), 3));
+        assert_eq!((spans[&0].worst, spans[&0].worst_ended, spans[&0].failures), (ms(940), ms(1000), 4));
+        assert_eq!(spans[&0].failed_with, BTreeMap::from([(0, 3), (503, 1)]));
         assert_eq!((spans[&1].worst, spans[&1].worst_ended, spans[&1].failures), (ms(500), ms(520), 0));
-        assert_eq!(tracker.worst(), Some((0, spans[&0])));
+        assert_eq!(tracker.worst(), Some((0, spans[&0].clone())));
     }
 
     #[test]
