@@ -89,6 +89,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The URL scheme this client speaks (`https` with a CA, else `http`).
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
     /// A client with `options`: reads the CA and the token now, so that a missing file is told
     /// before any request.
     pub fn new(options: &ClientOptions) -> anyhow::Result<Client> {

@@ -211,6 +211,9 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
         config.join = true;
         return Ok(config);
     }
+    if !fresh {
+        not_forgotten(client, &config.nodes, id, &args.data).await?;
+    }
     if fresh && !args.bootstrap {
         bail!(
             "no store in {}: node {} has never run there. Start a new cluster's first nodes with \
@@ -227,6 +230,46 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
     let count = u8::try_from(config.nodes.len()).unwrap_or(u8::MAX);
     config.replication = args.replicas.unwrap_or(REPLICAS_DEFAULT).min(count);
     Ok(config)
+}
+
+/// Refuses the restart of a node that the cluster forgot while it was down: asks every other
+/// node of `nodes` (the node list this node saved) once for its routing table, and fails when the
+/// newest table that answers no longer has node `id` (marked failed, its replicas re-created on
+/// other nodes, then removed). Its data is of no use to the cluster any more, and its groups,
+/// removed from every membership, would only campaign in vain. When no node answers, it starts.
+async fn not_forgotten(
+    client: &Client,
+    nodes: &BTreeMap<NodeId, NodeEntry>,
+    id: NodeId,
+    data: &std::path::Path,
+) -> anyhow::Result<()> {
+    let asks: Vec<_> = nodes
+        .iter()
+        .filter(|(peer, _)| **peer != id)
+        .map(|(peer, entry)| {
+            let (client, peer, target) =
+                (client.clone(), *peer, format!("{}://{}/cluster/shards", client.scheme(), entry.http));
+            tokio::task::spawn_blocking(move || (peer, client.request("GET", &target, &[])))
+        })
+        .collect();
+    let mut newest: Option<(NodeId, TableAnswer)> = None;
+    for ask in asks {
+        let Ok((peer, Ok(response))) = ask.await else { continue };
+        let Ok(table) = decode::<TableAnswer>(&response) else { continue };
+        if table.version > 0 && newest.as_ref().is_none_or(|(_, newest)| table.version > newest.version) {
+            newest = Some((peer, table));
+        }
+    }
+    match newest {
+        Some((peer, table)) if !table.nodes.contains_key(&id.0) => bail!(
+            "node {id} is no longer in the cluster's routing table (version {} on node {peer}): it was \
+             marked failed and forgotten while it was down, and its replicas were re-created on other \
+             nodes. Its data in {} is of no use to the cluster: remove it, then join again with --join",
+            table.version,
+            data.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The nodes saved in `file` (none when there is no file yet).

@@ -173,3 +173,43 @@ fn a_sharded_survivor_is_recovered_and_the_controller_replaces_the_lost_nodes() 
         assert!(response.text() == format!("value of {key}") || key == "after", "{key}: {}", response.text());
     }
 }
+
+/// A node that the cluster forgot while it was down (marked failed after `--failed-after`, its
+/// replicas re-created on the others, then removed from the table) refuses to start on its old
+/// data, saying so, instead of running groups that no longer count it.
+#[test]
+fn a_node_forgotten_while_down_refuses_to_start_on_its_old_data() {
+    let (_dir, data) = temp();
+    let layout = layout(4, 4);
+    let args = |id: u64| {
+        let mut args = vec!["--data".to_owned(), data_dir(&data, id), "--shards".to_owned(), "4".to_owned()];
+        args.extend(["--replicas", "3", "--failed-after", "1"].map(str::to_owned));
+        args
+    };
+    let mut nodes: Vec<Node> = (0..4u64)
+        .map(|i| {
+            let mut args = args(i + 1);
+            args.extend(["--bootstrap".to_owned(), "--peers".to_owned(), layout.peers.clone()]);
+            Node::start(i + 1, layout.raft[i as usize], layout.http[i as usize], log_file(&data, i + 1, 1), &args)
+        })
+        .collect();
+    for node in &nodes {
+        eventually("a routing table", || table(node.http));
+    }
+    until("PUT", nodes[0].http, "/kv/kept", b"value", 200);
+    let saved = std::path::Path::new(&data_dir(&data, 4)).join("raft-kv-shard-nodes.json");
+    eventually("node 4's list of nodes saved", || saved.exists().then_some(()));
+    nodes[3].kill();
+    eventually("node 4 forgotten", || {
+        let table = table(nodes[0].http)?;
+        let placed = table["shards"].as_array()?.iter().all(|shard| !numbers(&shard["replicas"]).contains(&4));
+        (table["nodes"].get("4").is_none() && placed).then_some(())
+    });
+    let mut again = Node::start(4, layout.raft[3], layout.http[3], log_file(&data, 4, 2), &args(4));
+    let exit = again.exited_within(std::time::Duration::from_secs(30)).expect("node 4 exits");
+    assert_eq!(exit.code(), Some(1), "{exit:?}");
+    let log = std::fs::read_to_string(log_file(&data, 4, 2)).expect("node 4's log");
+    assert!(log.contains("node 4 is no longer in the cluster's routing table"), "{log}");
+    let response = until("GET", nodes[1].http, "/kv/kept?consistency=linearizable", &[], 200);
+    assert_eq!(response.text(), "value");
+}
