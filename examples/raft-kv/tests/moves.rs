@@ -96,11 +96,15 @@ impl Cluster {
 
 /// `GET /cluster/shards` of `node` (no redirect followed), once it has a routing table.
 fn view(node: SocketAddr) -> Option<Value> {
+    any_view(node).filter(|table| table["version"].as_u64() > Some(0))
+}
+
+/// `GET /cluster/shards` of `node`, with a routing table or without (version 0: none applied).
+fn any_view(node: SocketAddr) -> Option<Value> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let answer =
         runtime.block_on(common::http::call_here("GET", node, "/cluster/shards", b"", Duration::from_secs(2))).ok()?;
-    let table = answer.json();
-    (answer.status == 200 && table["version"].as_u64() > Some(0)).then_some(table)
+    (answer.status == 200).then(|| answer.json())
 }
 
 fn numbers(value: &Value) -> BTreeSet<u64> {
@@ -257,22 +261,37 @@ fn a_move_survives_a_crash_of(victim: Victim, stage: Stage) {
     cluster.start(killed);
 
     // The cluster settles with every shard at its replicas, balanced over the four nodes.
-    let all: BTreeSet<u64> = (1..=4).collect();
+    settle(&cluster, &(1..=4).collect(), None, &format!("node {killed} restarted"));
+    read_back(&cluster, 1..=4, &acknowledged);
+}
+
+/// Waits until the cluster of `nodes` is settled ([`unsettled`]) and the `drained` node, if any,
+/// holds no replica; fails the test with the last difference seen after [`PATIENCE`].
+fn settle(cluster: &Cluster, nodes: &BTreeSet<u64>, drained: Option<u64>, after: &str) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let views: BTreeMap<u64, Value> = all.iter().filter_map(|id| Some((*id, view(cluster.http(*id))?))).collect();
-        let difference = if views.len() < all.len() {
+        let views: BTreeMap<u64, Value> = nodes.iter().filter_map(|id| Some((*id, view(cluster.http(*id))?))).collect();
+        let mut difference = if views.len() < nodes.len() {
             Some(format!("only nodes {:?} answered", views.keys().collect::<Vec<_>>()))
         } else {
-            unsettled(&all, &views)
+            unsettled(nodes, &views)
         };
-        let Some(difference) = difference else { break };
-        assert!(Instant::now() < deadline, "the cluster did not settle after node {killed} restarted: {difference}");
+        if let Some(drained) = drained {
+            let held = any_view(cluster.http(drained)).map(|view| numbers(&view["held"]));
+            if held.as_ref().is_none_or(|held| !held.is_empty()) {
+                difference = Some(format!("drained node {drained} holds {held:?}"));
+            }
+        }
+        let Some(difference) = difference else { return };
+        assert!(Instant::now() < deadline, "the cluster did not settle after {after}: {difference}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Every acknowledged write is there, read linearizably through every node.
-    for id in 1..=4 {
-        for key in &acknowledged {
+}
+
+/// Reads every key of `keys` linearizably through each of `nodes`: each has its value.
+fn read_back(cluster: &Cluster, nodes: impl IntoIterator<Item = u64>, keys: &[String]) {
+    for id in nodes {
+        for key in keys {
             let path = format!("/kv/{key}?consistency=linearizable");
             let got = wait(&format!("GET {key} through node {id}"), || {
                 let answer = call("GET", cluster.http(id), &path, &[])?;
@@ -281,6 +300,52 @@ fn a_move_survives_a_crash_of(victim: Victim, stage: Stage) {
             assert_eq!(got, (200, format!("value-of-{key}")), "{key} through node {id}");
         }
     }
+}
+
+/// A drained node killed as its first replica starts to move off, and restarted on its data only
+/// once every replica has moved off it without it, ends up holding nothing, and the table
+/// forgets it. It was a voter of the meta group: it must stay a learner there while it drains
+/// (were it removed, it would never read the table that lets it delete its replicas), and the
+/// table must not forget it before it says it holds nothing (it then leaves the meta group and
+/// reads no table again). Before both, it kept its three replicas for good.
+#[test]
+fn a_drained_node_killed_mid_drain_deletes_its_replicas_once_back() {
+    let (_dir, data) = temp();
+    let mut cluster = Cluster { layout: layout(4, 3), data, nodes: BTreeMap::new(), incarnations: BTreeMap::new() };
+    for id in 1..=4 {
+        cluster.start(id);
+    }
+    settle(&cluster, &(1..=4).collect(), None, "node 4 joined");
+    let mut acknowledged = Vec::new();
+    for key in key_per_shard("before") {
+        put(cluster.http(1), &key);
+        acknowledged.push(key);
+    }
+
+    // Node 2 (a voter of the meta group) is drained, and killed as its first replica moves.
+    wait("the drain accepted", || {
+        (call("POST", cluster.http(1), "/cluster/drain", br#"{"id":2}"#)?.status == 200).then_some(())
+    });
+    wait_every("a move off node 2", MOVE_POLL, || {
+        let table = view(cluster.http(1))?;
+        move_in(&table, Stage::Named).filter(|(_, source, _)| *source == Some(2))
+    });
+    cluster.nodes.get_mut(&2).expect("a running node").kill();
+    for key in key_per_shard("while-down") {
+        put(cluster.http(1), &key);
+        acknowledged.push(key);
+    }
+    // Every replica moves off it without it; then it comes back on its data.
+    wait("every shard off node 2", || {
+        let table = view(cluster.http(1))?;
+        let shards = table["shards"].as_array()?;
+        let off = |shard: &Value| !numbers(&shard["replicas"]).contains(&2) && !numbers(&shard["members"]).contains(&2);
+        shards.iter().all(off).then_some(())
+    });
+    std::thread::sleep(DOWN_FOR); // Rounds in which a controller could forget it.
+    cluster.start(2);
+    settle(&cluster, &[1, 3, 4].into(), Some(2), "drained node 2 restarted");
+    read_back(&cluster, [1, 3, 4], &acknowledged);
 }
 
 #[test]
