@@ -8,7 +8,11 @@
 //! partitions, flaky and slow links), and checks besides that every shard is back at three
 //! replicas after healing. `nemesis_sharded_join_bounded` adds a fourth node (`serve --join`)
 //! a few seconds in, so that the controller moves replicas to it while the faults go on, and
-//! checks that every shard ends at three replicas, balanced over the four nodes.
+//! checks that every shard ends at three replicas, balanced over the four nodes. In sharded runs
+//! faults are also aimed at the source and the target of a move under way.
+//! `nemesis_sharded_moves_bounded` joins a fourth node at 5 s and drains one of the first three
+//! at 13 s, under those faults, and checks besides that the drained node ends up holding no
+//! replica, forgotten by the table, with every shard back at three replicas on the others.
 //!
 //! The seed is `NEMESIS_SEED` if set, 1 otherwise. A failure keeps the data and logs and prints
 //! where they are and the command that replays the schedule.
@@ -24,32 +28,53 @@ const DURATION: Duration = Duration::from_secs(45);
 const SHARDED_DURATION: Duration = Duration::from_secs(30);
 /// When the fourth node joins in `nemesis_sharded_join_bounded`.
 const JOIN_AT: Duration = Duration::from_secs(6);
+/// How long the faults last in `nemesis_sharded_moves_bounded`.
+const MOVES_DURATION: Duration = Duration::from_secs(28);
+/// When the fourth node joins in `nemesis_sharded_moves_bounded`.
+const MOVES_JOIN_AT: Duration = Duration::from_secs(5);
+/// When a first node is drained in `nemesis_sharded_moves_bounded`.
+const MOVES_DRAIN_AT: Duration = Duration::from_secs(13);
 
 #[test]
 fn nemesis_three_nodes_bounded() {
     let example = "cargo run -p raft-kv --example nemesis -- --seed {seed} --nodes 3 --duration 45";
-    bounded("nemesis_three_nodes_bounded", DURATION, None, None, example);
+    bounded("nemesis_three_nodes_bounded", DURATION, None, None, None, example);
 }
 
 #[test]
 fn nemesis_sharded_bounded() {
     let example = "cargo run -p raft-kv --example nemesis -- --seed {seed} --nodes 3 --duration 30 --shards 4 \
                    --replicas 3";
-    bounded("nemesis_sharded_bounded", SHARDED_DURATION, Some((4, 3)), None, example);
+    bounded("nemesis_sharded_bounded", SHARDED_DURATION, Some((4, 3)), None, None, example);
 }
 
 #[test]
 fn nemesis_sharded_join_bounded() {
     let example = "cargo run -p raft-kv --example nemesis -- --seed {seed} --nodes 3 --duration 30 --shards 4 \
                    --replicas 3 --join-at 6";
-    bounded("nemesis_sharded_join_bounded", SHARDED_DURATION, Some((4, 3)), Some(JOIN_AT), example);
+    bounded("nemesis_sharded_join_bounded", SHARDED_DURATION, Some((4, 3)), Some(JOIN_AT), None, example);
+}
+
+#[test]
+fn nemesis_sharded_moves_bounded() {
+    let example = "cargo run -p raft-kv --example nemesis -- --seed {seed} --nodes 3 --duration 28 --shards 4 \
+                   --replicas 3 --join-at 5 --drain-at 13";
+    let (join, drain) = (Some(MOVES_JOIN_AT), Some(MOVES_DRAIN_AT));
+    bounded("nemesis_sharded_moves_bounded", MOVES_DURATION, Some((4, 3)), join, drain, example);
 }
 
 /// Runs the suite on three nodes for `duration` (sharded when `shards` says so, a node joining
-/// at `join_at` if given); on an anomaly, keeps the data and logs and panics with the report and
+/// at `join_at` and one drained at `drain_at` if given); on an anomaly, keeps the data and logs and panics with the report and
 /// the commands that replay the schedule: the test `name`, and `example` (with `{seed}` for the
 /// seed).
-fn bounded(name: &str, duration: Duration, shards: Option<(u32, u8)>, join_at: Option<Duration>, example: &str) {
+fn bounded(
+    name: &str,
+    duration: Duration,
+    shards: Option<(u32, u8)>,
+    join_at: Option<Duration>,
+    drain_at: Option<Duration>,
+    example: &str,
+) {
     let seed = std::env::var("NEMESIS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(1);
     let dir = tempfile::tempdir().expect("a temp dir");
     let options = nemesis::Options {
@@ -62,6 +87,7 @@ fn bounded(name: &str, duration: Duration, shards: Option<(u32, u8)>, join_at: O
         verbose: true,
         shards,
         join_at,
+        drain_at,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
