@@ -73,16 +73,16 @@ pub async fn apply(run: &mut Run, step: &Step) {
             run.cluster.pause(id);
             tokio::time::sleep(step.hold.max(2 * ELECTION_TIMEOUT_MAX)).await;
         }
-        Fault::Isolate(_) => links(run, step, id, &format!("isolate{aim}"), true, true, blocked()).await,
-        Fault::CutOutbound(_) => links(run, step, id, &format!("cut outbound{aim}"), true, false, blocked()).await,
-        Fault::CutInbound(_) => links(run, step, id, &format!("cut inbound{aim}"), false, true, blocked()).await,
+        Fault::Isolate(_) => links(run, step, id, &aim, "isolate", true, true, blocked()).await,
+        Fault::CutOutbound(_) => links(run, step, id, &aim, "cut outbound", true, false, blocked()).await,
+        Fault::CutInbound(_) => links(run, step, id, &aim, "cut inbound", false, true, blocked()).await,
         Fault::Flaky(_, per_mille) => {
             let rule = LinkRule { cut_per_mille: per_mille, ..LinkRule::default() };
-            links(run, step, id, &format!("flaky{aim}"), true, true, rule).await;
+            links(run, step, id, &aim, "flaky", true, true, rule).await;
         }
         Fault::Slow(_, ms) => {
             let rule = LinkRule { delay: Duration::from_millis(u64::from(ms)), ..LinkRule::default() };
-            links(run, step, id, &format!("slow{aim}"), true, true, rule).await;
+            links(run, step, id, &aim, "slow", true, true, rule).await;
         }
         Fault::Transfer(k) => {
             let id = resolve(Target::Follower(k));
@@ -197,10 +197,21 @@ fn record(run: &mut Run, step: &Step, detail: String) {
     run.faults.push(FaultRecord { kind: step.fault.kind(), detail, at: run.history.now() });
 }
 
-/// Applies `rule` to the links of node `id` with every other member: what it sends
-/// (`outbound`), what it receives (`inbound`), or both; holds it; the heal that follows undoes it.
-async fn links(run: &mut Run, step: &Step, id: u64, what: &str, outbound: bool, inbound: bool, rule: LinkRule) {
-    record(run, step, format!("{what} node {id}"));
+/// Applies `rule` to the links of node `id` (chosen as `aim` says) with every other member:
+/// what it sends (`outbound`), what it receives (`inbound`), or both; holds it; the heal that
+/// follows undoes it.
+#[allow(clippy::too_many_arguments)] // A fault's parts, each used once.
+async fn links(
+    run: &mut Run,
+    step: &Step,
+    id: u64,
+    aim: &str,
+    what: &str,
+    outbound: bool,
+    inbound: bool,
+    rule: LinkRule,
+) {
+    record(run, step, format!("{what} node {id}{aim}"));
     for &other in run.cluster.members.iter().filter(|other| **other != id) {
         if outbound {
             run.cluster.proxy.set(id, other, rule);
