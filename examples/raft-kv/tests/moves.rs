@@ -14,6 +14,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{Layout, Node, call, data_dir, layout, log_file, temp};
@@ -46,6 +47,28 @@ fn wait_every<T>(what: &str, poll: Duration, mut check: impl FnMut() -> Option<T
     }
 }
 
+/// How many times a scenario starts over when a node found its port taken.
+const ATTEMPTS_MAX: u32 = 3;
+
+/// Runs `scenario` on a fresh data directory. The ports are found free, then let go for the
+/// nodes: another test (or an outgoing connection) may take one in between, and a node that
+/// finds its port taken (its log says so) is the only reason to start over, on fresh ports,
+/// at most [`ATTEMPTS_MAX`] times; any other failure fails the test.
+fn on_fresh_ports(scenario: impl Fn(PathBuf) + std::panic::RefUnwindSafe) {
+    for attempt in 1..=ATTEMPTS_MAX {
+        let (_dir, data) = temp();
+        let Err(panic) = std::panic::catch_unwind(|| scenario(data.clone())) else { return };
+        let logs = std::fs::read_dir(&data).into_iter().flatten().flatten();
+        let taken = logs
+            .filter(|entry| entry.path().extension().is_some_and(|extension| extension == "log"))
+            .any(|entry| std::fs::read_to_string(entry.path()).is_ok_and(|log| log.contains("Address already in use")));
+        if !taken || attempt == ATTEMPTS_MAX {
+            std::panic::resume_unwind(panic);
+        }
+        eprintln!("attempt {attempt}: a node found its port taken; starting over on fresh ports");
+    }
+}
+
 /// Which node is killed mid-move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Victim {
@@ -60,7 +83,7 @@ enum Victim {
 /// The cluster of the test: four node slots, the first three started.
 struct Cluster {
     layout: Layout,
-    data: std::path::PathBuf,
+    data: PathBuf,
     nodes: BTreeMap<u64, Node>,
     incarnations: BTreeMap<u64, u32>,
 }
@@ -212,7 +235,10 @@ fn key_per_shard(tag: &str) -> Vec<String> {
 
 /// The scenario (see the module docs), `victim` killed once a move has reached `stage`.
 fn a_move_survives_a_crash_of(victim: Victim, stage: Stage) {
-    let (_dir, data) = temp();
+    on_fresh_ports(|data| move_with_a_crash(data, victim, stage));
+}
+
+fn move_with_a_crash(data: PathBuf, victim: Victim, stage: Stage) {
     let mut cluster = Cluster { layout: layout(4, 3), data, nodes: BTreeMap::new(), incarnations: BTreeMap::new() };
     for id in 1..=3 {
         cluster.start(id);
@@ -310,7 +336,10 @@ fn read_back(cluster: &Cluster, nodes: impl IntoIterator<Item = u64>, keys: &[St
 /// reads no table again). Before both, it kept its three replicas for good.
 #[test]
 fn a_drained_node_killed_mid_drain_deletes_its_replicas_once_back() {
-    let (_dir, data) = temp();
+    on_fresh_ports(drain_with_a_crash);
+}
+
+fn drain_with_a_crash(data: PathBuf) {
     let mut cluster = Cluster { layout: layout(4, 3), data, nodes: BTreeMap::new(), incarnations: BTreeMap::new() };
     for id in 1..=4 {
         cluster.start(id);
