@@ -76,26 +76,74 @@ fn bounded(
     example: &str,
 ) {
     let seed = std::env::var("NEMESIS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(1);
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let options = nemesis::Options {
-        seed,
-        duration,
-        nodes: 3,
-        scenario: nemesis::Scenario::Mixed,
-        binary: env!("CARGO_BIN_EXE_raft-kv").into(),
-        dir: dir.path().to_path_buf(),
-        verbose: true,
-        shards,
-        join_at,
-        drain_at,
-    };
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
-    let report = runtime.block_on(nemesis::run(options));
-    println!("{report}");
-    if !report.anomalies.is_empty() {
+    for attempt in 1..=ATTEMPTS_MAX {
+        let run = Run { name, duration, shards, join_at, drain_at, example, seed };
+        match run.once() {
+            Ok(()) => return,
+            Err(failed) if attempt < ATTEMPTS_MAX && port_taken(failed.0.path()) => {
+                println!("attempt {attempt}: a node found its port taken (not the cluster's doing); starting over");
+            }
+            Err(failed) => {
+                let (dir, report) = *failed;
+                run.fail(dir, &report)
+            }
+        }
+    }
+}
+
+/// How many times a bounded run starts over when a node found its port taken.
+const ATTEMPTS_MAX: u32 = 3;
+
+/// Whether a node's log under `dir` says its port was taken: the suite finds its ports free,
+/// then lets them go for the nodes, and another test (they run in parallel) or an outgoing
+/// connection may take one in between; that, and nothing else, is a reason to start over.
+fn port_taken(dir: &std::path::Path) -> bool {
+    let logs = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    logs.filter(|entry| entry.path().extension().is_some_and(|extension| extension == "log"))
+        .any(|entry| std::fs::read_to_string(entry.path()).is_ok_and(|log| log.contains("Address already in use")))
+}
+
+/// One bounded run's parameters (see [`bounded`]).
+struct Run<'a> {
+    name: &'a str,
+    duration: Duration,
+    shards: Option<(u32, u8)>,
+    join_at: Option<Duration>,
+    drain_at: Option<Duration>,
+    example: &'a str,
+    seed: u64,
+}
+
+impl Run<'_> {
+    /// Runs the suite once; on an anomaly, the data and logs, and the report.
+    fn once(&self) -> Result<(), Box<(tempfile::TempDir, nemesis::Report)>> {
+        let Run { duration, shards, join_at, drain_at, seed, .. } = *self;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let options = nemesis::Options {
+            seed,
+            duration,
+            nodes: 3,
+            scenario: nemesis::Scenario::Mixed,
+            binary: env!("CARGO_BIN_EXE_raft-kv").into(),
+            dir: dir.path().to_path_buf(),
+            verbose: true,
+            shards,
+            join_at,
+            drain_at,
+        };
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+        let report = runtime.block_on(nemesis::run(options));
+        println!("{report}");
+        if report.anomalies.is_empty() { Ok(()) } else { Err(Box::new((dir, report))) }
+    }
+
+    /// Keeps the data and logs of a run that found anomalies, and fails with the commands that
+    /// replay its schedule.
+    fn fail(&self, dir: tempfile::TempDir, report: &nemesis::Report) -> ! {
         let kept = dir.keep();
-        let example = example.replace("{seed}", &seed.to_string());
+        let (name, seed) = (self.name, self.seed);
+        let example = self.example.replace("{seed}", &seed.to_string());
         panic!(
             "the nemesis found {} anomalies, {} of them besides the lease-pause probe's (the known \
              stale lease read); data and logs kept in {}; replay the schedule with \
@@ -105,4 +153,16 @@ fn bounded(
             kept.display()
         );
     }
+}
+
+/// Only a node log that says its port was taken starts a bounded run over.
+#[test]
+fn a_run_starts_over_only_when_a_port_was_taken() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("node-1.1.log"), "serving\n").expect("a log");
+    std::fs::write(dir.path().join("notes.txt"), "Address already in use").expect("a file");
+    assert!(!port_taken(dir.path()));
+    std::fs::write(dir.path().join("node-2.1.log"), "ERROR raft_kv: binding 127.0.0.1:1: Address already in use")
+        .expect("a log");
+    assert!(port_taken(dir.path()));
 }
