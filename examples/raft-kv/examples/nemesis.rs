@@ -6,6 +6,7 @@
 //! target/release/examples/nemesis --duration 120 --seed 7 --nodes 5
 //! target/release/examples/nemesis --scenario lease-pause --seed 1 --duration 30
 //! target/release/examples/nemesis --shards 4 --replicas 3 --join-at 10 --seed 1 --duration 60
+//! target/release/examples/nemesis --shards 4 --replicas 3 --join-at 5 --drain-at 15 --duration 60
 //! ```
 #![forbid(unsafe_code)]
 
@@ -58,6 +59,11 @@ struct Cli {
     /// A new node joins (`serve --join`) this many seconds after the faults begin.
     #[arg(long)]
     join_at: Option<u64>,
+    /// With `--shards`: one of the first nodes is drained (`POST /cluster/drain`) this many
+    /// seconds after the faults begin, while they go on (wants `--join-at`, or more nodes than
+    /// replicas, so that its replicas have somewhere to go).
+    #[arg(long, requires = "shards")]
+    drain_at: Option<u64>,
 }
 
 impl Cli {
@@ -69,6 +75,9 @@ impl Cli {
         }
         if let Some(at) = self.join_at {
             flags += &format!(" --join-at {at}");
+        }
+        if let Some(at) = self.drain_at {
+            flags += &format!(" --drain-at {at}");
         }
         flags
     }
@@ -118,10 +127,11 @@ fn main() -> ExitCode {
     for run in 0..cli.runs {
         let seed = seed.wrapping_add(run);
         let replace = scenario == nemesis::Scenario::Mixed && shards.is_none();
-        let mut schedule = nemesis::schedule::schedule(seed, scenario, 12, replace);
-        if shards.is_some() {
-            schedule.retain(|step| nemesis::schedule::exists_sharded(step.fault));
-        }
+        let schedule = if shards.is_some() {
+            nemesis::schedule::sharded(seed, 12)
+        } else {
+            nemesis::schedule::schedule(seed, scenario, 12, replace)
+        };
         println!("run {} of {}: seed {seed}, {nodes} nodes, {} s; schedule begins:", run + 1, cli.runs, cli.duration);
         for (index, step) in schedule.iter().enumerate() {
             println!("  {}. {step}", index + 1);
@@ -140,6 +150,7 @@ fn main() -> ExitCode {
             verbose: true,
             shards,
             join_at: cli.join_at.map(Duration::from_secs),
+            drain_at: cli.drain_at.map(Duration::from_secs),
         };
         let report = runtime.block_on(nemesis::run(options));
         println!("summary of run {} ---\n{report}", run + 1);

@@ -136,8 +136,15 @@ async fn shards_recovered(run: &mut Run, shard_count: u32, replicas: u8) {
                 views.insert(id, answer.json());
             }
         }
-        let expected = usize::from(replicas).min(run.cluster.members.len());
-        match shard_differences(&run.cluster.members, &views, shard_count, expected) {
+        let holding: Vec<u64> = run.cluster.members.iter().copied().filter(|id| Some(*id) != run.drained).collect();
+        let expected = usize::from(replicas).min(holding.len());
+        let drained = run.drained.and_then(|id| Some((id, views.remove(&id)?)));
+        let difference = match &drained {
+            Some((id, view)) => drained_difference(*id, view),
+            None if run.drained.is_some() => Some(format!("drained node {:?} did not answer", run.drained)),
+            None => None,
+        };
+        match difference.or_else(|| shard_differences(&holding, &views, shard_count, expected)) {
             None => {
                 let waited = start.elapsed().as_millis();
                 faults::note(run, &format!("every shard at {expected} replicas, balanced, {waited} ms into the check"));
@@ -151,6 +158,17 @@ async fn shards_recovered(run: &mut Run, shard_count: u32, replicas: u8) {
         "the shards did not recover their replicas within {} s: {last_difference}",
         RECOVERY_TIMEOUT.as_secs()
     ));
+}
+
+/// How a drained node's `/cluster/shards` (`view`) differs from an emptied one, if it does: it
+/// must hold no replica. (That the cluster's table forgot it, and that no shard's group counts
+/// it, [`shard_differences`] checks on the other nodes' views.)
+pub fn drained_difference(id: u64, view: &serde_json::Value) -> Option<String> {
+    match id_list(&view["held"]) {
+        Some(held) if held.is_empty() => None,
+        Some(held) => Some(format!("drained node {id} still holds shards {held:?}")),
+        None => Some(format!("drained node {id} does not say which shards it holds: {view}")),
+    }
 }
 
 /// The ids in `value`, if it is a list of ids.
@@ -407,6 +425,26 @@ mod tests {
         let mut joined = views(7, &[1, 2], &[0]);
         joined.insert(3, joined[&2].clone());
         assert!(shard_differences(&[1, 2, 3], &joined, 1, 2).is_some());
+    }
+
+    /// A drained node counts as emptied only when it holds no replica and the other nodes'
+    /// table has forgotten it; the other nodes are then checked as a cluster without it.
+    #[test]
+    fn a_drained_node_that_holds_a_replica_or_stays_in_the_table_is_a_difference() {
+        let empty = serde_json::json!({ "id": 3, "version": 5, "held": [], "shards": [] });
+        assert_eq!(drained_difference(3, &empty), None);
+        let holding = serde_json::json!({ "id": 3, "version": 5, "held": [0], "shards": [] });
+        assert!(drained_difference(3, &holding).is_some_and(|difference| difference.contains("still holds")));
+        assert!(drained_difference(3, &serde_json::json!({ "id": 3 })).is_some());
+        // The others' table still names the drained node (draining, not yet forgotten).
+        let mut remembered = views(7, &[1, 2], &[0]);
+        for view in remembered.values_mut() {
+            view["nodes"]["3"] = serde_json::json!({ "state": "draining" });
+        }
+        assert!(shard_differences(&[1, 2], &remembered, 1, 2).is_some());
+        assert_eq!(shard_differences(&[1, 2], &views(7, &[1, 2], &[0]), 1, 2), None);
+        // A group that still counts the drained node as a voter.
+        assert!(shard_differences(&[1, 2], &views(7, &[1, 2, 3], &[0]), 1, 2).is_some());
     }
 
     /// An acknowledged write that a later linearizable read does not see is a violation, and a

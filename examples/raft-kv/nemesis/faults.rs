@@ -7,7 +7,7 @@ use sim::linearizability::{Input, Output};
 use tokio::time::Instant;
 
 use super::check::STALE_LEASE_READ;
-use super::cluster::ELECTION_TIMEOUT_MAX;
+use super::cluster::{ELECTION_TIMEOUT_MAX, STATUS_TIMEOUT};
 use super::http;
 use super::membership::{self, RemovalOutcome};
 use super::proxy::LinkRule;
@@ -28,6 +28,9 @@ pub const PROBE_READ_TIMEOUT: Duration = Duration::from_secs(3);
 pub const JOINING_KILL_AFTER: Duration = Duration::from_millis(1500);
 /// How long the joining node stays down before its restart.
 pub const JOINING_KILL_HOLD: Duration = Duration::from_millis(1000);
+/// How long a fault aimed at a move's source or target looks for a move under way before it
+/// falls back to a follower (five controller rounds at the suite's tick).
+pub const MOVE_WAIT_MAX: Duration = Duration::from_millis(1000);
 /// The client id of the nemesis's own operations in the history.
 pub const NEMESIS_CLIENT: u64 = 0;
 /// The fewest voters with which a fault that stops a node beyond an election timeout (a pause,
@@ -53,30 +56,33 @@ pub async fn apply(run: &mut Run, step: &Step) {
         tokio::time::sleep(step.rest).await;
         return;
     }
+    // The node the fault hits, and how it was chosen when that is worth saying (a move's).
+    let (id, aim) = match step.fault.target() {
+        Some(target) => aim(run, leader, target).await,
+        None => (0, String::new()),
+    };
     let resolve = |target: Target| resolve(run, leader, target);
     match step.fault {
-        Fault::Kill(target) => {
-            let id = resolve(target);
-            record(run, step, format!("kill -9 node {id}"));
+        Fault::Kill(_) => {
+            record(run, step, format!("kill -9 node {id}{aim}"));
             run.cluster.kill(id);
             tokio::time::sleep(step.hold).await;
         }
-        Fault::Pause(target) => {
-            let id = resolve(target);
-            record(run, step, format!("SIGSTOP node {id}"));
+        Fault::Pause(_) => {
+            record(run, step, format!("SIGSTOP node {id}{aim}"));
             run.cluster.pause(id);
             tokio::time::sleep(step.hold.max(2 * ELECTION_TIMEOUT_MAX)).await;
         }
-        Fault::Isolate(target) => links(run, step, resolve(target), "isolate", true, true, blocked()).await,
-        Fault::CutOutbound(target) => links(run, step, resolve(target), "cut outbound", true, false, blocked()).await,
-        Fault::CutInbound(target) => links(run, step, resolve(target), "cut inbound", false, true, blocked()).await,
-        Fault::Flaky(target, per_mille) => {
+        Fault::Isolate(_) => links(run, step, id, &aim, "isolate", true, true, blocked()).await,
+        Fault::CutOutbound(_) => links(run, step, id, &aim, "cut outbound", true, false, blocked()).await,
+        Fault::CutInbound(_) => links(run, step, id, &aim, "cut inbound", false, true, blocked()).await,
+        Fault::Flaky(_, per_mille) => {
             let rule = LinkRule { cut_per_mille: per_mille, ..LinkRule::default() };
-            links(run, step, resolve(target), "flaky", true, true, rule).await;
+            links(run, step, id, &aim, "flaky", true, true, rule).await;
         }
-        Fault::Slow(target, ms) => {
+        Fault::Slow(_, ms) => {
             let rule = LinkRule { delay: Duration::from_millis(u64::from(ms)), ..LinkRule::default() };
-            links(run, step, resolve(target), "slow", true, true, rule).await;
+            links(run, step, id, &aim, "slow", true, true, rule).await;
         }
         Fault::Transfer(k) => {
             let id = resolve(Target::Follower(k));
@@ -96,7 +102,8 @@ fn blocked() -> LinkRule {
     LinkRule { blocked: true, ..LinkRule::default() }
 }
 
-/// The member `target` names: the leader, or the k-th other member in id order.
+/// The member `target` names: the leader, or the k-th other member in id order (a move's
+/// source or target: see [`aim`]; here the follower it falls back to).
 fn resolve(run: &Run, leader: Option<u64>, target: Target) -> u64 {
     let members = &run.cluster.members;
     let first = members.first().copied().unwrap_or(1);
@@ -106,7 +113,74 @@ fn resolve(run: &Run, leader: Option<u64>, target: Target) -> u64 {
             let followers: Vec<u64> = members.iter().copied().filter(|id| Some(*id) != leader).collect();
             followers.get(k as usize % followers.len().max(1)).copied().unwrap_or(first)
         }
+        Target::MoveSource => resolve(run, leader, Target::Follower(0)),
+        Target::MoveDestination => resolve(run, leader, Target::Follower(1)),
     }
+}
+
+/// The member `target` names, with how a move's source or target was found, for the fault's
+/// log line: the move under way in the newest routing table the running members show (a shard
+/// whose table replicas differ from its group's recorded members), looked for during up to
+/// [`MOVE_WAIT_MAX`] (a drain or a join is followed by its first move a controller round
+/// later), or the follower it falls back to when there is none.
+async fn aim(run: &Run, leader: Option<u64>, target: Target) -> (u64, String) {
+    let wanted_source = match target {
+        Target::MoveSource => true,
+        Target::MoveDestination => false,
+        Target::Leader | Target::Follower(_) => return (resolve(run, leader, target), String::new()),
+    };
+    let role = if wanted_source { "source" } else { "destination" };
+    let start = Instant::now();
+    loop {
+        if let Some((shard, id)) = find_move(run, wanted_source).await {
+            return (id, format!(" (the {role} of shard {shard}'s move)"));
+        }
+        if start.elapsed() >= MOVE_WAIT_MAX {
+            let id = resolve(run, leader, target);
+            return (id, format!(" (no move under way: a follower instead of a move's {role})"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A move under way and its source (`wanted_source`) or destination, a member: `(shard, node)`.
+async fn find_move(run: &Run, wanted_source: bool) -> Option<(u64, u64)> {
+    let mut newest: Option<serde_json::Value> = None;
+    for &id in &run.cluster.members {
+        let (Some(http), true) = (run.cluster.http(id), run.cluster.is_up(id)) else { continue };
+        let Ok(answer) = http::call_here("GET", http, "/cluster/shards", b"", STATUS_TIMEOUT).await else { continue };
+        let table = answer.json();
+        if answer.status == 200
+            && newest.as_ref().is_none_or(|best| table["version"].as_u64() > best["version"].as_u64())
+        {
+            newest = Some(table);
+        }
+    }
+    moves(newest.as_ref()?).into_iter().find_map(|(shard, source, target)| {
+        let id = if wanted_source { source } else { target }?;
+        run.cluster.members.contains(&id).then_some((shard, id))
+    })
+}
+
+/// The moves under way in `table` (a `/cluster/shards` answer): `(shard, source, target)` for
+/// each shard whose replicas differ from its recorded members; the source is a member the
+/// replicas leave out, the target a replica the members do not count yet.
+pub fn moves(table: &serde_json::Value) -> Vec<(u64, Option<u64>, Option<u64>)> {
+    let ids = |value: &serde_json::Value| -> std::collections::BTreeSet<u64> {
+        value.as_array().map(|ids| ids.iter().filter_map(serde_json::Value::as_u64).collect()).unwrap_or_default()
+    };
+    let shards = table["shards"].as_array().map_or(&[][..], Vec::as_slice);
+    shards
+        .iter()
+        .filter_map(|entry| {
+            let (replicas, members) = (ids(&entry["replicas"]), ids(&entry["members"]));
+            let shard = entry["shard"].as_u64()?;
+            (replicas != members).then(|| {
+                let source = members.difference(&replicas).next().copied();
+                (shard, source, replicas.difference(&members).next().copied())
+            })
+        })
+        .collect()
 }
 
 /// Prints a note in the step log (verbose runs).
@@ -123,10 +197,21 @@ fn record(run: &mut Run, step: &Step, detail: String) {
     run.faults.push(FaultRecord { kind: step.fault.kind(), detail, at: run.history.now() });
 }
 
-/// Applies `rule` to the links of node `id` with every other member: what it sends
-/// (`outbound`), what it receives (`inbound`), or both; holds it; the heal that follows undoes it.
-async fn links(run: &mut Run, step: &Step, id: u64, what: &str, outbound: bool, inbound: bool, rule: LinkRule) {
-    record(run, step, format!("{what} node {id}"));
+/// Applies `rule` to the links of node `id` (chosen as `aim` says) with every other member:
+/// what it sends (`outbound`), what it receives (`inbound`), or both; holds it; the heal that
+/// follows undoes it.
+#[allow(clippy::too_many_arguments)] // A fault's parts, each used once.
+async fn links(
+    run: &mut Run,
+    step: &Step,
+    id: u64,
+    aim: &str,
+    what: &str,
+    outbound: bool,
+    inbound: bool,
+    rule: LinkRule,
+) {
+    record(run, step, format!("{what} node {id}{aim}"));
     for &other in run.cluster.members.iter().filter(|other| **other != id) {
         if outbound {
             run.cluster.proxy.set(id, other, rule);
@@ -263,6 +348,37 @@ pub async fn grow(run: &mut Run) {
     heal(run).await;
 }
 
+/// Drains one of the cluster's first nodes (`POST /cluster/drain`, through the meta leader or
+/// any running member), retried until the cluster accepts it (a drain is idempotent), while the
+/// faults go on; the controller then moves every replica off it. The node is chosen from the
+/// seed. An anomaly if the cluster never accepts it; the final checks want the node emptied.
+pub async fn drain(run: &mut Run) {
+    let id = 1 + run.options.seed % run.options.nodes;
+    let detail = format!("drain node {id}");
+    note(run, &detail);
+    run.faults.push(FaultRecord { kind: "drain node", detail, at: run.history.now() });
+    let start = Instant::now();
+    loop {
+        let leader = run.cluster.leader().await.map(|(leader, _)| leader);
+        let via = leader.or_else(|| run.cluster.members.iter().copied().find(|member| run.cluster.is_up(*member)));
+        let answer = match via {
+            Some(via) => admin(run, via, "/cluster/drain", serde_json::json!({ "id": id })).await,
+            None => Err("no member runs".to_owned()),
+        };
+        match answer {
+            Ok(()) => break,
+            Err(error) if start.elapsed() > ADMIN_TIMEOUT => {
+                run.anomalies.push(format!("draining node {id} was not accepted: {error}"));
+                return;
+            }
+            Err(error) => note(run, &format!("draining node {id}: {error}; retrying")),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    run.drained = Some(id);
+    run.refresh_targets();
+}
+
 /// Starts node `new` with `--join` through `via` and waits until the members count it a voter.
 async fn join(run: &mut Run, via: u64, new: u64) {
     let Some(via_http) = run.cluster.http(via) else { return };
@@ -361,4 +477,26 @@ async fn lease_pause(run: &mut Run, step: &Step) {
         ));
     }
     tokio::time::sleep(step.hold).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A move is a shard whose table replicas differ from its group's recorded members: the
+    /// source is the member left out of the replicas, the target the replica not yet a member.
+    #[test]
+    fn a_move_under_way_names_its_source_and_target() {
+        let table = json!({ "version": 9, "shards": [
+            { "shard": 0, "replicas": [1, 2, 3], "members": [1, 2, 3] },
+            { "shard": 1, "replicas": [2, 3, 4], "members": [1, 2, 3] },
+            { "shard": 2, "replicas": [1, 2], "members": [1, 2, 3] },
+        ] });
+        assert_eq!(moves(&table), vec![(1, Some(1), Some(4)), (2, Some(3), None)]);
+        let settled = json!({ "version": 9, "shards": [{ "shard": 0, "replicas": [1, 2], "members": [1, 2] }] });
+        assert!(moves(&settled).is_empty());
+        assert!(moves(&json!(null)).is_empty());
+    }
 }

@@ -12,7 +12,9 @@
 //! are the process and link faults (a sharded cluster has no leadership transfer or member
 //! replacement endpoint; "the leader" is the meta group's), and the checks add that every shard
 //! is back at `R` replicas, each with the table's voters, balanced over the nodes. With
-//! [`Options::join_at`] a new node joins mid-run, so that replicas move while faults go on.
+//! [`Options::join_at`] a new node joins mid-run, so that replicas move while faults go on; the
+//! schedule aims faults at the source and the target of a move under way; and with
+//! [`Options::drain_at`] one of the first nodes is drained mid-run, and must end up empty.
 //!
 //! Shared by `tests/nemesis.rs` (a bounded run inside `cargo test`) and `examples/nemesis.rs`
 //! (long runs from the command line).
@@ -71,6 +73,12 @@ pub struct Options {
     /// When, after the faults begin, a new node joins the running cluster (`serve --join`) while
     /// the faults go on: in a sharded cluster the controller moves replicas to it under them.
     pub join_at: Option<Duration>,
+    /// When, after the faults begin, one of the first nodes is drained (`POST /cluster/drain`)
+    /// while the faults go on: in a sharded cluster the controller moves every replica off it
+    /// under them, and the final checks want it to hold none, the table to have forgotten it,
+    /// and every shard back at its replication factor on the other nodes. Wants a node to take
+    /// its replicas (`join_at`, or more nodes than replicas).
+    pub drain_at: Option<Duration>,
 }
 
 /// One fault as it happened.
@@ -159,6 +167,9 @@ pub struct Run {
     anomalies: Vec<String>,
     lease_probes: (u64, u64),
     next_id: u64,
+    /// The node drained at [`Options::drain_at`], once the cluster accepted the drain: it stays
+    /// a member (faults still hit it, healing restarts it) but clients no longer use it.
+    drained: Option<u64>,
 }
 
 /// Runs the suite once.
@@ -182,6 +193,7 @@ pub async fn run(options: Options) -> Report {
         faults: Vec::new(),
         anomalies: Vec::new(),
         lease_probes: (0, 0),
+        drained: None,
     };
     if run.wait_for_writes().await.is_none() {
         run.anomalies.push("no write succeeded after the start".to_owned());
@@ -216,14 +228,16 @@ impl Run {
     async fn inject_faults(&mut self) {
         let sharded = self.options.shards.is_some();
         let replace = self.options.scenario == Scenario::Mixed && !sharded;
-        let mut steps = schedule::schedule(self.options.seed, self.options.scenario, SCHEDULE_STEPS_MAX, replace);
-        if sharded {
-            // A sharded cluster has no `/cluster/leader` (leadership is spread over the shards
-            // by its controller) and no `/cluster/members` (nodes join and drain; the controller
-            // moves replicas), and "the leader" the faults resolve is the meta group's, which
-            // need not lead the probe key's shard: the lease-pause probe would probe nothing.
-            steps.retain(|step| schedule::exists_sharded(step.fault));
-        }
+        // A sharded cluster has no `/cluster/leader` (leadership is spread over the shards by its
+        // controller) and no `/cluster/members` (nodes join and drain; the controller moves
+        // replicas), and "the leader" the faults resolve is the meta group's, which need not lead
+        // the probe key's shard: the lease-pause probe would probe nothing. Its schedule aims
+        // faults at moves' sources and targets instead.
+        let steps = if sharded {
+            schedule::sharded(self.options.seed, SCHEDULE_STEPS_MAX)
+        } else {
+            schedule::schedule(self.options.seed, self.options.scenario, SCHEDULE_STEPS_MAX, replace)
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (1..=CLIENTS)
             .map(|id| {
@@ -234,6 +248,7 @@ impl Run {
         let start = Instant::now();
         let mut progress = Instant::now();
         let mut join_at = self.options.join_at;
+        let mut drain_at = self.options.drain_at;
         for (index, step) in steps.iter().enumerate() {
             if start.elapsed() >= self.options.duration {
                 break;
@@ -244,6 +259,13 @@ impl Run {
                     println!("[{:>5.1}s] a new node joins", start.elapsed().as_secs_f64());
                 }
                 faults::grow(self).await;
+            }
+            if drain_at.is_some_and(|at| start.elapsed() >= at) {
+                drain_at = None;
+                if self.options.verbose {
+                    println!("[{:>5.1}s] a node is drained", start.elapsed().as_secs_f64());
+                }
+                faults::drain(self).await;
             }
             if self.options.verbose {
                 println!("[{:>5.1}s] step {}: {step}", start.elapsed().as_secs_f64(), index + 1);
@@ -273,9 +295,10 @@ impl Run {
         )
     }
 
-    /// Sets the clients' targets to the running members.
+    /// Sets the clients' targets to the running members (a drained node left out).
     fn refresh_targets(&self) {
-        let targets = self.cluster.members.iter().filter_map(|id| self.cluster.http(*id)).collect();
+        let serving = self.cluster.members.iter().filter(|id| Some(**id) != self.drained);
+        let targets = serving.filter_map(|id| self.cluster.http(*id)).collect();
         *self.targets.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = targets;
     }
 }

@@ -16,6 +16,14 @@ pub enum Target {
     Leader,
     /// The follower at this position (modulo their number) in id order.
     Follower(u32),
+    /// In a sharded cluster, the source of a move under way (a node that a shard's group still
+    /// counts but the routing table no longer names), read from `/cluster/shards` when the fault
+    /// starts; follower #0 when no move is under way (the fault's log line says which).
+    MoveSource,
+    /// The destination of a move under way (its target in docs/sharding.md: a node the table
+    /// names for a shard whose group does not count it yet), resolved like
+    /// [`Target::MoveSource`]; follower #1 when there is none.
+    MoveDestination,
 }
 
 impl fmt::Display for Target {
@@ -23,6 +31,8 @@ impl fmt::Display for Target {
         match self {
             Target::Leader => write!(formatter, "the leader"),
             Target::Follower(k) => write!(formatter, "follower #{k}"),
+            Target::MoveSource => write!(formatter, "a move's source"),
+            Target::MoveDestination => write!(formatter, "a move's destination"),
         }
     }
 }
@@ -60,8 +70,12 @@ impl Fault {
     pub fn kind(&self) -> &'static str {
         match self {
             Fault::Kill(Target::Leader) => "kill leader",
+            Fault::Kill(Target::MoveSource) => "kill move source",
+            Fault::Kill(Target::MoveDestination) => "kill move destination",
             Fault::Kill(_) => "kill follower",
             Fault::Pause(Target::Leader) => "pause leader",
+            Fault::Pause(Target::MoveSource) => "pause move source",
+            Fault::Pause(Target::MoveDestination) => "pause move destination",
             Fault::Pause(_) => "pause follower",
             Fault::Isolate(_) => "partition (symmetric)",
             Fault::CutOutbound(_) | Fault::CutInbound(_) => "partition (one-way)",
@@ -70,6 +84,36 @@ impl Fault {
             Fault::Transfer(_) => "leadership transfer",
             Fault::Replace(_) => "replace member",
             Fault::LeasePause => "lease-pause probe",
+        }
+    }
+}
+
+impl Fault {
+    /// The node the fault hits, if it hits one.
+    pub fn target(&self) -> Option<Target> {
+        match *self {
+            Fault::Kill(target)
+            | Fault::Pause(target)
+            | Fault::Isolate(target)
+            | Fault::CutOutbound(target)
+            | Fault::CutInbound(target)
+            | Fault::Flaky(target, _)
+            | Fault::Slow(target, _) => Some(target),
+            Fault::Transfer(_) | Fault::Replace(_) | Fault::LeasePause => None,
+        }
+    }
+
+    /// The same fault aimed at `target`.
+    fn aimed_at(self, target: Target) -> Fault {
+        match self {
+            Fault::Kill(_) => Fault::Kill(target),
+            Fault::Pause(_) => Fault::Pause(target),
+            Fault::Isolate(_) => Fault::Isolate(target),
+            Fault::CutOutbound(_) => Fault::CutOutbound(target),
+            Fault::CutInbound(_) => Fault::CutInbound(target),
+            Fault::Flaky(_, per_mille) => Fault::Flaky(target, per_mille),
+            Fault::Slow(_, ms) => Fault::Slow(target, ms),
+            other => other,
         }
     }
 }
@@ -154,6 +198,25 @@ pub fn exists_sharded(fault: Fault) -> bool {
     !matches!(fault, Fault::Transfer(_) | Fault::Replace(_) | Fault::LeasePause)
 }
 
+/// The first steps of the schedule of `seed` for a sharded cluster (drawn from the first `count`
+/// steps of [`schedule`]): the faults a sharded cluster has ([`exists_sharded`]), and the
+/// faults at follower #0 and #1 aimed instead at a move under way, its source and its target
+/// ("the leader" stays the meta group's, whose controller drives the moves). Derived from the
+/// seed alone, as [`schedule`].
+pub fn sharded(seed: u64, count: usize) -> Vec<Step> {
+    let mut steps = schedule(seed, Scenario::Mixed, count, false);
+    steps.retain(|step| exists_sharded(step.fault));
+    for step in &mut steps {
+        let aimed = match step.fault.target() {
+            Some(Target::Follower(0)) => Target::MoveSource,
+            Some(Target::Follower(1)) => Target::MoveDestination,
+            _ => continue,
+        };
+        step.fault = step.fault.aimed_at(aimed);
+    }
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +238,23 @@ mod tests {
         assert!(kept.iter().any(|fault| matches!(fault, Fault::Isolate(_))));
         assert!(!kept.iter().any(|fault| matches!(fault, Fault::Transfer(_) | Fault::Replace(_) | Fault::LeasePause)));
         assert!(!exists_sharded(Fault::LeasePause));
+    }
+
+    /// A sharded schedule aims kills, pauses and link faults at moves' sources and targets, as
+    /// well as at the meta leader and at other nodes, the same way for the same seed.
+    #[test]
+    fn a_sharded_schedule_aims_faults_at_moves() {
+        let steps = sharded(1, 200);
+        assert_eq!(steps, sharded(1, 200));
+        let targets: Vec<Target> = steps.iter().filter_map(|step| step.fault.target()).collect();
+        assert_eq!(targets.len(), steps.len(), "every sharded fault hits a node");
+        for wanted in [Target::MoveSource, Target::MoveDestination, Target::Leader] {
+            assert!(targets.contains(&wanted), "{wanted} in {targets:?}");
+        }
+        assert!(targets.iter().any(|target| matches!(target, Target::Follower(_))));
+        for kind in ["kill move source", "kill move destination", "pause move source", "pause move destination"] {
+            assert!(steps.iter().any(|step| step.fault.kind() == kind), "{kind}");
+        }
+        assert!(!targets.contains(&Target::Follower(0)) && !targets.contains(&Target::Follower(1)));
     }
 }

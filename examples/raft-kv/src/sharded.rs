@@ -697,9 +697,12 @@ async fn shards(State(app): State<Arc<ShardApp>>) -> HttpResponse {
             Some(handle) => handle.status().await.ok().map(|status| group_json(&status)),
             None => None,
         };
-        shards.push(json!({ "shard": shard.0, "replicas": ids(&entry.replicas),
-                            "leader_hint": entry.leader_hint.map(|id| id.0),
-                            "members": ids(&entry.members), "members_at": entry.members_at, "local": local }));
+        // `members`: the group's last committed membership the controller recorded (at the
+        // group's commit index `members_at`); a node in `members` but not `replicas` is a move's
+        // source, one in `replicas` only its target.
+        shards.push(json!({ "shard": shard.0, "replicas": ids(&entry.replicas), "members": ids(&entry.members),
+                            "members_at": entry.members_at, "leader_hint": entry.leader_hint.map(|id| id.0),
+                            "local": local }));
     }
     answer["id"] = json!(app.node.id().0);
     answer["shards"] = Value::Array(shards);

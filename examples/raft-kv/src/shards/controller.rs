@@ -192,7 +192,7 @@ pub fn reconcile(
         }
     }
     if busy.is_empty() {
-        actions.extend(forget_departed(table, observed));
+        actions.extend(forget_departed(table, observed, held));
     }
     if moving < limits.moves_max
         && let Some(change) = placement::next_change(table, &busy)
@@ -274,16 +274,21 @@ fn caught_up_voter(seen: &Observed, node: &NodeId, limits: Limits) -> bool {
 
 /// Removes from the table the failed or drained nodes that no shard names any more, in the
 /// table or in any group's actual membership (every shard must have answered: a node is
-/// forgotten only once nothing can still need it).
-fn forget_departed(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>) -> Vec<Action> {
+/// forgotten only once nothing can still need it). A draining node must besides have answered
+/// that it holds no replica: once forgotten it leaves the meta group and reads no table again,
+/// so a replica it still held then (one whose removal it had not applied yet, say because it
+/// was down) would stay on it for good, serving stale reads. A failed node is not waited for.
+fn forget_departed(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>, held: &Holdings) -> Vec<Action> {
     let named = |node: &NodeId| {
         observed.values().any(|seen| seen.voters.contains(node) || seen.learners.contains(node))
             || table.load(*node) > 0
     };
+    let emptied =
+        |node: &NodeId, state: NodeState| state == NodeState::Failed || held.get(node).is_some_and(BTreeSet::is_empty);
     table
         .nodes()
         .iter()
-        .filter(|(node, entry)| entry.state != NodeState::Active && !named(node))
+        .filter(|(node, entry)| entry.state != NodeState::Active && !named(node) && emptied(node, entry.state))
         .map(|(node, _)| {
             let remove = TableChange::RemoveNode { id: *node };
             Action::Table(TableCommand { expected_version: Some(table.version()), change: remove })
@@ -765,6 +770,40 @@ mod tests {
         assert!(!actions.iter().any(|action| matches!(action, Action::Change { changes, .. } if changes.contains(&ConfChange::AddVoter(NodeId(4))))));
         held.remove(&NodeId(4));
         assert!(!reconcile(&table, &observed, &held, LIMITS).contains(&remove), "node 4 did not answer");
+    }
+
+    /// A drained node that no shard names any more is forgotten only once it answers that it
+    /// holds no replica (it leaves the meta group then, and could never learn that it may delete
+    /// one); a failed node is forgotten without an answer.
+    #[test]
+    fn a_drained_node_is_forgotten_only_once_it_reports_no_replica() {
+        let (mut table, mut observed) = situation([1, 2, 4], [1, 2, 4], 1, &[1, 2, 4], 0);
+        seen_mut(&mut observed).learners.clear();
+        seen_mut(&mut observed).committed_members = Some([1, 2, 4].map(NodeId).into());
+        let draining = TableChange::SetNodeState { id: NodeId(3), state: NodeState::Draining };
+        table.apply(&TableCommand { expected_version: None, change: draining }).expect("a known node");
+        let members = TableChange::RecordMembers { shard: ShardId(0), members: [1, 2, 4].map(NodeId).into(), at: 1 };
+        table.apply(&TableCommand { expected_version: None, change: members }).expect("a shard");
+        seen_mut(&mut observed).commit = Index(1);
+        let forget = Action::Table(TableCommand {
+            expected_version: Some(table.version()),
+            change: TableChange::RemoveNode { id: NodeId(3) },
+        });
+        let mut held: Holdings = [1, 2, 4].map(|id| (NodeId(id), [ShardId(0)].into())).into();
+        assert!(!reconcile(&table, &observed, &held, LIMITS).contains(&forget), "node 3 did not answer");
+        held.insert(NodeId(3), [ShardId(0)].into());
+        assert!(!reconcile(&table, &observed, &held, LIMITS).contains(&forget), "node 3 still holds shard 0");
+        held.insert(NodeId(3), BTreeSet::new());
+        assert!(reconcile(&table, &observed, &held, LIMITS).contains(&forget), "node 3 is empty");
+        // A failed node is not waited for.
+        let failed = TableChange::SetNodeState { id: NodeId(3), state: NodeState::Failed };
+        table.apply(&TableCommand { expected_version: None, change: failed }).expect("a known node");
+        held.remove(&NodeId(3));
+        let forget = Action::Table(TableCommand {
+            expected_version: Some(table.version()),
+            change: TableChange::RemoveNode { id: NodeId(3) },
+        });
+        assert!(reconcile(&table, &observed, &held, LIMITS).contains(&forget));
     }
 
     fn changes(table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>) -> Vec<Action> {

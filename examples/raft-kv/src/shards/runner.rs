@@ -285,7 +285,10 @@ async fn round(
 /// The next change of the meta group's own membership, if any (one at a time, as the core takes
 /// them): a node of the table that is not a member becomes a learner; a member the table no
 /// longer has is removed; a voter on a failed or draining node is replaced by a caught-up learner
-/// on an active node (so that the table stays writable when voters go).
+/// on an active node (so that the table stays writable when voters go), and stays a learner: a
+/// draining node still has replicas to delete, which it does only on a table it reads from the
+/// meta group, so it leaves the group only once the table has forgotten it (`controller`
+/// forgets a drained node only once it reports holding no replica).
 fn meta_change(table: &RoutingTable, status: &raft_net::NodeStatus, caught_up_entries: u64) -> Option<Vec<ConfChange>> {
     let membership = &status.membership;
     if membership.is_joint() {
@@ -304,7 +307,7 @@ fn meta_change(table: &RoutingTable, status: &raft_net::NodeStatus, caught_up_en
     };
     let replacement = membership.learners.iter().find(ready)?;
     if let Some(leaving) = membership.voters_incoming.iter().find(|node| state(node) != Some(NodeState::Active)) {
-        return Some(vec![ConfChange::AddVoter(*replacement), ConfChange::Remove(*leaving)]);
+        return Some(vec![ConfChange::AddVoter(*replacement), ConfChange::AddLearner(*leaving)]);
     }
     // Fewer voters than it should have (a lost-quorum recovery left one, say): caught-up
     // learners vote, in one change, but only to reach an odd count (two voters need both, and
@@ -406,10 +409,16 @@ mod tests {
         let three = table(&[(1, Active), (2, Active), (3, Active)]);
         let change = meta_change(&three, &status(members(&[1, 2, 3], &[4]), &[]), 8);
         assert_eq!(change, Some(vec![ConfChange::Remove(NodeId(4))]));
-        // A voter on a failed node is replaced by a caught-up learner, in one change.
+        // A voter on a failed or draining node is replaced by a caught-up learner, in one
+        // change, and stays a learner (a drained node reads the table until it is forgotten).
         let failed = table(&[(1, Active), (2, Active), (3, Failed), (4, Active)]);
         let change = meta_change(&failed, &status(members(&[1, 2, 3], &[4]), &[(4, 2)]), 8);
-        assert_eq!(change, Some(vec![ConfChange::AddVoter(NodeId(4)), ConfChange::Remove(NodeId(3))]));
+        assert_eq!(change, Some(vec![ConfChange::AddVoter(NodeId(4)), ConfChange::AddLearner(NodeId(3))]));
+        let drained = table(&[(1, Active), (2, Active), (3, Draining), (4, Active)]);
+        let change = meta_change(&drained, &status(members(&[1, 2, 3], &[4]), &[(4, 2)]), 8);
+        assert_eq!(change, Some(vec![ConfChange::AddVoter(NodeId(4)), ConfChange::AddLearner(NodeId(3))]));
+        // Demoted, it is left alone until the table forgets it.
+        assert_eq!(meta_change(&drained, &status(members(&[1, 2, 4], &[3]), &[(3, 2)]), 8), None);
         // ... but not by a learner far behind, nor on a draining node; nothing changes then.
         assert_eq!(meta_change(&failed, &status(members(&[1, 2, 3], &[4]), &[(4, 100)]), 8), None);
         let draining = table(&[(1, Active), (2, Active), (3, Failed), (4, Draining)]);
