@@ -201,7 +201,8 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
         tls: None,
     };
     // The table's nodes as last saved, then what the command line says (which wins).
-    config.nodes = saved_nodes(&args.data.join(NODES_FILE))?;
+    let saved = saved_nodes(&args.data.join(NODES_FILE))?;
+    config.nodes = saved.nodes.clone();
     if let Some(url) = &args.join {
         let table = learn_table(client, url).await?;
         config.nodes.extend(table.nodes);
@@ -212,7 +213,7 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
         return Ok(config);
     }
     if !fresh {
-        not_forgotten(client, &config.nodes, id, &args.data).await?;
+        not_forgotten(client, &saved, id, &args.data).await?;
     }
     if fresh && !args.bootstrap {
         bail!(
@@ -233,17 +234,15 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
 }
 
 /// Refuses the restart of a node that the cluster forgot while it was down: asks every other
-/// node of `nodes` (the node list this node saved) once for its routing table, and fails when the
-/// newest table that answers no longer has node `id` (marked failed, its replicas re-created on
-/// other nodes, then removed). Its data is of no use to the cluster any more, and its groups,
-/// removed from every membership, would only campaign in vain. When no node answers, it starts.
-async fn not_forgotten(
-    client: &Client,
-    nodes: &BTreeMap<NodeId, NodeEntry>,
-    id: NodeId,
-    data: &std::path::Path,
-) -> anyhow::Result<()> {
-    let asks: Vec<_> = nodes
+/// node of the node list this node saved, once, for its routing table, and fails when the newest
+/// table that answers no longer has node `id` (marked failed, its replicas re-created on other
+/// nodes, then removed) and is newer than the table this node last saved (a node that answers
+/// from an older table, one from before this node joined, say, proves nothing). Its data is of
+/// no use to the cluster any more, and its groups, removed from every membership, would only
+/// campaign in vain. When no node answers, it starts.
+async fn not_forgotten(client: &Client, saved: &SavedNodes, id: NodeId, data: &std::path::Path) -> anyhow::Result<()> {
+    let asks: Vec<_> = saved
+        .nodes
         .iter()
         .filter(|(peer, _)| **peer != id)
         .map(|(peer, entry)| {
@@ -261,44 +260,75 @@ async fn not_forgotten(
         }
     }
     match newest {
-        Some((peer, table)) if !table.nodes.contains_key(&id.0) => bail!(
-            "node {id} is no longer in the cluster's routing table (version {} on node {peer}): it was \
+        Some((peer, table))
+            if !table.nodes.contains_key(&id.0)
+                && (table.version > saved.version || !saved.nodes.contains_key(&id)) =>
+        {
+            bail!(
+                "node {id} is no longer in the cluster's routing table (version {} on node {peer}): it was \
              marked failed and forgotten while it was down, and its replicas were re-created on other \
              nodes. Its data in {} is of no use to the cluster: remove it, then join again with --join",
-            table.version,
-            data.display()
-        ),
+                table.version,
+                data.display()
+            )
+        }
         _ => Ok(()),
     }
 }
 
+/// The routing table's nodes as a node last saved them ([`NODES_FILE`]), with the table's version
+/// then.
+#[derive(Clone, Debug, Default)]
+struct SavedNodes {
+    version: u64,
+    nodes: BTreeMap<NodeId, NodeEntry>,
+}
+
+/// [`SavedNodes`] in [`NODES_FILE`].
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum NodesFile {
+    /// With the table's version.
+    Versioned { version: u64, nodes: Vec<(u64, NodeEntry)> },
+    /// As the first versions wrote it: the nodes alone (version 0).
+    Nodes(Vec<(u64, NodeEntry)>),
+}
+
 /// The nodes saved in `file` (none when there is no file yet).
-fn saved_nodes(file: &std::path::Path) -> anyhow::Result<BTreeMap<NodeId, NodeEntry>> {
+fn saved_nodes(file: &std::path::Path) -> anyhow::Result<SavedNodes> {
     match std::fs::read(file) {
         Ok(bytes) => {
-            let nodes: Vec<(u64, NodeEntry)> =
+            let saved: NodesFile =
                 serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))?;
-            Ok(nodes.into_iter().map(|(id, entry)| (NodeId(id), entry)).collect())
+            let (version, nodes) = match saved {
+                NodesFile::Versioned { version, nodes } => (version, nodes),
+                NodesFile::Nodes(nodes) => (0, nodes),
+            };
+            Ok(SavedNodes { version, nodes: nodes.into_iter().map(|(id, entry)| (NodeId(id), entry)).collect() })
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(SavedNodes::default()),
         Err(error) => Err(error).with_context(|| format!("reading {}", file.display())),
     }
 }
 
 /// Saves the routing table's nodes into `file` whenever they change, until the node stops.
 async fn save_nodes(node: Weak<ShardNode>, file: std::path::PathBuf) {
-    let mut saved = BTreeMap::new();
+    let mut saved = (0, BTreeMap::new());
     loop {
         tokio::time::sleep(NODES_SAVE_INTERVAL).await;
-        let Some(nodes) = node.upgrade().map(|node| node.table().nodes().clone()) else { return };
-        if nodes.is_empty() || nodes == saved {
+        let Some(table) = node.upgrade().map(|node| node.table()) else { return };
+        let current = (table.version(), table.nodes().clone());
+        if current.1.is_empty() || current == saved {
             continue;
         }
-        let list: Vec<(u64, NodeEntry)> = nodes.iter().map(|(id, entry)| (id.0, *entry)).collect();
+        let list = NodesFile::Versioned {
+            version: current.0,
+            nodes: current.1.iter().map(|(id, entry)| (id.0, *entry)).collect(),
+        };
         let file = file.clone();
         let written = tokio::task::spawn_blocking(move || write_atomically(&file, &list)).await;
         match written {
-            Ok(Ok(())) => saved = nodes,
+            Ok(Ok(())) => saved = current,
             Ok(Err(error)) => warn!(%error, "saving the routing table's nodes"),
             Err(_) => return, // The runtime is stopping.
         }
@@ -1097,6 +1127,28 @@ mod tests {
         assert_eq!(version("/kv/a?table_version=x"), None);
         assert_eq!(version("/kv/a?table_versions=3"), None);
         assert_eq!(version("/kv/a"), None);
+    }
+
+    /// The saved node list is read in both of its formats, with the table's version when it has
+    /// one; a damaged file is an error naming it.
+    #[test]
+    fn the_saved_nodes_are_read_with_their_version() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join(NODES_FILE);
+        let entry = NodeEntry {
+            raft: "127.0.0.1:9001".parse().expect("an address"),
+            http: "127.0.0.1:8001".parse().expect("an address"),
+            state: NodeState::Active,
+        };
+        assert_eq!(saved_nodes(&file).expect("no file").version, 0);
+        write_atomically(&file, &NodesFile::Versioned { version: 12, nodes: vec![(3, entry)] }).expect("written");
+        let saved = saved_nodes(&file).expect("read");
+        assert_eq!((saved.version, saved.nodes), (12, [(NodeId(3), entry)].into()));
+        write_atomically(&file, &vec![(3, entry)]).expect("written");
+        let saved = saved_nodes(&file).expect("the first format");
+        assert_eq!((saved.version, saved.nodes.len()), (0, 1));
+        std::fs::write(&file, b"{not json").expect("written");
+        assert!(saved_nodes(&file).is_err_and(|error| format!("{error:#}").contains(NODES_FILE)));
     }
 
     #[test]

@@ -693,3 +693,76 @@ async fn a_recovered_survivor_behind_the_record_gets_the_record_reset() {
         node.shutdown().await;
     }
 }
+
+/// The same, with the meta group alive elsewhere (a recovery of shards alone, `recover --shard`):
+/// nodes 2 and 4 are lost, the meta group keeps nodes 1 and 3, and node 3's meta replica was down
+/// when the records were pushed ahead, so at its restart its cached table still holds the old
+/// records. The note must not be dropped on that cached copy: only once a linearizable read shows
+/// the reset record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_shard_keeps_its_note_until_the_current_table_has_the_reset_record() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let peers = Arc::new(InProcess::default());
+    let (listeners, all) = bind(4).await;
+    let runner = Some(RunnerConfig { failed_after: Duration::from_millis(200), ..controller().expect("a controller") });
+    let (mut running, keys) = cluster(dir.path(), &peers, listeners, &all, (4, 3), runner).await;
+    let table = running[0].table();
+    let lost: BTreeSet<NodeId> = [NodeId(2), NodeId(4)].into();
+    // The shards whose majority is on the lost nodes, and their one survivor.
+    let survivors: BTreeMap<ShardId, NodeId> = table
+        .shards()
+        .filter(|(_, entry)| entry.replicas.is_superset(&lost))
+        .map(|(shard, entry)| (shard, *entry.replicas.difference(&lost).next().expect("three replicas")))
+        .collect();
+    assert!(survivors.values().any(|node| *node == NodeId(3)), "a shard to recover on node 3: {survivors:?}");
+    // Node 3 goes down; the others push the records of its shards ahead.
+    let node3 = running.remove(2);
+    node3.shutdown().await;
+    let ahead: BTreeSet<NodeId> = (1..=4).map(NodeId).collect();
+    for (shard, _) in survivors.iter().filter(|(_, node)| **node == NodeId(3)) {
+        let record = TableChange::RecordMembers { shard: *shard, members: ahead.clone(), at: 1_000_000 };
+        change_table(&running, record).await;
+    }
+    for node in running {
+        node.shutdown().await;
+    }
+    // Nodes 2 and 4 are lost; each survivor is recovered offline for its shards alone.
+    for survivor in [NodeId(1), NodeId(3)] {
+        let data = dir.path().join(format!("node-{}", survivor.0));
+        let identity = Identity { cluster_id: 7, node_id: survivor };
+        let wal = SharedWal::open(StdFs, &data, identity, WalOptions::default()).expect("a survivor's log");
+        let mine: BTreeSet<ShardId> =
+            survivors.iter().filter(|(_, node)| **node == survivor).map(|(shard, _)| *shard).collect();
+        for shard in &mine {
+            let mut store = wal.group(shard.group()).expect("the shard's group");
+            raft_storage::recover::become_sole_voter(&mut store, survivor).expect("recovered");
+        }
+        drop(wal);
+        if !mine.is_empty() {
+            raft_kv::shards::node::note_recovered(&data, &mine).expect("noted");
+        }
+    }
+    let mut running = Vec::new();
+    for id in [1, 3] {
+        let listener = TcpListener::bind(all[&NodeId(id)].raft).await.expect("the same port again");
+        running.push(
+            start(ShardNodeConfig { controller: runner, ..config(id, &all, dir.path(), 4, 3) }, listener, &peers).await,
+        );
+    }
+    until("every shard on nodes 1 and 3, the lost nodes forgotten", async || {
+        let table = running[0].table();
+        let nodes: Vec<NodeId> = table.nodes().keys().copied().collect();
+        nodes == [NodeId(1), NodeId(3)]
+            && table.shards().all(|(_, entry)| entry.replicas == [NodeId(1), NodeId(3)].into())
+            && settled(&running).await
+    })
+    .await;
+    for id in [1, 3] {
+        let note = dir.path().join(format!("node-{id}")).join(raft_kv::shards::node::RECOVERED_FILE);
+        assert!(!note.exists(), "node {id}'s note is dropped");
+    }
+    every_key_everywhere(&running, &keys, 4, 2).await;
+    for node in running {
+        node.shutdown().await;
+    }
+}

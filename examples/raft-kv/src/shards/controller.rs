@@ -160,10 +160,12 @@ pub fn reconcile(
             let (at, differs) = (seen.commit.0, *members != entry.members);
             let change = if differs && at > entry.members_at {
                 Some(TableChange::RecordMembers { shard, members: members.clone(), at })
-            } else if seen.recovered && at < entry.members_at {
+            } else if seen.recovered && at < entry.members_at && sole_voter(seen) {
                 // A recovered group's history may end below a record of the lost majority's (the
-                // same members or not: the index must come down, and the node then forgets
-                // that its replica was recovered).
+                // same members or not: the index must come down, and the node then forgets that
+                // its replica was recovered). Only in the shape a recovery leaves, the leader the
+                // only member: a later leader's report (a new one, whose commit index may still
+                // lag, or a deposed one) must never move the record back.
                 Some(TableChange::ResetMembers { shard, members: members.clone(), at })
             } else {
                 None
@@ -264,6 +266,13 @@ fn advance(
     let mut changes: Vec<ConfChange> = incoming.map(ConfChange::AddVoter).into_iter().collect();
     changes.extend(outgoing.map(ConfChange::Remove));
     Some(Action::Change { shard, changes })
+}
+
+/// Whether the reporting leader is its group's only member, committed and current (the shape a
+/// lost-quorum recovery leaves).
+fn sole_voter(seen: &Observed) -> bool {
+    let only = BTreeSet::from([seen.leader]);
+    !seen.joint && seen.learners.is_empty() && seen.voters == only && seen.committed_members.as_ref() == Some(&only)
 }
 
 /// Whether `node`, a voter, was heard from recently and is at most `caught_up_entries` behind.
@@ -947,6 +956,7 @@ mod tests {
         table.apply(&TableCommand { expected_version: None, change: record }).expect("recorded");
         let seen = seen_mut(&mut observed);
         seen.committed_members = Some([NodeId(1)].into());
+        seen.voters = [NodeId(1)].into();
         seen.commit = Index(502);
         let records = |table: &RoutingTable, observed: &BTreeMap<ShardId, Observed>| -> Vec<TableChange> {
             reconcile(table, observed, &everywhere(table), LIMITS)
@@ -969,12 +979,22 @@ mod tests {
         assert_eq!(records(&table, &observed), vec![record], "above the record: an ordinary record");
         // The same members as the record, below its index: the index comes down.
         let (mut table, mut observed) = situation([1, 2, 3], [1, 2, 3], 1, &[1, 2, 3], 0);
-        let record = TableChange::RecordMembers { shard: ShardId(0), members: [1, 2, 3].map(NodeId).into(), at: 900 };
+        let record = TableChange::RecordMembers { shard: ShardId(0), members: [NodeId(1)].into(), at: 900 };
         table.apply(&TableCommand { expected_version: None, change: record }).expect("recorded");
         let seen = seen_mut(&mut observed);
-        (seen.committed_members, seen.commit, seen.recovered) = (Some([1, 2, 3].map(NodeId).into()), Index(40), true);
-        let reset = TableChange::ResetMembers { shard: ShardId(0), members: [1, 2, 3].map(NodeId).into(), at: 40 };
+        (seen.committed_members, seen.voters) = (Some([NodeId(1)].into()), [NodeId(1)].into());
+        (seen.commit, seen.recovered) = (Index(40), true);
+        let reset = TableChange::ResetMembers { shard: ShardId(0), members: [NodeId(1)].into(), at: 40 };
         assert_eq!(records(&table, &observed), vec![reset]);
+        // Never from a group that is no longer the recovered node alone (a later leader, whose
+        // commit index may lag, or a deposed one): the record must not move back.
+        let seen = seen_mut(&mut observed);
+        (seen.committed_members, seen.voters) = (Some([1, 2].map(NodeId).into()), [1, 2].map(NodeId).into());
+        assert_eq!(records(&table, &observed), vec![], "not the shape a recovery leaves");
+        let seen = seen_mut(&mut observed);
+        (seen.committed_members, seen.voters, seen.learners) =
+            (Some([1, 2].map(NodeId).into()), [NodeId(1)].into(), [NodeId(2)].into());
+        assert_eq!(records(&table, &observed), vec![], "a learner already added");
     }
 
     fn seen_mut(observed: &mut BTreeMap<ShardId, Observed>) -> &mut Observed {

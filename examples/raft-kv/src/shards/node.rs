@@ -439,15 +439,31 @@ impl Inner {
         self.recovered.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Forgets the recovered shards whose record in `table` is no later than this node's
-    /// replica's commit index (reset by the controller, or recorded from the recovered history),
-    /// in memory and in [`RECOVERED_FILE`].
-    async fn forget_recovered(&self, table: &RoutingTable) {
+    /// Forgets the recovered shards whose record in the table has caught up with this node's
+    /// replica (reset by the controller, or recorded from the recovered history): the recorded
+    /// members are the replica's committed members, at an index no later than its commit. Decided
+    /// on a linearizable read of the table, never on the cached copy (which may still hold a
+    /// record older than the one to replace, and let the note go before the reset). A shard this
+    /// node no longer holds is forgotten too. In memory and in [`RECOVERED_FILE`].
+    async fn forget_recovered(&self) {
+        let noted = self.recovered();
+        if noted.is_empty() {
+            return;
+        }
+        let read = self.meta.read(ReadConsistency::Linearizable, |meta: &Meta| meta.table().clone());
+        let Ok(Ok(table)) = tokio::time::timeout(TABLE_READ_TIMEOUT, read).await else { return };
         let mut caught_up = BTreeSet::new();
-        for shard in self.recovered() {
-            let Some(handle) = self.lock_shards().get(&shard).cloned() else { continue };
+        for shard in noted {
+            let Some(handle) = self.lock_shards().get(&shard).cloned() else {
+                caught_up.insert(shard);
+                continue;
+            };
             let Ok(status) = handle.status().await else { continue };
-            if table.shard(shard).is_some_and(|entry| entry.members_at <= status.commit.0 && status.commit.0 > 0) {
+            let committed = &status.committed_membership;
+            let recorded = table.shard(shard).is_some_and(|entry| {
+                !committed.is_joint() && entry.members == committed.members() && entry.members_at <= status.commit.0
+            });
+            if recorded {
                 caught_up.insert(shard);
             }
         }
@@ -655,7 +671,7 @@ async fn refresh(inner: Arc<Inner>, create: Option<TableCommand>) {
             if let Err(error) = inner.reconcile(&table).await {
                 warn!(node = inner.id.0, %error, "bringing the replicas in line with the routing table");
             }
-            inner.forget_recovered(&table).await;
+            inner.forget_recovered().await;
         }
     }
 }

@@ -223,7 +223,9 @@ async fn round(
             timed(config, peers.observe(node)).await.ok().flatten()
         };
         let Some(report) = answer else {
-            if entry.state == NodeState::Active && silences.silent(node, now, &config) {
+            // A draining node too: one that never answers again would otherwise slow every
+            // round by a call timeout for good (forgotten, it is refused a restart on its data).
+            if entry.state != NodeState::Failed && silences.silent(node, now, &config) {
                 info!(node = node.0, "marking a silent node failed: its replicas will be re-created elsewhere");
                 let failed = TableChange::SetNodeState { id: node, state: NodeState::Failed };
                 return propose(&meta, &table, failed).await;
