@@ -213,7 +213,7 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
         return Ok(config);
     }
     if !fresh {
-        not_forgotten(client, &saved, id, &args.data).await?;
+        not_forgotten(client, &saved, (args.cluster_id, id), &args.data).await?;
     }
     if fresh && !args.bootstrap {
         bail!(
@@ -237,10 +237,16 @@ async fn shard_config(args: &ServeArgs, client: &Client, me: NodeEntry) -> anyho
 /// node of the node list this node saved, once, for its routing table, and fails when the newest
 /// table that answers no longer has node `id` (marked failed, its replicas re-created on other
 /// nodes, then removed) and is newer than the table this node last saved (a node that answers
-/// from an older table, one from before this node joined, say, proves nothing). Its data is of
-/// no use to the cluster any more, and its groups, removed from every membership, would only
-/// campaign in vain. When no node answers, it starts.
-async fn not_forgotten(client: &Client, saved: &SavedNodes, id: NodeId, data: &std::path::Path) -> anyhow::Result<()> {
+/// from an older table, one from before this node joined, say, proves nothing), while its log
+/// still holds shard replicas. Its data is of no use to the cluster any more, and its groups,
+/// removed from every membership, would only campaign in vain. A node drained to the end holds
+/// none and starts (it stays out of the way). When no node answers, it starts.
+async fn not_forgotten(
+    client: &Client,
+    saved: &SavedNodes,
+    (cluster_id, id): (u64, NodeId),
+    data: &std::path::Path,
+) -> anyhow::Result<()> {
     let asks: Vec<_> = saved
         .nodes
         .iter()
@@ -262,17 +268,30 @@ async fn not_forgotten(client: &Client, saved: &SavedNodes, id: NodeId, data: &s
     match newest {
         Some((peer, table))
             if !table.nodes.contains_key(&id.0)
-                && (table.version > saved.version || !saved.nodes.contains_key(&id)) =>
+                && (table.version > saved.version || !saved.nodes.contains_key(&id))
+                && holds_shards(data, cluster_id, id) =>
         {
             bail!(
-                "node {id} is no longer in the cluster's routing table (version {} on node {peer}): it was \
-             marked failed and forgotten while it was down, and its replicas were re-created on other \
-             nodes. Its data in {} is of no use to the cluster: remove it, then join again with --join",
+                "node {id} is no longer in the cluster's routing table (version {} on node {peer}) but its \
+                 data still holds shard replicas: it was forgotten while it was down (marked failed, or \
+                 drained), and its replicas were re-created on other nodes. Its data in {} is of no use \
+                 to the cluster: remove it, then join again with --join",
                 table.version,
                 data.display()
             )
         }
         _ => Ok(()),
+    }
+}
+
+/// Whether the shared log in `data` holds a replica of any shard (a node drained to the end
+/// holds none: it may start, and stays out of the way). Opened and closed again before the node
+/// opens it; a log that cannot be opened counts as holding some.
+fn holds_shards(data: &std::path::Path, cluster_id: u64, id: NodeId) -> bool {
+    let identity = raft_storage::Identity { cluster_id, node_id: id };
+    match raft_storage::SharedWal::open(raft_storage::StdFs, data, identity, raft_storage::WalOptions::default()) {
+        Ok(wal) => wal.groups().into_iter().any(|group| ShardId::of_group(group).is_some()),
+        Err(_) => true,
     }
 }
 
