@@ -262,6 +262,7 @@ fn multi_spec(args: &Args, groups: u64) -> multi::MultiSpec {
         workers: args.host_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         snapshot_every_entries: args.snapshot_every,
         quiesce: args.quiesce,
+        idle_poll: args.idle_poll_us.map_or(raft_net::IDLE_POLL_DEFAULT, Duration::from_micros),
     }
 }
 

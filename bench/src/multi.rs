@@ -39,6 +39,9 @@ pub struct MultiSpec {
     /// Idle groups quiesce; each host watches its peers (a ping per heartbeat interval, a peer
     /// silent for an election timeout is reported down).
     pub quiesce: bool,
+    /// How long an idle worker of each host polls for work before it sleeps
+    /// (`HostConfig::idle_poll`).
+    pub idle_poll: std::time::Duration,
 }
 
 /// One node: its transport, log and host, and its handle of each group.
@@ -79,6 +82,7 @@ pub async fn start(spec: &MultiSpec, dir: &Path) -> BenchResult<MultiCluster> {
         let host = Host::start(HostConfig {
             thread_name: format!("host-{}", id.0),
             tick_interval: TICK,
+            idle_poll: spec.idle_poll,
             ..HostConfig::with_workers(spec.workers)
         })?;
         if spec.quiesce {
@@ -182,13 +186,18 @@ impl MultiCluster {
     pub async fn shutdown(self) {
         for node in &self.nodes {
             let stats = node.host.stats();
+            let sent = node.transport.stats();
             eprintln!(
-                "  host of node {}: {} rounds, {:.1} groups per round, {:.1} outputs per write, {} syncs",
+                "  host of node {}: {} rounds, {:.1} groups per round, {:.1} outputs per write, {} syncs; \
+                 transport: {} messages in {} writes ({:.1} per write)",
                 raft_net::Transport::local_id(&node.transport),
                 stats.rounds,
                 stats.group_steps as f64 / stats.rounds.max(1) as f64,
                 stats.outputs_written as f64 / stats.writes.max(1) as f64,
-                node.wal.syncs()
+                node.wal.syncs(),
+                sent.messages_written,
+                sent.batches_written,
+                sent.messages_written as f64 / sent.batches_written.max(1) as f64
             );
         }
         for node in self.nodes {

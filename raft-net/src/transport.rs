@@ -91,3 +91,66 @@ impl PeerSignals {
         PeerSignals { heard, ping }
     }
 }
+
+/// What runs when a thread's held sends are let go.
+type Releases = Vec<Box<dyn FnOnce()>>;
+
+thread_local! {
+    /// While sends are held on this thread: what to run when they are let go (see
+    /// [`hold_sends`]).
+    static HELD: std::cell::RefCell<Option<Releases>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's sends held back, and lets them go, batched, when `f` returns (or
+/// unwinds). A transport that batches ([`crate::TcpTransport`]) gathers the messages sent
+/// meanwhile per peer and queues each peer's as one item, so its writer wakes once and writes
+/// them in one go rather than waking for the first and writing the rest piecemeal; other
+/// transports send at once as always. A [`Host`](crate::Host) holds the sends of each phase of
+/// a round: the messages of every group of the round leave together, at the end of the phase
+/// (before the round's write for those that may leave before it). Nested calls hold nothing more.
+pub(crate) fn hold_sends<R>(f: impl FnOnce() -> R) -> R {
+    /// Lets the sends go on drop, also when `f` unwinds.
+    struct Release {
+        outermost: bool,
+    }
+    impl Drop for Release {
+        fn drop(&mut self) {
+            if !self.outermost {
+                return;
+            }
+            // Taken out first: a release that sends again sends at once.
+            let releases = HELD.with(|held| held.borrow_mut().take()).unwrap_or_default();
+            for release in releases {
+                release();
+            }
+        }
+    }
+    let outermost = HELD.with(|held| {
+        let mut held = held.borrow_mut();
+        let outermost = held.is_none();
+        if outermost {
+            *held = Some(Vec::new());
+        }
+        outermost
+    });
+    let _release = Release { outermost };
+    f()
+}
+
+/// Whether sends are held on this thread (see [`hold_sends`]): if so, `release` is registered to
+/// run when they are let go and `true` is returned; if not, `release` is dropped and `false`
+/// returned (send at once).
+pub(crate) fn on_release(release: impl FnOnce() + 'static) -> bool {
+    HELD.with(|held| match held.borrow_mut().as_mut() {
+        Some(releases) => {
+            releases.push(Box::new(release));
+            true
+        }
+        None => false,
+    })
+}
+
+/// Whether sends are held on this thread right now (see [`hold_sends`]).
+pub(crate) fn sends_held() -> bool {
+    HELD.with(|held| held.borrow().is_some())
+}

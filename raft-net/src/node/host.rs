@@ -19,7 +19,10 @@
 //!    driver does), the idle timer ticks that fire nothing, its queued inputs and messages, the
 //!    timer ticks that are due ([`DriverClock::take_timer_ticks_due`](crate::DriverClock::take_timer_ticks_due)),
 //!    and every output taken, with the messages that may leave before the write sent
-//!    (raft-core's driving contract, rules 1, 2 and 4).
+//!    (raft-core's driving contract, rules 1, 2 and 4). The messages of a phase are held
+//!    back until the phase ends and then leave together, one batch per peer for every group of
+//!    the round (with [`TcpTransport`](crate::TcpTransport): one wake of the peer's writer, and
+//!    usually one write, rather than a wake for the first message and piecemeal writes).
 //! 2. One [`LogStore::write_outputs`] for every output of every group of the batch: with
 //!    [`GroupStore`](raft_storage::GroupStore)s of one [`SharedWal`](raft_storage::SharedWal),
 //!    one fsync (group commit across groups).
@@ -90,7 +93,7 @@ use super::event::{NodeEvent, NodeStatus};
 use super::handle::{Assembled, Inner, NodeHandle, assemble};
 use super::shared::Shared;
 use super::state_machine::StateMachine;
-use crate::transport::{PeerLink, Transport};
+use crate::transport::{PeerLink, Transport, hold_sends};
 
 /// The default number of groups a worker steps in one round (and writes with one sync).
 pub const GROUPS_PER_BATCH_MAX_DEFAULT: usize = 64;
@@ -695,17 +698,20 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             .as_ref()
             .map(|watching| watching.liveness.down_peers())
             .unwrap_or_default();
-        // Phase 1.
-        for (slot, body, outcome) in &mut running {
-            let span = body.span();
-            let _entered = span.enter();
-            let peer_downs = std::mem::take(&mut *slot.peer_downs.lock().unwrap_or_else(PoisonError::into_inner));
-            *outcome = guarded(slot, || match body.prepare(stopping, peer_downs, &down_now) {
-                Ok(Flow::Continue) => Outcome::Continue,
-                Ok(Flow::Stop) => Outcome::Stop(StopReason::Shutdown),
-                Err(reason) => Outcome::Stop(reason),
-            });
-        }
+        // Phase 1. The messages that may leave before the write leave together at its end, a
+        // batch per peer for every group of the round (see `hold_sends`).
+        hold_sends(|| {
+            for (slot, body, outcome) in &mut running {
+                let span = body.span();
+                let _entered = span.enter();
+                let peer_downs = std::mem::take(&mut *slot.peer_downs.lock().unwrap_or_else(PoisonError::into_inner));
+                *outcome = guarded(slot, || match body.prepare(stopping, peer_downs, &down_now) {
+                    Ok(Flow::Continue) => Outcome::Continue,
+                    Ok(Flow::Stop) => Outcome::Stop(StopReason::Shutdown),
+                    Err(reason) => Outcome::Stop(reason),
+                });
+            }
+        });
         // Phase 2: one write for the whole batch.
         let mut batch: Vec<(&mut S, &mut [Output])> = Vec::new();
         let mut in_write = Vec::new();
@@ -759,21 +765,24 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             }
             *current = outcome;
         }
-        // Phase 3.
-        for (slot, body, outcome) in &mut running {
-            // A shutdown still completes the round that asked for it (its output was written).
-            if let Outcome::Continue | Outcome::Stop(StopReason::Shutdown) = outcome {
-                let span = body.span();
-                let _entered = span.enter();
-                let completed = guarded(slot, || match body.complete() {
-                    Ok(()) => Outcome::Continue,
-                    Err(reason) => Outcome::Stop(reason),
-                });
-                if !matches!(completed, Outcome::Continue) {
-                    *outcome = completed;
+        // Phase 3, its messages leaving together at its end (before any group of the round is
+        // released, so a group's next round sends after them).
+        hold_sends(|| {
+            for (slot, body, outcome) in &mut running {
+                // A shutdown still completes the round that asked for it (its output was written).
+                if let Outcome::Continue | Outcome::Stop(StopReason::Shutdown) = outcome {
+                    let span = body.span();
+                    let _entered = span.enter();
+                    let completed = guarded(slot, || match body.complete() {
+                        Ok(()) => Outcome::Continue,
+                        Err(reason) => Outcome::Stop(reason),
+                    });
+                    if !matches!(completed, Outcome::Continue) {
+                        *outcome = completed;
+                    }
                 }
             }
-        }
+        });
         for (slot, body, outcome) in running {
             match outcome {
                 Outcome::Continue => {

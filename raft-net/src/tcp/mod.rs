@@ -187,8 +187,90 @@ pub(crate) struct Shared {
 pub(crate) enum Outbound {
     /// A message of `group`.
     Message(GroupId, Message),
+    /// Messages sent while sends were held ([`crate::transport::hold_sends`]), in the order sent:
+    /// at most [`HELD_BATCH_MESSAGES_MAX`].
+    Batch(Vec<(GroupId, Message)>),
     /// A [`Frame::Ping`](crate::Frame::Ping) carrying this incarnation.
     Ping(u64),
+}
+
+/// The most messages for one peer gathered into one [`Outbound::Batch`] while sends are held;
+/// the next ones start another. A batch takes one place in the peer's queue
+/// ([`TcpOptions::peer_queue_messages_max`]), so this bounds what a full queue holds.
+pub(crate) const HELD_BATCH_MESSAGES_MAX: usize = 64;
+
+/// A peer's queue and the messages held for it.
+type Staged = (mpsc::Sender<Outbound>, Vec<(GroupId, Message)>);
+
+thread_local! {
+    /// The messages this thread sent while its sends are held, per peer queue, in the order
+    /// sent (see [`crate::transport::hold_sends`]).
+    static STAGED: std::cell::RefCell<Vec<Staged>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps `message` for `queue` until this thread's sends are let go; queues a batch at once when
+/// it is full.
+fn stage(queue: &mpsc::Sender<Outbound>, group: GroupId, message: Message) {
+    let full = STAGED.with(|staged| {
+        let mut staged = staged.borrow_mut();
+        if staged.is_empty() {
+            // The first message held on this thread in this hold: let them all go at its end.
+            let held = crate::transport::on_release(release_staged);
+            debug_assert!(held, "messages are staged only while sends are held");
+        }
+        let position = match staged.iter().position(|(sender, _)| sender.same_channel(queue)) {
+            Some(position) => position,
+            None => {
+                staged.push((queue.clone(), Vec::new()));
+                staged.len() - 1
+            }
+        };
+        let batch = &mut staged[position].1;
+        batch.push((group, message));
+        (batch.len() >= HELD_BATCH_MESSAGES_MAX).then(|| std::mem::take(batch))
+    });
+    if let Some(batch) = full {
+        send_batch(queue, batch);
+    }
+}
+
+/// Queues every batch this thread staged (see [`stage`]).
+fn release_staged() {
+    let staged = STAGED.with(|staged| std::mem::take(&mut *staged.borrow_mut()));
+    for (queue, batch) in staged {
+        send_batch(&queue, batch);
+    }
+}
+
+/// Queues `batch` as one item (a lone message as itself); a full or closed queue drops it, as it
+/// would each of its messages sent alone.
+fn send_batch(queue: &mpsc::Sender<Outbound>, mut batch: Vec<(GroupId, Message)>) {
+    let outbound = match batch.len() {
+        0 => return,
+        1 => match batch.pop() {
+            Some((group, message)) => Outbound::Message(group, message),
+            None => return,
+        },
+        _ => Outbound::Batch(batch),
+    };
+    if let Err(error) = queue.try_send(outbound) {
+        let (dropped, why) = match error {
+            TrySendError::Full(outbound) => (outbound.messages(), "the peer's queue is full"),
+            TrySendError::Closed(outbound) => (outbound.messages(), "the transport is closed"),
+        };
+        tracing::debug!(dropped, why, "held messages dropped");
+    }
+}
+
+impl Outbound {
+    /// How many messages this carries (a ping is none).
+    fn messages(&self) -> usize {
+        match self {
+            Outbound::Message(..) => 1,
+            Outbound::Batch(batch) => batch.len(),
+            Outbound::Ping(_) => 0,
+        }
+    }
 }
 
 /// What the readers of one peer's connections heard from it since the [`PeerLink`] last asked.
@@ -607,6 +689,13 @@ impl Shared {
         if peer.state.get() == PeerState::Backoff {
             return Err(SendError::Unreachable(to));
         }
+        let outbound = match outbound {
+            Outbound::Message(group, message) if crate::transport::sends_held() => {
+                stage(&peer.queue, group, message);
+                return Ok(());
+            }
+            outbound => outbound,
+        };
         peer.queue.try_send(outbound).map_err(|error| match error {
             TrySendError::Full(_) => SendError::QueueFull(to),
             TrySendError::Closed(_) => SendError::Closed,
@@ -676,4 +765,89 @@ impl PeerLink for TcpPeerLink {
 /// panic while the lock was held cannot have left a map half-changed: poisoning is ignored.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use raft_core::{MessageBody, Term};
+
+    use super::*;
+    use crate::transport::hold_sends;
+
+    fn message(term: u64) -> Message {
+        Message { from: NodeId(1), to: NodeId(2), term: Term(term), body: MessageBody::TimeoutNow }
+    }
+
+    /// The terms of the messages `receiver` holds, and how many queue items carried them.
+    fn drain(receiver: &mut mpsc::Receiver<Outbound>) -> (Vec<(u64, u64)>, usize) {
+        let (mut messages, mut items) = (Vec::new(), 0);
+        while let Ok(outbound) = receiver.try_recv() {
+            items += 1;
+            match outbound {
+                Outbound::Message(group, message) => messages.push((group.0, message.term.0)),
+                Outbound::Batch(batch) => {
+                    messages.extend(batch.into_iter().map(|(group, message)| (group.0, message.term.0)));
+                }
+                Outbound::Ping(_) => panic!("no ping was sent"),
+            }
+        }
+        (messages, items)
+    }
+
+    #[test]
+    fn held_messages_leave_together_per_peer_in_order_when_the_hold_ends() {
+        let (to_two, mut two) = mpsc::channel(16);
+        let (to_three, mut three) = mpsc::channel(16);
+        hold_sends(|| {
+            for term in 1..=3 {
+                stage(&to_two, GroupId(term), message(term));
+                stage(&to_three, GroupId(10 + term), message(10 + term));
+            }
+            assert_eq!(drain(&mut two).1, 0, "nothing leaves while sends are held");
+            // A nested hold lets nothing go when it ends.
+            hold_sends(|| stage(&to_two, GroupId(4), message(4)));
+            assert_eq!(drain(&mut two).1, 0);
+        });
+        assert_eq!(drain(&mut two), (vec![(1, 1), (2, 2), (3, 3), (4, 4)], 1), "one item, in the order sent");
+        assert_eq!(drain(&mut three), (vec![(11, 11), (12, 12), (13, 13)], 1));
+        // Nothing is left held for the next hold.
+        hold_sends(|| stage(&to_two, GroupId(5), message(5)));
+        assert_eq!(drain(&mut two), (vec![(5, 5)], 1));
+    }
+
+    #[test]
+    fn a_full_batch_leaves_at_once_and_the_rest_at_the_end() {
+        let (queue, mut receiver) = mpsc::channel(16);
+        let count = HELD_BATCH_MESSAGES_MAX as u64 + 3;
+        hold_sends(|| {
+            for term in 1..=count {
+                stage(&queue, GroupId(1), message(term));
+            }
+            let (messages, items) = drain(&mut receiver);
+            assert_eq!((messages.len(), items), (HELD_BATCH_MESSAGES_MAX, 1), "a full batch does not wait");
+        });
+        let (messages, items) = drain(&mut receiver);
+        assert_eq!(messages, (HELD_BATCH_MESSAGES_MAX as u64 + 1..=count).map(|term| (1, term)).collect::<Vec<_>>());
+        assert_eq!(items, 1);
+    }
+
+    #[test]
+    fn held_messages_leave_when_the_holder_unwinds_and_a_full_queue_drops_them() {
+        let (queue, mut receiver) = mpsc::channel(1);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            hold_sends(|| {
+                stage(&queue, GroupId(1), message(1));
+                stage(&queue, GroupId(1), message(2));
+                panic!("a group's round panicked");
+            })
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(drain(&mut receiver), (vec![(1, 1), (1, 2)], 1));
+        // A queue with no room drops the batch whole (as each message sent alone would be).
+        queue.try_send(Outbound::Ping(7)).expect("room for one");
+        hold_sends(|| stage(&queue, GroupId(1), message(3)));
+        assert!(matches!(receiver.try_recv(), Ok(Outbound::Ping(7))));
+        assert!(receiver.try_recv().is_err(), "the held message was dropped");
+        assert!(!crate::transport::sends_held());
+    }
 }
