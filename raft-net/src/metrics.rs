@@ -39,9 +39,18 @@
 //! | `raft_wal_fsync_seconds` | histogram | `node`, `wal` | duration of one fsync of the newest log segment after appending (raft-storage; `wal` is `group` for a `DiskStorage`, `shared` for a `SharedWal`) |
 //! | `raft_wal_fsync_entries` | histogram | `node`, `wal` | entries one such fsync made durable |
 //! | `raft_wal_fsync_bytes` | histogram | `node`, `wal` | bytes of log records one such fsync made durable |
+//! | `raft_wal_segment_bytes` | gauge | `node`, `wal` | a `SharedWal`'s segment files, in bytes (set when it opens, at every group commit, and when a group is created or removed) |
+//! | `raft_wal_segments` | gauge | `node`, `wal` | a `SharedWal`'s segment files |
+//! | `raft_wal_cache_bytes` | gauge | `node`, `wal` | the bytes of entries in a `SharedWal`'s entry cache |
+//! | `raft_wal_groups` | gauge | `node`, `wal` | the groups a `SharedWal` holds |
+//! | `raft_host_groups` | gauge | `host` | the groups a [`Host`](crate::Host) runs (set once a second by its ticker, as are the three below) |
+//! | `raft_host_leaders` | gauge | `host` | the groups this host's node leads |
+//! | `raft_host_quiet_groups` | gauge | `host` | the groups quiet on this host (timers stopped until woken) |
+//! | `raft_host_proposals_pending` | gauge | `host` | proposals taken by the groups' handles and not answered yet, all groups together |
 //!
 //! `node` and `peer` are node ids, `group` a group id ([`GroupId::DEFAULT`], 0, for a node that
-//! runs one group). `kind` is one of [`MESSAGE_KINDS`]. The label sets are bounded by the
+//! runs one group), `host` a host's `HostConfig::thread_name` (`raft-core-<node>` for a node
+//! started with [`start`](crate::start), which runs a host of its own). `kind` is one of [`MESSAGE_KINDS`]. The label sets are bounded by the
 //! cluster's size and the number of groups: no label takes an index, a term or an address.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,7 +60,9 @@ use std::time::Instant;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use raft_core::{GroupId, Index, MessageBody, NodeId};
 
-pub use raft_storage::metrics::{WAL_FSYNC_BYTES, WAL_FSYNC_ENTRIES, WAL_FSYNC_SECONDS};
+pub use raft_storage::metrics::{
+    WAL_CACHE_BYTES, WAL_FSYNC_BYTES, WAL_FSYNC_ENTRIES, WAL_FSYNC_SECONDS, WAL_GROUPS, WAL_SEGMENT_BYTES, WAL_SEGMENTS,
+};
 
 /// Counter: proposals by `outcome`.
 pub const PROPOSALS_TOTAL: &str = "raft_proposals_total";
@@ -81,6 +92,15 @@ pub const MESSAGE_BYTES_TOTAL: &str = "raft_message_bytes_total";
 pub const RECONNECTS_TOTAL: &str = "raft_reconnects_total";
 /// Counter: failed attempts of the TCP dialer.
 pub const DIAL_FAILURES_TOTAL: &str = "raft_dial_failures_total";
+
+/// Gauge: the groups a host runs.
+pub const HOST_GROUPS: &str = "raft_host_groups";
+/// Gauge: the groups a host's node leads.
+pub const HOST_LEADERS: &str = "raft_host_leaders";
+/// Gauge: the groups quiet on a host.
+pub const HOST_QUIET_GROUPS: &str = "raft_host_quiet_groups";
+/// Gauge: proposals pending on a host, all groups together.
+pub const HOST_PROPOSALS_PENDING: &str = "raft_host_proposals_pending";
 
 /// The values of the `kind` label, indexed as the transport counts them.
 pub const MESSAGE_KINDS: [&str; 14] = [
@@ -122,6 +142,14 @@ pub fn describe() {
     describe_histogram!(WAL_FSYNC_SECONDS, Unit::Seconds, "fsync of the log after appending");
     describe_histogram!(WAL_FSYNC_ENTRIES, Unit::Count, "Entries one log fsync made durable");
     describe_histogram!(WAL_FSYNC_BYTES, Unit::Bytes, "Bytes one log fsync made durable");
+    describe_gauge!(WAL_SEGMENT_BYTES, Unit::Bytes, "Bytes of a shared log's segment files");
+    describe_gauge!(WAL_SEGMENTS, Unit::Count, "Segment files of a shared log");
+    describe_gauge!(WAL_CACHE_BYTES, Unit::Bytes, "Bytes of entries in a shared log's entry cache");
+    describe_gauge!(WAL_GROUPS, Unit::Count, "Groups a shared log holds");
+    describe_gauge!(HOST_GROUPS, Unit::Count, "Groups a host runs");
+    describe_gauge!(HOST_LEADERS, Unit::Count, "Groups a host's node leads");
+    describe_gauge!(HOST_QUIET_GROUPS, Unit::Count, "Groups quiet on a host");
+    describe_gauge!(HOST_PROPOSALS_PENDING, Unit::Count, "Proposals pending on a host, all groups together");
 }
 
 /// The index of a message's kind in [`MESSAGE_KINDS`].
@@ -166,6 +194,34 @@ pub(crate) enum SnapshotEvent {
 }
 
 const SNAPSHOT_EVENTS: [&str; 3] = ["sent", "received", "installed"];
+
+/// A host's node-wide gauges, registered when it starts.
+pub(crate) struct HostMetrics {
+    groups: Gauge,
+    leaders: Gauge,
+    quiet: Gauge,
+    proposals_pending: Gauge,
+}
+
+impl HostMetrics {
+    pub(crate) fn new(host: &str) -> Self {
+        let labels = [("host", host.to_string())];
+        HostMetrics {
+            groups: gauge!(HOST_GROUPS, &labels),
+            leaders: gauge!(HOST_LEADERS, &labels),
+            quiet: gauge!(HOST_QUIET_GROUPS, &labels),
+            proposals_pending: gauge!(HOST_PROPOSALS_PENDING, &labels),
+        }
+    }
+
+    /// Sets the gauges from a count of the host's groups.
+    pub(crate) fn set(&self, groups: usize, leaders: usize, quiet: usize, proposals_pending: usize) {
+        self.groups.set(groups as f64);
+        self.leaders.set(leaders as f64);
+        self.quiet.set(quiet as f64);
+        self.proposals_pending.set(proposals_pending as f64);
+    }
+}
 
 /// One group's handles, registered when the group starts; shared by its core, its apply side
 /// and its handles.

@@ -11,8 +11,10 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use raft_core::{Entry, EntryPayload, GroupId, Index, Membership, NodeId, Output, Term};
 use raft_net::metrics::{
     APPLIED_INDEX, APPLY_LATENCY_SECONDS, COMMIT_INDEX, COMMIT_LATENCY_SECONDS, DIAL_FAILURES_TOTAL, ELECTIONS_TOTAL,
-    LEADER_CHANGES_TOTAL, MESSAGE_BYTES_TOTAL, MESSAGES_TOTAL, PROPOSALS_TOTAL, RECONNECTS_TOTAL,
-    REPLICATION_LAG_ENTRIES, SNAPSHOT_TRANSFERS_TOTAL, TERM, WAL_FSYNC_BYTES, WAL_FSYNC_ENTRIES, WAL_FSYNC_SECONDS,
+    HOST_GROUPS, HOST_LEADERS, HOST_PROPOSALS_PENDING, HOST_QUIET_GROUPS, LEADER_CHANGES_TOTAL, MESSAGE_BYTES_TOTAL,
+    MESSAGES_TOTAL, PROPOSALS_TOTAL, RECONNECTS_TOTAL, REPLICATION_LAG_ENTRIES, SNAPSHOT_TRANSFERS_TOTAL, TERM,
+    WAL_CACHE_BYTES, WAL_FSYNC_BYTES, WAL_FSYNC_ENTRIES, WAL_FSYNC_SECONDS, WAL_GROUPS, WAL_SEGMENT_BYTES,
+    WAL_SEGMENTS,
 };
 use raft_storage::{Identity, SharedWal, StdFs, WalOptions};
 use raft_testkit::{
@@ -185,6 +187,15 @@ fn a_shared_wal_records_each_group_commit_fsync() {
     assert_eq!(recorded.samples(WAL_FSYNC_SECONDS, &labels).len(), 1, "one fsync for the batch of two groups");
     assert_eq!(recorded.samples(WAL_FSYNC_ENTRIES, &labels), [3.0]);
     assert!(recorded.samples(WAL_FSYNC_BYTES, &labels)[0] > 0.0);
+    // The node-wide view of the log: its size on disk, its cache, its groups, as of that commit.
+    assert_eq!(recorded.gauges(WAL_SEGMENT_BYTES, &labels), [wal.segment_bytes() as f64]);
+    assert!(wal.segment_bytes() > 0);
+    assert_eq!(recorded.gauges(WAL_SEGMENTS, &labels), [wal.segment_count() as f64]);
+    assert_eq!(recorded.gauges(WAL_CACHE_BYTES, &labels), [wal.cache_bytes() as f64]);
+    assert!(wal.cache_bytes() > 0, "the three entries are cached");
+    assert_eq!(recorded.gauges(WAL_GROUPS, &labels), [2.0]);
+    wal.remove_group(GroupId(1)).expect("removed");
+    assert_eq!(take(snapshotter).gauges(WAL_GROUPS, &labels), [1.0], "a removal is seen at once");
 }
 
 #[test]
@@ -210,4 +221,45 @@ fn a_disk_store_counts_every_byte_an_fsync_covers_also_across_a_segment_rotation
     assert_eq!(bytes("11").len(), 1);
     assert_eq!(bytes("12"), bytes("11"), "the same records, whatever the segments they went to");
     assert_eq!(recorded.samples(WAL_FSYNC_ENTRIES, &[("node", "12"), ("wal", "group")]), [10.0]);
+}
+
+/// A host's node-wide gauges: the groups it runs, the leaders its node holds, the quiet groups
+/// and the proposals pending, set by its ticker once a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_reports_its_groups_leaders_and_pending_proposals() {
+    let _turn = TURN.lock().await;
+    let snapshotter = recorder();
+    let id = NodeId(1);
+    let network = raft_net::MemNetwork::new(std::num::NonZeroUsize::new(64).expect("non-zero"));
+    let config =
+        raft_net::HostConfig { thread_name: "metrics-host".to_string(), ..raft_net::HostConfig::with_workers(1) };
+    let host = raft_net::Host::start(config).expect("host");
+    let mut handles = Vec::new();
+    for group in (1..=3).map(GroupId) {
+        // Groups 1 and 2: this node alone, so it leads them; group 3 waits for a peer that
+        // never comes, so it has no leader.
+        let voters = if group.0 == 3 { vec![id, NodeId(2)] } else { vec![id] };
+        let store = raft_storage::MemStorage::new(Membership::new(voters));
+        let (transport, inbound) = network.join_group(id, group).expect("joined");
+        let handle =
+            host.add_group(group, raft_testkit::config(id), store, transport, inbound, Kv::default()).expect("added");
+        handles.push(handle);
+    }
+    for handle in &handles[..2] {
+        propose(std::slice::from_ref(handle), &[id], 0, set("k", "v")).await;
+    }
+    let labels = [("host", "metrics-host")];
+    let gauge = |recorded: &Recorded, name| recorded.gauges(name, &labels).first().copied();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let recorded = take(snapshotter);
+        let seen =
+            [HOST_GROUPS, HOST_LEADERS, HOST_QUIET_GROUPS, HOST_PROPOSALS_PENDING].map(|name| gauge(&recorded, name));
+        if seen == [Some(3.0), Some(2.0), Some(0.0), Some(0.0)] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the gauges never showed 3 groups, 2 led: {seen:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    host.shutdown().await;
 }

@@ -93,6 +93,7 @@ use super::event::{NodeEvent, NodeStatus};
 use super::handle::{Assembled, Inner, NodeHandle, assemble};
 use super::shared::Shared;
 use super::state_machine::StateMachine;
+use crate::metrics::HostMetrics;
 use crate::transport::{PeerLink, Transport, hold_sends};
 
 /// The default number of groups a worker steps in one round (and writes with one sync).
@@ -282,7 +283,13 @@ struct HostInner<S: LogStore + Send + 'static> {
     /// Node-level liveness, once [`Host::watch_peers`] was called (groups with `quiesce` are
     /// accepted from then on).
     watch: Mutex<Option<Watching>>,
+    /// The node-wide gauges, and when the ticker next sets them.
+    metrics: HostMetrics,
+    metrics_due: Mutex<Instant>,
 }
+
+/// How often the ticker sets a host's node-wide gauges (`raft_net::metrics`).
+const HOST_METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the host needs to watch its peer nodes for its quiet groups: see [`Host::watch_peers`].
 #[derive(Clone)]
@@ -949,6 +956,7 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
                 if ticker.poll_tick(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_ready() {
                     self.run_liveness();
                     self.wake_due();
+                    self.publish_metrics();
                 }
             }
             if self.lock_ready().closed {
@@ -960,6 +968,7 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
                 _ = ticker.tick() => {
                     self.run_liveness();
                     self.wake_due();
+                    self.publish_metrics();
                 }
             }
         }
@@ -974,7 +983,40 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             }
             self.run_liveness();
             self.wake_due();
+            self.publish_metrics();
         }
+    }
+
+    /// Every group's summary as of its last round, with its proposals pending now.
+    fn summaries(&self) -> Vec<GroupSummary> {
+        let slots: Vec<_> = self.lock_slots().values().cloned().collect();
+        slots
+            .iter()
+            .map(|slot| {
+                let summary = slot.summary.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let pending = slot.permits_max.saturating_sub(slot.permits.available_permits());
+                GroupSummary { group: slot.group, proposals_pending: pending, ..summary }
+            })
+            .collect()
+    }
+
+    /// Sets the node-wide gauges once per [`HOST_METRICS_INTERVAL`] (called at every tick).
+    fn publish_metrics(&self) {
+        let now = Instant::now();
+        {
+            let mut due = self.metrics_due.lock().unwrap_or_else(PoisonError::into_inner);
+            if now < *due {
+                return;
+            }
+            *due = now + HOST_METRICS_INTERVAL;
+        }
+        let groups = self.summaries();
+        self.metrics.set(
+            groups.len(),
+            groups.iter().filter(|group| group.role == Role::Leader).count(),
+            groups.iter().filter(|group| group.quiet).count(),
+            groups.iter().map(|group| group.proposals_pending).sum(),
+        );
     }
 }
 
@@ -1040,6 +1082,8 @@ impl<S: LogStore + Send + 'static> Host<S> {
             queued: std::sync::atomic::AtomicUsize::new(0),
             counters: Counters::default(),
             watch: Mutex::new(None),
+            metrics: HostMetrics::new(&config.thread_name),
+            metrics_due: Mutex::new(Instant::now()),
         });
         Ok(Host { inner, threads: Mutex::new(Vec::new()), task: Mutex::new(None) })
     }
@@ -1215,15 +1259,7 @@ impl<S: LogStore + Send + 'static> Host<S> {
 
     /// Every group's summary as of its last round, and the node-wide totals.
     pub fn status(&self) -> HostStatus {
-        let slots: Vec<_> = self.inner.lock_slots().values().cloned().collect();
-        let groups: Vec<GroupSummary> = slots
-            .iter()
-            .map(|slot| {
-                let summary = slot.summary.lock().unwrap_or_else(PoisonError::into_inner).clone();
-                let pending = slot.permits_max.saturating_sub(slot.permits.available_permits());
-                GroupSummary { group: slot.group, proposals_pending: pending, ..summary }
-            })
-            .collect();
+        let groups = self.inner.summaries();
         HostStatus {
             leaders: groups.iter().filter(|group| group.role == Role::Leader).count(),
             quiet: groups.iter().filter(|group| group.quiet).count(),

@@ -26,7 +26,7 @@ use crate::disk::recovery::RecoveryReport;
 use crate::disk::snapshot::{self, Staging, snapshot_name};
 use crate::disk::store::validate_append;
 use crate::fs::{FileSystem, StdFs};
-use crate::metrics::{WAL_SHARED, WalMetrics};
+use crate::metrics::{WAL_SHARED, WalMetrics, WalSizes};
 use crate::{LogStore, SnapshotWriter, WriteOutputsError};
 
 /// Tunables of the shared write-ahead log.
@@ -833,6 +833,16 @@ struct Shared<F: FileSystem> {
 }
 
 impl<F: FileSystem> Shared<F> {
+    /// Sets the log's size gauges from `inner` (see `raft_storage::metrics`).
+    fn publish_sizes(&self, inner: &Inner<F>) {
+        self.metrics.sizes(WalSizes {
+            segment_bytes: inner.writer.segments.iter().map(|segment| segment.len).sum(),
+            segments: inner.writer.segments.len(),
+            cache_bytes: inner.cache.bytes(),
+            groups: inner.groups.len(),
+        });
+    }
+
     /// Locks the WAL. A panic while it was held (a bug of ours) stops the WAL for writes.
     fn lock(&self) -> MutexGuard<'_, Inner<F>> {
         self.inner.lock().unwrap_or_else(|poisoned| {
@@ -908,6 +918,7 @@ impl<F: FileSystem> Shared<F> {
                 Ok(()) => {
                     inner.synced = inner.synced.max(target);
                     inner.sync_file = Some((sequence, file));
+                    self.publish_sizes(&inner);
                 }
                 Err(error) => {
                     inner.stopped = true;
@@ -977,6 +988,7 @@ impl<F: FileSystem> SharedWal<F> {
         let metrics = WalMetrics::new(inner.identity.node_id, WAL_SHARED);
         let shared =
             Shared { inner: Mutex::new(inner), sync_ended: Condvar::new(), syncs: Default::default(), metrics };
+        shared.publish_sizes(&shared.lock());
         SharedWal { inner: Arc::new(shared) }
     }
 
@@ -988,7 +1000,10 @@ impl<F: FileSystem> SharedWal<F> {
     /// Creates group `group`, durably, with its initial `membership` (empty for a node that
     /// joins the group as a learner and learns it from the leader). Fails if it exists.
     pub fn create_group(&self, group: GroupId, membership: Membership) -> Result<GroupStore<F>, DiskError> {
-        let incarnation = self.inner.lock().guarded(|inner| inner.create_group(group, membership))?;
+        let mut inner = self.inner.lock();
+        let incarnation = inner.guarded(|inner| inner.create_group(group, membership))?;
+        self.inner.publish_sizes(&inner);
+        drop(inner);
         Ok(GroupStore { group, incarnation, wal: Arc::clone(&self.inner) })
     }
 
@@ -1009,7 +1024,10 @@ impl<F: FileSystem> SharedWal<F> {
     /// with [`DiskError::GroupNotFound`] from now on (on reads: a [`StorageError::Io`] of kind
     /// `NotFound`), also after a group of the same id is created again.
     pub fn remove_group(&self, group: GroupId) -> Result<(), DiskError> {
-        self.inner.lock().guarded(|inner| inner.remove_group(group))
+        let mut inner = self.inner.lock();
+        inner.guarded(|inner| inner.remove_group(group))?;
+        self.inner.publish_sizes(&inner);
+        Ok(())
     }
 
     /// Writes the outputs of many groups with one fsync (group commit across groups). Each
