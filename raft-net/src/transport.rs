@@ -97,47 +97,77 @@ type Releases = Vec<Box<dyn FnOnce()>>;
 
 thread_local! {
     /// While sends are held on this thread: what to run when they are let go (see
-    /// [`hold_sends`]).
+    /// [`SendHold`]).
     static HELD: std::cell::RefCell<Option<Releases>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f` with this thread's sends held back, and lets them go, batched, when `f` returns (or
-/// unwinds). A transport that batches ([`crate::TcpTransport`]) gathers the messages sent
-/// meanwhile per peer and queues each peer's as one item, so its writer wakes once and writes
-/// them in one go rather than waking for the first and writing the rest piecemeal; other
-/// transports send at once as always. A [`Host`](crate::Host) holds the sends of each phase of
-/// a round: the messages of every group of the round leave together, at the end of the phase
-/// (before the round's write for those that may leave before it). Nested calls hold nothing more.
+/// unwinds): see [`SendHold`].
+#[cfg(test)]
 pub(crate) fn hold_sends<R>(f: impl FnOnce() -> R) -> R {
-    /// Lets the sends go on drop, also when `f` unwinds.
-    struct Release {
-        outermost: bool,
-    }
-    impl Drop for Release {
-        fn drop(&mut self) {
-            if !self.outermost {
-                return;
-            }
-            // Taken out first: a release that sends again sends at once.
-            let releases = HELD.with(|held| held.borrow_mut().take()).unwrap_or_default();
-            for release in releases {
-                release();
-            }
-        }
-    }
-    let outermost = HELD.with(|held| {
-        let mut held = held.borrow_mut();
-        let outermost = held.is_none();
-        if outermost {
-            *held = Some(Vec::new());
-        }
-        outermost
-    });
-    let _release = Release { outermost };
+    let _hold = SendHold::begin();
     f()
 }
 
-/// Whether sends are held on this thread (see [`hold_sends`]): if so, `release` is registered to
+/// Holds back this thread's sends while it lives, and lets them go, batched, when dropped (also
+/// while unwinding) or when [`SendHold::release_if_held_for`] finds them held long enough. A
+/// transport that batches ([`crate::TcpTransport`]) gathers the messages sent meanwhile per peer
+/// and queues each peer's as one item, so its writer wakes once and writes them in one go rather
+/// than waking for the first and writing the rest piecemeal; other transports send at once as
+/// always. A [`Host`](crate::Host) holds the sends of each phase of a round: the messages of the
+/// round's groups leave together, at the end of the phase (before the round's write for those
+/// that may leave before it), or sooner when stepping the groups takes long. A hold begun while
+/// another is held holds nothing more.
+pub(crate) struct SendHold {
+    outermost: bool,
+    /// When the sends held now began to be held (the tokio clock: under turmoil, the simulated
+    /// one, which stands still within a round, so replays do not depend on the real clock).
+    since: tokio::time::Instant,
+}
+
+impl SendHold {
+    /// Starts holding this thread's sends.
+    pub(crate) fn begin() -> Self {
+        let outermost = HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            let outermost = held.is_none();
+            if outermost {
+                *held = Some(Vec::new());
+            }
+            outermost
+        });
+        SendHold { outermost, since: tokio::time::Instant::now() }
+    }
+
+    /// Lets the held sends go and holds again if they have been held for `max` or longer: a
+    /// group's message waits for the other groups of a round for about that long at most.
+    pub(crate) fn release_if_held_for(&mut self, max: std::time::Duration) {
+        if self.outermost && self.since.elapsed() >= max {
+            release_held();
+            HELD.with(|held| *held.borrow_mut() = Some(Vec::new()));
+            self.since = tokio::time::Instant::now();
+        }
+    }
+}
+
+impl Drop for SendHold {
+    fn drop(&mut self) {
+        if self.outermost {
+            release_held();
+        }
+    }
+}
+
+/// Lets this thread's held sends go: taken out first, so a release that sends again sends at
+/// once.
+fn release_held() {
+    let releases = HELD.with(|held| held.borrow_mut().take()).unwrap_or_default();
+    for release in releases {
+        release();
+    }
+}
+
+/// Whether sends are held on this thread (see [`SendHold`]): if so, `release` is registered to
 /// run when they are let go and `true` is returned; if not, `release` is dropped and `false`
 /// returned (send at once).
 pub(crate) fn on_release(release: impl FnOnce() + 'static) -> bool {
@@ -150,7 +180,7 @@ pub(crate) fn on_release(release: impl FnOnce() + 'static) -> bool {
     })
 }
 
-/// Whether sends are held on this thread right now (see [`hold_sends`]).
+/// Whether sends are held on this thread right now (see [`SendHold`]).
 pub(crate) fn sends_held() -> bool {
     HELD.with(|held| held.borrow().is_some())
 }

@@ -20,8 +20,8 @@
 //!    timer ticks that are due ([`DriverClock::take_timer_ticks_due`](crate::DriverClock::take_timer_ticks_due)),
 //!    and every output taken, with the messages that may leave before the write sent
 //!    (raft-core's driving contract, rules 1, 2 and 4). The messages of a phase are held
-//!    back until the phase ends and then leave together, one batch per peer for every group of
-//!    the round (with [`TcpTransport`](crate::TcpTransport): one wake of the peer's writer, and
+//!    back until the phase ends (or for 100 us at most) and then leave together, one batch per
+//!    peer for the round's groups (with [`TcpTransport`](crate::TcpTransport): one wake of the peer's writer, and
 //!    usually one write, rather than a wake for the first message and piecemeal writes).
 //! 2. One [`LogStore::write_outputs`] for every output of every group of the batch: with
 //!    [`GroupStore`](raft_storage::GroupStore)s of one [`SharedWal`](raft_storage::SharedWal),
@@ -94,7 +94,7 @@ use super::handle::{Assembled, Inner, NodeHandle, assemble};
 use super::shared::Shared;
 use super::state_machine::StateMachine;
 use crate::metrics::HostMetrics;
-use crate::transport::{PeerLink, Transport, hold_sends};
+use crate::transport::{PeerLink, SendHold, Transport};
 
 /// The default number of groups a worker steps in one round (and writes with one sync).
 pub const GROUPS_PER_BATCH_MAX_DEFAULT: usize = 64;
@@ -287,6 +287,11 @@ struct HostInner<S: LogStore + Send + 'static> {
     metrics: HostMetrics,
     metrics_due: Mutex<Instant>,
 }
+
+/// How long a round holds its groups' messages back at most before it lets them go (see
+/// [`SendHold`]): long enough to gather the messages of many groups' steps, short next to a
+/// round trip between nodes.
+const SENDS_HELD_MAX: Duration = Duration::from_micros(100);
 
 /// How often the ticker sets a host's node-wide gauges (`raft_net::metrics`).
 const HOST_METRICS_INTERVAL: Duration = Duration::from_secs(1);
@@ -706,19 +711,20 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             .map(|watching| watching.liveness.down_peers())
             .unwrap_or_default();
         // Phase 1. The messages that may leave before the write leave together at its end, a
-        // batch per peer for every group of the round (see `hold_sends`).
-        hold_sends(|| {
-            for (slot, body, outcome) in &mut running {
-                let span = body.span();
-                let _entered = span.enter();
-                let peer_downs = std::mem::take(&mut *slot.peer_downs.lock().unwrap_or_else(PoisonError::into_inner));
-                *outcome = guarded(slot, || match body.prepare(stopping, peer_downs, &down_now) {
-                    Ok(Flow::Continue) => Outcome::Continue,
-                    Ok(Flow::Stop) => Outcome::Stop(StopReason::Shutdown),
-                    Err(reason) => Outcome::Stop(reason),
-                });
-            }
-        });
+        // batch per peer for the round's groups (see `SendHold`).
+        let mut hold = SendHold::begin();
+        for (slot, body, outcome) in &mut running {
+            let span = body.span();
+            let _entered = span.enter();
+            let peer_downs = std::mem::take(&mut *slot.peer_downs.lock().unwrap_or_else(PoisonError::into_inner));
+            *outcome = guarded(slot, || match body.prepare(stopping, peer_downs, &down_now) {
+                Ok(Flow::Continue) => Outcome::Continue,
+                Ok(Flow::Stop) => Outcome::Stop(StopReason::Shutdown),
+                Err(reason) => Outcome::Stop(reason),
+            });
+            hold.release_if_held_for(SENDS_HELD_MAX);
+        }
+        drop(hold);
         // Phase 2: one write for the whole batch.
         let mut batch: Vec<(&mut S, &mut [Output])> = Vec::new();
         let mut in_write = Vec::new();
@@ -773,23 +779,25 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             *current = outcome;
         }
         // Phase 3, its messages leaving together at its end (before any group of the round is
-        // released, so a group's next round sends after them).
-        hold_sends(|| {
-            for (slot, body, outcome) in &mut running {
-                // A shutdown still completes the round that asked for it (its output was written).
-                if let Outcome::Continue | Outcome::Stop(StopReason::Shutdown) = outcome {
-                    let span = body.span();
-                    let _entered = span.enter();
-                    let completed = guarded(slot, || match body.complete() {
-                        Ok(()) => Outcome::Continue,
-                        Err(reason) => Outcome::Stop(reason),
-                    });
-                    if !matches!(completed, Outcome::Continue) {
-                        *outcome = completed;
-                    }
+        // released, so a group's next round sends after them), or sooner when the groups' state
+        // machines, applied here, take long.
+        let mut hold = SendHold::begin();
+        for (slot, body, outcome) in &mut running {
+            // A shutdown still completes the round that asked for it (its output was written).
+            if let Outcome::Continue | Outcome::Stop(StopReason::Shutdown) = outcome {
+                let span = body.span();
+                let _entered = span.enter();
+                let completed = guarded(slot, || match body.complete() {
+                    Ok(()) => Outcome::Continue,
+                    Err(reason) => Outcome::Stop(reason),
+                });
+                if !matches!(completed, Outcome::Continue) {
+                    *outcome = completed;
                 }
+                hold.release_if_held_for(SENDS_HELD_MAX);
             }
-        });
+        }
+        drop(hold);
         for (slot, body, outcome) in running {
             match outcome {
                 Outcome::Continue => {

@@ -187,7 +187,7 @@ pub(crate) struct Shared {
 pub(crate) enum Outbound {
     /// A message of `group`.
     Message(GroupId, Message),
-    /// Messages sent while sends were held ([`crate::transport::hold_sends`]), in the order sent:
+    /// Messages sent while sends were held ([`crate::transport::SendHold`]), in the order sent:
     /// at most [`HELD_BATCH_MESSAGES_MAX`].
     Batch(Vec<(GroupId, Message)>),
     /// A [`Frame::Ping`](crate::Frame::Ping) carrying this incarnation.
@@ -204,7 +204,7 @@ type Staged = (mpsc::Sender<Outbound>, Vec<(GroupId, Message)>);
 
 thread_local! {
     /// The messages this thread sent while its sends are held, per peer queue, in the order
-    /// sent (see [`crate::transport::hold_sends`]).
+    /// sent (see [`crate::transport::SendHold`]).
     static STAGED: std::cell::RefCell<Vec<Staged>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -813,6 +813,22 @@ mod tests {
         // Nothing is left held for the next hold.
         hold_sends(|| stage(&to_two, GroupId(5), message(5)));
         assert_eq!(drain(&mut two), (vec![(5, 5)], 1));
+    }
+
+    #[test]
+    fn a_hold_lets_go_once_held_long_enough_and_holds_again() {
+        let (queue, mut receiver) = mpsc::channel(16);
+        let mut hold = crate::transport::SendHold::begin();
+        stage(&queue, GroupId(1), message(1));
+        hold.release_if_held_for(std::time::Duration::from_secs(3600));
+        assert_eq!(drain(&mut receiver).1, 0, "not held long enough");
+        hold.release_if_held_for(std::time::Duration::ZERO);
+        assert_eq!(drain(&mut receiver), (vec![(1, 1)], 1), "held long enough: let go");
+        stage(&queue, GroupId(1), message(2));
+        assert_eq!(drain(&mut receiver).1, 0, "held again");
+        drop(hold);
+        assert_eq!(drain(&mut receiver), (vec![(1, 2)], 1));
+        assert!(!crate::transport::sends_held());
     }
 
     #[test]
