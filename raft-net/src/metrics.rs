@@ -39,18 +39,18 @@
 //! | `raft_wal_fsync_seconds` | histogram | `node`, `wal` | duration of one fsync of the newest log segment after appending (raft-storage; `wal` is `group` for a `DiskStorage`, `shared` for a `SharedWal`) |
 //! | `raft_wal_fsync_entries` | histogram | `node`, `wal` | entries one such fsync made durable |
 //! | `raft_wal_fsync_bytes` | histogram | `node`, `wal` | bytes of log records one such fsync made durable |
-//! | `raft_wal_segment_bytes` | gauge | `node`, `wal` | a `SharedWal`'s segment files, in bytes (set when it opens, at every group commit, and when a group is created or removed) |
+//! | `raft_wal_segment_bytes` | gauge | `node`, `wal` | a `SharedWal`'s segment files, in bytes (set when it opens, after every write, once the segments it freed are reclaimed, and when a group is created or removed) |
 //! | `raft_wal_segments` | gauge | `node`, `wal` | a `SharedWal`'s segment files |
 //! | `raft_wal_cache_bytes` | gauge | `node`, `wal` | the bytes of entries in a `SharedWal`'s entry cache |
 //! | `raft_wal_groups` | gauge | `node`, `wal` | the groups a `SharedWal` holds |
-//! | `raft_host_groups` | gauge | `host` | the groups a [`Host`](crate::Host) runs (set once a second by its ticker, as are the three below) |
+//! | `raft_host_groups` | gauge | `host` | the groups a [`Host`](crate::Host) runs (set once a second by its ticker, as are the three below, and to 0 when it closes; not recorded for the host of a node started with [`start`](crate::start)) |
 //! | `raft_host_leaders` | gauge | `host` | the groups this host's node leads |
 //! | `raft_host_quiet_groups` | gauge | `host` | the groups quiet on this host (timers stopped until woken) |
 //! | `raft_host_proposals_pending` | gauge | `host` | proposals taken by the groups' handles and not answered yet, all groups together |
 //!
 //! `node` and `peer` are node ids, `group` a group id ([`GroupId::DEFAULT`], 0, for a node that
-//! runs one group), `host` a host's `HostConfig::thread_name` (`raft-core-<node>` for a node
-//! started with [`start`](crate::start), which runs a host of its own). `kind` is one of [`MESSAGE_KINDS`]. The label sets are bounded by the
+//! runs one group), `host` a host's `HostConfig::thread_name` (give each host of a process a name of its
+//! own). `kind` is one of [`MESSAGE_KINDS`]. The label sets are bounded by the
 //! cluster's size and the number of groups: no label takes an index, a term or an address.
 
 use std::collections::{BTreeMap, BTreeSet};

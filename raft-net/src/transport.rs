@@ -114,12 +114,15 @@ pub(crate) fn hold_sends<R>(f: impl FnOnce() -> R) -> R {
 /// transport that batches ([`crate::TcpTransport`]) gathers the messages sent meanwhile per peer
 /// and queues each peer's as one item, so its writer wakes once and writes them in one go rather
 /// than waking for the first and writing the rest piecemeal; other transports send at once as
-/// always. A [`Host`](crate::Host) holds the sends of each phase of a round: the messages of the
-/// round's groups leave together, at the end of the phase (before the round's write for those
-/// that may leave before it), or sooner when stepping the groups takes long. A hold begun while
-/// another is held holds nothing more.
+/// always. A [`Host`](crate::Host) holds the sends of each phase of a round of several groups:
+/// the messages of the round's groups leave together at the end of the phase (before the round's
+/// write for those that may leave before it), or at the first group boundary once they have
+/// waited `SENDS_HELD_MAX`, and before any step that waits ([`let_held_sends_go`]). A hold begun
+/// while another is held holds nothing more.
 pub(crate) struct SendHold {
     outermost: bool,
+    /// Not `Send`: the hold is this thread's.
+    _thread: std::marker::PhantomData<*const ()>,
     /// When the sends held now began to be held (the tokio clock: under turmoil, the simulated
     /// one, which stands still within a round, so replays do not depend on the real clock).
     since: tokio::time::Instant,
@@ -136,15 +139,14 @@ impl SendHold {
             }
             outermost
         });
-        SendHold { outermost, since: tokio::time::Instant::now() }
+        SendHold { outermost, _thread: std::marker::PhantomData, since: tokio::time::Instant::now() }
     }
 
     /// Lets the held sends go and holds again if they have been held for `max` or longer: a
     /// group's message waits for the other groups of a round for about that long at most.
     pub(crate) fn release_if_held_for(&mut self, max: std::time::Duration) {
         if self.outermost && self.since.elapsed() >= max {
-            release_held();
-            HELD.with(|held| *held.borrow_mut() = Some(Vec::new()));
+            let_held_sends_go();
             self.since = tokio::time::Instant::now();
         }
     }
@@ -158,8 +160,18 @@ impl Drop for SendHold {
     }
 }
 
-/// Lets this thread's held sends go: taken out first, so a release that sends again sends at
-/// once.
+/// Lets the sends this thread holds go now and goes on holding (nothing if it holds none): for a
+/// step about to wait (a full apply queue, a snapshot read), so that what it already sent does
+/// not wait with it.
+pub(crate) fn let_held_sends_go() {
+    if sends_held() {
+        release_held();
+        HELD.with(|held| *held.borrow_mut() = Some(Vec::new()));
+    }
+}
+
+/// Lets this thread's held sends go and stops holding: taken out first, so a release that sends
+/// again sends at once.
 fn release_held() {
     let releases = HELD.with(|held| held.borrow_mut().take()).unwrap_or_default();
     for release in releases {

@@ -17,7 +17,8 @@
 //! | `raft_wal_groups` | gauge | `node`, `wal` | the groups a shared log holds |
 //!
 //! The four gauges are set for a [`SharedWal`](crate::SharedWal) only (`wal` is `shared`): when it
-//! is opened, at every group commit, and when a group is created or removed.
+//! is opened, after every write (a group commit, a compaction, a snapshot install: segments
+//! the write freed are reclaimed first), and when a group is created or removed.
 //!
 //! `node` is the store's [`Identity::node_id`](crate::Identity); `wal` is `group` for a
 //! [`DiskStorage`](crate::DiskStorage) (one log per group: a node's groups add up in one series)

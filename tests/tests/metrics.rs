@@ -196,6 +196,26 @@ fn a_shared_wal_records_each_group_commit_fsync() {
     assert_eq!(recorded.gauges(WAL_GROUPS, &labels), [2.0]);
     wal.remove_group(GroupId(1)).expect("removed");
     assert_eq!(take(snapshotter).gauges(WAL_GROUPS, &labels), [1.0], "a removal is seen at once");
+    // A compaction that frees whole segments shows at once: the write's own reclamation first.
+    let options = WalOptions { segment_bytes_max: 4096, ..WalOptions::default() };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let identity = Identity { cluster_id: 7, node_id: NodeId(8) };
+    let wal = SharedWal::create(StdFs, dir.path(), identity, options).expect("created");
+    let mut group = wal.create_group(GroupId(1), Membership::new([NodeId(8)])).expect("group 1");
+    for index in 1..=40 {
+        let payload = EntryPayload::Normal(vec![7; 500].into());
+        let mut output =
+            Output { entries: vec![Entry { index: Index(index), term: Term(1), payload }], ..Output::default() };
+        wal.write_batch(&mut [(&mut group, &mut output)]).expect("written");
+    }
+    let labels = [("node", "8"), ("wal", "shared")];
+    let segments_before = take(snapshotter).gauges(WAL_SEGMENTS, &labels);
+    assert!(segments_before[0] > 2.0, "several segments: {segments_before:?}");
+    raft_storage::LogStore::compact(&mut group, Index(40), Term(1)).expect("compacted");
+    let recorded = take(snapshotter);
+    assert_eq!(recorded.gauges(WAL_SEGMENTS, &labels), [wal.segment_count() as f64]);
+    assert!((wal.segment_count() as f64) < segments_before[0], "segments reclaimed");
+    assert_eq!(recorded.gauges(WAL_SEGMENT_BYTES, &labels), [wal.segment_bytes() as f64]);
 }
 
 #[test]
@@ -262,4 +282,7 @@ async fn a_host_reports_its_groups_leaders_and_pending_proposals() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     host.shutdown().await;
+    let recorded = take(snapshotter);
+    let seen = [HOST_GROUPS, HOST_LEADERS].map(|name| gauge(&recorded, name));
+    assert_eq!(seen, [Some(0.0), Some(0.0)], "a host shut down runs nothing");
 }

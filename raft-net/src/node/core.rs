@@ -465,7 +465,11 @@ where
             // is cheaper and almost always finds room.
             Some(ApplySide::Thread { queue, .. }) => match queue.try_send(step) {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(step)) => queue.blocking_send(step).is_ok(),
+                Err(mpsc::error::TrySendError::Full(step)) => {
+                    // What this round sent must not wait for the state machine with it.
+                    crate::transport::let_held_sends_go();
+                    queue.blocking_send(step).is_ok()
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             },
             Some(ApplySide::Inline(applier)) => {
@@ -497,6 +501,8 @@ where
     /// is read again, for the state machine, and checked again.
     fn restore(&mut self, meta: SnapshotMeta) -> Result<(), StopReason> {
         let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
+        // Reading a large snapshot takes long: what this round sent leaves first.
+        crate::transport::let_held_sends_go();
         self.flush_registrations()?;
         snapshot::verify(self.raft.storage(), &meta).map_err(read_failed)?;
         match self.apply.as_mut() {
@@ -533,6 +539,8 @@ where
         if !self.shared.take_snapshot_request() {
             return Ok(());
         }
+        // The worker waits for the snapshot to be written: what this round sent leaves first.
+        crate::transport::let_held_sends_go();
         self.flush_registrations()?;
         let saved = match self.apply.as_mut() {
             Some(ApplySide::Inline(_)) => self.snapshot_inline()?,

@@ -91,8 +91,8 @@ where
     };
     let execution = config.execution;
     let host = match execution {
-        Execution::Tasks => Host::start_task(host_config),
-        Execution::Threads | Execution::OneThread => Host::start(host_config),
+        Execution::Tasks => Host::start_one_task(host_config, false),
+        Execution::Threads | Execution::OneThread => Host::start_threads(host_config, false),
     }
     .map_err(NodeStartError::from_host)?;
     host.close_when_empty();

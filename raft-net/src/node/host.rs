@@ -19,9 +19,10 @@
 //!    driver does), the idle timer ticks that fire nothing, its queued inputs and messages, the
 //!    timer ticks that are due ([`DriverClock::take_timer_ticks_due`](crate::DriverClock::take_timer_ticks_due)),
 //!    and every output taken, with the messages that may leave before the write sent
-//!    (raft-core's driving contract, rules 1, 2 and 4). The messages of a phase are held
-//!    back until the phase ends (or for 100 us at most) and then leave together, one batch per
-//!    peer for the round's groups (with [`TcpTransport`](crate::TcpTransport): one wake of the peer's writer, and
+//!    (raft-core's driving contract, rules 1, 2 and 4). In a round of several groups the
+//!    messages of a phase are held back until the phase ends (or the first group boundary
+//!    100 us after the hold began, or a step that must wait) and then leave together, queued
+//!    peer by peer in one go (with [`TcpTransport`](crate::TcpTransport): one wake of the peer's writer, and
 //!    usually one write, rather than a wake for the first message and piecemeal writes).
 //! 2. One [`LogStore::write_outputs`] for every output of every group of the batch: with
 //!    [`GroupStore`](raft_storage::GroupStore)s of one [`SharedWal`](raft_storage::SharedWal),
@@ -283,14 +284,16 @@ struct HostInner<S: LogStore + Send + 'static> {
     /// Node-level liveness, once [`Host::watch_peers`] was called (groups with `quiesce` are
     /// accepted from then on).
     watch: Mutex<Option<Watching>>,
-    /// The node-wide gauges, and when the ticker next sets them.
-    metrics: HostMetrics,
+    /// The node-wide gauges (none for the host of a node started with `start`), and when the
+    /// ticker next sets them.
+    metrics: Option<HostMetrics>,
     metrics_due: Mutex<Instant>,
 }
 
-/// How long a round holds its groups' messages back at most before it lets them go (see
-/// [`SendHold`]): long enough to gather the messages of many groups' steps, short next to a
-/// round trip between nodes.
+/// How long a round of several groups holds their messages back before it lets them go at the
+/// next group boundary (see [`SendHold`]): long enough to gather the messages of many groups'
+/// steps, short next to a round trip between nodes. A round of one group holds nothing (there is
+/// nothing to gather its messages with).
 const SENDS_HELD_MAX: Duration = Duration::from_micros(100);
 
 /// How often the ticker sets a host's node-wide gauges (`raft_net::metrics`).
@@ -712,7 +715,7 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             .unwrap_or_default();
         // Phase 1. The messages that may leave before the write leave together at its end, a
         // batch per peer for the round's groups (see `SendHold`).
-        let mut hold = SendHold::begin();
+        let mut hold = (running.len() > 1).then(SendHold::begin);
         for (slot, body, outcome) in &mut running {
             let span = body.span();
             let _entered = span.enter();
@@ -722,7 +725,9 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
                 Ok(Flow::Stop) => Outcome::Stop(StopReason::Shutdown),
                 Err(reason) => Outcome::Stop(reason),
             });
-            hold.release_if_held_for(SENDS_HELD_MAX);
+            if let Some(hold) = &mut hold {
+                hold.release_if_held_for(SENDS_HELD_MAX);
+            }
         }
         drop(hold);
         // Phase 2: one write for the whole batch.
@@ -781,7 +786,7 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         // Phase 3, its messages leaving together at its end (before any group of the round is
         // released, so a group's next round sends after them), or sooner when the groups' state
         // machines, applied here, take long.
-        let mut hold = SendHold::begin();
+        let mut hold = (running.len() > 1).then(SendHold::begin);
         for (slot, body, outcome) in &mut running {
             // A shutdown still completes the round that asked for it (its output was written).
             if let Outcome::Continue | Outcome::Stop(StopReason::Shutdown) = outcome {
@@ -794,7 +799,9 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
                 if !matches!(completed, Outcome::Continue) {
                     *outcome = completed;
                 }
-                hold.release_if_held_for(SENDS_HELD_MAX);
+                if let Some(hold) = &mut hold {
+                    hold.release_if_held_for(SENDS_HELD_MAX);
+                }
             }
         }
         drop(hold);
@@ -866,6 +873,9 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
         self.lock_ready().closed = true;
         self.ready_changed.notify_all();
         self.task_wake.notify_one();
+        if let Some(metrics) = &self.metrics {
+            metrics.set(0, 0, 0, 0); // A closed host runs nothing.
+        }
     }
 
     /// Schedules the groups whose timers are due by now.
@@ -1010,7 +1020,11 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
 
     /// Sets the node-wide gauges once per [`HOST_METRICS_INTERVAL`] (called at every tick).
     fn publish_metrics(&self) {
+        let Some(metrics) = &self.metrics else { return };
         let now = Instant::now();
+        if self.lock_ready().closed {
+            return; // Zeroed when it closed.
+        }
         {
             let mut due = self.metrics_due.lock().unwrap_or_else(PoisonError::into_inner);
             if now < *due {
@@ -1019,7 +1033,7 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
             *due = now + HOST_METRICS_INTERVAL;
         }
         let groups = self.summaries();
-        self.metrics.set(
+        metrics.set(
             groups.len(),
             groups.iter().filter(|group| group.role == Role::Leader).count(),
             groups.iter().filter(|group| group.quiet).count(),
@@ -1044,10 +1058,17 @@ fn guarded<S: LogStore + Send + 'static>(slot: &Slot<S>, phase: impl FnOnce() ->
 impl<S: LogStore + Send + 'static> Host<S> {
     /// Starts the host's worker threads and its ticker. It hosts no group yet.
     pub fn start(config: HostConfig) -> Result<Self, HostError> {
+        Host::start_threads(config, true)
+    }
+
+    /// [`Host::start`], with the node-wide gauges (`raft_host_*`) or without (the host of a
+    /// node started with [`start`](crate::start): its group's own metrics say it all, and
+    /// several such hosts in one process would share the gauges' label).
+    pub(crate) fn start_threads(config: HostConfig, gauges: bool) -> Result<Self, HostError> {
         if config.workers == 0 {
             return Err(HostError::Config("workers must be at least 1"));
         }
-        let host = Host::new(config)?;
+        let host = Host::new(config, gauges)?;
         let config = host.inner.config.clone();
         for worker in 0..config.workers {
             let inner = Arc::clone(&host.inner);
@@ -1064,14 +1085,19 @@ impl<S: LogStore + Send + 'static> Host<S> {
     /// replays a run exactly, as [`Execution::Tasks`](crate::Execution::Tasks) does for one
     /// group. Panics outside a `LocalSet`.
     pub fn start_task(config: HostConfig) -> Result<Self, HostError> {
-        let host = Host::new(HostConfig { workers: 0, ..config })?;
+        Host::start_one_task(config, true)
+    }
+
+    /// [`Host::start_task`], with the node-wide gauges or without (see [`Host::start_threads`]).
+    pub(crate) fn start_one_task(config: HostConfig, gauges: bool) -> Result<Self, HostError> {
+        let host = Host::new(HostConfig { workers: 0, ..config }, gauges)?;
         let task = tokio::task::spawn_local(Arc::clone(&host.inner).run_task());
         *host.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
         Ok(host)
     }
 
     /// A host with no thread or task yet.
-    fn new(config: HostConfig) -> Result<Self, HostError> {
+    fn new(config: HostConfig, gauges: bool) -> Result<Self, HostError> {
         if config.groups_per_batch_max == 0 {
             return Err(HostError::Config("groups_per_batch_max must be at least 1"));
         }
@@ -1090,7 +1116,7 @@ impl<S: LogStore + Send + 'static> Host<S> {
             queued: std::sync::atomic::AtomicUsize::new(0),
             counters: Counters::default(),
             watch: Mutex::new(None),
-            metrics: HostMetrics::new(&config.thread_name),
+            metrics: gauges.then(|| HostMetrics::new(&config.thread_name)),
             metrics_due: Mutex::new(Instant::now()),
         });
         Ok(Host { inner, threads: Mutex::new(Vec::new()), task: Mutex::new(None) })

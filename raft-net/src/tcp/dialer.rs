@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use raft_core::{GroupId, Message, NodeId};
+use raft_core::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
@@ -160,24 +160,21 @@ impl<C: Connect> Dialer<C> {
         // One oversized message must not pin a large buffer for the life of the connection.
         buffer.shrink_to(batch_bytes_max.saturating_mul(2));
         self.tally.clear();
-        let mut messages = self.encode(first, buffer);
+        let mut messages = u64::from(self.encode(first, buffer));
         while buffer.len() < batch_bytes_max {
             let Ok(next) = self.queue.try_recv() else {
                 break;
             };
-            messages += self.encode(next, buffer);
+            messages += u64::from(self.encode(next, buffer));
         }
         messages
     }
 
-    /// Appends the frames of `outbound` to `buffer`; returns how many messages fit (one that does
-    /// not is dropped and logged). A ping is counted here, not in what is returned.
-    fn encode(&mut self, outbound: Outbound, buffer: &mut Vec<u8>) -> u64 {
+    /// Appends the frame of one message to `buffer`; returns whether it was a message that fit
+    /// (one that does not is dropped and logged). A ping is counted here.
+    fn encode(&mut self, outbound: Outbound, buffer: &mut Vec<u8>) -> bool {
         let (group, message) = match outbound {
             Outbound::Message(group, message) => (group, message),
-            Outbound::Batch(batch) => {
-                return batch.into_iter().map(|(group, message)| self.encode_message(group, message, buffer)).sum();
-            }
             Outbound::Ping(incarnation) => {
                 if let Err(error) =
                     encode_frame_into(&Frame::Ping { incarnation }, self.shared.options.frame_bytes_max, buffer)
@@ -186,26 +183,20 @@ impl<C: Connect> Dialer<C> {
                 } else {
                     Counters::add(&self.shared.counters.pings_written, 1);
                 }
-                return 0;
+                return false;
             }
         };
-        self.encode_message(group, message, buffer)
-    }
-
-    /// Appends the frame of one message of `group` to `buffer`; returns 1 if it fit, else 0 (the
-    /// message is dropped and logged).
-    fn encode_message(&mut self, group: GroupId, message: Message, buffer: &mut Vec<u8>) -> u64 {
         let kind = kind_index(&message.body);
         let start = buffer.len();
         let frame = Frame::Message { group, message };
         match encode_frame_into(&frame, self.shared.options.frame_bytes_max, buffer) {
             Ok(()) => {
                 self.tally.count(kind, (buffer.len() - start) as u64);
-                1
+                true
             }
             Err(error) => {
                 warn!(%group, %error, "dropping a message that cannot be framed");
-                0
+                false
             }
         }
     }

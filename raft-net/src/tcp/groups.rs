@@ -51,6 +51,11 @@ pub struct TcpStats {
     /// Messages dropped because their group's inbound queue stayed full for
     /// `inbound_full_timeout` (see [`TcpOptions::inbound_full_timeout`](crate::TcpOptions)).
     pub inbound_full_drops: u64,
+    /// Messages a [`Host`](crate::Host) round sent while it held its sends back (see its module
+    /// docs) that were dropped when let go: the peer's queue full, the peer in reconnect backoff,
+    /// or the transport closed. A send made outside a round is refused with a
+    /// [`SendError`](crate::SendError) instead.
+    pub held_drops: u64,
 }
 
 /// The atomic counters behind [`TcpStats`]. Readers touch them only to count a drop, never per
@@ -66,6 +71,7 @@ pub(crate) struct Counters {
     pub(crate) pings_received: AtomicU64,
     pub(crate) unknown_group_drops: AtomicU64,
     pub(crate) inbound_full_drops: AtomicU64,
+    pub(crate) held_drops: AtomicU64,
 }
 
 impl Counters {
@@ -85,6 +91,7 @@ impl Counters {
             pings_received: read(&self.pings_received),
             unknown_group_drops: read(&self.unknown_group_drops),
             inbound_full_drops: read(&self.inbound_full_drops),
+            held_drops: read(&self.held_drops),
         }
     }
 }

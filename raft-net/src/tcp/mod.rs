@@ -174,7 +174,7 @@ pub(crate) struct Shared {
     seen: Mutex<BTreeMap<NodeId, Arc<PeerSeen>>>,
     connections: AtomicU64,
     groups: GroupRegistry,
-    counters: Counters,
+    counters: Arc<Counters>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     runtime: Handle,
@@ -187,90 +187,86 @@ pub(crate) struct Shared {
 pub(crate) enum Outbound {
     /// A message of `group`.
     Message(GroupId, Message),
-    /// Messages sent while sends were held ([`crate::transport::SendHold`]), in the order sent:
-    /// at most [`HELD_BATCH_MESSAGES_MAX`].
-    Batch(Vec<(GroupId, Message)>),
     /// A [`Frame::Ping`](crate::Frame::Ping) carrying this incarnation.
     Ping(u64),
 }
 
-/// The most messages for one peer gathered into one [`Outbound::Batch`] while sends are held;
-/// the next ones start another. A batch takes one place in the peer's queue
-/// ([`TcpOptions::peer_queue_messages_max`]), so this bounds what a full queue holds.
-pub(crate) const HELD_BATCH_MESSAGES_MAX: usize = 64;
+/// One peer's queue as a thread holding its sends sees it (see [`stage`]).
+struct Lane {
+    queue: mpsc::Sender<Outbound>,
+    state: Arc<PeerStateCell>,
+    counters: Arc<Counters>,
+}
 
-/// A peer's queue and the messages held for it.
-type Staged = (mpsc::Sender<Outbound>, Vec<(GroupId, Message)>);
+/// A peer's queue and the messages held for it, in the order sent.
+type Staged = (Lane, Vec<(GroupId, Message)>);
 
 thread_local! {
-    /// The messages this thread sent while its sends are held, per peer queue, in the order
-    /// sent (see [`crate::transport::SendHold`]).
+    /// The messages this thread sent while its sends are held, per peer queue (see
+    /// [`crate::transport::SendHold`]).
     static STAGED: std::cell::RefCell<Vec<Staged>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Keeps `message` for `queue` until this thread's sends are let go; queues a batch at once when
-/// it is full.
-fn stage(queue: &mpsc::Sender<Outbound>, group: GroupId, message: Message) {
-    let full = STAGED.with(|staged| {
+/// Keeps `message` for `peer`'s queue until this thread's sends are let go (see
+/// [`crate::transport::SendHold`]); sends it at once if they are not held after all.
+fn stage(
+    peer: &PeerHandle,
+    to: NodeId,
+    counters: &Arc<Counters>,
+    group: GroupId,
+    message: Message,
+) -> Result<(), SendError> {
+    let unheld = STAGED.with(|staged| {
         let mut staged = staged.borrow_mut();
-        if staged.is_empty() {
-            // The first message held on this thread in this hold: let them all go at its end.
-            let held = crate::transport::on_release(release_staged);
-            debug_assert!(held, "messages are staged only while sends are held");
+        if staged.is_empty() && !crate::transport::on_release(release_staged) {
+            return Some(message); // Not held on this thread: sent at once.
         }
-        let position = match staged.iter().position(|(sender, _)| sender.same_channel(queue)) {
+        let position = match staged.iter().position(|(lane, _)| lane.queue.same_channel(&peer.queue)) {
             Some(position) => position,
             None => {
-                staged.push((queue.clone(), Vec::new()));
+                let lane =
+                    Lane { queue: peer.queue.clone(), state: Arc::clone(&peer.state), counters: Arc::clone(counters) };
+                staged.push((lane, Vec::new()));
                 staged.len() - 1
             }
         };
-        let batch = &mut staged[position].1;
-        batch.push((group, message));
-        (batch.len() >= HELD_BATCH_MESSAGES_MAX).then(|| std::mem::take(batch))
+        staged[position].1.push((group, message));
+        None
     });
-    if let Some(batch) = full {
-        send_batch(queue, batch);
+    match unheld {
+        Some(message) => try_queue(&peer.queue, Outbound::Message(group, message), to),
+        None => Ok(()),
     }
 }
 
-/// Queues every batch this thread staged (see [`stage`]).
+/// Queues every message this thread staged (see [`stage`]), peer after peer, each in the order
+/// sent. They go one queue place each, in a tight loop: the peer's writer, woken by the first,
+/// finds the rest queued when it runs and writes them together. What cannot be queued (the
+/// peer's queue full, the peer in reconnect backoff, the transport closed) is dropped and counted
+/// in [`TcpStats::held_drops`], as each would have been refused had it been sent alone.
 fn release_staged() {
     let staged = STAGED.with(|staged| std::mem::take(&mut *staged.borrow_mut()));
-    for (queue, batch) in staged {
-        send_batch(&queue, batch);
-    }
-}
-
-/// Queues `batch` as one item (a lone message as itself); a full or closed queue drops it, as it
-/// would each of its messages sent alone.
-fn send_batch(queue: &mpsc::Sender<Outbound>, mut batch: Vec<(GroupId, Message)>) {
-    let outbound = match batch.len() {
-        0 => return,
-        1 => match batch.pop() {
-            Some((group, message)) => Outbound::Message(group, message),
-            None => return,
-        },
-        _ => Outbound::Batch(batch),
-    };
-    if let Err(error) = queue.try_send(outbound) {
-        let (dropped, why) = match error {
-            TrySendError::Full(outbound) => (outbound.messages(), "the peer's queue is full"),
-            TrySendError::Closed(outbound) => (outbound.messages(), "the transport is closed"),
-        };
-        tracing::debug!(dropped, why, "held messages dropped");
-    }
-}
-
-impl Outbound {
-    /// How many messages this carries (a ping is none).
-    fn messages(&self) -> usize {
-        match self {
-            Outbound::Message(..) => 1,
-            Outbound::Batch(batch) => batch.len(),
-            Outbound::Ping(_) => 0,
+    for (lane, messages) in staged {
+        let mut dropped: u64 = 0;
+        for (group, message) in messages {
+            if lane.state.get() == PeerState::Backoff || lane.queue.try_send(Outbound::Message(group, message)).is_err()
+            {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            Counters::add(&lane.counters.held_drops, dropped);
+            tracing::debug!(dropped, "held messages dropped: the peer's queue is full or the peer unreachable");
         }
     }
+}
+
+/// Queues `outbound` on `queue` (of peer `to`).
+fn try_queue(queue: &mpsc::Sender<Outbound>, outbound: Outbound, to: NodeId) -> Result<(), SendError> {
+    queue.try_send(outbound).map_err(|error| match error {
+        TrySendError::Full(_) => SendError::QueueFull(to),
+        TrySendError::Closed(_) => SendError::Closed,
+    })
 }
 
 /// What the readers of one peer's connections heard from it since the [`PeerLink`] last asked.
@@ -502,7 +498,7 @@ impl<C: Connect> TcpTransport<C> {
             seen: Mutex::new(BTreeMap::new()),
             connections: AtomicU64::new(0),
             groups: GroupRegistry::default(),
-            counters: Counters::default(),
+            counters: Arc::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime,
@@ -689,17 +685,12 @@ impl Shared {
         if peer.state.get() == PeerState::Backoff {
             return Err(SendError::Unreachable(to));
         }
-        let outbound = match outbound {
+        match outbound {
             Outbound::Message(group, message) if crate::transport::sends_held() => {
-                stage(&peer.queue, group, message);
-                return Ok(());
+                stage(peer, to, &self.counters, group, message)
             }
-            outbound => outbound,
-        };
-        peer.queue.try_send(outbound).map_err(|error| match error {
-            TrySendError::Full(_) => SendError::QueueFull(to),
-            TrySendError::Closed(_) => SendError::Closed,
-        })
+            outbound => try_queue(&peer.queue, outbound, to),
+        }
     }
 
     /// Spawns `task` on the transport's runtime; it stops when `cancel` (or the transport) does.
@@ -772,98 +763,111 @@ mod tests {
     use raft_core::{MessageBody, Term};
 
     use super::*;
-    use crate::transport::hold_sends;
+    use crate::transport::{SendHold, hold_sends};
 
     fn message(term: u64) -> Message {
         Message { from: NodeId(1), to: NodeId(2), term: Term(term), body: MessageBody::TimeoutNow }
     }
 
-    /// The terms of the messages `receiver` holds, and how many queue items carried them.
-    fn drain(receiver: &mut mpsc::Receiver<Outbound>) -> (Vec<(u64, u64)>, usize) {
-        let (mut messages, mut items) = (Vec::new(), 0);
+    /// A peer's handle over a queue of `capacity`, and the queue's other end.
+    fn peer(capacity: usize) -> (PeerHandle, mpsc::Receiver<Outbound>) {
+        let (queue, receiver) = mpsc::channel(capacity);
+        let state = Arc::new(PeerStateCell::new(PeerState::Connected));
+        let handle = PeerHandle {
+            address: SocketAddr::from(([127, 0, 0, 1], 9)),
+            queue,
+            state,
+            _stop: CancellationToken::new().drop_guard(),
+        };
+        (handle, receiver)
+    }
+
+    /// The (group, term) of every message `receiver` holds.
+    fn drain(receiver: &mut mpsc::Receiver<Outbound>) -> Vec<(u64, u64)> {
+        let mut messages = Vec::new();
         while let Ok(outbound) = receiver.try_recv() {
-            items += 1;
             match outbound {
                 Outbound::Message(group, message) => messages.push((group.0, message.term.0)),
-                Outbound::Batch(batch) => {
-                    messages.extend(batch.into_iter().map(|(group, message)| (group.0, message.term.0)));
-                }
                 Outbound::Ping(_) => panic!("no ping was sent"),
             }
         }
-        (messages, items)
+        messages
+    }
+
+    fn send(peer: &PeerHandle, counters: &Arc<Counters>, group: u64, term: u64) {
+        stage(peer, NodeId(2), counters, GroupId(group), message(term)).expect("staged or queued");
     }
 
     #[test]
-    fn held_messages_leave_together_per_peer_in_order_when_the_hold_ends() {
-        let (to_two, mut two) = mpsc::channel(16);
-        let (to_three, mut three) = mpsc::channel(16);
+    fn held_messages_leave_per_peer_in_order_when_the_hold_ends() {
+        let counters = Arc::default();
+        let ((two, mut to_two), (three, mut to_three)) = (peer(16), peer(16));
         hold_sends(|| {
             for term in 1..=3 {
-                stage(&to_two, GroupId(term), message(term));
-                stage(&to_three, GroupId(10 + term), message(10 + term));
+                send(&two, &counters, term, term);
+                send(&three, &counters, 10 + term, 10 + term);
             }
-            assert_eq!(drain(&mut two).1, 0, "nothing leaves while sends are held");
+            assert!(drain(&mut to_two).is_empty(), "nothing leaves while sends are held");
             // A nested hold lets nothing go when it ends.
-            hold_sends(|| stage(&to_two, GroupId(4), message(4)));
-            assert_eq!(drain(&mut two).1, 0);
+            hold_sends(|| send(&two, &counters, 4, 4));
+            assert!(drain(&mut to_two).is_empty());
         });
-        assert_eq!(drain(&mut two), (vec![(1, 1), (2, 2), (3, 3), (4, 4)], 1), "one item, in the order sent");
-        assert_eq!(drain(&mut three), (vec![(11, 11), (12, 12), (13, 13)], 1));
-        // Nothing is left held for the next hold.
-        hold_sends(|| stage(&to_two, GroupId(5), message(5)));
-        assert_eq!(drain(&mut two), (vec![(5, 5)], 1));
+        assert_eq!(drain(&mut to_two), [(1, 1), (2, 2), (3, 3), (4, 4)], "in the order sent");
+        assert_eq!(drain(&mut to_three), [(11, 11), (12, 12), (13, 13)]);
+        // Nothing is left held for the next hold, and outside a hold a message leaves at once.
+        send(&two, &counters, 5, 5);
+        assert_eq!(drain(&mut to_two), [(5, 5)]);
+        assert_eq!(counters.snapshot().held_drops, 0);
     }
 
     #[test]
     fn a_hold_lets_go_once_held_long_enough_and_holds_again() {
-        let (queue, mut receiver) = mpsc::channel(16);
-        let mut hold = crate::transport::SendHold::begin();
-        stage(&queue, GroupId(1), message(1));
+        let counters = Arc::default();
+        let (two, mut receiver) = peer(16);
+        let mut hold = SendHold::begin();
+        send(&two, &counters, 1, 1);
         hold.release_if_held_for(std::time::Duration::from_secs(3600));
-        assert_eq!(drain(&mut receiver).1, 0, "not held long enough");
+        assert!(drain(&mut receiver).is_empty(), "not held long enough");
         hold.release_if_held_for(std::time::Duration::ZERO);
-        assert_eq!(drain(&mut receiver), (vec![(1, 1)], 1), "held long enough: let go");
-        stage(&queue, GroupId(1), message(2));
-        assert_eq!(drain(&mut receiver).1, 0, "held again");
+        assert_eq!(drain(&mut receiver), [(1, 1)], "held long enough: let go");
+        send(&two, &counters, 1, 2);
+        assert!(drain(&mut receiver).is_empty(), "held again");
         drop(hold);
-        assert_eq!(drain(&mut receiver), (vec![(1, 2)], 1));
+        assert_eq!(drain(&mut receiver), [(1, 2)]);
         assert!(!crate::transport::sends_held());
     }
 
     #[test]
-    fn a_full_batch_leaves_at_once_and_the_rest_at_the_end() {
-        let (queue, mut receiver) = mpsc::channel(16);
-        let count = HELD_BATCH_MESSAGES_MAX as u64 + 3;
-        hold_sends(|| {
-            for term in 1..=count {
-                stage(&queue, GroupId(1), message(term));
-            }
-            let (messages, items) = drain(&mut receiver);
-            assert_eq!((messages.len(), items), (HELD_BATCH_MESSAGES_MAX, 1), "a full batch does not wait");
-        });
-        let (messages, items) = drain(&mut receiver);
-        assert_eq!(messages, (HELD_BATCH_MESSAGES_MAX as u64 + 1..=count).map(|term| (1, term)).collect::<Vec<_>>());
-        assert_eq!(items, 1);
-    }
-
-    #[test]
-    fn held_messages_leave_when_the_holder_unwinds_and_a_full_queue_drops_them() {
-        let (queue, mut receiver) = mpsc::channel(1);
+    fn held_messages_leave_when_the_holder_unwinds() {
+        let counters = Arc::default();
+        let (two, mut receiver) = peer(16);
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             hold_sends(|| {
-                stage(&queue, GroupId(1), message(1));
-                stage(&queue, GroupId(1), message(2));
+                send(&two, &counters, 1, 1);
+                send(&two, &counters, 1, 2);
                 panic!("a group's round panicked");
             })
         }));
         assert!(unwound.is_err());
-        assert_eq!(drain(&mut receiver), (vec![(1, 1), (1, 2)], 1));
-        // A queue with no room drops the batch whole (as each message sent alone would be).
-        queue.try_send(Outbound::Ping(7)).expect("room for one");
-        hold_sends(|| stage(&queue, GroupId(1), message(3)));
-        assert!(matches!(receiver.try_recv(), Ok(Outbound::Ping(7))));
-        assert!(receiver.try_recv().is_err(), "the held message was dropped");
+        assert_eq!(drain(&mut receiver), [(1, 1), (1, 2)]);
         assert!(!crate::transport::sends_held());
+    }
+
+    /// Let go, held messages meet the queue's limit and the peer's state as each would have
+    /// alone: what does not fit, or finds the peer in reconnect backoff, is dropped and counted.
+    #[test]
+    fn held_messages_that_find_the_queue_full_or_the_peer_unreachable_are_dropped_and_counted() {
+        let counters = Arc::default();
+        let (two, mut receiver) = peer(2);
+        hold_sends(|| (1..=5).for_each(|term| send(&two, &counters, 1, term)));
+        assert_eq!(drain(&mut receiver), [(1, 1), (1, 2)], "the queue's two places");
+        assert_eq!(counters.snapshot().held_drops, 3);
+        hold_sends(|| {
+            send(&two, &counters, 1, 6);
+            // The dialer loses its connection before the hold ends.
+            two.state.set(PeerState::Backoff);
+        });
+        assert!(drain(&mut receiver).is_empty());
+        assert_eq!(counters.snapshot().held_drops, 4);
     }
 }

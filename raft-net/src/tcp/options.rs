@@ -25,9 +25,8 @@ pub struct TcpOptions {
     /// logged) by the sender. Must exceed raft-core's `message_bytes_max` plus entry overheads.
     pub frame_bytes_max: u32,
     /// Messages queued for one peer at most, of every group together; more fail with
-    /// `SendError::QueueFull`. The messages a [`Host`](crate::Host) round sends to one peer
-    /// leave as batches of up to 64 that take one place each (held messages that find the queue
-    /// full are dropped, as each would be).
+    /// `SendError::QueueFull` (messages a [`Host`](crate::Host) round held back and that find
+    /// the queue full when let go are dropped and counted in `TcpStats::held_drops`).
     pub peer_queue_messages_max: usize,
     /// Messages received for one group but not yet taken by its driver at most (each group has a
     /// queue of this size); beyond that, readers wait, for up to `inbound_full_timeout`.

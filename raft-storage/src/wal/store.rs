@@ -833,14 +833,17 @@ struct Shared<F: FileSystem> {
 }
 
 impl<F: FileSystem> Shared<F> {
-    /// Sets the log's size gauges from `inner` (see `raft_storage::metrics`).
-    fn publish_sizes(&self, inner: &Inner<F>) {
-        self.metrics.sizes(WalSizes {
+    /// Sets the log's size gauges (see `raft_storage::metrics`) from `inner`, which it unlocks
+    /// first.
+    fn publish_sizes(&self, inner: MutexGuard<'_, Inner<F>>) {
+        let sizes = WalSizes {
             segment_bytes: inner.writer.segments.iter().map(|segment| segment.len).sum(),
             segments: inner.writer.segments.len(),
             cache_bytes: inner.cache.bytes(),
             groups: inner.groups.len(),
-        });
+        };
+        drop(inner);
+        self.metrics.sizes(sizes);
     }
 
     /// Locks the WAL. A panic while it was held (a bug of ours) stops the WAL for writes.
@@ -876,6 +879,7 @@ impl<F: FileSystem> Shared<F> {
         })?;
         let mut inner = self.wait_durable(inner, ticket)?;
         inner.guarded(|inner| inner.after_durable(released))?;
+        self.publish_sizes(inner); // After the segments the write released are reclaimed.
         staged
     }
 
@@ -918,7 +922,6 @@ impl<F: FileSystem> Shared<F> {
                 Ok(()) => {
                     inner.synced = inner.synced.max(target);
                     inner.sync_file = Some((sequence, file));
-                    self.publish_sizes(&inner);
                 }
                 Err(error) => {
                     inner.stopped = true;
@@ -988,7 +991,7 @@ impl<F: FileSystem> SharedWal<F> {
         let metrics = WalMetrics::new(inner.identity.node_id, WAL_SHARED);
         let shared =
             Shared { inner: Mutex::new(inner), sync_ended: Condvar::new(), syncs: Default::default(), metrics };
-        shared.publish_sizes(&shared.lock());
+        shared.publish_sizes(shared.lock());
         SharedWal { inner: Arc::new(shared) }
     }
 
@@ -1002,8 +1005,7 @@ impl<F: FileSystem> SharedWal<F> {
     pub fn create_group(&self, group: GroupId, membership: Membership) -> Result<GroupStore<F>, DiskError> {
         let mut inner = self.inner.lock();
         let incarnation = inner.guarded(|inner| inner.create_group(group, membership))?;
-        self.inner.publish_sizes(&inner);
-        drop(inner);
+        self.inner.publish_sizes(inner);
         Ok(GroupStore { group, incarnation, wal: Arc::clone(&self.inner) })
     }
 
@@ -1026,7 +1028,7 @@ impl<F: FileSystem> SharedWal<F> {
     pub fn remove_group(&self, group: GroupId) -> Result<(), DiskError> {
         let mut inner = self.inner.lock();
         inner.guarded(|inner| inner.remove_group(group))?;
-        self.inner.publish_sizes(&inner);
+        self.inner.publish_sizes(inner);
         Ok(())
     }
 
