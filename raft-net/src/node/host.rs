@@ -422,7 +422,7 @@ struct PooledCore<S: LogStore, T: Transport, SM: StateMachine> {
 
 impl<S, T, SM> PooledCore<S, T, SM>
 where
-    S: LogStore,
+    S: LogStore + Send + 'static,
     T: Transport,
     SM: StateMachine,
 {
@@ -1142,6 +1142,8 @@ impl<S: LogStore + Send + 'static> Host<S> {
         });
         let mut core = core;
         core.waker = Some(Waker::from(Arc::clone(&slot)));
+        // A host run as one task replays exactly: no snapshot on a thread of its own there.
+        core.snapshot_off_worker = self.inner.config.workers > 0;
         let body: Box<dyn Pooled<S>> = Box::new(PooledCore {
             core,
             restored: false,
