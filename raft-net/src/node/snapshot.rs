@@ -1,13 +1,20 @@
 //! Snapshots at the state machine's boundary, streamed in bounded pieces both ways: the state
-//! machine writes its snapshot into a [`SnapshotSink`] that hands it to the store a piece at a
-//! time ([`raft_storage::LogStore::begin_snapshot`]), and restores from a [`SnapshotReader`] that
-//! reads the store's snapshot a chunk at a time ([`raft_core::Storage::snapshot_chunk`]).
+//! machine writes its snapshot into a [`SnapshotSink`] that hands it to the store's owned writer
+//! a piece at a time ([`raft_storage::LogStore::begin_snapshot_owned`]), and restores from a
+//! [`SnapshotReader`] that reads the store's snapshot a chunk at a time
+//! ([`raft_core::Storage::snapshot_chunk`]).
 //!
-//! Where the state machine runs on the apply thread ([`Execution::Threads`]) while the worker
-//! owns the store, the pieces cross between the two over a channel of at most
-//! [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces, and the worker waits for the apply thread until the
-//! snapshot is written or read (it moves the bytes between the store and the channel). Otherwise
-//! the state machine reads and writes the store directly, on the worker.
+//! Taking a snapshot is a [`SnapshotJob`]: the worker begins the owned writer and hands its
+//! [`SnapshotTask`] to whoever holds the state machine (the apply thread, or a thread the inline
+//! applier moves to); the task writes and finishes the snapshot there and sends the result back,
+//! waking the group, whose worker then saves it. The worker never waits for it (but under
+//! [`Execution::Tasks`](super::config::Execution::Tasks), or to restore, or when the steps
+//! waiting for the applier outgrow the apply queue's bound).
+//!
+//! Restoring stays on the worker: where the state machine runs on the apply thread
+//! ([`Execution::Threads`]) while the worker owns the store, the chunks cross over a channel of
+//! at most [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces, and the worker waits for the apply thread until
+//! the snapshot is read. Otherwise the state machine reads the store directly, on the worker.
 //!
 //! Integrity: a snapshot is read twice when restoring. The first pass only checks the data
 //! against the snapshot's `data_crc32`; the second feeds the state machine and checks again, so
@@ -35,13 +42,13 @@ use super::state_machine::StateMachine;
 pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
 
 /// The most snapshot bytes the state machine's writes are gathered into before they go to the
-/// store (or to the worker, from the apply thread) as one piece.
+/// store's writer as one piece.
 pub const SNAPSHOT_WRITE_BYTES_MAX: usize = 1024 * 1024;
 
-/// The most pieces of a snapshot queued between the apply thread and the worker (each at most
-/// [`SNAPSHOT_READ_BYTES_MAX`] or [`SNAPSHOT_WRITE_BYTES_MAX`] bytes): with the piece each side
-/// holds (and, when restoring, the store's chunk read one ahead), at most this many plus three
-/// pieces of one snapshot are in memory at once.
+/// The most pieces of a snapshot being restored queued between the worker and the apply thread
+/// (each at most [`SNAPSHOT_READ_BYTES_MAX`] bytes): with the piece each side holds and the
+/// store's chunk read one ahead, at most this many plus three pieces of one snapshot are in
+/// memory at once.
 pub const SNAPSHOT_PIECES_QUEUED_MAX: usize = 2;
 
 const _: () = assert!(SNAPSHOT_WRITE_BYTES_MAX as u64 <= SNAPSHOT_READ_BYTES_MAX * 4);
