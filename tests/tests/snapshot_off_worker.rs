@@ -5,6 +5,8 @@
 //! For a shared `Host` (applied inline: the applier leaves the worker for the snapshot) and for
 //! `Execution::Threads` (the apply thread writes into the store's owned writer).
 //!
+//! A shutdown while the snapshot is held neither hangs nor loses what the state machine holds.
+//!
 //! Nothing here depends on timing: the gate holds the snapshot until the test has seen what it
 //! waits for (a test of the old driver, whose worker waited for the snapshot, times out).
 
@@ -167,10 +169,11 @@ async fn commits_while_held(handle: &NodeHandle<Log>, gate: &Gate, group: u64) -
     eventually("the snapshot is held in the state machine", || async { gate.entered.load(Ordering::SeqCst) == 1 })
         .await;
     let applied = status(handle).await.applied;
-    let before = commit(handle).await;
     propose_all(handle, group, 100..103, &mut answers);
-    eventually("the snapshotting group commits new entries", || async { commit(handle).await >= Index(before.0 + 3) })
-        .await;
+    // Every command proposed and the leader's first entry commit, the three new ones included,
+    // while nothing more is applied.
+    let all = Index(EVERY + 3 + 1);
+    eventually("the snapshotting group commits new entries", || async { commit(handle).await >= all }).await;
     assert_eq!(status(handle).await.applied, applied, "nothing is applied while the snapshot is held");
     answers
 }
@@ -291,4 +294,43 @@ async fn with_an_apply_thread_a_snapshot_held_in_the_state_machine_does_not_stop
     .await;
     same_commands(view.lock().expect("not poisoned").clone(), expected(1, EVERY));
     handle.shutdown().await;
+}
+
+/// A shutdown while the snapshot is held: it calls the snapshot off, waits for the state
+/// machine to return (the gate opens after the shutdown was asked for), and the state machine,
+/// back from its thread, answers every proposal it was handed; nothing hangs.
+async fn shuts_down_with_a_snapshot_in_flight(handle: NodeHandle<Log>, gate: Arc<Gate>, view: Arc<Mutex<Vec<Bytes>>>) {
+    let mut answers = commits_while_held(&handle, &gate, 1).await;
+    let committed = commit(&handle).await;
+    let stopping = handle.clone();
+    let shutdown = tokio::spawn(async move { stopping.shutdown().await });
+    eventually("the shutdown was asked for", || async {
+        handle.stop_reason().is_some() || handle.status().await.is_err()
+    })
+    .await;
+    gate.release();
+    within("the shutdown", shutdown).await.expect("the shutdown's task");
+    let mut answered = 0;
+    while let Some(answer) = within("a proposal's answer", answers.join_next()).await {
+        answer.expect("every proposal committed before the shutdown is applied and answered");
+        answered += 1;
+    }
+    assert_eq!(answered, EVERY + 3);
+    assert_eq!(committed, Index(EVERY + 3 + 1));
+    assert_eq!(view.lock().expect("not poisoned").len() as u64, EVERY + 3, "applied on the way out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_a_snapshot_in_flight_answers_what_the_state_machine_holds() {
+    for execution in [Execution::OneThread, Execution::Threads] {
+        let fs = SimFs::new(23);
+        let store = DiskStorage::create(fs.clone(), "/disk", IDENTITY, Membership::new([ME]), DiskOptions::default())
+            .expect("store");
+        let network = MemNetwork::default();
+        let (transport, inbound) = network.join(ME).expect("join");
+        let gate = Gate::closed();
+        let (machine, view) = Log::new(&gate);
+        let handle = raft_net::start(config(EVERY, execution), store, transport, inbound, machine).expect("start");
+        shuts_down_with_a_snapshot_in_flight(handle, gate, view).await;
+    }
 }
