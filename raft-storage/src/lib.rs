@@ -128,6 +128,34 @@ pub trait LogStore: Storage {
         Ok(Box::new(BufferedSnapshot { store: self, meta: meta.clone(), data: Vec::new() }))
     }
 
+    /// Starts a local snapshot like [`LogStore::begin_snapshot`], but with a writer that owns
+    /// what it needs (`Send + 'static`): it can move to another thread, so that the state
+    /// machine writes a large snapshot there while the store's owner goes on with the log.
+    /// [`OwnedSnapshotWriter::finish`] makes the data durable off the owner and returns a
+    /// [`TakenSnapshot`]; the owner then saves it with [`LogStore::save_taken_snapshot`] (a cheap
+    /// step: a rename and a metadata record for the durable stores), with the effect of
+    /// [`LogStore::save_snapshot`]. Until that step the store is as it was: a crash between
+    /// `finish` and the save, or a writer or a taken snapshot dropped, leaves at most a file
+    /// that recovery removes. The store may be written meanwhile (entries, compactions, a
+    /// snapshot received from the leader and installed); a taken snapshot not newer than the
+    /// store's when it is saved is dropped. One local snapshot at a time per store.
+    ///
+    /// The default buffers the whole data in memory and saves it with
+    /// [`LogStore::save_snapshot`] at the save step: correct for any store, but **not
+    /// bounded**. [`DiskStorage`] and [`GroupStore`] write each piece through to a file of the
+    /// snapshot's own; [`MemStorage`] keeps the default (it keeps snapshots in memory anyway).
+    fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, Self::Error> {
+        Ok(Box::new(BufferedOwned { meta: meta.clone(), data: Vec::new() }))
+    }
+
+    /// Saves a snapshot taken through [`LogStore::begin_snapshot_owned`] (and finished), with
+    /// the effect of [`LogStore::save_snapshot`]: durable and atomic, and dropped if it is not
+    /// newer than the store's snapshot. A snapshot taken from another store is refused. The
+    /// default calls [`TakenSnapshot::save`].
+    fn save_taken_snapshot(&mut self, taken: Box<dyn TakenSnapshot<Self>>) -> Result<(), Self::Error> {
+        taken.save(self)
+    }
+
     /// Like [`LogStore::persist`], but takes the entries: a store that keeps its log in memory
     /// moves them there instead of cloning each one. The default persists a borrow of them.
     fn persist_owned(&mut self, hard_state: Option<HardState>, entries: Vec<Entry>) -> Result<(), Self::Error> {
@@ -208,6 +236,60 @@ pub trait SnapshotWriter<E> {
     /// [`raft_core::snapshot_crc32`]) as its metadata's checksum, durably and with the effect of
     /// [`LogStore::save_snapshot`]; a snapshot not newer than the store's is dropped.
     fn finish(self: Box<Self>, data_crc32: u32) -> Result<(), E>;
+}
+
+/// A local snapshot written a piece at a time by a writer that owns what it needs, so that it
+/// may run on another thread than the store's owner: see [`LogStore::begin_snapshot_owned`].
+/// `S` is the store it was begun on.
+#[must_use = "a snapshot writer saves nothing until `finish` is called and the store saves it"]
+pub trait OwnedSnapshotWriter<S: LogStore + ?Sized>: Send {
+    /// Appends `data` to the snapshot's data.
+    fn write(&mut self, data: &[u8]) -> Result<(), S::Error>;
+
+    /// Ends the data, with `data_crc32` (the crc32 of all the data written, see
+    /// [`raft_core::snapshot_crc32`]) as its metadata's checksum, and makes it durable (for a
+    /// durable store): what is left is [`LogStore::save_taken_snapshot`], on the store's owner.
+    fn finish(self: Box<Self>, data_crc32: u32) -> Result<Box<dyn TakenSnapshot<S>>, S::Error>;
+}
+
+/// A local snapshot whose data is written (and durable, for a durable store), waiting to be
+/// saved into its store ([`LogStore::save_taken_snapshot`]). Dropping it leaves the store as it
+/// was (a durable store's recovery removes the file it leaves).
+#[must_use = "a taken snapshot is not the store's until it is saved"]
+pub trait TakenSnapshot<S: LogStore + ?Sized>: Send {
+    /// The snapshot's metadata, its checksum included.
+    fn meta(&self) -> &SnapshotMeta;
+
+    /// Saves it into `store` (the one it was begun on): see [`LogStore::save_taken_snapshot`].
+    fn save(self: Box<Self>, store: &mut S) -> Result<(), S::Error>;
+}
+
+/// The default [`LogStore::begin_snapshot_owned`]: the whole data in memory.
+struct BufferedOwned {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl<S: LogStore + ?Sized> OwnedSnapshotWriter<S> for BufferedOwned {
+    fn write(&mut self, data: &[u8]) -> Result<(), S::Error> {
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, data_crc32: u32) -> Result<Box<dyn TakenSnapshot<S>>, S::Error> {
+        let BufferedOwned { meta, data } = *self;
+        Ok(Box::new(BufferedOwned { meta: SnapshotMeta { data_crc32, ..meta }, data }))
+    }
+}
+
+impl<S: LogStore + ?Sized> TakenSnapshot<S> for BufferedOwned {
+    fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    fn save(self: Box<Self>, store: &mut S) -> Result<(), S::Error> {
+        store.save_snapshot(&self.meta, &self.data)
+    }
 }
 
 /// The default [`LogStore::begin_snapshot`]: the whole data in memory, saved at the end.

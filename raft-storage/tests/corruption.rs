@@ -65,7 +65,7 @@ impl<F> Drop for Scratch<F> {
     }
 }
 
-trait Disk: FileSystem + Clone + Sized {
+trait Disk: FileSystem<File: Send + 'static> + Clone + Sized {
     fn scratch() -> Scratch<Self>;
 }
 

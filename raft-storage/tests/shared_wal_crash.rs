@@ -49,6 +49,9 @@ enum Call {
     Compact(u64, u64, u64),
     /// A local snapshot at (index, term) with this data.
     Save(u64, u64, u64, &'static [u8]),
+    /// The same, written through an owned writer in pieces, then saved
+    /// (`LogStore::begin_snapshot_owned`, `save_taken_snapshot`).
+    Taken(u64, u64, u64, &'static [u8]),
     /// A received snapshot in two chunks, installed, in one output.
     Install(u64, u64, u64, &'static [u8]),
 }
@@ -71,6 +74,7 @@ fn workload() -> Vec<Call> {
         Install(3, 8, 3, b"three at eight"),
         Remove(2),
         Batch(vec![(1, None, run(13, 16, 3)), (3, hard(3, Some(1)), run(9, 12, 3))]),
+        Taken(1, 15, 3, b"one at fifteen, taken off the owner"),
         Compact(1, 14, 3),
         Compact(3, 12, 3),
         Create(2, membership()),
@@ -133,7 +137,7 @@ fn model_apply(model: &Model, call: &Call) -> Model {
         }
         Call::Persist(id, hard_state, entries) => group(&mut next, *id).persist(*hard_state, entries).expect("model"),
         &Call::Compact(id, index, term) => group(&mut next, id).compact(Index(index), Term(term)).expect("model"),
-        &Call::Save(id, index, term, data) => {
+        &Call::Save(id, index, term, data) | &Call::Taken(id, index, term, data) => {
             group(&mut next, id).save_snapshot(&snapshot(index, term, data), data).expect("model");
         }
         &Call::Install(id, index, term, data) => {
@@ -195,6 +199,15 @@ impl Node {
             Call::Persist(id, hard_state, entries) => self.store(*id).persist(*hard_state, entries),
             &Call::Compact(id, index, term) => self.store(id).compact(Index(index), Term(term)),
             &Call::Save(id, index, term, data) => self.store(id).save_snapshot(&snapshot(index, term, data), data),
+            &Call::Taken(id, index, term, data) => {
+                let store = self.store(id);
+                let mut writer = store.begin_snapshot_owned(&snapshot(index, term, data))?;
+                for piece in data.chunks(7) {
+                    writer.write(piece)?;
+                }
+                let taken = writer.finish(raft_core::snapshot_crc32(data))?;
+                store.save_taken_snapshot(taken)
+            }
             &Call::Install(id, index, term, data) => {
                 self.store(id).write_output_owned(&mut install_output(&snapshot(index, term, data), data))
             }
@@ -313,7 +326,9 @@ fn has_handles(node: &Node, call: &Call) -> bool {
         Call::Create(..) => true,
         Call::Batch(outputs) => outputs.iter().all(|(id, ..)| node.stores.contains_key(id)),
         Call::Remove(id) | Call::Persist(id, ..) => node.stores.contains_key(id),
-        &Call::Compact(id, ..) | &Call::Save(id, ..) | &Call::Install(id, ..) => node.stores.contains_key(&id),
+        &Call::Compact(id, ..) | &Call::Save(id, ..) | &Call::Taken(id, ..) | &Call::Install(id, ..) => {
+            node.stores.contains_key(&id)
+        }
     }
 }
 

@@ -344,26 +344,42 @@ struct Full {
 #[error("no space left for the snapshot")]
 struct NoSpace;
 
-struct FullWriter<'a> {
-    store: &'a mut Full,
+/// Its local snapshots, written off the worker: fails after `fail_after` bytes.
+struct FullWriter {
+    fail_after: usize,
+    failed: Arc<AtomicBool>,
     written: usize,
     data: Vec<u8>,
     meta: SnapshotMeta,
 }
 
-impl raft_storage::SnapshotWriter<NoSpace> for FullWriter<'_> {
+impl raft_storage::OwnedSnapshotWriter<Full> for FullWriter {
     fn write(&mut self, data: &[u8]) -> Result<(), NoSpace> {
         self.written += data.len();
-        if self.written > self.store.fail_after {
-            self.store.failed.store(true, Ordering::SeqCst);
+        if self.written > self.fail_after {
+            self.failed.store(true, Ordering::SeqCst);
             return Err(NoSpace);
         }
         self.data.extend_from_slice(data);
         Ok(())
     }
-    fn finish(self: Box<Self>, data_crc32: u32) -> Result<(), NoSpace> {
-        let meta = SnapshotMeta { data_crc32, ..self.meta };
-        self.store.inner.save_snapshot(&meta, &self.data).map_err(|_| NoSpace)
+    fn finish(self: Box<Self>, data_crc32: u32) -> Result<Box<dyn raft_storage::TakenSnapshot<Full>>, NoSpace> {
+        Ok(Box::new(FullTaken { meta: SnapshotMeta { data_crc32, ..self.meta }, data: self.data }))
+    }
+}
+
+/// A snapshot [`FullWriter`] took.
+struct FullTaken {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl raft_storage::TakenSnapshot<Full> for FullTaken {
+    fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+    fn save(self: Box<Self>, store: &mut Full) -> Result<(), NoSpace> {
+        store.inner.save_snapshot(&self.meta, &self.data).map_err(|_| NoSpace)
     }
 }
 
@@ -383,11 +399,18 @@ impl LogStore for Full {
     fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), NoSpace> {
         self.inner.install_snapshot(meta).map_err(|_| NoSpace)
     }
-    fn begin_snapshot(
+    fn begin_snapshot_owned(
         &mut self,
         meta: &SnapshotMeta,
-    ) -> Result<Box<dyn raft_storage::SnapshotWriter<NoSpace> + '_>, NoSpace> {
-        Ok(Box::new(FullWriter { store: self, written: 0, data: Vec::new(), meta: meta.clone() }))
+    ) -> Result<Box<dyn raft_storage::OwnedSnapshotWriter<Full>>, NoSpace> {
+        let failed = Arc::clone(&self.failed);
+        Ok(Box::new(FullWriter {
+            fail_after: self.fail_after,
+            failed,
+            written: 0,
+            data: Vec::new(),
+            meta: meta.clone(),
+        }))
     }
 }
 

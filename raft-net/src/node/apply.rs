@@ -7,7 +7,6 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
-use std::sync::mpsc::SyncSender;
 
 use raft_core::{Entry, EntryPayload, Index, SnapshotMeta};
 use tokio::sync::OwnedSemaphorePermit;
@@ -17,7 +16,7 @@ use super::error::{ProposeError, StopReason, StorageFailure};
 use super::event::NodeEvent;
 use super::read::PendingRead;
 use super::shared::{ApplyStep, CoreInput, PanicGuard, Registration, Shared};
-use super::snapshot::{ChannelChunks, ChannelOut, PieceOut, SnapshotPiece, SnapshotReader, SnapshotSink};
+use super::snapshot::{ChannelChunks, PieceOut, SnapshotReader, SnapshotSink};
 use super::state_machine::StateMachine;
 use crate::metrics::Outcome;
 
@@ -76,13 +75,7 @@ impl<SM: StateMachine> Applier<SM> {
         // sync_channel registered each sleeping receiver under a mutex that the core's
         // sends contended for).
         while let Some(step) = next_step(&mut steps, idle_poll) {
-            // After every step, the snapshot the core may be waiting for (see
-            // `Shared::offer_snapshot_pipe`): the core waits for one step, not the whole queue.
-            let taken = self.take(step).and_then(|()| match self.shared.take_snapshot_pipe() {
-                Some(pieces) => self.snapshot_to_core(pieces),
-                None => Ok(()),
-            });
-            if let Err(reason) = taken {
+            if let Err(reason) = self.take(step) {
                 self.shared.set_stop_reason(reason);
                 self.wake_core();
                 break;
@@ -110,6 +103,8 @@ impl<SM: StateMachine> Applier<SM> {
                 self.shared.metrics.apply_latency.record(handed.elapsed());
             }
             ApplyStep::Read { applied_min, reads } => self.serve(applied_min, reads),
+            // Its outcome goes to the core, which stops the node if it failed.
+            ApplyStep::Snapshot(task) => task.run(self),
         }
         Ok(())
     }
@@ -251,7 +246,8 @@ impl<SM: StateMachine> Applier<SM> {
     }
 
     /// Asks the core for a snapshot when the policy says so: the core owns the store the
-    /// snapshot is written into, and has [`Applier::snapshot`] write it.
+    /// snapshot is written into; it begins an owned writer there and hands back a task that has
+    /// [`Applier::snapshot`] write into it (see `SnapshotJob`).
     fn maybe_snapshot(&mut self) {
         let every = self.snapshot_every_entries;
         if every == 0 || self.applied.0 < self.snapshot_index.0.saturating_add(every) {
@@ -275,29 +271,6 @@ impl<SM: StateMachine> Applier<SM> {
         written.map_err(|error| StopReason::SnapshotFailed(Arc::new(error)))?;
         self.snapshot_index = self.applied;
         Ok(true)
-    }
-
-    /// [`Applier::snapshot`] on the apply thread: the pieces go to the core through `pieces`,
-    /// after the index they are taken at.
-    fn snapshot_to_core(&mut self, pieces: SyncSender<SnapshotPiece>) -> Result<(), StopReason> {
-        if pieces.send(SnapshotPiece::Begin(self.applied)).is_err() {
-            return Ok(()); // The core stopped.
-        }
-        let mut out = ChannelOut(pieces);
-        match self.snapshot(&mut out) {
-            Ok(true) => {
-                // An error means that the core stopped meanwhile.
-                let _ = out.0.send(SnapshotPiece::End);
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(reason) => {
-                // Recorded before `pieces` closes, so that the core, which then finds it closed,
-                // reports this reason.
-                self.shared.set_stop_reason(reason.clone());
-                Err(reason)
-            }
-        }
     }
 
     fn wake_core(&self) {

@@ -35,14 +35,12 @@ use super::event::{NodeEvent, NodeStatus};
 use super::membership::{PendingChange, PendingTransfer};
 use super::read::{PendingRead, ReadRequest};
 use super::shared::{ApplyStep, CoreInput, PanicGuard, Proposal, Registration, Shared};
-use super::snapshot::{self, SNAPSHOT_PIECES_QUEUED_MAX, SnapshotPiece, SnapshotReader, StoreChunks, StoreOut};
+use super::snapshot::{
+    self, SNAPSHOT_PIECES_QUEUED_MAX, SnapshotJob, SnapshotReader, SnapshotTask, StoreChunks, save_failed,
+};
 use super::state_machine::StateMachine;
 use crate::metrics::{CoreMetrics, Outcome, SnapshotEvent};
 use crate::transport::{SendError, Transport};
-
-/// How often a core waiting for the apply thread to begin a snapshot checks that the apply
-/// thread is still there (it records why it stopped before it goes).
-const SNAPSHOT_BEGIN_POLL: Duration = Duration::from_millis(10);
 
 /// Whether a group goes on after a round.
 pub(crate) enum Flow {
@@ -55,8 +53,13 @@ pub(crate) enum ApplySide<SM: StateMachine> {
     /// The apply thread, through its bounded queue ([`Execution::Threads`](super::config::Execution::Threads)).
     Thread { queue: mpsc::Sender<ApplyStep<SM>>, thread: JoinHandle<()> },
     /// Applied inline, before the core goes on ([`Execution::OneThread`](super::config::Execution::OneThread),
-    /// [`Execution::Tasks`](super::config::Execution::Tasks)).
+    /// [`Execution::Tasks`](super::config::Execution::Tasks), every group of a shared host).
     Inline(Box<Applier<SM>>),
+    /// An inline applier away on a thread of its own while its state machine writes a snapshot
+    /// (see [`Core::save_offered_snapshot`]): the steps handed to it meanwhile wait here, in
+    /// order, and are taken once it is back. The thread returns the applier (`None` if the
+    /// state machine panicked).
+    Away { thread: JoinHandle<Option<Box<Applier<SM>>>>, waiting: VecDeque<ApplyStep<SM>>, waiting_bytes: u64 },
 }
 
 /// The core's state.
@@ -122,11 +125,24 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) tick_interval: Duration,
     /// What the group's metrics are derived from (see the `metrics` module).
     pub(crate) metrics: CoreMetrics,
+    /// The local snapshot being taken off the worker, if one is.
+    pub(crate) snapshot_job: Option<SnapshotJob<S>>,
+    /// The last index handed to the apply side (applied, or queued to be): restored or the
+    /// last committed entry handed out.
+    pub(crate) handed: Index,
+    /// The most bytes of committed entries that wait for an applier away writing a snapshot
+    /// before the worker waits for it: what the apply thread's queue may hold
+    /// (`apply_queue_batches_max` batches of `apply_bytes_max`).
+    pub(crate) waiting_bytes_max: u64,
+    /// Whether an inline applier leaves the worker to write a snapshot (not under
+    /// [`Execution::Tasks`](super::config::Execution::Tasks), whose replays must not depend on
+    /// a thread's timing).
+    pub(crate) snapshot_off_worker: bool,
 }
 
 impl<S, T, SM> Core<S, T, SM>
 where
-    S: LogStore,
+    S: LogStore + Send + 'static,
     T: Transport,
     SM: StateMachine,
 {
@@ -332,6 +348,9 @@ where
         let commit = self.raft.commit_index();
         self.shared.metrics.commit_index.set(commit.0 as f64);
         self.metrics.committed(&self.shared.metrics, commit);
+        if let Some(last) = output.committed.last() {
+            self.handed = last.index;
+        }
         if !output.committed.is_empty() {
             self.follow_committed_membership(&output.committed);
             self.hand_to_apply(ApplyStep::Apply(output.committed, std::time::Instant::now()))?;
@@ -476,6 +495,18 @@ where
                 let taken = inline(&self.shared, || applier.take(step));
                 return taken.map_err(|reason| self.shared.set_stop_reason(reason));
             }
+            Some(ApplySide::Away { waiting, waiting_bytes, .. }) => {
+                if let ApplyStep::Apply(entries, _) = &step {
+                    *waiting_bytes += entries.iter().map(raft_core::Entry::size_bytes).sum::<u64>();
+                }
+                waiting.push_back(step);
+                if *waiting_bytes > self.waiting_bytes_max {
+                    // Back-pressure from the state machine, as from a full apply queue.
+                    debug!(bytes = *waiting_bytes, "committed entries wait for the snapshot being written");
+                    return self.end_snapshot_job(true);
+                }
+                return Ok(());
+            }
             None => false,
         };
         if sent {
@@ -503,6 +534,13 @@ where
         let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
         // Reading a large snapshot takes long: what this round sent leaves first.
         crate::transport::let_held_sends_go();
+        // Restoring stays on the worker: a local snapshot being taken is called off first (the
+        // installed snapshot supersedes it), and its applier brought back.
+        if let Some(job) = &self.snapshot_job {
+            job.cancel();
+            self.end_snapshot_job(true)?;
+        }
+        self.handed = meta.index;
         self.flush_registrations()?;
         snapshot::verify(self.raft.storage(), &meta).map_err(read_failed)?;
         match self.apply.as_mut() {
@@ -522,7 +560,7 @@ where
                     Err(error) => Err(self.shared.set_stop_reason(read_failed(error))),
                 }
             }
-            None => Err(self.apply_side_gone()),
+            Some(ApplySide::Away { .. }) | None => Err(self.apply_side_gone()),
         }
     }
 
@@ -532,28 +570,143 @@ where
         self.shared.stop_reason().unwrap_or(StopReason::StateMachinePanicked)
     }
 
-    /// Takes the snapshot the apply side asked for, if it did: the state machine writes it into
-    /// the store a piece at a time (see the `snapshot` module), it is saved, and the log is
-    /// compacted (rule 9).
+    /// Ends the snapshot job that ended, then starts the one the apply side asked for, if it
+    /// did and none is under way: the store begins an owned writer
+    /// ([`LogStore::begin_snapshot_owned`]) and the state machine writes into it off the worker
+    /// (on the apply thread, or on a thread of its own for an inline applier; see
+    /// [`Core::start_snapshot_job`]). The group goes on meanwhile; the job wakes it when it ends.
     pub(crate) fn save_offered_snapshot(&mut self) -> Result<(), StopReason> {
-        if !self.shared.take_snapshot_request() {
+        self.end_snapshot_job(false)?;
+        if self.snapshot_job.is_some() || !self.shared.take_snapshot_request() {
             return Ok(());
         }
-        // The worker waits for the snapshot to be written: what this round sent leaves first.
-        crate::transport::let_held_sends_go();
         self.flush_registrations()?;
-        let saved = match self.apply.as_mut() {
-            Some(ApplySide::Inline(_)) => self.snapshot_inline()?,
-            Some(ApplySide::Thread { .. }) => self.snapshot_from_thread()?,
+        let index = match self.apply.as_ref() {
+            Some(ApplySide::Inline(applier)) => applier.applied,
+            // Queued after every step handed so far: the state machine is at `handed` then.
+            Some(ApplySide::Thread { .. }) => self.handed,
+            Some(ApplySide::Away { .. }) => return Ok(()), // Not without a job.
             None => return Err(self.apply_side_gone()),
         };
-        let Some(meta) = saved else { return Ok(()) };
+        let Some(meta) = self.local_snapshot_meta(index)? else { return Ok(()) };
+        self.start_snapshot_job(meta)
+    }
+
+    /// Starts taking the local snapshot `meta` (see [`Core::save_offered_snapshot`]).
+    fn start_snapshot_job(&mut self, meta: SnapshotMeta) -> Result<(), StopReason> {
+        let writer = self.raft.storage_mut().begin_snapshot_owned(&meta).map_err(save_failed)?;
+        let waker = self.waker.clone();
+        let wake = Box::new(move || {
+            if let Some(waker) = &waker {
+                waker.wake_by_ref();
+            }
+        });
+        let (job, task) = SnapshotJob::new(meta, writer, wake);
+        self.snapshot_job = Some(job);
+        match self.apply.take() {
+            Some(ApplySide::Thread { queue, thread }) => {
+                self.apply = Some(ApplySide::Thread { queue, thread });
+                self.send_to_apply(ApplyStep::Snapshot(task))
+            }
+            Some(ApplySide::Inline(applier)) if self.snapshot_off_worker => {
+                self.apply = Some(self.send_away(applier, task));
+                Ok(())
+            }
+            Some(ApplySide::Inline(mut applier)) => {
+                // Under `Tasks`: on the worker, at once (what this round sent leaves first).
+                crate::transport::let_held_sends_go();
+                inline(&self.shared, || task.run(&mut applier));
+                self.apply = Some(ApplySide::Inline(applier));
+                self.end_snapshot_job(true)
+            }
+            other => {
+                self.apply = other;
+                Err(self.apply_side_gone())
+            }
+        }
+    }
+
+    /// Moves an inline applier to a thread of its own, where it runs `task`; it comes back
+    /// when the job ends ([`Core::end_snapshot_job`]). Should no thread start, the task runs
+    /// here (the worker waits for it, as it did before snapshots left it).
+    fn send_away(&mut self, applier: Box<Applier<SM>>, task: Box<dyn SnapshotTask<SM>>) -> ApplySide<SM> {
+        let (hand, handed) = std::sync::mpsc::sync_channel::<(Box<Applier<SM>>, Box<dyn SnapshotTask<SM>>)>(1);
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new().name(format!("raft-snapshot-{}", self.raft.id())).spawn(move || {
+            let (mut applier, task) = handed.recv().ok()?;
+            match std::panic::catch_unwind(AssertUnwindSafe(|| task.run(&mut applier))) {
+                Ok(()) => Some(applier),
+                Err(_) => {
+                    // The task, dropped by the unwinding, woke the core, which finds its job
+                    // gone and stops the group for this reason.
+                    shared.set_stop_reason(StopReason::StateMachinePanicked);
+                    None
+                }
+            }
+        });
+        match spawned {
+            Ok(thread) => {
+                // The thread waits for exactly this.
+                let _ = hand.send((applier, task));
+                ApplySide::Away { thread, waiting: VecDeque::new(), waiting_bytes: 0 }
+            }
+            Err(error) => {
+                warn!(%error, "no thread for the snapshot: it is written on the worker");
+                crate::transport::let_held_sends_go();
+                let mut applier = applier;
+                inline(&self.shared, || task.run(&mut applier));
+                ApplySide::Inline(applier)
+            }
+        }
+    }
+
+    /// Ends the snapshot job if it ended (waiting for it with `wait`): brings an applier that
+    /// was away back (and takes the steps that waited for it), then saves the snapshot taken
+    /// ([`LogStore::save_taken_snapshot`], durable before the log is compacted: rule 9) and
+    /// compacts. A failed job stops the group with its reason.
+    pub(crate) fn end_snapshot_job(&mut self, wait: bool) -> Result<(), StopReason> {
+        let Some(job) = &self.snapshot_job else { return Ok(()) };
+        let ended = if wait {
+            // What this round sent must not wait for the state machine with it.
+            crate::transport::let_held_sends_go();
+            job.done.recv().map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
+        } else {
+            job.done.try_recv()
+        };
+        let result = match ended {
+            Ok(result) => result,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            // The state machine panicked (its thread recorded it).
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(self.apply_side_gone()),
+        };
+        self.snapshot_job = None;
+        self.bring_back_applier()?;
+        let taken = result.map_err(|reason| self.shared.set_stop_reason(reason))?;
+        let Some(taken) = taken else { return Ok(()) };
+        let index = taken.meta().index;
+        self.raft.storage_mut().save_taken_snapshot(taken).map_err(save_failed)?;
         if let Some((index, term)) = self.raft.compaction_point()
             && let Err(error) = self.raft.storage_mut().compact(index, term)
         {
             return Err(StopReason::StorageFailed(StorageFailure::new(StorageOperation::Compact, error)));
         }
-        self.shared.emit(NodeEvent::SnapshotTaken { index: meta.index });
+        self.shared.emit(NodeEvent::SnapshotTaken { index });
+        Ok(())
+    }
+
+    /// An applier away writing a snapshot, back on the worker once its thread ended, with the
+    /// steps that waited for it taken in order.
+    fn bring_back_applier(&mut self) -> Result<(), StopReason> {
+        let Some(ApplySide::Away { .. }) = self.apply.as_ref() else { return Ok(()) };
+        let Some(ApplySide::Away { thread, waiting, .. }) = self.apply.take() else { return Ok(()) };
+        // The thread ends right after the job sent its result.
+        let Ok(Some(applier)) = thread.join() else {
+            return Err(self.shared.set_stop_reason(StopReason::StateMachinePanicked));
+        };
+        self.apply = Some(ApplySide::Inline(applier));
+        for step in waiting {
+            self.send_to_apply(step)?;
+        }
         Ok(())
     }
 
@@ -589,69 +742,6 @@ where
                 Ok(None)
             }
         }
-    }
-
-    /// The state machine, applied inline, writes its snapshot straight into the store.
-    fn snapshot_inline(&mut self) -> Result<Option<SnapshotMeta>, StopReason> {
-        let Some(ApplySide::Inline(applier)) = self.apply.as_ref() else { return Ok(None) };
-        let Some(meta) = self.local_snapshot_meta(applier.applied)? else { return Ok(None) };
-        let Some(ApplySide::Inline(applier)) = self.apply.as_mut() else { return Ok(None) };
-        let mut out = StoreOut::begin(self.raft.storage_mut(), &meta).map_err(save_failed)?;
-        let taken = inline(&self.shared, || applier.snapshot(&mut out));
-        if !taken.map_err(|reason| self.shared.set_stop_reason(reason))? {
-            // Only a store's failure closes the sink here.
-            return Err(out.take_failure().map_or(StopReason::StateMachinePanicked, save_failed));
-        }
-        out.finish().map_err(save_failed)?;
-        Ok(Some(meta))
-    }
-
-    /// The apply thread writes the snapshot; its pieces come here and go into the store. The
-    /// core waits for them (from the end of the apply thread's step at hand), as it waits on a
-    /// full apply queue: the apply thread never waits on the core but for these pieces, which
-    /// the core is taking, and the core sends it nothing while it waits.
-    fn snapshot_from_thread(&mut self) -> Result<Option<SnapshotMeta>, StopReason> {
-        let (sender, pieces) = std::sync::mpsc::sync_channel(SNAPSHOT_PIECES_QUEUED_MAX);
-        // Not queued behind the apply queue (the core would wait for all of it): the apply
-        // thread looks for the pipe after every step, and an empty step wakes it if it waits.
-        self.shared.offer_snapshot_pipe(Some(sender));
-        if let Some(ApplySide::Thread { queue, .. }) = self.apply.as_ref()
-            && let Err(mpsc::error::TrySendError::Closed(_)) = queue.try_send(ApplyStep::Register(Vec::new()))
-        {
-            self.shared.offer_snapshot_pipe(None);
-            return Err(self.apply_side_gone());
-        }
-        let begin = loop {
-            match pieces.recv_timeout(SNAPSHOT_BEGIN_POLL) {
-                Ok(piece) => break piece,
-                // The apply thread stopped (it records why) before it took the pipe.
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if self.shared.stop_reason().is_none() => {}
-                Err(_) => {
-                    self.shared.offer_snapshot_pipe(None);
-                    return Err(self.apply_side_gone());
-                }
-            }
-        };
-        let SnapshotPiece::Begin(index) = begin else { return Err(self.apply_side_gone()) };
-        // Dropping `pieces` unread tells the apply thread to give up this snapshot.
-        let Some(meta) = self.local_snapshot_meta(index)? else { return Ok(None) };
-        // Recorded at once: the apply thread, finding the sink closed, must not get its own
-        // reason in first (a state machine that panics on the broken pipe, say).
-        let shared = Arc::clone(&self.shared);
-        let failed = |error| shared.set_stop_reason(save_failed(error));
-        let mut out = StoreOut::begin(self.raft.storage_mut(), &meta).map_err(failed)?;
-        loop {
-            match pieces.recv() {
-                Ok(SnapshotPiece::Data(data)) => out.write(&data).map_err(failed)?,
-                Ok(SnapshotPiece::End) => break,
-                // A second `Begin` is a bug of the apply side's; a closed channel, its failure.
-                Ok(SnapshotPiece::Begin(_)) | Err(_) => {
-                    return Err(shared.stop_reason().unwrap_or(StopReason::StateMachinePanicked));
-                }
-            }
-        }
-        out.finish().map_err(failed)?;
-        Ok(Some(meta))
     }
 
     /// Stops taking input, answers what is queued, lets the apply thread finish what it was
@@ -699,6 +789,28 @@ where
                 registration.responder.answer(Err(error.clone()));
             }
         }
+        // A snapshot being taken is called off (it ends at the state machine's next piece), and
+        // an applier away for it comes back to answer what it holds.
+        if let Some(job) = self.snapshot_job.take() {
+            job.cancel();
+        }
+        if let Some(ApplySide::Away { thread, waiting, .. }) =
+            self.apply.take_if(|apply| matches!(apply, ApplySide::Away { .. }))
+        {
+            match thread.join() {
+                Ok(Some(mut applier)) => {
+                    for step in waiting {
+                        if applier.take(step).is_err() {
+                            break; // A failed restore: the node cannot apply what follows.
+                        }
+                    }
+                    self.apply = Some(ApplySide::Inline(applier));
+                }
+                _ => {
+                    self.shared.set_stop_reason(StopReason::StateMachinePanicked);
+                }
+            }
+        }
         match self.apply.take() {
             Some(ApplySide::Thread { queue, thread }) => {
                 drop(queue); // The apply thread finishes its queue, then ends.
@@ -707,16 +819,11 @@ where
                 }
             }
             Some(ApplySide::Inline(applier)) => applier.finish(),
-            None => {}
+            Some(ApplySide::Away { .. }) | None => {}
         }
         let reason = self.shared.stop_reason().unwrap_or(reason);
         self.shared.emit(NodeEvent::Stopped(reason));
     }
-}
-
-/// A failure of the store while it saved a local snapshot.
-fn save_failed(error: impl std::error::Error + Send + Sync + 'static) -> StopReason {
-    StopReason::StorageFailed(StorageFailure::new(StorageOperation::SaveSnapshot, error))
 }
 
 /// Runs `apply` (a step of the apply side, taken inline): a panic of the state machine is

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use std::net::SocketAddr;
 
-use raft_core::{ConfChange, GroupId, Membership, Message, NodeId, Options, Raft, Term};
+use raft_core::{ConfChange, GroupId, Index, Membership, Message, NodeId, Options, Raft, Term};
 use raft_storage::LogStore;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, TryAcquireError, broadcast, mpsc, oneshot};
@@ -202,6 +202,11 @@ where
         started: tokio::time::Instant::now(),
         tick_interval: config.tick_interval,
         metrics: CoreMetrics::new(),
+        snapshot_job: None,
+        handed: Index(0),
+        waiting_bytes_max: (config.apply_queue_batches_max as u64).saturating_mul(config.options.apply_bytes_max()),
+        // Set by the host: not when it runs as one task.
+        snapshot_off_worker: true,
     };
     let inner = Inner {
         input,

@@ -29,9 +29,11 @@
 //!    one fsync (group commit across groups).
 //! 3. For each group, in output order: durability reported, the messages that waited for it
 //!    sent, snapshots installed, committed entries applied and proposals answered, confirmed reads
-//!    served (rules 5 to 7), then, when its snapshot policy says so, the state machine's
-//!    snapshot streamed into the store (rule 9; the worker waits for it, and so do the other
-//!    groups of its batch).
+//!    served (rules 5 to 7), then, when its snapshot policy says so, a local snapshot started:
+//!    the store begins an owned writer and the state machine moves to a thread of its own to
+//!    write into it (the worker goes on; the group keeps stepping but applies nothing until the
+//!    state machine is back), and a snapshot whose job ended is saved and the log compacted
+//!    (rule 9). Under [`Host::start_task`] the snapshot is written on the task at once.
 //!
 //! A storage error fails the groups it reached, as [`LogStore::write_outputs`] reports them
 //! (fail-stop: their writes are not known to be durable), and the host writes the outputs of
@@ -67,7 +69,9 @@
 //!
 //! The state machine runs on the worker that steps its group (as with
 //! [`Execution::OneThread`](crate::Execution::OneThread)): keep its steps short, as a long one
-//! holds up the other groups of that worker's batch. `NodeConfig::execution` and
+//! holds up the other groups of that worker's batch. Its snapshots are the exception: they are
+//! written on a thread of their own (see phase 3). Restoring one (installed from a leader, or
+//! at start) still runs on the worker. `NodeConfig::execution` and
 //! `NodeConfig::idle_poll` are ignored. Everything a [`NodeHandle`] offers works the same.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -440,7 +444,7 @@ struct PooledCore<S: LogStore, T: Transport, SM: StateMachine> {
 
 impl<S, T, SM> PooledCore<S, T, SM>
 where
-    S: LogStore,
+    S: LogStore + Send + 'static,
     T: Transport,
     SM: StateMachine,
 {
@@ -1229,6 +1233,8 @@ impl<S: LogStore + Send + 'static> Host<S> {
         });
         let mut core = core;
         core.waker = Some(Waker::from(Arc::clone(&slot)));
+        // A host run as one task replays exactly: no snapshot on a thread of its own there.
+        core.snapshot_off_worker = self.inner.config.workers > 0;
         let body: Box<dyn Pooled<S>> = Box::new(PooledCore {
             core,
             restored: false,

@@ -34,14 +34,19 @@
 //!   [`Execution::OneThread`], [`Execution::Tasks`]) the worker takes the apply steps itself, in
 //!   the same order, right after each group commit.
 //! - **Snapshots stream** between the state machine and the store in pieces of at most 1 MiB
-//!   ([`SNAPSHOT_WRITE_BYTES_MAX`], [`SNAPSHOT_READ_BYTES_MAX`]), never whole in memory. Applied
-//!   inline, the state machine writes into the store's `LogStore::begin_snapshot` writer and
-//!   reads the store's chunks itself. With an apply thread, the worker (which owns the store)
-//!   hands it a `Snapshot` or `Restore` step with a channel of at most
-//!   [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces and moves the pieces between that channel and the
-//!   store until the step is done, waiting for the apply thread as it waits on a full apply
-//!   queue (the apply thread waits on the worker only for the pieces of that step, which the
-//!   worker is taking or giving: no deadlock).
+//!   ([`SNAPSHOT_WRITE_BYTES_MAX`], [`SNAPSHOT_READ_BYTES_MAX`]), never whole in memory.
+//!   *Taking* one never blocks the worker: it begins an owned writer in the store
+//!   (`LogStore::begin_snapshot_owned`) and hands the state machine a task that writes into it
+//!   and makes it durable, as a `Snapshot` step of the apply thread's queue, or, applied inline,
+//!   on a thread of its own that the applier moves to (the steps handed to it meanwhile wait on
+//!   the worker, in order, up to what the apply queue may hold). The job wakes the group when it
+//!   ends; the worker saves it (`LogStore::save_taken_snapshot`) and compacts. Under
+//!   [`Execution::Tasks`] the task runs on the worker at once. *Restoring* stays on the worker:
+//!   applied inline, the state machine reads the store's chunks itself; with an apply thread,
+//!   the worker hands it a `Restore` step with a channel of at most
+//!   [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces and moves the store's chunks into it until the step is
+//!   done, waiting for the apply thread as it waits on a full apply queue (the apply thread
+//!   waits on the worker only for the pieces of that step: no deadlock).
 //! - The host's **ticker** wakes a group when its timers are due
 //!   ([`raft_core::Raft::ticks_until_due`]). The group reads tokio's monotonic clock itself:
 //!   every whole tick of real time reaches the core's clock before any input is judged (so a

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use super::error::{ProposeError, ReadError, StopReason};
 use super::event::{NodeEvent, NodeStatus};
 use super::membership::{MembershipRequest, TransferRequest};
 use super::read::{PendingRead, ReadRequest};
-use super::snapshot::{RestorePiece, SnapshotPiece};
+use super::snapshot::{RestorePiece, SnapshotTask};
 use super::state_machine::StateMachine;
 use crate::metrics::GroupMetrics;
 
@@ -30,9 +30,6 @@ pub(crate) struct Shared {
     /// The apply side asks the core for a snapshot per the policy (the core, which owns the
     /// store, then has the state machine write it: see the `snapshot` module).
     snapshot_wanted: AtomicBool,
-    /// Where the apply thread writes the snapshot the core is waiting for: it looks here after
-    /// every step, so the core waits for the step at hand, not for the whole apply queue.
-    snapshot_pipe: std::sync::Mutex<Option<SyncSender<SnapshotPiece>>>,
     /// Every event goes here.
     events: broadcast::Sender<NodeEvent>,
     /// Cancelled once the core has finished (threads joined, storage and transport
@@ -50,7 +47,6 @@ impl Shared {
             stopping: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             snapshot_wanted: AtomicBool::new(false),
-            snapshot_pipe: std::sync::Mutex::new(None),
             events,
             done: CancellationToken::new(),
             metrics,
@@ -102,16 +98,6 @@ impl Shared {
     /// Whether a snapshot was asked for since the last call.
     pub(crate) fn take_snapshot_request(&self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::AcqRel)
-    }
-
-    /// The core is ready for the apply thread's snapshot, through `pipe`.
-    pub(crate) fn offer_snapshot_pipe(&self, pipe: Option<SyncSender<SnapshotPiece>>) {
-        *self.snapshot_pipe.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pipe;
-    }
-
-    /// The pipe the core waits on for a snapshot, if it does.
-    pub(crate) fn take_snapshot_pipe(&self) -> Option<SyncSender<SnapshotPiece>> {
-        self.snapshot_pipe.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 }
 
@@ -216,4 +202,7 @@ pub(crate) enum ApplyStep<SM: StateMachine> {
     /// or later (the core hands out a confirmed read only once it handed out the entries up to
     /// its index; `Index(0)` for stale reads).
     Read { applied_min: Index, reads: Vec<PendingRead<SM>> },
+    /// Take a snapshot now, into the store's owned writer the task holds: every step before
+    /// this one put the state machine at the task's index (see `SnapshotJob`).
+    Snapshot(Box<dyn SnapshotTask<SM>>),
 }

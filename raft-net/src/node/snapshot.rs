@@ -1,13 +1,20 @@
 //! Snapshots at the state machine's boundary, streamed in bounded pieces both ways: the state
-//! machine writes its snapshot into a [`SnapshotSink`] that hands it to the store a piece at a
-//! time ([`raft_storage::LogStore::begin_snapshot`]), and restores from a [`SnapshotReader`] that
-//! reads the store's snapshot a chunk at a time ([`raft_core::Storage::snapshot_chunk`]).
+//! machine writes its snapshot into a [`SnapshotSink`] that hands it to the store's owned writer
+//! a piece at a time ([`raft_storage::LogStore::begin_snapshot_owned`]), and restores from a
+//! [`SnapshotReader`] that reads the store's snapshot a chunk at a time
+//! ([`raft_core::Storage::snapshot_chunk`]).
 //!
-//! Where the state machine runs on the apply thread ([`Execution::Threads`]) while the worker
-//! owns the store, the pieces cross between the two over a channel of at most
-//! [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces, and the worker waits for the apply thread until the
-//! snapshot is written or read (it moves the bytes between the store and the channel). Otherwise
-//! the state machine reads and writes the store directly, on the worker.
+//! Taking a snapshot is a [`SnapshotJob`]: the worker begins the owned writer and hands its
+//! [`SnapshotTask`] to whoever holds the state machine (the apply thread, or a thread the inline
+//! applier moves to); the task writes and finishes the snapshot there and sends the result back,
+//! waking the group, whose worker then saves it. The worker never waits for it (but under
+//! [`Execution::Tasks`](super::config::Execution::Tasks), or to restore, or when the steps
+//! waiting for the applier outgrow the apply queue's bound).
+//!
+//! Restoring stays on the worker: where the state machine runs on the apply thread
+//! ([`Execution::Threads`]) while the worker owns the store, the chunks cross over a channel of
+//! at most [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces, and the worker waits for the apply thread until
+//! the snapshot is read. Otherwise the state machine reads the store directly, on the worker.
 //!
 //! Integrity: a snapshot is read twice when restoring. The first pass only checks the data
 //! against the snapshot's `data_crc32`; the second feeds the state machine and checks again, so
@@ -18,24 +25,30 @@
 //! [`Execution::Threads`]: super::config::Execution::Threads
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use bytes::Bytes;
 use raft_core::{SnapshotMeta, Storage, StorageError};
-use raft_storage::{LogStore, SnapshotWriter};
+use raft_storage::{LogStore, OwnedSnapshotWriter, TakenSnapshot};
 use thiserror::Error;
+
+use super::apply::Applier;
+use super::error::{StopReason, StorageFailure, StorageOperation};
+use super::state_machine::StateMachine;
 
 /// The most snapshot bytes read from the store per call when restoring the state machine.
 pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1024 * 1024;
 
 /// The most snapshot bytes the state machine's writes are gathered into before they go to the
-/// store (or to the worker, from the apply thread) as one piece.
+/// store's writer as one piece.
 pub const SNAPSHOT_WRITE_BYTES_MAX: usize = 1024 * 1024;
 
-/// The most pieces of a snapshot queued between the apply thread and the worker (each at most
-/// [`SNAPSHOT_READ_BYTES_MAX`] or [`SNAPSHOT_WRITE_BYTES_MAX`] bytes): with the piece each side
-/// holds (and, when restoring, the store's chunk read one ahead), at most this many plus three
-/// pieces of one snapshot are in memory at once.
+/// The most pieces of a snapshot being restored queued between the worker and the apply thread
+/// (each at most [`SNAPSHOT_READ_BYTES_MAX`] bytes): with the piece each side holds and the
+/// store's chunk read one ahead, at most this many plus three pieces of one snapshot are in
+/// memory at once.
 pub const SNAPSHOT_PIECES_QUEUED_MAX: usize = 2;
 
 const _: () = assert!(SNAPSHOT_WRITE_BYTES_MAX as u64 <= SNAPSHOT_READ_BYTES_MAX * 4);
@@ -311,62 +324,118 @@ impl io::Write for SnapshotSink<'_> {
     }
 }
 
-/// A piece of a snapshot being taken, from the apply thread to the worker.
-pub(crate) enum SnapshotPiece {
-    /// The first: the snapshot is of the state machine at this index.
-    Begin(raft_core::Index),
-    Data(Bytes),
-    /// The last: the state machine wrote it all.
-    End,
+/// What a snapshot job hands back to the core: the snapshot taken (for the core to save), `None`
+/// if the job was called off ([`SnapshotJob::cancel`]) before it ended, or why the node must
+/// stop (the state machine failed: [`StopReason::SnapshotFailed`]; the store failed under it:
+/// `StorageFailed(SaveSnapshot)`).
+pub(crate) type TakenResult<S> = Result<Option<Box<dyn TakenSnapshot<S>>>, StopReason>;
+
+/// A snapshot to take, run by whoever holds the state machine: the apply thread, a thread of its
+/// own for an applier that left the worker, or the worker itself under
+/// [`Execution::Tasks`](super::config::Execution::Tasks).
+pub(crate) trait SnapshotTask<SM: StateMachine>: Send {
+    /// Has the state machine write its snapshot into the store's owned writer, finishes it, and
+    /// hands the result to the core (waking it).
+    fn run(self: Box<Self>, applier: &mut Applier<SM>);
 }
 
-/// The apply thread's end: each piece goes to the worker.
-pub(crate) struct ChannelOut(pub(crate) SyncSender<SnapshotPiece>);
+/// The core's end of a snapshot being taken off the worker.
+pub(crate) struct SnapshotJob<S: LogStore> {
+    pub(crate) done: Receiver<TakenResult<S>>,
+    cancel: Arc<AtomicBool>,
+}
 
-impl PieceOut for ChannelOut {
-    fn put(&mut self, piece: &mut Vec<u8>) -> bool {
-        let data = Bytes::from(std::mem::take(piece));
-        self.0.send(SnapshotPiece::Data(data)).is_ok()
+impl<S: LogStore> SnapshotJob<S> {
+    /// A job for the snapshot `meta` (its checksum to come), written into `writer`; `wake` schedules the core once it
+    /// ended (however it ended: it runs when the task is dropped, a panic of the state machine
+    /// included). Returns the core's end and the task to run.
+    pub(crate) fn new<SM: StateMachine>(
+        meta: SnapshotMeta,
+        writer: Box<dyn OwnedSnapshotWriter<S>>,
+        wake: Box<dyn Fn() + Send>,
+    ) -> (Self, Box<dyn SnapshotTask<SM>>)
+    where
+        S: 'static,
+    {
+        let (sender, done) = std::sync::mpsc::sync_channel(1);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let index = meta.index;
+        let out = OwnedOut { writer, crc: crc32fast::Hasher::new(), failure: None, cancel: Arc::clone(&cancel) };
+        let task = Box::new(TakeTask { index, out, done: sender, wake: WakeOnDrop(wake) });
+        (SnapshotJob { done, cancel }, task)
+    }
+
+    /// Calls the job off: the sink refuses the state machine's next piece, and the job ends
+    /// without a snapshot (unless it ended already).
+    pub(crate) fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
     }
 }
 
-/// The store's end: each piece is written into the store's local snapshot, and checksummed.
-pub(crate) struct StoreOut<'a, E> {
-    writer: Box<dyn SnapshotWriter<E> + 'a>,
+/// Calls its function when dropped.
+struct WakeOnDrop(Box<dyn Fn() + Send>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+/// The task of a [`SnapshotJob`].
+struct TakeTask<S: LogStore> {
+    /// The index the snapshot is of: the state machine's applied index when the task runs.
+    index: raft_core::Index,
+    out: OwnedOut<S>,
+    done: SyncSender<TakenResult<S>>,
+    /// Dropped last: the result is sent first.
+    wake: WakeOnDrop,
+}
+
+impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
+    fn run(self: Box<Self>, applier: &mut Applier<SM>) {
+        let TakeTask { index, mut out, done, wake } = *self;
+        // The core hands the task over after every entry up to `index`, and nothing else moves
+        // the applied index: anything else is a bug of this driver.
+        assert_eq!(applier.applied, index, "a snapshot task ran at another index than it was made for");
+        let result = match applier.snapshot(&mut out) {
+            Ok(true) => out.finish().map(Some).map_err(save_failed),
+            // The sink closed: the store failed, or the job was called off.
+            Ok(false) => out.failure.take().map_or(Ok(None), |error| Err(save_failed(error))),
+            Err(reason) => Err(reason),
+        };
+        let _ = done.send(result); // The core may have stopped.
+        drop(wake);
+    }
+}
+
+/// A failure of the store while it saved a local snapshot.
+pub(crate) fn save_failed(error: impl std::error::Error + Send + Sync + 'static) -> StopReason {
+    StopReason::StorageFailed(StorageFailure::new(StorageOperation::SaveSnapshot, error))
+}
+
+/// The store's owned writer as a [`PieceOut`]: each piece is written into the local snapshot,
+/// and checksummed; a job called off refuses the next piece.
+struct OwnedOut<S: LogStore> {
+    writer: Box<dyn OwnedSnapshotWriter<S>>,
     crc: crc32fast::Hasher,
-    failure: Option<E>,
+    failure: Option<S::Error>,
+    cancel: Arc<AtomicBool>,
 }
 
-impl<'a, E> StoreOut<'a, E> {
-    /// Starts the local snapshot `meta` (its `data_crc32` is supplied at the end).
-    pub(crate) fn begin<S: LogStore<Error = E>>(store: &'a mut S, meta: &SnapshotMeta) -> Result<Self, E> {
-        let writer = store.begin_snapshot(meta)?;
-        Ok(StoreOut { writer, crc: crc32fast::Hasher::new(), failure: None })
-    }
-
-    /// Writes `data` into the snapshot.
-    pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), E> {
-        self.crc.update(data);
-        self.writer.write(data)
-    }
-
-    /// The store's error, if a write failed.
-    pub(crate) fn take_failure(&mut self) -> Option<E> {
-        self.failure.take()
-    }
-
-    /// Saves the snapshot durably, with the checksum of everything written.
-    pub(crate) fn finish(self) -> Result<(), E> {
+impl<S: LogStore> OwnedOut<S> {
+    /// Ends the data, with the checksum of everything written.
+    fn finish(self) -> Result<Box<dyn TakenSnapshot<S>>, S::Error> {
         self.writer.finish(self.crc.finalize())
     }
 }
 
-impl<E> PieceOut for StoreOut<'_, E> {
+impl<S: LogStore> PieceOut for OwnedOut<S> {
     fn put(&mut self, piece: &mut Vec<u8>) -> bool {
-        if self.failure.is_some() {
+        if self.failure.is_some() || self.cancel.load(Ordering::Acquire) {
             return false;
         }
-        match self.write(piece) {
+        self.crc.update(piece);
+        match self.writer.write(piece) {
             Ok(()) => true,
             Err(error) => {
                 self.failure = Some(error);

@@ -34,16 +34,20 @@ pub trait StateMachine: Send + 'static {
     fn apply(&mut self, index: Index, command: &Bytes) -> Self::Response;
 
     /// Writes the whole state (as it is after the last applied command) into `sink`, for a
-    /// snapshot that lets the log be compacted. Called per the node's snapshot policy, on the
-    /// apply thread ([`Execution::Threads`](crate::Execution::Threads)) or on the thread that
-    /// steps the group (the other executions, and every group of a shared
-    /// [`Host`](crate::Host)): the group makes no progress while it runs. Write it a piece at a time (`sink` gathers small writes into bounded
+    /// snapshot that lets the log be compacted. Called per the node's snapshot policy, off the
+    /// thread that steps the group: on the apply thread
+    /// ([`Execution::Threads`](crate::Execution::Threads)), or, for a state machine applied
+    /// inline ([`Execution::OneThread`](crate::Execution::OneThread), every group of a shared
+    /// [`Host`](crate::Host)), on a thread of its own that the state machine moves to for the
+    /// snapshot. Meanwhile the group keeps replicating and committing, but applies nothing and
+    /// serves no read until this returns (under [`Execution::Tasks`](crate::Execution::Tasks) it
+    /// runs on the group's task, which waits for it). Write it a piece at a time (`sink` gathers small writes into bounded
     /// pieces, so there is no need to buffer); the snapshot is saved once this returns `Ok`.
     ///
     /// An error from `sink` means the store failed or the node gave up on this snapshot (its
     /// inner error is a [`SnapshotSinkClosed`](crate::SnapshotSinkClosed)): return it; the node
-    /// reports the store's failure, or nothing if it only declined this snapshot (one as recent
-    /// is stored already). Any other error (the state machine's own, as an
+    /// reports the store's failure, or nothing if it only called this snapshot off (the node is
+    /// stopping, or a snapshot from the leader is being installed). Any other error (the state machine's own, as an
     /// [`io::Error`] with its typed error inside) stops the node with
     /// [`StopReason::SnapshotFailed`](crate::StopReason::SnapshotFailed).
     fn snapshot(&self, sink: &mut dyn io::Write) -> io::Result<()>;

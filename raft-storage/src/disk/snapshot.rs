@@ -48,10 +48,26 @@ pub(crate) fn snapshot_name(prefix: &str, meta: &SnapshotMeta) -> String {
     format!("{prefix}snapshot-{:020}-{:020}.snap", meta.index.0, meta.term.0)
 }
 
-/// Whether `name` (its prefix removed) is a snapshot file: a staging file or a snapshot's data
-/// file.
+/// The name of the file a local snapshot `meta` is written to off the store's owner
+/// ([`crate::LogStore::begin_snapshot_owned`]) until it is saved: its own per snapshot and per
+/// `incarnation` of the group (a shared log's group removed and created again never shares one
+/// with its earlier incarnation's writer still in flight).
+pub(crate) fn taking_name(prefix: &str, meta: &SnapshotMeta, incarnation: u64) -> String {
+    format!("{prefix}snapshot-{:020}-{:020}-{incarnation:020}.taking", meta.index.0, meta.term.0)
+}
+
+/// Whether `name` (its prefix removed) is a snapshot file: a staging file, a snapshot being
+/// taken, or a snapshot's data file.
 pub(crate) fn is_snapshot_file(name: &str) -> bool {
-    name == STAGING_FILE || name == LOCAL_SNAPSHOT_FILE || is_snapshot_name(name)
+    name == STAGING_FILE || name == LOCAL_SNAPSHOT_FILE || is_snapshot_name(name) || is_taking_name(name)
+}
+
+fn is_taking_name(name: &str) -> bool {
+    let Some(numbers) = name.strip_prefix("snapshot-").and_then(|rest| rest.strip_suffix(".taking")) else {
+        return false;
+    };
+    let parts: Vec<&str> = numbers.split('-').collect();
+    parts.len() == 3 && parts.iter().all(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn is_snapshot_name(name: &str) -> bool {
@@ -149,6 +165,28 @@ impl<File: FsFile> Staging<File> {
         Ok(Staging::new(prefix, meta, file))
     }
 
+    /// Starts the local snapshot `meta` in an empty file of its own ([`taking_name`]), for data
+    /// written a piece at a time off the store's owner ([`crate::LogStore::begin_snapshot_owned`]).
+    pub(crate) fn start_taking<F: FileSystem<File = File>>(
+        dir: &Directory<F>,
+        prefix: &str,
+        meta: &SnapshotMeta,
+        incarnation: u64,
+    ) -> Result<Self, DiskError> {
+        let file = dir.create(dir.file(&taking_name(prefix, meta, incarnation)))?;
+        Ok(Staging::new(prefix, meta, file))
+    }
+
+    /// Makes the data written so far durable (in its file, not yet under its snapshot's name)
+    /// and closes the file: what is left to do needs no open file.
+    pub(crate) fn sync(self) -> Result<Synced, DiskError> {
+        let Staging { meta, prefix, mut file, len, crc, blocks } = self;
+        file.sync()?;
+        let path = file.path().to_path_buf();
+        drop(file);
+        Ok(Synced { meta, prefix, path, len, crc: crc.finalize(), block_crcs: blocks.finish() })
+    }
+
     /// Writes `data` through to the file (nothing is kept in memory but its crcs).
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
         self.file.append(data)?;
@@ -170,13 +208,70 @@ impl<File: FsFile> Staging<File> {
         self,
         dir: &Directory<F>,
     ) -> Result<SnapshotFile, DiskError> {
-        let Staging { meta, prefix, mut file, len, crc, blocks } = self;
-        file.sync()?;
-        let staging_path = file.path().to_path_buf();
-        drop(file);
-        dir.rename(&staging_path, &dir.file(&snapshot_name(&prefix, &meta)))?;
+        self.sync()?.into_snapshot_file(dir)
+    }
+}
+
+/// A snapshot's data made durable in a file of its own, not yet under its snapshot's name: a
+/// local snapshot taken off the store's owner, waiting for the owner to save it. Its file is
+/// garbage until then (recovery removes it).
+pub(crate) struct Synced {
+    pub(crate) meta: SnapshotMeta,
+    prefix: String,
+    path: std::path::PathBuf,
+    len: u64,
+    crc: u32,
+    block_crcs: Vec<u32>,
+}
+
+impl Synced {
+    /// Renames the data to its snapshot's own name, durably.
+    fn into_snapshot_file<F: FileSystem>(self, dir: &Directory<F>) -> Result<SnapshotFile, DiskError> {
+        let Synced { meta, prefix, path, len, crc, block_crcs } = self;
+        dir.rename(&path, &dir.file(&snapshot_name(&prefix, &meta)))?;
         dir.sync()?;
-        Ok(SnapshotFile { meta, len, crc: crc.finalize(), block_crcs: blocks.finish() })
+        Ok(SnapshotFile { meta, len, crc, block_crcs })
+    }
+}
+
+/// A snapshot's data on its way to being installed: still being staged, or synced already.
+pub(crate) enum Pending<File> {
+    Open(Staging<File>),
+    Synced(Synced),
+}
+
+impl<File: FsFile> Pending<File> {
+    pub(crate) fn meta(&self) -> &SnapshotMeta {
+        match self {
+            Pending::Open(staging) => &staging.meta,
+            Pending::Synced(synced) => &synced.meta,
+        }
+    }
+
+    /// Drops the data. Not durable: recovery removes the file should it come back. A synced
+    /// file already gone (its group removed meanwhile) is no error.
+    pub(crate) fn discard<F: FileSystem<File = File>>(self, dir: &Directory<F>) -> Result<(), DiskError> {
+        match self {
+            Pending::Open(staging) => staging.discard(dir),
+            Pending::Synced(synced) => dir.remove_if_present(&synced.path),
+        }
+    }
+
+    /// Makes the data durable under its snapshot's own name.
+    pub(crate) fn into_snapshot_file<F: FileSystem<File = File>>(
+        self,
+        dir: &Directory<F>,
+    ) -> Result<SnapshotFile, DiskError> {
+        match self {
+            Pending::Open(staging) => staging.into_snapshot_file(dir),
+            Pending::Synced(synced) => synced.into_snapshot_file(dir),
+        }
+    }
+}
+
+impl<File> From<Staging<File>> for Pending<File> {
+    fn from(staging: Staging<File>) -> Self {
+        Pending::Open(staging)
     }
 }
 

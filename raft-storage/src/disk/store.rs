@@ -14,10 +14,10 @@ use super::error::{DiskError, fail_stop};
 use super::meta::{IDENTITY_MAGIC, Identity, Meta, open_existing, prepare_new, read_meta, write_identity, write_meta};
 use super::recovery::{RecoveredLog, RecoveryReport, recover_log, remove_stray_snapshots, sync_recovered};
 use super::segment::{SegmentLog, parse_segment_name};
-use super::snapshot::{self, Staging};
+use super::snapshot::{self, Pending, Staging, Synced};
 use crate::fs::{FileSystem, StdFs};
 use crate::metrics::{WAL_GROUP, WalMetrics};
-use crate::{LogStore, SnapshotWriter, take_entries};
+use crate::{LogStore, OwnedSnapshotWriter, SnapshotWriter, TakenSnapshot, take_entries};
 
 /// Whether `name` is a segment's file name.
 fn is_segment(name: &str) -> bool {
@@ -273,8 +273,9 @@ impl<F: FileSystem> DiskStorage<F> {
         self.install_staged(staging)
     }
 
-    fn install_staged(&mut self, staging: Staging<F::File>) -> Result<(), DiskError> {
-        let meta = staging.meta.clone();
+    fn install_staged(&mut self, staging: impl Into<Pending<F::File>>) -> Result<(), DiskError> {
+        let staging = staging.into();
+        let meta = staging.meta().clone();
         let installed = self.meta.snapshot.as_ref().map_or(Index(0), |snapshot| snapshot.meta.index);
         if meta.index <= installed {
             // Older than what we hold: never roll back. Not durable: recovery removes it too.
@@ -370,7 +371,10 @@ impl<F: FileSystem> Storage for DiskStorage<F> {
     }
 }
 
-impl<F: FileSystem> LogStore for DiskStorage<F> {
+impl<F: FileSystem> LogStore for DiskStorage<F>
+where
+    F::File: Send + 'static,
+{
     type Error = DiskError;
 
     fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), DiskError> {
@@ -422,6 +426,61 @@ impl<F: FileSystem> LogStore for DiskStorage<F> {
     fn begin_snapshot(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotWriter<DiskError> + '_>, DiskError> {
         let staging = self.guarded(|store| Staging::start_local(&store.dir, "", meta))?;
         Ok(Box::new(LocalSnapshot { store: self, staging }))
+    }
+
+    /// Writes each piece through to a file of the snapshot's own
+    /// (`snapshot-<index>-<term>-0.taking`), synced by `finish`; the save step renames it to the
+    /// snapshot's name and records it in META, as [`LogStore::save_snapshot`] does. An I/O
+    /// error of the writer is returned without stopping the store (the log is untouched); the
+    /// driver stops the node for it.
+    fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, DiskError> {
+        let staging = self.guarded(|store| Staging::start_taking(&store.dir, "", meta, 0))?;
+        Ok(Box::new(TakingSnapshot { staging, dir: self.dir.path().to_path_buf() }))
+    }
+}
+
+/// A local snapshot being written through to its own file off the [`DiskStorage`]'s owner.
+struct TakingSnapshot<File> {
+    staging: Staging<File>,
+    /// The store's directory, which the taken snapshot must be saved into.
+    dir: PathBuf,
+}
+
+impl<F: FileSystem> OwnedSnapshotWriter<DiskStorage<F>> for TakingSnapshot<F::File>
+where
+    F::File: Send + 'static,
+{
+    fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
+        self.staging.write(data)
+    }
+
+    fn finish(self: Box<Self>, data_crc32: u32) -> Result<Box<dyn TakenSnapshot<DiskStorage<F>>>, DiskError> {
+        let TakingSnapshot { mut staging, dir } = *self;
+        staging.meta.data_crc32 = data_crc32;
+        Ok(Box::new(TakenFile { synced: staging.sync()?, dir }))
+    }
+}
+
+/// A local snapshot synced to its own file, for its [`DiskStorage`] to save.
+struct TakenFile {
+    synced: Synced,
+    dir: PathBuf,
+}
+
+impl<F: FileSystem> TakenSnapshot<DiskStorage<F>> for TakenFile
+where
+    F::File: Send + 'static,
+{
+    fn meta(&self) -> &SnapshotMeta {
+        &self.synced.meta
+    }
+
+    /// Refused with [`DiskError::SnapshotNotStaged`] by a store of another directory.
+    fn save(self: Box<Self>, store: &mut DiskStorage<F>) -> Result<(), DiskError> {
+        if store.dir.path() != self.dir {
+            return Err(DiskError::SnapshotNotStaged(self.synced.meta.index));
+        }
+        store.guarded(|store| store.install_staged(Pending::Synced(self.synced)))
     }
 }
 

@@ -22,7 +22,10 @@
 //!   below a number are released), `Copy` (an entry copied forward by a reclamation, see below).
 //!   Segments rotate at `segment_bytes_max`.
 //! - `group-<id, 20 digits>-snapshot-<index>-<term>.snap`: a group's installed snapshot data,
-//!   and `group-<id>-snapshot.staging` / `-snapshot.local`: one being received or saved.
+//!   and `group-<id>-snapshot.staging` / `-snapshot.local`: one being received or saved;
+//!   `group-<id>-snapshot-<index>-<term>-<incarnation>.taking`: one written off the store's
+//!   owner (`LogStore::begin_snapshot_owned`) until its save step renames it (named with the
+//!   group's incarnation, so a group removed and created again never shares one).
 //!
 //! Writes: a batch appends its records to the newest segment and syncs once (a rotation syncs the
 //! segment it closes; a new segment syncs the directory). A group's `Meta` record comes before

@@ -23,11 +23,11 @@ use crate::disk::directory::{Directory, OpenFile};
 use crate::disk::error::{DiskError, fail_stop};
 use crate::disk::meta::{Identity, Meta, prepare_new, write_identity};
 use crate::disk::recovery::RecoveryReport;
-use crate::disk::snapshot::{self, Staging, snapshot_name};
+use crate::disk::snapshot::{self, Pending, Staging, Synced, snapshot_name};
 use crate::disk::store::validate_append;
 use crate::fs::{FileSystem, StdFs};
 use crate::metrics::{WAL_SHARED, WalMetrics, WalSizes};
-use crate::{LogStore, SnapshotWriter, WriteOutputsError};
+use crate::{LogStore, OwnedSnapshotWriter, SnapshotWriter, TakenSnapshot, WriteOutputsError};
 
 /// Tunables of the shared write-ahead log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -623,11 +623,23 @@ impl<F: FileSystem> Inner<F> {
         &mut self,
         id: GroupId,
         incarnation: u64,
-        staging: Staging<F::File>,
+        staging: impl Into<Pending<F::File>>,
         released: &mut Vec<Released>,
     ) -> Result<(), DiskError> {
-        let meta = staging.meta.clone();
-        let group = self.group(id, incarnation)?;
+        let staging = staging.into();
+        let meta = staging.meta().clone();
+        let group = match self.group(id, incarnation) {
+            Ok(group) => group,
+            Err(error) => {
+                // A snapshot taken for an incarnation that is gone: its file (named with that
+                // incarnation) is nobody's. A staging file is named without one: a later
+                // incarnation may have its own under that name, so it is left to recovery.
+                if let Pending::Synced(_) = staging {
+                    staging.discard(&self.writer.dir)?;
+                }
+                return Err(error);
+            }
+        };
         let installed = group.meta.snapshot.as_ref().map_or(Index(0), |snapshot| snapshot.meta.index);
         if meta.index <= installed {
             // Older than what we hold: never roll back. Not durable: recovery removes it too.
@@ -1187,7 +1199,11 @@ impl<F: FileSystem> Storage for GroupStore<F> {
     }
 }
 
-impl<F: FileSystem> LogStore for GroupStore<F> {
+impl<F: FileSystem> LogStore for GroupStore<F>
+where
+    F: Send + 'static,
+    F::File: Send + 'static,
+{
     type Error = DiskError;
 
     fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), DiskError> {
@@ -1286,6 +1302,82 @@ impl<F: FileSystem> LogStore for GroupStore<F> {
             Staging::start_local(&inner.writer.dir, &group_prefix(group), meta)
         })?;
         Ok(Box::new(LocalSnapshot { store: self, staging }))
+    }
+
+    /// Writes each piece through to a file of the snapshot's own, named with the group's
+    /// incarnation (`group-<id>-snapshot-<index>-<term>-<incarnation>.taking`), without the
+    /// WAL's lock; `finish` syncs it. The save step renames it and logs the group's new metadata
+    /// in a batch of its own, as [`LogStore::save_snapshot`] does. If the group is removed
+    /// meanwhile ([`SharedWal::remove_group`] deletes the file; a writer still in flight writes
+    /// on into the deleted file), the save step is refused with [`DiskError::GroupNotFound`]
+    /// and touches no file of a later incarnation of the group. An I/O error of the writer stops
+    /// the WAL, as any of its I/O errors does (fail-stop).
+    fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, DiskError> {
+        let (group, incarnation) = (self.group, self.incarnation);
+        let staging = self.wal.lock().guarded(|inner| {
+            inner.group(group, incarnation)?;
+            Staging::start_taking(&inner.writer.dir, &group_prefix(group), meta, incarnation)
+        })?;
+        Ok(Box::new(GroupTaking { staging, wal: Arc::clone(&self.wal), group, incarnation }))
+    }
+}
+
+/// A local snapshot being written through to its own file off a [`GroupStore`]'s owner.
+struct GroupTaking<F: FileSystem> {
+    staging: Staging<F::File>,
+    /// The WAL, group and incarnation it was begun for.
+    wal: Arc<Shared<F>>,
+    group: GroupId,
+    incarnation: u64,
+}
+
+impl<F: FileSystem> OwnedSnapshotWriter<GroupStore<F>> for GroupTaking<F>
+where
+    F: Send + 'static,
+    F::File: Send + 'static,
+{
+    /// Without the WAL's lock (the file is the writer's own); the lock is taken after it, to
+    /// refuse a stopped WAL and to stop it on an I/O error.
+    fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
+        let written = self.staging.write(data);
+        self.wal.lock().guarded(|_| written)
+    }
+
+    fn finish(self: Box<Self>, data_crc32: u32) -> Result<Box<dyn TakenSnapshot<GroupStore<F>>>, DiskError> {
+        let GroupTaking { mut staging, wal, group, incarnation } = *self;
+        staging.meta.data_crc32 = data_crc32;
+        let synced = staging.sync();
+        let synced = wal.lock().guarded(|_| synced)?;
+        Ok(Box::new(GroupTaken { synced, wal, group, incarnation }))
+    }
+}
+
+/// A local snapshot synced to its own file, for its [`GroupStore`] to save.
+struct GroupTaken<F: FileSystem> {
+    synced: Synced,
+    wal: Arc<Shared<F>>,
+    group: GroupId,
+    incarnation: u64,
+}
+
+impl<F: FileSystem> TakenSnapshot<GroupStore<F>> for GroupTaken<F>
+where
+    F: Send + 'static,
+    F::File: Send + 'static,
+{
+    fn meta(&self) -> &SnapshotMeta {
+        &self.synced.meta
+    }
+
+    /// Refused with [`DiskError::GroupNotFound`] by a store of another WAL, group or
+    /// incarnation (the file is then removed only if it is this WAL's: it is named with its
+    /// own incarnation).
+    fn save(self: Box<Self>, store: &mut GroupStore<F>) -> Result<(), DiskError> {
+        let GroupTaken { synced, wal, group, incarnation } = *self;
+        if !Arc::ptr_eq(&wal, &store.wal) || group != store.group {
+            return Err(DiskError::GroupNotFound(group));
+        }
+        store.wal.write(|inner, released| inner.stage_staged(group, incarnation, Pending::Synced(synced), released))
     }
 }
 

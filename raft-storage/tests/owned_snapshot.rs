@@ -1,0 +1,250 @@
+//! Local snapshots written off the store's owner ([`LogStore::begin_snapshot_owned`], then
+//! [`LogStore::save_taken_snapshot`]): the writer moves to another thread and the store is
+//! written meanwhile; the save step has the effect of `save_snapshot`; nothing of a snapshot that
+//! was not saved survives (a crash between `finish` and the save leaves the store as it was);
+//! and a shared log's group removed while its writer is in flight costs its next incarnation
+//! nothing.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+use raft_core::{GroupId, HardState, Index, NodeId, SnapshotMeta, Storage, Term};
+use raft_storage::testing::SimFs;
+use raft_storage::{
+    DiskError, DiskOptions, DiskStorage, FileSystem, GroupStore, Identity, LogStore, MemStorage, Repair, SharedWal,
+    WalOptions,
+};
+
+mod common;
+use common::{membership, run};
+
+const ME: Identity = Identity { cluster_id: 5, node_id: NodeId(1) };
+
+fn dir() -> PathBuf {
+    PathBuf::from("/var/raft/node-1")
+}
+
+/// Snapshot `index` of term 1, its checksum left for `finish` to supply.
+fn meta(index: u64) -> SnapshotMeta {
+    SnapshotMeta { index: Index(index), term: Term(1), membership: membership(), data_crc32: 0 }
+}
+
+/// `len` bytes that differ with their position and `seed`.
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|position| ((position.wrapping_mul(31) >> 3) as u8).wrapping_add(seed)).collect()
+}
+
+/// The data of the store's snapshot, read back a piece at a time.
+fn read_back<S: Storage>(store: &S) -> Vec<u8> {
+    let snapshot = store.snapshot().expect("snapshot");
+    let mut out = Vec::new();
+    loop {
+        let chunk = store.snapshot_chunk(snapshot.index, snapshot.term, out.len() as u64, 1000).expect("chunk");
+        out.extend_from_slice(&chunk.data);
+        if chunk.done {
+            return out;
+        }
+    }
+}
+
+/// Takes snapshot 5 on another thread while the owner appends entries and receives a chunk of
+/// snapshot 20, then saves it; then a stale one, an abandoned writer and a taken snapshot never
+/// saved, none of which changes the store; then installs the received snapshot.
+fn takes_off_the_owner<S>(store: &mut S) -> Vec<u8>
+where
+    S: LogStore + Send + 'static,
+    S::Error: Debug,
+{
+    store.persist(Some(HardState { term: Term(1), vote: None, commit: Index(0) }), &run(1, 10, 1)).expect("persist");
+    let received = meta(20);
+    store.write_snapshot_chunk(&received, 0, b"rece").expect("a received chunk");
+
+    let local = data(150_000, 1);
+    let mut writer = store.begin_snapshot_owned(&meta(5)).expect("begin");
+    let written = local.clone();
+    let thread = std::thread::spawn(move || {
+        for piece in written.chunks(9_999) {
+            writer.write(piece).expect("write");
+        }
+        writer.finish(raft_core::snapshot_crc32(&written)).expect("finish")
+    });
+    // The owner goes on meanwhile.
+    store.persist(None, &run(11, 12, 1)).expect("persist while the snapshot is written");
+    let taken = thread.join().expect("the writer's thread");
+    assert_eq!(taken.meta().data_crc32, raft_core::snapshot_crc32(&local));
+    assert_eq!(store.snapshot().expect("snapshot").index, Index(0), "nothing is saved before the save step");
+    store.save_taken_snapshot(taken).expect("save");
+    assert_eq!(
+        store.snapshot().expect("snapshot"),
+        SnapshotMeta { data_crc32: raft_core::snapshot_crc32(&local), ..meta(5) }
+    );
+    assert_eq!(read_back(store), local);
+    assert_eq!((store.first_index().expect("first"), store.last_index().expect("last")), (Index(1), Index(12)));
+
+    // Not newer than the store's: dropped.
+    let mut writer = store.begin_snapshot_owned(&meta(4)).expect("begin");
+    writer.write(b"stale").expect("write");
+    let stale = writer.finish(raft_core::snapshot_crc32(b"stale")).expect("finish");
+    store.save_taken_snapshot(stale).expect("a stale snapshot is dropped, not refused");
+    // Abandoned, and taken but never saved.
+    let mut writer = store.begin_snapshot_owned(&meta(8)).expect("begin");
+    writer.write(b"half of it").expect("write");
+    drop(writer);
+    let mut writer = store.begin_snapshot_owned(&meta(9)).expect("begin");
+    writer.write(b"all of it").expect("write");
+    drop(writer.finish(raft_core::snapshot_crc32(b"all of it")).expect("finish"));
+    assert_eq!(store.snapshot().expect("snapshot").index, Index(5));
+    assert_eq!(read_back(store), local);
+
+    // The received snapshot's staging was left alone.
+    store.write_snapshot_chunk(&received, 4, b"ived").expect("the staging goes on");
+    store.install_snapshot(&received).expect("install");
+    assert_eq!(read_back(store), b"received");
+    local
+}
+
+#[test]
+fn the_memory_store_takes_a_snapshot_off_its_owner() {
+    takes_off_the_owner(&mut MemStorage::new(membership()));
+}
+
+#[test]
+fn the_disk_store_takes_a_snapshot_off_its_owner() {
+    let fs = SimFs::new(1);
+    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
+    takes_off_the_owner(&mut store);
+    drop(store);
+    fs.crash();
+    let store = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("reopen");
+    assert_eq!(store.snapshot().expect("snapshot").index, Index(20));
+    assert_eq!(read_back(&store), b"received");
+    assert_no_taking_files(&fs);
+}
+
+#[test]
+fn a_shared_wal_group_takes_a_snapshot_off_its_owner() {
+    let fs = SimFs::new(3);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    let mut store: GroupStore<SimFs> = wal.create_group(GroupId(1), membership()).expect("group");
+    takes_off_the_owner(&mut store);
+    drop((store, wal));
+    fs.crash();
+    let wal = SharedWal::open(fs.clone(), dir(), ME, WalOptions::default()).expect("reopen");
+    let store = wal.group(GroupId(1)).expect("group");
+    assert_eq!(store.snapshot().expect("snapshot").index, Index(20));
+    assert_eq!(read_back(&store), b"received");
+    assert_no_taking_files(&fs);
+}
+
+/// No file of a snapshot being taken is left in the store's directory.
+fn assert_no_taking_files(fs: &SimFs) {
+    let names = fs.list(&dir()).expect("list");
+    assert!(!names.iter().any(|name| name.ends_with(".taking")), "files left: {names:?}");
+}
+
+/// Writes and finishes snapshot `index` through an owned writer; returns it unsaved.
+fn take<S: LogStore>(store: &mut S, index: u64, data: &[u8]) -> Box<dyn raft_storage::TakenSnapshot<S>>
+where
+    S::Error: Debug,
+{
+    let mut writer = store.begin_snapshot_owned(&meta(index)).expect("begin");
+    for piece in data.chunks(4096) {
+        writer.write(piece).expect("write");
+    }
+    writer.finish(raft_core::snapshot_crc32(data)).expect("finish")
+}
+
+#[test]
+fn a_disk_store_that_crashes_between_finish_and_save_is_as_before_and_keeps_a_saved_one() {
+    let fs = SimFs::new(4);
+    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
+    store.persist(None, &run(1, 10, 1)).expect("persist");
+    let first = data(100_000, 2);
+    // Finished but never saved (the crash comes first); the save of another one syncs the
+    // directory, so its file's name is durable and recovery must remove it.
+    let unsaved = take(&mut store, 8, &data(70_000, 3));
+    let taken = take(&mut store, 4, &first);
+    store.save_taken_snapshot(taken).expect("save");
+    drop(unsaved);
+    drop(store);
+    fs.crash();
+    let store = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("reopen");
+    assert_eq!(
+        store.snapshot().expect("snapshot"),
+        SnapshotMeta { data_crc32: raft_core::snapshot_crc32(&first), ..meta(4) }
+    );
+    assert_eq!(read_back(&store), first);
+    assert_eq!(store.last_index().expect("last"), Index(10));
+    let removed = store.recovery_report().repairs().iter().any(
+        |repair| matches!(repair, Repair::StraySnapshotRemoved { file } if file.to_string_lossy().ends_with(".taking")),
+    );
+    assert!(removed, "recovery removed the unsaved snapshot's file: {:?}", store.recovery_report());
+    assert_no_taking_files(&fs);
+}
+
+#[test]
+fn a_shared_wal_that_crashes_between_finish_and_save_is_as_before() {
+    let fs = SimFs::new(5);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    let mut store = wal.create_group(GroupId(1), membership()).expect("group");
+    store.persist(None, &run(1, 10, 1)).expect("persist");
+    let unsaved = take(&mut store, 8, &data(70_000, 3));
+    drop((unsaved, store, wal));
+    fs.crash();
+    let wal = SharedWal::open(fs.clone(), dir(), ME, WalOptions::default()).expect("reopen");
+    let store = wal.group(GroupId(1)).expect("group");
+    assert_eq!(store.snapshot().expect("snapshot").index, Index(0));
+    assert_eq!(store.last_index().expect("last"), Index(10));
+    assert_no_taking_files(&fs);
+}
+
+/// A group removed while its writer is in flight: the removal succeeds, the next incarnation
+/// takes and saves a snapshot of the same index meanwhile, and the old writer's save is refused
+/// without touching the new incarnation's files.
+#[test]
+fn a_group_removed_while_its_snapshot_is_taken_leaves_its_next_incarnation_alone() {
+    let fs = SimFs::new(6);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    let mut old = wal.create_group(GroupId(1), membership()).expect("group");
+    old.persist(None, &run(1, 10, 1)).expect("persist");
+    let mut old_writer = old.begin_snapshot_owned(&meta(5)).expect("begin");
+    old_writer.write(b"the old incarnation's").expect("write");
+
+    wal.remove_group(GroupId(1)).expect("removing a group whose snapshot is being taken");
+    let mut new = wal.create_group(GroupId(1), membership()).expect("the group again");
+    new.persist(None, &run(1, 10, 1)).expect("persist");
+    let new_data = data(90_000, 7);
+    let mut new_writer = new.begin_snapshot_owned(&meta(5)).expect("begin");
+    new_writer.write(&new_data[..50_000]).expect("write");
+
+    // The old writer goes on into its deleted file, and its save is refused.
+    old_writer.write(b" data").expect("write into the removed group's file");
+    let old_taken = old_writer.finish(raft_core::snapshot_crc32(b"the old incarnation's data")).expect("finish");
+    assert!(matches!(old.save_taken_snapshot(old_taken), Err(DiskError::GroupNotFound(GroupId(1)))));
+    // A taken snapshot is saved only into the store it was begun on.
+    new_writer.write(&new_data[50_000..]).expect("write");
+    let new_taken = new_writer.finish(raft_core::snapshot_crc32(&new_data)).expect("finish");
+    new.save_taken_snapshot(new_taken).expect("the new incarnation saves its own");
+    assert_eq!(read_back(&new), new_data);
+
+    drop((old, new, wal));
+    fs.crash();
+    let wal = SharedWal::open(fs.clone(), dir(), ME, WalOptions::default()).expect("reopen");
+    let store = wal.group(GroupId(1)).expect("group");
+    assert_eq!(store.snapshot().expect("snapshot").data_crc32, raft_core::snapshot_crc32(&new_data));
+    assert_eq!(read_back(&store), new_data);
+}
+
+/// A taken snapshot saved into another group's store is refused.
+#[test]
+fn a_taken_snapshot_is_saved_only_by_its_own_group() {
+    let fs = SimFs::new(8);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    let mut one = wal.create_group(GroupId(1), membership()).expect("group");
+    let mut two = wal.create_group(GroupId(2), membership()).expect("group");
+    one.persist(None, &run(1, 10, 1)).expect("persist");
+    two.persist(None, &run(1, 10, 1)).expect("persist");
+    let taken = take(&mut one, 5, b"group one");
+    assert!(matches!(two.save_taken_snapshot(taken), Err(DiskError::GroupNotFound(GroupId(1)))));
+    assert_eq!(two.snapshot().expect("snapshot").index, Index(0));
+}

@@ -1,0 +1,336 @@
+//! Taking a local snapshot never blocks the worker: while a state machine is held inside its
+//! `snapshot` (a gate the test opens), its group keeps committing (applied once the snapshot is
+//! written) and, on a shared one-worker host, another group keeps committing and applying. Once
+//! the gate opens the snapshot is saved, the log compacted, and a restart recovers everything.
+//! For a shared `Host` (applied inline: the applier leaves the worker for the snapshot) and for
+//! `Execution::Threads` (the apply thread writes into the store's owned writer).
+//!
+//! A shutdown while the snapshot is held neither hangs nor loses what the state machine holds.
+//!
+//! Nothing here depends on timing: the gate holds the snapshot until the test has seen what it
+//! waits for (a test of the old driver, whose worker waited for the snapshot, times out).
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
+use raft_core::{GroupId, Index, Membership, NodeId, Storage};
+use raft_net::{Execution, Host, HostConfig, MemNetwork, NodeEvent, NodeHandle, StateMachine};
+use raft_storage::testing::SimFs;
+use raft_storage::{DiskOptions, DiskStorage, Identity, SharedWal, WalOptions};
+use raft_testkit::{PATIENCE, eventually};
+
+const ME: NodeId = NodeId(1);
+const IDENTITY: Identity = Identity { cluster_id: 7, node_id: ME };
+/// A snapshot after this many applied entries (more than the testkit's compaction margin of
+/// 10, so that the log is compacted).
+const EVERY: u64 = 15;
+
+/// Holds a state machine's `snapshot` until opened; counts the snapshots that entered it.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+    entered: AtomicU64,
+}
+
+impl Gate {
+    fn closed() -> Arc<Self> {
+        Arc::new(Gate::default())
+    }
+
+    fn open() -> Arc<Self> {
+        let gate = Gate::default();
+        *gate.open.lock().expect("not poisoned") = true;
+        Arc::new(gate)
+    }
+
+    fn release(&self) {
+        *self.open.lock().expect("not poisoned") = true;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().expect("not poisoned");
+        while !*open {
+            open = self.opened.wait(open).expect("not poisoned");
+        }
+    }
+}
+
+/// The commands applied, in order; its snapshot is one length-prefixed record per command.
+struct Log {
+    applied: Vec<Bytes>,
+    gate: Arc<Gate>,
+    view: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Log {
+    fn new(gate: &Arc<Gate>) -> (Self, Arc<Mutex<Vec<Bytes>>>) {
+        let view = Arc::new(Mutex::new(Vec::new()));
+        (Log { applied: Vec::new(), gate: Arc::clone(gate), view: Arc::clone(&view) }, view)
+    }
+}
+
+impl StateMachine for Log {
+    type Response = usize;
+    type RestoreError = io::Error;
+
+    fn apply(&mut self, _index: Index, command: &Bytes) -> usize {
+        self.applied.push(command.clone());
+        *self.view.lock().expect("not poisoned") = self.applied.clone();
+        self.applied.len()
+    }
+
+    fn snapshot(&self, sink: &mut dyn Write) -> io::Result<()> {
+        self.gate.pass();
+        for command in &self.applied {
+            sink.write_all(&(command.len() as u32).to_le_bytes())?;
+            sink.write_all(command)?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, reader: &mut dyn Read) -> Result<(), io::Error> {
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data)?;
+        let mut applied = Vec::new();
+        let mut rest = &data[..];
+        while rest.len() >= 4 {
+            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            applied.push(Bytes::copy_from_slice(&rest[4..4 + len]));
+            rest = &rest[4 + len..];
+        }
+        self.applied = applied;
+        *self.view.lock().expect("not poisoned") = self.applied.clone();
+        Ok(())
+    }
+}
+
+fn command(group: u64, number: u64) -> Bytes {
+    Bytes::from(format!("group {group} command {number}"))
+}
+
+fn config(every: u64, execution: Execution) -> raft_net::NodeConfig {
+    let mut config = raft_testkit::config(ME);
+    raft_testkit::snapshotting(&mut config); // A compaction margin of 10 entries.
+    config.snapshot_every_entries = every;
+    config.execution = execution;
+    config
+}
+
+/// `future`'s output, or a failure naming `what` after [`PATIENCE`]: a worker held by a
+/// snapshot would never answer.
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future).await.unwrap_or_else(|_| panic!("no answer: {what}"))
+}
+
+async fn status(handle: &NodeHandle<Log>) -> raft_net::NodeStatus {
+    within("the group's status", handle.status()).await.expect("running")
+}
+
+async fn commit(handle: &NodeHandle<Log>) -> Index {
+    status(handle).await.commit
+}
+
+/// Proposes commands `numbers` of `group` without waiting for their answers, which go to
+/// `answers`.
+fn propose_all(
+    handle: &NodeHandle<Log>,
+    group: u64,
+    numbers: std::ops::Range<u64>,
+    answers: &mut tokio::task::JoinSet<usize>,
+) {
+    for number in numbers {
+        let handle = handle.clone();
+        answers.spawn(async move { handle.propose(command(group, number)).await.expect("applied") });
+    }
+}
+
+/// Proposes commands `numbers` of `group` one after another, each answered (applied), once the
+/// node leads its group.
+async fn propose_applied(handle: &NodeHandle<Log>, group: u64, numbers: std::ops::Range<u64>) {
+    eventually("the node leads its group", || async { status(handle).await.role == raft_core::Role::Leader }).await;
+    for number in numbers {
+        within("a proposal", handle.propose(command(group, number))).await.expect("applied");
+    }
+}
+
+/// Proposes enough commands to want a snapshot (their answers may wait for it: the snapshot
+/// can start before the last is answered), waits until the snapshot holds inside the state
+/// machine, then checks that the group keeps committing (but not applying) while it does;
+/// returns the proposals, answered after release.
+async fn commits_while_held(handle: &NodeHandle<Log>, gate: &Gate, group: u64) -> tokio::task::JoinSet<usize> {
+    eventually("the node leads its group", || async { status(handle).await.role == raft_core::Role::Leader }).await;
+    let mut answers = tokio::task::JoinSet::new();
+    propose_all(handle, group, 0..EVERY, &mut answers);
+    eventually("the snapshot is held in the state machine", || async { gate.entered.load(Ordering::SeqCst) == 1 })
+        .await;
+    let applied = status(handle).await.applied;
+    propose_all(handle, group, 100..103, &mut answers);
+    // Every command proposed and the leader's first entry commit, the three new ones included,
+    // while nothing more is applied.
+    let all = Index(EVERY + 3 + 1);
+    eventually("the snapshotting group commits new entries", || async { commit(handle).await >= all }).await;
+    assert_eq!(status(handle).await.applied, applied, "nothing is applied while the snapshot is held");
+    answers
+}
+
+/// Every proposal answered, a `SnapshotTaken` seen.
+async fn finishes(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    mut answers: tokio::task::JoinSet<usize>,
+) -> Index {
+    while let Some(answer) = answers.join_next().await {
+        answer.expect("a proposal's task");
+    }
+    loop {
+        match events.recv().await.expect("events") {
+            NodeEvent::SnapshotTaken { index } => return index,
+            _ => continue,
+        }
+    }
+}
+
+/// The commands a group applied: `0..count`, then `100..103` (in any order: they were proposed
+/// together).
+fn expected(group: u64, count: u64) -> Vec<Bytes> {
+    (0..count).map(|number| command(group, number)).chain((100..103).map(|number| command(group, number))).collect()
+}
+
+fn same_commands(mut seen: Vec<Bytes>, mut expected: Vec<Bytes>) {
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_host_a_snapshot_held_in_the_state_machine_stops_no_group() {
+    let fs = SimFs::new(21);
+    let network = MemNetwork::default();
+    let (one, two) = (GroupId(1), GroupId(2));
+    let gate = Gate::closed();
+    let (taken, snapshot_index) = {
+        let wal = SharedWal::create(fs.clone(), "/wal", IDENTITY, WalOptions::default()).expect("log");
+        let host = Host::start(HostConfig::with_workers(1)).expect("host");
+        let mut handles = Vec::new();
+        for (group, every) in [(one, EVERY), (two, 0)] {
+            let store = wal.create_group(group, Membership::new([ME])).expect("group");
+            let (transport, inbound) = network.join_group(ME, group).expect("joined");
+            let open = Gate::open();
+            let (machine, _) = Log::new(if group == one { &gate } else { &open });
+            let config = config(every, Execution::OneThread);
+            handles.push(host.add_group(group, config, store, transport, inbound, machine).expect("added"));
+        }
+        let mut events = handles[0].events();
+        // Group 1 applies enough to want a snapshot, whose state machine then waits at the gate.
+        let answers = commits_while_held(&handles[0], &gate, 1).await;
+        // The other group, on the same (only) worker, commits and applies meanwhile.
+        propose_applied(&handles[1], 2, 0..20).await;
+        assert_eq!(gate.entered.load(Ordering::SeqCst), 1, "still held");
+        gate.release();
+        let index = finishes(&mut events, answers).await;
+        host.shutdown().await;
+        (wal.group(one).expect("group").snapshot().expect("snapshot"), index)
+    };
+    assert_eq!(taken.index, snapshot_index);
+    fs.crash(); // What was answered was durable.
+
+    let wal = SharedWal::open(fs.clone(), "/wal", IDENTITY, WalOptions::default()).expect("reopen");
+    let store = wal.group(one).expect("group");
+    assert_eq!(store.snapshot().expect("snapshot").index, snapshot_index, "the snapshot was saved");
+    assert!(store.first_index().expect("first") > Index(1), "and the log compacted");
+    let host = Host::start(HostConfig::with_workers(1)).expect("host");
+    let network = MemNetwork::default();
+    let mut views = Vec::new();
+    for group in [one, two] {
+        let (transport, inbound) = network.join_group(ME, group).expect("joined");
+        let (machine, view) = Log::new(&Gate::open());
+        let store = wal.group(group).expect("group");
+        let handle = host.add_group(group, config(EVERY, Execution::OneThread), store, transport, inbound, machine);
+        views.push((handle.expect("added"), view));
+    }
+    eventually("both groups recovered all their commands", || async {
+        views[0].1.lock().expect("not poisoned").len() == EVERY as usize + 3
+            && views[1].1.lock().expect("not poisoned").len() == 20
+    })
+    .await;
+    same_commands(views[0].1.lock().expect("not poisoned").clone(), expected(1, EVERY));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_apply_thread_a_snapshot_held_in_the_state_machine_does_not_stop_the_group() {
+    let fs = SimFs::new(22);
+    let gate = Gate::closed();
+    let snapshot_index = {
+        let store = DiskStorage::create(fs.clone(), "/disk", IDENTITY, Membership::new([ME]), DiskOptions::default())
+            .expect("store");
+        let network = MemNetwork::default();
+        let (transport, inbound) = network.join(ME).expect("join");
+        let (machine, _) = Log::new(&gate);
+        let handle =
+            raft_net::start(config(EVERY, Execution::Threads), store, transport, inbound, machine).expect("start");
+        let mut events = handle.events();
+        let answers = commits_while_held(&handle, &gate, 1).await;
+        gate.release();
+        let index = finishes(&mut events, answers).await;
+        handle.shutdown().await;
+        index
+    };
+    fs.crash();
+    let store = DiskStorage::open(fs.clone(), "/disk", IDENTITY, DiskOptions::default()).expect("reopen");
+    assert_eq!(store.snapshot().expect("snapshot").index, snapshot_index, "the snapshot was saved");
+    assert!(store.first_index().expect("first") > Index(1), "and the log compacted");
+    let network = MemNetwork::default();
+    let (transport, inbound) = network.join(ME).expect("join");
+    let (machine, view) = Log::new(&Gate::open());
+    let handle = raft_net::start(config(EVERY, Execution::Threads), store, transport, inbound, machine).expect("start");
+    eventually("the group recovered all its commands", || async {
+        view.lock().expect("not poisoned").len() == EVERY as usize + 3
+    })
+    .await;
+    same_commands(view.lock().expect("not poisoned").clone(), expected(1, EVERY));
+    handle.shutdown().await;
+}
+
+/// A shutdown while the snapshot is held: it calls the snapshot off, waits for the state
+/// machine to return (the gate opens after the shutdown was asked for), and the state machine,
+/// back from its thread, answers every proposal it was handed; nothing hangs.
+async fn shuts_down_with_a_snapshot_in_flight(handle: NodeHandle<Log>, gate: Arc<Gate>, view: Arc<Mutex<Vec<Bytes>>>) {
+    let mut answers = commits_while_held(&handle, &gate, 1).await;
+    let committed = commit(&handle).await;
+    let stopping = handle.clone();
+    let shutdown = tokio::spawn(async move { stopping.shutdown().await });
+    eventually("the shutdown was asked for", || async {
+        handle.stop_reason().is_some() || handle.status().await.is_err()
+    })
+    .await;
+    gate.release();
+    within("the shutdown", shutdown).await.expect("the shutdown's task");
+    let mut answered = 0;
+    while let Some(answer) = within("a proposal's answer", answers.join_next()).await {
+        answer.expect("every proposal committed before the shutdown is applied and answered");
+        answered += 1;
+    }
+    assert_eq!(answered, EVERY + 3);
+    assert_eq!(committed, Index(EVERY + 3 + 1));
+    assert_eq!(view.lock().expect("not poisoned").len() as u64, EVERY + 3, "applied on the way out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_a_snapshot_in_flight_answers_what_the_state_machine_holds() {
+    for execution in [Execution::OneThread, Execution::Threads] {
+        let fs = SimFs::new(23);
+        let store = DiskStorage::create(fs.clone(), "/disk", IDENTITY, Membership::new([ME]), DiskOptions::default())
+            .expect("store");
+        let network = MemNetwork::default();
+        let (transport, inbound) = network.join(ME).expect("join");
+        let gate = Gate::closed();
+        let (machine, view) = Log::new(&gate);
+        let handle = raft_net::start(config(EVERY, execution), store, transport, inbound, machine).expect("start");
+        shuts_down_with_a_snapshot_in_flight(handle, gate, view).await;
+    }
+}
