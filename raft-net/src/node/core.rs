@@ -36,7 +36,8 @@ use super::membership::{PendingChange, PendingTransfer};
 use super::read::{PendingRead, ReadRequest};
 use super::shared::{ApplyStep, CoreInput, PanicGuard, Proposal, Registration, Shared};
 use super::snapshot::{
-    self, SNAPSHOT_PIECES_QUEUED_MAX, SnapshotJob, SnapshotReader, SnapshotTask, StoreChunks, save_failed,
+    self, SNAPSHOT_PIECES_QUEUED_MAX, SnapshotJob, SnapshotReader, SnapshotSlot, SnapshotSlots, SnapshotTask,
+    StoreChunks, save_failed,
 };
 use super::state_machine::StateMachine;
 use crate::metrics::{CoreMetrics, Outcome, SnapshotEvent};
@@ -59,7 +60,13 @@ pub(crate) enum ApplySide<SM: StateMachine> {
     /// (see [`Core::save_offered_snapshot`]): the steps handed to it meanwhile wait here, in
     /// order, and are taken once it is back. The thread returns the applier (`None` if the
     /// state machine panicked).
-    Away { thread: JoinHandle<Option<Box<Applier<SM>>>>, waiting: VecDeque<ApplyStep<SM>>, waiting_bytes: u64 },
+    Away {
+        thread: JoinHandle<Option<Box<Applier<SM>>>>,
+        waiting: VecDeque<ApplyStep<SM>>,
+        waiting_bytes: u64,
+        /// The host's slot the thread holds (none when the core has no slots to take from).
+        _slot: Option<SnapshotSlot>,
+    },
 }
 
 /// The core's state.
@@ -138,6 +145,8 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     /// [`Execution::Tasks`](super::config::Execution::Tasks), whose replays must not depend on
     /// a thread's timing).
     pub(crate) snapshot_off_worker: bool,
+    /// The host's slots for snapshots written off the worker (`None`: no limit).
+    pub(crate) snapshot_slots: Option<Arc<SnapshotSlots>>,
 }
 
 impl<S, T, SM> Core<S, T, SM>
@@ -503,7 +512,7 @@ where
                 if *waiting_bytes > self.waiting_bytes_max {
                     // Back-pressure from the state machine, as from a full apply queue.
                     debug!(bytes = *waiting_bytes, "committed entries wait for the snapshot being written");
-                    return self.end_snapshot_job(true);
+                    return self.end_snapshot_job(true, true);
                 }
                 return Ok(());
             }
@@ -538,7 +547,7 @@ where
         // installed snapshot supersedes it), and its applier brought back.
         if let Some(job) = &self.snapshot_job {
             job.cancel();
-            self.end_snapshot_job(true)?;
+            self.end_snapshot_job(true, false)?;
         }
         self.handed = meta.index;
         self.flush_registrations()?;
@@ -576,11 +585,26 @@ where
     /// (on the apply thread, or on a thread of its own for an inline applier; see
     /// [`Core::start_snapshot_job`]). The group goes on meanwhile; the job wakes it when it ends.
     pub(crate) fn save_offered_snapshot(&mut self) -> Result<(), StopReason> {
-        self.end_snapshot_job(false)?;
+        self.end_snapshot_job(false, true)?;
         if self.snapshot_job.is_some() || !self.shared.take_snapshot_request() {
             return Ok(());
         }
         self.flush_registrations()?;
+        // An inline applier leaves the worker only with one of the host's slots; with none
+        // free the snapshot is asked for again, for the next round.
+        let mut slot = None;
+        if let (Some(ApplySide::Inline(_)), true, Some(slots)) =
+            (self.apply.as_ref(), self.snapshot_off_worker, self.snapshot_slots.as_ref())
+        {
+            match slots.try_take() {
+                Some(taken) => slot = Some(taken),
+                None => {
+                    debug!("every snapshot slot of the host is taken: the snapshot waits");
+                    self.shared.want_snapshot();
+                    return Ok(());
+                }
+            }
+        }
         let index = match self.apply.as_ref() {
             Some(ApplySide::Inline(applier)) => applier.applied,
             // Queued after every step handed so far: the state machine is at `handed` then.
@@ -589,11 +613,11 @@ where
             None => return Err(self.apply_side_gone()),
         };
         let Some(meta) = self.local_snapshot_meta(index)? else { return Ok(()) };
-        self.start_snapshot_job(meta)
+        self.start_snapshot_job(meta, slot)
     }
 
     /// Starts taking the local snapshot `meta` (see [`Core::save_offered_snapshot`]).
-    fn start_snapshot_job(&mut self, meta: SnapshotMeta) -> Result<(), StopReason> {
+    fn start_snapshot_job(&mut self, meta: SnapshotMeta, slot: Option<SnapshotSlot>) -> Result<(), StopReason> {
         let writer = self.raft.storage_mut().begin_snapshot_owned(&meta).map_err(save_failed)?;
         let waker = self.waker.clone();
         let wake = Box::new(move || {
@@ -609,7 +633,7 @@ where
                 self.send_to_apply(ApplyStep::Snapshot(task))
             }
             Some(ApplySide::Inline(applier)) if self.snapshot_off_worker => {
-                self.apply = Some(self.send_away(applier, task));
+                self.apply = Some(self.send_away(applier, task, slot));
                 Ok(())
             }
             Some(ApplySide::Inline(mut applier)) => {
@@ -617,7 +641,7 @@ where
                 crate::transport::let_held_sends_go();
                 inline(&self.shared, || task.run(&mut applier));
                 self.apply = Some(ApplySide::Inline(applier));
-                self.end_snapshot_job(true)
+                self.end_snapshot_job(true, true)
             }
             other => {
                 self.apply = other;
@@ -629,7 +653,12 @@ where
     /// Moves an inline applier to a thread of its own, where it runs `task`; it comes back
     /// when the job ends ([`Core::end_snapshot_job`]). Should no thread start, the task runs
     /// here (the worker waits for it, as it did before snapshots left it).
-    fn send_away(&mut self, applier: Box<Applier<SM>>, task: Box<dyn SnapshotTask<SM>>) -> ApplySide<SM> {
+    fn send_away(
+        &mut self,
+        applier: Box<Applier<SM>>,
+        task: Box<dyn SnapshotTask<SM>>,
+        slot: Option<SnapshotSlot>,
+    ) -> ApplySide<SM> {
         let (hand, handed) = std::sync::mpsc::sync_channel::<(Box<Applier<SM>>, Box<dyn SnapshotTask<SM>>)>(1);
         let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new().name(format!("raft-snapshot-{}", self.raft.id())).spawn(move || {
@@ -648,7 +677,7 @@ where
             Ok(thread) => {
                 // The thread waits for exactly this.
                 let _ = hand.send((applier, task));
-                ApplySide::Away { thread, waiting: VecDeque::new(), waiting_bytes: 0 }
+                ApplySide::Away { thread, waiting: VecDeque::new(), waiting_bytes: 0, _slot: slot }
             }
             Err(error) => {
                 warn!(%error, "no thread for the snapshot: it is written on the worker");
@@ -661,10 +690,11 @@ where
     }
 
     /// Ends the snapshot job if it ended (waiting for it with `wait`): brings an applier that
-    /// was away back (and takes the steps that waited for it), then saves the snapshot taken
-    /// ([`LogStore::save_taken_snapshot`], durable before the log is compacted: rule 9) and
-    /// compacts. A failed job stops the group with its reason.
-    pub(crate) fn end_snapshot_job(&mut self, wait: bool) -> Result<(), StopReason> {
+    /// was away back (and takes the steps that waited for it), then, with `save`, saves the
+    /// snapshot taken ([`LogStore::save_taken_snapshot`], durable before the log is compacted:
+    /// rule 9) and compacts, unless the store kept a newer one. A failed job stops the group
+    /// with its reason.
+    pub(crate) fn end_snapshot_job(&mut self, wait: bool, save: bool) -> Result<(), StopReason> {
         let Some(job) = &self.snapshot_job else { return Ok(()) };
         let ended = if wait {
             // What this round sent must not wait for the state machine with it.
@@ -684,7 +714,20 @@ where
         let taken = result.map_err(|reason| self.shared.set_stop_reason(reason))?;
         let Some(taken) = taken else { return Ok(()) };
         let index = taken.meta().index;
+        if !save {
+            // Superseded (a snapshot from the leader is being installed): not saved; its file
+            // is removed when the store next opens.
+            debug!(%index, "a local snapshot taken meanwhile is dropped");
+            return Ok(());
+        }
         self.raft.storage_mut().save_taken_snapshot(taken).map_err(save_failed)?;
+        // A store that holds a snapshot at least as new (one installed meanwhile) dropped it.
+        let stored =
+            self.raft.storage().snapshot().map_err(|error| StopReason::StorageFailed(StorageFailure::read(error)))?;
+        if stored.index != index {
+            debug!(%index, stored = %stored.index, "a local snapshot was not newer than the store's: dropped");
+            return Ok(());
+        }
         if let Some((index, term)) = self.raft.compaction_point()
             && let Err(error) = self.raft.storage_mut().compact(index, term)
         {

@@ -207,6 +207,7 @@ where
         waiting_bytes_max: (config.apply_queue_batches_max as u64).saturating_mul(config.options.apply_bytes_max()),
         // Set by the host: not when it runs as one task.
         snapshot_off_worker: true,
+        snapshot_slots: None,
     };
     let inner = Inner {
         input,

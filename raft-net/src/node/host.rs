@@ -97,6 +97,7 @@ use super::error::{NodeStartError, StopReason, StorageFailure, StorageOperation}
 use super::event::{NodeEvent, NodeStatus};
 use super::handle::{Assembled, Inner, NodeHandle, assemble};
 use super::shared::Shared;
+use super::snapshot::SnapshotSlots;
 use super::state_machine::StateMachine;
 use crate::metrics::HostMetrics;
 use crate::transport::{PeerLink, SendHold, Transport};
@@ -288,6 +289,8 @@ struct HostInner<S: LogStore + Send + 'static> {
     /// Node-level liveness, once [`Host::watch_peers`] was called (groups with `quiesce` are
     /// accepted from then on).
     watch: Mutex<Option<Watching>>,
+    /// The threads lent to state machines writing snapshots off the worker: as many as workers.
+    snapshot_slots: Arc<SnapshotSlots>,
     /// The node-wide gauges (none for the host of a node started with `start`), and when the
     /// ticker next sets them.
     metrics: Option<HostMetrics>,
@@ -1121,6 +1124,7 @@ impl<S: LogStore + Send + 'static> Host<S> {
             counters: Counters::default(),
             watch: Mutex::new(None),
             metrics: gauges.then(|| HostMetrics::new(&config.thread_name)),
+            snapshot_slots: SnapshotSlots::new(config.workers),
             metrics_due: Mutex::new(Instant::now()),
         });
         Ok(Host { inner, threads: Mutex::new(Vec::new()), task: Mutex::new(None) })
@@ -1235,6 +1239,7 @@ impl<S: LogStore + Send + 'static> Host<S> {
         core.waker = Some(Waker::from(Arc::clone(&slot)));
         // A host run as one task replays exactly: no snapshot on a thread of its own there.
         core.snapshot_off_worker = self.inner.config.workers > 0;
+        core.snapshot_slots = Some(Arc::clone(&self.inner.snapshot_slots));
         let body: Box<dyn Pooled<S>> = Box::new(PooledCore {
             core,
             restored: false,

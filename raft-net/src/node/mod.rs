@@ -35,7 +35,7 @@
 //!   the same order, right after each group commit.
 //! - **Snapshots stream** between the state machine and the store in pieces of at most 1 MiB
 //!   ([`SNAPSHOT_WRITE_BYTES_MAX`], [`SNAPSHOT_READ_BYTES_MAX`]), never whole in memory.
-//!   *Taking* one never blocks the worker: it begins an owned writer in the store
+//!   *Taking* one does not block the worker (but for the cases docs/multi-raft.md lists): it begins an owned writer in the store
 //!   (`LogStore::begin_snapshot_owned`) and hands the state machine a task that writes into it
 //!   and makes it durable, as a `Snapshot` step of the apply thread's queue, or, applied inline,
 //!   on a thread of its own that the applier moves to (the steps handed to it meanwhile wait on

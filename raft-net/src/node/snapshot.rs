@@ -372,6 +372,41 @@ impl<S: LogStore> SnapshotJob<S> {
     }
 }
 
+/// The threads a host lends to state machines writing snapshots off the worker, at most `max`
+/// at once: each holds the group's applier and what waits for it, so a host with many groups
+/// whose snapshot policies come due together does not start a thread (and hold back up to an
+/// apply queue's worth of entries) for each of them. A group that finds none free asks again at
+/// its next round.
+#[derive(Debug)]
+pub(crate) struct SnapshotSlots {
+    in_use: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl SnapshotSlots {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(SnapshotSlots { in_use: std::sync::atomic::AtomicUsize::new(0), max: max.max(1) })
+    }
+
+    /// A free slot, held until the returned guard is dropped; `None` when all are taken.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<SnapshotSlot> {
+        let taken = self
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |in_use| (in_use < self.max).then_some(in_use + 1));
+        taken.ok().map(|_| SnapshotSlot(Arc::clone(self)))
+    }
+}
+
+/// One of a host's [`SnapshotSlots`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct SnapshotSlot(Arc<SnapshotSlots>);
+
+impl Drop for SnapshotSlot {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Calls its function when dropped.
 struct WakeOnDrop(Box<dyn Fn() + Send>);
 
@@ -387,16 +422,30 @@ struct TakeTask<S: LogStore> {
     index: raft_core::Index,
     out: OwnedOut<S>,
     done: SyncSender<TakenResult<S>>,
-    /// Dropped last: the result is sent first.
+    /// Woken last, once the result is sent or its sender dropped (see [`TakeTask::run`]).
     wake: WakeOnDrop,
 }
 
 impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
     fn run(self: Box<Self>, applier: &mut Applier<SM>) {
-        let TakeTask { index, mut out, done, wake } = *self;
+        // `wake` is bound first, so that it is dropped last also when the state machine panics
+        // and the bindings are dropped while unwinding: the core, woken, then finds `done`
+        // closed rather than empty, and does not wait for a wake that would never come.
+        let TakeTask { wake, index, mut out, done } = *self;
+        if out.cancel.load(Ordering::Acquire) {
+            // Called off before it began (a snapshot installed meanwhile, a shutdown).
+            let _ = done.send(Ok(None));
+            drop(wake);
+            return;
+        }
         // The core hands the task over after every entry up to `index`, and nothing else moves
-        // the applied index: anything else is a bug of this driver.
-        assert_eq!(applier.applied, index, "a snapshot task ran at another index than it was made for");
+        // the applied index: anything else is a bug of this driver, reported as the core's.
+        if applier.applied != index {
+            debug_assert_eq!(applier.applied, index, "a snapshot task ran at another index than it was made for");
+            let _ = done.send(Err(StopReason::CorePanicked));
+            drop(wake);
+            return;
+        }
         let result = match applier.snapshot(&mut out) {
             Ok(true) => out.finish().map(Some).map_err(save_failed),
             // The sink closed: the store failed, or the job was called off.
@@ -450,6 +499,17 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
+
+    #[test]
+    fn a_hosts_snapshot_slots_are_lent_up_to_their_number_and_given_back() {
+        let slots = SnapshotSlots::new(2);
+        let (first, second) = (slots.try_take(), slots.try_take());
+        assert!(first.is_some() && second.is_some());
+        assert!(slots.try_take().is_none(), "both are lent");
+        drop(first);
+        assert!(slots.try_take().is_some(), "one given back");
+        assert!(SnapshotSlots::new(0).try_take().is_some(), "at least one");
+    }
 
     /// Pieces from a list, then an end or an error.
     struct Listed(Vec<Bytes>, Option<StorageError>);
