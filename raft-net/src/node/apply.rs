@@ -66,15 +66,11 @@ impl<SM: StateMachine> Applier<SM> {
     /// Runs until the core drops its end of the queue (or a restore fails), then answers
     /// every proposal still pending with the reason the node stopped. (Reads still queued after
     /// a failed restore are dropped with the queue: their readers then see the stop reason.)
-    ///
-    /// With nothing queued it polls the queue for `idle_poll` (yielding its CPU between polls)
-    /// before it sleeps, as the worker does: the next step usually comes within microseconds
-    /// under load, and a sleep costs the worker that sends it a wake-up system call.
-    pub(crate) fn run(mut self, mut steps: Receiver<ApplyStep<SM>>, idle_poll: std::time::Duration) {
+    pub(crate) fn run(mut self, mut steps: Receiver<ApplyStep<SM>>) {
         // A plain thread, outside the runtime: blocking_recv parks it without a lock (std's
         // sync_channel registered each sleeping receiver under a mutex that the core's
         // sends contended for).
-        while let Some(step) = next_step(&mut steps, idle_poll) {
+        while let Some(step) = steps.blocking_recv() {
             if let Err(reason) = self.take(step) {
                 self.shared.set_stop_reason(reason);
                 self.wake_core();
@@ -282,25 +278,6 @@ impl<SM: StateMachine> Applier<SM> {
     }
 }
 
-/// The next step of `steps`: polled for up to `idle_poll` while the queue is empty, then waited
-/// for; `None` once the core has dropped its end.
-fn next_step<T>(steps: &mut Receiver<T>, idle_poll: std::time::Duration) -> Option<T> {
-    if !idle_poll.is_zero() {
-        let deadline = std::time::Instant::now() + idle_poll;
-        loop {
-            match steps.try_recv() {
-                Ok(step) => return Some(step),
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return None,
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) if std::time::Instant::now() < deadline => {
-                    std::thread::yield_now();
-                }
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-            }
-        }
-    }
-    steps.blocking_recv()
-}
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -311,26 +288,6 @@ mod tests {
 
     use super::*;
     use crate::node::shared::Responder;
-
-    #[test]
-    fn the_next_step_is_polled_for_then_waited_for_and_none_once_the_core_is_gone() {
-        let poll = std::time::Duration::from_millis(1);
-        let (sender, mut steps) = mpsc::channel(4);
-        sender.try_send(1).expect("room");
-        assert_eq!(next_step(&mut steps, poll), Some(1), "a queued step is taken at once");
-        // A step sent long after the poll gave up is still received: the apply thread sleeps.
-        let late = std::thread::spawn(move || {
-            std::thread::sleep(poll * 20);
-            sender.blocking_send(2).expect("the receiver waits");
-            sender
-        });
-        assert_eq!(next_step(&mut steps, poll), Some(2));
-        drop(late.join().expect("the sender thread"));
-        assert_eq!(next_step(&mut steps, poll), None, "the core dropped its end");
-        let (sender, mut steps) = mpsc::channel::<u8>(1);
-        drop(sender);
-        assert_eq!(next_step(&mut steps, std::time::Duration::ZERO), None);
-    }
 
     /// Answers each command with its index.
     struct Echo;

@@ -162,10 +162,9 @@ where
     let applier = Applier::new(state_machine, Arc::clone(&shared), input.downgrade(), config.snapshot_every_entries);
     let apply = if apply_thread {
         let (queue, steps) = mpsc::channel(config.apply_queue_batches_max);
-        let idle_poll = config.idle_poll;
         let thread = std::thread::Builder::new()
             .name(format!("raft-apply-{}", config.id))
-            .spawn(move || applier.run(steps, idle_poll))
+            .spawn(move || applier.run(steps))
             .map_err(NodeStartError::Spawn)?;
         ApplySide::Thread { queue, thread }
     } else {
