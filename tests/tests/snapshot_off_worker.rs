@@ -65,12 +65,14 @@ struct Log {
     applied: Vec<Bytes>,
     gate: Arc<Gate>,
     view: Arc<Mutex<Vec<Bytes>>>,
+    /// Its `snapshot` panics once through the gate.
+    panics: bool,
 }
 
 impl Log {
     fn new(gate: &Arc<Gate>) -> (Self, Arc<Mutex<Vec<Bytes>>>) {
         let view = Arc::new(Mutex::new(Vec::new()));
-        (Log { applied: Vec::new(), gate: Arc::clone(gate), view: Arc::clone(&view) }, view)
+        (Log { applied: Vec::new(), gate: Arc::clone(gate), view: Arc::clone(&view), panics: false }, view)
     }
 }
 
@@ -86,6 +88,7 @@ impl StateMachine for Log {
 
     fn snapshot(&self, sink: &mut dyn Write) -> io::Result<()> {
         self.gate.pass();
+        assert!(!self.panics, "a state machine that panics in its snapshot");
         for command in &self.applied {
             sink.write_all(&(command.len() as u32).to_le_bytes())?;
             sink.write_all(command)?;
@@ -333,4 +336,51 @@ async fn a_shutdown_with_a_snapshot_in_flight_answers_what_the_state_machine_hol
         let handle = raft_net::start(config(EVERY, execution), store, transport, inbound, machine).expect("start");
         shuts_down_with_a_snapshot_in_flight(handle, gate, view).await;
     }
+}
+
+/// A state machine that panics while it writes its snapshot off the worker stops its own group,
+/// as `StateMachinePanicked`, with nothing but the job's end to wake the group (no input reaches
+/// it after the panic), and the other group on the same one-worker host goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_machine_panicking_in_its_snapshot_off_the_worker_stops_its_group_only() {
+    let network = MemNetwork::default();
+    let wal = SharedWal::create(SimFs::new(24), "/wal", IDENTITY, WalOptions::default()).expect("log");
+    let host = Host::start(HostConfig::with_workers(1)).expect("host");
+    let gate = Gate::closed();
+    let mut handles = Vec::new();
+    for group in [GroupId(1), GroupId(2)] {
+        let store = wal.create_group(group, Membership::new([ME])).expect("group");
+        let (transport, inbound) = network.join_group(ME, group).expect("joined");
+        let gate = if group == GroupId(1) { Arc::clone(&gate) } else { Gate::open() };
+        let (mut machine, _) = Log::new(&gate);
+        machine.panics = group == GroupId(1);
+        let every = if group == GroupId(1) { EVERY } else { 0 };
+        handles.push(host.add_group(group, config(every, Execution::OneThread), store, transport, inbound, machine));
+    }
+    let handles: Vec<NodeHandle<Log>> = handles.into_iter().map(|handle| handle.expect("added")).collect();
+    let mut events = handles[0].events();
+    eventually("the node leads group 1", || async { status(&handles[0]).await.role == raft_core::Role::Leader }).await;
+    let mut answers = tokio::task::JoinSet::new();
+    for number in 0..EVERY {
+        let handle = handles[0].clone();
+        answers.spawn(async move { handle.propose(command(1, number)).await });
+    }
+    eventually("the snapshot is held in the state machine", || async { gate.entered.load(Ordering::SeqCst) == 1 })
+        .await;
+    // Nothing more reaches group 1: only the job's end can wake it now.
+    gate.release();
+    let reason = within("group 1 stops", async {
+        loop {
+            if let NodeEvent::Stopped(reason) = events.recv().await.expect("events") {
+                return reason;
+            }
+        }
+    })
+    .await;
+    assert!(matches!(reason, raft_net::StopReason::StateMachinePanicked), "{reason:?}");
+    while let Some(answer) = answers.join_next().await {
+        answer.expect("a proposal's task").ok(); // Applied before the snapshot, or refused by the stop.
+    }
+    propose_applied(&handles[1], 2, 0..5).await;
+    host.shutdown().await;
 }
