@@ -101,8 +101,8 @@ thread_local! {
     static HELD: std::cell::RefCell<Option<Releases>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `f` with this thread's sends held back, and lets them go, batched, when `f` returns (or
-/// unwinds): see [`SendHold`].
+/// Runs `f` with this thread's sends held back, and lets them go when `f` returns (or unwinds):
+/// see [`SendHold`].
 #[cfg(test)]
 pub(crate) fn hold_sends<R>(f: impl FnOnce() -> R) -> R {
     let _hold = SendHold::begin();
@@ -111,10 +111,10 @@ pub(crate) fn hold_sends<R>(f: impl FnOnce() -> R) -> R {
 
 /// Holds back this thread's sends while it lives, and lets them go, batched, when dropped (also
 /// while unwinding) or when [`SendHold::release_if_held_for`] finds them held long enough. A
-/// transport that batches ([`crate::TcpTransport`]) gathers the messages sent meanwhile per peer
-/// and queues each peer's as one item, so its writer wakes once and writes them in one go rather
-/// than waking for the first and writing the rest piecemeal; other transports send at once as
-/// always. A [`Host`](crate::Host) holds the sends of each phase of a round of several groups:
+/// transport that batches ([`crate::TcpTransport`]) keeps the messages sent meanwhile per peer
+/// and, when they are let go, queues them peer by peer in a tight loop, so that the peer's
+/// writer, woken by the first, finds the rest queued and writes them in one go rather than
+/// racing the sender for them; other transports send at once as always. A [`Host`](crate::Host) holds the sends of each phase of a round of several groups:
 /// the messages of the round's groups leave together at the end of the phase (before the round's
 /// write for those that may leave before it), or at the first group boundary once they have
 /// waited `SENDS_HELD_MAX`, and before any step that waits ([`let_held_sends_go`]). A hold begun
