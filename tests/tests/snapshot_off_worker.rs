@@ -384,3 +384,34 @@ async fn a_state_machine_panicking_in_its_snapshot_off_the_worker_stops_its_grou
     propose_applied(&handles[1], 2, 0..5).await;
     host.shutdown().await;
 }
+
+/// A linearizable read asked while the applier is away writing a snapshot waits for it and then
+/// sees every entry committed before the read was asked (it runs after them, in the order the
+/// worker handed them), not the state the snapshot holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_asked_while_the_snapshot_is_written_sees_every_entry_committed_before_it() {
+    let wal = SharedWal::create(SimFs::new(25), "/wal", IDENTITY, WalOptions::default()).expect("log");
+    let network = MemNetwork::default();
+    let host = Host::start(HostConfig::with_workers(1)).expect("host");
+    let gate = Gate::closed();
+    let store = wal.create_group(GroupId(1), Membership::new([ME])).expect("group");
+    let (transport, inbound) = network.join_group(ME, GroupId(1)).expect("joined");
+    let (machine, _) = Log::new(&gate);
+    let config = config(EVERY, Execution::OneThread);
+    let handle = host.add_group(GroupId(1), config, store, transport, inbound, machine).expect("added");
+    // EVERY commands, a snapshot held at the gate, and 3 more committed (not applied) meanwhile.
+    let mut answers = commits_while_held(&handle, &gate, 1).await;
+    let reader = handle.clone();
+    let mut read = tokio::spawn(async move {
+        reader.read(raft_net::ReadConsistency::Linearizable, |log: &Log| log.applied.len()).await
+    });
+    // The read waits for the state machine, which is away: no answer while the gate holds it.
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(200), &mut read).await.is_err());
+    gate.release();
+    let seen = within("the read", read).await.expect("the read's task").expect("read");
+    assert_eq!(seen as u64, EVERY + 3, "the read ran after every entry committed before it");
+    while let Some(answer) = answers.join_next().await {
+        answer.expect("a proposal's task");
+    }
+    host.shutdown().await;
+}
