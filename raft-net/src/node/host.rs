@@ -1029,15 +1029,16 @@ impl<S: LogStore + Send + 'static> HostInner<S> {
     fn publish_metrics(&self) {
         let Some(metrics) = &self.metrics else { return };
         let now = Instant::now();
-        if self.lock_ready().closed {
-            return; // Zeroed when it closed.
-        }
         {
+            // Checked first: the ready queue's lock is the workers', taken here once a second only.
             let mut due = self.metrics_due.lock().unwrap_or_else(PoisonError::into_inner);
             if now < *due {
                 return;
             }
             *due = now + HOST_METRICS_INTERVAL;
+        }
+        if self.lock_ready().closed {
+            return; // Zeroed when it closed.
         }
         let groups = self.summaries();
         metrics.set(
