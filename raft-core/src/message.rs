@@ -137,6 +137,19 @@ pub enum MessageBody {
         /// The leader's number for this heartbeat round, as in `Heartbeat`.
         round: u64,
     },
+    /// The leader tells a follower that already holds everything it was sent how far the log
+    /// is committed: an `AppendEntries` with no entries whose success is not answered (it would
+    /// tell the leader nothing new). The follower checks its log at `prev_log_index` as for an
+    /// append and commits up to `min(commit, prev_log_index)` if it matches; if it does not, it
+    /// answers with a rejection, as for an append, so the leader repairs its log.
+    CommitNotice {
+        /// The index of the last entry sent to the follower.
+        prev_log_index: Index,
+        /// The term of the entry at `prev_log_index` (0 for index 0).
+        prev_log_term: Term,
+        /// The leader's commit index.
+        commit: Index,
+    },
 }
 
 /// Why a follower refused a snapshot it was receiving.
@@ -204,6 +217,7 @@ impl MessageBody {
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
             MessageBody::SnapshotRefused { .. } => "SnapshotRefused",
             MessageBody::Quiesce { .. } => "Quiesce",
+            MessageBody::CommitNotice { .. } => "CommitNotice",
         }
     }
 
@@ -216,6 +230,7 @@ impl MessageBody {
                 | MessageBody::InstallSnapshot { .. }
                 | MessageBody::TimeoutNow
                 | MessageBody::Quiesce { .. }
+                | MessageBody::CommitNotice { .. }
         )
     }
 }

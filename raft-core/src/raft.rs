@@ -431,7 +431,7 @@ impl<S: Storage> Raft<S> {
             return Err(error);
         }
         if self.tracker.take_broadcast() {
-            self.broadcast_append(false);
+            self.broadcast_append();
         }
         if self.reads.round_wanted && self.role == Role::Leader {
             self.broadcast_heartbeat();

@@ -16,6 +16,7 @@ impl<S: Storage> Raft<S> {
         prev_log_term: Term,
         mut entries: Vec<Entry>,
         leader_commit: Index,
+        answer_success: bool,
     ) -> Result<(), StepError> {
         let committed = self.log.committed;
         let (prev_log_index, prev_log_term, skip) = if prev_log_index < committed {
@@ -59,8 +60,10 @@ impl<S: Storage> Raft<S> {
         // Our log now matches the leader's up to the last index it sent (log matching, §5.3).
         invariant!(self.log.matches(last_new, last_new_term), "the log differs from the leader's at {last_new}");
         self.commit_to(leader_commit.min(last_new));
-        let result = AppendResult::Success { match_index: last_new };
-        self.send(from, self.term, MessageBody::AppendResponse(result));
+        if answer_success {
+            let result = AppendResult::Success { match_index: last_new };
+            self.send(from, self.term, MessageBody::AppendResponse(result));
+        }
         Ok(())
     }
 
@@ -239,15 +242,38 @@ impl<S: Storage> Raft<S> {
         true
     }
 
-    /// Sends what each follower lacks; with `allow_empty`, also an empty append to followers that
-    /// lack nothing (to carry a new commit index).
-    pub(crate) fn broadcast_append(&mut self, allow_empty: bool) {
+    /// Sends what each follower lacks.
+    pub(crate) fn broadcast_append(&mut self) {
         for peer in self.tracker.peers() {
-            if allow_empty {
+            self.send_appends_while_possible(peer);
+        }
+    }
+
+    /// Tells every follower the new commit index: a follower in the replicate state that was
+    /// sent everything gets a [`MessageBody::CommitNotice`] (which it does not answer unless its
+    /// log disagrees: its answer to an empty append would tell nothing new), any other what
+    /// [`Raft::send_append`] sends it (its missing entries, or an empty append that probes).
+    pub(crate) fn broadcast_commit(&mut self) {
+        let last = self.log.last_index();
+        for peer in self.tracker.peers() {
+            let sent_all = self.tracker.get(peer).and_then(|progress| {
+                let caught_up = progress.state == ProgressState::Replicate && progress.next_index > last;
+                (caught_up && !progress.is_paused()).then(|| progress.next_index.prev())
+            });
+            let Some(prev_log_index) = sent_all else {
                 self.send_append(peer, true);
-            } else {
-                self.send_appends_while_possible(peer);
-            }
+                continue;
+            };
+            let prev_log_term = match self.log.term(prev_log_index) {
+                Ok(term) => term,
+                // Compacted or unreadable: the append path knows what to do (a snapshot, or nothing).
+                Err(_) => {
+                    self.send_append(peer, true);
+                    continue;
+                }
+            };
+            let body = MessageBody::CommitNotice { prev_log_index, prev_log_term, commit: self.log.committed };
+            self.send(peer, self.term, body);
         }
     }
 
@@ -278,7 +304,7 @@ impl<S: Storage> Raft<S> {
             self.on_term_commit();
         }
         self.tracker.release_through(index);
-        self.broadcast_append(true);
+        self.broadcast_commit();
         self.after_commit_membership();
     }
 

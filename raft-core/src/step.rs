@@ -27,6 +27,9 @@ impl<S: Storage> Raft<S> {
             MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, .. } => {
                 crate::replication::validate_entries(m.term, *prev_log_index, *prev_log_term, entries)?;
             }
+            MessageBody::CommitNotice { prev_log_index, prev_log_term, .. } => {
+                crate::replication::validate_entries(m.term, *prev_log_index, *prev_log_term, &[])?;
+            }
             MessageBody::InstallSnapshot { meta, offset, data, .. } => {
                 let limit = self.options.snapshot_chunk_bytes_max();
                 crate::snapshot::validate_chunk(m.term, meta, *offset, data, limit)?;
@@ -56,7 +59,14 @@ impl<S: Storage> Raft<S> {
             MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit } => {
                 self.accept_leader(m.from)?;
                 let before = (self.log.last_index(), self.log.committed, self.log.last_term().ok());
-                let result = self.on_append_entries(m.from, prev_log_index, prev_log_term, entries, commit);
+                let result = self.on_append_entries(m.from, prev_log_index, prev_log_term, entries, commit, true);
+                self.wake_on_append(before);
+                result
+            }
+            MessageBody::CommitNotice { prev_log_index, prev_log_term, commit } => {
+                self.accept_leader(m.from)?;
+                let before = (self.log.last_index(), self.log.committed, self.log.last_term().ok());
+                let result = self.on_append_entries(m.from, prev_log_index, prev_log_term, Vec::new(), commit, false);
                 self.wake_on_append(before);
                 result
             }
@@ -131,6 +141,7 @@ impl<S: Storage> Raft<S> {
     fn on_lower_term(&mut self, m: &Message) -> Result<(), StepError> {
         match m.body {
             MessageBody::AppendEntries { .. }
+            | MessageBody::CommitNotice { .. }
             | MessageBody::Heartbeat { .. }
             | MessageBody::Quiesce { .. }
             | MessageBody::InstallSnapshot { .. } => {

@@ -803,8 +803,10 @@ fn a_heartbeat_answer_frees_no_slot_of_a_window_that_is_not_full() {
     c.propose(1, b"a").expect("leader accepts");
     assert!(c.node(1).is_replicating(NodeId(3)));
     let mut held = Vec::new();
+    // Commit notices too: one overtaking the held append would be refused, and that refusal
+    // would rewind the follower's progress.
     let hold_appends_to_3 = |m: &Message| match &m.body {
-        MessageBody::AppendEntries { .. } if m.to == NodeId(3) => Fate::Hold,
+        MessageBody::AppendEntries { .. } | MessageBody::CommitNotice { .. } if m.to == NodeId(3) => Fate::Hold,
         _ => Fate::Deliver,
     };
     c.node_mut(1).propose(bytes::Bytes::from_static(b"b")).expect("leader accepts");

@@ -103,7 +103,7 @@ pub const HOST_QUIET_GROUPS: &str = "raft_host_quiet_groups";
 pub const HOST_PROPOSALS_PENDING: &str = "raft_host_proposals_pending";
 
 /// The values of the `kind` label, indexed as the transport counts them.
-pub const MESSAGE_KINDS: [&str; 14] = [
+pub const MESSAGE_KINDS: [&str; 15] = [
     "vote_request",
     "vote_response",
     "append_entries",
@@ -117,6 +117,7 @@ pub const MESSAGE_KINDS: [&str; 14] = [
     "read_index_response",
     "snapshot_refused",
     "quiesce",
+    "commit_notice",
     "other",
 ];
 
@@ -168,7 +169,8 @@ pub(crate) fn kind_index(body: &MessageBody) -> usize {
         MessageBody::ReadIndexResponse { .. } => 10,
         MessageBody::SnapshotRefused { .. } => 11,
         MessageBody::Quiesce { .. } => 12,
-        _ => 13,
+        MessageBody::CommitNotice { .. } => 13,
+        _ => 14,
     }
 }
 

@@ -1399,6 +1399,7 @@ fn message_words(m: &Message) -> [u64; 4] {
         MessageBody::ReadIndexRequest { request, .. } => (25, *request),
         MessageBody::ReadIndexResponse { request, index } => (26, request << 32 ^ index.map_or(0, |i| i.0)),
         MessageBody::Quiesce { commit, round } => (27, commit.0 << 32 ^ round),
+        MessageBody::CommitNotice { prev_log_index, commit, .. } => (28, prev_log_index.0 << 32 ^ commit.0),
         _ => (24, 0),
     };
     [tag, m.from.0 << 32 | m.to.0, m.term.0, detail]

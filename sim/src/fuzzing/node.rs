@@ -99,8 +99,10 @@ enum BodyChoice {
         hint_term: Option<TermChoice>,
         hint_index: IndexChoice,
     },
-    /// A round of 128 or more sends a `Quiesce` (of round `round - 128`) instead, so that the
-    /// stored corpus kept its meaning when `Quiesce` came.
+    /// A round of 128 to 191 sends a `Quiesce` (of round `round - 128`) instead, and one of 192
+    /// or more a `CommitNotice` at the chosen index, so that the stored corpus kept its meaning
+    /// when `Quiesce` came (and nearly all of it when `CommitNotice` came: only quiesce rounds
+    /// of 64 or more became notices).
     Heartbeat {
         commit: IndexChoice,
         round: u8,
@@ -352,6 +354,13 @@ impl Harness {
                 let hint_index = self.index_of(hint_index);
                 let hint = ConflictHint { term: hint_term.map(|t| self.term_of(t, hint_index)), index: hint_index };
                 MessageBody::AppendResponse(AppendResult::Reject { rejected_index, hint })
+            }
+            BodyChoice::Heartbeat { commit, round } if round >= 192 => {
+                let prev_log_index = self.index_of(commit);
+                let choice = if round % 2 == 0 { TermChoice::AtIndex } else { TermChoice::Current };
+                let prev_log_term = self.term_of(choice, prev_log_index);
+                let commit = Index(prev_log_index.0.saturating_add(u64::from(round % 8)));
+                MessageBody::CommitNotice { prev_log_index, prev_log_term, commit }
             }
             BodyChoice::Heartbeat { commit, round } if round >= 128 => {
                 MessageBody::Quiesce { commit: self.index_of(commit), round: u64::from(round - 128) }

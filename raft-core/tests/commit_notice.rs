@@ -1,0 +1,142 @@
+//! The commit index reaches followers that hold everything as a `CommitNotice`, which they do
+//! not answer unless their log disagrees: an answer would tell the leader nothing new, and with
+//! one write in flight per group it was a quarter of the messages of every operation.
+
+mod common;
+
+use common::{Cluster, Fate, between, deliver_with, message, tick_with};
+use raft_core::{AppendResult, Index, Message, MessageBody, NodeId, StepError, Term};
+
+fn is_notice(m: &Message) -> bool {
+    matches!(m.body, MessageBody::CommitNotice { .. })
+}
+
+/// A proposal commits; the followers, which hold it, learn that it committed from a notice,
+/// commit it, and answer nothing: the only answers to the leader are the appends' own.
+#[test]
+fn caught_up_followers_learn_the_commit_from_a_notice_they_do_not_answer() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.delivered.clear();
+    let index = c.propose(1, b"x").expect("leader accepts");
+    c.deliver_all();
+    for follower in [2, 3] {
+        assert_eq!(c.node(follower).commit_index(), index, "node {follower} knows the commit");
+        let notices: Vec<_> = c.delivered.iter().filter(|m| between(m, 1, follower) && is_notice(m)).collect();
+        assert_eq!(notices.len(), 1, "one notice to node {follower}: {:?}", c.delivered);
+        assert_eq!(
+            notices[0].body,
+            MessageBody::CommitNotice { prev_log_index: index, prev_log_term: c.node(1).term(), commit: index }
+        );
+        let answers = c.delivered.iter().filter(|m| between(m, follower, 1)).count();
+        assert_eq!(answers, 1, "node {follower} answered the append only: {:?}", c.delivered);
+        // No empty append went to it either.
+        assert!(!c.delivered.iter().any(|m| between(m, 1, follower)
+            && matches!(&m.body, MessageBody::AppendEntries { entries, .. } if entries.is_empty())));
+    }
+}
+
+/// A notice that overtakes the append it follows (or follows a lost one) finds a log that does
+/// not match: the follower refuses it as it would an append, and the leader sends the entry
+/// again, so the follower still catches up and learns the commit.
+#[test]
+fn a_notice_the_followers_log_does_not_match_is_refused_and_the_entry_sent_again() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.deliver_all();
+    let mut dropped_append = false;
+    let index = c.node_mut(1).propose(bytes::Bytes::from_static(b"x")).expect("leader accepts");
+    // The append to node 3 is lost; node 2's answer commits the entry.
+    deliver_with(&mut c, |m| match &m.body {
+        MessageBody::AppendEntries { entries, .. } if between(m, 1, 3) && !entries.is_empty() && !dropped_append => {
+            dropped_append = true;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    assert!(dropped_append);
+    assert_eq!(c.node(1).commit_index(), index);
+    let refusal = c
+        .delivered
+        .iter()
+        .position(|m| between(m, 3, 1) && matches!(m.body, MessageBody::AppendResponse(AppendResult::Reject { .. })))
+        .expect("node 3 refused the notice");
+    assert!(c.delivered[..refusal].iter().any(|m| between(m, 1, 3) && is_notice(m)), "the notice came first");
+    assert_eq!(c.node(3).last_index(), index, "the entry was sent again");
+    assert_eq!(c.node(3).commit_index(), index);
+}
+
+/// An answer to an append that is lost leaves the leader thinking the follower lacks the entry;
+/// no notice answer repairs that, but the next heartbeat's answer does (an empty append that is
+/// answered), so the leader's view of the follower catches up.
+#[test]
+fn a_lost_append_answer_is_repaired_by_the_heartbeat_round() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.deliver_all();
+    let index = c.node_mut(1).propose(bytes::Bytes::from_static(b"x")).expect("leader accepts");
+    deliver_with(&mut c, |m| match &m.body {
+        MessageBody::AppendResponse(_) if between(m, 3, 1) => Fate::Drop,
+        _ => Fate::Deliver,
+    });
+    assert_eq!(c.node(1).commit_index(), index);
+    assert_eq!(c.node(3).commit_index(), index, "the notice told node 3");
+    assert!(c.node(1).status().progress[&NodeId(3)].match_index < index);
+    for _ in 0..c.node(1).options().heartbeat_ticks() {
+        tick_with(&mut c, |_| Fate::Deliver);
+    }
+    assert_eq!(c.node(1).status().progress[&NodeId(3)].match_index, index);
+}
+
+/// A notice from an earlier term is answered with the follower's term, as a stale append is, so
+/// that a deposed leader learns of it; one whose previous entry's term exceeds its own term is
+/// refused as malformed before it can change anything.
+#[test]
+fn stale_and_malformed_notices_are_treated_as_appends_are() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.deliver_all();
+    // Node 3 hears from the leader of a later term, node 2.
+    let term = c.node(3).term().next();
+    let commit = c.node(3).commit_index();
+    let node = c.node_mut(3);
+    let _ = node.step(message(2, 3, term.0, MessageBody::Heartbeat { commit, round: 0 }));
+    let _ = node.take_output().expect("memory storage");
+    assert_eq!(node.term(), term);
+    let stale = MessageBody::CommitNotice { prev_log_index: Index(1), prev_log_term: Term(1), commit: Index(1) };
+    let _ = node.step(message(1, 3, term.0 - 1, stale));
+    let out = node.take_output().expect("memory storage");
+    let answers: Vec<_> = out.messages.iter().chain(&out.messages_after_persist).collect();
+    assert!(
+        answers
+            .iter()
+            .any(|m| m.to == NodeId(1) && m.term == term && matches!(m.body, MessageBody::HeartbeatResponse { .. })),
+        "the stale leader is told the term: {answers:?}"
+    );
+    let malformed =
+        MessageBody::CommitNotice { prev_log_index: Index(1), prev_log_term: Term(term.0 + 1), commit: Index(9) };
+    let result = node.step(message(2, 3, term.0, malformed));
+    assert!(matches!(result, Err(StepError::Malformed(_))), "{result:?}");
+    assert_eq!(node.commit_index(), commit);
+}
+
+/// Pitfall 9 for notices: a follower that lost its disk (an empty log) is told a commit index
+/// far past its log. The notice's previous entry is not in its log, so it refuses the notice and
+/// commits nothing; it never trusts a commit index beyond what it holds.
+#[test]
+fn a_notice_past_the_followers_log_commits_nothing_and_is_refused() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.deliver_all();
+    let term = c.node(1).term();
+    let mut fresh = common::node_with_log(NodeId(3), &common::ids(3), &[], 0, common::options(NodeId(3), true, true));
+    let notice = MessageBody::CommitNotice { prev_log_index: Index(5), prev_log_term: term, commit: Index(9) };
+    fresh.step(message(1, 3, term.0, notice)).expect("a well-formed notice");
+    assert_eq!(fresh.commit_index(), Index(0));
+    let out = fresh.take_output().expect("memory storage");
+    let refused = out.messages.iter().chain(&out.messages_after_persist).any(|m| {
+        m.to == NodeId(1)
+            && matches!(m.body, MessageBody::AppendResponse(AppendResult::Reject { rejected_index: Index(5), .. }))
+    });
+    assert!(refused, "the notice is refused: {out:?}");
+}
