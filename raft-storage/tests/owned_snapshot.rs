@@ -8,44 +8,18 @@
 use std::fmt::Debug;
 use std::path::PathBuf;
 
-use raft_core::{GroupId, HardState, Index, NodeId, SnapshotMeta, Storage, Term};
+use raft_core::{GroupId, HardState, Index, SnapshotMeta, Storage, Term};
 use raft_storage::testing::SimFs;
 use raft_storage::{
-    DiskError, DiskOptions, DiskStorage, FileSystem, GroupStore, Identity, LogStore, MemStorage, Repair, SharedWal,
-    WalOptions,
+    DiskError, DiskOptions, DiskStorage, FileSystem, LogStore, MemStorage, Repair, SharedWal, WalOptions,
 };
 
 mod common;
+use common::snapshot::{
+    ME, assert_holds_received, data, dir, disk_store_across_power_loss, finish_receiving, meta, read_back,
+    start_receiving, wal_group_across_power_loss,
+};
 use common::{membership, run};
-
-const ME: Identity = Identity { cluster_id: 5, node_id: NodeId(1) };
-
-fn dir() -> PathBuf {
-    PathBuf::from("/var/raft/node-1")
-}
-
-/// Snapshot `index` of term 1, its checksum left for `finish` to supply.
-fn meta(index: u64) -> SnapshotMeta {
-    SnapshotMeta { index: Index(index), term: Term(1), membership: membership(), data_crc32: 0 }
-}
-
-/// `len` bytes that differ with their position and `seed`.
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|position| ((position.wrapping_mul(31) >> 3) as u8).wrapping_add(seed)).collect()
-}
-
-/// The data of the store's snapshot, read back a piece at a time.
-fn read_back<S: Storage>(store: &S) -> Vec<u8> {
-    let snapshot = store.snapshot().expect("snapshot");
-    let mut out = Vec::new();
-    loop {
-        let chunk = store.snapshot_chunk(snapshot.index, snapshot.term, out.len() as u64, 1000).expect("chunk");
-        out.extend_from_slice(&chunk.data);
-        if chunk.done {
-            return out;
-        }
-    }
-}
 
 /// Takes snapshot 5 on another thread while the owner appends entries and receives a chunk of
 /// snapshot 20, then saves it; then a stale one, an abandoned writer and a taken snapshot never
@@ -56,8 +30,7 @@ where
     S::Error: Debug,
 {
     store.persist(Some(HardState { term: Term(1), vote: None, commit: Index(0) }), &run(1, 10, 1)).expect("persist");
-    let received = meta(20);
-    store.write_snapshot_chunk(&received, 0, b"rece").expect("a received chunk");
+    let received = start_receiving(store);
 
     let local = data(150_000, 1);
     let mut writer = store.begin_snapshot_owned(&meta(5)).expect("begin");
@@ -96,10 +69,7 @@ where
     assert_eq!(store.snapshot().expect("snapshot").index, Index(5));
     assert_eq!(read_back(store), local);
 
-    // The received snapshot's staging was left alone.
-    store.write_snapshot_chunk(&received, 4, b"ived").expect("the staging goes on");
-    store.install_snapshot(&received).expect("install");
-    assert_eq!(read_back(store), b"received");
+    finish_receiving(store, &received);
     local
 }
 
@@ -110,29 +80,15 @@ fn the_memory_store_takes_a_snapshot_off_its_owner() {
 
 #[test]
 fn the_disk_store_takes_a_snapshot_off_its_owner() {
-    let fs = SimFs::new(1);
-    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
-    takes_off_the_owner(&mut store);
-    drop(store);
-    fs.crash();
-    let store = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("reopen");
-    assert_eq!(store.snapshot().expect("snapshot").index, Index(20));
-    assert_eq!(read_back(&store), b"received");
+    let (fs, store) = disk_store_across_power_loss(1, |store| drop(takes_off_the_owner(store)));
+    assert_holds_received(&store);
     assert_no_taking_files(&fs);
 }
 
 #[test]
 fn a_shared_wal_group_takes_a_snapshot_off_its_owner() {
-    let fs = SimFs::new(3);
-    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
-    let mut store: GroupStore<SimFs> = wal.create_group(GroupId(1), membership()).expect("group");
-    takes_off_the_owner(&mut store);
-    drop((store, wal));
-    fs.crash();
-    let wal = SharedWal::open(fs.clone(), dir(), ME, WalOptions::default()).expect("reopen");
-    let store = wal.group(GroupId(1)).expect("group");
-    assert_eq!(store.snapshot().expect("snapshot").index, Index(20));
-    assert_eq!(read_back(&store), b"received");
+    let (fs, store) = wal_group_across_power_loss(3, |store| drop(takes_off_the_owner(store)));
+    assert_holds_received(&store);
     assert_no_taking_files(&fs);
 }
 
@@ -161,19 +117,17 @@ where
 
 #[test]
 fn a_disk_store_that_crashes_between_finish_and_save_is_as_before_and_keeps_a_saved_one() {
-    let fs = SimFs::new(4);
-    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
-    store.persist(None, &run(1, 10, 1)).expect("persist");
     let first = data(100_000, 2);
-    // Finished but never saved (the crash comes first); the save of another one syncs the
-    // directory, so its file's name is durable and recovery must remove it.
-    let unsaved = take(&mut store, 8, &data(70_000, 3));
-    let taken = take(&mut store, 4, &first);
-    store.save_taken_snapshot(taken).expect("save");
-    drop(unsaved);
-    drop(store);
-    fs.crash();
-    let store = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("reopen");
+    let (fs, store) = disk_store_across_power_loss(4, |store| {
+        store.persist(None, &run(1, 10, 1)).expect("persist");
+        // Finished but never saved (the crash comes first); the save of another one syncs the
+        // directory, so its file's name is durable and recovery must remove it (its removal
+        // when dropped is not made durable).
+        let unsaved = take(store, 8, &data(70_000, 3));
+        let taken = take(store, 4, &first);
+        store.save_taken_snapshot(taken).expect("save");
+        drop(unsaved);
+    });
     assert_eq!(
         store.snapshot().expect("snapshot"),
         SnapshotMeta { data_crc32: raft_core::snapshot_crc32(&first), ..meta(4) }
@@ -189,15 +143,10 @@ fn a_disk_store_that_crashes_between_finish_and_save_is_as_before_and_keeps_a_sa
 
 #[test]
 fn a_shared_wal_that_crashes_between_finish_and_save_is_as_before() {
-    let fs = SimFs::new(5);
-    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
-    let mut store = wal.create_group(GroupId(1), membership()).expect("group");
-    store.persist(None, &run(1, 10, 1)).expect("persist");
-    let unsaved = take(&mut store, 8, &data(70_000, 3));
-    drop((unsaved, store, wal));
-    fs.crash();
-    let wal = SharedWal::open(fs.clone(), dir(), ME, WalOptions::default()).expect("reopen");
-    let store = wal.group(GroupId(1)).expect("group");
+    let (fs, store) = wal_group_across_power_loss(5, |store| {
+        store.persist(None, &run(1, 10, 1)).expect("persist");
+        std::mem::forget(take(store, 8, &data(70_000, 3))); // The crash comes before the save.
+    });
     assert_eq!(store.snapshot().expect("snapshot").index, Index(0));
     assert_eq!(store.last_index().expect("last"), Index(10));
     assert_no_taking_files(&fs);
