@@ -134,9 +134,10 @@ pub trait LogStore: Storage {
     /// [`OwnedSnapshotWriter::finish`] makes the data durable off the owner and returns a
     /// [`TakenSnapshot`]; the owner then saves it with [`LogStore::save_taken_snapshot`] (a cheap
     /// step: a rename and a metadata record for the durable stores), with the effect of
-    /// [`LogStore::save_snapshot`]. Until that step the store is as it was: a crash between
-    /// `finish` and the save, or a writer or a taken snapshot dropped, leaves at most a file
-    /// that recovery removes. The store may be written meanwhile (entries, compactions, a
+    /// [`LogStore::save_snapshot`]. Until that step the store is as it was: a writer or a taken
+    /// snapshot dropped unsaved leaves no file ([`DiskStorage`] and [`GroupStore`] remove it at
+    /// once, while the store lives), and a crash between `finish` and the save leaves at most a
+    /// file that recovery removes. The store may be written meanwhile (entries, compactions, a
     /// snapshot received from the leader and installed); a taken snapshot not newer than the
     /// store's when it is saved is dropped. One local snapshot at a time per store.
     ///
@@ -254,7 +255,8 @@ pub trait OwnedSnapshotWriter<S: LogStore + ?Sized>: Send {
 
 /// A local snapshot whose data is written (and durable, for a durable store), waiting to be
 /// saved into its store ([`LogStore::save_taken_snapshot`]). Dropping it leaves the store as it
-/// was (a durable store's recovery removes the file it leaves).
+/// was (raft-storage's durable stores remove its file at once; recovery removes one a crash
+/// leaves).
 #[must_use = "a taken snapshot is not the store's until it is saved"]
 pub trait TakenSnapshot<S: LogStore + ?Sized>: Send {
     /// The snapshot's metadata, its checksum included.

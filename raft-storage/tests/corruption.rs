@@ -65,7 +65,7 @@ impl<F> Drop for Scratch<F> {
     }
 }
 
-trait Disk: FileSystem<File: Send + 'static> + Clone + Sized {
+trait Disk: FileSystem<File: Send + 'static> + Send + Sync + Clone + Sized + 'static {
     fn scratch() -> Scratch<Self>;
 }
 

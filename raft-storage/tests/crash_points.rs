@@ -1,7 +1,7 @@
 //! Exhaustive crash points and I/O failures for [`DiskStorage`] over [`SimFs`].
 //!
 //! A scripted workload (rotation, hard-state changes, conflicting truncations, compactions of
-//! every kind, appends after them) runs once to count its file-system operations. Then, for every
+//! every kind, appends after them, a local snapshot taken off the owner and saved) runs once to count its file-system operations. Then, for every
 //! operation `k`, it runs again on a fresh disk that halts at operation `k` (power loss) or fails
 //! it with an I/O error, and the recovered store is compared with a model of the workload.
 //!
@@ -9,8 +9,10 @@
 //! last acknowledged call) and the one call in flight when it hit (state `B`, after that call):
 //!
 //! - term and vote are those of `A` or of `B` (the metadata file is replaced atomically);
-//! - the snapshot boundary is that of `A` or of `B`; if the in-flight call moved it (a
-//!   compaction), the log is exactly the log of the state whose boundary was recovered;
+//! - the snapshot boundary and the installed snapshot (its metadata and every byte of its data)
+//!   are those of `A` or of `B`, both of the same one: never a partial snapshot; if the
+//!   in-flight call moved the boundary (a compaction, a snapshot that supersedes the log), the
+//!   log is exactly the log of the state whose boundary was recovered;
 //! - otherwise (a persist in flight) the recovered log is a prefix of `A`'s log or of `B`'s log,
 //!   at least as long as their common prefix `C`: nothing acknowledged is lost unless the
 //!   in-flight call was itself replacing it, and nothing appears that was never written;
@@ -23,7 +25,7 @@
 use std::io::ErrorKind;
 use std::path::PathBuf;
 
-use raft_core::{Entry, HardState, Index, NodeId, Storage, Term};
+use raft_core::{Entry, HardState, Index, NodeId, SnapshotMeta, Storage, Term};
 use raft_storage::testing::{SimFs, SimFsOptions};
 use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, LogStore};
 
@@ -46,12 +48,25 @@ fn hard(term: u64, vote: Option<u64>, commit: u64) -> Option<HardState> {
 enum Call {
     Persist(Option<HardState>, Vec<Entry>),
     Compact(u64, u64),
+    /// A local snapshot at (index, term) with this data, written through an owned writer in
+    /// pieces, then saved (`LogStore::begin_snapshot_owned`, `save_taken_snapshot`).
+    Taken(u64, u64, &'static [u8]),
+}
+
+/// The metadata of the local snapshot at (`index`, `term`) holding `data`.
+fn snapshot_meta(index: u64, term: u64, data: &[u8]) -> SnapshotMeta {
+    SnapshotMeta {
+        index: Index(index),
+        term: Term(term),
+        membership: membership(),
+        data_crc32: raft_core::snapshot_crc32(data),
+    }
 }
 
 /// The scripted workload. Terms never decrease along the log, and the hard-state term is raised
 /// no later than the first entry or snapshot of a term.
 fn workload() -> Vec<Call> {
-    use Call::{Compact, Persist};
+    use Call::{Compact, Persist, Taken};
     vec![
         Persist(hard(1, Some(1), 0), run(1, 4, 1)),
         Persist(None, run(5, 12, 1)),
@@ -70,6 +85,8 @@ fn workload() -> Vec<Call> {
         // A snapshot whose term conflicts with the log: every segment goes.
         Compact(12, 5),
         Persist(None, run(13, 18, 5)),
+        // A local snapshot of an entry the log holds: the log stays.
+        Taken(16, 5, b"the state machine at sixteen, taken off the owner"),
         // A snapshot beyond the log.
         Compact(20, 5),
         Persist(hard(6, Some(1), 20), run(21, 24, 6)),
@@ -87,6 +104,8 @@ struct State {
     /// Entries from `snapshot.0 + 1` on.
     entries: Vec<Entry>,
     hard_state: HardState,
+    /// The installed snapshot (the default if none) and its data.
+    installed: (SnapshotMeta, Vec<u8>),
 }
 
 impl State {
@@ -108,6 +127,18 @@ impl State {
                     let held = next.entries.iter().any(|e| e.index == index && e.term == term);
                     next.entries.retain(|e| held && e.index > index);
                     next.snapshot = (index, term);
+                }
+            }
+            &Call::Taken(index, term, data) => {
+                let meta = snapshot_meta(index, term, data);
+                if meta.index > next.installed.0.index {
+                    // It supersedes the log unless the log holds its last entry.
+                    let held = next.entries.iter().any(|e| e.index == meta.index && e.term == meta.term);
+                    if meta.index > next.snapshot.0 && !held {
+                        next.entries.clear();
+                        next.snapshot = (meta.index, meta.term);
+                    }
+                    next.installed = (meta, data.to_vec());
                 }
             }
         }
@@ -140,7 +171,16 @@ fn view(store: &DiskStorage<SimFs>) -> State {
     }
     let state = store.initial_state().expect("initial state");
     assert_eq!(state.membership, membership());
-    State { snapshot, entries, hard_state: state.hard_state }
+    let mut data = Vec::new();
+    while state.snapshot.exists() {
+        let chunk = store.snapshot_chunk(state.snapshot.index, state.snapshot.term, data.len() as u64, 16);
+        let chunk = chunk.expect("the installed snapshot reads back");
+        data.extend_from_slice(&chunk.data);
+        if chunk.done {
+            break;
+        }
+    }
+    State { snapshot, entries, hard_state: state.hard_state, installed: (state.snapshot, data) }
 }
 
 fn term_and_vote(hard_state: &HardState) -> (Term, Option<NodeId>) {
@@ -173,9 +213,16 @@ fn check_recovered(recovered: &State, acked: &State, in_flight: Option<&State>) 
         }
         previous = entry.term;
     }
-    let same_boundary: Vec<&State> = candidates.iter().copied().filter(|c| c.snapshot == recovered.snapshot).collect();
+    // META holds both: they come from the same state.
+    let same_snapshots = |c: &&State| (c.snapshot, &c.installed) == (recovered.snapshot, &recovered.installed);
+    let same_boundary: Vec<&State> = candidates.iter().copied().filter(same_snapshots).collect();
     match (same_boundary.as_slice(), in_flight) {
-        ([], _) => Err(format!("snapshot boundary {:?} was neither acknowledged nor in flight", recovered.snapshot)),
+        ([], _) => Err(format!(
+            "snapshot boundary {:?} with snapshot {:?} ({} bytes) was neither acknowledged nor in flight",
+            recovered.snapshot,
+            recovered.installed.0,
+            recovered.installed.1.len()
+        )),
         ([a, b], Some(_)) => {
             let common = a.entries.iter().zip(&b.entries).take_while(|(x, y)| x == y).count();
             let long_enough = recovered.entries.len() >= common;
@@ -192,20 +239,52 @@ fn check_recovered(recovered: &State, acked: &State, in_flight: Option<&State>) 
     }
 }
 
-/// Runs `calls`, returning how many were acknowledged and the error of the first that failed.
-/// Every call after a failure must be refused with [`DiskError::Stopped`] (fail-stop).
-fn drive(store: &mut DiskStorage<SimFs>, calls: &[Call]) -> (usize, Option<DiskError>) {
+/// How a call failed.
+#[derive(Debug)]
+enum Failure {
+    /// The store failed it, and stopped (fail-stop).
+    Store(DiskError),
+    /// An owned snapshot writer failed it (a write, or the sync of `finish`): the store goes on
+    /// (its log is untouched), and the driver stops the node itself.
+    Writer(DiskError),
+}
+
+impl Failure {
+    fn error(&self) -> &DiskError {
+        match self {
+            Failure::Store(error) | Failure::Writer(error) => error,
+        }
+    }
+}
+
+/// Runs `call`.
+fn apply(store: &mut DiskStorage<SimFs>, call: &Call) -> Result<(), Failure> {
+    match call {
+        Call::Persist(hard_state, entries) => store.persist(*hard_state, entries).map_err(Failure::Store),
+        &Call::Compact(index, term) => store.compact(Index(index), Term(term)).map_err(Failure::Store),
+        &Call::Taken(index, term, data) => {
+            let mut writer = store.begin_snapshot_owned(&snapshot_meta(index, term, data)).map_err(Failure::Store)?;
+            for piece in data.chunks(7) {
+                writer.write(piece).map_err(Failure::Writer)?;
+            }
+            let taken = writer.finish(raft_core::snapshot_crc32(data)).map_err(Failure::Writer)?;
+            store.save_taken_snapshot(taken).map_err(Failure::Store)
+        }
+    }
+}
+
+/// Runs `calls`, returning how many were acknowledged and the first failure. Every call after
+/// a failure of the store must be refused with [`DiskError::Stopped`] (fail-stop); after a
+/// failure of a snapshot writer, the calls stop there (the driver stops the node).
+fn drive(store: &mut DiskStorage<SimFs>, calls: &[Call]) -> (usize, Option<Failure>) {
     let mut failure = None;
     let mut acked = 0;
     for (number, call) in calls.iter().enumerate() {
-        let result = match call {
-            Call::Persist(hard_state, entries) => store.persist(*hard_state, entries),
-            &Call::Compact(index, term) => store.compact(Index(index), Term(term)),
-        };
-        match (result, &failure) {
+        match (apply(store, call), &failure) {
             (Ok(()), None) => acked += 1,
+            (Err(Failure::Writer(error)), None) => return (acked, Some(Failure::Writer(error))),
             (Err(error), None) => failure = Some(error),
-            (Err(DiskError::Stopped), Some(_)) => {}
+            (Err(Failure::Store(DiskError::Stopped)), Some(_)) => {}
             (result, Some(first)) => panic!("call {number} after the failure {first:?} answered {result:?}"),
         }
     }
@@ -223,7 +302,8 @@ fn workload_ops() -> u64 {
     let (fs, mut store) = fresh(0, SimFsOptions::default());
     let start = fs.op_count();
     let (acked, failure) = drive(&mut store, &workload());
-    assert_eq!((acked, failure), (workload().len(), None), "the workload runs cleanly");
+    assert!(failure.is_none(), "the workload runs cleanly: {failure:?}");
+    assert_eq!(acked, workload().len(), "the workload runs cleanly");
     let states = State::history(&workload());
     assert_eq!(view(&store), *states.last().expect("history"), "the model agrees with the store");
     fs.op_count() - start
@@ -239,6 +319,7 @@ fn workload_exercises_every_path() {
     }
     assert!(segments_max >= 4, "the workload rotates segments: at most {segments_max}");
     let final_state = view(&store);
+    assert_eq!(final_state.installed.0.index, Index(16), "the snapshot taken off the owner is saved");
     drop(store);
     fs.crash();
     let store = DiskStorage::open(fs.clone(), dir(), ME, OPTIONS).expect("open");
@@ -295,7 +376,10 @@ fn crash_at_every_operation(seed: u64, options: SimFsOptions) -> usize {
         let (acked, failure) = drive(&mut store, &calls);
         assert!(fs.is_halted(), "crash at {k}: the machine halted");
         let failure = failure.unwrap_or_else(|| panic!("crash at {k}: no call failed"));
-        assert!(matches!(failure, DiskError::Io { .. }), "crash at {k}: the failing call says why: {failure:?}");
+        assert!(
+            matches!(failure.error(), DiskError::Io { .. }),
+            "crash at {k}: the failing call says why: {failure:?}"
+        );
         drop(store);
         fs.crash();
         match recover_and_check(&fs, &states, acked) {
@@ -355,6 +439,15 @@ fn the_recovery_rule_rejects_lost_and_invented_entries() {
     half.snapshot = in_flight.snapshot;
     assert!(check_recovered(&half, acked, Some(in_flight)).is_err(), "a new boundary over the old log");
     assert_eq!(check_recovered(in_flight, acked, Some(in_flight)), Ok(()));
+    // Call 12 saves a snapshot at 16 taken off the owner: the old snapshot, or the new one whole.
+    let (acked, in_flight) = (&states[12], &states[13]);
+    assert_eq!(in_flight.installed.0.index, Index(16));
+    assert_eq!(check_recovered(acked, acked, Some(in_flight)), Ok(()));
+    assert_eq!(check_recovered(in_flight, acked, Some(in_flight)), Ok(()));
+    let mut partial = in_flight.clone();
+    partial.installed.1.truncate(10);
+    assert!(check_recovered(&partial, acked, Some(in_flight)).is_err(), "a partial snapshot");
+    assert!(check_recovered(in_flight, acked, None).is_err(), "a snapshot never saved");
 }
 
 /// Creating a store can be interrupted at any point: the directory then holds either no store
@@ -404,13 +497,18 @@ fn fail_every_operation(kind: ErrorKind, restart: Restart) {
         let (fs, mut store) = fresh(k, SimFsOptions::default());
         fs.fail_after(k, kind);
         let (acked, failure) = drive(&mut store, &calls);
-        match failure {
+        match failure.as_ref().map(Failure::error) {
             Some(DiskError::Io { source, .. }) => assert_eq!(source.kind(), kind, "{context}"),
             other => panic!("{context}: expected an I/O error, got {other:?}"),
         }
-        // Fail-stop: every later write is refused, whatever it is.
-        assert_eq!(store.persist(None, &[]), Err(DiskError::Stopped), "{context}: still stopped");
-        assert_eq!(store.compact(Index(1), Term(1)), Err(DiskError::Stopped), "{context}: still stopped");
+        if let Some(Failure::Writer(_)) = failure {
+            // The writer's own file failed: the store and its log are untouched.
+            assert_eq!(store.persist(None, &[]), Ok(()), "{context}: a writer's failure leaves the store usable");
+        } else {
+            // Fail-stop: every later write is refused, whatever it is.
+            assert_eq!(store.persist(None, &[]), Err(DiskError::Stopped), "{context}: still stopped");
+            assert_eq!(store.compact(Index(1), Term(1)), Err(DiskError::Stopped), "{context}: still stopped");
+        }
         drop(store);
         if let Restart::PowerLoss = restart {
             fs.crash();
@@ -466,7 +564,8 @@ fn state_reported_by_open_survives_power_loss() {
         let same = match &after {
             Ok(after) => {
                 term_and_vote(&after.hard_state) == term_and_vote(&reported.hard_state)
-                    && (after.snapshot, &after.entries) == (reported.snapshot, &reported.entries)
+                    && (after.snapshot, &after.entries, &after.installed)
+                        == (reported.snapshot, &reported.entries, &reported.installed)
             }
             Err(_) => false,
         };

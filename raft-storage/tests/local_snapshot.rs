@@ -4,47 +4,16 @@
 //! durable stores) keeps the snapshot across a power loss.
 
 use std::fmt::Debug;
-use std::path::PathBuf;
 
-use raft_core::{
-    Entry, HardState, Index, InitialState, NodeId, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term,
-};
-use raft_storage::testing::SimFs;
-use raft_storage::{
-    DiskOptions, DiskStorage, GroupStore, Identity, LogStore, MemStorage, MemStorageError, SharedWal, WalOptions,
-};
+use raft_core::{Entry, HardState, Index, InitialState, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term};
+use raft_storage::{LogStore, MemStorage, MemStorageError};
 
 mod common;
+use common::snapshot::{
+    assert_holds_received, data, disk_store_across_power_loss, finish_receiving, meta, read_back, start_receiving,
+    wal_group_across_power_loss,
+};
 use common::{membership, run};
-
-const ME: Identity = Identity { cluster_id: 5, node_id: NodeId(1) };
-
-fn dir() -> PathBuf {
-    PathBuf::from("/var/raft/node-1")
-}
-
-/// Snapshot `index` of term 1, its checksum left for `finish` to supply.
-fn meta(index: u64) -> SnapshotMeta {
-    SnapshotMeta { index: Index(index), term: Term(1), membership: membership(), data_crc32: 0 }
-}
-
-/// `len` bytes that differ with their position.
-fn data(len: usize) -> Vec<u8> {
-    (0..len).map(|position| (position.wrapping_mul(31) >> 3) as u8).collect()
-}
-
-/// The data of the store's snapshot, read back a piece at a time.
-fn read_back<S: Storage>(store: &S) -> Vec<u8> {
-    let snapshot = store.snapshot().expect("snapshot");
-    let mut out = Vec::new();
-    loop {
-        let chunk = store.snapshot_chunk(snapshot.index, snapshot.term, out.len() as u64, 1000).expect("chunk");
-        out.extend_from_slice(&chunk.data);
-        if chunk.done {
-            return out;
-        }
-    }
-}
 
 /// Streams a snapshot at 5 into `store` while one at 20 is being received, abandons another at
 /// 8, then finishes the received one: each must end as if saved whole.
@@ -53,10 +22,9 @@ where
     S::Error: Debug,
 {
     store.persist(Some(HardState { term: Term(1), vote: None, commit: Index(0) }), &run(1, 10, 1)).expect("persist");
-    let received = meta(20);
-    store.write_snapshot_chunk(&received, 0, b"rece").expect("a received chunk");
+    let received = start_receiving(store);
 
-    let local = data(70_000);
+    let local = data(70_000, 0);
     let mut writer = store.begin_snapshot(&meta(5)).expect("begin");
     for piece in local.chunks(9_999) {
         writer.write(piece).expect("write");
@@ -74,10 +42,7 @@ where
     assert_eq!(store.snapshot().expect("snapshot").index, Index(5), "an abandoned snapshot leaves no trace");
     assert_eq!(read_back(store), local);
 
-    // The received snapshot's staging was left alone.
-    store.write_snapshot_chunk(&received, 4, b"ived").expect("the staging goes on");
-    store.install_snapshot(&received).expect("install");
-    assert_eq!(read_back(store), b"received");
+    finish_receiving(store, &received);
     local
 }
 
@@ -88,50 +53,35 @@ fn the_memory_store_streams_a_local_snapshot() {
 
 #[test]
 fn the_disk_store_streams_a_local_snapshot_durably() {
-    let fs = SimFs::new(1);
-    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
-    let local = streams(&mut store);
-    // A snapshot older than the installed one is dropped, as save_snapshot drops it.
-    let mut writer = store.begin_snapshot(&meta(6)).expect("begin");
-    writer.write(b"stale").expect("write");
-    writer.finish(raft_core::snapshot_crc32(b"stale")).expect("finish");
-    assert_eq!(store.snapshot().expect("snapshot").index, Index(20));
-    drop(store);
-    fs.crash();
-    let store = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("reopen");
-    assert_eq!(store.snapshot().expect("snapshot").index, Index(20));
-    assert_ne!(read_back(&store), local);
+    let (_, store) = disk_store_across_power_loss(1, |store| {
+        streams(store);
+        // A snapshot older than the installed one is dropped, as save_snapshot drops it.
+        let mut writer = store.begin_snapshot(&meta(6)).expect("begin");
+        writer.write(b"stale").expect("write");
+        writer.finish(raft_core::snapshot_crc32(b"stale")).expect("finish");
+        assert_eq!(store.snapshot().expect("snapshot").index, Index(20));
+    });
+    assert_holds_received(&store);
 }
 
 #[test]
 fn a_disk_store_keeps_a_streamed_snapshot_across_a_power_loss() {
-    let fs = SimFs::new(2);
-    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
-    let local = data(200_000);
-    let mut writer = store.begin_snapshot(&meta(4)).expect("begin");
-    for piece in local.chunks(65_536) {
-        writer.write(piece).expect("write");
-    }
-    writer.finish(raft_core::snapshot_crc32(&local)).expect("finish");
-    drop(store);
-    fs.crash();
-    let store = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("reopen");
+    let local = data(200_000, 0);
+    let (_, store) = disk_store_across_power_loss(2, |store| {
+        let mut writer = store.begin_snapshot(&meta(4)).expect("begin");
+        for piece in local.chunks(65_536) {
+            writer.write(piece).expect("write");
+        }
+        writer.finish(raft_core::snapshot_crc32(&local)).expect("finish");
+    });
     assert_eq!(store.snapshot().expect("snapshot").data_crc32, raft_core::snapshot_crc32(&local));
     assert_eq!(read_back(&store), local);
 }
 
 #[test]
 fn a_shared_wal_group_streams_a_local_snapshot_durably() {
-    let fs = SimFs::new(3);
-    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
-    let mut store: GroupStore<SimFs> = wal.create_group(raft_core::GroupId(1), membership()).expect("group");
-    streams(&mut store);
-    drop((store, wal));
-    fs.crash();
-    let wal = SharedWal::open(fs.clone(), dir(), ME, WalOptions::default()).expect("reopen");
-    let store = wal.group(raft_core::GroupId(1)).expect("group");
-    assert_eq!(store.snapshot().expect("snapshot").index, Index(20));
-    assert_eq!(read_back(&store), b"received");
+    let (_, store) = wal_group_across_power_loss(3, |store| drop(streams(store)));
+    assert_holds_received(&store);
 }
 
 /// A store that implements only what `LogStore` requires: it inherits the buffering default.
@@ -190,7 +140,7 @@ impl LogStore for Minimal {
 fn a_store_with_only_the_required_methods_inherits_a_working_default() {
     let mut store = Minimal(MemStorage::new(membership()));
     store.persist(None, &run(1, 10, 1)).expect("persist");
-    let local = data(5_000);
+    let local = data(5_000, 0);
     let mut writer = store.begin_snapshot(&meta(5)).expect("begin");
     for piece in local.chunks(777) {
         writer.write(piece).expect("write");

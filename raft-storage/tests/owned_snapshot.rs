@@ -8,44 +8,18 @@
 use std::fmt::Debug;
 use std::path::PathBuf;
 
-use raft_core::{GroupId, HardState, Index, NodeId, SnapshotMeta, Storage, Term};
+use raft_core::{GroupId, HardState, Index, SnapshotMeta, Storage, Term};
 use raft_storage::testing::SimFs;
 use raft_storage::{
-    DiskError, DiskOptions, DiskStorage, FileSystem, GroupStore, Identity, LogStore, MemStorage, Repair, SharedWal,
-    WalOptions,
+    DiskError, DiskOptions, DiskStorage, FileSystem, LogStore, MemStorage, Repair, SharedWal, WalOptions,
 };
 
 mod common;
+use common::snapshot::{
+    ME, assert_holds_received, data, dir, disk_store_across_power_loss, finish_receiving, meta, read_back,
+    start_receiving, wal_group_across_power_loss,
+};
 use common::{membership, run};
-
-const ME: Identity = Identity { cluster_id: 5, node_id: NodeId(1) };
-
-fn dir() -> PathBuf {
-    PathBuf::from("/var/raft/node-1")
-}
-
-/// Snapshot `index` of term 1, its checksum left for `finish` to supply.
-fn meta(index: u64) -> SnapshotMeta {
-    SnapshotMeta { index: Index(index), term: Term(1), membership: membership(), data_crc32: 0 }
-}
-
-/// `len` bytes that differ with their position and `seed`.
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|position| ((position.wrapping_mul(31) >> 3) as u8).wrapping_add(seed)).collect()
-}
-
-/// The data of the store's snapshot, read back a piece at a time.
-fn read_back<S: Storage>(store: &S) -> Vec<u8> {
-    let snapshot = store.snapshot().expect("snapshot");
-    let mut out = Vec::new();
-    loop {
-        let chunk = store.snapshot_chunk(snapshot.index, snapshot.term, out.len() as u64, 1000).expect("chunk");
-        out.extend_from_slice(&chunk.data);
-        if chunk.done {
-            return out;
-        }
-    }
-}
 
 /// Takes snapshot 5 on another thread while the owner appends entries and receives a chunk of
 /// snapshot 20, then saves it; then a stale one, an abandoned writer and a taken snapshot never
@@ -56,8 +30,7 @@ where
     S::Error: Debug,
 {
     store.persist(Some(HardState { term: Term(1), vote: None, commit: Index(0) }), &run(1, 10, 1)).expect("persist");
-    let received = meta(20);
-    store.write_snapshot_chunk(&received, 0, b"rece").expect("a received chunk");
+    let received = start_receiving(store);
 
     let local = data(150_000, 1);
     let mut writer = store.begin_snapshot_owned(&meta(5)).expect("begin");
@@ -96,10 +69,7 @@ where
     assert_eq!(store.snapshot().expect("snapshot").index, Index(5));
     assert_eq!(read_back(store), local);
 
-    // The received snapshot's staging was left alone.
-    store.write_snapshot_chunk(&received, 4, b"ived").expect("the staging goes on");
-    store.install_snapshot(&received).expect("install");
-    assert_eq!(read_back(store), b"received");
+    finish_receiving(store, &received);
     local
 }
 
@@ -110,36 +80,27 @@ fn the_memory_store_takes_a_snapshot_off_its_owner() {
 
 #[test]
 fn the_disk_store_takes_a_snapshot_off_its_owner() {
-    let fs = SimFs::new(1);
-    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
-    takes_off_the_owner(&mut store);
-    drop(store);
-    fs.crash();
-    let store = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("reopen");
-    assert_eq!(store.snapshot().expect("snapshot").index, Index(20));
-    assert_eq!(read_back(&store), b"received");
+    let (fs, store) = disk_store_across_power_loss(1, |store| drop(takes_off_the_owner(store)));
+    assert_holds_received(&store);
     assert_no_taking_files(&fs);
 }
 
 #[test]
 fn a_shared_wal_group_takes_a_snapshot_off_its_owner() {
-    let fs = SimFs::new(3);
-    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
-    let mut store: GroupStore<SimFs> = wal.create_group(GroupId(1), membership()).expect("group");
-    takes_off_the_owner(&mut store);
-    drop((store, wal));
-    fs.crash();
-    let wal = SharedWal::open(fs.clone(), dir(), ME, WalOptions::default()).expect("reopen");
-    let store = wal.group(GroupId(1)).expect("group");
-    assert_eq!(store.snapshot().expect("snapshot").index, Index(20));
-    assert_eq!(read_back(&store), b"received");
+    let (fs, store) = wal_group_across_power_loss(3, |store| drop(takes_off_the_owner(store)));
+    assert_holds_received(&store);
     assert_no_taking_files(&fs);
+}
+
+/// The files of snapshots being taken in the store's directory.
+fn taking_files(fs: &SimFs) -> Vec<String> {
+    fs.list(&dir()).expect("list").into_iter().filter(|name| name.ends_with(".taking")).collect()
 }
 
 /// No file of a snapshot being taken is left in the store's directory.
 fn assert_no_taking_files(fs: &SimFs) {
-    let names = fs.list(&dir()).expect("list");
-    assert!(!names.iter().any(|name| name.ends_with(".taking")), "files left: {names:?}");
+    let names = taking_files(fs);
+    assert!(names.is_empty(), "files left: {names:?}");
 }
 
 /// Writes and finishes snapshot `index` through an owned writer; returns it unsaved.
@@ -156,19 +117,17 @@ where
 
 #[test]
 fn a_disk_store_that_crashes_between_finish_and_save_is_as_before_and_keeps_a_saved_one() {
-    let fs = SimFs::new(4);
-    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
-    store.persist(None, &run(1, 10, 1)).expect("persist");
     let first = data(100_000, 2);
-    // Finished but never saved (the crash comes first); the save of another one syncs the
-    // directory, so its file's name is durable and recovery must remove it.
-    let unsaved = take(&mut store, 8, &data(70_000, 3));
-    let taken = take(&mut store, 4, &first);
-    store.save_taken_snapshot(taken).expect("save");
-    drop(unsaved);
-    drop(store);
-    fs.crash();
-    let store = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("reopen");
+    let (fs, store) = disk_store_across_power_loss(4, |store| {
+        store.persist(None, &run(1, 10, 1)).expect("persist");
+        // Finished but never saved (the crash comes first); the save of another one syncs the
+        // directory, so its file's name is durable and recovery must remove it (its removal
+        // when dropped is not made durable).
+        let unsaved = take(store, 8, &data(70_000, 3));
+        let taken = take(store, 4, &first);
+        store.save_taken_snapshot(taken).expect("save");
+        drop(unsaved);
+    });
     assert_eq!(
         store.snapshot().expect("snapshot"),
         SnapshotMeta { data_crc32: raft_core::snapshot_crc32(&first), ..meta(4) }
@@ -184,15 +143,10 @@ fn a_disk_store_that_crashes_between_finish_and_save_is_as_before_and_keeps_a_sa
 
 #[test]
 fn a_shared_wal_that_crashes_between_finish_and_save_is_as_before() {
-    let fs = SimFs::new(5);
-    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
-    let mut store = wal.create_group(GroupId(1), membership()).expect("group");
-    store.persist(None, &run(1, 10, 1)).expect("persist");
-    let unsaved = take(&mut store, 8, &data(70_000, 3));
-    drop((unsaved, store, wal));
-    fs.crash();
-    let wal = SharedWal::open(fs.clone(), dir(), ME, WalOptions::default()).expect("reopen");
-    let store = wal.group(GroupId(1)).expect("group");
+    let (fs, store) = wal_group_across_power_loss(5, |store| {
+        store.persist(None, &run(1, 10, 1)).expect("persist");
+        std::mem::forget(take(store, 8, &data(70_000, 3))); // The crash comes before the save.
+    });
     assert_eq!(store.snapshot().expect("snapshot").index, Index(0));
     assert_eq!(store.last_index().expect("last"), Index(10));
     assert_no_taking_files(&fs);
@@ -209,6 +163,7 @@ fn a_group_removed_while_its_snapshot_is_taken_leaves_its_next_incarnation_alone
     old.persist(None, &run(1, 10, 1)).expect("persist");
     let mut old_writer = old.begin_snapshot_owned(&meta(5)).expect("begin");
     old_writer.write(b"the old incarnation's").expect("write");
+    let old_dropped = take(&mut old, 6, b"dropped unsaved");
 
     wal.remove_group(GroupId(1)).expect("removing a group whose snapshot is being taken");
     let mut new = wal.create_group(GroupId(1), membership()).expect("the group again");
@@ -217,6 +172,9 @@ fn a_group_removed_while_its_snapshot_is_taken_leaves_its_next_incarnation_alone
     let mut new_writer = new.begin_snapshot_owned(&meta(5)).expect("begin");
     new_writer.write(&new_data[..50_000]).expect("write");
 
+    // Another of the old incarnation's writers, dropped: the new one's file stays.
+    drop(old_dropped);
+    assert_eq!(taking_files(&fs).len(), 1, "the new incarnation's file is left alone");
     // The old writer goes on into its deleted file, and its save is refused.
     old_writer.write(b" data").expect("write into the removed group's file");
     let old_taken = old_writer.finish(raft_core::snapshot_crc32(b"the old incarnation's data")).expect("finish");
@@ -226,6 +184,7 @@ fn a_group_removed_while_its_snapshot_is_taken_leaves_its_next_incarnation_alone
     let new_taken = new_writer.finish(raft_core::snapshot_crc32(&new_data)).expect("finish");
     new.save_taken_snapshot(new_taken).expect("the new incarnation saves its own");
     assert_eq!(read_back(&new), new_data);
+    assert_no_taking_files(&fs);
 
     drop((old, new, wal));
     fs.crash();
@@ -247,4 +206,143 @@ fn a_taken_snapshot_is_saved_only_by_its_own_group() {
     let taken = take(&mut one, 5, b"group one");
     assert!(matches!(two.save_taken_snapshot(taken), Err(DiskError::GroupNotFound(GroupId(1)))));
     assert_eq!(two.snapshot().expect("snapshot").index, Index(0));
+    assert_no_taking_files(&fs);
+}
+
+/// A writer dropped mid-way (its job called off) and a taken snapshot dropped unsaved remove
+/// their files at once; the next snapshot taken is saved as ever.
+fn drops_unsaved<S: LogStore>(store: &mut S, fs: &SimFs)
+where
+    S::Error: Debug,
+{
+    store.persist(None, &run(1, 10, 1)).expect("persist");
+    let mut writer = store.begin_snapshot_owned(&meta(5)).expect("begin");
+    writer.write(&data(30_000, 1)).expect("write");
+    assert_eq!(taking_files(fs).len(), 1, "the writer's file");
+    drop(writer);
+    assert_no_taking_files(fs);
+
+    let taken = take(store, 6, &data(30_000, 2));
+    assert_eq!(taking_files(fs).len(), 1, "the taken snapshot's file");
+    drop(taken);
+    assert_no_taking_files(fs);
+
+    let saved = data(30_000, 3);
+    let taken = take(store, 7, &saved);
+    store.save_taken_snapshot(taken).expect("save");
+    assert_no_taking_files(fs);
+    assert_eq!(read_back(store), saved);
+}
+
+#[test]
+fn a_disk_store_removes_the_file_of_a_snapshot_dropped_unsaved_at_once() {
+    let fs = SimFs::new(10);
+    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
+    drops_unsaved(&mut store, &fs);
+}
+
+#[test]
+fn a_shared_wal_group_removes_the_file_of_a_snapshot_dropped_unsaved_at_once() {
+    let fs = SimFs::new(11);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    let mut store = wal.create_group(GroupId(1), membership()).expect("group");
+    drops_unsaved(&mut store, &fs);
+}
+
+/// A writer whose write fails (an I/O error: the job fails), then one whose `finish` fails (its
+/// sync), each dropped: neither leaves its file, whether the failure stopped the store or not.
+fn drops_failed<S: LogStore>(mut open: impl FnMut() -> S, fs: &SimFs)
+where
+    S::Error: Debug,
+{
+    for fail_finish in [false, true] {
+        let mut store = open();
+        let mut writer = store.begin_snapshot_owned(&meta(5)).expect("begin");
+        writer.write(&data(30_000, 4)).expect("write");
+        fs.fail_after(0, std::io::ErrorKind::Other);
+        if fail_finish {
+            assert!(writer.finish(raft_core::snapshot_crc32(b"any")).is_err(), "the sync fails");
+        } else {
+            assert!(writer.write(b"more").is_err(), "the write fails");
+            drop(writer);
+        }
+        assert_no_taking_files(fs);
+    }
+}
+
+#[test]
+fn a_disk_store_removes_the_file_of_a_failed_snapshot_at_once() {
+    let fs = SimFs::new(12);
+    let store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
+    drop(store);
+    drops_failed(|| DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("open"), &fs);
+}
+
+#[test]
+fn a_shared_wal_group_removes_the_file_of_a_failed_snapshot_at_once() {
+    let fs = SimFs::new(13);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    wal.create_group(GroupId(1), membership()).expect("group");
+    drop(wal);
+    // A new WAL each time: the failure stops it.
+    let open = || SharedWal::open(fs.clone(), dir(), ME, WalOptions::default()).expect("open").group(GroupId(1));
+    drops_failed(|| open().expect("group"), &fs);
+}
+
+/// A taken snapshot saved into another store (another directory, or the same one opened
+/// again) is refused, and its file removed at once.
+#[test]
+fn a_disk_store_refuses_another_stores_snapshot_and_removes_its_file() {
+    let fs = SimFs::new(14);
+    let other_dir = PathBuf::from("/var/raft/node-2");
+    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
+    let mut other =
+        DiskStorage::create(fs.clone(), &other_dir, ME, membership(), DiskOptions::default()).expect("other");
+    let taken = take(&mut store, 5, &data(20_000, 5));
+    assert!(matches!(other.save_taken_snapshot(taken), Err(DiskError::SnapshotNotStaged(Index(5)))));
+    assert_no_taking_files(&fs);
+    assert_eq!(other.snapshot().expect("snapshot").index, Index(0));
+
+    let taken = take(&mut store, 6, &data(20_000, 6));
+    drop(store);
+    let mut again = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("open");
+    assert!(matches!(again.save_taken_snapshot(taken), Err(DiskError::SnapshotNotStaged(Index(6)))));
+    assert_eq!(again.snapshot().expect("snapshot").index, Index(0));
+    assert_no_taking_files(&fs);
+}
+
+/// A writer that outlives its store leaves the files of the directory's next store alone, one of
+/// the same name included: the file its drop would remove is no longer its own.
+#[test]
+fn a_disk_store_writer_dropped_after_its_store_leaves_the_next_ones_file_alone() {
+    let fs = SimFs::new(15);
+    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
+    store.persist(None, &run(1, 10, 1)).expect("persist");
+    let mut old = store.begin_snapshot_owned(&meta(5)).expect("begin");
+    old.write(b"the first store's").expect("write");
+    drop(store);
+    let mut store = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("open");
+    let new_data = data(40_000, 7);
+    let mut new = store.begin_snapshot_owned(&meta(5)).expect("begin");
+    new.write(&new_data).expect("write");
+    drop(old);
+    assert_eq!(taking_files(&fs).len(), 1, "the new writer's file is left alone");
+    let taken = new.finish(raft_core::snapshot_crc32(&new_data)).expect("finish");
+    store.save_taken_snapshot(taken).expect("save");
+    assert_eq!(read_back(&store), new_data);
+    assert_no_taking_files(&fs);
+}
+
+/// A taken snapshot saved into the group of another WAL is refused, and its file removed.
+#[test]
+fn a_shared_wal_group_refuses_another_wals_snapshot_and_removes_its_file() {
+    let fs = SimFs::new(16);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    let other_wal = SharedWal::create(fs.clone(), "/var/raft/node-2", ME, WalOptions::default()).expect("other");
+    let mut store = wal.create_group(GroupId(1), membership()).expect("group");
+    let mut other = other_wal.create_group(GroupId(1), membership()).expect("group");
+    let taken = take(&mut store, 5, &data(20_000, 8));
+    assert!(matches!(other.save_taken_snapshot(taken), Err(DiskError::GroupNotFound(GroupId(1)))));
+    assert_no_taking_files(&fs);
+    assert_eq!(other.snapshot().expect("snapshot").index, Index(0));
 }

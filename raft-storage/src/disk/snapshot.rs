@@ -8,6 +8,8 @@
 //! Every file name takes a `prefix`: empty for `DiskStorage`, the group's for a shared WAL (whose
 //! groups keep their snapshot files side by side in one directory).
 
+use std::path::{Path, PathBuf};
+
 use raft_core::{SnapshotChunk, SnapshotMeta, StorageError};
 use serde::{Deserialize, Serialize};
 
@@ -177,6 +179,11 @@ impl<File: FsFile> Staging<File> {
         Ok(Staging::new(prefix, meta, file))
     }
 
+    /// The path of the file the data is written to.
+    pub(crate) fn path(&self) -> &Path {
+        self.file.path()
+    }
+
     /// Makes the data written so far durable (in its file, not yet under its snapshot's name)
     /// and closes the file: what is left to do needs no open file.
     pub(crate) fn sync(self) -> Result<Synced, DiskError> {
@@ -218,7 +225,7 @@ impl<File: FsFile> Staging<File> {
 pub(crate) struct Synced {
     pub(crate) meta: SnapshotMeta,
     prefix: String,
-    path: std::path::PathBuf,
+    path: PathBuf,
     len: u64,
     crc: u32,
     block_crcs: Vec<u32>,
@@ -231,6 +238,62 @@ impl Synced {
         dir.rename(&path, &dir.file(&snapshot_name(&prefix, &meta)))?;
         dir.sync()?;
         Ok(SnapshotFile { meta, len, crc, block_crcs })
+    }
+}
+
+/// Whoever removes the file of a local snapshot taken off the store's owner that is dropped
+/// unsaved ([`Unsaved`]): the store it was begun on, if it still holds the file.
+pub(crate) trait RemoveUnsaved {
+    /// Removes `path`, the file of a snapshot begun on this store and dropped unsaved, unless
+    /// the file is no longer the store's to remove (the store, or the shared log's group, is
+    /// gone: its files went with it, or recovery removes them). A failure is logged, not
+    /// returned: a drop has no one to return it to, and recovery removes the file at the next
+    /// open.
+    fn remove_unsaved(&self, path: &Path);
+}
+
+/// The file of a local snapshot taken off the store's owner
+/// ([`crate::LogStore::begin_snapshot_owned`]), from `begin` until the save takes it over:
+/// dropped before that (a writer or a taken snapshot dropped unsaved: the job called off or
+/// failed, the save refused before it began), it has `owner` remove the file at once, rather
+/// than leave it to the next open's recovery.
+pub(crate) struct Unsaved<O: RemoveUnsaved> {
+    owner: O,
+    /// The file, until the save takes it over.
+    path: Option<PathBuf>,
+}
+
+impl<O: RemoveUnsaved> Unsaved<O> {
+    /// The file `path` of a snapshot begun on `owner`.
+    pub(crate) fn new(owner: O, path: PathBuf) -> Self {
+        Unsaved { owner, path: Some(path) }
+    }
+
+    /// The store the snapshot was begun on.
+    pub(crate) fn owner(&self) -> &O {
+        &self.owner
+    }
+
+    /// The save takes the file over (renames it, or removes it itself): nothing is removed when
+    /// this is dropped.
+    pub(crate) fn saving(&mut self) {
+        self.path = None;
+    }
+}
+
+impl<O: RemoveUnsaved> Drop for Unsaved<O> {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            self.owner.remove_unsaved(&path);
+        }
+    }
+}
+
+/// Removes `path` from `dir` for [`RemoveUnsaved::remove_unsaved`], logging a failure. A file
+/// already gone is no failure.
+pub(crate) fn remove_unsaved<F: FileSystem>(dir: &Directory<F>, path: &Path) {
+    if let Err(error) = dir.remove_if_present(path) {
+        tracing::warn!(file = %path.display(), %error, "the file of a snapshot dropped unsaved is left for recovery");
     }
 }
 

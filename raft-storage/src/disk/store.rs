@@ -2,7 +2,8 @@
 //! files), keeps the log in memory for reads, and implements [`Storage`] and [`LogStore`] over
 //! them. Any I/O error stops it for good (fail-stop).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 use raft_core::{
     Entry, HardState, Index, InitialState, Membership, Output, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term,
@@ -14,7 +15,7 @@ use super::error::{DiskError, fail_stop};
 use super::meta::{IDENTITY_MAGIC, Identity, Meta, open_existing, prepare_new, read_meta, write_identity, write_meta};
 use super::recovery::{RecoveredLog, RecoveryReport, recover_log, remove_stray_snapshots, sync_recovered};
 use super::segment::{SegmentLog, parse_segment_name};
-use super::snapshot::{self, Pending, Staging, Synced};
+use super::snapshot::{self, Pending, RemoveUnsaved, Staging, Synced, Unsaved};
 use crate::fs::{FileSystem, StdFs};
 use crate::metrics::{WAL_GROUP, WalMetrics};
 use crate::{LogStore, OwnedSnapshotWriter, SnapshotWriter, TakenSnapshot, take_entries};
@@ -76,7 +77,9 @@ impl Default for DiskOptions {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct DiskStorage<F: FileSystem = StdFs> {
-    dir: Directory<F>,
+    /// Shared (weakly) with the local snapshots taken off the owner, to remove their files if
+    /// they are dropped unsaved.
+    dir: Arc<Directory<F>>,
     options: DiskOptions,
     identity: Identity,
     /// The metadata as last written.
@@ -144,7 +147,7 @@ impl<F: FileSystem> DiskStorage<F> {
         entries: Vec<Entry>,
     ) -> Self {
         DiskStorage {
-            dir,
+            dir: Arc::new(dir),
             options,
             identity,
             hard_state: meta.hard_state,
@@ -373,6 +376,7 @@ impl<F: FileSystem> Storage for DiskStorage<F> {
 
 impl<F: FileSystem> LogStore for DiskStorage<F>
 where
+    F: Send + Sync + 'static,
     F::File: Send + 'static,
 {
     type Error = DiskError;
@@ -433,21 +437,41 @@ where
     /// snapshot's name and records it in META, as [`LogStore::save_snapshot`] does. An I/O
     /// error of the writer is returned without stopping the store (the log is untouched); the
     /// driver stops the node for it.
+    ///
+    /// A writer or a taken snapshot dropped unsaved (also after an I/O error of its own, or a
+    /// save refused) removes its file at once, also once the store is stopped: the file is
+    /// garbage that nothing names, whose removal changes nothing recovery finds, and a host
+    /// whose other groups go on gets its space back before the next open. Dropped after the
+    /// store, it leaves the file to the next open's recovery: the directory may be another
+    /// store's by then, with a file of the same name of its own.
     fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, DiskError> {
         let staging = self.guarded(|store| Staging::start_taking(&store.dir, "", meta, 0))?;
-        Ok(Box::new(TakingSnapshot { staging, dir: self.dir.path().to_path_buf() }))
+        let file = Unsaved::new(Arc::downgrade(&self.dir), staging.path().to_path_buf());
+        Ok(Box::new(TakingSnapshot { staging, file }))
+    }
+}
+
+/// The store's directory as long as the store lives: it removes the files of the snapshots
+/// taken off the owner that are dropped unsaved.
+impl<F: FileSystem> RemoveUnsaved for Weak<Directory<F>> {
+    fn remove_unsaved(&self, path: &Path) {
+        if let Some(dir) = self.upgrade() {
+            snapshot::remove_unsaved(&dir, path);
+        }
     }
 }
 
 /// A local snapshot being written through to its own file off the [`DiskStorage`]'s owner.
-struct TakingSnapshot<File> {
-    staging: Staging<File>,
-    /// The store's directory, which the taken snapshot must be saved into.
-    dir: PathBuf,
+struct TakingSnapshot<F: FileSystem> {
+    /// Before `file`: the file is closed before it is removed.
+    staging: Staging<F::File>,
+    /// The store it was begun on, which the taken snapshot must be saved into.
+    file: Unsaved<Weak<Directory<F>>>,
 }
 
-impl<F: FileSystem> OwnedSnapshotWriter<DiskStorage<F>> for TakingSnapshot<F::File>
+impl<F: FileSystem> OwnedSnapshotWriter<DiskStorage<F>> for TakingSnapshot<F>
 where
+    F: Send + Sync + 'static,
     F::File: Send + 'static,
 {
     fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
@@ -455,32 +479,36 @@ where
     }
 
     fn finish(self: Box<Self>, data_crc32: u32) -> Result<Box<dyn TakenSnapshot<DiskStorage<F>>>, DiskError> {
-        let TakingSnapshot { mut staging, dir } = *self;
+        let TakingSnapshot { mut staging, file } = *self;
         staging.meta.data_crc32 = data_crc32;
-        Ok(Box::new(TakenFile { synced: staging.sync()?, dir }))
+        Ok(Box::new(TakenFile { synced: staging.sync()?, file }))
     }
 }
 
 /// A local snapshot synced to its own file, for its [`DiskStorage`] to save.
-struct TakenFile {
+struct TakenFile<F: FileSystem> {
     synced: Synced,
-    dir: PathBuf,
+    file: Unsaved<Weak<Directory<F>>>,
 }
 
-impl<F: FileSystem> TakenSnapshot<DiskStorage<F>> for TakenFile
+impl<F: FileSystem> TakenSnapshot<DiskStorage<F>> for TakenFile<F>
 where
+    F: Send + Sync + 'static,
     F::File: Send + 'static,
 {
     fn meta(&self) -> &SnapshotMeta {
         &self.synced.meta
     }
 
-    /// Refused with [`DiskError::SnapshotNotStaged`] by a store of another directory.
+    /// Refused with [`DiskError::SnapshotNotStaged`] by another store (another directory, or
+    /// the same one opened again), and its file removed.
     fn save(self: Box<Self>, store: &mut DiskStorage<F>) -> Result<(), DiskError> {
-        if store.dir.path() != self.dir {
-            return Err(DiskError::SnapshotNotStaged(self.synced.meta.index));
+        let TakenFile { synced, mut file } = *self;
+        if !Weak::ptr_eq(file.owner(), &Arc::downgrade(&store.dir)) {
+            return Err(DiskError::SnapshotNotStaged(synced.meta.index));
         }
-        store.guarded(|store| store.install_staged(Pending::Synced(self.synced)))
+        file.saving();
+        store.guarded(|store| store.install_staged(Pending::Synced(synced)))
     }
 }
 

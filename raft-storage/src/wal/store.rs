@@ -4,7 +4,7 @@
 //! cache.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use raft_core::{
@@ -23,7 +23,7 @@ use crate::disk::directory::{Directory, OpenFile};
 use crate::disk::error::{DiskError, fail_stop};
 use crate::disk::meta::{Identity, Meta, prepare_new, write_identity};
 use crate::disk::recovery::RecoveryReport;
-use crate::disk::snapshot::{self, Pending, Staging, Synced, snapshot_name};
+use crate::disk::snapshot::{self, Pending, RemoveUnsaved, Staging, Synced, Unsaved, snapshot_name};
 use crate::disk::store::validate_append;
 use crate::fs::{FileSystem, StdFs};
 use crate::metrics::{WAL_SHARED, WalMetrics, WalSizes};
@@ -1312,23 +1312,45 @@ where
     /// on into the deleted file), the save step is refused with [`DiskError::GroupNotFound`]
     /// and touches no file of a later incarnation of the group. An I/O error of the writer stops
     /// the WAL, as any of its I/O errors does (fail-stop).
+    ///
+    /// A writer or a taken snapshot dropped unsaved (also after an I/O error, or a save
+    /// refused) removes its file at once, under the WAL's lock, while its group's incarnation
+    /// exists (once it is gone, its removal deleted the file), also once the WAL is stopped: the
+    /// file is garbage that nothing names, whose removal changes nothing recovery finds.
     fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, DiskError> {
         let (group, incarnation) = (self.group, self.incarnation);
         let staging = self.wal.lock().guarded(|inner| {
             inner.group(group, incarnation)?;
             Staging::start_taking(&inner.writer.dir, &group_prefix(group), meta, incarnation)
         })?;
-        Ok(Box::new(GroupTaking { staging, wal: Arc::clone(&self.wal), group, incarnation }))
+        let owner = GroupIncarnation { wal: Arc::clone(&self.wal), group, incarnation };
+        let file = Unsaved::new(owner, staging.path().to_path_buf());
+        Ok(Box::new(GroupTaking { staging, file }))
+    }
+}
+
+/// One incarnation of a group in one WAL: what a local snapshot taken off the group's owner
+/// was begun on, and must be saved into.
+struct GroupIncarnation<F: FileSystem> {
+    wal: Arc<Shared<F>>,
+    group: GroupId,
+    incarnation: u64,
+}
+
+impl<F: FileSystem> RemoveUnsaved for GroupIncarnation<F> {
+    fn remove_unsaved(&self, path: &Path) {
+        let inner = self.wal.lock();
+        if inner.group(self.group, self.incarnation).is_ok() {
+            snapshot::remove_unsaved(&inner.writer.dir, path);
+        }
     }
 }
 
 /// A local snapshot being written through to its own file off a [`GroupStore`]'s owner.
 struct GroupTaking<F: FileSystem> {
+    /// Before `file`: the file is closed before it is removed.
     staging: Staging<F::File>,
-    /// The WAL, group and incarnation it was begun for.
-    wal: Arc<Shared<F>>,
-    group: GroupId,
-    incarnation: u64,
+    file: Unsaved<GroupIncarnation<F>>,
 }
 
 impl<F: FileSystem> OwnedSnapshotWriter<GroupStore<F>> for GroupTaking<F>
@@ -1340,24 +1362,23 @@ where
     /// refuse a stopped WAL and to stop it on an I/O error.
     fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
         let written = self.staging.write(data);
-        self.wal.lock().guarded(|_| written)
+        self.file.owner().wal.lock().guarded(|_| written)
     }
 
     fn finish(self: Box<Self>, data_crc32: u32) -> Result<Box<dyn TakenSnapshot<GroupStore<F>>>, DiskError> {
-        let GroupTaking { mut staging, wal, group, incarnation } = *self;
+        let GroupTaking { mut staging, file } = *self;
         staging.meta.data_crc32 = data_crc32;
         let synced = staging.sync();
-        let synced = wal.lock().guarded(|_| synced)?;
-        Ok(Box::new(GroupTaken { synced, wal, group, incarnation }))
+        // The lock is released before `file` may be dropped (it takes the lock).
+        let synced = file.owner().wal.lock().guarded(|_| synced);
+        Ok(Box::new(GroupTaken { synced: synced?, file }))
     }
 }
 
 /// A local snapshot synced to its own file, for its [`GroupStore`] to save.
 struct GroupTaken<F: FileSystem> {
     synced: Synced,
-    wal: Arc<Shared<F>>,
-    group: GroupId,
-    incarnation: u64,
+    file: Unsaved<GroupIncarnation<F>>,
 }
 
 impl<F: FileSystem> TakenSnapshot<GroupStore<F>> for GroupTaken<F>
@@ -1369,14 +1390,18 @@ where
         &self.synced.meta
     }
 
-    /// Refused with [`DiskError::GroupNotFound`] by a store of another WAL, group or
-    /// incarnation (the file is then removed only if it is this WAL's: it is named with its
-    /// own incarnation).
+    /// Refused with [`DiskError::GroupNotFound`] by a store of another WAL or group, and its
+    /// file removed; by the group's store after the group was removed (its file was removed
+    /// with it, or is then).
     fn save(self: Box<Self>, store: &mut GroupStore<F>) -> Result<(), DiskError> {
-        let GroupTaken { synced, wal, group, incarnation } = *self;
-        if !Arc::ptr_eq(&wal, &store.wal) || group != store.group {
-            return Err(DiskError::GroupNotFound(group));
+        let GroupTaken { synced, mut file } = *self;
+        let GroupIncarnation { wal, group, incarnation } = file.owner();
+        if !Arc::ptr_eq(wal, &store.wal) || *group != store.group {
+            return Err(DiskError::GroupNotFound(*group));
         }
+        let (group, incarnation) = (*group, *incarnation);
+        // A group gone meanwhile is refused there, and the file removed.
+        file.saving();
         store.wal.write(|inner, released| inner.stage_staged(group, incarnation, Pending::Synced(synced), released))
     }
 }

@@ -1,8 +1,13 @@
 //! Fixtures shared by the tests of the durable store: a three-node membership and small entries
-//! whose payload names their index and term (so a replaced entry never equals the one before).
+//! whose payload names their index and term (so a replaced entry never equals the one before);
+//! [`snapshot`] has those of the tests of local snapshots.
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Index, Membership, NodeId, Term};
+
+// Only the tests of local snapshots use it: the others would warn of every item.
+#[allow(dead_code)]
+pub mod snapshot;
 
 /// The voters 1, 2 and 3.
 pub fn membership() -> Membership {
