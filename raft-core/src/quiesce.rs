@@ -36,6 +36,10 @@ use crate::raft::{Raft, Role};
 use crate::storage::Storage;
 use crate::types::{Index, NodeId};
 
+/// A log's last index, commit index and last term: an append that changes none of them brought
+/// nothing new.
+pub(crate) type LogPosition = (Index, Index, Option<crate::Term>);
+
 /// Where a node stands with quiescence.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Quiescence {
@@ -156,11 +160,21 @@ impl<S: Storage> Raft<S> {
 
     /// A quiet follower took an append from its leader: one that brought entries it lacked or a
     /// later commit index shows a leader at work (a stale duplicate changes neither).
-    pub(crate) fn wake_on_append(&mut self, before: (Index, Index, Option<crate::Term>)) {
-        let after = (self.log.last_index(), self.log.committed, self.log.last_term().ok());
-        if self.quiescence.quiet && self.role == Role::Follower && after != before {
+    pub(crate) fn wake_on_append(&mut self, before: Option<LogPosition>) {
+        let Some(before) = before else { return };
+        if self.quiescence.quiet && self.role == Role::Follower && self.log_position() != before {
             self.wake_follower();
         }
+    }
+
+    /// What [`Raft::wake_on_append`] compares, taken only for a quiet node (the last term may be
+    /// a read of the store, and a busy group steps an append for every write).
+    pub(crate) fn log_position_if_quiet(&self) -> Option<LogPosition> {
+        self.quiescence.quiet.then(|| self.log_position())
+    }
+
+    fn log_position(&self) -> LogPosition {
+        (self.log.last_index(), self.log.committed, self.log.last_term().ok())
     }
 
     /// See [`Raft::wake`].

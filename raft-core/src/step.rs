@@ -58,14 +58,14 @@ impl<S: Storage> Raft<S> {
             MessageBody::VoteResponse { pre_vote, granted } => self.on_vote_response(m.from, m.term, pre_vote, granted),
             MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit } => {
                 self.accept_leader(m.from)?;
-                let before = (self.log.last_index(), self.log.committed, self.log.last_term().ok());
+                let before = self.log_position_if_quiet();
                 let result = self.on_append_entries(m.from, prev_log_index, prev_log_term, entries, commit, true);
                 self.wake_on_append(before);
                 result
             }
             MessageBody::CommitNotice { prev_log_index, prev_log_term, commit } => {
                 self.accept_leader(m.from)?;
-                let before = (self.log.last_index(), self.log.committed, self.log.last_term().ok());
+                let before = self.log_position_if_quiet();
                 let result = self.on_append_entries(m.from, prev_log_index, prev_log_term, Vec::new(), commit, false);
                 self.wake_on_append(before);
                 result
