@@ -500,6 +500,7 @@ async fn a_snapshot_from_the_leader_supersedes_a_local_one_being_written() {
     // Back, it is sent the leader's snapshot: the worker calls its own off and waits for it.
     cluster.network().heal(follower);
     eventually("the follower waits for its snapshot, to install the leader's", || async {
+        assert!(on_follower.stop_reason().is_none(), "the follower stopped: {:?}", on_follower.stop_reason());
         on_follower.snapshot_job_waits() == 1
     })
     .await;

@@ -385,9 +385,10 @@ impl<SM: StateMachine> NodeHandle<SM> {
     /// How many times the node's worker waited for a local snapshot still being written off it
     /// (on the apply thread, or on the thread an inline state machine moves to for it): to
     /// install a snapshot from the leader, or because more committed entries waited for a state
-    /// machine away writing one than an apply queue holds. Counted before the wait begins, so that a test
-    /// holding the state machine inside its `snapshot` knows, without guessing at timing, that
-    /// the worker waits for it. Not part of the API: it may change or go at any release.
+    /// machine away writing one than an apply queue holds. Counted before the wait begins, so
+    /// that a test holding the state machine inside its `snapshot` knows, without guessing at
+    /// timing, that the worker waits for it. Not part of the API: it may change or go at any
+    /// release.
     #[doc(hidden)]
     pub fn snapshot_job_waits(&self) -> u64 {
         self.inner.shared.snapshot_job_waits()
