@@ -6,12 +6,18 @@
 //! `Execution::Threads` (the apply thread writes into the store's owned writer).
 //!
 //! A shutdown while the snapshot is held neither hangs nor loses what the state machine holds.
+//! A snapshot from the leader arriving meanwhile supersedes the local one, which is called off
+//! and never saved. The committed entries that wait for a state machine away are bounded as an
+//! apply queue is; past the bound the worker waits for the snapshot. A one-worker host lends one
+//! thread to such snapshots at a time: a second group due meanwhile waits for it.
 //!
 //! Nothing here depends on timing: the gate holds the snapshot until the test has seen what it
-//! waits for (a test of the old driver, whose worker waited for the snapshot, times out).
+//! waits for (a test of the old driver, whose worker waited for the snapshot, times out); where
+//! the worker must wait for the snapshot, the node's count of those waits says when it does.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
@@ -19,7 +25,7 @@ use raft_core::{GroupId, Index, Membership, NodeId, Storage};
 use raft_net::{Execution, Host, HostConfig, MemNetwork, NodeEvent, NodeHandle, StateMachine};
 use raft_storage::testing::SimFs;
 use raft_storage::{DiskOptions, DiskStorage, Identity, SharedWal, WalOptions};
-use raft_testkit::{PATIENCE, eventually};
+use raft_testkit::{ClusterBuilder, PATIENCE, StorageKind, eventually, propose, settled_leader};
 
 const ME: NodeId = NodeId(1);
 const IDENTITY: Identity = Identity { cluster_id: 7, node_id: ME };
@@ -27,12 +33,14 @@ const IDENTITY: Identity = Identity { cluster_id: 7, node_id: ME };
 /// 10, so that the log is compacted).
 const EVERY: u64 = 15;
 
-/// Holds a state machine's `snapshot` until opened; counts the snapshots that entered it.
+/// Holds a state machine's `snapshot` until opened; counts the snapshots that entered it, and
+/// notes a sink that refused the snapshot's data (the snapshot was called off).
 #[derive(Default)]
 struct Gate {
     open: Mutex<bool>,
     opened: Condvar,
     entered: AtomicU64,
+    refused: AtomicBool,
 }
 
 impl Gate {
@@ -49,6 +57,10 @@ impl Gate {
     fn release(&self) {
         *self.open.lock().expect("not poisoned") = true;
         self.opened.notify_all();
+    }
+
+    fn close(&self) {
+        *self.open.lock().expect("not poisoned") = false;
     }
 
     fn pass(&self) {
@@ -93,7 +105,8 @@ impl StateMachine for Log {
             sink.write_all(&(command.len() as u32).to_le_bytes())?;
             sink.write_all(command)?;
         }
-        Ok(())
+        // Hands the data over here (the driver would at the end): a snapshot called off refuses it.
+        sink.flush().inspect_err(|_| self.gate.refused.store(true, Ordering::SeqCst))
     }
 
     fn restore(&mut self, reader: &mut dyn Read) -> Result<(), io::Error> {
@@ -109,6 +122,14 @@ impl StateMachine for Log {
         self.applied = applied;
         *self.view.lock().expect("not poisoned") = self.applied.clone();
         Ok(())
+    }
+}
+
+impl raft_testkit::Machine for Log {
+    type View = Arc<Mutex<Vec<Bytes>>>;
+
+    fn view(&self) -> Self::View {
+        Arc::clone(&self.view)
     }
 }
 
@@ -413,5 +434,267 @@ async fn a_read_asked_while_the_snapshot_is_written_sees_every_entry_committed_b
     while let Some(answer) = answers.join_next().await {
         answer.expect("a proposal's task");
     }
+    host.shutdown().await;
+}
+
+/// A snapshot from the leader reaches a follower whose own snapshot is being written, its state
+/// machine held inside `snapshot` on the thread it moved to. The follower calls its snapshot off
+/// and waits for the state machine to come back (`snapshot_job_waits`, counted before the wait,
+/// tells the test when to open the gate: the gate opens only once the install has begun), then
+/// installs the leader's. The local snapshot is never saved (its sink refused the data, and no
+/// `SnapshotTaken` is reported), the follower goes on from the leader's state with every
+/// committed command, and has them all again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_from_the_leader_supersedes_a_local_one_being_written() {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
+    let gates: Arc<Mutex<BTreeMap<NodeId, Arc<Gate>>>> = Arc::default();
+    let made = Arc::clone(&gates);
+    let builder = ClusterBuilder::new(3).storage(StorageKind::disk()).configure(|config| {
+        raft_testkit::snapshotting(config); // A compaction margin of 10 entries.
+        config.snapshot_every_entries = EVERY;
+        config.execution = Execution::OneThread;
+    });
+    let start = builder.start(move |id| {
+        let gate = Gate::open();
+        made.lock().expect("not poisoned").insert(id, Arc::clone(&gate));
+        Log::new(&gate).0
+    });
+    let mut cluster = start.await.expect("the cluster starts");
+    let leader = settled_leader(&cluster.running()).await;
+    let (ids, handles) = (cluster.ids(), cluster.handles());
+    let at_leader = ids.iter().position(|id| *id == leader).expect("the leader runs");
+    let at_follower = (at_leader + 1) % ids.len();
+    let follower = ids[at_follower];
+    let gate = Arc::clone(&gates.lock().expect("not poisoned")[&follower]);
+    gate.close();
+    let on_follower = handles[at_follower].clone();
+    let mut follower_events = on_follower.events();
+
+    // The follower applies enough to want a snapshot, whose state machine then waits at the gate.
+    let mut proposed = 0;
+    while proposed < EVERY {
+        propose(&handles, &ids, at_leader, command(1, proposed)).await;
+        proposed += 1;
+    }
+    eventually("the follower's snapshot is held in its state machine", || async {
+        gate.entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let local = status(&on_follower).await.applied; // Nothing is applied while it is held.
+
+    // Cut off, the follower falls behind the leader's compacted log: the leader snapshots past
+    // the follower's last entry and the margin kept below it.
+    cluster.network().isolate(follower);
+    let follower_last = status(&on_follower).await.last_index;
+    let mut leader_events = handles[at_leader].events();
+    let mut compacted_past = false;
+    while !compacted_past {
+        assert!(proposed < 20 * EVERY, "the leader never snapshots past the follower");
+        propose(&handles, &ids, at_leader, command(1, proposed)).await;
+        proposed += 1;
+        while let Ok(event) = leader_events.try_recv() {
+            if let NodeEvent::SnapshotTaken { index } = event {
+                compacted_past |= index.0 > follower_last.0 + 10 + 1;
+            }
+        }
+    }
+    // The follower's worker went on meanwhile (it answers), its snapshot still held.
+    assert_eq!(status(&on_follower).await.applied, local);
+    assert_eq!((gate.entered.load(Ordering::SeqCst), on_follower.snapshot_job_waits()), (1, 0));
+
+    // Back, it is sent the leader's snapshot: the worker calls its own off and waits for it.
+    cluster.network().heal(follower);
+    eventually("the follower waits for its snapshot, to install the leader's", || async {
+        assert!(on_follower.stop_reason().is_none(), "the follower stopped: {:?}", on_follower.stop_reason());
+        on_follower.snapshot_job_waits() == 1
+    })
+    .await;
+    gate.release();
+    let expected: Vec<Bytes> = (0..proposed).map(|number| command(1, number)).collect();
+    let view = Arc::clone(&cluster.member(follower).expect("the follower runs").view);
+    eventually("the follower has every committed command", || async {
+        view.lock().expect("not poisoned").len() == expected.len()
+    })
+    .await;
+    assert_eq!(*view.lock().expect("not poisoned"), expected, "in order, from the leader's snapshot and log");
+    assert!(gate.refused.load(Ordering::SeqCst), "the local snapshot was called off: its sink refused the data");
+    assert!(on_follower.stop_reason().is_none(), "{:?}", on_follower.stop_reason());
+    let mut restored = Vec::new();
+    while let Ok(event) = follower_events.try_recv() {
+        match event {
+            NodeEvent::SnapshotTaken { index } => panic!("the local snapshot at {index} was saved (held at {local})"),
+            NodeEvent::SnapshotRestored { index } => restored.push(index),
+            NodeEvent::Stopped(reason) => panic!("the follower stopped: {reason:?}"),
+            _ => {}
+        }
+    }
+    // (A leader change on the way back may have it sent twice: each is newer than its own.)
+    assert!(
+        !restored.is_empty() && restored.iter().all(|index| *index > local),
+        "the leader's snapshot installed: {restored:?}"
+    );
+
+    // It goes on with the others, and a restart loses nothing.
+    for number in proposed..proposed + 3 {
+        propose(&handles, &ids, at_leader, command(1, number)).await;
+    }
+    let expected: Vec<Bytes> = (0..proposed + 3).map(|number| command(1, number)).collect();
+    cluster.stop(follower).await.expect("the follower runs");
+    let view = Arc::clone(&cluster.restart(follower).await.expect("the follower restarts").view);
+    eventually("the restarted follower has every committed command", || async {
+        view.lock().expect("not poisoned").len() == expected.len()
+    })
+    .await;
+    assert_eq!(*view.lock().expect("not poisoned"), expected);
+    for member in cluster.running() {
+        assert_eq!(*member.view.lock().expect("not poisoned"), expected, "node {}", member.id);
+    }
+    cluster.shutdown().await;
+}
+
+/// The size of each large command of the bound's test: with an entry's overhead, three of them
+/// (and the few small commands that may wait with them) fit in `APPLY_BYTES`, four do not.
+const LARGE_BYTES: usize = 1100;
+
+/// The apply queue of the bound's test: one batch of this many bytes.
+const APPLY_BYTES: u64 = 4096;
+
+fn large(number: u64) -> Bytes {
+    let mut data = format!("large {number} ").into_bytes();
+    data.resize(LARGE_BYTES, b'.');
+    Bytes::from(data)
+}
+
+/// While a state machine is away writing a snapshot, the committed entries that wait for it are
+/// bounded as the apply queue is (here one batch of `APPLY_BYTES`): below the bound the worker
+/// goes on (it answers, commits, and has never waited), and the entry that takes the waiting
+/// bytes past it makes the worker wait for the snapshot (`snapshot_job_waits`, counted before
+/// the wait, while the gate still holds the state machine). Once the gate opens, every entry is
+/// applied in order and answered, the snapshot saved, and a restart recovers them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_waiting_for_a_state_machine_away_are_bounded_by_the_apply_queue() {
+    let fs = SimFs::new(26);
+    let group = GroupId(1);
+    let mut config = config(EVERY, Execution::OneThread);
+    config.options = raft_core::Options::builder()
+        .election_ticks(10)
+        .heartbeat_ticks(2)
+        .compaction_margin_entries(10)
+        .message_bytes_max(APPLY_BYTES)
+        .apply_bytes_max(APPLY_BYTES)
+        .build()
+        .expect("valid options");
+    config.apply_queue_batches_max = 1;
+    let gate = Gate::closed();
+    let snapshot_index = {
+        let wal = SharedWal::create(fs.clone(), "/wal", IDENTITY, WalOptions::default()).expect("log");
+        let host = Host::start(HostConfig::with_workers(1)).expect("host");
+        let store = wal.create_group(group, Membership::new([ME])).expect("group");
+        let network = MemNetwork::default();
+        let (transport, inbound) = network.join_group(ME, group).expect("joined");
+        let (machine, view) = Log::new(&gate);
+        let handle = host.add_group(group, config.clone(), store, transport, inbound, machine).expect("added");
+        let mut events = handle.events();
+        eventually("the node leads its group", || async { status(&handle).await.role == raft_core::Role::Leader })
+            .await;
+        let mut answers = tokio::task::JoinSet::new();
+        propose_all(&handle, 1, 0..EVERY, &mut answers);
+        eventually("the snapshot is held in the state machine", || async { gate.entered.load(Ordering::SeqCst) == 1 })
+            .await;
+        // The leader's first entry and every small command: the large ones come after, in order.
+        eventually("the small commands commit", || async { commit(&handle).await >= Index(EVERY + 1) }).await;
+        let held = status(&handle).await.applied;
+        let mut large_answers = Vec::new();
+        for number in 0..4 {
+            let proposer = handle.clone();
+            large_answers.push(tokio::spawn(async move { proposer.propose(large(number)).await }));
+            if number == 3 {
+                break;
+            }
+            let index = Index(EVERY + 2 + number);
+            eventually("a large command commits", || async { commit(&handle).await >= index }).await;
+            // Answered in a round after the one that committed it: the entry was handed over.
+            assert_eq!(status(&handle).await.applied, held, "nothing is applied while the snapshot is held");
+            assert_eq!(handle.snapshot_job_waits(), 0, "below the bound the worker does not wait");
+        }
+        eventually("past the bound, the worker waits for the snapshot", || async { handle.snapshot_job_waits() == 1 })
+            .await;
+        assert_eq!(gate.entered.load(Ordering::SeqCst), 1, "still held");
+        gate.release();
+        for (number, answer) in (0..).zip(large_answers) {
+            let applied = within("a large command", answer).await.expect("its task").expect("applied");
+            assert_eq!(applied as u64, EVERY + number + 1, "the large commands applied in order");
+        }
+        let index = finishes(&mut events, answers).await;
+        assert_eq!(handle.snapshot_job_waits(), 1, "the worker waited once");
+        let seen = view.lock().expect("not poisoned").clone();
+        let (small, large_seen) = seen.split_at(EVERY as usize);
+        assert_eq!(large_seen, (0..4).map(large).collect::<Vec<_>>());
+        same_commands(small.to_vec(), (0..EVERY).map(|number| command(1, number)).collect());
+        host.shutdown().await;
+        index
+    };
+    fs.crash(); // What was answered was durable.
+
+    let wal = SharedWal::open(fs.clone(), "/wal", IDENTITY, WalOptions::default()).expect("reopen");
+    let store = wal.group(group).expect("group");
+    assert_eq!(store.snapshot().expect("snapshot").index, snapshot_index, "the snapshot was saved");
+    let host = Host::start(HostConfig::with_workers(1)).expect("host");
+    let network = MemNetwork::default();
+    let (transport, inbound) = network.join_group(ME, group).expect("joined");
+    let (machine, view) = Log::new(&Gate::open());
+    let handle = host.add_group(group, config, store, transport, inbound, machine).expect("added");
+    eventually("the group recovered all its commands", || async {
+        view.lock().expect("not poisoned").len() == EVERY as usize + 4
+    })
+    .await;
+    let seen = view.lock().expect("not poisoned").clone();
+    assert_eq!(seen[EVERY as usize..], (0..4).map(large).collect::<Vec<_>>()[..]);
+    drop(handle);
+    host.shutdown().await;
+}
+
+/// A host lends as many threads to snapshots written off its workers as it has workers: on a
+/// one-worker host, a second group that comes due while the first's snapshot is held finds no
+/// slot, so its state machine stays on the worker (its commands are still applied and
+/// answered, which they would not be were it away, held at its own gate) and it asks again each
+/// round; once the first snapshot ends and gives the slot back, the second takes it, at the
+/// index it has applied by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_one_worker_host_a_second_snapshot_waits_for_the_slot_of_the_first() {
+    let wal = SharedWal::create(SimFs::new(27), "/wal", IDENTITY, WalOptions::default()).expect("log");
+    let network = MemNetwork::default();
+    let host = Host::start(HostConfig::with_workers(1)).expect("host");
+    let gates = [Gate::closed(), Gate::closed()];
+    let mut handles = Vec::new();
+    for (group, gate) in [GroupId(1), GroupId(2)].into_iter().zip(&gates) {
+        let store = wal.create_group(group, Membership::new([ME])).expect("group");
+        let (transport, inbound) = network.join_group(ME, group).expect("joined");
+        let (machine, _) = Log::new(gate);
+        let config = config(EVERY, Execution::OneThread);
+        handles.push(host.add_group(group, config, store, transport, inbound, machine).expect("added"));
+    }
+    let mut events: Vec<_> = handles.iter().map(NodeHandle::events).collect();
+    // Group 1's snapshot holds the host's one slot.
+    let answers = commits_while_held(&handles[0], &gates[0], 1).await;
+    // Group 2 comes due (the leader's first entry and EVERY commands), and the commands after
+    // it are applied on the worker: its snapshot did not start.
+    propose_applied(&handles[1], 2, 0..EVERY).await;
+    propose_applied(&handles[1], 2, 100..103).await;
+    let applied = Index(EVERY + 3 + 1);
+    assert_eq!(status(&handles[1]).await.applied, applied);
+    assert_eq!(gates[1].entered.load(Ordering::SeqCst), 0, "no slot for group 2's snapshot");
+    // The first snapshot ends and gives the slot back: the second takes it, at the next round
+    // (a status request makes one).
+    gates[0].release();
+    finishes(&mut events[0], answers).await;
+    eventually("group 2's snapshot takes the slot", || async {
+        status(&handles[1]).await;
+        gates[1].entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    gates[1].release();
+    let index = finishes(&mut events[1], tokio::task::JoinSet::new()).await;
+    assert_eq!(index, applied, "taken when the slot came free, at the index applied by then");
     host.shutdown().await;
 }

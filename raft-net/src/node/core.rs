@@ -696,12 +696,14 @@ where
     /// with its reason.
     pub(crate) fn end_snapshot_job(&mut self, wait: bool, save: bool) -> Result<(), StopReason> {
         let Some(job) = &self.snapshot_job else { return Ok(()) };
-        let ended = if wait {
-            // What this round sent must not wait for the state machine with it.
-            crate::transport::let_held_sends_go();
-            job.done.recv().map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
-        } else {
-            job.done.try_recv()
+        let ended = match job.done.try_recv() {
+            Err(std::sync::mpsc::TryRecvError::Empty) if wait => {
+                // What this round sent must not wait for the state machine with it.
+                crate::transport::let_held_sends_go();
+                self.shared.snapshot_job_waited();
+                job.done.recv().map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
+            }
+            ended => ended,
         };
         let result = match ended {
             Ok(result) => result,

@@ -382,6 +382,18 @@ impl<SM: StateMachine> NodeHandle<SM> {
         self.inner.shared.stop_reason()
     }
 
+    /// How many times the node's worker waited for a local snapshot still being written off it
+    /// (on the apply thread, or on the thread an inline state machine moves to for it): to
+    /// install a snapshot from the leader, or because more committed entries waited for a state
+    /// machine away writing one than an apply queue holds. Counted before the wait begins, so
+    /// that a test holding the state machine inside its `snapshot` knows, without guessing at
+    /// timing, that the worker waits for it. Not part of the API: it may change or go at any
+    /// release.
+    #[doc(hidden)]
+    pub fn snapshot_job_waits(&self) -> u64 {
+        self.inner.shared.snapshot_job_waits()
+    }
+
     /// Shuts the node down gracefully: new proposals and reads are refused at once; the core
     /// finishes the inputs it already took, writes and sends their output, lets the state machine
     /// apply what was committed and serve the reads already confirmed, answers every other

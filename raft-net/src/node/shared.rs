@@ -30,6 +30,9 @@ pub(crate) struct Shared {
     /// The apply side asks the core for a snapshot per the policy (the core, which owns the
     /// store, then has the state machine write it: see the `snapshot` module).
     snapshot_wanted: AtomicBool,
+    /// How many times the worker waited for a local snapshot job that had not ended (see
+    /// [`Shared::snapshot_job_waited`]).
+    snapshot_job_waits: AtomicU64,
     /// Every event goes here.
     events: broadcast::Sender<NodeEvent>,
     /// Cancelled once the core has finished (threads joined, storage and transport
@@ -47,6 +50,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             snapshot_wanted: AtomicBool::new(false),
+            snapshot_job_waits: AtomicU64::new(0),
             events,
             done: CancellationToken::new(),
             metrics,
@@ -98,6 +102,18 @@ impl Shared {
     /// Whether a snapshot was asked for since the last call.
     pub(crate) fn take_snapshot_request(&self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// Counts a wait of the worker for a local snapshot job still running, before it waits: the
+    /// one sign, for tests, that the worker is about to wait (and stays there until the state
+    /// machine's `snapshot` returns), which timing could only guess.
+    pub(crate) fn snapshot_job_waited(&self) {
+        self.snapshot_job_waits.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times the worker waited for a local snapshot job still running.
+    pub(crate) fn snapshot_job_waits(&self) -> u64 {
+        self.snapshot_job_waits.load(Ordering::Acquire)
     }
 }
 
