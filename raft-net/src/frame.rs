@@ -32,8 +32,10 @@ pub const MAGIC: [u8; 4] = *b"RFTN";
 /// `group`): one connection between two nodes carries the messages of every group they share.
 /// Version 6 adds the `Quiesce` message (an idle group's leader asks its followers to go quiet);
 /// earlier messages encode as before, but a version 5 peer could not decode it. Version 7 adds
-/// [`Frame::Ping`], the node-level liveness ping that lets groups go quiet.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// [`Frame::Ping`], the node-level liveness ping that lets groups go quiet. Version 8 adds the
+/// `CommitNotice` message (a new commit index for a follower that holds everything it was sent,
+/// not answered unless refused); a version 7 peer could not decode it.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The largest snapshot chunk a message will carry (snapshot transfer is planned in raft-core).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: u32 = 64 * 1024;
