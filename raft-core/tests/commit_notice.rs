@@ -140,3 +140,60 @@ fn a_notice_past_the_followers_log_commits_nothing_and_is_refused() {
     });
     assert!(refused, "the notice is refused: {out:?}");
 }
+
+/// A follower the leader is probing although it holds everything (reported unreachable after
+/// it acknowledged the entry about to commit) is sent an empty append when that entry commits,
+/// not a notice: it answers the append, and the answer puts it back in the replicate state at
+/// once, without waiting for a heartbeat.
+#[test]
+fn a_probed_follower_gets_an_answered_append_not_a_notice() {
+    let mut c = Cluster::new(5);
+    c.elect(1);
+    c.deliver_all();
+    // The leader's own copy stays unreported, so that nodes 2 and 3 alone do not commit it.
+    c.auto_persist.insert(NodeId(1), false);
+    let index = c.node_mut(1).propose(bytes::Bytes::from_static(b"x")).expect("leader accepts");
+    let held = deliver_with(&mut c, |m| match m.body {
+        MessageBody::AppendResponse(_) if m.to == NodeId(1) && m.from.0 >= 4 => Fate::Hold,
+        _ => Fate::Deliver,
+    });
+    assert_eq!(c.node(1).commit_index(), Index(index.0 - 1));
+    c.node_mut(1).report_unreachable(NodeId(3));
+    assert!(!c.node(1).is_replicating(NodeId(3)));
+    c.delivered.clear();
+    // Node 4's answer makes a quorum (2, 3 and 4).
+    c.in_flight.extend(held.into_iter().filter(|m| m.from == NodeId(4)));
+    deliver_with(&mut c, |m| if m.from == NodeId(5) { Fate::Hold } else { Fate::Deliver });
+    assert_eq!(c.node(1).commit_index(), index);
+    assert!(!c.delivered.iter().any(|m| between(m, 1, 3) && is_notice(m)), "a notice to a probed follower");
+    assert!(c.delivered.iter().any(|m| between(m, 1, 3) && matches!(m.body, MessageBody::AppendEntries { .. })));
+    assert!(c.node(1).is_replicating(NodeId(3)), "node 3 answered and is replicated to again");
+    assert_eq!(c.node(3).commit_index(), index);
+}
+
+/// A quiet follower's log ends at its commit index, so a notice can tell it nothing new: the
+/// same notice again, or an older one (a duplicate delayed in the network), leaves it quiet and
+/// is not answered. (Were it woken, it would run its election timer against a leader that sends
+/// nothing, and campaign.)
+#[test]
+fn a_duplicate_or_older_notice_leaves_a_quiet_follower_quiet_and_unanswered() {
+    let mut c = common::cluster_tuned(3, |b| b.quiesce(true));
+    c.elect(1);
+    c.propose(1, b"x").expect("leader accepts");
+    c.propose(1, b"y").expect("leader accepts");
+    for _ in 0..c.node(1).options().heartbeat_ticks() * 3 {
+        c.tick_all();
+    }
+    assert!(c.node(2).is_quiet(), "the idle group went quiet");
+    let term = c.node(1).term();
+    let last = c.node(2).last_index();
+    for prev in [last, Index(last.0 - 1)] {
+        let node = c.node_mut(2);
+        let notice = MessageBody::CommitNotice { prev_log_index: prev, prev_log_term: term, commit: prev };
+        node.step(message(1, 2, term.0, notice)).expect("a notice");
+        let out = node.take_output().expect("memory storage");
+        assert!(node.is_quiet(), "a notice at {prev} woke it");
+        let answers: Vec<_> = out.messages.iter().chain(&out.messages_after_persist).collect();
+        assert!(answers.is_empty(), "a notice at {prev} was answered: {answers:?}");
+    }
+}

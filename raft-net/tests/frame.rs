@@ -55,6 +55,12 @@ fn body() -> impl Strategy<Value = MessageBody> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(commit, round)| MessageBody::Heartbeat { commit: Index(commit), round }),
         any::<u64>().prop_map(|round| MessageBody::HeartbeatResponse { round }),
+        (any::<u64>(), any::<u64>()).prop_map(|(commit, round)| MessageBody::Quiesce { commit: Index(commit), round }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(index, term, commit)| MessageBody::CommitNotice {
+            prev_log_index: Index(index),
+            prev_log_term: Term(term),
+            commit: Index(commit),
+        }),
     ]
 }
 
