@@ -717,8 +717,8 @@ where
         let Some(taken) = taken else { return Ok(()) };
         let index = taken.meta().index;
         if !save {
-            // Superseded (a snapshot from the leader is being installed): not saved; its file
-            // is removed when the store next opens.
+            // Superseded (a snapshot from the leader is being installed): not saved; the
+            // store removes its file as it is dropped (raft-storage's stores do).
             debug!(%index, "a local snapshot taken meanwhile is dropped");
             return Ok(());
         }
