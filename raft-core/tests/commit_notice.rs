@@ -197,3 +197,28 @@ fn a_duplicate_or_older_notice_leaves_a_quiet_follower_quiet_and_unanswered() {
         assert!(answers.is_empty(), "a notice at {prev} was answered: {answers:?}");
     }
 }
+
+/// A leadership transfer to a follower whose answer to the last append was lost waits for the
+/// leader to learn that the target holds everything. With the empty commit append gone, that
+/// is the next heartbeat's answer (and the empty append it then sends), so the transfer still
+/// completes, within a heartbeat interval, long before it would be abandoned.
+#[test]
+fn a_transfer_to_a_follower_whose_answer_was_lost_completes_after_a_heartbeat() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.deliver_all();
+    let index = c.node_mut(1).propose(bytes::Bytes::from_static(b"x")).expect("leader accepts");
+    deliver_with(&mut c, |m| match &m.body {
+        MessageBody::AppendResponse(_) if between(m, 3, 1) => Fate::Drop,
+        _ => Fate::Deliver,
+    });
+    assert_eq!(c.node(3).last_index(), index);
+    assert!(c.node(1).status().progress[&NodeId(3)].match_index < index);
+    c.node_mut(1).transfer_leadership(NodeId(3)).expect("a voter");
+    c.deliver_all();
+    assert_eq!(c.leader(), Some(1), "nothing tells the leader yet that node 3 holds everything");
+    for _ in 0..c.node(1).options().heartbeat_ticks() {
+        c.tick_all();
+    }
+    assert_eq!(c.leader(), Some(3), "the transfer completed within a heartbeat interval");
+}
