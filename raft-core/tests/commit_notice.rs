@@ -11,6 +11,20 @@ fn is_notice(m: &Message) -> bool {
     matches!(m.body, MessageBody::CommitNotice { .. })
 }
 
+/// Three nodes, node 1 leading, one entry proposed and committed while every answer of node 3
+/// is lost: the leader does not know that node 3 holds it. Returns the entry's index.
+fn committed_with_node_3s_answers_lost() -> (Cluster, Index) {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.deliver_all();
+    let index = c.node_mut(1).propose(bytes::Bytes::from_static(b"x")).expect("leader accepts");
+    deliver_with(&mut c, |m| match &m.body {
+        MessageBody::AppendResponse(_) if between(m, 3, 1) => Fate::Drop,
+        _ => Fate::Deliver,
+    });
+    (c, index)
+}
+
 /// A proposal commits; the followers, which hold it, learn that it committed from a notice,
 /// commit it, and answer nothing: the only answers to the leader are the appends' own.
 #[test]
@@ -71,14 +85,7 @@ fn a_notice_the_followers_log_does_not_match_is_refused_and_the_entry_sent_again
 /// answered), so the leader's view of the follower catches up.
 #[test]
 fn a_lost_append_answer_is_repaired_by_the_heartbeat_round() {
-    let mut c = Cluster::new(3);
-    c.elect(1);
-    c.deliver_all();
-    let index = c.node_mut(1).propose(bytes::Bytes::from_static(b"x")).expect("leader accepts");
-    deliver_with(&mut c, |m| match &m.body {
-        MessageBody::AppendResponse(_) if between(m, 3, 1) => Fate::Drop,
-        _ => Fate::Deliver,
-    });
+    let (mut c, index) = committed_with_node_3s_answers_lost();
     assert_eq!(c.node(1).commit_index(), index);
     assert_eq!(c.node(3).commit_index(), index, "the notice told node 3");
     assert!(c.node(1).status().progress[&NodeId(3)].match_index < index);
@@ -204,14 +211,7 @@ fn a_duplicate_or_older_notice_leaves_a_quiet_follower_quiet_and_unanswered() {
 /// completes, within a heartbeat interval, long before it would be abandoned.
 #[test]
 fn a_transfer_to_a_follower_whose_answer_was_lost_completes_after_a_heartbeat() {
-    let mut c = Cluster::new(3);
-    c.elect(1);
-    c.deliver_all();
-    let index = c.node_mut(1).propose(bytes::Bytes::from_static(b"x")).expect("leader accepts");
-    deliver_with(&mut c, |m| match &m.body {
-        MessageBody::AppendResponse(_) if between(m, 3, 1) => Fate::Drop,
-        _ => Fate::Deliver,
-    });
+    let (mut c, index) = committed_with_node_3s_answers_lost();
     assert_eq!(c.node(3).last_index(), index);
     assert!(c.node(1).status().progress[&NodeId(3)].match_index < index);
     c.node_mut(1).transfer_leadership(NodeId(3)).expect("a voter");
