@@ -579,8 +579,9 @@ impl<S: Storage> Raft<S> {
     ///   [`Raft::peer_down`] of a follower. A woken leader forgets who answered it
     ///   before: its first check-quorum round needs a quorum heard from since it woke.
     /// - a follower: a heartbeat of its leader of a later round than the `Quiesce` that quieted
-    ///   it, an append (or a `CommitNotice`) of its leader that brings entries it lacks or a later commit index, a
-    ///   leader message from another node at its term, any change of its term or role
+    ///   it, an append (or a `CommitNotice`) of its leader that brings entries it lacks or a
+    ///   later commit index, a leader message from another node at its term, any change of its
+    ///   term or role
     ///   ([`Raft::campaign`], `TimeoutNow`, a vote request of a later term), and
     ///   [`Raft::peer_down`] of its leader. Proposals, reads (forwarded to the leader, which
     ///   wakes), stale duplicates and answers do not wake it: a follower woken by an input after
