@@ -172,7 +172,8 @@ fn a_group_removed_while_its_snapshot_is_taken_leaves_its_next_incarnation_alone
     let mut new_writer = new.begin_snapshot_owned(&meta(5)).expect("begin");
     new_writer.write(&new_data[..50_000]).expect("write");
 
-    // Another of the old incarnation's writers, dropped: the new one's file stays.
+    // Another of the old incarnation's writers, dropped: the new one's file stays. (The names
+    // differ by incarnation, so this guards against a removal by anything but its own name.)
     drop(old_dropped);
     assert_eq!(taking_files(&fs).len(), 1, "the new incarnation's file is left alone");
     // The old writer goes on into its deleted file, and its save is refused.
@@ -289,8 +290,38 @@ fn a_shared_wal_group_removes_the_file_of_a_failed_snapshot_at_once() {
     drops_failed(|| open().expect("group"), &fs);
 }
 
+/// A taken snapshot whose store stopped before the save (an I/O error of a write: fail-stop)
+/// is refused, and its file removed all the same: the save took it over only if it ran.
+fn refused_by_a_stopped_store<S: LogStore>(mut store: S, fs: &SimFs)
+where
+    S::Error: Debug,
+{
+    store.persist(None, &run(1, 10, 1)).expect("persist");
+    let taken = take(&mut store, 5, &data(20_000, 8));
+    fs.fail_after(0, std::io::ErrorKind::Other);
+    assert!(store.persist(None, &run(11, 12, 1)).is_err(), "the write fails and stops the store");
+    assert!(store.save_taken_snapshot(taken).is_err(), "a stopped store refuses the save");
+    assert_no_taking_files(fs);
+}
+
+#[test]
+fn a_stopped_disk_store_refuses_a_taken_snapshot_and_its_file_is_removed() {
+    let fs = SimFs::new(16);
+    let store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
+    refused_by_a_stopped_store(store, &fs);
+}
+
+#[test]
+fn a_stopped_shared_wal_refuses_a_taken_snapshot_and_its_file_is_removed() {
+    let fs = SimFs::new(17);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    refused_by_a_stopped_store(wal.create_group(GroupId(1), membership()).expect("group"), &fs);
+}
+
 /// A taken snapshot saved into another store (another directory, or the same one opened
-/// again) is refused, and its file removed at once.
+/// again) is refused, and its file removed: at once for another directory; for the same one
+/// opened again, the open's recovery already removed it (the guard of a store that is gone
+/// leaves it to recovery, as the next test shows).
 #[test]
 fn a_disk_store_refuses_another_stores_snapshot_and_removes_its_file() {
     let fs = SimFs::new(14);

@@ -432,8 +432,12 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
         // and the bindings are dropped while unwinding: the core, woken, then finds `done`
         // closed rather than empty, and does not wait for a wake that would never come.
         let TakeTask { wake, index, mut out, done } = *self;
+        // A writer that is not finished is dropped before the result is sent (its store removes
+        // its file then): once the core learns that the job ended, nothing of it is left to
+        // touch a file, not even one of the same name that a later job may have begun.
         if out.cancel.load(Ordering::Acquire) {
             // Called off before it began (a snapshot installed meanwhile, a shutdown).
+            drop(out);
             let _ = done.send(Ok(None));
             drop(wake);
             return;
@@ -442,6 +446,7 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
         // the applied index: anything else is a bug of this driver, reported as the core's.
         if applier.applied != index {
             debug_assert_eq!(applier.applied, index, "a snapshot task ran at another index than it was made for");
+            drop(out);
             let _ = done.send(Err(StopReason::CorePanicked));
             drop(wake);
             return;
@@ -449,8 +454,15 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
         let result = match applier.snapshot(&mut out) {
             Ok(true) => out.finish().map(Some).map_err(save_failed),
             // The sink closed: the store failed, or the job was called off.
-            Ok(false) => out.failure.take().map_or(Ok(None), |error| Err(save_failed(error))),
-            Err(reason) => Err(reason),
+            Ok(false) => {
+                let failure = out.failure.take();
+                drop(out);
+                failure.map_or(Ok(None), |error| Err(save_failed(error)))
+            }
+            Err(reason) => {
+                drop(out);
+                Err(reason)
+            }
         };
         let _ = done.send(result); // The core may have stopped.
         drop(wake);

@@ -507,8 +507,12 @@ where
         if !Weak::ptr_eq(file.owner(), &Arc::downgrade(&store.dir)) {
             return Err(DiskError::SnapshotNotStaged(synced.meta.index));
         }
-        file.saving();
-        store.guarded(|store| store.install_staged(Pending::Synced(synced)))
+        // The save takes the file over only if it runs: a stopped store refuses it, and the
+        // guard then removes the file as it is dropped.
+        store.guarded(|store| {
+            file.saving();
+            store.install_staged(Pending::Synced(synced))
+        })
     }
 }
 

@@ -1400,9 +1400,13 @@ where
             return Err(DiskError::GroupNotFound(*group));
         }
         let (group, incarnation) = (*group, *incarnation);
-        // A group gone meanwhile is refused there, and the file removed.
-        file.saving();
-        store.wal.write(|inner, released| inner.stage_staged(group, incarnation, Pending::Synced(synced), released))
+        // The save takes the file over only if it runs (a group gone meanwhile is refused there,
+        // and the file removed); a stopped WAL refuses it first, and the guard then removes the
+        // file as it is dropped, after the write returned and so outside the WAL's lock.
+        store.wal.write(|inner, released| {
+            file.saving();
+            inner.stage_staged(group, incarnation, Pending::Synced(synced), released)
+        })
     }
 }
 
