@@ -63,7 +63,7 @@ pub use mem::{MemStorage, MemStorageError};
 pub use wal::{GroupStore, SharedWal, WalOptions};
 
 use bytes::Bytes;
-use raft_core::{Entry, HardState, Index, Output, SnapshotChunk, SnapshotMeta, Storage, Term};
+use raft_core::{Entry, HardState, Index, Output, SnapshotChunk, SnapshotMeta, Storage, StorageError, Term};
 
 /// The write side of a store: what a driver calls to make an output durable.
 ///
@@ -147,6 +147,27 @@ pub trait LogStore: Storage {
     /// snapshot's own; [`MemStorage`] keeps the default (it keeps snapshots in memory anyway).
     fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, Self::Error> {
         Ok(Box::new(BufferedOwned { meta: meta.clone(), data: Vec::new() }))
+    }
+
+    /// Opens the store's snapshot `meta` (its current one) for reading by a reader that owns
+    /// what it needs, so that it may run on another thread than the store's owner: a driver
+    /// restores its state machine from it off the thread that writes the log. Each chunk is
+    /// what [`Storage::snapshot_chunk`] would return for it, checked the same way.
+    ///
+    /// The reader reads the snapshot as long as the store holds it: the store may be written
+    /// meanwhile (entries, compactions), but once it installs or saves a newer snapshot the
+    /// reader may fail ([`StorageError::SnapshotReplaced`], or an I/O error for a
+    /// removed file), so a driver that installs a newer one first waits for the reader to end.
+    /// A reader that outlives its store fails its reads; it never keeps the store's directory
+    /// held.
+    ///
+    /// `Ok(None)`: this store has no such reader (the default), and a driver reads the snapshot
+    /// through [`Storage::snapshot_chunk`] on the store's owner. [`MemStorage`],
+    /// [`DiskStorage`] and [`GroupStore`] have one. A `meta` that is not the store's current
+    /// snapshot is [`StorageError::SnapshotReplaced`].
+    fn open_snapshot_owned(&self, meta: &SnapshotMeta) -> Result<Option<Box<dyn OwnedSnapshotReader>>, StorageError> {
+        let _ = meta;
+        Ok(None)
     }
 
     /// Saves a snapshot taken through [`LogStore::begin_snapshot_owned`] (and finished), with
@@ -251,6 +272,16 @@ pub trait OwnedSnapshotWriter<S: LogStore + ?Sized>: Send {
     /// [`raft_core::snapshot_crc32`]) as its metadata's checksum, and makes it durable (for a
     /// durable store): what is left is [`LogStore::save_taken_snapshot`], on the store's owner.
     fn finish(self: Box<Self>, data_crc32: u32) -> Result<Box<dyn TakenSnapshot<S>>, S::Error>;
+}
+
+/// A store's snapshot, read off the store's owner: see [`LogStore::open_snapshot_owned`].
+pub trait OwnedSnapshotReader: Send {
+    /// The snapshot it reads.
+    fn meta(&self) -> &SnapshotMeta;
+
+    /// At most `bytes_max` bytes (at least one, unless the data has ended) of the data from
+    /// `offset` on, as [`Storage::snapshot_chunk`] returns them.
+    fn chunk(&mut self, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError>;
 }
 
 /// A local snapshot whose data is written (and durable, for a durable store), waiting to be

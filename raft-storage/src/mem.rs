@@ -249,6 +249,19 @@ impl Storage for MemStorage {
 impl LogStore for MemStorage {
     type Error = MemStorageError;
 
+    /// A reader over the snapshot's bytes (shared, not copied).
+    fn open_snapshot_owned(
+        &self,
+        meta: &SnapshotMeta,
+    ) -> Result<Option<Box<dyn crate::OwnedSnapshotReader>>, StorageError> {
+        if !self.snapshot_meta.exists()
+            || (self.snapshot_meta.index, self.snapshot_meta.term) != (meta.index, meta.term)
+        {
+            return Err(StorageError::SnapshotReplaced(meta.index));
+        }
+        Ok(Some(Box::new(MemSnapshotReader { meta: self.snapshot_meta.clone(), data: self.snapshot_data.clone() })))
+    }
+
     fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), MemStorageError> {
         self.append(entries)?;
         if let Some(hard_state) = hard_state {
@@ -316,5 +329,21 @@ impl SnapshotWriter<MemStorageError> for LocalSnapshot<'_> {
         let LocalSnapshot { store, meta, data } = *self;
         store.adopt(&SnapshotMeta { data_crc32, ..meta }, Bytes::from(data));
         Ok(())
+    }
+}
+
+/// [`MemStorage`]'s snapshot, read off its owner.
+struct MemSnapshotReader {
+    meta: SnapshotMeta,
+    data: Bytes,
+}
+
+impl crate::OwnedSnapshotReader for MemSnapshotReader {
+    fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    fn chunk(&mut self, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
+        Ok(crate::chunk_of(&self.data, offset, bytes_max))
     }
 }

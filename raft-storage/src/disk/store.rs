@@ -18,7 +18,7 @@ use super::segment::{SegmentLog, parse_segment_name};
 use super::snapshot::{self, Pending, RemoveUnsaved, Staging, Synced, Unsaved};
 use crate::fs::{FileSystem, StdFs};
 use crate::metrics::{WAL_GROUP, WalMetrics};
-use crate::{LogStore, OwnedSnapshotWriter, SnapshotWriter, TakenSnapshot, take_entries};
+use crate::{LogStore, OwnedSnapshotReader, OwnedSnapshotWriter, SnapshotWriter, TakenSnapshot, take_entries};
 
 /// Whether `name` is a segment's file name.
 fn is_segment(name: &str) -> bool {
@@ -444,6 +444,17 @@ where
     /// whose other groups go on gets its space back before the next open. Dropped after the
     /// store, it leaves the file to the next open's recovery: the directory may be another
     /// store's by then, with a file of the same name of its own.
+    /// A reader of the snapshot's file that holds the store's directory weakly: it fails its
+    /// reads once the store is dropped, and never keeps the directory held.
+    fn open_snapshot_owned(&self, meta: &SnapshotMeta) -> Result<Option<Box<dyn OwnedSnapshotReader>>, StorageError> {
+        match &self.meta.snapshot {
+            Some(snapshot) if (snapshot.meta.index, snapshot.meta.term) == (meta.index, meta.term) => {
+                Ok(Some(Box::new(DiskSnapshotReader { dir: Arc::downgrade(&self.dir), snapshot: snapshot.clone() })))
+            }
+            _ => Err(StorageError::SnapshotReplaced(meta.index)),
+        }
+    }
+
     fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, DiskError> {
         let staging = self.guarded(|store| Staging::start_taking(&store.dir, "", meta, 0))?;
         let file = Unsaved::new(Arc::downgrade(&self.dir), staging.path().to_path_buf());
@@ -458,6 +469,24 @@ impl<F: FileSystem> RemoveUnsaved for Weak<Directory<F>> {
         if let Some(dir) = self.upgrade() {
             snapshot::remove_unsaved(&dir, path);
         }
+    }
+}
+
+/// A [`DiskStorage`]'s snapshot, read off the store's owner from the snapshot's own file.
+struct DiskSnapshotReader<F: FileSystem> {
+    dir: Weak<Directory<F>>,
+    snapshot: snapshot::SnapshotFile,
+}
+
+impl<F: FileSystem + Send + Sync> OwnedSnapshotReader for DiskSnapshotReader<F> {
+    fn meta(&self) -> &SnapshotMeta {
+        &self.snapshot.meta
+    }
+
+    fn chunk(&mut self, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
+        // The store is gone: its files are not ours to read any more.
+        let dir = self.dir.upgrade().ok_or(StorageError::Unavailable(self.snapshot.meta.index))?;
+        snapshot::read_chunk(&dir, "", &self.snapshot, offset, bytes_max)
     }
 }
 

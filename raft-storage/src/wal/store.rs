@@ -27,7 +27,7 @@ use crate::disk::snapshot::{self, Pending, RemoveUnsaved, Staging, Synced, Unsav
 use crate::disk::store::validate_append;
 use crate::fs::{FileSystem, StdFs};
 use crate::metrics::{WAL_SHARED, WalMetrics, WalSizes};
-use crate::{LogStore, OwnedSnapshotWriter, SnapshotWriter, TakenSnapshot, WriteOutputsError};
+use crate::{LogStore, OwnedSnapshotReader, OwnedSnapshotWriter, SnapshotWriter, TakenSnapshot, WriteOutputsError};
 
 /// Tunables of the shared write-ahead log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1317,6 +1317,20 @@ where
     /// refused) removes its file at once, under the WAL's lock, while its group's incarnation
     /// exists (once it is gone, its removal deleted the file), also once the WAL is stopped: the
     /// file is garbage that nothing names, whose removal changes nothing recovery finds.
+    /// A reader that reads the group's snapshot file as [`Storage::snapshot_chunk`] does, under
+    /// the log's lock, as long as this incarnation of the group holds that snapshot.
+    fn open_snapshot_owned(&self, meta: &SnapshotMeta) -> Result<Option<Box<dyn OwnedSnapshotReader>>, StorageError> {
+        let current = self.read(|_, group| Ok(group.meta.snapshot.as_ref().map(|s| s.meta.clone())))?;
+        match current {
+            Some(current) if (current.index, current.term) == (meta.index, meta.term) => {
+                let group =
+                    GroupIncarnation { wal: Arc::clone(&self.wal), group: self.group, incarnation: self.incarnation };
+                Ok(Some(Box::new(GroupSnapshotReader { group, meta: current })))
+            }
+            _ => Err(StorageError::SnapshotReplaced(meta.index)),
+        }
+    }
+
     fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, DiskError> {
         let (group, incarnation) = (self.group, self.incarnation);
         let staging = self.wal.lock().guarded(|inner| {
@@ -1342,6 +1356,33 @@ impl<F: FileSystem> RemoveUnsaved for GroupIncarnation<F> {
         let inner = self.wal.lock();
         if inner.group(self.group, self.incarnation).is_ok() {
             snapshot::remove_unsaved(&inner.writer.dir, path);
+        }
+    }
+}
+
+/// A [`GroupStore`]'s snapshot, read off the group's owner.
+struct GroupSnapshotReader<F: FileSystem> {
+    group: GroupIncarnation<F>,
+    meta: SnapshotMeta,
+}
+
+impl<F: FileSystem + Send> OwnedSnapshotReader for GroupSnapshotReader<F>
+where
+    F::File: Send,
+{
+    fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    fn chunk(&mut self, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
+        let GroupIncarnation { wal, group, incarnation } = &self.group;
+        let inner = wal.lock();
+        let stored = inner.read_group(*group, *incarnation)?;
+        match &stored.meta.snapshot {
+            Some(snapshot) if (snapshot.meta.index, snapshot.meta.term) == (self.meta.index, self.meta.term) => {
+                snapshot::read_chunk(&inner.writer.dir, &group_prefix(*group), snapshot, offset, bytes_max)
+            }
+            _ => Err(StorageError::SnapshotReplaced(self.meta.index)),
         }
     }
 }
