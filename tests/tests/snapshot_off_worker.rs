@@ -11,6 +11,11 @@
 //! apply queue is; past the bound the worker waits for the snapshot. A one-worker host lends one
 //! thread to such snapshots at a time: a second group due meanwhile waits for it.
 //!
+//! Restoring does not block the worker either: a group restarted from its snapshot, its state
+//! machine held inside `restore`, keeps committing while another group on the worker commits
+//! and applies; a restore that fails off the worker stops its group only, with nothing applied
+//! or served over it; and a snapshot from the leader arriving during a restore waits for it.
+//!
 //! Nothing here depends on timing: the gate holds the snapshot until the test has seen what it
 //! waits for (a test of the old driver, whose worker waited for the snapshot, times out); where
 //! the worker must wait for the snapshot, the node's count of those waits says when it does.
@@ -79,12 +84,29 @@ struct Log {
     view: Arc<Mutex<Vec<Bytes>>>,
     /// Its `snapshot` panics once through the gate.
     panics: bool,
+    /// Holds its `restore` (before it reads anything) until opened.
+    restore_gate: Arc<Gate>,
+    /// Its `restore` fails, once through the gate.
+    refuses_restore: bool,
 }
 
 impl Log {
     fn new(gate: &Arc<Gate>) -> (Self, Arc<Mutex<Vec<Bytes>>>) {
         let view = Arc::new(Mutex::new(Vec::new()));
-        (Log { applied: Vec::new(), gate: Arc::clone(gate), view: Arc::clone(&view), panics: false }, view)
+        let log = Log {
+            applied: Vec::new(),
+            gate: Arc::clone(gate),
+            view: Arc::clone(&view),
+            panics: false,
+            restore_gate: Gate::open(),
+            refuses_restore: false,
+        };
+        (log, view)
+    }
+
+    /// Its `restore` waits at `gate`.
+    fn holding_restores(self, gate: &Arc<Gate>) -> Self {
+        Log { restore_gate: Arc::clone(gate), ..self }
     }
 }
 
@@ -110,6 +132,10 @@ impl StateMachine for Log {
     }
 
     fn restore(&mut self, reader: &mut dyn Read) -> Result<(), io::Error> {
+        self.restore_gate.pass();
+        if self.refuses_restore {
+            return Err(io::Error::other("a state machine that refuses its snapshot"));
+        }
         let mut data = Vec::new();
         reader.read_to_end(&mut data)?;
         let mut applied = Vec::new();
@@ -697,4 +723,241 @@ async fn on_a_one_worker_host_a_second_snapshot_waits_for_the_slot_of_the_first(
     let index = finishes(&mut events[1], tokio::task::JoinSet::new()).await;
     assert_eq!(index, applied, "taken when the slot came free, at the index applied by then");
     host.shutdown().await;
+}
+
+/// The next `SnapshotTaken` of `events`.
+async fn snapshot_taken(events: &mut tokio::sync::broadcast::Receiver<NodeEvent>) -> Index {
+    within("a snapshot taken", async {
+        loop {
+            if let NodeEvent::SnapshotTaken { index } = events.recv().await.expect("events") {
+                return index;
+            }
+        }
+    })
+    .await
+}
+
+/// Restoring does not block the worker either: a group restarted from its snapshot on a shared
+/// one-worker host, its state machine held inside `restore` (on the thread it moved to), keeps
+/// committing (applied once restored, after the snapshot and in order), and another group on
+/// the same worker commits and applies meanwhile. (With the restore on the worker, the other
+/// group's proposals are never answered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_host_a_restore_held_in_the_state_machine_stops_no_group() {
+    restore_held_on_a_shared_host(false).await;
+}
+
+/// As above, but the held restore fails: that group stops with the state machine's reason, and
+/// the entries committed while it was held are never applied over its partial state (they
+/// waited for it on the worker: the state machine, back, refuses them); the other group goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_host_a_restore_that_fails_off_the_worker_stops_its_group_only() {
+    restore_held_on_a_shared_host(true).await;
+}
+
+/// Restarts two groups on a one-worker host, group 1 from a snapshot its state machine holds
+/// inside `restore` (and then fails, with `refuse`): see the two tests above.
+async fn restore_held_on_a_shared_host(refuse: bool) {
+    let fs = SimFs::new(28);
+    let (one, two) = (GroupId(1), GroupId(2));
+    let snapshot_index = {
+        let wal = SharedWal::create(fs.clone(), "/wal", IDENTITY, WalOptions::default()).expect("log");
+        let host = Host::start(HostConfig::with_workers(1)).expect("host");
+        let network = MemNetwork::default();
+        let mut handles = Vec::new();
+        for group in [one, two] {
+            let store = wal.create_group(group, Membership::new([ME])).expect("group");
+            let (transport, inbound) = network.join_group(ME, group).expect("joined");
+            let (machine, _) = Log::new(&Gate::open());
+            handles.push(host.add_group(
+                group,
+                config(EVERY, Execution::OneThread),
+                store,
+                transport,
+                inbound,
+                machine,
+            ));
+        }
+        let handle = handles.remove(0).expect("added");
+        let mut events = handle.events();
+        propose_applied(&handle, 1, 0..EVERY).await;
+        let index = snapshot_taken(&mut events).await;
+        host.shutdown().await;
+        index
+    };
+
+    let wal = SharedWal::open(fs.clone(), "/wal", IDENTITY, WalOptions::default()).expect("reopen");
+    let host = Host::start(HostConfig::with_workers(1)).expect("host");
+    let network = MemNetwork::default();
+    let restore = Gate::closed();
+    let mut handles = Vec::new();
+    let mut views = Vec::new();
+    for group in [one, two] {
+        let store = wal.group(group).expect("group");
+        let (transport, inbound) = network.join_group(ME, group).expect("joined");
+        let (machine, view) = Log::new(&Gate::open());
+        let machine =
+            if group == one { Log { refuses_restore: refuse, ..machine.holding_restores(&restore) } } else { machine };
+        let handle = host.add_group(group, config(0, Execution::OneThread), store, transport, inbound, machine);
+        handles.push(handle.expect("added"));
+        views.push(view);
+    }
+    let mut events = handles[0].events();
+    eventually("group 1's restore is held in its state machine", || async {
+        restore.entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // A stale read needs no index: it waits for the state machine all the same (and is not
+    // served over a failed restore).
+    // Polled once, it is queued for the core; the status round after it hands it to the
+    // state machine, before anything committed (the
+    // group has not elected itself yet: its election timeout is many rounds away).
+    let mut stale = Box::pin(handles[0].read(raft_net::ReadConsistency::Stale, |log: &Log| log.applied.len()));
+    assert!(tokio::time::timeout(std::time::Duration::ZERO, &mut stale).await.is_err(), "not served yet");
+    status(&handles[0]).await;
+    // Group 1 commits new commands (not applied: the state machine is away, restoring).
+    eventually("group 1 leads", || async { status(&handles[0]).await.role == raft_core::Role::Leader }).await;
+    let mut answers = tokio::task::JoinSet::new();
+    if refuse {
+        for number in 100..103 {
+            let handle = handles[0].clone();
+            answers.spawn(async move { handle.propose(command(1, number)).await.map_or(0, |_| 1) });
+        }
+    } else {
+        propose_all(&handles[0], 1, 100..103, &mut answers);
+    }
+    let all = Index(snapshot_index.0 + 3);
+    eventually("group 1 commits while restoring", || async { commit(&handles[0]).await >= all }).await;
+    assert!(status(&handles[0]).await.applied < snapshot_index, "nothing applied before the restore ends");
+    // Group 2, on the same (only) worker, commits and applies.
+    propose_applied(&handles[1], 2, EVERY..EVERY + 20).await;
+    assert_eq!(restore.entered.load(Ordering::SeqCst), 1, "still held");
+    assert_eq!(handles[0].snapshot_job_waits(), 0, "the worker never waited for the restore");
+
+    restore.release();
+    if refuse {
+        let mut applied = 0;
+        while let Some(answer) = answers.join_next().await {
+            applied += answer.expect("a proposal's task");
+        }
+        assert_eq!(applied, 0, "nothing applied over a failed restore");
+        let read = stale.await;
+        assert!(read.is_err(), "no read served from a failed restore: {read:?}");
+        eventually("group 1 stops", || async { handles[0].stop_reason().is_some() }).await;
+        let reason = handles[0].stop_reason().expect("stopped");
+        assert!(matches!(reason, raft_net::StopReason::RestoreFailed(_)), "the state machine's reason: {reason:?}");
+        assert!(views[0].lock().expect("not poisoned").is_empty(), "its state machine applied nothing");
+        propose_applied(&handles[1], 2, 200..205).await;
+        assert!(handles[1].stop_reason().is_none());
+        host.shutdown().await;
+        return;
+    }
+    while let Some(answer) = answers.join_next().await {
+        answer.expect("a proposal's task");
+    }
+    let read = stale.await.expect("served");
+    assert!(read >= EVERY as usize, "served after the restore: {read} commands");
+    let restored = within("the restore's event", async {
+        loop {
+            if let NodeEvent::SnapshotRestored { index } = events.recv().await.expect("events") {
+                return index;
+            }
+        }
+    });
+    assert_eq!(restored.await, snapshot_index);
+    let seen = views[0].lock().expect("not poisoned").clone();
+    assert_eq!(seen[..EVERY as usize], expected(1, EVERY)[..EVERY as usize], "the snapshot first");
+    same_commands(seen, expected(1, EVERY));
+    assert!(handles.iter().all(|handle| handle.stop_reason().is_none()));
+    host.shutdown().await;
+}
+
+/// A snapshot from the leader reaches a follower whose state machine is being restored from
+/// its own snapshot, off the worker (held inside `restore`): the install would replace the
+/// file being read, so the worker waits for the restore first (`snapshot_job_waits` counts the
+/// wait, and only then does the gate open). The follower then restores the leader's snapshot
+/// and has every committed command, in order. (Without the wait, the install removes the file
+/// under the held restore, whose second pass then fails and stops the follower.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_from_the_leader_waits_for_a_restore_under_way() {
+    raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
+    let held: Arc<Mutex<BTreeMap<NodeId, Arc<Gate>>>> = Arc::default();
+    let made = Arc::clone(&held);
+    let builder = ClusterBuilder::new(3).storage(StorageKind::disk()).configure(|config| {
+        raft_testkit::snapshotting(config); // A compaction margin of 10 entries.
+        config.snapshot_every_entries = EVERY;
+        config.execution = Execution::OneThread;
+    });
+    let start = builder.start(move |id| {
+        let (machine, _) = Log::new(&Gate::open());
+        match made.lock().expect("not poisoned").get(&id) {
+            Some(gate) => machine.holding_restores(gate),
+            None => machine,
+        }
+    });
+    let mut cluster = start.await.expect("the cluster starts");
+    let leader = settled_leader(&cluster.running()).await;
+    let (ids, handles) = (cluster.ids(), cluster.handles());
+    let at_leader = ids.iter().position(|id| *id == leader).expect("the leader runs");
+    let follower = ids[(at_leader + 1) % ids.len()];
+    let others: Vec<usize> = (0..ids.len()).filter(|at| ids[*at] != follower).collect();
+    let (handles, ids): (Vec<_>, Vec<_>) = others.iter().map(|at| (handles[*at].clone(), ids[*at])).unzip();
+    let at_leader = ids.iter().position(|id| *id == leader).expect("the leader runs");
+    let on_follower = cluster.member(follower).expect("runs").handle.clone();
+
+    // The follower takes a snapshot of its own, then stops.
+    let mut follower_events = on_follower.events();
+    let mut proposed = 0;
+    while proposed < EVERY {
+        propose(&handles, &ids, at_leader, command(1, proposed)).await;
+        proposed += 1;
+    }
+    snapshot_taken(&mut follower_events).await;
+    let follower_last = status(&on_follower).await.last_index;
+    cluster.stop(follower).await.expect("the follower runs");
+    // The leader compacts past the follower's last entry and the margin kept below it.
+    let mut leader_events = handles[at_leader].events();
+    let mut compacted_past = false;
+    while !compacted_past {
+        assert!(proposed < 20 * EVERY, "the leader never snapshots past the follower");
+        propose(&handles, &ids, at_leader, command(1, proposed)).await;
+        proposed += 1;
+        while let Ok(event) = leader_events.try_recv() {
+            if let NodeEvent::SnapshotTaken { index } = event {
+                compacted_past |= index.0 > follower_last.0 + 10 + 1;
+            }
+        }
+    }
+
+    // Restarted, the follower restores its own snapshot (held), and is sent the leader's.
+    let gate = Gate::closed();
+    held.lock().expect("not poisoned").insert(follower, Arc::clone(&gate));
+    let member = cluster.restart(follower).await.expect("the follower restarts");
+    let (on_follower, view) = (member.handle.clone(), Arc::clone(&member.view));
+    let mut follower_events = on_follower.events();
+    eventually("the follower's own restore is held", || async { gate.entered.load(Ordering::SeqCst) == 1 }).await;
+    eventually("the install waits for the restore", || async {
+        assert!(on_follower.stop_reason().is_none(), "the follower stopped: {:?}", on_follower.stop_reason());
+        on_follower.snapshot_job_waits() == 1
+    })
+    .await;
+    gate.release();
+    let expected: Vec<Bytes> = (0..proposed).map(|number| command(1, number)).collect();
+    eventually("the follower has every committed command", || async {
+        view.lock().expect("not poisoned").len() == expected.len()
+    })
+    .await;
+    assert_eq!(*view.lock().expect("not poisoned"), expected, "in order, from the leader's snapshot and log");
+    assert!(on_follower.stop_reason().is_none(), "{:?}", on_follower.stop_reason());
+    let mut restored = Vec::new();
+    while let Ok(event) = follower_events.try_recv() {
+        match event {
+            NodeEvent::SnapshotRestored { index } => restored.push(index),
+            NodeEvent::Stopped(reason) => panic!("the follower stopped: {reason:?}"),
+            _ => {}
+        }
+    }
+    assert!(restored.len() >= 2 && restored[0] <= follower_last, "its own, then the leader's: {restored:?}");
+    assert!(restored[1..].iter().all(|index| index.0 > follower_last.0 + 10), "{restored:?}");
+    cluster.shutdown().await;
 }

@@ -41,6 +41,9 @@ pub(crate) struct Applier<SM: StateMachine> {
     pub(crate) applied: Index,
     /// The index of the last snapshot taken or restored.
     pub(crate) snapshot_index: Index,
+    /// Why a restore failed, if one did: the state machine may hold part of a snapshot, so it
+    /// takes no further step (but proposals, kept to be answered with the stop's reason).
+    failed: Option<StopReason>,
 }
 
 impl<SM: StateMachine> Applier<SM> {
@@ -60,6 +63,7 @@ impl<SM: StateMachine> Applier<SM> {
             pending: VecDeque::new(),
             applied: Index(0),
             snapshot_index: Index(0),
+            failed: None,
         }
     }
 
@@ -82,6 +86,13 @@ impl<SM: StateMachine> Applier<SM> {
 
     /// Takes one step. Fails only when a restore fails: the node cannot apply what follows.
     pub(crate) fn take(&mut self, step: ApplyStep<SM>) -> Result<(), StopReason> {
+        if let Some(reason) = &self.failed {
+            let reason = reason.clone();
+            if let ApplyStep::Register(registrations) = step {
+                registrations.into_iter().for_each(|r| self.register(r));
+            }
+            return Err(reason);
+        }
         match step {
             ApplyStep::Register(registrations) => registrations.into_iter().for_each(|r| self.register(r)),
             ApplyStep::Restore { meta, pieces } => {
@@ -99,10 +110,16 @@ impl<SM: StateMachine> Applier<SM> {
                 self.shared.metrics.apply_latency.record(handed.elapsed());
             }
             ApplyStep::Read { applied_min, reads } => self.serve(applied_min, reads),
-            // Its outcome goes to the core, which stops the node if it failed.
-            ApplyStep::Snapshot(task) => task.run(self),
+            // A snapshot's outcome goes to the core, which stops the node if it failed; a
+            // failed restore also ends the steps here.
+            ApplyStep::Snapshot(task) => task.run(self)?,
         }
         Ok(())
+    }
+
+    /// After a failed restore: every later step is refused with `reason`.
+    pub(crate) fn refuse_after(&mut self, reason: StopReason) {
+        self.failed.get_or_insert(reason);
     }
 
     /// Answers every proposal still pending with the reason the node stopped.
@@ -150,6 +167,14 @@ impl<SM: StateMachine> Applier<SM> {
     /// Restores the state machine from a snapshot, streamed by `reader`. Proposals at or below its
     /// index can no longer be matched with their entry: their outcome is unknown.
     pub(crate) fn restore(&mut self, meta: SnapshotMeta, reader: &mut SnapshotReader<'_>) -> Result<(), StopReason> {
+        let restored = self.restore_inner(meta, reader);
+        if let Err(reason) = &restored {
+            self.refuse_after(reason.clone());
+        }
+        restored
+    }
+
+    fn restore_inner(&mut self, meta: SnapshotMeta, reader: &mut SnapshotReader<'_>) -> Result<(), StopReason> {
         let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
         let restored = self.state_machine.restore(reader);
         if let Some(error) = reader.failure() {
@@ -361,5 +386,46 @@ mod tests {
         assert!(matches!(outcome(sixth), Ok(Index(6))));
         assert!(applier.pending.is_empty());
         assert_eq!(permits.available_permits(), 16, "every answer released its permit");
+    }
+
+    /// The data of a snapshot whose store fails.
+    struct Failing;
+
+    impl crate::node::snapshot::ChunkSource for Failing {
+        fn next_chunk(&mut self) -> Result<Option<Bytes>, raft_core::StorageError> {
+            Err(raft_core::StorageError::SnapshotCorrupt { index: Index(5), offset: 0 })
+        }
+    }
+
+    /// After a failed restore the state machine may hold part of a snapshot: the applier applies
+    /// nothing and serves no read (not even a stale one) over it, and answers the proposals it
+    /// still registers with the reason once it finishes. (Off the worker, the steps that waited
+    /// for the restore reach it after the failure.)
+    #[test]
+    fn after_a_failed_restore_nothing_is_applied_or_served() {
+        let (wake, _wake_receiver) = mpsc::channel(1);
+        let metrics = crate::metrics::GroupMetrics::new(raft_core::NodeId(1), raft_core::GroupId::DEFAULT);
+        let shared = Arc::new(Shared::new(4, metrics));
+        let mut applier = Applier::new(Echo, Arc::clone(&shared), wake.downgrade(), 0);
+        let meta = SnapshotMeta { index: Index(5), term: Term(2), ..SnapshotMeta::default() };
+        let reason = applier.restore(meta, &mut SnapshotReader::new(&mut Failing)).expect_err("the store failed");
+        assert!(matches!(reason, StopReason::StorageFailed(_)), "{reason:?}");
+        let refused = applier.take(ApplyStep::Apply(vec![entry(6, 2)], std::time::Instant::now()));
+        assert_eq!(refused.expect_err("refused").to_string(), reason.to_string());
+        assert_eq!(applier.applied, Index(0), "nothing applied");
+        let (sender, mut answer) = oneshot::channel::<Result<u64, crate::ReadError>>();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a permit");
+        let read = PendingRead::new(|_: &Echo| 7, sender, permit);
+        assert!(applier.take(ApplyStep::Read { applied_min: Index(0), reads: vec![read] }).is_err());
+        assert!(answer.try_recv().is_err(), "the stale read was not served");
+        let permits = Arc::new(Semaphore::new(1));
+        let (sender, mut proposal) = oneshot::channel();
+        let responder = Responder::new(sender, Arc::clone(&permits).try_acquire_owned().expect("a permit"));
+        let registration = Registration { index: Index(6), term: Term(2), responder };
+        assert!(applier.take(ApplyStep::Register(vec![registration])).is_err());
+        shared.set_stop_reason(reason);
+        applier.finish();
+        let answered = proposal.try_recv();
+        assert!(matches!(answered, Ok(Err(_))), "answered with the stop: {answered:?}");
     }
 }

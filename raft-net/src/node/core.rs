@@ -323,14 +323,20 @@ where
 
     /// The part of an output carried out before its write: the soft state, and the messages that
     /// may leave before the write (rule 4). Returns the last entry the write makes durable.
-    pub(crate) fn before_write(&mut self, output: &mut Output) -> Option<(Index, Term)> {
+    pub(crate) fn before_write(&mut self, output: &mut Output) -> Result<Option<(Index, Term)>, StopReason> {
+        if output.install_snapshot.is_some() && self.snapshot_job.as_ref().is_some_and(|job| job.restoring.is_some()) {
+            // The install replaces the snapshot the state machine is being restored from, off
+            // the worker: the store may remove its file, so the restore ends first.
+            debug!("a snapshot to install waits for the state machine's restore");
+            self.end_snapshot_job(true, false)?;
+        }
         if let Some(soft_state) = output.soft_state {
             self.on_soft_state(soft_state);
         }
         // Rule 4: a leader's appends and heartbeats may leave before its own write. Moved out,
         // not cloned: the write does not read them, and a clone copies every entry.
         self.send_all(std::mem::take(&mut output.messages).into_iter());
-        output.entries.last().map(|last| (last.index, last.term))
+        Ok(output.entries.last().map(|last| (last.index, last.term)))
     }
 
     /// The part of an output carried out once its write, and every earlier one, is durable
@@ -349,7 +355,11 @@ where
             self.snapshot_over_change(meta.index);
             let (index, snapshot_term) = (meta.index, meta.term);
             self.restore(meta)?;
-            info!(%index, %snapshot_term, "snapshot installed: the state machine restored from it");
+            if self.snapshot_job.as_ref().is_some_and(|job| job.restoring.is_some()) {
+                info!(%index, %snapshot_term, "snapshot installed: the state machine is restored from it off the worker");
+            } else {
+                info!(%index, %snapshot_term, "snapshot installed: the state machine restored from it");
+            }
             self.shared.metrics.snapshot(SnapshotEvent::Installed);
         }
         // The commit index itself (not what is handed out, which may lag it while a follower's
@@ -541,16 +551,19 @@ where
     /// is read again, for the state machine, and checked again.
     fn restore(&mut self, meta: SnapshotMeta) -> Result<(), StopReason> {
         let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
-        // Reading a large snapshot takes long: what this round sent leaves first.
-        crate::transport::let_held_sends_go();
-        // Restoring stays on the worker: a local snapshot being taken is called off first (the
-        // installed snapshot supersedes it), and its applier brought back.
+        // A local snapshot being taken is called off first (the installed snapshot supersedes
+        // it), and its applier brought back; a restore under way ends first.
         if let Some(job) = &self.snapshot_job {
             job.cancel();
             self.end_snapshot_job(true, false)?;
         }
         self.handed = meta.index;
         self.flush_registrations()?;
+        if self.start_restore_job(&meta)? {
+            return Ok(());
+        }
+        // On the worker. Reading a large snapshot takes long: what this round sent leaves first.
+        crate::transport::let_held_sends_go();
         snapshot::verify(self.raft.storage(), &meta).map_err(read_failed)?;
         match self.apply.as_mut() {
             Some(ApplySide::Inline(applier)) => {
@@ -571,6 +584,59 @@ where
             }
             Some(ApplySide::Away { .. }) | None => Err(self.apply_side_gone()),
         }
+    }
+
+    /// Restores the state machine from the store's snapshot `meta` off the worker, as a
+    /// [`SnapshotJob`] reading the store's owned reader ([`LogStore::open_snapshot_owned`]): on
+    /// the apply thread (as a step of its queue), or on a thread the inline applier moves to, with
+    /// one of the host's slots (the steps handed meanwhile wait for it, as for a snapshot being
+    /// taken). Returns `false`, having started nothing, where the restore stays on the worker:
+    /// under `Tasks`, with every slot of the host taken, or with a store that has no owned
+    /// reader.
+    fn start_restore_job(&mut self, meta: &SnapshotMeta) -> Result<bool, StopReason> {
+        let mut slot = None;
+        match self.apply.as_ref() {
+            Some(ApplySide::Thread { .. }) => {}
+            Some(ApplySide::Inline(_)) if self.snapshot_off_worker => {
+                if let Some(slots) = &self.snapshot_slots {
+                    let Some(taken) = slots.try_take() else {
+                        debug!("every snapshot slot of the host is taken: the snapshot is restored on the worker");
+                        return Ok(false);
+                    };
+                    slot = Some(taken);
+                }
+            }
+            _ => return Ok(false),
+        }
+        let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
+        let Some(reader) = self.raft.storage().open_snapshot_owned(meta).map_err(read_failed)? else {
+            return Ok(false);
+        };
+        let (job, task) = SnapshotJob::restore(reader, self.job_waker());
+        self.snapshot_job = Some(job);
+        debug!(index = %meta.index, "restoring the state machine off the worker");
+        match self.apply.take() {
+            Some(ApplySide::Thread { queue, thread }) => {
+                self.apply = Some(ApplySide::Thread { queue, thread });
+                self.send_to_apply(ApplyStep::Snapshot(task))?;
+            }
+            Some(ApplySide::Inline(applier)) => self.apply = Some(self.send_away(applier, task, slot)),
+            other => {
+                self.apply = other;
+                return Err(self.apply_side_gone());
+            }
+        }
+        Ok(true)
+    }
+
+    /// What a snapshot job calls once it ended: wakes this group.
+    fn job_waker(&self) -> Box<dyn Fn() + Send> {
+        let waker = self.waker.clone();
+        Box::new(move || {
+            if let Some(waker) = &waker {
+                waker.wake_by_ref();
+            }
+        })
     }
 
     /// Why the apply side is gone: the reason it recorded (a failed restore or snapshot), or a
@@ -619,13 +685,7 @@ where
     /// Starts taking the local snapshot `meta` (see [`Core::save_offered_snapshot`]).
     fn start_snapshot_job(&mut self, meta: SnapshotMeta, slot: Option<SnapshotSlot>) -> Result<(), StopReason> {
         let writer = self.raft.storage_mut().begin_snapshot_owned(&meta).map_err(save_failed)?;
-        let waker = self.waker.clone();
-        let wake = Box::new(move || {
-            if let Some(waker) = &waker {
-                waker.wake_by_ref();
-            }
-        });
-        let (job, task) = SnapshotJob::new(meta, writer, wake);
+        let (job, task) = SnapshotJob::new(meta, writer, self.job_waker());
         self.snapshot_job = Some(job);
         match self.apply.take() {
             Some(ApplySide::Thread { queue, thread }) => {
@@ -639,7 +699,8 @@ where
             Some(ApplySide::Inline(mut applier)) => {
                 // Under `Tasks`: on the worker, at once (what this round sent leaves first).
                 crate::transport::let_held_sends_go();
-                inline(&self.shared, || task.run(&mut applier));
+                // Its outcome is the job's, which ends here.
+                let _ = inline(&self.shared, || task.run(&mut applier));
                 self.apply = Some(ApplySide::Inline(applier));
                 self.end_snapshot_job(true, true)
             }
@@ -663,8 +724,10 @@ where
         let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new().name(format!("raft-snapshot-{}", self.raft.id())).spawn(move || {
             let (mut applier, task) = handed.recv().ok()?;
+            // A failed restore is reported to the core by the job: the applier, which then
+            // refuses every step, comes back all the same.
             match std::panic::catch_unwind(AssertUnwindSafe(|| task.run(&mut applier))) {
-                Ok(()) => Some(applier),
+                Ok(_) => Some(applier),
                 Err(_) => {
                     // The task, dropped by the unwinding, woke the core, which finds its job
                     // gone and stops the group for this reason.
@@ -680,10 +743,10 @@ where
                 ApplySide::Away { thread, waiting: VecDeque::new(), waiting_bytes: 0, _slot: slot }
             }
             Err(error) => {
-                warn!(%error, "no thread for the snapshot: it is written on the worker");
+                warn!(%error, "no thread for the snapshot: it is written or restored on the worker");
                 crate::transport::let_held_sends_go();
                 let mut applier = applier;
-                inline(&self.shared, || task.run(&mut applier));
+                let _ = inline(&self.shared, || task.run(&mut applier)); // The job reports it.
                 ApplySide::Inline(applier)
             }
         }
@@ -711,9 +774,17 @@ where
             // The state machine panicked (its thread recorded it).
             Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(self.apply_side_gone()),
         };
-        self.snapshot_job = None;
+        let restoring = self.snapshot_job.take().and_then(|job| job.restoring);
+        if let (Some(index), Err(reason)) = (restoring, &result) {
+            // Before the applier comes back (it refuses the steps that waited for it).
+            self.shared.set_stop_reason(reason.clone());
+            warn!(%index, %reason, "restoring the state machine from a snapshot failed");
+        }
         self.bring_back_applier()?;
         let taken = result.map_err(|reason| self.shared.set_stop_reason(reason))?;
+        if let Some(index) = restoring {
+            info!(%index, "the state machine restored from the snapshot off the worker");
+        }
         let Some(taken) = taken else { return Ok(()) };
         let index = taken.meta().index;
         if !save {
@@ -766,7 +837,7 @@ where
         self.raft.wake();
         if let Ok(Some(mut output)) = self.next_output() {
             // Only what may leave before a write (a heartbeat); nothing is written any more.
-            let _ = self.before_write(&mut output);
+            let _ = self.before_write(&mut output); // A failure: nothing to wake with.
         }
     }
 

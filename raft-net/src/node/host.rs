@@ -70,8 +70,10 @@
 //! The state machine runs on the worker that steps its group (as with
 //! [`Execution::OneThread`](crate::Execution::OneThread)): keep its steps short, as a long one
 //! holds up the other groups of that worker's batch. Its snapshots are the exception: they are
-//! written on a thread of their own (see phase 3). Restoring one (installed from a leader, or
-//! at start) still runs on the worker. `NodeConfig::execution` and
+//! written on a thread of their own (see phase 3), and so is restoring one (installed from a
+//! leader, or at start) from a store with an owned reader
+//! ([`LogStore::open_snapshot_owned`](raft_storage::LogStore::open_snapshot_owned)), while one of
+//! the host's snapshot threads is free; otherwise it runs on the worker. `NodeConfig::execution` and
 //! `NodeConfig::idle_poll` are ignored. Everything a [`NodeHandle`] offers works the same.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -454,7 +456,7 @@ where
     /// Takes every output the core has, sending what may leave before the write.
     fn take_outputs(&mut self) -> Result<(), StopReason> {
         while let Some(mut output) = self.core.next_output()? {
-            let written = self.core.before_write(&mut output);
+            let written = self.core.before_write(&mut output)?;
             self.outputs.push(output);
             self.written.push(written);
         }

@@ -41,12 +41,16 @@
 //!   on a thread of its own that the applier moves to (the steps handed to it meanwhile wait on
 //!   the worker, in order, up to what the apply queue may hold). The job wakes the group when it
 //!   ends; the worker saves it (`LogStore::save_taken_snapshot`) and compacts. Under
-//!   [`Execution::Tasks`] the task runs on the worker at once. *Restoring* stays on the worker:
-//!   applied inline, the state machine reads the store's chunks itself; with an apply thread,
-//!   the worker hands it a `Restore` step with a channel of at most
-//!   [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces and moves the store's chunks into it until the step is
-//!   done, waiting for the apply thread as it waits on a full apply queue (the apply thread
-//!   waits on the worker only for the pieces of that step: no deadlock).
+//!   [`Execution::Tasks`] the task runs on the worker at once. *Restoring* is a job the same
+//!   way, over a reader the store opens for another thread
+//!   ([`LogStore::open_snapshot_owned`](raft_storage::LogStore::open_snapshot_owned)); an
+//!   install arriving meanwhile waits for it before its write (the store may remove the file
+//!   being read). With a store that has no such reader (or under `Tasks`, or with no slot of
+//!   the host free) it stays on the worker: applied inline, the state machine reads the store's
+//!   chunks itself; with an apply thread, the worker hands it a `Restore` step with a channel of
+//!   at most [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces and moves the store's chunks into it until the
+//!   step is done, waiting for the apply thread as it waits on a full apply queue (the apply
+//!   thread waits on the worker only for the pieces of that step: no deadlock).
 //! - The host's **ticker** wakes a group when its timers are due
 //!   ([`raft_core::Raft::ticks_until_due`]). The group reads tokio's monotonic clock itself:
 //!   every whole tick of real time reaches the core's clock before any input is judged (so a

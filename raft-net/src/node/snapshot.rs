@@ -11,7 +11,13 @@
 //! [`Execution::Tasks`](super::config::Execution::Tasks), or to restore, or when the steps
 //! waiting for the applier outgrow the apply queue's bound).
 //!
-//! Restoring stays on the worker: where the state machine runs on the apply thread
+//! Restoring is a job too ([`SnapshotJob::restore`]) where the store opens a reader for another
+//! thread ([`LogStore::open_snapshot_owned`]): its task runs both passes below where the state
+//! machine is, and the worker goes on. It cannot be called off; the worker waits for it before
+//! it writes an install of a newer snapshot (which may remove the file being read). A failed
+//! restore leaves an applier that refuses every later step.
+//!
+//! Otherwise restoring stays on the worker: where the state machine runs on the apply thread
 //! ([`Execution::Threads`]) while the worker owns the store, the chunks cross over a channel of
 //! at most [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces, and the worker waits for the apply thread until
 //! the snapshot is read. Otherwise the state machine reads the store directly, on the worker.
@@ -30,8 +36,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use bytes::Bytes;
-use raft_core::{SnapshotMeta, Storage, StorageError};
-use raft_storage::{LogStore, OwnedSnapshotWriter, TakenSnapshot};
+use raft_core::{SnapshotChunk, SnapshotMeta, Storage, StorageError};
+use raft_storage::{LogStore, OwnedSnapshotReader, OwnedSnapshotWriter, TakenSnapshot};
 use thiserror::Error;
 
 use super::apply::Applier;
@@ -69,12 +75,31 @@ pub(crate) trait ChunkSource {
     fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError>;
 }
 
+/// Where [`StoreChunks`] reads a snapshot's chunks: the store itself (on its owner), or a reader
+/// the store opened for another thread ([`LogStore::open_snapshot_owned`]).
+pub(crate) trait ReadChunk {
+    /// The chunk of `meta`'s data at `offset`, as [`Storage::snapshot_chunk`] returns it.
+    fn read_chunk(&mut self, meta: &SnapshotMeta, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError>;
+}
+
+impl<S: Storage + ?Sized> ReadChunk for &S {
+    fn read_chunk(&mut self, meta: &SnapshotMeta, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
+        self.snapshot_chunk(meta.index, meta.term, offset, bytes_max)
+    }
+}
+
+impl<R: OwnedSnapshotReader + ?Sized> ReadChunk for &mut R {
+    fn read_chunk(&mut self, _meta: &SnapshotMeta, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
+        self.chunk(offset, bytes_max)
+    }
+}
+
 /// The store's snapshot `meta`, a chunk of at most [`SNAPSHOT_READ_BYTES_MAX`] at a time, checked
 /// against `meta.data_crc32` before its last data is handed out. The store's chunks are read one
 /// ahead: a store may end the data with a chunk that does not say `done` and then an empty one
 /// that does, and the last data must not leave before the checksum is known to match.
-pub(crate) struct StoreChunks<'a, S: ?Sized> {
-    store: &'a S,
+pub(crate) struct StoreChunks<R> {
+    source: R,
     meta: SnapshotMeta,
     offset: u64,
     crc: crc32fast::Hasher,
@@ -83,18 +108,17 @@ pub(crate) struct StoreChunks<'a, S: ?Sized> {
     done: bool,
 }
 
-impl<'a, S: Storage + ?Sized> StoreChunks<'a, S> {
-    pub(crate) fn new(store: &'a S, meta: &SnapshotMeta) -> Self {
-        StoreChunks { store, meta: meta.clone(), offset: 0, crc: crc32fast::Hasher::new(), ahead: None, done: false }
+impl<R: ReadChunk> StoreChunks<R> {
+    pub(crate) fn new(source: R, meta: &SnapshotMeta) -> Self {
+        StoreChunks { source, meta: meta.clone(), offset: 0, crc: crc32fast::Hasher::new(), ahead: None, done: false }
     }
 
     /// One chunk from the store, counted into the checksum.
     fn read(&mut self) -> Result<raft_core::SnapshotChunk, StorageError> {
-        let (index, term) = (self.meta.index, self.meta.term);
-        let chunk = self.store.snapshot_chunk(index, term, self.offset, SNAPSHOT_READ_BYTES_MAX)?;
+        let chunk = self.source.read_chunk(&self.meta, self.offset, SNAPSHOT_READ_BYTES_MAX)?;
         if chunk.data.is_empty() && !chunk.done {
             // A store that makes no progress would keep us here forever.
-            return Err(StorageError::Unavailable(index));
+            return Err(StorageError::Unavailable(self.meta.index));
         }
         self.offset += chunk.data.len() as u64;
         self.crc.update(&chunk.data);
@@ -111,7 +135,7 @@ impl<'a, S: Storage + ?Sized> StoreChunks<'a, S> {
     }
 }
 
-impl<S: Storage + ?Sized> ChunkSource for StoreChunks<'_, S> {
+impl<R: ReadChunk> ChunkSource for StoreChunks<R> {
     fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
         if self.done {
             return Ok(None);
@@ -334,15 +358,20 @@ pub(crate) type TakenResult<S> = Result<Option<Box<dyn TakenSnapshot<S>>>, StopR
 /// own for an applier that left the worker, or the worker itself under
 /// [`Execution::Tasks`](super::config::Execution::Tasks).
 pub(crate) trait SnapshotTask<SM: StateMachine>: Send {
-    /// Has the state machine write its snapshot into the store's owned writer, finishes it, and
-    /// hands the result to the core (waking it).
-    fn run(self: Box<Self>, applier: &mut Applier<SM>);
+    /// Has the state machine write its snapshot into the store's owned writer and finishes it,
+    /// or restores the state machine from the store's owned reader, and hands the result to the
+    /// core (waking it). A failed restore is also returned: the state machine can take no
+    /// further step ([`Applier::take`] refuses them), and an apply thread stops.
+    fn run(self: Box<Self>, applier: &mut Applier<SM>) -> Result<(), StopReason>;
 }
 
 /// The core's end of a snapshot being taken off the worker.
 pub(crate) struct SnapshotJob<S: LogStore> {
     pub(crate) done: Receiver<TakenResult<S>>,
     cancel: Arc<AtomicBool>,
+    /// The index of the snapshot the job restores the state machine from (which ends with
+    /// `Ok(None)`), or `None` for a job that takes one.
+    pub(crate) restoring: Option<raft_core::Index>,
 }
 
 impl<S: LogStore> SnapshotJob<S> {
@@ -362,7 +391,24 @@ impl<S: LogStore> SnapshotJob<S> {
         let index = meta.index;
         let out = OwnedOut { writer, crc: crc32fast::Hasher::new(), failure: None, cancel: Arc::clone(&cancel) };
         let task = Box::new(TakeTask { index, out, done: sender, wake: WakeOnDrop(wake) });
-        (SnapshotJob { done, cancel }, task)
+        (SnapshotJob { done, cancel, restoring: None }, task)
+    }
+
+    /// A job that restores the state machine from the store's snapshot, read by `reader` (both
+    /// passes: the checksum, then the state machine); `wake` as for [`SnapshotJob::new`]. It
+    /// ends with `Ok(None)` once restored. It cannot be called off: the state machine must be
+    /// whole before it takes another step.
+    pub(crate) fn restore<SM: StateMachine>(
+        reader: Box<dyn OwnedSnapshotReader>,
+        wake: Box<dyn Fn() + Send>,
+    ) -> (Self, Box<dyn SnapshotTask<SM>>)
+    where
+        S: 'static,
+    {
+        let (sender, done) = std::sync::mpsc::sync_channel(1);
+        let index = reader.meta().index;
+        let task = Box::new(RestoreTask { reader, done: sender, wake: WakeOnDrop(wake) });
+        (SnapshotJob { done, cancel: Arc::new(AtomicBool::new(false)), restoring: Some(index) }, task)
     }
 
     /// Calls the job off: the sink refuses the state machine's next piece, and the job ends
@@ -427,7 +473,7 @@ struct TakeTask<S: LogStore> {
 }
 
 impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
-    fn run(self: Box<Self>, applier: &mut Applier<SM>) {
+    fn run(self: Box<Self>, applier: &mut Applier<SM>) -> Result<(), StopReason> {
         // `wake` is bound first, so that it is dropped last also when the state machine panics
         // and the bindings are dropped while unwinding: the core, woken, then finds `done`
         // closed rather than empty, and does not wait for a wake that would never come.
@@ -440,7 +486,7 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
             drop(out);
             let _ = done.send(Ok(None));
             drop(wake);
-            return;
+            return Ok(());
         }
         // The core hands the task over after every entry up to `index`, and nothing else moves
         // the applied index: anything else is a bug of this driver, reported as the core's.
@@ -449,7 +495,7 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
             drop(out);
             let _ = done.send(Err(StopReason::CorePanicked));
             drop(wake);
-            return;
+            return Ok(());
         }
         let result = match applier.snapshot(&mut out) {
             Ok(true) => out.finish().map(Some).map_err(save_failed),
@@ -466,7 +512,48 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
         };
         let _ = done.send(result); // The core may have stopped.
         drop(wake);
+        // A failure here is the snapshot's, reported to the core: the state machine is whole.
+        Ok(())
     }
+}
+
+/// The task of a [`SnapshotJob::restore`].
+struct RestoreTask<S: LogStore> {
+    reader: Box<dyn OwnedSnapshotReader>,
+    done: SyncSender<TakenResult<S>>,
+    /// Woken last, as a [`TakeTask`]'s.
+    wake: WakeOnDrop,
+}
+
+impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for RestoreTask<S> {
+    fn run(self: Box<Self>, applier: &mut Applier<SM>) -> Result<(), StopReason> {
+        let RestoreTask { wake, mut reader, done } = *self;
+        let meta = reader.meta().clone();
+        let reader: &mut dyn OwnedSnapshotReader = &mut *reader;
+        let result = restore_from(reader, &meta, applier);
+        if let Err(reason) = &result {
+            // Before the core learns of it: nothing is applied over a partial state.
+            applier.refuse_after(reason.clone());
+        }
+        let _ = done.send(result.clone().map(|()| None)); // The core may have stopped.
+        drop(wake);
+        result
+    }
+}
+
+/// Restores `applier`'s state machine from the snapshot `meta` that `reader` reads: the whole
+/// data checked against its checksum first, then read again for the state machine and checked
+/// again (see the module's docs).
+fn restore_from<SM: StateMachine>(
+    reader: &mut dyn OwnedSnapshotReader,
+    meta: &SnapshotMeta,
+    applier: &mut Applier<SM>,
+) -> Result<(), StopReason> {
+    let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
+    let mut first_pass = StoreChunks::new(&mut *reader, meta);
+    while first_pass.next_chunk().map_err(read_failed)?.is_some() {}
+    let mut source = StoreChunks::new(reader, meta);
+    applier.restore(meta.clone(), &mut SnapshotReader::new(&mut source))
 }
 
 /// A failure of the store while it saved a local snapshot.
