@@ -1,10 +1,11 @@
 //! A store's snapshot read off the store's owner ([`LogStore::open_snapshot_owned`]), as a driver
 //! restores its state machine on another thread: the reader moves to a thread and reads the
-//! whole data, exactly what `snapshot_chunk` gives, while the owner appends and compacts; a
+//! whole data, exactly what `snapshot_chunk` gives, while the owner may append and compact (the
+//! two are not forced to overlap); a
 //! snapshot that is not the store's current one is refused; once the store installs a newer one
 //! the durable stores' readers fail rather than read another snapshot's bytes; damaged bytes are
-//! a `SnapshotCorrupt`; and a disk store's reader that outlives its store fails its reads
-//! without keeping the directory held.
+//! a `SnapshotCorrupt`; and a durable store's reader that outlives its store (a shared log's:
+//! the log) fails its reads without keeping the directory held.
 
 use std::fmt::Debug;
 
@@ -105,6 +106,18 @@ fn a_shared_wal_group_reads_its_snapshot_off_its_owner() {
     drop(store);
     wal.remove_group(raft_core::GroupId(1)).expect("remove");
     assert!(reader.chunk(0, 10).is_err(), "the group is gone");
+    // Another group's reader that outlives the log fails, and holds nothing: the log opens
+    // again at once.
+    let mut store = wal.create_group(raft_core::GroupId(2), membership()).expect("group");
+    store.persist(None, &run(1, 3, 1)).expect("persist");
+    let saved = SnapshotMeta { data_crc32: raft_core::snapshot_crc32(b"two"), ..meta(2) };
+    store.save_snapshot(&saved, b"two").expect("save");
+    let mut reader = store.open_snapshot_owned(&saved).expect("open").expect("a reader");
+    assert_eq!(read_all(&mut *reader, 2).expect("read"), b"two");
+    drop((store, wal));
+    assert!(matches!(reader.chunk(0, 10), Err(StorageError::Unavailable(Index(2)))));
+    let wal = SharedWal::open(fs, dir(), ME, WalOptions::default()).expect("open again, the reader alive");
+    assert_eq!(wal.group(raft_core::GroupId(2)).expect("group").snapshot().expect("snapshot"), saved);
 }
 
 /// A byte of the snapshot file damaged after it was saved: the owned reader finds it, as

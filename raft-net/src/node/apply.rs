@@ -407,12 +407,15 @@ mod tests {
         let metrics = crate::metrics::GroupMetrics::new(raft_core::NodeId(1), raft_core::GroupId::DEFAULT);
         let shared = Arc::new(Shared::new(4, metrics));
         let mut applier = Applier::new(Echo, Arc::clone(&shared), wake.downgrade(), 0);
+        // Restored at 5, then a second restore (of a snapshot at 5 too) fails: entry 6 would
+        // follow on from the applied index, and must not be applied all the same.
         let meta = SnapshotMeta { index: Index(5), term: Term(2), ..SnapshotMeta::default() };
+        applier.restore(meta.clone(), &mut SnapshotReader::new(&mut Empty)).expect("restored");
         let reason = applier.restore(meta, &mut SnapshotReader::new(&mut Failing)).expect_err("the store failed");
         assert!(matches!(reason, StopReason::StorageFailed(_)), "{reason:?}");
         let refused = applier.take(ApplyStep::Apply(vec![entry(6, 2)], std::time::Instant::now()));
         assert_eq!(refused.expect_err("refused").to_string(), reason.to_string());
-        assert_eq!(applier.applied, Index(0), "nothing applied");
+        assert_eq!(applier.applied, Index(5), "nothing applied");
         let (sender, mut answer) = oneshot::channel::<Result<u64, crate::ReadError>>();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a permit");
         let read = PendingRead::new(|_: &Echo| 7, sender, permit);

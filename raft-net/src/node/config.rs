@@ -57,6 +57,8 @@ pub enum Execution {
     /// block that thread while they run, so this is for deterministic runs (the turmoil
     /// simulation of the real stack, whose hosts run in a `LocalSet`): every choice comes from
     /// the runtime's seeded scheduler rather than from the operating system's thread scheduler.
+    /// Snapshots are taken and restored as jobs on other tasks of that `LocalSet`, each run a
+    /// tick after it began (or at once when the group must wait for it).
     Tasks,
 }
 

@@ -56,17 +56,91 @@ pub(crate) enum ApplySide<SM: StateMachine> {
     /// Applied inline, before the core goes on ([`Execution::OneThread`](super::config::Execution::OneThread),
     /// [`Execution::Tasks`](super::config::Execution::Tasks), every group of a shared host).
     Inline(Box<Applier<SM>>),
-    /// An inline applier away on a thread of its own while its state machine writes a snapshot
-    /// (see [`Core::save_offered_snapshot`]): the steps handed to it meanwhile wait here, in
-    /// order, and are taken once it is back. The thread returns the applier (`None` if the
-    /// state machine panicked).
+    /// An inline applier away while its state machine writes a snapshot or restores one (see
+    /// [`Core::save_offered_snapshot`], [`Core::restore`]): the steps handed to it meanwhile wait
+    /// here, in order, and are taken once it is back.
     Away {
-        thread: JoinHandle<Option<Box<Applier<SM>>>>,
+        on: AwayOn<SM>,
         waiting: VecDeque<ApplyStep<SM>>,
         waiting_bytes: u64,
         /// The host's slot the thread holds (none when the core has no slots to take from).
         _slot: Option<SnapshotSlot>,
     },
+}
+
+/// Where an applier away runs its job.
+pub(crate) enum AwayOn<SM: StateMachine> {
+    /// A thread of its own, which returns the applier (`None` if the state machine panicked).
+    Thread(JoinHandle<Option<Box<Applier<SM>>>>),
+    /// A task of the host's `LocalSet`, under [`Execution::Tasks`](super::config::Execution::Tasks):
+    /// the job runs when that task does (a tick later, as a job on a thread would take a while),
+    /// or when the worker must wait for it, whichever comes first, on the same thread either way,
+    /// so a replay from the runtime's seed stays exact.
+    Task(Arc<LocalJob<SM>>),
+}
+
+impl<SM: StateMachine> AwayOn<SM> {
+    /// The applier back once its job ended (running it first on a task not run yet), or `None`
+    /// if the state machine panicked.
+    fn join(self) -> Option<Box<Applier<SM>>> {
+        match self {
+            AwayOn::Thread(thread) => thread.join().ok().flatten(),
+            AwayOn::Task(job) => job.join(),
+        }
+    }
+}
+
+/// A job of an applier away on a task (see [`AwayOn::Task`]).
+pub(crate) struct LocalJob<SM: StateMachine> {
+    state: std::sync::Mutex<LocalJobState<SM>>,
+    shared: Arc<Shared>,
+}
+
+enum LocalJobState<SM: StateMachine> {
+    Pending(Box<Applier<SM>>, Box<dyn SnapshotTask<SM>>),
+    Ran(Option<Box<Applier<SM>>>),
+    Joined,
+}
+
+impl<SM: StateMachine> LocalJob<SM> {
+    /// Runs the job if it has not run yet.
+    pub(crate) fn run(&self) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let LocalJobState::Pending(..) = *state {
+            let LocalJobState::Pending(applier, task) = std::mem::replace(&mut *state, LocalJobState::Joined) else {
+                unreachable!("matched just above")
+            };
+            *state = LocalJobState::Ran(run_job(applier, task, &self.shared));
+        }
+    }
+
+    fn join(&self) -> Option<Box<Applier<SM>>> {
+        self.run();
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match std::mem::replace(&mut *state, LocalJobState::Joined) {
+            LocalJobState::Ran(applier) => applier,
+            LocalJobState::Pending(..) | LocalJobState::Joined => None,
+        }
+    }
+}
+
+/// Runs a snapshot job's `task` on `applier`, away from the worker; returns the applier, or
+/// `None` if the state machine panicked. A failed restore is reported to the core by the job:
+/// the applier, which then refuses every step, comes back all the same.
+fn run_job<SM: StateMachine>(
+    mut applier: Box<Applier<SM>>,
+    task: Box<dyn SnapshotTask<SM>>,
+    shared: &Shared,
+) -> Option<Box<Applier<SM>>> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| task.run(&mut applier))) {
+        Ok(_) => Some(applier),
+        Err(_) => {
+            // The task, dropped by the unwinding, woke the core, which finds its job gone and
+            // stops the group for this reason.
+            shared.set_stop_reason(StopReason::StateMachinePanicked);
+            None
+        }
+    }
 }
 
 /// The core's state.
@@ -132,7 +206,7 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     pub(crate) tick_interval: Duration,
     /// What the group's metrics are derived from (see the `metrics` module).
     pub(crate) metrics: CoreMetrics,
-    /// The local snapshot being taken off the worker, if one is.
+    /// The snapshot being taken, or restored, off the worker, if one is.
     pub(crate) snapshot_job: Option<SnapshotJob<S>>,
     /// The last index handed to the apply side (applied, or queued to be): restored or the
     /// last committed entry handed out.
@@ -141,10 +215,10 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     /// before the worker waits for it: what the apply thread's queue may hold
     /// (`apply_queue_batches_max` batches of `apply_bytes_max`).
     pub(crate) waiting_bytes_max: u64,
-    /// Whether an inline applier leaves the worker to write a snapshot (not under
-    /// [`Execution::Tasks`](super::config::Execution::Tasks), whose replays must not depend on
-    /// a thread's timing).
-    pub(crate) snapshot_off_worker: bool,
+    /// Whether an inline applier away for a snapshot job leaves on a task of the host's `LocalSet` rather than a thread (under
+    /// [`Execution::Tasks`](super::config::Execution::Tasks), whose replays must not depend on a
+    /// thread's timing).
+    pub(crate) snapshot_jobs_on_tasks: bool,
     /// The host's slots for snapshots written off the worker (`None`: no limit).
     pub(crate) snapshot_slots: Option<Arc<SnapshotSlots>>,
 }
@@ -591,13 +665,13 @@ where
     /// the apply thread (as a step of its queue), or on a thread the inline applier moves to, with
     /// one of the host's slots (the steps handed meanwhile wait for it, as for a snapshot being
     /// taken). Returns `false`, having started nothing, where the restore stays on the worker:
-    /// under `Tasks`, with every slot of the host taken, or with a store that has no owned
+    /// with every slot of the host taken, or with a store that has no owned
     /// reader.
     fn start_restore_job(&mut self, meta: &SnapshotMeta) -> Result<bool, StopReason> {
         let mut slot = None;
         match self.apply.as_ref() {
             Some(ApplySide::Thread { .. }) => {}
-            Some(ApplySide::Inline(_)) if self.snapshot_off_worker => {
+            Some(ApplySide::Inline(_)) => {
                 if let Some(slots) = &self.snapshot_slots {
                     let Some(taken) = slots.try_take() else {
                         debug!("every snapshot slot of the host is taken: the snapshot is restored on the worker");
@@ -659,9 +733,7 @@ where
         // An inline applier leaves the worker only with one of the host's slots; with none
         // free the snapshot is asked for again, for the next round.
         let mut slot = None;
-        if let (Some(ApplySide::Inline(_)), true, Some(slots)) =
-            (self.apply.as_ref(), self.snapshot_off_worker, self.snapshot_slots.as_ref())
-        {
+        if let (Some(ApplySide::Inline(_)), Some(slots)) = (self.apply.as_ref(), self.snapshot_slots.as_ref()) {
             match slots.try_take() {
                 Some(taken) => slot = Some(taken),
                 None => {
@@ -692,17 +764,9 @@ where
                 self.apply = Some(ApplySide::Thread { queue, thread });
                 self.send_to_apply(ApplyStep::Snapshot(task))
             }
-            Some(ApplySide::Inline(applier)) if self.snapshot_off_worker => {
+            Some(ApplySide::Inline(applier)) => {
                 self.apply = Some(self.send_away(applier, task, slot));
                 Ok(())
-            }
-            Some(ApplySide::Inline(mut applier)) => {
-                // Under `Tasks`: on the worker, at once (what this round sent leaves first).
-                crate::transport::let_held_sends_go();
-                // Its outcome is the job's, which ends here.
-                let _ = inline(&self.shared, || task.run(&mut applier));
-                self.apply = Some(ApplySide::Inline(applier));
-                self.end_snapshot_job(true, true)
             }
             other => {
                 self.apply = other;
@@ -720,27 +784,27 @@ where
         task: Box<dyn SnapshotTask<SM>>,
         slot: Option<SnapshotSlot>,
     ) -> ApplySide<SM> {
+        if self.snapshot_jobs_on_tasks {
+            let state = std::sync::Mutex::new(LocalJobState::Pending(applier, task));
+            let job = Arc::new(LocalJob { state, shared: Arc::clone(&self.shared) });
+            let (run, delay) = (Arc::clone(&job), self.tick_interval);
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(delay).await;
+                run.run();
+            });
+            return ApplySide::Away { on: AwayOn::Task(job), waiting: VecDeque::new(), waiting_bytes: 0, _slot: slot };
+        }
         let (hand, handed) = std::sync::mpsc::sync_channel::<(Box<Applier<SM>>, Box<dyn SnapshotTask<SM>>)>(1);
         let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new().name(format!("raft-snapshot-{}", self.raft.id())).spawn(move || {
-            let (mut applier, task) = handed.recv().ok()?;
-            // A failed restore is reported to the core by the job: the applier, which then
-            // refuses every step, comes back all the same.
-            match std::panic::catch_unwind(AssertUnwindSafe(|| task.run(&mut applier))) {
-                Ok(_) => Some(applier),
-                Err(_) => {
-                    // The task, dropped by the unwinding, woke the core, which finds its job
-                    // gone and stops the group for this reason.
-                    shared.set_stop_reason(StopReason::StateMachinePanicked);
-                    None
-                }
-            }
+            let (applier, task) = handed.recv().ok()?;
+            run_job(applier, task, &shared)
         });
         match spawned {
             Ok(thread) => {
                 // The thread waits for exactly this.
                 let _ = hand.send((applier, task));
-                ApplySide::Away { thread, waiting: VecDeque::new(), waiting_bytes: 0, _slot: slot }
+                ApplySide::Away { on: AwayOn::Thread(thread), waiting: VecDeque::new(), waiting_bytes: 0, _slot: slot }
             }
             Err(error) => {
                 warn!(%error, "no thread for the snapshot: it is written or restored on the worker");
@@ -764,6 +828,9 @@ where
                 // What this round sent must not wait for the state machine with it.
                 crate::transport::let_held_sends_go();
                 self.shared.snapshot_job_waited();
+                if let Some(ApplySide::Away { on: AwayOn::Task(local), .. }) = &self.apply {
+                    local.run(); // Its task has not run yet: the job runs here, now.
+                }
                 job.done.recv().map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
             }
             ended => ended,
@@ -810,13 +877,13 @@ where
         Ok(())
     }
 
-    /// An applier away writing a snapshot, back on the worker once its thread ended, with the
-    /// steps that waited for it taken in order.
+    /// An applier away writing or restoring a snapshot, back on the worker once its job ended,
+    /// with the steps that waited for it taken in order (refused after a failed restore).
     fn bring_back_applier(&mut self) -> Result<(), StopReason> {
         let Some(ApplySide::Away { .. }) = self.apply.as_ref() else { return Ok(()) };
-        let Some(ApplySide::Away { thread, waiting, .. }) = self.apply.take() else { return Ok(()) };
+        let Some(ApplySide::Away { on, waiting, .. }) = self.apply.take() else { return Ok(()) };
         // The thread ends right after the job sent its result.
-        let Ok(Some(applier)) = thread.join() else {
+        let Some(applier) = on.join() else {
             return Err(self.shared.set_stop_reason(StopReason::StateMachinePanicked));
         };
         self.apply = Some(ApplySide::Inline(applier));
@@ -910,11 +977,11 @@ where
         if let Some(job) = self.snapshot_job.take() {
             job.cancel();
         }
-        if let Some(ApplySide::Away { thread, waiting, .. }) =
+        if let Some(ApplySide::Away { on, waiting, .. }) =
             self.apply.take_if(|apply| matches!(apply, ApplySide::Away { .. }))
         {
-            match thread.join() {
-                Ok(Some(mut applier)) => {
+            match on.join() {
+                Some(mut applier) => {
                     for step in waiting {
                         if applier.take(step).is_err() {
                             break; // A failed restore: the node cannot apply what follows.
@@ -922,7 +989,7 @@ where
                     }
                     self.apply = Some(ApplySide::Inline(applier));
                 }
-                _ => {
+                None => {
                     self.shared.set_stop_reason(StopReason::StateMachinePanicked);
                 }
             }

@@ -204,8 +204,8 @@ where
         snapshot_job: None,
         handed: Index(0),
         waiting_bytes_max: (config.apply_queue_batches_max as u64).saturating_mul(config.options.apply_bytes_max()),
-        // Set by the host: not when it runs as one task.
-        snapshot_off_worker: true,
+        // Set by the host: on tasks when it runs as one task.
+        snapshot_jobs_on_tasks: false,
         snapshot_slots: None,
     };
     let inner = Inner {
@@ -382,10 +382,10 @@ impl<SM: StateMachine> NodeHandle<SM> {
         self.inner.shared.stop_reason()
     }
 
-    /// How many times the node's worker waited for a local snapshot still being written off it
-    /// (on the apply thread, or on the thread an inline state machine moves to for it): to
-    /// install a snapshot from the leader, or because more committed entries waited for a state
-    /// machine away writing one than an apply queue holds. Counted before the wait begins, so
+    /// How many times the node's worker waited for a snapshot still being written or restored
+    /// off it (on the apply thread, or on the thread an inline state machine moves to for it):
+    /// to install a snapshot from the leader, or because more committed entries waited for a
+    /// state machine away than an apply queue holds. Counted before the wait begins, so
     /// that a test holding the state machine inside its `snapshot` knows, without guessing at
     /// timing, that the worker waits for it. Not part of the API: it may change or go at any
     /// release.

@@ -291,7 +291,8 @@ struct HostInner<S: LogStore + Send + 'static> {
     /// Node-level liveness, once [`Host::watch_peers`] was called (groups with `quiesce` are
     /// accepted from then on).
     watch: Mutex<Option<Watching>>,
-    /// The threads lent to state machines writing snapshots off the worker: as many as workers.
+    /// The threads lent to state machines writing or restoring snapshots off the worker: as many
+    /// as workers (one for a host run as one task, whose jobs run on tasks).
     snapshot_slots: Arc<SnapshotSlots>,
     /// The node-wide gauges (none for the host of a node started with `start`), and when the
     /// ticker next sets them.
@@ -1240,8 +1241,9 @@ impl<S: LogStore + Send + 'static> Host<S> {
         });
         let mut core = core;
         core.waker = Some(Waker::from(Arc::clone(&slot)));
-        // A host run as one task replays exactly: no snapshot on a thread of its own there.
-        core.snapshot_off_worker = self.inner.config.workers > 0;
+        // A host run as one task replays exactly: its snapshot jobs run on tasks of its own
+        // `LocalSet`, not on threads.
+        core.snapshot_jobs_on_tasks = self.inner.config.workers == 0;
         core.snapshot_slots = Some(Arc::clone(&self.inner.snapshot_slots));
         let body: Box<dyn Pooled<S>> = Box::new(PooledCore {
             core,

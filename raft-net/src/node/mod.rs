@@ -41,12 +41,15 @@
 //!   on a thread of its own that the applier moves to (the steps handed to it meanwhile wait on
 //!   the worker, in order, up to what the apply queue may hold). The job wakes the group when it
 //!   ends; the worker saves it (`LogStore::save_taken_snapshot`) and compacts. Under
-//!   [`Execution::Tasks`] the task runs on the worker at once. *Restoring* is a job the same
+//!   [`Execution::Tasks`] the applier moves to a task of the host's `LocalSet` instead, which
+//!   runs the job a tick later (or when the worker must wait for it), so that a seeded replay
+//!   stays exact and the simulation still sees the group go on without its state machine.
+//!   *Restoring* is a job the same
 //!   way, over a reader the store opens for another thread
 //!   ([`LogStore::open_snapshot_owned`](raft_storage::LogStore::open_snapshot_owned)); an
 //!   install arriving meanwhile waits for it before its write (the store may remove the file
-//!   being read). With a store that has no such reader (or under `Tasks`, or with no slot of
-//!   the host free) it stays on the worker: applied inline, the state machine reads the store's
+//!   being read). With a store that has no such reader (or with no slot of the host free) it
+//!   stays on the worker: applied inline, the state machine reads the store's
 //!   chunks itself; with an apply thread, the worker hands it a `Restore` step with a channel of
 //!   at most [`SNAPSHOT_PIECES_QUEUED_MAX`] pieces and moves the store's chunks into it until the
 //!   step is done, waiting for the apply thread as it waits on a full apply queue (the apply

@@ -30,7 +30,8 @@ pub(crate) struct Shared {
     /// The apply side asks the core for a snapshot per the policy (the core, which owns the
     /// store, then has the state machine write it: see the `snapshot` module).
     snapshot_wanted: AtomicBool,
-    /// How many times the worker waited for a local snapshot job that had not ended (see
+    /// How many times the worker waited for a snapshot job (taking or restoring) that had not
+    /// ended (see
     /// [`Shared::snapshot_job_waited`]).
     snapshot_job_waits: AtomicU64,
     /// Every event goes here.
@@ -104,14 +105,14 @@ impl Shared {
         self.snapshot_wanted.swap(false, Ordering::AcqRel)
     }
 
-    /// Counts a wait of the worker for a local snapshot job still running, before it waits: the
-    /// one sign, for tests, that the worker is about to wait (and stays there until the state
-    /// machine's `snapshot` returns), which timing could only guess.
+    /// Counts a wait of the worker for a snapshot job still running, before it waits: the one
+    /// sign, for tests, that the worker is about to wait (and stays there until the state
+    /// machine's `snapshot` or `restore` returns), which timing could only guess.
     pub(crate) fn snapshot_job_waited(&self) {
         self.snapshot_job_waits.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// How many times the worker waited for a local snapshot job still running.
+    /// How many times the worker waited for a snapshot job still running.
     pub(crate) fn snapshot_job_waits(&self) -> u64 {
         self.snapshot_job_waits.load(Ordering::Acquire)
     }

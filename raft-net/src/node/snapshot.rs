@@ -6,10 +6,10 @@
 //!
 //! Taking a snapshot is a [`SnapshotJob`]: the worker begins the owned writer and hands its
 //! [`SnapshotTask`] to whoever holds the state machine (the apply thread, or a thread the inline
-//! applier moves to); the task writes and finishes the snapshot there and sends the result back,
-//! waking the group, whose worker then saves it. The worker never waits for it (but under
-//! [`Execution::Tasks`](super::config::Execution::Tasks), or to restore, or when the steps
-//! waiting for the applier outgrow the apply queue's bound).
+//! applier moves to, or under [`Execution::Tasks`](super::config::Execution::Tasks) a task of the
+//! host's `LocalSet`); the task writes and finishes the snapshot there and sends the result back,
+//! waking the group, whose worker then saves it. The worker never waits for it (but to restore,
+//! or when the steps waiting for the applier outgrow the apply queue's bound).
 //!
 //! Restoring is a job too ([`SnapshotJob::restore`]) where the store opens a reader for another
 //! thread ([`LogStore::open_snapshot_owned`]): its task runs both passes below where the state
@@ -354,9 +354,9 @@ impl io::Write for SnapshotSink<'_> {
 /// `StorageFailed(SaveSnapshot)`).
 pub(crate) type TakenResult<S> = Result<Option<Box<dyn TakenSnapshot<S>>>, StopReason>;
 
-/// A snapshot to take, run by whoever holds the state machine: the apply thread, a thread of its
-/// own for an applier that left the worker, or the worker itself under
-/// [`Execution::Tasks`](super::config::Execution::Tasks).
+/// A snapshot to take or restore, run by whoever holds the state machine: the apply thread, or a
+/// thread of its own (a task of the host's `LocalSet` under
+/// [`Execution::Tasks`](super::config::Execution::Tasks)) for an applier that left the worker.
 pub(crate) trait SnapshotTask<SM: StateMachine>: Send {
     /// Has the state machine write its snapshot into the store's owned writer and finishes it,
     /// or restores the state machine from the store's owned reader, and hands the result to the
@@ -365,7 +365,7 @@ pub(crate) trait SnapshotTask<SM: StateMachine>: Send {
     fn run(self: Box<Self>, applier: &mut Applier<SM>) -> Result<(), StopReason>;
 }
 
-/// The core's end of a snapshot being taken off the worker.
+/// The core's end of a snapshot being taken, or restored, off the worker.
 pub(crate) struct SnapshotJob<S: LogStore> {
     pub(crate) done: Receiver<TakenResult<S>>,
     cancel: Arc<AtomicBool>,

@@ -432,6 +432,17 @@ where
         Ok(Box::new(LocalSnapshot { store: self, staging }))
     }
 
+    /// A reader of the snapshot's file that holds the store's directory weakly: it fails its
+    /// reads once the store is dropped, and never keeps the directory held.
+    fn open_snapshot_owned(&self, meta: &SnapshotMeta) -> Result<Option<Box<dyn OwnedSnapshotReader>>, StorageError> {
+        match &self.meta.snapshot {
+            Some(snapshot) if (snapshot.meta.index, snapshot.meta.term) == (meta.index, meta.term) => {
+                Ok(Some(Box::new(DiskSnapshotReader { dir: Arc::downgrade(&self.dir), snapshot: snapshot.clone() })))
+            }
+            _ => Err(StorageError::SnapshotReplaced(meta.index)),
+        }
+    }
+
     /// Writes each piece through to a file of the snapshot's own
     /// (`snapshot-<index>-<term>-0.taking`), synced by `finish`; the save step renames it to the
     /// snapshot's name and records it in META, as [`LogStore::save_snapshot`] does. An I/O
@@ -444,17 +455,6 @@ where
     /// whose other groups go on gets its space back before the next open. Dropped after the
     /// store, it leaves the file to the next open's recovery: the directory may be another
     /// store's by then, with a file of the same name of its own.
-    /// A reader of the snapshot's file that holds the store's directory weakly: it fails its
-    /// reads once the store is dropped, and never keeps the directory held.
-    fn open_snapshot_owned(&self, meta: &SnapshotMeta) -> Result<Option<Box<dyn OwnedSnapshotReader>>, StorageError> {
-        match &self.meta.snapshot {
-            Some(snapshot) if (snapshot.meta.index, snapshot.meta.term) == (meta.index, meta.term) => {
-                Ok(Some(Box::new(DiskSnapshotReader { dir: Arc::downgrade(&self.dir), snapshot: snapshot.clone() })))
-            }
-            _ => Err(StorageError::SnapshotReplaced(meta.index)),
-        }
-    }
-
     fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, DiskError> {
         let staging = self.guarded(|store| Staging::start_taking(&store.dir, "", meta, 0))?;
         let file = Unsaved::new(Arc::downgrade(&self.dir), staging.path().to_path_buf());

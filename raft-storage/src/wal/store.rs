@@ -1304,6 +1304,22 @@ where
         Ok(Box::new(LocalSnapshot { store: self, staging }))
     }
 
+    /// A reader that reads the group's snapshot file as [`Storage::snapshot_chunk`] does, under
+    /// the log's lock, as long as this incarnation of the group holds that snapshot. It holds the
+    /// log weakly: once every handle of the log is dropped its reads fail, and it never keeps
+    /// the log's directory held.
+    fn open_snapshot_owned(&self, meta: &SnapshotMeta) -> Result<Option<Box<dyn OwnedSnapshotReader>>, StorageError> {
+        let current = self.read(|_, group| Ok(group.meta.snapshot.as_ref().map(|s| s.meta.clone())))?;
+        match current {
+            Some(current) if (current.index, current.term) == (meta.index, meta.term) => {
+                let wal = Arc::downgrade(&self.wal);
+                let (group, incarnation) = (self.group, self.incarnation);
+                Ok(Some(Box::new(GroupSnapshotReader { wal, group, incarnation, meta: current })))
+            }
+            _ => Err(StorageError::SnapshotReplaced(meta.index)),
+        }
+    }
+
     /// Writes each piece through to a file of the snapshot's own, named with the group's
     /// incarnation (`group-<id>-snapshot-<index>-<term>-<incarnation>.taking`), without the
     /// WAL's lock; `finish` syncs it. The save step renames it and logs the group's new metadata
@@ -1317,20 +1333,6 @@ where
     /// refused) removes its file at once, under the WAL's lock, while its group's incarnation
     /// exists (once it is gone, its removal deleted the file), also once the WAL is stopped: the
     /// file is garbage that nothing names, whose removal changes nothing recovery finds.
-    /// A reader that reads the group's snapshot file as [`Storage::snapshot_chunk`] does, under
-    /// the log's lock, as long as this incarnation of the group holds that snapshot.
-    fn open_snapshot_owned(&self, meta: &SnapshotMeta) -> Result<Option<Box<dyn OwnedSnapshotReader>>, StorageError> {
-        let current = self.read(|_, group| Ok(group.meta.snapshot.as_ref().map(|s| s.meta.clone())))?;
-        match current {
-            Some(current) if (current.index, current.term) == (meta.index, meta.term) => {
-                let group =
-                    GroupIncarnation { wal: Arc::clone(&self.wal), group: self.group, incarnation: self.incarnation };
-                Ok(Some(Box::new(GroupSnapshotReader { group, meta: current })))
-            }
-            _ => Err(StorageError::SnapshotReplaced(meta.index)),
-        }
-    }
-
     fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, DiskError> {
         let (group, incarnation) = (self.group, self.incarnation);
         let staging = self.wal.lock().guarded(|inner| {
@@ -1362,7 +1364,9 @@ impl<F: FileSystem> RemoveUnsaved for GroupIncarnation<F> {
 
 /// A [`GroupStore`]'s snapshot, read off the group's owner.
 struct GroupSnapshotReader<F: FileSystem> {
-    group: GroupIncarnation<F>,
+    wal: std::sync::Weak<Shared<F>>,
+    group: GroupId,
+    incarnation: u64,
     meta: SnapshotMeta,
 }
 
@@ -1375,12 +1379,13 @@ where
     }
 
     fn chunk(&mut self, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
-        let GroupIncarnation { wal, group, incarnation } = &self.group;
+        // The log is closed: its files are not ours to read any more.
+        let wal = self.wal.upgrade().ok_or(StorageError::Unavailable(self.meta.index))?;
         let inner = wal.lock();
-        let stored = inner.read_group(*group, *incarnation)?;
+        let stored = inner.read_group(self.group, self.incarnation)?;
         match &stored.meta.snapshot {
             Some(snapshot) if (snapshot.meta.index, snapshot.meta.term) == (self.meta.index, self.meta.term) => {
-                snapshot::read_chunk(&inner.writer.dir, &group_prefix(*group), snapshot, offset, bytes_max)
+                snapshot::read_chunk(&inner.writer.dir, &group_prefix(self.group), snapshot, offset, bytes_max)
             }
             _ => Err(StorageError::SnapshotReplaced(self.meta.index)),
         }
