@@ -58,7 +58,9 @@ pub enum Execution {
     /// simulation of the real stack, whose hosts run in a `LocalSet`): every choice comes from
     /// the runtime's seeded scheduler rather than from the operating system's thread scheduler.
     /// Snapshots are taken and restored as jobs on other tasks of that `LocalSet`, each run a
-    /// tick after it began (or at once when the group must wait for it).
+    /// tick after it began (or at once when the group must wait for it), one at a time per
+    /// host (its one snapshot slot): a snapshot to take waits for the slot, and a restore that
+    /// finds it taken (or a store without an owned reader) runs on the group's task.
     Tasks,
 }
 

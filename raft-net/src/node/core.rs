@@ -63,7 +63,7 @@ pub(crate) enum ApplySide<SM: StateMachine> {
         on: AwayOn<SM>,
         waiting: VecDeque<ApplyStep<SM>>,
         waiting_bytes: u64,
-        /// The host's slot the thread holds (none when the core has no slots to take from).
+        /// The host's slot the job holds (none when the core has no slots to take from).
         _slot: Option<SnapshotSlot>,
     },
 }
@@ -215,9 +215,9 @@ pub(crate) struct Core<S: LogStore, T: Transport, SM: StateMachine> {
     /// before the worker waits for it: what the apply thread's queue may hold
     /// (`apply_queue_batches_max` batches of `apply_bytes_max`).
     pub(crate) waiting_bytes_max: u64,
-    /// Whether an inline applier away for a snapshot job leaves on a task of the host's `LocalSet` rather than a thread (under
-    /// [`Execution::Tasks`](super::config::Execution::Tasks), whose replays must not depend on a
-    /// thread's timing).
+    /// Whether an inline applier away for a snapshot job leaves on a task of the host's
+    /// `LocalSet` rather than a thread (under [`Execution::Tasks`](super::config::Execution::Tasks),
+    /// whose replays must not depend on a thread's timing).
     pub(crate) snapshot_jobs_on_tasks: bool,
     /// The host's slots for snapshots written off the worker (`None`: no limit).
     pub(crate) snapshot_slots: Option<Arc<SnapshotSlots>>,
@@ -775,9 +775,10 @@ where
         }
     }
 
-    /// Moves an inline applier to a thread of its own, where it runs `task`; it comes back
-    /// when the job ends ([`Core::end_snapshot_job`]). Should no thread start, the task runs
-    /// here (the worker waits for it, as it did before snapshots left it).
+    /// Moves an inline applier to a thread of its own (to a task of the host's `LocalSet` under
+    /// `Tasks`: see [`AwayOn::Task`]), where it runs `task`; it comes back when the job ends
+    /// ([`Core::end_snapshot_job`]). Should no thread start, the task runs here (the worker
+    /// waits for it, as it did before snapshots left it).
     fn send_away(
         &mut self,
         applier: Box<Applier<SM>>,

@@ -33,7 +33,8 @@
 //!    the store begins an owned writer and the state machine moves to a thread of its own to
 //!    write into it (the worker goes on; the group keeps stepping but applies nothing until the
 //!    state machine is back), and a snapshot whose job ended is saved and the log compacted
-//!    (rule 9). Under [`Host::start_task`] the snapshot is written on the task at once.
+//!    (rule 9). Under [`Host::start_task`] the state machine moves to a task of the host's
+//!    `LocalSet` instead, which writes the snapshot a tick later (or when the worker must wait).
 //!
 //! A storage error fails the groups it reached, as [`LogStore::write_outputs`] reports them
 //! (fail-stop: their writes are not known to be durable), and the host writes the outputs of

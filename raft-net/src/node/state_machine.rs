@@ -41,8 +41,9 @@ pub trait StateMachine: Send + 'static {
     /// [`Host`](crate::Host)), on a thread of its own that the state machine moves to for the
     /// snapshot. Meanwhile the group keeps replicating and committing, but applies nothing and
     /// serves no read until this returns (under [`Execution::Tasks`](crate::Execution::Tasks) it
-    /// runs on the group's task, which waits for it). Write it a piece at a time (`sink` gathers small writes into bounded
-    /// pieces, so there is no need to buffer); the snapshot is saved once this returns `Ok`.
+    /// runs on another task of the host's `LocalSet`). Write it a piece at a time (`sink`
+    /// gathers small writes into bounded pieces, so there is no need to buffer); the snapshot is
+    /// saved once this returns `Ok`.
     ///
     /// An error from `sink` means the store failed or the node gave up on this snapshot (its
     /// inner error is a [`SnapshotSinkClosed`](crate::SnapshotSinkClosed)): return it; the node
