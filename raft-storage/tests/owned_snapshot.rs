@@ -377,3 +377,54 @@ fn a_shared_wal_group_refuses_another_wals_snapshot_and_removes_its_file() {
     assert_no_taking_files(&fs);
     assert_eq!(other.snapshot().expect("snapshot").index, Index(0));
 }
+
+/// Two writers of the same snapshot on one store: each has a file of its own, so the first,
+/// dropped after the second began, removes only its own, and the second is saved whole.
+fn two_writers_of_one_snapshot<S: LogStore>(store: &mut S, fs: &SimFs)
+where
+    S::Error: Debug,
+{
+    store.persist(None, &run(1, 10, 1)).expect("persist");
+    let mut first = store.begin_snapshot_owned(&meta(5)).expect("begin");
+    first.write(b"the first writer's").expect("write");
+    let second_data = data(30_000, 4);
+    let mut second = store.begin_snapshot_owned(&meta(5)).expect("begin");
+    second.write(&second_data).expect("write");
+    assert_eq!(taking_files(fs).len(), 2, "a file each");
+    drop(first);
+    assert_eq!(taking_files(fs).len(), 1, "the second's file is left alone");
+    let taken = second.finish(raft_core::snapshot_crc32(&second_data)).expect("finish");
+    store.save_taken_snapshot(taken).expect("save");
+    assert_eq!(read_back(store), second_data);
+    assert_no_taking_files(fs);
+}
+
+#[test]
+fn a_disk_stores_two_writers_of_one_snapshot_keep_to_their_own_files() {
+    let fs = SimFs::new(17);
+    let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create");
+    two_writers_of_one_snapshot(&mut store, &fs);
+}
+
+#[test]
+fn a_shared_wal_groups_two_writers_of_one_snapshot_keep_to_their_own_files() {
+    let fs = SimFs::new(18);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    let mut store = wal.create_group(GroupId(1), membership()).expect("group");
+    two_writers_of_one_snapshot(&mut store, &fs);
+}
+
+/// A `.taking` file named as before writers were numbered (three numbers) is still one that
+/// recovery removes.
+#[test]
+fn a_taking_file_of_the_earlier_naming_is_removed_at_open() {
+    let fs = SimFs::new(19);
+    drop(DiskStorage::create(fs.clone(), dir(), ME, membership(), DiskOptions::default()).expect("create"));
+    let old = dir().join(format!("snapshot-{:020}-{:020}-{:020}.taking", 5, 1, 0));
+    let mut file = fs.create(&old).expect("create");
+    raft_storage::FsFile::append(&mut file, b"left by a crash").expect("append");
+    drop(file);
+    let store = DiskStorage::open(fs.clone(), dir(), ME, DiskOptions::default()).expect("open");
+    assert_no_taking_files(&fs);
+    assert!(!store.recovery_report().repairs().is_empty(), "reported as a repair");
+}

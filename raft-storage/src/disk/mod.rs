@@ -18,7 +18,7 @@
 //!   as received (no framing: META holds its length and crcs). Each snapshot gets its own name, so
 //!   META never names a file that is being replaced.
 //! - `snapshot.staging`: the data of a snapshot being received, chunk by chunk; `snapshot.local`:
-//!   a local snapshot's data before it is installed; `snapshot-<index>-<term>-0.taking`: a local
+//!   a local snapshot's data before it is installed; `snapshot-<index>-<term>-0-<job>.taking`: a local
 //!   snapshot written off the store's owner (`LogStore::begin_snapshot_owned`), synced by its
 //!   writer and renamed by the save step (recovery removes one never saved).
 //! - `META.tmp`, `IDENTITY.tmp`: the next version of a metadata file, before its rename.

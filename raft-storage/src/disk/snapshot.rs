@@ -54,8 +54,11 @@ pub(crate) fn snapshot_name(prefix: &str, meta: &SnapshotMeta) -> String {
 /// ([`crate::LogStore::begin_snapshot_owned`]) until it is saved: its own per snapshot and per
 /// `incarnation` of the group (a shared log's group removed and created again never shares one
 /// with its earlier incarnation's writer still in flight).
-pub(crate) fn taking_name(prefix: &str, meta: &SnapshotMeta, incarnation: u64) -> String {
-    format!("{prefix}snapshot-{:020}-{:020}-{incarnation:020}.taking", meta.index.0, meta.term.0)
+///
+/// `job` numbers the writers begun on one open store (or log), so that two writers of the same
+/// snapshot never share a file: one dropped after the other began removes only its own.
+pub(crate) fn taking_name(prefix: &str, meta: &SnapshotMeta, incarnation: u64, job: u64) -> String {
+    format!("{prefix}snapshot-{:020}-{:020}-{incarnation:020}-{job:020}.taking", meta.index.0, meta.term.0)
 }
 
 /// Whether `name` (its prefix removed) is a snapshot file: a staging file, a snapshot being
@@ -68,8 +71,10 @@ fn is_taking_name(name: &str) -> bool {
     let Some(numbers) = name.strip_prefix("snapshot-").and_then(|rest| rest.strip_suffix(".taking")) else {
         return false;
     };
+    // Three numbers: a file of a version before the job's number was added.
     let parts: Vec<&str> = numbers.split('-').collect();
-    parts.len() == 3 && parts.iter().all(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+    (parts.len() == 3 || parts.len() == 4)
+        && parts.iter().all(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn is_snapshot_name(name: &str) -> bool {
@@ -174,8 +179,9 @@ impl<File: FsFile> Staging<File> {
         prefix: &str,
         meta: &SnapshotMeta,
         incarnation: u64,
+        job: u64,
     ) -> Result<Self, DiskError> {
-        let file = dir.create(dir.file(&taking_name(prefix, meta, incarnation)))?;
+        let file = dir.create(dir.file(&taking_name(prefix, meta, incarnation, job)))?;
         Ok(Staging::new(prefix, meta, file))
     }
 

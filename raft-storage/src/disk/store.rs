@@ -94,6 +94,8 @@ pub struct DiskStorage<F: FileSystem = StdFs> {
     stopped: bool,
     /// What `open` repaired.
     report: RecoveryReport,
+    /// The number of the next local snapshot begun off the owner (its file's name has it).
+    taking_next: u64,
 }
 
 impl<F: FileSystem> DiskStorage<F> {
@@ -157,6 +159,7 @@ impl<F: FileSystem> DiskStorage<F> {
             staging: None,
             stopped: false,
             report: RecoveryReport::default(),
+            taking_next: 0,
         }
     }
 
@@ -444,7 +447,7 @@ where
     }
 
     /// Writes each piece through to a file of the snapshot's own
-    /// (`snapshot-<index>-<term>-0.taking`), synced by `finish`; the save step renames it to the
+    /// (`snapshot-<index>-<term>-0-<job>.taking`), synced by `finish`; the save step renames it to the
     /// snapshot's name and records it in META, as [`LogStore::save_snapshot`] does. An I/O
     /// error of the writer is returned without stopping the store (the log is untouched); the
     /// driver stops the node for it.
@@ -456,7 +459,9 @@ where
     /// store, it leaves the file to the next open's recovery: the directory may be another
     /// store's by then, with a file of the same name of its own.
     fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, DiskError> {
-        let staging = self.guarded(|store| Staging::start_taking(&store.dir, "", meta, 0))?;
+        let job = self.taking_next;
+        self.taking_next += 1;
+        let staging = self.guarded(|store| Staging::start_taking(&store.dir, "", meta, 0, job))?;
         let file = Unsaved::new(Arc::downgrade(&self.dir), staging.path().to_path_buf());
         Ok(Box::new(TakingSnapshot { staging, file }))
     }

@@ -23,7 +23,7 @@
 //!   Segments rotate at `segment_bytes_max`.
 //! - `group-<id, 20 digits>-snapshot-<index>-<term>.snap`: a group's installed snapshot data,
 //!   and `group-<id>-snapshot.staging` / `-snapshot.local`: one being received or saved;
-//!   `group-<id>-snapshot-<index>-<term>-<incarnation>.taking`: one written off the store's
+//!   `group-<id>-snapshot-<index>-<term>-<incarnation>-<job>.taking`: one written off the store's
 //!   owner (`LogStore::begin_snapshot_owned`) until its save step renames it (named with the
 //!   group's incarnation, so a group removed and created again never shares one).
 //!

@@ -253,6 +253,8 @@ pub(super) struct Inner<F: FileSystem> {
     pub(super) identity: Identity,
     pub(super) report: RecoveryReport,
     pub(super) next_incarnation: u64,
+    /// The number of the next local snapshot begun off a group's owner (its file's name has it).
+    taking_next: u64,
     /// Whether something happened that may release the oldest segments.
     reclaim_due: bool,
     stopped: bool,
@@ -276,6 +278,7 @@ impl<F: FileSystem> Inner<F> {
         Inner {
             writer,
             next_incarnation: groups.values().map(|group| group.incarnation + 1).max().unwrap_or(0),
+            taking_next: 0,
             groups,
             cache: EntryCache::new(options.cache_bytes_max),
             identity,
@@ -1321,7 +1324,7 @@ where
     }
 
     /// Writes each piece through to a file of the snapshot's own, named with the group's
-    /// incarnation (`group-<id>-snapshot-<index>-<term>-<incarnation>.taking`), without the
+    /// incarnation (`group-<id>-snapshot-<index>-<term>-<incarnation>-<job>.taking`), without the
     /// WAL's lock; `finish` syncs it. The save step renames it and logs the group's new metadata
     /// in a batch of its own, as [`LogStore::save_snapshot`] does. If the group is removed
     /// meanwhile ([`SharedWal::remove_group`] deletes the file; a writer still in flight writes
@@ -1337,7 +1340,9 @@ where
         let (group, incarnation) = (self.group, self.incarnation);
         let staging = self.wal.lock().guarded(|inner| {
             inner.group(group, incarnation)?;
-            Staging::start_taking(&inner.writer.dir, &group_prefix(group), meta, incarnation)
+            let job = inner.taking_next;
+            inner.taking_next += 1;
+            Staging::start_taking(&inner.writer.dir, &group_prefix(group), meta, incarnation, job)
         })?;
         let owner = GroupIncarnation { wal: Arc::clone(&self.wal), group, incarnation };
         let file = Unsaved::new(owner, staging.path().to_path_buf());
