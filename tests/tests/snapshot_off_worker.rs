@@ -463,6 +463,40 @@ async fn a_read_asked_while_the_snapshot_is_written_sees_every_entry_committed_b
     host.shutdown().await;
 }
 
+/// Three voters over disk stores, each taking a snapshot every [`EVERY`] entries with a
+/// compaction margin of 10, their state machines applied inline.
+fn snapshotting_cluster() -> ClusterBuilder {
+    ClusterBuilder::new(3).storage(StorageKind::disk()).configure(|config| {
+        raft_testkit::snapshotting(config); // A compaction margin of 10 entries.
+        config.snapshot_every_entries = EVERY;
+        config.execution = Execution::OneThread;
+    })
+}
+
+/// Proposes commands from `*proposed` on through the leader at `at_leader` until it has taken
+/// a snapshot past `follower_last` and the margin kept below it: a follower whose log ends
+/// there can only be sent a snapshot.
+async fn compact_past(
+    handles: &[NodeHandle<Log>],
+    ids: &[NodeId],
+    at_leader: usize,
+    proposed: &mut u64,
+    follower_last: Index,
+) {
+    let mut leader_events = handles[at_leader].events();
+    let mut compacted_past = false;
+    while !compacted_past {
+        assert!(*proposed < 20 * EVERY, "the leader never snapshots past the follower");
+        propose(handles, ids, at_leader, command(1, *proposed)).await;
+        *proposed += 1;
+        while let Ok(event) = leader_events.try_recv() {
+            if let NodeEvent::SnapshotTaken { index } = event {
+                compacted_past |= index.0 > follower_last.0 + 10 + 1;
+            }
+        }
+    }
+}
+
 /// A snapshot from the leader reaches a follower whose own snapshot is being written, its state
 /// machine held inside `snapshot` on the thread it moved to. The follower calls its snapshot off
 /// and waits for the state machine to come back (`snapshot_job_waits`, counted before the wait,
@@ -475,11 +509,7 @@ async fn a_snapshot_from_the_leader_supersedes_a_local_one_being_written() {
     raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     let gates: Arc<Mutex<BTreeMap<NodeId, Arc<Gate>>>> = Arc::default();
     let made = Arc::clone(&gates);
-    let builder = ClusterBuilder::new(3).storage(StorageKind::disk()).configure(|config| {
-        raft_testkit::snapshotting(config); // A compaction margin of 10 entries.
-        config.snapshot_every_entries = EVERY;
-        config.execution = Execution::OneThread;
-    });
+    let builder = snapshotting_cluster();
     let start = builder.start(move |id| {
         let gate = Gate::open();
         made.lock().expect("not poisoned").insert(id, Arc::clone(&gate));
@@ -512,18 +542,7 @@ async fn a_snapshot_from_the_leader_supersedes_a_local_one_being_written() {
     // the follower's last entry and the margin kept below it.
     cluster.network().isolate(follower);
     let follower_last = status(&on_follower).await.last_index;
-    let mut leader_events = handles[at_leader].events();
-    let mut compacted_past = false;
-    while !compacted_past {
-        assert!(proposed < 20 * EVERY, "the leader never snapshots past the follower");
-        propose(&handles, &ids, at_leader, command(1, proposed)).await;
-        proposed += 1;
-        while let Ok(event) = leader_events.try_recv() {
-            if let NodeEvent::SnapshotTaken { index } = event {
-                compacted_past |= index.0 > follower_last.0 + 10 + 1;
-            }
-        }
-    }
+    compact_past(&handles, &ids, at_leader, &mut proposed, follower_last).await;
     // The follower's worker went on meanwhile (it answers), its snapshot still held.
     assert_eq!(status(&on_follower).await.applied, local);
     assert_eq!((gate.entered.load(Ordering::SeqCst), on_follower.snapshot_job_waits()), (1, 0));
@@ -885,11 +904,7 @@ async fn a_snapshot_from_the_leader_waits_for_a_restore_under_way() {
     raft_testkit::init_tracing(); // RUST_LOG shows the crates' logs (for failing tests).
     let held: Arc<Mutex<BTreeMap<NodeId, Arc<Gate>>>> = Arc::default();
     let made = Arc::clone(&held);
-    let builder = ClusterBuilder::new(3).storage(StorageKind::disk()).configure(|config| {
-        raft_testkit::snapshotting(config); // A compaction margin of 10 entries.
-        config.snapshot_every_entries = EVERY;
-        config.execution = Execution::OneThread;
-    });
+    let builder = snapshotting_cluster();
     let start = builder.start(move |id| {
         let (machine, _) = Log::new(&Gate::open());
         match made.lock().expect("not poisoned").get(&id) {
@@ -918,18 +933,7 @@ async fn a_snapshot_from_the_leader_waits_for_a_restore_under_way() {
     let follower_last = status(&on_follower).await.last_index;
     cluster.stop(follower).await.expect("the follower runs");
     // The leader compacts past the follower's last entry and the margin kept below it.
-    let mut leader_events = handles[at_leader].events();
-    let mut compacted_past = false;
-    while !compacted_past {
-        assert!(proposed < 20 * EVERY, "the leader never snapshots past the follower");
-        propose(&handles, &ids, at_leader, command(1, proposed)).await;
-        proposed += 1;
-        while let Ok(event) = leader_events.try_recv() {
-            if let NodeEvent::SnapshotTaken { index } = event {
-                compacted_past |= index.0 > follower_last.0 + 10 + 1;
-            }
-        }
-    }
+    compact_past(&handles, &ids, at_leader, &mut proposed, follower_last).await;
 
     // Restarted, the follower restores its own snapshot (held), and is sent the leader's.
     let gate = Gate::closed();
