@@ -106,12 +106,10 @@ impl<SM: StateMachine> LocalJob<SM> {
     /// Runs the job if it has not run yet.
     pub(crate) fn run(&self) {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let LocalJobState::Pending(..) = *state {
-            let LocalJobState::Pending(applier, task) = std::mem::replace(&mut *state, LocalJobState::Joined) else {
-                unreachable!("matched just above")
-            };
-            *state = LocalJobState::Ran(run_job(applier, task, &self.shared));
-        }
+        *state = match std::mem::replace(&mut *state, LocalJobState::Joined) {
+            LocalJobState::Pending(applier, task) => LocalJobState::Ran(run_job(applier, task, &self.shared)),
+            other => other,
+        };
     }
 
     fn join(&self) -> Option<Box<Applier<SM>>> {

@@ -162,8 +162,8 @@ impl<R: ReadChunk> ChunkSource for StoreChunks<R> {
 
 /// Reads the whole of the store's snapshot `meta` and checks it against its checksum, holding one
 /// chunk at a time: the first pass of a restore, before the state machine sees a byte.
-pub(crate) fn verify<S: Storage + ?Sized>(store: &S, meta: &SnapshotMeta) -> Result<(), StorageError> {
-    let mut chunks = StoreChunks::new(store, meta);
+pub(crate) fn verify<R: ReadChunk>(source: R, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    let mut chunks = StoreChunks::new(source, meta);
     while chunks.next_chunk()?.is_some() {}
     Ok(())
 }
@@ -550,8 +550,7 @@ fn restore_from<SM: StateMachine>(
     applier: &mut Applier<SM>,
 ) -> Result<(), StopReason> {
     let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
-    let mut first_pass = StoreChunks::new(&mut *reader, meta);
-    while first_pass.next_chunk().map_err(read_failed)?.is_some() {}
+    verify(&mut *reader, meta).map_err(read_failed)?;
     let mut source = StoreChunks::new(reader, meta);
     applier.restore(meta.clone(), &mut SnapshotReader::new(&mut source))
 }
