@@ -14,7 +14,8 @@
 //! Restoring does not block the worker either: a group restarted from its snapshot, its state
 //! machine held inside `restore`, keeps committing while another group on the worker commits
 //! and applies; a restore that fails off the worker stops its group only, with nothing applied
-//! or served over it; and a snapshot from the leader arriving during a restore waits for it.
+//! or served over it; a snapshot from the leader arriving during a restore waits for it; and a
+//! shutdown calls a restore off at the state machine's next read.
 //!
 //! Nothing here depends on timing: the gate holds the snapshot until the test has seen what it
 //! waits for (a test of the old driver, whose worker waited for the snapshot, times out); where
@@ -966,4 +967,70 @@ async fn a_snapshot_from_the_leader_waits_for_a_restore_under_way() {
     assert!(restored.len() >= 2 && restored[0] <= follower_last, "its own, then the leader's: {restored:?}");
     assert!(restored[1..].iter().all(|index| index.0 > follower_last.0 + 10), "{restored:?}");
     cluster.shutdown().await;
+}
+
+/// A shutdown during a restore off the worker calls it off: the state machine, held inside
+/// `restore` when the worker comes to wait for it (`snapshot_job_waits`, counted once the job is
+/// called off), finds its first read failed once the gate opens, so the restore ends there
+/// instead of reading the whole snapshot. The group stops with the shutdown's reason, nothing
+/// restored or applied; restarted, it restores the same snapshot whole. Under
+/// `Execution::Threads` (the apply thread runs the job) and `OneThread` (the state machine moves
+/// to a thread of its own). Without the call-off, the restore runs to its end and the first
+/// check fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_calls_off_a_restore_under_way() {
+    for execution in [Execution::Threads, Execution::OneThread] {
+        let fs = SimFs::new(29);
+        let start = |gate: &Arc<Gate>| {
+            let store = DiskStorage::open(fs.clone(), "/disk", IDENTITY, DiskOptions::default()).expect("reopen");
+            let network = MemNetwork::default();
+            let (transport, inbound) = network.join(ME).expect("join");
+            let (machine, view) = Log::new(&Gate::open());
+            let machine = machine.holding_restores(gate);
+            let handle = raft_net::start(config(0, execution), store, transport, inbound, machine).expect("start");
+            (handle, view)
+        };
+        let snapshot_index = {
+            let store =
+                DiskStorage::create(fs.clone(), "/disk", IDENTITY, Membership::new([ME]), DiskOptions::default())
+                    .expect("store");
+            let network = MemNetwork::default();
+            let (transport, inbound) = network.join(ME).expect("join");
+            let (machine, _) = Log::new(&Gate::open());
+            let handle = raft_net::start(config(EVERY, execution), store, transport, inbound, machine).expect("start");
+            let mut events = handle.events();
+            propose_applied(&handle, 1, 0..EVERY).await;
+            let index = snapshot_taken(&mut events).await;
+            handle.shutdown().await;
+            index
+        };
+
+        let gate = Gate::closed();
+        let (handle, view) = start(&gate);
+        eventually("the restore is held in the state machine", || async { gate.entered.load(Ordering::SeqCst) == 1 })
+            .await;
+        assert_eq!(handle.snapshot_job_waits(), 0, "the worker does not wait for the restore");
+        let stopping = handle.clone();
+        let shutdown = tokio::spawn(async move { stopping.shutdown().await });
+        eventually("the stop waits for the restore, called off", || async { handle.snapshot_job_waits() == 1 }).await;
+        gate.release();
+        within("the shutdown", shutdown).await.expect("the shutdown's task");
+        let reason = handle.stop_reason();
+        assert!(matches!(reason, Some(raft_net::StopReason::Shutdown)), "stopped as asked: {reason:?} ({execution:?})");
+        assert!(view.lock().expect("not poisoned").is_empty(), "the restore ended at its first read ({execution:?})");
+
+        // The log was compacted below the snapshot: its first commands come from it alone.
+        let store = DiskStorage::open(fs.clone(), "/disk", IDENTITY, DiskOptions::default()).expect("reopen");
+        assert_eq!(store.snapshot().expect("snapshot").index, snapshot_index);
+        assert!(store.first_index().expect("first") > Index(2), "compacted");
+        drop(store);
+        let (handle, view) = start(&Gate::open());
+        eventually("restarted, every command is back", || async {
+            view.lock().expect("not poisoned").len() as u64 == EVERY
+        })
+        .await;
+        let seen = view.lock().expect("not poisoned").clone();
+        assert_eq!(seen, (0..EVERY).map(|number| command(1, number)).collect::<Vec<_>>(), "the snapshot, then the log");
+        handle.shutdown().await;
+    }
 }

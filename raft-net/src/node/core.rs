@@ -624,9 +624,13 @@ where
     fn restore(&mut self, meta: SnapshotMeta) -> Result<(), StopReason> {
         let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
         // A local snapshot being taken is called off first (the installed snapshot supersedes
-        // it), and its applier brought back; a restore under way ends first.
+        // it), and its applier brought back. A restore under way ended before this install was
+        // written (`before_write`); were one still here, it would end first, not be called off
+        // (that would stop the group).
         if let Some(job) = &self.snapshot_job {
-            job.cancel();
+            if job.restoring.is_none() {
+                job.cancel();
+            }
             self.end_snapshot_job(true, false)?;
         }
         self.handed = meta.index;
@@ -971,10 +975,16 @@ where
                 registration.responder.answer(Err(error.clone()));
             }
         }
-        // A snapshot being taken is called off (it ends at the state machine's next piece), and
-        // an applier away for it comes back to answer what it holds.
+        // A snapshot being taken is called off (it ends at the state machine's next piece), as
+        // is a restore (at its next chunk read: the state machine is partial, and its applier
+        // refuses every later step), and an applier away for it comes back to answer what it
+        // holds.
         if let Some(job) = self.snapshot_job.take() {
             job.cancel();
+            if let Err(std::sync::mpsc::TryRecvError::Empty) = job.done.try_recv() {
+                // The joins below wait for it (counted once it is called off).
+                self.shared.snapshot_job_waited();
+            }
         }
         if let Some(ApplySide::Away { on, waiting, .. }) =
             self.apply.take_if(|apply| matches!(apply, ApplySide::Away { .. }))

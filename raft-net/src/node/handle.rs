@@ -384,8 +384,9 @@ impl<SM: StateMachine> NodeHandle<SM> {
 
     /// How many times the node's worker waited for a snapshot still being written or restored
     /// off it (on the apply thread, or on the thread an inline state machine moves to for it):
-    /// to install a snapshot from the leader, or because more committed entries waited for a
-    /// state machine away than an apply queue holds. Counted before the wait begins, so
+    /// to install a snapshot from the leader, because more committed entries waited for a
+    /// state machine away than an apply queue holds, or to stop (once the job is called off).
+    /// Counted before the wait begins, so
     /// that a test holding the state machine inside its `snapshot` knows, without guessing at
     /// timing, that the worker waits for it. Not part of the API: it may change or go at any
     /// release.

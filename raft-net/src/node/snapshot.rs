@@ -13,9 +13,11 @@
 //!
 //! Restoring is a job too ([`SnapshotJob::restore`]) where the store opens a reader for another
 //! thread ([`LogStore::open_snapshot_owned`]): its task runs both passes below where the state
-//! machine is, and the worker goes on. It cannot be called off; the worker waits for it before
-//! it writes an install of a newer snapshot (which may remove the file being read). A failed
-//! restore leaves an applier that refuses every later step.
+//! machine is, and the worker goes on. The worker waits for it before it writes an install of a
+//! newer snapshot (which may remove the file being read). A shutdown calls it off: the next
+//! chunk read fails, so the state machine's restore ends at its next read, and the group stops
+//! with the shutdown's reason (restarted, it restores again from the store). A failed or called
+//! off restore leaves an applier that refuses every later step.
 //!
 //! Otherwise restoring stays on the worker: where the state machine runs on the apply thread
 //! ([`Execution::Threads`]) while the worker owns the store, the chunks cross over a channel of
@@ -39,6 +41,7 @@ use bytes::Bytes;
 use raft_core::{SnapshotChunk, SnapshotMeta, Storage, StorageError};
 use raft_storage::{LogStore, OwnedSnapshotReader, OwnedSnapshotWriter, TakenSnapshot};
 use thiserror::Error;
+use tracing::info;
 
 use super::apply::Applier;
 use super::error::{StopReason, StorageFailure, StorageOperation};
@@ -396,8 +399,8 @@ impl<S: LogStore> SnapshotJob<S> {
 
     /// A job that restores the state machine from the store's snapshot, read by `reader` (both
     /// passes: the checksum, then the state machine); `wake` as for [`SnapshotJob::new`]. It
-    /// ends with `Ok(None)` once restored. It cannot be called off: the state machine must be
-    /// whole before it takes another step.
+    /// ends with `Ok(None)` once restored. Called off (only by a stop: the state machine is
+    /// partial then, and the applier refuses every later step), its next chunk read fails.
     pub(crate) fn restore<SM: StateMachine>(
         reader: Box<dyn OwnedSnapshotReader>,
         wake: Box<dyn Fn() + Send>,
@@ -406,13 +409,14 @@ impl<S: LogStore> SnapshotJob<S> {
         S: 'static,
     {
         let (sender, done) = std::sync::mpsc::sync_channel(1);
+        let cancel = Arc::new(AtomicBool::new(false));
         let index = reader.meta().index;
-        let task = Box::new(RestoreTask { reader, done: sender, wake: WakeOnDrop(wake) });
-        (SnapshotJob { done, cancel: Arc::new(AtomicBool::new(false)), restoring: Some(index) }, task)
+        let task = Box::new(RestoreTask { reader, cancel: Arc::clone(&cancel), done: sender, wake: WakeOnDrop(wake) });
+        (SnapshotJob { done, cancel, restoring: Some(index) }, task)
     }
 
     /// Calls the job off: the sink refuses the state machine's next piece, and the job ends
-    /// without a snapshot (unless it ended already).
+    /// without a snapshot (unless it ended already); a restore fails at its next chunk read.
     pub(crate) fn cancel(&self) {
         self.cancel.store(true, Ordering::Release);
     }
@@ -520,6 +524,8 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
 /// The task of a [`SnapshotJob::restore`].
 struct RestoreTask<S: LogStore> {
     reader: Box<dyn OwnedSnapshotReader>,
+    /// Set by [`SnapshotJob::cancel`] (a stop): the next chunk read fails.
+    cancel: Arc<AtomicBool>,
     done: SyncSender<TakenResult<S>>,
     /// Woken last, as a [`TakeTask`]'s.
     wake: WakeOnDrop,
@@ -527,10 +533,16 @@ struct RestoreTask<S: LogStore> {
 
 impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for RestoreTask<S> {
     fn run(self: Box<Self>, applier: &mut Applier<SM>) -> Result<(), StopReason> {
-        let RestoreTask { wake, mut reader, done } = *self;
+        let RestoreTask { wake, mut reader, cancel, done } = *self;
         let meta = reader.meta().clone();
-        let reader: &mut dyn OwnedSnapshotReader = &mut *reader;
-        let result = restore_from(reader, &meta, applier);
+        let reader = CallOff { reader: &mut *reader, cancel: &cancel };
+        let mut result = restore_from(reader, &meta, applier);
+        if result.is_err() && cancel.load(Ordering::Acquire) {
+            // Called off by the group's stop, which recorded its reason first: that is why it
+            // ended, not the read that failed for it.
+            info!(index = %meta.index, "restoring the state machine called off: the group stops");
+            result = Err(applier.shared.stop_reason().unwrap_or(StopReason::Shutdown));
+        }
         if let Err(reason) = &result {
             // Before the core learns of it: nothing is applied over a partial state.
             applier.refuse_after(reason.clone());
@@ -541,17 +553,32 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for RestoreTask<S
     }
 }
 
+/// An owned reader whose next chunk read fails once its job is called off.
+struct CallOff<'a> {
+    reader: &'a mut dyn OwnedSnapshotReader,
+    cancel: &'a AtomicBool,
+}
+
+impl ReadChunk for &mut CallOff<'_> {
+    fn read_chunk(&mut self, _meta: &SnapshotMeta, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
+        if self.cancel.load(Ordering::Acquire) {
+            return Err(StorageError::Io { kind: io::ErrorKind::Interrupted, raw_os_error: None });
+        }
+        self.reader.chunk(offset, bytes_max)
+    }
+}
+
 /// Restores `applier`'s state machine from the snapshot `meta` that `reader` reads: the whole
 /// data checked against its checksum first, then read again for the state machine and checked
 /// again (see the module's docs).
 fn restore_from<SM: StateMachine>(
-    reader: &mut dyn OwnedSnapshotReader,
+    mut reader: CallOff<'_>,
     meta: &SnapshotMeta,
     applier: &mut Applier<SM>,
 ) -> Result<(), StopReason> {
     let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
-    verify(&mut *reader, meta).map_err(read_failed)?;
-    let mut source = StoreChunks::new(reader, meta);
+    verify(&mut reader, meta).map_err(read_failed)?;
+    let mut source = StoreChunks::new(&mut reader, meta);
     applier.restore(meta.clone(), &mut SnapshotReader::new(&mut source))
 }
 
