@@ -158,8 +158,10 @@ pub trait LogStore: Storage {
     /// meanwhile (entries, compactions), but once it installs or saves a newer snapshot the
     /// reader may fail ([`StorageError::SnapshotReplaced`], or an I/O error for a
     /// removed file), so a driver that installs a newer one first waits for the reader to end.
-    /// A reader never keeps the store's directory held: once the store is closed (for a
-    /// [`GroupStore`], every handle of its [`SharedWal`]), its reads fail.
+    /// A reader keeps the store's directory held only while it reads a chunk: once the store is
+    /// closed (for a [`GroupStore`], every handle of its [`SharedWal`]), its reads fail. A
+    /// [`GroupStore`]'s reader reads its chunks without the shared log's lock, so a large
+    /// restore does not hold up the other groups' writes.
     ///
     /// `Ok(None)`: this store has no such reader (the default), and a driver reads the snapshot
     /// through [`Storage::snapshot_chunk`] on the store's owner. [`MemStorage`],

@@ -4,13 +4,17 @@
 //! two are not forced to overlap); a
 //! snapshot that is not the store's current one is refused; once the store installs a newer one
 //! the durable stores' readers fail rather than read another snapshot's bytes; damaged bytes are
-//! a `SnapshotCorrupt`; and a durable store's reader that outlives its store (a shared log's:
-//! the log) fails its reads without keeping the directory held.
+//! a `SnapshotCorrupt`; a durable store's reader that outlives its store (a shared log's:
+//! the log) fails its reads without keeping the directory held; and a shared log's reader reads
+//! its chunks without the log's lock.
 
 use std::fmt::Debug;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use raft_core::{HardState, Index, SnapshotMeta, Storage, StorageError, Term};
-use raft_storage::testing::SimFs;
+use raft_storage::testing::{SimFile, SimFs};
 use raft_storage::{
     DiskOptions, DiskStorage, FileSystem, LogStore, MemStorage, OwnedSnapshotReader, SharedWal, WalOptions,
 };
@@ -153,4 +157,120 @@ fn a_shared_wal_groups_reader_finds_damaged_bytes() {
     let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
     let mut store = wal.create_group(raft_core::GroupId(1), membership()).expect("group");
     damaged(&mut store, &fs);
+}
+
+/// Holds the next read of a snapshot file, once armed, until released.
+#[derive(Default)]
+struct ReadGate {
+    /// (armed, entered, released)
+    state: Mutex<(bool, bool, bool)>,
+    changed: Condvar,
+}
+
+impl ReadGate {
+    fn arm(&self) {
+        *self.state.lock().expect("gate") = (true, false, false);
+    }
+
+    fn wait_entered(&self) {
+        let mut state = self.state.lock().expect("gate");
+        while !state.1 {
+            state = self.changed.wait(state).expect("gate");
+        }
+    }
+
+    fn release(&self) {
+        self.state.lock().expect("gate").2 = true;
+        self.changed.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut state = self.state.lock().expect("gate");
+        if !state.0 {
+            return;
+        }
+        (state.0, state.1) = (false, true);
+        self.changed.notify_all();
+        while !state.2 {
+            state = self.changed.wait(state).expect("gate");
+        }
+    }
+}
+
+/// `SimFs`, whose reads of snapshot files pass a [`ReadGate`] first.
+#[derive(Clone)]
+struct GatedReads {
+    inner: SimFs,
+    gate: Arc<ReadGate>,
+}
+
+impl FileSystem for GatedReads {
+    type File = SimFile;
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn create(&self, path: &Path) -> std::io::Result<SimFile> {
+        self.inner.create(path)
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<SimFile> {
+        self.inner.open_append(path)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        if path.to_string_lossy().ends_with(".snap") {
+            self.gate.pass();
+        }
+        self.inner.read_at(path, offset, len)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+}
+
+/// A shared log's reader reads a chunk without the log's lock (a large restore must not hold
+/// up every group's writes): while its read of the file is held, another group writes and
+/// syncs, and the reader's own group installs a newer snapshot, which removes the file being
+/// read. Released, the read reports the snapshot replaced, not the missing file. (Read under the
+/// lock, the write and the install wait for the read, and the first check fails.)
+#[test]
+fn a_shared_wal_groups_reader_reads_without_the_logs_lock() {
+    let gate = Arc::new(ReadGate::default());
+    let fs = GatedReads { inner: SimFs::new(45), gate: Arc::clone(&gate) };
+    let wal = SharedWal::create(fs, dir(), ME, WalOptions::default()).expect("create");
+    let mut one = wal.create_group(raft_core::GroupId(1), membership()).expect("group 1");
+    let mut two = wal.create_group(raft_core::GroupId(2), membership()).expect("group 2");
+    one.persist(Some(HardState { term: Term(1), vote: None, commit: Index(10) }), &run(1, 10, 1)).expect("persist");
+    let local = data(150_000, 3);
+    let saved = SnapshotMeta { data_crc32: raft_core::snapshot_crc32(&local), ..meta(5) };
+    one.save_snapshot(&saved, &local).expect("save");
+    let mut reader = one.open_snapshot_owned(&saved).expect("open").expect("a reader");
+    assert_eq!(read_all(&mut *reader, 7_000).expect("read"), local, "read whole, the gate open");
+
+    gate.arm();
+    let reading = std::thread::spawn(move || reader.chunk(0, 7_000));
+    gate.wait_entered();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let writing = std::thread::spawn(move || {
+        two.persist(None, &run(1, 3, 1)).expect("another group's write");
+        let received = start_receiving(&mut one);
+        finish_receiving(&mut one, &received);
+        let _ = sender.send(());
+    });
+    let written = receiver.recv_timeout(Duration::from_secs(10));
+    gate.release();
+    writing.join().expect("the writes' thread");
+    assert!(written.is_ok(), "the other group's write and the install waited for the snapshot read");
+    let read = reading.join().expect("the reader's thread");
+    assert!(matches!(read, Err(StorageError::SnapshotReplaced(Index(5)))), "{:?}", read.map(|chunk| chunk.data.len()));
 }

@@ -110,7 +110,8 @@ pub(super) struct SegmentFile {
 
 /// Appends records to the newest segment, rotating segments, and syncs.
 pub(super) struct Writer<F: FileSystem> {
-    pub(super) dir: Directory<F>,
+    /// Shared with the groups' owned snapshot readers, which read their files without the lock.
+    pub(super) dir: Arc<Directory<F>>,
     /// Oldest first; the last one is open in `active`.
     pub(super) segments: Vec<SegmentFile>,
     pub(super) active: Option<OpenFile<F::File>>,
@@ -133,7 +134,7 @@ pub(super) struct Writer<F: FileSystem> {
 impl<F: FileSystem> Writer<F> {
     pub(super) fn new(dir: Directory<F>, segments: Vec<SegmentFile>, next_sequence: u64, options: WalOptions) -> Self {
         Writer {
-            dir,
+            dir: Arc::new(dir),
             segments,
             active: None,
             next_sequence,
@@ -1204,7 +1205,7 @@ impl<F: FileSystem> Storage for GroupStore<F> {
 
 impl<F: FileSystem> LogStore for GroupStore<F>
 where
-    F: Send + 'static,
+    F: Send + Sync + 'static,
     F::File: Send + 'static,
 {
     type Error = DiskError;
@@ -1312,12 +1313,12 @@ where
     /// log weakly: once every handle of the log is dropped its reads fail, and it never keeps
     /// the log's directory held.
     fn open_snapshot_owned(&self, meta: &SnapshotMeta) -> Result<Option<Box<dyn OwnedSnapshotReader>>, StorageError> {
-        let current = self.read(|_, group| Ok(group.meta.snapshot.as_ref().map(|s| s.meta.clone())))?;
+        let current = self.read(|_, group| Ok(group.meta.snapshot.clone()))?;
         match current {
-            Some(current) if (current.index, current.term) == (meta.index, meta.term) => {
+            Some(file) if (file.meta.index, file.meta.term) == (meta.index, meta.term) => {
                 let wal = Arc::downgrade(&self.wal);
                 let (group, incarnation) = (self.group, self.incarnation);
-                Ok(Some(Box::new(GroupSnapshotReader { wal, group, incarnation, meta: current })))
+                Ok(Some(Box::new(GroupSnapshotReader { wal, group, incarnation, meta: file.meta.clone(), file })))
             }
             _ => Err(StorageError::SnapshotReplaced(meta.index)),
         }
@@ -1373,9 +1374,12 @@ struct GroupSnapshotReader<F: FileSystem> {
     group: GroupId,
     incarnation: u64,
     meta: SnapshotMeta,
+    /// The group's snapshot file when the reader was opened: each chunk is read from it only
+    /// while the group still holds this very file.
+    file: snapshot::SnapshotFile,
 }
 
-impl<F: FileSystem + Send> OwnedSnapshotReader for GroupSnapshotReader<F>
+impl<F: FileSystem + Send + Sync> OwnedSnapshotReader for GroupSnapshotReader<F>
 where
     F::File: Send,
 {
@@ -1383,15 +1387,31 @@ where
         &self.meta
     }
 
+    /// Checks under the log's lock that this incarnation of the group still holds the snapshot,
+    /// then reads the chunk without the lock (a large restore must not hold up every group's
+    /// writes); a read that fails is checked again, so that a snapshot replaced or a group
+    /// removed meanwhile (which removes the file) is reported as such, not as the read's error.
+    /// The file's block crcs, taken when the reader was opened, check every byte read.
     fn chunk(&mut self, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
         // The log is closed: its files are not ours to read any more.
         let wal = self.wal.upgrade().ok_or(StorageError::Unavailable(self.meta.index))?;
-        let inner = wal.lock();
+        let dir = self.holding(&wal.lock())?;
+        let read = snapshot::read_chunk(&dir, &group_prefix(self.group), &self.file, offset, bytes_max);
+        drop(dir); // Not kept: the directory's hold ends with the log.
+        if read.is_err() {
+            self.holding(&wal.lock())?;
+        }
+        read
+    }
+}
+
+impl<F: FileSystem> GroupSnapshotReader<F> {
+    /// The log's directory, if this incarnation of the group still holds the reader's snapshot
+    /// file.
+    fn holding(&self, inner: &Inner<F>) -> Result<Arc<Directory<F>>, StorageError> {
         let stored = inner.read_group(self.group, self.incarnation)?;
         match &stored.meta.snapshot {
-            Some(snapshot) if (snapshot.meta.index, snapshot.meta.term) == (self.meta.index, self.meta.term) => {
-                snapshot::read_chunk(&inner.writer.dir, &group_prefix(self.group), snapshot, offset, bytes_max)
-            }
+            Some(snapshot) if *snapshot == self.file => Ok(Arc::clone(&inner.writer.dir)),
             _ => Err(StorageError::SnapshotReplaced(self.meta.index)),
         }
     }
@@ -1406,7 +1426,7 @@ struct GroupTaking<F: FileSystem> {
 
 impl<F: FileSystem> OwnedSnapshotWriter<GroupStore<F>> for GroupTaking<F>
 where
-    F: Send + 'static,
+    F: Send + Sync + 'static,
     F::File: Send + 'static,
 {
     /// Without the WAL's lock (the file is the writer's own); the lock is taken after it, to
@@ -1434,7 +1454,7 @@ struct GroupTaken<F: FileSystem> {
 
 impl<F: FileSystem> TakenSnapshot<GroupStore<F>> for GroupTaken<F>
 where
-    F: Send + 'static,
+    F: Send + Sync + 'static,
     F::File: Send + 'static,
 {
     fn meta(&self) -> &SnapshotMeta {
