@@ -27,7 +27,8 @@ mod recovery;
 mod reference;
 mod report;
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -141,6 +142,12 @@ struct Args {
     /// With --recovery-groups: MiB of entries in the log.
     #[arg(long, default_value_t = 1024)]
     recovery_mib: u64,
+    /// Measure what one fsync costs (rate, and CPU time per fsync) on a file that each write
+    /// extends, as the write-ahead logs' segments are, against one written whole with zeros
+    /// beforehand, for this many interleaved rounds of --reference-time seconds per loop
+    /// (records of a 64 B command: 1 and 32 per write), instead of a load.
+    #[arg(long)]
+    fsync_cost: Option<usize>,
     /// Record the library's metrics (raft_net::metrics) into a Prometheus recorder installed
     /// for the whole process, without an HTTP listener, as an application that exports them
     /// would; without it no recorder is installed and every metric is a no-op. For measuring
@@ -208,6 +215,9 @@ fn main() -> BenchResult<()> {
     if let Some(handshakes) = args.tls_handshakes {
         return runtime.block_on(handshake::measure(handshakes));
     }
+    if let Some(rounds) = args.fsync_cost {
+        return fsync_cost(rounds, &dir, Duration::from_secs_f64(args.reference_time));
+    }
     if let Some(groups) = args.recovery_groups {
         return recovery::measure(groups, args.recovery_mib, &dir);
     }
@@ -230,6 +240,45 @@ fn main() -> BenchResult<()> {
         println!("metrics: off (no recorder installed)");
     }
     result
+}
+
+/// `--fsync-cost`: fsync loops on an appended and a preallocated file, interleaved, a line
+/// each as it ends, then the medians.
+fn fsync_cost(rounds: usize, dir: &Path, time: Duration) -> BenchResult<()> {
+    use reference::Growth;
+    if rounds == 0 || time < Duration::from_secs(1) {
+        return Err("--fsync-cost needs at least 1 round, of a --reference-time of at least 1 s".into());
+    }
+    let record = reference::wal_record_bytes(64);
+    let mut measured: BTreeMap<(usize, &str), Vec<reference::FsyncCost>> = BTreeMap::new();
+    for round in 1..=rounds {
+        for records in [1, 32] {
+            for (growth, name) in [(Growth::Append, "appended"), (Growth::Preallocated, "preallocated")] {
+                let cost = reference::fsync_cost(dir, records * record, time, growth)?;
+                eprintln!(
+                    "[fsync-cost] round {round}/{rounds}: {records} records ({} B) per write, {name} file: \
+                     {:.0} fsyncs/s, {:.1} us of CPU per fsync",
+                    records * record,
+                    cost.rate.per_sec(),
+                    cost.cpu_us()
+                );
+                measured.entry((records, name)).or_default().push(cost);
+            }
+        }
+    }
+    println!("fsync cost in {} ({rounds} interleaved rounds of {time:?} per loop; medians):", dir.display());
+    println!("| records per write | file | fsyncs/s | CPU per fsync (us) |");
+    println!("|---:|---|---:|---:|");
+    for ((records, name), costs) in &measured {
+        let median = |mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let rate = median(costs.iter().map(|cost| cost.rate.per_sec()).collect());
+        let cpu = median(costs.iter().map(reference::FsyncCost::cpu_us).collect());
+        println!("| {records} | {name} | {rate:.0} | {cpu:.1} |");
+    }
+    Ok(())
 }
 
 /// Installs the Prometheus recorder for the process (no HTTP listener) and a thread that runs its

@@ -3,7 +3,7 @@
 //! `sync_data`, in a loop) and the loopback round-trip time (a TCP ping-pong on 127.0.0.1).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +99,71 @@ fn fsync_loop(dir: &Path, bytes: usize, time: Duration) -> io::Result<Rate> {
         count += 1;
     }
     Ok(Rate { count, elapsed: start.elapsed() })
+}
+
+/// How the file of an fsync loop holds its appends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// Each write extends the file (as the write-ahead logs' segments do today): every
+    /// `sync_data` must also make the new length, and the blocks allocated for it, durable.
+    Append,
+    /// The file was written whole with zeros and synced first; each write overwrites the next
+    /// bytes in place, so a `sync_data` has only the data to write.
+    Preallocated,
+}
+
+/// What one fsync of a loop cost: the loop's rate and the CPU time (of the whole process, in
+/// which nothing else runs meanwhile) per fsync.
+#[derive(Clone, Copy, Debug)]
+pub struct FsyncCost {
+    /// The loop's fsyncs and how long they took.
+    pub rate: Rate,
+    /// The process's CPU time during the loop.
+    pub cpu: Duration,
+}
+
+impl FsyncCost {
+    /// CPU time per fsync, in microseconds (the process's CPU clock counts in 10 ms ticks: a
+    /// loop of a few seconds is needed).
+    pub fn cpu_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.rate.count.max(1) as f64
+    }
+}
+
+/// The bytes a preallocated fsync loop's file holds: the loop ends early once they are used.
+const PREALLOCATED_BYTES: usize = 256 << 20;
+
+/// Writes `bytes` bytes and calls `sync_data`, in a loop, for `time` (or until a preallocated
+/// file is full), on a fresh file in `dir` (removed afterwards) that grows as `growth` says;
+/// returns the rate and the CPU time the loop took. Two untimed rounds come first.
+pub fn fsync_cost(dir: &Path, bytes: usize, time: Duration, growth: Growth) -> io::Result<FsyncCost> {
+    let file = tempfile::Builder::new().prefix("raft-bench-fsync-cost-").tempfile_in(dir)?;
+    let mut handle: &File = file.as_file();
+    if growth == Growth::Preallocated {
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..PREALLOCATED_BYTES / zeros.len() {
+            handle.write_all(&zeros)?;
+        }
+        handle.sync_all()?;
+        handle.seek(SeekFrom::Start(0))?;
+    }
+    let chunk: Vec<u8> = (0..bytes).map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8).collect();
+    let mut written = 0;
+    for _ in 0..2 {
+        handle.write_all(&chunk)?;
+        handle.sync_data()?;
+        written += bytes;
+    }
+    let (start, cpu_start) = (Instant::now(), crate::load::process_cpu());
+    let mut count = 0;
+    while start.elapsed() < time && (growth == Growth::Append || written + bytes <= PREALLOCATED_BYTES) {
+        handle.write_all(&chunk)?;
+        handle.sync_data()?;
+        written += bytes;
+        count += 1;
+    }
+    let rate = Rate { count, elapsed: start.elapsed() };
+    Ok(FsyncCost { rate, cpu: crate::load::process_cpu().saturating_sub(cpu_start) })
 }
 
 /// Ping-pongs 8 bytes over a TCP connection on 127.0.0.1 (no Nagle) between two threads for
