@@ -969,14 +969,30 @@ async fn a_snapshot_from_the_leader_waits_for_a_restore_under_way() {
     cluster.shutdown().await;
 }
 
+/// A `DiskStorage` at "/disk" on `fs` whose single node applied commands `0..EVERY` of group 1
+/// and took a snapshot (compacting its log below it); returns the snapshot's index.
+async fn disk_with_snapshot(fs: &SimFs, config: raft_net::NodeConfig) -> Index {
+    let store = DiskStorage::create(fs.clone(), "/disk", IDENTITY, Membership::new([ME]), DiskOptions::default())
+        .expect("store");
+    let network = MemNetwork::default();
+    let (transport, inbound) = network.join(ME).expect("join");
+    let (machine, _) = Log::new(&Gate::open());
+    let handle = raft_net::start(config, store, transport, inbound, machine).expect("start");
+    let mut events = handle.events();
+    propose_applied(&handle, 1, 0..EVERY).await;
+    let index = snapshot_taken(&mut events).await;
+    handle.shutdown().await;
+    index
+}
+
 /// A shutdown during a restore off the worker calls it off: the state machine, held inside
 /// `restore` when the worker comes to wait for it (`snapshot_job_waits`, counted once the job is
 /// called off), finds its first read failed once the gate opens, so the restore ends there
 /// instead of reading the whole snapshot. The group stops with the shutdown's reason, nothing
 /// restored or applied; restarted, it restores the same snapshot whole. Under
 /// `Execution::Threads` (the apply thread runs the job) and `OneThread` (the state machine moves
-/// to a thread of its own). Without the call-off, the restore runs to its end and the first
-/// check fails.
+/// to a thread of its own). Without the call-off, the restore runs to its end and the check
+/// that nothing was restored fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_calls_off_a_restore_under_way() {
     for execution in [Execution::Threads, Execution::OneThread] {
@@ -990,20 +1006,7 @@ async fn a_shutdown_calls_off_a_restore_under_way() {
             let handle = raft_net::start(config(0, execution), store, transport, inbound, machine).expect("start");
             (handle, view)
         };
-        let snapshot_index = {
-            let store =
-                DiskStorage::create(fs.clone(), "/disk", IDENTITY, Membership::new([ME]), DiskOptions::default())
-                    .expect("store");
-            let network = MemNetwork::default();
-            let (transport, inbound) = network.join(ME).expect("join");
-            let (machine, _) = Log::new(&Gate::open());
-            let handle = raft_net::start(config(EVERY, execution), store, transport, inbound, machine).expect("start");
-            let mut events = handle.events();
-            propose_applied(&handle, 1, 0..EVERY).await;
-            let index = snapshot_taken(&mut events).await;
-            handle.shutdown().await;
-            index
-        };
+        let snapshot_index = disk_with_snapshot(&fs, config(EVERY, execution)).await;
 
         let gate = Gate::closed();
         let (handle, view) = start(&gate);
@@ -1033,4 +1036,83 @@ async fn a_shutdown_calls_off_a_restore_under_way() {
         assert_eq!(seen, (0..EVERY).map(|number| command(1, number)).collect::<Vec<_>>(), "the snapshot, then the log");
         handle.shutdown().await;
     }
+}
+
+/// A shutdown asked for while the worker waits for a restore (more committed entries wait for
+/// the state machine than the bound allows, so the worker cannot take the shutdown until the
+/// restore ends) still calls the restore off: the handle's request does, not only the core's
+/// stop. The state machine, released, finds its first read failed; the group stops with
+/// `Shutdown`, having applied nothing; restarted, it has the snapshot's commands and the large
+/// ones committed meanwhile, in order. (With only the core's stop calling it off, the restore
+/// runs to its end and the check that nothing was restored fails.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_calls_off_a_restore_the_worker_waits_for() {
+    let fs = SimFs::new(30);
+    let mut config = config(EVERY, Execution::OneThread);
+    config.options = raft_core::Options::builder()
+        .election_ticks(10)
+        .heartbeat_ticks(2)
+        .compaction_margin_entries(10)
+        .message_bytes_max(APPLY_BYTES)
+        .apply_bytes_max(APPLY_BYTES)
+        .build()
+        .expect("valid options");
+    config.apply_queue_batches_max = 1;
+    disk_with_snapshot(&fs, config.clone()).await;
+
+    let gate = Gate::closed();
+    let store = DiskStorage::open(fs.clone(), "/disk", IDENTITY, DiskOptions::default()).expect("reopen");
+    let network = MemNetwork::default();
+    let (transport, inbound) = network.join(ME).expect("join");
+    let (machine, view) = Log::new(&Gate::open());
+    config.snapshot_every_entries = 0;
+    let handle =
+        raft_net::start(config.clone(), store, transport, inbound, machine.holding_restores(&gate)).expect("start");
+    eventually("the restore is held in the state machine", || async { gate.entered.load(Ordering::SeqCst) == 1 }).await;
+    eventually("the node leads its group", || async { status(&handle).await.role == raft_core::Role::Leader }).await;
+    // Large commands commit, waiting for the state machine; the fourth takes what waits past
+    // the bound, and the worker waits for the restore. (The log ends at EVERY + 1; the new
+    // leader's first entry is EVERY + 2.)
+    let mut answers = tokio::task::JoinSet::new();
+    for number in 0..4 {
+        let proposer = handle.clone();
+        answers.spawn(async move { proposer.propose(large(number)).await });
+        if number == 3 {
+            break;
+        }
+        let index = Index(EVERY + 3 + number);
+        eventually("a large command commits", || async { commit(&handle).await >= index }).await;
+        assert_eq!(handle.snapshot_job_waits(), 0, "below the bound the worker does not wait");
+    }
+    eventually("past the bound, the worker waits for the restore", || async { handle.snapshot_job_waits() == 1 }).await;
+    // Polled once, the shutdown is asked for (the handle marks the group stopping at once); it
+    // cannot end while the worker waits.
+    let mut shutdown = Box::pin(handle.shutdown());
+    assert!(tokio::time::timeout(std::time::Duration::ZERO, &mut shutdown).await.is_err(), "not done yet");
+    gate.release();
+    within("the shutdown", shutdown).await;
+    let reason = handle.stop_reason();
+    assert!(matches!(reason, Some(raft_net::StopReason::Shutdown)), "stopped as asked: {reason:?}");
+    assert!(view.lock().expect("not poisoned").is_empty(), "the restore ended at its first read");
+    let mut committed = 0;
+    while let Some(answer) = answers.join_next().await {
+        assert!(answer.expect("a proposal's task").is_err(), "nothing applied over the called off restore");
+        committed += 1;
+    }
+
+    let store = DiskStorage::open(fs.clone(), "/disk", IDENTITY, DiskOptions::default()).expect("reopen");
+    let (transport, inbound) = MemNetwork::default().join(ME).expect("join");
+    let (machine, view) = Log::new(&Gate::open());
+    let handle = raft_net::start(config, store, transport, inbound, machine).expect("restart");
+    eventually("restarted, the snapshot's commands are back", || async {
+        view.lock().expect("not poisoned").len() >= EVERY as usize
+    })
+    .await;
+    let seen = view.lock().expect("not poisoned").clone();
+    assert_eq!(seen[..EVERY as usize], expected(1, EVERY)[..EVERY as usize], "the snapshot first");
+    assert!(
+        seen[EVERY as usize..].iter().all(|command| command.starts_with(b"large")),
+        "then large ones ({committed} proposed)"
+    );
+    handle.shutdown().await;
 }

@@ -74,11 +74,16 @@ impl<SM: StateMachine> Applier<SM> {
         // A plain thread, outside the runtime: blocking_recv parks it without a lock (std's
         // sync_channel registered each sleeping receiver under a mutex that the core's
         // sends contended for).
+        let mut failed = false;
         while let Some(step) = steps.blocking_recv() {
-            if let Err(reason) = self.take(step) {
+            // After a failed (or called off) restore, every step is refused but the proposals,
+            // kept to be answered with the stop; the core, woken, stops and closes the queue.
+            if let Err(reason) = self.take(step)
+                && !failed
+            {
+                failed = true;
                 self.shared.set_stop_reason(reason);
                 self.wake_core();
-                break;
             }
         }
         self.finish();

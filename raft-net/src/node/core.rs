@@ -848,7 +848,11 @@ where
         if let (Some(index), Err(reason)) = (restoring, &result) {
             // Before the applier comes back (it refuses the steps that waited for it).
             self.shared.set_stop_reason(reason.clone());
-            warn!(%index, %reason, "restoring the state machine from a snapshot failed");
+            if matches!(reason, StopReason::Shutdown) {
+                info!(%index, "restoring the state machine called off by the shutdown");
+            } else {
+                warn!(%index, %reason, "restoring the state machine from a snapshot failed");
+            }
         }
         self.bring_back_applier()?;
         let taken = result.map_err(|reason| self.shared.set_stop_reason(reason))?;
@@ -935,6 +939,10 @@ where
     pub(crate) fn stop(mut self, reason: StopReason) {
         self.metrics.not_leading(); // Its lag gauges would otherwise stay as they were, for good.
         let reason = self.shared.set_stop_reason(reason);
+        if let Some(job) = &self.snapshot_job {
+            // Before anything that may wait for the state machine (below).
+            job.cancel();
+        }
         match &reason {
             StopReason::Shutdown => info!(reason = %reason, "group stopping: shut down"),
             other => warn!(reason = %other, "group stopping: fail-stop"),
@@ -992,9 +1000,9 @@ where
             match on.join() {
                 Some(mut applier) => {
                     for step in waiting {
-                        if applier.take(step).is_err() {
-                            break; // A failed restore: the node cannot apply what follows.
-                        }
+                        // After a failed (or called off) restore it applies nothing more, but
+                        // keeps the proposals, answered with the stop below.
+                        let _ = applier.take(step);
                     }
                     self.apply = Some(ApplySide::Inline(applier));
                 }

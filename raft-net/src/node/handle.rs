@@ -401,7 +401,10 @@ impl<SM: StateMachine> NodeHandle<SM> {
     /// pending proposal with [`ProposeError::ShuttingDown`] and read with
     /// [`ReadError::ShuttingDown`], and drops the storage and the transport. Returns when all of
     /// that is done and the node's tasks have ended. Calling it again, or on a stopped node,
-    /// returns at once.
+    /// returns at once. A restore of the state machine from a snapshot under way off the worker
+    /// is called off (at the state machine's next read of the snapshot): the state machine is
+    /// then partial, so it applies nothing more and serves no read, and the node restores again
+    /// from its store when it restarts.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         inner.shared.stopping.store(true, Ordering::Release);

@@ -1371,6 +1371,9 @@ impl<S: LogStore + Send + 'static> Host<S> {
             self.inner.close();
         }
         for slot in slots {
+            // As a handle's shutdown does: refuses new work at once, and calls off a restore
+            // under way (the group may be waiting for its state machine).
+            slot.shared.stopping.store(true, Ordering::Release);
             self.inner.schedule(&slot);
         }
     }

@@ -14,10 +14,11 @@
 //! Restoring is a job too ([`SnapshotJob::restore`]) where the store opens a reader for another
 //! thread ([`LogStore::open_snapshot_owned`]): its task runs both passes below where the state
 //! machine is, and the worker goes on. The worker waits for it before it writes an install of a
-//! newer snapshot (which may remove the file being read). A shutdown calls it off: the next
-//! chunk read fails, so the state machine's restore ends at its next read, and the group stops
-//! with the shutdown's reason (restarted, it restores again from the store). A failed or called
-//! off restore leaves an applier that refuses every later step.
+//! newer snapshot (which may remove the file being read). A stop calls it off, and so does a
+//! shutdown asked for (even while the worker waits for the state machine): the next chunk read
+//! fails, so the state machine's restore ends at its next read, and the group stops with the
+//! stop's reason (restarted, it restores again from the store). A failed or called off restore
+//! leaves an applier that refuses every later step.
 //!
 //! Otherwise restoring stays on the worker: where the state machine runs on the apply thread
 //! ([`Execution::Threads`]) while the worker owns the store, the chunks cross over a channel of
@@ -45,6 +46,7 @@ use tracing::info;
 
 use super::apply::Applier;
 use super::error::{StopReason, StorageFailure, StorageOperation};
+use super::shared::Shared;
 use super::state_machine::StateMachine;
 
 /// The most snapshot bytes read from the store per call when restoring the state machine.
@@ -535,13 +537,14 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for RestoreTask<S
     fn run(self: Box<Self>, applier: &mut Applier<SM>) -> Result<(), StopReason> {
         let RestoreTask { wake, mut reader, cancel, done } = *self;
         let meta = reader.meta().clone();
-        let reader = CallOff { reader: &mut *reader, cancel: &cancel };
-        let mut result = restore_from(reader, &meta, applier);
-        if result.is_err() && cancel.load(Ordering::Acquire) {
-            // Called off by the group's stop, which recorded its reason first: that is why it
-            // ended, not the read that failed for it.
+        let shared = Arc::clone(&applier.shared);
+        let mut reader = CallOff { reader: &mut *reader, cancel: &cancel, shared: &shared, called_off: false };
+        let mut result = restore_from(&mut reader, &meta, applier);
+        if result.is_err() && reader.called_off {
+            // Called off by the group's stop (recorded first, when the core stops) or by a
+            // shutdown asked for: that is why it ended, not the read that failed for it.
             info!(index = %meta.index, "restoring the state machine called off: the group stops");
-            result = Err(applier.shared.stop_reason().unwrap_or(StopReason::Shutdown));
+            result = Err(shared.stop_reason().unwrap_or(StopReason::Shutdown));
         }
         if let Err(reason) = &result {
             // Before the core learns of it: nothing is applied over a partial state.
@@ -553,15 +556,21 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for RestoreTask<S
     }
 }
 
-/// An owned reader whose next chunk read fails once its job is called off.
+/// An owned reader whose next chunk read fails once its job is called off (by the core's stop)
+/// or the group is asked to shut down (by a handle or its host: the core may be waiting for the
+/// state machine then, and would only call the job off once the restore ended).
 struct CallOff<'a> {
     reader: &'a mut dyn OwnedSnapshotReader,
     cancel: &'a AtomicBool,
+    shared: &'a Shared,
+    /// Whether a read failed for this.
+    called_off: bool,
 }
 
 impl ReadChunk for &mut CallOff<'_> {
     fn read_chunk(&mut self, _meta: &SnapshotMeta, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
-        if self.cancel.load(Ordering::Acquire) {
+        if self.cancel.load(Ordering::Acquire) || self.shared.stopping.load(Ordering::Acquire) {
+            self.called_off = true;
             return Err(StorageError::Io { kind: io::ErrorKind::Interrupted, raw_os_error: None });
         }
         self.reader.chunk(offset, bytes_max)
@@ -572,13 +581,13 @@ impl ReadChunk for &mut CallOff<'_> {
 /// data checked against its checksum first, then read again for the state machine and checked
 /// again (see the module's docs).
 fn restore_from<SM: StateMachine>(
-    mut reader: CallOff<'_>,
+    reader: &mut CallOff<'_>,
     meta: &SnapshotMeta,
     applier: &mut Applier<SM>,
 ) -> Result<(), StopReason> {
     let read_failed = |error| StopReason::StorageFailed(StorageFailure::read(error));
-    verify(&mut reader, meta).map_err(read_failed)?;
-    let mut source = StoreChunks::new(&mut reader, meta);
+    verify(&mut *reader, meta).map_err(read_failed)?;
+    let mut source = StoreChunks::new(reader, meta);
     applier.restore(meta.clone(), &mut SnapshotReader::new(&mut source))
 }
 

@@ -61,8 +61,12 @@ pub trait StateMachine: Send + 'static {
     /// `RestoreError`): the node then stops with
     /// [`StopReason::StorageFailed`](crate::StopReason::StorageFailed), whatever the error says.
     /// Any other error stops it with [`StopReason::RestoreFailed`](crate::StopReason::RestoreFailed):
-    /// it cannot apply what follows. Data left unread is read (and checked) by the node. Build
-    /// the new state aside and switch to it only once the data ended well: a state machine that
-    /// changes its state as it reads keeps a partial state when a restore fails.
+    /// it cannot apply what follows. Data left unread is read (and checked) by the node. A
+    /// shutdown also makes `reader` fail (with a [`raft_core::StorageError::Io`] of kind
+    /// `Interrupted` inside): return it as well; the node then stops with
+    /// [`StopReason::Shutdown`](crate::StopReason::Shutdown) and restores again when it
+    /// restarts. Build the new state aside and switch to it only once the data ended well: a
+    /// state machine that changes its state as it reads keeps a partial state when a restore
+    /// fails or is called off.
     fn restore(&mut self, reader: &mut dyn io::Read) -> Result<(), Self::RestoreError>;
 }

@@ -1389,8 +1389,9 @@ where
 
     /// Checks under the log's lock that this incarnation of the group still holds the snapshot,
     /// then reads the chunk without the lock (a large restore must not hold up every group's
-    /// writes); a read that fails is checked again, so that a snapshot replaced or a group
-    /// removed meanwhile (which removes the file) is reported as such, not as the read's error.
+    /// writes); a read that fails is checked again, so that a snapshot replaced meanwhile (which
+    /// removes the file) is `SnapshotReplaced`, and a group removed meanwhile reads as a missing
+    /// file, as for every read of a removed group's handle.
     /// The file's block crcs, taken when the reader was opened, check every byte read.
     fn chunk(&mut self, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
         // The log is closed: its files are not ours to read any more.
