@@ -9,17 +9,17 @@
 //! its chunks without the log's lock.
 
 use std::fmt::Debug;
-use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::{HardState, Index, SnapshotMeta, Storage, StorageError, Term};
-use raft_storage::testing::{SimFile, SimFs};
+use raft_storage::testing::SimFs;
 use raft_storage::{
     DiskOptions, DiskStorage, FileSystem, LogStore, MemStorage, OwnedSnapshotReader, SharedWal, WalOptions,
 };
 
 mod common;
+use common::hooks::{HoldGate, ReadHookFs};
 use common::snapshot::{ME, data, dir, finish_receiving, meta, read_back, start_receiving};
 use common::{membership, run};
 
@@ -159,85 +159,6 @@ fn a_shared_wal_groups_reader_finds_damaged_bytes() {
     damaged(&mut store, &fs);
 }
 
-/// Holds the next read of a snapshot file, once armed, until released.
-#[derive(Default)]
-struct ReadGate {
-    /// (armed, entered, released)
-    state: Mutex<(bool, bool, bool)>,
-    changed: Condvar,
-}
-
-impl ReadGate {
-    fn arm(&self) {
-        *self.state.lock().expect("gate") = (true, false, false);
-    }
-
-    fn wait_entered(&self) {
-        let mut state = self.state.lock().expect("gate");
-        while !state.1 {
-            state = self.changed.wait(state).expect("gate");
-        }
-    }
-
-    fn release(&self) {
-        self.state.lock().expect("gate").2 = true;
-        self.changed.notify_all();
-    }
-
-    fn pass(&self) {
-        let mut state = self.state.lock().expect("gate");
-        if !state.0 {
-            return;
-        }
-        (state.0, state.1) = (false, true);
-        self.changed.notify_all();
-        while !state.2 {
-            state = self.changed.wait(state).expect("gate");
-        }
-    }
-}
-
-/// `SimFs`, whose reads of snapshot files pass a [`ReadGate`] first.
-#[derive(Clone)]
-struct GatedReads {
-    inner: SimFs,
-    gate: Arc<ReadGate>,
-}
-
-impl FileSystem for GatedReads {
-    type File = SimFile;
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn create(&self, path: &Path) -> std::io::Result<SimFile> {
-        self.inner.create(path)
-    }
-    fn open_append(&self, path: &Path) -> std::io::Result<SimFile> {
-        self.inner.open_append(path)
-    }
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        self.inner.read(path)
-    }
-    fn read_at(&self, path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        if path.to_string_lossy().ends_with(".snap") {
-            self.gate.pass();
-        }
-        self.inner.read_at(path, offset, len)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        self.inner.remove(path)
-    }
-    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-}
-
 /// A shared log's reader reads a chunk without the log's lock (a large restore must not hold
 /// up every group's writes): while its read of the file is held, another group writes and
 /// syncs, and the reader's own group installs a newer snapshot, which removes the file being
@@ -245,8 +166,13 @@ impl FileSystem for GatedReads {
 /// lock, the write and the install wait for the read, and the first check fails.)
 #[test]
 fn a_shared_wal_groups_reader_reads_without_the_logs_lock() {
-    let gate = Arc::new(ReadGate::default());
-    let fs = GatedReads { inner: SimFs::new(45), gate: Arc::clone(&gate) };
+    let gate = Arc::new(HoldGate::default());
+    let held = Arc::clone(&gate);
+    let fs = ReadHookFs::new(SimFs::new(45), move |path| {
+        if path.to_string_lossy().ends_with(".snap") {
+            held.pass();
+        }
+    });
     let wal = SharedWal::create(fs, dir(), ME, WalOptions::default()).expect("create");
     let mut one = wal.create_group(raft_core::GroupId(1), membership()).expect("group 1");
     let mut two = wal.create_group(raft_core::GroupId(2), membership()).expect("group 2");

@@ -1,8 +1,8 @@
 //! Review findings on the shared WAL (branch wt-review): tests that fail on main.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use raft_core::{GroupId, HardState, Index, Membership, NodeId, SnapshotMeta, Storage, Term};
@@ -10,6 +10,7 @@ use raft_storage::testing::{SimFile, SimFs};
 use raft_storage::{DiskError, FileSystem, FsFile, Identity, LogStore, SharedWal, WalOptions};
 
 mod common;
+use common::hooks::HoldGate;
 use common::{membership, run};
 
 const ME: Identity = Identity { cluster_id: 9, node_id: NodeId(1) };
@@ -22,41 +23,18 @@ fn hard(term: u64) -> Option<HardState> {
     Some(HardState { term: Term(term), vote: Some(NodeId(1)), commit: Index(0) })
 }
 
-/// Blocks the first sync of a segment file after [`Gate::arm`] until [`Gate::release`].
+/// Blocks the first sync of a segment file after [`HoldGate::arm`] until [`HoldGate::release`].
 #[derive(Default)]
 struct Gate {
-    /// (armed, entered, released)
-    state: Mutex<(bool, bool, bool)>,
-    changed: Condvar,
+    hold: HoldGate,
     /// Makes the next segment sync panic.
     panic_next: AtomicBool,
 }
 
-impl Gate {
-    fn arm(&self) {
-        *self.state.lock().expect("gate") = (true, false, false);
-    }
-    fn wait_entered(&self) {
-        let mut state = self.state.lock().expect("gate");
-        while !state.1 {
-            state = self.changed.wait(state).expect("gate");
-        }
-    }
-    fn release(&self) {
-        self.state.lock().expect("gate").2 = true;
-        self.changed.notify_all();
-    }
-    fn pass(&self) {
-        let mut state = self.state.lock().expect("gate");
-        if !state.0 {
-            return;
-        }
-        state.0 = false;
-        state.1 = true;
-        self.changed.notify_all();
-        while !state.2 {
-            state = self.changed.wait(state).expect("gate");
-        }
+impl std::ops::Deref for Gate {
+    type Target = HoldGate;
+    fn deref(&self) -> &HoldGate {
+        &self.hold
     }
 }
 

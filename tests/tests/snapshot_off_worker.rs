@@ -605,6 +605,20 @@ const LARGE_BYTES: usize = 1100;
 /// The apply queue of the bound's test: one batch of this many bytes.
 const APPLY_BYTES: u64 = 4096;
 
+/// `config` with what waits for a state machine away bounded to one batch of `APPLY_BYTES`.
+fn bounded(mut config: raft_net::NodeConfig) -> raft_net::NodeConfig {
+    config.options = raft_core::Options::builder()
+        .election_ticks(10)
+        .heartbeat_ticks(2)
+        .compaction_margin_entries(10)
+        .message_bytes_max(APPLY_BYTES)
+        .apply_bytes_max(APPLY_BYTES)
+        .build()
+        .expect("valid options");
+    config.apply_queue_batches_max = 1;
+    config
+}
+
 fn large(number: u64) -> Bytes {
     let mut data = format!("large {number} ").into_bytes();
     data.resize(LARGE_BYTES, b'.');
@@ -621,16 +635,7 @@ fn large(number: u64) -> Bytes {
 async fn entries_waiting_for_a_state_machine_away_are_bounded_by_the_apply_queue() {
     let fs = SimFs::new(26);
     let group = GroupId(1);
-    let mut config = config(EVERY, Execution::OneThread);
-    config.options = raft_core::Options::builder()
-        .election_ticks(10)
-        .heartbeat_ticks(2)
-        .compaction_margin_entries(10)
-        .message_bytes_max(APPLY_BYTES)
-        .apply_bytes_max(APPLY_BYTES)
-        .build()
-        .expect("valid options");
-    config.apply_queue_batches_max = 1;
+    let config = bounded(config(EVERY, Execution::OneThread));
     let gate = Gate::closed();
     let snapshot_index = {
         let wal = SharedWal::create(fs.clone(), "/wal", IDENTITY, WalOptions::default()).expect("log");
@@ -1048,16 +1053,7 @@ async fn a_shutdown_calls_off_a_restore_under_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_calls_off_a_restore_the_worker_waits_for() {
     let fs = SimFs::new(30);
-    let mut config = config(EVERY, Execution::OneThread);
-    config.options = raft_core::Options::builder()
-        .election_ticks(10)
-        .heartbeat_ticks(2)
-        .compaction_margin_entries(10)
-        .message_bytes_max(APPLY_BYTES)
-        .apply_bytes_max(APPLY_BYTES)
-        .build()
-        .expect("valid options");
-    config.apply_queue_batches_max = 1;
+    let mut config = bounded(config(EVERY, Execution::OneThread));
     disk_with_snapshot(&fs, config.clone()).await;
 
     let gate = Gate::closed();

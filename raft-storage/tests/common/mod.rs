@@ -1,6 +1,7 @@
 //! Fixtures shared by the tests of the durable store: a three-node membership and small entries
 //! whose payload names their index and term (so a replaced entry never equals the one before);
-//! [`snapshot`] has those of the tests of local snapshots.
+//! [`snapshot`] has those of the tests of local snapshots, [`hooks`] a gate and a file system
+//! that hooks reads.
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Index, Membership, NodeId, Term};
@@ -8,6 +9,10 @@ use raft_core::{Entry, EntryPayload, Index, Membership, NodeId, Term};
 // Only the tests of local snapshots use it: the others would warn of every item.
 #[allow(dead_code)]
 pub mod snapshot;
+
+// Only a few tests use them.
+#[allow(dead_code)]
+pub mod hooks;
 
 /// The voters 1, 2 and 3.
 pub fn membership() -> Membership {
