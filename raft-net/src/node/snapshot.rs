@@ -401,8 +401,9 @@ impl<S: LogStore> SnapshotJob<S> {
 
     /// A job that restores the state machine from the store's snapshot, read by `reader` (both
     /// passes: the checksum, then the state machine); `wake` as for [`SnapshotJob::new`]. It
-    /// ends with `Ok(None)` once restored. Called off (only by a stop: the state machine is
-    /// partial then, and the applier refuses every later step), its next chunk read fails.
+    /// ends with `Ok(None)` once restored. Called off by a stop, or once its group is asked to
+    /// shut down (the state machine is partial then, and the applier refuses every later step),
+    /// its next chunk read fails.
     pub(crate) fn restore<SM: StateMachine>(
         reader: Box<dyn OwnedSnapshotReader>,
         wake: Box<dyn Fn() + Send>,
@@ -526,7 +527,8 @@ impl<S: LogStore + 'static, SM: StateMachine> SnapshotTask<SM> for TakeTask<S> {
 /// The task of a [`SnapshotJob::restore`].
 struct RestoreTask<S: LogStore> {
     reader: Box<dyn OwnedSnapshotReader>,
-    /// Set by [`SnapshotJob::cancel`] (a stop): the next chunk read fails.
+    /// Set by [`SnapshotJob::cancel`] (a stop): the next chunk read fails, as once the group's
+    /// `stopping` is set.
     cancel: Arc<AtomicBool>,
     done: SyncSender<TakenResult<S>>,
     /// Woken last, as a [`TakeTask`]'s.
