@@ -983,16 +983,15 @@ where
                 registration.responder.answer(Err(error.clone()));
             }
         }
-        // A snapshot being taken is called off (it ends at the state machine's next piece), as
-        // is a restore (at its next chunk read: the state machine is partial, and its applier
-        // refuses every later step), and an applier away for it comes back to answer what it
-        // holds.
-        if let Some(job) = self.snapshot_job.take() {
-            job.cancel();
-            if let Err(std::sync::mpsc::TryRecvError::Empty) = job.done.try_recv() {
-                // The joins below wait for it (counted once it is called off).
-                self.shared.snapshot_job_waited();
-            }
+        // The snapshot job, called off at the start (a snapshot being taken ends at the state
+        // machine's next piece, a restore at its next chunk read, leaving a partial state whose
+        // applier refuses every later step), ends; an applier away for it comes back to answer
+        // what it holds.
+        if let Some(job) = self.snapshot_job.take()
+            && let Err(std::sync::mpsc::TryRecvError::Empty) = job.done.try_recv()
+        {
+            // The joins below wait for it (counted once it is called off).
+            self.shared.snapshot_job_waited();
         }
         if let Some(ApplySide::Away { on, waiting, .. }) =
             self.apply.take_if(|apply| matches!(apply, ApplySide::Away { .. }))

@@ -1318,7 +1318,7 @@ where
             Some(file) if (file.meta.index, file.meta.term) == (meta.index, meta.term) => {
                 let wal = Arc::downgrade(&self.wal);
                 let (group, incarnation) = (self.group, self.incarnation);
-                Ok(Some(Box::new(GroupSnapshotReader { wal, group, incarnation, meta: file.meta.clone(), file })))
+                Ok(Some(Box::new(GroupSnapshotReader { wal, group, incarnation, file })))
             }
             _ => Err(StorageError::SnapshotReplaced(meta.index)),
         }
@@ -1373,7 +1373,6 @@ struct GroupSnapshotReader<F: FileSystem> {
     wal: std::sync::Weak<Shared<F>>,
     group: GroupId,
     incarnation: u64,
-    meta: SnapshotMeta,
     /// The group's snapshot file when the reader was opened: each chunk is read from it only
     /// while the group still holds this very file.
     file: snapshot::SnapshotFile,
@@ -1384,7 +1383,7 @@ where
     F::File: Send,
 {
     fn meta(&self) -> &SnapshotMeta {
-        &self.meta
+        &self.file.meta
     }
 
     /// Checks under the log's lock that this incarnation of the group still holds the snapshot,
@@ -1395,7 +1394,7 @@ where
     /// The file's block crcs, taken when the reader was opened, check every byte read.
     fn chunk(&mut self, offset: u64, bytes_max: u64) -> Result<SnapshotChunk, StorageError> {
         // The log is closed: its files are not ours to read any more.
-        let wal = self.wal.upgrade().ok_or(StorageError::Unavailable(self.meta.index))?;
+        let wal = self.wal.upgrade().ok_or(StorageError::Unavailable(self.file.meta.index))?;
         let dir = self.holding(&wal.lock())?;
         let read = snapshot::read_chunk(&dir, &group_prefix(self.group), &self.file, offset, bytes_max);
         drop(dir); // Not kept: the directory's hold ends with the log.
@@ -1413,7 +1412,7 @@ impl<F: FileSystem> GroupSnapshotReader<F> {
         let stored = inner.read_group(self.group, self.incarnation)?;
         match &stored.meta.snapshot {
             Some(snapshot) if *snapshot == self.file => Ok(Arc::clone(&inner.writer.dir)),
-            _ => Err(StorageError::SnapshotReplaced(self.meta.index)),
+            _ => Err(StorageError::SnapshotReplaced(self.file.meta.index)),
         }
     }
 }
