@@ -74,10 +74,15 @@ impl std::fmt::Debug for DirLock {
     }
 }
 
-/// An open file that is only ever appended to, synced or truncated.
+/// An open file that is appended to, written in place, synced or truncated.
 pub trait FsFile {
     /// Appends `bytes` at the end, also right after a [`FsFile::truncate`] (as O_APPEND does).
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Writes `bytes` at byte `offset`, which is at most the current length (no holes):
+    /// overwriting what lies there and growing the file if they run past its end. The shared
+    /// write-ahead log writes its records this way into space it filled with zeros beforehand,
+    /// so that most of its syncs change no file length.
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
     /// Cuts the file to `len` bytes (durable after the next `sync`); the next `append` writes at
@@ -112,6 +117,20 @@ pub fn read_range(mut file: impl std::io::Read + std::io::Seek, offset: u64, len
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdFs;
 
+/// Writes all of `bytes` at `offset` of `file`, whatever its file offset.
+#[cfg(unix)]
+fn write_all_at(file: &std::fs::File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+/// Writes all of `bytes` at `offset` of `file` (moving its file offset, which nothing else uses).
+#[cfg(not(unix))]
+fn write_all_at(mut file: &std::fs::File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(bytes)
+}
+
 /// A real open file.
 #[derive(Debug)]
 pub struct StdFile {
@@ -127,12 +146,12 @@ impl FileSystem for StdFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<StdFile> {
-        // O_APPEND, as `FsFile::append` requires: every write goes to the end, also after a
-        // `truncate`. Without it a write after `set_len` goes to the old file offset and leaves
-        // a hole of zeros before the data (found by the turmoil simulation, seed 87).
-        // (std refuses `truncate` together with `append`: empty the file with `set_len` instead.)
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        file.set_len(0)?;
+        // No O_APPEND: `FsFile::write_at` needs positional writes (Linux's pwrite ignores the
+        // offset on an O_APPEND file). `append` writes at the length this handle tracks instead,
+        // which `truncate` resets, so a write after `set_len` never goes to a stale file offset
+        // and leaves a hole of zeros (what O_APPEND once fixed here: the turmoil simulation,
+        // seed 87).
+        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
         Ok(StdFile { file, len: 0 })
     }
 
@@ -154,7 +173,7 @@ impl FileSystem for StdFs {
     }
 
     fn open_append(&self, path: &Path) -> io::Result<StdFile> {
-        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
         let len = file.metadata()?.len();
         Ok(StdFile { file, len })
     }
@@ -194,9 +213,15 @@ impl FileSystem for StdFs {
 
 impl FsFile for StdFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        use std::io::Write;
-        self.file.write_all(bytes)?;
-        self.len += bytes.len() as u64;
+        self.write_at(self.len, bytes)
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        if offset > self.len {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a write past the end of the file"));
+        }
+        write_all_at(&self.file, offset, bytes)?;
+        self.len = self.len.max(offset + bytes.len() as u64);
         Ok(())
     }
 

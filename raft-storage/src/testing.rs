@@ -6,7 +6,8 @@
 //! # Model (POSIX durability)
 //!
 //! - A file is an inode with two contents: `current` (what reads and lengths see) and `durable`
-//!   (what survives a crash). [`FsFile::append`] and [`FsFile::truncate`] change `current`;
+//!   (what survives a crash). [`FsFile::append`], [`FsFile::write_at`] and [`FsFile::truncate`]
+//!   change `current`;
 //!   [`FsFile::sync`] makes `durable` equal to `current`.
 //! - A directory maps names to inodes, again twice: `current` and `durable`. `create` of a new
 //!   name, `rename` and `remove` change `current`; [`FileSystem::sync_dir`] makes `durable` equal
@@ -22,13 +23,14 @@
 //!
 //! # Faults
 //!
-//! Every call of `create`, `rename`, `remove`, `sync_dir`, `append`, `sync` and `truncate` is a
-//! *mutating operation* and gets the next index of [`SimFs::op_count`], whether it succeeds or
-//! not. Reads (`read`, `read_at`: they see `current`), listings, `open_append` and `create_dir_all`
+//! Every call of `create`, `rename`, `remove`, `sync_dir`, `append`, `write_at`, `sync` and
+//! `truncate` is a *mutating operation* and gets the next index of [`SimFs::op_count`], whether
+//! it succeeds or not. Reads (`read`, `read_at`: they see `current`), listings, `open_append` and `create_dir_all`
 //! are not counted; they fail only on a halted machine or a missing file.
 //!
 //! - [`SimFs::fail_after`]: one chosen operation fails with a chosen [`io::ErrorKind`] and has no
-//!   effect, except that a failed append may leave a torn prefix of its bytes (an option). The
+//!   effect, except that a failed append or `write_at` may leave a torn prefix of its bytes (an
+//!   option). The
 //!   fault lands on that operation whatever it is: if the operation fails earlier for its own
 //!   reason (a missing file, a stale handle), the fault is used up.
 //! - [`SimFs::crash_after`]: the machine halts. Every mutating operation from the chosen one on,
@@ -36,8 +38,11 @@
 //!   run a workload once, read `op_count`, then for each `k` run it again under `crash_after(k)`,
 //!   call `crash()` and recover.
 //! - [`SimFs::crash`]: power loss. Every directory and inode reverts to its durable state; a file
-//!   whose unsynced change is pure appends may keep a seeded-random prefix of them (a torn tail,
-//!   an option). Handles opened before fail with [`io::ErrorKind::StaleNetworkFileHandle`].
+//!   whose unsynced change is only writes (appends, and writes in place with [`FsFile::write_at`])
+//!   may keep a seeded-random prefix of the bytes from the lowest offset written since its last
+//!   sync to its end, in offset order (a torn tail, an option). A file cut by `truncate` or
+//!   emptied by `create` since its last sync loses its whole change. Handles opened before fail
+//!   with [`io::ErrorKind::StaleNetworkFileHandle`].
 //! - [`SimFs::flip_bit`]: bit rot, in both the durable and the current content.
 //!
 //! Use [`io::ErrorKind::StorageFull`] for ENOSPC and [`io::ErrorKind::Other`] for EIO. A halted
@@ -60,12 +65,13 @@ use crate::fs::{FileSystem, FsFile};
 /// What kinds of torn writes a [`SimFs`] simulates. Both are on by default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SimFsOptions {
-    /// On [`SimFs::crash`], a file whose unsynced change is pure appends keeps a random prefix
-    /// (from none to all) of the unsynced bytes instead of losing them all. Other unsynced
-    /// changes (a truncation, a `create` over an existing file) are always lost whole.
+    /// On [`SimFs::crash`], a file whose unsynced change is only writes (appends, writes in
+    /// place) keeps a random prefix (from none to all, in offset order) of the unsynced bytes
+    /// instead of losing them all. Other unsynced changes (a truncation, a `create` over an
+    /// existing file) are always lost whole.
     pub torn_crash_writes: bool,
-    /// An append failed by [`SimFs::fail_after`] leaves a random strict prefix (possibly empty) of
-    /// its bytes in the file's current content, instead of nothing.
+    /// An append or a `write_at` failed by [`SimFs::fail_after`] leaves a random strict prefix
+    /// (possibly empty) of its bytes in the file's current content, instead of nothing.
     pub torn_failed_appends: bool,
 }
 
@@ -113,6 +119,9 @@ struct Inode {
     /// `current[..shared_len] == durable[..shared_len]`, so that syncing and crashing copy only
     /// what differs instead of whole files.
     shared_len: usize,
+    /// Whether the file was cut ([`FsFile::truncate`]) or emptied (`create` over it) since its
+    /// last sync: a crash then loses its whole unsynced change.
+    cut: bool,
     /// Open handles in the current epoch.
     handles: usize,
 }
@@ -331,6 +340,12 @@ impl FsFile for SimFile {
         Ok(())
     }
 
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let len = self.fs.lock().write_at(self.handle, offset, bytes)?;
+        self.len = len as u64;
+        Ok(())
+    }
+
     fn sync(&mut self) -> io::Result<()> {
         self.fs.wait_while_held();
         self.fs.lock().sync(self.handle)
@@ -466,6 +481,7 @@ impl State {
         let file = self.inode_mut(inode);
         file.current.clear();
         file.shared_len = 0;
+        file.cut = true;
         file.handles += 1;
         self.check_invariants();
         Ok(Handle { inode, epoch: self.epoch })
@@ -536,8 +552,8 @@ impl State {
         self.collect_garbage();
         let torn = self.options.torn_crash_writes;
         for file in self.inodes.values_mut() {
-            let appended = file.appended_len();
-            let keep = if torn && appended > 0 { self.rng.below(appended + 1) } else { 0 };
+            let written = file.written_len();
+            let keep = if torn && written > 0 { self.rng.below(written + 1) } else { 0 };
             file.revert(keep);
         }
         self.epoch += 1;
@@ -616,6 +632,33 @@ impl State {
         Ok(file.current.len())
     }
 
+    /// Writes `bytes` at `offset` (at most the current length) and returns the new length.
+    fn write_at(&mut self, handle: Handle, offset: u64, bytes: &[u8]) -> io::Result<usize> {
+        let fault = self.begin_mutation()?;
+        self.check_handle(handle)?;
+        let current = self.inode(handle.inode).current.len();
+        let offset = usize::try_from(offset)
+            .ok()
+            .filter(|&offset| offset <= current)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "simfs: a write past the end of the file"))?;
+        let written = match fault {
+            Some(_) if self.options.torn_failed_appends => self.rng.below(bytes.len()),
+            Some(_) => 0,
+            None => bytes.len(),
+        };
+        let file = self.inode_mut(handle.inode);
+        let end = offset + written;
+        if end > file.current.len() {
+            file.current.resize(end, 0);
+        }
+        file.current[offset..end].copy_from_slice(&bytes[..written]);
+        if written > 0 && offset < file.shared_len {
+            file.shared_len = offset;
+        }
+        fail_if(fault)?;
+        Ok(file.current.len())
+    }
+
     fn sync(&mut self, handle: Handle) -> io::Result<()> {
         let fault = self.begin_mutation()?;
         self.check_handle(handle)?;
@@ -624,6 +667,7 @@ impl State {
         file.durable.truncate(file.shared_len);
         file.durable.extend_from_slice(&file.current[file.shared_len..]);
         file.shared_len = file.current.len();
+        file.cut = false;
         Ok(())
     }
 
@@ -636,6 +680,7 @@ impl State {
         let file = self.inode_mut(handle.inode);
         file.current.resize(len, 0);
         file.shared_len = file.shared_len.min(len);
+        file.cut = true;
         Ok(())
     }
 
@@ -652,24 +697,33 @@ impl State {
 }
 
 impl Inode {
-    /// How many unsynced bytes were appended after the durable content, when that is the whole
-    /// unsynced change (else 0).
-    fn appended_len(&self) -> usize {
-        if self.shared_len == self.durable.len() { self.current.len() - self.durable.len() } else { 0 }
+    /// How many bytes from `shared_len` on a crash may keep (in offset order), when the
+    /// unsynced change is only writes (appends, and writes in place over the durable content):
+    /// everything from `shared_len` to the end. Else 0: a cut file loses its change whole.
+    fn written_len(&self) -> usize {
+        if self.shared_len == self.durable.len() || !self.cut { self.current.len() - self.shared_len } else { 0 }
     }
 
-    /// Reverts to the durable content plus the first `keep` appended bytes, which become durable.
+    /// Reverts to the durable content with the first `keep` unsynced bytes (from `shared_len`
+    /// on) written over it, which become durable: the writes reached the disk in offset order
+    /// and the crash cut them at one point.
     fn revert(&mut self, keep: usize) {
-        if self.appended_len() > 0 {
-            assert!(keep <= self.appended_len(), "simfs: a torn tail is longer than what was appended");
-            self.current.truncate(self.durable.len() + keep);
+        assert!(keep <= self.written_len(), "simfs: a torn tail is longer than what was written");
+        let kept = self.shared_len + keep;
+        let overlap = kept.min(self.durable.len());
+        if self.shared_len < overlap {
+            self.durable[self.shared_len..overlap].copy_from_slice(&self.current[self.shared_len..overlap]);
+        }
+        if kept > self.durable.len() {
             let start = self.durable.len();
-            self.durable.extend_from_slice(&self.current[start..]);
-        } else {
-            self.current.truncate(self.shared_len);
-            self.current.extend_from_slice(&self.durable[self.shared_len..]);
+            self.durable.extend_from_slice(&self.current[start..kept]);
+        }
+        self.current.truncate(kept);
+        if self.durable.len() > kept {
+            self.current.extend_from_slice(&self.durable[kept..]);
         }
         self.shared_len = self.current.len();
+        self.cut = false;
     }
 }
 
@@ -903,6 +957,73 @@ mod tests {
         }
         assert!(kept_lengths.iter().any(|&k| k > 0 && k < tail.len()), "some tails are torn: {kept_lengths:?}");
         assert!(kept_lengths.len() > 4, "torn lengths vary with the seed: {kept_lengths:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn write_at_overwrites_in_place_grows_at_the_end_and_refuses_holes() -> io::Result<()> {
+        let fs = setup(1, strict())?;
+        durable_file(&fs, "log", b"head|0000000000")?;
+        let mut file = fs.open_append(&path("log"))?;
+        file.write_at(5, b"abc")?;
+        assert_eq!((fs.read(&path("log"))?, file.len()), (b"head|abc0000000".to_vec(), 15));
+        file.write_at(13, b"xyz")?;
+        assert_eq!((fs.read(&path("log"))?, file.len()), (b"head|abc00000xyz".to_vec(), 16));
+        assert_eq!(kind(file.write_at(17, b"!")), io::ErrorKind::InvalidInput, "a hole");
+        fs.crash();
+        assert_eq!(fs.read(&path("log"))?, b"head|0000000000", "nothing was synced");
+        let mut file = fs.open_append(&path("log"))?;
+        file.write_at(5, b"abc")?;
+        file.sync()?;
+        fs.crash();
+        assert_eq!(fs.read(&path("log"))?, b"head|abc0000000", "synced in place");
+        Ok(())
+    }
+
+    #[test]
+    fn torn_tail_keeps_a_prefix_of_writes_in_place_over_the_durable_content() -> io::Result<()> {
+        let zeros = [0u8; 16];
+        let mut kept_lengths = BTreeSet::new();
+        for seed in 0..64 {
+            let fs = setup(seed, torn_crash())?;
+            durable_file(&fs, "log", &[&b"head|"[..], &zeros].concat())?;
+            let mut file = fs.open_append(&path("log"))?;
+            // Records over the zeros, then more zeros past the end (a fill ahead).
+            file.write_at(5, b"0123456789")?;
+            file.write_at(15, b"abcdefgh")?;
+            file.write_at(23, &[0; 4])?;
+            let written = fs.read(&path("log"))?;
+            fs.crash();
+            let content = fs.read(&path("log"))?;
+            let durable = [&b"head|"[..], &zeros].concat();
+            // A prefix of what was written from offset 5 on, the durable content after it.
+            let kept = (5..=written.len())
+                .find(|&at| content == [&written[..at], durable.get(at..).unwrap_or_default()].concat())
+                .unwrap_or_else(|| panic!("seed {seed}: {content:?} is no prefix of {written:?} over {durable:?}"));
+            kept_lengths.insert(kept - 5);
+            fs.crash();
+            assert_eq!(fs.read(&path("log"))?, content, "what survived a crash is durable");
+        }
+        assert!(kept_lengths.iter().any(|&k| k > 0 && k < 22), "some writes are torn: {kept_lengths:?}");
+        assert!(kept_lengths.len() > 4, "torn lengths vary with the seed: {kept_lengths:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_write_at_may_leave_a_torn_prefix_in_place() -> io::Result<()> {
+        let mut torn = false;
+        for seed in 0..32 {
+            let fs = setup(seed, SimFsOptions::default())?;
+            durable_file(&fs, "log", b"head|00000000")?;
+            let mut file = fs.open_append(&path("log"))?;
+            fs.fail_after(0, io::ErrorKind::Other);
+            assert_eq!(kind(file.write_at(5, b"abcdefgh")), io::ErrorKind::Other);
+            let content = fs.read(&path("log"))?;
+            let kept = content[5..].iter().take_while(|&&byte| byte != b'0').count();
+            assert_eq!(content, [&b"head|"[..], &b"abcdefgh"[..kept], &b"00000000"[kept..]].concat(), "seed {seed}");
+            torn |= kept > 0;
+        }
+        assert!(torn, "some failed writes leave a prefix");
         Ok(())
     }
 

@@ -146,6 +146,32 @@ fn std_fs_appends_at_the_end_after_a_truncate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `FsFile::write_at` writes where it is told (over what lies there, or growing the file), also
+/// on a file opened by `open_append`, and `append` then writes at the end; a write past the end
+/// is refused.
+#[test]
+fn std_fs_writes_in_place_and_appends_at_the_end() {
+    use raft_storage::{FileSystem, FsFile};
+    let dir = temp_dir("write-at");
+    StdFs.create_dir_all(&dir).expect("dir");
+    let path = dir.join("file");
+    let mut file = StdFs.create(&path).expect("create");
+    file.append(b"head|00000000").expect("append");
+    file.write_at(5, b"abc").expect("in place");
+    file.write_at(11, b"xyz").expect("over the end");
+    assert_eq!(file.len(), 14);
+    assert_eq!(file.write_at(15, b"!").map_err(|error| error.kind()), Err(std::io::ErrorKind::InvalidInput));
+    file.sync().expect("sync");
+    drop(file);
+    let mut file = StdFs.open_append(&path).expect("reopen");
+    assert_eq!(file.len(), 14);
+    file.write_at(8, b"de").expect("in place after a reopen");
+    file.append(b"+").expect("append after a reopen");
+    file.sync().expect("sync");
+    assert_eq!(StdFs.read(&path).expect("read"), b"head|abcde0xyz+");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An I/O error keeps the operating system's error whole (its code and message) as its source,
 /// for the operator who reads it and the caller who inspects it.
 #[test]

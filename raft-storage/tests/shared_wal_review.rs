@@ -92,6 +92,9 @@ impl FsFile for GateFile {
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.inner.append(bytes)
     }
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(offset, bytes)
+    }
     fn sync(&mut self) -> std::io::Result<()> {
         if self.segment {
             assert!(!self.gate.panic_next.swap(false, Ordering::SeqCst), "a sync that panics");

@@ -3,7 +3,8 @@
 //! lost), and the simulation's `FsConfig` injects I/O errors, silent corruption on reads and torn
 //! writes. Only usable from inside a turmoil host.
 
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use raft_storage::{FileSystem, FsFile};
@@ -33,15 +34,15 @@ impl FileSystem for TurmoilFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<TurmoilFile> {
-        // Append mode, as `FsFile::append` requires: every write goes to the end, also after a
-        // `truncate` (a plain write would go to the old offset and leave a hole).
-        let file = sim_fs::OpenOptions::new().create(true).append(true).open(path)?;
+        // Positional writes, as `StdFs`'s: `append` writes at the length this handle tracks
+        // (which `truncate` resets), `write_at` where it is told.
+        let file = sim_fs::OpenOptions::new().create(true).write(true).open(path)?;
         file.set_len(0)?;
         Ok(TurmoilFile { file, len: 0, fsync_lies: self.fsync_lies })
     }
 
     fn open_append(&self, path: &Path) -> io::Result<TurmoilFile> {
-        let file = sim_fs::OpenOptions::new().append(true).open(path)?;
+        let file = sim_fs::OpenOptions::new().write(true).open(path)?;
         let len = file.metadata()?.len();
         Ok(TurmoilFile { file, len, fsync_lies: self.fsync_lies })
     }
@@ -84,8 +85,15 @@ impl FileSystem for TurmoilFs {
 
 impl FsFile for TurmoilFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.len += bytes.len() as u64;
+        self.write_at(self.len, bytes)
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        if offset > self.len {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a write past the end of the file"));
+        }
+        self.file.write_all_at(bytes, offset)?;
+        self.len = self.len.max(offset + bytes.len() as u64);
         Ok(())
     }
 
