@@ -548,6 +548,8 @@ pub fn shared_wal_recovery(data: &[u8]) {
     let options = WalOptions {
         segment_bytes_max: 48 + u64::from(input.segment_bytes),
         cache_bytes_max: u64::from(input.cache_bytes),
+        // No fill, a fill of a few records, or the whole segment, chosen by the same byte.
+        preallocate_bytes: [0, 24, 64, 1 << 20][usize::from(input.segment_bytes) % 4],
     };
     let fs = SimFs::new(u64::from(input.segment_bytes));
     let dir = PathBuf::from("/data");

@@ -29,7 +29,7 @@ use common::{entry, membership, run};
 
 const ME: Identity = Identity { cluster_id: 4, node_id: NodeId(2) };
 /// A few records per segment: the workload rotates and reclaims often.
-const OPTIONS: WalOptions = WalOptions { segment_bytes_max: 200, cache_bytes_max: 256 };
+const OPTIONS: WalOptions = WalOptions { segment_bytes_max: 200, cache_bytes_max: 256, preallocate_bytes: 64 };
 
 fn dir() -> PathBuf {
     PathBuf::from("/var/raft/wal")

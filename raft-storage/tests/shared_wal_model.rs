@@ -20,7 +20,7 @@ use raft_storage::{GroupStore, Identity, LogStore, MemStorage, SharedWal, WalOpt
 const ME: Identity = Identity { cluster_id: 6, node_id: NodeId(1) };
 /// A few records per segment and a cache of a few entries: the steps rotate, release segments
 /// and read entries back from disk.
-const OPTIONS: WalOptions = WalOptions { segment_bytes_max: 160, cache_bytes_max: 200 };
+const OPTIONS: WalOptions = WalOptions { segment_bytes_max: 160, cache_bytes_max: 200, preallocate_bytes: 48 };
 const GROUPS: u8 = 4;
 
 fn dir() -> PathBuf {

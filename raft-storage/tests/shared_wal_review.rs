@@ -189,7 +189,7 @@ fn a_group_removed_during_its_install_does_not_stop_the_wal() {
 #[test]
 fn an_idle_group_with_a_short_log_does_not_pin_segments() {
     let fs = SimFs::new(43);
-    let options = WalOptions { segment_bytes_max: 1024, cache_bytes_max: 1 << 20 };
+    let options = WalOptions { segment_bytes_max: 1024, cache_bytes_max: 1 << 20, preallocate_bytes: 256 };
     let wal = SharedWal::create(fs.clone(), dir(), ME, options).expect("create");
     let mut idle = wal.create_group(GroupId(1), Membership::new([NodeId(1)])).expect("group");
     idle.persist(hard(1), &run(1, 1, 1)).expect("one entry, then idle");

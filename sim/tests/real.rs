@@ -111,14 +111,18 @@ fn a_disk_that_lies_about_fsync_is_caught() {
 /// a crash then loses acknowledged entries and votes rather than the whole store, and a per-group
 /// safety checker (not liveness, nor a store that does not reopen) must notice it, on the
 /// single-group stack and in one group of a multi-group seed whose groups share the lying log.
-/// Seed 35 (one group) and seed 22 (four groups) are caught by state machine safety, in group
-/// 0 (the seeds move when the protocol's messages change: before the `CommitNotice` it was seeds
-/// 14 and 22, caught by election safety and by state machine safety in group 3; a scan of seeds
-/// 10 to 63 then found 35 the first one-group seed caught). Many other seeds are caught by a
-/// store that no longer reopens (records torn over lost ones), which this test does not count.
+/// Seed 35 (one group) is caught by state machine safety in group 0, seed 51 (four groups) by
+/// state machine safety in group 1. The seeds move when the protocol's messages or the log's
+/// writes change: before the `CommitNotice` they were seeds 14 and 22, caught by election safety
+/// and by state machine safety in group 3; a scan of seeds 10 to 63 then found 35 the first
+/// one-group seed caught. Once the shared log filled its segments ahead of its records, seed 22
+/// went uncaught, and a scan of the multi-group seeds 0 to 119 found 44, 45, 51, 62, 71, 108 and
+/// 111 caught by a per-group safety checker (51 the first with four groups). Many other seeds are
+/// caught by a store that no longer reopens (records torn over lost ones), which this test does
+/// not count.
 #[test]
 fn a_disk_that_lies_about_fsync_after_creation_is_caught_per_group() {
-    for (seed, groups) in [(35, 1), (22, 4)] {
+    for (seed, groups) in [(35, 1), (51, 4)] {
         let config = RealConfig { fsync_lies_after_create: true, ..RealConfig::draw(seed) };
         assert_eq!(config.groups, groups, "seed {seed} draws {groups} groups");
         let violation = run_config(config).violation;

@@ -123,6 +123,17 @@ impl<File: FsFile> OpenFile<File> {
         self.file.append(bytes).map_err(io_error(IoOp::Append, &self.path))
     }
 
+    /// Writes `bytes` at `offset` (at most the file's length). Its failure is an append's: it
+    /// writes records where the log ends, or the zeros ahead of them.
+    pub(crate) fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), DiskError> {
+        self.file.write_at(offset, bytes).map_err(io_error(IoOp::Append, &self.path))
+    }
+
+    /// The file's length.
+    pub(crate) fn len(&self) -> u64 {
+        self.file.len()
+    }
+
     /// Makes everything written so far durable.
     pub(crate) fn sync(&mut self) -> Result<(), DiskError> {
         self.file.sync().map_err(io_error(IoOp::Sync, &self.path))

@@ -392,11 +392,52 @@ pub(crate) fn walk_records(
     is_last: bool,
     sink: &mut impl RecordSink,
 ) -> Result<Option<u64>, DiskError> {
+    let walked = walk(path, bytes, is_last, false, sink)?;
+    Ok(walked.torn.then_some(walked.end))
+}
+
+/// Where the records of a segment end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Walked {
+    /// The end of the last whole record (the header's end if none).
+    pub(crate) end: u64,
+    /// Whether a torn write follows `end` (else only zeros, or nothing, do).
+    pub(crate) torn: bool,
+    /// The end of the last byte that is not zero (the file's length if zeros may not end it).
+    pub(crate) data_end: u64,
+}
+
+/// Walks the records of the segment `path` as [`walk_records`] does, for a segment whose space
+/// may have been filled with zeros before its records were written over them (the shared
+/// log's): zeros from a record's end to the file's end are space no record reached, not damage.
+/// Damage in the last segment that no whole record (that could follow it) comes after is a torn
+/// write, whatever comes after it; anything else is corruption.
+pub(crate) fn walk_preallocated(
+    path: &Path,
+    bytes: &[u8],
+    is_last: bool,
+    sink: &mut impl RecordSink,
+) -> Result<Walked, DiskError> {
+    walk(path, bytes, is_last, true, sink)
+}
+
+fn walk(
+    path: &Path,
+    bytes: &[u8],
+    is_last: bool,
+    zero_tail: bool,
+    sink: &mut impl RecordSink,
+) -> Result<Walked, DiskError> {
     let len = bytes.len() as u64;
+    let data_end =
+        if zero_tail { bytes.iter().rposition(|&byte| byte != 0).map_or(0, |at| at as u64 + 1) } else { len };
+    let torn = |offset: u64, corruption: Corruption| {
+        torn_or_corrupt(path, is_last, offset, corruption).map(|end| Walked { end, torn: true, data_end })
+    };
     let mut offset = HEADER_BYTES;
-    while offset < len {
+    while offset < data_end {
         if len - offset < RECORD_PREFIX_BYTES {
-            return torn_or_corrupt(path, is_last, offset, Corruption::Truncated).map(Some);
+            return torn(offset, Corruption::Truncated);
         }
         let record_len = read_u32(bytes, offset);
         let end = offset + RECORD_PREFIX_BYTES + u64::from(record_len);
@@ -404,30 +445,36 @@ pub(crate) fn walk_records(
             if record_len > RECORD_BYTES_MAX {
                 return Err(corrupt(path, offset, Corruption::RecordLength(record_len)));
             }
-            if valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, sink) {
+            if valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, data_end, sink) {
                 return Err(corrupt(path, offset, Corruption::Truncated));
             }
-            return torn_or_corrupt(path, is_last, offset, Corruption::Truncated).map(Some);
+            return torn(offset, Corruption::Truncated);
         }
         let payload = &bytes[(offset + RECORD_PREFIX_BYTES) as usize..end as usize];
         if record_crc(record_len, payload) != read_u32(bytes, offset + 4) {
-            if end == len {
-                return torn_or_corrupt(path, is_last, offset, Corruption::Checksum).map(Some);
+            let last_written = if zero_tail {
+                !valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, data_end, sink)
+            } else {
+                end == len
+            };
+            if last_written {
+                return torn(offset, Corruption::Checksum);
             }
             return Err(corrupt(path, offset, Corruption::Checksum));
         }
         sink.record(offset, payload)?;
         offset = end;
     }
-    Ok(None)
+    Ok(Walked { end: offset, torn: false, data_end })
 }
 
 /// Whether a whole record with a good checksum that could follow (see
-/// [`RecordSink::could_follow`]) starts anywhere at or after `from`: then the damage before it is
-/// no torn tail.
-fn valid_record_after(bytes: &[u8], from: u64, sink: &impl RecordSink) -> bool {
+/// [`RecordSink::could_follow`]) starts anywhere from `from` to before `until`: then the damage
+/// before it is no torn tail. (None starts at or after the last byte that is not zero: a
+/// record's length is never zero.)
+fn valid_record_after(bytes: &[u8], from: u64, until: u64, sink: &impl RecordSink) -> bool {
     let len = bytes.len() as u64;
-    (from..len.saturating_sub(RECORD_PREFIX_BYTES))
+    (from..until.min(len.saturating_sub(RECORD_PREFIX_BYTES)))
         .any(|at| checked_record(bytes, at).is_some_and(|payload| sink.could_follow(payload)))
 }
 

@@ -15,7 +15,9 @@
 //!   is a directory holding segments but no IDENTITY (docs/pitfalls.md #27).
 //! - `segment-<sequence, 20 digits>.mwal`: the segments, numbered from 1 without gaps. A header
 //!   (magic `RAFTMWAL`, version, sequence number, crc), then records
-//!   `[len u32][crc32 u32][postcard record]`. Records: `Create` (a group and its initial
+//!   `[len u32][crc32 u32][postcard record]`, then, in a segment of format version 2, possibly
+//!   zeros: space filled ahead of the records (`WalOptions::preallocate_bytes`), which later
+//!   records are written over. Version 1 segments (never filled) are still read. Records: `Create` (a group and its initial
 //!   metadata), `Meta` (a group's metadata: hard state, membership, log boundary, installed
 //!   snapshot with its crcs, as `DiskStorage`'s META), `Entry` (one entry of one group,
 //!   replacing the group's entries from its index on), `Remove` (a group), `Reclaim` (segments
@@ -28,7 +30,10 @@
 //!   group's incarnation, so a group removed and created again never shares one).
 //!
 //! Writes: a batch appends its records to the newest segment and syncs once (a rotation syncs the
-//! segment it closes; a new segment syncs the directory). A group's `Meta` record comes before
+//! segment it closes; a new segment syncs the directory). The records are written where the
+//! segment's records end; once they reach the file's end, the next `preallocate_bytes` (at most
+//! up to `segment_bytes_max`) are filled with zeros in the same batch, so that the syncs of the
+//! batches after it change no file length and commit no file-system metadata. A group's `Meta` record comes before
 //! its entries in a batch, so a durable entry of a term implies a durable term; a commit-index-only
 //! change is kept in memory and logged with the next `Meta`. A compaction logs a `Meta` with the
 //! new boundary. A snapshot install syncs the data file under its own name first, then logs the

@@ -8,8 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::disk::meta::Meta;
 
-/// The format version of the shared WAL's files.
+/// The format version of the shared WAL's IDENTITY file.
 pub(super) const FORMAT_VERSION: u32 = 1;
+/// The format version of the segments written: a version 2 segment may end in zeros (space
+/// filled ahead of its records, see `WalOptions::preallocate_bytes`). Version 1 segments, which
+/// never do, are still read.
+pub(super) const SEGMENT_VERSION: u32 = 2;
+/// The segment format version before [`SEGMENT_VERSION`].
+pub(super) const SEGMENT_VERSION_APPENDED: u32 = 1;
 /// The magic of the shared WAL's segments.
 pub(super) const SEGMENT_MAGIC: [u8; 8] = *b"RAFTMWAL";
 /// The magic of the shared WAL's IDENTITY file.

@@ -17,13 +17,18 @@ use std::path::{Path, PathBuf};
 use raft_core::{GroupId, Index, Term};
 
 use super::record::parse_segment_name;
-use super::record::{FORMAT_VERSION, IDENTITY_MAGIC, Record, SEGMENT_MAGIC, decode, group_prefix, parse_group_file};
+use super::record::{
+    FORMAT_VERSION, IDENTITY_MAGIC, Record, SEGMENT_MAGIC, SEGMENT_VERSION, SEGMENT_VERSION_APPENDED, decode,
+    group_prefix, parse_group_file,
+};
 use super::store::{Group, Inner, Location, SegmentFile, WalOptions, Writer, segment_path};
-use crate::disk::codec::{HEADER_BYTES, RECORD_PREFIX_BYTES, check_header};
+use crate::disk::codec::{HEADER_BYTES, RECORD_PREFIX_BYTES, check_header, read_u32};
 use crate::disk::directory::Directory;
 use crate::disk::error::{Corruption, DiskError, corrupt};
 use crate::disk::meta::{Identity, Meta, open_existing};
-use crate::disk::recovery::{RecordSink, RecoveryReport, Repair, cut_torn_tail, torn_or_corrupt, walk_records};
+use crate::disk::recovery::{
+    RecordSink, RecoveryReport, Repair, Walked, cut_torn_tail, torn_or_corrupt, walk_preallocated, walk_records,
+};
 use crate::disk::snapshot::{self, is_snapshot_file, snapshot_name};
 use crate::fs::FileSystem;
 
@@ -92,7 +97,8 @@ pub(super) fn recover<F: FileSystem>(
 /// How a segment was replayed.
 enum Replayed {
     Whole(SegmentFile),
-    /// Its tail is torn at `cut` (its length is `len`); `None` if its header was torn (no record).
+    /// Its tail is torn at `cut`, with bytes that are not zeros up to `len`; `None` if its
+    /// header was torn (no record).
     Torn(Option<SegmentFile>, u64, u64),
 }
 
@@ -105,21 +111,31 @@ fn replay_segment<F: FileSystem>(
     let path = segment_path(dir, sequence);
     let bytes = dir.read(&path)?;
     let len = bytes.len() as u64;
-    if len < HEADER_BYTES {
+    // A header never written (the segment was never synced: no record in it was durable when
+    // the crash came) reads as zeros when space after it was filled, or reached the disk first.
+    let unwritten = len >= HEADER_BYTES && bytes[..HEADER_BYTES as usize].iter().all(|&byte| byte == 0);
+    if len < HEADER_BYTES || (is_last && unwritten) {
         torn_or_corrupt(&path, is_last, 0, Corruption::Truncated)?;
         return Ok(Replayed::Torn(None, 0, len));
     }
-    let header = check_header(&path, &bytes, SEGMENT_MAGIC, FORMAT_VERSION)?;
+    let appended = read_u32(&bytes, 8) == SEGMENT_VERSION_APPENDED;
+    let version = if appended { SEGMENT_VERSION_APPENDED } else { SEGMENT_VERSION };
+    let header = check_header(&path, &bytes, SEGMENT_MAGIC, version)?;
     if header != sequence {
         return Err(corrupt(&path, 12, Corruption::SequenceMismatch { header, name: sequence }));
     }
     let mut sink = ReplaySink { path: &path, segment: sequence, records: 0, replay };
-    let torn_at = walk_records(&path, &bytes, is_last, &mut sink)?;
+    let walked = if appended {
+        let torn_at = walk_records(&path, &bytes, is_last, &mut sink)?;
+        Walked { end: torn_at.unwrap_or(len), torn: torn_at.is_some(), data_end: len }
+    } else {
+        walk_preallocated(&path, &bytes, is_last, &mut sink)?
+    };
     let records = sink.records;
-    Ok(match torn_at {
-        None => Replayed::Whole(SegmentFile { sequence, len, records }),
-        Some(cut) => Replayed::Torn(Some(SegmentFile { sequence, len: cut, records }), cut, len),
-    })
+    // A torn tail is cut at `walked.end`.
+    let file_len = if walked.torn { walked.end } else { len };
+    let segment = SegmentFile { sequence, len: walked.end, file_len, records, zero_tail: !appended };
+    Ok(if walked.torn { Replayed::Torn(Some(segment), walked.end, walked.data_end) } else { Replayed::Whole(segment) })
 }
 
 /// Checks the oldest segment against the reclamation floor the records name (`below`: every

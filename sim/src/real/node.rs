@@ -411,7 +411,11 @@ fn voters(plan: &NodePlan) -> Membership {
 fn open_wal(plan: &NodePlan, observer: &Observer) -> Option<SharedWal<TurmoilFs>> {
     let id = plan.id;
     let identity = Identity { cluster_id: CLUSTER_ID, node_id: id };
-    let options = WalOptions { segment_bytes_max: plan.segment_bytes_max, cache_bytes_max: plan.cache_bytes_max };
+    let options = WalOptions {
+        segment_bytes_max: plan.segment_bytes_max,
+        cache_bytes_max: plan.cache_bytes_max,
+        preallocate_bytes: plan.segment_bytes_max / 4,
+    };
     let dir = format!("/raft/n{}", id.0);
     let (honest, fs) = file_systems(plan);
     let opened = SharedWal::open(fs, Path::new(&dir), identity, options);
