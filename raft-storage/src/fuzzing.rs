@@ -121,7 +121,11 @@ pub fn wal_recovery(data: &[u8]) {
     if std::env::var_os("FUZZ_DEBUG").is_some() {
         eprintln!("{input:#?}");
     }
-    let options = DiskOptions { segment_bytes_max: 32 + u64::from(input.segment_bytes) };
+    let options = DiskOptions {
+        segment_bytes_max: 32 + u64::from(input.segment_bytes),
+        // No fill, a fill of a record or two, or the whole segment, chosen by the same byte.
+        preallocate_bytes: [0, 24, 64, 1 << 20][usize::from(input.segment_bytes) % 4],
+    };
     let fs = SimFs::new(u64::from(input.segment_bytes));
     let dir = PathBuf::from("/data");
     let membership = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);

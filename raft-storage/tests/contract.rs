@@ -18,7 +18,7 @@ use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, LogStore, MemS
 
 const ME: Identity = Identity { cluster_id: 11, node_id: NodeId(1) };
 /// Small enough that a dozen entries span several segments.
-const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 128 };
+const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 128, preallocate_bytes: 1 << 20 };
 
 fn membership() -> Membership {
     Membership::new([NodeId(1), NodeId(2), NodeId(3)])

@@ -18,12 +18,15 @@ use raft_storage::{Corruption, DiskError, DiskOptions, DiskStorage, FileSystem, 
 const ME: Identity = Identity { cluster_id: 9, node_id: NodeId(1) };
 const STRANGER: Identity = Identity { cluster_id: 9, node_id: NodeId(2) };
 /// Three 22-byte records after the 24-byte header; a fourth would pass 100 bytes.
-const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 100 };
+const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 100, preallocate_bytes: 0 };
 const HEADER_BYTES: u64 = 24;
 const RECORD_PREFIX_BYTES: u64 = 8;
 const RECORD_BYTES_MAX: u32 = 256 * 1024 * 1024;
-/// The format version the store writes; the next one is unknown to it.
+/// The format version of the metadata files the store writes; the next one is unknown to it.
 const FORMAT_VERSION: u32 = 4;
+/// The format version of the segments the store writes (4, the one before, is still read); the
+/// next one is unknown to it.
+const SEGMENT_VERSION: u32 = 5;
 
 fn membership() -> Membership {
     Membership::new([NodeId(1), NodeId(2), NodeId(3)])
@@ -219,7 +222,7 @@ fn header_damage<F: Disk>() {
         let path = &segments[position].path;
         flip(&scratch.fs, path, 9, 2);
         // The version is read before the checksum: a future format may change the header.
-        let version = Corruption::UnsupportedVersion(FORMAT_VERSION ^ (1 << 10));
+        let version = Corruption::UnsupportedVersion(SEGMENT_VERSION ^ (1 << 10));
         assert_open_fails(&scratch, corrupt(path, 8, version), &what("version"));
 
         let (scratch, segments) = build::<F>();
@@ -239,11 +242,11 @@ fn unknown_segment_version<F: Disk>() {
         let (scratch, segments) = build::<F>();
         let path = &segments[position].path;
         edit(&scratch.fs, path, |bytes| {
-            bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+            bytes[8..12].copy_from_slice(&(SEGMENT_VERSION + 1).to_le_bytes());
             let crc = crc32fast::hash(&bytes[..20]);
             bytes[20..24].copy_from_slice(&crc.to_le_bytes());
         });
-        let expected = corrupt(path, 8, Corruption::UnsupportedVersion(FORMAT_VERSION + 1));
+        let expected = corrupt(path, 8, Corruption::UnsupportedVersion(SEGMENT_VERSION + 1));
         assert_open_fails(&scratch, expected, &format!("an unknown version in segment {position}"));
     }
 }

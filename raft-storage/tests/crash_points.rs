@@ -34,7 +34,7 @@ use common::{entry, membership, run};
 
 const ME: Identity = Identity { cluster_id: 3, node_id: NodeId(2) };
 /// Three records per segment: the workload rotates often.
-const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 80 };
+const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 80, preallocate_bytes: 32 };
 
 fn dir() -> PathBuf {
     PathBuf::from("/var/raft/node-2")

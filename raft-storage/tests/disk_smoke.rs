@@ -20,7 +20,7 @@ const ME: Identity = Identity { cluster_id: 7, node_id: NodeId(1) };
 #[test]
 fn entries_and_hard_state_survive_reopen_with_truncation_rotation_and_compaction() {
     let dir = temp_dir("smoke");
-    let options = DiskOptions { segment_bytes_max: 200 };
+    let options = DiskOptions { segment_bytes_max: 200, preallocate_bytes: 64 };
     let membership = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
     let mut store = DiskStorage::create(StdFs, &dir, ME, membership.clone(), options).expect("create");
     let hard_state = HardState { term: Term(2), vote: Some(NodeId(2)), commit: Index(0) };

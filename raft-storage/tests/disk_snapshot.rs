@@ -21,7 +21,7 @@ use raft_storage::{
 
 const ME: Identity = Identity { cluster_id: 5, node_id: NodeId(1) };
 /// About four records per segment: logs span several segments.
-const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 100 };
+const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 100, preallocate_bytes: 0 };
 /// The staging file's name (see the `disk` module docs).
 const STAGING_FILE: &str = "snapshot.staging";
 

@@ -15,7 +15,7 @@ use raft_storage::{DiskError, DiskOptions, DiskStorage, Identity, LogStore, MemS
 
 const ME: Identity = Identity { cluster_id: 5, node_id: NodeId(3) };
 /// A few records per segment, so that sequences rotate, cut and drop segments.
-const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 120 };
+const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 120, preallocate_bytes: 40 };
 
 fn dir() -> PathBuf {
     PathBuf::from("/srv/raft")

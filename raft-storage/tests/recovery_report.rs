@@ -19,7 +19,7 @@ use common::{membership, run};
 
 const ME: Identity = Identity { cluster_id: 4, node_id: NodeId(1) };
 /// Four or five records per segment: logs span several segments.
-const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 100 };
+const OPTIONS: DiskOptions = DiskOptions { segment_bytes_max: 100, preallocate_bytes: 0 };
 /// The segment header's size (see the `disk` module docs).
 const HEADER_BYTES: u64 = 24;
 /// The staging file's name (see the `disk` module docs).

@@ -4,13 +4,14 @@
 //! unless a whole record follows it, and a last segment whose header never reached the disk as
 //! torn. Segments of format version 1 (never filled) are still read and never filled.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use raft_core::{GroupId, HardState, Index, NodeId, Storage, Term};
 use raft_storage::testing::SimFs;
-use raft_storage::{Corruption, DiskError, FileSystem, FsFile, Identity, LogStore, Repair, SharedWal, WalOptions};
+use raft_storage::{Corruption, DiskError, Identity, LogStore, Repair, SharedWal, WalOptions};
 
 mod common;
+use common::fill::{data_end, overwrite, set_version};
 use common::{membership, run};
 
 const ME: Identity = Identity { cluster_id: 9, node_id: NodeId(1) };
@@ -37,18 +38,6 @@ fn segments(fs: &SimFs) -> Vec<PathBuf> {
 
 fn last_segment(fs: &SimFs) -> PathBuf {
     segments(fs).pop().expect("a segment")
-}
-
-/// Where the bytes that are not zeros end.
-fn data_end(bytes: &[u8]) -> u64 {
-    bytes.iter().rposition(|&byte| byte != 0).map_or(0, |at| at as u64 + 1)
-}
-
-/// Writes `bytes` at `offset` of `path` durably (damage, or a header of another version).
-fn overwrite(fs: &SimFs, path: &Path, offset: u64, bytes: &[u8]) {
-    let mut file = fs.open_append(path).expect("open");
-    file.write_at(offset, bytes).expect("write");
-    file.sync().expect("sync");
 }
 
 /// A WAL with group 1 holding entries `1..=last` of term 1, dropped and crashed.
@@ -179,15 +168,6 @@ fn a_header_that_never_reached_the_disk_is_a_torn_last_segment_and_corruption_be
         open(&fs, FILLED).err(),
         Some(DiskError::Corrupt { path: middle, offset: 0, corruption: Corruption::BadMagic })
     );
-}
-
-/// Rewrites the header of segment `path` to format version `version`, with its crc.
-fn set_version(fs: &SimFs, path: &Path, version: u32) {
-    let mut header = fs.read_durable(path).expect("durable")[..24].to_vec();
-    header[8..12].copy_from_slice(&version.to_le_bytes());
-    let crc = crc32fast::hash(&header[..20]);
-    header[20..24].copy_from_slice(&crc.to_le_bytes());
-    overwrite(fs, path, 0, &header);
 }
 
 #[test]

@@ -229,7 +229,7 @@ fn a_disk_store_counts_every_byte_an_fsync_covers_also_across_a_segment_rotation
     for (node, segment_bytes_max) in [(11, 1 << 20), (12, 300)] {
         let dir = tempfile::tempdir().expect("a temp dir");
         let identity = Identity { cluster_id: 7, node_id: NodeId(node) };
-        let options = raft_storage::DiskOptions { segment_bytes_max };
+        let options = raft_storage::DiskOptions { segment_bytes_max, ..raft_storage::DiskOptions::default() };
         let mut store =
             raft_storage::DiskStorage::create(StdFs, dir.path(), identity, Membership::new([NodeId(node)]), options)
                 .expect("created");

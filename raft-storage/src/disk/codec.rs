@@ -1,11 +1,13 @@
-//! The byte formats (format version 4): the framing of the metadata files, the segment header
-//! and the log records.
+//! The byte formats (format version 4; segments version 5): the framing of the metadata files,
+//! the segment header and the log records.
 //!
 //! - Framed file: `[magic 8][version u32][len u32][crc32 u32][payload]`, the crc covering
 //!   version, length and payload.
 //! - Segment header: `[magic 8][version u32][first index u64][crc32 u32]`, the crc covering the
 //!   bytes before it.
 //! - Record: `[len u32][crc32 u32][postcard Entry]`, the crc covering the length and the payload.
+//!   In a segment of version 5, zeros may follow the last record (space filled ahead of the
+//!   records); a version 4 segment ends with its last record.
 //!
 //! All integers are little-endian.
 
@@ -16,11 +18,16 @@ use serde::Deserialize;
 
 use super::error::{Corruption, DiskError, corrupt};
 
-/// The on-disk format version this code writes and reads.
+/// The on-disk format version of the metadata files (and of the segments before
+/// [`SEGMENT_VERSION`], still read).
 /// Version 2 added the snapshot to META. Version 3 added the snapshot's data checksum to its
 /// metadata and a crc per 64 KiB block of its data, checked on every read. Version 4 stores
 /// memberships with named halves and `learners_next` (raft-core's joint memberships).
 pub(crate) const FORMAT_VERSION: u32 = 4;
+/// The format version of the segments written: a version 5 segment may end in zeros (space
+/// filled ahead of its records, see `DiskOptions::preallocate_bytes`); version 4 segments, which
+/// never do, are still read.
+pub(crate) const SEGMENT_VERSION: u32 = 5;
 /// The magic of `DiskStorage`'s segment files.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"RAFTWAL1";
 /// Segment header: magic, version, first index, crc of the preceding bytes.
@@ -110,13 +117,15 @@ pub(crate) fn check_header(path: &Path, bytes: &[u8], magic: [u8; 8], version: u
 }
 
 /// Checks the header of the `DiskStorage` segment `path`, whose file name says it starts at
-/// `name_index`.
-pub(super) fn check_disk_header(path: &Path, bytes: &[u8], name_index: Index) -> Result<(), DiskError> {
-    let header = Index(check_header(path, bytes, SEGMENT_MAGIC, FORMAT_VERSION)?);
+/// `name_index`. Returns whether zeros may follow its records (format version 5).
+pub(super) fn check_disk_header(path: &Path, bytes: &[u8], name_index: Index) -> Result<bool, DiskError> {
+    let appended = read_u32(bytes, 8) == FORMAT_VERSION;
+    let version = if appended { FORMAT_VERSION } else { SEGMENT_VERSION };
+    let header = Index(check_header(path, bytes, SEGMENT_MAGIC, version)?);
     if header != name_index {
         return Err(corrupt(path, 12, Corruption::HeaderMismatch { header, name: name_index }));
     }
-    Ok(())
+    Ok(!appended)
 }
 
 /// The little-endian `u32` at byte `at` of `bytes` (which must hold it).

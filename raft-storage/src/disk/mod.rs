@@ -13,7 +13,10 @@
 //!   replaced atomically (temp file, fsync, rename, fsync directory).
 //! - `<first index, 20 digits>.wal`: segments. A segment starts with a header (magic, format
 //!   version, first index, crc) followed by records `[len u32][crc32 u32][postcard Entry]`, the crc
-//!   covering the length and the payload. Segments rotate at `segment_bytes_max`.
+//!   covering the length and the payload. Segments rotate at `segment_bytes_max`. A segment of
+//!   format version 5 may end in zeros: space filled ahead of its records
+//!   (`DiskOptions::preallocate_bytes`), which later records are written over, so that most
+//!   fsyncs change no file length. Version 4 segments (never filled) are still read.
 //! - `snapshot-<index, 20 digits>-<term, 20 digits>.snap`: the installed snapshot's data, exactly
 //!   as received (no framing: META holds its length and crcs). Each snapshot gets its own name, so
 //!   META never names a file that is being replaced.
@@ -38,7 +41,10 @@
 //! (recovery finishes the removal of superseded segments, as after a compaction).
 //!
 //! Recovery (`open`) repairs only what a crash can leave behind, and lists each repair in the
-//! store's [`RecoveryReport`]: a torn tail of the last segment (cut off), segments that a
+//! store's [`RecoveryReport`]: a torn tail of the last segment (cut off; zeros after a
+//! segment's last record are space no record reached, and damage before them is a torn tail
+//! only if no whole record follows it; a last segment whose header is all zeros was never
+//! synced and is removed), segments that a
 //! compaction or install meant to remove, snapshot files that META does not name. Any other
 //! damage is a [`DiskError::Corrupt`] naming the file and offset: recovery never silently drops
 //! data that may have been acknowledged. `.tmp` files are left alone (the next write of their

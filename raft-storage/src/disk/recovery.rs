@@ -26,18 +26,21 @@ use crate::fs::FileSystem;
 #[non_exhaustive]
 pub enum Repair {
     /// The last segment ended in a torn write (a partial last record, or a last record whose
-    /// crc fails and after which nothing follows): the file was cut at `offset`, where that
-    /// record started.
+    /// crc fails and after which nothing follows, or only zeros and no whole record in a
+    /// segment filled ahead of its records): the file was cut at `offset`, where that record
+    /// started.
     TornTailTruncated {
         /// The segment file.
         file: PathBuf,
         /// The file's length after the cut: the end of its last whole record.
         offset: u64,
-        /// How many bytes were cut off.
+        /// How many bytes were cut off (in a segment filled ahead of its records, the zeros after
+        /// the torn record too).
         bytes_dropped: u64,
     },
-    /// The last segment ended inside its own header (a crash while the segment was being
-    /// started): it held no record, and the file was removed.
+    /// The last segment ended inside its own header, or its header is all zeros (a crash while
+    /// the segment was being started: it was never synced): it held no durable record, and the
+    /// file was removed.
     TornSegmentRemoved {
         /// The segment file.
         file: PathBuf,
@@ -346,21 +349,28 @@ struct ParsedSegment {
 fn parse_segment(path: &Path, bytes: &Bytes, first_index: Index, is_last: bool) -> Result<ParsedSegment, DiskError> {
     let len = bytes.len() as u64;
     let mut parsed = ParsedSegment {
-        segment: Segment { first_index, offsets: Vec::new(), len },
+        segment: Segment { first_index, offsets: Vec::new(), len, zero_tail: false },
         entries: Vec::new(),
         torn_at: None,
     };
-    if len < HEADER_BYTES {
+    // A header never written (the segment was never synced: no record in it was durable when
+    // the crash came) reads as zeros when space after it was filled, or reached the disk first.
+    let unwritten = len >= HEADER_BYTES && bytes[..HEADER_BYTES as usize].iter().all(|&byte| byte == 0);
+    if len < HEADER_BYTES || (is_last && unwritten) {
         parsed.torn_at = Some(torn_or_corrupt(path, is_last, 0, Corruption::Truncated)?);
         return Ok(parsed);
     }
-    check_disk_header(path, bytes, first_index)?;
+    let zero_tail = check_disk_header(path, bytes, first_index)?;
     let mut reader = EntryReader { path, bytes, parsed: &mut parsed };
-    let torn_at = walk_records(path, bytes, is_last, &mut reader)?;
-    parsed.torn_at = torn_at;
-    if let Some(cut) = torn_at {
-        parsed.segment.len = cut;
-    }
+    let walked = if zero_tail {
+        walk_preallocated(path, bytes, is_last, &mut reader)?
+    } else {
+        let torn_at = walk_records(path, bytes, is_last, &mut reader)?;
+        Walked { end: torn_at.unwrap_or(len), torn: torn_at.is_some(), data_end: len }
+    };
+    parsed.torn_at = walked.torn.then_some(walked.end);
+    parsed.segment.len = walked.end;
+    parsed.segment.zero_tail = zero_tail;
     Ok(parsed)
 }
 

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 
 use raft_core::{Entry, Index};
 
-use super::codec::{FORMAT_VERSION, RECORD_PREFIX_BYTES, SEGMENT_MAGIC, encode_header, encode_record};
+use super::codec::{RECORD_PREFIX_BYTES, SEGMENT_MAGIC, SEGMENT_VERSION, encode_header, encode_record};
 use super::directory::{Directory, OpenFile};
 use super::error::DiskError;
+use super::store::DiskOptions;
 use crate::fs::{FileSystem, FsFile};
 use crate::metrics::WalMetrics;
 
@@ -29,7 +30,11 @@ pub(super) fn parse_segment_name(name: &str) -> Option<Index> {
 pub(super) struct Segment {
     pub(super) first_index: Index,
     pub(super) offsets: Vec<u64>,
+    /// The end of its last record (the file may be longer: zeros no record reached).
     pub(super) len: u64,
+    /// Whether zeros may follow its records (format version 5): only then is its space filled
+    /// ahead of them.
+    pub(super) zero_tail: bool,
 }
 
 impl Segment {
@@ -145,13 +150,16 @@ impl<File: FsFile> SegmentLog<File> {
 
     /// Appends records for `entries`, rotating segments at `segment_bytes_max`; one fsync of the
     /// active segment at the end (plus one per segment closed on the way and one of the directory
-    /// if a segment was created).
+    /// if a segment was created). The records go where the segment's records end; once they
+    /// reach the file's end, the next `preallocate_bytes` after them are filled with zeros,
+    /// made durable by the same fsync (see [`DiskOptions::preallocate_bytes`]).
     pub(super) fn append<F: FileSystem<File = File>>(
         &mut self,
         dir: &Directory<F>,
         entries: &[Entry],
-        segment_bytes_max: u64,
+        options: &DiskOptions,
     ) -> Result<(), DiskError> {
+        let segment_bytes_max = options.segment_bytes_max;
         let estimate: usize = entries.iter().map(|e| e.size_bytes() as usize + RECORD_PREFIX_BYTES as usize).sum();
         let mut buffer = std::mem::take(&mut self.write_buffer);
         buffer.clear();
@@ -167,7 +175,7 @@ impl<File: FsFile> SegmentLog<File> {
                 Some(s) => !s.offsets.is_empty() && s.len + record_len > segment_bytes_max,
             };
             if must_rotate {
-                self.write_active(&buffer[..start])?;
+                self.write_active(&buffer[..start], options)?;
                 rotated_bytes += start as u64;
                 buffer.drain(..start);
                 self.start_segment(dir, entry.index)?;
@@ -177,7 +185,7 @@ impl<File: FsFile> SegmentLog<File> {
             segment.offsets.push(segment.len);
             segment.len += record_len;
         }
-        self.write_active(&buffer)?;
+        self.write_active(&buffer, options)?;
         let bytes = rotated_bytes + buffer.len() as u64;
         self.write_buffer = buffer;
         let started = std::time::Instant::now();
@@ -189,11 +197,22 @@ impl<File: FsFile> SegmentLog<File> {
         Ok(())
     }
 
-    fn write_active(&mut self, bytes: &[u8]) -> Result<(), DiskError> {
+    /// Writes `bytes`, the last records counted in the last segment's length, where they go,
+    /// then fills ahead of them if they reached the file's end.
+    fn write_active(&mut self, bytes: &[u8], options: &DiskOptions) -> Result<(), DiskError> {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.active.as_mut().expect("bytes are only written to an existing segment").append(bytes)
+        let segment = self.segments.last().expect("bytes are only written to an existing segment");
+        let file = self.active.as_mut().expect("bytes are only written to an existing segment");
+        file.write_at(segment.len - bytes.len() as u64, bytes)?;
+        if segment.zero_tail && file.len() <= segment.len {
+            let end = (segment.len + options.preallocate_bytes).min(options.segment_bytes_max.max(segment.len));
+            if end > segment.len {
+                file.write_at(segment.len, &vec![0; (end - segment.len) as usize])?;
+            }
+        }
+        Ok(())
     }
 
     fn sync_active(&mut self) -> Result<(), DiskError> {
@@ -211,9 +230,9 @@ impl<File: FsFile> SegmentLog<File> {
     ) -> Result<(), DiskError> {
         self.sync_active()?;
         let mut file = dir.create(dir.file(&segment_name(first_index)))?;
-        let header = encode_header(SEGMENT_MAGIC, FORMAT_VERSION, first_index.0);
+        let header = encode_header(SEGMENT_MAGIC, SEGMENT_VERSION, first_index.0);
         file.append(&header)?;
-        self.segments.push(Segment { first_index, offsets: Vec::new(), len: header.len() as u64 });
+        self.segments.push(Segment { first_index, offsets: Vec::new(), len: header.len() as u64, zero_tail: true });
         self.active = Some(file);
         Ok(())
     }

@@ -30,11 +30,16 @@ fn is_segment(name: &str) -> bool {
 pub struct DiskOptions {
     /// A segment is closed and a new one started once it would grow past this size.
     pub segment_bytes_max: u64,
+    /// How far ahead of its records the newest segment is filled with zeros (capped at
+    /// `segment_bytes_max`); 0: not at all, every append grows the file. As
+    /// [`WalOptions::preallocate_bytes`](crate::WalOptions::preallocate_bytes): most syncs then
+    /// change no file length, at the price of writing each byte of the log twice.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for DiskOptions {
     fn default() -> Self {
-        DiskOptions { segment_bytes_max: 64 * 1024 * 1024 }
+        DiskOptions { segment_bytes_max: 64 * 1024 * 1024, preallocate_bytes: 1024 * 1024 }
     }
 }
 
@@ -219,7 +224,7 @@ impl<F: FileSystem> DiskStorage<F> {
             self.log.truncate_from(&self.dir, first)?;
         }
         // The caller adds the entries to `self.entries` once this succeeded (by clone or move).
-        self.log.append(&self.dir, entries, self.options.segment_bytes_max)
+        self.log.append(&self.dir, entries, &self.options)
     }
 
     fn compact_inner(&mut self, index: Index, term: Term) -> Result<(), DiskError> {

@@ -97,8 +97,7 @@ pub(super) fn recover<F: FileSystem>(
 /// How a segment was replayed.
 enum Replayed {
     Whole(SegmentFile),
-    /// Its tail is torn at `cut`, with bytes that are not zeros up to `len`; `None` if its
-    /// header was torn (no record).
+    /// Its tail is torn at `cut` (its length is `len`); `None` if its header was torn (no record).
     Torn(Option<SegmentFile>, u64, u64),
 }
 
@@ -135,7 +134,7 @@ fn replay_segment<F: FileSystem>(
     // A torn tail is cut at `walked.end`.
     let file_len = if walked.torn { walked.end } else { len };
     let segment = SegmentFile { sequence, len: walked.end, file_len, records, zero_tail: !appended };
-    Ok(if walked.torn { Replayed::Torn(Some(segment), walked.end, walked.data_end) } else { Replayed::Whole(segment) })
+    Ok(if walked.torn { Replayed::Torn(Some(segment), walked.end, len) } else { Replayed::Whole(segment) })
 }
 
 /// Checks the oldest segment against the reclamation floor the records name (`below`: every

@@ -1,7 +1,7 @@
 //! Fixtures shared by the tests of the durable store: a three-node membership and small entries
 //! whose payload names their index and term (so a replaced entry never equals the one before);
 //! [`snapshot`] has those of the tests of local snapshots, [`hooks`] a gate and a file system
-//! that hooks reads.
+//! that hooks reads, [`fill`] byte-level helpers for segments filled ahead of their records.
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Index, Membership, NodeId, Term};
@@ -13,6 +13,10 @@ pub mod snapshot;
 // Only a few tests use them.
 #[allow(dead_code)]
 pub mod hooks;
+
+// Only the tests of filled segments use them.
+#[allow(dead_code)]
+pub mod fill;
 
 /// The voters 1, 2 and 3.
 pub fn membership() -> Membership {

@@ -365,7 +365,8 @@ async fn serve_clients(handles: Vec<NodeHandle<SimKv>>) -> std::io::Result<()> {
 fn open_store(plan: &NodePlan, observer: &Observer) -> Option<DiskStorage<TurmoilFs>> {
     let id = plan.id;
     let identity = Identity { cluster_id: CLUSTER_ID, node_id: id };
-    let options = DiskOptions { segment_bytes_max: plan.segment_bytes_max };
+    let options =
+        DiskOptions { segment_bytes_max: plan.segment_bytes_max, preallocate_bytes: plan.segment_bytes_max / 4 };
     // Each host has a disk of its own; the node's id in the path only makes traces readable.
     let dir = format!("/raft/n{}", id.0);
     let (honest, fs) = file_systems(plan);
