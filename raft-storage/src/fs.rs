@@ -76,12 +76,13 @@ impl std::fmt::Debug for DirLock {
 
 /// An open file that is appended to, written in place, synced or truncated.
 pub trait FsFile {
-    /// Appends `bytes` at the end, also right after a [`FsFile::truncate`] (as O_APPEND does).
+    /// Appends `bytes` at the end (the length this handle knows: what it found on opening, grown
+    /// by its writes), also right after a [`FsFile::truncate`].
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Writes `bytes` at byte `offset`, which is at most the current length (no holes):
-    /// overwriting what lies there and growing the file if they run past its end. The shared
-    /// write-ahead log writes its records this way into space it filled with zeros beforehand,
-    /// so that most of its syncs change no file length.
+    /// overwriting what lies there and growing the file if they run past its end. Both
+    /// write-ahead logs write their records this way into space they filled with zeros
+    /// beforehand, so that most of their syncs change no file length.
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;

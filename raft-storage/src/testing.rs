@@ -40,9 +40,10 @@
 //! - [`SimFs::crash`]: power loss. Every directory and inode reverts to its durable state; a file
 //!   whose unsynced change is only writes (appends, and writes in place with [`FsFile::write_at`])
 //!   may keep a seeded-random prefix of the bytes from the lowest offset written since its last
-//!   sync to its end, in offset order (a torn tail, an option). A file cut by `truncate` or
-//!   emptied by `create` since its last sync loses its whole change. Handles opened before fail
-//!   with [`io::ErrorKind::StaleNetworkFileHandle`].
+//!   sync, in offset order, up to its end (or, written in place only, up to the last byte that
+//!   differs from the durable content): a torn tail, an option. A file whose durable content
+//!   was cut into by `truncate` or `create` since its last sync loses its whole change. Handles
+//!   opened before fail with [`io::ErrorKind::StaleNetworkFileHandle`].
 //! - [`SimFs::flip_bit`]: bit rot, in both the durable and the current content.
 //!
 //! Use [`io::ErrorKind::StorageFull`] for ENOSPC and [`io::ErrorKind::Other`] for EIO. A halted
@@ -120,7 +121,8 @@ struct Inode {
     /// what differs instead of whole files.
     shared_len: usize,
     /// Whether the file was cut ([`FsFile::truncate`]) or emptied (`create` over it) since its
-    /// last sync: a crash then loses its whole unsynced change.
+    /// last sync: a crash then loses its whole unsynced change if that cut into the durable
+    /// content (see [`Inode::written_len`]).
     cut: bool,
     /// Open handles in the current epoch.
     handles: usize,
@@ -698,10 +700,23 @@ impl State {
 
 impl Inode {
     /// How many bytes from `shared_len` on a crash may keep (in offset order), when the
-    /// unsynced change is only writes (appends, and writes in place over the durable content):
-    /// everything from `shared_len` to the end. Else 0: a cut file loses its change whole.
+    /// unsynced change is only writes (appends, and writes in place over the durable content)
+    /// or a cut that left the durable content whole: everything from `shared_len` to the end, or
+    /// to the last byte that differs when the file did not grow. Else (the durable content was
+    /// cut into) 0: the change is lost whole.
     fn written_len(&self) -> usize {
-        if self.shared_len == self.durable.len() || !self.cut { self.current.len() - self.shared_len } else { 0 }
+        if self.shared_len != self.durable.len() && self.cut {
+            return 0;
+        }
+        // Written in place only: up to the last byte that differs (what follows it is as durable,
+        // such as the zeros of a fill that records were not yet written over).
+        let end = if self.current.len() > self.durable.len() {
+            self.current.len()
+        } else {
+            let differs = (self.shared_len..self.current.len()).rev().find(|&at| self.current[at] != self.durable[at]);
+            differs.map_or(self.shared_len, |at| at + 1)
+        };
+        end - self.shared_len
     }
 
     /// Reverts to the durable content with the first `keep` unsynced bytes (from `shared_len`
@@ -1006,6 +1021,26 @@ mod tests {
         }
         assert!(kept_lengths.iter().any(|&k| k > 0 && k < 22), "some writes are torn: {kept_lengths:?}");
         assert!(kept_lengths.len() > 4, "torn lengths vary with the seed: {kept_lengths:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_crash_tears_the_bytes_written_not_the_zeros_after_them_that_did_not_change() -> io::Result<()> {
+        let mut inside = BTreeSet::new();
+        for seed in 0..64 {
+            let fs = setup(seed, torn_crash())?;
+            durable_file(&fs, "log", &[0; 1000])?;
+            let mut file = fs.open_append(&path("log"))?;
+            file.write_at(0, b"12345678")?;
+            fs.crash();
+            let content = fs.read(&path("log"))?;
+            let kept = content.iter().take_while(|&&byte| byte != 0).count();
+            assert_eq!(content, [&b"12345678"[..kept], &[0; 1000][kept..]].concat(), "seed {seed}");
+            inside.insert(kept);
+        }
+        // Drawn over the 8 bytes that changed, not over the 1000 of the file: most crashes tear
+        // inside them.
+        assert!(inside.iter().filter(|&&kept| kept > 0 && kept < 8).count() > 3, "torn lengths: {inside:?}");
         Ok(())
     }
 

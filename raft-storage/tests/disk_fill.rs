@@ -85,7 +85,7 @@ fn records_go_over_zeros_filled_ahead_and_recover_clean() {
 }
 
 #[test]
-fn every_segment_is_filled_at_most_to_its_limit_and_zeros_before_a_newer_segment_are_no_damage() {
+fn every_segment_is_filled_at_most_to_its_limit_and_cut_to_its_records_when_closed() {
     let fs = SimFs::new(2);
     let mut store = DiskStorage::create(fs.clone(), dir(), ME, membership(), FILLED).expect("create");
     for first in (1..=600).step_by(20) {
@@ -97,8 +97,10 @@ fn every_segment_is_filled_at_most_to_its_limit_and_zeros_before_a_newer_segment
         let bytes = fs.read_durable(path).expect("durable");
         assert!(bytes.len() <= 4096, "{} holds {} bytes", path.display(), bytes.len());
     }
+    // A closed segment is cut to its records (a record may end in a zero byte or two; a fill
+    // would leave hundreds).
     let closed = fs.read_durable(&paths[0]).expect("durable");
-    assert!(data_end(&closed) < closed.len() as u64, "a closed segment ends in zeros");
+    assert!(closed.len() as u64 - data_end(&closed) < 8, "a closed segment keeps no fill");
     drop(store);
     fs.crash();
     let store = open(&fs, FILLED).expect("open");
@@ -144,13 +146,42 @@ fn damage_with_a_whole_record_after_it_is_corruption_though_zeros_follow() {
 }
 
 #[test]
+fn damage_over_several_records_with_whole_records_after_it_is_corruption() {
+    let fs = SimFs::new(7);
+    store_with(&fs, FILLED, 40);
+    let last = last_segment(&fs);
+    // A block over several records (not the last ones) is lost: the entries after it are whole
+    // but do not follow the first damaged one.
+    overwrite(&fs, &last, 100, &[0; 120]);
+    assert!(matches!(open(&fs, FILLED).err(), Some(DiskError::Corrupt { corruption: Corruption::Checksum, .. })));
+}
+
+#[test]
+fn zeros_after_the_records_of_a_segment_that_is_not_the_last_are_damage() {
+    let fs = SimFs::new(8);
+    store_with(&fs, FILLED, 600);
+    let paths = segments(&fs);
+    assert!(paths.len() > 2, "the workload rotates: {paths:?}");
+    let len = fs.read_durable(&paths[0]).expect("durable").len() as u64;
+    overwrite(&fs, &paths[0], len, &[0; 64]);
+    let expected = DiskError::Corrupt { path: paths[0].clone(), offset: len, corruption: Corruption::Checksum };
+    assert_eq!(open(&fs, FILLED).err(), Some(expected));
+}
+
+#[test]
 fn a_header_that_never_reached_the_disk_is_a_torn_last_segment_and_corruption_before() {
     let fs = SimFs::new(5);
     store_with(&fs, FILLED, 600);
     let paths = segments(&fs);
     assert!(paths.len() > 2, "the workload rotates: {paths:?}");
     let last = paths.last().expect("segments").clone();
+    // A header zeroed over whole records is damage.
     overwrite(&fs, &last, 0, &[0; 24]);
+    assert!(matches!(open(&fs, FILLED).err(), Some(DiskError::Corrupt { corruption: Corruption::BadMagic, .. })));
+    // A segment nothing of which reached the disk (its length did: the fill, or the file
+    // system's metadata) is torn.
+    let len = fs.read_durable(&last).expect("durable").len();
+    overwrite(&fs, &last, 0, &vec![0; len]);
     let store = open(&fs, FILLED).expect("open");
     let repairs = store.recovery_report().repairs().to_vec();
     assert!(matches!(&repairs[..], [Repair::TornSegmentRemoved { file, .. }] if *file == last), "{repairs:?}");

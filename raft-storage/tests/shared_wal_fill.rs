@@ -87,7 +87,7 @@ fn records_go_over_zeros_filled_ahead_and_recover_clean() {
 }
 
 #[test]
-fn every_segment_is_filled_at_most_to_its_limit_and_zeros_before_a_newer_segment_are_no_damage() {
+fn every_segment_is_filled_at_most_to_its_limit_and_cut_to_its_records_when_closed() {
     let fs = SimFs::new(2);
     let wal = SharedWal::create(fs.clone(), dir(), ME, FILLED).expect("create");
     let mut store = wal.create_group(GroupId(1), membership()).expect("group");
@@ -100,8 +100,10 @@ fn every_segment_is_filled_at_most_to_its_limit_and_zeros_before_a_newer_segment
         let bytes = fs.read_durable(path).expect("durable");
         assert!(bytes.len() <= 4096, "{} holds {} bytes", path.display(), bytes.len());
     }
+    // A closed segment is cut to its records (a record may end in a zero byte or two; a fill
+    // would leave hundreds).
     let closed = fs.read_durable(&paths[0]).expect("durable");
-    assert!(data_end(&closed) < closed.len() as u64, "a closed segment ends in zeros");
+    assert!(closed.len() as u64 - data_end(&closed) < 8, "a closed segment keeps no fill");
     drop((store, wal));
     fs.crash();
     let wal = open(&fs, FILLED).expect("open");
@@ -146,13 +148,32 @@ fn damage_with_a_whole_record_after_it_is_corruption_though_zeros_follow() {
 }
 
 #[test]
+fn zeros_over_the_last_records_of_a_segment_that_is_not_the_last_are_damage() {
+    let fs = SimFs::new(8);
+    group_with(&fs, FILLED, 600);
+    let paths = segments(&fs);
+    assert!(paths.len() > 2, "the workload rotates: {paths:?}");
+    // Its last records lost to zeros: in the newest segment they would read as space no record
+    // reached; here the segment was cut to its records when the next one started.
+    let len = fs.read_durable(&paths[0]).expect("durable").len() as u64;
+    overwrite(&fs, &paths[0], len - 30, &[0; 30]);
+    assert!(matches!(open(&fs, FILLED).err(), Some(DiskError::Corrupt { path, .. }) if path == paths[0]));
+}
+
+#[test]
 fn a_header_that_never_reached_the_disk_is_a_torn_last_segment_and_corruption_before() {
     let fs = SimFs::new(5);
     group_with(&fs, FILLED, 600);
     let paths = segments(&fs);
     assert!(paths.len() > 2, "the workload rotates: {paths:?}");
     let last = paths.last().expect("segments").clone();
+    // A header zeroed over whole records is damage.
     overwrite(&fs, &last, 0, &[0; 24]);
+    assert!(matches!(open(&fs, FILLED).err(), Some(DiskError::Corrupt { corruption: Corruption::BadMagic, .. })));
+    // A segment nothing of which reached the disk (its length did: the fill, or the file
+    // system's metadata) is torn.
+    let len = fs.read_durable(&last).expect("durable").len();
+    overwrite(&fs, &last, 0, &vec![0; len]);
     let wal = open(&fs, FILLED).expect("open");
     let repairs = wal.recovery_report().repairs().to_vec();
     assert!(matches!(&repairs[..], [Repair::TornSegmentRemoved { file, .. }] if *file == last), "{repairs:?}");

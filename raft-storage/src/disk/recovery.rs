@@ -355,7 +355,9 @@ fn parse_segment(path: &Path, bytes: &Bytes, first_index: Index, is_last: bool) 
     };
     // A header never written (the segment was never synced: no record in it was durable when
     // the crash came) reads as zeros when space after it was filled, or reached the disk first.
-    let unwritten = len >= HEADER_BYTES && bytes[..HEADER_BYTES as usize].iter().all(|&byte| byte == 0);
+    let unwritten = len >= HEADER_BYTES
+        && bytes[..HEADER_BYTES as usize].iter().all(|&byte| byte == 0)
+        && checked_record(bytes, HEADER_BYTES).is_none();
     if len < HEADER_BYTES || (is_last && unwritten) {
         parsed.torn_at = Some(torn_or_corrupt(path, is_last, 0, Corruption::Truncated)?);
         return Ok(parsed);
@@ -366,7 +368,7 @@ fn parse_segment(path: &Path, bytes: &Bytes, first_index: Index, is_last: bool) 
         walk_preallocated(path, bytes, is_last, &mut reader)?
     } else {
         let torn_at = walk_records(path, bytes, is_last, &mut reader)?;
-        Walked { end: torn_at.unwrap_or(len), torn: torn_at.is_some(), data_end: len }
+        Walked { end: torn_at.unwrap_or(len), torn: torn_at.is_some() }
     };
     parsed.torn_at = walked.torn.then_some(walked.end);
     parsed.segment.len = walked.end;
@@ -381,6 +383,10 @@ pub(crate) trait RecordSink {
     /// Whether `payload`, of a whole record with a good crc found after a damaged one, is one the
     /// segment could hold right after the damaged record: then the damage is no torn tail.
     fn could_follow(&self, payload: &[u8]) -> bool;
+    /// Whether `payload`, of a whole record with a good crc found after a damaged one in the
+    /// last segment of a log filled ahead of its records, is one the segment could hold anywhere
+    /// after the damaged record (the damage may span several): then the damage is no torn tail.
+    fn could_come_later(&self, payload: &[u8]) -> bool;
 }
 
 /// A torn write at `offset` of the last segment, or `corruption` anywhere else.
@@ -413,15 +419,17 @@ pub(crate) struct Walked {
     pub(crate) end: u64,
     /// Whether a torn write follows `end` (else only zeros, or nothing, do).
     pub(crate) torn: bool,
-    /// The end of the last byte that is not zero (the file's length if zeros may not end it).
-    pub(crate) data_end: u64,
 }
 
 /// Walks the records of the segment `path` as [`walk_records`] does, for a segment whose space
-/// may have been filled with zeros before its records were written over them (the shared
-/// log's): zeros from a record's end to the file's end are space no record reached, not damage.
-/// Damage in the last segment that no whole record (that could follow it) comes after is a torn
-/// write, whatever comes after it; anything else is corruption.
+/// may have been filled with zeros before its records were written over them (both logs' new
+/// segments): in the last segment, zeros from a record's end to the file's end are space no
+/// record reached, not damage (a segment is cut to its last record before a newer one starts, so
+/// zeros after the records of any other segment are damage). Damage in the last segment after
+/// which no whole record comes (one that could lie anywhere after it: [`RecordSink::could_come_later`])
+/// is a torn write, whatever else comes after it, as is damage to an appended segment's last
+/// record: a crash, or media damage to the newest records, which recovery cannot tell apart.
+/// Anything else is corruption.
 pub(crate) fn walk_preallocated(
     path: &Path,
     bytes: &[u8],
@@ -439,10 +447,12 @@ fn walk(
     sink: &mut impl RecordSink,
 ) -> Result<Walked, DiskError> {
     let len = bytes.len() as u64;
+    // Only the last segment may end in zeros.
+    let zero_tail = zero_tail && is_last;
     let data_end =
         if zero_tail { bytes.iter().rposition(|&byte| byte != 0).map_or(0, |at| at as u64 + 1) } else { len };
     let torn = |offset: u64, corruption: Corruption| {
-        torn_or_corrupt(path, is_last, offset, corruption).map(|end| Walked { end, torn: true, data_end })
+        torn_or_corrupt(path, is_last, offset, corruption).map(|end| Walked { end, torn: true })
     };
     let mut offset = HEADER_BYTES;
     while offset < data_end {
@@ -455,7 +465,7 @@ fn walk(
             if record_len > RECORD_BYTES_MAX {
                 return Err(corrupt(path, offset, Corruption::RecordLength(record_len)));
             }
-            if valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, data_end, sink) {
+            if valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, data_end, zero_tail, sink) {
                 return Err(corrupt(path, offset, Corruption::Truncated));
             }
             return torn(offset, Corruption::Truncated);
@@ -463,7 +473,7 @@ fn walk(
         let payload = &bytes[(offset + RECORD_PREFIX_BYTES) as usize..end as usize];
         if record_crc(record_len, payload) != read_u32(bytes, offset + 4) {
             let last_written = if zero_tail {
-                !valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, data_end, sink)
+                !valid_record_after(bytes, offset + RECORD_PREFIX_BYTES, data_end, true, sink)
             } else {
                 end == len
             };
@@ -475,17 +485,21 @@ fn walk(
         sink.record(offset, payload)?;
         offset = end;
     }
-    Ok(Walked { end: offset, torn: false, data_end })
+    Ok(Walked { end: offset, torn: false })
 }
 
-/// Whether a whole record with a good checksum that could follow (see
-/// [`RecordSink::could_follow`]) starts anywhere from `from` to before `until`: then the damage
-/// before it is no torn tail. (None starts at or after the last byte that is not zero: a
+/// Whether a whole record with a good checksum that could follow the damaged one (see
+/// [`RecordSink::could_follow`]; with `anywhere_after`, one that could lie anywhere after it:
+/// [`RecordSink::could_come_later`]) starts anywhere from `from` to before `until`: then the
+/// damage before it is no torn tail. (None starts at or after the last byte that is not zero: a
 /// record's length is never zero.)
-fn valid_record_after(bytes: &[u8], from: u64, until: u64, sink: &impl RecordSink) -> bool {
+fn valid_record_after(bytes: &[u8], from: u64, until: u64, anywhere_after: bool, sink: &impl RecordSink) -> bool {
     let len = bytes.len() as u64;
-    (from..until.min(len.saturating_sub(RECORD_PREFIX_BYTES)))
-        .any(|at| checked_record(bytes, at).is_some_and(|payload| sink.could_follow(payload)))
+    (from..until.min(len.saturating_sub(RECORD_PREFIX_BYTES))).any(|at| {
+        checked_record(bytes, at).is_some_and(|payload| {
+            if anywhere_after { sink.could_come_later(payload) } else { sink.could_follow(payload) }
+        })
+    })
 }
 
 /// Decodes a `DiskStorage` segment's records into entries.
@@ -508,6 +522,12 @@ impl RecordSink for EntryReader<'_> {
     fn could_follow(&self, payload: &[u8]) -> bool {
         let index = self.parsed.segment.next_index().next();
         postcard::from_bytes::<Entry>(payload).is_ok_and(|entry| entry.index == index)
+    }
+
+    /// Any entry after the damaged one (several may be damaged).
+    fn could_come_later(&self, payload: &[u8]) -> bool {
+        let damaged = self.parsed.segment.next_index();
+        postcard::from_bytes::<Entry>(payload).is_ok_and(|entry| entry.index > damaged)
     }
 }
 

@@ -207,7 +207,8 @@ impl<File: FsFile> SegmentLog<File> {
         let file = self.active.as_mut().expect("bytes are only written to an existing segment");
         file.write_at(segment.len - bytes.len() as u64, bytes)?;
         if segment.zero_tail && file.len() <= segment.len {
-            let end = (segment.len + options.preallocate_bytes).min(options.segment_bytes_max.max(segment.len));
+            let end =
+                segment.len.saturating_add(options.preallocate_bytes).min(options.segment_bytes_max.max(segment.len));
             if end > segment.len {
                 file.write_at(segment.len, &vec![0; (end - segment.len) as usize])?;
             }
@@ -222,12 +223,18 @@ impl<File: FsFile> SegmentLog<File> {
         }
     }
 
-    /// Closes the active segment (durably) and starts a new one at `first_index`.
+    /// Closes the active segment (durably, cut to its last record: only the newest segment may
+    /// end in zeros) and starts a new one at `first_index`.
     fn start_segment<F: FileSystem<File = File>>(
         &mut self,
         dir: &Directory<F>,
         first_index: Index,
     ) -> Result<(), DiskError> {
+        if let (Some(segment), Some(file)) = (self.segments.last(), self.active.as_mut())
+            && file.len() > segment.len
+        {
+            file.truncate(segment.len)?;
+        }
         self.sync_active()?;
         let mut file = dir.create(dir.file(&segment_name(first_index)))?;
         let header = encode_header(SEGMENT_MAGIC, SEGMENT_VERSION, first_index.0);

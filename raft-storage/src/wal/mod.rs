@@ -33,7 +33,9 @@
 //! segment it closes; a new segment syncs the directory). The records are written where the
 //! segment's records end; once they reach the file's end, the next `preallocate_bytes` (at most
 //! up to `segment_bytes_max`) are filled with zeros in the same batch, so that the syncs of the
-//! batches after it change no file length and commit no file-system metadata. A group's `Meta` record comes before
+//! batches after it change no file length and commit no file-system metadata. A rotation cuts
+//! the segment it closes to its last record before syncing it: only the newest segment ends in
+//! zeros. A group's `Meta` record comes before
 //! its entries in a batch, so a durable entry of a term implies a durable term; a commit-index-only
 //! change is kept in memory and logged with the next `Meta`. A compaction logs a `Meta` with the
 //! new boundary. A snapshot install syncs the data file under its own name first, then logs the

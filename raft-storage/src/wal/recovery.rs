@@ -22,7 +22,7 @@ use super::record::{
     group_prefix, parse_group_file,
 };
 use super::store::{Group, Inner, Location, SegmentFile, WalOptions, Writer, segment_path};
-use crate::disk::codec::{HEADER_BYTES, RECORD_PREFIX_BYTES, check_header, read_u32};
+use crate::disk::codec::{HEADER_BYTES, RECORD_PREFIX_BYTES, check_header, checked_record, read_u32};
 use crate::disk::directory::Directory;
 use crate::disk::error::{Corruption, DiskError, corrupt};
 use crate::disk::meta::{Identity, Meta, open_existing};
@@ -112,7 +112,11 @@ fn replay_segment<F: FileSystem>(
     let len = bytes.len() as u64;
     // A header never written (the segment was never synced: no record in it was durable when
     // the crash came) reads as zeros when space after it was filled, or reached the disk first.
-    let unwritten = len >= HEADER_BYTES && bytes[..HEADER_BYTES as usize].iter().all(|&byte| byte == 0);
+    // A whole record right after it (written with the header, in the same sector) says the
+    // header was damaged instead.
+    let unwritten = len >= HEADER_BYTES
+        && bytes[..HEADER_BYTES as usize].iter().all(|&byte| byte == 0)
+        && checked_record(&bytes, HEADER_BYTES).is_none();
     if len < HEADER_BYTES || (is_last && unwritten) {
         torn_or_corrupt(&path, is_last, 0, Corruption::Truncated)?;
         return Ok(Replayed::Torn(None, 0, len));
@@ -126,7 +130,7 @@ fn replay_segment<F: FileSystem>(
     let mut sink = ReplaySink { path: &path, segment: sequence, records: 0, replay };
     let walked = if appended {
         let torn_at = walk_records(&path, &bytes, is_last, &mut sink)?;
-        Walked { end: torn_at.unwrap_or(len), torn: torn_at.is_some(), data_end: len }
+        Walked { end: torn_at.unwrap_or(len), torn: torn_at.is_some() }
     } else {
         walk_preallocated(&path, &bytes, is_last, &mut sink)?
     };
@@ -195,6 +199,11 @@ impl RecordSink for ReplaySink<'_> {
 
     fn could_follow(&self, payload: &[u8]) -> bool {
         decode(payload).is_some()
+    }
+
+    /// Any record (the shared log's records do not say where they lie).
+    fn could_come_later(&self, payload: &[u8]) -> bool {
+        self.could_follow(payload)
     }
 }
 

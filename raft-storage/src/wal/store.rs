@@ -195,6 +195,7 @@ impl<F: FileSystem> Writer<F> {
         if must_rotate {
             let record_bytes = self.buffer.split_off(start);
             self.flush()?;
+            self.trim_active()?;
             self.sync_active()?;
             self.start_segment()?;
             self.buffer = record_bytes;
@@ -224,13 +225,24 @@ impl<F: FileSystem> Writer<F> {
         file.write_at(segment.len - self.buffer.len() as u64, &self.buffer)?;
         self.buffer.clear();
         if segment.zero_tail && file.len() <= segment.len {
-            let end = (segment.len + self.preallocate_bytes).min(self.segment_bytes_max.max(segment.len));
+            let end = segment.len.saturating_add(self.preallocate_bytes).min(self.segment_bytes_max.max(segment.len));
             if end > segment.len {
                 file.write_at(segment.len, &vec![0; (end - segment.len) as usize])?;
             }
         }
         let file_len = file.len();
         self.segments.last_mut().expect("the segment written").file_len = file_len;
+        Ok(())
+    }
+
+    /// Cuts the newest segment's fill off, before a newer segment starts: only the newest may
+    /// end in zeros (recovery reads zeros after any other's last record as damage).
+    fn trim_active(&mut self) -> Result<(), DiskError> {
+        let (Some(segment), Some(file)) = (self.segments.last_mut(), self.active.as_mut()) else { return Ok(()) };
+        if file.len() > segment.len {
+            file.truncate(segment.len)?;
+            segment.file_len = segment.len;
+        }
         Ok(())
     }
 

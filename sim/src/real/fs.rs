@@ -1,5 +1,5 @@
 //! raft-storage's file-system trait over turmoil's simulated file system: each host has its own
-//! disk, a crash keeps only what was synced (files never synced vanish, unsynced appends are
+//! disk, a crash keeps only what was synced (files never synced vanish, unsynced writes are
 //! lost), and the simulation's `FsConfig` injects I/O errors, silent corruption on reads and torn
 //! writes. Only usable from inside a turmoil host.
 
