@@ -9,7 +9,7 @@ use raft_core::{
     Entry, EntryPayload, GroupId, HardState, Index, Membership, NodeId, Output, SnapshotMeta, Storage, StorageError,
     Term,
 };
-use raft_storage::testing::SimFs;
+use raft_storage::testing::{SimFs, SimFsOptions};
 use raft_storage::{
     Corruption, DiskError, DiskOptions, DiskStorage, FileSystem, FsFile, GroupStore, Identity, LogStore, MemStorage,
     Repair, SharedWal, WalOptions,
@@ -377,6 +377,101 @@ fn an_idle_group_does_not_pin_old_segments() {
     let idle = wal.group(GroupId(1)).expect("the idle group survives reclamation");
     assert_eq!(idle.initial_state().expect("state").hard_state.vote, Some(NodeId(2)));
     assert_eq!(idle.initial_state().expect("state").hard_state.term, Term(3));
+}
+
+/// The offsets of the records of the segment held in `bytes` whose payload starts with
+/// `prefix` (postcard: the record's variant, then its group), in order.
+fn records_starting_with(bytes: &[u8], prefix: &[u8]) -> Vec<u64> {
+    let mut found = Vec::new();
+    let mut offset = 24;
+    while offset + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || offset + 8 + len > bytes.len() {
+            break;
+        }
+        if bytes[offset + 8..].starts_with(prefix) {
+            found.push(offset as u64);
+        }
+        offset += 8 + len;
+    }
+    found
+}
+
+/// A crash in the middle of a reclamation's run of copies leaves its first copies whole. They
+/// are garbage: recovery cuts them with the torn tail. Left in place, they would follow the
+/// group's new records in the same segment, and once a later reclamation released the segments
+/// holding the group's earlier records, a replay would take them for the group's log and find
+/// its next entry out of sequence (found by the `shared_wal_recovery` fuzz target).
+#[test]
+fn a_run_of_copies_cut_short_by_a_crash_is_cut_with_the_torn_tail() {
+    // Copy records (variant 5) of group 1.
+    let copy_of_short = [5u8, 1];
+    // Reopened with segments twice as large, a reclamation copies up to 100 bytes of records:
+    // group 1's three entries.
+    const OPTIONS: WalOptions = WalOptions { segment_bytes_max: 400, cache_bytes_max: 1 << 20, preallocate_bytes: 64 };
+    // Group 1 has a short log; group 2 writes and compacts, round after round, until a
+    // compaction's reclamation copies group 1's log into the newest segment. `rounds` runs the
+    // rounds before that one, and that one's writes but not its compaction.
+    let setup = |fs: &SimFs, rounds: Option<u64>| {
+        let wal = create(fs, SMALL);
+        let mut short = wal.create_group(GroupId(1), membership()).expect("group");
+        short.persist(hard(1, None, 0), &run(1, 2, 1)).expect("persist");
+        let mut busy = wal.create_group(GroupId(2), membership()).expect("group");
+        for round in 0..40 {
+            interleave(std::slice::from_mut(&mut busy), round * 5 + 1, 5);
+            if rounds == Some(round) {
+                return (wal, round, None);
+            }
+            let newest = dir().join(segments(fs, &dir()).pop().expect("a segment"));
+            let before = records_starting_with(&fs.read_durable(&newest).expect("durable"), &copy_of_short);
+            busy.compact(Index(round * 5 + 5), Term(1)).expect("compact");
+            // (Gone if the reclamation released it.)
+            let after = fs.read_durable(&newest).unwrap_or_default();
+            let copies = records_starting_with(&after, &copy_of_short);
+            if rounds.is_none() && copies.len() == 2 && before.is_empty() {
+                return (wal, round, Some((newest, after, copies)));
+            }
+        }
+        panic!("no reclamation copied group 1's log into the newest segment");
+    };
+    let (wal, round, found) = setup(&SimFs::new(21), None);
+    drop(wal);
+    let (newest, after, copies) = found.expect("found");
+    // Again, up to that compaction, which the power loss interrupts: of its batch only the
+    // records up to the middle of the second copy reach the disk.
+    let fs = SimFs::with_options(21, SimFsOptions { torn_crash_writes: false, torn_failed_appends: false });
+    let (wal, _, _) = setup(&fs, Some(round));
+    let mut busy = wal.group(GroupId(2)).expect("group 2");
+    fs.crash_after(0);
+    assert!(busy.compact(Index(round * 5 + 5), Term(1)).is_err(), "the power went");
+    drop((busy, wal));
+    fs.crash();
+    let mut file = fs.open_append(&newest).expect("the newest segment");
+    file.write_at(0, &after[..copies[1] as usize + 3]).expect("write");
+    file.sync().expect("sync");
+    drop(file);
+    let wal = open(&fs, OPTIONS);
+    let repairs = wal.recovery_report().repairs().to_vec();
+    assert!(
+        matches!(&repairs[..], [Repair::TornTailTruncated { file, offset, .. }] if *file == newest && *offset == copies[0]),
+        "the whole run goes: {repairs:?}"
+    );
+    let mut short = wal.group(GroupId(1)).expect("group 1");
+    assert_eq!(short.entries(Index(1), Index(3), u64::MAX), Ok(run(1, 2, 1)));
+    // Group 1 writes again, right where the run was cut; group 2 writes on without compacting,
+    // so that its entries keep that segment while reclamations copy group 1's log forward and
+    // release the segments before it.
+    short.persist(None, &run(3, 3, 1)).expect("persist");
+    let mut busy = wal.group(GroupId(2)).expect("group 2");
+    let last = busy.last_index().expect("last").0;
+    interleave(std::slice::from_mut(&mut busy), last + 1, 40);
+    let name = newest.file_name().expect("a name").to_string_lossy().into_owned();
+    assert_eq!(segments(&fs, &dir()).first(), Some(&name), "the segments before the cut one are released");
+    drop((short, busy, wal));
+    fs.crash();
+    let wal = SharedWal::open(fs.clone(), dir(), ME, OPTIONS).expect("the log opens");
+    let short = wal.group(GroupId(1)).expect("group 1");
+    assert_eq!(short.entries(Index(1), Index(4), u64::MAX), Ok(run(1, 3, 1)));
 }
 
 #[test]

@@ -72,7 +72,13 @@
 //! index and term) moves them to the copies only once it reaches the log's last index; a run cut
 //! short moves nothing (the originals' segments are still there: the `Reclaim` was not durable),
 //! and its records are garbage. A copy of an entry the log does not hold (its originals lie in
-//! released segments) is replayed as an `Entry`: the run is then the group's whole log.
+//! released segments) is replayed as an `Entry`: the run is then the group's whole log. So
+//! garbage copies must not outlive the segments holding the originals: once those were released
+//! they would read as the group's log. A run therefore never spans segments (a reclamation
+//! starts a new segment for a run that does not fit), and recovery cuts a run cut short, which
+//! then lies at the very end of the newest segment, together with the torn tail (found by the
+//! `shared_wal_recovery` fuzz target: the group's next records, written after the garbage, were
+//! out of sequence once a later reclamation released the older segments).
 //!
 //! Recovery (`open`) replays the segments in order. They are a suffix of the WAL's history, so a
 //! group's first records may be released: its entries met before its first metadata record are

@@ -59,6 +59,21 @@ pub(super) fn recover<F: FileSystem>(
             }
         }
     }
+    // A run of copies cut short at the end of the newest segment is garbage (see the module
+    // docs); it goes with the torn tail, so that no later replay, once the segments holding
+    // the group's earlier records are released, takes its copies for the group's log.
+    // (Only in the newest file: if its header was torn, the segment before it was synced.)
+    if let Some(segment) = segments.last_mut()
+        && sequences.last() == Some(&segment.sequence)
+        && let Some((offset, records)) = replay.run_cut_short_at(segment.sequence, segment.len)
+    {
+        // The file's length, before any cut of a torn tail after the run.
+        let len = torn.as_ref().map_or(segment.file_len, |(_, _, len)| *len);
+        torn = Some((segment_path(&dir, segment.sequence), offset, len));
+        segment.len = offset;
+        segment.file_len = offset;
+        segment.records -= records;
+    }
     // A lost oldest segment first: it explains a group whose first records are missing.
     let below = check_reclaimed(&dir, &segments, replay.reclaimed_below)?;
     let groups = replay.into_groups()?;
@@ -353,6 +368,22 @@ impl ReplayGroup {
 }
 
 impl Replay {
+    /// Where the run of copies that ends where segment `sequence`'s records end (at `end`)
+    /// starts, and how many records it has, if a group's run of copies is pending there: cut
+    /// short by a crash (a whole run is applied once it reaches the group's last index).
+    fn run_cut_short_at(&self, sequence: u64, end: u64) -> Option<(u64, u64)> {
+        self.groups.values().find_map(|group| {
+            let (_, run) = group.copies.as_ref()?;
+            let (first, last) = (run.first()?, run.last()?);
+            let ends_there = last.segment == sequence && last.offset + u64::from(last.len) == end;
+            // Nothing else between its records: cutting them drops no record the replay used.
+            let contiguous = run.windows(2).all(|pair| {
+                pair[0].segment == pair[1].segment && pair[0].offset + u64::from(pair[0].len) == pair[1].offset
+            });
+            (ends_there && contiguous && first.segment == sequence).then_some((first.offset, run.len() as u64))
+        })
+    }
+
     fn apply(&mut self, record: Record, mut location: Location, path: &Path) -> Result<(), Corruption> {
         match record {
             Record::Create { group, meta } => {

@@ -188,16 +188,9 @@ impl<F: FileSystem> Writer<F> {
         let start = self.buffer.len();
         encode_record(record, &mut self.buffer);
         let record_len = (self.buffer.len() - start) as u64;
-        let must_rotate = match self.segments.last() {
-            None => true,
-            Some(segment) => segment.records > 0 && segment.len + record_len > self.segment_bytes_max,
-        };
-        if must_rotate {
+        if !self.fits(record_len) {
             let record_bytes = self.buffer.split_off(start);
-            self.flush()?;
-            self.trim_active()?;
-            self.sync_active()?;
-            self.start_segment()?;
+            self.rotate()?;
             self.buffer = record_bytes;
         }
         self.dirty = true;
@@ -209,6 +202,22 @@ impl<F: FileSystem> Writer<F> {
         segment.len += record_len;
         segment.records += 1;
         Ok(location)
+    }
+
+    /// Whether `bytes` of records fit in the newest segment (any fit in an empty one).
+    fn fits(&self, bytes: u64) -> bool {
+        self.segments
+            .last()
+            .is_some_and(|segment| segment.records == 0 || segment.len + bytes <= self.segment_bytes_max)
+    }
+
+    /// Closes the newest segment durably (its records handed over, its fill cut off) and starts
+    /// a new one.
+    fn rotate(&mut self) -> Result<(), DiskError> {
+        self.flush()?;
+        self.trim_active()?;
+        self.sync_active()?;
+        self.start_segment()
     }
 
     /// Hands the buffered records to the file system, written where the segment's records end
@@ -538,6 +547,12 @@ impl<F: FileSystem> Inner<F> {
                 Ok(entries) if entries.len() == len => entries,
                 _ => break,
             };
+            // A run never spans segments: one cut short by a crash then lies whole at the end of
+            // the newest segment, where recovery cuts it (see the module docs).
+            let run_bytes = self.group(id, incarnation)?.log.iter().map(|location| u64::from(location.len)).sum();
+            if !self.writer.fits(run_bytes) {
+                self.writer.rotate()?;
+            }
             for (position, entry) in entries.iter().enumerate() {
                 let mut location = self.writer.append(&RecordRef::Copy { group: id, entry })?;
                 location.term = entry.term;
