@@ -44,8 +44,8 @@ pub struct WalOptions {
     /// and the file system has no metadata to commit with them: on ext4 on a virtual machine a
     /// sync cost 16–45% less CPU and ran 13–84% more often this way (BENCHMARKS.md). The price:
     /// each byte of the log is written twice (zeros, then the record), and the sync after a
-    /// fill writes the fill's zeros too. Recovery reads zeros after a segment's last record as
-    /// space no record reached.
+    /// fill writes the fill's zeros too. Recovery reads zeros after the newest segment's last
+    /// record as space no record reached (a rotation cuts a segment to its records first).
     pub preallocate_bytes: u64,
 }
 
