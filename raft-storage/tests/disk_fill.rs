@@ -32,8 +32,7 @@ fn hard() -> Option<HardState> {
 
 /// The segments' paths, oldest first.
 fn segments(fs: &SimFs) -> Vec<PathBuf> {
-    let names = fs.durable_file_names(&dir());
-    names.into_iter().filter(|name| name.ends_with(".wal")).map(|name| dir().join(name)).collect()
+    common::fill::segments(fs, &dir(), ".wal")
 }
 
 fn last_segment(fs: &SimFs) -> PathBuf {

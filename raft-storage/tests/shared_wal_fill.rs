@@ -32,8 +32,7 @@ fn hard() -> Option<HardState> {
 
 /// The segments' paths, oldest first.
 fn segments(fs: &SimFs) -> Vec<PathBuf> {
-    let names = fs.durable_file_names(&dir());
-    names.into_iter().filter(|name| name.ends_with(".mwal")).map(|name| dir().join(name)).collect()
+    common::fill::segments(fs, &dir(), ".mwal")
 }
 
 fn last_segment(fs: &SimFs) -> PathBuf {

@@ -1,6 +1,6 @@
 //! Byte-level helpers of the tests of segments filled with zeros ahead of their records.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use raft_storage::testing::SimFs;
 use raft_storage::{FileSystem, FsFile};
@@ -24,4 +24,11 @@ pub fn set_version(fs: &SimFs, path: &Path, version: u32) {
     let crc = crc32fast::hash(&header[..20]);
     header[20..24].copy_from_slice(&crc.to_le_bytes());
     overwrite(fs, path, 0, &header);
+}
+
+/// The paths of the durable files of `dir` whose names end in `suffix` (a store's segments),
+/// oldest first.
+pub fn segments(fs: &SimFs, dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let names = fs.durable_file_names(dir);
+    names.into_iter().filter(|name| name.ends_with(suffix)).map(|name| dir.join(name)).collect()
 }
