@@ -26,9 +26,10 @@ fn stderr(output: &Output) -> String {
 fn a_node_whose_storage_fails_says_why_and_exits_with_code_3() {
     let (_dir, data) = temp();
     let layout = layout(1, 1);
-    // 2048 blocks: 1 MiB (512-byte blocks, POSIX) or 2 MiB (bash's 1 KiB blocks); the store and
-    // the first writes fit, and a few dozen 64 KiB values do not.
-    let wrapper = ["sh", "-c", r#"trap '' XFSZ && ulimit -f 2048 && exec "$0" "$@""#];
+    // 8192 blocks: 4 MiB (512-byte blocks, POSIX) or 8 MiB (bash's 1 KiB blocks); the store, the
+    // 1 MiB of zeros its log fills ahead of its records and the first writes fit, and a hundred
+    // or so 64 KiB values do not.
+    let wrapper = ["sh", "-c", r#"trap '' XFSZ && ulimit -f 8192 && exec "$0" "$@""#];
     let args = ["--peers", &layout.peers, "--data", &data_dir(&data, 1), "--bootstrap"].map(str::to_owned);
     let log = log_file(&data, 1, 1);
     let mut node = Node::start_under(&wrapper, 1, layout.raft[0], layout.http[0], log.clone(), &args);
