@@ -165,8 +165,9 @@ fn a_leadership_transfer_and_a_check_quorum_step_down_name_their_cause() {
 fn wal_recovery_logs_the_torn_tail_it_cuts_with_file_and_offset() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let identity = Identity { cluster_id: CLUSTER, node_id: NodeId(1) };
-    let mut store =
-        DiskStorage::create(StdFs, dir.path(), identity, membership(&[1]), DiskOptions::default()).expect("create");
+    // No zeros filled ahead of the records: the torn write is appended at the file's end.
+    let options = DiskOptions { preallocate_bytes: 0, ..DiskOptions::default() };
+    let mut store = DiskStorage::create(StdFs, dir.path(), identity, membership(&[1]), options).expect("create");
     let entries: Vec<Entry> = (1..=5)
         .map(|i| Entry { index: Index(i), term: Term(1), payload: EntryPayload::Normal(Bytes::from_static(b"x")) })
         .collect();
@@ -182,8 +183,7 @@ fn wal_recovery_logs_the_torn_tail_it_cuts_with_file_and_offset() {
     file.write_all(&[17, 0, 0, 0, 1, 2]).expect("append a record's prefix"); // A torn write.
     drop(file);
 
-    let (store, events) =
-        capture_local(LevelFilter::INFO, || DiskStorage::open(StdFs, dir.path(), identity, DiskOptions::default()));
+    let (store, events) = capture_local(LevelFilter::INFO, || DiskStorage::open(StdFs, dir.path(), identity, options));
     assert_eq!(raft_core::Storage::last_index(&store.expect("recovers")), Ok(Index(5)));
     let repaired = one(&events, "storage recovery repaired a file");
     assert_eq!(repaired.level, tracing::Level::WARN);
