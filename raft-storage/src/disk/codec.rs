@@ -116,16 +116,30 @@ pub(crate) fn check_header(path: &Path, bytes: &[u8], magic: [u8; 8], version: u
     Ok(u64::from_le_bytes(raw))
 }
 
+/// Checks the header of a segment of either format version: `appended` (the older one: the file
+/// ends with its last record) or `filled` (zeros may follow its records: space filled ahead of
+/// them). Returns the number the header holds and whether zeros may follow the records.
+pub(crate) fn check_segment_header(
+    path: &Path,
+    bytes: &[u8],
+    magic: [u8; 8],
+    appended: u32,
+    filled: u32,
+) -> Result<(u64, bool), DiskError> {
+    let zero_tail = read_u32(bytes, 8) != appended;
+    let number = check_header(path, bytes, magic, if zero_tail { filled } else { appended })?;
+    Ok((number, zero_tail))
+}
+
 /// Checks the header of the `DiskStorage` segment `path`, whose file name says it starts at
 /// `name_index`. Returns whether zeros may follow its records (format version 5).
 pub(super) fn check_disk_header(path: &Path, bytes: &[u8], name_index: Index) -> Result<bool, DiskError> {
-    let appended = read_u32(bytes, 8) == FORMAT_VERSION;
-    let version = if appended { FORMAT_VERSION } else { SEGMENT_VERSION };
-    let header = Index(check_header(path, bytes, SEGMENT_MAGIC, version)?);
+    let (header, zero_tail) = check_segment_header(path, bytes, SEGMENT_MAGIC, FORMAT_VERSION, SEGMENT_VERSION)?;
+    let header = Index(header);
     if header != name_index {
         return Err(corrupt(path, 12, Corruption::HeaderMismatch { header, name: name_index }));
     }
-    Ok(!appended)
+    Ok(zero_tail)
 }
 
 /// The little-endian `u32` at byte `at` of `bytes` (which must hold it).

@@ -123,15 +123,37 @@ impl<File: FsFile> OpenFile<File> {
         self.file.append(bytes).map_err(io_error(IoOp::Append, &self.path))
     }
 
-    /// Writes `bytes` at `offset` (at most the file's length). Its failure is an append's: it
-    /// writes records where the log ends, or the zeros ahead of them.
-    pub(crate) fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), DiskError> {
-        self.file.write_at(offset, bytes).map_err(io_error(IoOp::Append, &self.path))
+    /// Writes `bytes`, the last records of a segment whose records now end at `records_end`,
+    /// where they go: over zeros filled earlier, or growing the file. Once they reach the file's
+    /// end, fills the next `fill_ahead` bytes after them with zeros, up to `fill_limit` at the
+    /// most, so that the syncs after the next one change no file length (the policy of both
+    /// logs: `DiskOptions::preallocate_bytes`, `WalOptions::preallocate_bytes`; 0 fills
+    /// nothing). Returns the file's length. A failure is an append's.
+    pub(crate) fn write_records(
+        &mut self,
+        records_end: u64,
+        bytes: &[u8],
+        fill_ahead: u64,
+        fill_limit: u64,
+    ) -> Result<u64, DiskError> {
+        let start = records_end - bytes.len() as u64;
+        self.file.write_at(start, bytes).map_err(io_error(IoOp::Append, &self.path))?;
+        let fill_end = records_end.saturating_add(fill_ahead).min(fill_limit);
+        if self.file.len() <= records_end && fill_end > records_end {
+            let zeros = vec![0; (fill_end - records_end) as usize];
+            self.file.write_at(records_end, &zeros).map_err(io_error(IoOp::Append, &self.path))?;
+        }
+        Ok(self.file.len())
     }
 
-    /// The file's length.
-    pub(crate) fn len(&self) -> u64 {
-        self.file.len()
+    /// Cuts off the zeros filled after a segment's records (which end at `records_end`), if any:
+    /// before a newer segment starts, as only the newest segment may end in zeros. Durable after
+    /// the next sync.
+    pub(crate) fn cut_fill(&mut self, records_end: u64) -> Result<(), DiskError> {
+        if self.file.len() > records_end {
+            self.truncate(records_end)?;
+        }
+        Ok(())
     }
 
     /// Makes everything written so far durable.

@@ -353,30 +353,20 @@ fn parse_segment(path: &Path, bytes: &Bytes, first_index: Index, is_last: bool) 
         entries: Vec::new(),
         torn_at: None,
     };
-    // A header never written (the segment was never synced: no record in it was durable when
-    // the crash came) reads as zeros when space after it was filled, or reached the disk first.
-    let unwritten = len >= HEADER_BYTES
-        && bytes[..HEADER_BYTES as usize].iter().all(|&byte| byte == 0)
-        && checked_record(bytes, HEADER_BYTES).is_none();
-    if len < HEADER_BYTES || (is_last && unwritten) {
+    if len < HEADER_BYTES || (is_last && header_never_written(bytes)) {
         parsed.torn_at = Some(torn_or_corrupt(path, is_last, 0, Corruption::Truncated)?);
         return Ok(parsed);
     }
     let zero_tail = check_disk_header(path, bytes, first_index)?;
     let mut reader = EntryReader { path, bytes, parsed: &mut parsed };
-    let walked = if zero_tail {
-        walk_preallocated(path, bytes, is_last, &mut reader)?
-    } else {
-        let torn_at = walk_records(path, bytes, is_last, &mut reader)?;
-        Walked { end: torn_at.unwrap_or(len), torn: torn_at.is_some() }
-    };
+    let walked = walk_segment(path, bytes, is_last, zero_tail, &mut reader)?;
     parsed.torn_at = walked.torn.then_some(walked.end);
     parsed.segment.len = walked.end;
     parsed.segment.zero_tail = zero_tail;
     Ok(parsed)
 }
 
-/// What [`walk_records`] hands each record to.
+/// What [`walk_segment`] hands each record to.
 pub(crate) trait RecordSink {
     /// Takes the payload of the whole, crc-checked record at `offset`.
     fn record(&mut self, offset: u64, payload: &[u8]) -> Result<(), DiskError>;
@@ -399,19 +389,6 @@ pub(crate) fn torn_or_corrupt(
     if is_last { Ok(offset) } else { Err(corrupt(path, offset, corruption)) }
 }
 
-/// Walks the records of the segment `path` (held in `bytes`, its header checked) and hands each
-/// to `sink`. Returns where a torn tail starts, if the segment ends in one: damage at the very end
-/// of the last segment is a torn write, damage anywhere else is corruption.
-pub(crate) fn walk_records(
-    path: &Path,
-    bytes: &[u8],
-    is_last: bool,
-    sink: &mut impl RecordSink,
-) -> Result<Option<u64>, DiskError> {
-    let walked = walk(path, bytes, is_last, false, sink)?;
-    Ok(walked.torn.then_some(walked.end))
-}
-
 /// Where the records of a segment end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Walked {
@@ -421,25 +398,31 @@ pub(crate) struct Walked {
     pub(crate) torn: bool,
 }
 
-/// Walks the records of the segment `path` as [`walk_records`] does, for a segment whose space
-/// may have been filled with zeros before its records were written over them (both logs' new
-/// segments): in the last segment, zeros from a record's end to the file's end are space no
-/// record reached, not damage (a segment is cut to its last record before a newer one starts, so
-/// zeros after the records of any other segment are damage). Damage in the last segment after
-/// which no whole record comes (one that could lie anywhere after it: [`RecordSink::could_come_later`])
-/// is a torn write, whatever else comes after it, as is damage to an appended segment's last
-/// record: a crash, or media damage to the newest records, which recovery cannot tell apart.
-/// Anything else is corruption.
-pub(crate) fn walk_preallocated(
-    path: &Path,
-    bytes: &[u8],
-    is_last: bool,
-    sink: &mut impl RecordSink,
-) -> Result<Walked, DiskError> {
-    walk(path, bytes, is_last, true, sink)
+/// Whether a segment's header was never written: the segment was never synced (no record in it
+/// was durable when the crash came), and its header reads as zeros because space after it was
+/// filled, or reached the disk first. A whole record right after it (written with the header, in
+/// the same sector) says the header was damaged instead.
+pub(crate) fn header_never_written(bytes: &[u8]) -> bool {
+    bytes.len() as u64 >= HEADER_BYTES
+        && bytes[..HEADER_BYTES as usize].iter().all(|&byte| byte == 0)
+        && checked_record(bytes, HEADER_BYTES).is_none()
 }
 
-fn walk(
+/// Walks the records of the segment `path` (held in `bytes`, its header checked) and hands each
+/// to `sink`; returns where they end, and whether a torn write follows.
+///
+/// A segment of an appended format (`zero_tail` false) ends with its last record: damage at the
+/// very end of the last segment is a torn write, damage anywhere else is corruption.
+///
+/// A segment whose space may have been filled with zeros before its records were written over
+/// them (`zero_tail`: both logs' newer formats): in the last segment, zeros from a record's end
+/// to the file's end are space no record reached, not damage (a segment is cut to its last
+/// record before a newer one starts, so zeros after the records of any other segment are
+/// damage). Damage in the last segment after which no whole record comes (one that could lie
+/// anywhere after it: [`RecordSink::could_come_later`]) is a torn write, whatever else comes
+/// after it: a crash, or media damage to the newest records, which recovery cannot tell apart.
+/// Anything else is corruption.
+pub(crate) fn walk_segment(
     path: &Path,
     bytes: &[u8],
     is_last: bool,

@@ -205,14 +205,8 @@ impl<File: FsFile> SegmentLog<File> {
         }
         let segment = self.segments.last().expect("bytes are only written to an existing segment");
         let file = self.active.as_mut().expect("bytes are only written to an existing segment");
-        file.write_at(segment.len - bytes.len() as u64, bytes)?;
-        if segment.zero_tail && file.len() <= segment.len {
-            let end =
-                segment.len.saturating_add(options.preallocate_bytes).min(options.segment_bytes_max.max(segment.len));
-            if end > segment.len {
-                file.write_at(segment.len, &vec![0; (end - segment.len) as usize])?;
-            }
-        }
+        let fill_ahead = if segment.zero_tail { options.preallocate_bytes } else { 0 };
+        file.write_records(segment.len, bytes, fill_ahead, options.segment_bytes_max)?;
         Ok(())
     }
 
@@ -230,10 +224,8 @@ impl<File: FsFile> SegmentLog<File> {
         dir: &Directory<F>,
         first_index: Index,
     ) -> Result<(), DiskError> {
-        if let (Some(segment), Some(file)) = (self.segments.last(), self.active.as_mut())
-            && file.len() > segment.len
-        {
-            file.truncate(segment.len)?;
+        if let (Some(segment), Some(file)) = (self.segments.last(), self.active.as_mut()) {
+            file.cut_fill(segment.len)?;
         }
         self.sync_active()?;
         let mut file = dir.create(dir.file(&segment_name(first_index)))?;

@@ -22,12 +22,12 @@ use super::record::{
     group_prefix, parse_group_file,
 };
 use super::store::{Group, Inner, Location, SegmentFile, WalOptions, Writer, segment_path};
-use crate::disk::codec::{HEADER_BYTES, RECORD_PREFIX_BYTES, check_header, checked_record, read_u32};
+use crate::disk::codec::{HEADER_BYTES, RECORD_PREFIX_BYTES, check_segment_header};
 use crate::disk::directory::Directory;
 use crate::disk::error::{Corruption, DiskError, corrupt};
 use crate::disk::meta::{Identity, Meta, open_existing};
 use crate::disk::recovery::{
-    RecordSink, RecoveryReport, Repair, Walked, cut_torn_tail, torn_or_corrupt, walk_preallocated, walk_records,
+    RecordSink, RecoveryReport, Repair, cut_torn_tail, header_never_written, torn_or_corrupt, walk_segment,
 };
 use crate::disk::snapshot::{self, is_snapshot_file, snapshot_name};
 use crate::fs::FileSystem;
@@ -125,34 +125,21 @@ fn replay_segment<F: FileSystem>(
     let path = segment_path(dir, sequence);
     let bytes = dir.read(&path)?;
     let len = bytes.len() as u64;
-    // A header never written (the segment was never synced: no record in it was durable when
-    // the crash came) reads as zeros when space after it was filled, or reached the disk first.
-    // A whole record right after it (written with the header, in the same sector) says the
-    // header was damaged instead.
-    let unwritten = len >= HEADER_BYTES
-        && bytes[..HEADER_BYTES as usize].iter().all(|&byte| byte == 0)
-        && checked_record(&bytes, HEADER_BYTES).is_none();
-    if len < HEADER_BYTES || (is_last && unwritten) {
+    if len < HEADER_BYTES || (is_last && header_never_written(&bytes)) {
         torn_or_corrupt(&path, is_last, 0, Corruption::Truncated)?;
         return Ok(Replayed::Torn(None, 0, len));
     }
-    let appended = read_u32(&bytes, 8) == SEGMENT_VERSION_APPENDED;
-    let version = if appended { SEGMENT_VERSION_APPENDED } else { SEGMENT_VERSION };
-    let header = check_header(&path, &bytes, SEGMENT_MAGIC, version)?;
+    let (header, zero_tail) =
+        check_segment_header(&path, &bytes, SEGMENT_MAGIC, SEGMENT_VERSION_APPENDED, SEGMENT_VERSION)?;
     if header != sequence {
         return Err(corrupt(&path, 12, Corruption::SequenceMismatch { header, name: sequence }));
     }
     let mut sink = ReplaySink { path: &path, segment: sequence, records: 0, replay };
-    let walked = if appended {
-        let torn_at = walk_records(&path, &bytes, is_last, &mut sink)?;
-        Walked { end: torn_at.unwrap_or(len), torn: torn_at.is_some() }
-    } else {
-        walk_preallocated(&path, &bytes, is_last, &mut sink)?
-    };
+    let walked = walk_segment(&path, &bytes, is_last, zero_tail, &mut sink)?;
     let records = sink.records;
     // A torn tail is cut at `walked.end`.
     let file_len = if walked.torn { walked.end } else { len };
-    let segment = SegmentFile { sequence, len: walked.end, file_len, records, zero_tail: !appended };
+    let segment = SegmentFile { sequence, len: walked.end, file_len, records, zero_tail };
     Ok(if walked.torn { Replayed::Torn(Some(segment), walked.end, len) } else { Replayed::Whole(segment) })
 }
 

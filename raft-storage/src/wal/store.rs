@@ -229,18 +229,11 @@ impl<F: FileSystem> Writer<F> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let segment = *self.segments.last().expect("records are only buffered once a segment exists");
+        let segment = self.segments.last_mut().expect("records are only buffered once a segment exists");
         let file = self.active.as_mut().expect("records are only buffered once a segment exists");
-        file.write_at(segment.len - self.buffer.len() as u64, &self.buffer)?;
+        let fill_ahead = if segment.zero_tail { self.preallocate_bytes } else { 0 };
+        segment.file_len = file.write_records(segment.len, &self.buffer, fill_ahead, self.segment_bytes_max)?;
         self.buffer.clear();
-        if segment.zero_tail && file.len() <= segment.len {
-            let end = segment.len.saturating_add(self.preallocate_bytes).min(self.segment_bytes_max.max(segment.len));
-            if end > segment.len {
-                file.write_at(segment.len, &vec![0; (end - segment.len) as usize])?;
-            }
-        }
-        let file_len = file.len();
-        self.segments.last_mut().expect("the segment written").file_len = file_len;
         Ok(())
     }
 
@@ -248,10 +241,8 @@ impl<F: FileSystem> Writer<F> {
     /// end in zeros (recovery reads zeros after any other's last record as damage).
     fn trim_active(&mut self) -> Result<(), DiskError> {
         let (Some(segment), Some(file)) = (self.segments.last_mut(), self.active.as_mut()) else { return Ok(()) };
-        if file.len() > segment.len {
-            file.truncate(segment.len)?;
-            segment.file_len = segment.len;
-        }
+        file.cut_fill(segment.len)?;
+        segment.file_len = segment.len;
         Ok(())
     }
 
@@ -540,7 +531,7 @@ impl<F: FileSystem> Inner<F> {
             }
         }
         let mut copied = false;
-        for &(_, _, id, incarnation) in &pinning[..count] {
+        for &(_, run_bytes, id, incarnation) in &pinning[..count] {
             let group = self.group(id, incarnation)?;
             let (low, high, len) = (group.boundary().next(), group.last_index().next(), group.log.len());
             let entries = match self.entries(id, incarnation, low, high, u64::MAX) {
@@ -548,8 +539,8 @@ impl<F: FileSystem> Inner<F> {
                 _ => break,
             };
             // A run never spans segments: one cut short by a crash then lies whole at the end of
-            // the newest segment, where recovery cuts it (see the module docs).
-            let run_bytes = self.group(id, incarnation)?.log.iter().map(|location| u64::from(location.len)).sum();
+            // the newest segment, where recovery cuts it (see the module docs). Its copies are as
+            // long as the records they copy, and fit in an empty segment (the budget above).
             if !self.writer.fits(run_bytes) {
                 self.writer.rotate()?;
             }
