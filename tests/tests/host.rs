@@ -502,6 +502,51 @@ async fn one_worker_writes_the_outputs_of_many_groups_together() {
     host.shutdown().await;
 }
 
+/// Workers that sleep the moment they find nothing to do (`idle_poll` zero), more of them than
+/// the machine has cores, and many groups whose clients each keep one write in flight: every
+/// write wakes a sleeping worker, and a push often comes while a notified worker has not yet
+/// woken (a push notifies only a sleeper no notify is on its way to). No wake-up may be lost: a
+/// write left on the ready queue with every worker asleep would never be answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_sleep_at_once_miss_no_wake_up() {
+    use raft_storage::MemStorage;
+    const GROUPS: u64 = 16;
+    const WRITES: usize = 150;
+    let id = NodeId(1);
+    let network = raft_net::MemNetwork::default();
+    let host: Host<MemStorage> =
+        Host::start(HostConfig { idle_poll: Duration::ZERO, ..HostConfig::with_workers(4) }).expect("host");
+    let mut clients = tokio::task::JoinSet::new();
+    for group in (1..=GROUPS).map(GroupId) {
+        let (transport, inbound) = network.join_group(id, group).expect("joined");
+        let handle = host
+            .add_group(
+                group,
+                raft_testkit::config(id),
+                MemStorage::new(Membership::new([id])),
+                transport,
+                inbound,
+                Kv(KvView::default()),
+            )
+            .expect("added");
+        clients.spawn(async move {
+            propose(std::slice::from_ref(&handle), &[id], 0, set("first", "v")).await;
+            for write in 0..WRITES {
+                // A lost wake-up leaves this write unanswered: the timeout names it.
+                let answered =
+                    tokio::time::timeout(Duration::from_secs(30), handle.propose(set("k", &write.to_string())));
+                answered.await.expect("answered (no lost wake-up)").expect("written");
+            }
+        });
+    }
+    while let Some(client) = clients.join_next().await {
+        client.expect("a client's task");
+    }
+    let stats = host.stats();
+    assert!(stats.group_steps >= GROUPS * WRITES as u64, "{stats:?}");
+    host.shutdown().await;
+}
+
 /// The host as one task on a `LocalSet` (as the turmoil simulation runs it): three nodes' hosts
 /// on one thread, over the in-memory network, run four groups that elect and replicate.
 #[test]

@@ -321,6 +321,9 @@ pub(super) struct Inner<F: FileSystem> {
     handed_over: u64,
     synced: u64,
     syncing: bool,
+    /// Writers waiting on `sync_ended` for the leader's sync: the leader wakes them only if there
+    /// are any (a notify is a system call, and most syncs have no one waiting).
+    sync_waiters: usize,
     /// The leader's handle on the newest segment (its number and file), kept between syncs.
     sync_file: Option<(u64, OpenFile<F::File>)>,
 }
@@ -345,6 +348,7 @@ impl<F: FileSystem> Inner<F> {
             handed_over: 0,
             synced: 0,
             syncing: false,
+            sync_waiters: 0,
             sync_file: None,
         }
     }
@@ -977,11 +981,13 @@ impl<F: FileSystem> Shared<F> {
                 return Err(DiskError::Stopped);
             }
             if inner.syncing {
+                inner.sync_waiters += 1;
                 inner = self.sync_ended.wait(inner).unwrap_or_else(|poisoned| {
                     let mut inner = poisoned.into_inner();
                     inner.stopped = true;
                     inner
                 });
+                inner.sync_waiters -= 1;
                 continue;
             }
             let target = inner.handed_over;
@@ -1024,7 +1030,9 @@ impl<'a, F: FileSystem> Leading<'a, F> {
         std::mem::forget(self);
         let mut inner = shared.lock();
         inner.syncing = false;
-        shared.sync_ended.notify_all();
+        if inner.sync_waiters > 0 {
+            shared.sync_ended.notify_all();
+        }
         inner
     }
 }
@@ -1034,7 +1042,9 @@ impl<F: FileSystem> Drop for Leading<'_, F> {
         let mut inner = self.shared.lock();
         inner.syncing = false;
         inner.stopped = true;
-        self.shared.sync_ended.notify_all();
+        if inner.sync_waiters > 0 {
+            self.shared.sync_ended.notify_all();
+        }
     }
 }
 
