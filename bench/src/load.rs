@@ -50,8 +50,8 @@ pub struct LoadResult {
     /// CPU time every other process on the machine used in the window (other jobs compete for
     /// the CPUs: a busy machine shows here).
     pub others_cpu: Duration,
-    /// What the run's probe counted in the window (0 without a probe).
-    pub probed: u64,
+    /// What the run's probe counted in the window (zeros without a probe).
+    pub probed: Counts,
 }
 
 impl LoadResult {
@@ -128,12 +128,40 @@ pub async fn run(
     run_groups(&[Target { nodes: nodes.into(), leader }], ids, plan, None).await
 }
 
-/// A counter read at both ends of the measuring window (the logs' syncs, say).
-pub type Probe = Arc<dyn Fn() -> u64 + Send + Sync>;
+/// Counters of the nodes, read at both ends of the measuring window (see [`Probe`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Syncs of the nodes' logs.
+    pub syncs: u64,
+    /// Group steps of the nodes' hosts (one per group per round).
+    pub group_steps: u64,
+    /// Messages the nodes' transports wrote.
+    pub messages: u64,
+}
+
+impl Counts {
+    /// What was counted from `start` to `self`.
+    fn since(self, start: Counts) -> Counts {
+        Counts {
+            syncs: self.syncs.saturating_sub(start.syncs),
+            group_steps: self.group_steps.saturating_sub(start.group_steps),
+            messages: self.messages.saturating_sub(start.messages),
+        }
+    }
+
+    /// Each count per operation, for `ops` operations.
+    pub fn per_op(self, ops: u64) -> (f64, f64, f64) {
+        let ops = ops.max(1) as f64;
+        (self.syncs as f64 / ops, self.group_steps as f64 / ops, self.messages as f64 / ops)
+    }
+}
+
+/// Reads the nodes' counters (the logs' syncs, the hosts' group steps, the messages sent).
+pub type Probe = Arc<dyn Fn() -> Counts + Send + Sync>;
 
 /// Runs `plan` against `groups`, client `i` proposing to group `i % groups.len()`. `probe`, if
 /// any, is read when the window opens and when it closes: [`LoadResult::probed`] is the
-/// difference.
+/// difference. The probe is dropped before this returns.
 pub async fn run_groups(
     groups: &[Target],
     ids: &[NodeId],
@@ -176,9 +204,9 @@ async fn control(
     shared: &Shared,
     plan: &LoadPlan,
     probe: Option<Probe>,
-) -> (Instant, Instant, u64, (Duration, Duration), u64) {
+) -> (Instant, Instant, u64, (Duration, Duration), Counts) {
     sleep(plan.warmup).await;
-    let read_probe = || probe.as_ref().map_or(0, |probe| probe());
+    let read_probe = || probe.as_ref().map_or(Counts::default(), |probe| probe());
     let probe_start = read_probe();
     let (cpu_start, system_start) = (process_cpu(), system_cpu());
     let start = Instant::now();
@@ -217,7 +245,7 @@ async fn control(
     shared.phase.store(STOP, Ordering::Release);
     let cpu = process_cpu().saturating_sub(cpu_start);
     let others = system_cpu().saturating_sub(system_start).saturating_sub(cpu);
-    let probed = read_probe().saturating_sub(probe_start);
+    let probed = read_probe().since(probe_start);
     (start, end, ops, (cpu, others), probed)
 }
 

@@ -298,7 +298,7 @@ fn install_metrics() -> BenchResult<metrics_exporter_prometheus::PrometheusHandl
 
 /// What a multi-group run measured.
 pub struct MeasuredGroups {
-    /// The load's result (its `probed`: syncs of every node's log in the window).
+    /// The load's result (its `probed`: every node's syncs, group steps and messages in the window).
     pub load: LoadResult,
     /// Elections during the run (the highest term's growth over all groups).
     pub elections: u64,
@@ -347,12 +347,15 @@ fn groups_matrix(args: &Args, dir: &std::path::Path, runtime: &tokio::runtime::R
             let label = format!("{groups} groups, {clients} clients, run {run}/{runs}");
             let plan = plan(args, clients, 64, &label, Duration::from_secs(5));
             let measured = runtime.block_on(measure_groups(&spec, &plan, dir))?;
+            let (syncs, steps, messages) = measured.load.probed.per_op(measured.load.ops);
             eprintln!(
-                "[{label}] {:.0} ops/s, p99 {:.0} us, {:.2} us CPU per op, {:.3} fsyncs per op",
+                "[{label}] {:.0} ops/s, p99 {:.0} us, {:.2} us CPU per op, per op: {:.3} fsyncs, {:.2} group steps, {:.2} messages",
                 measured.load.ops_per_sec(),
                 measured.load.latency_us(0.99),
                 measured.load.cpu_us_per_op(),
-                measured.load.probed as f64 / measured.load.ops.max(1) as f64
+                syncs,
+                steps,
+                messages
             );
             results[row].push((spec, plan, measured));
         }
@@ -427,7 +430,7 @@ async fn measure_groups(
         Duration::from_secs(20).max(Duration::from_millis(40) * u32::try_from(spec.groups).unwrap_or(u32::MAX));
     let (targets, start_term) = cluster.settled(patience).await?;
     eprintln!("[{}] every group has a leader; load starts", plan.label);
-    let load = load::run_groups(&targets, cluster.ids(), plan, Some(cluster.syncs())).await;
+    let load = load::run_groups(&targets, cluster.ids(), plan, Some(cluster.probe())).await;
     let end_term = cluster.term().await;
     cluster.shutdown().await;
     Ok(MeasuredGroups { load: load?, elections: end_term?.0.saturating_sub(start_term.0) })

@@ -44,11 +44,12 @@ pub struct MultiSpec {
     pub idle_poll: std::time::Duration,
 }
 
-/// One node: its transport, log and host, and its handle of each group.
+/// One node: its transport, log and host, and its handle of each group. The transport and the
+/// host are shared with the load's probe (see [`MultiCluster::probe`]).
 struct MultiNode {
-    transport: TcpTransport,
+    transport: Arc<TcpTransport>,
     wal: SharedWal,
-    host: Host<GroupStore>,
+    host: Arc<Host<GroupStore>>,
     handles: Vec<NodeHandle<Counter>>,
 }
 
@@ -99,7 +100,7 @@ pub async fn start(spec: &MultiSpec, dir: &Path) -> BenchResult<MultiCluster> {
             config.addresses = addresses.clone();
             handles.push(host.add_group(group, config, store, group_transport, inbound, Counter::default())?);
         }
-        nodes.push(MultiNode { transport, wal, host, handles });
+        nodes.push(MultiNode { transport: Arc::new(transport), wal, host: Arc::new(host), handles });
     }
     Ok(MultiCluster { nodes, ids, _dir: root })
 }
@@ -176,10 +177,24 @@ impl MultiCluster {
         self.nodes.iter().map(|node| node.host.stats().group_steps).sum()
     }
 
-    /// A probe of the syncs of every node's log together.
-    pub fn syncs(&self) -> crate::load::Probe {
-        let wals: Vec<SharedWal> = self.nodes.iter().map(|node| node.wal.clone()).collect();
-        Arc::new(move || wals.iter().map(SharedWal::syncs).sum())
+    /// A probe of every node's counters together: its log's syncs, its host's group steps, the
+    /// messages its transport wrote (node-level pings included).
+    pub fn probe(&self) -> crate::load::Probe {
+        let nodes: Vec<(SharedWal, Arc<Host<GroupStore>>, Arc<TcpTransport>)> = self
+            .nodes
+            .iter()
+            .map(|node| (node.wal.clone(), Arc::clone(&node.host), Arc::clone(&node.transport)))
+            .collect();
+        Arc::new(move || {
+            let mut counts = crate::load::Counts::default();
+            for (wal, host, transport) in &nodes {
+                let sent = transport.stats();
+                counts.syncs += wal.syncs();
+                counts.group_steps += host.stats().group_steps;
+                counts.messages += sent.messages_written + sent.pings_written;
+            }
+            counts
+        })
     }
 
     /// Stops every host and transport.
@@ -202,7 +217,11 @@ impl MultiCluster {
         }
         for node in self.nodes {
             node.host.shutdown().await;
-            node.transport.shutdown().await;
+            // The load's probe, the transport's only other holder, is gone once the load ran.
+            match Arc::try_unwrap(node.transport) {
+                Ok(transport) => transport.shutdown().await,
+                Err(_) => eprintln!("  a probe still holds a transport: it stops when dropped"),
+            }
         }
     }
 }

@@ -273,23 +273,26 @@ pub fn print_groups_header(spec: &crate::multi::MultiSpec) {
     );
     println!();
     println!(
-        "| groups | clients | ops/s | p50 (us) | p99 (us) | CPU per op (us) | fsyncs per op (all nodes) | elections |"
+        "| groups | clients | ops/s | p50 (us) | p99 (us) | CPU per op (us) | fsyncs per op | group steps per op | messages per op | elections |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
 }
 
 /// One row of the multi-group table.
 pub fn print_groups_row(spec: &crate::multi::MultiSpec, plan: &LoadPlan, measured: &crate::MeasuredGroups) {
     let load = &measured.load;
+    let (syncs, steps, messages) = load.probed.per_op(load.ops);
     println!(
-        "| {} | {} | {} | {} | {} | {:.2} | {:.3} | {} |",
+        "| {} | {} | {} | {} | {} | {:.2} | {:.3} | {:.2} | {:.2} | {} |",
         spec.groups,
         plan.clients,
         thousands(load.ops_per_sec()),
         micros(load.latency_us(0.5)),
         micros(load.latency_us(0.99)),
         load.cpu_us_per_op(),
-        load.probed as f64 / load.ops.max(1) as f64,
+        syncs,
+        steps,
+        messages,
         measured.elections
     );
 }
