@@ -17,14 +17,33 @@ pub enum VoteResult {
 
 /// The highest index that a majority of `voters` hold, given each voter's durable match index
 /// (voters missing from `matches` count as 0). An empty voter set commits nothing.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn committed_index(voters: &BTreeSet<NodeId>, matches: &BTreeMap<NodeId, Index>) -> Index {
+    committed_index_by(voters, |id| matches.get(&id).copied().unwrap_or_default())
+}
+
+/// Voter sets up to this size are tallied on the stack (a leader tallies on every answer).
+const VOTERS_ON_STACK: usize = 16;
+
+/// [`committed_index`] with each voter's match index given by `match_of`.
+pub(crate) fn committed_index_by(voters: &BTreeSet<NodeId>, match_of: impl Fn(NodeId) -> Index) -> Index {
     if voters.is_empty() {
         return Index(0);
     }
-    let mut indexes: Vec<Index> = voters.iter().map(|id| matches.get(id).copied().unwrap_or_default()).collect();
     // Sorted descending, the entry at position quorum-1 is held by at least a quorum.
-    indexes.sort_unstable_by(|a, b| b.cmp(a));
-    indexes[voters.len() / 2]
+    let nth_highest = |indexes: &mut [Index]| {
+        indexes.sort_unstable_by(|a, b| b.cmp(a));
+        indexes[voters.len() / 2]
+    };
+    if voters.len() <= VOTERS_ON_STACK {
+        let mut indexes = [Index(0); VOTERS_ON_STACK];
+        for (slot, &id) in indexes.iter_mut().zip(voters) {
+            *slot = match_of(id);
+        }
+        return nth_highest(&mut indexes[..voters.len()]);
+    }
+    let mut indexes: Vec<Index> = voters.iter().map(|&id| match_of(id)).collect();
+    nth_highest(&mut indexes)
 }
 
 /// Tallies `votes` (granted or refused) of `voters`; votes of non-voters are ignored.
@@ -56,8 +75,17 @@ pub fn is_quorum(voters: &BTreeSet<NodeId>, active: &BTreeSet<NodeId>) -> bool {
 /// [`committed_index`] for a membership: while joint, the index held by a majority of both
 /// halves.
 pub fn membership_committed_index(membership: &Membership, matches: &BTreeMap<NodeId, Index>) -> Index {
-    let incoming = committed_index(&membership.voters_incoming, matches);
-    if membership.is_joint() { incoming.min(committed_index(&membership.voters_outgoing, matches)) } else { incoming }
+    membership_committed_index_by(membership, |id| matches.get(&id).copied().unwrap_or_default())
+}
+
+/// [`membership_committed_index`] with each voter's match index given by `match_of`.
+pub(crate) fn membership_committed_index_by(membership: &Membership, match_of: impl Fn(NodeId) -> Index) -> Index {
+    let incoming = committed_index_by(&membership.voters_incoming, &match_of);
+    if membership.is_joint() {
+        incoming.min(committed_index_by(&membership.voters_outgoing, &match_of))
+    } else {
+        incoming
+    }
 }
 
 /// [`vote_result`] for a membership: while joint, won only if both halves grant, lost if either
@@ -117,6 +145,18 @@ mod tests {
         fn committed_index_matches_naive(
             voters in proptest::collection::btree_set(0u64..9, 1..8),
             matches in proptest::collection::btree_map(0u64..12, 0u64..50, 0..12),
+        ) {
+            let voters: BTreeSet<NodeId> = voters.into_iter().map(NodeId).collect();
+            let matches: BTreeMap<NodeId, Index> =
+                matches.into_iter().map(|(k, v)| (NodeId(k), Index(v))).collect();
+            prop_assert_eq!(committed_index(&voters, &matches), naive_committed(&voters, &matches));
+        }
+
+        /// Sets larger than those tallied on the stack are tallied in a vector: the same answer.
+        #[test]
+        fn committed_index_of_many_voters_matches_naive(
+            voters in proptest::collection::btree_set(0u64..40, 1..30),
+            matches in proptest::collection::btree_map(0u64..40, 0u64..50, 0..40),
         ) {
             let voters: BTreeSet<NodeId> = voters.into_iter().map(NodeId).collect();
             let matches: BTreeMap<NodeId, Index> =

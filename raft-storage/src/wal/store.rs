@@ -764,7 +764,9 @@ impl<F: FileSystem> Inner<F> {
         if high > group.last_index().next() {
             return Err(StorageError::Unavailable(high.prev()));
         }
-        let mut entries = Vec::new();
+        // Room for every entry asked for, up to a bound (`bytes_max` may stop it early): grown
+        // one push at a time, it was reallocated several times for every batch applied.
+        let mut entries = Vec::with_capacity(usize::try_from(high.0.saturating_sub(low.0)).unwrap_or(0).min(1024));
         let mut bytes = 0;
         let mut window = None;
         for index in low.0..high.0 {
