@@ -110,7 +110,15 @@ pub enum Growth {
     /// The file was written whole with zeros and synced first; each write overwrites the next
     /// bytes in place, so a `sync_data` has only the data to write.
     Preallocated,
+    /// As `Preallocated`, but the file is then opened for direct, synchronous writes
+    /// (`O_DIRECT | O_DSYNC`, Linux): each write rewrites the 4 KiB blocks that hold the new
+    /// bytes, from a buffer of the log's tail, and is durable when it returns (no page cache,
+    /// no separate `sync_data`). What a log written this way would pay per sync.
+    Direct,
 }
+
+/// The block size direct writes are aligned to (a multiple of every disk's logical block).
+const DIRECT_BLOCK: usize = 4096;
 
 /// What one fsync of a loop cost: the loop's rate and the CPU time (of the whole process, in
 /// which nothing else runs meanwhile) per fsync.
@@ -139,7 +147,7 @@ const PREALLOCATED_BYTES: usize = 256 << 20;
 pub fn fsync_cost(dir: &Path, bytes: usize, time: Duration, growth: Growth) -> io::Result<FsyncCost> {
     let file = tempfile::Builder::new().prefix("raft-bench-fsync-cost-").tempfile_in(dir)?;
     let mut handle: &File = file.as_file();
-    if growth == Growth::Preallocated {
+    if growth != Growth::Append {
         let zeros = vec![0u8; 1 << 20];
         for _ in 0..PREALLOCATED_BYTES / zeros.len() {
             handle.write_all(&zeros)?;
@@ -148,6 +156,9 @@ pub fn fsync_cost(dir: &Path, bytes: usize, time: Duration, growth: Growth) -> i
         handle.seek(SeekFrom::Start(0))?;
     }
     let chunk: Vec<u8> = (0..bytes).map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8).collect();
+    if growth == Growth::Direct {
+        return direct_write_cost(file.path(), &chunk, time);
+    }
     let mut written = 0;
     for _ in 0..2 {
         handle.write_all(&chunk)?;
@@ -164,6 +175,51 @@ pub fn fsync_cost(dir: &Path, bytes: usize, time: Duration, growth: Growth) -> i
     }
     let rate = Rate { count, elapsed: start.elapsed() };
     Ok(FsyncCost { rate, cpu: crate::load::process_cpu().saturating_sub(cpu_start) })
+}
+
+/// The loop of [`Growth::Direct`] on the preallocated file at `path`: `chunk` after `chunk`
+/// appended to the log's tail, each time the blocks holding the new bytes written at once and
+/// durably. Two untimed writes come first.
+#[cfg(target_os = "linux")]
+fn direct_write_cost(path: &Path, chunk: &[u8], time: Duration) -> io::Result<FsyncCost> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT | libc::O_DSYNC).open(path)?;
+    // The tail's blocks, in a buffer aligned for direct I/O (room for a whole write and the
+    // block it starts in).
+    let span = (chunk.len() / DIRECT_BLOCK + 2) * DIRECT_BLOCK;
+    let mut backing = vec![0u8; span + DIRECT_BLOCK];
+    let skip = backing.as_ptr().align_offset(DIRECT_BLOCK);
+    let buffer = &mut backing[skip..skip + span];
+    let mut end = 0usize; // The log's length.
+    let mut write = |end: &mut usize| -> io::Result<()> {
+        let block_start = *end / DIRECT_BLOCK * DIRECT_BLOCK;
+        let tail = *end - block_start; // Bytes of the first block already in the buffer.
+        buffer[tail..tail + chunk.len()].copy_from_slice(chunk);
+        let new_end = *end + chunk.len();
+        let blocks = (new_end - block_start).div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
+        file.write_all_at(&buffer[..blocks], block_start as u64)?;
+        // The block the log now ends in moves to the buffer's front for the next write.
+        let last_block = (new_end - block_start) / DIRECT_BLOCK * DIRECT_BLOCK;
+        buffer.copy_within(last_block..last_block + DIRECT_BLOCK, 0);
+        *end = new_end;
+        Ok(())
+    };
+    for _ in 0..2 {
+        write(&mut end)?;
+    }
+    let (start, cpu_start) = (Instant::now(), crate::load::process_cpu());
+    let mut count = 0;
+    while start.elapsed() < time && end + chunk.len() + DIRECT_BLOCK <= PREALLOCATED_BYTES {
+        write(&mut end)?;
+        count += 1;
+    }
+    let rate = Rate { count, elapsed: start.elapsed() };
+    Ok(FsyncCost { rate, cpu: crate::load::process_cpu().saturating_sub(cpu_start) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn direct_write_cost(_path: &Path, _chunk: &[u8], _time: Duration) -> io::Result<FsyncCost> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "direct writes are measured on Linux only"))
 }
 
 /// Ping-pongs 8 bytes over a TCP connection on 127.0.0.1 (no Nagle) between two threads for
