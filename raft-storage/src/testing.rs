@@ -89,9 +89,49 @@ impl Default for SimFsOptions {
 #[derive(Clone)]
 pub struct SimFs {
     state: Arc<Mutex<State>>,
-    /// Whether file syncs wait (a stalled disk, see [`SimFs::hold_syncs`]), and the condition
-    /// they wait on.
-    syncs_held: Arc<(Mutex<bool>, Condvar)>,
+    /// Whether file syncs wait (a stalled disk, see [`SimFs::hold_syncs`]).
+    syncs_held: Arc<Gate>,
+    /// Whether removals wait (a slow unlink, see [`SimFs::hold_removes`]).
+    removes_held: Arc<Gate>,
+}
+
+/// A stall of one kind of operation: while held, each call waits inside the call until the
+/// gate is released.
+#[derive(Default)]
+struct Gate {
+    /// Whether it is held, and how many calls wait in it.
+    state: Mutex<(bool, usize)>,
+    released: Condvar,
+}
+
+impl Gate {
+    /// Locks its state; a bool and a count cannot be left half-written by a panic.
+    fn lock(&self) -> MutexGuard<'_, (bool, usize)> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn hold(&self) {
+        self.lock().0 = true;
+    }
+
+    fn release(&self) {
+        self.lock().0 = false;
+        self.released.notify_all();
+    }
+
+    /// Waits while the gate is held.
+    fn pass(&self) {
+        let mut state = self.lock();
+        state.1 += 1;
+        while state.0 {
+            state = self.released.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.1 -= 1;
+    }
+
+    fn waiting(&self) -> usize {
+        self.lock().1
+    }
 }
 
 /// An open file of a [`SimFs`]: a handle on an inode, valid until the next [`SimFs::crash`].
@@ -160,7 +200,7 @@ impl SimFs {
     /// An empty file system with the given options.
     pub fn with_options(seed: u64, options: SimFsOptions) -> Self {
         let state = State::new(seed, options);
-        SimFs { state: Arc::new(Mutex::new(state)), syncs_held: Arc::new((Mutex::new(false), Condvar::new())) }
+        SimFs { state: Arc::new(Mutex::new(state)), syncs_held: Arc::default(), removes_held: Arc::default() }
     }
 
     /// Replaces the options from now on.
@@ -194,22 +234,33 @@ impl SimFs {
     /// that run the store on a thread of its own: a sync on the releasing thread would wait for
     /// ever.
     pub fn hold_syncs(&self) {
-        *lock_flag(&self.syncs_held.0) = true;
+        self.syncs_held.hold();
     }
 
     /// Ends the stall of [`SimFs::hold_syncs`]: waiting syncs go on.
     pub fn release_syncs(&self) {
-        *lock_flag(&self.syncs_held.0) = false;
-        self.syncs_held.1.notify_all();
+        self.syncs_held.release();
     }
 
     /// Waits while syncs are held.
     fn wait_while_held(&self) {
-        let (flag, released) = &*self.syncs_held;
-        let mut held = lock_flag(flag);
-        while *held {
-            held = released.wait(held).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
+        self.syncs_held.pass();
+    }
+
+    /// Stalls removals as [`SimFs::hold_syncs`] stalls syncs, until [`SimFs::release_removes`]
+    /// (an unlink of a large file, which can take long): for tests of what may go on meanwhile.
+    pub fn hold_removes(&self) {
+        self.removes_held.hold();
+    }
+
+    /// Ends the stall of [`SimFs::hold_removes`]: waiting removals go on.
+    pub fn release_removes(&self) {
+        self.removes_held.release();
+    }
+
+    /// How many removals wait in the stall of [`SimFs::hold_removes`] now.
+    pub fn removes_waiting(&self) -> usize {
+        self.removes_held.waiting()
     }
 
     /// Whether the machine is halted (by [`SimFs::crash_after`]) and waits for [`SimFs::crash`].
@@ -265,11 +316,6 @@ impl SimFs {
     }
 }
 
-/// Locks the flag of [`SimFs::hold_syncs`]; a bool cannot be left half-written by a panic.
-fn lock_flag(flag: &Mutex<bool>) -> MutexGuard<'_, bool> {
-    flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl fmt::Debug for SimFs {
     // The contents may be large: show only counters.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -321,6 +367,7 @@ impl FileSystem for SimFs {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
+        self.removes_held.pass();
         self.lock().remove(path)
     }
 

@@ -250,6 +250,41 @@ fn a_shared_wal_group_removes_the_file_of_a_snapshot_dropped_unsaved_at_once() {
     drops_unsaved(&mut store, &fs);
 }
 
+/// The file of a snapshot dropped unsaved is removed without the shared log's lock: while its
+/// removal waits in the file system (an unlink of a large file can take long), another group's
+/// write goes through.
+#[test]
+fn a_shared_wal_removes_an_unsaved_snapshot_file_without_holding_up_other_groups() {
+    let fs = SimFs::new(19);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    let mut one = wal.create_group(GroupId(1), membership()).expect("group");
+    let mut two = wal.create_group(GroupId(2), membership()).expect("group");
+    one.persist(None, &run(1, 10, 1)).expect("persist");
+    let mut writer = one.begin_snapshot_owned(&meta(5)).expect("begin");
+    writer.write(&data(30_000, 1)).expect("write");
+    fs.hold_removes();
+    let dropping = std::thread::spawn(move || drop(writer));
+    let start = std::time::Instant::now();
+    while fs.removes_waiting() == 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "the removal never began");
+        std::thread::yield_now();
+    }
+    let (done, written) = std::sync::mpsc::channel();
+    let writing = std::thread::spawn(move || {
+        let result = two.persist(None, &run(1, 3, 1));
+        let _ = done.send(());
+        (two, result)
+    });
+    let went_through = written.recv_timeout(std::time::Duration::from_secs(20)).is_ok();
+    fs.release_removes(); // Before asserting: the threads end either way.
+    dropping.join().expect("the dropping thread");
+    let (two, result) = writing.join().expect("the writing thread");
+    assert!(went_through, "the other group's write waited for the removal");
+    result.expect("persist");
+    assert_eq!(two.last_index(), Ok(Index(3)));
+    assert_no_taking_files(&fs);
+}
+
 /// A writer whose write fails (an I/O error: the job fails), then one whose `finish` fails (its
 /// sync), each dropped: neither leaves its file, whether the failure stopped the store or not.
 fn drops_failed<S: LogStore>(mut open: impl FnMut() -> S, fs: &SimFs)

@@ -1408,7 +1408,7 @@ where
     /// the WAL, as any of its I/O errors does (fail-stop).
     ///
     /// A writer or a taken snapshot dropped unsaved (also after an I/O error, or a save
-    /// refused) removes its file at once, under the WAL's lock, while its group's incarnation
+    /// refused) removes its file at once, without the WAL's lock, if its group's incarnation
     /// exists (once it is gone, its removal deleted the file), also once the WAL is stopped: the
     /// file is garbage that nothing names, whose removal changes nothing recovery finds.
     fn begin_snapshot_owned(&mut self, meta: &SnapshotMeta) -> Result<Box<dyn OwnedSnapshotWriter<Self>>, DiskError> {
@@ -1434,11 +1434,20 @@ struct GroupIncarnation<F: FileSystem> {
 }
 
 impl<F: FileSystem> RemoveUnsaved for GroupIncarnation<F> {
+    /// Checked under the log's lock, removed without it: unlinking a large file can take long,
+    /// and every group's writes wait for the lock. The name is this incarnation's and this
+    /// job's alone, and no other opening of the log can make one meanwhile (this one holds the
+    /// directory until the removal ends); a removal of the group meanwhile deletes the file
+    /// first, and this removal then finds it gone.
     fn remove_unsaved(&self, path: &Path) {
-        let inner = self.wal.lock();
-        if inner.group(self.group, self.incarnation).is_ok() {
-            snapshot::remove_unsaved(&inner.writer.dir, path);
-        }
+        let dir = {
+            let inner = self.wal.lock();
+            if inner.group(self.group, self.incarnation).is_err() {
+                return;
+            }
+            Arc::clone(&inner.writer.dir)
+        };
+        snapshot::remove_unsaved(&dir, path);
     }
 }
 
