@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use raft_core::{GroupId, HardState, Index, SnapshotMeta, Storage, Term};
 use raft_storage::testing::SimFs;
 use raft_storage::{
-    DiskError, DiskOptions, DiskStorage, FileSystem, LogStore, MemStorage, Repair, SharedWal, WalOptions,
+    DiskError, DiskOptions, DiskStorage, FileSystem, GroupStore, LogStore, MemStorage, Repair, SharedWal, WalOptions,
 };
 
 mod common;
@@ -195,14 +195,21 @@ fn a_group_removed_while_its_snapshot_is_taken_leaves_its_next_incarnation_alone
     assert_eq!(read_back(&store), new_data);
 }
 
+/// A shared log on a fresh `SimFs` seeded with `seed`, with groups 1 and 2; group 1 holds
+/// entries 1 to 10.
+fn two_groups(seed: u64) -> (SimFs, SharedWal<SimFs>, GroupStore<SimFs>, GroupStore<SimFs>) {
+    let fs = SimFs::new(seed);
+    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
+    let mut one = wal.create_group(GroupId(1), membership()).expect("group");
+    let two = wal.create_group(GroupId(2), membership()).expect("group");
+    one.persist(None, &run(1, 10, 1)).expect("persist");
+    (fs, wal, one, two)
+}
+
 /// A taken snapshot saved into another group's store is refused.
 #[test]
 fn a_taken_snapshot_is_saved_only_by_its_own_group() {
-    let fs = SimFs::new(8);
-    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
-    let mut one = wal.create_group(GroupId(1), membership()).expect("group");
-    let mut two = wal.create_group(GroupId(2), membership()).expect("group");
-    one.persist(None, &run(1, 10, 1)).expect("persist");
+    let (fs, _wal, mut one, mut two) = two_groups(8);
     two.persist(None, &run(1, 10, 1)).expect("persist");
     let taken = take(&mut one, 5, b"group one");
     assert!(matches!(two.save_taken_snapshot(taken), Err(DiskError::GroupNotFound(GroupId(1)))));
@@ -255,11 +262,7 @@ fn a_shared_wal_group_removes_the_file_of_a_snapshot_dropped_unsaved_at_once() {
 /// write goes through.
 #[test]
 fn a_shared_wal_removes_an_unsaved_snapshot_file_without_holding_up_other_groups() {
-    let fs = SimFs::new(19);
-    let wal = SharedWal::create(fs.clone(), dir(), ME, WalOptions::default()).expect("create");
-    let mut one = wal.create_group(GroupId(1), membership()).expect("group");
-    let mut two = wal.create_group(GroupId(2), membership()).expect("group");
-    one.persist(None, &run(1, 10, 1)).expect("persist");
+    let (fs, _wal, mut one, mut two) = two_groups(19);
     let mut writer = one.begin_snapshot_owned(&meta(5)).expect("begin");
     writer.write(&data(30_000, 1)).expect("write");
     fs.hold_removes();
