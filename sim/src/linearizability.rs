@@ -263,6 +263,15 @@ fn step(value: Option<u64>, input: &Input, output: Option<&Output>) -> Option<Op
     }
 }
 
+/// Whether `entry` returned and leaves the value as it found it whatever it saw: a read, or a
+/// compare-and-set that failed.
+fn reads_only(entry: &KeyOperation) -> bool {
+    matches!(
+        (entry.input, entry.returned),
+        (Input::Get { .. }, Some(_)) | (Input::CompareAndSet { .. }, Some((_, Output::Swapped(false))))
+    )
+}
+
 /// One operation of a key's history, as the search sees it.
 #[derive(Clone, Copy, Debug)]
 struct KeyOperation {
@@ -275,7 +284,10 @@ struct KeyOperation {
     /// Its number among the key's operations of its kind: those that returned in return order,
     /// those with unknown outcome in call order.
     bit: usize,
-    /// For an operation with unknown outcome: the one with the same input called just before it.
+    /// An operation that must take effect before this one, in canonical linearizations: for one
+    /// with unknown outcome, the one with the same input called just before it; for one that
+    /// returned, the one with the same input and output just before it in (call, return) order,
+    /// if it also returned no later (see [`Search`]).
     twin: Option<usize>,
 }
 
@@ -311,6 +323,15 @@ fn number(operations: &mut [KeyOperation]) {
     returned.sort_by_key(|&operation| (operations[operation].returned.map(|(at, _)| at), operation));
     for (bit, &operation) in returned.iter().enumerate() {
         operations[operation].bit = bit;
+    }
+    returned.sort_by_key(|&operation| (operations[operation].call, operations[operation].returned, operation));
+    let mut last_alike: BTreeMap<(Input, Output), usize> = BTreeMap::new();
+    for &operation in &returned {
+        let Some((at, output)) = operations[operation].returned else { continue };
+        let before = last_alike.insert((operations[operation].input, output), operation);
+        // Sorted by call, so `before` was called no later; it must also return no later.
+        operations[operation].twin =
+            before.filter(|&before| operations[before].returned.is_some_and(|(returned, _)| returned <= at));
     }
     unknown.sort_by_key(|&operation| (operations[operation].call, operation));
     let mut last_with_input = BTreeMap::new();
@@ -514,6 +535,20 @@ struct Frame {
     /// The value before it.
     value: Option<u64>,
     after_unknown: Option<Option<u64>>,
+    /// A read that returned, placed as soon as it fit: the state before it has no other
+    /// completion worth trying (see [`Search`]).
+    forced: bool,
+}
+
+/// What [`Search::try_linearize`] made of a candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// It took effect.
+    Placed,
+    /// The model or a pruning rule refused it.
+    Refused,
+    /// It fit, but a visited state covers the state it leads to.
+    Covered,
 }
 
 /// What the operations that may take effect next would make of the value: an unknown operation
@@ -580,6 +615,20 @@ impl Visited {
 /// - Of unknown operations with identical inputs, only the earliest called one not yet placed may
 ///   be placed: they have the same effect, and an earlier call fits every position a later one
 ///   fits.
+///
+/// Two more rules keep operations that returned from multiplying the states when many of them
+/// overlap and the values repeat:
+/// - Of two operations that returned with identical inputs and outputs, one called and returned
+///   no later than the other, the earlier takes effect first (its `twin` rule). Swapping the two
+///   in any linearization keeps each inside its interval (the earlier one moves to a point before
+///   the later one's, which is after the later one's call; the later one moves to a point before
+///   the earlier one's return, which is no later than its own) and the sequence of answers the
+///   same, so every state is still reached, but through one order only.
+/// - A read or failed compare-and-set that returned and fits the current value takes effect at
+///   once, and the state's other candidates are not tried after it. In any completion it could
+///   instead take effect right now: it was called already, its own point was later, hence before
+///   its return, and it changes nothing. So if the state it leads to has no completion (or a
+///   visited state covers it), neither has the state before it.
 struct Search<'a> {
     operations: &'a [KeyOperation],
     returned_list: EventList,
@@ -647,10 +696,12 @@ impl<'a> Search<'a> {
     fn advance_returned(&mut self, node: usize) -> Option<Cursor> {
         let event = self.returned_list.events[node];
         match event {
-            Event::Call(operation) if self.try_linearize(operation) => {
-                Some(Cursor::Returned(self.returned_list.first()))
-            }
-            Event::Call(_) => Some(Cursor::Returned(self.returned_list.next[node])),
+            Event::Call(operation) => match self.try_linearize(operation) {
+                Placement::Placed => Some(Cursor::Returned(self.returned_list.first())),
+                // A read that fits now must be placed now, so this state leads nowhere new.
+                Placement::Covered if reads_only(&self.operations[operation]) => self.backtrack(),
+                Placement::Covered | Placement::Refused => Some(Cursor::Returned(self.returned_list.next[node])),
+            },
             Event::Return(operation) => {
                 let deadline = self.operations[operation].returned.map_or(u64::MAX, |(at, _)| at);
                 Some(Cursor::Unknown { node: self.unknown_list.first(), deadline })
@@ -665,7 +716,7 @@ impl<'a> Search<'a> {
     fn advance_unknown(&mut self, node: usize, deadline: u64) -> Option<Cursor> {
         match self.unknown_list.events[node] {
             Event::Call(operation) if self.operations[operation].call <= deadline => {
-                if self.try_linearize(operation) {
+                if self.try_linearize(operation) == Placement::Placed {
                     Some(Cursor::Returned(self.returned_list.first()))
                 } else {
                     Some(Cursor::Unknown { node: self.unknown_list.next[node], deadline })
@@ -676,34 +727,35 @@ impl<'a> Search<'a> {
     }
 
     /// Lets `operation` take effect now if the model and the prunings allow it.
-    fn try_linearize(&mut self, operation: usize) -> bool {
+    fn try_linearize(&mut self, operation: usize) -> Placement {
         let entry = self.operations[operation];
         let Some(value) = step(self.value, &entry.input, entry.returned.as_ref().map(|(_, output)| output)) else {
-            return false;
+            return Placement::Refused;
         };
         if !self.depends_on_last(&entry) {
-            return false;
+            return Placement::Refused;
         }
         let unknown = entry.returned.is_none();
-        if entry.twin.is_some_and(|twin| !self.linearized_unknown.contains(self.operations[twin].bit)) {
-            return false;
+        if entry.twin.is_some_and(|twin| !self.is_linearized(twin)) {
+            return Placement::Refused;
         }
         let before = self.value;
         if unknown && (value == before || !self.observers().depend_on(before, value)) {
-            return false;
+            return Placement::Refused;
         }
         let after_unknown = if unknown { Some(self.value) } else { None };
         self.mark(&entry, true);
         if !self.remember(value, after_unknown) {
             self.mark(&entry, false);
-            return false;
+            return Placement::Covered;
         }
-        self.stack.push(Frame { operation, value: self.value, after_unknown: self.after_unknown });
+        let forced = reads_only(&entry);
+        self.stack.push(Frame { operation, value: self.value, after_unknown: self.after_unknown, forced });
         self.value = value;
         self.after_unknown = after_unknown;
         self.list_of(&entry).lift(operation);
         self.observers = None;
-        true
+        Placement::Placed
     }
 
     /// Whether `entry` may follow the last operation placed, if that one had an unknown outcome:
@@ -725,14 +777,19 @@ impl<'a> Search<'a> {
         if self.stack.len() > self.longest.len() {
             self.longest = self.stack.iter().map(|frame| frame.operation).collect();
         }
-        let frame = self.stack.pop()?;
-        let entry = self.operations[frame.operation];
-        let list = self.list_of(&entry);
-        list.unlift(frame.operation);
-        let next = list.next[list.call_node[frame.operation]];
-        self.mark(&entry, false);
-        self.value = frame.value;
-        self.after_unknown = frame.after_unknown;
+        let (entry, next) = loop {
+            let frame = self.stack.pop()?;
+            let entry = self.operations[frame.operation];
+            let list = self.list_of(&entry);
+            list.unlift(frame.operation);
+            let next = list.next[list.call_node[frame.operation]];
+            self.mark(&entry, false);
+            self.value = frame.value;
+            self.after_unknown = frame.after_unknown;
+            if !frame.forced {
+                break (entry, next);
+            }
+        };
         self.observers = None;
         match entry.returned {
             Some(_) => Some(Cursor::Returned(next)),
@@ -783,6 +840,15 @@ impl<'a> Search<'a> {
             self.observers = Some(observers);
         }
         self.observers.get_or_insert_default()
+    }
+
+    /// Whether `operation` has taken effect in the current state.
+    fn is_linearized(&self, operation: usize) -> bool {
+        let entry = &self.operations[operation];
+        match entry.returned {
+            Some(_) => self.linearized_returned.bits.contains(entry.bit),
+            None => self.linearized_unknown.contains(entry.bit),
+        }
     }
 
     /// Adds `entry` to, or removes it from, the linearized operations.
