@@ -316,8 +316,13 @@ fn the_launcher_starts_a_sharded_cluster() {
         let at = node(index).to_string();
         eventually("a put", || cli(&["put", &key, "v", "--node", &at]).status.success().then_some(()));
         let other = node((index + 1) % 3).to_string();
-        let got = cli(&["get", &key, "--node", &other]);
-        assert!(got.status.success(), "{}", text(&got.stderr));
+        // The shards' leaders may still be settling (or change under a loaded machine): a 503
+        // (no leader known, leadership changed) asks the client to retry; any other failure fails.
+        let got = eventually("a linearizable read on another node", || {
+            let got = cli(&["get", &key, "--node", &other]);
+            (got.status.success() || !text(&got.stderr).contains("HTTP 503")).then_some(got)
+        });
+        assert!(got.status.success(), "{}{}", text(&got.stdout), text(&got.stderr));
         assert_eq!(text(&got.stdout).trim(), "v");
     }
     let shards = cli(&["shards", "--node", &node(0).to_string()]);
