@@ -171,7 +171,7 @@ pub struct Indexed {
     pub operation: Operation,
 }
 
-/// Why a key is not linearizable: the longest linearizable prefix the search found, and the
+/// Why a key is not linearizable: the longest linearizable prefix the search reached, and the
 /// operations none of which can take effect after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Counterexample {
@@ -179,7 +179,9 @@ pub struct Counterexample {
     pub key: u64,
     /// How many operations of the history touch the key (reads with unknown outcome excluded).
     pub operation_count: usize,
-    /// A longest sequence of the key's operations that is a legal linearization of a prefix.
+    /// The longest sequence of the key's operations that the search reached, a legal
+    /// linearization of a prefix (the search skips sequences its pruning rules make redundant,
+    /// so a longer one may exist).
     pub linearized: Vec<Indexed>,
     /// The key's value after `linearized`.
     pub value: Option<u64>,
@@ -535,8 +537,8 @@ struct Frame {
     /// The value before it.
     value: Option<u64>,
     after_unknown: Option<Option<u64>>,
-    /// A read that returned, placed as soon as it fit: the state before it has no other
-    /// completion worth trying (see [`Search`]).
+    /// A read or failed compare-and-set that returned, placed as soon as it fit: the state
+    /// before it has no other completion worth trying (see [`Search`]).
     forced: bool,
 }
 
@@ -620,15 +622,30 @@ impl Visited {
 /// overlap and the values repeat:
 /// - Of two operations that returned with identical inputs and outputs, one called and returned
 ///   no later than the other, the earlier takes effect first (its `twin` rule). Swapping the two
-///   in any linearization keeps each inside its interval (the earlier one moves to a point before
-///   the later one's, which is after the later one's call; the later one moves to a point before
-///   the earlier one's return, which is no later than its own) and the sequence of answers the
-///   same, so every state is still reached, but through one order only.
-/// - A read or failed compare-and-set that returned and fits the current value takes effect at
-///   once, and the state's other candidates are not tried after it. In any completion it could
-///   instead take effect right now: it was called already, its own point was later, hence before
-///   its return, and it changes nothing. So if the state it leads to has no completion (or a
-///   visited state covers it), neither has the state before it.
+///   in any linearization keeps each inside its interval: the earlier one moves to the later
+///   one's point, which lies after the later one's call (so after its own) and before its own
+///   old point (so before its return); the later one moves to that old point, which lies after
+///   its own old point (so after its call) and before the earlier one's return (so before its
+///   own). The sequence of inputs and outputs stays the
+///   same, so the value at every point and the rules for unknown operations still hold. Each
+///   operation is chained to the previous alike one in (call, return) order only if that one
+///   returned no later, so a chain is ordered by both times and sorting any linearization's
+///   chain members over their positions meets every constraint at once; a linearized prefix
+///   always holds the first members of each chain.
+/// - A read or failed compare-and-set that returned, and that may take effect now (the model
+///   accepts its answer, its twin is placed, and it depends on an unknown operation placed just
+///   before it, if any), takes effect at once, and the state's other candidates are not tried
+///   after it. Take any completion of the state in which it takes effect later: it can move to
+///   the front. It is a candidate, so it was called no later than the earliest pending return
+///   (equal times are concurrent); its old point was before its return; it changes nothing, so
+///   every other operation sees the same values; and with it gone the pending returns only get
+///   later. If it had justified an unknown operation placed just before its old point, that
+///   operation is now followed by another one, which may not depend on it: dropping it (before
+///   a write) or moving it later (past a failed compare-and-set that does not need it) makes
+///   the completion canonical again, touching nothing before. So if the state it leads to has
+///   no completion, neither has the state before it. The same holds if a visited state covers
+///   the state it leads to: that visited state's returned operations include it, so it is no
+///   state on the current path (none of them include it) and its search has ended.
 struct Search<'a> {
     operations: &'a [KeyOperation],
     returned_list: EventList,
