@@ -626,12 +626,12 @@ impl Visited {
 ///   one's point, which lies after the later one's call (so after its own) and before its own
 ///   old point (so before its return); the later one moves to that old point, which lies after
 ///   its own old point (so after its call) and before the earlier one's return (so before its
-///   own). The sequence of inputs and outputs stays the
-///   same, so the value at every point and the rules for unknown operations still hold. Each
-///   operation is chained to the previous alike one in (call, return) order only if that one
-///   returned no later, so a chain is ordered by both times and sorting any linearization's
-///   chain members over their positions meets every constraint at once; a linearized prefix
-///   always holds the first members of each chain.
+///   own). The sequence of inputs and outputs stays the same, so the value at every point and
+///   the rules for unknown operations still hold. Each operation is chained to the previous
+///   alike one in (call, return) order only if that one returned no later, so a chain is
+///   ordered by both times and sorting any linearization's chain members over their positions
+///   meets every constraint at once; a linearized prefix always holds the first members of
+///   each chain.
 /// - A read or failed compare-and-set that returned, and that may take effect now (the model
 ///   accepts its answer, its twin is placed, and it depends on an unknown operation placed just
 ///   before it, if any), takes effect at once, and the state's other candidates are not tried
@@ -715,7 +715,8 @@ impl<'a> Search<'a> {
         match event {
             Event::Call(operation) => match self.try_linearize(operation) {
                 Placement::Placed => Some(Cursor::Returned(self.returned_list.first())),
-                // A read that fits now must be placed now, so this state leads nowhere new.
+                // A read (or failed compare-and-set) that fits now must be placed now, so this
+                // state leads nowhere new.
                 Placement::Covered if reads_only(&self.operations[operation]) => self.backtrack(),
                 Placement::Covered | Placement::Refused => Some(Cursor::Returned(self.returned_list.next[node])),
             },
