@@ -242,11 +242,6 @@ impl SimFs {
         self.syncs_held.release();
     }
 
-    /// Waits while syncs are held.
-    fn wait_while_held(&self) {
-        self.syncs_held.pass();
-    }
-
     /// Stalls removals as [`SimFs::hold_syncs`] stalls syncs, until [`SimFs::release_removes`]
     /// (an unlink of a large file, which can take long): for tests of what may go on meanwhile.
     pub fn hold_removes(&self) {
@@ -396,7 +391,7 @@ impl FsFile for SimFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.fs.wait_while_held();
+        self.fs.syncs_held.pass(); // Waits while syncs are held.
         self.fs.lock().sync(self.handle)
     }
 
